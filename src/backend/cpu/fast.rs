@@ -1,0 +1,384 @@
+//! CPU fast path: `f32`, pairs (or documents) spread over threads with rayon, inner loops
+//! written to vectorise (see `simd.rs`), AVX2 + FMA chosen at run time when present.
+//!
+//! Sinkhorn works in base-2 log units on a rescaled copy of each pair's support:
+//!
+//! ```text
+//! C'_ij = C_ij − α_i − β_j        (α_i row minimum, β_j column minimum of the rest; C' ≥ 0)
+//! K_ij  = −C'_ij · log2(e) / ε     stored row-major and transposed, so both reductions
+//!                                  stream contiguous memory
+//! F_i   = (f_i − α_i) · log2(e)/ε, G_j = (g_j − β_j) · log2(e)/ε
+//! F_i ← −log2 Σ_j 2^(K_ij + G_j + log2 b_j)
+//! G_j ← −log2 Σ_i 2^(K_ij + F_i + log2 a_i)
+//! ```
+//!
+//! The shift by α and β leaves the plan unchanged (it moves the potentials by constants
+//! that are added back at the end) and keeps `K` small, so a pair whose costs are all
+//! large does not lose its `f32` precision. The marginal check is the next row update in
+//! disguise: `Σ_j P_ij = a_i · 2^(F_i − F_i^new)`, so the check computes `F^new`, keeps it
+//! for the next iteration and costs no extra pass.
+
+use rayon::prelude::*;
+
+use super::simd;
+use crate::error::Result;
+use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem};
+use crate::ot::sinkhorn::{SinkhornKernels, Solution};
+
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+
+/// The CPU fast path (`--backend cpu`, the default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuFast;
+
+/// Run `$body` with `FMA` bound to a const bool, compiled with AVX2 + FMA when the CPU has
+/// them. `$body` must be a call to a `#[inline(always)]` generic function so that it is
+/// instantiated inside the feature-enabled wrapper.
+macro_rules! dispatch {
+    (|$fma:ident| $body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                const $fma: bool = true;
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above), which is the
+                // only requirement of a `#[target_feature(enable = "avx2,fma")]` function.
+                unsafe {
+                    with_avx2(
+                        #[inline(always)]
+                        || $body,
+                    )
+                }
+            } else {
+                const $fma: bool = false;
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            const $fma: bool = false;
+            $body
+        }
+    }};
+}
+
+impl CpuFast {
+    /// Pairwise cosine cost (same contract as [`super::CpuReference::cosine_cost`]).
+    pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
+        super::check_pair_batch(x, y)?;
+        let (b, n, m, d) = (x.b, x.n, y.n, x.d);
+        let mut data = vec![0.0f32; b * n * m];
+        data.par_chunks_mut(n * m)
+            .enumerate()
+            .for_each(|(p, out)| dispatch!(|FMA| cosine_pair::<FMA>(x, y, p, d, out)));
+        Ok(CostBatch { b, n, m, data })
+    }
+
+    /// MaxSim scores (same contract as [`super::CpuReference::maxsim`]).
+    pub fn maxsim(&self, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
+        super::check_maxsim(queries, docs)?;
+        let d = docs.d;
+        let qn = normalised_rows(&queries.data, d);
+        let dn = normalised_rows(&docs.data, d);
+        let nd = docs.len();
+        let mut out = vec![0.0f32; queries.b * nd];
+        // Parallel over documents: there are many more of them than queries.
+        let per_doc: Vec<Vec<f32>> = (0..nd)
+            .into_par_iter()
+            .map(|k| {
+                let o = docs.offsets[k] * d;
+                let doc = &dn[o..o + docs.lengths[k] * d];
+                (0..queries.b)
+                    .map(|q| {
+                        let base = q * queries.n * d;
+                        let qrows = &qn[base..base + queries.lengths[q] * d];
+                        dispatch!(|FMA| maxsim_one::<FMA>(qrows, doc, d))
+                    })
+                    .collect()
+            })
+            .collect();
+        for (k, scores) in per_doc.into_iter().enumerate() {
+            for (q, s) in scores.into_iter().enumerate() {
+                out[q * nd + k] = s;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[inline(always)]
+fn cosine_pair<const FMA: bool>(
+    x: &Embeddings,
+    y: &Embeddings,
+    p: usize,
+    d: usize,
+    out: &mut [f32],
+) {
+    let m = y.n;
+    let (lx, ly) = (x.lengths[p], y.lengths[p]);
+    let iy: Vec<f32> = (0..ly)
+        .map(|j| simd::inv_norm::<FMA>(y.row(p, j)))
+        .collect();
+    for i in 0..lx {
+        let xi = x.row(p, i);
+        let ix = simd::inv_norm::<FMA>(xi);
+        let row = &mut out[i * m..i * m + ly];
+        for (j, c) in row.iter_mut().enumerate() {
+            let cos = simd::dot::<FMA>(xi, y.row(p, j)) * ix * iy[j];
+            *c = 1.0 - cos.clamp(-1.0, 1.0);
+        }
+    }
+    let _ = d;
+}
+
+fn normalised_rows(data: &[f32], d: usize) -> Vec<f32> {
+    let mut out = data.to_vec();
+    out.par_chunks_mut(d).for_each(|row| {
+        let s = dispatch!(|FMA| simd::inv_norm::<FMA>(row));
+        row.iter_mut().for_each(|v| *v *= s);
+    });
+    out
+}
+
+#[inline(always)]
+fn maxsim_one<const FMA: bool>(q: &[f32], doc: &[f32], d: usize) -> f32 {
+    q.chunks_exact(d)
+        .map(|qi| {
+            doc.chunks_exact(d)
+                .map(|dj| simd::dot::<FMA>(qi, dj))
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .sum()
+}
+
+/// One pair on its support, in base-2 log units (see the module docs).
+pub struct FastPair {
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+    /// `K (nr, nc)` and its transpose `(nc, nr)`.
+    k: Vec<f32>,
+    kt: Vec<f32>,
+    log2_a: Vec<f32>,
+    log2_b: Vec<f32>,
+    alpha: Vec<f64>,
+    beta: Vec<f64>,
+    f: Vec<f32>,
+    g: Vec<f32>,
+    /// `F^new` computed by the last marginal check, reused by the next row update when
+    /// `f_next_valid`.
+    f_next: Vec<f32>,
+    f_next_valid: bool,
+    scratch: Vec<f32>,
+}
+
+pub struct FastState {
+    epsilon: f64,
+    pairs: Vec<FastPair>,
+}
+
+impl FastPair {
+    fn new(problem: &Problem, p: usize, epsilon: f64) -> FastPair {
+        let (rows, cols) = problem.support(p);
+        let (nr, nc, m) = (rows.len(), cols.len(), problem.m);
+        let c = problem.cost_of(p);
+        let mut cs: Vec<f64> = rows
+            .iter()
+            .flat_map(|&i| cols.iter().map(move |&j| c[i * m + j]))
+            .collect();
+        let alpha: Vec<f64> = cs
+            .chunks_exact(nc)
+            .map(|r| r.iter().copied().fold(f64::INFINITY, f64::min))
+            .collect();
+        for (r, &al) in cs.chunks_exact_mut(nc).zip(&alpha) {
+            r.iter_mut().for_each(|v| *v -= al);
+        }
+        let mut beta = vec![f64::INFINITY; nc];
+        for r in cs.chunks_exact(nc) {
+            for (b, &v) in beta.iter_mut().zip(r) {
+                *b = b.min(v);
+            }
+        }
+        let scale = -LOG2E / epsilon;
+        let k: Vec<f32> = cs
+            .chunks_exact(nc)
+            .flat_map(|r| {
+                r.iter()
+                    .zip(&beta)
+                    .map(|(&v, &bj)| ((v - bj) * scale) as f32)
+            })
+            .collect();
+        let mut kt = vec![0.0f32; nr * nc];
+        for i in 0..nr {
+            for j in 0..nc {
+                kt[j * nr + i] = k[i * nc + j];
+            }
+        }
+        FastPair {
+            log2_a: rows
+                .iter()
+                .map(|&i| problem.a[p * problem.n + i].log2() as f32)
+                .collect(),
+            log2_b: cols
+                .iter()
+                .map(|&j| problem.b[p * m + j].log2() as f32)
+                .collect(),
+            f: vec![0.0; nr],
+            g: vec![0.0; nc],
+            f_next: vec![0.0; nr],
+            f_next_valid: false,
+            scratch: vec![0.0; nr.max(nc)],
+            rows,
+            cols,
+            k,
+            kt,
+            alpha,
+            beta,
+        }
+    }
+
+    /// `out_i = −log2 Σ_j 2^(K_ij + G_j + log2 b_j)`.
+    #[inline(always)]
+    fn row_update<const FMA: bool>(&mut self, out_is_next: bool) {
+        let nc = self.cols.len();
+        let h = &mut self.scratch[..nc];
+        for ((h, &g), &lb) in h.iter_mut().zip(&self.g).zip(&self.log2_b) {
+            *h = g + lb;
+        }
+        let out = if out_is_next {
+            &mut self.f_next
+        } else {
+            &mut self.f
+        };
+        for (fi, krow) in out.iter_mut().zip(self.k.chunks_exact(nc)) {
+            *fi = -simd::log2_sum_exp2::<FMA>(krow, h);
+        }
+    }
+
+    /// `G_j = −log2 Σ_i 2^(K_ij + F_i + log2 a_i)`.
+    #[inline(always)]
+    fn col_update<const FMA: bool>(&mut self) {
+        let nr = self.rows.len();
+        let h = &mut self.scratch[..nr];
+        for ((h, &f), &la) in h.iter_mut().zip(&self.f).zip(&self.log2_a) {
+            *h = f + la;
+        }
+        for (gj, kcol) in self.g.iter_mut().zip(self.kt.chunks_exact(nr)) {
+            *gj = -simd::log2_sum_exp2::<FMA>(kcol, h);
+        }
+    }
+
+    #[inline(always)]
+    fn iterate<const FMA: bool>(&mut self, iterations: usize) {
+        for it in 0..iterations {
+            if it == 0 && self.f_next_valid {
+                std::mem::swap(&mut self.f, &mut self.f_next);
+            } else {
+                self.row_update::<FMA>(false);
+            }
+            self.col_update::<FMA>();
+        }
+        self.f_next_valid = false;
+    }
+
+    #[inline(always)]
+    fn marginal_error<const FMA: bool>(&mut self) -> f64 {
+        self.row_update::<FMA>(true);
+        self.f_next_valid = true;
+        self.f
+            .iter()
+            .zip(&self.f_next)
+            .zip(&self.log2_a)
+            .map(|((&f, &fnew), &la)| {
+                let a = (la as f64).exp2();
+                a * (((f - fnew) as f64).exp2() - 1.0).abs()
+            })
+            .sum()
+    }
+}
+
+/// Plan, f, g and transport cost of one pair, padding included.
+type PairSolution = (Vec<f64>, Vec<f64>, Vec<f64>, f64);
+
+impl SinkhornKernels for CpuFast {
+    type State = FastState;
+
+    fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<FastState> {
+        let pairs = (0..problem.pairs)
+            .into_par_iter()
+            .map(|p| FastPair::new(problem, p, epsilon))
+            .collect();
+        Ok(FastState { epsilon, pairs })
+    }
+
+    fn iterate(&self, state: &mut FastState, active: &[bool], iterations: usize) -> Result<()> {
+        state
+            .pairs
+            .par_iter_mut()
+            .zip(active)
+            .filter(|(_, &a)| a)
+            .for_each(|(pair, _)| dispatch!(|FMA| pair.iterate::<FMA>(iterations)));
+        Ok(())
+    }
+
+    fn marginal_errors(&self, state: &mut FastState, active: &[bool]) -> Result<Vec<f64>> {
+        Ok(state
+            .pairs
+            .par_iter_mut()
+            .zip(active)
+            .map(|(pair, &a)| {
+                if a {
+                    dispatch!(|FMA| pair.marginal_error::<FMA>())
+                } else {
+                    0.0
+                }
+            })
+            .collect())
+    }
+
+    fn finish(&self, state: FastState, problem: &Problem) -> Result<Solution> {
+        let (n, m, eps) = (problem.n, problem.m, state.epsilon);
+        let per_pair: Vec<PairSolution> = state
+            .pairs
+            .par_iter()
+            .enumerate()
+            .map(|(p, pair)| {
+                let nc = pair.cols.len();
+                let c = problem.cost_of(p);
+                let mut plan = vec![0.0; n * m];
+                let mut f = vec![0.0; n];
+                let mut g = vec![0.0; m];
+                let mut total = 0.0;
+                for (ci, &i) in pair.rows.iter().enumerate() {
+                    f[i] = pair.f[ci] as f64 * eps / LOG2E + pair.alpha[ci];
+                    let a = problem.a[p * n + i];
+                    for (cj, &j) in pair.cols.iter().enumerate() {
+                        let e = pair.f[ci] as f64 + pair.g[cj] as f64 + pair.k[ci * nc + cj] as f64;
+                        let v = a * problem.b[p * m + j] * e.exp2();
+                        plan[i * m + j] = v;
+                        total += v * c[i * m + j];
+                    }
+                }
+                for (cj, &j) in pair.cols.iter().enumerate() {
+                    g[j] = pair.g[cj] as f64 * eps / LOG2E + pair.beta[cj];
+                }
+                (plan, f, g, total)
+            })
+            .collect();
+        let mut sol = Solution {
+            plan: Vec::with_capacity(problem.pairs * n * m),
+            f: Vec::with_capacity(problem.pairs * n),
+            g: Vec::with_capacity(problem.pairs * m),
+            cost: Vec::with_capacity(problem.pairs),
+        };
+        for (plan, f, g, c) in per_pair {
+            sol.plan.extend(plan);
+            sol.f.extend(f);
+            sol.g.extend(g);
+            sol.cost.push(c);
+        }
+        Ok(sol)
+    }
+}

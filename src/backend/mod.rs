@@ -1,0 +1,176 @@
+//! Backends and their run-time selection.
+//!
+//! Every backend implements the same small set of primitives — the pairwise cosine cost,
+//! MaxSim scoring, and the Sinkhorn reductions of [`SinkhornKernels`] — with identical
+//! semantics; the solver's control logic lives once in [`crate::ot::sinkhorn`]. A backend
+//! that is not compiled in, or finds no device, is reported as
+//! [`Error::BackendUnavailable`], never a panic.
+
+pub mod cpu;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornParams};
+use crate::ot::sinkhorn::{self, SinkhornOutput};
+
+pub use cpu::{CpuFast, CpuReference};
+
+/// The backends a user can ask for (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// CPU fast path: `f32`, multi-threaded, vectorised. The default.
+    Cpu,
+    /// CPU reference: `f64` accumulation, single-threaded. The ground truth.
+    CpuReference,
+    /// WGSL kernels through wgpu (Vulkan, Metal, DX12).
+    Wgpu,
+    /// Hand-written PTX through the CUDA driver.
+    Cuda,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Cpu,
+        BackendKind::CpuReference,
+        BackendKind::Wgpu,
+        BackendKind::Cuda,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::CpuReference => "cpu-reference",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build contains the backend (it may still find no device).
+    pub fn compiled_in(self) -> bool {
+        match self {
+            BackendKind::Cpu | BackendKind::CpuReference => true,
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::parameter("backend", "one of cpu, cpu-reference, wgpu, cuda", s))
+    }
+}
+
+/// A backend ready to run kernels.
+pub enum Backend {
+    Cpu(CpuFast),
+    CpuReference(CpuReference),
+}
+
+impl Backend {
+    /// Open a backend: find its device and compile or load its kernels.
+    pub fn new(kind: BackendKind) -> Result<Backend> {
+        match kind {
+            BackendKind::Cpu => Ok(Backend::Cpu(CpuFast)),
+            BackendKind::CpuReference => Ok(Backend::CpuReference(CpuReference)),
+            BackendKind::Wgpu | BackendKind::Cuda => Err(Error::BackendUnavailable {
+                backend: kind.name(),
+                reason: format!(
+                    "this build of optical does not include it; rebuild with `--features {}`",
+                    kind.name()
+                ),
+            }),
+        }
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Cpu(_) => BackendKind::Cpu,
+            Backend::CpuReference(_) => BackendKind::CpuReference,
+        }
+    }
+
+    /// Pairwise cosine cost `C[p, i, j] = 1 − cos(x_pi, y_pj)` on real tokens, 0 on padding.
+    pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
+        match self {
+            Backend::Cpu(k) => k.cosine_cost(x, y),
+            Backend::CpuReference(k) => k.cosine_cost(x, y),
+        }
+    }
+
+    /// MaxSim scores `(queries, documents)`.
+    pub fn maxsim(&self, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
+        match self {
+            Backend::Cpu(k) => k.maxsim(queries, docs),
+            Backend::CpuReference(k) => k.maxsim(queries, docs),
+        }
+    }
+
+    /// Batched log-domain Sinkhorn.
+    pub fn sinkhorn(&self, problem: &Problem, params: &SinkhornParams) -> Result<SinkhornOutput> {
+        match self {
+            Backend::Cpu(k) => sinkhorn::solve(k, problem, params),
+            Backend::CpuReference(k) => sinkhorn::solve(k, problem, params),
+        }
+    }
+}
+
+/// One line per backend for `optical info`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackendInfo {
+    pub backend: &'static str,
+    pub compiled_in: bool,
+    pub available: bool,
+    pub devices: Vec<serde_json::Value>,
+    pub note: String,
+}
+
+/// What each backend finds on this machine.
+pub fn probe_all() -> Vec<BackendInfo> {
+    BackendKind::ALL
+        .into_iter()
+        .map(|kind| match kind {
+            BackendKind::Cpu | BackendKind::CpuReference => BackendInfo {
+                backend: kind.name(),
+                compiled_in: true,
+                available: true,
+                devices: vec![serde_json::json!({
+                    "name": "host CPU",
+                    "threads": rayon::current_num_threads(),
+                    "avx2_fma": cpu_has_avx2_fma(),
+                })],
+                note: String::new(),
+            },
+            _ => BackendInfo {
+                backend: kind.name(),
+                compiled_in: false,
+                available: false,
+                devices: vec![],
+                note: format!("not compiled in (cargo feature `{}`)", kind.name()),
+            },
+        })
+        .collect()
+}
+
+fn cpu_has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -1,0 +1,176 @@
+//! The standard benchmark problems, shared by `optical bench` and the criterion benches so
+//! that both measure the same thing.
+//!
+//! | kernel            | problem                                                        | throughput unit |
+//! |-------------------|----------------------------------------------------------------|-----------------|
+//! | `cosine-cost`     | b=64, n=m=128, d=384, f32                                      | GB/s (x + y read, C written) |
+//! | `maxsim`          | 8 queries × 32 tokens against 1,000 documents × 48 tokens, d=128 | GB/s (documents read), GFLOP/s |
+//! | `sinkhorn`        | b=64, n=m=128, ε=0.05, 200 iterations (no early stop)          | G exp/s (2·b·n·m per iteration) |
+//! | `sinkhorn-512`    | b=4, n=m=512, ε=0.05, 100 iterations (no early stop)           | G exp/s |
+//!
+//! Inputs are seeded (normal embeddings; costs are their cosine costs), so every run and
+//! every backend sees the same numbers. Timing: one warm-up call, then calls until at
+//! least `min_seconds` have passed (at least 3); the median is reported.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
+use crate::rng::SplitMix64;
+
+/// One measured kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRecord {
+    pub kernel: &'static str,
+    pub backend: &'static str,
+    pub shape: String,
+    pub seconds_per_call: f64,
+    pub calls: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gb_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gexp_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflop_per_s: Option<f64>,
+}
+
+pub const KERNELS: [&str; 4] = ["cosine-cost", "maxsim", "sinkhorn", "sinkhorn-512"];
+
+/// Seeded `(b, n, d)` normal embeddings, all rows real.
+pub fn embeddings(seed: u64, b: usize, n: usize, d: usize) -> Embeddings {
+    let mut rng = SplitMix64::new(seed);
+    Embeddings::new("bench", b, n, d, rng.normals_f32(b * n * d), None)
+        .expect("bench shapes are valid")
+}
+
+/// A standard Sinkhorn problem: the cosine cost of seeded embeddings, uniform weights.
+pub fn sinkhorn_problem(b: usize, n: usize, m: usize, d: usize) -> Problem {
+    let x = embeddings(1, b, n, d);
+    let y = embeddings(2, b, m, d);
+    let cost = crate::backend::CpuFast
+        .cosine_cost(&x, &y)
+        .expect("bench shapes are valid");
+    Problem::new(
+        b,
+        n,
+        m,
+        cost.data.iter().map(|&v| v as f64).collect(),
+        None,
+        None,
+    )
+    .expect("bench problem is valid")
+}
+
+/// Parameters that run exactly `iterations` iterations (one convergence check, at the end).
+pub fn fixed_iterations(epsilon: f64, iterations: usize) -> SinkhornParams {
+    SinkhornParams {
+        epsilon,
+        max_iterations: iterations,
+        threshold: 0.0,
+        check_every: iterations,
+    }
+}
+
+/// The MaxSim standard problem: (queries, documents).
+pub fn maxsim_problem() -> (Embeddings, PackedDocs) {
+    let (nq, qt, nd, dt, d) = (8, 32, 1000, 48, 128);
+    let q = embeddings(3, nq, qt, d);
+    let mut rng = SplitMix64::new(4);
+    let docs = PackedDocs::new("bench", d, rng.normals_f32(nd * dt * d), vec![dt; nd])
+        .expect("bench shapes are valid");
+    (q, docs)
+}
+
+fn time<F: FnMut() -> Result<()>>(min_seconds: f64, mut f: F) -> Result<(f64, usize)> {
+    f()?;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < 3 || start.elapsed().as_secs_f64() < min_seconds {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((samples[samples.len() / 2], samples.len()))
+}
+
+/// Time one standard kernel on `backend`.
+pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<BenchRecord> {
+    let name = backend.kind().name();
+    let record = |kernel, shape: String, (s, calls): (f64, usize)| BenchRecord {
+        kernel,
+        backend: name,
+        shape,
+        seconds_per_call: s,
+        calls,
+        gb_per_s: None,
+        gexp_per_s: None,
+        gflop_per_s: None,
+    };
+    match kernel {
+        "cosine-cost" => {
+            let (b, n, m, d) = (64, 128, 128, 384);
+            let x = embeddings(1, b, n, d);
+            let y = embeddings(2, b, m, d);
+            let t = time(min_seconds, || backend.cosine_cost(&x, &y).map(drop))?;
+            let bytes = 4.0 * (b * n * d + b * m * d + b * n * m) as f64;
+            let mut r = record("cosine-cost", format!("b={b} n={n} m={m} d={d}"), t);
+            r.gb_per_s = Some(bytes / t.0 / 1e9);
+            r.gflop_per_s = Some(2.0 * (b * n * m * d) as f64 / t.0 / 1e9);
+            Ok(r)
+        }
+        "maxsim" => {
+            let (q, docs) = maxsim_problem();
+            let t = time(min_seconds, || backend.maxsim(&q, &docs).map(drop))?;
+            let tokens: usize = docs.lengths.iter().sum();
+            let flops = 2.0 * (q.b * q.n * tokens * docs.d) as f64;
+            let mut r = record(
+                "maxsim",
+                format!(
+                    "queries={}x{} docs={}x{} d={}",
+                    q.b,
+                    q.n,
+                    docs.len(),
+                    docs.lengths[0],
+                    docs.d
+                ),
+                t,
+            );
+            r.gb_per_s = Some(4.0 * docs.data.len() as f64 / t.0 / 1e9);
+            r.gflop_per_s = Some(flops / t.0 / 1e9);
+            Ok(r)
+        }
+        "sinkhorn" | "sinkhorn-512" => {
+            let (b, n, iters) = if kernel == "sinkhorn" {
+                (64, 128, 200)
+            } else {
+                (4, 512, 100)
+            };
+            let problem = sinkhorn_problem(b, n, n, 64);
+            let params = fixed_iterations(0.05, iters);
+            let t = time(min_seconds, || {
+                backend.sinkhorn(&problem, &params).map(drop)
+            })?;
+            let exps = 2.0 * (b * n * n * iters) as f64;
+            let mut r = record(
+                if kernel == "sinkhorn" {
+                    "sinkhorn"
+                } else {
+                    "sinkhorn-512"
+                },
+                format!("b={b} n={n} m={n} eps=0.05 iterations={iters}"),
+                t,
+            );
+            r.gexp_per_s = Some(exps / t.0 / 1e9);
+            Ok(r)
+        }
+        other => Err(crate::error::Error::parameter(
+            "kernel",
+            format!("one of {}", KERNELS.join(", ")),
+            other,
+        )),
+    }
+}

@@ -1,0 +1,63 @@
+//! `optical bench`: time each kernel on the standard problems.
+
+use clap::Args;
+
+use crate::backend::{Backend, BackendKind};
+use crate::bench::{run_kernel, KERNELS};
+
+/// Time each kernel on a fixed set of standard problems and print one record per kernel.
+///
+/// Standard problems (seeded, identical on every backend):
+///   cosine-cost   b=64, n=m=128, d=384                         -> GB/s, GFLOP/s
+///   maxsim        8 queries x 32 tokens vs 1,000 docs x 48, d=128 -> GB/s, GFLOP/s
+///   sinkhorn      b=64, n=m=128, eps=0.05, 200 iterations        -> G exp/s
+///   sinkhorn-512  b=4, n=m=512, eps=0.05, 100 iterations         -> G exp/s
+/// Each kernel: one warm-up call, then calls for at least --min-seconds (at least 3);
+/// the median seconds per call is reported.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct BenchArgs {
+    /// Backend to time: cpu, cpu-reference, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Kernels to time (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub kernels: Vec<String>,
+    /// Print one JSON object per kernel (for CI throughput tracking).
+    #[arg(long)]
+    pub json: bool,
+    /// Minimum measuring time per kernel, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_seconds: f64,
+}
+
+pub fn run(args: BenchArgs) -> crate::Result<()> {
+    let kind: BackendKind = args.backend.parse()?;
+    let backend = Backend::new(kind)?;
+    let kernels: Vec<String> = if args.kernels.is_empty() {
+        KERNELS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.kernels
+    };
+    for k in &kernels {
+        let r = run_kernel(&backend, k, args.min_seconds)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r).expect("plain record"));
+        } else {
+            let rate = [
+                r.gb_per_s.map(|v| format!("{v:.2} GB/s")),
+                r.gflop_per_s.map(|v| format!("{v:.2} GFLOP/s")),
+                r.gexp_per_s.map(|v| format!("{v:.3} G exp/s")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ");
+            println!(
+                "{:<13} {:<14} {:>12.6} s/call  {rate}   [{}]",
+                r.kernel, r.backend, r.seconds_per_call, r.shape
+            );
+        }
+    }
+    Ok(())
+}

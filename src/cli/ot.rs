@@ -1,0 +1,437 @@
+//! `optical ot …`: the kernels on `.npy` files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+
+use crate::backend::{Backend, BackendKind};
+use crate::error::{Error, Result};
+use crate::io::npy;
+use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
+
+#[derive(Debug, Args)]
+pub struct OtArgs {
+    #[command(subcommand)]
+    pub command: OtCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OtCommand {
+    /// Solve batched entropic OT (log-domain Sinkhorn) from a cost or from embeddings.
+    Solve(SolveArgs),
+    /// Pairwise cosine cost 1 − cos(x_i, y_j) of embedding batches.
+    Cost(CostArgs),
+    /// MaxSim late-interaction scores of queries against packed documents.
+    Maxsim(MaxsimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArg {
+    /// Backend: cpu (fast path), cpu-reference (f64), wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+}
+
+impl BackendArg {
+    fn open(&self) -> Result<Backend> {
+        Backend::new(self.backend.parse::<BackendKind>()?)
+    }
+}
+
+/// Solve batched entropic OT with log-domain Sinkhorn.
+///
+/// Give either a cost (--cost, shape (b,n,m) or (n,m), f32 or f64, with optional weights
+/// --a (b,n)/(n,) and --b (b,m)/(m,), uniform when omitted; zero weight = padding), or
+/// embeddings (--x (b,n,d)/(n,d) and --y (b,m,d)/(m,d), with optional integer
+/// --x-lengths/--y-lengths (b,); the cost is 1 − cos and the weights uniform over real
+/// tokens). Writes plan.npy (f32, the cost's rank), f.npy, g.npy, cost.npy,
+/// iterations.npy, converged.npy and marginal_error.npy into --out, then prints a one-line
+/// JSON summary.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct SolveArgs {
+    /// Cost matrices, (b,n,m) or (n,m).
+    #[arg(long, conflicts_with_all = ["x", "y"], required_unless_present_all = ["x", "y"])]
+    pub cost: Option<PathBuf>,
+    /// Row weights, (b,n) or (n,); uniform when omitted.
+    #[arg(long, requires = "cost")]
+    pub a: Option<PathBuf>,
+    /// Column weights, (b,m) or (m,); uniform when omitted.
+    #[arg(long, requires = "cost")]
+    pub b: Option<PathBuf>,
+    /// Row embeddings, (b,n,d) or (n,d).
+    #[arg(long, requires = "y")]
+    pub x: Option<PathBuf>,
+    /// Column embeddings, (b,m,d) or (m,d).
+    #[arg(long, requires = "x")]
+    pub y: Option<PathBuf>,
+    /// Real rows per pair, integer (b,); rows past it are padding.
+    #[arg(long, requires = "x")]
+    pub x_lengths: Option<PathBuf>,
+    /// Real columns per pair, integer (b,).
+    #[arg(long, requires = "y")]
+    pub y_lengths: Option<PathBuf>,
+    /// Entropic regularisation ε (> 0).
+    #[arg(long, default_value_t = 0.05)]
+    pub epsilon: f64,
+    /// Iteration cap per pair.
+    #[arg(long, default_value_t = 1000)]
+    pub max_iterations: usize,
+    /// Convergence threshold on the L1 row-marginal error.
+    #[arg(long, default_value_t = 1e-6)]
+    pub threshold: f64,
+    /// Test convergence every this many iterations.
+    #[arg(long, default_value_t = 10)]
+    pub check_every: usize,
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// Output directory (created; files in it are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Pairwise cosine cost of embedding batches: C[p,i,j] = 1 − cos(x[p,i], y[p,j]), 0 on
+/// padding. Inputs (b,n,d)/(b,m,d) or (n,d)/(m,d); output f32 (b,n,m) or (n,m).
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    #[arg(long)]
+    pub x: PathBuf,
+    #[arg(long)]
+    pub y: PathBuf,
+    #[arg(long)]
+    pub x_lengths: Option<PathBuf>,
+    #[arg(long)]
+    pub y_lengths: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// Output .npy file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// MaxSim scores: for each query and document, the sum over query tokens of the best
+/// cosine against the document's tokens. Queries (q,n,d) or (n,d) with optional lengths;
+/// documents packed as (tokens,d) with integer --doc-lengths (documents,). Output f32
+/// (q, documents) or (documents,).
+#[derive(Debug, Args)]
+pub struct MaxsimArgs {
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(long)]
+    pub query_lengths: Option<PathBuf>,
+    #[arg(long)]
+    pub docs: PathBuf,
+    #[arg(long)]
+    pub doc_lengths: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// Output .npy file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: OtArgs) -> Result<()> {
+    match args.command {
+        OtCommand::Solve(a) => solve(a),
+        OtCommand::Cost(a) => cost(a),
+        OtCommand::Maxsim(a) => maxsim(a),
+    }
+}
+
+/// A float array and whether it had the batch axis.
+struct Loaded {
+    shape: Vec<usize>,
+    values: Vec<f64>,
+}
+
+fn load(path: &Path, ranks: &[usize], what: &str) -> Result<Loaded> {
+    let arr = npy::read(path)?;
+    if !ranks.contains(&arr.shape.len()) {
+        return Err(Error::shape(
+            path.display().to_string(),
+            what.to_string(),
+            format!("{:?} (rank {})", arr.shape, arr.shape.len()),
+        ));
+    }
+    Ok(Loaded {
+        values: arr.to_f64(),
+        shape: arr.shape,
+    })
+}
+
+fn load_lengths(path: &Path, batch: usize, max: usize) -> Result<Vec<usize>> {
+    let arr = npy::read(path)?;
+    let ok_shape = match arr.shape.as_slice() {
+        [b] => *b == batch,
+        [] => batch == 1,
+        _ => false,
+    };
+    if !ok_shape {
+        return Err(Error::shape(
+            path.display().to_string(),
+            format!("({batch},), one length per set"),
+            format!("{:?}", arr.shape),
+        ));
+    }
+    arr.to_i64(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(p, v)| {
+            if v < 1 || v as usize > max {
+                Err(Error::value(
+                    path.display().to_string(),
+                    format!("set {p} has length {v}; expected 1..={max}"),
+                ))
+            } else {
+                Ok(v as usize)
+            }
+        })
+        .collect()
+}
+
+/// Embeddings from a (b,n,d) or (n,d) file; returns them and whether the batch axis was
+/// present.
+fn load_embeddings(path: &Path, lengths: Option<&Path>) -> Result<(Embeddings, bool)> {
+    let arr = load(path, &[2, 3], "(b, n, d) or (n, d)")?;
+    let batched = arr.shape.len() == 3;
+    let (b, n, d) = if batched {
+        (arr.shape[0], arr.shape[1], arr.shape[2])
+    } else {
+        (1, arr.shape[0], arr.shape[1])
+    };
+    let lengths = lengths.map(|p| load_lengths(p, b, n)).transpose()?;
+    let values = arr.values.into_iter().map(|v| v as f32).collect();
+    let e = Embeddings::new("embeddings", b, n, d, values, lengths).map_err(|e| e.in_file(path))?;
+    Ok((e, batched))
+}
+
+fn solve(args: SolveArgs) -> Result<()> {
+    let params = SinkhornParams {
+        epsilon: args.epsilon,
+        max_iterations: args.max_iterations,
+        threshold: args.threshold,
+        check_every: args.check_every,
+    };
+    params.validate()?;
+    let backend = args.backend.open()?;
+    let start = Instant::now();
+    let (problem, batched) = match (&args.cost, &args.x, &args.y) {
+        (Some(cost_path), _, _) => {
+            let c = load(cost_path, &[2, 3], "(b, n, m) or (n, m)")?;
+            let batched = c.shape.len() == 3;
+            let (b, n, m) = if batched {
+                (c.shape[0], c.shape[1], c.shape[2])
+            } else {
+                (1, c.shape[0], c.shape[1])
+            };
+            let weights = |path: &Option<PathBuf>, len: usize| -> Result<Option<Vec<f64>>> {
+                let Some(path) = path else { return Ok(None) };
+                let w = load(path, &[1, 2], "(b, len) or (len,)")?;
+                let want: &[usize] = if batched { &[b, len] } else { &[len] };
+                if w.shape != want {
+                    return Err(Error::shape(
+                        path.display().to_string(),
+                        format!("{want:?} to match the cost {:?}", c.shape),
+                        format!("{:?}", w.shape),
+                    ));
+                }
+                Ok(Some(w.values))
+            };
+            let a = weights(&args.a, n)?;
+            let bw = weights(&args.b, m)?;
+            let problem = Problem::new(b, n, m, c.values, a, bw).map_err(|e| match &e {
+                Error::Value { context, .. } if context == "a" => {
+                    e.in_file(args.a.as_deref().unwrap_or(cost_path))
+                }
+                Error::Value { context, .. } if context == "b" => {
+                    e.in_file(args.b.as_deref().unwrap_or(cost_path))
+                }
+                _ => e.in_file(cost_path),
+            })?;
+            (problem, batched)
+        }
+        (None, Some(xp), Some(yp)) => {
+            let (x, bx) = load_embeddings(xp, args.x_lengths.as_deref())?;
+            let (y, by) = load_embeddings(yp, args.y_lengths.as_deref())?;
+            if bx != by || x.b != y.b || x.d != y.d {
+                return Err(Error::shape(
+                    yp.display().to_string(),
+                    format!(
+                        "(b, m, d) with b = {} and d = {} to match {}",
+                        x.b,
+                        x.d,
+                        xp.display()
+                    ),
+                    format!("batch {} and d = {}", y.b, y.d),
+                ));
+            }
+            let cost = backend.cosine_cost(&x, &y)?;
+            (
+                Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?,
+                bx,
+            )
+        }
+        _ => {
+            return Err(Error::parameter(
+                "input",
+                "--cost, or both --x and --y",
+                "neither",
+            ))
+        }
+    };
+    let out = backend.sinkhorn(&problem, &params)?;
+    let seconds = start.elapsed().as_secs_f64();
+
+    let (b, n, m) = (problem.pairs, problem.n, problem.m);
+    let lead: &[usize] = if batched { &[b] } else { &[] };
+    let with = |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
+    let plan: Vec<f32> = out.plan.iter().map(|&v| v as f32).collect();
+    let iterations: Vec<i32> = out.iterations.iter().map(|&v| v as i32).collect();
+    write_dir(&args.out, |dir| {
+        npy::write(&dir.join("plan.npy"), &with(&[n, m]), &plan)?;
+        npy::write(&dir.join("f.npy"), &with(&[n]), &out.f)?;
+        npy::write(&dir.join("g.npy"), &with(&[m]), &out.g)?;
+        npy::write(&dir.join("cost.npy"), lead, &out.cost)?;
+        npy::write(&dir.join("iterations.npy"), lead, &iterations)?;
+        npy::write_bool(&dir.join("converged.npy"), lead, &out.converged)?;
+        npy::write(&dir.join("marginal_error.npy"), lead, &out.marginal_error)?;
+        Ok(())
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "backend": backend.kind().name(),
+            "pairs": b,
+            "n": n,
+            "m": m,
+            "converged": out.converged_count(),
+            "max_marginal_error": out.max_marginal_error(),
+            "max_iterations_run": out.iterations.iter().max().copied().unwrap_or(0),
+            "seconds": seconds,
+            "out": args.out.display().to_string(),
+        })
+    );
+    Ok(())
+}
+
+fn cost(args: CostArgs) -> Result<()> {
+    let backend = args.backend.open()?;
+    let (x, bx) = load_embeddings(&args.x, args.x_lengths.as_deref())?;
+    let (y, by) = load_embeddings(&args.y, args.y_lengths.as_deref())?;
+    if bx != by {
+        return Err(Error::shape(
+            args.y.display().to_string(),
+            format!("the same rank as {}", args.x.display()),
+            if by { "rank 3" } else { "rank 2" },
+        ));
+    }
+    let c = backend
+        .cosine_cost(&x, &y)
+        .map_err(|e| e.in_file(&args.y))?;
+    let shape: Vec<usize> = if bx {
+        vec![c.b, c.n, c.m]
+    } else {
+        vec![c.n, c.m]
+    };
+    write_file(&args.out, |p| npy::write(p, &shape, &c.data))
+}
+
+fn maxsim(args: MaxsimArgs) -> Result<()> {
+    let backend = args.backend.open()?;
+    let (q, batched) = load_embeddings(&args.queries, args.query_lengths.as_deref())?;
+    let docs = load(&args.docs, &[2], "(tokens, d)")?;
+    let d = docs.shape[1];
+    let lengths_arr = npy::read(&args.doc_lengths)?;
+    if lengths_arr.shape.len() != 1 {
+        return Err(Error::shape(
+            args.doc_lengths.display().to_string(),
+            "(documents,)",
+            format!("{:?}", lengths_arr.shape),
+        ));
+    }
+    let lengths = lengths_arr
+        .to_i64(&args.doc_lengths)?
+        .into_iter()
+        .enumerate()
+        .map(|(k, v)| {
+            usize::try_from(v).map_err(|_| {
+                Error::value(
+                    args.doc_lengths.display().to_string(),
+                    format!("document {k} has length {v}; expected a positive count"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let values = docs.values.into_iter().map(|v| v as f32).collect();
+    let packed =
+        PackedDocs::new("documents", d, values, lengths).map_err(|e| e.in_file(&args.docs))?;
+    let scores = backend
+        .maxsim(&q, &packed)
+        .map_err(|e| e.in_file(&args.docs))?;
+    let shape: Vec<usize> = if batched {
+        vec![q.b, packed.len()]
+    } else {
+        vec![packed.len()]
+    };
+    write_file(&args.out, |p| npy::write(p, &shape, &scores))
+}
+
+/// Write into `dir` without leaving a partial directory behind: files go to a temporary
+/// sibling first and are moved in only when all of them were written.
+fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::io(
+            dir,
+            "create output directory",
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the parent directory does not exist",
+            ),
+        ));
+    }
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    let result = write(&tmp).and_then(|()| {
+        if !dir.exists() {
+            return std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, "rename", e));
+        }
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                "write output directory",
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file with that name exists",
+                ),
+            ));
+        }
+        for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, "read", e))? {
+            let entry = entry.map_err(|e| Error::io(&tmp, "read", e))?;
+            let target = dir.join(entry.file_name());
+            std::fs::rename(entry.path(), &target).map_err(|e| Error::io(&target, "rename", e))?;
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+/// Write one file through a temporary sibling, renamed into place on success.
+fn write_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension(format!("partial-{}", std::process::id()));
+    let result = write(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

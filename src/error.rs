@@ -1,0 +1,137 @@
+//! The one error type of the crate.
+//!
+//! Variants are grouped by kind: input that the user got wrong (files, shapes, values,
+//! parameters), backends that are missing, and failures inside a backend. Every variant
+//! names the operation or file and says what was expected and what was found, so the
+//! message alone tells a user what to fix.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- input: files -------------------------------------------------------------------
+    /// A file could not be opened, read or written.
+    #[error("{path}: {action} failed: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file was read but its content is not what the format requires.
+    #[error("{path}: {what}")]
+    Format { path: PathBuf, what: String },
+
+    // ---- input: arrays and values -------------------------------------------------------
+    /// An array has the wrong rank or dimensions.
+    #[error("{context}: expected shape {expected}, found {found}")]
+    Shape {
+        context: String,
+        expected: String,
+        found: String,
+    },
+
+    /// A value is out of its domain (NaN, infinity, negative weight, zero mass, ...).
+    #[error("{context}: {what}")]
+    Value { context: String, what: String },
+
+    /// A solver or kernel parameter is out of range.
+    #[error("parameter {name}: expected {expected}, found {found}")]
+    Parameter {
+        name: &'static str,
+        expected: String,
+        found: String,
+    },
+
+    // ---- backends -----------------------------------------------------------------------
+    /// The backend was not compiled in, or no device for it was found.
+    #[error("backend {backend} is unavailable: {reason}")]
+    BackendUnavailable {
+        backend: &'static str,
+        reason: String,
+    },
+
+    /// A backend accepted the call but failed to carry it out.
+    #[error("backend {backend}, {operation}: {what}")]
+    Backend {
+        backend: &'static str,
+        operation: &'static str,
+        what: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+
+    pub(crate) fn shape(
+        context: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Self {
+        Error::Shape {
+            context: context.into(),
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+
+    pub(crate) fn value(context: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Value {
+            context: context.into(),
+            what: what.into(),
+        }
+    }
+
+    pub(crate) fn parameter(
+        name: &'static str,
+        expected: impl Into<String>,
+        found: impl ToString,
+    ) -> Self {
+        Error::Parameter {
+            name,
+            expected: expected.into(),
+            found: found.to_string(),
+        }
+    }
+
+    /// True for errors caused by the caller's input rather than by the machine or a backend.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Backend { .. })
+    }
+
+    /// Prefix the context of a shape or value error with a file name, so CLI messages say
+    /// which input was wrong.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        let p = path.display();
+        match self {
+            Error::Shape {
+                context,
+                expected,
+                found,
+            } => Error::Shape {
+                context: format!("{p} ({context})"),
+                expected,
+                found,
+            },
+            Error::Value { context, what } => Error::Value {
+                context: format!("{p} ({context})"),
+                what,
+            },
+            other => other,
+        }
+    }
+}

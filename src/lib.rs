@@ -1,0 +1,18 @@
+//! # optical
+//!
+//! Optimal-transport knowledge distillation for cross-lingual retrieval, built on
+//! hand-written kernels: a CPU reference and fast path, WGSL (wgpu) and PTX (CUDA).
+//!
+//! Data flows one way: files → validated arrays ([`ot::problem`]) → backend kernels
+//! ([`backend`]) → the Sinkhorn solver ([`ot::sinkhorn`]) → outputs.
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod io;
+pub mod ot;
+pub mod rng;
+
+pub use backend::{Backend, BackendKind};
+pub use error::{Error, Result};

@@ -1,0 +1,357 @@
+//! Validated inputs of the kernels: embedding batches, packed document sets, cost batches
+//! and entropic OT problems.
+//!
+//! Every constructor checks shapes and values and returns an [`Error`] that says what was
+//! expected and what was found; once built, these types are trusted by every backend.
+
+use crate::error::{Error, Result};
+
+/// A batch of `b` token-embedding sets, each padded to `n` rows of dimension `d`
+/// (row-major `(b, n, d)`), with the number of real rows of each set in `lengths`.
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    pub b: usize,
+    pub n: usize,
+    pub d: usize,
+    pub data: Vec<f32>,
+    pub lengths: Vec<usize>,
+}
+
+impl Embeddings {
+    /// Validate a `(b, n, d)` batch; `lengths` defaults to `n` for every set.
+    pub fn new(
+        name: &str,
+        b: usize,
+        n: usize,
+        d: usize,
+        data: Vec<f32>,
+        lengths: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        if b == 0 || n == 0 || d == 0 {
+            return Err(Error::shape(
+                name,
+                "a non-empty (b, n, d) array",
+                format!("({b}, {n}, {d})"),
+            ));
+        }
+        if data.len() != b * n * d {
+            return Err(Error::shape(
+                name,
+                format!("{} values for ({b}, {n}, {d})", b * n * d),
+                format!("{} values", data.len()),
+            ));
+        }
+        let lengths = lengths.unwrap_or_else(|| vec![n; b]);
+        if lengths.len() != b {
+            return Err(Error::shape(
+                format!("{name} lengths"),
+                format!("({b},), one length per set"),
+                format!("({},)", lengths.len()),
+            ));
+        }
+        for (p, &len) in lengths.iter().enumerate() {
+            if len == 0 || len > n {
+                return Err(Error::value(
+                    format!("{name} lengths"),
+                    format!("set {p} has length {len}; expected 1..={n} (empty sets have no mass)"),
+                ));
+            }
+        }
+        check_finite(name, &data, |i| {
+            format!("set {}, row {}", i / (n * d), (i / d) % n)
+        })?;
+        Ok(Embeddings {
+            b,
+            n,
+            d,
+            data,
+            lengths,
+        })
+    }
+
+    /// Row `i` of set `p`.
+    #[inline]
+    pub fn row(&self, p: usize, i: usize) -> &[f32] {
+        let o = (p * self.n + i) * self.d;
+        &self.data[o..o + self.d]
+    }
+}
+
+/// Document token embeddings packed back to back: `(total_tokens, d)` plus the token count
+/// of each document. Document `k` occupies rows `offsets[k] .. offsets[k] + lengths[k]`.
+#[derive(Clone, Debug)]
+pub struct PackedDocs {
+    pub d: usize,
+    pub data: Vec<f32>,
+    pub lengths: Vec<usize>,
+    pub offsets: Vec<usize>,
+}
+
+impl PackedDocs {
+    pub fn new(name: &str, d: usize, data: Vec<f32>, lengths: Vec<usize>) -> Result<Self> {
+        if d == 0 || data.is_empty() {
+            return Err(Error::shape(
+                name,
+                "a non-empty (tokens, d) array",
+                format!("{} values with d = {d}", data.len()),
+            ));
+        }
+        if lengths.is_empty() {
+            return Err(Error::value(
+                format!("{name} lengths"),
+                "expected at least one document, found none",
+            ));
+        }
+        let total_rows = data.len() / d;
+        let mut offsets = Vec::with_capacity(lengths.len());
+        let mut acc = 0usize;
+        for (k, &len) in lengths.iter().enumerate() {
+            if len == 0 {
+                return Err(Error::value(
+                    format!("{name} lengths"),
+                    format!("document {k} has no tokens; expected at least one"),
+                ));
+            }
+            offsets.push(acc);
+            acc += len;
+        }
+        if acc != total_rows || data.len() % d != 0 {
+            return Err(Error::shape(
+                name,
+                format!("({acc}, {d}): the lengths sum to {acc} tokens"),
+                format!("({total_rows}, {d})"),
+            ));
+        }
+        check_finite(name, &data, |i| format!("token {}", i / d))?;
+        Ok(PackedDocs {
+            d,
+            data,
+            lengths,
+            offsets,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The token rows of document `k`, row-major `(lengths[k], d)`.
+    #[inline]
+    pub fn doc(&self, k: usize) -> &[f32] {
+        let o = self.offsets[k] * self.d;
+        &self.data[o..o + self.lengths[k] * self.d]
+    }
+}
+
+/// A batch of `b` cost matrices `(b, n, m)`, row-major.
+#[derive(Clone, Debug)]
+pub struct CostBatch {
+    pub b: usize,
+    pub n: usize,
+    pub m: usize,
+    pub data: Vec<f32>,
+}
+
+/// A batch of entropic OT problems in the log domain's terms: costs `(b, n, m)` and
+/// marginals `a (b, n)`, `b (b, m)`, each pair's marginals normalised to mass 1. A zero
+/// weight marks padding: that row or column gets no mass and does not enter the solve.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    pub pairs: usize,
+    pub n: usize,
+    pub m: usize,
+    pub cost: Vec<f64>,
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+}
+
+impl Problem {
+    /// Validate and normalise. `a`/`b` default to uniform weights over all rows/columns.
+    pub fn new(
+        pairs: usize,
+        n: usize,
+        m: usize,
+        cost: Vec<f64>,
+        a: Option<Vec<f64>>,
+        b: Option<Vec<f64>>,
+    ) -> Result<Self> {
+        if pairs == 0 || n == 0 || m == 0 {
+            return Err(Error::shape(
+                "cost",
+                "a non-empty (b, n, m) array",
+                format!("({pairs}, {n}, {m})"),
+            ));
+        }
+        if cost.len() != pairs * n * m {
+            return Err(Error::shape(
+                "cost",
+                format!("{} values for ({pairs}, {n}, {m})", pairs * n * m),
+                format!("{} values", cost.len()),
+            ));
+        }
+        check_finite("cost", &cost, |i| {
+            format!("pair {}, entry ({}, {})", i / (n * m), (i / m) % n, i % m)
+        })?;
+        let a = normalise_weights("a", a, pairs, n)?;
+        let b = normalise_weights("b", b, pairs, m)?;
+        Ok(Problem {
+            pairs,
+            n,
+            m,
+            cost,
+            a,
+            b,
+        })
+    }
+
+    /// Build from embeddings: the cosine cost computed elsewhere plus uniform weights over
+    /// each set's real tokens.
+    pub fn from_cost_and_lengths(
+        cost: &CostBatch,
+        x_lengths: &[usize],
+        y_lengths: &[usize],
+    ) -> Result<Self> {
+        let uniform = |lengths: &[usize], width: usize| -> Vec<f64> {
+            lengths
+                .iter()
+                .flat_map(|&len| (0..width).map(move |i| if i < len { 1.0 } else { 0.0 }))
+                .collect()
+        };
+        Problem::new(
+            cost.b,
+            cost.n,
+            cost.m,
+            cost.data.iter().map(|&v| v as f64).collect(),
+            Some(uniform(x_lengths, cost.n)),
+            Some(uniform(y_lengths, cost.m)),
+        )
+    }
+
+    /// Cost matrix of pair `p`, `(n, m)` row-major.
+    #[inline]
+    pub fn cost_of(&self, p: usize) -> &[f64] {
+        &self.cost[p * self.n * self.m..(p + 1) * self.n * self.m]
+    }
+
+    /// The support of pair `p`: indices of the rows and columns with positive weight.
+    pub fn support(&self, p: usize) -> (Vec<usize>, Vec<usize>) {
+        let rows = (0..self.n)
+            .filter(|&i| self.a[p * self.n + i] > 0.0)
+            .collect();
+        let cols = (0..self.m)
+            .filter(|&j| self.b[p * self.m + j] > 0.0)
+            .collect();
+        (rows, cols)
+    }
+}
+
+fn normalise_weights(
+    name: &'static str,
+    w: Option<Vec<f64>>,
+    pairs: usize,
+    len: usize,
+) -> Result<Vec<f64>> {
+    let mut w = match w {
+        None => return Ok(vec![1.0 / len as f64; pairs * len]),
+        Some(w) => w,
+    };
+    if w.len() != pairs * len {
+        return Err(Error::shape(
+            name,
+            format!("({pairs}, {len}) to match the cost"),
+            format!("{} values", w.len()),
+        ));
+    }
+    for (p, chunk) in w.chunks_mut(len).enumerate() {
+        let mut total = 0.0;
+        for (i, &v) in chunk.iter().enumerate() {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::value(
+                    name,
+                    format!(
+                        "pair {p}, index {i}: expected a finite non-negative weight, found {v}"
+                    ),
+                ));
+            }
+            total += v;
+        }
+        if total <= 0.0 {
+            return Err(Error::value(
+                name,
+                format!("pair {p} has zero total mass; expected at least one positive weight"),
+            ));
+        }
+        chunk.iter_mut().for_each(|v| *v /= total);
+    }
+    Ok(w)
+}
+
+fn check_finite<T: Copy + Into<f64>>(
+    name: &str,
+    data: &[T],
+    locate: impl Fn(usize) -> String,
+) -> Result<()> {
+    if let Some(i) = data.iter().position(|&v| !v.into().is_finite()) {
+        let v: f64 = data[i].into();
+        return Err(Error::value(
+            name,
+            format!("{}: expected a finite number, found {v}", locate(i)),
+        ));
+    }
+    Ok(())
+}
+
+/// Parameters of the Sinkhorn solver (the problem is separate, see [`Problem`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SinkhornParams {
+    /// Entropic regularisation ε (> 0), in the units of the cost.
+    pub epsilon: f64,
+    /// Iteration cap per pair; a pair that reaches it unconverged is flagged, not an error.
+    pub max_iterations: usize,
+    /// Convergence threshold on the L1 error of the row marginal (columns are exact after
+    /// each iteration's column update).
+    pub threshold: f64,
+    /// Convergence is tested every `check_every` iterations (and at `max_iterations`).
+    pub check_every: usize,
+}
+
+impl Default for SinkhornParams {
+    fn default() -> Self {
+        SinkhornParams {
+            epsilon: 0.05,
+            max_iterations: 1000,
+            threshold: 1e-6,
+            check_every: 10,
+        }
+    }
+}
+
+impl SinkhornParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(Error::parameter(
+                "epsilon",
+                "a finite number > 0",
+                self.epsilon,
+            ));
+        }
+        if self.max_iterations == 0 {
+            return Err(Error::parameter("max_iterations", "at least 1", 0));
+        }
+        if !(self.threshold.is_finite() && self.threshold >= 0.0) {
+            return Err(Error::parameter(
+                "threshold",
+                "a finite number >= 0",
+                self.threshold,
+            ));
+        }
+        if self.check_every == 0 {
+            return Err(Error::parameter("check_every", "at least 1", 0));
+        }
+        Ok(())
+    }
+}

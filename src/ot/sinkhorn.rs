@@ -1,0 +1,157 @@
+//! Batched entropic Sinkhorn in the log domain: the control logic, written once.
+//!
+//! # The iteration
+//!
+//! With potentials `f (n)`, `g (m)` the plan of a pair is
+//!
+//! ```text
+//! P_ij = a_i · b_j · exp((f_i + g_j − C_ij) / ε)
+//! ```
+//!
+//! and one iteration is two soft-min (log-sum-exp) reductions, rows first:
+//!
+//! ```text
+//! f_i ← −ε · LSE_j( log b_j + (g_j − C_ij) / ε )      (row marginals become exact)
+//! g_j ← −ε · LSE_i( log a_i + (f_i − C_ij) / ε )      (column marginals become exact)
+//! ```
+//!
+//! starting from `f = g = 0`. After the column update the column marginals are exact, so a
+//! pair's error is the L1 error of its row marginal, `Σ_i |Σ_j P_ij − a_i|`. It is tested
+//! every `check_every` iterations and at `max_iterations`; a pair whose error is below
+//! `threshold` is marked converged and stops (other pairs go on). A pair that hits
+//! `max_iterations` keeps its last iterate and is flagged `converged = false`: that is a
+//! result, not an error.
+//!
+//! Rows and columns of zero weight are padding: they take no part in the iteration, their
+//! potentials are reported as 0 and their plan entries are exactly 0, so a padded pair's
+//! solution equals that of the unpadded problem.
+//!
+//! Backends supply the reductions through [`SinkhornKernels`]; this module owns everything
+//! else (schedule, per-pair stopping, iteration counts, the output).
+
+use crate::error::{Error, Result};
+use crate::ot::problem::{Problem, SinkhornParams};
+
+/// What a backend supplies to the solver. A backend keeps its per-batch working data
+/// (compacted and rescaled costs, potentials, device buffers) in `State`.
+pub trait SinkhornKernels {
+    type State;
+
+    /// Prepare the working data of a batch (for example: gather each pair's support,
+    /// rescale the cost, upload it).
+    fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<Self::State>;
+
+    /// Run `iterations` full iterations (row update, then column update) on the pairs with
+    /// `active[p] == true`; the others must not change.
+    fn iterate(&self, state: &mut Self::State, active: &[bool], iterations: usize) -> Result<()>;
+
+    /// The L1 row-marginal error of the current plan of every active pair (inactive pairs:
+    /// any value). Must not change the current iterate.
+    fn marginal_errors(&self, state: &mut Self::State, active: &[bool]) -> Result<Vec<f64>>;
+
+    /// The plan `(b, n, m)`, potentials `f (b, n)`, `g (b, m)` and the transport cost
+    /// `⟨P, C⟩ (b)` of the current iterate, padding included (zeros).
+    fn finish(&self, state: Self::State, problem: &Problem) -> Result<Solution>;
+}
+
+/// The arrays a backend hands back from [`SinkhornKernels::finish`].
+#[derive(Clone, Debug)]
+pub struct Solution {
+    pub plan: Vec<f64>,
+    pub f: Vec<f64>,
+    pub g: Vec<f64>,
+    pub cost: Vec<f64>,
+}
+
+/// Output of a batched solve.
+#[derive(Clone, Debug)]
+pub struct SinkhornOutput {
+    pub pairs: usize,
+    pub n: usize,
+    pub m: usize,
+    /// Transport plans `(pairs, n, m)`.
+    pub plan: Vec<f64>,
+    /// Row potentials `(pairs, n)` (0 on padding).
+    pub f: Vec<f64>,
+    /// Column potentials `(pairs, m)` (0 on padding).
+    pub g: Vec<f64>,
+    /// Transport cost `⟨P, C⟩` per pair.
+    pub cost: Vec<f64>,
+    /// Iterations run per pair.
+    pub iterations: Vec<u32>,
+    /// Whether the pair's marginal error fell below the threshold.
+    pub converged: Vec<bool>,
+    /// L1 row-marginal error at the last check.
+    pub marginal_error: Vec<f64>,
+}
+
+impl SinkhornOutput {
+    pub fn converged_count(&self) -> usize {
+        self.converged.iter().filter(|&&c| c).count()
+    }
+
+    pub fn max_marginal_error(&self) -> f64 {
+        self.marginal_error.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Plan of pair `p`, `(n, m)` row-major.
+    pub fn plan_of(&self, p: usize) -> &[f64] {
+        &self.plan[p * self.n * self.m..(p + 1) * self.n * self.m]
+    }
+}
+
+/// Solve every pair of `problem` with the backend's kernels.
+pub fn solve<K: SinkhornKernels>(
+    kernels: &K,
+    problem: &Problem,
+    params: &SinkhornParams,
+) -> Result<SinkhornOutput> {
+    params.validate()?;
+    let pairs = problem.pairs;
+    let mut state = kernels.prepare(problem, params.epsilon)?;
+    let mut active = vec![true; pairs];
+    let mut iterations = vec![0u32; pairs];
+    let mut converged = vec![false; pairs];
+    let mut errors = vec![f64::INFINITY; pairs];
+    let mut done = 0usize;
+    while done < params.max_iterations && active.iter().any(|&a| a) {
+        let chunk = params.check_every.min(params.max_iterations - done);
+        kernels.iterate(&mut state, &active, chunk)?;
+        done += chunk;
+        let errs = kernels.marginal_errors(&mut state, &active)?;
+        if errs.len() != pairs {
+            return Err(Error::Backend {
+                backend: "solver",
+                operation: "marginal_errors",
+                what: format!("expected {pairs} errors, found {}", errs.len()),
+            });
+        }
+        for p in 0..pairs {
+            if !active[p] {
+                continue;
+            }
+            iterations[p] = done as u32;
+            errors[p] = errs[p];
+            if errs[p] <= params.threshold {
+                converged[p] = true;
+                active[p] = false;
+            } else if !errs[p].is_finite() {
+                // A non-finite error cannot recover; stop the pair and report it unconverged.
+                active[p] = false;
+            }
+        }
+    }
+    let sol = kernels.finish(state, problem)?;
+    Ok(SinkhornOutput {
+        pairs,
+        n: problem.n,
+        m: problem.m,
+        plan: sol.plan,
+        f: sol.f,
+        g: sol.g,
+        cost: sol.cost,
+        iterations,
+        converged,
+        marginal_error: errors,
+    })
+}
