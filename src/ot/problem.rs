@@ -115,7 +115,7 @@ impl PackedDocs {
             offsets.push(acc);
             acc += len;
         }
-        if acc != total_rows || data.len() % d != 0 {
+        if acc != total_rows || !data.len().is_multiple_of(d) {
             return Err(Error::shape(
                 name,
                 format!("({acc}, {d}): the lengths sum to {acc} tokens"),
