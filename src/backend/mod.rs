@@ -118,6 +118,21 @@ impl Backend {
         }
     }
 
+    /// Entropic OT between embedding sets: cosine cost on real tokens, uniform weights over
+    /// them, then Sinkhorn. Backends with a fused kernel override this so that the cost
+    /// stays on-chip; the result must equal the materialised path.
+    pub fn sinkhorn_embeddings(
+        &self,
+        x: &Embeddings,
+        y: &Embeddings,
+        params: &SinkhornParams,
+    ) -> Result<SinkhornOutput> {
+        params.validate()?;
+        let cost = self.cosine_cost(x, y)?;
+        let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
+        self.sinkhorn(&problem, params)
+    }
+
     /// Batched log-domain Sinkhorn.
     pub fn sinkhorn(&self, problem: &Problem, params: &SinkhornParams) -> Result<SinkhornOutput> {
         match self {

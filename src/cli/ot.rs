@@ -216,7 +216,7 @@ fn solve(args: SolveArgs) -> Result<()> {
     params.validate()?;
     let backend = args.backend.open()?;
     let start = Instant::now();
-    let (problem, batched) = match (&args.cost, &args.x, &args.y) {
+    let (out, batched) = match (&args.cost, &args.x, &args.y) {
         (Some(cost_path), _, _) => {
             let c = load(cost_path, &[2, 3], "(b, n, m) or (n, m)")?;
             let batched = c.shape.len() == 3;
@@ -249,7 +249,7 @@ fn solve(args: SolveArgs) -> Result<()> {
                 }
                 _ => e.in_file(cost_path),
             })?;
-            (problem, batched)
+            (backend.sinkhorn(&problem, &params)?, batched)
         }
         (None, Some(xp), Some(yp)) => {
             let (x, bx) = load_embeddings(xp, args.x_lengths.as_deref())?;
@@ -266,11 +266,7 @@ fn solve(args: SolveArgs) -> Result<()> {
                     format!("batch {} and d = {}", y.b, y.d),
                 ));
             }
-            let cost = backend.cosine_cost(&x, &y)?;
-            (
-                Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?,
-                bx,
-            )
+            (backend.sinkhorn_embeddings(&x, &y, &params)?, bx)
         }
         _ => {
             return Err(Error::parameter(
@@ -280,10 +276,9 @@ fn solve(args: SolveArgs) -> Result<()> {
             ))
         }
     };
-    let out = backend.sinkhorn(&problem, &params)?;
     let seconds = start.elapsed().as_secs_f64();
 
-    let (b, n, m) = (problem.pairs, problem.n, problem.m);
+    let (b, n, m) = (out.pairs, out.n, out.m);
     let lead: &[usize] = if batched { &[b] } else { &[] };
     let with = |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
     let plan: Vec<f32> = out.plan.iter().map(|&v| v as f32).collect();
