@@ -616,3 +616,44 @@ impl MaxsimInputs {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_never_panics_and_a_missing_driver_is_unavailable() {
+        match CudaBackend::new() {
+            Ok(b) => assert!(!b.device_name().is_empty()),
+            Err(Error::BackendUnavailable { backend, reason }) => {
+                assert_eq!(backend, "cuda");
+                if !driver_library_present() {
+                    assert!(reason.contains("driver library"), "{reason}");
+                }
+            }
+            Err(e) => panic!("a present driver failed: {e}"),
+        }
+        // The failure is cached, not retried into a different answer.
+        assert_eq!(CudaBackend::new().is_ok(), CudaBackend::new().is_ok());
+    }
+
+    #[test]
+    fn probe_agrees_with_opening() {
+        let (available, devices, note) = probe();
+        assert_eq!(available, CudaBackend::new().is_ok(), "{note}");
+        assert!(available || !note.is_empty());
+        assert!(!available || !devices.is_empty());
+    }
+
+    #[test]
+    fn padding_rows_keeps_values_and_adds_zeros() {
+        let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(
+            padded(&data, 3, 4).as_ref(),
+            &[1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 6.0, 0.0]
+        );
+        assert!(matches!(padded(&data, 2, 2), Cow::Borrowed(_)));
+        assert!(as_u32("n", usize::MAX).is_err());
+        assert_eq!(as_u32("n", 7).unwrap(), 7);
+    }
+}
