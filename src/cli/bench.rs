@@ -12,8 +12,11 @@ use crate::bench::{run_kernel, KERNELS};
 ///   maxsim        8 queries x 32 tokens vs 1,000 docs x 48, d=128 -> GB/s, GFLOP/s
 ///   sinkhorn      b=64, n=m=128, eps=0.05, 200 iterations        -> G exp/s
 ///   sinkhorn-512  b=4, n=m=512, eps=0.05, 100 iterations         -> G exp/s
+///   sinkhorn-fused  (only with --kernels) embeddings b=256, n=m=128, d=384:
+///                 cosine cost + Sinkhorn, eps=0.05, 100 iterations -> G exp/s
 /// Each kernel: one warm-up call, then calls for at least --min-seconds (at least 3);
-/// the median seconds per call is reported.
+/// the median seconds per call is reported. On cuda the kernels are also timed alone with
+/// CUDA events (no transfers): "device" seconds per call and rate.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
@@ -53,8 +56,14 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
             .flatten()
             .collect::<Vec<_>>()
             .join(", ");
+            let device = match (r.device_seconds_per_call, r.device_rate) {
+                (Some(s), Some(rate)) => {
+                    format!("  device {s:.6} s/call ({rate:.3} /s in G units)")
+                }
+                _ => String::new(),
+            };
             println!(
-                "{:<13} {:<14} {:>12.6} s/call  {rate}   [{}]",
+                "{:<13} {:<14} {:>12.6} s/call  {rate}{device}   [{}]",
                 r.kernel, r.backend, r.seconds_per_call, r.shape
             );
         }
