@@ -58,7 +58,12 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
             .join(", ");
             let device = match (r.device_seconds_per_call, r.device_rate) {
                 (Some(s), Some(rate)) => {
-                    format!("  device {s:.6} s/call ({rate:.3} /s in G units)")
+                    let unit = if r.gexp_per_s.is_some() {
+                        "G exp/s"
+                    } else {
+                        "GB/s"
+                    };
+                    format!("  (device: {s:.6} s/call, {rate:.3} {unit})")
                 }
                 _ => String::new(),
             };
