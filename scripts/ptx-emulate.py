@@ -532,11 +532,11 @@ def sinkhorn_model(K, la, lb, nr, nc, m, iters):
     return F, G, err
 
 
-def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed):
+def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
     rng = random.Random(seed)
     eps = 0.05
-    rows = [rng.randint(1, n) for _ in range(b)]
-    cols = [rng.randint(1, m) for _ in range(b)]
+    rows = [n if full else rng.randint(1, n) for _ in range(b)]
+    cols = [m if full else rng.randint(1, m) for _ in range(b)]
     active = [1] * b
     if b > 1:
         active[1] = 0
@@ -642,6 +642,9 @@ def main():
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),
         ("sinkhorn smem", lambda: test_sinkhorn(mods, 3, 17, 29, 4, True, 64, 6)),
         ("sinkhorn global", lambda: test_sinkhorn(mods, 2, 40, 9, 3, False, 128, 7)),
+        # rows / columns longer than the 4 values per lane kept in registers (128)
+        ("sinkhorn long rows", lambda: test_sinkhorn(mods, 1, 3, 161, 2, True, 64, 14, True)),
+        ("sinkhorn long columns", lambda: test_sinkhorn(mods, 1, 150, 2, 2, False, 64, 15, True)),
         ("sinkhorn 1x1", lambda: test_sinkhorn(mods, 1, 1, 1, 2, True, 64, 8)),
         ("sinkhorn converging", lambda: test_sinkhorn(mods, 2, 6, 5, 60, True, 64, 12)),
         ("sinkhorn zero iterations", lambda: test_sinkhorn(mods, 2, 5, 6, 0, True, 32, 9)),
