@@ -260,45 +260,61 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
     }
 }
 
-/// A checked launch: counts the arguments pushed against the entry point's parameter list.
+/// A checked launch: records the type of every argument pushed and compares the list with
+/// the entry point's signature ([`ptx::SIGNATURES`], itself checked against the PTX).
 pub(super) struct Launch<'a> {
     args: LaunchArgs<'a>,
     entry: &'static str,
-    pushed: usize,
+    pushed: Vec<&'static str>,
 }
 
 impl<'a> Launch<'a> {
-    pub fn arg<T>(&mut self, value: T) -> &mut Self
-    where
-        LaunchArgs<'a>: PushKernelArg<T>,
-    {
+    /// A device buffer the kernel only reads.
+    pub fn buf<T>(&mut self, buf: &'a CudaSlice<T>) -> &mut Self {
+        self.args.arg(buf);
+        self.pushed.push("u64");
+        self
+    }
+
+    /// A device buffer the kernel writes.
+    pub fn buf_mut<T>(&mut self, buf: &'a mut CudaSlice<T>) -> &mut Self {
+        self.args.arg(buf);
+        self.pushed.push("u64");
+        self
+    }
+
+    pub fn u32(&mut self, value: &'a u32) -> &mut Self {
         self.args.arg(value);
-        self.pushed += 1;
+        self.pushed.push("u32");
+        self
+    }
+
+    pub fn f32(&mut self, value: &'a f32) -> &mut Self {
+        self.args.arg(value);
+        self.pushed.push("f32");
         self
     }
 
     /// Launch on the backend's stream.
     ///
     /// # Safety
-    /// The arguments must match the entry point's parameters in order and type, and every
-    /// buffer must be at least as large as the kernel's header says it reads or writes for
-    /// the given scalars and launch geometry.
+    /// Every buffer must be at least as large as the kernel's header says it reads or
+    /// writes for the given scalars and launch geometry (the argument types and order are
+    /// checked here).
     pub unsafe fn launch(mut self, cfg: LaunchConfig) -> Result<()> {
-        let expected = ptx::LAUNCH_ARITY
-            .iter()
-            .find(|(name, _)| *name == self.entry)
-            .map(|&(_, n)| n);
-        if expected != Some(self.pushed) {
+        let expected = ptx::signature(self.entry);
+        if expected != Some(self.pushed.as_slice()) {
             return Err(Error::Backend {
                 backend: BACKEND,
                 operation: "launch",
                 what: format!(
-                    "{}: expected {expected:?} arguments, pushed {}",
+                    "{}: the kernel takes {expected:?}, the launch pushed {:?}",
                     self.entry, self.pushed
                 ),
             });
         }
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: the argument types match the entry point's parameters (checked above);
+        // the buffer sizes are this function's contract, forwarded to the caller.
         unsafe { self.args.launch(cfg) }
             .map(drop)
             .map_err(|e| Error::Backend {
@@ -360,7 +376,7 @@ impl CudaBackend {
         Launch {
             args: self.dev.stream.launch_builder(f),
             entry,
-            pushed: 0,
+            pushed: Vec::with_capacity(16),
         }
     }
 
@@ -397,7 +413,7 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let mut l = self.launch(&self.dev.kernels.row_inv_norm, ptx::ROW_INV_NORM);
-        l.arg(rows).arg(&mut inv).arg(&count_u).arg(&d4);
+        l.buf(rows).buf_mut(&mut inv).u32(&count_u).u32(&d4);
         // SAFETY: `rows` holds `count * dp` floats (dp = 4 * d4) and `inv` `count`; one warp
         // per row covers rows < count exactly, the kernel's whole read/write set.
         unsafe { l.launch(cfg) }?;
@@ -432,16 +448,16 @@ impl CudaBackend {
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", dp)?);
         let mut l = self.launch(&self.dev.kernels.cosine_cost, ptx::COSINE_COST);
-        l.arg(xg)
-            .arg(yg)
-            .arg(&xinv)
-            .arg(&yinv)
-            .arg(xl)
-            .arg(yl)
-            .arg(&mut out)
-            .arg(&nu)
-            .arg(&mu)
-            .arg(&dpu);
+        l.buf(xg)
+            .buf(yg)
+            .buf(&xinv)
+            .buf(&yinv)
+            .buf(xl)
+            .buf(yl)
+            .buf_mut(&mut out)
+            .u32(&nu)
+            .u32(&mu)
+            .u32(&dpu);
         // SAFETY: x holds b*n*dp floats, y b*m*dp, xinv b*n, yinv b*m, the lengths b u32 each
         // with 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the
         // grid (b, ceil(n/64), ceil(m/64)) x 256 threads is the geometry the kernel requires,
@@ -594,20 +610,20 @@ impl MaxsimInputs {
         let (nq, qn, nd) = (self.nq as u32, self.qn as u32, self.nd as u32);
         let (dp, s4, insm) = (as_u32("d", self.dp)?, stride4 as u32, in_smem as u32);
         let mut l = cuda.launch(&cuda.dev.kernels.maxsim, ptx::MAXSIM);
-        l.arg(&self.q)
-            .arg(&q_inv)
-            .arg(&self.q_len)
-            .arg(&self.docs)
-            .arg(&d_inv)
-            .arg(&self.d_off)
-            .arg(&self.d_len)
-            .arg(&mut out)
-            .arg(&nq)
-            .arg(&qn)
-            .arg(&nd)
-            .arg(&dp)
-            .arg(&s4)
-            .arg(&insm);
+        l.buf(&self.q)
+            .buf(&q_inv)
+            .buf(&self.q_len)
+            .buf(&self.docs)
+            .buf(&d_inv)
+            .buf(&self.d_off)
+            .buf(&self.d_len)
+            .buf_mut(&mut out)
+            .u32(&nq)
+            .u32(&qn)
+            .u32(&nd)
+            .u32(&dp)
+            .u32(&s4)
+            .u32(&insm);
         // SAFETY: q holds nq*qn*dp floats and q_inv nq*qn; docs holds tokens*dp floats and
         // d_inv tokens; d_off/d_len (nd) describe documents inside the tokens (validated
         // PackedDocs) and q_len (nq) is within 1..=qn; out holds nq*nd; the dynamic shared

@@ -47,15 +47,47 @@ pub const MODULES: [PtxModule; 4] = [
     SINKHORN_FUSED_MODULE,
 ];
 
-/// How many arguments the runtime passes to each entry point (checked against the PTX
-/// parameter lists by the tests, and at every launch against the arguments pushed).
-pub const LAUNCH_ARITY: [(&str, usize); 5] = [
-    (ROW_INV_NORM, 4),
-    (COSINE_COST, 10),
-    (MAXSIM, 14),
-    (SINKHORN_ITERATE, 14),
-    (SINKHORN_FUSED, 16),
+/// The parameter types the runtime passes to each entry point, in order (`u64` = a device
+/// pointer). The tests check them against the PTX parameter lists, and every launch checks
+/// the arguments it pushed against them.
+pub const SIGNATURES: [(&str, &[&str]); 5] = [
+    (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
+    (
+        COSINE_COST,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32",
+        ],
+    ),
+    (
+        MAXSIM,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32",
+            "u32", "u32",
+        ],
+    ),
+    (
+        SINKHORN_ITERATE,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32",
+            "u32", "u32",
+        ],
+    ),
+    (
+        SINKHORN_FUSED,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32",
+            "u32", "u32", "u32", "f32",
+        ],
+    ),
 ];
+
+/// The signature of `entry` in [`SIGNATURES`].
+pub fn signature(entry: &str) -> Option<&'static [&'static str]> {
+    SIGNATURES
+        .iter()
+        .find(|(name, _)| *name == entry)
+        .map(|&(_, sig)| sig)
+}
 
 /// The `.entry` names declared in a PTX text.
 pub fn declared_entries(source: &str) -> Vec<&str> {
@@ -73,8 +105,8 @@ pub fn declared_entries(source: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The `.param` names of entry `entry`, in order (for checking launch argument counts).
-pub fn entry_params<'a>(source: &'a str, entry: &str) -> Option<Vec<&'a str>> {
+/// The `.param` declarations of entry `entry`, in order, as `(type, name)`.
+pub fn entry_params<'a>(source: &'a str, entry: &str) -> Option<Vec<(&'a str, &'a str)>> {
     let start = source.lines().position(|l| {
         !l.trim_start().starts_with("//") && l.contains(&format!(".entry {entry}("))
     })?;
@@ -84,9 +116,11 @@ pub fn entry_params<'a>(source: &'a str, entry: &str) -> Option<Vec<&'a str>> {
         if line.starts_with(')') {
             return Some(params);
         }
-        let decl = line.strip_prefix(".param ")?;
-        let name = decl.trim_end_matches(',').split_whitespace().last()?;
-        params.push(name);
+        let mut decl = line
+            .strip_prefix(".param .")?
+            .trim_end_matches(',')
+            .split_whitespace();
+        params.push((decl.next()?, decl.next()?));
     }
     None
 }
@@ -161,8 +195,8 @@ mod tests {
     }
 
     #[test]
-    fn launch_arity_matches_the_ptx_parameter_lists() {
-        for (entry, arity) in LAUNCH_ARITY {
+    fn launch_signatures_match_the_ptx_parameter_lists() {
+        for (entry, sig) in SIGNATURES {
             let module = MODULES
                 .iter()
                 .find(|m| m.entries.contains(&entry))
@@ -170,22 +204,22 @@ mod tests {
             let params = entry_params(module.source, entry).unwrap_or_else(|| {
                 panic!("kernels/{}: no parameter list for {entry}", module.file)
             });
+            let types: Vec<&str> = params.iter().map(|&(t, _)| t).collect();
             assert_eq!(
-                params.len(),
-                arity,
+                types, sig,
                 "kernels/{}: {entry} declares {params:?}",
                 module.file
             );
         }
         let launched: usize = MODULES.iter().map(|m| m.entries.len()).sum();
-        assert_eq!(launched, LAUNCH_ARITY.len());
+        assert_eq!(launched, SIGNATURES.len());
     }
 
     #[test]
     fn entry_params_parses_the_parameter_list() {
         let params = entry_params(SINKHORN_MODULE.source, SINKHORN_ITERATE).unwrap();
-        assert_eq!(params.first(), Some(&"p_k"));
-        assert_eq!(params.last(), Some(&"p_k_in_smem"));
+        assert_eq!(params.first(), Some(&("u64", "p_k")));
+        assert_eq!(params.last(), Some(&("u32", "p_k_in_smem")));
         assert_eq!(params.len(), 14);
         assert!(entry_params(SINKHORN_MODULE.source, "no_such_entry").is_none());
     }

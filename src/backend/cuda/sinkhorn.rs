@@ -129,20 +129,20 @@ impl CudaBackend {
         let (n, m) = (as_u32("n", st.n)?, as_u32("m", st.m)?);
         let (iters, ksm) = (as_u32("iterations", iterations)?, st.k_in_smem as u32);
         let mut l = self.launch(&self.dev.kernels.sinkhorn_iterate, ptx::SINKHORN_ITERATE);
-        l.arg(&st.k)
-            .arg(&st.kt)
-            .arg(&st.log2a)
-            .arg(&st.log2b)
-            .arg(&mut st.f)
-            .arg(&mut st.g)
-            .arg(&st.rows)
-            .arg(&st.cols)
-            .arg(&st.active)
-            .arg(&mut st.err)
-            .arg(&n)
-            .arg(&m)
-            .arg(&iters)
-            .arg(&ksm);
+        l.buf(&st.k)
+            .buf(&st.kt)
+            .buf(&st.log2a)
+            .buf(&st.log2b)
+            .buf_mut(&mut st.f)
+            .buf_mut(&mut st.g)
+            .buf(&st.rows)
+            .buf(&st.cols)
+            .buf(&st.active)
+            .buf_mut(&mut st.err)
+            .u32(&n)
+            .u32(&m)
+            .u32(&iters)
+            .u32(&ksm);
         // SAFETY: k holds pairs*n*m floats, kt pairs*m*n when k_in_smem == 0 (else it is not
         // read), log2a and f pairs*n, log2b and g pairs*m, rows/cols/active/err pairs entries,
         // with rows[p] <= n and cols[p] <= m (supports of a validated Problem); the dynamic
@@ -241,22 +241,22 @@ impl CudaBackend {
         let iters = as_u32("iterations", iterations)?;
         let kscale = (-LOG2E / epsilon) as f32;
         let mut l = self.launch(&self.dev.kernels.sinkhorn_fused, ptx::SINKHORN_FUSED);
-        l.arg(&bufs.x)
-            .arg(&bufs.y)
-            .arg(&bufs.x_len)
-            .arg(&bufs.y_len)
-            .arg(&bufs.log2a)
-            .arg(&bufs.log2b)
-            .arg(&mut bufs.cost)
-            .arg(&mut bufs.k)
-            .arg(&mut bufs.f)
-            .arg(&mut bufs.g)
-            .arg(&mut bufs.err)
-            .arg(&nu)
-            .arg(&mu)
-            .arg(&dpu)
-            .arg(&iters)
-            .arg(&kscale);
+        l.buf(&bufs.x)
+            .buf(&bufs.y)
+            .buf(&bufs.x_len)
+            .buf(&bufs.y_len)
+            .buf(&bufs.log2a)
+            .buf(&bufs.log2b)
+            .buf_mut(&mut bufs.cost)
+            .buf_mut(&mut bufs.k)
+            .buf_mut(&mut bufs.f)
+            .buf_mut(&mut bufs.g)
+            .buf_mut(&mut bufs.err)
+            .u32(&nu)
+            .u32(&mu)
+            .u32(&dpu)
+            .u32(&iters)
+            .f32(&kscale);
         // SAFETY: x holds b*n*dp floats and y b*m*dp (dp % 4 == 0, 16-byte aligned rows),
         // the lengths b u32 each within 1..=n / 1..=m, log2a and f b*n, log2b and g b*m,
         // cost and k b*n*m, err b; block = 256 threads as the kernel requires, and the
