@@ -45,6 +45,9 @@ def from_bits(b):
 # ---- memory ------------------------------------------------------------------------------
 GLOBAL_BASE = 0x1_0000_0000
 SHARED_GENERIC = 0x7F00_0000_0000  # where the shared window appears in generic space
+# Global-space addresses (from cvta.to.global) carry this tag so that the emulator notices a
+# global address used by a generic load/store, or a generic pointer used by ld.global.
+GLOBAL_TAG = 1 << 62
 
 
 class Memory:
@@ -210,10 +213,18 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             return val(t, m.group(1)) + int(m.group(2))
         return val(t, inner)
 
+    def check_space(space, addr):
+        if space == "global":
+            if not addr & GLOBAL_TAG:
+                raise ValueError(f"{entry.name}: ld/st.global with a generic address {addr:#x}")
+            return addr & ~GLOBAL_TAG
+        if space == "generic" and addr & GLOBAL_TAG:
+            raise ValueError(f"{entry.name}: generic ld/st with a global-space address {addr:#x}")
+        return addr
+
     def load(space, addr, ty, n=1):
         size = 4
-        if space == "param":
-            raise AssertionError
+        addr = check_space(space, addr)
         if space == "generic":
             if addr >= SHARED_GENERIC:
                 space, addr = "shared", addr - SHARED_GENERIC
@@ -235,6 +246,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         fmt = "<" + ("f" if ty == "f32" else "I") * n
         vals = [float(v) if ty == "f32" else int(v) & 0xFFFFFFFF for v in values]
         raw = struct.pack(fmt, *vals)
+        addr = check_space(space, addr)
         if space == "generic":
             if addr >= SHARED_GENERIC:
                 space, addr = "shared", addr - SHARED_GENERIC
@@ -298,7 +310,14 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 r[ops[0]] = val(t, ops[1])
             elif op == "cvta":
                 v = val(t, ops[1])
-                r[ops[0]] = v + SHARED_GENERIC if parts[1] == "shared" else v
+                if parts[1] == "shared":
+                    r[ops[0]] = v + SHARED_GENERIC
+                elif parts[1:3] == ["to", "global"]:
+                    if v & GLOBAL_TAG or v >= SHARED_GENERIC:
+                        raise ValueError(f"{entry.name}: cvta.to.global of a non-generic-global address {v:#x}")
+                    r[ops[0]] = v | GLOBAL_TAG
+                else:
+                    raise NotImplementedError(opc)
             elif op == "cvt":
                 v = val(t, ops[1])
                 r[ops[0]] = f32(float(v)) if opc.startswith("cvt.rn.f32") else int(v)
