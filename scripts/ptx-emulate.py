@@ -7,7 +7,9 @@ It exists because the kernels are hand-written and CI has no GPU: ptxas proves t
 assemble, this proves (slowly, on small shapes) that their indexing, barriers, shuffles and
 early exits compute the right numbers. It models threads, warps (shfl.sync waits for all 32
 lanes), CTAs (bar.sync waits for every live thread), the global, shared and generic address
-spaces, and f32 rounding. Approximate instructions (ex2/lg2/rsqrt.approx) are computed
+spaces (a global-space address in a generic access is an error), f32 rounding, and detects
+shared-memory races (two threads touching a word between barriers, one of them writing),
+so a missing barrier fails even though the interpreter runs threads one at a time. Approximate instructions (ex2/lg2/rsqrt.approx) are computed
 exactly and rounded to f32, so results match the GPU to about 1e-6, not bit for bit.
 
     python3 scripts/ptx-emulate.py            # all kernels, a few shapes each (~1-3 min)
@@ -72,8 +74,33 @@ class Memory:
 
 
 class Shared:
+    """Shared memory with a race detector: between two barriers a word may be written by
+    one thread only, and a word written by one thread may not be read by another."""
+
     def __init__(self, size):
         self.buf = bytearray(size)
+        self.writer = {}
+        self.readers = {}
+
+    def barrier(self):
+        self.writer.clear()
+        self.readers.clear()
+
+    def touch(self, addr, size, tid, write, where):
+        for w in range(addr // 4, (addr + size) // 4):
+            wr = self.writer.get(w)
+            if write:
+                others = self.readers.get(w, set()) - {tid}
+                if (wr is not None and wr != tid) or others:
+                    raise RuntimeError(f"{where}: shared-memory race on byte {4 * w}: thread {tid} "
+                                       f"writes, thread {wr if wr is not None else min(others)} also accessed it "
+                                       "since the last barrier")
+                self.writer[w] = tid
+            else:
+                if wr is not None and wr != tid:
+                    raise RuntimeError(f"{where}: shared-memory race on byte {4 * w}: thread {tid} reads "
+                                       f"what thread {wr} wrote since the last barrier")
+                self.readers.setdefault(w, set()).add(tid)
 
     def check(self, addr, size):
         if addr < 0 or addr + size > len(self.buf):
@@ -222,7 +249,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             raise ValueError(f"{entry.name}: generic ld/st with a global-space address {addr:#x}")
         return addr
 
-    def load(space, addr, ty, n=1):
+    def load(t, space, addr, ty, n=1):
         size = 4
         addr = check_space(space, addr)
         if space == "generic":
@@ -232,6 +259,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 space = "global"
         if space == "shared":
             shared.check(addr, size * n)
+            shared.touch(addr, size * n, t.tid, False, f"{entry.name} pc {t.pc}")
             raw = shared.buf[addr : addr + size * n]
         else:
             buf, off = mem.find(addr, size * n)
@@ -241,7 +269,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         fmt = "<" + ("f" if ty == "f32" else "I") * n
         return list(struct.unpack(fmt, raw))
 
-    def store(space, addr, ty, values):
+    def store(t, space, addr, ty, values):
         n = len(values)
         fmt = "<" + ("f" if ty == "f32" else "I") * n
         vals = [float(v) if ty == "f32" else int(v) & 0xFFFFFFFF for v in values]
@@ -254,6 +282,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 space = "global"
         if space == "shared":
             shared.check(addr, 4 * n)
+            shared.touch(addr, 4 * n, t.tid, True, f"{entry.name} pc {t.pc}")
             shared.buf[addr : addr + 4 * n] = raw
         else:
             buf, off = mem.find(addr, 4 * n)
@@ -292,7 +321,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 else:
                     vec = "v4" in parts
                     addr = address(t, ops[1])
-                    vals = load(space, addr, ty, 4 if vec else 1)
+                    vals = load(t, space, addr, ty, 4 if vec else 1)
                     if vec:
                         for name, v in zip(split_operands(ops[0].strip("{}")), vals):
                             r[name] = v
@@ -305,7 +334,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     vals = [val(t, x) for x in split_operands(ops[1].strip("{}"))]
                 else:
                     vals = [val(t, ops[1])]
-                store(space, addr, ty, vals)
+                store(t, space, addr, ty, vals)
             elif op == "mov":
                 r[ops[0]] = val(t, ops[1])
             elif op == "cvta":
@@ -415,6 +444,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         if len(at_bar) == len(live):
             if len(live) != nthreads:
                 raise RuntimeError(f"{entry.name}: bar.sync with {nthreads - len(live)} exited threads")
+            shared.barrier()
             for t in at_bar:
                 t.pc += 1
                 t.state = "run"
@@ -673,7 +703,11 @@ def main():
     ok = True
     for name, t in tests:
         if only in name:
-            ok &= t()
+            try:
+                ok &= t()
+            except (RuntimeError, ValueError, IndexError, KeyError) as e:
+                print(f"FAIL {name}: {type(e).__name__}: {e}")
+                ok = False
     print("ptx-emulate: all kernels match their contracts" if ok else "ptx-emulate: FAILURES")
     sys.exit(0 if ok else 1)
 
