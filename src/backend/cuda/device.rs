@@ -27,6 +27,8 @@ pub(super) const TILE_THREADS: u32 = 256;
 const TILE: usize = 64;
 /// Warps per CTA of the row-norm and MaxSim kernels.
 const WARPS: u32 = 8;
+/// The PTX files say `.target sm_80`: the driver JIT-compiles them for 8.0 and newer.
+const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
 /// The functions of every module, resolved once.
 pub(super) struct Kernels {
@@ -163,6 +165,12 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
     let compute_capability = ctx
         .compute_capability()
         .map_err(fail("query the compute capability"))?;
+    if compute_capability < MIN_COMPUTE_CAPABILITY {
+        let ((a, b), (c, d)) = (MIN_COMPUTE_CAPABILITY, compute_capability);
+        return Err(InitFailure::unavailable(format!(
+            "{name} has compute capability {c}.{d}; the PTX kernels target {a}.{b} (sm_80) or newer"
+        )));
+    }
     let smem_optin = ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(fail("query the shared memory per block"))?
