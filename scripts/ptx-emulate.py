@@ -638,12 +638,12 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
     return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block}", err, 2e-3) and ok
 
 
-def test_fused(mods, b, n, m, d, iters, seed):
+def test_fused(mods, b, n, m, d, iters, seed, full=False):
     rng = random.Random(seed)
     eps = 0.05
     dp = (d + 3) // 4 * 4
-    x, lx = embeddings(rng, b, n, d, False)
-    y, ly = embeddings(rng, b, m, d, False)
+    x, lx = embeddings(rng, b, n, d, full)
+    y, ly = embeddings(rng, b, m, d, full)
     la = [f32(math.log2(1.0 / lx[p])) if i < lx[p] else 0.0 for p in range(b) for i in range(n)]
     lb = [f32(math.log2(1.0 / ly[p])) if j < ly[p] else 0.0 for p in range(b) for j in range(m)]
     mem = Memory()
@@ -698,6 +698,7 @@ def main():
         ("sinkhorn converging", lambda: test_sinkhorn(mods, 2, 6, 5, 60, True, 64, 12)),
         ("sinkhorn zero iterations", lambda: test_sinkhorn(mods, 2, 5, 6, 0, True, 32, 9)),
         ("fused", lambda: test_fused(mods, 2, 13, 70, 10, 3, 10)),
+        ("fused row tiles", lambda: test_fused(mods, 1, 70, 5, 6, 2, 16, True)),
         ("fused 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11)),
     ]
     ok = True
