@@ -233,7 +233,7 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
     let tmp = tempfile::tempdir().unwrap();
     let t = |name: &str| -> PathBuf { tmp.path().join(name) };
     let good = t("good.npy");
-    npy::write(&good, &[2, 3, 4], &vec![0.5f64; 24]).unwrap();
+    npy::write(&good, &[2, 3, 4], &[0.5f64; 24]).unwrap();
     let rank1 = t("rank1.npy");
     npy::write(&rank1, &[5], &[1.0f32; 5]).unwrap();
     let nan = t("nan.npy");
@@ -252,11 +252,11 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
     let garbage = t("garbage.npy");
     std::fs::write(&garbage, b"this is not numpy").unwrap();
     let x = t("x.npy");
-    npy::write(&x, &[2, 3, 8], &vec![1.0f32; 48]).unwrap();
+    npy::write(&x, &[2, 3, 8], &[1.0f32; 48]).unwrap();
     let y_d = t("y_d.npy");
-    npy::write(&y_d, &[2, 4, 7], &vec![1.0f32; 56]).unwrap();
+    npy::write(&y_d, &[2, 4, 7], &[1.0f32; 56]).unwrap();
     let y = t("y.npy");
-    npy::write(&y, &[2, 4, 8], &vec![1.0f32; 64]).unwrap();
+    npy::write(&y, &[2, 4, 8], &[1.0f32; 64]).unwrap();
     let long = t("long.npy");
     npy::write(&long, &[2], &[3i64, 9]).unwrap();
     let float_len = t("float_len.npy");

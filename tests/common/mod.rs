@@ -55,7 +55,7 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     let mut bad = Vec::new();
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let e = (g - w).abs();
-        if !(e <= tol) && bad.len() < 5 {
+        if (e.is_nan() || e > tol) && bad.len() < 5 {
             bad.push((i, g, w));
         }
         if e > max_abs || e.is_nan() {
