@@ -33,16 +33,30 @@ fn misaligned_and_empty_lines_are_errors_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let s = write(dir.path(), "m.swh", "a\nb\nc\n");
     let t = write(dir.path(), "m.eng", "a\nb\n");
-    let msg = read_aligned("toy", "swh", &s, "eng", &t).unwrap_err().to_string();
-    assert!(msg.contains("m.swh") && msg.contains("m.eng") && msg.contains("(2), found 3"), "{msg}");
+    let msg = read_aligned("toy", "swh", &s, "eng", &t)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("m.swh") && msg.contains("m.eng") && msg.contains("(2), found 3"),
+        "{msg}"
+    );
     let e = write(dir.path(), "e.swh", "a\n \nc\n");
     let msg = bitext::read_lines(&e).unwrap_err().to_string();
-    assert!(msg.contains("e.swh: line 2: expected a sentence, found an empty line"), "{msg}");
+    assert!(
+        msg.contains("e.swh: line 2: expected a sentence, found an empty line"),
+        "{msg}"
+    );
     let z = write(dir.path(), "z.swh", "");
-    assert!(bitext::read_lines(&z).unwrap_err().to_string().contains("empty file"));
+    assert!(bitext::read_lines(&z)
+        .unwrap_err()
+        .to_string()
+        .contains("empty file"));
     let bad = dir.path().join("bad.swh");
     std::fs::write(&bad, b"ok\n\xff\xfe\n").unwrap();
-    assert!(bitext::read_lines(&bad).unwrap_err().to_string().contains("UTF-8"));
+    assert!(bitext::read_lines(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("UTF-8"));
 }
 
 const CES: &str = r#"<?xml version="1.0" ?>
@@ -91,31 +105,56 @@ fn bible_verses_align_by_id() {
     // Uncompressed CSV reads the same.
     let csv = write(dir.path(), "t_web.csv", WEB);
     assert_eq!(read_web_csv(&csv).unwrap(), read_web_csv(&gz).unwrap());
-    let err = bitext::bible(dir.path(), "zul", &gz).unwrap_err().to_string();
+    let err = bitext::bible(dir.path(), "zul", &gz)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("swa"), "{err}");
 }
 
 #[test]
 fn malformed_bible_files_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let unclosed = write(dir.path(), "u.xml", "<x>\n<seg id=\"b.MAT.1.1\">text\n</x>\n");
+    let unclosed = write(
+        dir.path(),
+        "u.xml",
+        "<x>\n<seg id=\"b.MAT.1.1\">text\n</x>\n",
+    );
     let msg = read_ces_verses(&unclosed).unwrap_err().to_string();
-    assert!(msg.contains("u.xml: line 2: <seg id=\"b.MAT.1.1\"> has no </seg>"), "{msg}");
+    assert!(
+        msg.contains("u.xml: line 2: <seg id=\"b.MAT.1.1\"> has no </seg>"),
+        "{msg}"
+    );
     let noid = write(dir.path(), "n.xml", "<x>\n\n<seg type=\"verse\">t</seg>\n");
     let msg = read_ces_verses(&noid).unwrap_err().to_string();
     assert!(msg.contains("n.xml: line 3: expected an id"), "{msg}");
     let none = write(dir.path(), "e.xml", "<x><segmentation/></x>");
-    assert!(read_ces_verses(&none).unwrap_err().to_string().contains("found none"));
+    assert!(read_ces_verses(&none)
+        .unwrap_err()
+        .to_string()
+        .contains("found none"));
     let bad = write(dir.path(), "b.csv", "h\n\"40001001\",\"40\",\"1\",\"1\"\n");
     let msg = read_web_csv(&bad).unwrap_err().to_string();
     assert!(msg.contains("b.csv: line 2: expected 5 fields"), "{msg}");
-    let quote = write(dir.path(), "q.csv", "h\n\"40001001\",\"40\",\"1\",\"1\",\"open\n");
-    assert!(read_web_csv(&quote).unwrap_err().to_string().contains("line 2: unbalanced quotes"));
+    let quote = write(
+        dir.path(),
+        "q.csv",
+        "h\n\"40001001\",\"40\",\"1\",\"1\",\"open\n",
+    );
+    assert!(read_web_csv(&quote)
+        .unwrap_err()
+        .to_string()
+        .contains("line 2: unbalanced quotes"));
     let book = write(dir.path(), "k.csv", "h\n\"1\",\"99\",\"1\",\"1\",\"x\"\n");
-    assert!(read_web_csv(&book).unwrap_err().to_string().contains("book number 1..=66, found 99"));
+    assert!(read_web_csv(&book)
+        .unwrap_err()
+        .to_string()
+        .contains("book number 1..=66, found 99"));
     let notgz = dir.path().join("g.csv.gz");
     std::fs::write(&notgz, [0x1f, 0x8b, 0, 1, 2]).unwrap();
-    assert!(read_web_csv(&notgz).unwrap_err().to_string().contains("gzip"));
+    assert!(read_web_csv(&notgz)
+        .unwrap_err()
+        .to_string()
+        .contains("gzip"));
 }
 
 fn shared_data() -> Option<PathBuf> {
@@ -155,13 +194,20 @@ fn shared_bible_aligns_most_verses() {
     let Some(dir) = shared_data() else { return };
     let eng = bitext::default_english_bible();
     if !eng.is_file() {
-        eprintln!("skipped: {} missing (scripts/setup.d/40-bible.sh)", eng.display());
+        eprintln!(
+            "skipped: {} missing (scripts/setup.d/40-bible.sh)",
+            eng.display()
+        );
         return;
     }
     for (code, file) in bitext::bible_languages(&dir).unwrap() {
         let verses = read_ces_verses(&file).unwrap();
         let b = bitext::bible(&dir, &code, &eng).unwrap();
         // The New Testament has 7,957 verses; a few are merged or missing per translation.
-        assert!(b.len() > 7_800 && b.len() <= verses.len(), "{code}: {}", b.len());
+        assert!(
+            b.len() > 7_800 && b.len() <= verses.len(),
+            "{code}: {}",
+            b.len()
+        );
     }
 }

@@ -45,9 +45,17 @@ fn pool_and_relevance_follow_the_paper() {
     assert_eq!(d.candidates.len(), 7);
     assert_eq!(d.queries.len(), 4);
     let ids: Vec<&str> = d.candidates.iter().map(|c| c.text.id.as_str()).collect();
-    assert_eq!(ids, ["en-00000", "en-00001", "en-00002", "en-00003", "en-00004", "de-00000", "de-00001"]);
+    assert_eq!(
+        ids,
+        ["en-00000", "en-00001", "en-00002", "en-00003", "en-00004", "de-00000", "de-00001"]
+    );
     let rel = |qid: &str| -> Vec<usize> {
-        d.queries.iter().find(|q| q.text.id == qid).unwrap().relevant.clone()
+        d.queries
+            .iter()
+            .find(|q| q.text.id == qid)
+            .unwrap()
+            .relevant
+            .clone()
     };
     // q1 exists in both languages: its answer sentence in each.
     assert_eq!(rel("en-q1"), vec![1, 5]);
@@ -92,20 +100,29 @@ fn malformed_files_name_file_record_and_problem() {
     ];
     for (json, want) in cases {
         let msg = load_err(&json);
-        assert!(msg.contains("en.json") && msg.contains(want), "expected {want:?} in {msg:?}");
+        assert!(
+            msg.contains("en.json") && msg.contains(want),
+            "expected {want:?} in {msg:?}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let msg = Lareqa::load_files("toy", dir.path(), &langs(&["xx"]))
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("xx.json") && msg.contains("read failed"), "{msg}");
+    assert!(
+        msg.contains("xx.json") && msg.contains("read failed"),
+        "{msg}"
+    );
 }
 
 fn shared_data() -> Option<PathBuf> {
     let dir = data::data_dir(None);
     let found = dir.join("lareqa/xquad-r/en.json").is_file();
     if !found {
-        eprintln!("skipped: no LAReQA data under {} (set OPTICAL_DATA_DIR)", dir.display());
+        eprintln!(
+            "skipped: no LAReQA data under {} (set OPTICAL_DATA_DIR)",
+            dir.display()
+        );
     }
     found.then_some(dir)
 }
@@ -118,12 +135,18 @@ fn xquad_r_has_the_papers_counts() {
     assert_eq!(d.candidates.len(), 13_014);
     assert!(d.queries.iter().all(|q| q.relevant.len() == 11));
     // The released per-language candidate counts.
-    let want = [1222, 1276, 1234, 1180, 1215, 1244, 1219, 852, 1167, 1209, 1196];
+    let want = [
+        1222, 1276, 1234, 1180, 1215, 1244, 1219, 852, 1167, 1209, 1196,
+    ];
     let got: Vec<usize> = d.language_stats().iter().map(|s| s.candidates).collect();
     assert_eq!(got, want);
     // Each relevant set holds one sentence per language.
     for q in d.queries.iter().take(50) {
-        let mut l: Vec<&str> = q.relevant.iter().map(|&c| d.candidates[c].text.language.as_str()).collect();
+        let mut l: Vec<&str> = q
+            .relevant
+            .iter()
+            .map(|&c| d.candidates[c].text.language.as_str())
+            .collect();
         l.sort();
         l.dedup();
         assert_eq!(l.len(), 11);
@@ -136,7 +159,10 @@ fn mlqa_r_has_the_papers_counts() {
     let d = Lareqa::load(&dir, DatasetName::MlqaR, &[]).unwrap();
     assert_eq!(d.queries.len(), 4_199);
     assert_eq!(d.candidates.len(), 20_534);
-    assert!(d.queries.iter().all(|q| (2..=4).contains(&q.relevant.len())));
+    assert!(d
+        .queries
+        .iter()
+        .all(|q| (2..=4).contains(&q.relevant.len())));
     let err = Lareqa::load(&dir, DatasetName::MlqaR, &langs(&["el"])).unwrap_err();
     assert!(err.to_string().contains("languages"), "{err}");
 }
@@ -146,7 +172,9 @@ fn data_dir_precedence() {
     assert_eq!(data::data_dir(Some(Path::new("/x"))), PathBuf::from("/x"));
     // Without a flag: the environment if set, else the default.
     let from_env = std::env::var_os(data::DATA_DIR_ENV).filter(|v| !v.is_empty());
-    let want = from_env.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(data::DEFAULT_DATA_DIR));
+    let want = from_env
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(data::DEFAULT_DATA_DIR));
     assert_eq!(data::data_dir(None), want);
 }
 
@@ -169,5 +197,8 @@ fn stats_cli_prints_the_counts() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("mlqa-r: 4199 queries, 20534 candidates"), "{text}");
+    assert!(
+        text.contains("mlqa-r: 4199 queries, 20534 candidates"),
+        "{text}"
+    );
 }

@@ -64,7 +64,15 @@ fn case(seed: u64, n: usize, m: usize) -> Case {
             r
         })
         .collect();
-    Case { n, m, q, c, docnos, groups, relevant }
+    Case {
+        n,
+        m,
+        q,
+        c,
+        docnos,
+        groups,
+        relevant,
+    }
 }
 
 fn to_f32(v: &[i32]) -> Vec<f32> {
@@ -79,18 +87,37 @@ fn reference_order(cs: &Case, qi: usize) -> Vec<usize> {
         q.iter().zip(c).map(|(a, b)| a * b).sum()
     };
     let mut order: Vec<usize> = (0..cs.m).collect();
-    order.sort_by(|&a, &b| score(b).cmp(&score(a)).then(cs.docnos[b].cmp(&cs.docnos[a])));
+    order.sort_by(|&a, &b| {
+        score(b)
+            .cmp(&score(a))
+            .then(cs.docnos[b].cmp(&cs.docnos[a]))
+    });
     order
 }
 
 #[test]
 fn dense_search_matches_brute_force_exactly() {
-    for (seed, n, m, k, block) in [(1, 37, 203, 10, 8), (2, 1, 1, 5, 64), (3, 65, 64, 64, 64), (4, 130, 17, 3, 7)] {
+    for (seed, n, m, k, block) in [
+        (1, 37, 203, 10, 8),
+        (2, 1, 1, 5, 64),
+        (3, 65, 64, 64, 64),
+        (4, 130, 17, 3, 7),
+    ] {
         let cs = case(seed, n, m);
         let q = DenseVectors::new("q", n, D, to_f32(&cs.q)).unwrap();
         let c = DenseVectors::new("c", m, D, to_f32(&cs.c)).unwrap();
         let pool = Pool::new(cs.docnos.clone(), &cs.groups).unwrap();
-        let hits = search(&Scorer::Dense { queries: &q, corpus: &c }, &pool, &cs.relevant, k, block).unwrap();
+        let hits = search(
+            &Scorer::Dense {
+                queries: &q,
+                corpus: &c,
+            },
+            &pool,
+            &cs.relevant,
+            k,
+            block,
+        )
+        .unwrap();
         assert_eq!(hits.len(), n);
         let mut mismatches = 0;
         for (qi, h) in hits.iter().enumerate() {
@@ -98,9 +125,15 @@ fn dense_search_matches_brute_force_exactly() {
             let top: Vec<usize> = h.top.iter().map(|t| t.0 as usize).collect();
             if top != order[..k.min(m)] {
                 mismatches += 1;
-                eprintln!("seed {seed} query {qi}: top {top:?}, reference {:?}", &order[..k.min(m)]);
+                eprintln!(
+                    "seed {seed} query {qi}: top {top:?}, reference {:?}",
+                    &order[..k.min(m)]
+                );
             }
-            for (&r, (&rank, &grank)) in cs.relevant[qi].iter().zip(h.relevant_ranks.iter().zip(&h.relevant_group_ranks)) {
+            for (&r, (&rank, &grank)) in cs.relevant[qi]
+                .iter()
+                .zip(h.relevant_ranks.iter().zip(&h.relevant_group_ranks))
+            {
                 let want = order.iter().position(|&j| j == r).unwrap() + 1;
                 let want_g = order
                     .iter()
@@ -122,10 +155,18 @@ fn task_of(cs: &Case) -> RetrievalTask {
     RetrievalTask {
         name: "toy".into(),
         queries: (0..cs.n)
-            .map(|i| Text { id: format!("q{i}"), language: ["a", "b"][i % 2].into(), text: String::new() })
+            .map(|i| Text {
+                id: format!("q{i}"),
+                language: ["a", "b"][i % 2].into(),
+                text: String::new(),
+            })
             .collect(),
         candidates: (0..cs.m)
-            .map(|j| Text { id: cs.docnos[j].clone(), language: cs.groups[j].into(), text: String::new() })
+            .map(|j| Text {
+                id: cs.docnos[j].clone(),
+                language: cs.groups[j].into(),
+                text: String::new(),
+            })
             .collect(),
         relevant: cs.relevant.clone(),
     }
@@ -138,28 +179,56 @@ fn full_pool_measures_equal_trec_eval_on_the_full_run() {
     let q = DenseVectors::new("q", cs.n, D, to_f32(&cs.q)).unwrap();
     let c = DenseVectors::new("c", cs.m, D, to_f32(&cs.c)).unwrap();
     let pool = Pool::new(cs.docnos.clone(), &cs.groups).unwrap();
-    let measures = Measure::parse_list("map,recip_rank,P_1,P_5,recall_10,ndcg_cut_10,map_cut_10").unwrap();
-    let hits = search(&Scorer::Dense { queries: &q, corpus: &c }, &pool, &cs.relevant, cs.m, 16).unwrap();
+    let measures =
+        Measure::parse_list("map,recip_rank,P_1,P_5,recall_10,ndcg_cut_10,map_cut_10").unwrap();
+    let hits = search(
+        &Scorer::Dense {
+            queries: &q,
+            corpus: &c,
+        },
+        &pool,
+        &cs.relevant,
+        cs.m,
+        16,
+    )
+    .unwrap();
     let result = evaluate_hits(&task, &pool, &hits, &measures);
 
     let dir = tempfile::tempdir().unwrap();
     let run_path = dir.path().join("run.trec");
     write_run(&run_path, "toy", &task, &pool, &hits).unwrap();
     let qrels_path = dir.path().join("qrels");
-    std::fs::write(&qrels_path, task.qrels_lines().collect::<Vec<_>>().join("\n")).unwrap();
-    let ev = evaluate(&read_qrels(&qrels_path).unwrap(), &read_run(&run_path).unwrap(), &measures);
+    std::fs::write(
+        &qrels_path,
+        task.qrels_lines().collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let ev = evaluate(
+        &read_qrels(&qrels_path).unwrap(),
+        &read_run(&run_path).unwrap(),
+        &measures,
+    );
     for (name, v) in &ev.mean {
         let got = result.metrics[name];
         eprintln!("{name}: search {got:.9}, trec files {v:.9}");
         assert!((got - v).abs() < 1e-12, "{name}");
     }
     // The per-language means partition the queries.
-    let per: BTreeMap<&str, f64> = result.per_language.iter().map(|(l, m)| (l.as_str(), m["map"])).collect();
+    let per: BTreeMap<&str, f64> = result
+        .per_language
+        .iter()
+        .map(|(l, m)| (l.as_str(), m["map"]))
+        .collect();
     assert_eq!(per.len(), 2);
     assert!((per.values().sum::<f64>() / 2.0 - result.metrics["map"]).abs() < 1e-12);
     let b = result.breakdown.expect("three candidate groups");
     assert_eq!(b.candidate_languages, ["x", "y", "z"]);
-    assert!(b.map.iter().flatten().flatten().all(|&v| (0.0..=1.0).contains(&v)));
+    assert!(b
+        .map
+        .iter()
+        .flatten()
+        .flatten()
+        .all(|&v| (0.0..=1.0).contains(&v)));
 }
 
 #[test]
@@ -168,12 +237,26 @@ fn maxsim_with_one_token_per_text_equals_dense() {
     let q = DenseVectors::new("q", cs.n, D, to_f32(&cs.q)).unwrap();
     let c = DenseVectors::new("c", cs.m, D, to_f32(&cs.c)).unwrap();
     let pool = Pool::new(cs.docnos.clone(), &cs.groups).unwrap();
-    let dense = search(&Scorer::Dense { queries: &q, corpus: &c }, &pool, &cs.relevant, 9, 5).unwrap();
+    let dense = search(
+        &Scorer::Dense {
+            queries: &q,
+            corpus: &c,
+        },
+        &pool,
+        &cs.relevant,
+        9,
+        5,
+    )
+    .unwrap();
     let qe = Embeddings::new("q", cs.n, 1, D, to_f32(&cs.q), None).unwrap();
     let ce = PackedDocs::new("c", D, to_f32(&cs.c), vec![1; cs.m]).unwrap();
     for kind in [BackendKind::Cpu, BackendKind::CpuReference] {
         let backend = Backend::new(kind).unwrap();
-        let scorer = Scorer::MaxSim { backend: &backend, queries: &qe, corpus: &ce };
+        let scorer = Scorer::MaxSim {
+            backend: &backend,
+            queries: &qe,
+            corpus: &ce,
+        };
         let ms = search(&scorer, &pool, &cs.relevant, 9, 5).unwrap();
         for (a, b) in dense.iter().zip(&ms) {
             let ta: Vec<u32> = a.top.iter().map(|t| t.0).collect();
@@ -191,12 +274,30 @@ fn mismatched_inputs_are_errors() {
     let c = DenseVectors::new("c", 4, D, to_f32(&cs.c)).unwrap();
     let c8 = DenseVectors::new("c", 8, 8, to_f32(&cs.c)).unwrap();
     let pool = Pool::new(cs.docnos.clone(), &cs.groups).unwrap();
-    let s = Scorer::Dense { queries: &q, corpus: &c };
-    assert!(search(&s, &pool, &[], 0, 4).unwrap_err().to_string().contains("k"));
-    assert!(search(&s, &pool, &[vec![0]], 1, 4).unwrap_err().to_string().contains("one list per query"));
-    assert!(search(&s, &pool, &[vec![0], vec![9], vec![]], 1, 4).unwrap_err().to_string().contains("candidate 9"));
-    let s8 = Scorer::Dense { queries: &q, corpus: &c8 };
-    assert!(search(&s8, &Pool::numbered(8).unwrap(), &[], 1, 4).unwrap_err().to_string().contains("dimension"));
+    let s = Scorer::Dense {
+        queries: &q,
+        corpus: &c,
+    };
+    assert!(search(&s, &pool, &[], 0, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("k"));
+    assert!(search(&s, &pool, &[vec![0]], 1, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("one list per query"));
+    assert!(search(&s, &pool, &[vec![0], vec![9], vec![]], 1, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("candidate 9"));
+    let s8 = Scorer::Dense {
+        queries: &q,
+        corpus: &c8,
+    };
+    assert!(search(&s8, &Pool::numbered(8).unwrap(), &[], 1, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("dimension"));
     assert!(search(&s, &Pool::numbered(5).unwrap(), &[], 1, 4).is_err());
     assert!(DenseVectors::new("q", 1, 2, vec![f32::NAN, 0.0]).is_err());
     assert!(DenseVectors::new("q", 2, 2, vec![0.0; 3]).is_err());
@@ -206,7 +307,11 @@ fn mismatched_inputs_are_errors() {
 fn search_cli_writes_the_same_run() {
     let cs = case(13, 9, 40);
     let dir = tempfile::tempdir().unwrap();
-    let (qp, cp, out) = (dir.path().join("q.npy"), dir.path().join("c.npy"), dir.path().join("run.trec"));
+    let (qp, cp, out) = (
+        dir.path().join("q.npy"),
+        dir.path().join("c.npy"),
+        dir.path().join("run.trec"),
+    );
     optical::io::npy::write(&qp, &[cs.n, D], &to_f32(&cs.q)).unwrap();
     optical::io::npy::write(&cp, &[cs.m, D], &to_f32(&cs.c)).unwrap();
     let ids = dir.path().join("ids.txt");
@@ -222,12 +327,22 @@ fn search_cli_writes_the_same_run() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let run = read_run(&out).unwrap();
     assert_eq!(run.len(), cs.n);
     for qi in 0..cs.n {
-        let got: Vec<&str> = run[&qi.to_string()].iter().map(|(d, _)| d.as_str()).collect();
-        let want: Vec<&str> = reference_order(&cs, qi)[..5].iter().map(|&j| cs.docnos[j].as_str()).collect();
+        let got: Vec<&str> = run[&qi.to_string()]
+            .iter()
+            .map(|(d, _)| d.as_str())
+            .collect();
+        let want: Vec<&str> = reference_order(&cs, qi)[..5]
+            .iter()
+            .map(|&j| cs.docnos[j].as_str())
+            .collect();
         assert_eq!(got, want, "query {qi}");
     }
 }

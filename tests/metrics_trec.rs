@@ -92,7 +92,10 @@ fn every_measure_matches_pytrec_eval() {
         exp.per_query.len(),
         measures.len()
     );
-    assert_eq!(bad, 0, "{bad} values differ from pytrec_eval by more than {TOLERANCE}");
+    assert_eq!(
+        bad, 0,
+        "{bad} values differ from pytrec_eval by more than {TOLERANCE}"
+    );
 }
 
 #[test]
@@ -106,7 +109,11 @@ fn cli_prints_the_means_as_one_json_object() {
         .args(["--metrics", &exp.measures.join(",")])
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let got: BTreeMap<String, f64> = v
         .as_object()
@@ -129,7 +136,10 @@ fn cli_prints_the_means_as_one_json_object() {
     assert_eq!(q.len(), exp.per_query.len());
     for (qid, m) in q {
         let want = exp.per_query[qid]["map"];
-        assert!((m["map"].as_f64().unwrap() - want).abs() <= TOLERANCE, "{qid}");
+        assert!(
+            (m["map"].as_f64().unwrap() - want).abs() <= TOLERANCE,
+            "{qid}"
+        );
     }
 }
 
@@ -138,10 +148,26 @@ fn malformed_trec_files_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &str, &str); 5] = [
         ("q.txt", "q1 0 d1 1\nq1 0 d2\n", "line 2: expected 4 fields"),
-        ("q2.txt", "q1 0 d1 high\n", "line 1: expected an integer relevance"),
-        ("q3.txt", "q1 0 d1 1\nq1 0 d1 0\n", "line 2: document d1 is judged twice"),
-        ("r.txt", "q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 abc t\n", "line 2: expected a finite score"),
-        ("r2.txt", "q1 Q0 d1 1 0.5 t\nq1 Q0 d1 2 0.4 t\n", "line 2: document d1 is retrieved twice"),
+        (
+            "q2.txt",
+            "q1 0 d1 high\n",
+            "line 1: expected an integer relevance",
+        ),
+        (
+            "q3.txt",
+            "q1 0 d1 1\nq1 0 d1 0\n",
+            "line 2: document d1 is judged twice",
+        ),
+        (
+            "r.txt",
+            "q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 abc t\n",
+            "line 2: expected a finite score",
+        ),
+        (
+            "r2.txt",
+            "q1 Q0 d1 1 0.5 t\nq1 Q0 d1 2 0.4 t\n",
+            "line 2: document d1 is retrieved twice",
+        ),
     ];
     for (name, text, want) in cases {
         let p = dir.path().join(name);
@@ -156,5 +182,8 @@ fn malformed_trec_files_name_the_line() {
     }
     let p = dir.path().join("r3.txt");
     std::fs::write(&p, "q1 Q0 d1 1 0.5\n").unwrap();
-    assert!(read_run(&p).unwrap_err().to_string().contains("expected 6 fields"));
+    assert!(read_run(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("expected 6 fields"));
 }

@@ -83,13 +83,23 @@ fn list(a: DataDirArg) -> Result<()> {
     for d in DatasetName::ALL {
         let path = dir.join(d.subdir());
         let present = if path.is_dir() { "present" } else { "missing" };
-        println!("{:<8} {:<8} {}\n         upstream: {}", d.name(), present, path.display(), d.upstream());
+        println!(
+            "{:<8} {:<8} {}\n         upstream: {}",
+            d.name(),
+            present,
+            path.display(),
+            d.upstream()
+        );
     }
     let eng = bitext::default_english_bible();
     println!(
         "English Bible: {} ({})",
         eng.display(),
-        if eng.is_file() { "present" } else { "missing; run scripts/setup.d/40-bible.sh" }
+        if eng.is_file() {
+            "present"
+        } else {
+            "missing; run scripts/setup.d/40-bible.sh"
+        }
     );
     Ok(())
 }
@@ -167,7 +177,10 @@ fn export(a: ExportArgs) -> Result<()> {
             .collect();
         trec::write_qrels(&a.out.join(format!("{}.qrels", t.name)), qrels)?;
         write_tsv(&a.out.join(format!("{}.queries.tsv", t.name)), &t.queries)?;
-        write_tsv(&a.out.join(format!("{}.candidates.tsv", t.name)), &t.candidates)?;
+        write_tsv(
+            &a.out.join(format!("{}.candidates.tsv", t.name)),
+            &t.candidates,
+        )?;
     }
     println!(
         "{}",
@@ -179,7 +192,11 @@ fn export(a: ExportArgs) -> Result<()> {
 fn write_tsv(path: &std::path::Path, texts: &[data::Text]) -> Result<()> {
     let mut s = String::new();
     for t in texts {
-        let clean: String = t.text.chars().map(|c| if c == '\t' || c == '\n' { ' ' } else { c }).collect();
+        let clean: String = t
+            .text
+            .chars()
+            .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
+            .collect();
         s.push_str(&format!("{}\t{}\t{}\n", t.id, t.language, clean));
     }
     std::fs::write(path, s).map_err(|e| Error::io(path, "write", e))

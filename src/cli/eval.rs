@@ -118,7 +118,9 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     let dataset: DatasetName = a
         .dataset
         .as_deref()
-        .ok_or_else(|| Error::parameter("dataset", "--dataset NAME (or a subcommand: trec)", "none"))?
+        .ok_or_else(|| {
+            Error::parameter("dataset", "--dataset NAME (or a subcommand: trec)", "none")
+        })?
         .parse()?;
     let out = a
         .out
@@ -158,7 +160,10 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             .queries
             .iter()
             .zip(&t.relevant)
-            .flat_map(|(q, rel)| rel.iter().map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1)))
+            .flat_map(|(q, rel)| {
+                rel.iter()
+                    .map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1))
+            })
             .collect();
         trec::write_qrels(&runs.join(format!("{}.qrels", t.name)), qrels)?;
     }
@@ -206,7 +211,12 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             let v: serde_json::Map<String, serde_json::Value> = m
                 .tasks
                 .iter()
-                .map(|t| (t.task.clone(), serde_json::json!(t.metrics.get(main_metric))))
+                .map(|t| {
+                    (
+                        t.task.clone(),
+                        serde_json::json!(t.metrics.get(main_metric)),
+                    )
+                })
                 .collect();
             (m.model.clone(), serde_json::Value::Object(v))
         })

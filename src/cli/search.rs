@@ -67,10 +67,17 @@ fn read_ids(path: Option<&Path>, n: usize, what: &str) -> Result<Vec<String>> {
                     format!("expected {n} {what} ids, one per line, found {}", ids.len()),
                 ));
             }
-            if let Some(i) = ids.iter().position(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+            if let Some(i) = ids
+                .iter()
+                .position(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
                 return Err(crate::data::format_error(
                     p,
-                    format!("line {}: expected an id without whitespace, found {:?}", i + 1, ids[i]),
+                    format!(
+                        "line {}: expected an id without whitespace, found {:?}",
+                        i + 1,
+                        ids[i]
+                    ),
                 ));
             }
             Ok(ids)
@@ -92,7 +99,10 @@ fn read_lengths(path: &Path) -> Result<Vec<usize>> {
         .enumerate()
         .map(|(i, v)| {
             usize::try_from(v).map_err(|_| {
-                Error::value(path.display().to_string(), format!("entry {i} is {v}; expected ≥ 0"))
+                Error::value(
+                    path.display().to_string(),
+                    format!("entry {i} is {v}; expected ≥ 0"),
+                )
             })
         })
         .collect()
@@ -108,12 +118,18 @@ pub fn run(a: SearchArgs) -> Result<()> {
         Scoring::Dense => {
             let shape2 = |arr: &npy::NpyArray, p: &Path| match arr.shape[..] {
                 [n, d] => Ok((n, d)),
-                _ => Err(Error::shape(p.display().to_string(), "(n, d)", format!("{:?}", arr.shape))),
+                _ => Err(Error::shape(
+                    p.display().to_string(),
+                    "(n, d)",
+                    format!("{:?}", arr.shape),
+                )),
             };
             let (n, d) = shape2(&q, &a.queries)?;
             let (m, dc) = shape2(&c, &a.corpus)?;
-            dense_q = DenseVectors::new("queries", n, d, q.to_f32()).map_err(|e| e.in_file(&a.queries))?;
-            dense_c = DenseVectors::new("corpus", m, dc, c.to_f32()).map_err(|e| e.in_file(&a.corpus))?;
+            dense_q = DenseVectors::new("queries", n, d, q.to_f32())
+                .map_err(|e| e.in_file(&a.queries))?;
+            dense_c =
+                DenseVectors::new("corpus", m, dc, c.to_f32()).map_err(|e| e.in_file(&a.corpus))?;
             Scorer::Dense {
                 queries: &dense_q,
                 corpus: &dense_c,
@@ -131,7 +147,8 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 }
             };
             let ql = a.query_lengths.as_deref().map(read_lengths).transpose()?;
-            maxsim_q = Embeddings::new("queries", n, l, d, q.to_f32(), ql).map_err(|e| e.in_file(&a.queries))?;
+            maxsim_q = Embeddings::new("queries", n, l, d, q.to_f32(), ql)
+                .map_err(|e| e.in_file(&a.queries))?;
             let dc = match c.shape[..] {
                 [_, dc] => dc,
                 _ => {
@@ -143,7 +160,11 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 }
             };
             let cl = a.corpus_lengths.as_deref().ok_or_else(|| {
-                Error::parameter("corpus-lengths", "an integer (m,) array with --scoring maxsim", "none")
+                Error::parameter(
+                    "corpus-lengths",
+                    "an integer (m,) array with --scoring maxsim",
+                    "none",
+                )
             })?;
             maxsim_c = PackedDocs::new("corpus", dc, c.to_f32(), read_lengths(cl)?)
                 .map_err(|e| e.in_file(&a.corpus))?;
@@ -164,7 +185,12 @@ pub fn run(a: SearchArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     let mut w = RunWriter::create(&a.out, &a.tag)?;
     for (qid, h) in qids.iter().zip(&hits) {
-        w.query(qid, h.top.iter().map(|&(i, s)| (pool.ids[i as usize].as_str(), s)))?;
+        w.query(
+            qid,
+            h.top
+                .iter()
+                .map(|&(i, s)| (pool.ids[i as usize].as_str(), s)),
+        )?;
     }
     w.finish()?;
     println!(

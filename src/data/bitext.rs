@@ -80,7 +80,10 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let text = read_text(path)?;
     let body = text.strip_suffix('\n').unwrap_or(&text);
     if body.is_empty() {
-        return Err(format_error(path, "expected at least one line, found an empty file"));
+        return Err(format_error(
+            path,
+            "expected at least one line, found an empty file",
+        ));
     }
     body.split('\n')
         .enumerate()
@@ -283,7 +286,10 @@ pub fn read_ces_verses(path: &Path) -> Result<Vec<(VerseId, String)>> {
         let id = attribute(tag, "id").ok_or_else(|| {
             format_error(
                 path,
-                format!("line {}: expected an id=\"…\" attribute on <seg>", line_of(start)),
+                format!(
+                    "line {}: expected an id=\"…\" attribute on <seg>",
+                    line_of(start)
+                ),
             )
         })?;
         if tag.ends_with('/') {
@@ -323,7 +329,10 @@ pub fn read_ces_verses(path: &Path) -> Result<Vec<(VerseId, String)>> {
         pos = close + "</seg>".len();
     }
     if out.is_empty() {
-        return Err(format_error(path, "expected <seg> verse elements, found none"));
+        return Err(format_error(
+            path,
+            "expected <seg> verse elements, found none",
+        ));
     }
     Ok(out)
 }
@@ -414,7 +423,10 @@ pub fn read_web_csv(path: &Path) -> Result<HashMap<VerseId, String>> {
             continue;
         }
         let fields = split_csv(line).ok_or_else(|| {
-            format_error(path, format!("line {}: unbalanced quotes in a CSV row", i + 1))
+            format_error(
+                path,
+                format!("line {}: unbalanced quotes in a CSV row", i + 1),
+            )
         })?;
         if fields.len() != 5 {
             return Err(format_error(
@@ -430,7 +442,12 @@ pub fn read_web_csv(path: &Path) -> Result<HashMap<VerseId, String>> {
             fields[k].parse::<usize>().map_err(|_| {
                 format_error(
                     path,
-                    format!("line {}: field {}: expected an integer, found {:?}", i + 1, k + 1, fields[k]),
+                    format!(
+                        "line {}: field {}: expected an integer, found {:?}",
+                        i + 1,
+                        k + 1,
+                        fields[k]
+                    ),
                 )
             })
         };
@@ -439,7 +456,10 @@ pub fn read_web_csv(path: &Path) -> Result<HashMap<VerseId, String>> {
             if book == 0 || book > 66 {
                 return Err(format_error(
                     path,
-                    format!("line {}: expected a book number 1..=66, found {book}", i + 1),
+                    format!(
+                        "line {}: expected a book number 1..=66, found {book}",
+                        i + 1
+                    ),
                 ));
             }
             continue;
@@ -507,6 +527,9 @@ mod tests {
 
     #[test]
     fn entities_are_decoded() {
-        assert_eq!(decode_entities("a &quot;b&quot; &amp; &#65;&#x42; &bogus"), "a \"b\" & AB &bogus");
+        assert_eq!(
+            decode_entities("a &quot;b&quot; &amp; &#65;&#x42; &bogus"),
+            "a \"b\" & AB &bogus"
+        );
     }
 }

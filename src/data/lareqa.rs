@@ -124,7 +124,11 @@ impl Lareqa {
             .iter()
             .map(|l| LanguageStats {
                 language: l.clone(),
-                queries: self.queries.iter().filter(|q| &q.text.language == l).count(),
+                queries: self
+                    .queries
+                    .iter()
+                    .filter(|q| &q.text.language == l)
+                    .count(),
                 candidates: self
                     .candidates
                     .iter()
@@ -175,7 +179,11 @@ fn array<'a>(path: &Path, v: &'a Value, loc: &str, name: &str) -> Result<&'a Vec
         Value::Array(a) => Ok(a),
         other => Err(format_error(
             path,
-            format!("{}: expected an array, found {}", at(loc, name, None), kind(other)),
+            format!(
+                "{}: expected an array, found {}",
+                at(loc, name, None),
+                kind(other)
+            ),
         )),
     }
 }
@@ -220,7 +228,10 @@ fn parse_language(
     let mut lang_candidates = 0usize;
     for (ai, article) in array(path, &root, "", "data")?.iter().enumerate() {
         let aloc = at("", "data", Some(ai));
-        for (pi, para) in array(path, article, &aloc, "paragraphs")?.iter().enumerate() {
+        for (pi, para) in array(path, article, &aloc, "paragraphs")?
+            .iter()
+            .enumerate()
+        {
             let ploc = at(&aloc, "paragraphs", Some(pi));
             let context = string(path, field(path, para, &ploc, "context")?, &ploc)?;
             let sentences = array(path, para, &ploc, "sentences")?;
@@ -313,7 +324,10 @@ fn parse_language(
                 }
                 let answers_v = array(path, qa, &qloc, "answers")?;
                 let first = answers_v.first().ok_or_else(|| {
-                    format_error(path, format!("{qloc}: expected at least one answer, found none"))
+                    format_error(
+                        path,
+                        format!("{qloc}: expected at least one answer, found none"),
+                    )
                 })?;
                 let aloc = at(&qloc, "answers", Some(0));
                 let start = uint(path, field(path, first, &aloc, "answer_start")?, &aloc)?;

@@ -120,7 +120,11 @@ impl FromStr for DatasetName {
             .into_iter()
             .find(|d| d.name() == s)
             .ok_or_else(|| {
-                Error::parameter("dataset", "one of xquad-r, mlqa-r, tatoeba, mafand, bible", s)
+                Error::parameter(
+                    "dataset",
+                    "one of xquad-r, mlqa-r, tatoeba, mafand, bible",
+                    s,
+                )
             })
     }
 }
@@ -239,9 +243,12 @@ pub fn load_tasks(
     opts: &LoadOptions,
 ) -> Result<Vec<RetrievalTask>> {
     match dataset {
-        DatasetName::XquadR | DatasetName::MlqaR => {
-            Ok(vec![lareqa::Lareqa::load(data_dir, dataset, &opts.languages)?.task()])
-        }
+        DatasetName::XquadR | DatasetName::MlqaR => Ok(vec![lareqa::Lareqa::load(
+            data_dir,
+            dataset,
+            &opts.languages,
+        )?
+        .task()]),
         _ => Ok(load_bitexts(dataset, data_dir, opts)?
             .iter()
             .flat_map(|b| b.tasks())

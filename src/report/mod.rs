@@ -19,7 +19,11 @@ pub fn markdown_table(headers: &[String], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "| {} |\n",
-        headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" | ")
+        headers
+            .iter()
+            .map(|h| esc(h))
+            .collect::<Vec<_>>()
+            .join(" | ")
     ));
     out.push_str(&format!("|{}\n", " --- |".repeat(headers.len())));
     for r in rows {
@@ -60,7 +64,13 @@ pub struct EvalReport {
 /// File-name-safe version of a label.
 fn slug(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -85,7 +95,12 @@ impl EvalReport {
                     .iter()
                     .map(|m| {
                         if single {
-                            m.tasks.first()?.per_language.get(label)?.get(&self.main_metric).copied()
+                            m.tasks
+                                .first()?
+                                .per_language
+                                .get(label)?
+                                .get(&self.main_metric)
+                                .copied()
                         } else {
                             m.tasks
                                 .iter()
@@ -118,7 +133,12 @@ impl EvalReport {
             .and_then(|m| m.tasks.first())
             .map(|t| t.metrics.keys().cloned().collect())
             .unwrap_or_default();
-        let mut headers = vec!["model".to_string(), "task".into(), "queries".into(), "candidates".into()];
+        let mut headers = vec![
+            "model".to_string(),
+            "task".into(),
+            "queries".into(),
+            "candidates".into(),
+        ];
         headers.extend(measures.iter().cloned());
         let measures = &measures;
         let rows: Vec<Vec<String>> = self
@@ -199,7 +219,10 @@ impl EvalReport {
             .map(|(k, m)| {
                 (
                     m.model.clone(),
-                    values.iter().map(|row| row[k].unwrap_or(f64::NAN)).collect(),
+                    values
+                        .iter()
+                        .map(|row| row[k].unwrap_or(f64::NAN))
+                        .collect(),
                 )
             })
             .collect();
@@ -242,4 +265,172 @@ impl EvalReport {
 fn write_file(path: &Path, text: &str) -> Result<PathBuf> {
     std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))?;
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::retrieval::evaluate::Breakdown;
+
+    /// Tags open and close in order, attributes are quoted, and `&` only starts a known
+    /// entity: enough to catch the mistakes a hand-written SVG writer can make.
+    pub(crate) fn assert_well_formed_xml(text: &str) {
+        let mut stack: Vec<String> = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find(['<', '&']) {
+            let (before, after) = rest.split_at(i);
+            assert!(!before.contains('>'), "stray '>' in text: {before:?}");
+            if after.starts_with('&') {
+                let end = after.find(';').expect("entity ends with ';'");
+                let ent = &after[1..end];
+                assert!(
+                    ["amp", "lt", "gt", "quot", "apos"].contains(&ent) || ent.starts_with('#'),
+                    "unknown entity &{ent};"
+                );
+                rest = &after[end + 1..];
+                continue;
+            }
+            let end = after.find('>').expect("tag closes");
+            let tag = &after[1..end];
+            assert_eq!(
+                tag.matches('"').count() % 2,
+                0,
+                "unbalanced quotes in <{tag}>"
+            );
+            assert!(!tag.contains('<'), "'<' inside tag {tag:?}");
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(stack.pop().as_deref(), Some(name), "mismatched </{name}>");
+            } else if !tag.ends_with('/') && !tag.starts_with('?') {
+                let name = tag.split_whitespace().next().expect("tag name");
+                stack.push(name.to_string());
+            }
+            rest = &after[end + 1..];
+        }
+        assert!(stack.is_empty(), "unclosed tags {stack:?}");
+    }
+
+    fn task(name: &str, map: f64, with_breakdown: bool) -> TaskResult {
+        let m = |v: f64| -> BTreeMap<String, f64> {
+            [("map".to_string(), v), ("P_1".to_string(), v / 2.0)]
+                .into_iter()
+                .collect()
+        };
+        TaskResult {
+            task: name.into(),
+            queries: 3,
+            candidates: 5,
+            metrics: m(map),
+            per_language: [
+                ("en".to_string(), m(map)),
+                ("de & <x>".to_string(), m(map / 3.0)),
+            ]
+            .into_iter()
+            .collect(),
+            breakdown: with_breakdown.then(|| Breakdown {
+                query_languages: vec!["en".into(), "de & <x>".into()],
+                candidate_languages: vec!["en".into(), "de".into(), "zh".into()],
+                map: vec![
+                    vec![Some(0.9), Some(0.2), None],
+                    vec![Some(0.1), Some(1.0), Some(0.0)],
+                ],
+            }),
+            encode_seconds: 0.0,
+            search_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn lareqa_report_files_are_written_and_well_formed() {
+        let report = EvalReport {
+            dataset: "xquad-r".into(),
+            scoring: Scoring::Dense,
+            main_metric: "map".into(),
+            models: vec![
+                ModelResults {
+                    model: "hash".into(),
+                    tasks: vec![task("xquad-r", 0.6, true)],
+                },
+                ModelResults {
+                    model: "e5|small".into(),
+                    tasks: vec![task("xquad-r", 0.3, true)],
+                },
+            ],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files = report.write(dir.path()).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "results.json",
+                "report.md",
+                "per_language.svg",
+                "heatmap_hash_xquad-r.svg",
+                "heatmap_e5_small_xquad-r.svg"
+            ]
+        );
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            if f.extension().is_some_and(|e| e == "svg") {
+                assert!(text.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+                assert_well_formed_xml(&text);
+            }
+        }
+        let svg = std::fs::read_to_string(dir.path().join("per_language.svg")).unwrap();
+        // One bar per model and language: 2 × 2.
+        assert_eq!(svg.matches("<title>").count(), 4);
+        assert!(svg.contains("de &amp; &lt;x&gt;"));
+        let heat = std::fs::read_to_string(dir.path().join("heatmap_hash_xquad-r.svg")).unwrap();
+        assert!(heat.contains(">90<") && heat.contains(">100<") && heat.contains("#cccccc"));
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["models"][1]["tasks"][0]["metrics"]["map"], 0.3);
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("| language | hash | e5\\|small |"), "{md}");
+        assert!(md.contains("| en | 0.6000 | 0.3000 |"), "{md}");
+        assert!(md.contains("| en | 0.9000 | 0.2000 | – |"), "{md}");
+        // Every table row has as many cells as its header.
+        for block in md.split("\n\n").filter(|b| b.starts_with('|')) {
+            let cols: Vec<usize> = block.lines().map(|l| l.matches(" | ").count()).collect();
+            assert!(cols.windows(2).all(|w| w[0] == w[1]), "{block}");
+        }
+    }
+
+    #[test]
+    fn bitext_report_has_one_row_per_task() {
+        let report = EvalReport {
+            dataset: "tatoeba".into(),
+            scoring: Scoring::MaxSim,
+            main_metric: "P_1".into(),
+            models: vec![ModelResults {
+                model: "hash".into(),
+                tasks: vec![task("swh-eng", 0.8, false), task("eng-swh", 0.4, false)],
+            }],
+        };
+        let (labels, values) = report.per_language();
+        assert_eq!(labels, ["swh-eng", "eng-swh"]);
+        assert_eq!(values, vec![vec![Some(0.4)], vec![Some(0.2)]]);
+        let dir = tempfile::tempdir().unwrap();
+        let files = report.write(dir.path()).unwrap();
+        assert_eq!(files.len(), 3, "no heatmap without a breakdown");
+        assert_well_formed_xml(
+            &std::fs::read_to_string(dir.path().join("per_language.svg")).unwrap(),
+        );
+    }
+
+    #[test]
+    fn markdown_tables_escape_pipes() {
+        let t = markdown_table(
+            &["a|b".into(), "c".into()],
+            &[vec!["1".into(), "x|y".into()]],
+        );
+        assert_eq!(t, "| a\\|b | c |\n| --- | --- |\n| 1 | x\\|y |\n");
+    }
 }

@@ -36,7 +36,12 @@ fn header(w: f64, h: f64) -> String {
 
 /// Grouped bars: one group per category, one bar per series, y from 0 to 1.
 /// `series[s].1[c]` is the value of series `s` in category `c` (`NaN` = missing).
-pub fn bar_chart(title: &str, y_label: &str, categories: &[String], series: &[(String, Vec<f64>)]) -> String {
+pub fn bar_chart(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
     let ns = series.len().max(1) as f64;
     let bar = 14.0;
     let group = bar * ns + 10.0;
@@ -129,7 +134,12 @@ pub fn bar_chart(title: &str, y_label: &str, categories: &[String], series: &[(S
 fn colour(v: f64) -> String {
     let v = v.clamp(0.0, 1.0);
     let lerp = |a: f64, b: f64| (a + (b - a) * v).round() as u8;
-    format!("#{:02x}{:02x}{:02x}", lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        lerp(247.0, 8.0),
+        lerp(251.0, 48.0),
+        lerp(255.0, 107.0)
+    )
 }
 
 /// A heatmap with the value printed in each cell (`None` = no data, drawn grey).

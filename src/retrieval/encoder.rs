@@ -144,7 +144,9 @@ fn content_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
         for &b in p.iter().chain(&[0xff]) {
             h ^= b as u64;
             h = h.wrapping_mul(0x0100_0000_01b3);
-            h2 = (h2 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(5);
+            h2 = (h2 ^ b as u64)
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(5);
         }
     }
     format!("{h:016x}{h2:016x}")
@@ -161,9 +163,7 @@ pub fn encode_pooled_cached(
 ) -> Result<Vec<f32>> {
     let d = encoder.dim();
     let fp = encoder.fingerprint();
-    let key = content_key(
-        std::iter::once(fp.as_bytes()).chain(texts.iter().map(|t| t.as_bytes())),
-    );
+    let key = content_key(std::iter::once(fp.as_bytes()).chain(texts.iter().map(|t| t.as_bytes())));
     let file: Option<PathBuf> = cache.map(|c| c.join(format!("{key}.npy")));
     if let Some(f) = &file {
         if f.exists() {
@@ -212,7 +212,9 @@ mod tests {
     #[test]
     fn hashing_encoder_shapes_and_similarity() {
         let e = HashingEncoder::default();
-        let v = e.encode_pooled(&["the red house", "The red house", "quantum flux"]).unwrap();
+        let v = e
+            .encode_pooled(&["the red house", "The red house", "quantum flux"])
+            .unwrap();
         assert_eq!(v.len(), 3 * e.dim);
         let cos = |a: &[f32], b: &[f32]| {
             let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
@@ -230,7 +232,10 @@ mod tests {
 
     #[test]
     fn cache_keys_change_with_content() {
-        assert_ne!(content_key([&b"a"[..], b"bc"]), content_key([&b"ab"[..], b"c"]));
+        assert_ne!(
+            content_key([&b"a"[..], b"bc"]),
+            content_key([&b"ab"[..], b"c"])
+        );
         assert_eq!(content_key([&b"a"[..]]), content_key([&b"a"[..]]));
     }
 }

@@ -82,16 +82,25 @@ pub fn run_task(
 ) -> Result<TaskResult> {
     let q_texts: Vec<&str> = task.queries.iter().map(|t| t.text.as_str()).collect();
     let c_texts: Vec<&str> = task.candidates.iter().map(|t| t.text.as_str()).collect();
-    let groups: Vec<&str> = task.candidates.iter().map(|t| t.language.as_str()).collect();
-    let pool = Pool::new(task.candidates.iter().map(|t| t.id.clone()).collect(), &groups)?;
+    let groups: Vec<&str> = task
+        .candidates
+        .iter()
+        .map(|t| t.language.as_str())
+        .collect();
+    let pool = Pool::new(
+        task.candidates.iter().map(|t| t.id.clone()).collect(),
+        &groups,
+    )?;
     let d = encoder.dim();
     let t0 = Instant::now();
     let hits = match settings.scoring {
         Scoring::Dense => {
             let label_q = format!("{} queries", task.name);
             let label_c = format!("{} candidates", task.name);
-            let q = encode_pooled_cached(encoder, &q_texts, settings.batch, settings.cache, &label_q)?;
-            let c = encode_pooled_cached(encoder, &c_texts, settings.batch, settings.cache, &label_c)?;
+            let q =
+                encode_pooled_cached(encoder, &q_texts, settings.batch, settings.cache, &label_q)?;
+            let c =
+                encode_pooled_cached(encoder, &c_texts, settings.batch, settings.cache, &label_c)?;
             let q = DenseVectors::new("query vectors", q_texts.len(), d, q)?;
             let c = DenseVectors::new("candidate vectors", c_texts.len(), d, c)?;
             let encode = t0.elapsed().as_secs_f64();
@@ -113,7 +122,14 @@ pub fn run_task(
                 padded[i * n * d..(i * n + len) * d].copy_from_slice(&q.data[off..off + len * d]);
                 off += len * d;
             }
-            let q = Embeddings::new("query tokens", q.lengths.len(), n, d, padded, Some(q.lengths))?;
+            let q = Embeddings::new(
+                "query tokens",
+                q.lengths.len(),
+                n,
+                d,
+                padded,
+                Some(q.lengths),
+            )?;
             let c = PackedDocs::new("candidate tokens", d, c.data, c.lengths)?;
             let encode = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
@@ -148,7 +164,9 @@ pub fn write_run(
     for (q, h) in task.queries.iter().zip(hits) {
         w.query(
             &q.id,
-            h.top.iter().map(|&(c, s)| (pool.ids[c as usize].as_str(), s)),
+            h.top
+                .iter()
+                .map(|&(c, s)| (pool.ids[c as usize].as_str(), s)),
         )?;
     }
     w.finish()

@@ -150,7 +150,10 @@ impl RankedQuery {
         match m {
             Measure::Map => self.average_precision(usize::MAX),
             Measure::MapCut(k) => self.average_precision(k),
-            Measure::RecipRank => self.hits.first().map_or(0.0, |&(rank, _)| 1.0 / rank as f64),
+            Measure::RecipRank => self
+                .hits
+                .first()
+                .map_or(0.0, |&(rank, _)| 1.0 / rank as f64),
             Measure::P(k) => rel(k) as f64 / k as f64,
             Measure::Recall(k) => {
                 if self.num_rel == 0 {
@@ -203,7 +206,8 @@ pub fn rank_query(judged: &BTreeMap<String, i64>, retrieved: &[(String, f64)]) -
     order.sort_by(|&a, &b| {
         let (da, sa) = &retrieved[a];
         let (db, sb) = &retrieved[b];
-        sb.total_cmp(sa).then_with(|| db.as_bytes().cmp(da.as_bytes()))
+        sb.total_cmp(sa)
+            .then_with(|| db.as_bytes().cmp(da.as_bytes()))
     });
     let hits = order
         .iter()
@@ -276,14 +280,25 @@ mod tests {
 
     #[test]
     fn parses_names_families_and_dot_lists() {
-        let m = Measure::parse_list("map,P_1,recall_100,ndcg_cut_10,recip_rank,map_cut.3,7")
-            .unwrap();
+        let m =
+            Measure::parse_list("map,P_1,recall_100,ndcg_cut_10,recip_rank,map_cut.3,7").unwrap();
         let names: Vec<String> = m.iter().map(|m| m.to_string()).collect();
         assert_eq!(
             names,
-            ["map", "map_cut_3", "map_cut_7", "ndcg_cut_10", "recip_rank", "recall_100", "P_1"]
+            [
+                "map",
+                "map_cut_3",
+                "map_cut_7",
+                "ndcg_cut_10",
+                "recip_rank",
+                "recall_100",
+                "P_1"
+            ]
         );
-        assert_eq!(Measure::parse_list("P").unwrap().len(), DEFAULT_CUTOFFS.len());
+        assert_eq!(
+            Measure::parse_list("P").unwrap().len(),
+            DEFAULT_CUTOFFS.len()
+        );
         assert!(Measure::parse_list("bpref").is_err());
         assert!(Measure::parse_list("P_0").is_err());
         assert!(Measure::parse_list("").is_err());
@@ -292,8 +307,9 @@ mod tests {
     #[test]
     fn ties_are_broken_by_docno_descending() {
         // a and c tie; trec_eval puts c (the larger docno) first.
-        let judged: BTreeMap<String, i64> =
-            [("a".to_string(), 1), ("c".to_string(), 0)].into_iter().collect();
+        let judged: BTreeMap<String, i64> = [("a".to_string(), 1), ("c".to_string(), 0)]
+            .into_iter()
+            .collect();
         let run = vec![("a".to_string(), 1.0), ("c".to_string(), 1.0)];
         let rq = rank_query(&judged, &run);
         assert_eq!(rq.hits, vec![(2, 1)]);

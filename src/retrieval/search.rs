@@ -33,7 +33,10 @@ impl Pool {
     /// A pool from docnos and the group name of each candidate (e.g. its language).
     pub fn new(ids: Vec<String>, groups: &[&str]) -> Result<Pool> {
         if ids.is_empty() {
-            return Err(Error::value("candidate pool", "expected at least one candidate, found none"));
+            return Err(Error::value(
+                "candidate pool",
+                "expected at least one candidate, found none",
+            ));
         }
         if groups.len() != ids.len() {
             return Err(Error::shape(
@@ -48,7 +51,10 @@ impl Pool {
             if ids[w[0] as usize] == ids[w[1] as usize] {
                 return Err(Error::value(
                     "candidate pool",
-                    format!("docno {:?} is used twice; expected unique docnos", ids[w[0] as usize]),
+                    format!(
+                        "docno {:?} is used twice; expected unique docnos",
+                        ids[w[0] as usize]
+                    ),
                 ));
             }
         }
@@ -116,7 +122,11 @@ impl DenseVectors {
             ));
         }
         data.par_chunks_mut(d).for_each(|row| {
-            let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+            let norm = row
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt();
             if norm > 0.0 {
                 let inv = (1.0 / norm) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);
@@ -352,7 +362,10 @@ mod tests {
         let row = [0.5, 0.9, 0.5, 0.1];
         let hits = rank_row(&row, &pool, &[0, 3], 3);
         // b (0.9), then c before a (tie, docno descending), then d.
-        assert_eq!(hits.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(
+            hits.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![1, 2, 0]
+        );
         assert_eq!(hits.relevant_ranks, vec![3, 4]);
         // Within group x: c then a; within group y: b then d.
         assert_eq!(hits.relevant_group_ranks, vec![2, 2]);

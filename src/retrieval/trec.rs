@@ -50,7 +50,11 @@ pub fn parse_qrels(path: &Path, text: &str) -> Result<Qrels> {
         let rel: i64 = f[3].parse().map_err(|_| {
             format_error(
                 path,
-                format!("line {}: expected an integer relevance, found {:?}", i + 1, f[3]),
+                format!(
+                    "line {}: expected an integer relevance, found {:?}",
+                    i + 1,
+                    f[3]
+                ),
             )
         })?;
         let q = out.entry(f[0].to_string()).or_default();
