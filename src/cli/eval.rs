@@ -142,6 +142,11 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         ));
     }
     let backend = Backend::new(a.backend.parse::<BackendKind>()?)?;
+    let encoders = a
+        .model
+        .iter()
+        .map(|m| encoder::builtin(m))
+        .collect::<Result<Vec<_>>>()?;
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(
         dataset,
@@ -176,8 +181,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         cache: cache.as_deref(),
     };
     let mut models = Vec::new();
-    for name in &a.model {
-        let enc = encoder::builtin(name)?;
+    for (name, enc) in a.model.iter().zip(&encoders) {
         let mut results = Vec::new();
         for t in &tasks {
             let run_file = runs.join(format!("{}.{}.trec", name, t.name));

@@ -33,6 +33,11 @@ pub trait Encoder: Send + Sync {
     fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>>;
     /// Token vectors per text (at least one row each).
     fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors>;
+    /// Whether pooled vectors are worth caching on disk (false for encoders cheaper than
+    /// reading the cache back).
+    fn cacheable(&self) -> bool {
+        true
+    }
 }
 
 /// Hashed character n-grams: each word (whitespace-separated, lower-cased, wrapped in
@@ -89,6 +94,10 @@ impl Encoder for HashingEncoder {
 
     fn fingerprint(&self) -> String {
         format!("hash-ngram2-4-fnv1a-d{}-t{}", self.dim, self.max_tokens)
+    }
+
+    fn cacheable(&self) -> bool {
+        false
     }
 
     fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
@@ -164,7 +173,9 @@ pub fn encode_pooled_cached(
     let d = encoder.dim();
     let fp = encoder.fingerprint();
     let key = content_key(std::iter::once(fp.as_bytes()).chain(texts.iter().map(|t| t.as_bytes())));
-    let file: Option<PathBuf> = cache.map(|c| c.join(format!("{key}.npy")));
+    let file: Option<PathBuf> = cache
+        .filter(|_| encoder.cacheable())
+        .map(|c| c.join(format!("{key}.npy")));
     if let Some(f) = &file {
         if f.exists() {
             let arr = npy::read(f)?;
@@ -228,6 +239,48 @@ mod tests {
         let t = e.encode_tokens(&["one two", ""]).unwrap();
         assert_eq!(t.lengths, vec![2, 1]);
         assert_eq!(t.data.len(), 3 * e.dim);
+    }
+
+    /// Counts the texts it encodes; otherwise the hashing encoder.
+    struct Counting(HashingEncoder, std::sync::atomic::AtomicUsize);
+
+    impl Encoder for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn dim(&self) -> usize {
+            self.0.dim
+        }
+        fn fingerprint(&self) -> String {
+            self.0.fingerprint()
+        }
+        fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+            self.1
+                .fetch_add(texts.len(), std::sync::atomic::Ordering::Relaxed);
+            self.0.encode_pooled(texts)
+        }
+        fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+            self.0.encode_tokens(texts)
+        }
+    }
+
+    #[test]
+    fn pooled_vectors_are_cached_until_the_texts_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Counting(HashingEncoder::default(), Default::default());
+        let count = || e.1.load(std::sync::atomic::Ordering::Relaxed);
+        let texts = ["a b", "c d", "e"];
+        let first = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(count(), 3);
+        let again = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(count(), 3, "second call reads the cache");
+        assert_eq!(first, again);
+        encode_pooled_cached(&e, &["a b", "c d", "f"], 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(count(), 6, "changed text re-encodes");
+        // The hashing encoder itself is not cached.
+        let before = std::fs::read_dir(dir.path()).unwrap().count();
+        encode_pooled_cached(&e.0, &["zz"], 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
     }
 
     #[test]
