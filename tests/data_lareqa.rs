@@ -66,6 +66,11 @@ fn pool_and_relevance_follow_the_paper() {
     assert_eq!(d.candidates[4].context, 1);
     assert_eq!(d.contexts.len(), 3);
     let task = d.task();
+    assert_eq!(
+        task.candidates[4].context.as_deref(),
+        Some("One. Two. Three.")
+    );
+    assert!(task.queries[0].context.is_none());
     let qrels: Vec<String> = task.qrels_lines().collect();
     assert!(qrels.contains(&"de-q1 0 en-00001 1".to_string()));
     assert_eq!(qrels.len(), 6);

@@ -159,6 +159,7 @@ fn task_of(cs: &Case) -> RetrievalTask {
                 id: format!("q{i}"),
                 language: ["a", "b"][i % 2].into(),
                 text: String::new(),
+                context: None,
             })
             .collect(),
         candidates: (0..cs.m)
@@ -166,6 +167,7 @@ fn task_of(cs: &Case) -> RetrievalTask {
                 id: cs.docnos[j].clone(),
                 language: cs.groups[j].into(),
                 text: String::new(),
+                context: None,
             })
             .collect(),
         relevant: cs.relevant.clone(),

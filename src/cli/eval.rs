@@ -85,6 +85,9 @@ pub struct EvalDatasetArgs {
     /// English Bible (default: $OPTICAL_CACHE/bible/t_web.csv.gz).
     #[arg(long)]
     pub english_bible: Option<PathBuf>,
+    /// Encode each LAReQA candidate as its sentence followed by its paragraph context.
+    #[arg(long)]
+    pub candidate_context: bool,
     /// Do not read or write the embedding cache ($OPTICAL_CACHE/embeddings).
     #[arg(long)]
     pub no_cache: bool,
@@ -179,6 +182,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         k: a.k,
         batch: a.batch,
         cache: cache.as_deref(),
+        candidate_context: a.candidate_context,
     };
     let mut models = Vec::new();
     for (name, enc) in a.model.iter().zip(&encoders) {

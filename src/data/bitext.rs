@@ -61,6 +61,7 @@ fn texts(lang: &str, side: &[String]) -> Vec<Text> {
             id: format!("{lang}-{i:05}"),
             language: lang.to_string(),
             text: t.clone(),
+            context: None,
         })
         .collect()
 }

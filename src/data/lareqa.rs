@@ -114,7 +114,14 @@ impl Lareqa {
         RetrievalTask {
             name: self.name.clone(),
             queries: self.queries.iter().map(|q| q.text.clone()).collect(),
-            candidates: self.candidates.iter().map(|c| c.text.clone()).collect(),
+            candidates: self
+                .candidates
+                .iter()
+                .map(|c| Text {
+                    context: Some(self.contexts[c.context].clone()),
+                    ..c.text.clone()
+                })
+                .collect(),
             relevant: self.queries.iter().map(|q| q.relevant.clone()).collect(),
         }
     }
@@ -295,6 +302,7 @@ fn parse_language(
                         id: format!("{lang}-{lang_candidates:05}"),
                         language: lang.to_string(),
                         text: s.to_string(),
+                        context: None,
                     },
                     context: context_index,
                 });
@@ -353,6 +361,7 @@ fn parse_language(
                         id: format!("{lang}-{id}"),
                         language: lang.to_string(),
                         text: question.to_string(),
+                        context: None,
                     },
                     question_id: id.to_string(),
                     relevant: Vec::new(),

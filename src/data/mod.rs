@@ -136,6 +136,8 @@ pub struct Text {
     pub id: String,
     pub language: String,
     pub text: String,
+    /// The paragraph a LAReQA candidate sentence comes from (encoders may use it).
+    pub context: Option<String>,
 }
 
 /// A retrieval task: every query is scored against the whole candidate pool, and

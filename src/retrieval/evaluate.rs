@@ -71,6 +71,8 @@ pub struct TaskSettings<'a> {
     pub batch: usize,
     /// Where pooled vectors are cached (`None`: no cache).
     pub cache: Option<&'a Path>,
+    /// Encode each candidate as its sentence followed by its paragraph context (LAReQA).
+    pub candidate_context: bool,
 }
 
 /// Encode, search and evaluate one task; write the top-`k` run to `run_file` if given.
@@ -81,7 +83,20 @@ pub fn run_task(
     run_file: Option<&Path>,
 ) -> Result<TaskResult> {
     let q_texts: Vec<&str> = task.queries.iter().map(|t| t.text.as_str()).collect();
-    let c_texts: Vec<&str> = task.candidates.iter().map(|t| t.text.as_str()).collect();
+    let with_context: Vec<String>;
+    let c_texts: Vec<&str> = if settings.candidate_context {
+        with_context = task
+            .candidates
+            .iter()
+            .map(|t| match &t.context {
+                Some(c) => format!("{}\n{c}", t.text),
+                None => t.text.clone(),
+            })
+            .collect();
+        with_context.iter().map(String::as_str).collect()
+    } else {
+        task.candidates.iter().map(|t| t.text.as_str()).collect()
+    };
     let groups: Vec<&str> = task
         .candidates
         .iter()
