@@ -348,3 +348,64 @@ fn search_cli_writes_the_same_run() {
         assert_eq!(got, want, "query {qi}");
     }
 }
+
+#[test]
+fn search_cli_maxsim_with_one_token_equals_dense() {
+    let cs = case(17, 6, 30);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    optical::io::npy::write(&p("q.npy"), &[cs.n, D], &to_f32(&cs.q)).unwrap();
+    optical::io::npy::write(&p("qt.npy"), &[cs.n, 1, D], &to_f32(&cs.q)).unwrap();
+    optical::io::npy::write(&p("c.npy"), &[cs.m, D], &to_f32(&cs.c)).unwrap();
+    optical::io::npy::write(&p("cl.npy"), &[cs.m], &vec![1i64; cs.m]).unwrap();
+    let run = |args: &[&str], out: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+            .arg("search")
+            .args(args)
+            .arg("--out")
+            .arg(p(out))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(p(out)).unwrap()
+    };
+    let dense = run(
+        &["--queries", "q.npy", "--corpus", "c.npy", "--k", "7"],
+        "d.trec",
+    );
+    let maxsim = run(
+        &[
+            "--scoring",
+            "maxsim",
+            "--queries",
+            "qt.npy",
+            "--corpus",
+            "c.npy",
+            "--corpus-lengths",
+            "cl.npy",
+            "--k",
+            "7",
+        ],
+        "m.trec",
+    );
+    assert_eq!(dense, maxsim);
+    // MaxSim without corpus lengths is a parameter error (exit code 2), not a panic.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args([
+            "search",
+            "--scoring",
+            "maxsim",
+            "--queries",
+            "qt.npy",
+            "--corpus",
+            "c.npy",
+            "--out",
+            "x",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("corpus-lengths"));
+}
