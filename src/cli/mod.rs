@@ -25,6 +25,7 @@ pub enum Command {
     /// List the backends compiled in and the devices they find.
     Info(info::InfoArgs),
     /// Time every kernel on the standard problems (see `optical bench --help`).
+    #[command(after_help = bench::STANDARD_PROBLEMS)]
     Bench(bench::BenchArgs),
     /// Evaluation datasets: list, statistics, export of judgements.
     Data(data::DataArgs),
