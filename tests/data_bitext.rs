@@ -1,6 +1,8 @@
 //! Bitext loaders: alignment, malformed files (misaligned line counts, empty sentences,
 //! broken XML and CSV) named with file and line, and the shared Tatoeba/MAFAND/Bible data.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -161,7 +163,7 @@ fn shared_data() -> Option<PathBuf> {
     let dir = data::data_dir(None);
     let found = dir.join("tatoeba").is_dir() && dir.join("mafand").is_dir();
     if !found {
-        eprintln!("skipped: no bitext data under {}", dir.display());
+        common::skip_or_fail(&format!("no bitext data under {}", dir.display()));
     }
     found.then_some(dir)
 }
@@ -194,10 +196,10 @@ fn shared_bible_aligns_most_verses() {
     let Some(dir) = shared_data() else { return };
     let eng = bitext::default_english_bible();
     if !eng.is_file() {
-        eprintln!(
-            "skipped: {} missing (scripts/setup.d/40-bible.sh)",
+        common::skip_or_fail(&format!(
+            "{} missing (scripts/setup.d/40-bible.sh)",
             eng.display()
-        );
+        ));
         return;
     }
     for (code, file) in bitext::bible_languages(&dir).unwrap() {

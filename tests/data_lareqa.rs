@@ -1,6 +1,8 @@
 //! LAReQA loading: the pool construction on a small hand-made dataset, every malformed
 //! input named with its file and record, and the paper's counts on the shared data.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use optical::data::lareqa::Lareqa;
@@ -124,10 +126,10 @@ fn shared_data() -> Option<PathBuf> {
     let dir = data::data_dir(None);
     let found = dir.join("lareqa/xquad-r/en.json").is_file();
     if !found {
-        eprintln!(
-            "skipped: no LAReQA data under {} (set OPTICAL_DATA_DIR)",
+        common::skip_or_fail(&format!(
+            "no LAReQA data under {} (set OPTICAL_DATA_DIR)",
             dir.display()
-        );
+        ));
     }
     found.then_some(dir)
 }

@@ -71,3 +71,13 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
         "{what}: first mismatches (index, got, want): {bad:?}"
     );
 }
+
+/// Missing shared data fails the test (CI always has it) unless the developer opts out
+/// explicitly with `OPTICAL_ALLOW_MISSING_DATA=1`.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("OPTICAL_ALLOW_MISSING_DATA").as_deref() == Ok("1") {
+        eprintln!("skipped (OPTICAL_ALLOW_MISSING_DATA=1): {why}");
+    } else {
+        panic!("{why}; run `make setup`, or set OPTICAL_ALLOW_MISSING_DATA=1 to skip");
+    }
+}
