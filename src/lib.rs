@@ -4,14 +4,19 @@
 //! hand-written kernels: a CPU reference and fast path, WGSL (wgpu) and PTX (CUDA).
 //!
 //! Data flows one way: files → validated arrays ([`ot::problem`]) → backend kernels
-//! ([`backend`]) → the Sinkhorn solver ([`ot::sinkhorn`]) → outputs.
+//! ([`backend`]) → the Sinkhorn solver ([`ot::sinkhorn`]) → outputs; datasets ([`data`]) →
+//! encoder → search and trec_eval-exact measures ([`retrieval`]) → tables and plots
+//! ([`report`]).
 
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod ot;
+pub mod report;
+pub mod retrieval;
 pub mod rng;
 
 pub use backend::{Backend, BackendKind};

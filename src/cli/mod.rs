@@ -2,8 +2,11 @@
 //! errors to exit codes.
 
 pub mod bench;
+pub mod data;
+pub mod eval;
 pub mod info;
 pub mod ot;
+pub mod search;
 
 use clap::{Parser, Subcommand};
 
@@ -22,7 +25,14 @@ pub enum Command {
     /// List the backends compiled in and the devices they find.
     Info(info::InfoArgs),
     /// Time every kernel on the standard problems (see `optical bench --help`).
+    #[command(after_help = bench::STANDARD_PROBLEMS)]
     Bench(bench::BenchArgs),
+    /// Evaluation datasets: list, statistics, export of judgements.
+    Data(data::DataArgs),
+    /// Evaluate retrieval on a dataset, or a TREC run against qrels (`optical eval trec`).
+    Eval(eval::EvalArgs),
+    /// Exact top-k search over precomputed embeddings, written as a TREC run.
+    Search(search::SearchArgs),
 }
 
 /// Run a parsed command.
@@ -31,5 +41,8 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Ot(args) => ot::run(args),
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Data(args) => data::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Search(args) => search::run(args),
     }
 }

@@ -1,0 +1,203 @@
+//! `optical data …`: list the datasets, print their statistics, export their judgements.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::data::{self, bitext, lareqa::Lareqa, DatasetName, LoadOptions};
+use crate::error::{Error, Result};
+use crate::retrieval::trec;
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    pub command: DataCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// List the datasets, where they are read from, whether they are present, and their
+    /// upstream location.
+    List(DataDirArg),
+    /// Print query, candidate and judgement counts of a dataset.
+    Stats(DatasetArgs),
+    /// Write each task's TREC qrels and its queries/candidates as TSV (id, language, text)
+    /// into --out.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDirArg {
+    /// Data directory (default: $OPTICAL_DATA_DIR, else ../shared/data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    /// xquad-r, mlqa-r, tatoeba, mafand or bible.
+    pub dataset: String,
+    /// Comma-separated languages to keep (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
+    /// MAFAND split: dev or test.
+    #[arg(long, default_value = "dev")]
+    pub split: String,
+    /// English Bible (t_web.csv.gz; default: $OPTICAL_CACHE/bible/t_web.csv.gz).
+    #[arg(long)]
+    pub english_bible: Option<PathBuf>,
+    #[command(flatten)]
+    pub dir: DataDirArg,
+}
+
+impl DatasetArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            languages: self.languages.clone(),
+            split: Some(self.split.clone()),
+            english_bible: self.english_bible.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: DataArgs) -> Result<()> {
+    match args.command {
+        DataCommand::List(a) => list(a),
+        DataCommand::Stats(a) => stats(a),
+        DataCommand::Export(a) => export(a),
+    }
+}
+
+fn list(a: DataDirArg) -> Result<()> {
+    let dir = data::data_dir(a.data_dir.as_deref());
+    println!("data directory: {}", dir.display());
+    for d in DatasetName::ALL {
+        let path = dir.join(d.subdir());
+        let present = if path.is_dir() { "present" } else { "missing" };
+        println!(
+            "{:<8} {:<8} {}\n         upstream: {}",
+            d.name(),
+            present,
+            path.display(),
+            d.upstream()
+        );
+    }
+    let eng = bitext::default_english_bible();
+    println!(
+        "English Bible: {} ({})",
+        eng.display(),
+        if eng.is_file() {
+            "present"
+        } else {
+            "missing; run scripts/setup.d/40-bible.sh"
+        }
+    );
+    Ok(())
+}
+
+fn stats(a: DatasetArgs) -> Result<()> {
+    let dataset: DatasetName = a.dataset.parse()?;
+    let dir = data::data_dir(a.dir.data_dir.as_deref());
+    match dataset {
+        DatasetName::XquadR | DatasetName::MlqaR => {
+            let d = Lareqa::load(&dir, dataset, &a.languages)?;
+            let rel: Vec<usize> = d.queries.iter().map(|q| q.relevant.len()).collect();
+            let (min, max) = (
+                rel.iter().copied().min().unwrap_or(0),
+                rel.iter().copied().max().unwrap_or(0),
+            );
+            let mean = rel.iter().sum::<usize>() as f64 / rel.len().max(1) as f64;
+            let per_query = if min == max {
+                format!("exactly {min} relevant per query")
+            } else {
+                format!("{min}-{max} relevant per query (mean {mean:.3})")
+            };
+            println!(
+                "{}: {} queries, {} candidates, {}",
+                dataset,
+                d.queries.len(),
+                d.candidates.len(),
+                per_query
+            );
+            let distinct: std::collections::HashSet<&str> =
+                d.candidates.iter().map(|c| c.text.text.as_str()).collect();
+            println!(
+                "  ({} distinct candidate strings; every sentence occurrence is a candidate, as in the paper)",
+                distinct.len()
+            );
+            println!("  {:<8} {:>8} {:>10}", "language", "queries", "candidates");
+            for s in d.language_stats() {
+                println!("  {:<8} {:>8} {:>10}", s.language, s.queries, s.candidates);
+            }
+        }
+        _ => {
+            let bitexts = data::load_bitexts(dataset, &dir, &a.load_options())?;
+            let total: usize = bitexts.iter().map(|b| b.len()).sum();
+            let split = if dataset == DatasetName::Mafand {
+                format!(" ({})", a.split)
+            } else {
+                String::new()
+            };
+            println!(
+                "{dataset}{split}: {} languages, {total} sentence pairs; tasks x→eng and eng→x, 1 relevant per query",
+                bitexts.len()
+            );
+            println!("  {:<8} {:>8}", "language", "pairs");
+            for b in &bitexts {
+                println!("  {:<8} {:>8}", b.source_language, b.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let dataset: DatasetName = a.dataset.dataset.parse()?;
+    let dir = data::data_dir(a.dataset.dir.data_dir.as_deref());
+    let tasks = data::load_tasks(dataset, &dir, &a.dataset.load_options())?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, "create", e))?;
+    for t in &tasks {
+        let qrels: Vec<(&str, &str, i64)> = t
+            .queries
+            .iter()
+            .zip(&t.relevant)
+            .flat_map(|(q, rel)| {
+                rel.iter()
+                    .map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1))
+            })
+            .collect();
+        trec::write_qrels(&a.out.join(format!("{}.qrels", t.name)), qrels)?;
+        write_tsv(&a.out.join(format!("{}.queries.tsv", t.name)), &t.queries)?;
+        write_tsv(
+            &a.out.join(format!("{}.candidates.tsv", t.name)),
+            &t.candidates,
+        )?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"dataset": dataset.name(), "tasks": tasks.len(), "out": a.out})
+    );
+    Ok(())
+}
+
+fn write_tsv(path: &std::path::Path, texts: &[data::Text]) -> Result<()> {
+    let mut s = String::new();
+    for t in texts {
+        let clean: String = t
+            .text
+            .chars()
+            .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
+            .collect();
+        s.push_str(&format!("{}\t{}\t{}\n", t.id, t.language, clean));
+    }
+    std::fs::write(path, s).map_err(|e| Error::io(path, "write", e))
+}

@@ -1,0 +1,242 @@
+//! `optical eval`: evaluate models on a dataset and write results, tables and plots; and
+//! `optical eval trec`: trec_eval's measures for any pair of TREC files.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::backend::{Backend, BackendKind};
+use crate::data::{self, DatasetName};
+use crate::error::{Error, Result};
+use crate::report::{EvalReport, ModelResults};
+use crate::retrieval::encoder;
+use crate::retrieval::evaluate::{run_task, Scoring, TaskSettings};
+use crate::retrieval::metrics::{self, Measure};
+use crate::retrieval::trec;
+
+/// Evaluate retrieval models on a dataset (LAReQA: mAP over the full multilingual pool;
+/// bitext: P@1 of translation retrieval in both directions). Writes results.json,
+/// report.md, per_language.svg, heatmaps and one TREC run per model and task into --out.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: Option<EvalCommand>,
+    #[command(flatten)]
+    pub dataset: EvalDatasetArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Evaluate a TREC run against TREC qrels with trec_eval's semantics; prints one JSON
+    /// object measure → mean (with --per-query, also qid → measure → value).
+    Trec(TrecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrecArgs {
+    /// Qrels file: `qid iteration docno relevance`.
+    #[arg(long)]
+    pub qrels: PathBuf,
+    /// Run file: `qid Q0 docno rank score tag`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Comma-separated trec_eval measure names (`P` / `recall` / `map_cut` / `ndcg_cut`
+    /// alone expand to trec_eval's default cutoffs).
+    #[arg(long, default_value = "map,recip_rank,P_1,recall_100,ndcg_cut_10")]
+    pub metrics: String,
+    /// Also print every query's values.
+    #[arg(long)]
+    pub per_query: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalDatasetArgs {
+    /// xquad-r, mlqa-r, tatoeba, mafand or bible.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Comma-separated languages (default: all of the dataset's).
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
+    /// Comma-separated models; each is reported side by side (built in: hash).
+    #[arg(long, value_delimiter = ',')]
+    pub model: Vec<String>,
+    /// dense (pooled cosine) or maxsim (late interaction through the backend's kernel).
+    #[arg(long, default_value = "dense")]
+    pub scoring: String,
+    /// Output directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Measures (trec_eval names); default depends on the dataset.
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// Documents per query in the written TREC runs (measures use the full pool).
+    #[arg(long, default_value_t = 100)]
+    pub k: usize,
+    /// Texts per encoder batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Backend for MaxSim: cpu, cpu-reference, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// MAFAND split: dev or test.
+    #[arg(long, default_value = "dev")]
+    pub split: String,
+    /// English Bible (default: $OPTICAL_CACHE/bible/t_web.csv.gz).
+    #[arg(long)]
+    pub english_bible: Option<PathBuf>,
+    /// Encode each LAReQA candidate as its sentence followed by its paragraph context.
+    #[arg(long)]
+    pub candidate_context: bool,
+    /// Do not read or write the embedding cache ($OPTICAL_CACHE/embeddings).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Data directory (default: $OPTICAL_DATA_DIR, else ../shared/data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.command {
+        Some(EvalCommand::Trec(t)) => trec_eval(t),
+        None => eval_dataset(args.dataset),
+    }
+}
+
+fn trec_eval(a: TrecArgs) -> Result<()> {
+    let measures = Measure::parse_list(&a.metrics)?;
+    let qrels = trec::read_qrels(&a.qrels)?;
+    let run = trec::read_run(&a.run)?;
+    let ev = metrics::evaluate(&qrels, &run, &measures);
+    let out = if a.per_query {
+        serde_json::json!({"mean": ev.mean, "per_query": ev.per_query})
+    } else {
+        serde_json::to_value(&ev.mean).unwrap_or_default()
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
+    let dataset: DatasetName = a
+        .dataset
+        .as_deref()
+        .ok_or_else(|| {
+            Error::parameter("dataset", "--dataset NAME (or a subcommand: trec)", "none")
+        })?
+        .parse()?;
+    let out = a
+        .out
+        .clone()
+        .ok_or_else(|| Error::parameter("out", "--out DIR", "none"))?;
+    if a.model.is_empty() {
+        return Err(Error::parameter("model", "--model NAME[,NAME…]", "none"));
+    }
+    let scoring: Scoring = a.scoring.parse()?;
+    let lareqa = matches!(dataset, DatasetName::XquadR | DatasetName::MlqaR);
+    let main_metric = if lareqa { "map" } else { "P_1" };
+    let default_metrics = "map,recip_rank,P_1,recall_10,recall_100,ndcg_cut_10,map_cut_10";
+    let measures = Measure::parse_list(a.metrics.as_deref().unwrap_or(default_metrics))?;
+    if !measures.iter().any(|m| m.to_string() == main_metric) {
+        return Err(Error::parameter(
+            "metrics",
+            format!("a list that includes {main_metric} (the report's main measure)"),
+            a.metrics.as_deref().unwrap_or(""),
+        ));
+    }
+    let backend = Backend::new(a.backend.parse::<BackendKind>()?)?;
+    let encoders = a
+        .model
+        .iter()
+        .map(|m| encoder::builtin(m))
+        .collect::<Result<Vec<_>>>()?;
+    let dir = data::data_dir(a.data_dir.as_deref());
+    let tasks = data::load_tasks(
+        dataset,
+        &dir,
+        &data::LoadOptions {
+            languages: a.languages.clone(),
+            split: Some(a.split.clone()),
+            english_bible: a.english_bible.clone(),
+        },
+    )?;
+    let cache = (!a.no_cache).then(|| data::cache_dir().join("embeddings"));
+    let runs = out.join("runs");
+    std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, "create", e))?;
+    for t in &tasks {
+        let qrels: Vec<(&str, &str, i64)> = t
+            .queries
+            .iter()
+            .zip(&t.relevant)
+            .flat_map(|(q, rel)| {
+                rel.iter()
+                    .map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1))
+            })
+            .collect();
+        trec::write_qrels(&runs.join(format!("{}.qrels", t.name)), qrels)?;
+    }
+    let settings = TaskSettings {
+        scoring,
+        backend: &backend,
+        measures: &measures,
+        k: a.k,
+        batch: a.batch,
+        cache: cache.as_deref(),
+        candidate_context: a.candidate_context,
+    };
+    let mut models = Vec::new();
+    for (name, enc) in a.model.iter().zip(&encoders) {
+        let mut results = Vec::new();
+        for t in &tasks {
+            let run_file = runs.join(format!("{}.{}.trec", name, t.name));
+            let r = run_task(t, enc.as_ref(), &settings, Some(&run_file))?;
+            eprintln!(
+                "{name} {}: {} = {:.4} (encode {:.1} s, search {:.1} s)",
+                t.name,
+                main_metric,
+                r.metrics.get(main_metric).copied().unwrap_or(f64::NAN),
+                r.encode_seconds,
+                r.search_seconds
+            );
+            results.push(r);
+        }
+        models.push(ModelResults {
+            model: name.clone(),
+            tasks: results,
+        });
+    }
+    let report = EvalReport {
+        dataset: dataset.name().to_string(),
+        scoring,
+        main_metric: main_metric.to_string(),
+        models,
+    };
+    let written = report.write(&out)?;
+    let summary: serde_json::Map<String, serde_json::Value> = report
+        .models
+        .iter()
+        .map(|m| {
+            let v: serde_json::Map<String, serde_json::Value> = m
+                .tasks
+                .iter()
+                .map(|t| {
+                    (
+                        t.task.clone(),
+                        serde_json::json!(t.metrics.get(main_metric)),
+                    )
+                })
+                .collect();
+            (m.model.clone(), serde_json::Value::Object(v))
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "dataset": dataset.name(),
+            "metric": main_metric,
+            "results": summary,
+            "files": written,
+        })
+    );
+    Ok(())
+}

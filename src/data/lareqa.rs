@@ -1,0 +1,373 @@
+//! LAReQA: XQuAD-R and MLQA-R as language-agnostic answer retrieval (Roy et al., 2020).
+//!
+//! Each language file is SQuAD v1.1 JSON with, per paragraph, `sentences` and
+//! `sentence_breaks` (`[start, end)` character spans into `context`). The construction
+//! follows the paper exactly:
+//!
+//! - the candidate pool is every sentence of every paragraph of every language, one
+//!   candidate per entry of `sentences`, without de-duplication: XQuAD-R has only 13,000
+//!   distinct strings among its 13,014 candidates (and MLQA-R 20,496 among 20,534), and
+//!   the paper's counts — and the per-language table released with the data — count
+//!   every occurrence;
+//! - each question of each language is a query (13,090 for XQuAD-R, 4,199 for MLQA-R);
+//! - the relevant candidates of a query are, for every language version of the same
+//!   question id, the sentence whose span contains that version's `answer_start`
+//!   (11 per query for XQuAD-R; 2–4 for MLQA-R, whose questions exist in 2–4 languages).
+//!
+//! Candidates keep the index of their paragraph context so an encoder can use it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{format_error, read_text, DatasetName, RetrievalTask, Text};
+use crate::error::Result;
+
+/// XQuAD-R's languages, in the order of the released files.
+pub const XQUAD_R_LANGUAGES: [&str; 11] = [
+    "ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh",
+];
+/// MLQA-R's languages.
+pub const MLQA_R_LANGUAGES: [&str; 7] = ["ar", "de", "en", "es", "hi", "vi", "zh"];
+
+/// One candidate sentence of the pool.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub text: Text,
+    /// Index into [`Lareqa::contexts`] of the paragraph the sentence comes from.
+    pub context: usize,
+}
+
+/// One question in one language.
+#[derive(Clone, Debug)]
+pub struct Query {
+    pub text: Text,
+    /// The question id shared by all language versions.
+    pub question_id: String,
+    /// Candidates containing the answer, one per language version of the question.
+    pub relevant: Vec<usize>,
+}
+
+/// A LAReQA dataset: one multilingual pool and the queries of every language.
+#[derive(Clone, Debug)]
+pub struct Lareqa {
+    pub name: String,
+    pub languages: Vec<String>,
+    pub candidates: Vec<Candidate>,
+    pub contexts: Vec<String>,
+    pub queries: Vec<Query>,
+}
+
+/// Per-language counts for `optical data stats`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LanguageStats {
+    pub language: String,
+    pub queries: usize,
+    pub candidates: usize,
+}
+
+impl Lareqa {
+    /// Load `<data_dir>/lareqa/<xquad-r|mlqa-r>/<lang>.json` for the given languages (all
+    /// of the dataset's languages when `languages` is empty).
+    pub fn load(data_dir: &Path, dataset: DatasetName, languages: &[String]) -> Result<Lareqa> {
+        let all: Vec<String> = match dataset {
+            DatasetName::XquadR => XQUAD_R_LANGUAGES.iter().map(|s| s.to_string()).collect(),
+            DatasetName::MlqaR => MLQA_R_LANGUAGES.iter().map(|s| s.to_string()).collect(),
+            other => {
+                return Err(crate::Error::parameter(
+                    "dataset",
+                    "a LAReQA dataset (xquad-r or mlqa-r)",
+                    other,
+                ))
+            }
+        };
+        let languages = super::select_languages(&all, languages)?;
+        let dir = data_dir.join(dataset.subdir());
+        Lareqa::load_files(dataset.name(), &dir, &languages)
+    }
+
+    /// Load `<dir>/<lang>.json` for each language and build the pool.
+    pub fn load_files(name: &str, dir: &Path, languages: &[String]) -> Result<Lareqa> {
+        let mut out = Lareqa {
+            name: name.to_string(),
+            languages: languages.to_vec(),
+            candidates: Vec::new(),
+            contexts: Vec::new(),
+            queries: Vec::new(),
+        };
+        // (question id) -> relevant candidate of each language version.
+        let mut answers: HashMap<String, Vec<usize>> = HashMap::new();
+        for lang in languages {
+            let path = dir.join(format!("{lang}.json"));
+            let text = read_text(&path)?;
+            parse_language(&path, &text, lang, &mut out, &mut answers)?;
+        }
+        for q in &mut out.queries {
+            q.relevant = answers[&q.question_id].clone();
+        }
+        Ok(out)
+    }
+
+    /// The retrieval task: every query against the whole pool.
+    pub fn task(&self) -> RetrievalTask {
+        RetrievalTask {
+            name: self.name.clone(),
+            queries: self.queries.iter().map(|q| q.text.clone()).collect(),
+            candidates: self
+                .candidates
+                .iter()
+                .map(|c| Text {
+                    context: Some(self.contexts[c.context].clone()),
+                    ..c.text.clone()
+                })
+                .collect(),
+            relevant: self.queries.iter().map(|q| q.relevant.clone()).collect(),
+        }
+    }
+
+    pub fn language_stats(&self) -> Vec<LanguageStats> {
+        self.languages
+            .iter()
+            .map(|l| LanguageStats {
+                language: l.clone(),
+                queries: self
+                    .queries
+                    .iter()
+                    .filter(|q| &q.text.language == l)
+                    .count(),
+                candidates: self
+                    .candidates
+                    .iter()
+                    .filter(|c| &c.text.language == l)
+                    .count(),
+            })
+            .collect()
+    }
+}
+
+/// A JSON location for error messages, e.g. `data[3].paragraphs[0].qas[2]`.
+fn at(parent: &str, field: &str, index: Option<usize>) -> String {
+    let sep = if parent.is_empty() { "" } else { "." };
+    match index {
+        Some(i) => format!("{parent}{sep}{field}[{i}]"),
+        None => format!("{parent}{sep}{field}"),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn field<'a>(path: &Path, v: &'a Value, loc: &str, name: &str) -> Result<&'a Value> {
+    match v {
+        Value::Object(m) => m.get(name).ok_or_else(|| {
+            format_error(
+                path,
+                format!("{loc}: expected a field `{name}`, found none"),
+            )
+        }),
+        other => Err(format_error(
+            path,
+            format!("{loc}: expected an object, found {}", kind(other)),
+        )),
+    }
+}
+
+fn array<'a>(path: &Path, v: &'a Value, loc: &str, name: &str) -> Result<&'a Vec<Value>> {
+    match field(path, v, loc, name)? {
+        Value::Array(a) => Ok(a),
+        other => Err(format_error(
+            path,
+            format!(
+                "{}: expected an array, found {}",
+                at(loc, name, None),
+                kind(other)
+            ),
+        )),
+    }
+}
+
+fn string<'a>(path: &Path, v: &'a Value, loc: &str) -> Result<&'a str> {
+    match v {
+        Value::String(s) => Ok(s),
+        other => Err(format_error(
+            path,
+            format!("{loc}: expected a string, found {}", kind(other)),
+        )),
+    }
+}
+
+fn uint(path: &Path, v: &Value, loc: &str) -> Result<usize> {
+    v.as_u64().map(|u| u as usize).ok_or_else(|| {
+        format_error(
+            path,
+            format!("{loc}: expected a non-negative integer, found {v}"),
+        )
+    })
+}
+
+fn parse_language(
+    path: &Path,
+    text: &str,
+    lang: &str,
+    out: &mut Lareqa,
+    answers: &mut HashMap<String, Vec<usize>>,
+) -> Result<()> {
+    let root: Value = serde_json::from_str(text).map_err(|e| {
+        format_error(
+            path,
+            format!(
+                "invalid JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let mut seen_ids: HashMap<String, String> = HashMap::new();
+    let mut lang_candidates = 0usize;
+    for (ai, article) in array(path, &root, "", "data")?.iter().enumerate() {
+        let aloc = at("", "data", Some(ai));
+        for (pi, para) in array(path, article, &aloc, "paragraphs")?
+            .iter()
+            .enumerate()
+        {
+            let ploc = at(&aloc, "paragraphs", Some(pi));
+            let context = string(path, field(path, para, &ploc, "context")?, &ploc)?;
+            let sentences = array(path, para, &ploc, "sentences")?;
+            let breaks = array(path, para, &ploc, "sentence_breaks")?;
+            if sentences.len() != breaks.len() {
+                return Err(format_error(
+                    path,
+                    format!(
+                        "{ploc}: expected one sentence break per sentence, found {} sentences \
+                         and {} breaks",
+                        sentences.len(),
+                        breaks.len()
+                    ),
+                ));
+            }
+            if sentences.is_empty() {
+                return Err(format_error(
+                    path,
+                    format!("{ploc}: expected at least one sentence, found none"),
+                ));
+            }
+            let context_len = context.chars().count();
+            let mut spans = Vec::with_capacity(breaks.len());
+            for (si, b) in breaks.iter().enumerate() {
+                let bloc = at(&ploc, "sentence_breaks", Some(si));
+                let pair = match b {
+                    Value::Array(p) if p.len() == 2 => p,
+                    other => {
+                        return Err(format_error(
+                            path,
+                            format!("{bloc}: expected [start, end], found {other}"),
+                        ))
+                    }
+                };
+                let (s, e) = (uint(path, &pair[0], &bloc)?, uint(path, &pair[1], &bloc)?);
+                if s > e || e > context_len {
+                    return Err(format_error(
+                        path,
+                        format!(
+                            "{bloc}: expected 0 <= start <= end <= {context_len} (the context \
+                             length), found [{s}, {e}]"
+                        ),
+                    ));
+                }
+                spans.push((s, e));
+            }
+            let context_index = out.contexts.len();
+            out.contexts.push(context.to_string());
+            let first_candidate = out.candidates.len();
+            for (si, s) in sentences.iter().enumerate() {
+                let sloc = at(&ploc, "sentences", Some(si));
+                let s = string(path, s, &sloc)?;
+                if s.trim().is_empty() {
+                    return Err(format_error(
+                        path,
+                        format!("{sloc}: expected a non-empty sentence, found an empty one"),
+                    ));
+                }
+                out.candidates.push(Candidate {
+                    text: Text {
+                        id: format!("{lang}-{lang_candidates:05}"),
+                        language: lang.to_string(),
+                        text: s.to_string(),
+                        context: None,
+                    },
+                    context: context_index,
+                });
+                lang_candidates += 1;
+            }
+            for (qi, qa) in array(path, para, &ploc, "qas")?.iter().enumerate() {
+                let qloc = at(&ploc, "qas", Some(qi));
+                let id = string(path, field(path, qa, &qloc, "id")?, &qloc)?;
+                if id.is_empty() || id.contains(char::is_whitespace) {
+                    return Err(format_error(
+                        path,
+                        format!("{qloc}: expected a question id without whitespace, found {id:?}"),
+                    ));
+                }
+                let question = string(path, field(path, qa, &qloc, "question")?, &qloc)?;
+                if question.trim().is_empty() {
+                    return Err(format_error(
+                        path,
+                        format!("{qloc}: expected a non-empty question, found an empty one"),
+                    ));
+                }
+                if let Some(prev) = seen_ids.insert(id.to_string(), qloc.clone()) {
+                    return Err(format_error(
+                        path,
+                        format!("{qloc}: question id {id:?} already used at {prev}"),
+                    ));
+                }
+                let answers_v = array(path, qa, &qloc, "answers")?;
+                let first = answers_v.first().ok_or_else(|| {
+                    format_error(
+                        path,
+                        format!("{qloc}: expected at least one answer, found none"),
+                    )
+                })?;
+                let aloc = at(&qloc, "answers", Some(0));
+                let start = uint(path, field(path, first, &aloc, "answer_start")?, &aloc)?;
+                // The answer's sentence: the span containing its first character.
+                let si = spans
+                    .iter()
+                    .position(|&(s, e)| s <= start && start < e)
+                    .ok_or_else(|| {
+                        format_error(
+                            path,
+                            format!(
+                                "{aloc}: answer_start {start} lies in no sentence (breaks {:?})",
+                                spans
+                            ),
+                        )
+                    })?;
+                answers
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(first_candidate + si);
+                out.queries.push(Query {
+                    text: Text {
+                        id: format!("{lang}-{id}"),
+                        language: lang.to_string(),
+                        text: question.to_string(),
+                        context: None,
+                    },
+                    question_id: id.to_string(),
+                    relevant: Vec::new(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

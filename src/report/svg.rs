@@ -1,0 +1,214 @@
+//! Plots as standalone SVG, written by hand (no plotting dependency): a grouped bar chart
+//! (categories × series, e.g. languages × models) and a heatmap (e.g. query language ×
+//! candidate language). Values are expected in [0, 1] (retrieval measures); the axes are
+//! fixed to that range so charts of different runs compare at a glance.
+
+use std::fmt::Write;
+
+/// Escape text for SVG content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Colour-blind-safe qualitative palette (Okabe–Ito).
+const PALETTE: [&str; 8] = [
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+];
+
+fn header(w: f64, h: f64) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"
+    )
+}
+
+/// Grouped bars: one group per category, one bar per series, y from 0 to 1.
+/// `series[s].1[c]` is the value of series `s` in category `c` (`NaN` = missing).
+pub fn bar_chart(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
+    let ns = series.len().max(1) as f64;
+    let bar = 14.0;
+    let group = bar * ns + 10.0;
+    let (left, right, top, bottom) = (60.0, 20.0, 40.0, 70.0);
+    let plot_w = (group * categories.len().max(1) as f64).max(200.0);
+    let plot_h = 260.0;
+    let legend_h = 18.0 * series.len() as f64;
+    let (w, h) = (left + plot_w + right, top + plot_h + bottom + legend_h);
+    let mut s = header(w, h);
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>",
+        w / 2.0,
+        escape(title)
+    );
+    // Axes and grid.
+    for i in 0..=5 {
+        let v = i as f64 / 5.0;
+        let y = top + plot_h * (1.0 - v);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            left + plot_w,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{}</text>",
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+        escape(y_label)
+    );
+    for (c, cat) in categories.iter().enumerate() {
+        let x0 = left + group * c as f64 + 5.0;
+        for (k, (name, values)) in series.iter().enumerate() {
+            let v = values.get(c).copied().unwrap_or(f64::NAN);
+            if !v.is_finite() {
+                continue;
+            }
+            let v = v.clamp(0.0, 1.0);
+            let x = x0 + bar * k as f64;
+            let y = top + plot_h * (1.0 - v);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\">\
+                 <title>{} {}: {v:.4}</title></rect>",
+                bar - 1.0,
+                plot_h * v,
+                PALETTE[k % PALETTE.len()],
+                escape(name),
+                escape(cat)
+            );
+        }
+        let cx = x0 + bar * ns / 2.0;
+        let cy = top + plot_h + 14.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{cx:.1}\" y=\"{cy:.1}\" text-anchor=\"end\" transform=\"rotate(-45 {cx:.1} {cy:.1})\">{}</text>",
+            escape(cat)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+        top + plot_h,
+        left + plot_w,
+        top + plot_h
+    );
+    for (k, (name, _)) in series.iter().enumerate() {
+        let y = top + plot_h + bottom + 18.0 * k as f64;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{left}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            y,
+            PALETTE[k % PALETTE.len()],
+            left + 18.0,
+            y + 10.0,
+            escape(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Interpolate white → dark blue for a value in [0, 1].
+fn colour(v: f64) -> String {
+    let v = v.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * v).round() as u8;
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        lerp(247.0, 8.0),
+        lerp(251.0, 48.0),
+        lerp(255.0, 107.0)
+    )
+}
+
+/// A heatmap with the value printed in each cell (`None` = no data, drawn grey).
+pub fn heatmap(
+    title: &str,
+    row_label: &str,
+    col_label: &str,
+    rows: &[String],
+    cols: &[String],
+    values: &[Vec<Option<f64>>],
+) -> String {
+    let cell = 40.0;
+    let (left, top) = (70.0, 70.0);
+    let (w, h) = (
+        left + cell * cols.len() as f64 + 20.0,
+        top + cell * rows.len() as f64 + 30.0,
+    );
+    let mut s = header(w.max(240.0), h);
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n\
+         <text x=\"{:.1}\" y=\"42\" text-anchor=\"middle\">{}</text>\n\
+         <text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{}</text>",
+        w.max(240.0) / 2.0,
+        escape(title),
+        left + cell * cols.len() as f64 / 2.0,
+        escape(col_label),
+        top + cell * rows.len() as f64 / 2.0,
+        top + cell * rows.len() as f64 / 2.0,
+        escape(row_label)
+    );
+    for (j, c) in cols.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            left + cell * (j as f64 + 0.5),
+            top - 8.0,
+            escape(c)
+        );
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + cell * i as f64;
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            left - 6.0,
+            y + cell / 2.0 + 4.0,
+            escape(r)
+        );
+        for j in 0..cols.len() {
+            let x = left + cell * j as f64;
+            let v = values.get(i).and_then(|row| row.get(j)).copied().flatten();
+            let (fill, label, ink) = match v {
+                Some(v) if v.is_finite() => (
+                    colour(v),
+                    format!("{:.0}", v * 100.0),
+                    if v > 0.55 { "white" } else { "black" },
+                ),
+                _ => ("#cccccc".to_string(), String::new(), "black"),
+            };
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{cell}\" height=\"{cell}\" fill=\"{fill}\" stroke=\"white\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{ink}\" font-size=\"11\">{label}</text>",
+                x + cell / 2.0,
+                y + cell / 2.0 + 4.0
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}

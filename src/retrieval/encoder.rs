@@ -1,0 +1,294 @@
+//! The boundary between text encoders and search: an [`Encoder`] turns texts into pooled
+//! vectors (dense search) or token vectors (MaxSim). The transformer encoders of
+//! `crate::encoder` plug in by implementing this trait; [`HashingEncoder`] is a
+//! model-free lexical baseline (hashed character n-grams) that lets every pipeline run
+//! end to end without weights.
+//!
+//! [`encode_pooled_cached`] stores pooled vectors under the cache directory keyed by the
+//! encoder's fingerprint and the exact texts, so a second evaluation with the same model,
+//! data and settings skips encoding, and any change rebuilds.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::npy;
+
+/// Token vectors of several texts packed back to back: text `i` owns `lengths[i]` rows.
+#[derive(Clone, Debug)]
+pub struct TokenVectors {
+    pub d: usize,
+    pub data: Vec<f32>,
+    pub lengths: Vec<usize>,
+}
+
+/// A text encoder as search sees it.
+pub trait Encoder: Send + Sync {
+    /// Name used in reports and run tags (no whitespace).
+    fn name(&self) -> &str;
+    /// Output dimension.
+    fn dim(&self) -> usize;
+    /// Identifies the weights and every setting that changes the output (cache key).
+    fn fingerprint(&self) -> String;
+    /// One pooled vector per text, row-major `(texts.len(), dim)`; need not be normalised.
+    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>>;
+    /// Token vectors per text (at least one row each).
+    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors>;
+    /// Whether pooled vectors are worth caching on disk (false for encoders cheaper than
+    /// reading the cache back).
+    fn cacheable(&self) -> bool {
+        true
+    }
+}
+
+/// Hashed character n-grams: each word (whitespace-separated, lower-cased, wrapped in
+/// `^…$`) contributes its character `n`-grams for `n` in `2..=4`, hashed (FNV-1a) into
+/// `dim` buckets with a hashed sign. The pooled vector is the sum over words; the token
+/// vectors are the per-word sums (at most `max_tokens` words). Lexical overlap only: a
+/// floor that any multilingual model must beat, and a stand-in while no model is loaded.
+#[derive(Clone, Debug)]
+pub struct HashingEncoder {
+    pub dim: usize,
+    pub max_tokens: usize,
+}
+
+impl Default for HashingEncoder {
+    fn default() -> Self {
+        HashingEncoder {
+            dim: 384,
+            max_tokens: 64,
+        }
+    }
+}
+
+impl HashingEncoder {
+    fn add_word(&self, word: &str, out: &mut [f32]) {
+        let chars: Vec<char> = std::iter::once('^')
+            .chain(word.chars().flat_map(char::to_lowercase))
+            .chain(std::iter::once('$'))
+            .collect();
+        for n in 2..=4 {
+            for w in chars.windows(n) {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for &c in w {
+                    for b in (c as u32).to_le_bytes() {
+                        h ^= b as u64;
+                        h = h.wrapping_mul(0x0100_0000_01b3);
+                    }
+                }
+                let bucket = (h % self.dim as u64) as usize;
+                let sign = if (h >> 63) == 0 { 1.0 } else { -1.0 };
+                out[bucket] += sign;
+            }
+        }
+    }
+}
+
+impl Encoder for HashingEncoder {
+    fn name(&self) -> &str {
+        "hash"
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("hash-ngram2-4-fnv1a-d{}-t{}", self.dim, self.max_tokens)
+    }
+
+    fn cacheable(&self) -> bool {
+        false
+    }
+
+    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; texts.len() * self.dim];
+        for (t, row) in texts.iter().zip(out.chunks_exact_mut(self.dim)) {
+            for w in t.split_whitespace() {
+                self.add_word(w, row);
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+        let mut data = Vec::new();
+        let mut lengths = Vec::with_capacity(texts.len());
+        for t in texts {
+            let words: Vec<&str> = t.split_whitespace().take(self.max_tokens).collect();
+            let words = if words.is_empty() { vec![""] } else { words };
+            for w in &words {
+                let mut row = vec![0.0f32; self.dim];
+                self.add_word(w, &mut row);
+                data.extend_from_slice(&row);
+            }
+            lengths.push(words.len());
+        }
+        Ok(TokenVectors {
+            d: self.dim,
+            data,
+            lengths,
+        })
+    }
+}
+
+/// The built-in encoders by name (`--model`). Transformer encoders register here when
+/// they land.
+pub fn builtin(name: &str) -> Result<Box<dyn Encoder>> {
+    match name {
+        "hash" => Ok(Box::new(HashingEncoder::default())),
+        _ => Err(Error::parameter(
+            "model",
+            "a known encoder (built in: hash; transformer encoders plug in through \
+             retrieval::Encoder)",
+            name,
+        )),
+    }
+}
+
+/// FNV-1a over a sequence of byte strings, with separators, as a hex cache key.
+fn content_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h2: u64 = 0x6c62_272e_07bb_0142;
+    for p in parts {
+        for &b in p.iter().chain(&[0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+            h2 = (h2 ^ b as u64)
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(5);
+        }
+    }
+    format!("{h:016x}{h2:016x}")
+}
+
+/// Pooled vectors of `texts`, encoded in batches of `batch` with progress on stderr, and
+/// cached in `cache` (when given) as `<fingerprint-key>.npy`.
+pub fn encode_pooled_cached(
+    encoder: &dyn Encoder,
+    texts: &[&str],
+    batch: usize,
+    cache: Option<&Path>,
+    label: &str,
+) -> Result<Vec<f32>> {
+    let d = encoder.dim();
+    let fp = encoder.fingerprint();
+    let key = content_key(std::iter::once(fp.as_bytes()).chain(texts.iter().map(|t| t.as_bytes())));
+    let file: Option<PathBuf> = cache
+        .filter(|_| encoder.cacheable())
+        .map(|c| c.join(format!("{key}.npy")));
+    if let Some(f) = &file {
+        if f.exists() {
+            let arr = npy::read(f)?;
+            if arr.shape == [texts.len(), d] {
+                return Ok(arr.to_f32());
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(texts.len() * d);
+    let batch = batch.max(1);
+    let total = texts.len();
+    for (i, chunk) in texts.chunks(batch).enumerate() {
+        let v = encoder.encode_pooled(chunk)?;
+        if v.len() != chunk.len() * d {
+            return Err(Error::Backend {
+                backend: "encoder",
+                operation: "encode_pooled",
+                what: format!(
+                    "{} returned {} values for {} texts of dimension {d}",
+                    encoder.name(),
+                    v.len(),
+                    chunk.len()
+                ),
+            });
+        }
+        out.extend_from_slice(&v);
+        let done = ((i + 1) * batch).min(total);
+        if total > batch && (i % 16 == 15 || done == total) {
+            eprintln!("encode {label}: {done}/{total}");
+        }
+    }
+    if let Some(f) = &file {
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+        }
+        npy::write(f, &[texts.len(), d], &out)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_encoder_shapes_and_similarity() {
+        let e = HashingEncoder::default();
+        let v = e
+            .encode_pooled(&["the red house", "The red house", "quantum flux"])
+            .unwrap();
+        assert_eq!(v.len(), 3 * e.dim);
+        let cos = |a: &[f32], b: &[f32]| {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+            dot / (na * nb)
+        };
+        let (a, b, c) = (&v[..384], &v[384..768], &v[768..]);
+        assert!((cos(a, b) - 1.0).abs() < 1e-6, "case-insensitive");
+        assert!(cos(a, c) < 0.5);
+        let t = e.encode_tokens(&["one two", ""]).unwrap();
+        assert_eq!(t.lengths, vec![2, 1]);
+        assert_eq!(t.data.len(), 3 * e.dim);
+    }
+
+    /// Counts the texts it encodes; otherwise the hashing encoder.
+    struct Counting(HashingEncoder, std::sync::atomic::AtomicUsize);
+
+    impl Encoder for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn dim(&self) -> usize {
+            self.0.dim
+        }
+        fn fingerprint(&self) -> String {
+            self.0.fingerprint()
+        }
+        fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+            self.1
+                .fetch_add(texts.len(), std::sync::atomic::Ordering::Relaxed);
+            self.0.encode_pooled(texts)
+        }
+        fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+            self.0.encode_tokens(texts)
+        }
+    }
+
+    #[test]
+    fn pooled_vectors_are_cached_until_the_texts_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Counting(HashingEncoder::default(), Default::default());
+        let count = || e.1.load(std::sync::atomic::Ordering::Relaxed);
+        let texts = ["a b", "c d", "e"];
+        let first = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(count(), 3);
+        let again = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(count(), 3, "second call reads the cache");
+        assert_eq!(first, again);
+        encode_pooled_cached(&e, &["a b", "c d", "f"], 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(count(), 6, "changed text re-encodes");
+        // The hashing encoder itself is not cached.
+        let before = std::fs::read_dir(dir.path()).unwrap().count();
+        encode_pooled_cached(&e.0, &["zz"], 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
+    }
+
+    #[test]
+    fn cache_keys_change_with_content() {
+        assert_ne!(
+            content_key([&b"a"[..], b"bc"]),
+            content_key([&b"ab"[..], b"c"])
+        );
+        assert_eq!(content_key([&b"a"[..]]), content_key([&b"a"[..]]));
+    }
+}

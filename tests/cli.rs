@@ -1,0 +1,472 @@
+//! The `optical` binary as a user runs it: outputs, the JSON summary, and one clear error
+//! (exit code 2, no output directory) for every kind of bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{assert_close, fixture_dir, load};
+use optical::io::npy;
+
+fn optical(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn solve_from_cost_file_writes_every_output() {
+    let fx = fixture_dir("padded_12x10");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = optical(&[
+        "ot",
+        "solve",
+        "--cost",
+        p(&fx.join("cost.npy")),
+        "--a",
+        p(&fx.join("a.npy")),
+        "--b",
+        p(&fx.join("b.npy")),
+        "--epsilon",
+        "0.05",
+        "--threshold",
+        "1e-7",
+        "--out",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout(&o).trim()).expect("one JSON line");
+    assert_eq!(summary["backend"], "cpu");
+    assert_eq!(summary["pairs"], 3);
+    assert_eq!(summary["converged"], 3);
+    assert!(summary["max_marginal_error"].as_f64().unwrap() <= 1e-7);
+    assert!(summary["seconds"].as_f64().unwrap() >= 0.0);
+
+    let plan = npy::read(&out.join("plan.npy")).unwrap();
+    assert_eq!(plan.shape, vec![3, 12, 10]);
+    assert_eq!(plan.dtype, npy::Dtype::F32);
+    let (_, want) = load(&fx, "plan");
+    assert_close("cli plan", &plan.to_f64(), &want, 1e-5);
+    for (name, shape) in [
+        ("f.npy", vec![3, 12]),
+        ("g.npy", vec![3, 10]),
+        ("cost.npy", vec![3]),
+        ("iterations.npy", vec![3]),
+        ("converged.npy", vec![3]),
+        ("marginal_error.npy", vec![3]),
+    ] {
+        assert_eq!(npy::read(&out.join(name)).unwrap().shape, shape, "{name}");
+    }
+    assert_eq!(
+        npy::read(&out.join("converged.npy")).unwrap().to_f64(),
+        vec![1.0; 3]
+    );
+    // No temporary directory is left next to the output.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+#[test]
+fn unbatched_f32_cost_keeps_its_rank_on_both_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cost = tmp.path().join("c.npy");
+    let c: Vec<f32> = (0..35).map(|k| ((k * 7919) % 13) as f32 / 6.5).collect();
+    npy::write(&cost, &[5, 7], &c).unwrap();
+    let mut plans = Vec::new();
+    for backend in ["cpu", "cpu-reference"] {
+        let out = tmp.path().join(backend);
+        let o = optical(&[
+            "ot",
+            "solve",
+            "--cost",
+            p(&cost),
+            "--backend",
+            backend,
+            "--out",
+            p(&out),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let plan = npy::read(&out.join("plan.npy")).unwrap();
+        assert_eq!(plan.shape, vec![5, 7]);
+        assert_eq!(npy::read(&out.join("f.npy")).unwrap().shape, vec![5]);
+        assert_eq!(
+            npy::read(&out.join("cost.npy")).unwrap().shape,
+            Vec::<usize>::new()
+        );
+        plans.push(plan.to_f64());
+    }
+    assert_close("cpu vs cpu-reference", &plans[0], &plans[1], 1e-5);
+}
+
+#[test]
+fn solve_from_embeddings_with_lengths() {
+    let fx = fixture_dir("embeddings_17x29");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emb");
+    let o = optical(&[
+        "ot",
+        "solve",
+        "--x",
+        p(&fx.join("x.npy")),
+        "--y",
+        p(&fx.join("y.npy")),
+        "--x-lengths",
+        p(&fx.join("x_lengths.npy")),
+        "--y-lengths",
+        p(&fx.join("y_lengths.npy")),
+        "--epsilon",
+        "0.05",
+        "--threshold",
+        "1e-7",
+        "--out",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, want) = load(&fx, "plan");
+    assert_close(
+        "cli embeddings plan",
+        &npy::read(&out.join("plan.npy")).unwrap().to_f64(),
+        &want,
+        1e-5,
+    );
+}
+
+#[test]
+fn cost_and_maxsim_commands() {
+    let fx = fixture_dir("embeddings_17x29");
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("c.npy");
+    let o = optical(&[
+        "ot",
+        "cost",
+        "--x",
+        p(&fx.join("x.npy")),
+        "--y",
+        p(&fx.join("y.npy")),
+        "--x-lengths",
+        p(&fx.join("x_lengths.npy")),
+        "--y-lengths",
+        p(&fx.join("y_lengths.npy")),
+        "--out",
+        p(&c),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, want) = load(&fx, "cost");
+    assert_close(
+        "cli cosine cost",
+        &npy::read(&c).unwrap().to_f64(),
+        &want,
+        1e-6,
+    );
+
+    // Queries = the first set of x; documents = y's two sets packed by their lengths.
+    let (_, x) = common::load_f32(&fx, "x");
+    let (_, y) = common::load_f32(&fx, "y");
+    let d = 24;
+    let q = tmp.path().join("q.npy");
+    npy::write(&q, &[17, d], &x[..17 * d]).unwrap();
+    let mut packed = y[..29 * d].to_vec();
+    packed.extend_from_slice(&y[29 * d..(29 + 20) * d]);
+    let docs = tmp.path().join("docs.npy");
+    npy::write(&docs, &[49, d], &packed).unwrap();
+    let lens = tmp.path().join("lens.npy");
+    npy::write(&lens, &[2], &[29i64, 20]).unwrap();
+    let s = tmp.path().join("s.npy");
+    let o = optical(&[
+        "ot",
+        "maxsim",
+        "--queries",
+        p(&q),
+        "--docs",
+        p(&docs),
+        "--doc-lengths",
+        p(&lens),
+        "--out",
+        p(&s),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let scores = npy::read(&s).unwrap();
+    assert_eq!(scores.shape, vec![2]);
+    // Document 0 is y's first set, whose costs against x's first set are in the fixture.
+    let want0: f64 = (0..17)
+        .map(|i| {
+            (0..29)
+                .map(|j| 1.0 - want[i * 29 + j])
+                .fold(f64::MIN, f64::max)
+        })
+        .sum();
+    assert!(
+        (scores.to_f64()[0] - want0).abs() < 1e-4,
+        "{} vs {want0}",
+        scores.to_f64()[0]
+    );
+}
+
+struct Bad {
+    name: &'static str,
+    args: Vec<String>,
+    /// Substrings the one-line error must contain.
+    expect: Vec<String>,
+}
+
+#[test]
+fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| -> PathBuf { tmp.path().join(name) };
+    let good = t("good.npy");
+    npy::write(&good, &[2, 3, 4], &[0.5f64; 24]).unwrap();
+    let rank1 = t("rank1.npy");
+    npy::write(&rank1, &[5], &[1.0f32; 5]).unwrap();
+    let nan = t("nan.npy");
+    let mut v = vec![0.5f32; 24];
+    v[13] = f32::NAN;
+    npy::write(&nan, &[2, 3, 4], &v).unwrap();
+    let inf = t("inf.npy");
+    v[13] = f32::INFINITY;
+    npy::write(&inf, &[2, 3, 4], &v).unwrap();
+    let neg = t("neg.npy");
+    npy::write(&neg, &[2, 3], &[1.0f64, -0.5, 1.0, 1.0, 1.0, 1.0]).unwrap();
+    let zero = t("zero.npy");
+    npy::write(&zero, &[2, 4], &[1.0f64, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]).unwrap();
+    let wrong_b = t("wrong_b.npy");
+    npy::write(&wrong_b, &[2, 5], &[1.0f64; 10]).unwrap();
+    let garbage = t("garbage.npy");
+    std::fs::write(&garbage, b"this is not numpy").unwrap();
+    let x = t("x.npy");
+    npy::write(&x, &[2, 3, 8], &[1.0f32; 48]).unwrap();
+    let y_d = t("y_d.npy");
+    npy::write(&y_d, &[2, 4, 7], &[1.0f32; 56]).unwrap();
+    let y = t("y.npy");
+    npy::write(&y, &[2, 4, 8], &[1.0f32; 64]).unwrap();
+    let long = t("long.npy");
+    npy::write(&long, &[2], &[3i64, 9]).unwrap();
+    let float_len = t("float_len.npy");
+    npy::write(&float_len, &[2], &[3.0f32, 2.0]).unwrap();
+    let missing = t("missing.npy");
+
+    let s = |v: &Path| v.display().to_string();
+    let cost = |c: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["ot".into(), "solve".into(), "--cost".into(), s(c)];
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    };
+    let cases = vec![
+        Bad {
+            name: "wrong rank",
+            args: cost(&rank1, &[]),
+            expect: vec![s(&rank1), "(b, n, m) or (n, m)".into(), "rank 1".into()],
+        },
+        Bad {
+            name: "NaN",
+            args: cost(&nan, &[]),
+            expect: vec![s(&nan), "pair 1, entry (0, 1)".into(), "NaN".into()],
+        },
+        Bad {
+            name: "infinity",
+            args: cost(&inf, &[]),
+            expect: vec![s(&inf), "finite".into(), "inf".into()],
+        },
+        Bad {
+            name: "negative weight",
+            args: cost(&good, &["--a", &s(&neg)]),
+            expect: vec![s(&neg), "non-negative".into(), "-0.5".into()],
+        },
+        Bad {
+            name: "zero mass",
+            args: cost(&good, &["--b", &s(&zero)]),
+            expect: vec![s(&zero), "pair 1".into(), "zero total mass".into()],
+        },
+        Bad {
+            name: "weights shape",
+            args: cost(&good, &["--b", &s(&wrong_b)]),
+            expect: vec![s(&wrong_b), "[2, 4]".into(), "[2, 5]".into()],
+        },
+        Bad {
+            name: "epsilon zero",
+            args: cost(&good, &["--epsilon", "0"]),
+            expect: vec!["epsilon".into(), "> 0".into()],
+        },
+        Bad {
+            name: "epsilon negative",
+            args: cost(&good, &["--epsilon=-1"]),
+            expect: vec!["epsilon".into(), "-1".into()],
+        },
+        Bad {
+            name: "check_every zero",
+            args: cost(&good, &["--check-every", "0"]),
+            expect: vec!["check_every".into()],
+        },
+        Bad {
+            name: "unreadable",
+            args: cost(&missing, &[]),
+            expect: vec![s(&missing), "open failed".into()],
+        },
+        Bad {
+            name: "not npy",
+            args: cost(&garbage, &[]),
+            expect: vec![s(&garbage), "not a .npy file".into()],
+        },
+        Bad {
+            name: "unknown backend",
+            args: cost(&good, &["--backend", "tpu"]),
+            expect: vec!["backend".into(), "tpu".into()],
+        },
+        Bad {
+            name: "embedding dims differ",
+            args: vec![
+                "ot".into(),
+                "solve".into(),
+                "--x".into(),
+                s(&x),
+                "--y".into(),
+                s(&y_d),
+            ],
+            expect: vec![s(&y_d), "d = 8".into()],
+        },
+        Bad {
+            name: "length past the padding",
+            args: vec![
+                "ot".into(),
+                "solve".into(),
+                "--x".into(),
+                s(&x),
+                "--y".into(),
+                s(&y),
+                "--x-lengths".into(),
+                s(&long),
+            ],
+            expect: vec![s(&long), "set 1 has length 9".into(), "1..=3".into()],
+        },
+        Bad {
+            name: "float lengths",
+            args: vec![
+                "ot".into(),
+                "solve".into(),
+                "--x".into(),
+                s(&x),
+                "--y".into(),
+                s(&y),
+                "--x-lengths".into(),
+                s(&float_len),
+            ],
+            expect: vec![s(&float_len), "integer".into()],
+        },
+    ];
+    for case in cases {
+        let out = tmp
+            .path()
+            .join(format!("out-{}", case.name.replace(' ', "-")));
+        let mut args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+        args.extend(["--out", p(&out)]);
+        let o = optical(&args);
+        let err = stderr(&o);
+        println!("{}: {}", case.name, err.trim());
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}: exit code; stderr: {err}",
+            case.name
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{}: one line: {err}",
+            case.name
+        );
+        assert!(err.starts_with("error: "), "{}: {err}", case.name);
+        for want in &case.expect {
+            assert!(
+                err.contains(want.as_str()),
+                "{}: expected {want:?} in {err}",
+                case.name
+            );
+        }
+        assert!(
+            !out.exists(),
+            "{}: no output directory left behind",
+            case.name
+        );
+        assert!(stdout(&o).is_empty(), "{}: nothing on stdout", case.name);
+    }
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("partial")),
+        "no temporary directories: {names:?}"
+    );
+}
+
+#[test]
+fn info_and_bench_json() {
+    let o = optical(&["info", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let backends = v["backends"].as_array().unwrap();
+    assert!(backends
+        .iter()
+        .any(|b| b["backend"] == "cpu" && b["available"] == true));
+    assert!(backends.iter().any(|b| b["backend"] == "wgpu"));
+
+    let o = optical(&[
+        "bench",
+        "--json",
+        "--kernels",
+        "sinkhorn,cosine-cost",
+        "--min-seconds",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["kernel"], "sinkhorn");
+    assert!(lines[0]["gexp_per_s"].as_f64().unwrap() > 0.0);
+    assert!(lines[1]["gb_per_s"].as_f64().unwrap() > 0.0);
+    let o = optical(&["bench", "--kernels", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn help_on_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["ot", "--help"],
+        vec!["ot", "solve", "--help"],
+        vec!["ot", "cost", "--help"],
+        vec!["ot", "maxsim", "--help"],
+        vec!["info", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let o = optical(&args);
+        assert!(o.status.success(), "{args:?}");
+        assert!(stdout(&o).contains("Usage"), "{args:?}");
+    }
+    let o = optical(&["bench", "--help"]);
+    assert!(
+        stdout(&o).contains("sinkhorn      b=64, n=m=128"),
+        "standard problems stated in --help"
+    );
+}

@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests: fixture loading and comparisons that print the
+//! error before they assert.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use optical::io::npy;
+
+pub fn fixture_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sinkhorn")
+        .join(case)
+}
+
+pub fn fixture_cases() -> Vec<String> {
+    let mut cases: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sinkhorn"))
+            .expect("fixtures present")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+    cases.sort();
+    cases
+}
+
+pub fn load(dir: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let arr = npy::read(&dir.join(format!("{name}.npy"))).expect("fixture readable");
+    (arr.shape.clone(), arr.to_f64())
+}
+
+pub fn load_f32(dir: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let arr = npy::read(&dir.join(format!("{name}.npy"))).expect("fixture readable");
+    (arr.shape.clone(), arr.to_f32())
+}
+
+pub fn epsilon(dir: &Path) -> f64 {
+    let text = std::fs::read_to_string(dir.join("meta.json")).expect("meta.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("meta.json is JSON");
+    v["epsilon"].as_f64().expect("epsilon")
+}
+
+/// Max absolute and relative (to max |want|) error; prints both and the first mismatches,
+/// then asserts `max_abs <= tol`.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    let mut max_abs = 0.0f64;
+    let mut bad = Vec::new();
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let e = (g - w).abs();
+        if (e.is_nan() || e > tol) && bad.len() < 5 {
+            bad.push((i, g, w));
+        }
+        if e > max_abs || e.is_nan() {
+            max_abs = if e.is_nan() { f64::INFINITY } else { e };
+        }
+    }
+    println!(
+        "{what}: max abs error {max_abs:.3e}, max rel error {:.3e} (tol {tol:.1e})",
+        max_abs / scale
+    );
+    assert!(
+        bad.is_empty() && max_abs <= tol,
+        "{what}: first mismatches (index, got, want): {bad:?}"
+    );
+}
+
+/// Missing shared data fails the test (CI always has it) unless the developer opts out
+/// explicitly with `OPTICAL_ALLOW_MISSING_DATA=1`.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("OPTICAL_ALLOW_MISSING_DATA").as_deref() == Ok("1") {
+        eprintln!("skipped (OPTICAL_ALLOW_MISSING_DATA=1): {why}");
+    } else {
+        panic!("{why}; run `make setup`, or set OPTICAL_ALLOW_MISSING_DATA=1 to skip");
+    }
+}

@@ -1,0 +1,215 @@
+//! Bitext loaders: alignment, malformed files (misaligned line counts, empty sentences,
+//! broken XML and CSV) named with file and line, and the shared Tatoeba/MAFAND/Bible data.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use optical::data::bitext::{self, read_aligned, read_ces_verses, read_web_csv};
+use optical::data::{self, DatasetName, LoadOptions};
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn aligned_files_become_two_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = write(dir.path(), "a.swh", "Habari\r\nAsante\n");
+    let t = write(dir.path(), "a.eng", "Hello\nThanks");
+    let b = read_aligned("toy", "swh", &s, "eng", &t).unwrap();
+    assert_eq!(b.source, ["Habari", "Asante"]);
+    let [x_en, en_x] = b.tasks();
+    assert_eq!(x_en.name, "swh-eng");
+    assert_eq!(en_x.name, "eng-swh");
+    assert_eq!(x_en.queries[1].text, "Asante");
+    assert_eq!(x_en.candidates[1].id, "eng-00001");
+    assert_eq!(en_x.relevant, vec![vec![0], vec![1]]);
+}
+
+#[test]
+fn misaligned_and_empty_lines_are_errors_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = write(dir.path(), "m.swh", "a\nb\nc\n");
+    let t = write(dir.path(), "m.eng", "a\nb\n");
+    let msg = read_aligned("toy", "swh", &s, "eng", &t)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("m.swh") && msg.contains("m.eng") && msg.contains("(2), found 3"),
+        "{msg}"
+    );
+    let e = write(dir.path(), "e.swh", "a\n \nc\n");
+    let msg = bitext::read_lines(&e).unwrap_err().to_string();
+    assert!(
+        msg.contains("e.swh: line 2: expected a sentence, found an empty line"),
+        "{msg}"
+    );
+    let z = write(dir.path(), "z.swh", "");
+    assert!(bitext::read_lines(&z)
+        .unwrap_err()
+        .to_string()
+        .contains("empty file"));
+    let bad = dir.path().join("bad.swh");
+    std::fs::write(&bad, b"ok\n\xff\xfe\n").unwrap();
+    assert!(bitext::read_lines(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("UTF-8"));
+}
+
+const CES: &str = r#"<?xml version="1.0" ?>
+<cesDoc version="4">
+  <cesHeader><segmentation>Marked up to the level of verse.</segmentation></cesHeader>
+  <text><body>
+    <div id="b.MAT" type="book">
+      <seg id="b.MAT.1.1" type="verse">
+        Yesu &quot;Kristo&quot; &amp; Daudi
+      </seg>
+      <seg id="b.MAT.1.2" type="verse">  </seg>
+      <seg id="b.MAT.1.3" type="verse">Tatu</seg>
+      <seg id="b.REV.22.21" type="verse">Mwisho</seg>
+    </div>
+  </body></text>
+</cesDoc>
+"#;
+
+const WEB: &str = "field,field,field,field,field\n\
+\"01001001\",\"1\",\"1\",\"1\",\"In the beginning\"\n\
+\"40001001\",\"40\",\"1\",\"1\",\"Jesus {a note} \"\"Christ\"\"\"\n\
+\"40001002\",\"40\",\"1\",\"2\",\"Second\"\n\
+\"66022021\",\"66\",\"22\",\"21\",\"The end\"\n";
+
+fn bible_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("bible")).unwrap();
+    write(&dir.path().join("bible"), "Swahili-NT.xml", CES);
+    let gz = dir.path().join("t_web.csv.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
+    enc.write_all(WEB.as_bytes()).unwrap();
+    enc.finish().unwrap();
+    (dir, gz)
+}
+
+#[test]
+fn bible_verses_align_by_id() {
+    let (dir, gz) = bible_dir();
+    let b = bitext::bible(dir.path(), "swa", &gz).unwrap();
+    // MAT.1.2 is empty in Swahili and MAT.1.3 has no English: both left out.
+    assert_eq!(b.source, ["Yesu \"Kristo\" & Daudi", "Mwisho"]);
+    assert_eq!(b.target, ["Jesus \"Christ\"", "The end"]);
+    // Uncompressed CSV reads the same.
+    let csv = write(dir.path(), "t_web.csv", WEB);
+    assert_eq!(read_web_csv(&csv).unwrap(), read_web_csv(&gz).unwrap());
+    let err = bitext::bible(dir.path(), "zul", &gz)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("swa"), "{err}");
+}
+
+#[test]
+fn malformed_bible_files_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let unclosed = write(
+        dir.path(),
+        "u.xml",
+        "<x>\n<seg id=\"b.MAT.1.1\">text\n</x>\n",
+    );
+    let msg = read_ces_verses(&unclosed).unwrap_err().to_string();
+    assert!(
+        msg.contains("u.xml: line 2: <seg id=\"b.MAT.1.1\"> has no </seg>"),
+        "{msg}"
+    );
+    let noid = write(dir.path(), "n.xml", "<x>\n\n<seg type=\"verse\">t</seg>\n");
+    let msg = read_ces_verses(&noid).unwrap_err().to_string();
+    assert!(msg.contains("n.xml: line 3: expected an id"), "{msg}");
+    let none = write(dir.path(), "e.xml", "<x><segmentation/></x>");
+    assert!(read_ces_verses(&none)
+        .unwrap_err()
+        .to_string()
+        .contains("found none"));
+    let bad = write(dir.path(), "b.csv", "h\n\"40001001\",\"40\",\"1\",\"1\"\n");
+    let msg = read_web_csv(&bad).unwrap_err().to_string();
+    assert!(msg.contains("b.csv: line 2: expected 5 fields"), "{msg}");
+    let quote = write(
+        dir.path(),
+        "q.csv",
+        "h\n\"40001001\",\"40\",\"1\",\"1\",\"open\n",
+    );
+    assert!(read_web_csv(&quote)
+        .unwrap_err()
+        .to_string()
+        .contains("line 2: unbalanced quotes"));
+    let book = write(dir.path(), "k.csv", "h\n\"1\",\"99\",\"1\",\"1\",\"x\"\n");
+    assert!(read_web_csv(&book)
+        .unwrap_err()
+        .to_string()
+        .contains("book number 1..=66, found 99"));
+    let notgz = dir.path().join("g.csv.gz");
+    std::fs::write(&notgz, [0x1f, 0x8b, 0, 1, 2]).unwrap();
+    assert!(read_web_csv(&notgz)
+        .unwrap_err()
+        .to_string()
+        .contains("gzip"));
+}
+
+fn shared_data() -> Option<PathBuf> {
+    let dir = data::data_dir(None);
+    let found = dir.join("tatoeba").is_dir() && dir.join("mafand").is_dir();
+    if !found {
+        common::skip_or_fail(&format!("no bitext data under {}", dir.display()));
+    }
+    found.then_some(dir)
+}
+
+#[test]
+fn shared_tatoeba_and_mafand() {
+    let Some(dir) = shared_data() else { return };
+    let langs = bitext::tatoeba_languages(&dir).unwrap();
+    assert_eq!(langs.len(), 112);
+    for l in ["swh", "amh", "mar", "hin"] {
+        assert!(langs.iter().any(|x| x == l), "{l}");
+    }
+    let t = bitext::tatoeba(&dir, "amh").unwrap();
+    assert_eq!(t.len(), 168);
+    let m = bitext::mafand(&dir, "hau", "dev").unwrap();
+    assert_eq!(m.len(), 1300);
+    assert!(bitext::mafand(&dir, "hau", "train").is_err());
+    let opts = LoadOptions {
+        languages: vec!["yor".into(), "amh".into()],
+        split: Some("test".into()),
+        english_bible: None,
+    };
+    let tasks = data::load_tasks(DatasetName::Mafand, &dir, &opts).unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["amh-eng", "eng-amh", "yor-eng", "eng-yor"]);
+}
+
+#[test]
+fn shared_bible_aligns_most_verses() {
+    let Some(dir) = shared_data() else { return };
+    let eng = bitext::default_english_bible();
+    if !eng.is_file() {
+        common::skip_or_fail(&format!(
+            "{} missing (scripts/setup.d/40-bible.sh)",
+            eng.display()
+        ));
+        return;
+    }
+    for (code, file) in bitext::bible_languages(&dir).unwrap() {
+        let verses = read_ces_verses(&file).unwrap();
+        let b = bitext::bible(&dir, &code, &eng).unwrap();
+        // The New Testament has 7,957 verses; a few are merged or missing per translation.
+        assert!(
+            b.len() > 7_800 && b.len() <= verses.len(),
+            "{code}: {}",
+            b.len()
+        );
+    }
+}

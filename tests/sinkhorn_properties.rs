@@ -1,0 +1,246 @@
+//! Properties of the Sinkhorn solver that hold for any correct implementation, checked on
+//! both CPU backends with seeded random problems.
+
+mod common;
+
+use common::assert_close;
+use optical::backend::{Backend, BackendKind};
+use optical::ot::{Problem, SinkhornParams};
+use optical::rng::SplitMix64;
+
+const KINDS: [BackendKind; 2] = [BackendKind::CpuReference, BackendKind::Cpu];
+
+fn random_problem(seed: u64, pairs: usize, n: usize, m: usize, zero_frac: f64) -> Problem {
+    let mut rng = SplitMix64::new(seed);
+    let cost = (0..pairs * n * m).map(|_| 2.0 * rng.uniform()).collect();
+    let mut weights = |len: usize| -> Vec<f64> {
+        (0..pairs * len)
+            .map(|k| {
+                // Keep index 0 of every pair real so no pair has zero mass.
+                if k % len != 0 && rng.uniform() < zero_frac {
+                    0.0
+                } else {
+                    0.1 + rng.uniform()
+                }
+            })
+            .collect()
+    };
+    let a = weights(n);
+    let b = weights(m);
+    Problem::new(pairs, n, m, cost, Some(a), Some(b)).expect("valid")
+}
+
+fn params(epsilon: f64, threshold: f64) -> SinkhornParams {
+    SinkhornParams {
+        epsilon,
+        max_iterations: 50_000,
+        threshold,
+        check_every: 10,
+    }
+}
+
+#[test]
+fn marginals_within_threshold_and_plan_nonnegative() {
+    for kind in KINDS {
+        let backend = Backend::new(kind).unwrap();
+        for (seed, (n, m)) in [(1, 7), (8, 8), (9, 9), (17, 29), (40, 3)]
+            .into_iter()
+            .enumerate()
+        {
+            let p = random_problem(seed as u64, 3, n, m, 0.2);
+            let out = backend.sinkhorn(&p, &params(0.05, 1e-6)).unwrap();
+            assert_eq!(out.converged_count(), 3, "{kind} {n}x{m}");
+            for q in 0..3 {
+                let plan = out.plan_of(q);
+                assert!(
+                    plan.iter().all(|&v| v >= 0.0 && v.is_finite()),
+                    "{kind}: plan >= 0, finite"
+                );
+                let rows: Vec<f64> = (0..n)
+                    .map(|i| plan[i * m..(i + 1) * m].iter().sum())
+                    .collect();
+                let cols: Vec<f64> = (0..m)
+                    .map(|j| (0..n).map(|i| plan[i * m + j]).sum())
+                    .collect();
+                let row_err: f64 = rows
+                    .iter()
+                    .zip(&p.a[q * n..(q + 1) * n])
+                    .map(|(r, a)| (r - a).abs())
+                    .sum();
+                let col_err: f64 = cols
+                    .iter()
+                    .zip(&p.b[q * m..(q + 1) * m])
+                    .map(|(c, b)| (c - b).abs())
+                    .sum();
+                println!("{kind} {n}x{m} pair {q}: row L1 error {row_err:.2e}, column L1 error {col_err:.2e}, reported {:.2e}", out.marginal_error[q]);
+                assert!(
+                    row_err <= 1e-6 + 1e-6,
+                    "{kind}: row marginal error {row_err}"
+                );
+                assert!(col_err <= 2e-6, "{kind}: column marginal error {col_err}");
+                assert!(
+                    (row_err - out.marginal_error[q]).abs() < 1e-6,
+                    "{kind}: reported error is the plan's"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn transposed_problem_gives_transposed_plan() {
+    let p = random_problem(42, 2, 13, 21, 0.1);
+    let (n, m) = (p.n, p.m);
+    let mut ct = vec![0.0; p.cost.len()];
+    for q in 0..p.pairs {
+        for i in 0..n {
+            for j in 0..m {
+                ct[(q * m + j) * n + i] = p.cost[(q * n + i) * m + j];
+            }
+        }
+    }
+    let pt = Problem::new(p.pairs, m, n, ct, Some(p.b.clone()), Some(p.a.clone())).unwrap();
+    for kind in KINDS {
+        let backend = Backend::new(kind).unwrap();
+        let prm = params(
+            0.05,
+            1e-9f64.max(if kind == BackendKind::Cpu { 1e-6 } else { 0.0 }),
+        );
+        let out = backend.sinkhorn(&p, &prm).unwrap();
+        let outt = backend.sinkhorn(&pt, &prm).unwrap();
+        let mut back = vec![0.0; out.plan.len()];
+        for q in 0..p.pairs {
+            for j in 0..m {
+                for i in 0..n {
+                    back[(q * n + i) * m + j] = outt.plan[(q * m + j) * n + i];
+                }
+            }
+        }
+        let tol = if kind == BackendKind::Cpu { 1e-5 } else { 1e-8 };
+        assert_close(
+            &format!("{kind} OT(a,b) vs OT(b,a)^T"),
+            &out.plan,
+            &back,
+            tol,
+        );
+    }
+}
+
+#[test]
+fn permutation_recovered_at_small_epsilon() {
+    let n = 24;
+    let mut rng = SplitMix64::new(7);
+    let mut perm: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        perm.swap(i, rng.range(0, i));
+    }
+    // Cost 0 on the permutation, 1 + noise elsewhere: the optimal plan is the permutation.
+    let cost: Vec<f64> = (0..n * n)
+        .map(|k| {
+            if perm[k / n] == k % n {
+                0.0
+            } else {
+                1.0 + 0.5 * rng.uniform()
+            }
+        })
+        .collect();
+    let p = Problem::new(1, n, n, cost, None, None).unwrap();
+    for kind in KINDS {
+        let out = Backend::new(kind)
+            .unwrap()
+            .sinkhorn(&p, &params(0.01, 1e-6))
+            .unwrap();
+        for i in 0..n {
+            let row = &out.plan[i * n..(i + 1) * n];
+            let argmax = (0..n).max_by(|&x, &y| row[x].total_cmp(&row[y])).unwrap();
+            assert_eq!(argmax, perm[i], "{kind}: row {i}");
+            assert!(
+                (row[perm[i]] - 1.0 / n as f64).abs() < 1e-6,
+                "{kind}: mass on the permutation"
+            );
+        }
+    }
+}
+
+#[test]
+fn zero_weights_give_exact_zeros_and_no_nan() {
+    let p = random_problem(3, 4, 16, 9, 0.5);
+    for kind in KINDS {
+        let out = Backend::new(kind)
+            .unwrap()
+            .sinkhorn(&p, &params(0.05, 1e-6))
+            .unwrap();
+        for q in 0..p.pairs {
+            for i in 0..p.n {
+                for j in 0..p.m {
+                    let v = out.plan[(q * p.n + i) * p.m + j];
+                    assert!(v.is_finite(), "{kind}: no NaN");
+                    if p.a[q * p.n + i] == 0.0 || p.b[q * p.m + j] == 0.0 {
+                        assert_eq!(v, 0.0, "{kind}: padding is exactly zero");
+                    }
+                }
+            }
+            assert!(out.f.iter().chain(&out.g).all(|v| v.is_finite()));
+        }
+    }
+}
+
+#[test]
+fn pairs_stop_on_their_own_and_nonconvergence_is_a_flag() {
+    // Pair 0 is easy (large ε relative to its cost range), pair 1 has costs 2000x larger.
+    // The threshold sits above the f32 fast path's error floor (~1e-7 per unit mass).
+    let (n, m) = (10, 12);
+    let mut rng = SplitMix64::new(11);
+    let mut cost: Vec<f64> = (0..n * m).map(|_| 0.01 * rng.uniform()).collect();
+    cost.extend((0..n * m).map(|_| 20.0 * rng.uniform()));
+    let p = Problem::new(2, n, m, cost, None, None).unwrap();
+    for kind in KINDS {
+        let prm = SinkhornParams {
+            epsilon: 0.05,
+            max_iterations: 30,
+            threshold: 1e-5,
+            check_every: 10,
+        };
+        let out = Backend::new(kind).unwrap().sinkhorn(&p, &prm).unwrap();
+        println!(
+            "{kind}: iterations {:?}, converged {:?}, errors {:?}",
+            out.iterations, out.converged, out.marginal_error
+        );
+        assert!(
+            out.converged[0] && out.iterations[0] < 30,
+            "{kind}: easy pair stops early"
+        );
+        assert!(
+            !out.converged[1] && out.iterations[1] == 30,
+            "{kind}: hard pair runs to the cap"
+        );
+        assert!(out.marginal_error[1] > 1e-5);
+    }
+}
+
+#[test]
+fn fast_path_matches_reference_on_awkward_shapes() {
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    let fast = Backend::new(BackendKind::Cpu).unwrap();
+    for (n, m) in [
+        (1, 1),
+        (1, 9),
+        (7, 1),
+        (7, 8),
+        (8, 9),
+        (9, 7),
+        (17, 29),
+        (113, 203),
+    ] {
+        let p = random_problem((n * 1000 + m) as u64, 2, n, m, 0.15);
+        let prm = params(0.02, 1e-7);
+        let r = reference.sinkhorn(&p, &prm).unwrap();
+        let f = fast.sinkhorn(&p, &prm).unwrap();
+        assert_close(
+            &format!("fast vs reference {n}x{m}"),
+            &f.plan,
+            &r.plan,
+            1e-5,
+        );
+    }
+}
