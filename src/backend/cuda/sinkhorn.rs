@@ -32,9 +32,10 @@ fn fused_smem(n: usize, m: usize) -> usize {
     18432 + iterate_smem(n, m, true)
 }
 
-/// Warps per CTA of the iterate kernel: about 16 rows per warp, 2 to 16 warps.
+/// Threads per CTA of the iterate kernel: one per row (row pass) and per column (column
+/// pass), rounded up to whole warps, 1 to 32 warps.
 fn iterate_block(n: usize, m: usize) -> u32 {
-    32 * (n.max(m) / 16).clamp(2, 16) as u32
+    (n.max(m).div_ceil(32).clamp(1, 32) * 32) as u32
 }
 
 /// The support of one pair and the shifts that map the device potentials back.
