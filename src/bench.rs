@@ -7,16 +7,20 @@
 //! | `maxsim`          | 8 queries × 32 tokens against 1,000 documents × 48 tokens, d=128 | GB/s (documents read), GFLOP/s |
 //! | `sinkhorn`        | b=64, n=m=128, ε=0.05, 200 iterations (no early stop)          | G exp/s (2·b·n·m per iteration) |
 //! | `sinkhorn-512`    | b=4, n=m=512, ε=0.05, 100 iterations (no early stop)           | G exp/s |
+//! | `sinkhorn-fused`  | embeddings b=256, n=m=128, d=384 → cosine cost + Sinkhorn, ε=0.05, 100 iterations (opt-in) | G exp/s |
 //!
 //! Inputs are seeded (normal embeddings; costs are their cosine costs), so every run and
 //! every backend sees the same numbers. Timing: one warm-up call, then calls until at
-//! least `min_seconds` have passed (at least 3); the median is reported.
+//! least `min_seconds` have passed (at least 3); the median is reported. Backends that can
+//! time their kernels alone (CUDA, with events) also report `device_seconds_per_call`: the
+//! same job from inputs in device memory to outputs in device memory, without transfers
+//! or host work; the rates are then given for both.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceJob};
 use crate::error::Result;
 use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use crate::rng::SplitMix64;
@@ -35,9 +39,19 @@ pub struct BenchRecord {
     pub gexp_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gflop_per_s: Option<f64>,
+    /// Kernel time alone (no transfers, no host work), where the backend can measure it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_seconds_per_call: Option<f64>,
+    /// The rate of `gb_per_s`, `gexp_per_s` or `gflop_per_s` (whichever is the kernel's
+    /// throughput unit) computed from `device_seconds_per_call`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_rate: Option<f64>,
 }
 
 pub const KERNELS: [&str; 4] = ["cosine-cost", "maxsim", "sinkhorn", "sinkhorn-512"];
+
+/// Kernels timed only when asked for by name (`--kernels`): too slow for the CPU default run.
+pub const EXTRA_KERNELS: [&str; 1] = ["sinkhorn-fused"];
 
 /// Seeded `(b, n, d)` normal embeddings, all rows real.
 pub fn embeddings(seed: u64, b: usize, n: usize, d: usize) -> Embeddings {
@@ -109,6 +123,16 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
         gb_per_s: None,
         gexp_per_s: None,
         gflop_per_s: None,
+        device_seconds_per_call: None,
+        device_rate: None,
+    };
+    // Attach the device-only time and the rate `amount / time` computed from it.
+    let device = |r: &mut BenchRecord, job: DeviceJob<'_>, amount: f64| -> Result<()> {
+        if let Some((s, _)) = backend.device_seconds(job, min_seconds)? {
+            r.device_seconds_per_call = Some(s);
+            r.device_rate = Some(amount / s / 1e9);
+        }
+        Ok(())
     };
     match kernel {
         "cosine-cost" => {
@@ -120,6 +144,7 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             let mut r = record("cosine-cost", format!("b={b} n={n} m={m} d={d}"), t);
             r.gb_per_s = Some(bytes / t.0 / 1e9);
             r.gflop_per_s = Some(2.0 * (b * n * m * d) as f64 / t.0 / 1e9);
+            device(&mut r, DeviceJob::CosineCost(&x, &y), bytes)?;
             Ok(r)
         }
         "maxsim" => {
@@ -141,6 +166,11 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             );
             r.gb_per_s = Some(4.0 * docs.data.len() as f64 / t.0 / 1e9);
             r.gflop_per_s = Some(flops / t.0 / 1e9);
+            device(
+                &mut r,
+                DeviceJob::Maxsim(&q, &docs),
+                4.0 * docs.data.len() as f64,
+            )?;
             Ok(r)
         }
         "sinkhorn" | "sinkhorn-512" => {
@@ -165,11 +195,34 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
                 t,
             );
             r.gexp_per_s = Some(exps / t.0 / 1e9);
+            device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
+            Ok(r)
+        }
+        "sinkhorn-fused" => {
+            let (b, n, d, iters) = (256, 128, 384, 100);
+            let x = embeddings(5, b, n, d);
+            let y = embeddings(6, b, n, d);
+            let params = fixed_iterations(0.05, iters);
+            let t = time(min_seconds, || {
+                backend.sinkhorn_embeddings(&x, &y, &params).map(drop)
+            })?;
+            let exps = 2.0 * (b * n * n * iters) as f64;
+            let mut r = record(
+                "sinkhorn-fused",
+                format!("b={b} n={n} m={n} d={d} eps=0.05 iterations={iters}"),
+                t,
+            );
+            r.gexp_per_s = Some(exps / t.0 / 1e9);
+            device(&mut r, DeviceJob::SinkhornFused(&x, &y, &params), exps)?;
             Ok(r)
         }
         other => Err(crate::error::Error::parameter(
             "kernel",
-            format!("one of {}", KERNELS.join(", ")),
+            format!(
+                "one of {}, {}",
+                KERNELS.join(", "),
+                EXTRA_KERNELS.join(", ")
+            ),
             other,
         )),
     }

@@ -7,6 +7,7 @@
 //! [`Error::BackendUnavailable`], never a panic.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,8 @@ use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornPar
 use crate::ot::sinkhorn::{self, SinkhornOutput};
 
 pub use cpu::{CpuFast, CpuReference};
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 
 /// The backends a user can ask for (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,6 +80,8 @@ impl FromStr for BackendKind {
 pub enum Backend {
     Cpu(CpuFast),
     CpuReference(CpuReference),
+    #[cfg(feature = "cuda")]
+    Cuda(CudaBackend),
 }
 
 impl Backend {
@@ -85,13 +90,11 @@ impl Backend {
         match kind {
             BackendKind::Cpu => Ok(Backend::Cpu(CpuFast)),
             BackendKind::CpuReference => Ok(Backend::CpuReference(CpuReference)),
-            BackendKind::Wgpu | BackendKind::Cuda => Err(Error::BackendUnavailable {
-                backend: kind.name(),
-                reason: format!(
-                    "this build of optical does not include it; rebuild with `--features {}`",
-                    kind.name()
-                ),
-            }),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Ok(Backend::Cuda(CudaBackend::new()?)),
+            #[cfg(not(feature = "cuda"))]
+            BackendKind::Cuda => Err(not_compiled_in(kind)),
+            BackendKind::Wgpu => Err(not_compiled_in(kind)),
         }
     }
 
@@ -99,7 +102,24 @@ impl Backend {
         match self {
             Backend::Cpu(_) => BackendKind::Cpu,
             Backend::CpuReference(_) => BackendKind::CpuReference,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(_) => BackendKind::Cuda,
         }
+    }
+
+    /// Device-only time of one standard job (kernels only: no transfers, no host work), for
+    /// backends that can measure it; `None` for the CPU backends.
+    #[allow(unused_variables)]
+    pub fn device_seconds(
+        &self,
+        job: DeviceJob<'_>,
+        min_seconds: f64,
+    ) -> Result<Option<(f64, usize)>> {
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(k) = self {
+            return k.time_job(job, min_seconds).map(Some);
+        }
+        Ok(None)
     }
 
     /// Pairwise cosine cost `C[p, i, j] = 1 − cos(x_pi, y_pj)` on real tokens, 0 on padding.
@@ -107,6 +127,8 @@ impl Backend {
         match self {
             Backend::Cpu(k) => k.cosine_cost(x, y),
             Backend::CpuReference(k) => k.cosine_cost(x, y),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(k) => k.cosine_cost(x, y),
         }
     }
 
@@ -115,6 +137,8 @@ impl Backend {
         match self {
             Backend::Cpu(k) => k.maxsim(queries, docs),
             Backend::CpuReference(k) => k.maxsim(queries, docs),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(k) => k.maxsim(queries, docs),
         }
     }
 
@@ -128,6 +152,10 @@ impl Backend {
         params: &SinkhornParams,
     ) -> Result<SinkhornOutput> {
         params.validate()?;
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(k) = self {
+            return k.sinkhorn_embeddings(x, y, params);
+        }
         let cost = self.cosine_cost(x, y)?;
         let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
         self.sinkhorn(&problem, params)
@@ -138,6 +166,8 @@ impl Backend {
         match self {
             Backend::Cpu(k) => sinkhorn::solve(k, problem, params),
             Backend::CpuReference(k) => sinkhorn::solve(k, problem, params),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(k) => sinkhorn::solve(k, problem, params),
         }
     }
 }
@@ -168,6 +198,7 @@ pub fn probe_all() -> Vec<BackendInfo> {
                 })],
                 note: String::new(),
             },
+            BackendKind::Cuda if kind.compiled_in() => probe_cuda(),
             _ => BackendInfo {
                 backend: kind.name(),
                 compiled_in: false,
@@ -177,6 +208,43 @@ pub fn probe_all() -> Vec<BackendInfo> {
             },
         })
         .collect()
+}
+
+fn not_compiled_in(kind: BackendKind) -> Error {
+    Error::BackendUnavailable {
+        backend: kind.name(),
+        reason: format!(
+            "this build of optical does not include it; rebuild with `--features {}`",
+            kind.name()
+        ),
+    }
+}
+
+/// A standard problem timed on a device alone (see [`Backend::device_seconds`]).
+#[derive(Clone, Copy, Debug)]
+pub enum DeviceJob<'a> {
+    /// The pairwise cosine cost of two embedding batches.
+    CosineCost(&'a Embeddings, &'a Embeddings),
+    /// MaxSim scores of queries against packed documents.
+    Maxsim(&'a Embeddings, &'a PackedDocs),
+    /// `params.max_iterations` Sinkhorn iterations of every pair, from zero potentials.
+    Sinkhorn(&'a Problem, &'a SinkhornParams),
+    /// Cosine cost + `params.max_iterations` iterations (the fused kernel where there is one).
+    SinkhornFused(&'a Embeddings, &'a Embeddings, &'a SinkhornParams),
+}
+
+fn probe_cuda() -> BackendInfo {
+    #[cfg(feature = "cuda")]
+    let (available, devices, note) = cuda::probe();
+    #[cfg(not(feature = "cuda"))]
+    let (available, devices, note) = (false, vec![], String::new());
+    BackendInfo {
+        backend: BackendKind::Cuda.name(),
+        compiled_in: true,
+        available,
+        devices,
+        note,
+    }
 }
 
 fn cpu_has_avx2_fma() -> bool {

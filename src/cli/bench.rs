@@ -12,9 +12,13 @@ Standard problems (seeded, identical on every backend):
   maxsim        8 queries x 32 tokens vs 1,000 docs x 48, d=128 -> GB/s, GFLOP/s
   sinkhorn      b=64, n=m=128, eps=0.05, 200 iterations         -> G exp/s
   sinkhorn-512  b=4, n=m=512, eps=0.05, 100 iterations          -> G exp/s
+  sinkhorn-fused  (only with --kernels) embeddings b=256, n=m=128, d=384: cosine cost
+                + Sinkhorn, eps=0.05, 100 iterations            -> G exp/s
 Each kernel: one warm-up call, then calls for at least --min-seconds (at least 3); the
 median seconds per call is reported. Sinkhorn timings include preparing the problem and
-writing the plan; G exp/s counts 2*b*n*m exponentials per iteration.";
+writing the plan; G exp/s counts 2*b*n*m exponentials per iteration. On cuda the kernels
+are also timed alone with CUDA events (inputs and outputs in device memory, no transfers):
+\"device\" seconds per call and rate.";
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -54,8 +58,19 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
             .flatten()
             .collect::<Vec<_>>()
             .join(", ");
+            let device = match (r.device_seconds_per_call, r.device_rate) {
+                (Some(s), Some(rate)) => {
+                    let unit = if r.gexp_per_s.is_some() {
+                        "G exp/s"
+                    } else {
+                        "GB/s"
+                    };
+                    format!("  (device: {s:.6} s/call, {rate:.3} {unit})")
+                }
+                _ => String::new(),
+            };
             println!(
-                "{:<13} {:<14} {:>12.6} s/call  {rate}   [{}]",
+                "{:<13} {:<14} {:>12.6} s/call  {rate}{device}   [{}]",
                 r.kernel, r.backend, r.seconds_per_call, r.shape
             );
         }

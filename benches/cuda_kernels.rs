@@ -1,0 +1,67 @@
+//! Criterion benches of the CUDA kernels on the standard problems of `optical::bench`,
+//! end to end (upload, kernels, read-back: every call returns host data, so the clock
+//! stops after the device has finished). Device-only times: `optical bench --backend cuda`.
+//! Without a CUDA device the bench says so and measures nothing.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use optical::backend::{Backend, BackendKind};
+use optical::bench;
+
+fn kernels(c: &mut Criterion) {
+    let backend = match Backend::new(BackendKind::Cuda) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cuda_kernels: skipped: {e}");
+            return;
+        }
+    };
+
+    let (b, n, m, d) = (64usize, 128usize, 128usize, 384usize);
+    let x = bench::embeddings(1, b, n, d);
+    let y = bench::embeddings(2, b, m, d);
+    let mut g = c.benchmark_group("cosine-cost");
+    g.throughput(Throughput::Bytes(
+        (4 * (b * n * d + b * m * d + b * n * m)) as u64,
+    ));
+    g.bench_function(format!("cuda/b{b}_n{n}_m{m}_d{d}"), |bench| {
+        bench.iter(|| backend.cosine_cost(&x, &y).expect("valid"))
+    });
+    g.finish();
+
+    let (q, docs) = bench::maxsim_problem();
+    let mut g = c.benchmark_group("maxsim");
+    g.throughput(Throughput::Bytes((4 * docs.data.len()) as u64));
+    g.bench_function(
+        format!("cuda/q{}x{}_docs{}", q.b, q.n, docs.len()),
+        |bench| bench.iter(|| backend.maxsim(&q, &docs).expect("valid")),
+    );
+    g.finish();
+
+    let mut g = c.benchmark_group("sinkhorn");
+    g.sample_size(10);
+    for (b, n, iters) in [(64usize, 128usize, 200usize), (4, 512, 100)] {
+        let problem = bench::sinkhorn_problem(b, n, n, 64);
+        let params = bench::fixed_iterations(0.05, iters);
+        g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
+        g.bench_function(format!("cuda/b{b}_n{n}_it{iters}"), |bench| {
+            bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
+        });
+    }
+    g.finish();
+
+    // The problem: cosine cost + 100 iterations, the cost kept on chip.
+    let (b, n, d, iters) = (256usize, 128usize, 384usize, 100usize);
+    let x = bench::embeddings(5, b, n, d);
+    let y = bench::embeddings(6, b, n, d);
+    let params = bench::fixed_iterations(0.05, iters);
+    let mut g = c.benchmark_group("sinkhorn-fused");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
+    g.bench_function(format!("cuda/b{b}_n{n}_d{d}_it{iters}"), |bench| {
+        bench.iter(|| backend.sinkhorn_embeddings(&x, &y, &params).expect("valid"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

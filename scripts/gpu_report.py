@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Combine the logs of scripts/gpu-check.sh into benches/results/<date>-<gpu>.json and .md.
+
+    gpu_report.py OUT LOGS GPU_NAME STATUS_JSON SM_CLOCK_MHZ
+"""
+import json, sys, os, re
+
+out, logs, gpu, status = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sm_clock_ghz = float(sys.argv[5] or 0) / 1000.0
+
+def jsonl(name):
+    path = os.path.join(logs, name + ".log")
+    recs = []
+    if os.path.exists(path):
+        for line in open(path):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    recs.append(json.loads(line))
+                except ValueError:
+                    pass
+    return recs
+
+info = jsonl("info")
+torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.path.join(logs, "torch.json")) else None
+bench = {"cuda": jsonl("bench-cuda"), "wgpu": jsonl("bench-wgpu"), "cpu": jsonl("bench-cpu")}
+tests = ""
+p = os.path.join(logs, "cuda-tests.log")
+if os.path.exists(p):
+    tests = "".join(l for l in open(p) if re.search(r"cuda max abs|test result|SKIPPED|panicked", l))
+
+result = {"gpu": gpu, "status": status, "info": info[0] if info else None, "bench": bench,
+          "torch": torch}
+
+# Ratios on the issue's problem (device times; see docs/PERFORMANCE-cuda.md).
+fused = next((r for r in bench["cuda"] if r.get("kernel") == "sinkhorn-fused"), None)
+ratios = {}
+if fused and fused.get("device_seconds_per_call") and torch:
+    t = fused["device_seconds_per_call"]
+    for r in torch.get("results", []):
+        if "seconds_per_call" in r:
+            ratios[f"{r['impl']} / optical fused"] = r["seconds_per_call"] / t
+    cost = next((r for r in bench["cuda"] if r.get("kernel") == "cosine-cost"), None)
+    if cost and cost.get("device_rate") and torch.get("hbm_copy_gb_per_s"):
+        ratios["cosine-cost device GB/s / measured HBM GB/s"] = cost["device_rate"] / torch["hbm_copy_gb_per_s"]
+    sms = torch.get("multiprocessors")
+    if sms and sm_clock_ghz:
+        floor = sms * 16 * sm_clock_ghz  # G ex2/s: 16 MUFU.EX2 per clock per SM
+        ratios[f"exp floor G exp/s ({sms} SMs x 16/clk x {sm_clock_ghz:.2f} GHz)"] = floor
+        ratios["optical fused G exp/s (device)"] = fused.get("device_rate")
+        ratios["optical fused time / exp floor time"] = floor / fused["device_rate"]
+result["ratios"] = ratios
+with open(out + ".json", "w") as f:
+    json.dump(result, f, indent=2)
+
+md = [f"# GPU check: {gpu}", "", "Produced by `scripts/gpu-check.sh`; raw logs in `" + os.path.basename(logs) + "/`.", "",
+      "## Steps", "", "| step | status |", "|---|---|"]
+md += [f"| {k} | {v} |" for k, v in sorted(status.items())]
+md += ["", "## optical bench", "", "| backend | kernel | shape | wall s/call | wall rate | device s/call | device rate |",
+       "|---|---|---|---:|---:|---:|---:|"]
+for be, recs in bench.items():
+    for r in recs:
+        if "kernel" not in r:
+            continue
+        rate = r.get("gexp_per_s") or r.get("gb_per_s") or 0.0
+        unit = "G exp/s" if r.get("gexp_per_s") else "GB/s"
+        dev = r.get("device_seconds_per_call")
+        md.append(f"| {be} | {r['kernel']} | {r['shape']} | {r['seconds_per_call']:.6f} | {rate:.2f} {unit} | "
+                  + (f"{dev:.6f} | {r['device_rate']:.2f} {unit} |" if dev else "- | - |"))
+if torch:
+    md += ["", f"## PyTorch {torch.get('torch')} (CUDA {torch.get('cuda')}), same problem", "",
+           f"HBM copy bandwidth: {torch.get('hbm_copy_gb_per_s', 0):.0f} GB/s", "",
+           "| implementation | s/call | G exp/s |", "|---|---:|---:|"]
+    for r in torch.get("results", []):
+        if "seconds_per_call" in r:
+            md.append(f"| {r['impl']} | {r['seconds_per_call']:.6f} | {r['gexp_per_s']:.2f} |")
+        else:
+            md.append(f"| {r['impl']} | {r.get('error')} | |")
+if ratios:
+    md += ["", "## Ratios", "", "| ratio | value |", "|---|---:|"]
+    md += [f"| {k} | {v:.3f} |" for k, v in ratios.items() if v is not None]
+if tests:
+    md += ["", "## CUDA parity (excerpt)", "", "```", tests.rstrip(), "```"]
+with open(out + ".md", "w") as f:
+    f.write("\n".join(md) + "\n")
+print(f"gpu-check: wrote {out}.json and {out}.md")

@@ -1,0 +1,730 @@
+#!/usr/bin/env python3
+"""A small PTX interpreter for the subset of PTX that kernels/*.ptx use, and a self-test
+that runs every kernel on small seeded inputs and compares it with a plain-Python model of
+the kernel's contract (the CPU reference semantics).
+
+It exists because the kernels are hand-written and CI has no GPU: ptxas proves that they
+assemble, this proves (slowly, on small shapes) that their indexing, barriers, shuffles and
+early exits compute the right numbers. It models threads, warps (shfl.sync waits for all 32
+lanes), CTAs (bar.sync waits for every live thread), the global, shared and generic address
+spaces (a global-space address in a generic access is an error), f32 rounding, and detects
+shared-memory races (two threads touching a word between barriers, one of them writing),
+so a missing barrier fails even though the interpreter runs threads one at a time. Approximate instructions (ex2/lg2/rsqrt.approx) are computed
+exactly and rounded to f32, so results match the GPU to about 1e-6, not bit for bit.
+
+    python3 scripts/ptx-emulate.py            # all kernels, a few shapes each (~1-3 min)
+    python3 scripts/ptx-emulate.py sinkhorn   # only the tests whose name contains "sinkhorn"
+
+Pure Python 3 (no numpy), so it runs wherever ptxas-check runs.
+"""
+
+import math
+import os
+import random
+import re
+import struct
+import sys
+from pathlib import Path
+
+KERNELS = Path(os.environ.get("OPTICAL_KERNELS", Path(__file__).resolve().parent.parent / "kernels"))
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def bits(v):
+    """The 32-bit pattern of a register value (float or int)."""
+    if isinstance(v, float):
+        return struct.unpack("<I", struct.pack("<f", v))[0]
+    return v & 0xFFFFFFFF
+
+
+def from_bits(b):
+    return struct.unpack("<f", struct.pack("<I", b & 0xFFFFFFFF))[0]
+
+
+# ---- memory ------------------------------------------------------------------------------
+GLOBAL_BASE = 0x1_0000_0000
+SHARED_GENERIC = 0x7F00_0000_0000  # where the shared window appears in generic space
+# Global-space addresses (from cvta.to.global) carry this tag so that the emulator notices a
+# global address used by a generic load/store, or a generic pointer used by ld.global.
+GLOBAL_TAG = 1 << 62
+
+
+class Memory:
+    def __init__(self):
+        self.buffers = []  # (base, bytearray)
+        self.next = GLOBAL_BASE
+
+    def alloc(self, data: bytes):
+        base = self.next
+        self.buffers.append((base, bytearray(data)))
+        self.next += (len(data) + 0xFFFF) // 0x10000 * 0x10000 + 0x10000
+        return base
+
+    def find(self, addr, size):
+        for base, buf in self.buffers:
+            if base <= addr and addr + size <= base + len(buf):
+                return buf, addr - base
+        raise IndexError(f"global access out of bounds: {addr:#x} (+{size})")
+
+    def read(self, base):
+        return self.find(base, 1)[0]
+
+
+class Shared:
+    """Shared memory with a race detector: between two barriers a word may be written by
+    one thread only, and a word written by one thread may not be read by another."""
+
+    def __init__(self, size):
+        # Uninitialised shared memory reads as NaN, so a read of a word no one wrote shows.
+        self.buf = bytearray(struct.pack("<I", 0x7FC00000) * ((size + 3) // 4))[:size]
+        self.writer = {}
+        self.readers = {}
+
+    def barrier(self):
+        self.writer.clear()
+        self.readers.clear()
+
+    def touch(self, addr, size, tid, write, where):
+        for w in range(addr // 4, (addr + size) // 4):
+            wr = self.writer.get(w)
+            if write:
+                others = self.readers.get(w, set()) - {tid}
+                if (wr is not None and wr != tid) or others:
+                    raise RuntimeError(f"{where}: shared-memory race on byte {4 * w}: thread {tid} "
+                                       f"writes, thread {wr if wr is not None else min(others)} also accessed it "
+                                       "since the last barrier")
+                self.writer[w] = tid
+            else:
+                if wr is not None and wr != tid:
+                    raise RuntimeError(f"{where}: shared-memory race on byte {4 * w}: thread {tid} reads "
+                                       f"what thread {wr} wrote since the last barrier")
+                self.readers.setdefault(w, set()).add(tid)
+
+    def check(self, addr, size):
+        if addr < 0 or addr + size > len(self.buf):
+            raise IndexError(f"shared access out of bounds: {addr} (+{size}) of {len(self.buf)}")
+        if addr % min(size, 16):
+            raise ValueError(f"misaligned shared access at {addr} (size {size})")
+
+
+# ---- parsing -----------------------------------------------------------------------------
+class Entry:
+    def __init__(self, name, params, body, static_shared):
+        self.name, self.params, self.static_shared = name, params, static_shared
+        self.code, self.labels = [], {}
+        for line in body:
+            if re.fullmatch(r"[A-Za-z_][\w$]*:", line):
+                self.labels[line[:-1]] = len(self.code)
+            else:
+                self.code.append(parse_instr(line))
+
+
+def split_operands(s):
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        if ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+def parse_instr(line):
+    pred = None
+    m = re.match(r"@(!?)(\w+)\s+(.*)", line)
+    if m:
+        pred = (m.group(1) == "!", m.group(2))
+        line = m.group(3)
+    line = line.rstrip(";").strip()
+    parts = line.split(None, 1)
+    return (pred, parts[0], split_operands(parts[1]) if len(parts) > 1 else [])
+
+
+def parse_module(text):
+    lines = []
+    for raw in text.splitlines():
+        line = raw.split("//")[0].strip()
+        if line:
+            lines.append(line)
+    entries, i = {}, 0
+    while i < len(lines):
+        m = re.match(r"\.visible \.entry (\w+)\(", lines[i])
+        if not m:
+            i += 1
+            continue
+        name, params = m.group(1), []
+        i += 1
+        while not lines[i].startswith(")"):
+            pm = re.match(r"\.param \.(\w+) (\w+)", lines[i])
+            params.append((pm.group(2), pm.group(1)))
+            i += 1
+        i += 2  # ")" and "{"
+        body, static_shared = [], {}
+        offset = 0
+        while lines[i] != "}":
+            line = lines[i]
+            sm = re.match(r"\.shared \.align (\d+) \.b8 (\w+)\[(\d+)\];", line)
+            if sm:
+                align, var, size = int(sm.group(1)), sm.group(2), int(sm.group(3))
+                offset = (offset + align - 1) // align * align
+                static_shared[var] = (offset, size)
+                offset += size
+            elif not line.startswith(".reg"):
+                body.append(line)
+            i += 1
+        entries[name] = Entry(name, params, body, static_shared)
+        i += 1
+    return entries
+
+
+# ---- execution ---------------------------------------------------------------------------
+class Thread:
+    __slots__ = ("tid", "regs", "pc", "state", "shfl")
+
+    def __init__(self, tid):
+        self.tid, self.regs, self.pc, self.state, self.shfl = tid, {}, 0, "run", None
+
+
+MASK64 = (1 << 64) - 1
+
+
+def run_kernel(entry, mem, args, grid, block, dyn_shared):
+    """Launch `entry` with `args` (python ints for pointers/u32, floats for f32)."""
+    assert len(args) == len(entry.params), f"{entry.name}: {len(args)} args for {len(entry.params)} params"
+    params = dict(zip([p for p, _ in entry.params], args))
+    static_size = max((o + s for o, s in entry.static_shared.values()), default=0)
+    dyn_base = (static_size + 15) // 16 * 16
+    for cz in range(grid[2]):
+        for cy in range(grid[1]):
+            for cx in range(grid[0]):
+                run_cta(entry, mem, params, (cx, cy, cz), block, dyn_base, dyn_shared)
+
+
+def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
+    shared = Shared(dyn_base + dyn_shared)
+    nthreads = block
+    threads = [Thread(t) for t in range(nthreads)]
+    specials = {"%ntid.x": nthreads, "%ctaid.x": ctaid[0], "%ctaid.y": ctaid[1], "%ctaid.z": ctaid[2]}
+    symbols = {name: off for name, (off, _) in entry.static_shared.items()}
+    symbols["smem"] = dyn_base
+    code, labels = entry.code, entry.labels
+
+    def val(t, op):
+        if op in t.regs:
+            return t.regs[op]
+        if op.startswith("0f"):
+            return from_bits(int(op[2:], 16))
+        if op == "%tid.x":
+            return t.tid
+        if op in specials:
+            return specials[op]
+        if op in symbols:
+            return symbols[op]
+        if re.fullmatch(r"-?(0x[0-9a-fA-F]+|\d+)", op):
+            return int(op, 0)
+        raise KeyError(f"{entry.name}: thread {t.tid} reads unset register {op} at pc {t.pc}: {code[t.pc]}")
+
+    def address(t, op):
+        inner = op.strip("[]")
+        m = re.fullmatch(r"(\w+)\+(-?\d+)", inner)
+        if m:
+            return val(t, m.group(1)) + int(m.group(2))
+        return val(t, inner)
+
+    def check_space(space, addr):
+        if space == "global":
+            if not addr & GLOBAL_TAG:
+                raise ValueError(f"{entry.name}: ld/st.global with a generic address {addr:#x}")
+            return addr & ~GLOBAL_TAG
+        if space == "generic" and addr & GLOBAL_TAG:
+            raise ValueError(f"{entry.name}: generic ld/st with a global-space address {addr:#x}")
+        return addr
+
+    def load(t, space, addr, ty, n=1):
+        size = 4
+        addr = check_space(space, addr)
+        if space == "generic":
+            if addr >= SHARED_GENERIC:
+                space, addr = "shared", addr - SHARED_GENERIC
+            else:
+                space = "global"
+        if space == "shared":
+            shared.check(addr, size * n)
+            shared.touch(addr, size * n, t.tid, False, f"{entry.name} pc {t.pc}")
+            raw = shared.buf[addr : addr + size * n]
+        else:
+            buf, off = mem.find(addr, size * n)
+            if off % min(size * n, 16):
+                raise ValueError(f"misaligned global access {addr:#x}")
+            raw = buf[off : off + size * n]
+        fmt = "<" + ("f" if ty == "f32" else "I") * n
+        return list(struct.unpack(fmt, raw))
+
+    def store(t, space, addr, ty, values):
+        n = len(values)
+        fmt = "<" + ("f" if ty == "f32" else "I") * n
+        vals = [float(v) if ty == "f32" else int(v) & 0xFFFFFFFF for v in values]
+        raw = struct.pack(fmt, *vals)
+        addr = check_space(space, addr)
+        if space == "generic":
+            if addr >= SHARED_GENERIC:
+                space, addr = "shared", addr - SHARED_GENERIC
+            else:
+                space = "global"
+        if space == "shared":
+            shared.check(addr, 4 * n)
+            shared.touch(addr, 4 * n, t.tid, True, f"{entry.name} pc {t.pc}")
+            shared.buf[addr : addr + 4 * n] = raw
+        else:
+            buf, off = mem.find(addr, 4 * n)
+            buf[off : off + 4 * n] = raw
+
+    def step(t):
+        """Run thread t until it blocks (shfl/bar) or exits."""
+        while True:
+            pred, opc, ops = code[t.pc]
+            if pred is not None:
+                neg, p = pred
+                if bool(t.regs[p]) == neg:
+                    t.pc += 1
+                    continue
+            parts = opc.split(".")
+            op = parts[0]
+            r = t.regs
+            if op == "bra":
+                t.pc = labels[ops[0]]
+                continue
+            if op == "ret":
+                t.state = "done"
+                return
+            if op == "bar":
+                t.state = "bar"
+                return
+            if op == "shfl":
+                t.shfl = (bits(val(t, ops[1])), val(t, ops[2]), isinstance(val(t, ops[1]), float))
+                t.state = "shfl"
+                return
+            ty = parts[-1]
+            if op == "ld":
+                space = parts[1] if parts[1] in ("param", "global", "shared") else "generic"
+                if space == "param":
+                    r[ops[0]] = params[ops[1].strip("[]")]
+                else:
+                    vec = "v4" in parts
+                    addr = address(t, ops[1])
+                    vals = load(t, space, addr, ty, 4 if vec else 1)
+                    if vec:
+                        for name, v in zip(split_operands(ops[0].strip("{}")), vals):
+                            r[name] = v
+                    else:
+                        r[ops[0]] = vals[0]
+            elif op == "st":
+                space = parts[1] if parts[1] in ("global", "shared") else "generic"
+                addr = address(t, ops[0])
+                if "v4" in parts:
+                    vals = [val(t, x) for x in split_operands(ops[1].strip("{}"))]
+                else:
+                    vals = [val(t, ops[1])]
+                store(t, space, addr, ty, vals)
+            elif op == "mov":
+                r[ops[0]] = val(t, ops[1])
+            elif op == "cvta":
+                v = val(t, ops[1])
+                if parts[1] == "shared":
+                    r[ops[0]] = v + SHARED_GENERIC
+                elif parts[1:3] == ["to", "global"]:
+                    if v & GLOBAL_TAG or v >= SHARED_GENERIC:
+                        raise ValueError(f"{entry.name}: cvta.to.global of a non-generic-global address {v:#x}")
+                    r[ops[0]] = v | GLOBAL_TAG
+                else:
+                    raise NotImplementedError(opc)
+            elif op == "cvt":
+                v = val(t, ops[1])
+                r[ops[0]] = f32(float(v)) if opc.startswith("cvt.rn.f32") else int(v)
+            elif op == "setp":
+                cmp = parts[1]
+                a, b = val(t, ops[1]), val(t, ops[2])
+                res = {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b, "eq": a == b, "ne": a != b}[cmp]
+                r[ops[0]] = res
+            elif op == "selp":
+                r[ops[0]] = val(t, ops[1]) if r[ops[3]] else val(t, ops[2])
+            elif ty == "pred":
+                a, b = r[ops[1]], r[ops[2]]
+                r[ops[0]] = (a and b) if op == "and" else (a or b)
+            elif ty == "f32":
+                a = val(t, ops[1])
+                if op == "fma":
+                    r[ops[0]] = f32(a * val(t, ops[2]) + val(t, ops[3]))
+                elif op in ("add", "sub", "mul", "max", "min"):
+                    b = val(t, ops[2])
+                    r[ops[0]] = f32({"add": a + b, "sub": a - b, "mul": a * b, "max": max(a, b), "min": min(a, b)}[op])
+                elif op == "neg":
+                    r[ops[0]] = -a
+                elif op == "abs":
+                    r[ops[0]] = abs(a)
+                elif op == "ex2":
+                    r[ops[0]] = 0.0 if a == -math.inf else (f32(2.0 ** a) if a < 128 else math.inf)
+                elif op == "lg2":
+                    r[ops[0]] = -math.inf if a == 0 else f32(math.log2(a))
+                elif op == "rsqrt":
+                    r[ops[0]] = math.inf if a == 0 else f32(1.0 / math.sqrt(a))
+                else:
+                    raise NotImplementedError(opc)
+            else:
+                width = 64 if ty in ("u64", "b64") else 32
+                mask = (1 << width) - 1
+                a = val(t, ops[1])
+                if op == "mad":
+                    res = a * val(t, ops[2]) + val(t, ops[3])
+                elif op == "mul":
+                    res = a * val(t, ops[2])
+                    if parts[1] == "wide":
+                        mask = MASK64
+                elif op == "add":
+                    res = a + val(t, ops[2])
+                elif op == "sub":
+                    res = a - val(t, ops[2])
+                elif op == "shl":
+                    res = a << val(t, ops[2])
+                elif op == "shr":
+                    res = a >> val(t, ops[2])
+                elif op == "and":
+                    res = a & val(t, ops[2])
+                elif op == "or":
+                    res = a | val(t, ops[2])
+                else:
+                    raise NotImplementedError(opc)
+                r[ops[0]] = res & mask
+            t.pc += 1
+
+    live = threads
+    while True:
+        for t in threads:
+            if t.state == "run":
+                step(t)
+        live = [t for t in threads if t.state != "done"]
+        if not live:
+            return
+        # shuffles: resolve warp by warp
+        progressed = False
+        for w in range(0, nthreads, 32):
+            warp = threads[w : w + 32]
+            waiting = [t for t in warp if t.state == "shfl"]
+            if not waiting:
+                continue
+            if len(waiting) != 32:
+                states = {t.state for t in warp}
+                if "run" in states:
+                    continue
+                raise RuntimeError(f"{entry.name}: shfl.sync with lanes {states} (not all 32 lanes)")
+            pcs = {t.pc for t in waiting}
+            if len(pcs) != 1:
+                raise RuntimeError(f"{entry.name}: lanes at different shuffles {pcs}")
+            _, opc, ops = code[waiting[0].pc]
+            assert opc == "shfl.sync.bfly.b32" and ops[3] == "31" and ops[4] == "0xffffffff", opc
+            srcs = [t.shfl for t in waiting]
+            for lane, t in enumerate(waiting):
+                srcbits, lanemask, isfloat = srcs[lane ^ srcs[lane][1]]
+                t.regs[ops[0]] = from_bits(srcbits) if isfloat else srcbits
+                t.pc += 1
+                t.state = "run"
+            progressed = True
+        if progressed:
+            continue
+        at_bar = [t for t in live if t.state == "bar"]
+        if len(at_bar) == len(live):
+            if len(live) != nthreads:
+                raise RuntimeError(f"{entry.name}: bar.sync with {nthreads - len(live)} exited threads")
+            shared.barrier()
+            for t in at_bar:
+                t.pc += 1
+                t.state = "run"
+            continue
+        raise RuntimeError(f"{entry.name}: deadlock: states {[t.state for t in threads][:64]}")
+
+
+# ---- host helpers ------------------------------------------------------------------------
+def pack_f32(vals):
+    return struct.pack(f"<{len(vals)}f", *vals)
+
+
+def pack_u32(vals):
+    return struct.pack(f"<{len(vals)}I", *vals)
+
+
+def unpack_f32(mem, base, n):
+    buf, off = mem.find(base, 4 * n)
+    return list(struct.unpack(f"<{n}f", buf[off : off + 4 * n]))
+
+
+def normals(rng, n):
+    return [f32(rng.gauss(0.0, 1.0)) for _ in range(n)]
+
+
+def padded(data, d, dp):
+    out = []
+    for r in range(len(data) // d):
+        out += data[r * d : (r + 1) * d] + [0.0] * (dp - d)
+    return out
+
+
+def cos_ref(u, v):
+    xy = sum(a * b for a, b in zip(u, v))
+    xx = sum(a * a for a in u)
+    yy = sum(b * b for b in v)
+    return 0.0 if xx == 0 or yy == 0 else xy / math.sqrt(xx * yy)
+
+
+def ad(got, want):
+    """|got - want|, infinite when got is NaN (so a NaN can never pass a tolerance)."""
+    d = abs(got - want)
+    return math.inf if d != d else d
+
+
+def report(name, err, tol):
+    ok = err <= tol
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: max abs error {err:.3e} (tolerance {tol:.1e})")
+    return ok
+
+
+def embeddings(rng, b, n, d, full):
+    data = normals(rng, b * n * d)
+    lengths = [n if full else rng.randint(1, n) for _ in range(b)]
+    for p, ln in enumerate(lengths):
+        if ln > 2:
+            for k in range((p * n + 1) * d, (p * n + 2) * d):
+                data[k] = 0.0
+    return data, lengths
+
+
+# ---- tests -------------------------------------------------------------------------------
+def test_cosine_cost(mods, b, n, m, d, seed):
+    rng = random.Random(seed)
+    dp = (d + 3) // 4 * 4
+    x, lx = embeddings(rng, b, n, d, False)
+    y, ly = embeddings(rng, b, m, d, False)
+    mem = Memory()
+    xg, yg = mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp)))
+    xi, yi = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m))
+    xl, yl = mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly))
+    out = mem.alloc(pack_f32([7.0] * (b * n * m)))  # garbage: every entry must be written
+    e = mods["cosine_cost"]
+    for rows, src, dst in ((b * n, xg, xi), (b * m, yg, yi)):
+        run_kernel(e["row_inv_norm_f32"], mem, [src, dst, rows, dp // 4], ((rows + 7) // 8, 1, 1), 256, 0)
+    grid = (b, (n + 63) // 64, (m + 63) // 64)
+    run_kernel(e["cosine_cost_f32"], mem, [xg, yg, xi, yi, xl, yl, out, n, m, dp], grid, 256, 0)
+    got = unpack_f32(mem, out, b * n * m)
+    err = 0.0
+    for p in range(b):
+        for i in range(n):
+            for j in range(m):
+                if i < lx[p] and j < ly[p]:
+                    u = x[(p * n + i) * d : (p * n + i + 1) * d]
+                    v = y[(p * m + j) * d : (p * m + j + 1) * d]
+                    want = 1.0 - max(-1.0, min(1.0, cos_ref(u, v)))
+                else:
+                    want = 0.0
+                err = max(err, ad(got[(p * n + i) * m + j], want))
+    return report(f"cosine_cost b={b} n={n} m={m} d={d}", err, 2e-5)
+
+
+def test_maxsim(mods, nq, qn, nd, d, seed, in_smem):
+    rng = random.Random(seed)
+    dp = (d + 3) // 4 * 4
+    q, ql = embeddings(rng, nq, qn, d, False)
+    lens = [rng.randint(1, 40) for _ in range(nd)]
+    offs = [sum(lens[:k]) for k in range(nd)]
+    docs = normals(rng, sum(lens) * d)
+    for k in range(d):
+        docs[k] = 0.0
+    tokens = sum(lens)
+    mem = Memory()
+    qg, dg = mem.alloc(pack_f32(padded(q, d, dp))), mem.alloc(pack_f32(padded(docs, d, dp)))
+    qi, di = mem.alloc(bytes(4 * nq * qn)), mem.alloc(bytes(4 * tokens))
+    e = mods["cosine_cost"]
+    for rows, src, dst in ((nq * qn, qg, qi), (tokens, dg, di)):
+        run_kernel(e["row_inv_norm_f32"], mem, [src, dst, rows, dp // 4], ((rows + 7) // 8, 1, 1), 256, 0)
+    out = mem.alloc(pack_f32([7.0] * (nq * nd)))
+    s4 = (dp // 4) | 1
+    smem = 128 + 16 * s4 * max(lens) if in_smem else 128
+    args = [qg, qi, mem.alloc(pack_u32(ql)), dg, di, mem.alloc(pack_u32(offs)), mem.alloc(pack_u32(lens)),
+            out, nq, qn, nd, dp, s4, int(in_smem)]
+    run_kernel(mods["maxsim"]["maxsim_f32"], mem, args, (nd, 1, 1), 256, smem)
+    got = unpack_f32(mem, out, nq * nd)
+    err = 0.0
+    for a in range(nq):
+        for k in range(nd):
+            total = 0.0
+            for i in range(ql[a]):
+                u = q[(a * qn + i) * d : (a * qn + i + 1) * d]
+                total += max(cos_ref(u, docs[(offs[k] + j) * d : (offs[k] + j + 1) * d]) for j in range(lens[k]))
+            err = max(err, ad(got[a * nd + k], total))
+    return report(f"maxsim nq={nq} qn={qn} nd={nd} d={d} smem={in_smem}", err, 2e-5 * qn)
+
+
+def lse2(vals):
+    mx = max(vals)
+    return mx + math.log2(sum(2.0 ** (v - mx) for v in vals))
+
+
+def sinkhorn_model(K, la, lb, nr, nc, m, iters):
+    """The kernel's contract in f64: F, G in log2 units after `iters` iterations, and error."""
+    F, G = [0.0] * nr, [0.0] * nc
+    for _ in range(iters):
+        F = [-lse2([K[i * m + j] + G[j] + lb[j] for j in range(nc)]) for i in range(nr)]
+        G = [-lse2([K[i * m + j] + F[i] + la[i] for i in range(nr)]) for j in range(nc)]
+    Fn = [-lse2([K[i * m + j] + G[j] + lb[j] for j in range(nc)]) for i in range(nr)]
+    err = sum(2.0 ** la[i] * abs(2.0 ** (F[i] - Fn[i]) - 1.0) for i in range(nr))
+    return F, G, err
+
+
+def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
+    rng = random.Random(seed)
+    eps = 0.05
+    rows = [n if full else rng.randint(1, n) for _ in range(b)]
+    cols = [m if full else rng.randint(1, m) for _ in range(b)]
+    active = [1] * b
+    if b > 1:
+        active[1] = 0
+    K = [0.0] * (b * n * m)
+    KT = [0.0] * (b * m * n)
+    la, lb = [0.0] * (b * n), [0.0] * (b * m)
+    for p in range(b):
+        for i in range(rows[p]):
+            for j in range(cols[p]):
+                v = f32(-rng.uniform(0.0, 2.0) * 1.4426950408889634 / eps)
+                K[(p * n + i) * m + j] = v
+                KT[(p * m + j) * n + i] = v
+        wa = [rng.uniform(0.5, 1.5) for _ in range(rows[p])]
+        wb = [rng.uniform(0.5, 1.5) for _ in range(cols[p])]
+        for i in range(rows[p]):
+            la[p * n + i] = f32(math.log2(wa[i] / sum(wa)))
+        for j in range(cols[p]):
+            lb[p * m + j] = f32(math.log2(wb[j] / sum(wb)))
+    mem = Memory()
+    fg, gg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m))
+    errg = mem.alloc(pack_f32([-1.0] * b))
+    args = [mem.alloc(pack_f32(K)), mem.alloc(pack_f32(KT)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
+            fg, gg, mem.alloc(pack_u32(rows)), mem.alloc(pack_u32(cols)), mem.alloc(pack_u32(active)), errg,
+            n, m, iters, int(k_in_smem)]
+    smem = 128 + 12 * n + 12 * m + (4 * n * (m | 1) if k_in_smem else 0)
+    # two launches: the second continues from the potentials the first wrote
+    half = iters // 2
+    args[12] = half
+    run_kernel(mods["sinkhorn"]["sinkhorn_iterate_f32"], mem, args, (b, 1, 1), block, smem)
+    args[12] = iters - half
+    run_kernel(mods["sinkhorn"]["sinkhorn_iterate_f32"], mem, args, (b, 1, 1), block, smem)
+    F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
+    err, ok = 0.0, True
+    for p in range(b):
+        if not active[p]:
+            ok &= all(v == 0.0 for v in F[p * n : (p + 1) * n]) and E[p] == -1.0
+            continue
+        Kp = K[p * n * m : (p + 1) * n * m]
+        Fw, Gw, Ew = sinkhorn_model(Kp, la[p * n : p * n + rows[p]], lb[p * m : p * m + cols[p]], rows[p], cols[p], m, iters)
+        err = max(err, max(ad(a, c) for a, c in zip(F[p * n : p * n + rows[p]], Fw)))
+        err = max(err, max(ad(a, c) for a, c in zip(G[p * m : p * m + cols[p]], Gw)))
+        err = max(err, ad(E[p], Ew))
+        # The error itself, relatively: near convergence it is small and must stay accurate.
+        if not ad(E[p], Ew) <= 1e-2 * Ew + 1e-6:
+            print(f"FAIL marginal error of pair {p}: {E[p]:.6e} vs {Ew:.6e}")
+            ok = False
+        ok &= all(v == 0.0 for v in F[p * n + rows[p] : (p + 1) * n])
+    if not ok:
+        print("FAIL inactive pair or padding was written")
+    return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block}", err, 2e-3) and ok
+
+
+def test_fused(mods, b, n, m, d, iters, seed, full=False):
+    rng = random.Random(seed)
+    eps = 0.05
+    dp = (d + 3) // 4 * 4
+    x, lx = embeddings(rng, b, n, d, full)
+    y, ly = embeddings(rng, b, m, d, full)
+    la = [f32(math.log2(1.0 / lx[p])) if i < lx[p] else 0.0 for p in range(b) for i in range(n)]
+    lb = [f32(math.log2(1.0 / ly[p])) if j < ly[p] else 0.0 for p in range(b) for j in range(m)]
+    mem = Memory()
+    cost, kk = mem.alloc(bytes(4 * b * n * m)), mem.alloc(bytes(4 * b * n * m))
+    fg, gg, errg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m)), mem.alloc(bytes(4 * b))
+    kscale = f32(-1.4426950408889634 / eps)
+    args = [mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp))),
+            mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
+            cost, kk, fg, gg, errg, n, m, dp, iters, kscale]
+    smem = 18432 + 128 + 12 * n + 12 * m + 4 * n * (m | 1)
+    run_kernel(mods["sinkhorn_fused"]["sinkhorn_fused_f32"], mem, args, (b, 1, 1), 256, smem)
+    C, KK = unpack_f32(mem, cost, b * n * m), unpack_f32(mem, kk, b * n * m)
+    F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
+    err_c, err_s = 0.0, 0.0
+    for p in range(b):
+        Kp = [0.0] * (n * m)
+        for i in range(n):
+            for j in range(m):
+                if i < lx[p] and j < ly[p]:
+                    u = x[(p * n + i) * d : (p * n + i + 1) * d]
+                    v = y[(p * m + j) * d : (p * m + j + 1) * d]
+                    c = 1.0 - max(-1.0, min(1.0, cos_ref(u, v)))
+                    Kp[i * m + j] = f32(f32(c) * kscale)
+                else:
+                    c = 0.0
+                err_c = max(err_c, ad(C[(p * n + i) * m + j], c))
+                err_c = max(err_c, ad(KK[(p * n + i) * m + j], Kp[i * m + j]) * eps)
+        Fw, Gw, Ew = sinkhorn_model(Kp, la[p * n : p * n + lx[p]], lb[p * m : p * m + ly[p]], lx[p], ly[p], m, iters)
+        err_s = max(err_s, max(ad(a, c) for a, c in zip(F[p * n : p * n + lx[p]], Fw)))
+        err_s = max(err_s, max(ad(a, c) for a, c in zip(G[p * m : p * m + ly[p]], Gw)))
+        err_s = max(err_s, ad(E[p], Ew))
+    ok = report(f"fused cost b={b} n={n} m={m} d={d}", err_c, 2e-5)
+    return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters}", err_s, 2e-3) and ok
+
+
+def main():
+    mods = {p.stem: parse_module(p.read_text()) for p in sorted(KERNELS.glob("*.ptx"))}
+    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    tests = [
+        ("cosine_cost 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1)),
+        ("cosine_cost tiles", lambda: test_cosine_cost(mods, 2, 65, 17, 7, 2)),
+        ("cosine_cost chunks", lambda: test_cosine_cost(mods, 1, 9, 70, 37, 3)),
+        ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
+        ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
+        ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),
+        ("sinkhorn smem", lambda: test_sinkhorn(mods, 3, 17, 29, 4, True, 64, 6)),
+        ("sinkhorn global", lambda: test_sinkhorn(mods, 2, 40, 9, 3, False, 128, 7)),
+        # rows / columns longer than the 4 values per lane kept in registers (128)
+        ("sinkhorn long rows", lambda: test_sinkhorn(mods, 1, 3, 161, 2, True, 64, 14, True)),
+        ("sinkhorn long columns", lambda: test_sinkhorn(mods, 1, 150, 2, 2, False, 64, 15, True)),
+        # every tail length 1..7 of the 8-element chunks, in both passes: the row pass sees
+        # m % 8, the column pass n % 8
+    ] + [
+        (f"sinkhorn tail {n}x{m}", lambda n=n, m=m, k=k: test_sinkhorn(mods, 1, n, m, 2, k % 2 == 0, 32, 17 + k, True))
+        for k, (n, m) in enumerate([(9, 11), (10, 9), (12, 12), (13, 14), (15, 15), (11, 10), (14, 13)])
+    ] + [
+        ("sinkhorn 1x1", lambda: test_sinkhorn(mods, 1, 1, 1, 2, True, 64, 8)),
+        ("sinkhorn converging", lambda: test_sinkhorn(mods, 2, 6, 5, 60, True, 64, 12)),
+        ("sinkhorn zero iterations", lambda: test_sinkhorn(mods, 2, 5, 6, 0, True, 32, 9)),
+        ("fused", lambda: test_fused(mods, 2, 13, 70, 10, 3, 10)),
+        ("fused row tiles", lambda: test_fused(mods, 1, 70, 5, 6, 2, 16, True)),
+        ("fused 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11)),
+    ]
+    ok = True
+    for name, t in tests:
+        if only in name:
+            try:
+                ok &= t()
+            except (RuntimeError, ValueError, IndexError, KeyError) as e:
+                print(f"FAIL {name}: {type(e).__name__}: {e}")
+                ok = False
+    print("ptx-emulate: all kernels match their contracts" if ok else "ptx-emulate: FAILURES")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""PyTorch peers of `optical bench --kernels sinkhorn-fused` on the same problem.
+
+Problem (as in src/bench.rs, `sinkhorn-fused`): b=256 pairs of n=m=128 token embeddings,
+d=384, cost C = 1 - cos, uniform weights, eps=0.05, 100 log-domain Sinkhorn iterations
+from f = g = 0 (row update, then column update), f32 on the GPU. Timed from embeddings in
+device memory to potentials in device memory, like optical's device time:
+
+  torch-eager           the usual batched logsumexp loop
+  torch-compile         the same function under torch.compile (default mode)
+  torch-compile-graphs  torch.compile(mode="reduce-overhead"): CUDA graphs, no launch
+                        overhead (the strongest peer this script knows)
+
+Also measures the HBM bandwidth of the machine (a 1 GiB device-to-device copy) for the
+cosine-cost roofline. Each timing: 3 warm-up calls, then calls until --min-seconds have
+passed (at least 5), CUDA events, median. Writes one JSON object to --out (and stdout).
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", help="JSON file to write")
+    ap.add_argument("--min-seconds", type=float, default=2.0)
+    ap.add_argument("--b", type=int, default=256)
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--d", type=int, default=384)
+    ap.add_argument("--epsilon", type=float, default=0.05)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    args = ap.parse_args()
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print(json.dumps({"error": "torch has no CUDA device", "torch": torch.__version__}))
+        sys.exit(2)
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False  # f32 cost, as optical computes it
+    b, n, d, eps, iters = args.b, args.n, args.d, args.epsilon, args.iterations
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(b, n, d, device=dev, generator=gen)
+    y = torch.randn(b, n, d, device=dev, generator=gen)
+
+    def solve(x, y):
+        xn = torch.nn.functional.normalize(x, dim=-1)
+        yn = torch.nn.functional.normalize(y, dim=-1)
+        c = 1.0 - torch.bmm(xn, yn.transpose(1, 2)).clamp(-1.0, 1.0)
+        log_a = torch.full((x.shape[0], x.shape[1]), -math.log(x.shape[1]), device=x.device)
+        log_b = torch.full((y.shape[0], y.shape[1]), -math.log(y.shape[1]), device=y.device)
+        f = torch.zeros_like(log_a)
+        g = torch.zeros_like(log_b)
+        for _ in range(iters):
+            f = -eps * torch.logsumexp(log_b[:, None, :] + (g[:, None, :] - c) / eps, dim=2)
+            g = -eps * torch.logsumexp(log_a[:, :, None] + (f[:, :, None] - c) / eps, dim=1)
+        return f, g
+
+    def timed(fn, *inputs):
+        for _ in range(3):
+            fn(*inputs)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        samples, wall = [], time.perf_counter()
+        while len(samples) < 5 or time.perf_counter() - wall < args.min_seconds:
+            start.record()
+            fn(*inputs)
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) * 1e-3)
+        return statistics.median(samples), len(samples)
+
+    exps = 2.0 * b * n * n * iters
+    results = []
+
+    def record(name, fn, *inputs):
+        try:
+            t0 = time.perf_counter()
+            s, calls = timed(fn, *inputs)
+            results.append({
+                "impl": name,
+                "seconds_per_call": s,
+                "calls": calls,
+                "gexp_per_s": exps / s / 1e9,
+                "setup_seconds": time.perf_counter() - t0,
+            })
+        except Exception as e:  # a peer that fails is reported, not fatal
+            results.append({"impl": name, "error": f"{type(e).__name__}: {e}"})
+        print(json.dumps(results[-1]), file=sys.stderr)
+
+    with torch.no_grad():
+        record("torch-eager", solve, x, y)
+        if not args.no_compile:
+            record("torch-compile", torch.compile(solve), x, y)
+            record("torch-compile-graphs", torch.compile(solve, mode="reduce-overhead"), x, y)
+
+        # HBM bandwidth: read + write of a 1 GiB buffer.
+        src = torch.empty(256 * 1024 * 1024, dtype=torch.float32, device=dev)
+        dst = torch.empty_like(src)
+        s, _ = timed(lambda: dst.copy_(src))
+        hbm = 2.0 * src.numel() * 4 / s / 1e9
+
+    props = torch.cuda.get_device_properties(dev)
+    out = {
+        "gpu": props.name,
+        "multiprocessors": props.multi_processor_count,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "problem": {"b": b, "n": n, "m": n, "d": d, "epsilon": eps, "iterations": iters,
+                    "exps_per_call": exps},
+        "hbm_copy_gb_per_s": hbm,
+        "results": results,
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,683 @@
+//! The device: driver probe, context, stream, modules (loaded once per process and
+//! cached), checked launches, and the cosine-cost and MaxSim kernels.
+
+use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchArgs,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::ptx::{self, PtxModule};
+use crate::backend::cpu::{check_maxsim, check_pair_batch};
+use crate::backend::DeviceJob;
+use crate::error::{Error, Result};
+use crate::ot::problem::{CostBatch, Embeddings, PackedDocs};
+
+pub(super) const BACKEND: &str = "cuda";
+
+/// Threads per CTA of the kernels whose tiling fixes it (cosine cost, fused Sinkhorn).
+pub(super) const TILE_THREADS: u32 = 256;
+/// Rows (and columns) of one cosine-cost output tile.
+const TILE: usize = 64;
+/// Warps per CTA of the row-norm and MaxSim kernels.
+const WARPS: u32 = 8;
+/// The PTX files say `.target sm_80`: the driver JIT-compiles them for 8.0 and newer.
+const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+/// The functions of every module, resolved once.
+pub(super) struct Kernels {
+    pub row_inv_norm: CudaFunction,
+    pub cosine_cost: CudaFunction,
+    pub maxsim: CudaFunction,
+    pub sinkhorn_iterate: CudaFunction,
+    pub sinkhorn_fused: CudaFunction,
+}
+
+/// One GPU with its context, stream and loaded kernels.
+pub(super) struct Device {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    /// Largest shared memory a CTA may use after opting in, bytes.
+    pub smem_optin: usize,
+    pub kernels: Kernels,
+}
+
+/// The CUDA backend (`--backend cuda`): device 0, shared by every handle in the process.
+#[derive(Clone)]
+pub struct CudaBackend {
+    pub(super) dev: Arc<Device>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.dev.name)
+            .field("compute_capability", &self.dev.compute_capability)
+            .finish()
+    }
+}
+
+/// Why device 0 could not be opened; kept so that every later attempt reports the same.
+#[derive(Clone, Debug)]
+struct InitFailure {
+    /// No driver or no device (as opposed to a driver that failed).
+    unavailable: bool,
+    what: String,
+}
+
+impl InitFailure {
+    fn unavailable(what: impl Into<String>) -> Self {
+        InitFailure {
+            unavailable: true,
+            what: what.into(),
+        }
+    }
+
+    fn failed(what: impl Into<String>) -> Self {
+        InitFailure {
+            unavailable: false,
+            what: what.into(),
+        }
+    }
+
+    fn into_error(self) -> Error {
+        if self.unavailable {
+            Error::BackendUnavailable {
+                backend: BACKEND,
+                reason: self.what,
+            }
+        } else {
+            Error::Backend {
+                backend: BACKEND,
+                operation: "initialise device 0",
+                what: self.what,
+            }
+        }
+    }
+}
+
+static DEVICE0: OnceLock<Result<Arc<Device>, InitFailure>> = OnceLock::new();
+
+/// Whether the CUDA driver library can be loaded at all. cudarc's own loader panics when
+/// it cannot, so this runs first.
+fn driver_library_present() -> bool {
+    // SAFETY: `is_culib_present` only tries to dlopen the driver library under its usual
+    // names and closes it again; loading the NVIDIA driver library runs no user code.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// Run driver calls that may hit cudarc's symbol loader. The library was found to be
+/// present; a symbol missing from an old driver still panics inside cudarc, which is the
+/// one case caught here, as a last resort, and reported as an unavailable backend.
+fn guarded<T>(f: impl FnOnce() -> Result<T, InitFailure>) -> Result<T, InitFailure> {
+    if !driver_library_present() {
+        return Err(InitFailure::unavailable(
+            "no CUDA driver library found (libcuda.so.1); install the NVIDIA driver",
+        ));
+    }
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(InitFailure::unavailable(format!(
+            "the CUDA driver library lacks a required function (driver too old?): {}",
+            panic_message(payload.as_ref())
+        )))
+    })
+}
+
+fn device_count() -> Result<usize, InitFailure> {
+    let count = CudaContext::device_count()
+        .map_err(|e| InitFailure::unavailable(format!("the CUDA driver reports {e}")))?;
+    Ok(count.max(0) as usize)
+}
+
+fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
+    let count = device_count()?;
+    if count <= ordinal {
+        return Err(InitFailure::unavailable(format!(
+            "no CUDA device {ordinal}: the driver reports {count} device(s)"
+        )));
+    }
+    fn fail(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> InitFailure {
+        move |e| InitFailure::failed(format!("{what}: {e}"))
+    }
+    let ctx = CudaContext::new(ordinal).map_err(fail("create the context"))?;
+    // SAFETY: this backend issues all its work on the one stream created below; every buffer
+    // is allocated, used and freed in that stream's order, which is all that event tracking
+    // would enforce.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().map_err(fail("create a stream"))?;
+    let name = ctx.name().map_err(fail("query the device name"))?;
+    let compute_capability = ctx
+        .compute_capability()
+        .map_err(fail("query the compute capability"))?;
+    if compute_capability < MIN_COMPUTE_CAPABILITY {
+        let ((a, b), (c, d)) = (MIN_COMPUTE_CAPABILITY, compute_capability);
+        return Err(InitFailure::unavailable(format!(
+            "{name} has compute capability {c}.{d}; the PTX kernels target {a}.{b} (sm_80) or newer"
+        )));
+    }
+    let smem_optin = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(fail("query the shared memory per block"))?
+        .max(0) as usize;
+    // Each module is JIT-compiled once; its functions keep it alive.
+    let load = |module: &PtxModule| {
+        ctx.load_module(Ptx::from_src(module.source))
+            .map_err(|e| InitFailure::failed(format!("JIT-compile kernels/{}: {e}", module.file)))
+    };
+    let function = |loaded: &Arc<CudaModule>, module: &PtxModule, entry: &str| {
+        loaded.load_function(entry).map_err(|e| {
+            InitFailure::failed(format!("find {entry} in kernels/{}: {e}", module.file))
+        })
+    };
+    let (cosine, maxsim, sinkhorn, fused) = (
+        load(&ptx::COSINE_COST_MODULE)?,
+        load(&ptx::MAXSIM_MODULE)?,
+        load(&ptx::SINKHORN_MODULE)?,
+        load(&ptx::SINKHORN_FUSED_MODULE)?,
+    );
+    let kernels = Kernels {
+        row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
+        cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
+        maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
+        sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
+        sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
+    };
+    // The kernels with dynamic shared memory (and no static shared memory) may use all of it.
+    for (f, entry) in [
+        (&kernels.maxsim, ptx::MAXSIM),
+        (&kernels.sinkhorn_iterate, ptx::SINKHORN_ITERATE),
+        (&kernels.sinkhorn_fused, ptx::SINKHORN_FUSED),
+    ] {
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem_optin as i32,
+        )
+        .map_err(|e| {
+            InitFailure::failed(format!(
+                "opt {entry} in to {smem_optin} B of shared memory: {e}"
+            ))
+        })?;
+    }
+    Ok(Device {
+        ctx,
+        stream,
+        name,
+        compute_capability,
+        smem_optin,
+        kernels,
+    })
+}
+
+/// What `optical info` shows for CUDA: whether a device is usable, one JSON object per
+/// device, and a note (why not, or the kernels' state).
+pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
+    let devices = guarded(|| {
+        let count = device_count()?;
+        let mut out = Vec::with_capacity(count);
+        for ordinal in 0..count {
+            let ctx = CudaContext::new(ordinal)
+                .map_err(|e| InitFailure::failed(format!("device {ordinal}: {e}")))?;
+            let attr = |a| ctx.attribute(a).unwrap_or(-1);
+            out.push(serde_json::json!({
+                "ordinal": ordinal,
+                "name": ctx.name().unwrap_or_else(|e| format!("unknown ({e})")),
+                "compute_capability": ctx
+                    .compute_capability()
+                    .map(|(a, b)| format!("{a}.{b}"))
+                    .unwrap_or_else(|e| format!("unknown ({e})")),
+                "memory_mib": ctx.total_mem().map(|b| b >> 20).unwrap_or(0),
+                "multiprocessors": attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+                "shared_memory_per_block_optin": attr(
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+                ),
+            }));
+        }
+        Ok(out)
+    });
+    match devices {
+        Err(e) => (false, vec![], e.what),
+        Ok(devices) if devices.is_empty() => (
+            false,
+            devices,
+            "the CUDA driver reports no device".to_string(),
+        ),
+        Ok(devices) => match CudaBackend::new() {
+            Ok(b) => (
+                true,
+                devices,
+                format!("kernels JIT-compiled for device 0 ({})", b.dev.name),
+            ),
+            Err(e) => (false, devices, e.to_string()),
+        },
+    }
+}
+
+/// A checked launch: records the type of every argument pushed and compares the list with
+/// the entry point's signature ([`ptx::SIGNATURES`], itself checked against the PTX).
+pub(super) struct Launch<'a> {
+    args: LaunchArgs<'a>,
+    entry: &'static str,
+    pushed: Vec<&'static str>,
+}
+
+impl<'a> Launch<'a> {
+    /// A device buffer the kernel only reads.
+    pub fn buf<T>(&mut self, buf: &'a CudaSlice<T>) -> &mut Self {
+        self.args.arg(buf);
+        self.pushed.push("u64");
+        self
+    }
+
+    /// A device buffer the kernel writes.
+    pub fn buf_mut<T>(&mut self, buf: &'a mut CudaSlice<T>) -> &mut Self {
+        self.args.arg(buf);
+        self.pushed.push("u64");
+        self
+    }
+
+    pub fn u32(&mut self, value: &'a u32) -> &mut Self {
+        self.args.arg(value);
+        self.pushed.push("u32");
+        self
+    }
+
+    pub fn f32(&mut self, value: &'a f32) -> &mut Self {
+        self.args.arg(value);
+        self.pushed.push("f32");
+        self
+    }
+
+    /// Launch on the backend's stream.
+    ///
+    /// # Safety
+    /// Every buffer must be at least as large as the kernel's header says it reads or
+    /// writes for the given scalars and launch geometry (the argument types and order are
+    /// checked here).
+    pub unsafe fn launch(mut self, cfg: LaunchConfig) -> Result<()> {
+        let expected = ptx::signature(self.entry);
+        if expected != Some(self.pushed.as_slice()) {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                operation: "launch",
+                what: format!(
+                    "{}: the kernel takes {expected:?}, the launch pushed {:?}",
+                    self.entry, self.pushed
+                ),
+            });
+        }
+        // SAFETY: the argument types match the entry point's parameters (checked above);
+        // the buffer sizes are this function's contract, forwarded to the caller.
+        unsafe { self.args.launch(cfg) }
+            .map(drop)
+            .map_err(|e| Error::Backend {
+                backend: BACKEND,
+                operation: "launch",
+                what: format!("{}: {e}", self.entry),
+            })
+    }
+}
+
+/// Map a driver error to the crate's error, naming the operation.
+pub(super) fn driver<E: std::fmt::Display>(operation: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Backend {
+        backend: BACKEND,
+        operation,
+        what: e.to_string(),
+    }
+}
+
+/// A size the kernels take as `u32`.
+pub(super) fn as_u32(name: &'static str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::parameter(name, "at most 4294967295", value))
+}
+
+/// Rows of `d` floats, zero-padded to `dp` (a multiple of 4) for the 16-byte loads; zeros
+/// change no dot product and no norm.
+pub(super) fn padded(data: &[f32], d: usize, dp: usize) -> Cow<'_, [f32]> {
+    if d == dp {
+        return Cow::Borrowed(data);
+    }
+    let rows = data.len() / d;
+    let mut out = vec![0.0f32; rows * dp];
+    for (dst, src) in out.chunks_exact_mut(dp).zip(data.chunks_exact(d)) {
+        dst[..d].copy_from_slice(src);
+    }
+    Cow::Owned(out)
+}
+
+pub(super) fn lengths_u32(name: &'static str, lengths: &[usize]) -> Result<Vec<u32>> {
+    lengths.iter().map(|&l| as_u32(name, l)).collect()
+}
+
+impl CudaBackend {
+    /// Open device 0 (once per process; later calls share it).
+    pub fn new() -> Result<CudaBackend> {
+        let dev = DEVICE0
+            .get_or_init(|| guarded(|| open_device(0)).map(Arc::new))
+            .clone()
+            .map_err(InitFailure::into_error)?;
+        Ok(CudaBackend { dev })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> &str {
+        &self.dev.name
+    }
+
+    pub(super) fn launch<'a>(&'a self, f: &'a CudaFunction, entry: &'static str) -> Launch<'a> {
+        Launch {
+            args: self.dev.stream.launch_builder(f),
+            entry,
+            pushed: Vec::with_capacity(16),
+        }
+    }
+
+    pub(super) fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        self.dev.stream.clone_htod(data).map_err(driver("upload"))
+    }
+
+    pub(super) fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.dev
+            .stream
+            .alloc_zeros(len.max(1))
+            .map_err(driver("allocate"))
+    }
+
+    pub(super) fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.dev.stream.clone_dtoh(buf).map_err(driver("download"))
+    }
+
+    /// `inv[r] = 1/‖rows[r]‖` (0 for a zero row) for `rows` rows of `dp` floats.
+    fn row_inv_norms(
+        &self,
+        rows: &CudaSlice<f32>,
+        count: usize,
+        dp: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let mut inv = self.zeros::<f32>(count)?;
+        let (count_u, d4) = (as_u32("rows", count)?, as_u32("d", dp / 4)?);
+        let cfg = LaunchConfig {
+            grid_dim: (count_u.div_ceil(WARPS), 1, 1),
+            block_dim: (32 * WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.launch(&self.dev.kernels.row_inv_norm, ptx::ROW_INV_NORM);
+        l.buf(rows).buf_mut(&mut inv).u32(&count_u).u32(&d4);
+        // SAFETY: `rows` holds `count * dp` floats (dp = 4 * d4) and `inv` `count`; one warp
+        // per row covers rows < count exactly, the kernel's whole read/write set.
+        unsafe { l.launch(cfg) }?;
+        Ok(inv)
+    }
+
+    /// The cosine cost of uploaded, padded embeddings into a fresh `(b, n, m)` buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn cost_on_device(
+        &self,
+        xg: &CudaSlice<f32>,
+        yg: &CudaSlice<f32>,
+        xl: &CudaSlice<u32>,
+        yl: &CudaSlice<u32>,
+        (b, n, m, dp): (usize, usize, usize, usize),
+    ) -> Result<CudaSlice<f32>> {
+        let xinv = self.row_inv_norms(xg, b * n, dp)?;
+        let yinv = self.row_inv_norms(yg, b * m, dp)?;
+        let mut out = self.zeros::<f32>(b * n * m)?;
+        let (tiles_i, tiles_j) = (n.div_ceil(TILE), m.div_ceil(TILE));
+        if tiles_i > 65535 || tiles_j > 65535 {
+            return Err(Error::parameter(
+                "n, m",
+                format!("at most {} rows per set", 65535 * TILE),
+                format!("n = {n}, m = {m}"),
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("b", b)?, tiles_i as u32, tiles_j as u32),
+            block_dim: (TILE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", dp)?);
+        let mut l = self.launch(&self.dev.kernels.cosine_cost, ptx::COSINE_COST);
+        l.buf(xg)
+            .buf(yg)
+            .buf(&xinv)
+            .buf(&yinv)
+            .buf(xl)
+            .buf(yl)
+            .buf_mut(&mut out)
+            .u32(&nu)
+            .u32(&mu)
+            .u32(&dpu);
+        // SAFETY: x holds b*n*dp floats, y b*m*dp, xinv b*n, yinv b*m, the lengths b u32 each
+        // with 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the
+        // grid (b, ceil(n/64), ceil(m/64)) x 256 threads is the geometry the kernel requires,
+        // and it writes only i < n, j < m.
+        unsafe { l.launch(cfg) }?;
+        Ok(out)
+    }
+
+    /// Pairwise cosine cost (same contract as [`crate::backend::CpuReference::cosine_cost`]).
+    pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
+        check_pair_batch(x, y)?;
+        let (b, n, m, d) = (x.b, x.n, y.n, x.d);
+        let dp = d.next_multiple_of(4);
+        let xg = self.upload(&padded(&x.data, d, dp))?;
+        let yg = self.upload(&padded(&y.data, d, dp))?;
+        let xl = self.upload(&lengths_u32("x lengths", &x.lengths)?)?;
+        let yl = self.upload(&lengths_u32("y lengths", &y.lengths)?)?;
+        let out = self.cost_on_device(&xg, &yg, &xl, &yl, (b, n, m, dp))?;
+        Ok(CostBatch {
+            b,
+            n,
+            m,
+            data: self.download(&out)?,
+        })
+    }
+
+    /// MaxSim scores (same contract as [`crate::backend::CpuReference::maxsim`]).
+    pub fn maxsim(&self, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
+        check_maxsim(queries, docs)?;
+        let inputs = MaxsimInputs::upload(self, queries, docs)?;
+        let out = inputs.run(self)?;
+        self.download(&out)
+    }
+
+    /// Time `run` with CUDA events: one warm-up call, then calls until `min_seconds` have
+    /// passed (at least 3); the median device time per call, in seconds.
+    pub(super) fn time_on_device(
+        &self,
+        min_seconds: f64,
+        mut run: impl FnMut() -> Result<()>,
+    ) -> Result<(f64, usize)> {
+        let event = || {
+            self.dev
+                .ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(driver("create an event"))
+        };
+        let (start, end) = (event()?, event()?);
+        run()?;
+        let mut samples = Vec::new();
+        let wall = Instant::now();
+        while samples.len() < 3 || wall.elapsed().as_secs_f64() < min_seconds {
+            start
+                .record(&self.dev.stream)
+                .map_err(driver("record an event"))?;
+            run()?;
+            end.record(&self.dev.stream)
+                .map_err(driver("record an event"))?;
+            let ms = start.elapsed_ms(&end).map_err(driver("time a kernel"))?;
+            samples.push(ms as f64 * 1e-3);
+        }
+        samples.sort_by(f64::total_cmp);
+        Ok((samples[samples.len() / 2], samples.len()))
+    }
+
+    /// Device time of one standard job, inputs uploaded beforehand (see [`DeviceJob`]): the
+    /// kernels of one call, from inputs in device memory to outputs in device memory.
+    pub fn time_job(&self, job: DeviceJob<'_>, min_seconds: f64) -> Result<(f64, usize)> {
+        match job {
+            DeviceJob::CosineCost(x, y) => {
+                check_pair_batch(x, y)?;
+                let (b, n, m, d) = (x.b, x.n, y.n, x.d);
+                let dp = d.next_multiple_of(4);
+                let xg = self.upload(&padded(&x.data, d, dp))?;
+                let yg = self.upload(&padded(&y.data, d, dp))?;
+                let xl = self.upload(&lengths_u32("x lengths", &x.lengths)?)?;
+                let yl = self.upload(&lengths_u32("y lengths", &y.lengths)?)?;
+                self.time_on_device(min_seconds, || {
+                    self.cost_on_device(&xg, &yg, &xl, &yl, (b, n, m, dp))
+                        .map(drop)
+                })
+            }
+            DeviceJob::Maxsim(q, docs) => {
+                check_maxsim(q, docs)?;
+                let inputs = MaxsimInputs::upload(self, q, docs)?;
+                self.time_on_device(min_seconds, || inputs.run(self).map(drop))
+            }
+            DeviceJob::Sinkhorn(problem, params) => {
+                self.time_sinkhorn(problem, params.epsilon, params.max_iterations, min_seconds)
+            }
+            DeviceJob::SinkhornFused(x, y, params) => {
+                self.time_fused(x, y, params.epsilon, params.max_iterations, min_seconds)
+            }
+        }
+    }
+}
+
+/// MaxSim inputs in device memory.
+struct MaxsimInputs {
+    q: CudaSlice<f32>,
+    q_len: CudaSlice<u32>,
+    docs: CudaSlice<f32>,
+    d_off: CudaSlice<u32>,
+    d_len: CudaSlice<u32>,
+    nq: usize,
+    qn: usize,
+    nd: usize,
+    tokens: usize,
+    dp: usize,
+    max_len: usize,
+}
+
+impl MaxsimInputs {
+    fn upload(cuda: &CudaBackend, queries: &Embeddings, docs: &PackedDocs) -> Result<Self> {
+        let d = docs.d;
+        let dp = d.next_multiple_of(4);
+        let (nq, qn, nd) = (queries.b, queries.n, docs.len());
+        let tokens = docs.data.len() / d;
+        // The kernel indexes queries x tokens and queries x documents in u32.
+        as_u32("queries x query tokens", nq * qn)?;
+        as_u32("queries x documents", nq * nd)?;
+        as_u32("document tokens", tokens)?;
+        Ok(MaxsimInputs {
+            q: cuda.upload(&padded(&queries.data, d, dp))?,
+            q_len: cuda.upload(&lengths_u32("query lengths", &queries.lengths)?)?,
+            docs: cuda.upload(&padded(&docs.data, d, dp))?,
+            d_off: cuda.upload(&lengths_u32("document offsets", &docs.offsets)?)?,
+            d_len: cuda.upload(&lengths_u32("document lengths", &docs.lengths)?)?,
+            nq,
+            qn,
+            nd,
+            tokens,
+            dp,
+            max_len: docs.lengths.iter().copied().max().unwrap_or(1),
+        })
+    }
+
+    fn run(&self, cuda: &CudaBackend) -> Result<CudaSlice<f32>> {
+        let q_inv = cuda.row_inv_norms(&self.q, self.nq * self.qn, self.dp)?;
+        let d_inv = cuda.row_inv_norms(&self.docs, self.tokens, self.dp)?;
+        let mut out = cuda.zeros::<f32>(self.nq * self.nd)?;
+        let stride4 = (self.dp / 4) | 1;
+        let staged = 128 + 16 * stride4 * self.max_len;
+        let in_smem = staged <= cuda.dev.smem_optin;
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("documents", self.nd)?, 1, 1),
+            block_dim: (32 * WARPS, 1, 1),
+            shared_mem_bytes: if in_smem { staged as u32 } else { 128 },
+        };
+        let (nq, qn, nd) = (self.nq as u32, self.qn as u32, self.nd as u32);
+        let (dp, s4, insm) = (as_u32("d", self.dp)?, stride4 as u32, in_smem as u32);
+        let mut l = cuda.launch(&cuda.dev.kernels.maxsim, ptx::MAXSIM);
+        l.buf(&self.q)
+            .buf(&q_inv)
+            .buf(&self.q_len)
+            .buf(&self.docs)
+            .buf(&d_inv)
+            .buf(&self.d_off)
+            .buf(&self.d_len)
+            .buf_mut(&mut out)
+            .u32(&nq)
+            .u32(&qn)
+            .u32(&nd)
+            .u32(&dp)
+            .u32(&s4)
+            .u32(&insm);
+        // SAFETY: q holds nq*qn*dp floats and q_inv nq*qn; docs holds tokens*dp floats and
+        // d_inv tokens; d_off/d_len (nd) describe documents inside the tokens (validated
+        // PackedDocs) and q_len (nq) is within 1..=qn; out holds nq*nd; the dynamic shared
+        // memory covers 128 B plus, when staged, max_len rows of stride4 float4.
+        unsafe { l.launch(cfg) }?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_never_panics_and_a_missing_driver_is_unavailable() {
+        match CudaBackend::new() {
+            Ok(b) => assert!(!b.device_name().is_empty()),
+            Err(Error::BackendUnavailable { backend, reason }) => {
+                assert_eq!(backend, "cuda");
+                if !driver_library_present() {
+                    assert!(reason.contains("driver library"), "{reason}");
+                }
+            }
+            Err(e) => panic!("a present driver failed: {e}"),
+        }
+        // The failure is cached, not retried into a different answer.
+        assert_eq!(CudaBackend::new().is_ok(), CudaBackend::new().is_ok());
+    }
+
+    #[test]
+    fn probe_agrees_with_opening() {
+        let (available, devices, note) = probe();
+        assert_eq!(available, CudaBackend::new().is_ok(), "{note}");
+        assert!(available || !note.is_empty());
+        assert!(!available || !devices.is_empty());
+    }
+
+    #[test]
+    fn padding_rows_keeps_values_and_adds_zeros() {
+        let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(
+            padded(&data, 3, 4).as_ref(),
+            &[1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 6.0, 0.0]
+        );
+        assert!(matches!(padded(&data, 2, 2), Cow::Borrowed(_)));
+        assert!(as_u32("n", usize::MAX).is_err());
+        assert_eq!(as_u32("n", 7).unwrap(), 7);
+    }
+}

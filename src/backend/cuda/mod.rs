@@ -1,0 +1,32 @@
+//! CUDA backend: the hand-written PTX of `kernels/` run through the CUDA driver.
+//!
+//! The PTX text is embedded in the binary ([`ptx`]) and JIT-compiled by the driver for the
+//! GPU it finds (the files target `sm_80`, so Ampere, Ada and Hopper all load them).
+//! cudarc loads the driver library at run time, so neither building nor running needs a
+//! CUDA toolkit; without a driver or a device the backend reports
+//! [`crate::Error::BackendUnavailable`]. The driver library is probed before cudarc is
+//! called, because cudarc's loader panics when the library is missing.
+//!
+//! | kernel family | entry points | file |
+//! |---|---|---|
+//! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32` | `kernels/cosine_cost.ptx` |
+//! | MaxSim | `maxsim_f32` (+ `row_inv_norm_f32`) | `kernels/maxsim.ptx` |
+//! | Sinkhorn | `sinkhorn_iterate_f32` | `kernels/sinkhorn.ptx` |
+//! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |
+//!
+//! The Sinkhorn kernels work in the base-2 log units of the CPU fast path
+//! ([`crate::backend::cpu::fast`]): the host gathers each pair's support, shifts the cost
+//! by its row and column minima and scales it by `−log2(e)/ε`; one CTA per pair then runs
+//! all the iterations of a solver chunk with the scaled cost resident in shared memory when
+//! it fits, and writes the pair's marginal error, so a chunk costs one launch and the check
+//! reads back `b` floats.
+
+pub mod ptx;
+
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+mod sinkhorn;
+
+#[cfg(feature = "cuda")]
+pub use device::{probe, CudaBackend};

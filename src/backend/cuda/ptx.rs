@@ -1,0 +1,226 @@
+//! The PTX sources of the CUDA backend (`kernels/*.ptx`, embedded at compile time) and the
+//! entry points the runtime launches from each. Compiled with or without the `cuda`
+//! feature, so that the names can be checked against the PTX on any machine.
+
+/// One PTX module: its file under `kernels/`, its text and the entry points launched from it.
+#[derive(Clone, Copy, Debug)]
+pub struct PtxModule {
+    pub file: &'static str,
+    pub source: &'static str,
+    pub entries: &'static [&'static str],
+}
+
+pub const ROW_INV_NORM: &str = "row_inv_norm_f32";
+pub const COSINE_COST: &str = "cosine_cost_f32";
+pub const MAXSIM: &str = "maxsim_f32";
+pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
+pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
+
+pub const COSINE_COST_MODULE: PtxModule = PtxModule {
+    file: "cosine_cost.ptx",
+    source: include_str!("../../../kernels/cosine_cost.ptx"),
+    entries: &[ROW_INV_NORM, COSINE_COST],
+};
+
+pub const MAXSIM_MODULE: PtxModule = PtxModule {
+    file: "maxsim.ptx",
+    source: include_str!("../../../kernels/maxsim.ptx"),
+    entries: &[MAXSIM],
+};
+
+pub const SINKHORN_MODULE: PtxModule = PtxModule {
+    file: "sinkhorn.ptx",
+    source: include_str!("../../../kernels/sinkhorn.ptx"),
+    entries: &[SINKHORN_ITERATE],
+};
+
+pub const SINKHORN_FUSED_MODULE: PtxModule = PtxModule {
+    file: "sinkhorn_fused.ptx",
+    source: include_str!("../../../kernels/sinkhorn_fused.ptx"),
+    entries: &[SINKHORN_FUSED],
+};
+
+pub const MODULES: [PtxModule; 4] = [
+    COSINE_COST_MODULE,
+    MAXSIM_MODULE,
+    SINKHORN_MODULE,
+    SINKHORN_FUSED_MODULE,
+];
+
+/// The parameter types the runtime passes to each entry point, in order (`u64` = a device
+/// pointer). The tests check them against the PTX parameter lists, and every launch checks
+/// the arguments it pushed against them.
+pub const SIGNATURES: [(&str, &[&str]); 5] = [
+    (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
+    (
+        COSINE_COST,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32",
+        ],
+    ),
+    (
+        MAXSIM,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32",
+            "u32", "u32",
+        ],
+    ),
+    (
+        SINKHORN_ITERATE,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32",
+            "u32", "u32",
+        ],
+    ),
+    (
+        SINKHORN_FUSED,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32",
+            "u32", "u32", "u32", "f32",
+        ],
+    ),
+];
+
+/// The signature of `entry` in [`SIGNATURES`].
+pub fn signature(entry: &str) -> Option<&'static [&'static str]> {
+    SIGNATURES
+        .iter()
+        .find(|(name, _)| *name == entry)
+        .map(|&(_, sig)| sig)
+}
+
+/// The `.entry` names declared in a PTX text.
+pub fn declared_entries(source: &str) -> Vec<&str> {
+    source
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with("//"))
+        .filter_map(|l| {
+            let rest = l
+                .strip_prefix(".visible .entry ")
+                .or_else(|| l.strip_prefix(".entry "))?;
+            let end = rest.find(|c: char| c == '(' || c.is_whitespace())?;
+            Some(&rest[..end])
+        })
+        .collect()
+}
+
+/// The `.param` declarations of entry `entry`, in order, as `(type, name)`.
+pub fn entry_params<'a>(source: &'a str, entry: &str) -> Option<Vec<(&'a str, &'a str)>> {
+    let start = source.lines().position(|l| {
+        !l.trim_start().starts_with("//") && l.contains(&format!(".entry {entry}("))
+    })?;
+    let mut params = Vec::new();
+    for line in source.lines().skip(start + 1) {
+        let line = line.trim();
+        if line.starts_with(')') {
+            return Some(params);
+        }
+        let mut decl = line
+            .strip_prefix(".param .")?
+            .trim_end_matches(',')
+            .split_whitespace();
+        params.push((decl.next()?, decl.next()?));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_launched_entry_is_declared_in_its_ptx() {
+        for module in MODULES {
+            let declared = declared_entries(module.source);
+            for entry in module.entries {
+                assert!(
+                    declared.contains(entry),
+                    "kernels/{}: the runtime launches `{entry}` but the PTX declares {declared:?}",
+                    module.file
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_declared_entry_is_launched() {
+        for module in MODULES {
+            for entry in declared_entries(module.source) {
+                assert!(
+                    module.entries.contains(&entry),
+                    "kernels/{}: `.entry {entry}` is never launched by src/backend/cuda",
+                    module.file
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_ptx_file_in_kernels_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("kernels/ exists")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".ptx"))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = MODULES.iter().map(|m| m.file.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "kernels/*.ptx and ptx::MODULES differ");
+    }
+
+    #[test]
+    fn ptx_targets_what_the_driver_jits_for_ampere_and_hopper() {
+        for module in MODULES {
+            let directives: Vec<&str> = module
+                .source
+                .lines()
+                .filter(|l| l.starts_with(".version") || l.starts_with(".target"))
+                .collect();
+            assert_eq!(
+                directives,
+                [".version 7.8", ".target sm_80"],
+                "kernels/{}",
+                module.file
+            );
+            assert!(
+                module
+                    .source
+                    .starts_with(&format!("// kernels/{}", module.file)),
+                "kernels/{} must open with its header",
+                module.file
+            );
+        }
+    }
+
+    #[test]
+    fn launch_signatures_match_the_ptx_parameter_lists() {
+        for (entry, sig) in SIGNATURES {
+            let module = MODULES
+                .iter()
+                .find(|m| m.entries.contains(&entry))
+                .unwrap_or_else(|| panic!("{entry} belongs to no module"));
+            let params = entry_params(module.source, entry).unwrap_or_else(|| {
+                panic!("kernels/{}: no parameter list for {entry}", module.file)
+            });
+            let types: Vec<&str> = params.iter().map(|&(t, _)| t).collect();
+            assert_eq!(
+                types, sig,
+                "kernels/{}: {entry} declares {params:?}",
+                module.file
+            );
+        }
+        let launched: usize = MODULES.iter().map(|m| m.entries.len()).sum();
+        assert_eq!(launched, SIGNATURES.len());
+    }
+
+    #[test]
+    fn entry_params_parses_the_parameter_list() {
+        let params = entry_params(SINKHORN_MODULE.source, SINKHORN_ITERATE).unwrap();
+        assert_eq!(params.first(), Some(&("u64", "p_k")));
+        assert_eq!(params.last(), Some(&("u32", "p_k_in_smem")));
+        assert_eq!(params.len(), 14);
+        assert!(entry_params(SINKHORN_MODULE.source, "no_such_entry").is_none());
+    }
+}

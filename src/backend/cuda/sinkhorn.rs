@@ -1,0 +1,570 @@
+//! Sinkhorn on the GPU: [`SinkhornKernels`] over `sinkhorn_iterate_f32`, and the fused
+//! cost + Sinkhorn path over `sinkhorn_fused_f32`.
+//!
+//! The host prepares what the CPU fast path prepares (see [`crate::backend::cpu::fast`]):
+//! each pair's support packed to the top-left of its `(n, m)` block, the cost shifted by its
+//! row minima α and column minima β and scaled to `K = −C'·log2(e)/ε`, and `log2` of the
+//! weights. One launch runs a whole solver chunk (`check_every` iterations) for every active
+//! pair and leaves each pair's marginal error on the device; the check reads back `b`
+//! floats. `finish` reads the potentials back and forms the plan in `f64` on the host.
+
+use std::cell::RefCell;
+
+use cudarc::driver::{CudaSlice, LaunchConfig};
+use rayon::prelude::*;
+
+use super::device::{as_u32, lengths_u32, padded, CudaBackend, BACKEND, TILE_THREADS};
+use super::ptx;
+use crate::backend::cpu::check_pair_batch;
+use crate::error::{Error, Result};
+use crate::ot::problem::{Embeddings, Problem, SinkhornParams};
+use crate::ot::sinkhorn::{self, SinkhornKernels, SinkhornOutput, Solution};
+
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+
+/// Shared memory of `sinkhorn_iterate_f32` (see the header of `kernels/sinkhorn.ptx`).
+fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
+    128 + 12 * n + 12 * m + if k_in_smem { 4 * n * (m | 1) } else { 0 }
+}
+
+/// Shared memory of `sinkhorn_fused_f32` (see the header of `kernels/sinkhorn_fused.ptx`).
+fn fused_smem(n: usize, m: usize) -> usize {
+    18432 + iterate_smem(n, m, true)
+}
+
+/// Threads per CTA of the iterate kernel: one per row (row pass) and per column (column
+/// pass), rounded up to whole warps, 1 to 32 warps.
+fn iterate_block(n: usize, m: usize) -> u32 {
+    (n.max(m).div_ceil(32).clamp(1, 32) * 32) as u32
+}
+
+/// The support of one pair and the shifts that map the device potentials back.
+struct HostPair {
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+    alpha: Vec<f64>,
+    beta: Vec<f64>,
+}
+
+/// A batch on the device.
+pub struct CudaSinkhornState {
+    epsilon: f64,
+    pairs: usize,
+    n: usize,
+    m: usize,
+    host: Vec<HostPair>,
+    /// The packed `K (pairs, n, m)` when the host built it; read back from `k` otherwise.
+    k_host: Option<Vec<f32>>,
+    k: CudaSlice<f32>,
+    kt: CudaSlice<f32>,
+    log2a: CudaSlice<f32>,
+    log2b: CudaSlice<f32>,
+    f: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    rows: CudaSlice<u32>,
+    cols: CudaSlice<u32>,
+    active: CudaSlice<u32>,
+    err: CudaSlice<f32>,
+    k_in_smem: bool,
+    /// `err` holds the error of the current iterate of every pair that was ever active.
+    errors_current: bool,
+    /// Iterations the fused launch already ran for the solver's first chunk.
+    fused_ahead: usize,
+}
+
+/// Pack pair `p`'s support, shift and scale its cost (as `FastPair::new` does).
+fn pack_pair(
+    problem: &Problem,
+    p: usize,
+    epsilon: f64,
+    k: &mut [f32],
+    log2a: &mut [f32],
+    log2b: &mut [f32],
+) -> HostPair {
+    let (rows, cols) = problem.support(p);
+    let m = problem.m;
+    let c = problem.cost_of(p);
+    let alpha: Vec<f64> = rows
+        .iter()
+        .map(|&i| {
+            cols.iter()
+                .map(|&j| c[i * m + j])
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let beta: Vec<f64> = cols
+        .iter()
+        .map(|&j| {
+            rows.iter()
+                .zip(&alpha)
+                .map(|(&i, &al)| c[i * m + j] - al)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let scale = -LOG2E / epsilon;
+    for (ci, (&i, &al)) in rows.iter().zip(&alpha).enumerate() {
+        for (cj, (&j, &be)) in cols.iter().zip(&beta).enumerate() {
+            k[ci * m + cj] = ((c[i * m + j] - al - be) * scale) as f32;
+        }
+        log2a[ci] = problem.a[p * problem.n + i].log2() as f32;
+    }
+    for (cj, &j) in cols.iter().enumerate() {
+        log2b[cj] = problem.b[p * m + j].log2() as f32;
+    }
+    HostPair {
+        rows,
+        cols,
+        alpha,
+        beta,
+    }
+}
+
+impl CudaBackend {
+    fn launch_iterate(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
+        let smem = iterate_smem(st.n, st.m, st.k_in_smem);
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
+            block_dim: (iterate_block(st.n, st.m), 1, 1),
+            shared_mem_bytes: as_u32("shared memory", smem)?,
+        };
+        let (n, m) = (as_u32("n", st.n)?, as_u32("m", st.m)?);
+        let (iters, ksm) = (as_u32("iterations", iterations)?, st.k_in_smem as u32);
+        let mut l = self.launch(&self.dev.kernels.sinkhorn_iterate, ptx::SINKHORN_ITERATE);
+        l.buf(&st.k)
+            .buf(&st.kt)
+            .buf(&st.log2a)
+            .buf(&st.log2b)
+            .buf_mut(&mut st.f)
+            .buf_mut(&mut st.g)
+            .buf(&st.rows)
+            .buf(&st.cols)
+            .buf(&st.active)
+            .buf_mut(&mut st.err)
+            .u32(&n)
+            .u32(&m)
+            .u32(&iters)
+            .u32(&ksm);
+        // SAFETY: k holds pairs*n*m floats, kt pairs*m*n when k_in_smem == 0 (else it is not
+        // read), log2a and f pairs*n, log2b and g pairs*m, rows/cols/active/err pairs entries,
+        // with rows[p] <= n and cols[p] <= m (supports of a validated Problem); the dynamic
+        // shared memory is exactly the header's size for (n, m, k_in_smem), checked against
+        // the device's opt-in limit in `prepare`.
+        unsafe { l.launch(cfg) }?;
+        st.errors_current = true;
+        Ok(())
+    }
+
+    fn upload_active(&self, st: &mut CudaSinkhornState, active: &[bool]) -> Result<()> {
+        if active.len() != st.pairs {
+            return Err(Error::shape(
+                "active",
+                format!("({},) flags", st.pairs),
+                format!("({},)", active.len()),
+            ));
+        }
+        let mask: Vec<u32> = active.iter().map(|&a| a as u32).collect();
+        self.dev
+            .stream
+            .memcpy_htod(&mask, &mut st.active)
+            .map_err(super::device::driver("upload the active mask"))
+    }
+
+    /// Device time of `iterations` iterations of every pair from zero potentials.
+    pub(super) fn time_sinkhorn(
+        &self,
+        problem: &Problem,
+        epsilon: f64,
+        iterations: usize,
+        min_seconds: f64,
+    ) -> Result<(f64, usize)> {
+        let mut st = self.prepare(problem, epsilon)?;
+        self.upload_active(&mut st, &vec![true; problem.pairs])?;
+        let stream = self.dev.stream.clone();
+        self.time_on_device(min_seconds, || {
+            stream
+                .memset_zeros(&mut st.f)
+                .and_then(|_| stream.memset_zeros(&mut st.g))
+                .map_err(super::device::driver("reset the potentials"))?;
+            self.launch_iterate(&mut st, iterations)
+        })
+    }
+
+    /// Upload embeddings and weights and run the fused kernel (cost + `iterations`).
+    fn launch_fused(
+        &self,
+        x: &Embeddings,
+        y: &Embeddings,
+        epsilon: f64,
+        iterations: usize,
+    ) -> Result<FusedBuffers> {
+        let (b, n, m, d) = (x.b, x.n, y.n, x.d);
+        let dp = d.next_multiple_of(4);
+        let uniform = |lengths: &[usize], width: usize| -> Vec<f32> {
+            lengths
+                .iter()
+                .flat_map(|&len| {
+                    let l2 = (1.0 / len as f64).log2() as f32;
+                    (0..width).map(move |i| if i < len { l2 } else { 0.0 })
+                })
+                .collect()
+        };
+        let mut bufs = FusedBuffers {
+            x: self.upload(&padded(&x.data, d, dp))?,
+            y: self.upload(&padded(&y.data, d, dp))?,
+            x_len: self.upload(&lengths_u32("x lengths", &x.lengths)?)?,
+            y_len: self.upload(&lengths_u32("y lengths", &y.lengths)?)?,
+            log2a: self.upload(&uniform(&x.lengths, n))?,
+            log2b: self.upload(&uniform(&y.lengths, m))?,
+            cost: self.zeros(b * n * m)?,
+            k: self.zeros(b * n * m)?,
+            f: self.zeros(b * n)?,
+            g: self.zeros(b * m)?,
+            err: self.zeros(b)?,
+            dp,
+        };
+        self.run_fused(&mut bufs, (b, n, m), epsilon, iterations)?;
+        Ok(bufs)
+    }
+
+    fn run_fused(
+        &self,
+        bufs: &mut FusedBuffers,
+        (b, n, m): (usize, usize, usize),
+        epsilon: f64,
+        iterations: usize,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("b", b)?, 1, 1),
+            block_dim: (TILE_THREADS, 1, 1),
+            shared_mem_bytes: as_u32("shared memory", fused_smem(n, m))?,
+        };
+        let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
+        let iters = as_u32("iterations", iterations)?;
+        let kscale = (-LOG2E / epsilon) as f32;
+        let mut l = self.launch(&self.dev.kernels.sinkhorn_fused, ptx::SINKHORN_FUSED);
+        l.buf(&bufs.x)
+            .buf(&bufs.y)
+            .buf(&bufs.x_len)
+            .buf(&bufs.y_len)
+            .buf(&bufs.log2a)
+            .buf(&bufs.log2b)
+            .buf_mut(&mut bufs.cost)
+            .buf_mut(&mut bufs.k)
+            .buf_mut(&mut bufs.f)
+            .buf_mut(&mut bufs.g)
+            .buf_mut(&mut bufs.err)
+            .u32(&nu)
+            .u32(&mu)
+            .u32(&dpu)
+            .u32(&iters)
+            .f32(&kscale);
+        // SAFETY: x holds b*n*dp floats and y b*m*dp (dp % 4 == 0, 16-byte aligned rows),
+        // the lengths b u32 each within 1..=n / 1..=m, log2a and f b*n, log2b and g b*m,
+        // cost and k b*n*m, err b; block = 256 threads as the kernel requires, and the
+        // dynamic shared memory is the header's size for (n, m), checked against the
+        // device's opt-in limit by the caller.
+        unsafe { l.launch(cfg) }
+    }
+
+    /// Device time of the fused kernel (cost + `iterations` iterations) on uploaded inputs.
+    pub(super) fn time_fused(
+        &self,
+        x: &Embeddings,
+        y: &Embeddings,
+        epsilon: f64,
+        iterations: usize,
+        min_seconds: f64,
+    ) -> Result<(f64, usize)> {
+        check_pair_batch(x, y)?;
+        self.check_fused_fits(x.n, y.n)?;
+        let mut bufs = self.launch_fused(x, y, epsilon, iterations)?;
+        let dims = (x.b, x.n, y.n);
+        self.time_on_device(min_seconds, || {
+            self.run_fused(&mut bufs, dims, epsilon, iterations)
+        })
+    }
+
+    fn check_fused_fits(&self, n: usize, m: usize) -> Result<()> {
+        let need = fused_smem(n, m);
+        if need > self.dev.smem_optin {
+            return Err(Error::parameter(
+                "n, m",
+                format!(
+                    "a cost tile that fits in {} B of shared memory",
+                    self.dev.smem_optin
+                ),
+                format!("n = {n}, m = {m} ({need} B)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Entropic OT between embedding sets with the cost computed on chip. Falls back to the
+    /// materialised path (cost kernel, then Sinkhorn from global memory) when a pair's cost
+    /// does not fit in shared memory. Same result as the materialised path.
+    pub fn sinkhorn_embeddings(
+        &self,
+        x: &Embeddings,
+        y: &Embeddings,
+        params: &SinkhornParams,
+    ) -> Result<SinkhornOutput> {
+        params.validate()?;
+        check_pair_batch(x, y)?;
+        let (b, n, m) = (x.b, x.n, y.n);
+        if self.check_fused_fits(n, m).is_err() {
+            let cost = self.cosine_cost(x, y)?;
+            let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
+            return sinkhorn::solve(self, &problem, params);
+        }
+        // The solver's first chunk runs inside the fused launch.
+        let first = params.check_every.min(params.max_iterations);
+        let bufs = self.launch_fused(x, y, params.epsilon, first)?;
+        let cost = crate::ot::problem::CostBatch {
+            b,
+            n,
+            m,
+            data: self.download(&bufs.cost)?,
+        };
+        let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
+        let host = (0..b)
+            .map(|p| HostPair {
+                rows: (0..x.lengths[p]).collect(),
+                cols: (0..y.lengths[p]).collect(),
+                alpha: vec![0.0; x.lengths[p]],
+                beta: vec![0.0; y.lengths[p]],
+            })
+            .collect();
+        let state = CudaSinkhornState {
+            epsilon: params.epsilon,
+            pairs: b,
+            n,
+            m,
+            host,
+            k_host: None,
+            k: bufs.k,
+            kt: self.zeros(1)?,
+            log2a: bufs.log2a,
+            log2b: bufs.log2b,
+            f: bufs.f,
+            g: bufs.g,
+            rows: bufs.x_len,
+            cols: bufs.y_len,
+            active: self.zeros(b)?,
+            err: bufs.err,
+            k_in_smem: true,
+            errors_current: true,
+            fused_ahead: first,
+        };
+        let continued = Prepared {
+            cuda: self,
+            state: RefCell::new(Some(state)),
+        };
+        sinkhorn::solve(&continued, &problem, params)
+    }
+}
+
+/// The device buffers of a fused solve.
+struct FusedBuffers {
+    x: CudaSlice<f32>,
+    y: CudaSlice<f32>,
+    x_len: CudaSlice<u32>,
+    y_len: CudaSlice<u32>,
+    log2a: CudaSlice<f32>,
+    log2b: CudaSlice<f32>,
+    cost: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    f: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    err: CudaSlice<f32>,
+    dp: usize,
+}
+
+impl SinkhornKernels for CudaBackend {
+    type State = CudaSinkhornState;
+
+    fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<CudaSinkhornState> {
+        let (pairs, n, m) = (problem.pairs, problem.n, problem.m);
+        let k_in_smem = iterate_smem(n, m, true) <= self.dev.smem_optin;
+        if iterate_smem(n, m, false) > self.dev.smem_optin {
+            return Err(Error::parameter(
+                "n, m",
+                format!(
+                    "potentials that fit in {} B of shared memory",
+                    self.dev.smem_optin
+                ),
+                format!("n = {n}, m = {m}"),
+            ));
+        }
+        let mut k = vec![0.0f32; pairs * n * m];
+        let mut log2a = vec![0.0f32; pairs * n];
+        let mut log2b = vec![0.0f32; pairs * m];
+        let host: Vec<HostPair> = k
+            .par_chunks_mut(n * m)
+            .zip(log2a.par_chunks_mut(n))
+            .zip(log2b.par_chunks_mut(m))
+            .enumerate()
+            .map(|(p, ((k, la), lb))| pack_pair(problem, p, epsilon, k, la, lb))
+            .collect();
+        let kt = if k_in_smem {
+            self.zeros(1)?
+        } else {
+            let mut kt = vec![0.0f32; pairs * m * n];
+            kt.par_chunks_mut(m * n)
+                .zip(k.par_chunks(n * m))
+                .zip(&host)
+                .for_each(|((kt, k), hp)| {
+                    for ci in 0..hp.rows.len() {
+                        for cj in 0..hp.cols.len() {
+                            kt[cj * n + ci] = k[ci * m + cj];
+                        }
+                    }
+                });
+            self.upload(&kt)?
+        };
+        let counts = |f: &dyn Fn(&HostPair) -> usize| -> Result<Vec<u32>> {
+            lengths_u32("support", &host.iter().map(f).collect::<Vec<_>>())
+        };
+        Ok(CudaSinkhornState {
+            epsilon,
+            pairs,
+            n,
+            m,
+            rows: self.upload(&counts(&|h| h.rows.len())?)?,
+            cols: self.upload(&counts(&|h| h.cols.len())?)?,
+            k: self.upload(&k)?,
+            kt,
+            log2a: self.upload(&log2a)?,
+            log2b: self.upload(&log2b)?,
+            f: self.zeros(pairs * n)?,
+            g: self.zeros(pairs * m)?,
+            active: self.zeros(pairs)?,
+            err: self.zeros(pairs)?,
+            k_host: Some(k),
+            host,
+            k_in_smem,
+            errors_current: false,
+            fused_ahead: 0,
+        })
+    }
+
+    fn iterate(
+        &self,
+        state: &mut CudaSinkhornState,
+        active: &[bool],
+        iterations: usize,
+    ) -> Result<()> {
+        if state.fused_ahead > 0 {
+            if state.fused_ahead != iterations {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    operation: "sinkhorn iterate",
+                    what: format!(
+                        "the fused launch ran {} iterations, the solver asked for {iterations}",
+                        state.fused_ahead
+                    ),
+                });
+            }
+            state.fused_ahead = 0;
+            return Ok(());
+        }
+        self.upload_active(state, active)?;
+        self.launch_iterate(state, iterations)
+    }
+
+    fn marginal_errors(&self, state: &mut CudaSinkhornState, active: &[bool]) -> Result<Vec<f64>> {
+        if !state.errors_current {
+            self.upload_active(state, active)?;
+            self.launch_iterate(state, 0)?;
+        }
+        let err = self.download(&state.err)?;
+        Ok(err
+            .iter()
+            .zip(active)
+            .map(|(&e, &a)| if a { e as f64 } else { 0.0 })
+            .collect())
+    }
+
+    fn finish(&self, state: CudaSinkhornState, problem: &Problem) -> Result<Solution> {
+        let (n, m, eps) = (problem.n, problem.m, state.epsilon);
+        let f_dev = self.download(&state.f)?;
+        let g_dev = self.download(&state.g)?;
+        let k = match state.k_host {
+            Some(k) => k,
+            None => self.download(&state.k)?,
+        };
+        let per_pair: Vec<PairSolution> = state
+            .host
+            .par_iter()
+            .enumerate()
+            .map(|(p, hp)| {
+                let c = problem.cost_of(p);
+                let (fp, gp) = (&f_dev[p * n..(p + 1) * n], &g_dev[p * m..(p + 1) * m]);
+                let kp = &k[p * n * m..(p + 1) * n * m];
+                let mut plan = vec![0.0; n * m];
+                let mut f = vec![0.0; n];
+                let mut g = vec![0.0; m];
+                let mut total = 0.0;
+                for (ci, &i) in hp.rows.iter().enumerate() {
+                    f[i] = fp[ci] as f64 * eps / LOG2E + hp.alpha[ci];
+                    let a = problem.a[p * n + i];
+                    for (cj, &j) in hp.cols.iter().enumerate() {
+                        let e = fp[ci] as f64 + gp[cj] as f64 + kp[ci * m + cj] as f64;
+                        let v = a * problem.b[p * m + j] * e.exp2();
+                        plan[i * m + j] = v;
+                        total += v * c[i * m + j];
+                    }
+                }
+                for (cj, &j) in hp.cols.iter().enumerate() {
+                    g[j] = gp[cj] as f64 * eps / LOG2E + hp.beta[cj];
+                }
+                (plan, f, g, total)
+            })
+            .collect();
+        let mut sol = Solution {
+            plan: Vec::with_capacity(problem.pairs * n * m),
+            f: Vec::with_capacity(problem.pairs * n),
+            g: Vec::with_capacity(problem.pairs * m),
+            cost: Vec::with_capacity(problem.pairs),
+        };
+        for (plan, f, g, c) in per_pair {
+            sol.plan.extend(plan);
+            sol.f.extend(f);
+            sol.g.extend(g);
+            sol.cost.push(c);
+        }
+        Ok(sol)
+    }
+}
+
+/// Plan, f, g and transport cost of one pair, padding included.
+type PairSolution = (Vec<f64>, Vec<f64>, Vec<f64>, f64);
+
+/// The solver over a state the fused launch already built (and advanced by one chunk).
+struct Prepared<'a> {
+    cuda: &'a CudaBackend,
+    state: RefCell<Option<CudaSinkhornState>>,
+}
+
+impl SinkhornKernels for Prepared<'_> {
+    type State = CudaSinkhornState;
+
+    fn prepare(&self, _problem: &Problem, _epsilon: f64) -> Result<CudaSinkhornState> {
+        self.state.borrow_mut().take().ok_or(Error::Backend {
+            backend: BACKEND,
+            operation: "sinkhorn prepare",
+            what: "the fused state was already used".to_string(),
+        })
+    }
+
+    fn iterate(&self, state: &mut Self::State, active: &[bool], iterations: usize) -> Result<()> {
+        self.cuda.iterate(state, active, iterations)
+    }
+
+    fn marginal_errors(&self, state: &mut Self::State, active: &[bool]) -> Result<Vec<f64>> {
+        self.cuda.marginal_errors(state, active)
+    }
+
+    fn finish(&self, state: Self::State, problem: &Problem) -> Result<Solution> {
+        self.cuda.finish(state, problem)
+    }
+}

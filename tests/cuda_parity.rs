@@ -1,0 +1,439 @@
+//! CUDA backend against the CPU reference (f64): cosine cost, MaxSim, Sinkhorn from a cost
+//! and the fused cost + Sinkhorn, on seeded inputs with awkward shapes (1, tile ± 1, 17×29,
+//! 113×203, 512×512), zero weights, zero vectors, outliers and ε = 0.01.
+//!
+//! Each comparison prints the CUDA error next to the error of the CPU fast path (the naive
+//! same-precision implementation, f32) before asserting; the tolerance is a multiple of
+//! that baseline plus a small floor.
+//!
+//! Without a CUDA device every test prints why and passes; with `OPTICAL_REQUIRE_CUDA=1`
+//! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
+#![cfg(feature = "cuda")]
+
+use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
+use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
+use optical::ot::sinkhorn::{self, SinkhornOutput};
+use optical::rng::SplitMix64;
+use optical::Error;
+
+/// The CUDA backend, or `None` (with the reason printed) when this machine has no device.
+fn cuda() -> Option<Backend> {
+    let required = std::env::var("OPTICAL_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    match Backend::new(BackendKind::Cuda) {
+        Ok(b) => Some(b),
+        Err(Error::BackendUnavailable { reason, .. }) if !required => {
+            eprintln!("SKIPPED: no CUDA device ({reason}); set OPTICAL_REQUIRE_CUDA=1 to fail");
+            None
+        }
+        Err(e) => panic!("CUDA backend required (OPTICAL_REQUIRE_CUDA=1) or broken: {e}"),
+    }
+}
+
+/// Seeded embeddings with lengths drawn in `1..=n` (all `n` when `full`), a zero row and
+/// rows scaled by 1e3 / 1e-3 (outliers in norm; the cosine must not care).
+fn embeddings(seed: u64, b: usize, n: usize, d: usize, full: bool) -> Embeddings {
+    let mut rng = SplitMix64::new(seed);
+    let mut data = rng.normals_f32(b * n * d);
+    let lengths: Vec<usize> = (0..b)
+        .map(|_| if full { n } else { rng.range(1, n) })
+        .collect();
+    for (p, &len) in lengths.iter().enumerate() {
+        let row = |i: usize| (p * n + i) * d..(p * n + i + 1) * d;
+        if len > 2 {
+            data[row(1)].iter_mut().for_each(|v| *v = 0.0);
+            data[row(2)].iter_mut().for_each(|v| *v *= 1e3);
+        }
+        if len > 3 {
+            data[row(3)].iter_mut().for_each(|v| *v *= 1e-3);
+        }
+    }
+    Embeddings::new("test", b, n, d, data, Some(lengths)).unwrap()
+}
+
+struct Diff {
+    max_abs: f64,
+    max_rel: f64,
+    first: Vec<String>,
+}
+
+fn diff<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B]) -> Diff {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let mut d = Diff {
+        max_abs: 0.0,
+        max_rel: 0.0,
+        first: vec![],
+    };
+    let scale = want
+        .iter()
+        .map(|&w| w.into().abs())
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.into(), w.into());
+        let e = if g.is_nan() || w.is_nan() {
+            f64::INFINITY
+        } else {
+            (g - w).abs()
+        };
+        if e > d.max_abs {
+            d.max_abs = e;
+        }
+        d.max_rel = d.max_rel.max(e / scale);
+        if e > 1e-6 * scale.max(1.0) && d.first.len() < 5 {
+            d.first.push(format!("[{k}] got {g} want {w}"));
+        }
+    }
+    d
+}
+
+fn check(what: &str, cuda: &Diff, baseline: &Diff, floor: f64, factor: f64) {
+    let tol = floor + factor * baseline.max_abs;
+    eprintln!(
+        "{what}: cuda max abs {:.3e} (rel {:.3e}); cpu f32 max abs {:.3e}; tolerance {tol:.3e}",
+        cuda.max_abs, cuda.max_rel, baseline.max_abs
+    );
+    assert!(
+        cuda.max_abs <= tol,
+        "{what}: max abs error {:.3e} > {tol:.3e}; first mismatches: {:?}",
+        cuda.max_abs,
+        cuda.first
+    );
+}
+
+#[test]
+fn cosine_cost_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    // (b, n, m, d): 1, tile ± 1, tile, 17×29, 113×203, 512×512; d not a multiple of 4 too.
+    let shapes = [
+        (1, 1, 1, 1),
+        (2, 63, 65, 7),
+        (2, 64, 64, 384),
+        (3, 65, 127, 33),
+        (4, 17, 29, 64),
+        (2, 113, 203, 130),
+        (1, 512, 512, 64),
+    ];
+    for (s, &(b, n, m, d)) in shapes.iter().enumerate() {
+        for full in [true, false] {
+            let x = embeddings(10 + s as u64, b, n, d, full);
+            let y = embeddings(20 + s as u64, b, m, d, full);
+            let want = CpuReference.cosine_cost(&x, &y).unwrap();
+            let fast = CpuFast.cosine_cost(&x, &y).unwrap();
+            let got = gpu.cosine_cost(&x, &y).unwrap();
+            assert_eq!((got.b, got.n, got.m), (b, n, m));
+            let what = format!("cosine cost b={b} n={n} m={m} d={d} full={full}");
+            check(
+                &what,
+                &diff(&got.data, &want.data),
+                &diff(&fast.data, &want.data),
+                2e-5,
+                4.0,
+            );
+            // Padding is exactly 0.
+            for p in 0..b {
+                for i in 0..n {
+                    for j in 0..m {
+                        if i >= x.lengths[p] || j >= y.lengths[p] {
+                            assert_eq!(got.data[(p * n + i) * m + j], 0.0, "{what}: padding");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn maxsim_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    for (s, &(nq, qn, nd, d)) in [(1, 1, 1, 1), (3, 17, 40, 7), (5, 32, 300, 128)]
+        .iter()
+        .enumerate()
+    {
+        let q = embeddings(30 + s as u64, nq, qn, d, false);
+        let mut rng = SplitMix64::new(40 + s as u64);
+        // Document lengths 1..=70: some longer than a warp, one with a zero token.
+        let lengths: Vec<usize> = (0..nd).map(|_| rng.range(1, 70)).collect();
+        let total: usize = lengths.iter().sum();
+        let mut data = rng.normals_f32(total * d);
+        data[..d].iter_mut().for_each(|v| *v = 0.0);
+        let docs = PackedDocs::new("docs", d, data, lengths).unwrap();
+        let want = CpuReference.maxsim(&q, &docs).unwrap();
+        let fast = CpuFast.maxsim(&q, &docs).unwrap();
+        let got = gpu.maxsim(&q, &docs).unwrap();
+        check(
+            &format!("maxsim nq={nq} qn={qn} nd={nd} d={d}"),
+            &diff(&got, &want),
+            &diff(&fast, &want),
+            1e-5 * qn as f64,
+            4.0,
+        );
+    }
+}
+
+/// A batch of cosine-cost problems with optional zero weights and outlier costs.
+fn problem(seed: u64, b: usize, n: usize, m: usize, zero_weights: bool, outliers: bool) -> Problem {
+    let x = embeddings(seed, b, n, 16, true);
+    let y = embeddings(seed + 1, b, m, 16, true);
+    let mut cost: Vec<f64> = CpuReference
+        .cosine_cost(&x, &y)
+        .unwrap()
+        .data
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let mut rng = SplitMix64::new(seed + 2);
+    if outliers {
+        for _ in 0..(b * n * m / 50).max(1) {
+            let k = rng.range(0, b * n * m - 1);
+            cost[k] = 20.0 + 30.0 * rng.uniform();
+        }
+    }
+    let weights = |len: usize, rng: &mut SplitMix64| -> Vec<f64> {
+        (0..b * len)
+            .map(|k| {
+                // Zero weights in the middle of the support, never the whole pair.
+                if zero_weights && k % len != 0 && rng.uniform() < 0.3 {
+                    0.0
+                } else {
+                    0.5 + rng.uniform()
+                }
+            })
+            .collect()
+    };
+    let a = weights(n, &mut rng);
+    let bw = weights(m, &mut rng);
+    Problem::new(b, n, m, cost, Some(a), Some(bw)).unwrap()
+}
+
+/// Compare a CUDA solution with the reference; `padding(p, i, j)` says which plan entries
+/// must be exactly zero.
+fn compare_solutions(
+    what: &str,
+    got: &SinkhornOutput,
+    want: &SinkhornOutput,
+    fast: &SinkhornOutput,
+    eps: f64,
+    padding: impl Fn(usize, usize, usize) -> bool,
+) {
+    check(
+        &format!("{what}: plan"),
+        &diff(&got.plan, &want.plan),
+        &diff(&fast.plan, &want.plan),
+        1e-6,
+        4.0,
+    );
+    check(
+        &format!("{what}: f"),
+        &diff(&got.f, &want.f),
+        &diff(&fast.f, &want.f),
+        1e-4 * eps,
+        4.0,
+    );
+    check(
+        &format!("{what}: g"),
+        &diff(&got.g, &want.g),
+        &diff(&fast.g, &want.g),
+        1e-4 * eps,
+        4.0,
+    );
+    check(
+        &format!("{what}: transport cost"),
+        &diff(&got.cost, &want.cost),
+        &diff(&fast.cost, &want.cost),
+        1e-5,
+        4.0,
+    );
+    assert_eq!(got.iterations, want.iterations, "{what}: iterations");
+    // Padding: exactly zero plan rows / columns and potentials.
+    let (n, m) = (got.n, got.m);
+    for (k, &pg) in got.plan.iter().enumerate() {
+        let (p, i, j) = (k / (n * m), (k / m) % n, k % m);
+        if padding(p, i, j) {
+            assert_eq!(pg, 0.0, "{what}: plan entry ({p}, {i}, {j}) is padding");
+        }
+    }
+    for p in 0..got.pairs {
+        for i in 0..n {
+            if (0..m).all(|j| padding(p, i, j)) {
+                assert_eq!(got.f[p * n + i], 0.0, "{what}: f of padding row ({p}, {i})");
+            }
+        }
+        for j in 0..m {
+            if (0..n).all(|i| padding(p, i, j)) {
+                assert_eq!(
+                    got.g[p * m + j],
+                    0.0,
+                    "{what}: g of padding column ({p}, {j})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sinkhorn_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    let cases = [
+        // (b, n, m, zero weights, outliers, ε)
+        (1, 1, 1, false, false, 0.05),
+        (3, 63, 65, false, false, 0.05),
+        (2, 64, 64, true, false, 0.05),
+        (4, 17, 29, true, true, 0.05),
+        (2, 113, 203, false, true, 0.05),
+        (2, 17, 29, false, false, 0.01),
+        (2, 113, 203, true, true, 0.01),
+        (1, 512, 512, false, false, 0.05),
+    ];
+    for (s, &(b, n, m, zeros, outliers, eps)) in cases.iter().enumerate() {
+        let prob = problem(100 + s as u64, b, n, m, zeros, outliers);
+        // Fixed iteration count: the same iterate on every backend.
+        let params = SinkhornParams {
+            epsilon: eps,
+            max_iterations: 60,
+            threshold: 0.0,
+            check_every: 20,
+        };
+        let want = sinkhorn::solve(&CpuReference, &prob, &params).unwrap();
+        let fast = sinkhorn::solve(&CpuFast, &prob, &params).unwrap();
+        let got = gpu.sinkhorn(&prob, &params).unwrap();
+        let what =
+            format!("sinkhorn b={b} n={n} m={m} zeros={zeros} outliers={outliers} eps={eps}");
+        compare_solutions(&what, &got, &want, &fast, eps, |p, i, j| {
+            prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0
+        });
+        check(
+            &format!("{what}: marginal error"),
+            &diff(&got.marginal_error, &want.marginal_error),
+            &diff(&fast.marginal_error, &want.marginal_error),
+            1e-5,
+            4.0,
+        );
+    }
+}
+
+#[test]
+fn sinkhorn_stops_converged_pairs_like_the_reference() {
+    let Some(gpu) = cuda() else { return };
+    // Pair 0 is 1x1 (converged at the first check); the others need different counts.
+    let mut prob = problem(200, 3, 40, 50, false, false);
+    for j in 1..prob.m {
+        prob.b[j] = 0.0;
+    }
+    for i in 1..prob.n {
+        prob.a[i] = 0.0;
+    }
+    prob.a[0] = 1.0;
+    prob.b[0] = 1.0;
+    let params = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 500,
+        threshold: 1e-4,
+        check_every: 10,
+    };
+    let want = sinkhorn::solve(&CpuReference, &prob, &params).unwrap();
+    let got = gpu.sinkhorn(&prob, &params).unwrap();
+    eprintln!(
+        "early stop: cuda iterations {:?} converged {:?}; reference {:?} {:?}",
+        got.iterations, got.converged, want.iterations, want.converged
+    );
+    assert_eq!(got.converged, want.converged);
+    assert_eq!(
+        got.iterations[0], 10,
+        "the 1x1 pair stops at the first check"
+    );
+    for p in 0..3 {
+        let d = got.iterations[p] as i64 - want.iterations[p] as i64;
+        assert!(
+            d.abs() <= params.check_every as i64,
+            "pair {p}: {} iterations vs {} for the reference",
+            got.iterations[p],
+            want.iterations[p]
+        );
+    }
+}
+
+#[test]
+fn fused_sinkhorn_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    // (b, n, m, d, ε, check_every): one chunk (all in the fused launch), several chunks
+    // (fused launch, then the iterate kernel), a shape too large for the fused kernel.
+    let cases = [
+        (1, 1, 1, 4, 0.05, 30),
+        (3, 17, 29, 33, 0.05, 30),
+        (2, 63, 65, 384, 0.05, 10),
+        (2, 113, 203, 64, 0.01, 10),
+        (1, 512, 512, 32, 0.05, 30),
+    ];
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    let cpu = Backend::new(BackendKind::Cpu).unwrap();
+    for (s, &(b, n, m, d, eps, check_every)) in cases.iter().enumerate() {
+        let x = embeddings(300 + s as u64, b, n, d, false);
+        let y = embeddings(400 + s as u64, b, m, d, false);
+        let params = SinkhornParams {
+            epsilon: eps,
+            max_iterations: 30,
+            threshold: 0.0,
+            check_every,
+        };
+        let want = reference.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let fast = cpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let got = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let what = format!("fused b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}");
+        compare_solutions(&what, &got, &want, &fast, eps, |p, i, j| {
+            i >= x.lengths[p] || j >= y.lengths[p]
+        });
+    }
+}
+
+#[test]
+fn fused_sinkhorn_converges_like_the_reference() {
+    let Some(gpu) = cuda() else { return };
+    let x = embeddings(500, 4, 40, 64, false);
+    let y = embeddings(501, 4, 50, 64, false);
+    let params = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 1000,
+        threshold: 1e-4,
+        check_every: 10,
+    };
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    let want = reference.sinkhorn_embeddings(&x, &y, &params).unwrap();
+    let fused = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
+    let cost = gpu.cosine_cost(&x, &y).unwrap();
+    let prob = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths).unwrap();
+    let materialised = gpu.sinkhorn(&prob, &params).unwrap();
+    eprintln!(
+        "iterations: reference {:?}, fused {:?}, materialised {:?}",
+        want.iterations, fused.iterations, materialised.iterations
+    );
+    for got in [&fused, &materialised] {
+        assert_eq!(got.converged, want.converged);
+        for p in 0..4 {
+            let d = got.iterations[p] as i64 - want.iterations[p] as i64;
+            assert!(
+                d.abs() <= params.check_every as i64,
+                "pair {p}: {:?} vs reference {:?}",
+                got.iterations,
+                want.iterations
+            );
+        }
+    }
+}
+
+#[test]
+fn cuda_rejects_bad_input_without_panicking() {
+    let Some(gpu) = cuda() else { return };
+    let x = embeddings(600, 2, 5, 8, true);
+    let y = embeddings(601, 3, 5, 8, true);
+    assert!(matches!(gpu.cosine_cost(&x, &y), Err(Error::Shape { .. })));
+    let bad = SinkhornParams {
+        epsilon: 0.0,
+        ..SinkhornParams::default()
+    };
+    let y2 = embeddings(602, 2, 5, 8, true);
+    assert!(matches!(
+        gpu.sinkhorn_embeddings(&x, &y2, &bad),
+        Err(Error::Parameter { .. })
+    ));
+}
