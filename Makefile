@@ -8,18 +8,18 @@ export OPTICAL_CACHE := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 export CARGO_TERM_COLOR ?= never
 # Cargo features every test build uses (the GPU backends are always compiled and tested).
-FEATURES ?=
+FEATURES ?= cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo test setup build lint unit peers fixtures bench
+.PHONY: demo test setup build lint ptxas unit peers fixtures trec-fixtures bench gpu-check
 
 ## Set up and run the main job.
 demo: setup build
 	bash scripts/demo.sh "$(BIN)"
 
 ## The test suite (CI runs exactly this).
-test: setup lint unit
+test: setup lint ptxas unit
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,10 @@ build:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets $(CARGO_FEATURES) -- -D warnings
+
+## Assemble every kernels/*.ptx for sm_80 and sm_90 (no GPU needed); fails on spills.
+ptxas:
+	bash scripts/ptxas-check.sh --no-report
 
 unit:
 	cargo test $(CARGO_FEATURES) -- --include-ignored
@@ -44,5 +48,15 @@ peers: build
 	bash scripts/pyenv.sh
 	$(CACHE)/pyenv/bin/python scripts/peer_bench.py --optical "$(BIN)"
 
+## Regenerate the trec_eval fixtures (pytrec_eval's API, trec_eval source bundled).
+trec-fixtures:
+	bash scripts/pyenv.sh
+	$(CACHE)/pyenv/bin/pip install -q pytrec-eval-terrier==0.5.11
+	$(CACHE)/pyenv/bin/python scripts/make_trec_fixtures.py
+
 bench:
 	cargo bench $(CARGO_FEATURES)
+
+## On a machine with an NVIDIA GPU: CUDA tests (required), benchmarks, PyTorch peers.
+gpu-check:
+	bash scripts/gpu-check.sh
