@@ -226,7 +226,8 @@ impl FastPair {
                 .map(|&j| problem.b[p * m + j].log2() as f32)
                 .collect(),
             f: vec![0.0; nr],
-            g: vec![0.0; nc],
+            // g starts at 0 like every backend, i.e. G = −β·log2(e)/ε in shifted units.
+            g: beta.iter().map(|&b| (b * scale) as f32).collect(),
             f_next: vec![0.0; nr],
             f_next_valid: false,
             scratch: vec![0.0; nr.max(nc)],
