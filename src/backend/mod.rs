@@ -7,6 +7,8 @@
 //! [`Error::BackendUnavailable`], never a panic.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +18,8 @@ use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornPar
 use crate::ot::sinkhorn::{self, SinkhornOutput};
 
 pub use cpu::{CpuFast, CpuReference};
+#[cfg(feature = "wgpu")]
+pub use self::wgpu::Wgpu;
 
 /// The backends a user can ask for (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,6 +81,8 @@ impl FromStr for BackendKind {
 pub enum Backend {
     Cpu(CpuFast),
     CpuReference(CpuReference),
+    #[cfg(feature = "wgpu")]
+    Wgpu(Wgpu),
 }
 
 impl Backend {
@@ -85,7 +91,15 @@ impl Backend {
         match kind {
             BackendKind::Cpu => Ok(Backend::Cpu(CpuFast)),
             BackendKind::CpuReference => Ok(Backend::CpuReference(CpuReference)),
-            BackendKind::Wgpu | BackendKind::Cuda => Err(Error::BackendUnavailable {
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Ok(Backend::Wgpu(Wgpu::new()?)),
+            #[cfg(not(feature = "wgpu"))]
+            BackendKind::Wgpu => Err(Error::BackendUnavailable {
+                backend: kind.name(),
+                reason: "this build of optical does not include it; rebuild with `--features wgpu`"
+                    .into(),
+            }),
+            BackendKind::Cuda => Err(Error::BackendUnavailable {
                 backend: kind.name(),
                 reason: format!(
                     "this build of optical does not include it; rebuild with `--features {}`",
@@ -99,6 +113,8 @@ impl Backend {
         match self {
             Backend::Cpu(_) => BackendKind::Cpu,
             Backend::CpuReference(_) => BackendKind::CpuReference,
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(_) => BackendKind::Wgpu,
         }
     }
 
@@ -107,6 +123,8 @@ impl Backend {
         match self {
             Backend::Cpu(k) => k.cosine_cost(x, y),
             Backend::CpuReference(k) => k.cosine_cost(x, y),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(k) => k.cosine_cost(x, y),
         }
     }
 
@@ -115,6 +133,8 @@ impl Backend {
         match self {
             Backend::Cpu(k) => k.maxsim(queries, docs),
             Backend::CpuReference(k) => k.maxsim(queries, docs),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(k) => k.maxsim(queries, docs),
         }
     }
 
@@ -128,6 +148,13 @@ impl Backend {
         params: &SinkhornParams,
     ) -> Result<SinkhornOutput> {
         params.validate()?;
+        #[cfg(feature = "wgpu")]
+        if let Backend::Wgpu(k) = self {
+            // The fused kernel, when every pair fits on-chip; else the materialised path.
+            if let Some(out) = k.sinkhorn_embeddings(x, y, params)? {
+                return Ok(out);
+            }
+        }
         let cost = self.cosine_cost(x, y)?;
         let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
         self.sinkhorn(&problem, params)
@@ -138,6 +165,8 @@ impl Backend {
         match self {
             Backend::Cpu(k) => sinkhorn::solve(k, problem, params),
             Backend::CpuReference(k) => sinkhorn::solve(k, problem, params),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(k) => sinkhorn::solve(k, problem, params),
         }
     }
 }
@@ -168,6 +197,8 @@ pub fn probe_all() -> Vec<BackendInfo> {
                 })],
                 note: String::new(),
             },
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => probe_wgpu(),
             _ => BackendInfo {
                 backend: kind.name(),
                 compiled_in: false,
@@ -177,6 +208,30 @@ pub fn probe_all() -> Vec<BackendInfo> {
             },
         })
         .collect()
+}
+
+#[cfg(feature = "wgpu")]
+fn probe_wgpu() -> BackendInfo {
+    let found = self::wgpu::adapters();
+    let devices = found.iter().map(self::wgpu::describe_adapter).collect();
+    let (available, note) = match self::wgpu::choose_adapter(found) {
+        Ok(a) => (
+            true,
+            format!(
+                "uses {:?} (set {} to a substring of another adapter's name)",
+                a.get_info().name,
+                self::wgpu::ADAPTER_ENV
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    BackendInfo {
+        backend: "wgpu",
+        compiled_in: true,
+        available,
+        devices,
+        note,
+    }
 }
 
 fn cpu_has_avx2_fma() -> bool {
