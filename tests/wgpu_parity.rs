@@ -207,7 +207,13 @@ fn maxsim_matches_reference() {
 }
 
 fn check_solution(what: &str, got: &SinkhornOutput, want: &SinkhornOutput) {
-    compare(&format!("{what} plan"), &got.plan, &want.plan, PLAN_TOL, 1e-3);
+    compare(
+        &format!("{what} plan"),
+        &got.plan,
+        &want.plan,
+        PLAN_TOL,
+        1e-3,
+    );
     compare(&format!("{what} cost"), &got.cost, &want.cost, 1e-4, 1.0);
     compare(&format!("{what} f"), &got.f, &want.f, 1e-4, 1.0);
     compare(&format!("{what} g"), &got.g, &want.g, 1e-4, 1.0);
@@ -217,10 +223,15 @@ fn check_solution(what: &str, got: &SinkhornOutput, want: &SinkhornOutput) {
 
 #[test]
 fn sinkhorn_matches_reference() {
-    let Some((w, backend)) = wgpu_backend() else { return };
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
     let cap = w.context().tile_capacity() as usize;
     // The largest square pair that still fits the on-chip tile, and one that just does not.
-    let side = (1..=512).take_while(|&s| s * (s | 1) <= cap).last().unwrap_or(1);
+    let side = (1..=512)
+        .take_while(|&s| s * (s | 1) <= cap)
+        .last()
+        .unwrap_or(1);
     let mut shapes = vec![
         (3, 1, 1, 20),
         (2, 1, 9, 20),
@@ -249,7 +260,9 @@ fn sinkhorn_matches_reference() {
 
 #[test]
 fn sinkhorn_converges_like_reference() {
-    let Some((_, backend)) = wgpu_backend() else { return };
+    let Some((_, backend)) = wgpu_backend() else {
+        return;
+    };
     let pr = problem(7, 4, 23, 31);
     let params = SinkhornParams {
         epsilon: 0.05,
@@ -269,9 +282,14 @@ fn sinkhorn_converges_like_reference() {
 
 #[test]
 fn fused_matches_reference() {
-    let Some((w, backend)) = wgpu_backend() else { return };
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
     let cap = w.context().tile_capacity() as usize;
-    let side = (1..=512).take_while(|&s| s * (s | 1) <= cap).last().unwrap_or(1);
+    let side = (1..=512)
+        .take_while(|&s| s * (s | 1) <= cap)
+        .last()
+        .unwrap_or(1);
     for (k, &(b, n, m, d, iters)) in [
         (3, 1, 1, 5, 20),
         (2, 17, 29, 33, 30),
@@ -318,12 +336,18 @@ fn fused_matches_reference() {
 
 #[test]
 fn results_are_bit_identical_across_runs() {
-    let Some((w, backend)) = wgpu_backend() else { return };
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
     let x = embeddings(1, 3, 37, 40, true);
     let y = embeddings(2, 3, 45, 40, true);
     let c1 = w.cosine_cost(&x, &y).expect("cost");
     let c2 = w.cosine_cost(&x, &y).expect("cost");
-    assert!(c1.data.iter().zip(&c2.data).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(c1
+        .data
+        .iter()
+        .zip(&c2.data)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
 
     let docs = PackedDocs::new("docs", 40, y.data.clone(), vec![45, 45, 45]).expect("docs");
     let s1 = w.maxsim(&x, &docs).expect("maxsim");
@@ -345,7 +369,9 @@ fn results_are_bit_identical_across_runs() {
 
 #[test]
 fn beyond_limits_is_an_error() {
-    let Some((w, backend)) = wgpu_backend() else { return };
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
     let pr = problem(5, 1, 513, 2);
     let err = backend
         .sinkhorn(&pr, &fixed(0.1, 1))
@@ -355,6 +381,8 @@ fn beyond_limits_is_an_error() {
 
     let q = embeddings(6, 1, 2, 1025, false);
     let docs = PackedDocs::new("docs", 1025, vec![1.0; 1025], vec![1]).expect("docs");
-    let err = w.maxsim(&q, &docs).expect_err("d = 1025 exceeds the MaxSim kernel");
+    let err = w
+        .maxsim(&q, &docs)
+        .expect_err("d = 1025 exceeds the MaxSim kernel");
     assert!(err.to_string().contains("1024"), "{err}");
 }

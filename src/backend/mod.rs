@@ -17,9 +17,9 @@ use crate::error::{Error, Result};
 use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornParams};
 use crate::ot::sinkhorn::{self, SinkhornOutput};
 
-pub use cpu::{CpuFast, CpuReference};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::Wgpu;
+pub use cpu::{CpuFast, CpuReference};
 
 /// The backends a user can ask for (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

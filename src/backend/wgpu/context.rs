@@ -202,9 +202,8 @@ impl WgpuContext {
                 slot.get_or_insert_with(|| e.to_string());
             }
         }));
-        let tile_capacity = (limits.max_compute_workgroup_storage_size
-            - SINKHORN_FIXED_WORKGROUP_BYTES)
-            / 4;
+        let tile_capacity =
+            (limits.max_compute_workgroup_storage_size - SINKHORN_FIXED_WORKGROUP_BYTES) / 4;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipelines = Pipelines::build(&device, tile_capacity);
         if let Some(e) = pollster::block_on(scope.pop()) {

@@ -81,7 +81,9 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
         ];
         let group = ctx.bind_group(
             pipes,
-            &[&params, &bufs[0], &bufs[1], &bufs[2], &bufs[3], &bufs[4], &bufs[5]],
+            &[
+                &params, &bufs[0], &bufs[1], &bufs[2], &bufs[3], &bufs[4], &bufs[5],
+            ],
         );
         let mut enc = ctx.encoder();
         ctx.encode(
@@ -117,7 +119,11 @@ struct MaxsimParams {
     _pad: [u32; 3],
 }
 
-pub(crate) fn maxsim(ctx: &WgpuContext, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
+pub(crate) fn maxsim(
+    ctx: &WgpuContext,
+    queries: &Embeddings,
+    docs: &PackedDocs,
+) -> Result<Vec<f32>> {
     check_maxsim(queries, docs)?;
     let (nqueries, nq, d) = (queries.b, queries.n, queries.d);
     if nq > MAX_LEN {
@@ -253,9 +259,8 @@ pub(crate) fn fused_sinkhorn(
     check_pair_batch(x, y)?;
     let (b, n, m, d) = (x.b, x.n, y.n, x.d);
     let cap = ctx.tile_capacity() as usize;
-    let fits = n <= MAX_LEN
-        && m <= MAX_LEN
-        && (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
+    let fits =
+        n <= MAX_LEN && m <= MAX_LEN && (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
     if !fits {
         return Ok(None);
     }

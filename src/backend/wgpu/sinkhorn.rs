@@ -284,11 +284,7 @@ impl SinkhornKernels for Wgpu {
         Ok(())
     }
 
-    fn marginal_errors(
-        &self,
-        state: &mut WgpuSinkhornState,
-        active: &[bool],
-    ) -> Result<Vec<f64>> {
+    fn marginal_errors(&self, state: &mut WgpuSinkhornState, active: &[bool]) -> Result<Vec<f64>> {
         let ctx = self.ctx();
         let mut errors = vec![0.0f64; active.len()];
         for chunk in &mut state.chunks {
@@ -304,8 +300,11 @@ impl SinkhornKernels for Wgpu {
                     [chunk.len as u32, 1, 1],
                 )],
             );
-            let errs =
-                ctx.submit_and_read::<f32>("sinkhorn marginal_errors", enc, &[(&chunk.err, chunk.len)])?;
+            let errs = ctx.submit_and_read::<f32>(
+                "sinkhorn marginal_errors",
+                enc,
+                &[(&chunk.err, chunk.len)],
+            )?;
             for (k, &e) in errs[0].iter().enumerate() {
                 errors[chunk.start + k] = e as f64;
             }
@@ -343,8 +342,8 @@ impl SinkhornKernels for Wgpu {
                     let a = problem.a[p * n + i];
                     for (cj, &j) in cols.iter().enumerate() {
                         let gj = big_g[p * m + cj] as f64;
-                        let k = -(c[i * m + j] - state.alpha[p][ci] - state.beta[p][cj]) * LOG2E
-                            / eps;
+                        let k =
+                            -(c[i * m + j] - state.alpha[p][ci] - state.beta[p][cj]) * LOG2E / eps;
                         let v = a * problem.b[p * m + j] * (fi + gj + k).exp2();
                         plan[i * m + j] = v;
                         total += v * c[i * m + j];
