@@ -368,6 +368,62 @@ fn results_are_bit_identical_across_runs() {
 }
 
 #[test]
+fn chunked_batches_match_unchunked() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    // Same adapter, but batches cut so that one binding holds at most 4 KiB.
+    let small = WgpuContext::new()
+        .expect("adapter found above")
+        .with_binding_limit(4096);
+    let ws = Wgpu::with_context(Arc::new(small));
+    let bs = Backend::Wgpu(ws.clone());
+    let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits());
+
+    // 12 pairs of 9 × 10 × 8: one pair's x is 288 B, its cost 360 B → chunks of ≤ 11 pairs.
+    let x = embeddings(50, 12, 9, 8, true);
+    let y = embeddings(51, 12, 10, 8, true);
+    let c1 = w.cosine_cost(&x, &y).expect("cost");
+    let c2 = ws.cosine_cost(&x, &y).expect("chunked cost");
+    assert_eq!(c1.data, c2.data);
+
+    // 40 documents of up to 30 tokens × 8 dims: several document chunks.
+    let mut rng = SplitMix64::new(52);
+    let lengths: Vec<usize> = (0..40).map(|_| rng.range(1, 30)).collect();
+    let total: usize = lengths.iter().sum();
+    let docs = PackedDocs::new("docs", 8, rng.normals_f32(total * 8), lengths).expect("docs");
+    let s1 = w.maxsim(&x, &docs).expect("maxsim");
+    let s2 = ws.maxsim(&x, &docs).expect("chunked maxsim");
+    assert_eq!(s1, s2);
+
+    let pr = problem(53, 12, 9, 10);
+    let params = SinkhornParams {
+        epsilon: 0.01,
+        max_iterations: 40,
+        threshold: 1e-4,
+        check_every: 4,
+    };
+    let r1 = backend.sinkhorn(&pr, &params).expect("sinkhorn");
+    let r2 = bs.sinkhorn(&pr, &params).expect("chunked sinkhorn");
+    assert!(same(&r1.plan, &r2.plan) && same(&r1.f, &r2.f) && same(&r1.g, &r2.g));
+    assert_eq!(r1.iterations, r2.iterations);
+
+    let e1 = backend.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+    let e2 = bs
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("chunked fused");
+    assert!(same(&e1.plan, &e2.plan) && same(&e1.f, &e2.f) && same(&e1.g, &e2.g));
+    assert_eq!(e1.iterations, e2.iterations);
+
+    // One pair larger than a binding: an error, not a truncated answer.
+    let big = problem(54, 1, 40, 40);
+    let err = bs
+        .sinkhorn(&big, &params)
+        .expect_err("a pair exceeds the binding");
+    println!("{err}");
+}
+
+#[test]
 fn beyond_limits_is_an_error() {
     let Some((w, backend)) = wgpu_backend() else {
         return;

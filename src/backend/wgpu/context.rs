@@ -152,6 +152,8 @@ pub struct WgpuContext {
     pub(crate) pipelines: Pipelines,
     pool: Mutex<Vec<wgpu::Buffer>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// Extra cap on the bytes of one binding (see [`WgpuContext::with_binding_limit`]).
+    binding_limit: u64,
 }
 
 impl WgpuContext {
@@ -221,6 +223,7 @@ impl WgpuContext {
             pipelines,
             pool: Mutex::new(Vec::new()),
             lost,
+            binding_limit: u64::MAX,
         })
     }
 
@@ -240,11 +243,19 @@ impl WgpuContext {
         self.pipelines.tile_capacity
     }
 
+    /// Cut batches as if one binding held at most `bytes`: the chunked paths then run on
+    /// small inputs (tests), or device memory per dispatch stays bounded.
+    pub fn with_binding_limit(mut self, bytes: u64) -> WgpuContext {
+        self.binding_limit = bytes;
+        self
+    }
+
     /// Largest byte size of one storage binding.
     pub(crate) fn max_binding(&self) -> u64 {
         self.limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
+            .min(self.binding_limit)
     }
 
     /// How many items of a batch go into one dispatch: every buffer of a chunk must fit one
@@ -270,8 +281,8 @@ impl WgpuContext {
                     ),
                 });
             }
-            if per > 0 {
-                items = items.min((cap / per) as usize);
+            if let Some(fit) = cap.checked_div(per) {
+                items = items.min(fit as usize);
             }
         }
         Ok(items.max(1))

@@ -21,6 +21,9 @@ use crate::ot::sinkhorn::{SinkhornKernels, Solution};
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 
+/// Plan, f, g and transport cost of one pair, padding included.
+type PairSolution = (Vec<f64>, Vec<f64>, Vec<f64>, f64);
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -327,7 +330,7 @@ impl SinkhornKernels for Wgpu {
             big_g.extend(out.pop().unwrap_or_default());
             big_f.extend(out.pop().unwrap_or_default());
         }
-        let per_pair: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, f64)> = (0..problem.pairs)
+        let per_pair: Vec<PairSolution> = (0..problem.pairs)
             .into_par_iter()
             .map(|p| {
                 let (rows, cols) = (&state.rows[p], &state.cols[p]);
