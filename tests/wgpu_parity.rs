@@ -206,7 +206,11 @@ fn maxsim_matches_reference() {
     }
 }
 
-fn check_solution(what: &str, got: &SinkhornOutput, want: &SinkhornOutput) {
+/// Below this L1 marginal error f32 cannot tell errors apart: a convergence decision may
+/// differ from the f64 reference's when an error lies this close to the threshold.
+const F32_ERROR_FLOOR: f64 = 1e-6;
+
+fn check_solution(what: &str, got: &SinkhornOutput, want: &SinkhornOutput, threshold: f64) {
     compare(
         &format!("{what} plan"),
         &got.plan,
@@ -217,8 +221,23 @@ fn check_solution(what: &str, got: &SinkhornOutput, want: &SinkhornOutput) {
     compare(&format!("{what} cost"), &got.cost, &want.cost, 1e-4, 1.0);
     compare(&format!("{what} f"), &got.f, &want.f, 1e-4, 1.0);
     compare(&format!("{what} g"), &got.g, &want.g, 1e-4, 1.0);
-    assert_eq!(got.iterations, want.iterations, "{what}: iterations");
-    assert_eq!(got.converged, want.converged, "{what}: converged flags");
+    let mut at_floor = 0;
+    for p in 0..got.pairs {
+        if got.iterations[p] != want.iterations[p] || got.converged[p] != want.converged[p] {
+            let (e1, e2) = (got.marginal_error[p], want.marginal_error[p]);
+            assert!(
+                e1.min(e2) <= threshold + F32_ERROR_FLOOR,
+                "{what}: pair {p}: iterations {} vs {} (reference), converged {} vs {}, \
+                 errors {e1:e} vs {e2:e}",
+                got.iterations[p],
+                want.iterations[p],
+                got.converged[p],
+                want.converged[p]
+            );
+            at_floor += 1;
+        }
+    }
+    println!("{what}: {at_floor} pairs stopped differently at the f32 error floor");
 }
 
 #[test]
@@ -243,6 +262,7 @@ fn sinkhorn_matches_reference() {
         (2, side + 1, side + 1, 10),
         (2, 113, 203, 10),
         (1, 512, 512, 4),
+        (4096, 3, 5, 6),
     ];
     shapes.dedup();
     for (k, &(b, n, m, iters)) in shapes.iter().enumerate() {
@@ -254,6 +274,7 @@ fn sinkhorn_matches_reference() {
             &format!("sinkhorn eps=0.01 b={b} n={n} m={m} it={iters}"),
             &got,
             &want,
+            params.threshold,
         );
     }
 }
@@ -297,6 +318,7 @@ fn fused_matches_reference() {
         (2, side + 1, side + 1, 16, 10),
         (1, 113, 203, 24, 5),
         (1, 16, 8, 1024, 10),
+        (4096, 4, 6, 8, 6),
     ]
     .iter()
     .enumerate()
@@ -307,7 +329,7 @@ fn fused_matches_reference() {
         let params = SinkhornParams {
             epsilon: 0.01,
             max_iterations: iters,
-            threshold: 1e-7,
+            threshold: 1e-5,
             check_every: 3,
         };
         let direct = w.sinkhorn_embeddings(&x, &y, &params).expect("fused");
@@ -330,6 +352,7 @@ fn fused_matches_reference() {
             &format!("fused eps=0.01 b={b} n={n} m={m} d={d} it={iters}"),
             &got,
             &want,
+            params.threshold,
         );
     }
 }
