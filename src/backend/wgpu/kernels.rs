@@ -30,12 +30,29 @@ struct CosineParams {
     pairs: u32,
     n: u32,
     m: u32,
-    d: u32,
+    d4: u32,
+}
+
+/// Rows of `data` (row length `d`) zero-padded to a multiple of 4, so the shaders can load
+/// `vec4`s; borrowed unchanged when `d` already is one. Zeros change no dot product or norm.
+pub(crate) fn pad_rows(data: &[f32], d: usize) -> std::borrow::Cow<'_, [f32]> {
+    let d4 = d.div_ceil(4) * 4;
+    if d4 == d {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let mut out = vec![0.0f32; data.len() / d * d4];
+    for (o, r) in out.chunks_exact_mut(d4).zip(data.chunks_exact(d)) {
+        o[..d].copy_from_slice(r);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
     check_pair_batch(x, y)?;
-    let (b, n, m, d) = (x.b, x.n, y.n, x.d);
+    let (b, n, m) = (x.b, x.n, y.n);
+    // Rows padded to whole vec4s.
+    let d = x.d.div_ceil(4) * 4;
+    let (xd, yd) = (pad_rows(&x.data, x.d), pad_rows(&y.data, y.d));
     let per_pair = [
         (n * d * 4) as u64,
         (m * d * 4) as u64,
@@ -69,11 +86,11 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
             pairs: c as u32,
             n: n as u32,
             m: m as u32,
-            d: d as u32,
+            d4: (d / 4) as u32,
         });
         let bufs = [
-            ctx.upload(&x.data[start * n * d..(start + c) * n * d]),
-            ctx.upload(&y.data[start * m * d..(start + c) * m * d]),
+            ctx.upload(&xd[start * n * d..(start + c) * n * d]),
+            ctx.upload(&yd[start * m * d..(start + c) * m * d]),
             ctx.upload(&lengths),
             ctx.storage((c * n * 4) as u64),
             ctx.storage((c * m * 4) as u64),
@@ -113,7 +130,7 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
 struct MaxsimParams {
     queries: u32,
     nq: u32,
-    d: u32,
+    d4: u32,
     docs: u32,
     doc_tokens: u32,
     _pad: [u32; 3],
@@ -126,6 +143,9 @@ pub(crate) fn maxsim(
 ) -> Result<Vec<f32>> {
     check_maxsim(queries, docs)?;
     let (nqueries, nq, d) = (queries.b, queries.n, queries.d);
+    // Rows padded to whole vec4s.
+    let (qd, dd) = (pad_rows(&queries.data, d), pad_rows(&docs.data, d));
+    let d4 = d.div_ceil(4);
     if nq > MAX_LEN {
         return Err(Error::shape(
             "wgpu maxsim queries",
@@ -141,7 +161,7 @@ pub(crate) fn maxsim(
         ));
     }
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let q_bytes = (nqueries * nq * d * 4) as u64;
+    let q_bytes = (nqueries * nq * d4 * 16) as u64;
     if q_bytes > ctx.max_binding() || nqueries > max_groups {
         return Err(Error::shape(
             "wgpu maxsim queries",
@@ -154,12 +174,12 @@ pub(crate) fn maxsim(
     }
     let pipes = &ctx.pipelines.maxsim;
     let q_len: Vec<u32> = queries.lengths.iter().map(|&l| l as u32).collect();
-    let q_buf = ctx.upload(&queries.data);
+    let q_buf = ctx.upload(&qd);
     let q_len_buf = ctx.upload(&q_len);
     let inv_q = ctx.storage((nqueries * nq * 4) as u64);
     // Documents in chunks: whole documents, tokens within one binding and the norm grid,
     // documents within the grid.
-    let max_tokens = ((ctx.max_binding() / (d as u64 * 4)) as usize)
+    let max_tokens = ((ctx.max_binding() / (d4 as u64 * 16)) as usize)
         .min((max_groups * 256).saturating_sub(nqueries * nq));
     let nd = docs.len();
     let mut out = vec![0.0f32; nqueries * nd];
@@ -185,13 +205,13 @@ pub(crate) fn maxsim(
         let params = ctx.uniform(&MaxsimParams {
             queries: nqueries as u32,
             nq: nq as u32,
-            d: d as u32,
+            d4: d4 as u32,
             docs: (k1 - k0) as u32,
             doc_tokens: tokens as u32,
             _pad: [0; 3],
         });
         let bufs = [
-            ctx.upload(&docs.data[first * d..(first + tokens) * d]),
+            ctx.upload(&dd[first * d4 * 4..(first + tokens) * d4 * 4]),
             ctx.upload(&info),
             ctx.storage((tokens * 4) as u64),
             ctx.storage((nqueries * (k1 - k0) * 4) as u64),
