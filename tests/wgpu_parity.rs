@@ -358,6 +358,34 @@ fn fused_matches_reference() {
 }
 
 #[test]
+fn fused_resumes_across_dispatches() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    // 1,100 iterations with no early exit: the fused solve spans several dispatches (512
+    // iterations each), rebuilding the tile and resuming from the stored potentials.
+    let x = embeddings(400, 2, 5, 8, true);
+    let y = embeddings(401, 2, 7, 8, true);
+    let params = fixed(0.01, 1100);
+    assert!(w
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("fused")
+        .is_some());
+    let got = backend.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+    let want = CpuReference
+        .cosine_cost(&x, &y)
+        .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
+        .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
+        .expect("reference");
+    println!("iterations: {:?}", got.iterations);
+    assert!(
+        got.iterations.iter().any(|&it| it > 512),
+        "some pair must run past the first dispatch"
+    );
+    check_solution("fused 1100 iterations", &got, &want, params.threshold);
+}
+
+#[test]
 fn results_are_bit_identical_across_runs() {
     let Some((w, backend)) = wgpu_backend() else {
         return;

@@ -16,9 +16,10 @@ pub(crate) const MAX_LEN: usize = 512;
 /// Largest embedding dimension of the MaxSim kernel (`MAX_D` in `maxsim.wgsl`).
 pub(crate) const MAX_D: usize = 1024;
 /// Iterations per fused dispatch (rounded up to a multiple of `check_every`): few enough that
-/// one dispatch stays well under a display driver's watchdog, many enough that the per-pair
-/// status read between dispatches is noise.
-const FUSED_ITERATIONS_PER_DISPATCH: usize = 128;
+/// one dispatch stays well under a display driver's watchdog, many enough that rebuilding the
+/// cost tile (`2·nr·nc·d` flops) and reading the per-pair status between dispatches are
+/// small next to the iterations. Pairs that converge leave the dispatch early.
+const FUSED_ITERATIONS_PER_DISPATCH: usize = 512;
 
 fn groups(items: usize, per_group: usize) -> u32 {
     items.div_ceil(per_group) as u32
