@@ -80,10 +80,9 @@ var<workgroup> tile: array<f32, TILE_CAPACITY>;
 var<workgroup> wstatus: vec4<u32>;
 
 fn lse_push(acc: vec2<f32>, v: f32) -> vec2<f32> {
-    if v > acc.x {
-        return vec2<f32>(v, acc.y * exp2(acc.x - v) + 1.0);
-    }
-    return vec2<f32>(acc.x, acc.y + exp2(v - acc.x));
+    let diff = v - acc.x;
+    let e = exp2(-abs(diff));
+    return select(vec2<f32>(acc.x, acc.y + e), vec2<f32>(v, fma(acc.y, e, 1.0)), diff > 0.0);
 }
 
 fn row_lse(i: u32, nc: u32, s: u32) -> f32 {

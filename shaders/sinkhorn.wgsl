@@ -34,8 +34,9 @@
 // column update K, so consecutive invocations always read consecutive addresses.
 //
 // Numerics: base-2 log domain, f32. Each LSE is a single pass with a running maximum
-// (max-subtracted: s ← s·2^(m−v) + 1 when a new maximum arrives, else s ← s + 2^(v−m)), one
-// exp2 per element, summed sequentially in index order by one invocation, so results are
+// (max-subtracted: with e = 2^−|v−m|, s ← s·e + 1 and m ← v when a new maximum arrives, else
+// s ← s + e; a select, not a branch, so lanes never diverge), one exp2 per element, summed
+// sequentially in index order by one invocation, so results are
 // bit-identical from run to run. The error of a row is a_i·|2^(F_i − F_i^new) − 1|, where
 // F^new is the next row update (Σ_j P_ij = a_i·2^(F_i − F_i^new)); the per-row terms are
 // reduced in a fixed tree order.
@@ -69,10 +70,9 @@ var<workgroup> tile: array<f32, TILE_CAPACITY>;
 
 // Add one term to a running (max, scaled sum) pair.
 fn lse_push(acc: vec2<f32>, v: f32) -> vec2<f32> {
-    if v > acc.x {
-        return vec2<f32>(v, acc.y * exp2(acc.x - v) + 1.0);
-    }
-    return vec2<f32>(acc.x, acc.y + exp2(v - acc.x));
+    let diff = v - acc.x;
+    let e = exp2(-abs(diff));
+    return select(vec2<f32>(acc.x, acc.y + e), vec2<f32>(v, fma(acc.y, e, 1.0)), diff > 0.0);
 }
 
 // log2 Σ_j 2^(K_ij + hg_j), K from the tile (stride s).
