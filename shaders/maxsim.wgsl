@@ -28,7 +28,7 @@
 //
 // Workgroup memory: two 16×17 vec4<f32> panels (query rows, document rows; 64 dims at a
 // time, stride 17 against bank conflicts), 8.5 KiB, plus 256 + 16 f32 for the reductions.
-// Query length and d have no kernel limit (the loops are blocked); the host keeps nq ≤ 512.
+// Query length, document length and d have no kernel limit (the loops are blocked).
 //
 // Numerics: f32, 4-wide dot products accumulated in dimension order; the maximum is over
 // cosines (dot × inverse norms, a zero vector has cosine 0); the sum over query tokens is

@@ -182,6 +182,7 @@ fn maxsim_matches_reference() {
         (2, 64, 17, 64, 128),
         (2, 65, 9, 29, 1024),
         (1, 512, 3, 20, 32),
+        (1, 600, 2, 3, 1100),
     ]
     .iter()
     .enumerate()
@@ -486,10 +487,15 @@ fn beyond_limits_is_an_error() {
     println!("{err}");
     assert!(err.to_string().contains("512"), "{err}");
 
-    let q = embeddings(6, 1, 2, 1025, false);
-    let docs = PackedDocs::new("docs", 1025, vec![1.0; 1025], vec![1]).expect("docs");
-    let err = w
-        .maxsim(&q, &docs)
-        .expect_err("d = 1025 exceeds the MaxSim kernel");
-    assert!(err.to_string().contains("1024"), "{err}");
+    // Fused: n = 513 does not take the fused kernel; the materialised path reports the limit.
+    let x = embeddings(6, 1, 513, 4, false);
+    let y = embeddings(7, 1, 3, 4, false);
+    let fused = w
+        .sinkhorn_embeddings(&x, &y, &fixed(0.1, 1))
+        .expect("too large for the fused kernel: no result, no error");
+    assert!(fused.is_none(), "n = 513 must not take the fused kernel");
+    let err = backend
+        .sinkhorn_embeddings(&x, &y, &fixed(0.1, 1))
+        .expect_err("n = 513 exceeds the Sinkhorn kernels");
+    assert!(err.to_string().contains("512"), "{err}");
 }

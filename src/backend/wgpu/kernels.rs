@@ -11,10 +11,8 @@ use crate::error::{Error, Result};
 use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, SinkhornParams};
 use crate::ot::sinkhorn::SinkhornOutput;
 
-/// Largest padded set length of the MaxSim and Sinkhorn kernels (`MAX_N` in the shaders).
+/// Largest padded set length of the Sinkhorn kernels (`MAX_N` in the shaders).
 pub(crate) const MAX_LEN: usize = 512;
-/// Largest embedding dimension of the MaxSim kernel (`MAX_D` in `maxsim.wgsl`).
-pub(crate) const MAX_D: usize = 1024;
 /// Iterations per fused dispatch (rounded up to a multiple of `check_every`): few enough that
 /// one dispatch stays well under a display driver's watchdog, many enough that rebuilding the
 /// cost tile (`2·nr·nc·d` flops) and reading the per-pair status between dispatches are
@@ -147,20 +145,6 @@ pub(crate) fn maxsim(
     // Rows padded to whole vec4s.
     let (qd, dd) = (pad_rows(&queries.data, d), pad_rows(&docs.data, d));
     let d4 = d.div_ceil(4);
-    if nq > MAX_LEN {
-        return Err(Error::shape(
-            "wgpu maxsim queries",
-            format!("at most {MAX_LEN} tokens per query"),
-            format!("{nq} tokens"),
-        ));
-    }
-    if d > MAX_D {
-        return Err(Error::shape(
-            "wgpu maxsim",
-            format!("embedding dimension at most {MAX_D}"),
-            format!("dimension {d}"),
-        ));
-    }
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let q_bytes = (nqueries * nq * d4 * 16) as u64;
     if q_bytes > ctx.max_binding() || nqueries > max_groups {
