@@ -24,11 +24,12 @@
 //   7 storage  out      f32, written by fused_plan_f32 only: plan (pairs, n, m), then the
 //                       cost (pairs), then f (pairs, n), then g (pairs, m)
 //
-// Geometry: one workgroup of 256 invocations per pair, dispatch (pairs, 1, 1), pairs ≤ 65535.
-// Invocation t owns rows t, t+256 and columns t, t+256.
+// Geometry: one workgroup of WG invocations per pair (WG = 256, or 64 when every pair of the
+// dispatch is at most 64 × 64: a pipeline-overridable constant), dispatch (pairs, 1, 1),
+// pairs ≤ 65535. Invocation t owns rows t, t+WG, … and columns t, t+WG, ….
 //
 // Workgroup memory: hf, hg (512 f32 each; they hold the inverse norms while the cost is
-// built), partial sums (256 f32), and the cost tile, TILE_CAPACITY f32 (overridden by the
+// built), partial sums (WG f32), and the cost tile, TILE_CAPACITY f32 (overridden by the
 // host from maxComputeWorkgroupStorageSize) with odd row stride s = nc|1. The host only uses
 // this kernel when every pair satisfies nr·s ≤ TILE_CAPACITY; otherwise it falls back to the
 // materialised path (cosine_cost + sinkhorn.wgsl).
@@ -57,9 +58,11 @@ struct Params {
     _pad1: u32,
 }
 
-const WG: u32 = 256u;
+// Invocations per workgroup: 256, or 64 for batches whose pairs are all ≤ 64 × 64 (fewer
+// idle invocations); the host picks the pipeline.
+override WG: u32 = 256u;
 const MAX_N: u32 = 512u;
-const PER_THREAD: u32 = 2u;
+const MAX_PER_THREAD: u32 = 8u; // MAX_N / smallest WG
 const LOG2E: f32 = 1.4426950408889634;
 
 override TILE_CAPACITY: u32 = 1u;
@@ -157,7 +160,7 @@ fn build_tile(p: u32, t: u32, nr: u32, nc: u32, s: u32) {
     workgroupBarrier();
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn fused_sinkhorn_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
@@ -184,10 +187,10 @@ fn fused_sinkhorn_f32(
     let la = -log2(f32(nr));
     let lb = -log2(f32(nc));
     let scale = LOG2E / params.epsilon;
-    var fr: array<f32, PER_THREAD>;
-    var fkeep: array<f32, PER_THREAD>;
-    var gc: array<f32, PER_THREAD>;
-    for (var r = 0u; r < PER_THREAD; r++) {
+    var fr: array<f32, MAX_PER_THREAD>;
+    var fkeep: array<f32, MAX_PER_THREAD>;
+    var gc: array<f32, MAX_PER_THREAD>;
+    for (var r = 0u; r < MAX_N / WG; r++) {
         let i = t + r * WG;
         if i < nr {
             fr[r] = f[p * params.n + i];
@@ -202,7 +205,7 @@ fn fused_sinkhorn_f32(
         }
     }
     workgroupBarrier();
-    for (var r = 0u; r < PER_THREAD; r++) {
+    for (var r = 0u; r < MAX_N / WG; r++) {
         let j = t + r * WG;
         if j < nc {
             hg[j] = gc[r] + lb;
@@ -218,7 +221,7 @@ fn fused_sinkhorn_f32(
     while done < end {
         // Row update (or the one the last check already computed).
         if !have_next {
-            for (var r = 0u; r < PER_THREAD; r++) {
+            for (var r = 0u; r < MAX_N / WG; r++) {
                 let i = t + r * WG;
                 if i < nr {
                     fr[r] = -row_lse(i, nc, s);
@@ -226,20 +229,20 @@ fn fused_sinkhorn_f32(
             }
         }
         have_next = false;
-        for (var r = 0u; r < PER_THREAD; r++) {
+        for (var r = 0u; r < MAX_N / WG; r++) {
             let i = t + r * WG;
             if i < nr {
                 hf[i] = fr[r] + la;
             }
         }
         workgroupBarrier();
-        for (var c = 0u; c < PER_THREAD; c++) {
+        for (var c = 0u; c < MAX_N / WG; c++) {
             let j = t + c * WG;
             if j < nc {
                 gc[c] = -col_lse(j, nr, s);
             }
         }
-        for (var c = 0u; c < PER_THREAD; c++) {
+        for (var c = 0u; c < MAX_N / WG; c++) {
             let j = t + c * WG;
             if j < nc {
                 hg[j] = gc[c] + lb;
@@ -250,7 +253,7 @@ fn fused_sinkhorn_f32(
 
         if done % params.check_every == 0u || done == params.max_iterations {
             var total = 0.0;
-            for (var r = 0u; r < PER_THREAD; r++) {
+            for (var r = 0u; r < MAX_N / WG; r++) {
                 let i = t + r * WG;
                 if i < nr {
                     let f_new = -row_lse(i, nc, s);
@@ -284,7 +287,7 @@ fn fused_sinkhorn_f32(
     if have_next {
         fr = fkeep;
     }
-    for (var r = 0u; r < PER_THREAD; r++) {
+    for (var r = 0u; r < MAX_N / WG; r++) {
         let i = t + r * WG;
         if i < nr {
             f[p * params.n + i] = fr[r];
@@ -299,7 +302,7 @@ fn fused_sinkhorn_f32(
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn fused_plan_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) t: u32,

@@ -21,11 +21,12 @@
 //   6 storage  g            f32 (pairs, m) read_write: G_j = (g_j − β_j)·log2(e)/ε
 //   7 storage  err          f32 (pairs) read_write
 //
-// Geometry: one workgroup of 256 invocations per pair, dispatch (pairs, 1, 1), pairs ≤ 65535
-// (the host chunks larger batches). Invocation t owns rows t, t+256 and columns t, t+256
-// (n, m ≤ 512), keeping their F, G, log a, log b in registers.
+// Geometry: one workgroup of WG invocations per pair (WG = 256, or 64 when every pair of the
+// dispatch is at most 64 × 64: a pipeline-overridable constant), dispatch (pairs, 1, 1),
+// pairs ≤ 65535 (the host chunks larger batches). Invocation t owns rows t, t+WG, … and
+// columns t, t+WG, … (n, m ≤ 512), keeping their F, G, log a, log b in registers.
 //
-// Workgroup memory: hf = F + log a (512 f32), hg = G + log b (512 f32), partial sums (256
+// Workgroup memory: hf = F + log a (512 f32), hg = G + log b (512 f32), partial sums (WG
 // f32), and `tile`, TILE_CAPACITY f32 (a pipeline-overridable constant sized by the host from
 // the device's maxComputeWorkgroupStorageSize). When nr·(nc|1) ≤ TILE_CAPACITY the pair's K is
 // copied into `tile` once per dispatch (row stride nc|1, odd, so the row-update reads of 32
@@ -48,9 +49,11 @@ struct Params {
     iterations: u32,
 }
 
-const WG: u32 = 256u;
+// Invocations per workgroup: 256, or 64 for batches whose pairs are all ≤ 64 × 64 (fewer
+// idle invocations); the host picks the pipeline.
+override WG: u32 = 256u;
 const MAX_N: u32 = 512u;
-const PER_THREAD: u32 = 2u; // MAX_N / WG
+const MAX_PER_THREAD: u32 = 8u; // MAX_N / smallest WG
 
 override TILE_CAPACITY: u32 = 1u;
 
@@ -111,7 +114,7 @@ fn col_lse_global(k: u32, j: u32, nr: u32, nc: u32) -> f32 {
     return acc.x + log2(acc.y);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sinkhorn_iterate_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
@@ -131,11 +134,11 @@ fn sinkhorn_iterate_f32(
     let s = nc | 1u;
     let on_chip = nr * s <= TILE_CAPACITY;
 
-    var fr: array<f32, PER_THREAD>;
-    var la: array<f32, PER_THREAD>;
-    var gc: array<f32, PER_THREAD>;
-    var lb: array<f32, PER_THREAD>;
-    for (var r = 0u; r < PER_THREAD; r++) {
+    var fr: array<f32, MAX_PER_THREAD>;
+    var la: array<f32, MAX_PER_THREAD>;
+    var gc: array<f32, MAX_PER_THREAD>;
+    var lb: array<f32, MAX_PER_THREAD>;
+    for (var r = 0u; r < MAX_N / WG; r++) {
         let i = t + r * WG;
         if i < nr {
             fr[r] = f[p * params.n + i];
@@ -157,7 +160,7 @@ fn sinkhorn_iterate_f32(
     workgroupBarrier();
 
     for (var it = 0u; it < params.iterations; it++) {
-        for (var r = 0u; r < PER_THREAD; r++) {
+        for (var r = 0u; r < MAX_N / WG; r++) {
             let i = t + r * WG;
             if i < nr {
                 if on_chip {
@@ -169,7 +172,7 @@ fn sinkhorn_iterate_f32(
             }
         }
         workgroupBarrier();
-        for (var c = 0u; c < PER_THREAD; c++) {
+        for (var c = 0u; c < MAX_N / WG; c++) {
             let j = t + c * WG;
             if j < nc {
                 if on_chip {
@@ -180,7 +183,7 @@ fn sinkhorn_iterate_f32(
             }
         }
         // Every read of hg by this iteration's row update happened before the barrier above.
-        for (var c = 0u; c < PER_THREAD; c++) {
+        for (var c = 0u; c < MAX_N / WG; c++) {
             let j = t + c * WG;
             if j < nc {
                 hg[j] = gc[c] + lb[c];
@@ -189,7 +192,7 @@ fn sinkhorn_iterate_f32(
         workgroupBarrier();
     }
 
-    for (var r = 0u; r < PER_THREAD; r++) {
+    for (var r = 0u; r < MAX_N / WG; r++) {
         let i = t + r * WG;
         if i < nr {
             f[p * params.n + i] = fr[r];
@@ -201,7 +204,7 @@ fn sinkhorn_iterate_f32(
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sinkhorn_errors_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) t: u32,

@@ -61,11 +61,16 @@ pub(crate) const COSINE_NORMS: usize = 0;
 pub(crate) const COSINE_COST: usize = 1;
 pub(crate) const MAXSIM_NORMS: usize = 0;
 pub(crate) const MAXSIM_SCORES: usize = 1;
+/// Sinkhorn pipelines come in two workgroup sizes: index + `NARROW` is the 64-invocation
+/// variant, for dispatches whose pairs are all at most `NARROW_LEN` × `NARROW_LEN`.
 pub(crate) const SINKHORN_ITERATE_TILE: usize = 0;
 pub(crate) const SINKHORN_ITERATE_STREAM: usize = 1;
 pub(crate) const SINKHORN_ERRORS: usize = 2;
 pub(crate) const FUSED_SOLVE: usize = 0;
 pub(crate) const FUSED_PLAN: usize = 1;
+pub(crate) const SINKHORN_NARROW: usize = 3;
+pub(crate) const FUSED_NARROW: usize = 2;
+pub(crate) const NARROW_LEN: usize = 64;
 
 /// What `optical info` shows about one adapter.
 pub fn describe_adapter(adapter: &wgpu::Adapter) -> serde_json::Value {
@@ -466,8 +471,10 @@ impl WgpuContext {
 impl Pipelines {
     fn build(device: &wgpu::Device, tile_capacity: u32) -> Pipelines {
         use Bind::*;
-        let tile = [("TILE_CAPACITY", tile_capacity as f64)];
-        let stream = [("TILE_CAPACITY", 1.0)];
+        let tile = [("TILE_CAPACITY", tile_capacity as f64), ("WG", 256.0)];
+        let stream = [("TILE_CAPACITY", 1.0), ("WG", 256.0)];
+        let tile_narrow = [("TILE_CAPACITY", tile_capacity as f64), ("WG", 64.0)];
+        let stream_narrow = [("TILE_CAPACITY", 1.0), ("WG", 64.0)];
         let cosine = family(
             device,
             "cosine_cost",
@@ -495,6 +502,9 @@ impl Pipelines {
                 ("sinkhorn_iterate_f32", &tile),
                 ("sinkhorn_iterate_f32", &stream),
                 ("sinkhorn_errors_f32", &stream),
+                ("sinkhorn_iterate_f32", &tile_narrow),
+                ("sinkhorn_iterate_f32", &stream_narrow),
+                ("sinkhorn_errors_f32", &stream_narrow),
             ],
         );
         let fused = family(
@@ -504,7 +514,12 @@ impl Pipelines {
             &[
                 Uniform, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
             ],
-            &[("fused_sinkhorn_f32", &tile), ("fused_plan_f32", &tile)],
+            &[
+                ("fused_sinkhorn_f32", &tile),
+                ("fused_plan_f32", &tile),
+                ("fused_sinkhorn_f32", &tile_narrow),
+                ("fused_plan_f32", &tile_narrow),
+            ],
         );
         Pipelines {
             cosine,

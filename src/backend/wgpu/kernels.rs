@@ -4,7 +4,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    WgpuContext, COSINE_COST, COSINE_NORMS, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS, MAXSIM_SCORES,
+    WgpuContext, COSINE_COST, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS,
+    MAXSIM_SCORES, NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::error::{Error, Result};
@@ -304,6 +305,9 @@ pub(crate) fn fused_sinkhorn(
             .map(|p| [x.lengths[p] as u32, y.lengths[p] as u32])
             .collect();
         let status0: Vec<[u32; 4]> = vec![[0, 0, f32::INFINITY.to_bits(), 0]; c];
+        let narrow =
+            (start..start + c).all(|p| x.lengths[p] <= NARROW_LEN && y.lengths[p] <= NARROW_LEN);
+        let variant = if narrow { FUSED_NARROW } else { 0 };
         let bufs = [
             ctx.upload(&x.data[start * n * d..(start + c) * n * d]),
             ctx.upload(&y.data[start * m * d..(start + c) * m * d]),
@@ -339,7 +343,11 @@ pub(crate) fn fused_sinkhorn(
             let mut enc = ctx.encoder();
             ctx.encode(
                 &mut enc,
-                &[(&pipes.pipelines[FUSED_SOLVE], &group, [c as u32, 1, 1])],
+                &[(
+                    &pipes.pipelines[FUSED_SOLVE + variant],
+                    &group,
+                    [c as u32, 1, 1],
+                )],
             );
             status = ctx
                 .submit_and_read::<[u32; 4]>("fused sinkhorn", enc, &[(&bufs[5], c)])?
@@ -359,7 +367,11 @@ pub(crate) fn fused_sinkhorn(
         let mut enc = ctx.encoder();
         ctx.encode(
             &mut enc,
-            &[(&pipes.pipelines[FUSED_PLAN], &group, [c as u32, 1, 1])],
+            &[(
+                &pipes.pipelines[FUSED_PLAN + variant],
+                &group,
+                [c as u32, 1, 1],
+            )],
         );
         let res = ctx
             .submit_and_read::<f32>("fused sinkhorn plan", enc, &[(&bufs[6], c * out_per_pair)])?

@@ -11,7 +11,8 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    WgpuContext, SINKHORN_ERRORS, SINKHORN_ITERATE_STREAM, SINKHORN_ITERATE_TILE,
+    WgpuContext, NARROW_LEN, SINKHORN_ERRORS, SINKHORN_ITERATE_STREAM, SINKHORN_ITERATE_TILE,
+    SINKHORN_NARROW,
 };
 use super::kernels::MAX_LEN;
 use super::Wgpu;
@@ -47,6 +48,9 @@ struct Chunk {
     /// Whether some pair of the chunk fits the on-chip tile (else the streaming pipeline,
     /// which reserves no tile, is used).
     any_on_chip: bool,
+    /// Offset of the pipelines to use: `SINKHORN_NARROW` when every pair is at most
+    /// `NARROW_LEN` × `NARROW_LEN`, else 0.
+    variant: usize,
     /// `(nr, nc, active, 0)` per pair, as last written to `info`.
     host_info: Vec<[u32; 4]>,
 }
@@ -194,9 +198,11 @@ impl SinkhornKernels for Wgpu {
             let mut g0 = Vec::with_capacity(c * m);
             let mut host_info = Vec::with_capacity(c);
             let mut any_on_chip = false;
+            let mut narrow = true;
             for pr in prepared {
                 let (nr, nc) = (pr.rows.len(), pr.cols.len());
                 any_on_chip |= nr * (nc | 1) <= cap;
+                narrow &= nr <= NARROW_LEN && nc <= NARROW_LEN;
                 host_info.push([nr as u32, nc as u32, 1, 0]);
                 slab.extend_from_slice(&pr.slab);
                 la.extend_from_slice(&pr.log2_a);
@@ -236,6 +242,7 @@ impl SinkhornKernels for Wgpu {
                     others: vec![kmat, log_a, log_b],
                     group,
                     any_on_chip,
+                    variant: if narrow { SINKHORN_NARROW } else { 0 },
                     host_info,
                 }
             })?;
@@ -270,9 +277,9 @@ impl SinkhornKernels for Wgpu {
                 }),
             );
             let pipeline = if chunk.any_on_chip {
-                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_TILE]
+                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_TILE + chunk.variant]
             } else {
-                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_STREAM]
+                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_STREAM + chunk.variant]
             };
             ctx.encode(
                 &mut enc,
@@ -298,7 +305,7 @@ impl SinkhornKernels for Wgpu {
             ctx.encode(
                 &mut enc,
                 &[(
-                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ERRORS],
+                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ERRORS + chunk.variant],
                     &chunk.group,
                     [chunk.len as u32, 1, 1],
                 )],
