@@ -16,6 +16,10 @@
 //! support fits the on-chip tile, `len_x · (len_y | 1) ≤ tile_capacity()` (the tile is sized
 //! from the device's workgroup memory); otherwise it computes the cost with the cosine
 //! kernel and runs the materialised Sinkhorn, which streams the cost from global memory.
+//!
+//! Subgroup operations are not used: every kernel is the portable path (workgroup memory and
+//! barriers only). `optical info` reports whether an adapter has them (`Features::SUBGROUP`),
+//! so a subgroup variant can be added behind that check.
 
 mod context;
 mod kernels;
