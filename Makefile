@@ -8,7 +8,7 @@ export OPTICAL_CACHE := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 export CARGO_TERM_COLOR ?= never
 # Cargo features every test build uses (the GPU backends are always compiled and tested).
-FEATURES ?= cuda
+FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 

@@ -8,6 +8,8 @@
 
 pub mod cpu;
 pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornParams};
 use crate::ot::sinkhorn::{self, SinkhornOutput};
 
+#[cfg(feature = "wgpu")]
+pub use self::wgpu::Wgpu;
 pub use cpu::{CpuFast, CpuReference};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
@@ -82,6 +86,8 @@ pub enum Backend {
     CpuReference(CpuReference),
     #[cfg(feature = "cuda")]
     Cuda(CudaBackend),
+    #[cfg(feature = "wgpu")]
+    Wgpu(Wgpu),
 }
 
 impl Backend {
@@ -94,6 +100,9 @@ impl Backend {
             BackendKind::Cuda => Ok(Backend::Cuda(CudaBackend::new()?)),
             #[cfg(not(feature = "cuda"))]
             BackendKind::Cuda => Err(not_compiled_in(kind)),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Ok(Backend::Wgpu(Wgpu::new()?)),
+            #[cfg(not(feature = "wgpu"))]
             BackendKind::Wgpu => Err(not_compiled_in(kind)),
         }
     }
@@ -104,6 +113,8 @@ impl Backend {
             Backend::CpuReference(_) => BackendKind::CpuReference,
             #[cfg(feature = "cuda")]
             Backend::Cuda(_) => BackendKind::Cuda,
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(_) => BackendKind::Wgpu,
         }
     }
 
@@ -129,6 +140,8 @@ impl Backend {
             Backend::CpuReference(k) => k.cosine_cost(x, y),
             #[cfg(feature = "cuda")]
             Backend::Cuda(k) => k.cosine_cost(x, y),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(k) => k.cosine_cost(x, y),
         }
     }
 
@@ -139,6 +152,8 @@ impl Backend {
             Backend::CpuReference(k) => k.maxsim(queries, docs),
             #[cfg(feature = "cuda")]
             Backend::Cuda(k) => k.maxsim(queries, docs),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(k) => k.maxsim(queries, docs),
         }
     }
 
@@ -156,6 +171,13 @@ impl Backend {
         if let Backend::Cuda(k) = self {
             return k.sinkhorn_embeddings(x, y, params);
         }
+        #[cfg(feature = "wgpu")]
+        if let Backend::Wgpu(k) = self {
+            // The fused kernel, when every pair fits on-chip; else the materialised path.
+            if let Some(out) = k.sinkhorn_embeddings(x, y, params)? {
+                return Ok(out);
+            }
+        }
         let cost = self.cosine_cost(x, y)?;
         let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
         self.sinkhorn(&problem, params)
@@ -168,6 +190,8 @@ impl Backend {
             Backend::CpuReference(k) => sinkhorn::solve(k, problem, params),
             #[cfg(feature = "cuda")]
             Backend::Cuda(k) => sinkhorn::solve(k, problem, params),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(k) => sinkhorn::solve(k, problem, params),
         }
     }
 }
@@ -199,6 +223,8 @@ pub fn probe_all() -> Vec<BackendInfo> {
                 note: String::new(),
             },
             BackendKind::Cuda if kind.compiled_in() => probe_cuda(),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => probe_wgpu(),
             _ => BackendInfo {
                 backend: kind.name(),
                 compiled_in: false,
@@ -210,6 +236,7 @@ pub fn probe_all() -> Vec<BackendInfo> {
         .collect()
 }
 
+#[cfg_attr(all(feature = "cuda", feature = "wgpu"), allow(dead_code))]
 fn not_compiled_in(kind: BackendKind) -> Error {
     Error::BackendUnavailable {
         backend: kind.name(),
@@ -240,6 +267,30 @@ fn probe_cuda() -> BackendInfo {
     let (available, devices, note) = (false, vec![], String::new());
     BackendInfo {
         backend: BackendKind::Cuda.name(),
+        compiled_in: true,
+        available,
+        devices,
+        note,
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn probe_wgpu() -> BackendInfo {
+    let found = self::wgpu::adapters();
+    let devices = found.iter().map(self::wgpu::describe_adapter).collect();
+    let (available, note) = match self::wgpu::choose_adapter(found) {
+        Ok(a) => (
+            true,
+            format!(
+                "uses {:?} (set {} to a substring of another adapter's name)",
+                a.get_info().name,
+                self::wgpu::ADAPTER_ENV
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    BackendInfo {
+        backend: "wgpu",
         compiled_in: true,
         available,
         devices,

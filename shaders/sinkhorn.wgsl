@@ -1,0 +1,244 @@
+// Batched log-domain Sinkhorn on a materialised cost (the `SinkhornKernels` primitives).
+//
+// Entry points
+//   sinkhorn_iterate_f32   `params.iterations` full iterations (row update, then column
+//                          update) of every active pair, without leaving the dispatch.
+//   sinkhorn_errors_f32    L1 row-marginal error of every active pair -> err[p]; the iterate
+//                          is not changed.
+//
+// Bindings (group 0), one dispatch covers one chunk of pairs, all arrays chunk-relative
+//   0 uniform  params       {pairs, n, m, iterations}; n, m = padded row/column strides
+//   1 storage  pair_info    array<vec4<u32>> (pairs): (nr, nc, active, 0), nr/nc = support
+//   2 storage  kmat         f32, per pair 2·n·m values at p·2·n·m:
+//                             K   (nr, nc) row-major at +0        (row-major, stride nc)
+//                             K^T (nc, nr) row-major at +n·m     (stride nr)
+//                           K_ij = −(C_ij − α_i − β_j)·log2(e)/ε on the compacted support
+//                           (α row minima, β column minima of the rest, so K ≤ 0 and the
+//                           potentials stay small in f32)
+//   3 storage  log_a        f32 (pairs, n): log2 a_i of the support rows, compacted
+//   4 storage  log_b        f32 (pairs, m): log2 b_j
+//   5 storage  f            f32 (pairs, n) read_write: F_i = (f_i − α_i)·log2(e)/ε
+//   6 storage  g            f32 (pairs, m) read_write: G_j = (g_j − β_j)·log2(e)/ε
+//   7 storage  err          f32 (pairs) read_write
+//
+// Geometry: one workgroup of WG invocations per pair (WG = 256, or 64 when every pair of the
+// dispatch is at most 64 × 64: a pipeline-overridable constant), dispatch (pairs, 1, 1),
+// pairs ≤ 65535 (the host chunks larger batches). Invocation t owns rows t, t+WG, … and
+// columns t, t+WG, … (n, m ≤ 512), keeping their F, G, log a, log b in registers.
+//
+// Workgroup memory: hf = F + log a (512 f32), hg = G + log b (512 f32), partial sums (WG
+// f32), and `tile`, TILE_CAPACITY f32 (a pipeline-overridable constant sized by the host from
+// the device's maxComputeWorkgroupStorageSize). When nr·(nc|1) ≤ TILE_CAPACITY the pair's K is
+// copied into `tile` once per dispatch (row stride nc|1, odd, so the row-update reads of 32
+// consecutive invocations fall in 32 different banks) and every iteration reads it from
+// there; otherwise both updates stream K from global memory: the row update reads K^T and the
+// column update K, so consecutive invocations always read consecutive addresses.
+//
+// Numerics: base-2 log domain, f32. Each LSE is a single pass with a running maximum
+// (max-subtracted: with e = 2^−|v−m|, s ← s·e + 1 and m ← v when a new maximum arrives, else
+// s ← s + e; a select, not a branch, so lanes never diverge), one exp2 per element, summed
+// sequentially in index order by one invocation, so results are
+// bit-identical from run to run. The error of a row is a_i·|2^(F_i − F_i^new) − 1|, where
+// F^new is the next row update (Σ_j P_ij = a_i·2^(F_i − F_i^new)); the per-row terms are
+// reduced in a fixed tree order.
+
+struct Params {
+    pairs: u32,
+    n: u32,
+    m: u32,
+    iterations: u32,
+}
+
+// Invocations per workgroup: 256, or 64 for batches whose pairs are all ≤ 64 × 64 (fewer
+// idle invocations); the host picks the pipeline.
+override WG: u32 = 256u;
+const MAX_N: u32 = 512u;
+const MAX_PER_THREAD: u32 = 8u; // MAX_N / smallest WG
+
+override TILE_CAPACITY: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> pair_info: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> kmat: array<f32>;
+@group(0) @binding(3) var<storage, read> log_a: array<f32>;
+@group(0) @binding(4) var<storage, read> log_b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> f: array<f32>;
+@group(0) @binding(6) var<storage, read_write> g: array<f32>;
+@group(0) @binding(7) var<storage, read_write> err: array<f32>;
+
+var<workgroup> hf: array<f32, MAX_N>;
+var<workgroup> hg: array<f32, MAX_N>;
+var<workgroup> partial: array<f32, WG>;
+var<workgroup> tile: array<f32, TILE_CAPACITY>;
+
+// Add one term to a running (max, scaled sum) pair.
+fn lse_push(acc: vec2<f32>, v: f32) -> vec2<f32> {
+    let diff = v - acc.x;
+    let e = exp2(-abs(diff));
+    return select(vec2<f32>(acc.x, acc.y + e), vec2<f32>(v, fma(acc.y, e, 1.0)), diff > 0.0);
+}
+
+// log2 Σ_j 2^(K_ij + hg_j), K from the tile (stride s).
+fn row_lse_tile(i: u32, nc: u32, s: u32) -> f32 {
+    var acc = vec2<f32>(tile[i * s] + hg[0], 1.0);
+    for (var j = 1u; j < nc; j++) {
+        acc = lse_push(acc, tile[i * s + j] + hg[j]);
+    }
+    return acc.x + log2(acc.y);
+}
+
+// log2 Σ_j 2^(K_ij + hg_j), K^T streamed from global memory.
+fn row_lse_global(kt: u32, i: u32, nr: u32, nc: u32) -> f32 {
+    var acc = vec2<f32>(kmat[kt + i] + hg[0], 1.0);
+    for (var j = 1u; j < nc; j++) {
+        acc = lse_push(acc, kmat[kt + j * nr + i] + hg[j]);
+    }
+    return acc.x + log2(acc.y);
+}
+
+// log2 Σ_i 2^(K_ij + hf_i), K from the tile (stride s).
+fn col_lse_tile(j: u32, nr: u32, s: u32) -> f32 {
+    var acc = vec2<f32>(tile[j] + hf[0], 1.0);
+    for (var i = 1u; i < nr; i++) {
+        acc = lse_push(acc, tile[i * s + j] + hf[i]);
+    }
+    return acc.x + log2(acc.y);
+}
+
+// log2 Σ_i 2^(K_ij + hf_i), K streamed from global memory.
+fn col_lse_global(k: u32, j: u32, nr: u32, nc: u32) -> f32 {
+    var acc = vec2<f32>(kmat[k + j] + hf[0], 1.0);
+    for (var i = 1u; i < nr; i++) {
+        acc = lse_push(acc, kmat[k + i * nc + j] + hf[i]);
+    }
+    return acc.x + log2(acc.y);
+}
+
+@compute @workgroup_size(WG)
+fn sinkhorn_iterate_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.x;
+    if p >= params.pairs {
+        return;
+    }
+    let info = pair_info[p];
+    let nr = info.x;
+    let nc = info.y;
+    if info.z == 0u {
+        return;
+    }
+    let k0 = p * 2u * params.n * params.m;
+    let kt0 = k0 + params.n * params.m;
+    let s = nc | 1u;
+    let on_chip = nr * s <= TILE_CAPACITY;
+
+    var fr: array<f32, MAX_PER_THREAD>;
+    var la: array<f32, MAX_PER_THREAD>;
+    var gc: array<f32, MAX_PER_THREAD>;
+    var lb: array<f32, MAX_PER_THREAD>;
+    for (var r = 0u; r < MAX_N / WG; r++) {
+        let i = t + r * WG;
+        if i < nr {
+            fr[r] = f[p * params.n + i];
+            la[r] = log_a[p * params.n + i];
+        }
+        let j = t + r * WG;
+        if j < nc {
+            gc[r] = g[p * params.m + j];
+            lb[r] = log_b[p * params.m + j];
+            hg[j] = gc[r] + lb[r];
+        }
+    }
+    if on_chip {
+        for (var e = t; e < nr * nc; e += WG) {
+            let i = e / nc;
+            tile[i * s + (e - i * nc)] = kmat[k0 + e];
+        }
+    }
+    workgroupBarrier();
+
+    for (var it = 0u; it < params.iterations; it++) {
+        for (var r = 0u; r < MAX_N / WG; r++) {
+            let i = t + r * WG;
+            if i < nr {
+                if on_chip {
+                    fr[r] = -row_lse_tile(i, nc, s);
+                } else {
+                    fr[r] = -row_lse_global(kt0, i, nr, nc);
+                }
+                hf[i] = fr[r] + la[r];
+            }
+        }
+        workgroupBarrier();
+        for (var c = 0u; c < MAX_N / WG; c++) {
+            let j = t + c * WG;
+            if j < nc {
+                if on_chip {
+                    gc[c] = -col_lse_tile(j, nr, s);
+                } else {
+                    gc[c] = -col_lse_global(k0, j, nr, nc);
+                }
+            }
+        }
+        // Every read of hg by this iteration's row update happened before the barrier above.
+        for (var c = 0u; c < MAX_N / WG; c++) {
+            let j = t + c * WG;
+            if j < nc {
+                hg[j] = gc[c] + lb[c];
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var r = 0u; r < MAX_N / WG; r++) {
+        let i = t + r * WG;
+        if i < nr {
+            f[p * params.n + i] = fr[r];
+        }
+        let j = t + r * WG;
+        if j < nc {
+            g[p * params.m + j] = gc[r];
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn sinkhorn_errors_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.x;
+    if p >= params.pairs {
+        return;
+    }
+    let info = pair_info[p];
+    let nr = info.x;
+    let nc = info.y;
+    if info.z == 0u {
+        return;
+    }
+    let kt0 = p * 2u * params.n * params.m + params.n * params.m;
+    for (var j = t; j < nc; j += WG) {
+        hg[j] = g[p * params.m + j] + log_b[p * params.m + j];
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = t; i < nr; i += WG) {
+        let f_new = -row_lse_global(kt0, i, nr, nc);
+        let fi = f[p * params.n + i];
+        total += exp2(log_a[p * params.n + i]) * abs(exp2(fi - f_new) - 1.0);
+    }
+    partial[t] = total;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if t < half {
+            partial[t] += partial[t + half];
+        }
+        workgroupBarrier();
+    }
+    if t == 0u {
+        err[p] = partial[0];
+    }
+}

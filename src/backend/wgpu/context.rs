@@ -1,0 +1,592 @@
+//! The device side of the WGPU backend: adapter choice, device and queue, the compiled
+//! pipelines (built once per context) and a pool of reusable buffers.
+//!
+//! "Get a device" ([`WgpuContext::new`], [`adapters`]) is split from "run on this device"
+//! (the kernels in the sibling modules), so tests and benches can share one context.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// Environment variable that picks the adapter: a case-insensitive substring of its name.
+pub const ADAPTER_ENV: &str = "OPTICAL_WGPU_ADAPTER";
+
+const BACKEND: &str = "wgpu";
+
+/// Workgroup memory every Sinkhorn shader uses besides its cost tile: hf and hg (2 × 512
+/// f32), partial sums (256 f32), a status word (16 B), with a little slack.
+const SINKHORN_FIXED_WORKGROUP_BYTES: u32 = 2 * 512 * 4 + 256 * 4 + 16 + 48;
+
+pub(crate) const SHADER_COSINE: &str = include_str!("../../../shaders/cosine_cost.wgsl");
+pub(crate) const SHADER_MAXSIM: &str = include_str!("../../../shaders/maxsim.wgsl");
+pub(crate) const SHADER_SINKHORN: &str = include_str!("../../../shaders/sinkhorn.wgsl");
+pub(crate) const SHADER_FUSED: &str = include_str!("../../../shaders/fused_sinkhorn.wgsl");
+
+/// Every WGSL source of the backend, `(file name, text)`, for validation and docs.
+pub const SHADERS: [(&str, &str); 4] = [
+    ("cosine_cost.wgsl", SHADER_COSINE),
+    ("maxsim.wgsl", SHADER_MAXSIM),
+    ("sinkhorn.wgsl", SHADER_SINKHORN),
+    ("fused_sinkhorn.wgsl", SHADER_FUSED),
+];
+
+/// How a binding is declared in a shader.
+#[derive(Clone, Copy)]
+pub(crate) enum Bind {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// One kernel family: its bind group layout and its pipelines.
+pub(crate) struct Family {
+    pub layout: wgpu::BindGroupLayout,
+    pub pipelines: Vec<wgpu::ComputePipeline>,
+}
+
+/// The compiled pipelines, indexed by the constants below.
+pub(crate) struct Pipelines {
+    pub cosine: Family,
+    pub maxsim: Family,
+    pub sinkhorn: Family,
+    pub fused: Family,
+    /// f32 values of cost tile the Sinkhorn shaders may keep in workgroup memory.
+    pub tile_capacity: u32,
+}
+
+pub(crate) const COSINE_NORMS: usize = 0;
+pub(crate) const COSINE_COST: usize = 1;
+pub(crate) const MAXSIM_NORMS: usize = 0;
+pub(crate) const MAXSIM_SCORES: usize = 1;
+/// Sinkhorn pipelines come in two workgroup sizes: index + `NARROW` is the 64-invocation
+/// variant, for dispatches whose pairs are all at most `NARROW_LEN` × `NARROW_LEN`.
+pub(crate) const SINKHORN_ITERATE_TILE: usize = 0;
+pub(crate) const SINKHORN_ITERATE_STREAM: usize = 1;
+pub(crate) const SINKHORN_ERRORS: usize = 2;
+pub(crate) const FUSED_SOLVE: usize = 0;
+pub(crate) const FUSED_PLAN: usize = 1;
+pub(crate) const SINKHORN_NARROW: usize = 3;
+pub(crate) const FUSED_NARROW: usize = 2;
+pub(crate) const NARROW_LEN: usize = 64;
+
+/// What `optical info` shows about one adapter.
+pub fn describe_adapter(adapter: &wgpu::Adapter) -> serde_json::Value {
+    let info = adapter.get_info();
+    let l = adapter.limits();
+    serde_json::json!({
+        "name": info.name,
+        "backend": format!("{:?}", info.backend),
+        "device_type": format!("{:?}", info.device_type),
+        "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        "subgroups": adapter.features().contains(wgpu::Features::SUBGROUP),
+        "limits": {
+            "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+            "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+            "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_buffer_size": l.max_buffer_size,
+            "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+        },
+    })
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu finds (Vulkan, Metal, DX12).
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    let instance = instance();
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+/// Preference order when no adapter is named: discrete, integrated, virtual, other, CPU.
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// The adapter to use: the first whose name contains `$OPTICAL_WGPU_ADAPTER` (any case) when
+/// it is set, else the most preferred kind.
+pub fn choose_adapter(found: Vec<wgpu::Adapter>) -> Result<wgpu::Adapter> {
+    let names: Vec<String> = found.iter().map(|a| a.get_info().name).collect();
+    if found.is_empty() {
+        return Err(Error::BackendUnavailable {
+            backend: BACKEND,
+            reason: "no Vulkan, Metal or DX12 adapter found (for software Vulkan install Mesa's \
+                     lavapipe: `apt-get install mesa-vulkan-drivers libvulkan1`)"
+                .into(),
+        });
+    }
+    match std::env::var(ADAPTER_ENV) {
+        Ok(want) if !want.is_empty() => {
+            let w = want.to_lowercase();
+            found
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                .ok_or_else(|| Error::BackendUnavailable {
+                    backend: BACKEND,
+                    reason: format!(
+                        "{ADAPTER_ENV}={want:?} matches none of the adapters found: {names:?}"
+                    ),
+                })
+        }
+        _ => Ok(found
+            .into_iter()
+            .min_by_key(|a| rank(a.get_info().device_type))
+            .expect("non-empty")),
+    }
+}
+
+/// Device, queue, pipelines and buffer pool of one adapter.
+pub struct WgpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) pipelines: Pipelines,
+    pool: Mutex<Vec<wgpu::Buffer>>,
+    lost: Arc<Mutex<Option<String>>>,
+    /// Extra cap on the bytes of one binding (see [`WgpuContext::with_binding_limit`]).
+    binding_limit: u64,
+}
+
+impl WgpuContext {
+    /// Open the preferred adapter (see [`choose_adapter`]).
+    pub fn new() -> Result<WgpuContext> {
+        WgpuContext::with_adapter(choose_adapter(adapters())?)
+    }
+
+    /// Open a device on `adapter` with the adapter's own limits (not WebGPU's defaults: the
+    /// Sinkhorn tile grows with the workgroup memory) and compile every pipeline.
+    pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        if limits.max_compute_invocations_per_workgroup < 256
+            || limits.max_storage_buffers_per_shader_stage < 8
+            || limits.max_compute_workgroup_storage_size < SINKHORN_FIXED_WORKGROUP_BYTES + 64
+        {
+            return Err(Error::BackendUnavailable {
+                backend: BACKEND,
+                reason: format!(
+                    "adapter {:?} is too small: need 256 invocations per workgroup, 8 storage \
+                     buffers per stage and {} B of workgroup memory; it has {}, {} and {} B",
+                    info.name,
+                    SINKHORN_FIXED_WORKGROUP_BYTES + 64,
+                    limits.max_compute_invocations_per_workgroup,
+                    limits.max_storage_buffers_per_shader_stage,
+                    limits.max_compute_workgroup_storage_size
+                ),
+            });
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("optical"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::BackendUnavailable {
+            backend: BACKEND,
+            reason: format!("adapter {:?}: request_device failed: {e}", info.name),
+        })?;
+        // Errors outside an error scope must not panic (wgpu's default handler does).
+        let lost = Arc::new(Mutex::new(None::<String>));
+        let sink = lost.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| e.to_string());
+            }
+        }));
+        let tile_capacity =
+            (limits.max_compute_workgroup_storage_size - SINKHORN_FIXED_WORKGROUP_BYTES) / 4;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipelines = Pipelines::build(&device, tile_capacity);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                operation: "compile shaders",
+                what: e.to_string(),
+            });
+        }
+        Ok(WgpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines,
+            pool: Mutex::new(Vec::new()),
+            lost,
+            binding_limit: u64::MAX,
+        })
+    }
+
+    /// Name of the adapter in use.
+    pub fn adapter_name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// The limits the device was opened with (the adapter's).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// f32 values of a pair's (support) cost that the Sinkhorn kernels keep on-chip: a pair
+    /// is solved from workgroup memory when `rows · (cols | 1) ≤ tile_capacity()`.
+    pub fn tile_capacity(&self) -> u32 {
+        self.pipelines.tile_capacity
+    }
+
+    /// Cut batches as if one binding held at most `bytes`: the chunked paths then run on
+    /// small inputs (tests), or device memory per dispatch stays bounded.
+    pub fn with_binding_limit(mut self, bytes: u64) -> WgpuContext {
+        self.binding_limit = bytes;
+        self
+    }
+
+    /// Largest byte size of one storage binding.
+    pub(crate) fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+            .min(self.binding_limit)
+    }
+
+    /// How many items of a batch go into one dispatch: every buffer of a chunk must fit one
+    /// binding (`bytes_per_item` lists the per-item bytes of each buffer) and the grid
+    /// dimension. An item that alone exceeds a binding is an error, never a truncation.
+    pub(crate) fn chunk_len(
+        &self,
+        operation: &'static str,
+        bytes_per_item: &[u64],
+        max_items: usize,
+    ) -> Result<usize> {
+        let cap = self.max_binding();
+        let mut items = max_items
+            .min(self.limits.max_compute_workgroups_per_dimension as usize)
+            .max(1);
+        for &per in bytes_per_item {
+            if per > cap {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    operation,
+                    what: format!(
+                        "one item needs a {per} B buffer; the device binds at most {cap} B"
+                    ),
+                });
+            }
+            if let Some(fit) = cap.checked_div(per) {
+                items = items.min(fit as usize);
+            }
+        }
+        Ok(items.max(1))
+    }
+
+    /// Run `f` and turn any validation or out-of-memory error it raised into an [`Error`].
+    pub(crate) fn checked<T>(&self, operation: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o.or(v) {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                operation,
+                what: e.to_string(),
+            });
+        }
+        if let Some(e) = self.lost.lock().ok().and_then(|mut s| s.take()) {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                operation,
+                what: e,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A storage buffer holding `data` (at least 4 bytes), from the pool when one fits.
+    pub(crate) fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buf = self.storage(bytes.len() as u64);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buf, 0, bytes);
+        }
+        buf
+    }
+
+    /// A storage buffer of at least `size` bytes (contents unspecified), from the pool when
+    /// one of a fitting size is there.
+    pub(crate) fn storage(&self, size: u64) -> wgpu::Buffer {
+        let size = size.max(4).next_multiple_of(4);
+        if let Ok(mut pool) = self.pool.lock() {
+            let best = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.size() >= size && b.size() <= 2 * size)
+                .min_by_key(|(_, b)| b.size())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                return pool.swap_remove(i);
+            }
+        }
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("optical storage"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Give storage buffers back for reuse (the pool holds at most 32 buffers).
+    pub(crate) fn recycle(&self, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
+        if let Ok(mut pool) = self.pool.lock() {
+            for b in buffers {
+                if pool.len() < 32 {
+                    pool.push(b);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("optical params"),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    pub(crate) fn bind_group(&self, family: &Family, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &family.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Record one compute pass of `(pipeline, bind group, grid)` dispatches.
+    pub(crate) fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dispatches: &[(&wgpu::ComputePipeline, &wgpu::BindGroup, [u32; 3])],
+    ) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        for (pipeline, group, [x, y, z]) in dispatches {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, *group, &[]);
+            pass.dispatch_workgroups(*x, *y, *z);
+        }
+    }
+
+    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+
+    /// Submit `encoder`, then copy `len` values of type `T` from the start of `src` to the
+    /// host (waits for the device).
+    pub(crate) fn submit_and_read<T: bytemuck::Pod>(
+        &self,
+        operation: &'static str,
+        mut encoder: wgpu::CommandEncoder,
+        reads: &[(&wgpu::Buffer, usize)],
+    ) -> Result<Vec<Vec<T>>> {
+        let size = std::mem::size_of::<T>() as u64;
+        let staging: Vec<(wgpu::Buffer, u64)> = reads
+            .iter()
+            .map(|&(src, len)| {
+                let bytes = (len as u64 * size).max(4).next_multiple_of(4);
+                let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("optical read-back"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.copy_buffer_to_buffer(src, 0, &dst, 0, bytes);
+                (dst, bytes)
+            })
+            .collect();
+        self.checked(operation, || {
+            self.queue.submit([encoder.finish()]);
+        })?;
+        let mut out = Vec::with_capacity(reads.len());
+        for ((dst, _), &(_, len)) in staging.iter().zip(reads) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            dst.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| self.fail(operation, e.to_string()))?;
+            rx.recv()
+                .map_err(|e| self.fail(operation, e.to_string()))?
+                .map_err(|e| self.fail(operation, e.to_string()))?;
+            let view = dst
+                .get_mapped_range(..)
+                .map_err(|e| self.fail(operation, e.to_string()))?;
+            let bytes = &view[..len * size as usize];
+            out.push(bytemuck::pod_collect_to_vec(bytes));
+            drop(view);
+            dst.unmap();
+        }
+        Ok(out)
+    }
+
+    fn fail(&self, operation: &'static str, what: String) -> Error {
+        Error::Backend {
+            backend: BACKEND,
+            operation,
+            what,
+        }
+    }
+}
+
+impl Pipelines {
+    fn build(device: &wgpu::Device, tile_capacity: u32) -> Pipelines {
+        use Bind::*;
+        let tile = [("TILE_CAPACITY", tile_capacity as f64), ("WG", 256.0)];
+        let stream = [("TILE_CAPACITY", 1.0), ("WG", 256.0)];
+        let tile_narrow = [("TILE_CAPACITY", tile_capacity as f64), ("WG", 64.0)];
+        let stream_narrow = [("TILE_CAPACITY", 1.0), ("WG", 64.0)];
+        let cosine = family(
+            device,
+            "cosine_cost",
+            SHADER_COSINE,
+            &[Uniform, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            &[("inv_norms_f32", &[]), ("cosine_cost_f32", &[])],
+        );
+        let maxsim = family(
+            device,
+            "maxsim",
+            SHADER_MAXSIM,
+            &[
+                Uniform, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite,
+            ],
+            &[("inv_norms_f32", &[]), ("maxsim_f32", &[])],
+        );
+        let sinkhorn = family(
+            device,
+            "sinkhorn",
+            SHADER_SINKHORN,
+            &[
+                Uniform, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite,
+            ],
+            &[
+                ("sinkhorn_iterate_f32", &tile),
+                ("sinkhorn_iterate_f32", &stream),
+                ("sinkhorn_errors_f32", &stream),
+                ("sinkhorn_iterate_f32", &tile_narrow),
+                ("sinkhorn_iterate_f32", &stream_narrow),
+                ("sinkhorn_errors_f32", &stream_narrow),
+            ],
+        );
+        let fused = family(
+            device,
+            "fused_sinkhorn",
+            SHADER_FUSED,
+            &[
+                Uniform, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+            ],
+            &[
+                ("fused_sinkhorn_f32", &tile),
+                ("fused_plan_f32", &tile),
+                ("fused_sinkhorn_f32", &tile_narrow),
+                ("fused_plan_f32", &tile_narrow),
+            ],
+        );
+        Pipelines {
+            cosine,
+            maxsim,
+            sinkhorn,
+            fused,
+            tile_capacity,
+        }
+    }
+}
+
+type EntryPoint<'a> = (&'a str, &'a [(&'a str, f64)]);
+
+fn family(
+    device: &wgpu::Device,
+    label: &str,
+    source: &str,
+    binds: &[Bind],
+    entries: &[EntryPoint<'_>],
+) -> Family {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
+    });
+    let layout_entries: Vec<wgpu::BindGroupLayoutEntry> = binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match b {
+                    Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                    Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &layout_entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipelines = entries
+        .iter()
+        .map(|(entry, constants)| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    // Every workgroup variable is written before it is read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })
+        .collect();
+    Family { layout, pipelines }
+}

@@ -1,0 +1,397 @@
+//! Host side of the cosine-cost, MaxSim and fused cost + Sinkhorn kernels: validation,
+//! chunking, upload, dispatch, read-back.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::context::{
+    WgpuContext, COSINE_COST, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS,
+    MAXSIM_SCORES, NARROW_LEN,
+};
+use crate::backend::cpu::{check_maxsim, check_pair_batch};
+use crate::error::{Error, Result};
+use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, SinkhornParams};
+use crate::ot::sinkhorn::SinkhornOutput;
+
+/// Largest padded set length of the Sinkhorn kernels (`MAX_N` in the shaders).
+pub(crate) const MAX_LEN: usize = 512;
+/// Iterations per fused dispatch (rounded up to a multiple of `check_every`): few enough that
+/// one dispatch stays well under a display driver's watchdog, many enough that rebuilding the
+/// cost tile (`2·nr·nc·d` flops) and reading the per-pair status between dispatches are
+/// small next to the iterations. Pairs that converge leave the dispatch early.
+const FUSED_ITERATIONS_PER_DISPATCH: usize = 512;
+
+fn groups(items: usize, per_group: usize) -> u32 {
+    items.div_ceil(per_group) as u32
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CosineParams {
+    pairs: u32,
+    n: u32,
+    m: u32,
+    d4: u32,
+}
+
+/// Rows of `data` (row length `d`) zero-padded to a multiple of 4, so the shaders can load
+/// `vec4`s; borrowed unchanged when `d` already is one. Zeros change no dot product or norm.
+pub(crate) fn pad_rows(data: &[f32], d: usize) -> std::borrow::Cow<'_, [f32]> {
+    let d4 = d.div_ceil(4) * 4;
+    if d4 == d {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let mut out = vec![0.0f32; data.len() / d * d4];
+    for (o, r) in out.chunks_exact_mut(d4).zip(data.chunks_exact(d)) {
+        o[..d].copy_from_slice(r);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
+    check_pair_batch(x, y)?;
+    let (b, n, m) = (x.b, x.n, y.n);
+    // Rows padded to whole vec4s.
+    let d = x.d.div_ceil(4) * 4;
+    let (xd, yd) = (pad_rows(&x.data, x.d), pad_rows(&y.data, y.d));
+    let per_pair = [
+        (n * d * 4) as u64,
+        (m * d * 4) as u64,
+        (n * m * 4) as u64,
+        (n * 4) as u64,
+        (m * 4) as u64,
+    ];
+    // inv_norms_f32 runs one invocation per row, in at most 65,535 workgroups of 256.
+    let grid_rows = ctx.limits.max_compute_workgroups_per_dimension as usize * 256;
+    let chunk = ctx
+        .chunk_len("cosine_cost", &per_pair, b)?
+        .min((grid_rows / (n + m)).max(1));
+    if n.div_ceil(16) > ctx.limits.max_compute_workgroups_per_dimension as usize
+        || m.div_ceil(16) > ctx.limits.max_compute_workgroups_per_dimension as usize
+        || n + m > grid_rows
+    {
+        return Err(Error::shape(
+            "wgpu cosine cost",
+            format!("n, m ≤ {}", grid_rows / 2),
+            format!("n = {n}, m = {m}"),
+        ));
+    }
+    let pipes = &ctx.pipelines.cosine;
+    let mut data = vec![0.0f32; b * n * m];
+    for start in (0..b).step_by(chunk) {
+        let c = chunk.min(b - start);
+        let lengths: Vec<[u32; 2]> = (start..start + c)
+            .map(|p| [x.lengths[p] as u32, y.lengths[p] as u32])
+            .collect();
+        let params = ctx.uniform(&CosineParams {
+            pairs: c as u32,
+            n: n as u32,
+            m: m as u32,
+            d4: (d / 4) as u32,
+        });
+        let bufs = [
+            ctx.upload(&xd[start * n * d..(start + c) * n * d]),
+            ctx.upload(&yd[start * m * d..(start + c) * m * d]),
+            ctx.upload(&lengths),
+            ctx.storage((c * n * 4) as u64),
+            ctx.storage((c * m * 4) as u64),
+            ctx.storage((c * n * m * 4) as u64),
+        ];
+        let group = ctx.bind_group(
+            pipes,
+            &[
+                &params, &bufs[0], &bufs[1], &bufs[2], &bufs[3], &bufs[4], &bufs[5],
+            ],
+        );
+        let mut enc = ctx.encoder();
+        ctx.encode(
+            &mut enc,
+            &[
+                (
+                    &pipes.pipelines[COSINE_NORMS],
+                    &group,
+                    [groups(c * (n + m), 256), 1, 1],
+                ),
+                (
+                    &pipes.pipelines[COSINE_COST],
+                    &group,
+                    [groups(m, 16), groups(n, 16), c as u32],
+                ),
+            ],
+        );
+        let out = ctx.submit_and_read::<f32>("cosine_cost", enc, &[(&bufs[5], c * n * m)])?;
+        data[start * n * m..(start + c) * n * m].copy_from_slice(&out[0]);
+        ctx.recycle(bufs);
+    }
+    Ok(CostBatch { b, n, m, data })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MaxsimParams {
+    queries: u32,
+    nq: u32,
+    d4: u32,
+    docs: u32,
+    doc_tokens: u32,
+    _pad: [u32; 3],
+}
+
+pub(crate) fn maxsim(
+    ctx: &WgpuContext,
+    queries: &Embeddings,
+    docs: &PackedDocs,
+) -> Result<Vec<f32>> {
+    check_maxsim(queries, docs)?;
+    let (nqueries, nq, d) = (queries.b, queries.n, queries.d);
+    // Rows padded to whole vec4s.
+    let (qd, dd) = (pad_rows(&queries.data, d), pad_rows(&docs.data, d));
+    let d4 = d.div_ceil(4);
+    let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let q_bytes = (nqueries * nq * d4 * 16) as u64;
+    if q_bytes > ctx.max_binding() || nqueries > max_groups {
+        return Err(Error::shape(
+            "wgpu maxsim queries",
+            format!(
+                "at most {max_groups} queries and {} B of query embeddings per call",
+                ctx.max_binding()
+            ),
+            format!("{nqueries} queries, {q_bytes} B"),
+        ));
+    }
+    let pipes = &ctx.pipelines.maxsim;
+    let q_len: Vec<u32> = queries.lengths.iter().map(|&l| l as u32).collect();
+    let q_buf = ctx.upload(&qd);
+    let q_len_buf = ctx.upload(&q_len);
+    let inv_q = ctx.storage((nqueries * nq * 4) as u64);
+    // Documents in chunks: whole documents, tokens within one binding and the norm grid,
+    // documents within the grid.
+    let max_tokens = ((ctx.max_binding() / (d4 as u64 * 16)) as usize)
+        .min((max_groups * 256).saturating_sub(nqueries * nq));
+    let nd = docs.len();
+    let mut out = vec![0.0f32; nqueries * nd];
+    let mut k0 = 0;
+    while k0 < nd {
+        let mut k1 = k0;
+        let mut tokens = 0;
+        while k1 < nd && k1 - k0 < max_groups && tokens + docs.lengths[k1] <= max_tokens {
+            tokens += docs.lengths[k1];
+            k1 += 1;
+        }
+        if k1 == k0 {
+            return Err(Error::shape(
+                format!("wgpu maxsim document {k0}"),
+                format!("at most {max_tokens} tokens per document"),
+                format!("{} tokens", docs.lengths[k0]),
+            ));
+        }
+        let first = docs.offsets[k0];
+        let info: Vec<[u32; 2]> = (k0..k1)
+            .map(|k| [(docs.offsets[k] - first) as u32, docs.lengths[k] as u32])
+            .collect();
+        let params = ctx.uniform(&MaxsimParams {
+            queries: nqueries as u32,
+            nq: nq as u32,
+            d4: d4 as u32,
+            docs: (k1 - k0) as u32,
+            doc_tokens: tokens as u32,
+            _pad: [0; 3],
+        });
+        let bufs = [
+            ctx.upload(&dd[first * d4 * 4..(first + tokens) * d4 * 4]),
+            ctx.upload(&info),
+            ctx.storage((tokens * 4) as u64),
+            ctx.storage((nqueries * (k1 - k0) * 4) as u64),
+        ];
+        let group = ctx.bind_group(
+            pipes,
+            &[
+                &params, &q_buf, &q_len_buf, &bufs[0], &bufs[1], &inv_q, &bufs[2], &bufs[3],
+            ],
+        );
+        let mut enc = ctx.encoder();
+        ctx.encode(
+            &mut enc,
+            &[
+                (
+                    &pipes.pipelines[MAXSIM_NORMS],
+                    &group,
+                    [groups(nqueries * nq + tokens, 256), 1, 1],
+                ),
+                (
+                    &pipes.pipelines[MAXSIM_SCORES],
+                    &group,
+                    [(k1 - k0) as u32, nqueries as u32, 1],
+                ),
+            ],
+        );
+        let scores =
+            ctx.submit_and_read::<f32>("maxsim", enc, &[(&bufs[3], nqueries * (k1 - k0))])?;
+        for q in 0..nqueries {
+            out[q * nd + k0..q * nd + k1]
+                .copy_from_slice(&scores[0][q * (k1 - k0)..(q + 1) * (k1 - k0)]);
+        }
+        ctx.recycle(bufs);
+        k0 = k1;
+    }
+    ctx.recycle([q_buf, q_len_buf, inv_q]);
+    Ok(out)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct FusedParams {
+    pairs: u32,
+    n: u32,
+    m: u32,
+    d: u32,
+    start: u32,
+    iterations: u32,
+    max_iterations: u32,
+    check_every: u32,
+    epsilon: f32,
+    threshold: f32,
+    _pad: [u32; 2],
+}
+
+/// The fused solve, or `None` when some pair does not fit the on-chip tile (the caller then
+/// takes the materialised path).
+pub(crate) fn fused_sinkhorn(
+    ctx: &WgpuContext,
+    x: &Embeddings,
+    y: &Embeddings,
+    params: &SinkhornParams,
+) -> Result<Option<SinkhornOutput>> {
+    params.validate()?;
+    check_pair_batch(x, y)?;
+    let (b, n, m, d) = (x.b, x.n, y.n, x.d);
+    let cap = ctx.tile_capacity() as usize;
+    let fits =
+        n <= MAX_LEN && m <= MAX_LEN && (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
+    if !fits {
+        return Ok(None);
+    }
+    let to_u32 = |name: &'static str, v: usize| {
+        u32::try_from(v).map_err(|_| Error::parameter(name, "at most 4294967295", v))
+    };
+    let max_iterations = to_u32("max_iterations", params.max_iterations)?;
+    let check_every = to_u32("check_every", params.check_every)?;
+    let per_dispatch = params.check_every
+        * FUSED_ITERATIONS_PER_DISPATCH
+            .div_ceil(params.check_every)
+            .max(1);
+    let out_per_pair = n * m + 1 + n + m;
+    let per_pair = [
+        (n * d * 4) as u64,
+        (m * d * 4) as u64,
+        (out_per_pair * 4) as u64,
+    ];
+    let chunk = ctx.chunk_len("fused sinkhorn", &per_pair, b)?;
+    let pipes = &ctx.pipelines.fused;
+    let mut out = SinkhornOutput {
+        pairs: b,
+        n,
+        m,
+        plan: vec![0.0; b * n * m],
+        f: vec![0.0; b * n],
+        g: vec![0.0; b * m],
+        cost: vec![0.0; b],
+        iterations: vec![0; b],
+        converged: vec![false; b],
+        marginal_error: vec![f64::INFINITY; b],
+    };
+    for start in (0..b).step_by(chunk) {
+        let c = chunk.min(b - start);
+        let lengths: Vec<[u32; 2]> = (start..start + c)
+            .map(|p| [x.lengths[p] as u32, y.lengths[p] as u32])
+            .collect();
+        let status0: Vec<[u32; 4]> = vec![[0, 0, f32::INFINITY.to_bits(), 0]; c];
+        let narrow =
+            (start..start + c).all(|p| x.lengths[p] <= NARROW_LEN && y.lengths[p] <= NARROW_LEN);
+        let variant = if narrow { FUSED_NARROW } else { 0 };
+        let bufs = [
+            ctx.upload(&x.data[start * n * d..(start + c) * n * d]),
+            ctx.upload(&y.data[start * m * d..(start + c) * m * d]),
+            ctx.upload(&lengths),
+            ctx.storage((c * n * 4) as u64),
+            ctx.storage((c * m * 4) as u64),
+            ctx.upload(&status0),
+            ctx.storage((c * out_per_pair * 4) as u64),
+        ];
+        let fused_params = |first: usize| FusedParams {
+            pairs: c as u32,
+            n: n as u32,
+            m: m as u32,
+            d: d as u32,
+            start: first as u32,
+            iterations: per_dispatch as u32,
+            max_iterations,
+            check_every,
+            epsilon: params.epsilon as f32,
+            threshold: params.threshold as f32,
+            _pad: [0; 2],
+        };
+        let mut status = status0;
+        let mut first = 0;
+        while first < params.max_iterations {
+            let u = ctx.uniform(&fused_params(first));
+            let group = ctx.bind_group(
+                pipes,
+                &[
+                    &u, &bufs[0], &bufs[1], &bufs[2], &bufs[3], &bufs[4], &bufs[5], &bufs[6],
+                ],
+            );
+            let mut enc = ctx.encoder();
+            ctx.encode(
+                &mut enc,
+                &[(
+                    &pipes.pipelines[FUSED_SOLVE + variant],
+                    &group,
+                    [c as u32, 1, 1],
+                )],
+            );
+            status = ctx
+                .submit_and_read::<[u32; 4]>("fused sinkhorn", enc, &[(&bufs[5], c)])?
+                .remove(0);
+            first += per_dispatch;
+            if status.iter().all(|s| s[1] != 0) {
+                break;
+            }
+        }
+        let u = ctx.uniform(&fused_params(first));
+        let group = ctx.bind_group(
+            pipes,
+            &[
+                &u, &bufs[0], &bufs[1], &bufs[2], &bufs[3], &bufs[4], &bufs[5], &bufs[6],
+            ],
+        );
+        let mut enc = ctx.encoder();
+        ctx.encode(
+            &mut enc,
+            &[(
+                &pipes.pipelines[FUSED_PLAN + variant],
+                &group,
+                [c as u32, 1, 1],
+            )],
+        );
+        let res = ctx
+            .submit_and_read::<f32>("fused sinkhorn plan", enc, &[(&bufs[6], c * out_per_pair)])?
+            .remove(0);
+        let (plan, rest) = res.split_at(c * n * m);
+        let (cost, rest) = rest.split_at(c);
+        let (f, g) = rest.split_at(c * n);
+        let widen = |dst: &mut [f64], src: &[f32]| {
+            dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v as f64);
+        };
+        widen(&mut out.plan[start * n * m..(start + c) * n * m], plan);
+        widen(&mut out.cost[start..start + c], cost);
+        widen(&mut out.f[start * n..(start + c) * n], f);
+        widen(&mut out.g[start * m..(start + c) * m], g);
+        for (k, s) in status.iter().enumerate() {
+            out.iterations[start + k] = s[0];
+            out.converged[start + k] = s[1] == 1;
+            out.marginal_error[start + k] = f32::from_bits(s[2]) as f64;
+        }
+        ctx.recycle(bufs);
+    }
+    Ok(Some(out))
+}

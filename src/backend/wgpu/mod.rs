@@ -1,0 +1,78 @@
+//! WGPU backend: the WGSL kernels of `shaders/` run through wgpu on Vulkan, Metal or DX12
+//! (Mesa's lavapipe in CI).
+//!
+//! | op                    | shader                          | CPU twin                       |
+//! |-----------------------|---------------------------------|--------------------------------|
+//! | cosine cost           | `shaders/cosine_cost.wgsl`      | `CpuReference::cosine_cost`    |
+//! | MaxSim                | `shaders/maxsim.wgsl`           | `CpuReference::maxsim`         |
+//! | Sinkhorn primitives   | `shaders/sinkhorn.wgsl`         | `impl SinkhornKernels`         |
+//! | fused cost + Sinkhorn | `shaders/fused_sinkhorn.wgsl`   | `Backend::sinkhorn_embeddings` |
+//!
+//! Everything runs in `f32` on the device; plans, potentials and costs come back as `f64`
+//! like every backend's. Batches larger than one storage binding (or than 65,535
+//! workgroups) are cut into chunks; one item that alone exceeds a binding is an error.
+//!
+//! Fused path rule: [`Wgpu::sinkhorn_embeddings`] runs the fused kernel when every pair's
+//! support fits the on-chip tile, `len_x · (len_y | 1) ≤ tile_capacity()` (the tile is sized
+//! from the device's workgroup memory); otherwise it computes the cost with the cosine
+//! kernel and runs the materialised Sinkhorn, which streams the cost from global memory.
+//!
+//! Subgroup operations are not used: every kernel is the portable path (workgroup memory and
+//! barriers only). `optical info` reports whether an adapter has them (`Features::SUBGROUP`),
+//! so a subgroup variant can be added behind that check.
+
+mod context;
+mod kernels;
+mod sinkhorn;
+
+use std::sync::Arc;
+
+pub use context::{adapters, choose_adapter, describe_adapter, WgpuContext, ADAPTER_ENV, SHADERS};
+pub use sinkhorn::WgpuSinkhornState;
+
+use crate::error::Result;
+use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, SinkhornParams};
+use crate::ot::sinkhorn::SinkhornOutput;
+
+/// The WGPU backend (`--backend wgpu`). Cheap to clone: clones share one device context.
+#[derive(Clone)]
+pub struct Wgpu {
+    ctx: Arc<WgpuContext>,
+}
+
+impl Wgpu {
+    /// Open the preferred adapter (`$OPTICAL_WGPU_ADAPTER` picks one by name).
+    pub fn new() -> Result<Wgpu> {
+        Ok(Wgpu::with_context(Arc::new(WgpuContext::new()?)))
+    }
+
+    /// Run on an existing context (tests and benches share one).
+    pub fn with_context(ctx: Arc<WgpuContext>) -> Wgpu {
+        Wgpu { ctx }
+    }
+
+    pub fn context(&self) -> &Arc<WgpuContext> {
+        &self.ctx
+    }
+
+    /// Pairwise cosine cost (same contract as [`crate::backend::CpuReference::cosine_cost`]).
+    pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
+        kernels::cosine_cost(&self.ctx, x, y)
+    }
+
+    /// MaxSim scores (same contract as [`crate::backend::CpuReference::maxsim`]).
+    pub fn maxsim(&self, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
+        kernels::maxsim(&self.ctx, queries, docs)
+    }
+
+    /// Entropic OT between embedding sets with the fused kernel when the pairs fit on-chip,
+    /// the materialised path otherwise (see the module docs for the rule).
+    pub fn sinkhorn_embeddings(
+        &self,
+        x: &Embeddings,
+        y: &Embeddings,
+        params: &SinkhornParams,
+    ) -> Result<Option<SinkhornOutput>> {
+        kernels::fused_sinkhorn(&self.ctx, x, y, params)
+    }
+}

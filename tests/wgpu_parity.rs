@@ -1,0 +1,501 @@
+//! Parity of every WGSL kernel with the f64 CPU reference, on awkward shapes, zero weights,
+//! outliers and ε = 0.01; determinism; naga validation of the shader sources.
+//!
+//! These tests need a wgpu adapter (in CI: Mesa's lavapipe, installed by
+//! `scripts/setup.d/20-vulkan.sh`). Without one they FAIL, unless `OPTICAL_SKIP_WGPU=1` is set.
+#![cfg(feature = "wgpu")]
+
+use std::sync::{Arc, OnceLock};
+
+use optical::backend::wgpu::{Wgpu, WgpuContext, SHADERS};
+use optical::backend::{Backend, CpuReference};
+use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
+use optical::ot::sinkhorn::{self, SinkhornOutput};
+use optical::rng::SplitMix64;
+
+/// Agreement required of plans (absolute, per entry).
+const PLAN_TOL: f64 = 1e-5;
+
+fn context() -> Option<Arc<WgpuContext>> {
+    static CTX: OnceLock<Result<Arc<WgpuContext>, String>> = OnceLock::new();
+    let ctx = CTX.get_or_init(|| WgpuContext::new().map(Arc::new).map_err(|e| e.to_string()));
+    match ctx {
+        Ok(c) => Some(c.clone()),
+        Err(e) if std::env::var("OPTICAL_SKIP_WGPU").as_deref() == Ok("1") => {
+            eprintln!("skipping: OPTICAL_SKIP_WGPU=1 and no wgpu adapter ({e})");
+            None
+        }
+        Err(e) => panic!(
+            "no wgpu adapter: {e}\n(install lavapipe with scripts/setup.d/20-vulkan.sh, or set \
+             OPTICAL_SKIP_WGPU=1 to skip these tests explicitly)"
+        ),
+    }
+}
+
+fn wgpu_backend() -> Option<(Wgpu, Backend)> {
+    let ctx = context()?;
+    let w = Wgpu::with_context(ctx);
+    Some((w.clone(), Backend::Wgpu(w)))
+}
+
+/// Max abs and max relative (to max(|reference|, floor)) error, printed, then asserted.
+fn compare(what: &str, got: &[f64], want: &[f64], abs_tol: f64, floor: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let (mut max_abs, mut max_rel, mut first) = (0.0f64, 0.0f64, Vec::new());
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let e = (g - w).abs();
+        let e = if e.is_nan() { f64::INFINITY } else { e };
+        max_abs = max_abs.max(e);
+        max_rel = max_rel.max(e / w.abs().max(floor));
+        if e > abs_tol && first.len() < 5 {
+            first.push(format!("[{k}] got {g:e} want {w:e}"));
+        }
+    }
+    println!("{what}: max abs error {max_abs:.3e}, max rel error {max_rel:.3e} (tol {abs_tol:e})");
+    assert!(
+        max_abs <= abs_tol,
+        "{what}: max abs error {max_abs:e} > {abs_tol:e}; first mismatches: {first:?}"
+    );
+}
+
+/// Seeded `(b, n, d)` embeddings with ragged lengths, a zero row and a few outliers.
+fn embeddings(seed: u64, b: usize, n: usize, d: usize, ragged: bool) -> Embeddings {
+    let mut rng = SplitMix64::new(seed);
+    let mut data = rng.normals_f32(b * n * d);
+    // Outliers: a few values 1000× larger.
+    for _ in 0..(b * n * d / 97).max(1) {
+        let k = rng.range(0, b * n * d - 1);
+        data[k] *= 1000.0;
+    }
+    let lengths: Vec<usize> = (0..b)
+        .map(|p| {
+            if ragged && p % 2 == 1 {
+                rng.range(1, n)
+            } else {
+                n
+            }
+        })
+        .collect();
+    // A zero vector (cos 0 with everything) in the first set when it has two rows or more.
+    if n > 1 && lengths[0] > 1 {
+        data[d..2 * d].iter_mut().for_each(|v| *v = 0.0);
+    }
+    Embeddings::new("test", b, n, d, data, Some(lengths)).expect("valid test embeddings")
+}
+
+/// A batch of OT problems: cosine costs of random embeddings, some entries turned into
+/// outliers, random weights with zeros (padding) in every other pair.
+fn problem(seed: u64, b: usize, n: usize, m: usize) -> Problem {
+    let x = embeddings(seed, b, n, 8, false);
+    let y = embeddings(seed + 1, b, m, 8, false);
+    let cost = CpuReference.cosine_cost(&x, &y).expect("valid");
+    let mut rng = SplitMix64::new(seed + 2);
+    let mut c: Vec<f64> = cost.data.iter().map(|&v| v as f64).collect();
+    for _ in 0..(b * n * m / 53).max(1) {
+        let k = rng.range(0, b * n * m - 1);
+        c[k] = 5.0 + 20.0 * rng.uniform();
+    }
+    let weights = |rng: &mut SplitMix64, len: usize| -> Vec<f64> {
+        (0..b * len)
+            .map(|k| {
+                let p = k / len;
+                if p % 2 == 1 && len > 1 && rng.uniform() < 0.25 && k % len != 0 {
+                    0.0
+                } else {
+                    0.5 + rng.uniform()
+                }
+            })
+            .collect()
+    };
+    let a = weights(&mut rng, n);
+    let bw = weights(&mut rng, m);
+    Problem::new(b, n, m, c, Some(a), Some(bw)).expect("valid problem")
+}
+
+fn fixed(epsilon: f64, iterations: usize) -> SinkhornParams {
+    SinkhornParams {
+        epsilon,
+        max_iterations: iterations,
+        threshold: 0.0,
+        check_every: iterations.min(7),
+    }
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+#[test]
+fn shaders_validate_with_naga() {
+    for (name, source) in SHADERS {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        assert!(
+            source.starts_with("// "),
+            "{name}: must open with its header comment"
+        );
+    }
+}
+
+#[test]
+fn cosine_cost_matches_reference() {
+    let Some((w, _)) = wgpu_backend() else { return };
+    // The kernel's block is 16 × 16 and walks d 16 at a time.
+    for (k, &(b, n, m, d)) in [
+        (1, 1, 1, 1),
+        (2, 15, 16, 17),
+        (3, 16, 17, 15),
+        (2, 17, 29, 33),
+        (2, 113, 203, 64),
+        (1, 512, 512, 16),
+        (1, 9, 7, 1024),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = embeddings(10 + k as u64, b, n, d, true);
+        let y = embeddings(20 + k as u64, b, m, d, true);
+        let got = w.cosine_cost(&x, &y).expect("wgpu cosine cost");
+        let want = CpuReference.cosine_cost(&x, &y).expect("reference");
+        compare(
+            &format!("cosine cost b={b} n={n} m={m} d={d}"),
+            &widen(&got.data),
+            &widen(&want.data),
+            2e-6,
+            1.0,
+        );
+    }
+}
+
+#[test]
+fn maxsim_matches_reference() {
+    let Some((w, _)) = wgpu_backend() else { return };
+    for (k, &(nq, qlen, ndocs, dmax, d)) in [
+        (1, 1, 1, 1, 1),
+        (3, 63, 5, 65, 16),
+        (2, 64, 17, 64, 128),
+        (2, 65, 9, 29, 1024),
+        (1, 512, 3, 20, 32),
+        (1, 600, 2, 3, 1100),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let q = embeddings(30 + k as u64, nq, qlen, d, true);
+        let mut rng = SplitMix64::new(40 + k as u64);
+        let lengths: Vec<usize> = (0..ndocs).map(|_| rng.range(1, dmax)).collect();
+        let total: usize = lengths.iter().sum();
+        let mut data = rng.normals_f32(total * d);
+        data[..d].iter_mut().for_each(|v| *v = 0.0);
+        let docs = PackedDocs::new("docs", d, data, lengths).expect("valid docs");
+        let got = w.maxsim(&q, &docs).expect("wgpu maxsim");
+        let want = CpuReference.maxsim(&q, &docs).expect("reference");
+        // A score sums up to `qlen` cosines, each good to ~1e-7 in f32.
+        compare(
+            &format!("maxsim {nq} queries x {qlen} vs {ndocs} docs d={d}"),
+            &widen(&got),
+            &widen(&want),
+            1e-6 * qlen as f64,
+            1.0,
+        );
+    }
+}
+
+/// Below this L1 marginal error f32 cannot tell errors apart: a convergence decision may
+/// differ from the f64 reference's when an error lies this close to the threshold.
+const F32_ERROR_FLOOR: f64 = 1e-6;
+
+fn check_solution(what: &str, got: &SinkhornOutput, want: &SinkhornOutput, threshold: f64) {
+    compare(
+        &format!("{what} plan"),
+        &got.plan,
+        &want.plan,
+        PLAN_TOL,
+        1e-3,
+    );
+    compare(&format!("{what} cost"), &got.cost, &want.cost, 1e-4, 1.0);
+    compare(&format!("{what} f"), &got.f, &want.f, 1e-4, 1.0);
+    compare(&format!("{what} g"), &got.g, &want.g, 1e-4, 1.0);
+    let mut at_floor = 0;
+    for p in 0..got.pairs {
+        if got.iterations[p] != want.iterations[p] || got.converged[p] != want.converged[p] {
+            let (e1, e2) = (got.marginal_error[p], want.marginal_error[p]);
+            assert!(
+                e1.min(e2) <= threshold + F32_ERROR_FLOOR,
+                "{what}: pair {p}: iterations {} vs {} (reference), converged {} vs {}, \
+                 errors {e1:e} vs {e2:e}",
+                got.iterations[p],
+                want.iterations[p],
+                got.converged[p],
+                want.converged[p]
+            );
+            at_floor += 1;
+        }
+    }
+    println!("{what}: {at_floor} pairs stopped differently at the f32 error floor");
+}
+
+#[test]
+fn sinkhorn_matches_reference() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let cap = w.context().tile_capacity() as usize;
+    // The largest square pair that still fits the on-chip tile, and one that just does not.
+    let side = (1..=512)
+        .take_while(|&s| s * (s | 1) <= cap)
+        .last()
+        .unwrap_or(1);
+    let mut shapes = vec![
+        (3, 1, 1, 20),
+        (2, 1, 9, 20),
+        (2, 255, 3, 10),
+        (2, 256, 5, 10),
+        (2, 3, 257, 10),
+        (2, 17, 29, 30),
+        (2, side, side, 10),
+        (2, side + 1, side + 1, 10),
+        (2, 113, 203, 10),
+        (1, 512, 512, 4),
+        (4096, 3, 5, 6),
+    ];
+    shapes.dedup();
+    for (k, &(b, n, m, iters)) in shapes.iter().enumerate() {
+        let pr = problem(100 + k as u64, b, n, m);
+        let params = fixed(0.01, iters);
+        let got = backend.sinkhorn(&pr, &params).expect("wgpu sinkhorn");
+        let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
+        check_solution(
+            &format!("sinkhorn eps=0.01 b={b} n={n} m={m} it={iters}"),
+            &got,
+            &want,
+            params.threshold,
+        );
+    }
+}
+
+#[test]
+fn sinkhorn_converges_like_reference() {
+    let Some((_, backend)) = wgpu_backend() else {
+        return;
+    };
+    let pr = problem(7, 4, 23, 31);
+    let params = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 2000,
+        threshold: 1e-4,
+        check_every: 5,
+    };
+    let got = backend.sinkhorn(&pr, &params).expect("wgpu sinkhorn");
+    let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
+    println!(
+        "iterations wgpu {:?} reference {:?}",
+        got.iterations, want.iterations
+    );
+    assert!(got.converged.iter().all(|&c| c), "all pairs converge");
+    compare("converged plan", &got.plan, &want.plan, PLAN_TOL, 1e-3);
+}
+
+#[test]
+fn fused_matches_reference() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let cap = w.context().tile_capacity() as usize;
+    let side = (1..=512)
+        .take_while(|&s| s * (s | 1) <= cap)
+        .last()
+        .unwrap_or(1);
+    for (k, &(b, n, m, d, iters)) in [
+        (3, 1, 1, 5, 20),
+        (2, 17, 29, 33, 30),
+        (2, side, side, 16, 10),
+        (2, side + 1, side + 1, 16, 10),
+        (1, 113, 203, 24, 5),
+        (1, 16, 8, 1024, 10),
+        (4096, 4, 6, 8, 6),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = embeddings(200 + k as u64, b, n, d, true);
+        let y = embeddings(300 + k as u64, b, m, d, true);
+        // ε = 0.01 with a check every 3 iterations: the on-device checks and early exits run.
+        let params = SinkhornParams {
+            epsilon: 0.01,
+            max_iterations: iters,
+            threshold: 1e-5,
+            check_every: 3,
+        };
+        let direct = w.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+        let fits = (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
+        println!("b={b} n={n} m={m}: fused kernel {fits} (tile capacity {cap})");
+        assert_eq!(
+            direct.is_some(),
+            fits,
+            "the fused path is taken exactly when every pair fits on-chip"
+        );
+        let got = backend
+            .sinkhorn_embeddings(&x, &y, &params)
+            .expect("wgpu sinkhorn_embeddings");
+        let want = CpuReference
+            .cosine_cost(&x, &y)
+            .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
+            .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
+            .expect("reference");
+        check_solution(
+            &format!("fused eps=0.01 b={b} n={n} m={m} d={d} it={iters}"),
+            &got,
+            &want,
+            params.threshold,
+        );
+    }
+}
+
+#[test]
+fn fused_resumes_across_dispatches() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    // 1,100 iterations with no early exit: the fused solve spans several dispatches (512
+    // iterations each), rebuilding the tile and resuming from the stored potentials.
+    let x = embeddings(400, 2, 5, 8, true);
+    let y = embeddings(401, 2, 7, 8, true);
+    let params = fixed(0.01, 1100);
+    assert!(w
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("fused")
+        .is_some());
+    let got = backend.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+    let want = CpuReference
+        .cosine_cost(&x, &y)
+        .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
+        .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
+        .expect("reference");
+    println!("iterations: {:?}", got.iterations);
+    assert!(
+        got.iterations.iter().any(|&it| it > 512),
+        "some pair must run past the first dispatch"
+    );
+    check_solution("fused 1100 iterations", &got, &want, params.threshold);
+}
+
+#[test]
+fn results_are_bit_identical_across_runs() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let x = embeddings(1, 3, 37, 40, true);
+    let y = embeddings(2, 3, 45, 40, true);
+    let c1 = w.cosine_cost(&x, &y).expect("cost");
+    let c2 = w.cosine_cost(&x, &y).expect("cost");
+    assert!(c1
+        .data
+        .iter()
+        .zip(&c2.data)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+
+    let docs = PackedDocs::new("docs", 40, y.data.clone(), vec![45, 45, 45]).expect("docs");
+    let s1 = w.maxsim(&x, &docs).expect("maxsim");
+    let s2 = w.maxsim(&x, &docs).expect("maxsim");
+    assert!(s1.iter().zip(&s2).all(|(a, b)| a.to_bits() == b.to_bits()));
+
+    let params = fixed(0.01, 25);
+    let pr = problem(3, 3, 40, 50);
+    let r1 = backend.sinkhorn(&pr, &params).expect("sinkhorn");
+    let r2 = backend.sinkhorn(&pr, &params).expect("sinkhorn");
+    let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits());
+    assert!(same(&r1.plan, &r2.plan) && same(&r1.f, &r2.f) && same(&r1.g, &r2.g));
+
+    let e1 = backend.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+    let e2 = backend.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+    assert!(same(&e1.plan, &e2.plan) && same(&e1.cost, &e2.cost));
+    assert_eq!(e1.marginal_error, e2.marginal_error);
+}
+
+#[test]
+fn chunked_batches_match_unchunked() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    // Same adapter, but batches cut so that one binding holds at most 4 KiB.
+    let small = WgpuContext::new()
+        .expect("adapter found above")
+        .with_binding_limit(4096);
+    let ws = Wgpu::with_context(Arc::new(small));
+    let bs = Backend::Wgpu(ws.clone());
+    let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits());
+
+    // 12 pairs of 9 × 10 × 8: one pair's x is 288 B, its cost 360 B → chunks of ≤ 11 pairs.
+    let x = embeddings(50, 12, 9, 8, true);
+    let y = embeddings(51, 12, 10, 8, true);
+    let c1 = w.cosine_cost(&x, &y).expect("cost");
+    let c2 = ws.cosine_cost(&x, &y).expect("chunked cost");
+    assert_eq!(c1.data, c2.data);
+
+    // 40 documents of up to 30 tokens × 8 dims: several document chunks.
+    let mut rng = SplitMix64::new(52);
+    let lengths: Vec<usize> = (0..40).map(|_| rng.range(1, 30)).collect();
+    let total: usize = lengths.iter().sum();
+    let docs = PackedDocs::new("docs", 8, rng.normals_f32(total * 8), lengths).expect("docs");
+    let s1 = w.maxsim(&x, &docs).expect("maxsim");
+    let s2 = ws.maxsim(&x, &docs).expect("chunked maxsim");
+    assert_eq!(s1, s2);
+
+    let pr = problem(53, 12, 9, 10);
+    let params = SinkhornParams {
+        epsilon: 0.01,
+        max_iterations: 40,
+        threshold: 1e-4,
+        check_every: 4,
+    };
+    let r1 = backend.sinkhorn(&pr, &params).expect("sinkhorn");
+    let r2 = bs.sinkhorn(&pr, &params).expect("chunked sinkhorn");
+    assert!(same(&r1.plan, &r2.plan) && same(&r1.f, &r2.f) && same(&r1.g, &r2.g));
+    assert_eq!(r1.iterations, r2.iterations);
+
+    let e1 = backend.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+    let e2 = bs
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("chunked fused");
+    assert!(same(&e1.plan, &e2.plan) && same(&e1.f, &e2.f) && same(&e1.g, &e2.g));
+    assert_eq!(e1.iterations, e2.iterations);
+
+    // One pair larger than a binding: an error, not a truncated answer.
+    let big = problem(54, 1, 40, 40);
+    let err = bs
+        .sinkhorn(&big, &params)
+        .expect_err("a pair exceeds the binding");
+    println!("{err}");
+}
+
+#[test]
+fn beyond_limits_is_an_error() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let pr = problem(5, 1, 513, 2);
+    let err = backend
+        .sinkhorn(&pr, &fixed(0.1, 1))
+        .expect_err("n = 513 exceeds the Sinkhorn kernel");
+    println!("{err}");
+    assert!(err.to_string().contains("512"), "{err}");
+
+    // Fused: n = 513 does not take the fused kernel; the materialised path reports the limit.
+    let x = embeddings(6, 1, 513, 4, false);
+    let y = embeddings(7, 1, 3, 4, false);
+    let fused = w
+        .sinkhorn_embeddings(&x, &y, &fixed(0.1, 1))
+        .expect("too large for the fused kernel: no result, no error");
+    assert!(fused.is_none(), "n = 513 must not take the fused kernel");
+    let err = backend
+        .sinkhorn_embeddings(&x, &y, &fixed(0.1, 1))
+        .expect_err("n = 513 exceeds the Sinkhorn kernels");
+    assert!(err.to_string().contains("512"), "{err}");
+}
