@@ -32,7 +32,7 @@ if os.path.exists(p):
 result = {"gpu": gpu, "status": status, "info": info[0] if info else None, "bench": bench,
           "torch": torch}
 
-# Ratios on the problem (device times; see docs/PERFORMANCE-cuda.md).
+# Ratios on the problem (device times; see docs/PERFORMANCE.md, CUDA section).
 fused = next((r for r in bench["cuda"] if r.get("kernel") == "sinkhorn-fused"), None)
 ratios = {}
 if fused and fused.get("device_seconds_per_call") and torch:
