@@ -6,9 +6,13 @@
 //! Data flows one way: files → validated arrays ([`ot::problem`]) → backend kernels
 //! ([`backend`]) → the Sinkhorn solver ([`ot::sinkhorn`]) → outputs.
 
+#[cfg(feature = "encoder")]
+pub mod assets;
 pub mod backend;
 pub mod bench;
 pub mod cli;
+#[cfg(feature = "encoder")]
+pub mod encoder;
 pub mod error;
 pub mod io;
 pub mod ot;

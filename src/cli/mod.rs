@@ -1,7 +1,11 @@
 //! The command-line interface: one file per subcommand. `main.rs` only parses and maps
 //! errors to exit codes.
 
+#[cfg(feature = "encoder")]
+pub mod assets;
 pub mod bench;
+#[cfg(feature = "encoder")]
+pub mod encode;
 pub mod info;
 pub mod ot;
 
@@ -23,6 +27,12 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Time every kernel on the standard problems (see `optical bench --help`).
     Bench(bench::BenchArgs),
+    /// Embed texts with a pretrained encoder (MiniLM, multilingual-e5-small, or a path).
+    #[cfg(feature = "encoder")]
+    Encode(encode::EncodeArgs),
+    /// Fetch, check or convert the pretrained encoder assets.
+    #[cfg(feature = "encoder")]
+    Assets(assets::AssetsArgs),
 }
 
 /// Run a parsed command.
@@ -31,5 +41,9 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Ot(args) => ot::run(args),
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "encoder")]
+        Command::Encode(args) => encode::run(args),
+        #[cfg(feature = "encoder")]
+        Command::Assets(args) => assets::run(args),
     }
 }
