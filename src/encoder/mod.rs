@@ -412,7 +412,7 @@ impl TextEncoder {
             };
             let values = pooled
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .map_err(|e| backend_error("read embeddings", format!("{e:?}")))?;
             for (r, &i) in idx.iter().enumerate() {
                 out[i * h..(i + 1) * h].copy_from_slice(&values[r * h..(r + 1) * h]);
@@ -437,7 +437,7 @@ impl TextEncoder {
             let (x, _) = self.forward(&batch)?;
             let values = x
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .map_err(|e| backend_error("read token embeddings", format!("{e:?}")))?;
             for (r, &i) in idx.iter().enumerate() {
                 let start = r * batch.t * h;
