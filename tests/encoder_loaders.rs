@@ -26,7 +26,11 @@ fn tiny_config(architecture: Architecture) -> EncoderConfig {
         max_position_embeddings: 24,
         type_vocab_size: 2,
         layer_norm_eps: 1e-12,
-        pad_token_id: if architecture == Architecture::Bert { 0 } else { 1 },
+        pad_token_id: if architecture == Architecture::Bert {
+            0
+        } else {
+            1
+        },
     }
 }
 
@@ -97,29 +101,50 @@ fn reference_forward(config: &EncoderConfig, w: &Weights, ids: &[u32]) -> Vec<Ve
         })
         .collect();
     for r in &mut x {
-        ln(r, g("embeddings.LayerNorm.weight"), g("embeddings.LayerNorm.bias"), config.layer_norm_eps);
+        ln(
+            r,
+            g("embeddings.LayerNorm.weight"),
+            g("embeddings.LayerNorm.bias"),
+            config.layer_norm_eps,
+        );
     }
     let lin = |x: &[f64], name: &str| -> Vec<f64> {
         let wt = &w.tensors[&format!("{name}.weight")];
         let b = g(&format!("{name}.bias"));
         let (o, i) = (wt.shape[0], wt.shape[1]);
         (0..o)
-            .map(|r| b[r] as f64 + (0..i).map(|c| wt.data[r * i + c] as f64 * x[c]).sum::<f64>())
+            .map(|r| {
+                b[r] as f64
+                    + (0..i)
+                        .map(|c| wt.data[r * i + c] as f64 * x[c])
+                        .sum::<f64>()
+            })
             .collect()
     };
     let nh = config.num_attention_heads;
     let hd = h / nh;
     for l in 0..config.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
-        let q: Vec<Vec<f64>> = x.iter().map(|r| lin(r, &format!("{p}.attention.self.query"))).collect();
-        let k: Vec<Vec<f64>> = x.iter().map(|r| lin(r, &format!("{p}.attention.self.key"))).collect();
-        let v: Vec<Vec<f64>> = x.iter().map(|r| lin(r, &format!("{p}.attention.self.value"))).collect();
+        let q: Vec<Vec<f64>> = x
+            .iter()
+            .map(|r| lin(r, &format!("{p}.attention.self.query")))
+            .collect();
+        let k: Vec<Vec<f64>> = x
+            .iter()
+            .map(|r| lin(r, &format!("{p}.attention.self.key")))
+            .collect();
+        let v: Vec<Vec<f64>> = x
+            .iter()
+            .map(|r| lin(r, &format!("{p}.attention.self.value")))
+            .collect();
         let mut ctx = vec![vec![0.0; h]; t];
         for head in 0..nh {
             for i in 0..t {
                 let s: Vec<f64> = (0..t)
                     .map(|j| {
-                        (0..hd).map(|e| q[i][head * hd + e] * k[j][head * hd + e]).sum::<f64>()
+                        (0..hd)
+                            .map(|e| q[i][head * hd + e] * k[j][head * hd + e])
+                            .sum::<f64>()
                             / (hd as f64).sqrt()
                     })
                     .collect();
@@ -182,11 +207,21 @@ fn forward_matches_f64_reference_with_padding() {
         let mut rng = SplitMix64::new(3);
         let seqs: Vec<Vec<u32>> = [1usize, 5, longest]
             .iter()
-            .map(|&n| (0..n).map(|_| rng.range(2, config.vocab_size - 1) as u32).collect())
+            .map(|&n| {
+                (0..n)
+                    .map(|_| rng.range(2, config.vocab_size - 1) as u32)
+                    .collect()
+            })
             .collect();
         let batch = pad(&seqs, config.pad_token_id as u32);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.ids.clone(), [batch.b, batch.t]), &device);
-        let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [batch.b, batch.t]), &device);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(batch.ids.clone(), [batch.b, batch.t]),
+            &device,
+        );
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
+            &device,
+        );
         let out = model.forward(ids, mask.clone());
         let values = out.clone().into_data().try_to_vec::<f32>().unwrap();
         let h = config.hidden_size;
@@ -207,7 +242,10 @@ fn forward_matches_f64_reference_with_padding() {
         assert!(worst < 1e-3, "{architecture:?}: max abs diff {worst}");
 
         // Mean pooling over real tokens and normalisation, against the f64 means.
-        let pooled = l2_normalize(mean_pool(out, mask)).into_data().try_to_vec::<f32>().unwrap();
+        let pooled = l2_normalize(mean_pool(out, mask))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         for (r, mean) in means.iter().enumerate() {
             let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
             let expected: Vec<f64> = mean.iter().map(|v| v / norm).collect();
@@ -226,7 +264,12 @@ fn write_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .map(|((n, s, _), b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
@@ -245,7 +288,11 @@ fn safetensors_prefixes_and_shape_errors() {
     list.push(("bert.pooler.dense.bias".into(), vec![32], vec![0.0; 32]));
     write_safetensors(&path, &list);
     let loaded = Weights::from_safetensors(&path, &config).unwrap();
-    assert_eq!(loaded.tensors.len(), weights.tensors.len(), "pooler must be skipped");
+    assert_eq!(
+        loaded.tensors.len(),
+        weights.tensors.len(),
+        "pooler must be skipped"
+    );
     let name = "encoder.layer.1.intermediate.dense.weight";
     assert_eq!(loaded.tensors[name].data, weights.tensors[name].data);
 
@@ -264,12 +311,20 @@ fn safetensors_prefixes_and_shape_errors() {
     let err = Weights::from_safetensors(&path, &config).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Shape { .. }), "{msg}");
-    assert!(msg.contains("encoder.layer.1.attention.self.key.weight"), "{msg}");
-    assert!(msg.contains("[32, 32]") && msg.contains("[16, 64]"), "{msg}");
+    assert!(
+        msg.contains("encoder.layer.1.attention.self.key.weight"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("[32, 32]") && msg.contains("[16, 64]"),
+        "{msg}"
+    );
 
     // A missing tensor names it too; garbage is a format error.
     write_safetensors(&path, &list[1..]);
-    let msg = Weights::from_safetensors(&path, &config).unwrap_err().to_string();
+    let msg = Weights::from_safetensors(&path, &config)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains(list[0].0.trim_start_matches("bert.")), "{msg}");
     std::fs::write(&path, b"not a safetensors file").unwrap();
     assert!(matches!(
@@ -287,17 +342,31 @@ fn q4_0_dequantisation() {
     dequantize_q4_0(&block, &mut out);
     for j in 0..16 {
         assert_eq!(out[j], (j as f32 - 8.0) * 0.5, "low nibble {j}");
-        assert_eq!(out[j + 16], ((15 - j) as f32 - 8.0) * 0.5, "high nibble {j}");
+        assert_eq!(
+            out[j + 16],
+            ((15 - j) as f32 - 8.0) * 0.5,
+            "high nibble {j}"
+        );
     }
 }
 
 /// A small E5S1 image: f32 for the vectors, Q4_0 (scale 1/8) for the matrices.
 fn tiny_e5s1(pieces: &[&str]) -> (Vec<u8>, HashMap<String, Vec<f32>>) {
-    let (h, nl, nh, ff, voc, maxp, tvs) = (32usize, 1usize, 4usize, 64usize, pieces.len(), 8usize, 2usize);
+    let (h, nl, nh, ff, voc, maxp, tvs) = (
+        32usize,
+        1usize,
+        4usize,
+        64usize,
+        pieces.len(),
+        8usize,
+        2usize,
+    );
     let mut rng = SplitMix64::new(5);
     let mut tensors: Vec<(String, u8, Vec<f32>)> = Vec::new();
     let q4 = |rows: usize, cols: usize, rng: &mut SplitMix64| -> Vec<f32> {
-        (0..rows * cols).map(|_| (rng.range(0, 15) as f32 - 8.0) / 8.0).collect()
+        (0..rows * cols)
+            .map(|_| (rng.range(0, 15) as f32 - 8.0) / 8.0)
+            .collect()
     };
     tensors.push(("emb.word".into(), 1, q4(voc, h, &mut rng)));
     tensors.push(("emb.pos".into(), 0, rng.normals_f32(maxp * h)));
@@ -305,7 +374,14 @@ fn tiny_e5s1(pieces: &[&str]) -> (Vec<u8>, HashMap<String, Vec<f32>>) {
     tensors.push(("emb.ln.w".into(), 0, vec![1.0; h]));
     tensors.push(("emb.ln.b".into(), 0, vec![0.0; h]));
     for l in 0..nl {
-        for (s, r, c) in [("q", h, h), ("k", h, h), ("v", h, h), ("ao", h, h), ("fi", ff, h), ("fo", h, ff)] {
+        for (s, r, c) in [
+            ("q", h, h),
+            ("k", h, h),
+            ("v", h, h),
+            ("ao", h, h),
+            ("fi", ff, h),
+            ("fo", h, ff),
+        ] {
             tensors.push((format!("l{l}.{s}.w"), 1, q4(r, c, &mut rng)));
             tensors.push((format!("l{l}.{s}.b"), 0, rng.normals_f32(r)));
         }
@@ -355,7 +431,10 @@ fn tiny_e5s1(pieces: &[&str]) -> (Vec<u8>, HashMap<String, Vec<f32>>) {
         out
     };
     let payloads: Vec<Vec<u8>> = tensors.iter().map(|(_, d, v)| encode(*d, v)).collect();
-    let dir_len: usize = tensors.iter().map(|(n, _, _)| 2 + n.len() + 1 + 4 + 8 + 8).sum();
+    let dir_len: usize = tensors
+        .iter()
+        .map(|(n, _, _)| 2 + n.len() + 1 + 4 + 8 + 8)
+        .sum();
     let mut data_off = b.len() + dir_len;
     for ((name, dtype, values), payload) in tensors.iter().zip(&payloads) {
         b.extend((name.len() as u16).to_le_bytes());
@@ -392,11 +471,25 @@ fn e5s1_parse_export_and_errors() {
     assert_eq!(file.config.architecture, Architecture::XlmRoberta);
     assert_eq!(file.config.max_position_embeddings, 8 + 2);
     let w = &file.weights.tensors;
-    same(&w["encoder.layer.0.intermediate.dense.weight"].data, &values["l0.fi.w"], "l0.fi.w");
-    assert_eq!(w["encoder.layer.0.intermediate.dense.weight"].shape, vec![64, 32]);
-    same(&w["embeddings.word_embeddings.weight"].data, &values["emb.word"], "emb.word");
+    same(
+        &w["encoder.layer.0.intermediate.dense.weight"].data,
+        &values["l0.fi.w"],
+        "l0.fi.w",
+    );
+    assert_eq!(
+        w["encoder.layer.0.intermediate.dense.weight"].shape,
+        vec![64, 32]
+    );
+    same(
+        &w["embeddings.word_embeddings.weight"].data,
+        &values["emb.word"],
+        "emb.word",
+    );
     let pos = &w["embeddings.position_embeddings.weight"].data;
-    assert!(pos[..64].iter().all(|&v| v == 0.0), "rows before pad + 1 are zero");
+    assert!(
+        pos[..64].iter().all(|&v| v == 0.0),
+        "rows before pad + 1 are zero"
+    );
     same(&pos[64..], &values["emb.pos"], "emb.pos");
 
     // Export to safetensors and read back through the Hugging Face loader.
@@ -428,13 +521,19 @@ fn config_validation() {
         "type_vocab_size": 2
     });
     let msg = EncoderConfig::from_json(&json).unwrap_err().to_string();
-    assert!(msg.contains("hidden_size 30") && msg.contains("num_attention_heads 4"), "{msg}");
+    assert!(
+        msg.contains("hidden_size 30") && msg.contains("num_attention_heads 4"),
+        "{msg}"
+    );
     let mut ok = json.clone();
     ok["hidden_size"] = 32.into();
     assert_eq!(EncoderConfig::from_json(&ok).unwrap().head_dim(), 8);
     let mut other = ok.clone();
     other["model_type"] = "gpt2".into();
-    assert!(EncoderConfig::from_json(&other).unwrap_err().to_string().contains("gpt2"));
+    assert!(EncoderConfig::from_json(&other)
+        .unwrap_err()
+        .to_string()
+        .contains("gpt2"));
     other = ok.clone();
     other["hidden_act"] = "relu".into();
     assert!(EncoderConfig::from_json(&other).is_err());

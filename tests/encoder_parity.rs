@@ -65,10 +65,11 @@ fn compare_rows(what: &str, ours: &[f32], reference: &[f32], h: usize, min_cos: 
         .zip(reference)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    let (worst, min) = cos
-        .iter()
-        .enumerate()
-        .fold((0, f64::INFINITY), |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc });
+    let (worst, min) =
+        cos.iter().enumerate().fold(
+            (0, f64::INFINITY),
+            |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc },
+        );
     println!(
         "{what}: {} rows, min cosine {min:.6} (row {worst}), mean {:.6}, max |diff| {max_abs:.2e}",
         cos.len(),
@@ -149,7 +150,10 @@ fn e5_small_matches_c_engine_and_numpy() {
         .map(|&c| c as usize)
         .collect();
     let our_counts: Vec<usize> = ours.iter().map(Vec::len).collect();
-    assert_eq!(our_counts, c_counts, "token counts vs the C engine's tokenizer");
+    assert_eq!(
+        our_counts, c_counts,
+        "token counts vs the C engine's tokenizer"
+    );
 
     let passage = encoder
         .embed(&sentences, TextKind::Passage, Pooling::Mean, true)
@@ -184,7 +188,10 @@ fn e5_small_matches_c_engine_and_numpy() {
         .zip(passage.chunks(384))
         .filter(|(q, p)| cosine(q, p) > 0.9999)
         .count();
-    assert_eq!(same, 0, "query and passage prefixes gave identical embeddings");
+    assert_eq!(
+        same, 0,
+        "query and passage prefixes gave identical embeddings"
+    );
 }
 
 #[test]
@@ -200,7 +207,12 @@ fn padding_does_not_change_embeddings() {
     for t in &texts {
         alone.extend(
             encoder
-                .embed(std::slice::from_ref(t), TextKind::Passage, Pooling::Mean, false)
+                .embed(
+                    std::slice::from_ref(t),
+                    TextKind::Passage,
+                    Pooling::Mean,
+                    false,
+                )
                 .unwrap(),
         );
     }

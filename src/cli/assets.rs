@@ -40,7 +40,11 @@ pub fn run(args: AssetsArgs) -> Result<()> {
             let mut missing = 0;
             for asset in Asset::ALL {
                 match asset.check() {
-                    Ok(()) => println!("{:<10} ok       {}", asset.dir_name(), asset.dir().display()),
+                    Ok(()) => println!(
+                        "{:<10} ok       {}",
+                        asset.dir_name(),
+                        asset.dir().display()
+                    ),
                     Err(e) => {
                         missing += 1;
                         println!("{:<10} missing  {e}", asset.dir_name());
@@ -66,8 +70,10 @@ pub fn run(args: AssetsArgs) -> Result<()> {
             let config = serde_json::to_string_pretty(&file.config.to_json())
                 .map_err(|e| Error::value("config", e.to_string()))?;
             let config_path = out.join("config.json");
-            std::fs::write(&config_path, config).map_err(|e| Error::io(&config_path, "write", e))?;
-            file.weights.write_safetensors(&out.join("model.safetensors"))?;
+            std::fs::write(&config_path, config)
+                .map_err(|e| Error::io(&config_path, "write", e))?;
+            file.weights
+                .write_safetensors(&out.join("model.safetensors"))?;
             let tok_out = out.join("tokenizer.json");
             std::fs::copy(&tokenizer, &tok_out).map_err(|e| Error::io(&tok_out, "write", e))?;
             println!("wrote {}", out.display());

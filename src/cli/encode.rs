@@ -68,10 +68,9 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
 
 /// `emb.npy` → `emb.<suffix>.npy`.
 pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let stem = out.file_stem().map_or_else(
-        || "out".to_string(),
-        |s| s.to_string_lossy().into_owned(),
-    );
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "out".to_string(), |s| s.to_string_lossy().into_owned());
     out.with_file_name(format!("{stem}.{suffix}.npy"))
 }
 
@@ -107,11 +106,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         Pooling::Mean | Pooling::Cls => {
             let emb = encoder.embed(&texts, kind, pooling, !args.no_normalize)?;
             npy::write(&args.out, &[texts.len(), h], &emb)?;
-            encoder
-                .tokenize(&texts, kind)?
-                .iter()
-                .map(Vec::len)
-                .sum()
+            encoder.tokenize(&texts, kind)?.iter().map(Vec::len).sum()
         }
     };
     let seconds = t1.elapsed().as_secs_f64();

@@ -87,7 +87,8 @@ impl EncoderConfig {
                         ctx,
                         format!(
                             "field \"{name}\": expected a non-negative integer, found {}",
-                            json.get(name).map_or("nothing".to_string(), |v| v.to_string())
+                            json.get(name)
+                                .map_or("nothing".to_string(), |v| v.to_string())
                         ),
                     )
                 })
@@ -146,7 +147,7 @@ impl EncoderConfig {
                 return Err(Error::value(ctx, format!("{name}: expected > 0, found 0")));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::value(
                 ctx,
                 format!(
@@ -168,7 +169,10 @@ impl EncoderConfig {
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return Err(Error::value(
                 ctx,
-                format!("layer_norm_eps: expected > 0, found {}", self.layer_norm_eps),
+                format!(
+                    "layer_norm_eps: expected > 0, found {}",
+                    self.layer_norm_eps
+                ),
             ));
         }
         Ok(())

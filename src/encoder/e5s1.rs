@@ -102,7 +102,10 @@ impl<'a> Cursor<'a> {
 
 /// Dequantise Q4_0 blocks to `f32`.
 pub fn dequantize_q4_0(blocks: &[u8], out: &mut [f32]) {
-    for (b, o) in blocks.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(QK)) {
+    for (b, o) in blocks
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK))
+    {
         let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
         for j in 0..QK / 2 {
             let q = b[2 + j];
@@ -154,7 +157,7 @@ impl E5s1 {
         if qk != QK {
             return Err(format(format!("block size: expected {QK}, found {qk}")));
         }
-        if hidden % QK != 0 || ffn % QK != 0 {
+        if !hidden.is_multiple_of(QK) || !ffn.is_multiple_of(QK) {
             return Err(format(format!(
                 "hidden {hidden} and ffn {ffn} must be multiples of the block size {QK}"
             )));
@@ -178,7 +181,9 @@ impl E5s1 {
         for i in 0..n_pieces {
             let (a, b) = (offset(i), offset(i + 1));
             if a > b || b > blob.len() {
-                return Err(format(format!("piece {i}: offsets {a}..{b} outside the blob")));
+                return Err(format(format!(
+                    "piece {i}: offsets {a}..{b} outside the blob"
+                )));
             }
             let piece = std::str::from_utf8(&blob[a..b])
                 .map_err(|_| format(format!("piece {i} is not UTF-8")))?;
@@ -246,7 +251,10 @@ impl E5s1 {
                 1 => n / QK * BLOCK_BYTES,
                 d => return Err(format(format!("tensor {name}: unknown dtype {d}"))),
             };
-            let end = e.offset.checked_add(want_bytes).filter(|&end| end <= data.len());
+            let end = e
+                .offset
+                .checked_add(want_bytes)
+                .filter(|&end| end <= data.len());
             let Some(end) = end.filter(|_| e.n_bytes >= want_bytes) else {
                 return Err(format(format!(
                     "tensor {name}: {want_bytes} bytes at offset {} do not fit the file \
@@ -294,7 +302,10 @@ impl E5s1 {
             "embeddings.token_type_embeddings.weight".into(),
             read("emb.type", &[type_vocab, h])?,
         );
-        put("embeddings.LayerNorm.weight".into(), read("emb.ln.w", &[h])?);
+        put(
+            "embeddings.LayerNorm.weight".into(),
+            read("emb.ln.w", &[h])?,
+        );
         put("embeddings.LayerNorm.bias".into(), read("emb.ln.b", &[h])?);
         for l in 0..layers {
             let hf = format!("encoder.layer.{l}");
@@ -315,9 +326,18 @@ impl E5s1 {
                     read(&format!("l{l}.{short}.b"), &[rows])?,
                 );
             }
-            for (short, long) in [("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")] {
-                put(format!("{hf}.{long}.weight"), read(&format!("l{l}.{short}.w"), &[h])?);
-                put(format!("{hf}.{long}.bias"), read(&format!("l{l}.{short}.b"), &[h])?);
+            for (short, long) in [
+                ("aln", "attention.output.LayerNorm"),
+                ("oln", "output.LayerNorm"),
+            ] {
+                put(
+                    format!("{hf}.{long}.weight"),
+                    read(&format!("l{l}.{short}.w"), &[h])?,
+                );
+                put(
+                    format!("{hf}.{long}.bias"),
+                    read(&format!("l{l}.{short}.b"), &[h])?,
+                );
             }
         }
         let weights = Weights {

@@ -46,7 +46,13 @@ impl FromStr for ModelSpec {
         Ok(match s {
             "minilm" => ModelSpec::MiniLm,
             "e5-small" => ModelSpec::E5Small,
-            "" => return Err(Error::parameter("model", "minilm, e5-small or a path", "''")),
+            "" => {
+                return Err(Error::parameter(
+                    "model",
+                    "minilm, e5-small or a path",
+                    "''",
+                ))
+            }
             path => ModelSpec::Path(PathBuf::from(path)),
         })
     }
@@ -334,7 +340,10 @@ impl TextEncoder {
         };
         texts
             .iter()
-            .map(|t| self.tokenizer.encode_ids(&format!("{prefix}{}", t.as_ref())))
+            .map(|t| {
+                self.tokenizer
+                    .encode_ids(&format!("{prefix}{}", t.as_ref()))
+            })
             .collect()
     }
 
@@ -347,7 +356,10 @@ impl TextEncoder {
         {
             return Err(Error::value(
                 "token ids",
-                format!("id {bad} outside the vocabulary of {}", self.config.vocab_size),
+                format!(
+                    "id {bad} outside the vocabulary of {}",
+                    self.config.vocab_size
+                ),
             ));
         }
         let ids = Tensor::<2, Int>::from_data(
@@ -365,7 +377,10 @@ impl TextEncoder {
     fn batches(&self, seqs: &[Vec<u32>]) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        order.chunks(self.batch_size).map(<[usize]>::to_vec).collect()
+        order
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
     }
 
     /// One vector per text, `(n, h)` row-major: mean or CLS pooling, then optionally L2

@@ -129,7 +129,12 @@ impl TransformerEncoder {
                 key: linear(w, &format!("{p}.attention.self.key"), device)?,
                 value: linear(w, &format!("{p}.attention.self.value"), device)?,
                 attention_output: linear(w, &format!("{p}.attention.output.dense"), device)?,
-                attention_norm: layer_norm(w, &format!("{p}.attention.output.LayerNorm"), config, device)?,
+                attention_norm: layer_norm(
+                    w,
+                    &format!("{p}.attention.output.LayerNorm"),
+                    config,
+                    device,
+                )?,
                 intermediate: linear(w, &format!("{p}.intermediate.dense"), device)?,
                 output: linear(w, &format!("{p}.output.dense"), device)?,
                 output_norm: layer_norm(w, &format!("{p}.output.LayerNorm"), config, device)?,

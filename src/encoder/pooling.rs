@@ -42,7 +42,11 @@ impl FromStr for Pooling {
             "mean" => Ok(Pooling::Mean),
             "cls" => Ok(Pooling::Cls),
             "tokens" => Ok(Pooling::Tokens),
-            other => Err(Error::parameter("pooling", "one of mean, cls, tokens", other)),
+            other => Err(Error::parameter(
+                "pooling",
+                "one of mean, cls, tokens",
+                other,
+            )),
         }
     }
 }
@@ -63,6 +67,11 @@ pub fn cls_pool(x: Tensor<3>) -> Tensor<2> {
 
 /// Rows scaled to unit L2 norm (`x / max(‖x‖, 1e-12)`, as `torch.nn.functional.normalize`).
 pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
     x.div(norm)
 }

@@ -129,8 +129,7 @@ impl Weights {
             path: path.into(),
             what: format!("not a valid safetensors file: {e}"),
         })?;
-        let wanted: HashMap<String, Vec<usize>> =
-            expected_parameters(config).into_iter().collect();
+        let wanted: HashMap<String, Vec<usize>> = expected_parameters(config).into_iter().collect();
         let mut tensors = HashMap::new();
         for (name, view) in st.iter() {
             let canonical = canonical_name(name);
