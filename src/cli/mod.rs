@@ -5,9 +5,9 @@
 pub mod assets;
 pub mod bench;
 pub mod data;
-pub mod eval;
 #[cfg(feature = "encoder")]
 pub mod encode;
+pub mod eval;
 pub mod info;
 pub mod ot;
 pub mod search;

@@ -1,20 +1,16 @@
 //! CPU fast path: `f32`, pairs (or documents) spread over threads with rayon, inner loops
 //! written to vectorise (see `simd.rs`), AVX2 + FMA chosen at run time when present.
 //!
-//! Sinkhorn works in base-2 log units on a rescaled copy of each pair's support:
+//! Sinkhorn works on the scaled form of [`crate::ot::scaled`] (support only, costs shifted
+//! by row and column minima, base-2 log units), with `K` stored row-major and transposed so
+//! both reductions stream contiguous memory:
 //!
 //! ```text
-//! C'_ij = C_ij − α_i − β_j        (α_i row minimum, β_j column minimum of the rest; C' ≥ 0)
-//! K_ij  = −C'_ij · log2(e) / ε     stored row-major and transposed, so both reductions
-//!                                  stream contiguous memory
-//! F_i   = (f_i − α_i) · log2(e)/ε, G_j = (g_j − β_j) · log2(e)/ε
 //! F_i ← −log2 Σ_j 2^(K_ij + G_j + log2 b_j)
 //! G_j ← −log2 Σ_i 2^(K_ij + F_i + log2 a_i)
 //! ```
 //!
-//! The shift by α and β leaves the plan unchanged (it moves the potentials by constants
-//! that are added back at the end) and keeps `K` small, so a pair whose costs are all
-//! large does not lose its `f32` precision. The marginal check is the next row update in
+//! The marginal check is the next row update in
 //! disguise: `Σ_j P_ij = a_i · 2^(F_i − F_i^new)`, so the check computes `F^new`, keeps it
 //! for the next iteration and costs no extra pass.
 
@@ -23,9 +19,8 @@ use rayon::prelude::*;
 use super::simd;
 use crate::error::Result;
 use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem};
+use crate::ot::scaled::{self, ScaledPair, Support};
 use crate::ot::sinkhorn::{SinkhornKernels, Solution};
-
-const LOG2E: f64 = std::f64::consts::LOG2_E;
 
 /// The CPU fast path (`--backend cpu`, the default).
 #[derive(Clone, Copy, Debug, Default)]
@@ -156,15 +151,12 @@ fn maxsim_one<const FMA: bool>(q: &[f32], doc: &[f32], d: usize) -> f32 {
 
 /// One pair on its support, in base-2 log units (see the module docs).
 pub struct FastPair {
-    rows: Vec<usize>,
-    cols: Vec<usize>,
+    support: Support,
     /// `K (nr, nc)` and its transpose `(nc, nr)`.
     k: Vec<f32>,
     kt: Vec<f32>,
     log2_a: Vec<f32>,
     log2_b: Vec<f32>,
-    alpha: Vec<f64>,
-    beta: Vec<f64>,
     f: Vec<f32>,
     g: Vec<f32>,
     /// `F^new` computed by the last marginal check, reused by the next row update when
@@ -181,69 +173,32 @@ pub struct FastState {
 
 impl FastPair {
     fn new(problem: &Problem, p: usize, epsilon: f64) -> FastPair {
-        let (rows, cols) = problem.support(p);
-        let (nr, nc, m) = (rows.len(), cols.len(), problem.m);
-        let c = problem.cost_of(p);
-        let mut cs: Vec<f64> = rows
-            .iter()
-            .flat_map(|&i| cols.iter().map(move |&j| c[i * m + j]))
-            .collect();
-        let alpha: Vec<f64> = cs
-            .chunks_exact(nc)
-            .map(|r| r.iter().copied().fold(f64::INFINITY, f64::min))
-            .collect();
-        for (r, &al) in cs.chunks_exact_mut(nc).zip(&alpha) {
-            r.iter_mut().for_each(|v| *v -= al);
-        }
-        let mut beta = vec![f64::INFINITY; nc];
-        for r in cs.chunks_exact(nc) {
-            for (b, &v) in beta.iter_mut().zip(r) {
-                *b = b.min(v);
-            }
-        }
-        let scale = -LOG2E / epsilon;
-        let k: Vec<f32> = cs
-            .chunks_exact(nc)
-            .flat_map(|r| {
-                r.iter()
-                    .zip(&beta)
-                    .map(|(&v, &bj)| ((v - bj) * scale) as f32)
-            })
-            .collect();
+        let scaled = ScaledPair::new(problem, p, epsilon);
+        let (nr, nc) = (scaled.support.rows.len(), scaled.support.cols.len());
         let mut kt = vec![0.0f32; nr * nc];
         for i in 0..nr {
             for j in 0..nc {
-                kt[j * nr + i] = k[i * nc + j];
+                kt[j * nr + i] = scaled.k[i * nc + j];
             }
         }
         FastPair {
-            log2_a: rows
-                .iter()
-                .map(|&i| problem.a[p * problem.n + i].log2() as f32)
-                .collect(),
-            log2_b: cols
-                .iter()
-                .map(|&j| problem.b[p * m + j].log2() as f32)
-                .collect(),
+            g: scaled.initial_g(epsilon),
             f: vec![0.0; nr],
-            // g starts at 0 like every backend, i.e. G = −β·log2(e)/ε in shifted units.
-            g: beta.iter().map(|&b| (b * scale) as f32).collect(),
             f_next: vec![0.0; nr],
             f_next_valid: false,
             scratch: vec![0.0; nr.max(nc)],
-            rows,
-            cols,
-            k,
             kt,
-            alpha,
-            beta,
+            k: scaled.k,
+            log2_a: scaled.log2_a,
+            log2_b: scaled.log2_b,
+            support: scaled.support,
         }
     }
 
     /// `out_i = −log2 Σ_j 2^(K_ij + G_j + log2 b_j)`.
     #[inline(always)]
     fn row_update<const FMA: bool>(&mut self, out_is_next: bool) {
-        let nc = self.cols.len();
+        let nc = self.support.cols.len();
         let h = &mut self.scratch[..nc];
         for ((h, &g), &lb) in h.iter_mut().zip(&self.g).zip(&self.log2_b) {
             *h = g + lb;
@@ -261,7 +216,7 @@ impl FastPair {
     /// `G_j = −log2 Σ_i 2^(K_ij + F_i + log2 a_i)`.
     #[inline(always)]
     fn col_update<const FMA: bool>(&mut self) {
-        let nr = self.rows.len();
+        let nr = self.support.rows.len();
         let h = &mut self.scratch[..nr];
         for ((h, &f), &la) in h.iter_mut().zip(&self.f).zip(&self.log2_a) {
             *h = f + la;
@@ -300,9 +255,6 @@ impl FastPair {
     }
 }
 
-/// Plan, f, g and transport cost of one pair, padding included.
-type PairSolution = (Vec<f64>, Vec<f64>, Vec<f64>, f64);
-
 impl SinkhornKernels for CpuFast {
     type State = FastState;
 
@@ -340,46 +292,9 @@ impl SinkhornKernels for CpuFast {
     }
 
     fn finish(&self, state: FastState, problem: &Problem) -> Result<Solution> {
-        let (n, m, eps) = (problem.n, problem.m, state.epsilon);
-        let per_pair: Vec<PairSolution> = state
-            .pairs
-            .par_iter()
-            .enumerate()
-            .map(|(p, pair)| {
-                let nc = pair.cols.len();
-                let c = problem.cost_of(p);
-                let mut plan = vec![0.0; n * m];
-                let mut f = vec![0.0; n];
-                let mut g = vec![0.0; m];
-                let mut total = 0.0;
-                for (ci, &i) in pair.rows.iter().enumerate() {
-                    f[i] = pair.f[ci] as f64 * eps / LOG2E + pair.alpha[ci];
-                    let a = problem.a[p * n + i];
-                    for (cj, &j) in pair.cols.iter().enumerate() {
-                        let e = pair.f[ci] as f64 + pair.g[cj] as f64 + pair.k[ci * nc + cj] as f64;
-                        let v = a * problem.b[p * m + j] * e.exp2();
-                        plan[i * m + j] = v;
-                        total += v * c[i * m + j];
-                    }
-                }
-                for (cj, &j) in pair.cols.iter().enumerate() {
-                    g[j] = pair.g[cj] as f64 * eps / LOG2E + pair.beta[cj];
-                }
-                (plan, f, g, total)
-            })
-            .collect();
-        let mut sol = Solution {
-            plan: Vec::with_capacity(problem.pairs * n * m),
-            f: Vec::with_capacity(problem.pairs * n),
-            g: Vec::with_capacity(problem.pairs * m),
-            cost: Vec::with_capacity(problem.pairs),
-        };
-        for (plan, f, g, c) in per_pair {
-            sol.plan.extend(plan);
-            sol.f.extend(f);
-            sol.g.extend(g);
-            sol.cost.push(c);
-        }
-        Ok(sol)
+        Ok(scaled::solution(problem, state.epsilon, |p| {
+            let pair = &state.pairs[p];
+            (&pair.support, &pair.f[..], &pair.g[..])
+        }))
     }
 }

@@ -18,9 +18,10 @@ use super::ptx;
 use crate::backend::cpu::check_pair_batch;
 use crate::error::{Error, Result};
 use crate::ot::problem::{Embeddings, Problem, SinkhornParams};
+use crate::ot::scaled::{self, ScaledPair, Support};
 use crate::ot::sinkhorn::{self, SinkhornKernels, SinkhornOutput, Solution};
 
-const LOG2E: f64 = std::f64::consts::LOG2_E;
+use crate::ot::scaled::LOG2E;
 
 /// Shared memory of `sinkhorn_iterate_f32` (see the header of `kernels/sinkhorn.ptx`).
 fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
@@ -38,23 +39,13 @@ fn iterate_block(n: usize, m: usize) -> u32 {
     (n.max(m).div_ceil(32).clamp(1, 32) * 32) as u32
 }
 
-/// The support of one pair and the shifts that map the device potentials back.
-struct HostPair {
-    rows: Vec<usize>,
-    cols: Vec<usize>,
-    alpha: Vec<f64>,
-    beta: Vec<f64>,
-}
-
 /// A batch on the device.
 pub struct CudaSinkhornState {
     epsilon: f64,
     pairs: usize,
     n: usize,
     m: usize,
-    host: Vec<HostPair>,
-    /// The packed `K (pairs, n, m)` when the host built it; read back from `k` otherwise.
-    k_host: Option<Vec<f32>>,
+    host: Vec<Support>,
     k: CudaSlice<f32>,
     kt: CudaSlice<f32>,
     log2a: CudaSlice<f32>,
@@ -72,7 +63,8 @@ pub struct CudaSinkhornState {
     fused_ahead: usize,
 }
 
-/// Pack pair `p`'s support, shift and scale its cost (as `FastPair::new` does).
+/// Pack pair `p` in the scaled form of [`crate::ot::scaled`] into its slots of the padded
+/// batch buffers (`K` with row stride `m`); returns its support and its initial `G` (g = 0).
 fn pack_pair(
     problem: &Problem,
     p: usize,
@@ -80,43 +72,17 @@ fn pack_pair(
     k: &mut [f32],
     log2a: &mut [f32],
     log2b: &mut [f32],
-) -> HostPair {
-    let (rows, cols) = problem.support(p);
+) -> (Support, Vec<f32>) {
     let m = problem.m;
-    let c = problem.cost_of(p);
-    let alpha: Vec<f64> = rows
-        .iter()
-        .map(|&i| {
-            cols.iter()
-                .map(|&j| c[i * m + j])
-                .fold(f64::INFINITY, f64::min)
-        })
-        .collect();
-    let beta: Vec<f64> = cols
-        .iter()
-        .map(|&j| {
-            rows.iter()
-                .zip(&alpha)
-                .map(|(&i, &al)| c[i * m + j] - al)
-                .fold(f64::INFINITY, f64::min)
-        })
-        .collect();
-    let scale = -LOG2E / epsilon;
-    for (ci, (&i, &al)) in rows.iter().zip(&alpha).enumerate() {
-        for (cj, (&j, &be)) in cols.iter().zip(&beta).enumerate() {
-            k[ci * m + cj] = ((c[i * m + j] - al - be) * scale) as f32;
-        }
-        log2a[ci] = problem.a[p * problem.n + i].log2() as f32;
+    let scaled = ScaledPair::new(problem, p, epsilon);
+    let nc = scaled.support.cols.len();
+    for (ci, row) in scaled.k.chunks_exact(nc).enumerate() {
+        k[ci * m..ci * m + nc].copy_from_slice(row);
     }
-    for (cj, &j) in cols.iter().enumerate() {
-        log2b[cj] = problem.b[p * m + j].log2() as f32;
-    }
-    HostPair {
-        rows,
-        cols,
-        alpha,
-        beta,
-    }
+    log2a[..scaled.log2_a.len()].copy_from_slice(&scaled.log2_a);
+    log2b[..nc].copy_from_slice(&scaled.log2_b);
+    let g0 = scaled.initial_g(epsilon);
+    (scaled.support, g0)
 }
 
 impl CudaBackend {
@@ -327,7 +293,7 @@ impl CudaBackend {
         };
         let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
         let host = (0..b)
-            .map(|p| HostPair {
+            .map(|p| Support {
                 rows: (0..x.lengths[p]).collect(),
                 cols: (0..y.lengths[p]).collect(),
                 alpha: vec![0.0; x.lengths[p]],
@@ -340,7 +306,6 @@ impl CudaBackend {
             n,
             m,
             host,
-            k_host: None,
             k: bufs.k,
             kt: self.zeros(1)?,
             log2a: bufs.log2a,
@@ -398,13 +363,17 @@ impl SinkhornKernels for CudaBackend {
         let mut k = vec![0.0f32; pairs * n * m];
         let mut log2a = vec![0.0f32; pairs * n];
         let mut log2b = vec![0.0f32; pairs * m];
-        let host: Vec<HostPair> = k
+        let (host, g0): (Vec<Support>, Vec<Vec<f32>>) = k
             .par_chunks_mut(n * m)
             .zip(log2a.par_chunks_mut(n))
             .zip(log2b.par_chunks_mut(m))
             .enumerate()
             .map(|(p, ((k, la), lb))| pack_pair(problem, p, epsilon, k, la, lb))
-            .collect();
+            .unzip();
+        let mut g = vec![0.0f32; pairs * m];
+        for (dst, src) in g.chunks_mut(m).zip(&g0) {
+            dst[..src.len()].copy_from_slice(src);
+        }
         let kt = if k_in_smem {
             self.zeros(1)?
         } else {
@@ -421,7 +390,7 @@ impl SinkhornKernels for CudaBackend {
                 });
             self.upload(&kt)?
         };
-        let counts = |f: &dyn Fn(&HostPair) -> usize| -> Result<Vec<u32>> {
+        let counts = |f: &dyn Fn(&Support) -> usize| -> Result<Vec<u32>> {
             lengths_u32("support", &host.iter().map(f).collect::<Vec<_>>())
         };
         Ok(CudaSinkhornState {
@@ -436,10 +405,9 @@ impl SinkhornKernels for CudaBackend {
             log2a: self.upload(&log2a)?,
             log2b: self.upload(&log2b)?,
             f: self.zeros(pairs * n)?,
-            g: self.zeros(pairs * m)?,
+            g: self.upload(&g)?,
             active: self.zeros(pairs)?,
             err: self.zeros(pairs)?,
-            k_host: Some(k),
             host,
             k_in_smem,
             errors_current: false,
@@ -485,59 +453,18 @@ impl SinkhornKernels for CudaBackend {
     }
 
     fn finish(&self, state: CudaSinkhornState, problem: &Problem) -> Result<Solution> {
-        let (n, m, eps) = (problem.n, problem.m, state.epsilon);
+        let (n, m) = (problem.n, problem.m);
         let f_dev = self.download(&state.f)?;
         let g_dev = self.download(&state.g)?;
-        let k = match state.k_host {
-            Some(k) => k,
-            None => self.download(&state.k)?,
-        };
-        let per_pair: Vec<PairSolution> = state
-            .host
-            .par_iter()
-            .enumerate()
-            .map(|(p, hp)| {
-                let c = problem.cost_of(p);
-                let (fp, gp) = (&f_dev[p * n..(p + 1) * n], &g_dev[p * m..(p + 1) * m]);
-                let kp = &k[p * n * m..(p + 1) * n * m];
-                let mut plan = vec![0.0; n * m];
-                let mut f = vec![0.0; n];
-                let mut g = vec![0.0; m];
-                let mut total = 0.0;
-                for (ci, &i) in hp.rows.iter().enumerate() {
-                    f[i] = fp[ci] as f64 * eps / LOG2E + hp.alpha[ci];
-                    let a = problem.a[p * n + i];
-                    for (cj, &j) in hp.cols.iter().enumerate() {
-                        let e = fp[ci] as f64 + gp[cj] as f64 + kp[ci * m + cj] as f64;
-                        let v = a * problem.b[p * m + j] * e.exp2();
-                        plan[i * m + j] = v;
-                        total += v * c[i * m + j];
-                    }
-                }
-                for (cj, &j) in hp.cols.iter().enumerate() {
-                    g[j] = gp[cj] as f64 * eps / LOG2E + hp.beta[cj];
-                }
-                (plan, f, g, total)
-            })
-            .collect();
-        let mut sol = Solution {
-            plan: Vec::with_capacity(problem.pairs * n * m),
-            f: Vec::with_capacity(problem.pairs * n),
-            g: Vec::with_capacity(problem.pairs * m),
-            cost: Vec::with_capacity(problem.pairs),
-        };
-        for (plan, f, g, c) in per_pair {
-            sol.plan.extend(plan);
-            sol.f.extend(f);
-            sol.g.extend(g);
-            sol.cost.push(c);
-        }
-        Ok(sol)
+        Ok(scaled::solution(problem, state.epsilon, |p| {
+            (
+                &state.host[p],
+                &f_dev[p * n..(p + 1) * n],
+                &g_dev[p * m..(p + 1) * m],
+            )
+        }))
     }
 }
-
-/// Plan, f, g and transport cost of one pair, padding included.
-type PairSolution = (Vec<f64>, Vec<f64>, Vec<f64>, f64);
 
 /// The solver over a state the fused launch already built (and advanced by one chunk).
 struct Prepared<'a> {

@@ -18,12 +18,8 @@ use super::kernels::MAX_LEN;
 use super::Wgpu;
 use crate::error::{Error, Result};
 use crate::ot::problem::Problem;
+use crate::ot::scaled::{self, ScaledPair, Support};
 use crate::ot::sinkhorn::{SinkhornKernels, Solution};
-
-const LOG2E: f64 = std::f64::consts::LOG2_E;
-
-/// Plan, f, g and transport cost of one pair, padding included.
-type PairSolution = (Vec<f64>, Vec<f64>, Vec<f64>, f64);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -60,19 +56,13 @@ pub struct WgpuSinkhornState {
     epsilon: f64,
     n: usize,
     m: usize,
-    rows: Vec<Vec<usize>>,
-    cols: Vec<Vec<usize>>,
-    alpha: Vec<Vec<f64>>,
-    beta: Vec<Vec<f64>>,
+    supports: Vec<Support>,
     chunks: Vec<Chunk>,
 }
 
 /// K and Kᵀ of one pair in its `2·n·m` slab, log2 a, log2 b, and the initial G (g = 0).
 struct Prepared {
-    rows: Vec<usize>,
-    cols: Vec<usize>,
-    alpha: Vec<f64>,
-    beta: Vec<f64>,
+    support: Support,
     slab: Vec<f32>,
     log2_a: Vec<f32>,
     log2_b: Vec<f32>,
@@ -81,52 +71,24 @@ struct Prepared {
 
 fn prepare_pair(problem: &Problem, p: usize, epsilon: f64) -> Prepared {
     let (n, m) = (problem.n, problem.m);
-    let (rows, cols) = problem.support(p);
-    let (nr, nc) = (rows.len(), cols.len());
-    let c = problem.cost_of(p);
-    let mut cs: Vec<f64> = rows
-        .iter()
-        .flat_map(|&i| cols.iter().map(move |&j| c[i * m + j]))
-        .collect();
-    let alpha: Vec<f64> = cs
-        .chunks_exact(nc)
-        .map(|r| r.iter().copied().fold(f64::INFINITY, f64::min))
-        .collect();
-    for (r, &al) in cs.chunks_exact_mut(nc).zip(&alpha) {
-        r.iter_mut().for_each(|v| *v -= al);
-    }
-    let mut beta = vec![f64::INFINITY; nc];
-    for r in cs.chunks_exact(nc) {
-        for (b, &v) in beta.iter_mut().zip(r) {
-            *b = b.min(v);
-        }
-    }
-    let scale = -LOG2E / epsilon;
+    let scaled = ScaledPair::new(problem, p, epsilon);
+    let (nr, nc) = (scaled.support.rows.len(), scaled.support.cols.len());
     let mut slab = vec![0.0f32; 2 * n * m];
     for i in 0..nr {
         for j in 0..nc {
-            let k = ((cs[i * nc + j] - beta[j]) * scale) as f32;
+            let k = scaled.k[i * nc + j];
             slab[i * nc + j] = k;
             slab[n * m + j * nr + i] = k;
         }
     }
-    let mut log2_a = vec![0.0f32; n];
-    for (o, &i) in log2_a.iter_mut().zip(&rows) {
-        *o = problem.a[p * n + i].log2() as f32;
-    }
-    let mut log2_b = vec![0.0f32; m];
-    for (o, &j) in log2_b.iter_mut().zip(&cols) {
-        *o = problem.b[p * m + j].log2() as f32;
-    }
-    let mut g0 = vec![0.0f32; m];
-    for (o, &bj) in g0.iter_mut().zip(&beta) {
-        *o = (-bj * LOG2E / epsilon) as f32;
-    }
+    let mut log2_a = scaled.log2_a.clone();
+    log2_a.resize(n, 0.0);
+    let mut log2_b = scaled.log2_b.clone();
+    log2_b.resize(m, 0.0);
+    let mut g0 = scaled.initial_g(epsilon);
+    g0.resize(m, 0.0);
     Prepared {
-        rows,
-        cols,
-        alpha,
-        beta,
+        support: scaled.support,
         slab,
         log2_a,
         log2_b,
@@ -180,10 +142,7 @@ impl SinkhornKernels for Wgpu {
             epsilon,
             n,
             m,
-            rows: Vec::with_capacity(b),
-            cols: Vec::with_capacity(b),
-            alpha: Vec::with_capacity(b),
-            beta: Vec::with_capacity(b),
+            supports: Vec::with_capacity(b),
             chunks: Vec::new(),
         };
         for start in (0..b).step_by(chunk) {
@@ -200,7 +159,7 @@ impl SinkhornKernels for Wgpu {
             let mut any_on_chip = false;
             let mut narrow = true;
             for pr in prepared {
-                let (nr, nc) = (pr.rows.len(), pr.cols.len());
+                let (nr, nc) = (pr.support.rows.len(), pr.support.cols.len());
                 any_on_chip |= nr * (nc | 1) <= cap;
                 narrow &= nr <= NARROW_LEN && nc <= NARROW_LEN;
                 host_info.push([nr as u32, nc as u32, 1, 0]);
@@ -208,10 +167,7 @@ impl SinkhornKernels for Wgpu {
                 la.extend_from_slice(&pr.log2_a);
                 lb.extend_from_slice(&pr.log2_b);
                 g0.extend_from_slice(&pr.g0);
-                state.rows.push(pr.rows);
-                state.cols.push(pr.cols);
-                state.alpha.push(pr.alpha);
-                state.beta.push(pr.beta);
+                state.supports.push(pr.support);
             }
             let chunk_state = ctx.checked("sinkhorn prepare", || {
                 let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -337,46 +293,13 @@ impl SinkhornKernels for Wgpu {
             big_g.extend(out.pop().unwrap_or_default());
             big_f.extend(out.pop().unwrap_or_default());
         }
-        let per_pair: Vec<PairSolution> = (0..problem.pairs)
-            .into_par_iter()
-            .map(|p| {
-                let (rows, cols) = (&state.rows[p], &state.cols[p]);
-                let c = problem.cost_of(p);
-                let mut plan = vec![0.0; n * m];
-                let mut f = vec![0.0; n];
-                let mut g = vec![0.0; m];
-                let mut total = 0.0;
-                for (ci, &i) in rows.iter().enumerate() {
-                    let fi = big_f[p * n + ci] as f64;
-                    f[i] = fi * eps / LOG2E + state.alpha[p][ci];
-                    let a = problem.a[p * n + i];
-                    for (cj, &j) in cols.iter().enumerate() {
-                        let gj = big_g[p * m + cj] as f64;
-                        let k =
-                            -(c[i * m + j] - state.alpha[p][ci] - state.beta[p][cj]) * LOG2E / eps;
-                        let v = a * problem.b[p * m + j] * (fi + gj + k).exp2();
-                        plan[i * m + j] = v;
-                        total += v * c[i * m + j];
-                    }
-                }
-                for (cj, &j) in cols.iter().enumerate() {
-                    g[j] = big_g[p * m + cj] as f64 * eps / LOG2E + state.beta[p][cj];
-                }
-                (plan, f, g, total)
-            })
-            .collect();
-        let mut sol = Solution {
-            plan: Vec::with_capacity(problem.pairs * n * m),
-            f: Vec::with_capacity(problem.pairs * n),
-            g: Vec::with_capacity(problem.pairs * m),
-            cost: Vec::with_capacity(problem.pairs),
-        };
-        for (plan, f, g, c) in per_pair {
-            sol.plan.extend(plan);
-            sol.f.extend(f);
-            sol.g.extend(g);
-            sol.cost.push(c);
-        }
+        let sol = scaled::solution(problem, eps, |p| {
+            (
+                &state.supports[p],
+                &big_f[p * n..(p + 1) * n],
+                &big_g[p * m..(p + 1) * m],
+            )
+        });
         for chunk in state.chunks {
             ctx.recycle([chunk.info, chunk.f, chunk.g, chunk.err]);
             ctx.recycle(chunk.others);
