@@ -25,6 +25,7 @@ References, independent of the Rust code:
     XLM-R on the dequantised E5S1 weights gives a tight second reference.
 
 Usage: python scripts/make_encoder_fixtures.py   (assets from scripts/setup.d/10-assets.sh;
+Python packages: scripts/requirements-encoder.txt;
 needs numpy, tokenizers, safetensors and gcc). Deterministic: rerunning gives the same files.
 """
 import ctypes

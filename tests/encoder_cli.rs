@@ -1,0 +1,170 @@
+//! `optical encode` end to end on the MiniLM asset: file formats, tokens mode, and errors
+//! that name what is wrong (exit code 2, no panic).
+#![cfg(feature = "encoder")]
+
+use std::path::Path;
+use std::process::Command;
+
+use optical::io::npy;
+
+fn optical() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_optical"))
+}
+
+#[test]
+fn encode_writes_pooled_and_token_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts.txt");
+    std::fs::write(
+        &input,
+        "A short one.\nA somewhat longer sentence about optimal transport.\n\n",
+    )
+    .unwrap();
+
+    let out = dir.path().join("emb.npy");
+    let run = optical()
+        .args([
+            "encode",
+            "--model",
+            "minilm",
+            "--pooling",
+            "mean",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii_end()).unwrap();
+    assert_eq!(summary["texts"], 3);
+    let emb = npy::read(&out).unwrap();
+    assert_eq!(emb.shape, vec![3, 384]);
+    let v = emb.to_f32();
+    for row in v.chunks(384) {
+        let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "row norm {norm}");
+    }
+
+    let tok = dir.path().join("tok.npy");
+    let run = optical()
+        .args([
+            "encode",
+            "--model",
+            "minilm",
+            "--pooling",
+            "tokens",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--out")
+        .arg(&tok)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lengths_path = dir.path().join("tok.lengths.npy");
+    let offsets_path = dir.path().join("tok.offsets.npy");
+    let lengths = npy::read(&lengths_path)
+        .unwrap()
+        .to_i64(&lengths_path)
+        .unwrap();
+    let offsets = npy::read(&offsets_path)
+        .unwrap()
+        .to_i64(&offsets_path)
+        .unwrap();
+    // "[CLS] a short one . [SEP]" = 6 tokens; the empty line is [CLS] [SEP].
+    assert_eq!(lengths[0], 6);
+    assert_eq!(lengths[2], 2);
+    assert_eq!(offsets, vec![0, lengths[0], lengths[0] + lengths[1]]);
+    let total: i64 = lengths.iter().sum();
+    assert_eq!(npy::read(&tok).unwrap().shape, vec![total as usize, 384]);
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let run = optical().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn encode_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let input = input.to_str().unwrap();
+    let out = dir.path().join("o.npy");
+    let out = out.to_str().unwrap();
+    let missing = Path::new(input).with_file_name("missing.txt");
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "minilm",
+            "--input",
+            missing.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+        "missing.txt",
+    );
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "minilm",
+            "--pooling",
+            "max",
+            "--input",
+            input,
+            "--out",
+            out,
+        ],
+        "mean, cls, tokens",
+    );
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "minilm",
+            "--max-length",
+            "100000",
+            "--input",
+            input,
+            "--out",
+            out,
+        ],
+        "max_length",
+    );
+    fails_with(
+        &["encode", "--model", input, "--input", input, "--out", out],
+        "E5S1",
+    );
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "minilm",
+            "--backend",
+            "cuda",
+            "--input",
+            input,
+            "--out",
+            out,
+        ],
+        "cuda",
+    );
+}
