@@ -15,6 +15,8 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 #[cfg(feature = "encoder")]
+pub mod distill;
+#[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod error;
 pub mod io;
