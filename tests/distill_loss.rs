@@ -25,7 +25,7 @@ fn tiny_embeddings(seed: u64, lengths: &[usize]) -> (Vec<f32>, usize, usize) {
     let batch = pad(&seqs, 0);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.ids, [batch.b, batch.t]), &device);
     let mask = Tensor::<2>::from_data(TensorData::new(batch.mask, [batch.b, batch.t]), &device);
-    let x = model.forward(ids, mask).into_data().to_vec::<f32>().unwrap();
+    let x = model.forward(ids, mask).into_data().try_to_vec::<f32>().unwrap();
     (x, batch.t, config.hidden_size)
 }
 
@@ -70,7 +70,7 @@ fn ot_gradient_matches_finite_differences_and_padding_gets_none() {
         .grad(&grads)
         .expect("student embeddings have a gradient")
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap();
 
     // Padding rows: exactly zero.

@@ -21,7 +21,7 @@ fn host<const D: usize>(p: &Param<Tensor<D>>) -> Result<HostTensor> {
     let shape = v.dims().to_vec();
     let data = v
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .map_err(|e| Error::Backend {
             backend: "burn",
             operation: "read a parameter",

@@ -5,9 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -241,7 +239,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     };
     let mut records = Vec::new();
     let mut dev_metrics = Vec::new();
-    let mut evaluate = |trainer: &mut Trainer, dev_metrics: &mut Vec<DevMetrics>| -> Result<()> {
+    let evaluate = |trainer: &mut Trainer, dev_metrics: &mut Vec<DevMetrics>| -> Result<()> {
         let m = trainer.evaluate(&dev_other, &dev_english)?;
         append_jsonl(&dev_log, &m)?;
         if trainer.state.best_dev_p1.is_none_or(|b| m.p_at_1 > b) {

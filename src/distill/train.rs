@@ -148,8 +148,9 @@ struct Trainable(usize);
 
 impl ModuleVisitor for Trainable {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if param.is_require_grad() {
-            self.0 += param.shape().num_elements();
+        let value = param.val();
+        if value.is_require_grad() {
+            self.0 += value.shape().num_elements();
         }
     }
 }
@@ -178,11 +179,11 @@ fn check_ids(batch: &TokenBatch, vocab: usize, what: &str) -> Result<()> {
 }
 
 fn vocab_of(model: &TransformerEncoder) -> usize {
-    model.embeddings.word.weight.shape().dims::<2>()[0]
+    model.embeddings.word.weight.val().dims()[0]
 }
 
 fn hidden_of(model: &TransformerEncoder) -> usize {
-    model.embeddings.word.weight.shape().dims::<2>()[1]
+    model.embeddings.word.weight.val().dims()[1]
 }
 
 impl Trainer {
@@ -208,7 +209,7 @@ impl Trainer {
             return Err(Error::shape(
                 "English side for the student",
                 format!("{} sequences", data.student.len()),
-                data.student_english.len(),
+                data.student_english.len().to_string(),
             ));
         }
         if config.batch_size > data.student.len() {
@@ -223,7 +224,7 @@ impl Trainer {
             return Err(Error::shape(
                 "teacher hidden size",
                 format!("{hs} (the student's; the cost compares their token vectors)"),
-                ht,
+                ht.to_string(),
             ));
         }
         if !student.embeddings.word.weight.val().is_autodiff() {
@@ -323,7 +324,7 @@ impl Trainer {
             let x = self.teacher.forward(ids, mask);
             let values = x
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .map_err(|e| burn_error("read teacher embeddings", e))?;
             for (r, &i) in missing.iter().enumerate() {
                 let len = batch.lengths[r];
@@ -583,7 +584,7 @@ impl Trainer {
             let v = pooling::l2_normalize(pooling::mean_pool(x, mask));
             out.extend(
                 v.into_data()
-                    .to_vec::<f32>()
+                    .try_to_vec::<f32>()
                     .map_err(|e| burn_error("read student vectors", e))?,
             );
         }
