@@ -9,7 +9,7 @@ use optical::rng::SplitMix64;
 
 fn random_pairs(n: usize, seed: u64) -> TokenizedPairs {
     let mut rng = SplitMix64::new(seed);
-    let mut seq = |rng: &mut SplitMix64| -> Vec<u32> {
+    let seq = |rng: &mut SplitMix64| -> Vec<u32> {
         let len = rng.range(3, 10);
         (0..len).map(|_| rng.range(1, 49) as u32).collect()
     };
