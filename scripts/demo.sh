@@ -4,13 +4,13 @@
 # on MAFAND dev (hau→eng P@1, in domain) and on a slice of XQuAD-R (mAP), as a table.
 #
 # Usage: scripts/demo.sh [path of the optical binary]   (make demo passes the release build)
-# Environment: DEMO_STEPS (default: the config's steps), XQUAD_LANGUAGES (default: en,de).
+# Environment: DEMO_STEPS (default: the config's steps), XQUAD_LANGUAGES (default: de).
 set -euo pipefail
 BIN="$(realpath "${1:-target/release/optical}")"
 cd "$(dirname "$0")/.."
 export OPTICAL_DATA_DIR="${OPTICAL_DATA_DIR:-$(realpath ../shared/data)}"
 OUT="${OPTICAL_CACHE:-$HOME/.cache/optical}/demo-distill"
-XQUAD_LANGUAGES="${XQUAD_LANGUAGES:-en,de}"
+XQUAD_LANGUAGES="${XQUAD_LANGUAGES:-de}"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 STEPS=()
