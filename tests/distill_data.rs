@@ -23,7 +23,12 @@ fn line_aligned_files_load() {
     let (train, dev) = pairs.shuffle_split(0, 1).unwrap();
     assert_eq!((train.len(), dev.len()), (1, 1));
     // Shuffling keeps every pair together.
-    for (o, e) in train.other.iter().zip(&train.english).chain(dev.other.iter().zip(&dev.english)) {
+    for (o, e) in train
+        .other
+        .iter()
+        .zip(&train.english)
+        .chain(dev.other.iter().zip(&dev.english))
+    {
         assert_eq!(o == "Sannu", e == "Hello");
     }
 }
@@ -33,7 +38,9 @@ fn differing_line_counts_are_an_error() {
     let d = tempfile::tempdir().unwrap();
     let a = write(d.path(), "a.hau", "Sannu\nNa gode\nYaya\n");
     let b = write(d.path(), "b.en", "Hello\nThank you\n");
-    let err = load_source(&format!("files:hau:{a}:{b}"), d.path()).unwrap_err().to_string();
+    let err = load_source(&format!("files:hau:{a}:{b}"), d.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("as many lines"), "{err}");
 }
 
@@ -42,7 +49,9 @@ fn empty_lines_are_an_error() {
     let d = tempfile::tempdir().unwrap();
     let a = write(d.path(), "a.hau", "Sannu\n  \nYaya\n");
     let b = write(d.path(), "b.en", "Hello\nThank you\nHow\n");
-    let err = load_source(&format!("files:hau:{a}:{b}"), d.path()).unwrap_err().to_string();
+    let err = load_source(&format!("files:hau:{a}:{b}"), d.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("line 2"), "{err}");
 }
 
@@ -51,7 +60,9 @@ fn unknown_language_codes_and_sources_are_errors() {
     let d = tempfile::tempdir().unwrap();
     let err = load_source("mafand:qqq", d.path()).unwrap_err().to_string();
     assert!(err.contains("qqq") && err.contains("hau"), "{err}");
-    let err = load_source("tatoeba:hau", d.path()).unwrap_err().to_string();
+    let err = load_source("tatoeba:hau", d.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("mafand:<lang>"), "{err}");
     let err = load_source("mafand:dev", d.path()).unwrap_err().to_string();
     assert!(err.contains("dev"), "{err}");

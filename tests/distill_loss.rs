@@ -25,11 +25,22 @@ fn tiny_embeddings(seed: u64, lengths: &[usize]) -> (Vec<f32>, usize, usize) {
     let batch = pad(&seqs, 0);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.ids, [batch.b, batch.t]), &device);
     let mask = Tensor::<2>::from_data(TensorData::new(batch.mask, [batch.b, batch.t]), &device);
-    let x = model.forward(ids, mask).into_data().try_to_vec::<f32>().unwrap();
+    let x = model
+        .forward(ids, mask)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     (x, batch.t, config.hidden_size)
 }
 
-fn side(x: &[f32], lengths: &[usize], t: usize, h: usize, device: &Device, grad: bool) -> TokenSide {
+fn side(
+    x: &[f32],
+    lengths: &[usize],
+    t: usize,
+    h: usize,
+    device: &Device,
+    grad: bool,
+) -> TokenSide {
     let b = lengths.len();
     let mut tensor = Tensor::<3>::from_data(TensorData::new(x.to_vec(), [b, t, h]), device);
     if grad {
@@ -86,7 +97,8 @@ fn ot_gradient_matches_finite_differences_and_padding_gets_none() {
     // Real entries: central differences of the f64 reference value.
     let x64: Vec<f64> = xs.iter().map(|&v| v as f64).collect();
     let t64: Vec<f64> = xt.iter().map(|&v| v as f64).collect();
-    let value = |x: &[f64]| entropic_ot_reference(x, &s_len, n, &t64, &t_len, m, h, &params).unwrap();
+    let value =
+        |x: &[f64]| entropic_ot_reference(x, &s_len, n, &t64, &t_len, m, h, &params).unwrap();
     let gmax = g.iter().fold(0.0f32, |a, &v| a.max(v.abs())) as f64;
     let mut rng = SplitMix64::new(7);
     let delta = 1e-4;

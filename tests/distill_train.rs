@@ -57,7 +57,10 @@ fn one_step_lowers_the_loss() {
         let before = loss_value(&mut t, &all);
         let record = t.step().unwrap();
         let after = loss_value(&mut t, &all);
-        println!("{loss}: before {before:.6} after {after:.6} grad norm {:.4}", record.grad_norm);
+        println!(
+            "{loss}: before {before:.6} after {after:.6} grad norm {:.4}",
+            record.grad_norm
+        );
         assert!(record.grad_norm > 0.0, "{loss}: zero gradient");
         assert!(after < before, "{loss}: loss went from {before} to {after}");
     }
@@ -98,7 +101,11 @@ fn resume_continues_bit_for_bit() {
         resumed_losses.push(resumed.step().unwrap().loss);
     }
     println!("straight {losses:?} resumed {resumed_losses:?}");
-    assert_eq!(&losses[2..], &resumed_losses[..], "losses after resume differ");
+    assert_eq!(
+        &losses[2..],
+        &resumed_losses[..],
+        "losses after resume differ"
+    );
     assert_eq!(straight.state, resumed.state);
     let (a, b) = (weights_of(&straight), weights_of(&resumed));
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {
@@ -113,14 +120,26 @@ fn bad_settings_are_errors() {
     let tiny = tiny_config();
     let plain = random_encoder(&tiny, 1, &Device::flex()).unwrap();
     let teacher = random_encoder(&tiny, 2, &Device::flex()).unwrap();
-    let err = Trainer::new(config("ot", 4, 1), plain, teacher, (0, 0), random_pairs(8, 3))
-        .err()
-        .expect("a student without autodiff is refused");
+    let err = Trainer::new(
+        config("ot", 4, 1),
+        plain,
+        teacher,
+        (0, 0),
+        random_pairs(8, 3),
+    )
+    .err()
+    .expect("a student without autodiff is refused");
     assert!(err.to_string().contains("autodiff"), "{err}");
     let student = random_encoder(&tiny, 1, &Device::flex().autodiff()).unwrap();
     let teacher = random_encoder(&tiny, 2, &Device::flex()).unwrap();
-    let err = Trainer::new(config("wasserstein", 4, 1), student, teacher, (0, 0), random_pairs(8, 3))
-        .err()
-        .expect("an unknown loss is refused");
+    let err = Trainer::new(
+        config("wasserstein", 4, 1),
+        student,
+        teacher,
+        (0, 0),
+        random_pairs(8, 3),
+    )
+    .err()
+    .expect("an unknown loss is refused");
     assert!(err.to_string().contains("ot+mean-mse"), "{err}");
 }

@@ -7,9 +7,9 @@ pub mod bench;
 pub mod data;
 #[cfg(feature = "encoder")]
 pub mod distill;
-pub mod eval;
 #[cfg(feature = "encoder")]
 pub mod encode;
+pub mod eval;
 pub mod info;
 pub mod ot;
 pub mod search;

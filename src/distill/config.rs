@@ -114,7 +114,10 @@ impl DistillConfig {
     }
 
     /// Overlay `overrides` (a JSON object of keys to values) onto this config.
-    pub fn with_overrides(self, overrides: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+    pub fn with_overrides(
+        self,
+        overrides: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
         let mut json = serde_json::to_value(&self)
             .map_err(|e| Error::value("distillation config", e.to_string()))?;
         if let Some(obj) = json.as_object_mut() {
@@ -151,13 +154,21 @@ impl DistillConfig {
             }
         }
         if self.max_length < 2 {
-            return Err(Error::parameter("max_length", "at least 2", self.max_length));
+            return Err(Error::parameter(
+                "max_length",
+                "at least 2",
+                self.max_length,
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::parameter("lr", "a finite number > 0", self.lr));
         }
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
-            return Err(Error::parameter("grad_clip", "a finite number >= 0", self.grad_clip));
+            return Err(Error::parameter(
+                "grad_clip",
+                "a finite number >= 0",
+                self.grad_clip,
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::parameter(
@@ -167,7 +178,11 @@ impl DistillConfig {
             ));
         }
         if self.sources.is_empty() {
-            return Err(Error::parameter("sources", "at least one bitext source", "none"));
+            return Err(Error::parameter(
+                "sources",
+                "at least one bitext source",
+                "none",
+            ));
         }
         Ok(())
     }

@@ -17,9 +17,9 @@ use crate::rng::SplitMix64;
 pub const KNOWN_LANGUAGES: &[&str] = &[
     "amh", "hau", "ibo", "kin", "lug", "luo", "nya", "pcm", "sna", "swa", "tsn", "twi", "xho",
     "yor", "zul", "wol", "eng", "en", "fr", "fra", "de", "deu", "es", "spa", "ar", "ara", "zh",
-    "zho", "ru", "rus", "hi", "hin", "sw", "ha", "yo", "ig", "zu", "xh", "am", "so", "som",
-    "pt", "por", "it", "ita", "nl", "nld", "tr", "tur", "vi", "vie", "th", "tha", "el", "ell",
-    "ro", "ron", "ja", "jpn", "ko", "kor", "id", "ind", "fi", "fin", "pl", "pol",
+    "zho", "ru", "rus", "hi", "hin", "sw", "ha", "yo", "ig", "zu", "xh", "am", "so", "som", "pt",
+    "por", "it", "ita", "nl", "nld", "tr", "tur", "vi", "vie", "th", "tha", "el", "ell", "ro",
+    "ron", "ja", "jpn", "ko", "kor", "id", "ind", "fi", "fin", "pl", "pol",
 ];
 
 /// Check a language code against [`KNOWN_LANGUAGES`].
@@ -29,7 +29,10 @@ pub fn check_language(code: &str) -> Result<()> {
     } else {
         Err(Error::parameter(
             "language",
-            format!("a language code the tokenizer covers ({})", KNOWN_LANGUAGES.join(", ")),
+            format!(
+                "a language code the tokenizer covers ({})",
+                KNOWN_LANGUAGES.join(", ")
+            ),
             code,
         ))
     }
@@ -74,9 +77,14 @@ impl Pairs {
             ));
         }
         let order = permutation(self.len(), seed);
-        let other: Vec<String> = order.iter().map(|&i| std::mem::take(&mut self.other[i])).collect();
-        let english: Vec<String> =
-            order.iter().map(|&i| std::mem::take(&mut self.english[i])).collect();
+        let other: Vec<String> = order
+            .iter()
+            .map(|&i| std::mem::take(&mut self.other[i]))
+            .collect();
+        let english: Vec<String> = order
+            .iter()
+            .map(|&i| std::mem::take(&mut self.english[i]))
+            .collect();
         let cut = other.len() - dev;
         let train = Pairs {
             other: other[..cut].to_vec(),

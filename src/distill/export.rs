@@ -68,18 +68,39 @@ fn put_norm(t: &mut HashMap<String, HostTensor>, prefix: &str, n: &LayerNorm) ->
 pub fn to_weights(model: &TransformerEncoder) -> Result<Weights> {
     let mut t = HashMap::new();
     let e = &model.embeddings;
-    t.insert("embeddings.word_embeddings.weight".into(), host(&e.word.weight)?);
-    t.insert("embeddings.position_embeddings.weight".into(), host(&e.position)?);
-    t.insert("embeddings.token_type_embeddings.weight".into(), host(&e.token_type)?);
+    t.insert(
+        "embeddings.word_embeddings.weight".into(),
+        host(&e.word.weight)?,
+    );
+    t.insert(
+        "embeddings.position_embeddings.weight".into(),
+        host(&e.position)?,
+    );
+    t.insert(
+        "embeddings.token_type_embeddings.weight".into(),
+        host(&e.token_type)?,
+    );
     put_norm(&mut t, "embeddings.LayerNorm", &e.norm)?;
     for (l, layer) in model.layers.iter().enumerate() {
         let p = format!("encoder.layer.{l}");
         put_linear(&mut t, &format!("{p}.attention.self.query"), &layer.query)?;
         put_linear(&mut t, &format!("{p}.attention.self.key"), &layer.key)?;
         put_linear(&mut t, &format!("{p}.attention.self.value"), &layer.value)?;
-        put_linear(&mut t, &format!("{p}.attention.output.dense"), &layer.attention_output)?;
-        put_norm(&mut t, &format!("{p}.attention.output.LayerNorm"), &layer.attention_norm)?;
-        put_linear(&mut t, &format!("{p}.intermediate.dense"), &layer.intermediate)?;
+        put_linear(
+            &mut t,
+            &format!("{p}.attention.output.dense"),
+            &layer.attention_output,
+        )?;
+        put_norm(
+            &mut t,
+            &format!("{p}.attention.output.LayerNorm"),
+            &layer.attention_norm,
+        )?;
+        put_linear(
+            &mut t,
+            &format!("{p}.intermediate.dense"),
+            &layer.intermediate,
+        )?;
         put_linear(&mut t, &format!("{p}.output.dense"), &layer.output)?;
         put_norm(&mut t, &format!("{p}.output.LayerNorm"), &layer.output_norm)?;
     }
@@ -134,7 +155,11 @@ pub fn tiny_config() -> EncoderConfig {
 }
 
 /// A random encoder of `config` on `device` (weights N(0, 0.2²), LayerNorm gains near 1).
-pub fn random_encoder(config: &EncoderConfig, seed: u64, device: &Device) -> Result<TransformerEncoder> {
+pub fn random_encoder(
+    config: &EncoderConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<TransformerEncoder> {
     let mut rng = SplitMix64::new(seed);
     let mut tensors = HashMap::new();
     for (name, shape) in expected_parameters(config) {

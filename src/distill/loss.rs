@@ -115,11 +115,14 @@ pub fn cosine_cost(student: Tensor<3>, teacher: Tensor<3>) -> Tensor<3> {
 }
 
 fn host_f32<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Backend {
-        backend: "burn",
-        operation: what,
-        what: format!("{e:?}"),
-    })
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Backend {
+            backend: "burn",
+            operation: what,
+            what: format!("{e:?}"),
+        })
 }
 
 fn weights(lengths: &[usize], width: usize) -> Vec<f64> {
@@ -181,7 +184,9 @@ pub fn ot_loss(
 pub fn mean_pool(side: &TokenSide) -> Tensor<2> {
     let [b, t, _] = side.x.dims();
     let mask = side.mask.clone().reshape([b, t, 1]);
-    let sum = (side.x.clone() * mask.clone()).sum_dim(1).squeeze_dim::<2>(1);
+    let sum = (side.x.clone() * mask.clone())
+        .sum_dim(1)
+        .squeeze_dim::<2>(1);
     let count = mask.sum_dim(1).squeeze_dim::<2>(1).clamp_min(1.0);
     sum / count
 }

@@ -76,7 +76,8 @@ fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| Error::io(path, "open", e))?;
-    let line = serde_json::to_string(value).map_err(|e| Error::value("log record", e.to_string()))?;
+    let line =
+        serde_json::to_string(value).map_err(|e| Error::value("log record", e.to_string()))?;
     writeln!(f, "{line}").map_err(|e| Error::io(path, "write", e))
 }
 
@@ -86,7 +87,11 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
 
 fn mean_times(records: &[StepRecord]) -> (StepTimes, f64) {
     // The first step pays one-off costs (allocation, caches); leave it out when we can.
-    let rs = if records.len() > 1 { &records[1..] } else { records };
+    let rs = if records.len() > 1 {
+        &records[1..]
+    } else {
+        records
+    };
     let n = rs.len().max(1) as f64;
     let mut t = StepTimes::default();
     let mut tps = 0.0;
@@ -207,7 +212,11 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, "read", e))?;
         let dir = out.join("checkpoints").join(name.trim());
         trainer.load_checkpoint(&dir)?;
-        eprintln!("distill: resumed from {} (step {})", dir.display(), trainer.state.step);
+        eprintln!(
+            "distill: resumed from {} (step {})",
+            dir.display(),
+            trainer.state.step
+        );
     } else {
         for p in [&log, &dev_log] {
             if p.exists() {

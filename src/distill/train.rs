@@ -316,7 +316,10 @@ impl Trainer {
             .filter(|i| !self.cache.contains_key(&(i + key_offset)))
             .collect();
         if !missing.is_empty() {
-            let seqs: Vec<Vec<u32>> = missing.iter().map(|&i| seqs_of(&self.data)[i].clone()).collect();
+            let seqs: Vec<Vec<u32>> = missing
+                .iter()
+                .map(|&i| seqs_of(&self.data)[i].clone())
+                .collect();
             let batch = pad(&seqs, self.teacher_pad);
             check_ids(&batch, vocab_of(&self.teacher), "teacher token ids")?;
             let plain = self.teacher.embeddings.word.weight.val().device();
@@ -616,7 +619,12 @@ pub fn bitext_retrieval(q: &[f32], c: &[f32], h: usize) -> (f64, f64) {
     let (mut p1, mut mrr) = (0.0, 0.0);
     for i in 0..n {
         let qi = &q[i * h..(i + 1) * h];
-        let score = |j: usize| -> f32 { qi.iter().zip(&c[j * h..(j + 1) * h]).map(|(a, b)| a * b).sum() };
+        let score = |j: usize| -> f32 {
+            qi.iter()
+                .zip(&c[j * h..(j + 1) * h])
+                .map(|(a, b)| a * b)
+                .sum()
+        };
         let own = score(i);
         let rank = 1 + (0..n).filter(|&j| j != i && score(j) >= own).count();
         if rank == 1 {

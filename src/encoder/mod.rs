@@ -200,7 +200,12 @@ fn read_prefixes(dir: &Path) -> Result<(String, String)> {
         path: path.clone(),
         what: format!("not valid JSON: {e}"),
     })?;
-    let field = |k: &str| json.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let field = |k: &str| {
+        json.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     Ok((field("query"), field("passage")))
 }
 
