@@ -30,6 +30,8 @@ fn config(loss: &str, batch: usize, steps: usize) -> DistillConfig {
         warmup_steps: 0,
         lr: 3e-3,
         freeze_embeddings: false,
+        freeze_layers: 0,
+        distill_english: false,
         epsilon: 0.1,
         sinkhorn_iterations: 500,
         sinkhorn_threshold: 1e-6,
