@@ -14,6 +14,8 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+#[cfg(feature = "distill")]
+pub mod distill;
 #[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod error;

@@ -5,6 +5,8 @@
 pub mod assets;
 pub mod bench;
 pub mod data;
+#[cfg(feature = "distill")]
+pub mod distill;
 #[cfg(feature = "encoder")]
 pub mod encode;
 pub mod eval;
@@ -43,6 +45,9 @@ pub enum Command {
     /// Fetch, check or convert the pretrained encoder assets.
     #[cfg(feature = "encoder")]
     Assets(assets::AssetsArgs),
+    /// Train a student encoder by optimal-transport distillation on bitext.
+    #[cfg(feature = "distill")]
+    Distill(distill::DistillArgs),
 }
 
 /// Run a parsed command.
@@ -58,5 +63,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Encode(args) => encode::run(args),
         #[cfg(feature = "encoder")]
         Command::Assets(args) => assets::run(args),
+        #[cfg(feature = "distill")]
+        Command::Distill(args) => distill::run(args),
     }
 }

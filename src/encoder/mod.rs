@@ -188,6 +188,27 @@ impl PackedTokens {
     }
 }
 
+/// The query/passage prefixes of a model directory: `prefixes.json`
+/// (`{"query": "...", "passage": "..."}`, written by `optical distill`) if present, else none.
+fn read_prefixes(dir: &Path) -> Result<(String, String)> {
+    let path = dir.join("prefixes.json");
+    if !path.is_file() {
+        return Ok((String::new(), String::new()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "read", e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.clone(),
+        what: format!("not valid JSON: {e}"),
+    })?;
+    let field = |k: &str| {
+        json.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    Ok((field("query"), field("passage")))
+}
+
 fn is_e5s1(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
@@ -216,7 +237,8 @@ impl TextEncoder {
             ),
             ModelSpec::Path(path) if path.is_dir() => {
                 let name = path.display().to_string();
-                Self::load_hf(path, &name, None, ("", ""), device, options)
+                let (q, p) = read_prefixes(path)?;
+                Self::load_hf(path, &name, None, (q.as_str(), p.as_str()), device, options)
             }
             ModelSpec::Path(path) if is_e5s1(path) => {
                 let beside = path.with_file_name("tokenizer.json");

@@ -136,12 +136,72 @@ impl Encoder for HashingEncoder {
 pub fn builtin(name: &str) -> Result<Box<dyn Encoder>> {
     match name {
         "hash" => Ok(Box::new(HashingEncoder::default())),
+        #[cfg(feature = "encoder")]
+        "minilm" | "e5-small" => transformer(name),
+        #[cfg(feature = "encoder")]
+        path if Path::new(path).exists() => transformer(path),
         _ => Err(Error::parameter(
             "model",
-            "a known encoder (built in: hash; transformer encoders plug in through \
-             retrieval::Encoder)",
+            "a known encoder (hash, minilm, e5-small) or the path of a model directory",
             name,
         )),
+    }
+}
+
+/// A transformer encoder (`crate::encoder`) on the CPU, mean pooling, normalised.
+#[cfg(feature = "encoder")]
+fn transformer(spec: &str) -> Result<Box<dyn Encoder>> {
+    use crate::encoder::{EncoderOptions, TextEncoder};
+    let spec: crate::encoder::ModelSpec = spec.parse()?;
+    let encoder = TextEncoder::load(
+        &spec,
+        burn::prelude::Device::flex(),
+        &EncoderOptions::default(),
+    )?;
+    Ok(Box::new(encoder))
+}
+
+#[cfg(feature = "encoder")]
+impl Encoder for crate::encoder::TextEncoder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dim(&self) -> usize {
+        self.hidden_size()
+    }
+
+    fn fingerprint(&self) -> String {
+        format!(
+            "{}-{}-{:?}-{:?}",
+            self.name,
+            self.tokenizer.max_length(),
+            self.query_prefix,
+            self.passage_prefix
+        )
+    }
+
+    /// Models loaded from a path may be retrained in place; never cache them.
+    fn cacheable(&self) -> bool {
+        matches!(self.name.as_str(), "minilm" | "e5-small")
+    }
+
+    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        self.embed(
+            texts,
+            crate::encoder::TextKind::Query,
+            crate::encoder::pooling::Pooling::Mean,
+            true,
+        )
+    }
+
+    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+        let t = self.token_embeddings(texts, crate::encoder::TextKind::Query)?;
+        Ok(TokenVectors {
+            d: t.h,
+            data: t.data,
+            lengths: t.lengths,
+        })
     }
 }
 

@@ -1,0 +1,200 @@
+//! The distillation run configuration: a flat TOML file whose every key is also a
+//! `optical distill --<key>` flag (flags win). `optical distill --print-default-config`
+//! prints the defaults below.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::loss::LossKind;
+use crate::error::{Error, Result};
+use crate::ot::SinkhornParams;
+
+/// Every setting of a distillation run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Teacher encoder (frozen, reads English): e5-small, minilm, or a path.
+    pub teacher: String,
+    /// Student initialisation (trainable, reads the other language): e5-small or a path.
+    pub student: String,
+    /// Bitext sources: `mafand:<lang>` (MAFAND-MT train split), `bible:<lang>`, or
+    /// `files:<lang>:<other-language file>:<English file>` (line-aligned).
+    pub sources: Vec<String>,
+    /// Data directory (default: `$OPTICAL_DATA_DIR`, else `../shared/data`).
+    pub data_dir: Option<PathBuf>,
+    /// Pairs held out of training for the dev evaluation (taken after shuffling).
+    pub dev_pairs: usize,
+    /// Truncation length in tokens, specials included, for both encoders.
+    pub max_length: usize,
+    /// ot, cls-mse, mean-mse or ot+mean-mse.
+    pub loss: String,
+    /// Weight of the MSE term in `ot+mean-mse`.
+    pub mse_weight: f64,
+    /// Also distil the English side (student(en) → teacher(en)).
+    pub distill_english: bool,
+    /// Sinkhorn ε (cost units; the cost is 1 − cos ∈ [0, 2]).
+    pub epsilon: f64,
+    pub sinkhorn_iterations: usize,
+    pub sinkhorn_threshold: f64,
+    /// Backend of the Sinkhorn kernels: cpu, cpu-reference, wgpu, cuda.
+    pub backend: String,
+    /// AdamW peak learning rate.
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up steps, then linear decay to 0 at `steps`.
+    pub warmup_steps: usize,
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    pub grad_accumulation: usize,
+    /// Global gradient-norm clipping (0 disables).
+    pub grad_clip: f64,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Freeze the student's embedding layer.
+    pub freeze_embeddings: bool,
+    /// Freeze the lowest k transformer layers of the student.
+    pub freeze_layers: usize,
+    /// Seed of the data order.
+    pub seed: u64,
+    /// Checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Dev evaluation every N steps (0: only at the end).
+    pub eval_every: usize,
+    /// Run directory: checkpoints, log.jsonl, plots, the exported student.
+    pub out: PathBuf,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            teacher: "e5-small".into(),
+            student: "e5-small".into(),
+            sources: vec!["mafand:hau".into()],
+            data_dir: None,
+            dev_pairs: 200,
+            max_length: 32,
+            loss: "ot".into(),
+            mse_weight: 1.0,
+            distill_english: true,
+            epsilon: 0.005,
+            sinkhorn_iterations: 500,
+            sinkhorn_threshold: 1e-3,
+            backend: "cpu".into(),
+            lr: 5e-5,
+            weight_decay: 0.01,
+            warmup_steps: 2,
+            batch_size: 16,
+            grad_accumulation: 1,
+            grad_clip: 1.0,
+            steps: 40,
+            freeze_embeddings: true,
+            freeze_layers: 10,
+            seed: 0,
+            checkpoint_every: 20,
+            eval_every: 10,
+            out: PathBuf::from("runs/distill"),
+        }
+    }
+}
+
+impl DistillConfig {
+    /// Read a TOML file (missing keys take their defaults).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        toml::from_str(&text).map_err(|e| Error::Format {
+            path: path.into(),
+            what: format!("not a valid distillation config: {e}"),
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Overlay `overrides` (a JSON object of keys to values) onto this config.
+    pub fn with_overrides(
+        self,
+        overrides: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
+        let mut json = serde_json::to_value(&self)
+            .map_err(|e| Error::value("distillation config", e.to_string()))?;
+        if let Some(obj) = json.as_object_mut() {
+            obj.extend(overrides);
+        }
+        serde_json::from_value(json).map_err(|e| Error::value("distillation flags", e.to_string()))
+    }
+
+    pub fn loss_kind(&self) -> Result<LossKind> {
+        self.loss.parse()
+    }
+
+    pub fn sinkhorn(&self) -> SinkhornParams {
+        SinkhornParams {
+            epsilon: self.epsilon,
+            max_iterations: self.sinkhorn_iterations,
+            threshold: self.sinkhorn_threshold,
+            check_every: 5,
+        }
+    }
+
+    /// Check every value before anything is loaded.
+    pub fn validate(&self) -> Result<()> {
+        self.loss_kind()?;
+        self.sinkhorn().validate()?;
+        let positive = [
+            ("batch_size", self.batch_size),
+            ("grad_accumulation", self.grad_accumulation),
+            ("steps", self.steps),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::parameter(name, "at least 1", v));
+            }
+        }
+        if self.max_length < 2 {
+            return Err(Error::parameter(
+                "max_length",
+                "at least 2",
+                self.max_length,
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::parameter("lr", "a finite number > 0", self.lr));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(Error::parameter(
+                "grad_clip",
+                "a finite number >= 0",
+                self.grad_clip,
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::parameter(
+                "weight_decay",
+                "a finite number >= 0",
+                self.weight_decay,
+            ));
+        }
+        if self.sources.is_empty() {
+            return Err(Error::parameter(
+                "sources",
+                "at least one bitext source",
+                "none",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at optimiser step `step` (0-based): linear warm-up, then linear
+    /// decay to 0 at `steps`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let rest = (self.steps - self.warmup_steps.min(self.steps)).max(1) as f64;
+        let done = (step - self.warmup_steps) as f64;
+        self.lr * (1.0 - done / rest).max(0.0)
+    }
+}

@@ -1,0 +1,164 @@
+//! Bitext sources for distillation: MAFAND-MT train, Bible verses, or any two line-aligned
+//! files. Evaluation sets (Tatoeba, MAFAND dev/test, LAReQA) are never training data: the
+//! source syntax cannot name them.
+//!
+//! Malformed input is an error naming the file and what was expected (line counts differ,
+//! an empty line — see [`crate::data::bitext::read_lines`]; an unknown language code);
+//! pairs whose sides are blank after trimming are skipped and counted.
+
+use std::path::{Path, PathBuf};
+
+use crate::data::bitext::{self, Bitext};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+
+/// Language codes the multilingual tokenizer is known to cover (MAFAND-MT, the Bible set,
+/// and common ISO 639-1/3 codes of XLM-R's languages).
+pub const KNOWN_LANGUAGES: &[&str] = &[
+    "amh", "hau", "ibo", "kin", "lug", "luo", "nya", "pcm", "sna", "swa", "tsn", "twi", "xho",
+    "yor", "zul", "wol", "eng", "en", "fr", "fra", "de", "deu", "es", "spa", "ar", "ara", "zh",
+    "zho", "ru", "rus", "hi", "hin", "sw", "ha", "yo", "ig", "zu", "xh", "am", "so", "som", "pt",
+    "por", "it", "ita", "nl", "nld", "tr", "tur", "vi", "vie", "th", "tha", "el", "ell", "ro",
+    "ron", "ja", "jpn", "ko", "kor", "id", "ind", "fi", "fin", "pl", "pol",
+];
+
+/// Check a language code against [`KNOWN_LANGUAGES`].
+pub fn check_language(code: &str) -> Result<()> {
+    if KNOWN_LANGUAGES.contains(&code) {
+        Ok(())
+    } else {
+        Err(Error::parameter(
+            "language",
+            format!(
+                "a language code the tokenizer covers ({})",
+                KNOWN_LANGUAGES.join(", ")
+            ),
+            code,
+        ))
+    }
+}
+
+/// Aligned training pairs: `other[i]` translates `english[i]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pairs {
+    pub other: Vec<String>,
+    pub english: Vec<String>,
+    /// Pairs skipped because a side was blank.
+    pub skipped: usize,
+}
+
+impl Pairs {
+    pub fn len(&self) -> usize {
+        self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.other.is_empty()
+    }
+
+    fn extend(&mut self, b: Bitext) {
+        for (o, e) in b.source.into_iter().zip(b.target) {
+            if o.trim().is_empty() || e.trim().is_empty() {
+                self.skipped += 1;
+            } else {
+                self.other.push(o);
+                self.english.push(e);
+            }
+        }
+    }
+
+    /// Shuffle with `seed`, then split off the last `dev` pairs as held-out dev pairs.
+    pub fn shuffle_split(mut self, seed: u64, dev: usize) -> Result<(Pairs, Pairs)> {
+        if dev >= self.len() {
+            return Err(Error::parameter(
+                "dev_pairs",
+                format!("fewer than the {} training pairs", self.len()),
+                dev,
+            ));
+        }
+        let order = permutation(self.len(), seed);
+        let other: Vec<String> = order
+            .iter()
+            .map(|&i| std::mem::take(&mut self.other[i]))
+            .collect();
+        let english: Vec<String> = order
+            .iter()
+            .map(|&i| std::mem::take(&mut self.english[i]))
+            .collect();
+        let cut = other.len() - dev;
+        let train = Pairs {
+            other: other[..cut].to_vec(),
+            english: english[..cut].to_vec(),
+            skipped: self.skipped,
+        };
+        let held = Pairs {
+            other: other[cut..].to_vec(),
+            english: english[cut..].to_vec(),
+            skipped: 0,
+        };
+        Ok((train, held))
+    }
+}
+
+/// A Fisher–Yates permutation of `0..n` from `seed`.
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64::new(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Load one source (see [`super::DistillConfig::sources`]).
+pub fn load_source(spec: &str, data_dir: &Path) -> Result<Bitext> {
+    let parts: Vec<&str> = spec.splitn(4, ':').collect();
+    match parts.as_slice() {
+        ["mafand", lang] => {
+            check_language(lang)?;
+            let dir = data_dir.join("mafand").join(format!("en-{lang}"));
+            bitext::read_aligned(
+                "mafand-train",
+                lang,
+                &dir.join(format!("train.{lang}")),
+                bitext::ENGLISH,
+                &dir.join("train.en"),
+            )
+        }
+        ["bible", lang] => {
+            check_language(lang)?;
+            bitext::bible(data_dir, lang, &bitext::default_english_bible())
+        }
+        ["files", lang, other, english] => {
+            check_language(lang)?;
+            bitext::read_aligned(
+                "files",
+                lang,
+                &PathBuf::from(other),
+                bitext::ENGLISH,
+                &PathBuf::from(english),
+            )
+        }
+        _ => Err(Error::parameter(
+            "sources",
+            "mafand:<lang>, bible:<lang> or files:<lang>:<other file>:<English file>",
+            spec,
+        )),
+    }
+}
+
+/// Load and concatenate every source.
+pub fn load_sources(specs: &[String], data_dir: &Path) -> Result<Pairs> {
+    let mut pairs = Pairs::default();
+    for spec in specs {
+        pairs.extend(load_source(spec, data_dir)?);
+    }
+    if pairs.is_empty() {
+        return Err(Error::value(
+            "bitext sources",
+            format!("no usable pairs in {}", specs.join(", ")),
+        ));
+    }
+    Ok(pairs)
+}

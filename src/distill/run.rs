@@ -1,0 +1,384 @@
+//! A whole `optical distill` run: load data and encoders, train with progress bar, JSONL
+//! log, checkpoints, Ctrl-C handling and dev evaluation; then plots and the exported
+//! student. Also the `--bench-steps` step-time breakdown.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::config::DistillConfig;
+use super::data::load_sources;
+use super::export::export;
+use super::plot::{line_chart, Series};
+use super::train::{checkpoint_dir, DevMetrics, StepRecord, StepTimes, TokenizedPairs, Trainer};
+use crate::assets::Asset;
+use crate::backend::BackendKind;
+use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder, TextKind};
+use crate::error::{Error, Result};
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from the run directory's latest checkpoint.
+    pub resume: bool,
+    /// Only time this many steps (no checkpoints, evaluation or export).
+    pub bench_steps: Option<usize>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What a finished run reports (also written as `summary.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub interrupted: bool,
+    pub training_pairs: usize,
+    pub skipped_pairs: usize,
+    pub dev_pairs: usize,
+    pub trainable_parameters: usize,
+    pub dev: Vec<DevMetrics>,
+    pub best_step: Option<usize>,
+    pub student: Option<PathBuf>,
+    pub mean_seconds: StepTimes,
+    pub tokens_per_s: f64,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn install_ctrlc() {
+    // A second installation in the same process fails; the flag is shared, so that is fine.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+}
+
+/// The tokenizer file that goes with a model spec.
+pub fn tokenizer_path(spec: &ModelSpec) -> Result<PathBuf> {
+    match spec {
+        ModelSpec::MiniLm => Asset::MiniLm.file("tokenizer.json"),
+        ModelSpec::E5Small => Asset::XlmrTokenizer.file("tokenizer.json"),
+        ModelSpec::Path(p) if p.is_dir() => Ok(p.join("tokenizer.json")),
+        ModelSpec::Path(p) => {
+            let beside = p.with_file_name("tokenizer.json");
+            if beside.is_file() {
+                Ok(beside)
+            } else {
+                Asset::XlmrTokenizer.file("tokenizer.json")
+            }
+        }
+    }
+}
+
+fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, "open", e))?;
+    let line =
+        serde_json::to_string(value).map_err(|e| Error::value("log record", e.to_string()))?;
+    writeln!(f, "{line}").map_err(|e| Error::io(path, "write", e))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))
+}
+
+fn mean_times(records: &[StepRecord]) -> (StepTimes, f64) {
+    // The first step pays one-off costs (allocation, caches); leave it out when we can.
+    let rs = if records.len() > 1 {
+        &records[1..]
+    } else {
+        records
+    };
+    let n = rs.len().max(1) as f64;
+    let mut t = StepTimes::default();
+    let mut tps = 0.0;
+    for r in rs {
+        let s = &r.seconds;
+        t.teacher += s.teacher / n;
+        t.student += s.student / n;
+        t.ot += s.ot / n;
+        t.transfer += s.transfer / n;
+        t.backward += s.backward / n;
+        t.optimizer += s.optimizer / n;
+        t.total += s.total / n;
+        tps += r.tokens_per_s / n;
+    }
+    (t, tps)
+}
+
+/// Print the step-time breakdown table.
+pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) {
+    let share = |v: f64| 100.0 * v / t.total.max(1e-12);
+    println!("| part | seconds/step | share |");
+    println!("|---|---:|---:|");
+    for (name, v) in [
+        ("teacher forward", t.teacher),
+        ("student forward", t.student),
+        ("OT (cost to host, Sinkhorn, plan back)", t.ot),
+        ("  of which host round trip", t.transfer),
+        ("backward", t.backward),
+        ("optimizer", t.optimizer),
+        ("total", t.total),
+    ] {
+        println!("| {name} | {v:.4} | {:.1}% |", share(v));
+    }
+    println!("tokens/s (student side): {tokens_per_s:.0}");
+}
+
+/// Run a distillation.
+pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
+    config.validate()?;
+    let kind: BackendKind = config.backend.parse()?;
+    let device = device_for(kind)?;
+    let data_dir = crate::data::data_dir(config.data_dir.as_deref());
+    let pairs = load_sources(&config.sources, &data_dir)?;
+    let skipped = pairs.skipped;
+    let (train, dev) = pairs.shuffle_split(config.seed, config.dev_pairs)?;
+    eprintln!(
+        "distill: {} training pairs ({} skipped as blank), {} dev pairs",
+        train.len(),
+        skipped,
+        dev.len()
+    );
+    let enc_options = EncoderOptions {
+        max_length: Some(config.max_length),
+        ..EncoderOptions::default()
+    };
+    let teacher_spec: ModelSpec = config.teacher.parse()?;
+    let student_spec: ModelSpec = config.student.parse()?;
+    let teacher = TextEncoder::load(&teacher_spec, device.clone(), &enc_options)?;
+    let student = TextEncoder::load(&student_spec, device.clone().autodiff(), &enc_options)?;
+    let data = TokenizedPairs {
+        student: student.tokenize(&train.other, TextKind::Query)?,
+        teacher: teacher.tokenize(&train.english, TextKind::Query)?,
+        student_english: if config.distill_english {
+            student.tokenize(&train.english, TextKind::Query)?
+        } else {
+            Vec::new()
+        },
+    };
+    let dev_other = student.tokenize(&dev.other, TextKind::Query)?;
+    let dev_english = student.tokenize(&dev.english, TextKind::Query)?;
+    let prefixes = (student.query_prefix.clone(), student.passage_prefix.clone());
+    let student_config = student.config.clone();
+    let pads = (
+        student.config.pad_token_id as u32,
+        teacher.config.pad_token_id as u32,
+    );
+    let out = config.out.clone();
+    let mut trainer = Trainer::new(config.clone(), student.model, teacher.model, pads, data)?;
+    eprintln!(
+        "distill: {} trainable parameters, loss {}, backend {}",
+        trainer.trainable_parameters(),
+        config.loss,
+        config.backend
+    );
+
+    if let Some(n) = options.bench_steps {
+        let mut records = Vec::new();
+        for _ in 0..n.max(1) {
+            let r = trainer.step()?;
+            eprintln!(
+                "bench step {}: {:.3} s, loss {:.4}",
+                r.step, r.seconds.total, r.loss
+            );
+            records.push(r);
+        }
+        let (t, tps) = mean_times(&records);
+        print_breakdown(&t, tps);
+        return Ok(RunSummary {
+            steps: records.len(),
+            interrupted: false,
+            training_pairs: train.len(),
+            skipped_pairs: skipped,
+            dev_pairs: dev.len(),
+            trainable_parameters: trainer.trainable_parameters(),
+            dev: Vec::new(),
+            best_step: None,
+            student: None,
+            mean_seconds: t,
+            tokens_per_s: tps,
+        });
+    }
+
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "create", e))?;
+    let log = out.join("log.jsonl");
+    let dev_log = out.join("dev.jsonl");
+    let latest = out.join("checkpoints").join("latest");
+    if options.resume {
+        let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, "read", e))?;
+        let dir = out.join("checkpoints").join(name.trim());
+        trainer.load_checkpoint(&dir)?;
+        eprintln!(
+            "distill: resumed from {} (step {})",
+            dir.display(),
+            trainer.state.step
+        );
+    } else {
+        for p in [&log, &dev_log] {
+            if p.exists() {
+                std::fs::remove_file(p).map_err(|e| Error::io(p, "remove", e))?;
+            }
+        }
+        write_text(&out.join("config.toml"), &config.to_toml())?;
+    }
+    let save = |trainer: &Trainer| -> Result<()> {
+        let dir = checkpoint_dir(&out, trainer.state.step);
+        trainer.save_checkpoint(&dir)?;
+        write_text(&latest, &format!("step-{:06}\n", trainer.state.step))
+    };
+
+    install_ctrlc();
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let bar = if options.progress {
+        let bar = ProgressBar::new(config.steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(trainer.state.step as u64);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut records = Vec::new();
+    let mut dev_metrics = Vec::new();
+    let evaluate = |trainer: &mut Trainer, dev_metrics: &mut Vec<DevMetrics>| -> Result<()> {
+        let m = trainer.evaluate(&dev_other, &dev_english)?;
+        append_jsonl(&dev_log, &m)?;
+        if trainer.state.best_dev_p1.is_none_or(|b| m.p_at_1 > b) {
+            trainer.state.best_dev_p1 = Some(m.p_at_1);
+            trainer.state.best_step = Some(m.step);
+            write_text(&out.join("best"), &format!("step-{:06}\n", m.step))?;
+        }
+        bar.println(format!(
+            "dev step {}: P@1 {:.4} MRR {:.4}",
+            m.step, m.p_at_1, m.mrr
+        ));
+        dev_metrics.push(m);
+        Ok(())
+    };
+    if trainer.state.step == 0 && !dev_other.is_empty() {
+        evaluate(&mut trainer, &mut dev_metrics)?;
+    }
+    let mut interrupted = false;
+    while trainer.state.step < config.steps {
+        let r = trainer.step()?;
+        append_jsonl(&log, &r)?;
+        bar.set_message(format!("loss {:.4} {:.0} tok/s", r.loss, r.tokens_per_s));
+        bar.inc(1);
+        records.push(r);
+        let step = trainer.state.step;
+        let mut saved = false;
+        if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
+            evaluate(&mut trainer, &mut dev_metrics)?;
+            if trainer.state.best_step == Some(step) {
+                save(&trainer)?;
+                saved = true;
+            }
+        }
+        if !saved && config.checkpoint_every > 0 && step % config.checkpoint_every == 0 {
+            save(&trainer)?;
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            save(&trainer)?;
+            bar.println(format!(
+                "interrupted: checkpoint at step {step} saved; continue with --resume"
+            ));
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let mut student_dir = None;
+    if !interrupted {
+        if !dev_other.is_empty() {
+            evaluate(&mut trainer, &mut dev_metrics)?;
+        }
+        save(&trainer)?;
+        let dir = out.join("student");
+        let tokenizer = tokenizer_path(&student_spec)?;
+        export(
+            &trainer.student,
+            &student_config,
+            &tokenizer,
+            (&prefixes.0, &prefixes.1),
+            &dir,
+        )?;
+        student_dir = Some(dir);
+    }
+    write_plots(&out)?;
+    let (t, tps) = mean_times(&records);
+    let summary = RunSummary {
+        steps: trainer.state.step,
+        interrupted,
+        training_pairs: train.len(),
+        skipped_pairs: skipped,
+        dev_pairs: dev.len(),
+        trainable_parameters: trainer.trainable_parameters(),
+        dev: dev_metrics,
+        best_step: trainer.state.best_step,
+        student: student_dir,
+        mean_seconds: t,
+        tokens_per_s: tps,
+    };
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| Error::value("run summary", e.to_string()))?;
+    write_text(&out.join("summary.json"), &json)?;
+    Ok(summary)
+}
+
+/// `loss.svg` and `dev.svg` from the run directory's logs (the whole run, resumes included).
+pub fn write_plots(out: &Path) -> Result<()> {
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let series = |rows: &[serde_json::Value], key: &str| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+            .collect()
+    };
+    let steps = read("log.jsonl");
+    let loss = line_chart(
+        "Distillation loss",
+        "step",
+        "loss",
+        &[
+            Series {
+                label: "loss",
+                points: series(&steps, "loss"),
+            },
+            Series {
+                label: "OT cost",
+                points: series(&steps, "ot_cost"),
+            },
+        ],
+    );
+    write_text(&out.join("loss.svg"), &loss)?;
+    let dev = read("dev.jsonl");
+    let chart = line_chart(
+        "Dev bitext retrieval",
+        "step",
+        "score",
+        &[
+            Series {
+                label: "P@1",
+                points: series(&dev, "p_at_1"),
+            },
+            Series {
+                label: "MRR",
+                points: series(&dev, "mrr"),
+            },
+        ],
+    );
+    write_text(&out.join("dev.svg"), &chart)
+}

@@ -1,0 +1,648 @@
+//! The training loop: data order, the step, gradient accumulation and clipping, AdamW,
+//! checkpoints (model + optimiser + data position), the per-step log record and the dev
+//! evaluation.
+//!
+//! The step: teacher forward without gradient (token embeddings cached on the host per pair,
+//! since the teacher is frozen); student forward on the autodiff device; the loss of
+//! [`super::loss`] (for `ot`, the plan from the optical Sinkhorn kernels held constant);
+//! backward; global-norm clipping; AdamW with warm-up and linear decay.
+//!
+//! The data order is a permutation of the training pairs drawn from `seed` and the epoch,
+//! so `(seed, epoch, offset)` is the whole RNG state; dropout is off, so a checkpoint of
+//! model, optimiser and that position continues bit for bit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::module::{ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use serde::{Deserialize, Serialize};
+
+use super::config::DistillConfig;
+use super::data::permutation;
+use super::loss::{distill_loss, LossKind, LossStats, TokenSide};
+use crate::backend::{Backend, BackendKind};
+use crate::encoder::model::TransformerEncoder;
+use crate::encoder::pooling;
+use crate::encoder::tokenizer::{pad, TokenBatch};
+use crate::error::{Error, Result};
+
+fn burn_error(operation: &'static str, what: impl std::fmt::Debug) -> Error {
+    Error::Backend {
+        backend: "burn",
+        operation,
+        what: format!("{what:?}"),
+    }
+}
+
+/// Tokenised training pairs. `student[i]` (other language, student tokenizer) translates
+/// `teacher[i]` (English, teacher tokenizer); `student_english[i]` is the English side in
+/// the student's tokenizer (only when the English side is also distilled).
+#[derive(Clone, Debug, Default)]
+pub struct TokenizedPairs {
+    pub student: Vec<Vec<u32>>,
+    pub teacher: Vec<Vec<u32>>,
+    pub student_english: Vec<Vec<u32>>,
+}
+
+/// Everything besides model and optimiser that a checkpoint must restore.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: usize,
+    pub epoch: u64,
+    /// Next pair position in the epoch's order.
+    pub offset: usize,
+    pub seed: u64,
+    /// Student tokens seen.
+    pub tokens: u64,
+    pub best_dev_p1: Option<f64>,
+    pub best_step: Option<usize>,
+}
+
+/// Wall time of each part of one optimiser step.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StepTimes {
+    pub teacher: f64,
+    pub student: f64,
+    pub ot: f64,
+    pub transfer: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+    pub total: f64,
+}
+
+/// One line of `log.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub epoch: u64,
+    pub loss: f64,
+    pub ot_cost: f64,
+    pub sinkhorn_iterations: f64,
+    pub converged: f64,
+    pub mse: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub seconds: StepTimes,
+}
+
+/// Dev retrieval quality (other language → English, student encodes both sides).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DevMetrics {
+    pub step: usize,
+    pub p_at_1: f64,
+    pub mrr: f64,
+}
+
+/// A distillation run in memory.
+pub struct Trainer {
+    pub config: DistillConfig,
+    pub student: TransformerEncoder,
+    pub teacher: TransformerEncoder,
+    pub student_pad: u32,
+    pub teacher_pad: u32,
+    pub state: TrainState,
+    optim: ModuleOptimizer,
+    data: TokenizedPairs,
+    cache: HashMap<usize, Vec<f32>>,
+    backend: Backend,
+    loss: LossKind,
+}
+
+/// Sum of squares of every gradient of `module`'s parameters.
+struct GradNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: f64,
+}
+
+impl ModuleVisitor for GradNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s: f32 = g.powi_scalar(2).sum().into_scalar();
+            self.sum += s as f64;
+        }
+    }
+}
+
+/// Multiply every gradient by `scale`.
+struct GradScale<'a> {
+    grads: &'a mut GradientsParams,
+    scale: f64,
+}
+
+impl ModuleVisitor for GradScale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.scale));
+        }
+    }
+}
+
+/// Count trainable parameters.
+struct Trainable(usize);
+
+impl ModuleVisitor for Trainable {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        if value.is_require_grad() {
+            self.0 += value.shape().num_elements();
+        }
+    }
+}
+
+/// Pad host token sequences into `(ids, mask)` tensors on `device`.
+fn batch_tensors(batch: &TokenBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(batch.ids.clone(), [batch.b, batch.t]),
+        device,
+    );
+    let mask = Tensor::<2>::from_data(
+        TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
+        device,
+    );
+    (ids, mask)
+}
+
+fn check_ids(batch: &TokenBatch, vocab: usize, what: &str) -> Result<()> {
+    if let Some(&bad) = batch.ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+        return Err(Error::value(
+            what,
+            format!("token id {bad} outside the vocabulary of {vocab}"),
+        ));
+    }
+    Ok(())
+}
+
+fn vocab_of(model: &TransformerEncoder) -> usize {
+    model.embeddings.word.weight.val().dims()[0]
+}
+
+fn hidden_of(model: &TransformerEncoder) -> usize {
+    model.embeddings.word.weight.val().dims()[1]
+}
+
+impl Trainer {
+    /// Set up a run. `student` must live on an autodiff device; `teacher` is used without
+    /// gradient.
+    pub fn new(
+        config: DistillConfig,
+        student: TransformerEncoder,
+        teacher: TransformerEncoder,
+        pads: (u32, u32),
+        data: TokenizedPairs,
+    ) -> Result<Self> {
+        config.validate()?;
+        let loss = config.loss_kind()?;
+        if data.student.len() != data.teacher.len() || data.student.is_empty() {
+            return Err(Error::shape(
+                "tokenized pairs",
+                "as many student as teacher sequences, at least one",
+                format!("{} and {}", data.student.len(), data.teacher.len()),
+            ));
+        }
+        if config.distill_english && data.student_english.len() != data.student.len() {
+            return Err(Error::shape(
+                "English side for the student",
+                format!("{} sequences", data.student.len()),
+                data.student_english.len().to_string(),
+            ));
+        }
+        if config.batch_size > data.student.len() {
+            return Err(Error::parameter(
+                "batch_size",
+                format!("at most the {} training pairs", data.student.len()),
+                config.batch_size,
+            ));
+        }
+        let (hs, ht) = (hidden_of(&student), hidden_of(&teacher));
+        if hs != ht {
+            return Err(Error::shape(
+                "teacher hidden size",
+                format!("{hs} (the student's; the cost compares their token vectors)"),
+                ht.to_string(),
+            ));
+        }
+        if !student.embeddings.word.weight.val().is_autodiff() {
+            return Err(Error::value(
+                "student",
+                "expected a model on an autodiff device",
+            ));
+        }
+        let backend = Backend::new(config.backend.parse::<BackendKind>()?)?;
+        let mut student = student;
+        if config.freeze_embeddings {
+            student.embeddings = student.embeddings.no_grad();
+        }
+        if config.freeze_layers > student.layers.len() {
+            return Err(Error::parameter(
+                "freeze_layers",
+                format!("at most the student's {} layers", student.layers.len()),
+                config.freeze_layers,
+            ));
+        }
+        for l in 0..config.freeze_layers {
+            student.layers[l] = student.layers[l].clone().no_grad();
+        }
+        let teacher = teacher.valid().no_grad();
+        let optim = AdamWConfig::new()
+            .with_weight_decay(config.weight_decay as f32)
+            .with_epsilon(1e-8)
+            .init();
+        let state = TrainState {
+            seed: config.seed,
+            ..TrainState::default()
+        };
+        Ok(Trainer {
+            config,
+            student,
+            teacher,
+            student_pad: pads.0,
+            teacher_pad: pads.1,
+            state,
+            optim,
+            data,
+            cache: HashMap::new(),
+            backend,
+            loss,
+        })
+    }
+
+    pub fn trainable_parameters(&self) -> usize {
+        let mut t = Trainable(0);
+        self.student.visit(&mut t);
+        t.0
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.data.student.len()
+    }
+
+    /// The next micro-batch of pair indices; moves to the next epoch when fewer than a
+    /// batch remain.
+    fn next_batch(&mut self) -> Vec<usize> {
+        let n = self.pairs();
+        let bs = self.config.batch_size;
+        if self.state.offset + bs > n {
+            self.state.epoch += 1;
+            self.state.offset = 0;
+        }
+        let order = permutation(
+            n,
+            self.state.seed ^ self.state.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let idx = order[self.state.offset..self.state.offset + bs].to_vec();
+        self.state.offset += bs;
+        idx
+    }
+
+    /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`,
+    /// computing (and caching) the missing ones.
+    fn teacher_side(
+        &mut self,
+        idx: &[usize],
+        seqs_of: fn(&TokenizedPairs) -> &Vec<Vec<u32>>,
+        key_offset: usize,
+        device: &Device,
+    ) -> Result<TokenSide> {
+        let h = hidden_of(&self.teacher);
+        let missing: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|i| !self.cache.contains_key(&(i + key_offset)))
+            .collect();
+        if !missing.is_empty() {
+            let seqs: Vec<Vec<u32>> = missing
+                .iter()
+                .map(|&i| seqs_of(&self.data)[i].clone())
+                .collect();
+            let batch = pad(&seqs, self.teacher_pad);
+            check_ids(&batch, vocab_of(&self.teacher), "teacher token ids")?;
+            let plain = self.teacher.embeddings.word.weight.val().device();
+            let (ids, mask) = batch_tensors(&batch, &plain);
+            let x = self.teacher.forward(ids, mask);
+            let values = x
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| burn_error("read teacher embeddings", e))?;
+            for (r, &i) in missing.iter().enumerate() {
+                let len = batch.lengths[r];
+                let start = r * batch.t * h;
+                self.cache
+                    .insert(i + key_offset, values[start..start + len * h].to_vec());
+            }
+        }
+        let lengths: Vec<usize> = idx
+            .iter()
+            .map(|i| self.cache[&(i + key_offset)].len() / h)
+            .collect();
+        let m = lengths.iter().copied().max().unwrap_or(1);
+        let b = idx.len();
+        let mut data = vec![0.0f32; b * m * h];
+        let mut mask = vec![0.0f32; b * m];
+        for (r, i) in idx.iter().enumerate() {
+            let v = &self.cache[&(i + key_offset)];
+            data[r * m * h..r * m * h + v.len()].copy_from_slice(v);
+            for c in 0..lengths[r] {
+                mask[r * m + c] = 1.0;
+            }
+        }
+        Ok(TokenSide {
+            x: Tensor::<3>::from_data(TensorData::new(data, [b, m, h]), device),
+            mask: Tensor::<2>::from_data(TensorData::new(mask, [b, m]), device),
+            lengths,
+        })
+    }
+
+    /// Student forward on `seqs` (autodiff).
+    fn student_side(&self, seqs: Vec<Vec<u32>>) -> Result<TokenSide> {
+        let batch = pad(&seqs, self.student_pad);
+        check_ids(&batch, vocab_of(&self.student), "student token ids")?;
+        let device = self.student.embeddings.word.weight.val().device();
+        let (ids, mask) = batch_tensors(&batch, &device);
+        let x = self.student.forward(ids, mask.clone());
+        Ok(TokenSide {
+            x,
+            mask,
+            lengths: batch.lengths,
+        })
+    }
+
+    /// The loss of the current model on pairs `idx` (no update), for tests and logging.
+    pub fn loss_on(&mut self, idx: &[usize]) -> Result<(Tensor<1>, LossStats)> {
+        let device = self.student.embeddings.word.weight.val().device();
+        let teacher = self.teacher_side(idx, |d| &d.teacher, 0, &device)?;
+        let seqs = idx.iter().map(|&i| self.data.student[i].clone()).collect();
+        let student = self.student_side(seqs)?;
+        let params = self.config.sinkhorn();
+        let (mut loss, mut stats) = distill_loss(
+            self.loss,
+            &student,
+            &teacher,
+            &self.backend,
+            &params,
+            self.config.mse_weight,
+        )?;
+        if self.config.distill_english {
+            let seqs = idx
+                .iter()
+                .map(|&i| self.data.student_english[i].clone())
+                .collect();
+            let student_en = self.student_side(seqs)?;
+            let (l2, s2) = distill_loss(
+                self.loss,
+                &student_en,
+                &teacher,
+                &self.backend,
+                &params,
+                self.config.mse_weight,
+            )?;
+            loss = loss + l2;
+            stats.ot_cost = (stats.ot_cost + s2.ot_cost) / 2.0;
+            stats.ot_time += s2.ot_time;
+            stats.transfer_time += s2.transfer_time;
+        }
+        Ok((loss, stats))
+    }
+
+    /// One optimiser step (`grad_accumulation` micro-batches).
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let t_step = Instant::now();
+        let lr = self.config.lr_at(self.state.step);
+        let ga = self.config.grad_accumulation;
+        let device = self.student.embeddings.word.weight.val().device();
+        let params = self.config.sinkhorn();
+        let mut accumulator = GradientsAccumulator::<TransformerEncoder>::new();
+        let mut times = StepTimes::default();
+        let mut loss_sum = 0.0;
+        let mut stats_sum = LossStats::default();
+        let mut tokens = 0usize;
+        for _ in 0..ga {
+            let idx = self.next_batch();
+            let t0 = Instant::now();
+            let teacher = self.teacher_side(&idx, |d| &d.teacher, 0, &device)?;
+            times.teacher += t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| self.data.student[i].clone()).collect();
+            tokens += seqs.iter().map(Vec::len).sum::<usize>();
+            let student = self.student_side(seqs)?;
+            let mut english = None;
+            if self.config.distill_english {
+                let seqs: Vec<Vec<u32>> = idx
+                    .iter()
+                    .map(|&i| self.data.student_english[i].clone())
+                    .collect();
+                tokens += seqs.iter().map(Vec::len).sum::<usize>();
+                english = Some(self.student_side(seqs)?);
+            }
+            times.student += t1.elapsed().as_secs_f64();
+            let (mut loss, stats) = distill_loss(
+                self.loss,
+                &student,
+                &teacher,
+                &self.backend,
+                &params,
+                self.config.mse_weight,
+            )?;
+            let mut ot = stats.ot_time;
+            let mut transfer = stats.transfer_time;
+            if let Some(en) = english {
+                let (l2, s2) = distill_loss(
+                    self.loss,
+                    &en,
+                    &teacher,
+                    &self.backend,
+                    &params,
+                    self.config.mse_weight,
+                )?;
+                loss = loss + l2;
+                ot += s2.ot_time;
+                transfer += s2.transfer_time;
+            }
+            times.ot += ot.as_secs_f64();
+            times.transfer += transfer.as_secs_f64();
+            let loss = loss.div_scalar(ga as f64);
+            let t2 = Instant::now();
+            let value: f32 = loss.clone().detach().into_scalar();
+            if !value.is_finite() {
+                return Err(Error::value(
+                    "training loss",
+                    format!("non-finite loss {value} at step {}", self.state.step),
+                ));
+            }
+            loss_sum += value as f64;
+            stats_sum.ot_cost += stats.ot_cost / ga as f64;
+            stats_sum.sinkhorn_iterations += stats.sinkhorn_iterations / ga as f64;
+            stats_sum.converged += stats.converged / ga as f64;
+            stats_sum.mse += stats.mse / ga as f64;
+            let grads = loss.backward();
+            let grads = GradientsParams::from_grads(grads, &self.student);
+            accumulator.accumulate(&self.student, grads);
+            times.backward += t2.elapsed().as_secs_f64();
+        }
+        let t3 = Instant::now();
+        let mut grads = accumulator.grads();
+        let mut norm = GradNorm {
+            grads: &grads,
+            sum: 0.0,
+        };
+        self.student.visit(&mut norm);
+        let grad_norm = norm.sum.sqrt();
+        if self.config.grad_clip > 0.0 && grad_norm > self.config.grad_clip {
+            let mut scale = GradScale {
+                grads: &mut grads,
+                scale: self.config.grad_clip / grad_norm,
+            };
+            self.student.visit(&mut scale);
+        }
+        self.student = self.optim.step(lr, self.student.clone(), grads);
+        // Materialise the update so that its cost lands in this step's timing.
+        let _ = self.student.layers[self.student.layers.len().saturating_sub(1)]
+            .output
+            .bias
+            .as_ref()
+            .map(|b| b.val().into_data());
+        times.optimizer = t3.elapsed().as_secs_f64();
+        times.total = t_step.elapsed().as_secs_f64();
+        let record = StepRecord {
+            step: self.state.step + 1,
+            epoch: self.state.epoch,
+            loss: loss_sum,
+            ot_cost: stats_sum.ot_cost,
+            sinkhorn_iterations: stats_sum.sinkhorn_iterations,
+            converged: stats_sum.converged,
+            mse: stats_sum.mse,
+            lr,
+            grad_norm,
+            tokens_per_s: tokens as f64 / times.total.max(1e-9),
+            seconds: times,
+        };
+        self.state.step += 1;
+        self.state.tokens += tokens as u64;
+        Ok(record)
+    }
+
+    /// Save model, optimiser and [`TrainState`] into `dir` (created).
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+        self.student
+            .clone()
+            .into_record()
+            .save(dir.join("model.bpk"))
+            .map_err(|e| burn_error("save the model checkpoint", e))?;
+        self.optim
+            .save(dir.join("optimizer.bpk"))
+            .map_err(|e| burn_error("save the optimizer checkpoint", e))?;
+        let state = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| Error::value("train state", e.to_string()))?;
+        let path = dir.join("state.json");
+        std::fs::write(&path, state).map_err(|e| Error::io(&path, "write", e))
+    }
+
+    /// Restore a checkpoint written by [`Self::save_checkpoint`].
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join("state.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "read", e))?;
+        let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: path.clone(),
+            what: format!("not a train state: {e}"),
+        })?;
+        if state.seed != self.config.seed {
+            return Err(Error::parameter(
+                "seed",
+                format!("{} (the checkpoint's)", state.seed),
+                self.config.seed,
+            ));
+        }
+        let record = ModuleRecord::load(dir.join("model.bpk"))
+            .map_err(|e| burn_error("load the model checkpoint", e))?;
+        self.student = self
+            .student
+            .clone()
+            .try_load_record(record)
+            .map_err(|e| burn_error("apply the model checkpoint", e))?;
+        let optim = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
+        self.optim = optim
+            .load(dir.join("optimizer.bpk"))
+            .map_err(|e| burn_error("load the optimizer checkpoint", e))?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Mean-pooled, L2-normalised student vectors of `seqs` (no gradient), `(n, h)`.
+    pub fn student_vectors(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let model = self.student.valid();
+        let h = hidden_of(&model);
+        let device = model.embeddings.word.weight.val().device();
+        let mut out = Vec::with_capacity(seqs.len() * h);
+        for chunk in seqs.chunks(32) {
+            let batch = pad(chunk, self.student_pad);
+            check_ids(&batch, vocab_of(&model), "student token ids")?;
+            let (ids, mask) = batch_tensors(&batch, &device);
+            let x = model.forward(ids, mask.clone());
+            let v = pooling::l2_normalize(pooling::mean_pool(x, mask));
+            out.extend(
+                v.into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| burn_error("read student vectors", e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// P@1 and MRR of retrieving `english[i]` for `other[i]` among all the English
+    /// sentences, both encoded by the student.
+    pub fn evaluate(&self, other: &[Vec<u32>], english: &[Vec<u32>]) -> Result<DevMetrics> {
+        let h = hidden_of(&self.student);
+        let q = self.student_vectors(other)?;
+        let c = self.student_vectors(english)?;
+        let (p1, mrr) = bitext_retrieval(&q, &c, h);
+        Ok(DevMetrics {
+            step: self.state.step,
+            p_at_1: p1,
+            mrr,
+        })
+    }
+}
+
+/// P@1 and MRR when query `i` should retrieve candidate `i` by cosine (vectors already
+/// normalised, `(n, h)` each); ties count against the query.
+pub fn bitext_retrieval(q: &[f32], c: &[f32], h: usize) -> (f64, f64) {
+    let n = q.len() / h.max(1);
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let (mut p1, mut mrr) = (0.0, 0.0);
+    for i in 0..n {
+        let qi = &q[i * h..(i + 1) * h];
+        let score = |j: usize| -> f32 {
+            qi.iter()
+                .zip(&c[j * h..(j + 1) * h])
+                .map(|(a, b)| a * b)
+                .sum()
+        };
+        let own = score(i);
+        let rank = 1 + (0..n).filter(|&j| j != i && score(j) >= own).count();
+        if rank == 1 {
+            p1 += 1.0;
+        }
+        mrr += 1.0 / rank as f64;
+    }
+    (p1 / n as f64, mrr / n as f64)
+}
+
+/// The run directory's checkpoint of step `step`.
+pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Time a closure (for the bench).
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
