@@ -1,48 +1,13 @@
 //! Criterion benches of the CPU kernels on the standard problems of `optical::bench`.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion};
 use optical::backend::{Backend, BackendKind};
-use optical::bench;
 
 fn kernels(c: &mut Criterion) {
-    for kind in [BackendKind::Cpu] {
-        let backend = Backend::new(kind).expect("CPU backends are always present");
-        let name = kind.name();
-
-        let (b, n, m, d) = (64usize, 128usize, 128usize, 384usize);
-        let x = bench::embeddings(1, b, n, d);
-        let y = bench::embeddings(2, b, m, d);
-        let mut g = c.benchmark_group("cosine-cost");
-        g.throughput(Throughput::Bytes(
-            (4 * (b * n * d + b * m * d + b * n * m)) as u64,
-        ));
-        g.bench_function(format!("{name}/b{b}_n{n}_m{m}_d{d}"), |bench| {
-            bench.iter(|| backend.cosine_cost(&x, &y).expect("valid"))
-        });
-        g.finish();
-
-        let (q, docs) = bench::maxsim_problem();
-        let mut g = c.benchmark_group("maxsim");
-        g.throughput(Throughput::Bytes((4 * docs.data.len()) as u64));
-        g.bench_function(
-            format!("{name}/q{}x{}_docs{}", q.b, q.n, docs.len()),
-            |bench| bench.iter(|| backend.maxsim(&q, &docs).expect("valid")),
-        );
-        g.finish();
-
-        let mut g = c.benchmark_group("sinkhorn");
-        g.sample_size(10);
-        for (b, n, iters) in [(64usize, 128usize, 200usize), (4, 512, 100)] {
-            let problem = bench::sinkhorn_problem(b, n, n, 64);
-            let params = bench::fixed_iterations(0.05, iters);
-            // Elements = exponentials evaluated (two reductions per iteration).
-            g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
-            g.bench_function(format!("{name}/b{b}_n{n}_it{iters}"), |bench| {
-                bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
-            });
-        }
-        g.finish();
-    }
+    let backend = Backend::new(BackendKind::Cpu).expect("the CPU backend is always present");
+    common::standard_kernels(c, &backend);
 }
 
 criterion_group!(benches, kernels);
