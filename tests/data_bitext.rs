@@ -185,6 +185,7 @@ fn shared_tatoeba_and_mafand() {
         languages: vec!["yor".into(), "amh".into()],
         split: Some("test".into()),
         english_bible: None,
+        max_pairs: None,
     };
     let tasks = data::load_tasks(DatasetName::Mafand, &dir, &opts).unwrap();
     let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();

@@ -145,3 +145,80 @@ fn bad_settings_are_errors() {
     .expect("an unknown loss is refused");
     assert!(err.to_string().contains("ot+mean-mse"), "{err}");
 }
+
+/// With the embeddings and the lowest layer frozen, the student runs only its top layer on
+/// cached frozen-prefix states; the loss and the gradient step must be those of the whole
+/// encoder (the same model trained with trainable embeddings has the same forward).
+#[test]
+fn cached_frozen_prefix_matches_the_whole_forward() {
+    for loss in ["ot", "mean-mse"] {
+        let prefix = DistillConfig {
+            freeze_embeddings: true,
+            freeze_layers: 1,
+            ..config(loss, 4, 2)
+        };
+        let whole = DistillConfig {
+            freeze_embeddings: false,
+            freeze_layers: 1,
+            ..config(loss, 4, 2)
+        };
+        let mut a = trainer(prefix, 8);
+        let mut b = trainer(whole, 8);
+        assert_eq!(a.frozen_prefix(), 1);
+        assert_eq!(b.frozen_prefix(), 0);
+        let idx: Vec<usize> = (0..8).collect();
+        // Twice: the second call reads the cache.
+        for _ in 0..2 {
+            let (la, lb) = (loss_value(&mut a, &idx), loss_value(&mut b, &idx));
+            assert!(
+                (la - lb).abs() <= 1e-5 * lb.abs().max(1.0),
+                "{loss}: {la} vs {lb}"
+            );
+        }
+    }
+}
+
+#[test]
+fn resume_with_a_cached_frozen_prefix_continues_bit_for_bit() {
+    let frozen = || DistillConfig {
+        freeze_embeddings: true,
+        freeze_layers: 1,
+        ..config("ot", 4, 4)
+    };
+    let mut straight = trainer(frozen(), 10);
+    for _ in 0..4 {
+        straight.step().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = trainer(frozen(), 10);
+    for _ in 0..2 {
+        first.step().unwrap();
+    }
+    first.save_checkpoint(dir.path()).unwrap();
+    drop(first);
+    let mut resumed = trainer(frozen(), 10);
+    resumed.load_checkpoint(dir.path()).unwrap();
+    for _ in 2..4 {
+        resumed.step().unwrap();
+    }
+    assert_eq!(weights_of(&straight), weights_of(&resumed));
+}
+
+#[test]
+fn nothing_to_train_is_an_error() {
+    let tiny = tiny_config();
+    let student = random_encoder(&tiny, 1, &Device::flex().autodiff()).unwrap();
+    let teacher = random_encoder(&tiny, 2, &Device::flex()).unwrap();
+    let all_frozen = DistillConfig {
+        freeze_embeddings: true,
+        freeze_layers: tiny.num_hidden_layers,
+        ..config("ot", 4, 1)
+    };
+    let err = Trainer::new(all_frozen, student, teacher, (0, 0), random_pairs(8, 3))
+        .err()
+        .expect("a student with nothing trainable is refused");
+    assert!(
+        err.to_string().contains("nothing would be trained"),
+        "{err}"
+    );
+}

@@ -56,6 +56,7 @@ impl DatasetArgs {
             languages: self.languages.clone(),
             split: Some(self.split.clone()),
             english_bible: self.english_bible.clone(),
+            max_pairs: None,
         }
     }
 }

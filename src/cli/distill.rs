@@ -68,6 +68,9 @@ pub struct ConfigFlags {
     pub distill_english: Option<bool>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub center_tokens: Option<bool>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +118,9 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_mb: Option<usize>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,

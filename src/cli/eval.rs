@@ -88,6 +88,12 @@ pub struct EvalDatasetArgs {
     /// Encode each LAReQA candidate as its sentence followed by its paragraph context.
     #[arg(long)]
     pub candidate_context: bool,
+    /// Keep only the first N pairs of each bitext (file order); LAReQA pools are never cut.
+    #[arg(long)]
+    pub max_pairs: Option<usize>,
+    /// Truncate every text to N tokens, specials included (default: the model's limit).
+    #[arg(long)]
+    pub max_length: Option<usize>,
     /// Do not read or write the embedding cache ($OPTICAL_CACHE/embeddings).
     #[arg(long)]
     pub no_cache: bool,
@@ -148,7 +154,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     let encoders = a
         .model
         .iter()
-        .map(|m| encoder::builtin(m))
+        .map(|m| encoder::builtin_with(m, a.max_length))
         .collect::<Result<Vec<_>>>()?;
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(
@@ -158,6 +164,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             languages: a.languages.clone(),
             split: Some(a.split.clone()),
             english_bible: a.english_bible.clone(),
+            max_pairs: a.max_pairs,
         },
     )?;
     let cache = (!a.no_cache).then(|| data::cache_dir().join("embeddings"));
@@ -188,7 +195,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     for (name, enc) in a.model.iter().zip(&encoders) {
         let mut results = Vec::new();
         for t in &tasks {
-            let run_file = runs.join(format!("{}.{}.trec", name, t.name));
+            let run_file = runs.join(format!("{}.{}.trec", crate::report::slug(name), t.name));
             let r = run_task(t, enc.as_ref(), &settings, Some(&run_file))?;
             eprintln!(
                 "{name} {}: {} = {:.4} (encode {:.1} s, search {:.1} s)",

@@ -235,6 +235,9 @@ pub struct LoadOptions {
     pub split: Option<String>,
     /// The English Bible (default: [`bitext::default_english_bible`]).
     pub english_bible: Option<PathBuf>,
+    /// Keep only the first N pairs of each bitext (file order; `None`: all). LAReQA pools
+    /// are never cut: their mAP is defined over the whole pool.
+    pub max_pairs: Option<usize>,
 }
 
 /// The retrieval tasks of a dataset: one for LAReQA (the multilingual pool), two per
@@ -284,14 +287,24 @@ pub fn load_bitexts(
         .english_bible
         .clone()
         .unwrap_or_else(bitext::default_english_bible);
+    if opts.max_pairs == Some(0) {
+        return Err(Error::parameter("max_pairs", "at least 1", 0));
+    }
     langs
         .iter()
-        .map(|l| match dataset {
-            DatasetName::Tatoeba => bitext::tatoeba(data_dir, l),
-            DatasetName::Mafand => {
-                bitext::mafand(data_dir, l, opts.split.as_deref().unwrap_or("dev"))
+        .map(|l| {
+            let mut b = match dataset {
+                DatasetName::Tatoeba => bitext::tatoeba(data_dir, l),
+                DatasetName::Mafand => {
+                    bitext::mafand(data_dir, l, opts.split.as_deref().unwrap_or("dev"))
+                }
+                _ => bitext::bible(data_dir, l, &english),
+            }?;
+            if let Some(n) = opts.max_pairs {
+                b.source.truncate(n);
+                b.target.truncate(n);
             }
-            _ => bitext::bible(data_dir, l, &english),
+            Ok(b)
         })
         .collect()
 }

@@ -33,6 +33,10 @@ pub struct DistillConfig {
     pub mse_weight: f64,
     /// Also distil the English side (student(en) → teacher(en)).
     pub distill_english: bool,
+    /// Subtract each side's mean token state over the batch (real tokens only) before the
+    /// loss, so that the cost `1 − cos` compares token states relative to the batch rather
+    /// than along the direction that every contextual token shares.
+    pub center_tokens: bool,
     /// Sinkhorn ε (cost units; the cost is 1 − cos ∈ [0, 2]).
     pub epsilon: f64,
     pub sinkhorn_iterations: usize,
@@ -62,6 +66,11 @@ pub struct DistillConfig {
     pub checkpoint_every: usize,
     /// Dev evaluation every N steps (0: only at the end).
     pub eval_every: usize,
+    /// Host memory (MiB) for cached token states: the frozen teacher's outputs and, when
+    /// the embeddings and the lowest `freeze_layers` layers are frozen, the student's
+    /// hidden states after that frozen prefix (computed once per pair, so a step runs only
+    /// the trainable layers). Beyond the budget, states are recomputed every time.
+    pub cache_mb: usize,
     /// Run directory: checkpoints, log.jsonl, plots, the exported student.
     pub out: PathBuf,
 }
@@ -78,6 +87,7 @@ impl Default for DistillConfig {
             loss: "ot".into(),
             mse_weight: 1.0,
             distill_english: true,
+            center_tokens: false,
             epsilon: 0.005,
             sinkhorn_iterations: 500,
             sinkhorn_threshold: 1e-3,
@@ -94,6 +104,7 @@ impl Default for DistillConfig {
             seed: 0,
             checkpoint_every: 20,
             eval_every: 10,
+            cache_mb: 4096,
             out: PathBuf::from("runs/distill"),
         }
     }

@@ -29,12 +29,52 @@ use crate::encoder::model::TransformerEncoder;
 use crate::encoder::pooling;
 use crate::encoder::tokenizer::{pad, TokenBatch};
 use crate::error::{Error, Result};
+use crate::ot::SinkhornParams;
 
 fn burn_error(operation: &'static str, what: impl std::fmt::Debug) -> Error {
     Error::Backend {
         backend: "burn",
         operation,
         what: format!("{what:?}"),
+    }
+}
+
+/// Which sequences of a pair a cached host state belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Side {
+    /// The teacher's output on the English side.
+    Teacher,
+    /// The student's frozen-prefix state on the other language.
+    Student,
+    /// The student's frozen-prefix state on the English side.
+    StudentEnglish,
+}
+
+/// Per-pair token states `(len, h)` kept on the host, up to a byte budget; beyond it,
+/// states are recomputed when needed. Cached and recomputed states are the same numbers:
+/// each sequence's real-token rows do not depend on the batch it was computed in (padding
+/// keys have exactly zero attention weight).
+#[derive(Debug, Default)]
+struct HostCache {
+    map: HashMap<(Side, usize), Vec<f32>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl HostCache {
+    fn new(budget_mb: usize) -> Self {
+        HostCache {
+            budget: budget_mb.saturating_mul(1 << 20),
+            ..HostCache::default()
+        }
+    }
+
+    fn insert(&mut self, key: (Side, usize), rows: Vec<f32>) {
+        let size = rows.len() * std::mem::size_of::<f32>();
+        if self.bytes + size <= self.budget {
+            self.bytes += size;
+            self.map.insert(key, rows);
+        }
     }
 }
 
@@ -109,7 +149,7 @@ pub struct Trainer {
     pub state: TrainState,
     optim: ModuleOptimizer,
     data: TokenizedPairs,
-    cache: HashMap<usize, Vec<f32>>,
+    cache: HostCache,
     backend: Backend,
     loss: LossKind,
 }
@@ -245,6 +285,17 @@ impl Trainer {
                 config.freeze_layers,
             ));
         }
+        if config.freeze_embeddings && config.freeze_layers == student.layers.len() {
+            return Err(Error::parameter(
+                "freeze_layers",
+                format!(
+                    "fewer than the student's {} layers when the embeddings are frozen too \
+                     (nothing would be trained)",
+                    student.layers.len()
+                ),
+                config.freeze_layers,
+            ));
+        }
         for l in 0..config.freeze_layers {
             student.layers[l] = student.layers[l].clone().no_grad();
         }
@@ -257,6 +308,7 @@ impl Trainer {
             seed: config.seed,
             ..TrainState::default()
         };
+        let cache = HostCache::new(config.cache_mb);
         Ok(Trainer {
             config,
             student,
@@ -266,7 +318,7 @@ impl Trainer {
             state,
             optim,
             data,
-            cache: HashMap::new(),
+            cache,
             backend,
             loss,
         })
@@ -300,107 +352,160 @@ impl Trainer {
         idx
     }
 
-    /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`,
-    /// computing (and caching) the missing ones.
-    fn teacher_side(
-        &mut self,
-        idx: &[usize],
-        seqs_of: fn(&TokenizedPairs) -> &Vec<Vec<u32>>,
-        key_offset: usize,
-        device: &Device,
-    ) -> Result<TokenSide> {
-        let h = hidden_of(&self.teacher);
+    /// Layers of the student that are frozen together with the embeddings: their output
+    /// is a constant per sequence, computed once and cached (0 when the embeddings train).
+    pub fn frozen_prefix(&self) -> usize {
+        if self.config.freeze_embeddings {
+            self.config.freeze_layers
+        } else {
+            0
+        }
+    }
+
+    fn sequences(&self, side: Side) -> &Vec<Vec<u32>> {
+        match side {
+            Side::Teacher => &self.data.teacher,
+            Side::Student => &self.data.student,
+            Side::StudentEnglish => &self.data.student_english,
+        }
+    }
+
+    /// Host token states `(len, h)` of pairs `idx` on `side`: the teacher's output, or the
+    /// student's state after its frozen prefix. Missing ones are computed in one batch
+    /// without gradient and cached within the budget.
+    fn host_states(&mut self, idx: &[usize], side: Side) -> Result<Vec<Vec<f32>>> {
         let missing: Vec<usize> = idx
             .iter()
             .copied()
-            .filter(|i| !self.cache.contains_key(&(i + key_offset)))
+            .filter(|&i| !self.cache.map.contains_key(&(side, i)))
             .collect();
+        let mut fresh: HashMap<usize, Vec<f32>> = HashMap::new();
         if !missing.is_empty() {
             let seqs: Vec<Vec<u32>> = missing
                 .iter()
-                .map(|&i| seqs_of(&self.data)[i].clone())
+                .map(|&i| self.sequences(side)[i].clone())
                 .collect();
-            let batch = pad(&seqs, self.teacher_pad);
-            check_ids(&batch, vocab_of(&self.teacher), "teacher token ids")?;
-            let plain = self.teacher.embeddings.word.weight.val().device();
-            let (ids, mask) = batch_tensors(&batch, &plain);
-            let x = self.teacher.forward(ids, mask);
-            let values = x
+            let (batch, h, values) = match side {
+                Side::Teacher => {
+                    let batch = pad(&seqs, self.teacher_pad);
+                    check_ids(&batch, vocab_of(&self.teacher), "teacher token ids")?;
+                    let device = self.teacher.embeddings.word.weight.val().device();
+                    let (ids, mask) = batch_tensors(&batch, &device);
+                    let x = self.teacher.forward(ids, mask);
+                    (batch, hidden_of(&self.teacher), x)
+                }
+                Side::Student | Side::StudentEnglish => {
+                    let batch = pad(&seqs, self.student_pad);
+                    check_ids(&batch, vocab_of(&self.student), "student token ids")?;
+                    let model = self.student.valid();
+                    let device = model.embeddings.word.weight.val().device();
+                    let (ids, mask) = batch_tensors(&batch, &device);
+                    let x = model.embeddings.forward(ids);
+                    let x = model.forward_layers(x, mask, 0..self.frozen_prefix());
+                    (batch, hidden_of(&model), x)
+                }
+            };
+            let values = values
                 .into_data()
                 .try_to_vec::<f32>()
-                .map_err(|e| burn_error("read teacher embeddings", e))?;
+                .map_err(|e| burn_error("read cached token states", e))?;
             for (r, &i) in missing.iter().enumerate() {
-                let len = batch.lengths[r];
                 let start = r * batch.t * h;
-                self.cache
-                    .insert(i + key_offset, values[start..start + len * h].to_vec());
+                let rows = values[start..start + batch.lengths[r] * h].to_vec();
+                self.cache.insert((side, i), rows.clone());
+                fresh.insert(i, rows);
             }
         }
-        let lengths: Vec<usize> = idx
+        Ok(idx
             .iter()
-            .map(|i| self.cache[&(i + key_offset)].len() / h)
-            .collect();
-        let m = lengths.iter().copied().max().unwrap_or(1);
-        let b = idx.len();
-        let mut data = vec![0.0f32; b * m * h];
-        let mut mask = vec![0.0f32; b * m];
-        for (r, i) in idx.iter().enumerate() {
-            let v = &self.cache[&(i + key_offset)];
-            data[r * m * h..r * m * h + v.len()].copy_from_slice(v);
-            for c in 0..lengths[r] {
-                mask[r * m + c] = 1.0;
-            }
-        }
-        Ok(TokenSide {
-            x: Tensor::<3>::from_data(TensorData::new(data, [b, m, h]), device),
-            mask: Tensor::<2>::from_data(TensorData::new(mask, [b, m]), device),
-            lengths,
-        })
+            .map(|i| match fresh.get(i) {
+                Some(v) => v.clone(),
+                None => self.cache.map[&(side, *i)].clone(),
+            })
+            .collect())
     }
 
-    /// Student forward on `seqs` (autodiff).
-    fn student_side(&self, seqs: Vec<Vec<u32>>) -> Result<TokenSide> {
-        let batch = pad(&seqs, self.student_pad);
-        check_ids(&batch, vocab_of(&self.student), "student token ids")?;
+    /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`.
+    fn teacher_side(&mut self, idx: &[usize], device: &Device) -> Result<TokenSide> {
+        let h = hidden_of(&self.teacher);
+        let rows = self.host_states(idx, Side::Teacher)?;
+        Ok(padded_side(&rows, h, device))
+    }
+
+    /// Student forward on pairs `idx` of `side` (autodiff): the whole encoder, or only the
+    /// trainable layers on top of the cached frozen prefix.
+    fn student_side(&mut self, idx: &[usize], side: Side) -> Result<TokenSide> {
+        let k = self.frozen_prefix();
         let device = self.student.embeddings.word.weight.val().device();
-        let (ids, mask) = batch_tensors(&batch, &device);
-        let x = self.student.forward(ids, mask.clone());
-        Ok(TokenSide {
-            x,
-            mask,
-            lengths: batch.lengths,
-        })
+        if k == 0 {
+            let seqs: Vec<Vec<u32>> = idx
+                .iter()
+                .map(|&i| self.sequences(side)[i].clone())
+                .collect();
+            let batch = pad(&seqs, self.student_pad);
+            check_ids(&batch, vocab_of(&self.student), "student token ids")?;
+            let (ids, mask) = batch_tensors(&batch, &device);
+            let x = self.student.forward(ids, mask.clone());
+            return Ok(TokenSide {
+                x,
+                mask,
+                lengths: batch.lengths,
+            });
+        }
+        let h = hidden_of(&self.student);
+        let rows = self.host_states(idx, side)?;
+        let prefix = padded_side(&rows, h, &device);
+        let x = self.student.forward_layers(
+            prefix.x,
+            prefix.mask.clone(),
+            k..self.student.layers.len(),
+        );
+        Ok(TokenSide { x, ..prefix })
+    }
+
+    /// The configured loss of one side against the teacher (centred first if configured).
+    fn loss_of(
+        &self,
+        student: &TokenSide,
+        teacher: &TokenSide,
+        params: &SinkhornParams,
+    ) -> Result<(Tensor<1>, LossStats)> {
+        if self.config.center_tokens {
+            let (s, t) = (centered(student.clone()), centered(teacher.clone()));
+            distill_loss(
+                self.loss,
+                &s,
+                &t,
+                &self.backend,
+                params,
+                self.config.mse_weight,
+            )
+        } else {
+            distill_loss(
+                self.loss,
+                student,
+                teacher,
+                &self.backend,
+                params,
+                self.config.mse_weight,
+            )
+        }
+    }
+
+    fn student_tokens(&self, idx: &[usize], side: Side) -> usize {
+        idx.iter().map(|&i| self.sequences(side)[i].len()).sum()
     }
 
     /// The loss of the current model on pairs `idx` (no update), for tests and logging.
     pub fn loss_on(&mut self, idx: &[usize]) -> Result<(Tensor<1>, LossStats)> {
         let device = self.student.embeddings.word.weight.val().device();
-        let teacher = self.teacher_side(idx, |d| &d.teacher, 0, &device)?;
-        let seqs = idx.iter().map(|&i| self.data.student[i].clone()).collect();
-        let student = self.student_side(seqs)?;
+        let teacher = self.teacher_side(idx, &device)?;
+        let student = self.student_side(idx, Side::Student)?;
         let params = self.config.sinkhorn();
-        let (mut loss, mut stats) = distill_loss(
-            self.loss,
-            &student,
-            &teacher,
-            &self.backend,
-            &params,
-            self.config.mse_weight,
-        )?;
+        let (mut loss, mut stats) = self.loss_of(&student, &teacher, &params)?;
         if self.config.distill_english {
-            let seqs = idx
-                .iter()
-                .map(|&i| self.data.student_english[i].clone())
-                .collect();
-            let student_en = self.student_side(seqs)?;
-            let (l2, s2) = distill_loss(
-                self.loss,
-                &student_en,
-                &teacher,
-                &self.backend,
-                &params,
-                self.config.mse_weight,
-            )?;
+            let student_en = self.student_side(idx, Side::StudentEnglish)?;
+            let (l2, s2) = self.loss_of(&student_en, &teacher, &params)?;
             loss = loss + l2;
             stats.ot_cost = (stats.ot_cost + s2.ot_cost) / 2.0;
             stats.ot_time += s2.ot_time;
@@ -424,41 +529,22 @@ impl Trainer {
         for _ in 0..ga {
             let idx = self.next_batch();
             let t0 = Instant::now();
-            let teacher = self.teacher_side(&idx, |d| &d.teacher, 0, &device)?;
+            let teacher = self.teacher_side(&idx, &device)?;
             times.teacher += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| self.data.student[i].clone()).collect();
-            tokens += seqs.iter().map(Vec::len).sum::<usize>();
-            let student = self.student_side(seqs)?;
+            tokens += self.student_tokens(&idx, Side::Student);
+            let student = self.student_side(&idx, Side::Student)?;
             let mut english = None;
             if self.config.distill_english {
-                let seqs: Vec<Vec<u32>> = idx
-                    .iter()
-                    .map(|&i| self.data.student_english[i].clone())
-                    .collect();
-                tokens += seqs.iter().map(Vec::len).sum::<usize>();
-                english = Some(self.student_side(seqs)?);
+                tokens += self.student_tokens(&idx, Side::StudentEnglish);
+                english = Some(self.student_side(&idx, Side::StudentEnglish)?);
             }
             times.student += t1.elapsed().as_secs_f64();
-            let (mut loss, stats) = distill_loss(
-                self.loss,
-                &student,
-                &teacher,
-                &self.backend,
-                &params,
-                self.config.mse_weight,
-            )?;
+            let (mut loss, stats) = self.loss_of(&student, &teacher, &params)?;
             let mut ot = stats.ot_time;
             let mut transfer = stats.transfer_time;
             if let Some(en) = english {
-                let (l2, s2) = distill_loss(
-                    self.loss,
-                    &en,
-                    &teacher,
-                    &self.backend,
-                    &params,
-                    self.config.mse_weight,
-                )?;
+                let (l2, s2) = self.loss_of(&en, &teacher, &params)?;
                 loss = loss + l2;
                 ot += s2.ot_time;
                 transfer += s2.transfer_time;
@@ -606,6 +692,41 @@ impl Trainer {
             p_at_1: p1,
             mrr,
         })
+    }
+}
+
+/// `side` minus its mean token state over the batch's real tokens (padding rows stay
+/// as they are: they carry no weight in any loss).
+fn centered(side: TokenSide) -> TokenSide {
+    let [b, t, h] = side.x.dims();
+    let mask = side.mask.clone().reshape([b, t, 1]);
+    let count = side.mask.clone().sum().clamp_min(1.0).reshape([1, 1, 1]);
+    let mean = (side.x.clone() * mask.clone())
+        .sum_dim(0)
+        .sum_dim(1)
+        .reshape([1, 1, h])
+        / count;
+    TokenSide {
+        x: side.x - mean * mask,
+        ..side
+    }
+}
+
+/// Host rows `(len_r, h)` as a zero-padded `(b, t, h)` side with its mask on `device`.
+fn padded_side(rows: &[Vec<f32>], h: usize, device: &Device) -> TokenSide {
+    let lengths: Vec<usize> = rows.iter().map(|r| r.len() / h.max(1)).collect();
+    let t = lengths.iter().copied().max().unwrap_or(1).max(1);
+    let b = rows.len();
+    let mut data = vec![0.0f32; b * t * h];
+    let mut mask = vec![0.0f32; b * t];
+    for (r, v) in rows.iter().enumerate() {
+        data[r * t * h..r * t * h + v.len()].copy_from_slice(v);
+        mask[r * t..r * t + lengths[r]].fill(1.0);
+    }
+    TokenSide {
+        x: Tensor::<3>::from_data(TensorData::new(data, [b, t, h]), device),
+        mask: Tensor::<2>::from_data(TensorData::new(mask, [b, t]), device),
+        lengths,
     }
 }
 

@@ -148,13 +148,28 @@ impl TransformerEncoder {
     /// `(b, t)` (1 for real tokens, 0 for padding; real tokens first). Rows of padding
     /// tokens are computed but meaningless.
     pub fn forward(&self, input_ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<3> {
-        let [b, t] = input_ids.dims();
+        let x = self.embeddings.forward(input_ids);
+        self.forward_layers(x, mask, 0..self.layers.len())
+    }
+
+    /// The hidden state after `layers` (a range of layer indices) applied to the hidden
+    /// state `x` `(b, t, h)` under `mask` `(b, t)`. `forward` is the embeddings followed by
+    /// `forward_layers(.., 0..L)`; a frozen prefix `0..k` can be computed once and the
+    /// rest trained with `k..L`. Padding keys get a score of −10⁹, so their weight is
+    /// exactly zero and rows of padding never influence real tokens.
+    pub fn forward_layers(
+        &self,
+        x: Tensor<3>,
+        mask: Tensor<2>,
+        layers: std::ops::Range<usize>,
+    ) -> Tensor<3> {
+        let [b, t] = mask.dims();
         // Keys that are padding get a large negative score: (b, 1, 1, t).
         let bias = (mask.ones_like() - mask)
             .mul_scalar(MASKED_SCORE)
             .reshape([b, 1, 1, t]);
-        let mut x = self.embeddings.forward(input_ids);
-        for layer in &self.layers {
+        let mut x = x;
+        for layer in &self.layers[layers] {
             x = layer.forward(x, bias.clone());
         }
         x

@@ -62,7 +62,9 @@ pub struct EvalReport {
 }
 
 /// File-name-safe version of a label.
-fn slug(s: &str) -> String {
+/// `s` usable in a file name: every character outside `[A-Za-z0-9_-]` becomes `_` (a
+/// model given by path, `runs/hau/student`, becomes `runs_hau_student`).
+pub fn slug(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

@@ -134,12 +134,20 @@ impl Encoder for HashingEncoder {
 /// The built-in encoders by name (`--model`). Transformer encoders register here when
 /// they land.
 pub fn builtin(name: &str) -> Result<Box<dyn Encoder>> {
+    builtin_with(name, None)
+}
+
+/// [`builtin`] with the transformers' truncation length set to `max_length` tokens
+/// (specials included; `None`: the model's own limit).
+pub fn builtin_with(name: &str, max_length: Option<usize>) -> Result<Box<dyn Encoder>> {
+    #[cfg(not(feature = "encoder"))]
+    let _ = max_length;
     match name {
         "hash" => Ok(Box::new(HashingEncoder::default())),
         #[cfg(feature = "encoder")]
-        "minilm" | "e5-small" => transformer(name),
+        "minilm" | "e5-small" => transformer(name, max_length),
         #[cfg(feature = "encoder")]
-        path if Path::new(path).exists() => transformer(path),
+        path if Path::new(path).exists() => transformer(path, max_length),
         _ => Err(Error::parameter(
             "model",
             "a known encoder (hash, minilm, e5-small) or the path of a model directory",
@@ -150,14 +158,14 @@ pub fn builtin(name: &str) -> Result<Box<dyn Encoder>> {
 
 /// A transformer encoder (`crate::encoder`) on the CPU, mean pooling, normalised.
 #[cfg(feature = "encoder")]
-fn transformer(spec: &str) -> Result<Box<dyn Encoder>> {
+fn transformer(spec: &str, max_length: Option<usize>) -> Result<Box<dyn Encoder>> {
     use crate::encoder::{EncoderOptions, TextEncoder};
     let spec: crate::encoder::ModelSpec = spec.parse()?;
-    let encoder = TextEncoder::load(
-        &spec,
-        burn::prelude::Device::flex(),
-        &EncoderOptions::default(),
-    )?;
+    let options = EncoderOptions {
+        max_length,
+        ..EncoderOptions::default()
+    };
+    let encoder = TextEncoder::load(&spec, burn::prelude::Device::flex(), &options)?;
     Ok(Box::new(encoder))
 }
 
