@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::DistillConfig;
 use super::data::permutation;
+use super::ddp::DdpGroup;
 use super::loss::{distill_loss, LossKind, LossStats, TokenSide};
 use crate::backend::{Backend, BackendKind};
 use crate::encoder::model::TransformerEncoder;
@@ -71,8 +72,26 @@ pub struct StepTimes {
     pub ot: f64,
     pub transfer: f64,
     pub backward: f64,
+    /// Moving gradients between replicas outside of backward (data-parallel runs whose
+    /// devices have no collective all-reduce; absent from the log otherwise).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sync: f64,
     pub optimizer: f64,
     pub total: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+impl StepTimes {
+    /// Add the forward parts (teacher, student, OT, transfer) of `other`.
+    pub(super) fn add_forward(&mut self, other: &StepTimes) {
+        self.teacher += other.teacher;
+        self.student += other.student;
+        self.ot += other.ot;
+        self.transfer += other.transfer;
+    }
 }
 
 /// One line of `log.jsonl`.
@@ -107,11 +126,13 @@ pub struct Trainer {
     pub student_pad: u32,
     pub teacher_pad: u32,
     pub state: TrainState,
-    optim: ModuleOptimizer,
-    data: TokenizedPairs,
-    cache: HashMap<usize, Vec<f32>>,
-    backend: Backend,
-    loss: LossKind,
+    pub(super) optim: ModuleOptimizer,
+    pub(super) data: TokenizedPairs,
+    pub(super) cache: HashMap<usize, Vec<f32>>,
+    pub(super) backend: Backend,
+    pub(super) loss: LossKind,
+    /// The other replicas of a data-parallel run (`None` on one device).
+    pub(super) ddp: Option<DdpGroup>,
 }
 
 /// Sum of squares of every gradient of `module`'s parameters.
@@ -129,6 +150,13 @@ impl ModuleVisitor for GradNorm<'_> {
     }
 }
 
+/// The global L2 norm of the gradients of `module`'s parameters.
+pub(super) fn grad_norm(module: &TransformerEncoder, grads: &GradientsParams) -> f64 {
+    let mut norm = GradNorm { grads, sum: 0.0 };
+    module.visit(&mut norm);
+    norm.sum.sqrt()
+}
+
 /// Multiply every gradient by `scale`.
 struct GradScale<'a> {
     grads: &'a mut GradientsParams,
@@ -141,6 +169,21 @@ impl ModuleVisitor for GradScale<'_> {
             self.grads.register(param.id, g.mul_scalar(self.scale));
         }
     }
+}
+
+/// Multiply every gradient of `module`'s parameters by `scale`.
+pub(super) fn scale_grads(module: &TransformerEncoder, grads: &mut GradientsParams, scale: f64) {
+    module.visit(&mut GradScale { grads, scale });
+}
+
+/// Wait for the parameters of the last layer, so that an update's cost lands in the
+/// timing of the step that made it.
+pub(super) fn materialise(model: &TransformerEncoder) {
+    let _ = model.layers[model.layers.len().saturating_sub(1)]
+        .output
+        .bias
+        .as_ref()
+        .map(|b| b.val().into_data());
 }
 
 /// Count trainable parameters.
@@ -184,6 +227,177 @@ fn vocab_of(model: &TransformerEncoder) -> usize {
 
 fn hidden_of(model: &TransformerEncoder) -> usize {
     model.embeddings.word.weight.val().dims()[1]
+}
+
+/// The models, teacher cache and kernel backend of one replica, as a shard's forward
+/// pass borrows them.
+pub(super) struct ReplicaParts<'a> {
+    pub student: &'a TransformerEncoder,
+    pub teacher: &'a TransformerEncoder,
+    pub cache: &'a mut HashMap<usize, Vec<f32>>,
+    pub backend: &'a Backend,
+}
+
+/// What every replica reads and none changes during a step.
+pub(super) struct Shared<'a> {
+    pub config: &'a DistillConfig,
+    pub data: &'a TokenizedPairs,
+    /// Student and teacher padding ids.
+    pub pads: (u32, u32),
+    pub loss: LossKind,
+}
+
+/// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`, computing
+/// (and caching) the missing ones.
+fn teacher_side(
+    parts: &mut ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    idx: &[usize],
+    seqs_of: fn(&TokenizedPairs) -> &Vec<Vec<u32>>,
+    key_offset: usize,
+    device: &Device,
+) -> Result<TokenSide> {
+    let teacher = parts.teacher;
+    let cache = &mut *parts.cache;
+    let h = hidden_of(teacher);
+    let missing: Vec<usize> = idx
+        .iter()
+        .copied()
+        .filter(|i| !cache.contains_key(&(i + key_offset)))
+        .collect();
+    if !missing.is_empty() {
+        let seqs: Vec<Vec<u32>> = missing
+            .iter()
+            .map(|&i| seqs_of(shared.data)[i].clone())
+            .collect();
+        let batch = pad(&seqs, shared.pads.1);
+        check_ids(&batch, vocab_of(teacher), "teacher token ids")?;
+        let plain = teacher.embeddings.word.weight.val().device();
+        let (ids, mask) = batch_tensors(&batch, &plain);
+        let x = teacher.forward(ids, mask);
+        let values = x
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| burn_error("read teacher embeddings", e))?;
+        for (r, &i) in missing.iter().enumerate() {
+            let len = batch.lengths[r];
+            let start = r * batch.t * h;
+            cache.insert(i + key_offset, values[start..start + len * h].to_vec());
+        }
+    }
+    let lengths: Vec<usize> = idx
+        .iter()
+        .map(|i| cache[&(i + key_offset)].len() / h)
+        .collect();
+    let m = lengths.iter().copied().max().unwrap_or(1);
+    let b = idx.len();
+    let mut data = vec![0.0f32; b * m * h];
+    let mut mask = vec![0.0f32; b * m];
+    for (r, i) in idx.iter().enumerate() {
+        let v = &cache[&(i + key_offset)];
+        data[r * m * h..r * m * h + v.len()].copy_from_slice(v);
+        for c in 0..lengths[r] {
+            mask[r * m + c] = 1.0;
+        }
+    }
+    Ok(TokenSide {
+        x: Tensor::<3>::from_data(TensorData::new(data, [b, m, h]), device),
+        mask: Tensor::<2>::from_data(TensorData::new(mask, [b, m]), device),
+        lengths,
+    })
+}
+
+/// Student forward on `seqs` (autodiff).
+fn student_side(
+    parts: &ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    seqs: Vec<Vec<u32>>,
+) -> Result<TokenSide> {
+    let batch = pad(&seqs, shared.pads.0);
+    check_ids(&batch, vocab_of(parts.student), "student token ids")?;
+    let device = parts.student.embeddings.word.weight.val().device();
+    let (ids, mask) = batch_tensors(&batch, &device);
+    let x = parts.student.forward(ids, mask.clone());
+    Ok(TokenSide {
+        x,
+        mask,
+        lengths: batch.lengths,
+    })
+}
+
+/// The forward half of a step on one micro-batch or shard.
+pub(super) struct ShardLoss {
+    /// The loss, already divided by the caller's divisor; carries the autodiff graph.
+    pub loss: Tensor<1>,
+    /// Statistics of the other-language side.
+    pub stats: LossStats,
+    /// Student tokens read.
+    pub tokens: usize,
+    /// Teacher, student, OT and transfer seconds.
+    pub times: StepTimes,
+}
+
+/// Teacher forward, student forward(s) and the loss on pairs `idx`, divided by
+/// `divisor` (`grad_accumulation` on one device; scaled by the shard's share of the
+/// global micro-batch on several).
+pub(super) fn shard_loss(
+    mut parts: ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    idx: &[usize],
+    divisor: f64,
+) -> Result<ShardLoss> {
+    let config = shared.config;
+    let device = parts.student.embeddings.word.weight.val().device();
+    let params = config.sinkhorn();
+    let mut times = StepTimes::default();
+    let t0 = Instant::now();
+    let teacher = teacher_side(&mut parts, shared, idx, |d| &d.teacher, 0, &device)?;
+    times.teacher += t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| shared.data.student[i].clone()).collect();
+    let mut tokens = seqs.iter().map(Vec::len).sum::<usize>();
+    let student = student_side(&parts, shared, seqs)?;
+    let mut english = None;
+    if config.distill_english {
+        let seqs: Vec<Vec<u32>> = idx
+            .iter()
+            .map(|&i| shared.data.student_english[i].clone())
+            .collect();
+        tokens += seqs.iter().map(Vec::len).sum::<usize>();
+        english = Some(student_side(&parts, shared, seqs)?);
+    }
+    times.student += t1.elapsed().as_secs_f64();
+    let (mut loss, stats) = distill_loss(
+        shared.loss,
+        &student,
+        &teacher,
+        parts.backend,
+        &params,
+        config.mse_weight,
+    )?;
+    let mut ot = stats.ot_time;
+    let mut transfer = stats.transfer_time;
+    if let Some(en) = english {
+        let (l2, s2) = distill_loss(
+            shared.loss,
+            &en,
+            &teacher,
+            parts.backend,
+            &params,
+            config.mse_weight,
+        )?;
+        loss = loss + l2;
+        ot += s2.ot_time;
+        transfer += s2.transfer_time;
+    }
+    times.ot += ot.as_secs_f64();
+    times.transfer += transfer.as_secs_f64();
+    Ok(ShardLoss {
+        loss: loss.div_scalar(divisor),
+        stats,
+        tokens,
+        times,
+    })
 }
 
 impl Trainer {
@@ -269,6 +483,7 @@ impl Trainer {
             cache: HashMap::new(),
             backend,
             loss,
+            ddp: None,
         })
     }
 
@@ -284,7 +499,7 @@ impl Trainer {
 
     /// The next micro-batch of pair indices; moves to the next epoch when fewer than a
     /// batch remain.
-    fn next_batch(&mut self) -> Vec<usize> {
+    pub(super) fn next_batch(&mut self) -> Vec<usize> {
         let n = self.pairs();
         let bs = self.config.batch_size;
         if self.state.offset + bs > n {
@@ -300,106 +515,53 @@ impl Trainer {
         idx
     }
 
-    /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`,
-    /// computing (and caching) the missing ones.
-    fn teacher_side(
-        &mut self,
-        idx: &[usize],
-        seqs_of: fn(&TokenizedPairs) -> &Vec<Vec<u32>>,
-        key_offset: usize,
-        device: &Device,
-    ) -> Result<TokenSide> {
-        let h = hidden_of(&self.teacher);
-        let missing: Vec<usize> = idx
-            .iter()
-            .copied()
-            .filter(|i| !self.cache.contains_key(&(i + key_offset)))
-            .collect();
-        if !missing.is_empty() {
-            let seqs: Vec<Vec<u32>> = missing
-                .iter()
-                .map(|&i| seqs_of(&self.data)[i].clone())
-                .collect();
-            let batch = pad(&seqs, self.teacher_pad);
-            check_ids(&batch, vocab_of(&self.teacher), "teacher token ids")?;
-            let plain = self.teacher.embeddings.word.weight.val().device();
-            let (ids, mask) = batch_tensors(&batch, &plain);
-            let x = self.teacher.forward(ids, mask);
-            let values = x
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| burn_error("read teacher embeddings", e))?;
-            for (r, &i) in missing.iter().enumerate() {
-                let len = batch.lengths[r];
-                let start = r * batch.t * h;
-                self.cache
-                    .insert(i + key_offset, values[start..start + len * h].to_vec());
-            }
-        }
-        let lengths: Vec<usize> = idx
-            .iter()
-            .map(|i| self.cache[&(i + key_offset)].len() / h)
-            .collect();
-        let m = lengths.iter().copied().max().unwrap_or(1);
-        let b = idx.len();
-        let mut data = vec![0.0f32; b * m * h];
-        let mut mask = vec![0.0f32; b * m];
-        for (r, i) in idx.iter().enumerate() {
-            let v = &self.cache[&(i + key_offset)];
-            data[r * m * h..r * m * h + v.len()].copy_from_slice(v);
-            for c in 0..lengths[r] {
-                mask[r * m + c] = 1.0;
-            }
-        }
-        Ok(TokenSide {
-            x: Tensor::<3>::from_data(TensorData::new(data, [b, m, h]), device),
-            mask: Tensor::<2>::from_data(TensorData::new(mask, [b, m]), device),
-            lengths,
-        })
-    }
-
-    /// Student forward on `seqs` (autodiff).
-    fn student_side(&self, seqs: Vec<Vec<u32>>) -> Result<TokenSide> {
-        let batch = pad(&seqs, self.student_pad);
-        check_ids(&batch, vocab_of(&self.student), "student token ids")?;
-        let device = self.student.embeddings.word.weight.val().device();
-        let (ids, mask) = batch_tensors(&batch, &device);
-        let x = self.student.forward(ids, mask.clone());
-        Ok(TokenSide {
-            x,
-            mask,
-            lengths: batch.lengths,
-        })
+    /// The main replica's parts, as the shard functions take them.
+    fn parts(&mut self) -> (ReplicaParts<'_>, Shared<'_>) {
+        (
+            ReplicaParts {
+                student: &self.student,
+                teacher: &self.teacher,
+                cache: &mut self.cache,
+                backend: &self.backend,
+            },
+            Shared {
+                config: &self.config,
+                data: &self.data,
+                pads: (self.student_pad, self.teacher_pad),
+                loss: self.loss,
+            },
+        )
     }
 
     /// The loss of the current model on pairs `idx` (no update), for tests and logging.
     pub fn loss_on(&mut self, idx: &[usize]) -> Result<(Tensor<1>, LossStats)> {
-        let device = self.student.embeddings.word.weight.val().device();
-        let teacher = self.teacher_side(idx, |d| &d.teacher, 0, &device)?;
-        let seqs = idx.iter().map(|&i| self.data.student[i].clone()).collect();
-        let student = self.student_side(seqs)?;
-        let params = self.config.sinkhorn();
+        let (mut parts, shared) = self.parts();
+        let device = parts.student.embeddings.word.weight.val().device();
+        let teacher = teacher_side(&mut parts, &shared, idx, |d| &d.teacher, 0, &device)?;
+        let seqs = idx.iter().map(|&i| shared.data.student[i].clone()).collect();
+        let student = student_side(&parts, &shared, seqs)?;
+        let params = shared.config.sinkhorn();
         let (mut loss, mut stats) = distill_loss(
-            self.loss,
+            shared.loss,
             &student,
             &teacher,
-            &self.backend,
+            parts.backend,
             &params,
-            self.config.mse_weight,
+            shared.config.mse_weight,
         )?;
-        if self.config.distill_english {
+        if shared.config.distill_english {
             let seqs = idx
                 .iter()
-                .map(|&i| self.data.student_english[i].clone())
+                .map(|&i| shared.data.student_english[i].clone())
                 .collect();
-            let student_en = self.student_side(seqs)?;
+            let student_en = student_side(&parts, &shared, seqs)?;
             let (l2, s2) = distill_loss(
-                self.loss,
+                shared.loss,
                 &student_en,
                 &teacher,
-                &self.backend,
+                parts.backend,
                 &params,
-                self.config.mse_weight,
+                shared.config.mse_weight,
             )?;
             loss = loss + l2;
             stats.ot_cost = (stats.ot_cost + s2.ot_cost) / 2.0;
@@ -409,13 +571,15 @@ impl Trainer {
         Ok((loss, stats))
     }
 
-    /// One optimiser step (`grad_accumulation` micro-batches).
+    /// One optimiser step (`grad_accumulation` micro-batches); with several devices (see
+    /// [`Self::replicate`]), one data-parallel step of every replica.
     pub fn step(&mut self) -> Result<StepRecord> {
+        if self.ddp.is_some() {
+            return self.ddp_step();
+        }
         let t_step = Instant::now();
         let lr = self.config.lr_at(self.state.step);
         let ga = self.config.grad_accumulation;
-        let device = self.student.embeddings.word.weight.val().device();
-        let params = self.config.sinkhorn();
         let mut accumulator = GradientsAccumulator::<TransformerEncoder>::new();
         let mut times = StepTimes::default();
         let mut loss_sum = 0.0;
@@ -423,51 +587,12 @@ impl Trainer {
         let mut tokens = 0usize;
         for _ in 0..ga {
             let idx = self.next_batch();
-            let t0 = Instant::now();
-            let teacher = self.teacher_side(&idx, |d| &d.teacher, 0, &device)?;
-            times.teacher += t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| self.data.student[i].clone()).collect();
-            tokens += seqs.iter().map(Vec::len).sum::<usize>();
-            let student = self.student_side(seqs)?;
-            let mut english = None;
-            if self.config.distill_english {
-                let seqs: Vec<Vec<u32>> = idx
-                    .iter()
-                    .map(|&i| self.data.student_english[i].clone())
-                    .collect();
-                tokens += seqs.iter().map(Vec::len).sum::<usize>();
-                english = Some(self.student_side(seqs)?);
-            }
-            times.student += t1.elapsed().as_secs_f64();
-            let (mut loss, stats) = distill_loss(
-                self.loss,
-                &student,
-                &teacher,
-                &self.backend,
-                &params,
-                self.config.mse_weight,
-            )?;
-            let mut ot = stats.ot_time;
-            let mut transfer = stats.transfer_time;
-            if let Some(en) = english {
-                let (l2, s2) = distill_loss(
-                    self.loss,
-                    &en,
-                    &teacher,
-                    &self.backend,
-                    &params,
-                    self.config.mse_weight,
-                )?;
-                loss = loss + l2;
-                ot += s2.ot_time;
-                transfer += s2.transfer_time;
-            }
-            times.ot += ot.as_secs_f64();
-            times.transfer += transfer.as_secs_f64();
-            let loss = loss.div_scalar(ga as f64);
+            let (parts, shared) = self.parts();
+            let shard = shard_loss(parts, &shared, &idx, ga as f64)?;
+            times.add_forward(&shard.times);
+            tokens += shard.tokens;
             let t2 = Instant::now();
-            let value: f32 = loss.clone().detach().into_scalar();
+            let value: f32 = shard.loss.clone().detach().into_scalar();
             if !value.is_finite() {
                 return Err(Error::value(
                     "training loss",
@@ -475,47 +600,54 @@ impl Trainer {
                 ));
             }
             loss_sum += value as f64;
+            let stats = &shard.stats;
             stats_sum.ot_cost += stats.ot_cost / ga as f64;
             stats_sum.sinkhorn_iterations += stats.sinkhorn_iterations / ga as f64;
             stats_sum.converged += stats.converged / ga as f64;
             stats_sum.mse += stats.mse / ga as f64;
-            let grads = loss.backward();
+            let grads = shard.loss.backward();
             let grads = GradientsParams::from_grads(grads, &self.student);
             accumulator.accumulate(&self.student, grads);
             times.backward += t2.elapsed().as_secs_f64();
         }
         let t3 = Instant::now();
         let mut grads = accumulator.grads();
-        let mut norm = GradNorm {
-            grads: &grads,
-            sum: 0.0,
-        };
-        self.student.visit(&mut norm);
-        let grad_norm = norm.sum.sqrt();
-        if self.config.grad_clip > 0.0 && grad_norm > self.config.grad_clip {
-            let mut scale = GradScale {
-                grads: &mut grads,
-                scale: self.config.grad_clip / grad_norm,
-            };
-            self.student.visit(&mut scale);
+        let grad_norm = grad_norm(&self.student, &grads);
+        if let Some(scale) = self.clip_scale(grad_norm) {
+            scale_grads(&self.student, &mut grads, scale);
         }
         self.student = self.optim.step(lr, self.student.clone(), grads);
         // Materialise the update so that its cost lands in this step's timing.
-        let _ = self.student.layers[self.student.layers.len().saturating_sub(1)]
-            .output
-            .bias
-            .as_ref()
-            .map(|b| b.val().into_data());
+        materialise(&self.student);
         times.optimizer = t3.elapsed().as_secs_f64();
         times.total = t_step.elapsed().as_secs_f64();
+        Ok(self.finish_step(lr, loss_sum, stats_sum, grad_norm, tokens, times))
+    }
+
+    /// The factor that brings a gradient of norm `grad_norm` down to `grad_clip`, if needed.
+    pub(super) fn clip_scale(&self, grad_norm: f64) -> Option<f64> {
+        (self.config.grad_clip > 0.0 && grad_norm > self.config.grad_clip)
+            .then(|| self.config.grad_clip / grad_norm)
+    }
+
+    /// The log record of the step just taken; advances the step and token counters.
+    pub(super) fn finish_step(
+        &mut self,
+        lr: f64,
+        loss: f64,
+        stats: LossStats,
+        grad_norm: f64,
+        tokens: usize,
+        times: StepTimes,
+    ) -> StepRecord {
         let record = StepRecord {
             step: self.state.step + 1,
             epoch: self.state.epoch,
-            loss: loss_sum,
-            ot_cost: stats_sum.ot_cost,
-            sinkhorn_iterations: stats_sum.sinkhorn_iterations,
-            converged: stats_sum.converged,
-            mse: stats_sum.mse,
+            loss,
+            ot_cost: stats.ot_cost,
+            sinkhorn_iterations: stats.sinkhorn_iterations,
+            converged: stats.converged,
+            mse: stats.mse,
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / times.total.max(1e-9),
@@ -523,7 +655,7 @@ impl Trainer {
         };
         self.state.step += 1;
         self.state.tokens += tokens as u64;
-        Ok(record)
+        record
     }
 
     /// Save model, optimiser and [`TrainState`] into `dir` (created).
@@ -570,6 +702,7 @@ impl Trainer {
             .load(dir.join("optimizer.bpk"))
             .map_err(|e| burn_error("load the optimizer checkpoint", e))?;
         self.state = state;
+        self.resync_replicas();
         Ok(())
     }
 
