@@ -181,14 +181,21 @@ fn resume_on_two_devices_continues_the_uninterrupted_run() {
         resumed_losses.push(resumed.step().unwrap().loss);
     }
     println!("straight {losses:?} resumed {resumed_losses:?}");
-    assert_eq!(&losses[2..], &resumed_losses[..], "losses after resume differ");
+    assert_eq!(
+        &losses[2..],
+        &resumed_losses[..],
+        "losses after resume differ"
+    );
     assert_eq!(straight.state, resumed.state);
     for k in 0..2 {
         let (diff, at) = max_diff(
             straight.replica_student(k).unwrap(),
             resumed.replica_student(k).unwrap(),
         );
-        assert_eq!(diff, 0.0, "replica {k}: {at} differs by {diff} after resume");
+        assert_eq!(
+            diff, 0.0,
+            "replica {k}: {at} differs by {diff} after resume"
+        );
     }
 }
 
@@ -220,7 +227,9 @@ fn a_failing_replica_is_an_error_and_keeps_the_checkpoint() {
     t.save_checkpoint(dir.path()).unwrap();
     let saved = files(dir.path());
 
-    let err = t.step().expect_err("a token id outside the vocabulary on replica 1");
+    let err = t
+        .step()
+        .expect_err("a token id outside the vocabulary on replica 1");
     let msg = err.to_string();
     println!("{msg}");
     assert!(msg.contains("replica 1 of 2"), "{msg}");
@@ -269,16 +278,27 @@ fn device_settings() {
         batch_size: 2,
         ..DistillConfig::default()
     };
-    let err = c.validate().expect_err("more devices than pairs").to_string();
+    let err = c
+        .validate()
+        .expect_err("more devices than pairs")
+        .to_string();
     assert!(err.contains("batch_size"), "{err}");
 
     // Replication checks the first device and the batch too.
     let tiny = tiny_config();
     let student = random_encoder(&tiny, 1, &Device::flex().autodiff()).unwrap();
     let teacher = random_encoder(&tiny, 2, &Device::flex()).unwrap();
-    let mut t = Trainer::new(config("ot", 2, 1), student, teacher, (0, 0), random_pairs(4, 1))
-        .unwrap();
-    let err = t.replicate(&vec![Device::flex(); 3]).expect_err("3 devices, 2 pairs");
+    let mut t = Trainer::new(
+        config("ot", 2, 1),
+        student,
+        teacher,
+        (0, 0),
+        random_pairs(4, 1),
+    )
+    .unwrap();
+    let err = t
+        .replicate(&vec![Device::flex(); 3])
+        .expect_err("3 devices, 2 pairs");
     assert!(err.to_string().contains("batch_size"), "{err}");
     assert!(t.replicate(&[]).is_err());
     t.replicate(&vec![Device::flex(); 2]).unwrap();

@@ -65,8 +65,8 @@ use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOpe
 
 use super::loss::LossStats;
 use super::train::{
-    grad_norm, materialise, scale_grads, shard_loss, ReplicaParts, Shared, ShardLoss,
-    StepRecord, StepTimes, Trainer,
+    grad_norm, materialise, scale_grads, shard_loss, ReplicaParts, ShardLoss, Shared, StepRecord,
+    StepTimes, Trainer,
 };
 use crate::backend::{Backend, BackendKind};
 use crate::encoder::model::TransformerEncoder;
@@ -177,7 +177,9 @@ impl GradientSync {
     pub fn for_backend(backend: BackendKind) -> Self {
         match backend {
             BackendKind::Cuda => GradientSync::Collective,
-            BackendKind::Cpu | BackendKind::CpuReference | BackendKind::Wgpu => GradientSync::Gather,
+            BackendKind::Cpu | BackendKind::CpuReference | BackendKind::Wgpu => {
+                GradientSync::Gather
+            }
         }
     }
 

@@ -354,7 +354,10 @@ pub(super) fn shard_loss(
     let teacher = teacher_side(&mut parts, shared, idx, |d| &d.teacher, 0, &device)?;
     times.teacher += t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| shared.data.student[i].clone()).collect();
+    let seqs: Vec<Vec<u32>> = idx
+        .iter()
+        .map(|&i| shared.data.student[i].clone())
+        .collect();
     let mut tokens = seqs.iter().map(Vec::len).sum::<usize>();
     let student = student_side(&parts, shared, seqs)?;
     let mut english = None;
@@ -538,7 +541,10 @@ impl Trainer {
         let (mut parts, shared) = self.parts();
         let device = parts.student.embeddings.word.weight.val().device();
         let teacher = teacher_side(&mut parts, &shared, idx, |d| &d.teacher, 0, &device)?;
-        let seqs = idx.iter().map(|&i| shared.data.student[i].clone()).collect();
+        let seqs = idx
+            .iter()
+            .map(|&i| shared.data.student[i].clone())
+            .collect();
         let student = student_side(&parts, &shared, seqs)?;
         let params = shared.config.sinkhorn();
         let (mut loss, mut stats) = distill_loss(
