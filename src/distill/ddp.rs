@@ -430,7 +430,7 @@ impl Trainer {
         Error::Replica {
             replica: k,
             replicas: group.devices.len(),
-            device: format!("{:?}", group.devices[k]),
+            device: format!("{:?}", group.devices[k].clone().inner()),
             step: self.state.step + 1,
             source: Box::new(source),
         }
