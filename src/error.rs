@@ -1,7 +1,8 @@
 //! The one error type of the crate.
 //!
 //! Variants are grouped by kind: input that the user got wrong (files, shapes, values,
-//! parameters), backends that are missing, and failures inside a backend. Every variant
+//! parameters), backends that are missing, failures inside a backend, and a failure on one
+//! replica of a data-parallel run (wrapping the replica's own error). Every variant
 //! names the operation or file and says what was expected and what was found, so the
 //! message alone tells a user what to fix.
 
@@ -62,6 +63,18 @@ pub enum Error {
         operation: &'static str,
         what: String,
     },
+
+    // ---- data-parallel training ---------------------------------------------------------
+    /// One replica of a data-parallel run failed; the step was abandoned before any update.
+    #[error("replica {replica} of {replicas} ({device}) failed at step {step}: {source}")]
+    Replica {
+        replica: usize,
+        replicas: usize,
+        device: String,
+        step: usize,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -110,7 +123,11 @@ impl Error {
 
     /// True for errors caused by the caller's input rather than by the machine or a backend.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, Error::Backend { .. })
+        match self {
+            Error::Backend { .. } => false,
+            Error::Replica { source, .. } => source.is_user_error(),
+            _ => true,
+        }
     }
 
     /// Prefix the context of a shape or value error with a file name, so CLI messages say

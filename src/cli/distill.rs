@@ -24,7 +24,8 @@ pub struct DistillArgs {
     /// Continue from the latest checkpoint in the run directory.
     #[arg(long)]
     pub resume: bool,
-    /// Time N training steps and print the step-time breakdown (nothing is written).
+    /// Time N training steps and print the step-time breakdown (nothing is written); with
+    /// several `--devices`, also step throughput against the number of devices.
     #[arg(long)]
     pub bench_steps: Option<usize>,
     /// No progress bar.
@@ -82,6 +83,11 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// Data parallel: `default` (one device), `all`, or device indices such as 0,1,3 (one
+    /// replica each; `batch_size` stays the global micro-batch, `lr` keeps its meaning).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<String>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,

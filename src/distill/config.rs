@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::ddp::DeviceSelection;
 use super::loss::LossKind;
 use crate::error::{Error, Result};
 use crate::ot::SinkhornParams;
@@ -41,14 +42,21 @@ pub struct DistillConfig {
     pub epsilon: f64,
     pub sinkhorn_iterations: usize,
     pub sinkhorn_threshold: f64,
-    /// Backend of the Sinkhorn kernels: cpu, cpu-reference, wgpu, cuda.
+    /// Backend of the Sinkhorn kernels: cpu, cpu-reference, wgpu, cuda. The encoders run
+    /// on burn's device of the same kind (cpu and cpu-reference: burn's CPU device).
     pub backend: String,
+    /// Devices of a data-parallel run (see [`super::ddp`]): `default` (one device, the
+    /// backend's default), `all` (every device burn finds for the backend) or a
+    /// comma-separated list of device indices such as `0,1,3`. One replica of student and
+    /// teacher per device; `batch_size` stays the global micro-batch, split among them.
+    pub devices: String,
     /// AdamW peak learning rate.
     pub lr: f64,
     pub weight_decay: f64,
     /// Linear warm-up steps, then linear decay to 0 at `steps`.
     pub warmup_steps: usize,
-    /// Pairs per micro-batch.
+    /// Pairs per micro-batch (the global micro-batch: with several devices, each replica
+    /// takes a contiguous share of it).
     pub batch_size: usize,
     /// Micro-batches per optimiser step.
     pub grad_accumulation: usize,
@@ -92,6 +100,7 @@ impl Default for DistillConfig {
             sinkhorn_iterations: 500,
             sinkhorn_threshold: 1e-3,
             backend: "cpu".into(),
+            devices: "default".into(),
             lr: 5e-5,
             weight_decay: 0.01,
             warmup_steps: 2,
@@ -150,10 +159,14 @@ impl DistillConfig {
         }
     }
 
+    /// The `devices` setting, parsed.
+    pub fn device_selection(&self) -> Result<DeviceSelection> {
+        self.devices.parse()
+    }
+
     /// Check every value before anything is loaded.
     pub fn validate(&self) -> Result<()> {
         self.loss_kind()?;
-        self.sinkhorn().validate()?;
         let positive = [
             ("batch_size", self.batch_size),
             ("grad_accumulation", self.grad_accumulation),
@@ -164,6 +177,21 @@ impl DistillConfig {
                 return Err(Error::parameter(name, "at least 1", v));
             }
         }
+        let selection = self.device_selection()?;
+        if let DeviceSelection::List(list) = &selection {
+            if list.len() > self.batch_size {
+                return Err(Error::parameter(
+                    "batch_size",
+                    format!(
+                        "at least the {} devices of `devices` (each replica needs one pair \
+                         of every global micro-batch)",
+                        list.len()
+                    ),
+                    self.batch_size,
+                ));
+            }
+        }
+        self.sinkhorn().validate()?;
         if self.max_length < 2 {
             return Err(Error::parameter(
                 "max_length",

@@ -5,10 +5,12 @@
 //!
 //! [`config`] (the run settings) → [`data`] (bitext sources) → [`train`] (the step,
 //! checkpoints, dev evaluation) with [`loss`] → [`run`] (the whole run: log, progress,
-//! plots via [`plot`], the exported student via [`export`]).
+//! plots via [`plot`], the exported student via [`export`]). [`ddp`] spreads the step over
+//! several devices (`--devices`).
 
 pub mod config;
 pub mod data;
+pub mod ddp;
 pub mod export;
 pub mod loss;
 pub mod plot;
@@ -16,6 +18,7 @@ pub mod run;
 pub mod train;
 
 pub use config::DistillConfig;
+pub use ddp::{DeviceSelection, GradientSync};
 pub use loss::LossKind;
 pub use run::{run, RunOptions, RunSummary};
 pub use train::{TokenizedPairs, Trainer};

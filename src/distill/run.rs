@@ -1,6 +1,8 @@
 //! A whole `optical distill` run: load data and encoders, train with progress bar, JSONL
 //! log, checkpoints, Ctrl-C handling and dev evaluation; then plots and the exported
-//! student. Also the `--bench-steps` step-time breakdown.
+//! student. Also the `--bench-steps` step-time breakdown, and with several `--devices` the
+//! step throughput against the number of devices. With several devices the main replica
+//! alone writes checkpoints, logs and the student (see [`super::ddp`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,12 +13,13 @@ use serde::Serialize;
 
 use super::config::DistillConfig;
 use super::data::load_sources;
+use super::ddp::resolve_devices;
 use super::export::export;
 use super::plot::{line_chart, Series};
 use super::train::{checkpoint_dir, DevMetrics, StepRecord, StepTimes, TokenizedPairs, Trainer};
 use crate::assets::Asset;
 use crate::backend::BackendKind;
-use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder, TextKind};
+use crate::encoder::{EncoderOptions, ModelSpec, TextEncoder, TextKind};
 use crate::error::{Error, Result};
 
 /// How to run.
@@ -39,6 +42,8 @@ pub struct RunSummary {
     pub skipped_pairs: usize,
     pub dev_pairs: usize,
     pub trainable_parameters: usize,
+    /// Devices trained on (one replica each).
+    pub devices: usize,
     pub dev: Vec<DevMetrics>,
     pub best_step: Option<usize>,
     pub student: Option<PathBuf>,
@@ -102,6 +107,7 @@ fn mean_times(records: &[StepRecord]) -> (StepTimes, f64) {
         t.ot += s.ot / n;
         t.transfer += s.transfer / n;
         t.backward += s.backward / n;
+        t.sync += s.sync / n;
         t.optimizer += s.optimizer / n;
         t.total += s.total / n;
         tps += r.tokens_per_s / n;
@@ -120,6 +126,7 @@ pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) {
         ("OT (cost to host, Sinkhorn, plan back)", t.ot),
         ("  of which host round trip", t.transfer),
         ("backward", t.backward),
+        ("gradient exchange outside backward", t.sync),
         ("optimizer", t.optimizer),
         ("total", t.total),
     ] {
@@ -128,11 +135,68 @@ pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) {
     println!("tokens/s (student side): {tokens_per_s:.0}");
 }
 
+fn announce(trainer: &Trainer, config: &DistillConfig) {
+    let devices = trainer
+        .gradient_sync()
+        .map(|s| format!(", {} devices, gradients by {}", trainer.devices(), s.name()))
+        .unwrap_or_default();
+    eprintln!(
+        "distill: {} trainable parameters, loss {}, backend {}{devices}",
+        trainer.trainable_parameters(),
+        config.loss,
+        config.backend,
+    );
+}
+
+/// Time `n` steps (at least one) of `trainer`.
+fn bench_steps(trainer: &mut Trainer, n: usize) -> Result<Vec<StepRecord>> {
+    let mut records = Vec::new();
+    for _ in 0..n.max(1) {
+        let r = trainer.step()?;
+        eprintln!(
+            "bench step {} on {} device(s): {:.3} s, loss {:.4}",
+            r.step,
+            trainer.devices(),
+            r.seconds.total,
+            r.loss
+        );
+        records.push(r);
+    }
+    Ok(records)
+}
+
+/// Device counts of the throughput sweep: 1, 2, 4, … below `n`, then `n`.
+fn device_counts(n: usize) -> Vec<usize> {
+    let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |c| c.checked_mul(2))
+        .take_while(|&c| c < n)
+        .collect();
+    counts.push(n);
+    counts
+}
+
+/// Print step throughput against the number of devices (the same global batch each time).
+pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) {
+    let base = rows.first().map(|(_, (t, _))| t.total).unwrap_or(0.0);
+    println!("| devices | seconds/step | steps/s | pairs/s | tokens/s | speed-up | efficiency |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (count, (t, tps)) in rows {
+        let speedup = base / t.total.max(1e-12);
+        println!(
+            "| {count} | {:.4} | {:.3} | {:.1} | {tps:.0} | {speedup:.2} | {:.0}% |",
+            t.total,
+            1.0 / t.total.max(1e-12),
+            pairs_per_step as f64 / t.total.max(1e-12),
+            100.0 * speedup / *count as f64
+        );
+    }
+}
+
 /// Run a distillation.
 pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
     let kind: BackendKind = config.backend.parse()?;
-    let device = device_for(kind)?;
+    let devices = resolve_devices(kind, &config.device_selection()?)?;
+    let device = devices[0].clone();
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
     let pairs = load_sources(&config.sources, &data_dir)?;
     let skipped = pairs.skipped;
@@ -169,24 +233,50 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         teacher.config.pad_token_id as u32,
     );
     let out = config.out.clone();
+    // Kept for the device-count sweep of the bench (module clones share their tensors).
+    if let (Some(n), true) = (options.bench_steps, devices.len() > 1) {
+        // Step throughput against the number of devices: a fresh run on the first 1, 2,
+        // 4, … devices of the list, the same global batch each time.
+        let mut rows = Vec::new();
+        let mut last = (Vec::new(), 0);
+        for count in device_counts(devices.len()) {
+            let mut t = Trainer::new(
+                config.clone(),
+                student.model.clone(),
+                teacher.model.clone(),
+                pads,
+                data.clone(),
+            )?;
+            t.replicate(&devices[..count])?;
+            announce(&t, &config);
+            let records = bench_steps(&mut t, n)?;
+            rows.push((count, mean_times(&records)));
+            last = (records, t.trainable_parameters());
+        }
+        print_scaling(&rows, config.batch_size * config.grad_accumulation);
+        let (t, tps) = mean_times(&last.0);
+        print_breakdown(&t, tps);
+        return Ok(RunSummary {
+            steps: last.0.len(),
+            interrupted: false,
+            training_pairs: train.len(),
+            skipped_pairs: skipped,
+            dev_pairs: dev.len(),
+            trainable_parameters: last.1,
+            devices: devices.len(),
+            dev: Vec::new(),
+            best_step: None,
+            student: None,
+            mean_seconds: t,
+            tokens_per_s: tps,
+        });
+    }
     let mut trainer = Trainer::new(config.clone(), student.model, teacher.model, pads, data)?;
-    eprintln!(
-        "distill: {} trainable parameters, loss {}, backend {}",
-        trainer.trainable_parameters(),
-        config.loss,
-        config.backend
-    );
+    trainer.replicate(&devices)?;
+    announce(&trainer, &config);
 
     if let Some(n) = options.bench_steps {
-        let mut records = Vec::new();
-        for _ in 0..n.max(1) {
-            let r = trainer.step()?;
-            eprintln!(
-                "bench step {}: {:.3} s, loss {:.4}",
-                r.step, r.seconds.total, r.loss
-            );
-            records.push(r);
-        }
+        let records = bench_steps(&mut trainer, n)?;
         let (t, tps) = mean_times(&records);
         print_breakdown(&t, tps);
         return Ok(RunSummary {
@@ -196,6 +286,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             skipped_pairs: skipped,
             dev_pairs: dev.len(),
             trainable_parameters: trainer.trainable_parameters(),
+            devices: trainer.devices(),
             dev: Vec::new(),
             best_step: None,
             student: None,
@@ -321,6 +412,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         skipped_pairs: skipped,
         dev_pairs: dev.len(),
         trainable_parameters: trainer.trainable_parameters(),
+        devices: trainer.devices(),
         dev: dev_metrics,
         best_step: trainer.state.best_step,
         student: student_dir,

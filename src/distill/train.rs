@@ -23,13 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use super::config::DistillConfig;
 use super::data::permutation;
+use super::ddp::DdpGroup;
 use super::loss::{distill_loss, LossKind, LossStats, TokenSide};
 use crate::backend::{Backend, BackendKind};
 use crate::encoder::model::TransformerEncoder;
 use crate::encoder::pooling;
 use crate::encoder::tokenizer::{pad, TokenBatch};
 use crate::error::{Error, Result};
-use crate::ot::SinkhornParams;
 
 fn burn_error(operation: &'static str, what: impl std::fmt::Debug) -> Error {
     Error::Backend {
@@ -41,7 +41,7 @@ fn burn_error(operation: &'static str, what: impl std::fmt::Debug) -> Error {
 
 /// Which sequences of a pair a cached host state belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Side {
+pub(super) enum Side {
     /// The teacher's output on the English side.
     Teacher,
     /// The student's frozen-prefix state on the other language.
@@ -55,14 +55,14 @@ enum Side {
 /// each sequence's real-token rows do not depend on the batch it was computed in (padding
 /// keys have exactly zero attention weight).
 #[derive(Debug, Default)]
-struct HostCache {
+pub(super) struct HostCache {
     map: HashMap<(Side, usize), Vec<f32>>,
     bytes: usize,
     budget: usize,
 }
 
 impl HostCache {
-    fn new(budget_mb: usize) -> Self {
+    pub(super) fn new(budget_mb: usize) -> Self {
         HostCache {
             budget: budget_mb.saturating_mul(1 << 20),
             ..HostCache::default()
@@ -111,8 +111,26 @@ pub struct StepTimes {
     pub ot: f64,
     pub transfer: f64,
     pub backward: f64,
+    /// Moving gradients between replicas outside of backward (data-parallel runs whose
+    /// devices have no collective all-reduce; absent from the log otherwise).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sync: f64,
     pub optimizer: f64,
     pub total: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+impl StepTimes {
+    /// Add the forward parts (teacher, student, OT, transfer) of `other`.
+    pub(super) fn add_forward(&mut self, other: &StepTimes) {
+        self.teacher += other.teacher;
+        self.student += other.student;
+        self.ot += other.ot;
+        self.transfer += other.transfer;
+    }
 }
 
 /// One line of `log.jsonl`.
@@ -147,11 +165,13 @@ pub struct Trainer {
     pub student_pad: u32,
     pub teacher_pad: u32,
     pub state: TrainState,
-    optim: ModuleOptimizer,
-    data: TokenizedPairs,
-    cache: HostCache,
-    backend: Backend,
-    loss: LossKind,
+    pub(super) optim: ModuleOptimizer,
+    pub(super) data: TokenizedPairs,
+    pub(super) cache: HostCache,
+    pub(super) backend: Backend,
+    pub(super) loss: LossKind,
+    /// The other replicas of a data-parallel run (`None` on one device).
+    pub(super) ddp: Option<DdpGroup>,
 }
 
 /// Sum of squares of every gradient of `module`'s parameters.
@@ -169,6 +189,13 @@ impl ModuleVisitor for GradNorm<'_> {
     }
 }
 
+/// The global L2 norm of the gradients of `module`'s parameters.
+pub(super) fn grad_norm(module: &TransformerEncoder, grads: &GradientsParams) -> f64 {
+    let mut norm = GradNorm { grads, sum: 0.0 };
+    module.visit(&mut norm);
+    norm.sum.sqrt()
+}
+
 /// Multiply every gradient by `scale`.
 struct GradScale<'a> {
     grads: &'a mut GradientsParams,
@@ -181,6 +208,21 @@ impl ModuleVisitor for GradScale<'_> {
             self.grads.register(param.id, g.mul_scalar(self.scale));
         }
     }
+}
+
+/// Multiply every gradient of `module`'s parameters by `scale`.
+pub(super) fn scale_grads(module: &TransformerEncoder, grads: &mut GradientsParams, scale: f64) {
+    module.visit(&mut GradScale { grads, scale });
+}
+
+/// Wait for the parameters of the last layer, so that an update's cost lands in the
+/// timing of the step that made it.
+pub(super) fn materialise(model: &TransformerEncoder) {
+    let _ = model.layers[model.layers.len().saturating_sub(1)]
+        .output
+        .bias
+        .as_ref()
+        .map(|b| b.val().into_data());
 }
 
 /// Count trainable parameters.
@@ -224,6 +266,231 @@ fn vocab_of(model: &TransformerEncoder) -> usize {
 
 fn hidden_of(model: &TransformerEncoder) -> usize {
     model.embeddings.word.weight.val().dims()[1]
+}
+
+/// The models, host cache and kernel backend of one replica, as a shard's forward pass
+/// borrows them.
+pub(super) struct ReplicaParts<'a> {
+    pub student: &'a TransformerEncoder,
+    pub teacher: &'a TransformerEncoder,
+    pub cache: &'a mut HostCache,
+    pub backend: &'a Backend,
+}
+
+/// What every replica reads and none changes during a step.
+pub(super) struct Shared<'a> {
+    pub config: &'a DistillConfig,
+    pub data: &'a TokenizedPairs,
+    /// Student and teacher padding ids.
+    pub pads: (u32, u32),
+    pub loss: LossKind,
+}
+
+impl Shared<'_> {
+    /// Layers of the student frozen together with the embeddings: their output is a
+    /// constant per sequence, computed once and cached (0 when the embeddings train).
+    fn frozen_prefix(&self) -> usize {
+        if self.config.freeze_embeddings {
+            self.config.freeze_layers
+        } else {
+            0
+        }
+    }
+
+    fn sequences(&self, side: Side) -> &Vec<Vec<u32>> {
+        match side {
+            Side::Teacher => &self.data.teacher,
+            Side::Student => &self.data.student,
+            Side::StudentEnglish => &self.data.student_english,
+        }
+    }
+}
+
+/// Host token states `(len, h)` of pairs `idx` on `side`: the teacher's output, or the
+/// student's state after its frozen prefix. Missing ones are computed in one batch without
+/// gradient and cached within the budget.
+fn host_states(
+    parts: &mut ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    idx: &[usize],
+    side: Side,
+) -> Result<Vec<Vec<f32>>> {
+    let missing: Vec<usize> = idx
+        .iter()
+        .copied()
+        .filter(|&i| !parts.cache.map.contains_key(&(side, i)))
+        .collect();
+    let mut fresh: HashMap<usize, Vec<f32>> = HashMap::new();
+    if !missing.is_empty() {
+        let seqs: Vec<Vec<u32>> = missing
+            .iter()
+            .map(|&i| shared.sequences(side)[i].clone())
+            .collect();
+        let (batch, h, values) = match side {
+            Side::Teacher => {
+                let batch = pad(&seqs, shared.pads.1);
+                check_ids(&batch, vocab_of(parts.teacher), "teacher token ids")?;
+                let device = parts.teacher.embeddings.word.weight.val().device();
+                let (ids, mask) = batch_tensors(&batch, &device);
+                let x = parts.teacher.forward(ids, mask);
+                (batch, hidden_of(parts.teacher), x)
+            }
+            Side::Student | Side::StudentEnglish => {
+                let batch = pad(&seqs, shared.pads.0);
+                check_ids(&batch, vocab_of(parts.student), "student token ids")?;
+                let model = parts.student.valid();
+                let device = model.embeddings.word.weight.val().device();
+                let (ids, mask) = batch_tensors(&batch, &device);
+                let x = model.embeddings.forward(ids);
+                let x = model.forward_layers(x, mask, 0..shared.frozen_prefix());
+                (batch, hidden_of(&model), x)
+            }
+        };
+        let values = values
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| burn_error("read cached token states", e))?;
+        for (r, &i) in missing.iter().enumerate() {
+            let start = r * batch.t * h;
+            let rows = values[start..start + batch.lengths[r] * h].to_vec();
+            parts.cache.insert((side, i), rows.clone());
+            fresh.insert(i, rows);
+        }
+    }
+    Ok(idx
+        .iter()
+        .map(|i| match fresh.get(i) {
+            Some(v) => v.clone(),
+            None => parts.cache.map[&(side, *i)].clone(),
+        })
+        .collect())
+}
+
+/// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`.
+fn teacher_side(
+    parts: &mut ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    idx: &[usize],
+    device: &Device,
+) -> Result<TokenSide> {
+    let h = hidden_of(parts.teacher);
+    let rows = host_states(parts, shared, idx, Side::Teacher)?;
+    Ok(padded_side(&rows, h, device))
+}
+
+/// Student forward on pairs `idx` of `side` (autodiff): the whole encoder, or only the
+/// trainable layers on top of the cached frozen prefix.
+fn student_side(
+    parts: &mut ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    idx: &[usize],
+    side: Side,
+) -> Result<TokenSide> {
+    let k = shared.frozen_prefix();
+    let device = parts.student.embeddings.word.weight.val().device();
+    if k == 0 {
+        let seqs: Vec<Vec<u32>> = idx
+            .iter()
+            .map(|&i| shared.sequences(side)[i].clone())
+            .collect();
+        let batch = pad(&seqs, shared.pads.0);
+        check_ids(&batch, vocab_of(parts.student), "student token ids")?;
+        let (ids, mask) = batch_tensors(&batch, &device);
+        let x = parts.student.forward(ids, mask.clone());
+        return Ok(TokenSide {
+            x,
+            mask,
+            lengths: batch.lengths,
+        });
+    }
+    let h = hidden_of(parts.student);
+    let rows = host_states(parts, shared, idx, side)?;
+    let prefix = padded_side(&rows, h, &device);
+    let x =
+        parts
+            .student
+            .forward_layers(prefix.x, prefix.mask.clone(), k..parts.student.layers.len());
+    Ok(TokenSide { x, ..prefix })
+}
+
+/// The configured loss of one side against the teacher (centred first if configured).
+fn loss_of(
+    shared: &Shared<'_>,
+    backend: &Backend,
+    student: &TokenSide,
+    teacher: &TokenSide,
+) -> Result<(Tensor<1>, LossStats)> {
+    let config = shared.config;
+    let params = config.sinkhorn();
+    if config.center_tokens {
+        let (s, t) = (centered(student.clone()), centered(teacher.clone()));
+        distill_loss(shared.loss, &s, &t, backend, &params, config.mse_weight)
+    } else {
+        distill_loss(
+            shared.loss,
+            student,
+            teacher,
+            backend,
+            &params,
+            config.mse_weight,
+        )
+    }
+}
+
+/// The forward half of a step on one micro-batch or shard.
+pub(super) struct ShardLoss {
+    /// The loss, already divided by the caller's divisor; carries the autodiff graph.
+    pub loss: Tensor<1>,
+    /// Statistics of the other-language side.
+    pub stats: LossStats,
+    /// Student tokens read.
+    pub tokens: usize,
+    /// Teacher, student, OT and transfer seconds.
+    pub times: StepTimes,
+}
+
+/// Teacher forward, student forward(s) and the loss on pairs `idx`, divided by
+/// `divisor` (`grad_accumulation` on one device; scaled by the shard's share of the
+/// global micro-batch on several).
+pub(super) fn shard_loss(
+    mut parts: ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    idx: &[usize],
+    divisor: f64,
+) -> Result<ShardLoss> {
+    let device = parts.student.embeddings.word.weight.val().device();
+    let mut times = StepTimes::default();
+    let t0 = Instant::now();
+    let teacher = teacher_side(&mut parts, shared, idx, &device)?;
+    times.teacher += t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let count =
+        |side: Side| -> usize { idx.iter().map(|&i| shared.sequences(side)[i].len()).sum() };
+    let mut tokens = count(Side::Student);
+    let student = student_side(&mut parts, shared, idx, Side::Student)?;
+    let mut english = None;
+    if shared.config.distill_english {
+        tokens += count(Side::StudentEnglish);
+        english = Some(student_side(&mut parts, shared, idx, Side::StudentEnglish)?);
+    }
+    times.student += t1.elapsed().as_secs_f64();
+    let (mut loss, stats) = loss_of(shared, parts.backend, &student, &teacher)?;
+    let mut ot = stats.ot_time;
+    let mut transfer = stats.transfer_time;
+    if let Some(en) = english {
+        let (l2, s2) = loss_of(shared, parts.backend, &en, &teacher)?;
+        loss = loss + l2;
+        ot += s2.ot_time;
+        transfer += s2.transfer_time;
+    }
+    times.ot += ot.as_secs_f64();
+    times.transfer += transfer.as_secs_f64();
+    Ok(ShardLoss {
+        loss: loss.div_scalar(divisor),
+        stats,
+        tokens,
+        times,
+    })
 }
 
 impl Trainer {
@@ -308,7 +575,7 @@ impl Trainer {
             seed: config.seed,
             ..TrainState::default()
         };
-        let cache = HostCache::new(config.cache_mb);
+        let cache_mb = config.cache_mb;
         Ok(Trainer {
             config,
             student,
@@ -318,9 +585,10 @@ impl Trainer {
             state,
             optim,
             data,
-            cache,
+            cache: HostCache::new(cache_mb),
             backend,
             loss,
+            ddp: None,
         })
     }
 
@@ -336,7 +604,7 @@ impl Trainer {
 
     /// The next micro-batch of pair indices; moves to the next epoch when fewer than a
     /// batch remain.
-    fn next_batch(&mut self) -> Vec<usize> {
+    pub(super) fn next_batch(&mut self) -> Vec<usize> {
         let n = self.pairs();
         let bs = self.config.batch_size;
         if self.state.offset + bs > n {
@@ -352,8 +620,33 @@ impl Trainer {
         idx
     }
 
-    /// Layers of the student that are frozen together with the embeddings: their output
-    /// is a constant per sequence, computed once and cached (0 when the embeddings train).
+    /// The main replica's parts, as the shard functions take them.
+    fn parts(&mut self) -> (ReplicaParts<'_>, Shared<'_>) {
+        (
+            ReplicaParts {
+                student: &self.student,
+                teacher: &self.teacher,
+                cache: &mut self.cache,
+                backend: &self.backend,
+            },
+            Shared {
+                config: &self.config,
+                data: &self.data,
+                pads: (self.student_pad, self.teacher_pad),
+                loss: self.loss,
+            },
+        )
+    }
+
+    /// The loss of the current model on pairs `idx` (no update), for tests and logging.
+    pub fn loss_on(&mut self, idx: &[usize]) -> Result<(Tensor<1>, LossStats)> {
+        let (parts, shared) = self.parts();
+        let shard = shard_loss(parts, &shared, idx, 1.0)?;
+        Ok((shard.loss, shard.stats))
+    }
+
+    /// Layers of the student frozen together with the embeddings, whose output is cached
+    /// per pair (0 when the embeddings train).
     pub fn frozen_prefix(&self) -> usize {
         if self.config.freeze_embeddings {
             self.config.freeze_layers
@@ -362,165 +655,15 @@ impl Trainer {
         }
     }
 
-    fn sequences(&self, side: Side) -> &Vec<Vec<u32>> {
-        match side {
-            Side::Teacher => &self.data.teacher,
-            Side::Student => &self.data.student,
-            Side::StudentEnglish => &self.data.student_english,
-        }
-    }
-
-    /// Host token states `(len, h)` of pairs `idx` on `side`: the teacher's output, or the
-    /// student's state after its frozen prefix. Missing ones are computed in one batch
-    /// without gradient and cached within the budget.
-    fn host_states(&mut self, idx: &[usize], side: Side) -> Result<Vec<Vec<f32>>> {
-        let missing: Vec<usize> = idx
-            .iter()
-            .copied()
-            .filter(|&i| !self.cache.map.contains_key(&(side, i)))
-            .collect();
-        let mut fresh: HashMap<usize, Vec<f32>> = HashMap::new();
-        if !missing.is_empty() {
-            let seqs: Vec<Vec<u32>> = missing
-                .iter()
-                .map(|&i| self.sequences(side)[i].clone())
-                .collect();
-            let (batch, h, values) = match side {
-                Side::Teacher => {
-                    let batch = pad(&seqs, self.teacher_pad);
-                    check_ids(&batch, vocab_of(&self.teacher), "teacher token ids")?;
-                    let device = self.teacher.embeddings.word.weight.val().device();
-                    let (ids, mask) = batch_tensors(&batch, &device);
-                    let x = self.teacher.forward(ids, mask);
-                    (batch, hidden_of(&self.teacher), x)
-                }
-                Side::Student | Side::StudentEnglish => {
-                    let batch = pad(&seqs, self.student_pad);
-                    check_ids(&batch, vocab_of(&self.student), "student token ids")?;
-                    let model = self.student.valid();
-                    let device = model.embeddings.word.weight.val().device();
-                    let (ids, mask) = batch_tensors(&batch, &device);
-                    let x = model.embeddings.forward(ids);
-                    let x = model.forward_layers(x, mask, 0..self.frozen_prefix());
-                    (batch, hidden_of(&model), x)
-                }
-            };
-            let values = values
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| burn_error("read cached token states", e))?;
-            for (r, &i) in missing.iter().enumerate() {
-                let start = r * batch.t * h;
-                let rows = values[start..start + batch.lengths[r] * h].to_vec();
-                self.cache.insert((side, i), rows.clone());
-                fresh.insert(i, rows);
-            }
-        }
-        Ok(idx
-            .iter()
-            .map(|i| match fresh.get(i) {
-                Some(v) => v.clone(),
-                None => self.cache.map[&(side, *i)].clone(),
-            })
-            .collect())
-    }
-
-    /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`.
-    fn teacher_side(&mut self, idx: &[usize], device: &Device) -> Result<TokenSide> {
-        let h = hidden_of(&self.teacher);
-        let rows = self.host_states(idx, Side::Teacher)?;
-        Ok(padded_side(&rows, h, device))
-    }
-
-    /// Student forward on pairs `idx` of `side` (autodiff): the whole encoder, or only the
-    /// trainable layers on top of the cached frozen prefix.
-    fn student_side(&mut self, idx: &[usize], side: Side) -> Result<TokenSide> {
-        let k = self.frozen_prefix();
-        let device = self.student.embeddings.word.weight.val().device();
-        if k == 0 {
-            let seqs: Vec<Vec<u32>> = idx
-                .iter()
-                .map(|&i| self.sequences(side)[i].clone())
-                .collect();
-            let batch = pad(&seqs, self.student_pad);
-            check_ids(&batch, vocab_of(&self.student), "student token ids")?;
-            let (ids, mask) = batch_tensors(&batch, &device);
-            let x = self.student.forward(ids, mask.clone());
-            return Ok(TokenSide {
-                x,
-                mask,
-                lengths: batch.lengths,
-            });
-        }
-        let h = hidden_of(&self.student);
-        let rows = self.host_states(idx, side)?;
-        let prefix = padded_side(&rows, h, &device);
-        let x = self.student.forward_layers(
-            prefix.x,
-            prefix.mask.clone(),
-            k..self.student.layers.len(),
-        );
-        Ok(TokenSide { x, ..prefix })
-    }
-
-    /// The configured loss of one side against the teacher (centred first if configured).
-    fn loss_of(
-        &self,
-        student: &TokenSide,
-        teacher: &TokenSide,
-        params: &SinkhornParams,
-    ) -> Result<(Tensor<1>, LossStats)> {
-        if self.config.center_tokens {
-            let (s, t) = (centered(student.clone()), centered(teacher.clone()));
-            distill_loss(
-                self.loss,
-                &s,
-                &t,
-                &self.backend,
-                params,
-                self.config.mse_weight,
-            )
-        } else {
-            distill_loss(
-                self.loss,
-                student,
-                teacher,
-                &self.backend,
-                params,
-                self.config.mse_weight,
-            )
-        }
-    }
-
-    fn student_tokens(&self, idx: &[usize], side: Side) -> usize {
-        idx.iter().map(|&i| self.sequences(side)[i].len()).sum()
-    }
-
-    /// The loss of the current model on pairs `idx` (no update), for tests and logging.
-    pub fn loss_on(&mut self, idx: &[usize]) -> Result<(Tensor<1>, LossStats)> {
-        let device = self.student.embeddings.word.weight.val().device();
-        let teacher = self.teacher_side(idx, &device)?;
-        let student = self.student_side(idx, Side::Student)?;
-        let params = self.config.sinkhorn();
-        let (mut loss, mut stats) = self.loss_of(&student, &teacher, &params)?;
-        if self.config.distill_english {
-            let student_en = self.student_side(idx, Side::StudentEnglish)?;
-            let (l2, s2) = self.loss_of(&student_en, &teacher, &params)?;
-            loss = loss + l2;
-            stats.ot_cost = (stats.ot_cost + s2.ot_cost) / 2.0;
-            stats.ot_time += s2.ot_time;
-            stats.transfer_time += s2.transfer_time;
-        }
-        Ok((loss, stats))
-    }
-
-    /// One optimiser step (`grad_accumulation` micro-batches).
+    /// One optimiser step (`grad_accumulation` micro-batches); with several devices (see
+    /// [`Self::replicate`]), one data-parallel step of every replica.
     pub fn step(&mut self) -> Result<StepRecord> {
+        if self.ddp.is_some() {
+            return self.ddp_step();
+        }
         let t_step = Instant::now();
         let lr = self.config.lr_at(self.state.step);
         let ga = self.config.grad_accumulation;
-        let device = self.student.embeddings.word.weight.val().device();
-        let params = self.config.sinkhorn();
         let mut accumulator = GradientsAccumulator::<TransformerEncoder>::new();
         let mut times = StepTimes::default();
         let mut loss_sum = 0.0;
@@ -528,32 +671,12 @@ impl Trainer {
         let mut tokens = 0usize;
         for _ in 0..ga {
             let idx = self.next_batch();
-            let t0 = Instant::now();
-            let teacher = self.teacher_side(&idx, &device)?;
-            times.teacher += t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            tokens += self.student_tokens(&idx, Side::Student);
-            let student = self.student_side(&idx, Side::Student)?;
-            let mut english = None;
-            if self.config.distill_english {
-                tokens += self.student_tokens(&idx, Side::StudentEnglish);
-                english = Some(self.student_side(&idx, Side::StudentEnglish)?);
-            }
-            times.student += t1.elapsed().as_secs_f64();
-            let (mut loss, stats) = self.loss_of(&student, &teacher, &params)?;
-            let mut ot = stats.ot_time;
-            let mut transfer = stats.transfer_time;
-            if let Some(en) = english {
-                let (l2, s2) = self.loss_of(&en, &teacher, &params)?;
-                loss = loss + l2;
-                ot += s2.ot_time;
-                transfer += s2.transfer_time;
-            }
-            times.ot += ot.as_secs_f64();
-            times.transfer += transfer.as_secs_f64();
-            let loss = loss.div_scalar(ga as f64);
+            let (parts, shared) = self.parts();
+            let shard = shard_loss(parts, &shared, &idx, ga as f64)?;
+            times.add_forward(&shard.times);
+            tokens += shard.tokens;
             let t2 = Instant::now();
-            let value: f32 = loss.clone().detach().into_scalar();
+            let value: f32 = shard.loss.clone().detach().into_scalar();
             if !value.is_finite() {
                 return Err(Error::value(
                     "training loss",
@@ -561,47 +684,54 @@ impl Trainer {
                 ));
             }
             loss_sum += value as f64;
+            let stats = &shard.stats;
             stats_sum.ot_cost += stats.ot_cost / ga as f64;
             stats_sum.sinkhorn_iterations += stats.sinkhorn_iterations / ga as f64;
             stats_sum.converged += stats.converged / ga as f64;
             stats_sum.mse += stats.mse / ga as f64;
-            let grads = loss.backward();
+            let grads = shard.loss.backward();
             let grads = GradientsParams::from_grads(grads, &self.student);
             accumulator.accumulate(&self.student, grads);
             times.backward += t2.elapsed().as_secs_f64();
         }
         let t3 = Instant::now();
         let mut grads = accumulator.grads();
-        let mut norm = GradNorm {
-            grads: &grads,
-            sum: 0.0,
-        };
-        self.student.visit(&mut norm);
-        let grad_norm = norm.sum.sqrt();
-        if self.config.grad_clip > 0.0 && grad_norm > self.config.grad_clip {
-            let mut scale = GradScale {
-                grads: &mut grads,
-                scale: self.config.grad_clip / grad_norm,
-            };
-            self.student.visit(&mut scale);
+        let grad_norm = grad_norm(&self.student, &grads);
+        if let Some(scale) = self.clip_scale(grad_norm) {
+            scale_grads(&self.student, &mut grads, scale);
         }
         self.student = self.optim.step(lr, self.student.clone(), grads);
         // Materialise the update so that its cost lands in this step's timing.
-        let _ = self.student.layers[self.student.layers.len().saturating_sub(1)]
-            .output
-            .bias
-            .as_ref()
-            .map(|b| b.val().into_data());
+        materialise(&self.student);
         times.optimizer = t3.elapsed().as_secs_f64();
         times.total = t_step.elapsed().as_secs_f64();
+        Ok(self.finish_step(lr, loss_sum, stats_sum, grad_norm, tokens, times))
+    }
+
+    /// The factor that brings a gradient of norm `grad_norm` down to `grad_clip`, if needed.
+    pub(super) fn clip_scale(&self, grad_norm: f64) -> Option<f64> {
+        (self.config.grad_clip > 0.0 && grad_norm > self.config.grad_clip)
+            .then(|| self.config.grad_clip / grad_norm)
+    }
+
+    /// The log record of the step just taken; advances the step and token counters.
+    pub(super) fn finish_step(
+        &mut self,
+        lr: f64,
+        loss: f64,
+        stats: LossStats,
+        grad_norm: f64,
+        tokens: usize,
+        times: StepTimes,
+    ) -> StepRecord {
         let record = StepRecord {
             step: self.state.step + 1,
             epoch: self.state.epoch,
-            loss: loss_sum,
-            ot_cost: stats_sum.ot_cost,
-            sinkhorn_iterations: stats_sum.sinkhorn_iterations,
-            converged: stats_sum.converged,
-            mse: stats_sum.mse,
+            loss,
+            ot_cost: stats.ot_cost,
+            sinkhorn_iterations: stats.sinkhorn_iterations,
+            converged: stats.converged,
+            mse: stats.mse,
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / times.total.max(1e-9),
@@ -609,7 +739,7 @@ impl Trainer {
         };
         self.state.step += 1;
         self.state.tokens += tokens as u64;
-        Ok(record)
+        record
     }
 
     /// Save model, optimiser and [`TrainState`] into `dir` (created).
@@ -656,6 +786,7 @@ impl Trainer {
             .load(dir.join("optimizer.bpk"))
             .map_err(|e| burn_error("load the optimizer checkpoint", e))?;
         self.state = state;
+        self.resync_replicas();
         Ok(())
     }
 

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::prelude::*;
+#[cfg(feature = "wgpu")]
+use burn::tensor::DeviceType;
 
 use crate::assets::Asset;
 use crate::backend::BackendKind;
@@ -121,6 +123,37 @@ pub fn device_for(kind: BackendKind) -> Result<Device> {
                 .into(),
         }),
     }
+}
+
+/// Every burn device of a `--backend` choice's kind, in burn's order (what the indices of
+/// `optical distill --devices` count). Burn's CPU backend is one device.
+pub fn enumerate_devices(kind: BackendKind) -> Result<Vec<Device>> {
+    match kind {
+        BackendKind::Cpu | BackendKind::CpuReference => Ok(vec![Device::flex()]),
+        BackendKind::Wgpu => enumerate_wgpu(),
+        BackendKind::Cuda => device_for(kind).map(|d| vec![d]),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn enumerate_wgpu() -> Result<Vec<Device>> {
+    let found = std::panic::catch_unwind(|| Device::enumerate(DeviceType::Wgpu).into_vec())
+        .map_err(|_| Error::BackendUnavailable {
+            backend: "wgpu",
+            reason: "burn could not list the wgpu adapters".into(),
+        })?;
+    if found.is_empty() {
+        return Err(Error::BackendUnavailable {
+            backend: "wgpu",
+            reason: "burn found no wgpu adapter".into(),
+        });
+    }
+    Ok(found)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn enumerate_wgpu() -> Result<Vec<Device>> {
+    wgpu_device().map(|d| vec![d])
 }
 
 #[cfg(feature = "wgpu")]
