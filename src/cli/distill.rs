@@ -124,6 +124,10 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
+    /// best (the checkpoint with the best dev P@1) or last.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<String>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_mb: Option<usize>,

@@ -74,6 +74,9 @@ pub struct DistillConfig {
     pub checkpoint_every: usize,
     /// Dev evaluation every N steps (0: only at the end).
     pub eval_every: usize,
+    /// Which student `<out>/student` holds: `best` (the checkpoint with the best dev P@1;
+    /// the last one when there are no dev pairs) or `last`.
+    pub export: String,
     /// Host memory (MiB) for cached token states: the frozen teacher's outputs and, when
     /// the embeddings and the lowest `freeze_layers` layers are frozen, the student's
     /// hidden states after that frozen prefix (computed once per pair, so a step runs only
@@ -113,6 +116,7 @@ impl Default for DistillConfig {
             seed: 0,
             checkpoint_every: 20,
             eval_every: 10,
+            export: "best".into(),
             cache_mb: 4096,
             out: PathBuf::from("runs/distill"),
         }
@@ -215,6 +219,9 @@ impl DistillConfig {
                 "a finite number >= 0",
                 self.weight_decay,
             ));
+        }
+        if !matches!(self.export.as_str(), "best" | "last") {
+            return Err(Error::parameter("export", "best or last", &self.export));
         }
         if self.sources.is_empty() {
             return Err(Error::parameter(

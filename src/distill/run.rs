@@ -46,6 +46,8 @@ pub struct RunSummary {
     pub devices: usize,
     pub dev: Vec<DevMetrics>,
     pub best_step: Option<usize>,
+    /// The step whose student was exported (the best by dev P@1 unless `export = "last"`).
+    pub exported_step: Option<usize>,
     pub student: Option<PathBuf>,
     pub mean_seconds: StepTimes,
     pub tokens_per_s: f64,
@@ -266,6 +268,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             devices: devices.len(),
             dev: Vec::new(),
             best_step: None,
+            exported_step: None,
             student: None,
             mean_seconds: t,
             tokens_per_s: tps,
@@ -289,6 +292,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             devices: trainer.devices(),
             dev: Vec::new(),
             best_step: None,
+            exported_step: None,
             student: None,
             mean_seconds: t,
             tokens_per_s: tps,
@@ -316,10 +320,13 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         }
         write_text(&out.join("config.toml"), &config.to_toml())?;
     }
+    // A checkpoint holds the whole student (~0.5 GB for e5-small), so only the latest and
+    // the best (by dev P@1) are kept; older ones are removed once a newer one is written.
     let save = |trainer: &Trainer| -> Result<()> {
         let dir = checkpoint_dir(&out, trainer.state.step);
         trainer.save_checkpoint(&dir)?;
-        write_text(&latest, &format!("step-{:06}\n", trainer.state.step))
+        write_text(&latest, &format!("step-{:06}\n", trainer.state.step))?;
+        prune_checkpoints(&out, trainer.state.step, trainer.state.best_step)
     };
 
     install_ctrlc();
@@ -387,6 +394,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     }
     bar.finish_and_clear();
     let mut student_dir = None;
+    let mut exported_step = None;
     if !interrupted {
         if !dev_other.is_empty() {
             evaluate(&mut trainer, &mut dev_metrics)?;
@@ -394,13 +402,31 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         save(&trainer)?;
         let dir = out.join("student");
         let tokenizer = tokenizer_path(&student_spec)?;
+        // The exported student is the best checkpoint by dev P@1 (early stopping on the
+        // held-out pairs), or the last one with `export = "last"` or without dev pairs.
+        let step = match (config.export.as_str(), trainer.state.best_step) {
+            ("best", Some(best)) => best,
+            _ => trainer.state.step,
+        };
+        let model = if step == trainer.state.step {
+            trainer.student.clone()
+        } else if step == 0 {
+            TextEncoder::load(&student_spec, device.clone().autodiff(), &enc_options)?.model
+        } else {
+            trainer.model_at(&checkpoint_dir(&out, step))?
+        };
+        eprintln!(
+            "distill: exporting the student of step {step} to {}",
+            dir.display()
+        );
         export(
-            &trainer.student,
+            &model,
             &student_config,
             &tokenizer,
             (&prefixes.0, &prefixes.1),
             &dir,
         )?;
+        exported_step = Some(step);
         student_dir = Some(dir);
     }
     write_plots(&out)?;
@@ -415,6 +441,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         devices: trainer.devices(),
         dev: dev_metrics,
         best_step: trainer.state.best_step,
+        exported_step,
         student: student_dir,
         mean_seconds: t,
         tokens_per_s: tps,
@@ -423,6 +450,28 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         .map_err(|e| Error::value("run summary", e.to_string()))?;
     write_text(&out.join("summary.json"), &json)?;
     Ok(summary)
+}
+
+/// Remove every checkpoint of `out` but the one of `latest` and the one of `best`.
+fn prune_checkpoints(out: &Path, latest: usize, best: Option<usize>) -> Result<()> {
+    let root = out.join("checkpoints");
+    let keep = [Some(latest), best];
+    let entries = std::fs::read_dir(&root).map_err(|e| Error::io(&root, "list", e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(step) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !keep.contains(&Some(step)) {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, "remove", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// `loss.svg` and `dev.svg` from the run directory's logs (the whole run, resumes included).

@@ -790,6 +790,16 @@ impl Trainer {
         Ok(())
     }
 
+    /// The student of the checkpoint in `dir` (the trainer's own model is unchanged).
+    pub fn model_at(&self, dir: &Path) -> Result<TransformerEncoder> {
+        let record = ModuleRecord::load(dir.join("model.bpk"))
+            .map_err(|e| burn_error("load the model checkpoint", e))?;
+        self.student
+            .clone()
+            .try_load_record(record)
+            .map_err(|e| burn_error("apply the model checkpoint", e))
+    }
+
     /// Mean-pooled, L2-normalised student vectors of `seqs` (no gradient), `(n, h)`.
     pub fn student_vectors(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
         let model = self.student.valid();
