@@ -12,11 +12,15 @@ FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo test setup build lint ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check
+.PHONY: demo demo-ot test setup build lint ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check
 
 ## Set up and run the main job.
 demo: setup build
 	bash scripts/demo.sh "$(BIN)"
+
+## The kernels alone: backends, an OT solve from ragged embeddings, the kernel bench.
+demo-ot: build
+	bash scripts/demo-ot.sh "$(BIN)"
 
 ## The test suite (CI runs exactly this).
 test: setup lint ptxas unit

@@ -179,3 +179,74 @@ pub fn random_encoder(
         device,
     )
 }
+
+/// Special tokens of [`tiny_tokenizer_json`] (ids 0–3).
+pub const TINY_SPECIALS: [&str; 4] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
+/// Words per language in [`tiny_tokenizer_json`].
+pub const TINY_WORDS: usize = 22;
+
+/// A word-level `tokenizer.json` for [`tiny_config`] models: the specials, `e0..e21`
+/// ("English", ids 4–25) and `f0..f21` (the "other language", ids 26–47), within the
+/// vocabulary of 50.
+pub fn tiny_tokenizer_json() -> String {
+    let mut vocab = serde_json::Map::new();
+    for (i, s) in TINY_SPECIALS.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+    }
+    for i in 0..TINY_WORDS {
+        vocab.insert(format!("e{i}"), (4 + i).into());
+        vocab.insert(format!("f{i}"), (4 + TINY_WORDS + i).into());
+    }
+    let special = |t: &str| serde_json::json!({"SpecialToken": {"id": t, "type_id": 0}});
+    let seq = |s: &str| serde_json::json!({"Sequence": {"id": s, "type_id": 0}});
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [special("[CLS]"), seq("A"), special("[SEP]")],
+            "pair": [special("[CLS]"), seq("A"), special("[SEP]"), seq("B"), special("[SEP]")],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]},
+            },
+        },
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+    })
+    .to_string()
+}
+
+/// A tiny random BERT ([`tiny_config`], [`random_encoder`]) with the tiny tokenizer,
+/// written as a Hugging Face directory `root/name` (the tokenizer also as
+/// `root/tokenizer.json`), for tests and smoke runs.
+pub fn write_tiny_model(root: &Path, name: &str, seed: u64) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(root).map_err(|e| Error::io(root, "create", e))?;
+    let tok = root.join("tokenizer.json");
+    if !tok.exists() {
+        std::fs::write(&tok, tiny_tokenizer_json()).map_err(|e| Error::io(&tok, "write", e))?;
+    }
+    let config = tiny_config();
+    let model = random_encoder(&config, seed, &Device::flex())?;
+    let dir = root.join(name);
+    export(&model, &config, &tok, ("", ""), &dir)?;
+    Ok(dir)
+}
+
+/// Word-by-word "translations" for the tiny tokenizer: `n` pairs `(f…, e…)` of 3–5 words.
+pub fn tiny_pairs(n: usize, seed: u64) -> Vec<(String, String)> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.range(3, 6);
+            let idx: Vec<usize> = (0..len).map(|_| rng.range(0, TINY_WORDS - 1)).collect();
+            let f: Vec<String> = idx.iter().map(|i| format!("f{i}")).collect();
+            let e: Vec<String> = idx.iter().map(|i| format!("e{i}")).collect();
+            (f.join(" "), e.join(" "))
+        })
+        .collect()
+}
