@@ -193,10 +193,11 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     };
     let mut models = Vec::new();
     for (name, enc) in a.model.iter().zip(&encoders) {
+        let memo = encoder::Memoized::new(enc.as_ref());
         let mut results = Vec::new();
         for t in &tasks {
             let run_file = runs.join(format!("{}.{}.trec", crate::report::slug(name), t.name));
-            let r = run_task(t, enc.as_ref(), &settings, Some(&run_file))?;
+            let r = run_task(t, &memo, &settings, Some(&run_file))?;
             eprintln!(
                 "{name} {}: {} = {:.4} (encode {:.1} s, search {:.1} s)",
                 t.name,

@@ -213,6 +213,78 @@ impl Encoder for crate::encoder::TextEncoder {
     }
 }
 
+/// An encoder that remembers the pooled vector of every text it has encoded, for the
+/// lifetime of one command: a bitext is evaluated in both directions, so each side is
+/// encoded once instead of twice (the disk cache does the same across commands, but only
+/// for built-in models). Token vectors are passed through.
+pub struct Memoized<'a> {
+    pub inner: &'a dyn Encoder,
+    seen: std::sync::Mutex<std::collections::HashMap<String, Vec<f32>>>,
+}
+
+impl<'a> Memoized<'a> {
+    pub fn new(inner: &'a dyn Encoder) -> Self {
+        Memoized {
+            inner,
+            seen: Default::default(),
+        }
+    }
+}
+
+impl Encoder for Memoized<'_> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn fingerprint(&self) -> String {
+        self.inner.fingerprint()
+    }
+
+    fn cacheable(&self) -> bool {
+        self.inner.cacheable()
+    }
+
+    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        let d = self.dim();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut missing: Vec<&str> = texts
+            .iter()
+            .copied()
+            .filter(|t| !seen.contains_key(*t))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let v = self.inner.encode_pooled(&missing)?;
+            if v.len() != missing.len() * d {
+                return Err(Error::shape(
+                    "pooled vectors",
+                    format!("{} × {d}", missing.len()),
+                    v.len().to_string(),
+                ));
+            }
+            for (t, row) in missing.iter().zip(v.chunks_exact(d)) {
+                seen.insert(t.to_string(), row.to_vec());
+            }
+        }
+        Ok(texts
+            .iter()
+            .flat_map(|t| seen[*t].iter().copied())
+            .collect())
+    }
+
+    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+        self.inner.encode_tokens(texts)
+    }
+}
+
 /// FNV-1a over a sequence of byte strings, with separators, as a hex cache key.
 fn content_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -1,0 +1,219 @@
+//! `optical distill` as a user runs it, on a tiny random model with a word-level tokenizer
+//! and line-aligned bitext files: it trains, logs, evaluates, checkpoints, exports a
+//! student that `optical encode` reads, resumes from its latest checkpoint, and does the
+//! same on the WGPU backend (lavapipe in CI; failing, not skipping, without an adapter
+//! unless `OPTICAL_SKIP_WGPU=1`).
+#![cfg(feature = "distill")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use optical::distill::export::{tiny_pairs, write_tiny_model};
+
+const BIN: &str = env!("CARGO_BIN_EXE_optical");
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+    source: String,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let model = write_tiny_model(&root, "tiny", 7).unwrap();
+    let pairs = tiny_pairs(40, 3);
+    let side = |k: usize| {
+        pairs
+            .iter()
+            .map(|p| if k == 0 { p.0.clone() } else { p.1.clone() })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    };
+    std::fs::write(root.join("train.hau"), side(0)).unwrap();
+    std::fs::write(root.join("train.en"), side(1)).unwrap();
+    let source = format!(
+        "files:hau:{}:{}",
+        root.join("train.hau").display(),
+        root.join("train.en").display()
+    );
+    Fixture {
+        _dir: dir,
+        root,
+        model,
+        source,
+    }
+}
+
+fn distill(f: &Fixture, out: &Path, extra: &[&str]) -> std::process::Output {
+    let model = f.model.to_str().unwrap();
+    let args = vec![
+        "--no-progress",
+        "--teacher",
+        model,
+        "--student",
+        model,
+        "--sources",
+        &f.source,
+        "--dev-pairs",
+        "8",
+        "--max-length",
+        "12",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+        "--freeze-layers",
+        "1",
+        "--epsilon",
+        "0.1",
+        "--checkpoint-every",
+        "2",
+        "--eval-every",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // A flag given in `extra` replaces the default above.
+    let mut merged: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args[i];
+        let has_value = flag != "--no-progress";
+        if !extra.contains(&flag) {
+            merged.push(flag);
+            if has_value {
+                merged.push(args[i + 1]);
+            }
+        }
+        i += if has_value { 2 } else { 1 };
+    }
+    merged.extend_from_slice(extra);
+    Command::new(BIN)
+        .arg("distill")
+        .args(&merged)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &std::process::Output, what: &str) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed: {stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: no JSON ({e}): {stderr}"))
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn check_run(f: &Fixture, out: &Path, backend: &str) {
+    let summary = ok(
+        &distill(f, out, &["--steps", "6", "--backend", backend]),
+        backend,
+    );
+    assert_eq!(summary["steps"], 6, "{summary}");
+    assert_eq!(summary["training_pairs"], 32);
+    let log = lines(&out.join("log.jsonl"));
+    assert_eq!(log.len(), 6);
+    for (i, r) in log.iter().enumerate() {
+        assert_eq!(r["step"], i as u64 + 1);
+        assert!(r["loss"].as_f64().unwrap().is_finite(), "{r}");
+        assert!(r["sinkhorn_iterations"].as_f64().unwrap() >= 1.0, "{r}");
+        assert!(r["grad_norm"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let dev = lines(&out.join("dev.jsonl"));
+    let steps: Vec<u64> = dev.iter().map(|d| d["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 3, 6]);
+    for name in ["loss.svg", "dev.svg", "config.toml", "summary.json"] {
+        assert!(out.join(name).is_file(), "{name} missing");
+    }
+    let exported = summary["exported_step"].as_u64().unwrap();
+    assert_eq!(Some(exported), summary["best_step"].as_u64());
+    // Only the latest and the best checkpoints are kept.
+    let kept: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert!(kept.contains(&"step-000006".to_string()), "{kept:?}");
+    assert!(kept.len() <= 2, "{kept:?}");
+
+    // The exported student is a model directory that `optical encode` reads.
+    let texts = f.root.join(format!("texts-{backend}.txt"));
+    std::fs::write(&texts, "f1 f2 f3\ne4 e5\n").unwrap();
+    let emb = f.root.join(format!("emb-{backend}.npy"));
+    let enc = Command::new(BIN)
+        .args(["encode", "--model"])
+        .arg(out.join("student"))
+        .arg("--input")
+        .arg(&texts)
+        .arg("--out")
+        .arg(&emb)
+        .output()
+        .unwrap();
+    let v = ok(&enc, "encode with the exported student");
+    assert_eq!(v["texts"], 2, "{v}");
+    assert!(emb.is_file());
+}
+
+#[test]
+fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
+    let f = fixture();
+    let out = f.root.join("run-cpu");
+    check_run(&f, &out, "cpu");
+
+    // --resume continues from the latest checkpoint: two more steps, the log appended.
+    let resumed = ok(&distill(&f, &out, &["--steps", "8", "--resume"]), "resume");
+    assert_eq!(resumed["steps"], 8, "{resumed}");
+    let log = lines(&out.join("log.jsonl"));
+    let steps: Vec<u64> = log.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
+
+    // Nothing to resume from is a clear error.
+    let none = distill(&f, &f.root.join("empty"), &["--steps", "2", "--resume"]);
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(stderr.contains("latest"), "{stderr}");
+}
+
+#[test]
+fn distill_runs_on_wgpu() {
+    #[cfg(feature = "wgpu")]
+    {
+        if optical::backend::Backend::new(optical::backend::BackendKind::Wgpu).is_err()
+            && std::env::var("OPTICAL_SKIP_WGPU").as_deref() == Ok("1")
+        {
+            eprintln!("skipping: OPTICAL_SKIP_WGPU=1 and no wgpu adapter");
+            return;
+        }
+        let f = fixture();
+        check_run(&f, &f.root.join("run-wgpu"), "wgpu");
+    }
+}
+
+#[test]
+fn bad_configs_are_one_line_errors() {
+    let f = fixture();
+    for (flags, expect) in [
+        (vec!["--loss", "wasserstein"], "ot+mean-mse"),
+        (vec!["--export", "first"], "best or last"),
+        (vec!["--grad-accumulation", "0"], "grad_accumulation"),
+        (vec!["--freeze-layers", "2"], "nothing would be trained"),
+    ] {
+        let mut args = flags.clone();
+        args.extend_from_slice(&["--steps", "1"]);
+        let out = distill(&f, &f.root.join("bad"), &args);
+        assert!(!out.status.success(), "{flags:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{flags:?}: {stderr}");
+    }
+}
