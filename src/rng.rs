@@ -40,3 +40,14 @@ impl SplitMix64 {
         lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
     }
 }
+
+/// FNV-1a over `bytes`: a stable 64-bit hash (the same on every platform and release), for
+/// deterministic selections such as data splits and subsets, and for content keys.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

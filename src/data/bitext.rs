@@ -44,6 +44,25 @@ impl Bitext {
         self.source.is_empty()
     }
 
+    /// At most `n` pairs spread evenly through the set (pair `⌊i·len/n⌋` for `i < n`), in
+    /// order: a deterministic slice that samples every part of a file (the first verses of
+    /// a Bible are genealogies; the first lines of a file are rarely typical). The whole set
+    /// when `n ≥ len`.
+    pub fn evenly_spaced(&self, n: usize) -> Bitext {
+        let len = self.len();
+        if n >= len {
+            return self.clone();
+        }
+        let idx: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+        Bitext {
+            name: self.name.clone(),
+            source_language: self.source_language.clone(),
+            target_language: self.target_language.clone(),
+            source: idx.iter().map(|&i| self.source[i].clone()).collect(),
+            target: idx.iter().map(|&i| self.target[i].clone()).collect(),
+        }
+    }
+
     /// The two directions: `<src>-<tgt>` (source queries, target pool) and `<tgt>-<src>`.
     pub fn tasks(&self) -> [RetrievalTask; 2] {
         let (s, t) = (&self.source_language, &self.target_language);

@@ -126,6 +126,78 @@ impl Lareqa {
         }
     }
 
+    /// A deterministic subset with the pool restricted to it, for evaluations that cannot
+    /// afford the whole dataset.
+    ///
+    /// The rule: order the distinct question ids by their FNV-1a hash ([`crate::rng::fnv1a64`])
+    /// and take the first `questions` as seeds; the paragraphs kept are those holding a
+    /// relevant sentence of a seed (in any language); the pool is every sentence of the kept
+    /// paragraphs, and the queries are every question (any language) whose relevant
+    /// sentences all lie in kept paragraphs — the seeds and the other questions on the same
+    /// paragraphs. So every kept query has all its relevant candidates in the pool, and the
+    /// distractors are the other sentences of the same paragraphs in every language. With
+    /// `questions` at least the number of question ids, the whole dataset is returned.
+    pub fn subset(&self, questions: usize) -> Lareqa {
+        let mut ids: Vec<&str> = self
+            .queries
+            .iter()
+            .map(|q| q.question_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if questions >= ids.len() {
+            return self.clone();
+        }
+        ids.sort_by_key(|id| (crate::rng::fnv1a64(id.as_bytes()), *id));
+        let seeds: std::collections::HashSet<&str> = ids[..questions].iter().copied().collect();
+        let mut kept_context = vec![false; self.contexts.len()];
+        for q in self
+            .queries
+            .iter()
+            .filter(|q| seeds.contains(q.question_id.as_str()))
+        {
+            for &c in &q.relevant {
+                kept_context[self.candidates[c].context] = true;
+            }
+        }
+        let mut new_context = vec![usize::MAX; self.contexts.len()];
+        let mut contexts = Vec::new();
+        for (i, &keep) in kept_context.iter().enumerate() {
+            if keep {
+                new_context[i] = contexts.len();
+                contexts.push(self.contexts[i].clone());
+            }
+        }
+        let mut new_candidate = vec![usize::MAX; self.candidates.len()];
+        let mut candidates = Vec::new();
+        for (i, c) in self.candidates.iter().enumerate() {
+            if kept_context[c.context] {
+                new_candidate[i] = candidates.len();
+                candidates.push(Candidate {
+                    text: c.text.clone(),
+                    context: new_context[c.context],
+                });
+            }
+        }
+        let queries = self
+            .queries
+            .iter()
+            .filter(|q| q.relevant.iter().all(|&c| new_candidate[c] != usize::MAX))
+            .map(|q| Query {
+                text: q.text.clone(),
+                question_id: q.question_id.clone(),
+                relevant: q.relevant.iter().map(|&c| new_candidate[c]).collect(),
+            })
+            .collect();
+        Lareqa {
+            name: self.name.clone(),
+            languages: self.languages.clone(),
+            candidates,
+            contexts,
+            queries,
+        }
+    }
+
     pub fn language_stats(&self) -> Vec<LanguageStats> {
         self.languages
             .iter()
