@@ -552,4 +552,20 @@ mod tests {
             "a \"b\" & AB &bogus"
         );
     }
+
+    #[test]
+    fn evenly_spaced_slices_cover_the_file() {
+        let b = Bitext {
+            name: "t".into(),
+            source_language: "x".into(),
+            target_language: ENGLISH.into(),
+            source: (0..10).map(|i| format!("s{i}")).collect(),
+            target: (0..10).map(|i| format!("t{i}")).collect(),
+        };
+        let s = b.evenly_spaced(4);
+        assert_eq!(s.source, ["s0", "s2", "s5", "s7"]);
+        assert_eq!(s.target, ["t0", "t2", "t5", "t7"]);
+        assert_eq!(b.evenly_spaced(10).source, b.source);
+        assert_eq!(b.evenly_spaced(50).len(), 10);
+    }
 }

@@ -443,3 +443,80 @@ fn parse_language(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two languages, 6 parallel paragraphs of 2 sentences, one question per paragraph
+    /// whose answer is its paragraph's sentence 1 in both languages.
+    fn toy() -> Lareqa {
+        let mut l = Lareqa {
+            name: "toy".into(),
+            languages: vec!["en".into(), "de".into()],
+            candidates: Vec::new(),
+            contexts: Vec::new(),
+            queries: Vec::new(),
+        };
+        let text = |id: String, lang: &str| Text {
+            id,
+            language: lang.into(),
+            text: "x".into(),
+            context: None,
+        };
+        for lang in ["en", "de"] {
+            for p in 0..6 {
+                l.contexts.push(format!("{lang} paragraph {p}"));
+                for s in 0..2 {
+                    l.candidates.push(Candidate {
+                        text: text(format!("{lang}-{p}-{s}"), lang),
+                        context: l.contexts.len() - 1,
+                    });
+                }
+            }
+        }
+        for lang in ["en", "de"] {
+            for p in 0..6 {
+                l.queries.push(Query {
+                    text: text(format!("{lang}-q{p}"), lang),
+                    question_id: format!("q{p}"),
+                    relevant: vec![p * 2 + 1, 12 + p * 2 + 1],
+                });
+            }
+        }
+        l
+    }
+
+    #[test]
+    fn subsets_keep_whole_paragraphs_and_every_relevant_candidate() {
+        let full = toy();
+        let sub = full.subset(2);
+        // Two question ids, in both languages; their paragraphs in both languages.
+        assert_eq!(sub.queries.len(), 4);
+        assert_eq!(sub.candidates.len(), 8);
+        assert_eq!(sub.contexts.len(), 4);
+        for q in &sub.queries {
+            assert_eq!(q.relevant.len(), 2);
+            let id = q.question_id.trim_start_matches('q');
+            for &c in &q.relevant {
+                let cand = &sub.candidates[c].text.id;
+                assert!(
+                    cand.ends_with(&format!("-{id}-1")),
+                    "{cand} for {}",
+                    q.question_id
+                );
+            }
+        }
+        // Deterministic, and the whole set when asked for at least every question.
+        let again = full.subset(2);
+        let ids = |l: &Lareqa| {
+            l.queries
+                .iter()
+                .map(|q| q.text.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&sub), ids(&again));
+        assert_eq!(full.subset(6).queries.len(), 12);
+        assert_eq!(full.subset(100).candidates.len(), 24);
+    }
+}

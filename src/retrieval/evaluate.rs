@@ -327,3 +327,53 @@ pub fn own_language_share(task: &RetrievalTask, hits: &[QueryHits], k: usize) ->
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Text;
+
+    fn text(id: &str, lang: &str) -> Text {
+        Text {
+            id: id.into(),
+            language: lang.into(),
+            text: id.into(),
+            context: None,
+        }
+    }
+
+    #[test]
+    fn per_query_values_and_own_language_share() {
+        let task = RetrievalTask {
+            name: "t".into(),
+            queries: vec![text("q1", "en"), text("q2", "de")],
+            candidates: vec![
+                text("c1", "en"),
+                text("c2", "de"),
+                text("c3", "en"),
+                text("c4", "de"),
+            ],
+            relevant: vec![vec![0, 1], vec![3]],
+        };
+        let hits = vec![
+            QueryHits {
+                top: vec![(0, 0.9), (2, 0.8), (1, 0.7)],
+                relevant_ranks: vec![1, 3],
+                relevant_group_ranks: vec![1, 1],
+            },
+            QueryHits {
+                top: vec![(0, 0.9), (3, 0.8), (2, 0.1)],
+                relevant_ranks: vec![2],
+                relevant_group_ranks: vec![1],
+            },
+        ];
+        let ap = per_query(&task, &hits, Measure::Map);
+        assert!((ap[0] - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!((ap[1] - 0.5).abs() < 1e-12);
+        assert_eq!(per_query(&task, &hits, Measure::P(1)), [1.0, 0.0]);
+        // q1 (en): top 2 are c1, c3, both English; q2 (de): c1 (en), c4 (de).
+        assert_eq!(own_language_share(&task, &hits, 2), [1.0, 0.5]);
+        let three = own_language_share(&task, &hits, 3);
+        assert!((three[0] - 2.0 / 3.0).abs() < 1e-12 && (three[1] - 1.0 / 3.0).abs() < 1e-12);
+    }
+}

@@ -711,8 +711,7 @@ distill = { batch_size = 4 }
                 Err(e) => e,
                 Ok(c) => c
                     .plan("quick", None, Path::new("o"))
-                    .err()
-                    .expect("the plan must fail"),
+                    .expect_err("the plan must fail"),
             };
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }

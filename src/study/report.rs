@@ -33,6 +33,9 @@ pub struct Inputs<'a> {
 }
 
 const RESAMPLES: usize = 10_000;
+
+/// Query languages, candidate languages, and a value per pair.
+type LanguageGrid = (Vec<String>, Vec<String>, Vec<Vec<Option<f64>>>);
 const BASE: &str = "base";
 const MSE: &str = "mean-mse";
 const OT: &str = "ot";
@@ -1027,7 +1030,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                 p,
             ));
             // Language × language heatmap of deltas, per trained condition.
-            let breakdown = |c: &str| -> Option<(Vec<String>, Vec<String>, Vec<Vec<Option<f64>>>)> {
+            let breakdown = |c: &str| -> Option<LanguageGrid> {
                 let runs = results.cell(&g.name, c).runs;
                 let bds: Vec<&crate::retrieval::evaluate::Breakdown> = runs
                     .iter()

@@ -140,7 +140,14 @@ mod tests {
                 format!("sentence {}", (i * 7) % 350),
             ));
         }
-        de.push(("de satz 1".into(), "another translation".into()));
+        // A German sentence of a held-out pair, translated differently in a kept pair: the
+        // kept pair must be dropped.
+        let h = de.iter().position(|p| held_out(&p.1, 20)).unwrap();
+        let kept_english = (0..)
+            .map(|k| format!("another translation {k}"))
+            .find(|e| !held_out(e, 20))
+            .unwrap();
+        de.push((de[h].0.clone(), kept_english));
         let group = [bitext("deu", &de), bitext("fra", &fr)];
         let splits = split_group(&group, 20);
         let held: HashSet<&str> = splits
@@ -169,8 +176,7 @@ mod tests {
         assert_eq!(train_lines, 2 * train);
         let share = heldout as f64 / total as f64;
         assert!((0.12..0.28).contains(&share), "held-out share {share}");
-        // Shared English sentences were dropped from training somewhere.
-        assert!(dropped > 0);
+        assert_eq!(dropped, 1);
         // The same data in another order gives the same assignment of each pair.
         let reversed: Vec<Bitext> = group
             .iter()
