@@ -12,7 +12,7 @@ FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo test setup build lint ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check
+.PHONY: demo test setup build lint ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check study
 
 ## Set up and run the main job.
 demo: setup build
@@ -71,3 +71,11 @@ bench:
 ## On a machine with an NVIDIA GPU: CUDA tests (required), benchmarks, PyTorch peers.
 gpu-check:
 	bash scripts/gpu-check.sh
+
+## The out-of-domain robustness study, quick budget (resumable: run again to continue);
+## writes docs/STUDY.md. STUDY_BUDGET=full on a GPU machine.
+STUDY_BUDGET ?= quick
+study: setup
+	cargo build --release --features distill
+	$(BIN) study --config studies/ood-robustness.toml --budget $(STUDY_BUDGET) \
+	    --out $(CACHE)/study-$(STUDY_BUDGET) --report docs/STUDY.md

@@ -204,7 +204,7 @@ out_of_domain = ["files:news:deu:{nod}:{noe}"]
 seeds = [0]
 conditions = ["base", "ot", "mean-mse"]
 distill = {{ steps = 4, batch_size = 4, eval_every = 2, checkpoint_every = 2, warmup_steps = 0 }}
-eval = {{ lareqa_questions = 5, lareqa_languages = ["en", "de"], bitext_pairs = 10 }}
+eval = {{ lareqa_questions = {{ xquad-r = 5 }}, lareqa_languages = ["en", "de"], bitext_pairs = 10 }}
 "#,
         data = p(&data),
         teacher = p(&teacher),

@@ -129,7 +129,7 @@ impl Lareqa {
     /// A deterministic subset with the pool restricted to it, for evaluations that cannot
     /// afford the whole dataset.
     ///
-    /// The rule: order the distinct question ids by their FNV-1a hash ([`crate::rng::fnv1a64`])
+    /// The rule: order the distinct question ids by their hash ([`crate::rng::stable_hash`])
     /// and take the first `questions` as seeds; the paragraphs kept are those holding a
     /// relevant sentence of a seed (in any language); the pool is every sentence of the kept
     /// paragraphs, and the queries are every question (any language) whose relevant
@@ -148,7 +148,7 @@ impl Lareqa {
         if questions >= ids.len() {
             return self.clone();
         }
-        ids.sort_by_key(|id| (crate::rng::fnv1a64(id.as_bytes()), *id));
+        ids.sort_by_key(|id| (crate::rng::stable_hash(id.as_bytes()), *id));
         let seeds: std::collections::HashSet<&str> = ids[..questions].iter().copied().collect();
         let mut kept_context = vec![false; self.contexts.len()];
         for q in self

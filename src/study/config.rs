@@ -146,9 +146,10 @@ pub struct Budget {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EvalBudget {
-    /// LAReQA: seed questions of the subset (see `Lareqa::subset`); none: the whole set.
+    /// LAReQA: seed questions of each dataset's subset (see `Lareqa::subset`), e.g.
+    /// `{ xquad-r = 8, mlqa-r = 40 }`; a dataset left out is used whole.
     #[serde(default)]
-    pub lareqa_questions: Option<usize>,
+    pub lareqa_questions: BTreeMap<String, usize>,
     /// LAReQA languages (default: all of the dataset's).
     #[serde(default)]
     pub lareqa_languages: Vec<String>,
@@ -167,7 +168,7 @@ fn default_batch() -> usize {
 impl Default for EvalBudget {
     fn default() -> Self {
         EvalBudget {
-            lareqa_questions: None,
+            lareqa_questions: BTreeMap::new(),
             lareqa_languages: Vec::new(),
             bitext_pairs: None,
             batch: default_batch(),
@@ -267,12 +268,12 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
     sort(v).to_string()
 }
 
-/// The 16-hex-digit key of a canonical JSON text (two independent FNV-1a passes would be
-/// overkill here: a collision needs two different configurations in one study directory).
+/// The 16-hex-digit key of a canonical JSON text (a collision needs two different
+/// configurations in one study directory).
 pub fn key_of(json: &serde_json::Value) -> String {
     format!(
         "{:016x}",
-        crate::rng::fnv1a64(canonical_json(json).as_bytes())
+        crate::rng::stable_hash(canonical_json(json).as_bytes())
     )
 }
 
@@ -436,7 +437,16 @@ impl StudyConfig {
             if b.eval.batch == 0 {
                 return Err(Error::parameter("batch", "at least 1", 0));
             }
-            if b.eval.lareqa_questions == Some(0) || b.eval.bitext_pairs == Some(0) {
+            for d in b.eval.lareqa_questions.keys() {
+                if !self.lareqa.contains(d) {
+                    return Err(Error::parameter(
+                        "lareqa_questions",
+                        format!("datasets of `lareqa` ({})", self.lareqa.join(", ")),
+                        d,
+                    ));
+                }
+            }
+            if b.eval.lareqa_questions.values().any(|&n| n == 0) || b.eval.bitext_pairs == Some(0) {
                 return Err(Error::parameter(
                     "eval",
                     "slices of at least 1 (leave a key out for the whole set)",
@@ -624,6 +634,7 @@ in_domain = ["tatoeba-heldout:deu"]
 seeds = [0, 1]
 conditions = ["base", "ot", "mean-mse"]
 distill = { batch_size = 4 }
+eval = { lareqa_questions = { xquad-r = 3 } }
 "#;
 
     #[test]
@@ -704,6 +715,7 @@ distill = { batch_size = 4 }
                 "squad",
             ),
             (MINIMAL.replace("seeds = [0, 1]", "seeds = []"), "seed"),
+            (MINIMAL.replace("xquad-r = 3", "mlqa-r = 3"), "mlqa-r"),
             (MINIMAL.replace("steps = 3", "stepz = 3"), "stepz"),
         ];
         for (text, needle) in cases {

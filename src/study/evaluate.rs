@@ -145,8 +145,8 @@ pub fn lareqa_sets(
                 ));
             }
             let data = Lareqa::load(data_dir, dataset, &languages)?;
-            let data = match eval.lareqa_questions {
-                Some(n) => data.subset(n),
+            let data = match eval.lareqa_questions.get(name) {
+                Some(&n) => data.subset(n),
                 None => data,
             };
             Ok(EvalSet {

@@ -583,14 +583,20 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         "- LAReQA ({}): {}; languages: {}. Dense retrieval over mean-pooled, normalised \
          vectors, ranks over the whole (sliced) pool; mAP as trec_eval computes it.",
         config.lareqa.join(", "),
-        match eval.lareqa_questions {
-            Some(n) => format!(
-                "a subset seeded by {n} question ids (ordered by FNV-1a hash): every paragraph \
+        match eval.lareqa_questions.is_empty() {
+            false => format!(
+                "subsets seeded by {} question ids (the first ids by a stable hash: FNV-1a \
+                 and the SplitMix64 finaliser): every paragraph \
                  holding a seed's answer in any language is kept whole, the pool is every \
                  sentence of those paragraphs in every language, and the queries are every \
-                 question whose answers all lie in kept paragraphs"
+                 question whose answers all lie in kept paragraphs",
+                eval.lareqa_questions
+                    .iter()
+                    .map(|(d, n)| format!("{n} ({d})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
-            None => "the whole datasets".into(),
+            true => "the whole datasets".into(),
         },
         if eval.lareqa_languages.is_empty() {
             "all".into()
@@ -611,7 +617,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
     let _ = writeln!(
         md,
         "- Tatoeba split (`tatoeba-train` / `tatoeba-heldout`): a pair is held out when the \
-         FNV-1a hash of its English sentence modulo 100 is below {}; training pairs sharing \
+         stable hash of its English sentence modulo 100 is below {}; training pairs sharing \
          either side with any held-out pair of the group are dropped, so no held-out line is \
          ever trained on. Distillation's own dev pairs are taken from the training part.\n",
         config.split.heldout_percent

@@ -2,8 +2,8 @@
 //!
 //! The rule, applied to the group's Tatoeba bitexts together:
 //!
-//! 1. a pair is held out when `fnv1a64(English side, trimmed) mod 100 < heldout_percent`
-//!    ([`crate::rng::fnv1a64`]). The key is the English sentence, not the whole pair,
+//! 1. a pair is held out when `stable_hash(English side, trimmed) mod 100 < heldout_percent`
+//!    ([`crate::rng::stable_hash`]: FNV-1a and the SplitMix64 finaliser). The key is the English sentence, not the whole pair,
 //!    because Tatoeba reuses English sentences across languages and within a language
 //!    ("Tom needs water" translated twice): keying on the English side sends every copy of
 //!    an English sentence, in every language, to the same side of the split;
@@ -29,7 +29,7 @@ pub struct Split {
 }
 
 fn held_out(english: &str, percent: u32) -> bool {
-    crate::rng::fnv1a64(english.trim().as_bytes()) % 100 < percent as u64
+    crate::rng::stable_hash(english.trim().as_bytes()) % 100 < percent as u64
 }
 
 fn part(b: &Bitext, keep: &[bool], name: &str) -> Bitext {
