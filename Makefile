@@ -73,9 +73,11 @@ gpu-check:
 	bash scripts/gpu-check.sh
 
 ## The out-of-domain robustness study, quick budget (resumable: run again to continue);
-## writes docs/STUDY.md. STUDY_BUDGET=full on a GPU machine.
+## writes docs/STUDY.md. On a GPU machine: make study STUDY_BUDGET=full STUDY_BACKEND=wgpu.
 STUDY_BUDGET ?= quick
+STUDY_BACKEND ?=
 study: setup
-	cargo build --release --features distill
+	cargo build --release --features distill,wgpu
 	$(BIN) study --config studies/ood-robustness.toml --budget $(STUDY_BUDGET) \
+	    $(if $(STUDY_BACKEND),--backend $(STUDY_BACKEND),) \
 	    --out $(CACHE)/study-$(STUDY_BUDGET) --report docs/STUDY.md

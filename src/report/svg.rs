@@ -85,8 +85,21 @@ fn bars(
     let ns = series.len().max(1) as f64;
     let bar = 14.0;
     let group = bar * ns + 10.0;
-    let (left, right, top, bottom) = (60.0, 20.0, 40.0, 70.0);
-    let plot_w = (group * categories.len().max(1) as f64).max(200.0);
+    // Category labels are rotated by 45°: leave room below for the longest one (~7 px
+    // per character at 12 px), and make the chart wide enough for its title.
+    let longest = categories
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    // Signed tick labels ("+0.020") are wider than "0.6".
+    let left = if lo < 0.0 { 78.0 } else { 60.0 };
+    let (right, top) = (20.0, 40.0);
+    let bottom = (longest * 7.0 * 0.71 + 30.0).max(70.0);
+    let title_w = title.chars().count() as f64 * 8.0 + 40.0;
+    let plot_w = (group * categories.len().max(1) as f64)
+        .max(200.0)
+        .max(title_w - left - right);
     let plot_h = 260.0;
     let legend_h = 18.0 * series.len() as f64;
     let (w, h) = (left + plot_w + right, top + plot_h + bottom + legend_h);

@@ -495,7 +495,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
     let _ = writeln!(md, "### Commands\n");
     let _ = writeln!(
         md,
-        "```sh\ncargo build --release --features distill\n{}\n```\n",
+        "```sh\ncargo build --release --features distill,wgpu\n{}\n```\n",
         options.command
     );
     let _ = writeln!(
