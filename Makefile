@@ -12,7 +12,7 @@ FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo demo-ot test setup build lint ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check
+.PHONY: demo demo-ot test setup build lint ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check study
 
 ## Set up and run the main job.
 demo: setup build
@@ -75,3 +75,13 @@ bench:
 ## On a machine with an NVIDIA GPU: CUDA tests (required), benchmarks, PyTorch peers.
 gpu-check:
 	bash scripts/gpu-check.sh
+
+## The out-of-domain robustness study, quick budget (resumable: run again to continue);
+## writes docs/STUDY.md. On a GPU machine: make study STUDY_BUDGET=full STUDY_BACKEND=wgpu.
+STUDY_BUDGET ?= quick
+STUDY_BACKEND ?=
+study: setup
+	cargo build --release --features distill,wgpu
+	$(BIN) study --config studies/ood-robustness.toml --budget $(STUDY_BUDGET) \
+	    $(if $(STUDY_BACKEND),--backend $(STUDY_BACKEND),) \
+	    --out $(CACHE)/study-$(STUDY_BUDGET) --report docs/STUDY.md

@@ -6,7 +6,8 @@
 //! Data flows one way: files → validated arrays ([`ot::problem`]) → backend kernels
 //! ([`backend`]) → the Sinkhorn solver ([`ot::sinkhorn`]) → outputs; datasets ([`data`]) →
 //! encoder → search and trec_eval-exact measures ([`retrieval`]) → tables and plots
-//! ([`report`]).
+//! ([`report`]); bitext → distillation (`distill`) → the study's grid of runs, statistics
+//! and report (`study`).
 
 #[cfg(feature = "encoder")]
 pub mod assets;
@@ -24,6 +25,8 @@ pub mod ot;
 pub mod report;
 pub mod retrieval;
 pub mod rng;
+#[cfg(feature = "distill")]
+pub mod study;
 
 pub use backend::{Backend, BackendKind};
 pub use error::{Error, Result};

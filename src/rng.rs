@@ -40,3 +40,25 @@ impl SplitMix64 {
         lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
     }
 }
+
+/// FNV-1a over `bytes`: a stable 64-bit hash (the same on every platform and release), for
+/// deterministic selections such as data splits and subsets, and for content keys.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// [`fnv1a64`] followed by the SplitMix64 finaliser: a stable hash whose every bit depends
+/// on every input byte. FNV-1a alone mixes its last bytes into the low bits only, so
+/// strings that differ at the end (sequential ids) sort next to each other by it; use this
+/// one to order or bucket by hash.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut z = fnv1a64(bytes);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -31,6 +31,9 @@ fn random_pairs(n: usize, seed: u64) -> TokenizedPairs {
 /// The settings the tiny model needs (as in `distill_train.rs`).
 fn config(loss: &str, batch: usize, steps: usize) -> DistillConfig {
     DistillConfig {
+        // Centring subtracts the mean over the micro-batch a replica sees (its shard), so
+        // only the uncentred loss is the same function of the global batch on N devices.
+        center_tokens: false,
         loss: loss.into(),
         batch_size: batch,
         steps,

@@ -28,6 +28,10 @@ pub struct DistillArgs {
     /// several `--devices`, also step throughput against the number of devices.
     #[arg(long)]
     pub bench_steps: Option<usize>,
+    /// Stop after optimiser step N with a checkpoint, as Ctrl-C does (continue with
+    /// --resume).
+    #[arg(long)]
+    pub stop_at_step: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -162,6 +166,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
         resume: args.resume,
         bench_steps: args.bench_steps,
         progress: !args.no_progress,
+        stop_at_step: args.stop_at_step,
     };
     let summary = distill::run(config, &options)?;
     if args.bench_steps.is_none() {

@@ -13,6 +13,8 @@ pub mod eval;
 pub mod info;
 pub mod ot;
 pub mod search;
+#[cfg(feature = "distill")]
+pub mod study;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +50,9 @@ pub enum Command {
     /// Train a student encoder by optimal-transport distillation on bitext.
     #[cfg(feature = "distill")]
     Distill(distill::DistillArgs),
+    /// Run a study: a grid of distillation runs and evaluations, and its report.
+    #[cfg(feature = "distill")]
+    Study(study::StudyArgs),
 }
 
 /// Run a parsed command.
@@ -65,5 +70,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Assets(args) => assets::run(args),
         #[cfg(feature = "distill")]
         Command::Distill(args) => distill::run(args),
+        #[cfg(feature = "distill")]
+        Command::Study(args) => study::run(args),
     }
 }

@@ -44,6 +44,25 @@ impl Bitext {
         self.source.is_empty()
     }
 
+    /// At most `n` pairs spread evenly through the set (pair `⌊i·len/n⌋` for `i < n`), in
+    /// order: a deterministic slice that samples every part of a file (the first verses of
+    /// a Bible are genealogies; the first lines of a file are rarely typical). The whole set
+    /// when `n ≥ len`.
+    pub fn evenly_spaced(&self, n: usize) -> Bitext {
+        let len = self.len();
+        if n >= len {
+            return self.clone();
+        }
+        let idx: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+        Bitext {
+            name: self.name.clone(),
+            source_language: self.source_language.clone(),
+            target_language: self.target_language.clone(),
+            source: idx.iter().map(|&i| self.source[i].clone()).collect(),
+            target: idx.iter().map(|&i| self.target[i].clone()).collect(),
+        }
+    }
+
     /// The two directions: `<src>-<tgt>` (source queries, target pool) and `<tgt>-<src>`.
     pub fn tasks(&self) -> [RetrievalTask; 2] {
         let (s, t) = (&self.source_language, &self.target_language);
@@ -532,5 +551,21 @@ mod tests {
             decode_entities("a &quot;b&quot; &amp; &#65;&#x42; &bogus"),
             "a \"b\" & AB &bogus"
         );
+    }
+
+    #[test]
+    fn evenly_spaced_slices_cover_the_file() {
+        let b = Bitext {
+            name: "t".into(),
+            source_language: "x".into(),
+            target_language: ENGLISH.into(),
+            source: (0..10).map(|i| format!("s{i}")).collect(),
+            target: (0..10).map(|i| format!("t{i}")).collect(),
+        };
+        let s = b.evenly_spaced(4);
+        assert_eq!(s.source, ["s0", "s2", "s5", "s7"]);
+        assert_eq!(s.target, ["t0", "t2", "t5", "t7"]);
+        assert_eq!(b.evenly_spaced(10).source, b.source);
+        assert_eq!(b.evenly_spaced(50).len(), 10);
     }
 }

@@ -126,6 +126,78 @@ impl Lareqa {
         }
     }
 
+    /// A deterministic subset with the pool restricted to it, for evaluations that cannot
+    /// afford the whole dataset.
+    ///
+    /// The rule: order the distinct question ids by their hash ([`crate::rng::stable_hash`])
+    /// and take the first `questions` as seeds; the paragraphs kept are those holding a
+    /// relevant sentence of a seed (in any language); the pool is every sentence of the kept
+    /// paragraphs, and the queries are every question (any language) whose relevant
+    /// sentences all lie in kept paragraphs — the seeds and the other questions on the same
+    /// paragraphs. So every kept query has all its relevant candidates in the pool, and the
+    /// distractors are the other sentences of the same paragraphs in every language. With
+    /// `questions` at least the number of question ids, the whole dataset is returned.
+    pub fn subset(&self, questions: usize) -> Lareqa {
+        let mut ids: Vec<&str> = self
+            .queries
+            .iter()
+            .map(|q| q.question_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if questions >= ids.len() {
+            return self.clone();
+        }
+        ids.sort_by_key(|id| (crate::rng::stable_hash(id.as_bytes()), *id));
+        let seeds: std::collections::HashSet<&str> = ids[..questions].iter().copied().collect();
+        let mut kept_context = vec![false; self.contexts.len()];
+        for q in self
+            .queries
+            .iter()
+            .filter(|q| seeds.contains(q.question_id.as_str()))
+        {
+            for &c in &q.relevant {
+                kept_context[self.candidates[c].context] = true;
+            }
+        }
+        let mut new_context = vec![usize::MAX; self.contexts.len()];
+        let mut contexts = Vec::new();
+        for (i, &keep) in kept_context.iter().enumerate() {
+            if keep {
+                new_context[i] = contexts.len();
+                contexts.push(self.contexts[i].clone());
+            }
+        }
+        let mut new_candidate = vec![usize::MAX; self.candidates.len()];
+        let mut candidates = Vec::new();
+        for (i, c) in self.candidates.iter().enumerate() {
+            if kept_context[c.context] {
+                new_candidate[i] = candidates.len();
+                candidates.push(Candidate {
+                    text: c.text.clone(),
+                    context: new_context[c.context],
+                });
+            }
+        }
+        let queries = self
+            .queries
+            .iter()
+            .filter(|q| q.relevant.iter().all(|&c| new_candidate[c] != usize::MAX))
+            .map(|q| Query {
+                text: q.text.clone(),
+                question_id: q.question_id.clone(),
+                relevant: q.relevant.iter().map(|&c| new_candidate[c]).collect(),
+            })
+            .collect();
+        Lareqa {
+            name: self.name.clone(),
+            languages: self.languages.clone(),
+            candidates,
+            contexts,
+            queries,
+        }
+    }
+
     pub fn language_stats(&self) -> Vec<LanguageStats> {
         self.languages
             .iter()
@@ -370,4 +442,81 @@ fn parse_language(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two languages, 6 parallel paragraphs of 2 sentences, one question per paragraph
+    /// whose answer is its paragraph's sentence 1 in both languages.
+    fn toy() -> Lareqa {
+        let mut l = Lareqa {
+            name: "toy".into(),
+            languages: vec!["en".into(), "de".into()],
+            candidates: Vec::new(),
+            contexts: Vec::new(),
+            queries: Vec::new(),
+        };
+        let text = |id: String, lang: &str| Text {
+            id,
+            language: lang.into(),
+            text: "x".into(),
+            context: None,
+        };
+        for lang in ["en", "de"] {
+            for p in 0..6 {
+                l.contexts.push(format!("{lang} paragraph {p}"));
+                for s in 0..2 {
+                    l.candidates.push(Candidate {
+                        text: text(format!("{lang}-{p}-{s}"), lang),
+                        context: l.contexts.len() - 1,
+                    });
+                }
+            }
+        }
+        for lang in ["en", "de"] {
+            for p in 0..6 {
+                l.queries.push(Query {
+                    text: text(format!("{lang}-q{p}"), lang),
+                    question_id: format!("q{p}"),
+                    relevant: vec![p * 2 + 1, 12 + p * 2 + 1],
+                });
+            }
+        }
+        l
+    }
+
+    #[test]
+    fn subsets_keep_whole_paragraphs_and_every_relevant_candidate() {
+        let full = toy();
+        let sub = full.subset(2);
+        // Two question ids, in both languages; their paragraphs in both languages.
+        assert_eq!(sub.queries.len(), 4);
+        assert_eq!(sub.candidates.len(), 8);
+        assert_eq!(sub.contexts.len(), 4);
+        for q in &sub.queries {
+            assert_eq!(q.relevant.len(), 2);
+            let id = q.question_id.trim_start_matches('q');
+            for &c in &q.relevant {
+                let cand = &sub.candidates[c].text.id;
+                assert!(
+                    cand.ends_with(&format!("-{id}-1")),
+                    "{cand} for {}",
+                    q.question_id
+                );
+            }
+        }
+        // Deterministic, and the whole set when asked for at least every question.
+        let again = full.subset(2);
+        let ids = |l: &Lareqa| {
+            l.queries
+                .iter()
+                .map(|q| q.text.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&sub), ids(&again));
+        assert_eq!(full.subset(6).queries.len(), 12);
+        assert_eq!(full.subset(100).candidates.len(), 24);
+    }
 }

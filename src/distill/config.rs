@@ -36,7 +36,9 @@ pub struct DistillConfig {
     pub distill_english: bool,
     /// Subtract each side's mean token state over the batch (real tokens only) before the
     /// loss, so that the cost `1 − cos` compares token states relative to the batch rather
-    /// than along the direction that every contextual token shares.
+    /// than along the direction that every contextual token shares. With several devices
+    /// the mean is over each replica's shard of the micro-batch, so a multi-device run
+    /// matches the one-device run exactly only with `center_tokens = false`.
     pub center_tokens: bool,
     /// Sinkhorn ε (cost units; the cost is 1 − cos ∈ [0, 2]).
     pub epsilon: f64,

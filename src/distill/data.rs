@@ -19,7 +19,7 @@ pub const KNOWN_LANGUAGES: &[&str] = &[
     "yor", "zul", "wol", "eng", "en", "fr", "fra", "de", "deu", "es", "spa", "ar", "ara", "zh",
     "zho", "ru", "rus", "hi", "hin", "sw", "ha", "yo", "ig", "zu", "xh", "am", "so", "som", "pt",
     "por", "it", "ita", "nl", "nld", "tr", "tur", "vi", "vie", "th", "tha", "el", "ell", "ro",
-    "ron", "ja", "jpn", "ko", "kor", "id", "ind", "fi", "fin", "pl", "pol",
+    "ron", "ja", "jpn", "ko", "kor", "id", "ind", "fi", "fin", "pl", "pol", "cmn", "swh",
 ];
 
 /// Check a language code against [`KNOWN_LANGUAGES`].

@@ -8,7 +8,9 @@ pub struct Series<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
-const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const COLOURS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+];
 
 /// A line chart of `series` with axis labels; empty series are skipped.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> String {

@@ -31,6 +31,9 @@ pub struct RunOptions {
     pub bench_steps: Option<usize>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Stop after this optimiser step with a checkpoint, as an interruption does (the run
+    /// continues with `resume`): splits a long run into sittings.
+    pub stop_at_step: Option<usize>,
 }
 
 /// What a finished run reports (also written as `summary.json`).
@@ -60,6 +63,17 @@ fn install_ctrlc() {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
 }
 
+/// Route Ctrl-C to the flag a run checks after every step (for callers, such as a study,
+/// that run several things and must stop between them too).
+pub fn install_interrupt_handler() {
+    install_ctrlc();
+}
+
+/// Whether Ctrl-C was pressed since the last run started.
+pub fn interrupt_requested() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// The tokenizer file that goes with a model spec.
 pub fn tokenizer_path(spec: &ModelSpec) -> Result<PathBuf> {
     match spec {
@@ -86,6 +100,24 @@ fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     let line =
         serde_json::to_string(value).map_err(|e| Error::value("log record", e.to_string()))?;
     writeln!(f, "{line}").map_err(|e| Error::io(path, "write", e))
+}
+
+/// Keep only the records of a JSONL log whose `step` is at most `step`.
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step")?.as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_text(path, &kept)
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
@@ -312,6 +344,10 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             dir.display(),
             trainer.state.step
         );
+        // A run killed between checkpoints logged steps that will be redone.
+        for p in [&log, &dev_log] {
+            truncate_log(p, trainer.state.step)?;
+        }
     } else {
         for p in [&log, &dev_log] {
             if p.exists() {
@@ -383,10 +419,12 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         if !saved && config.checkpoint_every > 0 && step % config.checkpoint_every == 0 {
             save(&trainer)?;
         }
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        let pause = options.stop_at_step == Some(step) && step < config.steps;
+        if INTERRUPTED.load(Ordering::SeqCst) || pause {
             save(&trainer)?;
             bar.println(format!(
-                "interrupted: checkpoint at step {step} saved; continue with --resume"
+                "{}: checkpoint at step {step} saved; continue with --resume",
+                if pause { "stopped" } else { "interrupted" }
             ));
             interrupted = true;
             break;

@@ -428,6 +428,38 @@ mod tests {
     }
 
     #[test]
+    fn delta_charts_are_well_formed_and_signed() {
+        let cats = vec!["en".to_string(), "de & x".to_string()];
+        let bars = svg::delta_bar_chart(
+            "deltas",
+            "Δ",
+            &cats,
+            &[
+                ("ot".into(), vec![0.03, -0.012]),
+                ("mse".into(), vec![f64::NAN, 0.004]),
+            ],
+        );
+        assert_well_formed_xml(&bars);
+        assert_eq!(bars.matches("<title>").count(), 3, "NaN is not drawn");
+        assert!(
+            bars.contains("-0.050") && bars.contains("+0.050"),
+            "symmetric axis"
+        );
+        let heat = svg::delta_heatmap(
+            "heat",
+            "q",
+            "c",
+            &cats,
+            &cats,
+            &[vec![Some(0.02), Some(-0.1)], vec![None, Some(0.0)]],
+        );
+        assert_well_formed_xml(&heat);
+        assert!(heat.contains(">+2.0<") && heat.contains(">-10.0<") && heat.contains("#cccccc"));
+        // Negative cells are red, positive blue, zero white.
+        assert!(heat.contains("fill=\"#b2182b\"") && heat.contains("fill=\"#ffffff\""));
+    }
+
+    #[test]
     fn markdown_tables_escape_pipes() {
         let t = markdown_table(
             &["a|b".into(), "c".into()],

@@ -1,7 +1,9 @@
 //! Plots as standalone SVG, written by hand (no plotting dependency): a grouped bar chart
 //! (categories × series, e.g. languages × models) and a heatmap (e.g. query language ×
 //! candidate language). Values are expected in [0, 1] (retrieval measures); the axes are
-//! fixed to that range so charts of different runs compare at a glance.
+//! fixed to that range so charts of different runs compare at a glance. The `delta_`
+//! variants draw signed differences (e.g. a model minus its baseline) on a scale symmetric
+//! around zero, with a diverging colour map for the heatmap.
 
 use std::fmt::Write;
 
@@ -42,11 +44,62 @@ pub fn bar_chart(
     categories: &[String],
     series: &[(String, Vec<f64>)],
 ) -> String {
+    bars(title, y_label, categories, series, (0.0, 1.0))
+}
+
+/// The largest absolute finite value, rounded up to a "nice" bound (1, 2 or 5 × 10^k).
+fn symmetric_bound<'a>(values: impl Iterator<Item = &'a f64>) -> f64 {
+    let m = values
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |a, v| a.max(v.abs()));
+    if m <= 0.0 {
+        return 0.01;
+    }
+    let e = 10f64.powf(m.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|f| f * e)
+        .find(|&b| b >= m)
+        .unwrap_or(10.0 * e)
+}
+
+/// Grouped bars of signed differences: the y axis is symmetric around 0 and bars start at
+/// 0. `series[s].1[c]` as in [`bar_chart`].
+pub fn delta_bar_chart(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
+    let m = symmetric_bound(series.iter().flat_map(|(_, v)| v.iter()));
+    bars(title, y_label, categories, series, (-m, m))
+}
+
+fn bars(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+    (lo, hi): (f64, f64),
+) -> String {
     let ns = series.len().max(1) as f64;
     let bar = 14.0;
     let group = bar * ns + 10.0;
-    let (left, right, top, bottom) = (60.0, 20.0, 40.0, 70.0);
-    let plot_w = (group * categories.len().max(1) as f64).max(200.0);
+    // Category labels are rotated by 45°: leave room below for the longest one (~7 px
+    // per character at 12 px), and make the chart wide enough for its title.
+    let longest = categories
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    // Signed tick labels ("+0.020") are wider than "0.6".
+    let left = if lo < 0.0 { 78.0 } else { 60.0 };
+    let (right, top) = (20.0, 40.0);
+    let bottom = (longest * 7.0 * 0.71 + 30.0).max(70.0);
+    let title_w = title.chars().count() as f64 * 8.0 + 40.0;
+    let plot_w = (group * categories.len().max(1) as f64)
+        .max(200.0)
+        .max(title_w - left - right);
     let plot_h = 260.0;
     let legend_h = 18.0 * series.len() as f64;
     let (w, h) = (left + plot_w + right, top + plot_h + bottom + legend_h);
@@ -58,13 +111,20 @@ pub fn bar_chart(
         escape(title)
     );
     // Axes and grid.
-    for i in 0..=5 {
-        let v = i as f64 / 5.0;
-        let y = top + plot_h * (1.0 - v);
+    let ypos = |v: f64| top + plot_h * (1.0 - (v - lo) / (hi - lo));
+    let signed = lo < 0.0;
+    for i in 0..=if signed { 4 } else { 5 } {
+        let v = lo + (hi - lo) * i as f64 / if signed { 4.0 } else { 5.0 };
+        let y = ypos(v);
+        let label = if signed {
+            format!("{v:+.3}")
+        } else {
+            format!("{v:.1}")
+        };
         let _ = writeln!(
             s,
             "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
             left + plot_w,
             left - 6.0,
             y + 4.0
@@ -84,15 +144,16 @@ pub fn bar_chart(
             if !v.is_finite() {
                 continue;
             }
-            let v = v.clamp(0.0, 1.0);
+            let shown = v.clamp(lo, hi);
             let x = x0 + bar * k as f64;
-            let y = top + plot_h * (1.0 - v);
+            let (y0, y1) = (ypos(0.0f64.clamp(lo, hi)), ypos(shown));
+            let y = y0.min(y1);
             let _ = writeln!(
                 s,
                 "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\">\
                  <title>{} {}: {v:.4}</title></rect>",
                 bar - 1.0,
-                plot_h * v,
+                (y1 - y0).abs(),
                 PALETTE[k % PALETTE.len()],
                 escape(name),
                 escape(cat)
@@ -106,12 +167,11 @@ pub fn bar_chart(
             escape(cat)
         );
     }
+    let axis = ypos(0.0f64.clamp(lo, hi));
     let _ = writeln!(
         s,
-        "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
-        top + plot_h,
+        "<line x1=\"{left}\" y1=\"{axis:.1}\" x2=\"{:.1}\" y2=\"{axis:.1}\" stroke=\"black\"/>",
         left + plot_w,
-        top + plot_h
     );
     for (k, (name, _)) in series.iter().enumerate() {
         let y = top + plot_h + bottom + 18.0 * k as f64;
@@ -150,6 +210,66 @@ pub fn heatmap(
     rows: &[String],
     cols: &[String],
     values: &[Vec<Option<f64>>],
+) -> String {
+    let style = |v: f64| {
+        (
+            colour(v),
+            format!("{:.0}", v * 100.0),
+            if v > 0.55 { "white" } else { "black" },
+        )
+    };
+    grid(title, row_label, col_label, rows, cols, values, &style)
+}
+
+/// Red (negative) → white (0) → blue (positive), saturating at ±`bound`.
+fn diverging(v: f64, bound: f64) -> String {
+    let t = (v / bound).clamp(-1.0, 1.0);
+    let (r, g, b) = if t >= 0.0 {
+        (33.0, 102.0, 172.0)
+    } else {
+        (178.0, 24.0, 43.0)
+    };
+    let a = t.abs();
+    let lerp = |x: f64| (255.0 + (x - 255.0) * a).round() as u8;
+    format!("#{:02x}{:02x}{:02x}", lerp(r), lerp(g), lerp(b))
+}
+
+/// A heatmap of signed differences (e.g. a model's mAP minus its baseline's), printed ×100
+/// with a sign, on a diverging scale symmetric around 0.
+pub fn delta_heatmap(
+    title: &str,
+    row_label: &str,
+    col_label: &str,
+    rows: &[String],
+    cols: &[String],
+    values: &[Vec<Option<f64>>],
+) -> String {
+    let bound = symmetric_bound(values.iter().flatten().flatten());
+    let style = |v: f64| {
+        (
+            diverging(v, bound),
+            format!("{:+.1}", v * 100.0),
+            if v.abs() > 0.6 * bound {
+                "white"
+            } else {
+                "black"
+            },
+        )
+    };
+    let title = format!("{title} (scale ±{:.1})", bound * 100.0);
+    grid(&title, row_label, col_label, rows, cols, values, &style)
+}
+
+type CellStyle<'a> = dyn Fn(f64) -> (String, String, &'static str) + 'a;
+
+fn grid(
+    title: &str,
+    row_label: &str,
+    col_label: &str,
+    rows: &[String],
+    cols: &[String],
+    values: &[Vec<Option<f64>>],
+    style: &CellStyle<'_>,
 ) -> String {
     let cell = 40.0;
     let (left, top) = (70.0, 70.0);
@@ -193,11 +313,7 @@ pub fn heatmap(
             let x = left + cell * j as f64;
             let v = values.get(i).and_then(|row| row.get(j)).copied().flatten();
             let (fill, label, ink) = match v {
-                Some(v) if v.is_finite() => (
-                    colour(v),
-                    format!("{:.0}", v * 100.0),
-                    if v > 0.55 { "white" } else { "black" },
-                ),
+                Some(v) if v.is_finite() => style(v),
                 _ => ("#cccccc".to_string(), String::new(), "black"),
             };
             let _ = writeln!(

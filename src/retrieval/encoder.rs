@@ -213,6 +213,37 @@ impl Encoder for crate::encoder::TextEncoder {
     }
 }
 
+/// An encoder under an identity its caller vouches for: `name` in reports and a
+/// `fingerprint` that changes whenever the weights do (e.g. the key of the training run
+/// that produced them), so that vectors of a model loaded from a path can be cached.
+pub struct Fingerprinted<'a> {
+    pub inner: &'a dyn Encoder,
+    pub name: String,
+    pub fingerprint: String,
+}
+
+impl Encoder for Fingerprinted<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        self.inner.encode_pooled(texts)
+    }
+
+    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+        self.inner.encode_tokens(texts)
+    }
+}
+
 /// An encoder that remembers the pooled vector of every text it has encoded, for the
 /// lifetime of one command: a bitext is evaluated in both directions, so each side is
 /// encoded once instead of twice (the disk cache does the same across commands, but only

@@ -1,6 +1,9 @@
 //! One retrieval task end to end: encode, search the full pool, write the top-k run,
 //! and compute the measures over the full pool (overall, per query language, and for
-//! multilingual pools the query-language × candidate-language breakdown).
+//! multilingual pools the query-language × candidate-language breakdown). The pieces are
+//! public for callers that need more than the means: [`search_task`] gives the hits,
+//! [`per_query`] each query's value of a measure (for paired tests), and
+//! [`own_language_share`] the same-language share of each query's top candidates.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,7 +40,7 @@ impl std::str::FromStr for Scoring {
 }
 
 /// mAP of queries of one language over the candidates of one language.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Breakdown {
     pub query_languages: Vec<String>,
     pub candidate_languages: Vec<String>,
@@ -46,7 +49,7 @@ pub struct Breakdown {
 }
 
 /// The measures of one task for one model.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TaskResult {
     pub task: String,
     pub queries: usize,
@@ -75,6 +78,15 @@ pub struct TaskSettings<'a> {
     pub candidate_context: bool,
 }
 
+/// The ranked lists of one task: its pool, every query's hits (top `k` and the ranks of
+/// its relevant candidates over the full pool) and the time spent.
+pub struct TaskHits {
+    pub pool: Pool,
+    pub hits: Vec<QueryHits>,
+    pub encode_seconds: f64,
+    pub search_seconds: f64,
+}
+
 /// Encode, search and evaluate one task; write the top-`k` run to `run_file` if given.
 pub fn run_task(
     task: &RetrievalTask,
@@ -82,6 +94,27 @@ pub fn run_task(
     settings: &TaskSettings<'_>,
     run_file: Option<&Path>,
 ) -> Result<TaskResult> {
+    let TaskHits {
+        pool,
+        hits,
+        encode_seconds,
+        search_seconds,
+    } = search_task(task, encoder, settings)?;
+    if let Some(path) = run_file {
+        write_run(path, encoder.name(), task, &pool, &hits)?;
+    }
+    let mut result = evaluate_hits(task, &pool, &hits, settings.measures);
+    result.encode_seconds = encode_seconds;
+    result.search_seconds = search_seconds;
+    Ok(result)
+}
+
+/// Encode the task's texts (through the cache for dense scoring) and search the full pool.
+pub fn search_task(
+    task: &RetrievalTask,
+    encoder: &dyn Encoder,
+    settings: &TaskSettings<'_>,
+) -> Result<TaskHits> {
     let q_texts: Vec<&str> = task.queries.iter().map(|t| t.text.as_str()).collect();
     let with_context: Vec<String>;
     let c_texts: Vec<&str> = if settings.candidate_context {
@@ -158,13 +191,12 @@ pub fn run_task(
         }
     };
     let (hits, encode_seconds, search_seconds) = hits;
-    if let Some(path) = run_file {
-        write_run(path, encoder.name(), task, &pool, &hits)?;
-    }
-    let mut result = evaluate_hits(task, &pool, &hits, settings.measures);
-    result.encode_seconds = encode_seconds;
-    result.search_seconds = search_seconds;
-    Ok(result)
+    Ok(TaskHits {
+        pool,
+        hits,
+        encode_seconds,
+        search_seconds,
+    })
 }
 
 /// Write the top hits of every query as a TREC run.
@@ -261,5 +293,87 @@ pub fn evaluate_hits(
         breakdown,
         encode_seconds: 0.0,
         search_seconds: 0.0,
+    }
+}
+
+/// Each query's value of `measure` (ranks over the full pool), in query order: what a
+/// paired significance test between two models needs.
+pub fn per_query(task: &RetrievalTask, hits: &[QueryHits], measure: Measure) -> Vec<f64> {
+    task.relevant
+        .iter()
+        .zip(hits)
+        .map(|(rel, h)| RankedQuery::binary(rel.len(), &h.relevant_ranks).measure(measure))
+        .collect()
+}
+
+/// For each query, the share of its top `k` candidates written in the query's own language
+/// (LAReQA's same-language bias: a model that ignores language and has one relevant
+/// candidate per language in the pool puts about 1/L of them there, a model that prefers
+/// its own language up to 1). Needs hits searched with at least `k` candidates kept.
+pub fn own_language_share(task: &RetrievalTask, hits: &[QueryHits], k: usize) -> Vec<f64> {
+    task.queries
+        .iter()
+        .zip(hits)
+        .map(|(q, h)| {
+            let top = &h.top[..k.min(h.top.len())];
+            if top.is_empty() {
+                return 0.0;
+            }
+            let own = top
+                .iter()
+                .filter(|&&(c, _)| task.candidates[c as usize].language == q.language)
+                .count();
+            own as f64 / top.len() as f64
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Text;
+
+    fn text(id: &str, lang: &str) -> Text {
+        Text {
+            id: id.into(),
+            language: lang.into(),
+            text: id.into(),
+            context: None,
+        }
+    }
+
+    #[test]
+    fn per_query_values_and_own_language_share() {
+        let task = RetrievalTask {
+            name: "t".into(),
+            queries: vec![text("q1", "en"), text("q2", "de")],
+            candidates: vec![
+                text("c1", "en"),
+                text("c2", "de"),
+                text("c3", "en"),
+                text("c4", "de"),
+            ],
+            relevant: vec![vec![0, 1], vec![3]],
+        };
+        let hits = vec![
+            QueryHits {
+                top: vec![(0, 0.9), (2, 0.8), (1, 0.7)],
+                relevant_ranks: vec![1, 3],
+                relevant_group_ranks: vec![1, 1],
+            },
+            QueryHits {
+                top: vec![(0, 0.9), (3, 0.8), (2, 0.1)],
+                relevant_ranks: vec![2],
+                relevant_group_ranks: vec![1],
+            },
+        ];
+        let ap = per_query(&task, &hits, Measure::Map);
+        assert!((ap[0] - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!((ap[1] - 0.5).abs() < 1e-12);
+        assert_eq!(per_query(&task, &hits, Measure::P(1)), [1.0, 0.0]);
+        // q1 (en): top 2 are c1, c3, both English; q2 (de): c1 (en), c4 (de).
+        assert_eq!(own_language_share(&task, &hits, 2), [1.0, 0.5]);
+        let three = own_language_share(&task, &hits, 3);
+        assert!((three[0] - 2.0 / 3.0).abs() < 1e-12 && (three[1] - 1.0 / 3.0).abs() < 1e-12);
     }
 }

@@ -1,0 +1,164 @@
+//! `optical study`: run (or continue) the grid of a study file and write its report (see
+//! `crate::study`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::error::Result;
+use crate::study::{run_study, RunStatus, StudyOptions};
+
+/// Run a study: every training run and evaluation of the config's grid for one budget, then
+/// the report (STUDY.md with tables and SVG plots). Runs are keyed by a hash of their
+/// configuration under --out; finished runs are skipped and interrupted ones resume, so the
+/// same command continues an interrupted study.
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// The study file (e.g. studies/ood-robustness.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Which budget section of the file to run: quick or full.
+    #[arg(long, default_value = "quick")]
+    pub budget: String,
+    /// Backend of every run (Sinkhorn kernels and encoder device): cpu, wgpu, ...
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Study directory: runs, split data, embedding cache.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Report file (default: <out>/STUDY.md); plots go to <name>-plots/ beside it.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Data directory (default: the config's, else $OPTICAL_DATA_DIR, else ../shared/data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Training runs stop at this step with a checkpoint; the next invocation resumes them
+    /// (a way to run a long study in sittings). Runs already past it continue to the end.
+    #[arg(long)]
+    pub stop_at_step: Option<usize>,
+    /// Only write the report from the results that exist.
+    #[arg(long)]
+    pub report_only: bool,
+    /// Print the runs of the grid with their keys and state, and exit.
+    #[arg(long)]
+    pub plan: bool,
+    /// No progress bars inside training runs (the one-line-per-run progress stays).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn quote(a: &str) -> String {
+    if a.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+pub fn run(args: StudyArgs) -> Result<()> {
+    if args.plan {
+        return print_plan(&args);
+    }
+    // The command as typed, minus flags that only change how this invocation runs.
+    let mut words: Vec<String> = vec!["optical".into(), "study".into()];
+    words.push(format!(
+        "--config {}",
+        quote(&args.config.display().to_string())
+    ));
+    words.push(format!("--budget {}", quote(&args.budget)));
+    if let Some(b) = &args.backend {
+        words.push(format!("--backend {}", quote(b)));
+    }
+    words.push(format!("--out {}", quote(&args.out.display().to_string())));
+    if let Some(r) = &args.report {
+        words.push(format!("--report {}", quote(&r.display().to_string())));
+    }
+    if let Some(d) = &args.data_dir {
+        words.push(format!("--data-dir {}", quote(&d.display().to_string())));
+    }
+    let options = StudyOptions {
+        config: args.config,
+        budget: args.budget,
+        backend: args.backend,
+        out: args.out,
+        report: args.report,
+        data_dir: args.data_dir,
+        stop_at_step: args.stop_at_step,
+        progress: !args.no_progress,
+        report_only: args.report_only,
+        command: words.join(" "),
+    };
+    let outcome = run_study(&options)?;
+    let count = |f: fn(&RunStatus) -> bool| outcome.runs.iter().filter(|(_, s)| f(s)).count();
+    println!(
+        "{}",
+        serde_json::json!({
+            "finished": outcome.finished,
+            "runs": outcome.total,
+            "skipped": count(|s| matches!(s, RunStatus::Skipped)),
+            "trained": count(|s| matches!(s, RunStatus::Trained { .. })),
+            "resumed": count(|s| matches!(s, RunStatus::Trained { resumed_from: Some(_) })),
+            "evaluated": count(|s| matches!(s, RunStatus::Evaluated)),
+            "paused": count(|s| matches!(s, RunStatus::Paused { .. })),
+            "interrupted": count(|s| matches!(s, RunStatus::Interrupted)),
+            "report": outcome.report,
+        })
+    );
+    Ok(())
+}
+
+fn print_plan(args: &StudyArgs) -> Result<()> {
+    use crate::study::evaluate::{lareqa_sets, prepare_group};
+    let mut config = crate::study::config::StudyConfig::from_file(&args.config)?;
+    if let Some(d) = &args.data_dir {
+        config.data_dir = Some(d.clone());
+    }
+    let plan = config.plan(&args.budget, args.backend.as_deref(), &args.out)?;
+    let data_dir = crate::data::data_dir(config.data_dir.as_deref());
+    let lareqa = lareqa_sets(&config, &plan.eval, &data_dir)?;
+    let mut texts = std::collections::BTreeMap::new();
+    for g in &plan.groups {
+        let data = prepare_group(&config, g, &plan.eval, &data_dir, &args.out, &lareqa)?;
+        println!("group {}:", g.name);
+        for s in &data.sets {
+            let t = &s.tasks[0];
+            println!(
+                "  {} {}: {} queries, pool {}, {} texts to encode",
+                s.info.benchmark,
+                s.info.language,
+                t.queries.len(),
+                t.candidates.len(),
+                s.texts()
+            );
+        }
+        let n: usize = data.sets.iter().map(|s| s.texts()).sum();
+        println!("  total {n} texts per model");
+        texts.insert(g.name.clone(), n);
+    }
+    let (mut steps, mut encoded) = (0usize, 0usize);
+    for r in &plan.runs {
+        let state = if crate::study::finished_result(r).is_some() {
+            "finished"
+        } else if r.dir.join("checkpoints").join("latest").exists() {
+            "checkpoint"
+        } else {
+            "pending"
+        };
+        let s = r.distill.as_ref().map_or(0, |d| d.steps);
+        steps += s;
+        encoded += texts.get(&r.group).copied().unwrap_or(0);
+        println!("{}\t{state}\tsteps {s}\t{}", r.name(), r.dir.display());
+    }
+    let e = &plan.estimate;
+    let seconds = steps as f64 * e.seconds_per_step + encoded as f64 * e.seconds_per_text;
+    println!(
+        "{} runs, {steps} training steps × {} s + {encoded} texts × {} s ≈ {:.0} min",
+        plan.runs.len(),
+        e.seconds_per_step,
+        e.seconds_per_text,
+        seconds / 60.0
+    );
+    Ok(())
+}

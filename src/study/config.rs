@@ -1,0 +1,734 @@
+//! The study configuration (one TOML file, e.g. `studies/ood-robustness.toml`) and the grid
+//! of runs it describes for one budget.
+//!
+//! The file names the conditions (a name and the distillation keys it changes, or
+//! `train = false` for the untrained model), the groups (training bitext, in-domain and
+//! out-of-domain evaluation sets), the LAReQA benchmarks every model is evaluated on, and
+//! one section per budget (`[budget.quick]`, `[budget.full]`: seeds, the conditions that
+//! budget runs, distillation keys such as `steps` and `batch_size`, and the evaluation
+//! slices). A run's distillation settings are, in order of precedence: the condition's
+//! keys, the budget's, the study's `[distill]` table, [`DistillConfig`]'s defaults.
+//!
+//! Each run is keyed by a hash of everything that determines its result (the resolved
+//! distillation settings, the group's data specs, the split, the evaluation slices, the
+//! seed); its directory is `<condition>-<group>-s<seed>-<key>`, so changing any setting
+//! makes a new run instead of silently reusing an old one.
+//!
+//! Data specs. Training (`train`): `tatoeba-train:<code>` (the training part of the
+//! group's Tatoeba split, see [`super::split`]), and what `optical distill` reads as is:
+//! `mafand:<code>`, `bible:<code>`, `files:<code>:<file>:<English file>`. Evaluation
+//! (`in_domain`, `out_of_domain`): `tatoeba-heldout:<code>` (the held-out part of the
+//! split), `tatoeba:<code>` (the whole Tatoeba file), `mafand-test:<code>`,
+//! `mafand-dev:<code>`, `bible:<code>`, and `files:<set>:<code>:<file>:<English file>`
+//! (explicit line-aligned files; `<set>` names the benchmark). Every evaluation set gives
+//! two tasks, x→en and en→x.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::distill::DistillConfig;
+use crate::error::{Error, Result};
+
+/// The whole study file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Short name (report title).
+    pub name: String,
+    /// The question the study answers (first line of the report).
+    pub question: String,
+    /// Data directory (default: `$OPTICAL_DATA_DIR`, else `../shared/data`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// The English Bible for verse alignment (default: the set-up step's copy).
+    #[serde(default)]
+    pub english_bible: Option<PathBuf>,
+    /// Keep each run's checkpoints and exported student after its result is written (they
+    /// take ~0.5 GB per run for multilingual-e5-small).
+    #[serde(default)]
+    pub keep_models: bool,
+    /// Distillation keys shared by every trained run.
+    #[serde(default)]
+    pub distill: toml::Table,
+    /// The model the `base` condition evaluates (default: the distillation `student`).
+    #[serde(default)]
+    pub base_model: Option<String>,
+    /// The held-out split of `tatoeba-train` / `tatoeba-heldout` sources.
+    #[serde(default)]
+    pub split: SplitConfig,
+    /// LAReQA benchmarks every model is evaluated on (`xquad-r`, `mlqa-r`).
+    #[serde(default)]
+    pub lareqa: Vec<String>,
+    #[serde(rename = "condition")]
+    pub conditions: Vec<Condition>,
+    #[serde(rename = "group")]
+    pub groups: Vec<Group>,
+    pub budget: BTreeMap<String, Budget>,
+    /// Published figures quoted in the report as context.
+    #[serde(default)]
+    pub context: Vec<Quoted>,
+}
+
+/// How Tatoeba pairs are split into training and held-out parts.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Percentage of pairs held out (by the hash of the English side).
+    pub heldout_percent: u32,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            heldout_percent: 20,
+        }
+    }
+}
+
+/// One condition of the grid.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// False for the untrained model (`base`).
+    #[serde(default = "yes")]
+    pub train: bool,
+    /// Distillation keys this condition sets.
+    #[serde(default)]
+    pub distill: toml::Table,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One group: what students are trained on and evaluated on.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    #[serde(default)]
+    pub title: String,
+    pub train: Vec<String>,
+    #[serde(default)]
+    pub in_domain: Vec<String>,
+    #[serde(default)]
+    pub out_of_domain: Vec<String>,
+}
+
+/// One budget: which runs, how long they train, how much is evaluated.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    #[serde(default)]
+    pub description: String,
+    /// Seeds of every trained condition.
+    pub seeds: Vec<u64>,
+    /// Conditions this budget runs (names of `[[condition]]`).
+    pub conditions: Vec<String>,
+    /// Groups this budget runs (default: all).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Distillation keys of this budget (steps, batch size, ...).
+    #[serde(default)]
+    pub distill: toml::Table,
+    #[serde(default)]
+    pub eval: EvalBudget,
+    #[serde(default)]
+    pub estimate: Estimate,
+}
+
+/// How much of each evaluation set is used.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalBudget {
+    /// LAReQA: seed questions of each dataset's subset (see `Lareqa::subset`), e.g.
+    /// `{ xquad-r = 8, mlqa-r = 40 }`; a dataset left out is used whole.
+    #[serde(default)]
+    pub lareqa_questions: BTreeMap<String, usize>,
+    /// LAReQA languages (default: all of the dataset's).
+    #[serde(default)]
+    pub lareqa_languages: Vec<String>,
+    /// Bitext sets: at most this many pairs per set, evenly spaced; none: all.
+    #[serde(default)]
+    pub bitext_pairs: Option<usize>,
+    /// Texts per encoder call (sorted by length inside a call, so larger pads less).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_batch() -> usize {
+    256
+}
+
+impl Default for EvalBudget {
+    fn default() -> Self {
+        EvalBudget {
+            lareqa_questions: BTreeMap::new(),
+            lareqa_languages: Vec::new(),
+            bitext_pairs: None,
+            batch: default_batch(),
+        }
+    }
+}
+
+/// Throughput assumed for the ETA before this invocation has measured its own.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Estimate {
+    pub seconds_per_step: f64,
+    pub seconds_per_text: f64,
+}
+
+impl Default for Estimate {
+    fn default() -> Self {
+        Estimate {
+            seconds_per_step: 4.0,
+            seconds_per_text: 0.05,
+        }
+    }
+}
+
+/// A published figure quoted in the report.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quoted {
+    pub source: String,
+    pub setting: String,
+    pub figure: String,
+}
+
+/// One run of the grid.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub condition: String,
+    pub group: String,
+    pub seed: u64,
+    /// The distillation settings (`out` = the run directory); `None` for `base`.
+    pub distill: Option<DistillConfig>,
+    /// The model evaluated when nothing is trained.
+    pub model: String,
+    /// Hex hash of [`Self::key_json`].
+    pub key: String,
+    pub key_json: serde_json::Value,
+    pub dir: PathBuf,
+}
+
+impl RunSpec {
+    /// `<condition>-<group>-s<seed>-<key>`.
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The grid of one budget.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub budget: String,
+    pub groups: Vec<Group>,
+    pub conditions: Vec<Condition>,
+    pub seeds: Vec<u64>,
+    pub eval: EvalBudget,
+    pub estimate: Estimate,
+    pub runs: Vec<RunSpec>,
+}
+
+fn table_to_json(
+    t: &toml::Table,
+    what: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::to_value(t) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Ok(serde_json::Map::new()),
+        Err(e) => Err(Error::value(what.to_string(), e.to_string())),
+    }
+}
+
+/// JSON with object keys sorted at every level, as a string: the same settings always
+/// give the same text, whatever order the file listed them in.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: BTreeMap<&String, serde_json::Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+/// The 16-hex-digit key of a canonical JSON text (a collision needs two different
+/// configurations in one study directory).
+pub fn key_of(json: &serde_json::Value) -> String {
+    format!(
+        "{:016x}",
+        crate::rng::stable_hash(canonical_json(json).as_bytes())
+    )
+}
+
+/// Bumped when a change in the study code changes what a run with the same settings
+/// produces, so old results are not reused.
+pub const FORMAT_VERSION: u32 = 1;
+
+const TRAIN_PREFIXES: [&str; 4] = ["tatoeba-train", "mafand", "bible", "files"];
+const EVAL_PREFIXES: [&str; 6] = [
+    "tatoeba-heldout",
+    "tatoeba",
+    "mafand-test",
+    "mafand-dev",
+    "bible",
+    "files",
+];
+
+fn check_spec(spec: &str, prefixes: &[&str], what: &'static str) -> Result<()> {
+    let prefix = spec.split(':').next().unwrap_or("");
+    let parts = spec.split(':').count();
+    let ok = prefixes.contains(&prefix)
+        && match prefix {
+            "files" if what == "train" => parts == 4,
+            "files" => parts == 5,
+            _ => parts == 2 && !spec.ends_with(':'),
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::parameter(
+            what,
+            format!(
+                "a data spec {}:<language> (or files:…, see the study config docs)",
+                prefixes.join("|")
+            ),
+            spec,
+        ))
+    }
+}
+
+impl StudyConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Value { what, .. } => Error::Format {
+                path: path.into(),
+                what,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: StudyConfig = toml::from_str(text)
+            .map_err(|e| Error::value("study config", format!("not a valid study config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Names unique, every reference resolvable, every data spec well formed.
+    pub fn validate(&self) -> Result<()> {
+        let mut names: Vec<&str> = self.conditions.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::parameter("condition", "unique names", w[0]));
+        }
+        for c in &self.conditions {
+            if c.name.is_empty() || c.name.contains(['/', ' ', '\\']) {
+                return Err(Error::parameter(
+                    "condition",
+                    "a name without spaces or slashes",
+                    &c.name,
+                ));
+            }
+        }
+        let mut groups: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
+        groups.sort_unstable();
+        if let Some(w) = groups.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::parameter("group", "unique names", w[0]));
+        }
+        for g in &self.groups {
+            if g.name.is_empty() || g.name.contains(['/', ' ', '\\', '-']) {
+                return Err(Error::parameter(
+                    "group",
+                    "a name without spaces, dashes or slashes",
+                    &g.name,
+                ));
+            }
+            if g.train.is_empty() {
+                return Err(Error::parameter(
+                    "train",
+                    format!("at least one training source in group {}", g.name),
+                    "none",
+                ));
+            }
+            for s in &g.train {
+                check_spec(s, &TRAIN_PREFIXES, "train")?;
+            }
+            for s in g.in_domain.iter().chain(&g.out_of_domain) {
+                check_spec(s, &EVAL_PREFIXES, "evaluation set")?;
+                if let Some(lang) = s.strip_prefix("tatoeba-heldout:") {
+                    if !g
+                        .train
+                        .iter()
+                        .any(|t| t == &format!("tatoeba-train:{lang}"))
+                    {
+                        return Err(Error::parameter(
+                            "evaluation set",
+                            format!("tatoeba-train:{lang} among group {}'s training sources (the held-out part of its split)", g.name),
+                            s,
+                        ));
+                    }
+                }
+            }
+        }
+        for l in &self.lareqa {
+            if l != "xquad-r" && l != "mlqa-r" {
+                return Err(Error::parameter("lareqa", "xquad-r or mlqa-r", l));
+            }
+        }
+        if self.split.heldout_percent == 0 || self.split.heldout_percent >= 100 {
+            return Err(Error::parameter(
+                "heldout_percent",
+                "1..=99",
+                self.split.heldout_percent,
+            ));
+        }
+        if self.budget.is_empty() {
+            return Err(Error::parameter(
+                "budget",
+                "at least one [budget.NAME]",
+                "none",
+            ));
+        }
+        for (name, b) in &self.budget {
+            for c in &b.conditions {
+                if !self.conditions.iter().any(|x| &x.name == c) {
+                    return Err(Error::parameter(
+                        "conditions",
+                        format!("names of [[condition]] (budget {name})"),
+                        c,
+                    ));
+                }
+            }
+            for g in &b.groups {
+                if !self.groups.iter().any(|x| &x.name == g) {
+                    return Err(Error::parameter(
+                        "groups",
+                        format!("names of [[group]] (budget {name})"),
+                        g,
+                    ));
+                }
+            }
+            if b.seeds.is_empty() {
+                return Err(Error::parameter(
+                    "seeds",
+                    format!("at least one seed (budget {name})"),
+                    "none",
+                ));
+            }
+            if b.eval.batch == 0 {
+                return Err(Error::parameter("batch", "at least 1", 0));
+            }
+            for d in b.eval.lareqa_questions.keys() {
+                if !self.lareqa.contains(d) {
+                    return Err(Error::parameter(
+                        "lareqa_questions",
+                        format!("datasets of `lareqa` ({})", self.lareqa.join(", ")),
+                        d,
+                    ));
+                }
+            }
+            if b.eval.lareqa_questions.values().any(|&n| n == 0) || b.eval.bitext_pairs == Some(0) {
+                return Err(Error::parameter(
+                    "eval",
+                    "slices of at least 1 (leave a key out for the whole set)",
+                    0,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The distillation settings shared by every run before the condition's keys.
+    fn base_distill(&self, budget: &Budget) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let mut m = table_to_json(&self.distill, "study [distill]")?;
+        m.extend(table_to_json(&budget.distill, "budget distill")?);
+        Ok(m)
+    }
+
+    /// The model `base` evaluates: `base_model`, else the distillation `student`.
+    pub fn base_model(&self) -> String {
+        if let Some(m) = &self.base_model {
+            return m.clone();
+        }
+        match self.distill.get("student") {
+            Some(toml::Value::String(s)) => s.clone(),
+            _ => DistillConfig::default().student,
+        }
+    }
+
+    /// The runs of `budget` under `out`. `backend` overrides every run's distillation
+    /// backend.
+    pub fn plan(&self, budget_name: &str, backend: Option<&str>, out: &Path) -> Result<Plan> {
+        let budget = self.budget.get(budget_name).ok_or_else(|| {
+            Error::parameter(
+                "budget",
+                format!(
+                    "one of {}",
+                    self.budget.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                budget_name,
+            )
+        })?;
+        let groups: Vec<Group> = self
+            .groups
+            .iter()
+            .filter(|g| budget.groups.is_empty() || budget.groups.contains(&g.name))
+            .cloned()
+            .collect();
+        let conditions: Vec<Condition> = budget
+            .conditions
+            .iter()
+            .filter_map(|n| self.conditions.iter().find(|c| &c.name == n))
+            .cloned()
+            .collect();
+        let shared = self.base_distill(budget)?;
+        let runs_dir = out.join("runs");
+        let mut runs = Vec::new();
+        // Seed by seed, so that an interrupted study has whole comparisons first.
+        for (si, &seed) in budget.seeds.iter().enumerate() {
+            for c in &conditions {
+                if !c.train && si > 0 {
+                    continue;
+                }
+                for g in &groups {
+                    runs.push(self.run_spec(budget, &shared, c, g, seed, backend, &runs_dir)?);
+                }
+            }
+        }
+        Ok(Plan {
+            budget: budget_name.to_string(),
+            groups,
+            conditions,
+            seeds: budget.seeds.clone(),
+            eval: budget.eval.clone(),
+            estimate: budget.estimate.clone(),
+            runs,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_spec(
+        &self,
+        budget: &Budget,
+        shared: &serde_json::Map<String, serde_json::Value>,
+        c: &Condition,
+        g: &Group,
+        seed: u64,
+        backend: Option<&str>,
+        runs_dir: &Path,
+    ) -> Result<RunSpec> {
+        let mut distill_json = None;
+        let mut distill = None;
+        if c.train {
+            let mut keys = shared.clone();
+            keys.extend(table_to_json(&c.distill, "condition distill")?);
+            keys.insert("seed".into(), seed.into());
+            if let Some(b) = backend {
+                keys.insert("backend".into(), b.into());
+            }
+            for k in ["out", "sources", "data_dir"] {
+                if keys.remove(k).is_some() {
+                    return Err(Error::parameter(
+                        "distill",
+                        format!("no `{k}` key (the study sets it per run)"),
+                        format!("{k} in condition {} or [distill]", c.name),
+                    ));
+                }
+            }
+            let config = DistillConfig::default().with_overrides(keys)?;
+            let mut json = serde_json::to_value(&config)
+                .map_err(|e| Error::value("distillation config", e.to_string()))?;
+            if let Some(o) = json.as_object_mut() {
+                for k in ["out", "sources", "data_dir"] {
+                    o.remove(k);
+                }
+            }
+            distill_json = Some(json);
+            distill = Some(config);
+        }
+        let model = self.base_model();
+        let key_json = serde_json::json!({
+            "version": FORMAT_VERSION,
+            "condition": c.name,
+            "group": {
+                "name": g.name,
+                "train": g.train,
+                "in_domain": g.in_domain,
+                "out_of_domain": g.out_of_domain,
+            },
+            "seed": seed,
+            "distill": distill_json,
+            "model": if c.train { serde_json::Value::Null } else { model.clone().into() },
+            "split": self.split.heldout_percent,
+            "lareqa": self.lareqa,
+            "eval": {
+                "lareqa_questions": budget.eval.lareqa_questions,
+                "lareqa_languages": budget.eval.lareqa_languages,
+                "bitext_pairs": budget.eval.bitext_pairs,
+            },
+            "backend": backend,
+        });
+        let key = key_of(&key_json);
+        let dir = runs_dir.join(format!("{}-{}-s{}-{}", c.name, g.name, seed, &key[..10]));
+        if let Some(d) = distill.as_mut() {
+            d.out = dir.clone();
+            d.data_dir = self.data_dir.clone();
+            d.validate()?;
+        }
+        Ok(RunSpec {
+            condition: c.name.clone(),
+            group: g.name.clone(),
+            seed,
+            distill,
+            model,
+            key,
+            key_json,
+            dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+question = "q?"
+lareqa = ["xquad-r"]
+[distill]
+steps = 3
+[[condition]]
+name = "base"
+train = false
+[[condition]]
+name = "ot"
+distill = { loss = "ot" }
+[[condition]]
+name = "mean-mse"
+distill = { loss = "mean-mse" }
+[[group]]
+name = "A"
+train = ["tatoeba-train:deu"]
+in_domain = ["tatoeba-heldout:deu"]
+[budget.quick]
+seeds = [0, 1]
+conditions = ["base", "ot", "mean-mse"]
+distill = { batch_size = 4 }
+eval = { lareqa_questions = { xquad-r = 3 } }
+"#;
+
+    #[test]
+    fn the_grid_has_one_base_run_and_every_seed_of_the_others() {
+        let c = StudyConfig::from_toml(MINIMAL).unwrap();
+        let plan = c.plan("quick", None, Path::new("/tmp/s")).unwrap();
+        let names: Vec<String> = plan
+            .runs
+            .iter()
+            .map(|r| format!("{}-{}-{}", r.condition, r.group, r.seed))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "base-A-0",
+                "ot-A-0",
+                "mean-mse-A-0",
+                "ot-A-1",
+                "mean-mse-A-1"
+            ]
+        );
+        let ot = plan.runs[1].distill.as_ref().unwrap();
+        assert_eq!((ot.steps, ot.batch_size, ot.loss.as_str()), (3, 4, "ot"));
+        assert!(plan.runs[1].dir.starts_with("/tmp/s/runs"));
+        assert!(plan.runs[1].name().starts_with("ot-A-s0-"));
+        // Keys differ between runs and do not depend on the output directory.
+        let other = c.plan("quick", None, Path::new("/elsewhere")).unwrap();
+        for (a, b) in plan.runs.iter().zip(&other.runs) {
+            assert_eq!(a.key, b.key);
+        }
+        let mut keys: Vec<&str> = plan.runs.iter().map(|r| r.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), plan.runs.len());
+        // A different backend is a different run.
+        let gpu = c.plan("quick", Some("wgpu"), Path::new("/tmp/s")).unwrap();
+        assert_ne!(gpu.runs[1].key, plan.runs[1].key);
+    }
+
+    #[test]
+    fn any_setting_changes_the_key() {
+        let c = StudyConfig::from_toml(MINIMAL).unwrap();
+        let a = c.plan("quick", None, Path::new("o")).unwrap();
+        let c2 = StudyConfig::from_toml(&MINIMAL.replace("steps = 3", "steps = 4")).unwrap();
+        let b = c2.plan("quick", None, Path::new("o")).unwrap();
+        assert_eq!(a.runs[0].key, b.runs[0].key, "base does not train");
+        assert_ne!(a.runs[1].key, b.runs[1].key);
+        // Key order in the file does not matter.
+        let c3 = StudyConfig::from_toml(&MINIMAL.replace(
+            "distill = { loss = \"ot\" }",
+            "distill = { epsilon = 0.005, loss = \"ot\" }",
+        ))
+        .unwrap();
+        let d = c3.plan("quick", None, Path::new("o")).unwrap();
+        assert_eq!(a.runs[1].key, d.runs[1].key, "0.005 is the default epsilon");
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let cases = [
+            (
+                MINIMAL.replace("tatoeba-train:deu\"]", "tatoeba:deu\"]"),
+                "train",
+            ),
+            (
+                MINIMAL.replace(
+                    "in_domain = [\"tatoeba-heldout:deu\"]",
+                    "in_domain = [\"tatoeba-heldout:fra\"]",
+                ),
+                "tatoeba-train:fra",
+            ),
+            (
+                MINIMAL.replace("\"ot\", \"mean-mse\"]", "\"ot\", \"mse\"]"),
+                "mse",
+            ),
+            (
+                MINIMAL.replace("lareqa = [\"xquad-r\"]", "lareqa = [\"squad\"]"),
+                "squad",
+            ),
+            (MINIMAL.replace("seeds = [0, 1]", "seeds = []"), "seed"),
+            (MINIMAL.replace("xquad-r = 3", "mlqa-r = 3"), "mlqa-r"),
+            (MINIMAL.replace("steps = 3", "stepz = 3"), "stepz"),
+        ];
+        for (text, needle) in cases {
+            let err = match StudyConfig::from_toml(&text) {
+                Err(e) => e,
+                Ok(c) => c
+                    .plan("quick", None, Path::new("o"))
+                    .expect_err("the plan must fail"),
+            };
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+        let c = StudyConfig::from_toml(MINIMAL).unwrap();
+        let err = c.plan("full", None, Path::new("o")).unwrap_err();
+        assert!(err.to_string().contains("quick"), "{err}");
+    }
+}

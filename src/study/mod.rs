@@ -1,0 +1,569 @@
+//! The study: does OT distillation make zero-shot cross-lingual retrieval more robust out
+//! of domain? `optical study` runs a grid of distillation runs and evaluations and writes
+//! a report that answers the question with the numbers.
+//!
+//! [`config`] (the study file and the grid of one budget) → [`split`] (the held-out split of
+//! Tatoeba) → [`evaluate`] (the evaluation sets and a model's evaluation) → the runs, here:
+//! each run trains through [`crate::distill::run`] (in process, resumable) and is then
+//! evaluated; [`stats`] (mean ± std over seeds, paired randomisation tests) → [`report`]
+//! (`STUDY.md`, tables and SVG plots).
+//!
+//! A run directory (`<out>/runs/<condition>-<group>-s<seed>-<key>`) holds `run.json` (its
+//! full configuration and key), the distillation's `config.toml`, `log.jsonl`, `dev.jsonl`,
+//! plots and `summary.json`, `timing.json` (training time over all sittings), and
+//! `result.json` (every measure, per-query values, the hardware). A run whose
+//! `result.json` carries its key is skipped; a run with a checkpoint resumes from it
+//! (`optical distill --resume`); everything else starts afresh. So an interrupted study —
+//! Ctrl-C, a killed process, `--stop-at-step` — continues where it stopped when the same
+//! command runs again. Unless `keep_models` is set, a run's checkpoints and exported
+//! student are deleted once its result is written.
+
+pub mod config;
+pub mod evaluate;
+pub mod report;
+pub mod split;
+pub mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use crate::distill::run::{install_interrupt_handler, interrupt_requested};
+use crate::distill::{self, RunOptions};
+use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder};
+use crate::error::{Error, Result};
+use crate::retrieval::encoder::Fingerprinted;
+use crate::retrieval::Encoder;
+use config::{Plan, RunSpec, StudyConfig};
+use evaluate::{evaluate_model, GroupData, TaskOutcome};
+
+/// How to run a study.
+#[derive(Clone, Debug)]
+pub struct StudyOptions {
+    pub config: PathBuf,
+    pub budget: String,
+    /// Overrides the backend of every run (Sinkhorn kernels and encoder device).
+    pub backend: Option<String>,
+    pub out: PathBuf,
+    /// Where the report goes (default `<out>/STUDY.md`); plots go to `study-plots/` beside it.
+    pub report: Option<PathBuf>,
+    /// Overrides the config's data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Training runs stop at this step with a checkpoint (the next invocation resumes).
+    pub stop_at_step: Option<usize>,
+    /// Progress bars of the training runs.
+    pub progress: bool,
+    /// Only write the report from the results that exist.
+    pub report_only: bool,
+    /// The command line, quoted in the report.
+    pub command: String,
+}
+
+/// One dev evaluation during training.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevPoint {
+    pub step: usize,
+    pub p_at_1: f64,
+    pub mrr: f64,
+}
+
+/// What training a run took.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainInfo {
+    pub steps: usize,
+    pub training_pairs: usize,
+    pub dev_pairs: usize,
+    pub trainable_parameters: usize,
+    /// Wall seconds over every sitting.
+    pub seconds: f64,
+    pub sittings: usize,
+    /// Mean seconds per step of the last sitting.
+    pub seconds_per_step: f64,
+    pub tokens_per_s: f64,
+    pub dev: Vec<DevPoint>,
+}
+
+/// The machine a run was evaluated on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Hardware {
+    pub cpu: String,
+    pub threads: usize,
+    pub backend: String,
+}
+
+impl Hardware {
+    pub fn here(backend: &str) -> Hardware {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        Hardware {
+            cpu,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            backend: backend.to_string(),
+        }
+    }
+}
+
+/// A finished run (`result.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    pub key: String,
+    pub name: String,
+    pub condition: String,
+    pub group: String,
+    pub seed: u64,
+    /// The model evaluated: the base model, or `student` for a trained run.
+    pub model: String,
+    pub train: Option<TrainInfo>,
+    pub eval_seconds: f64,
+    pub eval_texts: usize,
+    pub hardware: Hardware,
+    pub tasks: Vec<TaskOutcome>,
+}
+
+/// What happened to a run in this invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunStatus {
+    /// Its result existed.
+    Skipped,
+    /// Trained (from `resumed_from` when it continued a checkpoint) and evaluated.
+    Trained { resumed_from: Option<usize> },
+    /// Nothing to train; evaluated.
+    Evaluated,
+    /// Stopped at `--stop-at-step` with a checkpoint.
+    Paused { step: usize },
+    /// Stopped by Ctrl-C.
+    Interrupted,
+}
+
+/// What an invocation did.
+#[derive(Clone, Debug)]
+pub struct StudyOutcome {
+    pub runs: Vec<(String, RunStatus)>,
+    /// Runs with a result, of all the plan's runs.
+    pub finished: usize,
+    pub total: usize,
+    pub report: PathBuf,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::value(path.display().to_string(), e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, "write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e))
+}
+
+/// The finished result of `run`, if its directory holds one with the run's key.
+pub fn finished_result(run: &RunSpec) -> Option<RunResult> {
+    read_json::<RunResult>(&run.dir.join("result.json")).filter(|r| r.key == run.key)
+}
+
+/// The step of the run's latest checkpoint, if any.
+fn checkpoint_step(dir: &Path) -> Option<usize> {
+    let name = std::fs::read_to_string(dir.join("checkpoints").join("latest")).ok()?;
+    name.trim().strip_prefix("step-")?.parse().ok()
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Timing {
+    train_seconds: f64,
+    sittings: usize,
+}
+
+fn fmt_duration(s: f64) -> String {
+    if !s.is_finite() {
+        return "?".into();
+    }
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Remaining work and the ETA from this invocation's measured rates (the budget's
+/// estimates until something is measured).
+struct Progress {
+    total: usize,
+    started: Instant,
+    step_rate: (f64, usize),
+    text_rate: (f64, usize),
+    estimate: config::Estimate,
+    /// Steps and texts still to do, per run.
+    pending: Vec<(usize, usize)>,
+}
+
+impl Progress {
+    fn per_step(&self) -> f64 {
+        if self.step_rate.1 > 0 {
+            self.step_rate.0 / self.step_rate.1 as f64
+        } else {
+            self.estimate.seconds_per_step
+        }
+    }
+
+    fn per_text(&self) -> f64 {
+        if self.text_rate.1 > 0 {
+            self.text_rate.0 / self.text_rate.1 as f64
+        } else {
+            self.estimate.seconds_per_text
+        }
+    }
+
+    fn eta(&self) -> f64 {
+        let (s, t) = self
+            .pending
+            .iter()
+            .fold((0, 0), |(a, b), &(s, t)| (a + s, b + t));
+        s as f64 * self.per_step() + t as f64 * self.per_text()
+    }
+
+    fn line(&self, i: usize, name: &str, what: &str) {
+        eprintln!(
+            "[{:>w$}/{}] {name}: {what} | elapsed {} | ETA {}",
+            i + 1,
+            self.total,
+            fmt_duration(self.started.elapsed().as_secs_f64()),
+            fmt_duration(self.eta()),
+            w = self.total.to_string().len()
+        );
+    }
+}
+
+/// The encoder a run evaluates, with an identity for the embedding cache: the run's key
+/// for a trained student (cached in the run directory), the model itself for the base
+/// model (cached under `<out>/embeddings`, shared by the groups' base runs).
+fn load_encoder(spec: &str, backend: &str) -> Result<TextEncoder> {
+    let kind: BackendKind = backend.parse()?;
+    let model: ModelSpec = spec.parse()?;
+    TextEncoder::load(&model, device_for(kind)?, &EncoderOptions::default())
+}
+
+fn base_fingerprint(spec: &str, encoder: &TextEncoder) -> String {
+    let file = match spec.parse::<ModelSpec>() {
+        Ok(ModelSpec::Path(p)) if p.is_dir() => p.join("model.safetensors"),
+        Ok(ModelSpec::Path(p)) => p,
+        _ => return encoder.fingerprint(),
+    };
+    let stamp = std::fs::metadata(&file)
+        .ok()
+        .map(|m| {
+            let t = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{}-{t}", m.len())
+        })
+        .unwrap_or_default();
+    let path = std::path::absolute(&file).unwrap_or(file);
+    format!("{}-{}-{stamp}", encoder.fingerprint(), path.display())
+}
+
+struct Context<'a> {
+    config: &'a StudyConfig,
+    plan: &'a Plan,
+    options: &'a StudyOptions,
+    backend: String,
+}
+
+/// Train (or resume) and evaluate one run. Returns its status and the work it did
+/// (seconds and steps trained, seconds and texts encoded).
+fn execute(
+    cx: &Context<'_>,
+    run: &RunSpec,
+    group: &GroupData,
+    progress: &mut Progress,
+    index: usize,
+) -> Result<RunStatus> {
+    std::fs::create_dir_all(&run.dir).map_err(|e| Error::io(&run.dir, "create", e))?;
+    write_json_atomic(
+        &run.dir.join("run.json"),
+        &serde_json::json!({"name": run.name(), "key": run.key, "config": run.key_json}),
+    )?;
+    let name = run.name();
+    let mut train = None;
+    let mut resumed_from = None;
+    let eval_model;
+    if let Some(cfg) = &run.distill {
+        let mut cfg = cfg.clone();
+        cfg.sources = group.sources.clone();
+        let steps = cfg.steps;
+        let resume = checkpoint_step(&run.dir);
+        resumed_from = resume;
+        progress.line(
+            index,
+            &name,
+            &match resume {
+                Some(s) => format!("training, resuming at step {s} of {steps}"),
+                None => format!("training {steps} steps"),
+            },
+        );
+        let timing_path = run.dir.join("timing.json");
+        let mut timing: Timing = read_json(&timing_path).unwrap_or_default();
+        let t0 = Instant::now();
+        let summary = distill::run(
+            cfg,
+            &RunOptions {
+                resume: resume.is_some(),
+                bench_steps: None,
+                progress: cx.options.progress,
+                stop_at_step: cx.options.stop_at_step,
+            },
+        )?;
+        let seconds = t0.elapsed().as_secs_f64();
+        timing.train_seconds += seconds;
+        timing.sittings += 1;
+        write_json_atomic(&timing_path, &timing)?;
+        let done = summary.steps - resume.unwrap_or(0);
+        progress.step_rate.0 += seconds;
+        progress.step_rate.1 += done;
+        progress.pending[index].0 = steps - summary.steps;
+        if summary.interrupted {
+            return Ok(if interrupt_requested() {
+                RunStatus::Interrupted
+            } else {
+                RunStatus::Paused {
+                    step: summary.steps,
+                }
+            });
+        }
+        let student = summary.student.clone().ok_or_else(|| {
+            Error::value(format!("run {name}"), "training finished without a student")
+        })?;
+        train = Some(TrainInfo {
+            steps: summary.steps,
+            training_pairs: summary.training_pairs,
+            dev_pairs: summary.dev_pairs,
+            trainable_parameters: summary.trainable_parameters,
+            seconds: timing.train_seconds,
+            sittings: timing.sittings,
+            seconds_per_step: summary.mean_seconds.total,
+            tokens_per_s: summary.tokens_per_s,
+            dev: read_dev(&run.dir),
+        });
+        eval_model = student.display().to_string();
+    } else {
+        eval_model = run.model.clone();
+    }
+    let texts: usize = group.sets.iter().map(|s| s.texts()).sum();
+    progress.line(index, &name, &format!("evaluating ({texts} texts)"));
+    let t0 = Instant::now();
+    let encoder = load_encoder(&eval_model, &cx.backend)?;
+    let (fingerprint, cache) = if train.is_some() {
+        (format!("study-run-{}", run.key), run.dir.join("embeddings"))
+    } else {
+        (
+            base_fingerprint(&eval_model, &encoder),
+            cx.options.out.join("embeddings"),
+        )
+    };
+    let keyed = Fingerprinted {
+        inner: &encoder,
+        name: run.condition.clone(),
+        fingerprint,
+    };
+    let Some(tasks) = evaluate_model(
+        &keyed,
+        &group.sets,
+        cx.plan.eval.batch,
+        Some(&cache),
+        &interrupt_requested,
+    )?
+    else {
+        return Ok(RunStatus::Interrupted);
+    };
+    let eval_seconds = t0.elapsed().as_secs_f64();
+    progress.text_rate.0 += eval_seconds;
+    progress.text_rate.1 += texts;
+    progress.pending[index] = (0, 0);
+    let result = RunResult {
+        key: run.key.clone(),
+        name: name.clone(),
+        condition: run.condition.clone(),
+        group: run.group.clone(),
+        seed: run.seed,
+        model: if train.is_some() {
+            "student".into()
+        } else {
+            run.model.clone()
+        },
+        train,
+        eval_seconds,
+        eval_texts: texts,
+        hardware: Hardware::here(&cx.backend),
+        tasks,
+    };
+    write_json_atomic(&run.dir.join("result.json"), &result)?;
+    if run.distill.is_some() && !cx.config.keep_models {
+        for sub in ["checkpoints", "student"] {
+            let p = run.dir.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, "remove", e))?;
+            }
+        }
+    }
+    Ok(if run.distill.is_some() {
+        RunStatus::Trained { resumed_from }
+    } else {
+        RunStatus::Evaluated
+    })
+}
+
+/// The dev evaluations of a run's `dev.jsonl`.
+pub fn read_dev(dir: &Path) -> Vec<DevPoint> {
+    std::fs::read_to_string(dir.join("dev.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Run (or continue) a study and write its report.
+pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
+    let mut config = StudyConfig::from_file(&options.config)?;
+    if let Some(d) = &options.data_dir {
+        config.data_dir = Some(d.clone());
+    }
+    let plan = config.plan(&options.budget, options.backend.as_deref(), &options.out)?;
+    let out = &options.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create", e))?;
+    let data_dir = crate::data::data_dir(config.data_dir.as_deref());
+    let lareqa = evaluate::lareqa_sets(&config, &plan.eval, &data_dir)?;
+    let groups = plan
+        .groups
+        .iter()
+        .map(|g| evaluate::prepare_group(&config, g, &plan.eval, &data_dir, out, &lareqa))
+        .collect::<Result<Vec<_>>>()?;
+    let backend = options
+        .backend
+        .clone()
+        .or_else(|| match config.distill.get("backend") {
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "cpu".into());
+    let group_of = |run: &RunSpec| -> &GroupData {
+        groups
+            .iter()
+            .find(|g| g.name == run.group)
+            .unwrap_or(&groups[0])
+    };
+    let mut statuses = Vec::new();
+    if !options.report_only {
+        install_interrupt_handler();
+        let mut progress = Progress {
+            total: plan.runs.len(),
+            started: Instant::now(),
+            step_rate: (0.0, 0),
+            text_rate: (0.0, 0),
+            estimate: plan.estimate.clone(),
+            pending: plan
+                .runs
+                .iter()
+                .map(|r| {
+                    if finished_result(r).is_some() {
+                        return (0, 0);
+                    }
+                    let steps = r.distill.as_ref().map_or(0, |d| {
+                        d.steps.saturating_sub(checkpoint_step(&r.dir).unwrap_or(0))
+                    });
+                    let texts = group_of(r).sets.iter().map(|s| s.texts()).sum();
+                    (steps, texts)
+                })
+                .collect(),
+        };
+        eprintln!(
+            "study {}: budget {}, {} runs, {} groups, backend {backend}, out {}",
+            config.name,
+            plan.budget,
+            plan.runs.len(),
+            groups.len(),
+            out.display()
+        );
+        let cx = Context {
+            config: &config,
+            plan: &plan,
+            options,
+            backend: backend.clone(),
+        };
+        for (i, run) in plan.runs.iter().enumerate() {
+            let name = run.name();
+            if finished_result(run).is_some() {
+                progress.line(i, &name, "skipped (finished earlier)");
+                statuses.push((name, RunStatus::Skipped));
+                continue;
+            }
+            let t0 = Instant::now();
+            let status = execute(&cx, run, group_of(run), &mut progress, i)?;
+            let took = fmt_duration(t0.elapsed().as_secs_f64());
+            let what = match &status {
+                RunStatus::Trained {
+                    resumed_from: Some(s),
+                } => format!("resumed at step {s}, trained and evaluated in {took}"),
+                RunStatus::Trained { resumed_from: None } => {
+                    format!("trained and evaluated in {took}")
+                }
+                RunStatus::Evaluated => format!("evaluated in {took}"),
+                RunStatus::Paused { step } => {
+                    format!("paused at step {step} (checkpoint saved)")
+                }
+                RunStatus::Interrupted => "interrupted".into(),
+                RunStatus::Skipped => "skipped".into(),
+            };
+            progress.line(i, &name, &what);
+            let stop = status == RunStatus::Interrupted;
+            statuses.push((name, status));
+            if stop {
+                eprintln!("study interrupted: run the same command again to continue");
+                break;
+            }
+        }
+    }
+    let finished = plan
+        .runs
+        .iter()
+        .filter(|r| finished_result(r).is_some())
+        .count();
+    let report_path = options
+        .report
+        .clone()
+        .unwrap_or_else(|| out.join("STUDY.md"));
+    report::write(&report::Inputs {
+        config: &config,
+        plan: &plan,
+        groups: &groups,
+        options,
+        data_dir: &data_dir,
+        path: &report_path,
+    })?;
+    eprintln!(
+        "study {}: {finished} of {} runs finished; report {}",
+        config.name,
+        plan.runs.len(),
+        report_path.display()
+    );
+    Ok(StudyOutcome {
+        runs: statuses,
+        finished,
+        total: plan.runs.len(),
+        report: report_path,
+    })
+}

@@ -1,0 +1,1187 @@
+//! The study report: `STUDY.md` and its SVG plots, generated from the runs' `result.json`
+//! and training logs.
+//!
+//! Numbers: a condition's value on a benchmark is the mean over the benchmark's queries
+//! (all its tasks together: both directions of every language of a bitext benchmark),
+//! then mean ± standard deviation over seeds. Paired tests compare per-query values —
+//! averaged over seeds for a condition with several — against the group's `base` run and
+//! against `mean-mse` ([`super::stats::paired_randomization`], 10,000 sign flips). The
+//! plain-language answer is generated from the same numbers: a difference counts only when
+//! its p-value is below [`super::stats::ALPHA`], and everything else is said to be not
+//! significant.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use super::config::{Plan, RunSpec, StudyConfig};
+use super::evaluate::{GroupData, Role};
+use super::stats::{format_p, mean_std, paired_randomization, PairedTest, ALPHA};
+use super::{finished_result, RunResult, StudyOptions};
+use crate::distill::plot::{line_chart, Series};
+use crate::error::{Error, Result};
+use crate::report::{markdown_table, svg};
+
+/// Everything the report is made from.
+pub struct Inputs<'a> {
+    pub config: &'a StudyConfig,
+    pub plan: &'a Plan,
+    pub groups: &'a [GroupData],
+    pub options: &'a StudyOptions,
+    pub data_dir: &'a Path,
+    pub path: &'a Path,
+}
+
+const RESAMPLES: usize = 10_000;
+
+/// Query languages, candidate languages, and a value per pair.
+type LanguageGrid = (Vec<String>, Vec<String>, Vec<Vec<Option<f64>>>);
+const BASE: &str = "base";
+const MSE: &str = "mean-mse";
+const OT: &str = "ot";
+
+/// One benchmark of a group, in the order of its sets.
+#[derive(Clone, Debug)]
+struct Bench {
+    name: String,
+    role: Role,
+    lareqa: bool,
+}
+
+impl Bench {
+    fn measure(&self) -> &'static str {
+        if self.lareqa {
+            "map"
+        } else {
+            "P_1"
+        }
+    }
+
+    fn measure_label(&self) -> &'static str {
+        if self.lareqa {
+            "mAP"
+        } else {
+            "P@1"
+        }
+    }
+
+    fn role_label(&self) -> &'static str {
+        match self.role {
+            Role::InDomain => "in domain",
+            Role::OutOfDomain => "out of domain",
+        }
+    }
+}
+
+fn benches(group: &GroupData) -> Vec<Bench> {
+    let mut out: Vec<Bench> = Vec::new();
+    for s in &group.sets {
+        if !out.iter().any(|b| b.name == s.info.benchmark) {
+            out.push(Bench {
+                name: s.info.benchmark.clone(),
+                role: s.info.role,
+                lareqa: s.info.lareqa,
+            });
+        }
+    }
+    out
+}
+
+/// Per-query values of `measure` over the benchmark's tasks (optionally one direction).
+fn values(r: &RunResult, bench: &str, measure: &str, direction: Option<&str>) -> Vec<f64> {
+    r.tasks
+        .iter()
+        .filter(|t| t.set.benchmark == bench && direction.is_none_or(|d| t.direction == d))
+        .flat_map(|t| t.per_query.get(measure).cloned().unwrap_or_default())
+        .collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Element-wise mean over runs (seeds); `None` when the runs disagree on the queries.
+fn seed_mean(vs: &[Vec<f64>]) -> Option<Vec<f64>> {
+    let n = vs.first()?.len();
+    if n == 0 || vs.iter().any(|v| v.len() != n) {
+        return None;
+    }
+    Some(
+        (0..n)
+            .map(|i| vs.iter().map(|v| v[i]).sum::<f64>() / vs.len() as f64)
+            .collect(),
+    )
+}
+
+/// The finished runs of one group and condition.
+struct Cell<'a> {
+    runs: Vec<&'a RunResult>,
+}
+
+impl Cell<'_> {
+    fn seeds(&self, bench: &str, measure: &str, direction: Option<&str>) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|r| mean(&values(r, bench, measure, direction)))
+            .collect()
+    }
+
+    fn per_query(&self, bench: &str, measure: &str) -> Option<Vec<f64>> {
+        let vs: Vec<Vec<f64>> = self
+            .runs
+            .iter()
+            .map(|r| values(r, bench, measure, None))
+            .collect();
+        seed_mean(&vs)
+    }
+
+    fn summary(&self, bench: &str, measure: &str, direction: Option<&str>) -> String {
+        let s = self.seeds(bench, measure, direction);
+        if s.is_empty() {
+            return "–".into();
+        }
+        let (m, sd) = mean_std(&s);
+        if s.len() > 1 {
+            format!("{m:.4} ± {sd:.4}")
+        } else {
+            format!("{m:.4}")
+        }
+    }
+
+    fn value(&self, bench: &str, measure: &str) -> Option<f64> {
+        let s = self.seeds(bench, measure, None);
+        (!s.is_empty()).then(|| mean(&s))
+    }
+}
+
+struct Results<'a> {
+    /// (group, condition) → runs.
+    cells: BTreeMap<(String, String), Vec<&'a RunResult>>,
+}
+
+impl<'a> Results<'a> {
+    fn cell(&self, group: &str, condition: &str) -> Cell<'a> {
+        Cell {
+            runs: self
+                .cells
+                .get(&(group.to_string(), condition.to_string()))
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn test(a: &Cell<'_>, b: &Cell<'_>, bench: &str, measure: &str, salt: &str) -> Option<PairedTest> {
+    let x = a.per_query(bench, measure)?;
+    let y = b.per_query(bench, measure)?;
+    let seed = crate::rng::fnv1a64(format!("{bench}/{measure}/{salt}").as_bytes());
+    paired_randomization(&x, &y, RESAMPLES, seed).ok()
+}
+
+fn p_cell(t: Option<PairedTest>) -> String {
+    t.map_or("–".into(), |t| format_p(t.p))
+}
+
+fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? - b?)
+}
+
+fn signed(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:+.4}"),
+        _ => "–".into(),
+    }
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, "create", e))?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))
+}
+
+/// A link from the report to a plot, relative to the report's directory.
+fn link(report_dir: &Path, plot: &Path) -> String {
+    plot.strip_prefix(report_dir)
+        .unwrap_or(plot)
+        .display()
+        .to_string()
+}
+
+/// `(step, value)` points of `key` in a JSONL log.
+fn log_series(path: &Path, key: &str) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+        .collect()
+}
+
+/// Verdict of one comparison.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Verdict {
+    Better,
+    Worse,
+    NotSignificant,
+    Missing,
+}
+
+fn verdict(t: Option<PairedTest>) -> Verdict {
+    match t {
+        None => Verdict::Missing,
+        Some(t) if t.p < ALPHA && t.mean_difference > 0.0 => Verdict::Better,
+        Some(t) if t.p < ALPHA && t.mean_difference < 0.0 => Verdict::Worse,
+        Some(_) => Verdict::NotSignificant,
+    }
+}
+
+fn describe(t: Option<PairedTest>, measure: &str) -> String {
+    match t {
+        None => "no comparison (runs missing)".into(),
+        Some(t) => format!(
+            "{:+.4} {measure} (p = {}{})",
+            t.mean_difference,
+            if t.p < 0.001 {
+                format!("{:.1e}", t.p)
+            } else {
+                format!("{:.3}", t.p)
+            },
+            if t.p < ALPHA { "" } else { ", not significant" }
+        ),
+    }
+}
+
+/// Write the report and its plots.
+pub fn write(inputs: &Inputs<'_>) -> Result<()> {
+    let Inputs {
+        config,
+        plan,
+        groups,
+        options,
+        data_dir,
+        path,
+    } = inputs;
+    let report_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "study".into());
+    let plot_dir = report_dir.join(format!("{stem}-plots"));
+    let loaded: Vec<(&RunSpec, Option<RunResult>)> =
+        plan.runs.iter().map(|r| (r, finished_result(r))).collect();
+    let mut cells: BTreeMap<(String, String), Vec<&RunResult>> = BTreeMap::new();
+    for (spec, r) in &loaded {
+        if let Some(r) = r {
+            cells
+                .entry((spec.group.clone(), spec.condition.clone()))
+                .or_default()
+                .push(r);
+        }
+    }
+    let results = Results { cells };
+    let finished: Vec<&RunResult> = loaded.iter().filter_map(|(_, r)| r.as_ref()).collect();
+    let missing: Vec<String> = loaded
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(s, _)| s.name())
+        .collect();
+    let trained: Vec<&str> = plan
+        .conditions
+        .iter()
+        .filter(|c| c.train)
+        .map(|c| c.name.as_str())
+        .collect();
+    let has = |c: &str| plan.conditions.iter().any(|x| x.name == c);
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# {}\n", config.name);
+    let _ = writeln!(md, "**Question.** {}\n", config.question);
+    let _ = writeln!(
+        md,
+        "This page is written by `optical study` from the runs' results; do not edit it by \
+         hand. Budget **{}**{}.\n",
+        plan.budget,
+        config
+            .budget
+            .get(&plan.budget)
+            .map(|b| b.description.trim())
+            .filter(|d| !d.is_empty())
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default()
+    );
+    if !missing.is_empty() {
+        let _ = writeln!(
+            md,
+            "> **Incomplete:** {} of {} runs have results; missing: {}. Run the same command \
+             again to continue.\n",
+            finished.len(),
+            plan.runs.len(),
+            missing.join(", ")
+        );
+    }
+
+    // ---- the answer -----------------------------------------------------------------
+    let mut answer = String::new();
+    let mut ood_vs_base: Vec<(String, Verdict)> = Vec::new();
+    let mut ood_vs_mse: Vec<(String, Verdict)> = Vec::new();
+    let mut in_vs_base: Vec<(String, Verdict)> = Vec::new();
+    if has(OT) && has(BASE) {
+        for g in groups.iter() {
+            let base = results.cell(&g.name, BASE);
+            let ot = results.cell(&g.name, OT);
+            let mse = results.cell(&g.name, MSE);
+            let title = config
+                .groups
+                .iter()
+                .find(|x| x.name == g.name)
+                .map(|x| x.title.clone())
+                .unwrap_or_default();
+            let _ = writeln!(answer, "- **Group {}** ({}):", g.name, title);
+            for b in benches(g) {
+                let m = b.measure();
+                let tb = test(&ot, &base, &b.name, m, "ot-base");
+                let tm = has(MSE)
+                    .then(|| test(&ot, &mse, &b.name, m, "ot-mse"))
+                    .flatten();
+                let label = format!("{} {}", g.name, b.name);
+                match b.role {
+                    Role::InDomain => in_vs_base.push((label.clone(), verdict(tb))),
+                    Role::OutOfDomain => {
+                        ood_vs_base.push((label.clone(), verdict(tb)));
+                        if has(MSE) {
+                            ood_vs_mse.push((label.clone(), verdict(tm)));
+                        }
+                    }
+                }
+                let _ = writeln!(
+                    answer,
+                    "  - {} ({}): OT vs the untrained model {}{}.",
+                    b.name,
+                    b.role_label(),
+                    describe(tb, b.measure_label()),
+                    if has(MSE) {
+                        format!("; OT vs mean-mse {}", describe(tm, b.measure_label()))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        let names = |v: &[(String, Verdict)], w: Verdict| -> Vec<String> {
+            v.iter().filter(|x| x.1 == w).map(|x| x.0.clone()).collect()
+        };
+        let better = names(&ood_vs_base, Verdict::Better);
+        let worse = names(&ood_vs_base, Verdict::Worse);
+        let flat = names(&ood_vs_base, Verdict::NotSignificant);
+        let n = ood_vs_base
+            .iter()
+            .filter(|x| x.1 != Verdict::Missing)
+            .count();
+        let in_better = names(&in_vs_base, Verdict::Better);
+        let short = if n == 0 {
+            "Not yet: no out-of-domain comparison has results.".to_string()
+        } else if better.is_empty() {
+            format!(
+                "No. OT distillation did not make zero-shot retrieval measurably better out of \
+                 domain on any of the {n} out-of-domain benchmarks compared with the untrained \
+                 model{}.",
+                if worse.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (it was significantly worse on {})", worse.join(", "))
+                }
+            )
+        } else if better.len() == n {
+            format!("Yes, on all {n} out-of-domain benchmarks against the untrained model.")
+        } else {
+            format!(
+                "Partly. OT distillation beat the untrained model out of domain on {} of {n} \
+                 benchmarks ({}).",
+                better.len(),
+                better.join(", ")
+            )
+        };
+        let _ = writeln!(md, "## Answer\n\n**{short}**\n");
+        let _ = writeln!(
+            md,
+            "In domain, OT beat the untrained model significantly on {} of {} benchmarks{}.",
+            in_better.len(),
+            in_vs_base
+                .iter()
+                .filter(|x| x.1 != Verdict::Missing)
+                .count(),
+            if in_better.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", in_better.join(", "))
+            }
+        );
+        if !ood_vs_mse.is_empty() {
+            let b = names(&ood_vs_mse, Verdict::Better);
+            let w = names(&ood_vs_mse, Verdict::Worse);
+            let f = names(&ood_vs_mse, Verdict::NotSignificant);
+            let _ = writeln!(
+                md,
+                "Against sentence-level distillation (mean-mse) out of domain, OT was \
+                 significantly better on {}, significantly worse on {}, and not significantly \
+                 different on {}.",
+                if b.is_empty() {
+                    "none".into()
+                } else {
+                    b.join(", ")
+                },
+                if w.is_empty() {
+                    "none".into()
+                } else {
+                    w.join(", ")
+                },
+                if f.is_empty() {
+                    "none".into()
+                } else {
+                    f.join(", ")
+                },
+            );
+        }
+        let mut nohelp: Vec<String> = flat;
+        nohelp.extend(worse.iter().cloned());
+        if !nohelp.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n**Where OT distillation does not help** (no significant gain over the \
+                 untrained model): {}.",
+                nohelp.join(", ")
+            );
+        }
+        if plan.budget != "full" {
+            let _ = writeln!(
+                md,
+                "\nThese numbers come from the `{}` budget: short training and evaluation \
+                 slices (see Setup), so small differences cannot reach significance; \"not \
+                 significant\" here means *not shown*, not *shown absent*.",
+                plan.budget
+            );
+        }
+        let _ = writeln!(md, "\nPer group and benchmark:\n\n{answer}");
+    } else {
+        let _ = writeln!(
+            md,
+            "## Answer\n\nThe plan has no `{OT}` and `{BASE}` conditions to compare.\n"
+        );
+    }
+
+    // ---- setup ----------------------------------------------------------------------
+    let _ = writeln!(md, "## Setup\n");
+    let _ = writeln!(md, "### Commands\n");
+    let _ = writeln!(
+        md,
+        "```sh\ncargo build --release --features distill,wgpu\n{}\n```\n",
+        options.command
+    );
+    let _ = writeln!(
+        md,
+        "An interrupted study (Ctrl-C, a killed process, `--stop-at-step`) continues where it \
+         stopped when the same command runs again: finished runs are skipped, a run with a \
+         checkpoint resumes from it. Data directory: `{}`.\n",
+        data_dir.display()
+    );
+    let mut hardware: Vec<String> = Vec::new();
+    for r in &finished {
+        let h = format!(
+            "{} ({} threads), backend {}",
+            r.hardware.cpu, r.hardware.threads, r.hardware.backend
+        );
+        if !hardware.contains(&h) {
+            hardware.push(h);
+        }
+    }
+    let train_s: f64 = finished
+        .iter()
+        .filter_map(|r| r.train.as_ref())
+        .map(|t| t.seconds)
+        .sum();
+    let eval_s: f64 = finished.iter().map(|r| r.eval_seconds).sum();
+    let _ = writeln!(md, "### Compute\n");
+    let _ = writeln!(
+        md,
+        "Hardware: {}. Compute used by the finished runs: training {:.1} min, evaluation \
+         {:.1} min, total {:.1} min ({:.2} h).\n",
+        if hardware.is_empty() {
+            "–".into()
+        } else {
+            hardware.join("; ")
+        },
+        train_s / 60.0,
+        eval_s / 60.0,
+        (train_s + eval_s) / 60.0,
+        (train_s + eval_s) / 3600.0
+    );
+    let rows: Vec<Vec<String>> = loaded
+        .iter()
+        .map(|(s, r)| match r {
+            Some(r) => vec![
+                r.name.clone(),
+                r.train.as_ref().map_or("–".into(), |t| {
+                    format!("{} ({} sittings)", t.steps, t.sittings)
+                }),
+                r.train
+                    .as_ref()
+                    .map_or("–".into(), |t| format!("{:.1}", t.seconds)),
+                r.train
+                    .as_ref()
+                    .map_or("–".into(), |t| format!("{:.2}", t.seconds_per_step)),
+                format!("{:.1}", r.eval_seconds),
+                r.eval_texts.to_string(),
+            ],
+            None => vec![
+                s.name(),
+                "not finished".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+            ],
+        })
+        .collect();
+    md.push_str(&markdown_table(
+        &[
+            "run".into(),
+            "steps".into(),
+            "training s".into(),
+            "s/step (last sitting)".into(),
+            "evaluation s".into(),
+            "texts encoded".into(),
+        ],
+        &rows,
+    ));
+
+    // ---- data ------------------------------------------------------------------------
+    let _ = writeln!(md, "\n### Data and splits\n");
+    let eval = &plan.eval;
+    let _ = writeln!(
+        md,
+        "- LAReQA ({}): {}; languages: {}. Dense retrieval over mean-pooled, normalised \
+         vectors, ranks over the whole (sliced) pool; mAP as trec_eval computes it.",
+        config.lareqa.join(", "),
+        match eval.lareqa_questions.is_empty() {
+            false => format!(
+                "subsets seeded by {} question ids (the first ids by a stable hash: FNV-1a \
+                 and the SplitMix64 finaliser): every paragraph \
+                 holding a seed's answer in any language is kept whole, the pool is every \
+                 sentence of those paragraphs in every language, and the queries are every \
+                 question whose answers all lie in kept paragraphs",
+                eval.lareqa_questions
+                    .iter()
+                    .map(|(d, n)| format!("{n} ({d})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            true => "the whole datasets".into(),
+        },
+        if eval.lareqa_languages.is_empty() {
+            "all".into()
+        } else {
+            eval.lareqa_languages.join(", ")
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- Bitext evaluation sets: {}; each gives x→en and en→x tasks (the translation must \
+         be found among all the set's sentences of the other side: P@1 and MRR).",
+        match eval.bitext_pairs {
+            Some(n) =>
+                format!("at most {n} pairs per set and language, evenly spaced through the file"),
+            None => "every pair".into(),
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- Tatoeba split (`tatoeba-train` / `tatoeba-heldout`): a pair is held out when the \
+         stable hash of its English sentence modulo 100 is below {}; training pairs sharing \
+         either side with any held-out pair of the group are dropped, so no held-out line is \
+         ever trained on. Distillation's own dev pairs are taken from the training part.\n",
+        config.split.heldout_percent
+    );
+    for g in groups.iter() {
+        let spec = config.groups.iter().find(|x| x.name == g.name);
+        let _ = writeln!(
+            md,
+            "**Group {}**{}: trained on {}.\n",
+            g.name,
+            spec.map(|s| format!(" ({})", s.title)).unwrap_or_default(),
+            spec.map(|s| s.train.join(", ")).unwrap_or_default()
+        );
+        if !g.split.is_empty() {
+            let rows: Vec<Vec<String>> = g
+                .split
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.language.clone(),
+                        s.pairs.to_string(),
+                        s.train.to_string(),
+                        s.heldout.to_string(),
+                        s.dropped.to_string(),
+                    ]
+                })
+                .collect();
+            md.push_str(&markdown_table(
+                &[
+                    "Tatoeba".into(),
+                    "pairs".into(),
+                    "train".into(),
+                    "held out".into(),
+                    "dropped (shared a line with a held-out pair)".into(),
+                ],
+                &rows,
+            ));
+            md.push('\n');
+        }
+        let rows: Vec<Vec<String>> = g
+            .sets
+            .iter()
+            .map(|s| {
+                let t = &s.tasks[0];
+                vec![
+                    s.info.benchmark.clone(),
+                    s.info.language.clone(),
+                    match s.info.role {
+                        Role::InDomain => "in domain".into(),
+                        Role::OutOfDomain => "out of domain".into(),
+                    },
+                    t.queries.len().to_string(),
+                    t.candidates.len().to_string(),
+                ]
+            })
+            .collect();
+        md.push_str(&markdown_table(
+            &[
+                "evaluation set".into(),
+                "language".into(),
+                "role".into(),
+                "queries (per direction)".into(),
+                "pool".into(),
+            ],
+            &rows,
+        ));
+        md.push('\n');
+    }
+
+    // ---- hyperparameters ---------------------------------------------------------------
+    let _ = writeln!(md, "### Hyperparameters\n");
+    let first: Vec<&RunSpec> = plan
+        .conditions
+        .iter()
+        .filter_map(|c| {
+            plan.runs
+                .iter()
+                .find(|r| r.condition == c.name && r.distill.is_some())
+        })
+        .collect();
+    let as_map = |r: &RunSpec| -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        if let Some(d) = &r.distill {
+            if let Ok(serde_json::Value::Object(o)) = serde_json::to_value(d) {
+                for (k, v) in o {
+                    if ["out", "sources", "data_dir", "seed"].contains(&k.as_str()) {
+                        continue;
+                    }
+                    m.insert(k, v.to_string().trim_matches('"').to_string());
+                }
+            }
+        }
+        m
+    };
+    let maps: Vec<BTreeMap<String, String>> = first.iter().map(|r| as_map(r)).collect();
+    if let Some(m0) = maps.first() {
+        let varying: Vec<&String> = m0
+            .keys()
+            .filter(|k| maps.iter().any(|m| m.get(*k) != m0.get(*k)))
+            .collect();
+        let common: Vec<String> = m0
+            .iter()
+            .filter(|(k, _)| !varying.contains(k))
+            .map(|(k, v)| format!("`{k}` = {v}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "The base model (`base`, untrained) is `{}`. Every trained run: {}; seeds {}.\n",
+            config.base_model(),
+            common.join(", "),
+            plan.seeds
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if !varying.is_empty() {
+            let mut headers = vec!["condition".to_string()];
+            headers.extend(varying.iter().map(|k| k.to_string()));
+            headers.push("description".into());
+            let rows: Vec<Vec<String>> = first
+                .iter()
+                .zip(&maps)
+                .map(|(r, m)| {
+                    let mut row = vec![r.condition.clone()];
+                    row.extend(
+                        varying
+                            .iter()
+                            .map(|k| m.get(*k).cloned().unwrap_or_default()),
+                    );
+                    row.push(
+                        plan.conditions
+                            .iter()
+                            .find(|c| c.name == r.condition)
+                            .map(|c| c.description.clone())
+                            .unwrap_or_default(),
+                    );
+                    row
+                })
+                .collect();
+            md.push_str(&markdown_table(&headers, &rows));
+            md.push('\n');
+        }
+    }
+
+    // ---- results -----------------------------------------------------------------------
+    let _ = writeln!(md, "## Results\n");
+    let _ = writeln!(
+        md,
+        "Mean ± standard deviation over seeds (one value when there is one seed). Δ is the \
+         difference from `base`; p-values are two-sided paired randomisation tests over the \
+         benchmark's queries ({RESAMPLES} sign flips; per-query values averaged over seeds); \
+         \"n.s.\" marks p ≥ {ALPHA} (not significant). No correction for multiple comparisons \
+         is applied.\n"
+    );
+    let mut plots: Vec<(String, PathBuf)> = Vec::new();
+    for g in groups.iter() {
+        let base = results.cell(&g.name, BASE);
+        let mse = results.cell(&g.name, MSE);
+        let _ = writeln!(md, "### Group {}\n", g.name);
+        let conditions: Vec<&str> = plan.conditions.iter().map(|c| c.name.as_str()).collect();
+        for b in benches(g) {
+            let m = b.measure();
+            let _ = writeln!(
+                md,
+                "#### {} ({}, {})\n",
+                b.name,
+                b.role_label(),
+                b.measure_label()
+            );
+            let rows: Vec<Vec<String>> = conditions
+                .iter()
+                .map(|&c| {
+                    let cell = results.cell(&g.name, c);
+                    let d = delta(cell.value(&b.name, m), base.value(&b.name, m));
+                    let tb = (c != BASE)
+                        .then(|| test(&cell, &base, &b.name, m, &format!("{c}-base")))
+                        .flatten();
+                    let tm = (c != BASE && c != MSE && has(MSE))
+                        .then(|| test(&cell, &mse, &b.name, m, &format!("{c}-mse")))
+                        .flatten();
+                    let mut row = vec![c.to_string(), cell.runs.len().to_string()];
+                    if b.lareqa {
+                        row.push(cell.summary(&b.name, "map", None));
+                    } else {
+                        for (meas, dir) in [
+                            ("P_1", "x→en"),
+                            ("P_1", "en→x"),
+                            ("recip_rank", "x→en"),
+                            ("recip_rank", "en→x"),
+                        ] {
+                            row.push(cell.summary(&b.name, meas, Some(dir)));
+                        }
+                    }
+                    row.push(if c == BASE { "–".into() } else { signed(d) });
+                    row.push(p_cell(tb));
+                    row.push(p_cell(tm));
+                    if b.lareqa {
+                        let shares: Vec<f64> = cell
+                            .runs
+                            .iter()
+                            .filter_map(|r| {
+                                r.tasks
+                                    .iter()
+                                    .find(|t| t.set.benchmark == b.name)
+                                    .and_then(|t| t.own_language.as_ref())
+                                    .map(|o| o.share)
+                            })
+                            .collect();
+                        row.push(if shares.is_empty() {
+                            "–".into()
+                        } else {
+                            format!("{:.3}", mean(&shares))
+                        });
+                    }
+                    row
+                })
+                .collect();
+            let mut headers = vec!["condition".to_string(), "runs".into()];
+            if b.lareqa {
+                headers.push("mAP".into());
+            } else {
+                headers.extend(
+                    ["P@1 x→en", "P@1 en→x", "MRR x→en", "MRR en→x"]
+                        .iter()
+                        .map(|s| s.to_string()),
+                );
+            }
+            headers.push(format!("Δ {} vs base", b.measure_label()));
+            headers.push("p vs base".into());
+            headers.push("p vs mean-mse".into());
+            if b.lareqa {
+                let k = g
+                    .sets
+                    .iter()
+                    .find(|s| s.info.benchmark == b.name)
+                    .map_or(0, |s| s.tasks[0].candidate_languages().len());
+                headers.push(format!("same-language share of top {k}"));
+            }
+            md.push_str(&markdown_table(&headers, &rows));
+            md.push('\n');
+            if b.lareqa {
+                let k = g
+                    .sets
+                    .iter()
+                    .find(|s| s.info.benchmark == b.name)
+                    .map_or(1, |s| s.tasks[0].candidate_languages().len().max(1));
+                let _ = writeln!(
+                    md,
+                    "Same-language share: of each query's top {k} candidates, the share in the \
+                     query's own language (LAReQA's same-language bias); with one relevant \
+                     sentence per language a language-agnostic ranking would put about \
+                     1/{k} = {:.3} there.\n",
+                    1.0 / k as f64
+                );
+            }
+        }
+
+        // Robustness: out-of-domain gain / in-domain gain.
+        let bs = benches(g);
+        let in_domain: Vec<&Bench> = bs.iter().filter(|b| b.role == Role::InDomain).collect();
+        let ood: Vec<&Bench> = bs.iter().filter(|b| b.role == Role::OutOfDomain).collect();
+        if !in_domain.is_empty() && !ood.is_empty() {
+            let _ = writeln!(
+                md,
+                "#### Robustness (out-of-domain gain over base ÷ in-domain gain)\n"
+            );
+            let mut headers = vec!["condition".to_string(), "in-domain Δ".into()];
+            for o in &ood {
+                headers.push(format!("{} Δ", o.name));
+                headers.push(format!("{} ratio", o.name));
+            }
+            let rows: Vec<Vec<String>> = trained
+                .iter()
+                .map(|&c| {
+                    let cell = results.cell(&g.name, c);
+                    let gains: Vec<f64> = in_domain
+                        .iter()
+                        .filter_map(|b| {
+                            delta(
+                                cell.value(&b.name, b.measure()),
+                                base.value(&b.name, b.measure()),
+                            )
+                        })
+                        .collect();
+                    let gin = (!gains.is_empty()).then(|| mean(&gains));
+                    let mut row = vec![c.to_string(), signed(gin)];
+                    for o in &ood {
+                        let go = delta(
+                            cell.value(&o.name, o.measure()),
+                            base.value(&o.name, o.measure()),
+                        );
+                        row.push(signed(go));
+                        row.push(match (go, gin) {
+                            (Some(a), Some(b)) if b >= 1e-3 => format!("{:.2}", a / b),
+                            (Some(_), Some(_)) => "n/a (no in-domain gain)".into(),
+                            _ => "–".into(),
+                        });
+                    }
+                    row
+                })
+                .collect();
+            md.push_str(&markdown_table(&headers, &rows));
+            let _ = writeln!(
+                md,
+                "\nThe ratio is given where training helped in domain (Δ ≥ 0.001): near 1 the \
+                 gain carries over out of domain, near 0 it does not, negative means training \
+                 hurt out of domain while helping in domain. Gains in different measures (mAP, \
+                 P@1) are compared as they are. Δ are differences of means; whether they are \
+                 significant is in the tables above.\n"
+            );
+        }
+
+        // Plots of the group.
+        let gname = slug(&g.name);
+        let deltas_of = |c: &str, b: &Bench| -> Option<f64> {
+            delta(
+                results.cell(&g.name, c).value(&b.name, b.measure()),
+                base.value(&b.name, b.measure()),
+            )
+        };
+        let cats: Vec<String> = bs
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} ({})",
+                    b.name,
+                    if b.role == Role::InDomain {
+                        "in"
+                    } else {
+                        "out"
+                    }
+                )
+            })
+            .collect();
+        let series: Vec<(String, Vec<f64>)> = trained
+            .iter()
+            .map(|&c| {
+                (
+                    c.to_string(),
+                    bs.iter()
+                        .map(|b| deltas_of(c, b).unwrap_or(f64::NAN))
+                        .collect(),
+                )
+            })
+            .collect();
+        let p = plot_dir.join(format!("{gname}-gains.svg"));
+        write_file(
+            &p,
+            &svg::delta_bar_chart(
+                &format!("Group {}: gain over base (mAP or P@1)", g.name),
+                "Δ vs base",
+                &cats,
+                &series,
+            ),
+        )?;
+        plots.push((
+            format!("Group {}: gains over base per benchmark", g.name),
+            p,
+        ));
+        for b in bs.iter().filter(|b| b.lareqa) {
+            // Per query language.
+            let langs: Vec<String> = base
+                .runs
+                .first()
+                .and_then(|r| r.tasks.iter().find(|t| t.set.benchmark == b.name))
+                .map(|t| t.result.per_language.keys().cloned().collect())
+                .unwrap_or_default();
+            let per_lang = |c: &str, l: &str| -> Option<f64> {
+                let runs = results.cell(&g.name, c).runs;
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| {
+                        r.tasks
+                            .iter()
+                            .find(|t| t.set.benchmark == b.name)?
+                            .result
+                            .per_language
+                            .get(l)?
+                            .get("map")
+                            .copied()
+                    })
+                    .collect();
+                (!v.is_empty()).then(|| mean(&v))
+            };
+            let series: Vec<(String, Vec<f64>)> = trained
+                .iter()
+                .map(|&c| {
+                    (
+                        c.to_string(),
+                        langs
+                            .iter()
+                            .map(|l| delta(per_lang(c, l), per_lang(BASE, l)).unwrap_or(f64::NAN))
+                            .collect(),
+                    )
+                })
+                .collect();
+            let p = plot_dir.join(format!("{gname}-{}-per-language.svg", slug(&b.name)));
+            write_file(
+                &p,
+                &svg::delta_bar_chart(
+                    &format!(
+                        "Group {}: {} mAP − base, per query language",
+                        g.name, b.name
+                    ),
+                    "Δ mAP",
+                    &langs,
+                    &series,
+                ),
+            )?;
+            plots.push((
+                format!(
+                    "Group {}: {} per-language mAP deltas vs base",
+                    g.name, b.name
+                ),
+                p,
+            ));
+            // Language × language heatmap of deltas, per trained condition.
+            let breakdown = |c: &str| -> Option<LanguageGrid> {
+                let runs = results.cell(&g.name, c).runs;
+                let bds: Vec<&crate::retrieval::evaluate::Breakdown> = runs
+                    .iter()
+                    .filter_map(|r| {
+                        r.tasks
+                            .iter()
+                            .find(|t| t.set.benchmark == b.name)?
+                            .result
+                            .breakdown
+                            .as_ref()
+                    })
+                    .collect();
+                let first = bds.first()?;
+                let map = first
+                    .map
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        (0..row.len())
+                            .map(|j| {
+                                let v: Vec<f64> = bds
+                                    .iter()
+                                    .filter_map(|bd| bd.map.get(i)?.get(j).copied().flatten())
+                                    .collect();
+                                (!v.is_empty()).then(|| mean(&v))
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Some((
+                    first.query_languages.clone(),
+                    first.candidate_languages.clone(),
+                    map,
+                ))
+            };
+            if let Some((rows, cols, base_map)) = breakdown(BASE) {
+                for &c in &trained {
+                    let Some((r2, c2, m)) = breakdown(c) else {
+                        continue;
+                    };
+                    if r2 != rows || c2 != cols {
+                        continue;
+                    }
+                    let d: Vec<Vec<Option<f64>>> = m
+                        .iter()
+                        .zip(&base_map)
+                        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| Some((*x)? - (*y)?)).collect())
+                        .collect();
+                    let p =
+                        plot_dir.join(format!("{gname}-{}-heatmap-{}.svg", slug(&b.name), slug(c)));
+                    write_file(
+                        &p,
+                        &svg::delta_heatmap(
+                            &format!("Group {}, {c}: {} mAP − base (×100)", g.name, b.name),
+                            "query language",
+                            "candidate language",
+                            &rows,
+                            &cols,
+                            &d,
+                        ),
+                    )?;
+                    plots.push((
+                        format!(
+                            "Group {}, {c}: {} query × candidate language mAP delta vs base",
+                            g.name, b.name
+                        ),
+                        p,
+                    ));
+                }
+            }
+        }
+        // Training curves (first seed of each trained condition).
+        let curve = |key: &str, file: &str| -> Vec<(String, Vec<(f64, f64)>)> {
+            trained
+                .iter()
+                .filter_map(|&c| {
+                    let run = plan
+                        .runs
+                        .iter()
+                        .find(|r| r.group == g.name && r.condition == c)?;
+                    let pts = log_series(&run.dir.join(file), key);
+                    (!pts.is_empty()).then(|| (c.to_string(), pts))
+                })
+                .collect()
+        };
+        for (key, file, title, ylabel, name) in [
+            ("loss", "log.jsonl", "training loss", "loss", "loss"),
+            (
+                "p_at_1",
+                "dev.jsonl",
+                "dev P@1 (pairs held out of training)",
+                "P@1",
+                "dev",
+            ),
+        ] {
+            let data = curve(key, file);
+            if data.is_empty() {
+                continue;
+            }
+            let series: Vec<Series<'_>> = data
+                .iter()
+                .map(|(l, pts)| Series {
+                    label: l,
+                    points: pts.clone(),
+                })
+                .collect();
+            let p = plot_dir.join(format!("{gname}-training-{name}.svg"));
+            write_file(
+                &p,
+                &line_chart(
+                    &format!("Group {}: {title} (seed {})", g.name, plan.seeds[0]),
+                    "step",
+                    ylabel,
+                    &series,
+                ),
+            )?;
+            plots.push((format!("Group {}: {title}", g.name), p));
+        }
+    }
+
+    // ---- plots -------------------------------------------------------------------------
+    if !plots.is_empty() {
+        let _ = writeln!(md, "## Plots\n");
+        for (title, p) in &plots {
+            let _ = writeln!(md, "**{title}**\n\n![{title}]({})\n", link(&report_dir, p));
+        }
+    }
+
+    // ---- context -------------------------------------------------------------------------
+    if !config.context.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Published figures (quoted context, not measured here)\n\nFrom the papers, for \
+             orientation only: other models, data, pools and budgets, so not comparable number \
+             for number with the tables above.\n"
+        );
+        let rows: Vec<Vec<String>> = config
+            .context
+            .iter()
+            .map(|q| vec![q.source.clone(), q.setting.clone(), q.figure.clone()])
+            .collect();
+        md.push_str(&markdown_table(
+            &["source".into(), "setting".into(), "figure (quoted)".into()],
+            &rows,
+        ));
+    }
+    write_file(path, &md)
+}

@@ -1,0 +1,382 @@
+//! The study machinery end to end on a tiny configuration: tiny random encoders saved as
+//! Hugging Face directories, synthetic LAReQA / Tatoeba / explicit bitext files, the base
+//! model and two trained conditions. Checks that a run stopped mid-way resumes (and ends
+//! exactly where an uninterrupted run ends), that finished runs are skipped, that held-out
+//! lines are never trained on, and that the report and its plots are written.
+#![cfg(feature = "distill")]
+
+use std::path::{Path, PathBuf};
+
+use optical::distill::export::{write_tiny_model, TINY_WORDS};
+use optical::rng::SplitMix64;
+use optical::study::{run_study, RunResult, RunStatus, StudyOptions};
+
+const WORDS: usize = TINY_WORDS;
+
+/// A tiny random BERT with the word-level tokenizer, written as a Hugging Face directory.
+fn tiny_model(root: &Path, name: &str, seed: u64) -> PathBuf {
+    write_tiny_model(root, name, seed).unwrap()
+}
+
+/// A sentence pair: English words and their word-by-word "translation".
+fn pair(rng: &mut SplitMix64) -> (String, String) {
+    let n = rng.range(3, 6);
+    let idx: Vec<usize> = (0..n).map(|_| rng.range(0, WORDS - 1)).collect();
+    let f = idx.iter().map(|i| format!("f{i}")).collect::<Vec<_>>();
+    let e = idx.iter().map(|i| format!("e{i}")).collect::<Vec<_>>();
+    (f.join(" "), e.join(" "))
+}
+
+fn write_pairs(dir: &Path, other: &str, english: &str, pairs: &[(String, String)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let side = |k: usize| -> String {
+        pairs
+            .iter()
+            .map(|p| if k == 0 { p.0.as_str() } else { p.1.as_str() })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    };
+    std::fs::write(dir.join(other), side(0)).unwrap();
+    std::fs::write(dir.join(english), side(1)).unwrap();
+}
+
+/// Two-language XQuAD-R-shaped files: 8 parallel paragraphs of 3 sentences, 2 questions each.
+fn write_lareqa(dir: &Path, rng: &mut SplitMix64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let paragraphs: Vec<Vec<(String, String)>> = (0..8)
+        .map(|_| (0..3).map(|_| pair(rng)).collect())
+        .collect();
+    let questions: Vec<Vec<((String, String), usize)>> = (0..8)
+        .map(|_| (0..2).map(|_| (pair(rng), rng.range(0, 2))).collect())
+        .collect();
+    for (lang, side) in [("en", 1), ("de", 0)] {
+        let text = |p: &(String, String)| if side == 0 { p.0.clone() } else { p.1.clone() };
+        let paras: Vec<serde_json::Value> = paragraphs
+            .iter()
+            .zip(&questions)
+            .enumerate()
+            .map(|(pi, (sents, qs))| {
+                let sentences: Vec<String> = sents.iter().map(text).collect();
+                let mut breaks = Vec::new();
+                let mut start = 0;
+                for s in &sentences {
+                    breaks.push(vec![start, start + s.len()]);
+                    start += s.len() + 1;
+                }
+                let qas: Vec<serde_json::Value> = qs
+                    .iter()
+                    .enumerate()
+                    .map(|(qi, (q, s))| {
+                        serde_json::json!({
+                            "id": format!("q{pi}-{qi}"),
+                            "question": text(q),
+                            "answers": [{"answer_start": breaks[*s][0], "text": "x"}],
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "context": sentences.join(" "),
+                    "sentences": sentences,
+                    "sentence_breaks": breaks,
+                    "qas": qas,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({"data": [{"title": "t", "paragraphs": paras}]});
+        std::fs::write(dir.join(format!("{lang}.json")), doc.to_string()).unwrap();
+    }
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let teacher = tiny_model(&root, "teacher", 2);
+    let student = tiny_model(&root, "student", 1);
+    let data = root.join("data");
+    let mut rng = SplitMix64::new(42);
+    write_lareqa(&data.join("lareqa/xquad-r"), &mut rng);
+    for lang in ["deu", "fra"] {
+        let pairs: Vec<_> = (0..60).map(|_| pair(&mut rng)).collect();
+        write_pairs(
+            &data.join("tatoeba"),
+            &format!("tatoeba.{lang}-eng.{lang}"),
+            &format!("tatoeba.{lang}-eng.eng"),
+            &pairs,
+        );
+    }
+    let news: Vec<_> = (0..40).map(|_| pair(&mut rng)).collect();
+    write_pairs(&root.join("news"), "train.deu", "train.eng", &news);
+    let ood: Vec<_> = (0..30).map(|_| pair(&mut rng)).collect();
+    write_pairs(&root.join("news"), "ood.deu", "ood.eng", &ood);
+    let p = |x: &Path| x.display().to_string();
+    let n = root.join("news");
+    let config = format!(
+        r#"
+name = "tiny study"
+question = "Does the machinery work end to end?"
+data_dir = "{data}"
+lareqa = ["xquad-r"]
+
+[distill]
+teacher = "{teacher}"
+student = "{student}"
+distill_english = true
+max_length = 16
+epsilon = 0.1
+sinkhorn_threshold = 1e-4
+lr = 0.003
+freeze_embeddings = false
+freeze_layers = 0
+dev_pairs = 8
+
+[[condition]]
+name = "base"
+train = false
+
+[[condition]]
+name = "ot"
+distill = {{ loss = "ot" }}
+
+[[condition]]
+name = "mean-mse"
+distill = {{ loss = "mean-mse" }}
+
+[[group]]
+name = "A"
+title = "tiny"
+train = ["tatoeba-train:deu", "tatoeba-train:fra", "files:deu:{ntd}:{nte}"]
+in_domain = ["tatoeba-heldout:deu", "tatoeba-heldout:fra"]
+out_of_domain = ["files:news:deu:{nod}:{noe}"]
+
+[budget.tiny]
+seeds = [0]
+conditions = ["base", "ot", "mean-mse"]
+distill = {{ steps = 4, batch_size = 4, eval_every = 2, checkpoint_every = 2, warmup_steps = 0 }}
+eval = {{ lareqa_questions = {{ xquad-r = 5 }}, lareqa_languages = ["en", "de"], bitext_pairs = 10 }}
+"#,
+        data = p(&data),
+        teacher = p(&teacher),
+        student = p(&student),
+        ntd = p(&n.join("train.deu")),
+        nte = p(&n.join("train.eng")),
+        nod = p(&n.join("ood.deu")),
+        noe = p(&n.join("ood.eng")),
+    );
+    let path = root.join("tiny.toml");
+    std::fs::write(&path, config).unwrap();
+    Fixture {
+        _tmp: tmp,
+        root,
+        config: path,
+    }
+}
+
+fn options(f: &Fixture, out: &str, stop_at_step: Option<usize>) -> StudyOptions {
+    StudyOptions {
+        config: f.config.clone(),
+        budget: "tiny".into(),
+        backend: None,
+        out: f.root.join(out),
+        report: Some(f.root.join(out).join("docs").join("STUDY.md")),
+        data_dir: None,
+        stop_at_step,
+        progress: false,
+        report_only: false,
+        command: "optical study --config tiny.toml --budget tiny".into(),
+    }
+}
+
+fn run_dir(f: &Fixture, out: &str, prefix: &str) -> PathBuf {
+    let runs = f.root.join(out).join("runs");
+    std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no run {prefix}* in {}", runs.display()))
+}
+
+fn logged_steps(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn result(dir: &Path) -> RunResult {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_tiny_study_runs_resumes_skips_and_reports() {
+    let f = fixture();
+
+    // First sitting: training stops at step 2 of 4; only the base model is finished.
+    let first = run_study(&options(&f, "out", Some(2))).unwrap();
+    println!("first: {:?}", first.runs);
+    let status = |o: &optical::study::StudyOutcome, prefix: &str| -> RunStatus {
+        o.runs
+            .iter()
+            .find(|(n, _)| n.starts_with(prefix))
+            .map(|(_, s)| s.clone())
+            .unwrap()
+    };
+    assert_eq!(status(&first, "base-"), RunStatus::Evaluated);
+    assert_eq!(status(&first, "ot-"), RunStatus::Paused { step: 2 });
+    assert_eq!(status(&first, "mean-mse-"), RunStatus::Paused { step: 2 });
+    assert_eq!((first.finished, first.total), (1, 3));
+    let ot = run_dir(&f, "out", "ot-A-s0-");
+    assert!(!ot.join("result.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(ot.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step-000002"
+    );
+    assert_eq!(logged_steps(&ot), [1, 2]);
+    let report = std::fs::read_to_string(&first.report).unwrap();
+    assert!(report.contains("Incomplete"), "{report}");
+
+    // A process killed after logging step 3 but before its checkpoint: the resumed run must
+    // redo step 3 without logging it twice.
+    let mut log = std::fs::read_to_string(ot.join("log.jsonl")).unwrap();
+    log.push_str(
+        &log.lines()
+            .last()
+            .unwrap()
+            .replace("\"step\":2", "\"step\":3"),
+    );
+    log.push('\n');
+    std::fs::write(ot.join("log.jsonl"), log).unwrap();
+
+    // Second sitting: the trained runs resume at step 2 and finish; base is skipped.
+    let second = run_study(&options(&f, "out", None)).unwrap();
+    println!("second: {:?}", second.runs);
+    assert_eq!(status(&second, "base-"), RunStatus::Skipped);
+    assert_eq!(
+        status(&second, "ot-"),
+        RunStatus::Trained {
+            resumed_from: Some(2)
+        }
+    );
+    assert_eq!(second.finished, 3);
+    assert_eq!(logged_steps(&ot), [1, 2, 3, 4]);
+    let resumed = result(&ot);
+    assert_eq!(resumed.train.as_ref().unwrap().steps, 4);
+    assert_eq!(resumed.train.as_ref().unwrap().sittings, 2);
+    assert!(!ot.join("checkpoints").exists() && !ot.join("student").exists());
+    let benchmarks: Vec<&str> = resumed
+        .tasks
+        .iter()
+        .map(|t| t.set.benchmark.as_str())
+        .collect();
+    assert_eq!(
+        benchmarks,
+        [
+            "xquad-r",
+            "tatoeba-heldout",
+            "tatoeba-heldout",
+            "tatoeba-heldout",
+            "tatoeba-heldout",
+            "news",
+            "news"
+        ]
+    );
+    let lareqa = &resumed.tasks[0];
+    assert_eq!(lareqa.per_query["map"].len(), lareqa.result.queries);
+    let share = lareqa.own_language.as_ref().unwrap();
+    assert_eq!(share.k, 2);
+    assert!((0.0..=1.0).contains(&share.share));
+
+    // Third: everything is finished and skipped; results are untouched.
+    let before = std::fs::read_to_string(ot.join("result.json")).unwrap();
+    let third = run_study(&options(&f, "out", None)).unwrap();
+    assert!(
+        third.runs.iter().all(|(_, s)| *s == RunStatus::Skipped),
+        "{:?}",
+        third.runs
+    );
+    assert_eq!(
+        std::fs::read_to_string(ot.join("result.json")).unwrap(),
+        before
+    );
+
+    // The resumed run ends exactly where an uninterrupted one does.
+    run_study(&options(&f, "straight", None)).unwrap();
+    let straight = result(&run_dir(&f, "straight", "ot-A-s0-"));
+    assert_eq!(straight.key, resumed.key);
+    for (a, b) in straight.tasks.iter().zip(&resumed.tasks) {
+        assert_eq!(a.per_query, b.per_query, "{}", a.result.task);
+    }
+
+    // No held-out Tatoeba line was trained on: the split's training files hold none.
+    let split_dir = f.root.join("out").join("data").join("A");
+    let heldout: Vec<String> = ["deu", "fra"]
+        .iter()
+        .flat_map(|l| {
+            let b = optical::data::bitext::tatoeba(&f.root.join("data"), l).unwrap();
+            let s = optical::study::split::split_group(&[b], 20);
+            let h = s[0].heldout.clone();
+            h.source.into_iter().chain(h.target)
+        })
+        .collect();
+    assert!(!heldout.is_empty());
+    for l in ["deu", "fra"] {
+        for side in [l, "eng"] {
+            let text =
+                std::fs::read_to_string(split_dir.join(format!("{l}.train.{side}"))).unwrap();
+            for line in text.lines() {
+                assert!(!heldout.iter().any(|h| h == line), "{line} trained on");
+            }
+        }
+    }
+
+    // The report: answer, tables with p-values, plots that exist and are SVG.
+    let report = std::fs::read_to_string(&third.report).unwrap();
+    println!("{report}");
+    for needle in [
+        "## Answer",
+        "#### xquad-r (out of domain, mAP)",
+        "#### tatoeba-heldout (in domain, P@1)",
+        "#### news (out of domain, P@1)",
+        "p vs mean-mse",
+        "Robustness",
+        "same-language share of top 2",
+    ] {
+        assert!(report.contains(needle), "missing {needle:?}");
+    }
+    assert!(!report.contains("Incomplete"));
+    let answer = report.split("## Answer\n\n").nth(1).unwrap();
+    assert!(
+        ["**No.", "**Yes", "**Partly"]
+            .iter()
+            .any(|a| answer.starts_with(a)),
+        "{answer}"
+    );
+    let plots: Vec<&str> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("![")?.split("](").nth(1)?.strip_suffix(')'))
+        .collect();
+    assert!(plots.len() >= 6, "{plots:?}");
+    let docs = third.report.parent().unwrap();
+    for p in &plots {
+        let svg = std::fs::read_to_string(docs.join(p)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{p}"
+        );
+    }
+    assert!(plots.iter().any(|p| p.contains("heatmap-ot")));
+    assert!(plots.iter().any(|p| p.contains("training-loss")));
+}
