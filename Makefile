@@ -80,8 +80,7 @@ gpu-check:
 ## writes docs/STUDY.md. On a GPU machine: make study STUDY_BUDGET=full STUDY_BACKEND=wgpu.
 STUDY_BUDGET ?= quick
 STUDY_BACKEND ?=
-study: setup
-	cargo build --release --features distill,wgpu
+study: setup build
 	$(BIN) study --config studies/ood-robustness.toml --budget $(STUDY_BUDGET) \
 	    $(if $(STUDY_BACKEND),--backend $(STUDY_BACKEND),) \
 	    --out $(CACHE)/study-$(STUDY_BUDGET) --report docs/STUDY.md

@@ -42,9 +42,11 @@ pub struct DistillArgs {
 /// One flag per configuration key (same names, `-` for `_`).
 #[derive(Debug, Default, Args, Serialize)]
 pub struct ConfigFlags {
+    /// Teacher encoder (frozen, reads English): e5-small, minilm, or a path.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub teacher: Option<String>,
+    /// Student initialisation (trainable, reads the other language): e5-small or a path.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub student: Option<String>,
@@ -52,12 +54,15 @@ pub struct ConfigFlags {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<String>>,
+    /// Data directory (default: `$OPTICAL_DATA_DIR`, else `../shared/data`).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// Pairs held out of training for the dev evaluation (taken after shuffling).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_pairs: Option<usize>,
+    /// Truncation length in tokens, specials included, for both encoders.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
@@ -65,15 +70,23 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<String>,
+    /// Weight of the MSE term in `ot+mean-mse`.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mse_weight: Option<f64>,
+    /// Also distil the English side (student(en) → teacher(en)).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distill_english: Option<bool>,
+    /// Subtract each side's mean token state over the batch (real tokens only) before the
+    /// loss, so that the cost `1 − cos` compares token states relative to the batch rather
+    /// than along the direction that every contextual token shares. With several devices
+    /// the mean is over each replica's shard of the micro-batch, so a multi-device run
+    /// matches the one-device run exactly only with `center_tokens = false`.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub center_tokens: Option<bool>,
+    /// Sinkhorn ε (cost units; the cost is 1 − cos ∈ [0, 2]).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
@@ -92,39 +105,51 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub devices: Option<String>,
+    /// AdamW peak learning rate.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
+    /// Linear warm-up steps, then linear decay to 0 at `steps`.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_steps: Option<usize>,
+    /// Pairs per micro-batch (the global micro-batch: with several devices, each replica
+    /// takes a contiguous share of it).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Micro-batches per optimiser step.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_accumulation: Option<usize>,
+    /// Global gradient-norm clipping (0 disables).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_clip: Option<f64>,
+    /// Optimiser steps.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
+    /// Freeze the student's embedding layer.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freeze_embeddings: Option<bool>,
+    /// Freeze the lowest k transformer layers of the student.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freeze_layers: Option<usize>,
+    /// Seed of the data order.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Checkpoint every N steps (0: only at the end).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// Dev evaluation every N steps (0: only at the end).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
@@ -132,9 +157,14 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<String>,
+    /// Host memory (MiB) for cached token states: the frozen teacher's outputs and, when
+    /// the embeddings and the lowest `freeze_layers` layers are frozen, the student's
+    /// hidden states after that frozen prefix (computed once per pair, so a step runs only
+    /// the trainable layers). Beyond the budget, states are recomputed every time.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_mb: Option<usize>,
+    /// Run directory: checkpoints, log.jsonl, plots, the exported student.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
