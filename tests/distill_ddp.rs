@@ -10,43 +10,17 @@ use optical::distill::ddp::shards;
 use optical::distill::export::{random_encoder, tiny_config, to_weights};
 use optical::distill::{DeviceSelection, DistillConfig, GradientSync, TokenizedPairs, Trainer};
 use optical::encoder::model::TransformerEncoder;
-use optical::rng::SplitMix64;
 
-fn random_pairs(n: usize, seed: u64) -> TokenizedPairs {
-    let mut rng = SplitMix64::new(seed);
-    let seq = |rng: &mut SplitMix64| -> Vec<u32> {
-        let len = rng.range(3, 10);
-        (0..len).map(|_| rng.range(1, 49) as u32).collect()
-    };
-    let student = (0..n).map(|_| seq(&mut rng)).collect();
-    let teacher = (0..n).map(|_| seq(&mut rng)).collect();
-    let student_english = (0..n).map(|_| seq(&mut rng)).collect();
-    TokenizedPairs {
-        student,
-        teacher,
-        student_english,
-    }
-}
+mod common;
+use common::distill::{random_pairs, tiny_run};
 
-/// The settings the tiny model needs (as in `distill_train.rs`).
+/// The tiny settings of `distill_train.rs`, uncentred: centring subtracts the mean over the
+/// micro-batch a replica sees (its shard), so only the uncentred loss is the same function
+/// of the global batch on N devices.
 fn config(loss: &str, batch: usize, steps: usize) -> DistillConfig {
     DistillConfig {
-        // Centring subtracts the mean over the micro-batch a replica sees (its shard), so
-        // only the uncentred loss is the same function of the global batch on N devices.
         center_tokens: false,
-        loss: loss.into(),
-        batch_size: batch,
-        steps,
-        warmup_steps: 0,
-        lr: 3e-3,
-        freeze_embeddings: false,
-        freeze_layers: 0,
-        distill_english: false,
-        epsilon: 0.1,
-        sinkhorn_iterations: 500,
-        sinkhorn_threshold: 1e-6,
-        backend: "cpu".into(),
-        ..DistillConfig::default()
+        ..tiny_run(loss, batch, steps)
     }
 }
 

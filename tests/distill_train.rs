@@ -4,40 +4,13 @@
 
 use burn::prelude::*;
 use optical::distill::export::{random_encoder, tiny_config, to_weights};
-use optical::distill::{DistillConfig, TokenizedPairs, Trainer};
-use optical::rng::SplitMix64;
+use optical::distill::{DistillConfig, Trainer};
 
-fn random_pairs(n: usize, seed: u64) -> TokenizedPairs {
-    let mut rng = SplitMix64::new(seed);
-    let seq = |rng: &mut SplitMix64| -> Vec<u32> {
-        let len = rng.range(3, 10);
-        (0..len).map(|_| rng.range(1, 49) as u32).collect()
-    };
-    let student = (0..n).map(|_| seq(&mut rng)).collect();
-    let teacher = (0..n).map(|_| seq(&mut rng)).collect();
-    TokenizedPairs {
-        student,
-        teacher,
-        student_english: Vec::new(),
-    }
-}
+mod common;
+use common::distill::{random_pairs, tiny_run};
 
 fn config(loss: &str, batch: usize, steps: usize) -> DistillConfig {
-    DistillConfig {
-        loss: loss.into(),
-        batch_size: batch,
-        steps,
-        warmup_steps: 0,
-        lr: 3e-3,
-        freeze_embeddings: false,
-        freeze_layers: 0,
-        distill_english: false,
-        epsilon: 0.1,
-        sinkhorn_iterations: 500,
-        sinkhorn_threshold: 1e-6,
-        backend: "cpu".into(),
-        ..DistillConfig::default()
-    }
+    tiny_run(loss, batch, steps)
 }
 
 fn trainer(config: DistillConfig, pairs: usize) -> Trainer {
@@ -162,8 +135,13 @@ fn cached_frozen_prefix_matches_the_whole_forward() {
             freeze_layers: 1,
             ..config(loss, 4, 2)
         };
+        let uncached = DistillConfig {
+            cache_mb: 0,
+            ..prefix.clone()
+        };
         let mut a = trainer(prefix, 8);
         let mut b = trainer(whole, 8);
+        let mut c = trainer(uncached, 8);
         assert_eq!(a.frozen_prefix(), 1);
         assert_eq!(b.frozen_prefix(), 0);
         let idx: Vec<usize> = (0..8).collect();
@@ -173,6 +151,13 @@ fn cached_frozen_prefix_matches_the_whole_forward() {
             assert!(
                 (la - lb).abs() <= 1e-5 * lb.abs().max(1.0),
                 "{loss}: {la} vs {lb}"
+            );
+            // Beyond the cache budget the states are recomputed: the same numbers.
+            let lc = loss_value(&mut c, &idx);
+            assert_eq!(
+                la.to_bits(),
+                lc.to_bits(),
+                "{loss}: cached {la} vs uncached {lc}"
             );
         }
     }

@@ -237,6 +237,16 @@ impl DistillConfig {
 
     /// Learning rate at optimiser step `step` (0-based): linear warm-up, then linear
     /// decay to 0 at `steps`.
+    /// Student layers frozen together with the embeddings: their output is a constant per
+    /// sequence, computed once and cached (0 when the embeddings train).
+    pub fn frozen_prefix(&self) -> usize {
+        if self.freeze_embeddings {
+            self.freeze_layers
+        } else {
+            0
+        }
+    }
+
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;

@@ -69,12 +69,15 @@ impl HostCache {
         }
     }
 
-    fn insert(&mut self, key: (Side, usize), rows: Vec<f32>) {
+    /// Keep `rows` under `key` if the budget allows; otherwise hand them back.
+    fn insert(&mut self, key: (Side, usize), rows: Vec<f32>) -> Option<Vec<f32>> {
         let size = rows.len() * std::mem::size_of::<f32>();
-        if self.bytes + size <= self.budget {
-            self.bytes += size;
-            self.map.insert(key, rows);
+        if self.bytes + size > self.budget {
+            return Some(rows);
         }
+        self.bytes += size;
+        self.map.insert(key, rows);
+        None
     }
 }
 
@@ -287,16 +290,6 @@ pub(super) struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// Layers of the student frozen together with the embeddings: their output is a
-    /// constant per sequence, computed once and cached (0 when the embeddings train).
-    fn frozen_prefix(&self) -> usize {
-        if self.config.freeze_embeddings {
-            self.config.freeze_layers
-        } else {
-            0
-        }
-    }
-
     fn sequences(&self, side: Side) -> &Vec<Vec<u32>> {
         match side {
             Side::Teacher => &self.data.teacher,
@@ -308,7 +301,7 @@ impl Shared<'_> {
 
 /// Host token states `(len, h)` of pairs `idx` on `side`: the teacher's output, or the
 /// student's state after its frozen prefix. Missing ones are computed in one batch without
-/// gradient and cached within the budget.
+/// gradient and cached within the budget (beyond it, kept only for this call).
 fn host_states(
     parts: &mut ReplicaParts<'_>,
     shared: &Shared<'_>,
@@ -342,7 +335,7 @@ fn host_states(
                 let device = model.embeddings.word.weight.val().device();
                 let (ids, mask) = batch_tensors(&batch, &device);
                 let x = model.embeddings.forward(ids);
-                let x = model.forward_layers(x, mask, 0..shared.frozen_prefix());
+                let x = model.forward_layers(x, mask, 0..shared.config.frozen_prefix());
                 (batch, hidden_of(&model), x)
             }
         };
@@ -353,8 +346,9 @@ fn host_states(
         for (r, &i) in missing.iter().enumerate() {
             let start = r * batch.t * h;
             let rows = values[start..start + batch.lengths[r] * h].to_vec();
-            parts.cache.insert((side, i), rows.clone());
-            fresh.insert(i, rows);
+            if let Some(rows) = parts.cache.insert((side, i), rows) {
+                fresh.insert(i, rows);
+            }
         }
     }
     Ok(idx
@@ -386,7 +380,7 @@ fn student_side(
     idx: &[usize],
     side: Side,
 ) -> Result<TokenSide> {
-    let k = shared.frozen_prefix();
+    let k = shared.config.frozen_prefix();
     let device = parts.student.embeddings.word.weight.val().device();
     if k == 0 {
         let seqs: Vec<Vec<u32>> = idx
@@ -648,11 +642,7 @@ impl Trainer {
     /// Layers of the student frozen together with the embeddings, whose output is cached
     /// per pair (0 when the embeddings train).
     pub fn frozen_prefix(&self) -> usize {
-        if self.config.freeze_embeddings {
-            self.config.freeze_layers
-        } else {
-            0
-        }
+        self.config.frozen_prefix()
     }
 
     /// One optimiser step (`grad_accumulation` micro-batches); with several devices (see

@@ -20,7 +20,7 @@ use super::stats::{format_p, mean_std, paired_randomization, PairedTest, ALPHA};
 use super::{finished_result, RunResult, StudyOptions};
 use crate::distill::plot::{line_chart, Series};
 use crate::error::{Error, Result};
-use crate::report::{markdown_table, svg};
+use crate::report::{markdown_table, slug, svg};
 
 /// Everything the report is made from.
 pub struct Inputs<'a> {
@@ -195,18 +195,6 @@ fn signed(v: Option<f64>) -> String {
         Some(v) if v.is_finite() => format!("{v:+.4}"),
         _ => "–".into(),
     }
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "distill")]
+pub mod distill;
+
 use optical::io::npy;
 
 pub fn fixture_dir(case: &str) -> PathBuf {
