@@ -276,6 +276,17 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     assert_eq!(resumed.train.as_ref().unwrap().steps, 4);
     assert_eq!(resumed.train.as_ref().unwrap().sittings, 2);
     assert!(!ot.join("checkpoints").exists() && !ot.join("student").exists());
+    // The exported student is the best by dev P@1 (the first of equals), step 0 included.
+    let train = resumed.train.as_ref().unwrap();
+    let best = train
+        .dev
+        .iter()
+        .fold(None::<&optical::study::DevPoint>, |b, d| match b {
+            Some(b) if b.p_at_1 >= d.p_at_1 => Some(b),
+            _ => Some(d),
+        })
+        .unwrap();
+    assert_eq!(train.exported_step, Some(best.step), "{:?}", train.dev);
     let benchmarks: Vec<&str> = resumed
         .tasks
         .iter()
@@ -357,6 +368,25 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
         assert!(report.contains(needle), "missing {needle:?}");
     }
     assert!(!report.contains("Incomplete"));
+    assert!(report.contains("| exported step |"));
+    // A trained condition whose exported student is its starting model is called out.
+    let starts: Vec<String> = std::fs::read_dir(f.root.join("out").join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| {
+            !d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("base-")
+        })
+        .filter(|d| result(d).train.unwrap().exported_step == Some(0))
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        report.contains("never beat its starting model"),
+        !starts.is_empty(),
+        "{starts:?}"
+    );
     let answer = report.split("## Answer\n\n").nth(1).unwrap();
     assert!(
         ["**No.", "**Yes", "**Partly"]

@@ -83,6 +83,11 @@ pub struct TrainInfo {
     pub seconds_per_step: f64,
     pub tokens_per_s: f64,
     pub dev: Vec<DevPoint>,
+    /// The step whose student was exported and evaluated (0: the starting model, when
+    /// no checkpoint beat it on the dev pairs); absent in results written before it was
+    /// recorded.
+    #[serde(default)]
+    pub exported_step: Option<usize>,
 }
 
 /// The machine a run was evaluated on.
@@ -358,6 +363,7 @@ fn execute(
             seconds_per_step: summary.mean_seconds.total,
             tokens_per_s: summary.tokens_per_s,
             dev: read_dev(&run.dir),
+            exported_step: summary.exported_step,
         });
         eval_model = student.display().to_string();
     } else {

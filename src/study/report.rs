@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::config::{Plan, RunSpec, StudyConfig};
 use super::evaluate::{GroupData, Role};
 use super::stats::{format_p, mean_std, paired_randomization, PairedTest, ALPHA};
-use super::{finished_result, RunResult, StudyOptions};
+use super::{finished_result, RunResult, StudyOptions, TrainInfo};
 use crate::distill::plot::{line_chart, Series};
 use crate::error::{Error, Result};
 use crate::report::{markdown_table, slug, svg};
@@ -173,6 +173,68 @@ impl<'a> Results<'a> {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// Whether every finished run of a trained cell exported its starting model (step 0).
+fn exports_start(cell: &Cell<'_>) -> bool {
+    let trains: Vec<&TrainInfo> = cell.runs.iter().filter_map(|r| r.train.as_ref()).collect();
+    !trains.is_empty() && trains.iter().all(|t| t.exported_step == Some(0))
+}
+
+/// Untrained base models at or above this in-domain score leave little room to gain.
+const CEILING: f64 = 0.95;
+
+/// What a reader must know before trusting a comparison: trained conditions whose
+/// exported student is their starting model, and in-domain benchmarks at the ceiling.
+fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for g in groups {
+        for c in plan.conditions.iter().filter(|c| c.train) {
+            let cell = results.cell(&g.name, &c.name);
+            if !exports_start(&cell) {
+                continue;
+            }
+            let trains: Vec<&TrainInfo> =
+                cell.runs.iter().filter_map(|r| r.train.as_ref()).collect();
+            let curve = trains[0]
+                .dev
+                .first()
+                .zip(trains[0].dev.last())
+                .map(|(a, z)| {
+                    format!(
+                        " (dev P@1 {:.2} at step {}, {:.2} at step {})",
+                        a.p_at_1, a.step, z.p_at_1, z.step
+                    )
+                })
+                .unwrap_or_default();
+            notes.push(format!(
+                "In group {}, `{}` never beat its starting model on its dev pairs{curve}, so \
+                 the student it exported is the untrained model{}.",
+                g.name,
+                c.name,
+                if c.name == MSE {
+                    "; there, every comparison with mean-mse is a comparison with the \
+                     untrained model"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let base = results.cell(&g.name, BASE);
+        for b in benches(g).iter().filter(|b| b.role == Role::InDomain) {
+            if let Some(v) = base.value(&b.name, b.measure()).filter(|v| *v >= CEILING) {
+                notes.push(format!(
+                    "In group {}, the untrained model already scores {v:.3} {} on {} (in \
+                     domain), near the ceiling: in-domain gains there are small by \
+                     construction, which inflates the robustness ratios.",
+                    g.name,
+                    b.measure_label(),
+                    b.name
+                ));
+            }
+        }
+    }
+    notes
 }
 
 fn test(a: &Cell<'_>, b: &Cell<'_>, bench: &str, measure: &str, salt: &str) -> Option<PairedTest> {
@@ -358,7 +420,8 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                     Role::OutOfDomain => {
                         ood_vs_base.push((label.clone(), verdict(tb)));
                         if has(MSE) {
-                            ood_vs_mse.push((label.clone(), verdict(tm)));
+                            let mark = if exports_start(&mse) { "†" } else { "" };
+                            ood_vs_mse.push((format!("{label}{mark}"), verdict(tm)));
                         }
                     }
                 }
@@ -450,6 +513,13 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                     f.join(", ")
                 },
             );
+            if ood_vs_mse.iter().any(|x| x.0.ends_with('†')) {
+                let _ = writeln!(
+                    md,
+                    "† There mean-mse exported its starting model, so the comparison is with \
+                     the untrained model (see *Read with care*)."
+                );
+            }
         }
         let mut nohelp: Vec<String> = flat;
         nohelp.extend(worse.iter().cloned());
@@ -460,6 +530,13 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                  untrained model): {}.",
                 nohelp.join(", ")
             );
+        }
+        let notes = caveats(plan, groups, &results);
+        if !notes.is_empty() {
+            let _ = writeln!(md, "\n**Read with care:**\n");
+            for n in notes {
+                let _ = writeln!(md, "- {n}");
+            }
         }
         if plan.budget != "full" {
             let _ = writeln!(
@@ -538,12 +615,16 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                 r.train
                     .as_ref()
                     .map_or("–".into(), |t| format!("{:.2}", t.seconds_per_step)),
+                r.train.as_ref().map_or("–".into(), |t| {
+                    t.exported_step.map_or("?".into(), |s| s.to_string())
+                }),
                 format!("{:.1}", r.eval_seconds),
                 r.eval_texts.to_string(),
             ],
             None => vec![
                 s.name(),
                 "not finished".into(),
+                "–".into(),
                 "–".into(),
                 "–".into(),
                 "–".into(),
@@ -557,6 +638,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             "steps".into(),
             "training s".into(),
             "s/step (last sitting)".into(),
+            "exported step".into(),
             "evaluation s".into(),
             "texts encoded".into(),
         ],
