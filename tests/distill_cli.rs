@@ -196,7 +196,64 @@ fn distill_runs_on_wgpu() {
             return;
         }
         let f = fixture();
-        check_run(&f, &f.root.join("run-wgpu"), "wgpu");
+        let out = f.root.join("run-wgpu");
+        check_run(&f, &out, "wgpu");
+
+        // `optical eval --backend wgpu` runs the exported student on burn's wgpu device and
+        // ranks as the CPU device does.
+        let data = f.root.join("data");
+        std::fs::create_dir_all(data.join("tatoeba")).unwrap();
+        let pairs = tiny_pairs(24, 11);
+        for (ext, k) in [("hau", 0), ("eng", 1)] {
+            let side: Vec<&str> = pairs
+                .iter()
+                .map(|p| if k == 0 { p.0.as_str() } else { p.1.as_str() })
+                .collect();
+            std::fs::write(
+                data.join(format!("tatoeba/tatoeba.hau-eng.{ext}")),
+                side.join("\n") + "\n",
+            )
+            .unwrap();
+        }
+        let eval = |backend: &str| -> serde_json::Value {
+            let dir = f.root.join(format!("eval-{backend}"));
+            let run = Command::new(BIN)
+                .args([
+                    "eval",
+                    "--dataset",
+                    "tatoeba",
+                    "--languages",
+                    "hau",
+                    "--no-cache",
+                ])
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--model")
+                .arg(out.join("student"))
+                .args(["--backend", backend, "--out"])
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "eval --backend {backend}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let text = std::fs::read_to_string(dir.join("results.json")).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let (cpu, gpu) = (eval("cpu"), eval("wgpu"));
+        let tasks = |v: &serde_json::Value| v["models"][0]["tasks"].as_array().unwrap().clone();
+        assert_eq!(tasks(&cpu).len(), 2, "{cpu}");
+        for (a, b) in tasks(&cpu).iter().zip(tasks(&gpu).iter()) {
+            for m in ["P_1", "recip_rank", "map"] {
+                let (x, y) = (
+                    a["metrics"][m].as_f64().unwrap(),
+                    b["metrics"][m].as_f64().unwrap(),
+                );
+                assert!((x - y).abs() < 0.02, "{} {m}: cpu {x} wgpu {y}", a["task"]);
+            }
+        }
     }
 }
 

@@ -76,7 +76,7 @@ pub struct EvalDatasetArgs {
     /// Texts per encoder batch.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Backend for MaxSim: cpu, cpu-reference, wgpu or cuda.
+    /// Backend for the transformer encoders and MaxSim: cpu, cpu-reference, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// MAFAND split: dev or test.
@@ -150,11 +150,12 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             a.metrics.as_deref().unwrap_or(""),
         ));
     }
-    let backend = Backend::new(a.backend.parse::<BackendKind>()?)?;
+    let kind = a.backend.parse::<BackendKind>()?;
+    let backend = Backend::new(kind)?;
     let encoders = a
         .model
         .iter()
-        .map(|m| encoder::builtin_with(m, a.max_length))
+        .map(|m| encoder::builtin_with(m, a.max_length, kind))
         .collect::<Result<Vec<_>>>()?;
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(

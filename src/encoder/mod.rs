@@ -117,11 +117,7 @@ pub fn device_for(kind: BackendKind) -> Result<Device> {
     match kind {
         BackendKind::Cpu | BackendKind::CpuReference => Ok(Device::flex()),
         BackendKind::Wgpu => wgpu_device(),
-        BackendKind::Cuda => Err(Error::BackendUnavailable {
-            backend: "cuda",
-            reason: "the encoder has no CUDA device in this build; use --backend cpu or wgpu"
-                .into(),
-        }),
+        BackendKind::Cuda => cuda_devices().map(|mut d| d.swap_remove(0)),
     }
 }
 
@@ -131,8 +127,50 @@ pub fn enumerate_devices(kind: BackendKind) -> Result<Vec<Device>> {
     match kind {
         BackendKind::Cpu | BackendKind::CpuReference => Ok(vec![Device::flex()]),
         BackendKind::Wgpu => enumerate_wgpu(),
-        BackendKind::Cuda => device_for(kind).map(|d| vec![d]),
+        BackendKind::Cuda => cuda_devices(),
     }
+}
+
+/// burn's CUDA devices, one per device the driver reports. The driver is probed first
+/// (cudarc's loader panics without it), then device 0 runs one tiny kernel, so that a
+/// driver without NVRTC (burn compiles its kernels at run time) is an error, not a panic.
+#[cfg(feature = "burn-cuda")]
+fn cuda_devices() -> Result<Vec<Device>> {
+    let unavailable = |reason: String| Error::BackendUnavailable {
+        backend: "cuda",
+        reason,
+    };
+    let count = crate::backend::cuda::usable_device_count().map_err(unavailable)?;
+    if count == 0 {
+        return Err(unavailable("the CUDA driver reports no device".into()));
+    }
+    let devices: Vec<Device> = (0..count).map(Device::cuda).collect();
+    let probe = devices[0].clone();
+    std::panic::catch_unwind(move || Tensor::<1>::ones([4], &probe).sum().into_data()).map_err(
+        |payload| {
+            let what = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic without a message");
+            unavailable(format!(
+                "burn's CUDA device failed to run a kernel ({what}); it needs the NVIDIA \
+                 driver and NVRTC (libnvrtc.so from the CUDA toolkit or the \
+                 nvidia-cuda-nvrtc-cu12 wheel on the library path)"
+            ))
+        },
+    )?;
+    Ok(devices)
+}
+
+#[cfg(not(feature = "burn-cuda"))]
+fn cuda_devices() -> Result<Vec<Device>> {
+    Err(Error::BackendUnavailable {
+        backend: "cuda",
+        reason: "this build of optical has no burn CUDA device for the encoders; rebuild \
+                 with `--features burn-cuda` (needs network access at build time)"
+            .into(),
+    })
 }
 
 #[cfg(feature = "wgpu")]

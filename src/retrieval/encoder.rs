@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::BackendKind;
 use crate::error::{Error, Result};
 use crate::io::npy;
 
@@ -134,20 +135,25 @@ impl Encoder for HashingEncoder {
 /// The built-in encoders by name (`--model`). Transformer encoders register here when
 /// they land.
 pub fn builtin(name: &str) -> Result<Box<dyn Encoder>> {
-    builtin_with(name, None)
+    builtin_with(name, None, BackendKind::Cpu)
 }
 
 /// [`builtin`] with the transformers' truncation length set to `max_length` tokens
-/// (specials included; `None`: the model's own limit).
-pub fn builtin_with(name: &str, max_length: Option<usize>) -> Result<Box<dyn Encoder>> {
+/// (specials included; `None`: the model's own limit), the transformers running on
+/// `backend`'s burn device (the CPU choices both use burn's CPU device).
+pub fn builtin_with(
+    name: &str,
+    max_length: Option<usize>,
+    backend: BackendKind,
+) -> Result<Box<dyn Encoder>> {
     #[cfg(not(feature = "encoder"))]
-    let _ = max_length;
+    let _ = (max_length, backend);
     match name {
         "hash" => Ok(Box::new(HashingEncoder::default())),
         #[cfg(feature = "encoder")]
-        "minilm" | "e5-small" => transformer(name, max_length),
+        "minilm" | "e5-small" => transformer(name, max_length, backend),
         #[cfg(feature = "encoder")]
-        path if Path::new(path).exists() => transformer(path, max_length),
+        path if Path::new(path).exists() => transformer(path, max_length, backend),
         _ => Err(Error::parameter(
             "model",
             "a known encoder (hash, minilm, e5-small) or the path of a model directory",
@@ -156,16 +162,22 @@ pub fn builtin_with(name: &str, max_length: Option<usize>) -> Result<Box<dyn Enc
     }
 }
 
-/// A transformer encoder (`crate::encoder`) on the CPU, mean pooling, normalised.
+/// A transformer encoder (`crate::encoder`) on `backend`'s device, mean pooling,
+/// normalised.
 #[cfg(feature = "encoder")]
-fn transformer(spec: &str, max_length: Option<usize>) -> Result<Box<dyn Encoder>> {
+fn transformer(
+    spec: &str,
+    max_length: Option<usize>,
+    backend: BackendKind,
+) -> Result<Box<dyn Encoder>> {
     use crate::encoder::{EncoderOptions, TextEncoder};
     let spec: crate::encoder::ModelSpec = spec.parse()?;
     let options = EncoderOptions {
         max_length,
         ..EncoderOptions::default()
     };
-    let encoder = TextEncoder::load(&spec, burn::prelude::Device::flex(), &options)?;
+    let device = crate::encoder::device_for(backend)?;
+    let encoder = TextEncoder::load(&spec, device, &options)?;
     Ok(Box::new(encoder))
 }
 

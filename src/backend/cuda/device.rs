@@ -224,6 +224,12 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
     })
 }
 
+/// How many CUDA devices the driver reports, or why none can be used. Checked before
+/// burn's CUDA device is created: cudarc's loader panics when the driver is missing.
+pub fn usable_device_count() -> std::result::Result<usize, String> {
+    guarded(device_count).map_err(|e| e.what)
+}
+
 /// What `optical info` shows for CUDA: whether a device is usable, one JSON object per
 /// device, and a note (why not, or the kernels' state).
 pub fn probe() -> (bool, Vec<serde_json::Value>, String) {

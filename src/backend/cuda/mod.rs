@@ -29,4 +29,4 @@ mod device;
 mod sinkhorn;
 
 #[cfg(feature = "cuda")]
-pub use device::{probe, CudaBackend};
+pub use device::{probe, usable_device_count, CudaBackend};
