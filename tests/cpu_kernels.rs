@@ -106,6 +106,16 @@ fn maxsim_fast_matches_reference_and_naive() {
         (1usize, 1usize, 1usize, vec![1usize]),
         (2, 7, 9, vec![1, 8, 9, 7, 29]),
         (3, 17, 64, vec![113, 1, 203, 16, 17, 15]),
+        // Across the fast path's tiles: 40 queries of up to 17 tokens (several 256-token
+        // query tiles), 150 documents in several 512-token tiles, one longer than a tile.
+        (
+            40,
+            17,
+            24,
+            (0..150)
+                .map(|k| if k == 77 { 600 } else { 1 + k % 29 })
+                .collect(),
+        ),
     ] {
         let ql: Vec<usize> = (0..q).map(|i| n - i.min(n - 1)).collect();
         let queries = emb(q as u64, q, n, d, Some(ql.clone()));

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::encoder::{encode_pooled_cached, Encoder};
 use super::metrics::{mean_measures, Measure, RankedQuery};
-use super::search::{search, DenseVectors, Pool, QueryHits, Scorer, DEFAULT_BLOCK};
+use super::search::{maxsim_block, search, DenseVectors, Pool, QueryHits, Scorer, DEFAULT_BLOCK};
 use super::trec::RunWriter;
 use crate::backend::Backend;
 use crate::data::RetrievalTask;
@@ -186,7 +186,8 @@ pub fn search_task(
                 queries: &q,
                 corpus: &c,
             };
-            let hits = search(&scorer, &pool, &task.relevant, settings.k, DEFAULT_BLOCK)?;
+            let block = maxsim_block(c.len());
+            let hits = search(&scorer, &pool, &task.relevant, settings.k, block)?;
             (hits, encode, t1.elapsed().as_secs_f64())
         }
     };

@@ -18,6 +18,13 @@ use crate::ot::problem::{Embeddings, PackedDocs};
 /// Queries scored per block: bounds the score buffer to `block × m` floats per thread.
 pub const DEFAULT_BLOCK: usize = 64;
 
+/// Queries per MaxSim block against `m` candidates: about 16 M scores (64 MB) per block, so
+/// that the per-call work of the backends (normalising, or uploading, the candidates'
+/// tokens) is amortised over many queries; at least [`DEFAULT_BLOCK`], at most 4096.
+pub fn maxsim_block(m: usize) -> usize {
+    ((16 << 20) / m.max(1)).clamp(DEFAULT_BLOCK, 4096)
+}
+
 /// The candidates' identity: docnos (for ties and output) and an optional group
 /// (language) per candidate.
 #[derive(Clone, Debug)]

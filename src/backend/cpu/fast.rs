@@ -76,32 +76,127 @@ impl CpuFast {
     pub fn maxsim(&self, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
         super::check_maxsim(queries, docs)?;
         let d = docs.d;
-        let qn = normalised_rows(&queries.data, d);
+        // The real query tokens, packed and normalised; `qstart[q]..qstart[q + 1]` are
+        // query q's rows.
+        let mut qstart = Vec::with_capacity(queries.b + 1);
+        let mut qn = Vec::with_capacity(queries.lengths.iter().sum::<usize>() * d);
+        for q in 0..queries.b {
+            qstart.push(qn.len() / d);
+            for i in 0..queries.lengths[q] {
+                qn.extend_from_slice(queries.row(q, i));
+            }
+        }
+        qstart.push(qn.len() / d);
+        normalise_in_place(&mut qn, d);
         let dn = normalised_rows(&docs.data, d);
         let nd = docs.len();
-        let mut out = vec![0.0f32; queries.b * nd];
-        // Parallel over documents: there are many more of them than queries.
-        let per_doc: Vec<Vec<f32>> = (0..nd)
+        let qtiles = tiles(&queries.lengths, MAXSIM_QUERY_TOKENS);
+        let dtiles = tiles(&docs.lengths, MAXSIM_DOC_TOKENS);
+        let max_tq = qtiles
+            .iter()
+            .map(|r| qstart[r.end] - qstart[r.start])
+            .max()
+            .unwrap_or(0);
+        // Parallel over tiles of documents (there are many more documents than queries);
+        // each tile is scored against every query tile by one sgemm of token similarities,
+        // then reduced: max over the document's tokens, summed over the query's tokens.
+        let per_tile: Vec<(std::ops::Range<usize>, Vec<f32>)> = dtiles
             .into_par_iter()
-            .map(|k| {
-                let o = docs.offsets[k] * d;
-                let doc = &dn[o..o + docs.lengths[k] * d];
-                (0..queries.b)
-                    .map(|q| {
-                        let base = q * queries.n * d;
-                        let qrows = &qn[base..base + queries.lengths[q] * d];
-                        dispatch!(|FMA| maxsim_one::<FMA>(qrows, doc, d))
-                    })
-                    .collect()
+            .map(|dr| {
+                let t0 = docs.offsets[dr.start];
+                let t1 = docs.offsets[dr.end - 1] + docs.lengths[dr.end - 1];
+                let tc = t1 - t0;
+                let dmat = &dn[t0 * d..t1 * d];
+                let mut scores = vec![0.0f32; queries.b * dr.len()];
+                let mut sim = vec![0.0f32; max_tq * tc];
+                for qr in &qtiles {
+                    let (s0, s1) = (qstart[qr.start], qstart[qr.end]);
+                    let tq = s1 - s0;
+                    if tq == 0 {
+                        continue;
+                    }
+                    let a = &qn[s0 * d..s1 * d];
+                    // SAFETY: `a` holds `tq × d` values (row stride d), `dmat` holds
+                    // `tc × d` values read as the transposed `d × tc` operand (row stride
+                    // 1, column stride d), and `sim` holds at least `tq × tc` values (row
+                    // stride tc); all three are live, distinct allocations for the call.
+                    unsafe {
+                        matrixmultiply::sgemm(
+                            tq,
+                            d,
+                            tc,
+                            1.0,
+                            a.as_ptr(),
+                            d as isize,
+                            1,
+                            dmat.as_ptr(),
+                            1,
+                            d as isize,
+                            0.0,
+                            sim.as_mut_ptr(),
+                            tc as isize,
+                            1,
+                        );
+                    }
+                    for q in qr.clone() {
+                        for (kk, k) in dr.clone().enumerate() {
+                            let c0 = docs.offsets[k] - t0;
+                            let c1 = c0 + docs.lengths[k];
+                            scores[q * dr.len() + kk] = (qstart[q] - s0..qstart[q + 1] - s0)
+                                .map(|i| {
+                                    sim[i * tc + c0..i * tc + c1]
+                                        .iter()
+                                        .copied()
+                                        .fold(f32::NEG_INFINITY, f32::max)
+                                })
+                                .sum();
+                        }
+                    }
+                }
+                (dr, scores)
             })
             .collect();
-        for (k, scores) in per_doc.into_iter().enumerate() {
-            for (q, s) in scores.into_iter().enumerate() {
-                out[q * nd + k] = s;
+        let mut out = vec![0.0f32; queries.b * nd];
+        for (dr, scores) in per_tile {
+            let w = dr.len();
+            for q in 0..queries.b {
+                out[q * nd + dr.start..q * nd + dr.end].copy_from_slice(&scores[q * w..q * w + w]);
             }
         }
         Ok(out)
     }
+}
+
+/// Query tokens per sgemm tile of the MaxSim fast path. With d = 384 a 256-token query
+/// tile (384 KB), a 512-token document tile (768 KB) and their similarity block (512 KB)
+/// stay in L2.
+const MAXSIM_QUERY_TOKENS: usize = 256;
+/// Document tokens per tile of the MaxSim fast path (the unit of parallel work).
+const MAXSIM_DOC_TOKENS: usize = 512;
+
+/// Consecutive items grouped until each group holds at least `target` tokens (the last
+/// may hold fewer; an item longer than `target` is a group of its own).
+fn tiles(lengths: &[usize], target: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &len) in lengths.iter().enumerate() {
+        tokens += len;
+        if tokens >= target {
+            out.push(start..i + 1);
+            (start, tokens) = (i + 1, 0);
+        }
+    }
+    if start < lengths.len() {
+        out.push(start..lengths.len());
+    }
+    out
+}
+
+fn normalise_in_place(data: &mut [f32], d: usize) {
+    data.par_chunks_mut(d).for_each(|row| {
+        let s = dispatch!(|FMA| simd::inv_norm::<FMA>(row));
+        row.iter_mut().for_each(|v| *v *= s);
+    });
 }
 
 #[inline(always)]
@@ -131,22 +226,8 @@ fn cosine_pair<const FMA: bool>(
 
 fn normalised_rows(data: &[f32], d: usize) -> Vec<f32> {
     let mut out = data.to_vec();
-    out.par_chunks_mut(d).for_each(|row| {
-        let s = dispatch!(|FMA| simd::inv_norm::<FMA>(row));
-        row.iter_mut().for_each(|v| *v *= s);
-    });
+    normalise_in_place(&mut out, d);
     out
-}
-
-#[inline(always)]
-fn maxsim_one<const FMA: bool>(q: &[f32], doc: &[f32], d: usize) -> f32 {
-    q.chunks_exact(d)
-        .map(|qi| {
-            doc.chunks_exact(d)
-                .map(|dj| simd::dot::<FMA>(qi, dj))
-                .fold(f32::NEG_INFINITY, f32::max)
-        })
-        .sum()
 }
 
 /// One pair on its support, in base-2 log units (see the module docs).
