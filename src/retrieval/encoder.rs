@@ -140,7 +140,8 @@ pub fn builtin(name: &str) -> Result<Box<dyn Encoder>> {
 
 /// [`builtin`] with the transformers' truncation length set to `max_length` tokens
 /// (specials included; `None`: the model's own limit), the transformers running on
-/// `backend`'s burn device (the CPU choices both use burn's CPU device).
+/// `backend`'s burn device (the CPU choices both use burn's CPU device; `cuda` without
+/// the `burn-cuda` feature runs them on the CPU too, with a note).
 pub fn builtin_with(
     name: &str,
     max_length: Option<usize>,
@@ -176,7 +177,17 @@ fn transformer(
         max_length,
         ..EncoderOptions::default()
     };
-    let device = crate::encoder::device_for(backend)?;
+    // Without burn's CUDA device (feature `burn-cuda`), `--backend cuda` still runs MaxSim
+    // on the project's PTX kernels; the transformers then run on the CPU.
+    let device = if matches!(backend, BackendKind::Cuda) && !cfg!(feature = "burn-cuda") {
+        eprintln!(
+            "note: this build has no burn CUDA device (feature burn-cuda); {} runs on the CPU",
+            spec
+        );
+        burn::prelude::Device::flex()
+    } else {
+        crate::encoder::device_for(backend)?
+    };
     let encoder = TextEncoder::load(&spec, device, &options)?;
     Ok(Box::new(encoder))
 }
