@@ -215,8 +215,8 @@ fn distill_runs_on_wgpu() {
             )
             .unwrap();
         }
-        let eval = |backend: &str| -> serde_json::Value {
-            let dir = f.root.join(format!("eval-{backend}"));
+        let eval = |backend: &str, scoring: &str| -> serde_json::Value {
+            let dir = f.root.join(format!("eval-{backend}-{scoring}"));
             let run = Command::new(BIN)
                 .args([
                     "eval",
@@ -230,6 +230,7 @@ fn distill_runs_on_wgpu() {
                 .arg(&data)
                 .arg("--model")
                 .arg(out.join("student"))
+                .args(["--scoring", scoring])
                 .args(["--backend", backend, "--out"])
                 .arg(&dir)
                 .output()
@@ -242,16 +243,22 @@ fn distill_runs_on_wgpu() {
             let text = std::fs::read_to_string(dir.join("results.json")).unwrap();
             serde_json::from_str(&text).unwrap()
         };
-        let (cpu, gpu) = (eval("cpu"), eval("wgpu"));
         let tasks = |v: &serde_json::Value| v["models"][0]["tasks"].as_array().unwrap().clone();
-        assert_eq!(tasks(&cpu).len(), 2, "{cpu}");
-        for (a, b) in tasks(&cpu).iter().zip(tasks(&gpu).iter()) {
-            for m in ["P_1", "recip_rank", "map"] {
-                let (x, y) = (
-                    a["metrics"][m].as_f64().unwrap(),
-                    b["metrics"][m].as_f64().unwrap(),
-                );
-                assert!((x - y).abs() < 0.02, "{} {m}: cpu {x} wgpu {y}", a["task"]);
+        for scoring in ["dense", "maxsim"] {
+            let (cpu, gpu) = (eval("cpu", scoring), eval("wgpu", scoring));
+            assert_eq!(tasks(&cpu).len(), 2, "{cpu}");
+            for (a, b) in tasks(&cpu).iter().zip(tasks(&gpu).iter()) {
+                for m in ["P_1", "recip_rank", "map"] {
+                    let (x, y) = (
+                        a["metrics"][m].as_f64().unwrap(),
+                        b["metrics"][m].as_f64().unwrap(),
+                    );
+                    assert!(
+                        (x - y).abs() < 0.02,
+                        "{scoring} {} {m}: cpu {x} wgpu {y}",
+                        a["task"]
+                    );
+                }
             }
         }
     }

@@ -186,7 +186,7 @@ pub fn search_task(
                 queries: &q,
                 corpus: &c,
             };
-            let block = maxsim_block(c.len());
+            let block = maxsim_block(c.len(), n * d * std::mem::size_of::<f32>());
             let hits = search(&scorer, &pool, &task.relevant, settings.k, block)?;
             (hits, encode, t1.elapsed().as_secs_f64())
         }

@@ -18,11 +18,15 @@ use crate::ot::problem::{Embeddings, PackedDocs};
 /// Queries scored per block: bounds the score buffer to `block × m` floats per thread.
 pub const DEFAULT_BLOCK: usize = 64;
 
-/// Queries per MaxSim block against `m` candidates: about 16 M scores (64 MB) per block, so
-/// that the per-call work of the backends (normalising, or uploading, the candidates'
-/// tokens) is amortised over many queries; at least [`DEFAULT_BLOCK`], at most 4096.
-pub fn maxsim_block(m: usize) -> usize {
-    ((16 << 20) / m.max(1)).clamp(DEFAULT_BLOCK, 4096)
+/// Queries per MaxSim block against `m` candidates, each query taking `query_bytes` of
+/// (padded) token embeddings: about 16 M scores (64 MB) per block, so that the per-call
+/// work of the backends (normalising, or uploading, the candidates' tokens) is amortised
+/// over many queries; at least [`DEFAULT_BLOCK`] and at most 4096 queries, but never more
+/// than 64 MiB of query embeddings (half of wgpu's default storage-binding limit).
+pub fn maxsim_block(m: usize, query_bytes: usize) -> usize {
+    let by_scores = (16usize << 20) / m.max(1);
+    let by_queries = (64usize << 20) / query_bytes.max(1);
+    by_scores.clamp(DEFAULT_BLOCK, 4096).min(by_queries).max(1)
 }
 
 /// The candidates' identity: docnos (for ties and output) and an optional group
@@ -376,6 +380,18 @@ mod tests {
         assert_eq!(hits.relevant_ranks, vec![3, 4]);
         // Within group x: c then a; within group y: b then d.
         assert_eq!(hits.relevant_group_ranks, vec![2, 2]);
+    }
+
+    #[test]
+    fn maxsim_blocks_bound_scores_and_query_bytes() {
+        let row = 20 * 384 * 4; // 20 padded tokens of d = 384
+        assert_eq!(maxsim_block(13_014, row), (16 << 20) / 13_014);
+        assert_eq!(maxsim_block(1_000_000, row), DEFAULT_BLOCK);
+        // A small pool would allow 4096 queries; their embeddings cap the block instead.
+        assert_eq!(maxsim_block(1_180, row), (64 << 20) / row);
+        assert!(maxsim_block(1_180, row) * row <= 64 << 20);
+        assert_eq!(maxsim_block(10, 16), 4096);
+        assert_eq!(maxsim_block(10, usize::MAX), 1);
     }
 
     #[test]
