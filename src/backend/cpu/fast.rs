@@ -199,6 +199,9 @@ fn normalise_in_place(data: &mut [f32], d: usize) {
     });
 }
 
+/// One pair's cosine cost: the token dot products as one sgemm into the pair's
+/// `(n, m)` block (row stride m), then scaled by the inverse norms and turned into
+/// `1 − cos`. Padding rows and columns are left at 0.
 #[inline(always)]
 fn cosine_pair<const FMA: bool>(
     x: &Embeddings,
@@ -209,19 +212,47 @@ fn cosine_pair<const FMA: bool>(
 ) {
     let m = y.n;
     let (lx, ly) = (x.lengths[p], y.lengths[p]);
+    if lx == 0 || ly == 0 {
+        return;
+    }
+    let ix: Vec<f32> = (0..lx)
+        .map(|i| simd::inv_norm::<FMA>(x.row(p, i)))
+        .collect();
     let iy: Vec<f32> = (0..ly)
         .map(|j| simd::inv_norm::<FMA>(y.row(p, j)))
         .collect();
-    for i in 0..lx {
-        let xi = x.row(p, i);
-        let ix = simd::inv_norm::<FMA>(xi);
+    let xa = &x.data[p * x.n * d..(p * x.n + lx) * d];
+    let ya = &y.data[p * y.n * d..(p * y.n + ly) * d];
+    assert!(out.len() >= (lx - 1) * m + ly);
+    // SAFETY: `xa` holds `lx × d` values (row stride d), `ya` holds `ly × d` values read
+    // as the transposed `d × ly` operand (row stride 1, column stride d), and `out` holds
+    // at least `(lx − 1)·m + ly` values, the `lx × ly` block written with row stride m
+    // (checked above); the three are distinct live allocations for the call.
+    unsafe {
+        matrixmultiply::sgemm(
+            lx,
+            d,
+            ly,
+            1.0,
+            xa.as_ptr(),
+            d as isize,
+            1,
+            ya.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            out.as_mut_ptr(),
+            m as isize,
+            1,
+        );
+    }
+    for (i, &sx) in ix.iter().enumerate() {
         let row = &mut out[i * m..i * m + ly];
-        for (j, c) in row.iter_mut().enumerate() {
-            let cos = simd::dot::<FMA>(xi, y.row(p, j)) * ix * iy[j];
+        for (c, &sy) in row.iter_mut().zip(&iy) {
+            let cos = *c * sx * sy;
             *c = 1.0 - cos.clamp(-1.0, 1.0);
         }
     }
-    let _ = d;
 }
 
 fn normalised_rows(data: &[f32], d: usize) -> Vec<f32> {
