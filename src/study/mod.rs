@@ -134,6 +134,13 @@ pub struct RunResult {
     pub tasks: Vec<TaskOutcome>,
 }
 
+impl RunResult {
+    /// The first task evaluated on `benchmark` (LAReQA benchmarks have exactly one).
+    pub fn task(&self, benchmark: &str) -> Option<&TaskOutcome> {
+        self.tasks.iter().find(|t| t.set.benchmark == benchmark)
+    }
+}
+
 /// What happened to a run in this invocation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunStatus {

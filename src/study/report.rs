@@ -191,15 +191,18 @@ fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<Stri
     for g in groups {
         for c in plan.conditions.iter().filter(|c| c.train) {
             let cell = results.cell(&g.name, &c.name);
-            if !exports_start(&cell) {
+            let Some(train) = cell
+                .runs
+                .iter()
+                .find_map(|r| r.train.as_ref())
+                .filter(|_| exports_start(&cell))
+            else {
                 continue;
-            }
-            let trains: Vec<&TrainInfo> =
-                cell.runs.iter().filter_map(|r| r.train.as_ref()).collect();
-            let curve = trains[0]
+            };
+            let curve = train
                 .dev
                 .first()
-                .zip(trains[0].dev.last())
+                .zip(train.dev.last())
                 .map(|(a, z)| {
                     format!(
                         " (dev P@1 {:.2} at step {}, {:.2} at step {})",
@@ -890,9 +893,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                             .runs
                             .iter()
                             .filter_map(|r| {
-                                r.tasks
-                                    .iter()
-                                    .find(|t| t.set.benchmark == b.name)
+                                r.task(&b.name)
                                     .and_then(|t| t.own_language.as_ref())
                                     .map(|o| o.share)
                             })
@@ -1053,7 +1054,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             let langs: Vec<String> = base
                 .runs
                 .first()
-                .and_then(|r| r.tasks.iter().find(|t| t.set.benchmark == b.name))
+                .and_then(|r| r.task(&b.name))
                 .map(|t| t.result.per_language.keys().cloned().collect())
                 .unwrap_or_default();
             let per_lang = |c: &str, l: &str| -> Option<f64> {
@@ -1061,9 +1062,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                 let v: Vec<f64> = runs
                     .iter()
                     .filter_map(|r| {
-                        r.tasks
-                            .iter()
-                            .find(|t| t.set.benchmark == b.name)?
+                        r.task(&b.name)?
                             .result
                             .per_language
                             .get(l)?
@@ -1110,14 +1109,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                 let runs = results.cell(&g.name, c).runs;
                 let bds: Vec<&crate::retrieval::evaluate::Breakdown> = runs
                     .iter()
-                    .filter_map(|r| {
-                        r.tasks
-                            .iter()
-                            .find(|t| t.set.benchmark == b.name)?
-                            .result
-                            .breakdown
-                            .as_ref()
-                    })
+                    .filter_map(|r| r.task(&b.name)?.result.breakdown.as_ref())
                     .collect();
                 let first = bds.first()?;
                 let map = first
