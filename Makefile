@@ -12,7 +12,7 @@ FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo demo-ot test setup build lint check-burn-cuda ptxas unit peers fixtures trec-fixtures encoder-fixtures st-fixtures encoder-bench bench gpu-check study
+.PHONY: demo demo-ot test setup build lint check-burn-cuda ptxas unit peers fixtures gpu-bundle trec-fixtures encoder-fixtures st-fixtures encoder-bench bench gpu-check study
 
 ## Set up and run the main job.
 demo: setup build
@@ -88,6 +88,11 @@ bench:
 ## On a machine with an NVIDIA GPU: CUDA tests (required), benchmarks, PyTorch peers.
 gpu-check:
 	bash scripts/gpu-check.sh
+
+## For a GPU machine with no Rust toolchain or network: pack the binaries into .gpu-bundle/
+## (about 20 MB); there, run `bash scripts/gpu-check.sh --prebuilt .gpu-bundle`.
+gpu-bundle:
+	bash scripts/gpu-bundle.sh .gpu-bundle
 
 ## The out-of-domain robustness study, quick budget (resumable: run again to continue);
 ## writes docs/STUDY.md. On a GPU machine: make study STUDY_BUDGET=full STUDY_BACKEND=wgpu.

@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # One command for a machine with an NVIDIA GPU (driver installed; no CUDA toolkit needed):
 #
-#   bash scripts/gpu-check.sh
+#   bash scripts/gpu-check.sh [--prebuilt DIR] [--export OUTDIR]
 #
-#  1. assembles kernels/*.ptx with ptxas for sm_80 and sm_90 (scripts/ptxas-check.sh)
-#  2. builds optical with --features cuda,wgpu (release)
+#  1. assembles kernels/*.ptx with ptxas for sm_80 and sm_90 (scripts/ptxas-check.sh; the
+#     pinned wheel's ptxas when it is cached or PyPI answers, else the machine's own ptxas)
+#  2. builds optical with --features cuda,wgpu (release), or with --prebuilt DIR unpacks the
+#     binaries that scripts/gpu-bundle.sh packed (for a machine with no Rust toolchain or
+#     network; DIR/MANIFEST names the commit they were built from)
 #  3. runs the CUDA tests with OPTICAL_REQUIRE_CUDA=1 (a missing device fails them)
-#  4. runs the whole test suite with both GPU features, wgpu on the NVIDIA Vulkan driver
-#     (WGPU_BACKEND=vulkan, the NVIDIA ICD when it is installed)
+#  4. runs the wgpu tests on the NVIDIA Vulkan driver (WGPU_BACKEND=vulkan, the NVIDIA ICD
+#     when it is installed, OPTICAL_WGPU_ADAPTER=nvidia so that a software adapter cannot
+#     stand in for it); when built here, the whole test suite with both GPU features
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel,
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
 #     set PYTHON=/path/to/python)
 #  7. writes benches/results/<date>-<gpu>.json and .md (commit them) and the logs under
-#     benches/results/<date>-<gpu>.logs/
+#     benches/results/<date>-<gpu>.logs/; --export OUTDIR also copies the two files and a
+#     logs.tar.gz there
 #
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
-# The build needs the crates of Cargo.lock (network, or a cargo registry/vendor directory
-# already on the machine); everything else runs offline.
+# Without --prebuilt the build needs the crates of Cargo.lock (network, or a cargo
+# registry/vendor directory already on the machine); everything else runs offline.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${OPTICAL_CACHE:-$HOME/.cache/optical}"
@@ -27,6 +32,19 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 export CARGO_TERM_COLOR=never
 PYTHON="${PYTHON:-python3}"
 FEATURES=cuda,wgpu
+PREBUILT=""
+EXPORT=""
+# GPU_CHECK_SECONDS: a wall-clock budget for the whole run (0: none); later steps get what is
+# left, so that a run under an outside time limit still writes its report.
+BUDGET=${GPU_CHECK_SECONDS:-0}
+while [ $# -gt 0 ]; do
+    case $1 in
+    --prebuilt) PREBUILT=${2:?--prebuilt needs the bundle directory}; shift 2 ;;
+    --export) EXPORT=${2:?--export needs a directory}; shift 2 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "gpu-check: unknown argument $1 (expected --prebuilt DIR or --export DIR)" >&2; exit 2 ;;
+    esac
+done
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
 gpu=${gpu:-unknown-gpu}
@@ -34,13 +52,27 @@ slug=$(echo "$gpu" | tr 'A-Z' 'a-z' | sed -E 's/^nvidia //; s/[^a-z0-9]+/-/g; s/
 stamp=$(date -u +%Y-%m-%d)
 OUT="benches/results/$stamp-$slug"
 LOGS="$OUT.logs"
+rm -rf "$LOGS"
 mkdir -p "$LOGS"
 declare -A STATUS
+# step NAME COMMAND...: run it, log to $LOGS/NAME.log, record pass/FAIL. A command (not a
+# shell function) is stopped after ${T:-900} s, so one hung step cannot cost the others.
 step() {
     local name=$1
     shift
     echo "== gpu-check: $name" >&2
-    if "$@" >"$LOGS/$name.log" 2>&1; then
+    local run=("$@") limit=${T:-900}
+    if [ "$BUDGET" -gt 0 ]; then
+        local left=$((BUDGET - SECONDS - 30)) # 30 s kept for the report
+        if [ "$left" -lt 20 ]; then
+            STATUS[$name]="skipped (GPU_CHECK_SECONDS=$BUDGET spent)"
+            echo "   skipped: out of time" >&2
+            return
+        fi
+        [ "$left" -lt "$limit" ] && limit=$left
+    fi
+    declare -F "$1" >/dev/null || run=(timeout --kill-after=10 "$limit" "$@")
+    if "${run[@]}" >"$LOGS/$name.log" 2>&1; then
         STATUS[$name]=pass
     else
         STATUS[$name]=FAIL
@@ -49,35 +81,98 @@ step() {
     fi
 }
 
-step nvidia-smi nvidia-smi
-if bash scripts/ptxas-fetch.sh >"$LOGS/ptxas-fetch.log" 2>&1; then
-    step ptxas bash scripts/ptxas-check.sh --no-report
+# Unpack a bundle from scripts/gpu-bundle.sh and check every binary against its MANIFEST.
+unpack() {
+    local dir=$1 dest=$2
+    [ -f "$dir/MANIFEST" ] || { echo "no $dir/MANIFEST: not a bundle from scripts/gpu-bundle.sh" >&2; return 1; }
+    mkdir -p "$dest"
+    grep -E '^[a-z_]+ [0-9a-f]{64}$' "$dir/MANIFEST" | while read -r name sha; do
+        python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' \
+            "$dir/bin/$name.xz" "$dest/$name" || return 1
+        chmod +x "$dest/$name"
+        got=$(sha256sum "$dest/$name" | cut -d' ' -f1)
+        [ "$got" = "$sha" ] || { echo "$name: sha256 $got, MANIFEST says $sha" >&2; return 1; }
+        echo "$name ok"
+    done
+}
+
+if [ -n "$PREBUILT" ]; then
+    BINDIR="${TMPDIR:-/tmp}/optical-gpu-check/bin"
+    step unpack unpack "$PREBUILT" "$BINDIR"
+    source_line="prebuilt bundle: $(grep -E '^(commit|tree|built) ' "$PREBUILT/MANIFEST" | paste -sd';' | sed 's/;/; /g')"
+    BIN="$BINDIR/optical"
+    # The Vulkan loader, if the machine has none (unpacked beside the binaries, not into /).
+    if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
+        for deb in "$PREBUILT"/debs/libvulkan1_*.deb; do
+            [ -e "$deb" ] || continue
+            dpkg-deb -x "$deb" "$BINDIR/../vulkan" &&
+                export LD_LIBRARY_PATH="$(cd "$BINDIR/../vulkan" && find "$PWD" -name 'libvulkan.so.1' -printf '%h\n' | head -n1)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        done
+    fi
 else
-    STATUS[ptxas]="skipped (ptxas not cached and PyPI unreachable)"
+    source_line="built here: commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$([ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ', modified tree')"
+    BIN="$CARGO_TARGET_DIR/release/optical"
 fi
-step build cargo build --release --features "$FEATURES"
-step cuda-tests env OPTICAL_REQUIRE_CUDA=1 cargo test --release --features "$FEATURES" \
-    --test cuda_parity -- --nocapture --test-threads=1
+echo "gpu-check: $source_line" >&2
+
+step nvidia-smi nvidia-smi
+# ptxas: $PTXAS if set; else the pinned wheel's (cached, or fetched when not --prebuilt: the
+# machine is assumed offline then); else the machine's own.
+PTXAS_BIN=${PTXAS:-}
+if [ -z "$PTXAS_BIN" ] && { [ -z "$PREBUILT" ] || [ -x "$CACHE/ptxas-12.9.86/ptxas" ]; }; then
+    PTXAS_BIN=$(bash scripts/ptxas-fetch.sh 2>"$LOGS/ptxas-fetch.log") || PTXAS_BIN=""
+fi
+[ -n "$PTXAS_BIN" ] || PTXAS_BIN=$(command -v ptxas || ls /usr/local/cuda/bin/ptxas 2>/dev/null || true)
+if [ -n "$PTXAS_BIN" ]; then
+    T=120 step ptxas env PTXAS="$PTXAS_BIN" bash -c '"$PTXAS" --version | tail -n1 && bash scripts/ptxas-check.sh --no-report'
+else
+    STATUS[ptxas]="skipped (no ptxas on this machine and PyPI unreachable)"
+fi
+
 nvidia_icd=""
-for f in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
+for f in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
+    /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
     [ -e "$f" ] && nvidia_icd=$f && break
 done
-step all-tests env OPTICAL_REQUIRE_CUDA=1 OPTICAL_REQUIRE_WGPU=1 WGPU_BACKEND=vulkan \
-    ${nvidia_icd:+VK_ICD_FILENAMES=$nvidia_icd} \
-    cargo test --release --features "$FEATURES" -- --include-ignored
-BIN="$CARGO_TARGET_DIR/release/optical"
-step info "$BIN" info --json
-step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused
-step bench-wgpu env WGPU_BACKEND=vulkan ${nvidia_icd:+VK_ICD_FILENAMES=$nvidia_icd} \
+VK_ENV=(WGPU_BACKEND=vulkan)
+[ -n "$nvidia_icd" ] && VK_ENV+=(VK_ICD_FILENAMES="$nvidia_icd" VK_DRIVER_FILES="$nvidia_icd")
+[ "$slug" != unknown-gpu ] && VK_ENV+=(OPTICAL_WGPU_ADAPTER=nvidia)
+
+# In order of what matters most if the time runs out: CUDA parity, the CUDA and PyTorch
+# numbers, then wgpu on the NVIDIA driver, then the CPU.
+if [ -n "$PREBUILT" ]; then
+    T=240 step cuda-tests env OPTICAL_REQUIRE_CUDA=1 "$BINDIR/cuda_parity" --nocapture --test-threads=1
+else
+    step build cargo build --release --features "$FEATURES"
+    step cuda-tests env OPTICAL_REQUIRE_CUDA=1 cargo test --release --features "$FEATURES" \
+        --test cuda_parity -- --nocapture --test-threads=1
+fi
+T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
+T=120 step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
+    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
+T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
+if [ -n "$PREBUILT" ]; then
+    T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
+else
+    step all-tests env OPTICAL_REQUIRE_CUDA=1 "${VK_ENV[@]}" \
+        cargo test --release --features "$FEATURES" -- --include-ignored
+fi
+T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused
-step bench-cpu "$BIN" bench --backend cpu --json --min-seconds 1
-step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
+    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
+T=120 step bench-cpu "$BIN" bench --backend cpu --json --min-seconds 1
 
 status_json=$(for k in "${!STATUS[@]}"; do printf '"%s": "%s",' "$k" "${STATUS[$k]}"; done)
 sm_clock=$(nvidia-smi --query-gpu=clocks.max.sm --format=csv,noheader,nounits 2>/dev/null | head -n1)
-python3 scripts/gpu_report.py "$OUT" "$LOGS" "$gpu" "{${status_json%,}}" "${sm_clock:-0}"
+OPTICAL_GPU_CHECK_SOURCE="$source_line" \
+    python3 scripts/gpu_report.py "$OUT" "$LOGS" "$gpu" "{${status_json%,}}" "${sm_clock:-0}"
+
+if [ -n "$EXPORT" ]; then
+    mkdir -p "$EXPORT"
+    cp "$OUT.json" "$OUT.md" "$EXPORT/"
+    tar czf "$EXPORT/$(basename "$OUT").logs.tar.gz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
+    echo "gpu-check: copied the results to $EXPORT" >&2
+fi
 
 failed=0
 for k in "${!STATUS[@]}"; do

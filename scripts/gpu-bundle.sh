@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Pack what scripts/gpu-check.sh needs on a GPU machine that has an NVIDIA driver, python3
+# with PyTorch, and neither a Rust toolchain nor a network:
+#
+#   bash scripts/gpu-bundle.sh [DIR]          (default DIR: .gpu-bundle, ignored by git)
+#   # copy the checkout with DIR to the GPU machine, then there:
+#   bash scripts/gpu-check.sh --prebuilt DIR [--export OUTDIR]
+#
+# DIR holds, xz-compressed and stripped, the release `optical` binary and the two GPU test
+# executables (tests/cuda_parity.rs, tests/wgpu_parity.rs) built with --features cuda,wgpu;
+# the Vulkan loader package (libvulkan1) for machines without one; and MANIFEST, which
+# names the commit, whether the tree was clean, and each binary's sha256. All of it is
+# self-contained: the PTX and WGSL sources are compiled into the binaries, which load the
+# CUDA driver and the Vulkan loader at run time. Together about 40 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${OPTICAL_CACHE:-$HOME/.cache/optical}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+export CARGO_TERM_COLOR=never
+FEATURES=cuda,wgpu
+DEST="${1:-.gpu-bundle}"
+TESTS=(cuda_parity wgpu_parity)
+
+echo "gpu-bundle: building optical (release) and the GPU tests (--features $FEATURES)" >&2
+cargo build --release --features "$FEATURES" >&2
+test_args=()
+for t in "${TESTS[@]}"; do test_args+=(--test "$t"); done
+# The executables' paths, from cargo's own messages (the hash in the name changes with flags).
+mapfile -t exes < <(cargo test --features "$FEATURES" --no-run "${test_args[@]}" \
+    --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"] + "\t" + m["executable"])
+')
+if [ "${#exes[@]}" -ne "${#TESTS[@]}" ]; then
+    echo "gpu-bundle: expected ${#TESTS[@]} test executables from cargo, found ${#exes[@]}" >&2
+    exit 1
+fi
+
+rm -rf "$DEST"
+mkdir -p "$DEST/bin" "$DEST/debs"
+pack() { # name path
+    strip -o "$DEST/bin/$1" "$2"
+    sha=$(sha256sum "$DEST/bin/$1" | cut -d' ' -f1)
+    xz -T0 -6 "$DEST/bin/$1"
+    echo "$1 $sha" >>"$DEST/MANIFEST.bins"
+}
+pack optical "$CARGO_TARGET_DIR/release/optical"
+for e in "${exes[@]}"; do pack "${e%%$'\t'*}" "${e#*$'\t'}"; done
+
+# The Vulkan loader, for a machine whose image has the NVIDIA ICD but no libvulkan.so.1.
+if command -v apt-get >/dev/null 2>&1; then
+    (cd "$DEST/debs" && apt-get download -q libvulkan1 >&2) ||
+        echo "gpu-bundle: could not download libvulkan1 (the GPU machine must have a Vulkan loader)" >&2
+fi
+
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# Only what goes into the binaries decides whether they match the commit.
+dirty=$( [ -z "$(git status --porcelain --untracked-files=no -- src kernels shaders tests build.rs Cargo.toml Cargo.lock 2>/dev/null)" ] && echo clean || echo modified)
+{
+    echo "commit $commit"
+    echo "tree $dirty"
+    echo "features $FEATURES"
+    echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(ldd --version 2>/dev/null | head -n1)"
+    echo "rustc $(rustc --version 2>/dev/null)"
+    cat "$DEST/MANIFEST.bins"
+} >"$DEST/MANIFEST"
+rm "$DEST/MANIFEST.bins"
+du -sh "$DEST" >&2
+cat "$DEST/MANIFEST" >&2

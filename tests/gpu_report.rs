@@ -1,0 +1,217 @@
+//! `scripts/gpu_report.py` turns the logs of `scripts/gpu-check.sh` into the committed GPU
+//! results. It runs once per GPU session, after everything else, so a crash or a wrong ratio
+//! there would waste the run: these tests feed it logs shaped like the real ones (the CPU
+//! bench records come from the real `optical bench --json`) and check the report's ratios
+//! and goal verdicts against values computed here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A CUDA bench record as `optical bench --backend cuda --json` prints it.
+fn cuda_record(
+    kernel: &str,
+    shape: &str,
+    seconds: f64,
+    device_seconds: f64,
+    unit: &str,
+    amount: f64,
+) -> String {
+    format!(
+        r#"{{"kernel":"{kernel}","backend":"cuda","shape":"{shape}","seconds_per_call":{seconds},"calls":10,"{unit}":{},"device_seconds_per_call":{device_seconds},"device_rate":{}}}"#,
+        amount / seconds / 1e9,
+        amount / device_seconds / 1e9
+    )
+}
+
+fn run_report(dir: &Path, logs: &Path) -> (String, serde_json::Value) {
+    let out = dir.join("result");
+    let status = r#"{"cuda-tests": "pass", "bench-cuda": "pass"}"#;
+    let run = Command::new("python3")
+        .arg(root().join("scripts/gpu_report.py"))
+        .args([
+            out.to_str().unwrap(),
+            logs.to_str().unwrap(),
+            "NVIDIA H100 80GB HBM3",
+            status,
+            "1980",
+        ])
+        .env(
+            "OPTICAL_GPU_CHECK_SOURCE",
+            "prebuilt bundle: commit abc; tree clean",
+        )
+        .output()
+        .expect("python3 runs");
+    assert!(
+        run.status.success(),
+        "gpu_report.py failed:\n{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    (md, json)
+}
+
+fn scratch(name: &str) -> (PathBuf, PathBuf) {
+    let dir =
+        std::env::temp_dir().join(format!("optical-gpu-report-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    (dir, logs)
+}
+
+#[test]
+fn report_computes_the_issue_goals_from_the_logs() {
+    let (dir, logs) = scratch("goals");
+    // The fused problem: b=256, n=m=128, 100 iterations, two exps per entry per iteration.
+    let exps = 2.0 * 256.0 * 128.0 * 128.0 * 100.0;
+    let fused_device = 0.004;
+    let cost_bytes = 256.0 * 1e6; // any amount: the ratio is what is checked
+    let cost_device = 1e-4; // 2560 GB/s
+    let bench_cuda = [
+        cuda_record(
+            "cosine-cost",
+            "b=64 n=128 m=128 d=384",
+            2e-4,
+            cost_device / 2.0, // faster than HBM: L2 hits; not the one judged
+            "gb_per_s",
+            cost_bytes,
+        ),
+        cuda_record(
+            "cosine-cost-hbm",
+            "b=512 n=128 m=128 d=384",
+            2e-4,
+            cost_device,
+            "gb_per_s",
+            cost_bytes,
+        ),
+        cuda_record(
+            "sinkhorn-fused",
+            "b=256 n=128 m=128 d=384 eps=0.05 iterations=100",
+            0.0045,
+            fused_device,
+            "gexp_per_s",
+            exps,
+        ),
+    ];
+    std::fs::write(
+        logs.join("bench-cuda.log"),
+        bench_cuda.join("\n") + "\nsome other line\n",
+    )
+    .unwrap();
+
+    // Real CPU records, so that a change to the bench's JSON shows up here.
+    let cpu = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args([
+            "bench",
+            "--backend",
+            "cpu",
+            "--json",
+            "--kernels",
+            "sinkhorn-512",
+            "--min-seconds",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    std::fs::write(logs.join("bench-cpu.log"), &cpu.stdout).unwrap();
+
+    let torch = serde_json::json!({
+        "gpu": "NVIDIA H100 80GB HBM3", "multiprocessors": 132, "torch": "2.11.0", "cuda": "13.0",
+        "hbm_copy_gb_per_s": 3200.0,
+        "results": [
+            {"impl": "torch-eager", "seconds_per_call": 0.08, "gexp_per_s": exps / 0.08 / 1e9},
+            {"impl": "torch-compile", "seconds_per_call": 0.010, "gexp_per_s": exps / 0.010 / 1e9},
+            {"impl": "torch-compile-graphs", "error": "RuntimeError: out of graphs"}
+        ]
+    });
+    std::fs::write(logs.join("torch.json"), torch.to_string()).unwrap();
+    std::fs::write(
+        logs.join("cuda-tests.log"),
+        "test fused_sinkhorn_matches_reference ... ok\ntest result: ok. 7 passed; 0 failed\n",
+    )
+    .unwrap();
+
+    let (md, json) = run_report(&dir, &logs);
+    let goals = json["goals"].as_array().expect("goals");
+    let goal = |prefix: &str| {
+        goals
+            .iter()
+            .find(|g| g["goal"].as_str().unwrap().contains(prefix))
+            .unwrap_or_else(|| panic!("no goal {prefix:?} in {goals:?}"))
+    };
+    let close = |v: &serde_json::Value, want: f64| {
+        let got = v.as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{got} != {want}"
+        );
+    };
+    close(&goal("torch-eager")["value"], 0.08 / fused_device); // 20x: met
+    assert_eq!(goal("torch-eager")["met"], true);
+    close(&goal("than torch-compile")["value"], 0.010 / fused_device); // 2.5x: not met
+    assert_eq!(goal("than torch-compile")["met"], false);
+    assert!(
+        goals
+            .iter()
+            .all(|g| !g["goal"].as_str().unwrap().contains("graphs")),
+        "a failed peer has no goal"
+    );
+    // Exp floor: 132 SMs x 16 ex2/clk x 1.98 GHz; the fused time over the floor's time.
+    let floor_rate = 132.0 * 16.0 * 1.98;
+    close(
+        &goal("exp-throughput floor")["value"],
+        floor_rate / (exps / fused_device / 1e9),
+    );
+    close(
+        &goal("HBM bandwidth")["value"],
+        cost_bytes / cost_device / 1e9 / 3200.0,
+    ); // 0.8: met
+    assert_eq!(goal("HBM bandwidth")["met"], true);
+    assert!(
+        goal("HBM bandwidth")["goal"]
+            .as_str()
+            .unwrap()
+            .contains("cosine-cost-hbm"),
+        "the L2-busting problem is the one judged"
+    );
+
+    assert!(
+        md.contains("Code: prebuilt bundle: commit abc; tree clean."),
+        "{md}"
+    );
+    assert!(md.contains("## Goals (issue 4)"), "{md}");
+    assert!(md.contains("| NO |") && md.contains("| yes |"), "{md}");
+    assert!(md.contains("| cpu | sinkhorn-512 |"), "{md}");
+    assert!(md.contains("RuntimeError: out of graphs"), "{md}");
+    assert!(md.contains("test result: ok. 7 passed"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn report_survives_a_run_where_everything_failed() {
+    // No bench output, no torch.json: the report still gets written, with the failures.
+    let (dir, logs) = scratch("empty");
+    std::fs::write(
+        logs.join("bench-cuda.log"),
+        "error: backend cuda is unavailable\n",
+    )
+    .unwrap();
+    let (md, json) = run_report(&dir, &logs);
+    assert_eq!(json["goals"].as_array().map(Vec::len), Some(0));
+    assert!(md.contains("| cuda-tests | pass |"), "{md}");
+    assert!(!md.contains("## Goals"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
