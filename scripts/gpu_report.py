@@ -23,7 +23,8 @@ def jsonl(name):
 
 info = jsonl("info")
 torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.path.join(logs, "torch.json")) else None
-bench = {"cuda": jsonl("bench-cuda"), "wgpu": jsonl("bench-wgpu"), "cpu": jsonl("bench-cpu")}
+bench = {"cuda": jsonl("bench-cuda"), "cuda-tf32x3": jsonl("bench-cuda-tf32x3"), "wgpu": jsonl("bench-wgpu"),
+         "cpu": jsonl("bench-cpu")}
 tests = ""
 p = os.path.join(logs, "cuda-tests.log")
 if os.path.exists(p):
@@ -41,17 +42,20 @@ if fused and fused.get("device_seconds_per_call") and torch:
     for r in torch.get("results", []):
         if "seconds_per_call" in r:
             ratios[f"{r['impl']} / optical fused"] = r["seconds_per_call"] / t
-    # The L2-busting problem when it ran (repeated calls of the small one can hit L2).
-    cost = next((r for r in bench["cuda"] if r.get("kernel") == "cosine-cost-hbm"), None) or \
-        next((r for r in bench["cuda"] if r.get("kernel") == "cosine-cost"), None)
-    if cost and cost.get("device_rate") and torch.get("hbm_copy_gb_per_s"):
-        ratios[f"{cost['kernel']} device GB/s / measured HBM GB/s"] = cost["device_rate"] / torch["hbm_copy_gb_per_s"]
     sms = torch.get("multiprocessors")
     if sms and sm_clock_ghz:
         floor = sms * 16 * sm_clock_ghz  # G ex2/s: 16 MUFU.EX2 per clock per SM
         ratios[f"exp floor G exp/s ({sms} SMs x 16/clk x {sm_clock_ghz:.2f} GHz)"] = floor
         ratios["optical fused G exp/s (device)"] = fused.get("device_rate")
         ratios["optical fused time / exp floor time"] = floor / fused["device_rate"]
+# Cosine cost against the measured HBM bandwidth, for each CUDA cost kernel: the L2-busting
+# problem when it ran (repeated calls of the small one can be served from L2).
+for be in ("cuda", "cuda-tf32x3"):
+    cost = next((r for r in bench[be] if r.get("kernel") == "cosine-cost-hbm"), None) or \
+        next((r for r in bench[be] if r.get("kernel") == "cosine-cost"), None)
+    if cost and cost.get("device_rate") and torch and torch.get("hbm_copy_gb_per_s"):
+        ratios[f"{be} {cost['kernel']} device GB/s / measured HBM GB/s"] = \
+            cost["device_rate"] / torch["hbm_copy_gb_per_s"]
 result["ratios"] = ratios
 
 # The issue's performance goals (issue 4), each met or not on this run's numbers.
@@ -71,11 +75,11 @@ if fused and fused.get("device_seconds_per_call"):
     if floor_ratio:
         goals.append({"goal": "fused sinkhorn within 2x of the exp-throughput floor (time / floor time)",
                       "value": floor_ratio, "target": 2.0, "met": floor_ratio <= 2.0})
-bw_key = next((k for k in ratios if k.endswith("device GB/s / measured HBM GB/s")), None)
-if bw_key:
+for bw_key in [k for k in ratios if k.endswith("device GB/s / measured HBM GB/s")]:
     bw = ratios[bw_key]
-    goals.append({"goal": f"cosine cost >= 75% of measured HBM bandwidth ({bw_key.split()[0]})", "value": bw, "target": 0.75,
-                  "met": bw >= 0.75})
+    label = " ".join(bw_key.split()[:2])
+    goals.append({"goal": f"cosine cost >= 75% of measured HBM bandwidth ({label})", "value": bw,
+                  "target": 0.75, "met": bw >= 0.75})
 result["goals"] = goals
 with open(out + ".json", "w") as f:
     json.dump(result, f, indent=2)

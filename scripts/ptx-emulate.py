@@ -188,6 +188,39 @@ def parse_module(text):
 
 
 # ---- execution ---------------------------------------------------------------------------
+def tf32_round(v):
+    """cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties away from zero; the
+    result is an f32 bit pattern whose low 13 bits are 0 (NaN and infinities kept)."""
+    b = bits(v)
+    if (b >> 23) & 0xFF == 0xFF:
+        return from_bits(b)
+    return from_bits(((b + 0x1000) & 0xFFFFE000) & 0xFFFFFFFF)
+
+
+def mma_m16n8k8_tf32(lanes):
+    """mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 over one warp. `lanes[l]` is lane
+    l's (a0..a3, b0, b1, c0..c3) as f32 values; returns each lane's (d0..d3). Fragment
+    layout (PTX ISA), g = lane / 4, q = lane % 4: a0 = A[g][q], a1 = A[g+8][q],
+    a2 = A[g][q+4], a3 = A[g+8][q+4]; b0 = B[q][g], b1 = B[q+4][g]; c0 = C[g][2q],
+    c1 = C[g][2q+1], c2 = C[g+8][2q], c3 = C[g+8][2q+1]. The tf32 products are exact in
+    double; the sum is rounded to f32 once (the hardware's internal rounding may differ in
+    the last ulp)."""
+    A = [[0.0] * 8 for _ in range(16)]
+    B = [[0.0] * 8 for _ in range(8)]
+    C = [[0.0] * 8 for _ in range(16)]
+    for lane, (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3) in enumerate(lanes):
+        g, q = lane >> 2, lane & 3
+        for v in (a0, a1, a2, a3, b0, b1):
+            if bits(v) & 0x1FFF:
+                raise ValueError(f"mma tf32 operand {v!r} (lane {lane}) is not a tf32 value: cvt.rna.tf32.f32 it first")
+        A[g][q], A[g + 8][q], A[g][q + 4], A[g + 8][q + 4] = a0, a1, a2, a3
+        B[q][g], B[q + 4][g] = b0, b1
+        C[g][2 * q], C[g][2 * q + 1], C[g + 8][2 * q], C[g + 8][2 * q + 1] = c0, c1, c2, c3
+    D = [[f32(C[r][c] + sum(A[r][k] * B[k][c] for k in range(8))) for c in range(8)] for r in range(16)]
+    return [(D[lane >> 2][2 * (lane & 3)], D[lane >> 2][2 * (lane & 3) + 1],
+             D[(lane >> 2) + 8][2 * (lane & 3)], D[(lane >> 2) + 8][2 * (lane & 3) + 1]) for lane in range(32)]
+
+
 class Thread:
     __slots__ = ("tid", "regs", "pc", "state", "shfl")
 
@@ -273,7 +306,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
     def store(t, space, addr, ty, values):
         n = len(values)
         fmt = "<" + ("f" if ty == "f32" else "I") * n
-        vals = [float(v) if ty == "f32" else int(v) & 0xFFFFFFFF for v in values]
+        vals = [float(v) if ty == "f32" else bits(v) for v in values]
         raw = struct.pack(fmt, *vals)
         addr = check_space(space, addr)
         if space == "generic":
@@ -314,6 +347,9 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 t.shfl = (bits(val(t, ops[1])), val(t, ops[2]), isinstance(val(t, ops[1]), float))
                 t.state = "shfl"
                 return
+            if op == "mma":
+                t.state = "mma"
+                return
             ty = parts[-1]
             if op == "ld":
                 space = parts[1] if parts[1] in ("param", "global", "shared") else "generic"
@@ -350,7 +386,10 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     raise NotImplementedError(opc)
             elif op == "cvt":
                 v = val(t, ops[1])
-                r[ops[0]] = f32(float(v)) if opc.startswith("cvt.rn.f32") else int(v)
+                if opc == "cvt.rna.tf32.f32":
+                    r[ops[0]] = tf32_round(v)
+                else:
+                    r[ops[0]] = f32(float(v)) if opc.startswith("cvt.rn.f32") else int(v)
             elif op == "setp":
                 cmp = parts[1]
                 a, b = val(t, ops[1]), val(t, ops[2])
@@ -439,6 +478,31 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 t.pc += 1
                 t.state = "run"
             progressed = True
+        # mma.sync: warp-collective like shfl.sync
+        for w in range(0, nthreads, 32):
+            warp = threads[w : w + 32]
+            waiting = [t for t in warp if t.state == "mma"]
+            if not waiting:
+                continue
+            if len(waiting) != 32:
+                states = {t.state for t in warp}
+                if "run" in states:
+                    continue
+                raise RuntimeError(f"{entry.name}: mma.sync with lanes {states} (not all 32 lanes)")
+            pcs = {t.pc for t in waiting}
+            if len(pcs) != 1:
+                raise RuntimeError(f"{entry.name}: lanes at different mma.sync {pcs}")
+            _, opc, ops = code[waiting[0].pc]
+            assert opc == "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", opc
+            regs = [split_operands(o.strip("{}")) for o in ops]
+            assert [len(x) for x in regs] == [4, 4, 2, 4], ops
+            lanes = [[from_bits(bits(val(t, name))) for name in regs[1] + regs[2] + regs[3]] for t in waiting]
+            for t, d in zip(waiting, mma_m16n8k8_tf32(lanes)):
+                for name, v in zip(regs[0], d):
+                    t.regs[name] = v
+                t.pc += 1
+                t.state = "run"
+            progressed = True
         if progressed:
             continue
         at_bar = [t for t in live if t.state == "bar"]
@@ -508,7 +572,7 @@ def embeddings(rng, b, n, d, full):
 
 
 # ---- tests -------------------------------------------------------------------------------
-def test_cosine_cost(mods, b, n, m, d, seed):
+def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32"):
     rng = random.Random(seed)
     dp = (d + 3) // 4 * 4
     x, lx = embeddings(rng, b, n, d, False)
@@ -522,7 +586,7 @@ def test_cosine_cost(mods, b, n, m, d, seed):
     for rows, src, dst in ((b * n, xg, xi), (b * m, yg, yi)):
         run_kernel(e["row_inv_norm_f32"], mem, [src, dst, rows, dp // 4], ((rows + 7) // 8, 1, 1), 256, 0)
     grid = (b, (n + 63) // 64, (m + 63) // 64)
-    run_kernel(e["cosine_cost_f32"], mem, [xg, yg, xi, yi, xl, yl, out, n, m, dp], grid, 256, 0)
+    run_kernel(e[entry], mem, [xg, yg, xi, yi, xl, yl, out, n, m, dp], grid, 256, 0)
     got = unpack_f32(mem, out, b * n * m)
     err = 0.0
     for p in range(b):
@@ -535,7 +599,7 @@ def test_cosine_cost(mods, b, n, m, d, seed):
                 else:
                     want = 0.0
                 err = max(err, ad(got[(p * n + i) * m + j], want))
-    return report(f"cosine_cost b={b} n={n} m={m} d={d}", err, 2e-5)
+    return report(f"{entry} b={b} n={n} m={m} d={d}", err, 2e-5)
 
 
 def test_maxsim(mods, nq, qn, nd, d, seed, in_smem):
@@ -693,6 +757,9 @@ def main():
         ("cosine_cost 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1)),
         ("cosine_cost tiles", lambda: test_cosine_cost(mods, 2, 65, 17, 7, 2)),
         ("cosine_cost chunks", lambda: test_cosine_cost(mods, 1, 9, 70, 37, 3)),
+        ("cosine_cost tf32x3 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1, "cosine_cost_tf32x3_f32")),
+        ("cosine_cost tf32x3 tiles", lambda: test_cosine_cost(mods, 2, 65, 17, 7, 2, "cosine_cost_tf32x3_f32")),
+        ("cosine_cost tf32x3 chunks", lambda: test_cosine_cost(mods, 1, 9, 70, 37, 3, "cosine_cost_tf32x3_f32")),
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),

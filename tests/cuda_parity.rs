@@ -10,6 +10,7 @@
 //! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
 #![cfg(feature = "cuda")]
 
+use optical::backend::cuda::CostKernel;
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -103,6 +104,16 @@ fn check(what: &str, cuda: &Diff, baseline: &Diff, floor: f64, factor: f64) {
 #[test]
 fn cosine_cost_matches_reference() {
     let Some(gpu) = cuda() else { return };
+    for kernel in [CostKernel::Fp32, CostKernel::Tf32x3] {
+        let Backend::Cuda(c) = &gpu else {
+            unreachable!("cuda() returns the CUDA backend")
+        };
+        eprintln!("cost kernel {}", kernel.name());
+        cosine_cost_cases(&Backend::Cuda(c.clone().with_cost_kernel(kernel)), kernel);
+    }
+}
+
+fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
     // (b, n, m, d): 1, tile ± 1, tile, 17×29, 113×203, 512×512; d not a multiple of 4 too.
     let shapes = [
         (1, 1, 1, 1),
@@ -121,7 +132,10 @@ fn cosine_cost_matches_reference() {
             let fast = CpuFast.cosine_cost(&x, &y).unwrap();
             let got = gpu.cosine_cost(&x, &y).unwrap();
             assert_eq!((got.b, got.n, got.m), (b, n, m));
-            let what = format!("cosine cost b={b} n={n} m={m} d={d} full={full}");
+            let what = format!(
+                "cosine cost ({}) b={b} n={n} m={m} d={d} full={full}",
+                kernel.name()
+            );
             check(
                 &what,
                 &diff(&got.data, &want.data),

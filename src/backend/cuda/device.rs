@@ -34,6 +34,7 @@ const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 pub(super) struct Kernels {
     pub row_inv_norm: CudaFunction,
     pub cosine_cost: CudaFunction,
+    pub cosine_cost_tf32x3: CudaFunction,
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
@@ -54,6 +55,50 @@ pub(super) struct Device {
 #[derive(Clone)]
 pub struct CudaBackend {
     pub(super) dev: Arc<Device>,
+    cost_kernel: CostKernel,
+}
+
+/// Which kernel computes the standalone cosine cost (the fused Sinkhorn kernel has its own
+/// FP32 cost phase). Both have the same contract and the same parity tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CostKernel {
+    /// `cosine_cost_f32`: FP32 FMA, a 4x4 register tile per thread. The default.
+    #[default]
+    Fp32,
+    /// `cosine_cost_tf32x3_f32`: the tensor cores in split precision (3xTF32), about f32
+    /// accuracy at tensor-core rate (the FP32 kernel is compute-bound at d = 384).
+    Tf32x3,
+}
+
+/// Environment variable that picks the cost kernel: `fp32` (default) or `tf32x3`.
+pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
+
+impl std::str::FromStr for CostKernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(CostKernel::Fp32),
+            "tf32x3" => Ok(CostKernel::Tf32x3),
+            other => Err(Error::parameter(COST_KERNEL_ENV, "fp32 or tf32x3", other)),
+        }
+    }
+}
+
+impl CostKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            CostKernel::Fp32 => "fp32",
+            CostKernel::Tf32x3 => "tf32x3",
+        }
+    }
+
+    /// The kernel named by `$OPTICAL_CUDA_COST_KERNEL` (unset or empty: the default).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(COST_KERNEL_ENV) {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(CostKernel::default()),
+        }
+    }
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -61,6 +106,7 @@ impl std::fmt::Debug for CudaBackend {
         f.debug_struct("CudaBackend")
             .field("device", &self.dev.name)
             .field("compute_capability", &self.dev.compute_capability)
+            .field("cost_kernel", &self.cost_kernel)
             .finish()
     }
 }
@@ -194,6 +240,7 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
     let kernels = Kernels {
         row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
         cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
+        cosine_cost_tf32x3: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3)?,
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
@@ -373,12 +420,24 @@ pub(super) fn lengths_u32(name: &'static str, lengths: &[usize]) -> Result<Vec<u
 
 impl CudaBackend {
     /// Open device 0 (once per process; later calls share it).
+    /// Device 0, with the cost kernel that `$OPTICAL_CUDA_COST_KERNEL` names (default fp32).
     pub fn new() -> Result<CudaBackend> {
+        let cost_kernel = CostKernel::from_env()?;
         let dev = DEVICE0
             .get_or_init(|| guarded(|| open_device(0)).map(Arc::new))
             .clone()
             .map_err(InitFailure::into_error)?;
-        Ok(CudaBackend { dev })
+        Ok(CudaBackend { dev, cost_kernel })
+    }
+
+    /// The same device, computing cosine costs with `kernel`.
+    pub fn with_cost_kernel(mut self, kernel: CostKernel) -> Self {
+        self.cost_kernel = kernel;
+        self
+    }
+
+    pub fn cost_kernel(&self) -> CostKernel {
+        self.cost_kernel
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -461,7 +520,14 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", dp)?);
-        let mut l = self.launch(&self.dev.kernels.cosine_cost, ptx::COSINE_COST);
+        let (function, entry) = match self.cost_kernel {
+            CostKernel::Fp32 => (&self.dev.kernels.cosine_cost, ptx::COSINE_COST),
+            CostKernel::Tf32x3 => (
+                &self.dev.kernels.cosine_cost_tf32x3,
+                ptx::COSINE_COST_TF32X3,
+            ),
+        };
+        let mut l = self.launch(function, entry);
         l.buf(xg)
             .buf(yg)
             .buf(&xinv)
@@ -474,8 +540,8 @@ impl CudaBackend {
             .u32(&dpu);
         // SAFETY: x holds b*n*dp floats, y b*m*dp, xinv b*n, yinv b*m, the lengths b u32 each
         // with 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the
-        // grid (b, ceil(n/64), ceil(m/64)) x 256 threads is the geometry the kernel requires,
-        // and it writes only i < n, j < m.
+        // grid (b, ceil(n/64), ceil(m/64)) x 256 threads is the geometry both cost kernels
+        // require (static shared memory only), and they write only i < n, j < m.
         unsafe { l.launch(cfg) }?;
         Ok(out)
     }
@@ -685,5 +751,20 @@ mod tests {
         assert!(matches!(padded(&data, 2, 2), Cow::Borrowed(_)));
         assert!(as_u32("n", usize::MAX).is_err());
         assert_eq!(as_u32("n", 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn cost_kernel_names_parse_and_bad_ones_say_what_is_expected() {
+        for k in [CostKernel::Fp32, CostKernel::Tf32x3] {
+            assert_eq!(k.name().parse::<CostKernel>().unwrap(), k);
+        }
+        assert_eq!(CostKernel::default(), CostKernel::Fp32);
+        let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
+        assert!(
+            e.contains("OPTICAL_CUDA_COST_KERNEL")
+                && e.contains("fp32 or tf32x3")
+                && e.contains("tf32"),
+            "{e}"
+        );
     }
 }

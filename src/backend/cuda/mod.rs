@@ -9,7 +9,7 @@
 //!
 //! | kernel family | entry points | file |
 //! |---|---|---|
-//! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32` | `kernels/cosine_cost.ptx` |
+//! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32` or `cosine_cost_tf32x3_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
 //! | MaxSim | `maxsim_f32` (+ `row_inv_norm_f32`) | `kernels/maxsim.ptx` |
 //! | Sinkhorn | `sinkhorn_iterate_f32` | `kernels/sinkhorn.ptx` |
 //! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |
@@ -29,4 +29,4 @@ mod device;
 mod sinkhorn;
 
 #[cfg(feature = "cuda")]
-pub use device::{probe, usable_device_count, CudaBackend};
+pub use device::{probe, usable_device_count, CostKernel, CudaBackend, COST_KERNEL_ENV};

@@ -12,6 +12,7 @@ pub struct PtxModule {
 
 pub const ROW_INV_NORM: &str = "row_inv_norm_f32";
 pub const COSINE_COST: &str = "cosine_cost_f32";
+pub const COSINE_COST_TF32X3: &str = "cosine_cost_tf32x3_f32";
 pub const MAXSIM: &str = "maxsim_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
 pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
@@ -19,7 +20,7 @@ pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
 pub const COSINE_COST_MODULE: PtxModule = PtxModule {
     file: "cosine_cost.ptx",
     source: include_str!("../../../kernels/cosine_cost.ptx"),
-    entries: &[ROW_INV_NORM, COSINE_COST],
+    entries: &[ROW_INV_NORM, COSINE_COST, COSINE_COST_TF32X3],
 };
 
 pub const MAXSIM_MODULE: PtxModule = PtxModule {
@@ -50,10 +51,16 @@ pub const MODULES: [PtxModule; 4] = [
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 5] = [
+pub const SIGNATURES: [(&str, &[&str]); 6] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (
         COSINE_COST,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32",
+        ],
+    ),
+    (
+        COSINE_COST_TF32X3,
         &[
             "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32",
         ],
