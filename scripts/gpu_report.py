@@ -66,7 +66,8 @@ def torch_time(name):
 goals = []
 if fused and fused.get("device_seconds_per_call"):
     t = fused["device_seconds_per_call"]
-    for name, want in (("torch-eager", 15.0), ("torch-compile", 3.0), ("torch-compile-graphs", 3.0)):
+    for name, want in (("torch-eager", 15.0), ("torch-compile-step", 3.0), ("torch-compile", 3.0),
+                       ("torch-compile-graphs", 3.0)):
         peer = torch_time(name)
         if peer:
             goals.append({"goal": f"fused sinkhorn >= {want:g}x faster than {name}", "value": peer / t,
@@ -103,7 +104,7 @@ for be, recs in bench.items():
                   + (f"{dev:.6f} | {r['device_rate']:.2f} {unit} |" if dev else "- | - |"))
 if torch:
     md += ["", f"## PyTorch {torch.get('torch')} (CUDA {torch.get('cuda')}), same problem", "",
-           f"HBM copy bandwidth: {torch.get('hbm_copy_gb_per_s', 0):.0f} GB/s", "",
+           f"HBM copy bandwidth: {torch.get('hbm_copy_gb_per_s') or 0:.0f} GB/s", "",
            "| implementation | s/call | G exp/s |", "|---|---:|---:|"]
     for r in torch.get("results", []):
         if "seconds_per_call" in r:

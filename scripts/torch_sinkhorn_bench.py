@@ -7,18 +7,22 @@ from f = g = 0 (row update, then column update), f32 on the GPU. Timed from embe
 device memory to potentials in device memory, like optical's device time:
 
   torch-eager           the usual batched logsumexp loop
-  torch-compile         the same function under torch.compile (default mode)
+  torch-compile-step    one iteration under torch.compile, the loop in Python
+  torch-compile         the whole solve under torch.compile (default mode; the loop
+                        unrolled, so compiling takes longest)
   torch-compile-graphs  torch.compile(mode="reduce-overhead"): CUDA graphs, no launch
                         overhead (the strongest peer this script knows)
 
 Also measures the HBM bandwidth of the machine (a 1 GiB device-to-device copy) for the
 cosine-cost roofline. Each timing: 3 warm-up calls, then calls until --min-seconds have
-passed (at least 5), CUDA events, median. Writes one JSON object to --out (and stdout).
+passed (at least 5), CUDA events, median. Writes one JSON object to --out (and stdout),
+rewritten after each result so that a run stopped during a long compile keeps the rest.
 """
 
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -34,36 +38,56 @@ def main():
     ap.add_argument("--epsilon", type=float, default=0.05)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--device", default="cuda",
+                    help="cuda (the measurement), or cpu to smoke-test this script on small shapes")
     args = ap.parse_args()
 
     import torch
 
-    if not torch.cuda.is_available():
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
         print(json.dumps({"error": "torch has no CUDA device", "torch": torch.__version__}))
         sys.exit(2)
-    dev = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = False  # f32 cost, as optical computes it
+    dev = torch.device(args.device)
     b, n, d, eps, iters = args.b, args.n, args.d, args.epsilon, args.iterations
     gen = torch.Generator(device=dev).manual_seed(0)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # f32 cost, as optical computes it
     x = torch.randn(b, n, d, device=dev, generator=gen)
     y = torch.randn(b, n, d, device=dev, generator=gen)
 
-    def solve(x, y):
-        xn = torch.nn.functional.normalize(x, dim=-1)
-        yn = torch.nn.functional.normalize(y, dim=-1)
-        c = 1.0 - torch.bmm(xn, yn.transpose(1, 2)).clamp(-1.0, 1.0)
-        log_a = torch.full((x.shape[0], x.shape[1]), -math.log(x.shape[1]), device=x.device)
-        log_b = torch.full((y.shape[0], y.shape[1]), -math.log(y.shape[1]), device=y.device)
-        f = torch.zeros_like(log_a)
-        g = torch.zeros_like(log_b)
-        for _ in range(iters):
-            f = -eps * torch.logsumexp(log_b[:, None, :] + (g[:, None, :] - c) / eps, dim=2)
-            g = -eps * torch.logsumexp(log_a[:, :, None] + (f[:, :, None] - c) / eps, dim=1)
+    def step(f, g, c, log_a, log_b):
+        """One iteration: the row update, then the column update."""
+        f = -eps * torch.logsumexp(log_b[:, None, :] + (g[:, None, :] - c) / eps, dim=2)
+        g = -eps * torch.logsumexp(log_a[:, :, None] + (f[:, :, None] - c) / eps, dim=1)
         return f, g
+
+    def solve_with(step_fn):
+        def solve(x, y):
+            xn = torch.nn.functional.normalize(x, dim=-1)
+            yn = torch.nn.functional.normalize(y, dim=-1)
+            c = 1.0 - torch.bmm(xn, yn.transpose(1, 2)).clamp(-1.0, 1.0)
+            log_a = torch.full((x.shape[0], x.shape[1]), -math.log(x.shape[1]), device=x.device)
+            log_b = torch.full((y.shape[0], y.shape[1]), -math.log(y.shape[1]), device=y.device)
+            f = torch.zeros_like(log_a)
+            g = torch.zeros_like(log_b)
+            for _ in range(iters):
+                f, g = step_fn(f, g, c, log_a, log_b)
+            return f, g
+        return solve
+
+    solve = solve_with(step)
 
     def timed(fn, *inputs):
         for _ in range(3):
             fn(*inputs)
+        if not cuda:
+            samples, wall = [], time.perf_counter()
+            while len(samples) < 5 or time.perf_counter() - wall < args.min_seconds:
+                t0 = time.perf_counter()
+                fn(*inputs)
+                samples.append(time.perf_counter() - t0)
+            return statistics.median(samples), len(samples)
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         samples, wall = [], time.perf_counter()
@@ -93,35 +117,48 @@ def main():
             results.append({"impl": name, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps(results[-1]), file=sys.stderr)
 
-    with torch.no_grad():
-        record("torch-eager", solve, x, y)
-        if not args.no_compile:
-            record("torch-compile", torch.compile(solve), x, y)
-            record("torch-compile-graphs", torch.compile(solve, mode="reduce-overhead"), x, y)
-
-        # HBM bandwidth: read + write of a 1 GiB buffer.
-        src = torch.empty(256 * 1024 * 1024, dtype=torch.float32, device=dev)
-        dst = torch.empty_like(src)
-        s, _ = timed(lambda: dst.copy_(src))
-        hbm = 2.0 * src.numel() * 4 / s / 1e9
-
-    props = torch.cuda.get_device_properties(dev)
+    props = torch.cuda.get_device_properties(dev) if cuda else None
     out = {
-        "gpu": props.name,
-        "multiprocessors": props.multi_processor_count,
+        "gpu": props.name if cuda else "cpu (smoke test)",
+        "multiprocessors": props.multi_processor_count if cuda else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "problem": {"b": b, "n": n, "m": n, "d": d, "epsilon": eps, "iterations": iters,
                     "exps_per_call": exps},
-        "hbm_copy_gb_per_s": hbm,
+        "hbm_copy_gb_per_s": None,
         "results": results,
     }
+
+    def flush():
+        # Written after every result, so that a run stopped during a long torch.compile
+        # keeps what it measured before.
+        if args.out:
+            with open(args.out + ".tmp", "w") as fh:
+                fh.write(json.dumps(out, indent=2) + "\n")
+            os.replace(args.out + ".tmp", args.out)
+
+    with torch.no_grad():
+        record("torch-eager", solve, x, y)
+        # HBM bandwidth: read + write of a 1 GiB buffer.
+        src = torch.empty((256 if cuda else 16) * 1024 * 1024, dtype=torch.float32, device=dev)
+        dst = torch.empty_like(src)
+        s, _ = timed(lambda: dst.copy_(src))
+        out["hbm_copy_gb_per_s"] = 2.0 * src.numel() * 4 / s / 1e9
+        del src, dst
+        flush()
+        if not args.no_compile:
+            # One compiled iteration (two fused reductions), the loop in Python: compiles in
+            # seconds; then the whole unrolled solve, with and without CUDA graphs.
+            record("torch-compile-step", solve_with(torch.compile(step)), x, y)
+            flush()
+            record("torch-compile", torch.compile(solve), x, y)
+            flush()
+            record("torch-compile-graphs", torch.compile(solve, mode="reduce-overhead"), x, y)
+            flush()
+
     text = json.dumps(out, indent=2)
     print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
-
+    flush()
 
 if __name__ == "__main__":
     main()
