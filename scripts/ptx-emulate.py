@@ -230,6 +230,9 @@ class Thread:
 
 MASK64 = (1 << 64) - 1
 
+# (entry name, pc) of every instruction executed: lets a test check which paths ran.
+VISITED = set()
+
 
 def run_kernel(entry, mem, args, grid, block, dyn_shared):
     """Launch `entry` with `args` (python ints for pointers/u32, floats for f32)."""
@@ -325,6 +328,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
     def step(t):
         """Run thread t until it blocks (shfl/bar) or exits."""
         while True:
+            VISITED.add((entry.name, t.pc))
             pred, opc, ops = code[t.pc]
             if pred is not None:
                 neg, p = pred
@@ -709,9 +713,10 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
     return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block}", err, 2e-3) and ok
 
 
-def test_fused(mods, b, n, m, d, iters, seed, full=False):
+def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None):
+    """`paths`: labels of kernels/sinkhorn_fused.ptx that must have run (e.g. the fallback
+    of the fast row pass, RF_SLOW), or, prefixed with '!', must not have."""
     rng = random.Random(seed)
-    eps = 0.05
     dp = (d + 3) // 4 * 4
     x, lx = embeddings(rng, b, n, d, full)
     y, ly = embeddings(rng, b, m, d, full)
@@ -725,7 +730,16 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False):
             mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
             cost, kk, fg, gg, errg, n, m, dp, iters, kscale]
     smem = 18432 + 128 + 12 * n + 12 * m + 4 * n * (m | 1)
-    run_kernel(mods["sinkhorn_fused"]["sinkhorn_fused_f32"], mem, args, (b, 1, 1), 256, smem)
+    entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
+    VISITED.clear()
+    run_kernel(entry, mem, args, (b, 1, 1), 256, smem)
+    path_ok = True
+    for label in paths or []:
+        want = not label.startswith("!")
+        ran = ("sinkhorn_fused_f32", entry.labels[label.lstrip("!")]) in VISITED
+        if ran != want:
+            print(f"FAIL fused eps={eps}: path {label.lstrip('!')} {'never ran' if want else 'ran'}")
+            path_ok = False
     C, KK = unpack_f32(mem, cost, b * n * m), unpack_f32(mem, kk, b * n * m)
     F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
     err_c, err_s = 0.0, 0.0
@@ -746,8 +760,8 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False):
         err_s = max(err_s, max(ad(a, c) for a, c in zip(F[p * n : p * n + lx[p]], Fw)))
         err_s = max(err_s, max(ad(a, c) for a, c in zip(G[p * m : p * m + ly[p]], Gw)))
         err_s = max(err_s, ad(E[p], Ew))
-    ok = report(f"fused cost b={b} n={n} m={m} d={d}", err_c, 2e-5)
-    return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters}", err_s, 2e-3) and ok
+    ok = report(f"fused cost b={b} n={n} m={m} d={d}", err_c, 2e-5) and path_ok
+    return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps}", err_s, 2e-3) and ok
 
 
 def main():
@@ -777,7 +791,15 @@ def main():
         ("sinkhorn 1x1", lambda: test_sinkhorn(mods, 1, 1, 1, 2, True, 64, 8)),
         ("sinkhorn converging", lambda: test_sinkhorn(mods, 2, 6, 5, 60, True, 64, 12)),
         ("sinkhorn zero iterations", lambda: test_sinkhorn(mods, 2, 5, 6, 0, True, 32, 9)),
-        ("fused", lambda: test_fused(mods, 2, 13, 70, 10, 3, 10)),
+        # eps 0.05: every row and column sum is accepted by the fast path; eps 0.002: the
+        # first passes' sums fall below 2^-100 (K down to -1443), so the online-maximum
+        # fallback runs too, and both must give the reference's potentials.
+        ("fused", lambda: test_fused(mods, 2, 13, 70, 10, 3, 10, paths=["RF_CHECK", "CF_CHECK", "!RF_SLOW", "!CF_SLOW"])),
+        ("fused fallback rows", lambda: test_fused(mods, 1, 11, 9, 6, 4, 19, True, eps=0.002, paths=["RF_SLOW", "R_STORE", "RF_CHECK"])),
+        # two x rows (no zero row, whose uniform plan row would feed every column): columns
+        # far from both rows have sums below 2^-100 in the first column pass
+        ("fused fallback columns", lambda: test_fused(mods, 1, 2, 9, 6, 4, 19, True, eps=0.002, paths=["RF_SLOW", "CF_SLOW", "C_STORE"])),
+        ("fused tails 4 and 7", lambda: test_fused(mods, 1, 12, 15, 5, 2, 23, True)),
         ("fused row tiles", lambda: test_fused(mods, 1, 70, 5, 6, 2, 16, True)),
         ("fused 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11)),
     ]
