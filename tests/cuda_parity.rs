@@ -371,13 +371,20 @@ fn sinkhorn_stops_converged_pairs_like_the_reference() {
 fn fused_sinkhorn_matches_reference() {
     let Some(gpu) = cuda() else { return };
     // (b, n, m, d, ε, check_every): one chunk (all in the fused launch), several chunks
-    // (fused launch, then the iterate kernel), a shape too large for the fused kernel.
+    // (fused launch, then the iterate kernel), a shape too large for the fused kernel; the
+    // issue's pair shape; more rows, then more columns, than one round of the kernel's
+    // two-lanes-per-row passes (128); ε = 0.005 (the default), where the first passes leave the fast
+    // (potential-shifted) sums for the online-maximum fallback.
     let cases = [
         (1, 1, 1, 4, 0.05, 30),
         (3, 17, 29, 33, 0.05, 30),
         (2, 63, 65, 384, 0.05, 10),
         (2, 113, 203, 64, 0.01, 10),
         (1, 512, 512, 32, 0.05, 30),
+        (2, 128, 128, 384, 0.05, 30),
+        (1, 140, 3, 8, 0.05, 30),
+        (1, 3, 133, 8, 0.05, 30),
+        (2, 40, 30, 16, 0.005, 30),
     ];
     let reference = Backend::new(BackendKind::CpuReference).unwrap();
     let cpu = Backend::new(BackendKind::Cpu).unwrap();
