@@ -5,14 +5,17 @@ the kernel's contract (the CPU reference semantics).
 
 It exists because the kernels are hand-written and CI has no GPU: ptxas proves that they
 assemble, this proves (slowly, on small shapes) that their indexing, barriers, shuffles and
-early exits compute the right numbers. It models threads, warps (shfl.sync waits for all 32
-lanes), CTAs (bar.sync waits for every live thread), the global, shared and generic address
-spaces (a global-space address in a generic access is an error), f32 rounding, and detects
-shared-memory races (two threads touching a word between barriers, one of them writing),
-so a missing barrier fails even though the interpreter runs threads one at a time. Approximate instructions (ex2/lg2/rsqrt.approx) are computed
-exactly and rounded to f32, so results match the GPU to about 1e-6, not bit for bit.
+early exits compute the right numbers. It models threads; warps (shfl.sync, vote.sync and
+mma.sync wait for all 32 lanes; mma.sync m16n8k8 .tf32 follows the PTX ISA's fragment
+layout and rejects operands that are not tf32 values); CTAs (bar.sync waits for every live
+thread); the global, shared and generic address spaces (a global-space address in a
+generic access is an error); f32 rounding; and it detects shared-memory races (two threads
+touching a word between barriers, one of them writing), so a missing barrier fails even
+though the interpreter runs threads one at a time. Approximate instructions
+(ex2/lg2/rsqrt.approx) are computed exactly and rounded to f32, so results match the GPU
+to about 1e-6, not bit for bit. Tests can also require that a labelled path ran (or not).
 
-    python3 scripts/ptx-emulate.py            # all kernels, a few shapes each (~1-3 min)
+    python3 scripts/ptx-emulate.py            # all kernels, a few shapes each (~1 min)
     python3 scripts/ptx-emulate.py sinkhorn   # only the tests whose name contains "sinkhorn"
 
 Pure Python 3 (no numpy), so it runs wherever ptxas-check runs.
@@ -799,6 +802,7 @@ def main():
         ("cosine_cost chunks", lambda: test_cosine_cost(mods, 1, 9, 70, 37, 3)),
         ("cosine_cost tf32x3 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1, "cosine_cost_tf32x3_f32")),
         ("cosine_cost tf32x3 tiles", lambda: test_cosine_cost(mods, 2, 65, 17, 7, 2, "cosine_cost_tf32x3_f32")),
+        ("cosine_cost tf32x3 d=384", lambda: test_cosine_cost(mods, 1, 70, 66, 384, 4, "cosine_cost_tf32x3_f32")),
         ("cosine_cost tf32x3 chunks", lambda: test_cosine_cost(mods, 1, 9, 70, 37, 3, "cosine_cost_tf32x3_f32")),
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
@@ -829,6 +833,9 @@ def main():
         # more rows / columns than one round of the warps (ntid / 2 = 128 per round)
         ("fused many rows", lambda: test_fused(mods, 1, 140, 3, 4, 2, 24, True)),
         ("fused many columns", lambda: test_fused(mods, 1, 3, 133, 4, 2, 25, True)),
+        # the issue's pair shape: two 64x64 cost tiles per dimension, d = 384 (12 chunks),
+        # every row and column pass full chunks only
+        ("fused issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 3, 77, True, paths=["RW_STORE", "CL_STORE"])),
         ("fused row tiles", lambda: test_fused(mods, 1, 70, 5, 6, 2, 16, True)),
         ("fused 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11)),
     ]
