@@ -12,7 +12,9 @@
 //!   Swahili, Hausa, Hindi, Arabic and Chinese.
 #![cfg(feature = "encoder")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use burn::prelude::Device;
 use optical::encoder::pooling::Pooling;
@@ -20,7 +22,7 @@ use optical::encoder::{EncoderOptions, ModelSpec, TextEncoder, TextKind};
 use optical::io::npy;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    common::repo_root()
         .join("tests/fixtures/encoder")
         .join(name)
 }

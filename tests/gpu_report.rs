@@ -4,11 +4,13 @@
 //! bench records come from the real `optical bench --json`) and check the report's ratios
 //! and goal verdicts against values computed here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+fn root() -> PathBuf {
+    common::repo_root()
 }
 
 /// A CUDA bench record as `optical bench --backend cuda --json` prints it.

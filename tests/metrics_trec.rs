@@ -3,8 +3,10 @@
 //! levels, unjudged documents, queries without relevant documents, queries only in the
 //! run or only in the qrels, and a query with more than 1,000 documents.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use optical::retrieval::metrics::{evaluate, Measure};
@@ -13,9 +15,7 @@ use optical::retrieval::trec::{read_qrels, read_run};
 const TOLERANCE: f64 = 1e-6;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/trec")
-        .join(name)
+    common::repo_root().join("tests/fixtures/trec").join(name)
 }
 
 struct Expected {

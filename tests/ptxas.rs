@@ -4,6 +4,8 @@
 //! any, the test says so and passes; `make test` runs the script itself as well. The
 //! kernels are also executed in a PTX interpreter (`scripts/ptx-emulate.py`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,7 +34,7 @@ fn every_ptx_file_assembles_for_sm80_and_sm90_without_spills() {
         eprintln!("SKIPPED: no ptxas (run scripts/ptxas-fetch.sh or set PTXAS)");
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = common::repo_root();
     let out = Command::new("bash")
         .arg(root.join("scripts/ptxas-check.sh"))
         .arg("--no-report")
@@ -57,7 +59,7 @@ fn every_ptx_file_assembles_for_sm80_and_sm90_without_spills() {
 /// shuffles and early exits are exercised without a GPU. Needs only `python3`.
 #[test]
 fn kernels_match_their_contracts_in_the_ptx_emulator() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = common::repo_root();
     let out = match Command::new("python3")
         .arg(root.join("scripts/ptx-emulate.py"))
         .output()

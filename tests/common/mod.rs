@@ -9,23 +9,31 @@ pub mod distill;
 
 use optical::io::npy;
 
+/// The checkout the tests run in. `cargo test` sets `CARGO_MANIFEST_DIR` when it runs a
+/// test binary, which stays right when two checkouts share a build directory: the path
+/// compiled into the binary is then the checkout that last built it, which may be another
+/// (or one deleted since).
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sinkhorn")
-        .join(case)
+    repo_root().join("tests/fixtures/sinkhorn").join(case)
 }
 
 pub fn fixture_cases() -> Vec<String> {
-    let mut cases: Vec<String> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sinkhorn"))
-            .expect("fixtures present")
-            .map(|e| {
-                e.expect("dir entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
+    let mut cases: Vec<String> = std::fs::read_dir(repo_root().join("tests/fixtures/sinkhorn"))
+        .expect("fixtures present")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
     cases.sort();
     cases
 }

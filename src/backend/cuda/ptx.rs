@@ -165,7 +165,10 @@ mod tests {
 
     #[test]
     fn every_ptx_file_in_kernels_is_embedded() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        // At run time, cargo's CARGO_MANIFEST_DIR is this checkout even when the build
+        // directory is shared with another one (the compiled-in path is the last builder's).
+        let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+        let dir = std::path::Path::new(&root).join("kernels");
         let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
             .expect("kernels/ exists")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
