@@ -151,7 +151,7 @@ T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
 T=90 step bench-cuda-tf32x3 env OPTICAL_CUDA_COST_KERNEL=tf32x3 "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+    --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1

@@ -34,20 +34,30 @@ source = os.environ.get("OPTICAL_GPU_CHECK_SOURCE", "")
 result = {"gpu": gpu, "source": source, "status": status, "info": info[0] if info else None, "bench": bench,
           "torch": torch}
 
-# Ratios on the problem (device times; see docs/PERFORMANCE.md, CUDA section).
-fused = next((r for r in bench["cuda"] if r.get("kernel") == "sinkhorn-fused"), None)
+# Ratios on the problem (device times; see docs/PERFORMANCE.md, CUDA section), for
+# the fused kernel with each cost phase ("cuda": FP32, "cuda-tf32x3": tensor cores).
+def variant(be):
+    return "" if be == "cuda" else f" ({be})"
+
 ratios = {}
-if fused and fused.get("device_seconds_per_call") and torch:
+fused_runs = {}
+for be in ("cuda", "cuda-tf32x3"):
+    fused = next((r for r in bench[be] if r.get("kernel") == "sinkhorn-fused"), None)
+    if not (fused and fused.get("device_seconds_per_call")):
+        continue
+    fused_runs[be] = fused
+    if not torch:
+        continue
     t = fused["device_seconds_per_call"]
     for r in torch.get("results", []):
         if "seconds_per_call" in r:
-            ratios[f"{r['impl']} / optical fused"] = r["seconds_per_call"] / t
+            ratios[f"{r['impl']} / optical fused{variant(be)}"] = r["seconds_per_call"] / t
     sms = torch.get("multiprocessors")
     if sms and sm_clock_ghz:
         floor = sms * 16 * sm_clock_ghz  # G ex2/s: 16 MUFU.EX2 per clock per SM
         ratios[f"exp floor G exp/s ({sms} SMs x 16/clk x {sm_clock_ghz:.2f} GHz)"] = floor
-        ratios["optical fused G exp/s (device)"] = fused.get("device_rate")
-        ratios["optical fused time / exp floor time"] = floor / fused["device_rate"]
+        ratios[f"optical fused{variant(be)} G exp/s (device)"] = fused.get("device_rate")
+        ratios[f"optical fused{variant(be)} time / exp floor time"] = floor / fused["device_rate"]
 # Cosine cost against the measured HBM bandwidth, for each CUDA cost kernel: the L2-busting
 # problem when it ran (repeated calls of the small one can be served from L2).
 for be in ("cuda", "cuda-tf32x3"):
@@ -64,17 +74,18 @@ def torch_time(name):
     return r.get("seconds_per_call") if r else None
 
 goals = []
-if fused and fused.get("device_seconds_per_call"):
+for be, fused in fused_runs.items():
     t = fused["device_seconds_per_call"]
     for name, want in (("torch-eager", 15.0), ("torch-compile-step", 3.0), ("torch-compile", 3.0),
                        ("torch-compile-graphs", 3.0)):
         peer = torch_time(name)
         if peer:
-            goals.append({"goal": f"fused sinkhorn >= {want:g}x faster than {name}", "value": peer / t,
-                          "target": want, "met": peer / t >= want})
-    floor_ratio = ratios.get("optical fused time / exp floor time")
+            goals.append({"goal": f"fused sinkhorn{variant(be)} >= {want:g}x faster than {name}",
+                          "value": peer / t, "target": want, "met": peer / t >= want})
+    floor_ratio = ratios.get(f"optical fused{variant(be)} time / exp floor time")
     if floor_ratio:
-        goals.append({"goal": "fused sinkhorn within 2x of the exp-throughput floor (time / floor time)",
+        goals.append({"goal": f"fused sinkhorn{variant(be)} within 2x of the exp-throughput floor "
+                              "(time / floor time)",
                       "value": floor_ratio, "target": 2.0, "met": floor_ratio <= 2.0})
 for bw_key in [k for k in ratios if k.endswith("device GB/s / measured HBM GB/s")]:
     bw = ratios[bw_key]

@@ -742,7 +742,7 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
     return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block}", err, 2e-3) and ok
 
 
-def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None):
+def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0):
     """`paths`: labels of kernels/sinkhorn_fused.ptx that must have run (e.g. the fallback
     of the fast row pass, RF_SLOW), or, prefixed with '!', must not have."""
     rng = random.Random(seed)
@@ -757,8 +757,8 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None):
     kscale = f32(-1.4426950408889634 / eps)
     args = [mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp))),
             mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
-            cost, kk, fg, gg, errg, n, m, dp, iters, kscale]
-    smem = 18432 + 128 + 12 * n + 12 * m + 4 * n * (m | 1)
+            cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode]
+    smem = (36864 if cost_mode else 18432) + 128 + 12 * n + 12 * m + 4 * n * (m | 1)
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
     run_kernel(entry, mem, args, (b, 1, 1), 256, smem)
@@ -789,7 +789,7 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None):
         err_s = max(err_s, max(ad(a, c) for a, c in zip(F[p * n : p * n + lx[p]], Fw)))
         err_s = max(err_s, max(ad(a, c) for a, c in zip(G[p * m : p * m + ly[p]], Gw)))
         err_s = max(err_s, ad(E[p], Ew))
-    ok = report(f"fused cost b={b} n={n} m={m} d={d}", err_c, 2e-5) and path_ok
+    ok = report(f"fused cost (mode {cost_mode}) b={b} n={n} m={m} d={d}", err_c, 2e-5) and path_ok
     return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps}", err_s, 2e-3) and ok
 
 
@@ -836,6 +836,9 @@ def main():
         # the issue's pair shape: two 64x64 cost tiles per dimension, d = 384 (12 chunks),
         # every row and column pass full chunks only
         ("fused issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 3, 77, True, paths=["RW_STORE", "CL_STORE"])),
+        # the cost phase on the tensor cores (cost_mode 1): two tiles each way, 2 chunks of d
+        ("fused tf32x3", lambda: test_fused(mods, 2, 70, 66, 40, 2, 26, cost_mode=1)),
+        ("fused tf32x3 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 27, cost_mode=1)),
         ("fused row tiles", lambda: test_fused(mods, 1, 70, 5, 6, 2, 16, True)),
         ("fused 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11)),
     ]

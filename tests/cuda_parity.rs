@@ -105,12 +105,18 @@ fn check(what: &str, cuda: &Diff, baseline: &Diff, floor: f64, factor: f64) {
 fn cosine_cost_matches_reference() {
     let Some(gpu) = cuda() else { return };
     for kernel in [CostKernel::Fp32, CostKernel::Tf32x3] {
-        let Backend::Cuda(c) = &gpu else {
-            unreachable!("cuda() returns the CUDA backend")
-        };
-        eprintln!("cost kernel {}", kernel.name());
-        cosine_cost_cases(&Backend::Cuda(c.clone().with_cost_kernel(kernel)), kernel);
+        cosine_cost_cases(&with_cost_kernel(&gpu, kernel), kernel);
     }
+}
+
+/// The same CUDA device computing cosine costs (standalone and in the fused kernel's cost
+/// phase) with `kernel`.
+fn with_cost_kernel(gpu: &Backend, kernel: CostKernel) -> Backend {
+    let Backend::Cuda(c) = gpu else {
+        unreachable!("cuda() returns the CUDA backend")
+    };
+    eprintln!("cost kernel {}", kernel.name());
+    Backend::Cuda(c.clone().with_cost_kernel(kernel))
 }
 
 fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
@@ -370,6 +376,12 @@ fn sinkhorn_stops_converged_pairs_like_the_reference() {
 #[test]
 fn fused_sinkhorn_matches_reference() {
     let Some(gpu) = cuda() else { return };
+    for kernel in [CostKernel::Fp32, CostKernel::Tf32x3] {
+        fused_cases(&with_cost_kernel(&gpu, kernel), kernel);
+    }
+}
+
+fn fused_cases(gpu: &Backend, kernel: CostKernel) {
     // (b, n, m, d, ε, check_every): one chunk (all in the fused launch), several chunks
     // (fused launch, then the iterate kernel), a shape too large for the fused kernel; the
     // issue's pair shape; more rows, then more columns, than one round of the kernel's
@@ -400,7 +412,10 @@ fn fused_sinkhorn_matches_reference() {
         let want = reference.sinkhorn_embeddings(&x, &y, &params).unwrap();
         let fast = cpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
         let got = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
-        let what = format!("fused b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}");
+        let what = format!(
+            "fused ({}) b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}",
+            kernel.name()
+        );
         compare_solutions(&what, &got, &want, &fast, eps, |p, i, j| {
             i >= x.lengths[p] || j >= y.lengths[p]
         });

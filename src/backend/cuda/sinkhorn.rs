@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
-use super::device::{as_u32, lengths_u32, padded, CudaBackend, BACKEND, TILE_THREADS};
+use super::device::{as_u32, lengths_u32, padded, CostKernel, CudaBackend, BACKEND, TILE_THREADS};
 use super::ptx;
 use crate::backend::cpu::check_pair_batch;
 use crate::error::{Error, Result};
@@ -28,9 +28,22 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
     128 + 12 * n + 12 * m + if k_in_smem { 4 * n * (m | 1) } else { 0 }
 }
 
-/// Shared memory of `sinkhorn_fused_f32` (see the header of `kernels/sinkhorn_fused.ptx`).
-fn fused_smem(n: usize, m: usize) -> usize {
-    18432 + iterate_smem(n, m, true)
+/// Shared memory of `sinkhorn_fused_f32` (see the header of `kernels/sinkhorn_fused.ptx`):
+/// the staging area of its cost phase doubles on the tensor cores (tf32 halves).
+fn fused_smem(n: usize, m: usize, cost: CostKernel) -> usize {
+    let stage = match cost {
+        CostKernel::Fp32 => 18432,
+        CostKernel::Tf32x3 => 36864,
+    };
+    stage + iterate_smem(n, m, true)
+}
+
+/// The `cost_mode` argument of `sinkhorn_fused_f32`.
+fn fused_cost_mode(cost: CostKernel) -> u32 {
+    match cost {
+        CostKernel::Fp32 => 0,
+        CostKernel::Tf32x3 => 1,
+    }
 }
 
 /// Threads per CTA of the iterate kernel: one per row (row pass) and per column (column
@@ -202,11 +215,12 @@ impl CudaBackend {
         let cfg = LaunchConfig {
             grid_dim: (as_u32("b", b)?, 1, 1),
             block_dim: (TILE_THREADS, 1, 1),
-            shared_mem_bytes: as_u32("shared memory", fused_smem(n, m))?,
+            shared_mem_bytes: as_u32("shared memory", fused_smem(n, m, self.cost_kernel()))?,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
         let iters = as_u32("iterations", iterations)?;
         let kscale = (-LOG2E / epsilon) as f32;
+        let cost_mode = fused_cost_mode(self.cost_kernel());
         let mut l = self.launch(&self.dev.kernels.sinkhorn_fused, ptx::SINKHORN_FUSED);
         l.buf(&bufs.x)
             .buf(&bufs.y)
@@ -223,12 +237,13 @@ impl CudaBackend {
             .u32(&mu)
             .u32(&dpu)
             .u32(&iters)
-            .f32(&kscale);
+            .f32(&kscale)
+            .u32(&cost_mode);
         // SAFETY: x holds b*n*dp floats and y b*m*dp (dp % 4 == 0, 16-byte aligned rows),
         // the lengths b u32 each within 1..=n / 1..=m, log2a and f b*n, log2b and g b*m,
         // cost and k b*n*m, err b; block = 256 threads as the kernel requires, and the
-        // dynamic shared memory is the header's size for (n, m), checked against the
-        // device's opt-in limit by the caller.
+        // dynamic shared memory is the header's size for (n, m) and this cost_mode,
+        // checked against the device's opt-in limit by the caller.
         unsafe { l.launch(cfg) }
     }
 
@@ -251,7 +266,7 @@ impl CudaBackend {
     }
 
     fn check_fused_fits(&self, n: usize, m: usize) -> Result<()> {
-        let need = fused_smem(n, m);
+        let need = fused_smem(n, m, self.cost_kernel());
         if need > self.dev.smem_optin {
             return Err(Error::parameter(
                 "n, m",
