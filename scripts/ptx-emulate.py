@@ -171,7 +171,10 @@ def parse_module(text):
             pm = re.match(r"\.param \.(\w+) (\w+)", lines[i])
             params.append((pm.group(2), pm.group(1)))
             i += 1
-        i += 2  # ")" and "{"
+        i += 1  # ")"
+        while lines[i] != "{":  # performance directives (.maxntid, ...)
+            i += 1
+        i += 1
         body, static_shared = [], {}
         offset = 0
         while lines[i] != "}":
@@ -685,9 +688,20 @@ def sinkhorn_model(K, la, lb, nr, nc, m, iters):
     return F, G, err
 
 
-def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
+def check_paths(entry, paths, what):
+    """Whether every label in `paths` ran (or, prefixed with '!', did not) in the last run."""
+    ok = True
+    for label in paths or []:
+        want = not label.startswith("!")
+        ran = (entry.name, entry.labels[label.lstrip("!")]) in VISITED
+        if ran != want:
+            print(f"FAIL {what}: path {label.lstrip('!')} {'never ran' if want else 'ran'}")
+            ok = False
+    return ok
+
+
+def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=0.05, paths=None):
     rng = random.Random(seed)
-    eps = 0.05
     rows = [n if full else rng.randint(1, n) for _ in range(b)]
     cols = [m if full else rng.randint(1, m) for _ in range(b)]
     active = [1] * b
@@ -718,9 +732,12 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
     # two launches: the second continues from the potentials the first wrote
     half = iters // 2
     args[12] = half
-    run_kernel(mods["sinkhorn"]["sinkhorn_iterate_f32"], mem, args, (b, 1, 1), block, smem)
+    entry = mods["sinkhorn"]["sinkhorn_iterate_f32"]
+    VISITED.clear()
+    run_kernel(entry, mem, args, (b, 1, 1), block, smem)
     args[12] = iters - half
-    run_kernel(mods["sinkhorn"]["sinkhorn_iterate_f32"], mem, args, (b, 1, 1), block, smem)
+    run_kernel(entry, mem, args, (b, 1, 1), block, smem)
+    path_ok = check_paths(entry, paths, f"sinkhorn eps={eps}")
     F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
     err, ok = 0.0, True
     for p in range(b):
@@ -739,7 +756,7 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False):
         ok &= all(v == 0.0 for v in F[p * n + rows[p] : (p + 1) * n])
     if not ok:
         print("FAIL inactive pair or padding was written")
-    return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block}", err, 2e-3) and ok
+    return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block} eps={eps}", err, 2e-3) and ok and path_ok
 
 
 def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0):
@@ -762,13 +779,7 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
     run_kernel(entry, mem, args, (b, 1, 1), 256, smem)
-    path_ok = True
-    for label in paths or []:
-        want = not label.startswith("!")
-        ran = ("sinkhorn_fused_f32", entry.labels[label.lstrip("!")]) in VISITED
-        if ran != want:
-            print(f"FAIL fused eps={eps}: path {label.lstrip('!')} {'never ran' if want else 'ran'}")
-            path_ok = False
+    path_ok = check_paths(entry, paths, f"fused eps={eps}")
     C, KK = unpack_f32(mem, cost, b * n * m), unpack_f32(mem, kk, b * n * m)
     F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
     err_c, err_s = 0.0, 0.0
@@ -807,8 +818,11 @@ def main():
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),
-        ("sinkhorn smem", lambda: test_sinkhorn(mods, 3, 17, 29, 4, True, 64, 6)),
-        ("sinkhorn global", lambda: test_sinkhorn(mods, 2, 40, 9, 3, False, 128, 7)),
+        ("sinkhorn smem", lambda: test_sinkhorn(mods, 3, 17, 29, 4, True, 64, 6, paths=["SR_STORE", "SC_STORE", "!SRS", "!SCS", "!ROW"])),
+        # eps 0.002: K down to -1443, the first passes' sums underflow and the on-chip passes
+        # fall back to the online maximum
+        ("sinkhorn smem fallback", lambda: test_sinkhorn(mods, 1, 12, 10, 4, True, 32, 28, True, eps=0.002, paths=["SRS", "SR_STORE"])),
+        ("sinkhorn global", lambda: test_sinkhorn(mods, 2, 40, 9, 3, False, 128, 7, paths=["ROW", "!SITER"])),
         # rows / columns longer than the 4 values per lane kept in registers (128)
         ("sinkhorn long rows", lambda: test_sinkhorn(mods, 1, 3, 161, 2, True, 64, 14, True)),
         ("sinkhorn long columns", lambda: test_sinkhorn(mods, 1, 150, 2, 2, False, 64, 15, True)),

@@ -46,10 +46,12 @@ fn fused_cost_mode(cost: CostKernel) -> u32 {
     }
 }
 
-/// Threads per CTA of the iterate kernel: one per row (row pass) and per column (column
-/// pass), rounded up to whole warps, 1 to 32 warps.
-fn iterate_block(n: usize, m: usize) -> u32 {
-    (n.max(m).div_ceil(32).clamp(1, 32) * 32) as u32
+/// Threads per CTA of the iterate kernel, rounded up to whole warps, 1 to 32 warps: two per
+/// row (row pass) and per column (column pass) when K is on chip, where the kernel gives
+/// each row to two lanes; one per row and column when it streams K from global memory.
+fn iterate_block(n: usize, m: usize, k_in_smem: bool) -> u32 {
+    let per_line = if k_in_smem { 2 } else { 1 };
+    ((per_line * n.max(m)).div_ceil(32).clamp(1, 32) * 32) as u32
 }
 
 /// A batch on the device.
@@ -103,7 +105,7 @@ impl CudaBackend {
         let smem = iterate_smem(st.n, st.m, st.k_in_smem);
         let cfg = LaunchConfig {
             grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
-            block_dim: (iterate_block(st.n, st.m), 1, 1),
+            block_dim: (iterate_block(st.n, st.m, st.k_in_smem), 1, 1),
             shared_mem_bytes: as_u32("shared memory", smem)?,
         };
         let (n, m) = (as_u32("n", st.n)?, as_u32("m", st.m)?);
