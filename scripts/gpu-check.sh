@@ -17,7 +17,9 @@
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
 #     set PYTHON=/path/to/python)
-#  7. writes benches/results/<date>-<gpu>.json and .md (commit them) and the logs under
+#  7. Nsight Compute (ncu) on one launch of the fused and cost kernels, when it can read the
+#     performance counters (optional: a refusal does not fail the check)
+#  8. writes benches/results/<date>-<gpu>.json and .md (commit them) and the logs under
 #     benches/results/<date>-<gpu>.logs/; --export OUTDIR also copies the two files and a
 #     logs.tar.gz there
 #
@@ -162,6 +164,27 @@ fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
+# Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
+# access to the performance counters, which some machines refuse): throughput, pipe use
+# and issue rates, launch resources, occupancy, memory traffic, warp stall reasons.
+NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1 || true)}
+profile() { # name kernel-entry cost-kernel bench-problem
+    T=120 step "profile-$1" env OPTICAL_CUDA_COST_KERNEL="$3" "$NCU" --kernel-name "$2" \
+        --launch-skip 1 --launch-count 1 --section SpeedOfLight --section LaunchStats \
+        --section Occupancy --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section WarpStateStats \
+        "$BIN" bench --backend cuda --json --min-seconds 0 --kernels "$4"
+    [ "${STATUS[profile-$1]}" = FAIL ] && STATUS[profile-$1]="failed (optional; see its log)"
+    return 0
+}
+if [ -n "$NCU" ]; then
+    profile fused sinkhorn_fused_f32 fp32 sinkhorn-fused
+    profile fused-tf32x3 sinkhorn_fused_f32 tf32x3 sinkhorn-fused
+    profile cost cosine_cost_f32 fp32 cosine-cost-hbm
+    profile cost-tf32x3 cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
+else
+    STATUS[profile]="skipped (no ncu on this machine)"
+fi
 T=120 step bench-cpu "$BIN" bench --backend cpu --json --min-seconds 1
 
 status_json=$(for k in "${!STATUS[@]}"; do printf '"%s": "%s",' "$k" "${STATUS[$k]}"; done)

@@ -130,6 +130,17 @@ if goals:
     md += [f"| {g['goal']} | {g['value']:.3f} | {g['target']:g} | {'yes' if g['met'] else 'NO'} |" for g in goals]
 if tests:
     md += ["", "## CUDA parity (excerpt)", "", "```", tests.rstrip(), "```"]
+# Nsight Compute: the headline metrics of each profiled kernel (full sections in the logs).
+NCU_METRICS = re.compile(r"^\s*(Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|"
+                         r"Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc Active|"
+                         r"Registers Per Thread|Block Limit \w+|Warp Cycles Per Issued Instruction|"
+                         r"Shared (Load|Store) Bank Conflicts?)\b.*")
+for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+    if not (name.startswith("profile-") and name.endswith(".log")):
+        continue
+    lines = [l.rstrip() for l in open(os.path.join(logs, name), errors="replace") if NCU_METRICS.match(l)]
+    if lines:
+        md += ["", f"## Nsight Compute: {name[len('profile-'):-len('.log')]} (excerpt)", "", "```", *lines, "```"]
 with open(out + ".md", "w") as f:
     f.write("\n".join(md) + "\n")
 print(f"gpu-check: wrote {out}.json and {out}.md")

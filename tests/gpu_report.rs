@@ -161,6 +161,20 @@ fn report_computes_the_issue_goals_from_the_logs() {
         ]
     });
     std::fs::write(logs.join("torch.json"), torch.to_string()).unwrap();
+    // An Nsight Compute log (its text layout): the headline metrics go into the report.
+    std::fs::write(
+        logs.join("profile-fused.log"),
+        "==PROF== Profiling \"sinkhorn_fused_f32\": 0%....50%....100% - 37 passes\n\
+         \x20 sinkhorn_fused_f32 (256, 1, 1)x(256, 1, 1), Context 1, Stream 13, Device 0, CC 9.0\n\
+         \x20   Section: GPU Speed Of Light Throughput\n\
+         \x20   Memory Throughput                 %        12.10\n\
+         \x20   Duration                         us       311.42\n\
+         \x20   Compute (SM) Throughput           %        71.20\n\
+         \x20   Section: Occupancy\n\
+         \x20   Achieved Occupancy                %        24.81\n\
+         \x20   L1/TEX Hit Rate                   %        99.00\n",
+    )
+    .unwrap();
     std::fs::write(
         logs.join("cuda-tests.log"),
         "test fused_sinkhorn_matches_reference ... ok\ntest result: ok. 7 passed; 0 failed\n",
@@ -229,6 +243,19 @@ fn report_computes_the_issue_goals_from_the_logs() {
     assert!(md.contains("| cpu | sinkhorn-512 |"), "{md}");
     assert!(md.contains("RuntimeError: out of graphs"), "{md}");
     assert!(md.contains("test result: ok. 7 passed"), "{md}");
+    let ncu = md
+        .split("## Nsight Compute: fused (excerpt)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Nsight Compute section: {md}"));
+    assert!(
+        ncu.contains("Duration                         us       311.42"),
+        "{md}"
+    );
+    assert!(ncu.contains("Achieved Occupancy"), "{md}");
+    assert!(
+        !ncu.contains("L1/TEX Hit Rate"),
+        "only the headline metrics: {md}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
