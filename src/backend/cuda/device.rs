@@ -314,7 +314,15 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
             Ok(b) => (
                 true,
                 devices,
-                format!("kernels JIT-compiled for device 0 ({})", b.dev.name),
+                format!(
+                    "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
+                     ({COST_KERNEL_ENV}: fp32 or tf32x3)",
+                    b.dev.name,
+                    match b.cost_kernel {
+                        CostKernel::Fp32 => "FP32 FMA",
+                        CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
+                    }
+                ),
             ),
             Err(e) => (false, devices, e.to_string()),
         },
