@@ -228,10 +228,10 @@ def mma_m16n8k8_tf32(lanes):
 
 
 class Thread:
-    __slots__ = ("tid", "regs", "pc", "state", "shfl")
+    __slots__ = ("tid", "regs", "pc", "state")
 
     def __init__(self, tid):
-        self.tid, self.regs, self.pc, self.state, self.shfl = tid, {}, 0, "run", None
+        self.tid, self.regs, self.pc, self.state = tid, {}, 0, "run"
 
 
 MASK64 = (1 << 64) - 1
@@ -332,7 +332,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             buf[off : off + 4 * n] = raw
 
     def step(t):
-        """Run thread t until it blocks (shfl/bar) or exits."""
+        """Run thread t until it blocks (a warp-collective instruction or bar) or exits."""
         while True:
             VISITED.add((entry.name, t.pc))
             pred, opc, ops = code[t.pc]
@@ -353,15 +353,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             if op == "bar":
                 t.state = "bar"
                 return
-            if op == "shfl":
-                t.shfl = (bits(val(t, ops[1])), val(t, ops[2]), isinstance(val(t, ops[1]), float))
-                t.state = "shfl"
-                return
-            if op == "mma":
-                t.state = "mma"
-                return
-            if op == "vote":
-                t.state = "vote"
+            if op in ("shfl", "vote", "mma"):
+                t.state = "warp"  # resolved for the whole warp by `collective`
                 return
             ty = parts[-1]
             if op == "ld":
@@ -459,6 +452,30 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 r[ops[0]] = res & mask
             t.pc += 1
 
+    def collective(lanes, opc, ops):
+        """One warp-collective instruction for the 32 `lanes`: every operand is read before
+        any destination is written."""
+        if opc == "shfl.sync.bfly.b32":
+            assert ops[3] == "31" and ops[4] == "0xffffffff", ops
+            srcs = [(val(t, ops[1]), val(t, ops[2])) for t in lanes]
+            for lane, t in enumerate(lanes):
+                t.regs[ops[0]] = srcs[lane ^ srcs[lane][1]][0]
+        elif opc in ("vote.sync.all.pred", "vote.sync.any.pred"):
+            assert ops[2] == "0xffffffff", ops
+            votes = [bool(t.regs[ops[1]]) for t in lanes]
+            res = all(votes) if opc == "vote.sync.all.pred" else any(votes)
+            for t in lanes:
+                t.regs[ops[0]] = res
+        elif opc == "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32":
+            regs = [split_operands(o.strip("{}")) for o in ops]
+            assert [len(x) for x in regs] == [4, 4, 2, 4], ops
+            inputs = [[from_bits(bits(val(t, name))) for name in regs[1] + regs[2] + regs[3]] for t in lanes]
+            for t, d in zip(lanes, mma_m16n8k8_tf32(inputs)):
+                for name, v in zip(regs[0], d):
+                    t.regs[name] = v
+        else:
+            raise NotImplementedError(opc)
+
     live = threads
     while True:
         for t in threads:
@@ -467,75 +484,24 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         live = [t for t in threads if t.state != "done"]
         if not live:
             return
-        # shuffles: resolve warp by warp
+        # warp-collective instructions (shfl.sync, vote.sync, mma.sync): resolved warp by warp
+        # once all 32 lanes wait at the same one
         progressed = False
         for w in range(0, nthreads, 32):
             warp = threads[w : w + 32]
-            waiting = [t for t in warp if t.state == "shfl"]
+            waiting = [t for t in warp if t.state == "warp"]
             if not waiting:
                 continue
             if len(waiting) != 32:
                 states = {t.state for t in warp}
                 if "run" in states:
                     continue
-                raise RuntimeError(f"{entry.name}: shfl.sync with lanes {states} (not all 32 lanes)")
+                raise RuntimeError(f"{entry.name}: {code[waiting[0].pc][1]} with lanes {states} (not all 32 lanes)")
             pcs = {t.pc for t in waiting}
             if len(pcs) != 1:
-                raise RuntimeError(f"{entry.name}: lanes at different shuffles {pcs}")
-            _, opc, ops = code[waiting[0].pc]
-            assert opc == "shfl.sync.bfly.b32" and ops[3] == "31" and ops[4] == "0xffffffff", opc
-            srcs = [t.shfl for t in waiting]
-            for lane, t in enumerate(waiting):
-                srcbits, lanemask, isfloat = srcs[lane ^ srcs[lane][1]]
-                t.regs[ops[0]] = from_bits(srcbits) if isfloat else srcbits
-                t.pc += 1
-                t.state = "run"
-            progressed = True
-        # vote.sync.{all,any}.pred: warp-collective like shfl.sync
-        for w in range(0, nthreads, 32):
-            warp = threads[w : w + 32]
-            waiting = [t for t in warp if t.state == "vote"]
-            if not waiting:
-                continue
-            if len(waiting) != 32:
-                states = {t.state for t in warp}
-                if "run" in states:
-                    continue
-                raise RuntimeError(f"{entry.name}: vote.sync with lanes {states} (not all 32 lanes)")
-            pcs = {t.pc for t in waiting}
-            if len(pcs) != 1:
-                raise RuntimeError(f"{entry.name}: lanes at different vote.sync {pcs}")
-            _, opc, ops = code[waiting[0].pc]
-            assert opc in ("vote.sync.all.pred", "vote.sync.any.pred") and ops[2] == "0xffffffff", opc
-            votes = [bool(t.regs[ops[1]]) for t in waiting]
-            res = all(votes) if opc == "vote.sync.all.pred" else any(votes)
+                raise RuntimeError(f"{entry.name}: lanes at different warp-collective instructions {pcs}")
+            collective(waiting, *code[waiting[0].pc][1:])
             for t in waiting:
-                t.regs[ops[0]] = res
-                t.pc += 1
-                t.state = "run"
-            progressed = True
-        # mma.sync: warp-collective like shfl.sync
-        for w in range(0, nthreads, 32):
-            warp = threads[w : w + 32]
-            waiting = [t for t in warp if t.state == "mma"]
-            if not waiting:
-                continue
-            if len(waiting) != 32:
-                states = {t.state for t in warp}
-                if "run" in states:
-                    continue
-                raise RuntimeError(f"{entry.name}: mma.sync with lanes {states} (not all 32 lanes)")
-            pcs = {t.pc for t in waiting}
-            if len(pcs) != 1:
-                raise RuntimeError(f"{entry.name}: lanes at different mma.sync {pcs}")
-            _, opc, ops = code[waiting[0].pc]
-            assert opc == "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", opc
-            regs = [split_operands(o.strip("{}")) for o in ops]
-            assert [len(x) for x in regs] == [4, 4, 2, 4], ops
-            lanes = [[from_bits(bits(val(t, name))) for name in regs[1] + regs[2] + regs[3]] for t in waiting]
-            for t, d in zip(waiting, mma_m16n8k8_tf32(lanes)):
-                for name, v in zip(regs[0], d):
-                    t.regs[name] = v
                 t.pc += 1
                 t.state = "run"
             progressed = True
