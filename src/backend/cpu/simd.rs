@@ -108,9 +108,148 @@ pub fn inv_norm<const FMA: bool>(x: &[f32]) -> f32 {
     }
 }
 
+/// `x < lo ? lo : (x > hi ? hi : x)` as two selects (NaN passes through unchanged).
+#[inline(always)]
+fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
+    let x = if x > hi { hi } else { x };
+    if x < lo {
+        lo
+    } else {
+        x
+    }
+}
+
+/// `erf(x)`, absolute error ≤ 5e-7 (f32 arithmetic; libm's `erff` is within 1e-7).
+///
+/// A rational approximation `x·P(x²)/Q(x²)` (degrees 6 and 4 in `x²`) on `[−4, 4]`, the
+/// form and coefficients of Eigen's `generic_fast_erf_float`; outside that interval `erf`
+/// rounds to ±1 in f32, so the input is clamped (and the result is exactly ±1 beyond ±3.9).
+/// Branch-free (selects only), so a loop over it vectorises; NaN stays NaN.
+#[inline(always)]
+pub fn erf<const FMA: bool>(x_in: f32) -> f32 {
+    let x = clamp(x_in, -4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = madd::<FMA>(x2, p, 2.770_681_4e-8);
+    p = madd::<FMA>(x2, p, -2.101_024e-6);
+    p = madd::<FMA>(x2, p, -5.692_506_4e-5);
+    p = madd::<FMA>(x2, p, -7.349_906_3e-4);
+    p = madd::<FMA>(x2, p, -2.954_600_2e-3);
+    p = madd::<FMA>(x2, p, -1.609_603_3e-2);
+    let mut q = -1.456_607_2e-5_f32;
+    q = madd::<FMA>(x2, q, -2.133_740_6e-4);
+    q = madd::<FMA>(x2, q, -1.682_827e-3);
+    q = madd::<FMA>(x2, q, -7.373_329_2e-3);
+    q = madd::<FMA>(x2, q, -1.426_474e-2);
+    let r = x * p / q;
+    // Beyond ±3.9, erf is ±1 to f32 precision; the approximation is ~6e-8 short of it, which
+    // would leave a spurious x·3e-8 tail in GELU for very negative x.
+    if x_in >= 3.9 {
+        1.0
+    } else if x_in <= -3.9 {
+        -1.0
+    } else {
+        r
+    }
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// The exact (erf) GELU, `x·Φ(x) = ½·x·(1 + erf(x/√2))`, in place.
+#[inline(always)]
+pub fn gelu_in_place<const FMA: bool>(values: &mut [f32]) {
+    for v in values.iter_mut() {
+        let x = *v;
+        *v = 0.5 * x * (1.0 + erf::<FMA>(x * FRAC_1_SQRT_2));
+    }
+}
+
+/// The exact GELU in place, and its derivative `Φ(x) + x·φ(x)` into `grad` (same length).
+#[inline(always)]
+pub fn gelu_with_grad<const FMA: bool>(values: &mut [f32], grad: &mut [f32]) {
+    // φ(x) = e^(−x²/2) / √(2π) = 2^(−x²·log2(e)/2) / √(2π).
+    const HALF_LOG2_E: f32 = 0.5 * std::f32::consts::LOG2_E;
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    debug_assert_eq!(values.len(), grad.len());
+    for (v, g) in values.iter_mut().zip(grad.iter_mut()) {
+        let x = *v;
+        let cdf = 0.5 * (1.0 + erf::<FMA>(x * FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp2_neg::<FMA>(-(x * x) * HALF_LOG2_E);
+        *v = x * cdf;
+        *g = madd::<FMA>(x, pdf, cdf);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn erf_f64(x: f64) -> f64 {
+        // Abramowitz & Stegun 7.1.5 series for |x| < 3, continued fraction beyond; both to
+        // far below f32 precision, so the test does not lean on the code under test.
+        if x.abs() < 3.0 {
+            let (mut term, mut sum, mut n) = (x, x, 0.0);
+            while term.abs() > 1e-17 * sum.abs().max(1e-300) {
+                n += 1.0;
+                term *= -x * x / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            2.0 / std::f64::consts::PI.sqrt() * sum
+        } else {
+            // erfc(x) = e^(−x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + …)))).
+            let ax = x.abs();
+            let mut f = ax;
+            for k in (1..60).rev() {
+                f = ax + (k as f64) / 2.0 / f;
+            }
+            let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / f;
+            (1.0 - erfc).copysign(x)
+        }
+    }
+
+    #[test]
+    fn erf_and_gelu_are_accurate() {
+        let (mut worst_erf, mut worst_gelu, mut worst_grad) = (0.0f64, 0.0f64, 0.0f64);
+        let xs: Vec<f32> = (0..=240_000).map(|i| -12.0 + i as f32 * 1e-4).collect();
+        for fma in [false, true] {
+            let mut vals = xs.clone();
+            let mut grad = vec![f32::NAN; xs.len()];
+            let mut plain = xs.clone();
+            if fma {
+                gelu_with_grad::<true>(&mut vals, &mut grad);
+                gelu_in_place::<true>(&mut plain);
+            } else {
+                gelu_with_grad::<false>(&mut vals, &mut grad);
+                gelu_in_place::<false>(&mut plain);
+            }
+            for (i, &x) in xs.iter().enumerate() {
+                let x64 = x as f64;
+                let e = if fma { erf::<true>(x) } else { erf::<false>(x) };
+                worst_erf = worst_erf.max((e as f64 - erf_f64(x64)).abs());
+                let cdf = 0.5 * (1.0 + erf_f64(x64 / std::f64::consts::SQRT_2));
+                let want = x64 * cdf;
+                let want_grad =
+                    cdf + x64 * (-0.5 * x64 * x64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                // Relative to max(1, |x|): the error of x·Φ(x) scales with x.
+                let scale = x64.abs().max(1.0);
+                worst_gelu = worst_gelu.max((vals[i] as f64 - want).abs() / scale);
+                worst_gelu = worst_gelu.max((plain[i] as f64 - want).abs() / scale);
+                worst_grad = worst_grad.max((grad[i] as f64 - want_grad).abs());
+            }
+        }
+        assert!(worst_erf < 5e-7, "erf: worst absolute error {worst_erf}");
+        assert!(worst_gelu < 5e-7, "gelu: worst scaled error {worst_gelu}");
+        assert!(
+            worst_grad < 1e-6,
+            "gelu': worst absolute error {worst_grad}"
+        );
+        let mut special = [f32::NAN, 0.0, -0.0, 1e30, -1e30];
+        gelu_in_place::<false>(&mut special);
+        assert!(special[0].is_nan());
+        assert_eq!(special[1], 0.0);
+        assert_eq!(special[3], 1e30);
+        assert_eq!(special[4], 0.0);
+    }
 
     #[test]
     fn exp2_is_accurate_on_its_domain() {
