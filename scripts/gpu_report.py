@@ -66,6 +66,11 @@ for be in ("cuda", "cuda-tf32x3"):
     if cost and cost.get("device_rate") and torch and torch.get("hbm_copy_gb_per_s"):
         ratios[f"{be} {cost['kernel']} device GB/s / measured HBM GB/s"] = \
             cost["device_rate"] / torch["hbm_copy_gb_per_s"]
+# The same fused problem through WGSL on the same GPU (Vulkan driver, pass timestamps).
+wgpu_fused = next((r for r in bench["wgpu"] if r.get("kernel") == "sinkhorn-fused"), None)
+if wgpu_fused and wgpu_fused.get("device_seconds_per_call") and "cuda" in fused_runs:
+    ratios["wgpu fused (device) / cuda fused (device)"] = \
+        wgpu_fused["device_seconds_per_call"] / fused_runs["cuda"]["device_seconds_per_call"]
 result["ratios"] = ratios
 
 # The issue's performance goals (issue 4), each met or not on this run's numbers.

@@ -114,6 +114,10 @@ fn report_computes_the_issue_goals_from_the_logs() {
     // kernel (its cost phase on the tensor cores) 1.25x faster.
     let tf32x3 = [hbm_cost(cost_device / 1.5), fused(fused_device / 1.25)];
     std::fs::write(logs.join("bench-cuda-tf32x3.log"), tf32x3.join("\n")).unwrap();
+    // The same fused problem through WGSL (device time from pass timestamps), 3x slower.
+    let wgpu_fused =
+        fused(fused_device * 3.0).replace(r#""backend":"cuda""#, r#""backend":"wgpu""#);
+    std::fs::write(logs.join("bench-wgpu.log"), wgpu_fused).unwrap();
 
     // Real CPU records, so that a change to the bench's JSON shows up here.
     let cpu = Command::new(env!("CARGO_BIN_EXE_optical"))
@@ -211,6 +215,11 @@ fn report_computes_the_issue_goals_from_the_logs() {
         1.5 * cost_bytes / cost_device / 1e9 / 3200.0,
     );
     assert!(md.contains("| cuda-tf32x3 | cosine-cost-hbm |"), "{md}");
+    close(
+        &json["ratios"]["wgpu fused (device) / cuda fused (device)"],
+        3.0,
+    );
+    assert!(md.contains("| wgpu | sinkhorn-fused |"), "{md}");
     assert!(
         goal("HBM bandwidth")["goal"]
             .as_str()

@@ -499,3 +499,68 @@ fn beyond_limits_is_an_error() {
         .expect_err("n = 513 exceeds the Sinkhorn kernels");
     assert!(err.to_string().contains("512"), "{err}");
 }
+
+/// Device-only timing with GPU pass timestamps: every job type (including the Sinkhorn
+/// iterations, which submit without a read-back) gives a positive time in seconds, no
+/// more than the host measured around the same call, and timing leaves results unchanged.
+/// lavapipe writes timestamps, so CI always runs this; adapters without them must answer
+/// `None`.
+#[test]
+fn pass_timestamps_time_every_job() {
+    use optical::backend::DeviceJob;
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let ctx = w.context().clone();
+    if !ctx.has_timestamps() {
+        assert!(
+            !ctx.adapter_name().contains("llvmpipe"),
+            "lavapipe writes timestamps: the timer must be enabled there"
+        );
+        let x = embeddings(600, 2, 3, 8, false);
+        assert!(backend
+            .device_seconds(DeviceJob::CosineCost(&x, &x), 0.0)
+            .unwrap()
+            .is_none());
+        return;
+    }
+
+    let x = embeddings(601, 3, 17, 40, true);
+    let y = embeddings(602, 3, 29, 40, true);
+    let plain = backend.cosine_cost(&x, &y).unwrap();
+    let start = std::time::Instant::now();
+    let (timed, seconds) = ctx
+        .time_passes(|| backend.cosine_cost(&x, &y))
+        .unwrap()
+        .expect("timestamps");
+    let host = start.elapsed().as_secs_f64();
+    assert_eq!(plain.data, timed.data, "timing changed the result");
+    assert!(
+        seconds > 0.0 && seconds <= host,
+        "cosine cost: {seconds} s on the device, {host} s on the host"
+    );
+
+    let params = fixed(0.05, 20);
+    let pr = problem(603, 3, 17, 29);
+    let (q, docs) = {
+        let q = embeddings(604, 2, 5, 16, true);
+        let mut rng = SplitMix64::new(605);
+        let docs = PackedDocs::new("t", 16, rng.normals_f32(7 * 16), vec![3, 1, 3]).unwrap();
+        (q, docs)
+    };
+    let jobs = [
+        ("cosine cost", DeviceJob::CosineCost(&x, &y)),
+        ("maxsim", DeviceJob::Maxsim(&q, &docs)),
+        ("sinkhorn", DeviceJob::Sinkhorn(&pr, &params)),
+        ("fused", DeviceJob::SinkhornFused(&x, &y, &params)),
+    ];
+    for (what, job) in jobs {
+        let (s, calls) = backend
+            .device_seconds(job, 0.0)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: no device time"));
+        println!("{what}: {s:.3e} s on the device (median of {calls})");
+        assert!(s > 0.0 && s.is_finite(), "{what}: {s}");
+        assert!(calls >= 3, "{what}: {calls} calls");
+    }
+}

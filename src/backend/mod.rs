@@ -119,7 +119,8 @@ impl Backend {
     }
 
     /// Device-only time of one standard job (kernels only: no transfers, no host work), for
-    /// backends that can measure it; `None` for the CPU backends.
+    /// backends that can measure it: CUDA with events, WGPU with pass timestamps where the
+    /// adapter has them; `None` for the CPU backends.
     #[allow(unused_variables)]
     pub fn device_seconds(
         &self,
@@ -130,7 +131,48 @@ impl Backend {
         if let Backend::Cuda(k) = self {
             return k.time_job(job, min_seconds).map(Some);
         }
+        #[cfg(feature = "wgpu")]
+        if let Backend::Wgpu(k) = self {
+            return self.time_wgpu_job(k.context(), job, min_seconds);
+        }
         Ok(None)
+    }
+
+    /// WGPU: the job through the ordinary entry points, each call's compute passes timed
+    /// with GPU timestamps ([`self::wgpu::WgpuContext::time_passes`]); the median over calls
+    /// (one untimed warm-up, then at least 3 and at least `min_seconds`). `None` when the
+    /// adapter cannot write timestamps.
+    #[cfg(feature = "wgpu")]
+    fn time_wgpu_job(
+        &self,
+        ctx: &self::wgpu::WgpuContext,
+        job: DeviceJob<'_>,
+        min_seconds: f64,
+    ) -> Result<Option<(f64, usize)>> {
+        if !ctx.has_timestamps() {
+            return Ok(None);
+        }
+        let run = || -> Result<()> {
+            match job {
+                DeviceJob::CosineCost(x, y) => self.cosine_cost(x, y).map(drop),
+                DeviceJob::Maxsim(q, docs) => self.maxsim(q, docs).map(drop),
+                DeviceJob::Sinkhorn(problem, params) => self.sinkhorn(problem, params).map(drop),
+                DeviceJob::SinkhornFused(x, y, params) => {
+                    self.sinkhorn_embeddings(x, y, params).map(drop)
+                }
+            }
+        };
+        run()?;
+        let mut samples = Vec::new();
+        let start = std::time::Instant::now();
+        while samples.len() < 3 || start.elapsed().as_secs_f64() < min_seconds {
+            match ctx.time_passes(run)? {
+                Some(((), seconds)) => samples.push(seconds),
+                None => return Ok(None),
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        Ok(Some((samples[samples.len() / 2], samples.len())))
     }
 
     /// Pairwise cosine cost `C[p, i, j] = 1 − cos(x_pi, y_pj)` on real tokens, 0 on padding.

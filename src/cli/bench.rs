@@ -19,8 +19,9 @@ Standard problems (seeded, identical on every backend):
 Each kernel: one warm-up call, then calls for at least --min-seconds (at least 3); the
 median seconds per call is reported. Sinkhorn timings include preparing the problem and
 writing the plan; G exp/s counts 2*b*n*m exponentials per iteration. On cuda the kernels
-are also timed alone with CUDA events (inputs and outputs in device memory, no transfers):
-\"device\" seconds per call and rate.";
+are also timed alone with CUDA events (inputs and outputs in device memory, no transfers),
+and on wgpu with GPU timestamps around each compute pass (adapters that have them; uploads
+and read-backs not counted): \"device\" seconds per call and rate.";
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

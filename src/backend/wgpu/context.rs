@@ -82,6 +82,7 @@ pub fn describe_adapter(adapter: &wgpu::Adapter) -> serde_json::Value {
         "device_type": format!("{:?}", info.device_type),
         "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string(),
         "subgroups": adapter.features().contains(wgpu::Features::SUBGROUP),
+        "timestamps": adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY),
         "limits": {
             "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
             "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
@@ -159,6 +160,31 @@ pub struct WgpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// Extra cap on the bytes of one binding (see [`WgpuContext::with_binding_limit`]).
     binding_limit: u64,
+    /// Timestamps around compute passes, when the adapter can write them.
+    timer: Option<PassTimer>,
+}
+
+/// Timestamp pairs (one per compute pass) a timing session holds between two read-backs.
+const TIMER_PAIRS: u32 = 256;
+
+/// GPU timestamps at the start and end of every compute pass while a timing session
+/// ([`WgpuContext::time_passes`]) is on. Passes take consecutive slots; the next read-back
+/// ([`WgpuContext::submit_and_read`]) resolves them in the same submission and adds their
+/// durations up. Uploads and read-back copies run outside passes, so they are not counted.
+struct PassTimer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    state: Mutex<TimerState>,
+}
+
+#[derive(Default)]
+struct TimerState {
+    on: bool,
+    /// Slots used since the last read-back.
+    pairs: u32,
+    /// A pass found no free slot: the session's total would be short.
+    overflow: bool,
+    seconds: f64,
 }
 
 impl WgpuContext {
@@ -189,9 +215,14 @@ impl WgpuContext {
                 ),
             });
         }
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("optical"),
-            required_features: wgpu::Features::empty(),
+            required_features: if timestamps {
+                wgpu::Features::TIMESTAMP_QUERY
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -220,7 +251,22 @@ impl WgpuContext {
                 what: e.to_string(),
             });
         }
+        let timer = timestamps.then(|| PassTimer {
+            set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("optical pass timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * TIMER_PAIRS,
+            }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("optical timestamp resolve"),
+                size: 16 * TIMER_PAIRS as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            state: Mutex::new(TimerState::default()),
+        });
         Ok(WgpuContext {
+            timer,
             device,
             queue,
             info,
@@ -394,9 +440,25 @@ impl WgpuContext {
         encoder: &mut wgpu::CommandEncoder,
         dispatches: &[(&wgpu::ComputePipeline, &wgpu::BindGroup, [u32; 3])],
     ) {
+        let slot = self.timer.as_ref().and_then(|t| {
+            let mut state = t.state.lock().ok()?;
+            if !state.on {
+                return None;
+            }
+            if state.pairs == TIMER_PAIRS {
+                state.overflow = true;
+                return None;
+            }
+            state.pairs += 1;
+            Some((t, state.pairs - 1))
+        });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
-            timestamp_writes: None,
+            timestamp_writes: slot.map(|(t, i)| wgpu::ComputePassTimestampWrites {
+                query_set: &t.set,
+                beginning_of_pass_write_index: Some(2 * i),
+                end_of_pass_write_index: Some(2 * i + 1),
+            }),
         });
         for (pipeline, group, [x, y, z]) in dispatches {
             pass.set_pipeline(pipeline);
@@ -433,30 +495,127 @@ impl WgpuContext {
                 (dst, bytes)
             })
             .collect();
+        // Timestamps of the passes recorded since the last read-back (this encoder's and
+        // those of encoders submitted without a read).
+        let stamps = self.timer.as_ref().and_then(|t| {
+            let pairs = std::mem::take(&mut t.state.lock().ok()?.pairs);
+            if pairs == 0 {
+                return None;
+            }
+            let bytes = 16 * pairs as u64;
+            encoder.resolve_query_set(&t.set, 0..2 * pairs, &t.resolve, 0);
+            let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("optical timestamp read-back"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &dst, 0, bytes);
+            Some((t, dst))
+        });
         self.checked(operation, || {
             self.queue.submit([encoder.finish()]);
         })?;
+        if let Some((t, dst)) = stamps {
+            let ticks: Vec<u64> = self.read_mapped(operation, &dst, None)?;
+            let period = self.queue.get_timestamp_period() as f64 * 1e-9;
+            let seconds: f64 = ticks
+                .chunks_exact(2)
+                .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+                .sum();
+            if let Ok(mut state) = t.state.lock() {
+                state.seconds += seconds;
+            }
+        }
         let mut out = Vec::with_capacity(reads.len());
         for ((dst, _), &(_, len)) in staging.iter().zip(reads) {
-            let (tx, rx) = std::sync::mpsc::channel();
-            dst.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| self.fail(operation, e.to_string()))?;
-            rx.recv()
-                .map_err(|e| self.fail(operation, e.to_string()))?
-                .map_err(|e| self.fail(operation, e.to_string()))?;
-            let view = dst
-                .get_mapped_range(..)
-                .map_err(|e| self.fail(operation, e.to_string()))?;
-            let bytes = &view[..len * size as usize];
-            out.push(bytemuck::pod_collect_to_vec(bytes));
-            drop(view);
-            dst.unmap();
+            out.push(self.read_mapped(operation, dst, Some(len))?);
         }
         Ok(out)
+    }
+
+    /// Map a read-back buffer (waiting for the device) and copy its first `len` values, or
+    /// all of it for `None`.
+    fn read_mapped<T: bytemuck::Pod>(
+        &self,
+        operation: &'static str,
+        dst: &wgpu::Buffer,
+        len: Option<usize>,
+    ) -> Result<Vec<T>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        dst.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| self.fail(operation, e.to_string()))?;
+        rx.recv()
+            .map_err(|e| self.fail(operation, e.to_string()))?
+            .map_err(|e| self.fail(operation, e.to_string()))?;
+        let view = dst
+            .get_mapped_range(..)
+            .map_err(|e| self.fail(operation, e.to_string()))?;
+        let bytes = match len {
+            Some(len) => &view[..len * std::mem::size_of::<T>()],
+            None => &view[..],
+        };
+        let values = bytemuck::pod_collect_to_vec(bytes);
+        drop(view);
+        dst.unmap();
+        Ok(values)
+    }
+
+    /// Whether the adapter writes GPU timestamps, so [`WgpuContext::time_passes`] can run.
+    pub fn has_timestamps(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    /// Run `f` with a GPU timestamp at the start and end of every compute pass it records,
+    /// and return its result with the summed duration of those passes (kernels only: no
+    /// uploads, no read-backs, no host work). `None` when the adapter has no timestamps.
+    /// Every pass must be followed by a read-back before `f` returns, as every kernel entry
+    /// point of this backend does.
+    pub fn time_passes<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<(T, f64)>> {
+        let Some(timer) = &self.timer else {
+            return Ok(None);
+        };
+        let start = |on: bool| -> Result<()> {
+            let mut state = timer
+                .state
+                .lock()
+                .map_err(|_| self.fail("time passes", "timer lock poisoned".into()))?;
+            *state = TimerState {
+                on,
+                ..TimerState::default()
+            };
+            Ok(())
+        };
+        start(true)?;
+        let out = f();
+        let (seconds, overflow, pending) = {
+            let state = timer
+                .state
+                .lock()
+                .map_err(|_| self.fail("time passes", "timer lock poisoned".into()))?;
+            (state.seconds, state.overflow, state.pairs)
+        };
+        start(false)?;
+        let out = out?;
+        if overflow || pending > 0 {
+            return Err(self.fail(
+                "time passes",
+                format!(
+                    "{} compute passes were not timed (at most {TIMER_PAIRS} between two \
+                     read-backs, each resolved by one)",
+                    if overflow {
+                        "some".to_string()
+                    } else {
+                        pending.to_string()
+                    }
+                ),
+            ));
+        }
+        Ok(Some((out, seconds)))
     }
 
     fn fail(&self, operation: &'static str, what: String) -> Error {
