@@ -283,3 +283,81 @@ fn backends_agree_at_a_fixed_iteration_count_before_convergence() {
     println!("potential g max abs difference {g_err:.2e}");
     assert!(g_err < 1e-4);
 }
+
+/// With fewer pairs than threads, the fast path spreads a large pair's rows and columns
+/// over threads; every row and column is still computed exactly as one thread would, so a
+/// large pair solved alone on 4 threads (split) gives bit for bit what it gives inside a
+/// batch of 4 (one pair per thread, not split), and what 1 thread gives.
+#[test]
+fn splitting_a_large_pair_over_threads_changes_no_bit() {
+    let fast = Backend::new(BackendKind::Cpu).unwrap();
+    // About 320 x 270 real entries (a fifth of the weights are zero): above the split
+    // threshold of 65,536.
+    let (n, m) = (400, 340);
+    // The batch repeats the single pair's raw inputs (each pair's weights are normalised
+    // on their own, so normalised weights fed back in could differ in the last bit).
+    let mut rng = SplitMix64::new(77);
+    let cost: Vec<f64> = (0..n * m).map(|_| 2.0 * rng.uniform()).collect();
+    let mut weights = |len: usize| -> Vec<f64> {
+        (0..len)
+            .map(|k| {
+                if k > 0 && rng.uniform() < 0.2 {
+                    0.0
+                } else {
+                    0.1 + rng.uniform()
+                }
+            })
+            .collect()
+    };
+    let (a, b) = (weights(n), weights(m));
+    let single = Problem::new(1, n, m, cost.clone(), Some(a.clone()), Some(b.clone())).unwrap();
+    let batch = Problem::new(
+        4,
+        n,
+        m,
+        cost.repeat(4),
+        Some(a.repeat(4)),
+        Some(b.repeat(4)),
+    )
+    .unwrap();
+    let p = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 60,
+        threshold: 0.0,
+        check_every: 7,
+    };
+    let pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let alone = pool(4).install(|| fast.sinkhorn(&single, &p)).unwrap();
+    let one_thread = pool(1).install(|| fast.sinkhorn(&single, &p)).unwrap();
+    let in_batch = pool(4).install(|| fast.sinkhorn(&batch, &p)).unwrap();
+    let size = n * m;
+    // Several checks ran (f32 can reach an exact fixed point early, which stops a pair).
+    assert!(alone.iterations[0] >= 14, "{:?}", alone.iterations);
+    let same = |what: &str, x: &[f64], y: &[f64]| {
+        assert_eq!(x.len(), y.len(), "{what}: lengths");
+        let diff = x
+            .iter()
+            .zip(y)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(diff, 0, "{what}: {diff} of {} values differ", x.len());
+    };
+    println!(
+        "iterations: alone {:?}, 1 thread {:?}, batch {:?}",
+        alone.iterations, one_thread.iterations, in_batch.iterations
+    );
+    same("f, 1 thread", &alone.f, &one_thread.f);
+    same("g, 1 thread", &alone.g, &one_thread.g);
+    same("plan, 1 thread", &alone.plan, &one_thread.plan);
+    same("f, batch[0]", &alone.f, &in_batch.f[..n]);
+    same("g, batch[0]", &alone.g, &in_batch.g[..m]);
+    same("plan, batch[0]", &alone.plan, &in_batch.plan[..size]);
+    same("plan, batch[3]", &alone.plan, &in_batch.plan[3 * size..]);
+    assert_eq!(alone.marginal_error[0], in_batch.marginal_error[0]);
+    assert_eq!(alone.iterations[0], in_batch.iterations[0]);
+}

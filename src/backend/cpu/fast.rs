@@ -284,6 +284,38 @@ fn normalised_rows(data: &[f32], d: usize) -> Vec<f32> {
     out
 }
 
+/// Entries of `K` from which a pair's rows and columns are spread over threads when fewer
+/// pairs than threads are active (256 × 256).
+const SPLIT_MIN_ENTRIES: usize = 1 << 16;
+
+/// Entries of `K` per parallel task when a pair is split.
+const SPLIT_TASK_ENTRIES: usize = 1 << 14;
+
+/// `out_l = −log2 Σ_k 2^(lines[l, k] + h_k)` for every line `l` of `lines` (row-major,
+/// `h.len()` per line). With `split`, blocks of lines run on different threads; each line
+/// is computed exactly as without, so the result does not depend on the split.
+#[inline(always)]
+fn lse_lines<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32], split: bool) {
+    let len = h.len();
+    if split {
+        // About four tasks per thread (load balance), none much under SPLIT_TASK_ENTRIES.
+        let lines_per_thread = out.len().div_ceil(4 * rayon::current_num_threads());
+        let per_task = lines_per_thread.max(SPLIT_TASK_ENTRIES / len).max(1);
+        out.par_chunks_mut(per_task)
+            .zip(lines.par_chunks(per_task * len))
+            .for_each(|(o, block)| dispatch!(|FMA2| lse_block::<FMA2>(o, block, h)));
+    } else {
+        lse_block::<FMA>(out, lines, h);
+    }
+}
+
+#[inline(always)]
+fn lse_block<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32]) {
+    for (o, line) in out.iter_mut().zip(lines.chunks_exact(h.len())) {
+        *o = -simd::log2_sum_exp2::<FMA>(line, h);
+    }
+}
+
 /// One pair on its support, in base-2 log units (see the module docs).
 pub struct FastPair {
     support: Support,
@@ -330,9 +362,16 @@ impl FastPair {
         }
     }
 
-    /// `out_i = −log2 Σ_j 2^(K_ij + G_j + log2 b_j)`.
+    /// Whether the pair is large enough to spread its rows and columns over threads when
+    /// there are fewer active pairs than threads (below this a half-iteration takes a few
+    /// microseconds, comparable with a rayon fork-join).
+    fn splittable(&self) -> bool {
+        self.support.rows.len() * self.support.cols.len() >= SPLIT_MIN_ENTRIES
+    }
+
+    /// `out_i = −log2 Σ_j 2^(K_ij + G_j + log2 b_j)`; rows spread over threads if `split`.
     #[inline(always)]
-    fn row_update<const FMA: bool>(&mut self, out_is_next: bool) {
+    fn row_update<const FMA: bool>(&mut self, out_is_next: bool, split: bool) {
         let nc = self.support.cols.len();
         let h = &mut self.scratch[..nc];
         for ((h, &g), &lb) in h.iter_mut().zip(&self.g).zip(&self.log2_b) {
@@ -343,40 +382,36 @@ impl FastPair {
         } else {
             &mut self.f
         };
-        for (fi, krow) in out.iter_mut().zip(self.k.chunks_exact(nc)) {
-            *fi = -simd::log2_sum_exp2::<FMA>(krow, h);
-        }
+        lse_lines::<FMA>(out, &self.k, h, split);
     }
 
-    /// `G_j = −log2 Σ_i 2^(K_ij + F_i + log2 a_i)`.
+    /// `G_j = −log2 Σ_i 2^(K_ij + F_i + log2 a_i)`; columns spread over threads if `split`.
     #[inline(always)]
-    fn col_update<const FMA: bool>(&mut self) {
+    fn col_update<const FMA: bool>(&mut self, split: bool) {
         let nr = self.support.rows.len();
         let h = &mut self.scratch[..nr];
         for ((h, &f), &la) in h.iter_mut().zip(&self.f).zip(&self.log2_a) {
             *h = f + la;
         }
-        for (gj, kcol) in self.g.iter_mut().zip(self.kt.chunks_exact(nr)) {
-            *gj = -simd::log2_sum_exp2::<FMA>(kcol, h);
-        }
+        lse_lines::<FMA>(&mut self.g, &self.kt, h, split);
     }
 
     #[inline(always)]
-    fn iterate<const FMA: bool>(&mut self, iterations: usize) {
+    fn iterate<const FMA: bool>(&mut self, iterations: usize, split: bool) {
         for it in 0..iterations {
             if it == 0 && self.f_next_valid {
                 std::mem::swap(&mut self.f, &mut self.f_next);
             } else {
-                self.row_update::<FMA>(false);
+                self.row_update::<FMA>(false, split);
             }
-            self.col_update::<FMA>();
+            self.col_update::<FMA>(split);
         }
         self.f_next_valid = false;
     }
 
     #[inline(always)]
-    fn marginal_error<const FMA: bool>(&mut self) -> f64 {
-        self.row_update::<FMA>(true);
+    fn marginal_error<const FMA: bool>(&mut self, split: bool) -> f64 {
+        self.row_update::<FMA>(true, split);
         self.f_next_valid = true;
         self.f
             .iter()
@@ -388,6 +423,11 @@ impl FastPair {
             })
             .sum()
     }
+}
+
+/// Whether large pairs should be split over threads: fewer active pairs than threads.
+fn split_large_pairs(active: &[bool]) -> bool {
+    active.iter().filter(|&&a| a).count() < rayon::current_num_threads()
 }
 
 impl SinkhornKernels for CpuFast {
@@ -402,28 +442,50 @@ impl SinkhornKernels for CpuFast {
     }
 
     fn iterate(&self, state: &mut FastState, active: &[bool], iterations: usize) -> Result<()> {
+        let split = split_large_pairs(active);
+        // Pairs side by side, one thread each; with fewer pairs than threads, the large
+        // ones then run one after another with their rows and columns spread over threads.
         state
             .pairs
             .par_iter_mut()
             .zip(active)
-            .filter(|(_, &a)| a)
-            .for_each(|(pair, _)| dispatch!(|FMA| pair.iterate::<FMA>(iterations)));
+            .filter(|(pair, &a)| a && !(split && pair.splittable()))
+            .for_each(|(pair, _)| dispatch!(|FMA| pair.iterate::<FMA>(iterations, false)));
+        if split {
+            for (pair, _) in state
+                .pairs
+                .iter_mut()
+                .zip(active)
+                .filter(|(pair, &a)| a && pair.splittable())
+            {
+                dispatch!(|FMA| pair.iterate::<FMA>(iterations, true));
+            }
+        }
         Ok(())
     }
 
     fn marginal_errors(&self, state: &mut FastState, active: &[bool]) -> Result<Vec<f64>> {
-        Ok(state
+        let split = split_large_pairs(active);
+        let mut errors: Vec<f64> = state
             .pairs
             .par_iter_mut()
             .zip(active)
             .map(|(pair, &a)| {
-                if a {
-                    dispatch!(|FMA| pair.marginal_error::<FMA>())
+                if a && !(split && pair.splittable()) {
+                    dispatch!(|FMA| pair.marginal_error::<FMA>(false))
                 } else {
                     0.0
                 }
             })
-            .collect())
+            .collect();
+        if split {
+            for ((pair, &a), e) in state.pairs.iter_mut().zip(active).zip(&mut errors) {
+                if a && pair.splittable() {
+                    *e = dispatch!(|FMA| pair.marginal_error::<FMA>(true));
+                }
+            }
+        }
+        Ok(errors)
     }
 
     fn finish(&self, state: FastState, problem: &Problem) -> Result<Solution> {
