@@ -99,17 +99,30 @@ pub fn maxsim_problem() -> (Embeddings, PackedDocs) {
     (q, docs)
 }
 
-fn time<F: FnMut() -> Result<()>>(min_seconds: f64, mut f: F) -> Result<(f64, usize)> {
-    f()?;
+/// The bench's sampling rule, for any clock: one warm-up call of `sample` (its value is
+/// dropped), then calls until there are at least 3 samples and `min_seconds` of wall time
+/// has passed; the median sample (seconds) and the number of samples.
+pub fn median_seconds(
+    min_seconds: f64,
+    mut sample: impl FnMut() -> Result<f64>,
+) -> Result<(f64, usize)> {
+    sample()?;
     let mut samples = Vec::new();
     let start = Instant::now();
     while samples.len() < 3 || start.elapsed().as_secs_f64() < min_seconds {
-        let t = Instant::now();
-        f()?;
-        samples.push(t.elapsed().as_secs_f64());
+        samples.push(sample()?);
     }
     samples.sort_by(f64::total_cmp);
     Ok((samples[samples.len() / 2], samples.len()))
+}
+
+/// Wall time of `f` under [`median_seconds`].
+fn time<F: FnMut() -> Result<()>>(min_seconds: f64, mut f: F) -> Result<(f64, usize)> {
+    median_seconds(min_seconds, || {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    })
 }
 
 /// Time one standard kernel on `backend`.
@@ -137,17 +150,16 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
     };
     match kernel {
         "cosine-cost" | "cosine-cost-hbm" => {
-            let b = if kernel == "cosine-cost" { 64 } else { 512 };
+            let (name, b) = if kernel == "cosine-cost" {
+                ("cosine-cost", 64)
+            } else {
+                ("cosine-cost-hbm", 512)
+            };
             let (n, m, d) = (128, 128, 384);
             let x = embeddings(1, b, n, d);
             let y = embeddings(2, b, m, d);
             let t = time(min_seconds, || backend.cosine_cost(&x, &y).map(drop))?;
             let bytes = 4.0 * (b * n * d + b * m * d + b * n * m) as f64;
-            let name = if kernel == "cosine-cost" {
-                "cosine-cost"
-            } else {
-                "cosine-cost-hbm"
-            };
             let mut r = record(name, format!("b={b} n={n} m={m} d={d}"), t);
             r.gb_per_s = Some(bytes / t.0 / 1e9);
             r.gflop_per_s = Some(2.0 * (b * n * m * d) as f64 / t.0 / 1e9);

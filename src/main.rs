@@ -8,10 +8,10 @@ use clap::Parser;
 /// times per batch. With glibc's defaults every block above its dynamic mmap threshold is
 /// mapped fresh and unmapped on free, so each reuse pays page faults and the kernel zeroing
 /// the pages again (≈ 10 % of a CPU training step in `perf`). Raising the mmap threshold to
-/// 1 GiB and the trim threshold to 4 GiB keeps them in the heap: measured on the 2-core
-/// machine, e5-small encodes 18 % faster and a default distillation step takes 18 % less
-/// time, for ≈ 3 % more peak memory. Skipped when `GLIBC_TUNABLES` already sets malloc
-/// parameters, so a user's own settings win.
+/// 1 GiB and the trim threshold to 2 GiB keeps them in the heap: measured on the 2-core
+/// machine, e5-small encodes 14 % faster and a default distillation step takes 17 % less
+/// time, for ≈ 2.5 % more peak memory (docs/PERFORMANCE.md). Skipped when `GLIBC_TUNABLES`
+/// already sets malloc parameters, so a user's own settings win.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {

@@ -139,9 +139,8 @@ impl Backend {
     }
 
     /// WGPU: the job through the ordinary entry points, each call's compute passes timed
-    /// with GPU timestamps ([`self::wgpu::WgpuContext::time_passes`]); the median over calls
-    /// (one untimed warm-up, then at least 3 and at least `min_seconds`). `None` when the
-    /// adapter cannot write timestamps.
+    /// with GPU timestamps ([`self::wgpu::WgpuContext::time_passes`]), sampled as every bench
+    /// is ([`crate::bench::median_seconds`]). `None` when the adapter cannot write timestamps.
     #[cfg(feature = "wgpu")]
     fn time_wgpu_job(
         &self,
@@ -162,17 +161,17 @@ impl Backend {
                 }
             }
         };
-        run()?;
-        let mut samples = Vec::new();
-        let start = std::time::Instant::now();
-        while samples.len() < 3 || start.elapsed().as_secs_f64() < min_seconds {
-            match ctx.time_passes(run)? {
-                Some(((), seconds)) => samples.push(seconds),
-                None => return Ok(None),
-            }
-        }
-        samples.sort_by(f64::total_cmp);
-        Ok(Some((samples[samples.len() / 2], samples.len())))
+        crate::bench::median_seconds(min_seconds, || {
+            // has_timestamps() held above, so time_passes answers Some.
+            ctx.time_passes(run)?
+                .map(|((), seconds)| seconds)
+                .ok_or_else(|| Error::Backend {
+                    backend: "wgpu",
+                    operation: "time passes",
+                    what: "the adapter writes no timestamps".into(),
+                })
+        })
+        .map(Some)
     }
 
     /// Pairwise cosine cost `C[p, i, j] = 1 − cos(x_pi, y_pj)` on real tokens, 0 on padding.

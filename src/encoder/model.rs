@@ -208,11 +208,10 @@ pub fn gelu(x: Tensor<3>) -> Tensor<3> {
         return burn::tensor::activation::gelu(x);
     }
     let dims = x.dims();
-    let values = match x.clone().try_into_data().map(|d| d.try_into_vec::<f32>()) {
+    let mut values = match x.clone().try_into_data().map(|d| d.try_into_vec::<f32>()) {
         Ok(Ok(values)) => values,
         _ => return burn::tensor::activation::gelu(x),
     };
-    let mut values = values;
     if device.is_autodiff() {
         let mut grad = vec![0.0f32; values.len()];
         crate::backend::cpu::fast::gelu_with_grad(&mut values, &mut grad);

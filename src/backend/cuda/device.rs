@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
@@ -594,10 +593,7 @@ impl CudaBackend {
                 .map_err(driver("create an event"))
         };
         let (start, end) = (event()?, event()?);
-        run()?;
-        let mut samples = Vec::new();
-        let wall = Instant::now();
-        while samples.len() < 3 || wall.elapsed().as_secs_f64() < min_seconds {
+        crate::bench::median_seconds(min_seconds, || {
             start
                 .record(&self.dev.stream)
                 .map_err(driver("record an event"))?;
@@ -605,10 +601,8 @@ impl CudaBackend {
             end.record(&self.dev.stream)
                 .map_err(driver("record an event"))?;
             let ms = start.elapsed_ms(&end).map_err(driver("time a kernel"))?;
-            samples.push(ms as f64 * 1e-3);
-        }
-        samples.sort_by(f64::total_cmp);
-        Ok((samples[samples.len() / 2], samples.len()))
+            Ok(ms as f64 * 1e-3)
+        })
     }
 
     /// Device time of one standard job, inputs uploaded beforehand (see [`DeviceJob`]): the
