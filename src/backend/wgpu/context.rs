@@ -171,20 +171,32 @@ const TIMER_PAIRS: u32 = 256;
 /// ([`WgpuContext::time_passes`]) is on. Passes take consecutive slots; the next read-back
 /// ([`WgpuContext::submit_and_read`]) resolves them in the same submission and adds their
 /// durations up. Uploads and read-back copies run outside passes, so they are not counted.
+/// A session times only the passes recorded on its own thread, and sessions run one at a
+/// time, so other threads sharing the context neither disturb nor get counted.
 struct PassTimer {
     set: wgpu::QuerySet,
     resolve: wgpu::Buffer,
     state: Mutex<TimerState>,
+    /// Held for the whole of a timing session.
+    session: Mutex<()>,
 }
 
 #[derive(Default)]
 struct TimerState {
-    on: bool,
+    /// The thread whose passes are being timed, during a session.
+    owner: Option<std::thread::ThreadId>,
     /// Slots used since the last read-back.
     pairs: u32,
     /// A pass found no free slot: the session's total would be short.
     overflow: bool,
     seconds: f64,
+}
+
+impl TimerState {
+    /// Whether the calling thread's passes are being timed.
+    fn mine(&self) -> bool {
+        self.owner == Some(std::thread::current().id())
+    }
 }
 
 impl WgpuContext {
@@ -264,6 +276,7 @@ impl WgpuContext {
                 mapped_at_creation: false,
             }),
             state: Mutex::new(TimerState::default()),
+            session: Mutex::new(()),
         });
         Ok(WgpuContext {
             timer,
@@ -442,7 +455,7 @@ impl WgpuContext {
     ) {
         let slot = self.timer.as_ref().and_then(|t| {
             let mut state = t.state.lock().ok()?;
-            if !state.on {
+            if !state.mine() {
                 return None;
             }
             if state.pairs == TIMER_PAIRS {
@@ -498,7 +511,12 @@ impl WgpuContext {
         // Timestamps of the passes recorded since the last read-back (this encoder's and
         // those of encoders submitted without a read).
         let stamps = self.timer.as_ref().and_then(|t| {
-            let pairs = std::mem::take(&mut t.state.lock().ok()?.pairs);
+            let mut state = t.state.lock().ok()?;
+            if !state.mine() {
+                return None;
+            }
+            let pairs = std::mem::take(&mut state.pairs);
+            drop(state);
             if pairs == 0 {
                 return None;
             }
@@ -570,36 +588,32 @@ impl WgpuContext {
         self.timer.is_some()
     }
 
-    /// Run `f` with a GPU timestamp at the start and end of every compute pass it records,
-    /// and return its result with the summed duration of those passes (kernels only: no
-    /// uploads, no read-backs, no host work). `None` when the adapter has no timestamps.
+    /// Run `f` with a GPU timestamp at the start and end of every compute pass it records on
+    /// this thread, and return its result with the summed duration of those passes (kernels
+    /// only: no uploads, no read-backs, no host work). `None` when the adapter has no
+    /// timestamps. Sessions on other threads wait for this one.
     /// Every pass must be followed by a read-back before `f` returns, as every kernel entry
     /// point of this backend does.
     pub fn time_passes<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<(T, f64)>> {
         let Some(timer) = &self.timer else {
             return Ok(None);
         };
-        let start = |on: bool| -> Result<()> {
-            let mut state = timer
-                .state
-                .lock()
-                .map_err(|_| self.fail("time passes", "timer lock poisoned".into()))?;
-            *state = TimerState {
-                on,
+        let poisoned = || self.fail("time passes", "timer lock poisoned".into());
+        let _session = timer.session.lock().map_err(|_| poisoned())?;
+        let reset = |owner: Option<std::thread::ThreadId>| -> Result<()> {
+            *timer.state.lock().map_err(|_| poisoned())? = TimerState {
+                owner,
                 ..TimerState::default()
             };
             Ok(())
         };
-        start(true)?;
+        reset(Some(std::thread::current().id()))?;
         let out = f();
         let (seconds, overflow, pending) = {
-            let state = timer
-                .state
-                .lock()
-                .map_err(|_| self.fail("time passes", "timer lock poisoned".into()))?;
+            let state = timer.state.lock().map_err(|_| poisoned())?;
             (state.seconds, state.overflow, state.pairs)
         };
-        start(false)?;
+        reset(None)?;
         let out = out?;
         if overflow || pending > 0 {
             return Err(self.fail(
