@@ -538,3 +538,99 @@ fn config_validation() {
     other["hidden_act"] = "relu".into();
     assert!(EncoderConfig::from_json(&other).is_err());
 }
+
+/// `forward_layers` runs the real tokens only (packed rows, attention unpacked to the
+/// padded layout); each layer's `forward` computes every slot. On real tokens the two must
+/// give the same values and the same gradients (input and weights), on awkward lengths
+/// (1, 17, 29 = t, and a sequence with no real token); padding rows of the packed result
+/// are exactly zero.
+#[test]
+fn packed_layers_match_all_slots_in_values_and_gradients() {
+    use optical::encoder::model::attention_bias;
+    let config = tiny_config(Architecture::Bert);
+    let device = Device::flex().autodiff();
+    let model =
+        TransformerEncoder::from_weights(&config, random_weights(&config, 5), &device).unwrap();
+    let (t, h) = (29usize, config.hidden_size);
+    let lengths = [1usize, 17, 0, t];
+    let b = lengths.len();
+    let mut rng = SplitMix64::new(9);
+    let x_host = rng.normals_f32(b * t * h);
+    let weights_host = rng.normals_f32(b * t * h);
+    let mask_host: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&n| (0..t).map(move |j| if j < n { 1.0 } else { 0.0 }))
+        .collect();
+    let mask = Tensor::<2>::from_data(TensorData::new(mask_host.clone(), [b, t]), &device);
+    // The loss reads real rows only: weights are zero on padding.
+    let loss_weights: Vec<f32> = weights_host
+        .iter()
+        .enumerate()
+        .map(|(i, w)| w * mask_host[i / h])
+        .collect();
+    let loss_weights = Tensor::<3>::from_data(TensorData::new(loss_weights, [b, t, h]), &device);
+
+    let run = |packed: bool| {
+        let x = Tensor::<3>::from_data(TensorData::new(x_host.clone(), [b, t, h]), &device)
+            .require_grad();
+        let out = if packed {
+            model.forward_layers(x.clone(), mask.clone(), 0..model.layers.len())
+        } else {
+            let bias = attention_bias(mask.clone());
+            model
+                .layers
+                .iter()
+                .fold(x.clone(), |y, layer| layer.forward(y, bias.clone()))
+        };
+        let loss = (out.clone() * loss_weights.clone()).sum();
+        let grads = loss.backward();
+        let gx = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let gw = model.layers[0]
+            .query
+            .weight
+            .val()
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let values = out.into_data().try_to_vec::<f32>().unwrap();
+        (values, gx, gw)
+    };
+    let (packed, packed_gx, packed_gw) = run(true);
+    let (slots, slots_gx, slots_gw) = run(false);
+
+    let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+    for (i, (&p, &s)) in packed.iter().zip(&slots).enumerate() {
+        if mask_host[i / h] > 0.0 {
+            assert!(
+                (p - s).abs() <= 1e-5 * scale(&slots),
+                "value {i}: {p} vs {s}"
+            );
+        } else {
+            assert_eq!(p, 0.0, "padding row value {i} must be zero");
+        }
+    }
+    for (i, (&p, &s)) in packed_gx.iter().zip(&slots_gx).enumerate() {
+        if mask_host[i / h] > 0.0 {
+            let tol = 1e-5 * scale(&slots_gx);
+            assert!((p - s).abs() <= tol, "input gradient {i}: {p} vs {s}");
+        }
+    }
+    let tol = 1e-5 * scale(&slots_gw);
+    for (i, (&p, &s)) in packed_gw.iter().zip(&slots_gw).enumerate() {
+        assert!(
+            (p - s).abs() <= tol,
+            "query weight gradient {i}: {p} vs {s}"
+        );
+    }
+    assert!(
+        packed_gw.iter().any(|&g| g != 0.0),
+        "the weight gradient is not all zero"
+    );
+}
