@@ -207,3 +207,56 @@ fn nothing_to_train_is_an_error() {
         "{err}"
     );
 }
+
+/// When the student's frozen prefix is the teacher's own (same weights) and the English
+/// side is distilled, the student's English prefix states come from the teacher's forward
+/// pass. That must change no number: the losses and weights equal those of a run that
+/// caches nothing (`cache_mb = 0`, so every state is computed by its own model each step).
+/// Pairs whose English ids differ from the teacher's are not shared; other weights, a
+/// trainable embedding or an undistilled English side turn the sharing off.
+#[test]
+fn shared_teacher_prefix_changes_no_number() {
+    let tiny = tiny_config();
+    let shared_config = |cache_mb: usize| DistillConfig {
+        freeze_embeddings: true,
+        freeze_layers: 1,
+        distill_english: true,
+        cache_mb,
+        ..config("ot+mean-mse", 4, 4)
+    };
+    let make = |config: DistillConfig, teacher_seed: u64, english_is_teacher: bool| {
+        let student = random_encoder(&tiny, 1, &Device::flex().autodiff()).unwrap();
+        let teacher = random_encoder(&tiny, teacher_seed, &Device::flex()).unwrap();
+        let mut pairs = random_pairs(10, 3);
+        if english_is_teacher {
+            pairs.student_english = pairs.teacher.clone();
+            // One pair keeps different English ids: it must not take the teacher's state.
+            pairs.student_english[5] = vec![7, 8, 9, 10];
+        }
+        Trainer::new(config, student, teacher, (0, 0), pairs).unwrap()
+    };
+    let run = |t: &mut Trainer| -> (Vec<f64>, Vec<(String, Vec<u32>)>) {
+        let losses = (0..4).map(|_| t.step().unwrap().loss).collect();
+        (losses, weights_of(t))
+    };
+
+    let mut sharing = make(shared_config(4096), 1, true);
+    assert_eq!(sharing.shared_prefix(), Some(1));
+    let mut separate = make(shared_config(0), 1, true);
+    let (a, b) = (run(&mut sharing), run(&mut separate));
+    println!("sharing {:?} separate {:?}", a.0, b.0);
+    assert_eq!(a.0, b.0, "losses");
+    assert!(a.1 == b.1, "trained weights differ");
+
+    assert_eq!(make(shared_config(4096), 2, true).shared_prefix(), None);
+    let no_english = DistillConfig {
+        distill_english: false,
+        ..shared_config(4096)
+    };
+    assert_eq!(make(no_english, 1, true).shared_prefix(), None);
+    let trainable_embeddings = DistillConfig {
+        freeze_embeddings: false,
+        ..shared_config(4096)
+    };
+    assert_eq!(make(trainable_embeddings, 1, true).shared_prefix(), None);
+}

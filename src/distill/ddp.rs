@@ -461,6 +461,7 @@ impl Trainer {
                     data: &self.data,
                     pads: (self.student_pad, self.teacher_pad),
                     loss: self.loss,
+                    shared_prefix: self.shared_prefix,
                 };
                 let mut parts = vec![ReplicaParts {
                     student: &self.student,

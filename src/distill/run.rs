@@ -180,6 +180,12 @@ fn announce(trainer: &Trainer, config: &DistillConfig) {
         config.loss,
         config.backend,
     );
+    if let Some(k) = trainer.shared_prefix() {
+        eprintln!(
+            "distill: the student's frozen embeddings and layers 0..{k} are the teacher's: \
+             its English prefix states come from the teacher's forward pass"
+        );
+    }
 }
 
 /// Time `n` steps (at least one) of `trainer`.

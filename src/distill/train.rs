@@ -175,6 +175,10 @@ pub struct Trainer {
     pub(super) loss: LossKind,
     /// The other replicas of a data-parallel run (`None` on one device).
     pub(super) ddp: Option<DdpGroup>,
+    /// `Some(k)` when the student's frozen prefix (embeddings and layers `0..k`) holds the
+    /// teacher's own values and the English side is distilled: the teacher's state after
+    /// layer `k` of an English sentence is then the student's English prefix state too.
+    pub(super) shared_prefix: Option<usize>,
 }
 
 /// Sum of squares of every gradient of `module`'s parameters.
@@ -287,6 +291,8 @@ pub(super) struct Shared<'a> {
     /// Student and teacher padding ids.
     pub pads: (u32, u32),
     pub loss: LossKind,
+    /// See [`Trainer::shared_prefix`].
+    pub shared_prefix: Option<usize>,
 }
 
 impl Shared<'_> {
@@ -323,10 +329,23 @@ fn host_states(
             Side::Teacher => {
                 let batch = pad(&seqs, shared.pads.1);
                 check_ids(&batch, vocab_of(parts.teacher), "teacher token ids")?;
-                let device = parts.teacher.embeddings.word.weight.val().device();
+                let teacher = parts.teacher;
+                let device = teacher.embeddings.word.weight.val().device();
                 let (ids, mask) = batch_tensors(&batch, &device);
-                let x = parts.teacher.forward(ids, mask);
-                (batch, hidden_of(parts.teacher), x)
+                let h = hidden_of(teacher);
+                let x = match shared.shared_prefix {
+                    Some(k) => {
+                        let prefix = teacher.forward_layers(
+                            teacher.embeddings.forward(ids),
+                            mask.clone(),
+                            0..k,
+                        );
+                        share_prefix(parts, shared, &missing, &batch, h, prefix.clone())?;
+                        teacher.forward_layers(prefix, mask, k..teacher.layers.len())
+                    }
+                    None => teacher.forward(ids, mask),
+                };
+                (batch, h, x)
             }
             Side::Student | Side::StudentEnglish => {
                 let batch = pad(&seqs, shared.pads.0);
@@ -358,6 +377,136 @@ fn host_states(
             None => parts.cache.map[&(side, *i)].clone(),
         })
         .collect())
+}
+
+/// Keep the teacher's state after the shared prefix, `prefix` `(b, t, h)` of the pairs
+/// `missing` (padded as `batch`), as the student's English prefix state of every pair
+/// whose English token ids are the teacher's (see [`Trainer::shared_prefix`]). Pairs that
+/// do not fit the cache budget are left to be computed by the student.
+fn share_prefix(
+    parts: &mut ReplicaParts<'_>,
+    shared: &Shared<'_>,
+    missing: &[usize],
+    batch: &TokenBatch,
+    h: usize,
+    prefix: Tensor<3>,
+) -> Result<()> {
+    let wanted: Vec<(usize, usize)> = missing
+        .iter()
+        .enumerate()
+        .filter(|&(_, &i)| {
+            shared.data.student_english.get(i) == Some(&shared.data.teacher[i])
+                && !parts.cache.map.contains_key(&(Side::StudentEnglish, i))
+        })
+        .map(|(r, &i)| (r, i))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let values = prefix
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| burn_error("read the shared prefix states", e))?;
+    for (r, i) in wanted {
+        let start = r * batch.t * h;
+        let rows = values[start..start + batch.lengths[r] * h].to_vec();
+        // Over the budget: the student computes this pair's prefix itself.
+        let _ = parts.cache.insert((Side::StudentEnglish, i), rows);
+    }
+    Ok(())
+}
+
+/// Whether `student`'s frozen prefix (embeddings and layers `0..k`) holds exactly the
+/// values of `teacher`'s, as far as `english` (the student's English token ids) can see:
+/// the word embedding rows of those ids, the position and type embeddings, the embedding
+/// norm and every parameter of layers `0..k`. Then the teacher's state after layer `k` of
+/// an English sentence is bit for bit the student's prefix state of it.
+fn same_prefix(
+    student: &TransformerEncoder,
+    teacher: &TransformerEncoder,
+    k: usize,
+    english: &[Vec<u32>],
+) -> bool {
+    fn same<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> bool {
+        if a.dims() != b.dims() {
+            return false;
+        }
+        match (
+            a.into_data().try_to_vec::<f32>(),
+            b.into_data().try_to_vec::<f32>(),
+        ) {
+            (Ok(x), Ok(y)) => x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            _ => false,
+        }
+    }
+    fn same_opt<const D: usize>(a: Option<Tensor<D>>, b: Option<Tensor<D>>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => same(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    fn same_linear(a: &burn::nn::Linear, b: &burn::nn::Linear) -> bool {
+        same(a.weight.val(), b.weight.val())
+            && same_opt(
+                a.bias.as_ref().map(|p| p.val()),
+                b.bias.as_ref().map(|p| p.val()),
+            )
+    }
+    fn same_norm(a: &burn::nn::LayerNorm, b: &burn::nn::LayerNorm) -> bool {
+        same(a.gamma.val(), b.gamma.val())
+            && same_opt(
+                a.beta.as_ref().map(|p| p.val()),
+                b.beta.as_ref().map(|p| p.val()),
+            )
+    }
+    let (s, t) = (student.valid(), teacher);
+    if k == 0
+        || k > s.layers.len()
+        || k > t.layers.len()
+        || vocab_of(&s) != vocab_of(t)
+        || hidden_of(&s) != hidden_of(t)
+        || s.embeddings.position_offset != t.embeddings.position_offset
+    {
+        return false;
+    }
+    let mut ids: Vec<i64> = english.iter().flatten().map(|&id| id as i64).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() || ids.iter().any(|&id| id as usize >= vocab_of(t)) {
+        return false;
+    }
+    let n = ids.len();
+    let rows = |m: &TransformerEncoder| {
+        let device = m.embeddings.word.weight.val().device();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(ids.clone(), [n]), &device);
+        m.embeddings.word.weight.val().select(0, index)
+    };
+    // What the parameters cannot show (the layer norms' epsilon, anything else of the
+    // architecture): the prefix of a few English sentences, bit for bit.
+    let probe = |m: &TransformerEncoder| {
+        let batch = pad(&english[..english.len().min(4)], 0);
+        let device = m.embeddings.word.weight.val().device();
+        let (ids, mask) = batch_tensors(&batch, &device);
+        m.forward_layers(m.embeddings.forward(ids), mask, 0..k)
+    };
+    let (se, te) = (&s.embeddings, &t.embeddings);
+    same(rows(&s), rows(t))
+        && same(se.position.val(), te.position.val())
+        && same(se.token_type.val(), te.token_type.val())
+        && same_norm(&se.norm, &te.norm)
+        && s.layers[..k].iter().zip(&t.layers[..k]).all(|(a, b)| {
+            a.heads == b.heads
+                && same_linear(&a.query, &b.query)
+                && same_linear(&a.key, &b.key)
+                && same_linear(&a.value, &b.value)
+                && same_linear(&a.attention_output, &b.attention_output)
+                && same_norm(&a.attention_norm, &b.attention_norm)
+                && same_linear(&a.intermediate, &b.intermediate)
+                && same_linear(&a.output, &b.output)
+                && same_norm(&a.output_norm, &b.output_norm)
+        })
+        && same(probe(&s), probe(t))
 }
 
 /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`.
@@ -570,6 +719,10 @@ impl Trainer {
             ..TrainState::default()
         };
         let cache_mb = config.cache_mb;
+        let k = config.frozen_prefix();
+        let shared_prefix = (config.distill_english
+            && same_prefix(&student, &teacher, k, &data.student_english))
+        .then_some(k);
         Ok(Trainer {
             config,
             student,
@@ -583,6 +736,7 @@ impl Trainer {
             backend,
             loss,
             ddp: None,
+            shared_prefix,
         })
     }
 
@@ -628,6 +782,7 @@ impl Trainer {
                 data: &self.data,
                 pads: (self.student_pad, self.teacher_pad),
                 loss: self.loss,
+                shared_prefix: self.shared_prefix,
             },
         )
     }
@@ -643,6 +798,14 @@ impl Trainer {
     /// per pair (0 when the embeddings train).
     pub fn frozen_prefix(&self) -> usize {
         self.config.frozen_prefix()
+    }
+
+    /// `Some(k)` when the student's English prefix states come from the teacher's forward
+    /// pass: the English side is distilled and the student's frozen embeddings and layers
+    /// `0..k` are the teacher's own (the default, where both are multilingual-e5-small),
+    /// which saves `k` of the student's layers per new English sentence.
+    pub fn shared_prefix(&self) -> Option<usize> {
+        self.shared_prefix
     }
 
     /// One optimiser step (`grad_accumulation` micro-batches); with several devices (see
@@ -777,6 +940,13 @@ impl Trainer {
             .map_err(|e| burn_error("load the optimizer checkpoint", e))?;
         self.state = state;
         self.resync_replicas();
+        // A checkpoint holds the frozen parameters too; they never change, but check again.
+        if self.shared_prefix.is_some() {
+            let k = self.config.frozen_prefix();
+            self.shared_prefix =
+                same_prefix(&self.student, &self.teacher, k, &self.data.student_english)
+                    .then_some(k);
+        }
         Ok(())
     }
 
