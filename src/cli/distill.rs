@@ -160,7 +160,9 @@ pub struct ConfigFlags {
     /// Host memory (MiB) for cached token states: the frozen teacher's outputs and, when
     /// the embeddings and the lowest `freeze_layers` layers are frozen, the student's
     /// hidden states after that frozen prefix (computed once per pair, so a step runs only
-    /// the trainable layers). Beyond the budget, states are recomputed every time.
+    /// the trainable layers; when that prefix is the teacher's own, the student's English
+    /// prefix states come from the teacher's forward pass). Beyond the budget, states are
+    /// recomputed every time.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_mb: Option<usize>,

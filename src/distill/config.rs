@@ -82,7 +82,10 @@ pub struct DistillConfig {
     /// Host memory (MiB) for cached token states: the frozen teacher's outputs and, when
     /// the embeddings and the lowest `freeze_layers` layers are frozen, the student's
     /// hidden states after that frozen prefix (computed once per pair, so a step runs only
-    /// the trainable layers). Beyond the budget, states are recomputed every time.
+    /// the trainable layers). When that frozen prefix is the teacher's own (same weights,
+    /// as with the default e5-small teacher and student), the student's English prefix
+    /// states are taken from the teacher's forward pass instead of being computed again.
+    /// Beyond the budget, states are recomputed every time.
     pub cache_mb: usize,
     /// Run directory: checkpoints, log.jsonl, plots, the exported student.
     pub out: PathBuf,
