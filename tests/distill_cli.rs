@@ -178,6 +178,27 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     let steps: Vec<u64> = log.iter().map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
 
+    // A checkpoint that cannot be written (here a file stands where step 10's directory
+    // goes, as a full disk would fail it) stops the run with an error naming it; `latest`
+    // still names step 8, and the next --resume redoes steps 9-10 from there.
+    let blocker = out.join("checkpoints").join("step-000010");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let failed = distill(&f, &out, &["--steps", "12", "--resume"]);
+    assert!(
+        !failed.status.success(),
+        "a failed checkpoint must fail the run"
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("step-000010"), "{stderr}");
+    let latest = std::fs::read_to_string(out.join("checkpoints").join("latest")).unwrap();
+    assert_eq!(latest.trim(), "step-000008");
+    std::fs::remove_file(&blocker).unwrap();
+    let resumed = ok(&distill(&f, &out, &["--steps", "12", "--resume"]), "resume");
+    assert_eq!(resumed["steps"], 12, "{resumed}");
+    let log = lines(&out.join("log.jsonl"));
+    let steps: Vec<u64> = log.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=12).collect::<Vec<u64>>());
+
     // Nothing to resume from is a clear error.
     let none = distill(&f, &f.root.join("empty"), &["--steps", "2", "--resume"]);
     assert!(!none.status.success());

@@ -120,8 +120,11 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     write_text(path, &kept)
 }
 
+/// Every file of the run directory is written whole or not at all (a full disk or a kill
+/// mid-write keeps the previous version), so `latest`, `best` and the logs stay readable
+/// for `--resume`.
 fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))
+    crate::io::write_atomic(path, text)
 }
 
 fn mean_times(records: &[StepRecord]) -> (StepTimes, f64) {
@@ -366,7 +369,16 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     // the best (by dev P@1) are kept; older ones are removed once a newer one is written.
     let save = |trainer: &Trainer| -> Result<()> {
         let dir = checkpoint_dir(&out, trainer.state.step);
-        trainer.save_checkpoint(&dir)?;
+        let new_dir = !dir.exists();
+        if let Err(e) = trainer.save_checkpoint(&dir) {
+            // `latest` still names the previous checkpoint; do not keep half of a new one
+            // (on a full disk it is the space the next attempt needs). A directory that
+            // was there before (the same step saved again) may be what `latest` names.
+            if new_dir {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e);
+        }
         write_text(&latest, &format!("step-{:06}\n", trainer.state.step))?;
         prune_checkpoints(&out, trainer.state.step, trainer.state.best_step)
     };

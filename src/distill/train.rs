@@ -909,7 +909,7 @@ impl Trainer {
         let state = serde_json::to_string_pretty(&self.state)
             .map_err(|e| Error::value("train state", e.to_string()))?;
         let path = dir.join("state.json");
-        std::fs::write(&path, state).map_err(|e| Error::io(&path, "write", e))
+        crate::io::write_atomic(&path, state)
     }
 
     /// Restore a checkpoint written by [`Self::save_checkpoint`].

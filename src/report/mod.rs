@@ -265,7 +265,7 @@ impl EvalReport {
 }
 
 fn write_file(path: &Path, text: &str) -> Result<PathBuf> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))?;
+    crate::io::write_atomic(path, text)?;
     Ok(path.to_path_buf())
 }
 

@@ -266,7 +266,7 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, "create", e))?;
     }
-    std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))
+    crate::io::write_atomic(path, text)
 }
 
 /// A link from the report to a plot, relative to the report's directory.
