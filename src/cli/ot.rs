@@ -332,7 +332,7 @@ fn cost(args: CostArgs) -> Result<()> {
     } else {
         vec![c.n, c.m]
     };
-    write_file(&args.out, |p| npy::write(p, &shape, &c.data))
+    crate::io::write_through_temp(&args.out, |p| npy::write(p, &shape, &c.data))
 }
 
 fn maxsim(args: MaxsimArgs) -> Result<()> {
@@ -372,7 +372,7 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
     } else {
         vec![packed.len()]
     };
-    write_file(&args.out, |p| npy::write(p, &shape, &scores))
+    crate::io::write_through_temp(&args.out, |p| npy::write(p, &shape, &scores))
 }
 
 /// Write into `dir` without leaving a partial directory behind: files go to a temporary
@@ -392,11 +392,7 @@ fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
             ),
         ));
     }
-    let name = dir
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let tmp = crate::io::temp_sibling(dir);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let result = write(&tmp).and_then(|()| {
         if !dir.exists() {
@@ -420,16 +416,5 @@ fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&tmp);
-    result
-}
-
-/// Write one file through a temporary sibling, renamed into place on success.
-fn write_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension(format!("partial-{}", std::process::id()));
-    let result = write(&tmp)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
     result
 }

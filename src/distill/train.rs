@@ -335,13 +335,9 @@ fn host_states(
                 let h = hidden_of(teacher);
                 let x = match shared.shared_prefix {
                     Some(k) => {
-                        let prefix = teacher.forward_layers(
-                            teacher.embeddings.forward(ids),
-                            mask.clone(),
-                            0..k,
-                        );
-                        share_prefix(parts, shared, &missing, &batch, h, prefix.clone())?;
-                        teacher.forward_layers(prefix, mask, k..teacher.layers.len())
+                        let (prefix, x) = teacher.forward_with_prefix(ids, mask, k);
+                        share_prefix(parts, shared, &missing, &batch, h, prefix)?;
+                        x
                     }
                     None => teacher.forward(ids, mask),
                 };
@@ -416,6 +412,35 @@ fn share_prefix(
     Ok(())
 }
 
+/// The bits of every float parameter of a module, in visiting order (`None` for one that
+/// could not be read back).
+#[derive(Default)]
+struct ParamBits(Vec<Option<(Vec<usize>, Vec<u32>)>>);
+
+impl ModuleVisitor for ParamBits {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let dims = value.dims().to_vec();
+        let bits = value
+            .into_data()
+            .try_to_vec::<f32>()
+            .ok()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect());
+        self.0.push(bits.map(|b| (dims, b)));
+    }
+}
+
+/// Whether two modules' float parameters are all readable and equal bit for bit.
+fn same_params<M: Module>(a: &M, b: &M) -> bool {
+    let bits = |m: &M| {
+        let mut v = ParamBits::default();
+        m.visit(&mut v);
+        v.0
+    };
+    let (a, b) = (bits(a), bits(b));
+    a.len() == b.len() && a.iter().all(Option::is_some) && a == b
+}
+
 /// Whether `student`'s frozen prefix (embeddings and layers `0..k`) holds exactly the
 /// values of `teacher`'s, as far as `english` (the student's English token ids) can see:
 /// the word embedding rows of those ids, the position and type embeddings, the embedding
@@ -427,39 +452,6 @@ fn same_prefix(
     k: usize,
     english: &[Vec<u32>],
 ) -> bool {
-    fn same<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> bool {
-        if a.dims() != b.dims() {
-            return false;
-        }
-        match (
-            a.into_data().try_to_vec::<f32>(),
-            b.into_data().try_to_vec::<f32>(),
-        ) {
-            (Ok(x), Ok(y)) => x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            _ => false,
-        }
-    }
-    fn same_opt<const D: usize>(a: Option<Tensor<D>>, b: Option<Tensor<D>>) -> bool {
-        match (a, b) {
-            (Some(a), Some(b)) => same(a, b),
-            (None, None) => true,
-            _ => false,
-        }
-    }
-    fn same_linear(a: &burn::nn::Linear, b: &burn::nn::Linear) -> bool {
-        same(a.weight.val(), b.weight.val())
-            && same_opt(
-                a.bias.as_ref().map(|p| p.val()),
-                b.bias.as_ref().map(|p| p.val()),
-            )
-    }
-    fn same_norm(a: &burn::nn::LayerNorm, b: &burn::nn::LayerNorm) -> bool {
-        same(a.gamma.val(), b.gamma.val())
-            && same_opt(
-                a.beta.as_ref().map(|p| p.val()),
-                b.beta.as_ref().map(|p| p.val()),
-            )
-    }
     let (s, t) = (student.valid(), teacher);
     if k == 0
         || k > s.layers.len()
@@ -477,10 +469,11 @@ fn same_prefix(
         return false;
     }
     let n = ids.len();
+    // The word rows of the ids used (the whole table is ~100 M values for XLM-R's).
     let rows = |m: &TransformerEncoder| {
         let device = m.embeddings.word.weight.val().device();
         let index = Tensor::<1, Int>::from_data(TensorData::new(ids.clone(), [n]), &device);
-        m.embeddings.word.weight.val().select(0, index)
+        Param::from_tensor(m.embeddings.word.weight.val().select(0, index))
     };
     // What the parameters cannot show (the layer norms' epsilon, anything else of the
     // architecture): the prefix of a few English sentences, bit for bit.
@@ -488,25 +481,18 @@ fn same_prefix(
         let batch = pad(&english[..english.len().min(4)], 0);
         let device = m.embeddings.word.weight.val().device();
         let (ids, mask) = batch_tensors(&batch, &device);
-        m.forward_layers(m.embeddings.forward(ids), mask, 0..k)
+        Param::from_tensor(m.forward_layers(m.embeddings.forward(ids), mask, 0..k))
     };
     let (se, te) = (&s.embeddings, &t.embeddings);
-    same(rows(&s), rows(t))
-        && same(se.position.val(), te.position.val())
-        && same(se.token_type.val(), te.token_type.val())
-        && same_norm(&se.norm, &te.norm)
-        && s.layers[..k].iter().zip(&t.layers[..k]).all(|(a, b)| {
-            a.heads == b.heads
-                && same_linear(&a.query, &b.query)
-                && same_linear(&a.key, &b.key)
-                && same_linear(&a.value, &b.value)
-                && same_linear(&a.attention_output, &b.attention_output)
-                && same_norm(&a.attention_norm, &b.attention_norm)
-                && same_linear(&a.intermediate, &b.intermediate)
-                && same_linear(&a.output, &b.output)
-                && same_norm(&a.output_norm, &b.output_norm)
-        })
-        && same(probe(&s), probe(t))
+    same_params(&rows(&s), &rows(t))
+        && same_params(&se.position, &te.position)
+        && same_params(&se.token_type, &te.token_type)
+        && same_params(&se.norm, &te.norm)
+        && s.layers[..k]
+            .iter()
+            .zip(&t.layers[..k])
+            .all(|(a, b)| a.heads == b.heads && same_params(a, b))
+        && same_params(&probe(&s), &probe(t))
 }
 
 /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`.

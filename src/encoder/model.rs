@@ -168,25 +168,79 @@ impl TransformerEncoder {
         mask: Tensor<2>,
         layers: std::ops::Range<usize>,
     ) -> Tensor<3> {
-        let [b, t] = mask.dims();
-        let [_, _, h] = x.dims();
-        let layers = &self.layers[layers];
         if layers.is_empty() {
             return x;
         }
+        let rows = TokenRows::new(x, mask);
+        let out = self.run_rows(rows.x.clone(), &rows, layers);
+        rows.unpack(out)
+    }
+
+    /// `forward`, also returning the hidden state after the first `k` layers: `(state
+    /// after layer k, last hidden state)`, both `(b, t, h)`, from one pass (the batch is
+    /// packed once).
+    pub fn forward_with_prefix(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mask: Tensor<2>,
+        k: usize,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let k = k.min(self.layers.len());
+        let rows = TokenRows::new(self.embeddings.forward(input_ids), mask);
+        let prefix = self.run_rows(rows.x.clone(), &rows, 0..k);
+        let out = self.run_rows(prefix.clone(), &rows, k..self.layers.len());
+        (rows.unpack(prefix), rows.unpack(out))
+    }
+
+    fn run_rows(
+        &self,
+        x: Tensor<2>,
+        rows: &TokenRows,
+        layers: std::ops::Range<usize>,
+    ) -> Tensor<2> {
+        self.layers[layers].iter().fold(x, |x, layer| {
+            layer.forward_rows(x, rows.bt, rows.packing.as_ref(), rows.bias.clone())
+        })
+    }
+}
+
+/// A padded batch `(b, t, h)` as the token rows the layers run on (the real ones under a
+/// [`Packing`], else all `b·t` slots), with its attention bias.
+struct TokenRows {
+    x: Tensor<2>,
+    bt: [usize; 2],
+    h: usize,
+    bias: Tensor<4>,
+    packing: Option<Packing>,
+}
+
+impl TokenRows {
+    fn new(x: Tensor<3>, mask: Tensor<2>) -> Self {
+        let [b, t, h] = x.dims();
         let bias = attention_bias(mask.clone());
         let packing = Packing::from_mask(mask);
-        let mut rows = match &packing {
-            Some(p) => x.reshape([b * t, h]).select(0, p.rows.clone()),
-            None => x.reshape([b * t, h]),
+        let x = x.reshape([b * t, h]);
+        let x = match &packing {
+            Some(p) => p.pack(x),
+            None => x,
         };
-        for layer in layers {
-            rows = layer.forward_rows(rows, [b, t], packing.as_ref(), bias.clone());
+        TokenRows {
+            x,
+            bt: [b, t],
+            h,
+            bias,
+            packing,
         }
-        match &packing {
-            Some(p) => p.unpack_zeroed(rows).reshape([b, t, h]),
-            None => rows.reshape([b, t, h]),
+    }
+
+    /// Rows back to `(b, t, h)`, padding rows zero.
+    fn unpack(&self, rows: Tensor<2>) -> Tensor<3> {
+        let [b, t] = self.bt;
+        match &self.packing {
+            Some(p) => p.unpack_zeroed(rows),
+            None => rows,
         }
+        .reshape([b, t, self.h])
     }
 }
 
@@ -214,7 +268,6 @@ pub struct Packing {
     slots: Tensor<1, Int>,
     /// As `slots`, with padding slots pointing at an extra zero row `T`: `(b·t,)`.
     slots_zeroed: Tensor<1, Int>,
-    real: usize,
 }
 
 impl Packing {
@@ -248,7 +301,6 @@ impl Packing {
             rows: index(rows),
             slots: index(slots),
             slots_zeroed: index(slots_zeroed),
-            real,
         })
     }
 
@@ -260,8 +312,7 @@ impl Packing {
 
     /// Real rows `(T, c)` back to all `b·t` slots `(b·t, c)`, padding slots zero.
     fn unpack_zeroed(&self, rows: Tensor<2>) -> Tensor<2> {
-        let [real, c] = rows.dims();
-        debug_assert_eq!(real, self.real);
+        let [_, c] = rows.dims();
         let zero = Tensor::<2>::zeros([1, c], &rows.device());
         Tensor::cat(vec![rows, zero], 0).select(0, self.slots_zeroed.clone())
     }

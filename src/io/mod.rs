@@ -2,26 +2,39 @@
 
 pub mod npy;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Write `contents` to `path` through a temporary sibling renamed into place, so that a
-/// failed write (a full disk, a killed process) leaves the previous file whole, never a
-/// truncated one. The temporary file is removed when the write fails.
-pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+/// The hidden sibling `.<name>.partial-<pid>` that a file or directory is written to before
+/// it is renamed into place.
+pub fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    let result = std::fs::write(&tmp, contents)
-        .map_err(|e| Error::io(&tmp, "write", e))
+    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Write `path` through a temporary sibling: `write` fills the temporary file, which is
+/// then renamed into place. A failed write (a full disk, a killed process, an error in
+/// `write`) leaves the previous file whole, never a truncated one, and the temporary file
+/// is removed.
+pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_sibling(path);
+    let result = write(&tmp)
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// [`write_through_temp`] of `contents`.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    write_through_temp(path, |tmp| {
+        std::fs::write(tmp, contents).map_err(|e| Error::io(tmp, "write", e))
+    })
 }
 
 #[cfg(test)]
