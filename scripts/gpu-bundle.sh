@@ -53,10 +53,13 @@ pack() { # name path
 pack optical "$CARGO_TARGET_DIR/release/optical"
 for e in "${exes[@]}"; do pack "${e%%$'\t'*}" "${e#*$'\t'}"; done
 
-# The Vulkan loader, for a machine whose image has the NVIDIA ICD but no libvulkan.so.1.
+# The Vulkan loader and the GL vendor-neutral dispatch libraries, for a machine whose image
+# has the NVIDIA driver and its ICD file but neither libvulkan.so.1 nor the libglvnd
+# libraries that the NVIDIA Vulkan driver (libGLX_nvidia.so.0) links against.
+VULKAN_DEBS=(libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0)
 if command -v apt-get >/dev/null 2>&1; then
-    (cd "$DEST/debs" && apt-get download -q libvulkan1 >&2) ||
-        echo "gpu-bundle: could not download libvulkan1 (the GPU machine must have a Vulkan loader)" >&2
+    (cd "$DEST/debs" && apt-get download -q "${VULKAN_DEBS[@]}" >&2) ||
+        echo "gpu-bundle: could not download ${VULKAN_DEBS[*]} (the GPU machine must have them)" >&2
 fi
 
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)

@@ -103,13 +103,17 @@ if [ -n "$PREBUILT" ]; then
     step unpack unpack "$PREBUILT" "$BINDIR"
     source_line="prebuilt bundle: $(grep -E '^(commit|tree|built) ' "$PREBUILT/MANIFEST" | paste -sd';' | sed 's/;/; /g')"
     BIN="$BINDIR/optical"
-    # The Vulkan loader, if the machine has none (unpacked beside the binaries, not into /).
-    if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
-        for deb in "$PREBUILT"/debs/libvulkan1_*.deb; do
-            [ -e "$deb" ] || continue
-            dpkg-deb -x "$deb" "$BINDIR/../vulkan" &&
-                export LD_LIBRARY_PATH="$(cd "$BINDIR/../vulkan" && find "$PWD" -name 'libvulkan.so.1' -printf '%h\n' | head -n1)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # The Vulkan loader and libglvnd, if the machine lacks them (unpacked beside the
+    # binaries, not into /, and found through LD_LIBRARY_PATH, which dlopen honours).
+    if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' ||
+        ! ldconfig -p 2>/dev/null | grep -q 'libGLdispatch.so.0'; then
+        for deb in "$PREBUILT"/debs/*.deb; do
+            [ -e "$deb" ] && dpkg-deb -x "$deb" "$BINDIR/../gl"
         done
+        if [ -d "$BINDIR/../gl" ]; then
+            libdirs=$(cd "$BINDIR/../gl" && find "$PWD" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)
+            [ -n "$libdirs" ] && export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        fi
     fi
 else
     source_line="built here: commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$([ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ', modified tree')"
@@ -139,6 +143,15 @@ done
 VK_ENV=(WGPU_BACKEND=vulkan)
 [ -n "$nvidia_icd" ] && VK_ENV+=(VK_ICD_FILENAMES="$nvidia_icd" VK_DRIVER_FILES="$nvidia_icd")
 [ "$slug" != unknown-gpu ] && VK_ENV+=(OPTICAL_WGPU_ADAPTER=nvidia)
+# What the Vulkan loader finds, and why a driver does not load (for the wgpu steps).
+vulkan_env() {
+    echo "ICD file: ${nvidia_icd:-none found}"
+    [ -n "$nvidia_icd" ] && cat "$nvidia_icd"
+    ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1
+    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+    ldconfig -p | grep -E 'libvulkan|GLX_nvidia|GLdispatch|libEGL|nvidia-glcore' || true
+    timeout 30 env "${VK_ENV[@]}" VK_LOADER_DEBUG=error,warn,driver "$BIN" info 2>&1 | tail -n 60
+}
 
 # In order of what matters most if the time runs out: CUDA parity, the CUDA and PyTorch
 # numbers, then wgpu on the NVIDIA driver, then the CPU.
@@ -150,10 +163,13 @@ else
         --test cuda_parity -- --nocapture --test-threads=1
 fi
 T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
+T=60 step vulkan-env vulkan_env
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
 T=90 step bench-cuda-tf32x3 env OPTICAL_CUDA_COST_KERNEL=tf32x3 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
+T=60 step bench-cuda-tf32x3s env OPTICAL_CUDA_COST_KERNEL=tf32x3s "$BIN" bench --backend cuda --json \
+    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
@@ -182,6 +198,7 @@ if [ -n "$NCU" ]; then
     profile fused-tf32x3 sinkhorn_fused_f32 tf32x3 sinkhorn-fused
     profile cost cosine_cost_f32 fp32 cosine-cost-hbm
     profile cost-tf32x3 cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
+    profile cost-tf32x3s cosine_cost_tf32x3s_f32 tf32x3s cosine-cost-hbm
 else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi

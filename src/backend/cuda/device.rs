@@ -34,6 +34,7 @@ pub(super) struct Kernels {
     pub row_inv_norm: CudaFunction,
     pub cosine_cost: CudaFunction,
     pub cosine_cost_tf32x3: CudaFunction,
+    pub cosine_cost_tf32x3s: CudaFunction,
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
@@ -67,9 +68,13 @@ pub enum CostKernel {
     /// `cosine_cost_tf32x3_f32`: the tensor cores in split precision (3xTF32), about f32
     /// accuracy at tensor-core rate (the FP32 kernel is compute-bound at d = 384).
     Tf32x3,
+    /// `cosine_cost_tf32x3s_f32`: 3xTF32 with the f32 chunk in shared memory and the split
+    /// done per k-step in registers (half the shared-memory traffic of [`Self::Tf32x3`]).
+    /// The fused kernel's cost phase uses the [`Self::Tf32x3`] tiling for it.
+    Tf32x3Split,
 }
 
-/// Environment variable that picks the cost kernel: `fp32` (default) or `tf32x3`.
+/// Environment variable that picks the cost kernel: `fp32` (default), `tf32x3` or `tf32x3s`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
 impl std::str::FromStr for CostKernel {
@@ -78,16 +83,29 @@ impl std::str::FromStr for CostKernel {
         match s {
             "fp32" => Ok(CostKernel::Fp32),
             "tf32x3" => Ok(CostKernel::Tf32x3),
-            other => Err(Error::parameter(COST_KERNEL_ENV, "fp32 or tf32x3", other)),
+            "tf32x3s" => Ok(CostKernel::Tf32x3Split),
+            other => Err(Error::parameter(
+                COST_KERNEL_ENV,
+                "fp32, tf32x3 or tf32x3s",
+                other,
+            )),
         }
     }
 }
 
 impl CostKernel {
+    /// Every cost kernel, the default first.
+    pub const ALL: [CostKernel; 3] = [
+        CostKernel::Fp32,
+        CostKernel::Tf32x3,
+        CostKernel::Tf32x3Split,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             CostKernel::Fp32 => "fp32",
             CostKernel::Tf32x3 => "tf32x3",
+            CostKernel::Tf32x3Split => "tf32x3s",
         }
     }
 
@@ -240,6 +258,7 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
         cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
         cosine_cost_tf32x3: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3)?,
+        cosine_cost_tf32x3s: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3S)?,
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
@@ -315,11 +334,12 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                 devices,
                 format!(
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
-                     ({COST_KERNEL_ENV}: fp32 or tf32x3)",
+                     ({COST_KERNEL_ENV}: fp32, tf32x3 or tf32x3s)",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
                         CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
+                        CostKernel::Tf32x3Split => "the tensor cores (3xTF32, split per k-step)",
                     }
                 ),
             ),
@@ -474,6 +494,15 @@ impl CudaBackend {
             .map_err(driver("allocate"))
     }
 
+    /// A device buffer of `len` elements (at least one) left uninitialised.
+    ///
+    /// # Safety
+    /// The caller writes every element before anything reads it.
+    pub(super) unsafe fn uninit<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: forwarded to the caller, who initialises every element before reading.
+        unsafe { self.dev.stream.alloc(len.max(1)) }.map_err(driver("allocate"))
+    }
+
     pub(super) fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
         self.dev.stream.clone_dtoh(buf).map_err(driver("download"))
     }
@@ -510,19 +539,23 @@ impl CudaBackend {
         yl: &CudaSlice<u32>,
         (b, n, m, dp): (usize, usize, usize, usize),
     ) -> Result<CudaSlice<f32>> {
-        let xinv = self.row_inv_norms(xg, b * n, dp)?;
-        let yinv = self.row_inv_norms(yg, b * m, dp)?;
-        let mut out = self.zeros::<f32>(b * n * m)?;
         let (tiles_i, tiles_j) = (n.div_ceil(TILE), m.div_ceil(TILE));
-        if tiles_i > 65535 || tiles_j > 65535 {
-            return Err(Error::parameter(
-                "n, m",
-                format!("at most {} rows per set", 65535 * TILE),
-                format!("n = {n}, m = {m}"),
-            ));
-        }
+        // One CTA per 64x64 tile, numbered pair-major: block (p * tiles_i + ti) * tiles_j + tj.
+        let blocks = b
+            .checked_mul(tiles_i * tiles_j)
+            .filter(|&blocks| blocks <= i32::MAX as usize)
+            .ok_or_else(|| {
+                Error::parameter(
+                    "b, n, m",
+                    format!("at most {} tiles of 64x64 per launch", i32::MAX),
+                    format!("b = {b}, n = {n}, m = {m}"),
+                )
+            })?;
+        // SAFETY: both cost kernels write every element i < n, j < m of every pair (0 for
+        // padding), so the buffer is fully initialised before anything reads it.
+        let mut out = unsafe { self.uninit::<f32>(b * n * m) }?;
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("b", b)?, tiles_i as u32, tiles_j as u32),
+            grid_dim: (blocks as u32, 1, 1),
             block_dim: (TILE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -533,22 +566,25 @@ impl CudaBackend {
                 &self.dev.kernels.cosine_cost_tf32x3,
                 ptx::COSINE_COST_TF32X3,
             ),
+            CostKernel::Tf32x3Split => (
+                &self.dev.kernels.cosine_cost_tf32x3s,
+                ptx::COSINE_COST_TF32X3S,
+            ),
         };
         let mut l = self.launch(function, entry);
         l.buf(xg)
             .buf(yg)
-            .buf(&xinv)
-            .buf(&yinv)
             .buf(xl)
             .buf(yl)
             .buf_mut(&mut out)
             .u32(&nu)
             .u32(&mu)
             .u32(&dpu);
-        // SAFETY: x holds b*n*dp floats, y b*m*dp, xinv b*n, yinv b*m, the lengths b u32 each
-        // with 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the
-        // grid (b, ceil(n/64), ceil(m/64)) x 256 threads is the geometry both cost kernels
-        // require (static shared memory only), and they write only i < n, j < m.
+        // SAFETY: x holds b*n*dp floats, y b*m*dp, the lengths b u32 each with
+        // 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the grid
+        // b * ceil(n/64) * ceil(m/64) x 256 threads is the geometry both cost kernels require
+        // (static shared memory only; they derive the pair and tile from the block index), and
+        // they write only i < n, j < m.
         unsafe { l.launch(cfg) }?;
         Ok(out)
     }
@@ -764,7 +800,7 @@ mod tests {
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
         assert!(
             e.contains("OPTICAL_CUDA_COST_KERNEL")
-                && e.contains("fp32 or tf32x3")
+                && e.contains("fp32, tf32x3 or tf32x3s")
                 && e.contains("tf32"),
             "{e}"
         );
