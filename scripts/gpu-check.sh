@@ -166,10 +166,8 @@ T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
-T=90 step bench-cuda-tf32x3 env OPTICAL_CUDA_COST_KERNEL=tf32x3 "$BIN" bench --backend cuda --json \
+T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
-T=60 step bench-cuda-tf32x3s env OPTICAL_CUDA_COST_KERNEL=tf32x3s "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
@@ -194,11 +192,10 @@ profile() { # name kernel-entry cost-kernel bench-problem
     return 0
 }
 if [ -n "$NCU" ]; then
-    profile fused sinkhorn_fused_f32 fp32 sinkhorn-fused
-    profile fused-tf32x3 sinkhorn_fused_f32 tf32x3 sinkhorn-fused
-    profile cost cosine_cost_f32 fp32 cosine-cost-hbm
-    profile cost-tf32x3 cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
-    profile cost-tf32x3s cosine_cost_tf32x3s_f32 tf32x3s cosine-cost-hbm
+    profile fused sinkhorn_fused_f32 tf32x3 sinkhorn-fused
+    profile fused-fp32 sinkhorn_fused_f32 fp32 sinkhorn-fused
+    profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
+    profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
 else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi

@@ -23,8 +23,7 @@ def jsonl(name):
 
 info = jsonl("info")
 torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.path.join(logs, "torch.json")) else None
-bench = {"cuda": jsonl("bench-cuda"), "cuda-tf32x3": jsonl("bench-cuda-tf32x3"),
-         "cuda-tf32x3s": jsonl("bench-cuda-tf32x3s"), "wgpu": jsonl("bench-wgpu"),
+bench = {"cuda": jsonl("bench-cuda"), "cuda-fp32": jsonl("bench-cuda-fp32"), "wgpu": jsonl("bench-wgpu"),
          "cpu": jsonl("bench-cpu")}
 tests = ""
 p = os.path.join(logs, "cuda-tests.log")
@@ -36,13 +35,14 @@ result = {"gpu": gpu, "source": source, "status": status, "info": info[0] if inf
           "torch": torch}
 
 # Ratios on the problem (device times; see docs/PERFORMANCE.md, CUDA section), for
-# the fused kernel with each cost phase ("cuda": FP32, "cuda-tf32x3": tensor cores).
+# the fused kernel with each cost phase ("cuda": the default, tensor cores in 3xTF32;
+# "cuda-fp32": FP32 FMA).
 def variant(be):
     return "" if be == "cuda" else f" ({be})"
 
 ratios = {}
 fused_runs = {}
-for be in ("cuda", "cuda-tf32x3"):
+for be in ("cuda", "cuda-fp32"):
     fused = next((r for r in bench[be] if r.get("kernel") == "sinkhorn-fused"), None)
     if not (fused and fused.get("device_seconds_per_call")):
         continue
@@ -61,7 +61,7 @@ for be in ("cuda", "cuda-tf32x3"):
         ratios[f"optical fused{variant(be)} time / exp floor time"] = floor / fused["device_rate"]
 # Cosine cost against the measured HBM bandwidth, for each CUDA cost kernel: the L2-busting
 # problem when it ran (repeated calls of the small one can be served from L2).
-for be in ("cuda", "cuda-tf32x3", "cuda-tf32x3s"):
+for be in ("cuda", "cuda-fp32"):
     cost = next((r for r in bench[be] if r.get("kernel") == "cosine-cost-hbm"), None) or \
         next((r for r in bench[be] if r.get("kernel") == "cosine-cost"), None)
     if cost and cost.get("device_rate") and torch and torch.get("hbm_copy_gb_per_s"):

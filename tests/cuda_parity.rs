@@ -125,6 +125,10 @@ fn every_case<T>(cases: impl IntoIterator<Item = T>, run: impl Fn(T)) {
     );
 }
 
+/// Below this L1 marginal error f32 cannot tell errors apart: a stopping decision may differ
+/// from the f64 reference's when an error lies this close to the threshold.
+const F32_ERROR_FLOOR: f64 = 1e-6;
+
 /// The plan's error floor in f32. Each entry is a_i b_j exp((f_i + g_j - C_ij) / ε), so a few
 /// f32 roundings of the exponent's terms (|f|, |g| and C <= 2 for the entries that carry
 /// mass) come out multiplied by 1/ε, relative to the entry. An implementation that is
@@ -270,9 +274,10 @@ fn compare_solutions(
     got: &SinkhornOutput,
     want: &SinkhornOutput,
     fast: &SinkhornOutput,
-    eps: f64,
+    params: &SinkhornParams,
     padding: impl Fn(usize, usize, usize) -> bool,
 ) {
+    let (eps, threshold) = (params.epsilon, params.threshold);
     check(
         &format!("{what}: plan"),
         &diff(&got.plan, &want.plan),
@@ -301,7 +306,27 @@ fn compare_solutions(
         1e-5,
         4.0,
     );
-    assert_eq!(got.iterations, want.iterations, "{what}: iterations");
+    // The same stopping iteration as the reference, except where f32 reaches an error the
+    // f64 reference cannot: on a well-conditioned pair (random 384-d embeddings: costs all
+    // near 1) the f32 row marginals can come out exact, error 0, which meets threshold 0
+    // and stops the pair at its next check (seen on an H200 with the tensor-core cost
+    // phase: iterations [30, 10] against [30, 30], values within tolerance).
+    for p in 0..got.pairs {
+        if got.iterations[p] != want.iterations[p] {
+            let (e, w) = (got.marginal_error[p], want.marginal_error[p]);
+            assert!(
+                e.min(w) <= threshold + F32_ERROR_FLOOR,
+                "{what}: pair {p}: iterations {} vs {} (reference), errors {e:e} vs {w:e}",
+                got.iterations[p],
+                want.iterations[p],
+            );
+            eprintln!(
+                "{what}: pair {p} stopped at {} (reference {}) with error {e:e} (reference \
+                 {w:e}), at the f32 error floor",
+                got.iterations[p], want.iterations[p]
+            );
+        }
+    }
     // Padding: exactly zero plan rows / columns and potentials.
     let (n, m) = (got.n, got.m);
     for (k, &pg) in got.plan.iter().enumerate() {
@@ -358,7 +383,7 @@ fn sinkhorn_matches_reference() {
             let got = gpu.sinkhorn(&prob, &params).unwrap();
             let what =
                 format!("sinkhorn b={b} n={n} m={m} zeros={zeros} outliers={outliers} eps={eps}");
-            compare_solutions(&what, &got, &want, &fast, eps, |p, i, j| {
+            compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
                 prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0
             });
             check(
@@ -458,7 +483,7 @@ fn fused_cases(gpu: &Backend, kernel: CostKernel) {
                 "fused ({}) b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}",
                 kernel.name()
             );
-            compare_solutions(&what, &got, &want, &fast, eps, |p, i, j| {
+            compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
                 i >= x.lengths[p] || j >= y.lengths[p]
             });
         },

@@ -34,7 +34,6 @@ pub(super) struct Kernels {
     pub row_inv_norm: CudaFunction,
     pub cosine_cost: CudaFunction,
     pub cosine_cost_tf32x3: CudaFunction,
-    pub cosine_cost_tf32x3s: CudaFunction,
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
@@ -58,23 +57,22 @@ pub struct CudaBackend {
     cost_kernel: CostKernel,
 }
 
-/// Which kernel computes the standalone cosine cost (the fused Sinkhorn kernel has its own
-/// FP32 cost phase). Both have the same contract and the same parity tests.
+/// Which tiling computes cosine costs: the standalone cost kernel, and the cost phase of the
+/// fused Sinkhorn kernel. Both have the same contract and the same parity tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CostKernel {
-    /// `cosine_cost_f32`: FP32 FMA, a 4x4 register tile per thread. The default.
-    #[default]
-    Fp32,
     /// `cosine_cost_tf32x3_f32`: the tensor cores in split precision (3xTF32), about f32
-    /// accuracy at tensor-core rate (the FP32 kernel is compute-bound at d = 384).
+    /// accuracy at tensor-core rate. The default: on an H200 it took 213 µs against 255 µs
+    /// for [`Self::Fp32`] on b = 512 pairs of 128 × 128 at d = 384, and 0.499 against
+    /// 0.530 ms in the fused kernel on the issue's problem (`docs/PERFORMANCE.md`).
+    #[default]
     Tf32x3,
-    /// `cosine_cost_tf32x3s_f32`: 3xTF32 with the f32 chunk in shared memory and the split
-    /// done per k-step in registers (half the shared-memory traffic of [`Self::Tf32x3`]).
-    /// The fused kernel's cost phase uses the [`Self::Tf32x3`] tiling for it.
-    Tf32x3Split,
+    /// `cosine_cost_f32`: FP32 FMA, a 4x4 register tile per thread (compute-bound at
+    /// d = 384: 27 flop/B against an FP32 ridge of about 16 flop/B on an H200).
+    Fp32,
 }
 
-/// Environment variable that picks the cost kernel: `fp32` (default), `tf32x3` or `tf32x3s`.
+/// Environment variable that picks the cost kernel: `tf32x3` (default) or `fp32`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
 impl std::str::FromStr for CostKernel {
@@ -83,29 +81,19 @@ impl std::str::FromStr for CostKernel {
         match s {
             "fp32" => Ok(CostKernel::Fp32),
             "tf32x3" => Ok(CostKernel::Tf32x3),
-            "tf32x3s" => Ok(CostKernel::Tf32x3Split),
-            other => Err(Error::parameter(
-                COST_KERNEL_ENV,
-                "fp32, tf32x3 or tf32x3s",
-                other,
-            )),
+            other => Err(Error::parameter(COST_KERNEL_ENV, "fp32 or tf32x3", other)),
         }
     }
 }
 
 impl CostKernel {
     /// Every cost kernel, the default first.
-    pub const ALL: [CostKernel; 3] = [
-        CostKernel::Fp32,
-        CostKernel::Tf32x3,
-        CostKernel::Tf32x3Split,
-    ];
+    pub const ALL: [CostKernel; 2] = [CostKernel::Tf32x3, CostKernel::Fp32];
 
     pub fn name(self) -> &'static str {
         match self {
             CostKernel::Fp32 => "fp32",
             CostKernel::Tf32x3 => "tf32x3",
-            CostKernel::Tf32x3Split => "tf32x3s",
         }
     }
 
@@ -258,7 +246,6 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
         cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
         cosine_cost_tf32x3: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3)?,
-        cosine_cost_tf32x3s: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3S)?,
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
@@ -334,12 +321,11 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                 devices,
                 format!(
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
-                     ({COST_KERNEL_ENV}: fp32, tf32x3 or tf32x3s)",
+                     ({COST_KERNEL_ENV}: fp32 or tf32x3)",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
                         CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
-                        CostKernel::Tf32x3Split => "the tensor cores (3xTF32, split per k-step)",
                     }
                 ),
             ),
@@ -566,10 +552,6 @@ impl CudaBackend {
                 &self.dev.kernels.cosine_cost_tf32x3,
                 ptx::COSINE_COST_TF32X3,
             ),
-            CostKernel::Tf32x3Split => (
-                &self.dev.kernels.cosine_cost_tf32x3s,
-                ptx::COSINE_COST_TF32X3S,
-            ),
         };
         let mut l = self.launch(function, entry);
         l.buf(xg)
@@ -793,14 +775,14 @@ mod tests {
 
     #[test]
     fn cost_kernel_names_parse_and_bad_ones_say_what_is_expected() {
-        for k in [CostKernel::Fp32, CostKernel::Tf32x3] {
+        for k in CostKernel::ALL {
             assert_eq!(k.name().parse::<CostKernel>().unwrap(), k);
         }
-        assert_eq!(CostKernel::default(), CostKernel::Fp32);
+        assert_eq!(CostKernel::default(), CostKernel::Tf32x3);
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
         assert!(
             e.contains("OPTICAL_CUDA_COST_KERNEL")
-                && e.contains("fp32, tf32x3 or tf32x3s")
+                && e.contains("fp32 or tf32x3")
                 && e.contains("tf32"),
             "{e}"
         );
