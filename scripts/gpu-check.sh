@@ -12,7 +12,8 @@
 #  4. runs the wgpu tests on the NVIDIA Vulkan driver (WGPU_BACKEND=vulkan, the NVIDIA ICD
 #     when it is installed, OPTICAL_WGPU_ADAPTER=nvidia so that a software adapter cannot
 #     stand in for it); when built here, the whole test suite with both GPU features
-#  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel,
+#  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
+#     cost kernels with each OPTICAL_CUDA_COST_KERNEL),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
     case $1 in
     --prebuilt) PREBUILT=${2:?--prebuilt needs the bundle directory}; shift 2 ;;
     --export) EXPORT=${2:?--export needs a directory}; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (expected --prebuilt DIR or --export DIR)" >&2; exit 2 ;;
     esac
 done
@@ -168,6 +169,8 @@ T=120 step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
+T=60 step bench-cuda-tf32x3w env OPTICAL_CUDA_COST_KERNEL=tf32x3w "$BIN" bench --backend cuda --json \
+    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
@@ -196,6 +199,7 @@ if [ -n "$NCU" ]; then
     profile fused-fp32 sinkhorn_fused_f32 fp32 sinkhorn-fused
     profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
     profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
+    profile cost-tf32x3w cosine_cost_tf32x3w_f32 tf32x3w cosine-cost-hbm
 else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi

@@ -431,6 +431,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 a = val(t, ops[1])
                 if op == "mad":
                     res = a * val(t, ops[2]) + val(t, ops[3])
+                    if parts[1] == "wide":
+                        mask = MASK64
                 elif op == "mul":
                     res = a * val(t, ops[2])
                     if parts[1] == "wide":
@@ -579,7 +581,7 @@ def embeddings(rng, b, n, d, full):
 
 
 # ---- tests -------------------------------------------------------------------------------
-def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32"):
+def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64):
     rng = random.Random(seed)
     dp = (d + 3) // 4 * 4
     x, lx = embeddings(rng, b, n, d, False)
@@ -590,7 +592,7 @@ def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32"):
     out = mem.alloc(pack_f32([7.0] * (b * n * m)))  # garbage: every entry must be written
     e = mods["cosine_cost"]
     # One CTA per 64x64 tile, pair-major; the kernel computes the row norms itself.
-    grid = (b * ((n + 63) // 64) * ((m + 63) // 64), 1, 1)
+    grid = (b * ((n + tile - 1) // tile) * ((m + tile - 1) // tile), 1, 1)
     run_kernel(e[entry], mem, [xg, yg, xl, yl, out, n, m, dp], grid, 256, 0)
     got = unpack_f32(mem, out, b * n * m)
     err = 0.0
@@ -784,6 +786,9 @@ def main():
         ("cosine_cost tf32x3 tiles", lambda: test_cosine_cost(mods, 2, 65, 17, 7, 2, "cosine_cost_tf32x3_f32")),
         ("cosine_cost tf32x3 d=384", lambda: test_cosine_cost(mods, 1, 70, 66, 384, 4, "cosine_cost_tf32x3_f32")),
         ("cosine_cost tf32x3 chunks", lambda: test_cosine_cost(mods, 1, 9, 70, 37, 3, "cosine_cost_tf32x3_f32")),
+        ("cosine_cost tf32x3w 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1, "cosine_cost_tf32x3w_f32", 128)),
+        ("cosine_cost tf32x3w tiles", lambda: test_cosine_cost(mods, 2, 130, 17, 7, 2, "cosine_cost_tf32x3w_f32", 128)),
+        ("cosine_cost tf32x3w d=384", lambda: test_cosine_cost(mods, 1, 70, 129, 384, 4, "cosine_cost_tf32x3w_f32", 128)),
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),

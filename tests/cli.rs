@@ -463,7 +463,7 @@ fn bad_cuda_cost_kernel_is_a_clear_error() {
     let err = stderr(&o);
     assert!(
         err.contains("OPTICAL_CUDA_COST_KERNEL")
-            && err.contains("fp32 or tf32x3")
+            && err.contains("tf32x3, fp32 or tf32x3w")
             && err.contains("tf32"),
         "{err}"
     );

@@ -24,6 +24,8 @@ pub(super) const BACKEND: &str = "cuda";
 pub(super) const TILE_THREADS: u32 = 256;
 /// Rows (and columns) of one cosine-cost output tile.
 const TILE: usize = 64;
+/// Output tile of `cosine_cost_tf32x3w_f32`.
+const WIDE_TILE: usize = 128;
 /// Warps per CTA of the row-norm and MaxSim kernels.
 const WARPS: u32 = 8;
 /// The PTX files say `.target sm_80`: the driver JIT-compiles them for 8.0 and newer.
@@ -34,6 +36,7 @@ pub(super) struct Kernels {
     pub row_inv_norm: CudaFunction,
     pub cosine_cost: CudaFunction,
     pub cosine_cost_tf32x3: CudaFunction,
+    pub cosine_cost_tf32x3w: CudaFunction,
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
@@ -67,12 +70,18 @@ pub enum CostKernel {
     /// 0.530 ms in the fused kernel on the problem (`docs/PERFORMANCE.md`).
     #[default]
     Tf32x3,
+    /// `cosine_cost_tf32x3w_f32`: 3xTF32 on 128 × 128 tiles with 64 × 32 warp tiles (half
+    /// the shared-memory traffic per output of [`Self::Tf32x3`], whose profile shows it
+    /// bound by that traffic). Checked by ptxas and the PTX interpreter only: not yet
+    /// measured on a GPU, so not the default. The fused kernel's cost phase uses the
+    /// [`Self::Tf32x3`] tiling for it.
+    Tf32x3Wide,
     /// `cosine_cost_f32`: FP32 FMA, a 4x4 register tile per thread (compute-bound at
     /// d = 384: 27 flop/B against an FP32 ridge of about 16 flop/B on an H200).
     Fp32,
 }
 
-/// Environment variable that picks the cost kernel: `tf32x3` (default) or `fp32`.
+/// Environment variable that picks the cost kernel: `tf32x3` (default), `fp32` or `tf32x3w`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
 impl std::str::FromStr for CostKernel {
@@ -81,19 +90,25 @@ impl std::str::FromStr for CostKernel {
         match s {
             "fp32" => Ok(CostKernel::Fp32),
             "tf32x3" => Ok(CostKernel::Tf32x3),
-            other => Err(Error::parameter(COST_KERNEL_ENV, "fp32 or tf32x3", other)),
+            "tf32x3w" => Ok(CostKernel::Tf32x3Wide),
+            other => Err(Error::parameter(
+                COST_KERNEL_ENV,
+                "tf32x3, fp32 or tf32x3w",
+                other,
+            )),
         }
     }
 }
 
 impl CostKernel {
     /// Every cost kernel, the default first.
-    pub const ALL: [CostKernel; 2] = [CostKernel::Tf32x3, CostKernel::Fp32];
+    pub const ALL: [CostKernel; 3] = [CostKernel::Tf32x3, CostKernel::Fp32, CostKernel::Tf32x3Wide];
 
     pub fn name(self) -> &'static str {
         match self {
             CostKernel::Fp32 => "fp32",
             CostKernel::Tf32x3 => "tf32x3",
+            CostKernel::Tf32x3Wide => "tf32x3w",
         }
     }
 
@@ -246,6 +261,7 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
         cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
         cosine_cost_tf32x3: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3)?,
+        cosine_cost_tf32x3w: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3W)?,
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
@@ -326,6 +342,7 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
                         CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
+                        CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
                     }
                 ),
             ),
@@ -525,19 +542,36 @@ impl CudaBackend {
         yl: &CudaSlice<u32>,
         (b, n, m, dp): (usize, usize, usize, usize),
     ) -> Result<CudaSlice<f32>> {
-        let (tiles_i, tiles_j) = (n.div_ceil(TILE), m.div_ceil(TILE));
-        // One CTA per 64x64 tile, numbered pair-major: block (p * tiles_i + ti) * tiles_j + tj.
+        // The wide kernel indexes rows with 32-bit float offsets: beyond that, the 64x64 one.
+        let wide_fits = [b * n * dp, b * m * dp]
+            .iter()
+            .all(|&floats| floats < 1 << 32);
+        let (function, entry, tile) = match self.cost_kernel {
+            CostKernel::Fp32 => (&self.dev.kernels.cosine_cost, ptx::COSINE_COST, TILE),
+            CostKernel::Tf32x3Wide if wide_fits => (
+                &self.dev.kernels.cosine_cost_tf32x3w,
+                ptx::COSINE_COST_TF32X3W,
+                WIDE_TILE,
+            ),
+            CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => (
+                &self.dev.kernels.cosine_cost_tf32x3,
+                ptx::COSINE_COST_TF32X3,
+                TILE,
+            ),
+        };
+        let (tiles_i, tiles_j) = (n.div_ceil(tile), m.div_ceil(tile));
+        // One CTA per tile, numbered pair-major: block (p * tiles_i + ti) * tiles_j + tj.
         let blocks = b
             .checked_mul(tiles_i * tiles_j)
             .filter(|&blocks| blocks <= i32::MAX as usize)
             .ok_or_else(|| {
                 Error::parameter(
                     "b, n, m",
-                    format!("at most {} tiles of 64x64 per launch", i32::MAX),
+                    format!("at most {} tiles of {tile}x{tile} per launch", i32::MAX),
                     format!("b = {b}, n = {n}, m = {m}"),
                 )
             })?;
-        // SAFETY: both cost kernels write every element i < n, j < m of every pair (0 for
+        // SAFETY: every cost kernel writes every element i < n, j < m of every pair (0 for
         // padding), so the buffer is fully initialised before anything reads it.
         let mut out = unsafe { self.uninit::<f32>(b * n * m) }?;
         let cfg = LaunchConfig {
@@ -546,13 +580,6 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", dp)?);
-        let (function, entry) = match self.cost_kernel {
-            CostKernel::Fp32 => (&self.dev.kernels.cosine_cost, ptx::COSINE_COST),
-            CostKernel::Tf32x3 => (
-                &self.dev.kernels.cosine_cost_tf32x3,
-                ptx::COSINE_COST_TF32X3,
-            ),
-        };
         let mut l = self.launch(function, entry);
         l.buf(xg)
             .buf(yg)
@@ -564,9 +591,10 @@ impl CudaBackend {
             .u32(&dpu);
         // SAFETY: x holds b*n*dp floats, y b*m*dp, the lengths b u32 each with
         // 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the grid
-        // b * ceil(n/64) * ceil(m/64) x 256 threads is the geometry both cost kernels require
-        // (static shared memory only; they derive the pair and tile from the block index), and
-        // they write only i < n, j < m.
+        // b * ceil(n/tile) * ceil(m/tile) x 256 threads, with the tile of the chosen kernel, is
+        // the geometry the cost kernels require (static shared memory only; they derive the
+        // pair and tile from the block index), the wide kernel runs only when its 32-bit row
+        // offsets cannot overflow, and they write only i < n, j < m.
         unsafe { l.launch(cfg) }?;
         Ok(out)
     }
@@ -782,7 +810,7 @@ mod tests {
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
         assert!(
             e.contains("OPTICAL_CUDA_COST_KERNEL")
-                && e.contains("fp32 or tf32x3")
+                && e.contains("tf32x3, fp32 or tf32x3w")
                 && e.contains("tf32"),
             "{e}"
         );

@@ -13,6 +13,7 @@ pub struct PtxModule {
 pub const ROW_INV_NORM: &str = "row_inv_norm_f32";
 pub const COSINE_COST: &str = "cosine_cost_f32";
 pub const COSINE_COST_TF32X3: &str = "cosine_cost_tf32x3_f32";
+pub const COSINE_COST_TF32X3W: &str = "cosine_cost_tf32x3w_f32";
 pub const MAXSIM: &str = "maxsim_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
 pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
@@ -20,7 +21,12 @@ pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
 pub const COSINE_COST_MODULE: PtxModule = PtxModule {
     file: "cosine_cost.ptx",
     source: include_str!("../../../kernels/cosine_cost.ptx"),
-    entries: &[ROW_INV_NORM, COSINE_COST, COSINE_COST_TF32X3],
+    entries: &[
+        ROW_INV_NORM,
+        COSINE_COST,
+        COSINE_COST_TF32X3,
+        COSINE_COST_TF32X3W,
+    ],
 };
 
 pub const MAXSIM_MODULE: PtxModule = PtxModule {
@@ -51,7 +57,7 @@ pub const MODULES: [PtxModule; 4] = [
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 6] = [
+pub const SIGNATURES: [(&str, &[&str]); 7] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (
         COSINE_COST,
@@ -59,6 +65,10 @@ pub const SIGNATURES: [(&str, &[&str]); 6] = [
     ),
     (
         COSINE_COST_TF32X3,
+        &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
+    ),
+    (
+        COSINE_COST_TF32X3W,
         &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
     ),
     (

@@ -33,7 +33,7 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
 fn fused_smem(n: usize, m: usize, cost: CostKernel) -> usize {
     let stage = match cost {
         CostKernel::Fp32 => 18432,
-        CostKernel::Tf32x3 => 36864,
+        CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => 36864,
     };
     stage + iterate_smem(n, m, true)
 }
@@ -42,7 +42,7 @@ fn fused_smem(n: usize, m: usize, cost: CostKernel) -> usize {
 fn fused_cost_mode(cost: CostKernel) -> u32 {
     match cost {
         CostKernel::Fp32 => 0,
-        CostKernel::Tf32x3 => 1,
+        CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => 1,
     }
 }
 
