@@ -65,9 +65,9 @@ pub struct CudaBackend {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CostKernel {
     /// `cosine_cost_tf32x3_f32`: the tensor cores in split precision (3xTF32), about f32
-    /// accuracy at tensor-core rate. The default: on an H200 it took 213 µs against 255 µs
-    /// for [`Self::Fp32`] on b = 512 pairs of 128 × 128 at d = 384, and 0.499 against
-    /// 0.530 ms in the fused kernel on the problem (`docs/PERFORMANCE.md`).
+    /// accuracy at tensor-core rate. The default: on an H200 it took 219 µs against 279 µs
+    /// for [`Self::Fp32`] on b = 512 pairs of 128 × 128 at d = 384, and 0.501 against
+    /// 0.532 ms in the fused kernel on the problem (`docs/PERFORMANCE.md`).
     #[default]
     Tf32x3,
     /// `cosine_cost_tf32x3w_f32`: 3xTF32 on 128 × 128 tiles with 64 × 32 warp tiles (half
