@@ -143,7 +143,7 @@ fn plan_floor(want: &SinkhornOutput, eps: f64) -> f64 {
 #[test]
 fn cosine_cost_matches_reference() {
     let Some(gpu) = cuda() else { return };
-    every_case(CostKernel::ALL, |kernel| {
+    every_case([CostKernel::Tf32x3, CostKernel::Fp32], |kernel| {
         cosine_cost_cases(&with_cost_kernel(&gpu, kernel), kernel)
     });
 }
@@ -202,6 +202,16 @@ fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
             }
         }
     });
+}
+
+/// The 128 × 128-tile cost kernel (`OPTICAL_CUDA_COST_KERNEL=tf32x3w`), not yet proven on a
+/// GPU: its own test, which sorts after the others, so that a fault in it (a CUDA error is
+/// sticky for the process's context) cannot hide how the proven kernels did.
+#[test]
+fn wide_cost_kernel_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    let kernel = CostKernel::Tf32x3Wide;
+    cosine_cost_cases(&with_cost_kernel(&gpu, kernel), kernel);
 }
 
 #[test]
@@ -441,7 +451,8 @@ fn sinkhorn_stops_converged_pairs_like_the_reference() {
 #[test]
 fn fused_sinkhorn_matches_reference() {
     let Some(gpu) = cuda() else { return };
-    every_case(CostKernel::ALL, |kernel| {
+    // The fused kernel has two cost phases; the wide cost kernel maps to the 3xTF32 one.
+    every_case([CostKernel::Tf32x3, CostKernel::Fp32], |kernel| {
         fused_cases(&with_cost_kernel(&gpu, kernel), kernel)
     });
 }
