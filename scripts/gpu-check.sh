@@ -20,9 +20,9 @@
 #     set PYTHON=/path/to/python)
 #  7. Nsight Compute (ncu) on one launch of the fused and cost kernels, when it can read the
 #     performance counters (optional: a refusal does not fail the check)
-#  8. writes benches/results/<date>-<gpu>.json and .md (commit them) and the logs under
-#     benches/results/<date>-<gpu>.logs/; --export OUTDIR also copies the two files and a
-#     logs.tar.gz there
+#  8. writes benches/results/<date>-<gpu>.json and .md (commit them; a later run on the same
+#     day adds -2, -3, ...) and the logs beside them (<name>.logs/); --export OUTDIR also
+#     copies the two files and a logs.tar.gz there
 #
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
 # Without --prebuilt the build needs the crates of Cargo.lock (network, or a cargo
@@ -54,6 +54,13 @@ gpu=${gpu:-unknown-gpu}
 slug=$(echo "$gpu" | tr 'A-Z' 'a-z' | sed -E 's/^nvidia //; s/[^a-z0-9]+/-/g; s/-+$//')
 stamp=$(date -u +%Y-%m-%d)
 OUT="benches/results/$stamp-$slug"
+# A second run on the same day and GPU gets its own files (-2, -3, ...) instead of
+# overwriting the first one's.
+if [ -e "$OUT.json" ] || [ -e "$OUT.md" ]; then
+    k=2
+    while [ -e "$OUT-$k.json" ] || [ -e "$OUT-$k.md" ]; do k=$((k + 1)); done
+    OUT="$OUT-$k"
+fi
 LOGS="$OUT.logs"
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
