@@ -277,6 +277,27 @@ fn problem(seed: u64, b: usize, n: usize, m: usize, zero_weights: bool, outliers
     Problem::new(b, n, m, cost, Some(a), Some(bw)).unwrap()
 }
 
+/// One array of a Sinkhorn solution.
+type Field = fn(&SinkhornOutput) -> &[f64];
+
+/// [`check`] of one array of the CUDA solution `got` against the reference `want`, with the
+/// CPU fast path `fast` as the baseline: tolerance `floor` + 4 × the baseline's error.
+fn check_field(
+    what: &str,
+    name: &str,
+    field: Field,
+    [got, want, fast]: [&SinkhornOutput; 3],
+    floor: f64,
+) {
+    check(
+        &format!("{what}: {name}"),
+        &diff(field(got), field(want)),
+        &diff(field(fast), field(want)),
+        floor,
+        4.0,
+    );
+}
+
 /// Compare a CUDA solution with the reference; `padding(p, i, j)` says which plan entries
 /// must be exactly zero.
 fn compare_solutions(
@@ -288,34 +309,15 @@ fn compare_solutions(
     padding: impl Fn(usize, usize, usize) -> bool,
 ) {
     let (eps, threshold) = (params.epsilon, params.threshold);
-    check(
-        &format!("{what}: plan"),
-        &diff(&got.plan, &want.plan),
-        &diff(&fast.plan, &want.plan),
-        plan_floor(want, eps),
-        4.0,
-    );
-    check(
-        &format!("{what}: f"),
-        &diff(&got.f, &want.f),
-        &diff(&fast.f, &want.f),
-        1e-4 * eps,
-        4.0,
-    );
-    check(
-        &format!("{what}: g"),
-        &diff(&got.g, &want.g),
-        &diff(&fast.g, &want.g),
-        1e-4 * eps,
-        4.0,
-    );
-    check(
-        &format!("{what}: transport cost"),
-        &diff(&got.cost, &want.cost),
-        &diff(&fast.cost, &want.cost),
-        1e-5,
-        4.0,
-    );
+    let fields: [(&str, Field, f64); 4] = [
+        ("plan", |s| &s.plan, plan_floor(want, eps)),
+        ("f", |s| &s.f, 1e-4 * eps),
+        ("g", |s| &s.g, 1e-4 * eps),
+        ("transport cost", |s| &s.cost, 1e-5),
+    ];
+    for (name, field, floor) in fields {
+        check_field(what, name, field, [got, want, fast], floor);
+    }
     // The same stopping iteration as the reference, except where f32 reaches an error the
     // f64 reference cannot: on a well-conditioned pair (random 384-d embeddings: costs all
     // near 1) the f32 row marginals can come out exact, error 0, which meets threshold 0
@@ -396,12 +398,13 @@ fn sinkhorn_matches_reference() {
             compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
                 prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0
             });
-            check(
-                &format!("{what}: marginal error"),
-                &diff(&got.marginal_error, &want.marginal_error),
-                &diff(&fast.marginal_error, &want.marginal_error),
+            let marginal_error: Field = |s| &s.marginal_error;
+            check_field(
+                &what,
+                "marginal error",
+                marginal_error,
+                [&got, &want, &fast],
                 1e-5,
-                4.0,
             );
         },
     );
