@@ -12,7 +12,7 @@ FEATURES ?= wgpu,cuda
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 BIN := $(CARGO_TARGET_DIR)/release/optical
 
-.PHONY: demo demo-ot test setup build lint check-burn-cuda ptxas unit peers fixtures gpu-bundle trec-fixtures encoder-fixtures st-fixtures encoder-bench bench gpu-check study
+.PHONY: demo demo-ot test setup build lint check-burn-cuda ptxas emulate unit peers fixtures gpu-bundle trec-fixtures encoder-fixtures st-fixtures encoder-bench bench gpu-check study
 
 ## Set up and run the main job.
 demo: setup build
@@ -23,7 +23,7 @@ demo-ot: build
 	bash scripts/demo-ot.sh "$(BIN)"
 
 ## The test suite (CI runs exactly this).
-test: setup lint ptxas unit
+test: setup lint ptxas emulate unit
 
 setup:
 	bash scripts/setup.sh
@@ -44,6 +44,11 @@ check-burn-cuda:
 ## Assemble every kernels/*.ptx for sm_80 and sm_90 (no GPU needed); fails on spills.
 ptxas:
 	bash scripts/ptxas-check.sh --no-report
+
+## Run every PTX kernel in the PTX interpreter on small shapes against its contract (pure
+## Python, no GPU; one process per CPU).
+emulate:
+	python3 scripts/ptx-emulate.py
 
 unit:
 	cargo test $(CARGO_FEATURES) -- --include-ignored

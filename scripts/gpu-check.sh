@@ -13,7 +13,8 @@
 #     when it is installed, OPTICAL_WGPU_ADAPTER=nvidia so that a software adapter cannot
 #     stand in for it); when built here, the whole test suite with both GPU features
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
-#     cost kernels with each OPTICAL_CUDA_COST_KERNEL),
+#     cost kernels with each OPTICAL_CUDA_COST_KERNEL, the fused kernel with each
+#     OPTICAL_CUDA_FUSED_THREADS),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
@@ -178,6 +179,8 @@ T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backe
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 T=60 step bench-cuda-tf32x3w env OPTICAL_CUDA_COST_KERNEL=tf32x3w "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
+    --min-seconds 2 --kernels sinkhorn-fused
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1

@@ -24,7 +24,8 @@ def jsonl(name):
 info = jsonl("info")
 torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.path.join(logs, "torch.json")) else None
 bench = {"cuda": jsonl("bench-cuda"), "cuda-fp32": jsonl("bench-cuda-fp32"),
-         "cuda-tf32x3w": jsonl("bench-cuda-tf32x3w"), "wgpu": jsonl("bench-wgpu"),
+         "cuda-tf32x3w": jsonl("bench-cuda-tf32x3w"), "cuda-fused256": jsonl("bench-cuda-fused256"),
+         "wgpu": jsonl("bench-wgpu"),
          "cpu": jsonl("bench-cpu")}
 tests = ""
 p = os.path.join(logs, "cuda-tests.log")
@@ -36,14 +37,14 @@ result = {"gpu": gpu, "source": source, "status": status, "info": info[0] if inf
           "torch": torch}
 
 # Ratios on the problem (device times; see docs/PERFORMANCE.md, CUDA section), for
-# the fused kernel with each cost phase ("cuda": the default, tensor cores in 3xTF32;
-# "cuda-fp32": FP32 FMA).
+# the fused kernel with each cost phase ("cuda": the default, tensor cores in 3xTF32 and 512
+# threads per pair; "cuda-fp32": FP32 FMA; "cuda-fused256": 3xTF32 with 256 threads).
 def variant(be):
     return "" if be == "cuda" else f" ({be})"
 
 ratios = {}
 fused_runs = {}
-for be in ("cuda", "cuda-fp32"):
+for be in ("cuda", "cuda-fp32", "cuda-fused256"):
     fused = next((r for r in bench[be] if r.get("kernel") == "sinkhorn-fused"), None)
     if not (fused and fused.get("device_seconds_per_call")):
         continue

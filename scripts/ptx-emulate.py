@@ -15,8 +15,9 @@ though the interpreter runs threads one at a time. Approximate instructions
 (ex2/lg2/rsqrt.approx) are computed exactly and rounded to f32, so results match the GPU
 to about 1e-6, not bit for bit. Tests can also require that a labelled path ran (or not).
 
-    python3 scripts/ptx-emulate.py            # all kernels, a few shapes each (~1 min)
+    python3 scripts/ptx-emulate.py            # all kernels, a few shapes each (one process per CPU)
     python3 scripts/ptx-emulate.py sinkhorn   # only the tests whose name contains "sinkhorn"
+    python3 scripts/ptx-emulate.py -j 1       # in this process, one test after another
 
 Pure Python 3 (no numpy), so it runs wherever ptxas-check runs.
 """
@@ -78,7 +79,10 @@ class Memory:
 
 class Shared:
     """Shared memory with a race detector: between two barriers a word may be written by
-    one thread only, and a word written by one thread may not be read by another."""
+    one thread only, and a word written by one thread may not be read by another. A named
+    barrier over part of the CTA (bar.sync id, count) orders its participants' earlier
+    accesses before their later ones only: each access keeps the set of threads it is
+    ordered before, and a full barrier clears them all."""
 
     def __init__(self, size):
         # Uninitialised shared memory reads as NaN, so a read of a word no one wrote shows.
@@ -86,25 +90,39 @@ class Shared:
         self.writer = {}
         self.readers = {}
 
-    def barrier(self):
-        self.writer.clear()
-        self.readers.clear()
+    def barrier(self, tids=None):
+        """A barrier over every thread (tids None) or over the threads `tids`."""
+        if tids is None:
+            self.writer.clear()
+            self.readers.clear()
+            return
+        for w, (wr, safe) in self.writer.items():
+            if wr in tids:
+                self.writer[w] = (wr, safe | tids)
+        for rs in self.readers.values():
+            for r, safe in rs.items():
+                if r in tids:
+                    rs[r] = safe | tids
+
+    NONE = frozenset()
 
     def touch(self, addr, size, tid, write, where):
         for w in range(addr // 4, (addr + size) // 4):
-            wr = self.writer.get(w)
+            wr, wsafe = self.writer.get(w, (None, None))
+            if wr is not None and (wr == tid or tid in wsafe):
+                wr = None
             if write:
-                others = self.readers.get(w, set()) - {tid}
-                if (wr is not None and wr != tid) or others:
+                others = [r for r, safe in self.readers.get(w, {}).items() if r != tid and tid not in safe]
+                if wr is not None or others:
                     raise RuntimeError(f"{where}: shared-memory race on byte {4 * w}: thread {tid} "
                                        f"writes, thread {wr if wr is not None else min(others)} also accessed it "
                                        "since the last barrier")
-                self.writer[w] = tid
+                self.writer[w] = (tid, self.NONE)
             else:
-                if wr is not None and wr != tid:
+                if wr is not None:
                     raise RuntimeError(f"{where}: shared-memory race on byte {4 * w}: thread {tid} reads "
                                        f"what thread {wr} wrote since the last barrier")
-                self.readers.setdefault(w, set()).add(tid)
+                self.readers.setdefault(w, {})[tid] = self.NONE
 
     def check(self, addr, size):
         if addr < 0 or addr + size > len(self.buf):
@@ -172,7 +190,11 @@ def parse_module(text):
             params.append((pm.group(2), pm.group(1)))
             i += 1
         i += 1  # ")"
+        maxntid = None
         while lines[i] != "{":  # performance directives (.maxntid, ...)
+            mm = re.match(r"\.maxntid (\d+)", lines[i])
+            if mm:
+                maxntid = int(mm.group(1))
             i += 1
         i += 1
         body, static_shared = [], {}
@@ -189,6 +211,7 @@ def parse_module(text):
                 body.append(line)
             i += 1
         entries[name] = Entry(name, params, body, static_shared)
+        entries[name].maxntid = maxntid
         i += 1
     return entries
 
@@ -228,10 +251,10 @@ def mma_m16n8k8_tf32(lanes):
 
 
 class Thread:
-    __slots__ = ("tid", "regs", "pc", "state")
+    __slots__ = ("tid", "regs", "pc", "state", "bar")
 
     def __init__(self, tid):
-        self.tid, self.regs, self.pc, self.state = tid, {}, 0, "run"
+        self.tid, self.regs, self.pc, self.state, self.bar = tid, {}, 0, "run", None
 
 
 MASK64 = (1 << 64) - 1
@@ -243,6 +266,8 @@ VISITED = set()
 def run_kernel(entry, mem, args, grid, block, dyn_shared):
     """Launch `entry` with `args` (python ints for pointers/u32, floats for f32)."""
     assert len(args) == len(entry.params), f"{entry.name}: {len(args)} args for {len(entry.params)} params"
+    if entry.maxntid is not None and block > entry.maxntid:
+        raise ValueError(f"{entry.name}: block of {block} threads, .maxntid {entry.maxntid}")
     params = dict(zip([p for p, _ in entry.params], args))
     static_size = max((o + s for o, s in entry.static_shared.values()), default=0)
     dyn_base = (static_size + 15) // 16 * 16
@@ -351,7 +376,9 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 t.state = "done"
                 return
             if op == "bar":
+                # bar.sync id: every thread of the CTA; bar.sync id, count: `count` threads
                 t.state = "bar"
+                t.bar = (int(ops[0]), int(ops[1]) if len(ops) > 1 else None)
                 return
             if op in ("shfl", "vote", "mma"):
                 t.state = "warp"  # resolved for the whole warp by `collective`
@@ -462,11 +489,13 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
     def collective(lanes, opc, ops):
         """One warp-collective instruction for the 32 `lanes`: every operand is read before
         any destination is written."""
-        if opc == "shfl.sync.bfly.b32":
+        if opc in ("shfl.sync.bfly.b32", "shfl.sync.idx.b32"):
+            # c = 31: the whole warp is one segment (no clamp below lane 31)
             assert ops[3] == "31" and ops[4] == "0xffffffff", ops
-            srcs = [(val(t, ops[1]), val(t, ops[2])) for t in lanes]
+            srcs = [(val(t, ops[1]), val(t, ops[2]) & 31) for t in lanes]
+            bfly = opc == "shfl.sync.bfly.b32"
             for lane, t in enumerate(lanes):
-                t.regs[ops[0]] = srcs[lane ^ srcs[lane][1]][0]
+                t.regs[ops[0]] = srcs[lane ^ srcs[lane][1] if bfly else srcs[lane][1]][0]
         elif opc in ("vote.sync.all.pred", "vote.sync.any.pred"):
             assert ops[2] == "0xffffffff", ops
             votes = [bool(t.regs[ops[1]]) for t in lanes]
@@ -515,13 +544,32 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         if progressed:
             continue
         at_bar = [t for t in live if t.state == "bar"]
-        if len(at_bar) == len(live):
-            if len(live) != nthreads:
-                raise RuntimeError(f"{entry.name}: bar.sync with {nthreads - len(live)} exited threads")
-            shared.barrier()
-            for t in at_bar:
+        released = False
+        for bid in sorted({t.bar[0] for t in at_bar}):
+            waiting = [t for t in at_bar if t.bar[0] == bid]
+            counts = {t.bar[1] for t in waiting}
+            if len(counts) != 1:
+                raise RuntimeError(f"{entry.name}: barrier {bid} with different thread counts {counts}")
+            count = counts.pop()
+            if count is None or count == nthreads:
+                if len(waiting) != len(live):
+                    continue
+                if len(live) != nthreads:
+                    raise RuntimeError(f"{entry.name}: bar.sync with {nthreads - len(live)} exited threads")
+                shared.barrier()
+            else:
+                if count % 32 or count > nthreads:
+                    raise RuntimeError(f"{entry.name}: bar.sync {bid}, {count} in a CTA of {nthreads}")
+                if len(waiting) > count:
+                    raise RuntimeError(f"{entry.name}: {len(waiting)} threads at bar.sync {bid}, {count}")
+                if len(waiting) < count:
+                    continue
+                shared.barrier(frozenset(t.tid for t in waiting))
+            for t in waiting:
                 t.pc += 1
                 t.state = "run"
+            released = True
+        if released:
             continue
         raise RuntimeError(f"{entry.name}: deadlock: states {[t.state for t in threads][:64]}")
 
@@ -730,7 +778,7 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=
     return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block} eps={eps}", err, 2e-3) and ok and path_ok
 
 
-def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0):
+def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0, threads=512):
     """`paths`: labels of kernels/sinkhorn_fused.ptx that must have run (e.g. the fallback
     of the fast row pass, RF_SLOW), or, prefixed with '!', must not have."""
     rng = random.Random(seed)
@@ -746,10 +794,11 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     args = [mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp))),
             mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
             cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode]
-    smem = (36864 if cost_mode else 18432) + 128 + 12 * n + 12 * m + 4 * n * (m | 1)
+    n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
+    smem = (36864 if cost_mode else 18432) + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
-    run_kernel(entry, mem, args, (b, 1, 1), 256, smem)
+    run_kernel(entry, mem, args, (b, 1, 1), threads, smem)
     path_ok = check_paths(entry, paths, f"fused eps={eps}")
     C, KK = unpack_f32(mem, cost, b * n * m), unpack_f32(mem, kk, b * n * m)
     F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
@@ -771,13 +820,41 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
         err_s = max(err_s, max(ad(a, c) for a, c in zip(F[p * n : p * n + lx[p]], Fw)))
         err_s = max(err_s, max(ad(a, c) for a, c in zip(G[p * m : p * m + ly[p]], Gw)))
         err_s = max(err_s, ad(E[p], Ew))
-    ok = report(f"fused cost (mode {cost_mode}) b={b} n={n} m={m} d={d}", err_c, 2e-5) and path_ok
-    return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps}", err_s, 2e-3) and ok
+    ok = report(f"fused cost (mode {cost_mode}) b={b} n={n} m={m} d={d} threads={threads}", err_c, 2e-5) and path_ok
+    return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps} threads={threads}", err_s, 2e-3) and ok
+
+
+TESTS = []
+
+
+def run_test(k):
+    """Run TESTS[k] with its output captured: (ok, output, seconds)."""
+    import contextlib
+    import io
+    import time
+
+    name, t = TESTS[k]
+    buf, start = io.StringIO(), time.perf_counter()
+    with contextlib.redirect_stdout(buf):
+        try:
+            ok = bool(t())
+        except (RuntimeError, ValueError, IndexError, KeyError, AssertionError, NotImplementedError) as e:
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+            ok = False
+    return ok, buf.getvalue(), time.perf_counter() - start
 
 
 def main():
+    import argparse
+    import multiprocessing
+
+    ap = argparse.ArgumentParser(description="Run the PTX kernels in the interpreter against their contracts.")
+    ap.add_argument("only", nargs="?", default="", help="run only the tests whose name contains this")
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
+                    help="tests run in this many processes (default: one per CPU)")
+    args = ap.parse_args()
     mods = {p.stem: parse_module(p.read_text()) for p in sorted(KERNELS.glob("*.ptx"))}
-    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    only = args.only
     tests = [
         ("cosine_cost 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1)),
         ("cosine_cost tiles", lambda: test_cosine_cost(mods, 2, 65, 17, 7, 2)),
@@ -818,9 +895,13 @@ def main():
         # far from both rows have sums below 2^-100 in the first column pass
         ("fused fallback columns", lambda: test_fused(mods, 1, 2, 9, 6, 4, 19, True, eps=0.002, paths=["RWS", "CLS", "CL_STORE"])),
         ("fused tails 4 and 7", lambda: test_fused(mods, 1, 12, 15, 5, 2, 23, True)),
-        # more rows / columns than one round of the warps (ntid / 2 = 128 per round)
+        # more rows / columns than one round of the warps (ntid / 4 = 128 per round)
         ("fused many rows", lambda: test_fused(mods, 1, 140, 3, 4, 2, 24, True)),
         ("fused many columns", lambda: test_fused(mods, 1, 3, 133, 4, 2, 25, True)),
+        # more rows than the 256 cost-phase threads: the init loops of the threads that skip
+        # the cost tiles write F[] where the cost threads read the inverse norms, so only the
+        # barrier after the cost phase keeps them apart (the race detector checks it)
+        ("fused more rows than cost threads", lambda: test_fused(mods, 1, 300, 3, 4, 1, 5, True)),
         # the issue's pair shape: two 64x64 cost tiles per dimension, d = 384 (12 chunks),
         # every row and column pass full chunks only
         ("fused issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 3, 77, True, paths=["RW_STORE", "CL_STORE"])),
@@ -829,15 +910,31 @@ def main():
         ("fused tf32x3 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 27, cost_mode=1)),
         ("fused row tiles", lambda: test_fused(mods, 1, 70, 5, 6, 2, 16, True)),
         ("fused 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11)),
+        # the smaller block the host may launch (OPTICAL_CUDA_FUSED_THREADS=256): 64 rows per
+        # round of the warps, the cost tiles on every thread
+        ("fused 256 threads many rows", lambda: test_fused(mods, 1, 140, 3, 4, 2, 24, True, threads=256)),
+        ("fused 256 threads fallback", lambda: test_fused(mods, 1, 2, 9, 6, 4, 19, True, eps=0.002,
+                                                          paths=["RWS", "CLS"], threads=256)),
+        ("fused 256 threads tf32x3", lambda: test_fused(mods, 2, 70, 66, 40, 2, 26, cost_mode=1, threads=256)),
     ]
+    TESTS[:] = [(name, t) for name, t in tests if only in name]
+    if not TESTS:
+        print(f"ptx-emulate: no test name contains {only!r}")
+        sys.exit(2)
+    # Independent tests, each in its own process (fork: the lambdas need no pickling);
+    # results are printed in the list's order.
+    jobs = max(1, min(args.jobs, len(TESTS)))
+    if jobs == 1:
+        results = map(run_test, range(len(TESTS)))
+    else:
+        pool = multiprocessing.get_context("fork").Pool(jobs)
+        results = pool.imap(run_test, range(len(TESTS)))
     ok = True
-    for name, t in tests:
-        if only in name:
-            try:
-                ok &= t()
-            except (RuntimeError, ValueError, IndexError, KeyError) as e:
-                print(f"FAIL {name}: {type(e).__name__}: {e}")
-                ok = False
+    for (name, _), (passed, out, secs) in zip(TESTS, results):
+        sys.stdout.write(out)
+        print(f"     ({name}: {secs:.1f} s)")
+        sys.stdout.flush()
+        ok &= passed
     print("ptx-emulate: all kernels match their contracts" if ok else "ptx-emulate: FAILURES")
     sys.exit(0 if ok else 1)
 

@@ -449,25 +449,39 @@ fn info_and_bench_json() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-/// A bad `OPTICAL_CUDA_COST_KERNEL` is one clear line and exit code 2, before any CUDA
-/// device is looked for (so it is the same on a machine without one).
+/// A bad CUDA setting in the environment (`OPTICAL_CUDA_COST_KERNEL`,
+/// `OPTICAL_CUDA_FUSED_THREADS`) is one clear line and exit code 2, before any CUDA device
+/// is looked for (so it is the same on a machine without one).
 #[cfg(feature = "cuda")]
 #[test]
-fn bad_cuda_cost_kernel_is_a_clear_error() {
-    let o = Command::new(env!("CARGO_BIN_EXE_optical"))
-        .args(["bench", "--backend", "cuda", "--kernels", "cosine-cost"])
-        .env("OPTICAL_CUDA_COST_KERNEL", "tf32")
-        .output()
-        .expect("binary runs");
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("OPTICAL_CUDA_COST_KERNEL")
-            && err.contains("tf32x3, fp32 or tf32x3w")
-            && err.contains("tf32"),
-        "{err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+fn bad_cuda_settings_are_clear_errors() {
+    for (var, value, kernel, expected) in [
+        (
+            "OPTICAL_CUDA_COST_KERNEL",
+            "tf32",
+            "cosine-cost",
+            "tf32x3, fp32 or tf32x3w",
+        ),
+        (
+            "OPTICAL_CUDA_FUSED_THREADS",
+            "384",
+            "sinkhorn-fused",
+            "512 or 256",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_optical"))
+            .args(["bench", "--backend", "cuda", "--kernels", kernel])
+            .env(var, value)
+            .output()
+            .expect("binary runs");
+        assert_eq!(o.status.code(), Some(2), "{var}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(var) && err.contains(expected) && err.contains(value),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }
 
 #[test]

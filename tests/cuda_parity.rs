@@ -10,7 +10,7 @@
 //! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
 #![cfg(feature = "cuda")]
 
-use optical::backend::cuda::CostKernel;
+use optical::backend::cuda::{CostKernel, FusedThreads};
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -454,17 +454,31 @@ fn sinkhorn_stops_converged_pairs_like_the_reference() {
 #[test]
 fn fused_sinkhorn_matches_reference() {
     let Some(gpu) = cuda() else { return };
-    // The fused kernel has two cost phases; the wide cost kernel maps to the 3xTF32 one.
-    every_case([CostKernel::Tf32x3, CostKernel::Fp32], |kernel| {
-        fused_cases(&with_cost_kernel(&gpu, kernel), kernel)
-    });
+    // The fused kernel has two cost phases (the wide cost kernel maps to the 3xTF32 one) and
+    // two block sizes: each cost phase with the default block, and the other block.
+    let [t512, t256] = FusedThreads::ALL;
+    every_case(
+        [
+            (CostKernel::Tf32x3, t512),
+            (CostKernel::Fp32, t512),
+            (CostKernel::Tf32x3, t256),
+        ],
+        |(kernel, threads)| {
+            let Backend::Cuda(c) = with_cost_kernel(&gpu, kernel) else {
+                unreachable!("with_cost_kernel returns the CUDA backend")
+            };
+            let gpu = Backend::Cuda(c.with_fused_threads(threads));
+            fused_cases(&gpu, kernel, threads)
+        },
+    );
 }
 
-fn fused_cases(gpu: &Backend, kernel: CostKernel) {
+fn fused_cases(gpu: &Backend, kernel: CostKernel, threads: FusedThreads) {
     // (b, n, m, d, ε, check_every): one chunk (all in the fused launch), several chunks
     // (fused launch, then the iterate kernel), a shape too large for the fused kernel; the
     // issue's pair shape; more rows, then more columns, than one round of the kernel's
-    // two-lanes-per-row passes (128); ε = 0.005 (the default), where the first passes leave the fast
+    // four-lanes-per-row passes (128 rows at 512 threads); more rows than the 256 threads of
+    // the cost phase; ε = 0.005 (the default), where the first passes leave the fast
     // (potential-shifted) sums for the online-maximum fallback.
     let cases = [
         (1, 1, 1, 4, 0.05, 30),
@@ -475,6 +489,7 @@ fn fused_cases(gpu: &Backend, kernel: CostKernel) {
         (2, 128, 128, 384, 0.05, 30),
         (1, 140, 3, 8, 0.05, 30),
         (1, 3, 133, 8, 0.05, 30),
+        (1, 300, 40, 8, 0.05, 30),
         (2, 40, 30, 16, 0.005, 30),
     ];
     let reference = Backend::new(BackendKind::CpuReference).unwrap();
@@ -494,8 +509,9 @@ fn fused_cases(gpu: &Backend, kernel: CostKernel) {
             let fast = cpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
             let got = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
             let what = format!(
-                "fused ({}) b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}",
-                kernel.name()
+                "fused ({}, {} threads) b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}",
+                kernel.name(),
+                threads.get()
             );
             compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
                 i >= x.lengths[p] || j >= y.lengths[p]

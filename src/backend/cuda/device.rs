@@ -20,7 +20,7 @@ use crate::ot::problem::{CostBatch, Embeddings, PackedDocs};
 
 pub(super) const BACKEND: &str = "cuda";
 
-/// Threads per CTA of the kernels whose tiling fixes it (cosine cost, fused Sinkhorn).
+/// Threads per CTA of the kernels whose tiling fixes it (the cosine-cost kernels).
 pub(super) const TILE_THREADS: u32 = 256;
 /// Rows (and columns) of one cosine-cost output tile.
 const TILE: usize = 64;
@@ -58,6 +58,52 @@ pub(super) struct Device {
 pub struct CudaBackend {
     pub(super) dev: Arc<Device>,
     cost_kernel: CostKernel,
+    fused_threads: FusedThreads,
+}
+
+/// Threads per CTA of the fused Sinkhorn kernel (`sinkhorn_fused_f32`): its cost phase runs
+/// on the first 256, its iterations on all of them, four lanes per row (and per column).
+/// With two CTAs per SM (the shared memory of a 128 × 128 pair allows two), 512 threads
+/// give each SM scheduler 8 warps to hide the shared-load and `ex2` latencies of the
+/// iterations instead of 4; the H200 profile of the 256-thread kernel showed it
+/// latency-bound at 23 % occupancy (`docs/PERFORMANCE.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedThreads(u32);
+
+/// Environment variable that picks the fused kernel's block: `512` (default) or `256`.
+pub const FUSED_THREADS_ENV: &str = "OPTICAL_CUDA_FUSED_THREADS";
+
+impl FusedThreads {
+    /// Every block the kernel supports, the default first.
+    pub const ALL: [FusedThreads; 2] = [FusedThreads(512), FusedThreads(256)];
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The block that `$OPTICAL_CUDA_FUSED_THREADS` names (unset or empty: the default).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(FUSED_THREADS_ENV) {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(FusedThreads::default()),
+        }
+    }
+}
+
+impl Default for FusedThreads {
+    fn default() -> Self {
+        FusedThreads::ALL[0]
+    }
+}
+
+impl std::str::FromStr for FusedThreads {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        FusedThreads::ALL
+            .into_iter()
+            .find(|t| s.trim().parse::<u32>() == Ok(t.0))
+            .ok_or_else(|| Error::parameter(FUSED_THREADS_ENV, "512 or 256", s))
+    }
 }
 
 /// Which tiling computes cosine costs: the standalone cost kernel, and the cost phase of the
@@ -127,6 +173,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("device", &self.dev.name)
             .field("compute_capability", &self.dev.compute_capability)
             .field("cost_kernel", &self.cost_kernel)
+            .field("fused_threads", &self.fused_threads.0)
             .finish()
     }
 }
@@ -337,13 +384,15 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                 devices,
                 format!(
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
-                     ({COST_KERNEL_ENV}: fp32 or tf32x3)",
+                     ({COST_KERNEL_ENV}: tf32x3, fp32 or tf32x3w); fused Sinkhorn \
+                     with {} threads per pair ({FUSED_THREADS_ENV}: 512 or 256)",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
                         CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
                         CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
-                    }
+                    },
+                    b.fused_threads.0
                 ),
             ),
             Err(e) => (false, devices, e.to_string()),
@@ -450,14 +499,21 @@ pub(super) fn lengths_u32(name: &'static str, lengths: &[usize]) -> Result<Vec<u
 
 impl CudaBackend {
     /// Open device 0 (once per process; later calls share it).
-    /// Device 0, with the cost kernel that `$OPTICAL_CUDA_COST_KERNEL` names (default fp32).
+    /// Device 0, with the cost kernel that `$OPTICAL_CUDA_COST_KERNEL` names (default
+    /// tf32x3) and the fused kernel's block that `$OPTICAL_CUDA_FUSED_THREADS` names (default
+    /// 512). Both are read before any device is looked for.
     pub fn new() -> Result<CudaBackend> {
         let cost_kernel = CostKernel::from_env()?;
+        let fused_threads = FusedThreads::from_env()?;
         let dev = DEVICE0
             .get_or_init(|| guarded(|| open_device(0)).map(Arc::new))
             .clone()
             .map_err(InitFailure::into_error)?;
-        Ok(CudaBackend { dev, cost_kernel })
+        Ok(CudaBackend {
+            dev,
+            cost_kernel,
+            fused_threads,
+        })
     }
 
     /// The same device, computing cosine costs with `kernel`.
@@ -468,6 +524,16 @@ impl CudaBackend {
 
     pub fn cost_kernel(&self) -> CostKernel {
         self.cost_kernel
+    }
+
+    /// The same device, launching the fused Sinkhorn kernel with `threads` per CTA.
+    pub fn with_fused_threads(mut self, threads: FusedThreads) -> Self {
+        self.fused_threads = threads;
+        self
+    }
+
+    pub fn fused_threads(&self) -> FusedThreads {
+        self.fused_threads
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -807,6 +873,15 @@ mod tests {
             assert_eq!(k.name().parse::<CostKernel>().unwrap(), k);
         }
         assert_eq!(CostKernel::default(), CostKernel::Tf32x3);
+        for t in FusedThreads::ALL {
+            assert_eq!(t.get().to_string().parse::<FusedThreads>().unwrap(), t);
+        }
+        assert_eq!(FusedThreads::default().get(), 512);
+        let e = "384".parse::<FusedThreads>().unwrap_err().to_string();
+        assert!(
+            e.contains(FUSED_THREADS_ENV) && e.contains("512 or 256") && e.contains("384"),
+            "{e}"
+        );
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
         assert!(
             e.contains("OPTICAL_CUDA_COST_KERNEL")

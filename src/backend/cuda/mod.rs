@@ -29,4 +29,7 @@ mod device;
 mod sinkhorn;
 
 #[cfg(feature = "cuda")]
-pub use device::{probe, usable_device_count, CostKernel, CudaBackend, COST_KERNEL_ENV};
+pub use device::{
+    probe, usable_device_count, CostKernel, CudaBackend, FusedThreads, COST_KERNEL_ENV,
+    FUSED_THREADS_ENV,
+};

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
-use super::device::{as_u32, lengths_u32, padded, CostKernel, CudaBackend, BACKEND, TILE_THREADS};
+use super::device::{as_u32, lengths_u32, padded, CostKernel, CudaBackend, BACKEND};
 use super::ptx;
 use crate::backend::cpu::check_pair_batch;
 use crate::error::{Error, Result};
@@ -29,13 +29,15 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
 }
 
 /// Shared memory of `sinkhorn_fused_f32` (see the header of `kernels/sinkhorn_fused.ptx`):
-/// the staging area of its cost phase doubles on the tensor cores (tf32 halves).
+/// the staging area of its cost phase doubles on the tensor cores (tf32 halves); its
+/// vectors are padded to multiples of 4 floats (16-byte aligned for vector loads).
 fn fused_smem(n: usize, m: usize, cost: CostKernel) -> usize {
     let stage = match cost {
         CostKernel::Fp32 => 18432,
         CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => 36864,
     };
-    stage + iterate_smem(n, m, true)
+    let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
+    stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
 }
 
 /// The `cost_mode` argument of `sinkhorn_fused_f32`.
@@ -216,7 +218,7 @@ impl CudaBackend {
     ) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: (as_u32("b", b)?, 1, 1),
-            block_dim: (TILE_THREADS, 1, 1),
+            block_dim: (self.fused_threads().get(), 1, 1),
             shared_mem_bytes: as_u32("shared memory", fused_smem(n, m, self.cost_kernel()))?,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
@@ -243,7 +245,8 @@ impl CudaBackend {
             .u32(&cost_mode);
         // SAFETY: x holds b*n*dp floats and y b*m*dp (dp % 4 == 0, 16-byte aligned rows),
         // the lengths b u32 each within 1..=n / 1..=m, log2a and f b*n, log2b and g b*m,
-        // cost and k b*n*m, err b; block = 256 threads as the kernel requires, and the
+        // cost and k b*n*m, err b; block = 256 or 512 threads (FusedThreads), the kernel's
+        // .maxntid 512 and the cost phase's 256 named-barrier threads both hold, and the
         // dynamic shared memory is the header's size for (n, m) and this cost_mode,
         // checked against the device's opt-in limit by the caller.
         unsafe { l.launch(cfg) }
