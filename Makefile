@@ -23,7 +23,7 @@ demo-ot: build
 	bash scripts/demo-ot.sh "$(BIN)"
 
 ## The test suite (CI runs exactly this).
-test: setup lint ptxas emulate unit
+test: setup lint ptxas unit
 
 setup:
 	bash scripts/setup.sh
@@ -46,7 +46,7 @@ ptxas:
 	bash scripts/ptxas-check.sh --no-report
 
 ## Run every PTX kernel in the PTX interpreter on small shapes against its contract (pure
-## Python, no GPU; one process per CPU).
+## Python, no GPU; one process per CPU). `make unit` runs it too (tests/ptxas.rs).
 emulate:
 	python3 scripts/ptx-emulate.py
 

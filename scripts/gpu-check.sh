@@ -3,8 +3,9 @@
 #
 #   bash scripts/gpu-check.sh [--prebuilt DIR] [--export OUTDIR]
 #
-#  1. assembles kernels/*.ptx with ptxas for sm_80 and sm_90 (scripts/ptxas-check.sh; the
-#     pinned wheel's ptxas when it is cached or PyPI answers, else the machine's own ptxas)
+#  1. assembles kernels/*.ptx with ptxas for sm_80 and sm_90 (the Hopper-only file for
+#     sm_90a) (scripts/ptxas-check.sh; the pinned wheel's ptxas when it is cached or PyPI
+#     answers, else the machine's own ptxas)
 #  2. builds optical with --features cuda,wgpu (release), or with --prebuilt DIR unpacks the
 #     binaries that scripts/gpu-bundle.sh packed (for a machine with no Rust toolchain or
 #     network; DIR/MANIFEST names the commit they were built from)
@@ -179,6 +180,8 @@ T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backe
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 T=60 step bench-cuda-tf32x3w env OPTICAL_CUDA_COST_KERNEL=tf32x3w "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+T=60 step bench-cuda-wgmma env OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json \
+    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-fused
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
@@ -210,6 +213,7 @@ if [ -n "$NCU" ]; then
     profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
     profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
     profile cost-tf32x3w cosine_cost_tf32x3w_f32 tf32x3w cosine-cost-hbm
+    profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
 else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi

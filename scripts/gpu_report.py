@@ -24,7 +24,8 @@ def jsonl(name):
 info = jsonl("info")
 torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.path.join(logs, "torch.json")) else None
 bench = {"cuda": jsonl("bench-cuda"), "cuda-fp32": jsonl("bench-cuda-fp32"),
-         "cuda-tf32x3w": jsonl("bench-cuda-tf32x3w"), "cuda-fused256": jsonl("bench-cuda-fused256"),
+         "cuda-tf32x3w": jsonl("bench-cuda-tf32x3w"), "cuda-wgmma": jsonl("bench-cuda-wgmma"),
+         "cuda-fused256": jsonl("bench-cuda-fused256"),
          "wgpu": jsonl("bench-wgpu"),
          "cpu": jsonl("bench-cpu")}
 tests = ""
@@ -63,7 +64,7 @@ for be in ("cuda", "cuda-fp32", "cuda-fused256"):
         ratios[f"optical fused{variant(be)} time / exp floor time"] = floor / fused["device_rate"]
 # Cosine cost against the measured HBM bandwidth, for each CUDA cost kernel: the L2-busting
 # problem when it ran (repeated calls of the small one can be served from L2).
-for be in ("cuda", "cuda-fp32", "cuda-tf32x3w"):
+for be in ("cuda", "cuda-fp32", "cuda-tf32x3w", "cuda-wgmma"):
     cost = next((r for r in bench[be] if r.get("kernel") == "cosine-cost-hbm"), None) or \
         next((r for r in bench[be] if r.get("kernel") == "cosine-cost"), None)
     if cost and cost.get("device_rate") and torch and torch.get("hbm_copy_gb_per_s"):

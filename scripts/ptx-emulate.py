@@ -7,8 +7,11 @@ It exists because the kernels are hand-written and CI has no GPU: ptxas proves t
 assemble, this proves (slowly, on small shapes) that their indexing, barriers, shuffles and
 early exits compute the right numbers. It models threads; warps (shfl.sync, vote.sync and
 mma.sync wait for all 32 lanes; mma.sync m16n8k8 .tf32 follows the PTX ISA's fragment
-layout and rejects operands that are not tf32 values); CTAs (bar.sync waits for every live
-thread); the global, shared and generic address spaces (a global-space address in a
+layout and rejects operands that are not tf32 values); warpgroups (wgmma.mma_async
+m64nNk8 .tf32 with both operands in shared memory through no-swizzle K-major descriptors,
+run when a wgmma.wait_group retires its group, so a kernel that rewrites an operand or
+touches an accumulator before the wait gets wrong numbers or an error); CTAs (bar.sync
+waits for every live thread, bar.sync id, count for `count` threads); the global, shared and generic address spaces (a global-space address in a
 generic access is an error); f32 rounding; and it detects shared-memory races (two threads
 touching a word between barriers, one of them writing), so a missing barrier fails even
 though the interpreter runs threads one at a time. Approximate instructions
@@ -250,11 +253,58 @@ def mma_m16n8k8_tf32(lanes):
              D[(lane >> 2) + 8][2 * (lane & 3)], D[(lane >> 2) + 8][2 * (lane & 3) + 1]) for lane in range(32)]
 
 
+def wgmma_operand(shared, desc, rows, where):
+    """The rows x 8 tf32 operand that a wgmma shared-memory descriptor names: K-major, no
+    swizzle (layout type 0), the canonical layout ((8, rows/8), (4, 2)) : ((16 B, SBO), (4 B,
+    LBO)) of the PTX ISA: core matrices of 8 rows x 16 bytes, SBO bytes apart along the rows
+    and LBO bytes apart along k. Values that are not tf32 are an error (cvt.rna.tf32.f32)."""
+    start = (desc & 0x3FFF) << 4
+    lbo = ((desc >> 16) & 0x3FFF) << 4
+    sbo = ((desc >> 32) & 0x3FFF) << 4
+    if desc >> 62 or (desc >> 49) & 7:
+        raise NotImplementedError(f"{where}: wgmma descriptor {desc:#x}: only no-swizzle, base offset 0")
+    out = []
+    for r in range(rows):
+        row = []
+        for k in range(8):
+            addr = start + (r // 8) * sbo + (r % 8) * 16 + (k // 4) * lbo + (k % 4) * 4
+            shared.check(addr, 4)
+            v = struct.unpack("<f", shared.buf[addr : addr + 4])[0]
+            if bits(v) & 0x1FFF:
+                raise ValueError(f"{where}: wgmma tf32 operand {v!r} at shared byte {addr} is not a tf32 value")
+            row.append(v)
+        out.append(row)
+    return out
+
+
+def wgmma_tf32(shared, op, threads, where):
+    """Run one recorded wgmma.mma_async m64nNk8.f32.tf32.tf32 of a warpgroup (`threads`, its
+    128 threads in order). Accumulator layout (PTX ISA, m64nNk8 f32): thread t of the
+    warpgroup, w = t / 32, g = (t % 32) / 4, q = t % 4, holds for each 8-column block j the
+    four registers 4j .. 4j + 3 = D[16w + g][8j + 2q], D[16w + g][8j + 2q + 1],
+    D[16w + g + 8][8j + 2q], D[16w + g + 8][8j + 2q + 1]. The tf32 products are exact in
+    double and each output is rounded to f32 once."""
+    n, da, db, scale_d, acc = op
+    A = wgmma_operand(shared, da, 64, where)
+    B = wgmma_operand(shared, db, n, where)
+    for t, th in enumerate(threads):
+        w, g, q = t // 32, (t % 32) // 4, t % 4
+        for j in range(n // 8):
+            for v in range(4):
+                r = 16 * w + g + 8 * (v // 2)
+                c = 8 * j + 2 * q + v % 2
+                name = acc[4 * j + v]
+                old = th.regs[name] if scale_d else 0.0
+                th.regs[name] = f32(old + sum(A[r][k] * B[c][k] for k in range(8)))
+
+
 class Thread:
-    __slots__ = ("tid", "regs", "pc", "state", "bar")
+    __slots__ = ("tid", "regs", "pc", "state", "bar", "locked")
 
     def __init__(self, tid):
         self.tid, self.regs, self.pc, self.state, self.bar = tid, {}, 0, "run", None
+        # accumulator registers of wgmma.mma_async operations not yet retired by a wait
+        self.locked = set()
 
 
 MASK64 = (1 << 64) - 1
@@ -383,6 +433,18 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             if op in ("shfl", "vote", "mma"):
                 t.state = "warp"  # resolved for the whole warp by `collective`
                 return
+            if op == "wgmma":
+                t.state = "wg"  # resolved for the whole warpgroup by `wg_collective`
+                return
+            if op == "fence":  # fence.proxy.async: ordering between proxies, nothing to model
+                t.pc += 1
+                continue
+            if t.locked:
+                for o in ops:
+                    for name in re.findall(r"[A-Za-z_][\w$]*", o):
+                        if name in t.locked:
+                            raise RuntimeError(f"{entry.name}: thread {t.tid} touches {name}, an accumulator of "
+                                               f"a wgmma not yet waited for, at pc {t.pc}: {code[t.pc]}")
             ty = parts[-1]
             if op == "ld":
                 space = parts[1] if parts[1] in ("param", "global", "shared") else "generic"
@@ -426,6 +488,9 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             elif op == "setp":
                 cmp = parts[1]
                 a, b = val(t, ops[1]), val(t, ops[2])
+                if ty in ("s32", "s64"):
+                    w = 32 if ty == "s32" else 64
+                    a, b = (((v & ((1 << w) - 1)) ^ (1 << (w - 1))) - (1 << (w - 1)) for v in (a, b))
                 res = {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b, "eq": a == b, "ne": a != b}[cmp]
                 r[ops[0]] = res
             elif op == "selp":
@@ -512,6 +577,74 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         else:
             raise NotImplementedError(opc)
 
+    # per warpgroup: wgmma.mma_async operations not yet committed, and committed groups not
+    # yet retired by a wait
+    wg_pending, wg_groups = {}, {}
+
+    def wg_collective(wg, group, opc, ops):
+        where = f"{entry.name} warpgroup {wg}"
+        if nthreads % 128:
+            raise RuntimeError(f"{where}: wgmma in a CTA of {nthreads} threads (not whole warpgroups)")
+        if opc == "wgmma.fence.sync.aligned":
+            return
+        if opc == "wgmma.commit_group.sync.aligned":
+            wg_groups.setdefault(wg, []).append(wg_pending.pop(wg, []))
+            return
+        if opc == "wgmma.wait_group.sync.aligned":
+            keep = int(ops[0])
+            groups = wg_groups.setdefault(wg, [])
+            while len(groups) > keep:
+                for op in groups.pop(0):
+                    wgmma_tf32(shared, op, group, where)
+                    for t in group:
+                        t.locked.difference_update(op[4])
+            return
+        m = re.fullmatch(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k8\.f32\.tf32\.tf32", opc)
+        if not m:
+            raise NotImplementedError(opc)
+        n = int(m.group(1))
+        acc = split_operands(ops[0].strip("{}"))
+        if len(acc) != n // 2:
+            raise RuntimeError(f"{where}: m64n{n}k8 needs {n // 2} accumulator registers, got {len(acc)}")
+        if ops[4:] != ["1", "1"]:
+            raise NotImplementedError(f"{where}: imm-scale-a/b {ops[4:]}")
+        uniform = {(val(t, ops[1]), val(t, ops[2]), bool(val(t, ops[3]))) for t in group}
+        if len(uniform) != 1:
+            raise RuntimeError(f"{where}: descriptors or scale-d differ between the warpgroup's threads")
+        da, db, scale_d = uniform.pop()
+        for t in group:
+            if t.locked & set(acc) and scale_d:
+                # a later wgmma may accumulate into the registers of an earlier one in flight
+                pass
+            t.locked.update(acc)
+        wg_pending.setdefault(wg, []).append((n, da, db, scale_d, acc))
+
+    def resolve(size, state, run, what):
+        """Run the collective instruction of every group of `size` threads all waiting at
+        it (state `state`); a group partly waiting while none of its other threads can
+        still move is an error. Returns whether any group ran."""
+        progressed = False
+        for w in range(0, nthreads, size):
+            group = threads[w : w + size]
+            waiting = [t for t in group if t.state == state]
+            if not waiting:
+                continue
+            if len(waiting) != len(group):
+                states = {t.state for t in group}
+                if states & {"run", "warp", "wg"} - {state} or "run" in states:
+                    continue
+                raise RuntimeError(f"{entry.name}: {code[waiting[0].pc][1]} without all {size} threads of "
+                                   f"{what} {w // size} (states {states})")
+            pcs = {t.pc for t in waiting}
+            if len(pcs) != 1:
+                raise RuntimeError(f"{entry.name}: {what} {w // size} at different collective instructions {pcs}")
+            run(w // size, group, *code[group[0].pc][1:])
+            for t in group:
+                t.pc += 1
+                t.state = "run"
+            progressed = True
+        return progressed
+
     live = threads
     while True:
         for t in threads:
@@ -519,28 +652,14 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 step(t)
         live = [t for t in threads if t.state != "done"]
         if not live:
+            if any(wg_pending.values()) or any(wg_groups.values()):
+                raise RuntimeError(f"{entry.name}: exits with wgmma operations not waited for")
             return
-        # warp-collective instructions (shfl.sync, vote.sync, mma.sync): resolved warp by warp
-        # once all 32 lanes wait at the same one
-        progressed = False
-        for w in range(0, nthreads, 32):
-            warp = threads[w : w + 32]
-            waiting = [t for t in warp if t.state == "warp"]
-            if not waiting:
-                continue
-            if len(waiting) != 32:
-                states = {t.state for t in warp}
-                if "run" in states:
-                    continue
-                raise RuntimeError(f"{entry.name}: {code[waiting[0].pc][1]} with lanes {states} (not all 32 lanes)")
-            pcs = {t.pc for t in waiting}
-            if len(pcs) != 1:
-                raise RuntimeError(f"{entry.name}: lanes at different warp-collective instructions {pcs}")
-            collective(waiting, *code[waiting[0].pc][1:])
-            for t in waiting:
-                t.pc += 1
-                t.state = "run"
-            progressed = True
+        # warp-collective instructions (shfl.sync, vote.sync, mma.sync) resolved warp by warp,
+        # then warpgroup ones (wgmma) warpgroup by warpgroup, once every thread of the group
+        # waits at the same one
+        progressed = resolve(32, "warp", lambda _, group, opc, ops: collective(group, opc, ops), "warp")
+        progressed |= resolve(128, "wg", wg_collective, "warpgroup")
         if progressed:
             continue
         at_bar = [t for t in live if t.state == "bar"]
@@ -629,7 +748,7 @@ def embeddings(rng, b, n, d, full):
 
 
 # ---- tests -------------------------------------------------------------------------------
-def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64):
+def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64, module="cosine_cost", dyn=0):
     rng = random.Random(seed)
     dp = (d + 3) // 4 * 4
     x, lx = embeddings(rng, b, n, d, False)
@@ -638,10 +757,10 @@ def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64):
     xg, yg = mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp)))
     xl, yl = mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly))
     out = mem.alloc(pack_f32([7.0] * (b * n * m)))  # garbage: every entry must be written
-    e = mods["cosine_cost"]
-    # One CTA per 64x64 tile, pair-major; the kernel computes the row norms itself.
+    e = mods[module]
+    # One CTA per tile, pair-major; the kernel computes the row norms itself.
     grid = (b * ((n + tile - 1) // tile) * ((m + tile - 1) // tile), 1, 1)
-    run_kernel(e[entry], mem, [xg, yg, xl, yl, out, n, m, dp], grid, 256, 0)
+    run_kernel(e[entry], mem, [xg, yg, xl, yl, out, n, m, dp], grid, 256, dyn)
     got = unpack_f32(mem, out, b * n * m)
     err = 0.0
     for p in range(b):
@@ -866,6 +985,14 @@ def main():
         ("cosine_cost tf32x3w 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1, "cosine_cost_tf32x3w_f32", 128)),
         ("cosine_cost tf32x3w tiles", lambda: test_cosine_cost(mods, 2, 130, 17, 7, 2, "cosine_cost_tf32x3w_f32", 128)),
         ("cosine_cost tf32x3w d=384", lambda: test_cosine_cost(mods, 1, 70, 129, 384, 4, "cosine_cost_tf32x3w_f32", 128)),
+        # wgmma (sm_90a): one tile, partial tiles both ways with a chunk tail (d = 37: 3
+        # chunks of 16, the last one partial), and the 128-row tile at d = 384 (24 chunks)
+        ("cosine_cost wgmma 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1, "cosine_cost_wgmma_f32", 128,
+                                                          "cosine_cost_sm90a", 66560)),
+        ("cosine_cost wgmma tiles", lambda: test_cosine_cost(mods, 2, 130, 17, 37, 2, "cosine_cost_wgmma_f32", 128,
+                                                              "cosine_cost_sm90a", 66560)),
+        ("cosine_cost wgmma d=384", lambda: test_cosine_cost(mods, 1, 70, 129, 384, 4, "cosine_cost_wgmma_f32", 128,
+                                                              "cosine_cost_sm90a", 66560)),
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),

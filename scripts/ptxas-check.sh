@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Assemble every kernels/*.ptx with ptxas for sm_80 (Ampere) and sm_90 (Hopper), as the
-# driver's JIT will, without a GPU. Fails on any assembly error or warning and on any
+# driver's JIT will, without a GPU; a file whose .target is sm_90a (Hopper-only
+# instructions, loaded on compute capability 9.0 alone) for sm_90a. Fails on any assembly error or warning and on any
 # register spill; writes the register / shared-memory report to docs/ptxas-report.md.
 #
 #   scripts/ptxas-check.sh [--no-report]
@@ -18,7 +19,8 @@ archs = ["sm_80", "sm_90"]
 version = next((l.strip() for l in subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout.splitlines() if "release" in l), "ptxas")
 rows, failures = [], []
 for path in files:
-    for arch in archs:
+    target = re.search(r"^\.target\s+(\w+)", open(path).read(), re.M)
+    for arch in (["sm_90a"] if target and target.group(1) == "sm_90a" else archs):
         with tempfile.TemporaryDirectory() as tmp:
             proc = subprocess.run(
                 [ptxas, f"-arch={arch}", "-v", "--warn-on-spills", path, "-o", os.path.join(tmp, "out.cubin")],

@@ -460,7 +460,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "OPTICAL_CUDA_COST_KERNEL",
             "tf32",
             "cosine-cost",
-            "tf32x3, fp32 or tf32x3w",
+            "tf32x3, fp32, tf32x3w or wgmma",
         ),
         (
             "OPTICAL_CUDA_FUSED_THREADS",

@@ -214,6 +214,30 @@ fn wide_cost_kernel_matches_reference() {
     cosine_cost_cases(&with_cost_kernel(&gpu, kernel), kernel);
 }
 
+/// The wgmma cost kernel (`OPTICAL_CUDA_COST_KERNEL=wgmma`, compute capability 9.0 only),
+/// not yet proven on a GPU either, and sorting last of all. Elsewhere it must refuse with
+/// one clear error instead of launching.
+#[test]
+fn wide_wgmma_cost_kernel_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    let kernel = CostKernel::Wgmma;
+    let gpu = with_cost_kernel(&gpu, kernel);
+    let Backend::Cuda(c) = &gpu else {
+        unreachable!("with_cost_kernel returns the CUDA backend")
+    };
+    if c.compute_capability() != (9, 0) {
+        let x = embeddings(1, 1, 3, 8, true);
+        let e = gpu.cosine_cost(&x, &x).unwrap_err().to_string();
+        assert!(
+            e.contains("OPTICAL_CUDA_COST_KERNEL") && e.contains("9.0"),
+            "{e}"
+        );
+        eprintln!("wgmma: not a compute capability 9.0 device, refused: {e}");
+        return;
+    }
+    cosine_cost_cases(&gpu, kernel);
+}
+
 #[test]
 fn maxsim_matches_reference() {
     let Some(gpu) = cuda() else { return };

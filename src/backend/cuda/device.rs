@@ -24,7 +24,9 @@ pub(super) const BACKEND: &str = "cuda";
 pub(super) const TILE_THREADS: u32 = 256;
 /// Rows (and columns) of one cosine-cost output tile.
 const TILE: usize = 64;
-/// Output tile of `cosine_cost_tf32x3w_f32`.
+/// Dynamic shared memory of `cosine_cost_wgmma_f32` (two stages and the inverse norms).
+const WGMMA_SMEM: u32 = 66_560;
+/// Output tile of `cosine_cost_tf32x3w_f32` and `cosine_cost_wgmma_f32`.
 const WIDE_TILE: usize = 128;
 /// Warps per CTA of the row-norm and MaxSim kernels.
 const WARPS: u32 = 8;
@@ -37,6 +39,8 @@ pub(super) struct Kernels {
     pub cosine_cost: CudaFunction,
     pub cosine_cost_tf32x3: CudaFunction,
     pub cosine_cost_tf32x3w: CudaFunction,
+    /// Loaded on compute capability 9.0 only (`kernels/cosine_cost_sm90a.ptx`).
+    pub cosine_cost_wgmma: Option<CudaFunction>,
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
@@ -122,12 +126,19 @@ pub enum CostKernel {
     /// measured on a GPU, so not the default. The fused kernel's cost phase uses the
     /// [`Self::Tf32x3`] tiling for it.
     Tf32x3Wide,
+    /// `cosine_cost_wgmma_f32` (`kernels/cosine_cost_sm90a.ptx`): 3xTF32 on Hopper's
+    /// warpgroup instructions (`wgmma.mma_async` m64n128k8, operands in shared memory, a
+    /// two-stage pipeline), 128 × 128 tiles. Compute capability 9.0 only; checked by ptxas and
+    /// the PTX interpreter, not yet measured on a GPU. The fused kernel's cost phase uses the
+    /// [`Self::Tf32x3`] tiling for it.
+    Wgmma,
     /// `cosine_cost_f32`: FP32 FMA, a 4x4 register tile per thread (compute-bound at
     /// d = 384: 27 flop/B against an FP32 ridge of about 16 flop/B on an H200).
     Fp32,
 }
 
-/// Environment variable that picks the cost kernel: `tf32x3` (default), `fp32` or `tf32x3w`.
+/// Environment variable that picks the cost kernel: `tf32x3` (default), `fp32`, `tf32x3w` or
+/// `wgmma`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
 impl std::str::FromStr for CostKernel {
@@ -137,9 +148,10 @@ impl std::str::FromStr for CostKernel {
             "fp32" => Ok(CostKernel::Fp32),
             "tf32x3" => Ok(CostKernel::Tf32x3),
             "tf32x3w" => Ok(CostKernel::Tf32x3Wide),
+            "wgmma" => Ok(CostKernel::Wgmma),
             other => Err(Error::parameter(
                 COST_KERNEL_ENV,
-                "tf32x3, fp32 or tf32x3w",
+                "tf32x3, fp32, tf32x3w or wgmma",
                 other,
             )),
         }
@@ -148,13 +160,19 @@ impl std::str::FromStr for CostKernel {
 
 impl CostKernel {
     /// Every cost kernel, the default first.
-    pub const ALL: [CostKernel; 3] = [CostKernel::Tf32x3, CostKernel::Fp32, CostKernel::Tf32x3Wide];
+    pub const ALL: [CostKernel; 4] = [
+        CostKernel::Tf32x3,
+        CostKernel::Fp32,
+        CostKernel::Tf32x3Wide,
+        CostKernel::Wgmma,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             CostKernel::Fp32 => "fp32",
             CostKernel::Tf32x3 => "tf32x3",
             CostKernel::Tf32x3Wide => "tf32x3w",
+            CostKernel::Wgmma => "wgmma",
         }
     }
 
@@ -304,21 +322,40 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         load(&ptx::SINKHORN_MODULE)?,
         load(&ptx::SINKHORN_FUSED_MODULE)?,
     );
+    // sm_90a PTX loads on compute capability 9.0 only (its instructions are not in later
+    // architectures' PTX either).
+    let wgmma = if compute_capability == (9, 0) {
+        Some(load(&ptx::COSINE_COST_SM90A_MODULE)?)
+    } else {
+        None
+    };
     let kernels = Kernels {
         row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
         cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
         cosine_cost_tf32x3: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3)?,
         cosine_cost_tf32x3w: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3W)?,
+        cosine_cost_wgmma: match &wgmma {
+            Some(module) => Some(function(
+                module,
+                &ptx::COSINE_COST_SM90A_MODULE,
+                ptx::COSINE_COST_WGMMA,
+            )?),
+            None => None,
+        },
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
     };
     // The kernels with dynamic shared memory (and no static shared memory) may use all of it.
     for (f, entry) in [
-        (&kernels.maxsim, ptx::MAXSIM),
-        (&kernels.sinkhorn_iterate, ptx::SINKHORN_ITERATE),
-        (&kernels.sinkhorn_fused, ptx::SINKHORN_FUSED),
-    ] {
+        (Some(&kernels.maxsim), ptx::MAXSIM),
+        (Some(&kernels.sinkhorn_iterate), ptx::SINKHORN_ITERATE),
+        (Some(&kernels.sinkhorn_fused), ptx::SINKHORN_FUSED),
+        (kernels.cosine_cost_wgmma.as_ref(), ptx::COSINE_COST_WGMMA),
+    ]
+    .into_iter()
+    .filter_map(|(f, entry)| Some((f?, entry)))
+    {
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem_optin as i32,
@@ -384,13 +421,14 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                 devices,
                 format!(
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
-                     ({COST_KERNEL_ENV}: tf32x3, fp32 or tf32x3w); fused Sinkhorn \
+                     ({COST_KERNEL_ENV}: tf32x3, fp32, tf32x3w or wgmma); fused Sinkhorn \
                      with {} threads per pair ({FUSED_THREADS_ENV}: 512 or 256)",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
                         CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
                         CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
+                        CostKernel::Wgmma => "the tensor cores (3xTF32 on wgmma, 128x128 tiles)",
                     },
                     b.fused_threads.0
                 ),
@@ -536,6 +574,11 @@ impl CudaBackend {
         self.fused_threads
     }
 
+    /// The device's compute capability, e.g. (9, 0) for Hopper.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.dev.compute_capability
+    }
+
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn device_name(&self) -> &str {
         &self.dev.name
@@ -612,18 +655,32 @@ impl CudaBackend {
         let wide_fits = [b * n * dp, b * m * dp]
             .iter()
             .all(|&floats| floats < 1 << 32);
-        let (function, entry, tile) = match self.cost_kernel {
-            CostKernel::Fp32 => (&self.dev.kernels.cosine_cost, ptx::COSINE_COST, TILE),
+        let (function, entry, tile, smem) = match self.cost_kernel {
+            CostKernel::Fp32 => (&self.dev.kernels.cosine_cost, ptx::COSINE_COST, TILE, 0),
             CostKernel::Tf32x3Wide if wide_fits => (
                 &self.dev.kernels.cosine_cost_tf32x3w,
                 ptx::COSINE_COST_TF32X3W,
                 WIDE_TILE,
+                0,
             ),
             CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => (
                 &self.dev.kernels.cosine_cost_tf32x3,
                 ptx::COSINE_COST_TF32X3,
                 TILE,
+                0,
             ),
+            CostKernel::Wgmma => match &self.dev.kernels.cosine_cost_wgmma {
+                Some(f) => (f, ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
+                None => {
+                    let (major, minor) = self.dev.compute_capability;
+                    return Err(Error::parameter(
+                        COST_KERNEL_ENV,
+                        "wgmma only on a device of compute capability 9.0 (tf32x3, fp32 \
+                         or tf32x3w elsewhere)",
+                        format!("wgmma on {} ({major}.{minor})", self.dev.name),
+                    ));
+                }
+            },
         };
         let (tiles_i, tiles_j) = (n.div_ceil(tile), m.div_ceil(tile));
         // One CTA per tile, numbered pair-major: block (p * tiles_i + ti) * tiles_j + tj.
@@ -643,7 +700,7 @@ impl CudaBackend {
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (TILE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", dp)?);
         let mut l = self.launch(function, entry);
@@ -658,9 +715,10 @@ impl CudaBackend {
         // SAFETY: x holds b*n*dp floats, y b*m*dp, the lengths b u32 each with
         // 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the grid
         // b * ceil(n/tile) * ceil(m/tile) x 256 threads, with the tile of the chosen kernel, is
-        // the geometry the cost kernels require (static shared memory only; they derive the
-        // pair and tile from the block index), the wide kernel runs only when its 32-bit row
-        // offsets cannot overflow, and they write only i < n, j < m.
+        // the geometry the cost kernels require (they derive the pair and tile from the block
+        // index; static shared memory only, except the wgmma kernel's 66,560 dynamic bytes,
+        // within the opt-in limit set when its module was loaded), the wide kernel runs only
+        // when its 32-bit row offsets cannot overflow, and they write only i < n, j < m.
         unsafe { l.launch(cfg) }?;
         Ok(out)
     }
@@ -885,7 +943,7 @@ mod tests {
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
         assert!(
             e.contains("OPTICAL_CUDA_COST_KERNEL")
-                && e.contains("tf32x3, fp32 or tf32x3w")
+                && e.contains("tf32x3, fp32, tf32x3w or wgmma")
                 && e.contains("tf32"),
             "{e}"
         );

@@ -2,53 +2,59 @@
 //! entry points the runtime launches from each. Compiled with or without the `cuda`
 //! feature, so that the names can be checked against the PTX on any machine.
 
-/// One PTX module: its file under `kernels/`, its text and the entry points launched from it.
+/// One PTX module: its file under `kernels/`, its text, the entry points launched from it
+/// and its `.target`: `sm_80` (JIT-compiled for Ampere and every later GPU) or `sm_90a`
+/// (Hopper's architecture-specific instructions such as wgmma; loads on compute
+/// capability 9.0 only).
 #[derive(Clone, Copy, Debug)]
 pub struct PtxModule {
     pub file: &'static str,
     pub source: &'static str,
     pub entries: &'static [&'static str],
+    pub target: &'static str,
 }
 
 pub const ROW_INV_NORM: &str = "row_inv_norm_f32";
 pub const COSINE_COST: &str = "cosine_cost_f32";
 pub const COSINE_COST_TF32X3: &str = "cosine_cost_tf32x3_f32";
 pub const COSINE_COST_TF32X3W: &str = "cosine_cost_tf32x3w_f32";
+pub const COSINE_COST_WGMMA: &str = "cosine_cost_wgmma_f32";
 pub const MAXSIM: &str = "maxsim_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
 pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
 
-pub const COSINE_COST_MODULE: PtxModule = PtxModule {
-    file: "cosine_cost.ptx",
-    source: include_str!("../../../kernels/cosine_cost.ptx"),
-    entries: &[
+/// A [`PtxModule`] of `kernels/$file` with its entry points and `.target`.
+macro_rules! ptx_module {
+    ($file:literal, [$($entry:expr),+ $(,)?], $target:literal) => {
+        PtxModule {
+            file: $file,
+            source: include_str!(concat!("../../../kernels/", $file)),
+            entries: &[$($entry),+],
+            target: $target,
+        }
+    };
+}
+
+pub const COSINE_COST_MODULE: PtxModule = ptx_module!(
+    "cosine_cost.ptx",
+    [
         ROW_INV_NORM,
         COSINE_COST,
         COSINE_COST_TF32X3,
-        COSINE_COST_TF32X3W,
+        COSINE_COST_TF32X3W
     ],
-};
+    "sm_80"
+);
+pub const COSINE_COST_SM90A_MODULE: PtxModule =
+    ptx_module!("cosine_cost_sm90a.ptx", [COSINE_COST_WGMMA], "sm_90a");
+pub const MAXSIM_MODULE: PtxModule = ptx_module!("maxsim.ptx", [MAXSIM], "sm_80");
+pub const SINKHORN_MODULE: PtxModule = ptx_module!("sinkhorn.ptx", [SINKHORN_ITERATE], "sm_80");
+pub const SINKHORN_FUSED_MODULE: PtxModule =
+    ptx_module!("sinkhorn_fused.ptx", [SINKHORN_FUSED], "sm_80");
 
-pub const MAXSIM_MODULE: PtxModule = PtxModule {
-    file: "maxsim.ptx",
-    source: include_str!("../../../kernels/maxsim.ptx"),
-    entries: &[MAXSIM],
-};
-
-pub const SINKHORN_MODULE: PtxModule = PtxModule {
-    file: "sinkhorn.ptx",
-    source: include_str!("../../../kernels/sinkhorn.ptx"),
-    entries: &[SINKHORN_ITERATE],
-};
-
-pub const SINKHORN_FUSED_MODULE: PtxModule = PtxModule {
-    file: "sinkhorn_fused.ptx",
-    source: include_str!("../../../kernels/sinkhorn_fused.ptx"),
-    entries: &[SINKHORN_FUSED],
-};
-
-pub const MODULES: [PtxModule; 4] = [
+pub const MODULES: [PtxModule; 5] = [
     COSINE_COST_MODULE,
+    COSINE_COST_SM90A_MODULE,
     MAXSIM_MODULE,
     SINKHORN_MODULE,
     SINKHORN_FUSED_MODULE,
@@ -57,7 +63,7 @@ pub const MODULES: [PtxModule; 4] = [
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 7] = [
+pub const SIGNATURES: [(&str, &[&str]); 8] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (
         COSINE_COST,
@@ -69,6 +75,10 @@ pub const SIGNATURES: [(&str, &[&str]); 7] = [
     ),
     (
         COSINE_COST_TF32X3W,
+        &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
+    ),
+    (
+        COSINE_COST_WGMMA,
         &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
     ),
     (
@@ -194,9 +204,15 @@ mod tests {
                 .lines()
                 .filter(|l| l.starts_with(".version") || l.starts_with(".target"))
                 .collect();
+            // PTX ISA 7.8 for sm_80 (CUDA 11.8 drivers JIT it); wgmma needs ISA 8.0.
+            let version = match module.target {
+                "sm_80" => ".version 7.8",
+                "sm_90a" => ".version 8.0",
+                other => panic!("kernels/{}: unexpected target {other}", module.file),
+            };
             assert_eq!(
                 directives,
-                [".version 7.8", ".target sm_80"],
+                [version, &format!(".target {}", module.target)],
                 "kernels/{}",
                 module.file
             );
