@@ -180,8 +180,14 @@ T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backe
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 T=60 step bench-cuda-tf32x3w env OPTICAL_CUDA_COST_KERNEL=tf32x3w "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
-T=60 step bench-cuda-wgmma env OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+# The wgmma cost kernel exists on compute capability 9.0 only (H100, H200).
+compute_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')
+if [ "$compute_cap" = 9.0 ]; then
+    T=60 step bench-cuda-wgmma env OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json \
+        --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+else
+    STATUS[bench-cuda-wgmma]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+fi
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-fused
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
@@ -213,7 +219,7 @@ if [ -n "$NCU" ]; then
     profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
     profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
     profile cost-tf32x3w cosine_cost_tf32x3w_f32 tf32x3w cosine-cost-hbm
-    profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
+    if [ "$compute_cap" = 9.0 ]; then profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm; fi
 else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi

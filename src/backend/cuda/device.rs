@@ -39,8 +39,10 @@ pub(super) struct Kernels {
     pub cosine_cost: CudaFunction,
     pub cosine_cost_tf32x3: CudaFunction,
     pub cosine_cost_tf32x3w: CudaFunction,
-    /// Loaded on compute capability 9.0 only (`kernels/cosine_cost_sm90a.ptx`).
-    pub cosine_cost_wgmma: Option<CudaFunction>,
+    /// Loaded on compute capability 9.0 only (`kernels/cosine_cost_sm90a.ptx`); otherwise, or
+    /// when its JIT compilation fails, why not. Never fatal: the other kernels do not
+    /// depend on it.
+    pub cosine_cost_wgmma: std::result::Result<CudaFunction, String>,
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
@@ -323,25 +325,30 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         load(&ptx::SINKHORN_FUSED_MODULE)?,
     );
     // sm_90a PTX loads on compute capability 9.0 only (its instructions are not in later
-    // architectures' PTX either).
+    // architectures' PTX either). A failure here only disables the wgmma cost kernel.
     let wgmma = if compute_capability == (9, 0) {
-        Some(load(&ptx::COSINE_COST_SM90A_MODULE)?)
+        load(&ptx::COSINE_COST_SM90A_MODULE)
+            .and_then(|module| {
+                function(
+                    &module,
+                    &ptx::COSINE_COST_SM90A_MODULE,
+                    ptx::COSINE_COST_WGMMA,
+                )
+            })
+            .map_err(|e| e.what)
     } else {
-        None
+        let (major, minor) = compute_capability;
+        Err(format!(
+            "{name} has compute capability {major}.{minor}; wgmma needs 9.0 (tf32x3, fp32 or \
+             tf32x3w run everywhere)"
+        ))
     };
     let kernels = Kernels {
         row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
         cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
         cosine_cost_tf32x3: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3)?,
         cosine_cost_tf32x3w: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3W)?,
-        cosine_cost_wgmma: match &wgmma {
-            Some(module) => Some(function(
-                module,
-                &ptx::COSINE_COST_SM90A_MODULE,
-                ptx::COSINE_COST_WGMMA,
-            )?),
-            None => None,
-        },
+        cosine_cost_wgmma: wgmma,
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
@@ -351,7 +358,10 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         (Some(&kernels.maxsim), ptx::MAXSIM),
         (Some(&kernels.sinkhorn_iterate), ptx::SINKHORN_ITERATE),
         (Some(&kernels.sinkhorn_fused), ptx::SINKHORN_FUSED),
-        (kernels.cosine_cost_wgmma.as_ref(), ptx::COSINE_COST_WGMMA),
+        (
+            kernels.cosine_cost_wgmma.as_ref().ok(),
+            ptx::COSINE_COST_WGMMA,
+        ),
     ]
     .into_iter()
     .filter_map(|(f, entry)| Some((f?, entry)))
@@ -670,14 +680,12 @@ impl CudaBackend {
                 0,
             ),
             CostKernel::Wgmma => match &self.dev.kernels.cosine_cost_wgmma {
-                Some(f) => (f, ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
-                None => {
-                    let (major, minor) = self.dev.compute_capability;
+                Ok(f) => (f, ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
+                Err(why) => {
                     return Err(Error::parameter(
                         COST_KERNEL_ENV,
-                        "wgmma only on a device of compute capability 9.0 (tf32x3, fp32 \
-                         or tf32x3w elsewhere)",
-                        format!("wgmma on {} ({major}.{minor})", self.dev.name),
+                        "a cost kernel this device runs",
+                        format!("wgmma: {why}"),
                     ));
                 }
             },
