@@ -10,7 +10,8 @@ mma.sync wait for all 32 lanes; mma.sync m16n8k8 .tf32 follows the PTX ISA's fra
 layout and rejects operands that are not tf32 values); warpgroups (wgmma.mma_async
 m64nNk8 .tf32 with both operands in shared memory through no-swizzle K-major descriptors,
 run when a wgmma.wait_group retires its group, so a kernel that rewrites an operand or
-touches an accumulator before the wait gets wrong numbers or an error); CTAs (bar.sync
+touches an accumulator before the wait gets wrong numbers or an error; a missing
+wgmma.fence or fence.proxy.async is an error too); CTAs (bar.sync
 waits for every live thread, bar.sync id, count for `count` threads); the global, shared and generic address spaces (a global-space address in a
 generic access is an error); f32 rounding; and it detects shared-memory races (two threads
 touching a word between barriers, one of them writing), so a missing barrier fails even
@@ -88,6 +89,9 @@ class Shared:
     ordered before, and a full barrier clears them all."""
 
     def __init__(self, size):
+        # word -> thread, for shared-memory writes that thread has not yet made visible to
+        # the async proxy (fence.proxy.async); wgmma may not read such a word
+        self.unfenced = {}
         # Uninitialised shared memory reads as NaN, so a read of a word no one wrote shows.
         self.buf = bytearray(struct.pack("<I", 0x7FC00000) * ((size + 3) // 4))[:size]
         self.writer = {}
@@ -144,6 +148,8 @@ class Entry:
                 self.labels[line[:-1]] = len(self.code)
             else:
                 self.code.append(parse_instr(line))
+        # Kernels with wgmma get its fence rules checked (register and proxy tracking).
+        self.uses_wgmma = any(op.startswith("wgmma.") for _, op, _ in self.code)
 
 
 def split_operands(s):
@@ -299,12 +305,15 @@ def wgmma_tf32(shared, op, threads, where):
 
 
 class Thread:
-    __slots__ = ("tid", "regs", "pc", "state", "bar", "locked")
+    __slots__ = ("tid", "regs", "pc", "state", "bar", "locked", "unfenced_regs")
 
     def __init__(self, tid):
         self.tid, self.regs, self.pc, self.state, self.bar = tid, {}, 0, "run", None
         # accumulator registers of wgmma.mma_async operations not yet retired by a wait
         self.locked = set()
+        # registers read or written by other instructions since this thread's last
+        # wgmma.fence (tracked in kernels that use wgmma); None before its first fence
+        self.unfenced_regs = None
 
 
 MASK64 = (1 << 64) - 1
@@ -401,6 +410,9 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         if space == "shared":
             shared.check(addr, 4 * n)
             shared.touch(addr, 4 * n, t.tid, True, f"{entry.name} pc {t.pc}")
+            if entry.uses_wgmma:
+                for w in range(addr // 4, addr // 4 + n):
+                    shared.unfenced[w] = t.tid
             shared.buf[addr : addr + 4 * n] = raw
         else:
             buf, off = mem.find(addr, 4 * n)
@@ -436,15 +448,20 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             if op == "wgmma":
                 t.state = "wg"  # resolved for the whole warpgroup by `wg_collective`
                 return
-            if op == "fence":  # fence.proxy.async: ordering between proxies, nothing to model
+            if op == "fence":  # fence.proxy.async: this thread's shared writes become visible to wgmma
+                if opc != "fence.proxy.async.shared::cta":
+                    raise NotImplementedError(opc)
+                for w in [w for w, tid in shared.unfenced.items() if tid == t.tid]:
+                    del shared.unfenced[w]
                 t.pc += 1
                 continue
-            if t.locked:
-                for o in ops:
-                    for name in re.findall(r"[A-Za-z_][\w$]*", o):
-                        if name in t.locked:
-                            raise RuntimeError(f"{entry.name}: thread {t.tid} touches {name}, an accumulator of "
-                                               f"a wgmma not yet waited for, at pc {t.pc}: {code[t.pc]}")
+            if entry.uses_wgmma:
+                names = {name for o in ops for name in re.findall(r"[A-Za-z_][\w$]*", o)}
+                if names & t.locked:
+                    raise RuntimeError(f"{entry.name}: thread {t.tid} touches {sorted(names & t.locked)}, "
+                                       f"accumulators of a wgmma not yet waited for, at pc {t.pc}: {code[t.pc]}")
+                if t.unfenced_regs is not None:
+                    t.unfenced_regs |= names
             ty = parts[-1]
             if op == "ld":
                 space = parts[1] if parts[1] in ("param", "global", "shared") else "generic"
@@ -586,6 +603,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         if nthreads % 128:
             raise RuntimeError(f"{where}: wgmma in a CTA of {nthreads} threads (not whole warpgroups)")
         if opc == "wgmma.fence.sync.aligned":
+            for t in group:
+                t.unfenced_regs = set()
             return
         if opc == "wgmma.commit_group.sync.aligned":
             wg_groups.setdefault(wg, []).append(wg_pending.pop(wg, []))
@@ -613,10 +632,27 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             raise RuntimeError(f"{where}: descriptors or scale-d differ between the warpgroup's threads")
         da, db, scale_d = uniform.pop()
         for t in group:
-            if t.locked & set(acc) and scale_d:
-                # a later wgmma may accumulate into the registers of an earlier one in flight
-                pass
+            # PTX ISA: a wgmma.fence before the first wgmma.mma_async, and between any other
+            # access to its registers and the wgmma (chained wgmma on the same accumulators
+            # need none)
+            if t.unfenced_regs is None:
+                raise RuntimeError(f"{where}: wgmma.mma_async without a wgmma.fence before it (thread {t.tid})")
+            touched = t.unfenced_regs & set(acc)
+            if touched:
+                raise RuntimeError(f"{where}: thread {t.tid} accessed {sorted(touched)} since its last "
+                                   "wgmma.fence, and wgmma.mma_async uses them")
             t.locked.update(acc)
+        # The operands may be read as soon as the wgmma is issued: every word must have
+        # been made visible to the async proxy by the thread that wrote it.
+        for desc, rows in ((da, 64), (db, n)):
+            start, lbo, sbo = (desc & 0x3FFF) << 4, ((desc >> 16) & 0x3FFF) << 4, ((desc >> 32) & 0x3FFF) << 4
+            for r in range(rows):
+                for kc in range(2):
+                    w0 = (start + (r // 8) * sbo + (r % 8) * 16 + kc * lbo) // 4
+                    for w in range(w0, w0 + 4):
+                        if w in shared.unfenced:
+                            raise RuntimeError(f"{where}: wgmma reads shared byte {4 * w}, which thread "
+                                               f"{shared.unfenced[w]} wrote without fence.proxy.async since")
         wg_pending.setdefault(wg, []).append((n, da, db, scale_d, acc))
 
     def resolve(size, state, run, what):
