@@ -979,6 +979,32 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps} threads={threads}", err_s, 2e-3) and ok
 
 
+def mutant(module, old, new):
+    """The parsed modules with one edit of kernels/<module>.ptx: `old` (which must occur
+    exactly once, so that a kernel change that removes it fails here) replaced by `new`."""
+    mods = {p.stem: parse_module(p.read_text()) for p in sorted(KERNELS.glob("*.ptx"))}
+    text = (KERNELS / f"{module}.ptx").read_text()
+    if text.count(old) != 1:
+        raise ValueError(f"mutant of {module}.ptx: {old!r} occurs {text.count(old)} times, not once")
+    mods[module] = parse_module(text.replace(old, new))
+    return mods
+
+
+def caught(name, test):
+    """A deliberately broken kernel must fail its test: this checks the interpreter's checks."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            passed = test()
+            why = "wrong numbers"
+        except (RuntimeError, ValueError, IndexError, KeyError) as e:
+            passed, why = False, f"{type(e).__name__}: {e}"
+    print(f"{'FAIL' if passed else 'ok  '} mutant {name}: " + ("not caught" if passed else f"caught ({why[:120]})"))
+    return not passed
+
+
 TESTS = []
 
 
@@ -1079,6 +1105,34 @@ def main():
         ("fused 256 threads fallback", lambda: test_fused(mods, 1, 2, 9, 6, 4, 19, True, eps=0.002,
                                                           paths=["RWS", "CLS"], threads=256)),
         ("fused 256 threads tf32x3", lambda: test_fused(mods, 2, 70, 66, 40, 2, 26, cost_mode=1, threads=256)),
+    ] + [
+        # Each of these kernels is broken on purpose, and the interpreter must notice: its
+        # checks (descriptor layout, wgmma ordering rules, named barriers) are tested too.
+        (f"mutant {name}", lambda name=name, module=module, old=old, new=new, test=test:
+            caught(name, lambda: test(mutant(module, old, new))))
+        for name, module, old, new, test in [
+            ("wgmma LBO and SBO swapped", "cosine_cost_sm90a",
+             "mov.u64         dconst, 0x0000002000080000;", "mov.u64         dconst, 0x0000000800200000;",
+             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+            ("wgmma no wait_group", "cosine_cost_sm90a", "    wgmma.wait_group.sync.aligned 0;\n", "",
+             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+            ("wgmma stage rewritten in flight", "cosine_cost_sm90a",
+             "    @pt bra         STAGED;\n    and.b32         t, it, 1;",
+             "    @pt bra         STAGED;\n    add.u32         t, it, 1;\n    and.b32         t, t, 1;",
+             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+            ("wgmma no wgmma.fence", "cosine_cost_sm90a", "    wgmma.fence.sync.aligned;\n", "",
+             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+            ("wgmma no fence.proxy.async", "cosine_cost_sm90a", "STAGED:\n    fence.proxy.async.shared::cta;\n",
+             "STAGED:\n",
+             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+            ("fused no barrier after the cost phase", "sinkhorn_fused",
+             "    // Every thread: the cost tiles are in K, and F[] and G[] (the inverse norms) are free.\n"
+             "    bar.sync        0;\n", "",
+             lambda m: test_fused(m, 1, 300, 3, 4, 1, 5, True)),
+            ("fused no named barrier in the cost tiles", "sinkhorn_fused",
+             "TWRITTEN:\n    bar.sync        1, 256;\n", "TWRITTEN:\n",
+             lambda m: test_fused(m, 1, 70, 5, 6, 1, 16, True)),
+        ]
     ]
     TESTS[:] = [(name, t) for name, t in tests if only in name]
     if not TESTS:
