@@ -48,11 +48,12 @@ fn fused_cost_mode(cost: CostKernel) -> u32 {
     }
 }
 
-/// Threads per CTA of the iterate kernel, rounded up to whole warps, 1 to 32 warps: two per
-/// row (row pass) and per column (column pass) when K is on chip, where the kernel gives
-/// each row to two lanes; one per row and column when it streams K from global memory.
+/// Threads per CTA of the iterate kernel, rounded up to whole warps, 1 to 32 warps: four
+/// per row (row pass) and per column (column pass) when K is on chip, where the kernel
+/// gives each row to four lanes; one per row and column when it streams K from global
+/// memory.
 fn iterate_block(n: usize, m: usize, k_in_smem: bool) -> u32 {
-    let per_line = if k_in_smem { 2 } else { 1 };
+    let per_line = if k_in_smem { 4 } else { 1 };
     ((per_line * n.max(m)).div_ceil(32).clamp(1, 32) * 32) as u32
 }
 
