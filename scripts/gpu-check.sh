@@ -23,8 +23,9 @@
 #  7. Nsight Compute (ncu) on one launch of the fused and cost kernels, when it can read the
 #     performance counters (optional: a refusal does not fail the check)
 #  8. writes benches/results/<date>-<gpu>.json and .md (commit them; a later run on the same
-#     day adds -2, -3, ...) and the logs beside them (<name>.logs/); --export OUTDIR also
-#     copies the two files and a logs.tar.gz there
+#     day adds -2, -3, ...), with each kernel's device time against the newest earlier
+#     results file of the same GPU, and the logs beside them (<name>.logs/); --export
+#     OUTDIR also copies the two files and a logs.tar.gz there
 #
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
 # Without --prebuilt the build needs the crates of Cargo.lock (network, or a cargo

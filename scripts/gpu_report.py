@@ -102,8 +102,6 @@ for bw_key in [k for k in ratios if k.endswith("device GB/s / measured HBM GB/s"
     goals.append({"goal": f"cosine cost >= 75% of measured HBM bandwidth ({label})", "value": bw,
                   "target": 0.75, "met": bw >= 0.75})
 result["goals"] = goals
-with open(out + ".json", "w") as f:
-    json.dump(result, f, indent=2)
 
 md = [f"# GPU check: {gpu}", "", "Produced by `scripts/gpu-check.sh`; raw logs in `" + os.path.basename(logs) + "/`.", ""]
 if source:
@@ -139,6 +137,46 @@ if goals:
     md += [f"| {g['goal']} | {g['value']:.3f} | {g['target']:g} | {'yes' if g['met'] else 'NO'} |" for g in goals]
 if tests:
     md += ["", "## CUDA parity (excerpt)", "", "```", tests.rstrip(), "```"]
+# Against the newest earlier results file for the same GPU (device time per call of each
+# backend and kernel both runs measured), so that a run shows what changed since the last.
+def earlier_run():
+    folder = os.path.dirname(os.path.abspath(out))
+    mine = os.path.basename(out)
+    # gpu-check names a day's first run <date>-<slug> and its N-th <date>-<slug>-N
+    m = re.match(r"^\d{4}-\d{2}-\d{2}-(.+?)(?:-\d+)?$", mine)
+    slug = m.group(1) if m else None
+    runs = []
+    for name in os.listdir(folder):
+        if not name.endswith(".json") or name == mine + ".json":
+            continue
+        try:
+            prev = json.load(open(os.path.join(folder, name)))
+        except (OSError, ValueError):
+            continue
+        if not (isinstance(prev, dict) and prev.get("gpu") == gpu and isinstance(prev.get("bench"), dict)):
+            continue
+        # the newest day first; on a day, the N-th run of gpu-check's naming above the
+        # (N-1)-th, and files named otherwise (kept by hand) below them all
+        day = name[:10]
+        m = slug and re.match(r"^\d{4}-\d{2}-\d{2}-" + re.escape(slug) + r"(?:-(\d+))?\.json$", name)
+        runs.append(((day, int(m.group(1) or 1) if m else 0, name), name, prev))
+    return max(runs, default=None, key=lambda r: r[0])
+
+def device_times(b):
+    return {(be, r["kernel"]): r["device_seconds_per_call"] for be, recs in b.items() for r in recs
+            if isinstance(r, dict) and "kernel" in r and r.get("device_seconds_per_call")}
+
+prev = earlier_run()
+if prev:
+    before, now = device_times(prev[2]["bench"]), device_times(bench)
+    common = [k for k in now if k in before]
+    if common:
+        result["since"] = {"file": prev[1], "device_seconds": {f"{be} {k}": [before[(be, k)], now[(be, k)]]
+                                                                for be, k in common}}
+        md += ["", f"## Since {prev[1]} (device time per call)", "",
+               "| backend | kernel | before s | now s | now / before |", "|---|---|---:|---:|---:|"]
+        md += [f"| {be} | {k} | {before[(be, k)]:.6f} | {now[(be, k)]:.6f} | {now[(be, k)] / before[(be, k)]:.3f} |"
+               for be, k in common]
 # Nsight Compute: the headline metrics of each profiled kernel (full sections in the logs).
 NCU_METRICS = re.compile(r"^\s*(Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|"
                          r"Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc Active|"
@@ -150,6 +188,8 @@ for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
     lines = [l.rstrip() for l in open(os.path.join(logs, name), errors="replace") if NCU_METRICS.match(l)]
     if lines:
         md += ["", f"## Nsight Compute: {name[len('profile-'):-len('.log')]} (excerpt)", "", "```", *lines, "```"]
+with open(out + ".json", "w") as f:
+    json.dump(result, f, indent=2)
 with open(out + ".md", "w") as f:
     f.write("\n".join(md) + "\n")
 print(f"gpu-check: wrote {out}.json and {out}.md")
