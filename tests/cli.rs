@@ -466,7 +466,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "OPTICAL_CUDA_FUSED_THREADS",
             "384",
             "sinkhorn-fused",
-            "512 or 256",
+            "auto, 512 or 256",
         ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_optical"))

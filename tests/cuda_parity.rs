@@ -479,13 +479,13 @@ fn sinkhorn_stops_converged_pairs_like_the_reference() {
 fn fused_sinkhorn_matches_reference() {
     let Some(gpu) = cuda() else { return };
     // The fused kernel has two cost phases (the wide cost kernel maps to the 3xTF32 one) and
-    // two block sizes: each cost phase with the default block, and the other block.
-    let [t512, t256] = FusedThreads::ALL;
+    // two block sizes: the default (512 or 256 threads by shape), and each block for every
+    // shape.
     every_case(
         [
-            (CostKernel::Tf32x3, t512),
-            (CostKernel::Fp32, t512),
-            (CostKernel::Tf32x3, t256),
+            (CostKernel::Tf32x3, FusedThreads::Auto),
+            (CostKernel::Fp32, FusedThreads::Threads512),
+            (CostKernel::Tf32x3, FusedThreads::Threads256),
         ],
         |(kernel, threads)| {
             let Backend::Cuda(c) = with_cost_kernel(&gpu, kernel) else {
@@ -535,7 +535,7 @@ fn fused_cases(gpu: &Backend, kernel: CostKernel, threads: FusedThreads) {
             let what = format!(
                 "fused ({}, {} threads) b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}",
                 kernel.name(),
-                threads.get()
+                threads.name()
             );
             compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
                 i >= x.lengths[p] || j >= y.lengths[p]

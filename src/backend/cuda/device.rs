@@ -72,19 +72,48 @@ pub struct CudaBackend {
 /// With two CTAs per SM (the shared memory of a 128 × 128 pair allows two), 512 threads
 /// give each SM scheduler 8 warps to hide the shared-load and `ex2` latencies of the
 /// iterations instead of 4; the H200 profile of the 256-thread kernel showed it
-/// latency-bound at 23 % occupancy (`docs/PERFORMANCE.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FusedThreads(u32);
+/// latency-bound at 23 % occupancy (`docs/PERFORMANCE.md`). Pairs of at most 64 rows and
+/// columns keep four lanes each busy with 256 threads, and the smaller block lets twice as
+/// many CTAs share an SM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FusedThreads {
+    /// 512 threads when a pair has more than 64 rows or columns, else 256.
+    #[default]
+    Auto,
+    /// 512 threads for every shape.
+    Threads512,
+    /// 256 threads for every shape.
+    Threads256,
+}
 
-/// Environment variable that picks the fused kernel's block: `512` (default) or `256`.
+/// Environment variable that picks the fused kernel's block: `auto` (default), `512` or
+/// `256`.
 pub const FUSED_THREADS_ENV: &str = "OPTICAL_CUDA_FUSED_THREADS";
 
 impl FusedThreads {
-    /// Every block the kernel supports, the default first.
-    pub const ALL: [FusedThreads; 2] = [FusedThreads(512), FusedThreads(256)];
+    /// Every choice, the default first.
+    pub const ALL: [FusedThreads; 3] = [
+        FusedThreads::Auto,
+        FusedThreads::Threads512,
+        FusedThreads::Threads256,
+    ];
 
-    pub fn get(self) -> u32 {
-        self.0
+    pub fn name(self) -> &'static str {
+        match self {
+            FusedThreads::Auto => "auto",
+            FusedThreads::Threads512 => "512",
+            FusedThreads::Threads256 => "256",
+        }
+    }
+
+    /// Threads per CTA for pairs of up to `n` rows and `m` columns.
+    pub fn block(self, n: usize, m: usize) -> u32 {
+        match self {
+            FusedThreads::Auto if n.max(m) > 64 => 512,
+            FusedThreads::Auto => 256,
+            FusedThreads::Threads512 => 512,
+            FusedThreads::Threads256 => 256,
+        }
     }
 
     /// The block that `$OPTICAL_CUDA_FUSED_THREADS` names (unset or empty: the default).
@@ -96,19 +125,13 @@ impl FusedThreads {
     }
 }
 
-impl Default for FusedThreads {
-    fn default() -> Self {
-        FusedThreads::ALL[0]
-    }
-}
-
 impl std::str::FromStr for FusedThreads {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         FusedThreads::ALL
             .into_iter()
-            .find(|t| s.trim().parse::<u32>() == Ok(t.0))
-            .ok_or_else(|| Error::parameter(FUSED_THREADS_ENV, "512 or 256", s))
+            .find(|t| t.name() == s.trim())
+            .ok_or_else(|| Error::parameter(FUSED_THREADS_ENV, "auto, 512 or 256", s))
     }
 }
 
@@ -193,7 +216,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("device", &self.dev.name)
             .field("compute_capability", &self.dev.compute_capability)
             .field("cost_kernel", &self.cost_kernel)
-            .field("fused_threads", &self.fused_threads.0)
+            .field("fused_threads", &self.fused_threads.name())
             .finish()
     }
 }
@@ -432,7 +455,7 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                 format!(
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
                      ({COST_KERNEL_ENV}: tf32x3, fp32, tf32x3w or wgmma); fused Sinkhorn \
-                     with {} threads per pair ({FUSED_THREADS_ENV}: 512 or 256)",
+                     with {} threads per pair ({FUSED_THREADS_ENV}: auto, 512 or 256)",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
@@ -440,7 +463,7 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                         CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
                         CostKernel::Wgmma => "the tensor cores (3xTF32 on wgmma, 128x128 tiles)",
                     },
-                    b.fused_threads.0
+                    b.fused_threads.name()
                 ),
             ),
             Err(e) => (false, devices, e.to_string()),
@@ -549,7 +572,8 @@ impl CudaBackend {
     /// Open device 0 (once per process; later calls share it).
     /// Device 0, with the cost kernel that `$OPTICAL_CUDA_COST_KERNEL` names (default
     /// tf32x3) and the fused kernel's block that `$OPTICAL_CUDA_FUSED_THREADS` names (default
-    /// 512). Both are read before any device is looked for.
+    /// auto: 512 threads for pairs with more than 64 rows or columns, else 256). Both are
+    /// read before any device is looked for.
     pub fn new() -> Result<CudaBackend> {
         let cost_kernel = CostKernel::from_env()?;
         let fused_threads = FusedThreads::from_env()?;
@@ -940,12 +964,19 @@ mod tests {
         }
         assert_eq!(CostKernel::default(), CostKernel::Tf32x3);
         for t in FusedThreads::ALL {
-            assert_eq!(t.get().to_string().parse::<FusedThreads>().unwrap(), t);
+            assert_eq!(t.name().parse::<FusedThreads>().unwrap(), t);
         }
-        assert_eq!(FusedThreads::default().get(), 512);
+        let auto = FusedThreads::default();
+        assert_eq!(auto, FusedThreads::Auto);
+        assert_eq!(
+            [(128, 128), (65, 3), (64, 64), (1, 1)].map(|(n, m)| auto.block(n, m)),
+            [512, 512, 256, 256]
+        );
+        assert_eq!(FusedThreads::Threads256.block(128, 128), 256);
+        assert_eq!(FusedThreads::Threads512.block(1, 1), 512);
         let e = "384".parse::<FusedThreads>().unwrap_err().to_string();
         assert!(
-            e.contains(FUSED_THREADS_ENV) && e.contains("512 or 256") && e.contains("384"),
+            e.contains(FUSED_THREADS_ENV) && e.contains("auto, 512 or 256") && e.contains("384"),
             "{e}"
         );
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();

@@ -219,7 +219,7 @@ impl CudaBackend {
     ) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: (as_u32("b", b)?, 1, 1),
-            block_dim: (self.fused_threads().get(), 1, 1),
+            block_dim: (self.fused_threads().block(n, m), 1, 1),
             shared_mem_bytes: as_u32("shared memory", fused_smem(n, m, self.cost_kernel()))?,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
