@@ -14,7 +14,7 @@
 #     when it is installed, OPTICAL_WGPU_ADAPTER=nvidia so that a software adapter cannot
 #     stand in for it); when built here, the whole test suite with both GPU features
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
-#     cost kernels with each OPTICAL_CUDA_COST_KERNEL, the fused kernel with each
+#     cost kernels with each OPTICAL_CUDA_COST_KERNEL, and the fused kernel with
 #     OPTICAL_CUDA_FUSED_THREADS=256 too),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
