@@ -23,11 +23,12 @@ def jsonl(name):
 
 info = jsonl("info")
 torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.path.join(logs, "torch.json")) else None
-bench = {"cuda": jsonl("bench-cuda"), "cuda-fp32": jsonl("bench-cuda-fp32"),
-         "cuda-tf32x3w": jsonl("bench-cuda-tf32x3w"), "cuda-wgmma": jsonl("bench-cuda-wgmma"),
-         "cuda-fused256": jsonl("bench-cuda-fused256"),
-         "wgpu": jsonl("bench-wgpu"),
-         "cpu": jsonl("bench-cpu")}
+# One entry per bench step of gpu-check (bench-<backend>[-<variant>].log): "cuda" (the
+# defaults), "cuda-fp32", "cuda-wgmma", ..., "wgpu", "cpu".
+bench_steps = sorted(n[len("bench-"):-len(".log")] for n in os.listdir(logs)
+                     if n.startswith("bench-") and n.endswith(".log")) if os.path.isdir(logs) else []
+bench = {be: jsonl("bench-" + be) for be in bench_steps}
+cuda_runs = [be for be in bench if be == "cuda" or be.startswith("cuda-")]
 tests = ""
 p = os.path.join(logs, "cuda-tests.log")
 if os.path.exists(p):
@@ -38,14 +39,14 @@ result = {"gpu": gpu, "source": source, "status": status, "info": info[0] if inf
           "torch": torch}
 
 # Ratios on the problem (device times; see docs/PERFORMANCE.md, CUDA section), for
-# the fused kernel with each cost phase ("cuda": the default, tensor cores in 3xTF32 and 512
-# threads per pair; "cuda-fp32": FP32 FMA; "cuda-fused256": 3xTF32 with 256 threads).
+# the fused kernel of every CUDA run that benched it ("cuda": the defaults, tensor cores in
+# 3xTF32 and 512 threads per pair; "cuda-fp32": FP32 FMA; "cuda-fused256": 256 threads).
 def variant(be):
     return "" if be == "cuda" else f" ({be})"
 
 ratios = {}
 fused_runs = {}
-for be in ("cuda", "cuda-fp32", "cuda-fused256"):
+for be in cuda_runs:
     fused = next((r for r in bench[be] if r.get("kernel") == "sinkhorn-fused"), None)
     if not (fused and fused.get("device_seconds_per_call")):
         continue
@@ -62,16 +63,17 @@ for be in ("cuda", "cuda-fp32", "cuda-fused256"):
         ratios[f"exp floor G exp/s ({sms} SMs x 16/clk x {sm_clock_ghz:.2f} GHz)"] = floor
         ratios[f"optical fused{variant(be)} G exp/s (device)"] = fused.get("device_rate")
         ratios[f"optical fused{variant(be)} time / exp floor time"] = floor / fused["device_rate"]
-# Cosine cost against the measured HBM bandwidth, for each CUDA cost kernel: the L2-busting
-# problem when it ran (repeated calls of the small one can be served from L2).
-for be in ("cuda", "cuda-fp32", "cuda-tf32x3w", "cuda-wgmma"):
+# Cosine cost against the measured HBM bandwidth, for each CUDA run that benched a cost
+# kernel: the L2-busting problem when it ran (repeated calls of the small one can be served
+# from L2).
+for be in cuda_runs:
     cost = next((r for r in bench[be] if r.get("kernel") == "cosine-cost-hbm"), None) or \
         next((r for r in bench[be] if r.get("kernel") == "cosine-cost"), None)
     if cost and cost.get("device_rate") and torch and torch.get("hbm_copy_gb_per_s"):
         ratios[f"{be} {cost['kernel']} device GB/s / measured HBM GB/s"] = \
             cost["device_rate"] / torch["hbm_copy_gb_per_s"]
 # The same fused problem through WGSL on the same GPU (Vulkan driver, pass timestamps).
-wgpu_fused = next((r for r in bench["wgpu"] if r.get("kernel") == "sinkhorn-fused"), None)
+wgpu_fused = next((r for r in bench.get("wgpu", []) if r.get("kernel") == "sinkhorn-fused"), None)
 if wgpu_fused and wgpu_fused.get("device_seconds_per_call") and "cuda" in fused_runs:
     ratios["wgpu fused (device) / cuda fused (device)"] = \
         wgpu_fused["device_seconds_per_call"] / fused_runs["cuda"]["device_seconds_per_call"]

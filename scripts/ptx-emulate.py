@@ -812,6 +812,12 @@ def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64, m
     return report(f"{entry} b={b} n={n} m={m} d={d}", err, 2e-5)
 
 
+def test_wgmma_cost(mods, b, n, m, d, seed):
+    """test_cosine_cost of cosine_cost_wgmma_f32 (kernels/cosine_cost_sm90a.ptx): 128x128
+    tiles, 66,560 bytes of dynamic shared memory."""
+    return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)
+
+
 def test_maxsim(mods, nq, qn, nd, d, seed, in_smem):
     rng = random.Random(seed)
     dp = (d + 3) // 4 * 4
@@ -1049,12 +1055,9 @@ def main():
         ("cosine_cost tf32x3w d=384", lambda: test_cosine_cost(mods, 1, 70, 129, 384, 4, "cosine_cost_tf32x3w_f32", 128)),
         # wgmma (sm_90a): one tile, partial tiles both ways with a chunk tail (d = 37: 3
         # chunks of 16, the last one partial), and the 128-row tile at d = 384 (24 chunks)
-        ("cosine_cost wgmma 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1, "cosine_cost_wgmma_f32", 128,
-                                                          "cosine_cost_sm90a", 66560)),
-        ("cosine_cost wgmma tiles", lambda: test_cosine_cost(mods, 2, 130, 17, 37, 2, "cosine_cost_wgmma_f32", 128,
-                                                              "cosine_cost_sm90a", 66560)),
-        ("cosine_cost wgmma d=384", lambda: test_cosine_cost(mods, 1, 70, 129, 384, 4, "cosine_cost_wgmma_f32", 128,
-                                                              "cosine_cost_sm90a", 66560)),
+        ("cosine_cost wgmma 1", lambda: test_wgmma_cost(mods, 1, 1, 1, 1, 1)),
+        ("cosine_cost wgmma tiles", lambda: test_wgmma_cost(mods, 2, 130, 17, 37, 2)),
+        ("cosine_cost wgmma d=384", lambda: test_wgmma_cost(mods, 1, 70, 129, 384, 4)),
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),
@@ -1113,18 +1116,18 @@ def main():
         for name, module, old, new, test in [
             ("wgmma LBO and SBO swapped", "cosine_cost_sm90a",
              "mov.u64         dconst, 0x0000002000080000;", "mov.u64         dconst, 0x0000000800200000;",
-             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma no wait_group", "cosine_cost_sm90a", "    wgmma.wait_group.sync.aligned 0;\n", "",
-             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma stage rewritten in flight", "cosine_cost_sm90a",
              "    @pt bra         STAGED;\n    and.b32         t, it, 1;",
              "    @pt bra         STAGED;\n    add.u32         t, it, 1;\n    and.b32         t, t, 1;",
-             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma no wgmma.fence", "cosine_cost_sm90a", "    wgmma.fence.sync.aligned;\n", "",
-             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma no fence.proxy.async", "cosine_cost_sm90a", "STAGED:\n    fence.proxy.async.shared::cta;\n",
              "STAGED:\n",
-             lambda m: test_cosine_cost(m, 1, 9, 5, 37, 3, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)),
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("fused no barrier after the cost phase", "sinkhorn_fused",
              "    // Every thread: the cost tiles are in K, and F[] and G[] (the inverse norms) are free.\n"
              "    bar.sync        0;\n", "",

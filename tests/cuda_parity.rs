@@ -10,7 +10,7 @@
 //! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
 #![cfg(feature = "cuda")]
 
-use optical::backend::cuda::{CostKernel, FusedThreads};
+use optical::backend::cuda::{CostKernel, CudaBackend, FusedThreads};
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -151,11 +151,16 @@ fn cosine_cost_matches_reference() {
 /// The same CUDA device computing cosine costs (standalone and in the fused kernel's cost
 /// phase) with `kernel`.
 fn with_cost_kernel(gpu: &Backend, kernel: CostKernel) -> Backend {
-    let Backend::Cuda(c) = gpu else {
-        unreachable!("cuda() returns the CUDA backend")
-    };
     eprintln!("cost kernel {}", kernel.name());
-    Backend::Cuda(c.clone().with_cost_kernel(kernel))
+    Backend::Cuda(cuda_of(gpu).clone().with_cost_kernel(kernel))
+}
+
+/// The CUDA backend inside `gpu` (every backend these tests build from [`cuda`] is one).
+fn cuda_of(gpu: &Backend) -> &CudaBackend {
+    match gpu {
+        Backend::Cuda(c) => c,
+        _ => unreachable!("cuda() returns the CUDA backend"),
+    }
 }
 
 fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
@@ -222,10 +227,7 @@ fn wide_wgmma_cost_kernel_matches_reference() {
     let Some(gpu) = cuda() else { return };
     let kernel = CostKernel::Wgmma;
     let gpu = with_cost_kernel(&gpu, kernel);
-    let Backend::Cuda(c) = &gpu else {
-        unreachable!("with_cost_kernel returns the CUDA backend")
-    };
-    if c.compute_capability() != (9, 0) {
+    if cuda_of(&gpu).compute_capability() != (9, 0) {
         let x = embeddings(1, 1, 3, 8, true);
         let e = gpu.cosine_cost(&x, &x).unwrap_err().to_string();
         assert!(
@@ -488,10 +490,8 @@ fn fused_sinkhorn_matches_reference() {
             (CostKernel::Tf32x3, FusedThreads::Threads256),
         ],
         |(kernel, threads)| {
-            let Backend::Cuda(c) = with_cost_kernel(&gpu, kernel) else {
-                unreachable!("with_cost_kernel returns the CUDA backend")
-            };
-            let gpu = Backend::Cuda(c.with_fused_threads(threads));
+            let with_kernel = with_cost_kernel(&gpu, kernel);
+            let gpu = Backend::Cuda(cuda_of(&with_kernel).clone().with_fused_threads(threads));
             fused_cases(&gpu, kernel, threads)
         },
     );

@@ -67,6 +67,61 @@ pub struct CudaBackend {
     fused_threads: FusedThreads,
 }
 
+/// A setting chosen by name through an environment variable (the cost kernel, the fused
+/// kernel's block): parsing, the default when unset, and the list of names for messages.
+trait EnvChoice: Copy + Default + 'static {
+    const VAR: &'static str;
+    /// Every choice, the default first.
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+}
+
+/// [`EnvChoice`] and `FromStr` for a type with inherent `ALL` and `name`, read from `$var`.
+macro_rules! env_choice {
+    ($t:ty, $var:expr) => {
+        impl EnvChoice for $t {
+            const VAR: &'static str = $var;
+            const ALL: &'static [Self] = &<$t>::ALL;
+            fn name(self) -> &'static str {
+                <$t>::name(self)
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                parse_choice(s)
+            }
+        }
+    };
+}
+
+/// The choice named `s`, or an error that lists the names.
+fn parse_choice<T: EnvChoice>(s: &str) -> Result<T> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|t| t.name() == s.trim())
+        .ok_or_else(|| Error::parameter(T::VAR, choices::<T>(), s))
+}
+
+/// The choice that the environment variable names (unset or empty: the default).
+fn choice_from_env<T: EnvChoice>() -> Result<T> {
+    match std::env::var(T::VAR) {
+        Ok(v) if !v.is_empty() => parse_choice(&v),
+        _ => Ok(T::default()),
+    }
+}
+
+/// "a, b or c": the names of every choice, the default first.
+fn choices<T: EnvChoice>() -> String {
+    let names: Vec<&str> = T::ALL.iter().map(|t| t.name()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}
+
 /// Threads per CTA of the fused Sinkhorn kernel (`sinkhorn_fused_f32`): its cost phase runs
 /// on the first 256, its iterations on all of them, four lanes per row (and per column).
 /// With two CTAs per SM (the shared memory of a 128 × 128 pair allows two), 512 threads
@@ -118,22 +173,11 @@ impl FusedThreads {
 
     /// The block that `$OPTICAL_CUDA_FUSED_THREADS` names (unset or empty: the default).
     pub fn from_env() -> Result<Self> {
-        match std::env::var(FUSED_THREADS_ENV) {
-            Ok(v) if !v.is_empty() => v.parse(),
-            _ => Ok(FusedThreads::default()),
-        }
+        choice_from_env()
     }
 }
 
-impl std::str::FromStr for FusedThreads {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        FusedThreads::ALL
-            .into_iter()
-            .find(|t| t.name() == s.trim())
-            .ok_or_else(|| Error::parameter(FUSED_THREADS_ENV, "auto, 512 or 256", s))
-    }
-}
+env_choice!(FusedThreads, FUSED_THREADS_ENV);
 
 /// Which tiling computes cosine costs: the standalone cost kernel, and the cost phase of the
 /// fused Sinkhorn kernel. Both have the same contract and the same parity tests.
@@ -166,22 +210,7 @@ pub enum CostKernel {
 /// `wgmma`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
-impl std::str::FromStr for CostKernel {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fp32" => Ok(CostKernel::Fp32),
-            "tf32x3" => Ok(CostKernel::Tf32x3),
-            "tf32x3w" => Ok(CostKernel::Tf32x3Wide),
-            "wgmma" => Ok(CostKernel::Wgmma),
-            other => Err(Error::parameter(
-                COST_KERNEL_ENV,
-                "tf32x3, fp32, tf32x3w or wgmma",
-                other,
-            )),
-        }
-    }
-}
+env_choice!(CostKernel, COST_KERNEL_ENV);
 
 impl CostKernel {
     /// Every cost kernel, the default first.
@@ -203,10 +232,7 @@ impl CostKernel {
 
     /// The kernel named by `$OPTICAL_CUDA_COST_KERNEL` (unset or empty: the default).
     pub fn from_env() -> Result<Self> {
-        match std::env::var(COST_KERNEL_ENV) {
-            Ok(v) if !v.is_empty() => v.parse(),
-            _ => Ok(CostKernel::default()),
-        }
+        choice_from_env()
     }
 }
 
@@ -454,8 +480,8 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                 devices,
                 format!(
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
-                     ({COST_KERNEL_ENV}: tf32x3, fp32, tf32x3w or wgmma); fused Sinkhorn \
-                     with {} threads per pair ({FUSED_THREADS_ENV}: auto, 512 or 256)",
+                     ({COST_KERNEL_ENV}: {}); fused Sinkhorn with {} threads per pair \
+                     ({FUSED_THREADS_ENV}: {})",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
@@ -463,7 +489,9 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                         CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
                         CostKernel::Wgmma => "the tensor cores (3xTF32 on wgmma, 128x128 tiles)",
                     },
-                    b.fused_threads.name()
+                    choices::<CostKernel>(),
+                    b.fused_threads.name(),
+                    choices::<FusedThreads>()
                 ),
             ),
             Err(e) => (false, devices, e.to_string()),

@@ -60,27 +60,18 @@ pub const MODULES: [PtxModule; 5] = [
     SINKHORN_FUSED_MODULE,
 ];
 
+/// Every cosine-cost kernel's parameters: x, y, x_len, y_len, out, n, m, dp.
+const COST_SIGNATURE: &[&str] = &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"];
+
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
 pub const SIGNATURES: [(&str, &[&str]); 8] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
-    (
-        COSINE_COST,
-        &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
-    ),
-    (
-        COSINE_COST_TF32X3,
-        &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
-    ),
-    (
-        COSINE_COST_TF32X3W,
-        &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
-    ),
-    (
-        COSINE_COST_WGMMA,
-        &["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
-    ),
+    (COSINE_COST, COST_SIGNATURE),
+    (COSINE_COST_TF32X3, COST_SIGNATURE),
+    (COSINE_COST_TF32X3W, COST_SIGNATURE),
+    (COSINE_COST_WGMMA, COST_SIGNATURE),
     (
         MAXSIM,
         &[
