@@ -16,7 +16,9 @@
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
 #     cost kernels with each OPTICAL_CUDA_COST_KERNEL, and the fused kernel with
 #     OPTICAL_CUDA_FUSED_THREADS=256 too),
-#     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations)
+#     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations), and
+#     `optical bench --backend wgpu` on the Vulkan driver (the fused problem also with
+#     OPTICAL_WGPU_FUSED=tile)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
 #     set PYTHON=/path/to/python)
@@ -201,6 +203,10 @@ fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
+# The fused problem with the tile kernel (K in workgroup memory; where the driver's workgroup
+# memory is too small for a 128 x 128 tile, the materialised path), against the default.
+T=60 step bench-wgpu-tile env "${VK_ENV[@]}" OPTICAL_WGPU_FUSED=tile \
+    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn-fused
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
 # access to the performance counters, which some machines refuse): throughput, pipe use
 # and issue rates, launch resources, occupancy, memory traffic, warp stall reasons.

@@ -1,14 +1,18 @@
 // Fused cosine cost + log-domain Sinkhorn: the cost of a pair is computed from its
-// embeddings into workgroup memory and never written to global memory.
+// embeddings on-chip and never written to global memory. Two kernels, one contract: the
+// tile kernel keeps K in workgroup memory, the register-blocked kernel in registers.
 //
 // Entry points
-//   fused_sinkhorn_f32   run iterations params.start .. min(params.start + params.iterations,
-//                        params.max_iterations) of every pair still active, testing each
-//                        pair's convergence on the device every params.check_every iterations
-//                        and at params.max_iterations; a pair whose error is ≤ threshold (or
-//                        not finite) stops and records its state.
-//   fused_plan_f32       the plan (b, n, m), potentials f, g and transport cost ⟨P, C⟩ of the
-//                        current iterate, padding 0.
+//   fused_sinkhorn_f32      (tile) and
+//   fused_blocked_f32       (register-blocked): run iterations params.start ..
+//                           min(params.start + params.iterations, params.max_iterations) of
+//                           every pair still active, testing each pair's convergence on the
+//                           device every params.check_every iterations and at
+//                           params.max_iterations; a pair whose error is ≤ threshold (or not
+//                           finite) stops and records its state.
+//   fused_plan_f32          (tile) and
+//   fused_blocked_plan_f32  (register-blocked): the plan (b, n, m), potentials f, g and
+//                           transport cost ⟨P, C⟩ of the current iterate, padding 0.
 //
 // Bindings (group 0), chunk-relative
 //   0 uniform  params   {pairs, n, m, d, start, iterations, max_iterations, check_every,
@@ -21,27 +25,55 @@
 //   6 storage  status   array<vec4<u32>> (pairs) read_write: (iterations done, state,
 //                       bitcast error, 0); state 0 = running, 1 = converged, 2 = stopped
 //                       (non-finite error)
-//   7 storage  out      f32, written by fused_plan_f32 only: plan (pairs, n, m), then the
-//                       cost (pairs), then f (pairs, n), then g (pairs, m)
+//   7 storage  out      f32, written by the plan entry points only: plan (pairs, n, m), then
+//                       the cost (pairs), then f (pairs, n), then g (pairs, m)
 //
+// Numerics (both kernels): C_ij = 1 − clamp(⟨x_i, y_j⟩·‖x_i‖⁻¹·‖y_j‖⁻¹, −1, 1) (a zero vector
+// has inverse norm 0, so cos 0), dot products and squared norms accumulated by fma in f32 in
+// dimension order. α_i = min_j C_ij, β_j = min_i (C_ij − α_i); K_ij = −(C_ij − α_i − β_j)·
+// log2(e)/ε ≤ 0, by the same operations in both kernels, so their K are bit-identical. K, α
+// and β are rebuilt identically at the start of every dispatch, so splitting the iterations
+// over dispatches does not change a bit. g = 0 at the start means G_j = −β_j·log2(e)/ε. The
+// row update computed by a convergence check is the next iteration's row update, so it is
+// kept instead of recomputed. The error is tree-reduced in a fixed order.
+//
+// ---- Tile kernel (fused_sinkhorn_f32, fused_plan_f32)
 // Geometry: one workgroup of WG invocations per pair (WG = 256, or 64 when every pair of the
 // dispatch is at most 64 × 64: a pipeline-overridable constant), dispatch (pairs, 1, 1),
 // pairs ≤ 65535. Invocation t owns rows t, t+WG, … and columns t, t+WG, ….
-//
 // Workgroup memory: hf, hg (512 f32 each; they hold the inverse norms while the cost is
 // built), partial sums (WG f32), and the cost tile, TILE_CAPACITY f32 (overridden by the
-// host from maxComputeWorkgroupStorageSize) with odd row stride s = nc|1. The host only uses
-// this kernel when every pair satisfies nr·s ≤ TILE_CAPACITY; otherwise it falls back to the
-// materialised path (cosine_cost + sinkhorn.wgsl).
+// host from maxComputeWorkgroupStorageSize) with odd row stride s = nc|1. The host uses this
+// kernel when every pair satisfies nr·s ≤ TILE_CAPACITY and the register-blocked kernel does
+// not take the batch; otherwise it falls back to the materialised path (cosine_cost +
+// sinkhorn.wgsl). LSE as in sinkhorn.wgsl (single-pass max-subtracted, sequential).
 //
-// Numerics: C_ij = 1 − clamp(⟨x_i, y_j⟩·‖x_i‖⁻¹·‖y_j‖⁻¹, −1, 1) (a zero vector has inverse norm
-// 0, so cos 0), dot products accumulated in f32 in index order. α_i = min_j C_ij,
-// β_j = min_i (C_ij − α_i); the tile holds K_ij = −(C_ij − α_i − β_j)·log2(e)/ε ≤ 0. The tile,
-// α and β are rebuilt identically at the start of every dispatch, so splitting the iterations
-// over dispatches does not change a bit. LSE and error as in sinkhorn.wgsl (single-pass
-// max-subtracted, sequential, tree-reduced error); g = 0 at the start means G_j = −β_j·log2(e)/ε.
-// The row update computed by a convergence check is the next iteration's row update, so it is
-// kept instead of recomputed.
+// ---- Register-blocked kernel (fused_blocked_f32, fused_blocked_plan_f32)
+// Each invocation keeps an 8 × 8 block of the pair's K in registers, so every invocation works
+// on every row and column update and workgroup memory holds only potentials and partial
+// reductions (29,712 B whatever the pair, within the 32 KiB that Metal and many Vulkan
+// drivers allow).
+// Geometry: one workgroup of G × G invocations per pair (G = 16, or 8 when every pair of the
+// dispatch is at most 64 × 64; pipeline-overridable, with WG = G·G), dispatch (pairs, 1, 1).
+// Every pair must have at most 8·G real rows and columns (the host checks). Invocation
+// t = G·ri + cj owns rows ri + G·a and columns cj + G·b for a, b < 8: its block is strided,
+// so a ragged pair keeps all invocations about equally busy.
+// One half-iteration (the row update; the column update is its transpose):
+//   1. every invocation folds its 8 columns of each of its 8 rows into a partial (max, sum of
+//      exp2(v − max)) over v = K_ij + G_j + log2 b_j: 64 exp2, independent of each other
+//      (two passes over registers, max then sum, so no exp2 waits on another);
+//   2. level 1: invocation t merges 8 of the G partials of row t / (G/8);
+//   3. level 2: invocation i (the row's owner) merges the G/8 level-1 results and writes
+//      F_i + log2 a_i to workgroup memory.
+// Three barriers per half-iteration; exp2 count 2·(8G)²·(1 + 1/8 − 1/(8G)) per iteration for a
+// full 8G × 8G pair (the merges add an eighth). Merges are (m, s) ⊕ (m', s') =
+// (max, s·2^(m − max) + s'·2^(m' − max)) in a fixed order: deterministic. Padding entries of
+// K hold −3e38, whose exp2 against any real maximum is 0.
+// Workgroup memory (G = 16): hf, hg (512 f32 each, 8G used), partial sums (WG f32), partials
+// 2 × 128 × 17 f32 (row stride G + 1, so that the column update's writes do not collide in
+// banks), level-1 results 256 vec2, embedding staging 2 × 128 × 5 f32 for the cost build.
+// Workgroup variables count only in the entry points that use them, so neither kernel pays
+// for the other's.
 
 struct Params {
     pairs: u32,
@@ -81,6 +113,80 @@ var<workgroup> hg: array<f32, MAX_N>;
 var<workgroup> partial: array<f32, WG>;
 var<workgroup> tile: array<f32, TILE_CAPACITY>;
 var<workgroup> wstatus: vec4<u32>;
+
+// Register-blocked kernel: invocation grid side (G × G invocations, WG = G·G; pairs up to
+// 8G × 8G), rows (and columns) of K per invocation, embedding dimensions staged per step of
+// the cost build and the staging row stride, K of padding entries.
+override G: u32 = 16u;
+const B: u32 = 8u;
+const KC: u32 = 4u;
+const KCP: u32 = 5u;
+const NEG: f32 = -3.0e38;
+const MODE_LSE: u32 = 0u;
+const MODE_MIN: u32 = 1u;
+
+// Partials of line L (a row or a column) from slot s at L·(G + 1) + s.
+var<workgroup> pmax: array<f32, B * G * (G + 1u)>;
+var<workgroup> psum: array<f32, B * G * (G + 1u)>;
+var<workgroup> lvl1: array<vec2<f32>, G * G>;
+var<workgroup> xs: array<f32, B * G * KCP>;
+var<workgroup> ys: array<f32, B * G * KCP>;
+
+// Sum of partial[0 .. WG) by a fixed tree; every invocation gets the total. Starts with a
+// barrier (the callers have just written partial[t]).
+fn sum_partial(t: u32) -> f32 {
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if t < half {
+            partial[t] += partial[t + half];
+        }
+        workgroupBarrier();
+    }
+    return workgroupUniformLoad(&partial[0]);
+}
+
+// The state after a check with error e: 1 converged, 2 stopped (not finite), 0 running.
+fn check_state(e: f32) -> u32 {
+    if e <= params.threshold {
+        return 1u;
+    }
+    if !(abs(e) <= 3.4e38) {
+        return 2u;
+    }
+    return 0u;
+}
+
+// The status of pair p, loaded uniformly: it decides whether the whole workgroup works.
+fn load_status(p: u32, t: u32) -> vec4<u32> {
+    if t == 0u {
+        wstatus = status[p];
+    }
+    return workgroupUniformLoad(&wstatus);
+}
+
+// The plan entry points' potentials, f_i = F_i·ε/log2(e) + α_i and g_j likewise (padding 0),
+// from hf = α and hg = β.
+fn write_potentials(p: u32, t: u32, nr: u32, nc: u32) {
+    let n = params.n;
+    let m = params.m;
+    let unscale = params.epsilon / LOG2E;
+    let f0 = params.pairs * n * m + params.pairs;
+    let g0 = f0 + params.pairs * n;
+    for (var i = t; i < n; i += WG) {
+        var v = 0.0;
+        if i < nr {
+            v = f[p * n + i] * unscale + hf[i];
+        }
+        out[f0 + p * n + i] = v;
+    }
+    for (var j = t; j < m; j += WG) {
+        var v = 0.0;
+        if j < nc {
+            v = g[p * m + j] * unscale + hg[j];
+        }
+        out[g0 + p * m + j] = v;
+    }
+}
 
 fn lse_push(acc: vec2<f32>, v: f32) -> vec2<f32> {
     let diff = v - acc.x;
@@ -169,11 +275,7 @@ fn fused_sinkhorn_f32(
     if p >= params.pairs {
         return;
     }
-    if t == 0u {
-        wstatus = status[p];
-    }
-    // The status decides whether the whole workgroup works: load it uniformly.
-    let st = workgroupUniformLoad(&wstatus);
+    let st = load_status(p, t);
     if st.y != 0u {
         return;
     }
@@ -264,20 +366,9 @@ fn fused_sinkhorn_f32(
             }
             have_next = true;
             partial[t] = total;
-            workgroupBarrier();
-            for (var half = WG / 2u; half > 0u; half /= 2u) {
-                if t < half {
-                    partial[t] += partial[t + half];
-                }
-                workgroupBarrier();
-            }
-            let e = workgroupUniformLoad(&partial[0]);
+            let e = sum_partial(t);
             error_out = e;
-            if e <= params.threshold {
-                state_out = 1u;
-            } else if !(abs(e) <= 3.4e38) {
-                state_out = 2u;
-            }
+            state_out = check_state(e);
             if state_out != 0u {
                 break;
             }
@@ -324,8 +415,6 @@ fn fused_plan_f32(
     let unscale = params.epsilon / LOG2E;
     let nm = n * m;
     let cost0 = params.pairs * nm;
-    let f0 = cost0 + params.pairs;
-    let g0 = f0 + params.pairs * n;
     var total = 0.0;
     for (var e = t; e < nm; e += WG) {
         let i = e / m;
@@ -339,29 +428,377 @@ fn fused_plan_f32(
         }
         out[p * nm + e] = v;
     }
-    for (var i = t; i < n; i += WG) {
-        var v = 0.0;
-        if i < nr {
-            v = f[p * n + i] * unscale + hf[i];
-        }
-        out[f0 + p * n + i] = v;
-    }
-    for (var j = t; j < m; j += WG) {
-        var v = 0.0;
-        if j < nc {
-            v = g[p * m + j] * unscale + hg[j];
-        }
-        out[g0 + p * m + j] = v;
-    }
+    write_potentials(p, t, nr, nc);
     partial[t] = total;
+    let c = sum_partial(t);
+    if t == 0u {
+        out[cost0 + p] = c;
+    }
+}
+
+// ---- Register-blocked kernel
+
+fn combine(p: vec2<f32>, q: vec2<f32>, mode: u32) -> vec2<f32> {
+    if mode == MODE_MIN {
+        return vec2<f32>(min(p.x, q.x), 0.0);
+    }
+    let hi = max(p.x, q.x);
+    let lo = min(p.x, q.x);
+    let s_hi = select(p.y, q.y, q.x > p.x);
+    let s_lo = select(q.y, p.y, q.x > p.x);
+    return vec2<f32>(hi, fma(s_lo, exp2(lo - hi), s_hi));
+}
+
+// Level 1: invocation t merges slots [8k, 8k + 8) of line t / (G/8), k = t mod (G/8).
+fn level1(t: u32, mode: u32) {
+    let seg = G / B;
+    let line = t / seg;
+    let base = line * (G + 1u) + (t - line * seg) * B;
+    var acc = vec2<f32>(pmax[base], psum[base]);
+    for (var s = 1u; s < B; s++) {
+        acc = combine(acc, vec2<f32>(pmax[base + s], psum[base + s]), mode);
+    }
+    lvl1[t] = acc;
+}
+
+// Level 2, by the line's owner: the merge of its G/8 level-1 results.
+fn level2(line: u32, mode: u32) -> vec2<f32> {
+    let seg = G / B;
+    var acc = lvl1[line * seg];
+    for (var s = 1u; s < seg; s++) {
+        acc = combine(acc, lvl1[line * seg + s], mode);
+    }
+    return acc;
+}
+
+// Partials of the row update: for each own row, (max, Σ exp2(v − max)) over the own columns
+// of v = K_ij + hg_j. Rows past nr write (NEG, 0).
+fn row_partials(ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) {
+    var h: array<f32, B>;
+    for (var b = 0u; b < B; b++) {
+        h[b] = hg[cj + G * b];
+    }
+    for (var a = 0u; a < B; a++) {
+        let i = ri + G * a;
+        var mx = NEG;
+        var s = 0.0;
+        if i < nr {
+            for (var b = 0u; b < B; b++) {
+                mx = max(mx, (*k)[a * B + b] + h[b]);
+            }
+            for (var b = 0u; b < B; b++) {
+                s += exp2((*k)[a * B + b] + h[b] - mx);
+            }
+        }
+        pmax[i * (G + 1u) + cj] = mx;
+        psum[i * (G + 1u) + cj] = s;
+    }
+}
+
+// Partials of the column update, over the own rows of v = K_ij + hf_i.
+fn col_partials(ri: u32, cj: u32, nc: u32, k: ptr<function, array<f32, 64>>) {
+    var h: array<f32, B>;
+    for (var a = 0u; a < B; a++) {
+        h[a] = hf[ri + G * a];
+    }
+    for (var b = 0u; b < B; b++) {
+        let j = cj + G * b;
+        var mx = NEG;
+        var s = 0.0;
+        if j < nc {
+            for (var a = 0u; a < B; a++) {
+                mx = max(mx, (*k)[a * B + b] + h[a]);
+            }
+            for (var a = 0u; a < B; a++) {
+                s += exp2((*k)[a * B + b] + h[a] - mx);
+            }
+        }
+        pmax[j * (G + 1u) + ri] = mx;
+        psum[j * (G + 1u) + ri] = s;
+    }
+}
+
+// The row update's −LSE for the owner of row t (meaningful for t < nr). Ends after level 1's
+// barrier; the caller writes hf and puts the barrier after it.
+fn row_update(t: u32, ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) -> f32 {
+    row_partials(ri, cj, nr, k);
     workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if t < half {
-            partial[t] += partial[t + half];
+    level1(t, MODE_LSE);
+    workgroupBarrier();
+    var r = vec2<f32>(0.0, 1.0);
+    if t < nr {
+        r = level2(t, MODE_LSE);
+    }
+    return -(r.x + log2(r.y));
+}
+
+// Build the pair's K in k (padding NEG). On return hf[i] = α_i, hg[j] = β_j (0 past the
+// lengths, up to 8G). Ends with a barrier.
+fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<function, array<f32, 64>>) {
+    let d = params.d;
+    let xb = p * params.n * d;
+    let yb = p * params.m * d;
+    let lines = B * G;
+    var acc: array<f32, 64>;
+    var ssx: array<f32, B>;
+    var ssy: array<f32, B>;
+    for (var k0 = 0u; k0 < d; k0 += KC) {
+        for (var e = t; e < lines * KC; e += WG) {
+            let r = e / KC;
+            let c = e - r * KC;
+            let kk = k0 + c;
+            var vx = 0.0;
+            if r < nr && kk < d {
+                vx = x[xb + r * d + kk];
+            }
+            var vy = 0.0;
+            if r < nc && kk < d {
+                vy = y[yb + r * d + kk];
+            }
+            xs[r * KCP + c] = vx;
+            ys[r * KCP + c] = vy;
+        }
+        workgroupBarrier();
+        for (var c = 0u; c < KC; c++) {
+            var xv: array<f32, B>;
+            var yv: array<f32, B>;
+            for (var a = 0u; a < B; a++) {
+                xv[a] = xs[(ri + G * a) * KCP + c];
+                ssx[a] = fma(xv[a], xv[a], ssx[a]);
+            }
+            for (var b = 0u; b < B; b++) {
+                yv[b] = ys[(cj + G * b) * KCP + c];
+                ssy[b] = fma(yv[b], yv[b], ssy[b]);
+            }
+            for (var a = 0u; a < B; a++) {
+                for (var b = 0u; b < B; b++) {
+                    acc[a * B + b] = fma(xv[a], yv[b], acc[a * B + b]);
+                }
+            }
         }
         workgroupBarrier();
     }
+    // C, and the row partial minima (α).
+    for (var a = 0u; a < B; a++) {
+        let i = ri + G * a;
+        let ix = select(inverseSqrt(ssx[a]), 0.0, ssx[a] == 0.0);
+        var lo = -NEG;
+        for (var b = 0u; b < B; b++) {
+            let j = cj + G * b;
+            let iy = select(inverseSqrt(ssy[b]), 0.0, ssy[b] == 0.0);
+            let c = 1.0 - clamp(acc[a * B + b] * ix * iy, -1.0, 1.0);
+            let real = i < nr && j < nc;
+            (*k)[a * B + b] = select(NEG, c, real);
+            lo = select(lo, min(lo, c), real);
+        }
+        pmax[i * (G + 1u) + cj] = lo;
+    }
+    workgroupBarrier();
+    level1(t, MODE_MIN);
+    workgroupBarrier();
+    if t < lines {
+        hf[t] = select(0.0, level2(t, MODE_MIN).x, t < nr);
+    }
+    workgroupBarrier();
+    // β: column partial minima of C − α.
+    for (var b = 0u; b < B; b++) {
+        let j = cj + G * b;
+        var lo = -NEG;
+        for (var a = 0u; a < B; a++) {
+            let i = ri + G * a;
+            lo = select(lo, min(lo, (*k)[a * B + b] - hf[i]), i < nr && j < nc);
+        }
+        pmax[j * (G + 1u) + ri] = lo;
+    }
+    workgroupBarrier();
+    level1(t, MODE_MIN);
+    workgroupBarrier();
+    if t < lines {
+        hg[t] = select(0.0, level2(t, MODE_MIN).x, t < nc);
+    }
+    workgroupBarrier();
+    let scale = -LOG2E / params.epsilon;
+    for (var a = 0u; a < B; a++) {
+        let i = ri + G * a;
+        for (var b = 0u; b < B; b++) {
+            let j = cj + G * b;
+            let real = i < nr && j < nc;
+            (*k)[a * B + b] = select(NEG, ((*k)[a * B + b] - hf[i] - hg[j]) * scale, real);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WG)
+fn fused_blocked_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.x;
+    if p >= params.pairs {
+        return;
+    }
+    let st = load_status(p, t);
+    if st.y != 0u {
+        return;
+    }
+    let len = lengths[p];
+    let nr = len.x;
+    let nc = len.y;
+    let ri = t / G;
+    let cj = t - ri * G;
+    var k: array<f32, 64>;
+    build_blocked(p, t, ri, cj, nr, nc, &k);
+
+    let first = st.x == 0u;
+    let la = -log2(f32(nr));
+    let lb = -log2(f32(nc));
+    let scale = LOG2E / params.epsilon;
+    let lines = B * G;
+    // The owner of row t keeps F_t, of column t keeps G_t.
+    var fr = 0.0;
+    var fkeep = 0.0;
+    var gc = 0.0;
+    if t < nr {
+        fr = f[p * params.n + t];
+    }
+    if t < nc {
+        if first {
+            gc = -hg[t] * scale;
+        } else {
+            gc = g[p * params.m + t];
+        }
+    }
+    workgroupBarrier();
+    if t < lines {
+        hg[t] = select(0.0, gc + lb, t < nc);
+    }
+    workgroupBarrier();
+
+    let end = min(params.start + params.iterations, params.max_iterations);
+    var done = params.start;
+    var state_out = 0u;
+    var error_out = bitcast<f32>(st.z);
+    var have_next = false;
+    while done < end {
+        // Row update (or the one the last check already computed).
+        if !have_next {
+            fr = row_update(t, ri, cj, nr, &k);
+        }
+        have_next = false;
+        if t < lines {
+            hf[t] = select(0.0, fr + la, t < nr);
+        }
+        workgroupBarrier();
+        col_partials(ri, cj, nc, &k);
+        workgroupBarrier();
+        level1(t, MODE_LSE);
+        workgroupBarrier();
+        if t < nc {
+            let r = level2(t, MODE_LSE);
+            gc = -(r.x + log2(r.y));
+            hg[t] = gc + lb;
+        }
+        workgroupBarrier();
+        done += 1u;
+
+        if done % params.check_every == 0u || done == params.max_iterations {
+            let f_new = row_update(t, ri, cj, nr, &k);
+            var term = 0.0;
+            if t < nr {
+                term = exp2(la) * abs(exp2(fr - f_new) - 1.0);
+                fkeep = fr;
+                fr = f_new;
+            }
+            have_next = true;
+            partial[t] = term;
+            let e = sum_partial(t);
+            error_out = e;
+            state_out = check_state(e);
+            if state_out != 0u {
+                break;
+            }
+        }
+    }
+    // After a check fr holds F^new, half an iteration ahead; the iterate is fkeep.
+    if have_next {
+        fr = fkeep;
+    }
+    if t < nr {
+        f[p * params.n + t] = fr;
+    }
+    if t < nc {
+        g[p * params.m + t] = gc;
+    }
     if t == 0u {
-        out[cost0 + p] = partial[0];
+        status[p] = vec4<u32>(done, state_out, bitcast<u32>(error_out), 0u);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn fused_blocked_plan_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.x;
+    if p >= params.pairs {
+        return;
+    }
+    let len = lengths[p];
+    let nr = len.x;
+    let nc = len.y;
+    let n = params.n;
+    let m = params.m;
+    let ri = t / G;
+    let cj = t - ri * G;
+    var k: array<f32, 64>;
+    build_blocked(p, t, ri, cj, nr, nc, &k);
+    // hf = α, hg = β, k = K now.
+    let la = -log2(f32(nr));
+    let lb = -log2(f32(nc));
+    let unscale = params.epsilon / LOG2E;
+    let nm = n * m;
+    let cost0 = params.pairs * nm;
+    // Padding entries of the plan.
+    for (var e = t; e < nm; e += WG) {
+        let i = e / m;
+        let j = e - i * m;
+        if i >= nr || j >= nc {
+            out[p * nm + e] = 0.0;
+        }
+    }
+    var fv: array<f32, B>;
+    var gv: array<f32, B>;
+    for (var a = 0u; a < B; a++) {
+        let i = ri + G * a;
+        if i < nr {
+            fv[a] = f[p * n + i];
+        }
+    }
+    for (var b = 0u; b < B; b++) {
+        let j = cj + G * b;
+        if j < nc {
+            gv[b] = g[p * m + j];
+        }
+    }
+    var total = 0.0;
+    for (var a = 0u; a < B; a++) {
+        let i = ri + G * a;
+        for (var b = 0u; b < B; b++) {
+            let j = cj + G * b;
+            if i < nr && j < nc {
+                let kv = k[a * B + b];
+                let v = exp2(kv + fv[a] + gv[b] + la + lb);
+                out[p * nm + i * m + j] = v;
+                // C_ij = α_i + β_j − K_ij·ε/log2(e)
+                total += v * (hf[i] + hg[j] - kv * unscale);
+            }
+        }
+    }
+    write_potentials(p, t, nr, nc);
+    partial[t] = total;
+    let c = sum_partial(t);
+    if t == 0u {
+        out[cost0 + p] = c;
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use optical::backend::wgpu::{Wgpu, WgpuContext, SHADERS};
+use optical::backend::wgpu::{FusedKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS};
 use optical::backend::{Backend, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -302,21 +302,54 @@ fn sinkhorn_converges_like_reference() {
     compare("converged plan", &got.plan, &want.plan, PLAN_TOL, 1e-3);
 }
 
+/// The fused kernel `setting` must pick: the register-blocked one when every pair has at
+/// most `BLOCKED_MAX_LEN` rows and columns, else the tile one when every pair's cost fits the
+/// tile, else none (the materialised path); `blocked` and `tile` allow only their kernel.
+fn expected_fused(setting: FusedKernel, blocked: bool, tile: bool) -> Option<FusedKernel> {
+    match setting {
+        FusedKernel::Auto if blocked => Some(FusedKernel::Blocked),
+        FusedKernel::Auto if tile => Some(FusedKernel::Tile),
+        FusedKernel::Blocked if blocked => Some(FusedKernel::Blocked),
+        FusedKernel::Tile if tile => Some(FusedKernel::Tile),
+        _ => None,
+    }
+}
+
 #[test]
 fn fused_matches_reference() {
-    let Some((w, backend)) = wgpu_backend() else {
+    let Some((w, _)) = wgpu_backend() else {
         return;
     };
+    // The blocked kernel needs 29,712 B of workgroup memory: every adapter with 32 KiB (the
+    // common limit, lavapipe's and Metal's) has it.
+    let has_blocked = w.context().has_blocked_kernel();
+    let limit = w.context().limits().max_compute_workgroup_storage_size;
+    assert!(
+        has_blocked || limit < 32768,
+        "no blocked fused kernel with {limit} B of workgroup memory"
+    );
     let cap = w.context().tile_capacity() as usize;
     let side = (1..=512)
         .take_while(|&s| s * (s | 1) <= cap)
         .last()
         .unwrap_or(1);
+    // Each setting on its own context (the shared one runs the default, auto).
+    let settings = [FusedKernel::Auto, FusedKernel::Blocked, FusedKernel::Tile].map(|k| {
+        let w = if k == FusedKernel::default() {
+            w.clone()
+        } else {
+            let ctx = WgpuContext::new().expect("adapter found above");
+            Wgpu::with_context(Arc::new(ctx.with_fused_kernel(k)))
+        };
+        (k, w)
+    });
     for (k, &(b, n, m, d, iters)) in [
         (3, 1, 1, 5, 20),
         (2, 17, 29, 33, 30),
         (2, side, side, 16, 10),
         (2, side + 1, side + 1, 16, 10),
+        (1, BLOCKED_MAX_LEN, BLOCKED_MAX_LEN, 40, 8),
+        (1, BLOCKED_MAX_LEN + 1, 20, 8, 6),
         (1, 113, 203, 24, 5),
         (1, 16, 8, 1024, 10),
         (4096, 4, 6, 8, 6),
@@ -333,28 +366,36 @@ fn fused_matches_reference() {
             threshold: 1e-5,
             check_every: 3,
         };
-        let direct = w.sinkhorn_embeddings(&x, &y, &params).expect("fused");
-        let fits = (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
-        println!("b={b} n={n} m={m}: fused kernel {fits} (tile capacity {cap})");
-        assert_eq!(
-            direct.is_some(),
-            fits,
-            "the fused path is taken exactly when every pair fits on-chip"
-        );
-        let got = backend
-            .sinkhorn_embeddings(&x, &y, &params)
-            .expect("wgpu sinkhorn_embeddings");
         let want = CpuReference
             .cosine_cost(&x, &y)
             .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
             .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
             .expect("reference");
-        check_solution(
-            &format!("fused eps=0.01 b={b} n={n} m={m} d={d} it={iters}"),
-            &got,
-            &want,
-            params.threshold,
-        );
+        let blocked =
+            has_blocked && (0..b).all(|p| x.lengths[p].max(y.lengths[p]) <= BLOCKED_MAX_LEN);
+        let tile = (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
+        for (setting, w) in &settings {
+            let kernel = w.fused_kernel_for(&x, &y);
+            println!(
+                "b={b} n={n} m={m}, {}: fused kernel {kernel:?} (tile capacity {cap})",
+                setting.name()
+            );
+            assert_eq!(kernel, expected_fused(*setting, blocked, tile));
+            let direct = w.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+            assert_eq!(direct.is_some(), kernel.is_some(), "a fused kernel runs");
+            let got = Backend::Wgpu(w.clone())
+                .sinkhorn_embeddings(&x, &y, &params)
+                .expect("wgpu sinkhorn_embeddings");
+            check_solution(
+                &format!(
+                    "fused ({}: {kernel:?}) eps=0.01 b={b} n={n} m={m} d={d} it={iters}",
+                    setting.name()
+                ),
+                &got,
+                &want,
+                params.threshold,
+            );
+        }
     }
 }
 

@@ -6,6 +6,9 @@
 //! that is not compiled in, or finds no device, is reported as
 //! [`Error::BackendUnavailable`], never a panic.
 
+#[macro_use]
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
+mod choice;
 pub mod cpu;
 pub mod cuda;
 #[cfg(feature = "wgpu")]
@@ -319,13 +322,19 @@ fn probe_cuda() -> BackendInfo {
 fn probe_wgpu() -> BackendInfo {
     let found = self::wgpu::adapters();
     let devices = found.iter().map(self::wgpu::describe_adapter).collect();
-    let (available, note) = match self::wgpu::choose_adapter(found) {
-        Ok(a) => (
+    let chosen = self::wgpu::choose_adapter(found)
+        .and_then(|a| Ok((a, self::wgpu::FusedKernel::from_env()?)));
+    let (available, note) = match chosen {
+        Ok((a, fused)) => (
             true,
             format!(
-                "uses {:?} (set {} to a substring of another adapter's name)",
+                "uses {:?} (set {} to a substring of another adapter's name); fused Sinkhorn \
+                 kernel {} ({}: {})",
                 a.get_info().name,
-                self::wgpu::ADAPTER_ENV
+                self::wgpu::ADAPTER_ENV,
+                fused.name(),
+                self::wgpu::FUSED_KERNEL_ENV,
+                choice::choices::<self::wgpu::FusedKernel>()
             ),
         ),
         Err(e) => (false, e.to_string()),

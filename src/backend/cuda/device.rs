@@ -13,6 +13,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::ptx::{self, PtxModule};
+use crate::backend::choice::{choice_from_env, choices};
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::backend::DeviceJob;
 use crate::error::{Error, Result};
@@ -65,61 +66,6 @@ pub struct CudaBackend {
     pub(super) dev: Arc<Device>,
     cost_kernel: CostKernel,
     fused_threads: FusedThreads,
-}
-
-/// A setting chosen by name through an environment variable (the cost kernel, the fused
-/// kernel's block): parsing, the default when unset, and the list of names for messages.
-trait EnvChoice: Copy + Default + 'static {
-    const VAR: &'static str;
-    /// Every choice, the default first.
-    const ALL: &'static [Self];
-    fn name(self) -> &'static str;
-}
-
-/// [`EnvChoice`] and `FromStr` for a type with inherent `ALL` and `name`, read from `$var`.
-macro_rules! env_choice {
-    ($t:ty, $var:expr) => {
-        impl EnvChoice for $t {
-            const VAR: &'static str = $var;
-            const ALL: &'static [Self] = &<$t>::ALL;
-            fn name(self) -> &'static str {
-                <$t>::name(self)
-            }
-        }
-
-        impl std::str::FromStr for $t {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                parse_choice(s)
-            }
-        }
-    };
-}
-
-/// The choice named `s`, or an error that lists the names.
-fn parse_choice<T: EnvChoice>(s: &str) -> Result<T> {
-    T::ALL
-        .iter()
-        .copied()
-        .find(|t| t.name() == s.trim())
-        .ok_or_else(|| Error::parameter(T::VAR, choices::<T>(), s))
-}
-
-/// The choice that the environment variable names (unset or empty: the default).
-fn choice_from_env<T: EnvChoice>() -> Result<T> {
-    match std::env::var(T::VAR) {
-        Ok(v) if !v.is_empty() => parse_choice(&v),
-        _ => Ok(T::default()),
-    }
-}
-
-/// "a, b or c": the names of every choice, the default first.
-fn choices<T: EnvChoice>() -> String {
-    let names: Vec<&str> = T::ALL.iter().map(|t| t.name()).collect();
-    match names.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-        _ => names.concat(),
-    }
 }
 
 /// Threads per CTA of the fused Sinkhorn kernel (`sinkhorn_fused_f32`): its cost phase runs

@@ -33,6 +33,56 @@ pub const SHADERS: [(&str, &str); 4] = [
     ("fused_sinkhorn.wgsl", SHADER_FUSED),
 ];
 
+/// Largest number of real rows (and of columns) of a pair that the register-blocked fused
+/// kernel takes: 8 per invocation along each side of its 16 × 16 grid.
+pub const BLOCKED_MAX_LEN: usize = 128;
+
+/// Workgroup memory of the register-blocked fused kernel at its largest grid (G = 16): hf and
+/// hg (2 × 512 f32), partial sums (256), partials (2 × 128 × 17), level-1 results (256 × 2),
+/// staging (2 × 128 × 5) and the status word (the header of `shaders/fused_sinkhorn.wgsl`).
+const BLOCKED_WORKGROUP_BYTES: u32 =
+    4 * (2 * 512 + 256 + 2 * 128 * 17 + 256 * 2 + 2 * 128 * 5) + 16;
+
+/// Which WGSL kernel solves a batch of fused cost + Sinkhorn problems
+/// ([`crate::backend::Wgpu::sinkhorn_embeddings`]), chosen by `$OPTICAL_WGPU_FUSED`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FusedKernel {
+    /// The register-blocked kernel when every pair has at most [`BLOCKED_MAX_LEN`] rows and
+    /// columns, else the tile kernel when every pair's cost fits its workgroup memory.
+    #[default]
+    Auto,
+    /// The register-blocked kernel of `shaders/fused_sinkhorn.wgsl` only: K in registers, 8 × 8 entries per
+    /// invocation, every invocation on every update; pairs up to 128 × 128 on any device with
+    /// 29 KiB of workgroup memory.
+    Blocked,
+    /// The tile kernel of `shaders/fused_sinkhorn.wgsl` only: K in workgroup memory, one invocation per row
+    /// (column) update; pairs whose cost fits the tile (`tile_capacity`).
+    Tile,
+}
+
+/// Environment variable that picks the fused kernel: `auto` (default), `blocked` or `tile`.
+pub const FUSED_KERNEL_ENV: &str = "OPTICAL_WGPU_FUSED";
+
+impl FusedKernel {
+    /// Every choice, the default first.
+    pub const ALL: [FusedKernel; 3] = [FusedKernel::Auto, FusedKernel::Blocked, FusedKernel::Tile];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FusedKernel::Auto => "auto",
+            FusedKernel::Blocked => "blocked",
+            FusedKernel::Tile => "tile",
+        }
+    }
+
+    /// The kernel that `$OPTICAL_WGPU_FUSED` names (unset or empty: the default).
+    pub fn from_env() -> Result<Self> {
+        crate::backend::choice::choice_from_env()
+    }
+}
+
+env_choice!(FusedKernel, FUSED_KERNEL_ENV);
+
 /// How a binding is declared in a shader.
 #[derive(Clone, Copy)]
 pub(crate) enum Bind {
@@ -53,6 +103,9 @@ pub(crate) struct Pipelines {
     pub maxsim: Family,
     pub sinkhorn: Family,
     pub fused: Family,
+    /// The register-blocked fused kernel; `None` when the device has less workgroup memory
+    /// than it needs.
+    pub fused_blocked: Option<Family>,
     /// f32 values of cost tile the Sinkhorn shaders may keep in workgroup memory.
     pub tile_capacity: u32,
 }
@@ -160,6 +213,8 @@ pub struct WgpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// Extra cap on the bytes of one binding (see [`WgpuContext::with_binding_limit`]).
     binding_limit: u64,
+    /// Which fused kernel may run (see [`FusedKernel`]).
+    fused_kernel: FusedKernel,
     /// Timestamps around compute passes, when the adapter can write them.
     timer: Option<PassTimer>,
 }
@@ -208,6 +263,7 @@ impl WgpuContext {
     /// Open a device on `adapter` with the adapter's own limits (not WebGPU's defaults: the
     /// Sinkhorn tile grows with the workgroup memory) and compile every pipeline.
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
+        let fused_kernel = FusedKernel::from_env()?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         if limits.max_compute_invocations_per_workgroup < 256
@@ -255,7 +311,8 @@ impl WgpuContext {
         let tile_capacity =
             (limits.max_compute_workgroup_storage_size - SINKHORN_FIXED_WORKGROUP_BYTES) / 4;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = Pipelines::build(&device, tile_capacity);
+        let blocked = limits.max_compute_workgroup_storage_size >= BLOCKED_WORKGROUP_BYTES;
+        let pipelines = Pipelines::build(&device, tile_capacity, blocked);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Backend {
                 backend: BACKEND,
@@ -288,6 +345,7 @@ impl WgpuContext {
             pool: Mutex::new(Vec::new()),
             lost,
             binding_limit: u64::MAX,
+            fused_kernel,
         })
     }
 
@@ -305,6 +363,22 @@ impl WgpuContext {
     /// is solved from workgroup memory when `rows · (cols | 1) ≤ tile_capacity()`.
     pub fn tile_capacity(&self) -> u32 {
         self.pipelines.tile_capacity
+    }
+
+    /// Which fused kernel may run (`$OPTICAL_WGPU_FUSED` when the context was opened).
+    pub fn fused_kernel(&self) -> FusedKernel {
+        self.fused_kernel
+    }
+
+    /// Use `kernel` for fused solves instead of what the environment named (tests, benches).
+    pub fn with_fused_kernel(mut self, kernel: FusedKernel) -> WgpuContext {
+        self.fused_kernel = kernel;
+        self
+    }
+
+    /// Whether the device has the workgroup memory of the register-blocked fused kernel.
+    pub fn has_blocked_kernel(&self) -> bool {
+        self.pipelines.fused_blocked.is_some()
     }
 
     /// Cut batches as if one binding held at most `bytes`: the chunked paths then run on
@@ -642,12 +716,14 @@ impl WgpuContext {
 }
 
 impl Pipelines {
-    fn build(device: &wgpu::Device, tile_capacity: u32) -> Pipelines {
+    fn build(device: &wgpu::Device, tile_capacity: u32, blocked: bool) -> Pipelines {
         use Bind::*;
         let tile = [("TILE_CAPACITY", tile_capacity as f64), ("WG", 256.0)];
         let stream = [("TILE_CAPACITY", 1.0), ("WG", 256.0)];
         let tile_narrow = [("TILE_CAPACITY", tile_capacity as f64), ("WG", 64.0)];
         let stream_narrow = [("TILE_CAPACITY", 1.0), ("WG", 64.0)];
+        let blocked_wide = [("G", 16.0), ("WG", 256.0)];
+        let blocked_narrow = [("G", 8.0), ("WG", 64.0)];
         let cosine = family(
             device,
             "cosine_cost",
@@ -694,11 +770,30 @@ impl Pipelines {
                 ("fused_plan_f32", &tile_narrow),
             ],
         );
+        // The same module and bindings as `fused`, the same entry-point order: G = 16, then
+        // the narrow G = 8 (a module per family keeps the pipelines' indices apart).
+        let fused_blocked = blocked.then(|| {
+            family(
+                device,
+                "fused_sinkhorn_blocked",
+                SHADER_FUSED,
+                &[
+                    Uniform, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+                ],
+                &[
+                    ("fused_blocked_f32", &blocked_wide),
+                    ("fused_blocked_plan_f32", &blocked_wide),
+                    ("fused_blocked_f32", &blocked_narrow),
+                    ("fused_blocked_plan_f32", &blocked_narrow),
+                ],
+            )
+        });
         Pipelines {
             cosine,
             maxsim,
             sinkhorn,
             fused,
+            fused_blocked,
             tile_capacity,
         }
     }

@@ -4,8 +4,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    WgpuContext, COSINE_COST, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS,
-    MAXSIM_SCORES, NARROW_LEN,
+    FusedKernel, WgpuContext, BLOCKED_MAX_LEN, COSINE_COST, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN,
+    FUSED_SOLVE, MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::error::{Error, Result};
@@ -253,8 +253,37 @@ struct FusedParams {
     _pad: [u32; 2],
 }
 
-/// The fused solve, or `None` when some pair does not fit the on-chip tile (the caller then
-/// takes the materialised path).
+/// The fused kernel that solves this batch: [`FusedKernel::Blocked`] or
+/// [`FusedKernel::Tile`], or `None` when neither takes every pair (the caller then takes the
+/// materialised path). Auto prefers the blocked kernel (every invocation works on every
+/// update; see `docs/PERFORMANCE.md`).
+pub(crate) fn fused_kernel_for(
+    ctx: &WgpuContext,
+    x: &Embeddings,
+    y: &Embeddings,
+) -> Option<FusedKernel> {
+    let (n, m) = (x.n, y.n);
+    if n > MAX_LEN || m > MAX_LEN {
+        return None;
+    }
+    let pairs = 0..x.b.min(y.b);
+    let blocked = ctx.has_blocked_kernel()
+        && pairs
+            .clone()
+            .all(|p| x.lengths[p].max(y.lengths[p]) <= BLOCKED_MAX_LEN);
+    let cap = ctx.tile_capacity() as usize;
+    let tile = pairs
+        .clone()
+        .all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
+    match ctx.fused_kernel() {
+        FusedKernel::Auto | FusedKernel::Blocked if blocked => Some(FusedKernel::Blocked),
+        FusedKernel::Auto | FusedKernel::Tile if tile => Some(FusedKernel::Tile),
+        _ => None,
+    }
+}
+
+/// The fused solve, or `None` when no fused kernel takes every pair (the caller then takes
+/// the materialised path).
 pub(crate) fn fused_sinkhorn(
     ctx: &WgpuContext,
     x: &Embeddings,
@@ -264,12 +293,14 @@ pub(crate) fn fused_sinkhorn(
     params.validate()?;
     check_pair_batch(x, y)?;
     let (b, n, m, d) = (x.b, x.n, y.n, x.d);
-    let cap = ctx.tile_capacity() as usize;
-    let fits =
-        n <= MAX_LEN && m <= MAX_LEN && (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
-    if !fits {
+    let pipes = match fused_kernel_for(ctx, x, y) {
+        Some(FusedKernel::Blocked) => ctx.pipelines.fused_blocked.as_ref(),
+        Some(_) => Some(&ctx.pipelines.fused),
+        None => None,
+    };
+    let Some(pipes) = pipes else {
         return Ok(None);
-    }
+    };
     let to_u32 = |name: &'static str, v: usize| {
         u32::try_from(v).map_err(|_| Error::parameter(name, "at most 4294967295", v))
     };
@@ -286,7 +317,6 @@ pub(crate) fn fused_sinkhorn(
         (out_per_pair * 4) as u64,
     ];
     let chunk = ctx.chunk_len("fused sinkhorn", &per_pair, b)?;
-    let pipes = &ctx.pipelines.fused;
     let mut out = SinkhornOutput {
         pairs: b,
         n,

@@ -6,16 +6,20 @@
 //! | cosine cost           | `shaders/cosine_cost.wgsl`      | `CpuReference::cosine_cost`    |
 //! | MaxSim                | `shaders/maxsim.wgsl`           | `CpuReference::maxsim`         |
 //! | Sinkhorn primitives   | `shaders/sinkhorn.wgsl`         | `impl SinkhornKernels`         |
-//! | fused cost + Sinkhorn | `shaders/fused_sinkhorn.wgsl`   | `Backend::sinkhorn_embeddings` |
+//! | fused cost + Sinkhorn | `shaders/fused_sinkhorn.wgsl` (tile and register-blocked kernels) | `Backend::sinkhorn_embeddings` |
 //!
 //! Everything runs in `f32` on the device; plans, potentials and costs come back as `f64`
 //! like every backend's. Batches larger than one storage binding (or than 65,535
 //! workgroups) are cut into chunks; one item that alone exceeds a binding is an error.
 //!
-//! Fused path rule: [`Wgpu::sinkhorn_embeddings`] runs the fused kernel when every pair's
-//! support fits the on-chip tile, `len_x · (len_y | 1) ≤ tile_capacity()` (the tile is sized
-//! from the device's workgroup memory); otherwise it computes the cost with the cosine
-//! kernel and runs the materialised Sinkhorn, which streams the cost from global memory.
+//! Fused path rule ([`Wgpu::fused_kernel_for`]): [`Wgpu::sinkhorn_embeddings`] runs the
+//! register-blocked fused kernel when every pair has at most [`BLOCKED_MAX_LEN`] (128) real
+//! rows and columns (K in registers, 8 × 8 per invocation; 29 KiB of workgroup memory
+//! whatever the size), else the tile kernel when every pair's support fits its on-chip tile,
+//! `len_x · (len_y | 1) ≤ tile_capacity()` (sized from the device's workgroup memory);
+//! otherwise it computes the cost with the cosine kernel and runs the materialised
+//! Sinkhorn, which streams the cost from global memory. `$OPTICAL_WGPU_FUSED` (`auto`,
+//! `blocked`, `tile`) restricts the choice to one kernel.
 //!
 //! Subgroup operations are not used: every kernel is the portable path (workgroup memory and
 //! barriers only). `optical info` reports whether an adapter has them (`Features::SUBGROUP`),
@@ -27,7 +31,10 @@ mod sinkhorn;
 
 use std::sync::Arc;
 
-pub use context::{adapters, choose_adapter, describe_adapter, WgpuContext, ADAPTER_ENV, SHADERS};
+pub use context::{
+    adapters, choose_adapter, describe_adapter, FusedKernel, WgpuContext, ADAPTER_ENV,
+    BLOCKED_MAX_LEN, FUSED_KERNEL_ENV, SHADERS,
+};
 pub use sinkhorn::WgpuSinkhornState;
 
 use crate::error::Result;
@@ -74,5 +81,11 @@ impl Wgpu {
         params: &SinkhornParams,
     ) -> Result<Option<SinkhornOutput>> {
         kernels::fused_sinkhorn(&self.ctx, x, y, params)
+    }
+
+    /// The fused kernel that [`Wgpu::sinkhorn_embeddings`] runs for this batch, or `None`
+    /// when it takes the materialised path.
+    pub fn fused_kernel_for(&self, x: &Embeddings, y: &Embeddings) -> Option<FusedKernel> {
+        kernels::fused_kernel_for(&self.ctx, x, y)
     }
 }

@@ -1,0 +1,100 @@
+//! Settings chosen by name through an environment variable (the CUDA cost kernel and fused
+//! block, the WGSL fused kernel): parsing, the default when unset, and the list of names
+//! that error messages and `optical info` show.
+
+use crate::error::{Error, Result};
+
+/// A setting chosen by name through an environment variable (the cost kernel, the fused
+/// kernel's block): parsing, the default when unset, and the list of names for messages.
+pub(crate) trait EnvChoice: Copy + Default + 'static {
+    const VAR: &'static str;
+    /// Every choice, the default first.
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+}
+
+/// [`EnvChoice`] and `FromStr` for a type with inherent `ALL` and `name`, read from `$var`.
+#[allow(unused_macros)]
+macro_rules! env_choice {
+    ($t:ty, $var:expr) => {
+        impl $crate::backend::choice::EnvChoice for $t {
+            const VAR: &'static str = $var;
+            const ALL: &'static [Self] = &<$t>::ALL;
+            fn name(self) -> &'static str {
+                <$t>::name(self)
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = $crate::error::Error;
+            fn from_str(s: &str) -> $crate::error::Result<Self> {
+                $crate::backend::choice::parse_choice(s)
+            }
+        }
+    };
+}
+
+/// The choice named `s`, or an error that lists the names.
+pub(crate) fn parse_choice<T: EnvChoice>(s: &str) -> Result<T> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|t| t.name() == s.trim())
+        .ok_or_else(|| Error::parameter(T::VAR, choices::<T>(), s))
+}
+
+/// The choice that the environment variable names (unset or empty: the default).
+pub(crate) fn choice_from_env<T: EnvChoice>() -> Result<T> {
+    match std::env::var(T::VAR) {
+        Ok(v) if !v.is_empty() => parse_choice(&v),
+        _ => Ok(T::default()),
+    }
+}
+
+/// "a, b or c": the names of every choice, the default first.
+pub(crate) fn choices<T: EnvChoice>() -> String {
+    let names: Vec<&str> = T::ALL.iter().map(|t| t.name()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    enum Flavour {
+        #[default]
+        Plain,
+        Spicy,
+        Sweet,
+    }
+
+    impl Flavour {
+        const ALL: [Flavour; 3] = [Flavour::Plain, Flavour::Spicy, Flavour::Sweet];
+        fn name(self) -> &'static str {
+            match self {
+                Flavour::Plain => "plain",
+                Flavour::Spicy => "spicy",
+                Flavour::Sweet => "sweet",
+            }
+        }
+    }
+
+    env_choice!(Flavour, "OPTICAL_TEST_FLAVOUR_UNSET");
+
+    #[test]
+    fn names_parse_and_errors_list_every_choice() {
+        assert_eq!("spicy".parse::<Flavour>().unwrap(), Flavour::Spicy);
+        assert_eq!(" sweet ".parse::<Flavour>().unwrap(), Flavour::Sweet);
+        let err = "salty".parse::<Flavour>().unwrap_err().to_string();
+        assert!(err.contains("OPTICAL_TEST_FLAVOUR_UNSET"), "{err}");
+        assert!(err.contains("plain, spicy or sweet"), "{err}");
+        assert!(err.contains("salty"), "{err}");
+        // Unset: the default.
+        assert_eq!(choice_from_env::<Flavour>().unwrap(), Flavour::Plain);
+        assert_eq!(choices::<Flavour>(), "plain, spicy or sweet");
+    }
+}
