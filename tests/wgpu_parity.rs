@@ -400,6 +400,64 @@ fn fused_matches_reference() {
 }
 
 #[test]
+fn fused_blocked_pads_beyond_its_grid() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    if !w.context().has_blocked_kernel() {
+        return; // fused_matches_reference says why.
+    }
+    // Padded to 150 × 140 (beyond the blocked kernel's 128 × 128 grid) with every pair's
+    // support inside it: the blocked kernel runs, and the plan, f and g past the grid must
+    // come back as padding zeros.
+    let (b, n, m, d) = (3, 150, 140, 12);
+    let mut rng = SplitMix64::new(77);
+    let x = Embeddings::new(
+        "x",
+        b,
+        n,
+        d,
+        rng.normals_f32(b * n * d),
+        Some(vec![128, 7, 1]),
+    )
+    .expect("valid");
+    let y = Embeddings::new(
+        "y",
+        b,
+        m,
+        d,
+        rng.normals_f32(b * m * d),
+        Some(vec![100, 128, 1]),
+    )
+    .expect("valid");
+    assert_eq!(w.fused_kernel_for(&x, &y), Some(FusedKernel::Blocked));
+    let params = SinkhornParams {
+        epsilon: 0.02,
+        max_iterations: 40,
+        threshold: 1e-5,
+        check_every: 4,
+    };
+    let got = backend
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("blocked fused");
+    let want = CpuReference
+        .cosine_cost(&x, &y)
+        .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
+        .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
+        .expect("reference");
+    check_solution("blocked, padded 150 × 140", &got, &want, params.threshold);
+    for p in 0..b {
+        for i in 0..n {
+            for j in 0..m {
+                if i >= x.lengths[p] || j >= y.lengths[p] {
+                    assert_eq!(got.plan[(p * n + i) * m + j], 0.0, "padding of pair {p}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn fused_resumes_across_dispatches() {
     let Some((w, backend)) = wgpu_backend() else {
         return;
