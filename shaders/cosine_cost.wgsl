@@ -18,8 +18,14 @@
 // Geometry
 //   inv_norms_f32: 256 invocations, one row each; dispatch (ceil(pairs·(n+m)/256), 1, 1)
 //   (the host keeps pairs·(n+m) ≤ 256·65535 per chunk).
-//   cosine_cost_f32: 16×16 invocations compute a 16×16 block of C; dispatch
+//   cosine_cost_f32: 16×16 invocations compute a 16×16 block of C, one entry each; dispatch
 //   (ceil(m/16), ceil(n/16), pairs), pairs ≤ 65535.
+//   cosine_cost_blocked_f32: 16×16 invocations compute a 64×64 block of C, a 4×4 register
+//   block each (rows i0 + ly + 16a, columns j0 + lx + 16b, a, b < 4: consecutive invocations
+//   write consecutive columns); dispatch (ceil(m/64), ceil(n/64), pairs). The host uses it
+//   when n and m are both at least 64: every value staged in workgroup memory then feeds 4
+//   dot products instead of 1 (16 FMAs per vec4 load instead of 4), the layout of the PTX
+//   cost kernel's FP32 path.
 //
 // Workgroup memory (cosine_cost_f32): two 16×17 vec4<f32> panels (x rows and y rows for 64
 // dims at a time, row stride 17 so the column reads of 16 invocations spread over the
@@ -27,9 +33,14 @@
 // instead of once per output. vec4 loads quarter the load instructions (on lavapipe every
 // lane's storage load is a separate bounds-checked access, so this is most of its time).
 //
+// Workgroup memory (cosine_cost_blocked_f32): two 64×5 vec4<f32> panels (64 rows of x and
+// of y, 16 dims at a time, row stride 5 vec4 so that the 8 lanes of a 128-bit load phase hit
+// distinct banks), 10 KiB.
+//
 // Numerics: f32, 4-wide dot products accumulated in dimension order (deterministic); the
 // norms are computed once by inv_norms_f32. A zero vector has inverse norm 0, so its cosine
-// is 0 and its cost 1 (never NaN), as in the CPU reference.
+// is 0 and its cost 1 (never NaN), as in the CPU reference. Both cost entry points add the
+// same vec4 dot products in the same order.
 
 struct Params {
     pairs: u32,
@@ -51,6 +62,15 @@ const TP: u32 = 17u;
 
 var<workgroup> xs: array<vec4<f32>, 272>; // T × TP
 var<workgroup> ys: array<vec4<f32>, 272>;
+
+// cosine_cost_blocked_f32: block side, register block side, vec4 per staging step, panel
+// row stride (vec4).
+const BT: u32 = 64u;
+const R: u32 = 4u;
+const BK: u32 = 4u;
+const BKP: u32 = 5u;
+var<workgroup> bxs: array<vec4<f32>, 320>; // BT × BKP
+var<workgroup> bys: array<vec4<f32>, 320>;
 
 @compute @workgroup_size(256)
 fn inv_norms_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -124,5 +144,66 @@ fn cosine_cost_f32(
             c = 1.0 - clamp(cosine, -1.0, 1.0);
         }
         cost[(p * n + i) * m + j] = c;
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn cosine_cost_blocked_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.z;
+    let n = params.n;
+    let m = params.m;
+    let d = params.d4;
+    let len = lengths[p];
+    let i0 = wid.y * BT;
+    let j0 = wid.x * BT;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < d; k0 += BK) {
+        // Stage rows i0 .. i0 + 64 of x and j0 .. j0 + 64 of y, dims k0 .. k0 + BK (zero past
+        // the lengths and past d): 256 vec4 each, one per invocation.
+        let r = t / BK;
+        let c = t - r * BK;
+        let k = k0 + c;
+        var vx = vec4<f32>();
+        if i0 + r < len.x && k < d {
+            vx = x[(p * n + i0 + r) * d + k];
+        }
+        var vy = vec4<f32>();
+        if j0 + r < len.y && k < d {
+            vy = y[(p * m + j0 + r) * d + k];
+        }
+        bxs[r * BKP + c] = vx;
+        bys[r * BKP + c] = vy;
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var yv: array<vec4<f32>, R>;
+            for (var b = 0u; b < R; b++) {
+                yv[b] = bys[(lid.x + 16u * b) * BKP + kk];
+            }
+            for (var a = 0u; a < R; a++) {
+                let xa = bxs[(lid.y + 16u * a) * BKP + kk];
+                for (var b = 0u; b < R; b++) {
+                    acc[a * R + b] += dot(xa, yv[b]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var a = 0u; a < R; a++) {
+        let i = i0 + lid.y + 16u * a;
+        for (var b = 0u; b < R; b++) {
+            let j = j0 + lid.x + 16u * b;
+            if i < n && j < m {
+                var c = 0.0;
+                if i < len.x && j < len.y {
+                    let cosine = acc[a * R + b] * inv_x[p * n + i] * inv_y[p * m + j];
+                    c = 1.0 - clamp(cosine, -1.0, 1.0);
+                }
+                cost[(p * n + i) * m + j] = c;
+            }
+        }
     }
 }

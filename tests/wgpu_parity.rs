@@ -146,15 +146,20 @@ fn shaders_validate_with_naga() {
 #[test]
 fn cosine_cost_matches_reference() {
     let Some((w, _)) = wgpu_backend() else { return };
-    // The kernel's block is 16 × 16 and walks d 16 at a time.
+    // The small-set kernel's block is 16 × 16 and walks d 16 at a time; sets of 64 rows or
+    // more on both sides take the blocked kernel (64 × 64 blocks, d 16 at a time).
     for (k, &(b, n, m, d)) in [
         (1, 1, 1, 1),
         (2, 15, 16, 17),
         (3, 16, 17, 15),
         (2, 17, 29, 33),
+        (2, 63, 200, 20),
+        (2, 64, 64, 16),
+        (2, 65, 127, 33),
         (2, 113, 203, 64),
         (1, 512, 512, 16),
         (1, 9, 7, 1024),
+        (1, 70, 66, 1027),
     ]
     .iter()
     .enumerate()

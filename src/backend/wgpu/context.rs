@@ -112,6 +112,10 @@ pub(crate) struct Pipelines {
 
 pub(crate) const COSINE_NORMS: usize = 0;
 pub(crate) const COSINE_COST: usize = 1;
+pub(crate) const COSINE_COST_BLOCKED: usize = 2;
+/// Sets of at least this many rows on both sides take `cosine_cost_blocked_f32` (64 × 64
+/// blocks of C per workgroup, 4 × 4 per invocation); smaller ones the 16 × 16 kernel.
+pub(crate) const COSINE_BLOCKED_MIN: usize = 64;
 pub(crate) const MAXSIM_NORMS: usize = 0;
 pub(crate) const MAXSIM_SCORES: usize = 1;
 /// Sinkhorn pipelines come in two workgroup sizes: index + `NARROW` is the 64-invocation
@@ -729,7 +733,11 @@ impl Pipelines {
             "cosine_cost",
             SHADER_COSINE,
             &[Uniform, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
-            &[("inv_norms_f32", &[]), ("cosine_cost_f32", &[])],
+            &[
+                ("inv_norms_f32", &[]),
+                ("cosine_cost_f32", &[]),
+                ("cosine_cost_blocked_f32", &[]),
+            ],
         );
         let maxsim = family(
             device,

@@ -4,8 +4,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    FusedKernel, WgpuContext, BLOCKED_MAX_LEN, COSINE_COST, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN,
-    FUSED_SOLVE, MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
+    FusedKernel, WgpuContext, BLOCKED_MAX_LEN, COSINE_BLOCKED_MIN, COSINE_COST,
+    COSINE_COST_BLOCKED, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS,
+    MAXSIM_SCORES, NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::error::{Error, Result};
@@ -76,6 +77,7 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
         ));
     }
     let pipes = &ctx.pipelines.cosine;
+    let blocked = n >= COSINE_BLOCKED_MIN && m >= COSINE_BLOCKED_MIN;
     let mut data = vec![0.0f32; b * n * m];
     for start in (0..b).step_by(chunk) {
         let c = chunk.min(b - start);
@@ -111,11 +113,19 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
                     &group,
                     [groups(c * (n + m), 256), 1, 1],
                 ),
-                (
-                    &pipes.pipelines[COSINE_COST],
-                    &group,
-                    [groups(m, 16), groups(n, 16), c as u32],
-                ),
+                if blocked {
+                    (
+                        &pipes.pipelines[COSINE_COST_BLOCKED],
+                        &group,
+                        [groups(m, 64), groups(n, 64), c as u32],
+                    )
+                } else {
+                    (
+                        &pipes.pipelines[COSINE_COST],
+                        &group,
+                        [groups(m, 16), groups(n, 16), c as u32],
+                    )
+                },
             ],
         );
         let out = ctx.submit_and_read::<f32>("cosine_cost", enc, &[(&bufs[5], c * n * m)])?;
