@@ -17,8 +17,8 @@
 #     cost kernels with each OPTICAL_CUDA_COST_KERNEL, and the fused kernel with
 #     OPTICAL_CUDA_FUSED_THREADS=256 too),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations), and
-#     `optical bench --backend wgpu` on the Vulkan driver (the fused problem also with
-#     OPTICAL_WGPU_FUSED=tile)
+#     `optical bench --backend wgpu` on the Vulkan driver (the Sinkhorn problems also with
+#     OPTICAL_WGPU_SINKHORN=rows)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
 #     set PYTHON=/path/to/python)
@@ -203,10 +203,10 @@ fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
-# The fused problem with the tile kernel (K in workgroup memory; where the driver's workgroup
-# memory is too small for a 128 x 128 tile, the materialised path), against the default.
-T=60 step bench-wgpu-tile env "${VK_ENV[@]}" OPTICAL_WGPU_FUSED=tile \
-    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn-fused
+# The Sinkhorn problems with the row kernels (one invocation per row; K in workgroup memory
+# where it fits, else streamed), against the default register-blocked kernels.
+T=60 step bench-wgpu-rows env "${VK_ENV[@]}" OPTICAL_WGPU_SINKHORN=rows \
+    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-fused
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
 # access to the performance counters, which some machines refuse): throughput, pipe use
 # and issue rates, launch resources, occupancy, memory traffic, warp stall reasons.

@@ -72,18 +72,21 @@ for be in cuda_runs:
     if cost and cost.get("device_rate") and torch and torch.get("hbm_copy_gb_per_s"):
         ratios[f"{be} {cost['kernel']} device GB/s / measured HBM GB/s"] = \
             cost["device_rate"] / torch["hbm_copy_gb_per_s"]
-# The same fused problem through WGSL on the same GPU (Vulkan driver, pass timestamps): the
-# default (register-blocked kernel) and "wgpu-tile" (OPTICAL_WGPU_FUSED=tile: the tile kernel
-# where the tile fits the driver's workgroup memory, else the materialised path).
-def wgpu_fused_time(be):
-    r = next((r for r in bench.get(be, []) if r.get("kernel") == "sinkhorn-fused"), None)
+# The same problems through WGSL on the same GPU (Vulkan driver, pass timestamps): the
+# default (register-blocked kernels) and "wgpu-rows" (OPTICAL_WGPU_SINKHORN=rows: one
+# invocation per row; for the fused problem the tile kernel where the tile fits the driver's
+# workgroup memory, else the materialised path).
+def wgpu_time(be, kernel):
+    r = next((r for r in bench.get(be, []) if r.get("kernel") == kernel), None)
     return r.get("device_seconds_per_call") if r else None
-wgpu_fused = wgpu_fused_time("wgpu")
+wgpu_fused = wgpu_time("wgpu", "sinkhorn-fused")
 if wgpu_fused and "cuda" in fused_runs:
     ratios["wgpu fused (device) / cuda fused (device)"] = \
         wgpu_fused / fused_runs["cuda"]["device_seconds_per_call"]
-if wgpu_fused and wgpu_fused_time("wgpu-tile"):
-    ratios["wgpu-tile fused (device) / wgpu fused (device)"] = wgpu_fused_time("wgpu-tile") / wgpu_fused
+for kernel in ("sinkhorn", "sinkhorn-fused"):
+    if wgpu_time("wgpu", kernel) and wgpu_time("wgpu-rows", kernel):
+        ratios[f"wgpu-rows {kernel} (device) / wgpu {kernel} (device)"] = \
+            wgpu_time("wgpu-rows", kernel) / wgpu_time("wgpu", kernel)
 result["ratios"] = ratios
 
 # The issue's performance goals (issue 4), each met or not on this run's numbers.

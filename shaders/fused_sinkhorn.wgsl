@@ -48,7 +48,8 @@
 // not take the batch; otherwise it falls back to the materialised path (cosine_cost +
 // sinkhorn.wgsl). LSE as in sinkhorn.wgsl (single-pass max-subtracted, sequential).
 //
-// ---- Register-blocked kernel (fused_blocked_f32, fused_blocked_plan_f32)
+// ---- Register-blocked kernel (fused_blocked_f32, fused_blocked_plan_f32; its passes are in
+// blocked_lse.wgsl, which the host appends to this file)
 // Each invocation keeps an 8 × 8 block of the pair's K in registers, so every invocation works
 // on every row and column update and workgroup memory holds only potentials and partial
 // reductions (29,712 B whatever the pair, within the 32 KiB that Metal and many Vulkan
@@ -114,21 +115,10 @@ var<workgroup> partial: array<f32, WG>;
 var<workgroup> tile: array<f32, TILE_CAPACITY>;
 var<workgroup> wstatus: vec4<u32>;
 
-// Register-blocked kernel: invocation grid side (G × G invocations, WG = G·G; pairs up to
-// 8G × 8G), rows (and columns) of K per invocation, embedding dimensions staged per step of
-// the cost build and the staging row stride, K of padding entries.
-override G: u32 = 16u;
-const B: u32 = 8u;
+// Register-blocked kernel (with blocked_lse.wgsl, which the host appends): embedding
+// dimensions staged per step of the cost build, and the staging row stride.
 const KC: u32 = 4u;
 const KCP: u32 = 5u;
-const NEG: f32 = -3.0e38;
-const MODE_LSE: u32 = 0u;
-const MODE_MIN: u32 = 1u;
-
-// Partials of line L (a row or a column) from slot s at L·(G + 1) + s.
-var<workgroup> pmax: array<f32, B * G * (G + 1u)>;
-var<workgroup> psum: array<f32, B * G * (G + 1u)>;
-var<workgroup> lvl1: array<vec2<f32>, G * G>;
 var<workgroup> xs: array<f32, B * G * KCP>;
 var<workgroup> ys: array<f32, B * G * KCP>;
 
@@ -438,100 +428,6 @@ fn fused_plan_f32(
 
 // ---- Register-blocked kernel
 
-fn combine(p: vec2<f32>, q: vec2<f32>, mode: u32) -> vec2<f32> {
-    if mode == MODE_MIN {
-        return vec2<f32>(min(p.x, q.x), 0.0);
-    }
-    let hi = max(p.x, q.x);
-    let lo = min(p.x, q.x);
-    let s_hi = select(p.y, q.y, q.x > p.x);
-    let s_lo = select(q.y, p.y, q.x > p.x);
-    return vec2<f32>(hi, fma(s_lo, exp2(lo - hi), s_hi));
-}
-
-// Level 1: invocation t merges slots [8k, 8k + 8) of line t / (G/8), k = t mod (G/8).
-fn level1(t: u32, mode: u32) {
-    let seg = G / B;
-    let line = t / seg;
-    let base = line * (G + 1u) + (t - line * seg) * B;
-    var acc = vec2<f32>(pmax[base], psum[base]);
-    for (var s = 1u; s < B; s++) {
-        acc = combine(acc, vec2<f32>(pmax[base + s], psum[base + s]), mode);
-    }
-    lvl1[t] = acc;
-}
-
-// Level 2, by the line's owner: the merge of its G/8 level-1 results.
-fn level2(line: u32, mode: u32) -> vec2<f32> {
-    let seg = G / B;
-    var acc = lvl1[line * seg];
-    for (var s = 1u; s < seg; s++) {
-        acc = combine(acc, lvl1[line * seg + s], mode);
-    }
-    return acc;
-}
-
-// Partials of the row update: for each own row, (max, Σ exp2(v − max)) over the own columns
-// of v = K_ij + hg_j. Rows past nr write (NEG, 0).
-fn row_partials(ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) {
-    var h: array<f32, B>;
-    for (var b = 0u; b < B; b++) {
-        h[b] = hg[cj + G * b];
-    }
-    for (var a = 0u; a < B; a++) {
-        let i = ri + G * a;
-        var mx = NEG;
-        var s = 0.0;
-        if i < nr {
-            for (var b = 0u; b < B; b++) {
-                mx = max(mx, (*k)[a * B + b] + h[b]);
-            }
-            for (var b = 0u; b < B; b++) {
-                s += exp2((*k)[a * B + b] + h[b] - mx);
-            }
-        }
-        pmax[i * (G + 1u) + cj] = mx;
-        psum[i * (G + 1u) + cj] = s;
-    }
-}
-
-// Partials of the column update, over the own rows of v = K_ij + hf_i.
-fn col_partials(ri: u32, cj: u32, nc: u32, k: ptr<function, array<f32, 64>>) {
-    var h: array<f32, B>;
-    for (var a = 0u; a < B; a++) {
-        h[a] = hf[ri + G * a];
-    }
-    for (var b = 0u; b < B; b++) {
-        let j = cj + G * b;
-        var mx = NEG;
-        var s = 0.0;
-        if j < nc {
-            for (var a = 0u; a < B; a++) {
-                mx = max(mx, (*k)[a * B + b] + h[a]);
-            }
-            for (var a = 0u; a < B; a++) {
-                s += exp2((*k)[a * B + b] + h[a] - mx);
-            }
-        }
-        pmax[j * (G + 1u) + ri] = mx;
-        psum[j * (G + 1u) + ri] = s;
-    }
-}
-
-// The row update's −LSE for the owner of row t (meaningful for t < nr). Ends after level 1's
-// barrier; the caller writes hf and puts the barrier after it.
-fn row_update(t: u32, ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) -> f32 {
-    row_partials(ri, cj, nr, k);
-    workgroupBarrier();
-    level1(t, MODE_LSE);
-    workgroupBarrier();
-    var r = vec2<f32>(0.0, 1.0);
-    if t < nr {
-        r = level2(t, MODE_LSE);
-    }
-    return -(r.x + log2(r.y));
-}
-
 // Build the pair's K in k (padding NEG). On return hf[i] = α_i, hg[j] = β_j (0 past the
 // lengths, up to 8G). Ends with a barrier.
 fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<function, array<f32, 64>>) {
@@ -690,13 +586,9 @@ fn fused_blocked_f32(
             hf[t] = select(0.0, fr + la, t < nr);
         }
         workgroupBarrier();
-        col_partials(ri, cj, nc, &k);
-        workgroupBarrier();
-        level1(t, MODE_LSE);
-        workgroupBarrier();
+        let g_new = col_update(t, ri, cj, nc, &k);
         if t < nc {
-            let r = level2(t, MODE_LSE);
-            gc = -(r.x + log2(r.y));
+            gc = g_new;
             hg[t] = gc + lb;
         }
         workgroupBarrier();

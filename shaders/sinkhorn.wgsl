@@ -3,6 +3,12 @@
 // Entry points
 //   sinkhorn_iterate_f32   `params.iterations` full iterations (row update, then column
 //                          update) of every active pair, without leaving the dispatch.
+//   sinkhorn_iterate_blocked_f32
+//                          the same, register-blocked (blocked_lse.wgsl, appended by the
+//                          host): one workgroup of G × G invocations per pair (WG = G·G,
+//                          G = 16, or 8 when every pair is at most 64 × 64), K in registers,
+//                          8 × 8 per invocation, loaded once per dispatch; for dispatches
+//                          whose pairs all have at most 8G support rows and columns.
 //   sinkhorn_errors_f32    L1 row-marginal error of every active pair -> err[p]; the iterate
 //                          is not changed.
 //
@@ -201,6 +207,82 @@ fn sinkhorn_iterate_f32(
         if j < nc {
             g[p * params.m + j] = gc[r];
         }
+    }
+}
+
+// The register-blocked iterations (the passes of blocked_lse.wgsl, which the host appends):
+// K of the pair in registers, loaded once per dispatch; every pair of the dispatch has at
+// most 8G rows and columns of support (the host checks). Same contract as
+// sinkhorn_iterate_f32.
+@compute @workgroup_size(WG)
+fn sinkhorn_iterate_blocked_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.x;
+    if p >= params.pairs {
+        return;
+    }
+    let info = pair_info[p];
+    let nr = info.x;
+    let nc = info.y;
+    if info.z == 0u {
+        return;
+    }
+    let k0 = p * 2u * params.n * params.m;
+    let ri = t / G;
+    let cj = t - ri * G;
+    var k: array<f32, 64>;
+    for (var a = 0u; a < B; a++) {
+        let i = ri + G * a;
+        for (var b = 0u; b < B; b++) {
+            let j = cj + G * b;
+            var v = NEG;
+            if i < nr && j < nc {
+                v = kmat[k0 + i * nc + j];
+            }
+            k[a * B + b] = v;
+        }
+    }
+    // The owner of row t keeps F_t and log2 a_t, of column t G_t and log2 b_t; past the
+    // support hf and hg hold 0.
+    let lines = B * G;
+    var fr = 0.0;
+    var la = 0.0;
+    var gc = 0.0;
+    var lb = 0.0;
+    if t < nr {
+        fr = f[p * params.n + t];
+        la = log_a[p * params.n + t];
+    }
+    if t < nc {
+        gc = g[p * params.m + t];
+        lb = log_b[p * params.m + t];
+    }
+    if t < lines {
+        hg[t] = select(0.0, gc + lb, t < nc);
+    }
+    workgroupBarrier();
+
+    for (var it = 0u; it < params.iterations; it++) {
+        fr = row_update(t, ri, cj, nr, &k);
+        if t < lines {
+            hf[t] = select(0.0, fr + la, t < nr);
+        }
+        workgroupBarrier();
+        let g_new = col_update(t, ri, cj, nc, &k);
+        if t < nc {
+            gc = g_new;
+            hg[t] = gc + lb;
+        }
+        workgroupBarrier();
+    }
+
+    if t < nr {
+        f[p * params.n + t] = fr;
+    }
+    if t < nc {
+        g[p * params.m + t] = gc;
     }
 }
 

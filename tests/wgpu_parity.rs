@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use optical::backend::wgpu::{FusedKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS};
+use optical::backend::wgpu::{SinkhornKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS};
 use optical::backend::{Backend, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -248,7 +248,7 @@ fn check_solution(what: &str, got: &SinkhornOutput, want: &SinkhornOutput, thres
 
 #[test]
 fn sinkhorn_matches_reference() {
-    let Some((w, backend)) = wgpu_backend() else {
+    let Some((w, _)) = wgpu_backend() else {
         return;
     };
     let cap = w.context().tile_capacity() as usize;
@@ -266,22 +266,36 @@ fn sinkhorn_matches_reference() {
         (2, 17, 29, 30),
         (2, side, side, 10),
         (2, side + 1, side + 1, 10),
+        (2, 64, 64, 10),
+        (2, 65, 128, 10),
+        (1, 128, 129, 6),
         (2, 113, 203, 10),
         (1, 512, 512, 4),
         (4096, 3, 5, 6),
     ];
     shapes.dedup();
+    // Every shape under each kernel setting: the register-blocked iterations take the pairs of
+    // at most 128 × 128 support by default, the tile and streamed ones the rest and every pair
+    // under `rows`.
+    let settings = each_setting(&w);
     for (k, &(b, n, m, iters)) in shapes.iter().enumerate() {
         let pr = problem(100 + k as u64, b, n, m);
         let params = fixed(0.01, iters);
-        let got = backend.sinkhorn(&pr, &params).expect("wgpu sinkhorn");
         let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
-        check_solution(
-            &format!("sinkhorn eps=0.01 b={b} n={n} m={m} it={iters}"),
-            &got,
-            &want,
-            params.threshold,
-        );
+        for (setting, w) in &settings {
+            let got = Backend::Wgpu(w.clone())
+                .sinkhorn(&pr, &params)
+                .expect("wgpu sinkhorn");
+            check_solution(
+                &format!(
+                    "sinkhorn ({}) eps=0.01 b={b} n={n} m={m} it={iters}",
+                    setting.name()
+                ),
+                &got,
+                &want,
+                params.threshold,
+            );
+        }
     }
 }
 
@@ -307,17 +321,32 @@ fn sinkhorn_converges_like_reference() {
     compare("converged plan", &got.plan, &want.plan, PLAN_TOL, 1e-3);
 }
 
-/// The fused kernel `setting` must pick: the register-blocked one when every pair has at
-/// most `BLOCKED_MAX_LEN` rows and columns, else the tile one when every pair's cost fits the
-/// tile, else none (the materialised path); `blocked` and `tile` allow only their kernel.
-fn expected_fused(setting: FusedKernel, blocked: bool, tile: bool) -> Option<FusedKernel> {
+/// The fused kernel `setting` must pick: the register-blocked one (`Blocked`) when it is
+/// chosen and every pair has at most `BLOCKED_MAX_LEN` rows and columns, else the tile one
+/// (`Rows`) when every pair's cost fits the tile, else none (the materialised path).
+fn expected_fused(setting: SinkhornKernel, blocked: bool, tile: bool) -> Option<SinkhornKernel> {
     match setting {
-        FusedKernel::Auto if blocked => Some(FusedKernel::Blocked),
-        FusedKernel::Auto if tile => Some(FusedKernel::Tile),
-        FusedKernel::Blocked if blocked => Some(FusedKernel::Blocked),
-        FusedKernel::Tile if tile => Some(FusedKernel::Tile),
+        SinkhornKernel::Blocked if blocked => Some(SinkhornKernel::Blocked),
+        _ if tile => Some(SinkhornKernel::Rows),
         _ => None,
     }
+}
+
+/// The backend with each Sinkhorn kernel setting, on its own context (the shared one runs
+/// the default).
+fn each_setting(w: &Wgpu) -> Vec<(SinkhornKernel, Wgpu)> {
+    SinkhornKernel::ALL
+        .iter()
+        .map(|&k| {
+            let w = if k == SinkhornKernel::default() {
+                w.clone()
+            } else {
+                let ctx = WgpuContext::new().expect("adapter found above");
+                Wgpu::with_context(Arc::new(ctx.with_sinkhorn_kernel(k)))
+            };
+            (k, w)
+        })
+        .collect()
 }
 
 #[test]
@@ -338,16 +367,7 @@ fn fused_matches_reference() {
         .take_while(|&s| s * (s | 1) <= cap)
         .last()
         .unwrap_or(1);
-    // Each setting on its own context (the shared one runs the default, auto).
-    let settings = [FusedKernel::Auto, FusedKernel::Blocked, FusedKernel::Tile].map(|k| {
-        let w = if k == FusedKernel::default() {
-            w.clone()
-        } else {
-            let ctx = WgpuContext::new().expect("adapter found above");
-            Wgpu::with_context(Arc::new(ctx.with_fused_kernel(k)))
-        };
-        (k, w)
-    });
+    let settings = each_setting(&w);
     for (k, &(b, n, m, d, iters)) in [
         (3, 1, 1, 5, 20),
         (2, 17, 29, 33, 30),
@@ -435,7 +455,7 @@ fn fused_blocked_pads_beyond_its_grid() {
         Some(vec![100, 128, 1]),
     )
     .expect("valid");
-    assert_eq!(w.fused_kernel_for(&x, &y), Some(FusedKernel::Blocked));
+    assert_eq!(w.fused_kernel_for(&x, &y), Some(SinkhornKernel::Blocked));
     let params = SinkhornParams {
         epsilon: 0.02,
         max_iterations: 40,

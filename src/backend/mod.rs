@@ -323,18 +323,18 @@ fn probe_wgpu() -> BackendInfo {
     let found = self::wgpu::adapters();
     let devices = found.iter().map(self::wgpu::describe_adapter).collect();
     let chosen = self::wgpu::choose_adapter(found)
-        .and_then(|a| Ok((a, self::wgpu::FusedKernel::from_env()?)));
+        .and_then(|a| Ok((a, self::wgpu::SinkhornKernel::from_env()?)));
     let (available, note) = match chosen {
-        Ok((a, fused)) => (
+        Ok((a, kernels)) => (
             true,
             format!(
-                "uses {:?} (set {} to a substring of another adapter's name); fused Sinkhorn \
-                 kernel {} ({}: {})",
+                "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
+                 kernels {} ({}: {})",
                 a.get_info().name,
                 self::wgpu::ADAPTER_ENV,
-                fused.name(),
-                self::wgpu::FUSED_KERNEL_ENV,
-                choice::choices::<self::wgpu::FusedKernel>()
+                kernels.name(),
+                self::wgpu::SINKHORN_KERNEL_ENV,
+                choice::choices::<self::wgpu::SinkhornKernel>()
             ),
         ),
         Err(e) => (false, e.to_string()),

@@ -22,10 +22,21 @@ const SINKHORN_FIXED_WORKGROUP_BYTES: u32 = 2 * 512 * 4 + 256 * 4 + 16 + 48;
 
 pub(crate) const SHADER_COSINE: &str = include_str!("../../../shaders/cosine_cost.wgsl");
 pub(crate) const SHADER_MAXSIM: &str = include_str!("../../../shaders/maxsim.wgsl");
-pub(crate) const SHADER_SINKHORN: &str = include_str!("../../../shaders/sinkhorn.wgsl");
-pub(crate) const SHADER_FUSED: &str = include_str!("../../../shaders/fused_sinkhorn.wgsl");
+// The register-blocked kernels' passes (shaders/blocked_lse.wgsl) are appended to the two
+// Sinkhorn modules: WGSL has no includes.
+pub(crate) const SHADER_SINKHORN: &str = concat!(
+    include_str!("../../../shaders/sinkhorn.wgsl"),
+    "\n",
+    include_str!("../../../shaders/blocked_lse.wgsl")
+);
+pub(crate) const SHADER_FUSED: &str = concat!(
+    include_str!("../../../shaders/fused_sinkhorn.wgsl"),
+    "\n",
+    include_str!("../../../shaders/blocked_lse.wgsl")
+);
 
-/// Every WGSL source of the backend, `(file name, text)`, for validation and docs.
+/// Every WGSL module of the backend, `(file name, text)`, for validation and docs (the two
+/// Sinkhorn modules with `shaders/blocked_lse.wgsl` appended).
 pub const SHADERS: [(&str, &str); 4] = [
     ("cosine_cost.wgsl", SHADER_COSINE),
     ("maxsim.wgsl", SHADER_MAXSIM),
@@ -33,55 +44,53 @@ pub const SHADERS: [(&str, &str); 4] = [
     ("fused_sinkhorn.wgsl", SHADER_FUSED),
 ];
 
-/// Largest number of real rows (and of columns) of a pair that the register-blocked fused
-/// kernel takes: 8 per invocation along each side of its 16 × 16 grid.
+/// Largest number of real rows (and of columns) of a pair that the register-blocked Sinkhorn
+/// kernels take: 8 per invocation along each side of their 16 × 16 grid.
 pub const BLOCKED_MAX_LEN: usize = 128;
 
-/// Workgroup memory of the register-blocked fused kernel at its largest grid (G = 16): hf and
-/// hg (2 × 512 f32), partial sums (256), partials (2 × 128 × 17), level-1 results (256 × 2),
-/// staging (2 × 128 × 5) and the status word (the header of `shaders/fused_sinkhorn.wgsl`).
+/// Workgroup memory of the register-blocked fused kernel at its largest grid (G = 16), the
+/// larger of the two blocked kernels: hf and hg (2 × 512 f32), partial sums (256), partials
+/// (2 × 128 × 17), level-1 results (256 × 2), staging (2 × 128 × 5) and the status word (the
+/// headers of `shaders/fused_sinkhorn.wgsl` and `shaders/blocked_lse.wgsl`).
 const BLOCKED_WORKGROUP_BYTES: u32 =
     4 * (2 * 512 + 256 + 2 * 128 * 17 + 256 * 2 + 2 * 128 * 5) + 16;
 
-/// Which WGSL kernel solves a batch of fused cost + Sinkhorn problems
-/// ([`crate::backend::Wgpu::sinkhorn_embeddings`]), chosen by `$OPTICAL_WGPU_FUSED`.
+/// Which WGSL kernels run the Sinkhorn iterations, chosen by `$OPTICAL_WGPU_SINKHORN`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FusedKernel {
-    /// The register-blocked kernel when every pair has at most [`BLOCKED_MAX_LEN`] rows and
-    /// columns, else the tile kernel when every pair's cost fits its workgroup memory.
+pub enum SinkhornKernel {
+    /// The register-blocked kernels wherever every pair of a dispatch has at most
+    /// [`BLOCKED_MAX_LEN`] rows and columns: K in registers, 8 × 8 entries per invocation,
+    /// every invocation on every row and column update, 29 KiB of workgroup memory whatever
+    /// the pair. Larger pairs take [`Self::Rows`].
     #[default]
-    Auto,
-    /// The register-blocked kernel of `shaders/fused_sinkhorn.wgsl` only: K in registers, 8 × 8 entries per
-    /// invocation, every invocation on every update; pairs up to 128 × 128 on any device with
-    /// 29 KiB of workgroup memory.
     Blocked,
-    /// The tile kernel of `shaders/fused_sinkhorn.wgsl` only: K in workgroup memory, one invocation per row
-    /// (column) update; pairs whose cost fits the tile (`tile_capacity`).
-    Tile,
+    /// One invocation per row (and per column) update, K in a workgroup-memory tile when it
+    /// fits (`tile_capacity`): for the fused solve the tile kernel, or the materialised path
+    /// when the tile does not fit; for a solve from a cost, the tile or streamed iterations.
+    Rows,
 }
 
-/// Environment variable that picks the fused kernel: `auto` (default), `blocked` or `tile`.
-pub const FUSED_KERNEL_ENV: &str = "OPTICAL_WGPU_FUSED";
+/// Environment variable that picks the Sinkhorn kernels: `blocked` (default) or `rows`.
+pub const SINKHORN_KERNEL_ENV: &str = "OPTICAL_WGPU_SINKHORN";
 
-impl FusedKernel {
+impl SinkhornKernel {
     /// Every choice, the default first.
-    pub const ALL: [FusedKernel; 3] = [FusedKernel::Auto, FusedKernel::Blocked, FusedKernel::Tile];
+    pub const ALL: [SinkhornKernel; 2] = [SinkhornKernel::Blocked, SinkhornKernel::Rows];
 
     pub fn name(self) -> &'static str {
         match self {
-            FusedKernel::Auto => "auto",
-            FusedKernel::Blocked => "blocked",
-            FusedKernel::Tile => "tile",
+            SinkhornKernel::Blocked => "blocked",
+            SinkhornKernel::Rows => "rows",
         }
     }
 
-    /// The kernel that `$OPTICAL_WGPU_FUSED` names (unset or empty: the default).
+    /// The kernels that `$OPTICAL_WGPU_SINKHORN` names (unset or empty: the default).
     pub fn from_env() -> Result<Self> {
         crate::backend::choice::choice_from_env()
     }
 }
 
-env_choice!(FusedKernel, FUSED_KERNEL_ENV);
+env_choice!(SinkhornKernel, SINKHORN_KERNEL_ENV);
 
 /// How a binding is declared in a shader.
 #[derive(Clone, Copy)]
@@ -123,6 +132,9 @@ pub(crate) const MAXSIM_SCORES: usize = 1;
 pub(crate) const SINKHORN_ITERATE_TILE: usize = 0;
 pub(crate) const SINKHORN_ITERATE_STREAM: usize = 1;
 pub(crate) const SINKHORN_ERRORS: usize = 2;
+/// The register-blocked iterations (G = 16; + 1: the narrow G = 8), present when
+/// [`WgpuContext::has_blocked_kernel`].
+pub(crate) const SINKHORN_ITERATE_BLOCKED: usize = 6;
 pub(crate) const FUSED_SOLVE: usize = 0;
 pub(crate) const FUSED_PLAN: usize = 1;
 pub(crate) const SINKHORN_NARROW: usize = 3;
@@ -217,8 +229,8 @@ pub struct WgpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// Extra cap on the bytes of one binding (see [`WgpuContext::with_binding_limit`]).
     binding_limit: u64,
-    /// Which fused kernel may run (see [`FusedKernel`]).
-    fused_kernel: FusedKernel,
+    /// Which Sinkhorn kernels run (see [`SinkhornKernel`]).
+    sinkhorn_kernel: SinkhornKernel,
     /// Timestamps around compute passes, when the adapter can write them.
     timer: Option<PassTimer>,
 }
@@ -267,7 +279,7 @@ impl WgpuContext {
     /// Open a device on `adapter` with the adapter's own limits (not WebGPU's defaults: the
     /// Sinkhorn tile grows with the workgroup memory) and compile every pipeline.
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
-        let fused_kernel = FusedKernel::from_env()?;
+        let sinkhorn_kernel = SinkhornKernel::from_env()?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         if limits.max_compute_invocations_per_workgroup < 256
@@ -349,7 +361,7 @@ impl WgpuContext {
             pool: Mutex::new(Vec::new()),
             lost,
             binding_limit: u64::MAX,
-            fused_kernel,
+            sinkhorn_kernel,
         })
     }
 
@@ -369,18 +381,26 @@ impl WgpuContext {
         self.pipelines.tile_capacity
     }
 
-    /// Which fused kernel may run (`$OPTICAL_WGPU_FUSED` when the context was opened).
-    pub fn fused_kernel(&self) -> FusedKernel {
-        self.fused_kernel
+    /// Which Sinkhorn kernels run (`$OPTICAL_WGPU_SINKHORN` when the context was opened).
+    pub fn sinkhorn_kernel(&self) -> SinkhornKernel {
+        self.sinkhorn_kernel
     }
 
-    /// Use `kernel` for fused solves instead of what the environment named (tests, benches).
-    pub fn with_fused_kernel(mut self, kernel: FusedKernel) -> WgpuContext {
-        self.fused_kernel = kernel;
+    /// Use `kernel` instead of what the environment named (tests, benches).
+    pub fn with_sinkhorn_kernel(mut self, kernel: SinkhornKernel) -> WgpuContext {
+        self.sinkhorn_kernel = kernel;
         self
     }
 
-    /// Whether the device has the workgroup memory of the register-blocked fused kernel.
+    /// Whether a pair of `rows` × `cols` support may take the register-blocked kernels:
+    /// they are chosen, the device has their workgroup memory, and the pair fits their grid.
+    pub(crate) fn blocked_takes(&self, rows: usize, cols: usize) -> bool {
+        self.sinkhorn_kernel == SinkhornKernel::Blocked
+            && self.has_blocked_kernel()
+            && rows.max(cols) <= BLOCKED_MAX_LEN
+    }
+
+    /// Whether the device has the workgroup memory of the register-blocked kernels.
     pub fn has_blocked_kernel(&self) -> bool {
         self.pipelines.fused_blocked.is_some()
     }
@@ -748,6 +768,19 @@ impl Pipelines {
             ],
             &[("inv_norms_f32", &[]), ("maxsim_f32", &[])],
         );
+        let mut sinkhorn_entries: Vec<EntryPoint<'_>> = vec![
+            ("sinkhorn_iterate_f32", &tile),
+            ("sinkhorn_iterate_f32", &stream),
+            ("sinkhorn_errors_f32", &stream),
+            ("sinkhorn_iterate_f32", &tile_narrow),
+            ("sinkhorn_iterate_f32", &stream_narrow),
+            ("sinkhorn_errors_f32", &stream_narrow),
+        ];
+        if blocked {
+            // SINKHORN_ITERATE_BLOCKED: only where the workgroup memory allows.
+            sinkhorn_entries.push(("sinkhorn_iterate_blocked_f32", &blocked_wide));
+            sinkhorn_entries.push(("sinkhorn_iterate_blocked_f32", &blocked_narrow));
+        }
         let sinkhorn = family(
             device,
             "sinkhorn",
@@ -755,14 +788,7 @@ impl Pipelines {
             &[
                 Uniform, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite,
             ],
-            &[
-                ("sinkhorn_iterate_f32", &tile),
-                ("sinkhorn_iterate_f32", &stream),
-                ("sinkhorn_errors_f32", &stream),
-                ("sinkhorn_iterate_f32", &tile_narrow),
-                ("sinkhorn_iterate_f32", &stream_narrow),
-                ("sinkhorn_errors_f32", &stream_narrow),
-            ],
+            &sinkhorn_entries,
         );
         let fused = family(
             device,

@@ -4,9 +4,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    FusedKernel, WgpuContext, BLOCKED_MAX_LEN, COSINE_BLOCKED_MIN, COSINE_COST,
-    COSINE_COST_BLOCKED, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS,
-    MAXSIM_SCORES, NARROW_LEN,
+    SinkhornKernel, WgpuContext, COSINE_BLOCKED_MIN, COSINE_COST, COSINE_COST_BLOCKED,
+    COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::error::{Error, Result};
@@ -263,32 +262,32 @@ struct FusedParams {
     _pad: [u32; 2],
 }
 
-/// The fused kernel that solves this batch: [`FusedKernel::Blocked`] or
-/// [`FusedKernel::Tile`], or `None` when neither takes every pair (the caller then takes the
-/// materialised path). Auto prefers the blocked kernel (every invocation works on every
-/// update; see `docs/PERFORMANCE.md`).
+/// The fused kernel that solves this batch: [`SinkhornKernel::Blocked`] (the register-blocked
+/// kernel, when every pair fits its grid and it is chosen) or [`SinkhornKernel::Rows`] (the
+/// tile kernel, when every pair's cost fits the tile), or `None` when neither takes every
+/// pair (the caller then takes the materialised path).
 pub(crate) fn fused_kernel_for(
     ctx: &WgpuContext,
     x: &Embeddings,
     y: &Embeddings,
-) -> Option<FusedKernel> {
-    let (n, m) = (x.n, y.n);
-    if n > MAX_LEN || m > MAX_LEN {
+) -> Option<SinkhornKernel> {
+    if x.n > MAX_LEN || y.n > MAX_LEN {
         return None;
     }
     let pairs = 0..x.b.min(y.b);
-    let blocked = ctx.has_blocked_kernel()
-        && pairs
-            .clone()
-            .all(|p| x.lengths[p].max(y.lengths[p]) <= BLOCKED_MAX_LEN);
     let cap = ctx.tile_capacity() as usize;
-    let tile = pairs
+    if pairs
         .clone()
-        .all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
-    match ctx.fused_kernel() {
-        FusedKernel::Auto | FusedKernel::Blocked if blocked => Some(FusedKernel::Blocked),
-        FusedKernel::Auto | FusedKernel::Tile if tile => Some(FusedKernel::Tile),
-        _ => None,
+        .all(|p| ctx.blocked_takes(x.lengths[p], y.lengths[p]))
+    {
+        Some(SinkhornKernel::Blocked)
+    } else if pairs
+        .clone()
+        .all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap)
+    {
+        Some(SinkhornKernel::Rows)
+    } else {
+        None
     }
 }
 
@@ -304,7 +303,7 @@ pub(crate) fn fused_sinkhorn(
     check_pair_batch(x, y)?;
     let (b, n, m, d) = (x.b, x.n, y.n, x.d);
     let pipes = match fused_kernel_for(ctx, x, y) {
-        Some(FusedKernel::Blocked) => ctx.pipelines.fused_blocked.as_ref(),
+        Some(SinkhornKernel::Blocked) => ctx.pipelines.fused_blocked.as_ref(),
         Some(_) => Some(&ctx.pipelines.fused),
         None => None,
     };

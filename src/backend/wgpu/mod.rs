@@ -7,19 +7,24 @@
 //! | MaxSim                | `shaders/maxsim.wgsl`           | `CpuReference::maxsim`         |
 //! | Sinkhorn primitives   | `shaders/sinkhorn.wgsl`         | `impl SinkhornKernels`         |
 //! | fused cost + Sinkhorn | `shaders/fused_sinkhorn.wgsl` (tile and register-blocked kernels) | `Backend::sinkhorn_embeddings` |
+//! | blocked LSE passes    | `shaders/blocked_lse.wgsl` (appended to both Sinkhorn modules) | — |
 //!
 //! Everything runs in `f32` on the device; plans, potentials and costs come back as `f64`
 //! like every backend's. Batches larger than one storage binding (or than 65,535
 //! workgroups) are cut into chunks; one item that alone exceeds a binding is an error.
 //!
+//! Sinkhorn kernels ([`SinkhornKernel`], `$OPTICAL_WGPU_SINKHORN`): by default a dispatch whose
+//! pairs all have at most [`BLOCKED_MAX_LEN`] (128) support rows and columns runs a
+//! register-blocked kernel (K in registers, 8 × 8 per invocation of a 16 × 16 grid, 29 KiB of
+//! workgroup memory whatever the pair); `rows` (and larger pairs) take the kernels that give
+//! one invocation a whole row.
+//!
 //! Fused path rule ([`Wgpu::fused_kernel_for`]): [`Wgpu::sinkhorn_embeddings`] runs the
-//! register-blocked fused kernel when every pair has at most [`BLOCKED_MAX_LEN`] (128) real
-//! rows and columns (K in registers, 8 × 8 per invocation; 29 KiB of workgroup memory
-//! whatever the size), else the tile kernel when every pair's support fits its on-chip tile,
-//! `len_x · (len_y | 1) ≤ tile_capacity()` (sized from the device's workgroup memory);
-//! otherwise it computes the cost with the cosine kernel and runs the materialised
-//! Sinkhorn, which streams the cost from global memory. `$OPTICAL_WGPU_FUSED` (`auto`,
-//! `blocked`, `tile`) restricts the choice to one kernel.
+//! register-blocked fused kernel when it takes every pair, else the tile kernel when every
+//! pair's support fits its on-chip tile, `len_x · (len_y | 1) ≤ tile_capacity()` (sized from
+//! the device's workgroup memory); otherwise it computes the cost with the cosine kernel and
+//! runs the materialised Sinkhorn (the blocked iterations where they apply, else the
+//! iterations that keep K in the tile or stream it from global memory).
 //!
 //! Subgroup operations are not used: every kernel is the portable path (workgroup memory and
 //! barriers only). `optical info` reports whether an adapter has them (`Features::SUBGROUP`),
@@ -32,8 +37,8 @@ mod sinkhorn;
 use std::sync::Arc;
 
 pub use context::{
-    adapters, choose_adapter, describe_adapter, FusedKernel, WgpuContext, ADAPTER_ENV,
-    BLOCKED_MAX_LEN, FUSED_KERNEL_ENV, SHADERS,
+    adapters, choose_adapter, describe_adapter, SinkhornKernel, WgpuContext, ADAPTER_ENV,
+    BLOCKED_MAX_LEN, SHADERS, SINKHORN_KERNEL_ENV,
 };
 pub use sinkhorn::WgpuSinkhornState;
 
@@ -85,7 +90,7 @@ impl Wgpu {
 
     /// The fused kernel that [`Wgpu::sinkhorn_embeddings`] runs for this batch, or `None`
     /// when it takes the materialised path.
-    pub fn fused_kernel_for(&self, x: &Embeddings, y: &Embeddings) -> Option<FusedKernel> {
+    pub fn fused_kernel_for(&self, x: &Embeddings, y: &Embeddings) -> Option<SinkhornKernel> {
         kernels::fused_kernel_for(&self.ctx, x, y)
     }
 }

@@ -11,8 +11,8 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    WgpuContext, NARROW_LEN, SINKHORN_ERRORS, SINKHORN_ITERATE_STREAM, SINKHORN_ITERATE_TILE,
-    SINKHORN_NARROW,
+    WgpuContext, NARROW_LEN, SINKHORN_ERRORS, SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM,
+    SINKHORN_ITERATE_TILE, SINKHORN_NARROW,
 };
 use super::kernels::MAX_LEN;
 use super::Wgpu;
@@ -44,6 +44,8 @@ struct Chunk {
     /// Whether some pair of the chunk fits the on-chip tile (else the streaming pipeline,
     /// which reserves no tile, is used).
     any_on_chip: bool,
+    /// Whether every pair of the chunk takes the register-blocked iterations.
+    blocked: bool,
     /// Offset of the pipelines to use: `SINKHORN_NARROW` when every pair is at most
     /// `NARROW_LEN` × `NARROW_LEN`, else 0.
     variant: usize,
@@ -158,9 +160,11 @@ impl SinkhornKernels for Wgpu {
             let mut host_info = Vec::with_capacity(c);
             let mut any_on_chip = false;
             let mut narrow = true;
+            let mut blocked = true;
             for pr in prepared {
                 let (nr, nc) = (pr.support.rows.len(), pr.support.cols.len());
                 any_on_chip |= nr * (nc | 1) <= cap;
+                blocked &= ctx.blocked_takes(nr, nc);
                 narrow &= nr <= NARROW_LEN && nc <= NARROW_LEN;
                 host_info.push([nr as u32, nc as u32, 1, 0]);
                 slab.extend_from_slice(&pr.slab);
@@ -198,6 +202,7 @@ impl SinkhornKernels for Wgpu {
                     others: vec![kmat, log_a, log_b],
                     group,
                     any_on_chip,
+                    blocked,
                     variant: if narrow { SINKHORN_NARROW } else { 0 },
                     host_info,
                 }
@@ -232,7 +237,11 @@ impl SinkhornKernels for Wgpu {
                     iterations,
                 }),
             );
-            let pipeline = if chunk.any_on_chip {
+            let pipeline = if chunk.blocked {
+                // G = 8 (the next pipeline) when every pair is at most 64 × 64.
+                let narrow = (chunk.variant == SINKHORN_NARROW) as usize;
+                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_BLOCKED + narrow]
+            } else if chunk.any_on_chip {
                 &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_TILE + chunk.variant]
             } else {
                 &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_STREAM + chunk.variant]

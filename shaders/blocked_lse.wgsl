@@ -1,0 +1,138 @@
+// Register-blocked log-sum-exp passes, shared by the register-blocked kernels of
+// fused_sinkhorn.wgsl and sinkhorn.wgsl: the host appends this file to both (WGSL has no
+// includes). It uses the including module's workgroup arrays hf (row potentials + log2 a)
+// and hg (column potentials + log2 b), each at least 8G long, and its override WG = G·G.
+//
+// A pair's K (at most 8G × 8G) lives in registers: invocation t = G·ri + cj holds
+// k[a·8 + b] = K(ri + G·a, cj + G·b), a, b < 8 (padding: NEG). One half-iteration:
+//   1. row_partials: for each own row, (max, Σ exp2(v − max)) over its 8 own columns of
+//      v = K_ij + hg_j: 64 exp2 with no dependence between them;
+//   2. level1: invocation t merges 8 of the G partials of line t / (G/8);
+//   3. level2: the line's owner (invocation i for row i) merges the G/8 level-1 results.
+// Merges are (m, s) ⊕ (m', s') = (max, s·2^(m − max) + s'·2^(m' − max)) in a fixed order, so
+// results are bit-identical from run to run. The column update is the transpose
+// (col_partials over the own rows of K_ij + hf_i).
+
+// Invocation grid side: G × G invocations (the includer's WG must be G·G), pairs up to
+// 8G × 8G. 16, or 8 for pairs of at most 64 × 64.
+override G: u32 = 16u;
+// Rows (and columns) of K per invocation.
+const B: u32 = 8u;
+// K of padding entries, and the maximum of an all-padding partial: exp2 of it against any
+// real maximum is 0.
+const NEG: f32 = -3.0e38;
+const MODE_LSE: u32 = 0u;
+const MODE_MIN: u32 = 1u;
+
+// Partials of line L (a row or a column) from slot s at L·(G + 1) + s (row stride G + 1 so
+// that the column update's writes do not collide in banks).
+var<workgroup> pmax: array<f32, B * G * (G + 1u)>;
+var<workgroup> psum: array<f32, B * G * (G + 1u)>;
+var<workgroup> lvl1: array<vec2<f32>, G * G>;
+
+fn combine(p: vec2<f32>, q: vec2<f32>, mode: u32) -> vec2<f32> {
+    if mode == MODE_MIN {
+        return vec2<f32>(min(p.x, q.x), 0.0);
+    }
+    let hi = max(p.x, q.x);
+    let lo = min(p.x, q.x);
+    let s_hi = select(p.y, q.y, q.x > p.x);
+    let s_lo = select(q.y, p.y, q.x > p.x);
+    return vec2<f32>(hi, fma(s_lo, exp2(lo - hi), s_hi));
+}
+
+// Level 1: invocation t merges slots [8k, 8k + 8) of line t / (G/8), k = t mod (G/8).
+fn level1(t: u32, mode: u32) {
+    let seg = G / B;
+    let line = t / seg;
+    let base = line * (G + 1u) + (t - line * seg) * B;
+    var acc = vec2<f32>(pmax[base], psum[base]);
+    for (var s = 1u; s < B; s++) {
+        acc = combine(acc, vec2<f32>(pmax[base + s], psum[base + s]), mode);
+    }
+    lvl1[t] = acc;
+}
+
+// Level 2, by the line's owner: the merge of its G/8 level-1 results.
+fn level2(line: u32, mode: u32) -> vec2<f32> {
+    let seg = G / B;
+    var acc = lvl1[line * seg];
+    for (var s = 1u; s < seg; s++) {
+        acc = combine(acc, lvl1[line * seg + s], mode);
+    }
+    return acc;
+}
+
+// Partials of the row update: for each own row, (max, Σ exp2(v − max)) over the own columns
+// of v = K_ij + hg_j. Rows past nr write (NEG, 0).
+fn row_partials(ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) {
+    var h: array<f32, B>;
+    for (var b = 0u; b < B; b++) {
+        h[b] = hg[cj + G * b];
+    }
+    for (var a = 0u; a < B; a++) {
+        let i = ri + G * a;
+        var mx = NEG;
+        var s = 0.0;
+        if i < nr {
+            for (var b = 0u; b < B; b++) {
+                mx = max(mx, (*k)[a * B + b] + h[b]);
+            }
+            for (var b = 0u; b < B; b++) {
+                s += exp2((*k)[a * B + b] + h[b] - mx);
+            }
+        }
+        pmax[i * (G + 1u) + cj] = mx;
+        psum[i * (G + 1u) + cj] = s;
+    }
+}
+
+// Partials of the column update, over the own rows of v = K_ij + hf_i.
+fn col_partials(ri: u32, cj: u32, nc: u32, k: ptr<function, array<f32, 64>>) {
+    var h: array<f32, B>;
+    for (var a = 0u; a < B; a++) {
+        h[a] = hf[ri + G * a];
+    }
+    for (var b = 0u; b < B; b++) {
+        let j = cj + G * b;
+        var mx = NEG;
+        var s = 0.0;
+        if j < nc {
+            for (var a = 0u; a < B; a++) {
+                mx = max(mx, (*k)[a * B + b] + h[a]);
+            }
+            for (var a = 0u; a < B; a++) {
+                s += exp2((*k)[a * B + b] + h[a] - mx);
+            }
+        }
+        pmax[j * (G + 1u) + ri] = mx;
+        psum[j * (G + 1u) + ri] = s;
+    }
+}
+
+// The row update's −LSE for the owner of row t (meaningful for t < nr). Ends after level 1's
+// barrier; the caller writes hf and puts the barrier after it.
+fn row_update(t: u32, ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) -> f32 {
+    row_partials(ri, cj, nr, k);
+    workgroupBarrier();
+    level1(t, MODE_LSE);
+    workgroupBarrier();
+    var r = vec2<f32>(0.0, 1.0);
+    if t < nr {
+        r = level2(t, MODE_LSE);
+    }
+    return -(r.x + log2(r.y));
+}
+
+// The column update's −LSE for the owner of column t (meaningful for t < nc), as row_update.
+fn col_update(t: u32, ri: u32, cj: u32, nc: u32, k: ptr<function, array<f32, 64>>) -> f32 {
+    col_partials(ri, cj, nc, k);
+    workgroupBarrier();
+    level1(t, MODE_LSE);
+    workgroupBarrier();
+    var r = vec2<f32>(0.0, 1.0);
+    if t < nc {
+        r = level2(t, MODE_LSE);
+    }
+    return -(r.x + log2(r.y));
+}
