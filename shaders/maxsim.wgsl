@@ -22,13 +22,16 @@
 //   inv_norms_f32: 256 invocations, one row each; dispatch (ceil(rows/256), 1, 1).
 //   maxsim_f32: 16×16 invocations per (query, document), dispatch (docs, queries, 1), docs ≤
 //   65535 per chunk. The workgroup computes the query-token × document-token dot products
-//   in 16 × 16 blocks (a small matrix product); invocation (x, y) keeps the running maximum
-//   of query token i0 + y over document tokens j0 + x, then 16 maxima per query token are
+//   in 32 × 64 blocks (a small matrix product), a 2 × 4 register block per invocation
+//   (query tokens i0 + y + 16a, document tokens j0 + x + 16b), so each vec4 staged in
+//   workgroup memory feeds 2 or 4 dot products; invocation (x, y) keeps the running maximum
+//   of its two query tokens over its document tokens, then 16 maxima per query token are
 //   reduced through workgroup memory.
 //
-// Workgroup memory: two 16×17 vec4<f32> panels (query rows, document rows; 64 dims at a
-// time, stride 17 against bank conflicts), 8.5 KiB, plus 256 + 16 f32 for the reductions.
-// Query length, document length and d have no kernel limit (the loops are blocked).
+// Workgroup memory: query and document panels of 32 and 64 rows × 16 dims (row stride 5
+// vec4, so the 8 lanes of a 128-bit load phase hit distinct banks), 7.5 KiB, plus 512 + 32
+// f32 for the reductions. Query length, document length and d have no kernel limit (the
+// loops are blocked).
 //
 // Numerics: f32, 4-wide dot products accumulated in dimension order; the maximum is over
 // cosines (dot × inverse norms, a zero vector has cosine 0); the sum over query tokens is
@@ -46,7 +49,6 @@ struct Params {
 }
 
 const T: u32 = 16u;
-const TP: u32 = 17u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
@@ -57,10 +59,19 @@ const TP: u32 = 17u;
 @group(0) @binding(6) var<storage, read_write> inv_doc: array<f32>;
 @group(0) @binding(7) var<storage, read_write> scores: array<f32>;
 
-var<workgroup> qs: array<vec4<f32>, 272>; // T × TP
-var<workgroup> ds: array<vec4<f32>, 272>;
-var<workgroup> red: array<f32, 256>;
-var<workgroup> rowmax: array<f32, 16>;
+// Query tokens (2 per invocation) and document tokens (4 per invocation) per block, vec4 per
+// staging step, panel row stride (vec4).
+const RA: u32 = 2u;
+const RB: u32 = 4u;
+const QB: u32 = 32u; // 16 · RA
+const DB: u32 = 64u; // 16 · RB
+const BK: u32 = 4u;
+const BKP: u32 = 5u;
+
+var<workgroup> qs: array<vec4<f32>, 160>; // QB × BKP
+var<workgroup> ds: array<vec4<f32>, 320>; // DB × BKP
+var<workgroup> red: array<f32, 512>; // QB × T
+var<workgroup> rowmax: array<f32, 32>;
 
 @compute @workgroup_size(256)
 fn inv_norms_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -101,46 +112,80 @@ fn maxsim_f32(
     let ld = info.y;
     let t = lid.y * T + lid.x;
     var total = 0.0;
-    for (var i0 = 0u; i0 < lq; i0 += T) {
-        // Running max over this lane's document tokens of query token i0 + lid.y.
-        var best = -3.0e38;
-        for (var j0 = 0u; j0 < ld; j0 += T) {
-            var acc = 0.0;
-            for (var k0 = 0u; k0 < d; k0 += T) {
-                let e = k0 + lid.x;
-                var vq = vec4<f32>();
-                if i0 + lid.y < lq && e < d {
-                    vq = q[(qi * params.nq + i0 + lid.y) * d + e];
+    for (var i0 = 0u; i0 < lq; i0 += QB) {
+        // Running max, over this lane's document tokens, of query tokens i0 + lid.y + 16a.
+        var best: array<f32, RA>;
+        for (var a = 0u; a < RA; a++) {
+            best[a] = -3.0e38;
+        }
+        for (var j0 = 0u; j0 < ld; j0 += DB) {
+            var acc: array<f32, RA * RB>;
+            for (var k0 = 0u; k0 < d; k0 += BK) {
+                // Stage query rows i0 .. i0 + 32 and document rows j0 .. j0 + 64, dims
+                // k0 .. k0 + BK (zero past the lengths and past d).
+                for (var e = t; e < (QB + DB) * BK; e += 256u) {
+                    let r = e / BK;
+                    let c = e - r * BK;
+                    let kk = k0 + c;
+                    var v = vec4<f32>();
+                    if r < QB {
+                        if i0 + r < lq && kk < d {
+                            v = q[(qi * params.nq + i0 + r) * d + kk];
+                        }
+                        qs[r * BKP + c] = v;
+                    } else {
+                        let rd = r - QB;
+                        if j0 + rd < ld && kk < d {
+                            v = docs[(info.x + j0 + rd) * d + kk];
+                        }
+                        ds[rd * BKP + c] = v;
+                    }
                 }
-                var vd = vec4<f32>();
-                if j0 + lid.y < ld && e < d {
-                    vd = docs[(info.x + j0 + lid.y) * d + e];
-                }
-                qs[lid.y * TP + lid.x] = vq;
-                ds[lid.y * TP + lid.x] = vd;
                 workgroupBarrier();
-                for (var kk = 0u; kk < T; kk++) {
-                    acc += dot(qs[lid.y * TP + kk], ds[lid.x * TP + kk]);
+                for (var kk = 0u; kk < BK; kk++) {
+                    var dv: array<vec4<f32>, RB>;
+                    for (var b = 0u; b < RB; b++) {
+                        dv[b] = ds[(lid.x + 16u * b) * BKP + kk];
+                    }
+                    for (var a = 0u; a < RA; a++) {
+                        let qa = qs[(lid.y + 16u * a) * BKP + kk];
+                        for (var b = 0u; b < RB; b++) {
+                            acc[a * RB + b] += dot(qa, dv[b]);
+                        }
+                    }
                 }
                 workgroupBarrier();
             }
-            if j0 + lid.x < ld {
-                best = max(best, acc * inv_doc[info.x + j0 + lid.x]);
+            for (var b = 0u; b < RB; b++) {
+                let j = j0 + lid.x + 16u * b;
+                if j < ld {
+                    let inv = inv_doc[info.x + j];
+                    for (var a = 0u; a < RA; a++) {
+                        best[a] = max(best[a], acc[a * RB + b] * inv);
+                    }
+                }
             }
         }
-        red[t] = best;
+        for (var a = 0u; a < RA; a++) {
+            red[(lid.y + 16u * a) * T + lid.x] = best[a];
+        }
         workgroupBarrier();
-        if lid.x == 0u && i0 + lid.y < lq {
-            var m = red[t];
-            for (var l = 1u; l < T; l++) {
-                m = max(m, red[t + l]);
+        if lid.x == 0u {
+            for (var a = 0u; a < RA; a++) {
+                let i = lid.y + 16u * a;
+                if i0 + i < lq {
+                    var m = red[i * T];
+                    for (var l = 1u; l < T; l++) {
+                        m = max(m, red[i * T + l]);
+                    }
+                    // cos = dot · ‖q‖⁻¹ · ‖d‖⁻¹ and ‖q‖⁻¹ ≥ 0, so it factors out of the max.
+                    rowmax[i] = m * inv_q[qi * params.nq + i0 + i];
+                }
             }
-            // cos = dot · ‖q‖⁻¹ · ‖d‖⁻¹ and ‖q‖⁻¹ ≥ 0, so it factors out of the max.
-            rowmax[lid.y] = m * inv_q[qi * params.nq + i0 + lid.y];
         }
         workgroupBarrier();
         if t == 0u {
-            for (var r = 0u; r < min(T, lq - i0); r++) {
+            for (var r = 0u; r < min(QB, lq - i0); r++) {
                 total += rowmax[r];
             }
         }

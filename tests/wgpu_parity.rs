@@ -186,6 +186,9 @@ fn maxsim_matches_reference() {
         (3, 63, 5, 65, 16),
         (2, 64, 17, 64, 128),
         (2, 65, 9, 29, 1024),
+        // The kernel's blocks are 32 query × 64 document tokens, d 16 at a time.
+        (2, 33, 7, 130, 20),
+        (1, 31, 4, 64, 17),
         (1, 512, 3, 20, 32),
         (1, 600, 2, 3, 1100),
     ]
