@@ -203,10 +203,11 @@ fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
-# The Sinkhorn problems with the row kernels (one invocation per row; K in workgroup memory
-# where it fits, else streamed), against the default register-blocked kernels.
+# The Sinkhorn problems with the row kernels (one workgroup per pair, one invocation per row;
+# K in workgroup memory where it fits, else streamed), against the defaults: register-blocked
+# kernels up to 128 x 128, split half-iterations for sinkhorn-512.
 T=60 step bench-wgpu-rows env "${VK_ENV[@]}" OPTICAL_WGPU_SINKHORN=rows \
-    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-fused
+    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-512,sinkhorn-fused
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
 # access to the performance counters, which some machines refuse): throughput, pipe use
 # and issue rates, launch resources, occupancy, memory traffic, warp stall reasons.

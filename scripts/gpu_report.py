@@ -83,7 +83,7 @@ wgpu_fused = wgpu_time("wgpu", "sinkhorn-fused")
 if wgpu_fused and "cuda" in fused_runs:
     ratios["wgpu fused (device) / cuda fused (device)"] = \
         wgpu_fused / fused_runs["cuda"]["device_seconds_per_call"]
-for kernel in ("sinkhorn", "sinkhorn-fused"):
+for kernel in ("sinkhorn", "sinkhorn-512", "sinkhorn-fused"):
     if wgpu_time("wgpu", kernel) and wgpu_time("wgpu-rows", kernel):
         ratios[f"wgpu-rows {kernel} (device) / wgpu {kernel} (device)"] = \
             wgpu_time("wgpu-rows", kernel) / wgpu_time("wgpu", kernel)

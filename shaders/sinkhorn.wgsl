@@ -9,6 +9,12 @@
 //                          G = 16, or 8 when every pair is at most 64 × 64), K in registers,
 //                          8 × 8 per invocation, loaded once per dispatch; for dispatches
 //                          whose pairs all have at most 8G support rows and columns.
+//   sinkhorn_half_split_f32
+//                          one half-iteration (the row update, or with SPLIT_COLS the column
+//                          update) of every active pair, a pair spread over many workgroups (16 lines each): the host
+//                          dispatches them alternately, 2 per iteration, for batches whose
+//                          pairs neither the blocked kernel nor the tile takes, so that a few
+//                          large pairs still fill the device.
 //   sinkhorn_errors_f32    L1 row-marginal error of every active pair -> err[p]; the iterate
 //                          is not changed.
 //
@@ -283,6 +289,96 @@ fn sinkhorn_iterate_blocked_f32(
     }
     if t < nc {
         g[p * params.m + t] = gc;
+    }
+}
+
+// The split half-iterations: for pairs too large for one workgroup's registers or tile, one
+// dispatch per half-iteration spreads a pair over ceil(lines / 16) workgroups of 256
+// invocations, 16 lanes per line (a row of K, or a row of Kᵀ for the column update), reading
+// the line's K from global memory in consecutive addresses. The potentials of the other side
+// (+ their log weights) are staged in workgroup memory. A lane folds every 16th element
+// into a running (max, sum), then the line's first lane merges the 16 partials in lane
+// order: deterministic. Dispatch (ceil(n / 16), pairs) for rows, (ceil(m / 16), pairs) for
+// columns; lines past a pair's support do nothing.
+var<workgroup> lane_part: array<vec2<f32>, 256>;
+
+fn merge_lse(p: vec2<f32>, q: vec2<f32>) -> vec2<f32> {
+    let hi = max(p.x, q.x);
+    let lo = min(p.x, q.x);
+    let s_hi = select(p.y, q.y, q.x > p.x);
+    let s_lo = select(q.y, p.y, q.x > p.x);
+    return vec2<f32>(hi, fma(s_lo, exp2(lo - hi), s_hi));
+}
+
+// −log2 Σ_k 2^(kmat[base + line·len + k] + h[k]) over k < len for line wid.x·16 + t/16 of
+// pair wid.y (h: workgroup memory, filled by the caller), or 0 for lanes past `lines`.
+// Returns the value on the line's first lane (t % 16 == 0).
+fn split_line_lse(line: u32, lane: u32, t: u32, lines: u32, base: u32, len: u32, is_row: bool) -> f32 {
+    var acc = vec2<f32>(-3.0e38, 0.0);
+    if line < lines {
+        for (var k = lane; k < len; k += 16u) {
+            var h = 0.0;
+            if is_row {
+                h = hg[k];
+            } else {
+                h = hf[k];
+            }
+            let v = kmat[base + line * len + k] + h;
+            let diff = v - acc.x;
+            let e = exp2(-abs(diff));
+            acc = select(vec2<f32>(acc.x, acc.y + e), vec2<f32>(v, fma(acc.y, e, 1.0)), diff > 0.0);
+        }
+    }
+    lane_part[t] = acc;
+    workgroupBarrier();
+    var r = vec2<f32>(0.0, 1.0);
+    if lane == 0u && line < lines {
+        r = lane_part[t];
+        for (var l = 1u; l < 16u; l++) {
+            r = merge_lse(r, lane_part[t + l]);
+        }
+    }
+    return -(r.x + log2(r.y));
+}
+
+// Which half-iteration a split pipeline runs: the row update (false) or the column update.
+override SPLIT_COLS: bool = false;
+
+@compute @workgroup_size(256)
+fn sinkhorn_half_split_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.y;
+    if p >= params.pairs {
+        return;
+    }
+    let info = pair_info[p];
+    // Lines of this half (rows of K, or of Kᵀ) and their length.
+    let lines = select(info.x, info.y, SPLIT_COLS);
+    let len = select(info.y, info.x, SPLIT_COLS);
+    if info.z == 0u || wid.x * 16u >= lines {
+        return;
+    }
+    // The other side's potentials + log weights.
+    for (var k = t; k < len; k += 256u) {
+        if SPLIT_COLS {
+            hf[k] = f[p * params.n + k] + log_a[p * params.n + k];
+        } else {
+            hg[k] = g[p * params.m + k] + log_b[p * params.m + k];
+        }
+    }
+    workgroupBarrier();
+    let line = wid.x * 16u + t / 16u;
+    let lane = t % 16u;
+    let base = p * 2u * params.n * params.m + select(0u, params.n * params.m, SPLIT_COLS);
+    let v = split_line_lse(line, lane, t, lines, base, len, !SPLIT_COLS);
+    if lane == 0u && line < lines {
+        if SPLIT_COLS {
+            g[p * params.m + line] = v;
+        } else {
+            f[p * params.n + line] = v;
+        }
     }
 }
 

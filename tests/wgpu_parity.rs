@@ -285,15 +285,12 @@ fn sinkhorn_matches_reference() {
         let pr = problem(100 + k as u64, b, n, m);
         let params = fixed(0.01, iters);
         let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
-        for (setting, w) in &settings {
+        for (_, label, w) in &settings {
             let got = Backend::Wgpu(w.clone())
                 .sinkhorn(&pr, &params)
                 .expect("wgpu sinkhorn");
             check_solution(
-                &format!(
-                    "sinkhorn ({}) eps=0.01 b={b} n={n} m={m} it={iters}",
-                    setting.name()
-                ),
+                &format!("sinkhorn ({label}) eps=0.01 b={b} n={n} m={m} it={iters}"),
                 &got,
                 &want,
                 params.threshold,
@@ -336,20 +333,30 @@ fn expected_fused(setting: SinkhornKernel, blocked: bool, tile: bool) -> Option<
 }
 
 /// The backend with each Sinkhorn kernel setting, on its own context (the shared one runs
-/// the default).
-fn each_setting(w: &Wgpu) -> Vec<(SinkhornKernel, Wgpu)> {
-    SinkhornKernel::ALL
-        .iter()
-        .map(|&k| {
-            let w = if k == SinkhornKernel::default() {
-                w.clone()
-            } else {
-                let ctx = WgpuContext::new().expect("adapter found above");
-                Wgpu::with_context(Arc::new(ctx.with_sinkhorn_kernel(k)))
-            };
-            (k, w)
-        })
-        .collect()
+/// the default), and the default once more with the split half-iterations for large pairs
+/// forced on (lavapipe, a CPU adapter, leaves them off by default).
+fn each_setting(w: &Wgpu) -> Vec<(SinkhornKernel, &'static str, Wgpu)> {
+    let new = |k: SinkhornKernel, split: bool| {
+        let ctx = WgpuContext::new().expect("adapter found above");
+        let split = split || ctx.split_large();
+        Wgpu::with_context(Arc::new(
+            ctx.with_sinkhorn_kernel(k).with_split_large(split),
+        ))
+    };
+    let mut out = vec![(SinkhornKernel::default(), "blocked", w.clone())];
+    if !w.context().split_large() {
+        out.push((
+            SinkhornKernel::Blocked,
+            "blocked+split",
+            new(SinkhornKernel::Blocked, true),
+        ));
+    }
+    out.push((
+        SinkhornKernel::Rows,
+        "rows",
+        new(SinkhornKernel::Rows, false),
+    ));
+    out
 }
 
 #[test]
@@ -402,12 +409,9 @@ fn fused_matches_reference() {
         let blocked =
             has_blocked && (0..b).all(|p| x.lengths[p].max(y.lengths[p]) <= BLOCKED_MAX_LEN);
         let tile = (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
-        for (setting, w) in &settings {
+        for (setting, label, w) in &settings {
             let kernel = w.fused_kernel_for(&x, &y);
-            println!(
-                "b={b} n={n} m={m}, {}: fused kernel {kernel:?} (tile capacity {cap})",
-                setting.name()
-            );
+            println!("b={b} n={n} m={m}, {label}: fused kernel {kernel:?} (tile capacity {cap})");
             assert_eq!(kernel, expected_fused(*setting, blocked, tile));
             let direct = w.sinkhorn_embeddings(&x, &y, &params).expect("fused");
             assert_eq!(direct.is_some(), kernel.is_some(), "a fused kernel runs");
@@ -415,10 +419,7 @@ fn fused_matches_reference() {
                 .sinkhorn_embeddings(&x, &y, &params)
                 .expect("wgpu sinkhorn_embeddings");
             check_solution(
-                &format!(
-                    "fused ({}: {kernel:?}) eps=0.01 b={b} n={n} m={m} d={d} it={iters}",
-                    setting.name()
-                ),
+                &format!("fused ({label}: {kernel:?}) eps=0.01 b={b} n={n} m={m} d={d} it={iters}"),
                 &got,
                 &want,
                 params.threshold,

@@ -61,12 +61,14 @@ pub enum SinkhornKernel {
     /// The register-blocked kernels wherever every pair of a dispatch has at most
     /// [`BLOCKED_MAX_LEN`] rows and columns: K in registers, 8 × 8 entries per invocation,
     /// every invocation on every row and column update, 29 KiB of workgroup memory whatever
-    /// the pair. Larger pairs take [`Self::Rows`].
+    /// the pair. Larger pairs take the tile kernels where K fits the tile, else the split
+    /// half-iterations (a pair spread over many workgroups, one dispatch per half-iteration).
     #[default]
     Blocked,
-    /// One invocation per row (and per column) update, K in a workgroup-memory tile when it
-    /// fits (`tile_capacity`): for the fused solve the tile kernel, or the materialised path
-    /// when the tile does not fit; for a solve from a cost, the tile or streamed iterations.
+    /// One workgroup per pair and one invocation per row (and per column) update, K in a
+    /// workgroup-memory tile when it fits (`tile_capacity`), else streamed from global
+    /// memory: for the fused solve the tile kernel, or the materialised path when the tile
+    /// does not fit.
     Rows,
 }
 
@@ -134,7 +136,10 @@ pub(crate) const SINKHORN_ITERATE_STREAM: usize = 1;
 pub(crate) const SINKHORN_ERRORS: usize = 2;
 /// The register-blocked iterations (G = 16; + 1: the narrow G = 8), present when
 /// [`WgpuContext::has_blocked_kernel`].
-pub(crate) const SINKHORN_ITERATE_BLOCKED: usize = 6;
+pub(crate) const SINKHORN_ITERATE_BLOCKED: usize = 8;
+/// The split half-iterations (row update, column update), one dispatch each.
+pub(crate) const SINKHORN_ROWS_SPLIT: usize = 6;
+pub(crate) const SINKHORN_COLS_SPLIT: usize = 7;
 pub(crate) const FUSED_SOLVE: usize = 0;
 pub(crate) const FUSED_PLAN: usize = 1;
 pub(crate) const SINKHORN_NARROW: usize = 3;
@@ -231,6 +236,9 @@ pub struct WgpuContext {
     binding_limit: u64,
     /// Which Sinkhorn kernels run (see [`SinkhornKernel`]).
     sinkhorn_kernel: SinkhornKernel,
+    /// Whether pairs that fit neither the blocked kernels nor the tile take the split
+    /// half-iterations (see [`WgpuContext::with_split_large`]).
+    split_large: bool,
     /// Timestamps around compute passes, when the adapter can write them.
     timer: Option<PassTimer>,
 }
@@ -281,6 +289,7 @@ impl WgpuContext {
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
         let sinkhorn_kernel = SinkhornKernel::from_env()?;
         let info = adapter.get_info();
+        let split_large = info.device_type != wgpu::DeviceType::Cpu;
         let limits = adapter.limits();
         if limits.max_compute_invocations_per_workgroup < 256
             || limits.max_storage_buffers_per_shader_stage < 8
@@ -362,6 +371,7 @@ impl WgpuContext {
             lost,
             binding_limit: u64::MAX,
             sinkhorn_kernel,
+            split_large,
         })
     }
 
@@ -390,6 +400,22 @@ impl WgpuContext {
     pub fn with_sinkhorn_kernel(mut self, kernel: SinkhornKernel) -> WgpuContext {
         self.sinkhorn_kernel = kernel;
         self
+    }
+
+    /// Whether pairs too large for the blocked kernels and the tile take the split
+    /// half-iterations (a pair over many workgroups, two dispatches per iteration) under
+    /// [`SinkhornKernel::Blocked`]: by default on every adapter but a CPU one (there the
+    /// pairs of a batch already fill the cores, and the extra dispatches and merges only
+    /// cost: 2.9× slower on lavapipe for b = 4 pairs of 512 × 512), else the one-workgroup-
+    /// per-pair iterations that stream K.
+    pub fn with_split_large(mut self, on: bool) -> WgpuContext {
+        self.split_large = on;
+        self
+    }
+
+    /// See [`WgpuContext::with_split_large`].
+    pub fn split_large(&self) -> bool {
+        self.split_large
     }
 
     /// Whether a pair of `rows` × `cols` support may take the register-blocked kernels:
@@ -775,6 +801,8 @@ impl Pipelines {
             ("sinkhorn_iterate_f32", &tile_narrow),
             ("sinkhorn_iterate_f32", &stream_narrow),
             ("sinkhorn_errors_f32", &stream_narrow),
+            ("sinkhorn_half_split_f32", &[("SPLIT_COLS", 0.0)]),
+            ("sinkhorn_half_split_f32", &[("SPLIT_COLS", 1.0)]),
         ];
         if blocked {
             // SINKHORN_ITERATE_BLOCKED: only where the workgroup memory allows.

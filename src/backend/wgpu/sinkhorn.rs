@@ -11,8 +11,9 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    WgpuContext, NARROW_LEN, SINKHORN_ERRORS, SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM,
-    SINKHORN_ITERATE_TILE, SINKHORN_NARROW,
+    SinkhornKernel, WgpuContext, NARROW_LEN, SINKHORN_COLS_SPLIT, SINKHORN_ERRORS,
+    SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM, SINKHORN_ITERATE_TILE, SINKHORN_NARROW,
+    SINKHORN_ROWS_SPLIT,
 };
 use super::kernels::MAX_LEN;
 use super::Wgpu;
@@ -237,19 +238,41 @@ impl SinkhornKernels for Wgpu {
                     iterations,
                 }),
             );
-            let pipeline = if chunk.blocked {
-                // G = 8 (the next pipeline) when every pair is at most 64 × 64.
-                let narrow = (chunk.variant == SINKHORN_NARROW) as usize;
-                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_BLOCKED + narrow]
-            } else if chunk.any_on_chip {
-                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_TILE + chunk.variant]
+            if !chunk.blocked
+                && !chunk.any_on_chip
+                && ctx.sinkhorn_kernel() == SinkhornKernel::Blocked
+                && ctx.split_large()
+            {
+                // Split half-iterations: a pair over ceil(lines / 16) workgroups, one
+                // dispatch per half-iteration, in one pass (each dispatch sees the last's
+                // writes).
+                let sk = &ctx.pipelines.sinkhorn.pipelines;
+                let rows = [n.div_ceil(16), chunk.len as u32, 1];
+                let cols = [m.div_ceil(16), chunk.len as u32, 1];
+                let halves: Vec<_> = (0..iterations)
+                    .flat_map(|_| {
+                        [
+                            (&sk[SINKHORN_ROWS_SPLIT], &chunk.group, rows),
+                            (&sk[SINKHORN_COLS_SPLIT], &chunk.group, cols),
+                        ]
+                    })
+                    .collect();
+                ctx.encode(&mut enc, &halves);
             } else {
-                &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_STREAM + chunk.variant]
-            };
-            ctx.encode(
-                &mut enc,
-                &[(pipeline, &chunk.group, [chunk.len as u32, 1, 1])],
-            );
+                let pipeline = if chunk.blocked {
+                    // G = 8 (the next pipeline) when every pair is at most 64 × 64.
+                    let narrow = (chunk.variant == SINKHORN_NARROW) as usize;
+                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_BLOCKED + narrow]
+                } else if chunk.any_on_chip {
+                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_TILE + chunk.variant]
+                } else {
+                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_STREAM + chunk.variant]
+                };
+                ctx.encode(
+                    &mut enc,
+                    &[(pipeline, &chunk.group, [chunk.len as u32, 1, 1])],
+                );
+            }
             // One submission per chunk: each chunk's params write must precede its dispatch.
             let done = std::mem::replace(&mut enc, ctx.encoder());
             ctx.checked("sinkhorn iterate", || {
