@@ -300,6 +300,51 @@ fn sinkhorn_matches_reference() {
 }
 
 #[test]
+fn split_iterations_span_two_passes() {
+    let Some((w, _)) = wgpu_backend() else {
+        return;
+    };
+    if w.context().tile_capacity() as usize >= 129 * 101 {
+        return; // the pair fits the tile there: no split to test
+    }
+    // 129 × 100 fits neither the blocked kernel nor (on ≤ 48 KiB devices) the tile: the split
+    // half-iterations, 2,000 iterations between checks, recorded over two compute passes
+    // (1,024 + 976).
+    let split = Wgpu::with_context(Arc::new(
+        WgpuContext::new()
+            .expect("adapter found above")
+            .with_split_large(true),
+    ));
+    let pr = problem(500, 1, 129, 100);
+    // ε = 0.002: still moving after 1,024 iterations (checked below), so a pass that did not
+    // run would show in the plan.
+    let params = SinkhornParams {
+        check_every: 2000,
+        ..fixed(0.002, 2000)
+    };
+    let got = Backend::Wgpu(split).sinkhorn(&pr, &params).expect("split");
+    let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
+    let fewer = SinkhornParams {
+        max_iterations: 1024,
+        check_every: 1024,
+        ..params
+    };
+    let early = sinkhorn::solve(&CpuReference, &pr, &fewer).expect("reference");
+    let moved = want
+        .plan
+        .iter()
+        .zip(&early.plan)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        moved > 10.0 * PLAN_TOL,
+        "iterations 1,025 to 2,000 must move the plan: {moved:e}"
+    );
+    assert_eq!(got.iterations, vec![2000]);
+    check_solution("split 2000 iterations", &got, &want, params.threshold);
+}
+
+#[test]
 fn sinkhorn_converges_like_reference() {
     let Some((_, backend)) = wgpu_backend() else {
         return;

@@ -22,6 +22,10 @@ use crate::ot::problem::Problem;
 use crate::ot::scaled::{self, ScaledPair, Support};
 use crate::ot::sinkhorn::{SinkhornKernels, Solution};
 
+/// Iterations of the split half-iterations recorded per compute pass: bounds the memory of
+/// one pass's commands when a solve asks for many iterations between checks.
+const SPLIT_ITERATIONS_PER_PASS: u32 = 1024;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -244,20 +248,25 @@ impl SinkhornKernels for Wgpu {
                 && ctx.split_large()
             {
                 // Split half-iterations: a pair over ceil(lines / 16) workgroups, one
-                // dispatch per half-iteration, in one pass (each dispatch sees the last's
-                // writes).
+                // dispatch per half-iteration (each dispatch sees the last's writes), at most
+                // SPLIT_ITERATIONS_PER_PASS iterations per compute pass.
                 let sk = &ctx.pipelines.sinkhorn.pipelines;
                 let rows = [n.div_ceil(16), chunk.len as u32, 1];
                 let cols = [m.div_ceil(16), chunk.len as u32, 1];
-                let halves: Vec<_> = (0..iterations)
-                    .flat_map(|_| {
-                        [
-                            (&sk[SINKHORN_ROWS_SPLIT], &chunk.group, rows),
-                            (&sk[SINKHORN_COLS_SPLIT], &chunk.group, cols),
-                        ]
-                    })
-                    .collect();
-                ctx.encode(&mut enc, &halves);
+                let mut left = iterations;
+                while left > 0 {
+                    let now = left.min(SPLIT_ITERATIONS_PER_PASS);
+                    let halves: Vec<_> = (0..now)
+                        .flat_map(|_| {
+                            [
+                                (&sk[SINKHORN_ROWS_SPLIT], &chunk.group, rows),
+                                (&sk[SINKHORN_COLS_SPLIT], &chunk.group, cols),
+                            ]
+                        })
+                        .collect();
+                    ctx.encode(&mut enc, &halves);
+                    left -= now;
+                }
             } else {
                 let pipeline = if chunk.blocked {
                     // G = 8 (the next pipeline) when every pair is at most 64 × 64.
