@@ -11,7 +11,8 @@
 //   3. level2: the line's owner (invocation i for row i) merges the G/8 level-1 results.
 // Merges are (m, s) ⊕ (m', s') = (max, s·2^(m − max) + s'·2^(m' − max)) in a fixed order, so
 // results are bit-identical from run to run. The column update is the transpose
-// (col_partials over the own rows of K_ij + hf_i).
+// (col_partials over the own rows of K_ij + hf_i). An iteration is row_update, then
+// finish_iteration (publish hf, column update, publish hg).
 
 // Invocation grid side: G × G invocations (the includer's WG must be G·G), pairs up to
 // 8G × 8G. 16, or 8 for pairs of at most 64 × 64.
@@ -124,15 +125,35 @@ fn row_update(t: u32, ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>
     return -(r.x + log2(r.y));
 }
 
-// The column update's −LSE for the owner of column t (meaningful for t < nc), as row_update.
-fn col_update(t: u32, ri: u32, cj: u32, nc: u32, k: ptr<function, array<f32, 64>>) -> f32 {
+// The rest of an iteration after the row update: publishes hf_t = F_t + log2 a_t (`f_la`, 0
+// past nr) for the row owners, runs the column update, and publishes hg_t = G_t + log2 b_t for
+// the column owners. Returns the column owner's new G_t (`g_old` for other invocations). Ends
+// with a barrier.
+fn finish_iteration(
+    t: u32,
+    ri: u32,
+    cj: u32,
+    nr: u32,
+    nc: u32,
+    f_la: f32,
+    g_old: f32,
+    lb: f32,
+    k: ptr<function, array<f32, 64>>,
+) -> f32 {
+    if t < B * G {
+        hf[t] = select(0.0, f_la, t < nr);
+    }
+    workgroupBarrier();
     col_partials(ri, cj, nc, k);
     workgroupBarrier();
     level1(t, MODE_LSE);
     workgroupBarrier();
-    var r = vec2<f32>(0.0, 1.0);
+    var g_new = g_old;
     if t < nc {
-        r = level2(t, MODE_LSE);
+        let r = level2(t, MODE_LSE);
+        g_new = -(r.x + log2(r.y));
+        hg[t] = g_new + lb;
     }
-    return -(r.x + log2(r.y));
+    workgroupBarrier();
+    return g_new;
 }

@@ -101,6 +101,20 @@ fn inv_norms_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// C[p, i, j] from the dot product of rows i and j (0 on padding); nothing outside n × m.
+fn store_cost(p: u32, i: u32, j: u32, len: vec2<u32>, dot_ij: f32) {
+    let n = params.n;
+    let m = params.m;
+    if i < n && j < m {
+        var c = 0.0;
+        if i < len.x && j < len.y {
+            let cosine = dot_ij * inv_x[p * n + i] * inv_y[p * m + j];
+            c = 1.0 - clamp(cosine, -1.0, 1.0);
+        }
+        cost[(p * n + i) * m + j] = c;
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn cosine_cost_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -137,14 +151,7 @@ fn cosine_cost_f32(
         }
         workgroupBarrier();
     }
-    if i < n && j < m {
-        var c = 0.0;
-        if i < len.x && j < len.y {
-            let cosine = acc * inv_x[p * n + i] * inv_y[p * m + j];
-            c = 1.0 - clamp(cosine, -1.0, 1.0);
-        }
-        cost[(p * n + i) * m + j] = c;
-    }
+    store_cost(p, i, j, len, acc);
 }
 
 @compute @workgroup_size(16, 16)
@@ -196,14 +203,7 @@ fn cosine_cost_blocked_f32(
         let i = i0 + lid.y + 16u * a;
         for (var b = 0u; b < R; b++) {
             let j = j0 + lid.x + 16u * b;
-            if i < n && j < m {
-                var c = 0.0;
-                if i < len.x && j < len.y {
-                    let cosine = acc[a * R + b] * inv_x[p * n + i] * inv_y[p * m + j];
-                    c = 1.0 - clamp(cosine, -1.0, 1.0);
-                }
-                cost[(p * n + i) * m + j] = c;
-            }
+            store_cost(p, i, j, len, acc[a * R + b]);
         }
     }
 }

@@ -582,16 +582,7 @@ fn fused_blocked_f32(
             fr = row_update(t, ri, cj, nr, &k);
         }
         have_next = false;
-        if t < lines {
-            hf[t] = select(0.0, fr + la, t < nr);
-        }
-        workgroupBarrier();
-        let g_new = col_update(t, ri, cj, nc, &k);
-        if t < nc {
-            gc = g_new;
-            hg[t] = gc + lb;
-        }
-        workgroupBarrier();
+        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb, &k);
         done += 1u;
 
         if done % params.check_every == 0u || done == params.max_iterations {

@@ -272,16 +272,7 @@ fn sinkhorn_iterate_blocked_f32(
 
     for (var it = 0u; it < params.iterations; it++) {
         fr = row_update(t, ri, cj, nr, &k);
-        if t < lines {
-            hf[t] = select(0.0, fr + la, t < nr);
-        }
-        workgroupBarrier();
-        let g_new = col_update(t, ri, cj, nc, &k);
-        if t < nc {
-            gc = g_new;
-            hg[t] = gc + lb;
-        }
-        workgroupBarrier();
+        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb, &k);
     }
 
     if t < nr {
@@ -302,31 +293,15 @@ fn sinkhorn_iterate_blocked_f32(
 // columns; lines past a pair's support do nothing.
 var<workgroup> lane_part: array<vec2<f32>, 256>;
 
-fn merge_lse(p: vec2<f32>, q: vec2<f32>) -> vec2<f32> {
-    let hi = max(p.x, q.x);
-    let lo = min(p.x, q.x);
-    let s_hi = select(p.y, q.y, q.x > p.x);
-    let s_lo = select(q.y, p.y, q.x > p.x);
-    return vec2<f32>(hi, fma(s_lo, exp2(lo - hi), s_hi));
-}
-
-// −log2 Σ_k 2^(kmat[base + line·len + k] + h[k]) over k < len for line wid.x·16 + t/16 of
-// pair wid.y (h: workgroup memory, filled by the caller), or 0 for lanes past `lines`.
-// Returns the value on the line's first lane (t % 16 == 0).
-fn split_line_lse(line: u32, lane: u32, t: u32, lines: u32, base: u32, len: u32, is_row: bool) -> f32 {
+// −log2 Σ_k 2^(kmat[base + line·len + k] + hg[k]) over k < len for line wid.x·16 + t/16 of
+// pair wid.y (hg: the other side's potentials + log weights, staged by the caller whichever
+// half it runs), or 0 for lanes past `lines`. Returns the value on the line's first lane
+// (t % 16 == 0).
+fn split_line_lse(line: u32, lane: u32, t: u32, lines: u32, base: u32, len: u32) -> f32 {
     var acc = vec2<f32>(-3.0e38, 0.0);
     if line < lines {
         for (var k = lane; k < len; k += 16u) {
-            var h = 0.0;
-            if is_row {
-                h = hg[k];
-            } else {
-                h = hf[k];
-            }
-            let v = kmat[base + line * len + k] + h;
-            let diff = v - acc.x;
-            let e = exp2(-abs(diff));
-            acc = select(vec2<f32>(acc.x, acc.y + e), vec2<f32>(v, fma(acc.y, e, 1.0)), diff > 0.0);
+            acc = lse_push(acc, kmat[base + line * len + k] + hg[k]);
         }
     }
     lane_part[t] = acc;
@@ -335,7 +310,7 @@ fn split_line_lse(line: u32, lane: u32, t: u32, lines: u32, base: u32, len: u32,
     if lane == 0u && line < lines {
         r = lane_part[t];
         for (var l = 1u; l < 16u; l++) {
-            r = merge_lse(r, lane_part[t + l]);
+            r = combine(r, lane_part[t + l], MODE_LSE);
         }
     }
     return -(r.x + log2(r.y));
@@ -360,10 +335,10 @@ fn sinkhorn_half_split_f32(
     if info.z == 0u || wid.x * 16u >= lines {
         return;
     }
-    // The other side's potentials + log weights.
+    // The other side's potentials + log weights, in hg for either half.
     for (var k = t; k < len; k += 256u) {
         if SPLIT_COLS {
-            hf[k] = f[p * params.n + k] + log_a[p * params.n + k];
+            hg[k] = f[p * params.n + k] + log_a[p * params.n + k];
         } else {
             hg[k] = g[p * params.m + k] + log_b[p * params.m + k];
         }
@@ -372,7 +347,7 @@ fn sinkhorn_half_split_f32(
     let line = wid.x * 16u + t / 16u;
     let lane = t % 16u;
     let base = p * 2u * params.n * params.m + select(0u, params.n * params.m, SPLIT_COLS);
-    let v = split_line_lse(line, lane, t, lines, base, len, !SPLIT_COLS);
+    let v = split_line_lse(line, lane, t, lines, base, len);
     if lane == 0u && line < lines {
         if SPLIT_COLS {
             g[p * params.m + line] = v;

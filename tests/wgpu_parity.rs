@@ -121,6 +121,16 @@ fn fixed(epsilon: f64, iterations: usize) -> SinkhornParams {
     }
 }
 
+/// The f64 reference of a fused solve: the cosine cost of the embeddings, uniform weights on
+/// the real tokens, Sinkhorn.
+fn fused_reference(x: &Embeddings, y: &Embeddings, params: &SinkhornParams) -> SinkhornOutput {
+    CpuReference
+        .cosine_cost(x, y)
+        .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
+        .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, params))
+        .expect("reference")
+}
+
 fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -446,11 +456,7 @@ fn fused_matches_reference() {
             threshold: 1e-5,
             check_every: 3,
         };
-        let want = CpuReference
-            .cosine_cost(&x, &y)
-            .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
-            .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
-            .expect("reference");
+        let want = fused_reference(&x, &y, &params);
         let blocked =
             has_blocked && (0..b).all(|p| x.lengths[p].max(y.lengths[p]) <= BLOCKED_MAX_LEN);
         let tile = (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
@@ -514,11 +520,7 @@ fn fused_blocked_pads_beyond_its_grid() {
     let got = backend
         .sinkhorn_embeddings(&x, &y, &params)
         .expect("blocked fused");
-    let want = CpuReference
-        .cosine_cost(&x, &y)
-        .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
-        .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
-        .expect("reference");
+    let want = fused_reference(&x, &y, &params);
     check_solution("blocked, padded 150 × 140", &got, &want, params.threshold);
     for p in 0..b {
         for i in 0..n {
@@ -550,11 +552,7 @@ fn fused_resumes_across_dispatches() {
         .expect("fused")
         .is_some());
     let got = backend.sinkhorn_embeddings(&x, &y, &params).expect("fused");
-    let want = CpuReference
-        .cosine_cost(&x, &y)
-        .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
-        .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, &params))
-        .expect("reference");
+    let want = fused_reference(&x, &y, &params);
     println!(
         "iterations: {:?}, errors {:?} (reference {:?})",
         got.iterations, got.marginal_error, want.marginal_error
