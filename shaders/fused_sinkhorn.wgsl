@@ -52,7 +52,7 @@
 // blocked_lse.wgsl, which the host appends to this file)
 // Each invocation keeps an 8 × 8 block of the pair's K in registers, so every invocation works
 // on every row and column update and workgroup memory holds only potentials and partial
-// reductions (29,712 B whatever the pair, within the 32 KiB that Metal and many Vulkan
+// reductions (24,592 B whatever the pair, within the 32 KiB that Metal and many Vulkan
 // drivers allow).
 // Geometry: one workgroup of G × G invocations per pair (G = 16, or 8 when every pair of the
 // dispatch is at most 64 × 64; pipeline-overridable, with WG = G·G), dispatch (pairs, 1, 1).
@@ -72,7 +72,8 @@
 // K hold −3e38, whose exp2 against any real maximum is 0.
 // Workgroup memory (G = 16): hf, hg (512 f32 each, 8G used), partial sums (WG f32), partials
 // 2 × 128 × 17 f32 (row stride G + 1, so that the column update's writes do not collide in
-// banks), level-1 results 256 vec2, embedding staging 2 × 128 × 5 f32 for the cost build.
+// banks; before the iterations they stage the cost build's embeddings, x in pmax and y in
+// psum, 8G rows × G dimensions per step), level-1 results 256 vec2.
 // Workgroup variables count only in the entry points that use them, so neither kernel pays
 // for the other's.
 
@@ -115,12 +116,6 @@ var<workgroup> partial: array<f32, WG>;
 var<workgroup> tile: array<f32, TILE_CAPACITY>;
 var<workgroup> wstatus: vec4<u32>;
 
-// Register-blocked kernel (with blocked_lse.wgsl, which the host appends): embedding
-// dimensions staged per step of the cost build, and the staging row stride.
-const KC: u32 = 4u;
-const KCP: u32 = 5u;
-var<workgroup> xs: array<f32, B * G * KCP>;
-var<workgroup> ys: array<f32, B * G * KCP>;
 
 // Sum of partial[0 .. WG) by a fixed tree; every invocation gets the total. Starts with a
 // barrier (the callers have just written partial[t]).
@@ -438,10 +433,15 @@ fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<func
     var acc: array<f32, 64>;
     var ssx: array<f32, B>;
     var ssy: array<f32, B>;
-    for (var k0 = 0u; k0 < d; k0 += KC) {
-        for (var e = t; e < lines * KC; e += WG) {
-            let r = e / KC;
-            let c = e - r * KC;
+    // G dimensions of all 8G rows of x and of y per step, staged in pmax (x) and psum (y),
+    // which the iterations only use afterwards: 8G rows of G + 1 floats is exactly their
+    // size, and the odd stride keeps the reads below in distinct banks.
+    let kc = G;
+    let kcp = G + 1u;
+    for (var k0 = 0u; k0 < d; k0 += kc) {
+        for (var e = t; e < lines * kc; e += WG) {
+            let r = e / kc;
+            let c = e - r * kc;
             let kk = k0 + c;
             var vx = 0.0;
             if r < nr && kk < d {
@@ -451,19 +451,19 @@ fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<func
             if r < nc && kk < d {
                 vy = y[yb + r * d + kk];
             }
-            xs[r * KCP + c] = vx;
-            ys[r * KCP + c] = vy;
+            pmax[r * kcp + c] = vx;
+            psum[r * kcp + c] = vy;
         }
         workgroupBarrier();
-        for (var c = 0u; c < KC; c++) {
+        for (var c = 0u; c < kc; c++) {
             var xv: array<f32, B>;
             var yv: array<f32, B>;
             for (var a = 0u; a < B; a++) {
-                xv[a] = xs[(ri + G * a) * KCP + c];
+                xv[a] = pmax[(ri + G * a) * kcp + c];
                 ssx[a] = fma(xv[a], xv[a], ssx[a]);
             }
             for (var b = 0u; b < B; b++) {
-                yv[b] = ys[(cj + G * b) * KCP + c];
+                yv[b] = psum[(cj + G * b) * kcp + c];
                 ssy[b] = fma(yv[b], yv[b], ssy[b]);
             }
             for (var a = 0u; a < B; a++) {

@@ -419,7 +419,7 @@ fn fused_matches_reference() {
     let Some((w, _)) = wgpu_backend() else {
         return;
     };
-    // The blocked kernel needs 29,712 B of workgroup memory: every adapter with 32 KiB (the
+    // The blocked kernel needs 24,592 B of workgroup memory: every adapter with 32 KiB (the
     // common limit, lavapipe's and Metal's) has it.
     let has_blocked = w.context().has_blocked_kernel();
     let limit = w.context().limits().max_compute_workgroup_storage_size;

@@ -50,17 +50,17 @@ pub const BLOCKED_MAX_LEN: usize = 128;
 
 /// Workgroup memory of the register-blocked fused kernel at its largest grid (G = 16), the
 /// larger of the two blocked kernels: hf and hg (2 × 512 f32), partial sums (256), partials
-/// (2 × 128 × 17), level-1 results (256 × 2), staging (2 × 128 × 5) and the status word (the
-/// headers of `shaders/fused_sinkhorn.wgsl` and `shaders/blocked_lse.wgsl`).
-const BLOCKED_WORKGROUP_BYTES: u32 =
-    4 * (2 * 512 + 256 + 2 * 128 * 17 + 256 * 2 + 2 * 128 * 5) + 16;
+/// (2 × 128 × 17, which also stage the embeddings while the cost is built), level-1 results
+/// (256 × 2) and the status word (the headers of `shaders/fused_sinkhorn.wgsl` and
+/// `shaders/blocked_lse.wgsl`): 24,592 B.
+const BLOCKED_WORKGROUP_BYTES: u32 = 4 * (2 * 512 + 256 + 2 * 128 * 17 + 256 * 2) + 16;
 
 /// Which WGSL kernels run the Sinkhorn iterations, chosen by `$OPTICAL_WGPU_SINKHORN`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SinkhornKernel {
     /// The register-blocked kernels wherever every pair of a dispatch has at most
     /// [`BLOCKED_MAX_LEN`] rows and columns: K in registers, 8 × 8 entries per invocation,
-    /// every invocation on every row and column update, 29 KiB of workgroup memory whatever
+    /// every invocation on every row and column update, 24 KiB of workgroup memory whatever
     /// the pair. Larger pairs take the tile kernels where K fits the tile, else the split
     /// half-iterations (a pair spread over many workgroups, one dispatch per half-iteration).
     #[default]

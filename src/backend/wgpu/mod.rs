@@ -15,7 +15,7 @@
 //!
 //! Sinkhorn kernels ([`SinkhornKernel`], `$OPTICAL_WGPU_SINKHORN`): by default a dispatch whose
 //! pairs all have at most [`BLOCKED_MAX_LEN`] (128) support rows and columns runs a
-//! register-blocked kernel (K in registers, 8 × 8 per invocation of a 16 × 16 grid, 29 KiB of
+//! register-blocked kernel (K in registers, 8 × 8 per invocation of a 16 × 16 grid, 24 KiB of
 //! workgroup memory whatever the pair); `rows` (and larger pairs) take the kernels that give
 //! one invocation a whole row.
 //!
