@@ -15,7 +15,7 @@
 #     stand in for it); when built here, the whole test suite with both GPU features
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
 #     cost kernels with each OPTICAL_CUDA_COST_KERNEL, and the fused kernel with
-#     OPTICAL_CUDA_FUSED_THREADS=256 too),
+#     OPTICAL_CUDA_FUSED_THREADS=256 too, and sinkhorn-512 with OPTICAL_CUDA_SINKHORN_SPLIT=off),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations), and
 #     `optical bench --backend wgpu` on the Vulkan driver (the Sinkhorn problems also with
 #     OPTICAL_WGPU_SINKHORN=rows)
@@ -193,6 +193,10 @@ else
 fi
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-fused
+# sinkhorn-512 (K does not fit in shared memory) with one CTA per pair for all iterations,
+# against the default split half-iterations (a warp per row, n / 8 CTAs per pair).
+T=45 step bench-cuda-nosplit env OPTICAL_CUDA_SINKHORN_SPLIT=off "$BIN" bench --backend cuda --json \
+    --min-seconds 2 --kernels sinkhorn-512
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1

@@ -76,17 +76,22 @@ for be in cuda_runs:
 # default (register-blocked kernels) and "wgpu-rows" (OPTICAL_WGPU_SINKHORN=rows: one
 # invocation per row; for the fused problem the tile kernel where the tile fits the driver's
 # workgroup memory, else the materialised path).
-def wgpu_time(be, kernel):
+def device_time(be, kernel):
     r = next((r for r in bench.get(be, []) if r.get("kernel") == kernel), None)
     return r.get("device_seconds_per_call") if r else None
-wgpu_fused = wgpu_time("wgpu", "sinkhorn-fused")
+wgpu_fused = device_time("wgpu", "sinkhorn-fused")
 if wgpu_fused and "cuda" in fused_runs:
     ratios["wgpu fused (device) / cuda fused (device)"] = \
         wgpu_fused / fused_runs["cuda"]["device_seconds_per_call"]
 for kernel in ("sinkhorn", "sinkhorn-512", "sinkhorn-fused"):
-    if wgpu_time("wgpu", kernel) and wgpu_time("wgpu-rows", kernel):
+    if device_time("wgpu", kernel) and device_time("wgpu-rows", kernel):
         ratios[f"wgpu-rows {kernel} (device) / wgpu {kernel} (device)"] = \
-            wgpu_time("wgpu-rows", kernel) / wgpu_time("wgpu", kernel)
+            device_time("wgpu-rows", kernel) / device_time("wgpu", kernel)
+# sinkhorn-512 with one CTA per pair ("cuda-nosplit": OPTICAL_CUDA_SINKHORN_SPLIT=off)
+# against the default split half-iterations.
+if device_time("cuda-nosplit", "sinkhorn-512") and device_time("cuda", "sinkhorn-512"):
+    ratios["cuda-nosplit sinkhorn-512 (device) / cuda sinkhorn-512 (device)"] = \
+        device_time("cuda-nosplit", "sinkhorn-512") / device_time("cuda", "sinkhorn-512")
 result["ratios"] = ratios
 
 # The issue's performance goals (issue 4), each met or not on this run's numbers.

@@ -939,6 +939,63 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=
     return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block} eps={eps}", err, 2e-3) and ok and path_ok
 
 
+def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
+    """`iters` iterations as split half-iterations (one launch of sinkhorn_half_split_f32 per
+    half, a pair over ceil(lines / 8) CTAs), then the error from sinkhorn_iterate_f32 at 0
+    iterations, as the host runs them for pairs whose K stays in global memory."""
+    rng = random.Random(seed)
+    rows = [n if full else rng.randint(1, n) for _ in range(b)]
+    cols = [m if full else rng.randint(1, m) for _ in range(b)]
+    active = [1] * b
+    if b > 1:
+        active[1] = 0
+    K, KT = [0.0] * (b * n * m), [0.0] * (b * m * n)
+    la, lb = [0.0] * (b * n), [0.0] * (b * m)
+    for p in range(b):
+        for i in range(rows[p]):
+            for j in range(cols[p]):
+                v = f32(-rng.uniform(0.0, 2.0) * 1.4426950408889634 / eps)
+                K[(p * n + i) * m + j] = v
+                KT[(p * m + j) * n + i] = v
+        wa = [rng.uniform(0.5, 1.5) for _ in range(rows[p])]
+        wb = [rng.uniform(0.5, 1.5) for _ in range(cols[p])]
+        for i in range(rows[p]):
+            la[p * n + i] = f32(math.log2(wa[i] / sum(wa)))
+        for j in range(cols[p]):
+            lb[p * m + j] = f32(math.log2(wb[j] / sum(wb)))
+    mem = Memory()
+    kg, ktg = mem.alloc(pack_f32(K)), mem.alloc(pack_f32(KT))
+    lag, lbg = mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb))
+    fg, gg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m))
+    rowsg, colsg, actg = mem.alloc(pack_u32(rows)), mem.alloc(pack_u32(cols)), mem.alloc(pack_u32(active))
+    errg = mem.alloc(pack_f32([-1.0] * b))
+    half = mods["sinkhorn"]["sinkhorn_half_split_f32"]
+    for _ in range(iters):
+        run_kernel(half, mem, [kg, gg, lbg, fg, rowsg, colsg, actg, n, m], (b, (n + 7) // 8, 1), 256, 0)
+        run_kernel(half, mem, [ktg, fg, lag, gg, colsg, rowsg, actg, m, n], (b, (m + 7) // 8, 1), 256, 0)
+    entry = mods["sinkhorn"]["sinkhorn_iterate_f32"]
+    run_kernel(entry, mem, [kg, ktg, lag, lbg, fg, gg, rowsg, colsg, actg, errg, n, m, 0, 0],
+               (b, 1, 1), 64, 128 + 12 * n + 12 * m)
+    F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
+    err, ok = 0.0, True
+    for p in range(b):
+        if not active[p]:
+            ok &= all(v == 0.0 for v in F[p * n : (p + 1) * n] + G[p * m : (p + 1) * m]) and E[p] == -1.0
+            continue
+        Kp = K[p * n * m : (p + 1) * n * m]
+        Fw, Gw, Ew = sinkhorn_model(Kp, la[p * n : p * n + rows[p]], lb[p * m : p * m + cols[p]], rows[p], cols[p], m, iters)
+        err = max(err, max(ad(a, c) for a, c in zip(F[p * n : p * n + rows[p]], Fw)))
+        err = max(err, max(ad(a, c) for a, c in zip(G[p * m : p * m + cols[p]], Gw)))
+        err = max(err, ad(E[p], Ew))
+        if not ad(E[p], Ew) <= 1e-2 * Ew + 1e-6:
+            print(f"FAIL marginal error of pair {p}: {E[p]:.6e} vs {Ew:.6e}")
+            ok = False
+        ok &= all(v == 0.0 for v in F[p * n + rows[p] : (p + 1) * n] + G[p * m + cols[p] : (p + 1) * m])
+    if not ok:
+        print("FAIL inactive pair or padding was written")
+    return report(f"sinkhorn split b={b} n={n} m={m} iters={iters} eps={eps}", err, 2e-3) and ok
+
+
 def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0, threads=512):
     """`paths`: labels of kernels/sinkhorn_fused.ptx that must have run (e.g. the fallback
     of the fast row pass, RF_SLOW), or, prefixed with '!', must not have."""
@@ -1075,6 +1132,14 @@ def main():
         (f"sinkhorn tail {n}x{m}", lambda n=n, m=m, k=k: test_sinkhorn(mods, 1, n, m, 2, k % 2 == 0, 32, 17 + k, True))
         for k, (n, m) in enumerate([(9, 11), (10, 9), (12, 12), (13, 14), (15, 15), (11, 10), (14, 13)])
     ] + [
+        # split half-iterations: ragged pairs with an inactive one; a line longer than one
+        # chunk of 128 with a partial last chunk (130, 257); lines past one CTA's 8 warps;
+        # small eps (K down to -1443: the online maximum must keep the sums finite)
+        ("sinkhorn split", lambda: test_split(mods, 3, 17, 29, 3, 31)),
+        ("sinkhorn split long lines", lambda: test_split(mods, 1, 130, 257, 2, 32, True)),
+        ("sinkhorn split 1x1", lambda: test_split(mods, 1, 1, 1, 2, 33)),
+        ("sinkhorn split small eps", lambda: test_split(mods, 1, 12, 10, 4, 34, True, eps=0.002)),
+        ("sinkhorn split converging", lambda: test_split(mods, 2, 6, 5, 60, 35)),
         ("sinkhorn 1x1", lambda: test_sinkhorn(mods, 1, 1, 1, 2, True, 64, 8)),
         ("sinkhorn converging", lambda: test_sinkhorn(mods, 2, 6, 5, 60, True, 64, 12)),
         ("sinkhorn zero iterations", lambda: test_sinkhorn(mods, 2, 5, 6, 0, True, 32, 9)),

@@ -10,7 +10,7 @@
 //! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
 #![cfg(feature = "cuda")]
 
-use optical::backend::cuda::{CostKernel, CudaBackend, FusedThreads};
+use optical::backend::cuda::{CostKernel, CudaBackend, FusedThreads, SinkhornSplit};
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -403,78 +403,99 @@ fn sinkhorn_matches_reference() {
         (2, 113, 203, false, true, 0.05),
         (2, 17, 29, false, false, 0.01),
         (2, 113, 203, true, true, 0.01),
+        // K does not fit in shared memory: streamed, by default in split half-iterations
         (1, 512, 512, false, false, 0.05),
+        (3, 300, 257, true, true, 0.05),
+        (2, 257, 300, false, false, 0.01),
     ];
-    every_case(
-        cases.iter().enumerate(),
-        |(s, &(b, n, m, zeros, outliers, eps))| {
-            let prob = problem(100 + s as u64, b, n, m, zeros, outliers);
-            // Fixed iteration count: the same iterate on every backend.
-            let params = SinkhornParams {
-                epsilon: eps,
-                max_iterations: 60,
-                threshold: 0.0,
-                check_every: 20,
-            };
-            let want = sinkhorn::solve(&CpuReference, &prob, &params).unwrap();
-            let fast = sinkhorn::solve(&CpuFast, &prob, &params).unwrap();
-            let got = gpu.sinkhorn(&prob, &params).unwrap();
-            let what =
-                format!("sinkhorn b={b} n={n} m={m} zeros={zeros} outliers={outliers} eps={eps}");
-            compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
-                prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0
-            });
-            let marginal_error: Field = |s| &s.marginal_error;
-            check_field(
-                &what,
-                "marginal error",
-                marginal_error,
-                [&got, &want, &fast],
-                1e-5,
-            );
-        },
-    );
+    // Each case with and without the split half-iterations (the same kernels for pairs whose
+    // K fits in shared memory).
+    let runs = cases
+        .iter()
+        .enumerate()
+        .flat_map(|c| SinkhornSplit::ALL.map(|split| (c, split)));
+    every_case(runs, |((s, &(b, n, m, zeros, outliers, eps)), split)| {
+        let gpu = Backend::Cuda(cuda_of(&gpu).clone().with_split(split));
+        let prob = problem(100 + s as u64, b, n, m, zeros, outliers);
+        // Fixed iteration count: the same iterate on every backend.
+        let params = SinkhornParams {
+            epsilon: eps,
+            max_iterations: 60,
+            threshold: 0.0,
+            check_every: 20,
+        };
+        let want = sinkhorn::solve(&CpuReference, &prob, &params).unwrap();
+        let fast = sinkhorn::solve(&CpuFast, &prob, &params).unwrap();
+        let got = gpu.sinkhorn(&prob, &params).unwrap();
+        let what = format!(
+            "sinkhorn b={b} n={n} m={m} zeros={zeros} outliers={outliers} eps={eps} \
+                 split={}",
+            split.name()
+        );
+        compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
+            prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0
+        });
+        let marginal_error: Field = |s| &s.marginal_error;
+        check_field(
+            &what,
+            "marginal error",
+            marginal_error,
+            [&got, &want, &fast],
+            1e-5,
+        );
+    });
 }
 
 #[test]
 fn sinkhorn_stops_converged_pairs_like_the_reference() {
     let Some(gpu) = cuda() else { return };
-    // Pair 0 is 1x1 (converged at the first check); the others need different counts.
-    let mut prob = problem(200, 3, 40, 50, false, false);
-    for j in 1..prob.m {
-        prob.b[j] = 0.0;
-    }
-    for i in 1..prob.n {
-        prob.a[i] = 0.0;
-    }
-    prob.a[0] = 1.0;
-    prob.b[0] = 1.0;
-    let params = SinkhornParams {
-        epsilon: 0.05,
-        max_iterations: 500,
-        threshold: 1e-4,
-        check_every: 10,
-    };
-    let want = sinkhorn::solve(&CpuReference, &prob, &params).unwrap();
-    let got = gpu.sinkhorn(&prob, &params).unwrap();
-    eprintln!(
-        "early stop: cuda iterations {:?} converged {:?}; reference {:?} {:?}",
-        got.iterations, got.converged, want.iterations, want.converged
-    );
-    assert_eq!(got.converged, want.converged);
-    assert_eq!(
-        got.iterations[0], 10,
-        "the 1x1 pair stops at the first check"
-    );
-    for p in 0..3 {
-        let d = got.iterations[p] as i64 - want.iterations[p] as i64;
-        assert!(
-            d.abs() <= params.check_every as i64,
-            "pair {p}: {} iterations vs {} for the reference",
-            got.iterations[p],
-            want.iterations[p]
+    // K in shared memory (40x50), and streamed from global memory (300x257) with and without
+    // the split half-iterations: stopped pairs must stay stopped on every path.
+    let runs = [
+        (40, 50, SinkhornSplit::On),
+        (300, 257, SinkhornSplit::On),
+        (300, 257, SinkhornSplit::Off),
+    ];
+    every_case(runs, |(n, m, split)| {
+        let gpu = Backend::Cuda(cuda_of(&gpu).clone().with_split(split));
+        // Pair 0 is 1x1 (converged at the first check); the others need different counts.
+        let mut prob = problem(200, 3, n, m, false, false);
+        for j in 1..prob.m {
+            prob.b[j] = 0.0;
+        }
+        for i in 1..prob.n {
+            prob.a[i] = 0.0;
+        }
+        prob.a[0] = 1.0;
+        prob.b[0] = 1.0;
+        let params = SinkhornParams {
+            epsilon: 0.05,
+            max_iterations: 500,
+            threshold: 1e-4,
+            check_every: 10,
+        };
+        let want = sinkhorn::solve(&CpuReference, &prob, &params).unwrap();
+        let got = gpu.sinkhorn(&prob, &params).unwrap();
+        let what = format!("early stop {n}x{m} split={}", split.name());
+        eprintln!(
+            "{what}: cuda iterations {:?} converged {:?}; reference {:?} {:?}",
+            got.iterations, got.converged, want.iterations, want.converged
         );
-    }
+        assert_eq!(got.converged, want.converged, "{what}");
+        assert_eq!(
+            got.iterations[0], 10,
+            "{what}: the 1x1 pair stops at the first check"
+        );
+        for p in 0..3 {
+            let d = got.iterations[p] as i64 - want.iterations[p] as i64;
+            assert!(
+                d.abs() <= params.check_every as i64,
+                "{what}: pair {p}: {} iterations vs {} for the reference",
+                got.iterations[p],
+                want.iterations[p]
+            );
+        }
+    });
 }
 
 #[test]

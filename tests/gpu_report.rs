@@ -93,7 +93,12 @@ fn report_computes_the_issue_goals_from_the_logs() {
         let shape = "b=256 n=128 m=128 d=384 eps=0.05 iterations=100";
         cuda_record("sinkhorn-fused", shape, 0.0045, device, "gexp_per_s", exps)
     };
+    let sinkhorn_512 = |device: f64| {
+        let shape = "b=4 n=512 m=512 eps=0.05 iterations=100";
+        cuda_record("sinkhorn-512", shape, 0.03, device, "gexp_per_s", 2.1e8)
+    };
     let bench_cuda = [
+        sinkhorn_512(5e-4),
         cuda_record(
             "cosine-cost",
             "b=64 n=128 m=128 d=384",
@@ -114,6 +119,8 @@ fn report_computes_the_issue_goals_from_the_logs() {
     // fused kernel (its cost phase on FP32 FMA) 1.25x faster.
     let fp32 = [hbm_cost(cost_device / 1.5), fused(fused_device / 1.25)];
     std::fs::write(logs.join("bench-cuda-fp32.log"), fp32.join("\n")).unwrap();
+    // sinkhorn-512 with one CTA per pair (OPTICAL_CUDA_SINKHORN_SPLIT=off), 7.6x slower.
+    std::fs::write(logs.join("bench-cuda-nosplit.log"), sinkhorn_512(3.8e-3)).unwrap();
     // The same fused problem through WGSL (device time from pass timestamps), 3x slower.
     let wgpu_fused =
         fused(fused_device * 3.0).replace(r#""backend":"cuda""#, r#""backend":"wgpu""#);
@@ -220,6 +227,11 @@ fn report_computes_the_issue_goals_from_the_logs() {
         3.0,
     );
     assert!(md.contains("| wgpu | sinkhorn-fused |"), "{md}");
+    close(
+        &json["ratios"]["cuda-nosplit sinkhorn-512 (device) / cuda sinkhorn-512 (device)"],
+        7.6,
+    );
+    assert!(md.contains("| cuda-nosplit | sinkhorn-512 |"), "{md}");
     assert!(
         goal("HBM bandwidth")["goal"]
             .as_str()

@@ -46,6 +46,7 @@ pub(super) struct Kernels {
     pub cosine_cost_wgmma: std::result::Result<CudaFunction, String>,
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
+    pub sinkhorn_half_split: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
 }
 
@@ -66,6 +67,7 @@ pub struct CudaBackend {
     pub(super) dev: Arc<Device>,
     cost_kernel: CostKernel,
     fused_threads: FusedThreads,
+    split: SinkhornSplit,
 }
 
 /// Threads per CTA of the fused Sinkhorn kernel (`sinkhorn_fused_f32`): its cost phase runs
@@ -124,6 +126,45 @@ impl FusedThreads {
 }
 
 env_choice!(FusedThreads, FUSED_THREADS_ENV);
+
+/// How the Sinkhorn iterations run for pairs whose K does not fit in shared memory (the
+/// fused kernel and `sinkhorn_iterate_f32` keep it on chip up to about 128 x 128 at 1 CTA
+/// per pair). `sinkhorn_iterate_f32` then streams K from global memory with one CTA per
+/// pair for all iterations: b = 4 pairs of 512 x 512 keep 4 of an H200's 132 SMs busy
+/// (3.8 ms for 100 iterations, 76x its exp floor). The split runs each half-iteration as
+/// its own launch of `sinkhorn_half_split_f32`, a warp per row (or column) and 8 per CTA,
+/// so a pair spreads over n / 8 CTAs; the convergence check is one launch of
+/// `sinkhorn_iterate_f32` at 0 iterations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SinkhornSplit {
+    /// Split half-iterations for every pair whose K stays in global memory.
+    #[default]
+    On,
+    /// One CTA per pair for all iterations (`sinkhorn_iterate_f32` streaming K).
+    Off,
+}
+
+/// Environment variable that picks [`SinkhornSplit`]: `on` (default) or `off`.
+pub const SINKHORN_SPLIT_ENV: &str = "OPTICAL_CUDA_SINKHORN_SPLIT";
+
+impl SinkhornSplit {
+    /// Every choice, the default first.
+    pub const ALL: [SinkhornSplit; 2] = [SinkhornSplit::On, SinkhornSplit::Off];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkhornSplit::On => "on",
+            SinkhornSplit::Off => "off",
+        }
+    }
+
+    /// The choice that `$OPTICAL_CUDA_SINKHORN_SPLIT` names (unset or empty: the default).
+    pub fn from_env() -> Result<Self> {
+        choice_from_env()
+    }
+}
+
+env_choice!(SinkhornSplit, SINKHORN_SPLIT_ENV);
 
 /// Which tiling computes cosine costs: the standalone cost kernel, and the cost phase of the
 /// fused Sinkhorn kernel. Both have the same contract and the same parity tests.
@@ -189,6 +230,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("compute_capability", &self.dev.compute_capability)
             .field("cost_kernel", &self.cost_kernel)
             .field("fused_threads", &self.fused_threads.name())
+            .field("split", &self.split.name())
             .finish()
     }
 }
@@ -346,6 +388,7 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         cosine_cost_wgmma: wgmma,
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
+        sinkhorn_half_split: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_HALF_SPLIT)?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
     };
     // The kernels with dynamic shared memory (and no static shared memory) may use all of it.
@@ -427,7 +470,8 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                 format!(
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
                      ({COST_KERNEL_ENV}: {}); fused Sinkhorn with {} threads per pair \
-                     ({FUSED_THREADS_ENV}: {})",
+                     ({FUSED_THREADS_ENV}: {}); split half-iterations for pairs whose K \
+                     stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {})",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
@@ -437,7 +481,9 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                     },
                     choices::<CostKernel>(),
                     b.fused_threads.name(),
-                    choices::<FusedThreads>()
+                    choices::<FusedThreads>(),
+                    b.split.name(),
+                    choices::<SinkhornSplit>()
                 ),
             ),
             Err(e) => (false, devices, e.to_string()),
@@ -546,11 +592,13 @@ impl CudaBackend {
     /// Open device 0 (once per process; later calls share it).
     /// Device 0, with the cost kernel that `$OPTICAL_CUDA_COST_KERNEL` names (default
     /// tf32x3) and the fused kernel's block that `$OPTICAL_CUDA_FUSED_THREADS` names (default
-    /// auto: 512 threads for pairs with more than 64 rows or columns, else 256). Both are
-    /// read before any device is looked for.
+    /// auto: 512 threads for pairs with more than 64 rows or columns, else 256), and the
+    /// split half-iterations that `$OPTICAL_CUDA_SINKHORN_SPLIT` names (default on). All
+    /// are read before any device is looked for.
     pub fn new() -> Result<CudaBackend> {
         let cost_kernel = CostKernel::from_env()?;
         let fused_threads = FusedThreads::from_env()?;
+        let split = SinkhornSplit::from_env()?;
         let dev = DEVICE0
             .get_or_init(|| guarded(|| open_device(0)).map(Arc::new))
             .clone()
@@ -559,6 +607,7 @@ impl CudaBackend {
             dev,
             cost_kernel,
             fused_threads,
+            split,
         })
     }
 
@@ -580,6 +629,17 @@ impl CudaBackend {
 
     pub fn fused_threads(&self) -> FusedThreads {
         self.fused_threads
+    }
+
+    /// The same device, with or without split half-iterations for pairs whose K stays in
+    /// global memory.
+    pub fn with_split(mut self, split: SinkhornSplit) -> Self {
+        self.split = split;
+        self
+    }
+
+    pub fn split(&self) -> SinkhornSplit {
+        self.split
     }
 
     /// The device's compute capability, e.g. (9, 0) for Hopper.
@@ -948,6 +1008,15 @@ mod tests {
         );
         assert_eq!(FusedThreads::Threads256.block(128, 128), 256);
         assert_eq!(FusedThreads::Threads512.block(1, 1), 512);
+        for s in SinkhornSplit::ALL {
+            assert_eq!(s.name().parse::<SinkhornSplit>().unwrap(), s);
+        }
+        assert_eq!(SinkhornSplit::default(), SinkhornSplit::On);
+        let e = "yes".parse::<SinkhornSplit>().unwrap_err().to_string();
+        assert!(
+            e.contains(SINKHORN_SPLIT_ENV) && e.contains("on or off") && e.contains("yes"),
+            "{e}"
+        );
         let e = "384".parse::<FusedThreads>().unwrap_err().to_string();
         assert!(
             e.contains(FUSED_THREADS_ENV) && e.contains("auto, 512 or 256") && e.contains("384"),

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32` or `cosine_cost_tf32x3_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
 //! | MaxSim | `maxsim_f32` (+ `row_inv_norm_f32`) | `kernels/maxsim.ptx` |
-//! | Sinkhorn | `sinkhorn_iterate_f32` | `kernels/sinkhorn.ptx` |
+//! | Sinkhorn | `sinkhorn_iterate_f32`, `sinkhorn_half_split_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`) | `kernels/sinkhorn.ptx` |
 //! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |
 //!
 //! The Sinkhorn kernels work in the base-2 log units of the CPU fast path
@@ -19,7 +19,9 @@
 //! by its row and column minima and scales it by `−log2(e)/ε`; one CTA per pair then runs
 //! all the iterations of a solver chunk with the scaled cost resident in shared memory when
 //! it fits, and writes the pair's marginal error, so a chunk costs one launch and the check
-//! reads back `b` floats.
+//! reads back `b` floats. Pairs whose scaled cost does not fit in shared memory run each
+//! half-iteration as its own launch instead, a warp per row (or column), so that a few large
+//! pairs still spread over the whole GPU.
 
 pub mod ptx;
 
@@ -30,6 +32,6 @@ mod sinkhorn;
 
 #[cfg(feature = "cuda")]
 pub use device::{
-    probe, usable_device_count, CostKernel, CudaBackend, FusedThreads, COST_KERNEL_ENV,
-    FUSED_THREADS_ENV,
+    probe, usable_device_count, CostKernel, CudaBackend, FusedThreads, SinkhornSplit,
+    COST_KERNEL_ENV, FUSED_THREADS_ENV, SINKHORN_SPLIT_ENV,
 };

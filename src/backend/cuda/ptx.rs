@@ -21,6 +21,7 @@ pub const COSINE_COST_TF32X3W: &str = "cosine_cost_tf32x3w_f32";
 pub const COSINE_COST_WGMMA: &str = "cosine_cost_wgmma_f32";
 pub const MAXSIM: &str = "maxsim_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
+pub const SINKHORN_HALF_SPLIT: &str = "sinkhorn_half_split_f32";
 pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
 
 /// A [`PtxModule`] of `kernels/$file` with its entry points and `.target`.
@@ -48,7 +49,11 @@ pub const COSINE_COST_MODULE: PtxModule = ptx_module!(
 pub const COSINE_COST_SM90A_MODULE: PtxModule =
     ptx_module!("cosine_cost_sm90a.ptx", [COSINE_COST_WGMMA], "sm_90a");
 pub const MAXSIM_MODULE: PtxModule = ptx_module!("maxsim.ptx", [MAXSIM], "sm_80");
-pub const SINKHORN_MODULE: PtxModule = ptx_module!("sinkhorn.ptx", [SINKHORN_ITERATE], "sm_80");
+pub const SINKHORN_MODULE: PtxModule = ptx_module!(
+    "sinkhorn.ptx",
+    [SINKHORN_ITERATE, SINKHORN_HALF_SPLIT],
+    "sm_80"
+);
 pub const SINKHORN_FUSED_MODULE: PtxModule =
     ptx_module!("sinkhorn_fused.ptx", [SINKHORN_FUSED], "sm_80");
 
@@ -66,7 +71,7 @@ const COST_SIGNATURE: &[&str] = &["u64", "u64", "u64", "u64", "u64", "u32", "u32
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 8] = [
+pub const SIGNATURES: [(&str, &[&str]); 9] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (COSINE_COST, COST_SIGNATURE),
     (COSINE_COST_TF32X3, COST_SIGNATURE),
@@ -84,6 +89,12 @@ pub const SIGNATURES: [(&str, &[&str]); 8] = [
         &[
             "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32",
             "u32", "u32",
+        ],
+    ),
+    (
+        SINKHORN_HALF_SPLIT,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32",
         ],
     ),
     (

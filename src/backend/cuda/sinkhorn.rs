@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
-use super::device::{as_u32, lengths_u32, padded, CostKernel, CudaBackend, BACKEND};
+use super::device::{as_u32, lengths_u32, padded, CostKernel, CudaBackend, SinkhornSplit, BACKEND};
 use super::ptx;
 use crate::backend::cpu::check_pair_batch;
 use crate::error::{Error, Result};
@@ -103,8 +103,74 @@ fn pack_pair(
     (scaled.support, g0)
 }
 
+/// Lines (rows or columns) per CTA of `sinkhorn_half_split_f32`: a warp each, 8 warps.
+const SPLIT_LINES_PER_CTA: usize = 8;
+
 impl CudaBackend {
+    /// `iterations` iterations of every active pair, then every active pair's marginal
+    /// error in `err`: one launch of `sinkhorn_iterate_f32`, or, for pairs whose K stays in
+    /// global memory and with [`SinkhornSplit::On`], two launches of
+    /// `sinkhorn_half_split_f32` per iteration and `sinkhorn_iterate_f32` at 0 iterations
+    /// for the error. All on the stream, with no host synchronisation.
     fn launch_iterate(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
+        if !st.k_in_smem && self.split() == SinkhornSplit::On && iterations > 0 {
+            for _ in 0..iterations {
+                self.launch_half(st, false)?;
+                self.launch_half(st, true)?;
+            }
+            return self.launch_iterate_kernel(st, 0);
+        }
+        self.launch_iterate_kernel(st, iterations)
+    }
+
+    /// One half-iteration (the row update, or with `columns` the column update) of every
+    /// active pair: `sinkhorn_half_split_f32`, a warp per line.
+    fn launch_half(&self, st: &mut CudaSinkhornState, columns: bool) -> Result<()> {
+        let (own, other) = if columns { (st.m, st.n) } else { (st.n, st.m) };
+        let ctas = own.div_ceil(SPLIT_LINES_PER_CTA);
+        if ctas > 65535 {
+            return Err(Error::parameter(
+                "n, m",
+                format!("at most {} rows and columns", 65535 * SPLIT_LINES_PER_CTA),
+                format!("n = {}, m = {}", st.n, st.m),
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("pairs", st.pairs)?, ctas as u32, 1),
+            block_dim: (32 * SPLIT_LINES_PER_CTA as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (own_u, other_u) = (as_u32("n", own)?, as_u32("m", other)?);
+        let mut l = self.launch(
+            &self.dev.kernels.sinkhorn_half_split,
+            ptx::SINKHORN_HALF_SPLIT,
+        );
+        if columns {
+            l.buf(&st.kt)
+                .buf(&st.f)
+                .buf(&st.log2a)
+                .buf_mut(&mut st.g)
+                .buf(&st.cols)
+                .buf(&st.rows);
+        } else {
+            l.buf(&st.k)
+                .buf(&st.g)
+                .buf(&st.log2b)
+                .buf_mut(&mut st.f)
+                .buf(&st.rows)
+                .buf(&st.cols);
+        }
+        l.buf(&st.active).u32(&own_u).u32(&other_u);
+        // SAFETY: with k_in_smem == 0, k holds pairs*n*m floats and kt pairs*m*n (uploaded by
+        // `prepare`); f and log2a pairs*n, g and log2b pairs*m; rows, cols and active pairs
+        // entries with rows[p] <= n and cols[p] <= m. The kernel reads kmat[p] rows below
+        // own_len[p] up to other_len[p] columns and writes own[p][i] for i < own_len[p];
+        // grid.y = ceil(own / 8) <= 65535 (checked above), block 256 = the kernel's .maxntid,
+        // no shared memory.
+        unsafe { l.launch(cfg) }
+    }
+
+    fn launch_iterate_kernel(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
         let smem = iterate_smem(st.n, st.m, st.k_in_smem);
         let cfg = LaunchConfig {
             grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
