@@ -941,8 +941,9 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=
 
 def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
     """`iters` iterations as split half-iterations (one launch of sinkhorn_half_split_f32 per
-    half, a pair over ceil(lines / 8) CTAs), then the error from sinkhorn_iterate_f32 at 0
-    iterations, as the host runs them for pairs whose K stays in global memory."""
+    half, a pair over ceil(lines / 8) CTAs), then the error: the per-row terms (mode 1) and
+    sinkhorn_split_error_f32, as the host runs them for pairs whose K stays in global
+    memory; and the same error from sinkhorn_iterate_f32 at 0 iterations."""
     rng = random.Random(seed)
     rows = [n if full else rng.randint(1, n) for _ in range(b)]
     cols = [m if full else rng.randint(1, m) for _ in range(b)]
@@ -969,30 +970,41 @@ def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
     fg, gg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m))
     rowsg, colsg, actg = mem.alloc(pack_u32(rows)), mem.alloc(pack_u32(cols)), mem.alloc(pack_u32(active))
     errg = mem.alloc(pack_f32([-1.0] * b))
+    err1g = mem.alloc(pack_f32([-1.0] * b))
+    # terms past a pair's rows hold NaN: the sum must not read them
+    termsg = mem.alloc(pack_f32([float("nan")] * (b * n)))
     half = mods["sinkhorn"]["sinkhorn_half_split_f32"]
     for _ in range(iters):
-        run_kernel(half, mem, [kg, gg, lbg, fg, rowsg, colsg, actg, n, m], (b, (n + 7) // 8, 1), 256, 0)
-        run_kernel(half, mem, [ktg, fg, lag, gg, colsg, rowsg, actg, m, n], (b, (m + 7) // 8, 1), 256, 0)
+        run_kernel(half, mem, [kg, gg, lbg, fg, lag, termsg, rowsg, colsg, actg, n, m, 0], (b, (n + 7) // 8, 1), 256, 0)
+        run_kernel(half, mem, [ktg, fg, lag, gg, lbg, termsg, colsg, rowsg, actg, m, n, 0], (b, (m + 7) // 8, 1), 256, 0)
+    run_kernel(half, mem, [kg, gg, lbg, fg, lag, termsg, rowsg, colsg, actg, n, m, 1], (b, (n + 7) // 8, 1), 256, 0)
+    run_kernel(mods["sinkhorn"]["sinkhorn_split_error_f32"], mem, [termsg, rowsg, actg, errg, n], (b, 1, 1), 32, 0)
     entry = mods["sinkhorn"]["sinkhorn_iterate_f32"]
-    run_kernel(entry, mem, [kg, ktg, lag, lbg, fg, gg, rowsg, colsg, actg, errg, n, m, 0, 0],
+    run_kernel(entry, mem, [kg, ktg, lag, lbg, fg, gg, rowsg, colsg, actg, err1g, n, m, 0, 0],
                (b, 1, 1), 64, 128 + 12 * n + 12 * m)
     F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
+    E1 = unpack_f32(mem, err1g, b)
     err, ok = 0.0, True
     for p in range(b):
         if not active[p]:
-            ok &= all(v == 0.0 for v in F[p * n : (p + 1) * n] + G[p * m : (p + 1) * m]) and E[p] == -1.0
+            if not (all(v == 0.0 for v in F[p * n : (p + 1) * n] + G[p * m : (p + 1) * m]) and E[p] == -1.0):
+                print(f"FAIL inactive pair {p} was written")
+                ok = False
             continue
         Kp = K[p * n * m : (p + 1) * n * m]
         Fw, Gw, Ew = sinkhorn_model(Kp, la[p * n : p * n + rows[p]], lb[p * m : p * m + cols[p]], rows[p], cols[p], m, iters)
         err = max(err, max(ad(a, c) for a, c in zip(F[p * n : p * n + rows[p]], Fw)))
         err = max(err, max(ad(a, c) for a, c in zip(G[p * m : p * m + cols[p]], Gw)))
         err = max(err, ad(E[p], Ew))
-        if not ad(E[p], Ew) <= 1e-2 * Ew + 1e-6:
-            print(f"FAIL marginal error of pair {p}: {E[p]:.6e} vs {Ew:.6e}")
+        for name, e in (("split", E[p]), ("one CTA", E1[p])):
+            if not ad(e, Ew) <= 1e-2 * Ew + 1e-6:
+                print(f"FAIL marginal error ({name}) of pair {p}: {e:.6e} vs {Ew:.6e}")
+                ok = False
+        if not all(v == 0.0 for v in F[p * n + rows[p] : (p + 1) * n] + G[p * m + cols[p] : (p + 1) * m]):
+            print(f"FAIL padding of pair {p} was written")
             ok = False
-        ok &= all(v == 0.0 for v in F[p * n + rows[p] : (p + 1) * n] + G[p * m + cols[p] : (p + 1) * m])
     if not ok:
-        print("FAIL inactive pair or padding was written")
+        print("FAIL a check above")
     return report(f"sinkhorn split b={b} n={n} m={m} iters={iters} eps={eps}", err, 2e-3) and ok
 
 

@@ -47,6 +47,7 @@ pub(super) struct Kernels {
     pub maxsim: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_half_split: CudaFunction,
+    pub sinkhorn_split_error: CudaFunction,
     pub sinkhorn_fused: CudaFunction,
 }
 
@@ -133,8 +134,8 @@ env_choice!(FusedThreads, FUSED_THREADS_ENV);
 /// pair for all iterations: b = 4 pairs of 512 x 512 keep 4 of an H200's 132 SMs busy
 /// (3.8 ms for 100 iterations, 76x its exp floor). The split runs each half-iteration as
 /// its own launch of `sinkhorn_half_split_f32`, a warp per row (or column) and 8 per CTA,
-/// so a pair spreads over n / 8 CTAs; the convergence check is one launch of
-/// `sinkhorn_iterate_f32` at 0 iterations.
+/// so a pair spreads over n / 8 CTAs; the convergence check is split the same way (each
+/// row's error term, then `sinkhorn_split_error_f32` sums each pair's terms).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SinkhornSplit {
     /// Split half-iterations for every pair whose K stays in global memory.
@@ -389,6 +390,11 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_half_split: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_HALF_SPLIT)?,
+        sinkhorn_split_error: function(
+            &sinkhorn,
+            &ptx::SINKHORN_MODULE,
+            ptx::SINKHORN_SPLIT_ERROR,
+        )?,
         sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
     };
     // The kernels with dynamic shared memory (and no static shared memory) may use all of it.

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32` or `cosine_cost_tf32x3_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
 //! | MaxSim | `maxsim_f32` (+ `row_inv_norm_f32`) | `kernels/maxsim.ptx` |
-//! | Sinkhorn | `sinkhorn_iterate_f32`, `sinkhorn_half_split_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`) | `kernels/sinkhorn.ptx` |
+//! | Sinkhorn | `sinkhorn_iterate_f32`; `sinkhorn_half_split_f32` and `sinkhorn_split_error_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`) | `kernels/sinkhorn.ptx` |
 //! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |
 //!
 //! The Sinkhorn kernels work in the base-2 log units of the CPU fast path

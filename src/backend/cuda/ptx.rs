@@ -22,6 +22,7 @@ pub const COSINE_COST_WGMMA: &str = "cosine_cost_wgmma_f32";
 pub const MAXSIM: &str = "maxsim_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
 pub const SINKHORN_HALF_SPLIT: &str = "sinkhorn_half_split_f32";
+pub const SINKHORN_SPLIT_ERROR: &str = "sinkhorn_split_error_f32";
 pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
 
 /// A [`PtxModule`] of `kernels/$file` with its entry points and `.target`.
@@ -51,7 +52,7 @@ pub const COSINE_COST_SM90A_MODULE: PtxModule =
 pub const MAXSIM_MODULE: PtxModule = ptx_module!("maxsim.ptx", [MAXSIM], "sm_80");
 pub const SINKHORN_MODULE: PtxModule = ptx_module!(
     "sinkhorn.ptx",
-    [SINKHORN_ITERATE, SINKHORN_HALF_SPLIT],
+    [SINKHORN_ITERATE, SINKHORN_HALF_SPLIT, SINKHORN_SPLIT_ERROR],
     "sm_80"
 );
 pub const SINKHORN_FUSED_MODULE: PtxModule =
@@ -71,7 +72,7 @@ const COST_SIGNATURE: &[&str] = &["u64", "u64", "u64", "u64", "u64", "u32", "u32
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 9] = [
+pub const SIGNATURES: [(&str, &[&str]); 10] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (COSINE_COST, COST_SIGNATURE),
     (COSINE_COST_TF32X3, COST_SIGNATURE),
@@ -94,9 +95,10 @@ pub const SIGNATURES: [(&str, &[&str]); 9] = [
     (
         SINKHORN_HALF_SPLIT,
         &[
-            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32",
+            "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32",
         ],
     ),
+    (SINKHORN_SPLIT_ERROR, &["u64", "u64", "u64", "u64", "u32"]),
     (
         SINKHORN_FUSED,
         &[

@@ -74,6 +74,9 @@ pub struct CudaSinkhornState {
     cols: CudaSlice<u32>,
     active: CudaSlice<u32>,
     err: CudaSlice<f32>,
+    /// Each row's share of the marginal error, `(pairs, n)`, for the split check (one
+    /// element when K is on chip).
+    terms: CudaSlice<f32>,
     k_in_smem: bool,
     /// `err` holds the error of the current iterate of every pair that was ever active.
     errors_current: bool,
@@ -110,22 +113,54 @@ impl CudaBackend {
     /// `iterations` iterations of every active pair, then every active pair's marginal
     /// error in `err`: one launch of `sinkhorn_iterate_f32`, or, for pairs whose K stays in
     /// global memory and with [`SinkhornSplit::On`], two launches of
-    /// `sinkhorn_half_split_f32` per iteration and `sinkhorn_iterate_f32` at 0 iterations
-    /// for the error. All on the stream, with no host synchronisation.
+    /// `sinkhorn_half_split_f32` per iteration, one more for the error terms and
+    /// `sinkhorn_split_error_f32` for their sums. All on the stream, with no host
+    /// synchronisation.
     fn launch_iterate(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
-        if !st.k_in_smem && self.split() == SinkhornSplit::On && iterations > 0 {
+        if !st.k_in_smem && self.split() == SinkhornSplit::On {
             for _ in 0..iterations {
-                self.launch_half(st, false)?;
-                self.launch_half(st, true)?;
+                self.launch_half(st, false, 0)?;
+                self.launch_half(st, true, 0)?;
             }
-            return self.launch_iterate_kernel(st, 0);
+            self.launch_half(st, false, 1)?;
+            self.launch_split_error(st)?;
+            st.errors_current = true;
+            return Ok(());
         }
         self.launch_iterate_kernel(st, iterations)
     }
 
-    /// One half-iteration (the row update, or with `columns` the column update) of every
-    /// active pair: `sinkhorn_half_split_f32`, a warp per line.
-    fn launch_half(&self, st: &mut CudaSinkhornState, columns: bool) -> Result<()> {
+    /// Each active pair's error from the terms of the last mode-1 half launch.
+    fn launch_split_error(&self, st: &mut CudaSinkhornState) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = as_u32("n", st.n)?;
+        let mut l = self.launch(
+            &self.dev.kernels.sinkhorn_split_error,
+            ptx::SINKHORN_SPLIT_ERROR,
+        );
+        l.buf(&st.terms)
+            .buf(&st.rows)
+            .buf(&st.active)
+            .buf_mut(&mut st.err)
+            .u32(&n);
+        // SAFETY: terms holds pairs*n floats (allocated by `prepare` when K stays in global
+        // memory, the only case that launches this), rows and active pairs entries with
+        // rows[p] <= n, err pairs floats; block 32 = the kernel's .maxntid, no shared memory.
+        unsafe { l.launch(cfg) }
+    }
+
+    /// One launch of `sinkhorn_half_split_f32` over every active pair, a warp per line: the
+    /// row update (or with `columns` the column update) in mode 0, each row's error term in
+    /// mode 1.
+    fn launch_half(&self, st: &mut CudaSinkhornState, columns: bool, mode: u32) -> Result<()> {
+        debug_assert!(
+            !(columns && mode == 1),
+            "terms has n entries per pair: rows only"
+        );
         let (own, other) = if columns { (st.m, st.n) } else { (st.n, st.m) };
         let ctas = own.div_ceil(SPLIT_LINES_PER_CTA);
         if ctas > 65535 {
@@ -150,6 +185,8 @@ impl CudaBackend {
                 .buf(&st.f)
                 .buf(&st.log2a)
                 .buf_mut(&mut st.g)
+                .buf(&st.log2b)
+                .buf_mut(&mut st.terms)
                 .buf(&st.cols)
                 .buf(&st.rows);
         } else {
@@ -157,14 +194,17 @@ impl CudaBackend {
                 .buf(&st.g)
                 .buf(&st.log2b)
                 .buf_mut(&mut st.f)
+                .buf(&st.log2a)
+                .buf_mut(&mut st.terms)
                 .buf(&st.rows)
                 .buf(&st.cols);
         }
-        l.buf(&st.active).u32(&own_u).u32(&other_u);
+        l.buf(&st.active).u32(&own_u).u32(&other_u).u32(&mode);
         // SAFETY: with k_in_smem == 0, k holds pairs*n*m floats and kt pairs*m*n (uploaded by
-        // `prepare`); f and log2a pairs*n, g and log2b pairs*m; rows, cols and active pairs
-        // entries with rows[p] <= n and cols[p] <= m. The kernel reads kmat[p] rows below
-        // own_len[p] up to other_len[p] columns and writes own[p][i] for i < own_len[p];
+        // `prepare`); f, log2a and terms pairs*n, g and log2b pairs*m; rows, cols and active
+        // pairs entries with rows[p] <= n and cols[p] <= m. The kernel reads kmat[p] rows
+        // below own_len[p] up to other_len[p] columns and writes own[p][i] (mode 0) or
+        // terms[p][i] (mode 1, rows only: terms has n per pair) for i < own_len[p];
         // grid.y = ceil(own / 8) <= 65535 (checked above), block 256 = the kernel's .maxntid,
         // no shared memory.
         unsafe { l.launch(cfg) }
@@ -403,6 +443,7 @@ impl CudaBackend {
             cols: bufs.y_len,
             active: self.zeros(b)?,
             err: bufs.err,
+            terms: self.zeros(1)?,
             k_in_smem: true,
             errors_current: true,
             fused_ahead: first,
@@ -495,6 +536,7 @@ impl SinkhornKernels for CudaBackend {
             g: self.upload(&g)?,
             active: self.zeros(pairs)?,
             err: self.zeros(pairs)?,
+            terms: self.zeros(if k_in_smem { 1 } else { pairs * n })?,
             host,
             k_in_smem,
             errors_current: false,
