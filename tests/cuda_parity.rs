@@ -447,6 +447,39 @@ fn sinkhorn_matches_reference() {
 }
 
 #[test]
+fn sinkhorn_beyond_shared_memory_runs_split() {
+    let Some(gpu) = cuda() else { return };
+    // 20,000 x 40: even the potentials (12 B per row and column) exceed the 227 KB of shared
+    // memory of an H100/H200 (163 KB on an A100), so only the split kernels can run it.
+    let (b, n, m) = (1, 20_000, 40);
+    let prob = problem(300, b, n, m, true, true);
+    let params = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 20,
+        threshold: 0.0,
+        check_every: 10,
+    };
+    let want = sinkhorn::solve(&CpuReference, &prob, &params).unwrap();
+    let fast = sinkhorn::solve(&CpuFast, &prob, &params).unwrap();
+    let split = Backend::Cuda(cuda_of(&gpu).clone().with_split(SinkhornSplit::On));
+    let got = split.sinkhorn(&prob, &params).unwrap();
+    compare_solutions(
+        &format!("sinkhorn b={b} n={n} m={m} split=on"),
+        &got,
+        &want,
+        &fast,
+        &params,
+        |p, i, j| prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0,
+    );
+    let one_cta = Backend::Cuda(cuda_of(&gpu).clone().with_split(SinkhornSplit::Off));
+    let e = one_cta.sinkhorn(&prob, &params).unwrap_err().to_string();
+    assert!(
+        e.contains("potentials that fit") && e.contains("OPTICAL_CUDA_SINKHORN_SPLIT=on"),
+        "{e}"
+    );
+}
+
+#[test]
 fn sinkhorn_stops_converged_pairs_like_the_reference() {
     let Some(gpu) = cuda() else { return };
     // K in shared memory (40x50), and streamed from global memory (300x257) with and without

@@ -13,7 +13,10 @@ use std::cell::RefCell;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
-use super::device::{as_u32, lengths_u32, padded, CostKernel, CudaBackend, SinkhornSplit, BACKEND};
+use super::device::{
+    as_u32, lengths_u32, padded, CostKernel, CudaBackend, SinkhornSplit, BACKEND,
+    SINKHORN_SPLIT_ENV,
+};
 use super::ptx;
 use crate::backend::cpu::check_pair_batch;
 use crate::error::{Error, Result};
@@ -109,6 +112,20 @@ fn pack_pair(
 /// Lines (rows or columns) per CTA of `sinkhorn_half_split_f32`: a warp each, 8 warps.
 const SPLIT_LINES_PER_CTA: usize = 8;
 
+/// Whether the split kernels' grid (`ceil(lines / 8)` CTAs along y, at most 65,535) covers
+/// `n` rows and `m` columns.
+fn split_fits(n: usize, m: usize) -> Result<()> {
+    let most = 65535 * SPLIT_LINES_PER_CTA;
+    if n.max(m) > most {
+        return Err(Error::parameter(
+            "n, m",
+            format!("at most {most} rows and columns per pair"),
+            format!("n = {n}, m = {m}"),
+        ));
+    }
+    Ok(())
+}
+
 impl CudaBackend {
     /// `iterations` iterations of every active pair, then every active pair's marginal
     /// error in `err`: one launch of `sinkhorn_iterate_f32`, or, for pairs whose K stays in
@@ -162,16 +179,13 @@ impl CudaBackend {
             "terms has n entries per pair: rows only"
         );
         let (own, other) = if columns { (st.m, st.n) } else { (st.n, st.m) };
-        let ctas = own.div_ceil(SPLIT_LINES_PER_CTA);
-        if ctas > 65535 {
-            return Err(Error::parameter(
-                "n, m",
-                format!("at most {} rows and columns", 65535 * SPLIT_LINES_PER_CTA),
-                format!("n = {}, m = {}", st.n, st.m),
-            ));
-        }
+        split_fits(st.n, st.m)?;
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("pairs", st.pairs)?, ctas as u32, 1),
+            grid_dim: (
+                as_u32("pairs", st.pairs)?,
+                own.div_ceil(SPLIT_LINES_PER_CTA) as u32,
+                1,
+            ),
             block_dim: (32 * SPLIT_LINES_PER_CTA as u32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -478,11 +492,16 @@ impl SinkhornKernels for CudaBackend {
     fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<CudaSinkhornState> {
         let (pairs, n, m) = (problem.pairs, problem.n, problem.m);
         let k_in_smem = iterate_smem(n, m, true) <= self.dev.smem_optin;
-        if iterate_smem(n, m, false) > self.dev.smem_optin {
+        if !k_in_smem && self.split() == SinkhornSplit::On {
+            // The split kernels keep nothing in shared memory: any size whose lines fit the
+            // grid (a warp per line, SPLIT_LINES_PER_CTA per CTA along grid.y).
+            split_fits(n, m)?;
+        } else if iterate_smem(n, m, false) > self.dev.smem_optin {
             return Err(Error::parameter(
                 "n, m",
                 format!(
-                    "potentials that fit in {} B of shared memory",
+                    "potentials that fit in {} B of shared memory (or \
+                     {SINKHORN_SPLIT_ENV}=on, the default, for larger pairs)",
                     self.dev.smem_optin
                 ),
                 format!("n = {n}, m = {m}"),
