@@ -14,7 +14,8 @@
 //                          update) of every active pair, a pair spread over many workgroups (16 lines each): the host
 //                          dispatches them alternately, 2 per iteration, for batches whose
 //                          pairs neither the blocked kernel nor the tile takes, so that a few
-//                          large pairs still fill the device.
+//                          large pairs still fill the device, and always for pairs with more
+//                          than MAX_N rows or columns (no other kernel takes them).
 //   sinkhorn_errors_f32    L1 row-marginal error of every active pair -> err[p]; the iterate
 //                          is not changed.
 //
@@ -104,6 +105,17 @@ fn row_lse_global(kt: u32, i: u32, nr: u32, nc: u32) -> f32 {
     var acc = vec2<f32>(kmat[kt + i] + hg[0], 1.0);
     for (var j = 1u; j < nc; j++) {
         acc = lse_push(acc, kmat[kt + j * nr + i] + hg[j]);
+    }
+    return acc.x + log2(acc.y);
+}
+
+// The same with G_j + log2 b_j read from global memory (pair p): for pairs with more than
+// MAX_N columns, whose potentials hg cannot stage.
+fn row_lse_unstaged(p: u32, kt: u32, i: u32, nr: u32, nc: u32) -> f32 {
+    let gb = p * params.m;
+    var acc = vec2<f32>(kmat[kt + i] + g[gb] + log_b[gb], 1.0);
+    for (var j = 1u; j < nc; j++) {
+        acc = lse_push(acc, kmat[kt + j * nr + i] + g[gb + j] + log_b[gb + j]);
     }
     return acc.x + log2(acc.y);
 }
@@ -287,21 +299,35 @@ fn sinkhorn_iterate_blocked_f32(
 // dispatch per half-iteration spreads a pair over ceil(lines / 16) workgroups of 256
 // invocations, 16 lanes per line (a row of K, or a row of Kᵀ for the column update), reading
 // the line's K from global memory in consecutive addresses. The potentials of the other side
-// (+ their log weights) are staged in workgroup memory. A lane folds every 16th element
+// (+ their log weights) are staged in workgroup memory when there are at most MAX_N of them,
+// else read from global memory (so the split has no size limit of its own; it is the only
+// kernel for pairs with more than MAX_N rows or columns). A lane folds every 16th element
 // into a running (max, sum), then the line's first lane merges the 16 partials in lane
 // order: deterministic. Dispatch (ceil(n / 16), pairs) for rows, (ceil(m / 16), pairs) for
 // columns; lines past a pair's support do nothing.
 var<workgroup> lane_part: array<vec2<f32>, 256>;
 
-// −log2 Σ_k 2^(kmat[base + line·len + k] + hg[k]) over k < len for line wid.x·16 + t/16 of
-// pair wid.y (hg: the other side's potentials + log weights, staged by the caller whichever
-// half it runs), or 0 for lanes past `lines`. Returns the value on the line's first lane
-// (t % 16 == 0).
-fn split_line_lse(line: u32, lane: u32, t: u32, lines: u32, base: u32, len: u32) -> f32 {
+// The other side's potential + log weight k of pair p for the split's half: staged in hg,
+// or from global memory.
+fn split_other(p: u32, k: u32, staged: bool) -> f32 {
+    if staged {
+        return hg[k];
+    }
+    if SPLIT_COLS {
+        return f[p * params.n + k] + log_a[p * params.n + k];
+    }
+    return g[p * params.m + k] + log_b[p * params.m + k];
+}
+
+// −log2 Σ_k 2^(kmat[base + line·len + k] + other_k) over k < len for line wid.x·16 + t/16 of
+// pair p (other_k: the other side's potentials + log weights, staged in hg by the caller
+// whichever half it runs when `staged`), or 0 for lanes past `lines`. Returns the value on
+// the line's first lane (t % 16 == 0).
+fn split_line_lse(p: u32, line: u32, lane: u32, t: u32, lines: u32, base: u32, len: u32, staged: bool) -> f32 {
     var acc = vec2<f32>(-3.0e38, 0.0);
     if line < lines {
         for (var k = lane; k < len; k += 16u) {
-            acc = lse_push(acc, kmat[base + line * len + k] + hg[k]);
+            acc = lse_push(acc, kmat[base + line * len + k] + split_other(p, k, staged));
         }
     }
     lane_part[t] = acc;
@@ -335,19 +361,22 @@ fn sinkhorn_half_split_f32(
     if info.z == 0u || wid.x * 16u >= lines {
         return;
     }
-    // The other side's potentials + log weights, in hg for either half.
-    for (var k = t; k < len; k += 256u) {
-        if SPLIT_COLS {
-            hg[k] = f[p * params.n + k] + log_a[p * params.n + k];
-        } else {
-            hg[k] = g[p * params.m + k] + log_b[p * params.m + k];
+    // The other side's potentials + log weights, in hg for either half when they fit.
+    let staged = len <= MAX_N;
+    if staged {
+        for (var k = t; k < len; k += 256u) {
+            if SPLIT_COLS {
+                hg[k] = f[p * params.n + k] + log_a[p * params.n + k];
+            } else {
+                hg[k] = g[p * params.m + k] + log_b[p * params.m + k];
+            }
         }
     }
     workgroupBarrier();
     let line = wid.x * 16u + t / 16u;
     let lane = t % 16u;
     let base = p * 2u * params.n * params.m + select(0u, params.n * params.m, SPLIT_COLS);
-    let v = split_line_lse(line, lane, t, lines, base, len);
+    let v = split_line_lse(p, line, lane, t, lines, base, len, staged);
     if lane == 0u && line < lines {
         if SPLIT_COLS {
             g[p * params.m + line] = v;
@@ -373,13 +402,23 @@ fn sinkhorn_errors_f32(
         return;
     }
     let kt0 = p * 2u * params.n * params.m + params.n * params.m;
-    for (var j = t; j < nc; j += WG) {
-        hg[j] = g[p * params.m + j] + log_b[p * params.m + j];
+    // G + log2 b staged when it fits (pairs of more than MAX_N columns read it from global
+    // memory).
+    let staged = nc <= MAX_N;
+    if staged {
+        for (var j = t; j < nc; j += WG) {
+            hg[j] = g[p * params.m + j] + log_b[p * params.m + j];
+        }
     }
     workgroupBarrier();
     var total = 0.0;
     for (var i = t; i < nr; i += WG) {
-        let f_new = -row_lse_global(kt0, i, nr, nc);
+        var f_new = 0.0;
+        if staged {
+            f_new = -row_lse_global(kt0, i, nr, nc);
+        } else {
+            f_new = -row_lse_unstaged(p, kt0, i, nr, nc);
+        }
         let fi = f[p * params.n + i];
         total += exp2(log_a[p * params.n + i]) * abs(exp2(fi - f_new) - 1.0);
     }

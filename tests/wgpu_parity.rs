@@ -663,27 +663,64 @@ fn chunked_batches_match_unchunked() {
 
 #[test]
 fn beyond_limits_is_an_error() {
-    let Some((w, backend)) = wgpu_backend() else {
+    let Some((_, backend)) = wgpu_backend() else {
         return;
     };
-    let pr = problem(5, 1, 513, 2);
+    // The split half-iterations take any pair up to 65,535 workgroups of 16 lines.
+    let pr = problem(5, 1, 65535 * 16 + 1, 1);
     let err = backend
         .sinkhorn(&pr, &fixed(0.1, 1))
-        .expect_err("n = 513 exceeds the Sinkhorn kernel");
+        .expect_err("n = 1,048,561 exceeds the split's grid");
     println!("{err}");
-    assert!(err.to_string().contains("512"), "{err}");
+    assert!(
+        err.to_string().contains("1048560") && err.to_string().contains("1048561"),
+        "{err}"
+    );
+}
 
-    // Fused: n = 513 does not take the fused kernel; the materialised path reports the limit.
-    let x = embeddings(6, 1, 513, 4, false);
-    let y = embeddings(7, 1, 3, 4, false);
+#[test]
+fn sinkhorn_beyond_512_runs_split() {
+    let Some((w, _)) = wgpu_backend() else {
+        return;
+    };
+    // More than MAX_N (512) rows or columns: only the split half-iterations take them, under
+    // every setting and on CPU adapters too, with the other side's potentials read from
+    // global memory (600 columns) or staged (37 columns), and the convergence check reading
+    // G from global memory when there are more than 512 columns.
+    for (k, &(b, n, m)) in [(2, 600, 37), (2, 40, 700)].iter().enumerate() {
+        let pr = problem(400 + k as u64, b, n, m);
+        let params = fixed(0.05, 12);
+        let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
+        for (_, label, w) in &each_setting(&w) {
+            let got = Backend::Wgpu(w.clone())
+                .sinkhorn(&pr, &params)
+                .expect("wgpu sinkhorn");
+            let what = format!("sinkhorn ({label}) b={b} n={n} m={m}");
+            check_solution(&what, &got, &want, params.threshold);
+            // The check's own value (read from global memory beyond 512 columns).
+            compare(
+                &format!("{what} marginal error"),
+                &got.marginal_error,
+                &want.marginal_error,
+                1e-5,
+                1e-3,
+            );
+        }
+    }
+    // Fused: n = 600 does not take a fused kernel (they keep a pair in one workgroup); the
+    // materialised path (cost kernel, then the split) solves it.
+    let x = embeddings(6, 2, 600, 4, true);
+    let y = embeddings(7, 2, 3, 4, true);
+    let params = fixed(0.1, 5);
     let fused = w
-        .sinkhorn_embeddings(&x, &y, &fixed(0.1, 1))
+        .sinkhorn_embeddings(&x, &y, &params)
         .expect("too large for the fused kernel: no result, no error");
-    assert!(fused.is_none(), "n = 513 must not take the fused kernel");
-    let err = backend
-        .sinkhorn_embeddings(&x, &y, &fixed(0.1, 1))
-        .expect_err("n = 513 exceeds the Sinkhorn kernels");
-    assert!(err.to_string().contains("512"), "{err}");
+    assert!(fused.is_none(), "n = 600 must not take the fused kernel");
+    let got = Backend::Wgpu(w.clone())
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("materialised path");
+    let want = fused_reference(&x, &y, &params);
+    check_solution("fused fallback n=600", &got, &want, params.threshold);
 }
 
 /// Device-only timing with GPU pass timestamps: every job type (including the Sinkhorn

@@ -17,7 +17,9 @@
 //! pairs all have at most [`BLOCKED_MAX_LEN`] (128) support rows and columns runs a
 //! register-blocked kernel (K in registers, 8 × 8 per invocation of a 16 × 16 grid, 24 KiB of
 //! workgroup memory whatever the pair); `rows` (and larger pairs) take the kernels that give
-//! one invocation a whole row.
+//! one invocation a whole row (under `blocked` on GPU adapters, pairs whose K does not fit
+//! the tile take split half-iterations instead: a pair over many workgroups, one dispatch
+//! per half-iteration). Pairs with more than 512 rows or columns always take the split.
 //!
 //! Fused path rule ([`Wgpu::fused_kernel_for`]): [`Wgpu::sinkhorn_embeddings`] runs the
 //! register-blocked fused kernel when it takes every pair, else the tile kernel when every

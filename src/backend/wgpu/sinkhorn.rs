@@ -26,6 +26,10 @@ use crate::ot::sinkhorn::{SinkhornKernels, Solution};
 /// one pass's commands when a solve asks for many iterations between checks.
 const SPLIT_ITERATIONS_PER_PASS: u32 = 1024;
 
+/// Largest padded set length of the split half-iterations (16 lines per workgroup, at most
+/// 65,535 workgroups along a dispatch's x), the only kernels for pairs beyond [`MAX_LEN`].
+const SPLIT_MAX_LEN: usize = 65535 * 16;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -135,10 +139,13 @@ impl SinkhornKernels for Wgpu {
     fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<WgpuSinkhornState> {
         let ctx = self.ctx();
         let (b, n, m) = (problem.pairs, problem.n, problem.m);
-        if n > MAX_LEN || m > MAX_LEN {
+        // Pairs beyond MAX_LEN run the split half-iterations only: a dispatch of
+        // ceil(lines / 16) workgroups along x.
+        let most = SPLIT_MAX_LEN;
+        if n > most || m > most {
             return Err(Error::shape(
                 "wgpu sinkhorn cost",
-                format!("n, m ≤ {MAX_LEN} (one workgroup keeps a pair's potentials on-chip)"),
+                format!("n, m ≤ {most} (16 lines per workgroup, 65,535 workgroups)"),
                 format!("n = {n}, m = {m}"),
             ));
         }
@@ -242,10 +249,13 @@ impl SinkhornKernels for Wgpu {
                     iterations,
                 }),
             );
-            if !chunk.blocked
-                && !chunk.any_on_chip
-                && ctx.sinkhorn_kernel() == SinkhornKernel::Blocked
-                && ctx.split_large()
+            // Pairs with more than MAX_LEN rows or columns: only the split takes them.
+            let beyond = state.n > MAX_LEN || state.m > MAX_LEN;
+            if beyond
+                || !chunk.blocked
+                    && !chunk.any_on_chip
+                    && ctx.sinkhorn_kernel() == SinkhornKernel::Blocked
+                    && ctx.split_large()
             {
                 // Split half-iterations: a pair over ceil(lines / 16) workgroups, one
                 // dispatch per half-iteration (each dispatch sees the last's writes), at most
