@@ -15,7 +15,8 @@
 #     stand in for it); when built here, the whole test suite with both GPU features
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
 #     cost kernels with each OPTICAL_CUDA_COST_KERNEL, and the fused kernel with
-#     OPTICAL_CUDA_FUSED_THREADS=256 too, and sinkhorn-512 with OPTICAL_CUDA_SINKHORN_SPLIT=off),
+#     OPTICAL_CUDA_FUSED_THREADS=256 too, and sinkhorn-512 and sinkhorn-2048 with
+#     OPTICAL_CUDA_SINKHORN_SPLIT=off),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations), and
 #     `optical bench --backend wgpu` on the Vulkan driver (the Sinkhorn problems also with
 #     OPTICAL_WGPU_SINKHORN=rows)
@@ -178,7 +179,7 @@ fi
 T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
+    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 T=60 step bench-cuda-tf32x3w env OPTICAL_CUDA_COST_KERNEL=tf32x3w "$BIN" bench --backend cuda --json \
@@ -193,10 +194,11 @@ else
 fi
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-fused
-# sinkhorn-512 (K does not fit in shared memory) with one CTA per pair for all iterations,
-# against the default split half-iterations (a warp per row, n / 8 CTAs per pair).
+# sinkhorn-512 and sinkhorn-2048 (K does not fit in shared memory) with one CTA per pair for
+# all iterations, against the default split half-iterations (a warp per row, n / 8 CTAs per
+# pair).
 T=45 step bench-cuda-nosplit env OPTICAL_CUDA_SINKHORN_SPLIT=off "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels sinkhorn-512
+    --min-seconds 2 --kernels sinkhorn-512,sinkhorn-2048
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
@@ -206,7 +208,7 @@ else
 fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm
+    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048
 # The Sinkhorn problems with the row kernels (one workgroup per pair, one invocation per row;
 # K in workgroup memory where it fits, else streamed), against the defaults: register-blocked
 # kernels up to 128 x 128, split half-iterations for sinkhorn-512.

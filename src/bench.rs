@@ -7,6 +7,7 @@
 //! | `maxsim`          | 8 queries × 32 tokens against 1,000 documents × 48 tokens, d=128 | GB/s (documents read), GFLOP/s |
 //! | `sinkhorn`        | b=64, n=m=128, ε=0.05, 200 iterations (no early stop)          | G exp/s (2·b·n·m per iteration) |
 //! | `sinkhorn-512`    | b=4, n=m=512, ε=0.05, 100 iterations (no early stop)           | G exp/s |
+//! | `sinkhorn-2048`   | b=2, n=m=2048, ε=0.05, 50 iterations: a few pairs far larger than on-chip memory (opt-in) | G exp/s |
 //! | `sinkhorn-fused`  | embeddings b=256, n=m=128, d=384 → cosine cost + Sinkhorn, ε=0.05, 100 iterations (opt-in) | G exp/s |
 //! | `cosine-cost-hbm` | b=512, n=m=128, d=384: 235 MB moved per call, several times any GPU's L2, so that repeated calls measure HBM and not L2 (opt-in) | GB/s |
 //!
@@ -52,7 +53,7 @@ pub struct BenchRecord {
 pub const KERNELS: [&str; 4] = ["cosine-cost", "maxsim", "sinkhorn", "sinkhorn-512"];
 
 /// Kernels timed only when asked for by name (`--kernels`): too slow for the CPU default run.
-pub const EXTRA_KERNELS: [&str; 2] = ["sinkhorn-fused", "cosine-cost-hbm"];
+pub const EXTRA_KERNELS: [&str; 3] = ["sinkhorn-fused", "cosine-cost-hbm", "sinkhorn-2048"];
 
 /// Seeded `(b, n, d)` normal embeddings, all rows real.
 pub fn embeddings(seed: u64, b: usize, n: usize, d: usize) -> Embeddings {
@@ -192,11 +193,11 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             )?;
             Ok(r)
         }
-        "sinkhorn" | "sinkhorn-512" => {
-            let (b, n, iters) = if kernel == "sinkhorn" {
-                (64, 128, 200)
-            } else {
-                (4, 512, 100)
+        "sinkhorn" | "sinkhorn-512" | "sinkhorn-2048" => {
+            let (name, b, n, iters) = match kernel {
+                "sinkhorn" => ("sinkhorn", 64, 128, 200),
+                "sinkhorn-512" => ("sinkhorn-512", 4, 512, 100),
+                _ => ("sinkhorn-2048", 2, 2048, 50),
             };
             let problem = sinkhorn_problem(b, n, n, 64);
             let params = fixed_iterations(0.05, iters);
@@ -205,11 +206,7 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             })?;
             let exps = 2.0 * (b * n * n * iters) as f64;
             let mut r = record(
-                if kernel == "sinkhorn" {
-                    "sinkhorn"
-                } else {
-                    "sinkhorn-512"
-                },
+                name,
                 format!("b={b} n={n} m={n} eps=0.05 iterations={iters}"),
                 t,
             );

@@ -16,6 +16,8 @@ Standard problems (seeded, identical on every backend):
                 + Sinkhorn, eps=0.05, 100 iterations            -> G exp/s
   cosine-cost-hbm (only with --kernels) b=512, n=m=128, d=384: 235 MB per call, larger
                 than any GPU's L2, for the HBM-bandwidth roofline -> GB/s, GFLOP/s
+  sinkhorn-2048 (only with --kernels) b=2, n=m=2048, eps=0.05, 50 iterations: a few
+                pairs far larger than on-chip memory                -> G exp/s
 Each kernel: one warm-up call, then calls for at least --min-seconds (at least 3); the
 median seconds per call is reported. Sinkhorn timings include preparing the problem and
 writing the plan; G exp/s counts 2*b*n*m exponentials per iteration. On cuda the kernels
