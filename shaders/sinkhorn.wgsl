@@ -18,6 +18,10 @@
 //                          than MAX_N rows or columns (no other kernel takes them).
 //   sinkhorn_errors_f32    L1 row-marginal error of every active pair -> err[p]; the iterate
 //                          is not changed.
+//   sinkhorn_split_errors_f32
+//                          the same error for the batches that take the split: each pair's
+//                          sum of the row terms the split row pipeline wrote with SPLIT_TERMS
+//                          (err holds pairs·(1 + n) floats: the errors, then the terms).
 //
 // Bindings (group 0), one dispatch covers one chunk of pairs, all arrays chunk-relative
 //   0 uniform  params       {pairs, n, m, iterations}; n, m = padded row/column strides
@@ -32,7 +36,8 @@
 //   4 storage  log_b        f32 (pairs, m): log2 b_j
 //   5 storage  f            f32 (pairs, n) read_write: F_i = (f_i − α_i)·log2(e)/ε
 //   6 storage  g            f32 (pairs, m) read_write: G_j = (g_j − β_j)·log2(e)/ε
-//   7 storage  err          f32 (pairs) read_write
+//   7 storage  err          f32 (pairs) read_write; then, for batches that take the split,
+//                           each row's error term (pairs, n) at +pairs
 //
 // Geometry: one workgroup of WG invocations per pair (WG = 256, or 64 when every pair of the
 // dispatch is at most 64 × 64: a pipeline-overridable constant), dispatch (pairs, 1, 1),
@@ -344,6 +349,10 @@ fn split_line_lse(p: u32, line: u32, lane: u32, t: u32, lines: u32, base: u32, l
 
 // Which half-iteration a split pipeline runs: the row update (false) or the column update.
 override SPLIT_COLS: bool = false;
+// The split convergence check (with SPLIT_COLS false): instead of F_i, write row i's error
+// term a_i·|2^(F_i − F_i^new) − 1| to err[pairs + p·n + i], which sinkhorn_split_errors_f32
+// sums per pair. The host sizes err to pairs·(1 + n) floats.
+override SPLIT_TERMS: bool = false;
 
 @compute @workgroup_size(256)
 fn sinkhorn_half_split_f32(
@@ -378,11 +387,47 @@ fn sinkhorn_half_split_f32(
     let base = p * 2u * params.n * params.m + select(0u, params.n * params.m, SPLIT_COLS);
     let v = split_line_lse(p, line, lane, t, lines, base, len, staged);
     if lane == 0u && line < lines {
-        if SPLIT_COLS {
+        if SPLIT_TERMS {
+            let i = p * params.n + line;
+            err[params.pairs + i] = exp2(log_a[i]) * abs(exp2(f[i] - v) - 1.0);
+        } else if SPLIT_COLS {
             g[p * params.m + line] = v;
         } else {
             f[p * params.n + line] = v;
         }
+    }
+}
+
+// Each active pair's L1 row-marginal error from the terms of the SPLIT_TERMS pipeline:
+// err[p] = Σ_i err[pairs + p·n + i] over i < nr, in a fixed order (strided partial sums, then
+// the tree of sinkhorn_errors_f32). Dispatch (pairs, 1, 1).
+@compute @workgroup_size(WG)
+fn sinkhorn_split_errors_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let p = wid.x;
+    if p >= params.pairs {
+        return;
+    }
+    let info = pair_info[p];
+    if info.z == 0u {
+        return;
+    }
+    var total = 0.0;
+    for (var i = t; i < info.x; i += WG) {
+        total += err[params.pairs + p * params.n + i];
+    }
+    partial[t] = total;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if t < half {
+            partial[t] += partial[t + half];
+        }
+        workgroupBarrier();
+    }
+    if t == 0u {
+        err[p] = partial[0];
     }
 }
 

@@ -136,10 +136,14 @@ pub(crate) const SINKHORN_ITERATE_STREAM: usize = 1;
 pub(crate) const SINKHORN_ERRORS: usize = 2;
 /// The register-blocked iterations (G = 16; + 1: the narrow G = 8), present when
 /// [`WgpuContext::has_blocked_kernel`].
-pub(crate) const SINKHORN_ITERATE_BLOCKED: usize = 8;
+pub(crate) const SINKHORN_ITERATE_BLOCKED: usize = 10;
 /// The split half-iterations (row update, column update), one dispatch each.
 pub(crate) const SINKHORN_ROWS_SPLIT: usize = 6;
 pub(crate) const SINKHORN_COLS_SPLIT: usize = 7;
+/// The split convergence check: each row's error term (the row update's pipeline with
+/// SPLIT_TERMS), then each pair's sum of its terms.
+pub(crate) const SINKHORN_TERMS_SPLIT: usize = 8;
+pub(crate) const SINKHORN_ERRORS_SPLIT: usize = 9;
 pub(crate) const FUSED_SOLVE: usize = 0;
 pub(crate) const FUSED_PLAN: usize = 1;
 pub(crate) const SINKHORN_NARROW: usize = 3;
@@ -803,6 +807,11 @@ impl Pipelines {
             ("sinkhorn_errors_f32", &stream_narrow),
             ("sinkhorn_half_split_f32", &[("SPLIT_COLS", 0.0)]),
             ("sinkhorn_half_split_f32", &[("SPLIT_COLS", 1.0)]),
+            (
+                "sinkhorn_half_split_f32",
+                &[("SPLIT_COLS", 0.0), ("SPLIT_TERMS", 1.0)],
+            ),
+            ("sinkhorn_split_errors_f32", &stream),
         ];
         if blocked {
             // SINKHORN_ITERATE_BLOCKED: only where the workgroup memory allows.

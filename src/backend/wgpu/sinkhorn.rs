@@ -12,8 +12,8 @@ use rayon::prelude::*;
 
 use super::context::{
     SinkhornKernel, WgpuContext, NARROW_LEN, SINKHORN_COLS_SPLIT, SINKHORN_ERRORS,
-    SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM, SINKHORN_ITERATE_TILE, SINKHORN_NARROW,
-    SINKHORN_ROWS_SPLIT,
+    SINKHORN_ERRORS_SPLIT, SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM,
+    SINKHORN_ITERATE_TILE, SINKHORN_NARROW, SINKHORN_ROWS_SPLIT, SINKHORN_TERMS_SPLIT,
 };
 use super::kernels::MAX_LEN;
 use super::Wgpu;
@@ -55,6 +55,8 @@ struct Chunk {
     any_on_chip: bool,
     /// Whether every pair of the chunk takes the register-blocked iterations.
     blocked: bool,
+    /// Whether the chunk runs the split half-iterations and the split check.
+    split: bool,
     /// Offset of the pipelines to use: `SINKHORN_NARROW` when every pair is at most
     /// `NARROW_LEN` × `NARROW_LEN`, else 0.
     variant: usize,
@@ -149,7 +151,8 @@ impl SinkhornKernels for Wgpu {
                 format!("n = {n}, m = {m}"),
             ));
         }
-        let per_pair = [(2 * n * m * 4) as u64, (n * 4) as u64, (m * 4) as u64];
+        // err holds one error and, for the split check, one term per row.
+        let per_pair = [(2 * n * m * 4) as u64, ((n + 1) * 4) as u64, (m * 4) as u64];
         let chunk = ctx.chunk_len("sinkhorn prepare", &per_pair, b)?;
         let cap = ctx.tile_capacity() as usize;
         let mut state = WgpuSinkhornState {
@@ -198,7 +201,7 @@ impl SinkhornKernels for Wgpu {
                 let log_b = ctx.upload(&lb);
                 let f = ctx.upload(&vec![0.0f32; c * n]);
                 let g = ctx.upload(&g0);
-                let err = ctx.storage((c * 4) as u64);
+                let err = ctx.storage((c * (1 + n) * 4) as u64);
                 let group = ctx.bind_group(
                     &ctx.pipelines.sinkhorn,
                     &[&params, &info, &kmat, &log_a, &log_b, &f, &g, &err],
@@ -215,6 +218,13 @@ impl SinkhornKernels for Wgpu {
                     group,
                     any_on_chip,
                     blocked,
+                    // Pairs with more than MAX_LEN rows or columns: only the split takes them.
+                    split: n > MAX_LEN
+                        || m > MAX_LEN
+                        || !blocked
+                            && !any_on_chip
+                            && ctx.sinkhorn_kernel() == SinkhornKernel::Blocked
+                            && ctx.split_large(),
                     variant: if narrow { SINKHORN_NARROW } else { 0 },
                     host_info,
                 }
@@ -249,14 +259,7 @@ impl SinkhornKernels for Wgpu {
                     iterations,
                 }),
             );
-            // Pairs with more than MAX_LEN rows or columns: only the split takes them.
-            let beyond = state.n > MAX_LEN || state.m > MAX_LEN;
-            if beyond
-                || !chunk.blocked
-                    && !chunk.any_on_chip
-                    && ctx.sinkhorn_kernel() == SinkhornKernel::Blocked
-                    && ctx.split_large()
-            {
+            if chunk.split {
                 // Split half-iterations: a pair over ceil(lines / 16) workgroups, one
                 // dispatch per half-iteration (each dispatch sees the last's writes), at most
                 // SPLIT_ITERATIONS_PER_PASS iterations per compute pass.
@@ -309,14 +312,24 @@ impl SinkhornKernels for Wgpu {
                 continue;
             }
             let mut enc = ctx.encoder();
-            ctx.encode(
-                &mut enc,
-                &[(
-                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ERRORS + chunk.variant],
-                    &chunk.group,
-                    [chunk.len as u32, 1, 1],
-                )],
-            );
+            let sk = &ctx.pipelines.sinkhorn.pipelines;
+            let pairs = [chunk.len as u32, 1, 1];
+            if chunk.split {
+                // Each row's term over ceil(n / 16) workgroups per pair, then the sums.
+                let rows = [(state.n as u32).div_ceil(16), chunk.len as u32, 1];
+                ctx.encode(
+                    &mut enc,
+                    &[
+                        (&sk[SINKHORN_TERMS_SPLIT], &chunk.group, rows),
+                        (&sk[SINKHORN_ERRORS_SPLIT], &chunk.group, pairs),
+                    ],
+                );
+            } else {
+                ctx.encode(
+                    &mut enc,
+                    &[(&sk[SINKHORN_ERRORS + chunk.variant], &chunk.group, pairs)],
+                );
+            }
             let errs = ctx.submit_and_read::<f32>(
                 "sinkhorn marginal_errors",
                 enc,
