@@ -880,15 +880,16 @@ def check_paths(entry, paths, what):
     return ok
 
 
-def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=0.05, paths=None):
-    rng = random.Random(seed)
+def sinkhorn_inputs(rng, b, n, m, full, eps):
+    """A batch in the Sinkhorn kernels' scaled form: support sizes drawn in 1..n, 1..m (all
+    when `full`), pair 1 inactive, K = -C log2(e) / eps with C uniform in [0, 2] on the
+    support (and K^T), log2 of random normalised weights."""
     rows = [n if full else rng.randint(1, n) for _ in range(b)]
     cols = [m if full else rng.randint(1, m) for _ in range(b)]
     active = [1] * b
     if b > 1:
         active[1] = 0
-    K = [0.0] * (b * n * m)
-    KT = [0.0] * (b * m * n)
+    K, KT = [0.0] * (b * n * m), [0.0] * (b * m * n)
     la, lb = [0.0] * (b * n), [0.0] * (b * m)
     for p in range(b):
         for i in range(rows[p]):
@@ -902,6 +903,11 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=
             la[p * n + i] = f32(math.log2(wa[i] / sum(wa)))
         for j in range(cols[p]):
             lb[p * m + j] = f32(math.log2(wb[j] / sum(wb)))
+    return rows, cols, active, K, KT, la, lb
+
+
+def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=0.05, paths=None):
+    rows, cols, active, K, KT, la, lb = sinkhorn_inputs(random.Random(seed), b, n, m, full, eps)
     mem = Memory()
     fg, gg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m))
     errg = mem.alloc(pack_f32([-1.0] * b))
@@ -944,26 +950,7 @@ def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
     half, a pair over ceil(lines / 8) CTAs), then the error: the per-row terms (mode 1) and
     sinkhorn_split_error_f32, as the host runs them for pairs whose K stays in global
     memory; and the same error from sinkhorn_iterate_f32 at 0 iterations."""
-    rng = random.Random(seed)
-    rows = [n if full else rng.randint(1, n) for _ in range(b)]
-    cols = [m if full else rng.randint(1, m) for _ in range(b)]
-    active = [1] * b
-    if b > 1:
-        active[1] = 0
-    K, KT = [0.0] * (b * n * m), [0.0] * (b * m * n)
-    la, lb = [0.0] * (b * n), [0.0] * (b * m)
-    for p in range(b):
-        for i in range(rows[p]):
-            for j in range(cols[p]):
-                v = f32(-rng.uniform(0.0, 2.0) * 1.4426950408889634 / eps)
-                K[(p * n + i) * m + j] = v
-                KT[(p * m + j) * n + i] = v
-        wa = [rng.uniform(0.5, 1.5) for _ in range(rows[p])]
-        wb = [rng.uniform(0.5, 1.5) for _ in range(cols[p])]
-        for i in range(rows[p]):
-            la[p * n + i] = f32(math.log2(wa[i] / sum(wa)))
-        for j in range(cols[p]):
-            lb[p * m + j] = f32(math.log2(wb[j] / sum(wb)))
+    rows, cols, active, K, KT, la, lb = sinkhorn_inputs(random.Random(seed), b, n, m, full, eps)
     mem = Memory()
     kg, ktg = mem.alloc(pack_f32(K)), mem.alloc(pack_f32(KT))
     lag, lbg = mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb))

@@ -1,7 +1,9 @@
 // Register-blocked log-sum-exp passes, shared by the register-blocked kernels of
 // fused_sinkhorn.wgsl and sinkhorn.wgsl: the host appends this file to both (WGSL has no
 // includes). It uses the including module's workgroup arrays hf (row potentials + log2 a)
-// and hg (column potentials + log2 b), each at least 8G long, and its override WG = G·G.
+// and hg (column potentials + log2 b), each at least 8G long, its override WG (= G·G in the
+// blocked kernels), and, for sum_partial (which any kernel of either module may call), its
+// workgroup array partial of WG floats.
 //
 // A pair's K (at most 8G × 8G) lives in registers: invocation t = G·ri + cj holds
 // k[a·8 + b] = K(ri + G·a, cj + G·b), a, b < 8 (padding: NEG). One half-iteration:
@@ -30,6 +32,19 @@ const MODE_MIN: u32 = 1u;
 var<workgroup> pmax: array<f32, B * G * (G + 1u)>;
 var<workgroup> psum: array<f32, B * G * (G + 1u)>;
 var<workgroup> lvl1: array<vec2<f32>, G * G>;
+
+// Sum of partial[0 .. WG) by a fixed tree; every invocation gets the total. Starts with a
+// barrier (the callers have just written partial[t]).
+fn sum_partial(t: u32) -> f32 {
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if t < half {
+            partial[t] += partial[t + half];
+        }
+        workgroupBarrier();
+    }
+    return workgroupUniformLoad(&partial[0]);
+}
 
 fn combine(p: vec2<f32>, q: vec2<f32>, mode: u32) -> vec2<f32> {
     if mode == MODE_MIN {

@@ -117,19 +117,6 @@ var<workgroup> tile: array<f32, TILE_CAPACITY>;
 var<workgroup> wstatus: vec4<u32>;
 
 
-// Sum of partial[0 .. WG) by a fixed tree; every invocation gets the total. Starts with a
-// barrier (the callers have just written partial[t]).
-fn sum_partial(t: u32) -> f32 {
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if t < half {
-            partial[t] += partial[t + half];
-        }
-        workgroupBarrier();
-    }
-    return workgroupUniformLoad(&partial[0]);
-}
-
 // The state after a check with error e: 1 converged, 2 stopped (not finite), 0 running.
 fn check_state(e: f32) -> u32 {
     if e <= params.threshold {

@@ -400,7 +400,7 @@ fn sinkhorn_half_split_f32(
 
 // Each active pair's L1 row-marginal error from the terms of the SPLIT_TERMS pipeline:
 // err[p] = Σ_i err[pairs + p·n + i] over i < nr, in a fixed order (strided partial sums, then
-// the tree of sinkhorn_errors_f32). Dispatch (pairs, 1, 1).
+// sum_partial's tree, as sinkhorn_errors_f32). Dispatch (pairs, 1, 1).
 @compute @workgroup_size(WG)
 fn sinkhorn_split_errors_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -419,15 +419,9 @@ fn sinkhorn_split_errors_f32(
         total += err[params.pairs + p * params.n + i];
     }
     partial[t] = total;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if t < half {
-            partial[t] += partial[t + half];
-        }
-        workgroupBarrier();
-    }
+    let e = sum_partial(t);
     if t == 0u {
-        err[p] = partial[0];
+        err[p] = e;
     }
 }
 
@@ -468,14 +462,8 @@ fn sinkhorn_errors_f32(
         total += exp2(log_a[p * params.n + i]) * abs(exp2(fi - f_new) - 1.0);
     }
     partial[t] = total;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if t < half {
-            partial[t] += partial[t + half];
-        }
-        workgroupBarrier();
-    }
+    let e = sum_partial(t);
     if t == 0u {
-        err[p] = partial[0];
+        err[p] = e;
     }
 }

@@ -78,9 +78,12 @@ pub struct CudaSinkhornState {
     active: CudaSlice<u32>,
     err: CudaSlice<f32>,
     /// Each row's share of the marginal error, `(pairs, n)`, for the split check (one
-    /// element when K is on chip).
+    /// element without the split).
     terms: CudaSlice<f32>,
     k_in_smem: bool,
+    /// K stays in global memory and [`SinkhornSplit::On`]: the iterations and checks run
+    /// as split half-iterations (decided, and the size checked, by `prepare`).
+    split: bool,
     /// `err` holds the error of the current iterate of every pair that was ever active.
     errors_current: bool,
     /// Iterations the fused launch already ran for the solver's first chunk.
@@ -134,7 +137,7 @@ impl CudaBackend {
     /// `sinkhorn_split_error_f32` for their sums. All on the stream, with no host
     /// synchronisation.
     fn launch_iterate(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
-        if !st.k_in_smem && self.split() == SinkhornSplit::On {
+        if st.split {
             for _ in 0..iterations {
                 self.launch_half(st, false, 0)?;
                 self.launch_half(st, true, 0)?;
@@ -164,8 +167,8 @@ impl CudaBackend {
             .buf(&st.active)
             .buf_mut(&mut st.err)
             .u32(&n);
-        // SAFETY: terms holds pairs*n floats (allocated by `prepare` when K stays in global
-        // memory, the only case that launches this), rows and active pairs entries with
+        // SAFETY: terms holds pairs*n floats (allocated by `prepare` for split states, the
+        // only ones that launch this), rows and active pairs entries with
         // rows[p] <= n, err pairs floats; block 32 = the kernel's .maxntid, no shared memory.
         unsafe { l.launch(cfg) }
     }
@@ -179,7 +182,6 @@ impl CudaBackend {
             "terms has n entries per pair: rows only"
         );
         let (own, other) = if columns { (st.m, st.n) } else { (st.n, st.m) };
-        split_fits(st.n, st.m)?;
         let cfg = LaunchConfig {
             grid_dim: (
                 as_u32("pairs", st.pairs)?,
@@ -219,8 +221,8 @@ impl CudaBackend {
         // pairs entries with rows[p] <= n and cols[p] <= m. The kernel reads kmat[p] rows
         // below own_len[p] up to other_len[p] columns and writes own[p][i] (mode 0) or
         // terms[p][i] (mode 1, rows only: terms has n per pair) for i < own_len[p];
-        // grid.y = ceil(own / 8) <= 65535 (checked above), block 256 = the kernel's .maxntid,
-        // no shared memory.
+        // grid.y = ceil(own / 8) <= 65535 (split_fits, checked by `prepare` for this state's
+        // n and m), block 256 = the kernel's .maxntid, no shared memory.
         unsafe { l.launch(cfg) }
     }
 
@@ -459,6 +461,7 @@ impl CudaBackend {
             err: bufs.err,
             terms: self.zeros(1)?,
             k_in_smem: true,
+            split: false,
             errors_current: true,
             fused_ahead: first,
         };
@@ -492,7 +495,8 @@ impl SinkhornKernels for CudaBackend {
     fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<CudaSinkhornState> {
         let (pairs, n, m) = (problem.pairs, problem.n, problem.m);
         let k_in_smem = iterate_smem(n, m, true) <= self.dev.smem_optin;
-        if !k_in_smem && self.split() == SinkhornSplit::On {
+        let split = !k_in_smem && self.split() == SinkhornSplit::On;
+        if split {
             // The split kernels keep nothing in shared memory: any size whose lines fit the
             // grid (a warp per line, SPLIT_LINES_PER_CTA per CTA along grid.y).
             split_fits(n, m)?;
@@ -555,9 +559,10 @@ impl SinkhornKernels for CudaBackend {
             g: self.upload(&g)?,
             active: self.zeros(pairs)?,
             err: self.zeros(pairs)?,
-            terms: self.zeros(if k_in_smem { 1 } else { pairs * n })?,
+            terms: self.zeros(if split { pairs * n } else { 1 })?,
             host,
             k_in_smem,
+            split,
             errors_current: false,
             fused_ahead: 0,
         })
