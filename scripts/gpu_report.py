@@ -28,7 +28,9 @@ torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.p
 bench_steps = sorted(n[len("bench-"):-len(".log")] for n in os.listdir(logs)
                      if n.startswith("bench-") and n.endswith(".log")) if os.path.isdir(logs) else []
 bench = {be: jsonl("bench-" + be) for be in bench_steps}
-cuda_runs = [be for be in bench if be == "cuda" or be.startswith("cuda-")]
+# The kernel variants; "cuda-pageable" runs the default kernels with another host copy path,
+# so it has wall-time ratios below and no goals of its own.
+cuda_runs = [be for be in bench if be == "cuda" or (be.startswith("cuda-") and be != "cuda-pageable")]
 tests = ""
 p = os.path.join(logs, "cuda-tests.log")
 if os.path.exists(p):
@@ -93,6 +95,24 @@ for kernel in ("sinkhorn-512", "sinkhorn-2048"):
     if device_time("cuda-nosplit", kernel) and device_time("cuda", kernel):
         ratios[f"cuda-nosplit {kernel} (device) / cuda {kernel} (device)"] = \
             device_time("cuda-nosplit", kernel) / device_time("cuda", kernel)
+# Host <-> device copies: the wall time of the problems that move the most bytes with the
+# driver's pageable path ("cuda-pageable": OPTICAL_CUDA_STAGING=pageable) against the
+# default page-locked staging; and the end-to-end rate of the largest copy problem against
+# the PCIe rates PyTorch measured (pinned and pageable, host to device).
+def wall_time(be, kernel):
+    r = next((r for r in bench.get(be, []) if r.get("kernel") == kernel), None)
+    return r.get("seconds_per_call") if r else None
+for kernel in ("sinkhorn-fused", "cosine-cost-hbm"):
+    if wall_time("cuda-pageable", kernel) and wall_time("cuda", kernel):
+        ratios[f"cuda-pageable {kernel} (wall) / cuda {kernel} (wall)"] = \
+            wall_time("cuda-pageable", kernel) / wall_time("cuda", kernel)
+pcie = (torch or {}).get("pcie_gb_per_s") or {}
+hbm_wall = next((r for r in bench.get("cuda", []) if r.get("kernel") == "cosine-cost-hbm"), None)
+for how in ("pinned", "pageable"):
+    rate = pcie.get(f"host_to_device_{how}")
+    if rate and hbm_wall and hbm_wall.get("gb_per_s"):
+        ratios[f"cuda cosine-cost-hbm wall GB/s / torch {how} host-to-device GB/s"] = \
+            hbm_wall["gb_per_s"] / rate
 result["ratios"] = ratios
 
 # The issue's performance goals (issue 4), each met or not on this run's numbers.
@@ -140,7 +160,11 @@ for be, recs in bench.items():
                   + (f"{dev:.6f} | {r['device_rate']:.2f} {unit} |" if dev else "- | - |"))
 if torch:
     md += ["", f"## PyTorch {torch.get('torch')} (CUDA {torch.get('cuda')}), same problem", "",
-           f"HBM copy bandwidth: {torch.get('hbm_copy_gb_per_s') or 0:.0f} GB/s", "",
+           f"HBM copy bandwidth: {torch.get('hbm_copy_gb_per_s') or 0:.0f} GB/s", ""]
+    if pcie:
+        md += ["Host <-> device copies of 256 MiB (GB/s): " + ", ".join(
+            f"{k.replace('_', ' ')} {v:.1f}" for k, v in pcie.items()), ""]
+    md += [
            "| implementation | s/call | G exp/s |", "|---|---:|---:|"]
     for r in torch.get("results", []):
         if "seconds_per_call" in r:

@@ -153,6 +153,37 @@ def main():
         out["hbm_copy_gb_per_s"] = 2.0 * src.numel() * 4 / s / 1e9
         del src, dst
         flush()
+        # Host <-> device copies of 256 MiB (wall time, each copy synchronised), from
+        # pageable and from page-locked host memory: the ceilings of a backend whose inputs
+        # and outputs live on the host.
+        if cuda:
+            pcie = {}
+            dev_buf = torch.empty(64 * 1024 * 1024, dtype=torch.float32, device=dev)
+            for how in ("pageable", "pinned"):
+                host = torch.empty(dev_buf.numel(), dtype=torch.float32,
+                                   pin_memory=(how == "pinned"))
+                host.fill_(1.0)
+                nbytes = host.numel() * 4
+
+                def wall(copy):
+                    for _ in range(2):
+                        copy()
+                    torch.cuda.synchronize()
+                    samples = []
+                    for _ in range(5):
+                        t0 = time.perf_counter()
+                        copy()
+                        torch.cuda.synchronize()
+                        samples.append(time.perf_counter() - t0)
+                    return statistics.median(samples)
+
+                pcie[f"host_to_device_{how}"] = nbytes / wall(lambda: dev_buf.copy_(host)) / 1e9
+                pcie[f"device_to_host_{how}"] = nbytes / wall(lambda: host.copy_(dev_buf)) / 1e9
+                del host
+            del dev_buf
+            out["pcie_gb_per_s"] = pcie
+            print(json.dumps({"pcie_gb_per_s": pcie}), file=sys.stderr)
+            flush()
         if not args.no_compile:
             # One compiled iteration (two fused reductions), the loop in Python: compiles in
             # seconds; then the whole unrolled solve, with and without CUDA graphs.

@@ -10,7 +10,7 @@
 //! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
 #![cfg(feature = "cuda")]
 
-use optical::backend::cuda::{CostKernel, CudaBackend, FusedThreads, SinkhornSplit};
+use optical::backend::cuda::{CostKernel, CudaBackend, FusedThreads, SinkhornSplit, Staging};
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -630,6 +630,42 @@ fn fused_sinkhorn_converges_like_the_reference() {
                 want.iterations
             );
         }
+    }
+}
+
+/// Host ↔ device copies, both ways, bit for bit: below the staging threshold (1 MiB), at
+/// it, one float either side of the 8 MiB chunk, and three chunks with a partial last one,
+/// through the staging buffers and through the driver's pageable path.
+#[test]
+fn copies_round_trip_exactly() {
+    let Some(gpu) = cuda() else { return };
+    const MIB_FLOATS: usize = (1 << 20) / 4;
+    let sizes = [
+        1,
+        MIB_FLOATS - 1,
+        MIB_FLOATS,
+        8 * MIB_FLOATS - 1,
+        8 * MIB_FLOATS + 1,
+        16 * MIB_FLOATS + 12_345,
+    ];
+    let mut rng = SplitMix64::new(41);
+    for staging in Staging::ALL {
+        let cuda = cuda_of(&gpu).clone().with_staging(staging);
+        for &len in &sizes {
+            let data = rng.normals_f32(len);
+            let back = cuda.round_trip(&data).unwrap();
+            let first_bad = data
+                .iter()
+                .zip(&back)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                back.len() == len && first_bad.is_none(),
+                "{} copy of {len} floats: {} back, first difference at {first_bad:?}",
+                staging.name(),
+                back.len()
+            );
+        }
+        eprintln!("{}: round trips exact for {sizes:?} floats", staging.name());
     }
 }
 

@@ -121,6 +121,27 @@ fn report_computes_the_issue_goals_from_the_logs() {
     std::fs::write(logs.join("bench-cuda-fp32.log"), fp32.join("\n")).unwrap();
     // sinkhorn-512 with one CTA per pair (OPTICAL_CUDA_SINKHORN_SPLIT=off), 7.6x slower.
     std::fs::write(logs.join("bench-cuda-nosplit.log"), sinkhorn_512(3.8e-3)).unwrap();
+    // The large-copy problems through the driver's pageable path: the HBM cost problem's
+    // wall time 4x the default's (2e-4 s), the fused one's 2x (0.0045 s).
+    let pageable = [
+        cuda_record(
+            "cosine-cost-hbm",
+            "b=512 n=128 m=128 d=384",
+            8e-4,
+            cost_device,
+            "gb_per_s",
+            cost_bytes,
+        ),
+        cuda_record(
+            "sinkhorn-fused",
+            "b=256 n=128 m=128 d=384 eps=0.05 iterations=100",
+            0.009,
+            fused_device,
+            "gexp_per_s",
+            exps,
+        ),
+    ];
+    std::fs::write(logs.join("bench-cuda-pageable.log"), pageable.join("\n")).unwrap();
     // The same fused problem through WGSL (device time from pass timestamps), 3x slower.
     let wgpu_fused =
         fused(fused_device * 3.0).replace(r#""backend":"cuda""#, r#""backend":"wgpu""#);
@@ -150,6 +171,8 @@ fn report_computes_the_issue_goals_from_the_logs() {
     let torch = serde_json::json!({
         "gpu": "NVIDIA H100 80GB HBM3", "multiprocessors": 132, "torch": "2.11.0", "cuda": "13.0",
         "hbm_copy_gb_per_s": 3200.0,
+        "pcie_gb_per_s": {"host_to_device_pageable": 10.0, "device_to_host_pageable": 8.0,
+                          "host_to_device_pinned": 50.0, "device_to_host_pinned": 51.0},
         "results": [
             {"impl": "torch-eager", "seconds_per_call": 0.08, "gexp_per_s": exps / 0.08 / 1e9},
             {"impl": "torch-compile", "seconds_per_call": 0.010, "gexp_per_s": exps / 0.010 / 1e9},
@@ -232,6 +255,30 @@ fn report_computes_the_issue_goals_from_the_logs() {
         7.6,
     );
     assert!(md.contains("| cuda-nosplit | sinkhorn-512 |"), "{md}");
+    close(
+        &json["ratios"]["cuda-pageable cosine-cost-hbm (wall) / cuda cosine-cost-hbm (wall)"],
+        4.0,
+    );
+    close(
+        &json["ratios"]["cuda-pageable sinkhorn-fused (wall) / cuda sinkhorn-fused (wall)"],
+        2.0,
+    );
+    // 256 MB in 2e-4 s of wall time (1,280 GB/s) against 50 GB/s pinned and 10 pageable.
+    close(
+        &json["ratios"]["cuda cosine-cost-hbm wall GB/s / torch pinned host-to-device GB/s"],
+        cost_bytes / 2e-4 / 1e9 / 50.0,
+    );
+    close(
+        &json["ratios"]["cuda cosine-cost-hbm wall GB/s / torch pageable host-to-device GB/s"],
+        cost_bytes / 2e-4 / 1e9 / 10.0,
+    );
+    assert!(md.contains("host to device pinned 50.0"), "{md}");
+    assert!(
+        goals
+            .iter()
+            .all(|g| !g["goal"].as_str().unwrap().contains("pageable")),
+        "the copy-path run judges no kernel goal: {goals:?}"
+    );
     assert!(
         goal("HBM bandwidth")["goal"]
             .as_str()

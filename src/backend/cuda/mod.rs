@@ -22,6 +22,9 @@
 //! reads back `b` floats. Pairs whose scaled cost does not fit in shared memory run each
 //! half-iteration as its own launch instead, a warp per row (or column), so that a few large
 //! pairs still spread over the whole GPU.
+//!
+//! Copies of 1 MiB or more between host and device go through two page-locked staging
+//! buffers, pipelined with the DMA engine ([`Staging`], `$OPTICAL_CUDA_STAGING`).
 
 pub mod ptx;
 
@@ -29,9 +32,11 @@ pub mod ptx;
 mod device;
 #[cfg(feature = "cuda")]
 mod sinkhorn;
+#[cfg(feature = "cuda")]
+mod staging;
 
 #[cfg(feature = "cuda")]
 pub use device::{
-    probe, usable_device_count, CostKernel, CudaBackend, FusedThreads, SinkhornSplit,
-    COST_KERNEL_ENV, FUSED_THREADS_ENV, SINKHORN_SPLIT_ENV,
+    probe, usable_device_count, CostKernel, CudaBackend, FusedThreads, SinkhornSplit, Staging,
+    COST_KERNEL_ENV, FUSED_THREADS_ENV, SINKHORN_SPLIT_ENV, STAGING_ENV,
 };
