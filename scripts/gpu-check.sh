@@ -72,6 +72,8 @@ LOGS="$OUT.logs"
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
 declare -A STATUS
+# Seconds each step ran, for the report (so the next run's GPU_CHECK_SECONDS can be planned).
+declare -A TOOK
 # step NAME COMMAND...: run it, log to $LOGS/NAME.log, record pass/FAIL. A command (not a
 # shell function) is stopped after ${T:-900} s, so one hung step cannot cost the others.
 step() {
@@ -89,6 +91,7 @@ step() {
         [ "$left" -lt "$limit" ] && limit=$left
     fi
     declare -F "$1" >/dev/null || run=(timeout --kill-after=10 "$limit" "$@")
+    local started=$SECONDS
     if "${run[@]}" >"$LOGS/$name.log" 2>&1; then
         STATUS[$name]=pass
     else
@@ -96,6 +99,7 @@ step() {
         echo "   FAILED (log: $LOGS/$name.log)" >&2
         tail -n 30 "$LOGS/$name.log" >&2
     fi
+    TOOK[$name]=$((SECONDS - started))
 }
 
 # Unpack a bundle from scripts/gpu-bundle.sh and check every binary against its MANIFEST.
@@ -245,6 +249,8 @@ fi
 T=120 step bench-cpu "$BIN" bench --backend cpu --json --min-seconds 1
 
 status_json=$(for k in "${!STATUS[@]}"; do printf '"%s": "%s",' "$k" "${STATUS[$k]}"; done)
+took_json=$(for k in "${!TOOK[@]}"; do printf '"%s": %s,' "$k" "${TOOK[$k]}"; done)
+echo "{${took_json%,}}" >"$LOGS/step-seconds.json"
 sm_clock=$(nvidia-smi --query-gpu=clocks.max.sm --format=csv,noheader,nounits 2>/dev/null | head -n1)
 OPTICAL_GPU_CHECK_SOURCE="$source_line" \
     python3 scripts/gpu_report.py "$OUT" "$LOGS" "$gpu" "{${status_json%,}}" "${sm_clock:-0}"

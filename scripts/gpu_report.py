@@ -22,6 +22,9 @@ def jsonl(name):
     return recs
 
 info = jsonl("info")
+# Seconds each step ran (gpu-check writes them; absent from older logs).
+took_path = os.path.join(logs, "step-seconds.json")
+took = json.load(open(took_path)) if os.path.exists(took_path) else {}
 torch = json.load(open(os.path.join(logs, "torch.json"))) if os.path.exists(os.path.join(logs, "torch.json")) else None
 # One entry per bench step of gpu-check (bench-<backend>[-<variant>].log): "cuda" (the
 # defaults), "cuda-fp32", "cuda-wgmma", ..., "wgpu", "cpu".
@@ -37,7 +40,8 @@ if os.path.exists(p):
     tests = "".join(l for l in open(p) if re.search(r"cuda max abs|test result|SKIPPED|panicked", l))
 
 source = os.environ.get("OPTICAL_GPU_CHECK_SOURCE", "")
-result = {"gpu": gpu, "source": source, "status": status, "info": info[0] if info else None, "bench": bench,
+result = {"gpu": gpu, "source": source, "status": status, "step_seconds": took,
+          "info": info[0] if info else None, "bench": bench,
           "torch": torch}
 
 # Ratios on the issue's problem (device times; see docs/PERFORMANCE.md, CUDA section), for
@@ -145,8 +149,8 @@ md = [f"# GPU check: {gpu}", "", "Produced by `scripts/gpu-check.sh`; raw logs i
 if source:
     md += [f"Code: {source}.", ""]
 md += [
-      "## Steps", "", "| step | status |", "|---|---|"]
-md += [f"| {k} | {v} |" for k, v in sorted(status.items())]
+      "## Steps", "", "| step | status | seconds |", "|---|---|---:|"]
+md += [f"| {k} | {v} | {took.get(k, '-')} |" for k, v in sorted(status.items())]
 md += ["", "## optical bench", "", "| backend | kernel | shape | wall s/call | wall rate | device s/call | device rate |",
        "|---|---|---|---:|---:|---:|---:|"]
 for be, recs in bench.items():

@@ -180,6 +180,11 @@ fn report_computes_the_issue_goals_from_the_logs() {
         ]
     });
     std::fs::write(logs.join("torch.json"), torch.to_string()).unwrap();
+    std::fs::write(
+        logs.join("step-seconds.json"),
+        r#"{"cuda-tests": 71, "bench-cuda": 38}"#,
+    )
+    .unwrap();
     // An Nsight Compute log (its text layout): the headline metrics go into the report.
     std::fs::write(
         logs.join("profile-fused.log"),
@@ -292,6 +297,8 @@ fn report_computes_the_issue_goals_from_the_logs() {
         "{md}"
     );
     assert!(md.contains("## Goals (issue 4)"), "{md}");
+    assert!(md.contains("| cuda-tests | pass | 71 |"), "{md}");
+    assert_eq!(json["step_seconds"]["bench-cuda"], 38);
     assert!(md.contains("| NO |") && md.contains("| yes |"), "{md}");
     assert!(md.contains("| cpu | sinkhorn-512 |"), "{md}");
     assert!(md.contains("RuntimeError: out of graphs"), "{md}");
