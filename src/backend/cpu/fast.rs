@@ -83,6 +83,12 @@ pub fn gelu_with_grad(values: &mut [f32], grad: &mut [f32]) {
         .for_each(|(v, g)| dispatch!(|FMA| simd::gelu_with_grad::<FMA>(v, g)));
 }
 
+/// `2^x` of every element in place ([`simd::exp2_f64`]: `f64`, branch-free, vectorised),
+/// with AVX2 + FMA when the CPU has them. Forms the `f64` plans of the `f32` backends.
+pub(crate) fn exp2_f64_in_place(values: &mut [f64]) {
+    dispatch!(|FMA| simd::exp2_f64_in_place::<FMA>(values))
+}
+
 impl CpuFast {
     /// Pairwise cosine cost (same contract as [`super::CpuReference::cosine_cost`]).
     pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
