@@ -183,7 +183,7 @@ else
 fi
 T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
-T=120 step bench-cuda "$BIN" bench --backend cuda --json --min-seconds 2 \
+T=120 step bench-cuda "$BIN" bench --backend cuda --json --phases --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
@@ -206,7 +206,7 @@ T=45 step bench-cuda-nosplit env OPTICAL_CUDA_SINKHORN_SPLIT=off "$BIN" bench --
     --min-seconds 2 --kernels sinkhorn-512,sinkhorn-2048
 # The problems that move the most bytes between host and device, their copies through the
 # driver's pageable path instead of the default page-locked staging buffers (wall time).
-T=45 step bench-cuda-pageable env OPTICAL_CUDA_STAGING=pageable "$BIN" bench --backend cuda --json \
+T=45 step bench-cuda-pageable env OPTICAL_CUDA_STAGING=pageable "$BIN" bench --backend cuda --json --phases \
     --min-seconds 2 --kernels sinkhorn-fused,cosine-cost-hbm
 T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
@@ -216,7 +216,7 @@ else
         cargo test --release --features "$FEATURES" -- --include-ignored
 fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
-    "$BIN" bench --backend wgpu --json --min-seconds 2 \
+    "$BIN" bench --backend wgpu --json --phases --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048
 # The Sinkhorn problems with the row kernels (one workgroup per pair, one invocation per row;
 # K in workgroup memory where it fits, else streamed), against the defaults: register-blocked
@@ -246,7 +246,7 @@ if [ -n "$NCU" ]; then
 else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi
-T=120 step bench-cpu "$BIN" bench --backend cpu --json --min-seconds 1
+T=120 step bench-cpu "$BIN" bench --backend cpu --json --phases --min-seconds 1
 
 status_json=$(for k in "${!STATUS[@]}"; do printf '"%s": "%s",' "$k" "${STATUS[$k]}"; done)
 took_json=$(for k in "${!TOOK[@]}"; do printf '"%s": %s,' "$k" "${TOOK[$k]}"; done)

@@ -162,6 +162,15 @@ for be, recs in bench.items():
         dev = r.get("device_seconds_per_call")
         md.append(f"| {be} | {r['kernel']} | {r['shape']} | {r['seconds_per_call']:.6f} | {rate:.2f} {unit} | "
                   + (f"{dev:.6f} | {r['device_rate']:.2f} {unit} |" if dev else "- | - |"))
+# Where the wall time of each call goes on the host (optical bench --phases; the phases
+# nest, see src/phases.rs).
+phase_rows = [(be, r) for be, recs in bench.items() for r in recs if r.get("host_phases")]
+if phase_rows:
+    md += ["", "## Host phases per call (ms; nested: copies and waits sit inside the solver's steps)", "",
+           "| backend | kernel | wall | phases |", "|---|---|---:|---|"]
+    for be, r in phase_rows:
+        phases = ", ".join(f"{p['phase']} {p['seconds_per_call'] * 1e3:.3f}" for p in r["host_phases"])
+        md.append(f"| {be} | {r['kernel']} | {r['seconds_per_call'] * 1e3:.3f} | {phases} |")
 if torch:
     md += ["", f"## PyTorch {torch.get('torch')} (CUDA {torch.get('cuda')}), same problem", "",
            f"HBM copy bandwidth: {torch.get('hbm_copy_gb_per_s') or 0:.0f} GB/s", ""]

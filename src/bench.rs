@@ -48,6 +48,17 @@ pub struct BenchRecord {
     /// throughput unit) computed from `device_seconds_per_call`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_rate: Option<f64>,
+    /// Host-side phases of a timed call (`--phases`; see [`crate::phases`]): seconds per call
+    /// of each, first seen first. Phases nest, so they do not add up to the wall time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_phases: Vec<PhaseTime>,
+}
+
+/// One host-side phase of a timed call.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseTime {
+    pub phase: &'static str,
+    pub seconds_per_call: f64,
 }
 
 pub const KERNELS: [&str; 4] = ["cosine-cost", "maxsim", "sinkhorn", "sinkhorn-512"];
@@ -117,29 +128,50 @@ pub fn median_seconds(
     Ok((samples[samples.len() / 2], samples.len()))
 }
 
-/// Wall time of `f` under [`median_seconds`].
-fn time<F: FnMut() -> Result<()>>(min_seconds: f64, mut f: F) -> Result<(f64, usize)> {
-    median_seconds(min_seconds, || {
+/// Wall time of `f` under [`median_seconds`], and the mean time per call of each host
+/// phase over the measured calls (empty unless phases are on; the warm-up call's are
+/// dropped, so one-time setup does not count).
+fn time<F: FnMut() -> Result<()>>(
+    min_seconds: f64,
+    mut f: F,
+) -> Result<(f64, usize, Vec<PhaseTime>)> {
+    let mut calls = 0usize;
+    let (s, n) = median_seconds(min_seconds, || {
+        if calls == 1 {
+            crate::phases::take();
+        }
+        calls += 1;
         let t = Instant::now();
         f()?;
         Ok(t.elapsed().as_secs_f64())
-    })
+    })?;
+    let phases = crate::phases::take()
+        .into_iter()
+        .map(|(phase, total)| PhaseTime {
+            phase,
+            seconds_per_call: total / n as f64,
+        })
+        .collect();
+    Ok((s, n, phases))
 }
 
 /// Time one standard kernel on `backend`.
 pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<BenchRecord> {
     let name = backend.kind().name();
-    let record = |kernel, shape: String, (s, calls): (f64, usize)| BenchRecord {
-        kernel,
-        backend: name,
-        shape,
-        seconds_per_call: s,
-        calls,
-        gb_per_s: None,
-        gexp_per_s: None,
-        gflop_per_s: None,
-        device_seconds_per_call: None,
-        device_rate: None,
+    let record = |kernel, shape: String, (s, calls, host_phases): (f64, usize, Vec<PhaseTime>)| {
+        BenchRecord {
+            kernel,
+            backend: name,
+            shape,
+            seconds_per_call: s,
+            calls,
+            gb_per_s: None,
+            gexp_per_s: None,
+            gflop_per_s: None,
+            device_seconds_per_call: None,
+            device_rate: None,
+            host_phases,
+        }
     };
     // Attach the device-only time and the rate `amount / time` computed from it.
     let device = |r: &mut BenchRecord, job: DeviceJob<'_>, amount: f64| -> Result<()> {
@@ -162,8 +194,8 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             let t = time(min_seconds, || backend.cosine_cost(&x, &y).map(drop))?;
             let bytes = 4.0 * (b * n * d + b * m * d + b * n * m) as f64;
             let mut r = record(name, format!("b={b} n={n} m={m} d={d}"), t);
-            r.gb_per_s = Some(bytes / t.0 / 1e9);
-            r.gflop_per_s = Some(2.0 * (b * n * m * d) as f64 / t.0 / 1e9);
+            r.gb_per_s = Some(bytes / r.seconds_per_call / 1e9);
+            r.gflop_per_s = Some(2.0 * (b * n * m * d) as f64 / r.seconds_per_call / 1e9);
             device(&mut r, DeviceJob::CosineCost(&x, &y), bytes)?;
             Ok(r)
         }
@@ -184,8 +216,8 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
                 ),
                 t,
             );
-            r.gb_per_s = Some(4.0 * docs.data.len() as f64 / t.0 / 1e9);
-            r.gflop_per_s = Some(flops / t.0 / 1e9);
+            r.gb_per_s = Some(4.0 * docs.data.len() as f64 / r.seconds_per_call / 1e9);
+            r.gflop_per_s = Some(flops / r.seconds_per_call / 1e9);
             device(
                 &mut r,
                 DeviceJob::Maxsim(&q, &docs),
@@ -210,7 +242,7 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
                 format!("b={b} n={n} m={n} eps=0.05 iterations={iters}"),
                 t,
             );
-            r.gexp_per_s = Some(exps / t.0 / 1e9);
+            r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
             device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
             Ok(r)
         }
@@ -228,7 +260,7 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
                 format!("b={b} n={n} m={n} d={d} eps=0.05 iterations={iters}"),
                 t,
             );
-            r.gexp_per_s = Some(exps / t.0 / 1e9);
+            r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
             device(&mut r, DeviceJob::SinkhornFused(&x, &y, &params), exps)?;
             Ok(r)
         }

@@ -22,6 +22,7 @@ pub mod encoder;
 pub mod error;
 pub mod io;
 pub mod ot;
+pub mod phases;
 pub mod report;
 pub mod retrieval;
 pub mod rng;

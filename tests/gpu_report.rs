@@ -141,6 +141,14 @@ fn report_computes_the_issue_goals_from_the_logs() {
             exps,
         ),
     ];
+    // The pageable run with its host phases (as `optical bench --phases --json` adds them).
+    let pageable = [
+        pageable[0].replace(
+            r#""device_seconds_per_call""#,
+            r#""host_phases":[{"phase":"copy to device","seconds_per_call":0.0006},{"phase":"copy to host","seconds_per_call":0.00015}],"device_seconds_per_call""#,
+        ),
+        pageable[1].clone(),
+    ];
     std::fs::write(logs.join("bench-cuda-pageable.log"), pageable.join("\n")).unwrap();
     // The same fused problem through WGSL (device time from pass timestamps), 3x slower.
     let wgpu_fused =
@@ -158,6 +166,7 @@ fn report_computes_the_issue_goals_from_the_logs() {
             "sinkhorn-512",
             "--min-seconds",
             "0",
+            "--phases",
         ])
         .output()
         .unwrap();
@@ -279,6 +288,10 @@ fn report_computes_the_issue_goals_from_the_logs() {
     );
     assert!(md.contains("host to device pinned 50.0"), "{md}");
     assert!(
+        md.contains("| cuda-pageable | cosine-cost-hbm | 0.800 | copy to device 0.600, copy to host 0.150 |"),
+        "{md}"
+    );
+    assert!(
         goals
             .iter()
             .all(|g| !g["goal"].as_str().unwrap().contains("pageable")),
@@ -301,6 +314,14 @@ fn report_computes_the_issue_goals_from_the_logs() {
     assert_eq!(json["step_seconds"]["bench-cuda"], 38);
     assert!(md.contains("| NO |") && md.contains("| yes |"), "{md}");
     assert!(md.contains("| cpu | sinkhorn-512 |"), "{md}");
+    let cpu_phases = md
+        .lines()
+        .find(|l| l.starts_with("| cpu | sinkhorn-512 |") && l.contains("prepare"))
+        .unwrap_or_else(|| panic!("no host phases of the real CPU record: {md}"));
+    assert!(
+        cpu_phases.contains("plan (f64)") && cpu_phases.contains("iterate"),
+        "{cpu_phases}"
+    );
     assert!(md.contains("RuntimeError: out of graphs"), "{md}");
     assert!(md.contains("test result: ok. 7 passed"), "{md}");
     let ncu = md

@@ -23,7 +23,10 @@ median seconds per call is reported. Sinkhorn timings include preparing the prob
 writing the plan; G exp/s counts 2*b*n*m exponentials per iteration. On cuda the kernels
 are also timed alone with CUDA events (inputs and outputs in device memory, no transfers),
 and on wgpu with GPU timestamps around each compute pass (adapters that have them; uploads
-and read-backs not counted): \"device\" seconds per call and rate.";
+and read-backs not counted): \"device\" seconds per call and rate. --phases adds where the
+rest of the wall time goes: the solver's prepare / iterate / check / finish, the problem's
+f64 cost, the f64 plan, the copies to and from the device and the waits for it (phases
+nest: the copies sit inside the solver's steps).";
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -39,6 +42,10 @@ pub struct BenchArgs {
     /// Minimum measuring time per kernel, in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub min_seconds: f64,
+    /// Also time the host-side phases of each call (copies to and from the device, waits,
+    /// solver steps, the f64 plan): seconds per call of each, in `host_phases` with --json.
+    #[arg(long)]
+    pub phases: bool,
 }
 
 pub fn run(args: BenchArgs) -> crate::Result<()> {
@@ -49,6 +56,7 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
     } else {
         args.kernels
     };
+    crate::phases::set_enabled(args.phases);
     for k in &kernels {
         let r = run_kernel(&backend, k, args.min_seconds)?;
         if args.json {
@@ -78,6 +86,14 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
                 "{:<13} {:<14} {:>12.6} s/call  {rate}{device}   [{}]",
                 r.kernel, r.backend, r.seconds_per_call, r.shape
             );
+            if !r.host_phases.is_empty() {
+                let phases: Vec<String> = r
+                    .host_phases
+                    .iter()
+                    .map(|p| format!("{} {:.3} ms", p.phase, p.seconds_per_call * 1e3))
+                    .collect();
+                println!("    host phases per call (nested): {}", phases.join(", "));
+            }
         }
     }
     Ok(())

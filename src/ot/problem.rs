@@ -217,6 +217,7 @@ impl Problem {
         x_lengths: &[usize],
         y_lengths: &[usize],
     ) -> Result<Self> {
+        let _phase = crate::phases::phase("problem (f64 cost)");
         let uniform = |lengths: &[usize], width: usize| -> Vec<f64> {
             lengths
                 .iter()

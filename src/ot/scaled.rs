@@ -119,6 +119,7 @@ pub fn solution<'a, S>(problem: &Problem, epsilon: f64, scaled: S) -> Solution
 where
     S: Fn(usize) -> (&'a Support, &'a [f32], &'a [f32]) + Sync,
 {
+    let _phase = crate::phases::phase("plan (f64)");
     let (pairs, n, m) = (problem.pairs, problem.n, problem.m);
     // Each row's position in its pair's support (usize::MAX: a padding row).
     let mut support_row = vec![usize::MAX; pairs * n];

@@ -31,6 +31,7 @@
 
 use crate::error::{Error, Result};
 use crate::ot::problem::{Problem, SinkhornParams};
+use crate::phases;
 
 /// What a backend supplies to the solver. A backend keeps its per-batch working data
 /// (compacted and rescaled costs, potentials, device buffers) in `State`.
@@ -108,7 +109,9 @@ pub fn solve<K: SinkhornKernels>(
 ) -> Result<SinkhornOutput> {
     params.validate()?;
     let pairs = problem.pairs;
+    let prepare = phases::phase("prepare");
     let mut state = kernels.prepare(problem, params.epsilon)?;
+    drop(prepare);
     let mut active = vec![true; pairs];
     let mut iterations = vec![0u32; pairs];
     let mut converged = vec![false; pairs];
@@ -116,9 +119,13 @@ pub fn solve<K: SinkhornKernels>(
     let mut done = 0usize;
     while done < params.max_iterations && active.iter().any(|&a| a) {
         let chunk = params.check_every.min(params.max_iterations - done);
+        let iterate = phases::phase("iterate");
         kernels.iterate(&mut state, &active, chunk)?;
+        drop(iterate);
         done += chunk;
+        let check = phases::phase("check");
         let errs = kernels.marginal_errors(&mut state, &active)?;
+        drop(check);
         if errs.len() != pairs {
             return Err(Error::Backend {
                 backend: "solver",
@@ -141,7 +148,9 @@ pub fn solve<K: SinkhornKernels>(
             }
         }
     }
+    let finish = phases::phase("finish");
     let sol = kernels.finish(state, problem)?;
+    drop(finish);
     Ok(SinkhornOutput {
         pairs,
         n: problem.n,

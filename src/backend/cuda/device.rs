@@ -808,6 +808,7 @@ impl CudaBackend {
     }
 
     pub(super) fn upload<T: DeviceRepr + Pod>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        let _phase = crate::phases::phase("copy to device");
         let stream = &self.dev.stream;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let staged = self.with_stager(bytes.len(), |stager| -> Result<CudaSlice<T>> {
@@ -847,6 +848,14 @@ impl CudaBackend {
 
     pub(super) fn download<T: DeviceRepr + Pod>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
         let stream = &self.dev.stream;
+        if crate::phases::enabled() {
+            // Timed apart, so that the copy's phase holds the copy alone.
+            let _phase = crate::phases::phase("wait for device");
+            stream
+                .synchronize()
+                .map_err(driver("wait for the device"))?;
+        }
+        let _phase = crate::phases::phase("copy to host");
         let len = buf.len();
         let size = std::mem::size_of::<T>();
         let staged = self.with_stager(size * len, |stager| {

@@ -506,6 +506,7 @@ impl WgpuContext {
 
     /// A storage buffer holding `data` (at least 4 bytes), from the pool when one fits.
     pub(crate) fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> wgpu::Buffer {
+        let _phase = crate::phases::phase("copy to device");
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.storage(bytes.len() as u64);
         if !bytes.is_empty() {
@@ -688,6 +689,7 @@ impl WgpuContext {
         dst: &wgpu::Buffer,
         len: Option<usize>,
     ) -> Result<Vec<T>> {
+        let wait = crate::phases::phase("wait for device");
         let (tx, rx) = std::sync::mpsc::channel();
         dst.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
@@ -698,6 +700,8 @@ impl WgpuContext {
         rx.recv()
             .map_err(|e| self.fail(operation, e.to_string()))?
             .map_err(|e| self.fail(operation, e.to_string()))?;
+        drop(wait);
+        let _phase = crate::phases::phase("copy to host");
         let view = dst
             .get_mapped_range(..)
             .map_err(|e| self.fail(operation, e.to_string()))?;
