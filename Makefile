@@ -41,9 +41,10 @@ lint: check-burn-cuda
 check-burn-cuda:
 	DOCS_RS=1 cargo clippy --lib --features wgpu,cuda,burn-cuda -- -D warnings
 
-## Assemble every kernels/*.ptx for sm_80 and sm_90 (no GPU needed); fails on spills.
+## Assemble every kernels/*.ptx for sm_80 and sm_90 (no GPU needed); fails on spills and
+## when the register report in docs/PERFORMANCE.md is out of date.
 ptxas:
-	bash scripts/ptxas-check.sh --no-report
+	bash scripts/ptxas-check.sh --check
 
 ## Run every PTX kernel in the PTX interpreter on small shapes against its contract (pure
 ## Python, no GPU; one process per CPU). `make unit` runs it too (tests/ptxas.rs).

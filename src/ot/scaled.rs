@@ -14,6 +14,8 @@
 //! keep their `f32` precision. Every backend starts from `g = 0`, i.e. `G = −β·log2(e)/ε`
 //! ([`ScaledPair::initial_g`]), so all of them follow the same iterates.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::ot::problem::Problem;
@@ -41,36 +43,60 @@ pub struct ScaledPair {
 }
 
 impl ScaledPair {
+    /// Pair `p` of `problem` in the scaled form. Rows are spread over threads in blocks of
+    /// at least [`MIN_TASK_ENTRIES`] entries (so a small pair is one task and a few large
+    /// pairs use every thread); the minima are exact whatever the split, so the result does
+    /// not depend on the thread count.
     pub fn new(problem: &Problem, p: usize, epsilon: f64) -> ScaledPair {
         let (rows, cols) = problem.support(p);
         let (nc, m) = (cols.len(), problem.m);
         let c = problem.cost_of(p);
-        let mut cs: Vec<f64> = rows
-            .iter()
-            .flat_map(|&i| cols.iter().map(move |&j| c[i * m + j]))
-            .collect();
-        let alpha: Vec<f64> = cs
-            .chunks_exact(nc)
-            .map(|r| r.iter().copied().fold(f64::INFINITY, f64::min))
-            .collect();
-        for (r, &al) in cs.chunks_exact_mut(nc).zip(&alpha) {
-            r.iter_mut().for_each(|v| *v -= al);
-        }
-        let mut beta = vec![f64::INFINITY; nc];
-        for r in cs.chunks_exact(nc) {
-            for (b, &v) in beta.iter_mut().zip(r) {
-                *b = b.min(v);
+        // Real columns are usually a prefix (ragged batches): then rows are read as slices.
+        let prefix = nc > 0 && cols[nc - 1] == nc - 1;
+        let row_of = |i: usize| -> Cow<'_, [f64]> {
+            let row = &c[i * m..(i + 1) * m];
+            if prefix {
+                Cow::Borrowed(&row[..nc])
+            } else {
+                Cow::Owned(cols.iter().map(|&j| row[j]).collect())
             }
-        }
-        let scale = -LOG2E / epsilon;
-        let k = cs
-            .chunks_exact(nc)
-            .flat_map(|r| {
-                r.iter()
-                    .zip(&beta)
-                    .map(|(&v, &bj)| ((v - bj) * scale) as f32)
-            })
+        };
+        let min_rows = MIN_TASK_ENTRIES.div_ceil(nc.max(1));
+        let alpha: Vec<f64> = rows
+            .par_iter()
+            .with_min_len(min_rows)
+            .map(|&i| row_of(i).iter().copied().fold(f64::INFINITY, f64::min))
             .collect();
+        let beta = rows
+            .par_iter()
+            .zip(&alpha)
+            .with_min_len(min_rows)
+            .fold(
+                || vec![f64::INFINITY; nc],
+                |mut beta, (&i, &al)| {
+                    for (b, &v) in beta.iter_mut().zip(row_of(i).iter()) {
+                        *b = b.min(v - al);
+                    }
+                    beta
+                },
+            )
+            .reduce(
+                || vec![f64::INFINITY; nc],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x = x.min(y));
+                    a
+                },
+            );
+        let scale = -LOG2E / epsilon;
+        let mut k = vec![0.0f32; rows.len() * nc];
+        k.par_chunks_mut(nc.max(1))
+            .zip(rows.par_iter().zip(&alpha))
+            .with_min_len(min_rows)
+            .for_each(|(out, (&i, &al))| {
+                for ((o, &v), &bj) in out.iter_mut().zip(row_of(i).iter()).zip(&beta) {
+                    *o = ((v - al - bj) * scale) as f32;
+                }
+            });
         let log2_a = rows
             .iter()
             .map(|&i| problem.a[p * problem.n + i].log2() as f32)
@@ -101,6 +127,47 @@ impl ScaledPair {
             .map(|&b| (b * scale) as f32)
             .collect()
     }
+}
+
+/// Entries a parallel task of the per-pair passes handles at least: a 128 × 128 pair is one
+/// task, a 2048 × 2048 pair 256.
+pub const MIN_TASK_ENTRIES: usize = 1 << 14;
+
+/// Columns (of the source) per parallel task of [`transpose_into`]; tiles of 32 × 32 keep
+/// both the reads and the writes within a few cache lines per row.
+const TRANSPOSE_BLOCK: usize = 32;
+
+/// `dst[j·dst_stride + i] = src[i·src_stride + j]` for `i < rows`, `j < cols`: a blocked
+/// transpose, spread over threads by blocks of source columns (each a contiguous run of
+/// `dst` rows). Entries of `dst` outside that range are left as they are.
+pub fn transpose_into(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let min_blocks = MIN_TASK_ENTRIES.div_ceil(rows * TRANSPOSE_BLOCK);
+    dst[..cols * dst_stride]
+        .par_chunks_mut(TRANSPOSE_BLOCK * dst_stride)
+        .with_min_len(min_blocks)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let j0 = block * TRANSPOSE_BLOCK;
+            let width = out.len() / dst_stride;
+            for i0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
+                for i in i0..(i0 + TRANSPOSE_BLOCK).min(rows) {
+                    let row = &src[i * src_stride + j0..i * src_stride + j0 + width];
+                    for (dj, &v) in row.iter().enumerate() {
+                        out[dj * dst_stride + i] = v;
+                    }
+                }
+            }
+        });
 }
 
 /// Rows of the plan each parallel task forms (whatever the batch's shape, so that a few
@@ -204,4 +271,104 @@ where
         }
     });
     sol
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    #[test]
+    fn transpose_matches_the_definition_and_leaves_the_rest() {
+        let mut rng = SplitMix64::new(7);
+        for (rows, cols, src_stride, dst_stride) in [
+            (1, 1, 1, 1),
+            (31, 33, 33, 31),
+            (33, 31, 40, 35),
+            (64, 1, 1, 64),
+            (1, 64, 64, 1),
+            (600, 70, 70, 600),
+            (70, 600, 601, 80),
+        ] {
+            let src = rng.normals_f32(rows * src_stride);
+            let mut dst = vec![f32::NAN; cols.max(1) * dst_stride + 3];
+            transpose_into(&src, rows, cols, src_stride, &mut dst, dst_stride);
+            for (k, &v) in dst.iter().enumerate() {
+                let (j, i) = (k / dst_stride, k % dst_stride);
+                if j < cols && i < rows {
+                    assert_eq!(v, src[i * src_stride + j], "{rows}x{cols}: ({i}, {j})");
+                } else {
+                    assert!(
+                        v.is_nan(),
+                        "{rows}x{cols}: entry {k} outside the range written"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The serial definition: every pass over the pair in order.
+    fn scaled_serially(
+        problem: &Problem,
+        p: usize,
+        epsilon: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
+        let (rows, cols) = problem.support(p);
+        let c = problem.cost_of(p);
+        let m = problem.m;
+        let alpha: Vec<f64> = rows
+            .iter()
+            .map(|&i| {
+                cols.iter()
+                    .map(|&j| c[i * m + j])
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        let mut beta = vec![f64::INFINITY; cols.len()];
+        for (&i, &al) in rows.iter().zip(&alpha) {
+            for (b, &j) in beta.iter_mut().zip(&cols) {
+                *b = b.min(c[i * m + j] - al);
+            }
+        }
+        let scale = -LOG2E / epsilon;
+        let mut k = vec![];
+        for (&i, &al) in rows.iter().zip(&alpha) {
+            for (&bj, &j) in beta.iter().zip(&cols) {
+                k.push(((c[i * m + j] - al - bj) * scale) as f32);
+            }
+        }
+        (alpha, beta, k)
+    }
+
+    #[test]
+    fn the_parallel_scaled_form_is_the_serial_one_bit_for_bit() {
+        let mut rng = SplitMix64::new(11);
+        // A pair far above MIN_TASK_ENTRIES with a prefix support (ragged lengths), and one
+        // with zero weights inside (gathered columns).
+        for (n, m, holes) in [(300, 200, false), (150, 170, true), (3, 2, true)] {
+            let cost: Vec<f64> = rng.normals_f32(n * m).iter().map(|&v| v as f64).collect();
+            let mut a = vec![1.0; n];
+            let mut b = vec![1.0; m];
+            if holes {
+                a[n / 2] = 0.0;
+                b[0] = 0.0;
+            } else {
+                a[n - 7..].iter_mut().for_each(|v| *v = 0.0);
+                b[m - 3..].iter_mut().for_each(|v| *v = 0.0);
+            }
+            let problem = Problem::new(1, n, m, cost, Some(a), Some(b)).unwrap();
+            let got = ScaledPair::new(&problem, 0, 0.05);
+            let (alpha, beta, k) = scaled_serially(&problem, 0, 0.05);
+            assert_eq!(got.support.alpha, alpha, "{n}x{m}");
+            assert_eq!(got.support.beta, beta, "{n}x{m}");
+            assert!(
+                got.k
+                    .iter()
+                    .zip(&k)
+                    .all(|(x, y)| x.to_bits() == y.to_bits())
+                    && got.k.len() == k.len(),
+                "{n}x{m}: K differs"
+            );
+        }
+    }
 }

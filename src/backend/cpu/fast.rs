@@ -349,11 +349,7 @@ impl FastPair {
         let scaled = ScaledPair::new(problem, p, epsilon);
         let (nr, nc) = (scaled.support.rows.len(), scaled.support.cols.len());
         let mut kt = vec![0.0f32; nr * nc];
-        for i in 0..nr {
-            for j in 0..nc {
-                kt[j * nr + i] = scaled.k[i * nc + j];
-            }
-        }
+        scaled::transpose_into(&scaled.k, nr, nc, nc, &mut kt, nr);
         FastPair {
             g: scaled.initial_g(epsilon),
             f: vec![0.0; nr],

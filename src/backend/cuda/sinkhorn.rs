@@ -533,11 +533,7 @@ impl SinkhornKernels for CudaBackend {
                 .zip(k.par_chunks(n * m))
                 .zip(&host)
                 .for_each(|((kt, k), hp)| {
-                    for ci in 0..hp.rows.len() {
-                        for cj in 0..hp.cols.len() {
-                            kt[cj * n + ci] = k[ci * m + cj];
-                        }
-                    }
+                    scaled::transpose_into(k, hp.rows.len(), hp.cols.len(), m, kt, n);
                 });
             self.upload(&kt)?
         };

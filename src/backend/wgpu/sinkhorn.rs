@@ -87,13 +87,9 @@ fn prepare_pair(problem: &Problem, p: usize, epsilon: f64) -> Prepared {
     let scaled = ScaledPair::new(problem, p, epsilon);
     let (nr, nc) = (scaled.support.rows.len(), scaled.support.cols.len());
     let mut slab = vec![0.0f32; 2 * n * m];
-    for i in 0..nr {
-        for j in 0..nc {
-            let k = scaled.k[i * nc + j];
-            slab[i * nc + j] = k;
-            slab[n * m + j * nr + i] = k;
-        }
-    }
+    let (k, kt) = slab.split_at_mut(n * m);
+    k[..nr * nc].copy_from_slice(&scaled.k);
+    scaled::transpose_into(&scaled.k, nr, nc, nc, kt, nr);
     let mut log2_a = scaled.log2_a.clone();
     log2_a.resize(n, 0.0);
     let mut log2_b = scaled.log2_b.clone();
