@@ -746,9 +746,15 @@ impl CudaBackend {
         if self.staging == Staging::Pageable || bytes < STAGE_MIN {
             return None;
         }
-        // A panic while the lock was held left no copy half-done that matters here: the
-        // stager waits for its buffers' events before every use.
-        let mut slot = self.dev.stager.lock().unwrap_or_else(|e| e.into_inner());
+        // Busy (another thread's copy, or a rayon task of this one's that called back in):
+        // the pageable path, rather than waiting or deadlocking. A panic while the lock was
+        // held left no copy half-done that matters: the stager waits for its buffers'
+        // events before every use.
+        let mut slot = match self.dev.stager.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
         let stager = slot.get_or_insert_with(|| {
             Stager::new(&self.dev.ctx).map_err(|e| format!("page-locked staging buffers: {e}"))
         });

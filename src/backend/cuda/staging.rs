@@ -18,7 +18,8 @@
 //! before touching the buffer again, so a buffer is never rewritten while a copy still reads
 //! it. Copies below [`STAGE_MIN`] bytes go straight through the driver (its own path is as
 //! fast for them), and so does everything when the buffers could not be allocated (for
-//! example under a small `ulimit -l`) or when `$OPTICAL_CUDA_STAGING=pageable`.
+//! example under a small `ulimit -l`), while another thread's copy is using them, or when
+//! `$OPTICAL_CUDA_STAGING=pageable`.
 
 use std::sync::Arc;
 
