@@ -16,8 +16,8 @@
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
 #     cost kernels with each OPTICAL_CUDA_COST_KERNEL, and the fused kernel with
 #     OPTICAL_CUDA_FUSED_THREADS=256 too, sinkhorn-512 and sinkhorn-2048 with
-#     OPTICAL_CUDA_SINKHORN_SPLIT=off, and the large-copy problems' wall time with
-#     OPTICAL_CUDA_STAGING=pageable),
+#     OPTICAL_CUDA_SINKHORN_SPLIT=off, maxsim with OPTICAL_CUDA_MAXSIM=tiled, and the
+#     large-copy problems' wall time with OPTICAL_CUDA_STAGING=pageable),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations), and
 #     `optical bench --backend wgpu` on the Vulkan driver (the Sinkhorn problems also with
 #     OPTICAL_WGPU_SINKHORN=rows)
@@ -204,6 +204,9 @@ T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --
 # pair).
 T=45 step bench-cuda-nosplit env OPTICAL_CUDA_SINKHORN_SPLIT=off "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-512,sinkhorn-2048
+# MaxSim through a cost kernel + maxsim_reduce_f32 instead of maxsim_f32.
+T=30 step bench-cuda-maxsim-tiled env OPTICAL_CUDA_MAXSIM=tiled "$BIN" bench --backend cuda --json \
+    --min-seconds 2 --kernels maxsim
 # The problems that move the most bytes between host and device, their copies through the
 # driver's pageable path instead of the default page-locked staging buffers (wall time).
 T=45 step bench-cuda-pageable env OPTICAL_CUDA_STAGING=pageable "$BIN" bench --backend cuda --json --phases \

@@ -99,6 +99,11 @@ for kernel in ("sinkhorn-512", "sinkhorn-2048"):
     if device_time("cuda-nosplit", kernel) and device_time("cuda", kernel):
         ratios[f"cuda-nosplit {kernel} (device) / cuda {kernel} (device)"] = \
             device_time("cuda-nosplit", kernel) / device_time("cuda", kernel)
+# MaxSim through the cost kernel + maxsim_reduce_f32 ("cuda-maxsim-tiled":
+# OPTICAL_CUDA_MAXSIM=tiled) against maxsim_f32.
+if device_time("cuda-maxsim-tiled", "maxsim") and device_time("cuda", "maxsim"):
+    ratios["cuda maxsim (device) / cuda-maxsim-tiled maxsim (device)"] = \
+        device_time("cuda", "maxsim") / device_time("cuda-maxsim-tiled", "maxsim")
 # Host <-> device copies: the wall time of the problems that move the most bytes with the
 # driver's pageable path ("cuda-pageable": OPTICAL_CUDA_STAGING=pageable) against the
 # default page-locked staging; and the end-to-end rate of the largest copy problem against

@@ -852,6 +852,45 @@ def test_maxsim(mods, nq, qn, nd, d, seed, in_smem):
     return report(f"maxsim nq={nq} qn={qn} nd={nd} d={d} smem={in_smem}", err, 2e-5 * qn)
 
 
+def test_maxsim_tiled(mods, nq, qn, nd, d, seed, blocks, cost_entry="cosine_cost_tf32x3_f32"):
+    """The tiled route: a cost kernel on (1, nq*qn, block tokens) per block of documents, then
+    maxsim_reduce_f32 on it. `blocks` splits the documents (doc0, docs) as the host does when
+    the costs of all of them would not fit its budget."""
+    rng = random.Random(seed)
+    dp = (d + 3) // 4 * 4
+    q, ql = embeddings(rng, nq, qn, d, False)
+    lens = [rng.randint(1, 40) for _ in range(nd)]
+    offs = [sum(lens[:k]) for k in range(nd)]
+    docs = normals(rng, sum(lens) * d)
+    for k in range(d):
+        docs[k] = 0.0
+    mem = Memory()
+    rows = nq * qn
+    qg = mem.alloc(pack_f32(padded(q, d, dp)))
+    qlg, og, lg = mem.alloc(pack_u32(ql)), mem.alloc(pack_u32(offs)), mem.alloc(pack_u32(lens))
+    xl = mem.alloc(pack_u32([rows]))
+    out = mem.alloc(pack_f32([7.0] * (nq * nd)))  # garbage: every score must be written
+    for doc0, count in blocks:
+        tok0 = offs[doc0]
+        m = offs[doc0 + count - 1] + lens[doc0 + count - 1] - tok0
+        yg = mem.alloc(pack_f32(padded(docs[tok0 * d : (tok0 + m) * d], d, dp)))
+        cost = mem.alloc(pack_f32([7.0] * (rows * m)))
+        grid = (((rows + 63) // 64) * ((m + 63) // 64), 1, 1)
+        run_kernel(mods["cosine_cost"][cost_entry], mem, [qg, yg, xl, mem.alloc(pack_u32([m])), cost, rows, m, dp], grid, 256, 0)
+        args = [cost, qlg, og, lg, out, nq, qn, nd, doc0, count, tok0, m]
+        run_kernel(mods["maxsim"]["maxsim_reduce_f32"], mem, args, ((nq * count + 7) // 8, 1, 1), 256, 0)
+    got = unpack_f32(mem, out, nq * nd)
+    err = 0.0
+    for a in range(nq):
+        for k in range(nd):
+            total = 0.0
+            for i in range(ql[a]):
+                u = q[(a * qn + i) * d : (a * qn + i + 1) * d]
+                total += max(cos_ref(u, docs[(offs[k] + j) * d : (offs[k] + j + 1) * d]) for j in range(lens[k]))
+            err = max(err, ad(got[a * nd + k], total))
+    return report(f"maxsim tiled nq={nq} qn={qn} nd={nd} d={d} blocks={blocks}", err, 2e-5 * qn)
+
+
 def lse2(vals):
     mx = max(vals)
     return mx + math.log2(sum(2.0 ** (v - mx) for v in vals))
@@ -1117,6 +1156,11 @@ def main():
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),
+        # the tiled route: one block; two blocks of documents (offsets into the tokens); a
+        # document longer than a warp (lengths up to 40 here, 70 in the CUDA tests)
+        ("maxsim tiled 1x1", lambda: test_maxsim_tiled(mods, 1, 1, 1, 3, 6, [(0, 1)])),
+        ("maxsim tiled", lambda: test_maxsim_tiled(mods, 2, 5, 3, 6, 4, [(0, 3)])),
+        ("maxsim tiled blocks", lambda: test_maxsim_tiled(mods, 3, 4, 5, 9, 7, [(0, 2), (2, 3)])),
         ("sinkhorn smem", lambda: test_sinkhorn(mods, 3, 17, 29, 4, True, 64, 6, paths=["SR_STORE", "SC_STORE", "!SRS", "!SCS", "!ROW"])),
         # eps 0.002: K down to -1443, the first passes' sums underflow and the on-chip passes
         # fall back to the online maximum
@@ -1192,6 +1236,9 @@ def main():
             ("wgmma no fence.proxy.async", "cosine_cost_sm90a", "STAGED:\n    fence.proxy.async.shared::cta;\n",
              "STAGED:\n",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
+            ("maxsim reduce without the block's token offset", "maxsim",
+             "    sub.u32         doff, doff, tok0;\n", "",
+             lambda m: test_maxsim_tiled(m, 3, 4, 5, 9, 7, [(0, 2), (2, 3)])),
             ("fused no barrier after the cost phase", "sinkhorn_fused",
              "    // Every thread: the cost tiles are in K, and F[] and G[] (the inverse norms) are free.\n"
              "    bar.sync        0;\n", "",

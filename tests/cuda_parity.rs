@@ -10,7 +10,9 @@
 //! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
 #![cfg(feature = "cuda")]
 
-use optical::backend::cuda::{CostKernel, CudaBackend, FusedThreads, SinkhornSplit, Staging};
+use optical::backend::cuda::{
+    CostKernel, CudaBackend, FusedThreads, MaxsimRoute, SinkhornSplit, Staging,
+};
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -257,14 +259,31 @@ fn maxsim_matches_reference() {
         let docs = PackedDocs::new("docs", d, data, lengths).unwrap();
         let want = CpuReference.maxsim(&q, &docs).unwrap();
         let fast = CpuFast.maxsim(&q, &docs).unwrap();
-        let got = gpu.maxsim(&q, &docs).unwrap();
-        check(
-            &format!("maxsim nq={nq} qn={qn} nd={nd} d={d}"),
-            &diff(&got, &want),
-            &diff(&fast, &want),
-            1e-5 * qn as f64,
-            4.0,
-        );
+        // Both routes: maxsim_f32, and the cost kernel (each of them) + maxsim_reduce_f32.
+        let routes = [(MaxsimRoute::Direct, CostKernel::default())]
+            .into_iter()
+            .chain(CostKernel::ALL.map(|k| (MaxsimRoute::Tiled, k)));
+        for (route, kernel) in routes {
+            if kernel == CostKernel::Wgmma && cuda_of(&gpu).compute_capability() != (9, 0) {
+                continue;
+            }
+            let cuda = cuda_of(&gpu)
+                .clone()
+                .with_maxsim(route)
+                .with_cost_kernel(kernel);
+            let got = Backend::Cuda(cuda).maxsim(&q, &docs).unwrap();
+            check(
+                &format!(
+                    "maxsim {} ({}) nq={nq} qn={qn} nd={nd} d={d}",
+                    route.name(),
+                    kernel.name()
+                ),
+                &diff(&got, &want),
+                &diff(&fast, &want),
+                1e-5 * qn as f64,
+                4.0,
+            );
+        }
     }
 }
 

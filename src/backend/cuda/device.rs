@@ -10,8 +10,9 @@ use cudarc::driver::sys::{
     CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUmemPool_attribute,
 };
 use cudarc::driver::{
-    result, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    result, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
+    DevicePtrMut, DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -49,6 +50,7 @@ pub(super) struct Kernels {
     /// depend on it.
     pub cosine_cost_wgmma: std::result::Result<CudaFunction, String>,
     pub maxsim: CudaFunction,
+    pub maxsim_reduce: CudaFunction,
     pub sinkhorn_iterate: CudaFunction,
     pub sinkhorn_half_split: CudaFunction,
     pub sinkhorn_split_error: CudaFunction,
@@ -80,6 +82,7 @@ pub struct CudaBackend {
     fused_threads: FusedThreads,
     split: SinkhornSplit,
     staging: Staging,
+    maxsim: MaxsimRoute,
 }
 
 /// Threads per CTA of the fused Sinkhorn kernel (`sinkhorn_fused_f32`): its cost phase runs
@@ -214,6 +217,65 @@ impl Staging {
 
 env_choice!(Staging, STAGING_ENV);
 
+/// How MaxSim scores are computed. On the H200 run `maxsim_f32` took 680 µs on the standard
+/// problem (8 × 32 query tokens against 1,000 × 48 document tokens, d = 128), 14× its FP32
+/// FMA floor: each lane's dot products load a query and a document float4 per 4 FMAs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaxsimRoute {
+    /// `maxsim_f32`: one CTA per document, the document staged in shared memory, whole dot
+    /// products per lane.
+    #[default]
+    Direct,
+    /// The cosines of every query token against a block of documents' tokens from the cost
+    /// kernel ([`CostKernel`], on the tensor cores by default) into a scratch matrix of at
+    /// most 256 MiB, then `maxsim_reduce_f32`: per (query, document) a warp takes each query
+    /// token's minimum cost over the document's tokens and sums `1 − min` in order. Checked
+    /// by ptxas and the PTX interpreter, not yet measured on a GPU, so not the default.
+    Tiled,
+}
+
+/// Environment variable that picks [`MaxsimRoute`]: `direct` (default) or `tiled`.
+pub const MAXSIM_ENV: &str = "OPTICAL_CUDA_MAXSIM";
+
+impl MaxsimRoute {
+    /// Every choice, the default first.
+    pub const ALL: [MaxsimRoute; 2] = [MaxsimRoute::Direct, MaxsimRoute::Tiled];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxsimRoute::Direct => "direct",
+            MaxsimRoute::Tiled => "tiled",
+        }
+    }
+
+    /// The choice that `$OPTICAL_CUDA_MAXSIM` names (unset or empty: the default).
+    pub fn from_env() -> Result<Self> {
+        choice_from_env()
+    }
+}
+
+env_choice!(MaxsimRoute, MAXSIM_ENV);
+
+/// Cost floats the tiled MaxSim route keeps per block of documents (256 MiB).
+const TILED_COST_FLOATS: usize = 1 << 26;
+
+/// Blocks of whole documents `(doc0, docs, tok0, tokens)` whose tokens, times `rows` query
+/// tokens, fit [`TILED_COST_FLOATS`]; a document longer than that is a block alone.
+fn document_blocks(offsets: &[usize], lengths: &[usize], rows: usize) -> Vec<[usize; 4]> {
+    let budget = (TILED_COST_FLOATS / rows.max(1)).max(1);
+    let mut blocks: Vec<[usize; 4]> = Vec::new();
+    for (k, (&off, &len)) in offsets.iter().zip(lengths).enumerate() {
+        match blocks.last_mut() {
+            Some([_, docs, tok0, tokens]) if off + len - *tok0 <= budget => {
+                *docs += 1;
+                *tokens = off + len - *tok0;
+            }
+            _ => blocks.push([k, 1, off, len]),
+        }
+    }
+    blocks
+}
+
 /// Which tiling computes cosine costs: the standalone cost kernel, and the cost phase of the
 /// fused Sinkhorn kernel. Both have the same contract and the same parity tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -280,6 +342,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("fused_threads", &self.fused_threads.name())
             .field("split", &self.split.name())
             .field("staging", &self.staging.name())
+            .field("maxsim", &self.maxsim.name())
             .finish()
     }
 }
@@ -437,6 +500,7 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         cosine_cost_tf32x3w: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3W)?,
         cosine_cost_wgmma: wgmma,
         maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
+        maxsim_reduce: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM_REDUCE)?,
         sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
         sinkhorn_half_split: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_HALF_SPLIT)?,
         sinkhorn_split_error: function(
@@ -556,7 +620,8 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                     "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
                      ({COST_KERNEL_ENV}: {}); fused Sinkhorn with {} threads per pair \
                      ({FUSED_THREADS_ENV}: {}); split half-iterations for pairs whose K \
-                     stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); {}",
+                     stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); MaxSim {} \
+                     ({MAXSIM_ENV}: {}); {}",
                     b.dev.name,
                     match b.cost_kernel {
                         CostKernel::Fp32 => "FP32 FMA",
@@ -569,6 +634,8 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
                     choices::<FusedThreads>(),
                     b.split.name(),
                     choices::<SinkhornSplit>(),
+                    b.maxsim.name(),
+                    choices::<MaxsimRoute>(),
                     b.staging_note()
                 ),
             ),
@@ -589,6 +656,13 @@ impl<'a> Launch<'a> {
     /// A device buffer the kernel only reads.
     pub fn buf<T>(&mut self, buf: &'a CudaSlice<T>) -> &mut Self {
         self.args.arg(buf);
+        self.pushed.push("u64");
+        self
+    }
+
+    /// A range of a device buffer the kernel only reads.
+    pub fn view<'c: 'a, T>(&mut self, view: &'a CudaView<'c, T>) -> &mut Self {
+        self.args.arg(view);
         self.pushed.push("u64");
         self
     }
@@ -686,6 +760,7 @@ impl CudaBackend {
         let fused_threads = FusedThreads::from_env()?;
         let split = SinkhornSplit::from_env()?;
         let staging = Staging::from_env()?;
+        let maxsim = MaxsimRoute::from_env()?;
         let dev = DEVICE0
             .get_or_init(|| guarded(|| open_device(0)).map(Arc::new))
             .clone()
@@ -696,6 +771,7 @@ impl CudaBackend {
             fused_threads,
             split,
             staging,
+            maxsim,
         })
     }
 
@@ -738,6 +814,16 @@ impl CudaBackend {
 
     pub fn staging(&self) -> Staging {
         self.staging
+    }
+
+    /// The same device, computing MaxSim scores by `route`.
+    pub fn with_maxsim(mut self, route: MaxsimRoute) -> Self {
+        self.maxsim = route;
+        self
+    }
+
+    pub fn maxsim_route(&self) -> MaxsimRoute {
+        self.maxsim
     }
 
     /// Run `f` with the staging buffers when a copy of `bytes` should use them (allocating
@@ -905,7 +991,7 @@ impl CudaBackend {
     fn cost_on_device(
         &self,
         xg: &CudaSlice<f32>,
-        yg: &CudaSlice<f32>,
+        yg: &CudaView<'_, f32>,
         xl: &CudaSlice<u32>,
         yl: &CudaSlice<u32>,
         (b, n, m, dp): (usize, usize, usize, usize),
@@ -962,7 +1048,7 @@ impl CudaBackend {
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", dp)?);
         let mut l = self.launch(function, entry);
         l.buf(xg)
-            .buf(yg)
+            .view(yg)
             .buf(xl)
             .buf(yl)
             .buf_mut(&mut out)
@@ -989,7 +1075,7 @@ impl CudaBackend {
         let yg = self.upload(&padded(&y.data, d, dp))?;
         let xl = self.upload(&lengths_u32("x lengths", &x.lengths)?)?;
         let yl = self.upload(&lengths_u32("y lengths", &y.lengths)?)?;
-        let out = self.cost_on_device(&xg, &yg, &xl, &yl, (b, n, m, dp))?;
+        let out = self.cost_on_device(&xg, &yg.as_view(), &xl, &yl, (b, n, m, dp))?;
         Ok(CostBatch {
             b,
             n,
@@ -1045,7 +1131,7 @@ impl CudaBackend {
                 let xl = self.upload(&lengths_u32("x lengths", &x.lengths)?)?;
                 let yl = self.upload(&lengths_u32("y lengths", &y.lengths)?)?;
                 self.time_on_device(min_seconds, || {
-                    self.cost_on_device(&xg, &yg, &xl, &yl, (b, n, m, dp))
+                    self.cost_on_device(&xg, &yg.as_view(), &xl, &yl, (b, n, m, dp))
                         .map(drop)
                 })
             }
@@ -1077,6 +1163,9 @@ struct MaxsimInputs {
     tokens: usize,
     dp: usize,
     max_len: usize,
+    /// The documents' first tokens and lengths, on the host (the tiled route's blocks).
+    offsets: Vec<usize>,
+    lengths: Vec<usize>,
 }
 
 impl MaxsimInputs {
@@ -1101,10 +1190,15 @@ impl MaxsimInputs {
             tokens,
             dp,
             max_len: docs.lengths.iter().copied().max().unwrap_or(1),
+            offsets: docs.offsets.clone(),
+            lengths: docs.lengths.clone(),
         })
     }
 
     fn run(&self, cuda: &CudaBackend) -> Result<CudaSlice<f32>> {
+        if cuda.maxsim == MaxsimRoute::Tiled {
+            return self.run_tiled(cuda);
+        }
         let q_inv = cuda.row_inv_norms(&self.q, self.nq * self.qn, self.dp)?;
         let d_inv = cuda.row_inv_norms(&self.docs, self.tokens, self.dp)?;
         let mut out = cuda.zeros::<f32>(self.nq * self.nd)?;
@@ -1140,10 +1234,78 @@ impl MaxsimInputs {
         unsafe { l.launch(cfg) }?;
         Ok(out)
     }
+
+    /// [`MaxsimRoute::Tiled`]: per block of documents, the cost kernel on (1, nq·qn, block
+    /// tokens) and `maxsim_reduce_f32`.
+    fn run_tiled(&self, cuda: &CudaBackend) -> Result<CudaSlice<f32>> {
+        let rows = self.nq * self.qn;
+        let mut out = cuda.zeros::<f32>(self.nq * self.nd)?;
+        let x_len = cuda.upload(&[as_u32("queries x query tokens", rows)?])?;
+        let (nq, qn, nd) = (self.nq as u32, self.qn as u32, self.nd as u32);
+        for [doc0, docs, tok0, tokens] in document_blocks(&self.offsets, &self.lengths, rows) {
+            let y = self.docs.slice(tok0 * self.dp..(tok0 + tokens) * self.dp);
+            let y_len = cuda.upload(&[as_u32("block tokens", tokens)?])?;
+            let cost =
+                cuda.cost_on_device(&self.q, &y, &x_len, &y_len, (1, rows, tokens, self.dp))?;
+            let warps = self.nq * docs;
+            let cfg = LaunchConfig {
+                grid_dim: (as_u32("MaxSim warps", warps.div_ceil(8))?, 1, 1),
+                block_dim: (32 * 8, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (doc0, docs, tok0, m) = (doc0 as u32, docs as u32, tok0 as u32, tokens as u32);
+            let mut l = cuda.launch(&cuda.dev.kernels.maxsim_reduce, ptx::MAXSIM_REDUCE);
+            l.buf(&cost)
+                .buf(&self.q_len)
+                .buf(&self.d_off)
+                .buf(&self.d_len)
+                .buf_mut(&mut out)
+                .u32(&nq)
+                .u32(&qn)
+                .u32(&nd)
+                .u32(&doc0)
+                .u32(&docs)
+                .u32(&tok0)
+                .u32(&m);
+            // SAFETY: cost holds rows x m floats for this block's tokens tok0 .. tok0 + m,
+            // which hold documents doc0 .. doc0 + docs whole (document_blocks); q_len (nq)
+            // is within 1..=qn; d_off/d_len hold nd entries and out nq*nd; the grid has a
+            // warp for each of the nq*docs (query, document) pairs (the rest return at once)
+            // and the kernel uses no shared memory.
+            unsafe { l.launch(cfg) }?;
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn documents_are_blocked_whole_within_the_budget() {
+        let lengths = [3usize, 5, 2, 7, 1];
+        let offsets = [0usize, 3, 8, 10, 17];
+        // Everything in one block when it fits.
+        assert_eq!(document_blocks(&offsets, &lengths, 4), vec![[0, 5, 0, 18]]);
+        // A budget of 8 tokens per block (rows = TILED_COST_FLOATS / 8).
+        let rows = TILED_COST_FLOATS / 8;
+        assert_eq!(
+            document_blocks(&offsets, &lengths, rows),
+            vec![[0, 2, 0, 8], [2, 1, 8, 2], [3, 2, 10, 8]]
+        );
+        // A document longer than the budget is a block of its own.
+        let rows = TILED_COST_FLOATS / 4;
+        assert_eq!(
+            document_blocks(&offsets, &lengths, rows),
+            vec![
+                [0, 1, 0, 3],
+                [1, 1, 3, 5],
+                [2, 1, 8, 2],
+                [3, 1, 10, 7],
+                [4, 1, 17, 1]
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]
@@ -1211,6 +1373,15 @@ mod tests {
         for s in Staging::ALL {
             assert_eq!(s.name().parse::<Staging>().unwrap(), s);
         }
+        for r in MaxsimRoute::ALL {
+            assert_eq!(r.name().parse::<MaxsimRoute>().unwrap(), r);
+        }
+        assert_eq!(MaxsimRoute::default(), MaxsimRoute::Direct);
+        let e = "fast".parse::<MaxsimRoute>().unwrap_err().to_string();
+        assert!(
+            e.contains(MAXSIM_ENV) && e.contains("direct or tiled") && e.contains("fast"),
+            "{e}"
+        );
         assert_eq!(Staging::default(), Staging::Pinned);
         let e = "locked".parse::<Staging>().unwrap_err().to_string();
         assert!(

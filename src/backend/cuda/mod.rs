@@ -10,7 +10,7 @@
 //! | kernel family | entry points | file |
 //! |---|---|---|
 //! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32` or `cosine_cost_tf32x3_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
-//! | MaxSim | `maxsim_f32` (+ `row_inv_norm_f32`) | `kernels/maxsim.ptx` |
+//! | MaxSim | `maxsim_f32` (+ `row_inv_norm_f32`), or a cost kernel + `maxsim_reduce_f32` ([`MaxsimRoute`], `$OPTICAL_CUDA_MAXSIM`) | `kernels/maxsim.ptx` |
 //! | Sinkhorn | `sinkhorn_iterate_f32`; `sinkhorn_half_split_f32` and `sinkhorn_split_error_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`) | `kernels/sinkhorn.ptx` |
 //! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |
 //!
@@ -37,6 +37,6 @@ mod staging;
 
 #[cfg(feature = "cuda")]
 pub use device::{
-    probe, usable_device_count, CostKernel, CudaBackend, FusedThreads, SinkhornSplit, Staging,
-    COST_KERNEL_ENV, FUSED_THREADS_ENV, SINKHORN_SPLIT_ENV, STAGING_ENV,
+    probe, usable_device_count, CostKernel, CudaBackend, FusedThreads, MaxsimRoute, SinkhornSplit,
+    Staging, COST_KERNEL_ENV, FUSED_THREADS_ENV, MAXSIM_ENV, SINKHORN_SPLIT_ENV, STAGING_ENV,
 };

@@ -20,6 +20,7 @@ pub const COSINE_COST_TF32X3: &str = "cosine_cost_tf32x3_f32";
 pub const COSINE_COST_TF32X3W: &str = "cosine_cost_tf32x3w_f32";
 pub const COSINE_COST_WGMMA: &str = "cosine_cost_wgmma_f32";
 pub const MAXSIM: &str = "maxsim_f32";
+pub const MAXSIM_REDUCE: &str = "maxsim_reduce_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
 pub const SINKHORN_HALF_SPLIT: &str = "sinkhorn_half_split_f32";
 pub const SINKHORN_SPLIT_ERROR: &str = "sinkhorn_split_error_f32";
@@ -49,7 +50,7 @@ pub const COSINE_COST_MODULE: PtxModule = ptx_module!(
 );
 pub const COSINE_COST_SM90A_MODULE: PtxModule =
     ptx_module!("cosine_cost_sm90a.ptx", [COSINE_COST_WGMMA], "sm_90a");
-pub const MAXSIM_MODULE: PtxModule = ptx_module!("maxsim.ptx", [MAXSIM], "sm_80");
+pub const MAXSIM_MODULE: PtxModule = ptx_module!("maxsim.ptx", [MAXSIM, MAXSIM_REDUCE], "sm_80");
 pub const SINKHORN_MODULE: PtxModule = ptx_module!(
     "sinkhorn.ptx",
     [SINKHORN_ITERATE, SINKHORN_HALF_SPLIT, SINKHORN_SPLIT_ERROR],
@@ -72,7 +73,7 @@ const COST_SIGNATURE: &[&str] = &["u64", "u64", "u64", "u64", "u64", "u32", "u32
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 10] = [
+pub const SIGNATURES: [(&str, &[&str]); 11] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (COSINE_COST, COST_SIGNATURE),
     (COSINE_COST_TF32X3, COST_SIGNATURE),
@@ -83,6 +84,12 @@ pub const SIGNATURES: [(&str, &[&str]); 10] = [
         &[
             "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32",
             "u32", "u32",
+        ],
+    ),
+    (
+        MAXSIM_REDUCE,
+        &[
+            "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32", "u32", "u32", "u32",
         ],
     ),
     (
