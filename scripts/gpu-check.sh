@@ -23,7 +23,8 @@
 #     OPTICAL_WGPU_SINKHORN=rows)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
-#     set PYTHON=/path/to/python)
+#     set PYTHON=/path/to/python); the compiled variants run last (step torch-compile),
+#     after the profiles, since their compiles take minutes
 #  7. Nsight Compute (ncu) on one launch of the fused and cost kernels, when it can read the
 #     performance counters (optional: a refusal does not fail the check)
 #  8. writes benches/results/<date>-<gpu>.json and .md (commit them; a later run on the same
@@ -211,7 +212,9 @@ T=30 step bench-cuda-maxsim-tiled env OPTICAL_CUDA_MAXSIM=tiled "$BIN" bench --b
 # driver's pageable path instead of the default page-locked staging buffers (wall time).
 T=45 step bench-cuda-pageable env OPTICAL_CUDA_STAGING=pageable "$BIN" bench --backend cuda --json --phases \
     --min-seconds 2 --kernels sinkhorn-fused,cosine-cost-hbm
-T=300 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --out "$LOGS/torch.json"
+# PyTorch eager and the bandwidths (HBM, PCIe) now; the torch.compile variants, whose
+# compiles take minutes, at the end (torch-compile), so that a time limit cuts them first.
+T=120 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --no-compile --out "$LOGS/torch.json"
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
 else
@@ -250,6 +253,7 @@ else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi
 T=120 step bench-cpu "$BIN" bench --backend cpu --json --phases --min-seconds 1
+T=300 step torch-compile "$PYTHON" scripts/torch_sinkhorn_bench.py --compile-only --out "$LOGS/torch.json"
 
 status_json=$(for k in "${!STATUS[@]}"; do printf '"%s": "%s",' "$k" "${STATUS[$k]}"; done)
 took_json=$(for k in "${!TOOK[@]}"; do printf '"%s": %s,' "$k" "${TOOK[$k]}"; done)
