@@ -137,10 +137,35 @@ fn solve_from_embeddings_with_lengths() {
         "0.05",
         "--threshold",
         "1e-7",
+        "--phases",
         "--out",
         p(&out),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // --phases: the solve's host phases in the summary line, none longer than the solve.
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let phases = summary["host_phases"].as_array().expect("host_phases");
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    for want in [
+        "problem (f64 cost)",
+        "prepare",
+        "iterate",
+        "check",
+        "plan (f64)",
+        "finish",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let total = summary["seconds"].as_f64().unwrap();
+    assert!(
+        phases
+            .iter()
+            .all(|p| p["seconds"].as_f64().unwrap() <= total),
+        "{summary}"
+    );
     let (_, want) = load(&fx, "plan");
     assert_close(
         "cli embeddings plan",
@@ -468,6 +493,13 @@ fn bad_cuda_settings_are_clear_errors() {
             "sinkhorn-fused",
             "auto, 512 or 256",
         ),
+        (
+            "OPTICAL_CUDA_STAGING",
+            "locked",
+            "cosine-cost",
+            "pinned or pageable",
+        ),
+        ("OPTICAL_CUDA_MAXSIM", "fast", "maxsim", "direct or tiled"),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_optical"))
             .args(["bench", "--backend", "cuda", "--kernels", kernel])

@@ -86,6 +86,10 @@ pub struct SolveArgs {
     pub check_every: usize,
     #[command(flatten)]
     pub backend: BackendArg,
+    /// Also time the host-side phases of the solve (copies to and from the device, waits,
+    /// solver steps, the f64 plan; they nest) into `host_phases` of the summary line.
+    #[arg(long)]
+    pub phases: bool,
     /// Output directory (created; files in it are replaced).
     #[arg(long)]
     pub out: PathBuf,
@@ -215,6 +219,7 @@ fn solve(args: SolveArgs) -> Result<()> {
     };
     params.validate()?;
     let backend = args.backend.open()?;
+    crate::phases::set_enabled(args.phases);
     // `seconds` in the summary times the solve (cost from embeddings included), not file I/O.
     let start: Instant;
     let (out, batched) = match (&args.cost, &args.x, &args.y) {
@@ -280,6 +285,11 @@ fn solve(args: SolveArgs) -> Result<()> {
         }
     };
     let seconds = start.elapsed().as_secs_f64();
+    // Loading the inputs ran no phase, so these are the solve's.
+    let host_phases: Vec<serde_json::Value> = crate::phases::take()
+        .into_iter()
+        .map(|(phase, seconds)| serde_json::json!({"phase": phase, "seconds": seconds}))
+        .collect();
 
     let (b, n, m) = (out.pairs, out.n, out.m);
     let lead: &[usize] = if batched { &[b] } else { &[] };
@@ -296,20 +306,21 @@ fn solve(args: SolveArgs) -> Result<()> {
         npy::write(&dir.join("marginal_error.npy"), lead, &out.marginal_error)?;
         Ok(())
     })?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "backend": backend.kind().name(),
-            "pairs": b,
-            "n": n,
-            "m": m,
-            "converged": out.converged_count(),
-            "max_marginal_error": out.max_marginal_error(),
-            "max_iterations_run": out.iterations.iter().max().copied().unwrap_or(0),
-            "seconds": seconds,
-            "out": args.out.display().to_string(),
-        })
-    );
+    let mut summary = serde_json::json!({
+        "backend": backend.kind().name(),
+        "pairs": b,
+        "n": n,
+        "m": m,
+        "converged": out.converged_count(),
+        "max_marginal_error": out.max_marginal_error(),
+        "max_iterations_run": out.iterations.iter().max().copied().unwrap_or(0),
+        "seconds": seconds,
+        "out": args.out.display().to_string(),
+    });
+    if args.phases {
+        summary["host_phases"] = serde_json::Value::Array(host_phases);
+    }
+    println!("{summary}");
     Ok(())
 }
 
