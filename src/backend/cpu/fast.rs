@@ -317,9 +317,7 @@ fn lse_lines<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32], split: 
 
 #[inline(always)]
 fn lse_block<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32]) {
-    for (o, line) in out.iter_mut().zip(lines.chunks_exact(h.len())) {
-        *o = -simd::log2_sum_exp2::<FMA>(line, h);
-    }
+    simd::neg_lse_lines::<FMA>(out, lines, h);
 }
 
 /// One pair on its support, in base-2 log units (see the module docs).
