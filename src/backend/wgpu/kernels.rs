@@ -2,6 +2,7 @@
 //! chunking, upload, dispatch, read-back.
 
 use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
 
 use super::context::{
     SinkhornKernel, WgpuContext, COSINE_BLOCKED_MIN, COSINE_COST, COSINE_COST_BLOCKED,
@@ -418,8 +419,12 @@ pub(crate) fn fused_sinkhorn(
         let (plan, rest) = res.split_at(c * n * m);
         let (cost, rest) = rest.split_at(c);
         let (f, g) = rest.split_at(c * n);
+        // In parallel: the plan of the problem is 4.2 M values.
         let widen = |dst: &mut [f64], src: &[f32]| {
-            dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v as f64);
+            dst.par_iter_mut()
+                .zip(src.par_iter())
+                .with_min_len(1 << 14)
+                .for_each(|(o, &v)| *o = v as f64);
         };
         widen(&mut out.plan[start * n * m..(start + c) * n * m], plan);
         widen(&mut out.cost[start..start + c], cost);
