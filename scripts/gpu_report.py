@@ -82,46 +82,42 @@ for be in cuda_runs:
 # default (register-blocked kernels) and "wgpu-rows" (OPTICAL_WGPU_SINKHORN=rows: one
 # invocation per row; for the fused problem the tile kernel where the tile fits the driver's
 # workgroup memory, else the materialised path).
-def device_time(be, kernel):
+def field(be, kernel, key):
     r = next((r for r in bench.get(be, []) if r.get("kernel") == kernel), None)
-    return r.get("device_seconds_per_call") if r else None
+    return r.get(key) if r else None
+def device_time(be, kernel):
+    return field(be, kernel, "device_seconds_per_call")
+def add_ratio(name, num, den):
+    if num and den:
+        ratios[name] = num / den
 wgpu_fused = device_time("wgpu", "sinkhorn-fused")
-if wgpu_fused and "cuda" in fused_runs:
-    ratios["wgpu fused (device) / cuda fused (device)"] = \
-        wgpu_fused / fused_runs["cuda"]["device_seconds_per_call"]
+if "cuda" in fused_runs:
+    add_ratio("wgpu fused (device) / cuda fused (device)", wgpu_fused,
+              fused_runs["cuda"]["device_seconds_per_call"])
 for kernel in ("sinkhorn", "sinkhorn-512", "sinkhorn-fused"):
-    if device_time("wgpu", kernel) and device_time("wgpu-rows", kernel):
-        ratios[f"wgpu-rows {kernel} (device) / wgpu {kernel} (device)"] = \
-            device_time("wgpu-rows", kernel) / device_time("wgpu", kernel)
+    add_ratio(f"wgpu-rows {kernel} (device) / wgpu {kernel} (device)",
+              device_time("wgpu-rows", kernel), device_time("wgpu", kernel))
 # The large-pair problems with one CTA per pair ("cuda-nosplit":
 # OPTICAL_CUDA_SINKHORN_SPLIT=off) against the default split half-iterations.
 for kernel in ("sinkhorn-512", "sinkhorn-2048"):
-    if device_time("cuda-nosplit", kernel) and device_time("cuda", kernel):
-        ratios[f"cuda-nosplit {kernel} (device) / cuda {kernel} (device)"] = \
-            device_time("cuda-nosplit", kernel) / device_time("cuda", kernel)
+    add_ratio(f"cuda-nosplit {kernel} (device) / cuda {kernel} (device)",
+              device_time("cuda-nosplit", kernel), device_time("cuda", kernel))
 # MaxSim through the cost kernel + maxsim_reduce_f32 ("cuda-maxsim-tiled":
 # OPTICAL_CUDA_MAXSIM=tiled) against maxsim_f32.
-if device_time("cuda-maxsim-tiled", "maxsim") and device_time("cuda", "maxsim"):
-    ratios["cuda maxsim (device) / cuda-maxsim-tiled maxsim (device)"] = \
-        device_time("cuda", "maxsim") / device_time("cuda-maxsim-tiled", "maxsim")
+add_ratio("cuda maxsim (device) / cuda-maxsim-tiled maxsim (device)",
+          device_time("cuda", "maxsim"), device_time("cuda-maxsim-tiled", "maxsim"))
 # Host <-> device copies: the wall time of the problems that move the most bytes with the
 # driver's pageable path ("cuda-pageable": OPTICAL_CUDA_STAGING=pageable) against the
 # default page-locked staging; and the end-to-end rate of the largest copy problem against
 # the PCIe rates PyTorch measured (pinned and pageable, host to device).
-def wall_time(be, kernel):
-    r = next((r for r in bench.get(be, []) if r.get("kernel") == kernel), None)
-    return r.get("seconds_per_call") if r else None
 for kernel in ("sinkhorn-fused", "cosine-cost-hbm"):
-    if wall_time("cuda-pageable", kernel) and wall_time("cuda", kernel):
-        ratios[f"cuda-pageable {kernel} (wall) / cuda {kernel} (wall)"] = \
-            wall_time("cuda-pageable", kernel) / wall_time("cuda", kernel)
+    add_ratio(f"cuda-pageable {kernel} (wall) / cuda {kernel} (wall)",
+              field("cuda-pageable", kernel, "seconds_per_call"),
+              field("cuda", kernel, "seconds_per_call"))
 pcie = (torch or {}).get("pcie_gb_per_s") or {}
-hbm_wall = next((r for r in bench.get("cuda", []) if r.get("kernel") == "cosine-cost-hbm"), None)
 for how in ("pinned", "pageable"):
-    rate = pcie.get(f"host_to_device_{how}")
-    if rate and hbm_wall and hbm_wall.get("gb_per_s"):
-        ratios[f"cuda cosine-cost-hbm wall GB/s / torch {how} host-to-device GB/s"] = \
-            hbm_wall["gb_per_s"] / rate
+    add_ratio(f"cuda cosine-cost-hbm wall GB/s / torch {how} host-to-device GB/s",
+              field("cuda", "cosine-cost-hbm", "gb_per_s"), pcie.get(f"host_to_device_{how}"))
 result["ratios"] = ratios
 
 # The issue's performance goals (issue 4), each met or not on this run's numbers.

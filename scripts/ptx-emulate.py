@@ -818,15 +818,35 @@ def test_wgmma_cost(mods, b, n, m, d, seed):
     return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)
 
 
-def test_maxsim(mods, nq, qn, nd, d, seed, in_smem):
-    rng = random.Random(seed)
-    dp = (d + 3) // 4 * 4
+def maxsim_inputs(rng, nq, qn, nd, d):
+    """Queries (nq, qn, d) with lengths, and nd documents of 1..40 tokens packed back to back
+    (their first token a zero vector): (q, q_len, lens, offs, docs)."""
     q, ql = embeddings(rng, nq, qn, d, False)
     lens = [rng.randint(1, 40) for _ in range(nd)]
     offs = [sum(lens[:k]) for k in range(nd)]
     docs = normals(rng, sum(lens) * d)
     for k in range(d):
         docs[k] = 0.0
+    return q, ql, lens, offs, docs
+
+
+def maxsim_error(got, q, ql, lens, offs, docs, qn, d):
+    """Largest |got - MaxSim| over the (query, document) scores, got laid out (nq, nd)."""
+    nd = len(lens)
+    err = 0.0
+    for a in range(len(ql)):
+        for k in range(nd):
+            total = 0.0
+            for i in range(ql[a]):
+                u = q[(a * qn + i) * d : (a * qn + i + 1) * d]
+                total += max(cos_ref(u, docs[(offs[k] + j) * d : (offs[k] + j + 1) * d]) for j in range(lens[k]))
+            err = max(err, ad(got[a * nd + k], total))
+    return err
+
+
+def test_maxsim(mods, nq, qn, nd, d, seed, in_smem):
+    dp = (d + 3) // 4 * 4
+    q, ql, lens, offs, docs = maxsim_inputs(random.Random(seed), nq, qn, nd, d)
     tokens = sum(lens)
     mem = Memory()
     qg, dg = mem.alloc(pack_f32(padded(q, d, dp))), mem.alloc(pack_f32(padded(docs, d, dp)))
@@ -841,14 +861,7 @@ def test_maxsim(mods, nq, qn, nd, d, seed, in_smem):
             out, nq, qn, nd, dp, s4, int(in_smem)]
     run_kernel(mods["maxsim"]["maxsim_f32"], mem, args, (nd, 1, 1), 256, smem)
     got = unpack_f32(mem, out, nq * nd)
-    err = 0.0
-    for a in range(nq):
-        for k in range(nd):
-            total = 0.0
-            for i in range(ql[a]):
-                u = q[(a * qn + i) * d : (a * qn + i + 1) * d]
-                total += max(cos_ref(u, docs[(offs[k] + j) * d : (offs[k] + j + 1) * d]) for j in range(lens[k]))
-            err = max(err, ad(got[a * nd + k], total))
+    err = maxsim_error(got, q, ql, lens, offs, docs, qn, d)
     return report(f"maxsim nq={nq} qn={qn} nd={nd} d={d} smem={in_smem}", err, 2e-5 * qn)
 
 
@@ -856,14 +869,8 @@ def test_maxsim_tiled(mods, nq, qn, nd, d, seed, blocks, cost_entry="cosine_cost
     """The tiled route: a cost kernel on (1, nq*qn, block tokens) per block of documents, then
     maxsim_reduce_f32 on it. `blocks` splits the documents (doc0, docs) as the host does when
     the costs of all of them would not fit its budget."""
-    rng = random.Random(seed)
     dp = (d + 3) // 4 * 4
-    q, ql = embeddings(rng, nq, qn, d, False)
-    lens = [rng.randint(1, 40) for _ in range(nd)]
-    offs = [sum(lens[:k]) for k in range(nd)]
-    docs = normals(rng, sum(lens) * d)
-    for k in range(d):
-        docs[k] = 0.0
+    q, ql, lens, offs, docs = maxsim_inputs(random.Random(seed), nq, qn, nd, d)
     mem = Memory()
     rows = nq * qn
     qg = mem.alloc(pack_f32(padded(q, d, dp)))
@@ -880,14 +887,7 @@ def test_maxsim_tiled(mods, nq, qn, nd, d, seed, blocks, cost_entry="cosine_cost
         args = [cost, qlg, og, lg, out, nq, qn, nd, doc0, count, tok0, m]
         run_kernel(mods["maxsim"]["maxsim_reduce_f32"], mem, args, ((nq * count + 7) // 8, 1, 1), 256, 0)
     got = unpack_f32(mem, out, nq * nd)
-    err = 0.0
-    for a in range(nq):
-        for k in range(nd):
-            total = 0.0
-            for i in range(ql[a]):
-                u = q[(a * qn + i) * d : (a * qn + i + 1) * d]
-                total += max(cos_ref(u, docs[(offs[k] + j) * d : (offs[k] + j + 1) * d]) for j in range(lens[k]))
-            err = max(err, ad(got[a * nd + k], total))
+    err = maxsim_error(got, q, ql, lens, offs, docs, qn, d)
     return report(f"maxsim tiled nq={nq} qn={qn} nd={nd} d={d} blocks={blocks}", err, 2e-5 * qn)
 
 

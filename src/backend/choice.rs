@@ -13,10 +13,28 @@ pub(crate) trait EnvChoice: Copy + Default + 'static {
     fn name(self) -> &'static str;
 }
 
-/// [`EnvChoice`] and `FromStr` for a type with inherent `ALL` and `name`, read from `$var`.
+/// A setting enum's names, read from `$var`: the inherent `ALL` (in the order listed, the
+/// default first), `name` and `from_env`, and [`EnvChoice`] and `FromStr`.
 #[allow(unused_macros)]
 macro_rules! env_choice {
-    ($t:ty, $var:expr) => {
+    ($t:ident, $var:expr, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $t {
+            /// Every choice, the default first.
+            pub const ALL: [$t; [$($name),+].len()] = [$($t::$variant),+];
+
+            /// The name the environment variable and error messages use.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($t::$variant => $name),+
+                }
+            }
+
+            /// The choice the environment variable names (unset or empty: the default).
+            pub fn from_env() -> $crate::error::Result<Self> {
+                $crate::backend::choice::choice_from_env()
+            }
+        }
+
         impl $crate::backend::choice::EnvChoice for $t {
             const VAR: &'static str = $var;
             const ALL: &'static [Self] = &<$t>::ALL;
@@ -72,18 +90,11 @@ mod tests {
         Sweet,
     }
 
-    impl Flavour {
-        const ALL: [Flavour; 3] = [Flavour::Plain, Flavour::Spicy, Flavour::Sweet];
-        fn name(self) -> &'static str {
-            match self {
-                Flavour::Plain => "plain",
-                Flavour::Spicy => "spicy",
-                Flavour::Sweet => "sweet",
-            }
-        }
-    }
-
-    env_choice!(Flavour, "OPTICAL_TEST_FLAVOUR_UNSET");
+    env_choice!(Flavour, "OPTICAL_TEST_FLAVOUR_UNSET", {
+        Plain => "plain",
+        Spicy => "spicy",
+        Sweet => "sweet",
+    });
 
     #[test]
     fn names_parse_and_errors_list_every_choice() {
@@ -94,7 +105,12 @@ mod tests {
         assert!(err.contains("plain, spicy or sweet"), "{err}");
         assert!(err.contains("salty"), "{err}");
         // Unset: the default.
+        assert_eq!(Flavour::from_env().unwrap(), Flavour::Plain);
         assert_eq!(choice_from_env::<Flavour>().unwrap(), Flavour::Plain);
+        assert_eq!(
+            Flavour::ALL,
+            [Flavour::Plain, Flavour::Spicy, Flavour::Sweet]
+        );
         assert_eq!(choices::<Flavour>(), "plain, spicy or sweet");
     }
 }

@@ -309,15 +309,10 @@ fn lse_lines<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32], split: 
         let per_task = lines_per_thread.max(SPLIT_TASK_ENTRIES / len).max(1);
         out.par_chunks_mut(per_task)
             .zip(lines.par_chunks(per_task * len))
-            .for_each(|(o, block)| dispatch!(|FMA2| lse_block::<FMA2>(o, block, h)));
+            .for_each(|(o, block)| dispatch!(|FMA2| simd::neg_lse_lines::<FMA2>(o, block, h)));
     } else {
-        lse_block::<FMA>(out, lines, h);
+        simd::neg_lse_lines::<FMA>(out, lines, h);
     }
-}
-
-#[inline(always)]
-fn lse_block<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32]) {
-    simd::neg_lse_lines::<FMA>(out, lines, h);
 }
 
 /// One pair on its support, in base-2 log units (see the module docs).

@@ -18,7 +18,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::ptx::{self, PtxModule};
 use super::staging::{Stager, STAGE_MIN};
-use crate::backend::choice::{choice_from_env, choices};
+use crate::backend::choice::choices;
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::backend::DeviceJob;
 use crate::error::{Error, Result};
@@ -109,21 +109,6 @@ pub enum FusedThreads {
 pub const FUSED_THREADS_ENV: &str = "OPTICAL_CUDA_FUSED_THREADS";
 
 impl FusedThreads {
-    /// Every choice, the default first.
-    pub const ALL: [FusedThreads; 3] = [
-        FusedThreads::Auto,
-        FusedThreads::Threads512,
-        FusedThreads::Threads256,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            FusedThreads::Auto => "auto",
-            FusedThreads::Threads512 => "512",
-            FusedThreads::Threads256 => "256",
-        }
-    }
-
     /// Threads per CTA for pairs of up to `n` rows and `m` columns.
     pub fn block(self, n: usize, m: usize) -> u32 {
         match self {
@@ -133,14 +118,13 @@ impl FusedThreads {
             FusedThreads::Threads256 => 256,
         }
     }
-
-    /// The block that `$OPTICAL_CUDA_FUSED_THREADS` names (unset or empty: the default).
-    pub fn from_env() -> Result<Self> {
-        choice_from_env()
-    }
 }
 
-env_choice!(FusedThreads, FUSED_THREADS_ENV);
+env_choice!(FusedThreads, FUSED_THREADS_ENV, {
+    Auto => "auto",
+    Threads512 => "512",
+    Threads256 => "256",
+});
 
 /// How the Sinkhorn iterations run for pairs whose K does not fit in shared memory (the
 /// fused kernel and `sinkhorn_iterate_f32` keep it on chip up to about 128 x 128 at 1 CTA
@@ -162,24 +146,10 @@ pub enum SinkhornSplit {
 /// Environment variable that picks [`SinkhornSplit`]: `on` (default) or `off`.
 pub const SINKHORN_SPLIT_ENV: &str = "OPTICAL_CUDA_SINKHORN_SPLIT";
 
-impl SinkhornSplit {
-    /// Every choice, the default first.
-    pub const ALL: [SinkhornSplit; 2] = [SinkhornSplit::On, SinkhornSplit::Off];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SinkhornSplit::On => "on",
-            SinkhornSplit::Off => "off",
-        }
-    }
-
-    /// The choice that `$OPTICAL_CUDA_SINKHORN_SPLIT` names (unset or empty: the default).
-    pub fn from_env() -> Result<Self> {
-        choice_from_env()
-    }
-}
-
-env_choice!(SinkhornSplit, SINKHORN_SPLIT_ENV);
+env_choice!(SinkhornSplit, SINKHORN_SPLIT_ENV, {
+    On => "on",
+    Off => "off",
+});
 
 /// How copies of at least 1 MiB move between host and device
 /// ([`crate::backend::cuda`]'s staging module). On the H200 run the driver's own path for
@@ -198,24 +168,10 @@ pub enum Staging {
 /// Environment variable that picks [`Staging`]: `pinned` (default) or `pageable`.
 pub const STAGING_ENV: &str = "OPTICAL_CUDA_STAGING";
 
-impl Staging {
-    /// Every choice, the default first.
-    pub const ALL: [Staging; 2] = [Staging::Pinned, Staging::Pageable];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Staging::Pinned => "pinned",
-            Staging::Pageable => "pageable",
-        }
-    }
-
-    /// The choice that `$OPTICAL_CUDA_STAGING` names (unset or empty: the default).
-    pub fn from_env() -> Result<Self> {
-        choice_from_env()
-    }
-}
-
-env_choice!(Staging, STAGING_ENV);
+env_choice!(Staging, STAGING_ENV, {
+    Pinned => "pinned",
+    Pageable => "pageable",
+});
 
 /// How MaxSim scores are computed. On the H200 run `maxsim_f32` took 680 µs on the standard
 /// problem (8 × 32 query tokens against 1,000 × 48 document tokens, d = 128), 14× its FP32
@@ -237,24 +193,10 @@ pub enum MaxsimRoute {
 /// Environment variable that picks [`MaxsimRoute`]: `direct` (default) or `tiled`.
 pub const MAXSIM_ENV: &str = "OPTICAL_CUDA_MAXSIM";
 
-impl MaxsimRoute {
-    /// Every choice, the default first.
-    pub const ALL: [MaxsimRoute; 2] = [MaxsimRoute::Direct, MaxsimRoute::Tiled];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            MaxsimRoute::Direct => "direct",
-            MaxsimRoute::Tiled => "tiled",
-        }
-    }
-
-    /// The choice that `$OPTICAL_CUDA_MAXSIM` names (unset or empty: the default).
-    pub fn from_env() -> Result<Self> {
-        choice_from_env()
-    }
-}
-
-env_choice!(MaxsimRoute, MAXSIM_ENV);
+env_choice!(MaxsimRoute, MAXSIM_ENV, {
+    Direct => "direct",
+    Tiled => "tiled",
+});
 
 /// Cost floats the tiled MaxSim route keeps per block of documents (256 MiB).
 const TILED_COST_FLOATS: usize = 1 << 26;
@@ -307,31 +249,12 @@ pub enum CostKernel {
 /// `wgmma`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
-env_choice!(CostKernel, COST_KERNEL_ENV);
-
-impl CostKernel {
-    /// Every cost kernel, the default first.
-    pub const ALL: [CostKernel; 4] = [
-        CostKernel::Tf32x3,
-        CostKernel::Fp32,
-        CostKernel::Tf32x3Wide,
-        CostKernel::Wgmma,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CostKernel::Fp32 => "fp32",
-            CostKernel::Tf32x3 => "tf32x3",
-            CostKernel::Tf32x3Wide => "tf32x3w",
-            CostKernel::Wgmma => "wgmma",
-        }
-    }
-
-    /// The kernel named by `$OPTICAL_CUDA_COST_KERNEL` (unset or empty: the default).
-    pub fn from_env() -> Result<Self> {
-        choice_from_env()
-    }
-}
+env_choice!(CostKernel, COST_KERNEL_ENV, {
+    Tf32x3 => "tf32x3",
+    Fp32 => "fp32",
+    Tf32x3Wide => "tf32x3w",
+    Wgmma => "wgmma",
+});
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

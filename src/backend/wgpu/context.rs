@@ -75,24 +75,10 @@ pub enum SinkhornKernel {
 /// Environment variable that picks the Sinkhorn kernels: `blocked` (default) or `rows`.
 pub const SINKHORN_KERNEL_ENV: &str = "OPTICAL_WGPU_SINKHORN";
 
-impl SinkhornKernel {
-    /// Every choice, the default first.
-    pub const ALL: [SinkhornKernel; 2] = [SinkhornKernel::Blocked, SinkhornKernel::Rows];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SinkhornKernel::Blocked => "blocked",
-            SinkhornKernel::Rows => "rows",
-        }
-    }
-
-    /// The kernels that `$OPTICAL_WGPU_SINKHORN` names (unset or empty: the default).
-    pub fn from_env() -> Result<Self> {
-        crate::backend::choice::choice_from_env()
-    }
-}
-
-env_choice!(SinkhornKernel, SINKHORN_KERNEL_ENV);
+env_choice!(SinkhornKernel, SINKHORN_KERNEL_ENV, {
+    Blocked => "blocked",
+    Rows => "rows",
+});
 
 /// How a binding is declared in a shader.
 #[derive(Clone, Copy)]
