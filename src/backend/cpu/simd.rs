@@ -17,6 +17,16 @@ fn fmax(a: f32, b: f32) -> f32 {
     }
 }
 
+/// `a < b ? a : b` — a single `minps`.
+#[inline(always)]
+fn fmin(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
@@ -174,24 +184,74 @@ pub fn max_sum_exp2<const FMA: bool>(k: &[f32], h: &[f32]) -> (f32, f32) {
     (max, sum)
 }
 
-/// `out_i = −log2 Σ_j 2^(line_ij + h_j)` for each line of `lines` (row-major, `h.len()`
-/// per line): [`max_sum_exp2`] per line, then the logarithms eight lines at a time
-/// through [`log2_pos`] (a libm `log2f` call per line was a sixth of the CPU Sinkhorn's
-/// time on 128-wide lines).
+/// `Σ_j 2^(k_j + h_j + s)`, each exponent clamped to [−126, 126] (so every term is a
+/// finite normal `f32`); `k` and `h` have the same length ≥ 1.
 #[inline(always)]
-pub fn neg_lse_lines<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32]) {
+pub fn shifted_sum_exp2<const FMA: bool>(k: &[f32], h: &[f32], s: f32) -> f32 {
+    debug_assert_eq!(k.len(), h.len());
+    let (kc, kr) = k.as_chunks::<LANES>();
+    let (hc, hr) = h.as_chunks::<LANES>();
+    let mut acc = [0.0f32; LANES];
+    for (kk, hh) in kc.iter().zip(hc) {
+        for l in 0..LANES {
+            acc[l] += exp2_neg::<FMA>(fmin(kk[l] + hh[l] + s, 126.0));
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (&kk, &hh) in kr.iter().zip(hr) {
+        sum += exp2_neg::<FMA>(fmin(kk + hh + s, 126.0));
+    }
+    sum
+}
+
+/// The range in which a sum shifted by the line's current potential is accepted
+/// ([`update_lines`]): a term clamped up to 2^−126 then errs by at most `len·2^−66` of the
+/// sum, and no term came near the upper clamp.
+const SHIFTED_SUM_MIN: f32 = 1.0 / (1u64 << 60) as f32;
+const SHIFTED_SUM_MAX: f32 = (1u64 << 60) as f32;
+
+/// One Sinkhorn half-iteration on potentials in place: `p_l ← −log2 Σ_j 2^(line_lj + h_j)`
+/// for each line `l` of `lines` (row-major, `h.len()` per line), and `step_l` = old `p_l` −
+/// new `p_l` as computed before rounding into the potential (`steps.len() == pot.len()`).
+///
+/// Near the fixed point the terms shifted by the line's current potential,
+/// `2^(line_lj + h_j + p_l)`, sum to about 1, so one pass over the line gives
+/// `p_l − log2 Σ_j 2^(line_lj + h_j + p_l)` without a maximum, and the step is that
+/// logarithm: the line's marginal is off by the factor `2^step_l` even when the step is
+/// below the potential's last place (the marginal check reads it from here, so it never
+/// reports an exact 0 that only the rounding of `p` made). A line whose shifted sum leaves
+/// [2^−60, 2^60] (early iterations, small ε, a non-finite potential) is recomputed with the
+/// maximum subtracted ([`max_sum_exp2`]). The logarithms go eight lines at a time through
+/// [`log2_pos`]. Each line's result depends only on that line, not on its group of eight,
+/// so a pair split over threads gives the same bits.
+#[inline(always)]
+pub fn update_lines<const FMA: bool>(pot: &mut [f32], steps: &mut [f32], lines: &[f32], h: &[f32]) {
+    debug_assert_eq!(pot.len(), steps.len());
     let len = h.len();
-    for (o, block) in out.chunks_mut(LANES).zip(lines.chunks(LANES * len)) {
-        let mut max = [0.0f32; LANES];
+    for ((p, st), block) in pot
+        .chunks_mut(LANES)
+        .zip(steps.chunks_mut(LANES))
+        .zip(lines.chunks(LANES * len))
+    {
+        let mut base = [0.0f32; LANES];
         let mut sum = [1.0f32; LANES];
+        let mut shifted_path = [true; LANES];
         for (l, line) in block.chunks_exact(len).enumerate() {
-            (max[l], sum[l]) = max_sum_exp2::<FMA>(line, h);
+            let shifted = shifted_sum_exp2::<FMA>(line, h, p[l]);
+            if shifted >= SHIFTED_SUM_MIN && shifted <= SHIFTED_SUM_MAX {
+                (base[l], sum[l]) = (p[l], shifted);
+            } else {
+                let (max, s) = max_sum_exp2::<FMA>(line, h);
+                (base[l], sum[l], shifted_path[l]) = (-max, s, false);
+            }
         }
         for v in sum.iter_mut() {
             *v = log2_pos::<FMA>(*v);
         }
-        for (l, o) in o.iter_mut().enumerate() {
-            *o = -(max[l] + sum[l]);
+        for (l, (p, st)) in p.iter_mut().zip(st.iter_mut()).enumerate() {
+            let new = base[l] - sum[l];
+            *st = if shifted_path[l] { sum[l] } else { *p - new };
+            *p = new;
         }
     }
 }
@@ -452,20 +512,87 @@ mod tests {
         assert!(log2_pos::<true>(f32::NAN).is_nan());
     }
 
+    /// Lines of `len` entries: a smooth part plus a per-line offset, so that some lines sit
+    /// near their potential and others far from it.
+    fn lines_and_potentials(lines: usize, len: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let k: Vec<f32> = (0..lines * len)
+            .map(|i| -((i * 37 % 11) as f32) * 0.7 - (i / len) as f32 * 9.0)
+            .collect();
+        let h: Vec<f32> = (0..len)
+            .map(|i| ((i * 13 % 5) as f32) * 0.3 - 2.0)
+            .collect();
+        // Line l's potential: exact for even lines, 10 off for odd ones (both in range), and
+        // for every third line 200 off, 0 or NaN (out of range: the maximum path).
+        let p = (0..lines)
+            .map(|l| {
+                let exact = -log2_sum_exp2::<false>(&k[l * len..(l + 1) * len], &h);
+                match l % 6 {
+                    0 | 4 => exact,
+                    1 => exact + 10.0,
+                    2 => exact - 200.0,
+                    3 => 0.0,
+                    _ => f32::NAN,
+                }
+            })
+            .collect();
+        (k, h, p)
+    }
+
     #[test]
-    fn lines_in_blocks_of_eight_match_one_at_a_time() {
-        for (lines, len) in [(1usize, 1usize), (7, 3), (8, 16), (9, 129), (17, 8)] {
-            let k: Vec<f32> = (0..lines * len)
-                .map(|i| -((i * 37 % 11) as f32) * 0.7)
-                .collect();
-            let h: Vec<f32> = (0..len)
-                .map(|i| ((i * 13 % 5) as f32) * 0.3 - 2.0)
-                .collect();
-            let mut out = vec![0.0f32; lines];
-            neg_lse_lines::<false>(&mut out, &k, &h);
-            for (i, &o) in out.iter().enumerate() {
-                let want = -log2_sum_exp2::<false>(&k[i * len..(i + 1) * len], &h);
-                assert_eq!(o.to_bits(), want.to_bits(), "{lines}x{len}: line {i}");
+    fn line_updates_match_the_max_subtracted_form() {
+        for (lines, len) in [
+            (1usize, 1usize),
+            (7, 3),
+            (8, 16),
+            (9, 129),
+            (17, 8),
+            (12, 200),
+        ] {
+            let (k, h, p0) = lines_and_potentials(lines, len);
+            let (mut p, mut steps) = (p0.clone(), vec![0.0f32; lines]);
+            update_lines::<true>(&mut p, &mut steps, &k, &h);
+            for (l, &got) in p.iter().enumerate() {
+                let line = &k[l * len..(l + 1) * len];
+                let want = -line
+                    .iter()
+                    .zip(&h)
+                    .map(|(&a, &b)| ((a + b) as f64).exp2())
+                    .sum::<f64>()
+                    .log2();
+                let tol = 4e-6 * want.abs().max(1.0);
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "{lines}x{len}: line {l}: {got} vs {want}"
+                );
+                // The step is what the marginal check reads: old potential − new one.
+                if p0[l].is_finite() {
+                    let want_step = p0[l] as f64 - want;
+                    assert!(
+                        (steps[l] as f64 - want_step).abs() <= tol,
+                        "{lines}x{len}: line {l}: step {} vs {want_step}",
+                        steps[l]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_update_does_not_depend_on_its_group() {
+        for (lines, len) in [(9usize, 129usize), (17, 8), (12, 3)] {
+            let (k, h, p0) = lines_and_potentials(lines, len);
+            let mut grouped = p0.clone();
+            let mut steps = vec![0.0f32; lines];
+            update_lines::<false>(&mut grouped, &mut steps, &k, &h);
+            for l in 0..lines {
+                let (mut alone, mut step) = ([p0[l]], [0.0f32]);
+                update_lines::<false>(&mut alone, &mut step, &k[l * len..(l + 1) * len], &h);
+                assert_eq!(
+                    alone[0].to_bits(),
+                    grouped[l].to_bits(),
+                    "{lines}x{len}: {l}"
+                );
+                assert_eq!(step[0].to_bits(), steps[l].to_bits(), "{lines}x{len}: {l}");
             }
         }
     }
