@@ -238,7 +238,7 @@ pub fn update_lines<const FMA: bool>(pot: &mut [f32], steps: &mut [f32], lines: 
         let mut shifted_path = [true; LANES];
         for (l, line) in block.chunks_exact(len).enumerate() {
             let shifted = shifted_sum_exp2::<FMA>(line, h, p[l]);
-            if shifted >= SHIFTED_SUM_MIN && shifted <= SHIFTED_SUM_MAX {
+            if (SHIFTED_SUM_MIN..=SHIFTED_SUM_MAX).contains(&shifted) {
                 (base[l], sum[l]) = (p[l], shifted);
             } else {
                 let (max, s) = max_sum_exp2::<FMA>(line, h);
