@@ -302,26 +302,17 @@ const SPLIT_TASK_ENTRIES: usize = 1 << 14;
 /// With `split`, blocks of lines run on different threads; each line is computed exactly
 /// as without, so the result does not depend on the split.
 #[inline(always)]
-fn lse_lines<const FMA: bool>(
-    out: &mut [f32],
-    steps: &mut [f32],
-    lines: &[f32],
-    h: &[f32],
-    split: bool,
-) {
+fn lse_lines<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32], split: bool) {
     let len = h.len();
     if split {
         // About four tasks per thread (load balance), none much under SPLIT_TASK_ENTRIES.
         let lines_per_thread = out.len().div_ceil(4 * rayon::current_num_threads());
         let per_task = lines_per_thread.max(SPLIT_TASK_ENTRIES / len).max(1);
         out.par_chunks_mut(per_task)
-            .zip(steps.par_chunks_mut(per_task))
             .zip(lines.par_chunks(per_task * len))
-            .for_each(|((o, s), block)| {
-                dispatch!(|FMA2| simd::update_lines::<FMA2>(o, s, block, h))
-            });
+            .for_each(|(o, block)| dispatch!(|FMA2| simd::update_lines::<FMA2>(o, block, h)));
     } else {
-        simd::update_lines::<FMA>(out, steps, lines, h);
+        simd::update_lines::<FMA>(out, lines, h);
     }
 }
 
@@ -340,8 +331,6 @@ pub struct FastPair {
     f_next: Vec<f32>,
     f_next_valid: bool,
     scratch: Vec<f32>,
-    /// Each line's last step, old potential − new (see [`simd::update_lines`]).
-    steps: Vec<f32>,
 }
 
 pub struct FastState {
@@ -361,7 +350,6 @@ impl FastPair {
             f_next: vec![0.0; nr],
             f_next_valid: false,
             scratch: vec![0.0; nr.max(nc)],
-            steps: vec![0.0; nr.max(nc)],
             kt,
             k: scaled.k,
             log2_a: scaled.log2_a,
@@ -380,7 +368,7 @@ impl FastPair {
     /// `out_i = −log2 Σ_j 2^(K_ij + G_j + log2 b_j)`; rows spread over threads if `split`.
     #[inline(always)]
     fn row_update<const FMA: bool>(&mut self, out_is_next: bool, split: bool) {
-        let (nr, nc) = (self.support.rows.len(), self.support.cols.len());
+        let nc = self.support.cols.len();
         let h = &mut self.scratch[..nc];
         for ((h, &g), &lb) in h.iter_mut().zip(&self.g).zip(&self.log2_b) {
             *h = g + lb;
@@ -391,18 +379,18 @@ impl FastPair {
         } else {
             &mut self.f
         };
-        lse_lines::<FMA>(out, &mut self.steps[..nr], &self.k, h, split);
+        lse_lines::<FMA>(out, &self.k, h, split);
     }
 
     /// `G_j = −log2 Σ_i 2^(K_ij + F_i + log2 a_i)`; columns spread over threads if `split`.
     #[inline(always)]
     fn col_update<const FMA: bool>(&mut self, split: bool) {
-        let (nr, nc) = (self.support.rows.len(), self.support.cols.len());
+        let nr = self.support.rows.len();
         let h = &mut self.scratch[..nr];
         for ((h, &f), &la) in h.iter_mut().zip(&self.f).zip(&self.log2_a) {
             *h = f + la;
         }
-        lse_lines::<FMA>(&mut self.g, &mut self.steps[..nc], &self.kt, h, split);
+        lse_lines::<FMA>(&mut self.g, &self.kt, h, split);
     }
 
     #[inline(always)]
@@ -422,13 +410,13 @@ impl FastPair {
     fn marginal_error<const FMA: bool>(&mut self, split: bool) -> f64 {
         self.row_update::<FMA>(true, split);
         self.f_next_valid = true;
-        // Row i's marginal is a_i · 2^(F_i − F_i^new): the step, before rounding into F^new.
-        self.steps
+        self.f
             .iter()
+            .zip(&self.f_next)
             .zip(&self.log2_a)
-            .map(|(&step, &la)| {
+            .map(|((&f, &fnew), &la)| {
                 let a = (la as f64).exp2();
-                a * ((step as f64).exp2() - 1.0).abs()
+                a * (((f - fnew) as f64).exp2() - 1.0).abs()
             })
             .sum()
     }
