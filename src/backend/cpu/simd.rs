@@ -520,8 +520,10 @@ mod tests {
         let h: Vec<f32> = (0..len)
             .map(|i| ((i * 13 % 5) as f32) * 0.3 - 2.0)
             .collect();
-        // Line l's potential: exact for even lines, 10 off for odd ones (both in range), and
-        // for every third line 200 off, 0 or NaN (out of range: the maximum path).
+        // Line l's potential, by l mod 6: exact (0, 4) or 10 off (1), both in range for the
+        // shifted sum; 200 off (2) or NaN (5), out of range, so the maximum path; 0 (3), in
+        // or out of range depending on the line's offset. Lines under SHIFTED_MIN_LEN take
+        // the maximum path whatever the potential.
         let p = (0..lines)
             .map(|l| {
                 let exact = -log2_sum_exp2::<false>(&k[l * len..(l + 1) * len], &h);
