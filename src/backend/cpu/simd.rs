@@ -171,17 +171,9 @@ pub fn max_sum_exp2<const FMA: bool>(k: &[f32], h: &[f32]) -> (f32, f32) {
     for (&kk, &hh) in kr.iter().zip(hr) {
         max = fmax(max, kk + hh);
     }
-    let mut acc = [0.0f32; LANES];
-    for (kk, hh) in kc.iter().zip(hc) {
-        for l in 0..LANES {
-            acc[l] += exp2_neg::<FMA>(kk[l] + hh[l] - max);
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (&kk, &hh) in kr.iter().zip(hr) {
-        sum += exp2_neg::<FMA>(kk + hh - max);
-    }
-    (max, sum)
+    // `(k + h) + (−max)` is `(k + h) − max` bit for bit, and every exponent is ≤ 0, so the
+    // shifted sum's upper clamp never acts.
+    (max, shifted_sum_exp2::<FMA>(k, h, -max))
 }
 
 /// `Σ_j 2^(k_j + h_j + s)`, each exponent clamped to [−126, 126] (so every term is a
