@@ -287,6 +287,10 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
     let float_len = t("float_len.npy");
     npy::write(&float_len, &[2], &[3.0f32, 2.0]).unwrap();
     let missing = t("missing.npy");
+    let docs = t("docs.npy");
+    npy::write(&docs, &[5, 8], &[1.0f32; 40]).unwrap();
+    let empty_doc = t("empty_doc.npy");
+    npy::write(&empty_doc, &[3], &[2i64, 0, 3]).unwrap();
 
     let s = |v: &Path| v.display().to_string();
     let cost = |c: &Path, extra: &[&str]| -> Vec<String> {
@@ -395,6 +399,20 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
             ],
             expect: vec![s(&float_len), "integer".into()],
         },
+        Bad {
+            name: "document without tokens",
+            args: vec![
+                "ot".into(),
+                "maxsim".into(),
+                "--queries".into(),
+                s(&x),
+                "--docs".into(),
+                s(&docs),
+                "--doc-lengths".into(),
+                s(&empty_doc),
+            ],
+            expect: vec![s(&empty_doc), "document 1 has no tokens".into()],
+        },
     ];
     for case in cases {
         let out = tmp
@@ -440,6 +458,47 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
         !names.iter().any(|n| n.contains("partial")),
         "no temporary directories: {names:?}"
     );
+}
+
+/// Flags that belong to the other input form are refused, not silently ignored: lengths
+/// only mask embeddings, weights only apply to a given cost.
+#[test]
+fn flags_of_the_other_input_form_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cost = tmp.path().join("cost.npy");
+    npy::write(&cost, &[2, 3, 4], &[0.5f32; 24]).unwrap();
+    let x = tmp.path().join("x.npy");
+    npy::write(&x, &[2, 3, 8], &[1.0f32; 48]).unwrap();
+    let lengths = tmp.path().join("lengths.npy");
+    npy::write(&lengths, &[2], &[1i64, 2]).unwrap();
+    let weights = tmp.path().join("w.npy");
+    npy::write(&weights, &[2, 3], &[1.0f32; 6]).unwrap();
+    let out = tmp.path().join("out");
+    let (c, x, l, w) = (p(&cost), p(&x), p(&lengths), p(&weights));
+    for (args, flags) in [
+        (
+            vec!["--cost", c, "--x-lengths", l],
+            ["--x-lengths", "--cost"],
+        ),
+        (
+            vec!["--cost", c, "--y-lengths", l],
+            ["--y-lengths", "--cost"],
+        ),
+        (vec!["--x", x, "--y", x, "--a", w], ["--a", "--x"]),
+        (vec!["--x", x, "--y", x, "--b", w], ["--b", "--x"]),
+    ] {
+        let mut all = vec!["ot", "solve"];
+        all.extend(&args);
+        all.extend(["--out", p(&out)]);
+        let o = optical(&all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        for flag in flags {
+            assert!(err.contains(flag), "{args:?}: expected {flag} in {err}");
+        }
+        assert!(!out.exists(), "{args:?}: no output directory");
+    }
 }
 
 #[test]

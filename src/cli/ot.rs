@@ -55,10 +55,10 @@ pub struct SolveArgs {
     #[arg(long, conflicts_with_all = ["x", "y"], required_unless_present_all = ["x", "y"])]
     pub cost: Option<PathBuf>,
     /// Row weights, (b,n) or (n,); uniform when omitted.
-    #[arg(long, requires = "cost")]
+    #[arg(long, requires = "cost", conflicts_with_all = ["x", "y"])]
     pub a: Option<PathBuf>,
     /// Column weights, (b,m) or (m,); uniform when omitted.
-    #[arg(long, requires = "cost")]
+    #[arg(long, requires = "cost", conflicts_with_all = ["x", "y"])]
     pub b: Option<PathBuf>,
     /// Row embeddings, (b,n,d) or (n,d).
     #[arg(long, requires = "y")]
@@ -67,10 +67,10 @@ pub struct SolveArgs {
     #[arg(long, requires = "x")]
     pub y: Option<PathBuf>,
     /// Real rows per pair, integer (b,); rows past it are padding.
-    #[arg(long, requires = "x")]
+    #[arg(long, requires = "x", conflicts_with = "cost")]
     pub x_lengths: Option<PathBuf>,
     /// Real columns per pair, integer (b,).
-    #[arg(long, requires = "y")]
+    #[arg(long, requires = "y", conflicts_with = "cost")]
     pub y_lengths: Option<PathBuf>,
     /// Entropic regularisation ε (> 0).
     #[arg(long, default_value_t = 0.05)]
@@ -373,8 +373,13 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let values = docs.values.into_iter().map(|v| v as f32).collect();
-    let packed =
-        PackedDocs::new("documents", d, values, lengths).map_err(|e| e.in_file(&args.docs))?;
+    // A complaint about the lengths names the lengths file, any other the documents file.
+    let packed = PackedDocs::new("documents", d, values, lengths).map_err(|e| match &e {
+        Error::Value { context, .. } if context.ends_with("lengths") => {
+            e.in_file(&args.doc_lengths)
+        }
+        _ => e.in_file(&args.docs),
+    })?;
     let scores = backend
         .maxsim(&q, &packed)
         .map_err(|e| e.in_file(&args.docs))?;
