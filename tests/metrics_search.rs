@@ -408,4 +408,56 @@ fn search_cli_maxsim_with_one_token_equals_dense() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("corpus-lengths"));
+    // Dense scoring refuses lengths instead of ignoring them, and a document without
+    // tokens is reported against the lengths file.
+    optical::io::npy::write(&p("cl0.npy"), &[cs.m], &vec![0i64; cs.m]).unwrap();
+    for (args, want) in [
+        (
+            vec![
+                "--queries",
+                "q.npy",
+                "--corpus",
+                "c.npy",
+                "--corpus-lengths",
+                "cl.npy",
+            ],
+            "corpus-lengths",
+        ),
+        (
+            vec![
+                "--queries",
+                "q.npy",
+                "--corpus",
+                "c.npy",
+                "--query-lengths",
+                "cl.npy",
+            ],
+            "query-lengths",
+        ),
+        (
+            vec![
+                "--scoring",
+                "maxsim",
+                "--queries",
+                "qt.npy",
+                "--corpus",
+                "c.npy",
+                "--corpus-lengths",
+                "cl0.npy",
+            ],
+            "cl0.npy (corpus lengths): document 0 has no tokens",
+        ),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+            .arg("search")
+            .args(&args)
+            .args(["--out", "y"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+        assert!(!p("y").exists(), "{args:?}: no run file");
+    }
 }

@@ -187,3 +187,26 @@ fn malformed_trec_files_name_the_line() {
         .to_string()
         .contains("expected 6 fields"));
 }
+
+#[test]
+fn cli_refuses_a_run_with_no_judged_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let qrels = dir.path().join("qrels.txt");
+    std::fs::write(&qrels, "q1 0 d1 1\n").unwrap();
+    let run = dir.path().join("run.txt");
+    std::fs::write(&run, "q2 Q0 d1 1 0.5 t\nq3 Q0 d1 1 0.5 t\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["eval", "trec", "--qrels"])
+        .arg(&qrels)
+        .arg("--run")
+        .arg(&run)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("run.txt against") && err.contains("the run has 2 queries, the qrels 1"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -113,6 +113,19 @@ fn trec_eval(a: TrecArgs) -> Result<()> {
     let measures = Measure::parse_list(&a.metrics)?;
     let qrels = trec::read_qrels(&a.qrels)?;
     let run = trec::read_run(&a.run)?;
+    // A run none of whose queries is judged scores 0 on every measure, which reads like a
+    // result; it is almost always the wrong qrels file (trec_eval stops there too: "No queries with both results and relevance info").
+    if !run.keys().any(|q| qrels.contains_key(q)) {
+        return Err(Error::value(
+            format!("{} against {}", a.run.display(), a.qrels.display()),
+            format!(
+                "expected at least one query of the run judged in the qrels; found none \
+                 (the run has {} queries, the qrels {})",
+                run.len(),
+                qrels.len()
+            ),
+        ));
+    }
     let ev = metrics::evaluate(&qrels, &run, &measures);
     let out = if a.per_query {
         serde_json::json!({"mean": ev.mean, "per_query": ev.per_query})

@@ -116,6 +116,19 @@ pub fn run(a: SearchArgs) -> Result<()> {
     let (dense_q, dense_c, maxsim_q, maxsim_c);
     let scorer = match scoring {
         Scoring::Dense => {
+            // Lengths mask token vectors; pooled vectors have none to mask.
+            for (flag, given) in [
+                ("query-lengths", a.query_lengths.is_some()),
+                ("corpus-lengths", a.corpus_lengths.is_some()),
+            ] {
+                if given {
+                    return Err(Error::parameter(
+                        flag,
+                        "no lengths with --scoring dense (one pooled vector per row); lengths go with --scoring maxsim",
+                        "a lengths file",
+                    ));
+                }
+            }
             let shape2 = |arr: &npy::NpyArray, p: &Path| match arr.shape[..] {
                 [n, d] => Ok((n, d)),
                 _ => Err(Error::shape(
@@ -166,8 +179,13 @@ pub fn run(a: SearchArgs) -> Result<()> {
                     "none",
                 )
             })?;
-            maxsim_c = PackedDocs::new("corpus", dc, c.to_f32(), read_lengths(cl)?)
-                .map_err(|e| e.in_file(&a.corpus))?;
+            // A complaint about the lengths names the lengths file, any other the corpus.
+            maxsim_c = PackedDocs::new("corpus", dc, c.to_f32(), read_lengths(cl)?).map_err(
+                |e| match &e {
+                    Error::Value { context, .. } if context.ends_with("lengths") => e.in_file(cl),
+                    _ => e.in_file(&a.corpus),
+                },
+            )?;
             backend = Backend::new(a.backend.parse::<BackendKind>()?)?;
             Scorer::MaxSim {
                 backend: &backend,

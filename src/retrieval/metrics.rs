@@ -258,7 +258,8 @@ pub fn evaluate(qrels: &Qrels, run: &Run, measures: &[Measure]) -> Evaluation {
     }
 }
 
-/// measure name → mean over `queries` (0 when there are none, as trec_eval prints).
+/// measure name → mean over `queries` (0 when there are none; trec_eval stops with "No
+/// queries with both results and relevance info" there, and so does `optical eval trec`).
 pub fn mean_measures(queries: &[&RankedQuery], measures: &[Measure]) -> BTreeMap<String, f64> {
     measures
         .iter()
