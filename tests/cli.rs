@@ -340,6 +340,11 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
             expect: vec!["epsilon".into(), "-1".into()],
         },
         Bad {
+            name: "threshold negative",
+            args: cost(&good, &["--threshold", "-1"]),
+            expect: vec!["threshold".into(), "-1".into()],
+        },
+        Bad {
             name: "check_every zero",
             args: cost(&good, &["--check-every", "0"]),
             expect: vec!["check_every".into()],
@@ -498,6 +503,20 @@ fn flags_of_the_other_input_form_are_refused() {
             assert!(err.contains(flag), "{args:?}: expected {flag} in {err}");
         }
         assert!(!out.exists(), "{args:?}: no output directory");
+    }
+}
+
+#[test]
+fn bench_refuses_a_negative_or_non_finite_measuring_time() {
+    for (value, want) in [
+        ("-1", "parameter min_seconds"),
+        ("nan", "expected a finite number"),
+    ] {
+        let o = optical(&["bench", "--kernels", "cosine-cost", "--min-seconds", value]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{value}: {err}");
+        assert!(err.contains(want), "{value}: expected {want:?} in {err}");
+        assert!(stdout(&o).is_empty(), "{value}: nothing measured");
     }
 }
 

@@ -293,6 +293,27 @@ fn bad_configs_are_one_line_errors() {
         (vec!["--export", "first"], "best or last"),
         (vec!["--grad-accumulation", "0"], "grad_accumulation"),
         (vec!["--freeze-layers", "2"], "nothing would be trained"),
+        // non-finite values are refused at parsing, negative ones reach the range checks
+        (
+            vec!["--mse-weight", "nan"],
+            "expected a finite number, found nan",
+        ),
+        (
+            vec!["--epsilon", "inf"],
+            "expected a finite number, found inf",
+        ),
+        (
+            vec!["--lr", "-1"],
+            "parameter lr: expected a finite number > 0, found -1",
+        ),
+        (
+            vec!["--sinkhorn-iterations", "0"],
+            "parameter sinkhorn_iterations: expected at least 1",
+        ),
+        (
+            vec!["--mse-weight", "-0.5"],
+            "parameter mse_weight: expected a finite number >= 0",
+        ),
     ] {
         let mut args = flags.clone();
         args.extend_from_slice(&["--steps", "1"]);

@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Minimum measuring time per kernel, in seconds.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::finite_f64, allow_negative_numbers = true)]
     pub min_seconds: f64,
     /// Also time the host-side phases of each call (copies to and from the device, waits,
     /// solver steps, the f64 plan): seconds per call of each, in `host_phases` with --json.
@@ -49,6 +49,13 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> crate::Result<()> {
+    if args.min_seconds < 0.0 {
+        return Err(crate::Error::parameter(
+            "min_seconds",
+            "a finite number >= 0 (0: three calls per kernel)",
+            args.min_seconds,
+        ));
+    }
     let kind: BackendKind = args.backend.parse()?;
     let backend = Backend::new(kind)?;
     let kernels: Vec<String> = if args.kernels.is_empty() {

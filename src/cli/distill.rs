@@ -71,7 +71,7 @@ pub struct ConfigFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<String>,
     /// Weight of the MSE term in `ot+mean-mse`.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mse_weight: Option<f64>,
     /// Also distil the English side (student(en) → teacher(en)).
@@ -87,13 +87,13 @@ pub struct ConfigFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub center_tokens: Option<bool>,
     /// Sinkhorn ε (cost units; the cost is 1 − cos ∈ [0, 2]).
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sinkhorn_iterations: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sinkhorn_threshold: Option<f64>,
     /// cpu, cpu-reference, wgpu or cuda.
@@ -106,10 +106,10 @@ pub struct ConfigFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub devices: Option<String>,
     /// AdamW peak learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
     /// Linear warm-up steps, then linear decay to 0 at `steps`.
@@ -126,7 +126,7 @@ pub struct ConfigFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_accumulation: Option<usize>,
     /// Global gradient-norm clipping (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_clip: Option<f64>,
     /// Optimiser steps.

@@ -55,6 +55,20 @@ pub enum Command {
     Study(study::StudyArgs),
 }
 
+/// A flag's floating-point value: a finite number (`-1` included, so that range checks
+/// can say what they expected instead of clap taking it for a flag).
+pub(crate) fn finite_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number, found {s:?}"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("expected a finite number, found {s}"))
+    }
+}
+
 /// Run a parsed command.
 pub fn run(cli: Cli) -> crate::Result<()> {
     match cli.command {

@@ -73,13 +73,13 @@ pub struct SolveArgs {
     #[arg(long, requires = "y", conflicts_with = "cost")]
     pub y_lengths: Option<PathBuf>,
     /// Entropic regularisation ε (> 0).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub epsilon: f64,
     /// Iteration cap per pair.
     #[arg(long, default_value_t = 1000)]
     pub max_iterations: usize,
     /// Convergence threshold on the L1 row-marginal error.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
     pub threshold: f64,
     /// Test convergence every this many iterations.
     #[arg(long, default_value_t = 10)]

@@ -200,7 +200,23 @@ impl DistillConfig {
                 ));
             }
         }
-        self.sinkhorn().validate()?;
+        // The solver names its own fields; say the config's keys instead.
+        self.sinkhorn().validate().map_err(|e| match e {
+            Error::Parameter {
+                name,
+                expected,
+                found,
+            } => Error::Parameter {
+                name: match name {
+                    "max_iterations" => "sinkhorn_iterations",
+                    "threshold" => "sinkhorn_threshold",
+                    other => other,
+                },
+                expected,
+                found,
+            },
+            other => other,
+        })?;
         if self.max_length < 2 {
             return Err(Error::parameter(
                 "max_length",
@@ -216,6 +232,13 @@ impl DistillConfig {
                 "grad_clip",
                 "a finite number >= 0",
                 self.grad_clip,
+            ));
+        }
+        if !(self.mse_weight.is_finite() && self.mse_weight >= 0.0) {
+            return Err(Error::parameter(
+                "mse_weight",
+                "a finite number >= 0",
+                self.mse_weight,
             ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
