@@ -147,12 +147,21 @@ impl DistillConfig {
         self,
         overrides: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self> {
-        let mut json = serde_json::to_value(&self)
+        // Merged as TOML values, not JSON: a config file may hold `nan` or `inf`, which JSON
+        // cannot carry (it would turn them into null and fail to read them back); they
+        // reach `validate` and its message instead.
+        let mut merged = toml::Value::try_from(&self)
             .map_err(|e| Error::value("distillation config", e.to_string()))?;
-        if let Some(obj) = json.as_object_mut() {
-            obj.extend(overrides);
+        if let Some(table) = merged.as_table_mut() {
+            for (key, value) in overrides {
+                let value = toml::Value::try_from(&value)
+                    .map_err(|e| Error::value(format!("distillation flag {key}"), e.to_string()))?;
+                table.insert(key, value);
+            }
         }
-        serde_json::from_value(json).map_err(|e| Error::value("distillation flags", e.to_string()))
+        merged
+            .try_into()
+            .map_err(|e| Error::value("distillation flags", e.to_string()))
     }
 
     pub fn loss_kind(&self) -> Result<LossKind> {
@@ -280,5 +289,53 @@ impl DistillConfig {
         let rest = (self.steps - self.warmup_steps.min(self.steps)).max(1) as f64;
         let done = (step - self.warmup_steps) as f64;
         self.lr * (1.0 - done / rest).max(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        json.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn overrides_replace_keys_and_accept_integers_for_floats() {
+        let c = DistillConfig::default()
+            .with_overrides(overrides(serde_json::json!({
+                "epsilon": 1, "lr": 3e-5, "steps": 7, "loss": "mean-mse"
+            })))
+            .unwrap();
+        assert_eq!((c.epsilon, c.lr, c.steps), (1.0, 3e-5, 7));
+        assert_eq!(c.loss, "mean-mse");
+        let d = DistillConfig::default();
+        assert_eq!(
+            c.batch_size, d.batch_size,
+            "keys not overridden keep their value"
+        );
+    }
+
+    #[test]
+    fn a_non_finite_value_from_a_file_reaches_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "lr = nan\n").unwrap();
+        let c = DistillConfig::from_file(&path)
+            .unwrap()
+            .with_overrides(overrides(serde_json::json!({"steps": 1})))
+            .unwrap();
+        assert!(c.lr.is_nan());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("lr") && err.contains("NaN"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_override_is_an_error() {
+        let err = DistillConfig::default()
+            .with_overrides(overrides(serde_json::json!({"learning_rate": 1.0})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("learning_rate"), "{err}");
     }
 }
