@@ -125,3 +125,50 @@ fn eval_writes_results_report_plots_and_consistent_runs() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("parameter model"));
 }
+
+/// Settings of another dataset, and zero counts, are refused before anything is read or
+/// encoded (no data directory is needed to see it).
+#[test]
+fn eval_refuses_settings_of_another_dataset() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("o");
+    let o = o.to_str().unwrap();
+    for (extra, want) in [
+        (
+            vec!["--dataset", "tatoeba", "--split", "test"],
+            "--split applies to: mafand",
+        ),
+        (
+            vec!["--dataset", "xquad-r", "--max-pairs", "5"],
+            "--max-pairs applies to",
+        ),
+        (
+            vec!["--dataset", "mafand", "--candidate-context"],
+            "xquad-r and mlqa-r",
+        ),
+        (
+            vec!["--dataset", "tatoeba", "--english-bible", "b.csv.gz"],
+            "--english-bible applies to: bible",
+        ),
+        (
+            vec!["--dataset", "xquad-r", "--k", "0"],
+            "parameter k: expected at least 1",
+        ),
+        (
+            vec!["--dataset", "tatoeba", "--batch", "0"],
+            "parameter batch",
+        ),
+    ] {
+        let mut args = vec!["eval", "--model", "hash", "--out", o];
+        args.extend(&extra);
+        let r = Command::new(env!("CARGO_BIN_EXE_optical"))
+            .args(&args)
+            .env("OPTICAL_DATA_DIR", out.path().join("no-data"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: expected {want:?} in {err}");
+        assert!(!out.path().join("o").exists(), "{extra:?}: nothing written");
+    }
+}

@@ -79,9 +79,9 @@ pub struct EvalDatasetArgs {
     /// Backend for the transformer encoders and MaxSim: cpu, cpu-reference, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
-    /// MAFAND split: dev or test.
-    #[arg(long, default_value = "dev")]
-    pub split: String,
+    /// MAFAND split: dev (default) or test.
+    #[arg(long)]
+    pub split: Option<String>,
     /// English Bible (default: $OPTICAL_CACHE/bible/t_web.csv.gz).
     #[arg(long)]
     pub english_bible: Option<PathBuf>,
@@ -153,6 +153,42 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     }
     let scoring: Scoring = a.scoring.parse()?;
     let lareqa = matches!(dataset, DatasetName::XquadR | DatasetName::MlqaR);
+    // Settings of another dataset are refused, not silently ignored, and the counts are
+    // checked before any text is encoded.
+    let misplaced = [
+        (
+            "split",
+            a.split.is_some() && dataset != DatasetName::Mafand,
+            "mafand",
+        ),
+        (
+            "english-bible",
+            a.english_bible.is_some() && dataset != DatasetName::Bible,
+            "bible",
+        ),
+        (
+            "candidate-context",
+            a.candidate_context && !lareqa,
+            "xquad-r and mlqa-r",
+        ),
+        (
+            "max-pairs",
+            a.max_pairs.is_some() && lareqa,
+            "the bitext datasets (LAReQA pools are never cut)",
+        ),
+    ];
+    if let Some((flag, _, applies)) = misplaced.iter().find(|(_, bad, _)| *bad) {
+        return Err(Error::parameter(
+            "dataset",
+            format!("a dataset that --{flag} applies to: {applies}"),
+            dataset.name(),
+        ));
+    }
+    for (name, value) in [("k", a.k), ("batch", a.batch)] {
+        if value == 0 {
+            return Err(Error::parameter(name, "at least 1", value));
+        }
+    }
     let main_metric = if lareqa { "map" } else { "P_1" };
     let default_metrics = "map,recip_rank,P_1,recall_10,recall_100,ndcg_cut_10,map_cut_10";
     let measures = Measure::parse_list(a.metrics.as_deref().unwrap_or(default_metrics))?;
@@ -176,7 +212,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         &dir,
         &data::LoadOptions {
             languages: a.languages.clone(),
-            split: Some(a.split.clone()),
+            split: a.split.clone(),
             english_bible: a.english_bible.clone(),
             max_pairs: a.max_pairs,
         },
