@@ -518,6 +518,17 @@ fn bench_refuses_a_negative_or_non_finite_measuring_time() {
         assert!(err.contains(want), "{value}: expected {want:?} in {err}");
         assert!(stdout(&o).is_empty(), "{value}: nothing measured");
     }
+    // An unknown name anywhere in the list stops the bench before the first kernel.
+    let o = optical(&[
+        "bench",
+        "--kernels",
+        "cosine-cost,nope",
+        "--min-seconds",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("found nope"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "nothing measured: {}", stdout(&o));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use crate::backend::{Backend, BackendKind};
-use crate::bench::{run_kernel, KERNELS};
+use crate::bench::{run_kernel, EXTRA_KERNELS, KERNELS};
 
 /// Printed after `optical bench --help`.
 pub const STANDARD_PROBLEMS: &str = "\
@@ -63,6 +63,22 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
     } else {
         args.kernels
     };
+    // Every name is checked before the first kernel runs (a typo at the end of a long
+    // list should not cost the measurements before it).
+    if let Some(bad) = kernels
+        .iter()
+        .find(|k| !KERNELS.contains(&k.as_str()) && !EXTRA_KERNELS.contains(&k.as_str()))
+    {
+        return Err(crate::Error::parameter(
+            "kernel",
+            format!(
+                "one of {}, {}",
+                KERNELS.join(", "),
+                EXTRA_KERNELS.join(", ")
+            ),
+            bad,
+        ));
+    }
     crate::phases::set_enabled(args.phases);
     for k in &kernels {
         let r = run_kernel(&backend, k, args.min_seconds)?;
