@@ -531,6 +531,82 @@ fn bench_refuses_a_negative_or_non_finite_measuring_time() {
     assert!(stdout(&o).is_empty(), "nothing measured: {}", stdout(&o));
 }
 
+/// A directory where an output file should go, or an output in a directory that does not
+/// exist, is refused before the work (no model loaded, nothing solved) and in the user's
+/// terms, never as a failure on a hidden temporary file.
+#[test]
+fn output_paths_are_checked_before_the_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("x.npy");
+    npy::write(&x, &[2, 3, 8], &[1.0f32; 48]).unwrap();
+    let q = tmp.path().join("q.npy");
+    npy::write(&q, &[3, 8], &[1.0f32; 24]).unwrap();
+    let texts = tmp.path().join("texts.txt");
+    std::fs::write(&texts, "hello\n").unwrap();
+    let a_file = tmp.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let dir = p(tmp.path());
+    let missing = tmp.path().join("missing").join("out.npy");
+    let (x, q, texts, a_file, missing) = (p(&x), p(&q), p(&texts), p(&a_file), p(&missing));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["ot", "cost", "--x", x, "--y", x, "--out", dir],
+            "found a directory",
+        ),
+        (
+            vec!["ot", "cost", "--x", x, "--y", x, "--out", missing],
+            "does not exist",
+        ),
+        (
+            vec!["ot", "solve", "--x", x, "--y", x, "--out", a_file],
+            "a file with that name exists",
+        ),
+        (
+            vec!["search", "--queries", q, "--corpus", q, "--out", dir],
+            "found a directory",
+        ),
+        (
+            vec!["search", "--queries", q, "--corpus", q, "--out", missing],
+            "does not exist",
+        ),
+        // the model name is a path that does not exist either: the output is checked first
+        (
+            vec![
+                "encode", "--model", "no-model", "--input", texts, "--out", dir,
+            ],
+            "found a directory",
+        ),
+        (
+            vec![
+                "encode",
+                "--model",
+                "no-model",
+                "--input",
+                texts,
+                "--pooling",
+                "tokens",
+                "--out",
+                missing,
+            ],
+            "does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = optical(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+        assert!(!err.contains("partial"), "{args:?}: {err}");
+        assert!(stdout(&o).is_empty(), "{args:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
 #[test]
 fn info_and_bench_json() {
     let o = optical(&["info", "--json"]);

@@ -9,7 +9,7 @@ use crate::backend::BackendKind;
 use crate::encoder::pooling::Pooling;
 use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder, TextKind};
 use crate::error::{Error, Result};
-use crate::io::npy;
+use crate::io::{npy, write_through_temp};
 
 /// Embed each line of --input (one text per line, UTF-8) with a pretrained encoder.
 ///
@@ -81,6 +81,20 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let backend: BackendKind = args.backend.parse()?;
     let device = device_for(backend)?;
     let texts = read_lines(&args.input)?;
+    // The outputs' paths are checked before the model loads, and each file is written
+    // through a temporary sibling, so that a bad --out costs no encoding and a failed
+    // write leaves no truncated file.
+    let outputs = match pooling {
+        Pooling::Tokens => vec![
+            args.out.clone(),
+            sibling(&args.out, "lengths"),
+            sibling(&args.out, "offsets"),
+        ],
+        Pooling::Mean | Pooling::Cls => vec![args.out.clone()],
+    };
+    for p in &outputs {
+        crate::io::check_output_file(p)?;
+    }
     let options = EncoderOptions {
         max_length: args.max_length,
         batch_size: args.batch_size,
@@ -96,16 +110,16 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         Pooling::Tokens => {
             let packed = encoder.token_embeddings(&texts, kind)?;
             let total: usize = packed.lengths.iter().sum();
-            npy::write(&args.out, &[total, h], &packed.data)?;
+            write_through_temp(&args.out, |p| npy::write(p, &[total, h], &packed.data))?;
             let lengths: Vec<i64> = packed.lengths.iter().map(|&l| l as i64).collect();
             let offsets: Vec<i64> = packed.offsets().iter().map(|&o| o as i64).collect();
-            npy::write(&sibling(&args.out, "lengths"), &[texts.len()], &lengths)?;
-            npy::write(&sibling(&args.out, "offsets"), &[texts.len()], &offsets)?;
+            write_through_temp(&outputs[1], |p| npy::write(p, &[texts.len()], &lengths))?;
+            write_through_temp(&outputs[2], |p| npy::write(p, &[texts.len()], &offsets))?;
             total
         }
         Pooling::Mean | Pooling::Cls => {
             let emb = encoder.embed(&texts, kind, pooling, !args.no_normalize)?;
-            npy::write(&args.out, &[texts.len(), h], &emb)?;
+            write_through_temp(&args.out, |p| npy::write(p, &[texts.len(), h], &emb))?;
             encoder.tokenize(&texts, kind)?.iter().map(Vec::len).sum()
         }
     };

@@ -218,6 +218,7 @@ fn solve(args: SolveArgs) -> Result<()> {
         check_every: args.check_every,
     };
     params.validate()?;
+    check_output_dir(&args.out)?;
     let backend = args.backend.open()?;
     crate::phases::set_enabled(args.phases);
     // `seconds` in the summary times the solve (cost from embeddings included), not file I/O.
@@ -325,6 +326,7 @@ fn solve(args: SolveArgs) -> Result<()> {
 }
 
 fn cost(args: CostArgs) -> Result<()> {
+    crate::io::check_output_file(&args.out)?;
     let backend = args.backend.open()?;
     let (x, bx) = load_embeddings(&args.x, args.x_lengths.as_deref())?;
     let (y, by) = load_embeddings(&args.y, args.y_lengths.as_deref())?;
@@ -347,6 +349,7 @@ fn cost(args: CostArgs) -> Result<()> {
 }
 
 fn maxsim(args: MaxsimArgs) -> Result<()> {
+    crate::io::check_output_file(&args.out)?;
     let backend = args.backend.open()?;
     let (q, batched) = load_embeddings(&args.queries, args.query_lengths.as_deref())?;
     let docs = load(&args.docs, &[2], "(tokens, d)")?;
@@ -391,9 +394,9 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
     crate::io::write_through_temp(&args.out, |p| npy::write(p, &shape, &scores))
 }
 
-/// Write into `dir` without leaving a partial directory behind: files go to a temporary
-/// sibling first and are moved in only when all of them were written.
-fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// An output directory's path can be used: its parent exists and no file has its name
+/// (checked before the work, and again before writing).
+fn check_output_dir(dir: &Path) -> Result<()> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -408,6 +411,23 @@ fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
             ),
         ));
     }
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            "write output directory",
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file with that name exists",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Write into `dir` without leaving a partial directory behind: files go to a temporary
+/// sibling first and are moved in only when all of them were written.
+fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    check_output_dir(dir)?;
     let tmp = crate::io::temp_sibling(dir);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let result = write(&tmp).and_then(|()| {

@@ -110,6 +110,7 @@ fn read_lengths(path: &Path) -> Result<Vec<usize>> {
 
 pub fn run(a: SearchArgs) -> Result<()> {
     let scoring: Scoring = a.scoring.parse()?;
+    crate::io::check_output_file(&a.out)?;
     let q = npy::read(&a.queries)?;
     let c = npy::read(&a.corpus)?;
     let backend;
@@ -201,16 +202,18 @@ pub fn run(a: SearchArgs) -> Result<()> {
     let t0 = Instant::now();
     let hits = search(&scorer, &pool, &[], a.k, a.block)?;
     let seconds = t0.elapsed().as_secs_f64();
-    let mut w = RunWriter::create(&a.out, &a.tag)?;
-    for (qid, h) in qids.iter().zip(&hits) {
-        w.query(
-            qid,
-            h.top
-                .iter()
-                .map(|&(i, s)| (pool.ids[i as usize].as_str(), s)),
-        )?;
-    }
-    w.finish()?;
+    crate::io::write_through_temp(&a.out, |path| {
+        let mut w = RunWriter::create(path, &a.tag)?;
+        for (qid, h) in qids.iter().zip(&hits) {
+            w.query(
+                qid,
+                h.top
+                    .iter()
+                    .map(|&(i, s)| (pool.ids[i as usize].as_str(), s)),
+            )?;
+        }
+        w.finish()
+    })?;
     println!(
         "{}",
         serde_json::json!({

@@ -21,6 +21,7 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 /// `write`) leaves the previous file whole, never a truncated one, and the temporary file
 /// is removed.
 pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    check_output_file(path)?;
     let tmp = temp_sibling(path);
     let result = write(&tmp)
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e)));
@@ -28,6 +29,43 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The two mistakes a user makes with an output file's path, said in their terms (rather
+/// than as a failure to create or rename a hidden temporary file): a directory there, or
+/// no directory to create it in. Commands check it before long work, so that the work is
+/// not lost at the end.
+pub fn check_output_file(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::io(
+            path,
+            "write",
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "expected a file path, found a directory",
+            ),
+        ));
+    }
+    check_parent(path)
+}
+
+/// An error naming `path` when the directory it would be created in does not exist.
+pub fn check_parent(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if parent.is_dir() {
+        return Ok(());
+    }
+    Err(Error::io(
+        path,
+        "create",
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the directory {} does not exist", parent.display()),
+        ),
+    ))
 }
 
 /// [`write_through_temp`] of `contents`.
@@ -70,7 +108,18 @@ mod tests {
 
         // A directory that does not exist: an error, nothing created.
         let missing = dir.path().join("no-such-dir").join("file");
-        assert!(write_atomic(&missing, "text").is_err());
+        let err = write_atomic(&missing, "text").unwrap_err().to_string();
+        assert!(
+            err.contains("no-such-dir/file")
+                && err.contains("does not exist")
+                && !err.contains("partial"),
+            "{err}"
+        );
         assert!(!missing.exists());
+
+        // A directory where a file should go: said so, before anything is written.
+        let err = write_atomic(dir.path(), "text").unwrap_err().to_string();
+        assert!(err.contains("found a directory"), "{err}");
+        assert!(!super::temp_sibling(dir.path()).exists());
     }
 }
