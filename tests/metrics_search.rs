@@ -436,6 +436,17 @@ fn search_cli_maxsim_with_one_token_equals_dense() {
         ),
         (
             vec![
+                "--queries",
+                "q.npy",
+                "--corpus",
+                "c.npy",
+                "--backend",
+                "wgpu",
+            ],
+            "no --backend with --scoring dense",
+        ),
+        (
+            vec![
                 "--scoring",
                 "maxsim",
                 "--queries",

@@ -50,9 +50,10 @@ pub struct SearchArgs {
     /// Queries scored per block.
     #[arg(long, default_value_t = DEFAULT_BLOCK)]
     pub block: usize,
-    /// Backend for MaxSim: cpu, cpu-reference, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    /// Backend of the MaxSim kernel: cpu (default), cpu-reference, wgpu or cuda (dense
+    /// search runs on the CPU).
+    #[arg(long)]
+    pub backend: Option<String>,
 }
 
 fn read_ids(path: Option<&Path>, n: usize, what: &str) -> Result<Vec<String>> {
@@ -130,6 +131,13 @@ pub fn run(a: SearchArgs) -> Result<()> {
                     ));
                 }
             }
+            if let Some(b) = &a.backend {
+                return Err(Error::parameter(
+                    "backend",
+                    "no --backend with --scoring dense (dense search runs on the CPU; the backend picks the MaxSim kernel)",
+                    b,
+                ));
+            }
             let shape2 = |arr: &npy::NpyArray, p: &Path| match arr.shape[..] {
                 [n, d] => Ok((n, d)),
                 _ => Err(Error::shape(
@@ -187,7 +195,12 @@ pub fn run(a: SearchArgs) -> Result<()> {
                     _ => e.in_file(&a.corpus),
                 },
             )?;
-            backend = Backend::new(a.backend.parse::<BackendKind>()?)?;
+            backend = Backend::new(
+                a.backend
+                    .as_deref()
+                    .unwrap_or("cpu")
+                    .parse::<BackendKind>()?,
+            )?;
             Scorer::MaxSim {
                 backend: &backend,
                 queries: &maxsim_q,
