@@ -199,6 +199,44 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     let steps: Vec<u64> = log.iter().map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=12).collect::<Vec<u64>>());
 
+    // --resume alone continues the run as its config.toml has it (the model paths, the
+    // sources, lr, ...); it may extend the run, and it refuses to change what a step
+    // computes.
+    let alone = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["distill", "--no-progress", "--resume", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let longer = alone(&["--steps", "13"]);
+    let resumed = ok(&longer, "resume with the saved config");
+    assert_eq!(resumed["steps"], 13, "{resumed}");
+    let stderr = String::from_utf8_lossy(&longer.stderr);
+    assert!(
+        stderr.contains("resume changes steps: 12 -> 13"),
+        "{stderr}"
+    );
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(saved.contains("steps = 13"), "{saved}");
+    let changed = alone(&["--steps", "14", "--lr", "5e-4"]);
+    assert!(!changed.status.success(), "a changed lr must be refused");
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        stderr.contains("expected lr = 0.001") && stderr.contains("found 0.0005"),
+        "{stderr}"
+    );
+    let steps: Vec<u64> = lines(&out.join("log.jsonl"))
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=13).collect::<Vec<u64>>(),
+        "the refused resume ran nothing"
+    );
+
     // Nothing to resume from is a clear error.
     let none = distill(&f, &f.root.join("empty"), &["--steps", "2", "--resume"]);
     assert!(!none.status.success());

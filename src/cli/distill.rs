@@ -21,7 +21,9 @@ pub struct DistillArgs {
     /// Print the default configuration as TOML and exit.
     #[arg(long)]
     pub print_default_config: bool,
-    /// Continue from the latest checkpoint in the run directory.
+    /// Continue from the latest checkpoint in the run directory (--out), with the run's own
+    /// config.toml; flags and --config may change only steps, eval_every,
+    /// checkpoint_every, cache_mb, backend, devices, export and data_dir.
     #[arg(long)]
     pub resume: bool,
     /// Time N training steps and print the step-time breakdown (nothing is written); with
@@ -172,20 +174,108 @@ pub struct ConfigFlags {
     pub out: Option<PathBuf>,
 }
 
-/// The configuration of a command line: defaults, then the file, then the flags.
+/// Keys that `--resume` may change: how long the run goes on and how it is watched, stored
+/// and computed, not what one step computes.
+pub const RESUMABLE_KEYS: [&str; 8] = [
+    "steps",
+    "eval_every",
+    "checkpoint_every",
+    "cache_mb",
+    "backend",
+    "devices",
+    "export",
+    "data_dir",
+];
+
+/// The configuration of a command line: defaults, then the file, then the flags. With
+/// `--resume`, the run directory's own `config.toml` takes the place of the defaults, so
+/// that `optical distill --resume --out DIR` continues the run as it was configured; a
+/// file or flag that would change what a step computes (anything outside
+/// [`RESUMABLE_KEYS`]) is an error, and the keys it may change are reported.
 pub fn resolve_config(args: &DistillArgs) -> Result<DistillConfig> {
-    let base = match &args.config {
-        Some(path) => DistillConfig::from_file(path)?,
-        None => DistillConfig::default(),
-    };
-    let overrides = match serde_json::to_value(&args.keys) {
+    let flags = match serde_json::to_value(&args.keys) {
         Ok(serde_json::Value::Object(map)) => map,
         Ok(_) => serde_json::Map::new(),
         Err(e) => return Err(Error::value("distill flags", e.to_string())),
     };
-    let config = base.with_overrides(overrides)?;
+    let config = if args.resume {
+        resume_config(args, flags)?
+    } else {
+        let base = match &args.config {
+            Some(path) => DistillConfig::from_file(path)?,
+            None => DistillConfig::default(),
+        };
+        base.with_overrides(flags)?
+    };
     config.validate()?;
     Ok(config)
+}
+
+fn resume_config(
+    args: &DistillArgs,
+    flags: serde_json::Map<String, serde_json::Value>,
+) -> Result<DistillConfig> {
+    // The keys the file names (not its defaults), then the flags over them.
+    let mut overrides = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Format {
+                path: path.clone(),
+                what: format!("not a valid distillation config: {e}"),
+            })?;
+            match serde_json::to_value(&table) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    overrides.extend(flags);
+    let out = match overrides.get("out").and_then(|v| v.as_str()) {
+        Some(o) => PathBuf::from(o),
+        None => DistillConfig::default().out,
+    };
+    let saved_path = out.join("config.toml");
+    if !saved_path.is_file() {
+        return Err(Error::parameter(
+            "resume",
+            format!(
+                "a run directory to continue, with config.toml and checkpoints/latest \
+                 (--out names it; {} has no config.toml)",
+                out.display()
+            ),
+            out.display(),
+        ));
+    }
+    let saved = DistillConfig::from_file(&saved_path)?;
+    let mut merged = saved.clone().with_overrides(overrides)?;
+    merged.out = out.clone();
+    let as_map = |c: &DistillConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (before, after) = (as_map(&saved), as_map(&merged));
+    for (key, value) in &after {
+        let old = before.get(key).unwrap_or(&serde_json::Value::Null);
+        // `out` is the directory the saved config was just read from, however it is spelt.
+        if old == value || key == "out" {
+            continue;
+        }
+        if !RESUMABLE_KEYS.contains(&key.as_str()) {
+            return Err(Error::value(
+                format!("resume of {}", out.display()),
+                format!(
+                    "expected {key} = {old} as in {} (a resumed run keeps what a step \
+                     computes; only {} may change), found {value}; start a new run in \
+                     another directory to change it",
+                    saved_path.display(),
+                    RESUMABLE_KEYS.join(", ")
+                ),
+            ));
+        }
+        eprintln!("distill: resume changes {key}: {old} -> {value}");
+    }
+    Ok(merged)
 }
 
 pub fn run(args: DistillArgs) -> Result<()> {

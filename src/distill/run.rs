@@ -363,8 +363,10 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, "remove", e))?;
             }
         }
-        write_text(&out.join("config.toml"), &config.to_toml())?;
     }
+    // On a resume too: the keys it may change (steps, evaluation and checkpoint intervals)
+    // are the run's from now on, and the next resume starts from them.
+    write_text(&out.join("config.toml"), &config.to_toml())?;
     // A checkpoint holds the whole student (~0.5 GB for e5-small), so only the latest and
     // the best (by dev P@1) are kept; older ones are removed once a newer one is written.
     let save = |trainer: &Trainer| -> Result<()> {
