@@ -237,6 +237,20 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
         "the refused resume ran nothing"
     );
 
+    // A fresh start in a directory that holds a run is refused, and the run is intact.
+    let fresh = distill(&f, &out, &["--steps", "2"]);
+    assert!(!fresh.status.success(), "a fresh run over an existing one");
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert!(
+        stderr.contains("--resume") && stderr.contains("step-000013"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines(&out.join("log.jsonl")).len(),
+        13,
+        "the run's log is intact"
+    );
+
     // Nothing to resume from is a clear error.
     let none = distill(&f, &f.root.join("empty"), &["--steps", "2", "--resume"]);
     assert!(!none.status.success());

@@ -358,6 +358,20 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             truncate_log(p, trainer.state.step)?;
         }
     } else {
+        // A fresh start in a directory that holds a run would delete its logs and, at the
+        // first checkpoint, replace its `latest`: refuse instead of losing that run.
+        if let Ok(name) = std::fs::read_to_string(&latest) {
+            return Err(Error::parameter(
+                "out",
+                "a new or empty run directory (continue the run there with --resume, or \
+                 choose another --out)",
+                format!(
+                    "{} holding a run (latest checkpoint {})",
+                    out.display(),
+                    name.trim()
+                ),
+            ));
+        }
         for p in [&log, &dev_log] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, "remove", e))?;
