@@ -123,6 +123,35 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 /// Every file of the run directory is written whole or not at all (a full disk or a kill
 /// mid-write keeps the previous version), so `latest`, `best` and the logs stay readable
 /// for `--resume`.
+/// The run directory can take this run, checked before any model loads: not a file, and
+/// for a fresh start (not `resume`) not a directory that holds a run, whose logs would be
+/// deleted and whose `latest` checkpoint replaced at the first save.
+fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::parameter(
+            "out",
+            "a run directory (new, or one to --resume)",
+            format!("{}, a file", out.display()),
+        ));
+    }
+    if !resume {
+        let latest = out.join("checkpoints").join("latest");
+        if let Ok(name) = std::fs::read_to_string(&latest) {
+            return Err(Error::parameter(
+                "out",
+                "a new or empty run directory (continue the run there with --resume, or \
+                 choose another --out)",
+                format!(
+                    "{} holding a run (latest checkpoint {})",
+                    out.display(),
+                    name.trim()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn write_text(path: &Path, text: &str) -> Result<()> {
     crate::io::write_atomic(path, text)
 }
@@ -237,6 +266,9 @@ pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) 
 /// Run a distillation.
 pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
+    if options.bench_steps.is_none() {
+        check_run_dir(&config.out, options.resume)?;
+    }
     let kind: BackendKind = config.backend.parse()?;
     let devices = resolve_devices(kind, &config.device_selection()?)?;
     let device = devices[0].clone();
@@ -358,20 +390,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             truncate_log(p, trainer.state.step)?;
         }
     } else {
-        // A fresh start in a directory that holds a run would delete its logs and, at the
-        // first checkpoint, replace its `latest`: refuse instead of losing that run.
-        if let Ok(name) = std::fs::read_to_string(&latest) {
-            return Err(Error::parameter(
-                "out",
-                "a new or empty run directory (continue the run there with --resume, or \
-                 choose another --out)",
-                format!(
-                    "{} holding a run (latest checkpoint {})",
-                    out.display(),
-                    name.trim()
-                ),
-            ));
-        }
+        check_run_dir(&out, false)?;
         for p in [&log, &dev_log] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, "remove", e))?;
