@@ -151,4 +151,17 @@ impl Error {
             other => other,
         }
     }
+
+    /// [`Error::in_file`] for a value read from two files, packed data and its lengths:
+    /// a complaint about the lengths (context `… lengths`) names `lengths`, any other `data`.
+    pub fn in_data_or_lengths_file(
+        self,
+        data: &std::path::Path,
+        lengths: &std::path::Path,
+    ) -> Self {
+        match &self {
+            Error::Value { context, .. } if context.ends_with("lengths") => self.in_file(lengths),
+            _ => self.in_file(data),
+        }
+    }
 }

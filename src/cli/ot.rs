@@ -218,7 +218,7 @@ fn solve(args: SolveArgs) -> Result<()> {
         check_every: args.check_every,
     };
     params.validate()?;
-    check_output_dir(&args.out)?;
+    crate::io::check_output_dir(&args.out)?;
     let backend = args.backend.open()?;
     crate::phases::set_enabled(args.phases);
     // `seconds` in the summary times the solve (cost from embeddings included), not file I/O.
@@ -376,13 +376,8 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let values = docs.values.into_iter().map(|v| v as f32).collect();
-    // A complaint about the lengths names the lengths file, any other the documents file.
-    let packed = PackedDocs::new("documents", d, values, lengths).map_err(|e| match &e {
-        Error::Value { context, .. } if context.ends_with("lengths") => {
-            e.in_file(&args.doc_lengths)
-        }
-        _ => e.in_file(&args.docs),
-    })?;
+    let packed = PackedDocs::new("documents", d, values, lengths)
+        .map_err(|e| e.in_data_or_lengths_file(&args.docs, &args.doc_lengths))?;
     let scores = backend
         .maxsim(&q, &packed)
         .map_err(|e| e.in_file(&args.docs))?;
@@ -394,40 +389,10 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
     crate::io::write_through_temp(&args.out, |p| npy::write(p, &shape, &scores))
 }
 
-/// An output directory's path can be used: its parent exists and no file has its name
-/// (checked before the work, and again before writing).
-fn check_output_dir(dir: &Path) -> Result<()> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::io(
-            dir,
-            "create output directory",
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the parent directory does not exist",
-            ),
-        ));
-    }
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::io(
-            dir,
-            "write output directory",
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "a file with that name exists",
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Write into `dir` without leaving a partial directory behind: files go to a temporary
 /// sibling first and are moved in only when all of them were written.
 fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    check_output_dir(dir)?;
+    crate::io::check_output_dir(dir)?;
     let tmp = crate::io::temp_sibling(dir);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let result = write(&tmp).and_then(|()| {

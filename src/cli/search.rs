@@ -188,13 +188,8 @@ pub fn run(a: SearchArgs) -> Result<()> {
                     "none",
                 )
             })?;
-            // A complaint about the lengths names the lengths file, any other the corpus.
-            maxsim_c = PackedDocs::new("corpus", dc, c.to_f32(), read_lengths(cl)?).map_err(
-                |e| match &e {
-                    Error::Value { context, .. } if context.ends_with("lengths") => e.in_file(cl),
-                    _ => e.in_file(&a.corpus),
-                },
-            )?;
+            maxsim_c = PackedDocs::new("corpus", dc, c.to_f32(), read_lengths(cl)?)
+                .map_err(|e| e.in_data_or_lengths_file(&a.corpus, cl))?;
             backend = Backend::new(
                 a.backend
                     .as_deref()

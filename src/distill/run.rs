@@ -390,7 +390,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             truncate_log(p, trainer.state.step)?;
         }
     } else {
-        check_run_dir(&out, false)?;
+        // (check_run_dir refused a directory holding a run before anything loaded.)
         for p in [&log, &dev_log] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, "remove", e))?;

@@ -31,22 +31,44 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
     result
 }
 
-/// The two mistakes a user makes with an output file's path, said in their terms (rather
-/// than as a failure to create or rename a hidden temporary file): a directory there, or
-/// no directory to create it in. Commands check it before long work, so that the work is
-/// not lost at the end.
+/// An I/O error on `path` that says what was wrong in the user's terms (not as a failure
+/// to create or rename a hidden temporary file).
+fn path_error(
+    path: &Path,
+    action: &'static str,
+    kind: std::io::ErrorKind,
+    what: impl Into<String>,
+) -> Error {
+    Error::io(path, action, std::io::Error::new(kind, what.into()))
+}
+
+/// The two mistakes a user makes with an output file's path: a directory there, or no
+/// directory to create it in. Commands check it before long work, so that the work is not
+/// lost at the end.
 pub fn check_output_file(path: &Path) -> Result<()> {
     if path.is_dir() {
-        return Err(Error::io(
+        return Err(path_error(
             path,
             "write",
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "expected a file path, found a directory",
-            ),
+            std::io::ErrorKind::AlreadyExists,
+            "expected a file path, found a directory",
         ));
     }
     check_parent(path)
+}
+
+/// An output directory's path can be used: its parent exists and no file has its name.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    check_parent(dir)?;
+    if dir.exists() && !dir.is_dir() {
+        return Err(path_error(
+            dir,
+            "write output directory",
+            std::io::ErrorKind::AlreadyExists,
+            "a file with that name exists",
+        ));
+    }
+    Ok(())
 }
 
 /// An error naming `path` when the directory it would be created in does not exist.
@@ -58,13 +80,11 @@ pub fn check_parent(path: &Path) -> Result<()> {
     if parent.is_dir() {
         return Ok(());
     }
-    Err(Error::io(
+    Err(path_error(
         path,
         "create",
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("the directory {} does not exist", parent.display()),
-        ),
+        std::io::ErrorKind::NotFound,
+        format!("the directory {} does not exist", parent.display()),
     ))
 }
 
