@@ -10,7 +10,8 @@
 //! backend's copies (`copy to device`, `copy to host`, `wait for device`) and `finish` holds
 //! `plan (f64)`. Work queued on a GPU shows up where the host waits for it (`wait for
 //! device` before a read-back, or the step that blocked: a driver may block in a submit),
-//! not where it was launched.
+//! not where it was launched. The WGPU backend compiles each pipeline the first time a
+//! call needs it (`compile pipelines`), so a process's first call of a kernel holds it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

@@ -153,6 +153,18 @@ fn shaders_validate_with_naga() {
     }
 }
 
+/// Pipelines compile on first use; every one of them must compile on this adapter, and the
+/// count must match the backend's table (a pipeline added or lost shows up here).
+#[test]
+fn every_pipeline_compiles() {
+    let Some(ctx) = context() else { return };
+    let count = ctx.compile_all().expect("compile every pipeline");
+    let want = if ctx.has_blocked_kernel() { 25 } else { 19 };
+    assert_eq!(count, want, "pipelines compiled");
+    // A second call finds them compiled.
+    assert_eq!(ctx.compile_all().expect("compiled pipelines"), want);
+}
+
 #[test]
 fn cosine_cost_matches_reference() {
     let Some((w, _)) = wgpu_backend() else { return };

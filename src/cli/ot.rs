@@ -99,12 +99,16 @@ pub struct SolveArgs {
 /// padding. Inputs (b,n,d)/(b,m,d) or (n,d)/(m,d); output f32 (b,n,m) or (n,m).
 #[derive(Debug, Args)]
 pub struct CostArgs {
+    /// Row embeddings, (b,n,d) or (n,d), f32 or f64.
     #[arg(long)]
     pub x: PathBuf,
+    /// Column embeddings, (b,m,d) or (m,d).
     #[arg(long)]
     pub y: PathBuf,
+    /// Real rows per pair, integer (b,); rows past it are padding (cost 0).
     #[arg(long)]
     pub x_lengths: Option<PathBuf>,
+    /// Real columns per pair, integer (b,).
     #[arg(long)]
     pub y_lengths: Option<PathBuf>,
     #[command(flatten)]
@@ -120,12 +124,16 @@ pub struct CostArgs {
 /// (q, documents) or (documents,).
 #[derive(Debug, Args)]
 pub struct MaxsimArgs {
+    /// Query token embeddings, (q,n,d) or (n,d), f32 or f64.
     #[arg(long)]
     pub queries: PathBuf,
+    /// Real tokens per query, integer (q,); tokens past it are padding.
     #[arg(long)]
     pub query_lengths: Option<PathBuf>,
+    /// Document token embeddings packed one document after another, (tokens,d).
     #[arg(long)]
     pub docs: PathBuf,
+    /// Tokens per document, integer (documents,), summing to the rows of --docs.
     #[arg(long)]
     pub doc_lengths: PathBuf,
     #[command(flatten)]

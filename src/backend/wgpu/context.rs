@@ -1,11 +1,11 @@
-//! The device side of the WGPU backend: adapter choice, device and queue, the compiled
-//! pipelines (built once per context) and a pool of reusable buffers.
+//! The device side of the WGPU backend: adapter choice, device and queue, the pipelines
+//! (each compiled on first use, then kept for the context) and a pool of reusable buffers.
 //!
 //! "Get a device" ([`WgpuContext::new`], [`adapters`]) is split from "run on this device"
 //! (the kernels in the sibling modules), so tests and benches can share one context.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wgpu::util::DeviceExt;
 
@@ -88,10 +88,75 @@ pub(crate) enum Bind {
     ReadWrite,
 }
 
-/// One kernel family: its bind group layout and its pipelines.
+/// One kernel family: its bind group layout, its shader module and its pipelines.
+///
+/// A pipeline is compiled the first time a kernel asks for it ([`Family::pipeline`]), not
+/// when the context opens: a call uses two or three of the backend's 25 pipelines, and
+/// compiling all of them took ≈ 0.8 s of every `optical ot … --backend wgpu` on lavapipe.
+/// The WGSL of every module is still parsed and validated when the context opens.
 pub(crate) struct Family {
     pub layout: wgpu::BindGroupLayout,
-    pub pipelines: Vec<wgpu::ComputePipeline>,
+    device: wgpu::Device,
+    pipeline_layout: wgpu::PipelineLayout,
+    module: wgpu::ShaderModule,
+    entries: Vec<(&'static str, Vec<(&'static str, f64)>)>,
+    /// One slot per entry: the pipeline, or the compiler's error, once asked for.
+    pipelines: Vec<OnceLock<std::result::Result<wgpu::ComputePipeline, String>>>,
+}
+
+impl Family {
+    /// Pipeline `index` of the family (the constants below), compiled on first use; a
+    /// compilation error is kept and returned by every later call.
+    pub(crate) fn pipeline(&self, index: usize) -> Result<&wgpu::ComputePipeline> {
+        let (Some(slot), Some((entry, constants))) =
+            (self.pipelines.get(index), self.entries.get(index))
+        else {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                operation: "compile shaders",
+                what: format!(
+                    "no pipeline {index} in a family of {} (this is a bug in optical)",
+                    self.pipelines.len()
+                ),
+            });
+        };
+        slot.get_or_init(|| {
+            let _phase = crate::phases::phase("compile pipelines");
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let pipeline = self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&self.pipeline_layout),
+                    module: &self.module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        // Every workgroup variable is written before it is read.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                });
+            match pollster::block_on(scope.pop()) {
+                Some(e) => Err(format!("entry point {entry} {constants:?}: {e}")),
+                None => Ok(pipeline),
+            }
+        })
+        .as_ref()
+        .map_err(|what| Error::Backend {
+            backend: BACKEND,
+            operation: "compile shaders",
+            what: what.clone(),
+        })
+    }
+
+    /// Compile every pipeline of the family now (see [`WgpuContext::compile_all`]).
+    pub(crate) fn compile_all(&self) -> Result<usize> {
+        for i in 0..self.pipelines.len() {
+            self.pipeline(i)?;
+        }
+        Ok(self.pipelines.len())
+    }
 }
 
 /// The compiled pipelines, indexed by the constants below.
@@ -275,7 +340,8 @@ impl WgpuContext {
     }
 
     /// Open a device on `adapter` with the adapter's own limits (not WebGPU's defaults: the
-    /// Sinkhorn tile grows with the workgroup memory) and compile every pipeline.
+    /// Sinkhorn tile grows with the workgroup memory) and validate every shader module (the
+    /// pipelines are compiled on first use: [`WgpuContext::compile_all`]).
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
         let sinkhorn_kernel = SinkhornKernel::from_env()?;
         let info = adapter.get_info();
@@ -363,6 +429,18 @@ impl WgpuContext {
             sinkhorn_kernel,
             split_large,
         })
+    }
+
+    /// Compile every pipeline of the backend now, rather than each on its first use, and
+    /// return how many there are. A compiler error names the entry point.
+    pub fn compile_all(&self) -> Result<usize> {
+        let p = &self.pipelines;
+        let mut count = p.cosine.compile_all()? + p.maxsim.compile_all()?;
+        count += p.sinkhorn.compile_all()? + p.fused.compile_all()?;
+        if let Some(blocked) = &p.fused_blocked {
+            count += blocked.compile_all()?;
+        }
+        Ok(count)
     }
 
     /// Name of the adapter in use.
@@ -860,12 +938,12 @@ impl Pipelines {
     }
 }
 
-type EntryPoint<'a> = (&'a str, &'a [(&'a str, f64)]);
+type EntryPoint<'a> = (&'static str, &'a [(&'static str, f64)]);
 
 fn family(
     device: &wgpu::Device,
     label: &str,
-    source: &str,
+    source: &'static str,
     binds: &[Bind],
     entries: &[EntryPoint<'_>],
 ) -> Family {
@@ -900,22 +978,12 @@ fn family(
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let pipelines = entries
-        .iter()
-        .map(|(entry, constants)| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    // Every workgroup variable is written before it is read.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            })
-        })
-        .collect();
-    Family { layout, pipelines }
+    Family {
+        layout,
+        device: device.clone(),
+        pipeline_layout,
+        module,
+        entries: entries.iter().map(|(e, c)| (*e, c.to_vec())).collect(),
+        pipelines: entries.iter().map(|_| OnceLock::new()).collect(),
+    }
 }

@@ -109,19 +109,19 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
             &mut enc,
             &[
                 (
-                    &pipes.pipelines[COSINE_NORMS],
+                    pipes.pipeline(COSINE_NORMS)?,
                     &group,
                     [groups(c * (n + m), 256), 1, 1],
                 ),
                 if blocked {
                     (
-                        &pipes.pipelines[COSINE_COST_BLOCKED],
+                        pipes.pipeline(COSINE_COST_BLOCKED)?,
                         &group,
                         [groups(m, 64), groups(n, 64), c as u32],
                     )
                 } else {
                     (
-                        &pipes.pipelines[COSINE_COST],
+                        pipes.pipeline(COSINE_COST)?,
                         &group,
                         [groups(m, 16), groups(n, 16), c as u32],
                     )
@@ -223,12 +223,12 @@ pub(crate) fn maxsim(
             &mut enc,
             &[
                 (
-                    &pipes.pipelines[MAXSIM_NORMS],
+                    pipes.pipeline(MAXSIM_NORMS)?,
                     &group,
                     [groups(nqueries * nq + tokens, 256), 1, 1],
                 ),
                 (
-                    &pipes.pipelines[MAXSIM_SCORES],
+                    pipes.pipeline(MAXSIM_SCORES)?,
                     &group,
                     [(k1 - k0) as u32, nqueries as u32, 1],
                 ),
@@ -384,7 +384,7 @@ pub(crate) fn fused_sinkhorn(
             ctx.encode(
                 &mut enc,
                 &[(
-                    &pipes.pipelines[FUSED_SOLVE + variant],
+                    pipes.pipeline(FUSED_SOLVE + variant)?,
                     &group,
                     [c as u32, 1, 1],
                 )],
@@ -408,7 +408,7 @@ pub(crate) fn fused_sinkhorn(
         ctx.encode(
             &mut enc,
             &[(
-                &pipes.pipelines[FUSED_PLAN + variant],
+                pipes.pipeline(FUSED_PLAN + variant)?,
                 &group,
                 [c as u32, 1, 1],
             )],

@@ -259,7 +259,11 @@ impl SinkhornKernels for Wgpu {
                 // Split half-iterations: a pair over ceil(lines / 16) workgroups, one
                 // dispatch per half-iteration (each dispatch sees the last's writes), at most
                 // SPLIT_ITERATIONS_PER_PASS iterations per compute pass.
-                let sk = &ctx.pipelines.sinkhorn.pipelines;
+                let sk = &ctx.pipelines.sinkhorn;
+                let (row_half, col_half) = (
+                    sk.pipeline(SINKHORN_ROWS_SPLIT)?,
+                    sk.pipeline(SINKHORN_COLS_SPLIT)?,
+                );
                 let rows = [n.div_ceil(16), chunk.len as u32, 1];
                 let cols = [m.div_ceil(16), chunk.len as u32, 1];
                 let mut left = iterations;
@@ -268,8 +272,8 @@ impl SinkhornKernels for Wgpu {
                     let halves: Vec<_> = (0..now)
                         .flat_map(|_| {
                             [
-                                (&sk[SINKHORN_ROWS_SPLIT], &chunk.group, rows),
-                                (&sk[SINKHORN_COLS_SPLIT], &chunk.group, cols),
+                                (row_half, &chunk.group, rows),
+                                (col_half, &chunk.group, cols),
                             ]
                         })
                         .collect();
@@ -280,11 +284,17 @@ impl SinkhornKernels for Wgpu {
                 let pipeline = if chunk.blocked {
                     // G = 8 (the next pipeline) when every pair is at most 64 × 64.
                     let narrow = (chunk.variant == SINKHORN_NARROW) as usize;
-                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_BLOCKED + narrow]
+                    ctx.pipelines
+                        .sinkhorn
+                        .pipeline(SINKHORN_ITERATE_BLOCKED + narrow)?
                 } else if chunk.any_on_chip {
-                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_TILE + chunk.variant]
+                    ctx.pipelines
+                        .sinkhorn
+                        .pipeline(SINKHORN_ITERATE_TILE + chunk.variant)?
                 } else {
-                    &ctx.pipelines.sinkhorn.pipelines[SINKHORN_ITERATE_STREAM + chunk.variant]
+                    ctx.pipelines
+                        .sinkhorn
+                        .pipeline(SINKHORN_ITERATE_STREAM + chunk.variant)?
                 };
                 ctx.encode(
                     &mut enc,
@@ -308,7 +318,7 @@ impl SinkhornKernels for Wgpu {
                 continue;
             }
             let mut enc = ctx.encoder();
-            let sk = &ctx.pipelines.sinkhorn.pipelines;
+            let sk = &ctx.pipelines.sinkhorn;
             let pairs = [chunk.len as u32, 1, 1];
             if chunk.split {
                 // Each row's term over ceil(n / 16) workgroups per pair, then the sums.
@@ -316,14 +326,18 @@ impl SinkhornKernels for Wgpu {
                 ctx.encode(
                     &mut enc,
                     &[
-                        (&sk[SINKHORN_TERMS_SPLIT], &chunk.group, rows),
-                        (&sk[SINKHORN_ERRORS_SPLIT], &chunk.group, pairs),
+                        (sk.pipeline(SINKHORN_TERMS_SPLIT)?, &chunk.group, rows),
+                        (sk.pipeline(SINKHORN_ERRORS_SPLIT)?, &chunk.group, pairs),
                     ],
                 );
             } else {
                 ctx.encode(
                     &mut enc,
-                    &[(&sk[SINKHORN_ERRORS + chunk.variant], &chunk.group, pairs)],
+                    &[(
+                        sk.pipeline(SINKHORN_ERRORS + chunk.variant)?,
+                        &chunk.group,
+                        pairs,
+                    )],
                 );
             }
             let errs = ctx.submit_and_read::<f32>(
