@@ -135,6 +135,22 @@ fn encode_errors_name_the_problem() {
         ],
         "mean, cls, tokens",
     );
+    // Token embeddings are never normalised: --no-normalize would change nothing.
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "minilm",
+            "--pooling",
+            "tokens",
+            "--no-normalize",
+            "--input",
+            input,
+            "--out",
+            out,
+        ],
+        "never normalised",
+    );
     fails_with(
         &[
             "encode",

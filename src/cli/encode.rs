@@ -19,8 +19,8 @@ use crate::io::{npy, write_through_temp};
 /// `optical assets fetch`.
 ///
 /// --pooling mean|cls writes (n, h) f32 to --out, L2-normalised unless --no-normalize.
-/// --pooling tokens writes every real token's embedding packed as (total, h) f32 to --out,
-/// plus <out>.lengths.npy and <out>.offsets.npy (i64, (n,)): text k owns rows
+/// --pooling tokens writes every real token's embedding (the encoder's last hidden states,
+/// never normalised) packed as (total, h) f32 to --out, plus <out>.lengths.npy and <out>.offsets.npy (i64, (n,)): text k owns rows
 /// offsets[k] .. offsets[k] + lengths[k]. Prints a one-line JSON summary.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
@@ -55,7 +55,8 @@ pub struct EncodeArgs {
     /// Override the passage prefix.
     #[arg(long)]
     pub passage_prefix: Option<String>,
-    /// Do not L2-normalise pooled embeddings.
+    /// Do not L2-normalise pooled embeddings (--pooling mean or cls; token embeddings are
+    /// never normalised).
     #[arg(long)]
     pub no_normalize: bool,
 }
@@ -78,6 +79,13 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let spec: ModelSpec = args.model.parse()?;
     let kind: TextKind = args.kind.parse()?;
     let pooling: Pooling = args.pooling.parse()?;
+    if args.no_normalize && pooling == Pooling::Tokens {
+        return Err(Error::parameter(
+            "pooling",
+            "mean or cls with --no-normalize (token embeddings are never normalised)",
+            pooling.name(),
+        ));
+    }
     let backend: BackendKind = args.backend.parse()?;
     let device = device_for(backend)?;
     let texts = read_lines(&args.input)?;
