@@ -702,3 +702,49 @@ fn help_on_every_command() {
         "standard problems stated in --help"
     );
 }
+
+#[test]
+fn unconverged_pairs_get_a_warning_that_says_why() {
+    let fx = fixture_dir("padded_12x10");
+    let tmp = tempfile::tempdir().unwrap();
+    let cost = npy::read(&fx.join("cost.npy")).unwrap();
+    // The fixture's cost scaled by 1e4: it spans ~1e4, 2e5 ε, so 20 iterations fall short.
+    let scaled: Vec<f64> = cost.to_f64().iter().map(|v| v * 1e4).collect();
+    let big = tmp.path().join("big.npy");
+    npy::write(&big, &cost.shape, &scaled).unwrap();
+    let run = |cost: &Path, extra: &[&str]| {
+        let out = tmp.path().join("out");
+        let mut args = vec!["ot", "solve", "--cost", p(cost), "--out", p(&out)];
+        args.extend_from_slice(extra);
+        let o = optical(&args);
+        assert!(
+            o.status.success(),
+            "not converging is not an error: {}",
+            stderr(&o)
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout(&o).trim()).expect("one JSON line");
+        (summary, stderr(&o))
+    };
+    let (summary, err) = run(&big, &["--max-iterations", "20"]);
+    assert_eq!(summary["converged"], 0);
+    assert!(
+        err.contains("3 of 3 pairs did not converge in 20 iterations"),
+        "{err}"
+    );
+    assert!(
+        err.contains("times ε") && err.contains("rescale the cost"),
+        "{err}"
+    );
+    // A threshold the f32 path cannot reach: the hint names the f64 backend.
+    let (summary, err) = run(
+        &fx.join("cost.npy"),
+        &["--threshold", "1e-12", "--max-iterations", "50"],
+    );
+    assert_eq!(summary["converged"], 0);
+    assert!(err.contains("--backend cpu-reference"), "{err}");
+    // Converged: nothing on stderr.
+    let (summary, err) = run(&fx.join("cost.npy"), &[]);
+    assert_eq!(summary["converged"], 3);
+    assert!(err.is_empty(), "{err}");
+}

@@ -9,6 +9,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::io::npy;
 use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
+use crate::ot::sinkhorn::SinkhornOutput;
 
 #[derive(Debug, Args)]
 pub struct OtArgs {
@@ -231,6 +232,8 @@ fn solve(args: SolveArgs) -> Result<()> {
     crate::phases::set_enabled(args.phases);
     // `seconds` in the summary times the solve (cost from embeddings included), not file I/O.
     let start: Instant;
+    // How far the cost's entries spread, for the hint when pairs do not converge.
+    let spread: f64;
     let (out, batched) = match (&args.cost, &args.x, &args.y) {
         (Some(cost_path), _, _) => {
             let c = load(cost_path, &[2, 3], "(b, n, m) or (n, m)")?;
@@ -255,6 +258,14 @@ fn solve(args: SolveArgs) -> Result<()> {
             };
             let a = weights(&args.a, n)?;
             let bw = weights(&args.b, m)?;
+            let (lo, hi) = c
+                .values
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
+            spread = (hi - lo).max(0.0);
             let problem = Problem::new(b, n, m, c.values, a, bw).map_err(|e| match &e {
                 Error::Value { context, .. } if context == "a" => {
                     e.in_file(args.a.as_deref().unwrap_or(cost_path))
@@ -282,6 +293,8 @@ fn solve(args: SolveArgs) -> Result<()> {
                     format!("batch {} and d = {}", y.b, y.d),
                 ));
             }
+            // 1 − cos lies in [0, 2].
+            spread = 2.0;
             start = Instant::now();
             (backend.sinkhorn_embeddings(&x, &y, &params)?, bx)
         }
@@ -330,7 +343,52 @@ fn solve(args: SolveArgs) -> Result<()> {
         summary["host_phases"] = serde_json::Value::Array(host_phases);
     }
     println!("{summary}");
+    if let Some(warning) = convergence_warning(&out, &params, spread, backend.kind()) {
+        eprintln!("{warning}");
+    }
     Ok(())
+}
+
+/// What to tell a user whose pairs did not all converge (not an error: the plan is the
+/// last iterate and `converged.npy` says which pairs), with the likely reasons: a cost that
+/// spans many ε (Sinkhorn's iterations grow with that ratio), or a threshold below what
+/// the `f32` backends can reach.
+fn convergence_warning(
+    out: &SinkhornOutput,
+    params: &SinkhornParams,
+    spread: f64,
+    backend: BackendKind,
+) -> Option<String> {
+    let missed = out.pairs - out.converged_count();
+    if missed == 0 {
+        return None;
+    }
+    let mut text = format!(
+        "warning: {missed} of {} pairs did not converge in {} iterations (largest marginal \
+         error {:.2e}, threshold {:.0e}); their plans are the last iterate (converged.npy \
+         marks them).",
+        out.pairs,
+        params.max_iterations,
+        out.max_marginal_error(),
+        params.threshold
+    );
+    let ratio = spread / params.epsilon;
+    if backend != BackendKind::CpuReference && params.threshold < 1e-7 {
+        text.push_str(
+            " The f32 backends cannot reach errors much below 1e-7 per unit mass: use \
+             --backend cpu-reference for a tighter --threshold.",
+        );
+    } else if ratio > 100.0 {
+        text.push_str(&format!(
+            " The cost's entries span {spread:.3e}, {ratio:.1e} times ε ({:e}), and \
+             Sinkhorn needs more iterations as that ratio grows: raise --max-iterations, \
+             raise --epsilon (it is in the cost's units) or rescale the cost.",
+            params.epsilon
+        ));
+    } else {
+        text.push_str(" Raise --max-iterations or --epsilon.");
+    }
+    Some(text)
 }
 
 fn cost(args: CostArgs) -> Result<()> {
