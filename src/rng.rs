@@ -35,9 +35,14 @@ impl SplitMix64 {
         (0..len).map(|_| self.normal() as f32).collect()
     }
 
-    /// Uniform integer in `lo..=hi`.
+    /// Uniform integer in `lo..=hi` (the bounds in either order).
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+        let (lo, hi) = (lo.min(hi), lo.max(hi));
+        match ((hi - lo) as u64).checked_add(1) {
+            Some(span) => lo + (self.next_u64() % span) as usize,
+            // lo..=hi is every u64.
+            None => self.next_u64() as usize,
+        }
     }
 }
 
@@ -61,4 +66,21 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_takes_any_bounds() {
+        let mut r = SplitMix64::new(7);
+        for _ in 0..100 {
+            let v = r.range(3, 5);
+            assert!((3..=5).contains(&v));
+            assert!((3..=5).contains(&r.range(5, 3)));
+        }
+        assert_eq!(r.range(4, 4), 4);
+        let _ = r.range(0, usize::MAX);
+    }
 }

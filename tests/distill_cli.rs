@@ -251,6 +251,22 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
         "the run's log is intact"
     );
 
+    // A checkpoint whose data offset lies past the run's pairs (edited, or from other
+    // data) is refused when it loads, not a panic at the first batch.
+    let state_path = out.join("checkpoints/step-000013/state.json");
+    let text = std::fs::read_to_string(&state_path).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    state["offset"] = serde_json::json!(u64::MAX);
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let bad = distill(&f, &out, &["--steps", "14", "--resume"]);
+    assert_eq!(bad.status.code(), Some(2), "a corrupt checkpoint");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("offset 18446744073709551615 is past") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    std::fs::write(&state_path, text).unwrap();
+
     // Nothing to resume from is a clear error.
     let none = distill(&f, &f.root.join("empty"), &["--steps", "2", "--resume"]);
     assert!(!none.status.success());

@@ -2,7 +2,7 @@
 //! that name what is wrong (exit code 2, no panic).
 #![cfg(feature = "encoder")]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use optical::io::npy;
@@ -183,4 +183,108 @@ fn encode_errors_name_the_problem() {
         ],
         "cuda",
     );
+}
+
+/// A copy of the MiniLM directory (weights linked) whose tokenizer's post-processor is
+/// replaced by `post_processor`.
+fn minilm_with_post_processor(root: &Path, post_processor: serde_json::Value) -> PathBuf {
+    let src = optical::assets::assets_dir().join("minilm");
+    let dir = root.join("minilm-variant");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors"))
+        .unwrap();
+    let text = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
+    let mut tok: serde_json::Value = serde_json::from_str(&text).unwrap();
+    tok["post_processor"] = post_processor;
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn tokenizers_that_leave_no_room_are_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("texts.txt");
+    let out = tmp.path().join("o.npy");
+    let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());
+
+    // No special tokens and an empty line: a batch without a single token.
+    let bare = minilm_with_post_processor(tmp.path(), serde_json::Value::Null);
+    std::fs::write(&input, "\n").unwrap();
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            bare.to_str().unwrap(),
+            "--input",
+            input_s,
+            "--out",
+            out_s,
+        ],
+        "every text of this one is empty",
+    );
+    std::fs::remove_dir_all(&bare).unwrap();
+
+    // Three special tokens per text and --max-length 2: the tokenizer's own truncation
+    // would underflow.
+    let three = minilm_with_post_processor(
+        tmp.path(),
+        serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                {"SpecialToken": {"id": "[SEP]", "type_id": 0}}
+            ],
+            "pair": [
+                {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+                {"SpecialToken": {"id": "[SEP]", "type_id": 1}}
+            ],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [101], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [102], "tokens": ["[SEP]"]}
+            }
+        }),
+    );
+    std::fs::write(
+        &input,
+        "a sentence of several words about transport plans\n",
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            three.to_str().unwrap(),
+            "--max-length",
+            "2",
+            "--input",
+            input_s,
+            "--out",
+            out_s,
+        ],
+        "at least the 3 special tokens",
+    );
+    // With room for them it runs, and truncates.
+    let run = optical()
+        .args([
+            "encode",
+            "--model",
+            three.to_str().unwrap(),
+            "--max-length",
+            "5",
+        ])
+        .args(["--pooling", "tokens", "--input", input_s, "--out", out_s])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(npy::read(&out).unwrap().shape, vec![5, 384]);
 }

@@ -741,7 +741,7 @@ impl Trainer {
     pub(super) fn next_batch(&mut self) -> Vec<usize> {
         let n = self.pairs();
         let bs = self.config.batch_size;
-        if self.state.offset + bs > n {
+        if self.state.offset.checked_add(bs).is_none_or(|end| end > n) {
             self.state.epoch += 1;
             self.state.offset = 0;
         }
@@ -912,6 +912,16 @@ impl Trainer {
                 format!("{} (the checkpoint's)", state.seed),
                 self.config.seed,
             ));
+        }
+        if state.offset > self.pairs() {
+            return Err(Error::Format {
+                path,
+                what: format!(
+                    "offset {} is past the {} training pairs of this run's data",
+                    state.offset,
+                    self.pairs()
+                ),
+            });
         }
         let record = ModuleRecord::load(dir.join("model.bpk"))
             .map_err(|e| burn_error("load the model checkpoint", e))?;

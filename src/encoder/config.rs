@@ -182,7 +182,9 @@ impl EncoderConfig {
     pub fn position_offset(&self) -> usize {
         match self.architecture {
             Architecture::Bert => 0,
-            Architecture::XlmRoberta => self.pad_token_id + 1,
+            // Saturating: an absurd pad_token_id then fails `validate` (no position left)
+            // instead of wrapping to 0.
+            Architecture::XlmRoberta => self.pad_token_id.saturating_add(1),
         }
     }
 

@@ -442,6 +442,24 @@ impl TextEncoder {
 
     /// Run the encoder on one padded batch: last hidden state `(b, t, h)` and mask `(b, t)`.
     pub fn forward(&self, batch: &TokenBatch) -> Result<(Tensor<3>, Tensor<2>)> {
+        if batch.t == 0 {
+            return Err(Error::value(
+                "texts",
+                "at least one token in a batch; every text of this one is empty and the \
+                 tokenizer adds no special tokens",
+            ));
+        }
+        let most = self.config.max_tokens();
+        if batch.t > most {
+            return Err(Error::value(
+                "texts",
+                format!(
+                    "at most {most} tokens per text (the model's positions); found {} (lower \
+                     --max-length)",
+                    batch.t
+                ),
+            ));
+        }
         if let Some(&bad) = batch
             .ids
             .iter()

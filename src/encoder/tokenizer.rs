@@ -48,6 +48,21 @@ impl TextTokenizer {
             what: format!("not a valid tokenizer.json: {e}"),
         })?;
         inner.with_padding(None);
+        // The tokenizer truncates the text to max_length minus its special tokens (and
+        // underflows when they alone exceed it).
+        let specials = inner
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        if max_length < specials {
+            return Err(Error::parameter(
+                "max_length",
+                format!(
+                    "at least the {specials} special tokens {} adds to every text",
+                    path.display()
+                ),
+                max_length,
+            ));
+        }
         inner
             .with_truncation(Some(TruncationParams {
                 direction: TruncationDirection::Right,

@@ -115,7 +115,20 @@ impl PackedDocs {
                 ));
             }
             offsets.push(acc);
-            acc += len;
+            // A length past the rows there are (or a sum that would overflow) cannot match.
+            acc = match acc.checked_add(len).filter(|&a| a <= total_rows) {
+                Some(a) => a,
+                None => {
+                    return Err(Error::shape(
+                        name,
+                        format!("lengths summing to the {total_rows} rows of ({total_rows}, {d})"),
+                        format!(
+                            "documents 0..={k} alone need {} rows (document {k}: {len})",
+                            acc as u128 + len as u128
+                        ),
+                    ))
+                }
+            };
         }
         if acc != total_rows || !data.len().is_multiple_of(d) {
             return Err(Error::shape(
@@ -282,6 +295,13 @@ fn normalise_weights(
             }
             total += v;
         }
+        if total.is_infinite() {
+            // Finite weights whose sum overflows: only their ratios matter, so scale them
+            // by the largest first (every weight is then at most 1, the sum at most len).
+            let max = chunk.iter().copied().fold(0.0, f64::max);
+            chunk.iter_mut().for_each(|v| *v /= max);
+            total = chunk.iter().sum();
+        }
         if total <= 0.0 {
             return Err(Error::value(
                 name,
@@ -391,5 +411,33 @@ mod tests {
         );
         let fine = Problem::new(b, n, m, vec![0.5; b * n * m], None, None);
         assert!(fine.is_ok());
+    }
+
+    #[test]
+    fn weights_whose_sum_overflows_keep_their_ratios() {
+        let a = vec![1e308, 1e308, 0.0, 5e307];
+        let p = Problem::new(1, 4, 2, vec![0.5; 8], Some(a), None).expect("finite weights");
+        for (got, want) in p.a.iter().zip([0.4, 0.4, 0.0, 0.2]) {
+            assert!((got - want).abs() < 1e-15, "{:?}", p.a);
+        }
+        assert_eq!(p.a[2], 0.0, "a zero weight stays padding");
+    }
+
+    #[test]
+    fn document_lengths_past_the_rows_are_an_error_not_an_overflow() {
+        for lengths in [
+            vec![usize::MAX, usize::MAX, 3],
+            vec![usize::MAX, 2],
+            vec![1, 2],
+        ] {
+            let e = PackedDocs::new("docs", 2, vec![0.5; 2], lengths.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("lengths summing to the 1 rows"),
+                "{lengths:?}: {e}"
+            );
+        }
+        assert!(PackedDocs::new("docs", 2, vec![0.5; 4], vec![1, 1]).is_ok());
     }
 }

@@ -102,6 +102,9 @@ impl Encoder for HashingEncoder {
     }
 
     fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        if self.dim == 0 {
+            return Err(Error::parameter("dim", "at least 1", 0));
+        }
         let mut out = vec![0.0f32; texts.len() * self.dim];
         for (t, row) in texts.iter().zip(out.chunks_exact_mut(self.dim)) {
             for w in t.split_whitespace() {
@@ -112,6 +115,9 @@ impl Encoder for HashingEncoder {
     }
 
     fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+        if self.dim == 0 {
+            return Err(Error::parameter("dim", "at least 1", 0));
+        }
         let mut data = Vec::new();
         let mut lengths = Vec::with_capacity(texts.len());
         for t in texts {
@@ -432,6 +438,12 @@ mod tests {
         assert!(cos(a, c) < 0.5);
         let t = e.encode_tokens(&["one two", ""]).unwrap();
         assert_eq!(t.lengths, vec![2, 1]);
+        let empty = HashingEncoder {
+            dim: 0,
+            ..HashingEncoder::default()
+        };
+        assert!(empty.encode_pooled(&["a"]).is_err());
+        assert!(empty.encode_tokens(&["a"]).is_err());
         assert_eq!(t.data.len(), 3 * e.dim);
     }
 

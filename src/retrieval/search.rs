@@ -323,7 +323,9 @@ pub fn search(
     Ok(blocks.into_iter().flatten().collect())
 }
 
-/// Top `k` of one row and the ranks of its relevant candidates, in trec_eval's order.
+/// Top `k` of one row and the ranks of its relevant candidates, in trec_eval's order
+/// (`k = 0`: no top hits, ranks only). `pool` describes the row's candidates and
+/// `relevant` holds indices into the row.
 pub fn rank_row(row: &[f32], pool: &Pool, relevant: &[usize], k: usize) -> QueryHits {
     let key = &pool.tie_key;
     let better = |a: u32, b: u32| {
@@ -332,7 +334,9 @@ pub fn rank_row(row: &[f32], pool: &Pool, relevant: &[usize], k: usize) -> Query
     };
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     let k = k.min(row.len());
-    if k < idx.len() {
+    if k == 0 {
+        idx.clear();
+    } else if k < idx.len() {
         idx.select_nth_unstable_by(k - 1, |&a, &b| better(a, b));
         idx.truncate(k);
     }
@@ -380,6 +384,10 @@ mod tests {
         assert_eq!(hits.relevant_ranks, vec![3, 4]);
         // Within group x: c then a; within group y: b then d.
         assert_eq!(hits.relevant_group_ranks, vec![2, 2]);
+        // k = 0: no hits, the same ranks.
+        let none = rank_row(&row, &pool, &[0, 3], 0);
+        assert!(none.top.is_empty());
+        assert_eq!(none.relevant_ranks, vec![3, 4]);
     }
 
     #[test]
