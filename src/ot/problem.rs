@@ -105,8 +105,6 @@ impl PackedDocs {
             ));
         }
         let total_rows = data.len() / d;
-        let mut offsets = Vec::with_capacity(lengths.len());
-        let mut acc = 0usize;
         for (k, &len) in lengths.iter().enumerate() {
             if len == 0 {
                 return Err(Error::value(
@@ -114,29 +112,24 @@ impl PackedDocs {
                     format!("document {k} has no tokens; expected at least one"),
                 ));
             }
-            offsets.push(acc);
-            // A length past the rows there are (or a sum that would overflow) cannot match.
-            acc = match acc.checked_add(len).filter(|&a| a <= total_rows) {
-                Some(a) => a,
-                None => {
-                    return Err(Error::shape(
-                        name,
-                        format!("lengths summing to the {total_rows} rows of ({total_rows}, {d})"),
-                        format!(
-                            "documents 0..={k} alone need {} rows (document {k}: {len})",
-                            acc as u128 + len as u128
-                        ),
-                    ))
-                }
-            };
         }
-        if acc != total_rows || !data.len().is_multiple_of(d) {
+        // Summed wide: lengths read from a file may overflow a usize sum.
+        let sum: u128 = lengths.iter().map(|&l| l as u128).sum();
+        if sum != total_rows as u128 || !data.len().is_multiple_of(d) {
             return Err(Error::shape(
                 name,
-                format!("({acc}, {d}): the lengths sum to {acc} tokens"),
+                format!("({sum}, {d}): the lengths sum to {sum} tokens"),
                 format!("({total_rows}, {d})"),
             ));
         }
+        let offsets = lengths
+            .iter()
+            .scan(0usize, |acc, &len| {
+                let start = *acc;
+                *acc += len;
+                Some(start)
+            })
+            .collect();
         check_finite(name, &data, |i| format!("token {}", i / d))?;
         Ok(PackedDocs {
             d,
@@ -433,10 +426,7 @@ mod tests {
             let e = PackedDocs::new("docs", 2, vec![0.5; 2], lengths.clone())
                 .unwrap_err()
                 .to_string();
-            assert!(
-                e.contains("lengths summing to the 1 rows"),
-                "{lengths:?}: {e}"
-            );
+            assert!(e.contains("found (1, 2)"), "{lengths:?}: {e}");
         }
         assert!(PackedDocs::new("docs", 2, vec![0.5; 4], vec![1, 1]).is_ok());
     }
