@@ -124,3 +124,17 @@ fn ot_gradient_matches_finite_differences_and_padding_gets_none() {
         "autodiff gradient differs from finite differences by {worst:.3e} (max |g| {gmax:.3e})"
     );
 }
+
+#[test]
+fn bitext_retrieval_scores_pairs_and_tolerates_mismatched_inputs() {
+    use optical::distill::train::bitext_retrieval;
+    // Two queries, each nearest its own candidate: P@1 = MRR = 1.
+    let q = [1.0f32, 0.0, 0.0, 1.0];
+    assert_eq!(bitext_retrieval(&q, &q, 2), (1.0, 1.0));
+    // Swapped candidates: each query's own candidate ranks second.
+    let c = [0.0f32, 1.0, 1.0, 0.0];
+    assert_eq!(bitext_retrieval(&q, &c, 2), (0.0, 0.5));
+    // Fewer candidates than queries: only the first pair takes part (no panic).
+    assert_eq!(bitext_retrieval(&q, &q[..2], 2), (1.0, 1.0));
+    assert_eq!(bitext_retrieval(&q, &q, 0), (0.0, 0.0));
+}

@@ -1028,9 +1028,13 @@ fn padded_side(rows: &[Vec<f32>], h: usize, device: &Device) -> TokenSide {
 }
 
 /// P@1 and MRR when query `i` should retrieve candidate `i` by cosine (vectors already
-/// normalised, `(n, h)` each); ties count against the query.
+/// normalised, `(n, h)` each); ties count against the query. Only the first
+/// `min(queries, candidates)` pairs take part when the two differ; `h = 0` scores nothing.
 pub fn bitext_retrieval(q: &[f32], c: &[f32], h: usize) -> (f64, f64) {
-    let n = q.len() / h.max(1);
+    if h == 0 {
+        return (0.0, 0.0);
+    }
+    let n = q.len().min(c.len()) / h;
     if n == 0 {
         return (0.0, 0.0);
     }
