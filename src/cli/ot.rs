@@ -232,8 +232,8 @@ fn solve(args: SolveArgs) -> Result<()> {
     crate::phases::set_enabled(args.phases);
     // `seconds` in the summary times the solve (cost from embeddings included), not file I/O.
     let start: Instant;
-    // How far the cost's entries spread, for the hint when pairs do not converge.
-    let spread: f64;
+    // The problem solved from a cost file, kept for the hint when pairs do not converge.
+    let mut from_cost: Option<Problem> = None;
     let (out, batched) = match (&args.cost, &args.x, &args.y) {
         (Some(cost_path), _, _) => {
             let c = load(cost_path, &[2, 3], "(b, n, m) or (n, m)")?;
@@ -258,14 +258,6 @@ fn solve(args: SolveArgs) -> Result<()> {
             };
             let a = weights(&args.a, n)?;
             let bw = weights(&args.b, m)?;
-            let (lo, hi) = c
-                .values
-                .iter()
-                .filter(|v| v.is_finite())
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                });
-            spread = (hi - lo).max(0.0);
             let problem = Problem::new(b, n, m, c.values, a, bw).map_err(|e| match &e {
                 Error::Value { context, .. } if context == "a" => {
                     e.in_file(args.a.as_deref().unwrap_or(cost_path))
@@ -276,7 +268,9 @@ fn solve(args: SolveArgs) -> Result<()> {
                 _ => e.in_file(cost_path),
             })?;
             start = Instant::now();
-            (backend.sinkhorn(&problem, &params)?, batched)
+            let out = backend.sinkhorn(&problem, &params)?;
+            from_cost = Some(problem);
+            (out, batched)
         }
         (None, Some(xp), Some(yp)) => {
             let (x, bx) = load_embeddings(xp, args.x_lengths.as_deref())?;
@@ -293,8 +287,6 @@ fn solve(args: SolveArgs) -> Result<()> {
                     format!("batch {} and d = {}", y.b, y.d),
                 ));
             }
-            // 1 − cos lies in [0, 2].
-            spread = 2.0;
             start = Instant::now();
             (backend.sinkhorn_embeddings(&x, &y, &params)?, bx)
         }
@@ -343,7 +335,8 @@ fn solve(args: SolveArgs) -> Result<()> {
         summary["host_phases"] = serde_json::Value::Array(host_phases);
     }
     println!("{summary}");
-    if let Some(warning) = convergence_warning(&out, &params, spread, backend.kind()) {
+    let cost = from_cost.as_ref().map(|p| p.cost.as_slice());
+    if let Some(warning) = convergence_warning(&out, &params, cost, backend.kind()) {
         eprintln!("{warning}");
     }
     Ok(())
@@ -352,17 +345,28 @@ fn solve(args: SolveArgs) -> Result<()> {
 /// What to tell a user whose pairs did not all converge (not an error: the plan is the
 /// last iterate and `converged.npy` says which pairs), with the likely reasons: a cost that
 /// spans many ε (Sinkhorn's iterations grow with that ratio), or a threshold below what
-/// the `f32` backends can reach.
+/// the `f32` backends can reach. `cost` is the solved cost, `None` for a cosine cost from
+/// embeddings.
 fn convergence_warning(
     out: &SinkhornOutput,
     params: &SinkhornParams,
-    spread: f64,
+    cost: Option<&[f64]>,
     backend: BackendKind,
 ) -> Option<String> {
     let missed = out.pairs - out.converged_count();
     if missed == 0 {
         return None;
     }
+    // How far the cost's entries spread (1 − cos lies in [0, 2]).
+    let spread = cost.map_or(2.0, |c| {
+        let (lo, hi) = c
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        (hi - lo).max(0.0)
+    });
     let mut text = format!(
         "warning: {missed} of {} pairs did not converge in {} iterations (largest marginal \
          error {:.2e}, threshold {:.0e}); their plans are the last iterate (converged.npy \

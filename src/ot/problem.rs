@@ -105,6 +105,9 @@ impl PackedDocs {
             ));
         }
         let total_rows = data.len() / d;
+        let mut offsets = Vec::with_capacity(lengths.len());
+        // Summed wide: lengths read from a file may overflow a usize sum.
+        let mut acc = 0u128;
         for (k, &len) in lengths.iter().enumerate() {
             if len == 0 {
                 return Err(Error::value(
@@ -112,24 +115,16 @@ impl PackedDocs {
                     format!("document {k} has no tokens; expected at least one"),
                 ));
             }
+            offsets.push(acc as usize);
+            acc += len as u128;
         }
-        // Summed wide: lengths read from a file may overflow a usize sum.
-        let sum: u128 = lengths.iter().map(|&l| l as u128).sum();
-        if sum != total_rows as u128 || !data.len().is_multiple_of(d) {
+        if acc != total_rows as u128 || !data.len().is_multiple_of(d) {
             return Err(Error::shape(
                 name,
-                format!("({sum}, {d}): the lengths sum to {sum} tokens"),
+                format!("({acc}, {d}): the lengths sum to {acc} tokens"),
                 format!("({total_rows}, {d})"),
             ));
         }
-        let offsets = lengths
-            .iter()
-            .scan(0usize, |acc, &len| {
-                let start = *acc;
-                *acc += len;
-                Some(start)
-            })
-            .collect();
         check_finite(name, &data, |i| format!("token {}", i / d))?;
         Ok(PackedDocs {
             d,

@@ -281,21 +281,16 @@ impl SinkhornKernels for Wgpu {
                     left -= now;
                 }
             } else {
-                let pipeline = if chunk.blocked {
+                let index = if chunk.blocked {
                     // G = 8 (the next pipeline) when every pair is at most 64 × 64.
                     let narrow = (chunk.variant == SINKHORN_NARROW) as usize;
-                    ctx.pipelines
-                        .sinkhorn
-                        .pipeline(SINKHORN_ITERATE_BLOCKED + narrow)?
+                    SINKHORN_ITERATE_BLOCKED + narrow
                 } else if chunk.any_on_chip {
-                    ctx.pipelines
-                        .sinkhorn
-                        .pipeline(SINKHORN_ITERATE_TILE + chunk.variant)?
+                    SINKHORN_ITERATE_TILE + chunk.variant
                 } else {
-                    ctx.pipelines
-                        .sinkhorn
-                        .pipeline(SINKHORN_ITERATE_STREAM + chunk.variant)?
+                    SINKHORN_ITERATE_STREAM + chunk.variant
                 };
+                let pipeline = ctx.pipelines.sinkhorn.pipeline(index)?;
                 ctx.encode(
                     &mut enc,
                     &[(pipeline, &chunk.group, [chunk.len as u32, 1, 1])],
