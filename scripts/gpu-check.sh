@@ -262,6 +262,23 @@ sm_clock=$(nvidia-smi --query-gpu=clocks.max.sm --format=csv,noheader,nounits 2>
 OPTICAL_GPU_CHECK_SOURCE="$source_line" \
     python3 scripts/gpu_report.py "$OUT" "$LOGS" "$gpu" "{${status_json%,}}" "${sm_clock:-0}"
 
+# Against the newest committed run before this one (another GPU, perhaps: the report says
+# which), kernel by kernel; informational, it never fails the check.
+prev=$(ls benches/results/*.json 2>/dev/null | grep -v -- '-run[0-9]*\.json$' | grep -vxF "$OUT.json" | sort | tail -n1)
+if [ -n "$prev" ] && [ -f "$OUT.json" ]; then
+    "$BIN" bench compare "$prev" "$OUT.json" --metric both --max-slowdown 5 >"$LOGS/compare-previous.txt" 2>&1
+    {
+        echo
+        echo "## Against the previous committed run"
+        echo
+        echo "\`optical bench compare $prev $OUT.json --metric both --max-slowdown 5\` (previous GPU: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("gpu", "?"))' "$prev" 2>/dev/null)):"
+        echo
+        echo '```'
+        cat "$LOGS/compare-previous.txt"
+        echo '```'
+    } >>"$OUT.md"
+fi
+
 if [ -n "$EXPORT" ]; then
     mkdir -p "$EXPORT"
     cp "$OUT.json" "$OUT.md" "$EXPORT/"

@@ -64,6 +64,12 @@ pub enum Error {
         what: String,
     },
 
+    // ---- benchmarks -------------------------------------------------------------------------
+    /// `optical bench compare` found timings slower than its threshold allows (exit status 1,
+    /// so that a CI job fails on it).
+    #[error("{what}")]
+    Slower { what: String },
+
     // ---- data-parallel training ---------------------------------------------------------
     /// One replica of a data-parallel run failed; the step was abandoned before any update.
     #[error("replica {replica} of {replicas} ({device}) failed at step {step}: {source}")]
@@ -121,10 +127,12 @@ impl Error {
         }
     }
 
-    /// True for errors caused by the caller's input rather than by the machine or a backend.
+    /// True for errors caused by the caller's input rather than by the machine, a backend or
+    /// a measured slowdown (`optical bench compare`). The CLI exits with 2 for these, 1 for
+    /// the others.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Backend { .. } => false,
+            Error::Backend { .. } | Error::Slower { .. } => false,
             Error::Replica { source, .. } => source.is_user_error(),
             _ => true,
         }

@@ -639,6 +639,149 @@ fn info_and_bench_json() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// `optical bench compare` as CI runs it: a run against itself passes, a slower run fails
+/// with exit status 1 after printing the table, bad files are exit status 2.
+#[test]
+fn bench_compare_passes_a_run_against_itself_and_fails_a_slower_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.json");
+    let o = optical(&[
+        "bench",
+        "--json",
+        "--kernels",
+        "cosine-cost,sinkhorn",
+        "--min-seconds",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(&base, &o.stdout).unwrap();
+
+    let o = optical(&[
+        "bench",
+        "compare",
+        p(&base),
+        p(&base),
+        "--max-slowdown",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("cpu      cosine-cost  wall"), "{table}");
+    assert!(
+        table.contains("2 compared: 0 slower, 0 faster, 2 the same"),
+        "{table}"
+    );
+
+    // The same run with the Sinkhorn 20 % slower and the cost 20 % faster.
+    let slower: String = std::fs::read_to_string(&base)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let f = if v["kernel"] == "sinkhorn" {
+                1.2
+            } else {
+                1.0 / 1.2
+            };
+            let s = v["seconds_per_call"].as_f64().unwrap();
+            v["seconds_per_call"] = (s * f).into();
+            v.to_string() + "\n"
+        })
+        .collect();
+    let new = dir.path().join("new.json");
+    std::fs::write(&new, slower).unwrap();
+    let o = optical(&["bench", "compare", p(&base), p(&new)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("+20.0%  SLOWER"), "{table}");
+    assert!(table.contains("-16.7%  faster"), "{table}");
+    assert!(
+        stderr(&o).contains(
+            "1 of 2 timings are more than 10.0 % slower than the base: cpu/sinkhorn wall +20.0 %"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    // A wider band passes it; --json gives the same verdicts.
+    let o = optical(&[
+        "bench",
+        "compare",
+        p(&base),
+        p(&new),
+        "--max-slowdown",
+        "25",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let verdicts: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["same", "same"]);
+
+    // The committed gpu-check results read as runs (variants cuda, cuda-fp32, wgpu, cpu).
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+    let o = optical(&[
+        "bench",
+        "compare",
+        p(&results.join("2026-11-26-h200-run1.json")),
+        p(&results.join("2026-11-26-h200.json")),
+        "--max-slowdown",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("cuda     sinkhorn-fused   device"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Bad input: exit status 2 and one line that says what was wrong.
+    let text = dir.path().join("table.txt");
+    std::fs::write(
+        &text,
+        stdout(&optical(&[
+            "bench",
+            "--kernels",
+            "cosine-cost",
+            "--min-seconds",
+            "0",
+        ])),
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.json");
+    for (args, expected) in [
+        (
+            vec![p(&base), p(&text)],
+            "line 1: expected a JSON record as `optical bench --json` prints",
+        ),
+        (vec![p(&base), p(&missing)], "missing.json: read failed"),
+        (
+            vec![p(&base), p(&base), "--metric", "device"],
+            "use --metric wall",
+        ),
+        (
+            vec![p(&base), p(&base), "--metric", "cpu"],
+            "parameter metric: expected auto, wall, device or both",
+        ),
+        (
+            vec![p(&base), p(&base), "--max-slowdown", "-5"],
+            "parameter max_slowdown",
+        ),
+    ] {
+        let o = optical(&[&["bench", "compare"][..], &args].concat());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+    }
+    // Timing flags do not mix with the subcommand.
+    let o = optical(&["bench", "--json", "compare", p(&base), p(&base)]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
 /// A bad CUDA setting in the environment (`OPTICAL_CUDA_COST_KERNEL`,
 /// `OPTICAL_CUDA_FUSED_THREADS`) is one clear line and exit code 2, before any CUDA device
 /// is looked for (so it is the same on a machine without one).
@@ -691,6 +834,7 @@ fn help_on_every_command() {
         vec!["ot", "maxsim", "--help"],
         vec!["info", "--help"],
         vec!["bench", "--help"],
+        vec!["bench", "compare", "--help"],
     ] {
         let o = optical(&args);
         assert!(o.status.success(), "{args:?}");

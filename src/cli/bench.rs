@@ -1,8 +1,11 @@
 //! `optical bench`: time each kernel on the standard problems.
 
-use clap::Args;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
 
 use crate::backend::{Backend, BackendKind};
+use crate::bench::compare::{compare, read_run, regression_error, render, Metric};
 use crate::bench::{run_kernel, EXTRA_KERNELS, KERNELS};
 
 /// Printed after `optical bench --help`.
@@ -29,7 +32,10 @@ f64 cost, the f64 plan, the copies to and from the device and the waits for it (
 nest: the copies sit inside the solver's steps).";
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Backend to time: cpu, cpu-reference, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
@@ -48,7 +54,68 @@ pub struct BenchArgs {
     pub phases: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Compare two runs (`optical bench --json > FILE`, or gpu-check's results JSON) kernel
+    /// by kernel; exit status 1 when a timing is slower than --max-slowdown allows.
+    #[command(after_help = COMPARE_HELP)]
+    Compare(CompareArgs),
+}
+
+const COMPARE_HELP: &str = "\
+Timings match by backend (or gpu-check variant, such as cuda-fp32) and kernel, on the same
+problem; each row is the new median time per call against the base one. A change counts
+when the ratio leaves [1/(1+t), 1+t] for t = --max-slowdown / 100. Exit status: 0 when
+nothing is slower, 1 when something is (the table is printed first), 2 on unreadable or
+mismatched files. In CI:
+  optical bench --json > new.json && optical bench compare base.json new.json --max-slowdown 15";
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The reference run: the output of `optical bench --json`, or a results file of
+    /// scripts/gpu-check.sh (benches/results/*.json).
+    pub base: PathBuf,
+    /// The run to check against it, in either format.
+    pub new: PathBuf,
+    /// The largest slowdown that passes, in percent of the base time.
+    #[arg(long, default_value_t = 10.0, value_parser = super::finite_f64, allow_negative_numbers = true)]
+    pub max_slowdown: f64,
+    /// Which time to compare: auto (the device time where both runs have it, else the wall
+    /// time), wall, device or both.
+    #[arg(long, default_value = "auto")]
+    pub metric: String,
+    /// Print the comparison as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run_compare(args: CompareArgs) -> crate::Result<()> {
+    if args.max_slowdown < 0.0 {
+        return Err(crate::Error::parameter(
+            "max_slowdown",
+            "a finite percentage >= 0",
+            args.max_slowdown,
+        ));
+    }
+    let metric: Metric = args.metric.parse()?;
+    let base = read_run(&args.base)?;
+    let new = read_run(&args.new)?;
+    let c = compare(&base, &new, metric, args.max_slowdown / 100.0)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&c).expect("plain record"));
+    } else {
+        print!("{}", render(&c));
+    }
+    match regression_error(&c) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 pub fn run(args: BenchArgs) -> crate::Result<()> {
+    if let Some(BenchCommand::Compare(c)) = args.command {
+        return run_compare(c);
+    }
     if args.min_seconds < 0.0 {
         return Err(crate::Error::parameter(
             "min_seconds",

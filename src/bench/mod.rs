@@ -18,6 +18,8 @@
 //! same job from inputs in device memory to outputs in device memory, without transfers
 //! or host work; the rates are then given for both.
 
+pub mod compare;
+
 use std::time::Instant;
 
 use serde::Serialize;

@@ -1,0 +1,727 @@
+//! `optical bench compare`: two benchmark runs side by side, for CI throughput tracking.
+//!
+//! A run is either what `optical bench --json` prints (one record per line, keyed by the
+//! record's backend) or a results file of `scripts/gpu-check.sh` (`benches/results/*.json`:
+//! records grouped under `"bench"` by variant, such as `cuda` or `cuda-fp32`, which is then
+//! the key). Timings are matched by (variant, kernel); each comparison is the new median
+//! time per call over the base one. A change counts when it leaves the band
+//! `[base / (1 + t), base · (1 + t)]` for the threshold `t`, so "slower" and "faster" are
+//! symmetric in ratio.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One timed kernel of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    /// The backend (`optical bench --json`) or the gpu-check variant (`cuda-fp32`, ...).
+    pub variant: String,
+    pub kernel: String,
+    pub shape: String,
+    /// Median wall seconds per call.
+    pub wall: f64,
+    /// Median device seconds per call, where the backend measured it.
+    pub device: Option<f64>,
+    /// Where the record sits in its file, for messages (`line 3`, `bench.cuda[2]`).
+    pub origin: String,
+}
+
+/// Every timing of one file.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub path: PathBuf,
+    pub timings: Vec<Timing>,
+}
+
+/// Which time per call to compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Device time where both runs have it, else wall time.
+    Auto,
+    Wall,
+    Device,
+    /// Wall time and, where both runs have it, device time.
+    Both,
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Metric> {
+        match s {
+            "auto" => Ok(Metric::Auto),
+            "wall" => Ok(Metric::Wall),
+            "device" => Ok(Metric::Device),
+            "both" => Ok(Metric::Both),
+            _ => Err(Error::parameter("metric", "auto, wall, device or both", s)),
+        }
+    }
+}
+
+/// How a timing moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Faster,
+    Same,
+    Slower,
+}
+
+/// One compared time.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub variant: String,
+    pub kernel: String,
+    /// `wall` or `device`.
+    pub metric: &'static str,
+    pub base_seconds: f64,
+    pub new_seconds: f64,
+    /// `new / base − 1`: +0.25 is 25 % slower.
+    pub change: f64,
+    pub verdict: Verdict,
+}
+
+/// The comparison of two runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub base: PathBuf,
+    pub new: PathBuf,
+    /// The threshold, as a fraction (0.1 for 10 %).
+    pub threshold: f64,
+    pub rows: Vec<Row>,
+    /// `variant/kernel` timed only in the base run, or only in the new one.
+    pub only_in_base: Vec<String>,
+    pub only_in_new: Vec<String>,
+    /// `variant/kernel` timed in both on different problems (not compared).
+    pub shape_changed: Vec<String>,
+    /// `variant/kernel` in both that lack the device time `--metric device` asked for.
+    pub no_device_time: Vec<String>,
+}
+
+impl Comparison {
+    pub fn slower(&self) -> impl Iterator<Item = &Row> {
+        self.rows.iter().filter(|r| r.verdict == Verdict::Slower)
+    }
+}
+
+/// Read a run from a file (see the module documentation for the two formats).
+pub fn read_run(path: &Path) -> Result<Run> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    parse_run(path, &text)
+}
+
+fn format_error(path: &Path, what: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Parse a run: a gpu-check results object, or JSON lines of bench records.
+pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
+    let mut timings = Vec::new();
+    // A gpu-check report is one object (pretty-printed or not) with a "bench" map; a
+    // one-line `optical bench --json` file is one object too, but a record.
+    let whole: Option<Value> = serde_json::from_str(text).ok();
+    match whole {
+        Some(Value::Object(report)) if report.contains_key("bench") => {
+            let Some(Value::Object(groups)) = report.get("bench") else {
+                return Err(format_error(
+                    path,
+                    "\"bench\" must map each variant to a list of records (a gpu-check results file)",
+                ));
+            };
+            for (variant, records) in groups {
+                let Value::Array(records) = records else {
+                    return Err(format_error(
+                        path,
+                        format!(
+                            "bench.{variant}: expected a list of records, found {}",
+                            kind(records)
+                        ),
+                    ));
+                };
+                for (i, record) in records.iter().enumerate() {
+                    let origin = format!("bench.{variant}[{i}]");
+                    timings.push(timing(path, record, Some(variant), origin)?);
+                }
+            }
+        }
+        _ => {
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let origin = format!("line {}", i + 1);
+                let record: Value = serde_json::from_str(line).map_err(|e| {
+                    format_error(
+                        path,
+                        format!(
+                            "{origin}: expected a JSON record as `optical bench --json` prints \
+                             (one per line), found {:?} ({e})",
+                            clip(line)
+                        ),
+                    )
+                })?;
+                timings.push(timing(path, &record, None, origin)?);
+            }
+        }
+    }
+    if timings.is_empty() {
+        return Err(format_error(
+            path,
+            "no timings: expected the output of `optical bench --json` or a gpu-check results file",
+        ));
+    }
+    let mut seen: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for t in &timings {
+        if let Some(first) = seen.insert((&t.variant, &t.kernel), &t.origin) {
+            return Err(format_error(
+                path,
+                format!(
+                    "{first} and {} both time {} on {}: a file must hold one run \
+                     (`optical bench --json > FILE`, not appended)",
+                    t.origin, t.kernel, t.variant
+                ),
+            ));
+        }
+    }
+    Ok(Run {
+        path: path.to_path_buf(),
+        timings,
+    })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The first 60 characters of a line, for messages.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// One record: `kernel`, `backend` and `shape` strings, `seconds_per_call` a positive
+/// finite number, `device_seconds_per_call` one too where present (null: absent).
+fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) -> Result<Timing> {
+    let bad = |what: String| format_error(path, format!("{origin}: {what}"));
+    let Value::Object(fields) = record else {
+        return Err(bad(format!(
+            "expected a bench record (an object), found {}",
+            kind(record)
+        )));
+    };
+    let text = |name: &str| -> Result<String> {
+        match fields.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(v) => Err(bad(format!(
+                "\"{name}\": expected a non-empty string, found {v}"
+            ))),
+            None => Err(bad(format!("missing \"{name}\" (not a bench record?)"))),
+        }
+    };
+    let seconds = |name: &str, required: bool| -> Result<Option<f64>> {
+        match fields.get(name) {
+            None | Some(Value::Null) if !required => Ok(None),
+            None => Err(bad(format!("missing \"{name}\" (not a bench record?)"))),
+            Some(v) => match v.as_f64() {
+                Some(s) if s.is_finite() && s > 0.0 => Ok(Some(s)),
+                _ => Err(bad(format!("\"{name}\": expected seconds > 0, found {v}"))),
+            },
+        }
+    };
+    let kernel = text("kernel")?;
+    let backend = text("backend")?;
+    let shape = text("shape")?;
+    let wall = seconds("seconds_per_call", true)?.expect("required");
+    let device = seconds("device_seconds_per_call", false)?;
+    Ok(Timing {
+        variant: variant.map_or(backend, str::to_string),
+        kernel,
+        shape,
+        wall,
+        device,
+        origin,
+    })
+}
+
+/// Compare `new` against `base`. `threshold` is a fraction (0.1: 10 %), finite and ≥ 0.
+/// Fails when nothing could be compared (no kernel in both, or none with the metric asked
+/// for), since that is almost always the wrong pair of files.
+pub fn compare(base: &Run, new: &Run, metric: Metric, threshold: f64) -> Result<Comparison> {
+    if !(threshold.is_finite() && threshold >= 0.0) {
+        return Err(Error::parameter(
+            "max_slowdown",
+            "a finite percentage >= 0",
+            threshold * 100.0,
+        ));
+    }
+    let key = |t: &Timing| format!("{}/{}", t.variant, t.kernel);
+    let find = |run: &Run, t: &Timing| -> Option<Timing> {
+        run.timings
+            .iter()
+            .find(|u| u.variant == t.variant && u.kernel == t.kernel)
+            .cloned()
+    };
+    let mut out = Comparison {
+        base: base.path.clone(),
+        new: new.path.clone(),
+        threshold,
+        rows: vec![],
+        only_in_base: vec![],
+        only_in_new: new
+            .timings
+            .iter()
+            .filter(|t| find(base, t).is_none())
+            .map(key)
+            .collect(),
+        shape_changed: vec![],
+        no_device_time: vec![],
+    };
+    for b in &base.timings {
+        let Some(n) = find(new, b) else {
+            out.only_in_base.push(key(b));
+            continue;
+        };
+        if b.shape != n.shape {
+            out.shape_changed
+                .push(format!("{} ({} → {})", key(b), b.shape, n.shape));
+            continue;
+        }
+        let device = b.device.zip(n.device);
+        let mut pairs: Vec<(&'static str, (f64, f64))> = Vec::new();
+        match metric {
+            Metric::Wall => pairs.push(("wall", (b.wall, n.wall))),
+            Metric::Device => match device {
+                Some(d) => pairs.push(("device", d)),
+                None => out.no_device_time.push(key(b)),
+            },
+            Metric::Auto => pairs.push(match device {
+                Some(d) => ("device", d),
+                None => ("wall", (b.wall, n.wall)),
+            }),
+            Metric::Both => {
+                pairs.push(("wall", (b.wall, n.wall)));
+                if let Some(d) = device {
+                    pairs.push(("device", d));
+                }
+            }
+        }
+        for (name, (bs, ns)) in pairs {
+            let ratio = ns / bs;
+            let verdict = if ratio > 1.0 + threshold {
+                Verdict::Slower
+            } else if ratio * (1.0 + threshold) < 1.0 {
+                Verdict::Faster
+            } else {
+                Verdict::Same
+            };
+            out.rows.push(Row {
+                variant: b.variant.clone(),
+                kernel: b.kernel.clone(),
+                metric: name,
+                base_seconds: bs,
+                new_seconds: ns,
+                change: ratio - 1.0,
+                verdict,
+            });
+        }
+    }
+    if out.rows.is_empty() {
+        let why = if !out.no_device_time.is_empty() {
+            format!(
+                "no kernel has a device time in both runs ({} lack one; device times come \
+                 from the cuda and wgpu backends): use --metric wall",
+                out.no_device_time.join(", ")
+            )
+        } else if !out.shape_changed.is_empty() {
+            format!(
+                "every kernel in both runs was timed on a different problem: {}",
+                out.shape_changed.join(", ")
+            )
+        } else {
+            let list = |run: &Run| run.timings.iter().map(key).collect::<Vec<_>>().join(", ");
+            format!(
+                "no kernel is timed in both runs (base: {}; new: {}); timings match by \
+                 backend, or gpu-check variant, and kernel",
+                list(base),
+                list(new)
+            )
+        };
+        return Err(Error::value(
+            format!(
+                "comparing {} with {}",
+                base.path.display(),
+                new.path.display()
+            ),
+            why,
+        ));
+    }
+    Ok(out)
+}
+
+/// Seconds in the unit that keeps 3–4 significant digits readable.
+fn human(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{s:.3} s")
+    }
+}
+
+/// The comparison as a table, then what was not compared and a one-line summary.
+pub fn render(c: &Comparison) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "base {}, new {}; median time per call; a change counts beyond ±{:.1} %",
+        c.base.display(),
+        c.new.display(),
+        c.threshold * 100.0
+    );
+    let vw = c
+        .rows
+        .iter()
+        .map(|r| r.variant.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let kw = c
+        .rows
+        .iter()
+        .map(|r| r.kernel.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let _ = writeln!(
+        s,
+        "{:<vw$}  {:<kw$}  {:<6}  {:>12}  {:>12}  {:>9}  verdict",
+        "variant", "kernel", "metric", "base", "new", "change"
+    );
+    for r in &c.rows {
+        let _ = writeln!(
+            s,
+            "{:<vw$}  {:<kw$}  {:<6}  {:>12}  {:>12}  {:>+8.1}%  {}",
+            r.variant,
+            r.kernel,
+            r.metric,
+            human(r.base_seconds),
+            human(r.new_seconds),
+            r.change * 100.0,
+            match r.verdict {
+                Verdict::Faster => "faster",
+                Verdict::Same => "same",
+                Verdict::Slower => "SLOWER",
+            }
+        );
+    }
+    for (label, list) in [
+        ("only in the base run", &c.only_in_base),
+        ("only in the new run", &c.only_in_new),
+        ("not compared, the problem changed", &c.shape_changed),
+        ("not compared, no device time in both", &c.no_device_time),
+    ] {
+        if !list.is_empty() {
+            let _ = writeln!(s, "{label}: {}", list.join(", "));
+        }
+    }
+    let count = |v: Verdict| c.rows.iter().filter(|r| r.verdict == v).count();
+    let _ = writeln!(
+        s,
+        "{} compared: {} slower, {} faster, {} the same",
+        c.rows.len(),
+        count(Verdict::Slower),
+        count(Verdict::Faster),
+        count(Verdict::Same)
+    );
+    s
+}
+
+/// The error that fails a CI job when a timing is slower than the threshold allows.
+pub fn regression_error(c: &Comparison) -> Option<Error> {
+    let slower: Vec<String> = c
+        .slower()
+        .map(|r| {
+            format!(
+                "{}/{} {} {:+.1} %",
+                r.variant,
+                r.kernel,
+                r.metric,
+                r.change * 100.0
+            )
+        })
+        .collect();
+    if slower.is_empty() {
+        return None;
+    }
+    Some(Error::Slower {
+        what: format!(
+            "{} of {} timings are more than {:.1} % slower than the base: {}",
+            slower.len(),
+            c.rows.len(),
+            c.threshold * 100.0,
+            slower.join(", ")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str) -> Result<Run> {
+        parse_run(Path::new("run.json"), text)
+    }
+
+    fn line(kernel: &str, backend: &str, wall: f64, device: Option<f64>) -> String {
+        let mut v = serde_json::json!({
+            "kernel": kernel, "backend": backend, "shape": "b=1", "seconds_per_call": wall,
+            "calls": 3, "gexp_per_s": 1.0,
+        });
+        if let Some(d) = device {
+            v["device_seconds_per_call"] = d.into();
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn reads_json_lines_and_gpu_check_reports() {
+        let lines = format!(
+            "{}\n\n{}\n",
+            line("sinkhorn", "cpu", 0.1, None),
+            line("maxsim", "cuda", 0.2, Some(0.01))
+        );
+        let r = run(&lines).unwrap();
+        assert_eq!(r.timings.len(), 2);
+        assert_eq!(r.timings[1].variant, "cuda");
+        assert_eq!(r.timings[1].device, Some(0.01));
+        assert_eq!(r.timings[1].origin, "line 3");
+
+        // One record alone is one object too, but not a report.
+        assert_eq!(
+            run(&line("sinkhorn", "cpu", 0.1, None))
+                .unwrap()
+                .timings
+                .len(),
+            1
+        );
+
+        let report = format!(
+            "{{\"gpu\": \"x\", \"bench\": {{\"cuda\": [{}], \"cuda-fp32\": [{}]}}}}",
+            line("maxsim", "cuda", 0.2, Some(0.01)),
+            line("maxsim", "cuda", 0.3, None)
+        );
+        let r = run(&report).unwrap();
+        let variants: Vec<&str> = r.timings.iter().map(|t| t.variant.as_str()).collect();
+        assert_eq!(variants, ["cuda", "cuda-fp32"]);
+        assert_eq!(r.timings[1].origin, "bench.cuda-fp32[0]");
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let two = format!(
+            "{}\n{}",
+            line("x", "cpu", 1.0, None),
+            line("x", "cpu", 2.0, None)
+        );
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "no timings"),
+            ("cosine-cost   cpu   0.006 s/call".into(), "line 1: expected a JSON record"),
+            ("[1, 2]".into(), "line 1: expected a bench record (an object), found a list"),
+            (
+                r#"{"kernel": "x", "backend": "cpu", "seconds_per_call": 1}"#.into(),
+                "line 1: missing \"shape\"",
+            ),
+            (
+                line("x", "cpu", 0.0, None),
+                "\"seconds_per_call\": expected seconds > 0, found 0.0",
+            ),
+            (
+                r#"{"kernel": "x", "backend": "cpu", "shape": "s", "seconds_per_call": 1, "device_seconds_per_call": -2}"#.into(),
+                "\"device_seconds_per_call\": expected seconds > 0, found -2",
+            ),
+            (
+                r#"{"kernel": "", "backend": "cpu", "shape": "s", "seconds_per_call": 1}"#.into(),
+                "\"kernel\": expected a non-empty string",
+            ),
+            (two, "line 1 and line 2 both time x on cpu"),
+            (r#"{"bench": [1]}"#.into(), "\"bench\" must map each variant"),
+            (
+                r#"{"bench": {"cuda": 3}}"#.into(),
+                "bench.cuda: expected a list of records, found a number",
+            ),
+            (r#"{"bench": {}}"#.into(), "no timings"),
+        ];
+        for (text, want) in cases {
+            let e = run(&text).unwrap_err().to_string();
+            assert!(e.starts_with("run.json: "), "{e}");
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // A missing file names itself.
+        let e = read_run(Path::new("/nonexistent/base.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/base.json"), "{e}");
+    }
+
+    #[test]
+    fn verdicts_are_symmetric_in_ratio() {
+        let base = run(&[
+            line("a", "cpu", 1.0, None),
+            line("b", "cpu", 1.0, None),
+            line("c", "cpu", 1.0, None),
+            line("d", "cpu", 1.0, None),
+            line("gone", "cpu", 1.0, None),
+        ]
+        .join("\n"))
+        .unwrap();
+        let new = run(&[
+            line("a", "cpu", 1.11, None),
+            line("b", "cpu", 1.09, None),
+            line("c", "cpu", 1.0 / 1.11, None),
+            line("d", "cpu", 1.0 / 1.09, None),
+            line("added", "cpu", 1.0, None),
+        ]
+        .join("\n"))
+        .unwrap();
+        let c = compare(&base, &new, Metric::Auto, 0.1).unwrap();
+        let v: Vec<(&str, Verdict)> = c
+            .rows
+            .iter()
+            .map(|r| (r.kernel.as_str(), r.verdict))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                ("a", Verdict::Slower),
+                ("b", Verdict::Same),
+                ("c", Verdict::Faster),
+                ("d", Verdict::Same)
+            ]
+        );
+        assert_eq!(c.only_in_base, ["cpu/gone"]);
+        assert_eq!(c.only_in_new, ["cpu/added"]);
+        let e = regression_error(&c).unwrap().to_string();
+        assert!(
+            e.contains("1 of 4 timings are more than 10.0 % slower"),
+            "{e}"
+        );
+        assert!(e.contains("cpu/a wall +11.0 %"), "{e}");
+        assert!(!e.is_empty() && !Error::Slower { what: e.clone() }.is_user_error());
+        // A run against itself: all the same, no error.
+        let c = compare(&base, &base, Metric::Both, 0.0).unwrap();
+        assert!(c
+            .rows
+            .iter()
+            .all(|r| r.verdict == Verdict::Same && r.change == 0.0));
+        assert!(regression_error(&c).is_none());
+        let text = render(&c);
+        assert!(
+            text.contains("5 compared: 0 slower, 0 faster, 5 the same"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn metrics_pick_device_or_wall_time() {
+        let base = run(&[
+            line("k", "cuda", 1.0, Some(0.1)),
+            line("w", "cpu", 1.0, None),
+        ]
+        .join("\n"))
+        .unwrap();
+        // Wall time doubles, device time halves.
+        let new = run(&[
+            line("k", "cuda", 2.0, Some(0.05)),
+            line("w", "cpu", 2.0, None),
+        ]
+        .join("\n"))
+        .unwrap();
+        let metric_rows = |m: Metric| -> Vec<(String, &'static str, Verdict)> {
+            compare(&base, &new, m, 0.1)
+                .unwrap()
+                .rows
+                .into_iter()
+                .map(|r| (r.kernel, r.metric, r.verdict))
+                .collect()
+        };
+        let row = |k: &str, m: &'static str, v: Verdict| (k.to_string(), m, v);
+        assert_eq!(
+            metric_rows(Metric::Auto),
+            [
+                row("k", "device", Verdict::Faster),
+                row("w", "wall", Verdict::Slower)
+            ]
+        );
+        assert_eq!(
+            metric_rows(Metric::Wall),
+            [
+                row("k", "wall", Verdict::Slower),
+                row("w", "wall", Verdict::Slower)
+            ]
+        );
+        assert_eq!(
+            metric_rows(Metric::Both),
+            [
+                row("k", "wall", Verdict::Slower),
+                row("k", "device", Verdict::Faster),
+                row("w", "wall", Verdict::Slower)
+            ]
+        );
+        let c = compare(&base, &new, Metric::Device, 0.1).unwrap();
+        assert_eq!(c.rows.len(), 1);
+        assert_eq!(c.no_device_time, ["cpu/w"]);
+    }
+
+    #[test]
+    fn nothing_to_compare_is_an_error_that_says_why() {
+        let cpu = run(&line("k", "cpu", 1.0, None)).unwrap();
+        let cuda = run(&line("k", "cuda", 1.0, None)).unwrap();
+        let e = compare(&cpu, &cuda, Metric::Auto, 0.1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no kernel is timed in both runs (base: cpu/k; new: cuda/k)"),
+            "{e}"
+        );
+        let e = compare(&cpu, &cpu, Metric::Device, 0.1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use --metric wall"), "{e}");
+        let other = run(&line("k", "cpu", 1.0, None).replace("b=1", "b=2")).unwrap();
+        let e = compare(&cpu, &other, Metric::Auto, 0.1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cpu/k (b=1 → b=2)"), "{e}");
+        for t in [-0.1, f64::NAN, f64::INFINITY] {
+            let e = compare(&cpu, &cpu, Metric::Auto, t)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("max_slowdown"), "{e}");
+        }
+        assert!("fast"
+            .parse::<Metric>()
+            .unwrap_err()
+            .to_string()
+            .contains("auto, wall, device or both"));
+    }
+}
