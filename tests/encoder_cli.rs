@@ -288,3 +288,38 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
     );
     assert_eq!(npy::read(&out).unwrap().shape, vec![5, 384]);
 }
+
+/// The tokenizer is parsed on a second thread while the weights load: a broken tokenizer is
+/// still one clear error, and with broken weights too the weights' error comes first (as
+/// when the two loaded one after the other).
+#[test]
+fn broken_tokenizer_or_weights_are_errors_in_load_order() {
+    let root = tempfile::tempdir().unwrap();
+    let src = optical::assets::assets_dir().join("minilm");
+    let dir = root.path().join("minilm-broken");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors"))
+        .unwrap();
+    std::fs::write(dir.join("tokenizer.json"), "{\"model\": 3}").unwrap();
+    let input = root.path().join("texts.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let out = root.path().join("o.npy");
+    let args = [
+        "encode",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    fails_with(&args, "tokenizer.json: not a valid tokenizer.json");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"not a safetensors file").unwrap();
+    fails_with(&args, "model.safetensors");
+    let run = optical().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!err.contains("tokenizer.json"), "{err}");
+    assert!(!out.exists());
+}

@@ -147,5 +147,9 @@ pub fn run(args: EncodeArgs) -> Result<()> {
             "out": args.out.display().to_string(),
         })
     );
+    // The process ends here. Freeing the encoder (its weights and, for XLM-R, a trie of
+    // 250,002 pieces in hash-map nodes) took 0.25–0.33 s of a 1.3 s `encode` on the 2-core
+    // machine and gives nothing back to anyone: leave it to the exit.
+    std::mem::forget(encoder);
     Ok(())
 }

@@ -27,7 +27,7 @@ use config::EncoderConfig;
 use e5s1::E5s1;
 use model::TransformerEncoder;
 use pooling::Pooling;
-use tokenizer::{TextTokenizer, TokenBatch};
+use tokenizer::{RawTokenizer, TextTokenizer, TokenBatch};
 use weights::Weights;
 
 /// Which model to load (`--model`).
@@ -280,6 +280,20 @@ fn read_prefixes(dir: &Path) -> Result<(String, String)> {
     Ok((field("query"), field("passage")))
 }
 
+/// Run `load` (the model's weights) while a second thread parses the tokenizer at
+/// `tokenizer`; the weights' error comes first, as when the two ran one after the other.
+fn while_parsing<T: Send>(
+    tokenizer: &Path,
+    load: impl FnOnce() -> Result<T>,
+) -> Result<(T, Result<RawTokenizer>)> {
+    let (loaded, raw) = std::thread::scope(|s| {
+        let raw = s.spawn(|| RawTokenizer::read(tokenizer));
+        (load(), raw.join())
+    });
+    let raw = raw.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    Ok((loaded?, raw))
+}
+
 fn is_e5s1(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
@@ -339,14 +353,13 @@ impl TextEncoder {
         device: Device,
         options: &EncoderOptions,
     ) -> Result<Self> {
-        let config = EncoderConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::from_safetensors(&dir.join("model.safetensors"), &config)?;
+        let ((config, weights), raw) = while_parsing(&dir.join("tokenizer.json"), || {
+            let config = EncoderConfig::from_file(&dir.join("config.json"))?;
+            let weights = Weights::from_safetensors(&dir.join("model.safetensors"), &config)?;
+            Ok((config, weights))
+        })?;
         let max_length = Self::max_length(&config, options, default_max_length)?;
-        let tokenizer = TextTokenizer::from_file(
-            &dir.join("tokenizer.json"),
-            max_length,
-            config.pad_token_id as u32,
-        )?;
+        let tokenizer = TextTokenizer::from_raw(raw?, max_length, config.pad_token_id as u32)?;
         Self::assemble(name, config, weights, tokenizer, prefixes, device, options)
     }
 
@@ -357,9 +370,9 @@ impl TextEncoder {
         device: Device,
         options: &EncoderOptions,
     ) -> Result<Self> {
-        let file = E5s1::from_file(path)?;
+        let (file, raw) = while_parsing(tokenizer_path, || E5s1::from_file(path))?;
         let max_length = Self::max_length(&file.config, options, None)?;
-        let tokenizer = TextTokenizer::from_file(tokenizer_path, max_length, file.pad)?;
+        let tokenizer = TextTokenizer::from_raw(raw?, max_length, file.pad)?;
         file.check_vocabulary(&tokenizer, tokenizer_path)?;
         Self::assemble(
             name,
