@@ -17,7 +17,8 @@ pub struct StudyArgs {
     /// The study file (e.g. studies/ood-robustness.toml).
     #[arg(long)]
     pub config: PathBuf,
-    /// Which budget section of the file to run: quick or full.
+    /// Which budget section of the file to run (studies/ood-robustness.toml has quick,
+    /// quick-seeds and full).
     #[arg(long, default_value = "quick")]
     pub budget: String,
     /// Backend of every run (Sinkhorn kernels and encoder device): cpu, wgpu, ...
