@@ -721,6 +721,11 @@ fn bench_compare_passes_a_run_against_itself_and_fails_a_slower_one() {
         .map(|r| r["verdict"].as_str().unwrap())
         .collect();
     assert_eq!(verdicts, ["same", "same"]);
+    // 1.2 and 1/1.2 cancel out.
+    assert!(
+        v["geometric_mean_change"].as_f64().unwrap().abs() < 1e-9,
+        "{v}"
+    );
 
     // The committed gpu-check results read as runs (variants cuda, cuda-fp32, wgpu, cpu).
     let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");

@@ -108,6 +108,17 @@ impl Comparison {
     pub fn slower(&self) -> impl Iterator<Item = &Row> {
         self.rows.iter().filter(|r| r.verdict == Verdict::Slower)
     }
+
+    /// The geometric mean of the time ratios, minus 1: one number for the whole run (a
+    /// kernel 2× slower and another 2× faster average to 0). 0 when nothing was compared.
+    pub fn geometric_mean_change(&self) -> f64 {
+        if self.rows.is_empty() {
+            return 0.0;
+        }
+        let mean_log =
+            self.rows.iter().map(|r| (1.0 + r.change).ln()).sum::<f64>() / self.rows.len() as f64;
+        mean_log.exp() - 1.0
+    }
 }
 
 /// Read a run from a file (see the module documentation for the two formats).
@@ -447,11 +458,12 @@ pub fn render(c: &Comparison) -> String {
     let count = |v: Verdict| c.rows.iter().filter(|r| r.verdict == v).count();
     let _ = writeln!(
         s,
-        "{} compared: {} slower, {} faster, {} the same",
+        "{} compared: {} slower, {} faster, {} the same; geometric mean of the changes {:+.1} %",
         c.rows.len(),
         count(Verdict::Slower),
         count(Verdict::Faster),
-        count(Verdict::Same)
+        count(Verdict::Same),
+        c.geometric_mean_change() * 100.0
     );
     s
 }
@@ -618,6 +630,8 @@ mod tests {
                 ("d", Verdict::Same)
             ]
         );
+        // 1.11 · 1.09 / 1.11 / 1.09 = 1.
+        assert!(c.geometric_mean_change().abs() < 1e-12);
         assert_eq!(c.only_in_base, ["cpu/gone"]);
         assert_eq!(c.only_in_new, ["cpu/added"]);
         let e = regression_error(&c).unwrap().to_string();
@@ -636,7 +650,9 @@ mod tests {
         assert!(regression_error(&c).is_none());
         let text = render(&c);
         assert!(
-            text.contains("5 compared: 0 slower, 0 faster, 5 the same"),
+            text.contains(
+                "5 compared: 0 slower, 0 faster, 5 the same; geometric mean of the changes +0.0 %"
+            ),
             "{text}"
         );
     }

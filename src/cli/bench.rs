@@ -102,7 +102,9 @@ fn run_compare(args: CompareArgs) -> crate::Result<()> {
     let new = read_run(&args.new)?;
     let c = compare(&base, &new, metric, args.max_slowdown / 100.0)?;
     if args.json {
-        println!("{}", serde_json::to_string(&c).expect("plain record"));
+        let mut v = serde_json::to_value(&c).expect("plain record");
+        v["geometric_mean_change"] = c.geometric_mean_change().into();
+        println!("{v}");
     } else {
         print!("{}", render(&c));
     }

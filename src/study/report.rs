@@ -184,8 +184,87 @@ fn exports_start(cell: &Cell<'_>) -> bool {
 /// Untrained base models at or above this in-domain score leave little room to gain.
 const CEILING: f64 = 0.95;
 
+/// One trained condition on one benchmark, for [`seed_spread_note`].
+struct SeedSpread<'a> {
+    condition: &'a str,
+    bench: &'a str,
+    /// The untrained model's value.
+    base: f64,
+    /// The condition's value for each seed.
+    seeds: Vec<f64>,
+    /// Whether the paired test calls it a significant gain over the untrained model.
+    significant_gain: bool,
+}
+
+/// A note on the significant gains over the untrained model that are smaller than twice
+/// the standard deviation between seeds. The paired tests run over queries with each
+/// query's value averaged over the seeds, so the spread between training runs is not in
+/// their p-values; a reader should know where it is as large as the gain.
+fn seed_spread_note(group: &str, rows: &[SeedSpread<'_>]) -> Option<String> {
+    let mut seeds = 0;
+    let listed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.significant_gain && r.seeds.len() > 1)
+        .filter_map(|r| {
+            let (m, sd) = mean_std(&r.seeds);
+            let gain = m - r.base;
+            (gain.is_finite() && sd.is_finite() && gain < 2.0 * sd).then(|| {
+                seeds = seeds.max(r.seeds.len());
+                format!("{} on {} ({gain:+.4} ± {sd:.4})", r.condition, r.bench)
+            })
+        })
+        .collect();
+    if listed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "In group {group}, some significant gains over the untrained model are smaller than \
+         twice the standard deviation between seeds (gain ± that deviation over {seeds} \
+         seeds): {}. The p-values compare queries, each averaged over the seeds, so they do \
+         not include the spread between training runs: another seed could land well off \
+         these means.",
+        listed.join(", ")
+    ))
+}
+
+/// A condition's trained runs: each one's seed and exported step.
+type Exports<'a> = (&'a str, Vec<(u64, Option<usize>)>);
+
+/// A note on trained conditions where some seeds, not all, exported their starting model
+/// (no checkpoint beat it on the dev pairs).
+fn partial_start_note(group: &str, runs: &[Exports<'_>]) -> Option<String> {
+    let listed: Vec<String> = runs
+        .iter()
+        .filter_map(|(condition, seeds)| {
+            let start: Vec<String> = seeds
+                .iter()
+                .filter(|(_, step)| *step == Some(0))
+                .map(|(seed, _)| seed.to_string())
+                .collect();
+            (!start.is_empty() && start.len() < seeds.len()).then(|| {
+                format!(
+                    "`{condition}` (seed{} {} of {})",
+                    if start.len() > 1 { "s" } else { "" },
+                    start.join(", "),
+                    seeds.len()
+                )
+            })
+        })
+        .collect();
+    if listed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "In group {group}, some seeds never beat their starting model on the dev pairs, so \
+         they exported the untrained model: {}. The means and spreads of those conditions \
+         mix trained and untrained students.",
+        listed.join(", ")
+    ))
+}
+
 /// What a reader must know before trusting a comparison: trained conditions whose
-/// exported student is their starting model, and in-domain benchmarks at the ceiling.
+/// exported student is their starting model (in every seed, or in some), in-domain
+/// benchmarks at the ceiling, and gains no larger than the spread between seeds.
 fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<String> {
     let mut notes = Vec::new();
     for g in groups {
@@ -236,6 +315,50 @@ fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<Stri
                 ));
             }
         }
+        let exports: Vec<Exports<'_>> = plan
+            .conditions
+            .iter()
+            .filter(|c| c.train)
+            .map(|c| {
+                let cell = results.cell(&g.name, &c.name);
+                let runs = cell
+                    .runs
+                    .iter()
+                    .filter_map(|r| Some((r.seed, r.train.as_ref()?.exported_step)))
+                    .collect();
+                (c.name.as_str(), runs)
+            })
+            .collect();
+        notes.extend(partial_start_note(&g.name, &exports));
+        let group_benches = benches(g);
+        let mut rows = Vec::new();
+        for b in &group_benches {
+            let Some(base_value) = base.value(&b.name, b.measure()) else {
+                continue;
+            };
+            for c in plan.conditions.iter().filter(|c| c.train) {
+                let cell = results.cell(&g.name, &c.name);
+                let seeds = cell.seeds(&b.name, b.measure(), None);
+                if seeds.len() < 2 {
+                    continue;
+                }
+                let t = test(
+                    &cell,
+                    &base,
+                    &b.name,
+                    b.measure(),
+                    &format!("{}-base", c.name),
+                );
+                rows.push(SeedSpread {
+                    condition: &c.name,
+                    bench: &b.name,
+                    base: base_value,
+                    seeds,
+                    significant_gain: verdict(t) == Verdict::Better,
+                });
+            }
+        }
+        notes.extend(seed_spread_note(&g.name, &rows));
     }
     notes
 }
@@ -1246,4 +1369,75 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         ));
     }
     write_file(path, &md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(
+        condition: &'a str,
+        base: f64,
+        seeds: &[f64],
+        significant_gain: bool,
+    ) -> SeedSpread<'a> {
+        SeedSpread {
+            condition,
+            bench: "xquad-r",
+            base,
+            seeds: seeds.to_vec(),
+            significant_gain,
+        }
+    }
+
+    #[test]
+    fn partial_start_names_the_seeds_that_exported_their_starting_model() {
+        let runs = [
+            ("ot", vec![(0, Some(40)), (1, Some(0)), (2, Some(80))]),
+            ("mean-mse", vec![(0, Some(0)), (1, Some(0)), (2, Some(0))]),
+            (
+                "ot+mean-mse",
+                vec![(0, Some(0)), (1, Some(0)), (2, Some(120))],
+            ),
+            ("old", vec![(0, None), (1, Some(40))]),
+        ];
+        let note = partial_start_note("A", &runs).unwrap();
+        assert!(
+            note.contains("`ot` (seed 1 of 3), `ot+mean-mse` (seeds 0, 1 of 3)."),
+            "{note}"
+        );
+        // Every seed at step 0 is the other caveat's; unknown steps are not counted.
+        assert!(
+            !note.contains("`mean-mse`") && !note.contains("old"),
+            "{note}"
+        );
+        assert!(partial_start_note("A", &runs[1..2]).is_none());
+    }
+
+    #[test]
+    fn seed_spread_names_significant_gains_within_twice_the_spread() {
+        let rows = [
+            // Gain 0.056, sd 0.049: listed.
+            row("ot", 0.5455, &[0.6218, 0.5450, 0.6380], true),
+            // Gain 0.03, sd 0.001: a gain the seeds agree on.
+            row("ot+mean-mse", 0.5455, &[0.5755, 0.5765, 0.5760], true),
+            // Within the spread but not a significant gain: the tables already say so.
+            row("mean-mse", 0.5455, &[0.5400, 0.5600, 0.5500], false),
+            // One seed: no spread to speak of.
+            row("one-seed", 0.5455, &[0.6], true),
+        ];
+        let note = seed_spread_note("A", &rows).unwrap();
+        let (m, sd) = mean_std(&[0.6218, 0.5450, 0.6380]);
+        assert!(note.starts_with("In group A, "), "{note}");
+        assert!(
+            note.contains(&format!("ot on xquad-r ({:+.4} ± {sd:.4})", m - 0.5455)),
+            "{note}"
+        );
+        assert!(note.contains("over 3 seeds"), "{note}");
+        for absent in ["ot+mean-mse", "mean-mse on", "one-seed"] {
+            assert!(!note.contains(absent), "{absent}: {note}");
+        }
+        assert!(seed_spread_note("A", &rows[1..]).is_none());
+        assert!(seed_spread_note("A", &[]).is_none());
+    }
 }
