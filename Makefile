@@ -101,10 +101,12 @@ gpu-bundle:
 	bash scripts/gpu-bundle.sh .gpu-bundle
 
 ## The out-of-domain robustness study, quick budget (resumable: run again to continue);
-## writes docs/STUDY.md. On a GPU machine: make study STUDY_BUDGET=full STUDY_BACKEND=wgpu.
+## writes docs/STUDY.md. Three seeds: make study STUDY_BUDGET=quick-seeds (shares the quick
+## budget's directory, so its seed-0 runs are reused). On a GPU machine:
+## make study STUDY_BUDGET=full STUDY_BACKEND=wgpu.
 STUDY_BUDGET ?= quick
 STUDY_BACKEND ?=
 study: setup build
 	$(BIN) study --config studies/ood-robustness.toml --budget $(STUDY_BUDGET) \
 	    $(if $(STUDY_BACKEND),--backend $(STUDY_BACKEND),) \
-	    --out $(CACHE)/study-$(STUDY_BUDGET) --report docs/STUDY.md
+	    --out $(CACHE)/study-$(patsubst %-seeds,%,$(STUDY_BUDGET)) --report docs/STUDY.md
