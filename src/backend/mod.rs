@@ -121,6 +121,18 @@ impl Backend {
         }
     }
 
+    /// What runs this backend's kernels, for benchmark records: the GPU or adapter name,
+    /// or `None` for the CPU backends (whose processor [`crate::bench::cpu_model`] names).
+    pub fn device_name(&self) -> Option<String> {
+        match self {
+            Backend::Cpu(_) | Backend::CpuReference(_) => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(c) => Some(c.device_name().to_string()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(w) => Some(w.context().adapter_name().to_string()),
+        }
+    }
+
     /// Device-only time of one standard job (kernels only: no transfers, no host work), for
     /// backends that can measure it: CUDA with events, WGPU with pass timestamps where the
     /// adapter has them; `None` for the CPU backends.

@@ -31,6 +31,10 @@ pub struct Timing {
     pub device: Option<f64>,
     /// Where the record sits in its file, for messages (`line 3`, `bench.cuda[2]`).
     pub origin: String,
+    /// The processor and the GPU it ran on, where the record says (older records do not;
+    /// a gpu-check report's GPU stands in for its GPU records').
+    pub cpu: Option<String>,
+    pub gpu: Option<String>,
 }
 
 /// Every timing of one file.
@@ -102,6 +106,9 @@ pub struct Comparison {
     pub shape_changed: Vec<String>,
     /// `variant/kernel` in both that lack the device time `--metric device` asked for.
     pub no_device_time: Vec<String>,
+    /// Processors or GPUs that differ between the runs' compared timings (`base → new`):
+    /// then the timings measure the hardware as much as the code.
+    pub machines_differ: Vec<String>,
 }
 
 impl Comparison {
@@ -148,6 +155,7 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
                     "\"bench\" must map each variant to a list of records (a gpu-check results file)",
                 ));
             };
+            let report_gpu = report.get("gpu").and_then(Value::as_str);
             for (variant, records) in groups {
                 let Value::Array(records) = records else {
                     return Err(format_error(
@@ -160,7 +168,15 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
                 };
                 for (i, record) in records.iter().enumerate() {
                     let origin = format!("bench.{variant}[{i}]");
-                    timings.push(timing(path, record, Some(variant), origin)?);
+                    let mut t = timing(path, record, Some(variant), origin)?;
+                    let on_gpu = !matches!(
+                        record.get("backend").and_then(Value::as_str),
+                        Some("cpu" | "cpu-reference")
+                    );
+                    if t.gpu.is_none() && on_gpu {
+                        t.gpu = report_gpu.map(str::to_string);
+                    }
+                    timings.push(t);
                 }
             }
         }
@@ -261,6 +277,14 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
     let kernel = text("kernel")?;
     let backend = text("backend")?;
     let shape = text("shape")?;
+    let optional = |name: &str| -> Result<Option<String>> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => text(name).map(Some),
+        }
+    };
+    let cpu = optional("cpu")?;
+    let gpu = optional("gpu")?;
     let wall = seconds("seconds_per_call", true)?.expect("required");
     let device = seconds("device_seconds_per_call", false)?;
     Ok(Timing {
@@ -270,6 +294,8 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
         wall,
         device,
         origin,
+        cpu,
+        gpu,
     })
 }
 
@@ -305,6 +331,7 @@ pub fn compare(base: &Run, new: &Run, metric: Metric, threshold: f64) -> Result<
             .collect(),
         shape_changed: vec![],
         no_device_time: vec![],
+        machines_differ: vec![],
     };
     for b in &base.timings {
         let Some(n) = find(new, b) else {
@@ -315,6 +342,14 @@ pub fn compare(base: &Run, new: &Run, metric: Metric, threshold: f64) -> Result<
             out.shape_changed
                 .push(format!("{} ({} → {})", key(b), b.shape, n.shape));
             continue;
+        }
+        for (what, x, y) in [("processor", &b.cpu, &n.cpu), ("GPU", &b.gpu, &n.gpu)] {
+            if let (Some(x), Some(y)) = (x, y) {
+                let note = format!("{what}: {x} → {y}");
+                if x != y && !out.machines_differ.contains(&note) {
+                    out.machines_differ.push(note);
+                }
+            }
         }
         let device = b.device.zip(n.device);
         let mut pairs: Vec<(&'static str, (f64, f64))> = Vec::new();
@@ -450,6 +485,10 @@ pub fn render(c: &Comparison) -> String {
         ("only in the new run", &c.only_in_new),
         ("not compared, the problem changed", &c.shape_changed),
         ("not compared, no device time in both", &c.no_device_time),
+        (
+            "different hardware, so these changes are not the code's alone",
+            &c.machines_differ,
+        ),
     ] {
         if !list.is_empty() {
             let _ = writeln!(s, "{label}: {}", list.join(", "));
@@ -706,6 +745,50 @@ mod tests {
         let c = compare(&base, &new, Metric::Device, 0.1).unwrap();
         assert_eq!(c.rows.len(), 1);
         assert_eq!(c.no_device_time, ["cpu/w"]);
+    }
+
+    #[test]
+    fn different_hardware_is_named() {
+        let with = |cpu: &str, gpu: Option<&str>| {
+            let mut v: Value = serde_json::from_str(&line("k", "cuda", 1.0, Some(0.1))).unwrap();
+            v["cpu"] = cpu.into();
+            if let Some(g) = gpu {
+                v["gpu"] = g.into();
+            }
+            run(&v.to_string()).unwrap()
+        };
+        let a = with("EPYC, 16 threads", Some("NVIDIA H200"));
+        let b = with("EPYC, 16 threads", Some("NVIDIA H100 80GB HBM3"));
+        let c = compare(&a, &b, Metric::Auto, 0.1).unwrap();
+        assert_eq!(
+            c.machines_differ,
+            ["GPU: NVIDIA H200 → NVIDIA H100 80GB HBM3"]
+        );
+        assert!(render(&c).contains("different hardware, so these changes are not the code's alone: GPU: NVIDIA H200 → NVIDIA H100"));
+        assert!(compare(&a, &a, Metric::Auto, 0.1)
+            .unwrap()
+            .machines_differ
+            .is_empty());
+        // Records without hardware (older runs) say nothing either way.
+        let old = run(&line("k", "cuda", 1.0, Some(0.1))).unwrap();
+        assert!(compare(&old, &b, Metric::Auto, 0.1)
+            .unwrap()
+            .machines_differ
+            .is_empty());
+        // A gpu-check report's GPU stands in for its GPU records', not its CPU records'.
+        let report = format!(
+            "{{\"gpu\": \"NVIDIA H200\", \"bench\": {{\"cuda\": [{}], \"cpu\": [{}]}}}}",
+            line("k", "cuda", 1.0, None),
+            line("k", "cpu", 1.0, None)
+        );
+        let r = run(&report).unwrap();
+        let gpus: Vec<Option<&str>> = r.timings.iter().map(|t| t.gpu.as_deref()).collect();
+        assert_eq!(gpus, [None, Some("NVIDIA H200")]);
+        let bad = line("k", "cpu", 1.0, None).replace("\"calls\"", "\"cpu\": 3, \"calls\"");
+        assert!(run(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("\"cpu\": expected a non-empty string"));
     }
 
     #[test]

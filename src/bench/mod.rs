@@ -54,6 +54,28 @@ pub struct BenchRecord {
     /// of each, first seen first. Phases nest, so they do not add up to the wall time.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub host_phases: Vec<PhaseTime>,
+    /// The processor and its threads (`AMD EPYC 7B13, 2 threads`): wall times depend on it
+    /// on every backend.
+    pub cpu: String,
+    /// The GPU or adapter that ran the kernels, on the GPU backends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+}
+
+/// The processor's model name (from `/proc/cpuinfo`, else the architecture) and the
+/// threads this process may use.
+pub fn cpu_model() -> (String, usize) {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (model, threads)
 }
 
 /// One host-side phase of a timed call.
@@ -160,6 +182,9 @@ fn time<F: FnMut() -> Result<()>>(
 /// Time one standard kernel on `backend`.
 pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<BenchRecord> {
     let name = backend.kind().name();
+    let (cpu, threads) = cpu_model();
+    let cpu = format!("{cpu}, {threads} threads");
+    let gpu = backend.device_name();
     let record = |kernel, shape: String, (s, calls, host_phases): (f64, usize, Vec<PhaseTime>)| {
         BenchRecord {
             kernel,
@@ -173,6 +198,8 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             device_seconds_per_call: None,
             device_rate: None,
             host_phases,
+            cpu: cpu.clone(),
+            gpu: gpu.clone(),
         }
     };
     // Attach the device-only time and the rate `amount / time` computed from it.

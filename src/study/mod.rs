@@ -100,18 +100,10 @@ pub struct Hardware {
 
 impl Hardware {
     pub fn here(backend: &str) -> Hardware {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let (cpu, threads) = crate::bench::cpu_model();
         Hardware {
             cpu,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads,
             backend: backend.to_string(),
         }
     }
