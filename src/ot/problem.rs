@@ -36,10 +36,12 @@ impl Embeddings {
                 format!("({b}, {n}, {d})"),
             ));
         }
-        if data.len() != b * n * d {
+        // The product in u128: a wrapped usize product could match the data's length.
+        let want = b as u128 * n as u128 * d as u128;
+        if data.len() as u128 != want {
             return Err(Error::shape(
                 name,
-                format!("{} values for ({b}, {n}, {d})", b * n * d),
+                format!("{want} values for ({b}, {n}, {d})"),
                 format!("{} values", data.len()),
             ));
         }
@@ -189,10 +191,11 @@ impl Problem {
                 format!("({pairs}, {n}, {m})"),
             ));
         }
-        if cost.len() != pairs * n * m {
+        let want = pairs as u128 * n as u128 * m as u128;
+        if cost.len() as u128 != want {
             return Err(Error::shape(
                 "cost",
-                format!("{} values for ({pairs}, {n}, {m})", pairs * n * m),
+                format!("{want} values for ({pairs}, {n}, {m})"),
                 format!("{} values", cost.len()),
             ));
         }
@@ -424,5 +427,20 @@ mod tests {
             assert!(e.contains("found (1, 2)"), "{lengths:?}: {e}");
         }
         assert!(PackedDocs::new("docs", 2, vec![0.5; 4], vec![1, 1]).is_ok());
+    }
+
+    #[test]
+    fn shapes_whose_product_wraps_are_an_error() {
+        // 2^32 · 2^32 · 1 wraps to 0 in a 64-bit usize: an empty data vector matched it, and
+        // the default lengths then asked for 2^32 entries.
+        let big = 1usize << 32;
+        let e = Embeddings::new("x", big, big, 1, vec![], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("18446744073709551616 values for"), "{e}");
+        let e = Problem::new(big, big, 1, vec![], None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("18446744073709551616 values for"), "{e}");
     }
 }
