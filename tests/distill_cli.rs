@@ -391,3 +391,51 @@ fn bad_configs_are_one_line_errors() {
         assert!(stderr.contains(expect), "{flags:?}: {stderr}");
     }
 }
+
+/// A run whose student cannot change (a learning rate far below the weights' f32 spacing)
+/// keeps a flat dev P@1, exports its starting model, and says why.
+#[test]
+fn exporting_the_untrained_model_says_why() {
+    let f = fixture();
+    let out = f.root.join("run-flat");
+    let run = distill(
+        &f,
+        &out,
+        &["--steps", "4", "--eval-every", "2", "--lr", "1e-15"],
+    );
+    let summary = ok(&run, "flat run");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("distill: exporting the student of step 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("distill: note: dev P@1 stayed at")
+            && stderr.contains("in all 3 evaluations")
+            && stderr.contains("--export last"),
+        "{stderr}\n{summary}"
+    );
+    // With --export last nothing needs explaining.
+    let out = f.root.join("run-last");
+    let run = distill(
+        &f,
+        &out,
+        &[
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--lr",
+            "1e-15",
+            "--export",
+            "last",
+        ],
+    );
+    ok(&run, "flat run, export last");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("exporting the student of step 4"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("distill: note:"), "{stderr}");
+}

@@ -510,6 +510,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             "distill: exporting the student of step {step} to {}",
             dir.display()
         );
+        if step == 0 && trainer.state.step > 0 {
+            // Every sitting's evaluations, from the log (this sitting's alone may lack step 0).
+            let dev: Vec<DevMetrics> = std::fs::read_to_string(&dev_log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            eprintln!("distill: note: {}", untrained_export_note(&dev));
+        }
         export(
             &model,
             &student_config,
@@ -613,4 +622,81 @@ pub fn write_plots(out: &Path) -> Result<()> {
         ],
     );
     write_text(&out.join("dev.svg"), &chart)
+}
+
+/// Why the exported student is the starting model, and what to do about it: no dev
+/// evaluation beat step 0's P@1 (ties keep the earliest step). A flat P@1 means the dev
+/// pairs cannot tell the checkpoints apart (in the study's group A, 100 Tatoeba pairs sat at
+/// 0.95–0.96 P@1 for every checkpoint of some seeds while MRR moved).
+fn untrained_export_note(dev: &[DevMetrics]) -> String {
+    let evaluations = dev.len();
+    let fix = "more or harder dev pairs (--dev-pairs), or --export last, choose otherwise";
+    let Some(first) = dev.iter().find(|m| m.step == 0) else {
+        return format!(
+            "no checkpoint beat the starting model on the dev pairs, so the exported student \
+             is the untrained model; {fix}"
+        );
+    };
+    let later: Vec<&DevMetrics> = dev.iter().filter(|m| m.step > 0).collect();
+    let best_mrr = later.iter().copied().max_by(|a, b| a.mrr.total_cmp(&b.mrr));
+    let flat = later.iter().all(|m| m.p_at_1 == first.p_at_1);
+    let mrr = match best_mrr {
+        Some(b) if b.mrr > first.mrr => format!(
+            " (MRR rose from {:.4} to {:.4} at step {})",
+            first.mrr, b.mrr, b.step
+        ),
+        _ => String::new(),
+    };
+    if flat {
+        format!(
+            "dev P@1 stayed at {:.4} in all {evaluations} evaluations{mrr}: these dev pairs \
+             cannot tell the checkpoints apart, so the untrained starting model was exported \
+             (ties keep the earliest step); {fix}",
+            first.p_at_1
+        )
+    } else {
+        format!(
+            "no checkpoint beat step 0's dev P@1 of {:.4}{mrr}, so the untrained starting \
+             model was exported; {fix}",
+            first.p_at_1
+        )
+    }
+}
+
+#[cfg(test)]
+mod untrained_export_tests {
+    use super::*;
+
+    fn m(step: usize, p_at_1: f64, mrr: f64) -> DevMetrics {
+        DevMetrics { step, p_at_1, mrr }
+    }
+
+    #[test]
+    fn the_note_says_why_the_untrained_model_was_exported() {
+        let flat = [
+            m(0, 0.95, 0.9664),
+            m(40, 0.95, 0.9675),
+            m(160, 0.95, 0.9696),
+        ];
+        let note = untrained_export_note(&flat);
+        assert!(
+            note.starts_with("dev P@1 stayed at 0.9500 in all 3 evaluations (MRR rose from 0.9664 to 0.9696 at step 160): these dev pairs cannot tell"),
+            "{note}"
+        );
+        assert!(
+            note.ends_with("or --export last, choose otherwise"),
+            "{note}"
+        );
+        let worse = [m(0, 0.96, 0.9775), m(40, 0.95, 0.9770)];
+        let note = untrained_export_note(&worse);
+        assert!(
+            note.starts_with("no checkpoint beat step 0's dev P@1 of 0.9600, so"),
+            "{note}"
+        );
+        let note = untrained_export_note(&[]);
+        assert!(
+            note.starts_with("no checkpoint beat the starting model"),
+            "{note}"
+        );
+    }
 }

@@ -153,7 +153,7 @@ pub struct StepRecord {
 }
 
 /// Dev retrieval quality (other language → English, student encodes both sides).
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
 pub struct DevMetrics {
     pub step: usize,
     pub p_at_1: f64,
