@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::json_kind;
 
 /// One timed kernel of a run.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,7 +163,7 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
                         path,
                         format!(
                             "bench.{variant}: expected a list of records, found {}",
-                            kind(records)
+                            json_kind(records)
                         ),
                     ));
                 };
@@ -226,17 +227,6 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
     })
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The first 60 characters of a line, for messages.
 fn clip(s: &str) -> String {
     match s.char_indices().nth(60) {
@@ -252,7 +242,7 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
     let Value::Object(fields) = record else {
         return Err(bad(format!(
             "expected a bench record (an object), found {}",
-            kind(record)
+            json_kind(record)
         )));
     };
     let text = |name: &str| -> Result<String> {
@@ -302,7 +292,12 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
 /// Compare `new` against `base`. `threshold` is a fraction (0.1: 10 %), finite and ≥ 0.
 /// Fails when nothing could be compared (no kernel in both, or none with the metric asked
 /// for), since that is almost always the wrong pair of files.
-pub fn compare(base: &Run, new: &Run, metric: Metric, threshold: f64) -> Result<Comparison> {
+pub fn compare<'a>(
+    base: &'a Run,
+    new: &'a Run,
+    metric: Metric,
+    threshold: f64,
+) -> Result<Comparison> {
     if !(threshold.is_finite() && threshold >= 0.0) {
         return Err(Error::parameter(
             "max_slowdown",
@@ -311,11 +306,10 @@ pub fn compare(base: &Run, new: &Run, metric: Metric, threshold: f64) -> Result<
         ));
     }
     let key = |t: &Timing| format!("{}/{}", t.variant, t.kernel);
-    let find = |run: &Run, t: &Timing| -> Option<Timing> {
+    let find = |run: &'a Run, t: &Timing| -> Option<&'a Timing> {
         run.timings
             .iter()
             .find(|u| u.variant == t.variant && u.kernel == t.kernel)
-            .cloned()
     };
     let mut out = Comparison {
         base: base.path.clone(),

@@ -90,6 +90,7 @@ pub struct CompareArgs {
 }
 
 fn run_compare(args: CompareArgs) -> crate::Result<()> {
+    // Checked here too, before the files are read, so the message shows the number given.
     if args.max_slowdown < 0.0 {
         return Err(crate::Error::parameter(
             "max_slowdown",

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::{format_error, read_text, DatasetName, RetrievalTask, Text};
 use crate::error::Result;
+use crate::io::json_kind;
 
 /// XQuAD-R's languages, in the order of the released files.
 pub const XQUAD_R_LANGUAGES: [&str; 11] = [
@@ -227,17 +228,6 @@ fn at(parent: &str, field: &str, index: Option<usize>) -> String {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn field<'a>(path: &Path, v: &'a Value, loc: &str, name: &str) -> Result<&'a Value> {
     match v {
         Value::Object(m) => m.get(name).ok_or_else(|| {
@@ -248,7 +238,7 @@ fn field<'a>(path: &Path, v: &'a Value, loc: &str, name: &str) -> Result<&'a Val
         }),
         other => Err(format_error(
             path,
-            format!("{loc}: expected an object, found {}", kind(other)),
+            format!("{loc}: expected an object, found {}", json_kind(other)),
         )),
     }
 }
@@ -259,9 +249,9 @@ fn array<'a>(path: &Path, v: &'a Value, loc: &str, name: &str) -> Result<&'a Vec
         other => Err(format_error(
             path,
             format!(
-                "{}: expected an array, found {}",
+                "{}: expected a list, found {}",
                 at(loc, name, None),
-                kind(other)
+                json_kind(other)
             ),
         )),
     }
@@ -272,7 +262,7 @@ fn string<'a>(path: &Path, v: &'a Value, loc: &str) -> Result<&'a str> {
         Value::String(s) => Ok(s),
         other => Err(format_error(
             path,
-            format!("{loc}: expected a string, found {}", kind(other)),
+            format!("{loc}: expected a string, found {}", json_kind(other)),
         )),
     }
 }

@@ -6,6 +6,19 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// What a JSON value is, for messages that say what was found: "a list", "an object", ...
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The hidden sibling `.<name>.partial-<pid>` that a file or directory is written to before
 /// it is renamed into place.
 pub fn temp_sibling(path: &Path) -> PathBuf {

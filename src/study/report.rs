@@ -303,7 +303,8 @@ fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<Stri
             ));
         }
         let base = results.cell(&g.name, BASE);
-        for b in benches(g).iter().filter(|b| b.role == Role::InDomain) {
+        let group_benches = benches(g);
+        for b in group_benches.iter().filter(|b| b.role == Role::InDomain) {
             if let Some(v) = base.value(&b.name, b.measure()).filter(|v| *v >= CEILING) {
                 notes.push(format!(
                     "In group {}, the untrained model already scores {v:.3} {} on {} (in \
@@ -330,7 +331,6 @@ fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<Stri
             })
             .collect();
         notes.extend(partial_start_note(&g.name, &exports));
-        let group_benches = benches(g);
         let mut rows = Vec::new();
         for b in &group_benches {
             let Some(base_value) = base.value(&b.name, b.measure()) else {
