@@ -175,6 +175,35 @@ impl<'a> Results<'a> {
     }
 }
 
+/// How the trained runs chose the student they evaluate (`export`): one sentence, or `None`
+/// when the plan trains nothing.
+fn selection_line(plan: &Plan) -> Option<String> {
+    let mut policies: Vec<&str> = Vec::new();
+    for d in plan.runs.iter().filter_map(|r| r.distill.as_ref()) {
+        if !policies.contains(&d.export.as_str()) {
+            policies.push(&d.export);
+        }
+    }
+    match policies.as_slice() {
+        [] => None,
+        ["last"] => Some(
+            "Model selection: none. Every trained run evaluates the student of its last step \
+             (a fixed training budget); its dev P@1 is logged and plotted but selects nothing."
+                .into(),
+        ),
+        ["best"] => Some(
+            "Model selection: every trained run evaluates its checkpoint with the best dev P@1 \
+             (ties keep the earliest; step 0, the untrained model, competes)."
+                .into(),
+        ),
+        _ => Some(
+            "Model selection differs between runs (`export` above): `best` evaluates the \
+             checkpoint with the best dev P@1, `last` the student of the last step."
+                .into(),
+        ),
+    }
+}
+
 /// Whether every finished run of a trained cell exported its starting model (step 0).
 fn exports_start(cell: &Cell<'_>) -> bool {
     let trains: Vec<&TrainInfo> = cell.runs.iter().filter_map(|r| r.train.as_ref()).collect();
@@ -959,6 +988,10 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         }
     }
 
+    if let Some(line) = selection_line(plan) {
+        let _ = writeln!(md, "{line}\n");
+    }
+
     // ---- results -----------------------------------------------------------------------
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
@@ -1374,6 +1407,58 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan_with(study_distill: &str, ot_distill: &str) -> Plan {
+        let toml = format!(
+            r#"
+name = "t"
+question = "q?"
+lareqa = ["xquad-r"]
+[distill]
+{study_distill}
+[[condition]]
+name = "base"
+train = false
+[[condition]]
+name = "ot"
+distill = {{ {ot_distill} }}
+[[condition]]
+name = "mean-mse"
+distill = {{ loss = "mean-mse" }}
+[[group]]
+name = "A"
+train = ["tatoeba-train:deu"]
+in_domain = ["tatoeba-heldout:deu"]
+[budget.quick]
+seeds = [0]
+conditions = ["base", "ot", "mean-mse"]
+"#
+        );
+        crate::study::config::StudyConfig::from_toml(&toml)
+            .unwrap()
+            .plan("quick", None, std::path::Path::new("/tmp/s"))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_setup_says_how_each_run_chose_its_student() {
+        let last = selection_line(&plan_with("export = \"last\"", "loss = \"ot\"")).unwrap();
+        assert!(
+            last.contains("last step") && last.contains("selects nothing"),
+            "{last}"
+        );
+        let best = selection_line(&plan_with("steps = 3", "loss = \"ot\"")).unwrap();
+        assert!(
+            best.contains("best dev P@1") && best.contains("step 0"),
+            "{best}"
+        );
+        let mixed = selection_line(&plan_with(
+            "export = \"last\"",
+            "loss = \"ot\", export = \"best\"",
+        ))
+        .unwrap();
+        assert!(mixed.contains("differs between runs"), "{mixed}");
+    }
 
     fn row<'a>(
         condition: &'a str,
