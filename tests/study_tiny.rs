@@ -276,13 +276,14 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     assert_eq!(resumed.train.as_ref().unwrap().steps, 4);
     assert_eq!(resumed.train.as_ref().unwrap().sittings, 2);
     assert!(!ot.join("checkpoints").exists() && !ot.join("student").exists());
-    // The exported student is the best by dev P@1 (the first of equals), step 0 included.
+    // The exported student is the best by dev P@1, then MRR (the first of full equals),
+    // step 0 included.
     let train = resumed.train.as_ref().unwrap();
     let best = train
         .dev
         .iter()
         .fold(None::<&optical::study::DevPoint>, |b, d| match b {
-            Some(b) if b.p_at_1 >= d.p_at_1 => Some(b),
+            Some(b) if (b.p_at_1, b.mrr) >= (d.p_at_1, d.mrr) => Some(b),
             _ => Some(d),
         })
         .unwrap();

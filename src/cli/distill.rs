@@ -155,7 +155,7 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
-    /// best (the checkpoint with the best dev P@1) or last.
+    /// best (the checkpoint with the best dev P@1, ties broken by MRR) or last.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<String>,

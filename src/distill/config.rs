@@ -76,7 +76,8 @@ pub struct DistillConfig {
     pub checkpoint_every: usize,
     /// Dev evaluation every N steps (0: only at the end).
     pub eval_every: usize,
-    /// Which student `<out>/student` holds: `best` (the checkpoint with the best dev P@1;
+    /// Which student `<out>/student` holds: `best` (the checkpoint with the best dev P@1,
+    /// ties broken by MRR;
     /// the last one when there are no dev pairs) or `last`.
     pub export: String,
     /// Host memory (MiB) for cached token states: the frozen teacher's outputs and, when

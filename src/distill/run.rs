@@ -16,7 +16,9 @@ use super::data::load_sources;
 use super::ddp::resolve_devices;
 use super::export::export;
 use super::plot::{line_chart, Series};
-use super::train::{checkpoint_dir, DevMetrics, StepRecord, StepTimes, TokenizedPairs, Trainer};
+use super::train::{
+    checkpoint_dir, DevMetrics, StepRecord, StepTimes, TokenizedPairs, TrainState, Trainer,
+};
 use crate::assets::Asset;
 use crate::backend::BackendKind;
 use crate::encoder::{EncoderOptions, ModelSpec, TextEncoder, TextKind};
@@ -49,7 +51,8 @@ pub struct RunSummary {
     pub devices: usize,
     pub dev: Vec<DevMetrics>,
     pub best_step: Option<usize>,
-    /// The step whose student was exported (the best by dev P@1 unless `export = "last"`).
+    /// The step whose student was exported (the best by dev P@1, then MRR, unless
+    /// `export = "last"`).
     pub exported_step: Option<usize>,
     pub student: Option<PathBuf>,
     pub mean_seconds: StepTimes,
@@ -401,7 +404,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     // are the run's from now on, and the next resume starts from them.
     write_text(&out.join("config.toml"), &config.to_toml())?;
     // A checkpoint holds the whole student (~0.5 GB for e5-small), so only the latest and
-    // the best (by dev P@1) are kept; older ones are removed once a newer one is written.
+    // the best (by dev P@1, then MRR) are kept; older ones are removed once a newer one is written.
     let save = |trainer: &Trainer| -> Result<()> {
         let dir = checkpoint_dir(&out, trainer.state.step);
         let new_dir = !dir.exists();
@@ -438,8 +441,9 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     let evaluate = |trainer: &mut Trainer, dev_metrics: &mut Vec<DevMetrics>| -> Result<()> {
         let m = trainer.evaluate(&dev_other, &dev_english)?;
         append_jsonl(&dev_log, &m)?;
-        if trainer.state.best_dev_p1.is_none_or(|b| m.p_at_1 > b) {
+        if beats_best(&trainer.state, &m) {
             trainer.state.best_dev_p1 = Some(m.p_at_1);
+            trainer.state.best_dev_mrr = Some(m.mrr);
             trainer.state.best_step = Some(m.step);
             write_text(&out.join("best"), &format!("step-{:06}\n", m.step))?;
         }
@@ -493,8 +497,8 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         save(&trainer)?;
         let dir = out.join("student");
         let tokenizer = tokenizer_path(&student_spec)?;
-        // The exported student is the best checkpoint by dev P@1 (early stopping on the
-        // held-out pairs), or the last one with `export = "last"` or without dev pairs.
+        // The exported student is the best checkpoint by dev P@1, then MRR (early stopping
+        // on the held-out pairs), or the last one with `export = "last"` or without dev pairs.
         let step = match (config.export.as_str(), trainer.state.best_step) {
             ("best", Some(best)) => best,
             _ => trainer.state.step,
@@ -624,10 +628,23 @@ pub fn write_plots(out: &Path) -> Result<()> {
     write_text(&out.join("dev.svg"), &chart)
 }
 
+/// Whether dev metrics `m` beat the best so far: a higher P@1, or the same P@1 and a higher
+/// MRR. P@1 over a few hundred pairs moves in steps of one pair and often ties between
+/// checkpoints (the study's group A sat at 0.95–0.96 for every checkpoint of some seeds
+/// while MRR rose); a full tie keeps the earlier step.
+fn beats_best(state: &TrainState, m: &DevMetrics) -> bool {
+    match (state.best_dev_p1, state.best_dev_mrr) {
+        (None, _) => true,
+        (Some(p1), _) if m.p_at_1 != p1 => m.p_at_1 > p1,
+        (Some(_), Some(mrr)) => m.mrr > mrr,
+        (Some(_), None) => false,
+    }
+}
+
 /// Why the exported student is the starting model, and what to do about it: no dev
-/// evaluation beat step 0's P@1 (ties keep the earliest step). A flat P@1 means the dev
-/// pairs cannot tell the checkpoints apart (in the study's group A, 100 Tatoeba pairs sat at
-/// 0.95–0.96 P@1 for every checkpoint of some seeds while MRR moved).
+/// evaluation beat step 0 (P@1, then MRR; a full tie keeps the earliest step). A flat P@1
+/// with a flat or falling MRR means the dev pairs cannot tell the checkpoints apart or
+/// training did not help on them.
 fn untrained_export_note(dev: &[DevMetrics]) -> String {
     let evaluations = dev.len();
     let fix = "more or harder dev pairs (--dev-pairs), or --export last, choose otherwise";
@@ -638,26 +655,18 @@ fn untrained_export_note(dev: &[DevMetrics]) -> String {
         );
     };
     let later: Vec<&DevMetrics> = dev.iter().filter(|m| m.step > 0).collect();
-    let best_mrr = later.iter().copied().max_by(|a, b| a.mrr.total_cmp(&b.mrr));
     let flat = later.iter().all(|m| m.p_at_1 == first.p_at_1);
-    let mrr = match best_mrr {
-        Some(b) if b.mrr > first.mrr => format!(
-            " (MRR rose from {:.4} to {:.4} at step {})",
-            first.mrr, b.mrr, b.step
-        ),
-        _ => String::new(),
-    };
     if flat {
         format!(
-            "dev P@1 stayed at {:.4} in all {evaluations} evaluations{mrr}: these dev pairs \
-             cannot tell the checkpoints apart, so the untrained starting model was exported \
-             (ties keep the earliest step); {fix}",
-            first.p_at_1
+            "dev P@1 stayed at {:.4} in all {evaluations} evaluations and MRR never rose above \
+             step 0's {:.4}: these dev pairs do not show the training helping, so the untrained \
+             starting model was exported; {fix}",
+            first.p_at_1, first.mrr
         )
     } else {
         format!(
-            "no checkpoint beat step 0's dev P@1 of {:.4}{mrr}, so the untrained starting \
-             model was exported; {fix}",
+            "no checkpoint beat step 0's dev P@1 of {:.4}, so the untrained starting model \
+             was exported; {fix}",
             first.p_at_1
         )
     }
@@ -674,13 +683,13 @@ mod untrained_export_tests {
     #[test]
     fn the_note_says_why_the_untrained_model_was_exported() {
         let flat = [
-            m(0, 0.95, 0.9664),
-            m(40, 0.95, 0.9675),
-            m(160, 0.95, 0.9696),
+            m(0, 0.96, 0.9775),
+            m(40, 0.96, 0.9770),
+            m(160, 0.96, 0.9766),
         ];
         let note = untrained_export_note(&flat);
         assert!(
-            note.starts_with("dev P@1 stayed at 0.9500 in all 3 evaluations (MRR rose from 0.9664 to 0.9696 at step 160): these dev pairs cannot tell"),
+            note.starts_with("dev P@1 stayed at 0.9600 in all 3 evaluations and MRR never rose above step 0's 0.9775: these dev pairs"),
             "{note}"
         );
         assert!(
@@ -698,5 +707,48 @@ mod untrained_export_tests {
             note.starts_with("no checkpoint beat the starting model"),
             "{note}"
         );
+    }
+
+    #[test]
+    fn the_best_step_is_chosen_by_p_at_1_then_mrr() {
+        // Replays the evaluations and returns the chosen step.
+        fn choose(dev: &[DevMetrics], state: TrainState) -> Option<usize> {
+            let mut state = state;
+            for d in dev {
+                if beats_best(&state, d) {
+                    state.best_dev_p1 = Some(d.p_at_1);
+                    state.best_dev_mrr = Some(d.mrr);
+                    state.best_step = Some(d.step);
+                }
+            }
+            state.best_step
+        }
+        let fresh = TrainState::default();
+        // P@1 ties at every step: the highest MRR wins (group A, mean-mse seed 2).
+        let flat = [
+            m(0, 0.95, 0.9664),
+            m(40, 0.95, 0.9675),
+            m(120, 0.95, 0.9694),
+            m(160, 0.95, 0.9696),
+            m(200, 0.95, 0.9696),
+        ];
+        assert_eq!(choose(&flat, fresh.clone()), Some(160));
+        // A higher P@1 beats any MRR; a lower P@1 loses to any MRR.
+        let mixed = [m(0, 0.77, 0.83), m(40, 0.80, 0.81), m(80, 0.79, 0.90)];
+        assert_eq!(choose(&mixed, fresh.clone()), Some(40));
+        // Falling MRR at the same P@1 keeps step 0.
+        let falling = [m(0, 0.96, 0.9775), m(40, 0.96, 0.9770)];
+        assert_eq!(choose(&falling, fresh), Some(0));
+        // A checkpoint written before MRR was kept resumes with ties keeping the earlier step.
+        let old = TrainState {
+            best_dev_p1: Some(0.95),
+            best_step: Some(0),
+            ..TrainState::default()
+        };
+        assert_eq!(choose(&flat[1..], old), Some(0));
+        let old: TrainState =
+            serde_json::from_str(r#"{"step":3,"epoch":0,"offset":48,"seed":0,"tokens":900,"best_dev_p1":0.5,"best_step":2}"#)
+                .unwrap();
+        assert_eq!(old.best_dev_mrr, None);
     }
 }

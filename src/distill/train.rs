@@ -103,6 +103,10 @@ pub struct TrainState {
     /// Student tokens seen.
     pub tokens: u64,
     pub best_dev_p1: Option<f64>,
+    /// Dev MRR of the best step, which breaks ties in P@1 (absent in checkpoints written
+    /// before it was kept: then a tie keeps the earlier step, as it used to).
+    #[serde(default)]
+    pub best_dev_mrr: Option<f64>,
     pub best_step: Option<usize>,
 }
 

@@ -193,7 +193,8 @@ fn selection_line(plan: &Plan) -> Option<String> {
         ),
         ["best"] => Some(
             "Model selection: every trained run evaluates its checkpoint with the best dev P@1 \
-             (ties keep the earliest; step 0, the untrained model, competes)."
+             (ties broken by MRR, then the earliest step; step 0, the untrained model, \
+             competes)."
                 .into(),
         ),
         _ => Some(
