@@ -4,15 +4,21 @@
 //! to its own longest sequence (the shipped MiniLM tokenizer pads every input to 128).
 //! Truncation keeps the special tokens and cuts the text to `max_length` tokens in all.
 
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
 
 /// A tokenizer with the padding and truncation policy of this crate.
+///
+/// The parsed tokenizer is shared: every `TextTokenizer` of the process made from the same
+/// `tokenizer.json` content with the same `max_length` holds the same one (see
+/// [`RawTokenizer`]).
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Arc<Tokenizer>,
     path: PathBuf,
     max_length: usize,
     pad_id: u32,
@@ -30,20 +36,42 @@ pub struct TokenBatch {
     pub t: usize,
 }
 
-/// A parsed `tokenizer.json` before this crate's padding and truncation policy is applied.
+/// A `tokenizer.json`, parsed unless this process has parsed the same content before,
+/// before this crate's padding and truncation policy is applied.
 ///
 /// Parsing is the slow part of loading a tokenizer: XLM-R's 250,002 pieces go into a trie of
-/// hash maps, ≈ 0.7 s on the 2-core machine, more than reading and dequantising
+/// hash maps, 0.9–1.2 s on the 2-core machine, more than reading and dequantising
 /// multilingual-e5-small's weights. So encoders parse it on a second thread while their
 /// weights load ([`crate::encoder::TextEncoder::load`]), and apply the policy once the
-/// model's configuration is known.
+/// model's configuration is known. And the process keeps what it parsed, by the file's
+/// content (its length and a hash of its bytes) and `max_length`: the teacher and student of
+/// a distillation run share one XLM-R tokenizer, and the runs of a study (whose exported
+/// students carry copies of `tokenizer.json`) parse it once per `max_length`. A kept
+/// tokenizer is never freed; a process uses a few at most.
 pub struct RawTokenizer {
-    inner: Tokenizer,
+    /// `None` when the content was parsed before (the policy is applied to a kept copy).
+    inner: Option<Tokenizer>,
+    key: ContentKey,
     path: PathBuf,
 }
 
+/// A `tokenizer.json`'s identity: its length and a hash of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ContentKey {
+    len: usize,
+    hash: u64,
+}
+
+/// The tokenizers this process parsed, each with the policy of one `max_length` applied.
+static KEPT: Mutex<Vec<(ContentKey, usize, Arc<Tokenizer>)>> = Mutex::new(Vec::new());
+
+fn kept() -> std::sync::MutexGuard<'static, Vec<(ContentKey, usize, Arc<Tokenizer>)>> {
+    // The list is only ever pushed to whole entries, so a panic elsewhere leaves it usable.
+    KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl RawTokenizer {
-    /// Parse `tokenizer.json`.
+    /// Read `tokenizer.json` and parse it, unless the process parsed the same content before.
     pub fn read(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::io(
@@ -52,12 +80,24 @@ impl RawTokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| Error::Format {
-            path: path.into(),
-            what: format!("not a valid tokenizer.json: {e}"),
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let key = ContentKey {
+            len: bytes.len(),
+            hash: hasher.finish(),
+        };
+        let inner = if kept().iter().any(|(k, _, _)| *k == key) {
+            None
+        } else {
+            Some(Tokenizer::from_bytes(&bytes).map_err(|e| Error::Format {
+                path: path.into(),
+                what: format!("not a valid tokenizer.json: {e}"),
+            })?)
+        };
         Ok(RawTokenizer {
             inner,
+            key,
             path: path.into(),
         })
     }
@@ -72,13 +112,68 @@ impl TextTokenizer {
         Self::from_raw(RawTokenizer::read(path)?, max_length, pad_id)
     }
 
-    /// Apply the padding and truncation policy to a parsed tokenizer.
+    /// Apply the padding and truncation policy to a parsed tokenizer, or take the one this
+    /// process already made from the same content and `max_length`.
     pub fn from_raw(raw: RawTokenizer, max_length: usize, pad_id: u32) -> Result<Self> {
         if max_length < 2 {
             return Err(Error::parameter("max_length", "at least 2", max_length));
         }
-        let RawTokenizer { mut inner, path } = raw;
-        let path = path.as_path();
+        let RawTokenizer { inner, key, path } = raw;
+        let (exact, same_content) = {
+            let kept = kept();
+            let exact = kept
+                .iter()
+                .find(|(k, m, _)| *k == key && *m == max_length)
+                .map(|(_, _, t)| Arc::clone(t));
+            let same = kept
+                .iter()
+                .find(|(k, _, _)| *k == key)
+                .map(|(_, _, t)| Arc::clone(t));
+            (exact, same)
+        };
+        if let Some(inner) = exact {
+            return Ok(TextTokenizer {
+                inner,
+                path,
+                max_length,
+                pad_id,
+            });
+        }
+        // Parsed now, or kept with another max_length (a copy costs about half a parse).
+        let inner = match (inner, same_content) {
+            (Some(inner), _) => inner,
+            (None, Some(kept)) => Tokenizer::clone(&kept),
+            (None, None) => {
+                return Err(Error::Format {
+                    path,
+                    what: "the tokenizer parsed earlier from the same content is gone".into(),
+                })
+            }
+        };
+        let inner = Arc::new(Self::with_policy(inner, &path, max_length)?);
+        let mut kept = kept();
+        match kept.iter().find(|(k, m, _)| *k == key && *m == max_length) {
+            // Another thread made the same one meanwhile: share theirs.
+            Some((_, _, theirs)) => Ok(TextTokenizer {
+                inner: Arc::clone(theirs),
+                path,
+                max_length,
+                pad_id,
+            }),
+            None => {
+                kept.push((key, max_length, Arc::clone(&inner)));
+                Ok(TextTokenizer {
+                    inner,
+                    path,
+                    max_length,
+                    pad_id,
+                })
+            }
+        }
+    }
+
+    /// No padding (batches pad themselves) and truncation to `max_length` tokens in all.
+    fn with_policy(mut inner: Tokenizer, path: &Path, max_length: usize) -> Result<Tokenizer> {
         inner.with_padding(None);
         // The tokenizer truncates the text to max_length minus its special tokens (and
         // underflows when they alone exceed it).
@@ -106,12 +201,7 @@ impl TextTokenizer {
                 path: path.into(),
                 what: format!("truncation to {max_length} tokens rejected: {e}"),
             })?;
-        Ok(TextTokenizer {
-            inner,
-            path: path.into(),
-            max_length,
-            pad_id,
-        })
+        Ok(inner)
     }
 
     pub fn max_length(&self) -> usize {
@@ -170,4 +260,59 @@ pub fn pad(seqs: &[Vec<u32>], pad_id: u32) -> TokenBatch {
 
 fn truncate_for_message(text: &str) -> String {
     text.chars().take(40).collect()
+}
+
+#[cfg(all(test, feature = "distill"))]
+mod tests {
+    use super::*;
+    use crate::distill::export::tiny_tokenizer_json;
+
+    #[test]
+    fn the_same_content_is_parsed_once_per_max_length() {
+        let dir = tempfile::tempdir().unwrap();
+        // Content no other test uses (the kept list is the process's): a trailing newline.
+        let json = format!("{}\n", tiny_tokenizer_json());
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&a, &json).unwrap();
+        std::fs::write(&b, &json).unwrap();
+        let first = TextTokenizer::from_file(&a, 4, 0).unwrap();
+        // A copy elsewhere shares the parsed tokenizer, and names its own path.
+        let raw = RawTokenizer::read(&b).unwrap();
+        assert!(raw.inner.is_none(), "the same content was parsed again");
+        let copy = TextTokenizer::from_raw(raw, 4, 0).unwrap();
+        assert!(Arc::ptr_eq(&first.inner, &copy.inner));
+        assert_eq!(copy.path, b);
+        // Another max_length gets its own truncation, from a copy of the kept one.
+        let longer = TextTokenizer::from_file(&b, 6, 0).unwrap();
+        assert!(!Arc::ptr_eq(&first.inner, &longer.inner));
+        let text = "e0 e1 e2 e3 e4 e5 e6";
+        assert_eq!(first.encode_ids(text).unwrap().len(), 4);
+        assert_eq!(longer.encode_ids(text).unwrap().len(), 6);
+        assert_eq!(
+            first.encode_ids(text).unwrap(),
+            longer.encode_ids(text).unwrap()[..3]
+                .iter()
+                .chain(&longer.encode_ids(text).unwrap()[5..])
+                .copied()
+                .collect::<Vec<_>>(),
+            "truncation keeps the specials"
+        );
+        // Both agree with a tokenizer parsed afresh, with the tokenizers crate's own policy.
+        let mut fresh = Tokenizer::from_file(&a).unwrap();
+        fresh.with_padding(None);
+        fresh
+            .with_truncation(Some(TruncationParams {
+                max_length: 6,
+                ..TruncationParams::default()
+            }))
+            .unwrap();
+        assert_eq!(
+            fresh.encode(text, true).unwrap().get_ids(),
+            longer.encode_ids(text).unwrap()
+        );
+        // Changed content is parsed (and checked) again.
+        std::fs::write(&b, "{\"model\": 3}").unwrap();
+        let err = RawTokenizer::read(&b).err().unwrap().to_string();
+        assert!(err.contains("not a valid tokenizer.json"), "{err}");
+    }
 }
