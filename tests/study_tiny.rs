@@ -370,6 +370,26 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     }
     assert!(!report.contains("Incomplete"));
     assert!(report.contains("| exported step |"));
+    // Every comparison found its runs' queries and their clusters (one sign per question or
+    // pair), and results written before the queries' ids were kept give the same report:
+    // the ids then come from the evaluation sets.
+    assert!(report.contains("one sign per cluster"), "{report}");
+    assert!(!report.contains("no comparison"), "{report}");
+    for d in std::fs::read_dir(f.root.join("out").join("runs")).unwrap() {
+        let path = d.unwrap().path().join("result.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let tasks = v["tasks"].as_array_mut().unwrap();
+        assert!(tasks.iter().all(|t| t["query_ids"].is_array()));
+        for t in tasks {
+            t.as_object_mut().unwrap().remove("query_ids");
+        }
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    }
+    let mut again = options(&f, "out", None);
+    again.report_only = true;
+    run_study(&again).unwrap();
+    assert_eq!(std::fs::read_to_string(&third.report).unwrap(), report);
     // A trained condition whose exported student is its starting model is called out.
     let starts: Vec<String> = std::fs::read_dir(f.root.join("out").join("runs"))
         .unwrap()

@@ -305,7 +305,33 @@ pub struct TaskOutcome {
     pub result: TaskResult,
     /// measure → each query's value, in query order.
     pub per_query: BTreeMap<String, Vec<f64>>,
+    /// The queries' ids, in the same order (absent in results written before they were
+    /// kept: the report then takes them from the evaluation sets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_ids: Vec<String>,
     pub own_language: Option<OwnLanguage>,
+}
+
+/// A task's direction as [`TaskOutcome::direction`] names it: empty for LAReQA, else
+/// `en→x` when the queries are English and `x→en` otherwise.
+pub fn direction_of(info: &SetInfo, task: &RetrievalTask) -> String {
+    match task.queries.first() {
+        _ if info.lareqa => String::new(),
+        Some(q) if q.language == bitext::ENGLISH => "en→x".into(),
+        _ => "x→en".into(),
+    }
+}
+
+/// The cluster of dependent queries that query `id` of a task of set `info` belongs to: a
+/// LAReQA question (ids `<language>-<question id>`) with its translations, or a bitext pair
+/// (ids `<language>-<index>`) in both directions.
+pub fn query_cluster(info: &SetInfo, id: &str) -> String {
+    if info.lareqa {
+        id.split_once('-').map_or(id, |(_, q)| q).to_string()
+    } else {
+        let pair = id.rsplit_once('-').map_or(id, |(_, i)| i);
+        format!("{}:{pair}", info.language)
+    }
 }
 
 /// Evaluate `encoder` on every set; `cache` is the embedding cache directory. Returns
@@ -366,16 +392,12 @@ pub fn evaluate_model(
                         .collect(),
                 }
             });
-            let direction = match task.queries.first() {
-                _ if set.info.lareqa => String::new(),
-                Some(q) if q.language == bitext::ENGLISH => "en→x".into(),
-                _ => "x→en".into(),
-            };
             out.push(TaskOutcome {
                 set: set.info.clone(),
-                direction,
+                direction: direction_of(&set.info, task),
                 result,
                 per_query: per_query_values,
+                query_ids: task.queries.iter().map(|q| q.id.clone()).collect(),
                 own_language,
             });
         }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{Plan, RunSpec, StudyConfig};
 use super::evaluate::{GroupData, Role};
-use super::stats::{format_p, mean_std, paired_randomization, PairedTest, ALPHA};
+use super::stats::{clustered_randomization, format_p, mean_std, PairedTest, ALPHA};
 use super::{finished_result, RunResult, StudyOptions, TrainInfo};
 use crate::distill::plot::{line_chart, Series};
 use crate::error::{Error, Result};
@@ -117,12 +117,57 @@ fn seed_mean(vs: &[Vec<f64>]) -> Option<Vec<f64>> {
     )
 }
 
+/// Each pooled query's cluster (the order of [`values`]): see
+/// [`super::evaluate::query_cluster`]. The ids come from the result, else from the group's
+/// evaluation sets; `None` when neither matches the result's queries.
+fn clusters(r: &RunResult, bench: &str, group: Option<&GroupData>) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for t in r.tasks.iter().filter(|t| t.set.benchmark == bench) {
+        let n = t.per_query.values().next().map_or(0, Vec::len);
+        let from_sets;
+        let ids: &[String] = if t.query_ids.is_empty() {
+            let task = group?
+                .sets
+                .iter()
+                .filter(|s| s.info == t.set)
+                .flat_map(|s| s.tasks.iter().map(move |task| (s, task)))
+                .find(|(s, task)| super::evaluate::direction_of(&s.info, task) == t.direction)?
+                .1;
+            from_sets = task
+                .queries
+                .iter()
+                .map(|q| q.id.clone())
+                .collect::<Vec<_>>();
+            &from_sets
+        } else {
+            &t.query_ids
+        };
+        if ids.len() != n {
+            return None;
+        }
+        out.extend(
+            ids.iter()
+                .map(|id| super::evaluate::query_cluster(&t.set, id)),
+        );
+    }
+    Some(out)
+}
+
 /// The finished runs of one group and condition.
 struct Cell<'a> {
     runs: Vec<&'a RunResult>,
+    /// The group's evaluation sets (the queries' ids for results that lack them).
+    group: Option<&'a GroupData>,
 }
 
 impl Cell<'_> {
+    /// Each pooled query's cluster, the same for every run of the cell (`None` otherwise).
+    fn clusters(&self, bench: &str) -> Option<Vec<String>> {
+        let mut all = self.runs.iter().map(|r| clusters(r, bench, self.group));
+        let first = all.next()??;
+        all.all(|c| c.as_ref() == Some(&first)).then_some(first)
+    }
+
     fn seeds(&self, bench: &str, measure: &str, direction: Option<&str>) -> Vec<f64> {
         self.runs
             .iter()
@@ -161,6 +206,7 @@ impl Cell<'_> {
 struct Results<'a> {
     /// (group, condition) → runs.
     cells: BTreeMap<(String, String), Vec<&'a RunResult>>,
+    groups: &'a [GroupData],
 }
 
 impl<'a> Results<'a> {
@@ -171,6 +217,7 @@ impl<'a> Results<'a> {
                 .get(&(group.to_string(), condition.to_string()))
                 .cloned()
                 .unwrap_or_default(),
+            group: self.groups.iter().find(|g| g.name == group),
         }
     }
 }
@@ -393,15 +440,36 @@ fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<Stri
     notes
 }
 
+/// The paired test of `a` against `b` on `bench`, signs flipped per cluster of dependent
+/// queries; `None` when a cell has no runs or the two disagree on the queries.
 fn test(a: &Cell<'_>, b: &Cell<'_>, bench: &str, measure: &str, salt: &str) -> Option<PairedTest> {
     let x = a.per_query(bench, measure)?;
     let y = b.per_query(bench, measure)?;
+    let keys = a.clusters(bench)?;
+    if b.clusters(bench)? != keys {
+        return None;
+    }
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    let cluster: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            let next = index.len();
+            *index.entry(k.as_str()).or_insert(next)
+        })
+        .collect();
     let seed = crate::rng::fnv1a64(format!("{bench}/{measure}/{salt}").as_bytes());
-    paired_randomization(&x, &y, RESAMPLES, seed).ok()
+    clustered_randomization(&x, &y, &cluster, RESAMPLES, seed).ok()
 }
 
 fn p_cell(t: Option<PairedTest>) -> String {
-    t.map_or("–".into(), |t| format_p(t.p))
+    t.map_or("–".into(), |t| {
+        let text = t.p_text();
+        if t.p < ALPHA {
+            text
+        } else {
+            format_p(t.p)
+        }
+    })
 }
 
 fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -460,17 +528,17 @@ fn verdict(t: Option<PairedTest>) -> Verdict {
 
 fn describe(t: Option<PairedTest>, measure: &str) -> String {
     match t {
-        None => "no comparison (runs missing)".into(),
-        Some(t) => format!(
-            "{:+.4} {measure} (p = {}{})",
-            t.mean_difference,
-            if t.p < 0.001 {
-                format!("{:.1e}", t.p)
-            } else {
-                format!("{:.3}", t.p)
-            },
-            if t.p < ALPHA { "" } else { ", not significant" }
-        ),
+        None => "no comparison (runs missing, or their queries differ)".into(),
+        Some(t) => {
+            let p = t.p_text();
+            format!(
+                "{:+.4} {measure} (p {}{}{})",
+                t.mean_difference,
+                if p.starts_with('≤') { "" } else { "= " },
+                p,
+                if t.p < ALPHA { "" } else { ", not significant" }
+            )
+        }
     }
 }
 
@@ -505,7 +573,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                 .push(r);
         }
     }
-    let results = Results { cells };
+    let results = Results { cells, groups };
     let finished: Vec<&RunResult> = loaded.iter().filter_map(|(_, r)| r.as_ref()).collect();
     let missing: Vec<String> = loaded
         .iter()
@@ -999,9 +1067,12 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         md,
         "Mean ± standard deviation over seeds (one value when there is one seed). Δ is the \
          difference from `base`; p-values are two-sided paired randomisation tests over the \
-         benchmark's queries ({RESAMPLES} sign flips; per-query values averaged over seeds); \
-         \"n.s.\" marks p ≥ {ALPHA} (not significant). No correction for multiple comparisons \
-         is applied.\n"
+         benchmark's queries ({RESAMPLES} sign flips; per-query values averaged over seeds), \
+         with one sign per cluster of dependent queries: a LAReQA question with its \
+         translations into every language, a bitext pair in both directions (so XQuAD-R's \
+         queries in 11 languages count as one piece of evidence per question); \"≤ 1.0e-4\" \
+         means no resample was as extreme (the test's resolution); \"n.s.\" marks \
+         p ≥ {ALPHA} (not significant). No correction for multiple comparisons is applied.\n"
     );
     let mut plots: Vec<(String, PathBuf)> = Vec::new();
     for g in groups.iter() {

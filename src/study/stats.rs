@@ -1,5 +1,5 @@
 //! Statistics of the study: mean and standard deviation over seeds, and a paired
-//! randomisation (sign-flip) test at the query level.
+//! randomisation (sign-flip) test over clusters of queries.
 //!
 //! The test: for two systems evaluated on the same queries, `d_q = a_q − b_q`; under the
 //! null hypothesis that the two are exchangeable, each `d_q` is as likely to have the
@@ -8,6 +8,12 @@
 //! `p = (1 + #{|mean*| ≥ |mean|}) / (R + 1)` (Smucker, Allan & Carterette 2007 recommend
 //! this test for IR evaluation). It needs no distribution assumption, and with `R` = 10,000
 //! the smallest reportable p is ≈ 1e-4.
+//!
+//! Queries that are not independent share one sign: a cluster's differences are flipped
+//! together ([`clustered_randomization`]). In the study a cluster is a LAReQA question with
+//! its translations into every language, or a bitext pair in both directions; flipping
+//! them one by one would treat 11 translations of one question as 11 pieces of evidence and
+//! make the p-values too small.
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -31,6 +37,9 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 pub struct PairedTest {
     /// Queries compared.
     pub n: usize,
+    /// Independent clusters the signs were flipped over (`n` for an unclustered test).
+    #[serde(default)]
+    pub clusters: usize,
     /// Mean of `a − b`.
     pub mean_difference: f64,
     /// Two-sided p-value.
@@ -38,18 +47,35 @@ pub struct PairedTest {
     pub resamples: usize,
 }
 
-/// The randomisation test of the module docs with `resamples` sign flips from `seed`.
+/// The randomisation test of the module docs with `resamples` sign flips from `seed`, each
+/// query its own cluster.
 pub fn paired_randomization(
     a: &[f64],
     b: &[f64],
     resamples: usize,
     seed: u64,
 ) -> Result<PairedTest> {
-    if a.len() != b.len() {
+    let clusters: Vec<usize> = (0..a.len()).collect();
+    clustered_randomization(a, b, &clusters, resamples, seed)
+}
+
+/// The randomisation test of the module docs, with one sign per cluster: `cluster[q]` is
+/// query `q`'s cluster (any numbering). `mean_difference` stays the mean over queries.
+pub fn clustered_randomization(
+    a: &[f64],
+    b: &[f64],
+    cluster: &[usize],
+    resamples: usize,
+    seed: u64,
+) -> Result<PairedTest> {
+    if a.len() != b.len() || cluster.len() != a.len() {
         return Err(Error::shape(
             "paired test",
-            format!("{} values for each system (the same queries)", a.len()),
-            b.len().to_string(),
+            format!(
+                "{} values for each system and {0} cluster ids (the same queries)",
+                a.len()
+            ),
+            format!("{} and {}", b.len(), cluster.len()),
         ));
     }
     if a.is_empty() || resamples == 0 {
@@ -58,8 +84,17 @@ pub fn paired_randomization(
             "expected at least one query and one resample",
         ));
     }
-    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    let n = d.len();
+    // Each cluster's summed difference, clusters in first-seen order.
+    let mut index: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let mut d: Vec<f64> = Vec::new();
+    for ((x, y), &c) in a.iter().zip(b).zip(cluster) {
+        let k = *index.entry(c).or_insert_with(|| {
+            d.push(0.0);
+            d.len() - 1
+        });
+        d[k] += x - y;
+    }
+    let n = a.len();
     let observed = d.iter().sum::<f64>();
     // Compare sums (the mean scaled by n) with a little slack, so that ties in floating
     // point count as "at least as extreme".
@@ -82,16 +117,34 @@ pub fn paired_randomization(
     }
     Ok(PairedTest {
         n,
+        clusters: d.len(),
         mean_difference: observed / n as f64,
         p: (1 + extreme) as f64 / (resamples + 1) as f64,
         resamples,
     })
 }
 
+impl PairedTest {
+    /// The p-value for a sentence or a table: `≤ 1.0e-4` when no resample was as extreme as
+    /// the observed difference (the test's resolution, not an estimate), else as
+    /// [`format_p`] gives it, without the "n.s." mark.
+    pub fn p_text(&self) -> String {
+        let floor = 1.0 / (self.resamples + 1) as f64;
+        if self.p <= floor * (1.0 + 1e-9) {
+            format!("≤ {floor:.1e}")
+        } else if self.p < 0.001 {
+            format!("{:.1e}", self.p)
+        } else {
+            format!("{:.3}", self.p)
+        }
+    }
+}
+
 /// The significance level the report uses.
 pub const ALPHA: f64 = 0.05;
 
-/// A p-value for a table: three significant digits, and "n.s." when not below [`ALPHA`].
+/// A p-value for a table: three decimals (one significant digit in exponent form below
+/// 0.001), and "n.s." when not below [`ALPHA`].
 pub fn format_p(p: f64) -> String {
     if !p.is_finite() {
         return "–".into();
@@ -119,6 +172,33 @@ mod tests {
         assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
         assert_eq!(mean_std(&[7.0]), (7.0, 0.0));
         assert!(mean_std(&[]).0.is_nan());
+    }
+
+    #[test]
+    fn dependent_queries_flip_together() {
+        // Ten questions, each asked in 11 languages with the same difference: 7 better, 3
+        // worse. As 110 independent queries that is overwhelming; as ten it is not
+        // (exactly: P(|2k − 10| ≥ 4) for k ~ Binomial(10, 1/2) = 352/1024).
+        let sign = [1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0];
+        let (mut a, mut cluster) = (Vec::new(), Vec::new());
+        for (q, s) in sign.iter().enumerate() {
+            for _ in 0..11 {
+                a.push(0.5 + 0.1 * s);
+                cluster.push(100 + q * 7);
+            }
+        }
+        let b = vec![0.5; a.len()];
+        let loose = paired_randomization(&a, &b, 20000, 4).unwrap();
+        assert!(loose.p < 1e-3, "{loose:?}");
+        assert_eq!((loose.n, loose.clusters), (110, 110));
+        let t = clustered_randomization(&a, &b, &cluster, 20000, 4).unwrap();
+        assert_eq!((t.n, t.clusters), (110, 10));
+        assert!((t.mean_difference - 0.04).abs() < 1e-12, "{t:?}");
+        assert!((t.p - 352.0 / 1024.0).abs() < 0.015, "{t:?}");
+        assert!(clustered_randomization(&a, &b, &cluster[1..], 10, 0).is_err());
+        // The p-value's text: the floor is a bound, not an estimate.
+        assert_eq!(loose.p_text(), "≤ 5.0e-5");
+        assert_eq!(t.p_text(), format!("{:.3}", t.p));
     }
 
     #[test]
