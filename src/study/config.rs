@@ -372,6 +372,33 @@ impl StudyConfig {
             for s in &g.train {
                 check_spec(s, &TRAIN_PREFIXES, "train")?;
             }
+            // The report pools a benchmark's sets under one role: a benchmark may not be
+            // both in and out of domain in one group.
+            let bench = |s: &String| s.split(':').next().unwrap_or_default().to_string();
+            if let Some(s) = g
+                .out_of_domain
+                .iter()
+                .find(|s| g.in_domain.iter().any(|i| bench(i) == bench(s)))
+            {
+                return Err(Error::parameter(
+                    "evaluation set",
+                    format!(
+                        "each benchmark in one role in group {} ({} is also in domain)",
+                        g.name,
+                        bench(s)
+                    ),
+                    s,
+                ));
+            }
+            let mut sets: Vec<&String> = g.in_domain.iter().chain(&g.out_of_domain).collect();
+            sets.sort_unstable();
+            if let Some(w) = sets.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Error::parameter(
+                    "evaluation set",
+                    format!("each set once in group {}", g.name),
+                    w[0],
+                ));
+            }
             for s in g.in_domain.iter().chain(&g.out_of_domain) {
                 check_spec(s, &EVAL_PREFIXES, "evaluation set")?;
                 if let Some(lang) = s.strip_prefix("tatoeba-heldout:") {
@@ -409,6 +436,34 @@ impl StudyConfig {
             ));
         }
         for (name, b) in &self.budget {
+            // A repeated seed, condition or group would be one run counted twice.
+            fn repeated<T: PartialEq>(v: &[T]) -> Option<&T> {
+                v.iter()
+                    .enumerate()
+                    .find(|(i, x)| v[..*i].contains(x))
+                    .map(|(_, x)| x)
+            }
+            if let Some(c) = repeated(&b.conditions) {
+                return Err(Error::parameter(
+                    "conditions",
+                    format!("each condition once (budget {name})"),
+                    format!("{c} twice"),
+                ));
+            }
+            if let Some(g) = repeated(&b.groups) {
+                return Err(Error::parameter(
+                    "groups",
+                    format!("each group once (budget {name})"),
+                    format!("{g} twice"),
+                ));
+            }
+            if let Some(s) = repeated(&b.seeds) {
+                return Err(Error::parameter(
+                    "seeds",
+                    format!("each seed once (budget {name})"),
+                    format!("{s} twice"),
+                ));
+            }
             for c in &b.conditions {
                 if !self.conditions.iter().any(|x| &x.name == c) {
                     return Err(Error::parameter(
@@ -541,6 +596,13 @@ impl StudyConfig {
         if c.train {
             let mut keys = shared.clone();
             keys.extend(table_to_json(&c.distill, "condition distill")?);
+            if keys.contains_key("seed") {
+                return Err(Error::parameter(
+                    "distill",
+                    "no `seed` key (the budget's `seeds` set it per run)",
+                    format!("seed in condition {}, the budget or [distill]", c.name),
+                ));
+            }
             keys.insert("seed".into(), seed.into());
             if let Some(b) = backend {
                 keys.insert("backend".into(), b.into());
@@ -717,6 +779,22 @@ eval = { lareqa_questions = { xquad-r = 3 } }
             (MINIMAL.replace("seeds = [0, 1]", "seeds = []"), "seed"),
             (MINIMAL.replace("xquad-r = 3", "mlqa-r = 3"), "mlqa-r"),
             (MINIMAL.replace("steps = 3", "stepz = 3"), "stepz"),
+            (MINIMAL.replace("seeds = [0, 1]", "seeds = [0, 1, 0]"), "0 twice"),
+            (
+                MINIMAL.replace("\"ot\", \"mean-mse\"]", "\"ot\", \"mean-mse\", \"ot\"]"),
+                "ot twice",
+            ),
+            (
+                MINIMAL.replace("steps = 3", "steps = 3\nseed = 7"),
+                "no `seed` key",
+            ),
+            (
+                MINIMAL.replace(
+                    "in_domain = [\"tatoeba-heldout:deu\"]",
+                    "in_domain = [\"tatoeba-heldout:deu\"]\nout_of_domain = [\"tatoeba-heldout:deu\"]",
+                ),
+                "tatoeba-heldout is also in domain",
+            ),
         ];
         for (text, needle) in cases {
             let err = match StudyConfig::from_toml(&text) {
