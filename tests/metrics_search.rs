@@ -347,6 +347,30 @@ fn search_cli_writes_the_same_run() {
             .collect();
         assert_eq!(got, want, "query {qi}");
     }
+    // A repeated query id is refused before searching (the run would list its documents
+    // twice under one id).
+    let qids = dir.path().join("qids.txt");
+    let mut names: Vec<String> = (0..cs.n).map(|i| format!("q{i}")).collect();
+    names[7] = "q2".into();
+    std::fs::write(&qids, names.join("\n")).unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["search", "--k", "5", "--queries"])
+        .arg(&qp)
+        .arg("--corpus")
+        .arg(&cp)
+        .arg("--query-ids")
+        .arg(&qids)
+        .arg("--out")
+        .arg(dir.path().join("dup.trec"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("line 8: expected unique query ids, found \"q2\" again (first on line 3)"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("dup.trec").exists());
 }
 
 #[test]

@@ -81,6 +81,22 @@ fn read_ids(path: Option<&Path>, n: usize, what: &str) -> Result<Vec<String>> {
                     ),
                 ));
             }
+            // A run with a repeated query id would list its documents twice under one id
+            // (`optical eval trec` rejects such a run).
+            let mut seen = std::collections::HashMap::with_capacity(ids.len());
+            for (i, id) in ids.iter().enumerate() {
+                if let Some(first) = seen.insert(id.as_str(), i) {
+                    return Err(crate::data::format_error(
+                        p,
+                        format!(
+                            "line {}: expected unique {what} ids, found {id:?} again (first on \
+                             line {})",
+                            i + 1,
+                            first + 1
+                        ),
+                    ));
+                }
+            }
             Ok(ids)
         }
     }

@@ -377,8 +377,10 @@ pub fn encode_pooled_cached(
         .filter(|_| encoder.cacheable())
         .map(|c| c.join(format!("{key}.npy")));
     if let Some(f) = &file {
-        if f.exists() {
-            let arr = npy::read(f)?;
+        // A cache file that cannot be read whole (written by an older build that did not
+        // write through a temporary file and was killed, or damaged since) is a miss: the
+        // texts are encoded again and the file replaced.
+        if let Ok(arr) = npy::read(f) {
             if arr.shape == [texts.len(), d] {
                 return Ok(arr.to_f32());
             }
@@ -411,7 +413,9 @@ pub fn encode_pooled_cached(
         if let Some(dir) = f.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
         }
-        npy::write(f, &[texts.len(), d], &out)?;
+        // Through a temporary file, so that a killed process or a full disk never leaves a
+        // truncated entry for the next run to read.
+        crate::io::write_through_temp(f, |tmp| npy::write(tmp, &[texts.len(), d], &out))?;
     }
     Ok(out)
 }
@@ -419,6 +423,63 @@ pub fn encode_pooled_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hashing encoder, counting its calls, as a cacheable model.
+    struct Counted(HashingEncoder, std::sync::atomic::AtomicUsize);
+
+    impl Encoder for Counted {
+        fn name(&self) -> &str {
+            "counted"
+        }
+        fn dim(&self) -> usize {
+            self.0.dim()
+        }
+        fn fingerprint(&self) -> String {
+            self.0.fingerprint()
+        }
+        fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.encode_pooled(texts)
+        }
+        fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+            self.0.encode_tokens(texts)
+        }
+    }
+
+    #[test]
+    fn a_damaged_cache_entry_is_a_miss_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Counted(HashingEncoder::default(), Default::default());
+        let calls = || e.1.load(std::sync::atomic::Ordering::SeqCst);
+        let texts = ["a b", "c d", "e f"];
+        let first = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(calls(), 2);
+        let entries: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?} (no temporary file left)");
+        // Served from the cache.
+        assert_eq!(
+            encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap(),
+            first
+        );
+        assert_eq!(calls(), 2);
+        // Truncated (a killed writer): encoded again, and the entry is whole afterwards.
+        let bytes = std::fs::read(&entries[0]).unwrap();
+        std::fs::write(&entries[0], &bytes[..bytes.len() - 5]).unwrap();
+        assert_eq!(
+            encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap(),
+            first
+        );
+        assert_eq!(calls(), 4);
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), bytes);
+        assert_eq!(
+            encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap(),
+            first
+        );
+        assert_eq!(calls(), 4);
+    }
 
     #[test]
     fn hashing_encoder_shapes_and_similarity() {
