@@ -371,6 +371,31 @@ fn search_cli_writes_the_same_run() {
         "{stderr}"
     );
     assert!(!dir.path().join("dup.trec").exists());
+    // An output path that is not UTF-8 is written, and its summary shows it as displayed.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"run-\xff.trec"));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["search", "--k", "5", "--queries"])
+        .arg(&qp)
+        .arg("--corpus")
+        .arg(&cp)
+        .arg("--out")
+        .arg(&odd)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(summary["out"]
+        .as_str()
+        .unwrap()
+        .ends_with("run-\u{fffd}.trec"));
+    assert!(odd.exists());
 }
 
 #[test]

@@ -38,6 +38,11 @@ pub struct Timing {
     pub gpu: Option<String>,
 }
 
+/// A path as displayed: one that is not UTF-8 cannot be a JSON string.
+fn as_displayed<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path.display().to_string())
+}
+
 /// Every timing of one file.
 #[derive(Clone, Debug)]
 pub struct Run {
@@ -95,7 +100,9 @@ pub struct Row {
 /// The comparison of two runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
+    #[serde(serialize_with = "as_displayed")]
     pub base: PathBuf,
+    #[serde(serialize_with = "as_displayed")]
     pub new: PathBuf,
     /// The threshold, as a fraction (0.1 for 10 %).
     pub threshold: f64,

@@ -185,7 +185,12 @@ fn export(a: ExportArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"dataset": dataset.name(), "tasks": tasks.len(), "out": a.out})
+        serde_json::json!({
+            "dataset": dataset.name(),
+            "tasks": tasks.len(),
+            // As displayed: a path that is not UTF-8 cannot be a JSON string.
+            "out": a.out.display().to_string(),
+        })
     );
     Ok(())
 }

@@ -293,7 +293,8 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             "dataset": dataset.name(),
             "metric": main_metric,
             "results": summary,
-            "files": written,
+            // As displayed: a path that is not UTF-8 cannot be a JSON string.
+            "files": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         })
     );
     Ok(())

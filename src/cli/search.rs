@@ -247,7 +247,8 @@ pub fn run(a: SearchArgs) -> Result<()> {
             "scoring": scoring,
             "search_seconds": seconds,
             "queries_per_second": n as f64 / seconds.max(1e-9),
-            "out": a.out,
+            // As displayed: a path that is not UTF-8 cannot be a JSON string.
+            "out": a.out.display().to_string(),
         })
     );
     Ok(())

@@ -104,7 +104,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
             "evaluated": count(|s| matches!(s, RunStatus::Evaluated)),
             "paused": count(|s| matches!(s, RunStatus::Paused { .. })),
             "interrupted": count(|s| matches!(s, RunStatus::Interrupted)),
-            "report": outcome.report,
+            "report": outcome.report.display().to_string(),
         })
     );
     Ok(())
