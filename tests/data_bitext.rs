@@ -214,3 +214,23 @@ fn shared_bible_aligns_most_verses() {
         );
     }
 }
+
+#[test]
+fn a_dataset_directory_without_its_files_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sub) in [
+        (DatasetName::Tatoeba, "tatoeba"),
+        (DatasetName::Mafand, "mafand"),
+        (DatasetName::Bible, "bible"),
+    ] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        write(&dir.path().join(sub), "notes.txt", "not a dataset file\n");
+        let err = data::load_tasks(name, dir.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(sub) && err.contains("(the data README's layout), found none"),
+            "{name:?}: {err}"
+        );
+    }
+}

@@ -158,6 +158,14 @@ fn eval_refuses_settings_of_another_dataset() {
             vec!["--dataset", "tatoeba", "--batch", "0"],
             "parameter batch",
         ),
+        (
+            vec!["--dataset", "tatoeba", "--model", "hash"],
+            "found hash twice",
+        ),
+        (
+            vec!["--dataset", "tatoeba", "--model", "x/y,x_y"],
+            "found x/y and x_y, both x_y",
+        ),
     ] {
         let mut args = vec!["eval", "--model", "hash", "--out", o];
         args.extend(&extra);

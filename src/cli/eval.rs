@@ -151,6 +151,23 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     if a.model.is_empty() {
         return Err(Error::parameter("model", "--model NAME[,NAME…]", "none"));
     }
+    // Each model's run files and plots are named by its slug: two models with one slug
+    // would overwrite each other's files and repeat a column of the report.
+    for (i, m) in a.model.iter().enumerate() {
+        let slug = crate::report::slug(m);
+        if let Some(other) = a.model[..i].iter().find(|o| crate::report::slug(o) == slug) {
+            return Err(Error::parameter(
+                "model",
+                "models whose names differ in letters, digits, '-' or '_' (their files are \
+                 named by them)",
+                if other == m {
+                    format!("{m} twice")
+                } else {
+                    format!("{other} and {m}, both {slug}")
+                },
+            ));
+        }
+    }
     let scoring: Scoring = a.scoring.parse()?;
     let lareqa = matches!(dataset, DatasetName::XquadR | DatasetName::MlqaR);
     // Settings of another dataset are refused, not silently ignored, and the counts are

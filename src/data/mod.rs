@@ -282,6 +282,17 @@ pub fn load_bitexts(
             ))
         }
     };
+    if langs.is_empty() {
+        let (dir, layout) = match dataset {
+            DatasetName::Tatoeba => ("tatoeba", "tatoeba.<lang>-eng.<lang> and .eng files"),
+            DatasetName::Mafand => ("mafand", "en-<lang> directories"),
+            _ => ("bible", "<Language>-NT.xml files"),
+        };
+        return Err(format_error(
+            &data_dir.join(dir),
+            format!("expected {layout} (the data README's layout), found none"),
+        ));
+    }
     let langs = select_languages(&langs, &opts.languages)?;
     let english = opts
         .english_bible
