@@ -154,8 +154,22 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
     let mut timings = Vec::new();
     // A gpu-check report is one object (pretty-printed or not) with a "bench" map; a
     // one-line `optical bench --json` file is one object too, but a record.
-    let whole: Option<Value> = serde_json::from_str(text).ok();
-    match whole {
+    let whole: std::result::Result<Value, _> = serde_json::from_str(text);
+    if let Err(e) = &whole {
+        // Neither one object nor lines of records: say where the JSON broke (a truncated
+        // gpu-check file fails on its first line when read as lines, which says nothing).
+        let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+        if first.is_some_and(|l| l.starts_with('{') && serde_json::from_str::<Value>(l).is_err()) {
+            return Err(format_error(
+                path,
+                format!(
+                    "expected a gpu-check results object or `optical bench --json` lines, \
+                     found invalid JSON: {e}"
+                ),
+            ));
+        }
+    }
+    match whole.ok() {
         Some(Value::Object(report)) if report.contains_key("bench") => {
             let Some(Value::Object(groups)) = report.get("bench") else {
                 return Err(format_error(
@@ -622,6 +636,11 @@ mod tests {
                 "bench.cuda: expected a list of records, found a number",
             ),
             (r#"{"bench": {}}"#.into(), "no timings"),
+            // A gpu-check file cut short: where the JSON broke, not "line 1: ... found {".
+            (
+                "{\n  \"bench\": {\n    \"cuda\": [".into(),
+                "found invalid JSON: EOF while parsing a list at line 3",
+            ),
         ];
         for (text, want) in cases {
             let e = run(&text).unwrap_err().to_string();
