@@ -692,9 +692,14 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         } else {
             format!(
                 "Partly. OT distillation beat the untrained model out of domain on {} of {n} \
-                 benchmarks ({}).",
+                 benchmarks ({}){}.",
                 better.len(),
-                better.join(", ")
+                better.join(", "),
+                if worse.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and was significantly worse on {}", worse.join(", "))
+                }
             )
         };
         let _ = writeln!(md, "## Answer\n\n**{short}**\n");
@@ -750,8 +755,8 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         if !nohelp.is_empty() {
             let _ = writeln!(
                 md,
-                "\n**Where OT distillation does not help** (no significant gain over the \
-                 untrained model): {}.",
+                "\n**Where OT distillation does not help out of domain** (no significant \
+                 gain over the untrained model): {}.",
                 nohelp.join(", ")
             );
         }
@@ -1072,7 +1077,10 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
          translations into every language, a bitext pair in both directions (so XQuAD-R's \
          queries in 11 languages count as one piece of evidence per question); \"≤ 1.0e-4\" \
          means no resample was as extreme (the test's resolution); \"n.s.\" marks \
-         p ≥ {ALPHA} (not significant). No correction for multiple comparisons is applied.\n"
+         p ≥ {ALPHA} (not significant). No correction for multiple comparisons is applied. \
+         A bitext benchmark's Δ and p (and the answer's numbers) pool its queries over both \
+         directions and every language, each query weighted equally; its table shows each \
+         direction.\n"
     );
     let mut plots: Vec<(String, PathBuf)> = Vec::new();
     for g in groups.iter() {
@@ -1203,6 +1211,16 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                         })
                         .collect();
                     let gin = (!gains.is_empty()).then(|| mean(&gains));
+                    // A ratio needs a denominator that is there: every in-domain gain
+                    // significant, and larger than twice the spread between seeds (a gain
+                    // of the size of the seed noise makes any ratio).
+                    let shown = in_domain.iter().all(|b| {
+                        let m = b.measure();
+                        let t = test(&cell, &base, &b.name, m, &format!("{c}-base"));
+                        let (_, sd) = mean_std(&cell.seeds(&b.name, m, None));
+                        let gain = delta(cell.value(&b.name, m), base.value(&b.name, m));
+                        verdict(t) == Verdict::Better && gain.is_some_and(|g| g > 2.0 * sd)
+                    });
                     let mut row = vec![c.to_string(), signed(gin)];
                     for o in &ood {
                         let go = delta(
@@ -1211,8 +1229,8 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                         );
                         row.push(signed(go));
                         row.push(match (go, gin) {
-                            (Some(a), Some(b)) if b >= 1e-3 => format!("{:.2}", a / b),
-                            (Some(_), Some(_)) => "n/a (no in-domain gain)".into(),
+                            (Some(a), Some(b)) if shown && b >= 1e-3 => format!("{:.2}", a / b),
+                            (Some(_), Some(_)) => "n/a (in-domain gain not shown)".into(),
                             _ => "–".into(),
                         });
                     }
@@ -1222,11 +1240,15 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             md.push_str(&markdown_table(&headers, &rows));
             let _ = writeln!(
                 md,
-                "\nThe ratio is given where training helped in domain (Δ ≥ 0.001): near 1 the \
-                 gain carries over out of domain, near 0 it does not, negative means training \
-                 hurt out of domain while helping in domain. Gains in different measures (mAP, \
-                 P@1) are compared as they are. Δ are differences of means; whether they are \
-                 significant is in the tables above.\n"
+                "\nThe in-domain Δ is the mean of the gains over the group's in-domain \
+                 benchmarks. The ratio is given only where training helped in domain clearly: \
+                 every in-domain gain significant (p < {ALPHA}), larger than twice the \
+                 standard deviation between seeds, and at least 0.001; a smaller denominator \
+                 would make any ratio. Near 1 the gain carries over out of domain, near 0 it \
+                 does not, negative means training hurt out of domain while helping in domain. \
+                 Gains in different measures (mAP, P@1) are compared as they are. The \
+                 out-of-domain Δ are differences of means; whether they are significant is in \
+                 the tables above.\n"
             );
         }
 
