@@ -204,6 +204,20 @@ pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) {
     println!("tokens/s (student side): {tokens_per_s:.0}");
 }
 
+/// When warm-up lasts the whole run, the learning rate never reaches `lr`: say so.
+fn warmup_note(config: &DistillConfig) -> Option<String> {
+    (config.steps > 0 && config.warmup_steps >= config.steps).then(|| {
+        format!(
+            "warmup_steps {} ≥ steps {}: the learning rate rises for the whole run and peaks \
+             at {:.3e} instead of lr {:.3e}",
+            config.warmup_steps,
+            config.steps,
+            config.lr_at(config.steps - 1),
+            config.lr
+        )
+    })
+}
+
 fn announce(trainer: &Trainer, config: &DistillConfig) {
     let devices = trainer
         .gradient_sync()
@@ -215,6 +229,9 @@ fn announce(trainer: &Trainer, config: &DistillConfig) {
         config.loss,
         config.backend,
     );
+    if let Some(note) = warmup_note(config) {
+        eprintln!("distill: note: {note}");
+    }
     if let Some(k) = trainer.shared_prefix() {
         eprintln!(
             "distill: the student's frozen embeddings and layers 0..{k} are the teacher's: \
@@ -707,6 +724,23 @@ mod untrained_export_tests {
             note.starts_with("no checkpoint beat the starting model"),
             "{note}"
         );
+    }
+
+    #[test]
+    fn warm_up_longer_than_the_run_is_noted() {
+        let mut c = DistillConfig {
+            steps: 4,
+            warmup_steps: 10,
+            lr: 2e-5,
+            ..DistillConfig::default()
+        };
+        assert_eq!(
+            warmup_note(&c).unwrap(),
+            "warmup_steps 10 ≥ steps 4: the learning rate rises for the whole run and peaks at \
+             8.000e-6 instead of lr 2.000e-5"
+        );
+        c.warmup_steps = 3;
+        assert_eq!(warmup_note(&c), None);
     }
 
     #[test]
