@@ -305,7 +305,19 @@ pub fn search(
     let starts: Vec<usize> = (0..n).step_by(block).collect();
     let run_block = |&q0: &usize| -> Result<Vec<QueryHits>> {
         let rows = block.min(n - q0);
-        let mut scores = vec![0.0f32; rows * m];
+        // A block's scores are rows × m floats: a block too large for memory is an error
+        // that names the setting, not an abort.
+        let mut scores: Vec<f32> = Vec::new();
+        rows.checked_mul(m)
+            .and_then(|len| scores.try_reserve_exact(len).ok().map(|()| len))
+            .map(|len| scores.resize(len, 0.0))
+            .ok_or_else(|| {
+                Error::parameter(
+                    "block",
+                    format!("a block of scores that fits in memory ({rows} × {m} floats does not)"),
+                    block,
+                )
+            })?;
         scorer.score_block(q0, rows, &mut scores)?;
         Ok(scores
             .chunks_exact(m)
