@@ -164,10 +164,10 @@ pub fn run(a: SearchArgs) -> Result<()> {
             };
             let (n, d) = shape2(&q, &a.queries)?;
             let (m, dc) = shape2(&c, &a.corpus)?;
-            dense_q = DenseVectors::new("queries", n, d, q.to_f32())
+            dense_q = DenseVectors::new("queries", n, d, q.to_f32_checked(&a.queries)?)
                 .map_err(|e| e.in_file(&a.queries))?;
-            dense_c =
-                DenseVectors::new("corpus", m, dc, c.to_f32()).map_err(|e| e.in_file(&a.corpus))?;
+            dense_c = DenseVectors::new("corpus", m, dc, c.to_f32_checked(&a.corpus)?)
+                .map_err(|e| e.in_file(&a.corpus))?;
             Scorer::Dense {
                 queries: &dense_q,
                 corpus: &dense_c,
@@ -185,7 +185,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 }
             };
             let ql = a.query_lengths.as_deref().map(read_lengths).transpose()?;
-            maxsim_q = Embeddings::new("queries", n, l, d, q.to_f32(), ql)
+            maxsim_q = Embeddings::new("queries", n, l, d, q.to_f32_checked(&a.queries)?, ql)
                 .map_err(|e| e.in_file(&a.queries))?;
             let dc = match c.shape[..] {
                 [_, dc] => dc,
@@ -204,8 +204,13 @@ pub fn run(a: SearchArgs) -> Result<()> {
                     "none",
                 )
             })?;
-            maxsim_c = PackedDocs::new("corpus", dc, c.to_f32(), read_lengths(cl)?)
-                .map_err(|e| e.in_data_or_lengths_file(&a.corpus, cl))?;
+            maxsim_c = PackedDocs::new(
+                "corpus",
+                dc,
+                c.to_f32_checked(&a.corpus)?,
+                read_lengths(cl)?,
+            )
+            .map_err(|e| e.in_data_or_lengths_file(&a.corpus, cl))?;
             backend = Backend::new(
                 a.backend
                     .as_deref()

@@ -119,6 +119,29 @@ impl NpyArray {
         }
     }
 
+    /// All values converted to `f32`, refusing finite values beyond its range (which would
+    /// become infinities and be reported as such).
+    pub fn to_f32_checked(&self, path: &Path) -> Result<Vec<f32>> {
+        if self.dtype == Dtype::F32 {
+            return Ok(self.to_f32());
+        }
+        let values = self.to_f64();
+        if let Some((i, v)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.is_finite() && v.abs() > f32::MAX as f64)
+        {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                what: format!(
+                    "element {i}: expected a value within f32's range (|v| ≤ {:e}), found {v:e}",
+                    f32::MAX
+                ),
+            });
+        }
+        Ok(values.into_iter().map(|v| v as f32).collect())
+    }
+
     /// All values converted to `f32`.
     pub fn to_f32(&self) -> Vec<f32> {
         if self.dtype == Dtype::F32 {
@@ -367,8 +390,22 @@ mod tests {
         let a = parse(p, &bytes).unwrap();
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.to_f32(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]);
+        assert_eq!(
+            a.to_f32_checked(Path::new("a.npy")).unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
+        );
         let raw = to_bytes_as(&[3], &[1, 0, 1], Dtype::Bool);
         assert_eq!(parse(p, &raw).unwrap().to_f64(), vec![1.0, 0.0, 1.0]);
+        // f64 beyond f32's range is refused by name, not turned into an infinity.
+        let wide = parse(p, &to_bytes(&[3], &[1.0f64, 1e300, f64::NAN])).unwrap();
+        let err = wide.to_f32_checked(p).unwrap_err().to_string();
+        assert!(
+            err.contains("element 1: expected a value within f32's range"),
+            "{err}"
+        );
+        assert!(err.contains("found 1e300"), "{err}");
+        let fine = parse(p, &to_bytes(&[2], &[1.5f64, -2.0])).unwrap();
+        assert_eq!(fine.to_f32_checked(p).unwrap(), vec![1.5, -2.0]);
     }
 
     #[test]
