@@ -293,12 +293,13 @@ const EVAL_PREFIXES: [&str; 6] = [
 
 fn check_spec(spec: &str, prefixes: &[&str], what: &'static str) -> Result<()> {
     let prefix = spec.split(':').next().unwrap_or("");
-    let parts = spec.split(':').count();
+    // As the loaders split them: the last path of a files spec may hold ':'.
+    let fields = |n: usize| spec.splitn(n, ':').filter(|f| !f.is_empty()).count();
     let ok = prefixes.contains(&prefix)
         && match prefix {
-            "files" if what == "train" => parts == 4,
-            "files" => parts == 5,
-            _ => parts == 2 && !spec.ends_with(':'),
+            "files" if what == "train" => fields(4) == 4,
+            "files" => fields(5) == 5,
+            _ => spec.split(':').count() == 2 && !spec.ends_with(':'),
         };
     if ok {
         Ok(())
@@ -752,6 +753,26 @@ eval = { lareqa_questions = { xquad-r = 3 } }
         .unwrap();
         let d = c3.plan("quick", None, Path::new("o")).unwrap();
         assert_eq!(a.runs[1].key, d.runs[1].key, "0.005 is the default epsilon");
+    }
+
+    #[test]
+    fn data_specs_are_checked_as_their_loaders_split_them() {
+        let train = ["tatoeba-train", "mafand", "bible", "files"];
+        let eval = ["tatoeba", "files"];
+        assert!(check_spec("mafand:hau", &train, "train").is_ok());
+        // The last path of a files spec may hold ':' (distill splits it into four fields).
+        assert!(check_spec("files:xx:/d/a.xx:/d/b:c.en", &train, "train").is_ok());
+        assert!(check_spec("files:set:xx:/d/a.xx:/d/b:c.en", &eval, "evaluation set").is_ok());
+        for bad in [
+            "mafand",
+            "mafand:",
+            "mafand:hau:x",
+            "files:xx:/d/a.xx",
+            "files:xx::/e",
+        ] {
+            assert!(check_spec(bad, &train, "train").is_err(), "{bad}");
+        }
+        assert!(check_spec("files:set:xx:/d/a.xx", &eval, "evaluation set").is_err());
     }
 
     #[test]

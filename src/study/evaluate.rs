@@ -175,7 +175,8 @@ fn load_eval_bitext(
     data_dir: &Path,
     heldout: &BTreeMap<String, Bitext>,
 ) -> Result<(String, Bitext)> {
-    let parts: Vec<&str> = spec.split(':').collect();
+    // At most five fields, as `check_spec` counts them: the English path may hold ':'.
+    let parts: Vec<&str> = spec.splitn(5, ':').collect();
     Ok(match parts.as_slice() {
         ["tatoeba-heldout", lang] => (
             "tatoeba-heldout".into(),
