@@ -54,7 +54,8 @@ for d, t, m, b, a in rows:
 s = json.load(open(f"{out}/summary.json"))
 dev = s["dev"]
 if dev:
-    best = max(dev, key=lambda d: d["p_at_1"])
+    # distill's rule: the highest P@1, then the highest MRR, then the earliest step.
+    best = max(dev, key=lambda d: (d["p_at_1"], d["mrr"], -d["step"]))
     print(f"\nheld-out training pairs (hau→eng P@1): step 0 {dev[0]['p_at_1']:.4f}, "
           f"best step {best['step']} {best['p_at_1']:.4f}, last step {dev[-1]['step']} {dev[-1]['p_at_1']:.4f}; "
           f"exported: step {s['exported_step']}")
