@@ -4,7 +4,6 @@
 //! to its own longest sequence (the shipped MiniLM tokenizer pads every input to 128).
 //! Truncation keeps the special tokens and cuts the text to `max_length` tokens in all.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -81,11 +80,9 @@ impl RawTokenizer {
             ));
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut hasher);
         let key = ContentKey {
             len: bytes.len(),
-            hash: hasher.finish(),
+            hash: crate::rng::fnv1a64(&bytes),
         };
         let inner = if kept().iter().any(|(k, _, _)| *k == key) {
             None
@@ -119,57 +116,43 @@ impl TextTokenizer {
             return Err(Error::parameter("max_length", "at least 2", max_length));
         }
         let RawTokenizer { inner, key, path } = raw;
-        let (exact, same_content) = {
-            let kept = kept();
-            let exact = kept
-                .iter()
-                .find(|(k, m, _)| *k == key && *m == max_length)
-                .map(|(_, _, t)| Arc::clone(t));
-            let same = kept
-                .iter()
-                .find(|(k, _, _)| *k == key)
-                .map(|(_, _, t)| Arc::clone(t));
-            (exact, same)
+        // The kept tokenizer of this content with `max_length` (any `max_length` if `None`).
+        let find = |kept: &[(ContentKey, usize, Arc<Tokenizer>)], m: Option<usize>| {
+            kept.iter()
+                .find(|(k, km, _)| *k == key && m.is_none_or(|m| m == *km))
+                .map(|(_, _, t)| Arc::clone(t))
         };
-        if let Some(inner) = exact {
-            return Ok(TextTokenizer {
-                inner,
-                path,
-                max_length,
-                pad_id,
-            });
-        }
-        // Parsed now, or kept with another max_length (a copy costs about half a parse).
-        let inner = match (inner, same_content) {
-            (Some(inner), _) => inner,
-            (None, Some(kept)) => Tokenizer::clone(&kept),
-            (None, None) => {
-                return Err(Error::Format {
-                    path,
-                    what: "the tokenizer parsed earlier from the same content is gone".into(),
-                })
-            }
-        };
-        let inner = Arc::new(Self::with_policy(inner, &path, max_length)?);
-        let mut kept = kept();
-        match kept.iter().find(|(k, m, _)| *k == key && *m == max_length) {
-            // Another thread made the same one meanwhile: share theirs.
-            Some((_, _, theirs)) => Ok(TextTokenizer {
-                inner: Arc::clone(theirs),
-                path,
-                max_length,
-                pad_id,
-            }),
+        // Bound first: a guard in the match's scrutinee would be held through its arms.
+        let shared = find(&kept(), Some(max_length));
+        let inner = match shared {
+            Some(shared) => shared,
             None => {
-                kept.push((key, max_length, Arc::clone(&inner)));
-                Ok(TextTokenizer {
-                    inner,
-                    path,
-                    max_length,
-                    pad_id,
+                // Parsed now, or kept with another max_length (a copy costs about half a
+                // parse). Kept entries are never removed, so `read` saw one if it skipped.
+                let parsed = match inner {
+                    Some(parsed) => parsed,
+                    None => find(&kept(), None)
+                        .map(|t| Tokenizer::clone(&t))
+                        .ok_or_else(|| Error::Format {
+                            path: path.clone(),
+                            what: "the tokenizer parsed earlier from this content is gone".into(),
+                        })?,
+                };
+                let made = Arc::new(Self::with_policy(parsed, &path, max_length)?);
+                let mut kept = kept();
+                // Another thread may have made the same one meanwhile: then share theirs.
+                find(&kept, Some(max_length)).unwrap_or_else(|| {
+                    kept.push((key, max_length, Arc::clone(&made)));
+                    made
                 })
             }
-        }
+        };
+        Ok(TextTokenizer {
+            inner,
+            path,
+            max_length,
+            pad_id,
+        })
     }
 
     /// No padding (batches pad themselves) and truncation to `max_length` tokens in all.

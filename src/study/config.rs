@@ -291,6 +291,14 @@ const EVAL_PREFIXES: [&str; 6] = [
     "files",
 ];
 
+/// The first element of `v` that an earlier one equals.
+fn repeated<T: PartialEq>(v: &[T]) -> Option<&T> {
+    v.iter()
+        .enumerate()
+        .find(|(i, x)| v[..*i].contains(x))
+        .map(|(_, x)| x)
+}
+
 fn check_spec(spec: &str, prefixes: &[&str], what: &'static str) -> Result<()> {
     let prefix = spec.split(':').next().unwrap_or("");
     // As the loaders split them: the last path of a files spec may hold ':'.
@@ -336,10 +344,9 @@ impl StudyConfig {
 
     /// Names unique, every reference resolvable, every data spec well formed.
     pub fn validate(&self) -> Result<()> {
-        let mut names: Vec<&str> = self.conditions.iter().map(|c| c.name.as_str()).collect();
-        names.sort_unstable();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::parameter("condition", "unique names", w[0]));
+        let names: Vec<&str> = self.conditions.iter().map(|c| c.name.as_str()).collect();
+        if let Some(name) = repeated(&names) {
+            return Err(Error::parameter("condition", "unique names", name));
         }
         for c in &self.conditions {
             if c.name.is_empty() || c.name.contains(['/', ' ', '\\']) {
@@ -350,10 +357,9 @@ impl StudyConfig {
                 ));
             }
         }
-        let mut groups: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
-        groups.sort_unstable();
-        if let Some(w) = groups.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::parameter("group", "unique names", w[0]));
+        let groups: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
+        if let Some(name) = repeated(&groups) {
+            return Err(Error::parameter("group", "unique names", name));
         }
         for g in &self.groups {
             if g.name.is_empty() || g.name.contains(['/', ' ', '\\', '-']) {
@@ -391,13 +397,12 @@ impl StudyConfig {
                     s,
                 ));
             }
-            let mut sets: Vec<&String> = g.in_domain.iter().chain(&g.out_of_domain).collect();
-            sets.sort_unstable();
-            if let Some(w) = sets.windows(2).find(|w| w[0] == w[1]) {
+            let sets: Vec<&String> = g.in_domain.iter().chain(&g.out_of_domain).collect();
+            if let Some(set) = repeated(&sets) {
                 return Err(Error::parameter(
                     "evaluation set",
                     format!("each set once in group {}", g.name),
-                    w[0],
+                    set,
                 ));
             }
             for s in g.in_domain.iter().chain(&g.out_of_domain) {
@@ -438,12 +443,6 @@ impl StudyConfig {
         }
         for (name, b) in &self.budget {
             // A repeated seed, condition or group would be one run counted twice.
-            fn repeated<T: PartialEq>(v: &[T]) -> Option<&T> {
-                v.iter()
-                    .enumerate()
-                    .find(|(i, x)| v[..*i].contains(x))
-                    .map(|(_, x)| x)
-            }
             if let Some(c) = repeated(&b.conditions) {
                 return Err(Error::parameter(
                     "conditions",

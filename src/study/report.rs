@@ -449,26 +449,18 @@ fn test(a: &Cell<'_>, b: &Cell<'_>, bench: &str, measure: &str, salt: &str) -> O
     if b.clusters(bench)? != keys {
         return None;
     }
-    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
-    let cluster: Vec<usize> = keys
-        .iter()
-        .map(|k| {
-            let next = index.len();
-            *index.entry(k.as_str()).or_insert(next)
-        })
-        .collect();
     // The group is in the seed, so that two groups' tests of one benchmark draw their own
     // sign sequences.
     let group = a.group.map_or("", |g| g.name.as_str());
     let seed = crate::rng::fnv1a64(format!("{group}/{bench}/{measure}/{salt}").as_bytes());
-    clustered_randomization(&x, &y, &cluster, RESAMPLES, seed).ok()
+    clustered_randomization(&x, &y, &keys, RESAMPLES, seed).ok()
 }
 
 fn p_cell(t: Option<PairedTest>) -> String {
+    // Below ALPHA the p may sit at the test's resolution, which `p_text` says.
     t.map_or("–".into(), |t| {
-        let text = t.p_text();
         if t.p < ALPHA {
-            text
+            t.p_text()
         } else {
             format_p(t.p)
         }

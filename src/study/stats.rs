@@ -60,11 +60,11 @@ pub fn paired_randomization(
 }
 
 /// The randomisation test of the module docs, with one sign per cluster: `cluster[q]` is
-/// query `q`'s cluster (any numbering). `mean_difference` stays the mean over queries.
-pub fn clustered_randomization(
+/// query `q`'s cluster (any labels). `mean_difference` stays the mean over queries.
+pub fn clustered_randomization<K: std::hash::Hash + Eq>(
     a: &[f64],
     b: &[f64],
-    cluster: &[usize],
+    cluster: &[K],
     resamples: usize,
     seed: u64,
 ) -> Result<PairedTest> {
@@ -85,9 +85,9 @@ pub fn clustered_randomization(
         ));
     }
     // Each cluster's summed difference, clusters in first-seen order.
-    let mut index: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let mut index: std::collections::HashMap<&K, usize> = std::collections::HashMap::new();
     let mut d: Vec<f64> = Vec::new();
-    for ((x, y), &c) in a.iter().zip(b).zip(cluster) {
+    for ((x, y), c) in a.iter().zip(b).zip(cluster) {
         let k = *index.entry(c).or_insert_with(|| {
             d.push(0.0);
             d.len() - 1
@@ -132,11 +132,18 @@ impl PairedTest {
         let floor = 1.0 / (self.resamples + 1) as f64;
         if self.p <= floor * (1.0 + 1e-9) {
             format!("≤ {floor:.1e}")
-        } else if self.p < 0.001 {
-            format!("{:.1e}", self.p)
         } else {
-            format!("{:.3}", self.p)
+            p_number(self.p)
         }
+    }
+}
+
+/// Three decimals, or one significant digit in exponent form below 0.001.
+fn p_number(p: f64) -> String {
+    if p < 0.001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
     }
 }
 
@@ -149,11 +156,7 @@ pub fn format_p(p: f64) -> String {
     if !p.is_finite() {
         return "–".into();
     }
-    let v = if p < 0.001 {
-        format!("{p:.1e}")
-    } else {
-        format!("{p:.3}")
-    };
+    let v = p_number(p);
     if p < ALPHA {
         v
     } else {
