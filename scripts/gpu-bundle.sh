@@ -52,6 +52,9 @@ pack() { # name path
 }
 pack optical "$CARGO_TARGET_DIR/release/optical"
 for e in "${exes[@]}"; do pack "${e%%$'\t'*}" "${e#*$'\t'}"; done
+# The pinned ptxas that CI checks registers and spills with (the GPU machine's own may be
+# another CUDA release, whose register allocation can differ at the kernels' caps).
+pack ptxas "$(bash scripts/ptxas-fetch.sh)"
 
 # The Vulkan loader and the GL vendor-neutral dispatch libraries, for a machine whose image
 # has the NVIDIA driver and its ICD file but neither libvulkan.so.1 nor the libglvnd

@@ -145,6 +145,8 @@ step nvidia-smi nvidia-smi
 # ptxas: $PTXAS if set; else the pinned wheel's (cached, or fetched when not --prebuilt: the
 # machine is assumed offline then); else the machine's own.
 PTXAS_BIN=${PTXAS:-}
+# A bundle carries the pinned ptxas (scripts/gpu-bundle.sh).
+[ -z "$PTXAS_BIN" ] && [ -n "$PREBUILT" ] && [ -x "$BINDIR/ptxas" ] && PTXAS_BIN="$BINDIR/ptxas"
 if [ -z "$PTXAS_BIN" ] && { [ -z "$PREBUILT" ] || [ -x "$CACHE/ptxas-12.9.86/ptxas" ]; }; then
     PTXAS_BIN=$(bash scripts/ptxas-fetch.sh 2>"$LOGS/ptxas-fetch.log") || PTXAS_BIN=""
 fi
@@ -175,12 +177,26 @@ vulkan_env() {
 
 # In order of what matters most if the time runs out: CUDA parity, the CUDA and PyTorch
 # numbers, then wgpu on the NVIDIA driver, then the CPU.
+# Each test in its own process (a test executable's command, without filters): a CUDA error
+# is sticky for the process's context, so a fault in a kernel not yet proven on a GPU would
+# otherwise fail every test after it with errors that are not theirs.
+each_test() {
+    local names failed=0 t
+    names=$("$@" --list 2>/dev/null | sed -n 's/: test$//p')
+    [ -n "$names" ] || { echo "each_test: no tests listed by: $*"; return 1; }
+    for t in $names; do
+        echo "=== $t"
+        timeout --kill-after=10 120 "$@" "$t" --exact --nocapture --test-threads=1 ||
+            { echo "=== FAILED: $t"; failed=1; }
+    done
+    return $failed
+}
 if [ -n "$PREBUILT" ]; then
-    T=240 step cuda-tests env OPTICAL_REQUIRE_CUDA=1 "$BINDIR/cuda_parity" --nocapture --test-threads=1
+    step cuda-tests each_test env OPTICAL_REQUIRE_CUDA=1 "$BINDIR/cuda_parity"
 else
     step build cargo build --release --features "$FEATURES"
-    step cuda-tests env OPTICAL_REQUIRE_CUDA=1 cargo test --release --features "$FEATURES" \
-        --test cuda_parity -- --nocapture --test-threads=1
+    step cuda-tests each_test env OPTICAL_REQUIRE_CUDA=1 cargo test --release \
+        --features "$FEATURES" --test cuda_parity --
 fi
 T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
@@ -259,6 +275,7 @@ status_json=$(for k in "${!STATUS[@]}"; do printf '"%s": "%s",' "$k" "${STATUS[$
 took_json=$(for k in "${!TOOK[@]}"; do printf '"%s": %s,' "$k" "${TOOK[$k]}"; done)
 echo "{${took_json%,}}" >"$LOGS/step-seconds.json"
 sm_clock=$(nvidia-smi --query-gpu=clocks.max.sm --format=csv,noheader,nounits 2>/dev/null | head -n1)
+[[ $sm_clock =~ ^[0-9]+$ ]] || sm_clock=0 # "[N/A]" on some machines
 OPTICAL_GPU_CHECK_SOURCE="$source_line" \
     python3 scripts/gpu_report.py "$OUT" "$LOGS" "$gpu" "{${status_json%,}}" "${sm_clock:-0}"
 

@@ -37,7 +37,7 @@ cuda_runs = [be for be in bench if be == "cuda" or (be.startswith("cuda-") and b
 tests = ""
 p = os.path.join(logs, "cuda-tests.log")
 if os.path.exists(p):
-    tests = "".join(l for l in open(p) if re.search(r"cuda max abs|test result|SKIPPED|panicked", l))
+    tests = "".join(l for l in open(p) if re.search(r"cuda max abs|test result|SKIPPED|panicked|^=== FAILED", l))
 
 source = os.environ.get("OPTICAL_GPU_CHECK_SOURCE", "")
 result = {"gpu": gpu, "source": source, "status": status, "step_seconds": took,

@@ -168,7 +168,11 @@ impl Error {
         lengths: &std::path::Path,
     ) -> Self {
         match &self {
-            Error::Value { context, .. } if context.ends_with("lengths") => self.in_file(lengths),
+            Error::Value { context, .. } | Error::Shape { context, .. }
+                if context.ends_with("lengths") =>
+            {
+                self.in_file(lengths)
+            }
             _ => self.in_file(data),
         }
     }

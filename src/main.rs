@@ -28,7 +28,25 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// End quietly when standard output is a closed pipe (`optical data list | head -1`), as
+/// Unix tools do. Rust starts programs with SIGPIPE ignored, so a write to a closed pipe
+/// returns an error instead, and `println!` panics on it with a backtrace and exit 101.
+/// The process writes to no socket, so the default action (termination) only ever
+/// answers a reader that has gone away.
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal (no handler code runs); it is
+    // called at the start of main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     tune_allocator();
     let cli = optical::cli::Cli::parse();
     match optical::cli::run(cli) {

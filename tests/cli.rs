@@ -291,6 +291,9 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
     npy::write(&docs, &[5, 8], &[1.0f32; 40]).unwrap();
     let empty_doc = t("empty_doc.npy");
     npy::write(&empty_doc, &[3], &[2i64, 0, 3]).unwrap();
+    // Finite, but rows whose squares overflow f32 (norm 2.8e13 > 1e12).
+    let huge = t("huge.npy");
+    npy::write(&huge, &[2, 3, 8], &[1e13f32; 48]).unwrap();
 
     let s = |v: &Path| v.display().to_string();
     let cost = |c: &Path, extra: &[&str]| -> Vec<String> {
@@ -333,6 +336,41 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
             name: "epsilon zero",
             args: cost(&good, &["--epsilon", "0"]),
             expect: vec!["epsilon".into(), "> 0".into()],
+        },
+        Bad {
+            // Positive, but the cost divided by it overflows: a NaN solution, refused.
+            name: "epsilon too small for the cost",
+            args: cost(&good, &["--epsilon", "1e-320"]),
+            expect: vec![
+                "pair 0".into(),
+                "expected a finite solution".into(),
+                "1e-320".into(),
+            ],
+        },
+        Bad {
+            name: "epsilon too small on the reference",
+            args: cost(
+                &good,
+                &["--epsilon", "1e-320", "--backend", "cpu-reference"],
+            ),
+            expect: vec!["pair 0".into(), "expected a finite solution".into()],
+        },
+        Bad {
+            name: "embedding norm out of range",
+            args: vec![
+                "ot".into(),
+                "solve".into(),
+                "--x".into(),
+                s(&huge),
+                "--y".into(),
+                s(&y),
+            ],
+            expect: vec![
+                s(&huge),
+                "set 0, row 0".into(),
+                "L2 norm 2.828e13".into(),
+                "[1e-12, 1e12]".into(),
+            ],
         },
         Bad {
             name: "epsilon negative",
@@ -504,6 +542,50 @@ fn flags_of_the_other_input_form_are_refused() {
         }
         assert!(!out.exists(), "{args:?}: no output directory");
     }
+    // Settings of another dataset, and a corpus of another dimension, named as such.
+    let q = tmp.path().join("q.npy");
+    npy::write(&q, &[3, 8], &[1.0f32; 24]).unwrap();
+    let c7 = tmp.path().join("c7.npy");
+    npy::write(&c7, &[4, 7], &[1.0f32; 28]).unwrap();
+    let run = tmp.path().join("run.txt");
+    for (args, wants) in [
+        (
+            vec!["data", "stats", "tatoeba", "--split", "test"],
+            vec!["--split applies to: mafand"],
+        ),
+        (
+            vec![
+                "data",
+                "export",
+                "xquad-r",
+                "--english-bible",
+                c,
+                "--out",
+                p(&out),
+            ],
+            vec!["--english-bible applies to: bible"],
+        ),
+        (
+            vec![
+                "search",
+                "--queries",
+                p(&q),
+                "--corpus",
+                p(&c7),
+                "--out",
+                p(&run),
+            ],
+            vec![p(&c7), "d = 8", "d = 7"],
+        ),
+    ] {
+        let o = optical(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "{args:?}: expected {want} in {err}");
+        }
+        assert!(!out.exists() && !run.exists(), "{args:?}: no output");
+    }
 }
 
 #[test]
@@ -547,8 +629,37 @@ fn output_paths_are_checked_before_the_work() {
     std::fs::write(&a_file, "x").unwrap();
     let dir = p(tmp.path());
     let missing = tmp.path().join("missing").join("out.npy");
+    // `ot solve --out` where one of the files it writes is the input.
+    let solve_dir = tmp.path().join("solved");
+    std::fs::create_dir(&solve_dir).unwrap();
+    let plan_input = solve_dir.join("plan.npy");
+    npy::write(&plan_input, &[2, 3, 8], &[0.5f32; 48]).unwrap();
+    let (solve_dir, plan_input) = (p(&solve_dir), p(&plan_input));
     let (x, q, texts, a_file, missing) = (p(&x), p(&q), p(&texts), p(&a_file), p(&missing));
+    let before: Vec<Vec<u8>> = [x, q, texts, plan_input]
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        // An output that names an input would destroy it: refused before anything is read.
+        (
+            vec!["ot", "cost", "--x", x, "--y", q, "--out", x],
+            "found the input file",
+        ),
+        (
+            vec!["search", "--queries", q, "--corpus", q, "--out", q],
+            "found the input file",
+        ),
+        (
+            vec!["ot", "solve", "--cost", plan_input, "--out", solve_dir],
+            "found the input file",
+        ),
+        (
+            vec![
+                "encode", "--model", "no-model", "--input", texts, "--out", texts,
+            ],
+            "found the input file",
+        ),
         (
             vec!["ot", "cost", "--x", x, "--y", x, "--out", dir],
             "found a directory",
@@ -605,6 +716,72 @@ fn output_paths_are_checked_before_the_work() {
         .filter(|n| n.contains("partial"))
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
+    for (f, was) in [x, q, texts, plan_input].iter().zip(&before) {
+        assert_eq!(&std::fs::read(f).unwrap(), was, "{f} changed");
+    }
+}
+
+/// An output path that is a symbolic link is written through (the link stays, its target
+/// gets the file); one that is a named pipe is written into, not replaced by a file.
+#[cfg(unix)]
+#[test]
+fn outputs_are_written_through_links_and_into_pipes() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("x.npy");
+    npy::write(&x, &[3, 8], &(0..24).map(|v| v as f32).collect::<Vec<_>>()).unwrap();
+    let x = p(&x);
+
+    let target = tmp.path().join("target.npy");
+    let link = tmp.path().join("link.npy");
+    std::os::unix::fs::symlink("target.npy", &link).unwrap();
+    let o = optical(&["ot", "cost", "--x", x, "--y", x, "--out", p(&link)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let (shape, _) = common::load_f32(tmp.path(), "target");
+    assert_eq!(shape, [3, 3]);
+    assert!(target.is_file());
+
+    let fifo = tmp.path().join("fifo.npy");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let o = optical(&["ot", "cost", "--x", x, "--y", x, "--out", p(&fifo)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = reader.join().unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY"), "{} bytes", bytes.len());
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+/// A reader that goes away (`optical info | head -1`) ends the process quietly, as Unix tools
+/// do, instead of a panic with exit code 101. (`info` probes the backends before it prints,
+/// so the pipe is closed by then.)
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_process_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["info"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        o.status.code() != Some(101),
+        "exit {:?}, signal {:?}: {err}",
+        o.status.code(),
+        o.status.signal()
+    );
 }
 
 #[test]

@@ -92,6 +92,88 @@ fn zero_vectors_have_cost_one_not_nan() {
     }
 }
 
+/// Rows scaled to just inside the norm bounds: the fast path's cosines stay the reference's,
+/// and the reference's stay those of the unscaled rows.
+#[test]
+fn rows_at_the_norm_bounds_give_the_same_cosines() {
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    let fast = Backend::new(BackendKind::Cpu).unwrap();
+    for (b, n, m, d) in [(1, 1, 1, 1), (2, 17, 29, 33), (1, 113, 203, 384)] {
+        let (x0, y0) = (emb(b as u64, b, n, d, None), emb(50, b, m, d, None));
+        let x = common::rescaled_to_norm_bounds(&x0);
+        let y = common::rescaled_to_norm_bounds(&y0);
+        let widen = |c: &[f32]| c.iter().map(|&v| v as f64).collect::<Vec<_>>();
+        let unscaled = widen(&reference.cosine_cost(&x0, &y0).unwrap().data);
+        let r = widen(&reference.cosine_cost(&x, &y).unwrap().data);
+        let f = widen(&fast.cosine_cost(&x, &y).unwrap().data);
+        let what = format!("b{b} {n}x{m} d{d}");
+        assert_close(
+            &format!("reference at the bounds {what}"),
+            &r,
+            &unscaled,
+            1e-6,
+        );
+        assert_close(
+            &format!("fast at the bounds {what}"),
+            &f,
+            &r,
+            2e-6 * (d as f64).sqrt(),
+        );
+        // MaxSim: the rescaled y's rows as documents of 1..=5 tokens.
+        let lengths: Vec<usize> = (0..b * m)
+            .map(|k| 1 + k % 5)
+            .scan(0, |used, len| {
+                let len = len.min(b * m - *used);
+                *used += len;
+                (len > 0).then_some(len)
+            })
+            .collect();
+        let docs = PackedDocs::new("docs", d, y.data.clone(), lengths).unwrap();
+        let r = widen(&reference.maxsim(&x, &docs).unwrap());
+        let f = widen(&fast.maxsim(&x, &docs).unwrap());
+        assert_close(
+            &format!("maxsim at the bounds {what}"),
+            &f,
+            &r,
+            1e-5 * n as f64,
+        );
+    }
+}
+
+/// Rows whose norm the `f32` kernels cannot square are refused, naming the row; zero rows
+/// and padding rows are not checked against the bounds.
+#[test]
+fn row_norms_outside_the_bounds_are_refused() {
+    let row = |norm: f32| vec![norm, 0.0];
+    for (norm, ok) in [
+        (1.01e12f32, false),
+        (0.99e-12, false),
+        (3e38, false),
+        (1e-30, false),
+        (0.99e12, true),
+        (1.01e-12, true),
+        (0.0, true),
+    ] {
+        let data = [row(1.0), row(norm)].concat();
+        let e = Embeddings::new("x", 1, 2, 2, data.clone(), None);
+        let docs = PackedDocs::new("docs", 2, data, vec![2]);
+        if ok {
+            assert!(e.is_ok() && docs.is_ok(), "norm {norm}");
+            continue;
+        }
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("set 0, row 1") && e.contains("L2 norm") && e.contains("[1e-12, 1e12]"),
+            "{e}"
+        );
+        let e = docs.unwrap_err().to_string();
+        assert!(e.contains("token 1") && e.contains("L2 norm"), "{e}");
+        // As padding (set length 1) the row is never read, and is accepted.
+        let data = [row(1.0), row(norm)].concat();
+        assert!(Embeddings::new("x", 1, 2, 2, data, Some(vec![1])).is_ok());
+    }
+}
+
 fn docs(seed: u64, lengths: Vec<usize>, d: usize) -> PackedDocs {
     let total: usize = lengths.iter().sum();
     let mut rng = SplitMix64::new(seed);

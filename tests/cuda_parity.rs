@@ -10,6 +10,8 @@
 //! (as `scripts/gpu-check.sh` sets it) a missing device is a failure.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use optical::backend::cuda::{
     CostKernel, CudaBackend, FusedThreads, MaxsimRoute, SinkhornSplit, Staging,
 };
@@ -219,6 +221,7 @@ fn wide_cost_kernel_matches_reference() {
     let Some(gpu) = cuda() else { return };
     let kernel = CostKernel::Tf32x3Wide;
     cosine_cost_cases(&with_cost_kernel(&gpu, kernel), kernel);
+    maxsim_cases(&gpu, &[(MaxsimRoute::Tiled, kernel)]);
 }
 
 /// The wgmma cost kernel (`OPTICAL_CUDA_COST_KERNEL=wgmma`, compute capability 9.0 only),
@@ -240,11 +243,85 @@ fn wide_wgmma_cost_kernel_matches_reference() {
         return;
     }
     cosine_cost_cases(&gpu, kernel);
+    maxsim_cases(&gpu, &[(MaxsimRoute::Tiled, kernel)]);
+}
+
+/// Rows rescaled to just inside the norm bounds (1.5e-12, 6.7e11, 1), with the default
+/// kernels: the cost, MaxSim (both routes) and the fused Sinkhorn keep the reference's
+/// cosines, so no `f32` square or dot product (nor a 3xTF32 split half) under- or overflows.
+#[test]
+fn norm_bounds_match_reference() {
+    let Some(gpu) = cuda() else { return };
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    let cpu = Backend::new(BackendKind::Cpu).unwrap();
+    for (s, &(b, n, m, d)) in [(1, 1, 1, 1), (2, 17, 29, 33), (2, 65, 127, 384)]
+        .iter()
+        .enumerate()
+    {
+        let x = common::rescaled_to_norm_bounds(&embeddings(80 + s as u64, b, n, d, false));
+        let y = common::rescaled_to_norm_bounds(&embeddings(90 + s as u64, b, m, d, false));
+        let what = format!("at the norm bounds b={b} n={n} m={m} d={d}");
+        let want = CpuReference.cosine_cost(&x, &y).unwrap();
+        let fast = CpuFast.cosine_cost(&x, &y).unwrap();
+        let got = gpu.cosine_cost(&x, &y).unwrap();
+        check(
+            &format!("cosine cost {what}"),
+            &diff(&got.data, &want.data),
+            &diff(&fast.data, &want.data),
+            2e-5,
+            4.0,
+        );
+        let docs = PackedDocs::new("docs", d, y.data.clone(), vec![m; b]).unwrap();
+        let want = CpuReference.maxsim(&x, &docs).unwrap();
+        let fast = CpuFast.maxsim(&x, &docs).unwrap();
+        for route in [MaxsimRoute::Direct, MaxsimRoute::Tiled] {
+            let got = Backend::Cuda(cuda_of(&gpu).clone().with_maxsim(route))
+                .maxsim(&x, &docs)
+                .unwrap();
+            check(
+                &format!("maxsim {} {what}", route.name()),
+                &diff(&got, &want),
+                &diff(&fast, &want),
+                1e-5 * n as f64,
+                4.0,
+            );
+        }
+        let params = SinkhornParams {
+            epsilon: 0.05,
+            max_iterations: 30,
+            threshold: 0.0,
+            check_every: 10,
+        };
+        let want = reference.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let fast = cpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let got = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        compare_solutions(
+            &format!("fused {what}"),
+            &got,
+            &want,
+            &fast,
+            &params,
+            |p, i, j| i >= x.lengths[p] || j >= y.lengths[p],
+        );
+    }
 }
 
 #[test]
 fn maxsim_matches_reference() {
     let Some(gpu) = cuda() else { return };
+    // Both routes: maxsim_f32, and a cost kernel + maxsim_reduce_f32, with the cost kernels
+    // proven on a GPU (the others run in the wide_* tests, which sort last).
+    maxsim_cases(
+        &gpu,
+        &[
+            (MaxsimRoute::Direct, CostKernel::default()),
+            (MaxsimRoute::Tiled, CostKernel::Fp32),
+            (MaxsimRoute::Tiled, CostKernel::Tf32x3),
+        ],
+    );
+}
+
+fn maxsim_cases(gpu: &Backend, routes: &[(MaxsimRoute, CostKernel)]) {
     for (s, &(nq, qn, nd, d)) in [(1, 1, 1, 1), (3, 17, 40, 7), (5, 32, 300, 128)]
         .iter()
         .enumerate()
@@ -259,15 +336,8 @@ fn maxsim_matches_reference() {
         let docs = PackedDocs::new("docs", d, data, lengths).unwrap();
         let want = CpuReference.maxsim(&q, &docs).unwrap();
         let fast = CpuFast.maxsim(&q, &docs).unwrap();
-        // Both routes: maxsim_f32, and the cost kernel (each of them) + maxsim_reduce_f32.
-        let routes = [(MaxsimRoute::Direct, CostKernel::default())]
-            .into_iter()
-            .chain(CostKernel::ALL.map(|k| (MaxsimRoute::Tiled, k)));
-        for (route, kernel) in routes {
-            if kernel == CostKernel::Wgmma && cuda_of(&gpu).compute_capability() != (9, 0) {
-                continue;
-            }
-            let cuda = cuda_of(&gpu)
+        for &(route, kernel) in routes {
+            let cuda = cuda_of(gpu)
                 .clone()
                 .with_maxsim(route)
                 .with_cost_kernel(kernel);

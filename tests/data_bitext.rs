@@ -129,6 +129,16 @@ fn malformed_bible_files_name_file_and_line() {
     let noid = write(dir.path(), "n.xml", "<x>\n\n<seg type=\"verse\">t</seg>\n");
     let msg = read_ces_verses(&noid).unwrap_err().to_string();
     assert!(msg.contains("n.xml: line 3: expected an id"), "{msg}");
+    let twice = write(
+        dir.path(),
+        "t.xml",
+        "<x>\n<seg id=\"b.MAT.1.1\">a</seg>\n<seg id=\"b.MAT.1.2\">b</seg>\n<seg id=\"b.MAT.1.1\">c</seg>\n",
+    );
+    let msg = read_ces_verses(&twice).unwrap_err().to_string();
+    assert!(
+        msg.contains("t.xml: line 4: verse id \"b.MAT.1.1\" already used on line 2"),
+        "{msg}"
+    );
     let none = write(dir.path(), "e.xml", "<x><segmentation/></x>");
     assert!(read_ces_verses(&none)
         .unwrap_err()

@@ -104,6 +104,8 @@ fn malformed_files_name_file_record_and_problem() {
         (EN.replace("[10, 16]", "[10, 40]"), "sentence_breaks[2]: expected 0 <= start <= end <= 16"),
         (EN.replace("\"answers\": [{\"answer_start\": 12, \"text\": \"ree\"}]", "\"answers\": []"), "expected at least one answer"),
         (EN.replace("\"answer_start\": 0,", "\"answer_start\": \"0\","), "answers[0]: expected a non-negative integer"),
+        ("{}".to_string(), "en.json: the top level: expected a field `data`, found none"),
+        ("{\"data\": []}".to_string(), "data: expected at least one question, found none"),
     ];
     for (json, want) in cases {
         let msg = load_err(&json);

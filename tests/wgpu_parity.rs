@@ -5,6 +5,8 @@
 //! `scripts/setup.d/20-vulkan.sh`). Without one they FAIL, unless `OPTICAL_SKIP_WGPU=1` is set.
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use std::sync::{Arc, OnceLock};
 
 use optical::backend::wgpu::{SinkhornKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS};
@@ -233,6 +235,53 @@ fn maxsim_matches_reference() {
             &widen(&want),
             1e-6 * qlen as f64,
             1.0,
+        );
+    }
+}
+
+/// Rows rescaled to just inside the norm bounds (1.5e-12, 6.7e11, 1): the cost kernels (the
+/// small-set and the blocked one), MaxSim and the fused Sinkhorn keep the reference's
+/// cosines, so no `f32` square or dot product overflows or underflows.
+#[test]
+fn rows_at_the_norm_bounds_match_reference() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    for (k, &(b, n, m, d)) in [(1, 1, 1, 1), (2, 17, 29, 33), (2, 65, 127, 33)]
+        .iter()
+        .enumerate()
+    {
+        let x = common::rescaled_to_norm_bounds(&embeddings(60 + k as u64, b, n, d, true));
+        let y = common::rescaled_to_norm_bounds(&embeddings(70 + k as u64, b, m, d, true));
+        let what = format!("b={b} n={n} m={m} d={d}");
+        let got = w.cosine_cost(&x, &y).expect("wgpu cosine cost");
+        let want = CpuReference.cosine_cost(&x, &y).expect("reference");
+        compare(
+            &format!("cosine cost at the norm bounds {what}"),
+            &widen(&got.data),
+            &widen(&want.data),
+            2e-6,
+            1.0,
+        );
+        let docs = PackedDocs::new("docs", d, y.data.clone(), vec![m; b]).expect("docs");
+        let got = w.maxsim(&x, &docs).expect("wgpu maxsim");
+        let want = CpuReference.maxsim(&x, &docs).expect("reference");
+        compare(
+            &format!("maxsim at the norm bounds {what}"),
+            &widen(&got),
+            &widen(&want),
+            1e-6 * n as f64,
+            1.0,
+        );
+        let params = fixed(0.05, 20);
+        let got = backend
+            .sinkhorn_embeddings(&x, &y, &params)
+            .expect("wgpu fused");
+        check_solution(
+            &format!("fused at the norm bounds {what}"),
+            &got,
+            &fused_reference(&x, &y, &params),
+            params.threshold,
         );
     }
 }

@@ -225,12 +225,15 @@ impl Backend {
         params.validate()?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(k) = self {
-            return k.sinkhorn_embeddings(x, y, params);
+            let out = k.sinkhorn_embeddings(x, y, params)?;
+            out.check_finite(params.epsilon)?;
+            return Ok(out);
         }
         #[cfg(feature = "wgpu")]
         if let Backend::Wgpu(k) = self {
             // The fused kernel, when every pair fits on-chip; else the materialised path.
             if let Some(out) = k.sinkhorn_embeddings(x, y, params)? {
+                out.check_finite(params.epsilon)?;
                 return Ok(out);
             }
         }

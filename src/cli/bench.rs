@@ -66,8 +66,9 @@ const COMPARE_HELP: &str = "\
 Timings match by backend (or gpu-check variant, such as cuda-fp32) and kernel, on the same
 problem; each row is the new median time per call against the base one. A change counts
 when the ratio leaves [1/(1+t), 1+t] for t = --max-slowdown / 100. Exit status: 0 when
-nothing is slower, 1 when something is (the table is printed first), 2 on unreadable or
-mismatched files. In CI:
+nothing is slower, 1 when something is (the table is printed first), 2 on unreadable files
+or files with no timing in common. Kernels timed in only one run, or on another problem,
+are listed under the table and do not change the status. In CI:
   optical bench --json > new.json && optical bench compare base.json new.json --max-slowdown 15";
 
 #[derive(Debug, Args)]
@@ -131,7 +132,13 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
     let kernels: Vec<String> = if args.kernels.is_empty() {
         KERNELS.iter().map(|s| s.to_string()).collect()
     } else {
+        // A kernel named twice is timed once: a run holds one record per kernel, which
+        // `bench compare` relies on.
+        let mut seen = std::collections::HashSet::new();
         args.kernels
+            .into_iter()
+            .filter(|k| seen.insert(k.clone()))
+            .collect()
     };
     // Every name is checked before the first kernel runs (a typo at the end of a long
     // list should not cost the measurements before it).

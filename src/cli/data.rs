@@ -40,9 +40,9 @@ pub struct DatasetArgs {
     /// Comma-separated languages to keep (default: all).
     #[arg(long, value_delimiter = ',')]
     pub languages: Vec<String>,
-    /// MAFAND split: dev or test.
-    #[arg(long, default_value = "dev")]
-    pub split: String,
+    /// MAFAND split: dev (default) or test.
+    #[arg(long)]
+    pub split: Option<String>,
     /// English Bible (t_web.csv.gz; default: $OPTICAL_CACHE/bible/t_web.csv.gz).
     #[arg(long)]
     pub english_bible: Option<PathBuf>,
@@ -51,10 +51,35 @@ pub struct DatasetArgs {
 }
 
 impl DatasetArgs {
+    /// The dataset, with the settings of another dataset refused rather than ignored.
+    fn dataset(&self) -> Result<DatasetName> {
+        let dataset: DatasetName = self.dataset.parse()?;
+        let misplaced = [
+            (
+                "split",
+                self.split.is_some() && dataset != DatasetName::Mafand,
+                "mafand",
+            ),
+            (
+                "english-bible",
+                self.english_bible.is_some() && dataset != DatasetName::Bible,
+                "bible",
+            ),
+        ];
+        if let Some((flag, _, applies)) = misplaced.iter().find(|(_, bad, _)| *bad) {
+            return Err(Error::parameter(
+                "dataset",
+                format!("a dataset that --{flag} applies to: {applies}"),
+                dataset.name(),
+            ));
+        }
+        Ok(dataset)
+    }
+
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             languages: self.languages.clone(),
-            split: Some(self.split.clone()),
+            split: self.split.clone(),
             english_bible: self.english_bible.clone(),
             max_pairs: None,
         }
@@ -106,7 +131,7 @@ fn list(a: DataDirArg) -> Result<()> {
 }
 
 fn stats(a: DatasetArgs) -> Result<()> {
-    let dataset: DatasetName = a.dataset.parse()?;
+    let dataset = a.dataset()?;
     let dir = data::data_dir(a.dir.data_dir.as_deref());
     match dataset {
         DatasetName::XquadR | DatasetName::MlqaR => {
@@ -144,7 +169,7 @@ fn stats(a: DatasetArgs) -> Result<()> {
             let bitexts = data::load_bitexts(dataset, &dir, &a.load_options())?;
             let total: usize = bitexts.iter().map(|b| b.len()).sum();
             let split = if dataset == DatasetName::Mafand {
-                format!(" ({})", a.split)
+                format!(" ({})", a.split.as_deref().unwrap_or("dev"))
             } else {
                 String::new()
             };
@@ -162,7 +187,7 @@ fn stats(a: DatasetArgs) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    let dataset: DatasetName = a.dataset.dataset.parse()?;
+    let dataset = a.dataset.dataset()?;
     let dir = data::data_dir(a.dataset.dir.data_dir.as_deref());
     let tasks = data::load_tasks(dataset, &dir, &a.dataset.load_options())?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, "create", e))?;

@@ -102,6 +102,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     };
     for p in &outputs {
         crate::io::check_output_file(p)?;
+        crate::io::check_not_input(p, &[&args.input])?;
     }
     let options = EncoderOptions {
         max_length: args.max_length,

@@ -144,6 +144,17 @@ pub struct MaxsimArgs {
     pub out: PathBuf,
 }
 
+/// The files `ot solve` writes into its output directory.
+const SOLVE_OUTPUTS: [&str; 7] = [
+    "plan.npy",
+    "f.npy",
+    "g.npy",
+    "cost.npy",
+    "iterations.npy",
+    "converged.npy",
+    "marginal_error.npy",
+];
+
 pub fn run(args: OtArgs) -> Result<()> {
     match args.command {
         OtCommand::Solve(a) => solve(a),
@@ -228,6 +239,18 @@ fn solve(args: SolveArgs) -> Result<()> {
     };
     params.validate()?;
     crate::io::check_output_dir(&args.out)?;
+    let inputs = given(&[
+        args.cost.as_ref(),
+        args.a.as_ref(),
+        args.b.as_ref(),
+        args.x.as_ref(),
+        args.y.as_ref(),
+        args.x_lengths.as_ref(),
+        args.y_lengths.as_ref(),
+    ]);
+    for name in SOLVE_OUTPUTS {
+        crate::io::check_not_input(&args.out.join(name), &inputs)?;
+    }
     let backend = args.backend.open()?;
     crate::phases::set_enabled(args.phases);
     // `seconds` in the summary times the solve (cost from embeddings included), not file I/O.
@@ -310,6 +333,7 @@ fn solve(args: SolveArgs) -> Result<()> {
     let with = |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
     let plan: Vec<f32> = out.plan.iter().map(|&v| v as f32).collect();
     let iterations: Vec<i32> = out.iterations.iter().map(|&v| v as i32).collect();
+    // The files below are SOLVE_OUTPUTS.
     write_dir(&args.out, |dir| {
         npy::write(&dir.join("plan.npy"), &with(&[n, m]), &plan)?;
         npy::write(&dir.join("f.npy"), &with(&[n]), &out.f)?;
@@ -377,7 +401,12 @@ fn convergence_warning(
         params.threshold
     );
     let ratio = spread / params.epsilon;
-    if backend != BackendKind::CpuReference && params.threshold < 1e-7 {
+    if params.threshold == 0.0 {
+        text.push_str(
+            " A --threshold of 0 asks for exact marginals, which rounding rarely gives: use a \
+             small positive threshold (the default is 1e-6).",
+        );
+    } else if backend != BackendKind::CpuReference && params.threshold < 1e-7 {
         text.push_str(
             " The f32 backends cannot reach errors much below 1e-7 per unit mass: use \
              --backend cpu-reference for a tighter --threshold.",
@@ -395,8 +424,22 @@ fn convergence_warning(
     Some(text)
 }
 
+/// The paths among `paths` that are given.
+fn given<'a>(paths: &[Option<&'a PathBuf>]) -> Vec<&'a Path> {
+    paths.iter().flatten().map(|p| p.as_path()).collect()
+}
+
 fn cost(args: CostArgs) -> Result<()> {
     crate::io::check_output_file(&args.out)?;
+    crate::io::check_not_input(
+        &args.out,
+        &given(&[
+            Some(&args.x),
+            Some(&args.y),
+            args.x_lengths.as_ref(),
+            args.y_lengths.as_ref(),
+        ]),
+    )?;
     let backend = args.backend.open()?;
     let (x, bx) = load_embeddings(&args.x, args.x_lengths.as_deref())?;
     let (y, by) = load_embeddings(&args.y, args.y_lengths.as_deref())?;
@@ -420,6 +463,15 @@ fn cost(args: CostArgs) -> Result<()> {
 
 fn maxsim(args: MaxsimArgs) -> Result<()> {
     crate::io::check_output_file(&args.out)?;
+    crate::io::check_not_input(
+        &args.out,
+        &given(&[
+            Some(&args.queries),
+            args.query_lengths.as_ref(),
+            Some(&args.docs),
+            Some(&args.doc_lengths),
+        ]),
+    )?;
     let backend = args.backend.open()?;
     let (q, batched) = load_embeddings(&args.queries, args.query_lengths.as_deref())?;
     let docs = load(&args.docs, &[2], "(tokens, d)")?;

@@ -125,9 +125,31 @@ fn read_lengths(path: &Path) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// An error naming the corpus file when its vectors' dimension is not the queries'.
+fn same_dimension(a: &SearchArgs, d: usize, dc: usize) -> Result<()> {
+    if d == dc {
+        return Ok(());
+    }
+    Err(Error::shape(
+        a.corpus.display().to_string(),
+        format!("vectors of d = {d}, as in {}", a.queries.display()),
+        format!("d = {dc}"),
+    ))
+}
+
 pub fn run(a: SearchArgs) -> Result<()> {
     let scoring: Scoring = a.scoring.parse()?;
     crate::io::check_output_file(&a.out)?;
+    let inputs = [
+        Some(&a.queries),
+        Some(&a.corpus),
+        a.query_lengths.as_ref(),
+        a.corpus_lengths.as_ref(),
+        a.query_ids.as_ref(),
+        a.corpus_ids.as_ref(),
+    ];
+    let inputs: Vec<&Path> = inputs.into_iter().flatten().map(|p| p.as_path()).collect();
+    crate::io::check_not_input(&a.out, &inputs)?;
     let q = npy::read(&a.queries)?;
     let c = npy::read(&a.corpus)?;
     let backend;
@@ -164,6 +186,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
             };
             let (n, d) = shape2(&q, &a.queries)?;
             let (m, dc) = shape2(&c, &a.corpus)?;
+            same_dimension(&a, d, dc)?;
             dense_q = DenseVectors::new("queries", n, d, q.to_f32_checked(&a.queries)?)
                 .map_err(|e| e.in_file(&a.queries))?;
             dense_c = DenseVectors::new("corpus", m, dc, c.to_f32_checked(&a.corpus)?)
@@ -186,7 +209,10 @@ pub fn run(a: SearchArgs) -> Result<()> {
             };
             let ql = a.query_lengths.as_deref().map(read_lengths).transpose()?;
             maxsim_q = Embeddings::new("queries", n, l, d, q.to_f32_checked(&a.queries)?, ql)
-                .map_err(|e| e.in_file(&a.queries))?;
+                .map_err(|e| match a.query_lengths.as_deref() {
+                    Some(lengths) => e.in_data_or_lengths_file(&a.queries, lengths),
+                    None => e.in_file(&a.queries),
+                })?;
             let dc = match c.shape[..] {
                 [_, dc] => dc,
                 _ => {
@@ -197,6 +223,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
                     ))
                 }
             };
+            same_dimension(&a, d, dc)?;
             let cl = a.corpus_lengths.as_deref().ok_or_else(|| {
                 Error::parameter(
                     "corpus-lengths",

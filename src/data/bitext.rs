@@ -288,6 +288,9 @@ pub fn read_ces_verses(path: &Path) -> Result<Vec<(VerseId, String)>> {
     let xml = read_text(path)?;
     let line_of = |offset: usize| xml[..offset].matches('\n').count() + 1;
     let mut out = Vec::new();
+    // Verse id -> line of its first <seg>: a repeated id would align two verses with one
+    // English verse, each judged relevant to only one of them.
+    let mut lines: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut pos = 0;
     while let Some(i) = xml[pos..].find("<seg") {
         let start = pos + i;
@@ -344,6 +347,16 @@ pub fn read_ces_verses(path: &Path) -> Result<Vec<(VerseId, String)>> {
                 ),
             )
         })?;
+        if let Some(first) = lines.insert(verse.to_string(), line_of(start)) {
+            return Err(format_error(
+                path,
+                format!(
+                    "line {}: verse id {id:?} already used on line {first}; expected each \
+                     verse once",
+                    line_of(start)
+                ),
+            ));
+        }
         let text = decode_entities(&body.split_whitespace().collect::<Vec<_>>().join(" "));
         out.push((verse.to_string(), text));
         pos = close + "</seg>".len();

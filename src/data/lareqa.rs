@@ -229,6 +229,7 @@ fn at(parent: &str, field: &str, index: Option<usize>) -> String {
 }
 
 fn field<'a>(path: &Path, v: &'a Value, loc: &str, name: &str) -> Result<&'a Value> {
+    let loc = if loc.is_empty() { "the top level" } else { loc };
     match v {
         Value::Object(m) => m.get(name).ok_or_else(|| {
             format_error(
@@ -430,6 +431,14 @@ fn parse_language(
                 });
             }
         }
+    }
+    if seen_ids.is_empty() {
+        return Err(format_error(
+            path,
+            "data: expected at least one question, found none (an empty file or a truncated \
+             download?)"
+                .to_string(),
+        ));
     }
     Ok(())
 }

@@ -33,15 +33,90 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 /// then renamed into place. A failed write (a full disk, a killed process, an error in
 /// `write`) leaves the previous file whole, never a truncated one, and the temporary file
 /// is removed.
+///
+/// A symbolic link is written through: the file it points to is replaced, the link stays.
+/// A path that is neither a regular file nor missing (`/dev/null`, a named pipe, a
+/// device) is written directly, as `cp` would, since renaming over it would replace the
+/// special file itself.
 pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_output_file(path)?;
-    let tmp = temp_sibling(path);
+    let target = resolve_links(path)?;
+    if let Ok(meta) = std::fs::metadata(&target) {
+        if !meta.is_file() {
+            return write(&target);
+        }
+    }
+    let tmp = temp_sibling(&target);
     let result = write(&tmp)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e)));
+        .and_then(|()| std::fs::rename(&tmp, &target).map_err(|e| Error::io(path, "rename", e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The path a chain of symbolic links at `path` ends at (the path itself when it is not a
+/// link; a link to a missing file gives the missing file's path, which is then created).
+fn resolve_links(path: &Path) -> Result<PathBuf> {
+    let mut current = path.to_path_buf();
+    // Linux's own limit on links followed in one lookup.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let next =
+                    std::fs::read_link(&current).map_err(|e| Error::io(&current, "read", e))?;
+                current = match current.parent() {
+                    Some(parent) if next.is_relative() => parent.join(next),
+                    _ => next,
+                };
+            }
+            _ => return Ok(current),
+        }
+    }
+    Err(path_error(
+        path,
+        "write",
+        std::io::ErrorKind::InvalidInput,
+        "expected a file, found a chain of more than 40 symbolic links",
+    ))
+}
+
+/// Whether `a` and `b` name the same existing file (through links, `..` or hard links).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+    }
+}
+
+/// An error when an output path names one of a command's input files: writing it would
+/// destroy the input (checked before any work, so nothing is lost).
+pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+    match inputs.iter().find(|input| same_file(output, input)) {
+        Some(input) => Err(path_error(
+            output,
+            "write",
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "expected a new output path, found the input file {} (writing would \
+                 replace it)",
+                input.display()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// An I/O error on `path` that says what was wrong in the user's terms (not as a failure

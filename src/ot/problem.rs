@@ -64,6 +64,14 @@ impl Embeddings {
         check_finite(name, &data, |i| {
             format!("set {}, row {}", i / (n * d), (i / d) % n)
         })?;
+        // Only real rows: padding is never read as a vector.
+        check_row_norms(
+            name,
+            &data,
+            d,
+            |r| r % n < lengths[r / n],
+            |r| format!("set {}, row {}", r / n, r % n),
+        )?;
         Ok(Embeddings {
             b,
             n,
@@ -128,6 +136,7 @@ impl PackedDocs {
             ));
         }
         check_finite(name, &data, |i| format!("token {}", i / d))?;
+        check_row_norms(name, &data, d, |_| true, |r| format!("token {r}"))?;
         Ok(PackedDocs {
             d,
             data,
@@ -325,6 +334,53 @@ fn check_finite<T: Copy + Into<f64> + Sync>(
         return Err(Error::value(
             name,
             format!("{}: expected a finite number, found {v}", locate(i)),
+        ));
+    }
+    Ok(())
+}
+
+/// The L2 norms a non-zero embedding row may have. The kernels form squares and dot
+/// products of the entries in `f32`, whose range ends near 3.4e38 and whose normal numbers
+/// start near 1.2e-38: a row of norm 1e20 squares to infinity there (its cosine became 0
+/// on the `f32` backends and stayed right on the `f64` reference), and a row of norm 1e-22
+/// loses its digits to underflow. Inside these bounds every backend computes the same
+/// cosine; the cosine does not depend on scale, so such vectors only need rescaling.
+pub const MIN_ROW_NORM: f64 = 1e-12;
+/// See [`MIN_ROW_NORM`].
+pub const MAX_ROW_NORM: f64 = 1e12;
+
+/// An error naming the first real row (in order) whose norm is outside
+/// [`MIN_ROW_NORM`]`..=`[`MAX_ROW_NORM`] and not exactly 0 (a zero row is allowed: its
+/// cosine with anything is 0). The entries are finite (checked before).
+fn check_row_norms(
+    name: &str,
+    data: &[f32],
+    d: usize,
+    is_real: impl Fn(usize) -> bool + Sync,
+    locate: impl Fn(usize) -> String,
+) -> Result<()> {
+    let norm = |row: &[f32]| row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    let bad = |r: usize, row: &[f32]| {
+        if !is_real(r) {
+            return false;
+        }
+        let x = norm(row);
+        x != 0.0 && !(MIN_ROW_NORM..=MAX_ROW_NORM).contains(&x)
+    };
+    let first = data
+        .par_chunks(d)
+        .enumerate()
+        .position_first(|(r, row)| bad(r, row));
+    if let Some(r) = first {
+        return Err(Error::value(
+            name,
+            format!(
+                "{}: L2 norm {:.3e}; expected 0 or a norm in [{MIN_ROW_NORM:e}, \
+                 {MAX_ROW_NORM:e}] (the f32 kernels square the entries; the cosine does not \
+                 depend on scale, so rescale the vectors)",
+                locate(r),
+                norm(&data[r * d..(r + 1) * d])
+            ),
         ));
     }
     Ok(())

@@ -91,8 +91,43 @@ impl SinkhornOutput {
         self.converged.iter().filter(|&&c| c).count()
     }
 
+    /// The largest marginal error (NaN if any is NaN: `f64::max` would skip it).
     pub fn max_marginal_error(&self) -> f64 {
-        self.marginal_error.iter().copied().fold(0.0, f64::max)
+        self.marginal_error.iter().copied().fold(0.0, |acc, e| {
+            if e.is_nan() || acc.is_nan() {
+                f64::NAN
+            } else {
+                acc.max(e)
+            }
+        })
+    }
+
+    /// An error naming the first pair whose solution is not finite (potentials, marginal
+    /// error, or the transport cost `⟨P, C⟩`, which is NaN or infinite when any entry of the
+    /// plan is, so the plan needs no scan of its own). Inputs are checked finite, so this happens only when
+    /// the iteration overflows: `ε` too small for the cost's range (Sinkhorn works with
+    /// `C / ε`, and the `f32` backends overflow near 3.4e38).
+    pub fn check_finite(&self, epsilon: f64) -> Result<()> {
+        let (n, m) = (self.n, self.m);
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        let bad = (0..self.pairs).find(|&p| {
+            !(self.marginal_error[p].is_finite()
+                && self.cost[p].is_finite()
+                && finite(&self.f[p * n..(p + 1) * n])
+                && finite(&self.g[p * m..(p + 1) * m]))
+        });
+        match bad {
+            None => Ok(()),
+            Some(p) => Err(Error::value(
+                "sinkhorn",
+                format!(
+                    "pair {p}: expected a finite solution, found NaN or infinity after {} \
+                     iterations (marginal error {}): ε = {epsilon:e} is too small for the \
+                     cost's range (Sinkhorn divides the cost by ε); raise ε or rescale the cost",
+                    self.iterations[p], self.marginal_error[p]
+                ),
+            )),
+        }
     }
 
     /// Plan of pair `p`, `(n, m)` row-major.
@@ -143,7 +178,8 @@ pub fn solve<K: SinkhornKernels>(
                 converged[p] = true;
                 active[p] = false;
             } else if !errs[p].is_finite() {
-                // A non-finite error cannot recover; stop the pair and report it unconverged.
+                // A non-finite error cannot recover: stop the pair (the solve then fails,
+                // naming it, in `check_finite`).
                 active[p] = false;
             }
         }
@@ -151,7 +187,7 @@ pub fn solve<K: SinkhornKernels>(
     let finish = phases::phase("finish");
     let sol = kernels.finish(state, problem)?;
     drop(finish);
-    Ok(SinkhornOutput {
+    let out = SinkhornOutput {
         pairs,
         n: problem.n,
         m: problem.m,
@@ -162,5 +198,7 @@ pub fn solve<K: SinkhornKernels>(
         iterations,
         converged,
         marginal_error: errors,
-    })
+    };
+    out.check_finite(params.epsilon)?;
+    Ok(out)
 }

@@ -92,3 +92,22 @@ pub fn skip_or_fail(why: &str) {
         panic!("{why}; run `make setup`, or set OPTICAL_ALLOW_MISSING_DATA=1 to skip");
     }
 }
+
+/// `e` with its non-zero rows rescaled, in turn, to just inside the smallest and the largest
+/// norm an embedding row may have ([`optical::ot::problem::MIN_ROW_NORM`], `MAX_ROW_NORM`)
+/// and to norm 1: every backend must give the same cosines there (the cosine does not depend
+/// on scale), which checks that no `f32` square or dot product overflows or underflows.
+pub fn rescaled_to_norm_bounds(e: &optical::ot::Embeddings) -> optical::ot::Embeddings {
+    use optical::ot::problem::{MAX_ROW_NORM, MIN_ROW_NORM};
+    let targets = [MIN_ROW_NORM * 1.5, MAX_ROW_NORM / 1.5, 1.0];
+    let mut data = e.data.clone();
+    for (r, row) in data.chunks_mut(e.d).enumerate() {
+        let norm = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            let s = targets[r % targets.len()] / norm;
+            row.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
+        }
+    }
+    optical::ot::Embeddings::new("rescaled", e.b, e.n, e.d, data, Some(e.lengths.clone()))
+        .expect("rows within the norm bounds")
+}
