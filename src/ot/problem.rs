@@ -61,11 +61,8 @@ impl Embeddings {
                 ));
             }
         }
-        check_finite(name, &data, |i| {
-            format!("set {}, row {}", i / (n * d), (i / d) % n)
-        })?;
-        // Only real rows: padding is never read as a vector.
-        check_row_norms(
+        // Every entry finite; the norms of real rows only (padding is never read as a vector).
+        check_rows(
             name,
             &data,
             d,
@@ -135,8 +132,7 @@ impl PackedDocs {
                 format!("({total_rows}, {d})"),
             ));
         }
-        check_finite(name, &data, |i| format!("token {}", i / d))?;
-        check_row_norms(name, &data, d, |_| true, |r| format!("token {r}"))?;
+        check_rows(name, &data, d, |_| true, |r| format!("token {r}"))?;
         Ok(PackedDocs {
             d,
             data,
@@ -349,41 +345,73 @@ pub const MIN_ROW_NORM: f64 = 1e-12;
 /// See [`MIN_ROW_NORM`].
 pub const MAX_ROW_NORM: f64 = 1e12;
 
-/// An error naming the first real row (in order) whose norm is outside
+/// One pass over embedding rows: an error naming the first row (in order) with an entry that
+/// is not finite (any row), or, among real rows, the first whose L2 norm is outside
 /// [`MIN_ROW_NORM`]`..=`[`MAX_ROW_NORM`] and not exactly 0 (a zero row is allowed: its
-/// cosine with anything is 0). The entries are finite (checked before).
-fn check_row_norms(
+/// cosine with anything is 0).
+///
+/// The sum of squares runs in `f32` over eight lanes first; only a row whose `f32` sum is
+/// not clearly inside the bounds (or is 0, or not finite) is summed again in `f64` to
+/// decide. On the 2-core machine that keeps the check of 25 M values (b = 512, 128 rows,
+/// d = 384) to about one read of the data.
+fn check_rows(
     name: &str,
     data: &[f32],
     d: usize,
     is_real: impl Fn(usize) -> bool + Sync,
     locate: impl Fn(usize) -> String,
 ) -> Result<()> {
-    let norm = |row: &[f32]| row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
-    let bad = |r: usize, row: &[f32]| {
-        if !is_real(r) {
+    let sumsq_f64 = |row: &[f32]| row.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+    // Squared bounds with a margin for the f32 sum's rounding.
+    let (lo, hi) = (
+        (MIN_ROW_NORM * MIN_ROW_NORM * 1.001) as f32,
+        (MAX_ROW_NORM * MAX_ROW_NORM * 0.999) as f32,
+    );
+    let row_ok = |r: usize, row: &[f32]| {
+        let mut acc = [0.0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v * v;
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+            *a += v * v;
+        }
+        let s: f32 = acc.iter().sum();
+        if s > lo && s < hi {
+            return true;
+        }
+        let s = sumsq_f64(row);
+        if !s.is_finite() {
             return false;
         }
-        let x = norm(row);
-        x != 0.0 && !(MIN_ROW_NORM..=MAX_ROW_NORM).contains(&x)
+        !is_real(r) || s == 0.0 || (MIN_ROW_NORM..=MAX_ROW_NORM).contains(&s.sqrt())
     };
-    let first = data
+    let Some(r) = data
         .par_chunks(d)
         .enumerate()
-        .position_first(|(r, row)| bad(r, row));
-    if let Some(r) = first {
+        .position_first(|(r, row)| !row_ok(r, row))
+    else {
+        return Ok(());
+    };
+    let row = &data[r * d..(r + 1) * d];
+    if let Some(v) = row.iter().find(|v| !v.is_finite()) {
         return Err(Error::value(
             name,
-            format!(
-                "{}: L2 norm {:.3e}; expected 0 or a norm in [{MIN_ROW_NORM:e}, \
-                 {MAX_ROW_NORM:e}] (the f32 kernels square the entries; the cosine does not \
-                 depend on scale, so rescale the vectors)",
-                locate(r),
-                norm(&data[r * d..(r + 1) * d])
-            ),
+            format!("{}: expected a finite number, found {v}", locate(r)),
         ));
     }
-    Ok(())
+    Err(Error::value(
+        name,
+        format!(
+            "{}: L2 norm {:.3e}; expected 0 or a norm in [{MIN_ROW_NORM:e}, {MAX_ROW_NORM:e}] \
+             (the f32 kernels square the entries; the cosine does not depend on scale, so \
+             rescale the vectors)",
+            locate(r),
+            sumsq_f64(row).sqrt()
+        ),
+    ))
 }
 
 /// Parameters of the Sinkhorn solver (the problem is separate, see [`Problem`]).
