@@ -15,6 +15,26 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// A data directory that is not there: the error says how to point at one.
+#[test]
+fn a_missing_data_directory_says_how_to_set_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-data");
+    for dataset in [
+        DatasetName::Tatoeba,
+        DatasetName::Mafand,
+        DatasetName::Bible,
+    ] {
+        let e = data::load_bitexts(dataset, &missing, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no-data") && e.contains("--data-dir") && e.contains("OPTICAL_DATA_DIR"),
+            "{dataset:?}: {e}"
+        );
+    }
+}
+
 #[test]
 fn aligned_files_become_two_directions() {
     let dir = tempfile::tempdir().unwrap();

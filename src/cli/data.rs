@@ -108,7 +108,11 @@ fn list(a: DataDirArg) -> Result<()> {
     println!("data directory: {}", dir.display());
     for d in DatasetName::ALL {
         let path = dir.join(d.subdir());
-        let present = if path.is_dir() { "present" } else { "missing" };
+        let present = match std::fs::read_dir(&path).map(|mut e| e.next().is_some()) {
+            Ok(true) => "present",
+            Ok(false) => "empty",
+            Err(_) => "missing",
+        };
         println!(
             "{:<8} {:<8} {}\n         upstream: {}",
             d.name(),
