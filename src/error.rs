@@ -70,6 +70,13 @@ pub enum Error {
     #[error("{what}")]
     Slower { what: String },
 
+    // ---- interruption ----------------------------------------------------------------------
+    /// The user interrupted a long job (Ctrl-C) after it saved what a later run continues
+    /// from; `what` says where it stopped and how to continue. The CLI exits with 130, as a
+    /// shell does for a process ended by SIGINT, so `distill … && eval …` does not go on.
+    #[error("{what}")]
+    Interrupted { what: String },
+
     // ---- data-parallel training ---------------------------------------------------------
     /// One replica of a data-parallel run failed; the step was abandoned before any update.
     #[error("replica {replica} of {replicas} ({device}) failed at step {step}: {source}")]
@@ -132,7 +139,7 @@ impl Error {
     /// the others.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Backend { .. } | Error::Slower { .. } => false,
+            Error::Backend { .. } | Error::Slower { .. } | Error::Interrupted { .. } => false,
             Error::Replica { source, .. } => source.is_user_error(),
             _ => true,
         }

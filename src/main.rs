@@ -51,6 +51,10 @@ fn main() -> ExitCode {
     let cli = optical::cli::Cli::parse();
     match optical::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(optical::Error::Interrupted { what }) => {
+            eprintln!("interrupted: {what}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             if e.is_user_error() {

@@ -661,6 +661,19 @@ fn output_paths_are_checked_before_the_work() {
             "found the input file",
         ),
         (
+            vec![
+                "study",
+                "--config",
+                texts,
+                "--out",
+                dir,
+                "--report",
+                texts,
+                "--report-only",
+            ],
+            "found the input file",
+        ),
+        (
             vec!["ot", "cost", "--x", x, "--y", x, "--out", dir],
             "found a directory",
         ),

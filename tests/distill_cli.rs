@@ -48,6 +48,10 @@ fn fixture() -> Fixture {
 }
 
 fn distill(f: &Fixture, out: &Path, extra: &[&str]) -> std::process::Output {
+    distill_command(f, out, extra).output().unwrap()
+}
+
+fn distill_command(f: &Fixture, out: &Path, extra: &[&str]) -> Command {
     let model = f.model.to_str().unwrap();
     let args = vec![
         "--no-progress",
@@ -93,11 +97,9 @@ fn distill(f: &Fixture, out: &Path, extra: &[&str]) -> std::process::Output {
         i += if has_value { 2 } else { 1 };
     }
     merged.extend_from_slice(extra);
-    Command::new(BIN)
-        .arg("distill")
-        .args(&merged)
-        .output()
-        .unwrap()
+    let mut command = Command::new(BIN);
+    command.arg("distill").args(&merged);
+    command
 }
 
 fn ok(out: &std::process::Output, what: &str) -> serde_json::Value {
@@ -272,6 +274,73 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     assert!(!none.status.success());
     let stderr = String::from_utf8_lossy(&none.stderr);
     assert!(stderr.contains("latest"), "{stderr}");
+
+    // A run's files without a checkpoint (deleted to free space, or another program's): a
+    // fresh start there is refused before anything loads, and the files stay.
+    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    let student = std::fs::read(out.join("student/model.safetensors")).unwrap();
+    let fresh = distill(&f, &out, &["--steps", "2"]);
+    assert_eq!(
+        fresh.status.code(),
+        Some(2),
+        "a fresh run over a run's files"
+    );
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert!(
+        stderr.contains("config.toml, log.jsonl") && stderr.contains("student"),
+        "{stderr}"
+    );
+    assert_eq!(lines(&out.join("log.jsonl")).len(), 13, "the log is intact");
+    assert_eq!(
+        std::fs::read(out.join("student/model.safetensors")).unwrap(),
+        student
+    );
+    // --resume there says there is no checkpoint, before loading the models.
+    let resume = distill(&f, &out, &["--steps", "14", "--resume"]);
+    assert_eq!(resume.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&resume.stderr);
+    assert!(stderr.contains("without checkpoints/latest"), "{stderr}");
+
+    // --stop-at-step pauses with a checkpoint and says how to continue (exit 0); Ctrl-C
+    // stops the same way but exits 130, so `distill … && eval …` does not go on.
+    let paused_dir = f.root.join("run-paused");
+    let paused = distill(&f, &paused_dir, &["--steps", "6", "--stop-at-step", "3"]);
+    let summary = ok(&paused, "paused");
+    assert_eq!(summary["steps"], 3, "{summary}");
+    let stderr = String::from_utf8_lossy(&paused.stderr);
+    assert!(
+        stderr.contains("paused at step 3") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    #[cfg(unix)]
+    {
+        let dir = f.root.join("run-interrupted");
+        let child = distill_command(&f, &dir, &["--steps", "100000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = dir.join("log.jsonl");
+        let t0 = std::time::Instant::now();
+        while !log.exists() || std::fs::read_to_string(&log).unwrap().lines().count() < 2 {
+            assert!(t0.elapsed().as_secs() < 120, "no training step logged");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let kill = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{stderr}");
+        assert!(
+            stderr.contains("interrupted: distill stopped at step")
+                && stderr.contains("--resume --out"),
+            "{stderr}"
+        );
+        assert!(dir.join("checkpoints/latest").is_file());
+    }
 }
 
 #[test]
@@ -382,6 +451,7 @@ fn bad_configs_are_one_line_errors() {
             vec!["--mse-weight", "-0.5"],
             "parameter mse_weight: expected a finite number >= 0",
         ),
+        (vec!["--stop-at-step", "0"], "parameter stop_at_step"),
     ] {
         let mut args = flags.clone();
         args.extend_from_slice(&["--steps", "1"]);

@@ -290,11 +290,30 @@ pub fn run(args: DistillArgs) -> Result<()> {
         progress: !args.no_progress,
         stop_at_step: args.stop_at_step,
     };
+    let (out, steps) = (config.out.clone(), config.steps);
     let summary = distill::run(config, &options)?;
     if args.bench_steps.is_none() {
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| Error::value("run summary", e.to_string()))?;
         println!("{json}");
+    }
+    if summary.interrupted && args.bench_steps.is_none() {
+        let how = format!(
+            "continue it with `optical distill --resume --out {}`",
+            out.display()
+        );
+        if crate::distill::run::interrupt_requested() {
+            return Err(Error::Interrupted {
+                what: format!(
+                    "distill stopped at step {} of {steps}; {how}",
+                    summary.steps
+                ),
+            });
+        }
+        eprintln!(
+            "distill: paused at step {} (--stop-at-step); {how}",
+            summary.steps
+        );
     }
     Ok(())
 }

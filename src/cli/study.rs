@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::study::{run_study, RunStatus, StudyOptions};
 
 /// Run a study: every training run and evaluation of the config's grid for one budget, then
@@ -18,7 +18,7 @@ pub struct StudyArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// Which budget section of the file to run (studies/ood-robustness.toml has quick,
-    /// quick-seeds and full).
+    /// quick-seeds, low-resource and full).
     #[arg(long, default_value = "quick")]
     pub budget: String,
     /// Backend of every run (Sinkhorn kernels and encoder device): cpu, wgpu, ...
@@ -59,6 +59,16 @@ fn quote(a: &str) -> String {
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
+    if args.stop_at_step == Some(0) {
+        return Err(Error::parameter(
+            "stop_at_step",
+            "a step of at least 1 (training runs stop after it)",
+            0,
+        ));
+    }
+    if let Some(report) = &args.report {
+        crate::io::check_not_input(report, &[&args.config])?;
+    }
     if args.plan {
         return print_plan(&args);
     }
@@ -107,6 +117,19 @@ pub fn run(args: StudyArgs) -> Result<()> {
             "report": outcome.report.display().to_string(),
         })
     );
+    if outcome
+        .runs
+        .iter()
+        .any(|(_, s)| matches!(s, RunStatus::Interrupted))
+    {
+        return Err(Error::Interrupted {
+            what: format!(
+                "study stopped with {} of {} runs finished (checkpoints saved); run the same \
+                 command again to continue",
+                outcome.finished, outcome.total
+            ),
+        });
+    }
     Ok(())
 }
 

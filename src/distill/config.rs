@@ -186,6 +186,13 @@ impl DistillConfig {
     /// Check every value before anything is loaded.
     pub fn validate(&self) -> Result<()> {
         self.loss_kind()?;
+        if self.out.as_os_str().is_empty() {
+            return Err(Error::parameter(
+                "out",
+                "a run directory path",
+                "an empty path (it would write the run into the current directory)",
+            ));
+        }
         let positive = [
             ("batch_size", self.batch_size),
             ("grad_accumulation", self.grad_accumulation),

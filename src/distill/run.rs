@@ -137,8 +137,16 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
             format!("{}, a file", out.display()),
         ));
     }
+    let latest = out.join("checkpoints").join("latest");
+    if resume && !latest.is_file() {
+        return Err(Error::parameter(
+            "out",
+            "a run directory with a checkpoint to --resume (a run saves one every \
+             --checkpoint-every steps and when it is interrupted)",
+            format!("{} without checkpoints/latest", out.display()),
+        ));
+    }
     if !resume {
-        let latest = out.join("checkpoints").join("latest");
         if let Ok(name) = std::fs::read_to_string(&latest) {
             return Err(Error::parameter(
                 "out",
@@ -151,6 +159,52 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
                 ),
             ));
         }
+        // What a run writes, from an earlier run without a checkpoint (or another
+        // program): a fresh start would delete or overwrite it.
+        let found: Vec<&str> = RUN_OUTPUTS
+            .iter()
+            .copied()
+            .filter(|name| out.join(name).exists())
+            .collect();
+        if !found.is_empty() {
+            return Err(Error::parameter(
+                "out",
+                "a new run directory, or one without a run's files (a fresh start replaces \
+                 them; choose another --out, or remove them)",
+                format!("{} holding {}", out.display(), found.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The files and directories a run writes in its directory.
+const RUN_OUTPUTS: [&str; 9] = [
+    "config.toml",
+    "log.jsonl",
+    "dev.jsonl",
+    "summary.json",
+    "best",
+    "loss.svg",
+    "dev.svg",
+    "student",
+    "checkpoints",
+];
+
+/// Remove what an earlier run wrote in `out` (see `RUN_OUTPUTS`), so that a fresh start can
+/// take the directory: for callers that own it, as `optical study` owns its run directories
+/// (a run that stopped before its first checkpoint starts over).
+pub fn clear_run_outputs(out: &Path) -> Result<()> {
+    for name in RUN_OUTPUTS {
+        let p = out.join(name);
+        let result = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            continue;
+        };
+        result.map_err(|e| Error::io(&p, "remove", e))?;
     }
     Ok(())
 }
@@ -286,6 +340,13 @@ pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) 
 /// Run a distillation.
 pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
+    if options.stop_at_step == Some(0) {
+        return Err(Error::parameter(
+            "stop_at_step",
+            "a step of at least 1 (training stops after it)",
+            0,
+        ));
+    }
     if options.bench_steps.is_none() {
         check_run_dir(&config.out, options.resume)?;
     }

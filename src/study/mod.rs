@@ -310,6 +310,10 @@ fn execute(
         let steps = cfg.steps;
         let resume = checkpoint_step(&run.dir);
         resumed_from = resume;
+        if resume.is_none() {
+            // A run stopped before its first checkpoint starts over.
+            distill::run::clear_run_outputs(&run.dir)?;
+        }
         progress.line(
             index,
             &name,
