@@ -460,6 +460,27 @@ fn bad_configs_are_one_line_errors() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expect), "{flags:?}: {stderr}");
     }
+    // A learning rate that overflows the student: said to be divergence, with what to do.
+    let out = distill(
+        &f,
+        &f.root.join("diverged"),
+        &[
+            "--lr",
+            "1e30",
+            "--warmup-steps",
+            "0",
+            "--grad-clip",
+            "0",
+            "--steps",
+            "4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("training has diverged") && stderr.contains("lower the learning rate"),
+        "{stderr}"
+    );
 }
 
 /// A run whose student cannot change (a learning rate far below the weights' f32 spacing)

@@ -154,6 +154,18 @@ pub fn ot_loss(
     let t0 = Instant::now();
     let host = host_f32(cost.clone().detach(), "read the cost matrix")?;
     let down = t0.elapsed();
+    if let Some(k) = host.iter().position(|v| !v.is_finite()) {
+        return Err(Error::value(
+            "distillation loss",
+            format!(
+                "expected a finite cost between student and teacher tokens, found {} at pair \
+                 {}: the student's outputs overflowed, so training has diverged; lower the \
+                 learning rate (lr), keep gradient clipping on (grad_clip) or use warm-up steps",
+                host[k],
+                k / (n * m)
+            ),
+        ));
+    }
     let problem = Problem::new(
         b,
         n,

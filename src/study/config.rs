@@ -489,6 +489,13 @@ impl StudyConfig {
                     "none",
                 ));
             }
+            if b.conditions.is_empty() {
+                return Err(Error::parameter(
+                    "conditions",
+                    format!("at least one condition (budget {name})"),
+                    "none",
+                ));
+            }
             if b.eval.batch == 0 {
                 return Err(Error::parameter("batch", "at least 1", 0));
             }
@@ -533,6 +540,11 @@ impl StudyConfig {
     /// The runs of `budget` under `out`. `backend` overrides every run's distillation
     /// backend.
     pub fn plan(&self, budget_name: &str, backend: Option<&str>, out: &Path) -> Result<Plan> {
+        // A misspelt backend would otherwise give every trained run a new key, and fail
+        // only when the first of them starts.
+        if let Some(b) = backend {
+            b.parse::<crate::backend::BackendKind>()?;
+        }
         let budget = self.budget.get(budget_name).ok_or_else(|| {
             Error::parameter(
                 "budget",
@@ -616,7 +628,21 @@ impl StudyConfig {
                     ));
                 }
             }
-            let config = DistillConfig::default().with_overrides(keys)?;
+            // A bad key or value names the condition it was merged for (its own `distill`
+            // table, the budget's and [distill] are merged into one config).
+            let in_condition = |e: Error| {
+                Error::value(
+                    format!(
+                        "condition {} (its distill keys with the budget's and [distill])",
+                        c.name
+                    ),
+                    e.to_string(),
+                )
+            };
+            let config = DistillConfig::default()
+                .with_overrides(keys)
+                .map_err(in_condition)?;
+            config.validate().map_err(in_condition)?;
             let mut json = serde_json::to_value(&config)
                 .map_err(|e| Error::value("distillation config", e.to_string()))?;
             if let Some(o) = json.as_object_mut() {
@@ -797,6 +823,21 @@ eval = { lareqa_questions = { xquad-r = 3 } }
                 "squad",
             ),
             (MINIMAL.replace("seeds = [0, 1]", "seeds = []"), "seed"),
+            (
+                MINIMAL.replace(
+                    "conditions = [\"base\", \"ot\", \"mean-mse\"]",
+                    "conditions = []",
+                ),
+                "at least one condition",
+            ),
+            (
+                MINIMAL.replace("distill = { loss = \"ot\" }", "distill = { loss = \"ot\", stpes = 5 }"),
+                "condition ot (its distill keys",
+            ),
+            (
+                MINIMAL.replace("distill = { loss = \"ot\" }", "distill = { loss = \"meanmse\" }"),
+                "condition ot (its distill keys",
+            ),
             (MINIMAL.replace("xquad-r = 3", "mlqa-r = 3"), "mlqa-r"),
             (MINIMAL.replace("steps = 3", "stepz = 3"), "stepz"),
             (MINIMAL.replace("seeds = [0, 1]", "seeds = [0, 1, 0]"), "0 twice"),
@@ -828,5 +869,7 @@ eval = { lareqa_questions = { xquad-r = 3 } }
         let c = StudyConfig::from_toml(MINIMAL).unwrap();
         let err = c.plan("full", None, Path::new("o")).unwrap_err();
         assert!(err.to_string().contains("quick"), "{err}");
+        let err = c.plan("quick", Some("tpu"), Path::new("o")).unwrap_err();
+        assert!(err.to_string().contains("tpu"), "{err}");
     }
 }
