@@ -269,6 +269,19 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     );
     std::fs::write(&state_path, text).unwrap();
 
+    // A truncated checkpoint file (a full disk, a copy cut short): exit 2, naming it.
+    let model_path = out.join("checkpoints/step-000013/model.bpk");
+    let model = std::fs::read(&model_path).unwrap();
+    std::fs::write(&model_path, &model[..1000]).unwrap();
+    let bad = distill(&f, &out, &["--steps", "14", "--resume"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("step-000013/model.bpk") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    std::fs::write(&model_path, model).unwrap();
+
     // Nothing to resume from is a clear error.
     let none = distill(&f, &f.root.join("empty"), &["--steps", "2", "--resume"]);
     assert!(!none.status.success());

@@ -927,17 +927,17 @@ impl Trainer {
                 ),
             });
         }
-        let record = ModuleRecord::load(dir.join("model.bpk"))
-            .map_err(|e| burn_error("load the model checkpoint", e))?;
+        let record = load_record(&dir.join("model.bpk"))?;
         self.student = self
             .student
             .clone()
             .try_load_record(record)
             .map_err(|e| burn_error("apply the model checkpoint", e))?;
         let optim = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
+        let optim_path = dir.join("optimizer.bpk");
         self.optim = optim
-            .load(dir.join("optimizer.bpk"))
-            .map_err(|e| burn_error("load the optimizer checkpoint", e))?;
+            .load(&optim_path)
+            .map_err(|e| unreadable_checkpoint(&optim_path, e))?;
         self.state = state;
         self.resync_replicas();
         // A checkpoint holds the frozen parameters too; they never change, but check again.
@@ -952,8 +952,7 @@ impl Trainer {
 
     /// The student of the checkpoint in `dir` (the trainer's own model is unchanged).
     pub fn model_at(&self, dir: &Path) -> Result<TransformerEncoder> {
-        let record = ModuleRecord::load(dir.join("model.bpk"))
-            .map_err(|e| burn_error("load the model checkpoint", e))?;
+        let record = load_record(&dir.join("model.bpk"))?;
         self.student
             .clone()
             .try_load_record(record)
@@ -1071,4 +1070,22 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let t = Instant::now();
     let v = f();
     (v, t.elapsed())
+}
+
+/// A checkpoint's model record, or an error naming the file.
+fn load_record(path: &Path) -> Result<ModuleRecord> {
+    ModuleRecord::load(path).map_err(|e| unreadable_checkpoint(path, e))
+}
+
+/// A checkpoint file that burn could not read: truncated (a full disk, a copy cut short) or
+/// written by another version. A user error naming the file, not a backend failure.
+fn unreadable_checkpoint(path: &Path, e: impl std::fmt::Debug) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        what: format!(
+            "expected a checkpoint file written by optical distill, which burn could not read \
+             ({e:?}): truncated, or from another version; resume from another checkpoint \
+             (edit checkpoints/latest) or start a new run"
+        ),
+    }
 }
