@@ -431,3 +431,27 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     assert!(plots.iter().any(|p| p.contains("heatmap-ot")));
     assert!(plots.iter().any(|p| p.contains("training-loss")));
 }
+
+/// A training source that does not load (a misspelt language, a missing file) fails the
+/// study before any run, naming the group, instead of at its first training run.
+#[test]
+fn a_bad_training_source_fails_before_any_run() {
+    let f = fixture();
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let bad = text.replace(
+        "train = [\"tatoeba-train:deu\",",
+        "train = [\"mafand:xyz\", \"tatoeba-train:deu\",",
+    );
+    assert_ne!(bad, text);
+    std::fs::write(&f.config, bad).unwrap();
+    let err = run_study(&options(&f, "bad", None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("group A training sources") && err.contains("xyz"),
+        "{err}"
+    );
+    let runs = f.root.join("bad").join("runs");
+    let started = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(started, 0, "no run started");
+}

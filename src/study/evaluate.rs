@@ -268,7 +268,15 @@ pub fn prepare_group(
             }
             None => s.clone(),
         })
-        .collect();
+        .collect::<Vec<String>>();
+    // The training sources load now (a few hundred ms), so that a misspelt language fails
+    // the plan instead of the group's first training run, hours into a study.
+    crate::distill::data::load_sources(&sources, data_dir).map_err(|e| {
+        Error::value(
+            format!("group {} training sources", group.name),
+            e.to_string(),
+        )
+    })?;
     let mut sets: Vec<EvalSet> = lareqa.to_vec();
     for (role, specs) in [
         (Role::InDomain, &group.in_domain),
