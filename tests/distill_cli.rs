@@ -269,6 +269,12 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     );
     std::fs::write(&state_path, text).unwrap();
 
+    // Fewer steps than the checkpoint has already run: refused, not a silent "finish".
+    let shorter = distill(&f, &out, &["--steps", "5", "--resume"]);
+    let stderr = String::from_utf8_lossy(&shorter.stderr);
+    assert_eq!(shorter.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("at least 13 when resuming"), "{stderr}");
+
     // A truncated checkpoint file (a full disk, a copy cut short): exit 2, naming it.
     let model_path = out.join("checkpoints/step-000013/model.bpk");
     let model = std::fs::read(&model_path).unwrap();

@@ -461,6 +461,17 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, "read", e))?;
         let dir = out.join("checkpoints").join(name.trim());
         trainer.load_checkpoint(&dir)?;
+        if config.steps < trainer.state.step {
+            return Err(Error::parameter(
+                "steps",
+                format!(
+                    "at least {} when resuming {} (its checkpoint's step)",
+                    trainer.state.step,
+                    dir.display()
+                ),
+                config.steps,
+            ));
+        }
         eprintln!(
             "distill: resumed from {} (step {})",
             dir.display(),
