@@ -471,6 +471,10 @@ fn bad_configs_are_one_line_errors() {
             "parameter mse_weight: expected a finite number >= 0",
         ),
         (vec!["--stop-at-step", "0"], "parameter stop_at_step"),
+        (
+            vec!["--sources", "mafand:hau,mafand:hau"],
+            "mafand:hau twice",
+        ),
     ] {
         let mut args = flags.clone();
         args.extend_from_slice(&["--steps", "1"]);

@@ -275,6 +275,16 @@ impl DistillConfig {
                 "none",
             ));
         }
+        // A source listed twice would train on each of its pairs twice (and could put a
+        // pair in the dev set and in training).
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = self.sources.iter().find(|s| !seen.insert(s.as_str())) {
+            return Err(Error::parameter(
+                "sources",
+                "each source once",
+                format!("{twice} twice"),
+            ));
+        }
         Ok(())
     }
 
