@@ -8,7 +8,8 @@
 #
 # DIR holds, xz-compressed and stripped, the release `optical` binary and the two GPU test
 # executables (tests/cuda_parity.rs, tests/wgpu_parity.rs) built with --features cuda,wgpu;
-# the Vulkan loader package (libvulkan1) for machines without one; and MANIFEST, which
+# the pinned ptxas (12.9, the one CI checks registers and spills with); the Vulkan loader
+# package (libvulkan1) for machines without one; and MANIFEST, which
 # names the commit, whether the tree was clean, and each binary's sha256. All of it is
 # self-contained: the PTX and WGSL sources are compiled into the binaries, which load the
 # CUDA driver and the Vulkan loader at run time. Together about 40 MB.

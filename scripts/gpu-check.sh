@@ -4,12 +4,14 @@
 #   bash scripts/gpu-check.sh [--prebuilt DIR] [--export OUTDIR]
 #
 #  1. assembles kernels/*.ptx with ptxas for sm_80 and sm_90 (the Hopper-only file for
-#     sm_90a) (scripts/ptxas-check.sh; the pinned wheel's ptxas when it is cached or PyPI
-#     answers, else the machine's own ptxas)
+#     sm_90a) (scripts/ptxas-check.sh; the pinned wheel's ptxas: from the bundle with
+#     --prebuilt, else when it is cached or PyPI answers; else the machine's own ptxas)
 #  2. builds optical with --features cuda,wgpu (release), or with --prebuilt DIR unpacks the
 #     binaries that scripts/gpu-bundle.sh packed (for a machine with no Rust toolchain or
 #     network; DIR/MANIFEST names the commit they were built from)
-#  3. runs the CUDA tests with OPTICAL_REQUIRE_CUDA=1 (a missing device fails them)
+#  3. runs the CUDA tests with OPTICAL_REQUIRE_CUDA=1 (a missing device fails them), each
+#     in its own process (a CUDA error is sticky for a context: a fault in one kernel
+#     cannot fail the tests after it)
 #  4. runs the wgpu tests on the NVIDIA Vulkan driver (WGPU_BACKEND=vulkan, the NVIDIA ICD
 #     when it is installed, OPTICAL_WGPU_ADAPTER=nvidia so that a software adapter cannot
 #     stand in for it); when built here, the whole test suite with both GPU features
