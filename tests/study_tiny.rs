@@ -365,8 +365,22 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
         "p vs mean-mse",
         "Robustness",
         "same-language share of top 2",
+        // Two held-out Tatoeba languages: a table of each, with tests of its own.
+        "| language | queries (per direction) | base P@1 pooled | ot Δ | ot p | mean-mse Δ | mean-mse p |",
     ] {
         assert!(report.contains(needle), "missing {needle:?}");
+    }
+    let table = &report[report.find("| language | queries (per direction)").unwrap()..];
+    for lang in ["deu", "fra"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {lang} | ")))
+            .unwrap_or_else(|| panic!("no {lang} row"));
+        // language, queries, base, then a Δ and a p for each trained condition.
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
+        assert_eq!(cells.len(), 7, "{row}");
+        assert!(cells[2].parse::<f64>().is_ok(), "{row}");
+        assert!(cells[4] != "–" && cells[6] != "–", "tests ran: {row}");
     }
     assert!(!report.contains("Incomplete"));
     assert!(report.contains("| exported step |"));

@@ -87,11 +87,23 @@ fn benches(group: &GroupData) -> Vec<Bench> {
     out
 }
 
-/// Per-query values of `measure` over the benchmark's tasks (optionally one direction).
-fn values(r: &RunResult, bench: &str, measure: &str, direction: Option<&str>) -> Vec<f64> {
+/// Whether task `t` belongs to the benchmark (and to `language`, when one is given).
+fn in_selection(t: &super::evaluate::TaskOutcome, bench: &str, language: Option<&str>) -> bool {
+    t.set.benchmark == bench && language.is_none_or(|l| t.set.language == l)
+}
+
+/// Per-query values of `measure` over the benchmark's tasks (optionally one language, one
+/// direction).
+fn values(
+    r: &RunResult,
+    bench: &str,
+    language: Option<&str>,
+    measure: &str,
+    direction: Option<&str>,
+) -> Vec<f64> {
     r.tasks
         .iter()
-        .filter(|t| t.set.benchmark == bench && direction.is_none_or(|d| t.direction == d))
+        .filter(|t| in_selection(t, bench, language) && direction.is_none_or(|d| t.direction == d))
         .flat_map(|t| t.per_query.get(measure).cloned().unwrap_or_default())
         .collect()
 }
@@ -120,9 +132,14 @@ fn seed_mean(vs: &[Vec<f64>]) -> Option<Vec<f64>> {
 /// Each pooled query's cluster (the order of [`values`]): see
 /// [`super::evaluate::query_cluster`]. The ids come from the result, else from the group's
 /// evaluation sets; `None` when neither matches the result's queries.
-fn clusters(r: &RunResult, bench: &str, group: Option<&GroupData>) -> Option<Vec<String>> {
+fn clusters(
+    r: &RunResult,
+    bench: &str,
+    language: Option<&str>,
+    group: Option<&GroupData>,
+) -> Option<Vec<String>> {
     let mut out = Vec::new();
-    for t in r.tasks.iter().filter(|t| t.set.benchmark == bench) {
+    for t in r.tasks.iter().filter(|t| in_selection(t, bench, language)) {
         let n = t.per_query.values().next().map_or(0, Vec::len);
         let from_sets;
         let ids: &[String] = if t.query_ids.is_empty() {
@@ -162,8 +179,11 @@ struct Cell<'a> {
 
 impl Cell<'_> {
     /// Each pooled query's cluster, the same for every run of the cell (`None` otherwise).
-    fn clusters(&self, bench: &str) -> Option<Vec<String>> {
-        let mut all = self.runs.iter().map(|r| clusters(r, bench, self.group));
+    fn clusters(&self, bench: &str, language: Option<&str>) -> Option<Vec<String>> {
+        let mut all = self
+            .runs
+            .iter()
+            .map(|r| clusters(r, bench, language, self.group));
         let first = all.next()??;
         all.all(|c| c.as_ref() == Some(&first)).then_some(first)
     }
@@ -171,17 +191,28 @@ impl Cell<'_> {
     fn seeds(&self, bench: &str, measure: &str, direction: Option<&str>) -> Vec<f64> {
         self.runs
             .iter()
-            .map(|r| mean(&values(r, bench, measure, direction)))
+            .map(|r| mean(&values(r, bench, None, measure, direction)))
             .collect()
     }
 
-    fn per_query(&self, bench: &str, measure: &str) -> Option<Vec<f64>> {
+    fn per_query(&self, bench: &str, language: Option<&str>, measure: &str) -> Option<Vec<f64>> {
         let vs: Vec<Vec<f64>> = self
             .runs
             .iter()
-            .map(|r| values(r, bench, measure, None))
+            .map(|r| values(r, bench, language, measure, None))
             .collect();
         seed_mean(&vs)
+    }
+
+    /// The mean over seeds of `measure` on one language of a bitext benchmark, both
+    /// directions pooled.
+    fn value_in(&self, bench: &str, language: &str, measure: &str) -> Option<f64> {
+        let s: Vec<f64> = self
+            .runs
+            .iter()
+            .map(|r| mean(&values(r, bench, Some(language), measure, None)))
+            .collect();
+        (!s.is_empty()).then(|| mean(&s))
     }
 
     fn summary(&self, bench: &str, measure: &str, direction: Option<&str>) -> String {
@@ -443,16 +474,32 @@ fn caveats(plan: &Plan, groups: &[GroupData], results: &Results<'_>) -> Vec<Stri
 /// The paired test of `a` against `b` on `bench`, signs flipped per cluster of dependent
 /// queries; `None` when a cell has no runs or the two disagree on the queries.
 fn test(a: &Cell<'_>, b: &Cell<'_>, bench: &str, measure: &str, salt: &str) -> Option<PairedTest> {
-    let x = a.per_query(bench, measure)?;
-    let y = b.per_query(bench, measure)?;
-    let keys = a.clusters(bench)?;
-    if b.clusters(bench)? != keys {
+    test_in(a, b, bench, None, measure, salt)
+}
+
+/// [`test`] on one language of a benchmark (`None`: all of it).
+fn test_in(
+    a: &Cell<'_>,
+    b: &Cell<'_>,
+    bench: &str,
+    language: Option<&str>,
+    measure: &str,
+    salt: &str,
+) -> Option<PairedTest> {
+    let x = a.per_query(bench, language, measure)?;
+    let y = b.per_query(bench, language, measure)?;
+    let keys = a.clusters(bench, language)?;
+    if b.clusters(bench, language)? != keys {
         return None;
     }
     // The group is in the seed, so that two groups' tests of one benchmark draw their own
-    // sign sequences.
+    // sign sequences; a language's test keeps the benchmark's seed when it is the whole.
     let group = a.group.map_or("", |g| g.name.as_str());
-    let seed = crate::rng::fnv1a64(format!("{group}/{bench}/{measure}/{salt}").as_bytes());
+    let key = match language {
+        None => format!("{group}/{bench}/{measure}/{salt}"),
+        Some(l) => format!("{group}/{bench}/{l}/{measure}/{salt}"),
+    };
+    let seed = crate::rng::fnv1a64(key.as_bytes());
     clustered_randomization(&x, &y, &keys, RESAMPLES, seed).ok()
 }
 
@@ -538,6 +585,71 @@ fn describe(t: Option<PairedTest>, measure: &str) -> String {
 }
 
 /// Write the report and its plots.
+/// For a bitext benchmark of several languages, a table of each language: the pooled P@1
+/// of `base`, and each other condition's Δ and p against it on that language's queries
+/// (trained and untrained languages often differ, which the pooled numbers hide).
+fn per_language_table(
+    md: &mut String,
+    g: &GroupData,
+    b: &Bench,
+    conditions: &[&str],
+    results: &Results<'_>,
+    base: &Cell<'_>,
+) {
+    let sets: Vec<&super::evaluate::EvalSet> = g
+        .sets
+        .iter()
+        .filter(|s| s.info.benchmark == b.name)
+        .collect();
+    if sets.len() < 2 {
+        return;
+    }
+    let m = b.measure();
+    let others: Vec<&str> = conditions.iter().copied().filter(|&c| c != BASE).collect();
+    let mut headers = vec![
+        "language".to_string(),
+        "queries (per direction)".into(),
+        format!("{BASE} P@1 pooled"),
+    ];
+    for c in &others {
+        headers.push(format!("{c} Δ"));
+        headers.push(format!("{c} p"));
+    }
+    let rows: Vec<Vec<String>> = sets
+        .iter()
+        .map(|s| {
+            let lang = s.info.language.as_str();
+            let b0 = base.value_in(&b.name, lang, m);
+            let mut row = vec![
+                lang.to_string(),
+                s.tasks.first().map_or(0, |t| t.queries.len()).to_string(),
+                b0.map_or("–".into(), |v| format!("{v:.4}")),
+            ];
+            for &c in &others {
+                let cell = results.cell(&g.name, c);
+                row.push(signed(delta(cell.value_in(&b.name, lang, m), b0)));
+                row.push(p_cell(test_in(
+                    &cell,
+                    base,
+                    &b.name,
+                    Some(lang),
+                    m,
+                    &format!("{c}-base"),
+                )));
+            }
+            row
+        })
+        .collect();
+    let _ = writeln!(md, "Per language (P@1 pooled over both directions):\n");
+    md.push_str(&markdown_table(&headers, &rows));
+    let _ = writeln!(
+        md,
+        "\nEach language's Δ and p are against `{BASE}` on that language's queries alone, \
+         tested as above; a language has fewer queries than the benchmark, so its test has \
+         less power.\n"
+    );
+}
+
 pub fn write(inputs: &Inputs<'_>) -> Result<()> {
     let Inputs {
         config,
@@ -1162,6 +1274,9 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             }
             md.push_str(&markdown_table(&headers, &rows));
             md.push('\n');
+            if !b.lareqa {
+                per_language_table(&mut md, g, &b, &conditions, &results, &base);
+            }
             if b.lareqa {
                 let k = g
                     .sets
