@@ -734,6 +734,50 @@ fn output_paths_are_checked_before_the_work() {
     }
 }
 
+/// Directories of the wrong kind: a study's --out that is a file, and a distillation run
+/// directory given as a model (its model is the `student` inside it).
+#[test]
+fn wrong_kinds_of_directory_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a_file = tmp.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let config = common::repo_root().join("studies/ood-robustness.toml");
+    let o = optical(&[
+        "study",
+        "--config",
+        p(&config),
+        "--budget",
+        "quick",
+        "--out",
+        p(&a_file),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("a-file, a file"), "{err}");
+
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(run.join("student")).unwrap();
+    std::fs::write(run.join("student/config.json"), "{}").unwrap();
+    let texts = tmp.path().join("texts.txt");
+    std::fs::write(&texts, "hello\n").unwrap();
+    let out = tmp.path().join("e.npy");
+    let o = optical(&[
+        "encode",
+        "--model",
+        p(&run),
+        "--input",
+        p(&texts),
+        "--out",
+        p(&out),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("distillation run directory") && err.contains("run/student"),
+        "{err}"
+    );
+}
+
 /// An output path that is a symbolic link is written through (the link stays, its target
 /// gets the file); one that is a named pipe is written into, not replaced by a file.
 #[cfg(unix)]

@@ -471,6 +471,7 @@ fn bad_configs_are_one_line_errors() {
             "parameter mse_weight: expected a finite number >= 0",
         ),
         (vec!["--stop-at-step", "0"], "parameter stop_at_step"),
+        (vec!["--bench-steps", "0"], "parameter bench_steps"),
         (
             vec!["--sources", "mafand:hau,mafand:hau"],
             "mafand:hau twice",

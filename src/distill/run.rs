@@ -340,6 +340,9 @@ pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) 
 /// Run a distillation.
 pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
+    if options.bench_steps == Some(0) {
+        return Err(Error::parameter("bench_steps", "at least 1 timed step", 0));
+    }
     if options.stop_at_step == Some(0) {
         return Err(Error::parameter(
             "stop_at_step",

@@ -320,6 +320,21 @@ impl TextEncoder {
                 device,
                 options,
             ),
+            // A distillation run's directory: its model is the exported student inside it.
+            ModelSpec::Path(path)
+                if path.is_dir()
+                    && !path.join("config.json").exists()
+                    && path.join("student").join("config.json").is_file() =>
+            {
+                Err(Error::Format {
+                    path: path.clone(),
+                    what: format!(
+                        "expected a model directory, found a distillation run directory: its \
+                         exported model is {}",
+                        path.join("student").display()
+                    ),
+                })
+            }
             ModelSpec::Path(path) if path.is_dir() => {
                 let name = path.display().to_string();
                 let (q, p) = read_prefixes(path)?;

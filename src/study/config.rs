@@ -356,6 +356,13 @@ impl StudyConfig {
                     &c.name,
                 ));
             }
+            if !c.train && !c.distill.is_empty() {
+                return Err(Error::parameter(
+                    "condition",
+                    "no `distill` table on a condition with train = false (it trains nothing)",
+                    format!("condition {} with one", c.name),
+                ));
+            }
         }
         let groups: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
         if let Some(name) = repeated(&groups) {
@@ -823,6 +830,10 @@ eval = { lareqa_questions = { xquad-r = 3 } }
                 "squad",
             ),
             (MINIMAL.replace("seeds = [0, 1]", "seeds = []"), "seed"),
+            (
+                MINIMAL.replace("train = false", "train = false\ndistill = { lr = 1e-3 }"),
+                "train = false",
+            ),
             (
                 MINIMAL.replace(
                     "conditions = [\"base\", \"ot\", \"mean-mse\"]",

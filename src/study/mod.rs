@@ -451,6 +451,13 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
     }
     let plan = config.plan(&options.budget, options.backend.as_deref(), &options.out)?;
     let out = &options.out;
+    if out.exists() && !out.is_dir() {
+        return Err(Error::parameter(
+            "out",
+            "a study directory (created with its parents when missing)",
+            format!("{}, a file", out.display()),
+        ));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create", e))?;
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
     let lareqa = evaluate::lareqa_sets(&config, &plan.eval, &data_dir)?;
