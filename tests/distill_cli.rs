@@ -222,6 +222,16 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     );
     let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(saved.contains("steps = 13"), "{saved}");
+    // Resuming the finished run trains nothing and logs no dev step twice.
+    let again = ok(&alone(&["--steps", "13"]), "resume a finished run");
+    assert_eq!(again["dev"].as_array().map(Vec::len), Some(1), "{again}");
+    let dev_steps: Vec<u64> = lines(&out.join("dev.jsonl"))
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    let mut unique = dev_steps.clone();
+    unique.dedup();
+    assert_eq!(dev_steps, unique, "a dev step logged twice");
     let changed = alone(&["--steps", "14", "--lr", "5e-4"]);
     assert!(!changed.status.success(), "a changed lr must be refused");
     let stderr = String::from_utf8_lossy(&changed.stderr);

@@ -123,6 +123,13 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     write_text(path, &kept)
 }
 
+/// The dev log's last record, when it is of `step`.
+fn last_dev_record(path: &Path, step: usize) -> Option<DevMetrics> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let m: DevMetrics = serde_json::from_str(text.lines().last()?).ok()?;
+    (m.step == step).then_some(m)
+}
+
 /// Every file of the run directory is written whole or not at all (a full disk or a kill
 /// mid-write keeps the previous version), so `latest`, `best` and the logs stay readable
 /// for `--resume`.
@@ -583,8 +590,16 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     let mut student_dir = None;
     let mut exported_step = None;
     if !interrupted {
-        if !dev_other.is_empty() {
-            evaluate(&mut trainer, &mut dev_metrics)?;
+        // A resumed run that was already at its last step (nothing trained now) has that
+        // step's evaluation in its dev log: reuse it rather than log the step twice.
+        let logged = records
+            .is_empty()
+            .then(|| last_dev_record(&dev_log, trainer.state.step))
+            .flatten();
+        match logged {
+            Some(m) => dev_metrics.push(m),
+            None if !dev_other.is_empty() => evaluate(&mut trainer, &mut dev_metrics)?,
+            None => {}
         }
         save(&trainer)?;
         let dir = out.join("student");
