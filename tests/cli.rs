@@ -755,6 +755,25 @@ fn wrong_kinds_of_directory_are_named() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("a-file, a file"), "{err}");
 
+    // Input that is not UTF-8: named with the byte's offset, before any model loads.
+    let latin1 = tmp.path().join("latin1.txt");
+    std::fs::write(&latin1, b"ok\ncaf\xe9\n").unwrap();
+    let o = optical(&[
+        "encode",
+        "--model",
+        "no-model",
+        "--input",
+        p(&latin1),
+        "--out",
+        p(&tmp.path().join("l.npy")),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("latin1.txt") && err.contains("offset 6"),
+        "{err}"
+    );
+
     let run = tmp.path().join("run");
     std::fs::create_dir_all(run.join("student")).unwrap();
     std::fs::write(run.join("student/config.json"), "{}").unwrap();

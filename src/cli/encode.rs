@@ -63,7 +63,8 @@ pub struct EncodeArgs {
 
 /// Read one text per line (a final newline ends the last line, it does not add one).
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    // Invalid UTF-8 is named with its byte offset.
+    let text = crate::data::read_text(path)?;
     Ok(text.lines().map(str::to_string).collect())
 }
 
