@@ -96,7 +96,7 @@ gpu-check:
 	bash scripts/gpu-check.sh
 
 ## For a GPU machine with no Rust toolchain or network: pack the binaries into .gpu-bundle/
-## (about 20 MB); there, run `bash scripts/gpu-check.sh --prebuilt .gpu-bundle`.
+## (about 30 MB); there, run `bash scripts/gpu-check.sh --prebuilt .gpu-bundle`.
 gpu-bundle:
 	bash scripts/gpu-bundle.sh .gpu-bundle
 
@@ -109,4 +109,5 @@ STUDY_BACKEND ?=
 study: setup build
 	$(BIN) study --config studies/ood-robustness.toml --budget $(STUDY_BUDGET) \
 	    $(if $(STUDY_BACKEND),--backend $(STUDY_BACKEND),) \
-	    --out $(CACHE)/study-$(patsubst %-seeds,%,$(STUDY_BUDGET)) --report docs/STUDY.md
+	    --out $(CACHE)/study-$(patsubst %-seeds,%,$(STUDY_BUDGET)) \
+	    --report $(if $(filter low-resource,$(STUDY_BUDGET)),docs/STUDY-LOW-RESOURCE.md,docs/STUDY.md)

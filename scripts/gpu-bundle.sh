@@ -12,7 +12,7 @@
 # package (libvulkan1) for machines without one; and MANIFEST, which
 # names the commit, whether the tree was clean, and each binary's sha256. All of it is
 # self-contained: the PTX and WGSL sources are compiled into the binaries, which load the
-# CUDA driver and the Vulkan loader at run time. Together about 40 MB.
+# CUDA driver and the Vulkan loader at run time. Together about 30 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${OPTICAL_CACHE:-$HOME/.cache/optical}"

@@ -833,6 +833,15 @@ fn outputs_are_written_through_links_and_into_pipes() {
     let bytes = reader.join().unwrap();
     assert!(bytes.starts_with(b"\x93NUMPY"), "{} bytes", bytes.len());
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // /dev/stdout when standard output is a pipe (its link ends at `pipe:[N]`).
+    let o = optical(&["ot", "cost", "--x", x, "--y", x, "--out", "/dev/stdout"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        o.stdout.starts_with(b"\x93NUMPY"),
+        "{} bytes",
+        o.stdout.len()
+    );
 }
 
 /// A reader that goes away (`optical info | head -1`) ends the process quietly, as Unix tools

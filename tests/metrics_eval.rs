@@ -159,6 +159,10 @@ fn eval_refuses_settings_of_another_dataset() {
             "parameter batch",
         ),
         (
+            vec!["--dataset", "tatoeba", "--max-length", "0"],
+            "parameter max_length: expected at least 2",
+        ),
+        (
             vec!["--dataset", "tatoeba", "--model", "hash"],
             "found hash twice",
         ),

@@ -206,6 +206,15 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             return Err(Error::parameter(name, "at least 1", value));
         }
     }
+    // Checked for every model (the hashing baseline ignores it; the encoders need their two
+    // special tokens).
+    if let Some(len) = a.max_length.filter(|&l| l < 2) {
+        return Err(Error::parameter(
+            "max_length",
+            "at least 2 (the special tokens)",
+            len,
+        ));
+    }
     let main_metric = if lareqa { "map" } else { "P_1" };
     let default_metrics = "map,recip_rank,P_1,recall_10,recall_100,ndcg_cut_10,map_cut_10";
     let measures = Measure::parse_list(a.metrics.as_deref().unwrap_or(default_metrics))?;

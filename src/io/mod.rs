@@ -58,6 +58,12 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
 /// The path a chain of symbolic links at `path` ends at (the path itself when it is not a
 /// link; a link to a missing file gives the missing file's path, which is then created).
 fn resolve_links(path: &Path) -> Result<PathBuf> {
+    // A special file behind the links (`/dev/stdout` → `/proc/self/fd/1` → `pipe:[N]`,
+    // which is no path at all) is written through the path as given, which the system
+    // resolves.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Ok(path.to_path_buf());
+    }
     let mut current = path.to_path_buf();
     // Linux's own limit on links followed in one lookup.
     for _ in 0..40 {
