@@ -983,6 +983,30 @@ fn bench_compare_passes_a_run_against_itself_and_fails_a_slower_one() {
         .map(|r| r["verdict"].as_str().unwrap())
         .collect();
     assert_eq!(verdicts, ["same", "same"]);
+    // A new run that lost a kernel (a crash part-way): listed and passed by default,
+    // refused with --require-all (after the table).
+    let partial = dir.path().join("partial.json");
+    let first_line = std::fs::read_to_string(&base).unwrap();
+    std::fs::write(&partial, first_line.lines().next().unwrap()).unwrap();
+    let o = optical(&["bench", "compare", p(&base), p(&partial)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("only in the base run"),
+        "{}",
+        stdout(&o)
+    );
+    let o = optical(&["bench", "compare", p(&base), p(&partial), "--require-all"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("only in the base run"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("found none for cpu/sinkhorn"),
+        "{}",
+        stderr(&o)
+    );
     // 1.2 and 1/1.2 cancel out.
     assert!(
         v["geometric_mean_change"].as_f64().unwrap().abs() < 1e-9,

@@ -68,8 +68,10 @@ problem; each row is the new median time per call against the base one. A change
 when the ratio leaves [1/(1+t), 1+t] for t = --max-slowdown / 100. Exit status: 0 when
 nothing is slower, 1 when something is (the table is printed first), 2 on unreadable files
 or files with no timing in common. Kernels timed in only one run, or on another problem,
-are listed under the table and do not change the status. In CI:
-  optical bench --json > new.json && optical bench compare base.json new.json --max-slowdown 15";
+are listed under the table and do not change the status, unless --require-all makes a base
+timing missing from the new run (or on another problem) exit 2. In CI:
+  optical bench --json > new.json &&
+    optical bench compare base.json new.json --max-slowdown 15 --require-all";
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -88,6 +90,11 @@ pub struct CompareArgs {
     /// Print the comparison as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Fail (exit status 2, after the table) when a timing of the base run is missing from
+    /// the new one or was taken on another problem: for CI, where a kernel that crashed or
+    /// was dropped must not pass unnoticed.
+    #[arg(long)]
+    pub require_all: bool,
 }
 
 fn run_compare(args: CompareArgs) -> crate::Result<()> {
@@ -110,10 +117,27 @@ fn run_compare(args: CompareArgs) -> crate::Result<()> {
     } else {
         print!("{}", render(&c));
     }
-    match regression_error(&c) {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = regression_error(&c) {
+        return Err(e);
     }
+    let missing: Vec<&str> = c
+        .only_in_base
+        .iter()
+        .chain(&c.shape_changed)
+        .map(String::as_str)
+        .collect();
+    if args.require_all && !missing.is_empty() {
+        return Err(crate::Error::value(
+            "bench compare --require-all",
+            format!(
+                "expected every timing of {} in {} on the same problem, found none for {}",
+                args.base.display(),
+                args.new.display(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub fn run(args: BenchArgs) -> crate::Result<()> {
