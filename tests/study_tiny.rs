@@ -469,3 +469,30 @@ fn a_bad_training_source_fails_before_any_run() {
     let started = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
     assert_eq!(started, 0, "no run started");
 }
+
+/// `study --plan` lists the runs with their state and the evaluation sizes, and writes
+/// nothing under --out.
+#[test]
+fn the_plan_lists_runs_and_writes_nothing() {
+    let f = fixture();
+    let out = f.root.join("planned");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["study", "--config"])
+        .arg(&f.config)
+        .args(["--budget", "tiny", "--plan", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("group A:"), "{stdout}");
+    assert!(stdout.contains("tatoeba-heldout deu"), "{stdout}");
+    for run in ["base-A-s0-", "ot-A-s0-", "mean-mse-A-s0-"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(run))
+            .unwrap_or_else(|| panic!("no {run} line in {stdout}"));
+        assert!(line.contains("\tpending\t"), "{line}");
+    }
+    assert!(!out.exists(), "the plan wrote under --out");
+}

@@ -142,9 +142,17 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
     let plan = config.plan(&args.budget, args.backend.as_deref(), &args.out)?;
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
     let lareqa = lareqa_sets(&config, &plan.eval, &data_dir)?;
+    // The groups' split training files go to a scratch directory: a plan writes nothing
+    // under --out.
+    let scratch = std::env::temp_dir().join(format!("optical-plan-{}", std::process::id()));
+    let groups: Result<Vec<_>> = plan
+        .groups
+        .iter()
+        .map(|g| prepare_group(&config, g, &plan.eval, &data_dir, &scratch, &lareqa))
+        .collect();
+    let _ = std::fs::remove_dir_all(&scratch);
     let mut texts = std::collections::BTreeMap::new();
-    for g in &plan.groups {
-        let data = prepare_group(&config, g, &plan.eval, &data_dir, &args.out, &lareqa)?;
+    for (g, data) in plan.groups.iter().zip(groups?) {
         println!("group {}:", g.name);
         for s in &data.sets {
             let t = &s.tasks[0];
