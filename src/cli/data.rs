@@ -54,25 +54,10 @@ impl DatasetArgs {
     /// The dataset, with the settings of another dataset refused rather than ignored.
     fn dataset(&self) -> Result<DatasetName> {
         let dataset: DatasetName = self.dataset.parse()?;
-        let misplaced = [
-            (
-                "split",
-                self.split.is_some() && dataset != DatasetName::Mafand,
-                "mafand",
-            ),
-            (
-                "english-bible",
-                self.english_bible.is_some() && dataset != DatasetName::Bible,
-                "bible",
-            ),
-        ];
-        if let Some((flag, _, applies)) = misplaced.iter().find(|(_, bad, _)| *bad) {
-            return Err(Error::parameter(
-                "dataset",
-                format!("a dataset that --{flag} applies to: {applies}"),
-                dataset.name(),
-            ));
-        }
+        super::refuse_misplaced_flags(
+            dataset,
+            &super::loader_flags(dataset, self.split.is_some(), self.english_bible.is_some()),
+        )?;
         Ok(dataset)
     }
 

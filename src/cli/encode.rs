@@ -103,7 +103,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     };
     for p in &outputs {
         crate::io::check_output_file(p)?;
-        crate::io::check_not_input(p, &[&args.input])?;
+        crate::io::check_not_input(p, &[Some(&args.input)])?;
     }
     let options = EncoderOptions {
         max_length: args.max_length,

@@ -172,35 +172,24 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     let lareqa = matches!(dataset, DatasetName::XquadR | DatasetName::MlqaR);
     // Settings of another dataset are refused, not silently ignored, and the counts are
     // checked before any text is encoded.
-    let misplaced = [
-        (
-            "split",
-            a.split.is_some() && dataset != DatasetName::Mafand,
-            "mafand",
-        ),
-        (
-            "english-bible",
-            a.english_bible.is_some() && dataset != DatasetName::Bible,
-            "bible",
-        ),
-        (
-            "candidate-context",
-            a.candidate_context && !lareqa,
-            "xquad-r and mlqa-r",
-        ),
-        (
-            "max-pairs",
-            a.max_pairs.is_some() && lareqa,
-            "the bitext datasets (LAReQA pools are never cut)",
-        ),
-    ];
-    if let Some((flag, _, applies)) = misplaced.iter().find(|(_, bad, _)| *bad) {
-        return Err(Error::parameter(
-            "dataset",
-            format!("a dataset that --{flag} applies to: {applies}"),
-            dataset.name(),
-        ));
-    }
+    let [split, bible] = super::loader_flags(dataset, a.split.is_some(), a.english_bible.is_some());
+    super::refuse_misplaced_flags(
+        dataset,
+        &[
+            split,
+            bible,
+            (
+                "candidate-context",
+                a.candidate_context && !lareqa,
+                "xquad-r and mlqa-r",
+            ),
+            (
+                "max-pairs",
+                a.max_pairs.is_some() && lareqa,
+                "the bitext datasets (LAReQA pools are never cut)",
+            ),
+        ],
+    )?;
     for (name, value) in [("k", a.k), ("batch", a.batch)] {
         if value == 0 {
             return Err(Error::parameter(name, "at least 1", value));

@@ -69,6 +69,40 @@ pub(crate) fn finite_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A setting given for a dataset it does not apply to, refused rather than ignored:
+/// `flags` are (flag, given here although `dataset` does not take it, the datasets it
+/// applies to); the first such flag is the error.
+pub(crate) fn refuse_misplaced_flags(
+    dataset: crate::data::DatasetName,
+    flags: &[(&str, bool, &str)],
+) -> crate::Result<()> {
+    match flags.iter().find(|(_, misplaced, _)| *misplaced) {
+        Some((flag, _, applies)) => Err(crate::Error::parameter(
+            "dataset",
+            format!("a dataset that --{flag} applies to: {applies}"),
+            dataset.name(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The `--split` and `--english-bible` loader flags, for [`refuse_misplaced_flags`].
+pub(crate) fn loader_flags(
+    dataset: crate::data::DatasetName,
+    split: bool,
+    english_bible: bool,
+) -> [(&'static str, bool, &'static str); 2] {
+    use crate::data::DatasetName;
+    [
+        ("split", split && dataset != DatasetName::Mafand, "mafand"),
+        (
+            "english-bible",
+            english_bible && dataset != DatasetName::Bible,
+            "bible",
+        ),
+    ]
+}
+
 /// Run a parsed command.
 pub fn run(cli: Cli) -> crate::Result<()> {
     match cli.command {

@@ -239,15 +239,15 @@ fn solve(args: SolveArgs) -> Result<()> {
     };
     params.validate()?;
     crate::io::check_output_dir(&args.out)?;
-    let inputs = given(&[
-        args.cost.as_ref(),
-        args.a.as_ref(),
-        args.b.as_ref(),
-        args.x.as_ref(),
-        args.y.as_ref(),
-        args.x_lengths.as_ref(),
-        args.y_lengths.as_ref(),
-    ]);
+    let inputs = [
+        args.cost.as_deref(),
+        args.a.as_deref(),
+        args.b.as_deref(),
+        args.x.as_deref(),
+        args.y.as_deref(),
+        args.x_lengths.as_deref(),
+        args.y_lengths.as_deref(),
+    ];
     for name in SOLVE_OUTPUTS {
         crate::io::check_not_input(&args.out.join(name), &inputs)?;
     }
@@ -424,21 +424,16 @@ fn convergence_warning(
     Some(text)
 }
 
-/// The paths among `paths` that are given.
-fn given<'a>(paths: &[Option<&'a PathBuf>]) -> Vec<&'a Path> {
-    paths.iter().flatten().map(|p| p.as_path()).collect()
-}
-
 fn cost(args: CostArgs) -> Result<()> {
     crate::io::check_output_file(&args.out)?;
     crate::io::check_not_input(
         &args.out,
-        &given(&[
+        &[
             Some(&args.x),
             Some(&args.y),
-            args.x_lengths.as_ref(),
-            args.y_lengths.as_ref(),
-        ]),
+            args.x_lengths.as_deref(),
+            args.y_lengths.as_deref(),
+        ],
     )?;
     let backend = args.backend.open()?;
     let (x, bx) = load_embeddings(&args.x, args.x_lengths.as_deref())?;
@@ -465,12 +460,12 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
     crate::io::check_output_file(&args.out)?;
     crate::io::check_not_input(
         &args.out,
-        &given(&[
+        &[
             Some(&args.queries),
-            args.query_lengths.as_ref(),
+            args.query_lengths.as_deref(),
             Some(&args.docs),
             Some(&args.doc_lengths),
-        ]),
+        ],
     )?;
     let backend = args.backend.open()?;
     let (q, batched) = load_embeddings(&args.queries, args.query_lengths.as_deref())?;

@@ -140,16 +140,17 @@ fn same_dimension(a: &SearchArgs, d: usize, dc: usize) -> Result<()> {
 pub fn run(a: SearchArgs) -> Result<()> {
     let scoring: Scoring = a.scoring.parse()?;
     crate::io::check_output_file(&a.out)?;
-    let inputs = [
-        Some(&a.queries),
-        Some(&a.corpus),
-        a.query_lengths.as_ref(),
-        a.corpus_lengths.as_ref(),
-        a.query_ids.as_ref(),
-        a.corpus_ids.as_ref(),
-    ];
-    let inputs: Vec<&Path> = inputs.into_iter().flatten().map(|p| p.as_path()).collect();
-    crate::io::check_not_input(&a.out, &inputs)?;
+    crate::io::check_not_input(
+        &a.out,
+        &[
+            Some(&a.queries),
+            Some(&a.corpus),
+            a.query_lengths.as_deref(),
+            a.corpus_lengths.as_deref(),
+            a.query_ids.as_deref(),
+            a.corpus_ids.as_deref(),
+        ],
+    )?;
     let q = npy::read(&a.queries)?;
     let c = npy::read(&a.corpus)?;
     let backend;

@@ -59,15 +59,8 @@ fn quote(a: &str) -> String {
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
-    if args.stop_at_step == Some(0) {
-        return Err(Error::parameter(
-            "stop_at_step",
-            "a step of at least 1 (training runs stop after it)",
-            0,
-        ));
-    }
     if let Some(report) = &args.report {
-        crate::io::check_not_input(report, &[&args.config])?;
+        crate::io::check_not_input(report, &[Some(&args.config)])?;
     }
     if args.plan {
         return print_plan(&args);

@@ -40,12 +40,12 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 /// special file itself.
 pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_output_file(path)?;
-    let target = resolve_links(path)?;
-    if let Ok(meta) = std::fs::metadata(&target) {
-        if !meta.is_file() {
-            return write(&target);
-        }
+    // A special file, through any links, is written as the path is given: the system
+    // resolves it (`/dev/stdout`'s links end at `pipe:[N]`, which is no path at all).
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return write(path);
     }
+    let target = resolve_links(path)?;
     let tmp = temp_sibling(&target);
     let result = write(&tmp)
         .and_then(|()| std::fs::rename(&tmp, &target).map_err(|e| Error::io(path, "rename", e)));
@@ -58,12 +58,6 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
 /// The path a chain of symbolic links at `path` ends at (the path itself when it is not a
 /// link; a link to a missing file gives the missing file's path, which is then created).
 fn resolve_links(path: &Path) -> Result<PathBuf> {
-    // A special file behind the links (`/dev/stdout` → `/proc/self/fd/1` → `pipe:[N]`,
-    // which is no path at all) is written through the path as given, which the system
-    // resolves.
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return Ok(path.to_path_buf());
-    }
     let mut current = path.to_path_buf();
     // Linux's own limit on links followed in one lookup.
     for _ in 0..40 {
@@ -107,10 +101,15 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// An error when an output path names one of a command's input files: writing it would
-/// destroy the input (checked before any work, so nothing is lost).
-pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
-    match inputs.iter().find(|input| same_file(output, input)) {
+/// An error when an output path names one of a command's input files (`None`: an optional
+/// input not given): writing it would destroy the input (checked before any work, so
+/// nothing is lost).
+pub fn check_not_input(output: &Path, inputs: &[Option<&Path>]) -> Result<()> {
+    match inputs
+        .iter()
+        .flatten()
+        .find(|input| same_file(output, input))
+    {
         Some(input) => Err(path_error(
             output,
             "write",

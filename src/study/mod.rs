@@ -450,6 +450,14 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
         config.data_dir = Some(d.clone());
     }
     let plan = config.plan(&options.budget, options.backend.as_deref(), &options.out)?;
+    // Checked here, before any run is evaluated, and again by each training run.
+    if options.stop_at_step == Some(0) {
+        return Err(Error::parameter(
+            "stop_at_step",
+            "a step of at least 1 (training runs stop after it)",
+            0,
+        ));
+    }
     let out = &options.out;
     if out.exists() && !out.is_dir() {
         return Err(Error::parameter(

@@ -189,9 +189,20 @@ impl Cell<'_> {
     }
 
     fn seeds(&self, bench: &str, measure: &str, direction: Option<&str>) -> Vec<f64> {
+        self.seeds_in(bench, None, measure, direction)
+    }
+
+    /// Each run's mean of `measure` on the benchmark (one language of it, one direction).
+    fn seeds_in(
+        &self,
+        bench: &str,
+        language: Option<&str>,
+        measure: &str,
+        direction: Option<&str>,
+    ) -> Vec<f64> {
         self.runs
             .iter()
-            .map(|r| mean(&values(r, bench, None, measure, direction)))
+            .map(|r| mean(&values(r, bench, language, measure, direction)))
             .collect()
     }
 
@@ -204,14 +215,10 @@ impl Cell<'_> {
         seed_mean(&vs)
     }
 
-    /// The mean over seeds of `measure` on one language of a bitext benchmark, both
+    /// The mean over seeds of `measure` on the benchmark (one language of it), both
     /// directions pooled.
-    fn value_in(&self, bench: &str, language: &str, measure: &str) -> Option<f64> {
-        let s: Vec<f64> = self
-            .runs
-            .iter()
-            .map(|r| mean(&values(r, bench, Some(language), measure, None)))
-            .collect();
+    fn value_in(&self, bench: &str, language: Option<&str>, measure: &str) -> Option<f64> {
+        let s = self.seeds_in(bench, language, measure, None);
         (!s.is_empty()).then(|| mean(&s))
     }
 
@@ -229,8 +236,7 @@ impl Cell<'_> {
     }
 
     fn value(&self, bench: &str, measure: &str) -> Option<f64> {
-        let s = self.seeds(bench, measure, None);
-        (!s.is_empty()).then(|| mean(&s))
+        self.value_in(bench, None, measure)
     }
 }
 
@@ -619,7 +625,7 @@ fn per_language_table(
         .iter()
         .map(|s| {
             let lang = s.info.language.as_str();
-            let b0 = base.value_in(&b.name, lang, m);
+            let b0 = base.value_in(&b.name, Some(lang), m);
             let mut row = vec![
                 lang.to_string(),
                 s.tasks.first().map_or(0, |t| t.queries.len()).to_string(),
@@ -627,7 +633,7 @@ fn per_language_table(
             ];
             for &c in &others {
                 let cell = results.cell(&g.name, c);
-                row.push(signed(delta(cell.value_in(&b.name, lang, m), b0)));
+                row.push(signed(delta(cell.value_in(&b.name, Some(lang), m), b0)));
                 row.push(p_cell(test_in(
                     &cell,
                     base,
