@@ -144,6 +144,28 @@ fn plan_floor(want: &SinkhornOutput, eps: f64) -> f64 {
     1e-6f64.max(2.0 * f64::from(f32::EPSILON) * exponent / eps * max(&want.plan))
 }
 
+/// Each module is JIT-compiled when a launch first needs one of its kernels; `optical info`
+/// compiles them all and reports the time each took. Every module that runs on any device
+/// must load (the sm_90a one only on compute capability 9.0, and a failure there only
+/// disables the wgmma cost kernel).
+#[test]
+fn every_kernel_module_loads() {
+    if cuda().is_none() {
+        return;
+    }
+    let (available, _, note) = optical::backend::cuda::probe();
+    eprintln!("{note}");
+    assert!(available, "{note}");
+    for module in optical::backend::cuda::ptx::MODULES {
+        if module.target == "sm_80" {
+            assert!(
+                note.contains(&format!("{} ", module.file)) && note.contains(" ms"),
+                "{note}"
+            );
+        }
+    }
+}
+
 #[test]
 fn cosine_cost_matches_reference() {
     let Some(gpu) = cuda() else { return };

@@ -1,18 +1,19 @@
-//! The device: driver probe, context, stream, modules (loaded once per process and
-//! cached), checked launches, and the cosine-cost and MaxSim kernels.
+//! The device: driver probe, context, stream, modules (each JIT-compiled on its first
+//! launch and cached for the process), checked launches, and the cosine-cost and MaxSim
+//! kernels.
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use cudarc::driver::sys::{
     CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUmemPool_attribute,
 };
 use cudarc::driver::{
-    result, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
-    DevicePtrMut, DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    result, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
+    DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -39,23 +40,25 @@ const WARPS: u32 = 8;
 /// The PTX files say `.target sm_80`: the driver JIT-compiles them for 8.0 and newer.
 const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
-/// The functions of every module, resolved once.
-pub(super) struct Kernels {
-    pub row_inv_norm: CudaFunction,
-    pub cosine_cost: CudaFunction,
-    pub cosine_cost_tf32x3: CudaFunction,
-    pub cosine_cost_tf32x3w: CudaFunction,
-    /// Loaded on compute capability 9.0 only (`kernels/cosine_cost_sm90a.ptx`); otherwise, or
-    /// when its JIT compilation fails, why not. Never fatal: the other kernels do not
-    /// depend on it.
-    pub cosine_cost_wgmma: std::result::Result<CudaFunction, String>,
-    pub maxsim: CudaFunction,
-    pub maxsim_reduce: CudaFunction,
-    pub sinkhorn_iterate: CudaFunction,
-    pub sinkhorn_half_split: CudaFunction,
-    pub sinkhorn_split_error: CudaFunction,
-    pub sinkhorn_fused: CudaFunction,
+/// The entry points with dynamic shared memory (and no static shared memory): opted in to
+/// all of it when their module loads.
+const DYNAMIC_SMEM_ENTRIES: [&str; 4] = [
+    ptx::MAXSIM,
+    ptx::SINKHORN_ITERATE,
+    ptx::SINKHORN_FUSED,
+    ptx::COSINE_COST_WGMMA,
+];
+
+/// One module of [`ptx::MODULES`] after its JIT compilation: its entry points, resolved
+/// (each keeps the module alive), and how long loading took.
+struct LoadedModule {
+    functions: Vec<(&'static str, CudaFunction)>,
+    took: Duration,
 }
+
+/// A module's state: not yet needed, loaded, or why it cannot be (kept, so that every
+/// launch from it reports the same).
+type ModuleSlot = OnceLock<std::result::Result<LoadedModule, String>>;
 
 /// One GPU with its context, stream and loaded kernels.
 pub(super) struct Device {
@@ -65,7 +68,12 @@ pub(super) struct Device {
     pub compute_capability: (i32, i32),
     /// Largest shared memory a CTA may use after opting in, bytes.
     pub smem_optin: usize,
-    pub kernels: Kernels,
+    /// The modules of [`ptx::MODULES`], in that order, each JIT-compiled by the driver on
+    /// the first launch of one of its entry points: a process that only computes costs
+    /// never compiles the Sinkhorn modules, and a module the driver refuses disables only
+    /// its own kernels (`kernels/cosine_cost_sm90a.ptx` loads on compute capability 9.0
+    /// only).
+    modules: [ModuleSlot; ptx::MODULES.len()],
     /// The page-locked staging buffers of large copies ([`Stager`]): allocated on the first
     /// one; `Err` says why they could not be (copies then take the driver's pageable path).
     stager: Mutex<Option<std::result::Result<Stager, String>>>,
@@ -381,91 +389,120 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(fail("query the shared memory per block"))?
         .max(0) as usize;
-    // Each module is JIT-compiled once; its functions keep it alive.
-    let load = |module: &PtxModule| {
-        ctx.load_module(Ptx::from_src(module.source))
-            .map_err(|e| InitFailure::failed(format!("JIT-compile kernels/{}: {e}", module.file)))
-    };
-    let function = |loaded: &Arc<CudaModule>, module: &PtxModule, entry: &str| {
-        loaded.load_function(entry).map_err(|e| {
-            InitFailure::failed(format!("find {entry} in kernels/{}: {e}", module.file))
-        })
-    };
-    let (cosine, maxsim, sinkhorn, fused) = (
-        load(&ptx::COSINE_COST_MODULE)?,
-        load(&ptx::MAXSIM_MODULE)?,
-        load(&ptx::SINKHORN_MODULE)?,
-        load(&ptx::SINKHORN_FUSED_MODULE)?,
-    );
-    // sm_90a PTX loads on compute capability 9.0 only (its instructions are not in later
-    // architectures' PTX either). A failure here only disables the wgmma cost kernel.
-    let wgmma = if compute_capability == (9, 0) {
-        load(&ptx::COSINE_COST_SM90A_MODULE)
-            .and_then(|module| {
-                function(
-                    &module,
-                    &ptx::COSINE_COST_SM90A_MODULE,
-                    ptx::COSINE_COST_WGMMA,
-                )
-            })
-            .map_err(|e| e.what)
-    } else {
-        let (major, minor) = compute_capability;
-        Err(format!(
-            "{name} has compute capability {major}.{minor}; wgmma needs 9.0 (tf32x3, fp32 or \
-             tf32x3w run everywhere)"
-        ))
-    };
-    let kernels = Kernels {
-        row_inv_norm: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::ROW_INV_NORM)?,
-        cosine_cost: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST)?,
-        cosine_cost_tf32x3: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3)?,
-        cosine_cost_tf32x3w: function(&cosine, &ptx::COSINE_COST_MODULE, ptx::COSINE_COST_TF32X3W)?,
-        cosine_cost_wgmma: wgmma,
-        maxsim: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM)?,
-        maxsim_reduce: function(&maxsim, &ptx::MAXSIM_MODULE, ptx::MAXSIM_REDUCE)?,
-        sinkhorn_iterate: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_ITERATE)?,
-        sinkhorn_half_split: function(&sinkhorn, &ptx::SINKHORN_MODULE, ptx::SINKHORN_HALF_SPLIT)?,
-        sinkhorn_split_error: function(
-            &sinkhorn,
-            &ptx::SINKHORN_MODULE,
-            ptx::SINKHORN_SPLIT_ERROR,
-        )?,
-        sinkhorn_fused: function(&fused, &ptx::SINKHORN_FUSED_MODULE, ptx::SINKHORN_FUSED)?,
-    };
-    // The kernels with dynamic shared memory (and no static shared memory) may use all of it.
-    for (f, entry) in [
-        (Some(&kernels.maxsim), ptx::MAXSIM),
-        (Some(&kernels.sinkhorn_iterate), ptx::SINKHORN_ITERATE),
-        (Some(&kernels.sinkhorn_fused), ptx::SINKHORN_FUSED),
-        (
-            kernels.cosine_cost_wgmma.as_ref().ok(),
-            ptx::COSINE_COST_WGMMA,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(f, entry)| Some((f?, entry)))
-    {
-        f.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem_optin as i32,
-        )
-        .map_err(|e| {
-            InitFailure::failed(format!(
-                "opt {entry} in to {smem_optin} B of shared memory: {e}"
-            ))
-        })?;
-    }
     Ok(Device {
         ctx,
         stream,
         name,
         compute_capability,
         smem_optin,
-        kernels,
+        modules: Default::default(),
         stager: Mutex::new(None),
         pool,
     })
+}
+
+impl Device {
+    /// The function of `entry`, JIT-compiling its module on first use.
+    pub(super) fn function(&self, entry: &'static str) -> Result<&CudaFunction> {
+        let index = ptx::MODULES
+            .iter()
+            .position(|module| module.entries.contains(&entry))
+            .ok_or_else(|| Error::Backend {
+                backend: BACKEND,
+                operation: "launch",
+                what: format!("{entry} is in no module of kernels/"),
+            })?;
+        let module = &ptx::MODULES[index];
+        let loaded = self.modules[index]
+            .get_or_init(|| self.load(module))
+            .as_ref()
+            .map_err(|what| Error::Backend {
+                backend: BACKEND,
+                operation: "load a kernel module",
+                what: what.clone(),
+            })?;
+        loaded
+            .functions
+            .iter()
+            .find(|(name, _)| *name == entry)
+            .map(|(_, f)| f)
+            .ok_or_else(|| Error::Backend {
+                backend: BACKEND,
+                operation: "launch",
+                what: format!("{entry} was not resolved in kernels/{}", module.file),
+            })
+    }
+
+    /// JIT-compile `module` and resolve its entry points (opting the dynamic-shared-memory
+    /// ones in to all of it), or say why not.
+    fn load(&self, module: &PtxModule) -> std::result::Result<LoadedModule, String> {
+        let start = Instant::now();
+        // sm_90a PTX loads on compute capability 9.0 only (its instructions are not in later
+        // architectures' PTX either).
+        if module.target == "sm_90a" && self.compute_capability != (9, 0) {
+            let (major, minor) = self.compute_capability;
+            return Err(format!(
+                "{} has compute capability {major}.{minor}; kernels/{} ({}) needs 9.0 \
+                 (tf32x3, fp32 or tf32x3w run everywhere)",
+                self.name,
+                module.file,
+                module.entries.join(", ")
+            ));
+        }
+        let loaded = guarded(|| {
+            self.ctx
+                .load_module(Ptx::from_src(module.source))
+                .map_err(|e| {
+                    InitFailure::failed(format!("JIT-compile kernels/{}: {e}", module.file))
+                })
+        })
+        .map_err(|e| e.what)?;
+        let mut functions = Vec::with_capacity(module.entries.len());
+        for &entry in module.entries {
+            let f = loaded
+                .load_function(entry)
+                .map_err(|e| format!("find {entry} in kernels/{}: {e}", module.file))?;
+            if DYNAMIC_SMEM_ENTRIES.contains(&entry) {
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    self.smem_optin as i32,
+                )
+                .map_err(|e| {
+                    format!(
+                        "opt {entry} in to {} B of shared memory: {e}",
+                        self.smem_optin
+                    )
+                })?;
+            }
+            functions.push((entry, f));
+        }
+        Ok(LoadedModule {
+            functions,
+            took: start.elapsed(),
+        })
+    }
+
+    /// Load every module now, for `optical info`: the time each took to JIT-compile and
+    /// resolve (the driver's compute cache, `~/.nv/ComputeCache`, makes later processes'
+    /// loads cheaper), and why the sm_90a module did not load where it did not; `Err` when
+    /// a module every device needs failed.
+    fn jit_report(&self) -> std::result::Result<String, String> {
+        let mut parts = Vec::with_capacity(ptx::MODULES.len());
+        for (module, slot) in ptx::MODULES.iter().zip(&self.modules) {
+            match slot.get_or_init(|| self.load(module)) {
+                Ok(m) => parts.push(format!(
+                    "{} {:.0} ms",
+                    module.file,
+                    m.took.as_secs_f64() * 1e3
+                )),
+                Err(why) if module.target == "sm_90a" => {
+                    parts.push(format!("{} not loaded ({why})", module.file))
+                }
+                Err(why) => return Err(why.clone()),
+            }
+        }
+        Ok(parts.join(", "))
+    }
 }
 
 /// Freed device memory the stream-ordered pool keeps for the next allocations.
@@ -535,35 +572,15 @@ pub fn probe() -> (bool, Vec<serde_json::Value>, String) {
             devices,
             "the CUDA driver reports no device".to_string(),
         ),
-        Ok(devices) => match CudaBackend::new() {
-            Ok(b) => (
-                true,
-                devices,
-                format!(
-                    "kernels JIT-compiled for device 0 ({}); cosine costs on {} \
-                     ({COST_KERNEL_ENV}: {}); fused Sinkhorn with {} threads per pair \
-                     ({FUSED_THREADS_ENV}: {}); split half-iterations for pairs whose K \
-                     stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); MaxSim {} \
-                     ({MAXSIM_ENV}: {}); {}",
-                    b.dev.name,
-                    match b.cost_kernel {
-                        CostKernel::Fp32 => "FP32 FMA",
-                        CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
-                        CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
-                        CostKernel::Wgmma => "the tensor cores (3xTF32 on wgmma, 128x128 tiles)",
-                    },
-                    choices::<CostKernel>(),
-                    b.fused_threads.name(),
-                    choices::<FusedThreads>(),
-                    b.split.name(),
-                    choices::<SinkhornSplit>(),
-                    b.maxsim.name(),
-                    choices::<MaxsimRoute>(),
-                    b.staging_note()
-                ),
-            ),
-            Err(e) => (false, devices, e.to_string()),
-        },
+        Ok(devices) => {
+            let note = CudaBackend::new()
+                .map_err(|e| e.to_string())
+                .and_then(|b| Ok(b.info_note(&b.dev.jit_report()?)));
+            match note {
+                Ok(note) => (true, devices, note),
+                Err(why) => (false, devices, why),
+            }
+        }
     }
 }
 
@@ -779,6 +796,33 @@ impl CudaBackend {
         self.download(&buf)
     }
 
+    /// `optical info`'s note on a usable device: the modules' JIT compilation (`jit`) and
+    /// the settings read from the environment.
+    fn info_note(&self, jit: &str) -> String {
+        format!(
+            "kernels JIT-compiled for device 0 ({}: {jit}); cosine costs on {} \
+             ({COST_KERNEL_ENV}: {}); fused Sinkhorn with {} threads per pair \
+             ({FUSED_THREADS_ENV}: {}); split half-iterations for pairs whose K \
+             stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); MaxSim {} \
+             ({MAXSIM_ENV}: {}); {}",
+            self.dev.name,
+            match self.cost_kernel {
+                CostKernel::Fp32 => "FP32 FMA",
+                CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
+                CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
+                CostKernel::Wgmma => "the tensor cores (3xTF32 on wgmma, 128x128 tiles)",
+            },
+            choices::<CostKernel>(),
+            self.fused_threads.name(),
+            choices::<FusedThreads>(),
+            self.split.name(),
+            choices::<SinkhornSplit>(),
+            self.maxsim.name(),
+            choices::<MaxsimRoute>(),
+            self.staging_note()
+        )
+    }
+
     /// What large copies go through, for `optical info`.
     fn staging_note(&self) -> String {
         let pool = match &self.dev.pool {
@@ -814,7 +858,12 @@ impl CudaBackend {
         &self.dev.name
     }
 
-    pub(super) fn launch<'a>(&'a self, f: &'a CudaFunction, entry: &'static str) -> Launch<'a> {
+    /// A launch of `entry` (its module JIT-compiled first if no launch needed it yet).
+    pub(super) fn launch(&self, entry: &'static str) -> Result<Launch<'_>> {
+        Ok(self.launch_function(self.dev.function(entry)?, entry))
+    }
+
+    fn launch_function<'a>(&'a self, f: &'a CudaFunction, entry: &'static str) -> Launch<'a> {
         Launch {
             args: self.dev.stream.launch_builder(f),
             entry,
@@ -901,7 +950,7 @@ impl CudaBackend {
             block_dim: (32 * WARPS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.launch(&self.dev.kernels.row_inv_norm, ptx::ROW_INV_NORM);
+        let mut l = self.launch(ptx::ROW_INV_NORM)?;
         l.buf(rows).buf_mut(&mut inv).u32(&count_u).u32(&d4);
         // SAFETY: `rows` holds `count * dp` floats (dp = 4 * d4) and `inv` `count`; one warp
         // per row covers rows < count exactly, the kernel's whole read/write set.
@@ -923,31 +972,25 @@ impl CudaBackend {
         let wide_fits = [b * n * dp, b * m * dp]
             .iter()
             .all(|&floats| floats < 1 << 32);
-        let (function, entry, tile, smem) = match self.cost_kernel {
-            CostKernel::Fp32 => (&self.dev.kernels.cosine_cost, ptx::COSINE_COST, TILE, 0),
-            CostKernel::Tf32x3Wide if wide_fits => (
-                &self.dev.kernels.cosine_cost_tf32x3w,
-                ptx::COSINE_COST_TF32X3W,
-                WIDE_TILE,
-                0,
-            ),
-            CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => (
-                &self.dev.kernels.cosine_cost_tf32x3,
-                ptx::COSINE_COST_TF32X3,
-                TILE,
-                0,
-            ),
-            CostKernel::Wgmma => match &self.dev.kernels.cosine_cost_wgmma {
-                Ok(f) => (f, ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
-                Err(why) => {
-                    return Err(Error::parameter(
-                        COST_KERNEL_ENV,
-                        "a cost kernel this device runs",
-                        format!("wgmma: {why}"),
-                    ));
-                }
-            },
+        let (entry, tile, smem) = match self.cost_kernel {
+            CostKernel::Fp32 => (ptx::COSINE_COST, TILE, 0),
+            CostKernel::Tf32x3Wide if wide_fits => (ptx::COSINE_COST_TF32X3W, WIDE_TILE, 0),
+            CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => (ptx::COSINE_COST_TF32X3, TILE, 0),
+            CostKernel::Wgmma => (ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
         };
+        // Only the wgmma module can be missing on a working device (compute capability 9.0
+        // only): that is a wrong choice of kernel rather than a failing device.
+        let function = self
+            .dev
+            .function(entry)
+            .map_err(|e| match (self.cost_kernel, e) {
+                (CostKernel::Wgmma, Error::Backend { what, .. }) => Error::parameter(
+                    COST_KERNEL_ENV,
+                    "a cost kernel this device runs",
+                    format!("wgmma: {what}"),
+                ),
+                (_, e) => e,
+            })?;
         let (tiles_i, tiles_j) = (n.div_ceil(tile), m.div_ceil(tile));
         // One CTA per tile, numbered pair-major: block (p * tiles_i + ti) * tiles_j + tj.
         let blocks = b
@@ -969,7 +1012,7 @@ impl CudaBackend {
             shared_mem_bytes: smem,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", dp)?);
-        let mut l = self.launch(function, entry);
+        let mut l = self.launch_function(function, entry);
         l.buf(xg)
             .view(yg)
             .buf(xl)
@@ -1135,7 +1178,7 @@ impl MaxsimInputs {
         };
         let (nq, qn, nd) = (self.nq as u32, self.qn as u32, self.nd as u32);
         let (dp, s4, insm) = (as_u32("d", self.dp)?, stride4 as u32, in_smem as u32);
-        let mut l = cuda.launch(&cuda.dev.kernels.maxsim, ptx::MAXSIM);
+        let mut l = cuda.launch(ptx::MAXSIM)?;
         l.buf(&self.q)
             .buf(&q_inv)
             .buf(&self.q_len)
@@ -1177,7 +1220,7 @@ impl MaxsimInputs {
                 shared_mem_bytes: 0,
             };
             let (doc0, docs, tok0, m) = (doc0 as u32, docs as u32, tok0 as u32, tokens as u32);
-            let mut l = cuda.launch(&cuda.dev.kernels.maxsim_reduce, ptx::MAXSIM_REDUCE);
+            let mut l = cuda.launch(ptx::MAXSIM_REDUCE)?;
             l.buf(&cost)
                 .buf(&self.q_len)
                 .buf(&self.d_off)
@@ -1245,6 +1288,20 @@ mod tests {
         }
         // The failure is cached, not retried into a different answer.
         assert_eq!(CudaBackend::new().is_ok(), CudaBackend::new().is_ok());
+    }
+
+    #[test]
+    fn every_entry_resolves_to_one_module() {
+        for (entry, _) in ptx::SIGNATURES {
+            let holders = ptx::MODULES
+                .iter()
+                .filter(|m| m.entries.contains(&entry))
+                .count();
+            assert_eq!(holders, 1, "{entry} is in {holders} modules");
+        }
+        for entry in DYNAMIC_SMEM_ENTRIES {
+            assert!(ptx::signature(entry).is_some(), "{entry} is never launched");
+        }
     }
 
     #[test]

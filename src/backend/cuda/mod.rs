@@ -1,7 +1,9 @@
 //! CUDA backend: the hand-written PTX of `kernels/` run through the CUDA driver.
 //!
 //! The PTX text is embedded in the binary ([`ptx`]) and JIT-compiled by the driver for the
-//! GPU it finds (the files target `sm_80`, so Ampere, Ada and Hopper all load them).
+//! GPU it finds (the files target `sm_80`, so Ampere, Ada and Hopper all load them), one
+//! module at a time when a launch first needs one of its kernels, then kept for the
+//! process (`optical info` compiles them all and reports how long each took).
 //! cudarc loads the driver library at run time, so neither building nor running needs a
 //! CUDA toolkit; without a driver or a device the backend reports
 //! [`crate::Error::BackendUnavailable`]. The driver library is probed before cudarc is
@@ -9,7 +11,8 @@
 //!
 //! | kernel family | entry points | file |
 //! |---|---|---|
-//! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32` or `cosine_cost_tf32x3_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
+//! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32`, `cosine_cost_tf32x3_f32` or `cosine_cost_tf32x3w_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
+//! | cosine cost on Hopper's wgmma | `cosine_cost_wgmma_f32` (compute capability 9.0 only) | `kernels/cosine_cost_sm90a.ptx` |
 //! | MaxSim | `maxsim_f32` (+ `row_inv_norm_f32`), or a cost kernel + `maxsim_reduce_f32` ([`MaxsimRoute`], `$OPTICAL_CUDA_MAXSIM`) | `kernels/maxsim.ptx` |
 //! | Sinkhorn | `sinkhorn_iterate_f32`; `sinkhorn_half_split_f32` and `sinkhorn_split_error_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`) | `kernels/sinkhorn.ptx` |
 //! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |

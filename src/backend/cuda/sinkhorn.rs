@@ -158,10 +158,7 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let n = as_u32("n", st.n)?;
-        let mut l = self.launch(
-            &self.dev.kernels.sinkhorn_split_error,
-            ptx::SINKHORN_SPLIT_ERROR,
-        );
+        let mut l = self.launch(ptx::SINKHORN_SPLIT_ERROR)?;
         l.buf(&st.terms)
             .buf(&st.rows)
             .buf(&st.active)
@@ -192,10 +189,7 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let (own_u, other_u) = (as_u32("n", own)?, as_u32("m", other)?);
-        let mut l = self.launch(
-            &self.dev.kernels.sinkhorn_half_split,
-            ptx::SINKHORN_HALF_SPLIT,
-        );
+        let mut l = self.launch(ptx::SINKHORN_HALF_SPLIT)?;
         if columns {
             l.buf(&st.kt)
                 .buf(&st.f)
@@ -235,7 +229,7 @@ impl CudaBackend {
         };
         let (n, m) = (as_u32("n", st.n)?, as_u32("m", st.m)?);
         let (iters, ksm) = (as_u32("iterations", iterations)?, st.k_in_smem as u32);
-        let mut l = self.launch(&self.dev.kernels.sinkhorn_iterate, ptx::SINKHORN_ITERATE);
+        let mut l = self.launch(ptx::SINKHORN_ITERATE)?;
         l.buf(&st.k)
             .buf(&st.kt)
             .buf(&st.log2a)
@@ -348,7 +342,7 @@ impl CudaBackend {
         let iters = as_u32("iterations", iterations)?;
         let kscale = (-LOG2E / epsilon) as f32;
         let cost_mode = fused_cost_mode(self.cost_kernel());
-        let mut l = self.launch(&self.dev.kernels.sinkhorn_fused, ptx::SINKHORN_FUSED);
+        let mut l = self.launch(ptx::SINKHORN_FUSED)?;
         l.buf(&bufs.x)
             .buf(&bufs.y)
             .buf(&bufs.x_len)
