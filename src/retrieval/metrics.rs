@@ -202,11 +202,16 @@ impl RankedQuery {
 
 /// Rank a run's query as trec_eval does and collect what the measures need.
 pub fn rank_query(judged: &BTreeMap<String, i64>, retrieved: &[(String, f64)]) -> RankedQuery {
+    // trec_eval keeps scores as C `float`s and compares them with `<`: scores that are equal
+    // in f32 (0.83123457123 and 0.83123456789; 1e40 and 1e39, both infinite) tie, and so do
+    // -0 and 0 (adding 0.0 turns -0 into 0). Scores are finite f64, so no NaN arises.
+    let key = |s: f64| (s as f32) + 0.0;
     let mut order: Vec<usize> = (0..retrieved.len()).collect();
     order.sort_by(|&a, &b| {
         let (da, sa) = &retrieved[a];
         let (db, sb) = &retrieved[b];
-        sb.total_cmp(sa)
+        key(*sb)
+            .total_cmp(&key(*sa))
             .then_with(|| db.as_bytes().cmp(da.as_bytes()))
     });
     let hits = order
@@ -315,5 +320,25 @@ mod tests {
         let rq = rank_query(&judged, &run);
         assert_eq!(rq.hits, vec![(2, 1)]);
         assert!((rq.measure(Measure::RecipRank) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn scores_equal_in_f32_tie_as_in_trec_eval() {
+        // trec_eval stores scores as C floats: each pair below ties there, and c (the
+        // larger docno) comes first, so the relevant a is at rank 2.
+        let judged: BTreeMap<String, i64> = [("a".to_string(), 1)].into_iter().collect();
+        for (sa, sc) in [
+            (0.8312345712345678, 0.8312345678901234),
+            (0.0, -0.0),
+            (1e40, 1e39),
+        ] {
+            let run = vec![("a".to_string(), sa), ("c".to_string(), sc)];
+            assert_eq!(rank_query(&judged, &run).hits, vec![(2, 1)], "{sa} vs {sc}");
+        }
+        // Scores apart in f32 still order by score.
+        let run = vec![("a".to_string(), 0.5f64.next_up()), ("c".to_string(), 0.5)];
+        assert_eq!(rank_query(&judged, &run).hits, vec![(2, 1)]);
+        let run = vec![("a".to_string(), 0.50000006), ("c".to_string(), 0.5)];
+        assert_eq!(rank_query(&judged, &run).hits, vec![(1, 1)]);
     }
 }

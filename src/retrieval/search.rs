@@ -119,11 +119,18 @@ pub struct DenseVectors {
 
 impl DenseVectors {
     pub fn new(name: &str, n: usize, d: usize, mut data: Vec<f32>) -> Result<DenseVectors> {
-        if n == 0 || d == 0 || data.len() != n * d {
+        if n == 0 || d == 0 {
             return Err(Error::shape(
                 name,
-                format!("a non-empty (n, d) array with n·d = {} values", n * d),
-                format!("({n}, {d}) with {} values", data.len()),
+                "a non-empty (n, d) array (n ≥ 1 vectors of d ≥ 1 values)",
+                format!("({n}, {d})"),
+            ));
+        }
+        if data.len() != n * d {
+            return Err(Error::shape(
+                name,
+                format!("an (n, d) = ({n}, {d}) array of {} values", n * d),
+                format!("{} values", data.len()),
             ));
         }
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
@@ -138,9 +145,11 @@ impl DenseVectors {
                 .map(|&v| (v as f64) * (v as f64))
                 .sum::<f64>()
                 .sqrt();
+            // Divided in f64: an f32 inverse overflows for norms below about 3e-39 (the
+            // row became NaN and infinities) and loses precision for norms near f32's top.
             if norm > 0.0 {
-                let inv = (1.0 / norm) as f32;
-                row.iter_mut().for_each(|v| *v *= inv);
+                row.iter_mut()
+                    .for_each(|v| *v = (f64::from(*v) / norm) as f32);
             }
         });
         Ok(DenseVectors { n, d, data })
@@ -340,9 +349,12 @@ pub fn search(
 /// `relevant` holds indices into the row.
 pub fn rank_row(row: &[f32], pool: &Pool, relevant: &[usize], k: usize) -> QueryHits {
     let key = &pool.tie_key;
+    // `+ 0.0` makes -0 equal to 0, as the relevant ranks below (and trec_eval) compare.
     let better = |a: u32, b: u32| {
         let (a, b) = (a as usize, b as usize);
-        row[b].total_cmp(&row[a]).then(key[b].cmp(&key[a]))
+        (row[b] + 0.0)
+            .total_cmp(&(row[a] + 0.0))
+            .then(key[b].cmp(&key[a]))
     };
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     let k = k.min(row.len());
@@ -412,6 +424,46 @@ mod tests {
         assert!(maxsim_block(1_180, row) * row <= 64 << 20);
         assert_eq!(maxsim_block(10, 16), 4096);
         assert_eq!(maxsim_block(10, usize::MAX), 1);
+    }
+
+    #[test]
+    fn tiny_and_huge_norms_normalise_like_the_rest() {
+        let v = DenseVectors::new(
+            "v",
+            4,
+            2,
+            vec![1e-40, 0.0, 1e-41, -1e-41, 3e38, 3e38, 0.0, 0.0],
+        )
+        .unwrap();
+        assert_eq!(v.row(0), &[1.0, 0.0]);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert_eq!(v.row(1), &[h, -h]);
+        assert_eq!(v.row(2), &[h, h]);
+        assert_eq!(v.row(3), &[0.0, 0.0]);
+        // Empty and wrong-length arrays say which.
+        let empty = DenseVectors::new("q", 0, 2, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            empty.contains("non-empty") && empty.contains("(0, 2)"),
+            "{empty}"
+        );
+        let short = DenseVectors::new("q", 2, 2, vec![1.0; 3])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("4 values") && short.contains("found 3 values"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn negative_zero_ties_with_zero_in_top_hits_and_ranks() {
+        let pool = Pool::new(vec!["a".into(), "b".into()], &["", ""]).unwrap();
+        // a scores 0, b -0: a tie, so b (the larger docno) first, in both orders.
+        let hits = rank_row(&[0.0, -0.0], &pool, &[0, 1], 2);
+        assert_eq!(hits.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 0]);
+        assert_eq!(hits.relevant_ranks, vec![2, 1]);
     }
 
     #[test]

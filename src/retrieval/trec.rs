@@ -3,7 +3,8 @@
 //! - qrels: `qid iteration docno relevance`, whitespace-separated; relevance an integer
 //!   (≥ 1 relevant, ≤ 0 judged non-relevant).
 //! - run: `qid Q0 docno rank score tag`; the rank column is ignored (trec_eval re-sorts by
-//!   score, then docno), the score is read as an `f64`.
+//!   score, then docno), the score is read as an `f64` and ranked as trec_eval ranks it,
+//!   as an `f32` (so scores equal in `f32` tie, and `-0` ties with `0`).
 //!
 //! A duplicate (qid, docno) in either file is an error, as in trec_eval.
 
