@@ -641,6 +641,65 @@ fn fused_resumes_across_dispatches() {
     check_solution("fused 1100 iterations", &got, &want, params.threshold);
 }
 
+/// Mesa's llvmpipe (lavapipe) ends every loop of a shader invocation once its loops have
+/// made 65,535 passes in all, silently. Each case here made one dispatch pass that cap before
+/// the backend split its dispatches by the kernels' pass estimates, and returned a wrong
+/// plan with exit 0 (or, for the last, a NaN error): long iterations of row-kernel pairs
+/// (fused and from a cost), thousands of register-blocked iterations in one dispatch, and a
+/// cost build over 8,192 dimensions. On adapters without the cap the same cases must pass.
+#[test]
+fn long_dispatches_stay_within_the_loop_cap() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let cap = w.context().loop_pass_cap();
+    println!("loop pass cap: {cap:?} ({})", w.context().adapter_name());
+    let once = |iterations: usize| SinkhornParams {
+        epsilon: 0.02,
+        max_iterations: iterations,
+        threshold: 0.0,
+        check_every: iterations,
+    };
+    // Fused, row kernels (500 rows do not fit the blocked grid): ~540 passes an iteration.
+    // Fused, register-blocked: ~21 passes an iteration.
+    for (label, (n, m, d), iterations) in [
+        ("fused rows 500x10", (500, 10, 8), 3000),
+        ("fused blocked 2x3", (2, 3, 3), 4000),
+    ] {
+        let x = embeddings(700, 1, n, d, false);
+        let y = embeddings(701, 1, m, d, false);
+        let params = once(iterations);
+        let got = backend.sinkhorn_embeddings(&x, &y, &params).expect(label);
+        let want = fused_reference(&x, &y, &params);
+        assert_eq!(got.iterations, vec![iterations as u32], "{label}");
+        check_solution(label, &got, &want, params.threshold);
+    }
+    // From a cost, streamed (200 x 150 does not fit the tile): ~370 passes an iteration.
+    let pr = problem(702, 1, 200, 150);
+    let params = once(300);
+    let got = backend.sinkhorn(&pr, &params).expect("streamed");
+    let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
+    check_solution("streamed 200x150, 300 iterations", &got, &want, 0.0);
+    // A 128 x 128 pair at d = 8192: the blocked cost build alone is past the cap, so on
+    // llvmpipe the fused kernels decline it and the materialised path solves it.
+    let x = embeddings(703, 1, 128, 8192, false);
+    let y = embeddings(704, 1, 128, 8192, false);
+    let params = once(16);
+    let fused = w
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("fused or not");
+    if cap.is_some() {
+        assert!(
+            fused.is_none(),
+            "the fused kernels must decline d = 8192 on llvmpipe"
+        );
+    }
+    let got = backend
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("d = 8192");
+    check_solution("d = 8192", &got, &fused_reference(&x, &y, &params), 0.0);
+}
+
 #[test]
 fn results_are_bit_identical_across_runs() {
     let Some((w, backend)) = wgpu_backend() else {

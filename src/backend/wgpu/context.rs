@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// Environment variable that picks the adapter: a case-insensitive substring of its name.
 pub const ADAPTER_ENV: &str = "OPTICAL_WGPU_ADAPTER";
 
-const BACKEND: &str = "wgpu";
+pub(crate) const BACKEND: &str = "wgpu";
 
 /// Workgroup memory every Sinkhorn shader uses besides its cost tile: hf and hg (2 × 512
 /// f32), partial sums (256 f32), a status word (16 B), with a little slack.
@@ -296,6 +296,28 @@ pub struct WgpuContext {
     split_large: bool,
     /// Timestamps around compute passes, when the adapter can write them.
     timer: Option<PassTimer>,
+    /// The loop passes one shader invocation may make, on adapters that cap them
+    /// ([`LLVMPIPE_LOOP_PASSES`]); `None`: no cap.
+    loop_passes: Option<u64>,
+}
+
+/// Mesa's llvmpipe (lavapipe, the software Vulkan driver CI runs on) counts the passes of
+/// every loop of a shader invocation against one budget of 65,535
+/// (`LP_MAX_TGSI_LOOP_ITERATIONS` in gallivm) and, once it is spent, ends every loop after
+/// its current pass, silently: a dispatch that runs too many Sinkhorn iterations, or a cost
+/// over too many dimensions, returns wrong numbers with no error. The backend keeps every
+/// dispatch's estimated passes within [`LOOP_PASS_BUDGET`] of it there.
+pub(crate) const LLVMPIPE_LOOP_PASSES: u64 = 65_535;
+
+/// The share of the cap the estimates may use (3/4): they bound the loops the shaders
+/// write, measured on lavapipe (Mesa 22.3) at 1.1–2× the passes actually counted, and the
+/// rest covers loops the compiler adds or does not unroll.
+pub(crate) const LOOP_PASS_BUDGET: u64 = LLVMPIPE_LOOP_PASSES * 3 / 4;
+
+/// Whether an adapter caps the loop passes of a shader invocation (llvmpipe).
+fn caps_loop_passes(info: &wgpu::AdapterInfo) -> Option<u64> {
+    let llvmpipe = |s: &str| s.to_ascii_lowercase().contains("llvmpipe");
+    (llvmpipe(&info.name) || llvmpipe(&info.driver)).then_some(LLVMPIPE_LOOP_PASSES)
 }
 
 /// Timestamp pairs (one per compute pass) a timing session holds between two read-backs.
@@ -346,6 +368,7 @@ impl WgpuContext {
         let sinkhorn_kernel = SinkhornKernel::from_env()?;
         let info = adapter.get_info();
         let split_large = info.device_type != wgpu::DeviceType::Cpu;
+        let loop_passes = caps_loop_passes(&info);
         let limits = adapter.limits();
         if limits.max_compute_invocations_per_workgroup < 256
             || limits.max_storage_buffers_per_shader_stage < 8
@@ -428,7 +451,37 @@ impl WgpuContext {
             binding_limit: u64::MAX,
             sinkhorn_kernel,
             split_large,
+            loop_passes,
         })
+    }
+
+    /// The loop passes one shader invocation may make on this adapter, when it caps them
+    /// (llvmpipe: [`LLVMPIPE_LOOP_PASSES`]).
+    pub fn loop_pass_cap(&self) -> Option<u64> {
+        self.loop_passes
+    }
+
+    /// Whether a dispatch whose invocations make at most `passes` loop passes runs whole
+    /// on this adapter.
+    pub(crate) fn loops_fit(&self, passes: u64) -> bool {
+        self.loop_passes.is_none() || passes <= LOOP_PASS_BUDGET
+    }
+
+    /// How many Sinkhorn iterations one dispatch may run, of the `wanted`, when its
+    /// invocations make at most `setup` loop passes before the iterations and
+    /// `per_iteration` in each: all of them where loops are not capped; on llvmpipe as
+    /// many as keep the estimate within [`LOOP_PASS_BUDGET`]. `None` when not even one fits.
+    pub(crate) fn iterations_per_dispatch(
+        &self,
+        setup: u64,
+        per_iteration: u64,
+        wanted: u32,
+    ) -> Option<u32> {
+        if self.loop_passes.is_none() {
+            return Some(wanted);
+        }
+        let room = LOOP_PASS_BUDGET.checked_sub(setup)? / per_iteration.max(1);
+        (room >= 1).then(|| wanted.min(u32::try_from(room).unwrap_or(u32::MAX)))
     }
 
     /// Compile every pipeline of the backend now, rather than each on its first use, and

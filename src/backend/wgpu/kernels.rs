@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    SinkhornKernel, WgpuContext, COSINE_BLOCKED_MIN, COSINE_COST, COSINE_COST_BLOCKED,
+    SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN, COSINE_COST, COSINE_COST_BLOCKED,
     COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
@@ -20,6 +20,56 @@ pub(crate) const MAX_LEN: usize = 512;
 /// cost tile (`2·nr·nc·d` flops) and reading the per-pair status between dispatches are
 /// small next to the iterations. Pairs that converge leave the dispatch early.
 const FUSED_ITERATIONS_PER_DISPATCH: usize = 512;
+
+/// Upper bounds of the loop passes one invocation of the Sinkhorn kernels makes, for
+/// adapters that cap them (llvmpipe: [`super::context::LLVMPIPE_LOOP_PASSES`]). They follow
+/// the shaders' loops; what lavapipe (Mesa 22.3) counted is in the comments. `n`, `m`: the
+/// padded set lengths; `narrow`: the 64-invocation variants (pairs of at most 64 × 64).
+pub(crate) mod passes {
+    fn wg(narrow: bool) -> u64 {
+        if narrow {
+            64
+        } else {
+            256
+        }
+    }
+
+    /// One iteration of the row kernels (tile, streamed, fused tile): an invocation's rows'
+    /// log-sum-exp over the columns (twice: a check's row update comes on top) and its
+    /// columns' over the rows. Counted: 167 for 130 × 20, 368 for 200 × 150, 541 for
+    /// 500 × 10 (bounds 214, 414, 604).
+    pub fn rows_iteration(n: usize, m: usize, narrow: bool) -> u64 {
+        let (n, m, w) = (n as u64, m as u64, wg(narrow));
+        2 * n.div_ceil(w) * m + m.div_ceil(w) * n + 64
+    }
+
+    /// One iteration of the register-blocked kernels, whose loops over an invocation's 8 × 8
+    /// block are unrolled. Counted: 19–21 from 64 × 64 to 128 × 128.
+    pub const BLOCKED_ITERATION: u64 = 32;
+
+    /// Loading a pair into the iterate kernels (K into the tile, the potentials).
+    pub fn rows_setup(n: usize, m: usize, narrow: bool) -> u64 {
+        ((n * m) as u64).div_ceil(wg(narrow)) + 64
+    }
+
+    /// The fused tile kernel's cost build (its plan kernel builds it again): the norms and
+    /// the dot products over `d`, the minima, the scaling.
+    pub fn tile_build(n: usize, m: usize, d: usize, narrow: bool) -> u64 {
+        let (n, m, d, w) = (n as u64, m as u64, d as u64, wg(narrow));
+        let entries = (n * m).div_ceil(w);
+        (n.div_ceil(w) + m.div_ceil(w) + entries) * (d + 1)
+            + n.div_ceil(w) * m
+            + m.div_ceil(w) * n
+            + entries
+            + 64
+    }
+
+    /// The register-blocked kernels' cost build (also in their plan kernel). lavapipe ran a
+    /// 128 × 128 pair whole at d = 4096 and cut it at d = 8192: 8–16 passes per dimension.
+    pub fn blocked_build(d: usize) -> u64 {
+        16 * d as u64 + 64
+    }
+}
 
 fn groups(items: usize, per_group: usize) -> u32 {
     items.div_ceil(per_group) as u32
@@ -277,19 +327,56 @@ pub(crate) fn fused_kernel_for(
     }
     let pairs = 0..x.b.min(y.b);
     let cap = ctx.tile_capacity() as usize;
-    if pairs
+    let kernel = if pairs
         .clone()
         .all(|p| ctx.blocked_takes(x.lengths[p], y.lengths[p]))
     {
-        Some(SinkhornKernel::Blocked)
+        SinkhornKernel::Blocked
     } else if pairs
         .clone()
         .all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap)
     {
-        Some(SinkhornKernel::Rows)
+        SinkhornKernel::Rows
     } else {
-        None
+        return None;
+    };
+    // Where loops are capped (llvmpipe), the cost build and one iteration must fit a
+    // dispatch, and the build and the plan the plan kernel's, with either workgroup size
+    // (a chunk of short pairs takes the narrow one); else the materialised path.
+    [false, true]
+        .into_iter()
+        .all(|narrow| {
+            let (build, _) = fused_passes(kernel, x.n, y.n, x.d, narrow);
+            let plan = build + passes::rows_setup(x.n, y.n, narrow);
+            fused_iterations_per_dispatch(ctx, kernel, x.n, y.n, x.d, narrow, 1).is_some()
+                && ctx.loops_fit(plan)
+        })
+        .then_some(kernel)
+}
+
+/// The fused kernels' loop passes ([`passes`]): the cost build, and one iteration.
+fn fused_passes(kernel: SinkhornKernel, n: usize, m: usize, d: usize, narrow: bool) -> (u64, u64) {
+    match kernel {
+        SinkhornKernel::Blocked => (passes::blocked_build(d), passes::BLOCKED_ITERATION),
+        SinkhornKernel::Rows => (
+            passes::tile_build(n, m, d, narrow),
+            passes::rows_iteration(n, m, narrow),
+        ),
     }
+}
+
+/// Iterations of one fused dispatch, of the `wanted`, within the adapter's loop cap.
+fn fused_iterations_per_dispatch(
+    ctx: &WgpuContext,
+    kernel: SinkhornKernel,
+    n: usize,
+    m: usize,
+    d: usize,
+    narrow: bool,
+    wanted: u32,
+) -> Option<u32> {
+    let (build, iteration) = fused_passes(kernel, n, m, d, narrow);
+    ctx.iterations_per_dispatch(build, iteration, wanted)
 }
 
 /// The fused solve, or `None` when no fused kernel takes every pair (the caller then takes
@@ -303,12 +390,13 @@ pub(crate) fn fused_sinkhorn(
     params.validate()?;
     check_pair_batch(x, y)?;
     let (b, n, m, d) = (x.b, x.n, y.n, x.d);
-    let pipes = match fused_kernel_for(ctx, x, y) {
+    let kernel = fused_kernel_for(ctx, x, y);
+    let pipes = match kernel {
         Some(SinkhornKernel::Blocked) => ctx.pipelines.fused_blocked.as_ref(),
         Some(_) => Some(&ctx.pipelines.fused),
         None => None,
     };
-    let Some(pipes) = pipes else {
+    let (Some(pipes), Some(kernel)) = (pipes, kernel) else {
         return Ok(None);
     };
     let to_u32 = |name: &'static str, v: usize| {
@@ -348,6 +436,18 @@ pub(crate) fn fused_sinkhorn(
         let narrow =
             (start..start + c).all(|p| x.lengths[p] <= NARROW_LEN && y.lengths[p] <= NARROW_LEN);
         let variant = if narrow { FUSED_NARROW } else { 0 };
+        // Fewer iterations per dispatch where the adapter caps loop passes (llvmpipe).
+        // fused_kernel_for checked that one fits with the widest variant.
+        let per_dispatch = fused_iterations_per_dispatch(
+            ctx,
+            kernel,
+            n,
+            m,
+            d,
+            narrow,
+            u32::try_from(per_dispatch).unwrap_or(u32::MAX),
+        )
+        .unwrap_or(1) as usize;
         let bufs = [
             ctx.upload(&x.data[start * n * d..(start + c) * n * d]),
             ctx.upload(&y.data[start * m * d..(start + c) * m * d]),
@@ -393,6 +493,26 @@ pub(crate) fn fused_sinkhorn(
                 .submit_and_read::<[u32; 4]>("fused sinkhorn", enc, &[(&bufs[5], c)])?
                 .remove(0);
             first += per_dispatch;
+            // A running pair has done every iteration up to `first` (or the last): fewer
+            // means the adapter ended the shader's loops early, and its state is garbage.
+            let due = first.min(params.max_iterations);
+            if let Some((k, s)) = status
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s[1] == 0 && (s[0] as usize) < due)
+            {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    operation: "fused sinkhorn",
+                    what: format!(
+                        "pair {}: the dispatch ended after iteration {} of {due}: the adapter \
+                         ({}) stopped the shader's loops early; use another backend",
+                        start + k,
+                        s[0],
+                        ctx.adapter_name()
+                    ),
+                });
+            }
             if status.iter().all(|s| s[1] != 0) {
                 break;
             }

@@ -11,11 +11,11 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    SinkhornKernel, WgpuContext, NARROW_LEN, SINKHORN_COLS_SPLIT, SINKHORN_ERRORS,
+    SinkhornKernel, WgpuContext, BACKEND, NARROW_LEN, SINKHORN_COLS_SPLIT, SINKHORN_ERRORS,
     SINKHORN_ERRORS_SPLIT, SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM,
     SINKHORN_ITERATE_TILE, SINKHORN_NARROW, SINKHORN_ROWS_SPLIT, SINKHORN_TERMS_SPLIT,
 };
-use super::kernels::MAX_LEN;
+use super::kernels::{passes, MAX_LEN};
 use super::Wgpu;
 use crate::error::{Error, Result};
 use crate::ot::problem::Problem;
@@ -245,17 +245,20 @@ impl SinkhornKernels for Wgpu {
             if !self.set_active(chunk, active) {
                 continue;
             }
-            ctx.queue.write_buffer(
-                &chunk.params,
-                0,
-                bytemuck::bytes_of(&Params {
-                    pairs: chunk.len as u32,
-                    n,
-                    m,
-                    iterations,
-                }),
-            );
+            let write_params = |iterations: u32| {
+                ctx.queue.write_buffer(
+                    &chunk.params,
+                    0,
+                    bytemuck::bytes_of(&Params {
+                        pairs: chunk.len as u32,
+                        n,
+                        m,
+                        iterations,
+                    }),
+                )
+            };
             if chunk.split {
+                write_params(iterations);
                 // Split half-iterations: a pair over ceil(lines / 16) workgroups, one
                 // dispatch per half-iteration (each dispatch sees the last's writes), at most
                 // SPLIT_ITERATIONS_PER_PASS iterations per compute pass.
@@ -280,27 +283,65 @@ impl SinkhornKernels for Wgpu {
                     ctx.encode(&mut enc, &halves);
                     left -= now;
                 }
-            } else {
-                let index = if chunk.blocked {
-                    // G = 8 (the next pipeline) when every pair is at most 64 × 64.
-                    let narrow = (chunk.variant == SINKHORN_NARROW) as usize;
-                    SINKHORN_ITERATE_BLOCKED + narrow
-                } else if chunk.any_on_chip {
-                    SINKHORN_ITERATE_TILE + chunk.variant
-                } else {
-                    SINKHORN_ITERATE_STREAM + chunk.variant
-                };
-                let pipeline = ctx.pipelines.sinkhorn.pipeline(index)?;
-                ctx.encode(
-                    &mut enc,
-                    &[(pipeline, &chunk.group, [chunk.len as u32, 1, 1])],
-                );
+                // One submission per chunk: each chunk's params write must precede its
+                // dispatch.
+                let done = std::mem::replace(&mut enc, ctx.encoder());
+                ctx.checked("sinkhorn iterate", || {
+                    ctx.queue.submit([done.finish()]);
+                })?;
+                continue;
             }
-            // One submission per chunk: each chunk's params write must precede its dispatch.
-            let done = std::mem::replace(&mut enc, ctx.encoder());
-            ctx.checked("sinkhorn iterate", || {
-                ctx.queue.submit([done.finish()]);
-            })?;
+            let narrow = chunk.variant == SINKHORN_NARROW;
+            let (index, per_iteration) = if chunk.blocked {
+                // G = 8 (the next pipeline) when every pair is at most 64 × 64.
+                (
+                    SINKHORN_ITERATE_BLOCKED + narrow as usize,
+                    passes::BLOCKED_ITERATION,
+                )
+            } else if chunk.any_on_chip {
+                (
+                    SINKHORN_ITERATE_TILE + chunk.variant,
+                    passes::rows_iteration(state.n, state.m, narrow),
+                )
+            } else {
+                (
+                    SINKHORN_ITERATE_STREAM + chunk.variant,
+                    passes::rows_iteration(state.n, state.m, narrow),
+                )
+            };
+            let pipeline = ctx.pipelines.sinkhorn.pipeline(index)?;
+            // Where the adapter caps an invocation's loop passes (llvmpipe), the iterations
+            // go in several dispatches of at most `each`, then one of the rest.
+            let setup = passes::rows_setup(state.n, state.m, narrow);
+            let each = ctx
+                .iterations_per_dispatch(setup, per_iteration, iterations.max(1))
+                .ok_or_else(|| Error::Backend {
+                    backend: BACKEND,
+                    operation: "sinkhorn iterate",
+                    what: format!(
+                        "one iteration of a {} × {} pair needs more loop passes than the \
+                         adapter ({}) lets a shader make; use another backend",
+                        state.n,
+                        state.m,
+                        ctx.adapter_name()
+                    ),
+                })?;
+            let (whole, rest) = (iterations / each, iterations % each);
+            for (count, per_dispatch) in [(whole, each), (u32::from(rest > 0), rest)] {
+                if count == 0 {
+                    continue;
+                }
+                write_params(per_dispatch);
+                let dispatches: Vec<_> = (0..count)
+                    .map(|_| (pipeline, &chunk.group, [chunk.len as u32, 1, 1]))
+                    .collect();
+                ctx.encode(&mut enc, &dispatches);
+                // One submission per params write: each write must precede its dispatches.
+                let done = std::mem::replace(&mut enc, ctx.encoder());
+                ctx.checked("sinkhorn iterate", || {
+                    ctx.queue.submit([done.finish()]);
+                })?;
+            }
         }
         Ok(())
     }
