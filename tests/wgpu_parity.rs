@@ -700,6 +700,73 @@ fn long_dispatches_stay_within_the_loop_cap() {
     check_solution("d = 8192", &got, &fused_reference(&x, &y, &params), 0.0);
 }
 
+/// The cost and MaxSim kernels loop over the dimensions (and MaxSim over the tokens) in one
+/// invocation: on llvmpipe, past its loop cap, they returned wrong values with exit 0 (a
+/// cost at d = 140,000; MaxSim of 32 query tokens against a document of 8,000 at d = 1,024
+/// gave 0.108 instead of 3.79). Now such calls are refused there, and calls just inside
+/// still match the reference.
+#[test]
+fn long_loops_match_reference_or_are_refused() {
+    let Some((w, _)) = wgpu_backend() else {
+        return;
+    };
+    let capped = w.context().loop_pass_cap().is_some();
+    let pair = |d: usize, seed: u64| {
+        let mut rng = SplitMix64::new(seed);
+        let rows = |rng: &mut SplitMix64, n: usize| {
+            Embeddings::new("test", 1, n, d, rng.normals_f32(n * d), None).expect("valid")
+        };
+        (rows(&mut rng, 2), rows(&mut rng, 3))
+    };
+    let (x, y) = pair(60_000, 800);
+    let got = w.cosine_cost(&x, &y).expect("d = 60000");
+    let want = CpuReference.cosine_cost(&x, &y).expect("reference");
+    compare(
+        "cost d=60000",
+        &widen(&got.data),
+        &widen(&want.data),
+        1e-6,
+        1.0,
+    );
+    let (x, y) = pair(70_000, 801);
+    match w.cosine_cost(&x, &y) {
+        Err(e) if capped => assert!(e.to_string().contains("d = 70000"), "{e}"),
+        Err(e) => panic!("refused without a loop cap: {e}"),
+        Ok(got) if !capped => {
+            let want = CpuReference.cosine_cost(&x, &y).expect("reference");
+            compare(
+                "cost d=70000",
+                &widen(&got.data),
+                &widen(&want.data),
+                1e-6,
+                1.0,
+            );
+        }
+        Ok(_) => panic!("d = 70000 must be refused on llvmpipe"),
+    }
+    let d = 1024;
+    let q = embeddings(802, 1, 32, d, false);
+    for (doc, refused) in [(2000, false), (8000, capped)] {
+        let mut rng = SplitMix64::new(803);
+        let docs = PackedDocs::new("docs", d, rng.normals_f32(doc * d), vec![doc]).expect("valid");
+        match w.maxsim(&q, &docs) {
+            Err(e) if refused => assert!(e.to_string().contains("a document of 8000"), "{e}"),
+            Err(e) => panic!("maxsim against {doc} tokens: {e}"),
+            Ok(_) if refused => panic!("maxsim against {doc} tokens must be refused"),
+            Ok(got) => {
+                let want = CpuReference.maxsim(&q, &docs).expect("reference");
+                compare(
+                    &format!("maxsim vs {doc} tokens"),
+                    &widen(&got),
+                    &widen(&want),
+                    3.2e-5,
+                    1.0,
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn results_are_bit_identical_across_runs() {
     let Some((w, backend)) = wgpu_backend() else {
@@ -791,17 +858,22 @@ fn chunked_batches_match_unchunked() {
 
 #[test]
 fn beyond_limits_is_an_error() {
-    let Some((_, backend)) = wgpu_backend() else {
+    let Some((w, backend)) = wgpu_backend() else {
         return;
     };
-    // The split half-iterations take any pair up to 65,535 workgroups of 16 lines.
+    // The split half-iterations take any pair up to 65,535 workgroups of 16 lines, and on
+    // llvmpipe lines of at most 16 lanes × its loop passes per shader.
     let pr = problem(5, 1, 65535 * 16 + 1, 1);
     let err = backend
         .sinkhorn(&pr, &fixed(0.1, 1))
         .expect_err("n = 1,048,561 exceeds the split's grid");
     println!("{err}");
+    let limit = match w.context().loop_pass_cap() {
+        Some(_) => "785392",
+        None => "1048560",
+    };
     assert!(
-        err.to_string().contains("1048560") && err.to_string().contains("1048561"),
+        err.to_string().contains(limit) && err.to_string().contains("1048561"),
         "{err}"
     );
 }

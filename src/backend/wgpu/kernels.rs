@@ -6,7 +6,8 @@ use rayon::prelude::*;
 
 use super::context::{
     SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN, COSINE_COST, COSINE_COST_BLOCKED,
-    COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
+    COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, LLVMPIPE_LOOP_PASSES, LOOP_PASS_BUDGET,
+    MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::error::{Error, Result};
@@ -69,6 +70,46 @@ pub(crate) mod passes {
     pub fn blocked_build(d: usize) -> u64 {
         16 * d as u64 + 64
     }
+
+    /// The cosine-cost kernels and the row norms (`cosine_cost.wgsl`, MaxSim's norms), `d4`
+    /// vec4s per row. lavapipe counted 1.3–2.2 passes per vec4 (whole at d = 120,000 and
+    /// 131,072, cut at d = 140,000 and 200,000).
+    pub fn cost(d4: usize) -> u64 {
+        3 * d4 as u64 + 64
+    }
+
+    /// The largest dimension [`cost`] keeps within `budget` passes.
+    pub fn cost_max_d(budget: u64) -> u64 {
+        4 * (budget.saturating_sub(64) / 3)
+    }
+
+    /// `maxsim_f32` for a query of `lq` tokens against a document of `ld` tokens: blocks of
+    /// 32 query × 64 document tokens, 4 vec4s per staging step. lavapipe counted 8–16
+    /// passes per step (32 query tokens, d = 1024: whole at 4,000 document tokens, cut at
+    /// 8,000).
+    pub fn maxsim(lq: usize, ld: usize, d4: usize) -> u64 {
+        let (lq, ld, d4) = (lq as u64, ld as u64, d4 as u64);
+        lq.div_ceil(32) * (ld.div_ceil(64) * (16 * d4.div_ceil(4) + 16) + 64) + 64
+    }
+}
+
+/// Refuse a cost over more dimensions than an invocation's loops may make passes for on
+/// this adapter (llvmpipe).
+fn check_cost_dimensions(ctx: &WgpuContext, what: &'static str, d: usize) -> Result<()> {
+    if ctx.loops_fit(passes::cost(d.div_ceil(4))) {
+        return Ok(());
+    }
+    Err(Error::shape(
+        what,
+        format!(
+            "d ≤ {} on {} (it ends a shader's loops after {} passes; use another backend \
+             for more)",
+            passes::cost_max_d(LOOP_PASS_BUDGET),
+            ctx.adapter_name(),
+            LLVMPIPE_LOOP_PASSES
+        ),
+        format!("d = {d}"),
+    ))
 }
 
 fn groups(items: usize, per_group: usize) -> u32 {
@@ -100,6 +141,7 @@ pub(crate) fn pad_rows(data: &[f32], d: usize) -> std::borrow::Cow<'_, [f32]> {
 
 pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
     check_pair_batch(x, y)?;
+    check_cost_dimensions(ctx, "wgpu cosine cost", x.d)?;
     let (b, n, m) = (x.b, x.n, y.n);
     // Rows padded to whole vec4s.
     let d = x.d.div_ceil(4) * 4;
@@ -202,7 +244,24 @@ pub(crate) fn maxsim(
     docs: &PackedDocs,
 ) -> Result<Vec<f32>> {
     check_maxsim(queries, docs)?;
+    check_cost_dimensions(ctx, "wgpu maxsim", queries.d)?;
     let (nqueries, nq, d) = (queries.b, queries.n, queries.d);
+    // On llvmpipe, the longest query against the longest document must fit an invocation's
+    // loop passes.
+    let longest_query = queries.lengths.iter().copied().max().unwrap_or(0);
+    let longest_doc = docs.lengths.iter().copied().max().unwrap_or(0);
+    if !ctx.loops_fit(passes::maxsim(longest_query, longest_doc, d.div_ceil(4))) {
+        return Err(Error::shape(
+            "wgpu maxsim",
+            format!(
+                "query tokens × document tokens × d within the loop passes {} lets a \
+                 shader make ({}; use another backend)",
+                ctx.adapter_name(),
+                LLVMPIPE_LOOP_PASSES
+            ),
+            format!("a query of {longest_query} tokens, a document of {longest_doc}, d = {d}"),
+        ));
+    }
     // Rows padded to whole vec4s.
     let (qd, dd) = (pad_rows(&queries.data, d), pad_rows(&docs.data, d));
     let d4 = d.div_ceil(4);

@@ -11,8 +11,8 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    SinkhornKernel, WgpuContext, BACKEND, NARROW_LEN, SINKHORN_COLS_SPLIT, SINKHORN_ERRORS,
-    SINKHORN_ERRORS_SPLIT, SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM,
+    SinkhornKernel, WgpuContext, BACKEND, LOOP_PASS_BUDGET, NARROW_LEN, SINKHORN_COLS_SPLIT,
+    SINKHORN_ERRORS, SINKHORN_ERRORS_SPLIT, SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM,
     SINKHORN_ITERATE_TILE, SINKHORN_NARROW, SINKHORN_ROWS_SPLIT, SINKHORN_TERMS_SPLIT,
 };
 use super::kernels::{passes, MAX_LEN};
@@ -139,11 +139,18 @@ impl SinkhornKernels for Wgpu {
         let (b, n, m) = (problem.pairs, problem.n, problem.m);
         // Pairs beyond MAX_LEN run the split half-iterations only: a dispatch of
         // ceil(lines / 16) workgroups along x.
-        let most = SPLIT_MAX_LEN;
+        // 16 lanes share a line: on llvmpipe, an invocation's loop passes bound it too.
+        let (most, why) = match ctx.loop_pass_cap() {
+            Some(_) => (
+                SPLIT_MAX_LEN.min(16 * (LOOP_PASS_BUDGET - 64) as usize),
+                "16 lanes per line, within llvmpipe's loop passes per shader",
+            ),
+            None => (SPLIT_MAX_LEN, "16 lines per workgroup, 65,535 workgroups"),
+        };
         if n > most || m > most {
             return Err(Error::shape(
                 "wgpu sinkhorn cost",
-                format!("n, m ≤ {most} (16 lines per workgroup, 65,535 workgroups)"),
+                format!("n, m ≤ {most} ({why})"),
                 format!("n = {n}, m = {m}"),
             ));
         }
