@@ -474,7 +474,7 @@ fn bad_configs_are_one_line_errors() {
         ),
         (
             vec!["--sinkhorn-iterations", "0"],
-            "parameter sinkhorn_iterations: expected at least 1",
+            "parameter sinkhorn_iterations: expected between 1 and 2147483647, found 0",
         ),
         (
             vec!["--mse-weight", "-0.5"],

@@ -361,3 +361,37 @@ fn splitting_a_large_pair_over_threads_changes_no_bit() {
     assert_eq!(alone.marginal_error[0], in_batch.marginal_error[0]);
     assert_eq!(alone.iterations[0], in_batch.iterations[0]);
 }
+
+/// The reported marginal error covers the returned plan, also where the `f32` potentials'
+/// rounding is what limits it: at cost range / ε = 2e4 the fast path's `f32` check could
+/// read 0 while its plan's rows were off by about 1e-5.
+#[test]
+fn reported_error_covers_the_plan_at_small_epsilon() {
+    let p = random_problem(5, 2, 5, 7, 0.0);
+    for kind in KINDS {
+        let prm = SinkhornParams {
+            epsilon: 1e-4,
+            max_iterations: 20_000,
+            threshold: 1e-6,
+            check_every: 10,
+        };
+        let out = Backend::new(kind).unwrap().sinkhorn(&p, &prm).unwrap();
+        for q in 0..2 {
+            let row_err: f64 = out
+                .plan_of(q)
+                .chunks(7)
+                .zip(&p.a[q * 5..(q + 1) * 5])
+                .map(|(row, a)| (row.iter().sum::<f64>() - a).abs())
+                .sum();
+            println!(
+                "{kind} pair {q}: plan row L1 error {row_err:.3e}, reported {:.3e}, converged {}",
+                out.marginal_error[q], out.converged[q]
+            );
+            assert!(
+                out.marginal_error[q] >= row_err,
+                "{kind} pair {q}: reported {:e} below the plan's {row_err:e}",
+                out.marginal_error[q]
+            );
+        }
+    }
+}

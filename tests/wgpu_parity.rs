@@ -767,6 +767,35 @@ fn long_loops_match_reference_or_are_refused() {
     }
 }
 
+/// The fused kernels take ε as an f32: ε = 1e39 became infinite there and the solve failed
+/// with "ε is too small". Such an ε now takes the materialised path, as on the CPU.
+#[test]
+fn an_epsilon_beyond_f32_takes_the_materialised_path() {
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let x = embeddings(900, 2, 5, 8, true);
+    let y = embeddings(901, 2, 7, 8, true);
+    let params = SinkhornParams {
+        epsilon: 1e39,
+        max_iterations: 20,
+        threshold: 1e-6,
+        check_every: 5,
+    };
+    assert!(w
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("declined, not failed")
+        .is_none());
+    let got = backend
+        .sinkhorn_embeddings(&x, &y, &params)
+        .expect("ε = 1e39");
+    let want = fused_reference(&x, &y, &params);
+    // The plan and cost; the potentials are only defined up to a constant (f + c, g − c),
+    // which at this ε the backends pick differently.
+    compare("ε = 1e39 plan", &got.plan, &want.plan, PLAN_TOL, 1e-3);
+    compare("ε = 1e39 cost", &got.cost, &want.cost, 1e-4, 1.0);
+}
+
 #[test]
 fn results_are_bit_identical_across_runs() {
     let Some((w, backend)) = wgpu_backend() else {

@@ -8,7 +8,9 @@ use clap::{Args, Subcommand};
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::io::npy;
-use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
+use crate::ot::problem::{
+    Embeddings, PackedDocs, Problem, SinkhornParams, MAX_ROW_NORM, MIN_ROW_NORM,
+};
 use crate::ot::sinkhorn::SinkhornOutput;
 
 #[derive(Debug, Args)]
@@ -216,6 +218,63 @@ fn load_lengths(path: &Path, batch: usize, max: usize) -> Result<Vec<usize>> {
 
 /// Embeddings from a (b,n,d) or (n,d) file; returns them and whether the batch axis was
 /// present.
+/// Rows of `d` values (from an f32 or f64 file) as the f32 the kernels take, refusing what
+/// the narrowing would change unseen: a finite value beyond f32's range (it became ±inf),
+/// and a real row whose norm is below [`MIN_ROW_NORM`] in the file but whose entries
+/// underflow in f32 (it became a zero row, which is allowed). Everything else is checked
+/// on the f32 rows by [`Embeddings::new`] / [`PackedDocs::new`].
+fn narrow(values: Vec<f64>, d: usize, real: impl Fn(usize) -> bool) -> Result<Vec<f32>> {
+    let out: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    for (r, (row, narrowed)) in values
+        .chunks(d.max(1))
+        .zip(out.chunks(d.max(1)))
+        .enumerate()
+    {
+        let mut underflow = false;
+        for (&v, &w) in row.iter().zip(narrowed) {
+            if v.is_finite() && w.is_infinite() {
+                return Err(Error::value(
+                    "embeddings",
+                    format!(
+                        "row {r}: {v:e} is beyond the range of the f32 the kernels compute in \
+                         (±3.4e38); the cosine does not depend on scale, so rescale the vectors"
+                    ),
+                ));
+            }
+            underflow |= v != 0.0 && w.abs() < f32::MIN_POSITIVE;
+        }
+        if underflow && real(r) {
+            // Scaled by the largest entry: the squares of such entries underflow in f64 too.
+            let big = row.iter().fold(0.0f64, |acc, v| acc.max(v.abs()));
+            let norm = big * row.iter().map(|v| (v / big).powi(2)).sum::<f64>().sqrt();
+            if norm < MIN_ROW_NORM {
+                return Err(Error::value(
+                    "embeddings",
+                    format!(
+                        "row {r}: L2 norm {norm:.3e}; expected 0 or a norm in \
+                         [{MIN_ROW_NORM:e}, {MAX_ROW_NORM:e}] (the f32 kernels square the \
+                         entries; the cosine does not depend on scale, so rescale the vectors)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Both embedding files batched `(b, n, d)` or both single `(n, d)`.
+fn check_same_rank(x: &Path, y: &Path, x_batched: bool, y_batched: bool) -> Result<()> {
+    if x_batched == y_batched {
+        return Ok(());
+    }
+    let rank = |batched: bool| if batched { "rank 3" } else { "rank 2" };
+    Err(Error::shape(
+        y.display().to_string(),
+        format!("the same rank as {} ({})", x.display(), rank(x_batched)),
+        rank(y_batched),
+    ))
+}
+
 fn load_embeddings(path: &Path, lengths: Option<&Path>) -> Result<(Embeddings, bool)> {
     let arr = load(path, &[2, 3], "(b, n, d) or (n, d)")?;
     let batched = arr.shape.len() == 3;
@@ -225,7 +284,8 @@ fn load_embeddings(path: &Path, lengths: Option<&Path>) -> Result<(Embeddings, b
         (1, arr.shape[0], arr.shape[1])
     };
     let lengths = lengths.map(|p| load_lengths(p, b, n)).transpose()?;
-    let values = arr.values.into_iter().map(|v| v as f32).collect();
+    let real = |r: usize| lengths.as_ref().is_none_or(|l| r % n < l[r / n]);
+    let values = narrow(arr.values, d, real).map_err(|e| e.in_file(path))?;
     let e = Embeddings::new("embeddings", b, n, d, values, lengths).map_err(|e| e.in_file(path))?;
     Ok((e, batched))
 }
@@ -298,7 +358,8 @@ fn solve(args: SolveArgs) -> Result<()> {
         (None, Some(xp), Some(yp)) => {
             let (x, bx) = load_embeddings(xp, args.x_lengths.as_deref())?;
             let (y, by) = load_embeddings(yp, args.y_lengths.as_deref())?;
-            if bx != by || x.b != y.b || x.d != y.d {
+            check_same_rank(xp, yp, bx, by)?;
+            if x.b != y.b || x.d != y.d {
                 return Err(Error::shape(
                     yp.display().to_string(),
                     format!(
@@ -379,7 +440,7 @@ fn convergence_warning(
 ) -> Option<String> {
     let missed = out.pairs - out.converged_count();
     if missed == 0 {
-        return None;
+        return precision_warning(out, params);
     }
     // How far the cost's entries spread (1 − cos lies in [0, 2]).
     let spread = cost.map_or(2.0, |c| {
@@ -421,7 +482,32 @@ fn convergence_warning(
     } else {
         text.push_str(" Raise --max-iterations or --epsilon.");
     }
+    if let Some(more) = precision_warning(out, params) {
+        text.push('\n');
+        text.push_str(&more);
+    }
     Some(text)
+}
+
+/// What to tell a user whose converged pairs came with plans above the threshold: the
+/// `f32` backends' check met it, but their `f32` potentials cap how well the plan's rows
+/// match (see `SinkhornOutput::marginal_error`).
+fn precision_warning(out: &SinkhornOutput, params: &SinkhornParams) -> Option<String> {
+    let (count, worst) = out
+        .converged
+        .iter()
+        .zip(&out.marginal_error)
+        .filter(|(&c, &e)| c && e > params.threshold)
+        .fold((0, 0.0f64), |(k, w), (_, &e)| (k + 1, w.max(e)));
+    (count > 0).then(|| {
+        format!(
+            "warning: {count} of {} pairs met the threshold ({:.0e}) in the backend's f32 \
+             iterations, but their plans' marginal error is larger (up to {worst:.2e}): f32 \
+             potentials round to about 6e-8 × (cost range / ε) in log units. Use --backend \
+             cpu-reference, or a larger --epsilon, for tighter marginals.",
+            out.pairs, params.threshold
+        )
+    })
 }
 
 fn cost(args: CostArgs) -> Result<()> {
@@ -438,13 +524,7 @@ fn cost(args: CostArgs) -> Result<()> {
     let backend = args.backend.open()?;
     let (x, bx) = load_embeddings(&args.x, args.x_lengths.as_deref())?;
     let (y, by) = load_embeddings(&args.y, args.y_lengths.as_deref())?;
-    if bx != by {
-        return Err(Error::shape(
-            args.y.display().to_string(),
-            format!("the same rank as {}", args.x.display()),
-            if by { "rank 3" } else { "rank 2" },
-        ));
-    }
+    check_same_rank(&args.x, &args.y, bx, by)?;
     let c = backend
         .cosine_cost(&x, &y)
         .map_err(|e| e.in_file(&args.y))?;
@@ -492,7 +572,7 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let values = docs.values.into_iter().map(|v| v as f32).collect();
+    let values = narrow(docs.values, d, |_| true).map_err(|e| e.in_file(&args.docs))?;
     let packed = PackedDocs::new("documents", d, values, lengths)
         .map_err(|e| e.in_data_or_lengths_file(&args.docs, &args.doc_lengths))?;
     let scores = backend
@@ -535,4 +615,41 @@ fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
     });
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowing_refuses_what_f32_would_change_unseen() {
+        // A real row whose norm is below the bound but would read as a zero row in f32.
+        let tiny = narrow(vec![1e-200, 0.0, 0.0, 0.0, 1.0, 0.0], 3, |_| true).unwrap_err();
+        assert!(
+            tiny.to_string().contains("row 0: L2 norm 1.000e-200"),
+            "{tiny}"
+        );
+        // A finite value that would become infinite.
+        let huge = narrow(vec![1.0, 2.0, 1e200, 0.0], 2, |_| true).unwrap_err();
+        assert!(
+            huge.to_string().contains("row 1: 1e200 is beyond"),
+            "{huge}"
+        );
+        // Padding rows are not checked; a tiny component of a row of ordinary norm is fine.
+        let ok = narrow(vec![1e-200, 0.0, 1e-60, 1.0], 2, |r| r == 1).unwrap();
+        assert_eq!(ok, vec![0.0, 0.0, 0.0, 1.0]);
+        // A zero row stays allowed.
+        assert!(narrow(vec![0.0; 4], 2, |_| true).is_ok());
+    }
+
+    #[test]
+    fn a_rank_mismatch_says_both_ranks() {
+        let e = check_same_rank(Path::new("x.npy"), Path::new("y.npy"), false, true).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("the same rank as x.npy (rank 2)") && text.contains("rank 3"),
+            "{text}"
+        );
+        assert!(check_same_rank(Path::new("x"), Path::new("y"), true, true).is_ok());
+    }
 }

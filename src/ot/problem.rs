@@ -439,6 +439,9 @@ impl Default for SinkhornParams {
     }
 }
 
+/// The most iterations (and the longest check interval) a solve may ask for: `i32::MAX`.
+pub const MAX_ITERATIONS: usize = i32::MAX as usize;
+
 impl SinkhornParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
@@ -448,8 +451,14 @@ impl SinkhornParams {
                 self.epsilon,
             ));
         }
-        if self.max_iterations == 0 {
-            return Err(Error::parameter("max_iterations", "at least 1", 0));
+        // One range on every backend: the GPU kernels count iterations in 32 bits, and
+        // iterations.npy stores them as int32.
+        if !(1..=MAX_ITERATIONS).contains(&self.max_iterations) {
+            return Err(Error::parameter(
+                "max_iterations",
+                format!("between 1 and {MAX_ITERATIONS}"),
+                self.max_iterations,
+            ));
         }
         if !(self.threshold.is_finite() && self.threshold >= 0.0) {
             return Err(Error::parameter(
@@ -458,8 +467,12 @@ impl SinkhornParams {
                 self.threshold,
             ));
         }
-        if self.check_every == 0 {
-            return Err(Error::parameter("check_every", "at least 1", 0));
+        if !(1..=MAX_ITERATIONS).contains(&self.check_every) {
+            return Err(Error::parameter(
+                "check_every",
+                format!("between 1 and {MAX_ITERATIONS}"),
+                self.check_every,
+            ));
         }
         Ok(())
     }
@@ -468,6 +481,28 @@ impl SinkhornParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iteration_counts_fit_every_backend() {
+        let ok = SinkhornParams {
+            epsilon: 0.1,
+            max_iterations: MAX_ITERATIONS,
+            threshold: 0.0,
+            check_every: MAX_ITERATIONS,
+        };
+        assert!(ok.validate().is_ok());
+        for (max_iterations, check_every) in [(MAX_ITERATIONS + 1, 10), (10, MAX_ITERATIONS + 1)] {
+            let e = SinkhornParams {
+                max_iterations,
+                check_every,
+                ..ok
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("between 1 and 2147483647"), "{e}");
+        }
+    }
 
     #[test]
     fn the_first_non_finite_value_is_reported_across_blocks() {

@@ -80,15 +80,42 @@ pub struct SinkhornOutput {
     pub cost: Vec<f64>,
     /// Iterations run per pair.
     pub iterations: Vec<u32>,
-    /// Whether the pair's marginal error fell below the threshold.
+    /// Whether the pair's marginal error fell below the threshold at a check (in the
+    /// backend's precision: see `marginal_error`).
     pub converged: Vec<bool>,
-    /// L1 row-marginal error at the last check.
+    /// L1 row-marginal error: the larger of the last check's and the returned plan's. They
+    /// differ on the `f32` backends, whose potentials are `f32`: their rounding (about
+    /// 2⁻²⁴ of cost range / ε in log units) caps how well the plan's rows can match, so a
+    /// check that reads 0 in `f32` at ε = 1e-4 came with a plan whose rows were off by
+    /// 1.7e-5. Such a pair is `converged` with an error above the threshold.
     pub marginal_error: Vec<f64>,
 }
 
 impl SinkhornOutput {
     pub fn converged_count(&self) -> usize {
         self.converged.iter().filter(|&&c| c).count()
+    }
+
+    /// Raise each pair's `marginal_error` to its plan's L1 row-marginal error against `a`
+    /// (`(pairs, n)`, 0 on padding rows), computed in `f64` from the returned plan.
+    pub fn include_plan_errors(&mut self, a: &[f64]) {
+        use rayon::prelude::*;
+        let (n, m) = (self.n, self.m);
+        self.marginal_error
+            .par_iter_mut()
+            .zip(self.plan.par_chunks(n * m))
+            .zip(a.par_chunks(n))
+            .for_each(|((err, plan), a)| {
+                let plan_err: f64 = plan
+                    .chunks(m)
+                    .zip(a)
+                    .map(|(row, &ai)| (row.iter().sum::<f64>() - ai).abs())
+                    .sum();
+                // NaN stays NaN (f64::max would drop it).
+                if plan_err > *err || plan_err.is_nan() {
+                    *err = plan_err;
+                }
+            });
     }
 
     /// The largest marginal error (NaN if any is NaN: `f64::max` would skip it).
@@ -187,7 +214,7 @@ pub fn solve<K: SinkhornKernels>(
     let finish = phases::phase("finish");
     let sol = kernels.finish(state, problem)?;
     drop(finish);
-    let out = SinkhornOutput {
+    let mut out = SinkhornOutput {
         pairs,
         n: problem.n,
         m: problem.m,
@@ -199,6 +226,7 @@ pub fn solve<K: SinkhornKernels>(
         converged,
         marginal_error: errors,
     };
+    out.include_plan_errors(&problem.a);
     out.check_finite(params.epsilon)?;
     Ok(out)
 }

@@ -414,7 +414,11 @@ impl CudaBackend {
         params.validate()?;
         check_pair_batch(x, y)?;
         let (b, n, m) = (x.b, x.n, y.n);
-        if self.check_fused_fits(n, m).is_err() {
+        // The fused kernel scales the cost by −log2(e)/ε in f32: where that is not a normal
+        // f32 (ε beyond about 1e38, or below about 4e-39), the materialised path, which
+        // scales in f64.
+        let kscale_normal = ((-LOG2E / params.epsilon) as f32).is_normal();
+        if self.check_fused_fits(n, m).is_err() || !kscale_normal {
             let cost = self.cosine_cost(x, y)?;
             let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
             return sinkhorn::solve(self, &problem, params);

@@ -448,6 +448,12 @@ pub(crate) fn fused_sinkhorn(
 ) -> Result<Option<SinkhornOutput>> {
     params.validate()?;
     check_pair_batch(x, y)?;
+    // The fused kernels take ε as an f32; one that is not a normal f32 (ε = 1e39 became
+    // infinite and the potentials NaN) goes to the materialised path, which scales the cost
+    // in f64.
+    if !(params.epsilon as f32).is_normal() {
+        return Ok(None);
+    }
     let (b, n, m, d) = (x.b, x.n, y.n, x.d);
     let kernel = fused_kernel_for(ctx, x, y);
     let pipes = match kernel {
@@ -616,5 +622,17 @@ pub(crate) fn fused_sinkhorn(
         }
         ctx.recycle(bufs);
     }
+    // Uniform mass on each pair's real rows, as the fused kernels solve.
+    let a: Vec<f64> = (0..b * n)
+        .map(|k| {
+            let len = x.lengths[k / n];
+            if k % n < len {
+                1.0 / len as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    out.include_plan_errors(&a);
     Ok(Some(out))
 }
