@@ -188,13 +188,19 @@ fn first_seen<'a>(it: impl Iterator<Item = &'a str>) -> Vec<String> {
 /// Read a whole file as UTF-8, with the path in every error.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-    String::from_utf8(bytes).map_err(|e| Error::Format {
+    let mut text = String::from_utf8(bytes).map_err(|e| Error::Format {
         path: path.to_path_buf(),
         what: format!(
             "expected UTF-8 text, found an invalid byte at offset {}",
             e.utf8_error().valid_up_to()
         ),
-    })
+    })?;
+    // A byte-order mark (editors on Windows write one) is not text: left in, it became part
+    // of the first qid, id or sentence, and that query silently matched no judgement.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }
 
 pub(crate) fn format_error(path: &Path, what: impl Into<String>) -> Error {

@@ -323,6 +323,23 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_qid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (qrels, run) = (dir.path().join("qrels"), dir.path().join("run"));
+        std::fs::write(&qrels, "\u{feff}q1 0 a 1\nq2 0 b 1\n").unwrap();
+        std::fs::write(
+            &run,
+            "\u{feff}q1 Q0 c 1 2 t\nq1 Q0 a 2 1 t\nq2 Q0 b 1 1 t\n",
+        )
+        .unwrap();
+        let qrels = crate::retrieval::trec::read_qrels(&qrels).unwrap();
+        let run = crate::retrieval::trec::read_run(&run).unwrap();
+        let e = evaluate(&qrels, &run, &[Measure::Map]);
+        assert_eq!(e.per_query.len(), 2, "{:?}", e.per_query);
+        assert!((e.mean["map"] - 0.75).abs() < 1e-12, "{:?}", e.mean);
+    }
+
+    #[test]
     fn scores_equal_in_f32_tie_as_in_trec_eval() {
         // trec_eval stores scores as C floats: each pair below ties there, and c (the
         // larger docno) comes first, so the relevant a is at rank 2.
