@@ -340,18 +340,28 @@ fn probe_wgpu() -> BackendInfo {
     let chosen = self::wgpu::choose_adapter(found)
         .and_then(|a| Ok((a, self::wgpu::SinkhornKernel::from_env()?)));
     let (available, note) = match chosen {
-        Ok((a, kernels)) => (
-            true,
-            format!(
-                "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
-                 kernels {} ({}: {})",
-                a.get_info().name,
-                self::wgpu::ADAPTER_ENV,
-                kernels.name(),
-                self::wgpu::SINKHORN_KERNEL_ENV,
-                choice::choices::<self::wgpu::SinkhornKernel>()
-            ),
-        ),
+        Ok((a, kernels)) => {
+            let info = a.get_info();
+            let cap = self::wgpu::caps_loop_passes(&info).map_or(String::new(), |cap| {
+                format!(
+                    "; its driver ends a shader's loops after {cap} passes, so long Sinkhorn \
+                     dispatches are split and costs over very many dimensions (or MaxSim \
+                     against very long documents) are refused"
+                )
+            });
+            (
+                true,
+                format!(
+                    "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
+                     kernels {} ({}: {}){cap}",
+                    info.name,
+                    self::wgpu::ADAPTER_ENV,
+                    kernels.name(),
+                    self::wgpu::SINKHORN_KERNEL_ENV,
+                    choice::choices::<self::wgpu::SinkhornKernel>()
+                ),
+            )
+        }
         Err(e) => (false, e.to_string()),
     };
     BackendInfo {

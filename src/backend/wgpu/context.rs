@@ -315,7 +315,7 @@ pub(crate) const LLVMPIPE_LOOP_PASSES: u64 = 65_535;
 pub(crate) const LOOP_PASS_BUDGET: u64 = LLVMPIPE_LOOP_PASSES * 3 / 4;
 
 /// Whether an adapter caps the loop passes of a shader invocation (llvmpipe).
-fn caps_loop_passes(info: &wgpu::AdapterInfo) -> Option<u64> {
+pub(crate) fn caps_loop_passes(info: &wgpu::AdapterInfo) -> Option<u64> {
     let llvmpipe = |s: &str| s.to_ascii_lowercase().contains("llvmpipe");
     (llvmpipe(&info.name) || llvmpipe(&info.driver)).then_some(LLVMPIPE_LOOP_PASSES)
 }

@@ -38,6 +38,7 @@ mod sinkhorn;
 
 use std::sync::Arc;
 
+pub(crate) use context::caps_loop_passes;
 pub use context::{
     adapters, choose_adapter, describe_adapter, SinkhornKernel, WgpuContext, ADAPTER_ENV,
     BLOCKED_MAX_LEN, SHADERS, SINKHORN_KERNEL_ENV,
