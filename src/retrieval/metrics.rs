@@ -147,7 +147,7 @@ impl RankedQuery {
     pub fn measure(&self, m: Measure) -> f64 {
         let rel = |k: usize| self.hits.iter().take_while(|h| h.0 <= k).count();
         let r = self.num_rel as f64;
-        match m {
+        let value = match m {
             Measure::Map => self.average_precision(usize::MAX),
             Measure::MapCut(k) => self.average_precision(k),
             Measure::RecipRank => self
@@ -182,7 +182,10 @@ impl RankedQuery {
                     0.0
                 }
             }
-        }
+        };
+        // An empty f64 sum is -0.0 (no hit within the cut-off gave AP and nDCG -0, printed
+        // "-0.0"): + 0.0 makes it 0.
+        value + 0.0
     }
 
     fn average_precision(&self, cut: usize) -> f64 {
@@ -320,6 +323,16 @@ mod tests {
         let rq = rank_query(&judged, &run);
         assert_eq!(rq.hits, vec![(2, 1)]);
         assert!((rq.measure(Measure::RecipRank) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_query_with_no_hit_scores_positive_zero() {
+        let judged: BTreeMap<String, i64> = [("a".to_string(), 1)].into_iter().collect();
+        let rq = rank_query(&judged, &[("b".to_string(), 1.0)]);
+        for m in Measure::parse_list("map,map_cut_5,recip_rank,P_1,recall_5,ndcg_cut_5").unwrap() {
+            let v = rq.measure(m);
+            assert!(v == 0.0 && v.is_sign_positive(), "{m}: {v:?}");
+        }
     }
 
     #[test]
