@@ -8,9 +8,7 @@ use clap::{Args, Subcommand};
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::io::npy;
-use crate::ot::problem::{
-    Embeddings, PackedDocs, Problem, SinkhornParams, MAX_ROW_NORM, MIN_ROW_NORM,
-};
+use crate::ot::problem::{narrow_rows, Embeddings, PackedDocs, Problem, SinkhornParams};
 use crate::ot::sinkhorn::SinkhornOutput;
 
 #[derive(Debug, Args)]
@@ -216,52 +214,6 @@ fn load_lengths(path: &Path, batch: usize, max: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Embeddings from a (b,n,d) or (n,d) file; returns them and whether the batch axis was
-/// present.
-/// Rows of `d` values (from an f32 or f64 file) as the f32 the kernels take, refusing what
-/// the narrowing would change unseen: a finite value beyond f32's range (it became ±inf),
-/// and a real row whose norm is below [`MIN_ROW_NORM`] in the file but whose entries
-/// underflow in f32 (it became a zero row, which is allowed). Everything else is checked
-/// on the f32 rows by [`Embeddings::new`] / [`PackedDocs::new`].
-fn narrow(values: Vec<f64>, d: usize, real: impl Fn(usize) -> bool) -> Result<Vec<f32>> {
-    let out: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    for (r, (row, narrowed)) in values
-        .chunks(d.max(1))
-        .zip(out.chunks(d.max(1)))
-        .enumerate()
-    {
-        let mut underflow = false;
-        for (&v, &w) in row.iter().zip(narrowed) {
-            if v.is_finite() && w.is_infinite() {
-                return Err(Error::value(
-                    "embeddings",
-                    format!(
-                        "row {r}: {v:e} is beyond the range of the f32 the kernels compute in \
-                         (±3.4e38); the cosine does not depend on scale, so rescale the vectors"
-                    ),
-                ));
-            }
-            underflow |= v != 0.0 && w.abs() < f32::MIN_POSITIVE;
-        }
-        if underflow && real(r) {
-            // Scaled by the largest entry: the squares of such entries underflow in f64 too.
-            let big = row.iter().fold(0.0f64, |acc, v| acc.max(v.abs()));
-            let norm = big * row.iter().map(|v| (v / big).powi(2)).sum::<f64>().sqrt();
-            if norm < MIN_ROW_NORM {
-                return Err(Error::value(
-                    "embeddings",
-                    format!(
-                        "row {r}: L2 norm {norm:.3e}; expected 0 or a norm in \
-                         [{MIN_ROW_NORM:e}, {MAX_ROW_NORM:e}] (the f32 kernels square the \
-                         entries; the cosine does not depend on scale, so rescale the vectors)"
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Both embedding files batched `(b, n, d)` or both single `(n, d)`.
 fn check_same_rank(x: &Path, y: &Path, x_batched: bool, y_batched: bool) -> Result<()> {
     if x_batched == y_batched {
@@ -275,6 +227,8 @@ fn check_same_rank(x: &Path, y: &Path, x_batched: bool, y_batched: bool) -> Resu
     ))
 }
 
+/// Embeddings from a (b,n,d) or (n,d) file; returns them and whether the batch axis was
+/// present.
 fn load_embeddings(path: &Path, lengths: Option<&Path>) -> Result<(Embeddings, bool)> {
     let arr = load(path, &[2, 3], "(b, n, d) or (n, d)")?;
     let batched = arr.shape.len() == 3;
@@ -285,7 +239,7 @@ fn load_embeddings(path: &Path, lengths: Option<&Path>) -> Result<(Embeddings, b
     };
     let lengths = lengths.map(|p| load_lengths(p, b, n)).transpose()?;
     let real = |r: usize| lengths.as_ref().is_none_or(|l| r % n < l[r / n]);
-    let values = narrow(arr.values, d, real).map_err(|e| e.in_file(path))?;
+    let values = narrow_rows("embeddings", &arr.values, d, real).map_err(|e| e.in_file(path))?;
     let e = Embeddings::new("embeddings", b, n, d, values, lengths).map_err(|e| e.in_file(path))?;
     Ok((e, batched))
 }
@@ -572,7 +526,8 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let values = narrow(docs.values, d, |_| true).map_err(|e| e.in_file(&args.docs))?;
+    let values =
+        narrow_rows("embeddings", &docs.values, d, |_| true).map_err(|e| e.in_file(&args.docs))?;
     let packed = PackedDocs::new("documents", d, values, lengths)
         .map_err(|e| e.in_data_or_lengths_file(&args.docs, &args.doc_lengths))?;
     let scores = backend
@@ -620,27 +575,6 @@ fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn narrowing_refuses_what_f32_would_change_unseen() {
-        // A real row whose norm is below the bound but would read as a zero row in f32.
-        let tiny = narrow(vec![1e-200, 0.0, 0.0, 0.0, 1.0, 0.0], 3, |_| true).unwrap_err();
-        assert!(
-            tiny.to_string().contains("row 0: L2 norm 1.000e-200"),
-            "{tiny}"
-        );
-        // A finite value that would become infinite.
-        let huge = narrow(vec![1.0, 2.0, 1e200, 0.0], 2, |_| true).unwrap_err();
-        assert!(
-            huge.to_string().contains("row 1: 1e200 is beyond"),
-            "{huge}"
-        );
-        // Padding rows are not checked; a tiny component of a row of ordinary norm is fine.
-        let ok = narrow(vec![1e-200, 0.0, 1e-60, 1.0], 2, |r| r == 1).unwrap();
-        assert_eq!(ok, vec![0.0, 0.0, 0.0, 1.0]);
-        // A zero row stays allowed.
-        assert!(narrow(vec![0.0; 4], 2, |_| true).is_ok());
-    }
 
     #[test]
     fn a_rank_mismatch_says_both_ranks() {

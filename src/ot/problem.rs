@@ -402,16 +402,61 @@ fn check_rows(
             format!("{}: expected a finite number, found {v}", locate(r)),
         ));
     }
-    Err(Error::value(
+    Err(norm_error(name, &locate(r), sumsq_f64(row).sqrt()))
+}
+
+/// A real row whose L2 norm `norm` is outside the bounds the `f32` kernels need.
+fn norm_error(name: &str, location: &str, norm: f64) -> Error {
+    Error::value(
         name,
         format!(
-            "{}: L2 norm {:.3e}; expected 0 or a norm in [{MIN_ROW_NORM:e}, {MAX_ROW_NORM:e}] \
-             (the f32 kernels square the entries; the cosine does not depend on scale, so \
-             rescale the vectors)",
-            locate(r),
-            sumsq_f64(row).sqrt()
+            "{location}: L2 norm {norm:.3e}; expected 0 or a norm in [{MIN_ROW_NORM:e}, \
+             {MAX_ROW_NORM:e}] (the f32 kernels square the entries; the cosine does not depend \
+             on scale, so rescale the vectors)"
         ),
-    ))
+    )
+}
+
+/// Rows of `d` values read as `f64` (an f64 file) as the `f32` that [`Embeddings::new`] and
+/// [`PackedDocs::new`] take, refusing what the narrowing would change unseen: a finite value
+/// beyond f32's range (it would become ±inf, reported as such), and a real row (`is_real`)
+/// whose norm is below [`MIN_ROW_NORM`] but whose entries underflow in `f32` (it would
+/// become a zero row, which is allowed). Those constructors check the rest on the `f32` rows.
+pub fn narrow_rows(
+    name: &str,
+    values: &[f64],
+    d: usize,
+    is_real: impl Fn(usize) -> bool,
+) -> Result<Vec<f32>> {
+    let out: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    for (r, (row, narrowed)) in values
+        .chunks(d.max(1))
+        .zip(out.chunks(d.max(1)))
+        .enumerate()
+    {
+        let mut underflow = false;
+        for (&v, &w) in row.iter().zip(narrowed) {
+            if v.is_finite() && w.is_infinite() {
+                return Err(Error::value(
+                    name,
+                    format!(
+                        "row {r}: {v:e} is beyond the range of the f32 the kernels compute in \
+                         (±3.4e38); the cosine does not depend on scale, so rescale the vectors"
+                    ),
+                ));
+            }
+            underflow |= v != 0.0 && w.abs() < f32::MIN_POSITIVE;
+        }
+        if underflow && is_real(r) {
+            // Scaled by the largest entry: the squares of such entries underflow in f64 too.
+            let big = row.iter().fold(0.0f64, |acc, v| acc.max(v.abs()));
+            let norm = big * row.iter().map(|v| (v / big).powi(2)).sum::<f64>().sqrt();
+            if norm < MIN_ROW_NORM {
+                return Err(norm_error(name, &format!("row {r}"), norm));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Parameters of the Sinkhorn solver (the problem is separate, see [`Problem`]).
@@ -481,6 +526,30 @@ impl SinkhornParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrowing_refuses_what_f32_would_change_unseen() {
+        // A real row whose norm is below the bound but would read as a zero row in f32.
+        let tiny = narrow_rows("embeddings", &[1e-200, 0.0, 0.0, 0.0, 1.0, 0.0], 3, |_| {
+            true
+        })
+        .unwrap_err();
+        assert!(
+            tiny.to_string().contains("row 0: L2 norm 1.000e-200"),
+            "{tiny}"
+        );
+        // A finite value that would become infinite.
+        let huge = narrow_rows("embeddings", &[1.0, 2.0, 1e200, 0.0], 2, |_| true).unwrap_err();
+        assert!(
+            huge.to_string().contains("row 1: 1e200 is beyond"),
+            "{huge}"
+        );
+        // Padding rows are not checked; a tiny component of a row of ordinary norm is fine.
+        let ok = narrow_rows("embeddings", &[1e-200, 0.0, 1e-60, 1.0], 2, |r| r == 1).unwrap();
+        assert_eq!(ok, vec![0.0, 0.0, 0.0, 1.0]);
+        // A zero row stays allowed.
+        assert!(narrow_rows("embeddings", &[0.0; 4], 2, |_| true).is_ok());
+    }
 
     #[test]
     fn iteration_counts_fit_every_backend() {

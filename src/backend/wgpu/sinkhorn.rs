@@ -247,6 +247,13 @@ impl SinkhornKernels for Wgpu {
         let iterations = u32::try_from(iterations)
             .map_err(|_| Error::parameter("iterations", "at most 4294967295", iterations))?;
         let mut enc = ctx.encoder();
+        // One submission per params write: each write must precede its dispatches.
+        let submit = |enc: &mut wgpu::CommandEncoder| {
+            let done = std::mem::replace(enc, ctx.encoder());
+            ctx.checked("sinkhorn iterate", || {
+                ctx.queue.submit([done.finish()]);
+            })
+        };
         let (n, m) = (state.n as u32, state.m as u32);
         for chunk in &mut state.chunks {
             if !self.set_active(chunk, active) {
@@ -290,12 +297,7 @@ impl SinkhornKernels for Wgpu {
                     ctx.encode(&mut enc, &halves);
                     left -= now;
                 }
-                // One submission per chunk: each chunk's params write must precede its
-                // dispatch.
-                let done = std::mem::replace(&mut enc, ctx.encoder());
-                ctx.checked("sinkhorn iterate", || {
-                    ctx.queue.submit([done.finish()]);
-                })?;
+                submit(&mut enc)?;
                 continue;
             }
             let narrow = chunk.variant == SINKHORN_NARROW;
@@ -343,11 +345,7 @@ impl SinkhornKernels for Wgpu {
                     .map(|_| (pipeline, &chunk.group, [chunk.len as u32, 1, 1]))
                     .collect();
                 ctx.encode(&mut enc, &dispatches);
-                // One submission per params write: each write must precede its dispatches.
-                let done = std::mem::replace(&mut enc, ctx.encoder());
-                ctx.checked("sinkhorn iterate", || {
-                    ctx.queue.submit([done.finish()]);
-                })?;
+                submit(&mut enc)?;
             }
         }
         Ok(())
