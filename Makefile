@@ -34,6 +34,7 @@ build:
 lint: check-burn-cuda
 	cargo fmt --all -- --check
 	cargo clippy --all-targets $(CARGO_FEATURES) -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps $(CARGO_FEATURES)
 
 ## Type-check the `burn-cuda` feature (burn's CUDA device for the encoders). Linking it
 ## needs the LLVM bundle that cubecl's build script downloads; DOCS_RS=1 is that build

@@ -1,7 +1,7 @@
 //! Backends and their run-time selection.
 //!
 //! Every backend implements the same small set of primitives — the pairwise cosine cost,
-//! MaxSim scoring, and the Sinkhorn reductions of [`SinkhornKernels`] — with identical
+//! MaxSim scoring, and the Sinkhorn reductions of [`SinkhornKernels`](crate::ot::sinkhorn::SinkhornKernels) — with identical
 //! semantics; the solver's control logic lives once in [`crate::ot::sinkhorn`]. A backend
 //! that is not compiled in, or finds no device, is reported as
 //! [`Error::BackendUnavailable`], never a panic.

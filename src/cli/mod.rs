@@ -1,5 +1,10 @@
 //! The command-line interface: one file per subcommand. `main.rs` only parses and maps
 //! errors to exit codes.
+//!
+//! The doc comments of the argument structs are clap's help text, plain text rather than
+//! rustdoc markdown: `<out>` there is a placeholder, not an HTML tag, and `C[p,i,j]` an
+//! index, not a link.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 #[cfg(feature = "encoder")]
 pub mod assets;

@@ -4,7 +4,7 @@
 //! kernels, held constant; loss `⟨T, C⟩` with `C = 1 − cos`).
 //!
 //! [`config`] (the run settings) → [`data`] (bitext sources) → [`train`] (the step,
-//! checkpoints, dev evaluation) with [`loss`] → [`run`] (the whole run: log, progress,
+//! checkpoints, dev evaluation) with [`loss`] → [`run()`] (the whole run: log, progress,
 //! plots via [`plot`], the exported student via [`export`]). [`ddp`] spreads the step over
 //! several devices (`--devices`).
 

@@ -1,7 +1,7 @@
 //! Retrieval: the encoder boundary, exact search over a candidate pool (dense cosine and
 //! MaxSim), TREC run/qrels files, and measures with trec_eval's semantics.
 //!
-//! Data flows text → [`encoder::Encoder`] → vectors → [`search`] → ranks → [`metrics`];
+//! Data flows text → [`encoder::Encoder`] → vectors → [`search()`] → ranks → [`metrics`];
 //! [`evaluate`] strings them together for one [`crate::data::RetrievalTask`].
 
 pub mod encoder;

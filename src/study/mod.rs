@@ -4,7 +4,7 @@
 //!
 //! [`config`] (the study file and the grid of one budget) → [`split`] (the held-out split of
 //! Tatoeba) → [`evaluate`] (the evaluation sets and a model's evaluation) → the runs, here:
-//! each run trains through [`crate::distill::run`] (in process, resumable) and is then
+//! each run trains through [`crate::distill::run()`] (in process, resumable) and is then
 //! evaluated; [`stats`] (mean ± std over seeds, paired randomisation tests) → [`report`]
 //! (`STUDY.md`, tables and SVG plots).
 //!

@@ -216,7 +216,7 @@ const SHIFTED_MIN_LEN: usize = 16;
 /// `p_l − log2 Σ_j 2^(line_lj + h_j + p_l)` without a maximum. A line whose shifted sum
 /// leaves [2^−60, 2^60] (early iterations, small ε, a non-finite potential) is recomputed
 /// with the maximum subtracted ([`max_sum_exp2`]), as are lines shorter than
-/// [`SHIFTED_MIN_LEN`]. The logarithms go eight lines at a time
+/// `SHIFTED_MIN_LEN` (16). The logarithms go eight lines at a time
 /// through [`log2_pos`]. Each line's result depends only on that line, not on its group of
 /// eight, so a pair split over threads gives the same bits.
 #[inline(always)]

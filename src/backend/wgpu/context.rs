@@ -456,7 +456,7 @@ impl WgpuContext {
     }
 
     /// The loop passes one shader invocation may make on this adapter, when it caps them
-    /// (llvmpipe: [`LLVMPIPE_LOOP_PASSES`]).
+    /// (llvmpipe: 65,535, `LLVMPIPE_LOOP_PASSES`).
     pub fn loop_pass_cap(&self) -> Option<u64> {
         self.loop_passes
     }
