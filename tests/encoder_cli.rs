@@ -323,3 +323,184 @@ fn broken_tokenizer_or_weights_are_errors_in_load_order() {
     assert!(!err.contains("tokenizer.json"), "{err}");
     assert!(!out.exists());
 }
+
+/// A copy of the MiniLM directory (weights linked) with `edit` applied to its config and
+/// `tokenizer` (a path) as its tokenizer.json.
+fn minilm_variant(
+    root: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+    tokenizer: &Path,
+) -> PathBuf {
+    let src = optical::assets::assets_dir().join("minilm");
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors"))
+        .unwrap();
+    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
+    dir
+}
+
+/// Model files that disagree with each other, or that a library chokes on, are errors that
+/// say which file and why; before, each of these encoded with exit 0 (or panicked).
+#[test]
+fn model_files_that_disagree_are_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let assets = optical::assets::assets_dir();
+    let minilm_tok = assets.join("minilm").join("tokenizer.json");
+    let input = root.path().join("texts.txt");
+    std::fs::write(&input, "the\n").unwrap();
+    let out = root.path().join("o.npy");
+    let encode = |model: &Path, needle: &str| {
+        fails_with(
+            &[
+                "encode",
+                "--model",
+                model.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            needle,
+        );
+        assert!(!out.exists());
+    };
+
+    // The tokenizers crate panics on a corrupt precompiled charsmap: an error, quietly.
+    let text = std::fs::read_to_string(&minilm_tok).unwrap();
+    let mut tok: serde_json::Value = serde_json::from_str(&text).unwrap();
+    tok["normalizer"] = serde_json::json!({
+        "type": "Precompiled", "precompiled_charsmap": "////fwAAAAAAAAAAAAAAAAAAAAA="
+    });
+    let bad_tok = root.path().join("bad-tokenizer.json");
+    std::fs::write(&bad_tok, tok.to_string()).unwrap();
+    let dir = minilm_variant(root.path(), "charsmap", |_| {}, &bad_tok);
+    encode(&dir, "not a valid tokenizer.json");
+
+    // Another model's tokenizer (XLM-R's 250,002 pieces for BERT's 30,522 rows).
+    let xlmr = assets.join("xlmr").join("tokenizer.json");
+    let dir = minilm_variant(root.path(), "xlmr-tokenizer", |_| {}, &xlmr);
+    encode(&dir, "belongs to another model");
+
+    // A config with fewer layers than the weights would run a cut model.
+    let dir = minilm_variant(
+        root.path(),
+        "three-layers",
+        |c| c["num_hidden_layers"] = 3.into(),
+        &minilm_tok,
+    );
+    encode(
+        &dir,
+        "belongs to layer 3, but the config has num_hidden_layers 3",
+    );
+
+    // Absurd or mistyped config values stop before any weight is read.
+    for (name, key, value, needle) in [
+        (
+            "layers",
+            "num_hidden_layers",
+            serde_json::json!(1e12 as u64),
+            "at most 1024",
+        ),
+        (
+            "pad",
+            "pad_token_id",
+            serde_json::json!(1_000_000),
+            "pad_token_id 1000000",
+        ),
+        (
+            "pad-type",
+            "pad_token_id",
+            serde_json::json!("0"),
+            "pad_token_id",
+        ),
+        (
+            "eps-type",
+            "layer_norm_eps",
+            serde_json::json!("1e-5"),
+            "layer_norm_eps",
+        ),
+        (
+            "eps-big",
+            "layer_norm_eps",
+            serde_json::json!(1e30),
+            "(0, 1)",
+        ),
+    ] {
+        let dir = minilm_variant(root.path(), name, |c| c[key] = value, &minilm_tok);
+        encode(&dir, needle);
+    }
+
+    // A path that does not exist says so.
+    encode(
+        &root.path().join("no-such-model"),
+        "no such file or directory",
+    );
+}
+
+/// `assets export-e5` writes a directory that encodes exactly as the E5S1 file: the same
+/// tokenizer and the e5 prefixes (prefixes.json), in f32 safetensors.
+#[test]
+fn an_exported_e5_directory_encodes_as_the_file() {
+    let root = tempfile::tempdir().unwrap();
+    let export = root.path().join("e5-dir");
+    let run = optical()
+        .args(["assets", "export-e5", "--out", export.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let prefixes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("prefixes.json")).unwrap())
+            .unwrap();
+    assert_eq!(prefixes["passage"], "passage: ");
+    assert_eq!(prefixes["query"], "query: ");
+
+    let input = root.path().join("texts.txt");
+    std::fs::write(&input, "Optimal transport aligns tokens.\nhello\n").unwrap();
+    let encode = |model: &str, kind: &str, out: &Path| {
+        let run = optical()
+            .args(["encode", "--model", model, "--kind", kind, "--input"])
+            .arg(&input)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        npy::read(out).unwrap().to_f32()
+    };
+    for kind in ["passage", "query"] {
+        let file = encode(
+            "e5-small",
+            kind,
+            &root.path().join(format!("{kind}-file.npy")),
+        );
+        let dir = encode(
+            export.to_str().unwrap(),
+            kind,
+            &root.path().join(format!("{kind}-dir.npy")),
+        );
+        assert_eq!(file.len(), dir.len());
+        let worst = file
+            .iter()
+            .zip(&dir)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "{kind}: the exported directory differs by {worst}"
+        );
+    }
+}

@@ -352,6 +352,14 @@ fn q4_0_dequantisation() {
 
 /// A small E5S1 image: f32 for the vectors, Q4_0 (scale 1/8) for the matrices.
 fn tiny_e5s1(pieces: &[&str]) -> (Vec<u8>, HashMap<String, Vec<f32>>) {
+    tiny_e5s1_with(pieces, Vec::new())
+}
+
+/// [`tiny_e5s1`] with `extra` entries (name, dtype, values) appended to the directory.
+fn tiny_e5s1_with(
+    pieces: &[&str],
+    extra: Vec<(String, u8, Vec<f32>)>,
+) -> (Vec<u8>, HashMap<String, Vec<f32>>) {
     let (h, nl, nh, ff, voc, maxp, tvs) = (
         32usize,
         1usize,
@@ -390,6 +398,7 @@ fn tiny_e5s1(pieces: &[&str]) -> (Vec<u8>, HashMap<String, Vec<f32>>) {
             tensors.push((format!("l{l}.{s}.b"), 0, vec![0.0; h]));
         }
     }
+    tensors.extend(extra);
     let mut b = Vec::new();
     b.extend(b"E5S1");
     b.extend(1u32.to_le_bytes());
@@ -537,6 +546,33 @@ fn config_validation() {
     other = ok.clone();
     other["hidden_act"] = "relu".into();
     assert!(EncoderConfig::from_json(&other).is_err());
+    for (key, value, needle) in [
+        (
+            "num_hidden_layers",
+            serde_json::json!(1_000_000_000_000u64),
+            "at most 1024",
+        ),
+        (
+            "pad_token_id",
+            serde_json::json!(10),
+            "pad_token_id 10 is not an id",
+        ),
+        ("pad_token_id", serde_json::json!(-1), "pad_token_id"),
+        (
+            "layer_norm_eps",
+            serde_json::json!("1e-5"),
+            "expected a number",
+        ),
+        ("layer_norm_eps", serde_json::json!(2.0), "(0, 1)"),
+    ] {
+        let mut bad = ok.clone();
+        bad[key] = value;
+        let msg = EncoderConfig::from_json(&bad).unwrap_err().to_string();
+        assert!(msg.contains(needle), "{key}: expected {needle:?} in {msg}");
+    }
+    let mut null_pad = ok.clone();
+    null_pad["pad_token_id"] = serde_json::Value::Null;
+    assert_eq!(EncoderConfig::from_json(&null_pad).unwrap().pad_token_id, 0);
 }
 
 /// `forward_layers` runs the real tokens only (packed rows, attention unpacked to the
@@ -633,4 +669,154 @@ fn packed_layers_match_all_slots_in_values_and_gradients() {
         packed_gw.iter().any(|&g| g != 0.0),
         "the weight gradient is not all zero"
     );
+}
+
+/// The position of `name`'s directory entry fields in an E5S1 image: (dtype, n, offset,
+/// n_bytes) byte offsets.
+fn entry_fields(bytes: &[u8], name: &str) -> (usize, usize, usize, usize) {
+    let mut key = (name.len() as u16).to_le_bytes().to_vec();
+    key.extend(name.as_bytes());
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .expect("entry in the directory")
+        + key.len();
+    (at, at + 1, at + 5, at + 13)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// Directories that lie are refused by name: entries sharing bytes (a small file standing
+/// for huge tensors), a byte length that does not match the size, a name listed twice,
+/// non-finite weights, and an unknown version.
+#[test]
+fn e5s1_directories_that_lie_are_errors() {
+    let pieces = ["<s>", "<pad>", "</s>", "<unk>", "▁a", "▁b", "c", "▁hello"];
+    let (bytes, _) = tiny_e5s1(&pieces);
+    let path = std::path::Path::new("tiny.bin");
+    assert!(E5s1::parse(path, &bytes).is_ok());
+    let fails = |b: &[u8], needle: &str| {
+        let msg = E5s1::parse(path, b).err().expect("an error").to_string();
+        assert!(msg.contains(needle), "expected {needle:?} in {msg}");
+    };
+
+    // l0.k.w pointed at l0.q.w's bytes.
+    let (_, _, q_off, _) = entry_fields(&bytes, "l0.q.w");
+    let (_, _, k_off, _) = entry_fields(&bytes, "l0.k.w");
+    let mut b = bytes.clone();
+    let q_at = read_u64(&bytes, q_off);
+    b[k_off..k_off + 8].copy_from_slice(&q_at.to_le_bytes());
+    fails(&b, "overlap");
+
+    // A byte length longer than the tensor's elements take.
+    let (_, _, _, nb) = entry_fields(&bytes, "emb.ln.w");
+    let mut b = bytes.clone();
+    b[nb..nb + 8].copy_from_slice(&(read_u64(&bytes, nb) + 4).to_le_bytes());
+    fails(&b, "the entry says 132 bytes, its 32 elements take 128");
+
+    // An offset inside the directory.
+    let (_, _, off, _) = entry_fields(&bytes, "emb.ln.b");
+    let mut b = bytes.clone();
+    b[off..off + 8].copy_from_slice(&8u64.to_le_bytes());
+    fails(&b, "outside the data section");
+
+    // Two entries of one name (l0.k.b renamed l0.q.b).
+    let mut b = bytes.clone();
+    let (dtype, _, _, _) = entry_fields(&bytes, "l0.k.b");
+    b[dtype - 6..dtype].copy_from_slice(b"l0.q.b");
+    fails(&b, "tensor l0.q.b: listed twice");
+
+    // A NaN in an f32 tensor.
+    let (_, _, off, _) = entry_fields(&bytes, "emb.ln.b");
+    let data_at = read_u64(&bytes, off) as usize;
+    let mut b = bytes.clone();
+    b[data_at + 8..data_at + 12].copy_from_slice(&f32::NAN.to_le_bytes());
+    fails(&b, "tensor emb.ln.b: element 2 is NaN");
+
+    // A version this reader does not know.
+    let mut b = bytes.clone();
+    b[4..8].copy_from_slice(&2u32.to_le_bytes());
+    fails(&b, "version: expected 1");
+}
+
+/// An entry no layer uses (a second layer's bias in a one-layer file) is an error: the
+/// header and the directory disagree about the model.
+#[test]
+fn e5s1_entries_beyond_the_header_are_errors() {
+    let pieces = ["<s>", "<pad>", "</s>", "<unk>", "▁a", "▁b", "c", "▁hello"];
+    let (bytes, _) = tiny_e5s1_with(&pieces, vec![("l1.q.b".into(), 0, vec![0.0; 32])]);
+    let msg = E5s1::parse(std::path::Path::new("tiny.bin"), &bytes)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("tensor l1.q.b: in the directory but not part of a 1-layer model"),
+        "{msg}"
+    );
+}
+
+/// A checkpoint whose tensors disagree with its config, or with each other, is refused:
+/// a layer beyond `num_hidden_layers`, one parameter under two names, a NaN.
+#[test]
+fn safetensors_that_disagree_with_the_config_are_errors() {
+    let config = tiny_config(Architecture::Bert);
+    let weights = random_weights(&config, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let list: Vec<(String, Vec<usize>, Vec<f32>)> = weights
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.clone()))
+        .collect();
+    let fails = |list: &[(String, Vec<usize>, Vec<f32>)], needle: &str| {
+        write_safetensors(&path, list);
+        let msg = Weights::from_safetensors(&path, &config)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(needle), "expected {needle:?} in {msg}");
+    };
+
+    let mut extra = list.clone();
+    extra.push((
+        "encoder.layer.2.output.dense.bias".into(),
+        vec![32],
+        vec![0.0; 32],
+    ));
+    fails(
+        &extra,
+        "tensor encoder.layer.2.output.dense.bias belongs to layer 2, but the config has \
+         num_hidden_layers 2",
+    );
+
+    let mut twice = list.clone();
+    twice.push((
+        "bert.embeddings.LayerNorm.bias".into(),
+        vec![32],
+        vec![0.0; 32],
+    ));
+    fails(
+        &twice,
+        "tensors bert.embeddings.LayerNorm.bias and embeddings.LayerNorm.bias are both \
+         embeddings.LayerNorm.bias",
+    );
+
+    let mut nan = list.clone();
+    let i = nan
+        .iter()
+        .position(|(n, _, _)| n == "encoder.layer.1.intermediate.dense.bias")
+        .unwrap();
+    nan[i].2[5] = f32::NAN;
+    fails(
+        &nan,
+        "tensor encoder.layer.1.intermediate.dense.bias: element 5 is NaN",
+    );
+
+    // The heads and poolers of task checkpoints are still skipped.
+    let mut heads = list.clone();
+    heads.push(("pooler.dense.bias".into(), vec![32], vec![0.0; 32]));
+    heads.push(("cls.predictions.bias".into(), vec![50], vec![0.0; 50]));
+    write_safetensors(&path, &heads);
+    assert!(Weights::from_safetensors(&path, &config).is_ok());
 }

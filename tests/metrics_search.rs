@@ -521,3 +521,35 @@ fn search_cli_maxsim_with_one_token_equals_dense() {
         assert!(!p("y").exists(), "{args:?}: no run file");
     }
 }
+
+/// An `f64` row whose entries all underflow in `f32` would reach the kernels as a zero
+/// vector (every score 0); `search` refuses it as `optical ot` does, naming the file, and
+/// still takes an `f64` row with some tiny entries.
+#[test]
+fn search_refuses_f64_rows_that_vanish_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (qp, cp, out) = (
+        dir.path().join("q.npy"),
+        dir.path().join("c.npy"),
+        dir.path().join("run.trec"),
+    );
+    optical::io::npy::write(&cp, &[2, 2], &[1.0f32, 0.0, 0.0, 1.0]).unwrap();
+    let run = |queries: &[f64]| {
+        optical::io::npy::write(&qp, &[2, 2], queries).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+            .args(["search", "--k", "2", "--queries"])
+            .arg(&qp)
+            .arg("--corpus")
+            .arg(&cp)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[1.0, 0.0, 2e-300, 1e-300]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("q.npy") && err.contains("row 1"), "{err}");
+    let fine = run(&[1.0, 1e-300, 0.0, 3.0]);
+    assert!(fine.status.success(), "{}", String::from_utf8_lossy(&fine.stderr));
+}

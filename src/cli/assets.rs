@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::assets::{self, Asset};
-use crate::encoder::e5s1::E5s1;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Args)]
@@ -22,7 +21,9 @@ pub enum AssetsCommand {
     /// Say which assets are present and where.
     Check,
     /// Write an E5S1 file as a Hugging Face checkpoint directory (config.json,
-    /// model.safetensors in f32, tokenizer.json), loadable with `--model DIR`.
+    /// model.safetensors in f32, tokenizer.json, prefixes.json with the e5 prefixes),
+    /// loadable with `--model DIR` and encoding as the file does. The tokenizer is the
+    /// one the file loads with: tokenizer.json beside it, else the XLM-R asset.
     ExportE5 {
         /// E5S1 file; the e5-small asset by default.
         #[arg(long)]
@@ -64,18 +65,7 @@ pub fn run(args: AssetsArgs) -> Result<()> {
                 Some(m) => m,
                 None => Asset::E5Small.file("e5-small-q4.bin")?,
             };
-            let tokenizer = Asset::XlmrTokenizer.file("tokenizer.json")?;
-            let file = E5s1::from_file(&model)?;
-            std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "create", e))?;
-            let config = serde_json::to_string_pretty(&file.config.to_json())
-                .map_err(|e| Error::value("config", e.to_string()))?;
-            let config_path = out.join("config.json");
-            std::fs::write(&config_path, config)
-                .map_err(|e| Error::io(&config_path, "write", e))?;
-            file.weights
-                .write_safetensors(&out.join("model.safetensors"))?;
-            let tok_out = out.join("tokenizer.json");
-            std::fs::copy(&tokenizer, &tok_out).map_err(|e| Error::io(&tok_out, "write", e))?;
+            crate::encoder::export_e5s1(&model, &out)?;
             println!("wrote {}", out.display());
             Ok(())
         }

@@ -43,7 +43,9 @@ pub struct EncodeArgs {
     /// Output .npy file.
     #[arg(long)]
     pub out: PathBuf,
-    /// Truncation length in tokens, specials included (default: minilm 256, e5 512).
+    /// Truncation length in tokens, specials included (default: minilm 256, e5 512; a
+    /// directory: the max_seq_length of its sentence_bert_config.json, else its position
+    /// table).
     #[arg(long)]
     pub max_length: Option<usize>,
     /// Texts per forward pass.

@@ -8,7 +8,7 @@ use clap::Args;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::io::npy;
-use crate::ot::problem::{Embeddings, PackedDocs};
+use crate::ot::problem::{narrow_rows, Embeddings, PackedDocs};
 use crate::retrieval::evaluate::Scoring;
 use crate::retrieval::search::{search, DenseVectors, Pool, Scorer, DEFAULT_BLOCK};
 use crate::retrieval::trec::RunWriter;
@@ -126,6 +126,22 @@ fn read_lengths(path: &Path) -> Result<Vec<usize>> {
 }
 
 /// An error naming the corpus file when its vectors' dimension is not the queries'.
+/// The array's rows of `d` values as `f32`. An `f64` file is narrowed with the checks of
+/// `optical ot` (a value beyond f32's range, or a real row whose entries would all
+/// underflow to a zero vector, is an error naming the file), so that a row does not
+/// silently change meaning on the way to the kernels.
+fn rows_f32(
+    arr: &npy::NpyArray,
+    path: &Path,
+    d: usize,
+    is_real: impl Fn(usize) -> bool,
+) -> Result<Vec<f32>> {
+    if arr.dtype == npy::Dtype::F32 {
+        return Ok(arr.to_f32());
+    }
+    narrow_rows("embeddings", &arr.to_f64(), d, is_real).map_err(|e| e.in_file(path))
+}
+
 fn same_dimension(a: &SearchArgs, d: usize, dc: usize) -> Result<()> {
     if d == dc {
         return Ok(());
@@ -188,9 +204,9 @@ pub fn run(a: SearchArgs) -> Result<()> {
             let (n, d) = shape2(&q, &a.queries)?;
             let (m, dc) = shape2(&c, &a.corpus)?;
             same_dimension(&a, d, dc)?;
-            dense_q = DenseVectors::new("queries", n, d, q.to_f32_checked(&a.queries)?)
+            dense_q = DenseVectors::new("queries", n, d, rows_f32(&q, &a.queries, d, |_| true)?)
                 .map_err(|e| e.in_file(&a.queries))?;
-            dense_c = DenseVectors::new("corpus", m, dc, c.to_f32_checked(&a.corpus)?)
+            dense_c = DenseVectors::new("corpus", m, dc, rows_f32(&c, &a.corpus, dc, |_| true)?)
                 .map_err(|e| e.in_file(&a.corpus))?;
             Scorer::Dense {
                 queries: &dense_q,
@@ -209,11 +225,17 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 }
             };
             let ql = a.query_lengths.as_deref().map(read_lengths).transpose()?;
-            maxsim_q = Embeddings::new("queries", n, l, d, q.to_f32_checked(&a.queries)?, ql)
-                .map_err(|e| match a.query_lengths.as_deref() {
+            let real = |r: usize| {
+                ql.as_ref()
+                    .is_none_or(|ql| ql.get(r / l.max(1)).is_none_or(|&len| r % l < len))
+            };
+            let values = rows_f32(&q, &a.queries, d, real)?;
+            maxsim_q = Embeddings::new("queries", n, l, d, values, ql).map_err(|e| {
+                match a.query_lengths.as_deref() {
                     Some(lengths) => e.in_data_or_lengths_file(&a.queries, lengths),
                     None => e.in_file(&a.queries),
-                })?;
+                }
+            })?;
             let dc = match c.shape[..] {
                 [_, dc] => dc,
                 _ => {
@@ -235,7 +257,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
             maxsim_c = PackedDocs::new(
                 "corpus",
                 dc,
-                c.to_f32_checked(&a.corpus)?,
+                rows_f32(&c, &a.corpus, dc, |_| true)?,
                 read_lengths(cl)?,
             )
             .map_err(|e| e.in_data_or_lengths_file(&a.corpus, cl))?;

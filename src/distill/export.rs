@@ -118,24 +118,8 @@ pub fn export(
     prefixes: (&str, &str),
     dir: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
     let weights = to_weights(&model.valid())?;
-    weights.validate(config)?;
-    weights.write_safetensors(&dir.join("model.safetensors"))?;
-    let write = |name: &str, text: String| -> Result<()> {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, "write", e))
-    };
-    let json = serde_json::to_string_pretty(&config.to_json())
-        .map_err(|e| Error::value("encoder config", e.to_string()))?;
-    write("config.json", json)?;
-    write(
-        "prefixes.json",
-        serde_json::json!({"query": prefixes.0, "passage": prefixes.1}).to_string(),
-    )?;
-    let dst = dir.join("tokenizer.json");
-    std::fs::copy(tokenizer, &dst).map_err(|e| Error::io(tokenizer, "copy", e))?;
-    Ok(())
+    crate::encoder::write_model_dir(dir, config, &weights, tokenizer, prefixes)
 }
 
 /// A tiny BERT configuration for tests: 2 layers, hidden 32, 4 heads, vocabulary 50.

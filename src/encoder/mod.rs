@@ -280,6 +280,109 @@ fn read_prefixes(dir: &Path) -> Result<(String, String)> {
     Ok((field("query"), field("passage")))
 }
 
+/// The prefixes multilingual-e5 was trained with.
+const E5_PREFIXES: (&str, &str) = ("query: ", "passage: ");
+
+/// The tokenizer of an E5S1 file: `tokenizer.json` beside it, else the XLM-R asset.
+fn e5s1_tokenizer(path: &Path) -> Result<PathBuf> {
+    let beside = path.with_file_name("tokenizer.json");
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        Asset::XlmrTokenizer.file("tokenizer.json")
+    }
+}
+
+/// Convert an E5S1 file to a Hugging Face directory (`optical assets export-e5`) that
+/// encodes exactly as the file does: its tokenizer is the one loading the file would use,
+/// checked against the file's vocabulary, and the e5 prefixes go to `prefixes.json`.
+pub fn export_e5s1(path: &Path, out: &Path) -> Result<()> {
+    let tokenizer_path = e5s1_tokenizer(path)?;
+    let (file, raw) = while_parsing(&tokenizer_path, || E5s1::from_file(path))?;
+    let tokenizer = TextTokenizer::from_raw(raw?, file.config.max_tokens().max(2), file.pad)?;
+    check_tokenizer_fits(&tokenizer, &tokenizer_path, &file.config)?;
+    file.check_vocabulary(&tokenizer, &tokenizer_path)?;
+    write_model_dir(
+        out,
+        &file.config,
+        &file.weights,
+        &tokenizer_path,
+        E5_PREFIXES,
+    )
+}
+
+/// The tokenizer's ids must all be rows of the model's embedding table: a tokenizer from
+/// another model would otherwise encode some texts into garbage and fail on others.
+fn check_tokenizer_fits(
+    tokenizer: &TextTokenizer,
+    tokenizer_path: &Path,
+    config: &EncoderConfig,
+) -> Result<()> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(Error::Format {
+            path: tokenizer_path.into(),
+            what: format!(
+                "a vocabulary of {} tokens, but the model's embedding table has {} rows \
+                 (vocab_size): the tokenizer belongs to another model",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Write a Hugging Face model directory that `--model DIR` loads: `config.json`,
+/// `model.safetensors` (f32), `tokenizer.json` (a copy of `tokenizer`) and `prefixes.json`
+/// (the query and passage prefixes, which the directory would otherwise lose). Each file is
+/// written whole or not at all.
+pub fn write_model_dir(
+    dir: &Path,
+    config: &EncoderConfig,
+    weights: &Weights,
+    tokenizer: &Path,
+    prefixes: (&str, &str),
+) -> Result<()> {
+    weights.validate(config)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+    let safetensors = dir.join("model.safetensors");
+    crate::io::write_through_temp(&safetensors, |tmp| weights.write_safetensors(tmp))?;
+    let json = serde_json::to_string_pretty(&config.to_json())
+        .map_err(|e| Error::value("encoder config", e.to_string()))?;
+    crate::io::write_atomic(&dir.join("config.json"), json)?;
+    crate::io::write_atomic(
+        &dir.join("prefixes.json"),
+        serde_json::json!({"query": prefixes.0, "passage": prefixes.1}).to_string(),
+    )?;
+    let text = std::fs::read(tokenizer).map_err(|e| Error::io(tokenizer, "read", e))?;
+    crate::io::write_atomic(&dir.join("tokenizer.json"), text)
+}
+
+/// The `max_seq_length` of a sentence-transformers directory's `sentence_bert_config.json`
+/// (all-MiniLM-L6-v2: 256), the default truncation of a model read from a directory; without
+/// the file, the model's position table.
+fn read_max_seq_length(dir: &Path) -> Result<Option<usize>> {
+    let path = dir.join("sentence_bert_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "read", e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.clone(),
+        what: format!("not valid JSON: {e}"),
+    })?;
+    match json.get("max_seq_length") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(m) if m >= 2 => Ok(Some(m as usize)),
+            _ => Err(Error::Format {
+                path,
+                what: format!("max_seq_length: expected an integer ≥ 2, found {v}"),
+            }),
+        },
+    }
+}
+
 /// Run `load` (the model's weights) while a second thread parses the tokenizer at
 /// `tokenizer`; the weights' error comes first, as when the two ran one after the other.
 fn while_parsing<T: Send>(
@@ -338,22 +441,30 @@ impl TextEncoder {
             ModelSpec::Path(path) if path.is_dir() => {
                 let name = path.display().to_string();
                 let (q, p) = read_prefixes(path)?;
-                Self::load_hf(path, &name, None, (q.as_str(), p.as_str()), device, options)
+                let max_length = read_max_seq_length(path)?;
+                Self::load_hf(
+                    path,
+                    &name,
+                    max_length,
+                    (q.as_str(), p.as_str()),
+                    device,
+                    options,
+                )
             }
             ModelSpec::Path(path) if is_e5s1(path) => {
-                let beside = path.with_file_name("tokenizer.json");
-                let tokenizer = if beside.is_file() {
-                    beside
-                } else {
-                    Asset::XlmrTokenizer.file("tokenizer.json")?
-                };
+                let tokenizer = e5s1_tokenizer(path)?;
                 let name = path.display().to_string();
                 Self::load_e5s1(path, &tokenizer, &name, device, options)
             }
+            ModelSpec::Path(path) if !path.exists() => Err(Error::io(
+                path,
+                "open",
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            )),
             ModelSpec::Path(path) => Err(Error::Format {
                 path: path.clone(),
                 what: "expected a directory with config.json, model.safetensors and \
-                       tokenizer.json, or an E5S1 file"
+                       tokenizer.json, or an E5S1 file (starting with the bytes \"E5S1\")"
                     .into(),
             }),
         }
@@ -375,6 +486,7 @@ impl TextEncoder {
         })?;
         let max_length = Self::max_length(&config, options, default_max_length)?;
         let tokenizer = TextTokenizer::from_raw(raw?, max_length, config.pad_token_id as u32)?;
+        check_tokenizer_fits(&tokenizer, &dir.join("tokenizer.json"), &config)?;
         Self::assemble(name, config, weights, tokenizer, prefixes, device, options)
     }
 
@@ -388,13 +500,14 @@ impl TextEncoder {
         let (file, raw) = while_parsing(tokenizer_path, || E5s1::from_file(path))?;
         let max_length = Self::max_length(&file.config, options, None)?;
         let tokenizer = TextTokenizer::from_raw(raw?, max_length, file.pad)?;
+        check_tokenizer_fits(&tokenizer, tokenizer_path, &file.config)?;
         file.check_vocabulary(&tokenizer, tokenizer_path)?;
         Self::assemble(
             name,
             file.config,
             file.weights,
             tokenizer,
-            ("query: ", "passage: "),
+            E5_PREFIXES,
             device,
             options,
         )

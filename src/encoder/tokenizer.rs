@@ -87,7 +87,14 @@ impl RawTokenizer {
         let inner = if kept().iter().any(|(k, _, _)| *k == key) {
             None
         } else {
-            Some(Tokenizer::from_bytes(&bytes).map_err(|e| Error::Format {
+            // The tokenizers crate panics on some malformed files (a corrupt
+            // `precompiled_charsmap`) instead of returning its error.
+            let parsed = crate::error::catch_panic_quietly(|| Tokenizer::from_bytes(&bytes))
+                .map_err(|panic| Error::Format {
+                    path: path.into(),
+                    what: format!("not a valid tokenizer.json: {panic}"),
+                })?;
+            Some(parsed.map_err(|e| Error::Format {
                 path: path.into(),
                 what: format!("not a valid tokenizer.json: {e}"),
             })?)

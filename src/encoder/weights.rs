@@ -77,6 +77,16 @@ pub fn expected_parameters(config: &EncoderConfig) -> Vec<(String, Vec<usize>)> 
     out
 }
 
+/// The layer of an `encoder.layer.N.…` parameter name.
+fn layer_index(canonical: &str) -> Option<usize> {
+    canonical
+        .strip_prefix("encoder.layer.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Old BERT checkpoints call the LayerNorm parameters `gamma` / `beta`.
 fn canonical_name(name: &str) -> String {
     let mut n = name;
@@ -130,13 +140,44 @@ impl Weights {
             what: format!("not a valid safetensors file: {e}"),
         })?;
         let wanted: HashMap<String, Vec<usize>> = expected_parameters(config).into_iter().collect();
+        let format = |what: String| Error::Format {
+            path: path.into(),
+            what,
+        };
+        // Which file name each canonical name came from, to name both of a duplicate.
+        let mut origin: HashMap<String, String> = HashMap::new();
         let mut tensors = HashMap::new();
-        for (name, view) in st.iter() {
-            let canonical = canonical_name(name);
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        names.sort_unstable();
+        for name in names {
+            let canonical = canonical_name(&name);
             if !wanted.contains_key(&canonical) {
+                // Heads and poolers are skipped; a layer the config does not have means the
+                // config and the weights disagree, and skipping it would run a cut model.
+                if let Some(layer) = layer_index(&canonical) {
+                    return Err(format(format!(
+                        "tensor {name} belongs to layer {layer}, but the config has \
+                         num_hidden_layers {} (layers 0..{})",
+                        config.num_hidden_layers, config.num_hidden_layers
+                    )));
+                }
                 continue;
             }
-            let data = to_f32(path, name, &view)?;
+            if let Some(first) = origin.insert(canonical.clone(), name.clone()) {
+                return Err(format(format!(
+                    "tensors {first} and {name} are both {canonical}; expected one"
+                )));
+            }
+            let view = st
+                .tensor(&name)
+                .map_err(|e| format(format!("tensor {name}: {e}")))?;
+            let data = to_f32(path, &name, &view)?;
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(format(format!(
+                    "tensor {name}: element {i} is {} (weights must be finite)",
+                    data[i]
+                )));
+            }
             tensors.insert(
                 canonical,
                 HostTensor {

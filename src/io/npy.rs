@@ -119,29 +119,6 @@ impl NpyArray {
         }
     }
 
-    /// All values converted to `f32`, refusing finite values beyond its range (which would
-    /// become infinities and be reported as such).
-    pub fn to_f32_checked(&self, path: &Path) -> Result<Vec<f32>> {
-        if self.dtype == Dtype::F32 {
-            return Ok(self.to_f32());
-        }
-        let values = self.to_f64();
-        if let Some((i, v)) = values
-            .iter()
-            .enumerate()
-            .find(|(_, v)| v.is_finite() && v.abs() > f32::MAX as f64)
-        {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                what: format!(
-                    "element {i}: expected a value within f32's range (|v| ≤ {:e}), found {v:e}",
-                    f32::MAX
-                ),
-            });
-        }
-        Ok(values.into_iter().map(|v| v as f32).collect())
-    }
-
     /// All values converted to `f32`.
     pub fn to_f32(&self) -> Vec<f32> {
         if self.dtype == Dtype::F32 {
@@ -228,9 +205,16 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
     }
     let header = std::str::from_utf8(&data[start..end])
         .map_err(|_| format_err(path, "the .npy header is not valid text"))?;
-    let descr = header_field(header, "descr")
-        .ok_or_else(|| format_err(path, "the .npy header has no 'descr' field"))?;
-    let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
+    let header = Header::parse(header).map_err(|what| {
+        format_err(
+            path,
+            format!(
+                "cannot read the .npy header {:?}: {what}",
+                header.trim_end()
+            ),
+        )
+    })?;
+    let descr = header.descr.as_str();
     let dtype = Dtype::parse(descr).ok_or_else(|| {
         format_err(
             path,
@@ -239,22 +223,13 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
             ),
         )
     })?;
-    let fortran = header_field(header, "fortran_order")
-        .ok_or_else(|| format_err(path, "the .npy header has no 'fortran_order' field"))?;
-    if fortran.trim() != "False" {
+    if header.fortran_order {
         return Err(format_err(
             path,
             "expected a C-ordered array (fortran_order False), found fortran_order True; save it with np.ascontiguousarray",
         ));
     }
-    let shape_text = header_field(header, "shape")
-        .ok_or_else(|| format_err(path, "the .npy header has no 'shape' field"))?;
-    let shape = parse_shape(shape_text).ok_or_else(|| {
-        format_err(
-            path,
-            format!("cannot read the shape {shape_text:?} in the .npy header"),
-        )
-    })?;
+    let shape = header.shape;
     let count = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -279,30 +254,155 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
     })
 }
 
-/// The text of a field's value in the header's Python dict literal.
-fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let pos = header
-        .find(&format!("'{key}'"))
-        .or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = &header[pos + key.len() + 2..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
-    if rest.starts_with('(') {
-        let close = rest.find(')')?;
-        Some(&rest[..=close])
-    } else {
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        Some(&rest[..end])
+/// The three fields of a `.npy` header, read from its Python dict literal the way NumPy's
+/// reader takes it: exactly the keys `descr`, `fortran_order` and `shape`, each once.
+struct Header {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+impl Header {
+    fn parse(text: &str) -> std::result::Result<Header, String> {
+        let mut p = Literal {
+            rest: text.trim_start(),
+        };
+        p.expect('{')?;
+        let (mut descr, mut fortran, mut shape) = (None, None, None);
+        loop {
+            if p.eat('}') {
+                break;
+            }
+            let key = p.string()?;
+            p.expect(':')?;
+            let duplicate = match key.as_str() {
+                "descr" => descr.replace(p.string()?).is_some(),
+                "fortran_order" => fortran.replace(p.boolean()?).is_some(),
+                "shape" => shape.replace(p.shape()?).is_some(),
+                other => {
+                    return Err(format!(
+                        "unexpected key {other:?} (expected 'descr', 'fortran_order', 'shape')"
+                    ))
+                }
+            };
+            if duplicate {
+                return Err(format!("the key {key:?} appears twice"));
+            }
+            if !p.eat(',') {
+                p.expect('}')?;
+                break;
+            }
+        }
+        if !p.rest.trim().is_empty() {
+            return Err(format!(
+                "unexpected text after the dict: {:?}",
+                p.rest.trim()
+            ));
+        }
+        Ok(Header {
+            descr: descr.ok_or("no 'descr' key")?,
+            fortran_order: fortran.ok_or("no 'fortran_order' key")?,
+            shape: shape.ok_or("no 'shape' key")?,
+        })
     }
 }
 
-fn parse_shape(text: &str) -> Option<Vec<usize>> {
-    let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse().ok())
-        .collect()
+/// A cursor over the header's dict literal; every method skips the whitespace before its
+/// token.
+struct Literal<'a> {
+    rest: &'a str,
+}
+
+impl Literal<'_> {
+    fn eat(&mut self, c: char) -> bool {
+        self.rest = self.rest.trim_start();
+        match self.rest.strip_prefix(c) {
+            Some(r) => {
+                self.rest = r;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expect(&mut self, c: char) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("expected {c:?} at {:?}", self.head()))
+        }
+    }
+
+    fn head(&self) -> String {
+        self.rest.chars().take(16).collect()
+    }
+
+    /// A quoted string without escapes (dtype strings and keys have none).
+    fn string(&mut self) -> std::result::Result<String, String> {
+        self.rest = self.rest.trim_start();
+        let quote = self
+            .rest
+            .chars()
+            .next()
+            .filter(|&q| q == '\'' || q == '"')
+            .ok_or_else(|| format!("expected a quoted string at {:?}", self.head()))?;
+        let body = &self.rest[1..];
+        let close = body
+            .find(quote)
+            .ok_or_else(|| format!("unterminated string at {:?}", self.head()))?;
+        let value = body[..close].to_string();
+        if value.contains('\\') {
+            return Err(format!("unexpected escape in {value:?}"));
+        }
+        self.rest = &body[close + 1..];
+        Ok(value)
+    }
+
+    fn boolean(&mut self) -> std::result::Result<bool, String> {
+        self.rest = self.rest.trim_start();
+        for (word, value) in [("True", true), ("False", false)] {
+            if let Some(r) = self.rest.strip_prefix(word) {
+                self.rest = r;
+                return Ok(value);
+            }
+        }
+        Err(format!("expected True or False at {:?}", self.head()))
+    }
+
+    /// A tuple of non-negative integers: `()`, `(3,)`, `(3, 4)`, `(3, 4,)`. (`(3)` is the
+    /// integer 3 in Python, not a tuple.)
+    fn shape(&mut self) -> std::result::Result<Vec<usize>, String> {
+        self.expect('(')?;
+        let mut dims = Vec::new();
+        let mut trailing_comma = false;
+        while !self.eat(')') {
+            self.rest = self.rest.trim_start();
+            let digits = self.rest.len()
+                - self
+                    .rest
+                    .trim_start_matches(|c: char| c.is_ascii_digit())
+                    .len();
+            let dim = self.rest[..digits]
+                .parse::<usize>()
+                .map_err(|_| format!("expected a dimension at {:?}", self.head()))?;
+            // Python 2's long literals (`3L`), which old NumPy wrote.
+            self.rest = &self.rest[digits..];
+            self.rest = self.rest.strip_prefix('L').unwrap_or(self.rest);
+            dims.push(dim);
+            trailing_comma = self.eat(',');
+            if !trailing_comma {
+                self.expect(')')?;
+                break;
+            }
+        }
+        if dims.len() == 1 && !trailing_comma {
+            return Err(format!(
+                "the shape ({}) is an integer, not a tuple",
+                dims[0]
+            ));
+        }
+        Ok(dims)
+    }
 }
 
 /// Element types this crate writes.
@@ -390,30 +490,17 @@ mod tests {
         let a = parse(p, &bytes).unwrap();
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.to_f32(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]);
-        assert_eq!(
-            a.to_f32_checked(Path::new("a.npy")).unwrap(),
-            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
-        );
         let raw = to_bytes_as(&[3], &[1, 0, 1], Dtype::Bool);
         assert_eq!(parse(p, &raw).unwrap().to_f64(), vec![1.0, 0.0, 1.0]);
-        // f64 beyond f32's range is refused by name, not turned into an infinity.
-        let wide = parse(p, &to_bytes(&[3], &[1.0f64, 1e300, f64::NAN])).unwrap();
-        let err = wide.to_f32_checked(p).unwrap_err().to_string();
-        assert!(
-            err.contains("element 1: expected a value within f32's range"),
-            "{err}"
-        );
-        assert!(err.contains("found 1e300"), "{err}");
-        let fine = parse(p, &to_bytes(&[2], &[1.5f64, -2.0])).unwrap();
-        assert_eq!(fine.to_f32_checked(p).unwrap(), vec![1.5, -2.0]);
     }
 
     #[test]
     fn scalar_and_one_dim_shapes() {
-        assert_eq!(parse_shape("()"), Some(vec![]));
-        assert_eq!(parse_shape("(7,)"), Some(vec![7]));
-        assert_eq!(parse_shape("(2, 3, 4)"), Some(vec![2, 3, 4]));
-        assert_eq!(parse_shape("(2, x)"), None);
+        let shape = |t: &str| Literal { rest: t }.shape().ok();
+        assert_eq!(shape("()"), Some(vec![]));
+        assert_eq!(shape("(7,)"), Some(vec![7]));
+        assert_eq!(shape("(2, 3, 4)"), Some(vec![2, 3, 4]));
+        assert_eq!(shape("(2, x)"), None);
     }
 
     /// Replace `from` by `to` (same length) in the header bytes.
@@ -440,6 +527,86 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsupported dtype"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_header_as_numpy_does() {
+        let ok = |h: &str| Header::parse(h).map(|h| (h.descr, h.fortran_order, h.shape));
+        assert_eq!(
+            ok("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }  \n").unwrap(),
+            ("<f4".into(), false, vec![3, 4])
+        );
+        // Key order, double quotes, no trailing comma, `()` and `(5,)`, Python 2 longs.
+        assert_eq!(
+            ok(r#"{"shape": (5,), "fortran_order": True, "descr": "<f8"}"#).unwrap(),
+            ("<f8".into(), true, vec![5])
+        );
+        assert_eq!(
+            ok("{'descr': '<i8', 'fortran_order': False, 'shape': ()}")
+                .unwrap()
+                .2,
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            ok("{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 3L)}")
+                .unwrap()
+                .2,
+            vec![2, 3]
+        );
+        for (bad, says) in [
+            // A key's name inside another value must not be read as the key.
+            (
+                r#"{'note': "'shape': (1, 12)", 'descr': '<f4', 'fortran_order': False, 'shape': (3, 4)}"#,
+                "unexpected key \"note\"",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3,, 4)}",
+                "dimension",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3)}",
+                "not a tuple",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (-3,)}",
+                "dimension",
+            ),
+            ("{'descr': '<f4', 'fortran_order': False}", "no 'shape'"),
+            (
+                "{'descr': '<f4', 'descr': '<f8', 'fortran_order': False, 'shape': (1,)}",
+                "twice",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': 0, 'shape': (1,)}",
+                "True or False",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (1,)} x",
+                "after the dict",
+            ),
+            (
+                "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}",
+                "quoted",
+            ),
+        ] {
+            let err = ok(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_header_that_lies_is_an_error_naming_it() {
+        let p = Path::new("lie.npy");
+        let header = r#"{'note': "'shape': (1, 12)", 'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }"#;
+        let mut lie = b"\x93NUMPY\x01\x00".to_vec();
+        lie.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        lie.extend_from_slice(header.as_bytes());
+        lie.extend_from_slice(&[0u8; 48]);
+        let err = parse(p, &lie).unwrap_err().to_string();
+        assert!(
+            err.contains("lie.npy") && err.contains("unexpected key"),
+            "{err}"
+        );
     }
 
     #[test]

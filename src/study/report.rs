@@ -324,7 +324,12 @@ fn seed_spread_note(group: &str, rows: &[SeedSpread<'_>]) -> Option<String> {
             let gain = m - r.base;
             (gain.is_finite() && sd.is_finite() && gain < 2.0 * sd).then(|| {
                 seeds = seeds.max(r.seeds.len());
-                format!("{} on {} ({gain:+.4} ± {sd:.4})", r.condition, r.bench)
+                format!(
+                    "{} on {} ({} ± {sd:.4})",
+                    r.condition,
+                    r.bench,
+                    signed(Some(gain))
+                )
             })
         })
         .collect();
@@ -524,8 +529,12 @@ fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? - b?)
 }
 
+/// A difference to four decimals with its sign. One below the last decimal prints as
+/// `+0.0000`: its sign is rounding noise (two means of the same scores summed in another
+/// order differ by 1e-17), and `-0.0000` would read as a loss.
 fn signed(v: Option<f64>) -> String {
     match v {
+        Some(v) if v.is_finite() && v.abs() < 0.5e-4 => "+0.0000".into(),
         Some(v) if v.is_finite() => format!("{v:+.4}"),
         _ => "–".into(),
     }
@@ -580,8 +589,8 @@ fn describe(t: Option<PairedTest>, measure: &str) -> String {
         Some(t) => {
             let p = t.p_text();
             format!(
-                "{:+.4} {measure} (p {}{}{})",
-                t.mean_difference,
+                "{} {measure} (p {}{}{})",
+                signed(Some(t.mean_difference)),
                 if p.starts_with('≤') { "" } else { "= " },
                 p,
                 if t.p < ALPHA { "" } else { ", not significant" }
@@ -1618,6 +1627,18 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_difference_below_the_last_decimal_has_no_sign() {
+        assert_eq!(signed(Some(-1e-17)), "+0.0000");
+        assert_eq!(signed(Some(-0.0)), "+0.0000");
+        assert_eq!(signed(Some(-0.00004)), "+0.0000");
+        assert_eq!(signed(Some(-0.00006)), "-0.0001");
+        assert_eq!(signed(Some(0.0123)), "+0.0123");
+        assert_eq!(signed(Some(-0.0123)), "-0.0123");
+        assert_eq!(signed(Some(f64::NAN)), "–");
+        assert_eq!(signed(None), "–");
+    }
 
     fn plan_with(study_distill: &str, ot_distill: &str) -> Plan {
         let toml = format!(

@@ -3,7 +3,6 @@
 //! kernels.
 
 use std::borrow::Cow;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -327,14 +326,6 @@ fn driver_library_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".to_string())
-}
-
 /// Run driver calls that may hit cudarc's symbol loader. The library was found to be
 /// present; a symbol missing from an old driver still panics inside cudarc, which is the
 /// one case caught here, as a last resort, and reported as an unavailable backend.
@@ -344,10 +335,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, InitFailure>) -> Result<T, InitFailu
             "no CUDA driver library found (libcuda.so.1); install the NVIDIA driver",
         ));
     }
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+    crate::error::catch_panic_quietly(f).unwrap_or_else(|panic| {
         Err(InitFailure::unavailable(format!(
-            "the CUDA driver library lacks a required function (driver too old?): {}",
-            panic_message(payload.as_ref())
+            "the CUDA driver library lacks a required function (driver too old?): {panic}"
         )))
     })
 }
