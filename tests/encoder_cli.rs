@@ -208,21 +208,31 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
     let out = tmp.path().join("o.npy");
     let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());
 
-    // No special tokens and an empty line: a batch without a single token.
+    // No special tokens and an empty line: a text without a single token, refused whether
+    // it is alone, or batched with texts that have tokens, or not.
     let bare = minilm_with_post_processor(tmp.path(), serde_json::Value::Null);
-    std::fs::write(&input, "\n").unwrap();
-    fails_with(
-        &[
-            "encode",
-            "--model",
-            bare.to_str().unwrap(),
-            "--input",
-            input_s,
-            "--out",
-            out_s,
-        ],
-        "every text of this one is empty",
-    );
+    for (texts, needle) in [
+        ("\n", "text 1 has no tokens"),
+        ("hello\n\nworld\n", "text 2 has no tokens"),
+    ] {
+        std::fs::write(&input, texts).unwrap();
+        for batch in ["1", "32"] {
+            fails_with(
+                &[
+                    "encode",
+                    "--model",
+                    bare.to_str().unwrap(),
+                    "--batch-size",
+                    batch,
+                    "--input",
+                    input_s,
+                    "--out",
+                    out_s,
+                ],
+                needle,
+            );
+        }
+    }
     std::fs::remove_dir_all(&bare).unwrap();
 
     // Three special tokens per text and --max-length 2: the tokenizer's own truncation

@@ -626,13 +626,28 @@ impl TextEncoder {
     }
 
     /// Batches of text indices, longest texts first, so each batch pads little.
-    fn batches(&self, seqs: &[Vec<u32>]) -> Vec<Vec<usize>> {
+    /// A text with no token at all (an empty line, with a tokenizer that adds no special
+    /// tokens) has no vector: refused whichever texts share its batch, so that the result
+    /// never depends on `batch_size`.
+    fn batches(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<usize>>> {
+        if let Some(k) = seqs.iter().position(Vec::is_empty) {
+            return Err(Error::value(
+                "texts",
+                format!(
+                    "text {} has no tokens: it is empty and the tokenizer adds no special \
+                     tokens ({} of {} texts are)",
+                    k + 1,
+                    seqs.iter().filter(|s| s.is_empty()).count(),
+                    seqs.len()
+                ),
+            ));
+        }
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        order
+        Ok(order
             .chunks(self.batch_size)
             .map(<[usize]>::to_vec)
-            .collect()
+            .collect())
     }
 
     /// One vector per text, `(n, h)` row-major: mean or CLS pooling, then optionally L2
@@ -657,7 +672,7 @@ impl TextEncoder {
     ) -> Result<Vec<f32>> {
         let h = self.hidden_size();
         let mut out = vec![0.0f32; seqs.len() * h];
-        for idx in self.batches(seqs) {
+        for idx in self.batches(seqs)? {
             let group: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
             let batch = tokenizer::pad(&group, self.config.pad_token_id as u32);
             let (x, mask) = self.forward(&batch)?;
@@ -698,7 +713,7 @@ impl TextEncoder {
         let h = self.hidden_size();
         let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
         let mut per_text: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
-        for idx in self.batches(&seqs) {
+        for idx in self.batches(&seqs)? {
             let group: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
             let batch = tokenizer::pad(&group, self.config.pad_token_id as u32);
             let (x, _) = self.forward(&batch)?;
