@@ -551,5 +551,9 @@ fn search_refuses_f64_rows_that_vanish_in_f32() {
     assert_eq!(refused.status.code(), Some(2), "{err}");
     assert!(err.contains("q.npy") && err.contains("row 1"), "{err}");
     let fine = run(&[1.0, 1e-300, 0.0, 3.0]);
-    assert!(fine.status.success(), "{}", String::from_utf8_lossy(&fine.stderr));
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
 }
