@@ -564,3 +564,89 @@ fn exporting_the_untrained_model_says_why() {
     );
     assert!(!stderr.contains("distill: note:"), "{stderr}");
 }
+
+/// Hand-edited or damaged files of a run directory are refused by name before anything is
+/// trained, and nothing of the run is removed: a `latest` that names no checkpoint of the
+/// run, a state whose step is not its directory's, a config.toml edited to change what a
+/// step computes, and training data that changed under the same sources.
+#[test]
+fn edited_run_files_are_refused_and_nothing_is_lost() {
+    let f = fixture();
+    let out = f.root.join("run-edited");
+    ok(&distill(&f, &out, &["--steps", "4"]), "first sitting");
+    let checkpoints = out.join("checkpoints");
+    let latest = checkpoints.join("latest");
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&checkpoints)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    // `--resume --out` alone: the run's own config.toml is all there is to go on.
+    let refused = |needle: &str| {
+        let run = Command::new(BIN)
+            .args([
+                "distill",
+                "--no-progress",
+                "--resume",
+                "--steps",
+                "6",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+        assert_eq!(lines(&out.join("log.jsonl")).len(), 4, "the log changed");
+    };
+
+    for (text, needle) in [
+        ("garbage\n", "expected the name of a checkpoint directory"),
+        ("", "expected the name of a checkpoint directory"),
+        (
+            "../../run-other/checkpoints/step-000004",
+            "expected the name",
+        ),
+        ("step-000003\n", "is not a directory"),
+    ] {
+        std::fs::write(&latest, text).unwrap();
+        refused(needle);
+        assert_eq!(listing(), before, "checkpoints removed");
+    }
+    std::fs::write(&latest, "step-000004\n").unwrap();
+
+    let state_path = checkpoints.join("step-000004").join("state.json");
+    let state = std::fs::read_to_string(&state_path).unwrap();
+    let mut edited: serde_json::Value = serde_json::from_str(&state).unwrap();
+    edited["step"] = 3.into();
+    std::fs::write(&state_path, edited.to_string()).unwrap();
+    refused("checkpoint of step 4");
+    std::fs::write(&state_path, &state).unwrap();
+
+    let config_path = out.join("config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config.replace("lr = 0.001", "lr = 0.01")).unwrap();
+    refused("trained with lr = 0.001");
+    std::fs::write(&config_path, &config).unwrap();
+
+    let en = f.root.join("train.en");
+    let hau = f.root.join("train.hau");
+    let (en_text, hau_text) = (
+        std::fs::read_to_string(&en).unwrap(),
+        std::fs::read_to_string(&hau).unwrap(),
+    );
+    std::fs::write(&en, format!("{en_text}e1 e2 e3\n")).unwrap();
+    std::fs::write(&hau, format!("{hau_text}f1 f2 f3\n")).unwrap();
+    refused("trained on other pairs");
+    std::fs::write(&en, en_text).unwrap();
+    std::fs::write(&hau, hau_text).unwrap();
+
+    // Restored, the run goes on.
+    let resumed = ok(&distill(&f, &out, &["--steps", "6", "--resume"]), "resume");
+    assert_eq!(resumed["steps"], 6, "{resumed}");
+}

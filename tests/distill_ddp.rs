@@ -177,7 +177,7 @@ fn resume_on_two_devices_continues_the_uninterrupted_run() {
     first.save_checkpoint(dir.path()).unwrap();
     drop(first);
     let mut resumed = trainer(c.clone(), data, 2);
-    resumed.load_checkpoint(dir.path()).unwrap();
+    resumed.load_checkpoint(dir.path(), 2).unwrap();
     assert_eq!(resumed.state.step, 2);
     let mut resumed_losses = Vec::new();
     for _ in 2..steps {
@@ -242,7 +242,7 @@ fn a_failing_replica_is_an_error_and_keeps_the_checkpoint() {
 
     assert_eq!(files(dir.path()), saved, "the checkpoint changed");
     let mut again = trainer(c, data, 2);
-    again.load_checkpoint(dir.path()).unwrap();
+    again.load_checkpoint(dir.path(), 1).unwrap();
     assert_eq!(again.state.step, 1);
     let (diff, at) = max_diff(&again.student, t.replica_student(0).unwrap());
     assert_eq!(diff, 0.0, "the failed step changed the model at {at}");

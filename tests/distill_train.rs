@@ -69,7 +69,7 @@ fn resume_continues_bit_for_bit() {
     first.save_checkpoint(dir.path()).unwrap();
     drop(first);
     let mut resumed = trainer(config("ot", 4, steps), 10);
-    resumed.load_checkpoint(dir.path()).unwrap();
+    resumed.load_checkpoint(dir.path(), 2).unwrap();
     assert_eq!(resumed.state.step, 2);
     let mut resumed_losses = Vec::new();
     for _ in 2..steps {
@@ -182,7 +182,7 @@ fn resume_with_a_cached_frozen_prefix_continues_bit_for_bit() {
     first.save_checkpoint(dir.path()).unwrap();
     drop(first);
     let mut resumed = trainer(frozen(), 10);
-    resumed.load_checkpoint(dir.path()).unwrap();
+    resumed.load_checkpoint(dir.path(), 2).unwrap();
     for _ in 2..4 {
         resumed.step().unwrap();
     }

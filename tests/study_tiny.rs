@@ -248,6 +248,22 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     let report = std::fs::read_to_string(&first.report).unwrap();
     assert!(report.contains("Incomplete"), "{report}");
 
+    // A `latest` that names no checkpoint of its run is an error naming it, before any run
+    // starts; the run's checkpoints stay (starting it over would delete them).
+    let mm = run_dir(&f, "out", "mean-mse-A-s0-");
+    let latest = mm.join("checkpoints/latest");
+    std::fs::write(&latest, "garbage\n").unwrap();
+    let err = run_study(&options(&f, "out", None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checkpoints/latest") && err.contains("expected the name"),
+        "{err}"
+    );
+    assert!(mm.join("checkpoints/step-000002").is_dir());
+    assert_eq!(logged_steps(&ot), [1, 2], "a run started");
+    std::fs::write(&latest, "step-000002\n").unwrap();
+
     // A process killed after logging step 3 but before its checkpoint: the resumed run must
     // redo step 3 without logging it twice.
     let mut log = std::fs::read_to_string(ot.join("log.jsonl")).unwrap();
@@ -323,6 +339,26 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
         std::fs::read_to_string(ot.join("result.json")).unwrap(),
         before
     );
+
+    // A result cut short (or edited past [0, 1]) is an error naming it, not a reason to
+    // train the run again and overwrite it.
+    let path = ot.join("result.json");
+    std::fs::write(&path, &before[..before.len() / 2]).unwrap();
+    let err = run_study(&options(&f, "out", None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("result.json") && err.contains("delete it"),
+        "{err}"
+    );
+    let mut edited: serde_json::Value = serde_json::from_str(&before).unwrap();
+    edited["tasks"][0]["per_query"]["map"][0] = serde_json::json!(1e308);
+    std::fs::write(&path, edited.to_string()).unwrap();
+    let err = run_study(&options(&f, "out", None))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected [0, 1]"), "{err}");
+    std::fs::write(&path, &before).unwrap();
 
     // The resumed run ends exactly where an uninterrupted one does.
     run_study(&options(&f, "straight", None)).unwrap();

@@ -174,18 +174,7 @@ pub struct ConfigFlags {
     pub out: Option<PathBuf>,
 }
 
-/// Keys that `--resume` may change: how long the run goes on and how it is watched, stored
-/// and computed, not what one step computes.
-pub const RESUMABLE_KEYS: [&str; 8] = [
-    "steps",
-    "eval_every",
-    "checkpoint_every",
-    "cache_mb",
-    "backend",
-    "devices",
-    "export",
-    "data_dir",
-];
+pub use crate::distill::config::RESUMABLE_KEYS;
 
 /// The configuration of a command line: defaults, then the file, then the flags. With
 /// `--resume`, the run directory's own `config.toml` takes the place of the defaults, so

@@ -172,8 +172,8 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
             "pending"
         };
         let s = r.distill.as_ref().map_or(0, |d| d.steps);
-        steps += s;
-        encoded += texts.get(&r.group).copied().unwrap_or(0);
+        steps = steps.saturating_add(s);
+        encoded = encoded.saturating_add(texts.get(&r.group).copied().unwrap_or(0));
         println!("{}\t{state}\tsteps {s}\t{}", r.name(), r.dir.display());
     }
     let e = &plan.estimate;

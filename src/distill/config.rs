@@ -11,6 +11,19 @@ use super::loss::LossKind;
 use crate::error::{Error, Result};
 use crate::ot::SinkhornParams;
 
+/// Keys that `--resume` may change: how long the run goes on and how it is watched, stored
+/// and computed, not what one step computes.
+pub const RESUMABLE_KEYS: [&str; 8] = [
+    "steps",
+    "eval_every",
+    "checkpoint_every",
+    "cache_mb",
+    "backend",
+    "devices",
+    "export",
+    "data_dir",
+];
+
 /// Every setting of a distillation run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -130,6 +143,18 @@ impl Default for DistillConfig {
 }
 
 impl DistillConfig {
+    /// The settings that define what a step computes: every key but [`RESUMABLE_KEYS`]
+    /// and `out` (where the run is, however it is spelt). A checkpoint keeps them, and a
+    /// resume must match them.
+    pub fn step_settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        map.retain(|k, _| k != "out" && !RESUMABLE_KEYS.contains(&k.as_str()));
+        map
+    }
+
     /// Read a TOML file (missing keys take their defaults).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;

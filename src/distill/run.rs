@@ -153,19 +153,23 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
             format!("{} without checkpoints/latest", out.display()),
         ));
     }
+    if resume {
+        // Before any model loads: `latest` names a checkpoint of this run.
+        read_latest(out)?;
+    }
+    if !resume && latest.exists() {
+        let held = match read_latest(out) {
+            Ok(Some((step, _))) => format!("latest checkpoint step-{step:06}"),
+            _ => "checkpoints/latest".to_string(),
+        };
+        return Err(Error::parameter(
+            "out",
+            "a new or empty run directory (continue the run there with --resume, or \
+             choose another --out)",
+            format!("{} holding a run ({held})", out.display()),
+        ));
+    }
     if !resume {
-        if let Ok(name) = std::fs::read_to_string(&latest) {
-            return Err(Error::parameter(
-                "out",
-                "a new or empty run directory (continue the run there with --resume, or \
-                 choose another --out)",
-                format!(
-                    "{} holding a run (latest checkpoint {})",
-                    out.display(),
-                    name.trim()
-                ),
-            ));
-        }
         // What a run writes, from an earlier run without a checkpoint (or another
         // program): a fresh start would delete or overwrite it.
         let found: Vec<&str> = RUN_OUTPUTS
@@ -468,9 +472,29 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     let dev_log = out.join("dev.jsonl");
     let latest = out.join("checkpoints").join("latest");
     if options.resume {
-        let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, "read", e))?;
-        let dir = out.join("checkpoints").join(name.trim());
-        trainer.load_checkpoint(&dir)?;
+        let (step, dir) = read_latest(&out)?.ok_or_else(|| {
+            Error::io(
+                &latest,
+                "read",
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            )
+        })?;
+        trainer.load_checkpoint(&dir, step)?;
+        // The exported student of a finished run comes from its best checkpoint: missing,
+        // it would fail only after all the training.
+        if let (Some(best), "best") = (trainer.state.best_step, config.export.as_str()) {
+            let best_dir = checkpoint_dir(&out, best);
+            if best > 0 && best != step && !best_dir.is_dir() {
+                return Err(Error::Format {
+                    path: dir.join("state.json"),
+                    what: format!(
+                        "its best step {best} has no checkpoint ({} is missing): resume with \
+                         --export last, or from another checkpoint",
+                        best_dir.display()
+                    ),
+                });
+            }
+        }
         if config.steps < trainer.state.step {
             return Err(Error::parameter(
                 "steps",
@@ -661,6 +685,51 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         .map_err(|e| Error::value("run summary", e.to_string()))?;
     write_text(&out.join("summary.json"), &json)?;
     Ok(summary)
+}
+
+/// The checkpoint `checkpoints/latest` of the run directory `out` names: `None` without
+/// the file; its step and directory otherwise. The file must hold `step-N` (as the run
+/// writes it, `step-000004`), naming a directory beside it: a name with a path in it, or a
+/// missing directory, is an error naming the file, never a reason to start over or to
+/// resume from elsewhere. At most 64 bytes are read (a run writes 12).
+pub fn read_latest(out: &Path) -> Result<Option<(usize, PathBuf)>> {
+    use std::io::Read;
+    let latest = out.join("checkpoints").join("latest");
+    let file = match std::fs::File::open(&latest) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&latest, "read", e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&latest, "read", e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let name = text.trim();
+    let step = name
+        .strip_prefix("step-")
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<usize>().ok());
+    let bad = |what: String| Error::Format {
+        path: latest.clone(),
+        what,
+    };
+    let Some(step) = step else {
+        let shown: String = name.chars().take(40).collect();
+        return Err(bad(format!(
+            "expected the name of a checkpoint directory beside it (step-000004), found \
+             {shown:?}"
+        )));
+    };
+    let dir = out.join("checkpoints").join(name);
+    if !dir.is_dir() {
+        return Err(bad(format!(
+            "names {name}, but {} is not a directory (resume from another checkpoint by \
+             writing its name here, or start a new run)",
+            dir.display()
+        )));
+    }
+    Ok(Some((step, dir)))
 }
 
 /// Remove every checkpoint of `out` but the one of `latest` and the one of `best`.

@@ -108,6 +108,60 @@ pub struct TrainState {
     #[serde(default)]
     pub best_dev_mrr: Option<f64>,
     pub best_step: Option<usize>,
+    /// The run's step-defining settings ([`DistillConfig::step_settings`]) when the
+    /// checkpoint was written (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+    /// [`TokenizedPairs::fingerprint`] of the training pairs (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl TokenizedPairs {
+    /// A stable hash of the training pairs' token ids, both sides, in order: the same data
+    /// read again, or not.
+    pub fn fingerprint(&self) -> String {
+        let mut bytes = Vec::new();
+        for side in [&self.student, &self.teacher, &self.student_english] {
+            bytes.extend((side.len() as u64).to_le_bytes());
+            for seq in side {
+                bytes.extend((seq.len() as u32).to_le_bytes());
+                bytes.extend(seq.iter().flat_map(|t| t.to_le_bytes()));
+            }
+        }
+        format!(
+            "{} pairs, {:016x}",
+            self.student.len(),
+            crate::rng::stable_hash(&bytes)
+        )
+    }
+}
+
+impl TrainState {
+    /// What a checkpoint's state must say to be resumed as the state of step `step`: its
+    /// own step, a best step not after it, dev measures in [0, 1].
+    fn check(&self, step: usize) -> std::result::Result<(), String> {
+        if self.step != step {
+            return Err(format!(
+                "step {}, but it is the checkpoint of step {step} (its directory's name)",
+                self.step
+            ));
+        }
+        if let Some(best) = self.best_step.filter(|&b| b > step) {
+            return Err(format!(
+                "best step {best} is after the checkpoint's step {step}"
+            ));
+        }
+        for (name, v) in [
+            ("best_dev_p1", self.best_dev_p1),
+            ("best_dev_mrr", self.best_dev_mrr),
+        ] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                return Err(format!("{name} {v}, expected a measure in [0, 1]"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Wall time of each part of one optimiser step.
@@ -706,6 +760,8 @@ impl Trainer {
             .init();
         let state = TrainState {
             seed: config.seed,
+            settings: Some(config.step_settings()),
+            data: Some(data.fingerprint()),
             ..TrainState::default()
         };
         let cache_mb = config.cache_mb;
@@ -902,14 +958,48 @@ impl Trainer {
         crate::io::write_atomic(&path, state)
     }
 
-    /// Restore a checkpoint written by [`Self::save_checkpoint`].
-    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+    /// Restore a checkpoint written by [`Self::save_checkpoint`] for step `step` (the
+    /// step its directory is named after).
+    pub fn load_checkpoint(&mut self, dir: &Path, step: usize) -> Result<()> {
         let path = dir.join("state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "read", e))?;
         let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Format {
             path: path.clone(),
             what: format!("not a train state: {e}"),
         })?;
+        state.check(step).map_err(|what| Error::Format {
+            path: path.clone(),
+            what,
+        })?;
+        // What a step computes must be what the checkpoint's steps computed: the run's own
+        // config.toml is read back on --resume, edited or cut short it would change that.
+        if let Some(saved) = &state.settings {
+            let now = self.config.step_settings();
+            if let Some((key, was)) = saved.iter().find(|(k, v)| now.get(*k) != Some(*v)) {
+                let is = now.get(key).cloned().unwrap_or(serde_json::Value::Null);
+                return Err(Error::Format {
+                    path: path.clone(),
+                    what: format!(
+                        "the checkpoint was trained with {key} = {was}, the run's settings \
+                         now say {is} (config.toml edited?); a resume may change only {}",
+                        crate::distill::config::RESUMABLE_KEYS.join(", ")
+                    ),
+                });
+            }
+        }
+        if let Some(saved) = &state.data {
+            let now = self.data.fingerprint();
+            if *saved != now {
+                return Err(Error::Format {
+                    path: path.clone(),
+                    what: format!(
+                        "the checkpoint was trained on other pairs ({saved}) than the run's \
+                         data gives now ({now}): its sources changed; restore them or start \
+                         a new run"
+                    ),
+                });
+            }
+        }
         if state.seed != self.config.seed {
             return Err(Error::parameter(
                 "seed",
@@ -927,12 +1017,17 @@ impl Trainer {
                 ),
             });
         }
-        let record = load_record(&dir.join("model.bpk"))?;
-        self.student = self
-            .student
-            .clone()
-            .try_load_record(record)
-            .map_err(|e| burn_error("apply the model checkpoint", e))?;
+        // Batches start at multiples of the batch size within an epoch.
+        if !state.offset.is_multiple_of(self.config.batch_size.max(1)) {
+            return Err(Error::Format {
+                path,
+                what: format!(
+                    "offset {} is not a multiple of the batch size {}",
+                    state.offset, self.config.batch_size
+                ),
+            });
+        }
+        self.student = self.model_at(dir)?;
         let optim = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
         let optim_path = dir.join("optimizer.bpk");
         self.optim = optim
@@ -952,11 +1047,18 @@ impl Trainer {
 
     /// The student of the checkpoint in `dir` (the trainer's own model is unchanged).
     pub fn model_at(&self, dir: &Path) -> Result<TransformerEncoder> {
-        let record = load_record(&dir.join("model.bpk"))?;
+        let path = dir.join("model.bpk");
+        let record = load_record(&path)?;
         self.student
             .clone()
             .try_load_record(record)
-            .map_err(|e| burn_error("apply the model checkpoint", e))
+            .map_err(|e| Error::Format {
+                path,
+                what: format!(
+                    "a checkpoint of another model: it does not fit this run's student \
+                     ({e:?})"
+                ),
+            })
     }
 
     /// Mean-pooled, L2-normalised student vectors of `seqs` (no gradient), `(n, h)`.

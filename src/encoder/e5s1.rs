@@ -436,9 +436,13 @@ impl E5s1 {
                 path: tokenizer_path.into(),
                 what: format!(
                     "vocabulary differs from the model's in {} of {} pieces; first at id {id}: \
-                     model has {piece:?}, tokenizer has {found:?}",
+                     model has {piece:?}, tokenizer has {}",
                     mismatches.len(),
-                    self.pieces.len()
+                    self.pieces.len(),
+                    match found {
+                        Some(t) => format!("{t:?}"),
+                        None => "no piece".into(),
+                    }
                 ),
             });
         }

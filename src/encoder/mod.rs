@@ -271,13 +271,29 @@ fn read_prefixes(dir: &Path) -> Result<(String, String)> {
         path: path.clone(),
         what: format!("not valid JSON: {e}"),
     })?;
-    let field = |k: &str| {
-        json.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
+    let bad = |what: String| Error::Format {
+        path: path.clone(),
+        what,
     };
-    Ok((field("query"), field("passage")))
+    let map = json.as_object().ok_or_else(|| {
+        bad(format!(
+            "expected {{\"query\": …, \"passage\": …}}, found {json}"
+        ))
+    })?;
+    if let Some(k) = map
+        .keys()
+        .find(|k| !["query", "passage"].contains(&k.as_str()))
+    {
+        return Err(bad(format!(
+            "unexpected key {k:?} (expected \"query\" and \"passage\")"
+        )));
+    }
+    let field = |k: &str| match map.get(k) {
+        None => Ok(String::new()),
+        Some(serde_json::Value::String(v)) => Ok(v.clone()),
+        Some(other) => Err(bad(format!("{k}: expected a string, found {other}"))),
+    };
+    Ok((field("query")?, field("passage")?))
 }
 
 /// The prefixes multilingual-e5 was trained with.

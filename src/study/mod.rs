@@ -174,10 +174,63 @@ pub fn finished_result(run: &RunSpec) -> Option<RunResult> {
     read_json::<RunResult>(&run.dir.join("result.json")).filter(|r| r.key == run.key)
 }
 
-/// The step of the run's latest checkpoint, if any.
-fn checkpoint_step(dir: &Path) -> Option<usize> {
-    let name = std::fs::read_to_string(dir.join("checkpoints").join("latest")).ok()?;
-    name.trim().strip_prefix("step-")?.parse().ok()
+/// The step of the run's latest checkpoint, if any. A `latest` that names no checkpoint
+/// of the run is an error naming it: starting the run over would delete its checkpoints.
+fn checkpoint_step(dir: &Path) -> Result<Option<usize>> {
+    Ok(distill::run::read_latest(dir)?.map(|(step, _)| step))
+}
+
+/// Every result file of the plan that exists is whole and plausible, and every run's
+/// `checkpoints/latest` names one of its checkpoints; checked before any run starts. A
+/// result the study cannot read would otherwise count as missing and its run would start
+/// over (training and evaluation, overwriting it), an edited one would change the report's
+/// answer, and an unreadable `latest` would start its run over, deleting its checkpoints.
+fn check_run_files(plan: &Plan) -> Result<()> {
+    for run in &plan.runs {
+        if run.distill.is_some() {
+            checkpoint_step(&run.dir)?;
+        }
+        let path = run.dir.join("result.json");
+        if !path.exists() {
+            continue;
+        }
+        let bad = |what: String| Error::Format {
+            path: path.clone(),
+            what: format!("{what}; delete it to evaluate the run again"),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "read", e))?;
+        let result: RunResult =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not a run result ({e})")))?;
+        if result.key != run.key {
+            continue;
+        }
+        if result.tasks.is_empty() {
+            return Err(bad("a result without a single task".into()));
+        }
+        for t in &result.tasks {
+            let task = &t.result.task;
+            for (measure, &v) in &t.result.metrics {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(bad(format!("task {task}: {measure} {v}, expected [0, 1]")));
+                }
+            }
+            for (measure, values) in &t.per_query {
+                if values.len() != t.result.queries {
+                    return Err(bad(format!(
+                        "task {task}: {} values of {measure} for {} queries",
+                        values.len(),
+                        t.result.queries
+                    )));
+                }
+                if let Some(v) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                    return Err(bad(format!(
+                        "task {task}: a query's {measure} is {v}, expected [0, 1]"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -308,11 +361,16 @@ fn execute(
         let mut cfg = cfg.clone();
         cfg.sources = group.sources.clone();
         let steps = cfg.steps;
-        let resume = checkpoint_step(&run.dir);
+        let resume = checkpoint_step(&run.dir)?;
         resumed_from = resume;
         if resume.is_none() {
-            // A run stopped before its first checkpoint starts over.
+            // A run stopped before its first checkpoint starts over, and the embeddings of
+            // an earlier student must not stand for the new one's.
             distill::run::clear_run_outputs(&run.dir)?;
+            let cache = run.dir.join("embeddings");
+            if cache.is_dir() {
+                std::fs::remove_dir_all(&cache).map_err(|e| Error::io(&cache, "remove", e))?;
+            }
         }
         progress.line(
             index,
@@ -338,10 +396,10 @@ fn execute(
         timing.train_seconds += seconds;
         timing.sittings += 1;
         write_json_atomic(&timing_path, &timing)?;
-        let done = summary.steps - resume.unwrap_or(0);
+        let done = summary.steps.saturating_sub(resume.unwrap_or(0));
         progress.step_rate.0 += seconds;
         progress.step_rate.1 += done;
-        progress.pending[index].0 = steps - summary.steps;
+        progress.pending[index].0 = steps.saturating_sub(summary.steps);
         if summary.interrupted {
             return Ok(if interrupt_requested() {
                 RunStatus::Interrupted
@@ -450,6 +508,7 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
         config.data_dir = Some(d.clone());
     }
     let plan = config.plan(&options.budget, options.backend.as_deref(), &options.out)?;
+    check_run_files(&plan)?;
     // Checked here, before any run is evaluated, and again by each training run.
     if options.stop_at_step == Some(0) {
         return Err(Error::parameter(
@@ -505,7 +564,8 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
                         return (0, 0);
                     }
                     let steps = r.distill.as_ref().map_or(0, |d| {
-                        d.steps.saturating_sub(checkpoint_step(&r.dir).unwrap_or(0))
+                        d.steps
+                            .saturating_sub(checkpoint_step(&r.dir).ok().flatten().unwrap_or(0))
                     });
                     let texts = group_of(r).sets.iter().map(|s| s.texts()).sum();
                     (steps, texts)
