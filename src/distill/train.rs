@@ -802,7 +802,7 @@ impl Trainer {
         let n = self.pairs();
         let bs = self.config.batch_size;
         if self.state.offset.checked_add(bs).is_none_or(|end| end > n) {
-            self.state.epoch += 1;
+            self.state.epoch = self.state.epoch.saturating_add(1);
             self.state.offset = 0;
         }
         let order = permutation(
@@ -937,7 +937,7 @@ impl Trainer {
             seconds: times,
         };
         self.state.step += 1;
-        self.state.tokens += tokens as u64;
+        self.state.tokens = self.state.tokens.saturating_add(tokens as u64);
         record
     }
 

@@ -153,9 +153,9 @@ impl Entry {
         let end = self.offset.checked_add(want).filter(|&e| e <= file_len);
         if self.offset < data_start || end.is_none() {
             return Err(format!(
-                "tensor {name}: bytes {}..{} lie outside the data section {data_start}..{file_len}",
-                self.offset,
-                self.offset.saturating_add(want)
+                "tensor {name}: {want} bytes at offset {} lie outside the data section \
+                 (bytes {data_start}..{file_len} of the file)",
+                self.offset
             ));
         }
         Ok(())
@@ -247,9 +247,14 @@ impl E5s1 {
         // Tensor directory.
         let n_tensors = c.count("tensor count", 1 << 16)?;
         let mut dir = HashMap::new();
-        for _ in 0..n_tensors {
+        for i in 0..n_tensors {
             let name_len = c.u16("tensor name length")? as usize;
             let name = String::from_utf8_lossy(c.bytes(name_len, "tensor name")?).into_owned();
+            if name.is_empty() {
+                return Err(format(format!(
+                    "directory entry {i} of {n_tensors} has no name (is the tensor count right?)"
+                )));
+            }
             let dtype = c.bytes(1, "tensor dtype")?[0];
             let n = c.u32("tensor size")? as usize;
             let offset = c.u64("tensor offset")?;
