@@ -697,7 +697,14 @@ pub fn read_latest(out: &Path) -> Result<Option<(usize, PathBuf)>> {
     let latest = out.join("checkpoints").join("latest");
     let file = match std::fs::File::open(&latest) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(Error::io(&latest, "read", e)),
     };
     let mut bytes = Vec::new();

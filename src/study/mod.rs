@@ -508,7 +508,6 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
         config.data_dir = Some(d.clone());
     }
     let plan = config.plan(&options.budget, options.backend.as_deref(), &options.out)?;
-    check_run_files(&plan)?;
     // Checked here, before any run is evaluated, and again by each training run.
     if options.stop_at_step == Some(0) {
         return Err(Error::parameter(
@@ -525,6 +524,7 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
             format!("{}, a file", out.display()),
         ));
     }
+    check_run_files(&plan)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create", e))?;
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
     let lareqa = evaluate::lareqa_sets(&config, &plan.eval, &data_dir)?;
