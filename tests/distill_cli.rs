@@ -646,6 +646,23 @@ fn edited_run_files_are_refused_and_nothing_is_lost() {
     std::fs::write(&en, en_text).unwrap();
     std::fs::write(&hau, hau_text).unwrap();
 
+    // The optimiser state of another run (same model, another seed): burn would load it,
+    // match none of its parameters and restart Adam silently.
+    let other = f.root.join("run-other");
+    ok(
+        &distill(&f, &other, &["--steps", "4", "--seed", "9"]),
+        "the other run",
+    );
+    let optimizer = checkpoints.join("step-000004").join("optimizer.bpk");
+    let own = std::fs::read(&optimizer).unwrap();
+    std::fs::copy(
+        other.join("checkpoints/step-000004/optimizer.bpk"),
+        &optimizer,
+    )
+    .unwrap();
+    refused("optimizer.bpk: not the file this checkpoint wrote");
+    std::fs::write(&optimizer, own).unwrap();
+
     // Restored, the run goes on.
     let resumed = ok(&distill(&f, &out, &["--steps", "6", "--resume"]), "resume");
     assert_eq!(resumed["steps"], 6, "{resumed}");

@@ -115,6 +115,44 @@ pub struct TrainState {
     /// [`TokenizedPairs::fingerprint`] of the training pairs (absent in older checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// [`file_fingerprint`] of `model.bpk` and `optimizer.bpk` as the checkpoint wrote them
+    /// (absent in older checkpoints), so that a file copied from another checkpoint or run
+    /// is refused instead of loaded (burn resets the optimiser state of parameters a record
+    /// does not match, without a word).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The files of a checkpoint besides `state.json`.
+const CHECKPOINT_FILES: [&str; 2] = ["model.bpk", "optimizer.bpk"];
+
+/// A file's length and a hash of three 1 MiB samples (its start, middle and end): cheap on
+/// a checkpoint of half a gigabyte, and different for any other checkpoint's file.
+pub fn file_fingerprint(path: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SAMPLE: u64 = 1 << 20;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "read", e))?
+        .len();
+    let mut bytes = Vec::new();
+    for start in [
+        0,
+        (len / 2).saturating_sub(SAMPLE / 2),
+        len.saturating_sub(SAMPLE),
+    ] {
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io(path, "read", e))?;
+        (&mut file)
+            .take(SAMPLE)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, "read", e))?;
+    }
+    Ok(format!(
+        "{len} bytes, {:016x}",
+        crate::rng::stable_hash(&bytes)
+    ))
 }
 
 impl TokenizedPairs {
@@ -952,7 +990,14 @@ impl Trainer {
         self.optim
             .save(dir.join("optimizer.bpk"))
             .map_err(|e| burn_error("save the optimizer checkpoint", e))?;
-        let state = serde_json::to_string_pretty(&self.state)
+        let mut state = self.state.clone();
+        state.files = Some(
+            CHECKPOINT_FILES
+                .iter()
+                .map(|name| Ok((name.to_string(), file_fingerprint(&dir.join(name))?)))
+                .collect::<Result<_>>()?,
+        );
+        let state = serde_json::to_string_pretty(&state)
             .map_err(|e| Error::value("train state", e.to_string()))?;
         let path = dir.join("state.json");
         crate::io::write_atomic(&path, state)
@@ -1017,6 +1062,26 @@ impl Trainer {
                 ),
             });
         }
+        if let Some(saved) = &state.files {
+            for name in CHECKPOINT_FILES {
+                let file = dir.join(name);
+                let now = file_fingerprint(&file)?;
+                if let Some(was) = saved.get(name).filter(|was| **was != now) {
+                    let length = |f: &str| f.split(' ').next().and_then(|n| n.parse::<u64>().ok());
+                    let why = match (length(&now), length(was)) {
+                        (Some(n), Some(w)) if n < w => "truncated (a full disk, a copy cut short)",
+                        _ => "copied from another checkpoint or run, or changed since",
+                    };
+                    return Err(Error::Format {
+                        path: file,
+                        what: format!(
+                            "not the file this checkpoint wrote ({now}; its state.json says \
+                             {was}): {why}"
+                        ),
+                    });
+                }
+            }
+        }
         // Batches start at multiples of the batch size within an epoch.
         if !state.offset.is_multiple_of(self.config.batch_size.max(1)) {
             return Err(Error::Format {
@@ -1033,7 +1098,11 @@ impl Trainer {
         self.optim = optim
             .load(&optim_path)
             .map_err(|e| unreadable_checkpoint(&optim_path, e))?;
-        self.state = state;
+        // The fingerprints describe the files on disk, not the training.
+        self.state = TrainState {
+            files: None,
+            ..state
+        };
         self.resync_replicas();
         // A checkpoint holds the frozen parameters too; they never change, but check again.
         if self.shared_prefix.is_some() {
