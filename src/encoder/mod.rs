@@ -625,8 +625,9 @@ impl TextEncoder {
             return Err(Error::value(
                 "token ids",
                 format!(
-                    "id {bad} outside the vocabulary of {}",
-                    self.config.vocab_size
+                    "id {bad} outside the vocabulary of {} (the model's embedding rows): the \
+                     tokenizer of {} produces ids its model does not have",
+                    self.config.vocab_size, self.name
                 ),
             ));
         }
