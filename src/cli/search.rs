@@ -125,12 +125,12 @@ fn read_lengths(path: &Path) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// An error naming the corpus file when its vectors' dimension is not the queries'.
 /// The array's rows of `d` values as `f32`. An `f64` file is narrowed with the checks of
 /// `optical ot` (a value beyond f32's range, or a real row whose entries would all
 /// underflow to a zero vector, is an error naming the file), so that a row does not
 /// silently change meaning on the way to the kernels.
 fn rows_f32(
+    name: &str,
     arr: &npy::NpyArray,
     path: &Path,
     d: usize,
@@ -139,9 +139,10 @@ fn rows_f32(
     if arr.dtype == npy::Dtype::F32 {
         return Ok(arr.to_f32());
     }
-    narrow_rows("embeddings", &arr.to_f64(), d, is_real).map_err(|e| e.in_file(path))
+    narrow_rows(name, &arr.to_f64(), d, is_real).map_err(|e| e.in_file(path))
 }
 
+/// An error naming the corpus file when its vectors' dimension is not the queries'.
 fn same_dimension(a: &SearchArgs, d: usize, dc: usize) -> Result<()> {
     if d == dc {
         return Ok(());
@@ -204,10 +205,20 @@ pub fn run(a: SearchArgs) -> Result<()> {
             let (n, d) = shape2(&q, &a.queries)?;
             let (m, dc) = shape2(&c, &a.corpus)?;
             same_dimension(&a, d, dc)?;
-            dense_q = DenseVectors::new("queries", n, d, rows_f32(&q, &a.queries, d, |_| true)?)
-                .map_err(|e| e.in_file(&a.queries))?;
-            dense_c = DenseVectors::new("corpus", m, dc, rows_f32(&c, &a.corpus, dc, |_| true)?)
-                .map_err(|e| e.in_file(&a.corpus))?;
+            dense_q = DenseVectors::new(
+                "queries",
+                n,
+                d,
+                rows_f32("queries", &q, &a.queries, d, |_| true)?,
+            )
+            .map_err(|e| e.in_file(&a.queries))?;
+            dense_c = DenseVectors::new(
+                "corpus",
+                m,
+                dc,
+                rows_f32("corpus", &c, &a.corpus, dc, |_| true)?,
+            )
+            .map_err(|e| e.in_file(&a.corpus))?;
             Scorer::Dense {
                 queries: &dense_q,
                 corpus: &dense_c,
@@ -229,7 +240,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 ql.as_ref()
                     .is_none_or(|ql| ql.get(r / l.max(1)).is_none_or(|&len| r % l < len))
             };
-            let values = rows_f32(&q, &a.queries, d, real)?;
+            let values = rows_f32("queries", &q, &a.queries, d, real)?;
             maxsim_q = Embeddings::new("queries", n, l, d, values, ql).map_err(|e| {
                 match a.query_lengths.as_deref() {
                     Some(lengths) => e.in_data_or_lengths_file(&a.queries, lengths),
@@ -257,7 +268,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
             maxsim_c = PackedDocs::new(
                 "corpus",
                 dc,
-                rows_f32(&c, &a.corpus, dc, |_| true)?,
+                rows_f32("corpus", &c, &a.corpus, dc, |_| true)?,
                 read_lengths(cl)?,
             )
             .map_err(|e| e.in_data_or_lengths_file(&a.corpus, cl))?;

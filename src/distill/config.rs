@@ -143,15 +143,16 @@ impl Default for DistillConfig {
 }
 
 impl DistillConfig {
-    /// The settings that define what a step computes: every key but [`RESUMABLE_KEYS`]
-    /// and `out` (where the run is, however it is spelt). A checkpoint keeps them, and a
-    /// resume must match them.
+    /// The settings that define what a step computes: every key but [`RESUMABLE_KEYS`],
+    /// `out` (where the run is, however it is spelt) and `sources` (paths that move with a
+    /// study's directory; the checkpoint's hash of the training pairs stands for what they
+    /// hold). A checkpoint keeps them, and a resume must match them.
     pub fn step_settings(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut map = match serde_json::to_value(self) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         };
-        map.retain(|k, _| k != "out" && !RESUMABLE_KEYS.contains(&k.as_str()));
+        map.retain(|k, _| k != "out" && k != "sources" && !RESUMABLE_KEYS.contains(&k.as_str()));
         map
     }
 
@@ -338,6 +339,17 @@ impl DistillConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_settings_leave_out_what_may_change_or_move() {
+        let settings = DistillConfig::default().step_settings();
+        for key in RESUMABLE_KEYS.iter().chain(&["out", "sources"]) {
+            assert!(!settings.contains_key(*key), "{key}");
+        }
+        for key in ["lr", "loss", "batch_size", "seed", "teacher", "student"] {
+            assert!(settings.contains_key(key), "{key}");
+        }
+    }
 
     fn overrides(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
         json.as_object().cloned().unwrap()

@@ -123,6 +123,32 @@ pub struct TrainState {
     pub files: Option<std::collections::BTreeMap<String, String>>,
 }
 
+/// Two settings as JSON values are the same: equal, numbers within a few units in the last
+/// place (serde_json's default parser may read a 17-digit float back one unit off).
+fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        // Integers (seeds, sizes) exactly; floats to a few units in the last place.
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => {
+                    x == y || (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
+                }
+                _ => x == y,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_setting(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_setting(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// The files of a checkpoint besides `state.json`.
 const CHECKPOINT_FILES: [&str; 2] = ["model.bpk", "optimizer.bpk"];
 
@@ -1020,7 +1046,9 @@ impl Trainer {
         // config.toml is read back on --resume, edited or cut short it would change that.
         if let Some(saved) = &state.settings {
             let now = self.config.step_settings();
-            if let Some((key, was)) = saved.iter().find(|(k, v)| now.get(*k) != Some(*v)) {
+            let differs =
+                |k: &String, v: &serde_json::Value| now.get(k).is_none_or(|n| !same_setting(n, v));
+            if let Some((key, was)) = saved.iter().find(|(k, v)| differs(k, v)) {
                 let is = now.get(key).cloned().unwrap_or(serde_json::Value::Null);
                 return Err(Error::Format {
                     path: path.clone(),
@@ -1098,9 +1126,12 @@ impl Trainer {
         self.optim = optim
             .load(&optim_path)
             .map_err(|e| unreadable_checkpoint(&optim_path, e))?;
-        // The fingerprints describe the files on disk, not the training.
+        // The fingerprints describe the files on disk, not the training; a checkpoint
+        // written before settings and data were recorded records them from now on.
         self.state = TrainState {
             files: None,
+            settings: Some(self.config.step_settings()),
+            data: Some(self.data.fingerprint()),
             ..state
         };
         self.resync_replicas();
@@ -1258,5 +1289,29 @@ fn unreadable_checkpoint(path: &Path, e: impl std::fmt::Debug) -> Error {
              ({e:?}): truncated, or from another version; resume from another checkpoint \
              (edit checkpoints/latest) or start a new run"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_setting;
+    use serde_json::json;
+
+    #[test]
+    fn settings_compare_floats_to_the_last_places_and_integers_exactly() {
+        // serde_json's default parser reads this one back one unit in the last place off.
+        assert!(same_setting(
+            &json!(0.9122214092097937),
+            &json!(0.9122214092097936)
+        ));
+        assert!(!same_setting(&json!(0.001), &json!(0.01)));
+        assert!(!same_setting(&json!(1.0), &json!(1.000001)));
+        assert!(!same_setting(
+            &json!(9_223_372_036_854_775_808u64),
+            &json!(9_223_372_036_854_775_809u64)
+        ));
+        assert!(same_setting(&json!([1, 2.5, "x"]), &json!([1, 2.5, "x"])));
+        assert!(!same_setting(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+        assert!(!same_setting(&json!("ot"), &json!("mean-mse")));
     }
 }

@@ -360,7 +360,14 @@ pub fn write_model_dir(
     prefixes: (&str, &str),
 ) -> Result<()> {
     weights.validate(config)?;
+    // Read first: a tokenizer that cannot be read leaves nothing half-written.
+    let text = std::fs::read(tokenizer).map_err(|e| Error::io(tokenizer, "read", e))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+    // A file an earlier model left here would change how this one loads.
+    let stale = dir.join("sentence_bert_config.json");
+    if stale.is_file() {
+        std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, "remove", e))?;
+    }
     let safetensors = dir.join("model.safetensors");
     crate::io::write_through_temp(&safetensors, |tmp| weights.write_safetensors(tmp))?;
     let json = serde_json::to_string_pretty(&config.to_json())
@@ -370,7 +377,6 @@ pub fn write_model_dir(
         &dir.join("prefixes.json"),
         serde_json::json!({"query": prefixes.0, "passage": prefixes.1}).to_string(),
     )?;
-    let text = std::fs::read(tokenizer).map_err(|e| Error::io(tokenizer, "read", e))?;
     crate::io::write_atomic(&dir.join("tokenizer.json"), text)
 }
 

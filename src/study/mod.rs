@@ -187,7 +187,9 @@ fn checkpoint_step(dir: &Path) -> Result<Option<usize>> {
 /// answer, and an unreadable `latest` would start its run over, deleting its checkpoints.
 fn check_run_files(plan: &Plan) -> Result<()> {
     for run in &plan.runs {
-        if run.distill.is_some() {
+        // A finished run is skipped whatever its checkpoints say (a cleanup cut short may
+        // leave `latest` behind).
+        if run.distill.is_some() && finished_result(run).is_none() {
             checkpoint_step(&run.dir)?;
         }
         let path = run.dir.join("result.json");
