@@ -189,16 +189,10 @@ fn encode_errors_name_the_problem() {
 /// replaced by `post_processor`.
 fn minilm_with_post_processor(root: &Path, post_processor: serde_json::Value) -> PathBuf {
     let src = optical::assets::assets_dir().join("minilm");
-    let dir = root.join("minilm-variant");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors"))
-        .unwrap();
     let text = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
     let mut tok: serde_json::Value = serde_json::from_str(&text).unwrap();
     tok["post_processor"] = post_processor;
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    dir
+    minilm_variant(root, "minilm-variant", |_| {}, &tok.to_string())
 }
 
 #[test]
@@ -334,13 +328,13 @@ fn broken_tokenizer_or_weights_are_errors_in_load_order() {
     assert!(!out.exists());
 }
 
-/// A copy of the MiniLM directory (weights linked) with `edit` applied to its config and
-/// `tokenizer` (a path) as its tokenizer.json.
+/// A copy of the MiniLM directory `root/name` (weights linked) with `edit` applied to its
+/// config and `tokenizer` (the text of a tokenizer.json) as its tokenizer.
 fn minilm_variant(
     root: &Path,
     name: &str,
     edit: impl FnOnce(&mut serde_json::Value),
-    tokenizer: &Path,
+    tokenizer: &str,
 ) -> PathBuf {
     let src = optical::assets::assets_dir().join("minilm");
     let dir = root.join(name);
@@ -351,7 +345,7 @@ fn minilm_variant(
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors"))
         .unwrap();
-    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer).unwrap();
     dir
 }
 
@@ -361,7 +355,7 @@ fn minilm_variant(
 fn model_files_that_disagree_are_errors() {
     let root = tempfile::tempdir().unwrap();
     let assets = optical::assets::assets_dir();
-    let minilm_tok = assets.join("minilm").join("tokenizer.json");
+    let minilm_tok = std::fs::read_to_string(assets.join("minilm").join("tokenizer.json")).unwrap();
     let input = root.path().join("texts.txt");
     std::fs::write(&input, "the\n").unwrap();
     let out = root.path().join("o.npy");
@@ -382,18 +376,15 @@ fn model_files_that_disagree_are_errors() {
     };
 
     // The tokenizers crate panics on a corrupt precompiled charsmap: an error, quietly.
-    let text = std::fs::read_to_string(&minilm_tok).unwrap();
-    let mut tok: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut tok: serde_json::Value = serde_json::from_str(&minilm_tok).unwrap();
     tok["normalizer"] = serde_json::json!({
         "type": "Precompiled", "precompiled_charsmap": "////fwAAAAAAAAAAAAAAAAAAAAA="
     });
-    let bad_tok = root.path().join("bad-tokenizer.json");
-    std::fs::write(&bad_tok, tok.to_string()).unwrap();
-    let dir = minilm_variant(root.path(), "charsmap", |_| {}, &bad_tok);
+    let dir = minilm_variant(root.path(), "charsmap", |_| {}, &tok.to_string());
     encode(&dir, "not a valid tokenizer.json");
 
     // Another model's tokenizer (XLM-R's 250,002 pieces for BERT's 30,522 rows).
-    let xlmr = assets.join("xlmr").join("tokenizer.json");
+    let xlmr = std::fs::read_to_string(assets.join("xlmr").join("tokenizer.json")).unwrap();
     let dir = minilm_variant(root.path(), "xlmr-tokenizer", |_| {}, &xlmr);
     encode(&dir, "belongs to another model");
 

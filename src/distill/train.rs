@@ -1044,8 +1044,11 @@ impl Trainer {
         })?;
         // What a step computes must be what the checkpoint's steps computed: the run's own
         // config.toml is read back on --resume, edited or cut short it would change that.
+        // (This trainer's own state holds its settings and data fingerprint, from `new`.)
+        let now_settings = self.state.settings.clone().unwrap_or_default();
+        let now_data = self.state.data.clone().unwrap_or_default();
         if let Some(saved) = &state.settings {
-            let now = self.config.step_settings();
+            let now = &now_settings;
             let differs =
                 |k: &String, v: &serde_json::Value| now.get(k).is_none_or(|n| !same_setting(n, v));
             if let Some((key, was)) = saved.iter().find(|(k, v)| differs(k, v)) {
@@ -1061,8 +1064,8 @@ impl Trainer {
             }
         }
         if let Some(saved) = &state.data {
-            let now = self.data.fingerprint();
-            if *saved != now {
+            let now = &now_data;
+            if saved != now {
                 return Err(Error::Format {
                     path: path.clone(),
                     what: format!(
@@ -1130,8 +1133,8 @@ impl Trainer {
         // written before settings and data were recorded records them from now on.
         self.state = TrainState {
             files: None,
-            settings: Some(self.config.step_settings()),
-            data: Some(self.data.fingerprint()),
+            settings: Some(now_settings),
+            data: Some(now_data),
             ..state
         };
         self.resync_replicas();

@@ -189,50 +189,57 @@ fn check_run_files(plan: &Plan) -> Result<()> {
     for run in &plan.runs {
         // A finished run is skipped whatever its checkpoints say (a cleanup cut short may
         // leave `latest` behind).
-        if run.distill.is_some() && finished_result(run).is_none() {
+        let finished = checked_result(run)?.is_some();
+        if run.distill.is_some() && !finished {
             checkpoint_step(&run.dir)?;
-        }
-        let path = run.dir.join("result.json");
-        if !path.exists() {
-            continue;
-        }
-        let bad = |what: String| Error::Format {
-            path: path.clone(),
-            what: format!("{what}; delete it to evaluate the run again"),
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "read", e))?;
-        let result: RunResult =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not a run result ({e})")))?;
-        if result.key != run.key {
-            continue;
-        }
-        if result.tasks.is_empty() {
-            return Err(bad("a result without a single task".into()));
-        }
-        for t in &result.tasks {
-            let task = &t.result.task;
-            for (measure, &v) in &t.result.metrics {
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(bad(format!("task {task}: {measure} {v}, expected [0, 1]")));
-                }
-            }
-            for (measure, values) in &t.per_query {
-                if values.len() != t.result.queries {
-                    return Err(bad(format!(
-                        "task {task}: {} values of {measure} for {} queries",
-                        values.len(),
-                        t.result.queries
-                    )));
-                }
-                if let Some(v) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-                    return Err(bad(format!(
-                        "task {task}: a query's {measure} is {v}, expected [0, 1]"
-                    )));
-                }
-            }
         }
     }
     Ok(())
+}
+
+/// The run's `result.json` when it is the run's (its key), after checking that it is whole
+/// and plausible; `None` without one, or with another run's.
+fn checked_result(run: &RunSpec) -> Result<Option<RunResult>> {
+    let path = run.dir.join("result.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |what: String| Error::Format {
+        path: path.clone(),
+        what: format!("{what}; delete it to evaluate the run again"),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "read", e))?;
+    let result: RunResult =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a run result ({e})")))?;
+    if result.key != run.key {
+        return Ok(None);
+    }
+    if result.tasks.is_empty() {
+        return Err(bad("a result without a single task".into()));
+    }
+    for t in &result.tasks {
+        let task = &t.result.task;
+        for (measure, &v) in &t.result.metrics {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad(format!("task {task}: {measure} {v}, expected [0, 1]")));
+            }
+        }
+        for (measure, values) in &t.per_query {
+            if values.len() != t.result.queries {
+                return Err(bad(format!(
+                    "task {task}: {} values of {measure} for {} queries",
+                    values.len(),
+                    t.result.queries
+                )));
+            }
+            if let Some(v) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                return Err(bad(format!(
+                    "task {task}: a query's {measure} is {v}, expected [0, 1]"
+                )));
+            }
+        }
+    }
+    Ok(Some(result))
 }
 
 #[derive(Default, Serialize, Deserialize)]
