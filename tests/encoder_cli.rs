@@ -505,3 +505,211 @@ fn an_exported_e5_directory_encodes_as_the_file() {
         );
     }
 }
+
+/// MiniLM's config.json with `edit` applied, written to `root/name.json`.
+fn minilm_config(root: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = optical::assets::assets_dir().join("minilm/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
+    edit(&mut config);
+    let path = root.join(format!("{name}.json"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// A small BERT shape (2 layers, hidden 32) with MiniLM's vocabulary.
+fn small_shape(c: &mut serde_json::Value) {
+    c["hidden_size"] = 32.into();
+    c["num_attention_heads"] = 4.into();
+    c["intermediate_size"] = 64.into();
+    c["num_hidden_layers"] = 2.into();
+}
+
+fn random_model(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let tokenizer = optical::assets::assets_dir().join("minilm/tokenizer.json");
+    optical()
+        .args(["assets", "random-model", "--config"])
+        .arg(config)
+        .arg("--tokenizer")
+        .arg(tokenizer)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn random_model_has_the_config_shape_and_encodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = minilm_config(dir.path(), "small", small_shape);
+    let weights = |d: &str| std::fs::read(dir.path().join(d).join("model.safetensors")).unwrap();
+    for (d, seed) in [("a", "7"), ("b", "7"), ("c", "8")] {
+        let run = random_model(&config, &dir.path().join(d), &["--seed", seed]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    assert!(
+        weights("a") == weights("b"),
+        "the same seed must give the same weights"
+    );
+    assert!(
+        weights("a") != weights("c"),
+        "another seed must give other weights"
+    );
+
+    let input = dir.path().join("texts.txt");
+    std::fs::write(&input, "One sentence.\nAnother, longer sentence here.\n").unwrap();
+    let out = dir.path().join("emb.npy");
+    let run = optical()
+        .args(["encode", "--model"])
+        .arg(dir.path().join("a"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let emb = npy::read(&out).unwrap();
+    assert_eq!(emb.shape, vec![2, 32]);
+    assert!(emb.to_f32().iter().all(|v| v.is_finite()));
+
+    // The weights' spread is the config's initializer_range (MiniLM's: 0.02) unless given.
+    let spread = |d: &str| {
+        let bytes = weights(d);
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st
+            .tensor("encoder.layer.0.intermediate.dense.weight")
+            .unwrap();
+        let v: Vec<f32> = t
+            .data()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (v.iter().map(|x| (x * x) as f64).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    let run = random_model(&config, &dir.path().join("wide"), &["--std", "0.5"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let (narrow, wide) = (spread("a"), spread("wide"));
+    assert!((narrow - 0.02).abs() < 0.002, "std {narrow}");
+    assert!((wide - 0.5).abs() < 0.05, "std {wide}");
+}
+
+#[test]
+fn random_model_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let check = |config: &Path, extra: &[&str], needle: &str| {
+        let run = random_model(config, &out, extra);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "expected {needle:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.join("model.safetensors").exists(), "{err}");
+    };
+    let small = minilm_config(dir.path(), "small", small_shape);
+    check(&small, &["--std", "0"], "a standard deviation in (0, 1]");
+    check(&small, &["--std", "NaN"], "a standard deviation in (0, 1]");
+    // MiniLM's 30,522 pieces do not fit a table of 1,000 rows.
+    let narrow = minilm_config(dir.path(), "narrow", |c| {
+        small_shape(c);
+        c["vocab_size"] = 1000.into();
+    });
+    check(&narrow, &[], "the tokenizer belongs to another model");
+    // A config alone must not be able to ask for any amount of memory.
+    let huge = minilm_config(dir.path(), "huge", |c| {
+        c["vocab_size"] = 10_000_000_000u64.into()
+    });
+    check(&huge, &[], "expected at most 1073741824 parameters");
+    let bad_range = minilm_config(dir.path(), "range", |c| {
+        small_shape(c);
+        c["initializer_range"] = "0.02".into();
+    });
+    check(
+        &bad_range,
+        &[],
+        "initializer_range: expected a number in (0, 1]",
+    );
+    check(&dir.path().join("missing.json"), &[], "missing.json");
+}
+
+/// burn's wgpu device binds the word-embedding table whole; on an adapter whose largest
+/// storage binding is smaller (lavapipe's 128 MiB), loading the model is a clear error, and
+/// where it fits the model encodes.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_word_table_beyond_the_gpu_binding_limit_is_an_error_not_a_panic() {
+    let info = optical().args(["info", "--json"]).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let wgpu = info["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["backend"] == "wgpu"))
+        .cloned()
+        .unwrap_or_default();
+    // burn picks its own adapter: the expectation is sure only when every adapter agrees.
+    let limits: Vec<u64> = wgpu["devices"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|d| d["limits"]["max_storage_buffer_binding_size"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (Some(&low), Some(&high)) = (limits.iter().min(), limits.iter().max()) else {
+        if std::env::var("OPTICAL_SKIP_WGPU").as_deref() == Ok("1") {
+            eprintln!("skipping: OPTICAL_SKIP_WGPU=1 and no wgpu adapter");
+            return;
+        }
+        panic!("no wgpu adapter (set OPTICAL_SKIP_WGPU=1 to skip): {wgpu}");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 1,100,000 × 32 f32 = 140.8 MB, beyond the 128 MiB that every adapter allows.
+    let config = minilm_config(dir.path(), "tall", |c| {
+        small_shape(c);
+        c["vocab_size"] = 1_100_000.into();
+    });
+    let model = dir.path().join("tall");
+    let run = random_model(&config, &model, &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let input = dir.path().join("texts.txt");
+    std::fs::write(&input, "One sentence.\n").unwrap();
+    let run = optical()
+        .args(["encode", "--backend", "wgpu", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("emb.npy"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    let table = 1_100_000 * 32 * 4;
+    if high < table {
+        assert_eq!(run.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("cannot bind") && err.contains("1100000 × 32 f32"),
+            "{err}"
+        );
+    } else if low >= table {
+        assert!(run.status.success(), "{err}");
+    } else {
+        assert!(run.status.success() || err.contains("cannot bind"), "{err}");
+    }
+}

@@ -32,6 +32,29 @@ pub enum AssetsCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a Hugging Face model directory of a config.json's shape with random weights
+    /// and the given tokenizer (config.json, model.safetensors, tokenizer.json), for
+    /// benchmarks where the pretrained weights are not at hand: `optical distill
+    /// --bench-steps` and `optical encode` run on it exactly as on a trained model of that
+    /// shape. What it encodes is meaningless.
+    RandomModel {
+        /// A Hugging Face config.json (BERT or XLM-R) giving the shape.
+        #[arg(long)]
+        config: PathBuf,
+        /// tokenizer.json; its vocabulary must fit the config's vocab_size.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Output directory (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Standard deviation of the weights (default: the config's initializer_range,
+        /// else 0.02).
+        #[arg(long)]
+        std: Option<f64>,
+    },
 }
 
 pub fn run(args: AssetsArgs) -> Result<()> {
@@ -66,6 +89,17 @@ pub fn run(args: AssetsArgs) -> Result<()> {
                 None => Asset::E5Small.file("e5-small-q4.bin")?,
             };
             crate::encoder::export_e5s1(&model, &out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        AssetsCommand::RandomModel {
+            config,
+            tokenizer,
+            out,
+            seed,
+            std,
+        } => {
+            crate::encoder::write_random_model(&config, &tokenizer, &out, seed, std)?;
             println!("wrote {}", out.display());
             Ok(())
         }

@@ -64,8 +64,8 @@ use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOpe
 
 use super::loss::LossStats;
 use super::train::{
-    grad_norm, materialise, scale_grads, shard_loss, HostCache, ReplicaParts, ShardLoss, Shared,
-    StepRecord, StepTimes, Trainer,
+    grad_norm, materialise, scale_grads, settle, shard_loss, HostCache, ReplicaParts, ShardLoss,
+    Shared, StepRecord, StepTimes, Trainer,
 };
 use crate::backend::{Backend, BackendKind};
 use crate::encoder::model::TransformerEncoder;
@@ -462,6 +462,7 @@ impl Trainer {
                     pads: (self.student_pad, self.teacher_pad),
                     loss: self.loss,
                     shared_prefix: self.shared_prefix,
+                    timed_parts: self.timed_parts,
                 };
                 let mut parts = vec![ReplicaParts {
                     student: &self.student,
@@ -535,6 +536,9 @@ impl Trainer {
                     .map(|h| h.join().map_err(panic_error))
                     .collect()
             });
+            for device in &group.devices {
+                settle(device, self.timed_parts)?;
+            }
             times.backward += t2.elapsed().as_secs_f64();
             let t_sync = Instant::now();
             for (k, g) in grads.into_iter().enumerate() {

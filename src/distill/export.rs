@@ -12,7 +12,7 @@ use burn::prelude::*;
 
 use crate::encoder::config::{Architecture, EncoderConfig};
 use crate::encoder::model::TransformerEncoder;
-use crate::encoder::weights::{expected_parameters, HostTensor, Weights};
+use crate::encoder::weights::{random_weights, HostTensor, Weights};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
@@ -144,24 +144,7 @@ pub fn random_encoder(
     seed: u64,
     device: &Device,
 ) -> Result<TransformerEncoder> {
-    let mut rng = SplitMix64::new(seed);
-    let mut tensors = HashMap::new();
-    for (name, shape) in expected_parameters(config) {
-        let len: usize = shape.iter().product();
-        let mut data: Vec<f32> = rng.normals_f32(len).iter().map(|v| v * 0.2).collect();
-        if name.ends_with("LayerNorm.weight") {
-            data.iter_mut().for_each(|v| *v = 1.0 + *v * 0.5);
-        }
-        tensors.insert(name, HostTensor { shape, data });
-    }
-    TransformerEncoder::from_weights(
-        config,
-        Weights {
-            source: "random".into(),
-            tensors,
-        },
-        device,
-    )
+    TransformerEncoder::from_weights(config, random_weights(config, seed, 0.2)?, device)
 }
 
 /// Special tokens of [`tiny_tokenizer_json`] (ids 0–3).

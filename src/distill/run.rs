@@ -418,6 +418,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
                 data.clone(),
             )?;
             t.replicate(&devices[..count])?;
+            t.time_parts_exactly(true);
             announce(&t, &config);
             let records = bench_steps(&mut t, n)?;
             rows.push((count, mean_times(&records)));
@@ -447,6 +448,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     announce(&trainer, &config);
 
     if let Some(n) = options.bench_steps {
+        trainer.time_parts_exactly(true);
         let records = bench_steps(&mut trainer, n)?;
         let (t, tps) = mean_times(&records);
         print_breakdown(&t, tps);

@@ -301,6 +301,22 @@ pub struct Trainer {
     /// teacher's own values and the English side is distilled: the teacher's state after
     /// layer `k` of an English sentence is then the student's English prefix state too.
     pub(super) shared_prefix: Option<usize>,
+    /// Wait for the device at the boundaries of a step's parts (see
+    /// [`Self::time_parts_exactly`]).
+    pub(super) timed_parts: bool,
+}
+
+/// Wait for the work queued on `device` when `exact` (bench mode), so that the time of a
+/// part of the step lands in that part; a device that cannot finish it is an error.
+pub(super) fn settle(device: &Device, exact: bool) -> Result<()> {
+    if exact {
+        device.sync().map_err(|e| Error::Backend {
+            backend: "burn",
+            operation: "wait for the device",
+            what: format!("{e:?}"),
+        })?;
+    }
+    Ok(())
 }
 
 /// Sum of squares of every gradient of `module`'s parameters.
@@ -415,6 +431,8 @@ pub(super) struct Shared<'a> {
     pub loss: LossKind,
     /// See [`Trainer::shared_prefix`].
     pub shared_prefix: Option<usize>,
+    /// See [`Trainer::time_parts_exactly`].
+    pub timed_parts: bool,
 }
 
 impl Shared<'_> {
@@ -713,6 +731,7 @@ pub(super) fn shard_loss(
     let mut times = StepTimes::default();
     let t0 = Instant::now();
     let teacher = teacher_side(&mut parts, shared, idx, &device)?;
+    settle(&device, shared.timed_parts)?;
     times.teacher += t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let count =
@@ -724,6 +743,7 @@ pub(super) fn shard_loss(
         tokens += count(Side::StudentEnglish);
         english = Some(student_side(&mut parts, shared, idx, Side::StudentEnglish)?);
     }
+    settle(&device, shared.timed_parts)?;
     times.student += t1.elapsed().as_secs_f64();
     let (mut loss, stats) = loss_of(shared, parts.backend, &student, &teacher)?;
     let mut ot = stats.ot_time;
@@ -847,7 +867,19 @@ impl Trainer {
             loss,
             ddp: None,
             shared_prefix,
+            timed_parts: false,
         })
+    }
+
+    /// Make every step wait for the devices at the boundaries of its parts (teacher
+    /// forward, student forward, OT, backward, optimizer), so that the step-time breakdown
+    /// is exact on devices that run asynchronously (GPUs): without it a GPU's forward work
+    /// is still running when its part's clock stops and is counted in the first part that
+    /// waits for it (the OT part's read of the cost). `--bench-steps` turns it on; training
+    /// leaves it off, since the waits keep the host from queueing ahead. The step's total
+    /// is the same either way, up to the lost overlap.
+    pub fn time_parts_exactly(&mut self, exact: bool) {
+        self.timed_parts = exact;
     }
 
     pub fn trainable_parameters(&self) -> usize {
@@ -893,6 +925,7 @@ impl Trainer {
                 pads: (self.student_pad, self.teacher_pad),
                 loss: self.loss,
                 shared_prefix: self.shared_prefix,
+                timed_parts: self.timed_parts,
             },
         )
     }
@@ -955,6 +988,10 @@ impl Trainer {
             let grads = shard.loss.backward();
             let grads = GradientsParams::from_grads(grads, &self.student);
             accumulator.accumulate(&self.student, grads);
+            settle(
+                &self.student.embeddings.word.weight.val().device(),
+                self.timed_parts,
+            )?;
             times.backward += t2.elapsed().as_secs_f64();
         }
         let t3 = Instant::now();

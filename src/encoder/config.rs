@@ -47,6 +47,26 @@ pub struct EncoderConfig {
     pub pad_token_id: usize,
 }
 
+/// The `initializer_range` of a Hugging Face `config.json` (the standard deviation its
+/// weights were initialised with), if it has one.
+pub fn initializer_range(path: &Path) -> Result<Option<f64>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.into(),
+        what: format!("not valid JSON: {e}"),
+    })?;
+    match json.get("initializer_range") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 && x <= 1.0 => Ok(Some(x)),
+            _ => Err(Error::Format {
+                path: path.into(),
+                what: format!("initializer_range: expected a number in (0, 1], found {v}"),
+            }),
+        },
+    }
+}
+
 impl EncoderConfig {
     /// Read and validate a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {

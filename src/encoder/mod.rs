@@ -309,6 +309,48 @@ fn e5s1_tokenizer(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The size of one storage-buffer binding that every wgpu adapter allows (WebGPU's default
+/// `max_storage_buffer_binding_size`). Adapters may allow more (NVIDIA's Vulkan driver: 2 GiB),
+/// and some allow no more (Mesa's lavapipe).
+const GUARANTEED_WGPU_BINDING: usize = 128 << 20;
+
+/// A GPU device must be able to bind the model's largest tensor, the word-embedding table,
+/// in one piece: burn's wgpu device binds it whole in the first layer's kernels, and a table
+/// beyond the adapter's limit (e5-small's 250,037 × 384 `f32`, 384 MB, on lavapipe's
+/// 128 MiB) made the first forward pass panic inside wgpu's validation. Tables within the
+/// size every adapter allows, and the CPU device, are not checked; otherwise a one-token
+/// forward pass runs here, and its failure is this error instead of a panic mid-run.
+fn check_bindable(model: &TransformerEncoder, config: &EncoderConfig, name: &str) -> Result<()> {
+    let device = model.embeddings.word.weight.val().device();
+    let bytes = config.vocab_size * config.hidden_size * 4;
+    if bytes <= GUARANTEED_WGPU_BINDING || device.clone().inner() == Device::flex() {
+        return Ok(());
+    }
+    let probe = model.clone();
+    let last = config.vocab_size as i64 - 1;
+    crate::error::catch_device_panic(move || {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![last], [1, 1]), &device);
+        let mask = Tensor::<2>::ones([1, 1], &device);
+        probe.forward(ids, mask).into_data()
+    })
+    .map_err(|what| {
+        let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
+        Error::BackendUnavailable {
+            backend: "burn",
+            reason: format!(
+                "the GPU device cannot bind {name}'s word-embedding table ({} × {} f32, {} MB) \
+                 in one piece, which burn needs ({what}); use --backend cpu, or a GPU whose \
+                 driver allows storage bindings of that size (NVIDIA's Vulkan driver: 2 GiB; \
+                 lavapipe: 128 MiB)",
+                config.vocab_size,
+                config.hidden_size,
+                bytes / 1_000_000
+            ),
+        }
+    })?;
+    Ok(())
+}
+
 /// Convert an E5S1 file to a Hugging Face directory (`optical assets export-e5`) that
 /// encodes exactly as the file does: its tokenizer is the one loading the file would use,
 /// checked against the file's vocabulary, and the e5 prefixes go to `prefixes.json`.
@@ -325,6 +367,39 @@ pub fn export_e5s1(path: &Path, out: &Path) -> Result<()> {
         &tokenizer_path,
         E5_PREFIXES,
     )
+}
+
+/// `optical assets random-model`: a Hugging Face directory (as [`write_model_dir`] writes
+/// it, no prefixes) with `config_path`'s shape, random weights ([`weights::random_weights`],
+/// `std` by default the config's `initializer_range`, else 0.02) and the tokenizer at
+/// `tokenizer_path`, which must fit the config's vocabulary. For benchmarks where the
+/// pretrained weights are not at hand: it runs exactly as a trained model of that shape does
+/// and encodes nothing meaningful.
+pub fn write_random_model(
+    config_path: &Path,
+    tokenizer_path: &Path,
+    out: &Path,
+    seed: u64,
+    std: Option<f64>,
+) -> Result<()> {
+    let config = EncoderConfig::from_file(config_path)?;
+    let std = match std {
+        Some(s) => s,
+        None => config::initializer_range(config_path)?.unwrap_or(0.02),
+    };
+    if !(std.is_finite() && std > 0.0 && std <= 1.0) {
+        return Err(Error::parameter(
+            "std",
+            "a standard deviation in (0, 1]",
+            std,
+        ));
+    }
+    let raw = RawTokenizer::read(tokenizer_path)?;
+    let tokenizer =
+        TextTokenizer::from_raw(raw, config.max_tokens().max(2), config.pad_token_id as u32)?;
+    check_tokenizer_fits(&tokenizer, tokenizer_path, &config)?;
+    let weights = weights::random_weights(&config, seed, std as f32)?;
+    write_model_dir(out, &config, &weights, tokenizer_path, ("", ""))
 }
 
 /// The tokenizer's ids must all be rows of the model's embedding table: a tokenizer from
@@ -566,6 +641,7 @@ impl TextEncoder {
             return Err(Error::parameter("batch_size", "at least 1", 0));
         }
         let model = TransformerEncoder::from_weights(&config, weights, &device)?;
+        check_bindable(&model, &config, name)?;
         Ok(TextEncoder {
             name: name.to_string(),
             config,

@@ -28,6 +28,55 @@ pub struct Weights {
     pub tensors: HashMap<String, HostTensor>,
 }
 
+/// Parameters [`random_weights`] writes at most (4 GiB of `f32`): a config is the only input
+/// there, so its sizes alone must not be able to ask for any amount of memory.
+pub const MAX_RANDOM_PARAMETERS: usize = 1 << 30;
+
+/// Random weights of `config`'s shape: every parameter `N(0, std²)` except the LayerNorm
+/// gains, `1 + N(0, (std/2)²)`. From SplitMix64 `seed`, in [`expected_parameters`]' order, so
+/// the same seed gives the same weights. For benchmarks and tests, where what matters is the
+/// shape and not what the model encodes.
+pub fn random_weights(config: &EncoderConfig, seed: u64, std: f32) -> Result<Weights> {
+    let expected = expected_parameters(config);
+    let total = expected.iter().try_fold(0usize, |acc, (_, shape)| {
+        shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| acc.checked_add(n))
+    });
+    match total {
+        Some(n) if n <= MAX_RANDOM_PARAMETERS => {}
+        _ => {
+            return Err(Error::value(
+                "random weights",
+                format!(
+                    "expected at most {MAX_RANDOM_PARAMETERS} parameters, found a config that \
+                     needs {} (vocab_size {}, hidden_size {}, {} layers, intermediate_size {})",
+                    total.map_or("more than 2^64".to_string(), |n| n.to_string()),
+                    config.vocab_size,
+                    config.hidden_size,
+                    config.num_hidden_layers,
+                    config.intermediate_size
+                ),
+            ))
+        }
+    }
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    let mut tensors = HashMap::new();
+    for (name, shape) in expected {
+        let len: usize = shape.iter().product();
+        let mut data: Vec<f32> = rng.normals_f32(len).iter().map(|v| v * std).collect();
+        if name.ends_with("LayerNorm.weight") {
+            data.iter_mut().for_each(|v| *v = 1.0 + *v * 0.5);
+        }
+        tensors.insert(name, HostTensor { shape, data });
+    }
+    Ok(Weights {
+        source: format!("random (seed {seed}, std {std})"),
+        tensors,
+    })
+}
+
 /// Prefixes that wrap the encoder's parameters in task checkpoints.
 const PREFIXES: [&str; 3] = ["bert.", "roberta.", "model."];
 
