@@ -8,6 +8,7 @@
 #
 # DIR holds, xz-compressed and stripped, the release `optical` binary and the two GPU test
 # executables (tests/cuda_parity.rs, tests/wgpu_parity.rs) built with --features cuda,wgpu;
+# the inputs of the distillation bench (DIR/distill, scripts/distill-bench.sh);
 # the pinned ptxas (12.9, the one CI checks registers and spills with); the Vulkan loader
 # package (libvulkan1) for machines without one; and MANIFEST, which
 # names the commit, whether the tree was clean, and each binary's sha256. All of it is
@@ -56,6 +57,13 @@ for e in "${exes[@]}"; do pack "${e%%$'\t'*}" "${e#*$'\t'}"; done
 # The pinned ptxas that CI checks registers and spills with (the GPU machine's own may be
 # another CUDA release, whose register allocation can differ at the kernels' caps).
 pack ptxas "$(bash scripts/ptxas-fetch.sh)"
+
+# What the distillation bench needs (scripts/distill-bench.sh: e5-small's shape, the XLM-R
+# tokenizer, English-Hausa bitext; about 3 MB), when the assets and data are here.
+if ! bash scripts/distill-bench.sh prepare "$CARGO_TARGET_DIR/release/optical" "$DEST/distill" >&2; then
+    rm -rf "$DEST/distill"
+    echo "gpu-bundle: no distillation bench inputs (run \`optical assets fetch\`; the data directory needs mafand/en-hau)" >&2
+fi
 
 # The Vulkan loader and the GL vendor-neutral dispatch libraries, for a machine whose image
 # has the NVIDIA driver and its ICD file but neither libvulkan.so.1 nor the libglvnd

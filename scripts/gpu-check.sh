@@ -23,6 +23,8 @@
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations), and
 #     `optical bench --backend wgpu` on the Vulkan driver (the Sinkhorn problems also with
 #     OPTICAL_WGPU_SINKHORN=rows)
+#     and distillation steps with the encoders on burn's wgpu device (scripts/distill-bench.sh:
+#     a model of e5-small's shape with random weights; the same on the CPU near the end)
 #  6. the PyTorch eager and torch.compile batched log-domain Sinkhorn on the same problem
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
 #     set PYTHON=/path/to/python); the compiled variants run last (step torch-compile),
@@ -54,7 +56,7 @@ while [ $# -gt 0 ]; do
     case $1 in
     --prebuilt) PREBUILT=${2:?--prebuilt needs the bundle directory}; shift 2 ;;
     --export) EXPORT=${2:?--export needs a directory}; shift 2 ;;
-    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -uo/{/^#/p}' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (expected --prebuilt DIR or --export DIR)" >&2; exit 2 ;;
     esac
 done
@@ -247,6 +249,23 @@ T=120 step bench-wgpu env "${VK_ENV[@]}" \
 # kernels up to 128 x 128, split half-iterations for sinkhorn-512.
 T=60 step bench-wgpu-rows env "${VK_ENV[@]}" OPTICAL_WGPU_SINKHORN=rows \
     "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-512,sinkhorn-fused
+# Distillation steps (the default configuration, a model of e5-small's shape with random
+# weights, English-Hausa bitext; scripts/distill-bench.sh) with the encoders on burn's wgpu
+# device on the NVIDIA Vulkan driver and the Sinkhorn on the WGSL kernels; the same on the
+# CPU at the end (bench-cpu's priority). --bench-steps waits for the device between the
+# parts of a step, so the breakdown is the GPU's.
+if [ -n "$PREBUILT" ]; then
+    DISTILL_IN="$PREBUILT/distill"
+else
+    DISTILL_IN="$CACHE/distill-bench-inputs"
+    bash scripts/distill-bench.sh prepare "$BIN" "$DISTILL_IN" >"$LOGS/distill-prepare.log" 2>&1 ||
+        rm -rf "$DISTILL_IN"
+fi
+if [ -f "$DISTILL_IN/e5-small-config.json" ]; then
+    T=240 step distill-wgpu env "${VK_ENV[@]}" bash scripts/distill-bench.sh run "$BIN" "$DISTILL_IN" wgpu
+else
+    STATUS[distill-wgpu]="skipped (no distillation bench inputs: optical assets fetch, and the data directory's mafand/en-hau)"
+fi
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
 # access to the performance counters, which some machines refuse): throughput, pipe use
 # and issue rates, launch resources, occupancy, memory traffic, warp stall reasons.
@@ -271,6 +290,9 @@ else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi
 T=120 step bench-cpu "$BIN" bench --backend cpu --json --phases --min-seconds 1
+if [ -f "$DISTILL_IN/e5-small-config.json" ]; then
+    T=120 step distill-cpu bash scripts/distill-bench.sh run "$BIN" "$DISTILL_IN" cpu
+fi
 T=300 step torch-compile "$PYTHON" scripts/torch_sinkhorn_bench.py --compile-only --out "$LOGS/torch.json"
 
 status_json=$(for k in "${!STATUS[@]}"; do printf '"%s": "%s",' "$k" "${STATUS[$k]}"; done)

@@ -233,6 +233,41 @@ if prev:
                "| backend | kernel | before s | now s | now / before |", "|---|---|---:|---:|---:|"]
         md += [f"| {be} | {k} | {before[(be, k)]:.6f} | {now[(be, k)]:.6f} | {now[(be, k)] / before[(be, k)]:.3f} |"
                for be, k in common]
+# Distillation steps (scripts/distill-bench.sh): the step-time breakdown that `optical distill
+# --bench-steps` prints, per backend.
+distill = {}
+for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+    if not (name.startswith("distill-") and name.endswith(".log")) or name == "distill-prepare.log":
+        continue
+    backend = name[len("distill-"):-len(".log")]
+    table, entry = [], {}
+    for line in open(os.path.join(logs, name), errors="replace"):
+        line = line.rstrip()
+        if line.startswith("|"):
+            table.append(line)
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 3:
+                try:
+                    entry[cells[0]] = float(cells[1])
+                except ValueError:
+                    pass
+        m = re.match(r"tokens/s \(student side\): ([0-9.]+)", line)
+        if m:
+            entry["tokens/s (student side)"] = float(m.group(1))
+        m = re.match(r"bench step (\d+) on \d+ device\(s\): ([0-9.]+) s", line)
+        if m:
+            entry.setdefault("steps (s)", []).append(float(m.group(2)))
+    if entry:
+        distill[backend] = entry
+        md += ["", f"## Distillation step on {backend} (e5-small's shape, random weights; "
+               "mean of the steps after the first)", "", *table]
+        if "tokens/s (student side)" in entry:
+            md += ["", f"Student tokens/s: {entry['tokens/s (student side)']:.0f}; every step (s): "
+                   + ", ".join(f"{t:.3f}" for t in entry.get("steps (s)", []))]
+if distill:
+    result["distill"] = distill
+    if "total" in distill.get("wgpu", {}) and "total" in distill.get("cpu", {}):
+        md += ["", f"Step time, CPU / wgpu: {distill['cpu']['total'] / distill['wgpu']['total']:.2f}x"]
 # Nsight Compute: the headline metrics of each profiled kernel (full sections in the logs).
 NCU_METRICS = re.compile(r"^\s*(Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|"
                          r"Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc Active|"

@@ -366,3 +366,96 @@ fn report_survives_a_run_where_everything_failed() {
     assert!(!md.contains("## Goals"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `scripts/distill-bench.sh` end to end on the CPU (a small model of 12 layers, as the
+/// default configuration needs, with MiniLM's tokenizer; synthetic bitext), and the report's
+/// reading of what `optical distill --bench-steps` printed.
+#[cfg(feature = "distill")]
+#[test]
+fn report_reads_the_distillation_bench() {
+    let (dir, logs) = scratch("distill");
+    let inputs = dir.join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let assets = optical::assets::assets_dir().join("minilm");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(assets.join("config.json")).unwrap())
+            .unwrap();
+    for (key, value) in [
+        ("hidden_size", 32),
+        ("num_attention_heads", 4),
+        ("intermediate_size", 64),
+        ("num_hidden_layers", 12),
+    ] {
+        config[key] = value.into();
+    }
+    std::fs::write(inputs.join("e5-small-config.json"), config.to_string()).unwrap();
+    let xz = |src: &[u8], name: &str| {
+        let mut child = Command::new("xz")
+            .args(["-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(inputs.join(name)).unwrap())
+            .spawn()
+            .expect("xz runs");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(src).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    xz(
+        &std::fs::read(assets.join("tokenizer.json")).unwrap(),
+        "tokenizer.json.xz",
+    );
+    let lines = |word: &str| -> String {
+        (0..480)
+            .map(|i| format!("{word} number {i} of the bench, about item {}\n", i % 37))
+            .collect()
+    };
+    xz(lines("sentence").as_bytes(), "train.en.xz");
+    xz(lines("jimla").as_bytes(), "train.hau.xz");
+
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = Command::new("bash")
+        .arg(root().join("scripts/distill-bench.sh"))
+        .arg("run")
+        .arg(env!("CARGO_BIN_EXE_optical"))
+        .arg(&inputs)
+        .args(["cpu", "3"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stderr),
+        String::from_utf8_lossy(&run.stdout)
+    );
+    assert!(run.status.success(), "{text}");
+    std::fs::write(logs.join("distill-cpu.log"), &text).unwrap();
+
+    let (md, json) = run_report(&dir, &logs);
+    let cpu = &json["distill"]["cpu"];
+    let steps: Vec<f64> = cpu["steps (s)"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 3, "{md}");
+    // The mean leaves the first step out (to 4 decimals, as printed).
+    let total = cpu["total"].as_f64().unwrap();
+    assert!(((steps[1] + steps[2]) / 2.0 - total).abs() < 2e-3, "{total} {steps:?}");
+    let parts: f64 = [
+        "teacher forward",
+        "student forward",
+        "OT (cost to host, Sinkhorn, plan back)",
+        "backward",
+        "optimizer",
+    ]
+    .iter()
+    .map(|k| cpu[*k].as_f64().unwrap_or_else(|| panic!("{k} missing: {cpu}")))
+    .sum();
+    assert!(parts <= total + 1e-3 && parts > 0.5 * total, "{parts} of {total}");
+    assert!(cpu["tokens/s (student side)"].as_f64().unwrap() > 0.0);
+    assert!(md.contains("## Distillation step on cpu"), "{md}");
+    assert!(md.contains("| total |"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
