@@ -15,10 +15,14 @@
 # configuration on BACKEND. The step time depends on the shape and the data, not the weights:
 # on the 2-core CPU machine the random model steps in 0.42-0.45 s, the real one in 0.43 s.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 mode=${1:?prepare or run}
 BIN=${2:?the optical binary}
 DIR=${3:?a directory}
+# Absolute, before leaving the caller's directory.
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+BIN=$(abs "$BIN")
+DIR=$(abs "$DIR")
+cd "$(dirname "$0")/.."
 case $mode in
 prepare)
     CACHE="${OPTICAL_CACHE:-$HOME/.cache/optical}"
@@ -36,17 +40,31 @@ prepare)
 run)
     BACKEND=${4:?cpu, wgpu or cuda}
     STEPS=${5:-6}
-    work="${TMPDIR:-/tmp}/optical-distill-bench"
+    inputs=(e5-small-config.json tokenizer.json.xz train.hau.xz train.en.xz)
+    for f in "${inputs[@]}"; do
+        [ -s "$DIR/$f" ] || { echo "distill-bench: $DIR/$f is missing: run \`$0 prepare\` (or rebuild the GPU bundle)" >&2; exit 2; }
+    done
+    # Unpacked once per set of inputs (their hash names the directory), each file and the
+    # model written under a temporary name and moved into place, so that a run stopped
+    # half-way leaves nothing that a later run would take for finished.
+    key=$(cd "$DIR" && cat "${inputs[@]}" | sha256sum | cut -c1-16)
+    work="${TMPDIR:-/tmp}/optical-distill-bench-$key"
+    case $work in *:*) echo "distill-bench: the work directory $work contains ':', which --sources cannot take; set TMPDIR" >&2; exit 2 ;; esac
     mkdir -p "$work"
     for f in tokenizer.json train.hau train.en; do
-        [ -s "$work/$f" ] || python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' \
-            "$DIR/$f.xz" "$work/$f"
+        if [ ! -s "$work/$f" ]; then
+            python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' \
+                "$DIR/$f.xz" "$work/$f.tmp"
+            mv "$work/$f.tmp" "$work/$f"
+        fi
     done
     model="$work/e5-small-random"
-    if [ ! -s "$model/model.safetensors" ]; then
+    if [ ! -d "$model" ]; then
+        rm -rf "$model.tmp"
         "$BIN" assets random-model --config "$DIR/e5-small-config.json" \
-            --tokenizer "$work/tokenizer.json" --out "$model"
-        echo '{"query": "query: ", "passage": "passage: "}' >"$model/prefixes.json"
+            --tokenizer "$work/tokenizer.json" --out "$model.tmp"
+        echo '{"query": "query: ", "passage": "passage: "}' >"$model.tmp/prefixes.json"
+        mv "$model.tmp" "$model"
     fi
     exec "$BIN" distill --teacher "$model" --student "$model" \
         --sources "files:hau:$work/train.hau:$work/train.en" \

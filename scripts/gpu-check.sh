@@ -256,15 +256,18 @@ T=60 step bench-wgpu-rows env "${VK_ENV[@]}" OPTICAL_WGPU_SINKHORN=rows \
 # parts of a step, so the breakdown is the GPU's.
 if [ -n "$PREBUILT" ]; then
     DISTILL_IN="$PREBUILT/distill"
+    distill_missing="skipped (the bundle has no distill/: rebuild it with make gpu-bundle where the assets and data are)"
 else
     DISTILL_IN="$CACHE/distill-bench-inputs"
     bash scripts/distill-bench.sh prepare "$BIN" "$DISTILL_IN" >"$LOGS/distill-prepare.log" 2>&1 ||
         rm -rf "$DISTILL_IN"
+    distill_missing="skipped (no bench inputs; see distill-prepare.log: optical assets fetch, and the data directory's mafand/en-hau)"
 fi
 if [ -f "$DISTILL_IN/e5-small-config.json" ]; then
     T=240 step distill-wgpu env "${VK_ENV[@]}" bash scripts/distill-bench.sh run "$BIN" "$DISTILL_IN" wgpu
 else
-    STATUS[distill-wgpu]="skipped (no distillation bench inputs: optical assets fetch, and the data directory's mafand/en-hau)"
+    STATUS[distill-wgpu]=$distill_missing
+    STATUS[distill-cpu]=$distill_missing
 fi
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
 # access to the performance counters, which some machines refuse): throughput, pipe use

@@ -257,13 +257,23 @@ for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
         m = re.match(r"bench step (\d+) on \d+ device\(s\): ([0-9.]+) s", line)
         if m:
             entry.setdefault("steps (s)", []).append(float(m.group(2)))
-    if entry:
-        distill[backend] = entry
-        md += ["", f"## Distillation step on {backend} (e5-small's shape, random weights; "
-               "mean of the steps after the first)", "", *table]
-        if "tokens/s (student side)" in entry:
-            md += ["", f"Student tokens/s: {entry['tokens/s (student side)']:.0f}; every step (s): "
+    errors = [l.strip() for l in open(os.path.join(logs, name), errors="replace")
+              if l.startswith("error:") and "XDG_RUNTIME_DIR" not in l]
+    # The model's shape, as optical distill announces it.
+    params = [l.strip() for l in open(os.path.join(logs, name), errors="replace")
+              if l.startswith("distill:") and "trainable parameters" in l]
+    if entry or errors:
+        state = status.get(f"distill-{backend}", "?")
+        distill[backend] = dict(entry, status=state, **({"error": errors[-1]} if errors else {}))
+        md += ["", f"## Distillation step on {backend} (mean of the steps after the first)", ""]
+        if params:
+            md += [f"`{params[-1]}` (scripts/distill-bench.sh: e5-small's shape, random weights)", ""]
+        if "total" in entry:
+            md += table
+            md += ["", f"Student tokens/s: {entry.get('tokens/s (student side)', 0):.0f}; every step (s): "
                    + ", ".join(f"{t:.3f}" for t in entry.get("steps (s)", []))]
+        else:
+            md += [f"Step status: {state}; no breakdown" + (f". Last error: `{errors[-1]}`" if errors else ".")]
 if distill:
     result["distill"] = distill
     if "total" in distill.get("wgpu", {}) and "total" in distill.get("cpu", {}):

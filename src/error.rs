@@ -190,17 +190,12 @@ thread_local! {
     static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Calls of [`catch_device_panic`] running, on any thread.
-static QUIET_EVERYWHERE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 fn install_quiet_hook() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let quiet = QUIET.with(|q| q.get())
-                || QUIET_EVERYWHERE.load(std::sync::atomic::Ordering::SeqCst) > 0;
-            if !quiet {
+            if !QUIET.with(|q| q.get()) {
                 previous(info);
             }
         }));
@@ -213,19 +208,6 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".to_string())
-}
-
-/// [`catch_panic_quietly`] for work on a GPU runtime whose device threads panic and hand the
-/// panic back to the caller (burn's wgpu device on a wgpu validation error): the panic hook
-/// stays silent on every thread while `f` runs, so that the caller's error is the only
-/// report. Keep `f` short: an unrelated panic elsewhere in that window goes unreported too.
-pub fn catch_device_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    use std::sync::atomic::Ordering;
-    install_quiet_hook();
-    QUIET_EVERYWHERE.fetch_add(1, Ordering::SeqCst);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    QUIET_EVERYWHERE.fetch_sub(1, Ordering::SeqCst);
-    result.map_err(panic_message)
 }
 
 /// Run `f`, turning a panic inside it into `Err` with the panic's message, and without the

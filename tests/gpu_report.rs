@@ -430,6 +430,15 @@ fn report_reads_the_distillation_bench() {
     );
     assert!(run.status.success(), "{text}");
     std::fs::write(logs.join("distill-cpu.log"), &text).unwrap();
+    // A step that failed after its first timed step: its error, not an empty table.
+    std::fs::write(
+        logs.join("distill-wgpu.log"),
+        "distill: 3548928 trainable parameters, loss ot, backend wgpu\n\
+         bench step 1 on 1 device(s): 5.100 s, loss 0.5458\n\
+         error: XDG_RUNTIME_DIR is invalid or not set in the environment.\n\
+         error: model /tmp/m: a one-token forward pass failed on the GPU device\n",
+    )
+    .unwrap();
 
     let (md, json) = run_report(&dir, &logs);
     let cpu = &json["distill"]["cpu"];
@@ -442,7 +451,10 @@ fn report_reads_the_distillation_bench() {
     assert_eq!(steps.len(), 3, "{md}");
     // The mean leaves the first step out (to 4 decimals, as printed).
     let total = cpu["total"].as_f64().unwrap();
-    assert!(((steps[1] + steps[2]) / 2.0 - total).abs() < 2e-3, "{total} {steps:?}");
+    assert!(
+        ((steps[1] + steps[2]) / 2.0 - total).abs() < 2e-3,
+        "{total} {steps:?}"
+    );
     let parts: f64 = [
         "teacher forward",
         "student forward",
@@ -451,11 +463,24 @@ fn report_reads_the_distillation_bench() {
         "optimizer",
     ]
     .iter()
-    .map(|k| cpu[*k].as_f64().unwrap_or_else(|| panic!("{k} missing: {cpu}")))
+    .map(|k| {
+        cpu[*k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing: {cpu}"))
+    })
     .sum();
-    assert!(parts <= total + 1e-3 && parts > 0.5 * total, "{parts} of {total}");
+    assert!(
+        parts <= total + 1e-3 && parts > 0.5 * total,
+        "{parts} of {total}"
+    );
     assert!(cpu["tokens/s (student side)"].as_f64().unwrap() > 0.0);
     assert!(md.contains("## Distillation step on cpu"), "{md}");
+    assert!(
+        md.contains("no breakdown. Last error: `error: model /tmp/m: a one-token forward pass"),
+        "{md}"
+    );
+    assert_eq!(json["distill"]["wgpu"].get("total"), None);
+    assert!(!md.contains("Step time, CPU / wgpu"), "{md}");
     assert!(md.contains("| total |"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }

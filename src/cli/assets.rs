@@ -33,10 +33,12 @@ pub enum AssetsCommand {
         out: PathBuf,
     },
     /// Write a Hugging Face model directory of a config.json's shape with random weights
-    /// and the given tokenizer (config.json, model.safetensors, tokenizer.json), for
-    /// benchmarks where the pretrained weights are not at hand: `optical distill
-    /// --bench-steps` and `optical encode` run on it exactly as on a trained model of that
-    /// shape. What it encodes is meaningless.
+    /// and the given tokenizer (config.json, model.safetensors, tokenizer.json, and an empty
+    /// prefixes.json), for benchmarks where the pretrained weights are not at hand: `optical
+    /// distill --bench-steps` and `optical encode` do the same work on it as on a trained
+    /// model of that shape, given the same prefixes and maximum length (a
+    /// sentence-transformers directory's sentence_bert_config.json is not copied). What it
+    /// encodes is meaningless.
     RandomModel {
         /// A Hugging Face config.json (BERT or XLM-R) giving the shape.
         #[arg(long)]
@@ -50,8 +52,8 @@ pub enum AssetsCommand {
         /// Seed of the weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Standard deviation of the weights (default: the config's initializer_range,
-        /// else 0.02).
+        /// Standard deviation of the weights, in [1e-6, 1] (default: the config's
+        /// initializer_range, else 0.02).
         #[arg(long)]
         std: Option<f64>,
     },

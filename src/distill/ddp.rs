@@ -64,11 +64,12 @@ use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOpe
 
 use super::loss::LossStats;
 use super::train::{
-    grad_norm, materialise, scale_grads, settle, shard_loss, HostCache, ReplicaParts, ShardLoss,
-    Shared, StepRecord, StepTimes, Trainer,
+    check_grad_norm, grad_norm, materialise, scale_grads, settle, shard_loss, HostCache,
+    ReplicaParts, ShardLoss, Shared, StepRecord, StepTimes, Trainer,
 };
 use crate::backend::{Backend, BackendKind};
 use crate::encoder::model::TransformerEncoder;
+use crate::encoder::read_scalar;
 use crate::error::{Error, Result};
 
 /// The `devices` setting.
@@ -485,7 +486,10 @@ impl Trainer {
                             let divisor = (b * ga) as f64 / shard.len().max(1) as f64;
                             s.spawn(move || -> Result<(ShardLoss, f32)> {
                                 let out = shard_loss(parts, shared, shard, divisor)?;
-                                let value: f32 = out.loss.clone().detach().into_scalar();
+                                let value = read_scalar(
+                                    out.loss.clone().detach(),
+                                    "read the training loss",
+                                )?;
                                 Ok((out, value))
                             })
                         })
@@ -575,6 +579,7 @@ impl Trainer {
         times.sync += t_sync.elapsed().as_secs_f64();
         let t3 = Instant::now();
         let grad_norm = grad_norm(&self.student, &main_grads);
+        check_grad_norm(grad_norm, self.state.step)?;
         let mut main_grads = main_grads;
         if let Some(scale) = self.clip_scale(grad_norm) {
             scale_grads(&self.student, &mut main_grads, scale);

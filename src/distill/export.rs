@@ -19,14 +19,7 @@ use crate::rng::SplitMix64;
 fn host<const D: usize>(p: &Param<Tensor<D>>) -> Result<HostTensor> {
     let v = p.val();
     let shape = v.dims().to_vec();
-    let data = v
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Backend {
-            backend: "burn",
-            operation: "read a parameter",
-            what: format!("{e:?}"),
-        })?;
+    let data = crate::encoder::read_f32(v, "read a parameter")?;
     Ok(HostTensor { shape, data })
 }
 

@@ -115,14 +115,7 @@ pub fn cosine_cost(student: Tensor<3>, teacher: Tensor<3>) -> Tensor<3> {
 }
 
 fn host_f32<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Backend {
-            backend: "burn",
-            operation: what,
-            what: format!("{e:?}"),
-        })
+    crate::encoder::read_f32(t, what)
 }
 
 fn weights(lengths: &[usize], width: usize) -> Vec<f64> {

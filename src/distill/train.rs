@@ -29,6 +29,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::encoder::model::TransformerEncoder;
 use crate::encoder::pooling;
 use crate::encoder::tokenizer::{pad, TokenBatch};
+use crate::encoder::{read_f32, read_scalar};
 use crate::error::{Error, Result};
 
 fn burn_error(operation: &'static str, what: impl std::fmt::Debug) -> Error {
@@ -328,10 +329,26 @@ struct GradNorm<'a> {
 impl ModuleVisitor for GradNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s: f32 = g.powi_scalar(2).sum().into_scalar();
+            // NaN when the device cannot read it back: `check_grad_norm` stops the step.
+            let s: f32 = g.powi_scalar(2).sum().try_into_scalar().unwrap_or(f32::NAN);
             self.sum += s as f64;
         }
     }
+}
+
+/// A non-finite gradient norm stops the step before the optimizer writes it into the
+/// weights: the gradients overflowed, or the device could not read them back.
+pub(super) fn check_grad_norm(norm: f64, step: usize) -> Result<()> {
+    if norm.is_finite() {
+        return Ok(());
+    }
+    Err(Error::value(
+        "training gradients",
+        format!(
+            "expected a finite gradient norm, found {norm} at step {step}: training has \
+             diverged (lower the learning rate, keep grad_clip on) or the device failed"
+        ),
+    ))
 }
 
 /// The global L2 norm of the gradients of `module`'s parameters.
@@ -367,7 +384,7 @@ pub(super) fn materialise(model: &TransformerEncoder) {
         .output
         .bias
         .as_ref()
-        .map(|b| b.val().into_data());
+        .map(|b| b.val().try_into_data());
 }
 
 /// Count trainable parameters.
@@ -494,10 +511,7 @@ fn host_states(
                 (batch, hidden_of(&model), x)
             }
         };
-        let values = values
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| burn_error("read cached token states", e))?;
+        let values = read_f32(values, "read cached token states")?;
         for (r, &i) in missing.iter().enumerate() {
             let start = r * batch.t * h;
             let rows = values[start..start + batch.lengths[r] * h].to_vec();
@@ -539,10 +553,7 @@ fn share_prefix(
     if wanted.is_empty() {
         return Ok(());
     }
-    let values = prefix
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| burn_error("read the shared prefix states", e))?;
+    let values = read_f32(prefix, "read the shared prefix states")?;
     for (r, i) in wanted {
         let start = r * batch.t * h;
         let rows = values[start..start + batch.lengths[r] * h].to_vec();
@@ -562,9 +573,9 @@ impl ModuleVisitor for ParamBits {
         let value = param.val();
         let dims = value.dims().to_vec();
         let bits = value
-            .into_data()
-            .try_to_vec::<f32>()
+            .try_into_data()
             .ok()
+            .and_then(|d| d.try_to_vec::<f32>().ok())
             .map(|v| v.iter().map(|x| x.to_bits()).collect());
         self.0.push(bits.map(|b| (dims, b)));
     }
@@ -972,7 +983,7 @@ impl Trainer {
             times.add_forward(&shard.times);
             tokens += shard.tokens;
             let t2 = Instant::now();
-            let value: f32 = shard.loss.clone().detach().into_scalar();
+            let value = read_scalar(shard.loss.clone().detach(), "read the training loss")?;
             if !value.is_finite() {
                 return Err(Error::value(
                     "training loss",
@@ -997,6 +1008,7 @@ impl Trainer {
         let t3 = Instant::now();
         let mut grads = accumulator.grads();
         let grad_norm = grad_norm(&self.student, &grads);
+        check_grad_norm(grad_norm, self.state.step)?;
         if let Some(scale) = self.clip_scale(grad_norm) {
             scale_grads(&self.student, &mut grads, scale);
         }
@@ -1213,11 +1225,7 @@ impl Trainer {
             let (ids, mask) = batch_tensors(&batch, &device);
             let x = model.forward(ids, mask.clone());
             let v = pooling::l2_normalize(pooling::mean_pool(x, mask));
-            out.extend(
-                v.into_data()
-                    .try_to_vec::<f32>()
-                    .map_err(|e| burn_error("read student vectors", e))?,
-            );
+            out.extend(read_f32(v, "read student vectors")?);
         }
         Ok(out)
     }

@@ -58,10 +58,10 @@ pub fn initializer_range(path: &Path) -> Result<Option<f64>> {
     match json.get("initializer_range") {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
-            Some(x) if x.is_finite() && x > 0.0 && x <= 1.0 => Ok(Some(x)),
+            Some(x) if x.is_finite() && (1e-6..=1.0).contains(&x) => Ok(Some(x)),
             _ => Err(Error::Format {
                 path: path.into(),
-                what: format!("initializer_range: expected a number in (0, 1], found {v}"),
+                what: format!("initializer_range: expected a number in [1e-6, 1], found {v}"),
             }),
         },
     }

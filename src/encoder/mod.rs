@@ -216,6 +216,30 @@ fn wgpu_device() -> Result<Device> {
     })
 }
 
+/// A tensor's values on the host as `f32`, or an error naming `operation` when the device
+/// could not produce them (a GPU that failed a kernel: burn's `into_data` panics then).
+pub fn read_f32<const D: usize>(t: Tensor<D>, operation: &'static str) -> Result<Vec<f32>> {
+    let flat = |e: &dyn fmt::Display| {
+        e.to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    t.try_into_data()
+        .map_err(|e| backend_error(operation, flat(&e)))?
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| backend_error(operation, format!("{e:?}")))
+}
+
+/// A scalar tensor's value on the host, or an error naming `operation` (see [`read_f32`]).
+pub fn read_scalar(t: Tensor<1>, operation: &'static str) -> Result<f32> {
+    read_f32(t, operation)?
+        .first()
+        .copied()
+        .ok_or_else(|| backend_error(operation, "an empty tensor"))
+}
+
 fn backend_error(operation: &'static str, what: impl fmt::Display) -> Error {
     Error::Backend {
         backend: "burn",
@@ -234,6 +258,9 @@ pub struct TextEncoder {
     pub query_prefix: String,
     pub passage_prefix: String,
     pub batch_size: usize,
+    /// The GPU's largest storage binding ([`gpu_binding_limit`]): batches are kept so that
+    /// no activation exceeds it.
+    pub binding_limit: Option<u64>,
 }
 
 /// Token embeddings of several texts, packed: text `k` owns rows
@@ -309,46 +336,70 @@ fn e5s1_tokenizer(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The size of one storage-buffer binding that every wgpu adapter allows (WebGPU's default
-/// `max_storage_buffer_binding_size`). Adapters may allow more (NVIDIA's Vulkan driver: 2 GiB),
-/// and some allow no more (Mesa's lavapipe).
-const GUARANTEED_WGPU_BINDING: usize = 128 << 20;
+/// The largest buffer burn's wgpu device can bind when `device` is one: the smaller of the
+/// adapter's `max_storage_buffer_binding_size` and `max_buffer_size` (lavapipe: 128 MiB;
+/// NVIDIA's Vulkan driver: 2 GiB), for the adapter this project's wgpu backend picks, which
+/// is the one burn picks on a machine with one GPU (both prefer a discrete GPU). `None` for
+/// other devices, which bind no buffers (CPU) or have no such limit (CUDA).
+#[cfg(feature = "wgpu")]
+pub fn gpu_binding_limit(device: &Device) -> Option<u64> {
+    let d = device.clone().inner();
+    let wgpu = d == Device::wgpu(DeviceKind::DefaultDevice)
+        || crate::error::catch_panic_quietly(|| {
+            Device::enumerate(DeviceType::Wgpu).into_vec().contains(&d)
+        })
+        .unwrap_or(false);
+    if !wgpu {
+        return None;
+    }
+    let adapter = crate::backend::wgpu::choose_adapter(crate::backend::wgpu::adapters()).ok()?;
+    let limits = adapter.limits();
+    Some(
+        limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size),
+    )
+}
 
-/// A GPU device must be able to bind the model's largest tensor, the word-embedding table,
-/// in one piece: burn's wgpu device binds it whole in the first layer's kernels, and a table
-/// beyond the adapter's limit (e5-small's 250,037 × 384 `f32`, 384 MB, on lavapipe's
-/// 128 MiB) made the first forward pass panic inside wgpu's validation. Tables within the
-/// size every adapter allows, and the CPU device, are not checked; otherwise a one-token
-/// forward pass runs here, and its failure is this error instead of a panic mid-run.
-fn check_bindable(model: &TransformerEncoder, config: &EncoderConfig, name: &str) -> Result<()> {
-    let device = model.embeddings.word.weight.val().device();
-    let bytes = config.vocab_size * config.hidden_size * 4;
-    if bytes <= GUARANTEED_WGPU_BINDING || device.clone().inner() == Device::flex() {
+#[cfg(not(feature = "wgpu"))]
+pub fn gpu_binding_limit(_device: &Device) -> Option<u64> {
+    None
+}
+
+/// Every tensor of the model must fit one storage binding of the GPU: burn's wgpu device
+/// binds a tensor whole, and one beyond the adapter's limit (e5-small's word-embedding
+/// table, 250,037 × 384 `f32` = 384 MB, on lavapipe's 128 MiB) made the first forward pass
+/// panic inside wgpu's validation.
+fn check_bindable(config: &EncoderConfig, name: &str, limit: Option<u64>) -> Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let (tensor, shape) = weights::largest_parameter(config);
+    let bytes = shape.iter().product::<usize>() as u64 * 4;
+    if bytes <= limit {
         return Ok(());
     }
-    let probe = model.clone();
-    let last = config.vocab_size as i64 - 1;
-    crate::error::catch_device_panic(move || {
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![last], [1, 1]), &device);
-        let mask = Tensor::<2>::ones([1, 1], &device);
-        probe.forward(ids, mask).into_data()
-    })
-    .map_err(|what| {
-        let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
-        Error::BackendUnavailable {
-            backend: "burn",
-            reason: format!(
-                "the GPU device cannot bind {name}'s word-embedding table ({} × {} f32, {} MB) \
-                 in one piece, which burn needs ({what}); use --backend cpu, or a GPU whose \
-                 driver allows storage bindings of that size (NVIDIA's Vulkan driver: 2 GiB; \
-                 lavapipe: 128 MiB)",
-                config.vocab_size,
-                config.hidden_size,
-                bytes / 1_000_000
-            ),
-        }
-    })?;
-    Ok(())
+    Err(Error::value(
+        format!("model {name}"),
+        format!(
+            "its largest tensor, {tensor} ({} f32, {} MB), is beyond the largest storage binding \
+             of this GPU ({} MiB), and burn binds a tensor whole: use --backend cpu, or a GPU \
+             whose driver allows larger bindings (NVIDIA's Vulkan driver: 2 GiB; lavapipe: \
+             128 MiB)",
+            weights::shape_text(&shape),
+            bytes / 1_000_000,
+            limit >> 20
+        ),
+    ))
+}
+
+/// Bytes of the largest activation one text of `t` tokens adds to a batch: the attention
+/// scores (`heads × t × t`) or the feed-forward's inner layer (`t × intermediate_size`).
+fn activation_bytes(config: &EncoderConfig, t: usize) -> u64 {
+    let per = (config.num_attention_heads * t * t)
+        .max(t * config.intermediate_size)
+        .max(t * config.hidden_size);
+    per as u64 * 4
 }
 
 /// Convert an E5S1 file to a Hugging Face directory (`optical assets export-e5`) that
@@ -387,12 +438,24 @@ pub fn write_random_model(
         Some(s) => s,
         None => config::initializer_range(config_path)?.unwrap_or(0.02),
     };
-    if !(std.is_finite() && std > 0.0 && std <= 1.0) {
+    // Below 1e-6 the `f32` weights are subnormal (slow on many CPUs) or zero.
+    if !(std.is_finite() && (1e-6..=1.0).contains(&std)) {
         return Err(Error::parameter(
             "std",
-            "a standard deviation in (0, 1]",
+            "a standard deviation in [1e-6, 1]",
             std,
         ));
+    }
+    if config.max_tokens() < 2 {
+        return Err(Error::Format {
+            path: config_path.into(),
+            what: format!(
+                "max_position_embeddings {} leaves {} token positions; a model needs at least 2 \
+                 (a special token and a word)",
+                config.max_position_embeddings,
+                config.max_tokens()
+            ),
+        });
     }
     let raw = RawTokenizer::read(tokenizer_path)?;
     let tokenizer =
@@ -640,8 +703,9 @@ impl TextEncoder {
         if options.batch_size == 0 {
             return Err(Error::parameter("batch_size", "at least 1", 0));
         }
+        let binding_limit = gpu_binding_limit(&device);
+        check_bindable(&config, name, binding_limit)?;
         let model = TransformerEncoder::from_weights(&config, weights, &device)?;
-        check_bindable(&model, &config, name)?;
         Ok(TextEncoder {
             name: name.to_string(),
             config,
@@ -657,6 +721,7 @@ impl TextEncoder {
                 .clone()
                 .unwrap_or_else(|| prefixes.1.to_string()),
             batch_size: options.batch_size,
+            binding_limit,
         })
     }
 
@@ -743,10 +808,39 @@ impl TextEncoder {
         }
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        Ok(order
-            .chunks(self.batch_size)
-            .map(<[usize]>::to_vec)
-            .collect())
+        let Some(limit) = self.binding_limit else {
+            return Ok(order
+                .chunks(self.batch_size)
+                .map(<[usize]>::to_vec)
+                .collect());
+        };
+        // On a GPU, fewer texts per batch where the longest would make an activation too
+        // large to bind (the batch is padded to its first, longest, text).
+        let mut batches = Vec::new();
+        let mut rest = &order[..];
+        while let Some(&first) = rest.first() {
+            let t = seqs[first].len();
+            let per_text = activation_bytes(&self.config, t);
+            if per_text > limit {
+                return Err(Error::value(
+                    "texts",
+                    format!(
+                        "text {} has {t} tokens, whose largest activation (attention scores \
+                         or feed-forward, {} MB for this text alone) exceeds this GPU's \
+                         largest storage binding ({} MiB); lower --max-length or use \
+                         --backend cpu",
+                        first + 1,
+                        per_text / 1_000_000,
+                        limit >> 20
+                    ),
+                ));
+            }
+            let fit = ((limit / per_text) as usize).clamp(1, self.batch_size);
+            let (batch, tail) = rest.split_at(fit.min(rest.len()));
+            batches.push(batch.to_vec());
+            rest = tail;
+        }
+        Ok(batches)
     }
 
     /// One vector per text, `(n, h)` row-major: mean or CLS pooling, then optionally L2
@@ -791,10 +885,7 @@ impl TextEncoder {
             } else {
                 pooled
             };
-            let values = pooled
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| backend_error("read embeddings", format!("{e:?}")))?;
+            let values = read_f32(pooled, "read embeddings")?;
             for (r, &i) in idx.iter().enumerate() {
                 out[i * h..(i + 1) * h].copy_from_slice(&values[r * h..(r + 1) * h]);
             }
@@ -816,10 +907,7 @@ impl TextEncoder {
             let group: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
             let batch = tokenizer::pad(&group, self.config.pad_token_id as u32);
             let (x, _) = self.forward(&batch)?;
-            let values = x
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| backend_error("read token embeddings", format!("{e:?}")))?;
+            let values = read_f32(x, "read token embeddings")?;
             for (r, &i) in idx.iter().enumerate() {
                 let start = r * batch.t * h;
                 per_text[i] = values[start..start + lengths[i] * h].to_vec();

@@ -276,7 +276,8 @@ impl Packing {
     pub fn from_mask(mask: Tensor<2>) -> Option<Self> {
         let device = mask.device();
         let flags = mask
-            .into_data()
+            .try_into_data()
+            .ok()?
             .convert::<f32>()
             .try_into_vec::<f32>()
             .ok()?;

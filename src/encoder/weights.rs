@@ -28,9 +28,28 @@ pub struct Weights {
     pub tensors: HashMap<String, HostTensor>,
 }
 
-/// Parameters [`random_weights`] writes at most (4 GiB of `f32`): a config is the only input
-/// there, so its sizes alone must not be able to ask for any amount of memory.
+/// Parameters [`random_weights`] writes at most (4 GiB of `f32`, held once in memory while
+/// the file is written): a config is the only input there, so its sizes alone must not be
+/// able to ask for any amount of memory.
 pub const MAX_RANDOM_PARAMETERS: usize = 1 << 30;
+
+/// The largest parameter `config` needs (the first of equals, in [`expected_parameters`]'
+/// order): its name and shape.
+pub fn largest_parameter(config: &EncoderConfig) -> (String, Vec<usize>) {
+    let size = |shape: &[usize]| {
+        shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .unwrap_or(usize::MAX)
+    };
+    expected_parameters(config)
+        .into_iter()
+        .fold(None, |best: Option<(String, Vec<usize>)>, p| match best {
+            Some(b) if size(&b.1) >= size(&p.1) => Some(b),
+            _ => Some(p),
+        })
+        .unwrap_or_default()
+}
 
 /// Random weights of `config`'s shape: every parameter `N(0, std²)` except the LayerNorm
 /// gains, `1 + N(0, (std/2)²)`. From SplitMix64 `seed`, in [`expected_parameters`]' order, so
@@ -47,27 +66,27 @@ pub fn random_weights(config: &EncoderConfig, seed: u64, std: f32) -> Result<Wei
     match total {
         Some(n) if n <= MAX_RANDOM_PARAMETERS => {}
         _ => {
+            let (name, shape) = largest_parameter(config);
             return Err(Error::value(
                 "random weights",
                 format!(
                     "expected at most {MAX_RANDOM_PARAMETERS} parameters, found a config that \
-                     needs {} (vocab_size {}, hidden_size {}, {} layers, intermediate_size {})",
+                     needs {} (the largest, {name}, is {})",
                     total.map_or("more than 2^64".to_string(), |n| n.to_string()),
-                    config.vocab_size,
-                    config.hidden_size,
-                    config.num_hidden_layers,
-                    config.intermediate_size
+                    shape_text(&shape)
                 ),
-            ))
+            ));
         }
     }
     let mut rng = crate::rng::SplitMix64::new(seed);
     let mut tensors = HashMap::new();
     for (name, shape) in expected {
         let len: usize = shape.iter().product();
-        let mut data: Vec<f32> = rng.normals_f32(len).iter().map(|v| v * std).collect();
+        let mut data = rng.normals_f32(len);
         if name.ends_with("LayerNorm.weight") {
-            data.iter_mut().for_each(|v| *v = 1.0 + *v * 0.5);
+            data.iter_mut().for_each(|v| *v = 1.0 + *v * std * 0.5);
+        } else {
+            data.iter_mut().for_each(|v| *v *= std);
         }
         tensors.insert(name, HostTensor { shape, data });
     }
@@ -75,6 +94,15 @@ pub fn random_weights(config: &EncoderConfig, seed: u64, std: f32) -> Result<Wei
         source: format!("random (seed {seed}, std {std})"),
         tensors,
     })
+}
+
+/// A shape as `a × b × …`.
+pub fn shape_text(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(" × ")
 }
 
 /// Prefixes that wrap the encoder's parameters in task checkpoints.
@@ -282,23 +310,19 @@ impl Weights {
     pub fn write_safetensors(&self, path: &Path) -> Result<()> {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        // The values' bytes as they are in memory (little-endian, as safetensors stores them),
+        // without a copy: a model's weights are the process's largest allocation.
+        let views = names
             .into_iter()
             .map(|n| {
                 let t = &self.tensors[n];
-                (
-                    n.clone(),
+                TensorView::new(
+                    Dtype::F32,
                     t.shape.clone(),
-                    bytemuck::cast_slice::<f32, u8>(&t.data).to_vec(),
+                    bytemuck::cast_slice::<f32, u8>(&t.data),
                 )
-            })
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(n, shape, b)| {
-                TensorView::new(Dtype::F32, shape.clone(), b)
-                    .map(|v| (n.as_str(), v))
-                    .map_err(|e| Error::value(format!("tensor {n}"), e.to_string()))
+                .map(|v| (n.as_str(), v))
+                .map_err(|e| Error::value(format!("tensor {n}"), e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
         safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Format {
