@@ -421,8 +421,8 @@ pub fn export_e5s1(path: &Path, out: &Path) -> Result<()> {
 /// it, no prefixes) with `config_path`'s shape, random weights ([`weights::random_weights`],
 /// `std` by default the config's `initializer_range`, else 0.02) and the tokenizer at
 /// `tokenizer_path`, which must fit the config's vocabulary. For benchmarks where the
-/// pretrained weights are not at hand: it runs exactly as a trained model of that shape does
-/// and encodes nothing meaningful.
+/// pretrained weights are not at hand: it does the same work as a trained model of that
+/// shape and encodes nothing meaningful.
 pub fn write_random_model(
     config_path: &Path,
     tokenizer_path: &Path,
@@ -455,8 +455,7 @@ pub fn write_random_model(
         });
     }
     let raw = RawTokenizer::read(tokenizer_path)?;
-    let tokenizer =
-        TextTokenizer::from_raw(raw, config.max_tokens().max(2), config.pad_token_id as u32)?;
+    let tokenizer = TextTokenizer::from_raw(raw, config.max_tokens(), config.pad_token_id as u32)?;
     check_tokenizer_fits(&tokenizer, tokenizer_path, &config)?;
     let weights = weights::random_weights(&config, seed, std as f32)?;
     write_model_dir(out, &config, &weights, tokenizer_path, ("", ""))
