@@ -147,6 +147,14 @@ fn eval_refuses_settings_of_another_dataset() {
             "xquad-r and mlqa-r",
         ),
         (
+            vec!["--dataset", "tatoeba", "--lareqa-candidates", "query"],
+            "--lareqa-candidates applies to: xquad-r and mlqa-r",
+        ),
+        (
+            vec!["--dataset", "xquad-r", "--lareqa-candidates", "answer"],
+            "query or passage",
+        ),
+        (
             vec!["--dataset", "tatoeba", "--english-bible", "b.csv.gz"],
             "--english-bible applies to: bible",
         ),

@@ -171,6 +171,7 @@ fn task_of(cs: &Case) -> RetrievalTask {
             })
             .collect(),
         relevant: cs.relevant.clone(),
+        asymmetric: false,
     }
 }
 

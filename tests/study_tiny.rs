@@ -186,6 +186,7 @@ fn options(f: &Fixture, out: &str, stop_at_step: Option<usize>) -> StudyOptions 
         out: f.root.join(out),
         report: Some(f.root.join(out).join("docs").join("STUDY.md")),
         data_dir: None,
+        lareqa_candidates: None,
         stop_at_step,
         progress: false,
         report_only: false,

@@ -88,6 +88,11 @@ pub struct EvalDatasetArgs {
     /// Encode each LAReQA candidate as its sentence followed by its paragraph context.
     #[arg(long)]
     pub candidate_context: bool,
+    /// How LAReQA's answer sentences are encoded: passage (e5's `passage: ` prefix, as its
+    /// model card says for question answering) or query (its `query: ` prefix, as on the
+    /// questions); default passage. Bitext sets encode both sides as queries.
+    #[arg(long)]
+    pub lareqa_candidates: Option<crate::retrieval::encoder::TextRole>,
     /// Keep only the first N pairs of each bitext (file order); LAReQA pools are never cut.
     #[arg(long)]
     pub max_pairs: Option<usize>,
@@ -184,6 +189,11 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
                 "xquad-r and mlqa-r",
             ),
             (
+                "lareqa-candidates",
+                a.lareqa_candidates.is_some() && !lareqa,
+                "xquad-r and mlqa-r",
+            ),
+            (
                 "max-pairs",
                 a.max_pairs.is_some() && lareqa,
                 "the bitext datasets (LAReQA pools are never cut)",
@@ -255,6 +265,9 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         batch: a.batch,
         cache: cache.as_deref(),
         candidate_context: a.candidate_context,
+        asymmetric_candidates: a
+            .lareqa_candidates
+            .unwrap_or(crate::retrieval::encoder::TextRole::Passage),
     };
     let mut models = Vec::new();
     for (name, enc) in a.model.iter().zip(&encoders) {
@@ -285,6 +298,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         models,
     };
     let written = report.write(&out)?;
+    let candidates = lareqa.then(|| settings.asymmetric_candidates.name());
     let summary: serde_json::Map<String, serde_json::Value> = report
         .models
         .iter()
@@ -307,6 +321,8 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         serde_json::json!({
             "dataset": dataset.name(),
             "metric": main_metric,
+            // How LAReQA's answer sentences were encoded (absent for bitext).
+            "lareqa_candidates": candidates,
             "results": summary,
             // As displayed: a path that is not UTF-8 cannot be a JSON string.
             "files": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),

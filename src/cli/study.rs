@@ -46,6 +46,10 @@ pub struct StudyArgs {
     /// No progress bars inside training runs (the one-line-per-run progress stays).
     #[arg(long)]
     pub no_progress: bool,
+    /// Overrides the config's `lareqa_candidates` (query or passage: how LAReQA's answer
+    /// sentences are encoded); a different value makes different runs.
+    #[arg(long)]
+    pub lareqa_candidates: Option<crate::retrieval::encoder::TextRole>,
 }
 
 fn quote(a: &str) -> String {
@@ -82,6 +86,9 @@ pub fn run(args: StudyArgs) -> Result<()> {
     if let Some(d) = &args.data_dir {
         words.push(format!("--data-dir {}", quote(&d.display().to_string())));
     }
+    if let Some(r) = args.lareqa_candidates {
+        words.push(format!("--lareqa-candidates {}", r.name()));
+    }
     let options = StudyOptions {
         config: args.config,
         budget: args.budget,
@@ -89,6 +96,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
         out: args.out,
         report: args.report,
         data_dir: args.data_dir,
+        lareqa_candidates: args.lareqa_candidates,
         stop_at_step: args.stop_at_step,
         progress: !args.no_progress,
         report_only: args.report_only,
@@ -131,6 +139,9 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
     let mut config = crate::study::config::StudyConfig::from_file(&args.config)?;
     if let Some(d) = &args.data_dir {
         config.data_dir = Some(d.clone());
+    }
+    if let Some(r) = args.lareqa_candidates {
+        config.lareqa_candidates = r;
     }
     let plan = config.plan(&args.budget, args.backend.as_deref(), &args.out)?;
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());

@@ -91,6 +91,7 @@ fn direction(ql: &str, q: &[String], cl: &str, c: &[String]) -> RetrievalTask {
         queries: texts(ql, q),
         candidates: texts(cl, c),
         relevant: (0..q.len()).map(|i| vec![i]).collect(),
+        asymmetric: false,
     }
 }
 

@@ -124,6 +124,7 @@ impl Lareqa {
                 })
                 .collect(),
             relevant: self.queries.iter().map(|q| q.relevant.clone()).collect(),
+            asymmetric: true,
         }
     }
 

@@ -150,6 +150,10 @@ pub struct RetrievalTask {
     pub queries: Vec<Text>,
     pub candidates: Vec<Text>,
     pub relevant: Vec<Vec<usize>>,
+    /// Questions against answer sentences (LAReQA), whose candidates encoders that tell
+    /// queries from passages may encode as passages; `false` for bitext (a sentence against
+    /// translations: both sides are queries).
+    pub asymmetric: bool,
 }
 
 impl RetrievalTask {

@@ -22,6 +22,41 @@ pub struct TokenVectors {
     pub lengths: Vec<usize>,
 }
 
+/// Which side of a retrieval task a text is on. Encoders that tell the two apart (e5's
+/// `query: ` and `passage: ` prefixes) encode them differently; the others ignore it.
+/// Symmetric tasks (bitext: a sentence against its translations) encode both sides as
+/// queries, asymmetric ones (LAReQA: questions against answer sentences) their candidates
+/// as passages, as e5's model card says.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TextRole {
+    #[default]
+    Query,
+    Passage,
+}
+
+impl TextRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            TextRole::Query => "query",
+            TextRole::Passage => "passage",
+        }
+    }
+}
+
+impl std::str::FromStr for TextRole {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "query" => Ok(TextRole::Query),
+            "passage" => Ok(TextRole::Passage),
+            other => Err(Error::parameter("text role", "query or passage", other)),
+        }
+    }
+}
+
 /// A text encoder as search sees it.
 pub trait Encoder: Send + Sync {
     /// Name used in reports and run tags (no whitespace).
@@ -31,9 +66,9 @@ pub trait Encoder: Send + Sync {
     /// Identifies the weights and every setting that changes the output (cache key).
     fn fingerprint(&self) -> String;
     /// One pooled vector per text, row-major `(texts.len(), dim)`; need not be normalised.
-    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>>;
+    fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>>;
     /// Token vectors per text (at least one row each).
-    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors>;
+    fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors>;
     /// Whether pooled vectors are worth caching on disk (false for encoders cheaper than
     /// reading the cache back).
     fn cacheable(&self) -> bool {
@@ -101,7 +136,7 @@ impl Encoder for HashingEncoder {
         false
     }
 
-    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+    fn encode_pooled(&self, texts: &[&str], _role: TextRole) -> Result<Vec<f32>> {
         if self.dim == 0 {
             return Err(Error::parameter("dim", "at least 1", 0));
         }
@@ -114,7 +149,7 @@ impl Encoder for HashingEncoder {
         Ok(out)
     }
 
-    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
+    fn encode_tokens(&self, texts: &[&str], _role: TextRole) -> Result<TokenVectors> {
         if self.dim == 0 {
             return Err(Error::parameter("dim", "at least 1", 0));
         }
@@ -199,6 +234,14 @@ fn transformer(
 }
 
 #[cfg(feature = "encoder")]
+fn text_kind(role: TextRole) -> crate::encoder::TextKind {
+    match role {
+        TextRole::Query => crate::encoder::TextKind::Query,
+        TextRole::Passage => crate::encoder::TextKind::Passage,
+    }
+}
+
+#[cfg(feature = "encoder")]
 impl Encoder for crate::encoder::TextEncoder {
     fn name(&self) -> &str {
         &self.name
@@ -223,17 +266,17 @@ impl Encoder for crate::encoder::TextEncoder {
         matches!(self.name.as_str(), "minilm" | "e5-small")
     }
 
-    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+    fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
         self.embed(
             texts,
-            crate::encoder::TextKind::Query,
+            text_kind(role),
             crate::encoder::pooling::Pooling::Mean,
             true,
         )
     }
 
-    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
-        let t = self.token_embeddings(texts, crate::encoder::TextKind::Query)?;
+    fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors> {
+        let t = self.token_embeddings(texts, text_kind(role))?;
         Ok(TokenVectors {
             d: t.h,
             data: t.data,
@@ -264,12 +307,12 @@ impl Encoder for Fingerprinted<'_> {
         self.fingerprint.clone()
     }
 
-    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        self.inner.encode_pooled(texts)
+    fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
+        self.inner.encode_pooled(texts, role)
     }
 
-    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
-        self.inner.encode_tokens(texts)
+    fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors> {
+        self.inner.encode_tokens(texts, role)
     }
 }
 
@@ -279,7 +322,7 @@ impl Encoder for Fingerprinted<'_> {
 /// for built-in models). Token vectors are passed through.
 pub struct Memoized<'a> {
     pub inner: &'a dyn Encoder,
-    seen: std::sync::Mutex<std::collections::HashMap<String, Vec<f32>>>,
+    seen: std::sync::Mutex<std::collections::HashMap<(TextRole, String), Vec<f32>>>,
 }
 
 impl<'a> Memoized<'a> {
@@ -308,7 +351,7 @@ impl Encoder for Memoized<'_> {
         self.inner.cacheable()
     }
 
-    fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+    fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
         let d = self.dim();
         let mut seen = self
             .seen
@@ -317,12 +360,12 @@ impl Encoder for Memoized<'_> {
         let mut missing: Vec<&str> = texts
             .iter()
             .copied()
-            .filter(|t| !seen.contains_key(*t))
+            .filter(|t| !seen.contains_key(&(role, t.to_string())))
             .collect();
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
-            let v = self.inner.encode_pooled(&missing)?;
+            let v = self.inner.encode_pooled(&missing, role)?;
             if v.len() != missing.len() * d {
                 return Err(Error::shape(
                     "pooled vectors",
@@ -331,17 +374,17 @@ impl Encoder for Memoized<'_> {
                 ));
             }
             for (t, row) in missing.iter().zip(v.chunks_exact(d)) {
-                seen.insert(t.to_string(), row.to_vec());
+                seen.insert((role, t.to_string()), row.to_vec());
             }
         }
         Ok(texts
             .iter()
-            .flat_map(|t| seen[*t].iter().copied())
+            .flat_map(|t| seen[&(role, t.to_string())].iter().copied())
             .collect())
     }
 
-    fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
-        self.inner.encode_tokens(texts)
+    fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors> {
+        self.inner.encode_tokens(texts, role)
     }
 }
 
@@ -361,17 +404,22 @@ fn content_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     format!("{h:016x}{h2:016x}")
 }
 
-/// Pooled vectors of `texts`, encoded in batches of `batch` with progress on stderr, and
-/// cached in `cache` (when given) as `<fingerprint-key>.npy`.
+/// Pooled vectors of `texts` on side `role`, encoded in batches of `batch` with progress
+/// on stderr, and cached in `cache` (when given) as `<fingerprint-key>.npy` (the role is
+/// part of the key for passages; queries keep the key they had before roles existed).
 pub fn encode_pooled_cached(
     encoder: &dyn Encoder,
     texts: &[&str],
+    role: TextRole,
     batch: usize,
     cache: Option<&Path>,
     label: &str,
 ) -> Result<Vec<f32>> {
     let d = encoder.dim();
-    let fp = encoder.fingerprint();
+    let fp = match role {
+        TextRole::Query => encoder.fingerprint(),
+        TextRole::Passage => format!("{}-as-passage", encoder.fingerprint()),
+    };
     let key = content_key(std::iter::once(fp.as_bytes()).chain(texts.iter().map(|t| t.as_bytes())));
     let file: Option<PathBuf> = cache
         .filter(|_| encoder.cacheable())
@@ -390,7 +438,7 @@ pub fn encode_pooled_cached(
     let batch = batch.max(1);
     let total = texts.len();
     for (i, chunk) in texts.chunks(batch).enumerate() {
-        let v = encoder.encode_pooled(chunk)?;
+        let v = encoder.encode_pooled(chunk, role)?;
         if v.len() != chunk.len() * d {
             return Err(Error::Backend {
                 backend: "encoder",
@@ -431,7 +479,8 @@ mod tests {
         let e = Counting(HashingEncoder::default(), Default::default());
         let calls = || e.1.load(std::sync::atomic::Ordering::Relaxed);
         let texts = ["a b", "c d", "e f"];
-        let first = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        let first =
+            encode_pooled_cached(&e, &texts, TextRole::Query, 2, Some(dir.path()), "t").unwrap();
         assert_eq!(calls(), 3);
         let entries: Vec<PathBuf> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -440,7 +489,7 @@ mod tests {
         assert_eq!(entries.len(), 1, "{entries:?} (no temporary file left)");
         // Served from the cache.
         assert_eq!(
-            encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap(),
+            encode_pooled_cached(&e, &texts, TextRole::Query, 2, Some(dir.path()), "t").unwrap(),
             first
         );
         assert_eq!(calls(), 3);
@@ -448,13 +497,13 @@ mod tests {
         let bytes = std::fs::read(&entries[0]).unwrap();
         std::fs::write(&entries[0], &bytes[..bytes.len() - 5]).unwrap();
         assert_eq!(
-            encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap(),
+            encode_pooled_cached(&e, &texts, TextRole::Query, 2, Some(dir.path()), "t").unwrap(),
             first
         );
         assert_eq!(calls(), 6);
         assert_eq!(std::fs::read(&entries[0]).unwrap(), bytes);
         assert_eq!(
-            encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap(),
+            encode_pooled_cached(&e, &texts, TextRole::Query, 2, Some(dir.path()), "t").unwrap(),
             first
         );
         assert_eq!(calls(), 6);
@@ -464,7 +513,10 @@ mod tests {
     fn hashing_encoder_shapes_and_similarity() {
         let e = HashingEncoder::default();
         let v = e
-            .encode_pooled(&["the red house", "The red house", "quantum flux"])
+            .encode_pooled(
+                &["the red house", "The red house", "quantum flux"],
+                TextRole::Query,
+            )
             .unwrap();
         assert_eq!(v.len(), 3 * e.dim);
         let cos = |a: &[f32], b: &[f32]| {
@@ -476,14 +528,14 @@ mod tests {
         let (a, b, c) = (&v[..384], &v[384..768], &v[768..]);
         assert!((cos(a, b) - 1.0).abs() < 1e-6, "case-insensitive");
         assert!(cos(a, c) < 0.5);
-        let t = e.encode_tokens(&["one two", ""]).unwrap();
+        let t = e.encode_tokens(&["one two", ""], TextRole::Query).unwrap();
         assert_eq!(t.lengths, vec![2, 1]);
         let empty = HashingEncoder {
             dim: 0,
             ..HashingEncoder::default()
         };
-        assert!(empty.encode_pooled(&["a"]).is_err());
-        assert!(empty.encode_tokens(&["a"]).is_err());
+        assert!(empty.encode_pooled(&["a"], TextRole::Query).is_err());
+        assert!(empty.encode_tokens(&["a"], TextRole::Query).is_err());
         assert_eq!(t.data.len(), 3 * e.dim);
     }
 
@@ -500,13 +552,13 @@ mod tests {
         fn fingerprint(&self) -> String {
             self.0.fingerprint()
         }
-        fn encode_pooled(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        fn encode_pooled(&self, texts: &[&str], _role: TextRole) -> Result<Vec<f32>> {
             self.1
                 .fetch_add(texts.len(), std::sync::atomic::Ordering::Relaxed);
-            self.0.encode_pooled(texts)
+            self.0.encode_pooled(texts, _role)
         }
-        fn encode_tokens(&self, texts: &[&str]) -> Result<TokenVectors> {
-            self.0.encode_tokens(texts)
+        fn encode_tokens(&self, texts: &[&str], _role: TextRole) -> Result<TokenVectors> {
+            self.0.encode_tokens(texts, _role)
         }
     }
 
@@ -516,16 +568,34 @@ mod tests {
         let e = Counting(HashingEncoder::default(), Default::default());
         let count = || e.1.load(std::sync::atomic::Ordering::Relaxed);
         let texts = ["a b", "c d", "e"];
-        let first = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        let first =
+            encode_pooled_cached(&e, &texts, TextRole::Query, 2, Some(dir.path()), "t").unwrap();
         assert_eq!(count(), 3);
-        let again = encode_pooled_cached(&e, &texts, 2, Some(dir.path()), "t").unwrap();
+        let again =
+            encode_pooled_cached(&e, &texts, TextRole::Query, 2, Some(dir.path()), "t").unwrap();
         assert_eq!(count(), 3, "second call reads the cache");
         assert_eq!(first, again);
-        encode_pooled_cached(&e, &["a b", "c d", "f"], 2, Some(dir.path()), "t").unwrap();
+        encode_pooled_cached(
+            &e,
+            &["a b", "c d", "f"],
+            TextRole::Query,
+            2,
+            Some(dir.path()),
+            "t",
+        )
+        .unwrap();
         assert_eq!(count(), 6, "changed text re-encodes");
+        // The same texts as passages are another entry; as queries, the key is the one made
+        // before roles existed (the fingerprint and the texts alone).
+        encode_pooled_cached(&e, &texts, TextRole::Passage, 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(count(), 9, "passages are not the queries' vectors");
+        let old_key = content_key(
+            std::iter::once(e.fingerprint().as_bytes()).chain(texts.iter().map(|t| t.as_bytes())),
+        );
+        assert!(dir.path().join(format!("{old_key}.npy")).is_file());
         // The hashing encoder itself is not cached.
         let before = std::fs::read_dir(dir.path()).unwrap().count();
-        encode_pooled_cached(&e.0, &["zz"], 2, Some(dir.path()), "t").unwrap();
+        encode_pooled_cached(&e.0, &["zz"], TextRole::Query, 2, Some(dir.path()), "t").unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
     }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use super::encoder::{encode_pooled_cached, Encoder};
+use super::encoder::{encode_pooled_cached, Encoder, TextRole};
 use super::metrics::{mean_measures, Measure, RankedQuery};
 use super::search::{maxsim_block, search, DenseVectors, Pool, QueryHits, Scorer, DEFAULT_BLOCK};
 use super::trec::RunWriter;
@@ -76,6 +76,22 @@ pub struct TaskSettings<'a> {
     pub cache: Option<&'a Path>,
     /// Encode each candidate as its sentence followed by its paragraph context (LAReQA).
     pub candidate_context: bool,
+    /// The role of an asymmetric task's candidates (LAReQA answer sentences): `Passage`, as
+    /// e5's model card says for question answering; `Query` reproduces evaluations made
+    /// before the role was passed (both sides with e5's `query: ` prefix). Symmetric tasks
+    /// (bitext) encode both sides as queries either way.
+    pub asymmetric_candidates: TextRole,
+}
+
+impl TaskSettings<'_> {
+    /// The role `task`'s candidates are encoded in.
+    pub fn candidate_role(&self, task: &RetrievalTask) -> TextRole {
+        if task.asymmetric {
+            self.asymmetric_candidates
+        } else {
+            TextRole::Query
+        }
+    }
 }
 
 /// The ranked lists of one task: its pool, every query's hits (top `k` and the ranks of
@@ -145,10 +161,22 @@ pub fn search_task(
         Scoring::Dense => {
             let label_q = format!("{} queries", task.name);
             let label_c = format!("{} candidates", task.name);
-            let q =
-                encode_pooled_cached(encoder, &q_texts, settings.batch, settings.cache, &label_q)?;
-            let c =
-                encode_pooled_cached(encoder, &c_texts, settings.batch, settings.cache, &label_c)?;
+            let q = encode_pooled_cached(
+                encoder,
+                &q_texts,
+                TextRole::Query,
+                settings.batch,
+                settings.cache,
+                &label_q,
+            )?;
+            let c = encode_pooled_cached(
+                encoder,
+                &c_texts,
+                settings.candidate_role(task),
+                settings.batch,
+                settings.cache,
+                &label_c,
+            )?;
             let q = DenseVectors::new("query vectors", q_texts.len(), d, q)?;
             let c = DenseVectors::new("candidate vectors", c_texts.len(), d, c)?;
             let encode = t0.elapsed().as_secs_f64();
@@ -161,8 +189,8 @@ pub fn search_task(
             (hits, encode, t1.elapsed().as_secs_f64())
         }
         Scoring::MaxSim => {
-            let q = encoder.encode_tokens(&q_texts)?;
-            let c = encoder.encode_tokens(&c_texts)?;
+            let q = encoder.encode_tokens(&q_texts, TextRole::Query)?;
+            let c = encoder.encode_tokens(&c_texts, settings.candidate_role(task))?;
             let n = q.lengths.iter().copied().max().unwrap_or(1);
             let mut padded = vec![0.0f32; q.lengths.len() * n * d];
             let mut off = 0;
@@ -343,6 +371,75 @@ mod tests {
         }
     }
 
+    /// Hashing vectors, recording the role of every text it encodes.
+    struct Recording(
+        crate::retrieval::encoder::HashingEncoder,
+        std::sync::Mutex<Vec<(String, TextRole)>>,
+    );
+
+    impl Encoder for Recording {
+        fn name(&self) -> &str {
+            "recording"
+        }
+        fn dim(&self) -> usize {
+            self.0.dim
+        }
+        fn fingerprint(&self) -> String {
+            "recording".into()
+        }
+        fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
+            let mut seen = self.1.lock().unwrap();
+            seen.extend(texts.iter().map(|t| (t.to_string(), role)));
+            self.0.encode_pooled(texts, role)
+        }
+        fn encode_tokens(
+            &self,
+            texts: &[&str],
+            role: TextRole,
+        ) -> Result<crate::retrieval::encoder::TokenVectors> {
+            let mut seen = self.1.lock().unwrap();
+            seen.extend(texts.iter().map(|t| (t.to_string(), role)));
+            self.0.encode_tokens(texts, role)
+        }
+    }
+
+    #[test]
+    fn asymmetric_tasks_encode_their_candidates_as_passages() {
+        let backend = crate::backend::Backend::new(crate::backend::BackendKind::Cpu).unwrap();
+        let measures = [Measure::Map];
+        for scoring in [Scoring::Dense, Scoring::MaxSim] {
+            for (asymmetric, setting, want) in [
+                (true, TextRole::Passage, TextRole::Passage),
+                (true, TextRole::Query, TextRole::Query),
+                (false, TextRole::Passage, TextRole::Query),
+            ] {
+                let task = RetrievalTask {
+                    name: "t".into(),
+                    queries: vec![text("q1", "en"), text("q2", "de")],
+                    candidates: vec![text("c1", "en"), text("c2", "de")],
+                    relevant: vec![vec![0], vec![1]],
+                    asymmetric,
+                };
+                let enc = Recording(Default::default(), Default::default());
+                let settings = TaskSettings {
+                    scoring,
+                    backend: &backend,
+                    measures: &measures,
+                    k: 2,
+                    batch: 8,
+                    cache: None,
+                    candidate_context: false,
+                    asymmetric_candidates: setting,
+                };
+                search_task(&task, &enc, &settings).unwrap();
+                let seen = enc.1.into_inner().unwrap();
+                let role_of = |t: &str| seen.iter().find(|(s, _)| s == t).unwrap().1;
+                assert_eq!(role_of("q1"), TextRole::Query);
+                assert_eq!(role_of("c2"), want, "{asymmetric} {setting:?}");
+            }
+        }
+    }
+
     #[test]
     fn per_query_values_and_own_language_share() {
         let task = RetrievalTask {
@@ -355,6 +452,7 @@ mod tests {
                 text("c4", "de"),
             ],
             relevant: vec![vec![0, 1], vec![3]],
+            asymmetric: true,
         };
         let hits = vec![
             QueryHits {

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
+use crate::retrieval::encoder::TextRole;
 
 /// The whole study file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -61,6 +62,11 @@ pub struct StudyConfig {
     /// LAReQA benchmarks every model is evaluated on (`xquad-r`, `mlqa-r`).
     #[serde(default)]
     pub lareqa: Vec<String>,
+    /// How LAReQA's answer sentences are encoded: `passage` (the default; e5's `passage: `
+    /// prefix, as its model card says for question answering) or `query` (e5's `query: `
+    /// prefix on both sides, as studies made before this setting existed were).
+    #[serde(default = "passage")]
+    pub lareqa_candidates: TextRole,
     #[serde(rename = "condition")]
     pub conditions: Vec<Condition>,
     #[serde(rename = "group")]
@@ -69,6 +75,10 @@ pub struct StudyConfig {
     /// Published figures quoted in the report as context.
     #[serde(default)]
     pub context: Vec<Quoted>,
+}
+
+fn passage() -> TextRole {
+    TextRole::Passage
 }
 
 /// How Tatoeba pairs are split into training and held-out parts.
@@ -682,6 +692,12 @@ impl StudyConfig {
             },
             "backend": backend,
         });
+        // Absent for `query`, so that the runs made before the setting existed (which encoded
+        // the candidates as queries) keep their keys and results.
+        let mut key_json = key_json;
+        if self.lareqa_candidates != TextRole::Query {
+            key_json["lareqa_candidates"] = self.lareqa_candidates.name().into();
+        }
         let key = key_of(&key_json);
         let dir = runs_dir.join(format!("{}-{}-s{}-{}", c.name, g.name, seed, &key[..10]));
         if let Some(d) = distill.as_mut() {
@@ -767,6 +783,30 @@ eval = { lareqa_questions = { xquad-r = 3 } }
         // A different backend is a different run.
         let gpu = c.plan("quick", Some("wgpu"), Path::new("/tmp/s")).unwrap();
         assert_ne!(gpu.runs[1].key, plan.runs[1].key);
+    }
+
+    #[test]
+    fn lareqa_candidates_as_queries_keep_the_keys_made_before_the_setting() {
+        let passage = StudyConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(passage.lareqa_candidates, TextRole::Passage, "the default");
+        let query =
+            StudyConfig::from_toml(&format!("lareqa_candidates = \"query\"\n{MINIMAL}")).unwrap();
+        let (p, q) = (
+            passage.plan("quick", None, Path::new("o")).unwrap(),
+            query.plan("quick", None, Path::new("o")).unwrap(),
+        );
+        for (p, q) in p.runs.iter().zip(&q.runs) {
+            assert_ne!(p.key, q.key, "{}", p.name());
+            assert_eq!(q.key_json.get("lareqa_candidates"), None);
+            assert_eq!(p.key_json["lareqa_candidates"], "passage");
+            // The key of a `query` run is the one computed without the setting.
+            let mut without = p.key_json.clone();
+            without.as_object_mut().unwrap().remove("lareqa_candidates");
+            assert_eq!(key_of(&without), q.key);
+        }
+        assert!(
+            StudyConfig::from_toml(&format!("lareqa_candidates = \"answer\"\n{MINIMAL}")).is_err()
+        );
     }
 
     #[test]

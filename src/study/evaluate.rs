@@ -26,6 +26,7 @@ use crate::data::bitext::{self, Bitext};
 use crate::data::lareqa::Lareqa;
 use crate::data::{DatasetName, RetrievalTask};
 use crate::error::{Error, Result};
+use crate::retrieval::encoder::TextRole;
 use crate::retrieval::evaluate::{
     evaluate_hits, own_language_share, per_query, search_task, Scoring, TaskResult, TaskSettings,
 };
@@ -350,6 +351,7 @@ pub fn evaluate_model(
     sets: &[EvalSet],
     batch: usize,
     cache: Option<&Path>,
+    lareqa_candidates: TextRole,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Vec<TaskOutcome>>> {
     let backend = Backend::new(BackendKind::Cpu)?;
@@ -375,6 +377,7 @@ pub fn evaluate_model(
                 batch,
                 cache,
                 candidate_context: false,
+                asymmetric_candidates: lareqa_candidates,
             };
             let hits = search_task(task, encoder, &settings)?;
             let mut result = evaluate_hits(task, &hits.pool, &hits.hits, measures);

@@ -34,7 +34,7 @@ use crate::distill::run::{install_interrupt_handler, interrupt_requested};
 use crate::distill::{self, RunOptions};
 use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder};
 use crate::error::{Error, Result};
-use crate::retrieval::encoder::Fingerprinted;
+use crate::retrieval::encoder::{Fingerprinted, TextRole};
 use crate::retrieval::Encoder;
 use config::{Plan, RunSpec, StudyConfig};
 use evaluate::{evaluate_model, GroupData, TaskOutcome};
@@ -51,6 +51,8 @@ pub struct StudyOptions {
     pub report: Option<PathBuf>,
     /// Overrides the config's data directory.
     pub data_dir: Option<PathBuf>,
+    /// Overrides the config's `lareqa_candidates`.
+    pub lareqa_candidates: Option<TextRole>,
     /// Training runs stop at this step with a checkpoint (the next invocation resumes).
     pub stop_at_step: Option<usize>,
     /// Progress bars of the training runs.
@@ -123,6 +125,10 @@ pub struct RunResult {
     pub eval_seconds: f64,
     pub eval_texts: usize,
     pub hardware: Hardware,
+    /// How LAReQA's answer sentences were encoded (results written before the setting
+    /// existed read as `query`, which is what they did).
+    #[serde(default)]
+    pub lareqa_candidates: TextRole,
     pub tasks: Vec<TaskOutcome>,
 }
 
@@ -214,6 +220,7 @@ fn checked_result(run: &RunSpec) -> Result<Option<RunResult>> {
     if result.key != run.key {
         return Ok(None);
     }
+
     if result.tasks.is_empty() {
         return Err(bad("a result without a single task".into()));
     }
@@ -459,6 +466,7 @@ fn execute(
         &group.sets,
         cx.plan.eval.batch,
         Some(&cache),
+        cx.config.lareqa_candidates,
         &interrupt_requested,
     )?
     else {
@@ -483,6 +491,7 @@ fn execute(
         eval_seconds,
         eval_texts: texts,
         hardware: Hardware::here(&cx.backend),
+        lareqa_candidates: cx.config.lareqa_candidates,
         tasks,
     };
     write_json_atomic(&run.dir.join("result.json"), &result)?;
@@ -515,6 +524,9 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
     let mut config = StudyConfig::from_file(&options.config)?;
     if let Some(d) = &options.data_dir {
         config.data_dir = Some(d.clone());
+    }
+    if let Some(r) = options.lareqa_candidates {
+        config.lareqa_candidates = r;
     }
     let plan = config.plan(&options.budget, options.backend.as_deref(), &options.out)?;
     // Checked here, before any run is evaluated, and again by each training run.

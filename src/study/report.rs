@@ -21,6 +21,7 @@ use super::{finished_result, RunResult, StudyOptions, TrainInfo};
 use crate::distill::plot::{line_chart, Series};
 use crate::error::{Error, Result};
 use crate::report::{markdown_table, slug, svg};
+use crate::retrieval::encoder::TextRole;
 
 /// Everything the report is made from.
 pub struct Inputs<'a> {
@@ -1002,7 +1003,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
     let _ = writeln!(
         md,
         "- LAReQA ({}): {}; languages: {}. Dense retrieval over mean-pooled, normalised \
-         vectors, ranks over the whole (sliced) pool; mAP as trec_eval computes it.",
+         vectors, ranks over the whole (sliced) pool; mAP as trec_eval computes it. {}",
         config.lareqa.join(", "),
         match eval.lareqa_questions.is_empty() {
             false => format!(
@@ -1023,6 +1024,16 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             "all".into()
         } else {
             eval.lareqa_languages.join(", ")
+        },
+        match config.lareqa_candidates {
+            TextRole::Passage =>
+                "Questions are encoded as queries and answer sentences as \
+                              passages (e5's `query: ` and `passage: ` prefixes, as its model \
+                              card says for question answering).",
+            TextRole::Query =>
+                "Questions and answer sentences are both encoded as queries (e5's \
+                            `query: ` prefix on both sides; its model card asks for \
+                            `passage: ` on the answers, `lareqa_candidates = \"passage\"`).",
         }
     );
     let _ = writeln!(
