@@ -146,7 +146,7 @@ fn cli_prints_the_means_as_one_json_object() {
 #[test]
 fn malformed_trec_files_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str); 6] = [
         ("q.txt", "q1 0 d1 1\nq1 0 d2\n", "line 2: expected 4 fields"),
         (
             "q2.txt",
@@ -161,7 +161,12 @@ fn malformed_trec_files_name_the_line() {
         (
             "r.txt",
             "q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 abc t\n",
-            "line 2: expected a finite score",
+            "line 2: expected a score (a number, ±inf allowed), found \"abc\"",
+        ),
+        (
+            "r3.txt",
+            "q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 NaN t\n",
+            "line 2: expected a score",
         ),
         (
             "r2.txt",
@@ -186,6 +191,40 @@ fn malformed_trec_files_name_the_line() {
         .unwrap_err()
         .to_string()
         .contains("expected 6 fields"));
+}
+
+/// Scores beyond f64 (`1e309`, `inf`) rank first, as in trec_eval (which compares scores
+/// as f32, so anything beyond 3.4e38 ties with them); the count of
+/// evaluated queries, and of judged queries the run lacks, is on stderr.
+#[test]
+fn cli_takes_infinite_scores_and_counts_the_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let qrels = dir.path().join("qrels.txt");
+    std::fs::write(&qrels, "q1 0 a 1\nq2 0 b 1\nq3 0 c 1\n").unwrap();
+    let run = dir.path().join("run.txt");
+    std::fs::write(
+        &run,
+        "q1 Q0 x 1 1e30 t\nq1 Q0 a 2 1e309 t\nq2 Q0 b 1 -inf t\nq2 Q0 y 2 -1 t\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["eval", "trec", "--metrics", "P_1", "--per-query", "--qrels"])
+        .arg(&qrels)
+        .arg("--run")
+        .arg(&run)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("2 queries evaluated; 1 judged queries have no results in the run"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // q1: `a` at +inf ranks above 1e30; q2: `b` at -inf ranks below -1.
+    assert_eq!(v["per_query"]["q1"]["P_1"], 1.0, "{v}");
+    assert_eq!(v["per_query"]["q2"]["P_1"], 0.0, "{v}");
+    assert_eq!(v["mean"]["P_1"], 0.5, "{v}");
 }
 
 #[test]

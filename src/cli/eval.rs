@@ -131,6 +131,22 @@ fn trec_eval(a: TrecArgs) -> Result<()> {
             ),
         ));
     }
+    // Averaged over the queries both judged and in the run (trec_eval's default); say how
+    // many, and how many judged queries the run lacks (a qid mismatch, a crashed query),
+    // which trec_eval's -c would count as 0.
+    let evaluated = run.keys().filter(|q| qrels.contains_key(*q)).count();
+    let missing = qrels.keys().filter(|q| !run.contains_key(*q)).count();
+    eprintln!(
+        "eval trec: {evaluated} queries evaluated{}",
+        if missing > 0 {
+            format!(
+                "; {missing} judged queries have no results in the run and are left out of \
+                 the means (trec_eval -c would count them as 0)"
+            )
+        } else {
+            String::new()
+        }
+    );
     let ev = metrics::evaluate(&qrels, &run, &measures);
     let out = if a.per_query {
         serde_json::json!({"mean": ev.mean, "per_query": ev.per_query})

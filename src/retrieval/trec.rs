@@ -99,14 +99,19 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
                 ),
             ));
         }
+        // ±inf is a score (trec_eval reads one, and a run may overflow f64); NaN has no rank.
         let score: f64 = f[4]
             .parse()
             .ok()
-            .filter(|s: &f64| s.is_finite())
+            .filter(|s: &f64| !s.is_nan())
             .ok_or_else(|| {
                 format_error(
                     path,
-                    format!("line {}: expected a finite score, found {:?}", i + 1, f[4]),
+                    format!(
+                        "line {}: expected a score (a number, ±inf allowed), found {:?}",
+                        i + 1,
+                        f[4]
+                    ),
                 )
             })?;
         if !seen.insert((f[0], f[2])) {
