@@ -372,6 +372,28 @@ fn search_cli_writes_the_same_run() {
         "{stderr}"
     );
     assert!(!dir.path().join("dup.trec").exists());
+    // Blank lines after the last id are an editor's: the ids are read without them.
+    names[7] = "q7".into();
+    std::fs::write(&qids, names.join("\n") + "\n\n\n").unwrap();
+    let trailing = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["search", "--k", "5", "--queries"])
+        .arg(&qp)
+        .arg("--corpus")
+        .arg(&cp)
+        .arg("--query-ids")
+        .arg(&qids)
+        .arg("--out")
+        .arg(dir.path().join("named.trec"))
+        .output()
+        .unwrap();
+    assert!(
+        trailing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trailing.stderr)
+    );
+    assert!(read_run(&dir.path().join("named.trec"))
+        .unwrap()
+        .contains_key("q7"));
     // An output path that is not UTF-8 is written, and its summary shows it as displayed.
     use std::os::unix::ffi::OsStrExt;
     let odd = dir

@@ -61,7 +61,11 @@ fn read_ids(path: Option<&Path>, n: usize, what: &str) -> Result<Vec<String>> {
         None => Ok((0..n).map(|i| i.to_string()).collect()),
         Some(p) => {
             let text = crate::data::read_text(p)?;
-            let ids: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+            let mut ids: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+            // Blank lines at the end are an editor's, not ids.
+            while ids.last().is_some_and(|s| s.is_empty()) {
+                ids.pop();
+            }
             if ids.len() != n {
                 return Err(crate::data::format_error(
                     p,

@@ -162,8 +162,11 @@ impl EvalReport {
         md.push_str(&markdown_table(&headers, &rows));
 
         let (labels, values) = self.per_language();
+        // One task: its languages; several (bitext: one per language and direction): the
+        // tasks themselves.
+        let by_task = self.models.first().is_some_and(|m| m.tasks.len() > 1);
         md.push_str(&format!("\n## Per language ({})\n\n", self.main_metric));
-        let mut headers = vec!["language".to_string()];
+        let mut headers = vec![if by_task { "task" } else { "language" }.to_string()];
         headers.extend(self.models.iter().map(|m| m.model.clone()));
         let rows: Vec<Vec<String>> = labels
             .iter()
@@ -425,6 +428,8 @@ mod tests {
         assert_well_formed_xml(
             &std::fs::read_to_string(dir.path().join("per_language.svg")).unwrap(),
         );
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("| task | hash |\n"), "{md}");
     }
 
     #[test]
