@@ -217,7 +217,9 @@ fn cli_takes_infinite_scores_and_counts_the_queries() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("2 queries evaluated; 1 judged queries have no results in the run"),
+        err.contains(
+            "2 queries evaluated; 1 judged query has no results in the run and is left out"
+        ),
         "{err}"
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");

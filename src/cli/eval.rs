@@ -136,12 +136,18 @@ fn trec_eval(a: TrecArgs) -> Result<()> {
     // which trec_eval's -c would count as 0.
     let evaluated = run.keys().filter(|q| qrels.contains_key(*q)).count();
     let missing = qrels.keys().filter(|q| !run.contains_key(*q)).count();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     eprintln!(
-        "eval trec: {evaluated} queries evaluated{}",
+        "eval trec: {} evaluated{}",
+        plural(evaluated, "query", "queries"),
         if missing > 0 {
             format!(
-                "; {missing} judged queries have no results in the run and are left out of \
-                 the means (trec_eval -c would count them as 0)"
+                "; {} no results in the run and {} left out of the means (trec_eval -c would \
+                 count {} as 0)",
+                plural(missing, "judged query has", "judged queries have"),
+                if missing == 1 { "is" } else { "are" },
+                if missing == 1 { "it" } else { "them" }
             )
         } else {
             String::new()
@@ -311,10 +317,11 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         dataset: dataset.name().to_string(),
         scoring,
         main_metric: main_metric.to_string(),
+        lareqa_candidates: lareqa.then_some(settings.asymmetric_candidates),
         models,
     };
     let written = report.write(&out)?;
-    let candidates = lareqa.then(|| settings.asymmetric_candidates.name());
+
     let summary: serde_json::Map<String, serde_json::Value> = report
         .models
         .iter()
@@ -337,8 +344,8 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         serde_json::json!({
             "dataset": dataset.name(),
             "metric": main_metric,
-            // How LAReQA's answer sentences were encoded (absent for bitext).
-            "lareqa_candidates": candidates,
+            // How LAReQA's answer sentences were encoded (null for bitext).
+            "lareqa_candidates": report.lareqa_candidates,
             "results": summary,
             // As displayed: a path that is not UTF-8 cannot be a JSON string.
             "files": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),

@@ -58,6 +58,8 @@ pub struct EvalReport {
     /// The measure the per-language table and plots show (`map` for LAReQA, `P_1` for
     /// bitext).
     pub main_metric: String,
+    /// How LAReQA's answer sentences were encoded (`None` for bitext).
+    pub lareqa_candidates: Option<crate::retrieval::encoder::TextRole>,
     pub models: Vec<ModelResults>,
 }
 
@@ -122,11 +124,22 @@ impl EvalReport {
     pub fn markdown(&self, plots: &[PathBuf]) -> String {
         let mut md = format!(
             "# {} — {} scoring\n\nMeasures follow trec_eval's definitions; ranks are over the \
-             full candidate pool.\n\n## Overall\n\n",
+             full candidate pool.{}\n\n## Overall\n\n",
             self.dataset,
             match self.scoring {
                 Scoring::Dense => "dense",
                 Scoring::MaxSim => "MaxSim",
+            },
+            match self.lareqa_candidates {
+                Some(crate::retrieval::encoder::TextRole::Passage) => {
+                    " Questions are encoded as queries, answer sentences as passages (e5's \
+                     `query: ` / `passage: ` prefixes)."
+                }
+                Some(crate::retrieval::encoder::TextRole::Query) => {
+                    " Questions and answer sentences are both encoded as queries \
+                     (`--lareqa-candidates query`)."
+                }
+                None => "",
             }
         );
         let measures: Vec<String> = self
@@ -165,7 +178,11 @@ impl EvalReport {
         // One task: its languages; several (bitext: one per language and direction): the
         // tasks themselves.
         let by_task = self.models.first().is_some_and(|m| m.tasks.len() > 1);
-        md.push_str(&format!("\n## Per language ({})\n\n", self.main_metric));
+        md.push_str(&format!(
+            "\n## Per {} ({})\n\n",
+            if by_task { "task" } else { "language" },
+            self.main_metric
+        ));
         let mut headers = vec![if by_task { "task" } else { "language" }.to_string()];
         headers.extend(self.models.iter().map(|m| m.model.clone()));
         let rows: Vec<Vec<String>> = labels
@@ -352,6 +369,7 @@ mod tests {
             dataset: "xquad-r".into(),
             scoring: Scoring::Dense,
             main_metric: "map".into(),
+            lareqa_candidates: Some(crate::retrieval::encoder::TextRole::Passage),
             models: vec![
                 ModelResults {
                     model: "hash".into(),
@@ -398,6 +416,8 @@ mod tests {
         .unwrap();
         assert_eq!(json["models"][1]["tasks"][0]["metrics"]["map"], 0.3);
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("answer sentences as passages"), "{md}");
+        assert_eq!(json["lareqa_candidates"], "passage");
         assert!(md.contains("| language | hash | e5\\|small |"), "{md}");
         assert!(md.contains("| en | 0.6000 | 0.3000 |"), "{md}");
         assert!(md.contains("| en | 0.9000 | 0.2000 | – |"), "{md}");
@@ -414,6 +434,7 @@ mod tests {
             dataset: "tatoeba".into(),
             scoring: Scoring::MaxSim,
             main_metric: "P_1".into(),
+            lareqa_candidates: None,
             models: vec![ModelResults {
                 model: "hash".into(),
                 tasks: vec![task("swh-eng", 0.8, false), task("eng-swh", 0.4, false)],

@@ -74,6 +74,11 @@ pub trait Encoder: Send + Sync {
     fn cacheable(&self) -> bool {
         true
     }
+    /// Whether a text's vector depends on its [`TextRole`] (e5: yes; MiniLM, which has no
+    /// prefixes, and the hashing encoder: no), so that the cache can share the entries.
+    fn distinguishes_roles(&self) -> bool {
+        true
+    }
 }
 
 /// Hashed character n-grams: each word (whitespace-separated, lower-cased, wrapped in
@@ -133,6 +138,10 @@ impl Encoder for HashingEncoder {
     }
 
     fn cacheable(&self) -> bool {
+        false
+    }
+
+    fn distinguishes_roles(&self) -> bool {
         false
     }
 
@@ -266,6 +275,10 @@ impl Encoder for crate::encoder::TextEncoder {
         matches!(self.name.as_str(), "minilm" | "e5-small")
     }
 
+    fn distinguishes_roles(&self) -> bool {
+        self.query_prefix != self.passage_prefix
+    }
+
     fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
         self.embed(
             texts,
@@ -305,6 +318,10 @@ impl Encoder for Fingerprinted<'_> {
 
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
+    }
+
+    fn distinguishes_roles(&self) -> bool {
+        self.inner.distinguishes_roles()
     }
 
     fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
@@ -349,6 +366,10 @@ impl Encoder for Memoized<'_> {
 
     fn cacheable(&self) -> bool {
         self.inner.cacheable()
+    }
+
+    fn distinguishes_roles(&self) -> bool {
+        self.inner.distinguishes_roles()
     }
 
     fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
@@ -417,8 +438,10 @@ pub fn encode_pooled_cached(
 ) -> Result<Vec<f32>> {
     let d = encoder.dim();
     let fp = match role {
-        TextRole::Query => encoder.fingerprint(),
-        TextRole::Passage => format!("{}-as-passage", encoder.fingerprint()),
+        TextRole::Passage if encoder.distinguishes_roles() => {
+            format!("{}-as-passage", encoder.fingerprint())
+        }
+        _ => encoder.fingerprint(),
     };
     let key = content_key(std::iter::once(fp.as_bytes()).chain(texts.iter().map(|t| t.as_bytes())));
     let file: Option<PathBuf> = cache
@@ -562,6 +585,69 @@ mod tests {
         }
     }
 
+    /// [`Counting`] for an encoder whose vectors do not depend on the role.
+    struct SameForBoth(Counting);
+
+    impl Encoder for SameForBoth {
+        fn name(&self) -> &str {
+            "same"
+        }
+        fn dim(&self) -> usize {
+            self.0.dim()
+        }
+        fn fingerprint(&self) -> String {
+            "same-for-both".into()
+        }
+        fn distinguishes_roles(&self) -> bool {
+            false
+        }
+        fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
+            self.0.encode_pooled(texts, role)
+        }
+        fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors> {
+            self.0.encode_tokens(texts, role)
+        }
+    }
+
+    /// Records the role of each call.
+    struct Roles(HashingEncoder, std::sync::Mutex<Vec<TextRole>>);
+
+    impl Encoder for Roles {
+        fn name(&self) -> &str {
+            "roles"
+        }
+        fn dim(&self) -> usize {
+            self.0.dim
+        }
+        fn fingerprint(&self) -> String {
+            "roles".into()
+        }
+        fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
+            self.1.lock().unwrap().push(role);
+            self.0.encode_pooled(texts, role)
+        }
+        fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors> {
+            self.1.lock().unwrap().push(role);
+            self.0.encode_tokens(texts, role)
+        }
+    }
+
+    #[test]
+    fn memoized_vectors_are_kept_per_role() {
+        let inner = Roles(HashingEncoder::default(), Default::default());
+        let memo = Memoized::new(&inner);
+        memo.encode_pooled(&["a b", "c"], TextRole::Query).unwrap();
+        memo.encode_pooled(&["a b", "c"], TextRole::Query).unwrap();
+        memo.encode_pooled(&["a b", "c"], TextRole::Passage)
+            .unwrap();
+        memo.encode_pooled(&["c"], TextRole::Passage).unwrap();
+        memo.encode_tokens(&["c"], TextRole::Passage).unwrap();
+        assert_eq!(
+            *inner.1.lock().unwrap(),
+            [TextRole::Query, TextRole::Passage, TextRole::Passage]
+        );
+    }
+
     #[test]
     fn pooled_vectors_are_cached_until_the_texts_change() {
         let dir = tempfile::tempdir().unwrap();
@@ -593,6 +679,11 @@ mod tests {
             std::iter::once(e.fingerprint().as_bytes()).chain(texts.iter().map(|t| t.as_bytes())),
         );
         assert!(dir.path().join(format!("{old_key}.npy")).is_file());
+        // An encoder whose vectors do not depend on the role shares the queries' entries.
+        let same = SameForBoth(Counting(HashingEncoder::default(), Default::default()));
+        encode_pooled_cached(&same, &texts, TextRole::Query, 2, Some(dir.path()), "t").unwrap();
+        encode_pooled_cached(&same, &texts, TextRole::Passage, 2, Some(dir.path()), "t").unwrap();
+        assert_eq!(same.0 .1.load(std::sync::atomic::Ordering::Relaxed), 3);
         // The hashing encoder itself is not cached.
         let before = std::fs::read_dir(dir.path()).unwrap().count();
         encode_pooled_cached(&e.0, &["zz"], TextRole::Query, 2, Some(dir.path()), "t").unwrap();

@@ -207,7 +207,8 @@ impl RankedQuery {
 pub fn rank_query(judged: &BTreeMap<String, i64>, retrieved: &[(String, f64)]) -> RankedQuery {
     // trec_eval keeps scores as C `float`s and compares them with `<`: scores that are equal
     // in f32 (0.83123457123 and 0.83123456789; 1e40 and 1e39, both infinite) tie, and so do
-    // -0 and 0 (adding 0.0 turns -0 into 0). Scores are finite f64, so no NaN arises.
+    // -0 and 0 (adding 0.0 turns -0 into 0). Scores may be ±inf (they sort first and last,
+    // and tie with each other); the run reader refuses NaN.
     let key = |s: f64| (s as f32) + 0.0;
     let mut order: Vec<usize> = (0..retrieved.len()).collect();
     order.sort_by(|&a, &b| {

@@ -693,9 +693,11 @@ impl StudyConfig {
             "backend": backend,
         });
         // Absent for `query`, so that the runs made before the setting existed (which encoded
-        // the candidates as queries) keep their keys and results.
+        // the candidates as queries) keep their keys and results, and for studies without
+        // LAReQA, which it does not change. (Training does not depend on it either, but the
+        // key covers the whole run, evaluation included.)
         let mut key_json = key_json;
-        if self.lareqa_candidates != TextRole::Query {
+        if !self.lareqa.is_empty() && self.lareqa_candidates != TextRole::Query {
             key_json["lareqa_candidates"] = self.lareqa_candidates.name().into();
         }
         let key = key_of(&key_json);
@@ -804,6 +806,21 @@ eval = { lareqa_questions = { xquad-r = 3 } }
             without.as_object_mut().unwrap().remove("lareqa_candidates");
             assert_eq!(key_of(&without), q.key);
         }
+        // Pinned: the key `optical study --plan` gave this run before the setting existed
+        // (checked against that binary).
+        assert!(q.runs[1].key.starts_with("f0738f77db"), "{}", q.runs[1].key);
+        // A study without LAReQA is not changed by the setting, so its keys are not either.
+        let bitext_only = MINIMAL
+            .replace("lareqa = [\"xquad-r\"]", "lareqa = []")
+            .replace("eval = { lareqa_questions = { xquad-r = 3 } }", "");
+        let plan = StudyConfig::from_toml(&bitext_only)
+            .unwrap()
+            .plan("quick", None, Path::new("o"))
+            .unwrap();
+        assert!(plan
+            .runs
+            .iter()
+            .all(|r| r.key_json.get("lareqa_candidates").is_none()));
         assert!(
             StudyConfig::from_toml(&format!("lareqa_candidates = \"answer\"\n{MINIMAL}")).is_err()
         );

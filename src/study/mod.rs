@@ -220,7 +220,6 @@ fn checked_result(run: &RunSpec) -> Result<Option<RunResult>> {
     if result.key != run.key {
         return Ok(None);
     }
-
     if result.tasks.is_empty() {
         return Err(bad("a result without a single task".into()));
     }
