@@ -525,6 +525,21 @@ fn small_shape(c: &mut serde_json::Value) {
     c["num_hidden_layers"] = 2.into();
 }
 
+/// `optical encode` of `input` with `model` into `out`, with the flags `extra`.
+fn encode_with(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    optical()
+        .arg("encode")
+        .args(extra)
+        .arg("--model")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 fn random_model(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let tokenizer = optical::assets::assets_dir().join("minilm/tokenizer.json");
     optical()
@@ -564,15 +579,7 @@ fn random_model_has_the_config_shape_and_encodes() {
     let input = dir.path().join("texts.txt");
     std::fs::write(&input, "One sentence.\nAnother, longer sentence here.\n").unwrap();
     let out = dir.path().join("emb.npy");
-    let run = optical()
-        .args(["encode", "--model"])
-        .arg(dir.path().join("a"))
-        .arg("--input")
-        .arg(&input)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = encode_with(&dir.path().join("a"), &input, &out, &[]);
     assert!(
         run.status.success(),
         "{}",
@@ -745,15 +752,8 @@ fn a_tensor_beyond_the_gpu_binding_limit_is_an_error_not_a_panic() {
             "{}",
             String::from_utf8_lossy(&run.stderr)
         );
-        let run = optical()
-            .args(["encode", "--backend", "wgpu", "--model"])
-            .arg(&model)
-            .arg("--input")
-            .arg(&input)
-            .arg("--out")
-            .arg(dir.path().join("emb.npy"))
-            .output()
-            .unwrap();
+        let out = dir.path().join("emb.npy");
+        let run = encode_with(&model, &input, &out, &["--backend", "wgpu"]);
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(!err.contains("panicked"), "{name}: {err}");
         let bytes = 1_100_000 * 32 * 4;
@@ -809,16 +809,15 @@ fn long_batches_are_split_to_fit_the_gpu() {
     std::fs::write(&input, text).unwrap();
     let encode = |backend: &str| {
         let out = dir.path().join(format!("{backend}.npy"));
-        let run = optical()
-            .args(["encode", "--max-length", "512", "--batch-size", "64"])
-            .args(["--backend", backend, "--model"])
-            .arg(&model)
-            .arg("--input")
-            .arg(&input)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let flags = [
+            "--max-length",
+            "512",
+            "--batch-size",
+            "64",
+            "--backend",
+            backend,
+        ];
+        let run = encode_with(&model, &input, &out, &flags);
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(run.status.success(), "{backend}: {err}");
         let emb = npy::read(&out).unwrap();

@@ -354,17 +354,20 @@ fn search_cli_writes_the_same_run() {
     let mut names: Vec<String> = (0..cs.n).map(|i| format!("q{i}")).collect();
     names[7] = "q2".into();
     std::fs::write(&qids, names.join("\n")).unwrap();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
-        .args(["search", "--k", "5", "--queries"])
-        .arg(&qp)
-        .arg("--corpus")
-        .arg(&cp)
-        .arg("--query-ids")
-        .arg(&qids)
-        .arg("--out")
-        .arg(dir.path().join("dup.trec"))
-        .output()
-        .unwrap();
+    let search_with_ids = |out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+            .args(["search", "--k", "5", "--queries"])
+            .arg(&qp)
+            .arg("--corpus")
+            .arg(&cp)
+            .arg("--query-ids")
+            .arg(&qids)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let refused = search_with_ids("dup.trec");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
@@ -375,17 +378,7 @@ fn search_cli_writes_the_same_run() {
     // Blank lines after the last id are an editor's: the ids are read without them.
     names[7] = "q7".into();
     std::fs::write(&qids, names.join("\n") + "\n\n\n").unwrap();
-    let trailing = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
-        .args(["search", "--k", "5", "--queries"])
-        .arg(&qp)
-        .arg("--corpus")
-        .arg(&cp)
-        .arg("--query-ids")
-        .arg(&qids)
-        .arg("--out")
-        .arg(dir.path().join("named.trec"))
-        .output()
-        .unwrap();
+    let trailing = search_with_ids("named.trec");
     assert!(
         trailing.status.success(),
         "{}",

@@ -70,23 +70,9 @@ impl fmt::Display for ModelSpec {
     }
 }
 
-/// Whether texts are queries or passages (selects the prefix).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TextKind {
-    Query,
-    Passage,
-}
-
-impl FromStr for TextKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "query" => Ok(TextKind::Query),
-            "passage" => Ok(TextKind::Passage),
-            other => Err(Error::parameter("kind", "query or passage", other)),
-        }
-    }
-}
+/// Whether texts are queries or passages (selects the prefix): retrieval's
+/// [`TextRole`](crate::retrieval::encoder::TextRole), under the name the encoder API uses.
+pub use crate::retrieval::encoder::TextRole as TextKind;
 
 /// Loading and batching options; `None` picks the model's default.
 #[derive(Clone, Debug)]
@@ -219,17 +205,13 @@ fn wgpu_device() -> Result<Device> {
 /// A tensor's values on the host as `f32`, or an error naming `operation` when the device
 /// could not produce them (a GPU that failed a kernel: burn's `into_data` panics then).
 pub fn read_f32<const D: usize>(t: Tensor<D>, operation: &'static str) -> Result<Vec<f32>> {
-    let flat = |e: &dyn fmt::Display| {
-        e.to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    t.try_into_data()
-        .map_err(|e| backend_error(operation, flat(&e)))?
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| backend_error(operation, format!("{e:?}")))
+    t.try_into_vec_as::<f32>().map_err(|e| {
+        let what = e.to_string();
+        backend_error(
+            operation,
+            what.split_whitespace().collect::<Vec<_>>().join(" "),
+        )
+    })
 }
 
 /// A scalar tensor's value on the host, or an error naming `operation` (see [`read_f32`]).

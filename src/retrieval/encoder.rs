@@ -52,7 +52,7 @@ impl std::str::FromStr for TextRole {
         match s {
             "query" => Ok(TextRole::Query),
             "passage" => Ok(TextRole::Passage),
-            other => Err(Error::parameter("text role", "query or passage", other)),
+            other => Err(Error::parameter("text kind", "query or passage", other)),
         }
     }
 }
@@ -243,14 +243,6 @@ fn transformer(
 }
 
 #[cfg(feature = "encoder")]
-fn text_kind(role: TextRole) -> crate::encoder::TextKind {
-    match role {
-        TextRole::Query => crate::encoder::TextKind::Query,
-        TextRole::Passage => crate::encoder::TextKind::Passage,
-    }
-}
-
-#[cfg(feature = "encoder")]
 impl Encoder for crate::encoder::TextEncoder {
     fn name(&self) -> &str {
         &self.name
@@ -280,16 +272,11 @@ impl Encoder for crate::encoder::TextEncoder {
     }
 
     fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
-        self.embed(
-            texts,
-            text_kind(role),
-            crate::encoder::pooling::Pooling::Mean,
-            true,
-        )
+        self.embed(texts, role, crate::encoder::pooling::Pooling::Mean, true)
     }
 
     fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors> {
-        let t = self.token_embeddings(texts, text_kind(role))?;
+        let t = self.token_embeddings(texts, role)?;
         Ok(TokenVectors {
             d: t.h,
             data: t.data,
@@ -339,7 +326,10 @@ impl Encoder for Fingerprinted<'_> {
 /// for built-in models). Token vectors are passed through.
 pub struct Memoized<'a> {
     pub inner: &'a dyn Encoder,
-    seen: std::sync::Mutex<std::collections::HashMap<(TextRole, String), Vec<f32>>>,
+    /// Per role, text → pooled vector (looked up by `&str`, no key allocated per text).
+    seen: std::sync::Mutex<
+        std::collections::HashMap<TextRole, std::collections::HashMap<String, Vec<f32>>>,
+    >,
 }
 
 impl<'a> Memoized<'a> {
@@ -374,14 +364,15 @@ impl Encoder for Memoized<'_> {
 
     fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
         let d = self.dim();
-        let mut seen = self
+        let mut all = self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = all.entry(role).or_default();
         let mut missing: Vec<&str> = texts
             .iter()
             .copied()
-            .filter(|t| !seen.contains_key(&(role, t.to_string())))
+            .filter(|t| !seen.contains_key(*t))
             .collect();
         missing.sort_unstable();
         missing.dedup();
@@ -395,12 +386,12 @@ impl Encoder for Memoized<'_> {
                 ));
             }
             for (t, row) in missing.iter().zip(v.chunks_exact(d)) {
-                seen.insert((role, t.to_string()), row.to_vec());
+                seen.insert(t.to_string(), row.to_vec());
             }
         }
         Ok(texts
             .iter()
-            .flat_map(|t| seen[&(role, t.to_string())].iter().copied())
+            .flat_map(|t| seen[*t].iter().copied())
             .collect())
     }
 
@@ -492,7 +483,7 @@ pub fn encode_pooled_cached(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -609,32 +600,57 @@ mod tests {
         }
     }
 
-    /// Records the role of each call.
-    struct Roles(HashingEncoder, std::sync::Mutex<Vec<TextRole>>);
+    /// The hashing encoder, recording the texts and the role of each call.
+    #[derive(Default)]
+    pub(crate) struct Recording(
+        pub HashingEncoder,
+        pub std::sync::Mutex<Vec<(Vec<String>, TextRole)>>,
+    );
 
-    impl Encoder for Roles {
+    impl Recording {
+        fn record(&self, texts: &[&str], role: TextRole) {
+            let texts = texts.iter().map(|t| t.to_string()).collect();
+            self.1.lock().unwrap().push((texts, role));
+        }
+
+        /// The role of each call, in order.
+        pub(crate) fn roles(&self) -> Vec<TextRole> {
+            self.1.lock().unwrap().iter().map(|(_, r)| *r).collect()
+        }
+
+        /// The role `text` was first encoded in.
+        pub(crate) fn role_of(&self, text: &str) -> Option<TextRole> {
+            let calls = self.1.lock().unwrap();
+            calls
+                .iter()
+                .find(|(texts, _)| texts.iter().any(|t| t == text))
+                .map(|(_, r)| *r)
+        }
+    }
+
+    impl Encoder for Recording {
         fn name(&self) -> &str {
-            "roles"
+            "recording"
         }
         fn dim(&self) -> usize {
             self.0.dim
         }
         fn fingerprint(&self) -> String {
-            "roles".into()
+            "recording".into()
         }
         fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
-            self.1.lock().unwrap().push(role);
+            self.record(texts, role);
             self.0.encode_pooled(texts, role)
         }
         fn encode_tokens(&self, texts: &[&str], role: TextRole) -> Result<TokenVectors> {
-            self.1.lock().unwrap().push(role);
+            self.record(texts, role);
             self.0.encode_tokens(texts, role)
         }
     }
 
     #[test]
     fn memoized_vectors_are_kept_per_role() {
-        let inner = Roles(HashingEncoder::default(), Default::default());
+        let inner = Recording::default();
         let memo = Memoized::new(&inner);
         memo.encode_pooled(&["a b", "c"], TextRole::Query).unwrap();
         memo.encode_pooled(&["a b", "c"], TextRole::Query).unwrap();
@@ -643,7 +659,7 @@ mod tests {
         memo.encode_pooled(&["c"], TextRole::Passage).unwrap();
         memo.encode_tokens(&["c"], TextRole::Passage).unwrap();
         assert_eq!(
-            *inner.1.lock().unwrap(),
+            inner.roles(),
             [TextRole::Query, TextRole::Passage, TextRole::Passage]
         );
     }

@@ -361,6 +361,7 @@ pub fn own_language_share(task: &RetrievalTask, hits: &[QueryHits], k: usize) ->
 mod tests {
     use super::*;
     use crate::data::Text;
+    use crate::retrieval::encoder::tests::Recording;
 
     fn text(id: &str, lang: &str) -> Text {
         Text {
@@ -368,38 +369,6 @@ mod tests {
             language: lang.into(),
             text: id.into(),
             context: None,
-        }
-    }
-
-    /// Hashing vectors, recording the role of every text it encodes.
-    struct Recording(
-        crate::retrieval::encoder::HashingEncoder,
-        std::sync::Mutex<Vec<(String, TextRole)>>,
-    );
-
-    impl Encoder for Recording {
-        fn name(&self) -> &str {
-            "recording"
-        }
-        fn dim(&self) -> usize {
-            self.0.dim
-        }
-        fn fingerprint(&self) -> String {
-            "recording".into()
-        }
-        fn encode_pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
-            let mut seen = self.1.lock().unwrap();
-            seen.extend(texts.iter().map(|t| (t.to_string(), role)));
-            self.0.encode_pooled(texts, role)
-        }
-        fn encode_tokens(
-            &self,
-            texts: &[&str],
-            role: TextRole,
-        ) -> Result<crate::retrieval::encoder::TokenVectors> {
-            let mut seen = self.1.lock().unwrap();
-            seen.extend(texts.iter().map(|t| (t.to_string(), role)));
-            self.0.encode_tokens(texts, role)
         }
     }
 
@@ -420,7 +389,7 @@ mod tests {
                     relevant: vec![vec![0], vec![1]],
                     asymmetric,
                 };
-                let enc = Recording(Default::default(), Default::default());
+                let enc = Recording::default();
                 let settings = TaskSettings {
                     scoring,
                     backend: &backend,
@@ -432,8 +401,7 @@ mod tests {
                     asymmetric_candidates: setting,
                 };
                 search_task(&task, &enc, &settings).unwrap();
-                let seen = enc.1.into_inner().unwrap();
-                let role_of = |t: &str| seen.iter().find(|(s, _)| s == t).unwrap().1;
+                let role_of = |t: &str| enc.role_of(t).unwrap();
                 assert_eq!(role_of("q1"), TextRole::Query);
                 assert_eq!(role_of("c2"), want, "{asymmetric} {setting:?}");
             }
