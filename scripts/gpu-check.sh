@@ -52,6 +52,9 @@ EXPORT=""
 # GPU_CHECK_SECONDS: a wall-clock budget for the whole run (0: none); later steps get what is
 # left, so that a run under an outside time limit still writes its report.
 BUDGET=${GPU_CHECK_SECONDS:-0}
+# GPU_CHECK_SKIP: step names to leave out, separated by spaces or commas; a name ending in *
+# leaves out every step it begins (e.g. "torch-compile profile-*" for a short rerun).
+SKIP=${GPU_CHECK_SKIP:-}
 while [ $# -gt 0 ]; do
     case $1 in
     --prebuilt) PREBUILT=${2:?--prebuilt needs the bundle directory}; shift 2 ;;
@@ -85,7 +88,15 @@ step() {
     local name=$1
     shift
     echo "== gpu-check: $name" >&2
-    local run=("$@") limit=${T:-900}
+    local run=("$@") limit=${T:-900} pattern
+    for pattern in ${SKIP//,/ }; do
+        # shellcheck disable=SC2053 # the pattern's * is meant to match
+        if [[ $name == $pattern ]]; then
+            STATUS[$name]="skipped (GPU_CHECK_SKIP)"
+            echo "   skipped: GPU_CHECK_SKIP" >&2
+            return
+        fi
+    done
     if [ "$BUDGET" -gt 0 ]; then
         local left=$((BUDGET - SECONDS - 30)) # 30 s kept for the report
         if [ "$left" -lt 20 ]; then
@@ -208,6 +219,11 @@ T=120 step bench-cuda "$BIN" bench --backend cuda --json --phases --min-seconds 
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
+# The default cost kernel choice (auto) takes wgmma on compute capability 9.0 for problems of
+# at least 2 tiles of 128 x 128 per SM (cosine-cost-hbm), else the 64 x 64 3xTF32 kernel,
+# which this step runs on both problems.
+T=60 step bench-cuda-tf32x3 env OPTICAL_CUDA_COST_KERNEL=tf32x3 "$BIN" bench --backend cuda --json \
+    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 T=60 step bench-cuda-tf32x3w env OPTICAL_CUDA_COST_KERNEL=tf32x3w "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 # The wgmma cost kernel exists on compute capability 9.0 only (H100, H200).
@@ -225,8 +241,8 @@ T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --
 # pair).
 T=45 step bench-cuda-nosplit env OPTICAL_CUDA_SINKHORN_SPLIT=off "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-512,sinkhorn-2048
-# MaxSim through a cost kernel + maxsim_reduce_f32 instead of maxsim_f32.
-T=30 step bench-cuda-maxsim-tiled env OPTICAL_CUDA_MAXSIM=tiled "$BIN" bench --backend cuda --json \
+# MaxSim through maxsim_f32 instead of the default cost kernel + maxsim_reduce_f32.
+T=30 step bench-cuda-maxsim-direct env OPTICAL_CUDA_MAXSIM=direct "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels maxsim
 # The problems that move the most bytes between host and device, their copies through the
 # driver's pageable path instead of the default page-locked staging buffers (wall time).
@@ -249,6 +265,10 @@ T=120 step bench-wgpu env "${VK_ENV[@]}" \
 # kernels up to 128 x 128, split half-iterations for sinkhorn-512.
 T=60 step bench-wgpu-rows env "${VK_ENV[@]}" OPTICAL_WGPU_SINKHORN=rows \
     "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-512,sinkhorn-fused
+# The cost problems with the 16 x 16 kernel (one entry per invocation) against the default
+# 64 x 64 register-blocked one.
+T=45 step bench-wgpu-costtile env "${VK_ENV[@]}" OPTICAL_WGPU_COST=tile \
+    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 # Distillation steps (the default configuration, a model of e5-small's shape with random
 # weights, English-Hausa bitext; scripts/distill-bench.sh) with the encoders on burn's wgpu
 # device on the NVIDIA Vulkan driver and the Sinkhorn on the WGSL kernels; the same on the

@@ -102,10 +102,21 @@ for kernel in ("sinkhorn", "sinkhorn-512", "sinkhorn-fused"):
 for kernel in ("sinkhorn-512", "sinkhorn-2048"):
     add_ratio(f"cuda-nosplit {kernel} (device) / cuda {kernel} (device)",
               device_time("cuda-nosplit", kernel), device_time("cuda", kernel))
-# MaxSim through the cost kernel + maxsim_reduce_f32 ("cuda-maxsim-tiled":
-# OPTICAL_CUDA_MAXSIM=tiled) against maxsim_f32.
+# MaxSim through maxsim_f32 ("cuda-maxsim-direct": OPTICAL_CUDA_MAXSIM=direct) against the
+# default cost kernel + maxsim_reduce_f32; runs before the tiled default had the opposite
+# step ("cuda-maxsim-tiled").
+add_ratio("cuda-maxsim-direct maxsim (device) / cuda maxsim (device)",
+          device_time("cuda-maxsim-direct", "maxsim"), device_time("cuda", "maxsim"))
 add_ratio("cuda maxsim (device) / cuda-maxsim-tiled maxsim (device)",
           device_time("cuda", "maxsim"), device_time("cuda-maxsim-tiled", "maxsim"))
+# The cost problems on the 64 x 64 3xTF32 kernel ("cuda-tf32x3") against the default choice
+# (wgmma on compute capability 9.0 for the large problem), and on the WGSL 16 x 16 kernel
+# ("wgpu-costtile": OPTICAL_WGPU_COST=tile) against the register-blocked default.
+for kernel in ("cosine-cost", "cosine-cost-hbm"):
+    add_ratio(f"cuda-tf32x3 {kernel} (device) / cuda {kernel} (device)",
+              device_time("cuda-tf32x3", kernel), device_time("cuda", kernel))
+    add_ratio(f"wgpu-costtile {kernel} (device) / wgpu {kernel} (device)",
+              device_time("wgpu-costtile", kernel), device_time("wgpu", kernel))
 # Host <-> device copies: the wall time of the problems that move the most bytes with the
 # driver's pageable path ("cuda-pageable": OPTICAL_CUDA_STAGING=pageable) against the
 # default page-locked staging; and the end-to-end rate of the largest copy problem against

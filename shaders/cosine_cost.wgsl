@@ -66,7 +66,6 @@ var<workgroup> ys: array<vec4<f32>, 272>;
 // cosine_cost_blocked_f32: block side, register block side, vec4 per staging step, panel
 // row stride (vec4).
 const BT: u32 = 64u;
-const R: u32 = 4u;
 const BK: u32 = 4u;
 const BKP: u32 = 5u;
 var<workgroup> bxs: array<vec4<f32>, 320>; // BT × BKP
@@ -167,7 +166,12 @@ fn cosine_cost_blocked_f32(
     let len = lengths[p];
     let i0 = wid.y * BT;
     let j0 = wid.x * BT;
-    var acc: array<f32, 16>;
+    // Row a of the register block is acc_a: its four columns b = 0..3 (named variables, not
+    // an indexed array, which a driver may keep in memory instead of registers).
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
     for (var k0 = 0u; k0 < d; k0 += BK) {
         // Stage rows i0 .. i0 + 64 of x and j0 .. j0 + 64 of y, dims k0 .. k0 + BK (zero past
         // the lengths and past d): 256 vec4 each, one per invocation.
@@ -186,24 +190,31 @@ fn cosine_cost_blocked_f32(
         bys[r * BKP + c] = vy;
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var yv: array<vec4<f32>, R>;
-            for (var b = 0u; b < R; b++) {
-                yv[b] = bys[(lid.x + 16u * b) * BKP + kk];
-            }
-            for (var a = 0u; a < R; a++) {
-                let xa = bxs[(lid.y + 16u * a) * BKP + kk];
-                for (var b = 0u; b < R; b++) {
-                    acc[a * R + b] += dot(xa, yv[b]);
-                }
-            }
+            // Columns b of yv are y rows j0 + lid.x + 16b; xa · yv is the four dot products
+            // of x row i0 + lid.y + 16a with them, each a dot() in dimension order.
+            let yv = mat4x4<f32>(
+                bys[lid.x * BKP + kk],
+                bys[(lid.x + 16u) * BKP + kk],
+                bys[(lid.x + 32u) * BKP + kk],
+                bys[(lid.x + 48u) * BKP + kk],
+            );
+            acc0 += bxs[lid.y * BKP + kk] * yv;
+            acc1 += bxs[(lid.y + 16u) * BKP + kk] * yv;
+            acc2 += bxs[(lid.y + 32u) * BKP + kk] * yv;
+            acc3 += bxs[(lid.y + 48u) * BKP + kk] * yv;
         }
         workgroupBarrier();
     }
-    for (var a = 0u; a < R; a++) {
-        let i = i0 + lid.y + 16u * a;
-        for (var b = 0u; b < R; b++) {
-            let j = j0 + lid.x + 16u * b;
-            store_cost(p, i, j, len, acc[a * R + b]);
-        }
-    }
+    store_block_row(p, i0 + lid.y, j0 + lid.x, len, acc0);
+    store_block_row(p, i0 + lid.y + 16u, j0 + lid.x, len, acc1);
+    store_block_row(p, i0 + lid.y + 32u, j0 + lid.x, len, acc2);
+    store_block_row(p, i0 + lid.y + 48u, j0 + lid.x, len, acc3);
+}
+
+// Row i of a register block: columns j, j + 16, j + 32, j + 48 from the dot products in acc.
+fn store_block_row(p: u32, i: u32, j: u32, len: vec2<u32>, acc: vec4<f32>) {
+    store_cost(p, i, j, len, acc.x);
+    store_cost(p, i, j + 16u, len, acc.y);
+    store_cost(p, i, j + 32u, len, acc.z);
+    store_cost(p, i, j + 48u, len, acc.w);
 }

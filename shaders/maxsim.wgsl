@@ -99,6 +99,15 @@ fn inv_norms_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// best, with document token j's dot products with the two query tokens (dot0, dot1) scaled
+// by its inverse norm, if j is one of the document's ld tokens (first at `first`).
+fn fold_max(best: vec2<f32>, j: u32, ld: u32, first: u32, dot0: f32, dot1: f32) -> vec2<f32> {
+    if j < ld {
+        return max(best, vec2<f32>(dot0, dot1) * inv_doc[first + j]);
+    }
+    return best;
+}
+
 @compute @workgroup_size(16, 16)
 fn maxsim_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -113,13 +122,14 @@ fn maxsim_f32(
     let t = lid.y * T + lid.x;
     var total = 0.0;
     for (var i0 = 0u; i0 < lq; i0 += QB) {
-        // Running max, over this lane's document tokens, of query tokens i0 + lid.y + 16a.
-        var best: array<f32, RA>;
-        for (var a = 0u; a < RA; a++) {
-            best[a] = -3.0e38;
-        }
+        // Running max, over this lane's document tokens, of query tokens i0 + lid.y (x) and
+        // i0 + lid.y + 16 (y). Named vectors, not indexed arrays, which a driver may keep in
+        // memory instead of registers.
+        var best = vec2<f32>(-3.0e38);
         for (var j0 = 0u; j0 < ld; j0 += DB) {
-            var acc: array<f32, RA * RB>;
+            // Query token a (acc0, acc1) against document tokens j0 + lid.x + 16b (b = 0..3).
+            var acc0 = vec4<f32>();
+            var acc1 = vec4<f32>();
             for (var k0 = 0u; k0 < d; k0 += BK) {
                 // Stage query rows i0 .. i0 + 32 and document rows j0 .. j0 + 64, dims
                 // k0 .. k0 + BK (zero past the lengths and past d).
@@ -143,32 +153,25 @@ fn maxsim_f32(
                 }
                 workgroupBarrier();
                 for (var kk = 0u; kk < BK; kk++) {
-                    var dv: array<vec4<f32>, RB>;
-                    for (var b = 0u; b < RB; b++) {
-                        dv[b] = ds[(lid.x + 16u * b) * BKP + kk];
-                    }
-                    for (var a = 0u; a < RA; a++) {
-                        let qa = qs[(lid.y + 16u * a) * BKP + kk];
-                        for (var b = 0u; b < RB; b++) {
-                            acc[a * RB + b] += dot(qa, dv[b]);
-                        }
-                    }
+                    // Columns b of dv are document tokens j0 + lid.x + 16b.
+                    let dv = mat4x4<f32>(
+                        ds[lid.x * BKP + kk],
+                        ds[(lid.x + 16u) * BKP + kk],
+                        ds[(lid.x + 32u) * BKP + kk],
+                        ds[(lid.x + 48u) * BKP + kk],
+                    );
+                    acc0 += qs[lid.y * BKP + kk] * dv;
+                    acc1 += qs[(lid.y + 16u) * BKP + kk] * dv;
                 }
                 workgroupBarrier();
             }
-            for (var b = 0u; b < RB; b++) {
-                let j = j0 + lid.x + 16u * b;
-                if j < ld {
-                    let inv = inv_doc[info.x + j];
-                    for (var a = 0u; a < RA; a++) {
-                        best[a] = max(best[a], acc[a * RB + b] * inv);
-                    }
-                }
-            }
+            best = fold_max(best, j0 + lid.x, ld, info.x, acc0.x, acc1.x);
+            best = fold_max(best, j0 + lid.x + 16u, ld, info.x, acc0.y, acc1.y);
+            best = fold_max(best, j0 + lid.x + 32u, ld, info.x, acc0.z, acc1.z);
+            best = fold_max(best, j0 + lid.x + 48u, ld, info.x, acc0.w, acc1.w);
         }
-        for (var a = 0u; a < RA; a++) {
-            red[(lid.y + 16u * a) * T + lid.x] = best[a];
-        }
+        red[lid.y * T + lid.x] = best.x;
+        red[(lid.y + 16u) * T + lid.x] = best.y;
         workgroupBarrier();
         if lid.x == 0u {
             for (var a = 0u; a < RA; a++) {

@@ -1085,7 +1085,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "OPTICAL_CUDA_COST_KERNEL",
             "tf32",
             "cosine-cost",
-            "tf32x3, fp32, tf32x3w or wgmma",
+            "auto, tf32x3, fp32, tf32x3w or wgmma",
         ),
         (
             "OPTICAL_CUDA_FUSED_THREADS",
@@ -1099,7 +1099,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "cosine-cost",
             "pinned or pageable",
         ),
-        ("OPTICAL_CUDA_MAXSIM", "fast", "maxsim", "direct or tiled"),
+        ("OPTICAL_CUDA_MAXSIM", "fast", "maxsim", "tiled or direct"),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_optical"))
             .args(["bench", "--backend", "cuda", "--kernels", kernel])
@@ -1113,6 +1113,37 @@ fn bad_cuda_settings_are_clear_errors() {
             "{err}"
         );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn bad_wgpu_settings_are_clear_errors() {
+    for (var, value, kernel, expected) in [
+        (
+            "OPTICAL_WGPU_COST",
+            "wide",
+            "cosine-cost",
+            "blocked or tile",
+        ),
+        (
+            "OPTICAL_WGPU_SINKHORN",
+            "fast",
+            "sinkhorn",
+            "blocked or rows",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_optical"))
+            .args(["bench", "--backend", "wgpu", "--kernels", kernel])
+            .env(var, value)
+            .output()
+            .expect("binary runs");
+        assert_eq!(o.status.code(), Some(2), "{var}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(var) && err.contains(expected) && err.contains(value),
+            "{err}"
+        );
     }
 }
 

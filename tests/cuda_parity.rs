@@ -235,9 +235,48 @@ fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
     });
 }
 
-/// The 128 × 128-tile cost kernel (`OPTICAL_CUDA_COST_KERNEL=tf32x3w`), not yet proven on a
-/// GPU: its own test, which sorts after the others, so that a fault in it (a CUDA error is
-/// sticky for the process's context) cannot hide how the proven kernels did.
+/// The default cost kernel choice (`auto`) picks by the problem's size: 3xTF32 on 64 × 64
+/// tiles for a batch too small to fill the GPU with 128 × 128 tiles, and on compute
+/// capability 9.0 the wgmma kernel from two such tiles per SM. Both answers match the
+/// reference.
+#[test]
+fn auto_cost_kernel_picks_by_size_and_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    let gpu = with_cost_kernel(&gpu, CostKernel::Auto);
+    let c = cuda_of(&gpu);
+    assert_eq!(c.cost_kernel_for(2, 64, 64, 384), CostKernel::Tf32x3);
+    // 300 pairs of 17 × 29: 300 tiles, at least 2 per SM on every GPU with up to 150 SMs.
+    let (b, n, m, d) = (300, 17, 29, 33);
+    let big = c.cost_kernel_for(b, n, m, d);
+    let want_big = if c.compute_capability() == (9, 0) && c.multiprocessors() * 2 <= b {
+        CostKernel::Wgmma
+    } else {
+        CostKernel::Tf32x3
+    };
+    assert_eq!(big, want_big);
+    for (seed, (b, n, m, d)) in [(2, 64, 64, 384), (b, n, m, d)].into_iter().enumerate() {
+        let x = embeddings(70 + seed as u64, b, n, d, false);
+        let y = embeddings(80 + seed as u64, b, m, d, false);
+        let want = CpuReference.cosine_cost(&x, &y).unwrap();
+        let fast = CpuFast.cosine_cost(&x, &y).unwrap();
+        let got = gpu.cosine_cost(&x, &y).unwrap();
+        let what = format!(
+            "cosine cost (auto: {}) b={b} n={n} m={m} d={d}",
+            c.cost_kernel_for(b, n, m, d).name()
+        );
+        check(
+            &what,
+            &diff(&got.data, &want.data),
+            &diff(&fast.data, &want.data),
+            2e-5,
+            4.0,
+        );
+    }
+}
+
+/// The 128 × 128-tile cost kernel (`OPTICAL_CUDA_COST_KERNEL=tf32x3w`): its own test, which
+/// sorts after the others, so that a fault in it (a CUDA error is sticky for the process's
+/// context) cannot hide how the other kernels did.
 #[test]
 fn wide_cost_kernel_matches_reference() {
     let Some(gpu) = cuda() else { return };
@@ -247,7 +286,7 @@ fn wide_cost_kernel_matches_reference() {
 }
 
 /// The wgmma cost kernel (`OPTICAL_CUDA_COST_KERNEL=wgmma`, compute capability 9.0 only),
-/// not yet proven on a GPU either, and sorting last of all. Elsewhere it must refuse with
+/// sorting last of all. Elsewhere it must refuse with
 /// one clear error instead of launching.
 #[test]
 fn wide_wgmma_cost_kernel_matches_reference() {

@@ -9,7 +9,9 @@ mod common;
 
 use std::sync::{Arc, OnceLock};
 
-use optical::backend::wgpu::{SinkhornKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS};
+use optical::backend::wgpu::{
+    CostTiling, SinkhornKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS,
+};
 use optical::backend::{Backend, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
@@ -171,7 +173,20 @@ fn every_pipeline_compiles() {
 fn cosine_cost_matches_reference() {
     let Some((w, _)) = wgpu_backend() else { return };
     // The small-set kernel's block is 16 × 16 and walks d 16 at a time; sets of 64 rows or
-    // more on both sides take the blocked kernel (64 × 64 blocks, d 16 at a time).
+    // more on both sides take the blocked kernel (64 × 64 blocks, d 16 at a time) unless
+    // OPTICAL_WGPU_COST=tile, which keeps the 16 × 16 kernel for every set.
+    drop(w);
+    for tiling in CostTiling::ALL {
+        let w = Wgpu::with_context(Arc::new(
+            WgpuContext::new()
+                .expect("adapter found above")
+                .with_cost_tiling(tiling),
+        ));
+        cosine_cost_cases(tiling.name(), &w);
+    }
+}
+
+fn cosine_cost_cases(tiling: &str, w: &Wgpu) {
     for (k, &(b, n, m, d)) in [
         (1, 1, 1, 1),
         (2, 15, 16, 17),
@@ -193,7 +208,7 @@ fn cosine_cost_matches_reference() {
         let got = w.cosine_cost(&x, &y).expect("wgpu cosine cost");
         let want = CpuReference.cosine_cost(&x, &y).expect("reference");
         compare(
-            &format!("cosine cost b={b} n={n} m={m} d={d}"),
+            &format!("cosine cost ({tiling}) b={b} n={n} m={m} d={d}"),
             &widen(&got.data),
             &widen(&want.data),
             2e-6,

@@ -337,10 +337,15 @@ fn probe_cuda() -> BackendInfo {
 fn probe_wgpu() -> BackendInfo {
     let found = self::wgpu::adapters();
     let devices = found.iter().map(self::wgpu::describe_adapter).collect();
-    let chosen = self::wgpu::choose_adapter(found)
-        .and_then(|a| Ok((a, self::wgpu::SinkhornKernel::from_env()?)));
+    let chosen = self::wgpu::choose_adapter(found).and_then(|a| {
+        Ok((
+            a,
+            self::wgpu::SinkhornKernel::from_env()?,
+            self::wgpu::CostTiling::from_env()?,
+        ))
+    });
     let (available, note) = match chosen {
-        Ok((a, kernels)) => {
+        Ok((a, kernels, tiling)) => {
             let info = a.get_info();
             let cap = self::wgpu::caps_loop_passes(&info).map_or(String::new(), |cap| {
                 format!(
@@ -353,12 +358,16 @@ fn probe_wgpu() -> BackendInfo {
                 true,
                 format!(
                     "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
-                     kernels {} ({}: {}){cap}",
+                     kernels {} ({}: {}); cosine costs of sets of 64 rows or more on the {} \
+                     kernel ({}: {}){cap}",
                     info.name,
                     self::wgpu::ADAPTER_ENV,
                     kernels.name(),
                     self::wgpu::SINKHORN_KERNEL_ENV,
-                    choice::choices::<self::wgpu::SinkhornKernel>()
+                    choice::choices::<self::wgpu::SinkhornKernel>(),
+                    tiling.name(),
+                    self::wgpu::COST_TILING_ENV,
+                    choice::choices::<self::wgpu::CostTiling>()
                 ),
             )
         }

@@ -65,6 +65,8 @@ pub(super) struct Device {
     pub stream: Arc<CudaStream>,
     pub name: String,
     pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors (132 on an H100 SXM or H200).
+    pub sms: usize,
     /// Largest shared memory a CTA may use after opting in, bytes.
     pub smem_optin: usize,
     /// The modules of [`ptx::MODULES`], in that order, each JIT-compiled by the driver on
@@ -180,29 +182,29 @@ env_choice!(Staging, STAGING_ENV, {
     Pageable => "pageable",
 });
 
-/// How MaxSim scores are computed. On the H200 run `maxsim_f32` took 680 µs on the standard
-/// problem (8 × 32 query tokens against 1,000 × 48 document tokens, d = 128), 14× its FP32
-/// FMA floor: each lane's dot products load a query and a document float4 per 4 FMAs.
+/// How MaxSim scores are computed. On the standard problem (8 × 32 query tokens against
+/// 1,000 × 48 document tokens, d = 128) an H200 took 672 µs with [`Self::Direct`] (14× its
+/// FP32 FMA floor: each lane's dot products load a query and a document float4 per 4 FMAs)
+/// and 164 µs with [`Self::Tiled`], the default since that run (`docs/PERFORMANCE.md`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MaxsimRoute {
-    /// `maxsim_f32`: one CTA per document, the document staged in shared memory, whole dot
-    /// products per lane.
-    #[default]
-    Direct,
     /// The cosines of every query token against a block of documents' tokens from the cost
     /// kernel ([`CostKernel`], on the tensor cores by default) into a scratch matrix of at
     /// most 256 MiB, then `maxsim_reduce_f32`: per (query, document) a warp takes each query
-    /// token's minimum cost over the document's tokens and sums `1 − min` in order. Checked
-    /// by ptxas and the PTX interpreter, not yet measured on a GPU, so not the default.
+    /// token's minimum cost over the document's tokens and sums `1 − min` in order.
+    #[default]
     Tiled,
+    /// `maxsim_f32`: one CTA per document, the document staged in shared memory, whole dot
+    /// products per lane.
+    Direct,
 }
 
-/// Environment variable that picks [`MaxsimRoute`]: `direct` (default) or `tiled`.
+/// Environment variable that picks [`MaxsimRoute`]: `tiled` (default) or `direct`.
 pub const MAXSIM_ENV: &str = "OPTICAL_CUDA_MAXSIM";
 
 env_choice!(MaxsimRoute, MAXSIM_ENV, {
-    Direct => "direct",
     Tiled => "tiled",
+    Direct => "direct",
 });
 
 /// Cost floats the tiled MaxSim route keeps per block of documents (256 MiB).
@@ -226,37 +228,50 @@ fn document_blocks(offsets: &[usize], lengths: &[usize], rows: usize) -> Vec<[us
 }
 
 /// Which tiling computes cosine costs: the standalone cost kernel, and the cost phase of the
-/// fused Sinkhorn kernel. Both have the same contract and the same parity tests.
+/// fused Sinkhorn kernel. All have the same contract and the same parity tests.
+///
+/// Device time on an H200 (`benches/results/2026-11-27-h200.md`), b = 64 and b = 512 pairs
+/// of 128 × 128 at d = 384: [`Self::Tf32x3`] 33 and 187 µs, [`Self::Wgmma`] 40 and 142 µs,
+/// [`Self::Tf32x3Wide`] 52 and 161 µs, [`Self::Fp32`] 40 and 231 µs. The 128 × 128 tiles
+/// win once there are enough of them to fill the GPU; with 64 tiles for 132 SMs the 64 × 64
+/// tiles of [`Self::Tf32x3`] spread the work over four times as many CTAs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CostKernel {
-    /// `cosine_cost_tf32x3_f32`: the tensor cores in split precision (3xTF32), about f32
-    /// accuracy at tensor-core rate. The default: on an H200 it took 219 µs against 279 µs
-    /// for [`Self::Fp32`] on b = 512 pairs of 128 × 128 at d = 384, and 0.501 against
-    /// 0.532 ms in the fused kernel on the issue's problem (`docs/PERFORMANCE.md`).
+    /// The default: [`Self::Wgmma`] on compute capability 9.0 when the problem has at least
+    /// [`WGMMA_TILES_PER_SM`] tiles of 128 × 128 per SM, else [`Self::Tf32x3`] (and
+    /// [`Self::Tf32x3`] in the fused kernel's cost phase).
     #[default]
+    Auto,
+    /// `cosine_cost_tf32x3_f32`: the tensor cores in split precision (3xTF32), about f32
+    /// accuracy at tensor-core rate, 64 × 64 tiles.
     Tf32x3,
     /// `cosine_cost_tf32x3w_f32`: 3xTF32 on 128 × 128 tiles with 64 × 32 warp tiles (half
-    /// the shared-memory traffic per output of [`Self::Tf32x3`], whose profile shows it
-    /// bound by that traffic). Checked by ptxas and the PTX interpreter only: not yet
-    /// measured on a GPU, so not the default. The fused kernel's cost phase uses the
-    /// [`Self::Tf32x3`] tiling for it.
+    /// the shared-memory traffic per output of [`Self::Tf32x3`]). The fused kernel's cost
+    /// phase uses the [`Self::Tf32x3`] tiling for it.
     Tf32x3Wide,
     /// `cosine_cost_wgmma_f32` (`kernels/cosine_cost_sm90a.ptx`): 3xTF32 on Hopper's
     /// warpgroup instructions (`wgmma.mma_async` m64n128k8, operands in shared memory, a
-    /// two-stage pipeline), 128 × 128 tiles. Compute capability 9.0 only; checked by ptxas and
-    /// the PTX interpreter, not yet measured on a GPU. The fused kernel's cost phase uses the
-    /// [`Self::Tf32x3`] tiling for it.
+    /// two-stage pipeline), 128 × 128 tiles. Compute capability 9.0 only. The fused kernel's
+    /// cost phase uses the [`Self::Tf32x3`] tiling for it.
     Wgmma,
     /// `cosine_cost_f32`: FP32 FMA, a 4x4 register tile per thread (compute-bound at
     /// d = 384: 27 flop/B against an FP32 ridge of about 16 flop/B on an H200).
     Fp32,
 }
 
-/// Environment variable that picks the cost kernel: `tf32x3` (default), `fp32`, `tf32x3w` or
-/// `wgmma`.
+/// Environment variable that picks the cost kernel: `auto` (default), `tf32x3`, `fp32`,
+/// `tf32x3w` or `wgmma`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
+/// Tiles of 128 × 128 per SM from which [`CostKernel::Auto`] takes [`CostKernel::Wgmma`] on
+/// compute capability 9.0: two, one full wave at the two CTAs per SM its shared memory
+/// allows. Measured on either side: 64 tiles on 132 SMs (0.5 per SM) ran faster on
+/// [`CostKernel::Tf32x3`] (33 against 40 µs), 512 tiles (3.9 per SM) on
+/// [`CostKernel::Wgmma`] (142 against 187 µs).
+pub const WGMMA_TILES_PER_SM: usize = 2;
+
 env_choice!(CostKernel, COST_KERNEL_ENV, {
+    Auto => "auto",
     Tf32x3 => "tf32x3",
     Fp32 => "fp32",
     Tf32x3Wide => "tf32x3w",
@@ -379,11 +394,16 @@ fn open_device(ordinal: usize) -> Result<Device, InitFailure> {
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(fail("query the shared memory per block"))?
         .max(0) as usize;
+    let sms = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(fail("query the multiprocessor count"))?
+        .max(1) as usize;
     Ok(Device {
         ctx,
         stream,
         name,
         compute_capability,
+        sms,
         smem_optin,
         modules: Default::default(),
         stager: Mutex::new(None),
@@ -674,6 +694,14 @@ pub(super) fn padded(data: &[f32], d: usize, dp: usize) -> Cow<'_, [f32]> {
     Cow::Owned(out)
 }
 
+/// Whether the 128 × 128-tile kernels' 32-bit row offsets reach every float of `b` pairs of
+/// `n` and `m` rows of `dp` floats (beyond that the tf32x3w choice runs the 64 × 64 kernel).
+fn wide_offsets_fit(b: usize, n: usize, m: usize, dp: usize) -> bool {
+    [b * n * dp, b * m * dp]
+        .iter()
+        .all(|&floats| floats < 1 << 32)
+}
+
 pub(super) fn lengths_u32(name: &'static str, lengths: &[usize]) -> Result<Vec<u32>> {
     lengths.iter().map(|&l| as_u32(name, l)).collect()
 }
@@ -797,6 +825,9 @@ impl CudaBackend {
              ({MAXSIM_ENV}: {}); {}",
             self.dev.name,
             match self.cost_kernel {
+                CostKernel::Auto if self.dev.compute_capability == (9, 0) =>
+                    "the tensor cores (3xTF32; on wgmma with 128x128 tiles from 2 tiles per SM, else 64x64 tiles)",
+                CostKernel::Auto => "the tensor cores (3xTF32)",
                 CostKernel::Fp32 => "FP32 FMA",
                 CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
                 CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
@@ -841,6 +872,11 @@ impl CudaBackend {
     /// The device's compute capability, e.g. (9, 0) for Hopper.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.dev.compute_capability
+    }
+
+    /// The device's streaming multiprocessors (132 on an H100 SXM or H200).
+    pub fn multiprocessors(&self) -> usize {
+        self.dev.sms
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -948,6 +984,30 @@ impl CudaBackend {
         Ok(inv)
     }
 
+    /// The cost kernel that computes the cost of `b` pairs of `n × m` rows of `d` floats:
+    /// the chosen one, or for [`CostKernel::Auto`] the one it picks for this problem on this
+    /// device (wgmma only where its module loads). The fused kernel's cost phase takes
+    /// [`CostKernel::Tf32x3`] for [`CostKernel::Auto`].
+    pub fn cost_kernel_for(&self, b: usize, n: usize, m: usize, d: usize) -> CostKernel {
+        self.resolve_cost_kernel(b, n, m, wide_offsets_fit(b, n, m, d.next_multiple_of(4)))
+    }
+
+    fn resolve_cost_kernel(&self, b: usize, n: usize, m: usize, wide_fits: bool) -> CostKernel {
+        if self.cost_kernel != CostKernel::Auto {
+            return self.cost_kernel;
+        }
+        let tiles = b.saturating_mul(n.div_ceil(WIDE_TILE) * m.div_ceil(WIDE_TILE));
+        let wgmma = self.dev.compute_capability == (9, 0)
+            && wide_fits
+            && tiles >= WGMMA_TILES_PER_SM * self.dev.sms
+            && self.dev.function(ptx::COSINE_COST_WGMMA).is_ok();
+        if wgmma {
+            CostKernel::Wgmma
+        } else {
+            CostKernel::Tf32x3
+        }
+    }
+
     /// The cosine cost of uploaded, padded embeddings into a fresh `(b, n, m)` buffer.
     #[allow(clippy::too_many_arguments)]
     fn cost_on_device(
@@ -958,29 +1018,26 @@ impl CudaBackend {
         yl: &CudaSlice<u32>,
         (b, n, m, dp): (usize, usize, usize, usize),
     ) -> Result<CudaSlice<f32>> {
-        // The wide kernel indexes rows with 32-bit float offsets: beyond that, the 64x64 one.
-        let wide_fits = [b * n * dp, b * m * dp]
-            .iter()
-            .all(|&floats| floats < 1 << 32);
-        let (entry, tile, smem) = match self.cost_kernel {
+        let wide_fits = wide_offsets_fit(b, n, m, dp);
+        let kernel = self.resolve_cost_kernel(b, n, m, wide_fits);
+        let (entry, tile, smem) = match kernel {
             CostKernel::Fp32 => (ptx::COSINE_COST, TILE, 0),
             CostKernel::Tf32x3Wide if wide_fits => (ptx::COSINE_COST_TF32X3W, WIDE_TILE, 0),
-            CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => (ptx::COSINE_COST_TF32X3, TILE, 0),
+            CostKernel::Auto | CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => {
+                (ptx::COSINE_COST_TF32X3, TILE, 0)
+            }
             CostKernel::Wgmma => (ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
         };
         // Only the wgmma module can be missing on a working device (compute capability 9.0
         // only): that is a wrong choice of kernel rather than a failing device.
-        let function = self
-            .dev
-            .function(entry)
-            .map_err(|e| match (self.cost_kernel, e) {
-                (CostKernel::Wgmma, Error::Backend { what, .. }) => Error::parameter(
-                    COST_KERNEL_ENV,
-                    "a cost kernel this device runs",
-                    format!("wgmma: {what}"),
-                ),
-                (_, e) => e,
-            })?;
+        let function = self.dev.function(entry).map_err(|e| match (kernel, e) {
+            (CostKernel::Wgmma, Error::Backend { what, .. }) => Error::parameter(
+                COST_KERNEL_ENV,
+                "a cost kernel this device runs",
+                format!("wgmma: {what}"),
+            ),
+            (_, e) => e,
+        })?;
         let (tiles_i, tiles_j) = (n.div_ceil(tile), m.div_ceil(tile));
         // One CTA per tile, numbered pair-major: block (p * tiles_i + ti) * tiles_j + tj.
         let blocks = b
@@ -1319,7 +1376,7 @@ mod tests {
         for k in CostKernel::ALL {
             assert_eq!(k.name().parse::<CostKernel>().unwrap(), k);
         }
-        assert_eq!(CostKernel::default(), CostKernel::Tf32x3);
+        assert_eq!(CostKernel::default(), CostKernel::Auto);
         for t in FusedThreads::ALL {
             assert_eq!(t.name().parse::<FusedThreads>().unwrap(), t);
         }
@@ -1346,10 +1403,10 @@ mod tests {
         for r in MaxsimRoute::ALL {
             assert_eq!(r.name().parse::<MaxsimRoute>().unwrap(), r);
         }
-        assert_eq!(MaxsimRoute::default(), MaxsimRoute::Direct);
+        assert_eq!(MaxsimRoute::default(), MaxsimRoute::Tiled);
         let e = "fast".parse::<MaxsimRoute>().unwrap_err().to_string();
         assert!(
-            e.contains(MAXSIM_ENV) && e.contains("direct or tiled") && e.contains("fast"),
+            e.contains(MAXSIM_ENV) && e.contains("tiled or direct") && e.contains("fast"),
             "{e}"
         );
         assert_eq!(Staging::default(), Staging::Pinned);
@@ -1366,7 +1423,7 @@ mod tests {
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
         assert!(
             e.contains("OPTICAL_CUDA_COST_KERNEL")
-                && e.contains("tf32x3, fp32, tf32x3w or wgmma")
+                && e.contains("auto, tf32x3, fp32, tf32x3w or wgmma")
                 && e.contains("tf32"),
             "{e}"
         );

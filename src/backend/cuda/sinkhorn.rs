@@ -37,7 +37,7 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
 fn fused_smem(n: usize, m: usize, cost: CostKernel) -> usize {
     let stage = match cost {
         CostKernel::Fp32 => 18432,
-        CostKernel::Tf32x3 | CostKernel::Tf32x3Wide | CostKernel::Wgmma => 36864,
+        CostKernel::Auto | CostKernel::Tf32x3 | CostKernel::Tf32x3Wide | CostKernel::Wgmma => 36864,
     };
     let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
     stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
@@ -47,7 +47,7 @@ fn fused_smem(n: usize, m: usize, cost: CostKernel) -> usize {
 fn fused_cost_mode(cost: CostKernel) -> u32 {
     match cost {
         CostKernel::Fp32 => 0,
-        CostKernel::Tf32x3 | CostKernel::Tf32x3Wide | CostKernel::Wgmma => 1,
+        CostKernel::Auto | CostKernel::Tf32x3 | CostKernel::Tf32x3Wide | CostKernel::Wgmma => 1,
     }
 }
 

@@ -80,6 +80,25 @@ env_choice!(SinkhornKernel, SINKHORN_KERNEL_ENV, {
     Rows => "rows",
 });
 
+/// Which WGSL kernel computes cosine costs of sets of at least [`COSINE_BLOCKED_MIN`] rows on
+/// both sides, chosen by `$OPTICAL_WGPU_COST` (smaller sets always take the 16 × 16 kernel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CostTiling {
+    /// `cosine_cost_blocked_f32`: 64 × 64 blocks of C per workgroup, 4 × 4 per invocation.
+    #[default]
+    Blocked,
+    /// `cosine_cost_f32`: 16 × 16 blocks, one entry per invocation.
+    Tile,
+}
+
+/// Environment variable that picks the cost kernel: `blocked` (default) or `tile`.
+pub const COST_TILING_ENV: &str = "OPTICAL_WGPU_COST";
+
+env_choice!(CostTiling, COST_TILING_ENV, {
+    Blocked => "blocked",
+    Tile => "tile",
+});
+
 /// How a binding is declared in a shader.
 #[derive(Clone, Copy)]
 pub(crate) enum Bind {
@@ -291,6 +310,8 @@ pub struct WgpuContext {
     binding_limit: u64,
     /// Which Sinkhorn kernels run (see [`SinkhornKernel`]).
     sinkhorn_kernel: SinkhornKernel,
+    /// Which kernel computes costs of large sets (see [`CostTiling`]).
+    cost_tiling: CostTiling,
     /// Whether pairs that fit neither the blocked kernels nor the tile take the split
     /// half-iterations (see [`WgpuContext::with_split_large`]).
     split_large: bool,
@@ -366,6 +387,7 @@ impl WgpuContext {
     /// pipelines are compiled on first use: [`WgpuContext::compile_all`]).
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
         let sinkhorn_kernel = SinkhornKernel::from_env()?;
+        let cost_tiling = CostTiling::from_env()?;
         let info = adapter.get_info();
         let split_large = info.device_type != wgpu::DeviceType::Cpu;
         let loop_passes = caps_loop_passes(&info);
@@ -450,6 +472,7 @@ impl WgpuContext {
             lost,
             binding_limit: u64::MAX,
             sinkhorn_kernel,
+            cost_tiling,
             split_large,
             loop_passes,
         })
@@ -515,6 +538,18 @@ impl WgpuContext {
     /// Which Sinkhorn kernels run (`$OPTICAL_WGPU_SINKHORN` when the context was opened).
     pub fn sinkhorn_kernel(&self) -> SinkhornKernel {
         self.sinkhorn_kernel
+    }
+
+    /// Which kernel computes costs of large sets (`$OPTICAL_WGPU_COST` when the context was
+    /// opened).
+    pub fn cost_tiling(&self) -> CostTiling {
+        self.cost_tiling
+    }
+
+    /// Use `tiling` instead of what the environment named (tests, benches).
+    pub fn with_cost_tiling(mut self, tiling: CostTiling) -> WgpuContext {
+        self.cost_tiling = tiling;
+        self
     }
 
     /// Use `kernel` instead of what the environment named (tests, benches).

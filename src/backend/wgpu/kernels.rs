@@ -5,9 +5,9 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN, COSINE_COST, COSINE_COST_BLOCKED,
-    COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, LLVMPIPE_LOOP_PASSES, LOOP_PASS_BUDGET,
-    MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
+    CostTiling, SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN, COSINE_COST,
+    COSINE_COST_BLOCKED, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, LLVMPIPE_LOOP_PASSES,
+    LOOP_PASS_BUDGET, MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::error::{Error, Result};
@@ -169,7 +169,9 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
         ));
     }
     let pipes = &ctx.pipelines.cosine;
-    let blocked = n >= COSINE_BLOCKED_MIN && m >= COSINE_BLOCKED_MIN;
+    let blocked = ctx.cost_tiling() == CostTiling::Blocked
+        && n >= COSINE_BLOCKED_MIN
+        && m >= COSINE_BLOCKED_MIN;
     let mut data = vec![0.0f32; b * n * m];
     for start in (0..b).step_by(chunk) {
         let c = chunk.min(b - start);
