@@ -238,7 +238,7 @@ fn document_blocks(offsets: &[usize], lengths: &[usize], rows: usize) -> Vec<[us
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CostKernel {
     /// The default: [`Self::Wgmma`] on compute capability 9.0 when the problem has at least
-    /// [`WGMMA_TILES_PER_SM`] tiles of 128 × 128 per SM, else [`Self::Tf32x3`] (and
+    /// two tiles of 128 × 128 per SM, else [`Self::Tf32x3`] (and
     /// [`Self::Tf32x3`] in the fused kernel's cost phase).
     #[default]
     Auto,

@@ -80,7 +80,7 @@ env_choice!(SinkhornKernel, SINKHORN_KERNEL_ENV, {
     Rows => "rows",
 });
 
-/// Which WGSL kernel computes cosine costs of sets of at least [`COSINE_BLOCKED_MIN`] rows on
+/// Which WGSL kernel computes cosine costs of sets of at least 64 rows on
 /// both sides, chosen by `$OPTICAL_WGPU_COST` (smaller sets always take the 16 × 16 kernel).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CostTiling {
