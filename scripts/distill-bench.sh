@@ -3,7 +3,7 @@
 # weights) on English-Hausa bitext, for scripts/gpu-check.sh:
 #
 #   bash scripts/distill-bench.sh prepare BIN DIR        # here: config, tokenizer, bitext into DIR
-#   bash scripts/distill-bench.sh run BIN DIR BACKEND [STEPS]
+#   bash scripts/distill-bench.sh run BIN DIR BACKEND [STEPS [OT_BACKEND]]
 #
 # `prepare` needs the e5-small and XLM-R assets (`optical assets fetch`) and the MAFAND-MT
 # en-hau training files (the data directory), and writes DIR/e5-small-config.json (the
@@ -12,7 +12,8 @@
 # unpacks them (once), writes the random model (`optical assets random-model`, the e5
 # prefixes added so that texts tokenize as with the real model) and runs `optical distill
 # --bench-steps STEPS` (default 6; the first step is left out of the means) with the default
-# configuration on BACKEND. The step time depends on the shape and the data, not the weights:
+# configuration on BACKEND (the OT kernels on OT_BACKEND if given: `optical distill
+# --ot-backend`). The step time depends on the shape and the data, not the weights:
 # on the 2-core CPU machine the random model steps in 0.42-0.45 s, the real one in 0.43 s.
 set -euo pipefail
 mode=${1:?prepare or run}
@@ -40,6 +41,8 @@ prepare)
 run)
     BACKEND=${4:?cpu, wgpu or cuda}
     STEPS=${5:-6}
+    OT=()
+    [ -n "${6:-}" ] && OT=(--ot-backend "$6")
     inputs=(e5-small-config.json tokenizer.json.xz train.hau.xz train.en.xz)
     for f in "${inputs[@]}"; do
         [ -s "$DIR/$f" ] || { echo "distill-bench: $DIR/$f is missing: run \`$0 prepare\` (or rebuild the GPU bundle)" >&2; exit 2; }
@@ -68,7 +71,7 @@ run)
     fi
     exec "$BIN" distill --teacher "$model" --student "$model" \
         --sources "files:hau:$work/train.hau:$work/train.en" \
-        --backend "$BACKEND" --bench-steps "$STEPS" --no-progress
+        --backend "$BACKEND" "${OT[@]}" --bench-steps "$STEPS" --no-progress
     ;;
 *)
     echo "distill-bench: expected prepare or run, found $mode" >&2

@@ -216,7 +216,7 @@ fi
 T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --phases --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048
+    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,sinkhorn-fused-1
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 # The default cost kernel choice (auto) takes wgmma on compute capability 9.0 for problems of
@@ -285,8 +285,11 @@ else
 fi
 if [ -f "$DISTILL_IN/e5-small-config.json" ]; then
     T=240 step distill-wgpu env "${VK_ENV[@]}" bash scripts/distill-bench.sh run "$BIN" "$DISTILL_IN" wgpu
+    # The same with the cost and Sinkhorn on the PTX kernels (optical distill --ot-backend).
+    T=120 step distill-wgpu-cudaot env "${VK_ENV[@]}" bash scripts/distill-bench.sh run "$BIN" "$DISTILL_IN" wgpu 6 cuda
 else
     STATUS[distill-wgpu]=$distill_missing
+    STATUS[distill-wgpu-cudaot]=$distill_missing
     STATUS[distill-cpu]=$distill_missing
 fi
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs

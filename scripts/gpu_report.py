@@ -69,6 +69,15 @@ for be in cuda_runs:
         ratios[f"exp floor G exp/s ({sms} SMs x 16/clk x {sm_clock_ghz:.2f} GHz)"] = floor
         ratios[f"optical fused{variant(be)} G exp/s (device)"] = fused.get("device_rate")
         ratios[f"optical fused{variant(be)} time / exp floor time"] = floor / fused["device_rate"]
+        # The same solve with 1 iteration (the cost phase, one iteration and the check): what
+        # the 99 other iterations add, against their own floor.
+        one = next((r for r in bench[be] if r.get("kernel") == "sinkhorn-fused-1"), None)
+        if one and one.get("device_seconds_per_call") and fused.get("device_rate"):
+            exps = fused["device_rate"] * 1e9 * t
+            ratios[f"optical fused{variant(be)}, 1 iteration / 100 iterations (device)"] = \
+                one["device_seconds_per_call"] / t
+            ratios[f"optical fused{variant(be)}, 99 iterations' time / their exp floor time"] = \
+                (t - one["device_seconds_per_call"]) / (exps * 0.99 / (floor * 1e9))
 # Cosine cost against the measured HBM bandwidth, for each CUDA run that benched a cost
 # kernel: the L2-busting problem when it ran (repeated calls of the small one can be served
 # from L2).
@@ -289,6 +298,9 @@ if distill:
     result["distill"] = distill
     if "total" in distill.get("wgpu", {}) and "total" in distill.get("cpu", {}):
         md += ["", f"Step time, CPU / wgpu: {distill['cpu']['total'] / distill['wgpu']['total']:.2f}x"]
+    if "total" in distill.get("wgpu", {}) and "total" in distill.get("wgpu-cudaot", {}):
+        md += ["", "Step time, wgpu / wgpu with the OT kernels on CUDA: "
+               f"{distill['wgpu']['total'] / distill['wgpu-cudaot']['total']:.2f}x"]
 # Nsight Compute: the headline metrics of each profiled kernel (full sections in the logs).
 NCU_METRICS = re.compile(r"^\s*(Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|"
                          r"Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc Active|"

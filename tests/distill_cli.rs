@@ -451,6 +451,41 @@ fn distill_runs_on_wgpu() {
     }
 }
 
+/// `--ot-backend` moves the cost and Sinkhorn kernels off the encoders' backend: the f64
+/// reference kernels under burn's CPU device train the same steps as the CPU fast path to
+/// the f32 kernels' accuracy, and the run says where its OT runs.
+#[test]
+fn the_ot_backend_can_differ_from_the_encoders() {
+    let f = fixture();
+    let losses = |extra: &[&str]| -> (Vec<f64>, String) {
+        let mut args = vec!["--bench-steps", "3"];
+        args.extend_from_slice(extra);
+        let out = distill(&f, &f.root.join("bench"), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        let losses = stderr
+            .lines()
+            .filter(|l| l.starts_with("bench step"))
+            .map(|l| l.rsplit("loss ").next().unwrap().trim().parse().unwrap())
+            .collect();
+        (losses, stderr)
+    };
+    let (fast, plain) = losses(&[]);
+    let (reference, stderr) = losses(&["--ot-backend", "cpu-reference"]);
+    assert!(!plain.contains("OT kernels on"), "{plain}");
+    assert!(
+        stderr.contains("backend cpu (OT kernels on cpu-reference)"),
+        "{stderr}"
+    );
+    assert_eq!(fast.len(), 3, "{plain}");
+    for (a, b) in fast.iter().zip(&reference) {
+        assert!(
+            (a - b).abs() < 1e-3,
+            "cpu {fast:?} vs cpu-reference {reference:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_configs_are_one_line_errors() {
     let f = fixture();
@@ -482,6 +517,10 @@ fn bad_configs_are_one_line_errors() {
         ),
         (vec!["--stop-at-step", "0"], "parameter stop_at_step"),
         (vec!["--bench-steps", "0"], "parameter bench_steps"),
+        (
+            vec!["--ot-backend", "gpu"],
+            "parameter ot_backend: expected",
+        ),
         (
             vec!["--sources", "mafand:hau,mafand:hau"],
             "mafand:hau twice",

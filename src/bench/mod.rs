@@ -9,6 +9,7 @@
 //! | `sinkhorn-512`    | b=4, n=m=512, ε=0.05, 100 iterations (no early stop)           | G exp/s |
 //! | `sinkhorn-2048`   | b=2, n=m=2048, ε=0.05, 50 iterations: a few pairs far larger than on-chip memory (opt-in) | G exp/s |
 //! | `sinkhorn-fused`  | embeddings b=256, n=m=128, d=384 → cosine cost + Sinkhorn, ε=0.05, 100 iterations (opt-in) | G exp/s |
+//! | `sinkhorn-fused-1` | the same problem with 1 iteration: on a GPU mostly the cost phase, which `sinkhorn-fused` less this leaves to the iterations (opt-in) | G exp/s |
 //! | `cosine-cost-hbm` | b=512, n=m=128, d=384: 235 MB moved per call, several times any GPU's L2, so that repeated calls measure HBM and not L2 (opt-in) | GB/s |
 //!
 //! Inputs are seeded (normal embeddings; costs are their cosine costs), so every run and
@@ -88,7 +89,12 @@ pub struct PhaseTime {
 pub const KERNELS: [&str; 4] = ["cosine-cost", "maxsim", "sinkhorn", "sinkhorn-512"];
 
 /// Kernels timed only when asked for by name (`--kernels`): too slow for the CPU default run.
-pub const EXTRA_KERNELS: [&str; 3] = ["sinkhorn-fused", "cosine-cost-hbm", "sinkhorn-2048"];
+pub const EXTRA_KERNELS: [&str; 4] = [
+    "sinkhorn-fused",
+    "sinkhorn-fused-1",
+    "cosine-cost-hbm",
+    "sinkhorn-2048",
+];
 
 /// Seeded `(b, n, d)` normal embeddings, all rows real.
 pub fn embeddings(seed: u64, b: usize, n: usize, d: usize) -> Embeddings {
@@ -275,8 +281,9 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
             Ok(r)
         }
-        "sinkhorn-fused" => {
-            let (b, n, d, iters) = (256, 128, 384, 100);
+        "sinkhorn-fused" | "sinkhorn-fused-1" => {
+            let (b, n, d) = (256, 128, 384);
+            let iters = if kernel == "sinkhorn-fused" { 100 } else { 1 };
             let x = embeddings(5, b, n, d);
             let y = embeddings(6, b, n, d);
             let params = fixed_iterations(0.05, iters);
@@ -285,7 +292,11 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             })?;
             let exps = 2.0 * (b * n * n * iters) as f64;
             let mut r = record(
-                "sinkhorn-fused",
+                if iters == 1 {
+                    "sinkhorn-fused-1"
+                } else {
+                    "sinkhorn-fused"
+                },
                 format!("b={b} n={n} m={n} d={d} eps=0.05 iterations={iters}"),
                 t,
             );

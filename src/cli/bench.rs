@@ -17,6 +17,7 @@ Standard problems (seeded, identical on every backend):
   sinkhorn-512  b=4, n=m=512, eps=0.05, 100 iterations          -> G exp/s
   sinkhorn-fused  (only with --kernels) embeddings b=256, n=m=128, d=384: cosine cost
                 + Sinkhorn, eps=0.05, 100 iterations            -> G exp/s
+  sinkhorn-fused-1 (only with --kernels) the same with 1 iteration: the cost phase's share
   cosine-cost-hbm (only with --kernels) b=512, n=m=128, d=384: 235 MB per call, larger
                 than any GPU's L2, for the HBM-bandwidth roofline -> GB/s, GFLOP/s
   sinkhorn-2048 (only with --kernels) b=2, n=m=2048, eps=0.05, 50 iterations: a few

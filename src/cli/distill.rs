@@ -23,7 +23,7 @@ pub struct DistillArgs {
     pub print_default_config: bool,
     /// Continue from the latest checkpoint in the run directory (--out), with the run's own
     /// config.toml; flags and --config may change only steps, eval_every,
-    /// checkpoint_every, cache_mb, backend, devices, export and data_dir.
+    /// checkpoint_every, cache_mb, backend, ot_backend, devices, export and data_dir.
     #[arg(long)]
     pub resume: bool,
     /// Time N training steps and print the step-time breakdown (nothing is written); with
@@ -102,6 +102,12 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// Backend of the cost and Sinkhorn kernels when it differs from --backend (e.g.
+    /// `--backend wgpu --ot-backend cuda`: encoders on burn's wgpu device, OT on the PTX
+    /// kernels).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ot_backend: Option<String>,
     /// Data parallel: `default` (one device), `all`, or device indices such as 0,1,3 (one
     /// replica each; `batch_size` stays the global micro-batch, `lr` keeps its meaning).
     #[arg(long)]

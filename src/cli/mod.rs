@@ -54,7 +54,7 @@ pub enum Command {
     Assets(assets::AssetsArgs),
     /// Train a student encoder by optimal-transport distillation on bitext.
     #[cfg(feature = "distill")]
-    Distill(distill::DistillArgs),
+    Distill(Box<distill::DistillArgs>),
     /// Run a study: a grid of distillation runs and evaluations, and its report.
     #[cfg(feature = "distill")]
     Study(study::StudyArgs),
@@ -122,7 +122,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         #[cfg(feature = "encoder")]
         Command::Assets(args) => assets::run(args),
         #[cfg(feature = "distill")]
-        Command::Distill(args) => distill::run(args),
+        Command::Distill(args) => distill::run(*args),
         #[cfg(feature = "distill")]
         Command::Study(args) => study::run(args),
     }

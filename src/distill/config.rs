@@ -13,12 +13,13 @@ use crate::ot::SinkhornParams;
 
 /// Keys that `--resume` may change: how long the run goes on and how it is watched, stored
 /// and computed, not what one step computes.
-pub const RESUMABLE_KEYS: [&str; 8] = [
+pub const RESUMABLE_KEYS: [&str; 9] = [
     "steps",
     "eval_every",
     "checkpoint_every",
     "cache_mb",
     "backend",
+    "ot_backend",
     "devices",
     "export",
     "data_dir",
@@ -60,6 +61,12 @@ pub struct DistillConfig {
     /// Backend of the Sinkhorn kernels: cpu, cpu-reference, wgpu, cuda. The encoders run
     /// on burn's device of the same kind (cpu and cpu-reference: burn's CPU device).
     pub backend: String,
+    /// Backend of the cost and Sinkhorn kernels when it is not `backend`'s: with
+    /// `backend = "wgpu"` and `ot_backend = "cuda"` the encoders train on burn's wgpu device
+    /// and the OT plan comes from the PTX kernels (the cost goes through the host either
+    /// way). Unset: `backend`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ot_backend: Option<String>,
     /// Devices of a data-parallel run (see [`super::ddp`]): `default` (one device, the
     /// backend's default), `all` (every device burn finds for the backend) or a
     /// comma-separated list of device indices such as `0,1,3`. One replica of student and
@@ -122,6 +129,7 @@ impl Default for DistillConfig {
             sinkhorn_iterations: 500,
             sinkhorn_threshold: 1e-3,
             backend: "cpu".into(),
+            ot_backend: None,
             devices: "default".into(),
             lr: 2e-5,
             weight_decay: 0.01,
@@ -204,6 +212,23 @@ impl DistillConfig {
         }
     }
 
+    /// The backend of the cost and Sinkhorn kernels: `ot_backend`, else `backend`.
+    pub fn ot_backend_kind(&self) -> Result<crate::backend::BackendKind> {
+        match &self.ot_backend {
+            Some(kind) => kind.parse().map_err(|e| match e {
+                Error::Parameter {
+                    expected, found, ..
+                } => Error::Parameter {
+                    name: "ot_backend",
+                    expected,
+                    found,
+                },
+                e => e,
+            }),
+            None => self.backend.parse(),
+        }
+    }
+
     /// The `devices` setting, parsed.
     pub fn device_selection(&self) -> Result<DeviceSelection> {
         self.devices.parse()
@@ -212,6 +237,7 @@ impl DistillConfig {
     /// Check every value before anything is loaded.
     pub fn validate(&self) -> Result<()> {
         self.loss_kind()?;
+        self.ot_backend_kind()?;
         if self.out.as_os_str().is_empty() {
             return Err(Error::parameter(
                 "out",

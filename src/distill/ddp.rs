@@ -335,7 +335,10 @@ impl Trainer {
         if devices.len() == 1 {
             return Ok(());
         }
-        let kind = self.backend.kind();
+        // Gradients move between the encoders' devices; each replica's OT kernels run on
+        // the OT backend (the same kind unless `ot_backend` says otherwise).
+        let kind: BackendKind = self.config.backend.parse()?;
+        let ot_kind = self.config.ot_backend_kind()?;
         let sync = GradientSync::for_backend(kind);
         let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
         let mut replicas = Vec::with_capacity(devices.len() - 1);
@@ -345,7 +348,7 @@ impl Trainer {
                 student: self.student.clone().fork(device),
                 teacher: self.teacher.clone().fork(&device.clone().inner()),
                 cache: HostCache::new(self.config.cache_mb),
-                backend: Backend::new(kind)?,
+                backend: Backend::new(ot_kind)?,
                 optim: self.optim.clone(),
             });
         }

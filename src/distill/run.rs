@@ -288,8 +288,12 @@ fn announce(trainer: &Trainer, config: &DistillConfig) {
         .gradient_sync()
         .map(|s| format!(", {} devices, gradients by {}", trainer.devices(), s.name()))
         .unwrap_or_default();
+    let ot = match &config.ot_backend {
+        Some(ot) if *ot != config.backend => format!(" (OT kernels on {ot})"),
+        _ => String::new(),
+    };
     eprintln!(
-        "distill: {} trainable parameters, loss {}, backend {}{devices}",
+        "distill: {} trainable parameters, loss {}, backend {}{ot}{devices}",
         trainer.trainable_parameters(),
         config.loss,
         config.backend,

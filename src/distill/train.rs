@@ -25,7 +25,7 @@ use super::config::DistillConfig;
 use super::data::permutation;
 use super::ddp::DdpGroup;
 use super::loss::{distill_loss, LossKind, LossStats, TokenSide};
-use crate::backend::{Backend, BackendKind};
+use crate::backend::Backend;
 use crate::encoder::model::TransformerEncoder;
 use crate::encoder::pooling;
 use crate::encoder::tokenizer::{pad, TokenBatch};
@@ -822,7 +822,7 @@ impl Trainer {
                 "expected a model on an autodiff device",
             ));
         }
-        let backend = Backend::new(config.backend.parse::<BackendKind>()?)?;
+        let backend = Backend::new(config.ot_backend_kind()?)?;
         let mut student = student;
         if config.freeze_embeddings {
             student.embeddings = student.embeddings.no_grad();
