@@ -236,6 +236,10 @@ else
 fi
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-fused
+# The fused kernel's cost phase with producer warps (cost_mode 2) against the serial default;
+# the 1-iteration problem gives the cost phase's share.
+T=60 step bench-cuda-fusedpipe env OPTICAL_CUDA_FUSED_COST=pipelined "$BIN" bench --backend cuda \
+    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
 # sinkhorn-512 and sinkhorn-2048 (K does not fit in shared memory) with one CTA per pair for
 # all iterations, against the default split half-iterations (a warp per row, n / 8 CTAs per
 # pair).
@@ -308,6 +312,7 @@ profile() { # name kernel-entry cost-kernel bench-problem
 if [ -n "$NCU" ]; then
     profile fused sinkhorn_fused_f32 tf32x3 sinkhorn-fused
     profile fused-fp32 sinkhorn_fused_f32 fp32 sinkhorn-fused
+    OPTICAL_CUDA_FUSED_COST=pipelined profile fused-pipelined sinkhorn_fused_f32 tf32x3 sinkhorn-fused-1
     profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
     profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
     profile cost-tf32x3w cosine_cost_tf32x3w_f32 tf32x3w cosine-cost-hbm

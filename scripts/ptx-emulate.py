@@ -509,6 +509,12 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     w = 32 if ty == "s32" else 64
                     a, b = (((v & ((1 << w) - 1)) ^ (1 << (w - 1))) - (1 << (w - 1)) for v in (a, b))
                 res = {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b, "eq": a == b, "ne": a != b}[cmp]
+                # setp.CmpOp.BoolOp: the comparison combined with a third (predicate) operand
+                if parts[2] in ("and", "or", "xor"):
+                    c = r[ops[3].lstrip("!")] != ops[3].startswith("!")
+                    res = {"and": res and c, "or": res or c, "xor": res != c}[parts[2]]
+                elif len(ops) != 3:
+                    raise NotImplementedError(opc)
                 r[ops[0]] = res
             elif op == "selp":
                 r[ops[0]] = val(t, ops[1]) if r[ops[3]] else val(t, ops[2])
@@ -558,6 +564,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     res = a & val(t, ops[2])
                 elif op == "or":
                     res = a | val(t, ops[2])
+                elif op == "xor":
+                    res = a ^ val(t, ops[2])
                 elif op == "div" and ty.startswith("u"):
                     d = val(t, ops[2])
                     if d == 0:
@@ -1051,7 +1059,7 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
             mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
             cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode]
     n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
-    smem = (36864 if cost_mode else 18432) + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
+    smem = {0: 18432, 1: 36864, 2: 40960}[cost_mode] + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
     run_kernel(entry, mem, args, (b, 1, 1), threads, smem)
@@ -1216,6 +1224,17 @@ def main():
         ("fused 256 threads fallback", lambda: test_fused(mods, 1, 2, 9, 6, 4, 19, True, eps=0.002,
                                                           paths=["RWS", "CLS"], threads=256)),
         ("fused 256 threads tf32x3", lambda: test_fused(mods, 2, 70, 66, 40, 2, 26, cost_mode=1, threads=256)),
+        # cost_mode 2: producer warps; d = 40 ends in a partial chunk, 70 x 66 has four tiles,
+        # 130 x 17 two row tiles (the second partly empty), 1 x 1 a single row each
+        ("fused pipelined", lambda: test_fused(mods, 2, 70, 66, 40, 2, 26, cost_mode=2,
+                                               paths=["PCHUNK", "PPROD", "PNORM", "PWRITE", "!NORM", "!TC_CHUNK"])),
+        ("fused pipelined row tiles", lambda: test_fused(mods, 1, 130, 17, 37, 2, 28, True, cost_mode=2)),
+        ("fused pipelined 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 27, cost_mode=2)),
+        ("fused pipelined one chunk", lambda: test_fused(mods, 1, 9, 12, 16, 2, 29, True, cost_mode=2)),
+        ("fused pipelined issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 78, True, cost_mode=2)),
+        # with 256 threads it runs as cost_mode 1 in the larger space
+        ("fused pipelined 256 threads", lambda: test_fused(mods, 2, 70, 66, 40, 2, 26, cost_mode=2, threads=256,
+                                                           paths=["NORM", "TC_CHUNK", "!PCHUNK"])),
     ] + [
         # Each of these kernels is broken on purpose, and the interpreter must notice: its
         # checks (descriptor layout, wgmma ordering rules, named barriers) are tested too.
@@ -1243,6 +1262,15 @@ def main():
              "    // Every thread: the cost tiles are in K, and F[] and G[] (the inverse norms) are free.\n"
              "    bar.sync        0;\n", "",
              lambda m: test_fused(m, 1, 300, 3, 4, 1, 5, True)),
+            ("fused pipelined without the barrier between chunks", "sinkhorn_fused",
+             "PSYNC:\n    bar.sync        0;\n", "PSYNC:\n",
+             lambda m: test_fused(m, 1, 70, 5, 40, 1, 16, True, cost_mode=2)),
+            ("fused pipelined storing into the buffer being read", "sinkhorn_fused",
+             "    xor.b32         t, cc, 20480;\n", "    mov.u32         t, cc;\n",
+             lambda m: test_fused(m, 1, 70, 5, 40, 1, 16, True, cost_mode=2)),
+            ("fused pipelined without the producers' norms", "sinkhorn_fused",
+             "    @px0 st.shared.f32 [u], tf;\n", "",
+             lambda m: test_fused(m, 1, 70, 5, 40, 1, 16, True, cost_mode=2)),
             ("fused no named barrier in the cost tiles", "sinkhorn_fused",
              "TWRITTEN:\n    bar.sync        1, 256;\n", "TWRITTEN:\n",
              lambda m: test_fused(m, 1, 70, 5, 6, 1, 16, True)),

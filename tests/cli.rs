@@ -1100,6 +1100,12 @@ fn bad_cuda_settings_are_clear_errors() {
             "pinned or pageable",
         ),
         ("OPTICAL_CUDA_MAXSIM", "fast", "maxsim", "tiled or direct"),
+        (
+            "OPTICAL_CUDA_FUSED_COST",
+            "async",
+            "sinkhorn-fused",
+            "serial or pipelined",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_optical"))
             .args(["bench", "--backend", "cuda", "--kernels", kernel])

@@ -13,7 +13,7 @@
 mod common;
 
 use optical::backend::cuda::{
-    CostKernel, CudaBackend, FusedThreads, MaxsimRoute, SinkhornSplit, Staging,
+    CostKernel, CudaBackend, FusedCost, FusedThreads, MaxsimRoute, SinkhornSplit, Staging,
 };
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
@@ -699,6 +699,27 @@ fn fused_sinkhorn_matches_reference() {
             fused_cases(&gpu, kernel, threads)
         },
     );
+}
+
+/// The producer-warp cost phase (`OPTICAL_CUDA_FUSED_COST=pipelined`, cost_mode 2), not yet
+/// proven on a GPU: its own test, so that a fault in it cannot hide how the others did.
+/// Every shape of the fused cases, with the default block (512 threads from 65 rows or
+/// columns, where the pipelined phase runs; 256 below, where the serial one does) and with
+/// 512 threads for every shape.
+#[test]
+fn fused_sinkhorn_pipelined_cost_phase_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    for threads in [FusedThreads::Auto, FusedThreads::Threads512] {
+        let with_kernel = with_cost_kernel(&gpu, CostKernel::Tf32x3);
+        eprintln!("fused cost phase: pipelined");
+        let gpu = Backend::Cuda(
+            cuda_of(&with_kernel)
+                .clone()
+                .with_fused_threads(threads)
+                .with_fused_cost(FusedCost::Pipelined),
+        );
+        fused_cases(&gpu, CostKernel::Tf32x3, threads);
+    }
 }
 
 fn fused_cases(gpu: &Backend, kernel: CostKernel, threads: FusedThreads) {

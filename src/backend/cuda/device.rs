@@ -89,6 +89,7 @@ pub struct CudaBackend {
     pub(super) dev: Arc<Device>,
     cost_kernel: CostKernel,
     fused_threads: FusedThreads,
+    fused_cost: FusedCost,
     split: SinkhornSplit,
     staging: Staging,
     maxsim: MaxsimRoute,
@@ -133,6 +134,31 @@ env_choice!(FusedThreads, FUSED_THREADS_ENV, {
     Auto => "auto",
     Threads512 => "512",
     Threads256 => "256",
+});
+
+/// How the fused kernel's tensor-core cost phase runs with a 512-thread block. On the H200
+/// the serial phase took 155 of the 455 µs of the issue's problem (`sinkhorn-fused-1`),
+/// 1.7× the standalone cost kernel on the same pairs, while warps 8–15 waited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FusedCost {
+    /// `cost_mode` 1: a norm pass over every row, then per 32-float chunk the 8 cost warps
+    /// load, split and store it, and run its MMAs; warps 8–15 wait at a barrier.
+    #[default]
+    Serial,
+    /// `cost_mode` 2: warps 8–15 load, split and store the next 16-float chunk (and add up
+    /// the rows' norms on the way, so there is no norm pass) while warps 0–7 run the MMAs of
+    /// the current one, through two buffers of 20,480 bytes; the tile's epilogue on all 16
+    /// warps. Checked by ptxas and the PTX interpreter, not yet measured on a GPU, so not
+    /// the default. Blocks of 256 threads and the FP32 cost phase keep the serial phase.
+    Pipelined,
+}
+
+/// Environment variable that picks [`FusedCost`]: `serial` (default) or `pipelined`.
+pub const FUSED_COST_ENV: &str = "OPTICAL_CUDA_FUSED_COST";
+
+env_choice!(FusedCost, FUSED_COST_ENV, {
+    Serial => "serial",
+    Pipelined => "pipelined",
 });
 
 /// How the Sinkhorn iterations run for pairs whose K does not fit in shared memory (the
@@ -285,6 +311,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("compute_capability", &self.dev.compute_capability)
             .field("cost_kernel", &self.cost_kernel)
             .field("fused_threads", &self.fused_threads.name())
+            .field("fused_cost", &self.fused_cost.name())
             .field("split", &self.split.name())
             .field("staging", &self.staging.name())
             .field("maxsim", &self.maxsim.name())
@@ -716,6 +743,7 @@ impl CudaBackend {
     pub fn new() -> Result<CudaBackend> {
         let cost_kernel = CostKernel::from_env()?;
         let fused_threads = FusedThreads::from_env()?;
+        let fused_cost = FusedCost::from_env()?;
         let split = SinkhornSplit::from_env()?;
         let staging = Staging::from_env()?;
         let maxsim = MaxsimRoute::from_env()?;
@@ -727,6 +755,7 @@ impl CudaBackend {
             dev,
             cost_kernel,
             fused_threads,
+            fused_cost,
             split,
             staging,
             maxsim,
@@ -751,6 +780,16 @@ impl CudaBackend {
 
     pub fn fused_threads(&self) -> FusedThreads {
         self.fused_threads
+    }
+
+    /// The same device, running the fused kernel's tensor-core cost phase as `cost`.
+    pub fn with_fused_cost(mut self, cost: FusedCost) -> Self {
+        self.fused_cost = cost;
+        self
+    }
+
+    pub fn fused_cost(&self) -> FusedCost {
+        self.fused_cost
     }
 
     /// The same device, with or without split half-iterations for pairs whose K stays in
@@ -820,7 +859,8 @@ impl CudaBackend {
         format!(
             "kernels JIT-compiled for device 0 ({}: {jit}); cosine costs on {} \
              ({COST_KERNEL_ENV}: {}); fused Sinkhorn with {} threads per pair \
-             ({FUSED_THREADS_ENV}: {}); split half-iterations for pairs whose K \
+             ({FUSED_THREADS_ENV}: {}) and a {} cost phase ({FUSED_COST_ENV}: {}); split \
+             half-iterations for pairs whose K \
              stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); MaxSim {} \
              ({MAXSIM_ENV}: {}); {}",
             self.dev.name,
@@ -836,6 +876,8 @@ impl CudaBackend {
             choices::<CostKernel>(),
             self.fused_threads.name(),
             choices::<FusedThreads>(),
+            self.fused_cost.name(),
+            choices::<FusedCost>(),
             self.split.name(),
             choices::<SinkhornSplit>(),
             self.maxsim.name(),

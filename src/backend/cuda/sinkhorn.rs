@@ -14,7 +14,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 use super::device::{
-    as_u32, lengths_u32, padded, CostKernel, CudaBackend, SinkhornSplit, BACKEND,
+    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, SinkhornSplit, BACKEND,
     SINKHORN_SPLIT_ENV,
 };
 use super::ptx;
@@ -32,12 +32,14 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
 }
 
 /// Shared memory of `sinkhorn_fused_f32` (see the header of `kernels/sinkhorn_fused.ptx`):
-/// the staging area of its cost phase doubles on the tensor cores (tf32 halves); its
-/// vectors are padded to multiples of 4 floats (16-byte aligned for vector loads).
-fn fused_smem(n: usize, m: usize, cost: CostKernel) -> usize {
-    let stage = match cost {
-        CostKernel::Fp32 => 18432,
-        CostKernel::Auto | CostKernel::Tf32x3 | CostKernel::Tf32x3Wide | CostKernel::Wgmma => 36864,
+/// the staging area of its cost phase doubles on the tensor cores (tf32 halves), and is two
+/// 20,480-byte buffers with producer warps (cost_mode 2); its vectors are padded to
+/// multiples of 4 floats (16-byte aligned for vector loads).
+fn fused_smem(n: usize, m: usize, cost_mode: u32) -> usize {
+    let stage = match cost_mode {
+        0 => 18432,
+        1 => 36864,
+        _ => 40960,
     };
     let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
     stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
@@ -333,15 +335,15 @@ impl CudaBackend {
         epsilon: f64,
         iterations: usize,
     ) -> Result<()> {
+        let (block, cost_mode, smem) = self.fused_shape(n, m);
         let cfg = LaunchConfig {
             grid_dim: (as_u32("b", b)?, 1, 1),
-            block_dim: (self.fused_threads().block(n, m), 1, 1),
-            shared_mem_bytes: as_u32("shared memory", fused_smem(n, m, self.cost_kernel()))?,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: as_u32("shared memory", smem)?,
         };
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
         let iters = as_u32("iterations", iterations)?;
         let kscale = (-LOG2E / epsilon) as f32;
-        let cost_mode = fused_cost_mode(self.cost_kernel());
         let mut l = self.launch(ptx::SINKHORN_FUSED)?;
         l.buf(&bufs.x)
             .buf(&bufs.y)
@@ -363,9 +365,10 @@ impl CudaBackend {
         // SAFETY: x holds b*n*dp floats and y b*m*dp (dp % 4 == 0, 16-byte aligned rows),
         // the lengths b u32 each within 1..=n / 1..=m, log2a and f b*n, log2b and g b*m,
         // cost and k b*n*m, err b; block = 256 or 512 threads (FusedThreads), the kernel's
-        // .maxntid 512 and the cost phase's 256 named-barrier threads both hold, and the
-        // dynamic shared memory is the header's size for (n, m) and this cost_mode,
-        // checked against the device's opt-in limit by the caller.
+        // .maxntid 512 and the cost phase's 256 named-barrier threads both hold (cost_mode 2
+        // only with 512), and the dynamic shared memory is the header's size for (n, m) and
+        // this cost_mode, checked against the device's opt-in limit by the caller (and by
+        // fused_shape for cost_mode 2).
         unsafe { l.launch(cfg) }
     }
 
@@ -387,8 +390,25 @@ impl CudaBackend {
         })
     }
 
+    /// Threads per CTA, `cost_mode` and dynamic shared memory of the fused launch for pairs
+    /// of `n × m`: the producer-warp cost phase (cost_mode 2) where it was asked for, the
+    /// block has 512 threads, the cost phase is on the tensor cores and its 4 KB more fit.
+    fn fused_shape(&self, n: usize, m: usize) -> (u32, u32, usize) {
+        let block = self.fused_threads().block(n, m);
+        let mode = match fused_cost_mode(self.cost_kernel()) {
+            1 if block == 512
+                && self.fused_cost() == FusedCost::Pipelined
+                && fused_smem(n, m, 2) <= self.dev.smem_optin =>
+            {
+                2
+            }
+            mode => mode,
+        };
+        (block, mode, fused_smem(n, m, mode))
+    }
+
     fn check_fused_fits(&self, n: usize, m: usize) -> Result<()> {
-        let need = fused_smem(n, m, self.cost_kernel());
+        let need = fused_smem(n, m, fused_cost_mode(self.cost_kernel()));
         if need > self.dev.smem_optin {
             return Err(Error::parameter(
                 "n, m",
