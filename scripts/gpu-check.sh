@@ -88,8 +88,10 @@ step() {
     local name=$1
     shift
     echo "== gpu-check: $name" >&2
-    local run=("$@") limit=${T:-900} pattern
-    for pattern in ${SKIP//,/ }; do
+    local run=("$@") limit=${T:-900} pattern patterns
+    # Split on commas and spaces without letting the shell expand the patterns' *.
+    IFS=', ' read -ra patterns <<<"$SKIP"
+    for pattern in "${patterns[@]}"; do
         # shellcheck disable=SC2053 # the pattern's * is meant to match
         if [[ $name == $pattern ]]; then
             STATUS[$name]="skipped (GPU_CHECK_SKIP)"

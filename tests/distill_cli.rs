@@ -478,6 +478,24 @@ fn the_ot_backend_can_differ_from_the_encoders() {
         "{stderr}"
     );
     assert_eq!(fast.len(), 3, "{plain}");
+    assert_eq!(reference.len(), 3, "{stderr}");
+    // A backend that cannot open (CUDA on a machine without it) says that ot_backend chose
+    // it and how to run OT on the encoders' backend instead.
+    let out = distill(
+        &f,
+        &f.root.join("bench"),
+        &["--bench-steps", "1", "--ot-backend", "cuda"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        assert!(err.contains("(OT kernels on cuda)"), "{err}");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("ot_backend = cuda") && err.contains("--ot-backend cpu"),
+            "{err}"
+        );
+    }
     for (a, b) in fast.iter().zip(&reference) {
         assert!(
             (a - b).abs() < 1e-3,

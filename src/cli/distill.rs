@@ -104,7 +104,7 @@ pub struct ConfigFlags {
     pub backend: Option<String>,
     /// Backend of the cost and Sinkhorn kernels when it differs from --backend (e.g.
     /// `--backend wgpu --ot-backend cuda`: encoders on burn's wgpu device, OT on the PTX
-    /// kernels).
+    /// kernels). A resumed run keeps its own; give --backend's value to undo it.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ot_backend: Option<String>,

@@ -229,6 +229,28 @@ impl DistillConfig {
         }
     }
 
+    /// The backend of the OT kernels, opened; when `ot_backend` chose it and it cannot be
+    /// opened, the error says where the choice came from and how to undo it (a resumed
+    /// run keeps the `ot_backend` of its config.toml).
+    pub fn open_ot_backend(
+        &self,
+        kind: crate::backend::BackendKind,
+    ) -> Result<crate::backend::Backend> {
+        crate::backend::Backend::new(kind).map_err(|e| match (e, &self.ot_backend) {
+            (Error::BackendUnavailable { backend, reason }, Some(ot)) => {
+                Error::BackendUnavailable {
+                    backend,
+                    reason: format!(
+                        "{reason} (the OT kernels' backend, ot_backend = {ot}; \
+                         --ot-backend {} runs them on the encoders' backend)",
+                        self.backend
+                    ),
+                }
+            }
+            (e, _) => e,
+        })
+    }
+
     /// The `devices` setting, parsed.
     pub fn device_selection(&self) -> Result<DeviceSelection> {
         self.devices.parse()

@@ -348,7 +348,7 @@ impl Trainer {
                 student: self.student.clone().fork(device),
                 teacher: self.teacher.clone().fork(&device.clone().inner()),
                 cache: HostCache::new(self.config.cache_mb),
-                backend: Backend::new(ot_kind)?,
+                backend: self.config.open_ot_backend(ot_kind)?,
                 optim: self.optim.clone(),
             });
         }
@@ -374,6 +374,11 @@ impl Trainer {
     /// Devices the run trains on (1 without [`Self::replicate`]).
     pub fn devices(&self) -> usize {
         1 + self.ddp.as_ref().map_or(0, |g| g.replicas.len())
+    }
+
+    /// The backend the OT kernels run on (`ot_backend`, else `backend`), as built.
+    pub fn ot_backend(&self) -> crate::backend::BackendKind {
+        self.backend.kind()
     }
 
     /// How the replicas' gradients are combined (`None` on one device).

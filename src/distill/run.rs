@@ -288,9 +288,11 @@ fn announce(trainer: &Trainer, config: &DistillConfig) {
         .gradient_sync()
         .map(|s| format!(", {} devices, gradients by {}", trainer.devices(), s.name()))
         .unwrap_or_default();
-    let ot = match &config.ot_backend {
-        Some(ot) if *ot != config.backend => format!(" (OT kernels on {ot})"),
-        _ => String::new(),
+    // What the trainer opened, not what the config says.
+    let ot = trainer.ot_backend();
+    let ot = match config.backend.parse::<crate::backend::BackendKind>() {
+        Ok(kind) if kind == ot => String::new(),
+        _ => format!(" (OT kernels on {})", ot.name()),
     };
     eprintln!(
         "distill: {} trainable parameters, loss {}, backend {}{ot}{devices}",

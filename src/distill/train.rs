@@ -822,7 +822,7 @@ impl Trainer {
                 "expected a model on an autodiff device",
             ));
         }
-        let backend = Backend::new(config.ot_backend_kind()?)?;
+        let backend = config.open_ot_backend(config.ot_backend_kind()?)?;
         let mut student = student;
         if config.freeze_embeddings {
             student.embeddings = student.embeddings.no_grad();

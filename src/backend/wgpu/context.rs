@@ -379,6 +379,9 @@ impl TimerState {
 impl WgpuContext {
     /// Open the preferred adapter (see [`choose_adapter`]).
     pub fn new() -> Result<WgpuContext> {
+        // The settings first: a wrong one is the error even where no adapter is found.
+        SinkhornKernel::from_env()?;
+        CostTiling::from_env()?;
         WgpuContext::with_adapter(choose_adapter(adapters())?)
     }
 
