@@ -275,6 +275,9 @@ T=60 step bench-wgpu-rows env "${VK_ENV[@]}" OPTICAL_WGPU_SINKHORN=rows \
 # 64 x 64 register-blocked one.
 T=45 step bench-wgpu-costtile env "${VK_ENV[@]}" OPTICAL_WGPU_COST=tile \
     "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+# MaxSim with the register-blocked kernel (the default on a GPU adapter is the 16 x 16 one).
+T=30 step bench-wgpu-maxsimblocked env "${VK_ENV[@]}" OPTICAL_WGPU_MAXSIM=blocked \
+    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels maxsim
 # Distillation steps (the default configuration, a model of e5-small's shape with random
 # weights, English-Hausa bitext; scripts/distill-bench.sh) with the encoders on burn's wgpu
 # device on the NVIDIA Vulkan driver and the Sinkhorn on the WGSL kernels; the same on the

@@ -126,6 +126,10 @@ for kernel in ("cosine-cost", "cosine-cost-hbm"):
               device_time("cuda-tf32x3", kernel), device_time("cuda", kernel))
     add_ratio(f"wgpu-costtile {kernel} (device) / wgpu {kernel} (device)",
               device_time("wgpu-costtile", kernel), device_time("wgpu", kernel))
+# WGSL MaxSim with the register-blocked kernel ("wgpu-maxsimblocked") against the default
+# (the 16 x 16 kernel on a GPU adapter).
+add_ratio("wgpu-maxsimblocked maxsim (device) / wgpu maxsim (device)",
+          device_time("wgpu-maxsimblocked", "maxsim"), device_time("wgpu", "maxsim"))
 # Host <-> device copies: the wall time of the problems that move the most bytes with the
 # driver's pageable path ("cuda-pageable": OPTICAL_CUDA_STAGING=pageable) against the
 # default page-locked staging; and the end-to-end rate of the largest copy problem against

@@ -5,6 +5,7 @@
 //   inv_norms_f32   inverse L2 norm of every query row and document token (0 for a zero row
 //                   and for query padding rows).
 //   maxsim_f32      one score per (query, document).
+//   maxsim_tile_f32 the same, 16 × 16 blocks, one dot product per invocation (see below).
 //
 // Bindings (group 0), the documents chunk-relative
 //   0 uniform  params    {queries, nq, d4, docs, doc_tokens}; nq = padded query length,
@@ -189,6 +190,77 @@ fn maxsim_f32(
         workgroupBarrier();
         if t == 0u {
             for (var r = 0u; r < min(QB, lq - i0); r++) {
+                total += rowmax[r];
+            }
+        }
+        workgroupBarrier();
+    }
+    if t == 0u {
+        scores[qi * params.docs + k] = total;
+    }
+}
+
+// maxsim_tile_f32: the same scores from 16 × 16 blocks of query × document tokens, one dot
+// product per invocation, d walked 64 dims at a time (two 16 × 17 vec4 panels, 8.5 KiB);
+// dispatch (docs, queries, 1) as maxsim_f32. On NVIDIA's Vulkan driver it ran the standard
+// problem in 916 µs against 1.32 ms for maxsim_f32 (H200); on lavapipe maxsim_f32 is faster.
+const TP: u32 = 17u;
+var<workgroup> tqs: array<vec4<f32>, 272>; // T × TP
+var<workgroup> tds: array<vec4<f32>, 272>;
+
+@compute @workgroup_size(16, 16)
+fn maxsim_tile_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let k = wid.x;
+    let qi = wid.y;
+    let d = params.d4;
+    let info = doc_info[k];
+    let lq = q_len[qi];
+    let ld = info.y;
+    let t = lid.y * T + lid.x;
+    var total = 0.0;
+    for (var i0 = 0u; i0 < lq; i0 += T) {
+        // Running max over this lane's document tokens of query token i0 + lid.y.
+        var best = -3.0e38;
+        for (var j0 = 0u; j0 < ld; j0 += T) {
+            var acc = 0.0;
+            for (var k0 = 0u; k0 < d; k0 += T) {
+                let e = k0 + lid.x;
+                var vq = vec4<f32>();
+                if i0 + lid.y < lq && e < d {
+                    vq = q[(qi * params.nq + i0 + lid.y) * d + e];
+                }
+                var vd = vec4<f32>();
+                if j0 + lid.y < ld && e < d {
+                    vd = docs[(info.x + j0 + lid.y) * d + e];
+                }
+                tqs[lid.y * TP + lid.x] = vq;
+                tds[lid.y * TP + lid.x] = vd;
+                workgroupBarrier();
+                for (var kk = 0u; kk < T; kk++) {
+                    acc += dot(tqs[lid.y * TP + kk], tds[lid.x * TP + kk]);
+                }
+                workgroupBarrier();
+            }
+            if j0 + lid.x < ld {
+                best = max(best, acc * inv_doc[info.x + j0 + lid.x]);
+            }
+        }
+        red[t] = best;
+        workgroupBarrier();
+        if lid.x == 0u && i0 + lid.y < lq {
+            var m = red[t];
+            for (var l = 1u; l < T; l++) {
+                m = max(m, red[t + l]);
+            }
+            // cos = dot · ‖q‖⁻¹ · ‖d‖⁻¹ and ‖q‖⁻¹ ≥ 0, so it factors out of the max.
+            rowmax[lid.y] = m * inv_q[qi * params.nq + i0 + lid.y];
+        }
+        workgroupBarrier();
+        if t == 0u {
+            for (var r = 0u; r < min(T, lq - i0); r++) {
                 total += rowmax[r];
             }
         }

@@ -1138,6 +1138,12 @@ fn bad_wgpu_settings_are_clear_errors() {
             "sinkhorn",
             "blocked or rows",
         ),
+        (
+            "OPTICAL_WGPU_MAXSIM",
+            "wide",
+            "maxsim",
+            "auto, blocked or tile",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_optical"))
             .args(["bench", "--backend", "wgpu", "--kernels", kernel])

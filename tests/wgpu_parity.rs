@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, OnceLock};
 
 use optical::backend::wgpu::{
-    CostTiling, SinkhornKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS,
+    CostTiling, MaxsimTiling, SinkhornKernel, Wgpu, WgpuContext, BLOCKED_MAX_LEN, SHADERS,
 };
 use optical::backend::{Backend, CpuReference};
 use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
@@ -163,7 +163,7 @@ fn shaders_validate_with_naga() {
 fn every_pipeline_compiles() {
     let Some(ctx) = context() else { return };
     let count = ctx.compile_all().expect("compile every pipeline");
-    let want = if ctx.has_blocked_kernel() { 25 } else { 19 };
+    let want = if ctx.has_blocked_kernel() { 26 } else { 20 };
     assert_eq!(count, want, "pipelines compiled");
     // A second call finds them compiled.
     assert_eq!(ctx.compile_all().expect("compiled pipelines"), want);
@@ -220,6 +220,20 @@ fn cosine_cost_cases(tiling: &str, w: &Wgpu) {
 #[test]
 fn maxsim_matches_reference() {
     let Some((w, _)) = wgpu_backend() else { return };
+    drop(w);
+    // Both kernels on every adapter (the default picks the tile kernel on GPUs).
+    for tiling in [MaxsimTiling::Blocked, MaxsimTiling::Tile] {
+        let w = Wgpu::with_context(Arc::new(
+            WgpuContext::new()
+                .expect("adapter found above")
+                .with_maxsim_tiling(tiling),
+        ));
+        assert_eq!(w.context().maxsim_tiling(), tiling);
+        maxsim_cases(tiling.name(), &w);
+    }
+}
+
+fn maxsim_cases(tiling: &str, w: &Wgpu) {
     for (k, &(nq, qlen, ndocs, dmax, d)) in [
         (1, 1, 1, 1, 1),
         (3, 63, 5, 65, 16),
@@ -245,7 +259,7 @@ fn maxsim_matches_reference() {
         let want = CpuReference.maxsim(&q, &docs).expect("reference");
         // A score sums up to `qlen` cosines, each good to ~1e-7 in f32.
         compare(
-            &format!("maxsim {nq} queries x {qlen} vs {ndocs} docs d={d}"),
+            &format!("maxsim ({tiling}) {nq} queries x {qlen} vs {ndocs} docs d={d}"),
             &widen(&got),
             &widen(&want),
             1e-6 * qlen as f64,

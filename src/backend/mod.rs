@@ -342,10 +342,11 @@ fn probe_wgpu() -> BackendInfo {
             a,
             self::wgpu::SinkhornKernel::from_env()?,
             self::wgpu::CostTiling::from_env()?,
+            self::wgpu::MaxsimTiling::from_env()?,
         ))
     });
     let (available, note) = match chosen {
-        Ok((a, kernels, tiling)) => {
+        Ok((a, kernels, tiling, maxsim)) => {
             let info = a.get_info();
             let cap = self::wgpu::caps_loop_passes(&info).map_or(String::new(), |cap| {
                 format!(
@@ -359,7 +360,7 @@ fn probe_wgpu() -> BackendInfo {
                 format!(
                     "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
                      kernels {} ({}: {}); cosine costs of sets of 64 rows or more on the {} \
-                     kernel ({}: {}){cap}",
+                     kernel ({}: {}); MaxSim on the {} kernel ({}: {}){cap}",
                     info.name,
                     self::wgpu::ADAPTER_ENV,
                     kernels.name(),
@@ -367,7 +368,16 @@ fn probe_wgpu() -> BackendInfo {
                     choice::choices::<self::wgpu::SinkhornKernel>(),
                     tiling.name(),
                     self::wgpu::COST_TILING_ENV,
-                    choice::choices::<self::wgpu::CostTiling>()
+                    choice::choices::<self::wgpu::CostTiling>(),
+                    match (maxsim, info.device_type) {
+                        (self::wgpu::MaxsimTiling::Auto, ::wgpu::DeviceType::Cpu) => {
+                            "blocked (auto: a CPU adapter)"
+                        }
+                        (self::wgpu::MaxsimTiling::Auto, _) => "tile (auto: a GPU adapter)",
+                        (m, _) => m.name(),
+                    },
+                    self::wgpu::MAXSIM_TILING_ENV,
+                    choice::choices::<self::wgpu::MaxsimTiling>()
                 ),
             )
         }

@@ -5,9 +5,10 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    CostTiling, SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN, COSINE_COST,
-    COSINE_COST_BLOCKED, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE, LLVMPIPE_LOOP_PASSES,
-    LOOP_PASS_BUDGET, MAXSIM_NORMS, MAXSIM_SCORES, NARROW_LEN,
+    CostTiling, MaxsimTiling, SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN,
+    COSINE_COST, COSINE_COST_BLOCKED, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE,
+    LLVMPIPE_LOOP_PASSES, LOOP_PASS_BUDGET, MAXSIM_NORMS, MAXSIM_SCORES, MAXSIM_SCORES_TILE,
+    NARROW_LEN,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
 use crate::error::{Error, Result};
@@ -90,6 +91,13 @@ pub(crate) mod passes {
     pub fn maxsim(lq: usize, ld: usize, d4: usize) -> u64 {
         let (lq, ld, d4) = (lq as u64, ld as u64, d4 as u64);
         lq.div_ceil(32) * (ld.div_ceil(64) * (16 * d4.div_ceil(4) + 16) + 64) + 64
+    }
+
+    /// `maxsim_tile_f32`: blocks of 16 × 16 tokens, 16 vec4s per staging step and 16 dot
+    /// products per step, the same per-step count as [`maxsim`] on 4× as many blocks.
+    pub fn maxsim_tile(lq: usize, ld: usize, d4: usize) -> u64 {
+        let (lq, ld, d4) = (lq as u64, ld as u64, d4 as u64);
+        lq.div_ceil(16) * (ld.div_ceil(16) * (20 * d4.div_ceil(16) + 16) + 64) + 64
     }
 }
 
@@ -252,7 +260,13 @@ pub(crate) fn maxsim(
     // loop passes.
     let longest_query = queries.lengths.iter().copied().max().unwrap_or(0);
     let longest_doc = docs.lengths.iter().copied().max().unwrap_or(0);
-    if !ctx.loops_fit(passes::maxsim(longest_query, longest_doc, d.div_ceil(4))) {
+    let tile = ctx.maxsim_tiling() == MaxsimTiling::Tile;
+    let needed = if tile {
+        passes::maxsim_tile(longest_query, longest_doc, d.div_ceil(4))
+    } else {
+        passes::maxsim(longest_query, longest_doc, d.div_ceil(4))
+    };
+    if !ctx.loops_fit(needed) {
         return Err(Error::shape(
             "wgpu maxsim",
             format!(
@@ -339,7 +353,11 @@ pub(crate) fn maxsim(
                     [groups(nqueries * nq + tokens, 256), 1, 1],
                 ),
                 (
-                    pipes.pipeline(MAXSIM_SCORES)?,
+                    pipes.pipeline(if tile {
+                        MAXSIM_SCORES_TILE
+                    } else {
+                        MAXSIM_SCORES
+                    })?,
                     &group,
                     [(k1 - k0) as u32, nqueries as u32, 1],
                 ),

@@ -40,8 +40,9 @@ use std::sync::Arc;
 
 pub(crate) use context::caps_loop_passes;
 pub use context::{
-    adapters, choose_adapter, describe_adapter, CostTiling, SinkhornKernel, WgpuContext,
-    ADAPTER_ENV, BLOCKED_MAX_LEN, COST_TILING_ENV, SHADERS, SINKHORN_KERNEL_ENV,
+    adapters, choose_adapter, describe_adapter, CostTiling, MaxsimTiling, SinkhornKernel,
+    WgpuContext, ADAPTER_ENV, BLOCKED_MAX_LEN, COST_TILING_ENV, MAXSIM_TILING_ENV, SHADERS,
+    SINKHORN_KERNEL_ENV,
 };
 pub use sinkhorn::WgpuSinkhornState;
 
