@@ -794,6 +794,32 @@ fn long_loops_match_reference_or_are_refused() {
             }
         }
     }
+    // The 16 x 16 MaxSim kernel makes more passes per token: its own bound, just inside and
+    // just outside (1,152 document tokens for this query at d = 1024 on llvmpipe).
+    let tile = Wgpu::with_context(Arc::new(
+        WgpuContext::new()
+            .expect("adapter found above")
+            .with_maxsim_tiling(MaxsimTiling::Tile),
+    ));
+    for (doc, refused) in [(1100, false), (1200, capped)] {
+        let mut rng = SplitMix64::new(804);
+        let docs = PackedDocs::new("docs", d, rng.normals_f32(doc * d), vec![doc]).expect("valid");
+        match tile.maxsim(&q, &docs) {
+            Err(e) if refused => assert!(e.to_string().contains("a document of 1200"), "{e}"),
+            Err(e) => panic!("tile maxsim against {doc} tokens: {e}"),
+            Ok(_) if refused => panic!("tile maxsim against {doc} tokens must be refused"),
+            Ok(got) => {
+                let want = CpuReference.maxsim(&q, &docs).expect("reference");
+                compare(
+                    &format!("tile maxsim vs {doc} tokens"),
+                    &widen(&got),
+                    &widen(&want),
+                    3.2e-5,
+                    1.0,
+                );
+            }
+        }
+    }
 }
 
 /// The fused kernels take ε as an f32: ε = 1e39 became infinite there and the solve failed
