@@ -721,6 +721,20 @@ pub(super) fn padded(data: &[f32], d: usize, dp: usize) -> Cow<'_, [f32]> {
     Cow::Owned(out)
 }
 
+/// Whether [`CostKernel::Auto`] takes the wgmma kernel for `b` pairs of `n × m` on a device
+/// of compute capability `cc` with `sms` SMs (if its module loads): compute capability 9.0,
+/// 32-bit row offsets that reach every float, and at least `WGMMA_TILES_PER_SM` tiles of
+/// 128 × 128 per SM.
+fn wants_wgmma(
+    cc: (i32, i32),
+    sms: usize,
+    (b, n, m): (usize, usize, usize),
+    wide_fits: bool,
+) -> bool {
+    let tiles = b.saturating_mul(n.div_ceil(WIDE_TILE) * m.div_ceil(WIDE_TILE));
+    cc == (9, 0) && wide_fits && tiles >= WGMMA_TILES_PER_SM * sms
+}
+
 /// Whether the 128 × 128-tile kernels' 32-bit row offsets reach every float of `b` pairs of
 /// `n` and `m` rows of `dp` floats (beyond that the tf32x3w choice runs the 64 × 64 kernel).
 fn wide_offsets_fit(b: usize, n: usize, m: usize, dp: usize) -> bool {
@@ -1038,12 +1052,13 @@ impl CudaBackend {
         if self.cost_kernel != CostKernel::Auto {
             return self.cost_kernel;
         }
-        let tiles = b.saturating_mul(n.div_ceil(WIDE_TILE) * m.div_ceil(WIDE_TILE));
-        let wgmma = self.dev.compute_capability == (9, 0)
-            && wide_fits
-            && tiles >= WGMMA_TILES_PER_SM * self.dev.sms
-            && self.dev.function(ptx::COSINE_COST_WGMMA).is_ok();
-        if wgmma {
+        let large = wants_wgmma(
+            self.dev.compute_capability,
+            self.dev.sms,
+            (b, n, m),
+            wide_fits,
+        );
+        if large && self.dev.function(ptx::COSINE_COST_WGMMA).is_ok() {
             CostKernel::Wgmma
         } else {
             CostKernel::Tf32x3
@@ -1411,6 +1426,25 @@ mod tests {
         assert!(matches!(padded(&data, 2, 2), Cow::Borrowed(_)));
         assert!(as_u32("n", usize::MAX).is_err());
         assert_eq!(as_u32("n", 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn auto_takes_wgmma_only_on_hopper_for_problems_that_fill_the_gpu() {
+        let h200 = ((9, 0), 132);
+        // The two measured problems: 64 pairs of 128 x 128 (0.5 tiles per SM) stay on the
+        // 64 x 64 kernel, 512 pairs (3.9 per SM) take wgmma.
+        assert!(!wants_wgmma(h200.0, h200.1, (64, 128, 128), true));
+        assert!(wants_wgmma(h200.0, h200.1, (512, 128, 128), true));
+        // The threshold: two tiles per SM; a 129-row pair is four tiles.
+        assert!(!wants_wgmma(h200.0, h200.1, (263, 128, 128), true));
+        assert!(wants_wgmma(h200.0, h200.1, (264, 128, 128), true));
+        assert!(wants_wgmma(h200.0, h200.1, (66, 129, 129), true));
+        // Never on Ampere or Blackwell, nor where the 32-bit offsets do not reach.
+        assert!(!wants_wgmma((8, 0), 108, (4096, 128, 128), true));
+        assert!(!wants_wgmma((10, 0), 148, (4096, 128, 128), true));
+        assert!(!wants_wgmma(h200.0, h200.1, (4096, 128, 128), false));
+        // Large counts saturate instead of overflowing.
+        assert!(wants_wgmma(h200.0, h200.1, (usize::MAX, 128, 128), true));
     }
 
     #[test]

@@ -45,6 +45,24 @@ fn fused_smem(n: usize, m: usize, cost_mode: u32) -> usize {
     stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
 }
 
+/// The `cost_mode` of a fused launch of `block` threads for pairs of `n × m`: the producer-warp
+/// phase (2) where it was asked for, the block has 512 threads, the cost phase is on the
+/// tensor cores and its larger staging fits `smem_optin`; else the cost kernel's own mode.
+fn fused_launch_mode(
+    cost: CostKernel,
+    phase: FusedCost,
+    block: u32,
+    (n, m): (usize, usize),
+    smem_optin: usize,
+) -> u32 {
+    match fused_cost_mode(cost) {
+        1 if block == 512 && phase == FusedCost::Pipelined && fused_smem(n, m, 2) <= smem_optin => {
+            2
+        }
+        mode => mode,
+    }
+}
+
 /// The `cost_mode` argument of `sinkhorn_fused_f32`.
 fn fused_cost_mode(cost: CostKernel) -> u32 {
     match cost {
@@ -395,15 +413,13 @@ impl CudaBackend {
     /// block has 512 threads, the cost phase is on the tensor cores and its 4 KB more fit.
     fn fused_shape(&self, n: usize, m: usize) -> (u32, u32, usize) {
         let block = self.fused_threads().block(n, m);
-        let mode = match fused_cost_mode(self.cost_kernel()) {
-            1 if block == 512
-                && self.fused_cost() == FusedCost::Pipelined
-                && fused_smem(n, m, 2) <= self.dev.smem_optin =>
-            {
-                2
-            }
-            mode => mode,
-        };
+        let mode = fused_launch_mode(
+            self.cost_kernel(),
+            self.fused_cost(),
+            block,
+            (n, m),
+            self.dev.smem_optin,
+        );
         (block, mode, fused_smem(n, m, mode))
     }
 
@@ -660,5 +676,52 @@ impl SinkhornKernels for Prepared<'_> {
 
     fn finish(&self, state: Self::State, problem: &Problem) -> Result<Solution> {
         self.cuda.finish(state, problem)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipelined_cost_phase_runs_only_where_its_launch_holds() {
+        let optin = 232_448; // an H100's or H200's opt-in shared memory per block
+        let pipelined = FusedCost::Pipelined;
+        // The pairs: 512 threads, tensor cores, 110,208 bytes.
+        assert_eq!(fused_smem(128, 128, 2), 110_208);
+        assert_eq!(
+            fused_launch_mode(CostKernel::Tf32x3, pipelined, 512, (128, 128), optin),
+            2
+        );
+        assert_eq!(
+            fused_launch_mode(CostKernel::Auto, pipelined, 512, (128, 128), optin),
+            2
+        );
+        // Not asked for, 256 threads, or the FP32 cost phase: the kernel's own mode.
+        let serial = FusedCost::Serial;
+        assert_eq!(
+            fused_launch_mode(CostKernel::Tf32x3, serial, 512, (128, 128), optin),
+            1
+        );
+        assert_eq!(
+            fused_launch_mode(CostKernel::Tf32x3, pipelined, 256, (64, 64), optin),
+            1
+        );
+        assert_eq!(
+            fused_launch_mode(CostKernel::Fp32, pipelined, 512, (128, 128), optin),
+            0
+        );
+        // Where its 4 KB more do not fit but the serial phase does: the serial phase.
+        let (n, m) = (200, 200);
+        let need = fused_smem(n, m, 2);
+        assert!(fused_smem(n, m, 1) <= need - 4096);
+        assert_eq!(
+            fused_launch_mode(CostKernel::Tf32x3, pipelined, 512, (n, m), need - 1),
+            1
+        );
+        assert_eq!(
+            fused_launch_mode(CostKernel::Tf32x3, pipelined, 512, (n, m), need),
+            2
+        );
     }
 }
