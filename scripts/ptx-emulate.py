@@ -476,6 +476,12 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                             r[name] = v
                     else:
                         r[ops[0]] = vals[0]
+            elif op == "prefetch":
+                # prefetch.global.L2: no effect on values; the address must still be one the
+                # kernel may read
+                if parts[1] != "global":
+                    raise NotImplementedError(opc)
+                load(t, "global", address(t, ops[0]), "b32", 1)
             elif op == "st":
                 space = parts[1] if parts[1] in ("global", "shared") else "generic"
                 addr = address(t, ops[0])
