@@ -775,25 +775,6 @@ fn long_loops_match_reference_or_are_refused() {
     }
     let d = 1024;
     let q = embeddings(802, 1, 32, d, false);
-    for (doc, refused) in [(2000, false), (8000, capped)] {
-        let mut rng = SplitMix64::new(803);
-        let docs = PackedDocs::new("docs", d, rng.normals_f32(doc * d), vec![doc]).expect("valid");
-        match w.maxsim(&q, &docs) {
-            Err(e) if refused => assert!(e.to_string().contains("a document of 8000"), "{e}"),
-            Err(e) => panic!("maxsim against {doc} tokens: {e}"),
-            Ok(_) if refused => panic!("maxsim against {doc} tokens must be refused"),
-            Ok(got) => {
-                let want = CpuReference.maxsim(&q, &docs).expect("reference");
-                compare(
-                    &format!("maxsim vs {doc} tokens"),
-                    &widen(&got),
-                    &widen(&want),
-                    3.2e-5,
-                    1.0,
-                );
-            }
-        }
-    }
     // The 16 x 16 MaxSim kernel makes more passes per token: its own bound, just inside and
     // just outside (1,152 document tokens for this query at d = 1024 on llvmpipe).
     let tile = Wgpu::with_context(Arc::new(
@@ -801,22 +782,33 @@ fn long_loops_match_reference_or_are_refused() {
             .expect("adapter found above")
             .with_maxsim_tiling(MaxsimTiling::Tile),
     ));
-    for (doc, refused) in [(1100, false), (1200, capped)] {
-        let mut rng = SplitMix64::new(804);
-        let docs = PackedDocs::new("docs", d, rng.normals_f32(doc * d), vec![doc]).expect("valid");
-        match tile.maxsim(&q, &docs) {
-            Err(e) if refused => assert!(e.to_string().contains("a document of 1200"), "{e}"),
-            Err(e) => panic!("tile maxsim against {doc} tokens: {e}"),
-            Ok(_) if refused => panic!("tile maxsim against {doc} tokens must be refused"),
-            Ok(got) => {
-                let want = CpuReference.maxsim(&q, &docs).expect("reference");
-                compare(
-                    &format!("tile maxsim vs {doc} tokens"),
-                    &widen(&got),
-                    &widen(&want),
-                    3.2e-5,
-                    1.0,
-                );
+    for (kernel, w, seed, inside, outside) in [
+        ("maxsim", &w, 803, 2000, 8000),
+        ("tile maxsim", &tile, 804, 1100, 1200),
+    ] {
+        for (doc, refused) in [(inside, false), (outside, capped)] {
+            let mut rng = SplitMix64::new(seed);
+            let docs =
+                PackedDocs::new("docs", d, rng.normals_f32(doc * d), vec![doc]).expect("valid");
+            match w.maxsim(&q, &docs) {
+                Err(e) if refused => {
+                    assert!(
+                        e.to_string().contains(&format!("a document of {doc}")),
+                        "{e}"
+                    )
+                }
+                Err(e) => panic!("{kernel} against {doc} tokens: {e}"),
+                Ok(_) if refused => panic!("{kernel} against {doc} tokens must be refused"),
+                Ok(got) => {
+                    let want = CpuReference.maxsim(&q, &docs).expect("reference");
+                    compare(
+                        &format!("{kernel} vs {doc} tokens"),
+                        &widen(&got),
+                        &widen(&want),
+                        3.2e-5,
+                        1.0,
+                    );
+                }
             }
         }
     }

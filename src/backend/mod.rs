@@ -360,7 +360,7 @@ fn probe_wgpu() -> BackendInfo {
                 format!(
                     "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
                      kernels {} ({}: {}); cosine costs of sets of 64 rows or more on the {} \
-                     kernel ({}: {}); MaxSim on the {} kernel ({}: {}){cap}",
+                     kernel ({}: {}); MaxSim on the {}{} kernel ({}: {}){cap}",
                     info.name,
                     self::wgpu::ADAPTER_ENV,
                     kernels.name(),
@@ -369,12 +369,11 @@ fn probe_wgpu() -> BackendInfo {
                     tiling.name(),
                     self::wgpu::COST_TILING_ENV,
                     choice::choices::<self::wgpu::CostTiling>(),
-                    match (maxsim, info.device_type) {
-                        (self::wgpu::MaxsimTiling::Auto, ::wgpu::DeviceType::Cpu) => {
-                            "blocked (auto: a CPU adapter)"
-                        }
-                        (self::wgpu::MaxsimTiling::Auto, _) => "tile (auto: a GPU adapter)",
-                        (m, _) => m.name(),
+                    maxsim.resolve(info.device_type).name(),
+                    if maxsim == self::wgpu::MaxsimTiling::Auto {
+                        " (auto)"
+                    } else {
+                        ""
                     },
                     self::wgpu::MAXSIM_TILING_ENV,
                     choice::choices::<self::wgpu::MaxsimTiling>()

@@ -108,6 +108,17 @@ pub enum MaxsimTiling {
 /// Environment variable that picks the MaxSim kernel: `auto` (default), `blocked` or `tile`.
 pub const MAXSIM_TILING_ENV: &str = "OPTICAL_WGPU_MAXSIM";
 
+impl MaxsimTiling {
+    /// The kernel this choice runs on an adapter of `device_type`: [`Self::Auto`] resolved.
+    pub fn resolve(self, device_type: wgpu::DeviceType) -> MaxsimTiling {
+        match self {
+            MaxsimTiling::Auto if device_type == wgpu::DeviceType::Cpu => MaxsimTiling::Blocked,
+            MaxsimTiling::Auto => MaxsimTiling::Tile,
+            chosen => chosen,
+        }
+    }
+}
+
 env_choice!(MaxsimTiling, MAXSIM_TILING_ENV, {
     Auto => "auto",
     Blocked => "blocked",
@@ -580,13 +591,7 @@ impl WgpuContext {
 
     /// The MaxSim kernel this context runs: [`MaxsimTiling::Auto`] resolved for its adapter.
     pub fn maxsim_tiling(&self) -> MaxsimTiling {
-        match self.maxsim_tiling {
-            MaxsimTiling::Auto if self.info.device_type == wgpu::DeviceType::Cpu => {
-                MaxsimTiling::Blocked
-            }
-            MaxsimTiling::Auto => MaxsimTiling::Tile,
-            chosen => chosen,
-        }
+        self.maxsim_tiling.resolve(self.info.device_type)
     }
 
     /// Use `tiling` for MaxSim instead of what the environment named (tests, benches).
