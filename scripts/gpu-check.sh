@@ -233,8 +233,12 @@ compute_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/nu
 if [ "$compute_cap" = 9.0 ]; then
     T=60 step bench-cuda-wgmma env OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json \
         --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+    # wgmma with x in registers (not the default until this step has timed it)
+    T=60 step bench-cuda-wgmmars env OPTICAL_CUDA_COST_KERNEL=wgmma-rs "$BIN" bench --backend cuda \
+        --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 else
     STATUS[bench-cuda-wgmma]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+    STATUS[bench-cuda-wgmmars]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
 fi
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-fused
@@ -321,7 +325,10 @@ if [ -n "$NCU" ]; then
     profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
     profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
     profile cost-tf32x3w cosine_cost_tf32x3w_f32 tf32x3w cosine-cost-hbm
-    if [ "$compute_cap" = 9.0 ]; then profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm; fi
+    if [ "$compute_cap" = 9.0 ]; then
+        profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
+        profile cost-wgmma-rs cosine_cost_wgmma_rs_f32 wgmma-rs cosine-cost-hbm
+    fi
 else
     STATUS[profile]="skipped (no ncu on this machine)"
 fi

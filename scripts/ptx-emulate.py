@@ -8,9 +8,10 @@ assemble, this proves (slowly, on small shapes) that their indexing, barriers, s
 early exits compute the right numbers. It models threads; warps (shfl.sync, vote.sync and
 mma.sync wait for all 32 lanes; mma.sync m16n8k8 .tf32 follows the PTX ISA's fragment
 layout and rejects operands that are not tf32 values); warpgroups (wgmma.mma_async
-m64nNk8 .tf32 with both operands in shared memory through no-swizzle K-major descriptors,
-run when a wgmma.wait_group retires its group, so a kernel that rewrites an operand or
-touches an accumulator before the wait gets wrong numbers or an error; a missing
+m64nNk8 .tf32 with B, and A too or A from registers in the ISA's fragment layout, in
+shared memory through no-swizzle K-major descriptors, run when a wgmma.wait_group retires
+its group, so a kernel that rewrites a shared operand before the wait gets wrong numbers
+and one that touches an accumulator or A register an error; a missing
 wgmma.fence or fence.proxy.async is an error too); CTAs (bar.sync
 waits for every live thread, bar.sync id, count for `count` threads); the global, shared and generic address spaces (a global-space address in a
 generic access is an error); f32 rounding; and it detects shared-memory races (two threads
@@ -291,7 +292,7 @@ def wgmma_tf32(shared, op, threads, where):
     D[16w + g + 8][8j + 2q], D[16w + g + 8][8j + 2q + 1]. The tf32 products are exact in
     double and each output is rounded to f32 once."""
     n, da, db, scale_d, acc = op
-    A = wgmma_operand(shared, da, 64, where)
+    A = wgmma_operand(shared, da, 64, where) if isinstance(da, int) else da
     B = wgmma_operand(shared, db, n, where)
     for t, th in enumerate(threads):
         w, g, q = t // 32, (t % 32) // 4, t % 4
@@ -309,7 +310,8 @@ class Thread:
 
     def __init__(self, tid):
         self.tid, self.regs, self.pc, self.state, self.bar = tid, {}, 0, "run", None
-        # accumulator registers of wgmma.mma_async operations not yet retired by a wait
+        # accumulator and A-fragment registers of wgmma.mma_async operations not yet retired
+        # by a wait
         self.locked = set()
         # registers read or written by other instructions since this thread's last
         # wgmma.fence (tracked in kernels that use wgmma); None before its first fence
@@ -459,7 +461,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 names = {name for o in ops for name in re.findall(r"[A-Za-z_][\w$]*", o)}
                 if names & t.locked:
                     raise RuntimeError(f"{entry.name}: thread {t.tid} touches {sorted(names & t.locked)}, "
-                                       f"accumulators of a wgmma not yet waited for, at pc {t.pc}: {code[t.pc]}")
+                                       f"registers (accumulators or A fragment) of a wgmma not yet waited for, at pc {t.pc}: {code[t.pc]}")
                 if t.unfenced_regs is not None:
                     t.unfenced_regs |= names
             ty = parts[-1]
@@ -641,24 +643,44 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             raise RuntimeError(f"{where}: m64n{n}k8 needs {n // 2} accumulator registers, got {len(acc)}")
         if ops[4:] != ["1", "1"]:
             raise NotImplementedError(f"{where}: imm-scale-a/b {ops[4:]}")
-        uniform = {(val(t, ops[1]), val(t, ops[2]), bool(val(t, ops[3]))) for t in group}
+        # A in registers ("RS" form: {a0, a1, a2, a3}) or through a descriptor
+        a_regs = split_operands(ops[1].strip("{}")) if ops[1].startswith("{") else []
+        if ops[1].startswith("{") and len(a_regs) != 4:
+            raise RuntimeError(f"{where}: a tf32 A fragment is 4 registers, got {len(a_regs)}")
+        uniform = {(0 if a_regs else val(t, ops[1]), val(t, ops[2]), bool(val(t, ops[3]))) for t in group}
         if len(uniform) != 1:
             raise RuntimeError(f"{where}: descriptors or scale-d differ between the warpgroup's threads")
         da, db, scale_d = uniform.pop()
+        if a_regs:
+            # The fragment (PTX ISA, m64nNk8 .tf32 A in registers; CUTLASS ALayout_64x8):
+            # thread t, w = t / 32, g = (t % 32) / 4, q = t % 4: a0 = A[16w + g][q],
+            # a1 = A[16w + g + 8][q], a2 = A[16w + g][q + 4], a3 = A[16w + g + 8][q + 4].
+            # Read when issued; the registers are locked until the wait retires the group,
+            # so the values cannot differ when it runs.
+            da = [[0.0] * 8 for _ in range(64)]
+            for ti_, t in enumerate(group):
+                w, g, q = ti_ // 32, (ti_ % 32) // 4, ti_ % 4
+                for v, name in enumerate(a_regs):
+                    x = from_bits(bits(val(t, name)))
+                    if bits(x) & 0x1FFF:
+                        raise ValueError(f"{where}: wgmma tf32 A operand {x!r} in {name} of thread {t.tid} "
+                                         "is not a tf32 value")
+                    da[16 * w + g + 8 * (v % 2)][q + 4 * (v // 2)] = x
         for t in group:
             # PTX ISA: a wgmma.fence before the first wgmma.mma_async, and between any other
             # access to its registers and the wgmma (chained wgmma on the same accumulators
             # need none)
             if t.unfenced_regs is None:
                 raise RuntimeError(f"{where}: wgmma.mma_async without a wgmma.fence before it (thread {t.tid})")
-            touched = t.unfenced_regs & set(acc)
+            touched = t.unfenced_regs & (set(acc) | set(a_regs))
             if touched:
                 raise RuntimeError(f"{where}: thread {t.tid} accessed {sorted(touched)} since its last "
                                    "wgmma.fence, and wgmma.mma_async uses them")
             t.locked.update(acc)
+            t.locked.update(a_regs)
         # The operands may be read as soon as the wgmma is issued: every word must have
         # been made visible to the async proxy by the thread that wrote it.
-        for desc, rows in ((da, 64), (db, n)):
+        for desc, rows in ((da, 64), (db, n)) if not a_regs else ((db, n),):
             start, lbo, sbo = (desc & 0x3FFF) << 4, ((desc >> 16) & 0x3FFF) << 4, ((desc >> 32) & 0x3FFF) << 4
             for r in range(rows):
                 for kc in range(2):
@@ -667,7 +689,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                         if w in shared.unfenced:
                             raise RuntimeError(f"{where}: wgmma reads shared byte {4 * w}, which thread "
                                                f"{shared.unfenced[w]} wrote without fence.proxy.async since")
-        wg_pending.setdefault(wg, []).append((n, da, db, scale_d, acc))
+        wg_pending.setdefault(wg, []).append((n, da, db, scale_d, acc + a_regs))
 
     def resolve(size, state, run, what):
         """Run the collective instruction of every group of `size` threads all waiting at
@@ -830,6 +852,12 @@ def test_wgmma_cost(mods, b, n, m, d, seed):
     """test_cosine_cost of cosine_cost_wgmma_f32 (kernels/cosine_cost_sm90a.ptx): 128x128
     tiles, 66,560 bytes of dynamic shared memory."""
     return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)
+
+
+def test_wgmma_rs_cost(mods, b, n, m, d, seed):
+    """test_cosine_cost of cosine_cost_wgmma_rs_f32 (kernels/cosine_cost_sm90a.ptx): wgmma
+    with A from registers, 128x128 tiles, 33,792 bytes of dynamic shared memory."""
+    return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_rs_f32", 128, "cosine_cost_sm90a", 33792)
 
 
 def maxsim_inputs(rng, nq, qn, nd, d):
@@ -1094,6 +1122,14 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps} threads={threads}", err_s, 2e-3) and ok
 
 
+# The wgmma.fence before the first wgmma of a chunk, in each wgmma kernel (the mutants drop it).
+WGMMA_ACC = ", ".join(f"d{i}" for i in range(64))
+WGMMA_SS_FENCE = ("    wgmma.fence.sync.aligned;\n"
+                  f"    wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 {{{WGMMA_ACC}}}, dxs,")
+WGMMA_RS_FENCE = ("    wgmma.fence.sync.aligned;\n"
+                  f"    wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 {{{WGMMA_ACC}}}, {{as0,")
+
+
 def mutant(module, old, new):
     """The parsed modules with one edit of kernels/<module>.ptx: `old` (which must occur
     exactly once, so that a kernel change that removes it fails here) replaced by `new`."""
@@ -1167,6 +1203,11 @@ def main():
         ("cosine_cost wgmma 1", lambda: test_wgmma_cost(mods, 1, 1, 1, 1, 1)),
         ("cosine_cost wgmma tiles", lambda: test_wgmma_cost(mods, 2, 130, 17, 37, 2)),
         ("cosine_cost wgmma d=384", lambda: test_wgmma_cost(mods, 1, 70, 129, 384, 4)),
+        # wgmma with A in registers: the same shapes, and one chunk (d = 16: no loop)
+        ("cosine_cost wgmma-rs 1", lambda: test_wgmma_rs_cost(mods, 1, 1, 1, 1, 1)),
+        ("cosine_cost wgmma-rs tiles", lambda: test_wgmma_rs_cost(mods, 2, 130, 17, 37, 2)),
+        ("cosine_cost wgmma-rs d=384", lambda: test_wgmma_rs_cost(mods, 1, 70, 129, 384, 4)),
+        ("cosine_cost wgmma-rs one chunk", lambda: test_wgmma_rs_cost(mods, 1, 33, 40, 16, 5)),
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),
@@ -1250,17 +1291,35 @@ def main():
             ("wgmma LBO and SBO swapped", "cosine_cost_sm90a",
              "mov.u64         dconst, 0x0000002000080000;", "mov.u64         dconst, 0x0000000800200000;",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
-            ("wgmma no wait_group", "cosine_cost_sm90a", "    wgmma.wait_group.sync.aligned 0;\n", "",
+            ("wgmma no wait_group", "cosine_cost_sm90a",
+             "STAGED:\n    fence.proxy.async.shared::cta;\n    wgmma.wait_group.sync.aligned 0;\n",
+             "STAGED:\n    fence.proxy.async.shared::cta;\n",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma stage rewritten in flight", "cosine_cost_sm90a",
              "    @pt bra         STAGED;\n    and.b32         t, it, 1;",
              "    @pt bra         STAGED;\n    add.u32         t, it, 1;\n    and.b32         t, t, 1;",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
-            ("wgmma no wgmma.fence", "cosine_cost_sm90a", "    wgmma.fence.sync.aligned;\n", "",
+            ("wgmma no wgmma.fence", "cosine_cost_sm90a", WGMMA_SS_FENCE, WGMMA_SS_FENCE.split("\n", 1)[1],
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
-            ("wgmma no fence.proxy.async", "cosine_cost_sm90a", "STAGED:\n    fence.proxy.async.shared::cta;\n",
-             "STAGED:\n",
+            ("wgmma no fence.proxy.async", "cosine_cost_sm90a",
+             "STAGED:\n    fence.proxy.async.shared::cta;\n    wgmma.wait_group", "STAGED:\n    wgmma.wait_group",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
+            # wgmma with A in registers: the A registers rewritten before the wait retires
+            # the group that reads them, no wgmma.fence after they were written, the y
+            # stores not made visible to the async proxy, LBO and SBO swapped
+            ("wgmma-rs no wait_group", "cosine_cost_sm90a", "WAIT:\n    wgmma.wait_group.sync.aligned 0;\n", "WAIT:\n",
+             lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
+            ("wgmma-rs no wgmma.fence", "cosine_cost_sm90a", WGMMA_RS_FENCE, WGMMA_RS_FENCE.split("\n", 1)[1],
+             lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
+            ("wgmma-rs no fence.proxy.async", "cosine_cost_sm90a",
+             "STAGED:\n    fence.proxy.async.shared::cta;\n    bar.sync", "STAGED:\n    bar.sync",
+             lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
+            ("wgmma-rs LBO and SBO swapped", "cosine_cost_sm90a",
+             "mov.u64         dconst, 0x0000001000080000;", "mov.u64         dconst, 0x0000000800100000;",
+             lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
+            ("wgmma-rs A fragment registers in the wrong order", "cosine_cost_sm90a",
+             "{ab0, ab1, ab2, ab3}, db,", "{ab0, ab2, ab1, ab3}, db,",
+             lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
             ("maxsim reduce without the block's token offset", "maxsim",
              "    sub.u32         doff, doff, tok0;\n", "",
              lambda m: test_maxsim_tiled(m, 3, 4, 5, 9, 7, [(0, 2), (2, 3)])),

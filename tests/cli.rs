@@ -1085,7 +1085,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "OPTICAL_CUDA_COST_KERNEL",
             "tf32",
             "cosine-cost",
-            "auto, tf32x3, fp32, tf32x3w or wgmma",
+            "auto, tf32x3, fp32, tf32x3w, wgmma or wgmma-rs",
         ),
         (
             "OPTICAL_CUDA_FUSED_THREADS",

@@ -285,13 +285,11 @@ fn wide_cost_kernel_matches_reference() {
     maxsim_cases(&gpu, &[(MaxsimRoute::Tiled, kernel)]);
 }
 
-/// The wgmma cost kernel (`OPTICAL_CUDA_COST_KERNEL=wgmma`, compute capability 9.0 only),
-/// sorting last of all. Elsewhere it must refuse with
-/// one clear error instead of launching.
-#[test]
-fn wide_wgmma_cost_kernel_matches_reference() {
+/// The wgmma cost kernels (`OPTICAL_CUDA_COST_KERNEL=wgmma` and `wgmma-rs`, compute
+/// capability 9.0 only), sorting last of all. Elsewhere each must refuse with one clear
+/// error instead of launching.
+fn wgmma_cost_kernel_matches_reference(kernel: CostKernel) {
     let Some(gpu) = cuda() else { return };
-    let kernel = CostKernel::Wgmma;
     let gpu = with_cost_kernel(&gpu, kernel);
     if cuda_of(&gpu).compute_capability() != (9, 0) {
         let x = embeddings(1, 1, 3, 8, true);
@@ -300,11 +298,26 @@ fn wide_wgmma_cost_kernel_matches_reference() {
             e.contains("OPTICAL_CUDA_COST_KERNEL") && e.contains("9.0"),
             "{e}"
         );
-        eprintln!("wgmma: not a compute capability 9.0 device, refused: {e}");
+        eprintln!(
+            "{}: not a compute capability 9.0 device, refused: {e}",
+            kernel.name()
+        );
         return;
     }
     cosine_cost_cases(&gpu, kernel);
     maxsim_cases(&gpu, &[(MaxsimRoute::Tiled, kernel)]);
+}
+
+#[test]
+fn wide_wgmma_cost_kernel_matches_reference() {
+    wgmma_cost_kernel_matches_reference(CostKernel::Wgmma);
+}
+
+/// The A operand from registers: the k order inside each chunk is the kernel's own, so a
+/// mismatch between its x fragments and its y layout would show on every case here.
+#[test]
+fn wide_wgmma_rs_cost_kernel_matches_reference() {
+    wgmma_cost_kernel_matches_reference(CostKernel::WgmmaRs);
 }
 
 /// Rows rescaled to just inside the norm bounds (1.5e-12, 6.7e11, 1), with the default

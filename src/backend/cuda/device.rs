@@ -32,7 +32,10 @@ pub(super) const TILE_THREADS: u32 = 256;
 const TILE: usize = 64;
 /// Dynamic shared memory of `cosine_cost_wgmma_f32` (two stages and the inverse norms).
 const WGMMA_SMEM: u32 = 66_560;
-/// Output tile of `cosine_cost_tf32x3w_f32` and `cosine_cost_wgmma_f32`.
+/// Dynamic shared memory of `cosine_cost_wgmma_rs_f32` (two stages of y only, and the
+/// inverse norms).
+const WGMMA_RS_SMEM: u32 = 33_792;
+/// Output tile of `cosine_cost_tf32x3w_f32` and the wgmma kernels.
 const WIDE_TILE: usize = 128;
 /// Warps per CTA of the row-norm and MaxSim kernels.
 const WARPS: u32 = 8;
@@ -41,11 +44,12 @@ const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
 /// The entry points with dynamic shared memory (and no static shared memory): opted in to
 /// all of it when their module loads.
-const DYNAMIC_SMEM_ENTRIES: [&str; 4] = [
+const DYNAMIC_SMEM_ENTRIES: [&str; 5] = [
     ptx::MAXSIM,
     ptx::SINKHORN_ITERATE,
     ptx::SINKHORN_FUSED,
     ptx::COSINE_COST_WGMMA,
+    ptx::COSINE_COST_WGMMA_RS,
 ];
 
 /// One module of [`ptx::MODULES`] after its JIT compilation: its entry points, resolved
@@ -280,13 +284,19 @@ pub enum CostKernel {
     /// two-stage pipeline), 128 × 128 tiles. Compute capability 9.0 only. The fused kernel's
     /// cost phase uses the [`Self::Tf32x3`] tiling for it.
     Wgmma,
+    /// `cosine_cost_wgmma_rs_f32` (same module): [`Self::Wgmma`] with x taken by `wgmma`
+    /// from registers instead of shared memory (each thread loads and splits its own A
+    /// fragments), which cuts the shared-memory traffic per chunk from 104 to 64 KB.
+    /// Compute capability 9.0 only; not yet timed on a GPU, so [`Self::Auto`] does not
+    /// take it. The fused kernel's cost phase uses the [`Self::Tf32x3`] tiling for it.
+    WgmmaRs,
     /// `cosine_cost_f32`: FP32 FMA, a 4x4 register tile per thread (compute-bound at
     /// d = 384: 27 flop/B against an FP32 ridge of about 16 flop/B on an H200).
     Fp32,
 }
 
 /// Environment variable that picks the cost kernel: `auto` (default), `tf32x3`, `fp32`,
-/// `tf32x3w` or `wgmma`.
+/// `tf32x3w`, `wgmma` or `wgmma-rs`.
 pub const COST_KERNEL_ENV: &str = "OPTICAL_CUDA_COST_KERNEL";
 
 /// Tiles of 128 × 128 per SM from which [`CostKernel::Auto`] takes [`CostKernel::Wgmma`] on
@@ -302,6 +312,7 @@ env_choice!(CostKernel, COST_KERNEL_ENV, {
     Fp32 => "fp32",
     Tf32x3Wide => "tf32x3w",
     Wgmma => "wgmma",
+    WgmmaRs => "wgmma-rs",
 });
 
 impl std::fmt::Debug for CudaBackend {
@@ -886,6 +897,8 @@ impl CudaBackend {
                 CostKernel::Tf32x3 => "the tensor cores (3xTF32)",
                 CostKernel::Tf32x3Wide => "the tensor cores (3xTF32, 128x128 tiles)",
                 CostKernel::Wgmma => "the tensor cores (3xTF32 on wgmma, 128x128 tiles)",
+                CostKernel::WgmmaRs =>
+                    "the tensor cores (3xTF32 on wgmma with x in registers, 128x128 tiles)",
             },
             choices::<CostKernel>(),
             self.fused_threads.name(),
@@ -1084,15 +1097,18 @@ impl CudaBackend {
                 (ptx::COSINE_COST_TF32X3, TILE, 0)
             }
             CostKernel::Wgmma => (ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
+            CostKernel::WgmmaRs => (ptx::COSINE_COST_WGMMA_RS, WIDE_TILE, WGMMA_RS_SMEM),
         };
         // Only the wgmma module can be missing on a working device (compute capability 9.0
         // only): that is a wrong choice of kernel rather than a failing device.
         let function = self.dev.function(entry).map_err(|e| match (kernel, e) {
-            (CostKernel::Wgmma, Error::Backend { what, .. }) => Error::parameter(
-                COST_KERNEL_ENV,
-                "a cost kernel this device runs",
-                format!("wgmma: {what}"),
-            ),
+            (CostKernel::Wgmma | CostKernel::WgmmaRs, Error::Backend { what, .. }) => {
+                Error::parameter(
+                    COST_KERNEL_ENV,
+                    "a cost kernel this device runs",
+                    format!("{}: {what}", kernel.name()),
+                )
+            }
             (_, e) => e,
         })?;
         let (tiles_i, tiles_j) = (n.div_ceil(tile), m.div_ceil(tile));
@@ -1129,7 +1145,8 @@ impl CudaBackend {
         // 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the grid
         // b * ceil(n/tile) * ceil(m/tile) x 256 threads, with the tile of the chosen kernel, is
         // the geometry the cost kernels require (they derive the pair and tile from the block
-        // index; static shared memory only, except the wgmma kernel's 66,560 dynamic bytes,
+        // index; static shared memory only, except the wgmma kernels' 66,560 and 33,792
+        // dynamic bytes,
         // within the opt-in limit set when its module was loaded), the wide kernel runs only
         // when its 32-bit row offsets cannot overflow, and they write only i < n, j < m.
         unsafe { l.launch(cfg) }?;
@@ -1499,7 +1516,7 @@ mod tests {
         let e = "tf32".parse::<CostKernel>().unwrap_err().to_string();
         assert!(
             e.contains("OPTICAL_CUDA_COST_KERNEL")
-                && e.contains("auto, tf32x3, fp32, tf32x3w or wgmma")
+                && e.contains("auto, tf32x3, fp32, tf32x3w, wgmma or wgmma-rs")
                 && e.contains("tf32"),
             "{e}"
         );

@@ -12,7 +12,7 @@
 //! | kernel family | entry points | file |
 //! |---|---|---|
 //! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32`, `cosine_cost_tf32x3_f32` or `cosine_cost_tf32x3w_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
-//! | cosine cost on Hopper's wgmma | `cosine_cost_wgmma_f32` (compute capability 9.0 only) | `kernels/cosine_cost_sm90a.ptx` |
+//! | cosine cost on Hopper's wgmma | `cosine_cost_wgmma_f32` or `cosine_cost_wgmma_rs_f32` (x from registers) (compute capability 9.0 only) | `kernels/cosine_cost_sm90a.ptx` |
 //! | MaxSim | a cost kernel + `maxsim_reduce_f32`, or `maxsim_f32` (+ `row_inv_norm_f32`) ([`MaxsimRoute`], `$OPTICAL_CUDA_MAXSIM`) | `kernels/maxsim.ptx` |
 //! | Sinkhorn | `sinkhorn_iterate_f32`; `sinkhorn_half_split_f32` and `sinkhorn_split_error_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`) | `kernels/sinkhorn.ptx` |
 //! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |

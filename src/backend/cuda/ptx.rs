@@ -19,6 +19,7 @@ pub const COSINE_COST: &str = "cosine_cost_f32";
 pub const COSINE_COST_TF32X3: &str = "cosine_cost_tf32x3_f32";
 pub const COSINE_COST_TF32X3W: &str = "cosine_cost_tf32x3w_f32";
 pub const COSINE_COST_WGMMA: &str = "cosine_cost_wgmma_f32";
+pub const COSINE_COST_WGMMA_RS: &str = "cosine_cost_wgmma_rs_f32";
 pub const MAXSIM: &str = "maxsim_f32";
 pub const MAXSIM_REDUCE: &str = "maxsim_reduce_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
@@ -48,8 +49,11 @@ pub const COSINE_COST_MODULE: PtxModule = ptx_module!(
     ],
     "sm_80"
 );
-pub const COSINE_COST_SM90A_MODULE: PtxModule =
-    ptx_module!("cosine_cost_sm90a.ptx", [COSINE_COST_WGMMA], "sm_90a");
+pub const COSINE_COST_SM90A_MODULE: PtxModule = ptx_module!(
+    "cosine_cost_sm90a.ptx",
+    [COSINE_COST_WGMMA, COSINE_COST_WGMMA_RS],
+    "sm_90a"
+);
 pub const MAXSIM_MODULE: PtxModule = ptx_module!("maxsim.ptx", [MAXSIM, MAXSIM_REDUCE], "sm_80");
 pub const SINKHORN_MODULE: PtxModule = ptx_module!(
     "sinkhorn.ptx",
@@ -73,12 +77,13 @@ const COST_SIGNATURE: &[&str] = &["u64", "u64", "u64", "u64", "u64", "u32", "u32
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 11] = [
+pub const SIGNATURES: [(&str, &[&str]); 12] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (COSINE_COST, COST_SIGNATURE),
     (COSINE_COST_TF32X3, COST_SIGNATURE),
     (COSINE_COST_TF32X3W, COST_SIGNATURE),
     (COSINE_COST_WGMMA, COST_SIGNATURE),
+    (COSINE_COST_WGMMA_RS, COST_SIGNATURE),
     (
         MAXSIM,
         &[

@@ -67,7 +67,11 @@ fn fused_launch_mode(
 fn fused_cost_mode(cost: CostKernel) -> u32 {
     match cost {
         CostKernel::Fp32 => 0,
-        CostKernel::Auto | CostKernel::Tf32x3 | CostKernel::Tf32x3Wide | CostKernel::Wgmma => 1,
+        CostKernel::Auto
+        | CostKernel::Tf32x3
+        | CostKernel::Tf32x3Wide
+        | CostKernel::Wgmma
+        | CostKernel::WgmmaRs => 1,
     }
 }
 
