@@ -1005,7 +1005,10 @@ impl CudaBackend {
         unsafe { self.dev.stream.alloc(len.max(1)) }.map_err(driver("allocate"))
     }
 
-    pub(super) fn download<T: DeviceRepr + Pod>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+    pub(super) fn download<T: DeviceRepr + Pod + Send + Sync>(
+        &self,
+        buf: &CudaSlice<T>,
+    ) -> Result<Vec<T>> {
         let stream = &self.dev.stream;
         if crate::phases::enabled() {
             // Timed apart, so that the copy's phase holds the copy alone.
@@ -1017,13 +1020,17 @@ impl CudaBackend {
         let _phase = crate::phases::phase("copy to host");
         let len = buf.len();
         let size = std::mem::size_of::<T>();
-        let staged = self.with_stager(size * len, |stager| {
-            let mut out = vec![T::zeroed(); len];
+        // Values that a chunk does not hold whole take the driver's path.
+        let bytes = if super::staging::stages::<T>() {
+            size * len
+        } else {
+            0
+        };
+        let staged = self.with_stager(bytes, |stager| {
             let (ptr, _record) = buf.device_ptr(stream);
             stager
-                .download(stream, ptr, len * size, bytemuck::cast_slice_mut(&mut out))
-                .map_err(driver("download"))?;
-            Ok(out)
+                .download::<T>(stream, ptr, len * size, len)
+                .map_err(driver("download"))
         });
         match staged {
             Some(out) => out,

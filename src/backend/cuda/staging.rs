@@ -65,28 +65,56 @@ fn upload_chunks(dma: &mut impl Dma, src: &[u8]) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// Download into `out` chunk by chunk: the host copies chunk k − 1 out of one buffer while
-/// chunk k's copy fills the other. Every byte of `out` is written on return.
-fn download_chunks(dma: &mut impl Dma, out: &mut [u8]) -> Result<(), DriverError> {
-    let mut pending: Option<(usize, &mut [u8])> = None;
-    for (k, chunk) in out.chunks_mut(CHUNK).enumerate() {
-        // This buffer's last chunk (k − 2) was copied out in the previous round.
-        dma.dtoh(k % 2, k * CHUNK, chunk.len())?;
-        if let Some((j, dst)) = pending.replace((k, chunk)) {
-            copy_out(dma, j % 2, dst)?;
-        }
-    }
-    if let Some((j, dst)) = pending {
-        copy_out(dma, j % 2, dst)?;
-    }
-    Ok(())
+/// Whether values of `T` can be downloaded through the staging buffers: every chunk must
+/// hold whole values.
+pub(super) fn stages<T>() -> bool {
+    let size = std::mem::size_of::<T>();
+    size > 0 && CHUNK.is_multiple_of(size)
 }
 
-/// Wait for buffer `buf`'s download and copy its first `dst.len()` bytes to `dst`.
-fn copy_out(dma: &mut impl Dma, buf: usize, dst: &mut [u8]) -> Result<(), DriverError> {
+/// Download `len` values chunk by chunk: the host copies chunk k − 1 out of one buffer
+/// while chunk k's copy fills the other. The values are appended to a vector allocated
+/// without initialising it, so each byte of the result is written once, by the thread pool:
+/// `vec![0; len]` first would clear it on one thread (calloc clears memory the allocator
+/// reuses), which cost as much as the copy itself. Needs [`stages::<T>()`](stages).
+fn download_chunks<T: bytemuck::Pod + Send + Sync>(
+    dma: &mut impl Dma,
+    len: usize,
+) -> Result<Vec<T>, DriverError> {
+    debug_assert!(stages::<T>());
+    let bytes = len * std::mem::size_of::<T>();
+    let mut out = Vec::with_capacity(len);
+    let mut pending: Option<(usize, usize)> = None;
+    for k in 0..bytes.div_ceil(CHUNK) {
+        let chunk = CHUNK.min(bytes - k * CHUNK);
+        // This buffer's last chunk (k − 2) was copied out in the previous round.
+        dma.dtoh(k % 2, k * CHUNK, chunk)?;
+        if let Some((j, done)) = pending.replace((k, chunk)) {
+            append_out(dma, j % 2, done, &mut out)?;
+        }
+    }
+    if let Some((j, done)) = pending {
+        append_out(dma, j % 2, done, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Wait for buffer `buf`'s download and append the values in its first `bytes` bytes to
+/// `out`, on the rayon pool ([`PIECE`] bytes per task).
+fn append_out<T: bytemuck::Pod + Send + Sync>(
+    dma: &mut impl Dma,
+    buf: usize,
+    bytes: usize,
+    out: &mut Vec<T>,
+) -> Result<(), DriverError> {
     dma.wait(buf)?;
-    let len = dst.len();
-    par_copy(dst, dma.host(buf, len)?);
+    let size = std::mem::size_of::<T>();
+    let host = dma.host(buf, bytes)?;
+    out.par_extend(
+        host.par_chunks_exact(size)
+            .with_min_len(PIECE / size)
+            .map(bytemuck::pod_read_unaligned::<T>),
+    );
     Ok(())
 }
 
@@ -201,15 +229,16 @@ impl Stager {
         upload_chunks(&mut dma, src)
     }
 
-    /// Copy `out.len()` bytes from the device allocation at `src` of `bytes` bytes, after
-    /// the work queued on `stream` so far, into `out`. Returns when `out` holds them.
-    pub(super) fn download(
+    /// The `len` values of type `T` at the start of the device allocation at `src` of
+    /// `bytes` bytes, after the work queued on `stream` so far. Needs
+    /// [`stages::<T>()`](stages).
+    pub(super) fn download<T: bytemuck::Pod + Send + Sync>(
         &mut self,
         stream: &CudaStream,
         src: CUdeviceptr,
         bytes: usize,
-        out: &mut [u8],
-    ) -> Result<(), DriverError> {
+        len: usize,
+    ) -> Result<Vec<T>, DriverError> {
         stream.context().bind_to_thread()?;
         let mut dma = CudaDma {
             bufs: &mut self.bufs,
@@ -217,7 +246,7 @@ impl Stager {
             device: src,
             bytes,
         };
-        download_chunks(&mut dma, out)
+        download_chunks(&mut dma, len)
     }
 }
 
@@ -330,11 +359,43 @@ mod tests {
         for len in SIZES {
             let memory = pattern(len, 2);
             let mut dev = LateDevice::new(memory.clone());
-            let mut out = vec![0u8; len];
-            download_chunks(&mut dev, &mut out).unwrap();
+            let out: Vec<u8> = download_chunks(&mut dev, len).unwrap();
+            assert_eq!(out.len(), len);
             let first_bad = out.iter().zip(&memory).position(|(a, b)| a != b);
             assert_eq!(first_bad, None, "download of {len} bytes");
         }
+    }
+
+    /// Values wider than a byte come back whole and in order across the chunk boundaries.
+    #[test]
+    fn downloads_of_floats_and_doubles_survive_late_copies() {
+        // Compared bit for bit (the pattern holds NaNs).
+        fn check<T: bytemuck::Pod + Send + Sync>(len: usize) {
+            let memory = pattern(len * std::mem::size_of::<T>(), 4);
+            let mut dev = LateDevice::new(memory.clone());
+            let out: Vec<T> = download_chunks(&mut dev, len).unwrap();
+            assert_eq!(out.len(), len);
+            let got: &[u8] = bytemuck::cast_slice(&out);
+            let first_bad = got.iter().zip(&memory).position(|(a, b)| a != b);
+            assert_eq!(first_bad, None, "download of {len} values");
+        }
+        assert!(stages::<f32>() && stages::<f64>() && !stages::<[f32; 3]>() && !stages::<()>());
+        for len in [1, CHUNK / 4 - 1, CHUNK / 4 + 1, 2 * CHUNK / 4 + 1_025] {
+            check::<f32>(len);
+        }
+        check::<f64>(CHUNK / 8 + 3);
+    }
+
+    /// A download that did not wait for a buffer's copy before reading it would return the
+    /// buffer's old bytes: the fake device catches it.
+    #[test]
+    fn the_late_device_catches_a_read_before_the_wait() {
+        let len = 2 * CHUNK;
+        let memory = pattern(len, 5);
+        let mut dev = LateDevice::new(memory.clone());
+        dev.dtoh(0, 0, CHUNK).unwrap();
+        let early = dev.host(0, CHUNK).unwrap().to_vec();
+        assert_ne!(early, memory[..CHUNK]);
     }
 
     /// The fake catches the hazard it is there for: a pipeline that skips the wait before
