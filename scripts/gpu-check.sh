@@ -246,6 +246,22 @@ T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --
 # the 1-iteration problem gives the cost phase's share.
 T=60 step bench-cuda-fusedpipe env OPTICAL_CUDA_FUSED_COST=pipelined "$BIN" bench --backend cuda \
     --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+# The cost given (cost_mode 3): the standalone cost kernel, then the fused kernel loading it.
+# With the default cost kernel choice (for 256 pairs of 128 x 128 on 132 SMs: the 64 x 64
+# tiles), and on compute capability 9.0 with each wgmma kernel.
+T=60 step bench-cuda-fusedgiven env OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda \
+    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+if [ "$compute_cap" = 9.0 ]; then
+    T=60 step bench-cuda-fusedgiven-wgmma env OPTICAL_CUDA_FUSED_COST=standalone \
+        OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json --min-seconds 2 \
+        --kernels sinkhorn-fused,sinkhorn-fused-1
+    T=60 step bench-cuda-fusedgiven-wgmmars env OPTICAL_CUDA_FUSED_COST=standalone \
+        OPTICAL_CUDA_COST_KERNEL=wgmma-rs "$BIN" bench --backend cuda --json --min-seconds 2 \
+        --kernels sinkhorn-fused,sinkhorn-fused-1
+else
+    STATUS[bench-cuda-fusedgiven-wgmma]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+    STATUS[bench-cuda-fusedgiven-wgmmars]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+fi
 # sinkhorn-512 and sinkhorn-2048 (K does not fit in shared memory) with one CTA per pair for
 # all iterations, against the default split half-iterations (a warp per row, n / 8 CTAs per
 # pair).

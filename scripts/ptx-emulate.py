@@ -1086,14 +1086,23 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     la = [f32(math.log2(1.0 / lx[p])) if i < lx[p] else 0.0 for p in range(b) for i in range(n)]
     lb = [f32(math.log2(1.0 / ly[p])) if j < ly[p] else 0.0 for p in range(b) for j in range(m)]
     mem = Memory()
-    cost, kk = mem.alloc(bytes(4 * b * n * m)), mem.alloc(bytes(4 * b * n * m))
+    if cost_mode == 3:
+        # The cost given: what the standalone cost kernel writes (every entry, 0 on padding).
+        given = [f32(1.0 - max(-1.0, min(1.0, cos_ref(x[(p * n + i) * d : (p * n + i + 1) * d],
+                                                         y[(p * m + j) * d : (p * m + j + 1) * d]))))
+                 if i < lx[p] and j < ly[p] else 0.0
+                 for p in range(b) for i in range(n) for j in range(m)]
+        cost = mem.alloc(pack_f32(given))
+    else:
+        cost = mem.alloc(bytes(4 * b * n * m))
+    kk = mem.alloc(bytes(4 * b * n * m))
     fg, gg, errg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m)), mem.alloc(bytes(4 * b))
     kscale = f32(-1.4426950408889634 / eps)
     args = [mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp))),
             mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
             cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode]
     n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
-    smem = {0: 18432, 1: 36864, 2: 40960}[cost_mode] + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
+    smem = {0: 18432, 1: 36864, 2: 40960, 3: 0}[cost_mode] + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
     run_kernel(entry, mem, args, (b, 1, 1), threads, smem)
@@ -1282,6 +1291,12 @@ def main():
         # with 256 threads it runs as cost_mode 1 in the larger space
         ("fused pipelined 256 threads", lambda: test_fused(mods, 2, 70, 66, 40, 2, 26, cost_mode=2, threads=256,
                                                            paths=["NORM", "TC_CHUNK", "!PCHUNK"])),
+        # cost_mode 3: the cost given (ragged pairs; more columns than one step of the lanes'
+        # four loads, 130 > 128; more rows than the warps, 40 > 16; 256 threads; 1 x 1)
+        ("fused cost given", lambda: test_fused(mods, 2, 40, 130, 8, 3, 31, cost_mode=3,
+                                                paths=["GCOST", "!NORM", "!TC_CHUNK", "!PCHUNK"])),
+        ("fused cost given 256 threads", lambda: test_fused(mods, 2, 70, 66, 8, 2, 32, cost_mode=3, threads=256)),
+        ("fused cost given 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 33, cost_mode=3)),
     ] + [
         # Each of these kernels is broken on purpose, and the interpreter must notice: its
         # checks (descriptor layout, wgmma ordering rules, named barriers) are tested too.
@@ -1336,6 +1351,9 @@ def main():
             ("fused pipelined without the producers' norms", "sinkhorn_fused",
              "    @px0 st.shared.f32 [u], tf;\n", "",
              lambda m: test_fused(m, 1, 70, 5, 40, 1, 16, True, cost_mode=2)),
+            ("fused cost given, the fourth column of a step dropped", "sinkhorn_fused",
+             "    @pq st.shared.f32 [t+384], v3;\n", "",
+             lambda m: test_fused(m, 1, 9, 130, 8, 2, 34, True, cost_mode=3)),
             ("fused no named barrier in the cost tiles", "sinkhorn_fused",
              "TWRITTEN:\n    bar.sync        1, 256;\n", "TWRITTEN:\n",
              lambda m: test_fused(m, 1, 70, 5, 6, 1, 16, True)),

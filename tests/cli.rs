@@ -1104,7 +1104,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "OPTICAL_CUDA_FUSED_COST",
             "async",
             "sinkhorn-fused",
-            "serial or pipelined",
+            "serial, pipelined or standalone",
         ),
     ] {
         let err = bad_setting("cuda", var, value, kernel, expected);

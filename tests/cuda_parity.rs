@@ -735,6 +735,35 @@ fn fused_sinkhorn_pipelined_cost_phase_matches_reference() {
     }
 }
 
+/// The cost given (`OPTICAL_CUDA_FUSED_COST=standalone`, cost_mode 3): the standalone cost
+/// kernel, then the fused kernel loading its output. Not yet proven on a GPU either: its own
+/// test. With the default cost kernel (64 x 64 tiles, or wgmma on Hopper for large batches)
+/// and the default block, and with 256 threads; on compute capability 9.0 also with each
+/// wgmma kernel.
+#[test]
+fn fused_sinkhorn_given_cost_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    let mut runs = vec![
+        (CostKernel::Auto, FusedThreads::Auto),
+        (CostKernel::Tf32x3, FusedThreads::Threads256),
+    ];
+    if cuda_of(&gpu).compute_capability() == (9, 0) {
+        runs.push((CostKernel::Wgmma, FusedThreads::Auto));
+        runs.push((CostKernel::WgmmaRs, FusedThreads::Auto));
+    }
+    for (kernel, threads) in runs {
+        eprintln!("fused cost phase: standalone {}", kernel.name());
+        let with_kernel = with_cost_kernel(&gpu, kernel);
+        let gpu = Backend::Cuda(
+            cuda_of(&with_kernel)
+                .clone()
+                .with_fused_threads(threads)
+                .with_fused_cost(FusedCost::Standalone),
+        );
+        fused_cases(&gpu, kernel, threads);
+    }
+}
+
 fn fused_cases(gpu: &Backend, kernel: CostKernel, threads: FusedThreads) {
     // (b, n, m, d, ε, check_every): one chunk (all in the fused launch), several chunks
     // (fused launch, then the iterate kernel), a shape too large for the fused kernel; the

@@ -155,14 +155,24 @@ pub enum FusedCost {
     /// warps. Checked by ptxas and the PTX interpreter, not yet measured on a GPU, so not
     /// the default. Blocks of 256 threads and the FP32 cost phase keep the serial phase.
     Pipelined,
+    /// `cost_mode` 3: the standalone cost kernel (the one [`CostKernel`] picks for the
+    /// batch: wgmma on Hopper for large batches) runs first, on the same stream, into the
+    /// cost buffer the fused kernel writes anyway; the fused kernel then only loads it (one
+    /// 16.8 MB read from L2 for the problem) and iterates with K on chip as before.
+    /// The iterations still read nothing from HBM; the cost goes through it once, as it
+    /// already did on its way to the host. Any block size, no staging area in shared
+    /// memory. Not yet measured on a GPU.
+    Standalone,
 }
 
-/// Environment variable that picks [`FusedCost`]: `serial` (default) or `pipelined`.
+/// Environment variable that picks [`FusedCost`]: `serial` (default), `pipelined` or
+/// `standalone`.
 pub const FUSED_COST_ENV: &str = "OPTICAL_CUDA_FUSED_COST";
 
 env_choice!(FusedCost, FUSED_COST_ENV, {
     Serial => "serial",
     Pipelined => "pipelined",
+    Standalone => "standalone",
 });
 
 /// How the Sinkhorn iterations run for pairs whose K does not fit in shared memory (the
@@ -1086,7 +1096,6 @@ impl CudaBackend {
     }
 
     /// The cosine cost of uploaded, padded embeddings into a fresh `(b, n, m)` buffer.
-    #[allow(clippy::too_many_arguments)]
     fn cost_on_device(
         &self,
         xg: &CudaSlice<f32>,
@@ -1095,6 +1104,31 @@ impl CudaBackend {
         yl: &CudaSlice<u32>,
         (b, n, m, dp): (usize, usize, usize, usize),
     ) -> Result<CudaSlice<f32>> {
+        // SAFETY: every cost kernel writes every element i < n, j < m of every pair (0 for
+        // padding), so the buffer is fully initialised before anything reads it.
+        let mut out = unsafe { self.uninit::<f32>(b * n * m) }?;
+        self.cost_into(xg, yg, xl, yl, (b, n, m, dp), &mut out)?;
+        Ok(out)
+    }
+
+    /// The cosine cost of uploaded, padded embeddings into `out` (at least `b·n·m` floats),
+    /// every entry of which is written.
+    pub(super) fn cost_into(
+        &self,
+        xg: &CudaSlice<f32>,
+        yg: &CudaView<'_, f32>,
+        xl: &CudaSlice<u32>,
+        yl: &CudaSlice<u32>,
+        (b, n, m, dp): (usize, usize, usize, usize),
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if out.len() < b * n * m {
+            return Err(Error::parameter(
+                "cost buffer",
+                format!("{} floats (b·n·m)", b * n * m),
+                format!("{} floats", out.len()),
+            ));
+        }
         let wide_fits = wide_offsets_fit(b, n, m, dp);
         let kernel = self.resolve_cost_kernel(b, n, m, wide_fits);
         let (entry, tile, smem) = match kernel {
@@ -1130,9 +1164,6 @@ impl CudaBackend {
                     format!("b = {b}, n = {n}, m = {m}"),
                 )
             })?;
-        // SAFETY: every cost kernel writes every element i < n, j < m of every pair (0 for
-        // padding), so the buffer is fully initialised before anything reads it.
-        let mut out = unsafe { self.uninit::<f32>(b * n * m) }?;
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (TILE_THREADS, 1, 1),
@@ -1144,20 +1175,19 @@ impl CudaBackend {
             .view(yg)
             .buf(xl)
             .buf(yl)
-            .buf_mut(&mut out)
+            .buf_mut(out)
             .u32(&nu)
             .u32(&mu)
             .u32(&dpu);
         // SAFETY: x holds b*n*dp floats, y b*m*dp, the lengths b u32 each with
-        // 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out b*n*m; the grid
-        // b * ceil(n/tile) * ceil(m/tile) x 256 threads, with the tile of the chosen kernel, is
-        // the geometry the cost kernels require (they derive the pair and tile from the block
-        // index; static shared memory only, except the wgmma kernels' 66,560 and 33,792
-        // dynamic bytes,
-        // within the opt-in limit set when its module was loaded), the wide kernel runs only
-        // when its 32-bit row offsets cannot overflow, and they write only i < n, j < m.
-        unsafe { l.launch(cfg) }?;
-        Ok(out)
+        // 1 <= x_len <= n and 1 <= y_len <= m (validated Embeddings), out at least b*n*m
+        // (checked above); the grid b * ceil(n/tile) * ceil(m/tile) x 256 threads, with the
+        // tile of the chosen kernel, is the geometry the cost kernels require (they derive
+        // the pair and tile from the block index; static shared memory only, except the
+        // wgmma kernels' 66,560 and 33,792 dynamic bytes, within the opt-in limit set when
+        // their module was loaded), the wide kernel runs only when its 32-bit row offsets
+        // cannot overflow, and they write only i < n, j < m.
+        unsafe { l.launch(cfg) }
     }
 
     /// Pairwise cosine cost (same contract as [`crate::backend::CpuReference::cosine_cost`]).

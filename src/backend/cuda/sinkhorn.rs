@@ -32,22 +32,25 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
 }
 
 /// Shared memory of `sinkhorn_fused_f32` (see the header of `kernels/sinkhorn_fused.ptx`):
-/// the staging area of its cost phase doubles on the tensor cores (tf32 halves), and is two
-/// 20,480-byte buffers with producer warps (cost_mode 2); its vectors are padded to
-/// multiples of 4 floats (16-byte aligned for vector loads).
+/// the staging area of its cost phase doubles on the tensor cores (tf32 halves), is two
+/// 20,480-byte buffers with producer warps (cost_mode 2) and none when the cost is given
+/// (cost_mode 3); its vectors are padded to multiples of 4 floats (16-byte aligned for
+/// vector loads).
 fn fused_smem(n: usize, m: usize, cost_mode: u32) -> usize {
     let stage = match cost_mode {
         0 => 18432,
         1 => 36864,
-        _ => 40960,
+        2 => 40960,
+        _ => 0,
     };
     let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
     stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
 }
 
-/// The `cost_mode` of a fused launch of `block` threads for pairs of `n × m`: the producer-warp
-/// phase (2) where it was asked for, the block has 512 threads, the cost phase is on the
-/// tensor cores and its larger staging fits `smem_optin`; else the cost kernel's own mode.
+/// The `cost_mode` of a fused launch of `block` threads for pairs of `n × m`: the cost given
+/// (3) when the standalone cost kernel was asked for; the producer-warp phase (2) where it
+/// was asked for, the block has 512 threads, the cost phase is on the tensor cores and its
+/// larger staging fits `smem_optin`; else the cost kernel's own mode.
 fn fused_launch_mode(
     cost: CostKernel,
     phase: FusedCost,
@@ -55,6 +58,9 @@ fn fused_launch_mode(
     (n, m): (usize, usize),
     smem_optin: usize,
 ) -> u32 {
+    if phase == FusedCost::Standalone {
+        return 3;
+    }
     match fused_cost_mode(cost) {
         1 if block == 512 && phase == FusedCost::Pipelined && fused_smem(n, m, 2) <= smem_optin => {
             2
@@ -358,6 +364,17 @@ impl CudaBackend {
         iterations: usize,
     ) -> Result<()> {
         let (block, cost_mode, smem) = self.fused_shape(n, m);
+        if cost_mode == 3 {
+            // The cost first, on the same stream, into the buffer the fused kernel reads.
+            self.cost_into(
+                &bufs.x,
+                &bufs.y.as_view(),
+                &bufs.x_len,
+                &bufs.y_len,
+                (b, n, m, bufs.dp),
+                &mut bufs.cost,
+            )?;
+        }
         let cfg = LaunchConfig {
             grid_dim: (as_u32("b", b)?, 1, 1),
             block_dim: (block, 1, 1),
@@ -390,7 +407,8 @@ impl CudaBackend {
         // .maxntid 512 and the cost phase's 256 named-barrier threads both hold (cost_mode 2
         // only with 512), and the dynamic shared memory is the header's size for (n, m) and
         // this cost_mode, checked against the device's opt-in limit by the caller (and by
-        // fused_shape for cost_mode 2).
+        // fused_shape for cost_mode 2); with cost_mode 3 the cost kernel queued before it on
+        // this stream has written every entry of cost (b*n*m) that the kernel reads.
         unsafe { l.launch(cfg) }
     }
 
@@ -428,7 +446,11 @@ impl CudaBackend {
     }
 
     fn check_fused_fits(&self, n: usize, m: usize) -> Result<()> {
-        let need = fused_smem(n, m, fused_cost_mode(self.cost_kernel()));
+        let mode = match self.fused_cost() {
+            FusedCost::Standalone => 3,
+            _ => fused_cost_mode(self.cost_kernel()),
+        };
+        let need = fused_smem(n, m, mode);
         if need > self.dev.smem_optin {
             return Err(Error::parameter(
                 "n, m",
@@ -727,5 +749,24 @@ mod tests {
             fused_launch_mode(CostKernel::Tf32x3, pipelined, 512, (n, m), need),
             2
         );
+    }
+
+    #[test]
+    fn the_given_cost_runs_wherever_it_was_asked_for_without_staging() {
+        let standalone = FusedCost::Standalone;
+        for (kernel, block) in [
+            (CostKernel::Auto, 512),
+            (CostKernel::Fp32, 512),
+            (CostKernel::Wgmma, 256),
+            (CostKernel::WgmmaRs, 512),
+        ] {
+            assert_eq!(
+                fused_launch_mode(kernel, standalone, block, (128, 128), 0),
+                3
+            );
+        }
+        // No staging: the pairs need 36,864 bytes less than the serial phase.
+        assert_eq!(fused_smem(128, 128, 1) - fused_smem(128, 128, 3), 36_864);
+        assert_eq!(fused_smem(128, 128, 3), 128 + 24 * 128 + 4 * 128 * 129);
     }
 }
