@@ -11,7 +11,8 @@ layout and rejects operands that are not tf32 values); warpgroups (wgmma.mma_asy
 m64nNk8 .tf32 with B, and A too or A from registers in the ISA's fragment layout, in
 shared memory through no-swizzle K-major descriptors, run when a wgmma.wait_group retires
 its group, so a kernel that rewrites a shared operand before the wait gets wrong numbers
-and one that touches an accumulator or A register an error; a missing
+and one whose instructions (warp-collective ones included) touch an accumulator or A
+register of an operation not yet retired an error; a missing
 wgmma.fence or fence.proxy.async is an error too); CTAs (bar.sync
 waits for every live thread, bar.sync id, count for `count` threads); the global, shared and generic address spaces (a global-space address in a
 generic access is an error); f32 rounding; and it detects shared-memory races (two threads
@@ -444,6 +445,16 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 t.state = "bar"
                 t.bar = (int(ops[0]), int(ops[1]) if len(ops) > 1 else None)
                 return
+            if entry.uses_wgmma and op not in ("wgmma", "fence"):
+                # Any other instruction, warp-collective ones included, that names a register
+                # of a wgmma not yet retired (its accumulators, or its A fragment) is an error;
+                # and every register named since the last wgmma.fence is noted for its rule.
+                names = {name for o in ops for name in re.findall(r"[A-Za-z_][\w$]*", o)}
+                if names & t.locked:
+                    raise RuntimeError(f"{entry.name}: thread {t.tid} touches {sorted(names & t.locked)}, "
+                                       f"registers (accumulators or A fragment) of a wgmma not yet waited for, at pc {t.pc}: {code[t.pc]}")
+                if t.unfenced_regs is not None:
+                    t.unfenced_regs |= names
             if op in ("shfl", "vote", "mma"):
                 t.state = "warp"  # resolved for the whole warp by `collective`
                 return
@@ -457,13 +468,6 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     del shared.unfenced[w]
                 t.pc += 1
                 continue
-            if entry.uses_wgmma:
-                names = {name for o in ops for name in re.findall(r"[A-Za-z_][\w$]*", o)}
-                if names & t.locked:
-                    raise RuntimeError(f"{entry.name}: thread {t.tid} touches {sorted(names & t.locked)}, "
-                                       f"registers (accumulators or A fragment) of a wgmma not yet waited for, at pc {t.pc}: {code[t.pc]}")
-                if t.unfenced_regs is not None:
-                    t.unfenced_regs |= names
             ty = parts[-1]
             if op == "ld":
                 space = parts[1] if parts[1] in ("param", "global", "shared") else "generic"
@@ -631,8 +635,11 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             while len(groups) > keep:
                 for op in groups.pop(0):
                     wgmma_tf32(shared, op, group, where)
-                    for t in group:
-                        t.locked.difference_update(op[4])
+            # Registers stay locked while any operation not yet retired (a later group, or
+            # one not yet committed) still uses them.
+            busy = {name for g in groups + [wg_pending.get(wg, [])] for op in g for name in op[4]}
+            for t in group:
+                t.locked.intersection_update(busy)
             return
         m = re.fullmatch(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k8\.f32\.tf32\.tf32", opc)
         if not m:
@@ -1088,9 +1095,11 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     mem = Memory()
     if cost_mode == 3:
         # The cost given: what the standalone cost kernel writes (every entry, 0 on padding).
+        # Padding holds NaN here (the kernel writes 0 there): a kernel that read it into K or
+        # the iterations, or rewrote C, would fail the checks below.
         given = [f32(1.0 - max(-1.0, min(1.0, cos_ref(x[(p * n + i) * d : (p * n + i + 1) * d],
                                                          y[(p * m + j) * d : (p * m + j + 1) * d]))))
-                 if i < lx[p] and j < ly[p] else 0.0
+                 if i < lx[p] and j < ly[p] else math.nan
                  for p in range(b) for i in range(n) for j in range(m)]
         cost = mem.alloc(pack_f32(given))
     else:
@@ -1121,7 +1130,12 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
                     Kp[i * m + j] = f32(f32(c) * kscale)
                 else:
                     c = 0.0
-                err_c = max(err_c, ad(C[(p * n + i) * m + j], c))
+                got = C[(p * n + i) * m + j]
+                if cost_mode == 3 and not (i < lx[p] and j < ly[p]):
+                    # the given cost's padding, untouched (NaN)
+                    err_c = max(err_c, 0.0 if got != got else math.inf)
+                else:
+                    err_c = max(err_c, ad(got, c))
                 err_c = max(err_c, ad(KK[(p * n + i) * m + j], Kp[i * m + j]) * eps)
         Fw, Gw, Ew = sinkhorn_model(Kp, la[p * n : p * n + lx[p]], lb[p * m : p * m + ly[p]], lx[p], ly[p], m, iters)
         err_s = max(err_s, max(ad(a, c) for a, c in zip(F[p * n : p * n + lx[p]], Fw)))
@@ -1325,6 +1339,9 @@ def main():
             ("wgmma-rs no wait_group", "cosine_cost_sm90a", "WAIT:\n    wgmma.wait_group.sync.aligned 0;\n", "WAIT:\n",
              lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma-rs no wgmma.fence", "cosine_cost_sm90a", WGMMA_RS_FENCE, WGMMA_RS_FENCE.split("\n", 1)[1],
+             lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
+            ("wgmma-rs A register written after the wgmma.fence", "cosine_cost_sm90a", WGMMA_RS_FENCE,
+             WGMMA_RS_FENCE.replace("aligned;\n", "aligned;\n    mov.b32         as0, as0;\n", 1),
              lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma-rs no fence.proxy.async", "cosine_cost_sm90a",
              "STAGED:\n    fence.proxy.async.shared::cta;\n    bar.sync", "STAGED:\n    bar.sync",

@@ -1112,7 +1112,9 @@ impl CudaBackend {
     }
 
     /// The cosine cost of uploaded, padded embeddings into `out` (at least `b·n·m` floats),
-    /// every entry of which is written.
+    /// every entry of which is written. The buffer sizes are checked here; the lengths in
+    /// `xl` and `yl` must come from validated [`Embeddings`] (1 ≤ x_len ≤ n, 1 ≤ y_len ≤ m),
+    /// as they do in every caller.
     pub(super) fn cost_into(
         &self,
         xg: &CudaSlice<f32>,
@@ -1122,12 +1124,20 @@ impl CudaBackend {
         (b, n, m, dp): (usize, usize, usize, usize),
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if out.len() < b * n * m {
-            return Err(Error::parameter(
-                "cost buffer",
-                format!("{} floats (b·n·m)", b * n * m),
-                format!("{} floats", out.len()),
-            ));
+        for (what, have, need) in [
+            ("x buffer", xg.len(), b * n * dp),
+            ("y buffer", yg.len(), b * m * dp),
+            ("x lengths", xl.len(), b),
+            ("y lengths", yl.len(), b),
+            ("cost buffer", out.len(), b * n * m),
+        ] {
+            if have < need {
+                return Err(Error::parameter(
+                    what,
+                    format!("at least {need} elements"),
+                    format!("{have}"),
+                ));
+            }
         }
         let wide_fits = wide_offsets_fit(b, n, m, dp);
         let kernel = self.resolve_cost_kernel(b, n, m, wide_fits);

@@ -431,8 +431,9 @@ impl CudaBackend {
     }
 
     /// Threads per CTA, `cost_mode` and dynamic shared memory of the fused launch for pairs
-    /// of `n × m`: the producer-warp cost phase (cost_mode 2) where it was asked for, the
-    /// block has 512 threads, the cost phase is on the tensor cores and its 4 KB more fit.
+    /// of `n × m`: the cost given (cost_mode 3) when asked for; the producer-warp cost phase
+    /// (cost_mode 2) where it was asked for, the block has 512 threads, the cost phase is on
+    /// the tensor cores and its 4 KB more fit; else the cost kernel's own mode.
     fn fused_shape(&self, n: usize, m: usize) -> (u32, u32, usize) {
         let block = self.fused_threads().block(n, m);
         let mode = fused_launch_mode(
