@@ -338,6 +338,16 @@ if [ -n "$NCU" ]; then
     profile fused sinkhorn_fused_f32 tf32x3 sinkhorn-fused
     profile fused-fp32 sinkhorn_fused_f32 fp32 sinkhorn-fused
     OPTICAL_CUDA_FUSED_COST=pipelined profile fused-pipelined sinkhorn_fused_f32 tf32x3 sinkhorn-fused-1
+    # With the cost given (cost_mode 3) the fused kernel is almost all iterations: its
+    # profile isolates the iteration phase (1.51x its exp floor on the H200). The
+    # instruction mix and every pipe's utilisation (--print-details all) say whether the
+    # SFU or something else sets the pace.
+    T=120 step profile-fused-given env OPTICAL_CUDA_FUSED_COST=standalone "$NCU" \
+        --kernel-name sinkhorn_fused_f32 --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+        --section Occupancy --section ComputeWorkloadAnalysis --section InstructionStats \
+        --section WarpStateStats --print-details all \
+        "$BIN" bench --backend cuda --json --min-seconds 0 --kernels sinkhorn-fused
+    [ "${STATUS[profile-fused-given]}" = FAIL ] && STATUS[profile-fused-given]="failed (optional; see its log)"
     profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
     profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
     profile cost-tf32x3w cosine_cost_tf32x3w_f32 tf32x3w cosine-cost-hbm
