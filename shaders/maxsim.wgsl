@@ -109,6 +109,26 @@ fn fold_max(best: vec2<f32>, j: u32, ld: u32, first: u32, dot0: f32, dot1: f32) 
     return best;
 }
 
+// Both kernels' reductions. The maximum of row `row` of red (its T lanes' running maxima of
+// one query token), times the query token's inverse norm `inv`: cos = dot · ‖q‖⁻¹ · ‖d‖⁻¹ and
+// ‖q‖⁻¹ ≥ 0, so it factors out of the max.
+fn red_row_max(row: u32, inv: f32) -> f32 {
+    var m = red[row * T];
+    for (var l = 1u; l < T; l++) {
+        m = max(m, red[row * T + l]);
+    }
+    return m * inv;
+}
+
+// `total` plus rowmax[0 .. count), added one at a time in order.
+fn add_rowmax(total: f32, count: u32) -> f32 {
+    var s = total;
+    for (var r = 0u; r < count; r++) {
+        s += rowmax[r];
+    }
+    return s;
+}
+
 @compute @workgroup_size(16, 16)
 fn maxsim_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -178,20 +198,13 @@ fn maxsim_f32(
             for (var a = 0u; a < RA; a++) {
                 let i = lid.y + 16u * a;
                 if i0 + i < lq {
-                    var m = red[i * T];
-                    for (var l = 1u; l < T; l++) {
-                        m = max(m, red[i * T + l]);
-                    }
-                    // cos = dot · ‖q‖⁻¹ · ‖d‖⁻¹ and ‖q‖⁻¹ ≥ 0, so it factors out of the max.
-                    rowmax[i] = m * inv_q[qi * params.nq + i0 + i];
+                    rowmax[i] = red_row_max(i, inv_q[qi * params.nq + i0 + i]);
                 }
             }
         }
         workgroupBarrier();
         if t == 0u {
-            for (var r = 0u; r < min(QB, lq - i0); r++) {
-                total += rowmax[r];
-            }
+            total = add_rowmax(total, min(QB, lq - i0));
         }
         workgroupBarrier();
     }
@@ -251,18 +264,11 @@ fn maxsim_tile_f32(
         red[t] = best;
         workgroupBarrier();
         if lid.x == 0u && i0 + lid.y < lq {
-            var m = red[t];
-            for (var l = 1u; l < T; l++) {
-                m = max(m, red[t + l]);
-            }
-            // cos = dot · ‖q‖⁻¹ · ‖d‖⁻¹ and ‖q‖⁻¹ ≥ 0, so it factors out of the max.
-            rowmax[lid.y] = m * inv_q[qi * params.nq + i0 + lid.y];
+            rowmax[lid.y] = red_row_max(lid.y, inv_q[qi * params.nq + i0 + lid.y]);
         }
         workgroupBarrier();
         if t == 0u {
-            for (var r = 0u; r < min(T, lq - i0); r++) {
-                total += rowmax[r];
-            }
+            total = add_rowmax(total, min(T, lq - i0));
         }
         workgroupBarrier();
     }

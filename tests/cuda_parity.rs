@@ -16,7 +16,7 @@ use optical::backend::cuda::{
     CostKernel, CudaBackend, FusedCost, FusedThreads, MaxsimRoute, SinkhornSplit, Staging,
 };
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
-use optical::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
+use optical::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornParams};
 use optical::ot::sinkhorn::{self, SinkhornOutput};
 use optical::rng::SplitMix64;
 use optical::Error;
@@ -207,21 +207,12 @@ fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
     every_case(cases, |(s, (b, n, m, d), full)| {
         let x = embeddings(10 + s as u64, b, n, d, full);
         let y = embeddings(20 + s as u64, b, m, d, full);
-        let want = CpuReference.cosine_cost(&x, &y).unwrap();
-        let fast = CpuFast.cosine_cost(&x, &y).unwrap();
-        let got = gpu.cosine_cost(&x, &y).unwrap();
-        assert_eq!((got.b, got.n, got.m), (b, n, m));
         let what = format!(
             "cosine cost ({}) b={b} n={n} m={m} d={d} full={full}",
             kernel.name()
         );
-        check(
-            &what,
-            &diff(&got.data, &want.data),
-            &diff(&fast.data, &want.data),
-            2e-5,
-            4.0,
-        );
+        let got = cost_matches_reference(gpu, &x, &y, &what);
+        assert_eq!((got.b, got.n, got.m), (b, n, m));
         // Padding is exactly 0.
         for p in 0..b {
             for i in 0..n {
@@ -257,21 +248,28 @@ fn auto_cost_kernel_picks_by_size_and_matches_reference() {
     for (seed, (b, n, m, d)) in [(2, 64, 64, 384), (b, n, m, d)].into_iter().enumerate() {
         let x = embeddings(70 + seed as u64, b, n, d, false);
         let y = embeddings(80 + seed as u64, b, m, d, false);
-        let want = CpuReference.cosine_cost(&x, &y).unwrap();
-        let fast = CpuFast.cosine_cost(&x, &y).unwrap();
-        let got = gpu.cosine_cost(&x, &y).unwrap();
         let what = format!(
             "cosine cost (auto: {}) b={b} n={n} m={m} d={d}",
             c.cost_kernel_for(b, n, m, d).name()
         );
-        check(
-            &what,
-            &diff(&got.data, &want.data),
-            &diff(&fast.data, &want.data),
-            2e-5,
-            4.0,
-        );
+        cost_matches_reference(&gpu, &x, &y, &what);
     }
+}
+
+/// `gpu`'s cosine cost of `x` against `y`, checked against the CPU reference (within 2e-5,
+/// and at most 4× the CPU fast path's error); returns it for further checks.
+fn cost_matches_reference(gpu: &Backend, x: &Embeddings, y: &Embeddings, what: &str) -> CostBatch {
+    let want = CpuReference.cosine_cost(x, y).unwrap();
+    let fast = CpuFast.cosine_cost(x, y).unwrap();
+    let got = gpu.cosine_cost(x, y).unwrap();
+    check(
+        what,
+        &diff(&got.data, &want.data),
+        &diff(&fast.data, &want.data),
+        2e-5,
+        4.0,
+    );
+    got
 }
 
 /// The 128 × 128-tile cost kernel (`OPTICAL_CUDA_COST_KERNEL=tf32x3w`): its own test, which

@@ -58,10 +58,7 @@ fn fused_launch_mode(
     (n, m): (usize, usize),
     smem_optin: usize,
 ) -> u32 {
-    if phase == FusedCost::Standalone {
-        return 3;
-    }
-    match fused_cost_mode(cost) {
+    match fused_cost_mode(cost, phase) {
         1 if block == 512 && phase == FusedCost::Pipelined && fused_smem(n, m, 2) <= smem_optin => {
             2
         }
@@ -69,8 +66,13 @@ fn fused_launch_mode(
     }
 }
 
-/// The `cost_mode` argument of `sinkhorn_fused_f32`.
-fn fused_cost_mode(cost: CostKernel) -> u32 {
+/// The `cost_mode` argument of `sinkhorn_fused_f32` before the launch's shape is known: the
+/// cost given (3) when asked for, else the cost kernel's own mode (the launch may upgrade 1
+/// to the producer-warp phase, 2, which needs more shared memory).
+fn fused_cost_mode(cost: CostKernel, phase: FusedCost) -> u32 {
+    if phase == FusedCost::Standalone {
+        return 3;
+    }
     match cost {
         CostKernel::Fp32 => 0,
         CostKernel::Auto
@@ -447,11 +449,7 @@ impl CudaBackend {
     }
 
     fn check_fused_fits(&self, n: usize, m: usize) -> Result<()> {
-        let mode = match self.fused_cost() {
-            FusedCost::Standalone => 3,
-            _ => fused_cost_mode(self.cost_kernel()),
-        };
-        let need = fused_smem(n, m, mode);
+        let need = fused_smem(n, m, fused_cost_mode(self.cost_kernel(), self.fused_cost()));
         if need > self.dev.smem_optin {
             return Err(Error::parameter(
                 "n, m",
