@@ -6,7 +6,11 @@
 // workgroup array partial of WG floats.
 //
 // A pair's K (at most 8G × 8G) lives in registers: invocation t = G·ri + cj holds
-// k[a·8 + b] = K(ri + G·a, cj + G·b), a, b < 8 (padding: NEG). One half-iteration:
+// K(ri + G·a, cj + G·b), a, b < 8 (padding: NEG), row a in the private vectors k<a>l
+// (b < 4) and k<a>h (b ≥ 4). Named vectors rather than an indexed array, so that every
+// access has a constant index: NVIDIA's Vulkan driver kept the register blocks of the cost
+// and MaxSim kernels in local memory while they were loop-indexed arrays (4× and 2× slower;
+// docs/PERFORMANCE.md). One half-iteration:
 //   1. row_partials: for each own row, (max, Σ exp2(v − max)) over its 8 own columns of
 //      v = K_ij + hg_j: 64 exp2 with no dependence between them;
 //   2. level1: invocation t merges 8 of the G partials of line t / (G/8);
@@ -79,57 +83,98 @@ fn level2(line: u32, mode: u32) -> vec2<f32> {
     return acc;
 }
 
-// Partials of the row update: for each own row, (max, Σ exp2(v − max)) over the own columns
-// of v = K_ij + hg_j. Rows past nr write (NEG, 0).
-fn row_partials(ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) {
-    var h: array<f32, B>;
-    for (var b = 0u; b < B; b++) {
-        h[b] = hg[cj + G * b];
-    }
-    for (var a = 0u; a < B; a++) {
-        let i = ri + G * a;
-        var mx = NEG;
-        var s = 0.0;
-        if i < nr {
-            for (var b = 0u; b < B; b++) {
-                mx = max(mx, (*k)[a * B + b] + h[b]);
-            }
-            for (var b = 0u; b < B; b++) {
-                s += exp2((*k)[a * B + b] + h[b] - mx);
-            }
-        }
-        pmax[i * (G + 1u) + cj] = mx;
-        psum[i * (G + 1u) + cj] = s;
-    }
+// The invocation's K block (see the header), set by the including kernel before the first
+// half-iteration.
+var<private> k0l: vec4<f32>;
+var<private> k0h: vec4<f32>;
+var<private> k1l: vec4<f32>;
+var<private> k1h: vec4<f32>;
+var<private> k2l: vec4<f32>;
+var<private> k2h: vec4<f32>;
+var<private> k3l: vec4<f32>;
+var<private> k3h: vec4<f32>;
+var<private> k4l: vec4<f32>;
+var<private> k4h: vec4<f32>;
+var<private> k5l: vec4<f32>;
+var<private> k5h: vec4<f32>;
+var<private> k6l: vec4<f32>;
+var<private> k6h: vec4<f32>;
+var<private> k7l: vec4<f32>;
+var<private> k7h: vec4<f32>;
+
+// hf[o], hf[o + G], hf[o + 2G], hf[o + 3G] (and the same of hg): four of an invocation's
+// lines.
+fn hf4(o: u32) -> vec4<f32> {
+    return vec4<f32>(hf[o], hf[o + G], hf[o + 2u * G], hf[o + 3u * G]);
+}
+fn hg4(o: u32) -> vec4<f32> {
+    return vec4<f32>(hg[o], hg[o + G], hg[o + 2u * G], hg[o + 3u * G]);
 }
 
-// Partials of the column update, over the own rows of v = K_ij + hf_i.
-fn col_partials(ri: u32, cj: u32, nc: u32, k: ptr<function, array<f32, 64>>) {
-    var h: array<f32, B>;
-    for (var a = 0u; a < B; a++) {
-        h[a] = hf[ri + G * a];
+// One line's partial (max, Σ exp2(v − max)) over the invocation's 8 entries of it,
+// v = (lo, hi) + (h_lo, h_hi), the sum in entry order; a line past `len` gets (NEG, 0).
+// Written to slot `slot` of line `line`.
+fn line_partial(
+    line: u32,
+    slot: u32,
+    len: u32,
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+    h_lo: vec4<f32>,
+    h_hi: vec4<f32>,
+) {
+    var mx = NEG;
+    var s = 0.0;
+    if line < len {
+        let vl = lo + h_lo;
+        let vh = hi + h_hi;
+        mx = max(mx, max(max(max(vl.x, vl.y), max(vl.z, vl.w)), max(max(vh.x, vh.y), max(vh.z, vh.w))));
+        let el = exp2(vl - mx);
+        let eh = exp2(vh - mx);
+        s = el.x + el.y + el.z + el.w + eh.x + eh.y + eh.z + eh.w;
     }
-    for (var b = 0u; b < B; b++) {
-        let j = cj + G * b;
-        var mx = NEG;
-        var s = 0.0;
-        if j < nc {
-            for (var a = 0u; a < B; a++) {
-                mx = max(mx, (*k)[a * B + b] + h[a]);
-            }
-            for (var a = 0u; a < B; a++) {
-                s += exp2((*k)[a * B + b] + h[a] - mx);
-            }
-        }
-        pmax[j * (G + 1u) + ri] = mx;
-        psum[j * (G + 1u) + ri] = s;
-    }
+    pmax[line * (G + 1u) + slot] = mx;
+    psum[line * (G + 1u) + slot] = s;
+}
+
+// Partials of the row update: for each own row, (max, Σ exp2(v − max)) over the own columns
+// of v = K_ij + hg_j. Rows past nr write (NEG, 0).
+fn row_partials(ri: u32, cj: u32, nr: u32) {
+    let hl = hg4(cj);
+    let hh = hg4(cj + 4u * G);
+    line_partial(ri, cj, nr, k0l, k0h, hl, hh);
+    line_partial(ri + G, cj, nr, k1l, k1h, hl, hh);
+    line_partial(ri + 2u * G, cj, nr, k2l, k2h, hl, hh);
+    line_partial(ri + 3u * G, cj, nr, k3l, k3h, hl, hh);
+    line_partial(ri + 4u * G, cj, nr, k4l, k4h, hl, hh);
+    line_partial(ri + 5u * G, cj, nr, k5l, k5h, hl, hh);
+    line_partial(ri + 6u * G, cj, nr, k6l, k6h, hl, hh);
+    line_partial(ri + 7u * G, cj, nr, k7l, k7h, hl, hh);
+}
+
+// Partials of the column update, over the own rows of v = K_ij + hf_i: column b of the block
+// is column b of the transposed 4 × 4 quarters.
+fn col_partials(ri: u32, cj: u32, nc: u32) {
+    let hl = hf4(ri);
+    let hh = hf4(ri + 4u * G);
+    let top_l = transpose(mat4x4<f32>(k0l, k1l, k2l, k3l));
+    let bot_l = transpose(mat4x4<f32>(k4l, k5l, k6l, k7l));
+    let top_h = transpose(mat4x4<f32>(k0h, k1h, k2h, k3h));
+    let bot_h = transpose(mat4x4<f32>(k4h, k5h, k6h, k7h));
+    line_partial(cj, ri, nc, top_l[0], bot_l[0], hl, hh);
+    line_partial(cj + G, ri, nc, top_l[1], bot_l[1], hl, hh);
+    line_partial(cj + 2u * G, ri, nc, top_l[2], bot_l[2], hl, hh);
+    line_partial(cj + 3u * G, ri, nc, top_l[3], bot_l[3], hl, hh);
+    line_partial(cj + 4u * G, ri, nc, top_h[0], bot_h[0], hl, hh);
+    line_partial(cj + 5u * G, ri, nc, top_h[1], bot_h[1], hl, hh);
+    line_partial(cj + 6u * G, ri, nc, top_h[2], bot_h[2], hl, hh);
+    line_partial(cj + 7u * G, ri, nc, top_h[3], bot_h[3], hl, hh);
 }
 
 // The row update's −LSE for the owner of row t (meaningful for t < nr). Ends after level 1's
 // barrier; the caller writes hf and puts the barrier after it.
-fn row_update(t: u32, ri: u32, cj: u32, nr: u32, k: ptr<function, array<f32, 64>>) -> f32 {
-    row_partials(ri, cj, nr, k);
+fn row_update(t: u32, ri: u32, cj: u32, nr: u32) -> f32 {
+    row_partials(ri, cj, nr);
     workgroupBarrier();
     level1(t, MODE_LSE);
     workgroupBarrier();
@@ -153,13 +198,12 @@ fn finish_iteration(
     f_la: f32,
     g_old: f32,
     lb: f32,
-    k: ptr<function, array<f32, 64>>,
 ) -> f32 {
     if t < B * G {
         hf[t] = select(0.0, f_la, t < nr);
     }
     workgroupBarrier();
-    col_partials(ri, cj, nc, k);
+    col_partials(ri, cj, nc);
     workgroupBarrier();
     level1(t, MODE_LSE);
     workgroupBarrier();

@@ -50,7 +50,8 @@
 //
 // ---- Register-blocked kernel (fused_blocked_f32, fused_blocked_plan_f32; its passes are in
 // blocked_lse.wgsl, which the host appends to this file)
-// Each invocation keeps an 8 × 8 block of the pair's K in registers, so every invocation works
+// Each invocation keeps an 8 × 8 block of the pair's K in registers (16 named vec4s, see
+// blocked_lse.wgsl; while the cost is built they hold its dot products), so every invocation works
 // on every row and column update and workgroup memory holds only potentials and partial
 // reductions (24,592 B whatever the pair, within the 32 KiB that Metal and many Vulkan
 // drivers allow).
@@ -410,21 +411,71 @@ fn fused_plan_f32(
 
 // ---- Register-blocked kernel
 
-// Build the pair's K in k (padding NEG). On return hf[i] = α_i, hg[j] = β_j (0 past the
-// lengths, up to 8G). Ends with a barrier.
-fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<function, array<f32, 64>>) {
+// Inverse norms from sums of squares, 0 for a zero vector.
+fn inv_norm4(ss: vec4<f32>) -> vec4<f32> {
+    return select(inverseSqrt(ss), vec4<f32>(0.0), ss == vec4<f32>(0.0));
+}
+
+// Four entries of one row of C from their dot products, the row's and the columns'
+// inverse norms; NEG where `real` is false.
+fn cost4(dots: vec4<f32>, ix: f32, iy: vec4<f32>, real: vec4<bool>) -> vec4<f32> {
+    let c = 1.0 - clamp(dots * ix * iy, vec4<f32>(-1.0), vec4<f32>(1.0));
+    return select(vec4<f32>(NEG), c, real);
+}
+
+// The smallest of the entries where `real` is true, −NEG if none.
+fn min_real(v: vec4<f32>, real: vec4<bool>) -> f32 {
+    let w = select(vec4<f32>(-NEG), v, real);
+    return min(min(w.x, w.y), min(w.z, w.w));
+}
+
+// Row i's (lo, hi) entries of the block with α_i (`a`) and β (`b_l`, `b_h`) taken off,
+// scaled to K; NEG outside the support.
+fn to_k(lo: vec4<f32>, hi: vec4<f32>, a: f32, b_l: vec4<f32>, b_h: vec4<f32>, scale: f32, real_l: vec4<bool>, real_h: vec4<bool>) -> mat2x4<f32> {
+    return mat2x4<f32>(
+        select(vec4<f32>(NEG), (lo - a - b_l) * scale, real_l),
+        select(vec4<f32>(NEG), (hi - a - b_h) * scale, real_h),
+    );
+}
+
+// Build the pair's K in the invocation's block k<a>l/k<a>h (blocked_lse.wgsl; padding NEG).
+// On return hf[i] = α_i, hg[j] = β_j (0 past the lengths, up to 8G). Ends with a barrier.
+// The block's vectors accumulate the dot products first (each entry one fma per dimension,
+// in dimension order), then hold C, then K.
+fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32) {
     let d = params.d;
     let xb = p * params.n * d;
     let yb = p * params.m * d;
     let lines = B * G;
-    var acc: array<f32, 64>;
-    var ssx: array<f32, B>;
-    var ssy: array<f32, B>;
+    k0l = vec4<f32>(0.0);
+    k0h = vec4<f32>(0.0);
+    k1l = vec4<f32>(0.0);
+    k1h = vec4<f32>(0.0);
+    k2l = vec4<f32>(0.0);
+    k2h = vec4<f32>(0.0);
+    k3l = vec4<f32>(0.0);
+    k3h = vec4<f32>(0.0);
+    k4l = vec4<f32>(0.0);
+    k4h = vec4<f32>(0.0);
+    k5l = vec4<f32>(0.0);
+    k5h = vec4<f32>(0.0);
+    k6l = vec4<f32>(0.0);
+    k6h = vec4<f32>(0.0);
+    k7l = vec4<f32>(0.0);
+    k7h = vec4<f32>(0.0);
+    // Sums of squares of the own rows of x (rows ri + G·a: a < 4 in _l, a ≥ 4 in _h) and y.
+    var ssx_l = vec4<f32>(0.0);
+    var ssx_h = vec4<f32>(0.0);
+    var ssy_l = vec4<f32>(0.0);
+    var ssy_h = vec4<f32>(0.0);
     // G dimensions of all 8G rows of x and of y per step, staged in pmax (x) and psum (y),
     // which the iterations only use afterwards: 8G rows of G + 1 floats is exactly their
     // size, and the odd stride keeps the reads below in distinct banks.
     let kc = G;
     let kcp = G + 1u;
+    let gs = G * kcp;
+    let xo = ri * kcp;
+    let yo = cj * kcp;
     for (var k0 = 0u; k0 < d; k0 += kc) {
         for (var e = t; e < lines * kc; e += WG) {
             let r = e / kc;
@@ -443,39 +494,86 @@ fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<func
         }
         workgroupBarrier();
         for (var c = 0u; c < kc; c++) {
-            var xv: array<f32, B>;
-            var yv: array<f32, B>;
-            for (var a = 0u; a < B; a++) {
-                xv[a] = pmax[(ri + G * a) * kcp + c];
-                ssx[a] = fma(xv[a], xv[a], ssx[a]);
-            }
-            for (var b = 0u; b < B; b++) {
-                yv[b] = psum[(cj + G * b) * kcp + c];
-                ssy[b] = fma(yv[b], yv[b], ssy[b]);
-            }
-            for (var a = 0u; a < B; a++) {
-                for (var b = 0u; b < B; b++) {
-                    acc[a * B + b] = fma(xv[a], yv[b], acc[a * B + b]);
-                }
-            }
+            let o = xo + c;
+            let x_l = vec4<f32>(pmax[o], pmax[o + gs], pmax[o + 2u * gs], pmax[o + 3u * gs]);
+            let x_h = vec4<f32>(pmax[o + 4u * gs], pmax[o + 5u * gs], pmax[o + 6u * gs], pmax[o + 7u * gs]);
+            let q = yo + c;
+            let y_l = vec4<f32>(psum[q], psum[q + gs], psum[q + 2u * gs], psum[q + 3u * gs]);
+            let y_h = vec4<f32>(psum[q + 4u * gs], psum[q + 5u * gs], psum[q + 6u * gs], psum[q + 7u * gs]);
+            ssx_l = fma(x_l, x_l, ssx_l);
+            ssx_h = fma(x_h, x_h, ssx_h);
+            ssy_l = fma(y_l, y_l, ssy_l);
+            ssy_h = fma(y_h, y_h, ssy_h);
+            k0l = fma(vec4<f32>(x_l.x), y_l, k0l);
+            k0h = fma(vec4<f32>(x_l.x), y_h, k0h);
+            k1l = fma(vec4<f32>(x_l.y), y_l, k1l);
+            k1h = fma(vec4<f32>(x_l.y), y_h, k1h);
+            k2l = fma(vec4<f32>(x_l.z), y_l, k2l);
+            k2h = fma(vec4<f32>(x_l.z), y_h, k2h);
+            k3l = fma(vec4<f32>(x_l.w), y_l, k3l);
+            k3h = fma(vec4<f32>(x_l.w), y_h, k3h);
+            k4l = fma(vec4<f32>(x_h.x), y_l, k4l);
+            k4h = fma(vec4<f32>(x_h.x), y_h, k4h);
+            k5l = fma(vec4<f32>(x_h.y), y_l, k5l);
+            k5h = fma(vec4<f32>(x_h.y), y_h, k5h);
+            k6l = fma(vec4<f32>(x_h.z), y_l, k6l);
+            k6h = fma(vec4<f32>(x_h.z), y_h, k6h);
+            k7l = fma(vec4<f32>(x_h.w), y_l, k7l);
+            k7h = fma(vec4<f32>(x_h.w), y_h, k7h);
         }
         workgroupBarrier();
     }
     // C, and the row partial minima (α).
-    for (var a = 0u; a < B; a++) {
-        let i = ri + G * a;
-        let ix = select(inverseSqrt(ssx[a]), 0.0, ssx[a] == 0.0);
-        var lo = -NEG;
-        for (var b = 0u; b < B; b++) {
-            let j = cj + G * b;
-            let iy = select(inverseSqrt(ssy[b]), 0.0, ssy[b] == 0.0);
-            let c = 1.0 - clamp(acc[a * B + b] * ix * iy, -1.0, 1.0);
-            let real = i < nr && j < nc;
-            (*k)[a * B + b] = select(NEG, c, real);
-            lo = select(lo, min(lo, c), real);
-        }
-        pmax[i * (G + 1u) + cj] = lo;
-    }
+    let ix_l = inv_norm4(ssx_l);
+    let ix_h = inv_norm4(ssx_h);
+    let iy_l = inv_norm4(ssy_l);
+    let iy_h = inv_norm4(ssy_h);
+    let cols_l = vec4<u32>(cj, cj + G, cj + 2u * G, cj + 3u * G) < vec4<u32>(nc);
+    let cols_h = vec4<u32>(cj + 4u * G, cj + 5u * G, cj + 6u * G, cj + 7u * G) < vec4<u32>(nc);
+    let rows_l = vec4<u32>(ri, ri + G, ri + 2u * G, ri + 3u * G) < vec4<u32>(nr);
+    let rows_h = vec4<u32>(ri + 4u * G, ri + 5u * G, ri + 6u * G, ri + 7u * G) < vec4<u32>(nr);
+    // real_<a>: the row's mask (a < 4 from rows_l, else rows_h) and the columns'.
+    let r0l = cols_l & vec4<bool>(rows_l.x);
+    let r0h = cols_h & vec4<bool>(rows_l.x);
+    let r1l = cols_l & vec4<bool>(rows_l.y);
+    let r1h = cols_h & vec4<bool>(rows_l.y);
+    let r2l = cols_l & vec4<bool>(rows_l.z);
+    let r2h = cols_h & vec4<bool>(rows_l.z);
+    let r3l = cols_l & vec4<bool>(rows_l.w);
+    let r3h = cols_h & vec4<bool>(rows_l.w);
+    let r4l = cols_l & vec4<bool>(rows_h.x);
+    let r4h = cols_h & vec4<bool>(rows_h.x);
+    let r5l = cols_l & vec4<bool>(rows_h.y);
+    let r5h = cols_h & vec4<bool>(rows_h.y);
+    let r6l = cols_l & vec4<bool>(rows_h.z);
+    let r6h = cols_h & vec4<bool>(rows_h.z);
+    let r7l = cols_l & vec4<bool>(rows_h.w);
+    let r7h = cols_h & vec4<bool>(rows_h.w);
+    k0l = cost4(k0l, ix_l.x, iy_l, r0l);
+    k0h = cost4(k0h, ix_l.x, iy_h, r0h);
+    k1l = cost4(k1l, ix_l.y, iy_l, r1l);
+    k1h = cost4(k1h, ix_l.y, iy_h, r1h);
+    k2l = cost4(k2l, ix_l.z, iy_l, r2l);
+    k2h = cost4(k2h, ix_l.z, iy_h, r2h);
+    k3l = cost4(k3l, ix_l.w, iy_l, r3l);
+    k3h = cost4(k3h, ix_l.w, iy_h, r3h);
+    k4l = cost4(k4l, ix_h.x, iy_l, r4l);
+    k4h = cost4(k4h, ix_h.x, iy_h, r4h);
+    k5l = cost4(k5l, ix_h.y, iy_l, r5l);
+    k5h = cost4(k5h, ix_h.y, iy_h, r5h);
+    k6l = cost4(k6l, ix_h.z, iy_l, r6l);
+    k6h = cost4(k6h, ix_h.z, iy_h, r6h);
+    k7l = cost4(k7l, ix_h.w, iy_l, r7l);
+    k7h = cost4(k7h, ix_h.w, iy_h, r7h);
+    let ps = G + 1u;
+    pmax[ri * ps + cj] = min(-NEG, min(min_real(k0l, r0l), min_real(k0h, r0h)));
+    pmax[(ri + G) * ps + cj] = min(-NEG, min(min_real(k1l, r1l), min_real(k1h, r1h)));
+    pmax[(ri + 2u * G) * ps + cj] = min(-NEG, min(min_real(k2l, r2l), min_real(k2h, r2h)));
+    pmax[(ri + 3u * G) * ps + cj] = min(-NEG, min(min_real(k3l, r3l), min_real(k3h, r3h)));
+    pmax[(ri + 4u * G) * ps + cj] = min(-NEG, min(min_real(k4l, r4l), min_real(k4h, r4h)));
+    pmax[(ri + 5u * G) * ps + cj] = min(-NEG, min(min_real(k5l, r5l), min_real(k5h, r5h)));
+    pmax[(ri + 6u * G) * ps + cj] = min(-NEG, min(min_real(k6l, r6l), min_real(k6h, r6h)));
+    pmax[(ri + 7u * G) * ps + cj] = min(-NEG, min(min_real(k7l, r7l), min_real(k7h, r7h)));
     workgroupBarrier();
     level1(t, MODE_MIN);
     workgroupBarrier();
@@ -483,16 +581,36 @@ fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<func
         hf[t] = select(0.0, level2(t, MODE_MIN).x, t < nr);
     }
     workgroupBarrier();
-    // β: column partial minima of C − α.
-    for (var b = 0u; b < B; b++) {
-        let j = cj + G * b;
-        var lo = -NEG;
-        for (var a = 0u; a < B; a++) {
-            let i = ri + G * a;
-            lo = select(lo, min(lo, (*k)[a * B + b] - hf[i]), i < nr && j < nc);
-        }
-        pmax[j * (G + 1u) + ri] = lo;
-    }
+    // β: column partial minima of C − α over the own rows.
+    let al = hf4(ri);
+    let ah = hf4(ri + 4u * G);
+    let big = vec4<f32>(-NEG);
+    var lo_l = big;
+    var lo_h = big;
+    lo_l = min(lo_l, select(big, k0l - al.x, r0l));
+    lo_h = min(lo_h, select(big, k0h - al.x, r0h));
+    lo_l = min(lo_l, select(big, k1l - al.y, r1l));
+    lo_h = min(lo_h, select(big, k1h - al.y, r1h));
+    lo_l = min(lo_l, select(big, k2l - al.z, r2l));
+    lo_h = min(lo_h, select(big, k2h - al.z, r2h));
+    lo_l = min(lo_l, select(big, k3l - al.w, r3l));
+    lo_h = min(lo_h, select(big, k3h - al.w, r3h));
+    lo_l = min(lo_l, select(big, k4l - ah.x, r4l));
+    lo_h = min(lo_h, select(big, k4h - ah.x, r4h));
+    lo_l = min(lo_l, select(big, k5l - ah.y, r5l));
+    lo_h = min(lo_h, select(big, k5h - ah.y, r5h));
+    lo_l = min(lo_l, select(big, k6l - ah.z, r6l));
+    lo_h = min(lo_h, select(big, k6h - ah.z, r6h));
+    lo_l = min(lo_l, select(big, k7l - ah.w, r7l));
+    lo_h = min(lo_h, select(big, k7h - ah.w, r7h));
+    pmax[cj * ps + ri] = lo_l.x;
+    pmax[(cj + G) * ps + ri] = lo_l.y;
+    pmax[(cj + 2u * G) * ps + ri] = lo_l.z;
+    pmax[(cj + 3u * G) * ps + ri] = lo_l.w;
+    pmax[(cj + 4u * G) * ps + ri] = lo_h.x;
+    pmax[(cj + 5u * G) * ps + ri] = lo_h.y;
+    pmax[(cj + 6u * G) * ps + ri] = lo_h.z;
+    pmax[(cj + 7u * G) * ps + ri] = lo_h.w;
     workgroupBarrier();
     level1(t, MODE_MIN);
     workgroupBarrier();
@@ -501,14 +619,32 @@ fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32, k: ptr<func
     }
     workgroupBarrier();
     let scale = -LOG2E / params.epsilon;
-    for (var a = 0u; a < B; a++) {
-        let i = ri + G * a;
-        for (var b = 0u; b < B; b++) {
-            let j = cj + G * b;
-            let real = i < nr && j < nc;
-            (*k)[a * B + b] = select(NEG, ((*k)[a * B + b] - hf[i] - hg[j]) * scale, real);
-        }
-    }
+    let bl = hg4(cj);
+    let bh = hg4(cj + 4u * G);
+    var kk = to_k(k0l, k0h, al.x, bl, bh, scale, r0l, r0h);
+    k0l = kk[0];
+    k0h = kk[1];
+    kk = to_k(k1l, k1h, al.y, bl, bh, scale, r1l, r1h);
+    k1l = kk[0];
+    k1h = kk[1];
+    kk = to_k(k2l, k2h, al.z, bl, bh, scale, r2l, r2h);
+    k2l = kk[0];
+    k2h = kk[1];
+    kk = to_k(k3l, k3h, al.w, bl, bh, scale, r3l, r3h);
+    k3l = kk[0];
+    k3h = kk[1];
+    kk = to_k(k4l, k4h, ah.x, bl, bh, scale, r4l, r4h);
+    k4l = kk[0];
+    k4h = kk[1];
+    kk = to_k(k5l, k5h, ah.y, bl, bh, scale, r5l, r5h);
+    k5l = kk[0];
+    k5h = kk[1];
+    kk = to_k(k6l, k6h, ah.z, bl, bh, scale, r6l, r6h);
+    k6l = kk[0];
+    k6h = kk[1];
+    kk = to_k(k7l, k7h, ah.w, bl, bh, scale, r7l, r7h);
+    k7l = kk[0];
+    k7h = kk[1];
     workgroupBarrier();
 }
 
@@ -530,8 +666,7 @@ fn fused_blocked_f32(
     let nc = len.y;
     let ri = t / G;
     let cj = t - ri * G;
-    var k: array<f32, 64>;
-    build_blocked(p, t, ri, cj, nr, nc, &k);
+    build_blocked(p, t, ri, cj, nr, nc);
 
     let first = st.x == 0u;
     let la = -log2(f32(nr));
@@ -566,14 +701,14 @@ fn fused_blocked_f32(
     while done < end {
         // Row update (or the one the last check already computed).
         if !have_next {
-            fr = row_update(t, ri, cj, nr, &k);
+            fr = row_update(t, ri, cj, nr);
         }
         have_next = false;
-        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb, &k);
+        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb);
         done += 1u;
 
         if done % params.check_every == 0u || done == params.max_iterations {
-            let f_new = row_update(t, ri, cj, nr, &k);
+            let f_new = row_update(t, ri, cj, nr);
             var term = 0.0;
             if t < nr {
                 term = exp2(la) * abs(exp2(fr - f_new) - 1.0);
@@ -605,6 +740,56 @@ fn fused_blocked_f32(
     }
 }
 
+// One entry of the plan at out[o]: written when `real`, and its term added to `total`.
+fn plan_entry(o: u32, real: bool, v: f32, term: f32, total: f32) -> f32 {
+    if real {
+        out[o] = v;
+        return total + term;
+    }
+    return total;
+}
+
+// Four entries of a plan row (row offset o, columns `cols`), in column order.
+fn plan_entries(o: u32, cols: vec4<u32>, nc: u32, v: vec4<f32>, term: vec4<f32>, total: f32) -> f32 {
+    var s = plan_entry(o + cols.x, cols.x < nc, v.x, term.x, total);
+    s = plan_entry(o + cols.y, cols.y < nc, v.y, term.y, s);
+    s = plan_entry(o + cols.z, cols.z < nc, v.z, term.z, s);
+    return plan_entry(o + cols.w, cols.w < nc, v.w, term.w, s);
+}
+
+// Row i of pair p's block (K in lo, hi; columns cols_l, cols_h with their G in g_l, g_h and
+// β in b_l, b_h): P_ij = 2^(K_ij + F_i + G_j + log2 a + log2 b) into the plan, and `total` plus
+// Σ_j P_ij·C_ij over the row's real entries in column order, C_ij = α_i + β_j − K_ij·ε/log2(e).
+fn plan_row(
+    p: u32,
+    i: u32,
+    nr: u32,
+    nc: u32,
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+    cols_l: vec4<u32>,
+    cols_h: vec4<u32>,
+    g_l: vec4<f32>,
+    g_h: vec4<f32>,
+    b_l: vec4<f32>,
+    b_h: vec4<f32>,
+    la: f32,
+    lb: f32,
+    unscale: f32,
+    total: f32,
+) -> f32 {
+    if i >= nr {
+        return total;
+    }
+    let fi = f[p * params.n + i];
+    let ai = hf[i];
+    let v_l = exp2(lo + fi + g_l + la + lb);
+    let v_h = exp2(hi + fi + g_h + la + lb);
+    let o = p * params.n * params.m + i * params.m;
+    let s = plan_entries(o, cols_l, nc, v_l, v_l * (ai + b_l - lo * unscale), total);
+    return plan_entries(o, cols_h, nc, v_h, v_h * (ai + b_h - hi * unscale), s);
+}
+
 @compute @workgroup_size(WG)
 fn fused_blocked_plan_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -621,9 +806,8 @@ fn fused_blocked_plan_f32(
     let m = params.m;
     let ri = t / G;
     let cj = t - ri * G;
-    var k: array<f32, 64>;
-    build_blocked(p, t, ri, cj, nr, nc, &k);
-    // hf = α, hg = β, k = K now.
+    build_blocked(p, t, ri, cj, nr, nc);
+    // hf = α, hg = β, the block = K now.
     let la = -log2(f32(nr));
     let lb = -log2(f32(nc));
     let unscale = params.epsilon / LOG2E;
@@ -637,34 +821,45 @@ fn fused_blocked_plan_f32(
             out[p * nm + e] = 0.0;
         }
     }
-    var fv: array<f32, B>;
-    var gv: array<f32, B>;
-    for (var a = 0u; a < B; a++) {
-        let i = ri + G * a;
-        if i < nr {
-            fv[a] = f[p * n + i];
-        }
+    let cl = vec4<u32>(cj, cj + G, cj + 2u * G, cj + 3u * G);
+    let ch = cl + 4u * G;
+    var g_l = vec4<f32>(0.0);
+    var g_h = vec4<f32>(0.0);
+    if cl.x < nc {
+        g_l.x = g[p * m + cl.x];
     }
-    for (var b = 0u; b < B; b++) {
-        let j = cj + G * b;
-        if j < nc {
-            gv[b] = g[p * m + j];
-        }
+    if cl.y < nc {
+        g_l.y = g[p * m + cl.y];
     }
+    if cl.z < nc {
+        g_l.z = g[p * m + cl.z];
+    }
+    if cl.w < nc {
+        g_l.w = g[p * m + cl.w];
+    }
+    if ch.x < nc {
+        g_h.x = g[p * m + ch.x];
+    }
+    if ch.y < nc {
+        g_h.y = g[p * m + ch.y];
+    }
+    if ch.z < nc {
+        g_h.z = g[p * m + ch.z];
+    }
+    if ch.w < nc {
+        g_h.w = g[p * m + ch.w];
+    }
+    let b_l = hg4(cj);
+    let b_h = hg4(cj + 4u * G);
     var total = 0.0;
-    for (var a = 0u; a < B; a++) {
-        let i = ri + G * a;
-        for (var b = 0u; b < B; b++) {
-            let j = cj + G * b;
-            if i < nr && j < nc {
-                let kv = k[a * B + b];
-                let v = exp2(kv + fv[a] + gv[b] + la + lb);
-                out[p * nm + i * m + j] = v;
-                // C_ij = α_i + β_j − K_ij·ε/log2(e)
-                total += v * (hf[i] + hg[j] - kv * unscale);
-            }
-        }
-    }
+    total = plan_row(p, ri, nr, nc, k0l, k0h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
+    total = plan_row(p, ri + G, nr, nc, k1l, k1h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
+    total = plan_row(p, ri + 2u * G, nr, nc, k2l, k2h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
+    total = plan_row(p, ri + 3u * G, nr, nc, k3l, k3h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
+    total = plan_row(p, ri + 4u * G, nr, nc, k4l, k4h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
+    total = plan_row(p, ri + 5u * G, nr, nc, k5l, k5h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
+    total = plan_row(p, ri + 6u * G, nr, nc, k6l, k6h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
+    total = plan_row(p, ri + 7u * G, nr, nc, k7l, k7h, cl, ch, g_l, g_h, b_l, b_h, la, lb, unscale, total);
     write_potentials(p, t, nr, nc);
     partial[t] = total;
     let c = sum_partial(t);

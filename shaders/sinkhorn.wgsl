@@ -237,6 +237,26 @@ fn sinkhorn_iterate_f32(
 // K of the pair in registers, loaded once per dispatch; every pair of the dispatch has at
 // most 8G rows and columns of support (the host checks). Same contract as
 // sinkhorn_iterate_f32.
+// K(i, j) of the pair at kmat[k0] for the four columns j, NEG outside the nr × nc support.
+fn k_row4(k0: u32, i: u32, j: vec4<u32>, nr: u32, nc: u32) -> vec4<f32> {
+    var v = vec4<f32>(NEG);
+    if i < nr {
+        if j.x < nc {
+            v.x = kmat[k0 + i * nc + j.x];
+        }
+        if j.y < nc {
+            v.y = kmat[k0 + i * nc + j.y];
+        }
+        if j.z < nc {
+            v.z = kmat[k0 + i * nc + j.z];
+        }
+        if j.w < nc {
+            v.w = kmat[k0 + i * nc + j.w];
+        }
+    }
+    return v;
+}
+
 @compute @workgroup_size(WG)
 fn sinkhorn_iterate_blocked_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -255,18 +275,24 @@ fn sinkhorn_iterate_blocked_f32(
     let k0 = p * 2u * params.n * params.m;
     let ri = t / G;
     let cj = t - ri * G;
-    var k: array<f32, 64>;
-    for (var a = 0u; a < B; a++) {
-        let i = ri + G * a;
-        for (var b = 0u; b < B; b++) {
-            let j = cj + G * b;
-            var v = NEG;
-            if i < nr && j < nc {
-                v = kmat[k0 + i * nc + j];
-            }
-            k[a * B + b] = v;
-        }
-    }
+    let ci = vec4<u32>(cj, cj + G, cj + 2u * G, cj + 3u * G);
+    let ch = ci + 4u * G;
+    k0l = k_row4(k0, ri, ci, nr, nc);
+    k0h = k_row4(k0, ri, ch, nr, nc);
+    k1l = k_row4(k0, ri + G, ci, nr, nc);
+    k1h = k_row4(k0, ri + G, ch, nr, nc);
+    k2l = k_row4(k0, ri + 2u * G, ci, nr, nc);
+    k2h = k_row4(k0, ri + 2u * G, ch, nr, nc);
+    k3l = k_row4(k0, ri + 3u * G, ci, nr, nc);
+    k3h = k_row4(k0, ri + 3u * G, ch, nr, nc);
+    k4l = k_row4(k0, ri + 4u * G, ci, nr, nc);
+    k4h = k_row4(k0, ri + 4u * G, ch, nr, nc);
+    k5l = k_row4(k0, ri + 5u * G, ci, nr, nc);
+    k5h = k_row4(k0, ri + 5u * G, ch, nr, nc);
+    k6l = k_row4(k0, ri + 6u * G, ci, nr, nc);
+    k6h = k_row4(k0, ri + 6u * G, ch, nr, nc);
+    k7l = k_row4(k0, ri + 7u * G, ci, nr, nc);
+    k7h = k_row4(k0, ri + 7u * G, ch, nr, nc);
     // The owner of row t keeps F_t and log2 a_t, of column t G_t and log2 b_t; past the
     // support hf and hg hold 0.
     let lines = B * G;
@@ -288,8 +314,8 @@ fn sinkhorn_iterate_blocked_f32(
     workgroupBarrier();
 
     for (var it = 0u; it < params.iterations; it++) {
-        fr = row_update(t, ri, cj, nr, &k);
-        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb, &k);
+        fr = row_update(t, ri, cj, nr);
+        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb);
     }
 
     if t < nr {
