@@ -157,6 +157,74 @@ fn shaders_validate_with_naga() {
     }
 }
 
+/// The register-blocked kernels keep their register blocks in named vectors. NVIDIA's Vulkan
+/// driver kept loop-indexed function-local arrays in local memory (the blocked cost kernel
+/// ran 4× slower with them; docs/PERFORMANCE.md), which no result on lavapipe shows: so no
+/// function of these kernels may declare an array local, and no private variable may be an
+/// array.
+#[test]
+fn register_blocked_kernels_hold_no_local_arrays() {
+    const BLOCKED: [&str; 15] = [
+        "cosine_cost_blocked_f32",
+        "store_block_row",
+        "maxsim_f32",
+        "fold_max",
+        "sinkhorn_iterate_blocked_f32",
+        "k_row4",
+        "fused_blocked_f32",
+        "fused_blocked_plan_f32",
+        "build_blocked",
+        "plan_row",
+        "line_partial",
+        "row_partials",
+        "col_partials",
+        "row_update",
+        "finish_iteration",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, source) in SHADERS {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        let is_array = |ty: naga::Handle<naga::Type>| {
+            matches!(module.types[ty].inner, naga::TypeInner::Array { .. })
+        };
+        for (_, g) in module.global_variables.iter() {
+            if g.space == naga::AddressSpace::Private {
+                assert!(!is_array(g.ty), "{name}: private array {:?}", g.name);
+            }
+        }
+        let functions = module
+            .functions
+            .iter()
+            .map(|(_, f)| (f.name.clone().unwrap_or_default(), f))
+            .chain(
+                module
+                    .entry_points
+                    .iter()
+                    .map(|e| (e.name.clone(), &e.function)),
+            );
+        for (fname, f) in functions {
+            if !BLOCKED.contains(&fname.as_str()) {
+                continue;
+            }
+            seen.insert(fname.clone());
+            for (_, v) in f.local_variables.iter() {
+                assert!(
+                    !is_array(v.ty),
+                    "{name}: {fname} declares the array {:?}",
+                    v.name
+                );
+            }
+        }
+    }
+    // A renamed kernel must not drop out of the check unnoticed.
+    let missing: Vec<_> = BLOCKED.iter().filter(|f| !seen.contains(**f)).collect();
+    assert!(
+        missing.is_empty(),
+        "functions not found in any shader: {missing:?}"
+    );
+}
+
 /// Pipelines compile on first use; every one of them must compile on this adapter, and the
 /// count must match the backend's table (a pipeline added or lost shows up here).
 #[test]
