@@ -99,7 +99,10 @@ pub struct EvalDatasetArgs {
     /// Truncate every text to N tokens, specials included (default: the model's limit).
     #[arg(long)]
     pub max_length: Option<usize>,
-    /// Do not read or write the embedding cache ($OPTICAL_CACHE/embeddings).
+    /// Do not read or write the embedding cache ($OPTICAL_CACHE/embeddings). Its entries are
+    /// keyed by model, role and texts, not by backend: vectors encoded on one backend serve the
+    /// others (the same model, equal up to f32 rounding), so use this flag to time or compare a
+    /// backend's encoding.
     #[arg(long)]
     pub no_cache: bool,
     /// Data directory (default: $OPTICAL_DATA_DIR, else ../shared/data).
