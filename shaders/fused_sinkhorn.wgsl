@@ -429,13 +429,28 @@ fn min_real(v: vec4<f32>, real: vec4<bool>) -> f32 {
     return min(min(w.x, w.y), min(w.z, w.w));
 }
 
-// Row i's (lo, hi) entries of the block with α_i (`a`) and β (`b_l`, `b_h`) taken off,
-// scaled to K; NEG outside the support.
-fn to_k(lo: vec4<f32>, hi: vec4<f32>, a: f32, b_l: vec4<f32>, b_h: vec4<f32>, scale: f32, real_l: vec4<bool>, real_h: vec4<bool>) -> mat2x4<f32> {
-    return mat2x4<f32>(
-        select(vec4<f32>(NEG), (lo - a - b_l) * scale, real_l),
-        select(vec4<f32>(NEG), (hi - a - b_h) * scale, real_h),
-    );
+// Four entries of row i of the block with α_i (`a`) and their β (`b`) taken off, scaled to K;
+// NEG outside the support.
+fn to_k4(v: vec4<f32>, a: f32, b: vec4<f32>, scale: f32, real: vec4<bool>) -> vec4<f32> {
+    return select(vec4<f32>(NEG), (v - a - b) * scale, real);
+}
+
+// G_j of pair p for the four columns j (p's G at g[base]), 0 past nc.
+fn g4(base: u32, cols: vec4<u32>, nc: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if cols.x < nc {
+        v.x = g[base + cols.x];
+    }
+    if cols.y < nc {
+        v.y = g[base + cols.y];
+    }
+    if cols.z < nc {
+        v.z = g[base + cols.z];
+    }
+    if cols.w < nc {
+        v.w = g[base + cols.w];
+    }
+    return v;
 }
 
 // Build the pair's K in the invocation's block k<a>l/k<a>h (blocked_lse.wgsl; padding NEG).
@@ -621,30 +636,22 @@ fn build_blocked(p: u32, t: u32, ri: u32, cj: u32, nr: u32, nc: u32) {
     let scale = -LOG2E / params.epsilon;
     let bl = hg4(cj);
     let bh = hg4(cj + 4u * G);
-    var kk = to_k(k0l, k0h, al.x, bl, bh, scale, r0l, r0h);
-    k0l = kk[0];
-    k0h = kk[1];
-    kk = to_k(k1l, k1h, al.y, bl, bh, scale, r1l, r1h);
-    k1l = kk[0];
-    k1h = kk[1];
-    kk = to_k(k2l, k2h, al.z, bl, bh, scale, r2l, r2h);
-    k2l = kk[0];
-    k2h = kk[1];
-    kk = to_k(k3l, k3h, al.w, bl, bh, scale, r3l, r3h);
-    k3l = kk[0];
-    k3h = kk[1];
-    kk = to_k(k4l, k4h, ah.x, bl, bh, scale, r4l, r4h);
-    k4l = kk[0];
-    k4h = kk[1];
-    kk = to_k(k5l, k5h, ah.y, bl, bh, scale, r5l, r5h);
-    k5l = kk[0];
-    k5h = kk[1];
-    kk = to_k(k6l, k6h, ah.z, bl, bh, scale, r6l, r6h);
-    k6l = kk[0];
-    k6h = kk[1];
-    kk = to_k(k7l, k7h, ah.w, bl, bh, scale, r7l, r7h);
-    k7l = kk[0];
-    k7h = kk[1];
+    k0l = to_k4(k0l, al.x, bl, scale, r0l);
+    k0h = to_k4(k0h, al.x, bh, scale, r0h);
+    k1l = to_k4(k1l, al.y, bl, scale, r1l);
+    k1h = to_k4(k1h, al.y, bh, scale, r1h);
+    k2l = to_k4(k2l, al.z, bl, scale, r2l);
+    k2h = to_k4(k2h, al.z, bh, scale, r2h);
+    k3l = to_k4(k3l, al.w, bl, scale, r3l);
+    k3h = to_k4(k3h, al.w, bh, scale, r3h);
+    k4l = to_k4(k4l, ah.x, bl, scale, r4l);
+    k4h = to_k4(k4h, ah.x, bh, scale, r4h);
+    k5l = to_k4(k5l, ah.y, bl, scale, r5l);
+    k5h = to_k4(k5h, ah.y, bh, scale, r5h);
+    k6l = to_k4(k6l, ah.z, bl, scale, r6l);
+    k6h = to_k4(k6h, ah.z, bh, scale, r6h);
+    k7l = to_k4(k7l, ah.w, bl, scale, r7l);
+    k7h = to_k4(k7h, ah.w, bh, scale, r7h);
     workgroupBarrier();
 }
 
@@ -823,32 +830,8 @@ fn fused_blocked_plan_f32(
     }
     let cl = vec4<u32>(cj, cj + G, cj + 2u * G, cj + 3u * G);
     let ch = cl + 4u * G;
-    var g_l = vec4<f32>(0.0);
-    var g_h = vec4<f32>(0.0);
-    if cl.x < nc {
-        g_l.x = g[p * m + cl.x];
-    }
-    if cl.y < nc {
-        g_l.y = g[p * m + cl.y];
-    }
-    if cl.z < nc {
-        g_l.z = g[p * m + cl.z];
-    }
-    if cl.w < nc {
-        g_l.w = g[p * m + cl.w];
-    }
-    if ch.x < nc {
-        g_h.x = g[p * m + ch.x];
-    }
-    if ch.y < nc {
-        g_h.y = g[p * m + ch.y];
-    }
-    if ch.z < nc {
-        g_h.z = g[p * m + ch.z];
-    }
-    if ch.w < nc {
-        g_h.w = g[p * m + ch.w];
-    }
+    let g_l = g4(p * m, cl, nc);
+    let g_h = g4(p * m, ch, nc);
     let b_l = hg4(cj);
     let b_h = hg4(cj + 4u * G);
     var total = 0.0;
