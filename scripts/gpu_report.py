@@ -52,6 +52,23 @@ def variant(be):
 
 ratios = {}
 fused_runs = {}
+# The ex2 rate measured on this GPU (`optical bench --kernels exp2-peak`: chains of ex2 and
+# nothing else, every SM full), beside the nominal 16 per clock and SM the floor assumes.
+def exp2_peak(be):
+    r = next((r for r in bench.get(be, []) if r.get("kernel") == "exp2-peak"), None)
+    return r.get("device_rate") if r else None
+cuda_peak = exp2_peak("cuda")
+if cuda_peak:
+    ratios["cuda exp2-peak G exp/s (device, measured)"] = cuda_peak
+    sms = (torch or {}).get("multiprocessors")
+    if sms and sm_clock_ghz:
+        ratios[f"cuda exp2-peak / nominal exp floor ({sms} SMs x 16/clk x {sm_clock_ghz:.2f} GHz)"] = \
+            cuda_peak / (sms * 16 * sm_clock_ghz)
+    if exp2_peak("wgpu"):
+        ratios["wgpu exp2-peak (device) / cuda exp2-peak (device)"] = exp2_peak("wgpu") / cuda_peak
+# The floor each fused run's goal is judged on: the nominal one, or the measured ex2 rate
+# where that is higher (a faster SFU than documented lowers the floor's time).
+goal_floor = {}
 for be in cuda_runs:
     fused = next((r for r in bench[be] if r.get("kernel") == "sinkhorn-fused"), None)
     if not (fused and fused.get("device_seconds_per_call")):
@@ -69,6 +86,12 @@ for be in cuda_runs:
         ratios[f"exp floor G exp/s ({sms} SMs x 16/clk x {sm_clock_ghz:.2f} GHz)"] = floor
         ratios[f"optical fused{variant(be)} G exp/s (device)"] = fused.get("device_rate")
         ratios[f"optical fused{variant(be)} time / exp floor time"] = floor / fused["device_rate"]
+        goal_floor[be] = ("nominal", floor / fused["device_rate"])
+        if cuda_peak:
+            ratios[f"optical fused{variant(be)} time / measured exp floor time"] = \
+                cuda_peak / fused["device_rate"]
+            if cuda_peak > floor:
+                goal_floor[be] = ("measured", cuda_peak / fused["device_rate"])
         # The same solve with 1 iteration (the cost phase, one iteration and the check): what
         # the 99 other iterations add, against their own floor.
         one = next((r for r in bench[be] if r.get("kernel") == "sinkhorn-fused-1"), None)
@@ -78,6 +101,9 @@ for be in cuda_runs:
                 one["device_seconds_per_call"] / t
             ratios[f"optical fused{variant(be)}, 99 iterations' time / their exp floor time"] = \
                 (t - one["device_seconds_per_call"]) / (exps * 0.99 / (floor * 1e9))
+            if cuda_peak:
+                ratios[f"optical fused{variant(be)}, 99 iterations' time / their measured exp floor time"] = \
+                    (t - one["device_seconds_per_call"]) / (exps * 0.99 / (cuda_peak * 1e9))
 # Cosine cost against the measured HBM bandwidth, for each CUDA run that benched a cost
 # kernel: the L2-busting problem when it ran (repeated calls of the small one can be served
 # from L2).
@@ -158,10 +184,10 @@ for be, fused in fused_runs.items():
         if peer:
             goals.append({"goal": f"fused sinkhorn{variant(be)} >= {want:g}x faster than {name}",
                           "value": peer / t, "target": want, "met": peer / t >= want})
-    floor_ratio = ratios.get(f"optical fused{variant(be)} time / exp floor time")
-    if floor_ratio:
+    if be in goal_floor:
+        which, floor_ratio = goal_floor[be]
         goals.append({"goal": f"fused sinkhorn{variant(be)} within 2x of the exp-throughput floor "
-                              "(time / floor time)",
+                              f"(time / floor time; {which} ex2 rate)",
                       "value": floor_ratio, "target": 2.0, "met": floor_ratio <= 2.0})
 for bw_key in [k for k in ratios if k.endswith("device GB/s / measured HBM GB/s")]:
     bw = ratios[bw_key]

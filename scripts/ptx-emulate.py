@@ -1145,6 +1145,29 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps} threads={threads}", err_s, 2e-3) and ok
 
 
+def test_ex2_peak(mods, ctas, threads, rounds):
+    """The exp2 probe: every thread's 8 chains v <- 2^(-v) from (c + 1) / 16, 8 steps per
+    round, summed in chain order, at its global index (modelled with the interpreter's own
+    f32-rounded ex2, so the match is exact)."""
+    mem = Memory()
+    lanes = ctas * threads
+    out = mem.alloc(pack_f32([7.0] * (lanes + 1)))
+    run_kernel(mods["peak"]["ex2_peak_f32"], mem, [out, rounds], (ctas, 1, 1), threads, 0)
+    got = unpack_f32(mem, out, lanes + 1)
+    v = [f32((c + 1) / 16) for c in range(8)]
+    for _ in range(8 * rounds):
+        v = [f32(2.0 ** -x) for x in v]
+    want = 0.0
+    for x in v:
+        want = f32(want + x)
+    err = max(ad(g, want) for g in got[:lanes])
+    # the float past the last lane is not written
+    err = max(err, ad(got[lanes], 7.0))
+    if rounds >= 2:
+        err = max(err, abs(want - 8 * 0.6411857445049859) > 1e-4 and math.inf or 0.0)
+    return report(f"ex2_peak ctas={ctas} threads={threads} rounds={rounds}", err, 0.0)
+
+
 # The wgmma.fence before the first wgmma of a chunk, in each wgmma kernel (the mutants drop it).
 WGMMA_ACC = ", ".join(f"d{i}" for i in range(64))
 WGMMA_SS_FENCE = ("    wgmma.fence.sync.aligned;\n"
@@ -1311,6 +1334,11 @@ def main():
                                                 paths=["GCOST", "!NORM", "!TC_CHUNK", "!PCHUNK"])),
         ("fused cost given 256 threads", lambda: test_fused(mods, 2, 70, 66, 8, 2, 32, cost_mode=3, threads=256)),
         ("fused cost given 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 33, cost_mode=3)),
+        # the exp2 probe: no round (the starting values' sum), one, and enough rounds for the
+        # chains to reach their fixed point; two CTAs of a partial warp each
+        ("ex2_peak no rounds", lambda: test_ex2_peak(mods, 2, 33, 0)),
+        ("ex2_peak one round", lambda: test_ex2_peak(mods, 1, 32, 1)),
+        ("ex2_peak converged", lambda: test_ex2_peak(mods, 2, 5, 3)),
     ] + [
         # Each of these kernels is broken on purpose, and the interpreter must notice: its
         # checks (descriptor layout, wgmma ordering rules, named barriers) are tested too.

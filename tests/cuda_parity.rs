@@ -896,3 +896,34 @@ fn cuda_rejects_bad_input_without_panicking() {
         Err(Error::Parameter { .. })
     ));
 }
+
+/// The exp2 throughput probe (kernels/peak.ptx) runs its chains on every thread of the
+/// device: each lane's sum is the f64 reference's to ex2.approx accuracy, from the starting
+/// values through convergence (`optical bench --kernels exp2-peak` times it).
+#[test]
+fn exp2_probe_runs_every_chain() {
+    use optical::backend::peak::{reference_lane, CHAINS, MIN_ROUNDS, STEPS};
+    let Some(gpu) = cuda() else { return };
+    let sms = cuda_of(&gpu).multiprocessors();
+    for min_exps in [0u64, 1 << 26] {
+        let peak = gpu.exp2_peak(min_exps).expect("exp2 probe");
+        assert_eq!(peak.lanes, sms * 2048);
+        assert_eq!(peak.sums.len(), peak.lanes);
+        let per_round = (peak.lanes * CHAINS * STEPS) as u64;
+        assert_eq!(
+            peak.rounds as u64,
+            min_exps.div_ceil(per_round).max(MIN_ROUNDS as u64)
+        );
+        let want = reference_lane(peak.rounds);
+        let worst = peak
+            .sums
+            .iter()
+            .map(|&s| (s as f64 - want).abs())
+            .fold(0.0, f64::max);
+        eprintln!(
+            "exp2 probe: {} lanes x {} rounds, max error {worst:e}",
+            peak.lanes, peak.rounds
+        );
+        assert!(worst < 1e-5, "max error {worst} against {want}");
+    }
+}

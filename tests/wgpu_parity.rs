@@ -231,10 +231,57 @@ fn register_blocked_kernels_hold_no_local_arrays() {
 fn every_pipeline_compiles() {
     let Some(ctx) = context() else { return };
     let count = ctx.compile_all().expect("compile every pipeline");
-    let want = if ctx.has_blocked_kernel() { 26 } else { 20 };
+    let want = if ctx.has_blocked_kernel() { 27 } else { 21 };
     assert_eq!(count, want, "pipelines compiled");
     // A second call finds them compiled.
     assert_eq!(ctx.compile_all().expect("compiled pipelines"), want);
+}
+
+/// The exp2 throughput probe (shaders/peak.wgsl) runs its chains on every invocation:
+/// each sum is the f64 reference's to the accuracy of the adapter's exp2, and a request too
+/// large for llvmpipe's loop cap is an error, not a short run.
+#[test]
+fn exp2_probe_runs_every_chain() {
+    use optical::backend::peak::{reference_lane, CHAINS, MIN_ROUNDS, STEPS};
+    let Some((w, backend)) = wgpu_backend() else {
+        return;
+    };
+    let peak = backend.exp2_peak(1 << 25).expect("exp2 probe");
+    let per_round = (peak.lanes * CHAINS * STEPS) as u64;
+    assert_eq!(peak.sums.len(), peak.lanes);
+    assert_eq!(
+        peak.rounds as u64,
+        (1u64 << 25).div_ceil(per_round).max(MIN_ROUNDS as u64)
+    );
+    let want = reference_lane(peak.rounds);
+    let worst = peak
+        .sums
+        .iter()
+        .map(|&s| (s as f64 - want).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "exp2 probe: {} lanes x {} rounds, max error {worst:e}",
+        peak.lanes, peak.rounds
+    );
+    assert!(worst < 1e-5, "max error {worst} against {want}");
+    if w.context().loop_pass_cap().is_some() {
+        let err = backend.exp2_peak(per_round * 100_000).unwrap_err();
+        assert!(err.to_string().contains("loops"), "{err}");
+    }
+    // The bench problem (`optical bench --kernels exp2-peak`): its rate counts the
+    // exponentials the probe ran.
+    let r = optical::bench::run_kernel(&backend, "exp2-peak", 0.0).expect("bench exp2-peak");
+    let steps = optical::bench::EXP2_PEAK_EXPS.div_ceil(per_round) as usize * STEPS;
+    assert_eq!(
+        r.shape,
+        format!("lanes={} chains={CHAINS} steps={steps}", peak.lanes)
+    );
+    let rate = r.gexp_per_s.expect("a G exp/s rate");
+    let exps = (per_round as usize * (steps / STEPS)) as f64;
+    assert!(
+        (rate - exps / r.seconds_per_call / 1e9).abs() <= 1e-9 * rate,
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@
 mod choice;
 pub mod cpu;
 pub mod cuda;
+pub mod peak;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -26,6 +27,7 @@ pub use self::wgpu::Wgpu;
 pub use cpu::{CpuFast, CpuReference};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
+pub use peak::Exp2Peak;
 
 /// The backends a user can ask for (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -174,6 +176,7 @@ impl Backend {
                 DeviceJob::SinkhornFused(x, y, params) => {
                     self.sinkhorn_embeddings(x, y, params).map(drop)
                 }
+                DeviceJob::Exp2Peak(min_exps) => self.exp2_peak(min_exps).map(drop),
             }
         };
         crate::bench::median_seconds(min_seconds, || {
@@ -240,6 +243,23 @@ impl Backend {
         let cost = self.cosine_cost(x, y)?;
         let problem = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths)?;
         self.sinkhorn(&problem, params)
+    }
+
+    /// The exp2 throughput probe ([`peak`]): at least `min_exps` exponentials in
+    /// independent chains spread over the whole device (every SM of a GPU, every thread of
+    /// the CPU), nothing else computed. The result is checked ([`Exp2Peak::check`]), so
+    /// a timing of it is the rate of exponentials that actually ran.
+    pub fn exp2_peak(&self, min_exps: u64) -> Result<Exp2Peak> {
+        let peak = match self {
+            Backend::Cpu(k) => k.exp2_peak(min_exps),
+            Backend::CpuReference(k) => k.exp2_peak(min_exps),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(k) => k.exp2_peak(min_exps),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(k) => k.exp2_peak(min_exps),
+        }?;
+        peak.check(self.kind().name())?;
+        Ok(peak)
     }
 
     /// Batched log-domain Sinkhorn.
@@ -317,6 +337,9 @@ pub enum DeviceJob<'a> {
     Sinkhorn(&'a Problem, &'a SinkhornParams),
     /// Cosine cost + `params.max_iterations` iterations (the fused kernel where there is one).
     SinkhornFused(&'a Embeddings, &'a Embeddings, &'a SinkhornParams),
+    /// The exp2 throughput probe with at least this many exponentials
+    /// ([`Backend::exp2_peak`]).
+    Exp2Peak(u64),
 }
 
 fn probe_cuda() -> BackendInfo {

@@ -11,6 +11,7 @@
 //! | `sinkhorn-fused`  | embeddings b=256, n=m=128, d=384 → cosine cost + Sinkhorn, ε=0.05, 100 iterations (opt-in) | G exp/s |
 //! | `sinkhorn-fused-1` | the same problem with 1 iteration: on a GPU mostly the cost phase, which `sinkhorn-fused` less this leaves to the iterations (opt-in) | G exp/s |
 //! | `cosine-cost-hbm` | b=512, n=m=128, d=384: 235 MB moved per call, several times any GPU's L2, so that repeated calls measure HBM and not L2 (opt-in) | GB/s |
+//! | `exp2-peak` | at least 2^30 exponentials in independent chains over the whole device and nothing else ([`crate::backend::peak`]): the measured exp rate that the Sinkhorn floors assume (opt-in) | G exp/s |
 //!
 //! Inputs are seeded (normal embeddings; costs are their cosine costs), so every run and
 //! every backend sees the same numbers. Timing: one warm-up call, then calls until at
@@ -25,7 +26,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, DeviceJob};
+use crate::backend::peak::{CHAINS, STEPS};
+use crate::backend::{Backend, DeviceJob, Exp2Peak};
 use crate::error::Result;
 use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use crate::rng::SplitMix64;
@@ -89,12 +91,17 @@ pub struct PhaseTime {
 pub const KERNELS: [&str; 4] = ["cosine-cost", "maxsim", "sinkhorn", "sinkhorn-512"];
 
 /// Kernels timed only when asked for by name (`--kernels`): too slow for the CPU default run.
-pub const EXTRA_KERNELS: [&str; 4] = [
+pub const EXTRA_KERNELS: [&str; 5] = [
     "sinkhorn-fused",
     "sinkhorn-fused-1",
     "cosine-cost-hbm",
     "sinkhorn-2048",
+    "exp2-peak",
 ];
+
+/// Exponentials of the `exp2-peak` problem (at least; each backend rounds up to whole
+/// rounds of its lanes): ≈ 0.26 ms on an H100's 16 `ex2` per clock and SM.
+pub const EXP2_PEAK_EXPS: u64 = 1 << 30;
 
 /// Seeded `(b, n, d)` normal embeddings, all rows real.
 pub fn embeddings(seed: u64, b: usize, n: usize, d: usize) -> Embeddings {
@@ -302,6 +309,32 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             );
             r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
             device(&mut r, DeviceJob::SinkhornFused(&x, &y, &params), exps)?;
+            Ok(r)
+        }
+        "exp2-peak" => {
+            let mut ran = (0, 0);
+            let t = time(min_seconds, || {
+                let peak = backend.exp2_peak(EXP2_PEAK_EXPS)?;
+                ran = (peak.lanes, peak.rounds);
+                Ok(())
+            })?;
+            let (lanes, rounds) = ran;
+            let exps = Exp2Peak {
+                lanes,
+                rounds,
+                sums: Vec::new(),
+            }
+            .exps();
+            let mut r = record(
+                "exp2-peak",
+                format!(
+                    "lanes={lanes} chains={CHAINS} steps={}",
+                    rounds as usize * STEPS
+                ),
+                t,
+            );
+            r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
+            device(&mut r, DeviceJob::Exp2Peak(EXP2_PEAK_EXPS), exps)?;
             Ok(r)
         }
         other => Err(crate::error::Error::parameter(

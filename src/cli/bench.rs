@@ -22,6 +22,9 @@ Standard problems (seeded, identical on every backend):
                 than any GPU's L2, for the HBM-bandwidth roofline -> GB/s, GFLOP/s
   sinkhorn-2048 (only with --kernels) b=2, n=m=2048, eps=0.05, 50 iterations: a few
                 pairs far larger than on-chip memory                -> G exp/s
+  exp2-peak     (only with --kernels) at least 2^30 exp2 in independent chains over
+                every SM or thread, nothing else: the measured exp rate that the
+                Sinkhorn floors assume (seconds per call on cpu-reference) -> G exp/s
 Each kernel: one warm-up call, then calls for at least --min-seconds (at least 3); the
 median seconds per call is reported. Sinkhorn timings include preparing the problem and
 writing the plan; G exp/s counts 2*b*n*m exponentials per iteration. On cuda the kernels

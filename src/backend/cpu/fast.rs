@@ -17,6 +17,7 @@
 use rayon::prelude::*;
 
 use super::simd;
+use crate::backend::peak::Exp2Peak;
 use crate::error::Result;
 use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem};
 use crate::ot::scaled::{self, ScaledPair, Support};
@@ -90,6 +91,24 @@ pub(crate) fn exp2_f64_in_place(values: &mut [f64]) {
 }
 
 impl CpuFast {
+    /// The exp2 throughput probe ([`crate::backend::peak`]): one task per thread, each one
+    /// vector of [`simd::LANES`] lanes through [`simd::exp2_chains`] (the Sinkhorn passes'
+    /// exponential, AVX2 + FMA when the CPU has them).
+    pub fn exp2_peak(&self, min_exps: u64) -> Result<Exp2Peak> {
+        let tasks = rayon::current_num_threads();
+        let lanes = tasks * simd::LANES;
+        let rounds = Exp2Peak::rounds_for(min_exps, lanes)?;
+        let sums: Vec<f32> = (0..tasks)
+            .into_par_iter()
+            .flat_map_iter(|_| dispatch!(|FMA| simd::exp2_chains::<FMA>(rounds)))
+            .collect();
+        Ok(Exp2Peak {
+            lanes,
+            rounds,
+            sums,
+        })
+    }
+
     /// Pairwise cosine cost (same contract as [`super::CpuReference::cosine_cost`]).
     pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
         super::check_pair_batch(x, y)?;

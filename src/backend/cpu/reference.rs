@@ -27,6 +27,17 @@ pub fn cosine_f64(x: &[f32], y: &[f32]) -> f64 {
 }
 
 impl CpuReference {
+    /// The exp2 throughput probe ([`crate::backend::peak`]) of this single-threaded
+    /// backend: one lane, the chains in `f64` through the standard library's `exp2`.
+    pub fn exp2_peak(&self, min_exps: u64) -> Result<crate::backend::Exp2Peak> {
+        let rounds = crate::backend::Exp2Peak::rounds_for(min_exps, 1)?;
+        Ok(crate::backend::Exp2Peak {
+            lanes: 1,
+            rounds,
+            sums: vec![crate::backend::peak::reference_lane(rounds) as f32],
+        })
+    }
+
     /// Pairwise cosine cost `C[p, i, j] = 1 − ⟨x_pi, y_pj⟩ / (‖x_pi‖ ‖y_pj‖)` for
     /// `i < x.lengths[p]`, `j < y.lengths[p]`; entries involving padding are 0.
     pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {

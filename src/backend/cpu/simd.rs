@@ -59,6 +59,25 @@ pub fn exp2_neg<const FMA: bool>(x: f32) -> f32 {
     p * scale
 }
 
+/// The exp2 probe's chains for one vector of [`LANES`] lanes
+/// ([`crate::backend::peak`]): `CHAINS` chains `v ← 2^(−v)` per lane through
+/// [`exp2_neg`], the exponential of the Sinkhorn passes, `rounds · STEPS` steps each; each
+/// lane's sum of its chains' last values.
+#[inline(always)]
+pub fn exp2_chains<const FMA: bool>(rounds: u32) -> [f32; LANES] {
+    use crate::backend::peak::{CHAINS, STEPS};
+    // Chain c of lane l at c·LANES + l: one flat loop per step, which LLVM vectorises
+    // whole (nested per-chain arrays were unrolled and regrouped across chains, with a
+    // shuffle per vector).
+    let mut v: [f32; CHAINS * LANES] = std::array::from_fn(|i| (i / LANES + 1) as f32 / 16.0);
+    for _ in 0..rounds as usize * STEPS {
+        for x in v.iter_mut() {
+            *x = exp2_neg::<FMA>(-*x);
+        }
+    }
+    std::array::from_fn(|l| (0..CHAINS).fold(0.0, |s, c| s + v[c * LANES + l]))
+}
+
 #[inline(always)]
 fn madd64<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
     if FMA {

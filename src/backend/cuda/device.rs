@@ -20,7 +20,7 @@ use super::ptx::{self, PtxModule};
 use super::staging::{Stager, STAGE_MIN};
 use crate::backend::choice::choices;
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
-use crate::backend::DeviceJob;
+use crate::backend::{DeviceJob, Exp2Peak};
 use crate::error::{Error, Result};
 use crate::ot::problem::{CostBatch, Embeddings, PackedDocs};
 
@@ -1226,6 +1226,58 @@ impl CudaBackend {
         self.download(&out)
     }
 
+    /// The exp2 probe's launch for at least `min_exps` exponentials: 8 CTAs of 256 threads
+    /// per SM (2,048 threads, the most an SM of compute capability 8.0 or 9.0 holds), the
+    /// lanes and the rounds.
+    fn exp2_peak_launch(&self, min_exps: u64) -> Result<(LaunchConfig, usize, u32)> {
+        const THREADS: u32 = 256;
+        let ctas = as_u32("exp2 probe blocks", 8 * self.dev.sms)?;
+        let lanes = (ctas * THREADS) as usize;
+        let cfg = LaunchConfig {
+            grid_dim: (ctas, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        Ok((cfg, lanes, Exp2Peak::rounds_for(min_exps, lanes)?))
+    }
+
+    fn run_exp2_peak(
+        &self,
+        out: &mut CudaSlice<f32>,
+        cfg: LaunchConfig,
+        rounds: u32,
+    ) -> Result<()> {
+        let lanes = (cfg.grid_dim.0 * cfg.block_dim.0) as usize;
+        if out.len() < lanes {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                operation: "exp2 probe",
+                what: format!(
+                    "{lanes} lanes need as many floats, the buffer holds {}",
+                    out.len()
+                ),
+            });
+        }
+        let mut l = self.launch(ptx::EX2_PEAK)?;
+        l.buf_mut(out).u32(&rounds);
+        // SAFETY: ex2_peak_f32 writes out[ctaid.x * ntid.x + tid.x] once per thread and reads
+        // nothing else; `out` holds at least grid * block floats (checked above).
+        unsafe { l.launch(cfg) }
+    }
+
+    /// The exp2 throughput probe (kernels/peak.ptx; see [`crate::backend::peak`]).
+    pub fn exp2_peak(&self, min_exps: u64) -> Result<Exp2Peak> {
+        let (cfg, lanes, rounds) = self.exp2_peak_launch(min_exps)?;
+        // SAFETY: the kernel writes every one of the `lanes` floats.
+        let mut out = unsafe { self.uninit::<f32>(lanes) }?;
+        self.run_exp2_peak(&mut out, cfg, rounds)?;
+        Ok(Exp2Peak {
+            lanes,
+            rounds,
+            sums: self.download(&out)?,
+        })
+    }
+
     /// Time `run` with CUDA events: one warm-up call, then calls until `min_seconds` have
     /// passed (at least 3); the median device time per call, in seconds.
     pub(super) fn time_on_device(
@@ -1279,6 +1331,13 @@ impl CudaBackend {
             }
             DeviceJob::SinkhornFused(x, y, params) => {
                 self.time_fused(x, y, params.epsilon, params.max_iterations, min_seconds)
+            }
+            DeviceJob::Exp2Peak(min_exps) => {
+                let (cfg, lanes, rounds) = self.exp2_peak_launch(min_exps)?;
+                // SAFETY: the kernel writes every one of the `lanes` floats, and they are
+                // never read.
+                let mut out = unsafe { self.uninit::<f32>(lanes) }?;
+                self.time_on_device(min_seconds, || self.run_exp2_peak(&mut out, cfg, rounds))
             }
         }
     }

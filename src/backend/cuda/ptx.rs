@@ -26,6 +26,7 @@ pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
 pub const SINKHORN_HALF_SPLIT: &str = "sinkhorn_half_split_f32";
 pub const SINKHORN_SPLIT_ERROR: &str = "sinkhorn_split_error_f32";
 pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
+pub const EX2_PEAK: &str = "ex2_peak_f32";
 
 /// A [`PtxModule`] of `kernels/$file` with its entry points and `.target`.
 macro_rules! ptx_module {
@@ -63,12 +64,16 @@ pub const SINKHORN_MODULE: PtxModule = ptx_module!(
 pub const SINKHORN_FUSED_MODULE: PtxModule =
     ptx_module!("sinkhorn_fused.ptx", [SINKHORN_FUSED], "sm_80");
 
-pub const MODULES: [PtxModule; 5] = [
+/// Roofline probes: the SFU's `ex2` rate that the Sinkhorn kernels' floors assume.
+pub const PEAK_MODULE: PtxModule = ptx_module!("peak.ptx", [EX2_PEAK], "sm_80");
+
+pub const MODULES: [PtxModule; 6] = [
     COSINE_COST_MODULE,
     COSINE_COST_SM90A_MODULE,
     MAXSIM_MODULE,
     SINKHORN_MODULE,
     SINKHORN_FUSED_MODULE,
+    PEAK_MODULE,
 ];
 
 /// Every cosine-cost kernel's parameters: x, y, x_len, y_len, out, n, m, dp.
@@ -77,7 +82,7 @@ const COST_SIGNATURE: &[&str] = &["u64", "u64", "u64", "u64", "u64", "u32", "u32
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 12] = [
+pub const SIGNATURES: [(&str, &[&str]); 13] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (COSINE_COST, COST_SIGNATURE),
     (COSINE_COST_TF32X3, COST_SIGNATURE),
@@ -118,6 +123,7 @@ pub const SIGNATURES: [(&str, &[&str]); 12] = [
             "u32", "u32", "u32", "f32", "u32",
         ],
     ),
+    (EX2_PEAK, &["u64", "u32"]),
 ];
 
 /// The signature of `entry` in [`SIGNATURES`].

@@ -22,6 +22,7 @@ const SINKHORN_FIXED_WORKGROUP_BYTES: u32 = 2 * 512 * 4 + 256 * 4 + 16 + 48;
 
 pub(crate) const SHADER_COSINE: &str = include_str!("../../../shaders/cosine_cost.wgsl");
 pub(crate) const SHADER_MAXSIM: &str = include_str!("../../../shaders/maxsim.wgsl");
+pub(crate) const SHADER_PEAK: &str = include_str!("../../../shaders/peak.wgsl");
 // The register-blocked kernels' passes (shaders/blocked_lse.wgsl) are appended to the two
 // Sinkhorn modules: WGSL has no includes.
 pub(crate) const SHADER_SINKHORN: &str = concat!(
@@ -37,11 +38,12 @@ pub(crate) const SHADER_FUSED: &str = concat!(
 
 /// Every WGSL module of the backend, `(file name, text)`, for validation and docs (the two
 /// Sinkhorn modules with `shaders/blocked_lse.wgsl` appended).
-pub const SHADERS: [(&str, &str); 4] = [
+pub const SHADERS: [(&str, &str); 5] = [
     ("cosine_cost.wgsl", SHADER_COSINE),
     ("maxsim.wgsl", SHADER_MAXSIM),
     ("sinkhorn.wgsl", SHADER_SINKHORN),
     ("fused_sinkhorn.wgsl", SHADER_FUSED),
+    ("peak.wgsl", SHADER_PEAK),
 ];
 
 /// Largest number of real rows (and of columns) of a pair that the register-blocked Sinkhorn
@@ -144,7 +146,7 @@ pub(crate) enum Bind {
 /// One kernel family: its bind group layout, its shader module and its pipelines.
 ///
 /// A pipeline is compiled the first time a kernel asks for it ([`Family::pipeline`]), not
-/// when the context opens: a call uses two or three of the backend's 26 pipelines, and
+/// when the context opens: a call uses two or three of the backend's 27 pipelines, and
 /// compiling all of them took ≈ 0.8 s of every `optical ot … --backend wgpu` on lavapipe.
 /// The WGSL of every module is still parsed and validated when the context opens.
 pub(crate) struct Family {
@@ -221,6 +223,8 @@ pub(crate) struct Pipelines {
     /// The register-blocked fused kernel; `None` when the device has less workgroup memory
     /// than it needs.
     pub fused_blocked: Option<Family>,
+    /// The exp2 throughput probe (`shaders/peak.wgsl`).
+    pub peak: Family,
     /// f32 values of cost tile the Sinkhorn shaders may keep in workgroup memory.
     pub tile_capacity: u32,
 }
@@ -254,6 +258,7 @@ pub(crate) const FUSED_PLAN: usize = 1;
 pub(crate) const SINKHORN_NARROW: usize = 3;
 pub(crate) const FUSED_NARROW: usize = 2;
 pub(crate) const NARROW_LEN: usize = 64;
+pub(crate) const PEAK_EX2: usize = 0;
 
 /// What `optical info` shows about one adapter.
 pub fn describe_adapter(adapter: &wgpu::Adapter) -> serde_json::Value {
@@ -559,6 +564,7 @@ impl WgpuContext {
         if let Some(blocked) = &p.fused_blocked {
             count += blocked.compile_all()?;
         }
+        count += p.peak.compile_all()?;
         Ok(count)
     }
 
@@ -1073,12 +1079,20 @@ impl Pipelines {
                 ],
             )
         });
+        let peak = family(
+            device,
+            "peak",
+            SHADER_PEAK,
+            &[Uniform, ReadWrite],
+            &[("ex2_peak_f32", &[])],
+        );
         Pipelines {
             cosine,
             maxsim,
             sinkhorn,
             fused,
             fused_blocked,
+            peak,
             tile_capacity,
         }
     }

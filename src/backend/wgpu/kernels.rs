@@ -8,9 +8,10 @@ use super::context::{
     CostTiling, MaxsimTiling, SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN,
     COSINE_COST, COSINE_COST_BLOCKED, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE,
     LLVMPIPE_LOOP_PASSES, LOOP_PASS_BUDGET, MAXSIM_NORMS, MAXSIM_SCORES, MAXSIM_SCORES_TILE,
-    NARROW_LEN,
+    NARROW_LEN, PEAK_EX2,
 };
 use crate::backend::cpu::{check_maxsim, check_pair_batch};
+use crate::backend::Exp2Peak;
 use crate::error::{Error, Result};
 use crate::ot::problem::{CostBatch, Embeddings, PackedDocs, SinkhornParams};
 use crate::ot::sinkhorn::SinkhornOutput;
@@ -122,6 +123,58 @@ fn check_cost_dimensions(ctx: &WgpuContext, what: &'static str, d: usize) -> Res
 
 fn groups(items: usize, per_group: usize) -> u32 {
     items.div_ceil(per_group) as u32
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PeakParams {
+    rounds: u32,
+    _pad: [u32; 3],
+}
+
+/// Invocations of the exp2 probe: 2^18 in workgroups of 256, more than any current GPU holds
+/// at once (an H100 or H200: 132 SMs × 2,048), so that every unit is busy.
+const PEAK_LANES: usize = 1 << 18;
+
+/// The exp2 throughput probe (`shaders/peak.wgsl`; see [`crate::backend::peak`]).
+pub(crate) fn exp2_peak(ctx: &WgpuContext, min_exps: u64) -> Result<Exp2Peak> {
+    let rounds = Exp2Peak::rounds_for(min_exps, PEAK_LANES)?;
+    if !ctx.loops_fit(rounds as u64) {
+        return Err(Error::parameter(
+            "exp2 probe size",
+            format!(
+                "at most {} rounds of {} exponentials on {} (it ends a shader's loops after \
+                 {LLVMPIPE_LOOP_PASSES} passes)",
+                LOOP_PASS_BUDGET,
+                PEAK_LANES * crate::backend::peak::CHAINS * crate::backend::peak::STEPS,
+                ctx.adapter_name()
+            ),
+            format!("{min_exps} exponentials ({rounds} rounds)"),
+        ));
+    }
+    let family = &ctx.pipelines.peak;
+    let params = ctx.uniform(&PeakParams {
+        rounds,
+        _pad: [0; 3],
+    });
+    let sums = ctx.storage((PEAK_LANES * 4) as u64);
+    let group = ctx.bind_group(family, &[&params, &sums]);
+    let mut enc = ctx.encoder();
+    ctx.encode(
+        &mut enc,
+        &[(
+            family.pipeline(PEAK_EX2)?,
+            &group,
+            [groups(PEAK_LANES, 256), 1, 1],
+        )],
+    );
+    let mut out = ctx.submit_and_read::<f32>("exp2_peak", enc, &[(&sums, PEAK_LANES)])?;
+    ctx.recycle([sums]);
+    Ok(Exp2Peak {
+        lanes: PEAK_LANES,
+        rounds,
+        sums: out.pop().unwrap_or_default(),
+    })
 }
 
 #[repr(C)]

@@ -8,6 +8,7 @@
 //! | Sinkhorn primitives   | `shaders/sinkhorn.wgsl`         | `impl SinkhornKernels`         |
 //! | fused cost + Sinkhorn | `shaders/fused_sinkhorn.wgsl` (tile and register-blocked kernels) | `Backend::sinkhorn_embeddings` |
 //! | blocked LSE passes    | `shaders/blocked_lse.wgsl` (appended to both Sinkhorn modules) | — |
+//! | exp2 throughput probe | `shaders/peak.wgsl`             | `CpuFast::exp2_peak`           |
 //!
 //! Everything runs in `f32` on the device; plans, potentials and costs come back as `f64`
 //! like every backend's. Batches larger than one storage binding (or than 65,535
@@ -79,6 +80,11 @@ impl Wgpu {
     /// MaxSim scores (same contract as [`crate::backend::CpuReference::maxsim`]).
     pub fn maxsim(&self, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
         kernels::maxsim(&self.ctx, queries, docs)
+    }
+
+    /// The exp2 throughput probe (`shaders/peak.wgsl`; see [`crate::backend::peak`]).
+    pub fn exp2_peak(&self, min_exps: u64) -> Result<crate::backend::Exp2Peak> {
+        kernels::exp2_peak(&self.ctx, min_exps)
     }
 
     /// Entropic OT between embedding sets with the fused kernel when the pairs fit on-chip,
