@@ -20,7 +20,8 @@
 #     OPTICAL_CUDA_FUSED_THREADS=256 too, sinkhorn-512 and sinkhorn-2048 with
 #     OPTICAL_CUDA_SINKHORN_SPLIT=off, maxsim with OPTICAL_CUDA_MAXSIM=tiled, and the
 #     large-copy problems' wall time with OPTICAL_CUDA_STAGING=pageable),
-#     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations), and
+#     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations) and the
+#     exp2-peak probe (the measured ex2 rate the floors assume), and
 #     `optical bench --backend wgpu` on the Vulkan driver (the Sinkhorn problems also with
 #     OPTICAL_WGPU_SINKHORN=rows)
 #     and distillation steps with the encoders on burn's wgpu device (scripts/distill-bench.sh:
@@ -29,8 +30,9 @@
 #     (scripts/torch_sinkhorn_bench.py; python3 with torch + CUDA must be importable, or
 #     set PYTHON=/path/to/python); the compiled variants run last (step torch-compile),
 #     after the profiles, since their compiles take minutes
-#  7. Nsight Compute (ncu) on one launch of the fused and cost kernels, when it can read the
-#     performance counters (optional: a refusal does not fail the check)
+#  7. Nsight Compute (ncu) on one launch of the fused and cost kernels and of the exp2
+#     probe, when it can read the performance counters (optional: a refusal does not fail
+#     the check)
 #  8. writes benches/results/<date>-<gpu>.json and .md (commit them; a later run on the same
 #     day adds -2, -3, ...), with each kernel's device time against the newest earlier
 #     results file of the same GPU, and the logs beside them (<name>.logs/); --export
@@ -348,6 +350,13 @@ if [ -n "$NCU" ]; then
         --section WarpStateStats --print-details all \
         "$BIN" bench --backend cuda --json --min-seconds 0 --kernels sinkhorn-fused
     [ "${STATUS[profile-fused-given]}" = FAIL ] && STATUS[profile-fused-given]="failed (optional; see its log)"
+    # The same sections on the exp2 probe (kernels/peak.ptx: chains of ex2 and nothing else,
+    # every SM full): what Nsight reports for the SFU pipe when it is the only bound, the
+    # scale to read the fused kernel's XU percentage against.
+    T=60 step profile-exp2 "$NCU" --kernel-name ex2_peak_f32 --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+        --print-details all "$BIN" bench --backend cuda --json --min-seconds 0 --kernels exp2-peak
+    [ "${STATUS[profile-exp2]}" = FAIL ] && STATUS[profile-exp2]="failed (optional; see its log)"
     profile cost cosine_cost_tf32x3_f32 tf32x3 cosine-cost-hbm
     profile cost-fp32 cosine_cost_f32 fp32 cosine-cost-hbm
     profile cost-tf32x3w cosine_cost_tf32x3w_f32 tf32x3w cosine-cost-hbm
