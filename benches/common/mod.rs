@@ -1,5 +1,6 @@
-//! The standard-problem benches every backend runs (cosine cost, MaxSim, Sinkhorn), with
-//! declared throughput; each bench file picks its backend and adds what is its own.
+//! The standard-problem benches every backend runs (cosine cost, MaxSim, Sinkhorn, and the
+//! exp2 probe, the measured exponential rate the Sinkhorn floors assume), with declared
+//! throughput; each bench file picks its backend and adds what is its own.
 
 use criterion::{Criterion, Throughput};
 use optical::backend::Backend;
@@ -40,5 +41,24 @@ pub fn standard_kernels(c: &mut Criterion, backend: &Backend) {
             bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
         });
     }
+    g.finish();
+
+    // Elements = exponentials the probe ran (2^30 rounded up to whole rounds of its lanes).
+    let probe = backend
+        .exp2_peak(bench::EXP2_PEAK_EXPS)
+        .expect("the exp2 probe runs");
+    let mut g = c.benchmark_group("exp2-peak");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(probe.exps() as u64));
+    g.bench_function(
+        format!("{name}/lanes{}_rounds{}", probe.lanes, probe.rounds),
+        |bench| {
+            bench.iter(|| {
+                backend
+                    .exp2_peak(bench::EXP2_PEAK_EXPS)
+                    .expect("the exp2 probe runs")
+            })
+        },
+    );
     g.finish();
 }
