@@ -183,7 +183,7 @@ fn report_computes_the_issue_goals_from_the_logs() {
     // Its exp2 probe at half the CUDA one's rate.
     let wgpu_peak = cuda_record(
         "exp2-peak",
-        "lanes=262144 chains=8 steps=512",
+        "lanes=1081344 chains=8 steps=128",
         0.003,
         2e-3,
         "gexp_per_s",

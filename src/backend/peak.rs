@@ -9,8 +9,8 @@
 //!
 //! Every lane runs [`CHAINS`] independent chains `v ← 2^(−v)`, chain `c` from
 //! `(c + 1) / 16`, [`STEPS`] steps per round, and reports the sum of its chains' last
-//! values. The map takes `[0, 1]` into `[½, 1]` and contracts (slope at most `ln 2 / √2`
-//! there), so every chain converges to the fixed point `v* = 2^(−v*)`
+//! values. The map takes `[0, 1]` into `[½, 1]`, where it contracts (slope at most
+//! `ln 2 / √2`), so every chain converges to the fixed point `v* = 2^(−v*)`
 //! ([`FIXED_POINT`]) and the approximations of `2^x` that the backends use (a few ulps)
 //! cannot drift: after two rounds every sum is within [`SUM_TOLERANCE`] of `8 v*`, which
 //! [`Exp2Peak::check`] tests, so a probe that did not run its chains is caught.

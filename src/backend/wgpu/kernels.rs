@@ -132,9 +132,10 @@ struct PeakParams {
     _pad: [u32; 3],
 }
 
-/// Invocations of the exp2 probe: 2^18 in workgroups of 256, more than any current GPU holds
-/// at once (an H100 or H200: 132 SMs × 2,048), so that every unit is busy.
-const PEAK_LANES: usize = 1 << 18;
+/// Invocations of the exp2 probe, in workgroups of 256: four full waves of a 132-SM GPU at
+/// 2,048 threads per SM (an H100 SXM or H200); elsewhere the last wave may be partly empty,
+/// a few per cent of the time at most. (wgpu does not say how many compute units there are.)
+const PEAK_LANES: usize = 4 * 132 * 2048;
 
 /// The exp2 throughput probe (`shaders/peak.wgsl`; see [`crate::backend::peak`]).
 pub(crate) fn exp2_peak(ctx: &WgpuContext, min_exps: u64) -> Result<Exp2Peak> {
