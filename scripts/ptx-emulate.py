@@ -1334,6 +1334,10 @@ def main():
                                                 paths=["GCOST", "!NORM", "!TC_CHUNK", "!PCHUNK"])),
         ("fused cost given 256 threads", lambda: test_fused(mods, 2, 70, 66, 8, 2, 32, cost_mode=3, threads=256)),
         ("fused cost given 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 33, cost_mode=3)),
+        # the issue's pair shape, as gpu-check benches this mode (the load of a full 128 x 128
+        # cost, then full chunks only in both passes)
+        ("fused cost given issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 79, True, cost_mode=3,
+                                                           paths=["GCOST", "RW_STORE", "CL_STORE", "!RWS", "!CLS"])),
         # the exp2 probe: no round (the starting values' sum), one, and enough rounds for the
         # chains to reach their fixed point; two CTAs of a partial warp each
         ("ex2_peak no rounds", lambda: test_ex2_peak(mods, 2, 33, 0)),
