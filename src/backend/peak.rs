@@ -63,6 +63,16 @@ impl Exp2Peak {
         (self.lanes * CHAINS * STEPS) as f64 * self.rounds as f64
     }
 
+    /// The largest distance of a lane's sum from the `f64` reference's
+    /// ([`reference_lane`] of the same rounds): the accuracy of the backend's `2^x`.
+    pub fn max_error(&self) -> f64 {
+        let want = reference_lane(self.rounds);
+        self.sums
+            .iter()
+            .map(|&s| (s as f64 - want).abs())
+            .fold(0.0, f64::max)
+    }
+
     /// Every lane's sum near `CHAINS · v*` (and one sum per lane): the chains ran.
     pub fn check(&self, backend: &'static str) -> Result<()> {
         let expected = (CHAINS as f64 * FIXED_POINT) as f32;

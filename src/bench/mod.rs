@@ -27,7 +27,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::peak::{CHAINS, STEPS};
-use crate::backend::{Backend, DeviceJob, Exp2Peak};
+use crate::backend::{Backend, DeviceJob};
 use crate::error::Result;
 use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
 use crate::rng::SplitMix64;
@@ -312,19 +312,13 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             Ok(r)
         }
         "exp2-peak" => {
-            let mut ran = (0, 0);
+            let mut ran = (0, 0, 0.0);
             let t = time(min_seconds, || {
                 let peak = backend.exp2_peak(EXP2_PEAK_EXPS)?;
-                ran = (peak.lanes, peak.rounds);
+                ran = (peak.lanes, peak.rounds, peak.exps());
                 Ok(())
             })?;
-            let (lanes, rounds) = ran;
-            let exps = Exp2Peak {
-                lanes,
-                rounds,
-                sums: Vec::new(),
-            }
-            .exps();
+            let (lanes, rounds, exps) = ran;
             let mut r = record(
                 "exp2-peak",
                 format!(
