@@ -19,11 +19,15 @@ generic access is an error); f32 rounding; and it detects shared-memory races (t
 touching a word between barriers, one of them writing), so a missing barrier fails even
 though the interpreter runs threads one at a time. Approximate instructions
 (ex2/lg2/rsqrt.approx) are computed exactly and rounded to f32, so results match the GPU
-to about 1e-6, not bit for bit. Tests can also require that a labelled path ran (or not).
+to about 1e-6, not bit for bit. Tests can also require that a labelled path ran (or not),
+and that a kernel's memory instructions are served at their ideal (AccessStats: shared-memory
+wavefronts under the bank model, global sectors), so a bank conflict or a half-used sector
+fails a test like a wrong number.
 
     python3 scripts/ptx-emulate.py            # all kernels, a few shapes each (one process per CPU)
     python3 scripts/ptx-emulate.py sinkhorn   # only the tests whose name contains "sinkhorn"
     python3 scripts/ptx-emulate.py -j 1       # in this process, one test after another
+    python3 scripts/ptx-emulate.py wgmma --access  # and each memory instruction's wavefronts or sectors
 
 Pure Python 3 (no numpy), so it runs wherever ptxas-check runs.
 """
@@ -141,6 +145,67 @@ class Shared:
 
 
 # ---- parsing -----------------------------------------------------------------------------
+class AccessStats:
+    """How a kernel's warps touch memory, counted per instruction the way the hardware serves
+    a warp's request (enabled by setting the module's STATS; off by default, since it slows
+    the interpreter). Threads run one at a time here, so the k-th execution of an
+    instruction by the lanes of a warp is taken as one warp-level request (true where the
+    warp is converged, as in the kernels' loads and stores).
+
+    Shared memory: 32 banks of 4 bytes. A request of 4-byte accesses is served for the whole
+    warp at once, 8-byte ones per half warp and 16-byte ones per quarter warp (a phase moves
+    at most 128 bytes); a phase takes as many wavefronts as its most-used bank holds
+    distinct words (lanes reading the same word share it). The ideal is one wavefront per
+    128 distinct bytes of each phase. Global memory: the 32-byte sectors a request touches,
+    against the bytes it moves."""
+
+    def __init__(self):
+        self.rows = {}  # (entry, pc) -> [space, write, requests, cost, ideal, bytes]
+
+    def add(self, entry, pc, space, write, accesses):
+        """One warp-level request: `accesses` is a list of (lane, address, bytes)."""
+        if space == "shared":
+            width = max(nb for _, _, nb in accesses)
+            per_phase = 32 // max(1, width // 4)
+            phases = {}
+            for lane, addr, nb in accesses:
+                phases.setdefault(lane // per_phase, set()).update(range(addr // 4, (addr + nb) // 4))
+            cost = ideal = 0
+            for words in phases.values():
+                banks = {}
+                for w in words:
+                    banks[w % 32] = banks.get(w % 32, 0) + 1
+                cost += max(banks.values())
+                ideal += (len(words) + 31) // 32
+            moved = sum(4 * len(w) for w in phases.values())
+        else:
+            sectors, touched = set(), set()
+            for _, addr, nb in accesses:
+                sectors.update(range(addr // 32, (addr + nb - 1) // 32 + 1))
+                touched.update(range(addr, addr + nb))
+            cost, ideal, moved = len(sectors), (len(touched) + 31) // 32, len(touched)
+        _, opc, ops = entry.code[pc]
+        row = self.rows.setdefault((entry.name, pc), [space, write, 0, 0, 0, 0, opc, ops])
+        row[2] += 1
+        row[3] += cost
+        row[4] += ideal
+        row[5] += moved
+
+    def table(self):
+        """One line per memory instruction: requests, and wavefronts (shared) or sectors
+        (global) per request against the ideal."""
+        lines = []
+        for (name, pc), (space, write, req, cost, ideal, moved, opc, ops) in sorted(self.rows.items()):
+            unit = "wavefronts" if space == "shared" else "sectors"
+            lines.append(f"  {name} pc {pc:4d} {opc} {', '.join(ops)[:40]:40s} {req:7d} requests, "
+                         f"{cost / req:5.2f} {unit} per request (ideal {ideal / req:5.2f})")
+        return "\n".join(lines)
+
+
+# Set to an AccessStats to count every memory request of the kernels run (see AccessStats).
+STATS = None
+
+
 class Entry:
     def __init__(self, name, params, body, static_shared):
         self.name, self.params, self.static_shared = name, params, static_shared
@@ -347,6 +412,19 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
     symbols = {name: off for name, (off, _) in entry.static_shared.items()}
     symbols["smem"] = dyn_base
     code, labels = entry.code, entry.labels
+    # memory requests for STATS: (warp, pc, k) -> [(lane, address, bytes)] of the k-th
+    # execution of instruction pc by the warp's lanes, and (thread, pc) -> executions so far
+    requests, executions = {}, {}
+
+    def record(t, space, addr, nbytes, write):
+        k = executions.get((t.tid, t.pc), 0)
+        executions[(t.tid, t.pc)] = k + 1
+        requests.setdefault((t.tid // 32, t.pc, k), (space, write, []))[2].append((t.tid % 32, addr, nbytes))
+
+    def flush_stats():
+        if STATS is not None:
+            for (_, pc, _), (space, write, acc) in requests.items():
+                STATS.add(entry, pc, space, write, acc)
 
     def val(t, op):
         if op in t.regs:
@@ -387,6 +465,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 space, addr = "shared", addr - SHARED_GENERIC
             else:
                 space = "global"
+        if STATS is not None:
+            record(t, space, addr, size * n, False)
         if space == "shared":
             shared.check(addr, size * n)
             shared.touch(addr, size * n, t.tid, False, f"{entry.name} pc {t.pc}")
@@ -410,6 +490,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 space, addr = "shared", addr - SHARED_GENERIC
             else:
                 space = "global"
+        if STATS is not None:
+            record(t, space, addr, 4 * n, True)
         if space == "shared":
             shared.check(addr, 4 * n)
             shared.touch(addr, 4 * n, t.tid, True, f"{entry.name} pc {t.pc}")
@@ -419,6 +501,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             shared.buf[addr : addr + 4 * n] = raw
         else:
             buf, off = mem.find(addr, 4 * n)
+            if off % min(4 * n, 16):
+                raise ValueError(f"{entry.name}: misaligned global store at {addr:#x} ({4 * n} bytes), pc {t.pc}")
             buf[off : off + 4 * n] = raw
 
     def step(t):
@@ -474,9 +558,10 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 if space == "param":
                     r[ops[0]] = params[ops[1].strip("[]")]
                 else:
-                    vec = "v4" in parts
+                    width = 4 if "v4" in parts else 2 if "v2" in parts else 1
+                    vec = width > 1
                     addr = address(t, ops[1])
-                    vals = load(t, space, addr, ty, 4 if vec else 1)
+                    vals = load(t, space, addr, ty, width)
                     if vec:
                         for name, v in zip(split_operands(ops[0].strip("{}")), vals):
                             r[name] = v
@@ -491,8 +576,10 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             elif op == "st":
                 space = parts[1] if parts[1] in ("global", "shared") else "generic"
                 addr = address(t, ops[0])
-                if "v4" in parts:
+                if "v4" in parts or "v2" in parts:
                     vals = [val(t, x) for x in split_operands(ops[1].strip("{}"))]
+                    if len(vals) != (4 if "v4" in parts else 2):
+                        raise ValueError(f"{entry.name}: {opc} with {len(vals)} values at pc {t.pc}")
                 else:
                     vals = [val(t, ops[1])]
                 store(t, space, addr, ty, vals)
@@ -733,6 +820,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         if not live:
             if any(wg_pending.values()) or any(wg_groups.values()):
                 raise RuntimeError(f"{entry.name}: exits with wgmma operations not waited for")
+            flush_stats()
             return
         # warp-collective instructions (shfl.sync, vote.sync, mma.sync) resolved warp by warp,
         # then warpgroup ones (wgmma) warpgroup by warpgroup, once every thread of the group
@@ -1168,6 +1256,37 @@ def test_ex2_peak(mods, ctas, threads, rounds):
     return report(f"ex2_peak ctas={ctas} threads={threads} rounds={rounds}", err, 0.0)
 
 
+def test_access(run, entry, kinds):
+    """Run `run` (a test of `entry`) with the access counter on, and require every memory
+    instruction of `entry` whose opcode starts with one of `kinds` (such as "st.shared") to
+    be served at its ideal: no bank conflict in shared memory, whole sectors in global
+    memory (see AccessStats). The shapes must make that possible: full tiles, even rows."""
+    global STATS
+    saved, STATS = STATS, AccessStats()
+    try:
+        ok = run()
+        stats = STATS
+    finally:
+        STATS = saved
+    bad, checked = [], 0
+    for (name, pc), (space, write, req, cost, ideal, moved, opc, ops) in sorted(stats.rows.items()):
+        if name != entry:
+            continue
+        if not opc.startswith(tuple(kinds)):
+            continue
+        checked += req
+        if cost != ideal:
+            bad.append(f"pc {pc} {opc} {', '.join(ops)[:40]}: {cost / req:.2f} "
+                       f"{'wavefronts' if space == 'shared' else 'sectors'} per request, ideal {ideal / req:.2f}")
+    if not checked:
+        raise RuntimeError(f"access {entry}: no request of {kinds} ran")
+    for b in bad:
+        print(f"     {b}")
+    print(f"{'ok  ' if not bad else 'FAIL'} access {entry} {'/'.join(kinds)}: {checked} requests, "
+          f"{len(bad)} instructions off their ideal")
+    return ok and not bad
+
+
 # The wgmma.fence before the first wgmma of a chunk, in each wgmma kernel (the mutants drop it).
 WGMMA_ACC = ", ".join(f"d{i}" for i in range(64))
 WGMMA_SS_FENCE = ("    wgmma.fence.sync.aligned;\n"
@@ -1177,13 +1296,24 @@ WGMMA_RS_FENCE = ("    wgmma.fence.sync.aligned;\n"
 
 
 def mutant(module, old, new):
-    """The parsed modules with one edit of kernels/<module>.ptx: `old` (which must occur
-    exactly once, so that a kernel change that removes it fails here) replaced by `new`."""
+    """The parsed modules with edits of kernels/<module>.ptx: `old` (which must occur
+    exactly once, so that a kernel change that removes it fails here) replaced by `new`;
+    or, with lists, each `old[i]` by `new[i]`. `module:entry` confines the edits to that
+    entry point's text (to the next entry point)."""
+    module, _, entry = module.partition(":")
     mods = {p.stem: parse_module(p.read_text()) for p in sorted(KERNELS.glob("*.ptx"))}
     text = (KERNELS / f"{module}.ptx").read_text()
-    if text.count(old) != 1:
-        raise ValueError(f"mutant of {module}.ptx: {old!r} occurs {text.count(old)} times, not once")
-    mods[module] = parse_module(text.replace(old, new))
+    start, end = 0, len(text)
+    if entry:
+        start = text.index(f".entry {entry}(")
+        nxt = text.find(".visible .entry", start + 1)
+        end = len(text) if nxt < 0 else nxt
+    head, body, tail = text[:start], text[start:end], text[end:]
+    for o, n in zip(*((old, new) if isinstance(old, list) else ([old], [new]))):
+        if body.count(o) != 1:
+            raise ValueError(f"mutant of {module}.ptx {entry}: {o!r} occurs {body.count(o)} times, not once")
+        body = body.replace(o, n)
+    mods[module] = parse_module(head + body + tail)
     return mods
 
 
@@ -1192,10 +1322,12 @@ def caught(name, test):
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         try:
             passed = test()
-            why = "wrong numbers"
+            fails = [line.strip() for line in out.getvalue().splitlines() if line.startswith("FAIL")]
+            why = fails[0][5:] if fails else "wrong numbers"
         except (RuntimeError, ValueError, IndexError, KeyError) as e:
             passed, why = False, f"{type(e).__name__}: {e}"
     print(f"{'FAIL' if passed else 'ok  '} mutant {name}: " + ("not caught" if passed else f"caught ({why[:120]})"))
@@ -1211,15 +1343,24 @@ def run_test(k):
     import io
     import time
 
+    global STATS
     name, t = TESTS[k]
     buf, start = io.StringIO(), time.perf_counter()
+    if ACCESS_REPORT:
+        STATS = AccessStats()
     with contextlib.redirect_stdout(buf):
         try:
             ok = bool(t())
         except (RuntimeError, ValueError, IndexError, KeyError, AssertionError, NotImplementedError) as e:
             print(f"FAIL {name}: {type(e).__name__}: {e}")
             ok = False
+        if ACCESS_REPORT and STATS.rows:
+            print(STATS.table())
     return ok, buf.getvalue(), time.perf_counter() - start
+
+
+# --access: print every test's AccessStats table
+ACCESS_REPORT = False
 
 
 def main():
@@ -1230,8 +1371,14 @@ def main():
     ap.add_argument("only", nargs="?", default="", help="run only the tests whose name contains this")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
                     help="tests run in this many processes (default: one per CPU)")
+    ap.add_argument("--access", action="store_true",
+                    help="print how each memory instruction's warp requests are served: shared-memory "
+                         "wavefronts or global sectors per request, against the ideal")
     args = ap.parse_args()
     mods = {p.stem: parse_module(p.read_text()) for p in sorted(KERNELS.glob("*.ptx"))}
+    if args.access:
+        global ACCESS_REPORT
+        ACCESS_REPORT = True
     only = args.only
     tests = [
         ("cosine_cost 1", lambda: test_cosine_cost(mods, 1, 1, 1, 1, 1)),
@@ -1338,6 +1485,18 @@ def main():
         # cost, then full chunks only in both passes)
         ("fused cost given issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 79, True, cost_mode=3,
                                                            paths=["GCOST", "RW_STORE", "CL_STORE", "!RWS", "!CLS"])),
+        # memory access patterns (AccessStats) on full 128 x 128 tiles with even rows: the
+        # staging stores and epilogue reads in shared memory without bank conflicts, the
+        # output in whole 32-byte sectors; and the even-m epilogue of the wgmma kernels on
+        # ragged pairs (odd lengths inside even m)
+        ("access wgmma", lambda: test_access(lambda: test_wgmma_cost(mods, 1, 128, 128, 16, 40), "cosine_cost_wgmma_f32",
+                                             ["st.shared", "ld.shared", "st.global"])),
+        ("access wgmma-rs", lambda: test_access(lambda: test_wgmma_rs_cost(mods, 1, 128, 128, 16, 41),
+                                                "cosine_cost_wgmma_rs_f32", ["st.shared", "ld.shared", "st.global"])),
+        ("access tf32x3", lambda: test_access(lambda: test_cosine_cost(mods, 1, 128, 128, 16, 42, "cosine_cost_tf32x3_f32"),
+                                              "cosine_cost_tf32x3_f32", ["st.shared", "ld.shared", "st.global"])),
+        ("cosine_cost wgmma even m", lambda: test_wgmma_cost(mods, 2, 70, 66, 37, 43)),
+        ("cosine_cost wgmma-rs even m", lambda: test_wgmma_rs_cost(mods, 2, 70, 66, 37, 44)),
         # the exp2 probe: no round (the starting values' sum), one, and enough rounds for the
         # chains to reach their fixed point; two CTAs of a partial warp each
         ("ex2_peak no rounds", lambda: test_ex2_peak(mods, 2, 33, 0)),
@@ -1384,6 +1543,17 @@ def main():
             ("wgmma-rs A fragment registers in the wrong order", "cosine_cost_sm90a",
              "{ab0, ab1, ab2, ab3}, db,", "{ab0, ab2, ab1, ab3}, db,",
              lambda m: test_wgmma_rs_cost(m, 1, 9, 5, 37, 3)),
+            # the access checks: the first version's staging map (a row's four float4 on
+            # adjacent lanes: right numbers, 4-way bank conflicts), and 4-byte output stores
+            ("wgmma staging stores with bank conflicts", "cosine_cost_sm90a:cosine_cost_wgmma_f32",
+             ["    and.b32         r, tid, 7;\n    shl.b32         t, warp, 3;\n    add.u32         r, r, t;\n"
+              "    shr.u32         kc, lane, 3;\n"] + [f"sq, {v}, {a}, 31" for v in ("nx0", "nx1", "ny0", "ny1") for a in ("8", "16")],
+             ["    shr.u32         r, tid, 2;\n    and.b32         kc, tid, 3;\n"]
+             + [f"sq, {v}, {a}, 31" for v in ("nx0", "nx1", "ny0", "ny1") for a in ("1", "2")],
+             lambda m: test_access(lambda: test_wgmma_cost(m, 1, 128, 128, 16, 40), "cosine_cost_wgmma_f32", ["st.shared"])),
+            ("wgmma 4-byte output stores", "cosine_cost_sm90a:cosine_cost_wgmma_f32",
+             "    @pt bra         EPI_ODD;\n", "    bra             EPI_ODD;\n",
+             lambda m: test_access(lambda: test_wgmma_cost(m, 1, 128, 128, 16, 40), "cosine_cost_wgmma_f32", ["st.global"])),
             ("maxsim reduce without the block's token offset", "maxsim",
              "    sub.u32         doff, doff, tok0;\n", "",
              lambda m: test_maxsim_tiled(m, 3, 4, 5, 9, 7, [(0, 2), (2, 3)])),
