@@ -1495,6 +1495,12 @@ def main():
                                                 "cosine_cost_wgmma_rs_f32", ["st.shared", "ld.shared", "st.global"])),
         ("access tf32x3", lambda: test_access(lambda: test_cosine_cost(mods, 1, 128, 128, 16, 42, "cosine_cost_tf32x3_f32"),
                                               "cosine_cost_tf32x3_f32", ["st.shared", "ld.shared", "st.global"])),
+        # the fused kernel's tensor-core cost phases (the FP32 one keeps a 2-way conflict in
+        # its staging stores) and its iterations
+        ("access fused tf32x3", lambda: test_access(lambda: test_fused(mods, 1, 128, 128, 16, 1, 45, True, cost_mode=1),
+                                                    "sinkhorn_fused_f32", ["st.shared", "ld.shared", "st.global"])),
+        ("access fused pipelined", lambda: test_access(lambda: test_fused(mods, 1, 128, 128, 16, 1, 46, True, cost_mode=2),
+                                                       "sinkhorn_fused_f32", ["st.shared", "ld.shared", "st.global"])),
         ("cosine_cost wgmma even m", lambda: test_wgmma_cost(mods, 2, 70, 66, 37, 43)),
         ("cosine_cost wgmma-rs even m", lambda: test_wgmma_rs_cost(mods, 2, 70, 66, 37, 44)),
         # the exp2 probe: no round (the starting values' sum), one, and enough rounds for the
