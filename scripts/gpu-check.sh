@@ -325,13 +325,14 @@ else
 fi
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
 # access to the performance counters, which some machines refuse): throughput, pipe use
-# and issue rates, launch resources, occupancy, memory traffic, warp stall reasons.
+# and issue rates, launch resources, occupancy, memory traffic (with the tables' shared-memory
+# bank conflicts and global sector use, which the report quotes), warp stall reasons.
 NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1 || true)}
 profile() { # name kernel-entry cost-kernel bench-problem
     T=120 step "profile-$1" env OPTICAL_CUDA_COST_KERNEL="$3" "$NCU" --kernel-name "$2" \
         --launch-skip 1 --launch-count 1 --section SpeedOfLight --section LaunchStats \
         --section Occupancy --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-        --section WarpStateStats \
+        --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \
         "$BIN" bench --backend cuda --json --min-seconds 0 --kernels "$4"
     [ "${STATUS[profile-$1]}" = FAIL ] && STATUS[profile-$1]="failed (optional; see its log)"
     return 0

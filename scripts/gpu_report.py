@@ -336,10 +336,31 @@ NCU_METRICS = re.compile(r"^\s*(Duration|Compute \(SM\) Throughput|Memory Throug
                          r"Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc Active|"
                          r"Registers Per Thread|Block Limit \w+|Warp Cycles Per Issued Instruction|"
                          r"Shared (Load|Store) Bank Conflicts?)\b.*")
+
+
+def ncu_access_lines(text):
+    """The shared-memory bank conflicts and global sector use that Nsight Compute's memory
+    tables section states in its rule texts (wrapped over several lines), one line each."""
+    flat = " ".join(text.split())
+    out = []
+    for way, req, kind, conf, pct, wav in re.findall(
+            r"causes on average a ([\d.]+) - way bank conflict across all (\d+) shared (load|store) "
+            r"requests\.\s*This results in (\d+) bank conflicts, which represent ([\d.]+)% of the overall "
+            r"(\d+) wavefronts", flat):
+        out.append(f"    Shared {kind}s: {int(req):,} requests, {int(wav):,} wavefronts ({way} per request), "
+                   f"{int(conf):,} bank conflicts ({pct} %)")
+    for kind, used in re.findall(r"global (loads|stores) (?:from|to) L1TEX might not be optimal\. On average, only "
+                                 r"([\d.]+) of the 32 bytes transmitted per sector", flat):
+        out.append(f"    Global {kind}: {used} of 32 bytes used per sector")
+    return out
+
+
 for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
     if not (name.startswith("profile-") and name.endswith(".log")):
         continue
-    lines = [l.rstrip() for l in open(os.path.join(logs, name), errors="replace") if NCU_METRICS.match(l)]
+    text = open(os.path.join(logs, name), errors="replace").read()
+    lines = [l.rstrip() for l in text.splitlines() if NCU_METRICS.match(l)]
+    lines += ncu_access_lines(text)
     if lines:
         md += ["", f"## Nsight Compute: {name[len('profile-'):-len('.log')]} (excerpt)", "", "```", *lines, "```"]
 with open(out + ".json", "w") as f:

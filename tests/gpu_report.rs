@@ -246,7 +246,15 @@ fn report_computes_the_issue_goals_from_the_logs() {
          \x20   Compute (SM) Throughput           %        71.20\n\
          \x20   Section: Occupancy\n\
          \x20   Achieved Occupancy                %        24.81\n\
-         \x20   L1/TEX Hit Rate                   %        99.00\n",
+         \x20   L1/TEX Hit Rate                   %        99.00\n\
+         \x20   Section: Memory Workload Analysis Tables\n\
+         \x20   OPT   Est. Speedup: 47.15%\n\
+         \x20         The memory access pattern for shared stores might not be optimal and causes on average a 21.9 - way bank\n\
+         \x20         conflict across all 802816 shared store requests.This results in 9462199 bank conflicts,  which represent\n\
+         \x20         53.76% of the overall 17602068 wavefronts for shared stores. Check the Source Counters section for\n\
+         \x20   OPT   Est. Speedup: 41.03%\n\
+         \x20         The memory access pattern for global stores to L1TEX might not be optimal. On average, only 16.0 of the 32\n\
+         \x20         bytes transmitted per sector are utilized by each thread.\n",
     )
     .unwrap();
     std::fs::write(
@@ -414,6 +422,18 @@ fn report_computes_the_issue_goals_from_the_logs() {
         "{md}"
     );
     assert!(ncu.contains("Achieved Occupancy"), "{md}");
+    // the memory tables' rule texts, wrapped over lines, become one line each
+    assert!(
+        ncu.contains(
+            "Shared stores: 802,816 requests, 17,602,068 wavefronts (21.9 per request), \
+             9,462,199 bank conflicts (53.76 %)"
+        ),
+        "{md}"
+    );
+    assert!(
+        ncu.contains("Global stores: 16.0 of 32 bytes used per sector"),
+        "{md}"
+    );
     assert!(
         !ncu.contains("L1/TEX Hit Rate"),
         "only the headline metrics: {md}"
