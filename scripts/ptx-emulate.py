@@ -157,7 +157,9 @@ class AccessStats:
     at most 128 bytes); a phase takes as many wavefronts as its most-used bank holds
     distinct words (lanes reading the same word share it). The ideal is one wavefront per
     128 distinct bytes of each phase. Global memory: the 32-byte sectors a request touches,
-    against the bytes it moves."""
+    against the bytes it moves. Counted per PTX instruction: ptxas may pair adjacent 4-byte
+    accesses into 8-byte ones (it does for the cost kernels' staged accumulators), so where a
+    count matters compare it with the SASS."""
 
     def __init__(self):
         self.rows = {}  # (entry, pc) -> [space, write, requests, cost, ideal, bytes]
