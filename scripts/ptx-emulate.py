@@ -144,7 +144,6 @@ class Shared:
             raise ValueError(f"misaligned shared access at {addr} (size {size})")
 
 
-# ---- parsing -----------------------------------------------------------------------------
 class AccessStats:
     """How a kernel's warps touch memory, counted per instruction the way the hardware serves
     a warp's request (enabled by setting the module's STATS; off by default, since it slows
@@ -158,13 +157,17 @@ class AccessStats:
     one wavefront per 128 distinct bytes of each phase. Calibrated on H200 profiles: the
     fused kernel's shared wavefronts per Sinkhorn iteration (1,664 per pair, 16-byte
     potential loads that four groups of lanes share) match this exactly, where quarter-warp
-    phases would give 2,176; its cost phase's stores match within 2 %. Global memory: the 32-byte sectors a request touches,
-    against the bytes it moves. Counted per PTX instruction: ptxas may pair adjacent 4-byte
-    accesses into 8-byte ones (it does for the cost kernels' staged accumulators), so where a
-    count matters compare it with the SASS."""
+    phases would give 2,176; its cost phase's stores match within 2 %.
+
+    Global memory: the 32-byte sectors a request touches, against the bytes it moves.
+
+    Counted per PTX instruction: ptxas may pair adjacent 4-byte accesses into 8-byte ones (it
+    does for the cost kernels' staged accumulators), so where a count matters compare it
+    with the SASS."""
 
     def __init__(self):
-        self.rows = {}  # (entry, pc) -> [space, write, requests, cost, ideal, bytes]
+        # (entry, pc) -> [space, write, requests, cost, ideal, bytes, opcode, operands]
+        self.rows = {}
 
     def add(self, entry, pc, space, write, accesses):
         """One warp-level request: `accesses` is a list of (lane, address, bytes)."""
@@ -210,6 +213,7 @@ class AccessStats:
 STATS = None
 
 
+# ---- parsing -----------------------------------------------------------------------------
 class Entry:
     def __init__(self, name, params, body, static_shared):
         self.name, self.params, self.static_shared = name, params, static_shared
