@@ -166,7 +166,7 @@ class AccessStats:
     with the SASS."""
 
     def __init__(self):
-        # (entry, pc) -> [space, write, requests, cost, ideal, bytes, opcode, operands]
+        # (entry, pc) -> [space, write, requests, cost, ideal, opcode, operands]
         self.rows = {}
 
     def add(self, entry, pc, space, write, accesses):
@@ -184,25 +184,23 @@ class AccessStats:
                     banks[w % 32] = banks.get(w % 32, 0) + 1
                 cost += max(banks.values())
                 ideal += (len(words) + 31) // 32
-            moved = sum(4 * len(w) for w in phases.values())
         else:
             sectors, touched = set(), set()
             for _, addr, nb in accesses:
                 sectors.update(range(addr // 32, (addr + nb - 1) // 32 + 1))
                 touched.update(range(addr, addr + nb))
-            cost, ideal, moved = len(sectors), (len(touched) + 31) // 32, len(touched)
+            cost, ideal = len(sectors), (len(touched) + 31) // 32
         _, opc, ops = entry.code[pc]
-        row = self.rows.setdefault((entry.name, pc), [space, write, 0, 0, 0, 0, opc, ops])
+        row = self.rows.setdefault((entry.name, pc), [space, write, 0, 0, 0, opc, ops])
         row[2] += 1
         row[3] += cost
         row[4] += ideal
-        row[5] += moved
 
     def table(self):
         """One line per memory instruction: requests, and wavefronts (shared) or sectors
         (global) per request against the ideal."""
         lines = []
-        for (name, pc), (space, write, req, cost, ideal, moved, opc, ops) in sorted(self.rows.items()):
+        for (name, pc), (space, write, req, cost, ideal, opc, ops) in sorted(self.rows.items()):
             unit = "wavefronts" if space == "shared" else "sectors"
             lines.append(f"  {name} pc {pc:4d} {opc} {', '.join(ops)[:40]:40s} {req:7d} requests, "
                          f"{cost / req:5.2f} {unit} per request (ideal {ideal / req:5.2f})")
@@ -1277,7 +1275,7 @@ def test_access(run, entry, kinds):
     finally:
         STATS = saved
     bad, checked = [], 0
-    for (name, pc), (space, write, req, cost, ideal, moved, opc, ops) in sorted(stats.rows.items()):
+    for (name, pc), (space, write, req, cost, ideal, opc, ops) in sorted(stats.rows.items()):
         if name != entry:
             continue
         if not opc.startswith(tuple(kinds)):
