@@ -16,7 +16,8 @@
 #     when it is installed, OPTICAL_WGPU_ADAPTER=nvidia so that a software adapter cannot
 #     stand in for it); when built here, the whole test suite with both GPU features
 #  5. `optical info --json` and `optical bench --backend cuda --json` on every kernel (and the
-#     cost kernels with each OPTICAL_CUDA_COST_KERNEL, and the fused kernel with
+#     cost kernels with each OPTICAL_CUDA_COST_KERNEL and the wgmma one with
+#     OPTICAL_CUDA_WGMMA_STAGES=3, and the fused kernel with
 #     OPTICAL_CUDA_FUSED_THREADS=256 too, sinkhorn-512 and sinkhorn-2048 with
 #     OPTICAL_CUDA_SINKHORN_SPLIT=off, maxsim with OPTICAL_CUDA_MAXSIM=tiled, and the
 #     large-copy problems' wall time with OPTICAL_CUDA_STAGING=pageable),
@@ -238,9 +239,13 @@ if [ "$compute_cap" = 9.0 ]; then
     # wgmma with x in registers (not the default until this step has timed it)
     T=60 step bench-cuda-wgmmars env OPTICAL_CUDA_COST_KERNEL=wgmma-rs "$BIN" bench --backend cuda \
         --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+    # wgmma with three stages: one group left in flight at each chunk's barrier (the same)
+    T=60 step bench-cuda-wgmma3 env OPTICAL_CUDA_COST_KERNEL=wgmma OPTICAL_CUDA_WGMMA_STAGES=3 \
+        "$BIN" bench --backend cuda --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
 else
-    STATUS[bench-cuda-wgmma]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
-    STATUS[bench-cuda-wgmmars]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+    for s in bench-cuda-wgmma bench-cuda-wgmmars bench-cuda-wgmma3; do
+        STATUS[$s]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+    done
 fi
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels sinkhorn-fused
@@ -260,9 +265,13 @@ if [ "$compute_cap" = 9.0 ]; then
     T=60 step bench-cuda-fusedgiven-wgmmars env OPTICAL_CUDA_FUSED_COST=standalone \
         OPTICAL_CUDA_COST_KERNEL=wgmma-rs "$BIN" bench --backend cuda --json --min-seconds 2 \
         --kernels sinkhorn-fused,sinkhorn-fused-1
+    T=60 step bench-cuda-fusedgiven-wgmma3 env OPTICAL_CUDA_FUSED_COST=standalone \
+        OPTICAL_CUDA_COST_KERNEL=wgmma OPTICAL_CUDA_WGMMA_STAGES=3 "$BIN" bench --backend cuda \
+        --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
 else
-    STATUS[bench-cuda-fusedgiven-wgmma]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
-    STATUS[bench-cuda-fusedgiven-wgmmars]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+    for s in bench-cuda-fusedgiven-wgmma bench-cuda-fusedgiven-wgmmars bench-cuda-fusedgiven-wgmma3; do
+        STATUS[$s]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
+    done
 fi
 # sinkhorn-512 and sinkhorn-2048 (K does not fit in shared memory) with one CTA per pair for
 # all iterations, against the default split half-iterations (a warp per row, n / 8 CTAs per
@@ -364,6 +373,7 @@ if [ -n "$NCU" ]; then
     if [ "$compute_cap" = 9.0 ]; then
         profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
         profile cost-wgmma-rs cosine_cost_wgmma_rs_f32 wgmma-rs cosine-cost-hbm
+        OPTICAL_CUDA_WGMMA_STAGES=3 profile cost-wgmma3 cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
     fi
 else
     STATUS[profile]="skipped (no ncu on this machine)"

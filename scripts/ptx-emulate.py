@@ -10,12 +10,12 @@ mma.sync wait for all 32 lanes; mma.sync m16n8k8 .tf32 follows the PTX ISA's fra
 layout and rejects operands that are not tf32 values); warpgroups (wgmma.mma_async
 m64nNk8 .tf32 with B, and A too or A from registers in the ISA's fragment layout, in
 shared memory through no-swizzle K-major descriptors, run when a wgmma.wait_group retires
-its group, so a kernel that rewrites a shared operand before the wait gets wrong numbers
-and one whose instructions (warp-collective ones included) touch an accumulator or A
-register of an operation not yet retired an error; a missing
-wgmma.fence or fence.proxy.async is an error too); CTAs (bar.sync
-waits for every live thread, bar.sync id, count for `count` threads); the global, shared and generic address spaces (a global-space address in a
-generic access is an error); f32 rounding; and it detects shared-memory races (two threads
+its group; a shared store into a word that an issued operation not yet retired reads is
+an error, and so is an instruction (warp-collective ones included) that touches an
+accumulator or A register of such an operation, a missing wgmma.fence or a missing
+fence.proxy.async); CTAs (bar.sync waits for every live thread, bar.sync id, count for
+`count` threads); the global, shared and generic address spaces (a global-space address in
+a generic access is an error); f32 rounding; and it detects shared-memory races (two threads
 touching a word between barriers, one of them writing), so a missing barrier fails even
 though the interpreter runs threads one at a time. Approximate instructions
 (ex2/lg2/rsqrt.approx) are computed exactly and rounded to f32, so results match the GPU
@@ -98,6 +98,10 @@ class Shared:
         # word -> thread, for shared-memory writes that thread has not yet made visible to
         # the async proxy (fence.proxy.async); wgmma may not read such a word
         self.unfenced = {}
+        # word -> count of the issued wgmma operations, not yet retired by a wait, that read
+        # it: writing such a word is an error (the operation may read it at any time until
+        # it retires)
+        self.in_flight = {}
         # Uninitialised shared memory reads as NaN, so a read of a word no one wrote shows.
         self.buf = bytearray(struct.pack("<I", 0x7FC00000) * ((size + 3) // 4))[:size]
         self.writer = {}
@@ -363,7 +367,7 @@ def wgmma_tf32(shared, op, threads, where):
     four registers 4j .. 4j + 3 = D[16w + g][8j + 2q], D[16w + g][8j + 2q + 1],
     D[16w + g + 8][8j + 2q], D[16w + g + 8][8j + 2q + 1]. The tf32 products are exact in
     double and each output is rounded to f32 once."""
-    n, da, db, scale_d, acc = op
+    n, da, db, scale_d, acc = op[:5]
     A = wgmma_operand(shared, da, 64, where) if isinstance(da, int) else da
     B = wgmma_operand(shared, db, n, where)
     for t, th in enumerate(threads):
@@ -414,7 +418,8 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
     shared = Shared(dyn_base + dyn_shared)
     nthreads = block
     threads = [Thread(t) for t in range(nthreads)]
-    specials = {"%ntid.x": nthreads, "%ctaid.x": ctaid[0], "%ctaid.y": ctaid[1], "%ctaid.z": ctaid[2]}
+    specials = {"%ntid.x": nthreads, "%ctaid.x": ctaid[0], "%ctaid.y": ctaid[1], "%ctaid.z": ctaid[2],
+                "%dynamic_smem_size": dyn_shared}
     symbols = {name: off for name, (off, _) in entry.static_shared.items()}
     symbols["smem"] = dyn_base
     code, labels = entry.code, entry.labels
@@ -501,6 +506,10 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         if space == "shared":
             shared.check(addr, 4 * n)
             shared.touch(addr, 4 * n, t.tid, True, f"{entry.name} pc {t.pc}")
+            for w in range(addr // 4, addr // 4 + n):
+                if w in shared.in_flight:
+                    raise RuntimeError(f"{entry.name}: thread {t.tid} writes shared byte {4 * w} at pc {t.pc}, "
+                                       "which a wgmma in flight (issued, not yet retired by a wait) reads")
             if entry.uses_wgmma:
                 for w in range(addr // 4, addr // 4 + n):
                     shared.unfenced[w] = t.tid
@@ -657,6 +666,10 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     res = a * val(t, ops[2])
                     if parts[1] == "wide":
                         mask = MASK64
+                    elif parts[1] == "hi" and ty.startswith("u"):
+                        res = ((a & mask) * (val(t, ops[2]) & mask)) >> width
+                    elif parts[1] == "hi":
+                        raise NotImplementedError(opc)
                 elif op == "add":
                     res = a + val(t, ops[2])
                 elif op == "sub":
@@ -671,11 +684,11 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     res = a | val(t, ops[2])
                 elif op == "xor":
                     res = a ^ val(t, ops[2])
-                elif op == "div" and ty.startswith("u"):
+                elif op in ("div", "rem") and ty.startswith("u"):
                     d = val(t, ops[2])
                     if d == 0:
                         raise ZeroDivisionError(f"{opc} by zero")
-                    res = (a & mask) // (d & mask)
+                    res = (a & mask) // (d & mask) if op == "div" else (a & mask) % (d & mask)
                 else:
                     raise NotImplementedError(opc)
                 r[ops[0]] = res & mask
@@ -728,6 +741,10 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             while len(groups) > keep:
                 for op in groups.pop(0):
                     wgmma_tf32(shared, op, group, where)
+                    for w in op[5]:
+                        shared.in_flight[w] -= 1
+                        if not shared.in_flight[w]:
+                            del shared.in_flight[w]
             # Registers stay locked while any operation not yet retired (a later group, or
             # one not yet committed) still uses them.
             busy = {name for g in groups + [wg_pending.get(wg, [])] for op in g for name in op[4]}
@@ -780,6 +797,7 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             t.locked.update(a_regs)
         # The operands may be read as soon as the wgmma is issued: every word must have
         # been made visible to the async proxy by the thread that wrote it.
+        words = []
         for desc, rows in ((da, 64), (db, n)) if not a_regs else ((db, n),):
             start, lbo, sbo = (desc & 0x3FFF) << 4, ((desc >> 16) & 0x3FFF) << 4, ((desc >> 32) & 0x3FFF) << 4
             for r in range(rows):
@@ -789,7 +807,10 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                         if w in shared.unfenced:
                             raise RuntimeError(f"{where}: wgmma reads shared byte {4 * w}, which thread "
                                                f"{shared.unfenced[w]} wrote without fence.proxy.async since")
-        wg_pending.setdefault(wg, []).append((n, da, db, scale_d, acc + a_regs))
+                        words.append(w)
+        for w in words:
+            shared.in_flight[w] = shared.in_flight.get(w, 0) + 1
+        wg_pending.setdefault(wg, []).append((n, da, db, scale_d, acc + a_regs, words))
 
     def resolve(size, state, run, what):
         """Run the collective instruction of every group of `size` threads all waiting at
@@ -949,10 +970,12 @@ def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64, m
     return report(f"{entry} b={b} n={n} m={m} d={d}", err, 2e-5)
 
 
-def test_wgmma_cost(mods, b, n, m, d, seed):
+def test_wgmma_cost(mods, b, n, m, d, seed, stages=2):
     """test_cosine_cost of cosine_cost_wgmma_f32 (kernels/cosine_cost_sm90a.ptx): 128x128
-    tiles, 66,560 bytes of dynamic shared memory."""
-    return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a", 66560)
+    tiles, `stages` stages of 32,768 bytes and 1,024 of inverse norms of dynamic shared
+    memory (66,560 bytes for two stages, 99,328 for three)."""
+    return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a",
+                            stages * 32768 + 1024)
 
 
 def test_wgmma_rs_cost(mods, b, n, m, d, seed):
@@ -1402,6 +1425,14 @@ def main():
         ("cosine_cost wgmma 1", lambda: test_wgmma_cost(mods, 1, 1, 1, 1, 1)),
         ("cosine_cost wgmma tiles", lambda: test_wgmma_cost(mods, 2, 130, 17, 37, 2)),
         ("cosine_cost wgmma d=384", lambda: test_wgmma_cost(mods, 1, 70, 129, 384, 4)),
+        # three stages (one group left in flight at each barrier): one chunk, two chunks
+        # (the prologue's two stages only), a partial last chunk, d = 384 (24 chunks, the
+        # stages rotating eight times)
+        ("cosine_cost wgmma 3 stages 1", lambda: test_wgmma_cost(mods, 1, 1, 1, 1, 1, 3)),
+        ("cosine_cost wgmma 3 stages one chunk", lambda: test_wgmma_cost(mods, 1, 33, 40, 16, 5, 3)),
+        ("cosine_cost wgmma 3 stages two chunks", lambda: test_wgmma_cost(mods, 1, 20, 9, 32, 6, 3)),
+        ("cosine_cost wgmma 3 stages tiles", lambda: test_wgmma_cost(mods, 2, 130, 17, 37, 2, 3)),
+        ("cosine_cost wgmma 3 stages d=384", lambda: test_wgmma_cost(mods, 1, 70, 129, 384, 4, 3)),
         # wgmma with A in registers: the same shapes, and one chunk (d = 16: no loop)
         ("cosine_cost wgmma-rs 1", lambda: test_wgmma_rs_cost(mods, 1, 1, 1, 1, 1)),
         ("cosine_cost wgmma-rs tiles", lambda: test_wgmma_rs_cost(mods, 2, 130, 17, 37, 2)),
@@ -1524,17 +1555,35 @@ def main():
              "mov.u64         dconst, 0x0000002000080000;", "mov.u64         dconst, 0x0000000800200000;",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma no wait_group", "cosine_cost_sm90a",
-             "STAGED:\n    fence.proxy.async.shared::cta;\n    wgmma.wait_group.sync.aligned 0;\n",
-             "STAGED:\n    fence.proxy.async.shared::cta;\n",
+             "    @p3 bra         WAIT1;\n    wgmma.wait_group.sync.aligned 0;\n", "    @p3 bra         WAIT1;\n",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma stage rewritten in flight", "cosine_cost_sm90a",
-             "    @pt bra         STAGED;\n    and.b32         t, it, 1;",
-             "    @pt bra         STAGED;\n    add.u32         t, it, 1;\n    and.b32         t, t, 1;",
+             "    sub.u32         u, it, u;\n    and.b32         t, it, 1;\n    selp.u32        t, u, t, p3;\n"
+             "    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n    add.u32         sa",
+             "    sub.u32         u, it, u;\n    add.u32         t, it, 1;\n    and.b32         t, t, 1;\n"
+             "    selp.u32        t, u, t, p3;\n    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n"
+             "    add.u32         sa",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
+            # three stages: a group left in flight with only two stages (the next chunk's
+            # stores hit the stage it reads), the stages counted modulo 2 with a group in
+            # flight, and the accumulators read before the last group retires
+            ("wgmma one group in flight with two stages", "cosine_cost_sm90a",
+             "    @p3 bra         WAIT1;\n", "    bra             WAIT1;\n",
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
+            ("wgmma three stages numbered modulo 2", "cosine_cost_sm90a:cosine_cost_wgmma_f32",
+             ["    and.b32         t, it, 1;\n    selp.u32        t, u, t, p3;\n"
+              "    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n    shl.b32"],
+             ["    and.b32         t, it, 1;\n    mov.u32         u, t;\n    selp.u32        t, u, t, p3;\n"
+              "    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n    shl.b32"],
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 64, 3, 3)),
+            ("wgmma three stages without the last wait", "cosine_cost_sm90a",
+             "    // The last group (still in flight with three stages) before the accumulators are read.\n"
+             "    wgmma.wait_group.sync.aligned 0;\n", "",
+             lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3, 3)),
             ("wgmma no wgmma.fence", "cosine_cost_sm90a", WGMMA_SS_FENCE, WGMMA_SS_FENCE.split("\n", 1)[1],
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma no fence.proxy.async", "cosine_cost_sm90a",
-             "STAGED:\n    fence.proxy.async.shared::cta;\n    wgmma.wait_group", "STAGED:\n    wgmma.wait_group",
+             "STAGED:\n    fence.proxy.async.shared::cta;\n    // Two stages", "STAGED:\n    // Two stages",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             # wgmma with A in registers: the A registers rewritten before the wait retires
             # the group that reads them, no wgmma.fence after they were written, the y

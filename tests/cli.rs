@@ -1075,7 +1075,7 @@ fn bench_compare_passes_a_run_against_itself_and_fails_a_slower_one() {
 }
 
 /// A bad CUDA setting in the environment (`OPTICAL_CUDA_COST_KERNEL`,
-/// `OPTICAL_CUDA_FUSED_THREADS`) is one clear line and exit code 2, before any CUDA device
+/// `OPTICAL_CUDA_FUSED_THREADS`, ...) is one clear line and exit code 2, before any CUDA device
 /// is looked for (so it is the same on a machine without one).
 #[cfg(feature = "cuda")]
 #[test]
@@ -1106,6 +1106,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "sinkhorn-fused",
             "serial, pipelined or standalone",
         ),
+        ("OPTICAL_CUDA_WGMMA_STAGES", "4", "cosine-cost", "2 or 3"),
     ] {
         let err = bad_setting("cuda", var, value, kernel, expected);
         assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -14,6 +14,7 @@ mod common;
 
 use optical::backend::cuda::{
     CostKernel, CudaBackend, FusedCost, FusedThreads, MaxsimRoute, SinkhornSplit, Staging,
+    WgmmaStages,
 };
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornParams};
@@ -286,9 +287,11 @@ fn wide_cost_kernel_matches_reference() {
 /// The wgmma cost kernels (`OPTICAL_CUDA_COST_KERNEL=wgmma` and `wgmma-rs`, compute
 /// capability 9.0 only), sorting last of all. Elsewhere each must refuse with one clear
 /// error instead of launching.
-fn wgmma_cost_kernel_matches_reference(kernel: CostKernel) {
+fn wgmma_cost_kernel_matches_reference(kernel: CostKernel, stages: WgmmaStages) {
     let Some(gpu) = cuda() else { return };
     let gpu = with_cost_kernel(&gpu, kernel);
+    eprintln!("wgmma stages: {}", stages.name());
+    let gpu = Backend::Cuda(cuda_of(&gpu).clone().with_wgmma_stages(stages));
     if cuda_of(&gpu).compute_capability() != (9, 0) {
         let x = embeddings(1, 1, 3, 8, true);
         let e = gpu.cosine_cost(&x, &x).unwrap_err().to_string();
@@ -308,14 +311,21 @@ fn wgmma_cost_kernel_matches_reference(kernel: CostKernel) {
 
 #[test]
 fn wide_wgmma_cost_kernel_matches_reference() {
-    wgmma_cost_kernel_matches_reference(CostKernel::Wgmma);
+    wgmma_cost_kernel_matches_reference(CostKernel::Wgmma, WgmmaStages::Two);
+}
+
+/// Three stages (`OPTICAL_CUDA_WGMMA_STAGES=3`): one `wgmma` group stays in flight across
+/// each chunk's barrier, so a stage rewritten too early would show here.
+#[test]
+fn wide_wgmma_three_stage_cost_kernel_matches_reference() {
+    wgmma_cost_kernel_matches_reference(CostKernel::Wgmma, WgmmaStages::Three);
 }
 
 /// The A operand from registers: the k order inside each chunk is the kernel's own, so a
 /// mismatch between its x fragments and its y layout would show on every case here.
 #[test]
 fn wide_wgmma_rs_cost_kernel_matches_reference() {
-    wgmma_cost_kernel_matches_reference(CostKernel::WgmmaRs);
+    wgmma_cost_kernel_matches_reference(CostKernel::WgmmaRs, WgmmaStages::Two);
 }
 
 /// Rows rescaled to just inside the norm bounds (1.5e-12, 6.7e11, 1), with the default
@@ -741,22 +751,29 @@ fn fused_sinkhorn_pipelined_cost_phase_matches_reference() {
 #[test]
 fn fused_sinkhorn_given_cost_matches_reference() {
     let Some(gpu) = cuda() else { return };
+    let two = WgmmaStages::Two;
     let mut runs = vec![
-        (CostKernel::Auto, FusedThreads::Auto),
-        (CostKernel::Tf32x3, FusedThreads::Threads256),
+        (CostKernel::Auto, FusedThreads::Auto, two),
+        (CostKernel::Tf32x3, FusedThreads::Threads256, two),
     ];
     if cuda_of(&gpu).compute_capability() == (9, 0) {
-        runs.push((CostKernel::Wgmma, FusedThreads::Auto));
-        runs.push((CostKernel::WgmmaRs, FusedThreads::Auto));
+        runs.push((CostKernel::Wgmma, FusedThreads::Auto, two));
+        runs.push((CostKernel::Wgmma, FusedThreads::Auto, WgmmaStages::Three));
+        runs.push((CostKernel::WgmmaRs, FusedThreads::Auto, two));
     }
-    for (kernel, threads) in runs {
-        eprintln!("fused cost phase: standalone {}", kernel.name());
+    for (kernel, threads, stages) in runs {
+        eprintln!(
+            "fused cost phase: standalone {} ({} wgmma stages)",
+            kernel.name(),
+            stages.name()
+        );
         let with_kernel = with_cost_kernel(&gpu, kernel);
         let gpu = Backend::Cuda(
             cuda_of(&with_kernel)
                 .clone()
                 .with_fused_threads(threads)
-                .with_fused_cost(FusedCost::Standalone),
+                .with_fused_cost(FusedCost::Standalone)
+                .with_wgmma_stages(stages),
         );
         fused_cases(&gpu, kernel, threads);
     }

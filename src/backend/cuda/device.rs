@@ -30,8 +30,11 @@ pub(super) const BACKEND: &str = "cuda";
 pub(super) const TILE_THREADS: u32 = 256;
 /// Rows (and columns) of one cosine-cost output tile.
 const TILE: usize = 64;
-/// Dynamic shared memory of `cosine_cost_wgmma_f32` (two stages and the inverse norms).
-const WGMMA_SMEM: u32 = 66_560;
+/// Bytes of one stage of `cosine_cost_wgmma_f32` (a 16-float chunk of 128 rows of x and of
+/// y, both split into tf32 halves).
+const WGMMA_STAGE: u32 = 32_768;
+/// Bytes of the inverse norms after the stages of `cosine_cost_wgmma_f32`.
+const WGMMA_NORMS: u32 = 1_024;
 /// Dynamic shared memory of `cosine_cost_wgmma_rs_f32` (two stages of y only, and the
 /// inverse norms).
 const WGMMA_RS_SMEM: u32 = 33_792;
@@ -97,6 +100,45 @@ pub struct CudaBackend {
     split: SinkhornSplit,
     staging: Staging,
     maxsim: MaxsimRoute,
+    wgmma_stages: WgmmaStages,
+}
+
+/// How many stages of shared memory `cosine_cost_wgmma_f32` cycles through. With two, each
+/// chunk's `wgmma` group must retire before the barrier that ends the chunk (the next
+/// chunk's stores go to the stage it reads), so a CTA's tensor work pauses once per chunk
+/// until its next group is issued, and only the other CTA on the SM can fill the pause.
+/// With three, the kernel waits with one group still in flight (`wgmma.wait_group 1`, as
+/// CUTLASS's main loops do), and the next chunk's group queues behind it. Both fit two CTAs
+/// per SM (66,560 and 99,328 bytes). The kernel reads the stage count from the dynamic
+/// shared memory it is launched with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WgmmaStages {
+    /// Two stages of 32 KB: each chunk's group retires before the barrier.
+    #[default]
+    Two,
+    /// Three stages of 32 KB: one group in flight across each barrier. Checked by ptxas and
+    /// the PTX interpreter, not yet timed on a GPU, so not the default.
+    Three,
+}
+
+/// Environment variable that picks [`WgmmaStages`]: `2` (default) or `3`.
+pub const WGMMA_STAGES_ENV: &str = "OPTICAL_CUDA_WGMMA_STAGES";
+
+env_choice!(WgmmaStages, WGMMA_STAGES_ENV, {
+    Two => "2",
+    Three => "3",
+});
+
+impl WgmmaStages {
+    /// The dynamic shared memory `cosine_cost_wgmma_f32` is launched with: the stages, then
+    /// the inverse norms (66,560 bytes for two stages, 99,328 for three).
+    pub fn shared_bytes(self) -> u32 {
+        let stages = match self {
+            WgmmaStages::Two => 2,
+            WgmmaStages::Three => 3,
+        };
+        stages * WGMMA_STAGE + WGMMA_NORMS
+    }
 }
 
 /// Threads per CTA of the fused Sinkhorn kernel (`sinkhorn_fused_f32`): its cost phase runs
@@ -782,6 +824,7 @@ impl CudaBackend {
         let split = SinkhornSplit::from_env()?;
         let staging = Staging::from_env()?;
         let maxsim = MaxsimRoute::from_env()?;
+        let wgmma_stages = WgmmaStages::from_env()?;
         let dev = DEVICE0
             .get_or_init(|| guarded(|| open_device(0)).map(Arc::new))
             .clone()
@@ -794,6 +837,7 @@ impl CudaBackend {
             split,
             staging,
             maxsim,
+            wgmma_stages,
         })
     }
 
@@ -858,6 +902,16 @@ impl CudaBackend {
         self.maxsim
     }
 
+    /// The same device, running `cosine_cost_wgmma_f32` with `stages` stages.
+    pub fn with_wgmma_stages(mut self, stages: WgmmaStages) -> Self {
+        self.wgmma_stages = stages;
+        self
+    }
+
+    pub fn wgmma_stages(&self) -> WgmmaStages {
+        self.wgmma_stages
+    }
+
     /// Run `f` with the staging buffers when a copy of `bytes` should use them (allocating
     /// them on first use); `None` when it goes through the driver's pageable path.
     fn with_stager<R>(&self, bytes: usize, f: impl FnOnce(&mut Stager) -> R) -> Option<R> {
@@ -893,7 +947,8 @@ impl CudaBackend {
     fn info_note(&self, jit: &str) -> String {
         format!(
             "kernels JIT-compiled for device 0 ({}: {jit}); cosine costs on {} \
-             ({COST_KERNEL_ENV}: {}); fused Sinkhorn with {} threads per pair \
+             ({COST_KERNEL_ENV}: {}; {} stages in the wgmma kernel, {WGMMA_STAGES_ENV}: {}); \
+             fused Sinkhorn with {} threads per pair \
              ({FUSED_THREADS_ENV}: {}) and a {} cost phase ({FUSED_COST_ENV}: {}); split \
              half-iterations for pairs whose K \
              stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); MaxSim {} \
@@ -911,6 +966,8 @@ impl CudaBackend {
                     "the tensor cores (3xTF32 on wgmma with x in registers, 128x128 tiles)",
             },
             choices::<CostKernel>(),
+            self.wgmma_stages.name(),
+            choices::<WgmmaStages>(),
             self.fused_threads.name(),
             choices::<FusedThreads>(),
             self.fused_cost.name(),
@@ -1147,7 +1204,11 @@ impl CudaBackend {
             CostKernel::Auto | CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => {
                 (ptx::COSINE_COST_TF32X3, TILE, 0)
             }
-            CostKernel::Wgmma => (ptx::COSINE_COST_WGMMA, WIDE_TILE, WGMMA_SMEM),
+            CostKernel::Wgmma => (
+                ptx::COSINE_COST_WGMMA,
+                WIDE_TILE,
+                self.wgmma_stages.shared_bytes(),
+            ),
             CostKernel::WgmmaRs => (ptx::COSINE_COST_WGMMA_RS, WIDE_TILE, WGMMA_RS_SMEM),
         };
         // Only the wgmma module can be missing on a working device (compute capability 9.0
@@ -1194,9 +1255,10 @@ impl CudaBackend {
         // (checked above); the grid b * ceil(n/tile) * ceil(m/tile) x 256 threads, with the
         // tile of the chosen kernel, is the geometry the cost kernels require (they derive
         // the pair and tile from the block index; static shared memory only, except the
-        // wgmma kernels' 66,560 and 33,792 dynamic bytes, within the opt-in limit set when
-        // their module was loaded), the wide kernel runs only when its 32-bit row offsets
-        // cannot overflow, and they write only i < n, j < m.
+        // wgmma kernels' dynamic bytes: 66,560 or 99,328, from which the first takes its
+        // stage count, and 33,792; within the opt-in limit set when their module was
+        // loaded), the wide kernel runs only when its 32-bit row offsets cannot overflow,
+        // and they write only i < n, j < m.
         unsafe { l.launch(cfg) }
     }
 
@@ -1549,6 +1611,21 @@ mod tests {
         assert!(matches!(padded(&data, 2, 2), Cow::Borrowed(_)));
         assert!(as_u32("n", usize::MAX).is_err());
         assert_eq!(as_u32("n", 7).unwrap(), 7);
+    }
+
+    /// The wgmma kernel takes its stage count from the dynamic shared memory it is launched
+    /// with: three stages from 99,328 bytes. The host's sizes must be the ones it tests for
+    /// (two stages, 66,560 bytes, below the threshold) and its norms must sit after them.
+    #[test]
+    fn wgmma_stage_sizes_match_the_kernel() {
+        let src = ptx::COSINE_COST_SM90A_MODULE.source;
+        let three = WgmmaStages::Three.shared_bytes();
+        assert_eq!((WgmmaStages::Two.shared_bytes(), three), (66_560, 99_328));
+        assert!(src.contains(&format!("setp.ge.u32     p3, t, {three};")));
+        for stages in [2, 3] {
+            let norms = stages * WGMMA_STAGE;
+            assert!(src.contains(&format!(" t, {norms};")), "norms at {norms}");
+        }
     }
 
     #[test]

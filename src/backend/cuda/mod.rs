@@ -41,6 +41,6 @@ mod staging;
 #[cfg(feature = "cuda")]
 pub use device::{
     probe, usable_device_count, CostKernel, CudaBackend, FusedCost, FusedThreads, MaxsimRoute,
-    SinkhornSplit, Staging, COST_KERNEL_ENV, FUSED_COST_ENV, FUSED_THREADS_ENV, MAXSIM_ENV,
-    SINKHORN_SPLIT_ENV, STAGING_ENV,
+    SinkhornSplit, Staging, WgmmaStages, COST_KERNEL_ENV, FUSED_COST_ENV, FUSED_THREADS_ENV,
+    MAXSIM_ENV, SINKHORN_SPLIT_ENV, STAGING_ENV, WGMMA_STAGES_ENV,
 };
