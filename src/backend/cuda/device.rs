@@ -333,8 +333,9 @@ pub enum CostKernel {
     Tf32x3Wide,
     /// `cosine_cost_wgmma_f32` (`kernels/cosine_cost_sm90a.ptx`): 3xTF32 on Hopper's
     /// warpgroup instructions (`wgmma.mma_async` m64n128k8, operands in shared memory, a
-    /// two-stage pipeline), 128 × 128 tiles. Compute capability 9.0 only. The fused kernel's
-    /// cost phase uses the [`Self::Tf32x3`] tiling for it.
+    /// pipeline of two or three stages: [`WgmmaStages`]), 128 × 128 tiles. Compute
+    /// capability 9.0 only. The fused kernel's cost phase uses the [`Self::Tf32x3`] tiling
+    /// for it.
     Wgmma,
     /// `cosine_cost_wgmma_rs_f32` (same module): [`Self::Wgmma`] with x taken by `wgmma`
     /// from registers instead of shared memory (each thread loads and splits its own A
@@ -1622,10 +1623,9 @@ mod tests {
         let three = WgmmaStages::Three.shared_bytes();
         assert_eq!((WgmmaStages::Two.shared_bytes(), three), (66_560, 99_328));
         assert!(src.contains(&format!("setp.ge.u32     p3, t, {three};")));
-        for stages in [2, 3] {
-            let norms = stages * WGMMA_STAGE;
-            assert!(src.contains(&format!(" t, {norms};")), "norms at {norms}");
-        }
+        let (after2, after3) = (2 * WGMMA_STAGE, 3 * WGMMA_STAGE);
+        let norms = format!("    mov.u32         t, {after2};\n    @p3 mov.u32     t, {after3};\n");
+        assert!(src.contains(&norms), "norms after the stages: {norms}");
     }
 
     #[test]
