@@ -506,12 +506,11 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
         if space == "shared":
             shared.check(addr, 4 * n)
             shared.touch(addr, 4 * n, t.tid, True, f"{entry.name} pc {t.pc}")
-            for w in range(addr // 4, addr // 4 + n):
-                if w in shared.in_flight:
-                    raise RuntimeError(f"{entry.name}: thread {t.tid} writes shared byte {4 * w} at pc {t.pc}, "
-                                       "which a wgmma in flight (issued, not yet retired by a wait) reads")
             if entry.uses_wgmma:
                 for w in range(addr // 4, addr // 4 + n):
+                    if w in shared.in_flight:
+                        raise RuntimeError(f"{entry.name}: thread {t.tid} writes shared byte {4 * w} at pc {t.pc}, "
+                                           "which a wgmma in flight (issued, not yet retired by a wait) reads")
                     shared.unfenced[w] = t.tid
             shared.buf[addr : addr + 4 * n] = raw
         else:
@@ -684,11 +683,11 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                     res = a | val(t, ops[2])
                 elif op == "xor":
                     res = a ^ val(t, ops[2])
-                elif op in ("div", "rem") and ty.startswith("u"):
+                elif op == "div" and ty.startswith("u"):
                     d = val(t, ops[2])
                     if d == 0:
                         raise ZeroDivisionError(f"{opc} by zero")
-                    res = (a & mask) // (d & mask) if op == "div" else (a & mask) % (d & mask)
+                    res = (a & mask) // (d & mask)
                 else:
                     raise NotImplementedError(opc)
                 r[ops[0]] = res & mask
@@ -1571,10 +1570,10 @@ def main():
              "    @p3 bra         WAIT1;\n", "    bra             WAIT1;\n",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),
             ("wgmma three stages numbered modulo 2", "cosine_cost_sm90a:cosine_cost_wgmma_f32",
-             ["    and.b32         t, it, 1;\n    selp.u32        t, u, t, p3;\n"
-              "    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n    shl.b32"],
-             ["    and.b32         t, it, 1;\n    mov.u32         u, t;\n    selp.u32        t, u, t, p3;\n"
-              "    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n    shl.b32"],
+             "    and.b32         t, it, 1;\n    selp.u32        t, u, t, p3;\n"
+             "    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n    shl.b32",
+             "    and.b32         t, it, 1;\n    mov.u32         u, t;\n    selp.u32        t, u, t, p3;\n"
+             "    shl.b32         t, t, 15;\n    add.u32         t, t, sbase;\n    shl.b32",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 64, 3, 3)),
             ("wgmma three stages without the last wait", "cosine_cost_sm90a",
              "    // The last group (still in flight with three stages) before the accumulators are read.\n"
