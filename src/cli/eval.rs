@@ -100,9 +100,8 @@ pub struct EvalDatasetArgs {
     #[arg(long)]
     pub max_length: Option<usize>,
     /// Do not read or write the embedding cache ($OPTICAL_CACHE/embeddings). Its entries are
-    /// keyed by model, role and texts, not by backend: vectors encoded on one backend serve the
-    /// others (the same model, equal up to f32 rounding), so use this flag to time or compare a
-    /// backend's encoding.
+    /// keyed by model, device, role and texts (another backend encodes again: its vectors
+    /// differ in the last bits), so use this flag to time a backend's encoding.
     #[arg(long)]
     pub no_cache: bool,
     /// Data directory (default: $OPTICAL_DATA_DIR, else ../shared/data).

@@ -707,6 +707,13 @@ impl TextEncoder {
         self.config.hidden_size
     }
 
+    /// The device the encoder runs on, as a cache key part (burn's debug form of the
+    /// device): the same model on another backend gives vectors that differ in their last
+    /// bits, so caches of its outputs keep them apart.
+    pub fn device_tag(&self) -> String {
+        format!("{:?}", self.device)
+    }
+
     /// Token ids of each text (prefix prepended, specials added, truncated).
     pub fn tokenize<S: AsRef<str>>(&self, texts: &[S], kind: TextKind) -> Result<Vec<Vec<u32>>> {
         let prefix = match kind {

@@ -252,13 +252,16 @@ impl Encoder for crate::encoder::TextEncoder {
         self.hidden_size()
     }
 
+    /// The device is part of it: vectors computed on another backend differ in their last
+    /// bits (and were timed there), so `--backend` always measures what it names.
     fn fingerprint(&self) -> String {
         format!(
-            "{}-{}-{:?}-{:?}",
+            "{}-{}-{:?}-{:?}-on-{}",
             self.name,
             self.tokenizer.max_length(),
             self.query_prefix,
-            self.passage_prefix
+            self.passage_prefix,
+            self.device_tag()
         )
     }
 
@@ -704,6 +707,33 @@ pub(crate) mod tests {
         let before = std::fs::read_dir(dir.path()).unwrap().count();
         encode_pooled_cached(&e.0, &["zz"], TextRole::Query, 2, Some(dir.path()), "t").unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
+    }
+
+    /// The same model on another device is another cache entry: its vectors differ in the
+    /// last bits, and `--backend` must measure the backend it names.
+    #[cfg(all(feature = "distill", feature = "wgpu"))]
+    #[test]
+    fn a_model_on_another_device_has_another_fingerprint() {
+        use crate::encoder::{EncoderOptions, ModelSpec, TextEncoder};
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::distill::export::write_tiny_model(dir.path(), "m", 3).unwrap();
+        let spec: ModelSpec = path.display().to_string().parse().unwrap();
+        let mut e = TextEncoder::load(
+            &spec,
+            burn::prelude::Device::flex(),
+            &EncoderOptions::default(),
+        )
+        .unwrap();
+        let on_cpu = e.fingerprint();
+        assert!(
+            on_cpu.ends_with(&format!("-on-{}", e.device_tag())),
+            "{on_cpu}"
+        );
+        // Not used, so no adapter is needed: the fingerprint reads the device's identity.
+        e.device = burn::prelude::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        assert_ne!(e.fingerprint(), on_cpu);
+        e.device = burn::prelude::Device::flex();
+        assert_eq!(e.fingerprint(), on_cpu, "the same device, the same entry");
     }
 
     #[test]

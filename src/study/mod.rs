@@ -448,7 +448,10 @@ fn execute(
     let t0 = Instant::now();
     let encoder = load_encoder(&eval_model, &cx.backend)?;
     let (fingerprint, cache) = if train.is_some() {
-        (format!("study-run-{}", run.key), run.dir.join("embeddings"))
+        (
+            format!("study-run-{}-on-{}", run.key, encoder.device_tag()),
+            run.dir.join("embeddings"),
+        )
     } else {
         (
             base_fingerprint(&eval_model, &encoder),
