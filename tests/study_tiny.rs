@@ -533,3 +533,127 @@ fn the_plan_lists_runs_and_writes_nothing() {
     }
     assert!(!out.exists(), "the plan wrote under --out");
 }
+
+/// Every run directory of `out` whose name starts with `prefix`, by name.
+fn run_dirs(f: &Fixture, out: &str, prefix: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(f.root.join(out).join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// With `keep_models`, a change that only the evaluation reads (here the bitext slice) makes
+/// new runs that evaluate the kept students instead of training them again (the plan says
+/// so, and the report counts no training for them); a change to training trains.
+#[test]
+fn an_evaluation_change_evaluates_the_kept_students() {
+    let f = fixture();
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let keep = text.replacen(
+        "lareqa = [\"xquad-r\"]",
+        "lareqa = [\"xquad-r\"]\nkeep_models = true",
+        1,
+    );
+    assert_ne!(keep, text);
+    std::fs::write(&f.config, &keep).unwrap();
+    let first = run_study(&options(&f, "out", None)).unwrap();
+    assert_eq!(first.finished, 3);
+    let [ot] = &run_dirs(&f, "out", "ot-A-s0-")[..] else {
+        panic!("one ot run")
+    };
+    assert!(ot.join("student/model.safetensors").is_file(), "kept");
+    let trained = result(ot);
+
+    let eval_only = keep.replace("bitext_pairs = 10", "bitext_pairs = 8");
+    assert_ne!(eval_only, keep);
+    std::fs::write(&f.config, &eval_only).unwrap();
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["study", "--config"])
+        .arg(&f.config)
+        .args(["--budget", "tiny", "--plan", "--out"])
+        .arg(f.root.join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let ot_name = ot.file_name().unwrap().to_string_lossy().into_owned();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ot-A-s0-") && !l.starts_with(&ot_name))
+        .unwrap_or_else(|| panic!("no new ot line in {stdout}"));
+    assert!(
+        line.contains(&format!("\treuses the student of {ot_name}\tsteps 0\t")),
+        "{line}"
+    );
+
+    let second = run_study(&options(&f, "out", None)).unwrap();
+    println!("second: {:?}", second.runs);
+    let status = |prefix: &str| {
+        second
+            .runs
+            .iter()
+            .find(|(n, _)| n.starts_with(prefix))
+            .map(|(_, s)| s.clone())
+            .unwrap()
+    };
+    assert_eq!(status("base-"), RunStatus::Evaluated);
+    assert_eq!(
+        status("ot-"),
+        RunStatus::Reused {
+            from: ot_name.clone()
+        }
+    );
+    assert!(matches!(status("mean-mse-"), RunStatus::Reused { .. }));
+    assert_eq!(second.finished, 3);
+    let dirs = run_dirs(&f, "out", "ot-A-s0-");
+    assert_eq!(dirs.len(), 2);
+    let new = dirs.iter().find(|d| *d != ot).unwrap();
+    let reused = result(new);
+    assert_ne!(reused.key, trained.key);
+    let (t, u) = (trained.train.unwrap(), reused.train.unwrap());
+    assert_eq!(u.student_from.as_deref(), Some(ot_name.as_str()));
+    assert_eq!((u.steps, u.exported_step), (t.steps, t.exported_step));
+    assert!(t.student_from.is_none());
+    assert!(!new.join("student").exists() && !new.join("checkpoints").exists());
+    assert_eq!(
+        logged_steps(new),
+        [1, 2, 3, 4],
+        "the student's log, for the curves"
+    );
+    // The same student on the unchanged task gives the same answers; the bitext tasks have
+    // the new slice.
+    assert_eq!(reused.tasks[0].set.benchmark, "xquad-r");
+    assert_eq!(reused.tasks[0].per_query, trained.tasks[0].per_query);
+    assert!(reused
+        .tasks
+        .iter()
+        .filter(|t| t.set.benchmark != "xquad-r")
+        .all(|t| t.result.queries <= 8));
+    let report = std::fs::read_to_string(&second.report).unwrap();
+    assert!(
+        report.contains(&format!("(the student of {ot_name})")),
+        "{report}"
+    );
+    assert!(report.contains("0 (reused)"), "{report}");
+
+    // A training setting is another student: trained, not reused.
+    let train_change = eval_only.replace("lr = 0.003", "lr = 0.002");
+    assert_ne!(train_change, eval_only);
+    std::fs::write(&f.config, train_change).unwrap();
+    let third = run_study(&options(&f, "out", None)).unwrap();
+    let s = third
+        .runs
+        .iter()
+        .find(|(n, _)| n.starts_with("ot-"))
+        .map(|(_, s)| s.clone())
+        .unwrap();
+    assert_eq!(s, RunStatus::Trained { resumed_from: None });
+    assert_eq!(run_dirs(&f, "out", "ot-A-s0-").len(), 3);
+}

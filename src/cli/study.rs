@@ -175,14 +175,22 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
     }
     let (mut steps, mut encoded) = (0usize, 0usize);
     for r in &plan.runs {
+        let kept = (!r.dir.join("checkpoints").join("latest").exists())
+            .then(|| crate::study::kept_student(r))
+            .flatten();
         let state = if crate::study::finished_result(r).is_some() {
-            "finished"
+            "finished".to_string()
         } else if r.dir.join("checkpoints").join("latest").exists() {
-            "checkpoint"
+            "checkpoint".into()
+        } else if let Some(k) = &kept {
+            format!("reuses the student of {}", k.name)
         } else {
-            "pending"
+            "pending".into()
         };
-        let s = r.distill.as_ref().map_or(0, |d| d.steps);
+        let s = match kept {
+            Some(_) => 0,
+            None => r.distill.as_ref().map_or(0, |d| d.steps),
+        };
         steps = steps.saturating_add(s);
         encoded = encoded.saturating_add(texts.get(&r.group).copied().unwrap_or(0));
         println!("{}\t{state}\tsteps {s}\t{}", r.name(), r.dir.display());

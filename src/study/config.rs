@@ -47,7 +47,8 @@ pub struct StudyConfig {
     #[serde(default)]
     pub english_bible: Option<PathBuf>,
     /// Keep each run's checkpoints and exported student after its result is written (they
-    /// take ~0.5 GB per run for multilingual-e5-small).
+    /// take ~0.5 GB per run for multilingual-e5-small). A kept student is evaluated by the
+    /// new runs that train with the same settings (see [`training_key`]).
     #[serde(default)]
     pub keep_models: bool,
     /// Distillation keys shared by every trained run.
@@ -225,6 +226,8 @@ pub struct RunSpec {
     /// Hex hash of [`Self::key_json`].
     pub key: String,
     pub key_json: serde_json::Value,
+    /// What the trained student depends on ([`training_key`]); `None` for `base`.
+    pub train_key: Option<String>,
     pub dir: PathBuf,
 }
 
@@ -285,6 +288,22 @@ pub fn key_of(json: &serde_json::Value) -> String {
         "{:016x}",
         crate::rng::stable_hash(canonical_json(json).as_bytes())
     )
+}
+
+/// The key of what a trained run's student depends on, from its full key JSON (as
+/// [`RunSpec::key_json`] and every run's `run.json` hold it): the format version, the
+/// group's training sources, the held-out split and the whole distillation configuration
+/// (seed and backend included). The condition's and group's names, the evaluation sets and
+/// slices and `lareqa_candidates` are not part of it, so runs that differ only in those train
+/// the same student. `None` for a run that trains nothing.
+pub fn training_key(key_json: &serde_json::Value) -> Option<String> {
+    let distill = key_json.get("distill").filter(|d| d.is_object())?;
+    Some(key_of(&serde_json::json!({
+        "version": key_json.get("version"),
+        "train": key_json.get("group").and_then(|g| g.get("train")),
+        "split": key_json.get("split"),
+        "distill": distill,
+    })))
 }
 
 /// Bumped when a change in the study code changes what a run with the same settings
@@ -701,6 +720,7 @@ impl StudyConfig {
             key_json["lareqa_candidates"] = self.lareqa_candidates.name().into();
         }
         let key = key_of(&key_json);
+        let train_key = training_key(&key_json);
         let dir = runs_dir.join(format!("{}-{}-s{}-{}", c.name, g.name, seed, &key[..10]));
         if let Some(d) = distill.as_mut() {
             d.out = dir.clone();
@@ -715,6 +735,7 @@ impl StudyConfig {
             model,
             key,
             key_json,
+            train_key,
             dir,
         })
     }
@@ -842,6 +863,71 @@ eval = { lareqa_questions = { xquad-r = 3 } }
         .unwrap();
         let d = c3.plan("quick", None, Path::new("o")).unwrap();
         assert_eq!(a.runs[1].key, d.runs[1].key, "0.005 is the default epsilon");
+    }
+
+    #[test]
+    fn the_training_key_ignores_what_only_the_evaluation_reads() {
+        let c = StudyConfig::from_toml(MINIMAL).unwrap();
+        let a = c.plan("quick", None, Path::new("o")).unwrap();
+        assert_eq!(a.runs[0].train_key, None, "base trains nothing");
+        let keys: Vec<&str> = a.runs[1..]
+            .iter()
+            .map(|r| r.train_key.as_deref().unwrap())
+            .collect();
+        assert_eq!(keys.len(), 4);
+        assert!(
+            keys.iter().enumerate().all(|(i, k)| !keys[..i].contains(k)),
+            "each condition and seed trains its own student: {keys:?}"
+        );
+        // Evaluation slices, sets, LAReQA and the candidates' role: new runs, same students.
+        for changed in [
+            MINIMAL.replace("xquad-r = 3", "xquad-r = 4"),
+            MINIMAL.replace("in_domain = [\"tatoeba-heldout:deu\"]", "in_domain = []"),
+            MINIMAL.replace(
+                "in_domain = [\"tatoeba-heldout:deu\"]",
+                "in_domain = [\"tatoeba-heldout:deu\"]\nout_of_domain = [\"tatoeba:fra\"]",
+            ),
+            format!("lareqa_candidates = \"query\"\n{MINIMAL}"),
+            MINIMAL
+                .replace("name = \"ot\"", "name = \"ot-renamed\"")
+                .replace(
+                    "conditions = [\"base\", \"ot\",",
+                    "conditions = [\"base\", \"ot-renamed\",",
+                ),
+        ] {
+            let b = StudyConfig::from_toml(&changed)
+                .unwrap()
+                .plan("quick", None, Path::new("o"))
+                .unwrap();
+            assert!(
+                a.runs.iter().zip(&b.runs).any(|(x, y)| x.key != y.key),
+                "new runs: {changed}"
+            );
+            for (x, y) in a.runs.iter().zip(&b.runs).skip(1) {
+                assert_eq!(x.train_key, y.train_key, "{changed}");
+                // What a run directory's run.json holds gives the same key.
+                assert_eq!(training_key(&y.key_json), y.train_key);
+            }
+        }
+        // Training settings, sources, the split and the backend: other students.
+        for changed in [
+            MINIMAL.replace("steps = 3", "steps = 4"),
+            MINIMAL.replace(
+                "[\"tatoeba-train:deu\"]",
+                "[\"tatoeba-train:deu\", \"mafand:hau\"]",
+            ),
+            format!("{MINIMAL}\n[split]\nheldout_percent = 30\n"),
+        ] {
+            let b = StudyConfig::from_toml(&changed)
+                .unwrap()
+                .plan("quick", None, Path::new("o"))
+                .unwrap();
+            for (x, y) in a.runs.iter().zip(&b.runs).skip(1) {
+                assert_ne!(x.train_key, y.train_key, "{changed}");
+            }
+        }
+        let gpu = c.plan("quick", Some("wgpu"), Path::new("o")).unwrap();
+        assert_ne!(gpu.runs[1].train_key, a.runs[1].train_key);
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! (`optical distill --resume`); everything else starts afresh. So an interrupted study —
 //! Ctrl-C, a killed process, `--stop-at-step` — continues where it stopped when the same
 //! command runs again. Unless `keep_models` is set, a run's checkpoints and exported
-//! student are deleted once its result is written.
+//! student are deleted once its result is written. A kept student serves new runs with the
+//! same training settings ([`config::training_key`]: only the evaluation changed): such a
+//! run without a checkpoint of its own evaluates it ([`kept_student`]) instead of training.
 
 pub mod config;
 pub mod evaluate;
@@ -90,6 +92,10 @@ pub struct TrainInfo {
     /// recorded.
     #[serde(default)]
     pub exported_step: Option<usize>,
+    /// The run whose kept student this run evaluated instead of training its own (same
+    /// training settings, other evaluation settings); its training figures are that run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_from: Option<String>,
 }
 
 /// The machine a run was evaluated on.
@@ -148,6 +154,8 @@ pub enum RunStatus {
     Trained { resumed_from: Option<usize> },
     /// Nothing to train; evaluated.
     Evaluated,
+    /// Evaluated the kept student of the named run, which has the same training settings.
+    Reused { from: String },
     /// Stopped at `--stop-at-step` with a checkpoint.
     Paused { step: usize },
     /// Stopped by Ctrl-C.
@@ -178,6 +186,48 @@ fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
 /// The finished result of `run`, if its directory holds one with the run's key.
 pub fn finished_result(run: &RunSpec) -> Option<RunResult> {
     read_json::<RunResult>(&run.dir.join("result.json")).filter(|r| r.key == run.key)
+}
+
+/// A finished run whose student another run can evaluate instead of training its own.
+pub struct KeptStudent {
+    /// Its directory name.
+    pub name: String,
+    pub dir: PathBuf,
+    pub result: RunResult,
+}
+
+/// A finished run beside `run` (in the same `runs/` directory) with `run`'s training key
+/// ([`config::training_key`], read from its `run.json`), its own training figures, and its
+/// exported student kept (`keep_models = true`); the first by name. So a study whose
+/// evaluation settings changed evaluates the students it has instead of training them again.
+pub fn kept_student(run: &RunSpec) -> Option<KeptStudent> {
+    let want = run.train_key.as_deref()?;
+    let runs = run.dir.parent()?;
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|d| d != &run.dir && d.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.into_iter().find_map(|dir| {
+        let meta: serde_json::Value = read_json(&dir.join("run.json"))?;
+        let key = meta.get("key")?.as_str()?;
+        if config::training_key(meta.get("config")?).as_deref() != Some(want) {
+            return None;
+        }
+        let student = dir.join("student");
+        let whole = ["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .all(|f| student.join(f).is_file());
+        if !whole {
+            return None;
+        }
+        // Read last: a result holds every query's values (megabytes on whole benchmarks).
+        let result = read_json::<RunResult>(&dir.join("result.json"))?;
+        let own_training = result.train.as_ref()?.student_from.is_none();
+        let name = dir.file_name()?.to_string_lossy().into_owned();
+        (own_training && result.key == key).then_some(KeptStudent { name, dir, result })
+    })
 }
 
 /// The step of the run's latest checkpoint, if any. A `latest` that names no checkpoint
@@ -366,13 +416,51 @@ fn execute(
     std::fs::create_dir_all(&run.dir).map_err(|e| Error::io(&run.dir, "create", e))?;
     write_json_atomic(
         &run.dir.join("run.json"),
-        &serde_json::json!({"name": run.name(), "key": run.key, "config": run.key_json}),
+        &serde_json::json!({
+            "name": run.name(),
+            "key": run.key,
+            "train_key": run.train_key,
+            "config": run.key_json,
+        }),
     )?;
     let name = run.name();
     let mut train = None;
     let mut resumed_from = None;
+    let mut reused = None;
     let eval_model;
-    if let Some(cfg) = &run.distill {
+    // A run with no checkpoint of its own evaluates a kept student trained with its
+    // settings, when the study has one.
+    let kept = match run.distill {
+        Some(_) if checkpoint_step(&run.dir)?.is_none() => kept_student(run),
+        _ => None,
+    };
+    if let Some(k) = kept {
+        distill::run::clear_run_outputs(&run.dir)?;
+        // The donor's logs, so that the report's training curves show this run too.
+        for f in ["log.jsonl", "dev.jsonl", "summary.json"] {
+            let from = k.dir.join(f);
+            if from.is_file() {
+                let to = run.dir.join(f);
+                std::fs::copy(&from, &to).map_err(|e| Error::io(&to, "write", e))?;
+            }
+        }
+        progress.line(
+            index,
+            &name,
+            &format!(
+                "evaluating the kept student of {} (same training settings)",
+                k.name
+            ),
+        );
+        let mut info = k.result.train.clone();
+        if let Some(t) = info.as_mut() {
+            t.student_from = Some(k.name.clone());
+        }
+        train = info;
+        progress.pending[index].0 = 0;
+        eval_model = k.dir.join("student").display().to_string();
+        reused = Some(k);
+    } else if let Some(cfg) = &run.distill {
         let mut cfg = cfg.clone();
         cfg.sources = group.sources.clone();
         let steps = cfg.steps;
@@ -438,6 +526,7 @@ fn execute(
             tokens_per_s: summary.tokens_per_s,
             dev: read_dev(&run.dir),
             exported_step: summary.exported_step,
+            student_from: None,
         });
         eval_model = student.display().to_string();
     } else {
@@ -447,7 +536,13 @@ fn execute(
     progress.line(index, &name, &format!("evaluating ({texts} texts)"));
     let t0 = Instant::now();
     let encoder = load_encoder(&eval_model, &cx.backend)?;
-    let (fingerprint, cache) = if train.is_some() {
+    let (fingerprint, cache) = if let Some(k) = &reused {
+        // The donor's cache: the texts both evaluate are encoded once.
+        (
+            format!("study-run-{}-on-{}", k.result.key, encoder.device_tag()),
+            k.dir.join("embeddings"),
+        )
+    } else if train.is_some() {
         (
             format!("study-run-{}-on-{}", run.key, encoder.device_tag()),
             run.dir.join("embeddings"),
@@ -505,7 +600,9 @@ fn execute(
             }
         }
     }
-    Ok(if run.distill.is_some() {
+    Ok(if let Some(k) = reused {
+        RunStatus::Reused { from: k.name }
+    } else if run.distill.is_some() {
         RunStatus::Trained { resumed_from }
     } else {
         RunStatus::Evaluated
@@ -586,11 +683,15 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
                     if finished_result(r).is_some() {
                         return (0, 0);
                     }
-                    let steps = r.distill.as_ref().map_or(0, |d| {
-                        d.steps
-                            .saturating_sub(checkpoint_step(&r.dir).ok().flatten().unwrap_or(0))
-                    });
                     let texts = group_of(r).sets.iter().map(|s| s.texts()).sum();
+                    let own = checkpoint_step(&r.dir).ok().flatten();
+                    if own.is_none() && kept_student(r).is_some() {
+                        return (0, texts);
+                    }
+                    let steps = r
+                        .distill
+                        .as_ref()
+                        .map_or(0, |d| d.steps.saturating_sub(own.unwrap_or(0)));
                     (steps, texts)
                 })
                 .collect(),
@@ -627,6 +728,9 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
                     format!("trained and evaluated in {took}")
                 }
                 RunStatus::Evaluated => format!("evaluated in {took}"),
+                RunStatus::Reused { from } => {
+                    format!("evaluated the kept student of {from} in {took}")
+                }
                 RunStatus::Paused { step } => {
                     format!("paused at step {step} (checkpoint saved)")
                 }

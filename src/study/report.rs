@@ -932,9 +932,11 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             hardware.push(h);
         }
     }
+    // A run that evaluated another run's kept student trained nothing itself.
     let train_s: f64 = finished
         .iter()
         .filter_map(|r| r.train.as_ref())
+        .filter(|t| t.student_from.is_none())
         .map(|t| t.seconds)
         .sum();
     let eval_s: f64 = finished.iter().map(|r| r.eval_seconds).sum();
@@ -958,12 +960,18 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         .map(|(s, r)| match r {
             Some(r) => vec![
                 r.name.clone(),
-                r.train.as_ref().map_or("–".into(), |t| {
-                    format!("{} ({} sittings)", t.steps, t.sittings)
-                }),
                 r.train
                     .as_ref()
-                    .map_or("–".into(), |t| format!("{:.1}", t.seconds)),
+                    .map_or("–".into(), |t| match &t.student_from {
+                        Some(from) => format!("{} (the student of {from})", t.steps),
+                        None => format!("{} ({} sittings)", t.steps, t.sittings),
+                    }),
+                r.train
+                    .as_ref()
+                    .map_or("–".into(), |t| match &t.student_from {
+                        Some(_) => "0 (reused)".into(),
+                        None => format!("{:.1}", t.seconds),
+                    }),
                 r.train
                     .as_ref()
                     .map_or("–".into(), |t| format!("{:.2}", t.seconds_per_step)),
