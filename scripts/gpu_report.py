@@ -196,6 +196,41 @@ for bw_key in [k for k in ratios if k.endswith("device GB/s / measured HBM GB/s"
                   "target": 0.75, "met": bw >= 0.75})
 result["goals"] = goals
 
+# The defaults this run decides (docs/PERFORMANCE.md, CUDA status, "What the next run
+# decides"): each compares the device time of a candidate variant with the default's on one
+# problem. A candidate more than DECISION_MARGIN faster wins; within it, the default stays
+# (two runs of one build on one GPU differ by a few per cent).
+DECISION_MARGIN = 0.03
+def best_of(variants, kernel):
+    timed = [(device_time(v, kernel), v) for v in variants if device_time(v, kernel)]
+    return min(timed) if timed else (None, None)
+def decide(question, change, kernel, default_variants, candidate_variants):
+    base_t, base_v = best_of(default_variants, kernel)
+    cand_t, cand_v = best_of(candidate_variants, kernel)
+    if not base_t or not cand_t:
+        return
+    speedup = base_t / cand_t
+    decisions.append({"question": question, "kernel": kernel,
+                      "default": base_v, "default_seconds": base_t,
+                      "candidate": cand_v, "candidate_seconds": cand_t,
+                      "speedup": speedup, "change": change,
+                      "verdict": "change" if speedup > 1.0 + DECISION_MARGIN else "keep"})
+decisions = []
+decide("three wgmma stages beat two", "WgmmaStages::Three becomes the default",
+       "cosine-cost-hbm", ["cuda-wgmma"], ["cuda-wgmma3"])
+decide("wgmma-rs beats wgmma (two or three stages)", "auto takes wgmma-rs for large problems",
+       "cosine-cost-hbm", ["cuda-wgmma", "cuda-wgmma3"], ["cuda-wgmmars"])
+decide("another fused cost phase beats the default (inline)",
+       "the fastest candidate's FusedCost becomes the default",
+       "sinkhorn-fused", ["cuda"],
+       ["cuda-fusedpipe", "cuda-fusedgiven", "cuda-fusedgiven-wgmma", "cuda-fusedgiven-wgmmars",
+        "cuda-fusedgiven-wgmma3"])
+decide("the standalone cost phase is faster on wgmma than on auto's 64 x 64 tiles at 256 pairs",
+       "WGMMA_TILES_PER_SM drops below 2 (auto takes wgmma there)",
+       "sinkhorn-fused", ["cuda-fusedgiven"],
+       ["cuda-fusedgiven-wgmma", "cuda-fusedgiven-wgmma3", "cuda-fusedgiven-wgmmars"])
+result["decisions"] = decisions
+
 md = [f"# GPU check: {gpu}", "", "Produced by `scripts/gpu-check.sh`; raw logs in `" + os.path.basename(logs) + "/`.", ""]
 if source:
     md += [f"Code: {source}.", ""]
@@ -241,6 +276,14 @@ if ratios:
 if goals:
     md += ["", "## Goals (issue 4)", "", "| goal | measured | target | met |", "|---|---:|---:|---|"]
     md += [f"| {g['goal']} | {g['value']:.3f} | {g['target']:g} | {'yes' if g['met'] else 'NO'} |" for g in goals]
+if decisions:
+    md += ["", f"## Defaults this run decides (a candidate must be > {DECISION_MARGIN:.0%} faster)", "",
+           "| question | problem | default (µs) | candidate (µs) | speed-up | verdict |",
+           "|---|---|---:|---:|---:|---|"]
+    md += [f"| {d['question']} | {d['kernel']} | {d['default']} {d['default_seconds'] * 1e6:.1f} | "
+           f"{d['candidate']} {d['candidate_seconds'] * 1e6:.1f} | {d['speedup']:.3f} | "
+           + (f"**change**: {d['change']}" if d["verdict"] == "change" else "keep the default") + " |"
+           for d in decisions]
 if tests:
     md += ["", "## CUDA parity (excerpt)", "", "```", tests.rstrip(), "```"]
 # Against the newest earlier results file for the same GPU (device time per call of each

@@ -574,3 +574,87 @@ fn report_reads_the_distillation_bench() {
     assert!(md.contains("| total |"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The defaults a run decides (docs/PERFORMANCE.md, "What the next run decides"): each
+/// candidate variant against the default on its problem, changed only when more than 3 %
+/// faster, and absent when either side was not benched.
+#[test]
+fn report_names_the_defaults_a_run_decides() {
+    let (dir, logs) = scratch("decisions");
+    let hbm = |device: f64| {
+        cuda_record(
+            "cosine-cost-hbm",
+            "b=512 n=128 m=128 d=384",
+            2e-4,
+            device,
+            "gb_per_s",
+            2.5e8,
+        )
+    };
+    let fused = |device: f64| {
+        cuda_record(
+            "sinkhorn-fused",
+            "b=256 n=128 m=128 d=384 eps=0.05 iterations=100",
+            5e-4,
+            device,
+            "gexp_per_s",
+            8.4e8,
+        )
+    };
+    let write = |step: &str, record: String| {
+        std::fs::write(logs.join(format!("bench-{step}.log")), record + "\n").unwrap()
+    };
+    write("cuda", fused(455e-6));
+    write("cuda-wgmma", hbm(100e-6));
+    write("cuda-wgmma3", hbm(98e-6)); // 2 % faster: within the margin
+    write("cuda-wgmmars", hbm(80e-6)); // 22.5 % faster than the better of the two
+    write("cuda-fusedpipe", fused(440e-6));
+    write("cuda-fusedgiven", fused(400e-6));
+    write("cuda-fusedgiven-wgmma", fused(380e-6));
+    let (md, json) = run_report(&dir, &logs);
+    let decisions = json["decisions"].as_array().expect("decisions");
+    let find = |question: &str| {
+        decisions
+            .iter()
+            .find(|d| d["question"].as_str().unwrap().starts_with(question))
+            .unwrap_or_else(|| panic!("no decision {question:?} in {decisions:?}"))
+    };
+    let stages = find("three wgmma stages");
+    assert_eq!(stages["verdict"], "keep", "{stages}");
+    assert!((stages["speedup"].as_f64().unwrap() - 100.0 / 98.0).abs() < 1e-9);
+    let rs = find("wgmma-rs");
+    assert_eq!(
+        (&rs["default"], &rs["verdict"]),
+        (&"cuda-wgmma3".into(), &"change".into())
+    );
+    assert!((rs["speedup"].as_f64().unwrap() - 98.0 / 80.0).abs() < 1e-9);
+    let cost_phase = find("another fused cost phase");
+    assert_eq!(cost_phase["candidate"], "cuda-fusedgiven-wgmma");
+    assert_eq!(cost_phase["verdict"], "change");
+    assert!((cost_phase["speedup"].as_f64().unwrap() - 455.0 / 380.0).abs() < 1e-9);
+    let tiles = find("the standalone cost phase is faster on wgmma");
+    assert_eq!(tiles["verdict"], "change");
+    assert_eq!(decisions.len(), 4);
+    assert!(md.contains("## Defaults this run decides"), "{md}");
+    assert!(
+        md.contains("| cuda-wgmma 100.0 | cuda-wgmma3 98.0 | 1.020 | keep the default |"),
+        "{md}"
+    );
+    assert!(!md.contains("**change**: WgmmaStages"), "{md}");
+    assert!(md.contains("**change**: auto takes wgmma-rs"), "{md}");
+
+    // Without the wgmma steps (a GPU before Hopper), no cost-kernel decision.
+    for step in ["cuda-wgmma", "cuda-wgmma3", "cuda-wgmmars"] {
+        std::fs::remove_file(logs.join(format!("bench-{step}.log"))).unwrap();
+    }
+    let (_, json) = run_report(&dir, &logs);
+    let questions: Vec<&str> = json["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["question"].as_str().unwrap())
+        .collect();
+    assert_eq!(questions.len(), 2, "{questions:?}");
+    assert!(questions.iter().all(|q| !q.contains("stages")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
