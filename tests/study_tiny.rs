@@ -656,4 +656,31 @@ fn an_evaluation_change_evaluates_the_kept_students() {
         .unwrap();
     assert_eq!(s, RunStatus::Trained { resumed_from: None });
     assert_eq!(run_dirs(&f, "out", "ot-A-s0-").len(), 3);
+
+    // The command says what it reused: another slice, the students of the last sitting.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(
+        &f.config,
+        text.replace("bitext_pairs = 8", "bitext_pairs = 7"),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["study", "--no-progress", "--config"])
+        .arg(&f.config)
+        .args(["--budget", "tiny", "--out"])
+        .arg(f.root.join("out"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            &summary["reused_students"],
+            &summary["trained"],
+            &summary["evaluated"]
+        ),
+        (&2.into(), &0.into(), &1.into()),
+        "{summary}"
+    );
+    assert_eq!(summary["finished"], 3);
 }

@@ -113,6 +113,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
             "trained": count(|s| matches!(s, RunStatus::Trained { .. })),
             "resumed": count(|s| matches!(s, RunStatus::Trained { resumed_from: Some(_) })),
             "evaluated": count(|s| matches!(s, RunStatus::Evaluated)),
+            "reused_students": count(|s| matches!(s, RunStatus::Reused { .. })),
             "paused": count(|s| matches!(s, RunStatus::Paused { .. })),
             "interrupted": count(|s| matches!(s, RunStatus::Interrupted)),
             "report": outcome.report.display().to_string(),
