@@ -642,6 +642,8 @@ fn an_evaluation_change_evaluates_the_kept_students() {
         "{report}"
     );
     assert!(report.contains("0 (reused)"), "{report}");
+    // Every run of this sitting reused or trained nothing: no "-0.0 min".
+    assert!(report.contains("training 0.0 min"), "{report}");
 
     // A training setting is another student: trained, not reused.
     let train_change = eval_only.replace("lr = 0.003", "lr = 0.002");

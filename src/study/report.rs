@@ -938,8 +938,11 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         .filter_map(|r| r.train.as_ref())
         .filter(|t| t.student_from.is_none())
         .map(|t| t.seconds)
-        .sum();
-    let eval_s: f64 = finished.iter().map(|r| r.eval_seconds).sum();
+        .fold(0.0, |a, b| a + b); // not `sum`: an empty f64 sum is -0.0 ("-0.0 min")
+    let eval_s: f64 = finished
+        .iter()
+        .map(|r| r.eval_seconds)
+        .fold(0.0, |a, b| a + b);
     let _ = writeln!(md, "### Compute\n");
     let _ = writeln!(
         md,
