@@ -545,7 +545,7 @@ fn run_dirs(f: &Fixture, out: &str, prefix: &str) -> Vec<PathBuf> {
     dirs
 }
 
-/// With `keep_models`, a change that only the evaluation reads (here the bitext slice) makes
+/// With `keep_models = "student"`, a change that only the evaluation reads (here the bitext slice) makes
 /// new runs that evaluate the kept students instead of training them again (the plan says
 /// so, and the report counts no training for them); a change to training trains.
 #[test]
@@ -554,7 +554,7 @@ fn an_evaluation_change_evaluates_the_kept_students() {
     let text = std::fs::read_to_string(&f.config).unwrap();
     let keep = text.replacen(
         "lareqa = [\"xquad-r\"]",
-        "lareqa = [\"xquad-r\"]\nkeep_models = true",
+        "lareqa = [\"xquad-r\"]\nkeep_models = \"student\"",
         1,
     );
     assert_ne!(keep, text);
@@ -565,6 +565,10 @@ fn an_evaluation_change_evaluates_the_kept_students() {
         panic!("one ot run")
     };
     assert!(ot.join("student/model.safetensors").is_file(), "kept");
+    assert!(
+        !ot.join("checkpoints").exists(),
+        "the student alone is kept"
+    );
     let trained = result(ot);
 
     let eval_only = keep.replace("bitext_pairs = 10", "bitext_pairs = 8");

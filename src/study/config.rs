@@ -32,6 +32,63 @@ use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
 use crate::retrieval::encoder::TextRole;
 
+/// What of a trained run stays once its result is written (the study file's `keep_models`:
+/// `false`, `true` or `"student"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeepModels {
+    /// Nothing (`false`).
+    #[default]
+    Nothing,
+    /// The exported student, not the checkpoints (`"student"`).
+    Student,
+    /// The checkpoints and the exported student (`true`).
+    All,
+}
+
+impl KeepModels {
+    /// Whether the run's exported student stays.
+    pub fn student(self) -> bool {
+        self != KeepModels::Nothing
+    }
+
+    /// Whether the run's checkpoints stay.
+    pub fn checkpoints(self) -> bool {
+        self == KeepModels::All
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepModels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        let bad = |found: String| {
+            serde::de::Error::custom(format!(
+                "keep_models: expected true, false or \"student\", found {found}"
+            ))
+        };
+        match Raw::deserialize(d).map_err(|e| bad(e.to_string()))? {
+            Raw::Flag(true) => Ok(KeepModels::All),
+            Raw::Flag(false) => Ok(KeepModels::Nothing),
+            Raw::Word(w) if w == "student" => Ok(KeepModels::Student),
+            Raw::Word(w) => Err(bad(format!("{w:?}"))),
+        }
+    }
+}
+
+impl Serialize for KeepModels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            KeepModels::Nothing => s.serialize_bool(false),
+            KeepModels::Student => s.serialize_str("student"),
+            KeepModels::All => s.serialize_bool(true),
+        }
+    }
+}
+
 /// The whole study file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -46,11 +103,12 @@ pub struct StudyConfig {
     /// The English Bible for verse alignment (default: the set-up step's copy).
     #[serde(default)]
     pub english_bible: Option<PathBuf>,
-    /// Keep each run's checkpoints and exported student after its result is written (they
-    /// take ~0.5 GB per run for multilingual-e5-small). A kept student is evaluated by the
-    /// new runs that train with the same settings (see [`training_key`]).
+    /// What of a trained run stays once its result is written: `false` (nothing), `true`
+    /// (its checkpoints and exported student) or `"student"` (the student alone, ~0.5 GB per
+    /// run for multilingual-e5-small, a third of what `true` keeps). A kept student is
+    /// evaluated by the new runs that train with the same settings (see [`training_key`]).
     #[serde(default)]
-    pub keep_models: bool,
+    pub keep_models: KeepModels,
     /// Distillation keys shared by every trained run.
     #[serde(default)]
     pub distill: toml::Table,
@@ -928,6 +986,35 @@ eval = { lareqa_questions = { xquad-r = 3 } }
         }
         let gpu = c.plan("quick", Some("wgpu"), Path::new("o")).unwrap();
         assert_ne!(gpu.runs[1].train_key, a.runs[1].train_key);
+    }
+
+    #[test]
+    fn keep_models_is_a_flag_or_student() {
+        let keep = |line: &str| StudyConfig::from_toml(&format!("{line}\n{MINIMAL}"));
+        assert_eq!(keep("").unwrap().keep_models, KeepModels::Nothing);
+        assert_eq!(
+            keep("keep_models = false").unwrap().keep_models,
+            KeepModels::Nothing
+        );
+        assert_eq!(
+            keep("keep_models = true").unwrap().keep_models,
+            KeepModels::All
+        );
+        let student = keep("keep_models = \"student\"").unwrap().keep_models;
+        assert_eq!(student, KeepModels::Student);
+        assert!(student.student() && !student.checkpoints());
+        assert!(KeepModels::All.checkpoints() && !KeepModels::Nothing.student());
+        for bad in ["keep_models = \"students\"", "keep_models = 1"] {
+            let e = keep(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("expected true, false or \"student\""),
+                "{bad}: {e}"
+            );
+        }
+        assert!(keep("keep_models = \"students\"")
+            .unwrap_err()
+            .to_string()
+            .contains("\"students\""));
     }
 
     #[test]

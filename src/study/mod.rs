@@ -198,7 +198,7 @@ pub struct KeptStudent {
 
 /// A finished run beside `run` (in the same `runs/` directory) with `run`'s training key
 /// ([`config::training_key`], read from its `run.json`), its own training figures, and its
-/// exported student kept (`keep_models = true`); the first by name. So a study whose
+/// exported student kept (`keep_models = true` or `"student"`); the first by name. So a study whose
 /// evaluation settings changed evaluates the students it has instead of training them again.
 pub fn kept_student(run: &RunSpec) -> Option<KeptStudent> {
     let want = run.train_key.as_deref()?;
@@ -592,10 +592,14 @@ fn execute(
         tasks,
     };
     write_json_atomic(&run.dir.join("result.json"), &result)?;
-    if run.distill.is_some() && !cx.config.keep_models {
-        for sub in ["checkpoints", "student"] {
+    if run.distill.is_some() {
+        let keep = cx.config.keep_models;
+        for (sub, kept) in [
+            ("checkpoints", keep.checkpoints()),
+            ("student", keep.student()),
+        ] {
             let p = run.dir.join(sub);
-            if p.exists() {
+            if !kept && p.exists() {
                 std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, "remove", e))?;
             }
         }
