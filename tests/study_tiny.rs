@@ -545,9 +545,9 @@ fn run_dirs(f: &Fixture, out: &str, prefix: &str) -> Vec<PathBuf> {
     dirs
 }
 
-/// With `keep_models = "student"`, a change that only the evaluation reads (here the bitext slice) makes
-/// new runs that evaluate the kept students instead of training them again (the plan says
-/// so, and the report counts no training for them); a change to training trains.
+/// With `keep_models = "student"`, a change that only the evaluation reads (here the bitext
+/// slice) makes new runs that evaluate the kept students instead of training them again (the
+/// plan says so, and the report counts no training for them); a change to training trains.
 #[test]
 fn an_evaluation_change_evaluates_the_kept_students() {
     let f = fixture();

@@ -198,8 +198,9 @@ pub struct KeptStudent {
 
 /// A finished run beside `run` (in the same `runs/` directory) with `run`'s training key
 /// ([`config::training_key`], read from its `run.json`), its own training figures, and its
-/// exported student kept (`keep_models = true` or `"student"`); the first by name. So a study whose
-/// evaluation settings changed evaluates the students it has instead of training them again.
+/// exported student kept (`keep_models = true` or `"student"`); the first by name. So a
+/// study whose evaluation settings changed evaluates the students it has instead of
+/// training them again.
 pub fn kept_student(run: &RunSpec) -> Option<KeptStudent> {
     let want = run.train_key.as_deref()?;
     let runs = run.dir.parent()?;
