@@ -194,13 +194,47 @@ fn options(f: &Fixture, out: &str, stop_at_step: Option<usize>) -> StudyOptions 
     }
 }
 
-fn run_dir(f: &Fixture, out: &str, prefix: &str) -> PathBuf {
-    let runs = f.root.join(out).join("runs");
-    std::fs::read_dir(&runs)
+/// Every run directory of `out` whose name starts with `prefix`, by name.
+fn run_dirs(f: &Fixture, out: &str, prefix: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(f.root.join(out).join("runs"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no run {prefix}* in {}", runs.display()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn run_dir(f: &Fixture, out: &str, prefix: &str) -> PathBuf {
+    run_dirs(f, out, prefix)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no run {prefix}* in {out}/runs"))
+}
+
+/// The status of the first run of `outcome` whose name starts with `prefix`.
+fn status(outcome: &optical::study::StudyOutcome, prefix: &str) -> RunStatus {
+    outcome
+        .runs
+        .iter()
+        .find(|(n, _)| n.starts_with(prefix))
+        .map(|(_, s)| s.clone())
+        .unwrap_or_else(|| panic!("no run {prefix}* in {:?}", outcome.runs))
+}
+
+/// `optical study --config <the fixture's> --budget tiny --out <out> <args>`: its standard
+/// output, after checking that it succeeded.
+fn study_cli(f: &Fixture, out: &Path, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["study", "--config"])
+        .arg(&f.config)
+        .args(["--budget", "tiny", "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn logged_steps(dir: &Path) -> Vec<u64> {
@@ -226,13 +260,6 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     // First sitting: training stops at step 2 of 4; only the base model is finished.
     let first = run_study(&options(&f, "out", Some(2))).unwrap();
     println!("first: {:?}", first.runs);
-    let status = |o: &optical::study::StudyOutcome, prefix: &str| -> RunStatus {
-        o.runs
-            .iter()
-            .find(|(n, _)| n.starts_with(prefix))
-            .map(|(_, s)| s.clone())
-            .unwrap()
-    };
     assert_eq!(status(&first, "base-"), RunStatus::Evaluated);
     assert_eq!(status(&first, "ot-"), RunStatus::Paused { step: 2 });
     assert_eq!(status(&first, "mean-mse-"), RunStatus::Paused { step: 2 });
@@ -513,15 +540,7 @@ fn a_bad_training_source_fails_before_any_run() {
 fn the_plan_lists_runs_and_writes_nothing() {
     let f = fixture();
     let out = f.root.join("planned");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
-        .args(["study", "--config"])
-        .arg(&f.config)
-        .args(["--budget", "tiny", "--plan", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = study_cli(&f, &out, &["--plan"]);
     assert!(stdout.contains("group A:"), "{stdout}");
     assert!(stdout.contains("tatoeba-heldout deu"), "{stdout}");
     for run in ["base-A-s0-", "ot-A-s0-", "mean-mse-A-s0-"] {
@@ -532,17 +551,6 @@ fn the_plan_lists_runs_and_writes_nothing() {
         assert!(line.contains("\tpending\t"), "{line}");
     }
     assert!(!out.exists(), "the plan wrote under --out");
-}
-
-/// Every run directory of `out` whose name starts with `prefix`, by name.
-fn run_dirs(f: &Fixture, out: &str, prefix: &str) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(f.root.join(out).join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 /// With `keep_models = "student"`, a change that only the evaluation reads (here the bitext
@@ -574,19 +582,7 @@ fn an_evaluation_change_evaluates_the_kept_students() {
     let eval_only = keep.replace("bitext_pairs = 10", "bitext_pairs = 8");
     assert_ne!(eval_only, keep);
     std::fs::write(&f.config, &eval_only).unwrap();
-    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
-        .args(["study", "--config"])
-        .arg(&f.config)
-        .args(["--budget", "tiny", "--plan", "--out"])
-        .arg(f.root.join("out"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&plan.stdout);
-    assert!(
-        plan.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
+    let stdout = study_cli(&f, &f.root.join("out"), &["--plan"]);
     let ot_name = ot.file_name().unwrap().to_string_lossy().into_owned();
     let line = stdout
         .lines()
@@ -599,22 +595,17 @@ fn an_evaluation_change_evaluates_the_kept_students() {
 
     let second = run_study(&options(&f, "out", None)).unwrap();
     println!("second: {:?}", second.runs);
-    let status = |prefix: &str| {
-        second
-            .runs
-            .iter()
-            .find(|(n, _)| n.starts_with(prefix))
-            .map(|(_, s)| s.clone())
-            .unwrap()
-    };
-    assert_eq!(status("base-"), RunStatus::Evaluated);
+    assert_eq!(status(&second, "base-"), RunStatus::Evaluated);
     assert_eq!(
-        status("ot-"),
+        status(&second, "ot-"),
         RunStatus::Reused {
             from: ot_name.clone()
         }
     );
-    assert!(matches!(status("mean-mse-"), RunStatus::Reused { .. }));
+    assert!(matches!(
+        status(&second, "mean-mse-"),
+        RunStatus::Reused { .. }
+    ));
     assert_eq!(second.finished, 3);
     let dirs = run_dirs(&f, "out", "ot-A-s0-");
     assert_eq!(dirs.len(), 2);
@@ -654,13 +645,10 @@ fn an_evaluation_change_evaluates_the_kept_students() {
     assert_ne!(train_change, eval_only);
     std::fs::write(&f.config, train_change).unwrap();
     let third = run_study(&options(&f, "out", None)).unwrap();
-    let s = third
-        .runs
-        .iter()
-        .find(|(n, _)| n.starts_with("ot-"))
-        .map(|(_, s)| s.clone())
-        .unwrap();
-    assert_eq!(s, RunStatus::Trained { resumed_from: None });
+    assert_eq!(
+        status(&third, "ot-"),
+        RunStatus::Trained { resumed_from: None }
+    );
     assert_eq!(run_dirs(&f, "out", "ot-A-s0-").len(), 3);
 
     // The command says what it reused: another slice, the students of the last sitting.
@@ -670,15 +658,8 @@ fn an_evaluation_change_evaluates_the_kept_students() {
         text.replace("bitext_pairs = 8", "bitext_pairs = 7"),
     )
     .unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
-        .args(["study", "--no-progress", "--config"])
-        .arg(&f.config)
-        .args(["--budget", "tiny", "--out"])
-        .arg(f.root.join("out"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stdout = study_cli(&f, &f.root.join("out"), &["--no-progress"]);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         (
             &summary["reused_students"],

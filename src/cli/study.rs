@@ -176,12 +176,13 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
     }
     let (mut steps, mut encoded) = (0usize, 0usize);
     for r in &plan.runs {
-        let kept = (!r.dir.join("checkpoints").join("latest").exists())
+        let checkpoint = r.dir.join("checkpoints").join("latest").exists();
+        let kept = (!checkpoint)
             .then(|| crate::study::kept_student(r))
             .flatten();
         let state = if crate::study::finished_result(r).is_some() {
             "finished".to_string()
-        } else if r.dir.join("checkpoints").join("latest").exists() {
+        } else if checkpoint {
             "checkpoint".into()
         } else if let Some(k) = &kept {
             format!("reuses the student of {}", k.name)

@@ -429,10 +429,14 @@ fn execute(
     let mut resumed_from = None;
     let mut reused = None;
     let eval_model;
+    let resume = match run.distill {
+        Some(_) => checkpoint_step(&run.dir)?,
+        None => None,
+    };
     // A run with no checkpoint of its own evaluates a kept student trained with its
     // settings, when the study has one.
     let kept = match run.distill {
-        Some(_) if checkpoint_step(&run.dir)?.is_none() => kept_student(run),
+        Some(_) if resume.is_none() => kept_student(run),
         _ => None,
     };
     if let Some(k) = kept {
@@ -465,7 +469,6 @@ fn execute(
         let mut cfg = cfg.clone();
         cfg.sources = group.sources.clone();
         let steps = cfg.steps;
-        let resume = checkpoint_step(&run.dir)?;
         resumed_from = resume;
         if resume.is_none() {
             // A run stopped before its first checkpoint starts over, and the embeddings of
