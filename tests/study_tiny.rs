@@ -549,7 +549,11 @@ fn the_plan_lists_runs_and_writes_nothing() {
             .find(|l| l.starts_with(run))
             .unwrap_or_else(|| panic!("no {run} line in {stdout}"));
         assert!(line.contains("\tpending\t"), "{line}");
+        // Nothing is cached yet: every text of the group is to be encoded.
+        let total = texts_per_model(&stdout);
+        assert!(line.contains(&format!("\ttexts {total}\t")), "{line}");
     }
+    assert!(stdout.contains("3 runs (0 finished): to do "), "{stdout}");
     assert!(!out.exists(), "the plan wrote under --out");
 }
 
@@ -592,6 +596,20 @@ fn an_evaluation_change_evaluates_the_kept_students() {
         line.contains(&format!("\treuses the student of {ot_name}\tsteps 0\t")),
         "{line}"
     );
+    // The XQuAD-R slice did not change: the donor's cache (and, for the base model, the
+    // study's) holds it, so only the bitext sets' texts are left to encode.
+    let bitext = texts_per_model(&stdout) - set_texts(&stdout, "xquad-r all");
+    assert!(bitext > 0 && bitext < texts_per_model(&stdout));
+    for run in ["ot-A-s0-", "base-A-s0-"] {
+        let new_line = stdout
+            .lines()
+            .find(|l| l.starts_with(run) && !l.contains("\tfinished\t"))
+            .unwrap_or_else(|| panic!("no pending {run} line in {stdout}"));
+        assert!(
+            new_line.contains(&format!("\ttexts {bitext}\t")),
+            "{new_line}"
+        );
+    }
 
     let second = run_study(&options(&f, "out", None)).unwrap();
     println!("second: {:?}", second.runs);
@@ -670,4 +688,30 @@ fn an_evaluation_change_evaluates_the_kept_students() {
         "{summary}"
     );
     assert_eq!(summary["finished"], 3);
+}
+
+/// The plan's "total N texts per model" of the (first) group.
+fn texts_per_model(plan: &str) -> usize {
+    plan.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("total ")?
+                .strip_suffix(" texts per model")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total in {plan}"))
+}
+
+/// The plan's count of texts to encode for the set named `set` ("xquad-r all").
+fn set_texts(plan: &str, set: &str) -> usize {
+    plan.lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix(set)?.strip_prefix(':')?;
+            rest.rsplit(", ")
+                .next()?
+                .strip_suffix(" texts to encode")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {set} in {plan}"))
 }

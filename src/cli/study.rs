@@ -40,7 +40,8 @@ pub struct StudyArgs {
     /// Only write the report from the results that exist.
     #[arg(long)]
     pub report_only: bool,
-    /// Print the runs of the grid with their keys and state, and exit.
+    /// Print the runs of the grid with their keys, state and the work each has left
+    /// (training steps, texts to encode), the time that takes, and exit.
     #[arg(long)]
     pub plan: bool,
     /// No progress bars inside training runs (the one-line-per-run progress stays).
@@ -156,8 +157,8 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         .map(|g| prepare_group(&config, g, &plan.eval, &data_dir, &scratch, &lareqa))
         .collect();
     let _ = std::fs::remove_dir_all(&scratch);
-    let mut texts = std::collections::BTreeMap::new();
-    for (g, data) in plan.groups.iter().zip(groups?) {
+    let groups = groups?;
+    for (g, data) in plan.groups.iter().zip(&groups) {
         println!("group {}:", g.name);
         for s in &data.sets {
             let t = &s.tasks[0];
@@ -172,15 +173,24 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         }
         let n: usize = data.sets.iter().map(|s| s.texts()).sum();
         println!("  total {n} texts per model");
-        texts.insert(g.name.clone(), n);
     }
-    let (mut steps, mut encoded) = (0usize, 0usize);
-    for r in &plan.runs {
+    // What is left to do, and what the whole grid takes from nothing.
+    let (mut steps, mut encoded, mut all_steps, mut all_texts) = (0usize, 0usize, 0usize, 0usize);
+    let mut finished = 0;
+    for (r, data) in plan.runs.iter().map(|r| {
+        let g = plan
+            .groups
+            .iter()
+            .position(|g| g.name == r.group)
+            .unwrap_or(0);
+        (r, &groups[g])
+    }) {
         let checkpoint = r.dir.join("checkpoints").join("latest").exists();
         let kept = (!checkpoint)
             .then(|| crate::study::kept_student(r))
             .flatten();
         let state = if crate::study::finished_result(r).is_some() {
+            finished += 1;
             "finished".to_string()
         } else if checkpoint {
             "checkpoint".into()
@@ -189,22 +199,29 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         } else {
             "pending".into()
         };
-        let s = match kept {
-            Some(_) => 0,
-            None => r.distill.as_ref().map_or(0, |d| d.steps),
-        };
+        let (s, t) = crate::study::pending_work(r, &data.sets, config.lareqa_candidates);
         steps = steps.saturating_add(s);
-        encoded = encoded.saturating_add(texts.get(&r.group).copied().unwrap_or(0));
-        println!("{}\t{state}\tsteps {s}\t{}", r.name(), r.dir.display());
+        encoded = encoded.saturating_add(t);
+        all_steps = all_steps.saturating_add(r.distill.as_ref().map_or(0, |d| d.steps));
+        all_texts = all_texts.saturating_add(data.sets.iter().map(|s| s.texts()).sum());
+        println!(
+            "{}\t{state}\tsteps {s}\ttexts {t}\t{}",
+            r.name(),
+            r.dir.display()
+        );
     }
     let e = &plan.estimate;
-    let seconds = steps as f64 * e.seconds_per_step + encoded as f64 * e.seconds_per_text;
+    let minutes =
+        |s: usize, t: usize| (s as f64 * e.seconds_per_step + t as f64 * e.seconds_per_text) / 60.0;
     println!(
-        "{} runs, {steps} training steps × {} s + {encoded} texts × {} s ≈ {:.0} min",
+        "{} runs ({finished} finished): to do {steps} training steps × {} s + {encoded} texts × {} s \
+         ≈ {:.0} min (texts read from the embedding caches left out); the whole grid from \
+         nothing ≈ {:.0} min ({all_steps} steps, {all_texts} texts)",
         plan.runs.len(),
         e.seconds_per_step,
         e.seconds_per_text,
-        seconds / 60.0
+        minutes(steps, encoded),
+        minutes(all_steps, all_texts),
     );
     Ok(())
 }

@@ -231,6 +231,102 @@ pub fn kept_student(run: &RunSpec) -> Option<KeptStudent> {
     })
 }
 
+/// Finished evaluations of the model that `run` evaluates, whose embeddings its evaluation
+/// reads from a cache: the kept student it reuses, or, for a run that trains nothing, the
+/// finished runs beside it that evaluated the same base model on the same backend (they
+/// share `<out>/embeddings`). A run that trains its own student has none.
+fn evaluations_of_its_model(run: &RunSpec, kept: Option<&KeptStudent>) -> Vec<RunResult> {
+    if let Some(k) = kept {
+        return vec![k.result.clone()];
+    }
+    if run.distill.is_some() {
+        return Vec::new();
+    }
+    let Some(runs) = run.dir.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|d| d != &run.dir && d.is_dir())
+        .collect();
+    dirs.sort();
+    let same = |meta: &serde_json::Value, field: &str| {
+        meta.get("config").and_then(|c| c.get(field)) == run.key_json.get(field)
+    };
+    dirs.into_iter()
+        .filter_map(|dir| {
+            let meta: serde_json::Value = read_json(&dir.join("run.json"))?;
+            let key = meta.get("key")?.as_str()?.to_string();
+            (same(&meta, "model") && same(&meta, "backend")).then_some(())?;
+            // Read last: a result holds every query's values.
+            read_json::<RunResult>(&dir.join("result.json")).filter(|r| r.key == key)
+        })
+        .collect()
+}
+
+/// Texts of `sets` that `run`'s evaluation encodes, leaving out what `done` (finished
+/// evaluations of the same model) encoded already: a set evaluated there with the same
+/// queries is read from the cache, except LAReQA's candidates when they were encoded in
+/// another role. Results without query ids (written before they were kept) count as
+/// nothing cached, so the count errs on the side of more work.
+fn texts_to_encode(sets: &[evaluate::EvalSet], done: &[RunResult], lareqa: TextRole) -> usize {
+    sets.iter()
+        .map(|set| {
+            let Some(task) = set.tasks.first() else {
+                return 0;
+            };
+            let direction = evaluate::direction_of(&set.info, task);
+            let same_queries = |t: &TaskOutcome| {
+                t.set == set.info
+                    && t.direction == direction
+                    && t.query_ids.len() == task.queries.len()
+                    && t.query_ids
+                        .iter()
+                        .zip(&task.queries)
+                        .all(|(a, q)| *a == q.id)
+            };
+            let cached = |same_role: bool| {
+                done.iter().any(|r| {
+                    (same_role || r.lareqa_candidates == lareqa) && r.tasks.iter().any(same_queries)
+                })
+            };
+            if !cached(true) {
+                set.texts()
+            } else if set.info.lareqa && task.asymmetric && !cached(false) {
+                task.candidates.len()
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+/// What `run` still has to do before it has a result: the training steps (none when it
+/// is finished or reuses a kept student; those after its checkpoint when it has one) and
+/// the texts its evaluation encodes (see [`texts_to_encode`]).
+pub fn pending_work(run: &RunSpec, sets: &[evaluate::EvalSet], lareqa: TextRole) -> (usize, usize) {
+    if finished_result(run).is_some() {
+        return (0, 0);
+    }
+    let own = match run.distill {
+        Some(_) => checkpoint_step(&run.dir).ok().flatten(),
+        None => None,
+    };
+    let kept = match run.distill {
+        Some(_) if own.is_none() => kept_student(run),
+        _ => None,
+    };
+    let steps = match (&run.distill, &kept) {
+        (Some(d), None) => d.steps.saturating_sub(own.unwrap_or(0)),
+        _ => 0,
+    };
+    let done = evaluations_of_its_model(run, kept.as_ref());
+    (steps, texts_to_encode(sets, &done, lareqa))
+}
+
 /// The step of the run's latest checkpoint, if any. A `latest` that names no checkpoint
 /// of the run is an error naming it: starting the run over would delete its checkpoints.
 fn checkpoint_step(dir: &Path) -> Result<Option<usize>> {
@@ -537,7 +633,12 @@ fn execute(
         eval_model = run.model.clone();
     }
     let texts: usize = group.sets.iter().map(|s| s.texts()).sum();
-    progress.line(index, &name, &format!("evaluating ({texts} texts)"));
+    let cached = texts.saturating_sub(progress.pending[index].1);
+    let what = match cached {
+        0 => format!("evaluating ({texts} texts)"),
+        c => format!("evaluating ({texts} texts, {c} of them cached)"),
+    };
+    progress.line(index, &name, &what);
     let t0 = Instant::now();
     let encoder = load_encoder(&eval_model, &cx.backend)?;
     let (fingerprint, cache) = if let Some(k) = &reused {
@@ -574,8 +675,13 @@ fn execute(
         return Ok(RunStatus::Interrupted);
     };
     let eval_seconds = t0.elapsed().as_secs_f64();
-    progress.text_rate.0 += eval_seconds;
-    progress.text_rate.1 += texts;
+    // The rate is per text encoded (not read from a cache): an evaluation that found
+    // everything cached measures nothing about it.
+    let encoded = progress.pending[index].1;
+    if encoded > 0 {
+        progress.text_rate.0 += eval_seconds;
+        progress.text_rate.1 += encoded;
+    }
     progress.pending[index] = (0, 0);
     let result = RunResult {
         key: run.key.clone(),
@@ -687,21 +793,7 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
             pending: plan
                 .runs
                 .iter()
-                .map(|r| {
-                    if finished_result(r).is_some() {
-                        return (0, 0);
-                    }
-                    let texts = group_of(r).sets.iter().map(|s| s.texts()).sum();
-                    let own = checkpoint_step(&r.dir).ok().flatten();
-                    if own.is_none() && kept_student(r).is_some() {
-                        return (0, texts);
-                    }
-                    let steps = r
-                        .distill
-                        .as_ref()
-                        .map_or(0, |d| d.steps.saturating_sub(own.unwrap_or(0)));
-                    (steps, texts)
-                })
+                .map(|r| pending_work(r, &group_of(r).sets, config.lareqa_candidates))
                 .collect(),
         };
         eprintln!(
