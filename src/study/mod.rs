@@ -306,7 +306,8 @@ fn texts_to_encode(sets: &[evaluate::EvalSet], done: &[RunResult], lareqa: TextR
 
 /// What `run` still has to do before it has a result: the training steps (none when it
 /// is finished or reuses a kept student; those after its checkpoint when it has one) and
-/// the texts its evaluation encodes (see [`texts_to_encode`]).
+/// the texts its evaluation encodes, leaving out those a finished evaluation of the same
+/// model (the kept student it reuses, or the base model's runs beside it) has cached.
 pub fn pending_work(run: &RunSpec, sets: &[evaluate::EvalSet], lareqa: TextRole) -> (usize, usize) {
     if finished_result(run).is_some() {
         return (0, 0);
