@@ -231,7 +231,7 @@ fn register_blocked_kernels_hold_no_local_arrays() {
 fn every_pipeline_compiles() {
     let Some(ctx) = context() else { return };
     let count = ctx.compile_all().expect("compile every pipeline");
-    let want = if ctx.has_blocked_kernel() { 27 } else { 21 };
+    let want = if ctx.has_blocked_kernel() { 28 } else { 22 };
     assert_eq!(count, want, "pipelines compiled");
     // A second call finds them compiled.
     assert_eq!(ctx.compile_all().expect("compiled pipelines"), want);
@@ -1166,4 +1166,142 @@ fn pass_timestamps_time_every_job() {
         assert!(s > 0.0 && s.is_finite(), "{what}: {s}");
         assert!(calls >= 3, "{what}: {calls} calls");
     }
+}
+
+/// The solver's stopping rule on the device (`shaders/sinkhorn_retire.wgsl`, the default)
+/// decides exactly as the host does after every check: the same iterations, convergence
+/// flags, errors, potentials and plans, bit for bit, for pairs that stop at different
+/// checks or never, a last interval cut short by `max_iterations`, batches cut into chunks,
+/// the split half-iterations, schedules of more than 32 checks, and pairs whose error turns
+/// NaN (the same error).
+#[test]
+fn device_checks_decide_as_host_checks() {
+    use optical::backend::wgpu::SolverChecks;
+    use optical::ot::sinkhorn::SinkhornKernels;
+    if wgpu_backend().is_none() {
+        return;
+    }
+    let with = |checks: SolverChecks, limit: Option<u64>, split: bool| {
+        let mut ctx = WgpuContext::new().expect("adapter found above");
+        if let Some(bytes) = limit {
+            ctx = ctx.with_binding_limit(bytes);
+        }
+        let split = split || ctx.split_large();
+        Wgpu::with_context(Arc::new(
+            ctx.with_solver_checks(checks).with_split_large(split),
+        ))
+    };
+    let params = |epsilon, threshold, check_every, max_iterations| SinkhornParams {
+        epsilon,
+        max_iterations,
+        threshold,
+        check_every,
+    };
+    let cases = [
+        (
+            "pairs stop at different checks",
+            problem(60, 6, 23, 31),
+            params(0.05, 1e-4, 3, 400),
+            None,
+            false,
+        ),
+        (
+            "last interval cut short",
+            problem(61, 4, 17, 29),
+            params(0.05, 1e-6, 7, 100),
+            None,
+            false,
+        ),
+        (
+            "one check per iteration",
+            problem(62, 3, 9, 12),
+            params(0.05, 1e-5, 1, 120),
+            None,
+            false,
+        ),
+        (
+            "batches in chunks",
+            problem(63, 12, 9, 10),
+            params(0.05, 1e-3, 4, 40),
+            Some(4096),
+            false,
+        ),
+        (
+            "split half-iterations",
+            problem(64, 2, 600, 37),
+            params(0.05, 1e-3, 2, 30),
+            None,
+            true,
+        ),
+    ];
+    let same = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits())
+    };
+    for (what, pr, params, limit, split) in cases {
+        let host = Backend::Wgpu(with(SolverChecks::Host, limit, split))
+            .sinkhorn(&pr, &params)
+            .expect("host checks");
+        let device = Backend::Wgpu(with(SolverChecks::Device, limit, split))
+            .sinkhorn(&pr, &params)
+            .expect("device checks");
+        println!(
+            "{what}: iterations {:?}, converged {:?}",
+            host.iterations, host.converged
+        );
+        assert_eq!(host.iterations, device.iterations, "{what}");
+        assert_eq!(host.converged, device.converged, "{what}");
+        assert!(same(&host.marginal_error, &device.marginal_error), "{what}");
+        assert!(
+            same(&host.f, &device.f) && same(&host.g, &device.g),
+            "{what}"
+        );
+        assert!(same(&host.plan, &device.plan), "{what}");
+    }
+    // The first case must stop its pairs at different checks, or it tests little.
+    let pr = problem(60, 6, 23, 31);
+    let p = params(0.05, 1e-4, 3, 400);
+    let out = Backend::Wgpu(with(SolverChecks::Host, None, false))
+        .sinkhorn(&pr, &p)
+        .expect("host checks");
+    let distinct: std::collections::BTreeSet<_> = out.iterations.iter().collect();
+    assert!(
+        distinct.len() > 2 && out.converged.iter().all(|&c| c),
+        "{out:?}"
+    );
+
+    // The primitive itself: one call runs every round asked (a read-back for all of them)
+    // and reports the checks each pair took part in.
+    let w = with(SolverChecks::Device, None, false);
+    let mut state = w.prepare(&pr, p.epsilon).expect("prepare");
+    let active = vec![true; pr.pairs];
+    let rounds = w
+        .iterate_checked(&mut state, &active, &[3; 40], p.threshold)
+        .expect("rounds")
+        .expect("device checks are on");
+    assert_eq!(rounds.rounds, 40);
+    for (k, c) in rounds.pairs.iter().enumerate() {
+        let want = (out.iterations[k] / 3) as usize;
+        assert_eq!(c.checks, want, "pair {k}: {c:?}");
+    }
+    let host = with(SolverChecks::Host, None, false);
+    let mut state = host.prepare(&pr, p.epsilon).expect("prepare");
+    assert!(host
+        .iterate_checked(&mut state, &active, &[3; 4], p.threshold)
+        .expect("no rounds")
+        .is_none());
+
+    // ε far too small: the errors turn NaN or infinite; both stop the pair at the same
+    // check and fail naming it.
+    let pr = problem(65, 2, 5, 6);
+    let tiny = params(1e-300, 1e-6, 2, 20);
+    let e_host = Backend::Wgpu(with(SolverChecks::Host, None, false))
+        .sinkhorn(&pr, &tiny)
+        .expect_err("not finite")
+        .to_string();
+    let e_device = Backend::Wgpu(with(SolverChecks::Device, None, false))
+        .sinkhorn(&pr, &tiny)
+        .expect_err("not finite")
+        .to_string();
+    assert_eq!(e_host, e_device);
+    assert!(e_host.contains("expected a finite solution"), "{e_host}");
 }

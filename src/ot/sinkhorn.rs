@@ -53,7 +53,80 @@ pub trait SinkhornKernels {
     /// The plan `(b, n, m)`, potentials `f (b, n)`, `g (b, m)` and the transport cost
     /// `⟨P, C⟩ (b)` of the current iterate, padding included (zeros).
     fn finish(&self, state: Self::State, problem: &Problem) -> Result<Solution>;
+
+    /// Several rounds of [`iterate`](Self::iterate) then a check, with the stopping rule
+    /// applied on the device, for backends whose every read-back costs a synchronisation
+    /// (a GPU): round `k` runs `chunks[k]` iterations on the pairs still active, computes
+    /// their marginal errors as [`marginal_errors`](Self::marginal_errors) does, and stops
+    /// each pair whose error is at most `threshold` (converged) or not finite, exactly as
+    /// [`solve`] does on the host after a check, comparing the error in the backend's
+    /// precision as `solve` would after widening it to `f64`. The rounds run without a
+    /// read-back; what they did is read back once at the end. The backend may run fewer
+    /// rounds than asked (at least one): it returns how many it ran and, for every pair,
+    /// what it did in them. `None` (the default): the backend checks on the host, one
+    /// read-back per round, and `solve` calls the other primitives.
+    fn iterate_checked(
+        &self,
+        _state: &mut Self::State,
+        _active: &[bool],
+        _chunks: &[usize],
+        _threshold: f64,
+    ) -> Result<Option<CheckedRounds>> {
+        Ok(None)
+    }
 }
+
+/// What [`SinkhornKernels::iterate_checked`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedRounds {
+    /// Rounds run: the first `rounds` of the chunks asked for.
+    pub rounds: usize,
+    /// Per pair (every pair of the batch).
+    pub pairs: Vec<Checked>,
+}
+
+/// What one pair did in the rounds of [`SinkhornKernels::iterate_checked`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Checked {
+    /// Checks it took part in (0 for a pair inactive from the start): it was active in the
+    /// first `checks` rounds.
+    pub checks: usize,
+    /// Its error at its last check (anything when `checks` is 0).
+    pub error: f64,
+    /// Why it stopped, if it did.
+    pub stop: Stop,
+}
+
+/// Whether and why a pair stopped at a device-side check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Still active after the last round.
+    Running,
+    /// Its error fell to the threshold.
+    Converged,
+    /// Its error was NaN or infinite.
+    NotFinite,
+}
+
+/// The largest `f32` whose value is at most `threshold` (≥ 0, finite, or +∞): for a
+/// non-negative `f32` error `e`, `e as f64 <= threshold` exactly when `e <= f32_floor(threshold)`,
+/// and for non-negative `f32`s that order is the order of their bits. So a device compares
+/// an error's bits with this value's and decides as the host would.
+pub fn f32_floor(threshold: f64) -> f32 {
+    let t = threshold as f32;
+    if (t as f64) <= threshold || t <= 0.0 {
+        t
+    } else {
+        f32::from_bits(t.to_bits() - 1)
+    }
+}
+
+/// Rounds in the first device-side batch, and the most in one: each batch doubles the
+/// last, so a solve of `k` checks reads back ≈ log₂ k times, and a batch runs at most as
+/// many rounds past the last pair's convergence as the batch before it had (rounds with
+/// nothing active cost a dispatch that returns at once).
+const FIRST_ROUNDS: usize = 1;
+const MAX_ROUNDS: usize = 32;
 
 /// The arrays a backend hands back from [`SinkhornKernels::finish`].
 #[derive(Clone, Debug)]
@@ -179,8 +252,52 @@ pub fn solve<K: SinkhornKernels>(
     let mut converged = vec![false; pairs];
     let mut errors = vec![f64::INFINITY; pairs];
     let mut done = 0usize;
+    let mut rounds = FIRST_ROUNDS;
     while done < params.max_iterations && active.iter().any(|&a| a) {
-        let chunk = params.check_every.min(params.max_iterations - done);
+        // The next rounds' iterations: check_every each, the last one cut at max_iterations.
+        let mut chunks = Vec::with_capacity(rounds);
+        let mut end = done;
+        while chunks.len() < rounds && end < params.max_iterations {
+            let chunk = params.check_every.min(params.max_iterations - end);
+            chunks.push(chunk);
+            end += chunk;
+        }
+        let checked = kernels.iterate_checked(&mut state, &active, &chunks, params.threshold)?;
+        if let Some(checked) = checked {
+            if checked.rounds == 0 || checked.rounds > chunks.len() || checked.pairs.len() != pairs
+            {
+                return Err(Error::Backend {
+                    backend: "solver",
+                    operation: "iterate_checked",
+                    what: format!(
+                        "expected 1 to {} rounds and {pairs} pairs, found {} and {}",
+                        chunks.len(),
+                        checked.rounds,
+                        checked.pairs.len()
+                    ),
+                });
+            }
+            for (p, c) in checked.pairs.iter().enumerate() {
+                if !active[p] || c.checks == 0 {
+                    continue;
+                }
+                let checks = c.checks.min(checked.rounds);
+                iterations[p] = (done + chunks[..checks].iter().sum::<usize>()) as u32;
+                errors[p] = c.error;
+                match c.stop {
+                    Stop::Running => {}
+                    Stop::Converged => {
+                        converged[p] = true;
+                        active[p] = false;
+                    }
+                    Stop::NotFinite => active[p] = false,
+                }
+            }
+            done += chunks[..checked.rounds].iter().sum::<usize>();
+            rounds = (rounds * 2).min(MAX_ROUNDS);
+            continue;
+        }
+        let chunk = chunks[0];
         let iterate = phases::phase("iterate");
         kernels.iterate(&mut state, &active, chunk)?;
         drop(iterate);
@@ -229,4 +346,185 @@ pub fn solve<K: SinkhornKernels>(
     out.include_plan_errors(&problem.a);
     out.check_finite(params.epsilon)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuFast;
+    use crate::rng::SplitMix64;
+
+    #[test]
+    fn f32_floor_decides_as_the_f64_comparison() {
+        let mut rng = SplitMix64::new(5);
+        let mut thresholds = vec![0.0, 1e-300, 1e-45, 1e-6, 0.1, 1.0, 3.4e38, 1e300, f64::MAX];
+        thresholds.extend((0..200).map(|_| 10f64.powf(-12.0 * rng.uniform())));
+        for t in thresholds {
+            let floor = f32_floor(t);
+            assert!(floor as f64 <= t, "{t:e} -> {floor:e}");
+            let up = f32::from_bits(floor.to_bits() + 1);
+            assert!(
+                up as f64 > t || floor == f32::MAX,
+                "{t:e} -> {floor:e}, not the largest"
+            );
+            // Errors around it: the bit comparison is the host's.
+            for bits in floor.to_bits().saturating_sub(2)..=floor.to_bits() + 2 {
+                let e = f32::from_bits(bits);
+                assert_eq!(
+                    e.to_bits() <= floor.to_bits(),
+                    e as f64 <= t,
+                    "threshold {t:e}, error {e:e}"
+                );
+            }
+        }
+        assert_eq!(f32_floor(f64::INFINITY), f32::INFINITY);
+    }
+
+    /// The CPU fast path with the stopping rule applied "on the device": several rounds per
+    /// call, the last call cut short of the rounds asked, as a backend may.
+    struct Rounds(CpuFast);
+
+    impl SinkhornKernels for Rounds {
+        type State = <CpuFast as SinkhornKernels>::State;
+
+        fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<Self::State> {
+            self.0.prepare(problem, epsilon)
+        }
+
+        fn iterate(&self, state: &mut Self::State, active: &[bool], n: usize) -> Result<()> {
+            self.0.iterate(state, active, n)
+        }
+
+        fn marginal_errors(&self, state: &mut Self::State, active: &[bool]) -> Result<Vec<f64>> {
+            self.0.marginal_errors(state, active)
+        }
+
+        fn finish(&self, state: Self::State, problem: &Problem) -> Result<Solution> {
+            self.0.finish(state, problem)
+        }
+
+        fn iterate_checked(
+            &self,
+            state: &mut Self::State,
+            active: &[bool],
+            chunks: &[usize],
+            threshold: f64,
+        ) -> Result<Option<CheckedRounds>> {
+            let mut active = active.to_vec();
+            let mut pairs = vec![
+                Checked {
+                    checks: 0,
+                    error: 0.0,
+                    stop: Stop::Running,
+                };
+                active.len()
+            ];
+            // At most 5 rounds per call, so that the solver resumes mid-schedule.
+            let rounds = chunks.len().min(5);
+            for &chunk in &chunks[..rounds] {
+                self.0.iterate(state, &active, chunk)?;
+                let errs = self.0.marginal_errors(state, &active)?;
+                for (p, c) in pairs.iter_mut().enumerate() {
+                    if !active[p] {
+                        continue;
+                    }
+                    c.checks += 1;
+                    c.error = errs[p];
+                    if errs[p] <= threshold {
+                        c.stop = Stop::Converged;
+                        active[p] = false;
+                    } else if !errs[p].is_finite() {
+                        c.stop = Stop::NotFinite;
+                        active[p] = false;
+                    }
+                }
+            }
+            Ok(Some(CheckedRounds { rounds, pairs }))
+        }
+    }
+
+    fn random_problem(seed: u64, b: usize, n: usize, m: usize) -> Problem {
+        let mut rng = SplitMix64::new(seed);
+        let cost: Vec<f64> = (0..b * n * m).map(|_| rng.uniform()).collect();
+        let a: Vec<f64> = (0..b * n).map(|_| 0.2 + rng.uniform()).collect();
+        Problem::new(b, n, m, cost, Some(a), None).unwrap()
+    }
+
+    #[test]
+    fn checks_in_rounds_give_what_checks_one_by_one_give() {
+        // Pairs that converge at different checks, some never (max_iterations not a
+        // multiple of check_every, so the last round is shorter), over schedules of up to
+        // 32 rounds that the backend cuts at 5.
+        for (seed, epsilon, threshold, check_every, max_iterations) in [
+            (1, 0.05, 1e-4, 3, 400),
+            (2, 0.01, 1e-6, 1, 250),
+            (3, 0.05, 1e-7, 7, 100),
+            (4, 0.005, 1e-9, 10, 95),
+        ] {
+            let problem = random_problem(seed, 6, 9, 13);
+            let params = SinkhornParams {
+                epsilon,
+                max_iterations,
+                threshold,
+                check_every,
+            };
+            let one = solve(&CpuFast, &problem, &params).unwrap();
+            let rounds = solve(&Rounds(CpuFast), &problem, &params).unwrap();
+            assert_eq!(one.iterations, rounds.iterations, "seed {seed}");
+            assert_eq!(one.converged, rounds.converged, "seed {seed}");
+            assert_eq!(one.marginal_error, rounds.marginal_error, "seed {seed}");
+            assert_eq!(one.plan, rounds.plan, "seed {seed}");
+            assert_eq!((one.f, one.g), (rounds.f, rounds.g), "seed {seed}");
+            let distinct: std::collections::BTreeSet<_> = one.iterations.iter().collect();
+            println!("seed {seed}: iterations {:?}", one.iterations);
+            assert!(
+                seed == 4 || distinct.len() > 1,
+                "pairs stop at different checks"
+            );
+        }
+    }
+
+    /// A backend that claims more rounds than it was asked for is an error, not a count
+    /// of iterations nobody ran.
+    #[test]
+    fn a_backend_that_claims_too_many_rounds_is_an_error() {
+        struct Liar;
+        impl SinkhornKernels for Liar {
+            type State = ();
+            fn prepare(&self, _: &Problem, _: f64) -> Result<()> {
+                Ok(())
+            }
+            fn iterate(&self, _: &mut (), _: &[bool], _: usize) -> Result<()> {
+                Ok(())
+            }
+            fn marginal_errors(&self, _: &mut (), a: &[bool]) -> Result<Vec<f64>> {
+                Ok(vec![1.0; a.len()])
+            }
+            fn finish(&self, _: (), _: &Problem) -> Result<Solution> {
+                unreachable!()
+            }
+            fn iterate_checked(
+                &self,
+                _: &mut (),
+                active: &[bool],
+                chunks: &[usize],
+                _: f64,
+            ) -> Result<Option<CheckedRounds>> {
+                Ok(Some(CheckedRounds {
+                    rounds: chunks.len() + 1,
+                    pairs: vec![
+                        Checked {
+                            checks: 1,
+                            error: 1.0,
+                            stop: Stop::Running
+                        };
+                        active.len()
+                    ],
+                }))
+            }
+        }
+        let problem = random_problem(9, 2, 3, 3);
+        let err = solve(&Liar, &problem, &SinkhornParams::default()).unwrap_err();
+        assert!(err.to_string().contains("expected 1 to 1 rounds"), "{err}");
+    }
 }

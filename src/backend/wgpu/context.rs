@@ -23,6 +23,7 @@ const SINKHORN_FIXED_WORKGROUP_BYTES: u32 = 2 * 512 * 4 + 256 * 4 + 16 + 48;
 pub(crate) const SHADER_COSINE: &str = include_str!("../../../shaders/cosine_cost.wgsl");
 pub(crate) const SHADER_MAXSIM: &str = include_str!("../../../shaders/maxsim.wgsl");
 pub(crate) const SHADER_PEAK: &str = include_str!("../../../shaders/peak.wgsl");
+pub(crate) const SHADER_RETIRE: &str = include_str!("../../../shaders/sinkhorn_retire.wgsl");
 // The register-blocked kernels' passes (shaders/blocked_lse.wgsl) are appended to the two
 // Sinkhorn modules: WGSL has no includes.
 pub(crate) const SHADER_SINKHORN: &str = concat!(
@@ -38,10 +39,11 @@ pub(crate) const SHADER_FUSED: &str = concat!(
 
 /// Every WGSL module of the backend, `(file name, text)`, for validation and docs (the two
 /// Sinkhorn modules with `shaders/blocked_lse.wgsl` appended).
-pub const SHADERS: [(&str, &str); 5] = [
+pub const SHADERS: [(&str, &str); 6] = [
     ("cosine_cost.wgsl", SHADER_COSINE),
     ("maxsim.wgsl", SHADER_MAXSIM),
     ("sinkhorn.wgsl", SHADER_SINKHORN),
+    ("sinkhorn_retire.wgsl", SHADER_RETIRE),
     ("fused_sinkhorn.wgsl", SHADER_FUSED),
     ("peak.wgsl", SHADER_PEAK),
 ];
@@ -80,6 +82,28 @@ pub const SINKHORN_KERNEL_ENV: &str = "OPTICAL_WGPU_SINKHORN";
 env_choice!(SinkhornKernel, SINKHORN_KERNEL_ENV, {
     Blocked => "blocked",
     Rows => "rows",
+});
+
+/// Where the Sinkhorn solver applies its stopping rule on this backend, chosen by
+/// `$OPTICAL_WGPU_CHECKS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SolverChecks {
+    /// On the device (`shaders/sinkhorn_retire.wgsl`): many check intervals run between two
+    /// read-backs (one after 1, 2, 4, … up to 32 intervals), the converged pairs stopped by
+    /// the device. The same iterations, errors and results as [`Self::Host`].
+    #[default]
+    Device,
+    /// On the host: every check reads the errors back (one synchronisation per
+    /// `check_every` iterations).
+    Host,
+}
+
+/// Environment variable that picks where the solver checks: `device` (default) or `host`.
+pub const SOLVER_CHECKS_ENV: &str = "OPTICAL_WGPU_CHECKS";
+
+env_choice!(SolverChecks, SOLVER_CHECKS_ENV, {
+    Device => "device",
+    Host => "host",
 });
 
 /// Which WGSL kernel computes cosine costs of sets of at least 64 rows on
@@ -146,7 +170,7 @@ pub(crate) enum Bind {
 /// One kernel family: its bind group layout, its shader module and its pipelines.
 ///
 /// A pipeline is compiled the first time a kernel asks for it ([`Family::pipeline`]), not
-/// when the context opens: a call uses two or three of the backend's 27 pipelines, and
+/// when the context opens: a call uses two or three of the backend's 28 pipelines, and
 /// compiling all of them took ≈ 0.8 s of every `optical ot … --backend wgpu` on lavapipe.
 /// The WGSL of every module is still parsed and validated when the context opens.
 pub(crate) struct Family {
@@ -219,6 +243,8 @@ pub(crate) struct Pipelines {
     pub cosine: Family,
     pub maxsim: Family,
     pub sinkhorn: Family,
+    /// The solver's stopping rule on the device (`shaders/sinkhorn_retire.wgsl`).
+    pub retire: Family,
     pub fused: Family,
     /// The register-blocked fused kernel; `None` when the device has less workgroup memory
     /// than it needs.
@@ -253,6 +279,7 @@ pub(crate) const SINKHORN_COLS_SPLIT: usize = 7;
 /// SPLIT_TERMS), then each pair's sum of its terms.
 pub(crate) const SINKHORN_TERMS_SPLIT: usize = 8;
 pub(crate) const SINKHORN_ERRORS_SPLIT: usize = 9;
+pub(crate) const SINKHORN_RETIRE: usize = 0;
 pub(crate) const FUSED_SOLVE: usize = 0;
 pub(crate) const FUSED_PLAN: usize = 1;
 pub(crate) const SINKHORN_NARROW: usize = 3;
@@ -350,6 +377,8 @@ pub struct WgpuContext {
     binding_limit: u64,
     /// Which Sinkhorn kernels run (see [`SinkhornKernel`]).
     sinkhorn_kernel: SinkhornKernel,
+    /// Where the solver checks (see [`SolverChecks`]).
+    solver_checks: SolverChecks,
     /// Which kernel computes costs of large sets (see [`CostTiling`]).
     cost_tiling: CostTiling,
     /// Which kernel computes MaxSim scores (see [`MaxsimTiling`]).
@@ -384,7 +413,7 @@ pub(crate) fn caps_loop_passes(info: &wgpu::AdapterInfo) -> Option<u64> {
 }
 
 /// Timestamp pairs (one per compute pass) a timing session holds between two read-backs.
-const TIMER_PAIRS: u32 = 256;
+pub(crate) const TIMER_PAIRS: u32 = 256;
 
 /// GPU timestamps at the start and end of every compute pass while a timing session
 /// ([`WgpuContext::time_passes`]) is on. Passes take consecutive slots; the next read-back
@@ -423,6 +452,7 @@ impl WgpuContext {
     pub fn new() -> Result<WgpuContext> {
         // The settings first: a wrong one is the error even where no adapter is found.
         SinkhornKernel::from_env()?;
+        SolverChecks::from_env()?;
         CostTiling::from_env()?;
         MaxsimTiling::from_env()?;
         WgpuContext::with_adapter(choose_adapter(adapters())?)
@@ -433,6 +463,7 @@ impl WgpuContext {
     /// pipelines are compiled on first use: [`WgpuContext::compile_all`]).
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
         let sinkhorn_kernel = SinkhornKernel::from_env()?;
+        let solver_checks = SolverChecks::from_env()?;
         let cost_tiling = CostTiling::from_env()?;
         let maxsim_tiling = MaxsimTiling::from_env()?;
         let info = adapter.get_info();
@@ -519,6 +550,7 @@ impl WgpuContext {
             lost,
             binding_limit: u64::MAX,
             sinkhorn_kernel,
+            solver_checks,
             cost_tiling,
             maxsim_tiling,
             split_large,
@@ -560,7 +592,7 @@ impl WgpuContext {
     pub fn compile_all(&self) -> Result<usize> {
         let p = &self.pipelines;
         let mut count = p.cosine.compile_all()? + p.maxsim.compile_all()?;
-        count += p.sinkhorn.compile_all()? + p.fused.compile_all()?;
+        count += p.sinkhorn.compile_all()? + p.retire.compile_all()? + p.fused.compile_all()?;
         if let Some(blocked) = &p.fused_blocked {
             count += blocked.compile_all()?;
         }
@@ -616,6 +648,17 @@ impl WgpuContext {
     pub fn with_sinkhorn_kernel(mut self, kernel: SinkhornKernel) -> WgpuContext {
         self.sinkhorn_kernel = kernel;
         self
+    }
+
+    /// Check where `checks` says instead of what the environment named (tests, benches).
+    pub fn with_solver_checks(mut self, checks: SolverChecks) -> WgpuContext {
+        self.solver_checks = checks;
+        self
+    }
+
+    /// Where the solver checks (see [`SolverChecks`]).
+    pub fn solver_checks(&self) -> SolverChecks {
+        self.solver_checks
     }
 
     /// Whether pairs too large for the blocked kernels and the tile take the split
@@ -1047,6 +1090,13 @@ impl Pipelines {
             ],
             &sinkhorn_entries,
         );
+        let retire = family(
+            device,
+            "sinkhorn_retire",
+            SHADER_RETIRE,
+            &[Uniform, ReadWrite, Read, ReadWrite],
+            &[("sinkhorn_retire_f32", &[])],
+        );
         let fused = family(
             device,
             "fused_sinkhorn",
@@ -1090,6 +1140,7 @@ impl Pipelines {
             cosine,
             maxsim,
             sinkhorn,
+            retire,
             fused,
             fused_blocked,
             peak,

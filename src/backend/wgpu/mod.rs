@@ -6,6 +6,7 @@
 //! | cosine cost           | `shaders/cosine_cost.wgsl`      | `CpuReference::cosine_cost`    |
 //! | MaxSim                | `shaders/maxsim.wgsl`           | `CpuReference::maxsim`         |
 //! | Sinkhorn primitives   | `shaders/sinkhorn.wgsl`         | `impl SinkhornKernels`         |
+//! | stopping rule         | `shaders/sinkhorn_retire.wgsl`  | the check in `ot::sinkhorn::solve` |
 //! | fused cost + Sinkhorn | `shaders/fused_sinkhorn.wgsl` (tile and register-blocked kernels) | `Backend::sinkhorn_embeddings` |
 //! | blocked LSE passes    | `shaders/blocked_lse.wgsl` (appended to both Sinkhorn modules) | — |
 //! | exp2 throughput probe | `shaders/peak.wgsl`             | `CpuFast::exp2_peak`           |
@@ -29,6 +30,10 @@
 //! runs the materialised Sinkhorn (the blocked iterations where they apply, else the
 //! iterations that keep K in the tile or stream it from global memory).
 //!
+//! Checks ([`SolverChecks`], `$OPTICAL_WGPU_CHECKS`): by default the solver's stopping rule
+//! runs on the device after each check, so a solve reads back after 1, 2, 4, … up to 32
+//! check intervals instead of after every one; `host` reads back every check.
+//!
 //! Subgroup operations are not used: every kernel is the portable path (workgroup memory and
 //! barriers only). `optical info` reports whether an adapter has them (`Features::SUBGROUP`),
 //! so a subgroup variant can be added behind that check.
@@ -42,8 +47,8 @@ use std::sync::Arc;
 pub(crate) use context::caps_loop_passes;
 pub use context::{
     adapters, choose_adapter, describe_adapter, CostTiling, MaxsimTiling, SinkhornKernel,
-    WgpuContext, ADAPTER_ENV, BLOCKED_MAX_LEN, COST_TILING_ENV, MAXSIM_TILING_ENV, SHADERS,
-    SINKHORN_KERNEL_ENV,
+    SolverChecks, WgpuContext, ADAPTER_ENV, BLOCKED_MAX_LEN, COST_TILING_ENV, MAXSIM_TILING_ENV,
+    SHADERS, SINKHORN_KERNEL_ENV, SOLVER_CHECKS_ENV,
 };
 pub use sinkhorn::WgpuSinkhornState;
 

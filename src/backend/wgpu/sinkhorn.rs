@@ -6,21 +6,25 @@
 //! `iterate` and `marginal_errors` then only write the pairs' active flags (b × 16 bytes) and
 //! dispatch; `marginal_errors` reads back one f32 per pair, `finish` the potentials, from
 //! which the plan is computed on the host in f64 against the original cost.
+//! `iterate_checked` (unless [`SolverChecks::Host`]) runs several rounds of iterations and a
+//! check with the stopping rule on the device (`shaders/sinkhorn_retire.wgsl`), and reads
+//! back 16 bytes per pair once for all of them.
 
 use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    SinkhornKernel, WgpuContext, BACKEND, LOOP_PASS_BUDGET, NARROW_LEN, SINKHORN_COLS_SPLIT,
-    SINKHORN_ERRORS, SINKHORN_ERRORS_SPLIT, SINKHORN_ITERATE_BLOCKED, SINKHORN_ITERATE_STREAM,
-    SINKHORN_ITERATE_TILE, SINKHORN_NARROW, SINKHORN_ROWS_SPLIT, SINKHORN_TERMS_SPLIT,
+    SinkhornKernel, SolverChecks, WgpuContext, BACKEND, LOOP_PASS_BUDGET, NARROW_LEN,
+    SINKHORN_COLS_SPLIT, SINKHORN_ERRORS, SINKHORN_ERRORS_SPLIT, SINKHORN_ITERATE_BLOCKED,
+    SINKHORN_ITERATE_STREAM, SINKHORN_ITERATE_TILE, SINKHORN_NARROW, SINKHORN_RETIRE,
+    SINKHORN_ROWS_SPLIT, SINKHORN_TERMS_SPLIT, TIMER_PAIRS,
 };
 use super::kernels::{passes, MAX_LEN};
 use super::Wgpu;
 use crate::error::{Error, Result};
 use crate::ot::problem::Problem;
 use crate::ot::scaled::{self, ScaledPair, Support};
-use crate::ot::sinkhorn::{SinkhornKernels, Solution};
+use crate::ot::sinkhorn::{self, Checked, CheckedRounds, SinkhornKernels, Solution, Stop};
 
 /// Iterations of the split half-iterations recorded per compute pass: bounds the memory of
 /// one pass's commands when a solve asks for many iterations between checks.
@@ -39,6 +43,18 @@ struct Params {
     iterations: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RetireParams {
+    pairs: u32,
+    threshold_bits: u32,
+    _pad: [u32; 2],
+}
+
+/// The compute passes `iterate_checked` may record between two read-backs: within the
+/// context's timestamp slots (a timing session then counts every pass), with room to spare.
+const PASSES_PER_READBACK: usize = TIMER_PAIRS as usize * 3 / 4;
+
 /// The pairs of one dispatch and their device buffers.
 struct Chunk {
     start: usize,
@@ -48,8 +64,12 @@ struct Chunk {
     f: wgpu::Buffer,
     g: wgpu::Buffer,
     err: wgpu::Buffer,
+    /// `(checks, error bits, stop, 0)` per pair, written by `sinkhorn_retire_f32`.
+    status: wgpu::Buffer,
+    retire_params: wgpu::Buffer,
     others: Vec<wgpu::Buffer>,
     group: wgpu::BindGroup,
+    retire_group: wgpu::BindGroup,
     /// Whether some pair of the chunk fits the on-chip tile (else the streaming pipeline,
     /// which reserves no tile, is used).
     any_on_chip: bool,
@@ -209,6 +229,17 @@ impl SinkhornKernels for Wgpu {
                     &ctx.pipelines.sinkhorn,
                     &[&params, &info, &kmat, &log_a, &log_b, &f, &g, &err],
                 );
+                let retire_params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("optical sinkhorn retire params"),
+                    size: std::mem::size_of::<RetireParams>() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let status = ctx.storage((c * 16) as u64);
+                let retire_group = ctx.bind_group(
+                    &ctx.pipelines.retire,
+                    &[&retire_params, &info, &err, &status],
+                );
                 Chunk {
                     start,
                     len: c,
@@ -217,8 +248,11 @@ impl SinkhornKernels for Wgpu {
                     f,
                     g,
                     err,
+                    status,
+                    retire_params,
                     others: vec![kmat, log_a, log_b],
                     group,
+                    retire_group,
                     any_on_chip,
                     blocked,
                     // Pairs with more than MAX_LEN rows or columns: only the split takes them.
@@ -246,106 +280,21 @@ impl SinkhornKernels for Wgpu {
         let ctx = self.ctx();
         let iterations = u32::try_from(iterations)
             .map_err(|_| Error::parameter("iterations", "at most 4294967295", iterations))?;
-        let mut enc = ctx.encoder();
-        // One submission per params write: each write must precede its dispatches.
-        let submit = |enc: &mut wgpu::CommandEncoder| {
-            let done = std::mem::replace(enc, ctx.encoder());
-            ctx.checked("sinkhorn iterate", || {
-                ctx.queue.submit([done.finish()]);
-            })
-        };
-        let (n, m) = (state.n as u32, state.m as u32);
+        let (n, m) = (state.n, state.m);
         for chunk in &mut state.chunks {
             if !self.set_active(chunk, active) {
                 continue;
             }
-            let write_params = |iterations: u32| {
-                ctx.queue.write_buffer(
-                    &chunk.params,
-                    0,
-                    bytemuck::bytes_of(&Params {
-                        pairs: chunk.len as u32,
-                        n,
-                        m,
-                        iterations,
-                    }),
-                )
-            };
-            if chunk.split {
-                write_params(iterations);
-                // Split half-iterations: a pair over ceil(lines / 16) workgroups, one
-                // dispatch per half-iteration (each dispatch sees the last's writes), at most
-                // SPLIT_ITERATIONS_PER_PASS iterations per compute pass.
-                let sk = &ctx.pipelines.sinkhorn;
-                let (row_half, col_half) = (
-                    sk.pipeline(SINKHORN_ROWS_SPLIT)?,
-                    sk.pipeline(SINKHORN_COLS_SPLIT)?,
-                );
-                let rows = [n.div_ceil(16), chunk.len as u32, 1];
-                let cols = [m.div_ceil(16), chunk.len as u32, 1];
-                let mut left = iterations;
-                while left > 0 {
-                    let now = left.min(SPLIT_ITERATIONS_PER_PASS);
-                    let halves: Vec<_> = (0..now)
-                        .flat_map(|_| {
-                            [
-                                (row_half, &chunk.group, rows),
-                                (col_half, &chunk.group, cols),
-                            ]
-                        })
-                        .collect();
-                    ctx.encode(&mut enc, &halves);
-                    left -= now;
+            // One submission per params write: each write must precede its dispatches.
+            for step in iteration_steps(ctx, chunk, n, m, iterations)? {
+                write_params(ctx, chunk, n, m, step.per_dispatch);
+                let mut enc = ctx.encoder();
+                for pass in &step.passes {
+                    ctx.encode(&mut enc, pass);
                 }
-                submit(&mut enc)?;
-                continue;
-            }
-            let narrow = chunk.variant == SINKHORN_NARROW;
-            let (index, per_iteration) = if chunk.blocked {
-                // G = 8 (the next pipeline) when every pair is at most 64 × 64.
-                (
-                    SINKHORN_ITERATE_BLOCKED + narrow as usize,
-                    passes::BLOCKED_ITERATION,
-                )
-            } else if chunk.any_on_chip {
-                (
-                    SINKHORN_ITERATE_TILE + chunk.variant,
-                    passes::rows_iteration(state.n, state.m, narrow),
-                )
-            } else {
-                (
-                    SINKHORN_ITERATE_STREAM + chunk.variant,
-                    passes::rows_iteration(state.n, state.m, narrow),
-                )
-            };
-            let pipeline = ctx.pipelines.sinkhorn.pipeline(index)?;
-            // Where the adapter caps an invocation's loop passes (llvmpipe), the iterations
-            // go in several dispatches of at most `each`, then one of the rest.
-            let setup = passes::rows_setup(state.n, state.m, narrow);
-            let each = ctx
-                .iterations_per_dispatch(setup, per_iteration, iterations.max(1))
-                .ok_or_else(|| Error::Backend {
-                    backend: BACKEND,
-                    operation: "sinkhorn iterate",
-                    what: format!(
-                        "one iteration of a {} × {} pair needs more loop passes than the \
-                         adapter ({}) lets a shader make; use another backend",
-                        state.n,
-                        state.m,
-                        ctx.adapter_name()
-                    ),
+                ctx.checked("sinkhorn iterate", || {
+                    ctx.queue.submit([enc.finish()]);
                 })?;
-            let (whole, rest) = (iterations / each, iterations % each);
-            for (count, per_dispatch) in [(whole, each), (u32::from(rest > 0), rest)] {
-                if count == 0 {
-                    continue;
-                }
-                write_params(per_dispatch);
-                let dispatches: Vec<_> = (0..count)
-                    .map(|_| (pipeline, &chunk.group, [chunk.len as u32, 1, 1]))
-                    .collect();
-                ctx.encode(&mut enc, &dispatches);
-                submit(&mut enc)?;
             }
         }
         Ok(())
@@ -359,28 +308,7 @@ impl SinkhornKernels for Wgpu {
                 continue;
             }
             let mut enc = ctx.encoder();
-            let sk = &ctx.pipelines.sinkhorn;
-            let pairs = [chunk.len as u32, 1, 1];
-            if chunk.split {
-                // Each row's term over ceil(n / 16) workgroups per pair, then the sums.
-                let rows = [(state.n as u32).div_ceil(16), chunk.len as u32, 1];
-                ctx.encode(
-                    &mut enc,
-                    &[
-                        (sk.pipeline(SINKHORN_TERMS_SPLIT)?, &chunk.group, rows),
-                        (sk.pipeline(SINKHORN_ERRORS_SPLIT)?, &chunk.group, pairs),
-                    ],
-                );
-            } else {
-                ctx.encode(
-                    &mut enc,
-                    &[(
-                        sk.pipeline(SINKHORN_ERRORS + chunk.variant)?,
-                        &chunk.group,
-                        pairs,
-                    )],
-                );
-            }
+            ctx.encode(&mut enc, &check_dispatches(ctx, chunk, state.n)?);
             let errs = ctx.submit_and_read::<f32>(
                 "sinkhorn marginal_errors",
                 enc,
@@ -391,6 +319,144 @@ impl SinkhornKernels for Wgpu {
             }
         }
         Ok(errors)
+    }
+
+    fn iterate_checked(
+        &self,
+        state: &mut WgpuSinkhornState,
+        active: &[bool],
+        chunks: &[usize],
+        threshold: f64,
+    ) -> Result<Option<CheckedRounds>> {
+        let ctx = self.ctx();
+        if ctx.solver_checks() == SolverChecks::Host || chunks.is_empty() {
+            return Ok(None);
+        }
+        let _phase = crate::phases::phase("iterate and check");
+        let threshold_bits = sinkhorn::f32_floor(threshold).to_bits();
+        // The chunks with an active pair take part: their flags written, their statuses
+        // zeroed (queued writes land before the next submission's commands).
+        let mut taking = vec![false; state.chunks.len()];
+        let mut passes_per_round = 0usize;
+        for (c, chunk) in state.chunks.iter_mut().enumerate() {
+            if !self.set_active(chunk, active) {
+                continue;
+            }
+            taking[c] = true;
+            ctx.queue.write_buffer(
+                &chunk.retire_params,
+                0,
+                bytemuck::bytes_of(&RetireParams {
+                    pairs: chunk.len as u32,
+                    threshold_bits,
+                    _pad: [0; 2],
+                }),
+            );
+            ctx.queue
+                .write_buffer(&chunk.status, 0, &vec![0u8; chunk.len * 16]);
+            // The iterations' passes (two at most, or one per SPLIT_ITERATIONS_PER_PASS
+            // iterations of the split) and the check's.
+            passes_per_round += if chunk.split {
+                chunks[0].div_ceil(SPLIT_ITERATIONS_PER_PASS as usize) + 1
+            } else {
+                3
+            };
+        }
+        // Rounds of the first round's length, within the passes between two read-backs.
+        let same = chunks.iter().take_while(|&&c| c == chunks[0]).count();
+        let rounds = (PASSES_PER_READBACK / passes_per_round.max(1)).clamp(1, same);
+        let iterations = u32::try_from(chunks[0])
+            .map_err(|_| Error::parameter("iterations", "at most 4294967295", chunks[0]))?;
+        let (n, m) = (state.n, state.m);
+        let taking_chunks = || state.chunks.iter().zip(&taking).filter(|(_, &t)| t);
+        let mut steps = Vec::new();
+        for (chunk, _) in taking_chunks() {
+            steps.push(iteration_steps(ctx, chunk, n, m, iterations)?);
+        }
+        let mut checks = Vec::new();
+        for (chunk, _) in taking_chunks() {
+            let mut dispatches = check_dispatches(ctx, chunk, n)?;
+            dispatches.push((
+                ctx.pipelines.retire.pipeline(SINKHORN_RETIRE)?,
+                &chunk.retire_group,
+                [(chunk.len as u32).div_ceil(64), 1, 1],
+            ));
+            checks.push(dispatches);
+        }
+        let reads: Vec<(&wgpu::Buffer, usize)> = taking_chunks()
+            .map(|(chunk, _)| (&chunk.status, chunk.len))
+            .collect();
+        let statuses = if steps.iter().all(|s| s.len() == 1) {
+            // One params value per chunk for every round: all the rounds and the read-back in
+            // one submission.
+            for ((chunk, _), s) in taking_chunks().zip(&steps) {
+                write_params(ctx, chunk, n, m, s[0].per_dispatch);
+            }
+            let mut enc = ctx.encoder();
+            for _ in 0..rounds {
+                for pass in steps.iter().flat_map(|s| &s[0].passes) {
+                    ctx.encode(&mut enc, pass);
+                }
+                for check in &checks {
+                    ctx.encode(&mut enc, check);
+                }
+            }
+            ctx.submit_and_read::<[u32; 4]>("sinkhorn iterate_checked", enc, &reads)?
+        } else {
+            // Iterations that need two params values (an adapter's loop cap leaves a rest):
+            // one submission per write, still no read-back until the end.
+            for _ in 0..rounds {
+                for ((chunk, _), s) in taking_chunks().zip(&steps) {
+                    for step in s {
+                        write_params(ctx, chunk, n, m, step.per_dispatch);
+                        let mut enc = ctx.encoder();
+                        for pass in &step.passes {
+                            ctx.encode(&mut enc, pass);
+                        }
+                        ctx.checked("sinkhorn iterate_checked", || {
+                            ctx.queue.submit([enc.finish()]);
+                        })?;
+                    }
+                }
+                let mut enc = ctx.encoder();
+                for check in &checks {
+                    ctx.encode(&mut enc, check);
+                }
+                ctx.checked("sinkhorn iterate_checked", || {
+                    ctx.queue.submit([enc.finish()]);
+                })?;
+            }
+            ctx.submit_and_read::<[u32; 4]>("sinkhorn iterate_checked", ctx.encoder(), &reads)?
+        };
+        drop((steps, checks, reads));
+        let mut pairs = vec![
+            Checked {
+                checks: 0,
+                error: f64::INFINITY,
+                stop: Stop::Running,
+            };
+            active.len()
+        ];
+        let taking_mut = state.chunks.iter_mut().zip(&taking).filter(|(_, &t)| t);
+        for ((chunk, _), status) in taking_mut.zip(statuses) {
+            for (k, s) in status.iter().enumerate() {
+                let stop = match s[2] {
+                    0 => Stop::Running,
+                    1 => Stop::Converged,
+                    _ => Stop::NotFinite,
+                };
+                pairs[chunk.start + k] = Checked {
+                    checks: s[0] as usize,
+                    error: f32::from_bits(s[1]) as f64,
+                    stop,
+                };
+                // The device made the pair inactive: so does the host's copy of the flags.
+                if stop != Stop::Running {
+                    chunk.host_info[k][2] = 0;
+                }
+            }
+        }
+        Ok(Some(CheckedRounds { rounds, pairs }))
     }
 
     fn finish(&self, state: WgpuSinkhornState, problem: &Problem) -> Result<Solution> {
@@ -416,9 +482,143 @@ impl SinkhornKernels for Wgpu {
             )
         });
         for chunk in state.chunks {
-            ctx.recycle([chunk.info, chunk.f, chunk.g, chunk.err]);
+            ctx.recycle([chunk.info, chunk.f, chunk.g, chunk.err, chunk.status]);
             ctx.recycle(chunk.others);
         }
         Ok(sol)
     }
+}
+
+/// The dispatches of a check of `chunk`: each active pair's marginal error into `err`.
+fn check_dispatches<'a>(
+    ctx: &'a WgpuContext,
+    chunk: &'a Chunk,
+    n: usize,
+) -> Result<Vec<(&'a wgpu::ComputePipeline, &'a wgpu::BindGroup, [u32; 3])>> {
+    let sk = &ctx.pipelines.sinkhorn;
+    let pairs = [chunk.len as u32, 1, 1];
+    Ok(if chunk.split {
+        // Each row's term over ceil(n / 16) workgroups per pair, then the sums.
+        let rows = [(n as u32).div_ceil(16), chunk.len as u32, 1];
+        vec![
+            (sk.pipeline(SINKHORN_TERMS_SPLIT)?, &chunk.group, rows),
+            (sk.pipeline(SINKHORN_ERRORS_SPLIT)?, &chunk.group, pairs),
+        ]
+    } else {
+        vec![(
+            sk.pipeline(SINKHORN_ERRORS + chunk.variant)?,
+            &chunk.group,
+            pairs,
+        )]
+    })
+}
+
+/// A compute dispatch: pipeline, bind group, grid.
+type Dispatch<'a> = (&'a wgpu::ComputePipeline, &'a wgpu::BindGroup, [u32; 3]);
+
+/// Dispatches of `iterations` iterations of a chunk that share one params value.
+struct Step<'a> {
+    /// `params.iterations`: the iterations each dispatch runs.
+    per_dispatch: u32,
+    /// Compute passes, in order.
+    passes: Vec<Vec<Dispatch<'a>>>,
+}
+
+fn write_params(ctx: &WgpuContext, chunk: &Chunk, n: usize, m: usize, iterations: u32) {
+    ctx.queue.write_buffer(
+        &chunk.params,
+        0,
+        bytemuck::bytes_of(&Params {
+            pairs: chunk.len as u32,
+            n: n as u32,
+            m: m as u32,
+            iterations,
+        }),
+    );
+}
+
+/// How `iterations` iterations of `chunk` (padded sizes `n × m`) are dispatched: one step,
+/// or two where the adapter caps an invocation's loop passes (llvmpipe) and the iterations
+/// go in several dispatches of at most `each`, then one of the rest.
+fn iteration_steps<'a>(
+    ctx: &'a WgpuContext,
+    chunk: &'a Chunk,
+    n: usize,
+    m: usize,
+    iterations: u32,
+) -> Result<Vec<Step<'a>>> {
+    let sk = &ctx.pipelines.sinkhorn;
+    if chunk.split {
+        // Split half-iterations: a pair over ceil(lines / 16) workgroups, one dispatch per
+        // half-iteration (each dispatch sees the last's writes), at most
+        // SPLIT_ITERATIONS_PER_PASS iterations per compute pass.
+        let (row_half, col_half) = (
+            sk.pipeline(SINKHORN_ROWS_SPLIT)?,
+            sk.pipeline(SINKHORN_COLS_SPLIT)?,
+        );
+        let rows = [(n as u32).div_ceil(16), chunk.len as u32, 1];
+        let cols = [(m as u32).div_ceil(16), chunk.len as u32, 1];
+        let mut passes = Vec::new();
+        let mut left = iterations;
+        while left > 0 {
+            let now = left.min(SPLIT_ITERATIONS_PER_PASS);
+            passes.push(
+                (0..now)
+                    .flat_map(|_| {
+                        [
+                            (row_half, &chunk.group, rows),
+                            (col_half, &chunk.group, cols),
+                        ]
+                    })
+                    .collect(),
+            );
+            left -= now;
+        }
+        return Ok(vec![Step {
+            per_dispatch: iterations,
+            passes,
+        }]);
+    }
+    let narrow = chunk.variant == SINKHORN_NARROW;
+    let (index, per_iteration) = if chunk.blocked {
+        // G = 8 (the next pipeline) when every pair is at most 64 × 64.
+        (
+            SINKHORN_ITERATE_BLOCKED + narrow as usize,
+            passes::BLOCKED_ITERATION,
+        )
+    } else if chunk.any_on_chip {
+        (
+            SINKHORN_ITERATE_TILE + chunk.variant,
+            passes::rows_iteration(n, m, narrow),
+        )
+    } else {
+        (
+            SINKHORN_ITERATE_STREAM + chunk.variant,
+            passes::rows_iteration(n, m, narrow),
+        )
+    };
+    let pipeline = sk.pipeline(index)?;
+    let setup = passes::rows_setup(n, m, narrow);
+    let each = ctx
+        .iterations_per_dispatch(setup, per_iteration, iterations.max(1))
+        .ok_or_else(|| Error::Backend {
+            backend: BACKEND,
+            operation: "sinkhorn iterate",
+            what: format!(
+                "one iteration of a {n} × {m} pair needs more loop passes than the adapter \
+                 ({}) lets a shader make; use another backend",
+                ctx.adapter_name()
+            ),
+        })?;
+    let (whole, rest) = (iterations / each, iterations % each);
+    Ok([(whole, each), (u32::from(rest > 0), rest)]
+        .into_iter()
+        .filter(|&(count, _)| count > 0)
+        .map(|(count, per_dispatch)| Step {
+            per_dispatch,
+            passes: vec![(0..count)
+                .map(|_| (pipeline, &chunk.group, [chunk.len as u32, 1, 1]))
+                .collect()],
+        })
+        .collect())
 }
