@@ -4,7 +4,10 @@
 //!
 //! Without an adapter the benches exit with an error (set `OPTICAL_WGPU_ADAPTER` to pick one).
 
+use std::sync::Arc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use optical::backend::wgpu::{SolverChecks, Wgpu, WgpuContext};
 use optical::backend::{Backend, BackendKind};
 use optical::bench;
 
@@ -56,6 +59,32 @@ fn kernels(c: &mut Criterion) {
         // Elements = exponentials evaluated (two reductions per iteration).
         g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
         g.bench_function(format!("{name}/b{b}_n{n}_it{iters}"), |bench| {
+            bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
+        });
+    }
+    g.finish();
+
+    // A distillation step's OT: many convergence checks, each a read-back when the host
+    // checks; the stopping rule on the device reads back after 1, 2, 4, ... 32 checks.
+    let mut g = c.benchmark_group("sinkhorn-checks");
+    g.sample_size(10);
+    let (b, n) = (16usize, 32usize);
+    let problem = bench::sinkhorn_problem(b, n, n, 384);
+    let params = bench::checks_params();
+    let iterations: usize = backend
+        .sinkhorn(&problem, &params)
+        .expect("valid")
+        .iterations
+        .iter()
+        .map(|&i| i as usize)
+        .sum();
+    g.throughput(Throughput::Elements((2 * n * n * iterations) as u64));
+    for checks in [SolverChecks::Host, SolverChecks::Device] {
+        let ctx = WgpuContext::new()
+            .expect("adapter found above")
+            .with_solver_checks(checks);
+        let backend = Backend::Wgpu(Wgpu::with_context(Arc::new(ctx)));
+        g.bench_function(format!("{name}-{}/b{b}_n{n}", checks.name()), |bench| {
             bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
         });
     }

@@ -221,7 +221,7 @@ fi
 T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --phases --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,sinkhorn-fused-1,exp2-peak
+    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,sinkhorn-fused-1,exp2-peak,sinkhorn-checks
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 # The default cost kernel choice (auto) takes wgmma on compute capability 9.0 for problems of
@@ -296,7 +296,11 @@ else
 fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --phases --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,exp2-peak
+    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,exp2-peak,sinkhorn-checks
+# A distillation step's OT (many checks) with a read-back at every check, against the default
+# on a GPU adapter: the stopping rule on the device, a read-back after 1, 2, 4, ... 32 checks.
+T=30 step bench-wgpu-hostchecks env "${VK_ENV[@]}" OPTICAL_WGPU_CHECKS=host \
+    "$BIN" bench --backend wgpu --json --phases --min-seconds 2 --kernels sinkhorn-checks
 # The Sinkhorn problems with the row kernels (one workgroup per pair, one invocation per row;
 # K in workgroup memory where it fits, else streamed), against the defaults: register-blocked
 # kernels up to 128 x 128, split half-iterations for sinkhorn-512.

@@ -201,12 +201,14 @@ result["goals"] = goals
 # problem. A candidate more than DECISION_MARGIN faster wins; within it, the default stays
 # (two runs of one build on one GPU differ by a few per cent).
 DECISION_MARGIN = 0.03
-def best_of(variants, kernel):
-    timed = [(device_time(v, kernel), v) for v in variants if device_time(v, kernel)]
+def wall_time(variant, kernel):
+    return field(variant, kernel, "seconds_per_call")
+def best_of(variants, kernel, timing):
+    timed = [(timing(v, kernel), v) for v in variants if timing(v, kernel)]
     return min(timed) if timed else (None, None)
-def decide(question, change, kernel, default_variants, candidate_variants):
-    base_t, base_v = best_of(default_variants, kernel)
-    cand_t, cand_v = best_of(candidate_variants, kernel)
+def decide(question, change, kernel, default_variants, candidate_variants, timing=device_time):
+    base_t, base_v = best_of(default_variants, kernel, timing)
+    cand_t, cand_v = best_of(candidate_variants, kernel, timing)
     if not base_t or not cand_t:
         return
     speedup = base_t / cand_t
@@ -229,6 +231,10 @@ decide("the standalone cost phase is faster on wgmma than on auto's 64 x 64 tile
        "WGMMA_TILES_PER_SM drops below 2 (auto takes wgmma there)",
        "sinkhorn-fused", ["cuda-fusedgiven"],
        ["cuda-fusedgiven-wgmma", "cuda-fusedgiven-wgmma3", "cuda-fusedgiven-wgmmars"])
+# What the device-side checks save is host time (read-backs), so wall time decides.
+decide("checking on the host beats the stopping rule on the device (wall time)",
+       "SolverChecks::Auto takes Host on GPU adapters too",
+       "sinkhorn-checks", ["wgpu"], ["wgpu-hostchecks"], timing=wall_time)
 result["decisions"] = decisions
 
 md = [f"# GPU check: {gpu}", "", "Produced by `scripts/gpu-check.sh`; raw logs in `" + os.path.basename(logs) + "/`.", ""]

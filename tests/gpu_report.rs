@@ -611,6 +611,20 @@ fn report_names_the_defaults_a_run_decides() {
     write("cuda-fusedpipe", fused(440e-6));
     write("cuda-fusedgiven", fused(400e-6));
     write("cuda-fusedgiven-wgmma", fused(380e-6));
+    // The checks decision is on wall time: host checks here take less device time and more
+    // wall time, so the default stays.
+    let checks = |wall: f64, device: f64| {
+        cuda_record(
+            "sinkhorn-checks",
+            "b=16 n=32 m=32 d=384",
+            wall,
+            device,
+            "gexp_per_s",
+            3.2e6,
+        )
+    };
+    write("wgpu", checks(4e-3, 2e-3));
+    write("wgpu-hostchecks", checks(20e-3, 1.5e-3));
     let (md, json) = run_report(&dir, &logs);
     let decisions = json["decisions"].as_array().expect("decisions");
     let find = |question: &str| {
@@ -634,7 +648,10 @@ fn report_names_the_defaults_a_run_decides() {
     assert!((cost_phase["speedup"].as_f64().unwrap() - 455.0 / 380.0).abs() < 1e-9);
     let tiles = find("the standalone cost phase is faster on wgmma");
     assert_eq!(tiles["verdict"], "change");
-    assert_eq!(decisions.len(), 4);
+    let host = find("checking on the host");
+    assert_eq!(host["verdict"], "keep", "{host}");
+    assert!((host["speedup"].as_f64().unwrap() - 4.0 / 20.0).abs() < 1e-9);
+    assert_eq!(decisions.len(), 5);
     assert!(md.contains("## Defaults this run decides"), "{md}");
     assert!(
         md.contains("| cuda-wgmma 100.0 | cuda-wgmma3 98.0 | 1.020 | keep the default |"),
@@ -654,7 +671,7 @@ fn report_names_the_defaults_a_run_decides() {
         .iter()
         .map(|d| d["question"].as_str().unwrap())
         .collect();
-    assert_eq!(questions.len(), 2, "{questions:?}");
+    assert_eq!(questions.len(), 3, "{questions:?}");
     assert!(questions.iter().all(|q| !q.contains("stages")));
     let _ = std::fs::remove_dir_all(&dir);
 }

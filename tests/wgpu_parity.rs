@@ -1178,6 +1178,16 @@ fn pass_timestamps_time_every_job() {
 fn device_checks_decide_as_host_checks() {
     use optical::backend::wgpu::SolverChecks;
     use optical::ot::sinkhorn::SinkhornKernels;
+    // `auto`: on the device on GPU adapters, on the host on CPU ones (lavapipe).
+    for (kind, want) in [
+        (wgpu::DeviceType::Cpu, SolverChecks::Host),
+        (wgpu::DeviceType::DiscreteGpu, SolverChecks::Device),
+        (wgpu::DeviceType::IntegratedGpu, SolverChecks::Device),
+    ] {
+        assert_eq!(SolverChecks::Auto.resolve(kind), want, "{kind:?}");
+        assert_eq!(SolverChecks::Host.resolve(kind), SolverChecks::Host);
+        assert_eq!(SolverChecks::Device.resolve(kind), SolverChecks::Device);
+    }
     if wgpu_backend().is_none() {
         return;
     }
@@ -1224,6 +1234,16 @@ fn device_checks_decide_as_host_checks() {
             problem(63, 12, 9, 10),
             params(0.05, 1e-3, 4, 40),
             Some(4096),
+            false,
+        ),
+        (
+            // On llvmpipe a check interval of 1,600 blocked iterations takes two dispatches
+            // of different lengths (its loop cap allows ≈ 1,500 per dispatch): two params
+            // values per round, so one submission each.
+            "two dispatches per interval",
+            problem(66, 2, 9, 12),
+            params(0.0005, 0.0, 1600, 3300),
+            None,
             false,
         ),
         (

@@ -1,4 +1,5 @@
-//! The standard-problem benches every backend runs (cosine cost, MaxSim, Sinkhorn, and the
+//! The standard-problem benches every backend runs (cosine cost, MaxSim, Sinkhorn, a
+//! distillation step's OT with its convergence checks, and the
 //! exp2 probe, the measured exponential rate the Sinkhorn floors assume), with declared
 //! throughput; each bench file picks its backend and adds what is its own.
 
@@ -41,6 +42,20 @@ pub fn standard_kernels(c: &mut Criterion, backend: &Backend) {
             bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
         });
     }
+    g.finish();
+
+    // A distillation step's OT (optical distill's defaults: many convergence checks).
+    // Elements = exponentials of the iterations the pairs ran before they stopped.
+    let (b, n) = (16usize, 32usize);
+    let problem = bench::sinkhorn_problem(b, n, n, 384);
+    let params = bench::checks_params();
+    let out = backend.sinkhorn(&problem, &params).expect("valid");
+    let iterations: usize = out.iterations.iter().map(|&i| i as usize).sum();
+    let mut g = c.benchmark_group("sinkhorn-checks");
+    g.throughput(Throughput::Elements((2 * n * n * iterations) as u64));
+    g.bench_function(format!("{name}/b{b}_n{n}"), |bench| {
+        bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
+    });
     g.finish();
 
     // Elements = exponentials the probe ran (2^30 rounded up to whole rounds of its lanes).

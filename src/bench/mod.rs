@@ -7,6 +7,7 @@
 //! | `maxsim`          | 8 queries × 32 tokens against 1,000 documents × 48 tokens, d=128 | GB/s (documents read), GFLOP/s |
 //! | `sinkhorn`        | b=64, n=m=128, ε=0.05, 200 iterations (no early stop)          | G exp/s (2·b·n·m per iteration) |
 //! | `sinkhorn-512`    | b=4, n=m=512, ε=0.05, 100 iterations (no early stop)           | G exp/s |
+//! | `sinkhorn-checks` | a distillation step's OT: b=16, n=m=32, d=384, ε=0.005, threshold 1e-3, a check every 5 iterations, up to 500: where the checks' synchronisations, not the exponentials, take the time on a GPU | G exp/s (iterations run) |
 //! | `sinkhorn-2048`   | b=2, n=m=2048, ε=0.05, 50 iterations: a few pairs far larger than on-chip memory (opt-in) | G exp/s |
 //! | `sinkhorn-fused`  | embeddings b=256, n=m=128, d=384 → cosine cost + Sinkhorn, ε=0.05, 100 iterations (opt-in) | G exp/s |
 //! | `sinkhorn-fused-1` | the same problem with 1 iteration: on a GPU mostly the cost phase, which `sinkhorn-fused` less this leaves to the iterations (opt-in) | G exp/s |
@@ -88,7 +89,24 @@ pub struct PhaseTime {
     pub seconds_per_call: f64,
 }
 
-pub const KERNELS: [&str; 4] = ["cosine-cost", "maxsim", "sinkhorn", "sinkhorn-512"];
+pub const KERNELS: [&str; 5] = [
+    "cosine-cost",
+    "maxsim",
+    "sinkhorn",
+    "sinkhorn-512",
+    "sinkhorn-checks",
+];
+
+/// The `sinkhorn-checks` problem's parameters: `optical distill`'s defaults (ε, threshold,
+/// check interval, iteration cap; a test holds them to `DistillConfig::sinkhorn`).
+pub fn checks_params() -> SinkhornParams {
+    SinkhornParams {
+        epsilon: 0.005,
+        max_iterations: 500,
+        threshold: 1e-3,
+        check_every: 5,
+    }
+}
 
 /// Kernels timed only when asked for by name (`--kernels`): too slow for the CPU default run.
 pub const EXTRA_KERNELS: [&str; 5] = [
@@ -288,6 +306,30 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
             Ok(r)
         }
+        "sinkhorn-checks" => {
+            let (b, n) = (16, 32);
+            let problem = sinkhorn_problem(b, n, n, 384);
+            let params = checks_params();
+            let mut iterations = 0usize;
+            let t = time(min_seconds, || {
+                let out = backend.sinkhorn(&problem, &params)?;
+                iterations = out.iterations.iter().map(|&i| i as usize).sum();
+                Ok(())
+            })?;
+            let exps = 2.0 * (n * n * iterations) as f64;
+            let mut r = record(
+                "sinkhorn-checks",
+                format!(
+                    "b={b} n={n} m={n} d=384 eps=0.005 threshold=1e-3 check_every=5 \
+                     iterations={:.1} (mean)",
+                    iterations as f64 / b as f64
+                ),
+                t,
+            );
+            r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
+            device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
+            Ok(r)
+        }
         "sinkhorn-fused" | "sinkhorn-fused-1" => {
             let (b, n, d) = (256, 128, 384);
             let iters = if kernel == "sinkhorn-fused" { 100 } else { 1 };
@@ -340,5 +382,17 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             ),
             other,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(feature = "distill")]
+    #[test]
+    fn the_checks_problem_solves_as_distillation_does() {
+        assert_eq!(
+            super::checks_params(),
+            crate::distill::DistillConfig::default().sinkhorn()
+        );
     }
 }

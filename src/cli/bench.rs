@@ -15,6 +15,8 @@ Standard problems (seeded, identical on every backend):
   maxsim        8 queries x 32 tokens vs 1,000 docs x 48, d=128 -> GB/s, GFLOP/s
   sinkhorn      b=64, n=m=128, eps=0.05, 200 iterations         -> G exp/s
   sinkhorn-512  b=4, n=m=512, eps=0.05, 100 iterations          -> G exp/s
+  sinkhorn-checks a distillation step's OT: b=16, n=m=32, d=384, eps=0.005, threshold
+                1e-3, a check every 5 iterations, up to 500     -> G exp/s (iterations run)
   sinkhorn-fused  (only with --kernels) embeddings b=256, n=m=128, d=384: cosine cost
                 + Sinkhorn, eps=0.05, 100 iterations            -> G exp/s
   sinkhorn-fused-1 (only with --kernels) the same with 1 iteration: the cost phase's share

@@ -30,9 +30,10 @@
 //! runs the materialised Sinkhorn (the blocked iterations where they apply, else the
 //! iterations that keep K in the tile or stream it from global memory).
 //!
-//! Checks ([`SolverChecks`], `$OPTICAL_WGPU_CHECKS`): by default the solver's stopping rule
-//! runs on the device after each check, so a solve reads back after 1, 2, 4, … up to 32
-//! check intervals instead of after every one; `host` reads back every check.
+//! Checks ([`SolverChecks`], `$OPTICAL_WGPU_CHECKS`): on GPU adapters by default the
+//! solver's stopping rule runs on the device after each check, so a solve reads back after
+//! 1, 2, 4, … up to 32 check intervals instead of after every one; on CPU adapters
+//! (lavapipe), and with `host`, every check reads back.
 //!
 //! Subgroup operations are not used: every kernel is the portable path (workgroup memory and
 //! barriers only). `optical info` reports whether an adapter has them (`Features::SUBGROUP`),
