@@ -283,6 +283,10 @@ T=30 step bench-cuda-maxsim-direct env OPTICAL_CUDA_MAXSIM=direct "$BIN" bench -
     --min-seconds 2 --kernels maxsim
 # The problems that move the most bytes between host and device, their copies through the
 # driver's pageable path instead of the default page-locked staging buffers (wall time).
+# A distillation step's OT (many checks) with a read-back at every check, against the
+# default: the stopping rule on the device, a read-back after 1, 2, 4, ... 32 checks.
+T=30 step bench-cuda-hostchecks env OPTICAL_CUDA_CHECKS=host "$BIN" bench --backend cuda --json \
+    --phases --min-seconds 2 --kernels sinkhorn-checks
 T=45 step bench-cuda-pageable env OPTICAL_CUDA_STAGING=pageable "$BIN" bench --backend cuda --json --phases \
     --min-seconds 2 --kernels sinkhorn-fused,cosine-cost-hbm
 # PyTorch eager and the bandwidths (HBM, PCIe) now; the torch.compile variants, whose

@@ -235,6 +235,9 @@ decide("the standalone cost phase is faster on wgmma than on auto's 64 x 64 tile
 decide("checking on the host beats the stopping rule on the device (wall time)",
        "SolverChecks::Auto takes Host on GPU adapters too",
        "sinkhorn-checks", ["wgpu"], ["wgpu-hostchecks"], timing=wall_time)
+decide("checking on the host beats the stopping rule on the device (CUDA, wall time)",
+       "SolverChecks::Host becomes the CUDA default",
+       "sinkhorn-checks", ["cuda"], ["cuda-hostchecks"], timing=wall_time)
 result["decisions"] = decisions
 
 md = [f"# GPU check: {gpu}", "", "Produced by `scripts/gpu-check.sh`; raw logs in `" + os.path.basename(logs) + "/`.", ""]

@@ -1261,6 +1261,81 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps} threads={threads}", err_s, 2e-3) and ok
 
 
+def f32_floor(threshold):
+    """The largest f32 not above `threshold` (as the host's sinkhorn::f32_floor)."""
+    t = f32(threshold)
+    if t <= threshold or t <= 0.0:
+        return t
+    return from_bits(bits(t) - 1)
+
+
+def test_retire(mods, pairs, threshold, seed, module=None):
+    """sinkhorn_retire_f32, two rounds, against the host solver's rule: a pair stops when
+    `err as f64 <= threshold` (converged) or else when the error is not finite. The errors
+    include the threshold's own f32 and its neighbours, -0, negatives, -inf, +inf, NaNs of
+    both signs and denormals; some pairs start inactive; threads past `pairs` write nothing."""
+    mods = module or mods
+    rng = random.Random(seed)
+    thr = f32_floor(threshold)
+    special = [bits(thr), bits(thr) + 1, max(bits(thr) - 1, 0), 0, 0x80000000, bits(-1.0),
+               0xFF800000, 0x7F800000, 0x7FC00000, 0xFFC00000, 1, bits(5.0)]
+
+    def errors():
+        out = []
+        for p in range(pairs):
+            if p < len(special) and rng.random() < 0.5:
+                out.append(special[p])
+            else:
+                out.append(bits(f32(10.0 ** rng.uniform(-8, 1))))
+        return out
+
+    active = [0 if rng.random() < 0.2 else 1 for p in range(pairs)]
+    mem = Memory()
+    actg = mem.alloc(pack_u32(active + [7]))
+    sentinel = [7, 7, 7, 7]
+    status0 = [v for p in range(pairs) for v in ([0, 0, 0, 0] if active[p] else sentinel)] + sentinel
+    stg = mem.alloc(pack_u32(status0))
+    want_act, want_st = list(active), [list(status0[4 * p : 4 * p + 4]) for p in range(pairs)]
+    for _ in range(2):
+        errs = errors()
+        errg = mem.alloc(pack_u32(errs + [0]))
+        run_kernel(mods["sinkhorn"]["sinkhorn_retire_f32"], mem, [actg, errg, stg, pairs, bits(thr)],
+                   ((pairs + 255) // 256, 1, 1), 256, 0)
+        for p in range(pairs):
+            if not want_act[p]:
+                continue
+            e = from_bits(errs[p])
+            st = want_st[p]
+            st[0] += 1
+            st[1] = errs[p]
+            if e <= threshold:
+                st[2] = 1
+                want_act[p] = 0
+            elif not math.isfinite(e):
+                st[2] = 2
+                want_act[p] = 0
+    buf, off = mem.find(actg, 4 * (pairs + 1))
+    got_act = list(struct.unpack(f"<{pairs + 1}I", buf[off : off + 4 * (pairs + 1)]))
+    buf, off = mem.find(stg, 16 * (pairs + 1))
+    got_st = list(struct.unpack(f"<{4 * (pairs + 1)}I", buf[off : off + 16 * (pairs + 1)]))
+    ok = True
+    if got_act != want_act + [7]:
+        bad = [p for p in range(pairs + 1) if got_act[p] != (want_act + [7])[p]]
+        print(f"FAIL active flags differ at pairs {bad[:5]}")
+        ok = False
+    want_flat = [v for st in want_st for v in st] + sentinel
+    if got_st != want_flat:
+        bad = [p for p in range(pairs + 1) if got_st[4 * p : 4 * p + 4] != want_flat[4 * p : 4 * p + 4]]
+        p = bad[0]
+        print(f"FAIL status differs at pairs {bad[:5]}: pair {p} got {got_st[4 * p : 4 * p + 4]}, "
+              f"want {want_flat[4 * p : 4 * p + 4]}")
+        ok = False
+    stops = [st[2] for st in want_st]
+    print(f"{'ok  ' if ok else 'FAIL'} sinkhorn_retire pairs={pairs} threshold={threshold:g}: "
+          f"{stops.count(1)} converged, {stops.count(2)} not finite, {sum(want_act)} running")
+    return ok
+
+
 def test_ex2_peak(mods, ctas, threads, rounds):
     """The exp2 probe: every thread's 8 chains v <- 2^(-v) from (c + 1) / 16, 8 steps per
     round, summed in chain order, at its global index (modelled with the interpreter's own
@@ -1467,6 +1542,9 @@ def main():
         ("sinkhorn split 1x1", lambda: test_split(mods, 1, 1, 1, 2, 33)),
         ("sinkhorn split small eps", lambda: test_split(mods, 1, 12, 10, 4, 34, True, eps=0.002)),
         ("sinkhorn split converging", lambda: test_split(mods, 2, 6, 5, 60, 35)),
+        ("sinkhorn retire", lambda: test_retire(mods, 300, 1e-3, 90)),
+        ("sinkhorn retire zero threshold", lambda: test_retire(mods, 40, 0.0, 91)),
+        ("sinkhorn retire tiny threshold", lambda: test_retire(mods, 40, 1e-300, 92)),
         ("sinkhorn 1x1", lambda: test_sinkhorn(mods, 1, 1, 1, 2, True, 64, 8)),
         ("sinkhorn converging", lambda: test_sinkhorn(mods, 2, 6, 5, 60, True, 64, 12)),
         ("sinkhorn zero iterations", lambda: test_sinkhorn(mods, 2, 5, 6, 0, True, 32, 9)),
@@ -1550,6 +1628,18 @@ def main():
         (f"mutant {name}", lambda name=name, module=module, old=old, new=new, test=test:
             caught(name, lambda: test(mutant(module, old, new))))
         for name, module, old, new, test in [
+            # an error equal to the threshold's f32 converges (the host's <=)
+            ("retire strict comparison", "sinkhorn:sinkhorn_retire_f32",
+             "setp.le.or.u32  pconv, bits, thr, pneg;", "setp.lt.or.u32  pconv, bits, thr, pneg;",
+             lambda m: test_retire(None, 300, 1e-3, 90, module=m)),
+            # -0 (and negatives, -inf) are below any threshold
+            ("retire sign ignored", "sinkhorn:sinkhorn_retire_f32",
+             "setp.le.or.u32  pconv, bits, thr, pneg;", "setp.le.u32     pconv, bits, thr;",
+             lambda m: test_retire(None, 300, 1e-3, 90, module=m)),
+            # a converged pair must stop iterating
+            ("retire pair left active", "sinkhorn:sinkhorn_retire_f32",
+             "    st.global.u32   [aaddr], 0;\n", "",
+             lambda m: test_retire(None, 300, 1e-3, 90, module=m)),
             ("wgmma LBO and SBO swapped", "cosine_cost_sm90a",
              "mov.u64         dconst, 0x0000002000080000;", "mov.u64         dconst, 0x0000000800200000;",
              lambda m: test_wgmma_cost(m, 1, 9, 5, 37, 3)),

@@ -6,7 +6,8 @@
 //! phase name add up across calls until [`take`] drains them. Off (the default), a phase
 //! costs one relaxed atomic load.
 //!
-//! Phases may nest: the solver's `prepare`, `iterate`, `check` and `finish` hold the
+//! Phases may nest: the solver's `prepare`, `iterate`, `check` (or `iterate and check`, where
+//! a GPU backend applies the stopping rule on the device) and `finish` hold the
 //! backend's copies (`copy to device`, `copy to host`, `wait for device`) and `finish` holds
 //! `plan (f64)`. Work queued on a GPU shows up where the host waits for it (`wait for
 //! device` before a read-back, or the step that blocked: a driver may block in a submit),

@@ -650,6 +650,113 @@ fn sinkhorn_beyond_shared_memory_runs_split() {
     );
 }
 
+/// The stopping rule on the device (`sinkhorn_retire_f32`, the default) decides exactly as
+/// the host does after every check: the same iterations, flags, errors, potentials and
+/// plans, bit for bit, with K in shared memory, streamed, split, and after the fused
+/// launch's first interval; and a NaN solve fails the same way.
+#[test]
+fn device_checks_decide_as_host_checks() {
+    use optical::backend::cuda::SolverChecks;
+    let Some(gpu) = cuda() else { return };
+    let with = |checks: SolverChecks, split: SinkhornSplit| {
+        Backend::Cuda(
+            cuda_of(&gpu)
+                .clone()
+                .with_solver_checks(checks)
+                .with_split(split),
+        )
+    };
+    let same = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits())
+    };
+    let params = |threshold, check_every, max_iterations| SinkhornParams {
+        epsilon: 0.05,
+        max_iterations,
+        threshold,
+        check_every,
+    };
+    let cases = [
+        (
+            "K in shared memory",
+            problem(210, 6, 23, 31, true, true),
+            params(1e-4, 3, 400),
+            SinkhornSplit::On,
+        ),
+        (
+            "one check per iteration",
+            problem(211, 3, 9, 12, false, false),
+            params(1e-5, 1, 120),
+            SinkhornSplit::On,
+        ),
+        (
+            "last interval cut short",
+            problem(212, 4, 17, 29, true, false),
+            params(1e-6, 7, 100),
+            SinkhornSplit::On,
+        ),
+        (
+            "K streamed",
+            problem(213, 3, 300, 257, false, false),
+            params(1e-4, 10, 300),
+            SinkhornSplit::Off,
+        ),
+        (
+            "split",
+            problem(214, 3, 300, 257, false, false),
+            params(1e-4, 10, 300),
+            SinkhornSplit::On,
+        ),
+    ];
+    for (what, prob, params, split) in cases {
+        let host = with(SolverChecks::Host, split)
+            .sinkhorn(&prob, &params)
+            .unwrap();
+        let device = with(SolverChecks::Device, split)
+            .sinkhorn(&prob, &params)
+            .unwrap();
+        eprintln!(
+            "{what}: iterations {:?} converged {:?}",
+            host.iterations, host.converged
+        );
+        assert_eq!(host.iterations, device.iterations, "{what}");
+        assert_eq!(host.converged, device.converged, "{what}");
+        assert!(same(&host.marginal_error, &device.marginal_error), "{what}");
+        assert!(
+            same(&host.f, &device.f) && same(&host.g, &device.g),
+            "{what}"
+        );
+        assert!(same(&host.plan, &device.plan), "{what}");
+    }
+    // The fused path: its launch runs the first interval, the rounds go on from there.
+    let x = embeddings(215, 5, 20, 16, false);
+    let y = embeddings(216, 5, 27, 16, false);
+    let p = params(1e-5, 4, 300);
+    let host = with(SolverChecks::Host, SinkhornSplit::On)
+        .sinkhorn_embeddings(&x, &y, &p)
+        .unwrap();
+    let device = with(SolverChecks::Device, SinkhornSplit::On)
+        .sinkhorn_embeddings(&x, &y, &p)
+        .unwrap();
+    eprintln!("fused: iterations {:?}", host.iterations);
+    assert_eq!(host.iterations, device.iterations, "fused");
+    assert!(same(&host.plan, &device.plan) && same(&host.marginal_error, &device.marginal_error));
+    // ε far too small: both stop the pair at the same check and fail naming it.
+    let prob = problem(217, 2, 5, 6, false, false);
+    let tiny = SinkhornParams {
+        epsilon: 1e-300,
+        ..params(1e-6, 2, 20)
+    };
+    let e_host = with(SolverChecks::Host, SinkhornSplit::On)
+        .sinkhorn(&prob, &tiny)
+        .unwrap_err()
+        .to_string();
+    let e_device = with(SolverChecks::Device, SinkhornSplit::On)
+        .sinkhorn(&prob, &tiny)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e_host, e_device);
+}
+
 #[test]
 fn sinkhorn_stops_converged_pairs_like_the_reference() {
     let Some(gpu) = cuda() else { return };

@@ -625,6 +625,13 @@ fn report_names_the_defaults_a_run_decides() {
     };
     write("wgpu", checks(4e-3, 2e-3));
     write("wgpu-hostchecks", checks(20e-3, 1.5e-3));
+    // On CUDA here the host checks win by wall time: the report says to change.
+    std::fs::write(
+        logs.join("bench-cuda.log"),
+        fused(455e-6) + "\n" + &checks(2e-3, 1e-3) + "\n",
+    )
+    .unwrap();
+    write("cuda-hostchecks", checks(1.5e-3, 1e-3));
     let (md, json) = run_report(&dir, &logs);
     let decisions = json["decisions"].as_array().expect("decisions");
     let find = |question: &str| {
@@ -651,7 +658,9 @@ fn report_names_the_defaults_a_run_decides() {
     let host = find("checking on the host");
     assert_eq!(host["verdict"], "keep", "{host}");
     assert!((host["speedup"].as_f64().unwrap() - 4.0 / 20.0).abs() < 1e-9);
-    assert_eq!(decisions.len(), 5);
+    let cuda_host = find("checking on the host beats the stopping rule on the device (CUDA");
+    assert_eq!(cuda_host["verdict"], "change", "{cuda_host}");
+    assert_eq!(decisions.len(), 6);
     assert!(md.contains("## Defaults this run decides"), "{md}");
     assert!(
         md.contains("| cuda-wgmma 100.0 | cuda-wgmma3 98.0 | 1.020 | keep the default |"),
@@ -671,7 +680,7 @@ fn report_names_the_defaults_a_run_decides() {
         .iter()
         .map(|d| d["question"].as_str().unwrap())
         .collect();
-    assert_eq!(questions.len(), 3, "{questions:?}");
+    assert_eq!(questions.len(), 4, "{questions:?}");
     assert!(questions.iter().all(|q| !q.contains("stages")));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,9 +33,10 @@ writing the plan; G exp/s counts 2*b*n*m exponentials per iteration. On cuda the
 are also timed alone with CUDA events (inputs and outputs in device memory, no transfers),
 and on wgpu with GPU timestamps around each compute pass (adapters that have them; uploads
 and read-backs not counted): \"device\" seconds per call and rate. --phases adds where the
-rest of the wall time goes: the solver's prepare / iterate / check / finish, the problem's
-f64 cost, the f64 plan, the copies to and from the device and the waits for it (phases
-nest: the copies sit inside the solver's steps).";
+rest of the wall time goes: the solver's prepare / iterate / check (\"iterate and check\"
+where the stopping rule runs on the device) / finish, the problem's f64 cost, the f64 plan,
+the copies to and from the device and the waits for it (phases nest: the copies sit inside
+the solver's steps).";
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]

@@ -101,6 +101,7 @@ pub struct CudaBackend {
     staging: Staging,
     maxsim: MaxsimRoute,
     wgmma_stages: WgmmaStages,
+    checks: SolverChecks,
 }
 
 /// How many stages of shared memory `cosine_cost_wgmma_f32` cycles through. With two, each
@@ -240,6 +241,28 @@ pub const SINKHORN_SPLIT_ENV: &str = "OPTICAL_CUDA_SINKHORN_SPLIT";
 env_choice!(SinkhornSplit, SINKHORN_SPLIT_ENV, {
     On => "on",
     Off => "off",
+});
+
+/// Where the Sinkhorn solver applies its stopping rule on this backend, chosen by
+/// `$OPTICAL_CUDA_CHECKS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SolverChecks {
+    /// On the device (`sinkhorn_retire_f32` after each check's launch): the host reads the
+    /// pairs' states back after 1, 2, 4, … up to 32 check intervals instead of after each.
+    /// The same iterations, errors and results as [`Self::Host`].
+    #[default]
+    Device,
+    /// On the host: every check copies the errors back (one synchronisation per
+    /// `check_every` iterations).
+    Host,
+}
+
+/// Environment variable that picks [`SolverChecks`]: `device` (default) or `host`.
+pub const SOLVER_CHECKS_ENV: &str = "OPTICAL_CUDA_CHECKS";
+
+env_choice!(SolverChecks, SOLVER_CHECKS_ENV, {
+    Device => "device",
+    Host => "host",
 });
 
 /// How copies of at least 1 MiB move between host and device
@@ -826,6 +849,7 @@ impl CudaBackend {
         let staging = Staging::from_env()?;
         let maxsim = MaxsimRoute::from_env()?;
         let wgmma_stages = WgmmaStages::from_env()?;
+        let checks = SolverChecks::from_env()?;
         let dev = DEVICE0
             .get_or_init(|| guarded(|| open_device(0)).map(Arc::new))
             .clone()
@@ -839,6 +863,7 @@ impl CudaBackend {
             staging,
             maxsim,
             wgmma_stages,
+            checks,
         })
     }
 
@@ -881,6 +906,17 @@ impl CudaBackend {
 
     pub fn split(&self) -> SinkhornSplit {
         self.split
+    }
+
+    /// The same device, applying the solver's stopping rule where `checks` says.
+    pub fn with_solver_checks(mut self, checks: SolverChecks) -> Self {
+        self.checks = checks;
+        self
+    }
+
+    /// Where the solver's stopping rule runs (see [`SolverChecks`]).
+    pub fn solver_checks(&self) -> SolverChecks {
+        self.checks
     }
 
     /// The same device, copying large buffers through `staging`.

@@ -14,7 +14,7 @@
 //! | cosine cost | `row_inv_norm_f32`, `cosine_cost_f32`, `cosine_cost_tf32x3_f32` or `cosine_cost_tf32x3w_f32` ([`CostKernel`], `$OPTICAL_CUDA_COST_KERNEL`) | `kernels/cosine_cost.ptx` |
 //! | cosine cost on Hopper's wgmma | `cosine_cost_wgmma_f32` or `cosine_cost_wgmma_rs_f32` (x from registers) (compute capability 9.0 only) | `kernels/cosine_cost_sm90a.ptx` |
 //! | MaxSim | a cost kernel + `maxsim_reduce_f32`, or `maxsim_f32` (+ `row_inv_norm_f32`) ([`MaxsimRoute`], `$OPTICAL_CUDA_MAXSIM`) | `kernels/maxsim.ptx` |
-//! | Sinkhorn | `sinkhorn_iterate_f32`; `sinkhorn_half_split_f32` and `sinkhorn_split_error_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`) | `kernels/sinkhorn.ptx` |
+//! | Sinkhorn | `sinkhorn_iterate_f32`; `sinkhorn_half_split_f32` and `sinkhorn_split_error_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`); the stopping rule `sinkhorn_retire_f32` ([`SolverChecks`], `$OPTICAL_CUDA_CHECKS`) | `kernels/sinkhorn.ptx` |
 //! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |
 //!
 //! The Sinkhorn kernels work in the base-2 log units of the CPU fast path
@@ -41,6 +41,7 @@ mod staging;
 #[cfg(feature = "cuda")]
 pub use device::{
     probe, usable_device_count, CostKernel, CudaBackend, FusedCost, FusedThreads, MaxsimRoute,
-    SinkhornSplit, Staging, WgmmaStages, COST_KERNEL_ENV, FUSED_COST_ENV, FUSED_THREADS_ENV,
-    MAXSIM_ENV, SINKHORN_SPLIT_ENV, STAGING_ENV, WGMMA_STAGES_ENV,
+    SinkhornSplit, SolverChecks, Staging, WgmmaStages, COST_KERNEL_ENV, FUSED_COST_ENV,
+    FUSED_THREADS_ENV, MAXSIM_ENV, SINKHORN_SPLIT_ENV, SOLVER_CHECKS_ENV, STAGING_ENV,
+    WGMMA_STAGES_ENV,
 };

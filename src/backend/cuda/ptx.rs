@@ -25,6 +25,7 @@ pub const MAXSIM_REDUCE: &str = "maxsim_reduce_f32";
 pub const SINKHORN_ITERATE: &str = "sinkhorn_iterate_f32";
 pub const SINKHORN_HALF_SPLIT: &str = "sinkhorn_half_split_f32";
 pub const SINKHORN_SPLIT_ERROR: &str = "sinkhorn_split_error_f32";
+pub const SINKHORN_RETIRE: &str = "sinkhorn_retire_f32";
 pub const SINKHORN_FUSED: &str = "sinkhorn_fused_f32";
 pub const EX2_PEAK: &str = "ex2_peak_f32";
 
@@ -58,7 +59,12 @@ pub const COSINE_COST_SM90A_MODULE: PtxModule = ptx_module!(
 pub const MAXSIM_MODULE: PtxModule = ptx_module!("maxsim.ptx", [MAXSIM, MAXSIM_REDUCE], "sm_80");
 pub const SINKHORN_MODULE: PtxModule = ptx_module!(
     "sinkhorn.ptx",
-    [SINKHORN_ITERATE, SINKHORN_HALF_SPLIT, SINKHORN_SPLIT_ERROR],
+    [
+        SINKHORN_ITERATE,
+        SINKHORN_HALF_SPLIT,
+        SINKHORN_SPLIT_ERROR,
+        SINKHORN_RETIRE
+    ],
     "sm_80"
 );
 pub const SINKHORN_FUSED_MODULE: PtxModule =
@@ -82,7 +88,7 @@ const COST_SIGNATURE: &[&str] = &["u64", "u64", "u64", "u64", "u64", "u32", "u32
 /// The parameter types the runtime passes to each entry point, in order (`u64` = a device
 /// pointer). The tests check them against the PTX parameter lists, and every launch checks
 /// the arguments it pushed against them.
-pub const SIGNATURES: [(&str, &[&str]); 13] = [
+pub const SIGNATURES: [(&str, &[&str]); 14] = [
     (ROW_INV_NORM, &["u64", "u64", "u32", "u32"]),
     (COSINE_COST, COST_SIGNATURE),
     (COSINE_COST_TF32X3, COST_SIGNATURE),
@@ -116,6 +122,7 @@ pub const SIGNATURES: [(&str, &[&str]); 13] = [
         ],
     ),
     (SINKHORN_SPLIT_ERROR, &["u64", "u64", "u64", "u64", "u32"]),
+    (SINKHORN_RETIRE, &["u64", "u64", "u64", "u32", "u32"]),
     (
         SINKHORN_FUSED,
         &[

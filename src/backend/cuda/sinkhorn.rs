@@ -14,15 +14,17 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 use super::device::{
-    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, SinkhornSplit, BACKEND,
-    SINKHORN_SPLIT_ENV,
+    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, SinkhornSplit, SolverChecks,
+    BACKEND, SINKHORN_SPLIT_ENV,
 };
 use super::ptx;
 use crate::backend::cpu::check_pair_batch;
 use crate::error::{Error, Result};
 use crate::ot::problem::{Embeddings, Problem, SinkhornParams};
 use crate::ot::scaled::{self, ScaledPair, Support};
-use crate::ot::sinkhorn::{self, SinkhornKernels, SinkhornOutput, Solution};
+use crate::ot::sinkhorn::{
+    self, Checked, CheckedRounds, SinkhornKernels, SinkhornOutput, Solution, Stop,
+};
 
 use crate::ot::scaled::LOG2E;
 
@@ -116,6 +118,8 @@ pub struct CudaSinkhornState {
     /// K stays in global memory and [`SinkhornSplit::On`]: the iterations and checks run
     /// as split half-iterations (decided, and the size checked, by `prepare`).
     split: bool,
+    /// `(checks, error bits, stop, 0)` per pair, written by `sinkhorn_retire_f32`.
+    status: CudaSlice<u32>,
     /// `err` holds the error of the current iterate of every pair that was ever active.
     errors_current: bool,
     /// Iterations the fused launch already ran for the solver's first chunk.
@@ -284,6 +288,28 @@ impl CudaBackend {
         unsafe { l.launch(cfg) }?;
         st.errors_current = true;
         Ok(())
+    }
+
+    /// The stopping rule after a check, on the device: every active pair counts the check,
+    /// keeps its error in `status`, and is made inactive when it converged or its error is
+    /// not finite.
+    fn launch_retire(&self, st: &mut CudaSinkhornState, threshold_bits: u32) -> Result<()> {
+        let pairs = as_u32("pairs", st.pairs)?;
+        let cfg = LaunchConfig {
+            grid_dim: (pairs.div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.launch(ptx::SINKHORN_RETIRE)?;
+        l.buf_mut(&mut st.active)
+            .buf(&st.err)
+            .buf_mut(&mut st.status)
+            .u32(&pairs)
+            .u32(&threshold_bits);
+        // SAFETY: active and err hold pairs entries, status 4 * pairs (allocated with the
+        // state); the kernel touches entries below `pairs` only; block 256 = the kernel's
+        // .maxntid, no shared memory.
+        unsafe { l.launch(cfg) }
     }
 
     fn upload_active(&self, st: &mut CudaSinkhornState, active: &[bool]) -> Result<()> {
@@ -519,6 +545,7 @@ impl CudaBackend {
             active: self.zeros(b)?,
             err: bufs.err,
             terms: self.zeros(1)?,
+            status: self.zeros(4 * b)?,
             k_in_smem: true,
             split: false,
             errors_current: true,
@@ -615,6 +642,7 @@ impl SinkhornKernels for CudaBackend {
             active: self.zeros(pairs)?,
             err: self.zeros(pairs)?,
             terms: self.zeros(if split { pairs * n } else { 1 })?,
+            status: self.zeros(4 * pairs)?,
             host,
             k_in_smem,
             split,
@@ -660,6 +688,64 @@ impl SinkhornKernels for CudaBackend {
             .collect())
     }
 
+    fn iterate_checked(
+        &self,
+        state: &mut CudaSinkhornState,
+        active: &[bool],
+        chunks: &[usize],
+        threshold: f64,
+    ) -> Result<Option<CheckedRounds>> {
+        if self.solver_checks() == SolverChecks::Host || chunks.is_empty() {
+            return Ok(None);
+        }
+        let _phase = crate::phases::phase("iterate and check");
+        let threshold_bits = sinkhorn::f32_floor(threshold).to_bits();
+        self.upload_active(state, active)?;
+        self.dev
+            .stream
+            .memset_zeros(&mut state.status)
+            .map_err(super::device::driver("reset the check states"))?;
+        for (round, &iterations) in chunks.iter().enumerate() {
+            if round == 0 && state.fused_ahead > 0 {
+                // The fused launch ran the first interval and left its errors in err.
+                if state.fused_ahead != iterations {
+                    return Err(Error::Backend {
+                        backend: BACKEND,
+                        operation: "sinkhorn iterate_checked",
+                        what: format!(
+                            "the fused launch ran {} iterations, the solver asked for \
+                             {iterations}",
+                            state.fused_ahead
+                        ),
+                    });
+                }
+                state.fused_ahead = 0;
+            } else {
+                self.launch_iterate(state, iterations)?;
+            }
+            self.launch_retire(state, threshold_bits)?;
+        }
+        // The device's active flags changed: what the host last uploaded no longer holds,
+        // and the next upload_active (with the solver's updated flags) restores agreement.
+        let status = self.download(&state.status)?;
+        let pairs = status
+            .chunks_exact(4)
+            .map(|s| Checked {
+                checks: s[0] as usize,
+                error: f32::from_bits(s[1]) as f64,
+                stop: match s[2] {
+                    0 => Stop::Running,
+                    1 => Stop::Converged,
+                    _ => Stop::NotFinite,
+                },
+            })
+            .collect();
+        Ok(Some(CheckedRounds {
+            rounds: chunks.len(),
+            pairs,
+        }))
+    }
+
     fn finish(&self, state: CudaSinkhornState, problem: &Problem) -> Result<Solution> {
         let (n, m) = (problem.n, problem.m);
         let f_dev = self.download(&state.f)?;
@@ -697,6 +783,16 @@ impl SinkhornKernels for Prepared<'_> {
 
     fn marginal_errors(&self, state: &mut Self::State, active: &[bool]) -> Result<Vec<f64>> {
         self.cuda.marginal_errors(state, active)
+    }
+
+    fn iterate_checked(
+        &self,
+        state: &mut Self::State,
+        active: &[bool],
+        chunks: &[usize],
+        threshold: f64,
+    ) -> Result<Option<CheckedRounds>> {
+        self.cuda.iterate_checked(state, active, chunks, threshold)
     }
 
     fn finish(&self, state: Self::State, problem: &Problem) -> Result<Solution> {
