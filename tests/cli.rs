@@ -1107,6 +1107,12 @@ fn bad_cuda_settings_are_clear_errors() {
             "serial, pipelined or standalone",
         ),
         ("OPTICAL_CUDA_WGMMA_STAGES", "4", "cosine-cost", "2 or 3"),
+        (
+            "OPTICAL_CUDA_CHECKS",
+            "gpu",
+            "sinkhorn-checks",
+            "device or host",
+        ),
     ] {
         let err = bad_setting("cuda", var, value, kernel, expected);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -1152,6 +1158,12 @@ fn bad_wgpu_settings_are_clear_errors() {
             "wide",
             "maxsim",
             "auto, blocked or tile",
+        ),
+        (
+            "OPTICAL_WGPU_CHECKS",
+            "gpu",
+            "sinkhorn-checks",
+            "auto, device or host",
         ),
     ] {
         // Not one line: Mesa's drivers may add their own (XDG_RUNTIME_DIR) while probing.

@@ -366,10 +366,11 @@ fn probe_wgpu() -> BackendInfo {
             self::wgpu::SinkhornKernel::from_env()?,
             self::wgpu::CostTiling::from_env()?,
             self::wgpu::MaxsimTiling::from_env()?,
+            self::wgpu::SolverChecks::from_env()?,
         ))
     });
     let (available, note) = match chosen {
-        Ok((a, kernels, tiling, maxsim)) => {
+        Ok((a, kernels, tiling, maxsim, checks)) => {
             let info = a.get_info();
             let cap = self::wgpu::caps_loop_passes(&info).map_or(String::new(), |cap| {
                 format!(
@@ -383,7 +384,8 @@ fn probe_wgpu() -> BackendInfo {
                 format!(
                     "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
                      kernels {} ({}: {}); cosine costs of sets of 64 rows or more on the {} \
-                     kernel ({}: {}); MaxSim on the {}{} kernel ({}: {}){cap}",
+                     kernel ({}: {}); MaxSim on the {}{} kernel ({}: {}); the solver's \
+                     stopping rule on the {}{} ({}: {}){cap}",
                     info.name,
                     self::wgpu::ADAPTER_ENV,
                     kernels.name(),
@@ -399,7 +401,15 @@ fn probe_wgpu() -> BackendInfo {
                         ""
                     },
                     self::wgpu::MAXSIM_TILING_ENV,
-                    choice::choices::<self::wgpu::MaxsimTiling>()
+                    choice::choices::<self::wgpu::MaxsimTiling>(),
+                    checks.resolve(info.device_type).name(),
+                    if checks == self::wgpu::SolverChecks::Auto {
+                        " (auto)"
+                    } else {
+                        ""
+                    },
+                    self::wgpu::SOLVER_CHECKS_ENV,
+                    choice::choices::<self::wgpu::SolverChecks>()
                 ),
             )
         }

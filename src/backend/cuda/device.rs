@@ -988,7 +988,8 @@ impl CudaBackend {
              fused Sinkhorn with {} threads per pair \
              ({FUSED_THREADS_ENV}: {}) and a {} cost phase ({FUSED_COST_ENV}: {}); split \
              half-iterations for pairs whose K \
-             stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); MaxSim {} \
+             stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); the solver's \
+             stopping rule on the {} ({SOLVER_CHECKS_ENV}: {}); MaxSim {} \
              ({MAXSIM_ENV}: {}); {}",
             self.dev.name,
             match self.cost_kernel {
@@ -1011,6 +1012,8 @@ impl CudaBackend {
             choices::<FusedCost>(),
             self.split.name(),
             choices::<SinkhornSplit>(),
+            self.checks.name(),
+            choices::<SolverChecks>(),
             self.maxsim.name(),
             choices::<MaxsimRoute>(),
             self.staging_note()
