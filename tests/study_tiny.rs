@@ -555,6 +555,33 @@ fn the_plan_lists_runs_and_writes_nothing() {
     }
     assert!(stdout.contains("3 runs (0 finished): to do "), "{stdout}");
     assert!(!out.exists(), "the plan wrote under --out");
+
+    // A second group whose sets the first one has too (the LAReQA set, the French held-out
+    // pairs of the same split): its base run reads them all from the cache that the first
+    // group's base run fills in the same sitting; its trained runs encode everything.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let two = text.replace(
+        "[budget.tiny]",
+        "[[group]]\nname = \"B\"\ntitle = \"tiny too\"\ntrain = [\"tatoeba-train:fra\"]\n\
+         in_domain = [\"tatoeba-heldout:fra\"]\nout_of_domain = []\n\n[budget.tiny]",
+    );
+    assert_ne!(two, text);
+    std::fs::write(&f.config, two).unwrap();
+    let stdout = study_cli(&f, &out, &["--plan"]);
+    let group_b = stdout.split("group B:").nth(1).expect("group B");
+    let total_b = texts_per_model(group_b);
+    assert!(total_b > 0 && set_texts(group_b, "tatoeba-heldout fra") > 0);
+    for (run, texts) in [("base-B-s0-", 0), ("ot-B-s0-", total_b)] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(run))
+            .unwrap_or_else(|| panic!("no {run} line in {stdout}"));
+        assert!(
+            line.contains(&format!("\ttexts {texts}\t")),
+            "{line}\n{stdout}"
+        );
+    }
+    assert!(!out.exists(), "the plan wrote under --out");
 }
 
 /// With `keep_models = "student"`, a change that only the evaluation reads (here the bitext

@@ -177,14 +177,18 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
     // What is left to do, and what the whole grid takes from nothing.
     let (mut steps, mut encoded, mut all_steps, mut all_texts) = (0usize, 0usize, 0usize, 0usize);
     let mut finished = 0;
-    for (r, data) in plan.runs.iter().map(|r| {
+    let sets_of = |r: &crate::study::config::RunSpec| {
         let g = plan
             .groups
             .iter()
             .position(|g| g.name == r.group)
             .unwrap_or(0);
-        (r, &groups[g])
-    }) {
+        &groups[g].sets[..]
+    };
+    let runs: Vec<_> = plan.runs.iter().map(|r| (r, sets_of(r))).collect();
+    let pending = crate::study::pending_work(&runs, config.lareqa_candidates);
+    let grid = crate::study::grid_work(&runs, config.lareqa_candidates);
+    for (&(r, _), &(s, t)) in runs.iter().zip(&pending) {
         let checkpoint = r.dir.join("checkpoints").join("latest").exists();
         let kept = (!checkpoint)
             .then(|| crate::study::kept_student(r))
@@ -199,16 +203,17 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         } else {
             "pending".into()
         };
-        let (s, t) = crate::study::pending_work(r, &data.sets, config.lareqa_candidates);
         steps = steps.saturating_add(s);
         encoded = encoded.saturating_add(t);
-        all_steps = all_steps.saturating_add(r.distill.as_ref().map_or(0, |d| d.steps));
-        all_texts = all_texts.saturating_add(data.sets.iter().map(|s| s.texts()).sum());
         println!(
             "{}\t{state}\tsteps {s}\ttexts {t}\t{}",
             r.name(),
             r.dir.display()
         );
+    }
+    for &(s, t) in &grid {
+        all_steps = all_steps.saturating_add(s);
+        all_texts = all_texts.saturating_add(t);
     }
     let e = &plan.estimate;
     let minutes =

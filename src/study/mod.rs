@@ -267,35 +267,73 @@ fn evaluations_of_its_model(run: &RunSpec, kept: Option<&KeptStudent>) -> Vec<Ru
         .collect()
 }
 
-/// Texts of `sets` that `run`'s evaluation encodes, leaving out what `done` (finished
-/// evaluations of the same model) encoded already: a set evaluated there with the same
-/// queries is read from the cache, except LAReQA's candidates when they were encoded in
-/// another role. Results without query ids (written before they were kept) count as
-/// nothing cached, so the count errs on the side of more work.
-fn texts_to_encode(sets: &[evaluate::EvalSet], done: &[RunResult], lareqa: TextRole) -> usize {
+/// What an evaluation leaves in an embedding cache, as keys: a set's queries (its name,
+/// direction and query ids), and its candidates as encoded in a role (LAReQA's answer
+/// sentences may be encoded as queries or as passages).
+fn query_key(info: &evaluate::SetInfo, direction: &str, ids: &[&str]) -> String {
+    format!(
+        "{}\u{0}{}\u{0}{direction}\u{0}{}",
+        info.benchmark,
+        info.language,
+        ids.join("\u{1}")
+    )
+}
+
+fn candidate_key(query_key: &str, role: TextRole) -> String {
+    format!("{query_key}\u{0}{}", role.name())
+}
+
+/// The cache keys a finished evaluation left (none for tasks written before query ids
+/// were kept: the count then errs on the side of more work).
+fn result_keys(result: &RunResult) -> Vec<String> {
+    result
+        .tasks
+        .iter()
+        .filter(|t| !t.query_ids.is_empty())
+        .flat_map(|t| {
+            let ids: Vec<&str> = t.query_ids.iter().map(String::as_str).collect();
+            let q = query_key(&t.set, &t.direction, &ids);
+            let c = candidate_key(&q, result.lareqa_candidates);
+            [q, c]
+        })
+        .collect()
+}
+
+/// The cache keys an evaluation of `sets` leaves, with LAReQA's candidates in `lareqa`.
+fn set_keys(sets: &[evaluate::EvalSet], lareqa: TextRole) -> Vec<String> {
+    sets.iter()
+        .filter_map(|set| {
+            let task = set.tasks.first()?;
+            let ids: Vec<&str> = task.queries.iter().map(|q| q.id.as_str()).collect();
+            let q = query_key(&set.info, &evaluate::direction_of(&set.info, task), &ids);
+            let c = candidate_key(&q, lareqa);
+            Some([q, c])
+        })
+        .flatten()
+        .collect()
+}
+
+/// Texts of `sets` that an evaluation encodes when `cached` holds the keys already in its
+/// model's cache: a set whose queries are there is read from the cache, except LAReQA's
+/// candidates when they were encoded in another role.
+fn texts_to_encode(
+    sets: &[evaluate::EvalSet],
+    cached: &std::collections::HashSet<String>,
+    lareqa: TextRole,
+) -> usize {
     sets.iter()
         .map(|set| {
             let Some(task) = set.tasks.first() else {
                 return 0;
             };
-            let direction = evaluate::direction_of(&set.info, task);
-            let same_queries = |t: &TaskOutcome| {
-                t.set == set.info
-                    && t.direction == direction
-                    && t.query_ids.len() == task.queries.len()
-                    && t.query_ids
-                        .iter()
-                        .zip(&task.queries)
-                        .all(|(a, q)| *a == q.id)
-            };
-            let cached = |same_role: bool| {
-                done.iter().any(|r| {
-                    (same_role || r.lareqa_candidates == lareqa) && r.tasks.iter().any(same_queries)
-                })
-            };
-            if !cached(true) {
+            let ids: Vec<&str> = task.queries.iter().map(|q| q.id.as_str()).collect();
+            let q = query_key(&set.info, &evaluate::direction_of(&set.info, task), &ids);
+            if !cached.contains(&q) {
                 set.texts()
-            } else if set.info.lareqa && task.asymmetric && !cached(false) {
+            } else if set.info.lareqa
+                && task.asymmetric
+                && !cached.contains(&candidate_key(&q, lareqa))
+            {
                 task.candidates.len()
             } else {
                 0
@@ -304,28 +342,82 @@ fn texts_to_encode(sets: &[evaluate::EvalSet], done: &[RunResult], lareqa: TextR
         .sum()
 }
 
-/// What `run` still has to do before it has a result: the training steps (none when it
-/// is finished or reuses a kept student; those after its checkpoint when it has one) and
-/// the texts its evaluation encodes, leaving out those a finished evaluation of the same
-/// model (the kept student it reuses, or the base model's runs beside it) has cached.
-pub fn pending_work(run: &RunSpec, sets: &[evaluate::EvalSet], lareqa: TextRole) -> (usize, usize) {
-    if finished_result(run).is_some() {
-        return (0, 0);
-    }
-    let own = match run.distill {
-        Some(_) => checkpoint_step(&run.dir).ok().flatten(),
-        None => None,
-    };
-    let kept = match run.distill {
-        Some(_) if own.is_none() => kept_student(run),
-        _ => None,
-    };
-    let steps = match (&run.distill, &kept) {
-        (Some(d), None) => d.steps.saturating_sub(own.unwrap_or(0)),
-        _ => 0,
-    };
-    let done = evaluations_of_its_model(run, kept.as_ref());
-    (steps, texts_to_encode(sets, &done, lareqa))
+/// What each of `runs` (with its group's evaluation sets, in the order a sitting runs them)
+/// still has to do before it has a result: the training steps (none when it is finished or
+/// reuses a kept student; those after its checkpoint when it has one) and the texts its
+/// evaluation encodes, leaving out those already in its model's cache: put there by a
+/// finished evaluation of the same model (the kept student it reuses, or the base model's
+/// runs beside it), or by a base run of the same model earlier in the sitting (the groups
+/// share their LAReQA sets).
+pub fn pending_work(
+    runs: &[(&RunSpec, &[evaluate::EvalSet])],
+    lareqa: TextRole,
+) -> Vec<(usize, usize)> {
+    work(runs, lareqa, true)
+}
+
+/// What each of `runs` does in a sitting that starts from nothing (no results, checkpoints
+/// or caches yet): every training step, and every text but those an earlier base run of
+/// the same model encodes.
+pub fn grid_work(
+    runs: &[(&RunSpec, &[evaluate::EvalSet])],
+    lareqa: TextRole,
+) -> Vec<(usize, usize)> {
+    work(runs, lareqa, false)
+}
+
+/// [`pending_work`], or with `on_disk` false [`grid_work`].
+fn work(
+    runs: &[(&RunSpec, &[evaluate::EvalSet])],
+    lareqa: TextRole,
+    on_disk: bool,
+) -> Vec<(usize, usize)> {
+    use std::collections::HashSet;
+    // Base models evaluated earlier in the sitting: (model, backend) and what they cached.
+    let mut earlier: Vec<(
+        Option<&serde_json::Value>,
+        Option<&serde_json::Value>,
+        HashSet<String>,
+    )> = Vec::new();
+    runs.iter()
+        .map(|&(run, sets)| {
+            if on_disk && finished_result(run).is_some() {
+                return (0, 0);
+            }
+            let own = match run.distill {
+                Some(_) if on_disk => checkpoint_step(&run.dir).ok().flatten(),
+                _ => None,
+            };
+            let kept = match run.distill {
+                Some(_) if on_disk && own.is_none() => kept_student(run),
+                _ => None,
+            };
+            let steps = match (&run.distill, &kept) {
+                (Some(d), None) => d.steps.saturating_sub(own.unwrap_or(0)),
+                _ => 0,
+            };
+            let mut cached: HashSet<String> = if on_disk {
+                evaluations_of_its_model(run, kept.as_ref())
+                    .iter()
+                    .flat_map(result_keys)
+                    .collect()
+            } else {
+                HashSet::new()
+            };
+            if run.distill.is_none() {
+                let model = (run.key_json.get("model"), run.key_json.get("backend"));
+                let keys = set_keys(sets, lareqa);
+                match earlier.iter_mut().find(|e| (e.0, e.1) == model) {
+                    Some(e) => {
+                        cached.extend(e.2.iter().cloned());
+                        e.2.extend(keys);
+                    }
+                    None => earlier.push((model.0, model.1, keys.into_iter().collect())),
+                }
+            }
+            (steps, texts_to_encode(sets, &cached, lareqa))
+        })
+        .collect()
 }
 
 /// The step of the run's latest checkpoint, if any. A `latest` that names no checkpoint
@@ -791,11 +883,14 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
             step_rate: (0.0, 0),
             text_rate: (0.0, 0),
             estimate: plan.estimate.clone(),
-            pending: plan
-                .runs
-                .iter()
-                .map(|r| pending_work(r, &group_of(r).sets, config.lareqa_candidates))
-                .collect(),
+            pending: pending_work(
+                &plan
+                    .runs
+                    .iter()
+                    .map(|r| (r, &group_of(r).sets[..]))
+                    .collect::<Vec<_>>(),
+                config.lareqa_candidates,
+            ),
         };
         eprintln!(
             "study {}: budget {}, {} runs, {} groups, backend {backend}, out {}",
