@@ -666,9 +666,6 @@ fn device_checks_decide_as_host_checks() {
                 .with_split(split),
         )
     };
-    let same = |a: &[f64], b: &[f64]| {
-        a.len() == b.len() && a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits())
-    };
     let params = |threshold, check_every, max_iterations| SinkhornParams {
         epsilon: 0.05,
         max_iterations,
@@ -714,18 +711,7 @@ fn device_checks_decide_as_host_checks() {
         let device = with(SolverChecks::Device, split)
             .sinkhorn(&prob, &params)
             .unwrap();
-        eprintln!(
-            "{what}: iterations {:?} converged {:?}",
-            host.iterations, host.converged
-        );
-        assert_eq!(host.iterations, device.iterations, "{what}");
-        assert_eq!(host.converged, device.converged, "{what}");
-        assert!(same(&host.marginal_error, &device.marginal_error), "{what}");
-        assert!(
-            same(&host.f, &device.f) && same(&host.g, &device.g),
-            "{what}"
-        );
-        assert!(same(&host.plan, &device.plan), "{what}");
+        common::assert_same_solution(what, &host, &device);
     }
     // The fused path: its launch runs the first interval, the rounds go on from there.
     let x = embeddings(215, 5, 20, 16, false);
@@ -737,9 +723,7 @@ fn device_checks_decide_as_host_checks() {
     let device = with(SolverChecks::Device, SinkhornSplit::On)
         .sinkhorn_embeddings(&x, &y, &p)
         .unwrap();
-    eprintln!("fused: iterations {:?}", host.iterations);
-    assert_eq!(host.iterations, device.iterations, "fused");
-    assert!(same(&host.plan, &device.plan) && same(&host.marginal_error, &device.marginal_error));
+    common::assert_same_solution("fused", &host, &device);
     // ε far too small: both stop the pair at the same check and fail naming it.
     let prob = problem(217, 2, 5, 6, false, false);
     let tiny = SinkhornParams {

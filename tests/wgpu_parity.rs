@@ -1254,9 +1254,6 @@ fn device_checks_decide_as_host_checks() {
             true,
         ),
     ];
-    let same = |a: &[f64], b: &[f64]| {
-        a.len() == b.len() && a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits())
-    };
     for (what, pr, params, limit, split) in cases {
         let host = Backend::Wgpu(with(SolverChecks::Host, limit, split))
             .sinkhorn(&pr, &params)
@@ -1264,18 +1261,7 @@ fn device_checks_decide_as_host_checks() {
         let device = Backend::Wgpu(with(SolverChecks::Device, limit, split))
             .sinkhorn(&pr, &params)
             .expect("device checks");
-        println!(
-            "{what}: iterations {:?}, converged {:?}",
-            host.iterations, host.converged
-        );
-        assert_eq!(host.iterations, device.iterations, "{what}");
-        assert_eq!(host.converged, device.converged, "{what}");
-        assert!(same(&host.marginal_error, &device.marginal_error), "{what}");
-        assert!(
-            same(&host.f, &device.f) && same(&host.g, &device.g),
-            "{what}"
-        );
-        assert!(same(&host.plan, &device.plan), "{what}");
+        common::assert_same_solution(what, &host, &device);
     }
     // The first case must stop its pairs at different checks, or it tests little.
     let pr = problem(60, 6, 23, 31);

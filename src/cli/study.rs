@@ -138,6 +138,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
 
 fn print_plan(args: &StudyArgs) -> Result<()> {
     use crate::study::evaluate::{lareqa_sets, prepare_group};
+    use crate::study::WorkState;
     let mut config = crate::study::config::StudyConfig::from_file(&args.config)?;
     if let Some(d) = &args.data_dir {
         config.data_dir = Some(d.clone());
@@ -188,32 +189,27 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
     let runs: Vec<_> = plan.runs.iter().map(|r| (r, sets_of(r))).collect();
     let pending = crate::study::pending_work(&runs, config.lareqa_candidates);
     let grid = crate::study::grid_work(&runs, config.lareqa_candidates);
-    for (&(r, _), &(s, t)) in runs.iter().zip(&pending) {
-        let checkpoint = r.dir.join("checkpoints").join("latest").exists();
-        let kept = (!checkpoint)
-            .then(|| crate::study::kept_student(r))
-            .flatten();
-        let state = if crate::study::finished_result(r).is_some() {
-            finished += 1;
-            "finished".to_string()
-        } else if checkpoint {
-            "checkpoint".into()
-        } else if let Some(k) = &kept {
-            format!("reuses the student of {}", k.name)
-        } else {
-            "pending".into()
+    for ((r, _), w) in runs.iter().zip(&pending) {
+        let state = match &w.state {
+            WorkState::Finished => "finished".to_string(),
+            WorkState::Checkpoint(_) => "checkpoint".into(),
+            WorkState::Reuses(name) => format!("reuses the student of {name}"),
+            WorkState::Pending => "pending".into(),
         };
-        steps = steps.saturating_add(s);
-        encoded = encoded.saturating_add(t);
+        finished += usize::from(w.state == WorkState::Finished);
+        steps = steps.saturating_add(w.steps);
+        encoded = encoded.saturating_add(w.texts);
         println!(
-            "{}\t{state}\tsteps {s}\ttexts {t}\t{}",
+            "{}\t{state}\tsteps {}\ttexts {}\t{}",
             r.name(),
+            w.steps,
+            w.texts,
             r.dir.display()
         );
     }
-    for &(s, t) in &grid {
-        all_steps = all_steps.saturating_add(s);
-        all_texts = all_texts.saturating_add(t);
+    for w in &grid {
+        all_steps = all_steps.saturating_add(w.steps);
+        all_texts = all_texts.saturating_add(w.texts);
     }
     let e = &plan.estimate;
     let minutes =

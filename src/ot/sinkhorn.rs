@@ -97,15 +97,84 @@ pub struct Checked {
     pub stop: Stop,
 }
 
-/// Whether and why a pair stopped at a device-side check.
+impl Checked {
+    /// A pair's `(checks, error bits, stop, -)`, as the devices' stopping-rule kernels
+    /// write it (`shaders/sinkhorn_retire.wgsl`, `sinkhorn_retire_f32`; stop 0: running,
+    /// 1: converged, 2: not finite).
+    pub fn from_status(s: &[u32]) -> Checked {
+        Checked {
+            checks: s[0] as usize,
+            error: f32::from_bits(s[1]) as f64,
+            stop: match s[2] {
+                0 => Stop::Running,
+                1 => Stop::Converged,
+                _ => Stop::NotFinite,
+            },
+        }
+    }
+}
+
+/// Whether and why a pair stopped at a check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
     /// Still active after the last round.
     Running,
     /// Its error fell to the threshold.
     Converged,
-    /// Its error was NaN or infinite.
+    /// Its error was NaN or infinite: it cannot recover (the solve then fails, naming the
+    /// pair, in `check_finite`).
     NotFinite,
+}
+
+/// The stopping rule after a check: converged at or below the threshold, else stopped
+/// when the error is not finite. The devices' kernels apply it to the error's `f32` bits
+/// (see [`f32_floor`]).
+pub fn stop_rule(error: f64, threshold: f64) -> Stop {
+    if error <= threshold {
+        Stop::Converged
+    } else if !error.is_finite() {
+        Stop::NotFinite
+    } else {
+        Stop::Running
+    }
+}
+
+/// One round checked on the host: `iterations` iterations of the active pairs, their
+/// errors read back, and [`stop_rule`] applied (what [`solve`] does when the backend's
+/// [`SinkhornKernels::iterate_checked`] answers `None`).
+fn check_on_host<K: SinkhornKernels>(
+    kernels: &K,
+    state: &mut K::State,
+    active: &[bool],
+    iterations: usize,
+    threshold: f64,
+) -> Result<Vec<Checked>> {
+    let iterate = phases::phase("iterate");
+    kernels.iterate(state, active, iterations)?;
+    drop(iterate);
+    let check = phases::phase("check");
+    let errs = kernels.marginal_errors(state, active)?;
+    drop(check);
+    if errs.len() != active.len() {
+        return Err(Error::Backend {
+            backend: "solver",
+            operation: "marginal_errors",
+            what: format!("expected {} errors, found {}", active.len(), errs.len()),
+        });
+    }
+    Ok(errs
+        .iter()
+        .zip(active)
+        .map(|(&error, &a)| Checked {
+            checks: a as usize,
+            error,
+            stop: if a {
+                stop_rule(error, threshold)
+            } else {
+                Stop::Running
+            },
+        })
+        .collect())
 }
 
 /// The largest `f32` whose value is at most `threshold` (≥ 0, finite, or +∞): for a
@@ -262,71 +331,46 @@ pub fn solve<K: SinkhornKernels>(
             chunks.push(chunk);
             end += chunk;
         }
-        let checked = kernels.iterate_checked(&mut state, &active, &chunks, params.threshold)?;
-        if let Some(checked) = checked {
-            if checked.rounds == 0 || checked.rounds > chunks.len() || checked.pairs.len() != pairs
-            {
-                return Err(Error::Backend {
-                    backend: "solver",
-                    operation: "iterate_checked",
-                    what: format!(
-                        "expected 1 to {} rounds and {pairs} pairs, found {} and {}",
-                        chunks.len(),
-                        checked.rounds,
-                        checked.pairs.len()
-                    ),
-                });
-            }
-            for (p, c) in checked.pairs.iter().enumerate() {
-                if !active[p] || c.checks == 0 {
-                    continue;
+        let (ran, checked) =
+            match kernels.iterate_checked(&mut state, &active, &chunks, params.threshold)? {
+                Some(c) if c.rounds == 0 || c.rounds > chunks.len() || c.pairs.len() != pairs => {
+                    return Err(Error::Backend {
+                        backend: "solver",
+                        operation: "iterate_checked",
+                        what: format!(
+                            "expected 1 to {} rounds and {pairs} pairs, found {} and {}",
+                            chunks.len(),
+                            c.rounds,
+                            c.pairs.len()
+                        ),
+                    });
                 }
-                let checks = c.checks.min(checked.rounds);
-                iterations[p] = (done + chunks[..checks].iter().sum::<usize>()) as u32;
-                errors[p] = c.error;
-                match c.stop {
-                    Stop::Running => {}
-                    Stop::Converged => {
-                        converged[p] = true;
-                        active[p] = false;
-                    }
-                    Stop::NotFinite => active[p] = false,
+                Some(c) => {
+                    rounds = (rounds * 2).min(MAX_ROUNDS);
+                    (c.rounds, c.pairs)
                 }
-            }
-            done += chunks[..checked.rounds].iter().sum::<usize>();
-            rounds = (rounds * 2).min(MAX_ROUNDS);
-            continue;
-        }
-        let chunk = chunks[0];
-        let iterate = phases::phase("iterate");
-        kernels.iterate(&mut state, &active, chunk)?;
-        drop(iterate);
-        done += chunk;
-        let check = phases::phase("check");
-        let errs = kernels.marginal_errors(&mut state, &active)?;
-        drop(check);
-        if errs.len() != pairs {
-            return Err(Error::Backend {
-                backend: "solver",
-                operation: "marginal_errors",
-                what: format!("expected {pairs} errors, found {}", errs.len()),
-            });
-        }
-        for p in 0..pairs {
-            if !active[p] {
+                None => (
+                    1,
+                    check_on_host(kernels, &mut state, &active, chunks[0], params.threshold)?,
+                ),
+            };
+        for (p, c) in checked.iter().enumerate() {
+            if !active[p] || c.checks == 0 {
                 continue;
             }
-            iterations[p] = done as u32;
-            errors[p] = errs[p];
-            if errs[p] <= params.threshold {
-                converged[p] = true;
-                active[p] = false;
-            } else if !errs[p].is_finite() {
-                // A non-finite error cannot recover: stop the pair (the solve then fails,
-                // naming it, in `check_finite`).
-                active[p] = false;
+            let checks = c.checks.min(ran);
+            iterations[p] = (done + chunks[..checks].iter().sum::<usize>()) as u32;
+            errors[p] = c.error;
+            match c.stop {
+                Stop::Running => {}
+                Stop::Converged => {
+                    converged[p] = true;
+                    active[p] = false;
+                }
+                Stop::NotFinite => active[p] = false,
             }
         }
+        done += chunks[..ran].iter().sum::<usize>();
     }
     let finish = phases::phase("finish");
     let sol = kernels.finish(state, problem)?;
@@ -430,13 +474,8 @@ mod tests {
                     }
                     c.checks += 1;
                     c.error = errs[p];
-                    if errs[p] <= threshold {
-                        c.stop = Stop::Converged;
-                        active[p] = false;
-                    } else if !errs[p].is_finite() {
-                        c.stop = Stop::NotFinite;
-                        active[p] = false;
-                    }
+                    c.stop = stop_rule(errs[p], threshold);
+                    active[p] = c.stop == Stop::Running;
                 }
             }
             Ok(Some(CheckedRounds { rounds, pairs }))

@@ -203,14 +203,7 @@ pub struct KeptStudent {
 /// training them again.
 pub fn kept_student(run: &RunSpec) -> Option<KeptStudent> {
     let want = run.train_key.as_deref()?;
-    let runs = run.dir.parent()?;
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs)
-        .ok()?
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|d| d != &run.dir && d.is_dir())
-        .collect();
-    dirs.sort();
-    dirs.into_iter().find_map(|dir| {
+    sibling_runs(run).into_iter().find_map(|dir| {
         let meta: serde_json::Value = read_json(&dir.join("run.json"))?;
         let key = meta.get("key")?.as_str()?;
         if config::training_key(meta.get("config")?).as_deref() != Some(want) {
@@ -231,6 +224,19 @@ pub fn kept_student(run: &RunSpec) -> Option<KeptStudent> {
     })
 }
 
+/// The other run directories beside `run` (in the same `runs/` directory), by name.
+fn sibling_runs(run: &RunSpec) -> Vec<PathBuf> {
+    let Some(Ok(entries)) = run.dir.parent().map(std::fs::read_dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|d| d != &run.dir && d.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 /// Finished evaluations of the model that `run` evaluates, whose embeddings its evaluation
 /// reads from a cache: the kept student it reuses, or, for a run that trains nothing, the
 /// finished runs beside it that evaluated the same base model on the same backend (they
@@ -242,21 +248,11 @@ fn evaluations_of_its_model(run: &RunSpec, kept: Option<&KeptStudent>) -> Vec<Ru
     if run.distill.is_some() {
         return Vec::new();
     }
-    let Some(runs) = run.dir.parent() else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(runs) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|d| d != &run.dir && d.is_dir())
-        .collect();
-    dirs.sort();
     let same = |meta: &serde_json::Value, field: &str| {
         meta.get("config").and_then(|c| c.get(field)) == run.key_json.get(field)
     };
-    dirs.into_iter()
+    sibling_runs(run)
+        .into_iter()
         .filter_map(|dir| {
             let meta: serde_json::Value = read_json(&dir.join("run.json"))?;
             let key = meta.get("key")?.as_str()?.to_string();
@@ -342,6 +338,29 @@ fn texts_to_encode(
         .sum()
 }
 
+/// What a run has left to do ([`pending_work`], [`grid_work`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Work {
+    /// Training steps.
+    pub steps: usize,
+    /// Texts its evaluation encodes (not read from an embedding cache).
+    pub texts: usize,
+    pub state: WorkState,
+}
+
+/// Where a run stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkState {
+    /// It has a result.
+    Finished,
+    /// It resumes from its checkpoint at this step.
+    Checkpoint(usize),
+    /// It evaluates the kept student of the named run.
+    Reuses(String),
+    /// Nothing of it exists yet.
+    Pending,
+}
+
 /// What each of `runs` (with its group's evaluation sets, in the order a sitting runs them)
 /// still has to do before it has a result: the training steps (none when it is finished or
 /// reuses a kept student; those after its checkpoint when it has one) and the texts its
@@ -349,29 +368,19 @@ fn texts_to_encode(
 /// finished evaluation of the same model (the kept student it reuses, or the base model's
 /// runs beside it), or by a base run of the same model earlier in the sitting (the groups
 /// share their LAReQA sets).
-pub fn pending_work(
-    runs: &[(&RunSpec, &[evaluate::EvalSet])],
-    lareqa: TextRole,
-) -> Vec<(usize, usize)> {
+pub fn pending_work(runs: &[(&RunSpec, &[evaluate::EvalSet])], lareqa: TextRole) -> Vec<Work> {
     work(runs, lareqa, true)
 }
 
 /// What each of `runs` does in a sitting that starts from nothing (no results, checkpoints
 /// or caches yet): every training step, and every text but those an earlier base run of
 /// the same model encodes.
-pub fn grid_work(
-    runs: &[(&RunSpec, &[evaluate::EvalSet])],
-    lareqa: TextRole,
-) -> Vec<(usize, usize)> {
+pub fn grid_work(runs: &[(&RunSpec, &[evaluate::EvalSet])], lareqa: TextRole) -> Vec<Work> {
     work(runs, lareqa, false)
 }
 
 /// [`pending_work`], or with `on_disk` false [`grid_work`].
-fn work(
-    runs: &[(&RunSpec, &[evaluate::EvalSet])],
-    lareqa: TextRole,
-    on_disk: bool,
-) -> Vec<(usize, usize)> {
+fn work(runs: &[(&RunSpec, &[evaluate::EvalSet])], lareqa: TextRole, on_disk: bool) -> Vec<Work> {
     use std::collections::HashSet;
     // Base models evaluated earlier in the sitting: (model, backend) and what they cached.
     let mut earlier: Vec<(
@@ -382,7 +391,11 @@ fn work(
     runs.iter()
         .map(|&(run, sets)| {
             if on_disk && finished_result(run).is_some() {
-                return (0, 0);
+                return Work {
+                    steps: 0,
+                    texts: 0,
+                    state: WorkState::Finished,
+                };
             }
             let own = match run.distill {
                 Some(_) if on_disk => checkpoint_step(&run.dir).ok().flatten(),
@@ -415,7 +428,16 @@ fn work(
                     None => earlier.push((model.0, model.1, keys.into_iter().collect())),
                 }
             }
-            (steps, texts_to_encode(sets, &cached, lareqa))
+            let state = match (own, kept) {
+                (Some(step), _) => WorkState::Checkpoint(step),
+                (None, Some(k)) => WorkState::Reuses(k.name),
+                (None, None) => WorkState::Pending,
+            };
+            Work {
+                steps,
+                texts: texts_to_encode(sets, &cached, lareqa),
+                state,
+            }
         })
         .collect()
 }
@@ -890,7 +912,10 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
                     .map(|r| (r, &group_of(r).sets[..]))
                     .collect::<Vec<_>>(),
                 config.lareqa_candidates,
-            ),
+            )
+            .into_iter()
+            .map(|w| (w.steps, w.texts))
+            .collect(),
         };
         eprintln!(
             "study {}: budget {}, {} runs, {} groups, backend {backend}, out {}",

@@ -111,3 +111,24 @@ pub fn rescaled_to_norm_bounds(e: &optical::ot::Embeddings) -> optical::ot::Embe
     optical::ot::Embeddings::new("rescaled", e.b, e.n, e.d, data, Some(e.lengths.clone()))
         .expect("rows within the norm bounds")
 }
+
+/// Two solutions of one problem that must agree bit for bit (iterations, convergence
+/// flags, errors, potentials, plan): printed, then asserted, naming `what`.
+pub fn assert_same_solution(
+    what: &str,
+    a: &optical::ot::sinkhorn::SinkhornOutput,
+    b: &optical::ot::sinkhorn::SinkhornOutput,
+) {
+    let same = |x: &[f64], y: &[f64]| {
+        x.len() == y.len() && x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits())
+    };
+    println!(
+        "{what}: iterations {:?}, converged {:?}",
+        a.iterations, a.converged
+    );
+    assert_eq!(a.iterations, b.iterations, "{what}");
+    assert_eq!(a.converged, b.converged, "{what}");
+    assert!(same(&a.marginal_error, &b.marginal_error), "{what}");
+    assert!(same(&a.f, &b.f) && same(&a.g, &b.g), "{what}");
+    assert!(same(&a.plan, &b.plan), "{what}");
+}

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::ot::problem::{Embeddings, Problem, SinkhornParams};
 use crate::ot::scaled::{self, ScaledPair, Support};
 use crate::ot::sinkhorn::{
-    self, Checked, CheckedRounds, SinkhornKernels, SinkhornOutput, Solution, Stop,
+    self, Checked, CheckedRounds, SinkhornKernels, SinkhornOutput, Solution,
 };
 
 use crate::ot::scaled::LOG2E;
@@ -728,18 +728,7 @@ impl SinkhornKernels for CudaBackend {
         // The device's active flags changed: what the host last uploaded no longer holds,
         // and the next upload_active (with the solver's updated flags) restores agreement.
         let status = self.download(&state.status)?;
-        let pairs = status
-            .chunks_exact(4)
-            .map(|s| Checked {
-                checks: s[0] as usize,
-                error: f32::from_bits(s[1]) as f64,
-                stop: match s[2] {
-                    0 => Stop::Running,
-                    1 => Stop::Converged,
-                    _ => Stop::NotFinite,
-                },
-            })
-            .collect();
+        let pairs = status.chunks_exact(4).map(Checked::from_status).collect();
         Ok(Some(CheckedRounds {
             rounds: chunks.len(),
             pairs,

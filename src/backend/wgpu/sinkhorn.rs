@@ -285,16 +285,8 @@ impl SinkhornKernels for Wgpu {
             if !self.set_active(chunk, active) {
                 continue;
             }
-            // One submission per params write: each write must precede its dispatches.
             for step in iteration_steps(ctx, chunk, n, m, iterations)? {
-                write_params(ctx, chunk, n, m, step.per_dispatch);
-                let mut enc = ctx.encoder();
-                for pass in &step.passes {
-                    ctx.encode(&mut enc, pass);
-                }
-                ctx.checked("sinkhorn iterate", || {
-                    ctx.queue.submit([enc.finish()]);
-                })?;
+                submit_step(ctx, chunk, n, m, &step)?;
             }
         }
         Ok(())
@@ -408,14 +400,7 @@ impl SinkhornKernels for Wgpu {
             for _ in 0..rounds {
                 for ((chunk, _), s) in taking_chunks().zip(&steps) {
                     for step in s {
-                        write_params(ctx, chunk, n, m, step.per_dispatch);
-                        let mut enc = ctx.encoder();
-                        for pass in &step.passes {
-                            ctx.encode(&mut enc, pass);
-                        }
-                        ctx.checked("sinkhorn iterate_checked", || {
-                            ctx.queue.submit([enc.finish()]);
-                        })?;
+                        submit_step(ctx, chunk, n, m, step)?;
                     }
                 }
                 let mut enc = ctx.encoder();
@@ -440,20 +425,12 @@ impl SinkhornKernels for Wgpu {
         let taking_mut = state.chunks.iter_mut().zip(&taking).filter(|(_, &t)| t);
         for ((chunk, _), status) in taking_mut.zip(statuses) {
             for (k, s) in status.iter().enumerate() {
-                let stop = match s[2] {
-                    0 => Stop::Running,
-                    1 => Stop::Converged,
-                    _ => Stop::NotFinite,
-                };
-                pairs[chunk.start + k] = Checked {
-                    checks: s[0] as usize,
-                    error: f32::from_bits(s[1]) as f64,
-                    stop,
-                };
+                let checked = Checked::from_status(s);
                 // The device made the pair inactive: so does the host's copy of the flags.
-                if stop != Stop::Running {
+                if checked.stop != Stop::Running {
                     chunk.host_info[k][2] = 0;
                 }
+                pairs[chunk.start + k] = checked;
             }
         }
         Ok(Some(CheckedRounds { rounds, pairs }))
@@ -494,7 +471,7 @@ fn check_dispatches<'a>(
     ctx: &'a WgpuContext,
     chunk: &'a Chunk,
     n: usize,
-) -> Result<Vec<(&'a wgpu::ComputePipeline, &'a wgpu::BindGroup, [u32; 3])>> {
+) -> Result<Vec<Dispatch<'a>>> {
     let sk = &ctx.pipelines.sinkhorn;
     let pairs = [chunk.len as u32, 1, 1];
     Ok(if chunk.split {
@@ -535,6 +512,25 @@ fn write_params(ctx: &WgpuContext, chunk: &Chunk, n: usize, m: usize, iterations
             iterations,
         }),
     );
+}
+
+/// Write `step`'s params and submit its passes: one submission per params write, since
+/// each write must precede its dispatches.
+fn submit_step(
+    ctx: &WgpuContext,
+    chunk: &Chunk,
+    n: usize,
+    m: usize,
+    step: &Step<'_>,
+) -> Result<()> {
+    write_params(ctx, chunk, n, m, step.per_dispatch);
+    let mut enc = ctx.encoder();
+    for pass in &step.passes {
+        ctx.encode(&mut enc, pass);
+    }
+    ctx.checked("sinkhorn iterate", || {
+        ctx.queue.submit([enc.finish()]);
+    })
 }
 
 /// How `iterations` iterations of `chunk` (padded sizes `n × m`) are dispatched: one step,
