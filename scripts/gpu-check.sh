@@ -305,6 +305,11 @@ T=120 step bench-wgpu env "${VK_ENV[@]}" \
 # on a GPU adapter: the stopping rule on the device, a read-back after 1, 2, 4, ... 32 checks.
 T=30 step bench-wgpu-hostchecks env "${VK_ENV[@]}" OPTICAL_WGPU_CHECKS=host \
     "$BIN" bench --backend wgpu --json --phases --min-seconds 2 --kernels sinkhorn-checks
+# The register-blocked Sinkhorn kernels with their log-sum-exps shifted by the current
+# potentials (an eighth fewer exp2, no maxima; shaders/blocked_lse.wgsl) against the default
+# max-subtracted ones.
+T=60 step bench-wgpu-shifted env "${VK_ENV[@]}" OPTICAL_WGPU_LSE=shifted \
+    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-fused,sinkhorn-checks
 # The Sinkhorn problems with the row kernels (one workgroup per pair, one invocation per row;
 # K in workgroup memory where it fits, else streamed), against the defaults: register-blocked
 # kernels up to 128 x 128, split half-iterations for sinkhorn-512.

@@ -231,6 +231,10 @@ decide("the standalone cost phase is faster on wgmma than on auto's 64 x 64 tile
        "WGMMA_TILES_PER_SM drops below 2 (auto takes wgmma there)",
        "sinkhorn-fused", ["cuda-fusedgiven"],
        ["cuda-fusedgiven-wgmma", "cuda-fusedgiven-wgmma3", "cuda-fusedgiven-wgmmars"])
+for kernel in ("sinkhorn", "sinkhorn-fused"):
+    decide("the blocked WGSL kernels' log-sum-exps shifted by the potentials beat the maxima",
+           "BlockedLse::Shifted becomes the default on GPU adapters", kernel, ["wgpu"],
+           ["wgpu-shifted"])
 # What the device-side checks save is host time (read-backs), so wall time decides.
 decide("checking on the host beats the stopping rule on the device (wall time)",
        "SolverChecks::Auto takes Host on GPU adapters too",

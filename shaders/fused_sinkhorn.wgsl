@@ -53,7 +53,7 @@
 // Each invocation keeps an 8 × 8 block of the pair's K in registers (16 named vec4s, see
 // blocked_lse.wgsl; while the cost is built they hold its dot products), so every invocation works
 // on every row and column update and workgroup memory holds only potentials and partial
-// reductions (24,592 B whatever the pair, within the 32 KiB that Metal and many Vulkan
+// reductions (25,620 B whatever the pair, within the 32 KiB that Metal and many Vulkan
 // drivers allow).
 // Geometry: one workgroup of G × G invocations per pair (G = 16, or 8 when every pair of the
 // dispatch is at most 64 × 64; pipeline-overridable, with WG = G·G), dispatch (pairs, 1, 1).
@@ -71,6 +71,10 @@
 // full 8G × 8G pair (the merges add an eighth). Merges are (m, s) ⊕ (m', s') =
 // (max, s·2^(m − max) + s'·2^(m' − max)) in a fixed order: deterministic. Padding entries of
 // K hold −3e38, whose exp2 against any real maximum is 0.
+// Lines of 16 entries or more first take the fast path of blocked_lse.wgsl: terms shifted by
+// the line's current potential instead of their maximum, merges that are plain sums, 2·(8G)²
+// exp2 per iteration, four barriers per half-iteration (the fourth reads uniformly whether
+// every sum stayed in range; if not, the half-iteration is redone as above).
 // Workgroup memory (G = 16): hf, hg (512 f32 each, 8G used), partial sums (WG f32), partials
 // 2 × 128 × 17 f32 (row stride G + 1, so that the column update's writes do not collide in
 // banks; before the iterations they stage the cost build's embeddings, x in pmax and y in
@@ -92,6 +96,9 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
 }
+
+// The register-blocked kernels' fast path (blocked_lse.wgsl, SHIFTED there).
+override SHIFTED: bool = false;
 
 // Invocations per workgroup: 256, or 64 for batches whose pairs are all ≤ 64 × 64 (fewer
 // idle invocations); the host picks the pipeline.
@@ -680,11 +687,12 @@ fn fused_blocked_f32(
     let lb = -log2(f32(nc));
     let scale = LOG2E / params.epsilon;
     let lines = B * G;
-    // The owner of row t keeps F_t, of column t keeps G_t.
+    // The owner of row t keeps F_t, of column t keeps G_t. A first dispatch starts from
+    // F = 0 (f is not initialised then; F is also the first row update's shift).
     var fr = 0.0;
     var fkeep = 0.0;
     var gc = 0.0;
-    if t < nr {
+    if t < nr && !first {
         fr = f[p * params.n + t];
     }
     if t < nc {
@@ -698,6 +706,7 @@ fn fused_blocked_f32(
     if t < lines {
         hg[t] = select(0.0, gc + lb, t < nc);
     }
+    publish_start(t, nr, nc, fr, gc);
     workgroupBarrier();
 
     let end = min(params.start + params.iterations, params.max_iterations);
@@ -708,14 +717,14 @@ fn fused_blocked_f32(
     while done < end {
         // Row update (or the one the last check already computed).
         if !have_next {
-            fr = row_update(t, ri, cj, nr);
+            fr = row_update(t, ri, cj, nr, nc, fr);
         }
         have_next = false;
-        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb);
+        gc = finish_iteration(t, ri, cj, nr, nc, fr, la, gc, lb);
         done += 1u;
 
         if done % params.check_every == 0u || done == params.max_iterations {
-            let f_new = row_update(t, ri, cj, nr);
+            let f_new = row_update(t, ri, cj, nr, nc, fr);
             var term = 0.0;
             if t < nr {
                 term = exp2(la) * abs(exp2(fr - f_new) - 1.0);

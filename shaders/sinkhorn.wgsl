@@ -67,6 +67,9 @@ struct Params {
     iterations: u32,
 }
 
+// The register-blocked kernels' fast path (blocked_lse.wgsl, SHIFTED there).
+override SHIFTED: bool = false;
+
 // Invocations per workgroup: 256, or 64 for batches whose pairs are all ≤ 64 × 64 (fewer
 // idle invocations); the host picks the pipeline.
 override WG: u32 = 256u;
@@ -311,11 +314,12 @@ fn sinkhorn_iterate_blocked_f32(
     if t < lines {
         hg[t] = select(0.0, gc + lb, t < nc);
     }
+    publish_start(t, nr, nc, fr, gc);
     workgroupBarrier();
 
     for (var it = 0u; it < params.iterations; it++) {
-        fr = row_update(t, ri, cj, nr);
-        gc = finish_iteration(t, ri, cj, nr, nc, fr + la, gc, lb);
+        fr = row_update(t, ri, cj, nr, nc, fr);
+        gc = finish_iteration(t, ri, cj, nr, nc, fr, la, gc, lb);
     }
 
     if t < nr {

@@ -1165,6 +1165,7 @@ fn bad_wgpu_settings_are_clear_errors() {
             "sinkhorn-checks",
             "auto, device or host",
         ),
+        ("OPTICAL_WGPU_LSE", "fast", "sinkhorn", "max or shifted"),
     ] {
         // Not one line: Mesa's drivers may add their own (XDG_RUNTIME_DIR) while probing.
         bad_setting("wgpu", var, value, kernel, expected);

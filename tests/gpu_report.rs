@@ -623,8 +623,11 @@ fn report_names_the_defaults_a_run_decides() {
             3.2e6,
         )
     };
-    write("wgpu", checks(4e-3, 2e-3));
+    write("wgpu", checks(4e-3, 2e-3) + "\n" + &fused(17.2e-3));
     write("wgpu-hostchecks", checks(20e-3, 1.5e-3));
+    // The shifted log-sum-exps on the fused problem only (no `sinkhorn` record: no decision
+    // for that problem).
+    write("wgpu-shifted", fused(14e-3));
     // On CUDA here the host checks win by wall time: the report says to change.
     std::fs::write(
         logs.join("bench-cuda.log"),
@@ -660,7 +663,13 @@ fn report_names_the_defaults_a_run_decides() {
     assert!((host["speedup"].as_f64().unwrap() - 4.0 / 20.0).abs() < 1e-9);
     let cuda_host = find("checking on the host beats the stopping rule on the device (CUDA");
     assert_eq!(cuda_host["verdict"], "change", "{cuda_host}");
-    assert_eq!(decisions.len(), 6);
+    let shifted = find("the blocked WGSL kernels' log-sum-exps shifted");
+    assert_eq!(
+        (&shifted["kernel"], &shifted["verdict"]),
+        (&"sinkhorn-fused".into(), &"change".into())
+    );
+    assert!((shifted["speedup"].as_f64().unwrap() - 17.2 / 14.0).abs() < 1e-9);
+    assert_eq!(decisions.len(), 7);
     assert!(md.contains("## Defaults this run decides"), "{md}");
     assert!(
         md.contains("| cuda-wgmma 100.0 | cuda-wgmma3 98.0 | 1.020 | keep the default |"),
@@ -680,7 +689,7 @@ fn report_names_the_defaults_a_run_decides() {
         .iter()
         .map(|d| d["question"].as_str().unwrap())
         .collect();
-    assert_eq!(questions.len(), 4, "{questions:?}");
+    assert_eq!(questions.len(), 5, "{questions:?}");
     assert!(questions.iter().all(|q| !q.contains("stages")));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -231,7 +231,7 @@ fn register_blocked_kernels_hold_no_local_arrays() {
 fn every_pipeline_compiles() {
     let Some(ctx) = context() else { return };
     let count = ctx.compile_all().expect("compile every pipeline");
-    let want = if ctx.has_blocked_kernel() { 28 } else { 22 };
+    let want = if ctx.has_blocked_kernel() { 34 } else { 22 };
     assert_eq!(count, want, "pipelines compiled");
     // A second call finds them compiled.
     assert_eq!(ctx.compile_all().expect("compiled pipelines"), want);
@@ -1310,4 +1310,114 @@ fn device_checks_decide_as_host_checks() {
         .to_string();
     assert_eq!(e_host, e_device);
     assert!(e_host.contains("expected a finite solution"), "{e_host}");
+}
+
+/// `OPTICAL_WGPU_LSE=shifted`: the blocked kernels' log-sum-exps shifted by the line's current
+/// potential (the fast path of `shaders/blocked_lse.wgsl`), against the f64 reference, on
+/// lines long enough to take it and too short to, at ε where every half-iteration stays in
+/// the fast path and where the early ones fall back (0.002: the first sums leave their range);
+/// bit-identical from run to run (a first fused dispatch must not take its shift from the
+/// uninitialised potentials); and different in its bits from `max`, so the fast path did run.
+#[test]
+fn shifted_lse_matches_reference() {
+    use optical::backend::wgpu::BlockedLse;
+    let Some((w, _)) = wgpu_backend() else {
+        return;
+    };
+    if !w.context().has_blocked_kernel() {
+        return;
+    }
+    let with = |lse: BlockedLse| {
+        let ctx = WgpuContext::new().expect("adapter found above");
+        Backend::Wgpu(Wgpu::with_context(Arc::new(ctx.with_blocked_lse(lse))))
+    };
+    let (shifted, max) = (with(BlockedLse::Shifted), with(BlockedLse::Max));
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut differs = 0;
+    for (k, &(b, n, m, eps, iters)) in [
+        (3, 1, 1, 0.01, 20),
+        (2, 9, 40, 0.05, 20),
+        (2, 17, 29, 0.01, 30),
+        (2, 64, 64, 0.05, 30),
+        (2, 65, 128, 0.01, 10),
+        (1, 128, 128, 0.05, 40),
+        (2, 113, 120, 0.002, 60),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let pr = problem(900 + k as u64, b, n, m);
+        let params = SinkhornParams {
+            epsilon: eps,
+            max_iterations: iters,
+            threshold: 1e-5,
+            check_every: 4,
+        };
+        let want = sinkhorn::solve(&CpuReference, &pr, &params).expect("reference");
+        let got = shifted.sinkhorn(&pr, &params).expect("shifted");
+        let what = format!("shifted eps={eps} b={b} n={n} m={m}");
+        check_solution(&what, &got, &want, params.threshold);
+        let again = shifted.sinkhorn(&pr, &params).expect("shifted");
+        assert_eq!(bits(&got.f), bits(&again.f), "{what}: not deterministic");
+        assert_eq!(
+            bits(&got.plan),
+            bits(&again.plan),
+            "{what}: not deterministic"
+        );
+        let other = max.sinkhorn(&pr, &params).expect("max");
+        if bits(&got.f) != bits(&other.f) {
+            differs += 1;
+        }
+    }
+    for (k, &(b, n, m, d, eps, iters)) in [
+        (3, 1, 1, 5, 0.01, 20),
+        (2, 17, 29, 33, 0.01, 30),
+        (3, 37, 45, 40, 0.01, 25),
+        (1, BLOCKED_MAX_LEN, BLOCKED_MAX_LEN, 40, 0.05, 30),
+        (2, 100, 90, 24, 0.002, 40),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = embeddings(950 + k as u64, b, n, d, true);
+        let y = embeddings(960 + k as u64, b, m, d, true);
+        let params = SinkhornParams {
+            epsilon: eps,
+            max_iterations: iters,
+            threshold: 1e-5,
+            check_every: 3,
+        };
+        let want = fused_reference(&x, &y, &params);
+        let what = format!("fused shifted eps={eps} b={b} n={n} m={m} d={d}");
+        let got = shifted.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+        check_solution(&what, &got, &want, params.threshold);
+        let again = shifted.sinkhorn_embeddings(&x, &y, &params).expect("fused");
+        assert_eq!(
+            bits(&got.plan),
+            bits(&again.plan),
+            "{what}: not deterministic"
+        );
+        assert_eq!(got.marginal_error, again.marginal_error, "{what}");
+        let other = max.sinkhorn_embeddings(&x, &y, &params).expect("max");
+        if bits(&got.f) != bits(&other.f) {
+            differs += 1;
+        }
+    }
+    assert!(
+        differs >= 6,
+        "only {differs} of 12 cases differ in their bits from `max`: the fast path did not run"
+    );
+    // One long dispatch where the early half-iterations run both paths: within llvmpipe's
+    // loop cap (the pass estimate of `shifted`), and still the reference's solution.
+    let x = embeddings(970, 1, 40, 8, false);
+    let y = embeddings(971, 1, 36, 8, false);
+    let params = fixed(0.001, 1500);
+    let got = shifted.sinkhorn_embeddings(&x, &y, &params).expect("long");
+    assert_eq!(got.iterations, vec![1500]);
+    check_solution(
+        "fused shifted, 1500 iterations",
+        &got,
+        &fused_reference(&x, &y, &params),
+        0.0,
+    );
 }

@@ -363,14 +363,17 @@ fn probe_wgpu() -> BackendInfo {
     let chosen = self::wgpu::choose_adapter(found).and_then(|a| {
         Ok((
             a,
-            self::wgpu::SinkhornKernel::from_env()?,
+            (
+                self::wgpu::SinkhornKernel::from_env()?,
+                self::wgpu::BlockedLse::from_env()?,
+            ),
             self::wgpu::CostTiling::from_env()?,
             self::wgpu::MaxsimTiling::from_env()?,
             self::wgpu::SolverChecks::from_env()?,
         ))
     });
     let (available, note) = match chosen {
-        Ok((a, kernels, tiling, maxsim, checks)) => {
+        Ok((a, (kernels, lse), tiling, maxsim, checks)) => {
             let info = a.get_info();
             let cap = self::wgpu::caps_loop_passes(&info).map_or(String::new(), |cap| {
                 format!(
@@ -383,7 +386,8 @@ fn probe_wgpu() -> BackendInfo {
                 true,
                 format!(
                     "uses {:?} (set {} to a substring of another adapter's name); Sinkhorn \
-                     kernels {} ({}: {}); cosine costs of sets of 64 rows or more on the {} \
+                     kernels {} ({}: {}), their log-sum-exps shifted by the {} ({}: {}); \
+                     cosine costs of sets of 64 rows or more on the {} \
                      kernel ({}: {}); MaxSim on the {}{} kernel ({}: {}); the solver's \
                      stopping rule on the {}{} ({}: {}){cap}",
                     info.name,
@@ -391,6 +395,12 @@ fn probe_wgpu() -> BackendInfo {
                     kernels.name(),
                     self::wgpu::SINKHORN_KERNEL_ENV,
                     choice::choices::<self::wgpu::SinkhornKernel>(),
+                    match lse {
+                        self::wgpu::BlockedLse::Max => "maximum",
+                        self::wgpu::BlockedLse::Shifted => "current potential",
+                    },
+                    self::wgpu::BLOCKED_LSE_ENV,
+                    choice::choices::<self::wgpu::BlockedLse>(),
                     tiling.name(),
                     self::wgpu::COST_TILING_ENV,
                     choice::choices::<self::wgpu::CostTiling>(),

@@ -55,9 +55,10 @@ pub const BLOCKED_MAX_LEN: usize = 128;
 /// Workgroup memory of the register-blocked fused kernel at its largest grid (G = 16), the
 /// larger of the two blocked kernels: hf and hg (2 × 512 f32), partial sums (256), partials
 /// (2 × 128 × 17, which also stage the embeddings while the cost is built), level-1 results
-/// (256 × 2) and the status word (the headers of `shaders/fused_sinkhorn.wgsl` and
-/// `shaders/blocked_lse.wgsl`): 24,592 B.
-const BLOCKED_WORKGROUP_BYTES: u32 = 4 * (2 * 512 + 256 + 2 * 128 * 17 + 256 * 2) + 16;
+/// (256 × 2), the fast path's shifts (2 × 128) and its flag, and the status word (the headers
+/// of `shaders/fused_sinkhorn.wgsl` and `shaders/blocked_lse.wgsl`): 25,620 B.
+const BLOCKED_WORKGROUP_BYTES: u32 =
+    4 * (2 * 512 + 256 + 2 * 128 * 17 + 256 * 2 + 2 * 128 + 1) + 16;
 
 /// Which WGSL kernels run the Sinkhorn iterations, chosen by `$OPTICAL_WGPU_SINKHORN`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +83,33 @@ pub const SINKHORN_KERNEL_ENV: &str = "OPTICAL_WGPU_SINKHORN";
 env_choice!(SinkhornKernel, SINKHORN_KERNEL_ENV, {
     Blocked => "blocked",
     Rows => "rows",
+});
+
+/// How the register-blocked Sinkhorn kernels form each row's (and column's) log-sum-exp,
+/// chosen by `$OPTICAL_WGPU_LSE` (`shaders/blocked_lse.wgsl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BlockedLse {
+    /// Every term shifted by the line's maximum, partials merged as (max, sum) pairs: 72
+    /// `exp2` per invocation and half-iteration. The default until a GPU has timed
+    /// [`Self::Shifted`]: on lavapipe that one is 25–30 % slower (its branches around barriers
+    /// cost llvmpipe more than the exponentials it saves), and on a GPU it is not yet
+    /// measured.
+    #[default]
+    Max,
+    /// The terms shifted by the line's current potential (the update of the CPU fast path and
+    /// of the PTX passes): no maximum, merges that are plain sums, 64 `exp2`; a pair whose
+    /// sums leave [2⁻⁶⁰, 2⁶⁰] redoes the half-iteration as [`Self::Max`] does, and lines of
+    /// fewer than 16 entries always do. Same results to f32 rounding.
+    Shifted,
+}
+
+/// Environment variable that picks how the blocked kernels form their log-sum-exps: `max`
+/// (default) or `shifted`.
+pub const BLOCKED_LSE_ENV: &str = "OPTICAL_WGPU_LSE";
+
+env_choice!(BlockedLse, BLOCKED_LSE_ENV, {
+    Max => "max",
+    Shifted => "shifted",
 });
 
 /// Where the Sinkhorn solver applies its stopping rule on this backend, chosen by
@@ -189,7 +217,7 @@ pub(crate) enum Bind {
 /// One kernel family: its bind group layout, its shader module and its pipelines.
 ///
 /// A pipeline is compiled the first time a kernel asks for it ([`Family::pipeline`]), not
-/// when the context opens: a call uses two or three of the backend's 28 pipelines, and
+/// when the context opens: a call uses two or three of the backend's 34 pipelines, and
 /// compiling all of them took ≈ 0.8 s of every `optical ot … --backend wgpu` on lavapipe.
 /// The WGSL of every module is still parsed and validated when the context opens.
 pub(crate) struct Family {
@@ -288,9 +316,14 @@ pub(crate) const MAXSIM_SCORES_TILE: usize = 2;
 pub(crate) const SINKHORN_ITERATE_TILE: usize = 0;
 pub(crate) const SINKHORN_ITERATE_STREAM: usize = 1;
 pub(crate) const SINKHORN_ERRORS: usize = 2;
-/// The register-blocked iterations (G = 16; + 1: the narrow G = 8), present when
-/// [`WgpuContext::has_blocked_kernel`].
+/// The register-blocked iterations (G = 16; + 1: the narrow G = 8; + [`BLOCKED_SHIFTED`]:
+/// [`BlockedLse::Shifted`]), present when [`WgpuContext::has_blocked_kernel`].
 pub(crate) const SINKHORN_ITERATE_BLOCKED: usize = 10;
+/// Offset of the [`BlockedLse::Shifted`] pipelines after their [`BlockedLse::Max`] ones, in
+/// the Sinkhorn family (blocked iterations) and in the blocked fused family (solve and plan,
+/// wide and narrow).
+pub(crate) const BLOCKED_SHIFTED: usize = 2;
+pub(crate) const FUSED_BLOCKED_SHIFTED: usize = 4;
 /// The split half-iterations (row update, column update), one dispatch each.
 pub(crate) const SINKHORN_ROWS_SPLIT: usize = 6;
 pub(crate) const SINKHORN_COLS_SPLIT: usize = 7;
@@ -398,6 +431,8 @@ pub struct WgpuContext {
     sinkhorn_kernel: SinkhornKernel,
     /// Where the solver checks (see [`SolverChecks`]).
     solver_checks: SolverChecks,
+    /// How the blocked kernels form their log-sum-exps (see [`BlockedLse`]).
+    blocked_lse: BlockedLse,
     /// Which kernel computes costs of large sets (see [`CostTiling`]).
     cost_tiling: CostTiling,
     /// Which kernel computes MaxSim scores (see [`MaxsimTiling`]).
@@ -472,6 +507,7 @@ impl WgpuContext {
         // The settings first: a wrong one is the error even where no adapter is found.
         SinkhornKernel::from_env()?;
         SolverChecks::from_env()?;
+        BlockedLse::from_env()?;
         CostTiling::from_env()?;
         MaxsimTiling::from_env()?;
         WgpuContext::with_adapter(choose_adapter(adapters())?)
@@ -483,6 +519,7 @@ impl WgpuContext {
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<WgpuContext> {
         let sinkhorn_kernel = SinkhornKernel::from_env()?;
         let solver_checks = SolverChecks::from_env()?;
+        let blocked_lse = BlockedLse::from_env()?;
         let cost_tiling = CostTiling::from_env()?;
         let maxsim_tiling = MaxsimTiling::from_env()?;
         let info = adapter.get_info();
@@ -570,6 +607,7 @@ impl WgpuContext {
             binding_limit: u64::MAX,
             sinkhorn_kernel,
             solver_checks,
+            blocked_lse,
             cost_tiling,
             maxsim_tiling,
             split_large,
@@ -673,6 +711,28 @@ impl WgpuContext {
     pub fn with_solver_checks(mut self, checks: SolverChecks) -> WgpuContext {
         self.solver_checks = checks;
         self
+    }
+
+    /// Form the blocked kernels' log-sum-exps as `lse` says instead of what the environment
+    /// named (tests, benches).
+    pub fn with_blocked_lse(mut self, lse: BlockedLse) -> WgpuContext {
+        self.blocked_lse = lse;
+        self
+    }
+
+    /// How the blocked kernels form their log-sum-exps (`$OPTICAL_WGPU_LSE` when the context
+    /// was opened).
+    pub fn blocked_lse(&self) -> BlockedLse {
+        self.blocked_lse
+    }
+
+    /// Pipeline offset of [`Self::blocked_lse`] in the Sinkhorn family.
+    pub(crate) fn blocked_lse_offset(&self, fused: bool) -> usize {
+        match (self.blocked_lse, fused) {
+            (BlockedLse::Max, _) => 0,
+            (BlockedLse::Shifted, false) => BLOCKED_SHIFTED,
+            (BlockedLse::Shifted, true) => FUSED_BLOCKED_SHIFTED,
+        }
     }
 
     /// Where the solver checks on this adapter (see [`SolverChecks`]): `Device` or `Host`.
@@ -1056,6 +1116,8 @@ impl Pipelines {
         let stream_narrow = [("TILE_CAPACITY", 1.0), ("WG", 64.0)];
         let blocked_wide = [("G", 16.0), ("WG", 256.0)];
         let blocked_narrow = [("G", 8.0), ("WG", 64.0)];
+        let shifted_wide = [("G", 16.0), ("WG", 256.0), ("SHIFTED", 1.0)];
+        let shifted_narrow = [("G", 8.0), ("WG", 64.0), ("SHIFTED", 1.0)];
         let cosine = family(
             device,
             "cosine_cost",
@@ -1099,6 +1161,9 @@ impl Pipelines {
             // SINKHORN_ITERATE_BLOCKED: only where the workgroup memory allows.
             sinkhorn_entries.push(("sinkhorn_iterate_blocked_f32", &blocked_wide));
             sinkhorn_entries.push(("sinkhorn_iterate_blocked_f32", &blocked_narrow));
+            // + BLOCKED_SHIFTED
+            sinkhorn_entries.push(("sinkhorn_iterate_blocked_f32", &shifted_wide));
+            sinkhorn_entries.push(("sinkhorn_iterate_blocked_f32", &shifted_narrow));
         }
         let sinkhorn = family(
             device,
@@ -1145,6 +1210,12 @@ impl Pipelines {
                     ("fused_blocked_plan_f32", &blocked_wide),
                     ("fused_blocked_f32", &blocked_narrow),
                     ("fused_blocked_plan_f32", &blocked_narrow),
+                    // + FUSED_BLOCKED_SHIFTED (the plan kernels do not iterate, but keep
+                    // the indices' pattern)
+                    ("fused_blocked_f32", &shifted_wide),
+                    ("fused_blocked_plan_f32", &shifted_wide),
+                    ("fused_blocked_f32", &shifted_narrow),
+                    ("fused_blocked_plan_f32", &shifted_narrow),
                 ],
             )
         });

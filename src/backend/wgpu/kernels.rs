@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::context::{
-    CostTiling, MaxsimTiling, SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN,
+    BlockedLse, CostTiling, MaxsimTiling, SinkhornKernel, WgpuContext, BACKEND, COSINE_BLOCKED_MIN,
     COSINE_COST, COSINE_COST_BLOCKED, COSINE_NORMS, FUSED_NARROW, FUSED_PLAN, FUSED_SOLVE,
     LLVMPIPE_LOOP_PASSES, LOOP_PASS_BUDGET, MAXSIM_NORMS, MAXSIM_SCORES, MAXSIM_SCORES_TILE,
     NARROW_LEN, PEAK_EX2,
@@ -29,6 +29,8 @@ const FUSED_ITERATIONS_PER_DISPATCH: usize = 512;
 /// the shaders' loops; what lavapipe (Mesa 22.3) counted is in the comments. `n`, `m`: the
 /// padded set lengths; `narrow`: the 64-invocation variants (pairs of at most 64 × 64).
 pub(crate) mod passes {
+    use super::BlockedLse;
+
     fn wg(narrow: bool) -> u64 {
         if narrow {
             64
@@ -47,8 +49,16 @@ pub(crate) mod passes {
     }
 
     /// One iteration of the register-blocked kernels, whose loops over an invocation's 8 × 8
-    /// block are unrolled. Counted: 19–21 from 64 × 64 to 128 × 128.
-    pub const BLOCKED_ITERATION: u64 = 32;
+    /// block are unrolled. Counted: 19–21 from 64 × 64 to 128 × 128 with
+    /// [`BlockedLse::Max`]. [`BlockedLse::Shifted`] adds its own merge loops (8 passes a
+    /// half-iteration) and, where a sum leaves its range, runs the max-subtracted ones too:
+    /// at most ≈ 2× the count.
+    pub fn blocked_iteration(lse: BlockedLse) -> u64 {
+        match lse {
+            BlockedLse::Max => 32,
+            BlockedLse::Shifted => 64,
+        }
+    }
 
     /// Loading a pair into the iterate kernels (K into the tile, the potentials).
     pub fn rows_setup(n: usize, m: usize, narrow: bool) -> u64 {
@@ -479,7 +489,7 @@ pub(crate) fn fused_kernel_for(
     [false, true]
         .into_iter()
         .all(|narrow| {
-            let (build, _) = fused_passes(kernel, x.n, y.n, x.d, narrow);
+            let (build, _) = fused_passes(kernel, ctx.blocked_lse(), x.n, y.n, x.d, narrow);
             let plan = build + passes::rows_setup(x.n, y.n, narrow);
             fused_iterations_per_dispatch(ctx, kernel, x.n, y.n, x.d, narrow, 1).is_some()
                 && ctx.loops_fit(plan)
@@ -488,9 +498,16 @@ pub(crate) fn fused_kernel_for(
 }
 
 /// The fused kernels' loop passes ([`passes`]): the cost build, and one iteration.
-fn fused_passes(kernel: SinkhornKernel, n: usize, m: usize, d: usize, narrow: bool) -> (u64, u64) {
+fn fused_passes(
+    kernel: SinkhornKernel,
+    lse: BlockedLse,
+    n: usize,
+    m: usize,
+    d: usize,
+    narrow: bool,
+) -> (u64, u64) {
     match kernel {
-        SinkhornKernel::Blocked => (passes::blocked_build(d), passes::BLOCKED_ITERATION),
+        SinkhornKernel::Blocked => (passes::blocked_build(d), passes::blocked_iteration(lse)),
         SinkhornKernel::Rows => (
             passes::tile_build(n, m, d, narrow),
             passes::rows_iteration(n, m, narrow),
@@ -508,7 +525,7 @@ fn fused_iterations_per_dispatch(
     narrow: bool,
     wanted: u32,
 ) -> Option<u32> {
-    let (build, iteration) = fused_passes(kernel, n, m, d, narrow);
+    let (build, iteration) = fused_passes(kernel, ctx.blocked_lse(), n, m, d, narrow);
     ctx.iterations_per_dispatch(build, iteration, wanted)
 }
 
@@ -574,7 +591,11 @@ pub(crate) fn fused_sinkhorn(
         let status0: Vec<[u32; 4]> = vec![[0, 0, f32::INFINITY.to_bits(), 0]; c];
         let narrow =
             (start..start + c).all(|p| x.lengths[p] <= NARROW_LEN && y.lengths[p] <= NARROW_LEN);
-        let variant = if narrow { FUSED_NARROW } else { 0 };
+        let variant = if narrow { FUSED_NARROW } else { 0 }
+            + match kernel {
+                SinkhornKernel::Blocked => ctx.blocked_lse_offset(true),
+                SinkhornKernel::Rows => 0,
+            };
         // Fewer iterations per dispatch where the adapter caps loop passes (llvmpipe).
         // fused_kernel_for checked that one fits with the widest variant.
         let per_dispatch = fused_iterations_per_dispatch(

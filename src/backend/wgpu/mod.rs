@@ -17,7 +17,7 @@
 //!
 //! Sinkhorn kernels ([`SinkhornKernel`], `$OPTICAL_WGPU_SINKHORN`): by default a dispatch whose
 //! pairs all have at most [`BLOCKED_MAX_LEN`] (128) support rows and columns runs a
-//! register-blocked kernel (K in registers, 8 × 8 per invocation of a 16 × 16 grid, 24 KiB of
+//! register-blocked kernel (K in registers, 8 × 8 per invocation of a 16 × 16 grid, 25 KiB of
 //! workgroup memory whatever the pair); `rows` (and larger pairs) take the kernels that give
 //! one invocation a whole row (under `blocked` on GPU adapters, pairs whose K does not fit
 //! the tile take split half-iterations instead: a pair over many workgroups, one dispatch
@@ -29,6 +29,13 @@
 //! the device's workgroup memory); otherwise it computes the cost with the cosine kernel and
 //! runs the materialised Sinkhorn (the blocked iterations where they apply, else the
 //! iterations that keep K in the tile or stream it from global memory).
+//!
+//! Log-sum-exps of the blocked kernels ([`BlockedLse`], `$OPTICAL_WGPU_LSE`): `max` (the
+//! default) shifts each line's terms by their maximum and merges (max, sum) pairs; `shifted`
+//! shifts them by the line's current potential, as the CPU fast path and the PTX passes do
+//! (an eighth fewer `exp2`, no maxima), falling back to `max` for a half-iteration whose sums
+//! leave their safe range. Same results to f32 rounding; the default changes when a GPU has
+//! timed both (`scripts/gpu-check.sh`, step `bench-wgpu-shifted`).
 //!
 //! Checks ([`SolverChecks`], `$OPTICAL_WGPU_CHECKS`): on GPU adapters by default the
 //! solver's stopping rule runs on the device after each check, so a solve reads back after
@@ -47,9 +54,9 @@ use std::sync::Arc;
 
 pub(crate) use context::caps_loop_passes;
 pub use context::{
-    adapters, choose_adapter, describe_adapter, CostTiling, MaxsimTiling, SinkhornKernel,
-    SolverChecks, WgpuContext, ADAPTER_ENV, BLOCKED_MAX_LEN, COST_TILING_ENV, MAXSIM_TILING_ENV,
-    SHADERS, SINKHORN_KERNEL_ENV, SOLVER_CHECKS_ENV,
+    adapters, choose_adapter, describe_adapter, BlockedLse, CostTiling, MaxsimTiling,
+    SinkhornKernel, SolverChecks, WgpuContext, ADAPTER_ENV, BLOCKED_LSE_ENV, BLOCKED_MAX_LEN,
+    COST_TILING_ENV, MAXSIM_TILING_ENV, SHADERS, SINKHORN_KERNEL_ENV, SOLVER_CHECKS_ENV,
 };
 pub use sinkhorn::WgpuSinkhornState;
 

@@ -579,8 +579,8 @@ fn iteration_steps<'a>(
     let (index, per_iteration) = if chunk.blocked {
         // G = 8 (the next pipeline) when every pair is at most 64 × 64.
         (
-            SINKHORN_ITERATE_BLOCKED + narrow as usize,
-            passes::BLOCKED_ITERATION,
+            SINKHORN_ITERATE_BLOCKED + narrow as usize + ctx.blocked_lse_offset(false),
+            passes::blocked_iteration(ctx.blocked_lse()),
         )
     } else if chunk.any_on_chip {
         (
