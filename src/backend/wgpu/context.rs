@@ -65,7 +65,7 @@ const BLOCKED_WORKGROUP_BYTES: u32 =
 pub enum SinkhornKernel {
     /// The register-blocked kernels wherever every pair of a dispatch has at most
     /// [`BLOCKED_MAX_LEN`] rows and columns: K in registers, 8 × 8 entries per invocation,
-    /// every invocation on every row and column update, 24 KiB of workgroup memory whatever
+    /// every invocation on every row and column update, 25 KiB of workgroup memory whatever
     /// the pair. Larger pairs take the tile kernels where K fits the tile, else the split
     /// half-iterations (a pair spread over many workgroups, one dispatch per half-iteration).
     #[default]
