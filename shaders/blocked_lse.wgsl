@@ -162,9 +162,10 @@ fn hg4(o: u32) -> vec4<f32> {
     return vec4<f32>(hg[o], hg[o + G], hg[o + 2u * G], hg[o + 3u * G]);
 }
 
-// One line's partial (max, Σ exp2(v − max)) over the invocation's 8 entries of it,
-// v = (lo, hi) + (h_lo, h_hi), the sum in entry order; a line past `len` gets (NEG, 0).
-// Written to slot `slot` of line `line`.
+// One line's partial over the invocation's 8 entries of it, v = (lo, hi) + (h_lo, h_hi):
+// (max, Σ exp2(v − max)), or with `shifted` (the fast path) Σ exp2(v + shift) alone, the sum
+// in entry order; a line past `len` gets (NEG, 0). Padding entries (NEG) give 0 either way.
+// Written to slot `slot` of line `line` (pmax only without `shifted`).
 fn line_partial(
     line: u32,
     slot: u32,
@@ -173,73 +174,65 @@ fn line_partial(
     hi: vec4<f32>,
     h_lo: vec4<f32>,
     h_hi: vec4<f32>,
+    shift: f32,
+    shifted: bool,
 ) {
     var mx = NEG;
     var s = 0.0;
     if line < len {
         let vl = lo + h_lo;
         let vh = hi + h_hi;
-        mx = max(mx, max(max(max(vl.x, vl.y), max(vl.z, vl.w)), max(max(vh.x, vh.y), max(vh.z, vh.w))));
-        let el = exp2(vl - mx);
-        let eh = exp2(vh - mx);
+        var el: vec4<f32>;
+        var eh: vec4<f32>;
+        if shifted {
+            el = exp2(vl + shift);
+            eh = exp2(vh + shift);
+        } else {
+            mx = max(mx, max(max(max(vl.x, vl.y), max(vl.z, vl.w)), max(max(vh.x, vh.y), max(vh.z, vh.w))));
+            el = exp2(vl - mx);
+            eh = exp2(vh - mx);
+        }
         s = el.x + el.y + el.z + el.w + eh.x + eh.y + eh.z + eh.w;
     }
-    pmax[line * (G + 1u) + slot] = mx;
-    psum[line * (G + 1u) + slot] = s;
-}
-
-// The fast path's partial of one line: Σ exp2(v + shift) over the invocation's 8 entries,
-// v = (lo, hi) + (h_lo, h_hi), in entry order; 0 for a line past `len`. Padding entries
-// (NEG) give 0.
-fn line_sum(
-    line: u32,
-    slot: u32,
-    len: u32,
-    lo: vec4<f32>,
-    hi: vec4<f32>,
-    h_lo: vec4<f32>,
-    h_hi: vec4<f32>,
-    shift: f32,
-) {
-    var s = 0.0;
-    if line < len {
-        let el = exp2(lo + h_lo + shift);
-        let eh = exp2(hi + h_hi + shift);
-        s = el.x + el.y + el.z + el.w + eh.x + eh.y + eh.z + eh.w;
+    if !shifted {
+        pmax[line * (G + 1u) + slot] = mx;
     }
     psum[line * (G + 1u) + slot] = s;
 }
 
-// The fast path's partials of the row update, each row shifted by its F_old (sf).
-fn row_sums(ri: u32, cj: u32, nr: u32) {
+// Partials of the row update: for each own row, its partial over the own columns of
+// v = K_ij + hg_j (with `shifted`, shifted by the row's F_old, sf). Rows past nr write (NEG, 0).
+fn row_partials(ri: u32, cj: u32, nr: u32, shifted: bool) {
     let hl = hg4(cj);
     let hh = hg4(cj + 4u * G);
-    line_sum(ri, cj, nr, k0l, k0h, hl, hh, sf[ri]);
-    line_sum(ri + G, cj, nr, k1l, k1h, hl, hh, sf[ri + G]);
-    line_sum(ri + 2u * G, cj, nr, k2l, k2h, hl, hh, sf[ri + 2u * G]);
-    line_sum(ri + 3u * G, cj, nr, k3l, k3h, hl, hh, sf[ri + 3u * G]);
-    line_sum(ri + 4u * G, cj, nr, k4l, k4h, hl, hh, sf[ri + 4u * G]);
-    line_sum(ri + 5u * G, cj, nr, k5l, k5h, hl, hh, sf[ri + 5u * G]);
-    line_sum(ri + 6u * G, cj, nr, k6l, k6h, hl, hh, sf[ri + 6u * G]);
-    line_sum(ri + 7u * G, cj, nr, k7l, k7h, hl, hh, sf[ri + 7u * G]);
+    line_partial(ri, cj, nr, k0l, k0h, hl, hh, sf[ri], shifted);
+    line_partial(ri + G, cj, nr, k1l, k1h, hl, hh, sf[ri + G], shifted);
+    line_partial(ri + 2u * G, cj, nr, k2l, k2h, hl, hh, sf[ri + 2u * G], shifted);
+    line_partial(ri + 3u * G, cj, nr, k3l, k3h, hl, hh, sf[ri + 3u * G], shifted);
+    line_partial(ri + 4u * G, cj, nr, k4l, k4h, hl, hh, sf[ri + 4u * G], shifted);
+    line_partial(ri + 5u * G, cj, nr, k5l, k5h, hl, hh, sf[ri + 5u * G], shifted);
+    line_partial(ri + 6u * G, cj, nr, k6l, k6h, hl, hh, sf[ri + 6u * G], shifted);
+    line_partial(ri + 7u * G, cj, nr, k7l, k7h, hl, hh, sf[ri + 7u * G], shifted);
 }
 
-// The fast path's partials of the column update, each column shifted by its G_old (sg).
-fn col_sums(ri: u32, cj: u32, nc: u32) {
+// Partials of the column update, over the own rows of v = K_ij + hf_i (with `shifted`,
+// shifted by the column's G_old, sg): column b of the block is column b of the transposed
+// 4 × 4 quarters.
+fn col_partials(ri: u32, cj: u32, nc: u32, shifted: bool) {
     let hl = hf4(ri);
     let hh = hf4(ri + 4u * G);
     let top_l = transpose(mat4x4<f32>(k0l, k1l, k2l, k3l));
     let bot_l = transpose(mat4x4<f32>(k4l, k5l, k6l, k7l));
     let top_h = transpose(mat4x4<f32>(k0h, k1h, k2h, k3h));
     let bot_h = transpose(mat4x4<f32>(k4h, k5h, k6h, k7h));
-    line_sum(cj, ri, nc, top_l[0], bot_l[0], hl, hh, sg[cj]);
-    line_sum(cj + G, ri, nc, top_l[1], bot_l[1], hl, hh, sg[cj + G]);
-    line_sum(cj + 2u * G, ri, nc, top_l[2], bot_l[2], hl, hh, sg[cj + 2u * G]);
-    line_sum(cj + 3u * G, ri, nc, top_l[3], bot_l[3], hl, hh, sg[cj + 3u * G]);
-    line_sum(cj + 4u * G, ri, nc, top_h[0], bot_h[0], hl, hh, sg[cj + 4u * G]);
-    line_sum(cj + 5u * G, ri, nc, top_h[1], bot_h[1], hl, hh, sg[cj + 5u * G]);
-    line_sum(cj + 6u * G, ri, nc, top_h[2], bot_h[2], hl, hh, sg[cj + 6u * G]);
-    line_sum(cj + 7u * G, ri, nc, top_h[3], bot_h[3], hl, hh, sg[cj + 7u * G]);
+    line_partial(cj, ri, nc, top_l[0], bot_l[0], hl, hh, sg[cj], shifted);
+    line_partial(cj + G, ri, nc, top_l[1], bot_l[1], hl, hh, sg[cj + G], shifted);
+    line_partial(cj + 2u * G, ri, nc, top_l[2], bot_l[2], hl, hh, sg[cj + 2u * G], shifted);
+    line_partial(cj + 3u * G, ri, nc, top_l[3], bot_l[3], hl, hh, sg[cj + 3u * G], shifted);
+    line_partial(cj + 4u * G, ri, nc, top_h[0], bot_h[0], hl, hh, sg[cj + 4u * G], shifted);
+    line_partial(cj + 5u * G, ri, nc, top_h[1], bot_h[1], hl, hh, sg[cj + 5u * G], shifted);
+    line_partial(cj + 6u * G, ri, nc, top_h[2], bot_h[2], hl, hh, sg[cj + 6u * G], shifted);
+    line_partial(cj + 7u * G, ri, nc, top_h[3], bot_h[3], hl, hh, sg[cj + 7u * G], shifted);
 }
 
 // The fast path's merge, after the partials' barrier: for the owner of line t (t < len) the
@@ -270,40 +263,6 @@ fn publish_start(t: u32, nr: u32, nc: u32, fr: f32, gc: f32) {
     }
 }
 
-// Partials of the row update: for each own row, (max, Σ exp2(v − max)) over the own columns
-// of v = K_ij + hg_j. Rows past nr write (NEG, 0).
-fn row_partials(ri: u32, cj: u32, nr: u32) {
-    let hl = hg4(cj);
-    let hh = hg4(cj + 4u * G);
-    line_partial(ri, cj, nr, k0l, k0h, hl, hh);
-    line_partial(ri + G, cj, nr, k1l, k1h, hl, hh);
-    line_partial(ri + 2u * G, cj, nr, k2l, k2h, hl, hh);
-    line_partial(ri + 3u * G, cj, nr, k3l, k3h, hl, hh);
-    line_partial(ri + 4u * G, cj, nr, k4l, k4h, hl, hh);
-    line_partial(ri + 5u * G, cj, nr, k5l, k5h, hl, hh);
-    line_partial(ri + 6u * G, cj, nr, k6l, k6h, hl, hh);
-    line_partial(ri + 7u * G, cj, nr, k7l, k7h, hl, hh);
-}
-
-// Partials of the column update, over the own rows of v = K_ij + hf_i: column b of the block
-// is column b of the transposed 4 × 4 quarters.
-fn col_partials(ri: u32, cj: u32, nc: u32) {
-    let hl = hf4(ri);
-    let hh = hf4(ri + 4u * G);
-    let top_l = transpose(mat4x4<f32>(k0l, k1l, k2l, k3l));
-    let bot_l = transpose(mat4x4<f32>(k4l, k5l, k6l, k7l));
-    let top_h = transpose(mat4x4<f32>(k0h, k1h, k2h, k3h));
-    let bot_h = transpose(mat4x4<f32>(k4h, k5h, k6h, k7h));
-    line_partial(cj, ri, nc, top_l[0], bot_l[0], hl, hh);
-    line_partial(cj + G, ri, nc, top_l[1], bot_l[1], hl, hh);
-    line_partial(cj + 2u * G, ri, nc, top_l[2], bot_l[2], hl, hh);
-    line_partial(cj + 3u * G, ri, nc, top_l[3], bot_l[3], hl, hh);
-    line_partial(cj + 4u * G, ri, nc, top_h[0], bot_h[0], hl, hh);
-    line_partial(cj + 5u * G, ri, nc, top_h[1], bot_h[1], hl, hh);
-    line_partial(cj + 6u * G, ri, nc, top_h[2], bot_h[2], hl, hh);
-    line_partial(cj + 7u * G, ri, nc, top_h[3], bot_h[3], hl, hh);
-}
-
 // The row update's −LSE for the owner of row t (meaningful for t < nr), whose current F is
 // `f_old`. Ends after a barrier; the caller writes hf (finish_iteration) and puts the barrier
 // after it. Every invocation has passed a barrier since the last uniform read of `redo`
@@ -315,14 +274,14 @@ fn row_update(t: u32, ri: u32, cj: u32, nr: u32, nc: u32, f_old: f32) -> f32 {
             if t == 0u {
                 atomicStore(&redo, 0u);
             }
-            row_sums(ri, cj, nr);
+            row_partials(ri, cj, nr, true);
             let r = shifted_update(t, nr, f_old);
             if workgroupUniformLoad(&redo) == 0u {
                 return r;
             }
         }
     }
-    row_partials(ri, cj, nr);
+    row_partials(ri, cj, nr, false);
     workgroupBarrier();
     level1(t, MODE_LSE);
     workgroupBarrier();
@@ -361,13 +320,13 @@ fn finish_iteration(
             if t == 0u {
                 atomicStore(&redo, 0u);
             }
-            col_sums(ri, cj, nc);
+            col_partials(ri, cj, nc, true);
             g_new = shifted_update(t, nc, g_old);
             fast = workgroupUniformLoad(&redo) == 0u;
         }
     }
     if !fast {
-        col_partials(ri, cj, nc);
+        col_partials(ri, cj, nc, false);
         workgroupBarrier();
         level1(t, MODE_LSE);
         workgroupBarrier();
