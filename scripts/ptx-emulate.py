@@ -382,10 +382,10 @@ def wgmma_tf32(shared, op, threads, where):
 
 
 class Thread:
-    __slots__ = ("tid", "regs", "pc", "state", "bar", "locked", "unfenced_regs")
+    __slots__ = ("tid", "regs", "pc", "state", "bar", "red", "locked", "unfenced_regs")
 
     def __init__(self, tid):
-        self.tid, self.regs, self.pc, self.state, self.bar = tid, {}, 0, "run", None
+        self.tid, self.regs, self.pc, self.state, self.bar, self.red = tid, {}, 0, "run", None, None
         # accumulator and A-fragment registers of wgmma.mma_async operations not yet retired
         # by a wait
         self.locked = set()
@@ -539,9 +539,18 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 t.state = "done"
                 return
             if op == "bar":
-                # bar.sync id: every thread of the CTA; bar.sync id, count: `count` threads
+                # bar.sync id: every thread of the CTA; bar.sync id, count: `count` threads;
+                # bar.red.or.pred d, id, p: every thread, d = the OR of the threads' p
                 t.state = "bar"
-                t.bar = (int(ops[0]), int(ops[1]) if len(ops) > 1 else None)
+                if opc == "bar.red.or.pred":
+                    assert len(ops) == 3 and not ops[2].startswith("!"), ops
+                    t.bar = (int(ops[1]), None)
+                    t.red = (ops[0], bool(r[ops[2]]))
+                elif opc == "bar.sync":
+                    t.bar = (int(ops[0]), int(ops[1]) if len(ops) > 1 else None)
+                    t.red = None
+                else:
+                    raise NotImplementedError(opc)
                 return
             if entry.uses_wgmma and op not in ("wgmma", "fence"):
                 # Any other instruction, warp-collective ones included, that names a register
@@ -877,6 +886,16 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 if len(waiting) < count:
                     continue
                 shared.barrier(frozenset(t.tid for t in waiting))
+            reds = {t.red is not None for t in waiting}
+            if len(reds) != 1:
+                raise RuntimeError(f"{entry.name}: bar.sync and bar.red meet at barrier {bid}")
+            if reds.pop():
+                dests = {t.red[0] for t in waiting}
+                if len(dests) != 1:
+                    raise RuntimeError(f"{entry.name}: bar.red at barrier {bid} into different predicates {dests}")
+                res = any(t.red[1] for t in waiting)
+                for t in waiting:
+                    t.regs[t.red[0]] = res
             for t in waiting:
                 t.pc += 1
                 t.state = "run"
@@ -1199,7 +1218,7 @@ def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
     return report(f"sinkhorn split b={b} n={n} m={m} iters={iters} eps={eps}", err, 2e-3) and ok
 
 
-def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0, threads=512):
+def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0, threads=512, lse_mode=0):
     """`paths`: labels of kernels/sinkhorn_fused.ptx that must have run (e.g. the fallback
     of the fast row pass, RF_SLOW), or, prefixed with '!', must not have."""
     rng = random.Random(seed)
@@ -1225,9 +1244,12 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     kscale = f32(-1.4426950408889634 / eps)
     args = [mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp))),
             mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
-            cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode]
+            cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode, lse_mode]
     n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
     smem = {0: 18432, 1: 36864, 2: 40960, 3: 0}[cost_mode] + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
+    if lse_mode:
+        # the absorbed shifts c[n4] and d[m4] after K
+        smem += 4 * n4 + 4 * m4
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
     run_kernel(entry, mem, args, (b, 1, 1), threads, smem)
@@ -1258,7 +1280,8 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
         err_s = max(err_s, max(ad(a, c) for a, c in zip(G[p * m : p * m + ly[p]], Gw)))
         err_s = max(err_s, ad(E[p], Ew))
     ok = report(f"fused cost (mode {cost_mode}) b={b} n={n} m={m} d={d} threads={threads}", err_c, 2e-5) and path_ok
-    return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps} threads={threads}", err_s, 2e-3) and ok
+    return report(f"fused sinkhorn b={b} n={n} m={m} d={d} iters={iters} eps={eps} threads={threads} lse={lse_mode}",
+                  err_s, 2e-3) and ok
 
 
 def f32_floor(threshold):
@@ -1599,6 +1622,26 @@ def main():
         # cost, then full chunks only in both passes)
         ("fused cost given issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 79, True, cost_mode=3,
                                                            paths=["GCOST", "RW_STORE", "CL_STORE", "!RWS", "!CLS"])),
+        # lse_mode 1, the shifts absorbed into K'': at eps 0.05 the fast passes all through,
+        # nothing re-absorbed; at eps 0.002 the first passes fall back, the warps' flags and
+        # the barrier's OR re-absorb the potentials, and the fast passes take over; rows past
+        # one round of the warps (re-absorbing them warp by warp); 256 threads; the cost given
+        ("fused absorbed", lambda: test_fused(mods, 2, 13, 70, 10, 3, 10, lse_mode=1,
+                                              paths=["RWA_CHUNK", "CLA_CHUNK", "RW_STORE", "CL_STORE", "!RWS", "!CLS",
+                                                     "!RA_ROWS"])),
+        ("fused absorbed fallback rows", lambda: test_fused(mods, 1, 11, 9, 6, 6, 19, True, eps=0.002, lse_mode=1,
+                                                            paths=["RWS", "RA_KCOL", "RA_V", "RWA_CHUNK", "CLA_CHUNK"])),
+        ("fused absorbed fallback columns", lambda: test_fused(mods, 1, 2, 9, 6, 6, 19, True, eps=0.002, lse_mode=1,
+                                                               paths=["CLS", "RA_KCOL", "CLA_CHUNK"])),
+        ("fused absorbed many rows", lambda: test_fused(mods, 1, 140, 3, 4, 3, 24, True, eps=0.002, lse_mode=1,
+                                                        paths=["RA_KCOL", "RWA_CHUNK"])),
+        ("fused absorbed tails", lambda: test_fused(mods, 1, 12, 15, 5, 2, 23, True, lse_mode=1)),
+        ("fused absorbed 256 threads fallback", lambda: test_fused(mods, 1, 2, 9, 6, 6, 19, True, eps=0.002,
+                                                                   threads=256, lse_mode=1, paths=["RA_KCOL"])),
+        ("fused absorbed 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11, lse_mode=1)),
+        ("fused absorbed cost given issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 79, True, cost_mode=3,
+                                                                     lse_mode=1,
+                                                                     paths=["RWA_CHUNK", "CLA_CHUNK", "!RWS", "!CLS"])),
         # memory access patterns (AccessStats) on full 128 x 128 tiles with even rows: the
         # staging stores and epilogue reads in shared memory without bank conflicts, the
         # output in whole 32-byte sectors; and the even-m epilogue of the wgmma kernels on
@@ -1723,6 +1766,19 @@ def main():
             ("fused cost given, the fourth column of a step dropped", "sinkhorn_fused",
              "    @pq st.shared.f32 [t+384], v3;\n", "",
              lambda m: test_fused(m, 1, 9, 130, 8, 2, 34, True, cost_mode=3)),
+            # lse_mode 1: the re-absorption's update of K'' dropped; the stored row potential
+            # without its absorbed shift; the OR of the fallback flags replaced by a plain
+            # barrier (no re-absorption: still right, but the fast passes never come back)
+            ("fused absorbed without the update of K''", "sinkhorn_fused",
+             "    ld.shared.f32   w0, [t];\n    add.f32         w0, w0, tf;\n", "    ld.shared.f32   w0, [t];\n",
+             lambda m: test_fused(m, 1, 11, 9, 6, 6, 19, True, eps=0.002, lse_mode=1)),
+            ("fused absorbed row potential without c", "sinkhorn_fused",
+             "    @pabs add.f32   fnew, fnew, fo;\n    add.u32         t, u, sf;\n    st.shared.f32   [t], fnew;\n",
+             "    add.u32         t, u, sf;\n    st.shared.f32   [t], fnew;\n",
+             lambda m: test_fused(m, 1, 11, 9, 6, 6, 19, True, eps=0.002, lse_mode=1)),
+            ("fused absorbed never re-absorbing", "sinkhorn_fused",
+             "    bar.red.or.pred preab, 0, pfell;\n", "    bar.red.or.pred preab, 0, pfell;\n    setp.ne.u32     preab, tid, tid;\n",
+             lambda m: test_fused(m, 1, 11, 9, 6, 6, 19, True, eps=0.002, lse_mode=1, paths=["RA_KCOL"])),
             ("fused no named barrier in the cost tiles", "sinkhorn_fused",
              "TWRITTEN:\n    bar.sync        1, 256;\n", "TWRITTEN:\n",
              lambda m: test_fused(m, 1, 70, 5, 6, 1, 16, True)),

@@ -1108,6 +1108,12 @@ fn bad_cuda_settings_are_clear_errors() {
         ),
         ("OPTICAL_CUDA_WGMMA_STAGES", "4", "cosine-cost", "2 or 3"),
         (
+            "OPTICAL_CUDA_FUSED_LSE",
+            "max",
+            "sinkhorn-fused",
+            "shifted or absorbed",
+        ),
+        (
             "OPTICAL_CUDA_CHECKS",
             "gpu",
             "sinkhorn-checks",

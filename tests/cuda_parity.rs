@@ -13,8 +13,8 @@
 mod common;
 
 use optical::backend::cuda::{
-    CostKernel, CudaBackend, FusedCost, FusedThreads, MaxsimRoute, SinkhornSplit, Staging,
-    WgmmaStages,
+    CostKernel, CudaBackend, FusedCost, FusedLse, FusedThreads, MaxsimRoute, SinkhornSplit,
+    Staging, WgmmaStages,
 };
 use optical::backend::{Backend, BackendKind, CpuFast, CpuReference};
 use optical::ot::problem::{CostBatch, Embeddings, PackedDocs, Problem, SinkhornParams};
@@ -867,6 +867,35 @@ fn fused_sinkhorn_given_cost_matches_reference() {
                 .with_wgmma_stages(stages),
         );
         fused_cases(&gpu, kernel, threads);
+    }
+}
+
+/// The absorbed log-sum-exps (`OPTICAL_CUDA_FUSED_LSE=absorbed`, lse_mode 1), not yet proven
+/// on a GPU: its own test. Every shape of the fused cases (ε = 0.01 and 0.005 among them,
+/// where the first passes fall back and the kernel absorbs the potentials into K″), with
+/// the serial cost phase and the default block, with 256 threads, and with the cost given.
+#[test]
+fn fused_sinkhorn_absorbed_lse_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    for (threads, cost) in [
+        (FusedThreads::Auto, FusedCost::Serial),
+        (FusedThreads::Threads256, FusedCost::Serial),
+        (FusedThreads::Auto, FusedCost::Standalone),
+    ] {
+        eprintln!(
+            "fused log-sum-exps: absorbed ({} threads, {} cost phase)",
+            threads.name(),
+            cost.name()
+        );
+        let with_kernel = with_cost_kernel(&gpu, CostKernel::Tf32x3);
+        let gpu = Backend::Cuda(
+            cuda_of(&with_kernel)
+                .clone()
+                .with_fused_threads(threads)
+                .with_fused_cost(cost)
+                .with_fused_lse(FusedLse::Absorbed),
+        );
+        fused_cases(&gpu, CostKernel::Tf32x3, threads);
     }
 }
 

@@ -611,8 +611,10 @@ fn report_names_the_defaults_a_run_decides() {
     write("cuda-fusedpipe", fused(440e-6));
     write("cuda-fusedgiven", fused(400e-6));
     write("cuda-fusedgiven-wgmma", fused(380e-6));
-    // The checks decision is on wall time: host checks here take less device time and more
-    // wall time, so the default stays.
+    write("cuda-fusedabs", fused(430e-6)); // 5.8 % faster than the default
+    write("cuda-fusedgiven-abs", fused(395e-6)); // 1.3 % faster than the cost given alone
+                                                 // The checks decision is on wall time: host checks here take less device time and more
+                                                 // wall time, so the default stays.
     let checks = |wall: f64, device: f64| {
         cuda_record(
             "sinkhorn-checks",
@@ -669,7 +671,16 @@ fn report_names_the_defaults_a_run_decides() {
         (&"sinkhorn-fused".into(), &"change".into())
     );
     assert!((shifted["speedup"].as_f64().unwrap() - 17.2 / 14.0).abs() < 1e-9);
-    assert_eq!(decisions.len(), 7);
+    let absorbed = find("the fused kernel's absorbed log-sum-exps beat the shifted ones (inline");
+    assert_eq!(absorbed["verdict"], "change", "{absorbed}");
+    assert!((absorbed["speedup"].as_f64().unwrap() - 455.0 / 430.0).abs() < 1e-9);
+    let absorbed_given =
+        find("the fused kernel's absorbed log-sum-exps beat the shifted ones (cost");
+    assert_eq!(
+        (&absorbed_given["default"], &absorbed_given["verdict"]),
+        (&"cuda-fusedgiven".into(), &"keep".into())
+    );
+    assert_eq!(decisions.len(), 9);
     assert!(md.contains("## Defaults this run decides"), "{md}");
     assert!(
         md.contains("| cuda-wgmma 100.0 | cuda-wgmma3 98.0 | 1.020 | keep the default |"),
@@ -689,7 +700,7 @@ fn report_names_the_defaults_a_run_decides() {
         .iter()
         .map(|d| d["question"].as_str().unwrap())
         .collect();
-    assert_eq!(questions.len(), 5, "{questions:?}");
+    assert_eq!(questions.len(), 7, "{questions:?}");
     assert!(questions.iter().all(|q| !q.contains("stages")));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,8 +14,8 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 use super::device::{
-    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, SinkhornSplit, SolverChecks,
-    BACKEND, SINKHORN_SPLIT_ENV,
+    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, FusedLse, SinkhornSplit,
+    SolverChecks, BACKEND, SINKHORN_SPLIT_ENV,
 };
 use super::ptx;
 use crate::backend::cpu::check_pair_batch;
@@ -37,8 +37,8 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
 /// the staging area of its cost phase doubles on the tensor cores (tf32 halves), is two
 /// 20,480-byte buffers with producer warps (cost_mode 2) and none when the cost is given
 /// (cost_mode 3); its vectors are padded to multiples of 4 floats (16-byte aligned for
-/// vector loads).
-fn fused_smem(n: usize, m: usize, cost_mode: u32) -> usize {
+/// vector loads). The absorbed log-sum-exps (lse_mode 1) keep two more vectors after K.
+fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: FusedLse) -> usize {
     let stage = match cost_mode {
         0 => 18432,
         1 => 36864,
@@ -46,7 +46,19 @@ fn fused_smem(n: usize, m: usize, cost_mode: u32) -> usize {
         _ => 0,
     };
     let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
-    stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
+    let absorbed = match lse {
+        FusedLse::Shifted => 0,
+        FusedLse::Absorbed => 4 * n4 + 4 * m4,
+    };
+    stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1) + absorbed
+}
+
+/// The `lse_mode` argument of `sinkhorn_fused_f32`.
+fn fused_lse_mode(lse: FusedLse) -> u32 {
+    match lse {
+        FusedLse::Shifted => 0,
+        FusedLse::Absorbed => 1,
+    }
 }
 
 /// The `cost_mode` of a fused launch of `block` threads for pairs of `n × m`: the cost given
@@ -54,14 +66,16 @@ fn fused_smem(n: usize, m: usize, cost_mode: u32) -> usize {
 /// was asked for, the block has 512 threads, the cost phase is on the tensor cores and its
 /// larger staging fits `smem_optin`; else the cost kernel's own mode.
 fn fused_launch_mode(
-    cost: CostKernel,
-    phase: FusedCost,
+    (cost, phase, lse): (CostKernel, FusedCost, FusedLse),
     block: u32,
     (n, m): (usize, usize),
     smem_optin: usize,
 ) -> u32 {
     match fused_cost_mode(cost, phase) {
-        1 if block == 512 && phase == FusedCost::Pipelined && fused_smem(n, m, 2) <= smem_optin => {
+        1 if block == 512
+            && phase == FusedCost::Pipelined
+            && fused_smem(n, m, 2, lse) <= smem_optin =>
+        {
             2
         }
         mode => mode,
@@ -411,6 +425,7 @@ impl CudaBackend {
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
         let iters = as_u32("iterations", iterations)?;
         let kscale = (-LOG2E / epsilon) as f32;
+        let lse_mode = fused_lse_mode(self.fused_lse());
         let mut l = self.launch(ptx::SINKHORN_FUSED)?;
         l.buf(&bufs.x)
             .buf(&bufs.y)
@@ -428,13 +443,14 @@ impl CudaBackend {
             .u32(&dpu)
             .u32(&iters)
             .f32(&kscale)
-            .u32(&cost_mode);
+            .u32(&cost_mode)
+            .u32(&lse_mode);
         // SAFETY: x holds b*n*dp floats and y b*m*dp (dp % 4 == 0, 16-byte aligned rows),
         // the lengths b u32 each within 1..=n / 1..=m, log2a and f b*n, log2b and g b*m,
         // cost and k b*n*m, err b; block = 256 or 512 threads (FusedThreads), the kernel's
         // .maxntid 512 and the cost phase's 256 named-barrier threads both hold (cost_mode 2
-        // only with 512), and the dynamic shared memory is the header's size for (n, m) and
-        // this cost_mode, checked against the device's opt-in limit by the caller (and by
+        // only with 512), and the dynamic shared memory is the header's size for (n, m),
+        // this cost_mode and lse_mode (c and d after K with lse_mode 1), checked against the device's opt-in limit by the caller (and by
         // fused_shape for cost_mode 2); with cost_mode 3 the cost kernel queued before it on
         // this stream has written every entry of cost (b*n*m) that the kernel reads.
         unsafe { l.launch(cfg) }
@@ -464,18 +480,23 @@ impl CudaBackend {
     /// the tensor cores and its 4 KB more fit; else the cost kernel's own mode.
     fn fused_shape(&self, n: usize, m: usize) -> (u32, u32, usize) {
         let block = self.fused_threads().block(n, m);
+        let lse = self.fused_lse();
         let mode = fused_launch_mode(
-            self.cost_kernel(),
-            self.fused_cost(),
+            (self.cost_kernel(), self.fused_cost(), lse),
             block,
             (n, m),
             self.dev.smem_optin,
         );
-        (block, mode, fused_smem(n, m, mode))
+        (block, mode, fused_smem(n, m, mode, lse))
     }
 
     fn check_fused_fits(&self, n: usize, m: usize) -> Result<()> {
-        let need = fused_smem(n, m, fused_cost_mode(self.cost_kernel(), self.fused_cost()));
+        let need = fused_smem(
+            n,
+            m,
+            fused_cost_mode(self.cost_kernel(), self.fused_cost()),
+            self.fused_lse(),
+        );
         if need > self.dev.smem_optin {
             return Err(Error::parameter(
                 "n, m",
@@ -798,41 +819,103 @@ mod tests {
         let optin = 232_448; // an H100's or H200's opt-in shared memory per block
         let pipelined = FusedCost::Pipelined;
         // The pairs: 512 threads, tensor cores, 110,208 bytes.
-        assert_eq!(fused_smem(128, 128, 2), 110_208);
+        assert_eq!(fused_smem(128, 128, 2, FusedLse::Shifted), 110_208);
         assert_eq!(
-            fused_launch_mode(CostKernel::Tf32x3, pipelined, 512, (128, 128), optin),
+            fused_launch_mode(
+                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                512,
+                (128, 128),
+                optin
+            ),
             2
         );
         assert_eq!(
-            fused_launch_mode(CostKernel::Auto, pipelined, 512, (128, 128), optin),
+            fused_launch_mode(
+                (CostKernel::Auto, pipelined, FusedLse::Shifted),
+                512,
+                (128, 128),
+                optin
+            ),
             2
         );
         // Not asked for, 256 threads, or the FP32 cost phase: the kernel's own mode.
         let serial = FusedCost::Serial;
         assert_eq!(
-            fused_launch_mode(CostKernel::Tf32x3, serial, 512, (128, 128), optin),
+            fused_launch_mode(
+                (CostKernel::Tf32x3, serial, FusedLse::Shifted),
+                512,
+                (128, 128),
+                optin
+            ),
             1
         );
         assert_eq!(
-            fused_launch_mode(CostKernel::Tf32x3, pipelined, 256, (64, 64), optin),
+            fused_launch_mode(
+                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                256,
+                (64, 64),
+                optin
+            ),
             1
         );
         assert_eq!(
-            fused_launch_mode(CostKernel::Fp32, pipelined, 512, (128, 128), optin),
+            fused_launch_mode(
+                (CostKernel::Fp32, pipelined, FusedLse::Shifted),
+                512,
+                (128, 128),
+                optin
+            ),
             0
         );
         // Where its 4 KB more do not fit but the serial phase does: the serial phase.
         let (n, m) = (200, 200);
-        let need = fused_smem(n, m, 2);
-        assert!(fused_smem(n, m, 1) <= need - 4096);
+        let need = fused_smem(n, m, 2, FusedLse::Shifted);
+        assert!(fused_smem(n, m, 1, FusedLse::Shifted) <= need - 4096);
         assert_eq!(
-            fused_launch_mode(CostKernel::Tf32x3, pipelined, 512, (n, m), need - 1),
+            fused_launch_mode(
+                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                512,
+                (n, m),
+                need - 1
+            ),
             1
         );
         assert_eq!(
-            fused_launch_mode(CostKernel::Tf32x3, pipelined, 512, (n, m), need),
+            fused_launch_mode(
+                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                512,
+                (n, m),
+                need
+            ),
             2
         );
+    }
+
+    #[test]
+    fn the_absorbed_shifts_take_two_vectors_more_and_keep_two_ctas_per_sm() {
+        let absorbed = FusedLse::Absorbed;
+        // c and d, 4 (n4 + m4) bytes after K: 1 KB for the pairs.
+        for mode in 0..4 {
+            assert_eq!(
+                fused_smem(128, 128, mode, absorbed)
+                    - fused_smem(128, 128, mode, FusedLse::Shifted),
+                1024
+            );
+        }
+        assert_eq!(
+            fused_smem(13, 70, 3, absorbed) - fused_smem(13, 70, 3, FusedLse::Shifted),
+            4 * 16 + 4 * 72
+        );
+        // The largest of them, the producer-warp phase, still fits two CTAs (and the driver's
+        // 1 KB each) in an H100's or H200's 228 KB per SM.
+        assert!(2 * (fused_smem(128, 128, 2, absorbed) + 1024) <= 228 * 1024);
+        // The producer-warp phase only where its larger size, the vectors included, fits.
+        let need = fused_smem(200, 200, 2, absorbed);
+        let phase = (CostKernel::Tf32x3, FusedCost::Pipelined, absorbed);
+        assert_eq!(fused_launch_mode(phase, 512, (200, 200), need - 1), 1);
+        assert_eq!(fused_launch_mode(phase, 512, (200, 200), need), 2);
+        assert_eq!(fused_lse_mode(FusedLse::Shifted), 0);
+        assert_eq!(fused_lse_mode(absorbed), 1);
     }
 
     #[test]
@@ -845,12 +928,23 @@ mod tests {
             (CostKernel::WgmmaRs, 512),
         ] {
             assert_eq!(
-                fused_launch_mode(kernel, standalone, block, (128, 128), 0),
+                fused_launch_mode(
+                    (kernel, standalone, FusedLse::Shifted),
+                    block,
+                    (128, 128),
+                    0
+                ),
                 3
             );
         }
         // No staging: the pairs need 36,864 bytes less than the serial phase.
-        assert_eq!(fused_smem(128, 128, 1) - fused_smem(128, 128, 3), 36_864);
-        assert_eq!(fused_smem(128, 128, 3), 128 + 24 * 128 + 4 * 128 * 129);
+        assert_eq!(
+            fused_smem(128, 128, 1, FusedLse::Shifted) - fused_smem(128, 128, 3, FusedLse::Shifted),
+            36_864
+        );
+        assert_eq!(
+            fused_smem(128, 128, 3, FusedLse::Shifted),
+            128 + 24 * 128 + 4 * 128 * 129
+        );
     }
 }
