@@ -258,11 +258,13 @@ T=60 step bench-cuda-fusedpipe env OPTICAL_CUDA_FUSED_COST=pipelined "$BIN" benc
 # tiles), and on compute capability 9.0 with each wgmma kernel.
 T=60 step bench-cuda-fusedgiven env OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda \
     --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
-# The absorbed log-sum-exps (lse_mode 1: the shifts kept in K'', one addition per element
-# fewer in the passes) against the shifted default, inline and with the cost given.
-T=60 step bench-cuda-fusedabs env OPTICAL_CUDA_FUSED_LSE=absorbed "$BIN" bench --backend cuda \
-    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
-T=60 step bench-cuda-fusedgiven-abs env OPTICAL_CUDA_FUSED_LSE=absorbed \
+# The absorbed log-sum-exps (OPTICAL_CUDA_LSE=absorbed: the shifts kept in K'', one addition
+# per element fewer in the on-chip passes) against the shifted default: the fused kernel,
+# inline and with the cost given, and sinkhorn_iterate_f32 (sinkhorn, and a distillation
+# step's OT in sinkhorn-checks).
+T=60 step bench-cuda-absorbed env OPTICAL_CUDA_LSE=absorbed "$BIN" bench --backend cuda \
+    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1,sinkhorn,sinkhorn-checks
+T=60 step bench-cuda-fusedgiven-abs env OPTICAL_CUDA_LSE=absorbed \
     OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels sinkhorn-fused,sinkhorn-fused-1
 if [ "$compute_cap" = 9.0 ]; then

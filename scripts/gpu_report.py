@@ -231,13 +231,16 @@ decide("the standalone cost phase is faster on wgmma than on auto's 64 x 64 tile
        "WGMMA_TILES_PER_SM drops below 2 (auto takes wgmma there)",
        "sinkhorn-fused", ["cuda-fusedgiven"],
        ["cuda-fusedgiven-wgmma", "cuda-fusedgiven-wgmma3", "cuda-fusedgiven-wgmmars"])
-# The fused kernel's absorbed log-sum-exps (one addition per element fewer in its passes)
-# against the shifted ones, with the default cost phase and with the cost given.
-decide("the fused kernel's absorbed log-sum-exps beat the shifted ones (inline cost phase)",
-       "FusedLse::Absorbed becomes the default", "sinkhorn-fused", ["cuda"], ["cuda-fusedabs"])
-decide("the fused kernel's absorbed log-sum-exps beat the shifted ones (cost given)",
-       "FusedLse::Absorbed becomes the default", "sinkhorn-fused", ["cuda-fusedgiven"],
+# The absorbed log-sum-exps (one addition per element fewer in the on-chip passes) against
+# the shifted ones: the fused kernel with the default cost phase and with the cost given, and
+# sinkhorn_iterate_f32.
+decide("the absorbed log-sum-exps beat the shifted ones (fused, inline cost phase)",
+       "SinkhornLse::Absorbed becomes the default", "sinkhorn-fused", ["cuda"], ["cuda-absorbed"])
+decide("the absorbed log-sum-exps beat the shifted ones (fused, cost given)",
+       "SinkhornLse::Absorbed becomes the default", "sinkhorn-fused", ["cuda-fusedgiven"],
        ["cuda-fusedgiven-abs"])
+decide("the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate_f32)",
+       "SinkhornLse::Absorbed becomes the default", "sinkhorn", ["cuda"], ["cuda-absorbed"])
 for kernel in ("sinkhorn", "sinkhorn-fused"):
     decide("the blocked WGSL kernels' log-sum-exps shifted by the potentials beat the maxima",
            "BlockedLse::Shifted becomes the default on GPU adapters", kernel, ["wgpu"],

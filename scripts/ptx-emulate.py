@@ -1129,15 +1129,18 @@ def sinkhorn_inputs(rng, b, n, m, full, eps):
     return rows, cols, active, K, KT, la, lb
 
 
-def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=0.05, paths=None):
+def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=0.05, paths=None, lse_mode=0):
     rows, cols, active, K, KT, la, lb = sinkhorn_inputs(random.Random(seed), b, n, m, full, eps)
     mem = Memory()
     fg, gg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m))
     errg = mem.alloc(pack_f32([-1.0] * b))
     args = [mem.alloc(pack_f32(K)), mem.alloc(pack_f32(KT)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
             fg, gg, mem.alloc(pack_u32(rows)), mem.alloc(pack_u32(cols)), mem.alloc(pack_u32(active)), errg,
-            n, m, iters, int(k_in_smem)]
+            n, m, iters, int(k_in_smem), lse_mode]
     smem = 128 + 12 * n + 12 * m + (4 * n * (m | 1) if k_in_smem else 0)
+    if lse_mode and k_in_smem:
+        # the absorbed shifts c[n], d[m] and the warps' fallback flags after K
+        smem += 4 * n + 4 * m + 128
     # two launches: the second continues from the potentials the first wrote
     half = iters // 2
     args[12] = half
@@ -1165,7 +1168,8 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=
         ok &= all(v == 0.0 for v in F[p * n + rows[p] : (p + 1) * n])
     if not ok:
         print("FAIL inactive pair or padding was written")
-    return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block} eps={eps}", err, 2e-3) and ok and path_ok
+    return report(f"sinkhorn b={b} n={n} m={m} iters={iters} k_in_smem={k_in_smem} block={block} eps={eps} lse={lse_mode}",
+                  err, 2e-3) and ok and path_ok
 
 
 def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
@@ -1190,7 +1194,7 @@ def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
     run_kernel(half, mem, [kg, gg, lbg, fg, lag, termsg, rowsg, colsg, actg, n, m, 1], (b, (n + 7) // 8, 1), 256, 0)
     run_kernel(mods["sinkhorn"]["sinkhorn_split_error_f32"], mem, [termsg, rowsg, actg, errg, n], (b, 1, 1), 32, 0)
     entry = mods["sinkhorn"]["sinkhorn_iterate_f32"]
-    run_kernel(entry, mem, [kg, ktg, lag, lbg, fg, gg, rowsg, colsg, actg, err1g, n, m, 0, 0],
+    run_kernel(entry, mem, [kg, ktg, lag, lbg, fg, gg, rowsg, colsg, actg, err1g, n, m, 0, 0, 0],
                (b, 1, 1), 64, 128 + 12 * n + 12 * m)
     F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
     E1 = unpack_f32(mem, err1g, b)
@@ -1557,6 +1561,23 @@ def main():
         (f"sinkhorn tail {n}x{m}", lambda n=n, m=m, k=k: test_sinkhorn(mods, 1, n, m, 2, k % 2 == 0, 32, 17 + k, True))
         for k, (n, m) in enumerate([(9, 11), (10, 9), (12, 12), (13, 14), (15, 15), (11, 10), (14, 13)])
     ] + [
+        # lse_mode 1 (absorbed shifts) with K on chip: K'' = K + F + G on loading (the second
+        # launch continues from the first's potentials), fast passes only at eps 0.05; at eps
+        # 0.002 the fallback, the flags and the re-absorption; every tail length; 1 x 1;
+        # converging; K in global memory (lse_mode ignored there)
+        ("sinkhorn absorbed", lambda: test_sinkhorn(mods, 3, 17, 29, 4, True, 64, 6, lse_mode=1,
+                                                    paths=["SRA_CHUNK", "SCA_CHUNK", "KSTORE", "!SRS", "!SCS", "!RA_ROWS"])),
+        ("sinkhorn absorbed fallback", lambda: test_sinkhorn(mods, 1, 12, 10, 6, True, 32, 28, True, eps=0.002, lse_mode=1,
+                                                             paths=["SRS", "RA_KCOL", "RA_V", "SRA_CHUNK"])),
+        ("sinkhorn absorbed 1x1", lambda: test_sinkhorn(mods, 1, 1, 1, 2, True, 64, 8, lse_mode=1)),
+        ("sinkhorn absorbed converging", lambda: test_sinkhorn(mods, 2, 6, 5, 60, True, 64, 12, lse_mode=1)),
+        ("sinkhorn absorbed global", lambda: test_sinkhorn(mods, 2, 40, 9, 3, False, 128, 7, lse_mode=1,
+                                                           paths=["ROW", "!SITER", "!SRA"])),
+    ] + [
+        (f"sinkhorn absorbed tail {n}x{m}", lambda n=n, m=m, k=k: test_sinkhorn(mods, 1, n, m, 2, k % 2 == 0, 32, 17 + k, True,
+                                                                                  lse_mode=1))
+        for k, (n, m) in enumerate([(9, 11), (10, 9), (12, 12), (13, 14), (15, 15), (11, 10), (14, 13)])
+    ] + [
         # split half-iterations: ragged pairs with an inactive one; a line longer than one
         # chunk of 128 with a partial last chunk (130, 257); lines past one CTA's 8 warps;
         # small eps (K down to -1443: the online maximum must keep the sums finite)
@@ -1779,6 +1800,18 @@ def main():
             ("fused absorbed never re-absorbing", "sinkhorn_fused",
              "    bar.red.or.pred preab, 0, pfell;\n", "    bar.red.or.pred preab, 0, pfell;\n    setp.ne.u32     preab, tid, tid;\n",
              lambda m: test_fused(m, 1, 11, 9, 6, 6, 19, True, eps=0.002, lse_mode=1, paths=["RA_KCOL"])),
+            # the iterate kernel's absorbed mode: K loaded without F + G (the second launch then
+            # starts from far-off shifts: wrong numbers), the re-absorption's update of K''
+            # dropped, and the barrier before loading K dropped (a race on F and G)
+            ("sinkhorn absorbed K loaded without the potentials", "sinkhorn:sinkhorn_iterate_f32",
+             "    add.f32         v, v, tf;\n", "",
+             lambda m: test_sinkhorn(m, 3, 17, 29, 4, True, 64, 6, lse_mode=1)),
+            ("sinkhorn absorbed without the update of K''", "sinkhorn:sinkhorn_iterate_f32",
+             "    ld.shared.f32   w0, [t];\n    add.f32         w0, w0, tf;\n", "    ld.shared.f32   w0, [t];\n",
+             lambda m: test_sinkhorn(m, 1, 12, 10, 6, True, 32, 28, True, eps=0.002, lse_mode=1)),
+            ("sinkhorn absorbed no barrier before loading K", "sinkhorn:sinkhorn_iterate_f32",
+             "    @pabs bar.sync  0;\n", "",
+             lambda m: test_sinkhorn(m, 3, 17, 29, 4, True, 64, 6, lse_mode=1)),
             ("fused no named barrier in the cost tiles", "sinkhorn_fused",
              "TWRITTEN:\n    bar.sync        1, 256;\n", "TWRITTEN:\n",
              lambda m: test_fused(m, 1, 70, 5, 6, 1, 16, True)),

@@ -1108,7 +1108,7 @@ fn bad_cuda_settings_are_clear_errors() {
         ),
         ("OPTICAL_CUDA_WGMMA_STAGES", "4", "cosine-cost", "2 or 3"),
         (
-            "OPTICAL_CUDA_FUSED_LSE",
+            "OPTICAL_CUDA_LSE",
             "max",
             "sinkhorn-fused",
             "shifted or absorbed",

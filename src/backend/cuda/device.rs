@@ -97,7 +97,7 @@ pub struct CudaBackend {
     cost_kernel: CostKernel,
     fused_threads: FusedThreads,
     fused_cost: FusedCost,
-    fused_lse: FusedLse,
+    lse: SinkhornLse,
     split: SinkhornSplit,
     staging: Staging,
     maxsim: MaxsimRoute,
@@ -219,11 +219,12 @@ env_choice!(FusedCost, FUSED_COST_ENV, {
     Standalone => "standalone",
 });
 
-/// How the fused kernel's fast passes keep their log-sum-exps in range. Both compute the
-/// same potentials to f32 rounding and fall back to the online maximum for a warp whose
-/// sums leave [2⁻¹⁰⁰, 2¹⁰⁰].
+/// How the Sinkhorn passes with K on chip (the fused kernel's, and `sinkhorn_iterate_f32`'s
+/// when K fits in shared memory) keep their log-sum-exps in range. Both compute the same
+/// potentials to f32 rounding and fall back to the online maximum for a warp whose sums
+/// leave [2⁻¹⁰⁰, 2¹⁰⁰].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FusedLse {
+pub enum SinkhornLse {
     /// `lse_mode` 0: each term is shifted by the line's current potential,
     /// `2^(K_ij + H_j + F_i)`: two additions per element before the `ex2`.
     #[default]
@@ -231,18 +232,21 @@ pub enum FusedLse {
     /// `lse_mode` 1: the shifts live in the on-chip matrix, `K″_ij = K_ij + c_i + d_j` with
     /// `c`, `d` the potentials when they were last absorbed, so each term is
     /// `2^(K″_ij + V_j)` with one vector entry per column (row): one addition per element
-    /// fewer (42 instead of 51 SASS instructions per chunk of 8 in the row pass on sm_90,
-    /// 48 instead of 57 in the column pass). After an iteration in which any warp fell back,
-    /// the CTA absorbs the current potentials into K″ (an `n·m` update in shared memory,
-    /// rare once the iterate settles). 4·(n + m) bytes more shared memory per pair. Checked
-    /// by ptxas and the PTX interpreter, not yet timed on a GPU, so not the default.
+    /// fewer (SASS instructions per chunk of 8 on sm_90, row and column pass: 42 and 48
+    /// instead of 51 and 57 in the fused kernel, 49 and 55 instead of 58 and 64 in
+    /// `sinkhorn_iterate_f32`, which absorbs the potentials it starts from as it loads K).
+    /// After an iteration in which any warp fell back, the CTA absorbs the current
+    /// potentials into K″ (an `n·m` update in shared memory, rare once the iterate settles).
+    /// 4·(n + m) bytes more shared memory per pair (and 128 for the iterate kernel's flags);
+    /// where that does not fit, the iterate kernel runs shifted. Checked by ptxas and the PTX
+    /// interpreter, not yet timed on a GPU, so not the default.
     Absorbed,
 }
 
-/// Environment variable that picks [`FusedLse`]: `shifted` (default) or `absorbed`.
-pub const FUSED_LSE_ENV: &str = "OPTICAL_CUDA_FUSED_LSE";
+/// Environment variable that picks [`SinkhornLse`]: `shifted` (default) or `absorbed`.
+pub const LSE_ENV: &str = "OPTICAL_CUDA_LSE";
 
-env_choice!(FusedLse, FUSED_LSE_ENV, {
+env_choice!(SinkhornLse, LSE_ENV, {
     Shifted => "shifted",
     Absorbed => "absorbed",
 });
@@ -428,7 +432,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("cost_kernel", &self.cost_kernel)
             .field("fused_threads", &self.fused_threads.name())
             .field("fused_cost", &self.fused_cost.name())
-            .field("fused_lse", &self.fused_lse.name())
+            .field("lse", &self.lse.name())
             .field("split", &self.split.name())
             .field("staging", &self.staging.name())
             .field("maxsim", &self.maxsim.name())
@@ -875,7 +879,7 @@ impl CudaBackend {
         let cost_kernel = CostKernel::from_env()?;
         let fused_threads = FusedThreads::from_env()?;
         let fused_cost = FusedCost::from_env()?;
-        let fused_lse = FusedLse::from_env()?;
+        let lse = SinkhornLse::from_env()?;
         let split = SinkhornSplit::from_env()?;
         let staging = Staging::from_env()?;
         let maxsim = MaxsimRoute::from_env()?;
@@ -890,7 +894,7 @@ impl CudaBackend {
             cost_kernel,
             fused_threads,
             fused_cost,
-            fused_lse,
+            lse,
             split,
             staging,
             maxsim,
@@ -929,14 +933,14 @@ impl CudaBackend {
         self.fused_cost
     }
 
-    /// The same device, keeping the fused kernel's log-sum-exps in range as `lse`.
-    pub fn with_fused_lse(mut self, lse: FusedLse) -> Self {
-        self.fused_lse = lse;
+    /// The same device, keeping the on-chip Sinkhorn passes' log-sum-exps in range as `lse`.
+    pub fn with_lse(mut self, lse: SinkhornLse) -> Self {
+        self.lse = lse;
         self
     }
 
-    pub fn fused_lse(&self) -> FusedLse {
-        self.fused_lse
+    pub fn lse(&self) -> SinkhornLse {
+        self.lse
     }
 
     /// The same device, with or without split half-iterations for pairs whose K stays in
@@ -1028,8 +1032,8 @@ impl CudaBackend {
             "kernels JIT-compiled for device 0 ({}: {jit}); cosine costs on {} \
              ({COST_KERNEL_ENV}: {}; {} stages in the wgmma kernel, {WGMMA_STAGES_ENV}: {}); \
              fused Sinkhorn with {} threads per pair \
-             ({FUSED_THREADS_ENV}: {}), a {} cost phase ({FUSED_COST_ENV}: {}) and {} \
-             log-sum-exps ({FUSED_LSE_ENV}: {}); split \
+             ({FUSED_THREADS_ENV}: {}) and a {} cost phase ({FUSED_COST_ENV}: {}); {} \
+             log-sum-exps in the on-chip passes ({LSE_ENV}: {}); split \
              half-iterations for pairs whose K \
              stays in global memory: {} ({SINKHORN_SPLIT_ENV}: {}); the solver's \
              stopping rule on the {} ({SOLVER_CHECKS_ENV}: {}); MaxSim {} \
@@ -1053,8 +1057,8 @@ impl CudaBackend {
             choices::<FusedThreads>(),
             self.fused_cost.name(),
             choices::<FusedCost>(),
-            self.fused_lse.name(),
-            choices::<FusedLse>(),
+            self.lse.name(),
+            choices::<SinkhornLse>(),
             self.split.name(),
             choices::<SinkhornSplit>(),
             self.checks.name(),

@@ -40,8 +40,8 @@ mod staging;
 
 #[cfg(feature = "cuda")]
 pub use device::{
-    probe, usable_device_count, CostKernel, CudaBackend, FusedCost, FusedLse, FusedThreads,
-    MaxsimRoute, SinkhornSplit, SolverChecks, Staging, WgmmaStages, COST_KERNEL_ENV,
-    FUSED_COST_ENV, FUSED_LSE_ENV, FUSED_THREADS_ENV, MAXSIM_ENV, SINKHORN_SPLIT_ENV,
-    SOLVER_CHECKS_ENV, STAGING_ENV, WGMMA_STAGES_ENV,
+    probe, usable_device_count, CostKernel, CudaBackend, FusedCost, FusedThreads, MaxsimRoute,
+    SinkhornLse, SinkhornSplit, SolverChecks, Staging, WgmmaStages, COST_KERNEL_ENV,
+    FUSED_COST_ENV, FUSED_THREADS_ENV, LSE_ENV, MAXSIM_ENV, SINKHORN_SPLIT_ENV, SOLVER_CHECKS_ENV,
+    STAGING_ENV, WGMMA_STAGES_ENV,
 };

@@ -112,7 +112,7 @@ pub const SIGNATURES: [(&str, &[&str]); 14] = [
         SINKHORN_ITERATE,
         &[
             "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32",
-            "u32", "u32",
+            "u32", "u32", "u32",
         ],
     ),
     (
@@ -280,8 +280,8 @@ mod tests {
     fn entry_params_parses_the_parameter_list() {
         let params = entry_params(SINKHORN_MODULE.source, SINKHORN_ITERATE).unwrap();
         assert_eq!(params.first(), Some(&("u64", "p_k")));
-        assert_eq!(params.last(), Some(&("u32", "p_k_in_smem")));
-        assert_eq!(params.len(), 14);
+        assert_eq!(params.last(), Some(&("u32", "p_lse_mode")));
+        assert_eq!(params.len(), 15);
         assert!(entry_params(SINKHORN_MODULE.source, "no_such_entry").is_none());
     }
 }

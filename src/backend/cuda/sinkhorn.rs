@@ -14,7 +14,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 use super::device::{
-    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, FusedLse, SinkhornSplit,
+    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, SinkhornLse, SinkhornSplit,
     SolverChecks, BACKEND, SINKHORN_SPLIT_ENV,
 };
 use super::ptx;
@@ -33,12 +33,18 @@ fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
     128 + 12 * n + 12 * m + if k_in_smem { 4 * n * (m | 1) } else { 0 }
 }
 
+/// What `sinkhorn_iterate_f32` needs beyond [`iterate_smem`] for the absorbed log-sum-exps
+/// (lse_mode 1, K on chip only): c[n], d[m] and 32 fallback flags after K.
+fn iterate_absorbed_smem(n: usize, m: usize) -> usize {
+    4 * n + 4 * m + 128
+}
+
 /// Shared memory of `sinkhorn_fused_f32` (see the header of `kernels/sinkhorn_fused.ptx`):
 /// the staging area of its cost phase doubles on the tensor cores (tf32 halves), is two
 /// 20,480-byte buffers with producer warps (cost_mode 2) and none when the cost is given
 /// (cost_mode 3); its vectors are padded to multiples of 4 floats (16-byte aligned for
 /// vector loads). The absorbed log-sum-exps (lse_mode 1) keep two more vectors after K.
-fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: FusedLse) -> usize {
+fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: SinkhornLse) -> usize {
     let stage = match cost_mode {
         0 => 18432,
         1 => 36864,
@@ -47,17 +53,17 @@ fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: FusedLse) -> usize {
     };
     let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
     let absorbed = match lse {
-        FusedLse::Shifted => 0,
-        FusedLse::Absorbed => 4 * n4 + 4 * m4,
+        SinkhornLse::Shifted => 0,
+        SinkhornLse::Absorbed => 4 * n4 + 4 * m4,
     };
     stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1) + absorbed
 }
 
 /// The `lse_mode` argument of `sinkhorn_fused_f32`.
-fn fused_lse_mode(lse: FusedLse) -> u32 {
+fn lse_mode_arg(lse: SinkhornLse) -> u32 {
     match lse {
-        FusedLse::Shifted => 0,
-        FusedLse::Absorbed => 1,
+        SinkhornLse::Shifted => 0,
+        SinkhornLse::Absorbed => 1,
     }
 }
 
@@ -66,7 +72,7 @@ fn fused_lse_mode(lse: FusedLse) -> u32 {
 /// was asked for, the block has 512 threads, the cost phase is on the tensor cores and its
 /// larger staging fits `smem_optin`; else the cost kernel's own mode.
 fn fused_launch_mode(
-    (cost, phase, lse): (CostKernel, FusedCost, FusedLse),
+    (cost, phase, lse): (CostKernel, FusedCost, SinkhornLse),
     block: u32,
     (n, m): (usize, usize),
     smem_optin: usize,
@@ -271,7 +277,16 @@ impl CudaBackend {
     }
 
     fn launch_iterate_kernel(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
-        let smem = iterate_smem(st.n, st.m, st.k_in_smem);
+        let mut smem = iterate_smem(st.n, st.m, st.k_in_smem);
+        // The absorbed log-sum-exps where asked for, K is on chip and their vectors fit too;
+        // else the shifted ones (the same potentials to f32 rounding).
+        let absorbed = st.k_in_smem
+            && self.lse() == SinkhornLse::Absorbed
+            && smem + iterate_absorbed_smem(st.n, st.m) <= self.dev.smem_optin;
+        if absorbed {
+            smem += iterate_absorbed_smem(st.n, st.m);
+        }
+        let lse_mode = u32::from(absorbed);
         let cfg = LaunchConfig {
             grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
             block_dim: (iterate_block(st.n, st.m, st.k_in_smem), 1, 1),
@@ -293,12 +308,14 @@ impl CudaBackend {
             .u32(&n)
             .u32(&m)
             .u32(&iters)
-            .u32(&ksm);
+            .u32(&ksm)
+            .u32(&lse_mode);
         // SAFETY: k holds pairs*n*m floats, kt pairs*m*n when k_in_smem == 0 (else it is not
         // read), log2a and f pairs*n, log2b and g pairs*m, rows/cols/active/err pairs entries,
         // with rows[p] <= n and cols[p] <= m (supports of a validated Problem); the dynamic
-        // shared memory is exactly the header's size for (n, m, k_in_smem), checked against
-        // the device's opt-in limit in `prepare`.
+        // shared memory is exactly the header's size for (n, m, k_in_smem, lse_mode), checked
+        // against the device's opt-in limit in `prepare` (and above for lse_mode 1, which is
+        // only passed with K on chip).
         unsafe { l.launch(cfg) }?;
         st.errors_current = true;
         Ok(())
@@ -425,7 +442,7 @@ impl CudaBackend {
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
         let iters = as_u32("iterations", iterations)?;
         let kscale = (-LOG2E / epsilon) as f32;
-        let lse_mode = fused_lse_mode(self.fused_lse());
+        let lse_mode = lse_mode_arg(self.lse());
         let mut l = self.launch(ptx::SINKHORN_FUSED)?;
         l.buf(&bufs.x)
             .buf(&bufs.y)
@@ -480,7 +497,7 @@ impl CudaBackend {
     /// the tensor cores and its 4 KB more fit; else the cost kernel's own mode.
     fn fused_shape(&self, n: usize, m: usize) -> (u32, u32, usize) {
         let block = self.fused_threads().block(n, m);
-        let lse = self.fused_lse();
+        let lse = self.lse();
         let mode = fused_launch_mode(
             (self.cost_kernel(), self.fused_cost(), lse),
             block,
@@ -495,7 +512,7 @@ impl CudaBackend {
             n,
             m,
             fused_cost_mode(self.cost_kernel(), self.fused_cost()),
-            self.fused_lse(),
+            self.lse(),
         );
         if need > self.dev.smem_optin {
             return Err(Error::parameter(
@@ -819,10 +836,10 @@ mod tests {
         let optin = 232_448; // an H100's or H200's opt-in shared memory per block
         let pipelined = FusedCost::Pipelined;
         // The pairs: 512 threads, tensor cores, 110,208 bytes.
-        assert_eq!(fused_smem(128, 128, 2, FusedLse::Shifted), 110_208);
+        assert_eq!(fused_smem(128, 128, 2, SinkhornLse::Shifted), 110_208);
         assert_eq!(
             fused_launch_mode(
-                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                (CostKernel::Tf32x3, pipelined, SinkhornLse::Shifted),
                 512,
                 (128, 128),
                 optin
@@ -831,7 +848,7 @@ mod tests {
         );
         assert_eq!(
             fused_launch_mode(
-                (CostKernel::Auto, pipelined, FusedLse::Shifted),
+                (CostKernel::Auto, pipelined, SinkhornLse::Shifted),
                 512,
                 (128, 128),
                 optin
@@ -842,7 +859,7 @@ mod tests {
         let serial = FusedCost::Serial;
         assert_eq!(
             fused_launch_mode(
-                (CostKernel::Tf32x3, serial, FusedLse::Shifted),
+                (CostKernel::Tf32x3, serial, SinkhornLse::Shifted),
                 512,
                 (128, 128),
                 optin
@@ -851,7 +868,7 @@ mod tests {
         );
         assert_eq!(
             fused_launch_mode(
-                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                (CostKernel::Tf32x3, pipelined, SinkhornLse::Shifted),
                 256,
                 (64, 64),
                 optin
@@ -860,7 +877,7 @@ mod tests {
         );
         assert_eq!(
             fused_launch_mode(
-                (CostKernel::Fp32, pipelined, FusedLse::Shifted),
+                (CostKernel::Fp32, pipelined, SinkhornLse::Shifted),
                 512,
                 (128, 128),
                 optin
@@ -869,11 +886,11 @@ mod tests {
         );
         // Where its 4 KB more do not fit but the serial phase does: the serial phase.
         let (n, m) = (200, 200);
-        let need = fused_smem(n, m, 2, FusedLse::Shifted);
-        assert!(fused_smem(n, m, 1, FusedLse::Shifted) <= need - 4096);
+        let need = fused_smem(n, m, 2, SinkhornLse::Shifted);
+        assert!(fused_smem(n, m, 1, SinkhornLse::Shifted) <= need - 4096);
         assert_eq!(
             fused_launch_mode(
-                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                (CostKernel::Tf32x3, pipelined, SinkhornLse::Shifted),
                 512,
                 (n, m),
                 need - 1
@@ -882,7 +899,7 @@ mod tests {
         );
         assert_eq!(
             fused_launch_mode(
-                (CostKernel::Tf32x3, pipelined, FusedLse::Shifted),
+                (CostKernel::Tf32x3, pipelined, SinkhornLse::Shifted),
                 512,
                 (n, m),
                 need
@@ -893,17 +910,17 @@ mod tests {
 
     #[test]
     fn the_absorbed_shifts_take_two_vectors_more_and_keep_two_ctas_per_sm() {
-        let absorbed = FusedLse::Absorbed;
+        let absorbed = SinkhornLse::Absorbed;
         // c and d, 4 (n4 + m4) bytes after K: 1 KB for the pairs.
         for mode in 0..4 {
             assert_eq!(
                 fused_smem(128, 128, mode, absorbed)
-                    - fused_smem(128, 128, mode, FusedLse::Shifted),
+                    - fused_smem(128, 128, mode, SinkhornLse::Shifted),
                 1024
             );
         }
         assert_eq!(
-            fused_smem(13, 70, 3, absorbed) - fused_smem(13, 70, 3, FusedLse::Shifted),
+            fused_smem(13, 70, 3, absorbed) - fused_smem(13, 70, 3, SinkhornLse::Shifted),
             4 * 16 + 4 * 72
         );
         // The largest of them, the producer-warp phase, still fits two CTAs (and the driver's
@@ -914,8 +931,16 @@ mod tests {
         let phase = (CostKernel::Tf32x3, FusedCost::Pipelined, absorbed);
         assert_eq!(fused_launch_mode(phase, 512, (200, 200), need - 1), 1);
         assert_eq!(fused_launch_mode(phase, 512, (200, 200), need), 2);
-        assert_eq!(fused_lse_mode(FusedLse::Shifted), 0);
-        assert_eq!(fused_lse_mode(absorbed), 1);
+        assert_eq!(lse_mode_arg(SinkhornLse::Shifted), 0);
+        assert_eq!(lse_mode_arg(absorbed), 1);
+    }
+
+    #[test]
+    fn the_iterate_kernel_takes_its_absorbed_vectors_after_k() {
+        // c[n], d[m] and 32 flags: the interpreter's size for the same launch.
+        assert_eq!(iterate_absorbed_smem(17, 29), 4 * 17 + 4 * 29 + 128);
+        // The `sinkhorn` bench's pairs keep room for them on an H100 or H200.
+        assert!(iterate_smem(128, 128, true) + iterate_absorbed_smem(128, 128) <= 232_448);
     }
 
     #[test]
@@ -929,7 +954,7 @@ mod tests {
         ] {
             assert_eq!(
                 fused_launch_mode(
-                    (kernel, standalone, FusedLse::Shifted),
+                    (kernel, standalone, SinkhornLse::Shifted),
                     block,
                     (128, 128),
                     0
@@ -939,11 +964,12 @@ mod tests {
         }
         // No staging: the pairs need 36,864 bytes less than the serial phase.
         assert_eq!(
-            fused_smem(128, 128, 1, FusedLse::Shifted) - fused_smem(128, 128, 3, FusedLse::Shifted),
+            fused_smem(128, 128, 1, SinkhornLse::Shifted)
+                - fused_smem(128, 128, 3, SinkhornLse::Shifted),
             36_864
         );
         assert_eq!(
-            fused_smem(128, 128, 3, FusedLse::Shifted),
+            fused_smem(128, 128, 3, SinkhornLse::Shifted),
             128 + 24 * 128 + 4 * 128 * 129
         );
     }
