@@ -1137,7 +1137,8 @@ def test_sinkhorn(mods, b, n, m, iters, k_in_smem, block, seed, full=False, eps=
     args = [mem.alloc(pack_f32(K)), mem.alloc(pack_f32(KT)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
             fg, gg, mem.alloc(pack_u32(rows)), mem.alloc(pack_u32(cols)), mem.alloc(pack_u32(active)), errg,
             n, m, iters, int(k_in_smem), lse_mode]
-    smem = 128 + 12 * n + 12 * m + (4 * n * (m | 1) if k_in_smem else 0)
+    n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
+    smem = 128 + 12 * n4 + 12 * m4 + (4 * n * (m | 1) if k_in_smem else 0)
     if lse_mode and k_in_smem:
         # the absorbed shifts c[n], d[m] and the warps' fallback flags after K
         smem += 4 * n + 4 * m + 128
@@ -1195,7 +1196,7 @@ def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
     run_kernel(mods["sinkhorn"]["sinkhorn_split_error_f32"], mem, [termsg, rowsg, actg, errg, n], (b, 1, 1), 32, 0)
     entry = mods["sinkhorn"]["sinkhorn_iterate_f32"]
     run_kernel(entry, mem, [kg, ktg, lag, lbg, fg, gg, rowsg, colsg, actg, err1g, n, m, 0, 0, 0],
-               (b, 1, 1), 64, 128 + 12 * n + 12 * m)
+               (b, 1, 1), 64, 128 + 12 * ((n + 3) // 4 * 4) + 12 * ((m + 3) // 4 * 4))
     F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
     E1 = unpack_f32(mem, err1g, b)
     err, ok = 0.0, True
@@ -1679,6 +1680,13 @@ def main():
                                                     "sinkhorn_fused_f32", ["st.shared", "ld.shared", "st.global"])),
         ("access fused pipelined", lambda: test_access(lambda: test_fused(mods, 1, 128, 128, 16, 1, 46, True, cost_mode=2),
                                                        "sinkhorn_fused_f32", ["st.shared", "ld.shared", "st.global"])),
+        # sinkhorn_iterate_f32 with K on chip, 128 x 128 (the `sinkhorn` bench's pairs): the
+        # load of K, both passes and the error pass, shifted and absorbed, without conflicts
+        ("access sinkhorn", lambda: test_access(lambda: test_sinkhorn(mods, 1, 128, 128, 2, True, 512, 47, True),
+                                                "sinkhorn_iterate_f32", ["ld.shared", "st.shared"])),
+        ("access sinkhorn absorbed", lambda: test_access(lambda: test_sinkhorn(mods, 1, 128, 128, 2, True, 512, 47, True,
+                                                                               lse_mode=1),
+                                                         "sinkhorn_iterate_f32", ["ld.shared", "st.shared"])),
         ("cosine_cost wgmma even m", lambda: test_wgmma_cost(mods, 2, 70, 66, 37, 43)),
         ("cosine_cost wgmma-rs even m", lambda: test_wgmma_rs_cost(mods, 2, 70, 66, 37, 44)),
         # the exp2 probe: no round (the starting values' sum), one, and enough rounds for the

@@ -233,7 +233,7 @@ pub enum SinkhornLse {
     /// `c`, `d` the potentials when they were last absorbed, so each term is
     /// `2^(K″_ij + V_j)` with one vector entry per column (row): one addition per element
     /// fewer (SASS instructions per chunk of 8 on sm_90, row and column pass: 42 and 48
-    /// instead of 51 and 57 in the fused kernel, 49 and 55 instead of 58 and 64 in
+    /// instead of 51 and 57 in the fused kernel, 43 and 49 instead of 52 and 58 in
     /// `sinkhorn_iterate_f32`, which absorbs the potentials it starts from as it loads K).
     /// After an iteration in which any warp fell back, the CTA absorbs the current
     /// potentials into K″ (an `n·m` update in shared memory, rare once the iterate settles).

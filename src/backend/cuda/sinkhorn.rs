@@ -28,9 +28,11 @@ use crate::ot::sinkhorn::{
 
 use crate::ot::scaled::LOG2E;
 
-/// Shared memory of `sinkhorn_iterate_f32` (see the header of `kernels/sinkhorn.ptx`).
+/// Shared memory of `sinkhorn_iterate_f32` (see the header of `kernels/sinkhorn.ptx`): its
+/// vectors are padded to multiples of 4 floats (16-byte aligned for vector loads).
 fn iterate_smem(n: usize, m: usize, k_in_smem: bool) -> usize {
-    128 + 12 * n + 12 * m + if k_in_smem { 4 * n * (m | 1) } else { 0 }
+    let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
+    128 + 12 * n4 + 12 * m4 + if k_in_smem { 4 * n * (m | 1) } else { 0 }
 }
 
 /// What `sinkhorn_iterate_f32` needs beyond [`iterate_smem`] for the absorbed log-sum-exps
