@@ -238,7 +238,7 @@ pub enum SinkhornLse {
     /// After an iteration in which any warp fell back, the CTA absorbs the current
     /// potentials into K″ (an `n·m` update in shared memory, rare once the iterate settles).
     /// 4·(n + m) bytes more shared memory per pair (and 128 for the iterate kernel's flags);
-    /// where that does not fit, the iterate kernel runs shifted. Checked by ptxas and the PTX
+    /// a launch where that does not fit runs shifted. Checked by ptxas and the PTX
     /// interpreter, not yet timed on a GPU, so not the default.
     Absorbed,
 }

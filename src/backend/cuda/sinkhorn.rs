@@ -61,7 +61,7 @@ fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: SinkhornLse) -> usize {
     stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1) + absorbed
 }
 
-/// The `lse_mode` argument of `sinkhorn_fused_f32`.
+/// The `lse_mode` argument of `sinkhorn_fused_f32` and `sinkhorn_iterate_f32`.
 fn lse_mode_arg(lse: SinkhornLse) -> u32 {
     match lse {
         SinkhornLse::Shifted => 0,
@@ -279,16 +279,14 @@ impl CudaBackend {
     }
 
     fn launch_iterate_kernel(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
-        let mut smem = iterate_smem(st.n, st.m, st.k_in_smem);
-        // The absorbed log-sum-exps where asked for, K is on chip and their vectors fit too;
-        // else the shifted ones (the same potentials to f32 rounding).
-        let absorbed = st.k_in_smem
-            && self.lse() == SinkhornLse::Absorbed
-            && smem + iterate_absorbed_smem(st.n, st.m) <= self.dev.smem_optin;
-        if absorbed {
-            smem += iterate_absorbed_smem(st.n, st.m);
-        }
-        let lse_mode = u32::from(absorbed);
+        let shifted = iterate_smem(st.n, st.m, st.k_in_smem);
+        // lse_mode applies to K on chip only.
+        let (lse, smem) = if st.k_in_smem {
+            self.lse_that_fits(shifted, shifted + iterate_absorbed_smem(st.n, st.m))
+        } else {
+            (SinkhornLse::Shifted, shifted)
+        };
+        let lse_mode = lse_mode_arg(lse);
         let cfg = LaunchConfig {
             grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
             block_dim: (iterate_block(st.n, st.m, st.k_in_smem), 1, 1),
@@ -424,7 +422,7 @@ impl CudaBackend {
         epsilon: f64,
         iterations: usize,
     ) -> Result<()> {
-        let (block, cost_mode, smem) = self.fused_shape(n, m);
+        let (block, cost_mode, lse, smem) = self.fused_shape(n, m);
         if cost_mode == 3 {
             // The cost first, on the same stream, into the buffer the fused kernel reads.
             self.cost_into(
@@ -444,7 +442,7 @@ impl CudaBackend {
         let (nu, mu, dpu) = (as_u32("n", n)?, as_u32("m", m)?, as_u32("d", bufs.dp)?);
         let iters = as_u32("iterations", iterations)?;
         let kscale = (-LOG2E / epsilon) as f32;
-        let lse_mode = lse_mode_arg(self.lse());
+        let lse_mode = lse_mode_arg(lse);
         let mut l = self.launch(ptx::SINKHORN_FUSED)?;
         l.buf(&bufs.x)
             .buf(&bufs.y)
@@ -469,8 +467,9 @@ impl CudaBackend {
         // cost and k b*n*m, err b; block = 256 or 512 threads (FusedThreads), the kernel's
         // .maxntid 512 and the cost phase's 256 named-barrier threads both hold (cost_mode 2
         // only with 512), and the dynamic shared memory is the header's size for (n, m),
-        // this cost_mode and lse_mode (c and d after K with lse_mode 1), checked against the device's opt-in limit by the caller (and by
-        // fused_shape for cost_mode 2); with cost_mode 3 the cost kernel queued before it on
+        // this cost_mode and lse_mode (c and d after K with lse_mode 1), checked against the
+        // device's opt-in limit by the caller (and by fused_shape for cost_mode 2 and
+        // lse_mode 1); with cost_mode 3 the cost kernel queued before it on
         // this stream has written every entry of cost (b*n*m) that the kernel reads.
         unsafe { l.launch(cfg) }
     }
@@ -493,28 +492,45 @@ impl CudaBackend {
         })
     }
 
-    /// Threads per CTA, `cost_mode` and dynamic shared memory of the fused launch for pairs
-    /// of `n × m`: the cost given (cost_mode 3) when asked for; the producer-warp cost phase
-    /// (cost_mode 2) where it was asked for, the block has 512 threads, the cost phase is on
-    /// the tensor cores and its 4 KB more fit; else the cost kernel's own mode.
-    fn fused_shape(&self, n: usize, m: usize) -> (u32, u32, usize) {
+    /// Threads per CTA, `cost_mode`, log-sum-exps and dynamic shared memory of the fused
+    /// launch for pairs of `n × m`: the cost given (cost_mode 3) when asked for; the
+    /// producer-warp cost phase (cost_mode 2) where it was asked for, the block has 512
+    /// threads, the cost phase is on the tensor cores and its 4 KB more fit; else the cost
+    /// kernel's own mode. The absorbed log-sum-exps where asked for and their vectors fit.
+    fn fused_shape(&self, n: usize, m: usize) -> (u32, u32, SinkhornLse, usize) {
         let block = self.fused_threads().block(n, m);
-        let lse = self.lse();
         let mode = fused_launch_mode(
-            (self.cost_kernel(), self.fused_cost(), lse),
+            (self.cost_kernel(), self.fused_cost(), self.lse()),
             block,
             (n, m),
             self.dev.smem_optin,
         );
-        (block, mode, fused_smem(n, m, mode, lse))
+        let (lse, smem) = self.lse_that_fits(
+            fused_smem(n, m, mode, SinkhornLse::Shifted),
+            fused_smem(n, m, mode, SinkhornLse::Absorbed),
+        );
+        (block, mode, lse, smem)
+    }
+
+    /// The log-sum-exps a launch of `shifted` bytes of shared memory (`absorbed` with the
+    /// absorbed shifts' vectors) takes, and its size: the absorbed ones where they were asked
+    /// for and fit the device's opt-in limit, else the shifted ones (the same potentials to
+    /// f32 rounding).
+    fn lse_that_fits(&self, shifted: usize, absorbed: usize) -> (SinkhornLse, usize) {
+        if self.lse() == SinkhornLse::Absorbed && absorbed <= self.dev.smem_optin {
+            (SinkhornLse::Absorbed, absorbed)
+        } else {
+            (SinkhornLse::Shifted, shifted)
+        }
     }
 
     fn check_fused_fits(&self, n: usize, m: usize) -> Result<()> {
+        // The shifted size: where the absorbed vectors do not fit, the launch runs shifted.
         let need = fused_smem(
             n,
             m,
             fused_cost_mode(self.cost_kernel(), self.fused_cost()),
-            self.lse(),
+            SinkhornLse::Shifted,
         );
         if need > self.dev.smem_optin {
             return Err(Error::parameter(
