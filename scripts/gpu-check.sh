@@ -267,6 +267,14 @@ T=60 step bench-cuda-absorbed env OPTICAL_CUDA_LSE=absorbed "$BIN" bench --backe
 T=60 step bench-cuda-fusedgiven-abs env OPTICAL_CUDA_LSE=absorbed \
     OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels sinkhorn-fused,sinkhorn-fused-1
+# The scaled passes (OPTICAL_CUDA_LSE=scaled: Q = 2^K'' on chip, a product per element and no
+# ex2, Q rebuilt from K when a pass's sums leave range; the fused kernel only), inline and
+# with the cost given.
+T=60 step bench-cuda-scaled env OPTICAL_CUDA_LSE=scaled "$BIN" bench --backend cuda \
+    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+T=60 step bench-cuda-fusedgiven-scaled env OPTICAL_CUDA_LSE=scaled \
+    OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds 2 \
+    --kernels sinkhorn-fused,sinkhorn-fused-1
 if [ "$compute_cap" = 9.0 ]; then
     T=60 step bench-cuda-fusedgiven-wgmma env OPTICAL_CUDA_FUSED_COST=standalone \
         OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json --min-seconds 2 \

@@ -241,6 +241,14 @@ decide("the absorbed log-sum-exps beat the shifted ones (fused, cost given)",
        ["cuda-fusedgiven-abs"])
 decide("the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate_f32)",
        "SinkhornLse::Absorbed becomes the default", "sinkhorn", ["cuda"], ["cuda-absorbed"])
+# The scaled passes (Q = 2^K'' on chip: a product per element, no ex2) against the shifted
+# log-sum-exps: the fused kernel only, with the default cost phase and with the cost given.
+decide("the scaled passes beat the shifted log-sum-exps (fused, inline cost phase)",
+       "SinkhornLse::Scaled becomes the fused kernel's default", "sinkhorn-fused", ["cuda"],
+       ["cuda-scaled"])
+decide("the scaled passes beat the shifted log-sum-exps (fused, cost given)",
+       "SinkhornLse::Scaled becomes the fused kernel's default", "sinkhorn-fused",
+       ["cuda-fusedgiven"], ["cuda-fusedgiven-scaled"])
 for kernel in ("sinkhorn", "sinkhorn-fused"):
     decide("the blocked WGSL kernels' log-sum-exps shifted by the potentials beat the maxima",
            "BlockedLse::Shifted becomes the default on GPU adapters", kernel, ["wgpu"],

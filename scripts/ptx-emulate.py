@@ -612,6 +612,11 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
                 v = val(t, ops[1])
                 if parts[1] == "shared":
                     r[ops[0]] = v + SHARED_GENERIC
+                elif parts[1] == "global":
+                    # global -> generic (a generic load of global memory)
+                    if not v & GLOBAL_TAG:
+                        raise ValueError(f"{entry.name}: cvta.global of a non-global address {v:#x}")
+                    r[ops[0]] = v & ~GLOBAL_TAG
                 elif parts[1:3] == ["to", "global"]:
                     if v & GLOBAL_TAG or v >= SHARED_GENERIC:
                         raise ValueError(f"{entry.name}: cvta.to.global of a non-generic-global address {v:#x}")
@@ -1253,8 +1258,9 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
     smem = {0: 18432, 1: 36864, 2: 40960, 3: 0}[cost_mode] + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
     if lse_mode:
-        # the absorbed shifts c[n4] and d[m4] after K
-        smem += 4 * n4 + 4 * m4
+        # the absorbed shifts c[n4] and d[m4] after K; lse_mode 2: from the next multiple
+        # of 16 bytes, and the scaled vectors u[n4], v[m4] after them
+        smem += 4 * (n4 + m4) if lse_mode == 1 else -4 * n * (m | 1) % 16 + 8 * (n4 + m4)
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
     run_kernel(entry, mem, args, (b, 1, 1), threads, smem)
@@ -1446,6 +1452,14 @@ def mutant(module, old, new):
         body = body.replace(o, n)
     mods[module] = parse_module(head + body + tail)
     return mods
+
+
+# The scaled passes' range checks (lse_mode 2 of the fused kernel), row and column: the
+# variants and mutants set or drop the "out of range" flag there.
+SCALED_ROW_CHECK = ("    @!pok setp.eq.u32 pbad, tid, tid;\n    and.pred        pq, plow, pown;\n"
+                    "    @!pq bra        SR_NEXTG;\n")
+SCALED_COL_CHECK = ("    @!pok setp.eq.u32 pbad, tid, tid;\n    and.pred        pq, plow, pown;\n"
+                    "    @!pq bra        SC_NEXTG;\n")
 
 
 def caught(name, test):
@@ -1667,6 +1681,39 @@ def main():
         ("fused absorbed cost given issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 79, True, cost_mode=3,
                                                                      lse_mode=1,
                                                                      paths=["RWA_CHUNK", "CLA_CHUNK", "!RWS", "!CLS"])),
+        # lse_mode 2, the scaled passes (Q = 2^K'' on chip, products instead of ex2): at eps
+        # 0.05 one rebuild along the rows before the first pass, then every pass accepted, the
+        # error from Q; at eps 0.002 rebuilds along both and the redone passes; rows past one
+        # round of the warps; chunk tails; 256 threads; 1 x 1; zero iterations (the rebuild,
+        # then the error pass); the error pass falling back to K in global memory; the cost given
+        ("fused scaled", lambda: test_fused(mods, 2, 13, 70, 10, 3, 10, lse_mode=2,
+                                            paths=["SRB_R", "SR_CHUNK", "SC_CHUNK", "S_TAIL", "SR_ERR",
+                                                   "!SERR_GLOBAL", "!RWA_CHUNK", "!ITER"])),
+        ("fused scaled rebuilds", lambda: test_fused(mods, 1, 2, 9, 6, 8, 19, True, eps=0.002, lse_mode=2,
+                                                     paths=["SRB_C", "SRBC_Q", "SRBR_Q", "SR_ERR"])),
+        ("fused scaled many rows", lambda: test_fused(mods, 1, 140, 3, 4, 3, 24, True, eps=0.002, lse_mode=2)),
+        ("fused scaled tails", lambda: test_fused(mods, 1, 12, 15, 5, 4, 23, True, lse_mode=2)),
+        ("fused scaled 256 threads", lambda: test_fused(mods, 1, 2, 9, 6, 8, 19, True, eps=0.002, threads=256,
+                                                        lse_mode=2, paths=["SRB_C"])),
+        ("fused scaled 1x1", lambda: test_fused(mods, 1, 1, 1, 3, 2, 11, lse_mode=2)),
+        ("fused scaled zero iterations", lambda: test_fused(mods, 2, 13, 70, 10, 0, 10, lse_mode=2,
+                                                            paths=["SRB_R", "SR_ERR", "!SC_CHUNK"])),
+        # variants of the kernel that must still match: every row pass (or every column pass)
+        # found out of range, so that each is redone after a rebuild from the current
+        # potentials mid-solve; the error pass always from K in global memory
+        ("fused scaled variant: every row pass rebuilt", lambda: test_fused(
+            mutant("sinkhorn_fused", SCALED_ROW_CHECK, "    setp.eq.u32     pbad, tid, tid;\n" + SCALED_ROW_CHECK),
+            2, 13, 70, 10, 4, 12, lse_mode=2, paths=["SRBR_Q"])),
+        ("fused scaled variant: every column pass rebuilt", lambda: test_fused(
+            mutant("sinkhorn_fused", SCALED_COL_CHECK, "    setp.eq.u32     pbad, tid, tid;\n" + SCALED_COL_CHECK),
+            2, 13, 70, 10, 4, 12, lse_mode=2, paths=["SRBC_Q"])),
+        ("fused scaled variant: the error from global K", lambda: test_fused(
+            mutant("sinkhorn_fused", "    @predo bra      SROWOK;\n    @!preab bra     SROWOK;\n",
+                   "    @perr bra       SERR_GLOBAL;\n    @predo bra      SROWOK;\n    @!preab bra     SROWOK;\n"),
+            2, 13, 70, 10, 3, 13, lse_mode=2, paths=["SERR_GLOBAL", "E_CHUNK"])),
+        ("fused scaled cost given issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 79, True, cost_mode=3,
+                                                                   lse_mode=2,
+                                                                   paths=["SR_CHUNK", "SC_CHUNK", "!S_TAIL", "!SRB_C"])),
         # memory access patterns (AccessStats) on full 128 x 128 tiles with even rows: the
         # staging stores and epilogue reads in shared memory without bank conflicts, the
         # output in whole 32-byte sectors; and the even-m epilogue of the wgmma kernels on
@@ -1831,6 +1878,26 @@ def main():
             ("sinkhorn absorbed no barrier before loading K", "sinkhorn:sinkhorn_iterate_f32",
              "    @pabs bar.sync  0;\n", "",
              lambda m: test_sinkhorn(m, 3, 17, 29, 4, True, 64, 6, lse_mode=1)),
+            # lse_mode 2 (scaled): the row rebuild without its column shifts d; the column
+            # pass's vector u without log2 a; no range check in the column pass (at eps 0.002
+            # its first sums underflow); the error pass storing its update instead of scoring it;
+            # no barrier between the column rebuild's two steps (a race on c)
+            ("fused scaled row rebuild without d", "sinkhorn_fused",
+             "    add.u32         t, u, h;\n    st.shared.f32   [t], tf;\n    add.u32         t, u, hb;\n",
+             "    add.u32         t, u, hb;\n",
+             lambda m: test_fused(m, 1, 2, 9, 6, 8, 19, True, eps=0.002, lse_mode=2)),
+            ("fused scaled u without log2 a", "sinkhorn_fused",
+             "    sub.f32         tf, la, s;\n", "    neg.f32         tf, s;\n",
+             lambda m: test_fused(m, 2, 13, 70, 10, 3, 10, lse_mode=2)),
+            ("fused scaled column pass without its range check", "sinkhorn_fused",
+             SCALED_COL_CHECK, SCALED_COL_CHECK.replace("    @!pok setp.eq.u32 pbad, tid, tid;\n", ""),
+             lambda m: test_fused(m, 1, 2, 9, 6, 8, 19, True, eps=0.002, lse_mode=2)),
+            ("fused scaled error pass storing its update", "sinkhorn_fused",
+             "    @perr bra       SR_ERR;\n", "",
+             lambda m: test_fused(m, 2, 13, 70, 10, 3, 10, lse_mode=2)),
+            ("fused scaled column rebuild without its barrier", "sinkhorn_fused",
+             "SRBC_K0:\n    bar.sync        0;\n", "SRBC_K0:\n",
+             lambda m: test_fused(m, 1, 2, 9, 6, 8, 19, True, eps=0.002, lse_mode=2)),
             ("fused no named barrier in the cost tiles", "sinkhorn_fused",
              "TWRITTEN:\n    bar.sync        1, 256;\n", "TWRITTEN:\n",
              lambda m: test_fused(m, 1, 70, 5, 6, 1, 16, True)),

@@ -1111,7 +1111,7 @@ fn bad_cuda_settings_are_clear_errors() {
             "OPTICAL_CUDA_LSE",
             "max",
             "sinkhorn-fused",
-            "shifted or absorbed",
+            "shifted, absorbed or scaled",
         ),
         (
             "OPTICAL_CUDA_CHECKS",

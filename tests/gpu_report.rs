@@ -627,8 +627,10 @@ fn report_names_the_defaults_a_run_decides() {
         fused(430e-6) + "\n" + &iterate(540e-6), // fused: 5.8 % faster than the default
     );
     write("cuda-fusedgiven-abs", fused(395e-6)); // 1.3 % faster than the cost given alone
-                                                 // The checks decision is on wall time: host checks here take less device time and more
-                                                 // wall time, so the default stays.
+    write("cuda-scaled", fused(350e-6)); // 30 % faster than the default
+    write("cuda-fusedgiven-scaled", fused(300e-6)); // 33 % faster than the cost given alone
+                                                    // The checks decision is on wall time: host checks here take less device time and more
+                                                    // wall time, so the default stays.
     let checks = |wall: f64, device: f64| {
         cuda_record(
             "sinkhorn-checks",
@@ -697,7 +699,15 @@ fn report_names_the_defaults_a_run_decides() {
         find("the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate");
     assert_eq!(absorbed_iterate["verdict"], "keep", "{absorbed_iterate}");
     assert!((absorbed_iterate["speedup"].as_f64().unwrap() - 554.0 / 540.0).abs() < 1e-9);
-    assert_eq!(decisions.len(), 10);
+    let scaled = find("the scaled passes beat the shifted log-sum-exps (fused, inline");
+    assert_eq!(scaled["verdict"], "change", "{scaled}");
+    assert!((scaled["speedup"].as_f64().unwrap() - 455.0 / 350.0).abs() < 1e-9);
+    let scaled_given = find("the scaled passes beat the shifted log-sum-exps (fused, cost");
+    assert_eq!(
+        (&scaled_given["default"], &scaled_given["verdict"]),
+        (&"cuda-fusedgiven".into(), &"change".into())
+    );
+    assert_eq!(decisions.len(), 12);
     assert!(md.contains("## Defaults this run decides"), "{md}");
     assert!(
         md.contains("| cuda-wgmma 100.0 | cuda-wgmma3 98.0 | 1.020 | keep the default |"),
@@ -717,7 +727,7 @@ fn report_names_the_defaults_a_run_decides() {
         .iter()
         .map(|d| d["question"].as_str().unwrap())
         .collect();
-    assert_eq!(questions.len(), 8, "{questions:?}");
+    assert_eq!(questions.len(), 10, "{questions:?}");
     assert!(questions.iter().all(|q| !q.contains("stages")));
     let _ = std::fs::remove_dir_all(&dir);
 }

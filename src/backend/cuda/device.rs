@@ -241,14 +241,27 @@ pub enum SinkhornLse {
     /// a launch where that does not fit runs shifted. Checked by ptxas and the PTX
     /// interpreter, not yet timed on a GPU, so not the default.
     Absorbed,
+    /// `lse_mode` 2, the fused kernel only (`sinkhorn_iterate_f32` runs shifted): the matrix
+    /// on chip is `Q_ij = 2^(K_ij + c_i + d_j)` itself, so a row update is
+    /// `F_i = c_i − log2 Σ_j Q_ij v_j` with `v_j = 2^(G_j + log2 b_j − d_j)`: a product and an
+    /// addition per element, no `ex2` (the column update likewise). A pass whose sums leave
+    /// [2⁻²⁰, 2²⁰] is redone after rebuilding Q from K in global memory with the line maxima
+    /// as shifts (each row's, or column's, largest term 1); at ε = 0.05 that is once, before
+    /// the first pass (`scripts/sinkhorn-scaled-model.py`). The stabilised scaling iteration
+    /// of the OT literature; the same potentials to f32 rounding. 8·(n + m) bytes more shared
+    /// memory per pair (a launch where that does not fit runs shifted). Checked by ptxas and
+    /// the PTX interpreter, not yet timed on a GPU, so not the default.
+    Scaled,
 }
 
-/// Environment variable that picks [`SinkhornLse`]: `shifted` (default) or `absorbed`.
+/// Environment variable that picks [`SinkhornLse`]: `shifted` (default), `absorbed` or
+/// `scaled`.
 pub const LSE_ENV: &str = "OPTICAL_CUDA_LSE";
 
 env_choice!(SinkhornLse, LSE_ENV, {
     Shifted => "shifted",
     Absorbed => "absorbed",
+    Scaled => "scaled",
 });
 
 /// How the Sinkhorn iterations run for pairs whose K does not fit in shared memory (the

@@ -45,7 +45,8 @@ fn iterate_absorbed_smem(n: usize, m: usize) -> usize {
 /// the staging area of its cost phase doubles on the tensor cores (tf32 halves), is two
 /// 20,480-byte buffers with producer warps (cost_mode 2) and none when the cost is given
 /// (cost_mode 3); its vectors are padded to multiples of 4 floats (16-byte aligned for
-/// vector loads). The absorbed log-sum-exps (lse_mode 1) keep two more vectors after K.
+/// vector loads). The absorbed log-sum-exps (lse_mode 1) keep two more vectors after K; the
+/// scaled passes (lse_mode 2) four, from the next multiple of 16 bytes after K.
 fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: SinkhornLse) -> usize {
     let stage = match cost_mode {
         0 => 18432,
@@ -54,11 +55,13 @@ fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: SinkhornLse) -> usize {
         _ => 0,
     };
     let (n4, m4) = (n.next_multiple_of(4), m.next_multiple_of(4));
-    let absorbed = match lse {
+    let k = 4 * n * (m | 1);
+    let after_k = match lse {
         SinkhornLse::Shifted => 0,
         SinkhornLse::Absorbed => 4 * n4 + 4 * m4,
+        SinkhornLse::Scaled => k.next_multiple_of(16) - k + 8 * n4 + 8 * m4,
     };
-    stage + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1) + absorbed
+    stage + 128 + 12 * n4 + 12 * m4 + k + after_k
 }
 
 /// The `lse_mode` argument of `sinkhorn_fused_f32` and `sinkhorn_iterate_f32`.
@@ -66,6 +69,7 @@ fn lse_mode_arg(lse: SinkhornLse) -> u32 {
     match lse {
         SinkhornLse::Shifted => 0,
         SinkhornLse::Absorbed => 1,
+        SinkhornLse::Scaled => 2,
     }
 }
 
@@ -280,9 +284,16 @@ impl CudaBackend {
 
     fn launch_iterate_kernel(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
         let shifted = iterate_smem(st.n, st.m, st.k_in_smem);
-        // lse_mode applies to K on chip only.
+        // lse_mode applies to K on chip only; the scaled passes are the fused kernel's only.
+        let wanted = match self.lse() {
+            SinkhornLse::Scaled => SinkhornLse::Shifted,
+            lse => lse,
+        };
         let (lse, smem) = if st.k_in_smem {
-            self.lse_that_fits(shifted, shifted + iterate_absorbed_smem(st.n, st.m))
+            self.lse_that_fits(wanted, |lse| match lse {
+                SinkhornLse::Shifted => shifted,
+                _ => shifted + iterate_absorbed_smem(st.n, st.m),
+            })
         } else {
             (SinkhornLse::Shifted, shifted)
         };
@@ -467,9 +478,11 @@ impl CudaBackend {
         // cost and k b*n*m, err b; block = 256 or 512 threads (FusedThreads), the kernel's
         // .maxntid 512 and the cost phase's 256 named-barrier threads both hold (cost_mode 2
         // only with 512), and the dynamic shared memory is the header's size for (n, m),
-        // this cost_mode and lse_mode (c and d after K with lse_mode 1), checked against the
-        // device's opt-in limit by the caller (and by fused_shape for cost_mode 2 and
-        // lse_mode 1); with cost_mode 3 the cost kernel queued before it on
+        // this cost_mode and lse_mode (c and d after K with lse_mode 1; c, d, u and v from
+        // the next 16 bytes after K with lse_mode 2), checked against the device's opt-in
+        // limit by the caller (and by fused_shape for cost_mode 2 and lse_mode 1 and 2); the
+        // scaled passes' rebuilds read k (b*n*m, written by this launch before them, ordered
+        // by bar.sync); with cost_mode 3 the cost kernel queued before it on
         // this stream has written every entry of cost (b*n*m) that the kernel reads.
         unsafe { l.launch(cfg) }
     }
@@ -505,22 +518,23 @@ impl CudaBackend {
             (n, m),
             self.dev.smem_optin,
         );
-        let (lse, smem) = self.lse_that_fits(
-            fused_smem(n, m, mode, SinkhornLse::Shifted),
-            fused_smem(n, m, mode, SinkhornLse::Absorbed),
-        );
+        let (lse, smem) = self.lse_that_fits(self.lse(), |lse| fused_smem(n, m, mode, lse));
         (block, mode, lse, smem)
     }
 
-    /// The log-sum-exps a launch of `shifted` bytes of shared memory (`absorbed` with the
-    /// absorbed shifts' vectors) takes, and its size: the absorbed ones where they were asked
-    /// for and fit the device's opt-in limit, else the shifted ones (the same potentials to
-    /// f32 rounding).
-    fn lse_that_fits(&self, shifted: usize, absorbed: usize) -> (SinkhornLse, usize) {
-        if self.lse() == SinkhornLse::Absorbed && absorbed <= self.dev.smem_optin {
-            (SinkhornLse::Absorbed, absorbed)
+    /// The log-sum-exps a launch takes, and its shared memory (`smem` of each): `wanted`
+    /// where its vectors fit the device's opt-in limit, else the shifted ones (the same
+    /// potentials to f32 rounding).
+    fn lse_that_fits(
+        &self,
+        wanted: SinkhornLse,
+        smem: impl Fn(SinkhornLse) -> usize,
+    ) -> (SinkhornLse, usize) {
+        let need = smem(wanted);
+        if wanted != SinkhornLse::Shifted && need <= self.dev.smem_optin {
+            (wanted, need)
         } else {
-            (SinkhornLse::Shifted, shifted)
+            (SinkhornLse::Shifted, smem(SinkhornLse::Shifted))
         }
     }
 
@@ -951,6 +965,27 @@ mod tests {
         assert_eq!(fused_launch_mode(phase, 512, (200, 200), need), 2);
         assert_eq!(lse_mode_arg(SinkhornLse::Shifted), 0);
         assert_eq!(lse_mode_arg(absorbed), 1);
+    }
+
+    #[test]
+    fn the_scaled_passes_take_four_vectors_after_k_aligned_and_keep_two_ctas_per_sm() {
+        let scaled = SinkhornLse::Scaled;
+        // c, d, u and v, 8 (n4 + m4) bytes from the next multiple of 16 after K (the
+        // interpreter's size for the same launch): K of 128 x 129 floats is a multiple of 16
+        // bytes, 13 x 71 floats (3,692 bytes) 4 bytes short of one.
+        for mode in 0..4 {
+            assert_eq!(
+                fused_smem(128, 128, mode, scaled)
+                    - fused_smem(128, 128, mode, SinkhornLse::Shifted),
+                2048
+            );
+        }
+        assert_eq!(
+            fused_smem(13, 70, 3, scaled) - fused_smem(13, 70, 3, SinkhornLse::Shifted),
+            4 + 8 * 16 + 8 * 72
+        );
+        assert!(2 * (fused_smem(128, 128, 2, scaled) + 1024) <= 228 * 1024);
+        assert_eq!(lse_mode_arg(scaled), 2);
     }
 
     #[test]
