@@ -1737,6 +1737,9 @@ def main():
         ("access sinkhorn absorbed", lambda: test_access(lambda: test_sinkhorn(mods, 1, 128, 128, 2, True, 512, 47, True,
                                                                                lse_mode=1),
                                                          "sinkhorn_iterate_f32", ["ld.shared", "st.shared"])),
+        ("access fused scaled", lambda: test_access(lambda: test_fused(mods, 1, 128, 128, 16, 2, 48, True, cost_mode=3,
+                                                                       lse_mode=2),
+                                                    "sinkhorn_fused_f32", ["ld.shared", "st.shared"])),
         ("cosine_cost wgmma even m", lambda: test_wgmma_cost(mods, 2, 70, 66, 37, 43)),
         ("cosine_cost wgmma-rs even m", lambda: test_wgmma_rs_cost(mods, 2, 70, 66, 37, 44)),
         # the exp2 probe: no round (the starting values' sum), one, and enough rounds for the
