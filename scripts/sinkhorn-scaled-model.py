@@ -6,11 +6,12 @@ The passes keep Q_ij = 2^(K_ij + c_i + d_j) on chip (c, d: shifts absorbed at th
 rebuild; entries under 2^-126 flush to 0, as ex2.approx.ftz does) and the vectors
 u_i = 2^(F_i + log2 a_i - c_i), v_j = 2^(G_j + log2 b_j - d_j). A row update is then
 F_i = c_i - log2(sum_j Q_ij v_j) with no exponential per element; a column update likewise.
-A pass whose sums leave [2^-60, 2^100], or that starts with a vector entry outside
-[2^-32, 2^32], first rebuilds Q from K with shifts taken from the line maxima (row pass:
-d_j = G_j + log2 b_j, c_i = -max_j (K_ij + d_j); column pass the same with rows and columns
-swapped), so that every sum of the redone pass lies in [1, lines]. Under those bounds a
-flushed entry weighs at most 2^(-126 + 32) against a sum of at least 2^-60.
+A pass any of whose sums leaves [2^-20, 2^20] is redone after rebuilding Q from K with shifts
+taken from the line maxima (row pass: d_j = G_j + log2 b_j, c_i = -max_j (K_ij + d_j); column
+pass the same with rows and columns swapped), so that every sum of the redone pass lies in
+[1, lines]. An accepted pass writes vector entries log2 w - log2(sum), within 20 + |log2 w| of
+0, so a flushed entry weighs at most 2^(-126 + 28) against a sum of at least 2^-20 (the
+asserts below check that bound).
 
 This is an f64 model of the policy (its decisions and its flushing), not of the kernel's f32
 arithmetic; the PTX interpreter and the CUDA parity tests check the kernel's. Plain Python,
@@ -18,30 +19,18 @@ no dependencies:
 
     python3 scripts/sinkhorn-scaled-model.py [n m d iterations]
 """
+import importlib.util
 import math
-import random
+import pathlib
 import sys
 
-L2E = 1.4426950408889634
+# The cost matrix, the log-sum-exp and log2(e) of the absorbed policy's model.
+_spec = importlib.util.spec_from_file_location(
+    "lse_absorb_model", pathlib.Path(__file__).with_name("lse-absorb-model.py"))
+_absorb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_absorb)
+L2E, cost_matrix, lse2 = _absorb.L2E, _absorb.cost_matrix, _absorb.lse2
 SUM_LO, SUM_HI = 2.0**-20, 2.0**20
-
-
-def cost_matrix(n, m, d, seed, noise):
-    """The cosine cost of two correlated token sets: each y token is a noisy copy of a random
-    x token."""
-    rng = random.Random(seed)
-    x = [[rng.gauss(0, 1) for _ in range(d)] for _ in range(n)]
-    y = [[v + noise * rng.gauss(0, 1) for v in x[rng.randrange(n)]] for _ in range(m)]
-
-    def cos(u, v):
-        return sum(a * b for a, b in zip(u, v)) / math.sqrt(sum(a * a for a in u) * sum(b * b for b in v))
-
-    return [[1 - cos(x[i], y[j]) for j in range(m)] for i in range(n)]
-
-
-def lse2(vals):
-    top = max(vals)
-    return top + math.log2(sum(2 ** (v - top) for v in vals))
 
 
 def ex2_ftz(e):

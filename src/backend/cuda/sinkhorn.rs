@@ -941,51 +941,33 @@ mod tests {
     }
 
     #[test]
-    fn the_absorbed_shifts_take_two_vectors_more_and_keep_two_ctas_per_sm() {
-        let absorbed = SinkhornLse::Absorbed;
-        // c and d, 4 (n4 + m4) bytes after K: 1 KB for the pairs.
-        for mode in 0..4 {
-            assert_eq!(
-                fused_smem(128, 128, mode, absorbed)
-                    - fused_smem(128, 128, mode, SinkhornLse::Shifted),
-                1024
-            );
+    fn the_log_sum_exps_vectors_after_k_keep_two_ctas_per_sm() {
+        // (mode, lse_mode, bytes after K for 128 x 128, for 13 x 70): the absorbed shifts c
+        // and d, 4 (n4 + m4); the scaled passes' c, d, u and v, 8 (n4 + m4) from the next
+        // multiple of 16 after K (the interpreter's sizes for the same launches): K of
+        // 128 x 129 floats is a multiple of 16 bytes, 13 x 71 floats (3,692) 4 bytes short.
+        for (lse, arg, full, ragged) in [
+            (SinkhornLse::Shifted, 0, 0, 0),
+            (SinkhornLse::Absorbed, 1, 1024, 4 * 16 + 4 * 72),
+            (SinkhornLse::Scaled, 2, 2048, 4 + 8 * 16 + 8 * 72),
+        ] {
+            assert_eq!(lse_mode_arg(lse), arg);
+            for mode in 0..4 {
+                let shifted = fused_smem(128, 128, mode, SinkhornLse::Shifted);
+                assert_eq!(fused_smem(128, 128, mode, lse) - shifted, full);
+            }
+            let shifted = fused_smem(13, 70, 3, SinkhornLse::Shifted);
+            assert_eq!(fused_smem(13, 70, 3, lse) - shifted, ragged);
+            // The largest of them, the producer-warp phase, still fits two CTAs (and the
+            // driver's 1 KB each) in an H100's or H200's 228 KB per SM.
+            assert!(2 * (fused_smem(128, 128, 2, lse) + 1024) <= 228 * 1024);
         }
-        assert_eq!(
-            fused_smem(13, 70, 3, absorbed) - fused_smem(13, 70, 3, SinkhornLse::Shifted),
-            4 * 16 + 4 * 72
-        );
-        // The largest of them, the producer-warp phase, still fits two CTAs (and the driver's
-        // 1 KB each) in an H100's or H200's 228 KB per SM.
-        assert!(2 * (fused_smem(128, 128, 2, absorbed) + 1024) <= 228 * 1024);
         // The producer-warp phase only where its larger size, the vectors included, fits.
+        let absorbed = SinkhornLse::Absorbed;
         let need = fused_smem(200, 200, 2, absorbed);
         let phase = (CostKernel::Tf32x3, FusedCost::Pipelined, absorbed);
         assert_eq!(fused_launch_mode(phase, 512, (200, 200), need - 1), 1);
         assert_eq!(fused_launch_mode(phase, 512, (200, 200), need), 2);
-        assert_eq!(lse_mode_arg(SinkhornLse::Shifted), 0);
-        assert_eq!(lse_mode_arg(absorbed), 1);
-    }
-
-    #[test]
-    fn the_scaled_passes_take_four_vectors_after_k_aligned_and_keep_two_ctas_per_sm() {
-        let scaled = SinkhornLse::Scaled;
-        // c, d, u and v, 8 (n4 + m4) bytes from the next multiple of 16 after K (the
-        // interpreter's size for the same launch): K of 128 x 129 floats is a multiple of 16
-        // bytes, 13 x 71 floats (3,692 bytes) 4 bytes short of one.
-        for mode in 0..4 {
-            assert_eq!(
-                fused_smem(128, 128, mode, scaled)
-                    - fused_smem(128, 128, mode, SinkhornLse::Shifted),
-                2048
-            );
-        }
-        assert_eq!(
-            fused_smem(13, 70, 3, scaled) - fused_smem(13, 70, 3, SinkhornLse::Shifted),
-            4 + 8 * 16 + 8 * 72
-        );
-        assert!(2 * (fused_smem(128, 128, 2, scaled) + 1024) <= 228 * 1024);
-        assert_eq!(lse_mode_arg(scaled), 2);
     }
 
     #[test]
