@@ -284,19 +284,16 @@ impl CudaBackend {
 
     fn launch_iterate_kernel(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
         let shifted = iterate_smem(st.n, st.m, st.k_in_smem);
-        // lse_mode applies to K on chip only; the scaled passes are the fused kernel's only.
+        // lse_mode applies to K on chip only, and this kernel has no scaled passes (it runs
+        // shifted under that setting).
         let wanted = match self.lse() {
-            SinkhornLse::Scaled => SinkhornLse::Shifted,
-            lse => lse,
+            SinkhornLse::Absorbed if st.k_in_smem => SinkhornLse::Absorbed,
+            _ => SinkhornLse::Shifted,
         };
-        let (lse, smem) = if st.k_in_smem {
-            self.lse_that_fits(wanted, |lse| match lse {
-                SinkhornLse::Shifted => shifted,
-                _ => shifted + iterate_absorbed_smem(st.n, st.m),
-            })
-        } else {
-            (SinkhornLse::Shifted, shifted)
-        };
+        let (lse, smem) = self.lse_that_fits(wanted, |lse| match lse {
+            SinkhornLse::Absorbed => shifted + iterate_absorbed_smem(st.n, st.m),
+            SinkhornLse::Shifted | SinkhornLse::Scaled => shifted,
+        });
         let lse_mode = lse_mode_arg(lse);
         let cfg = LaunchConfig {
             grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
