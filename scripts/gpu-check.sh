@@ -268,10 +268,11 @@ T=60 step bench-cuda-fusedgiven-abs env OPTICAL_CUDA_LSE=absorbed \
     OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels sinkhorn-fused,sinkhorn-fused-1
 # The scaled passes (OPTICAL_CUDA_LSE=scaled: Q = 2^K'' on chip, a product per element and no
-# ex2, Q rebuilt from K when a pass's sums leave range; the fused kernel only), inline and
-# with the cost given.
+# ex2, Q rebuilt from K when a pass's sums leave range), inline and with the cost given; and
+# for a solve from a cost (sinkhorn, and a distillation step's OT in sinkhorn-checks), where
+# the fused kernel continues from K in place of sinkhorn_iterate_f32.
 T=60 step bench-cuda-scaled env OPTICAL_CUDA_LSE=scaled "$BIN" bench --backend cuda \
-    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1,sinkhorn,sinkhorn-checks
 T=60 step bench-cuda-fusedgiven-scaled env OPTICAL_CUDA_LSE=scaled \
     OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds 2 \
     --kernels sinkhorn-fused,sinkhorn-fused-1

@@ -242,13 +242,17 @@ decide("the absorbed log-sum-exps beat the shifted ones (fused, cost given)",
 decide("the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate_f32)",
        "SinkhornLse::Absorbed becomes the default", "sinkhorn", ["cuda"], ["cuda-absorbed"])
 # The scaled passes (Q = 2^K'' on chip: a product per element, no ex2) against the shifted
-# log-sum-exps: the fused kernel only, with the default cost phase and with the cost given.
+# log-sum-exps: the fused kernel with the default cost phase and with the cost given, and a
+# solve from a cost (the fused kernel continuing from K in place of sinkhorn_iterate_f32).
 decide("the scaled passes beat the shifted log-sum-exps (fused, inline cost phase)",
        "SinkhornLse::Scaled becomes the fused kernel's default", "sinkhorn-fused", ["cuda"],
        ["cuda-scaled"])
 decide("the scaled passes beat the shifted log-sum-exps (fused, cost given)",
        "SinkhornLse::Scaled becomes the fused kernel's default", "sinkhorn-fused",
        ["cuda-fusedgiven"], ["cuda-fusedgiven-scaled"])
+decide("the scaled passes continuing from K beat sinkhorn_iterate_f32 (shifted or absorbed)",
+       "SinkhornLse::Scaled becomes the default for solves from a cost", "sinkhorn",
+       ["cuda", "cuda-absorbed"], ["cuda-scaled"])
 for kernel in ("sinkhorn", "sinkhorn-fused"):
     decide("the blocked WGSL kernels' log-sum-exps shifted by the potentials beat the maxima",
            "BlockedLse::Shifted becomes the default on GPU adapters", kernel, ["wgpu"],

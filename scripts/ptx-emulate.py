@@ -1228,6 +1228,66 @@ def test_split(mods, b, n, m, iters, seed, full=False, eps=0.05):
     return report(f"sinkhorn split b={b} n={n} m={m} iters={iters} eps={eps}", err, 2e-3) and ok
 
 
+def fused_smem(n, m, cost_mode, lse_mode):
+    """Dynamic shared memory of sinkhorn_fused_f32 (the host's fused_smem)."""
+    n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
+    smem = {0: 18432, 1: 36864, 2: 40960, 3: 0, 4: 0}[cost_mode] + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
+    if lse_mode:
+        # the absorbed shifts c[n4] and d[m4] after K; lse_mode 2: from the next multiple
+        # of 16 bytes, and the scaled vectors u[n4], v[m4] after them
+        smem += 4 * (n4 + m4) if lse_mode == 1 else -4 * n * (m | 1) % 16 + 8 * (n4 + m4)
+    return smem
+
+
+def test_fused_continue(mods, b, n, m, iters, seed, full=False, eps=0.05, paths=None, threads=512, lse_mode=2,
+                        first=None):
+    """sinkhorn_fused_f32 in cost_mode 4: a solve continued from K (sinkhorn_iterate_f32's
+    inputs: ragged supports, an inactive pair), in two launches, the second from the
+    potentials the first wrote (`first` iterations in the first launch, else half), against
+    the f64 model; an inactive pair and the padding must stay untouched. x, y and cost are
+    not read: they hold NaN."""
+    rows, cols, active, K, KT, la, lb = sinkhorn_inputs(random.Random(seed), b, n, m, full, eps)
+    mem = Memory()
+    nan = mem.alloc(pack_f32([math.nan] * 16))
+    kg = mem.alloc(pack_f32(K))
+    fg, gg = mem.alloc(bytes(4 * b * n)), mem.alloc(bytes(4 * b * m))
+    errg = mem.alloc(pack_f32([-1.0] * b))
+    args = [nan, nan, mem.alloc(pack_u32(rows)), mem.alloc(pack_u32(cols)), mem.alloc(pack_f32(la)),
+            mem.alloc(pack_f32(lb)), nan, kg, fg, gg, errg, n, m, 4, 0, 1.0, 4, lse_mode,
+            mem.alloc(pack_u32(active))]
+    entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
+    VISITED.clear()
+    half = iters // 2 if first is None else first
+    for run in (half, iters - half):
+        args[14] = run
+        run_kernel(entry, mem, args, (b, 1, 1), threads, fused_smem(n, m, 4, lse_mode))
+    path_ok = check_paths(entry, paths, f"fused continue eps={eps}")
+    F, G, E = unpack_f32(mem, fg, b * n), unpack_f32(mem, gg, b * m), unpack_f32(mem, errg, b)
+    ok = unpack_f32(mem, kg, b * n * m) == [f32(v) for v in K]
+    if not ok:
+        print("FAIL k was written")
+    err = 0.0
+    for p in range(b):
+        if not active[p]:
+            if not (all(v == 0.0 for v in F[p * n : (p + 1) * n] + G[p * m : (p + 1) * m]) and E[p] == -1.0):
+                print(f"FAIL inactive pair {p} was written")
+                ok = False
+            continue
+        Kp = K[p * n * m : (p + 1) * n * m]
+        Fw, Gw, Ew = sinkhorn_model(Kp, la[p * n : p * n + rows[p]], lb[p * m : p * m + cols[p]], rows[p], cols[p], m, iters)
+        err = max(err, max(ad(a, c) for a, c in zip(F[p * n : p * n + rows[p]], Fw)))
+        err = max(err, max(ad(a, c) for a, c in zip(G[p * m : p * m + cols[p]], Gw)))
+        err = max(err, ad(E[p], Ew))
+        if not ad(E[p], Ew) <= 1e-2 * Ew + 1e-6:
+            print(f"FAIL marginal error of pair {p}: {E[p]:.6e} vs {Ew:.6e}")
+            ok = False
+        if not all(v == 0.0 for v in F[p * n + rows[p] : (p + 1) * n] + G[p * m + cols[p] : (p + 1) * m]):
+            print(f"FAIL padding of pair {p} was written")
+            ok = False
+    return report(f"fused continue b={b} n={n} m={m} iters={iters} eps={eps} threads={threads} lse={lse_mode}",
+                  err, 2e-3) and ok and path_ok
+
+
 def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, cost_mode=0, threads=512, lse_mode=0):
     """`paths`: labels of kernels/sinkhorn_fused.ptx that must have run (e.g. the fallback
     of the fast row pass, RF_SLOW), or, prefixed with '!', must not have."""
@@ -1254,13 +1314,8 @@ def test_fused(mods, b, n, m, d, iters, seed, full=False, eps=0.05, paths=None, 
     kscale = f32(-1.4426950408889634 / eps)
     args = [mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp))),
             mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly)), mem.alloc(pack_f32(la)), mem.alloc(pack_f32(lb)),
-            cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode, lse_mode]
-    n4, m4 = (n + 3) // 4 * 4, (m + 3) // 4 * 4
-    smem = {0: 18432, 1: 36864, 2: 40960, 3: 0}[cost_mode] + 128 + 12 * n4 + 12 * m4 + 4 * n * (m | 1)
-    if lse_mode:
-        # the absorbed shifts c[n4] and d[m4] after K; lse_mode 2: from the next multiple
-        # of 16 bytes, and the scaled vectors u[n4], v[m4] after them
-        smem += 4 * (n4 + m4) if lse_mode == 1 else -4 * n * (m | 1) % 16 + 8 * (n4 + m4)
+            cost, kk, fg, gg, errg, n, m, dp, iters, kscale, cost_mode, lse_mode, 0]
+    smem = fused_smem(n, m, cost_mode, lse_mode)
     entry = mods["sinkhorn_fused"]["sinkhorn_fused_f32"]
     VISITED.clear()
     run_kernel(entry, mem, args, (b, 1, 1), threads, smem)
@@ -1714,6 +1769,25 @@ def main():
         ("fused scaled cost given issue shape", lambda: test_fused(mods, 1, 128, 128, 384, 2, 79, True, cost_mode=3,
                                                                    lse_mode=2,
                                                                    paths=["SR_CHUNK", "SC_CHUNK", "!S_TAIL", "!SRB_C"])),
+        # cost_mode 4, a solve continued from K (what the host launches for the scaled passes
+        # in place of sinkhorn_iterate_f32): ragged pairs with an inactive one, two launches
+        # (the second from the first's potentials), at eps 0.05 and 0.002 (rebuilds along
+        # rows and columns), 1 x 1, zero iterations (a rebuild, then the error), 60
+        # iterations (small errors), more rows than a round of 256 threads; and the
+        # log-domain passes from the K it copies into shared memory
+        ("fused continue scaled", lambda: test_fused_continue(mods, 3, 17, 29, 4, 61,
+                                                               paths=["SRB_R", "SR_CHUNK", "!KCOL"])),
+        ("fused continue scaled small eps", lambda: test_fused_continue(mods, 1, 12, 10, 6, 62, True, eps=0.002,
+                                                                         paths=["SRBC_Q"])),
+        ("fused continue scaled 1x1", lambda: test_fused_continue(mods, 1, 1, 1, 2, 63)),
+        ("fused continue scaled zero iterations", lambda: test_fused_continue(mods, 2, 5, 6, 0, 64)),
+        ("fused continue scaled error only", lambda: test_fused_continue(mods, 3, 17, 29, 3, 61, first=3)),
+        ("fused continue scaled converging", lambda: test_fused_continue(mods, 2, 6, 5, 60, 65)),
+        ("fused continue scaled many rows", lambda: test_fused_continue(mods, 1, 140, 3, 3, 66, True, threads=256)),
+        ("fused continue shifted", lambda: test_fused_continue(mods, 3, 17, 29, 4, 67, lse_mode=0,
+                                                                paths=["KCOL", "RWF_CHUNK"])),
+        ("fused continue absorbed", lambda: test_fused_continue(mods, 1, 12, 10, 6, 68, True, eps=0.002, lse_mode=1,
+                                                                 paths=["KCOL", "RA_KCOL"])),
         # memory access patterns (AccessStats) on full 128 x 128 tiles with even rows: the
         # staging stores and epilogue reads in shared memory without bank conflicts, the
         # output in whole 32-byte sectors; and the even-m epilogue of the wgmma kernels on
@@ -1846,8 +1920,25 @@ def main():
              "    @px0 st.shared.f32 [u], tf;\n", "",
              lambda m: test_fused(m, 1, 70, 5, 40, 1, 16, True, cost_mode=2)),
             ("fused cost given, the fourth column of a step dropped", "sinkhorn_fused",
-             "    @pq st.shared.f32 [t+384], v3;\n", "",
+             "    @pq st.shared.f32 [t+384], v3;\n    @pq st.global.f32 [addr+384], v3;\n", "",
              lambda m: test_fused(m, 1, 9, 130, 8, 2, 34, True, cost_mode=3)),
+            # cost_mode 4 (a solve continued): F not read at the start (the second launch
+            # restarts from 0); the active flags ignored; the fourth column of a step of the
+            # copy of K dropped
+            ("fused continue without the warm start of G", "sinkhorn_fused",
+             "    @pk ld.global.f32 fo, [addr];\n    shl.b32         u, j, 2;\n", "    shl.b32         u, j, 2;\n",
+             lambda m: test_fused_continue(m, 3, 17, 29, 4, 61)),
+            # F's start matters to the error of a launch of zero iterations only
+            ("fused continue without the warm start of F", "sinkhorn_fused",
+             "    @pk ld.global.f32 fo, [addr];\n    shl.b32         u, i, 2;\n", "    shl.b32         u, i, 2;\n",
+             lambda m: test_fused_continue(m, 3, 17, 29, 3, 61, first=3)),
+            ("fused continue ignoring the active flags", "sinkhorn_fused",
+             "    @pt bra         DONE;\nACTIVE:\n", "ACTIVE:\n",
+             lambda m: test_fused_continue(m, 3, 17, 29, 4, 61)),
+            ("fused continue, the fourth column of a step of K dropped", "sinkhorn_fused",
+             "    @pq st.shared.f32 [t+384], v3;\n    add.u32         j, j, 128;\n    bra             KCOL;\n",
+             "    add.u32         j, j, 128;\n    bra             KCOL;\n",
+             lambda m: test_fused_continue(m, 1, 9, 130, 2, 69, True, lse_mode=0)),
             # lse_mode 1: the re-absorption's update of K'' dropped; the stored row potential
             # without its absorbed shift; the OR of the fallback flags replaced by a plain
             # barrier (no re-absorption: still right, but the fast passes never come back)

@@ -577,6 +577,15 @@ fn sinkhorn_absorbed_lse_matches_reference() {
     sinkhorn_cases(cuda_of(&gpu), SinkhornLse::Absorbed);
 }
 
+/// The scaled passes (`OPTICAL_CUDA_LSE=scaled`) for a solve from a cost: the fused kernel
+/// continuing from K (cost_mode 4) in place of `sinkhorn_iterate_f32` for pairs that fit on
+/// chip, not yet proven on a GPU; the same cases (the streamed pairs run as before).
+#[test]
+fn sinkhorn_scaled_lse_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    sinkhorn_cases(cuda_of(&gpu), SinkhornLse::Scaled);
+}
+
 fn sinkhorn_cases(gpu: &CudaBackend, lse: SinkhornLse) {
     let cases = [
         // (b, n, m, zero weights, outliers, ε)

@@ -241,16 +241,18 @@ pub enum SinkhornLse {
     /// a launch where that does not fit runs shifted. Checked by ptxas and the PTX
     /// interpreter, not yet timed on a GPU, so not the default.
     Absorbed,
-    /// `lse_mode` 2, the fused kernel only (`sinkhorn_iterate_f32` runs shifted): the matrix
-    /// on chip is `Q_ij = 2^(K_ij + c_i + d_j)` itself, so a row update is
+    /// `lse_mode` 2 of the fused kernel: the matrix on chip is `Q_ij = 2^(K_ij + c_i + d_j)` itself, so a row update is
     /// `F_i = c_i − log2 Σ_j Q_ij v_j` with `v_j = 2^(G_j + log2 b_j − d_j)`: a product and an
     /// addition per element, no `ex2` (the column update likewise). A pass whose sums leave
     /// [2⁻²⁰, 2²⁰] is redone after rebuilding Q from K in global memory with the line maxima
     /// as shifts (each row's, or column's, largest term 1); at ε = 0.05 that is once, before
     /// the first pass (`scripts/sinkhorn-scaled-model.py`). The stabilised scaling iteration
     /// of the OT literature; the same potentials to f32 rounding. 8·(n + m) bytes more shared
-    /// memory per pair (a launch where that does not fit runs shifted). Checked by ptxas and
-    /// the PTX interpreter, not yet timed on a GPU, so not the default.
+    /// memory per pair (a launch where that does not fit runs shifted). `sinkhorn_iterate_f32`
+    /// has no such passes: under this setting a solve from a cost (and every chunk after a
+    /// fused launch's first) runs on the fused kernel continuing from K (`cost_mode` 4)
+    /// where its vectors fit. Checked by ptxas and the PTX interpreter, not yet timed on a
+    /// GPU, so not the default.
     Scaled,
 }
 

@@ -15,7 +15,7 @@
 //! | cosine cost on Hopper's wgmma | `cosine_cost_wgmma_f32` or `cosine_cost_wgmma_rs_f32` (x from registers) (compute capability 9.0 only) | `kernels/cosine_cost_sm90a.ptx` |
 //! | MaxSim | a cost kernel + `maxsim_reduce_f32`, or `maxsim_f32` (+ `row_inv_norm_f32`) ([`MaxsimRoute`], `$OPTICAL_CUDA_MAXSIM`) | `kernels/maxsim.ptx` |
 //! | Sinkhorn | `sinkhorn_iterate_f32`; `sinkhorn_half_split_f32` and `sinkhorn_split_error_f32` ([`SinkhornSplit`], `$OPTICAL_CUDA_SINKHORN_SPLIT`); the stopping rule `sinkhorn_retire_f32` ([`SolverChecks`], `$OPTICAL_CUDA_CHECKS`) | `kernels/sinkhorn.ptx` |
-//! | cost + Sinkhorn | `sinkhorn_fused_f32` | `kernels/sinkhorn_fused.ptx` |
+//! | cost + Sinkhorn | `sinkhorn_fused_f32` (which also continues solves from a cost under [`SinkhornLse::Scaled`], `$OPTICAL_CUDA_LSE=scaled`, in place of `sinkhorn_iterate_f32`) | `kernels/sinkhorn_fused.ptx` |
 //!
 //! The Sinkhorn kernels work in the base-2 log units of the CPU fast path
 //! ([`crate::backend::cpu::fast`]): the host gathers each pair's support, shifts the cost

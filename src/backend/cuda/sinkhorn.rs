@@ -283,9 +283,17 @@ impl CudaBackend {
     }
 
     fn launch_iterate_kernel(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
+        if self.lse() == SinkhornLse::Scaled && st.k_in_smem {
+            // sinkhorn_iterate_f32 has no scaled passes: the fused kernel continues the
+            // solve from K instead (cost_mode 4), where its vectors fit.
+            let smem = fused_smem(st.n, st.m, 4, SinkhornLse::Scaled);
+            if smem <= self.dev.smem_optin {
+                return self.launch_fused_continue(st, iterations, smem);
+            }
+        }
         let shifted = iterate_smem(st.n, st.m, st.k_in_smem);
-        // lse_mode applies to K on chip only, and this kernel has no scaled passes (it runs
-        // shifted under that setting).
+        // lse_mode applies to K on chip only; the scaled passes were taken above where they
+        // fit (else this kernel runs shifted).
         let wanted = match self.lse() {
             SinkhornLse::Absorbed if st.k_in_smem => SinkhornLse::Absorbed,
             _ => SinkhornLse::Shifted,
@@ -324,6 +332,58 @@ impl CudaBackend {
         // shared memory is exactly the header's size for (n, m, k_in_smem, lse_mode), checked
         // against the device's opt-in limit in `prepare` (and above for lse_mode 1, which is
         // only passed with K on chip).
+        unsafe { l.launch(cfg) }?;
+        st.errors_current = true;
+        Ok(())
+    }
+
+    /// `iterations` iterations of the scaled passes continuing the state's solve, then each
+    /// active pair's error: `sinkhorn_fused_f32` in cost_mode 4, which loads F and G, builds
+    /// its matrix from K in `k` and otherwise leaves pairs, supports and outputs as
+    /// `sinkhorn_iterate_f32` does (inactive pairs untouched).
+    fn launch_fused_continue(
+        &self,
+        st: &mut CudaSinkhornState,
+        iterations: usize,
+        smem: usize,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
+            block_dim: (self.fused_threads().block(st.n, st.m), 1, 1),
+            shared_mem_bytes: as_u32("shared memory", smem)?,
+        };
+        let (n, m) = (as_u32("n", st.n)?, as_u32("m", st.m)?);
+        let iters = as_u32("iterations", iterations)?;
+        // dp and kscale are not read with cost_mode 4, nor are x, y and cost (k stands in).
+        let (dp, kscale, cost_mode) = (4u32, 1.0f32, 4u32);
+        let lse_mode = lse_mode_arg(SinkhornLse::Scaled);
+        let mut l = self.launch(ptx::SINKHORN_FUSED)?;
+        l.buf(&st.k)
+            .buf(&st.k)
+            .buf(&st.rows)
+            .buf(&st.cols)
+            .buf(&st.log2a)
+            .buf(&st.log2b)
+            .buf(&st.k)
+            .buf(&st.k)
+            .buf_mut(&mut st.f)
+            .buf_mut(&mut st.g)
+            .buf_mut(&mut st.err)
+            .u32(&n)
+            .u32(&m)
+            .u32(&dp)
+            .u32(&iters)
+            .f32(&kscale)
+            .u32(&cost_mode)
+            .u32(&lse_mode)
+            .buf(&st.active);
+        // SAFETY: with cost_mode 4 the kernel reads k (pairs*n*m floats, uploaded by
+        // `prepare`), rows, cols and active (pairs u32 each, rows[p] <= n and cols[p] <= m:
+        // supports of a validated Problem, at least 1 for active pairs), log2a and f
+        // (pairs*n), log2b and g (pairs*m), writes f, g and err (pairs) of active pairs only,
+        // and never touches x, y or cost; the block is 256 or 512 threads (the kernel's
+        // .maxntid 512), and the dynamic shared memory is the header's size for (n, m),
+        // cost_mode 4 and lse_mode 2, checked against the device's opt-in limit by the caller.
         unsafe { l.launch(cfg) }?;
         st.errors_current = true;
         Ok(())
@@ -469,7 +529,9 @@ impl CudaBackend {
             .u32(&iters)
             .f32(&kscale)
             .u32(&cost_mode)
-            .u32(&lse_mode);
+            .u32(&lse_mode)
+            // active: read with cost_mode 4 only (x_len stands in)
+            .buf(&bufs.x_len);
         // SAFETY: x holds b*n*dp floats and y b*m*dp (dp % 4 == 0, 16-byte aligned rows),
         // the lengths b u32 each within 1..=n / 1..=m, log2a and f b*n, log2b and g b*m,
         // cost and k b*n*m, err b; block = 256 or 512 threads (FusedThreads), the kernel's
@@ -949,7 +1011,7 @@ mod tests {
             (SinkhornLse::Scaled, 2, 2048, 4 + 8 * 16 + 8 * 72),
         ] {
             assert_eq!(lse_mode_arg(lse), arg);
-            for mode in 0..4 {
+            for mode in 0..5 {
                 let shifted = fused_smem(128, 128, mode, SinkhornLse::Shifted);
                 assert_eq!(fused_smem(128, 128, mode, lse) - shifted, full);
             }
@@ -965,6 +1027,30 @@ mod tests {
         let phase = (CostKernel::Tf32x3, FusedCost::Pipelined, absorbed);
         assert_eq!(fused_launch_mode(phase, 512, (200, 200), need - 1), 1);
         assert_eq!(fused_launch_mode(phase, 512, (200, 200), need), 2);
+    }
+
+    #[test]
+    fn a_solve_continued_from_k_takes_the_iterate_kernels_space_and_the_scaled_vectors() {
+        // cost_mode 4 (the fused kernel continuing a solve, in place of sinkhorn_iterate_f32
+        // for the scaled passes): no staging, so the iterate kernel's layout with K on chip
+        // and the scaled vectors after K. For the `sinkhorn` bench's pairs that is 2,048
+        // bytes more; its registers (64 per thread, 512 threads) allow two CTAs per SM, and
+        // the shared memory keeps that on an H100 or H200.
+        for (n, m) in [(128, 128), (17, 29), (1, 1)] {
+            assert_eq!(
+                fused_smem(n, m, 4, SinkhornLse::Shifted),
+                iterate_smem(n, m, true)
+            );
+            assert_eq!(
+                fused_smem(n, m, 4, SinkhornLse::Scaled),
+                fused_smem(n, m, 3, SinkhornLse::Scaled)
+            );
+        }
+        assert_eq!(
+            fused_smem(128, 128, 4, SinkhornLse::Scaled),
+            iterate_smem(128, 128, true) + 2048
+        );
+        assert!(2 * (fused_smem(128, 128, 4, SinkhornLse::Scaled) + 1024) <= 228 * 1024);
     }
 
     #[test]
