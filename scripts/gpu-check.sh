@@ -291,6 +291,22 @@ else
         STATUS[$s]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
     done
 fi
+# The steps above time the fused solve's settings one axis at a time (cost phase, then
+# log-sum-exps); this one times the fastest cost phase with the fastest log-sum-exps
+# (scripts/gpu_best_fused.py picks them from the logs so far; combined-env.txt keeps the
+# choice), so that the run measures the combination its decisions would make the default.
+if combined_env=$(python3 scripts/gpu_best_fused.py "$LOGS" 2>"$LOGS/combined-env.log"); then
+    if [ -n "$combined_env" ]; then
+        echo "$combined_env" >"$LOGS/combined-env.txt"
+        # shellcheck disable=SC2086 # one NAME=value per word
+        T=60 step bench-cuda-combined env $combined_env "$BIN" bench --backend cuda --json \
+            --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+    else
+        STATUS[bench-cuda-combined]="skipped (the defaults are the fastest measured combination)"
+    fi
+else
+    STATUS[bench-cuda-combined]="skipped (no fused timing to pick from; see combined-env.log)"
+fi
 # sinkhorn-512 and sinkhorn-2048 (K does not fit in shared memory) with one CTA per pair for
 # all iterations, against the default split half-iterations (a warp per row, n / 8 CTAs per
 # pair).

@@ -258,6 +258,13 @@ for kernel in ("sinkhorn", "sinkhorn-fused"):
            "BlockedLse::Shifted becomes the default on GPU adapters", kernel, ["wgpu"],
            ["wgpu-shifted"])
 # What the device-side checks save is host time (read-backs), so wall time decides.
+# The fastest cost phase with the fastest log-sum-exps, timed together (bench-cuda-combined,
+# its settings in combined-env.txt) against the defaults.
+combined_path = os.path.join(logs, "combined-env.txt")
+combined_env = " ".join(open(combined_path).read().split()) if os.path.exists(combined_path) else ""
+decide("the fastest measured combination of the fused settings beats the defaults",
+       f"its settings ({combined_env or 'see combined-env.txt'}) become the defaults",
+       "sinkhorn-fused", ["cuda"], ["cuda-combined"])
 decide("checking on the host beats the stopping rule on the device (wall time)",
        "SolverChecks::Auto takes Host on GPU adapters too",
        "sinkhorn-checks", ["wgpu"], ["wgpu-hostchecks"], timing=wall_time)

@@ -739,3 +739,108 @@ fn report_names_the_defaults_a_run_decides() {
     assert!(questions.iter().all(|q| !q.contains("stages")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// scripts/gpu_best_fused.py picks the fastest cost phase and the log-sum-exps with the
+/// larger speed-up for a cost phase of that kind, and the report judges the combination
+/// that gpu-check's bench-cuda-combined timed with them.
+#[test]
+fn the_fastest_combination_of_the_fused_settings_is_picked_and_judged() {
+    let (dir, logs) = scratch("combined");
+    let fused = |device: f64| {
+        cuda_record(
+            "sinkhorn-fused",
+            "b=256 n=128 m=128 d=384 eps=0.05 iterations=100",
+            5e-4,
+            device,
+            "gexp_per_s",
+            8.4e8,
+        )
+    };
+    let write = |step: &str, device: f64| {
+        std::fs::write(
+            logs.join(format!("bench-{step}.log")),
+            format!("# not a record\n{}\n", fused(device)),
+        )
+        .unwrap()
+    };
+    let pick = || {
+        let run = Command::new("python3")
+            .arg(root().join("scripts/gpu_best_fused.py"))
+            .arg(&logs)
+            .output()
+            .expect("python3 runs");
+        (run.status.success(), String::from_utf8(run.stdout).unwrap())
+    };
+    // Nothing timed yet: nothing to pick from.
+    assert_eq!(pick(), (false, String::new()));
+    write("cuda", 455e-6);
+    // Only the defaults: they are the combination (no environment).
+    assert_eq!(pick(), (true, String::new()));
+    write("cuda-fusedpipe", 440e-6);
+    write("cuda-fusedgiven", 400e-6);
+    write("cuda-fusedgiven-wgmma", 380e-6);
+    write("cuda-fusedgiven-wgmma3", 390e-6);
+    // Inline, scaled is 30 % faster and absorbed 5.8 %; with the cost given (the fastest
+    // cost phase's kind) absorbed is 1.3 % faster (within the margin) and scaled 10 %.
+    write("cuda-absorbed", 430e-6);
+    write("cuda-scaled", 350e-6);
+    write("cuda-fusedgiven-abs", 395e-6);
+    write("cuda-fusedgiven-scaled", 363.6e-6);
+    assert_eq!(
+        pick(),
+        (
+            true,
+            "OPTICAL_CUDA_FUSED_COST=standalone\nOPTICAL_CUDA_COST_KERNEL=wgmma\n\
+             OPTICAL_CUDA_LSE=scaled\n"
+                .to_string()
+        )
+    );
+    // Where only the inline pair was timed, its speed-up decides.
+    std::fs::remove_file(logs.join("bench-cuda-fusedgiven-scaled.log")).unwrap();
+    std::fs::remove_file(logs.join("bench-cuda-fusedgiven-abs.log")).unwrap();
+    assert!(pick().1.ends_with("OPTICAL_CUDA_LSE=scaled\n"));
+    // An inline cost phase fastest: the inline pair decides (absorbed 6.3 % faster there,
+    // scaled not timed).
+    write("cuda-fusedpipe", 300e-6);
+    std::fs::remove_file(logs.join("bench-cuda-scaled.log")).unwrap();
+    assert_eq!(
+        pick(),
+        (
+            true,
+            "OPTICAL_CUDA_FUSED_COST=pipelined\nOPTICAL_CUDA_LSE=absorbed\n".to_string()
+        )
+    );
+    // The report judges the combination gpu-check timed against the defaults.
+    std::fs::write(
+        logs.join("combined-env.txt"),
+        "OPTICAL_CUDA_FUSED_COST=pipelined\nOPTICAL_CUDA_LSE=absorbed\n",
+    )
+    .unwrap();
+    write("cuda-combined", 280e-6);
+    let (md, json) = run_report(&dir, &logs);
+    let decision = json["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| {
+            d["question"]
+                .as_str()
+                .unwrap()
+                .starts_with("the fastest measured combination")
+        })
+        .expect("a decision on the combination")
+        .clone();
+    assert_eq!(decision["verdict"], "change", "{decision}");
+    assert!((decision["speedup"].as_f64().unwrap() - 455.0 / 280.0).abs() < 1e-9);
+    assert!(
+        md.contains(
+            "its settings (OPTICAL_CUDA_FUSED_COST=pipelined OPTICAL_CUDA_LSE=absorbed) \
+             become the defaults"
+        ),
+        "{md}"
+    );
+    // Its timing in the bench table, as every step's (with PyTorch's numbers beside it, its
+    // own goal rows too, as every CUDA variant that timed the fused problem).
+    assert!(md.contains("| cuda-combined | sinkhorn-fused |"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
