@@ -64,6 +64,21 @@ fn fused_smem(n: usize, m: usize, cost_mode: u32, lse: SinkhornLse) -> usize {
     stage + 128 + 12 * n4 + 12 * m4 + k + after_k
 }
 
+/// The shared memory of a solve's chunk on `sinkhorn_fused_f32` continuing from K
+/// (cost_mode 4) in place of `sinkhorn_iterate_f32`, or `None` for the iterate kernel: the
+/// scaled passes, which only the fused kernel has, for pairs with K on chip whose vectors
+/// fit the device's opt-in limit (the others run the iterate kernel, shifted).
+fn continue_smem(
+    lse: SinkhornLse,
+    n: usize,
+    m: usize,
+    k_in_smem: bool,
+    smem_optin: usize,
+) -> Option<usize> {
+    let smem = fused_smem(n, m, 4, SinkhornLse::Scaled);
+    (lse == SinkhornLse::Scaled && k_in_smem && smem <= smem_optin).then_some(smem)
+}
+
 /// The `lse_mode` argument of `sinkhorn_fused_f32` and `sinkhorn_iterate_f32`.
 fn lse_mode_arg(lse: SinkhornLse) -> u32 {
     match lse {
@@ -283,13 +298,9 @@ impl CudaBackend {
     }
 
     fn launch_iterate_kernel(&self, st: &mut CudaSinkhornState, iterations: usize) -> Result<()> {
-        if self.lse() == SinkhornLse::Scaled && st.k_in_smem {
-            // sinkhorn_iterate_f32 has no scaled passes: the fused kernel continues the
-            // solve from K instead (cost_mode 4), where its vectors fit.
-            let smem = fused_smem(st.n, st.m, 4, SinkhornLse::Scaled);
-            if smem <= self.dev.smem_optin {
-                return self.launch_fused_continue(st, iterations, smem);
-            }
+        if let Some(smem) = continue_smem(self.lse(), st.n, st.m, st.k_in_smem, self.dev.smem_optin)
+        {
+            return self.launch_fused_continue(st, iterations, smem);
         }
         let shifted = iterate_smem(st.n, st.m, st.k_in_smem);
         // lse_mode applies to K on chip only; the scaled passes were taken above where they
@@ -1051,6 +1062,30 @@ mod tests {
             iterate_smem(128, 128, true) + 2048
         );
         assert!(2 * (fused_smem(128, 128, 4, SinkhornLse::Scaled) + 1024) <= 228 * 1024);
+        // Which kernel a chunk runs on: the fused one for the scaled passes with K on chip
+        // where the vectors fit, else the iterate kernel (shifted, absorbed, K streamed, or
+        // 8 (n4 + m4) bytes too many).
+        let optin = 232_448;
+        let need = fused_smem(128, 128, 4, SinkhornLse::Scaled);
+        assert_eq!(
+            continue_smem(SinkhornLse::Scaled, 128, 128, true, optin),
+            Some(need)
+        );
+        assert_eq!(
+            continue_smem(SinkhornLse::Scaled, 128, 128, true, need),
+            Some(need)
+        );
+        assert_eq!(
+            continue_smem(SinkhornLse::Scaled, 128, 128, true, need - 1),
+            None
+        );
+        assert_eq!(
+            continue_smem(SinkhornLse::Scaled, 512, 512, false, optin),
+            None
+        );
+        for lse in [SinkhornLse::Shifted, SinkhornLse::Absorbed] {
+            assert_eq!(continue_smem(lse, 128, 128, true, optin), None);
+        }
     }
 
     #[test]
