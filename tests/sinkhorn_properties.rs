@@ -4,8 +4,9 @@
 mod common;
 
 use common::assert_close;
+use optical::backend::cpu::fast::{CpuFastWith, SinkhornForm};
 use optical::backend::{Backend, BackendKind};
-use optical::ot::{Problem, SinkhornParams};
+use optical::ot::{solve, Problem, SinkhornParams};
 use optical::rng::SplitMix64;
 
 const KINDS: [BackendKind; 2] = [BackendKind::CpuReference, BackendKind::Cpu];
@@ -245,6 +246,46 @@ fn fast_path_matches_reference_on_awkward_shapes() {
     }
 }
 
+/// Both forms of the fast path (the log-domain passes and the scaled ones) against the
+/// reference: converged plans on shapes below, at and above the scaled form's 16 lines, and,
+/// at a fixed iteration count, ε small enough that the scaled form's first passes must
+/// shift lines anew (its initial `2^K` underflows).
+#[test]
+fn both_fast_forms_match_the_reference() {
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    for form in [SinkhornForm::Log, SinkhornForm::Scaled] {
+        let fast = CpuFastWith(form);
+        for (n, m) in [(15, 40), (16, 16), (40, 15), (17, 29), (64, 33), (113, 203)] {
+            let p = random_problem((n * 1000 + m) as u64 + 7, 3, n, m, 0.15);
+            let prm = params(0.02, 1e-7);
+            let r = reference.sinkhorn(&p, &prm).unwrap();
+            let f = solve(&fast, &p, &prm).unwrap();
+            assert!(f.converged.iter().all(|&c| c), "{form:?} {n}x{m}");
+            assert_close(&format!("{form:?} {n}x{m}"), &f.plan, &r.plan, 1e-5);
+        }
+        for eps in [0.005, 0.002] {
+            let p = random_problem(41, 3, 37, 50, 0.1);
+            let prm = SinkhornParams {
+                epsilon: eps,
+                max_iterations: 40,
+                threshold: 0.0,
+                check_every: 8,
+            };
+            let r = reference.sinkhorn(&p, &prm).unwrap();
+            let f = solve(&fast, &p, &prm).unwrap();
+            assert_eq!(r.iterations, f.iterations);
+            // f32 potentials at cost range / ε = 1e3: the plans agree to a few 1e-5.
+            assert_close(&format!("{form:?} eps {eps}"), &f.plan, &r.plan, 5e-5);
+            for (e_f, e_r) in f.marginal_error.iter().zip(&r.marginal_error) {
+                assert!(
+                    (e_f - e_r).abs() <= 1e-3 * e_r + 1e-5,
+                    "{form:?} eps {eps}: {e_f} vs {e_r}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn backends_agree_at_a_fixed_iteration_count_before_convergence() {
     // Same start (f = g = 0) and same updates: after 3 iterations, unconverged, the plans of
@@ -290,7 +331,12 @@ fn backends_agree_at_a_fixed_iteration_count_before_convergence() {
 /// batch of 4 (one pair per thread, not split), and what 1 thread gives.
 #[test]
 fn splitting_a_large_pair_over_threads_changes_no_bit() {
-    let fast = Backend::new(BackendKind::Cpu).unwrap();
+    for form in [SinkhornForm::Log, SinkhornForm::Scaled] {
+        splitting_changes_no_bit(CpuFastWith(form));
+    }
+}
+
+fn splitting_changes_no_bit(fast: CpuFastWith) {
     // About 320 x 270 real entries (a fifth of the weights are zero): above the split
     // threshold of 65,536.
     let (n, m) = (400, 340);
@@ -332,9 +378,9 @@ fn splitting_a_large_pair_over_threads_changes_no_bit() {
             .build()
             .unwrap()
     };
-    let alone = pool(4).install(|| fast.sinkhorn(&single, &p)).unwrap();
-    let one_thread = pool(1).install(|| fast.sinkhorn(&single, &p)).unwrap();
-    let in_batch = pool(4).install(|| fast.sinkhorn(&batch, &p)).unwrap();
+    let alone = pool(4).install(|| solve(&fast, &single, &p)).unwrap();
+    let one_thread = pool(1).install(|| solve(&fast, &single, &p)).unwrap();
+    let in_batch = pool(4).install(|| solve(&fast, &batch, &p)).unwrap();
     let size = n * m;
     // Several checks ran (f32 can reach an exact fixed point early, which stops a pair).
     assert!(alone.iterations[0] >= 14, "{:?}", alone.iterations);

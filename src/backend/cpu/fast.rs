@@ -2,13 +2,25 @@
 //! written to vectorise (see `simd.rs`), AVX2 + FMA chosen at run time when present.
 //!
 //! Sinkhorn works on the scaled form of [`crate::ot::scaled`] (support only, costs shifted
-//! by row and column minima, base-2 log units), with `K` stored row-major and transposed so
-//! both reductions stream contiguous memory:
+//! by row and column minima, base-2 log units). In the log domain ([`SinkhornForm::Log`])
+//! `K` is stored row-major and transposed so both reductions stream contiguous memory:
 //!
 //! ```text
 //! F_i ← −log2 Σ_j 2^(K_ij + G_j + log2 b_j)
 //! G_j ← −log2 Σ_i 2^(K_ij + F_i + log2 a_i)
 //! ```
+//!
+//! By default ([`SinkhornForm::Scaled`], `$OPTICAL_CPU_SINKHORN`) pairs of at least 16 rows
+//! and columns keep `Q_ij = 2^(K_ij + c_i + d_j)` and its transpose instead, and each update
+//! is a matrix–vector product with no exponential per element:
+//!
+//! ```text
+//! F_i ← c_i − log2 Σ_j Q_ij v_j,   u_i = a_i / Σ_j Q_ij v_j      (v_j = 2^(G_j + log2 b_j − d_j))
+//! G_j ← d_j − log2 Σ_i Q_ij u_i,   v_j = b_j / Σ_i Q_ij u_i
+//! ```
+//!
+//! summed 64 lines at a time through the other orientation (`simd::cross_sums`); a line
+//! whose sum leaves [2⁻²⁰, 2²⁰] gets a new shift and its entries again.
 //!
 //! The marginal check is the next row update in
 //! disguise: `Σ_j P_ij = a_i · 2^(F_i − F_i^new)`, so the check computes `F^new`, keeps it
@@ -340,10 +352,236 @@ fn lse_lines<const FMA: bool>(out: &mut [f32], lines: &[f32], h: &[f32], split: 
     }
 }
 
+/// How the fast path iterates Sinkhorn, chosen by `$OPTICAL_CPU_SINKHORN`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SinkhornForm {
+    /// `log`: the log-domain passes of the module docs, `2·n·m` exponentials per iteration
+    /// (the default before the scaled form; every pair of fewer than 16 rows or columns
+    /// takes it in either setting).
+    Log,
+    /// `scaled` (the default): the stabilised scaling form (absorption, as POT's
+    /// `sinkhorn_stabilized`) for pairs of at least 16 rows and 16 columns; the others stay
+    /// in the log domain.
+    /// The matrix is `Q_ij = 2^(K_ij + c_i + d_j)` itself and each half-iteration a
+    /// matrix–vector product, `F_i = c_i − log2 Σ_j Q_ij v_j` with
+    /// `v_j = 2^(G_j + log2 b_j − d_j)` (the columns likewise with `u`): no exponential per
+    /// element. A line whose sum leaves [2⁻²⁰, 2²⁰] gets a new shift (`c_i` or `d_j`, from
+    /// the line's largest term in the log domain) and its `Q` entries again, then its sum
+    /// lies in [1, len]. The same potentials as [`Self::Log`] to `f32` rounding; 3.6× faster
+    /// on the standard `sinkhorn` problem (`docs/PERFORMANCE.md`, CPU v7).
+    #[default]
+    Scaled,
+}
+
+/// Environment variable that picks [`SinkhornForm`]: `scaled` (default) or `log`.
+pub const SINKHORN_FORM_ENV: &str = "OPTICAL_CPU_SINKHORN";
+
+impl SinkhornForm {
+    /// The form `$OPTICAL_CPU_SINKHORN` names (unset or empty: the default); any other value
+    /// is an error that says which are accepted.
+    pub fn from_env() -> Result<SinkhornForm> {
+        Self::from_var(std::env::var(SINKHORN_FORM_ENV))
+    }
+
+    /// The form a value of `$OPTICAL_CPU_SINKHORN` names.
+    fn from_var(var: std::result::Result<String, std::env::VarError>) -> Result<SinkhornForm> {
+        match var {
+            Err(std::env::VarError::NotPresent) => Ok(SinkhornForm::default()),
+            Ok(v) if v.trim().is_empty() => Ok(SinkhornForm::default()),
+            Ok(v) if v.trim() == "log" => Ok(SinkhornForm::Log),
+            Ok(v) if v.trim() == "scaled" => Ok(SinkhornForm::Scaled),
+            Ok(v) => Err(crate::Error::parameter(
+                SINKHORN_FORM_ENV,
+                "log or scaled",
+                format!("{v:?}"),
+            )),
+            Err(std::env::VarError::NotUnicode(v)) => Err(crate::Error::parameter(
+                SINKHORN_FORM_ENV,
+                "log or scaled",
+                format!("{v:?}"),
+            )),
+        }
+    }
+}
+
+/// Lines a pair needs on both sides for [`SinkhornForm::Scaled`]: shorter lines keep the
+/// log domain's exact fixed points (see `simd::update_lines`).
+const SCALED_MIN_LINES: usize = 16;
+
+/// The range in which a scaled line's sum is accepted: the vector entry it gives is then
+/// within 2²⁰ of its weight, so an entry of `Q` stored as 0 (below 2⁻⁹⁰) weighs at most
+/// 2⁻⁷⁰ against the sum.
+const SCALED_SUM_MIN: f32 = 1.0 / (1u32 << 20) as f32;
+const SCALED_SUM_MAX: f32 = (1u32 << 20) as f32;
+
+/// A pair's state in the scaled form ([`SinkhornForm::Scaled`]); the potentials `F`, `G`
+/// stay in [`FastPair`], current after every pass.
+struct ScaledForm {
+    /// `Q (nr, nc)` and its transpose `(nc, nr)`, kept equal.
+    q: Vec<f32>,
+    qt: Vec<f32>,
+    /// The shifts absorbed into `Q`: `c (nr)`, `d (nc)`.
+    c: Vec<f32>,
+    d: Vec<f32>,
+    /// `u_i = 2^(F_i + log2 a_i − c_i)`, `v_j = 2^(G_j + log2 b_j − d_j)`; `u_next` goes
+    /// with `FastPair::f_next`.
+    u: Vec<f32>,
+    v: Vec<f32>,
+    u_next: Vec<f32>,
+    /// The weights `a = 2^log2 a`, `b = 2^log2 b`.
+    a: Vec<f32>,
+    b: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl ScaledForm {
+    /// `c = 0`, `d = 0`, `Q = 2^K`, and the vectors of `F = 0` and `g`.
+    #[inline(always)]
+    fn new<const FMA: bool>(
+        k: &[f32],
+        (nr, nc): (usize, usize),
+        (log2_a, log2_b): (&[f32], &[f32]),
+        g: &[f32],
+    ) -> ScaledForm {
+        let d = vec![0.0f32; nc];
+        let mut q = vec![0.0f32; nr * nc];
+        for (line, kl) in q.chunks_exact_mut(nc).zip(k.chunks_exact(nc)) {
+            simd::scaled_line::<FMA>(line, kl, 0.0, &d);
+        }
+        let mut qt = vec![0.0f32; nr * nc];
+        scaled::transpose_into(&q, nr, nc, nc, &mut qt, nr);
+        let exp2 = |x: f32| (x as f64).exp2() as f32;
+        let a: Vec<f32> = log2_a.iter().map(|&la| exp2(la)).collect();
+        ScaledForm {
+            q,
+            qt,
+            c: vec![0.0; nr],
+            v: g.iter().zip(log2_b).map(|(&g, &lb)| exp2(g + lb)).collect(),
+            d,
+            u: a.clone(),
+            u_next: vec![0.0; nr],
+            b: log2_b.iter().map(|&lb| exp2(lb)).collect(),
+            a,
+            sums: vec![0.0; nr.max(nc)],
+        }
+    }
+}
+
+/// One side of a scaled half-iteration: the row update (lines `Q`, vector `v`, shifts `c`,
+/// writing `F` and `u`) or the column update (`Qᵀ`, `u`, `d`, writing `G` and `v`).
+struct ScaledSide<'a> {
+    /// The lines (`Q` or `Qᵀ`, `w.len()` per line) and the other orientation.
+    lines: &'a mut [f32],
+    cross: &'a mut [f32],
+    /// `K` (nr, nc), for new shifts and entries: a line's entries are `k_step` apart and
+    /// lines `k_line` apart (rows: 1 and nc; columns: nc and 1).
+    k: &'a [f32],
+    k_step: usize,
+    k_line: usize,
+    /// The other side's vector, potentials, log-weights and shifts.
+    w: &'a [f32],
+    other_pot: &'a [f32],
+    other_log_w: &'a [f32],
+    other_shift: &'a [f32],
+    /// This side's shifts, weights, and the potentials and vector it writes.
+    shift: &'a mut [f32],
+    weights: &'a [f32],
+    pot: &'a mut [f32],
+    vec: &'a mut [f32],
+    sums: &'a mut [f32],
+}
+
+/// A scaled half-iteration ([`SinkhornForm::Scaled`]): every line's sum (lines spread over
+/// threads if `split`), new shifts and entries for the lines whose sum left
+/// [`SCALED_SUM_MIN`, `SCALED_SUM_MAX`] (their sums taken again), then the potentials
+/// `shift − log2 sum` and the vector `weight / sum`. Each line's result depends only on
+/// that line, so the split does not change a bit.
+#[inline(always)]
+fn scaled_pass<const FMA: bool>(side: ScaledSide<'_>, split: bool) {
+    let ScaledSide {
+        lines,
+        cross,
+        k,
+        k_step,
+        k_line,
+        w,
+        other_pot,
+        other_log_w,
+        other_shift,
+        shift,
+        weights,
+        pot,
+        vec,
+        sums,
+    } = side;
+    let (len, n) = (w.len(), pot.len());
+    let sums = &mut sums[..n];
+    // Every line's sum through the other orientation (a multiply-add of 32 lines per step).
+    let by_cross = &*cross;
+    if split {
+        let lines_per_thread = n.div_ceil(4 * rayon::current_num_threads());
+        let per_task = lines_per_thread
+            .max(SPLIT_TASK_ENTRIES / len)
+            .next_multiple_of(4 * simd::LANES);
+        sums.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(t, s)| {
+                dispatch!(|FMA2| simd::cross_sums::<FMA2>(s, by_cross, n, t * per_task, w))
+            });
+    } else {
+        simd::cross_sums::<FMA>(sums, by_cross, n, 0, w);
+    }
+    let mut h: Vec<f32> = Vec::new();
+    for l in 0..n {
+        if (SCALED_SUM_MIN..=SCALED_SUM_MAX).contains(&sums[l]) {
+            continue;
+        }
+        if h.is_empty() {
+            h = other_pot
+                .iter()
+                .zip(other_log_w)
+                .map(|(p, lw)| p + lw)
+                .collect();
+        }
+        // The line's largest term in the log domain becomes 2⁰ (times its vector entry).
+        let kl: Vec<f32> = (0..len).map(|j| k[l * k_line + j * k_step]).collect();
+        shift[l] = -simd::line_max(&kl, &h);
+        let line = &mut lines[l * len..(l + 1) * len];
+        simd::scaled_line::<FMA>(line, &kl, shift[l], other_shift);
+        for (j, &qv) in line.iter().enumerate() {
+            cross[j * n + l] = qv;
+        }
+        sums[l] = simd::chain_dot::<FMA>(line, w);
+    }
+    // Eight lines at a time, so that the logarithm and the division vectorise.
+    let lanes = simd::LANES;
+    let full = n - n % lanes;
+    for ((((p, x), s), sh), wt) in pot[..full]
+        .chunks_exact_mut(lanes)
+        .zip(vec[..full].chunks_exact_mut(lanes))
+        .zip(sums[..full].chunks_exact(lanes))
+        .zip(shift[..full].chunks_exact(lanes))
+        .zip(weights[..full].chunks_exact(lanes))
+    {
+        let mut lg = [0.0f32; simd::LANES];
+        for l in 0..simd::LANES {
+            lg[l] = simd::log2_pos::<FMA>(s[l]);
+        }
+        for l in 0..simd::LANES {
+            p[l] = sh[l] - lg[l];
+            x[l] = wt[l] / s[l];
+        }
+    }
+    for l in full..n {
+        pot[l] = shift[l] - simd::log2_pos::<FMA>(sums[l]);
+        vec[l] = weights[l] / sums[l];
+    }
+}
+
 /// One pair on its support, in base-2 log units (see the module docs).
 pub struct FastPair {
     support: Support,
-    /// `K (nr, nc)` and its transpose `(nc, nr)`.
+    /// `K (nr, nc)` and its transpose `(nc, nr)` (empty for the scaled form).
     k: Vec<f32>,
     kt: Vec<f32>,
     log2_a: Vec<f32>,
@@ -355,6 +593,8 @@ pub struct FastPair {
     f_next: Vec<f32>,
     f_next_valid: bool,
     scratch: Vec<f32>,
+    /// The scaled form's state, for pairs that take it.
+    scaled: Option<ScaledForm>,
 }
 
 pub struct FastState {
@@ -363,13 +603,32 @@ pub struct FastState {
 }
 
 impl FastPair {
-    fn new(problem: &Problem, p: usize, epsilon: f64) -> FastPair {
+    fn new(problem: &Problem, p: usize, epsilon: f64, form: SinkhornForm) -> FastPair {
         let scaled = ScaledPair::new(problem, p, epsilon);
         let (nr, nc) = (scaled.support.rows.len(), scaled.support.cols.len());
-        let mut kt = vec![0.0f32; nr * nc];
-        scaled::transpose_into(&scaled.k, nr, nc, nc, &mut kt, nr);
+        let g = scaled.initial_g(epsilon);
+        let scaled_form =
+            (form == SinkhornForm::Scaled && nr >= SCALED_MIN_LINES && nc >= SCALED_MIN_LINES)
+                .then(|| {
+                    dispatch!(|FMA| ScaledForm::new::<FMA>(
+                        &scaled.k,
+                        (nr, nc),
+                        (&scaled.log2_a, &scaled.log2_b),
+                        &g
+                    ))
+                });
+        // Kᵀ for the log-domain column passes; the scaled form reads K's columns in place
+        // (only when a column gets a new shift).
+        let kt = if scaled_form.is_some() {
+            Vec::new()
+        } else {
+            let mut kt = vec![0.0f32; nr * nc];
+            scaled::transpose_into(&scaled.k, nr, nc, nc, &mut kt, nr);
+            kt
+        };
         FastPair {
-            g: scaled.initial_g(epsilon),
+            scaled: scaled_form,
+            g,
             f: vec![0.0; nr],
             f_next: vec![0.0; nr],
             f_next_valid: false,
@@ -417,8 +676,95 @@ impl FastPair {
         lse_lines::<FMA>(&mut self.g, &self.kt, h, split);
     }
 
+    /// The scaled form's row update into `F` and `u` (or `F^new` and `u_next`), or its
+    /// column update into `G` and `v`.
+    #[inline(always)]
+    fn scaled_update<const FMA: bool>(&mut self, columns: bool, out_is_next: bool, split: bool) {
+        let nc = self.support.cols.len();
+        let FastPair {
+            k,
+            log2_a,
+            log2_b,
+            f,
+            g,
+            f_next,
+            scaled: Some(form),
+            ..
+        } = self
+        else {
+            unreachable!("scaled_update on a pair without the scaled form")
+        };
+        let ScaledForm {
+            q,
+            qt,
+            c,
+            d,
+            u,
+            v,
+            u_next,
+            a,
+            b,
+            sums,
+        } = form;
+        let side = if columns {
+            ScaledSide {
+                lines: qt,
+                cross: q,
+                k,
+                k_step: nc,
+                k_line: 1,
+                w: u,
+                other_pot: f,
+                other_log_w: log2_a,
+                other_shift: c,
+                shift: d,
+                weights: b,
+                pot: g,
+                vec: v,
+                sums,
+            }
+        } else {
+            let (pot, vec) = if out_is_next {
+                (f_next, u_next)
+            } else {
+                (f, u)
+            };
+            ScaledSide {
+                lines: q,
+                cross: qt,
+                k,
+                k_step: 1,
+                k_line: nc,
+                w: v,
+                other_pot: g,
+                other_log_w: log2_b,
+                other_shift: d,
+                shift: c,
+                weights: a,
+                pot,
+                vec,
+                sums,
+            }
+        };
+        scaled_pass::<FMA>(side, split);
+    }
+
     #[inline(always)]
     fn iterate<const FMA: bool>(&mut self, iterations: usize, split: bool) {
+        if self.scaled.is_some() {
+            for it in 0..iterations {
+                if it == 0 && self.f_next_valid {
+                    std::mem::swap(&mut self.f, &mut self.f_next);
+                    let form = self.scaled.as_mut().expect("checked above");
+                    std::mem::swap(&mut form.u, &mut form.u_next);
+                } else {
+                    self.scaled_update::<FMA>(false, false, split);
+                }
+                self.scaled_update::<FMA>(true, false, split);
+            }
+            self.f_next_valid = false;
+            return;
+        }
         for it in 0..iterations {
             if it == 0 && self.f_next_valid {
                 std::mem::swap(&mut self.f, &mut self.f_next);
@@ -432,7 +778,11 @@ impl FastPair {
 
     #[inline(always)]
     fn marginal_error<const FMA: bool>(&mut self, split: bool) -> f64 {
-        self.row_update::<FMA>(true, split);
+        if self.scaled.is_some() {
+            self.scaled_update::<FMA>(false, true, split);
+        } else {
+            self.row_update::<FMA>(true, split);
+        }
         self.f_next_valid = true;
         self.f
             .iter()
@@ -451,15 +801,44 @@ fn split_large_pairs(active: &[bool]) -> bool {
     active.iter().filter(|&&a| a).count() < rayon::current_num_threads()
 }
 
+/// The fast path with its Sinkhorn form given instead of read from
+/// `$OPTICAL_CPU_SINKHORN` (tests and benches that compare the forms in one process).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuFastWith(pub SinkhornForm);
+
+fn prepare_form(problem: &Problem, epsilon: f64, form: SinkhornForm) -> FastState {
+    let pairs = (0..problem.pairs)
+        .into_par_iter()
+        .map(|p| FastPair::new(problem, p, epsilon, form))
+        .collect();
+    FastState { epsilon, pairs }
+}
+
+impl SinkhornKernels for CpuFastWith {
+    type State = FastState;
+
+    fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<FastState> {
+        Ok(prepare_form(problem, epsilon, self.0))
+    }
+
+    fn iterate(&self, state: &mut FastState, active: &[bool], iterations: usize) -> Result<()> {
+        CpuFast.iterate(state, active, iterations)
+    }
+
+    fn marginal_errors(&self, state: &mut FastState, active: &[bool]) -> Result<Vec<f64>> {
+        CpuFast.marginal_errors(state, active)
+    }
+
+    fn finish(&self, state: FastState, problem: &Problem) -> Result<Solution> {
+        CpuFast.finish(state, problem)
+    }
+}
+
 impl SinkhornKernels for CpuFast {
     type State = FastState;
 
     fn prepare(&self, problem: &Problem, epsilon: f64) -> Result<FastState> {
-        let pairs = (0..problem.pairs)
-            .into_par_iter()
-            .map(|p| FastPair::new(problem, p, epsilon))
-            .collect();
-        Ok(FastState { epsilon, pairs })
+        Ok(prepare_form(problem, epsilon, SinkhornForm::from_env()?))
     }
 
     fn iterate(&self, state: &mut FastState, active: &[bool], iterations: usize) -> Result<()> {
@@ -514,5 +893,106 @@ impl SinkhornKernels for CpuFast {
             let pair = &state.pairs[p];
             (&pair.support, &pair.f[..], &pair.g[..])
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scaled half-iteration on three lines of 20: line 0 in range (kept), line 1's
+    /// entries all flushed to 0 by a shift of −200, line 2's sum above 2²⁰ by a shift of
+    /// +40. Lines 1 and 2 get new shifts and entries; every line's potential is the
+    /// log-domain update, its vector entry `weight · 2^(pot − shift)`, and `cross` stays
+    /// the transpose of `lines`.
+    #[test]
+    fn scaled_lines_out_of_range_get_new_shifts_and_the_log_domain_update() {
+        let (n, len) = (3usize, 20usize);
+        let k: Vec<f32> = (0..n * len).map(|x| -((x * 7 % 13) as f32) * 0.5).collect();
+        let other_pot: Vec<f32> = (0..len).map(|j| 0.1 * j as f32 - 1.0).collect();
+        let other_log_w = vec![-(len as f32).log2(); len];
+        let other_shift: Vec<f32> = (0..len).map(|j| 0.05 * j as f32).collect();
+        let w: Vec<f32> = (0..len)
+            .map(|j| ((other_pot[j] + other_log_w[j] - other_shift[j]) as f64).exp2() as f32)
+            .collect();
+        let mut shift = vec![0.0f32, -200.0, 40.0];
+        let mut lines = vec![0.0f32; n * len];
+        for l in 0..n {
+            let line = &mut lines[l * len..(l + 1) * len];
+            simd::scaled_line::<false>(line, &k[l * len..(l + 1) * len], shift[l], &other_shift);
+        }
+        assert!(lines[len..2 * len].iter().all(|&q| q == 0.0));
+        let mut cross = vec![0.0f32; n * len];
+        scaled::transpose_into(&lines, n, len, len, &mut cross, n);
+        let weights = [0.2f32, 0.3, 0.5];
+        let (mut pot, mut vec, mut sums) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        let side = ScaledSide {
+            lines: &mut lines,
+            cross: &mut cross,
+            k: &k,
+            k_step: 1,
+            k_line: len,
+            w: &w,
+            other_pot: &other_pot,
+            other_log_w: &other_log_w,
+            other_shift: &other_shift,
+            shift: &mut shift,
+            weights: &weights,
+            pot: &mut pot,
+            vec: &mut vec,
+            sums: &mut sums,
+        };
+        scaled_pass::<false>(side, false);
+        assert_eq!(shift[0], 0.0, "line 0 was in range");
+        for l in 0..n {
+            let h = |j: usize| (other_pot[j] + other_log_w[j]) as f64;
+            let kl = |j: usize| k[l * len + j] as f64;
+            let want = -(0..len).map(|j| (kl(j) + h(j)).exp2()).sum::<f64>().log2();
+            assert!(
+                (pot[l] as f64 - want).abs() < 2e-6,
+                "line {l}: {} vs {want}",
+                pot[l]
+            );
+            let vec_want = weights[l] as f64 * (pot[l] as f64 - shift[l] as f64).exp2();
+            assert!(
+                ((vec[l] as f64) - vec_want).abs() < 1e-6 * vec_want,
+                "line {l}"
+            );
+            if l > 0 {
+                let max = (0..len).map(|j| kl(j) + h(j)).fold(f64::MIN, f64::max);
+                assert!(
+                    (shift[l] as f64 + max).abs() < 1e-5,
+                    "line {l}: shift {}",
+                    shift[l]
+                );
+                assert!(
+                    (1.0..=len as f32).contains(&sums[l]),
+                    "line {l}: sum {}",
+                    sums[l]
+                );
+            }
+            for j in 0..len {
+                assert_eq!(lines[l * len + j].to_bits(), cross[j * n + l].to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn the_form_a_value_names_or_a_clear_error() {
+        use std::env::VarError;
+        let form = |v: &str| SinkhornForm::from_var(Ok(v.to_string()));
+        assert_eq!(
+            SinkhornForm::from_var(Err(VarError::NotPresent)).unwrap(),
+            SinkhornForm::default()
+        );
+        assert_eq!(form("").unwrap(), SinkhornForm::default());
+        assert_eq!(form("scaled").unwrap(), SinkhornForm::Scaled);
+        assert_eq!(form(" log ").unwrap(), SinkhornForm::Log);
+        let err = form("exp").unwrap_err().to_string();
+        assert!(err.contains("OPTICAL_CPU_SINKHORN"), "{err}");
+        assert!(
+            err.contains("log or scaled") && err.contains("exp"),
+            "{err}"
+        );
     }
 }

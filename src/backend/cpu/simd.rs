@@ -177,19 +177,7 @@ pub fn log2_pos<const FMA: bool>(x: f32) -> f32 {
 /// `log2 Σ_j 2^(k_j + h_j) = max + log2(sum)`; `k` and `h` have the same length ≥ 1.
 #[inline(always)]
 pub fn max_sum_exp2<const FMA: bool>(k: &[f32], h: &[f32]) -> (f32, f32) {
-    debug_assert_eq!(k.len(), h.len());
-    let (kc, kr) = k.as_chunks::<LANES>();
-    let (hc, hr) = h.as_chunks::<LANES>();
-    let mut mx = [f32::NEG_INFINITY; LANES];
-    for (kk, hh) in kc.iter().zip(hc) {
-        for l in 0..LANES {
-            mx[l] = fmax(mx[l], kk[l] + hh[l]);
-        }
-    }
-    let mut max = mx.iter().copied().fold(f32::NEG_INFINITY, fmax);
-    for (&kk, &hh) in kr.iter().zip(hr) {
-        max = fmax(max, kk + hh);
-    }
+    let max = line_max(k, h);
     // `(k + h) + (−max)` is `(k + h) − max` bit for bit, and every exponent is ≤ 0, so the
     // shifted sum's upper clamp never acts.
     (max, shifted_sum_exp2::<FMA>(k, h, -max))
@@ -290,6 +278,102 @@ pub fn dot<const FMA: bool>(x: &[f32], y: &[f32]) -> f32 {
         s = madd::<FMA>(a, b, s);
     }
     s
+}
+
+/// `sums_l = Σ_j w_j · cross[j][first + l]` for `l < sums.len()`: the lines of a matrix
+/// summed against `w` through the matrix's other orientation `cross` (`w.len()` rows of
+/// `stride` floats), so that every step is a multiply-add of 32 (or 8) consecutive lines at
+/// once and no sum needs a horizontal reduction. Each line's sum is the chain
+/// `s ← w_j · x_j + s` over `j` in order from 0, whichever group of lines it is computed in
+/// ([`chain_dot`] gives the same bits for a line alone).
+#[inline(always)]
+pub fn cross_sums<const FMA: bool>(
+    sums: &mut [f32],
+    cross: &[f32],
+    stride: usize,
+    first: usize,
+    w: &[f32],
+) {
+    const BLOCK: usize = 8 * LANES;
+    let n = sums.len();
+    let mut b = 0;
+    while b + BLOCK <= n {
+        let mut acc = [0.0f32; BLOCK];
+        for (j, &wj) in w.iter().enumerate() {
+            let off = j * stride + first + b;
+            let row = &cross[off..off + BLOCK];
+            for l in 0..BLOCK {
+                acc[l] = madd::<FMA>(wj, row[l], acc[l]);
+            }
+        }
+        sums[b..b + BLOCK].copy_from_slice(&acc);
+        b += BLOCK;
+    }
+    while b + LANES <= n {
+        let mut acc = [0.0f32; LANES];
+        for (j, &wj) in w.iter().enumerate() {
+            let off = j * stride + first + b;
+            let row = &cross[off..off + LANES];
+            for l in 0..LANES {
+                acc[l] = madd::<FMA>(wj, row[l], acc[l]);
+            }
+        }
+        sums[b..b + LANES].copy_from_slice(&acc);
+        b += LANES;
+    }
+    for (l, s) in sums.iter_mut().enumerate().skip(b) {
+        let mut acc = 0.0f32;
+        for (j, &wj) in w.iter().enumerate() {
+            acc = madd::<FMA>(wj, cross[j * stride + first + l], acc);
+        }
+        *s = acc;
+    }
+}
+
+/// `Σ_j w_j · x_j` as the chain `s ← w_j · x_j + s` over `j` in order from 0: one line's
+/// sum exactly as [`cross_sums`] computes it among others.
+#[inline(always)]
+pub fn chain_dot<const FMA: bool>(x: &[f32], w: &[f32]) -> f32 {
+    let mut acc = 0.0f32;
+    for (&xj, &wj) in x.iter().zip(w) {
+        acc = madd::<FMA>(wj, xj, acc);
+    }
+    acc
+}
+
+/// Entries of the scaled Sinkhorn matrix `Q = 2^x` whose exponent lies below this are
+/// stored as 0: no subnormal `f32` enters the passes' products.
+pub const SCALED_FLUSH: f32 = -90.0;
+
+/// `out_j = 2^(k_j + s + t_j)`, or 0 where the exponent is below [`SCALED_FLUSH`]
+/// (exponents clamped above at 126); `k`, `t` and `out` have the same length.
+#[inline(always)]
+pub fn scaled_line<const FMA: bool>(out: &mut [f32], k: &[f32], s: f32, t: &[f32]) {
+    debug_assert!(out.len() == k.len() && k.len() == t.len());
+    for ((o, &kk), &tt) in out.iter_mut().zip(k).zip(t) {
+        let x = fmin(kk + s + tt, 126.0);
+        let e = exp2_neg::<FMA>(x);
+        *o = if x < SCALED_FLUSH { 0.0 } else { e };
+    }
+}
+
+/// `max_j (k_j + h_j)`; `k` and `h` have the same length ≥ 1.
+#[inline(always)]
+pub fn line_max(k: &[f32], h: &[f32]) -> f32 {
+    debug_assert_eq!(k.len(), h.len());
+    let (kc, kr) = k.as_chunks::<LANES>();
+    let (hc, hr) = h.as_chunks::<LANES>();
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    for (kk, hh) in kc.iter().zip(hc) {
+        for l in 0..LANES {
+            mx[l] = fmax(mx[l], kk[l] + hh[l]);
+        }
+    }
+    let mut max = mx.iter().copied().fold(f32::NEG_INFINITY, fmax);
+    for (&kk, &hh) in kr.iter().zip(hr) {
+        max = fmax(max, kk + hh);
+    }
+    max
 }
 
 /// `1 / ‖x‖`, or 0 for a zero vector (so its cosine with anything is 0).
@@ -574,6 +658,66 @@ mod tests {
                 assert!(
                     (got as f64 - want).abs() <= tol,
                     "{lines}x{len}: line {l}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cross_sums_give_each_line_the_bits_of_its_chain_alone() {
+        // Lines past 64 (a block of 64), past 8 (blocks of 8) and a scalar rest, from any
+        // first line: every sum as chain_dot gives it for the line alone.
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for (n, len) in [(64usize + 8 + 3, 19usize), (7, 1), (130, 33), (1, 5)] {
+            let lines: Vec<f32> = (0..n * len).map(|_| next() * 2.0 - 0.5).collect();
+            let w: Vec<f32> = (0..len).map(|_| next()).collect();
+            let mut cross = vec![0.0f32; n * len];
+            for l in 0..n {
+                for j in 0..len {
+                    cross[j * n + l] = lines[l * len + j];
+                }
+            }
+            for first in [0, 1, n / 2] {
+                let mut sums = vec![f32::NAN; n - first];
+                cross_sums::<true>(&mut sums, &cross, n, first, &w);
+                for (l, s) in sums.iter().enumerate() {
+                    let line = &lines[(first + l) * len..(first + l + 1) * len];
+                    assert_eq!(s.to_bits(), chain_dot::<true>(line, &w).to_bits());
+                    let want: f64 = line
+                        .iter()
+                        .zip(&w)
+                        .map(|(&x, &y)| x as f64 * y as f64)
+                        .sum();
+                    assert!(
+                        (*s as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{s} {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scaled_lines_flush_below_2_to_the_minus_90() {
+        let k = [0.0f32, -10.0, -89.5, -90.5, -500.0, 200.0, 3.0, -1.0, -2.0];
+        let t = [0.0f32; 9];
+        let mut out = [f32::NAN; 9];
+        scaled_line::<true>(&mut out, &k, 0.5, &t);
+        for (o, &kk) in out.iter().zip(&k) {
+            let x = (kk + 0.5).min(126.0);
+            if x < SCALED_FLUSH {
+                assert_eq!(*o, 0.0);
+            } else {
+                let want = (x as f64).exp2();
+                assert!(
+                    ((*o as f64) - want).abs() <= 3e-7 * want,
+                    "{kk}: {o} vs {want}"
                 );
             }
         }
