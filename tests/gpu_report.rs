@@ -29,6 +29,18 @@ fn cuda_record(
     )
 }
 
+/// A record of the issue's fused problem at `device` seconds per call.
+fn fused_record(device: f64) -> String {
+    cuda_record(
+        "sinkhorn-fused",
+        "b=256 n=128 m=128 d=384 eps=0.05 iterations=100",
+        5e-4,
+        device,
+        "gexp_per_s",
+        8.4e8,
+    )
+}
+
 fn run_report(dir: &Path, logs: &Path) -> (String, serde_json::Value) {
     let out = dir.join("result");
     let status = r#"{"cuda-tests": "pass", "bench-cuda": "pass"}"#;
@@ -581,6 +593,7 @@ fn report_reads_the_distillation_bench() {
 #[test]
 fn report_names_the_defaults_a_run_decides() {
     let (dir, logs) = scratch("decisions");
+    let fused = fused_record;
     let hbm = |device: f64| {
         cuda_record(
             "cosine-cost-hbm",
@@ -589,16 +602,6 @@ fn report_names_the_defaults_a_run_decides() {
             device,
             "gb_per_s",
             2.5e8,
-        )
-    };
-    let fused = |device: f64| {
-        cuda_record(
-            "sinkhorn-fused",
-            "b=256 n=128 m=128 d=384 eps=0.05 iterations=100",
-            5e-4,
-            device,
-            "gexp_per_s",
-            8.4e8,
         )
     };
     let write = |step: &str, record: String| {
@@ -746,16 +749,7 @@ fn report_names_the_defaults_a_run_decides() {
 #[test]
 fn the_fastest_combination_of_the_fused_settings_is_picked_and_judged() {
     let (dir, logs) = scratch("combined");
-    let fused = |device: f64| {
-        cuda_record(
-            "sinkhorn-fused",
-            "b=256 n=128 m=128 d=384 eps=0.05 iterations=100",
-            5e-4,
-            device,
-            "gexp_per_s",
-            8.4e8,
-        )
-    };
+    let fused = fused_record;
     let write = |step: &str, device: f64| {
         std::fs::write(
             logs.join(format!("bench-{step}.log")),
