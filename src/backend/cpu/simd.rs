@@ -282,7 +282,7 @@ pub fn dot<const FMA: bool>(x: &[f32], y: &[f32]) -> f32 {
 
 /// `sums_l = Σ_j w_j · cross[j][first + l]` for `l < sums.len()`: the lines of a matrix
 /// summed against `w` through the matrix's other orientation `cross` (`w.len()` rows of
-/// `stride` floats), so that every step is a multiply-add of 32 (or 8) consecutive lines at
+/// `stride` floats), so that every step is a multiply-add of 64 (or 8) consecutive lines at
 /// once and no sum needs a horizontal reduction. Each line's sum is the chain
 /// `s ← w_j · x_j + s` over `j` in order from 0, whichever group of lines it is computed in
 /// ([`chain_dot`] gives the same bits for a line alone).
@@ -294,31 +294,14 @@ pub fn cross_sums<const FMA: bool>(
     first: usize,
     w: &[f32],
 ) {
-    const BLOCK: usize = 8 * LANES;
     let n = sums.len();
     let mut b = 0;
-    while b + BLOCK <= n {
-        let mut acc = [0.0f32; BLOCK];
-        for (j, &wj) in w.iter().enumerate() {
-            let off = j * stride + first + b;
-            let row = &cross[off..off + BLOCK];
-            for l in 0..BLOCK {
-                acc[l] = madd::<FMA>(wj, row[l], acc[l]);
-            }
-        }
-        sums[b..b + BLOCK].copy_from_slice(&acc);
-        b += BLOCK;
+    while b + 8 * LANES <= n {
+        cross_block::<FMA, { 8 * LANES }>(&mut sums[b..b + 8 * LANES], cross, stride, first + b, w);
+        b += 8 * LANES;
     }
     while b + LANES <= n {
-        let mut acc = [0.0f32; LANES];
-        for (j, &wj) in w.iter().enumerate() {
-            let off = j * stride + first + b;
-            let row = &cross[off..off + LANES];
-            for l in 0..LANES {
-                acc[l] = madd::<FMA>(wj, row[l], acc[l]);
-            }
-        }
-        sums[b..b + LANES].copy_from_slice(&acc);
+        cross_block::<FMA, LANES>(&mut sums[b..b + LANES], cross, stride, first + b, w);
         b += LANES;
     }
     for (l, s) in sums.iter_mut().enumerate().skip(b) {
@@ -328,6 +311,27 @@ pub fn cross_sums<const FMA: bool>(
         }
         *s = acc;
     }
+}
+
+/// [`cross_sums`] for `B` consecutive lines at once: `B` accumulators (eight or one 8-lane
+/// vectors), `w_j` broadcast.
+#[inline(always)]
+fn cross_block<const FMA: bool, const B: usize>(
+    sums: &mut [f32],
+    cross: &[f32],
+    stride: usize,
+    first: usize,
+    w: &[f32],
+) {
+    let mut acc = [0.0f32; B];
+    for (j, &wj) in w.iter().enumerate() {
+        let off = j * stride + first;
+        let row = &cross[off..off + B];
+        for l in 0..B {
+            acc[l] = madd::<FMA>(wj, row[l], acc[l]);
+        }
+    }
+    sums.copy_from_slice(&acc);
 }
 
 /// `Σ_j w_j · x_j` as the chain `s ← w_j · x_j + s` over `j` in order from 0: one line's
