@@ -516,13 +516,14 @@ fn scaled_pass<const FMA: bool>(side: ScaledSide<'_>, split: bool) {
     } = side;
     let (len, n) = (w.len(), pot.len());
     let sums = &mut sums[..n];
-    // Every line's sum through the other orientation (a multiply-add of 32 lines per step).
+    // Every line's sum through the other orientation (a multiply-add of 64 lines per step;
+    // tasks of whole blocks of 64).
     let by_cross = &*cross;
     if split {
         let lines_per_thread = n.div_ceil(4 * rayon::current_num_threads());
         let per_task = lines_per_thread
             .max(SPLIT_TASK_ENTRIES / len)
-            .next_multiple_of(4 * simd::LANES);
+            .next_multiple_of(8 * simd::LANES);
         sums.par_chunks_mut(per_task)
             .enumerate()
             .for_each(|(t, s)| {
