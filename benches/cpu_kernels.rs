@@ -4,9 +4,11 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use optical::backend::cpu::fast::{CpuFastWith, SinkhornForm};
 use optical::backend::{Backend, BackendKind};
 use optical::bench;
 use optical::ot::scaled::{self, ScaledPair};
+use optical::ot::solve;
 
 fn kernels(c: &mut Criterion) {
     let backend = Backend::new(BackendKind::Cpu).expect("the CPU backend is always present");
@@ -47,5 +49,24 @@ fn host_work(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, host_work);
+/// The fast path's two Sinkhorn forms on the standard problems, whatever
+/// `$OPTICAL_CPU_SINKHORN` says: the scaling form (the default) and the log-domain passes.
+/// Elements = the log domain's exponentials (two reductions per iteration), for both.
+fn sinkhorn_forms(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sinkhorn-form");
+    g.sample_size(10);
+    for (b, n, iters) in [(64usize, 128usize, 200usize), (4, 512, 100)] {
+        let problem = bench::sinkhorn_problem(b, n, n, 64);
+        let params = bench::fixed_iterations(0.05, iters);
+        g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
+        for (name, form) in [("scaled", SinkhornForm::Scaled), ("log", SinkhornForm::Log)] {
+            g.bench_function(format!("{name}/b{b}_n{n}_it{iters}"), |bench| {
+                bench.iter(|| solve(&CpuFastWith(form), &problem, &params).expect("valid"))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, host_work, sinkhorn_forms);
 criterion_main!(benches);
