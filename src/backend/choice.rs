@@ -1,6 +1,6 @@
-//! Settings chosen by name through an environment variable (the CUDA cost kernel and fused
-//! block, the WGSL fused kernel): parsing, the default when unset, and the list of names
-//! that error messages and `optical info` show.
+//! Settings chosen by name through an environment variable (the CPU Sinkhorn form, the CUDA
+//! cost kernel and fused block, the WGSL fused kernel): parsing, the default when unset, and
+//! the list of names that error messages and `optical info` show.
 
 use crate::error::{Error, Result};
 

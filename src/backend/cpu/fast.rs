@@ -367,8 +367,8 @@ pub enum SinkhornForm {
     /// `v_j = 2^(G_j + log2 b_j − d_j)` (the columns likewise with `u`): no exponential per
     /// element. A line whose sum leaves [2⁻²⁰, 2²⁰] gets a new shift (`c_i` or `d_j`, from
     /// the line's largest term in the log domain) and its `Q` entries again, then its sum
-    /// lies in [1, len]. The same potentials as [`Self::Log`] to `f32` rounding; 3.6× faster
-    /// on the standard `sinkhorn` problem (`docs/PERFORMANCE.md`, CPU v7).
+    /// lies in [1, len]. The same potentials as [`Self::Log`] to `f32` rounding; 4.1× faster
+    /// per call on the standard `sinkhorn` problem (`docs/PERFORMANCE.md`, CPU v7).
     #[default]
     Scaled,
 }
@@ -376,33 +376,10 @@ pub enum SinkhornForm {
 /// Environment variable that picks [`SinkhornForm`]: `scaled` (default) or `log`.
 pub const SINKHORN_FORM_ENV: &str = "OPTICAL_CPU_SINKHORN";
 
-impl SinkhornForm {
-    /// The form `$OPTICAL_CPU_SINKHORN` names (unset or empty: the default); any other value
-    /// is an error that says which are accepted.
-    pub fn from_env() -> Result<SinkhornForm> {
-        Self::from_var(std::env::var(SINKHORN_FORM_ENV))
-    }
-
-    /// The form a value of `$OPTICAL_CPU_SINKHORN` names.
-    fn from_var(var: std::result::Result<String, std::env::VarError>) -> Result<SinkhornForm> {
-        match var {
-            Err(std::env::VarError::NotPresent) => Ok(SinkhornForm::default()),
-            Ok(v) if v.trim().is_empty() => Ok(SinkhornForm::default()),
-            Ok(v) if v.trim() == "log" => Ok(SinkhornForm::Log),
-            Ok(v) if v.trim() == "scaled" => Ok(SinkhornForm::Scaled),
-            Ok(v) => Err(crate::Error::parameter(
-                SINKHORN_FORM_ENV,
-                "log or scaled",
-                format!("{v:?}"),
-            )),
-            Err(std::env::VarError::NotUnicode(v)) => Err(crate::Error::parameter(
-                SINKHORN_FORM_ENV,
-                "log or scaled",
-                format!("{v:?}"),
-            )),
-        }
-    }
-}
+env_choice!(SinkhornForm, SINKHORN_FORM_ENV, {
+    Scaled => "scaled",
+    Log => "log",
+});
 
 /// Lines a pair needs on both sides for [`SinkhornForm::Scaled`]: shorter lines keep the
 /// log domain's exact fixed points (see `simd::update_lines`).
@@ -980,19 +957,18 @@ mod tests {
 
     #[test]
     fn the_form_a_value_names_or_a_clear_error() {
-        use std::env::VarError;
-        let form = |v: &str| SinkhornForm::from_var(Ok(v.to_string()));
+        // The shared setting mechanism (`backend::choice`): the default first, names
+        // trimmed, an error that names the variable, the choices and the value.
+        assert_eq!(SinkhornForm::ALL[0], SinkhornForm::default());
         assert_eq!(
-            SinkhornForm::from_var(Err(VarError::NotPresent)).unwrap(),
-            SinkhornForm::default()
+            "scaled".parse::<SinkhornForm>().unwrap(),
+            SinkhornForm::Scaled
         );
-        assert_eq!(form("").unwrap(), SinkhornForm::default());
-        assert_eq!(form("scaled").unwrap(), SinkhornForm::Scaled);
-        assert_eq!(form(" log ").unwrap(), SinkhornForm::Log);
-        let err = form("exp").unwrap_err().to_string();
+        assert_eq!(" log ".parse::<SinkhornForm>().unwrap(), SinkhornForm::Log);
+        let err = "exp".parse::<SinkhornForm>().unwrap_err().to_string();
         assert!(err.contains("OPTICAL_CPU_SINKHORN"), "{err}");
         assert!(
-            err.contains("log or scaled") && err.contains("exp"),
+            err.contains("scaled or log") && err.contains("exp"),
             "{err}"
         );
     }
