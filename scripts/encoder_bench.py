@@ -3,7 +3,7 @@
 
 Sentences: the first --n candidate sentences of XQuAD-R (LAReQA) in English (MiniLM) and
 round-robin over en/ar/hi/zh/ru/es (e5-small), read from the shared data directory
-($OPTICAL_DATA, default ../shared/data). Same texts, same batch size and the same thread
+($OPTICAL_DATA_DIR, default ../shared/data). Same texts, same batch size and the same thread
 count (RAYON_NUM_THREADS for optical, OMP_NUM_THREADS for e5.c) for every engine; model
 loading is excluded. sentence-transformers on PyTorch is not run: PyPI's torch wheels
 pull several GB of CUDA libraries that this environment cannot install.
@@ -22,7 +22,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path(os.environ.get("OPTICAL_CACHE") or pathlib.Path.home() / ".cache" / "optical")
-DATA = pathlib.Path(os.environ.get("OPTICAL_DATA") or ROOT.parent / "shared" / "data")
+DATA = pathlib.Path(os.environ.get("OPTICAL_DATA_DIR") or ROOT.parent / "shared" / "data")
 
 
 def sentences(lang, n):

@@ -1246,3 +1246,227 @@ fn unconverged_pairs_get_a_warning_that_says_why() {
     assert_eq!(summary["converged"], 3);
     assert!(err.is_empty(), "{err}");
 }
+
+/// `optical info` lists every kernel setting with the choice in effect, and a value that
+/// names no choice is shown as such (with the backend's error) instead of failing `info`.
+// The GPU backends' settings exist in builds with their features (as `make test` builds).
+#[cfg(all(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn info_lists_the_settings_and_flags_a_value_that_is_no_choice() {
+    let o = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["info", "--json"])
+        .env("OPTICAL_CPU_SINKHORN", "log")
+        .env("OPTICAL_CUDA_LSE", "bogus")
+        .env_remove("OPTICAL_WGPU_LSE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let settings = v["settings"].as_array().unwrap();
+    let find = |var: &str| {
+        settings
+            .iter()
+            .find(|s| s["variable"] == var)
+            .unwrap_or_else(|| panic!("{var} missing from {settings:?}"))
+    };
+    let cpu = find("OPTICAL_CPU_SINKHORN");
+    assert_eq!(cpu["value"], "log");
+    assert_eq!(cpu["set"], true);
+    assert_eq!(cpu["choices"], serde_json::json!(["scaled", "log"]));
+    let wgpu = find("OPTICAL_WGPU_LSE");
+    assert_eq!(wgpu["value"], "max");
+    assert_eq!(wgpu["set"], false);
+    let cuda = find("OPTICAL_CUDA_LSE");
+    assert!(cuda["value"].is_null(), "{cuda}");
+    let err = cuda["error"].as_str().unwrap();
+    assert!(
+        err.contains("shifted, absorbed or scaled") && err.contains("bogus"),
+        "{err}"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .arg("info")
+        .env("OPTICAL_CUDA_LSE", "bogus")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("OPTICAL_CUDA_LSE") && text.contains("INVALID"),
+        "{text}"
+    );
+    assert!(text.contains("OPTICAL_CUDA_COST_KERNEL"), "{text}");
+}
+
+/// Every `OPTICAL_*` variable that the scripts, docs and sources name is a setting that
+/// `optical info` lists or one of the free-form variables below, and every value they give a
+/// setting is one of its choices: a misspelt variable or value would otherwise be ignored or
+/// fail only on a GPU machine, in a run whose minutes are counted. gpu-check's `--kernels`
+/// lists name bench problems, and its Nsight `--kernel-name`s name entry points of
+/// `kernels/*.ptx`.
+// The GPU backends' settings exist in builds with their features (as `make test` builds).
+#[cfg(all(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn scripts_and_docs_name_only_real_settings_choices_and_kernels() {
+    const FREE_FORM: [&str; 9] = [
+        "OPTICAL_ALLOW_MISSING_DATA",
+        "OPTICAL_CACHE",
+        "OPTICAL_DATA_DIR",
+        "OPTICAL_GPU_CHECK_SOURCE",
+        "OPTICAL_KERNELS",
+        "OPTICAL_REQUIRE_CUDA",
+        "OPTICAL_SKIP_WGPU",
+        "OPTICAL_TEST_FLAVOUR_UNSET",
+        "OPTICAL_WGPU_ADAPTER",
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = optical(&["info", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let settings: std::collections::HashMap<String, Vec<String>> = v["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let choices = s["choices"].as_array().unwrap();
+            (
+                s["variable"].as_str().unwrap().to_string(),
+                choices
+                    .iter()
+                    .map(|c| c.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("results") {
+                    walk(&path, out);
+                }
+            } else if path
+                .extension()
+                .is_some_and(|e| ["sh", "py", "md", "rs", "toml"].iter().any(|x| e == *x))
+            {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = vec![root.join("README.md"), root.join("Makefile")];
+    for dir in ["scripts", "docs", "src", "benches", ".ci"] {
+        walk(&root.join(dir), &mut files);
+    }
+    let is_name = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+    let is_value = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    let mut problems = Vec::new();
+    let mut seen = 0usize;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let rel = file.strip_prefix(root).unwrap().display();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("OPTICAL_") {
+            rest = &rest[at..];
+            let name_len = rest.find(|c: char| !is_name(c)).unwrap_or(rest.len());
+            let name = rest[..name_len].trim_end_matches('_');
+            rest = &rest[name_len..];
+            // `OPTICAL_CUDA_*` and the like name a family, not a variable.
+            if name == "OPTICAL" || rest.starts_with('*') {
+                continue;
+            }
+            seen += 1;
+            let Some(choices) = settings.get(name) else {
+                if !FREE_FORM.contains(&name) {
+                    problems.push(format!(
+                        "{rel}: {name} is neither a setting nor a known variable"
+                    ));
+                }
+                continue;
+            };
+            // `VAR=value` (shell) or `"VAR": "value"` (Python).
+            let after = rest
+                .strip_prefix('=')
+                .or_else(|| rest.strip_prefix("\": \""));
+            if let Some(after) = after {
+                let value = &after[..after.find(|c: char| !is_value(c)).unwrap_or(after.len())];
+                let value = value.trim_end_matches('.');
+                if !value.is_empty() && !choices.iter().any(|c| c == value) {
+                    problems.push(format!("{rel}: {name}={value} is not one of {choices:?}"));
+                }
+            }
+        }
+    }
+    assert!(
+        seen > 100,
+        "only {seen} mentions of OPTICAL_ variables found"
+    );
+
+    // gpu-check's bench problems and profiled entry points.
+    let mut kernels: Vec<&str> = optical::bench::KERNELS.to_vec();
+    kernels.extend(optical::bench::EXTRA_KERNELS);
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(root.join("kernels")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            if let Some(rest) = line.trim().strip_prefix(".visible .entry ") {
+                entries.push(rest.trim_end_matches('(').trim().to_string());
+            }
+        }
+    }
+    assert!(
+        entries.iter().any(|e| e == "sinkhorn_fused_f32"),
+        "{entries:?}"
+    );
+    let cost_kernels = &settings["OPTICAL_CUDA_COST_KERNEL"];
+    let script = std::fs::read_to_string(root.join("scripts/gpu-check.sh")).unwrap();
+    let literal = |w: &str| !w.starts_with('"') && !w.starts_with('$');
+    let (mut lists, mut names, mut profiles) = (0, 0, 0);
+    for line in script.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (i, w) in words.iter().enumerate() {
+            let next = words.get(i + 1).copied().filter(|n| literal(n));
+            match (*w, next) {
+                ("--kernels", Some(list)) => {
+                    lists += 1;
+                    for k in list.split(',') {
+                        if !kernels.contains(&k) {
+                            problems
+                                .push(format!("gpu-check: --kernels {k}: not one of {kernels:?}"));
+                        }
+                    }
+                }
+                ("--kernel-name", Some(name)) => {
+                    names += 1;
+                    if !entries.iter().any(|e| e == name) {
+                        problems.push(format!("gpu-check: --kernel-name {name}: no such entry"));
+                    }
+                }
+                // profile NAME ENTRY COST-KERNEL PROBLEM
+                ("profile", Some(_)) if words.len() >= i + 5 => {
+                    profiles += 1;
+                    let (entry, cost, problem) = (words[i + 2], words[i + 3], words[i + 4]);
+                    if !entries.iter().any(|e| e == entry) {
+                        problems.push(format!("gpu-check: profile {entry}: no such entry"));
+                    }
+                    if !cost_kernels.iter().any(|c| c == cost) {
+                        problems.push(format!(
+                            "gpu-check: profile cost kernel {cost}: not one of {cost_kernels:?}"
+                        ));
+                    }
+                    if !kernels.contains(&problem) {
+                        problems.push(format!(
+                            "gpu-check: profile problem {problem}: not one of {kernels:?}"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        lists > 10 && names >= 2 && profiles >= 8,
+        "{lists} {names} {profiles}"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -52,6 +52,40 @@ macro_rules! env_choice {
     };
 }
 
+/// A setting's state, for `optical info`: its variable, its choices (the default first),
+/// and the choice the environment makes now, or why the value there is not one.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Setting {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// Every choice, the default first.
+    pub choices: Vec<&'static str>,
+    /// The choice in effect: the variable's value, or the default when it is unset or
+    /// empty; `None` when the value names no choice (every kernel call then fails).
+    pub value: Option<&'static str>,
+    /// The variable is set to a non-empty value (as opposed to the default applying).
+    pub set: bool,
+    /// Why the value is not a choice (the error the backend would return).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The state of the setting `T`.
+pub(crate) fn setting<T: EnvChoice>() -> Setting {
+    let set = std::env::var(T::VAR).is_ok_and(|v| !v.is_empty());
+    let (value, error) = match choice_from_env::<T>() {
+        Ok(t) => (Some(t.name()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Setting {
+        variable: T::VAR,
+        choices: T::ALL.iter().map(|t| t.name()).collect(),
+        value,
+        set,
+        error,
+    }
+}
+
 /// The choice named `s`, or an error that lists the names.
 pub(crate) fn parse_choice<T: EnvChoice>(s: &str) -> Result<T> {
     T::ALL
@@ -112,5 +146,10 @@ mod tests {
             [Flavour::Plain, Flavour::Spicy, Flavour::Sweet]
         );
         assert_eq!(choices::<Flavour>(), "plain, spicy or sweet");
+        let unset = setting::<Flavour>();
+        assert_eq!(unset.variable, "OPTICAL_TEST_FLAVOUR_UNSET");
+        assert_eq!(unset.choices, ["plain", "spicy", "sweet"]);
+        assert_eq!((unset.value, unset.set), (Some("plain"), false));
+        assert!(unset.error.is_none());
     }
 }

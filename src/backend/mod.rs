@@ -315,6 +315,46 @@ pub fn probe_all() -> Vec<BackendInfo> {
         .collect()
 }
 
+pub use choice::Setting;
+
+/// Every kernel setting this build reads from the environment (`OPTICAL_CPU_*`, and
+/// `OPTICAL_WGPU_*` and `OPTICAL_CUDA_*` where those backends are compiled in), with its
+/// choices and the choice in effect: what `optical info` lists.
+pub fn settings() -> Vec<Setting> {
+    #[allow(unused_mut)]
+    let mut all = vec![choice::setting::<cpu::fast::SinkhornForm>()];
+    #[cfg(feature = "wgpu")]
+    {
+        use self::wgpu::{BlockedLse, CostTiling, MaxsimTiling, SinkhornKernel, SolverChecks};
+        all.extend([
+            choice::setting::<SinkhornKernel>(),
+            choice::setting::<BlockedLse>(),
+            choice::setting::<SolverChecks>(),
+            choice::setting::<MaxsimTiling>(),
+            choice::setting::<CostTiling>(),
+        ]);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use cuda::{
+            CostKernel, FusedCost, FusedThreads, MaxsimRoute, SinkhornLse, SinkhornSplit,
+            SolverChecks, Staging, WgmmaStages,
+        };
+        all.extend([
+            choice::setting::<CostKernel>(),
+            choice::setting::<WgmmaStages>(),
+            choice::setting::<FusedThreads>(),
+            choice::setting::<FusedCost>(),
+            choice::setting::<SinkhornLse>(),
+            choice::setting::<SinkhornSplit>(),
+            choice::setting::<SolverChecks>(),
+            choice::setting::<Staging>(),
+            choice::setting::<MaxsimRoute>(),
+        ]);
+    }
+    all
+}
+
 #[cfg_attr(all(feature = "cuda", feature = "wgpu"), allow(dead_code))]
 fn not_compiled_in(kind: BackendKind) -> Error {
     Error::BackendUnavailable {

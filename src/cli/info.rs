@@ -1,4 +1,5 @@
-//! `optical info`: backends compiled in and devices found.
+//! `optical info`: backends compiled in, devices found, and the kernel settings read from
+//! the environment.
 
 use clap::Args;
 
@@ -11,10 +12,15 @@ pub struct InfoArgs {
 
 pub fn run(args: InfoArgs) -> crate::Result<()> {
     let infos = crate::backend::probe_all();
+    let settings = crate::backend::settings();
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "backends": infos })
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "backends": infos,
+                "settings": settings,
+            })
         );
         return Ok(());
     }
@@ -31,6 +37,24 @@ pub fn run(args: InfoArgs) -> crate::Result<()> {
         }
         if !info.note.is_empty() {
             println!("    {}", info.note);
+        }
+    }
+    println!(
+        "settings (environment variable: the choice in effect; every choice, the default first)"
+    );
+    let width = settings.iter().map(|s| s.variable.len()).max().unwrap_or(0);
+    for s in &settings {
+        let choices = s.choices.join(", ");
+        match (s.value, &s.error) {
+            (Some(value), _) => {
+                let how = if s.set { "set" } else { "default" };
+                println!("    {:<width$}  {value} ({how}; {choices})", s.variable);
+            }
+            (None, error) => println!(
+                "    {:<width$}  INVALID: {}",
+                s.variable,
+                error.as_deref().unwrap_or("not a choice")
+            ),
         }
     }
     Ok(())
