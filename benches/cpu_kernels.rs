@@ -12,7 +12,7 @@ use optical::ot::solve;
 
 fn kernels(c: &mut Criterion) {
     let backend = Backend::new(BackendKind::Cpu).expect("the CPU backend is always present");
-    common::standard_kernels(c, &backend);
+    common::standard_kernels(c, &backend, common::Standard::default());
 }
 
 /// `prepare` and `finish` of a solve without its iterations: the scaled form of every pair,
@@ -20,18 +20,21 @@ fn kernels(c: &mut Criterion) {
 fn host_work(c: &mut Criterion) {
     let mut g = c.benchmark_group("host");
     g.sample_size(20);
-    for (b, n) in [(64usize, 128usize), (4, 512)] {
-        let problem = bench::sinkhorn_problem(b, n, n, 64);
+    for shape in bench::SINKHORN_SHAPES.iter().filter(|s| s.standard()) {
+        let (b, n) = (shape.b, shape.n);
+        let problem = shape.problem();
         // Elements = cost entries handled.
         g.throughput(Throughput::Elements((b * n * n) as u64));
         g.bench_function(format!("scaled-form/b{b}_n{n}"), |bench| {
             bench.iter(|| {
                 (0..b)
-                    .map(|p| ScaledPair::new(&problem, p, 0.05))
+                    .map(|p| ScaledPair::new(&problem, p, bench::EPSILON))
                     .collect::<Vec<_>>()
             })
         });
-        let pairs: Vec<ScaledPair> = (0..b).map(|p| ScaledPair::new(&problem, p, 0.05)).collect();
+        let pairs: Vec<ScaledPair> = (0..b)
+            .map(|p| ScaledPair::new(&problem, p, bench::EPSILON))
+            .collect();
         let mut kt = vec![0.0f32; n * n];
         g.bench_function(format!("transpose/b{b}_n{n}"), |bench| {
             bench.iter(|| {
@@ -42,8 +45,11 @@ fn host_work(c: &mut Criterion) {
         });
         let (f, gp) = (vec![-1.0f32; n], vec![-1.0f32; n]);
         g.bench_function(format!("plan-f64/b{b}_n{n}"), |bench| {
-            bench
-                .iter(|| scaled::solution(&problem, 0.05, |p| (&pairs[p].support, &f[..], &gp[..])))
+            bench.iter(|| {
+                scaled::solution(&problem, bench::EPSILON, |p| {
+                    (&pairs[p].support, &f[..], &gp[..])
+                })
+            })
         });
     }
     g.finish();
@@ -55,12 +61,11 @@ fn host_work(c: &mut Criterion) {
 fn sinkhorn_forms(c: &mut Criterion) {
     let mut g = c.benchmark_group("sinkhorn-form");
     g.sample_size(10);
-    for (b, n, iters) in [(64usize, 128usize, 200usize), (4, 512, 100)] {
-        let problem = bench::sinkhorn_problem(b, n, n, 64);
-        let params = bench::fixed_iterations(0.05, iters);
-        g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
+    for shape in bench::SINKHORN_SHAPES.iter().filter(|s| s.standard()) {
+        let (problem, params) = (shape.problem(), shape.params());
+        g.throughput(Throughput::Elements(shape.exps()));
         for (name, form) in [("scaled", SinkhornForm::Scaled), ("log", SinkhornForm::Log)] {
-            g.bench_function(format!("{name}/b{b}_n{n}_it{iters}"), |bench| {
+            g.bench_function(format!("{name}/{}", shape.id()), |bench| {
                 bench.iter(|| solve(&CpuFastWith(form), &problem, &params).expect("valid"))
             });
         }

@@ -18,13 +18,12 @@ fn kernels(c: &mut Criterion) {
         }
     };
 
-    common::standard_kernels(c, &backend);
+    common::standard_kernels(c, &backend, common::Standard::default());
 
-    // The problem: cosine cost + 100 iterations, the cost kept on chip.
-    let (b, n, d, iters) = (256usize, 128usize, 384usize, 100usize);
-    let x = bench::embeddings(5, b, n, d);
-    let y = bench::embeddings(6, b, n, d);
-    let params = bench::fixed_iterations(0.05, iters);
+    // `optical bench`'s sinkhorn-fused: cosine cost + 100 iterations, the cost kept on chip.
+    let (x, y) = bench::fused_problem();
+    let (b, n, d, iters) = (x.b, x.n, x.d, 100);
+    let params = bench::fused_params(iters);
     let mut g = c.benchmark_group("sinkhorn-fused");
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));

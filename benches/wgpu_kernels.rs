@@ -4,6 +4,8 @@
 //!
 //! Without an adapter the benches exit with an error (set `OPTICAL_WGPU_ADAPTER` to pick one).
 
+mod common;
+
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -28,67 +30,27 @@ fn kernels(c: &mut Criterion) {
     }
     let name = "wgpu";
 
-    let (b, n, m, d) = (64usize, 128usize, 128usize, 384usize);
-    let x = bench::embeddings(1, b, n, d);
-    let y = bench::embeddings(2, b, m, d);
-    let mut g = c.benchmark_group("cosine-cost");
-    g.sample_size(10);
-    g.throughput(Throughput::Bytes(
-        (4 * (b * n * d + b * m * d + b * n * m)) as u64,
-    ));
-    g.bench_function(format!("{name}/b{b}_n{n}_m{m}_d{d}"), |bench| {
-        bench.iter(|| backend.cosine_cost(&x, &y).expect("valid"))
-    });
-    g.finish();
-
-    let (q, docs) = bench::maxsim_problem();
-    let mut g = c.benchmark_group("maxsim");
-    g.sample_size(10);
-    g.throughput(Throughput::Bytes((4 * docs.data.len()) as u64));
-    g.bench_function(
-        format!("{name}/q{}x{}_docs{}", q.b, q.n, docs.len()),
-        |bench| bench.iter(|| backend.maxsim(&q, &docs).expect("valid")),
+    // The stopping rule on the host and on the device, side by side in `sinkhorn-checks`.
+    let variants: Vec<(String, Backend)> = [SolverChecks::Host, SolverChecks::Device]
+        .into_iter()
+        .map(|checks| {
+            let ctx = WgpuContext::new()
+                .expect("adapter found above")
+                .with_solver_checks(checks);
+            (
+                format!("{name}-{}", checks.name()),
+                Backend::Wgpu(Wgpu::with_context(Arc::new(ctx))),
+            )
+        })
+        .collect();
+    common::standard_kernels(
+        c,
+        &backend,
+        common::Standard {
+            sample_size: Some(10),
+            checks: variants.iter().map(|(l, b)| (l.clone(), b)).collect(),
+        },
     );
-    g.finish();
-
-    let mut g = c.benchmark_group("sinkhorn");
-    g.sample_size(10);
-    for (b, n, iters) in [(64usize, 128usize, 200usize), (4, 512, 100)] {
-        let problem = bench::sinkhorn_problem(b, n, n, 64);
-        let params = bench::fixed_iterations(0.05, iters);
-        // Elements = exponentials evaluated (two reductions per iteration).
-        g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
-        g.bench_function(format!("{name}/b{b}_n{n}_it{iters}"), |bench| {
-            bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
-        });
-    }
-    g.finish();
-
-    // A distillation step's OT: many convergence checks, each a read-back when the host
-    // checks; the stopping rule on the device reads back after 1, 2, 4, ... 32 checks.
-    let mut g = c.benchmark_group("sinkhorn-checks");
-    g.sample_size(10);
-    let (b, n) = (16usize, 32usize);
-    let problem = bench::sinkhorn_problem(b, n, n, 384);
-    let params = bench::checks_params();
-    let iterations: usize = backend
-        .sinkhorn(&problem, &params)
-        .expect("valid")
-        .iterations
-        .iter()
-        .map(|&i| i as usize)
-        .sum();
-    g.throughput(Throughput::Elements((2 * n * n * iterations) as u64));
-    for checks in [SolverChecks::Host, SolverChecks::Device] {
-        let ctx = WgpuContext::new()
-            .expect("adapter found above")
-            .with_solver_checks(checks);
-        let backend = Backend::Wgpu(Wgpu::with_context(Arc::new(ctx)));
-        g.bench_function(format!("{name}-{}/b{b}_n{n}", checks.name()), |bench| {
-            bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid"))
-        });
-    }
-    g.finish();
 
     // Fused cost + Sinkhorn from embeddings (the cost stays on-chip when the pair fits).
     let mut g = c.benchmark_group("sinkhorn-embeddings");
@@ -96,7 +58,7 @@ fn kernels(c: &mut Criterion) {
     for (b, n, d, iters) in [(64usize, 32usize, 384usize, 200usize), (64, 128, 384, 200)] {
         let x = bench::embeddings(1, b, n, d);
         let y = bench::embeddings(2, b, n, d);
-        let params = bench::fixed_iterations(0.05, iters);
+        let params = bench::fixed_iterations(bench::EPSILON, iters);
         g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
         g.bench_function(format!("{name}/b{b}_n{n}_d{d}_it{iters}"), |bench| {
             bench.iter(|| backend.sinkhorn_embeddings(&x, &y, &params).expect("valid"))

@@ -97,6 +97,71 @@ pub const KERNELS: [&str; 5] = [
     "sinkhorn-checks",
 ];
 
+/// ε of the Sinkhorn problems with a fixed number of iterations.
+pub const EPSILON: f64 = 0.05;
+
+/// A Sinkhorn problem from a cost with a fixed number of iterations (no early stop): `b`
+/// pairs of `n × n` cosine costs of `d = 64` embeddings, ε = [`EPSILON`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkhornShape {
+    /// The kernel name `optical bench --kernels` takes.
+    pub kernel: &'static str,
+    pub b: usize,
+    pub n: usize,
+    pub iterations: usize,
+}
+
+/// The `sinkhorn*` problems from a cost, in the order of the table above: the criterion
+/// benches take the ones in [`KERNELS`] ([`SinkhornShape::standard`]).
+pub const SINKHORN_SHAPES: [SinkhornShape; 3] = [
+    SinkhornShape {
+        kernel: "sinkhorn",
+        b: 64,
+        n: 128,
+        iterations: 200,
+    },
+    SinkhornShape {
+        kernel: "sinkhorn-512",
+        b: 4,
+        n: 512,
+        iterations: 100,
+    },
+    SinkhornShape {
+        kernel: "sinkhorn-2048",
+        b: 2,
+        n: 2048,
+        iterations: 50,
+    },
+];
+
+impl SinkhornShape {
+    /// The problem (seeded: the same costs every run).
+    pub fn problem(&self) -> Problem {
+        sinkhorn_problem(self.b, self.n, self.n, 64)
+    }
+
+    /// ε = [`EPSILON`], `iterations` iterations, no early stop.
+    pub fn params(&self) -> SinkhornParams {
+        fixed_iterations(EPSILON, self.iterations)
+    }
+
+    /// Exponentials the log-domain passes evaluate: two per entry and iteration (the unit
+    /// of every Sinkhorn rate, whatever form a backend runs).
+    pub fn exps(&self) -> u64 {
+        2 * (self.b * self.n * self.n * self.iterations) as u64
+    }
+
+    /// `b64_n128_it200`: the criterion benches' name of the problem.
+    pub fn id(&self) -> String {
+        format!("b{}_n{}_it{}", self.b, self.n, self.iterations)
+    }
+
+    /// Whether `optical bench` runs it by default (it is in [`KERNELS`]).
+    pub fn standard(&self) -> bool {
+        KERNELS.contains(&self.kernel)
+    }
+}
+
 /// The `sinkhorn-checks` problem's parameters: `optical distill`'s defaults (ε, threshold,
 /// check interval, iteration cap; a test holds them to `DistillConfig::sinkhorn`).
 pub fn checks_params() -> SinkhornParams {
@@ -106,6 +171,24 @@ pub fn checks_params() -> SinkhornParams {
         threshold: 1e-3,
         check_every: 5,
     }
+}
+
+/// The `sinkhorn-checks` problem: a distillation step's OT, 16 pairs of 32 × 32 cosine
+/// costs of `d = 384` embeddings (solve it with [`checks_params`]).
+pub fn checks_problem() -> Problem {
+    sinkhorn_problem(16, 32, 32, 384)
+}
+
+/// The `sinkhorn-fused` problem's embeddings: 256 pairs of 128 × 128 rows of d = 384
+/// (solve them with [`fused_params`]).
+pub fn fused_problem() -> (Embeddings, Embeddings) {
+    let (b, n, d) = (256, 128, 384);
+    (embeddings(5, b, n, d), embeddings(6, b, n, d))
+}
+
+/// The `sinkhorn-fused` problem's parameters (`sinkhorn-fused-1`: one iteration).
+pub fn fused_params(iterations: usize) -> SinkhornParams {
+    fixed_iterations(EPSILON, iterations)
 }
 
 /// Kernels timed only when asked for by name (`--kernels`): too slow for the CPU default run.
@@ -285,21 +368,23 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             )?;
             Ok(r)
         }
-        "sinkhorn" | "sinkhorn-512" | "sinkhorn-2048" => {
-            let (name, b, n, iters) = match kernel {
-                "sinkhorn" => ("sinkhorn", 64, 128, 200),
-                "sinkhorn-512" => ("sinkhorn-512", 4, 512, 100),
-                _ => ("sinkhorn-2048", 2, 2048, 50),
-            };
-            let problem = sinkhorn_problem(b, n, n, 64);
-            let params = fixed_iterations(0.05, iters);
+        _ if SINKHORN_SHAPES.iter().any(|s| s.kernel == kernel) => {
+            let shape = SINKHORN_SHAPES
+                .into_iter()
+                .find(|s| s.kernel == kernel)
+                .expect("matched above");
+            let SinkhornShape {
+                b, n, iterations, ..
+            } = shape;
+            let problem = shape.problem();
+            let params = shape.params();
             let t = time(min_seconds, || {
                 backend.sinkhorn(&problem, &params).map(drop)
             })?;
-            let exps = 2.0 * (b * n * n * iters) as f64;
+            let exps = shape.exps() as f64;
             let mut r = record(
-                name,
-                format!("b={b} n={n} m={n} eps=0.05 iterations={iters}"),
+                shape.kernel,
+                format!("b={b} n={n} m={n} eps={EPSILON} iterations={iterations}"),
                 t,
             );
             r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
@@ -307,8 +392,8 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             Ok(r)
         }
         "sinkhorn-checks" => {
-            let (b, n) = (16, 32);
-            let problem = sinkhorn_problem(b, n, n, 384);
+            let problem = checks_problem();
+            let (b, n) = (problem.pairs, problem.n);
             let params = checks_params();
             let mut iterations = 0usize;
             let t = time(min_seconds, || {
@@ -331,11 +416,10 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             Ok(r)
         }
         "sinkhorn-fused" | "sinkhorn-fused-1" => {
-            let (b, n, d) = (256, 128, 384);
             let iters = if kernel == "sinkhorn-fused" { 100 } else { 1 };
-            let x = embeddings(5, b, n, d);
-            let y = embeddings(6, b, n, d);
-            let params = fixed_iterations(0.05, iters);
+            let (x, y) = fused_problem();
+            let (b, n, d) = (x.b, x.n, x.d);
+            let params = fused_params(iters);
             let t = time(min_seconds, || {
                 backend.sinkhorn_embeddings(&x, &y, &params).map(drop)
             })?;
@@ -346,7 +430,7 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
                 } else {
                     "sinkhorn-fused"
                 },
-                format!("b={b} n={n} m={n} d={d} eps=0.05 iterations={iters}"),
+                format!("b={b} n={n} m={n} d={d} eps={EPSILON} iterations={iters}"),
                 t,
             );
             r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
