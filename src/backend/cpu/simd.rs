@@ -380,6 +380,24 @@ pub fn line_max(k: &[f32], h: &[f32]) -> f32 {
     max
 }
 
+/// `max_j x_j`, or −∞ for an empty slice (exact: the order of a maximum does not matter
+/// without NaNs, which the kernels' inputs never hold).
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let (xc, xr) = x.as_chunks::<LANES>();
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    for xx in xc {
+        for l in 0..LANES {
+            mx[l] = fmax(mx[l], xx[l]);
+        }
+    }
+    let mut max = mx.iter().copied().fold(f32::NEG_INFINITY, fmax);
+    for &v in xr {
+        max = fmax(max, v);
+    }
+    max
+}
+
 /// `1 / ‖x‖`, or 0 for a zero vector (so its cosine with anything is 0).
 #[inline(always)]
 pub fn inv_norm<const FMA: bool>(x: &[f32]) -> f32 {
@@ -466,6 +484,20 @@ pub fn gelu_with_grad<const FMA: bool>(values: &mut [f32], grad: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_is_the_maximum_at_every_length_and_position() {
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        for len in [1usize, 7, 8, 9, 16, 17, 48, 63] {
+            for at in 0..len {
+                let mut x: Vec<f32> = (0..len).map(|i| -1.0 - i as f32 * 0.25).collect();
+                x[at] = 3.5;
+                assert_eq!(max(&x), 3.5, "len {len}, maximum at {at}");
+                x[at] = -0.1;
+                assert_eq!(max(&x), -0.1, "len {len}, maximum at {at}");
+            }
+        }
+    }
 
     fn erf_f64(x: f64) -> f64 {
         // Abramowitz & Stegun 7.1.5 series for |x| < 3, continued fraction beyond; both to
