@@ -279,6 +279,16 @@ if source:
 md += [
       "## Steps", "", "| step | status | seconds |", "|---|---|---:|"]
 md += [f"| {k} | {v} | {took.get(k, '-')} |" for k, v in sorted(status.items())]
+# The kernel settings the steps that set none ran with (`optical info --json`): each
+# variant step sets its own on top of these.
+settings = (info[0].get("settings") if info else None) or []
+if settings:
+    md += ["", "## Settings in effect where a step sets none (`optical info`)", "",
+           "| variable | choice | every choice (the default first) |", "|---|---|---|"]
+    md += [f"| `{s['variable']}` | "
+           + (f"{s['value']}{' (set)' if s.get('set') else ''}" if s.get("value") is not None
+              else f"INVALID: {s.get('error', '')}")
+           + f" | {', '.join(s.get('choices', []))} |" for s in settings]
 md += ["", "## optical bench", "", "| backend | kernel | shape | wall s/call | wall rate | device s/call | device rate |",
        "|---|---|---|---:|---:|---:|---:|"]
 for be, recs in bench.items():

@@ -838,3 +838,34 @@ fn the_fastest_combination_of_the_fused_settings_is_picked_and_judged() {
     assert!(md.contains("| cuda-combined | sinkhorn-fused |"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The report lists the kernel settings that the steps setting none ran with, from
+/// `optical info --json` as gpu-check logs it (this build's own output).
+#[test]
+fn report_lists_the_settings_in_effect() {
+    let (dir, logs) = scratch("settings");
+    let info = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["info", "--json"])
+        .env("OPTICAL_CUDA_LSE", "absorbed")
+        .env_remove("OPTICAL_CPU_SINKHORN")
+        .output()
+        .unwrap();
+    assert!(info.status.success());
+    std::fs::write(logs.join("info.log"), &info.stdout).unwrap();
+    let (md, json) = run_report(&dir, &logs);
+    assert!(
+        md.contains("## Settings in effect where a step sets none"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `OPTICAL_CPU_SINKHORN` | scaled | scaled, log |"),
+        "{md}"
+    );
+    #[cfg(feature = "cuda")]
+    assert!(
+        md.contains("| `OPTICAL_CUDA_LSE` | absorbed (set) | shifted, absorbed, scaled |"),
+        "{md}"
+    );
+    assert!(json["info"]["settings"].is_array(), "{json}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
