@@ -64,7 +64,11 @@ fn sinkhorn_forms(c: &mut Criterion) {
     for shape in bench::SINKHORN_SHAPES.iter().filter(|s| s.standard()) {
         let (problem, params) = (shape.problem(), shape.params());
         g.throughput(Throughput::Elements(shape.exps()));
-        for (name, form) in [("scaled", SinkhornForm::Scaled), ("log", SinkhornForm::Log)] {
+        for (name, form) in [
+            ("scaled", SinkhornForm::Scaled),
+            ("log", SinkhornForm::Log),
+            ("streamed", SinkhornForm::Streamed),
+        ] {
             g.bench_function(format!("{name}/{}", shape.id()), |bench| {
                 bench.iter(|| solve(&CpuFastWith(form), &problem, &params).expect("valid"))
             });

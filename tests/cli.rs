@@ -1272,7 +1272,10 @@ fn info_lists_the_settings_and_flags_a_value_that_is_no_choice() {
     let cpu = find("OPTICAL_CPU_SINKHORN");
     assert_eq!(cpu["value"], "log");
     assert_eq!(cpu["set"], true);
-    assert_eq!(cpu["choices"], serde_json::json!(["scaled", "log"]));
+    assert_eq!(
+        cpu["choices"],
+        serde_json::json!(["scaled", "log", "streamed"])
+    );
     let wgpu = find("OPTICAL_WGPU_LSE");
     assert_eq!(wgpu["value"], "max");
     assert_eq!(wgpu["set"], false);

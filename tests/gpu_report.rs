@@ -858,7 +858,7 @@ fn report_lists_the_settings_in_effect() {
         "{md}"
     );
     assert!(
-        md.contains("| `OPTICAL_CPU_SINKHORN` | scaled | scaled, log |"),
+        md.contains("| `OPTICAL_CPU_SINKHORN` | scaled | scaled, log, streamed |"),
         "{md}"
     );
     #[cfg(feature = "cuda")]

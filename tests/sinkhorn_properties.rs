@@ -253,7 +253,11 @@ fn fast_path_matches_reference_on_awkward_shapes() {
 #[test]
 fn both_fast_forms_match_the_reference() {
     let reference = Backend::new(BackendKind::CpuReference).unwrap();
-    for form in [SinkhornForm::Log, SinkhornForm::Scaled] {
+    for form in [
+        SinkhornForm::Log,
+        SinkhornForm::Scaled,
+        SinkhornForm::Streamed,
+    ] {
         let fast = CpuFastWith(form);
         for (n, m) in [(15, 40), (16, 16), (40, 15), (17, 29), (64, 33), (113, 203)] {
             let p = random_problem((n * 1000 + m) as u64 + 7, 3, n, m, 0.15);
@@ -331,7 +335,11 @@ fn backends_agree_at_a_fixed_iteration_count_before_convergence() {
 /// batch of 4 (one pair per thread, not split), and what 1 thread gives.
 #[test]
 fn splitting_a_large_pair_over_threads_changes_no_bit() {
-    for form in [SinkhornForm::Log, SinkhornForm::Scaled] {
+    for form in [
+        SinkhornForm::Log,
+        SinkhornForm::Scaled,
+        SinkhornForm::Streamed,
+    ] {
         splitting_changes_no_bit(CpuFastWith(form));
     }
 }

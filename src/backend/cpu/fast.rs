@@ -20,7 +20,10 @@
 //! ```
 //!
 //! summed 64 lines at a time through the other orientation (`simd::cross_sums`); a line
-//! whose sum leaves [2⁻²⁰, 2²⁰] gets a new shift and its entries again.
+//! whose sum leaves [2⁻²⁰, 2²⁰] gets a new shift and its entries again. Pairs of at least
+//! [`STREAM_MIN_ENTRIES`] entries, and every scaled pair under [`SinkhornForm::Streamed`],
+//! keep `Q` alone and sweep it once per iteration: each row's sum, its update, and its
+//! share of the column sums while the row is in L1.
 //!
 //! The marginal check is the next row update in
 //! disguise: `Σ_j P_ij = a_i · 2^(F_i − F_i^new)`, so the check computes `F^new`, keeps it
@@ -396,17 +399,38 @@ pub enum SinkhornForm {
     /// the line's largest term in the log domain) and its `Q` entries again, then its sum
     /// lies in [1, len]. The same potentials as [`Self::Log`] to `f32` rounding; 4.1× faster
     /// per call on the standard `sinkhorn` problem (`docs/PERFORMANCE.md`, CPU v7).
+    ///
+    /// Pairs of at least [`STREAM_MIN_ENTRIES`] entries take the one sweep per iteration of
+    /// [`Self::Streamed`].
     #[default]
     Scaled,
+    /// `streamed`: the scaled form with one sweep of `Q` per iteration, for every pair that
+    /// takes the scaled form. Each row's sum is a dot product with `v`, its update follows
+    /// at once, and so does its share of the column sums, `u_i · Q_i` added into the
+    /// accumulator of its block of [`STREAM_BLOCK_ROWS`] rows while the row is in L1; the
+    /// blocks' accumulators are added in block order and the columns updated from them.
+    /// `Qᵀ` is not kept. For pairs whose `Q` does not stay in cache this reads it once per
+    /// iteration instead of `Q` and `Qᵀ` once each. The results do not depend on the
+    /// number of threads (the blocks are fixed by the pair's shape).
+    Streamed,
 }
 
-/// Environment variable that picks [`SinkhornForm`]: `scaled` (default) or `log`.
+/// Environment variable that picks [`SinkhornForm`]: `scaled` (default), `log` or
+/// `streamed`.
 pub const SINKHORN_FORM_ENV: &str = "OPTICAL_CPU_SINKHORN";
 
 env_choice!(SinkhornForm, SINKHORN_FORM_ENV, {
     Scaled => "scaled",
     Log => "log",
+    Streamed => "streamed",
 });
+
+/// Entries of `K` from which [`SinkhornForm::Scaled`] streams a pair (one sweep of `Q` per
+/// iteration, [`SinkhornForm::Streamed`]).
+pub const STREAM_MIN_ENTRIES: usize = 1 << 20;
+
+/// Rows per block of the streamed sweep; each block accumulates its own column sums.
+pub const STREAM_BLOCK_ROWS: usize = 64;
 
 /// Lines a pair needs on both sides for [`SinkhornForm::Scaled`]: shorter lines keep the
 /// log domain's exact fixed points (see `simd::update_lines`).
@@ -421,9 +445,12 @@ const SCALED_SUM_MAX: f32 = (1u32 << 20) as f32;
 /// A pair's state in the scaled form ([`SinkhornForm::Scaled`]); the potentials `F`, `G`
 /// stay in [`FastPair`], current after every pass.
 struct ScaledForm {
-    /// `Q (nr, nc)` and its transpose `(nc, nr)`, kept equal.
+    /// `Q (nr, nc)` and its transpose `(nc, nr)`, kept equal (`Qᵀ` empty when streamed).
     q: Vec<f32>,
     qt: Vec<f32>,
+    /// Streamed ([`SinkhornForm::Streamed`]): the column sums of each block of
+    /// [`STREAM_BLOCK_ROWS`] rows, `(blocks, nc)`; empty otherwise.
+    partials: Vec<f32>,
     /// The shifts absorbed into `Q`: `c (nr)`, `d (nc)`.
     c: Vec<f32>,
     d: Vec<f32>,
@@ -446,19 +473,29 @@ impl ScaledForm {
         (nr, nc): (usize, usize),
         (log2_a, log2_b): (&[f32], &[f32]),
         g: &[f32],
+        streamed: bool,
     ) -> ScaledForm {
         let d = vec![0.0f32; nc];
         let mut q = vec![0.0f32; nr * nc];
         for (line, kl) in q.chunks_exact_mut(nc).zip(k.chunks_exact(nc)) {
             simd::scaled_line::<FMA>(line, kl, 0.0, &d);
         }
-        let mut qt = vec![0.0f32; nr * nc];
-        scaled::transpose_into(&q, nr, nc, nc, &mut qt, nr);
+        let (qt, partials) = if streamed {
+            (
+                Vec::new(),
+                vec![0.0f32; nr.div_ceil(STREAM_BLOCK_ROWS) * nc],
+            )
+        } else {
+            let mut qt = vec![0.0f32; nr * nc];
+            scaled::transpose_into(&q, nr, nc, nc, &mut qt, nr);
+            (qt, Vec::new())
+        };
         let exp2 = |x: f32| (x as f64).exp2() as f32;
         let a: Vec<f32> = log2_a.iter().map(|&la| exp2(la)).collect();
         ScaledForm {
             q,
             qt,
+            partials,
             c: vec![0.0; nr],
             v: g.iter().zip(log2_b).map(|(&g, &lb)| exp2(g + lb)).collect(),
             d,
@@ -583,6 +620,61 @@ fn scaled_pass<const FMA: bool>(side: ScaledSide<'_>, split: bool) {
     }
 }
 
+/// One block of rows of the streamed sweep and what it writes: `Q`'s rows (shifted anew
+/// when out of range), their `K` rows, shifts `c`, weights `a`, the potentials and vector
+/// entries it writes, and the block's column sums.
+struct StreamBlock<'a> {
+    q: &'a mut [f32],
+    k: &'a [f32],
+    c: &'a mut [f32],
+    a: &'a [f32],
+    pot: &'a mut [f32],
+    vec: &'a mut [f32],
+    acc: &'a mut [f32],
+}
+
+/// A block's slices as the sweep's zipped chunk iterators hand them over: `((((Q, K), c),
+/// a), (potentials, vector))`.
+type StreamArgs<'a> = (
+    (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a [f32]),
+    (&'a mut [f32], &'a mut [f32]),
+);
+
+/// The rows of one block of the streamed sweep ([`FastPair::streamed_rows`]); `other` is
+/// `(v, G, log2 b, d)`.
+#[inline(always)]
+fn stream_block<const FMA: bool>(blk: StreamBlock<'_>, other: (&[f32], &[f32], &[f32], &[f32])) {
+    let StreamBlock {
+        q,
+        k,
+        c,
+        a,
+        pot,
+        vec,
+        acc,
+    } = blk;
+    let (v, g, log2_b, d) = other;
+    let nc = v.len();
+    acc.fill(0.0);
+    let mut h: Vec<f32> = Vec::new();
+    for (l, row) in q.chunks_exact_mut(nc).enumerate() {
+        let mut s = simd::dot::<FMA>(row, v);
+        if !(SCALED_SUM_MIN..=SCALED_SUM_MAX).contains(&s) {
+            if h.is_empty() {
+                h = g.iter().zip(log2_b).map(|(p, lw)| p + lw).collect();
+            }
+            // The row's largest term in the log domain becomes 2⁰ (times its v entry).
+            let kl = &k[l * nc..(l + 1) * nc];
+            c[l] = -simd::line_max(kl, &h);
+            simd::scaled_line::<FMA>(row, kl, c[l], d);
+            s = simd::dot::<FMA>(row, v);
+        }
+        pot[l] = c[l] - simd::log2_pos::<FMA>(s);
+        vec[l] = a[l] / s;
+        simd::axpy::<FMA>(acc, vec[l], row);
+    }
+}
+
 /// One pair on its support, in base-2 log units (see the module docs).
 pub struct FastPair {
     support: Support,
@@ -612,16 +704,20 @@ impl FastPair {
         let scaled = ScaledPair::new(problem, p, epsilon);
         let (nr, nc) = (scaled.support.rows.len(), scaled.support.cols.len());
         let g = scaled.initial_g(epsilon);
-        let scaled_form =
-            (form == SinkhornForm::Scaled && nr >= SCALED_MIN_LINES && nc >= SCALED_MIN_LINES)
-                .then(|| {
-                    dispatch!(|FMA| ScaledForm::new::<FMA>(
-                        &scaled.k,
-                        (nr, nc),
-                        (&scaled.log2_a, &scaled.log2_b),
-                        &g
-                    ))
-                });
+        let streamed = form == SinkhornForm::Streamed
+            || (form == SinkhornForm::Scaled && nr * nc >= STREAM_MIN_ENTRIES);
+        let scaled_form = (form != SinkhornForm::Log
+            && nr >= SCALED_MIN_LINES
+            && nc >= SCALED_MIN_LINES)
+            .then(|| {
+                dispatch!(|FMA| ScaledForm::new::<FMA>(
+                    &scaled.k,
+                    (nr, nc),
+                    (&scaled.log2_a, &scaled.log2_b),
+                    &g,
+                    streamed
+                ))
+            });
         // Kᵀ for the log-domain column passes; the scaled form reads K's columns in place
         // (only when a column gets a new shift).
         let kt = if scaled_form.is_some() {
@@ -710,6 +806,7 @@ impl FastPair {
             a,
             b,
             sums,
+            partials: _,
         } = form;
         let side = if columns {
             ScaledSide {
@@ -754,8 +851,153 @@ impl FastPair {
         scaled_pass::<FMA>(side, split);
     }
 
+    /// Whether the pair takes the streamed sweep ([`SinkhornForm::Streamed`]).
+    fn streamed(&self) -> bool {
+        self.scaled.as_ref().is_some_and(|s| s.qt.is_empty())
+    }
+
+    /// The streamed sweep's rows: `F` and `u` (or `F^new` and `u_next` for a check), each
+    /// row's sum a dot product with `v`, a row whose sum leaves [`SCALED_SUM_MIN`,
+    /// `SCALED_SUM_MAX`] shifted anew from `K`, and each block's column sums `Σ u_i Q_i`
+    /// into its accumulator. Blocks spread over threads if `split`; a block's results depend
+    /// only on the block.
+    #[inline(always)]
+    fn streamed_rows<const FMA: bool>(&mut self, out_is_next: bool, split: bool) {
+        let nc = self.support.cols.len();
+        let FastPair {
+            k,
+            log2_b,
+            f,
+            g,
+            f_next,
+            scaled: Some(form),
+            ..
+        } = self
+        else {
+            unreachable!("streamed_rows on a pair without the scaled form")
+        };
+        let ScaledForm {
+            q,
+            c,
+            d,
+            u,
+            v,
+            u_next,
+            a,
+            partials,
+            ..
+        } = form;
+        let (pot, vec) = if out_is_next {
+            (f_next, u_next)
+        } else {
+            (f, u)
+        };
+        let (g, log2_b, d, v) = (&*g, &*log2_b, &*d, &*v);
+        let block = |(((((qb, kb), cb), ab), (pb, xb)), acc): (StreamArgs<'_>, &mut [f32])| {
+            dispatch!(|FMA2| stream_block::<FMA2>(
+                StreamBlock {
+                    q: qb,
+                    k: kb,
+                    c: cb,
+                    a: ab,
+                    pot: pb,
+                    vec: xb,
+                    acc
+                },
+                (v, g, log2_b, d)
+            ))
+        };
+        let rows = STREAM_BLOCK_ROWS;
+        if split {
+            q.par_chunks_mut(rows * nc)
+                .zip(k.par_chunks(rows * nc))
+                .zip(c.par_chunks_mut(rows))
+                .zip(a.par_chunks(rows))
+                .zip(pot.par_chunks_mut(rows).zip(vec.par_chunks_mut(rows)))
+                .zip(partials.par_chunks_mut(nc))
+                .for_each(block);
+        } else {
+            q.chunks_mut(rows * nc)
+                .zip(k.chunks(rows * nc))
+                .zip(c.chunks_mut(rows))
+                .zip(a.chunks(rows))
+                .zip(pot.chunks_mut(rows).zip(vec.chunks_mut(rows)))
+                .zip(partials.chunks_mut(nc))
+                .for_each(block);
+        }
+    }
+
+    /// The streamed sweep's columns after its rows: the blocks' column sums added in block
+    /// order, a column whose sum leaves the range shifted anew from `K` (its entries and sum
+    /// taken again), then `G` and `v`.
+    #[inline(always)]
+    fn streamed_columns<const FMA: bool>(&mut self) {
+        let (nr, nc) = (self.support.rows.len(), self.support.cols.len());
+        let FastPair {
+            k,
+            log2_a,
+            f,
+            g,
+            scaled: Some(form),
+            ..
+        } = self
+        else {
+            unreachable!("streamed_columns on a pair without the scaled form")
+        };
+        let ScaledForm {
+            q,
+            c,
+            d,
+            u,
+            v,
+            b,
+            sums,
+            partials,
+            ..
+        } = form;
+        let sums = &mut sums[..nc];
+        let mut blocks = partials.chunks_exact(nc);
+        sums.copy_from_slice(blocks.next().expect("a pair has rows"));
+        for block in blocks {
+            for (s, &p) in sums.iter_mut().zip(block) {
+                *s += p;
+            }
+        }
+        let mut h: Vec<f32> = Vec::new();
+        let mut line = vec![0.0f32; nr];
+        for j in 0..nc {
+            if (SCALED_SUM_MIN..=SCALED_SUM_MAX).contains(&sums[j]) {
+                continue;
+            }
+            if h.is_empty() {
+                h = f.iter().zip(log2_a.iter()).map(|(p, lw)| p + lw).collect();
+            }
+            let kl: Vec<f32> = (0..nr).map(|i| k[i * nc + j]).collect();
+            d[j] = -simd::line_max(&kl, &h);
+            simd::scaled_line::<FMA>(&mut line, &kl, d[j], c);
+            for (i, &qv) in line.iter().enumerate() {
+                q[i * nc + j] = qv;
+            }
+            sums[j] = simd::dot::<FMA>(&line, u);
+        }
+        for j in 0..nc {
+            g[j] = d[j] - simd::log2_pos::<FMA>(sums[j]);
+            v[j] = b[j] / sums[j];
+        }
+    }
+
     #[inline(always)]
     fn iterate<const FMA: bool>(&mut self, iterations: usize, split: bool) {
+        if self.streamed() {
+            // A check's `F^new` is not reused: the sweep takes every row's sum again (the
+            // same bits), and the column sums with it.
+            for _ in 0..iterations {
+                self.streamed_rows::<FMA>(false, split);
+                self.streamed_columns::<FMA>();
+            }
+            self.f_next_valid = false;
+            return;
+        }
         if self.scaled.is_some() {
             for it in 0..iterations {
                 if it == 0 && self.f_next_valid {
@@ -783,7 +1025,9 @@ impl FastPair {
 
     #[inline(always)]
     fn marginal_error<const FMA: bool>(&mut self, split: bool) -> f64 {
-        if self.scaled.is_some() {
+        if self.streamed() {
+            self.streamed_rows::<FMA>(true, split);
+        } else if self.scaled.is_some() {
             self.scaled_update::<FMA>(false, true, split);
         } else {
             self.row_update::<FMA>(true, split);
@@ -982,6 +1226,72 @@ mod tests {
         }
     }
 
+    /// The streamed sweep on a pair of 70 × 23 (two blocks of rows): rows whose sums leave
+    /// the range (one zeroed, one scaled by 2³⁰, in different blocks) and columns whose
+    /// summed blocks do (one zeroed, one scaled by 10³⁰) get new shifts; every potential is
+    /// then the log-domain update from `K`, in `f64`, and `Q` is `2^(K + c + d)` again.
+    #[test]
+    fn streamed_sweep_shifts_lines_anew_and_gives_the_log_domain_updates() {
+        let (n, m) = (70usize, 23usize);
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let cost: Vec<f64> = (0..n * m).map(|_| 2.0 * rng.uniform()).collect();
+        let problem = Problem::new(1, n, m, cost, None, None).unwrap();
+        let mut pair = FastPair::new(&problem, 0, 0.5, SinkhornForm::Streamed);
+        assert!(pair.streamed());
+        // One ordinary sweep first, so that F, G, u and v are no longer the start's.
+        dispatch!(|FMA| {
+            pair.streamed_rows::<FMA>(false, false);
+            pair.streamed_columns::<FMA>();
+        });
+        let form = pair.scaled.as_mut().unwrap();
+        form.q[3 * m..4 * m].fill(0.0);
+        for x in &mut form.q[66 * m..67 * m] {
+            *x *= (1u64 << 30) as f32;
+        }
+        dispatch!(|FMA| pair.streamed_rows::<FMA>(false, true));
+        let kc = pair.k.clone();
+        let k = |i: usize, j: usize| kc[i * m + j] as f64;
+        for i in 0..n {
+            let want = -(0..m)
+                .map(|j| (k(i, j) + pair.g[j] as f64 + pair.log2_b[j] as f64).exp2())
+                .sum::<f64>()
+                .log2();
+            assert!(
+                (pair.f[i] as f64 - want).abs() < 1e-5,
+                "row {i}: {} vs {want}",
+                pair.f[i]
+            );
+        }
+        let form = pair.scaled.as_mut().unwrap();
+        assert_eq!(form.partials.len(), 2 * m);
+        form.partials[1] = 0.0;
+        form.partials[m + 1] = 0.0;
+        form.partials[2] *= 1e30;
+        dispatch!(|FMA| pair.streamed_columns::<FMA>());
+        for j in 0..m {
+            let want = -(0..n)
+                .map(|i| (k(i, j) + pair.f[i] as f64 + pair.log2_a[i] as f64).exp2())
+                .sum::<f64>()
+                .log2();
+            assert!(
+                (pair.g[j] as f64 - want).abs() < 1e-5,
+                "column {j}: {} vs {want}",
+                pair.g[j]
+            );
+        }
+        let form = pair.scaled.as_ref().unwrap();
+        for i in 0..n {
+            for j in 0..m {
+                let want = (k(i, j) + form.c[i] as f64 + form.d[j] as f64).exp2();
+                let got = form.q[i * m + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * want + 1e-27,
+                    "Q[{i}, {j}] = {got}, 2^(K + c + d) = {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_form_a_value_names_or_a_clear_error() {
         // The shared setting mechanism (`backend::choice`): the default first, names
@@ -992,10 +1302,14 @@ mod tests {
             SinkhornForm::Scaled
         );
         assert_eq!(" log ".parse::<SinkhornForm>().unwrap(), SinkhornForm::Log);
+        assert_eq!(
+            "streamed".parse::<SinkhornForm>().unwrap(),
+            SinkhornForm::Streamed
+        );
         let err = "exp".parse::<SinkhornForm>().unwrap_err().to_string();
         assert!(err.contains("OPTICAL_CPU_SINKHORN"), "{err}");
         assert!(
-            err.contains("scaled or log") && err.contains("exp"),
+            err.contains("scaled, log or streamed") && err.contains("exp"),
             "{err}"
         );
     }

@@ -380,6 +380,15 @@ pub fn line_max(k: &[f32], h: &[f32]) -> f32 {
     max
 }
 
+/// `acc_j ← a · x_j + acc_j` for every `j`.
+#[inline(always)]
+pub fn axpy<const FMA: bool>(acc: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert_eq!(acc.len(), x.len());
+    for (s, &v) in acc.iter_mut().zip(x) {
+        *s = madd::<FMA>(a, v, *s);
+    }
+}
+
 /// `max_j x_j`, or −∞ for an empty slice (exact: the order of a maximum does not matter
 /// without NaNs, which the kernels' inputs never hold).
 #[inline(always)]
