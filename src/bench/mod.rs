@@ -324,6 +324,25 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
         }
         Ok(())
     };
+    if let Some(shape) = SINKHORN_SHAPES.into_iter().find(|s| s.kernel == kernel) {
+        let SinkhornShape {
+            b, n, iterations, ..
+        } = shape;
+        let problem = shape.problem();
+        let params = shape.params();
+        let t = time(min_seconds, || {
+            backend.sinkhorn(&problem, &params).map(drop)
+        })?;
+        let exps = shape.exps() as f64;
+        let mut r = record(
+            shape.kernel,
+            format!("b={b} n={n} m={n} eps={EPSILON} iterations={iterations}"),
+            t,
+        );
+        r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
+        device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
+        return Ok(r);
+    }
     match kernel {
         "cosine-cost" | "cosine-cost-hbm" => {
             let (name, b) = if kernel == "cosine-cost" {
@@ -366,29 +385,6 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
                 DeviceJob::Maxsim(&q, &docs),
                 4.0 * docs.data.len() as f64,
             )?;
-            Ok(r)
-        }
-        _ if SINKHORN_SHAPES.iter().any(|s| s.kernel == kernel) => {
-            let shape = SINKHORN_SHAPES
-                .into_iter()
-                .find(|s| s.kernel == kernel)
-                .expect("matched above");
-            let SinkhornShape {
-                b, n, iterations, ..
-            } = shape;
-            let problem = shape.problem();
-            let params = shape.params();
-            let t = time(min_seconds, || {
-                backend.sinkhorn(&problem, &params).map(drop)
-            })?;
-            let exps = shape.exps() as f64;
-            let mut r = record(
-                shape.kernel,
-                format!("b={b} n={n} m={n} eps={EPSILON} iterations={iterations}"),
-                t,
-            );
-            r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
-            device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
             Ok(r)
         }
         "sinkhorn-checks" => {

@@ -448,8 +448,10 @@ struct ScaledForm {
     /// `Q (nr, nc)` and its transpose `(nc, nr)`, kept equal (`Qᵀ` empty when streamed).
     q: Vec<f32>,
     qt: Vec<f32>,
-    /// Streamed ([`SinkhornForm::Streamed`]): the column sums of each block of
-    /// [`STREAM_BLOCK_ROWS`] rows, `(blocks, nc)`; empty otherwise.
+    /// Whether the pair takes the streamed sweep ([`SinkhornForm::Streamed`]), and then the
+    /// column sums of each block of [`STREAM_BLOCK_ROWS`] rows, `(blocks, nc)` (empty
+    /// otherwise).
+    streamed: bool,
     partials: Vec<f32>,
     /// The shifts absorbed into `Q`: `c (nr)`, `d (nc)`.
     c: Vec<f32>,
@@ -495,6 +497,7 @@ impl ScaledForm {
         ScaledForm {
             q,
             qt,
+            streamed,
             partials,
             c: vec![0.0; nr],
             v: g.iter().zip(log2_b).map(|(&g, &lb)| exp2(g + lb)).collect(),
@@ -530,6 +533,65 @@ struct ScaledSide<'a> {
     pot: &'a mut [f32],
     vec: &'a mut [f32],
     sums: &'a mut [f32],
+}
+
+/// A scaled line shifted anew: its largest term in the log domain, `kl_j + h_j`, becomes
+/// 2⁰ (times its vector entry). Writes the line's entries `2^(kl_j + shift + other_shift_j)`
+/// and returns the new shift. `h` (the other side's potentials plus log-weights) is built
+/// on first use, since most passes shift no line.
+#[inline(always)]
+fn shift_line_anew<const FMA: bool>(
+    line: &mut [f32],
+    kl: &[f32],
+    h: &mut Vec<f32>,
+    (other_pot, other_log_w): (&[f32], &[f32]),
+    other_shift: &[f32],
+) -> f32 {
+    if h.is_empty() {
+        *h = other_pot
+            .iter()
+            .zip(other_log_w)
+            .map(|(p, lw)| p + lw)
+            .collect();
+    }
+    let shift = -simd::line_max(kl, h);
+    simd::scaled_line::<FMA>(line, kl, shift, other_shift);
+    shift
+}
+
+/// Each line's potential `shift − log2 sum` and vector entry `weight / sum`, eight lines at
+/// a time so that the logarithm and the division vectorise.
+#[inline(always)]
+fn potentials_from_sums<const FMA: bool>(
+    pot: &mut [f32],
+    vec: &mut [f32],
+    sums: &[f32],
+    shift: &[f32],
+    weights: &[f32],
+) {
+    let n = pot.len();
+    let lanes = simd::LANES;
+    let full = n - n % lanes;
+    for ((((p, x), s), sh), wt) in pot[..full]
+        .chunks_exact_mut(lanes)
+        .zip(vec[..full].chunks_exact_mut(lanes))
+        .zip(sums[..full].chunks_exact(lanes))
+        .zip(shift[..full].chunks_exact(lanes))
+        .zip(weights[..full].chunks_exact(lanes))
+    {
+        let mut lg = [0.0f32; simd::LANES];
+        for l in 0..simd::LANES {
+            lg[l] = simd::log2_pos::<FMA>(s[l]);
+        }
+        for l in 0..simd::LANES {
+            p[l] = sh[l] - lg[l];
+            x[l] = wt[l] / s[l];
+        }
+    }
+    for l in full..n {
+        pot[l] = shift[l] - simd::log2_pos::<FMA>(sums[l]);
+        vec[l] = weights[l] / sums[l];
+    }
 }
 
 /// A scaled half-iteration ([`SinkhornForm::Scaled`]): every line's sum (lines spread over
@@ -578,46 +640,15 @@ fn scaled_pass<const FMA: bool>(side: ScaledSide<'_>, split: bool) {
         if (SCALED_SUM_MIN..=SCALED_SUM_MAX).contains(&sums[l]) {
             continue;
         }
-        if h.is_empty() {
-            h = other_pot
-                .iter()
-                .zip(other_log_w)
-                .map(|(p, lw)| p + lw)
-                .collect();
-        }
-        // The line's largest term in the log domain becomes 2⁰ (times its vector entry).
         let kl: Vec<f32> = (0..len).map(|j| k[l * k_line + j * k_step]).collect();
-        shift[l] = -simd::line_max(&kl, &h);
         let line = &mut lines[l * len..(l + 1) * len];
-        simd::scaled_line::<FMA>(line, &kl, shift[l], other_shift);
+        shift[l] = shift_line_anew::<FMA>(line, &kl, &mut h, (other_pot, other_log_w), other_shift);
         for (j, &qv) in line.iter().enumerate() {
             cross[j * n + l] = qv;
         }
         sums[l] = simd::chain_dot::<FMA>(line, w);
     }
-    // Eight lines at a time, so that the logarithm and the division vectorise.
-    let lanes = simd::LANES;
-    let full = n - n % lanes;
-    for ((((p, x), s), sh), wt) in pot[..full]
-        .chunks_exact_mut(lanes)
-        .zip(vec[..full].chunks_exact_mut(lanes))
-        .zip(sums[..full].chunks_exact(lanes))
-        .zip(shift[..full].chunks_exact(lanes))
-        .zip(weights[..full].chunks_exact(lanes))
-    {
-        let mut lg = [0.0f32; simd::LANES];
-        for l in 0..simd::LANES {
-            lg[l] = simd::log2_pos::<FMA>(s[l]);
-        }
-        for l in 0..simd::LANES {
-            p[l] = sh[l] - lg[l];
-            x[l] = wt[l] / s[l];
-        }
-    }
-    for l in full..n {
-        pot[l] = shift[l] - simd::log2_pos::<FMA>(sums[l]);
-        vec[l] = weights[l] / sums[l];
-    }
+    potentials_from_sums::<FMA>(pot, vec, sums, shift, weights);
 }
 
 /// One block of rows of the streamed sweep and what it writes: `Q`'s rows (shifted anew
@@ -660,13 +691,8 @@ fn stream_block<const FMA: bool>(blk: StreamBlock<'_>, other: (&[f32], &[f32], &
     for (l, row) in q.chunks_exact_mut(nc).enumerate() {
         let mut s = simd::dot::<FMA>(row, v);
         if !(SCALED_SUM_MIN..=SCALED_SUM_MAX).contains(&s) {
-            if h.is_empty() {
-                h = g.iter().zip(log2_b).map(|(p, lw)| p + lw).collect();
-            }
-            // The row's largest term in the log domain becomes 2⁰ (times its v entry).
             let kl = &k[l * nc..(l + 1) * nc];
-            c[l] = -simd::line_max(kl, &h);
-            simd::scaled_line::<FMA>(row, kl, c[l], d);
+            c[l] = shift_line_anew::<FMA>(row, kl, &mut h, (g, log2_b), d);
             s = simd::dot::<FMA>(row, v);
         }
         pot[l] = c[l] - simd::log2_pos::<FMA>(s);
@@ -806,6 +832,7 @@ impl FastPair {
             a,
             b,
             sums,
+            streamed: _,
             partials: _,
         } = form;
         let side = if columns {
@@ -853,10 +880,11 @@ impl FastPair {
 
     /// Whether the pair takes the streamed sweep ([`SinkhornForm::Streamed`]).
     fn streamed(&self) -> bool {
-        self.scaled.as_ref().is_some_and(|s| s.qt.is_empty())
+        self.scaled.as_ref().is_some_and(|s| s.streamed)
     }
 
-    /// The streamed sweep's rows: `F` and `u` (or `F^new` and `u_next` for a check), each
+    /// The streamed sweep's rows: `F` and `u` (or `F^new` and `u_next` for a check, whose
+    /// sweep the next iteration then takes as its rows), each
     /// row's sum a dot product with `v`, a row whose sum leaves [`SCALED_SUM_MIN`,
     /// `SCALED_SUM_MAX`] shifted anew from `K`, and each block's column sums `Σ u_i Q_i`
     /// into its accumulator. Blocks spread over threads if `split`; a block's results depend
@@ -969,30 +997,29 @@ impl FastPair {
             if (SCALED_SUM_MIN..=SCALED_SUM_MAX).contains(&sums[j]) {
                 continue;
             }
-            if h.is_empty() {
-                h = f.iter().zip(log2_a.iter()).map(|(p, lw)| p + lw).collect();
-            }
             let kl: Vec<f32> = (0..nr).map(|i| k[i * nc + j]).collect();
-            d[j] = -simd::line_max(&kl, &h);
-            simd::scaled_line::<FMA>(&mut line, &kl, d[j], c);
+            d[j] = shift_line_anew::<FMA>(&mut line, &kl, &mut h, (f, log2_a), c);
             for (i, &qv) in line.iter().enumerate() {
                 q[i * nc + j] = qv;
             }
             sums[j] = simd::dot::<FMA>(&line, u);
         }
-        for j in 0..nc {
-            g[j] = d[j] - simd::log2_pos::<FMA>(sums[j]);
-            v[j] = b[j] / sums[j];
-        }
+        potentials_from_sums::<FMA>(g, v, sums, d, b);
     }
 
     #[inline(always)]
     fn iterate<const FMA: bool>(&mut self, iterations: usize, split: bool) {
         if self.streamed() {
-            // A check's `F^new` is not reused: the sweep takes every row's sum again (the
-            // same bits), and the column sums with it.
-            for _ in 0..iterations {
-                self.streamed_rows::<FMA>(false, split);
+            for it in 0..iterations {
+                if it == 0 && self.f_next_valid {
+                    // The check's sweep was this iteration's rows: `F^new`, `u_next`, and
+                    // the blocks' column sums taken with `u_next`.
+                    std::mem::swap(&mut self.f, &mut self.f_next);
+                    let form = self.scaled.as_mut().expect("streamed");
+                    std::mem::swap(&mut form.u, &mut form.u_next);
+                } else {
+                    self.streamed_rows::<FMA>(false, split);
+                }
                 self.streamed_columns::<FMA>();
             }
             self.f_next_valid = false;
