@@ -163,6 +163,78 @@ fn cached_frozen_prefix_matches_the_whole_forward() {
     }
 }
 
+/// The dev evaluation keeps each dev batch's frozen-prefix states and runs only the
+/// trained layers after the first time: the vectors are the bits of the whole model's,
+/// before and after a step changes the trained layers, for other batches of the same
+/// sentences, and with no cache budget at all.
+#[test]
+fn dev_vectors_from_kept_prefix_states_are_the_whole_models() {
+    let frozen = DistillConfig {
+        freeze_embeddings: true,
+        freeze_layers: 1,
+        ..config("ot", 4, 2)
+    };
+    let uncached = DistillConfig {
+        cache_mb: 0,
+        ..frozen.clone()
+    };
+    let mut a = trainer(frozen, 8);
+    let mut c = trainer(uncached, 8);
+    let dev = random_pairs(40, 11).student;
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    // Every layer, by the plain forward pass of the student as it is now.
+    let whole = |t: &Trainer, seqs: &[Vec<u32>]| {
+        let model = t.student.valid();
+        let device = Device::flex();
+        let mut out = Vec::new();
+        for chunk in seqs.chunks(32) {
+            let batch = optical::encoder::tokenizer::pad(chunk, 0);
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(batch.ids.clone(), [batch.b, batch.t]),
+                &device,
+            );
+            let mask = Tensor::<2>::from_data(
+                TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
+                &device,
+            );
+            let x = model.forward(ids, mask.clone());
+            let v = optical::encoder::pooling::l2_normalize(optical::encoder::pooling::mean_pool(
+                x, mask,
+            ));
+            out.extend(v.into_data().try_to_vec::<f32>().unwrap());
+        }
+        bits(out)
+    };
+    for round in 0..2 {
+        let want = whole(&a, &dev);
+        // First computed and kept, then taken from the cache.
+        assert_eq!(
+            bits(a.student_vectors(&dev).unwrap()),
+            want,
+            "round {round}"
+        );
+        assert_eq!(
+            bits(a.student_vectors(&dev).unwrap()),
+            want,
+            "round {round}, kept"
+        );
+        // The same sentences in other batches.
+        let reversed: Vec<Vec<u32>> = dev.iter().rev().cloned().collect();
+        let mut got = bits(a.student_vectors(&reversed).unwrap());
+        let h = got.len() / dev.len();
+        let rows: Vec<Vec<u32>> = got.chunks(h).rev().map(<[u32]>::to_vec).collect();
+        got = rows.concat();
+        assert_eq!(got, want, "round {round}, reversed");
+        assert_eq!(
+            bits(c.student_vectors(&dev).unwrap()),
+            whole(&c, &dev),
+            "round {round}, no budget"
+        );
+        a.step().unwrap();
+        c.step().unwrap();
+    }
+}
+
 #[test]
 fn resume_with_a_cached_frozen_prefix_continues_bit_for_bit() {
     let frozen = || DistillConfig {

@@ -278,3 +278,95 @@ fn padding_does_not_change_embeddings() {
         .collect();
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
 }
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The states after a frozen prefix, shared between encoders whose prefix holds the same
+/// weights (a study's base model and its students), change no bit of what they encode, and
+/// pass only between such encoders, for the very batches they were computed in.
+#[test]
+fn shared_prefix_states_change_no_bit() {
+    use optical::encoder::config::EncoderConfig;
+    use optical::encoder::prefix::{PrefixStates, SharedPrefix};
+    use optical::encoder::weights::Weights;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = optical::assets::assets_dir().join("minilm");
+    let config = EncoderConfig::from_file(&src.join("config.json")).unwrap();
+    let weights = Weights::from_safetensors(&src.join("model.safetensors"), &config).unwrap();
+    // MiniLM with one parameter of `layer` changed.
+    let variant = |name: &str, layer: usize| -> ModelSpec {
+        let mut w = weights.clone();
+        let t = w
+            .tensors
+            .get_mut(&format!("encoder.layer.{layer}.output.dense.weight"))
+            .unwrap();
+        t.data.iter_mut().step_by(7).for_each(|x| *x *= 1.01);
+        let dir = tmp.path().join(name);
+        optical::encoder::write_model_dir(&dir, &config, &w, &src.join("tokenizer.json"), ("", ""))
+            .unwrap();
+        ModelSpec::Path(dir)
+    };
+    // Layers 0-4 of 6 frozen: the student trained layer 5; the stranger's layer 0 differs.
+    let student = variant("student", 5);
+    let stranger = variant("stranger", 0);
+    let states = PrefixStates::new(1 << 30);
+    let open = |spec: &ModelSpec, batch_size: usize, shared: bool| {
+        let options = EncoderOptions {
+            batch_size,
+            shared_prefix: shared.then(|| SharedPrefix {
+                states: states.clone(),
+                layers: Some(5),
+            }),
+            ..EncoderOptions::default()
+        };
+        TextEncoder::load(spec, Device::flex(), &options).unwrap()
+    };
+    let texts = lines("sentences.txt");
+    let n = texts.len() as u64;
+    let embed = |e: &TextEncoder| {
+        bits(
+            &e.embed(&texts, TextKind::Passage, Pooling::Mean, true)
+                .unwrap(),
+        )
+    };
+    let tokens =
+        |e: &TextEncoder| bits(&e.token_embeddings(&texts, TextKind::Passage).unwrap().data);
+
+    // The base model computes and keeps every text's states; its results are its own.
+    let base = open(&ModelSpec::MiniLm, 32, true);
+    assert_eq!(embed(&base), embed(&open(&ModelSpec::MiniLm, 32, false)));
+    let stats = states.stats();
+    assert_eq!((stats.reused, stats.computed), (0, n), "{stats:?}");
+
+    // The student runs the same batches: it takes them all, and encodes exactly what it
+    // encodes running every layer.
+    let shared = open(&student, 32, true);
+    let plain = open(&student, 32, false);
+    let before = states.stats().reused;
+    assert_eq!(embed(&shared), embed(&plain), "pooled");
+    assert_eq!(tokens(&shared), tokens(&plain), "tokens");
+    assert_eq!(states.stats().reused - before, 2 * n);
+    assert_ne!(embed(&plain), embed(&base), "the student is another model");
+
+    // In batches of 5 it takes nothing of the base's batches of 32 (a text's rows differ in
+    // their last bits from batch to batch), and again encodes its own bits; its second
+    // pass takes its own first pass's batches.
+    let shared = open(&student, 5, true);
+    let plain = open(&student, 5, false);
+    let before = states.stats();
+    assert_eq!(embed(&shared), embed(&plain), "pooled, batches of 5");
+    assert_eq!(states.stats().reused, before.reused);
+    assert_eq!(tokens(&shared), tokens(&plain), "tokens, batches of 5");
+    assert_eq!(states.stats().reused - before.reused, n);
+
+    // The stranger's prefix differs: it takes nothing, and keeps its own.
+    let before = states.stats();
+    let stranger_shared = open(&stranger, 32, true);
+    assert_eq!(embed(&stranger_shared), embed(&open(&stranger, 32, false)));
+    let after = states.stats();
+    assert_eq!(after.reused, before.reused, "{after:?}");
+    assert_eq!(after.computed, before.computed + n, "{after:?}");
+}

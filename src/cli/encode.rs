@@ -112,6 +112,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         batch_size: args.batch_size,
         query_prefix: args.query_prefix,
         passage_prefix: args.passage_prefix,
+        shared_prefix: None,
     };
     let t0 = Instant::now();
     let encoder = TextEncoder::load(&spec, device, &options)?;

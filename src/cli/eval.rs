@@ -250,11 +250,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     }
     let kind = a.backend.parse::<BackendKind>()?;
     let backend = Backend::new(kind)?;
-    let encoders = a
-        .model
-        .iter()
-        .map(|m| encoder::builtin_with(m, a.max_length, kind))
-        .collect::<Result<Vec<_>>>()?;
+    let encoders = load_models(&a.model, a.max_length, kind)?;
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(
         dataset,
@@ -354,4 +350,37 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// Memory for the states after a prefix that several models of one `optical eval` share
+/// (a distilled student and the model it started from: ≈ 230 MB for 10,000 texts of 40
+/// tokens at hidden size 384; past the limit states are computed, not kept).
+#[cfg(feature = "encoder")]
+const SHARED_PREFIX_BYTES: usize = 1 << 30;
+
+/// The models of the command. Transformers, when there are several, share the states after
+/// the deepest prefix each has in common with another (a student and its base model: the
+/// layers it kept frozen), so that those layers run once per text
+/// ([`crate::encoder::prefix`]); the results are the same bits either way.
+fn load_models(
+    names: &[String],
+    max_length: Option<usize>,
+    kind: BackendKind,
+) -> Result<Vec<Box<dyn encoder::Encoder>>> {
+    #[cfg(feature = "encoder")]
+    if names.len() > 1 {
+        use crate::encoder::prefix::{PrefixStates, SharedPrefix};
+        let shared = SharedPrefix {
+            states: PrefixStates::new(SHARED_PREFIX_BYTES),
+            layers: None,
+        };
+        return names
+            .iter()
+            .map(|m| encoder::builtin_sharing(m, max_length, kind, Some(shared.clone())))
+            .collect();
+    }
+    names
+        .iter()
+        .map(|m| encoder::builtin_with(m, max_length, kind))
+        .collect()
 }

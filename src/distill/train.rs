@@ -58,6 +58,9 @@ pub(super) enum Side {
 #[derive(Debug, Default)]
 pub(super) struct HostCache {
     map: HashMap<(Side, usize), Vec<f32>>,
+    /// The student's frozen-prefix states of the dev batches: per batch (its texts' ids,
+    /// [`batch_key`](crate::encoder::prefix::batch_key)), each text's real rows in turn.
+    dev: HashMap<Vec<u32>, Vec<f32>>,
     bytes: usize,
     budget: usize,
 }
@@ -79,6 +82,15 @@ impl HostCache {
         self.bytes += size;
         self.map.insert(key, rows);
         None
+    }
+
+    /// Keep a dev batch's prefix states `rows` if the budget allows.
+    fn insert_dev(&mut self, key: Vec<u32>, rows: Vec<f32>) {
+        let size = std::mem::size_of_val(&rows[..]) + std::mem::size_of_val(&key[..]);
+        if self.bytes + size <= self.budget && !self.dev.contains_key(&key) {
+            self.bytes += size;
+            self.dev.insert(key, rows);
+        }
     }
 }
 
@@ -1214,16 +1226,48 @@ impl Trainer {
     }
 
     /// Mean-pooled, L2-normalised student vectors of `seqs` (no gradient), `(n, h)`.
-    pub fn student_vectors(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+    ///
+    /// The states after the frozen prefix (embeddings and layers `0..k`) do not change
+    /// while the student trains, so each dev batch's are computed once and kept on the host
+    /// (within `cache_mb`, with the training pairs' states); a dev evaluation then runs only
+    /// the trained layers. They are kept per batch, not per sentence: a sentence's rows
+    /// differ in their last bits from batch to batch, and the dev set is cut into the same
+    /// batches every time, so the vectors are the bits of the whole model's.
+    pub fn student_vectors(&mut self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
         let model = self.student.valid();
         let h = hidden_of(&model);
+        let all = model.layers.len();
+        let k = self.config.frozen_prefix().min(all);
         let device = model.embeddings.word.weight.val().device();
         let mut out = Vec::with_capacity(seqs.len() * h);
         for chunk in seqs.chunks(32) {
             let batch = pad(chunk, self.student_pad);
             check_ids(&batch, vocab_of(&model), "student token ids")?;
             let (ids, mask) = batch_tensors(&batch, &device);
-            let x = model.forward(ids, mask.clone());
+            let (b, t) = (batch.b, batch.t);
+            let key = crate::encoder::prefix::batch_key(chunk);
+            let x = if k == 0 {
+                model.forward(ids, mask.clone())
+            } else if let Some(held) = self.cache.dev.get(&key) {
+                let mut data = vec![0.0f32; b * t * h];
+                let mut from = 0;
+                for (r, seq) in chunk.iter().enumerate() {
+                    let n = seq.len() * h;
+                    data[r * t * h..r * t * h + n].copy_from_slice(&held[from..from + n]);
+                    from += n;
+                }
+                let x = Tensor::<3>::from_data(TensorData::new(data, [b, t, h]), &device);
+                model.forward_layers(x, mask.clone(), k..all)
+            } else {
+                let (prefix, x) = model.forward_with_prefix(ids, mask.clone(), k);
+                let values = read_f32(prefix, "read the student's dev prefix states")?;
+                let mut rows = Vec::with_capacity(batch.lengths.iter().sum::<usize>() * h);
+                for (r, seq) in chunk.iter().enumerate() {
+                    rows.extend_from_slice(&values[r * t * h..r * t * h + seq.len() * h]);
+                }
+                self.cache.insert_dev(key, rows);
+                x
+            };
             let v = pooling::l2_normalize(pooling::mean_pool(x, mask));
             out.extend(read_f32(v, "read student vectors")?);
         }
@@ -1232,7 +1276,7 @@ impl Trainer {
 
     /// P@1 and MRR of retrieving `english[i]` for `other[i]` among all the English
     /// sentences, both encoded by the student.
-    pub fn evaluate(&self, other: &[Vec<u32>], english: &[Vec<u32>]) -> Result<DevMetrics> {
+    pub fn evaluate(&mut self, other: &[Vec<u32>], english: &[Vec<u32>]) -> Result<DevMetrics> {
         let h = hidden_of(&self.student);
         let q = self.student_vectors(other)?;
         let c = self.student_vectors(english)?;

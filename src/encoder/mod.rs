@@ -9,6 +9,7 @@ pub mod config;
 pub mod e5s1;
 pub mod model;
 pub mod pooling;
+pub mod prefix;
 pub mod tokenizer;
 pub mod weights;
 
@@ -85,6 +86,9 @@ pub struct EncoderOptions {
     pub query_prefix: Option<String>,
     /// Prepended to passages (e5: `"passage: "`).
     pub passage_prefix: Option<String>,
+    /// Take the hidden states after the embeddings and the lowest layers from (and give
+    /// them to) other encoders whose prefix holds the same weights ([`prefix`]).
+    pub shared_prefix: Option<prefix::SharedPrefix>,
 }
 
 impl Default for EncoderOptions {
@@ -94,6 +98,7 @@ impl Default for EncoderOptions {
             batch_size: 32,
             query_prefix: None,
             passage_prefix: None,
+            shared_prefix: None,
         }
     }
 }
@@ -243,6 +248,9 @@ pub struct TextEncoder {
     /// The GPU's largest storage binding ([`gpu_binding_limit`]): batches are kept so that
     /// no activation exceeds it.
     pub binding_limit: Option<u64>,
+    /// Where the states after the frozen prefix are shared, when asked for
+    /// ([`EncoderOptions::shared_prefix`]).
+    prefix: Option<prefix::PrefixShare>,
 }
 
 /// Token embeddings of several texts, packed: text `k` owns rows
@@ -683,6 +691,10 @@ impl TextEncoder {
         }
         let binding_limit = gpu_binding_limit(&device);
         check_bindable(&config, name, binding_limit)?;
+        let prefix = options.shared_prefix.as_ref().and_then(|shared| {
+            prefix::prefix_chain(&config, &weights, &format!("{device:?}"))
+                .map(|chain| prefix::PrefixShare::new(shared, chain))
+        });
         let model = TransformerEncoder::from_weights(&config, weights, &device)?;
         Ok(TextEncoder {
             name: name.to_string(),
@@ -700,6 +712,7 @@ impl TextEncoder {
                 .unwrap_or_else(|| prefixes.1.to_string()),
             batch_size: options.batch_size,
             binding_limit,
+            prefix,
         })
     }
 
@@ -731,6 +744,13 @@ impl TextEncoder {
 
     /// Run the encoder on one padded batch: last hidden state `(b, t, h)` and mask `(b, t)`.
     pub fn forward(&self, batch: &TokenBatch) -> Result<(Tensor<3>, Tensor<2>)> {
+        let (ids, mask) = self.batch_tensors(batch)?;
+        Ok((self.model.forward(ids, mask.clone()), mask))
+    }
+
+    /// The ids and mask of a padded batch on the encoder's device, checked against the
+    /// model: at least one token, no more than its positions, every id in its vocabulary.
+    fn batch_tensors(&self, batch: &TokenBatch) -> Result<(Tensor<2, Int>, Tensor<2>)> {
         if batch.t == 0 {
             return Err(Error::value(
                 "texts",
@@ -771,7 +791,43 @@ impl TextEncoder {
             TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
             &self.device,
         );
-        Ok((self.model.forward(ids, mask.clone()), mask))
+        Ok((ids, mask))
+    }
+
+    /// [`Self::forward`] on the texts `group` (token ids), padded. With a shared prefix the
+    /// states after it come from the store when another encoder with the same prefix ran
+    /// this very batch, and only the layers above run; otherwise the whole model runs and
+    /// the batch's prefix states go to the store.
+    fn forward_group(&self, group: &[Vec<u32>]) -> Result<(Tensor<3>, Tensor<2>, TokenBatch)> {
+        let batch = tokenizer::pad(group, self.config.pad_token_id as u32);
+        let Some((states, layers, identity)) = self.prefix.as_ref().and_then(|p| p.shared()) else {
+            let (x, mask) = self.forward(&batch)?;
+            return Ok((x, mask, batch));
+        };
+        let (b, t, h) = (batch.b, batch.t, self.hidden_size());
+        let (ids, mask) = self.batch_tensors(&batch)?;
+        if let Some(held) = states.take(identity, group) {
+            let mut data = vec![0.0f32; b * t * h];
+            let mut from = 0;
+            for (r, seq) in group.iter().enumerate() {
+                let n = seq.len() * h;
+                data[r * t * h..r * t * h + n].copy_from_slice(&held[from..from + n]);
+                from += n;
+            }
+            let x = Tensor::<3>::from_data(TensorData::new(data, [b, t, h]), &self.device);
+            let x = self
+                .model
+                .forward_layers(x, mask.clone(), layers..self.model.layers.len());
+            return Ok((x, mask, batch));
+        }
+        let (prefix, x) = self.model.forward_with_prefix(ids, mask.clone(), layers);
+        let values = read_f32(prefix, "read the states after the shared prefix")?;
+        let mut rows = Vec::with_capacity(batch.lengths.iter().sum::<usize>() * h);
+        for (r, seq) in group.iter().enumerate() {
+            rows.extend_from_slice(&values[r * t * h..r * t * h + seq.len() * h]);
+        }
+        states.keep(identity, group, rows);
+        Ok((x, mask, batch))
     }
 
     /// Batches of text indices, longest texts first, so each batch pads little.
@@ -852,8 +908,7 @@ impl TextEncoder {
         let mut out = vec![0.0f32; seqs.len() * h];
         for idx in self.batches(seqs)? {
             let group: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
-            let batch = tokenizer::pad(&group, self.config.pad_token_id as u32);
-            let (x, mask) = self.forward(&batch)?;
+            let (x, mask, _) = self.forward_group(&group)?;
             let pooled = match pooling {
                 Pooling::Mean => pooling::mean_pool(x, mask),
                 Pooling::Cls => pooling::cls_pool(x),
@@ -890,8 +945,7 @@ impl TextEncoder {
         let mut per_text: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
         for idx in self.batches(&seqs)? {
             let group: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
-            let batch = tokenizer::pad(&group, self.config.pad_token_id as u32);
-            let (x, _) = self.forward(&batch)?;
+            let (x, _, batch) = self.forward_group(&group)?;
             let values = read_f32(x, "read token embeddings")?;
             for (r, &i) in idx.iter().enumerate() {
                 let start = r * batch.t * h;

@@ -197,20 +197,41 @@ pub fn builtin_with(
     max_length: Option<usize>,
     backend: BackendKind,
 ) -> Result<Box<dyn Encoder>> {
+    #[cfg(feature = "encoder")]
+    return builtin_sharing(name, max_length, backend, None);
     #[cfg(not(feature = "encoder"))]
-    let _ = (max_length, backend);
+    {
+        let _ = (max_length, backend);
+        match name {
+            "hash" => Ok(Box::new(HashingEncoder::default())),
+            _ => Err(unknown_model(name)),
+        }
+    }
+}
+
+/// [`builtin_with`], a transformer sharing the states after its frozen prefix through
+/// `shared` ([`crate::encoder::prefix`]).
+#[cfg(feature = "encoder")]
+pub fn builtin_sharing(
+    name: &str,
+    max_length: Option<usize>,
+    backend: BackendKind,
+    shared: Option<crate::encoder::prefix::SharedPrefix>,
+) -> Result<Box<dyn Encoder>> {
     match name {
         "hash" => Ok(Box::new(HashingEncoder::default())),
-        #[cfg(feature = "encoder")]
-        "minilm" | "e5-small" => transformer(name, max_length, backend),
-        #[cfg(feature = "encoder")]
-        path if Path::new(path).exists() => transformer(path, max_length, backend),
-        _ => Err(Error::parameter(
-            "model",
-            "a known encoder (hash, minilm, e5-small) or the path of a model directory",
-            name,
-        )),
+        "minilm" | "e5-small" => transformer(name, max_length, backend, shared),
+        path if Path::new(path).exists() => transformer(path, max_length, backend, shared),
+        _ => Err(unknown_model(name)),
     }
+}
+
+fn unknown_model(name: &str) -> Error {
+    Error::parameter(
+        "model",
+        "a known encoder (hash, minilm, e5-small) or the path of a model directory",
+        name,
+    )
 }
 
 /// A transformer encoder (`crate::encoder`) on `backend`'s device, mean pooling,
@@ -220,11 +241,13 @@ fn transformer(
     spec: &str,
     max_length: Option<usize>,
     backend: BackendKind,
+    shared_prefix: Option<crate::encoder::prefix::SharedPrefix>,
 ) -> Result<Box<dyn Encoder>> {
     use crate::encoder::{EncoderOptions, TextEncoder};
     let spec: crate::encoder::ModelSpec = spec.parse()?;
     let options = EncoderOptions {
         max_length,
+        shared_prefix,
         ..EncoderOptions::default()
     };
     // Without burn's CUDA device (feature `burn-cuda`), `--backend cuda` still runs MaxSim

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendKind;
 use crate::distill::run::{install_interrupt_handler, interrupt_requested};
 use crate::distill::{self, RunOptions};
+use crate::encoder::prefix::{PrefixStates, SharedPrefix};
 use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder};
 use crate::error::{Error, Result};
 use crate::retrieval::encoder::{Fingerprinted, TextRole};
@@ -579,13 +580,30 @@ impl Progress {
     }
 }
 
-/// The encoder a run evaluates, with an identity for the embedding cache: the run's key
-/// for a trained student (cached in the run directory), the model itself for the base
-/// model (cached under `<out>/embeddings`, shared by the groups' base runs).
-fn load_encoder(spec: &str, backend: &str) -> Result<TextEncoder> {
+/// The encoder a run evaluates, sharing the states after its frozen prefix (`shared`)
+/// with the other evaluations of the sitting.
+fn load_encoder(spec: &str, backend: &str, shared: Option<SharedPrefix>) -> Result<TextEncoder> {
     let kind: BackendKind = backend.parse()?;
     let model: ModelSpec = spec.parse()?;
-    TextEncoder::load(&model, device_for(kind)?, &EncoderOptions::default())
+    let options = EncoderOptions {
+        shared_prefix: shared,
+        ..EncoderOptions::default()
+    };
+    TextEncoder::load(&model, device_for(kind)?, &options)
+}
+
+/// Memory for the states after the students' frozen prefix that a sitting's evaluations
+/// share (at the default settings a LAReQA slice and the bitext sets of a group hold
+/// ≈ 200 MB of them; past the limit states are computed, not kept).
+const PREFIX_STATES_BYTES: usize = 1 << 30;
+
+/// The depth of the prefix whose states `run`'s evaluation shares: its own frozen prefix
+/// for a trained run, the first trained run's for a base run; `None` when nothing below
+/// the trained layers is frozen.
+fn shared_layers(run: &RunSpec, plan: &Plan) -> Option<usize> {
+    let frozen = |r: &RunSpec| r.distill.as_ref().map(|c| c.frozen_prefix());
+    let k = frozen(run).or_else(|| plan.runs.iter().find_map(frozen))?;
+    (k > 0).then_some(k)
 }
 
 fn base_fingerprint(spec: &str, encoder: &TextEncoder) -> String {
@@ -614,6 +632,8 @@ struct Context<'a> {
     plan: &'a Plan,
     options: &'a StudyOptions,
     backend: String,
+    /// The states after the frozen prefix, shared by the sitting's evaluations.
+    prefix_states: std::sync::Arc<PrefixStates>,
 }
 
 /// Train (or resume) and evaluate one run. Returns its status and the work it did
@@ -755,7 +775,11 @@ fn execute(
     };
     progress.line(index, &name, &what);
     let t0 = Instant::now();
-    let encoder = load_encoder(&eval_model, &cx.backend)?;
+    let shared = shared_layers(run, cx.plan).map(|layers| SharedPrefix {
+        states: cx.prefix_states.clone(),
+        layers: Some(layers),
+    });
+    let encoder = load_encoder(&eval_model, &cx.backend, shared)?;
     let (fingerprint, cache) = if let Some(k) = &reused {
         // The donor's cache: the texts both evaluate are encoded once.
         (
@@ -930,6 +954,7 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
             plan: &plan,
             options,
             backend: backend.clone(),
+            prefix_states: PrefixStates::new(PREFIX_STATES_BYTES),
         };
         for (i, run) in plan.runs.iter().enumerate() {
             let name = run.name();
@@ -965,6 +990,17 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
                 eprintln!("study interrupted: run the same command again to continue");
                 break;
             }
+        }
+        let shared = cx.prefix_states.stats();
+        if shared.reused > 0 {
+            eprintln!(
+                "study {}: evaluations took the states after the students' frozen layers \
+                 from one another for {} texts and computed them for {} ({} MB held)",
+                config.name,
+                shared.reused,
+                shared.computed,
+                shared.bytes / 1_000_000
+            );
         }
     }
     let finished = plan
