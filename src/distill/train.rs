@@ -28,6 +28,7 @@ use super::loss::{distill_loss, LossKind, LossStats, TokenSide};
 use crate::backend::Backend;
 use crate::encoder::model::TransformerEncoder;
 use crate::encoder::pooling;
+use crate::encoder::prefix;
 use crate::encoder::tokenizer::{pad, TokenBatch};
 use crate::encoder::{read_f32, read_scalar};
 use crate::error::{Error, Result};
@@ -1245,27 +1246,18 @@ impl Trainer {
             check_ids(&batch, vocab_of(&model), "student token ids")?;
             let (ids, mask) = batch_tensors(&batch, &device);
             let (b, t) = (batch.b, batch.t);
-            let key = crate::encoder::prefix::batch_key(chunk);
+            let key = prefix::batch_key(chunk);
             let x = if k == 0 {
                 model.forward(ids, mask.clone())
             } else if let Some(held) = self.cache.dev.get(&key) {
-                let mut data = vec![0.0f32; b * t * h];
-                let mut from = 0;
-                for (r, seq) in chunk.iter().enumerate() {
-                    let n = seq.len() * h;
-                    data[r * t * h..r * t * h + n].copy_from_slice(&held[from..from + n]);
-                    from += n;
-                }
+                let data = prefix::padded(held, chunk, t, h);
                 let x = Tensor::<3>::from_data(TensorData::new(data, [b, t, h]), &device);
                 model.forward_layers(x, mask.clone(), k..all)
             } else {
                 let (prefix, x) = model.forward_with_prefix(ids, mask.clone(), k);
                 let values = read_f32(prefix, "read the student's dev prefix states")?;
-                let mut rows = Vec::with_capacity(batch.lengths.iter().sum::<usize>() * h);
-                for (r, seq) in chunk.iter().enumerate() {
-                    rows.extend_from_slice(&values[r * t * h..r * t * h + seq.len() * h]);
-                }
-                self.cache.insert_dev(key, rows);
+                self.cache
+                    .insert_dev(key, prefix::real_rows(&values, chunk, t, h));
                 x
             };
             let v = pooling::l2_normalize(pooling::mean_pool(x, mask));

@@ -807,13 +807,7 @@ impl TextEncoder {
         let (b, t, h) = (batch.b, batch.t, self.hidden_size());
         let (ids, mask) = self.batch_tensors(&batch)?;
         if let Some(held) = states.take(identity, group) {
-            let mut data = vec![0.0f32; b * t * h];
-            let mut from = 0;
-            for (r, seq) in group.iter().enumerate() {
-                let n = seq.len() * h;
-                data[r * t * h..r * t * h + n].copy_from_slice(&held[from..from + n]);
-                from += n;
-            }
+            let data = prefix::padded(&held, group, t, h);
             let x = Tensor::<3>::from_data(TensorData::new(data, [b, t, h]), &self.device);
             let x = self
                 .model
@@ -822,11 +816,7 @@ impl TextEncoder {
         }
         let (prefix, x) = self.model.forward_with_prefix(ids, mask.clone(), layers);
         let values = read_f32(prefix, "read the states after the shared prefix")?;
-        let mut rows = Vec::with_capacity(batch.lengths.iter().sum::<usize>() * h);
-        for (r, seq) in group.iter().enumerate() {
-            rows.extend_from_slice(&values[r * t * h..r * t * h + seq.len() * h]);
-        }
-        states.keep(identity, group, rows);
+        states.keep(identity, group, prefix::real_rows(&values, group, t, h));
         Ok((x, mask, batch))
     }
 

@@ -206,6 +206,27 @@ pub(crate) fn batch_key(seqs: &[Vec<u32>]) -> Vec<u32> {
     key
 }
 
+/// The real rows of each text of a padded batch `values` `(b, t, h)`, in turn: `(Σ len, h)`.
+pub(crate) fn real_rows(values: &[f32], seqs: &[Vec<u32>], t: usize, h: usize) -> Vec<f32> {
+    let mut rows = Vec::with_capacity(seqs.iter().map(Vec::len).sum::<usize>() * h);
+    for (r, seq) in seqs.iter().enumerate() {
+        rows.extend_from_slice(&values[r * t * h..r * t * h + seq.len() * h]);
+    }
+    rows
+}
+
+/// [`real_rows`] back to the padded `(b, t, h)` batch, padding rows zero.
+pub(crate) fn padded(rows: &[f32], seqs: &[Vec<u32>], t: usize, h: usize) -> Vec<f32> {
+    let mut data = vec![0.0f32; seqs.len() * t * h];
+    let mut from = 0;
+    for (r, seq) in seqs.iter().enumerate() {
+        let n = seq.len() * h;
+        data[r * t * h..r * t * h + n].copy_from_slice(&rows[from..from + n]);
+        from += n;
+    }
+    data
+}
+
 /// Whether a parameter belongs to block `b` of a model: the embeddings for 0, layer
 /// `b − 1` after that.
 fn in_block(name: &str, b: usize) -> bool {
