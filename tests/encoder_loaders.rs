@@ -214,14 +214,7 @@ fn forward_matches_f64_reference_with_padding() {
             })
             .collect();
         let batch = pad(&seqs, config.pad_token_id as u32);
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(batch.ids.clone(), [batch.b, batch.t]),
-            &device,
-        );
-        let mask = Tensor::<2>::from_data(
-            TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
-            &device,
-        );
+        let (ids, mask) = batch.tensors(&device);
         let out = model.forward(ids, mask.clone());
         let values = out.clone().into_data().try_to_vec::<f32>().unwrap();
         let h = config.hidden_size;

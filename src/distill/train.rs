@@ -412,19 +412,6 @@ impl ModuleVisitor for Trainable {
     }
 }
 
-/// Pad host token sequences into `(ids, mask)` tensors on `device`.
-fn batch_tensors(batch: &TokenBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
-    let ids = Tensor::<2, Int>::from_data(
-        TensorData::new(batch.ids.clone(), [batch.b, batch.t]),
-        device,
-    );
-    let mask = Tensor::<2>::from_data(
-        TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
-        device,
-    );
-    (ids, mask)
-}
-
 fn check_ids(batch: &TokenBatch, vocab: usize, what: &str) -> Result<()> {
     if let Some(&bad) = batch.ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
         return Err(Error::value(
@@ -501,7 +488,7 @@ fn host_states(
                 check_ids(&batch, vocab_of(parts.teacher), "teacher token ids")?;
                 let teacher = parts.teacher;
                 let device = teacher.embeddings.word.weight.val().device();
-                let (ids, mask) = batch_tensors(&batch, &device);
+                let (ids, mask) = batch.tensors(&device);
                 let h = hidden_of(teacher);
                 let x = match shared.shared_prefix {
                     Some(k) => {
@@ -518,7 +505,7 @@ fn host_states(
                 check_ids(&batch, vocab_of(parts.student), "student token ids")?;
                 let model = parts.student.valid();
                 let device = model.embeddings.word.weight.val().device();
-                let (ids, mask) = batch_tensors(&batch, &device);
+                let (ids, mask) = batch.tensors(&device);
                 let x = model.embeddings.forward(ids);
                 let x = model.forward_layers(x, mask, 0..shared.config.frozen_prefix());
                 (batch, hidden_of(&model), x)
@@ -644,7 +631,7 @@ fn same_prefix(
     let probe = |m: &TransformerEncoder| {
         let batch = pad(&english[..english.len().min(4)], 0);
         let device = m.embeddings.word.weight.val().device();
-        let (ids, mask) = batch_tensors(&batch, &device);
+        let (ids, mask) = batch.tensors(&device);
         Param::from_tensor(m.forward_layers(m.embeddings.forward(ids), mask, 0..k))
     };
     let (se, te) = (&s.embeddings, &t.embeddings);
@@ -688,7 +675,7 @@ fn student_side(
             .collect();
         let batch = pad(&seqs, shared.pads.0);
         check_ids(&batch, vocab_of(parts.student), "student token ids")?;
-        let (ids, mask) = batch_tensors(&batch, &device);
+        let (ids, mask) = batch.tensors(&device);
         let x = parts.student.forward(ids, mask.clone());
         return Ok(TokenSide {
             x,
@@ -1244,7 +1231,7 @@ impl Trainer {
         for chunk in seqs.chunks(32) {
             let batch = pad(chunk, self.student_pad);
             check_ids(&batch, vocab_of(&model), "student token ids")?;
-            let (ids, mask) = batch_tensors(&batch, &device);
+            let (ids, mask) = batch.tensors(&device);
             let (b, t) = (batch.b, batch.t);
             let key = prefix::batch_key(chunk);
             let x = if k == 0 {

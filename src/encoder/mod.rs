@@ -783,15 +783,7 @@ impl TextEncoder {
                 ),
             ));
         }
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(batch.ids.clone(), [batch.b, batch.t]),
-            &self.device,
-        );
-        let mask = Tensor::<2>::from_data(
-            TensorData::new(batch.mask.clone(), [batch.b, batch.t]),
-            &self.device,
-        );
-        Ok((ids, mask))
+        Ok(batch.tensors(&self.device))
     }
 
     /// [`Self::forward`] on the texts `group` (token ids), padded. With a shared prefix the

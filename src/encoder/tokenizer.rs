@@ -35,6 +35,26 @@ pub struct TokenBatch {
     pub t: usize,
 }
 
+impl TokenBatch {
+    /// The ids `(b, t)` and the mask `(b, t)` as tensors on `device`.
+    pub fn tensors(
+        &self,
+        device: &burn::prelude::Device,
+    ) -> (
+        burn::prelude::Tensor<2, burn::prelude::Int>,
+        burn::prelude::Tensor<2>,
+    ) {
+        use burn::prelude::{Int, Tensor, TensorData};
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(self.ids.clone(), [self.b, self.t]),
+            device,
+        );
+        let mask =
+            Tensor::<2>::from_data(TensorData::new(self.mask.clone(), [self.b, self.t]), device);
+        (ids, mask)
+    }
+}
+
 /// A `tokenizer.json`, parsed unless this process has parsed the same content before,
 /// before this crate's padding and truncation policy is applied.
 ///

@@ -1278,34 +1278,26 @@ mod tests {
         dispatch!(|FMA| pair.streamed_rows::<FMA>(false, true));
         let kc = pair.k.clone();
         let k = |i: usize, j: usize| kc[i * m + j] as f64;
-        for i in 0..n {
-            let want = -(0..m)
-                .map(|j| (k(i, j) + pair.g[j] as f64 + pair.log2_b[j] as f64).exp2())
-                .sum::<f64>()
-                .log2();
-            assert!(
-                (pair.f[i] as f64 - want).abs() < 1e-5,
-                "row {i}: {} vs {want}",
-                pair.f[i]
-            );
-        }
+        // Each potential against its log-domain update, −log2 Σ_o 2^term(line, o).
+        let assert_updates =
+            |what: &str, got: &[f32], other: usize, term: &dyn Fn(usize, usize) -> f64| {
+                for (l, &g) in got.iter().enumerate() {
+                    let want = -(0..other).map(|o| term(l, o).exp2()).sum::<f64>().log2();
+                    assert!((g as f64 - want).abs() < 1e-5, "{what} {l}: {g} vs {want}");
+                }
+            };
+        assert_updates("row", &pair.f, m, &|i, j| {
+            k(i, j) + pair.g[j] as f64 + pair.log2_b[j] as f64
+        });
         let form = pair.scaled.as_mut().unwrap();
         assert_eq!(form.partials.len(), 2 * m);
         form.partials[1] = 0.0;
         form.partials[m + 1] = 0.0;
         form.partials[2] *= 1e30;
         dispatch!(|FMA| pair.streamed_columns::<FMA>());
-        for j in 0..m {
-            let want = -(0..n)
-                .map(|i| (k(i, j) + pair.f[i] as f64 + pair.log2_a[i] as f64).exp2())
-                .sum::<f64>()
-                .log2();
-            assert!(
-                (pair.g[j] as f64 - want).abs() < 1e-5,
-                "column {j}: {} vs {want}",
-                pair.g[j]
-            );
-        }
+        assert_updates("column", &pair.g, n, &|j, i| {
+            k(i, j) + pair.f[i] as f64 + pair.log2_a[i] as f64
+        });
         let form = pair.scaled.as_ref().unwrap();
         for i in 0..n {
             for j in 0..m {
