@@ -342,6 +342,7 @@ def tf32_round(v):
 
 
 _TF32_CHECK_PACK, _TF32_CHECK_UNPACK = struct.Struct("<6f").pack, struct.Struct("<6I").unpack
+_F32X8_PACK, _F32X8_UNPACK = struct.Struct("<128f").pack, struct.Struct("<128f").unpack
 
 
 def mma_m16n8k8_tf32(lanes):
@@ -365,7 +366,9 @@ def mma_m16n8k8_tf32(lanes):
         C[g][2 * q], C[g][2 * q + 1], C[g + 8][2 * q], C[g + 8][2 * q + 1] = c0, c1, c2, c3
     Bt = list(zip(*B))  # columns of B
     mul = operator.mul
-    D = [[f32(C[r][c] + sum(map(mul, A[r], Bt[c]))) for c in range(8)] for r in range(16)]
+    # every sum rounded to f32 at once (struct's f32 rounding is f32()'s)
+    D = _F32X8_UNPACK(_F32X8_PACK(*[C[r][c] + sum(map(mul, A[r], Bt[c])) for r in range(16) for c in range(8)]))
+    D = [D[8 * r : 8 * r + 8] for r in range(16)]
     return [(D[lane >> 2][2 * (lane & 3)], D[lane >> 2][2 * (lane & 3) + 1],
              D[(lane >> 2) + 8][2 * (lane & 3)], D[(lane >> 2) + 8][2 * (lane & 3) + 1]) for lane in range(32)]
 
@@ -405,16 +408,20 @@ def wgmma_tf32(shared, op, threads, where):
     A = wgmma_operand(shared, da, 64, where) if isinstance(da, int) else da
     B = wgmma_operand(shared, db, n, where)
     mul = operator.mul
+    rounded = struct.Struct(f"<{n // 2}f")
     for t, th in enumerate(threads):
         w, g, q = t // 32, (t % 32) // 4, t % 4
         regs = th.regs
+        sums = []
         for j in range(n // 8):
             for v in range(4):
                 r = 16 * w + g + 8 * (v // 2)
                 c = 8 * j + 2 * q + v % 2
-                name = acc[4 * j + v]
-                old = regs[name] if scale_d else 0.0
-                regs[name] = f32(old + sum(map(mul, A[r], B[c])))
+                old = regs[acc[4 * j + v]] if scale_d else 0.0
+                sums.append(old + sum(map(mul, A[r], B[c])))
+        # every accumulator rounded to f32 at once (struct's f32 rounding is f32()'s)
+        for name, v in zip(acc, rounded.unpack(rounded.pack(*sums))):
+            regs[name] = v
 
 
 class Thread:
@@ -967,8 +974,12 @@ def run_cta(entry, mem, params, ctaid, block, dyn_base, dyn_shared):
             assert [len(x) for x in regs] == [4, 4, 2, 4], ops
             srcs = regs[1] + regs[2] + regs[3]
             # a float register holds an f32 value already (from_bits(bits(v)) == v)
-            inputs = [[v if type(v) is float else from_bits(v) for v in [val(t, name) for name in srcs]]
-                      for t in lanes]
+            fetch = operator.itemgetter(*srcs)
+            try:
+                inputs = [[v if type(v) is float else from_bits(v) for v in fetch(t.regs)] for t in lanes]
+            except KeyError:  # an operand that is not a register set: `val` resolves it or says which
+                inputs = [[v if type(v) is float else from_bits(v) for v in [val(t, name) for name in srcs]]
+                          for t in lanes]
             for t, d in zip(lanes, mma_m16n8k8_tf32(inputs)):
                 for name, v in zip(regs[0], d):
                     t.regs[name] = v
