@@ -531,16 +531,39 @@ fn fmt_duration(s: f64) -> String {
     }
 }
 
+/// How a run's evaluation encodes its texts, for the ETA: a trained run whose frozen
+/// prefix the sitting shares runs only its trained layers on the texts it finds there
+/// (several times faster than a whole model), so its texts have their own rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TextKind {
+    /// Every layer (base models, and students that train all their layers).
+    Whole = 0,
+    /// A student with a frozen prefix that may come from the sitting's store.
+    Student = 1,
+}
+
+impl TextKind {
+    fn of(run: &RunSpec, plan: &Plan) -> TextKind {
+        if run.distill.is_some() && shared_layers(run, plan).is_some() {
+            TextKind::Student
+        } else {
+            TextKind::Whole
+        }
+    }
+}
+
 /// Remaining work and the ETA from this invocation's measured rates (the budget's
 /// estimates until something is measured).
 struct Progress {
     total: usize,
     started: Instant,
     step_rate: (f64, usize),
-    text_rate: (f64, usize),
+    /// Seconds and texts encoded, per [`TextKind`].
+    text_rate: [(f64, usize); 2],
     estimate: config::Estimate,
-    /// Steps and texts still to do, per run.
+    /// Steps and texts still to do, and how the texts are encoded, per run.
     pending: Vec<(usize, usize)>,
+    kinds: Vec<TextKind>,
 }
 
 impl Progress {
@@ -552,20 +575,33 @@ impl Progress {
         }
     }
 
-    fn per_text(&self) -> f64 {
-        if self.text_rate.1 > 0 {
-            self.text_rate.0 / self.text_rate.1 as f64
-        } else {
-            self.estimate.seconds_per_text
+    /// Seconds per text of `kind`: its own measured rate; a student's, until one is
+    /// measured, a whole model's (an upper bound: its prefix may not be in the store).
+    fn per_text(&self, kind: TextKind) -> f64 {
+        let rate = |(seconds, texts): (f64, usize)| (texts > 0).then(|| seconds / texts as f64);
+        rate(self.text_rate[kind as usize])
+            .or_else(|| rate(self.text_rate[TextKind::Whole as usize]))
+            .unwrap_or(self.estimate.seconds_per_text)
+    }
+
+    /// Record an evaluation of `texts` texts that took `seconds`.
+    fn encoded(&mut self, index: usize, seconds: f64, texts: usize) {
+        if texts > 0 {
+            let rate = &mut self.text_rate[self.kinds[index] as usize];
+            rate.0 += seconds;
+            rate.1 += texts;
         }
     }
 
     fn eta(&self) -> f64 {
-        let (s, t) = self
+        let steps: usize = self.pending.iter().map(|&(s, _)| s).sum();
+        let texts: f64 = self
             .pending
             .iter()
-            .fold((0, 0), |(a, b), &(s, t)| (a + s, b + t));
-        s as f64 * self.per_step() + t as f64 * self.per_text()
+            .zip(&self.kinds)
+            .map(|(&(_, t), &kind)| t as f64 * self.per_text(kind))
+            .sum();
+        steps as f64 * self.per_step() + texts
     }
 
     fn line(&self, i: usize, name: &str, what: &str) {
@@ -817,10 +853,7 @@ fn execute(
     // The rate is per text encoded (not read from a cache): an evaluation that found
     // everything cached measures nothing about it.
     let encoded = progress.pending[index].1;
-    if encoded > 0 {
-        progress.text_rate.0 += eval_seconds;
-        progress.text_rate.1 += encoded;
-    }
+    progress.encoded(index, eval_seconds, encoded);
     progress.pending[index] = (0, 0);
     let result = RunResult {
         key: run.key.clone(),
@@ -927,7 +960,8 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
             total: plan.runs.len(),
             started: Instant::now(),
             step_rate: (0.0, 0),
-            text_rate: (0.0, 0),
+            text_rate: [(0.0, 0); 2],
+            kinds: plan.runs.iter().map(|r| TextKind::of(r, &plan)).collect(),
             estimate: plan.estimate.clone(),
             pending: pending_work(
                 &plan
@@ -1032,4 +1066,41 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
         total: plan.runs.len(),
         report: report_path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eta_prices_students_texts_at_their_own_rate_once_measured() {
+        let mut p = Progress {
+            total: 3,
+            started: Instant::now(),
+            step_rate: (0.0, 0),
+            text_rate: [(0.0, 0); 2],
+            estimate: config::Estimate {
+                seconds_per_step: 1.0,
+                seconds_per_text: 0.5,
+            },
+            pending: vec![(0, 100), (10, 100), (10, 100)],
+            kinds: vec![TextKind::Whole, TextKind::Student, TextKind::Student],
+        };
+        // Nothing measured: the budget's estimates.
+        assert_eq!(p.eta(), 20.0 + 300.0 * 0.5);
+        // The base run measured: students priced at a whole model's rate until one is.
+        p.encoded(0, 10.0, 100);
+        p.pending[0] = (0, 0);
+        assert_eq!(p.per_text(TextKind::Student), 0.1);
+        assert_eq!(p.eta(), 20.0 + 200.0 * 0.1);
+        // A student measured (shared prefix: five times faster): the other at that rate.
+        p.encoded(1, 2.0, 100);
+        p.pending[1] = (0, 0);
+        assert_eq!(p.per_text(TextKind::Whole), 0.1);
+        assert_eq!(p.per_text(TextKind::Student), 0.02);
+        assert_eq!(p.eta(), 10.0 + 100.0 * 0.02);
+        // An evaluation that encoded nothing (all cached) measures nothing.
+        p.encoded(2, 5.0, 0);
+        assert_eq!(p.per_text(TextKind::Student), 0.02);
+    }
 }
