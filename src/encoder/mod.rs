@@ -602,10 +602,10 @@ impl TextEncoder {
                 let name = path.display().to_string();
                 Self::load_e5s1(path, &tokenizer, &name, device, options)
             }
-            ModelSpec::Path(path) if !path.exists() => Err(Error::io(
-                path,
-                "open",
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ModelSpec::Path(path) if !path.exists() => Err(Error::parameter(
+                "model",
+                "minilm, e5-small, a Hugging Face model directory or an E5S1 file",
+                format!("{} (no such file or directory)", path.display()),
             )),
             ModelSpec::Path(path) => Err(Error::Format {
                 path: path.clone(),
