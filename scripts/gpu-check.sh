@@ -329,7 +329,9 @@ T=120 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --no-compile --out "$
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
 else
-    step all-tests env OPTICAL_REQUIRE_CUDA=1 "${VK_ENV[@]}" \
+    # the ptxas test with the ptxas found above; without one, the ptxas step says so
+    if [ -n "$PTXAS_BIN" ]; then PTXAS_ENV=(PTXAS="$PTXAS_BIN"); else PTXAS_ENV=(OPTICAL_SKIP_PTXAS=1); fi
+    step all-tests env OPTICAL_REQUIRE_CUDA=1 "${VK_ENV[@]}" "${PTXAS_ENV[@]}" \
         cargo test --release --features "$FEATURES" -- --include-ignored
 fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
