@@ -35,12 +35,14 @@ build:
 ## encoders) included. Linking burn-cuda needs the LLVM bundle that cubecl's build script
 ## downloads; DOCS_RS=1 is that build script's documented way to skip the download, enough
 ## for clippy and rustdoc, which do not link. One feature set for both, so that a build from
-## nothing type-checks the dependencies once (the tests build them with $(FEATURES)).
+## nothing type-checks the dependencies once (the tests build them with $(FEATURES)); the
+## docs take the examples too, so that their dependencies resolve with the dev-dependencies'
+## features as clippy's --all-targets do (the library alone would check burn's stack again).
 LINT_FEATURES ?= wgpu,cuda,burn-cuda
 lint:
 	cargo fmt --all -- --check
 	DOCS_RS=1 cargo clippy --all-targets --features $(LINT_FEATURES) -- -D warnings
-	DOCS_RS=1 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features $(LINT_FEATURES)
+	DOCS_RS=1 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --examples --features $(LINT_FEATURES)
 
 ## Type-check the `burn-cuda` feature alone (part of `make lint`).
 check-burn-cuda:
