@@ -254,7 +254,7 @@ class Entry:
         self.uses_wgmma = any(op.startswith("wgmma.") for _, op, _ in self.code)
         # per instruction: its opcode's parts, the operation and the type (the last part);
         # and the names its operands mention (registers, for the wgmma rules)
-        self.decoded = [(opc.split("."), opc.split(".")[0], opc.split(".")[-1]) for _, opc, _ in self.code]
+        self.decoded = [(p, p[0], p[-1]) for p in (opc.split(".") for _, opc, _ in self.code)]
         self.names = [frozenset(n for o in ops for n in re.findall(r"[A-Za-z_][\w$]*", o)) for _, _, ops in self.code]
 
 
@@ -342,7 +342,7 @@ def tf32_round(v):
 
 
 _TF32_CHECK_PACK, _TF32_CHECK_UNPACK = struct.Struct("<6f").pack, struct.Struct("<6I").unpack
-_F32X8_PACK, _F32X8_UNPACK = struct.Struct("<128f").pack, struct.Struct("<128f").unpack
+_F32X128_PACK, _F32X128_UNPACK = struct.Struct("<128f").pack, struct.Struct("<128f").unpack
 
 
 def mma_m16n8k8_tf32(lanes):
@@ -367,7 +367,7 @@ def mma_m16n8k8_tf32(lanes):
     Bt = list(zip(*B))  # columns of B
     mul = operator.mul
     # every sum rounded to f32 at once (struct's f32 rounding is f32()'s)
-    D = _F32X8_UNPACK(_F32X8_PACK(*[C[r][c] + sum(map(mul, A[r], Bt[c])) for r in range(16) for c in range(8)]))
+    D = _F32X128_UNPACK(_F32X128_PACK(*[C[r][c] + sum(map(mul, A[r], Bt[c])) for r in range(16) for c in range(8)]))
     D = [D[8 * r : 8 * r + 8] for r in range(16)]
     return [(D[lane >> 2][2 * (lane & 3)], D[lane >> 2][2 * (lane & 3) + 1],
              D[(lane >> 2) + 8][2 * (lane & 3)], D[(lane >> 2) + 8][2 * (lane & 3) + 1]) for lane in range(32)]
