@@ -45,9 +45,39 @@ fn default_sigpipe() {
 #[cfg(not(unix))]
 fn default_sigpipe() {}
 
+/// Keep Mesa's Vulkan device-selection layer from printing
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` on a headless machine.
+///
+/// That layer (`VK_LAYER_MESA_device_select`, installed with `mesa-vulkan-drivers`) asks a
+/// Wayland compositor for the display's GPU whenever an instance enables
+/// `VK_KHR_wayland_surface`, which wgpu always does where the driver offers it; with no
+/// `XDG_RUNTIME_DIR` libwayland prints that line to stderr, which reads like optical's own
+/// error although nothing failed. The layer only reorders devices for a display, and
+/// optical ranks every adapter itself (`OPTICAL_WGPU_ADAPTER` picks one), so where there is
+/// no session to ask (neither `XDG_RUNTIME_DIR` nor `DISPLAY`) it is switched off with its
+/// own switch, `NODEVICE_SELECT=1`. A user's `NODEVICE_SELECT` or `MESA_VK_DEVICE_SELECT`
+/// is left alone.
+#[cfg(all(target_os = "linux", feature = "wgpu"))]
+fn quiet_headless_vulkan() {
+    let unset = |name: &str| std::env::var_os(name).is_none_or(|v| v.is_empty());
+    if unset("XDG_RUNTIME_DIR")
+        && unset("DISPLAY")
+        && unset("NODEVICE_SELECT")
+        && unset("MESA_VK_DEVICE_SELECT")
+    {
+        // Called at the start of main, before any other thread exists, so no one reads the
+        // environment while it changes.
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", feature = "wgpu")))]
+fn quiet_headless_vulkan() {}
+
 fn main() -> ExitCode {
     default_sigpipe();
     tune_allocator();
+    quiet_headless_vulkan();
     let cli = optical::cli::Cli::parse();
     match optical::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1143,6 +1143,26 @@ fn bad_setting(backend: &str, var: &str, value: &str, kernel: &str, expected: &s
     err
 }
 
+/// On a headless machine (neither `XDG_RUNTIME_DIR` nor `DISPLAY`), probing Vulkan adds no
+/// foreign `error:` line to optical's output: Mesa's device-select layer would print
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` while wgpu enumerates
+/// adapters, which reads like optical's own error.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_headless_vulkan_probe_prints_no_foreign_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("MESA_VK_DEVICE_SELECT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn bad_wgpu_settings_are_clear_errors() {
