@@ -556,6 +556,53 @@ fn the_plan_lists_runs_and_writes_nothing() {
     assert!(stdout.contains("3 runs (0 finished): to do "), "{stdout}");
     assert!(!out.exists(), "the plan wrote under --out");
 
+    // Nothing frozen: every model encodes its texts whole. With frozen layers the students'
+    // texts are priced at the budget's student rate.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("\tby whole model\t"))
+            .count()
+            == 3
+    );
+    let total = texts_per_model(&stdout);
+    assert!(
+        stdout.contains(&format!(
+            "+ {} texts × 0.05 s + 0 student texts × 0.05 s",
+            3 * total
+        )),
+        "no student rate: a whole model's\n{stdout}"
+    );
+    let frozen = text
+        .replace("freeze_embeddings = false", "freeze_embeddings = true")
+        .replace("freeze_layers = 0", "freeze_layers = 1")
+        .replace(
+            "bitext_pairs = 10 }\n",
+            "bitext_pairs = 10 }\nestimate = { seconds_per_step = 1.0, seconds_per_text = 0.5, \
+             seconds_per_student_text = 0.25 }\n",
+        );
+    assert_eq!(frozen.matches("0.25 }").count(), 1);
+    assert!(!frozen.contains("freeze_layers = 0"));
+    std::fs::write(&f.config, &frozen).unwrap();
+    let stdout = study_cli(&f, &out, &["--plan"]);
+    for (run, by) in [
+        ("base-A-s0-", "by whole model"),
+        ("ot-A-s0-", "by trained layers"),
+        ("mean-mse-A-s0-", "by trained layers"),
+    ] {
+        let line = stdout.lines().find(|l| l.starts_with(run)).unwrap();
+        assert!(line.contains(&format!("\ttexts {total}\t{by}\t")), "{line}");
+    }
+    assert!(
+        stdout.contains(&format!(
+            "+ {total} texts × 0.5 s + {} student texts × 0.25 s",
+            2 * total
+        )),
+        "{stdout}"
+    );
+    std::fs::write(&f.config, &text).unwrap();
+
     // A second group whose sets the first one has too (the LAReQA set, the French held-out
     // pairs of the same split): its base run reads them all from the cache that the first
     // group's base run fills in the same sitting; its trained runs encode everything.

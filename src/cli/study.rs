@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::error::{Error, Result};
-use crate::study::{run_study, RunStatus, StudyOptions};
+use crate::study::{run_study, RunStatus, StudyOptions, TextKind};
 
 /// Run a study: every training run and evaluation of the config's grid for one budget, then
 /// the report (STUDY.md with tables and SVG plots). Runs are keyed by a hash of their
@@ -41,7 +41,8 @@ pub struct StudyArgs {
     #[arg(long)]
     pub report_only: bool,
     /// Print the runs of the grid with their keys, state and the work each has left
-    /// (training steps, texts to encode), the time that takes, and exit.
+    /// (training steps, texts to encode and whether a whole model or only a student's
+    /// trained layers encode them), the time that takes at the budget's estimate, and exit.
     #[arg(long)]
     pub plan: bool,
     /// No progress bars inside training runs (the one-line-per-run progress stays).
@@ -175,8 +176,11 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         let n: usize = data.sets.iter().map(|s| s.texts()).sum();
         println!("  total {n} texts per model");
     }
-    // What is left to do, and what the whole grid takes from nothing.
-    let (mut steps, mut encoded, mut all_steps, mut all_texts) = (0usize, 0usize, 0usize, 0usize);
+    // What is left to do, and what the whole grid takes from nothing. Texts are counted
+    // by how they are encoded: by a whole model, or by a student whose frozen prefix the
+    // sitting shares (only its trained layers run; see the budget's estimate).
+    let (mut steps, mut all_steps) = (0usize, 0usize);
+    let (mut texts, mut all_texts) = ([0usize; 2], [0usize; 2]);
     let mut finished = 0;
     let sets_of = |r: &crate::study::config::RunSpec| {
         let g = plan
@@ -187,9 +191,10 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         &groups[g].sets[..]
     };
     let runs: Vec<_> = plan.runs.iter().map(|r| (r, sets_of(r))).collect();
+    let kinds: Vec<TextKind> = plan.runs.iter().map(|r| TextKind::of(r, &plan)).collect();
     let pending = crate::study::pending_work(&runs, config.lareqa_candidates);
     let grid = crate::study::grid_work(&runs, config.lareqa_candidates);
-    for ((r, _), w) in runs.iter().zip(&pending) {
+    for (((r, _), w), &kind) in runs.iter().zip(&pending).zip(&kinds) {
         let state = match &w.state {
             WorkState::Finished => "finished".to_string(),
             WorkState::Checkpoint(_) => "checkpoint".into(),
@@ -198,31 +203,47 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         };
         finished += usize::from(w.state == WorkState::Finished);
         steps = steps.saturating_add(w.steps);
-        encoded = encoded.saturating_add(w.texts);
+        texts[kind as usize] = texts[kind as usize].saturating_add(w.texts);
+        let by = match kind {
+            TextKind::Student => "by trained layers",
+            TextKind::Whole => "by whole model",
+        };
         println!(
-            "{}\t{state}\tsteps {}\ttexts {}\t{}",
+            "{}\t{state}\tsteps {}\ttexts {}\t{by}\t{}",
             r.name(),
             w.steps,
             w.texts,
             r.dir.display()
         );
     }
-    for w in &grid {
+    for (w, &kind) in grid.iter().zip(&kinds) {
         all_steps = all_steps.saturating_add(w.steps);
-        all_texts = all_texts.saturating_add(w.texts);
+        all_texts[kind as usize] = all_texts[kind as usize].saturating_add(w.texts);
     }
     let e = &plan.estimate;
-    let minutes =
-        |s: usize, t: usize| (s as f64 * e.seconds_per_step + t as f64 * e.seconds_per_text) / 60.0;
+    let (whole, student) = (TextKind::Whole as usize, TextKind::Student as usize);
+    let minutes = |s: usize, t: [usize; 2]| {
+        (s as f64 * e.seconds_per_step
+            + t[whole] as f64 * e.seconds_per_text
+            + t[student] as f64 * e.student_text())
+            / 60.0
+    };
     println!(
-        "{} runs ({finished} finished): to do {steps} training steps × {} s + {encoded} texts × {} s \
-         ≈ {:.0} min (texts read from the embedding caches left out); the whole grid from \
-         nothing ≈ {:.0} min ({all_steps} steps, {all_texts} texts)",
+        "{} runs ({finished} finished): to do {steps} training steps × {} s + {} texts × {} s \
+         + {} student texts × {} s ≈ {:.0} min (texts read from the embedding caches left \
+         out; a student's texts at the student rate assume that an earlier evaluation of the \
+         same sitting computed its frozen layers' states); the whole grid from nothing ≈ {:.0} min ({all_steps} \
+         steps, {} texts, {} student texts)",
         plan.runs.len(),
         e.seconds_per_step,
+        texts[whole],
         e.seconds_per_text,
-        minutes(steps, encoded),
+        texts[student],
+        e.student_text(),
+        minutes(steps, texts),
         minutes(all_steps, all_texts),
+        all_texts[whole],
+        all_texts[student],
     );
     Ok(())
 }

@@ -249,8 +249,15 @@ impl Default for EvalBudget {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Estimate {
+    /// One distillation step.
     pub seconds_per_step: f64,
+    /// One text encoded by a whole model (a base model, or a student that trains all its
+    /// layers).
     pub seconds_per_text: f64,
+    /// One text encoded by a student whose frozen prefix a sitting shares with the base
+    /// model's evaluation (only its trained layers run); unset: `seconds_per_text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_per_student_text: Option<f64>,
 }
 
 impl Default for Estimate {
@@ -258,7 +265,43 @@ impl Default for Estimate {
         Estimate {
             seconds_per_step: 4.0,
             seconds_per_text: 0.05,
+            seconds_per_student_text: None,
         }
+    }
+}
+
+impl Estimate {
+    /// Seconds per student text (see [`Self::seconds_per_student_text`]).
+    pub fn student_text(&self) -> f64 {
+        self.seconds_per_student_text
+            .unwrap_or(self.seconds_per_text)
+    }
+
+    /// A student's text time over a whole model's, for scaling a measured whole-model
+    /// rate before any student has been measured (1 when no student rate is given).
+    pub fn student_share(&self) -> f64 {
+        if self.seconds_per_text > 0.0 {
+            self.student_text() / self.seconds_per_text
+        } else {
+            1.0
+        }
+    }
+
+    fn validate(&self, budget: &str) -> Result<()> {
+        for (what, v) in [
+            ("seconds_per_step", Some(self.seconds_per_step)),
+            ("seconds_per_text", Some(self.seconds_per_text)),
+            ("seconds_per_student_text", self.seconds_per_student_text),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(Error::parameter(
+                    what,
+                    format!("a finite number of seconds, 0 or more (budget {budget} estimate)"),
+                    v,
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -593,6 +636,7 @@ impl StudyConfig {
             if b.eval.batch == 0 {
                 return Err(Error::parameter("batch", "at least 1", 0));
             }
+            b.estimate.validate(name)?;
             for d in b.eval.lareqa_questions.keys() {
                 if !self.lareqa.contains(d) {
                     return Err(Error::parameter(
@@ -1080,6 +1124,22 @@ eval = { lareqa_questions = { xquad-r = 3 } }
                 "condition ot (its distill keys",
             ),
             (MINIMAL.replace("xquad-r = 3", "mlqa-r = 3"), "mlqa-r"),
+            (
+                MINIMAL.replace(
+                    "xquad-r = 3 } }",
+                    "xquad-r = 3 } }\nestimate = { seconds_per_step = 1, seconds_per_text = 0.1, \
+                     seconds_per_student_text = -0.1 }",
+                ),
+                "seconds_per_student_text: expected a finite number of seconds, 0 or more \
+                 (budget quick estimate), found -0.1",
+            ),
+            (
+                MINIMAL.replace(
+                    "xquad-r = 3 } }",
+                    "xquad-r = 3 } }\nestimate = { seconds_per_step = nan, seconds_per_text = 0.1 }",
+                ),
+                "seconds_per_step: expected a finite number",
+            ),
             (MINIMAL.replace("steps = 3", "stepz = 3"), "stepz"),
             (MINIMAL.replace("seeds = [0, 1]", "seeds = [0, 1, 0]"), "0 twice"),
             (

@@ -535,7 +535,7 @@ fn fmt_duration(s: f64) -> String {
 /// prefix the sitting shares runs only its trained layers on the texts it finds there
 /// (several times faster than a whole model), so its texts have their own rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TextKind {
+pub enum TextKind {
     /// Every layer (base models, and students that train all their layers).
     Whole = 0,
     /// A student with a frozen prefix that may come from the sitting's store.
@@ -543,7 +543,8 @@ enum TextKind {
 }
 
 impl TextKind {
-    fn of(run: &RunSpec, plan: &Plan) -> TextKind {
+    /// How `run`'s evaluation encodes its texts in a sitting of `plan`.
+    pub fn of(run: &RunSpec, plan: &Plan) -> TextKind {
         if run.distill.is_some() && shared_layers(run, plan).is_some() {
             TextKind::Student
         } else {
@@ -575,13 +576,18 @@ impl Progress {
         }
     }
 
-    /// Seconds per text of `kind`: its own measured rate; a student's, until one is
-    /// measured, a whole model's (an upper bound: its prefix may not be in the store).
+    /// Seconds per text of `kind`: its own measured rate; until one is measured, the
+    /// budget's estimate, a student's scaled by a whole model's measured rate when there
+    /// is one (the budget's student estimate over its whole-model estimate).
     fn per_text(&self, kind: TextKind) -> f64 {
         let rate = |(seconds, texts): (f64, usize)| (texts > 0).then(|| seconds / texts as f64);
-        rate(self.text_rate[kind as usize])
-            .or_else(|| rate(self.text_rate[TextKind::Whole as usize]))
-            .unwrap_or(self.estimate.seconds_per_text)
+        let whole = rate(self.text_rate[TextKind::Whole as usize]);
+        match kind {
+            TextKind::Whole => whole.unwrap_or(self.estimate.seconds_per_text),
+            TextKind::Student => rate(self.text_rate[TextKind::Student as usize])
+                .or_else(|| whole.map(|w| w * self.estimate.student_share()))
+                .unwrap_or_else(|| self.estimate.student_text()),
+        }
     }
 
     /// Record an evaluation of `texts` texts that took `seconds`.
@@ -1082,15 +1088,20 @@ mod tests {
             estimate: config::Estimate {
                 seconds_per_step: 1.0,
                 seconds_per_text: 0.5,
+                seconds_per_student_text: None,
             },
             pending: vec![(0, 100), (10, 100), (10, 100)],
             kinds: vec![TextKind::Whole, TextKind::Student, TextKind::Student],
         };
-        // Nothing measured: the budget's estimates.
+        // Nothing measured: the budget's estimates (no student rate: a whole model's).
         assert_eq!(p.eta(), 20.0 + 300.0 * 0.5);
-        // The base run measured: students priced at a whole model's rate until one is.
+        p.estimate.seconds_per_student_text = Some(0.125);
+        assert_eq!(p.eta(), 20.0 + 100.0 * 0.5 + 200.0 * 0.125);
+        // The base run measured: students at that rate times the budget's student share.
         p.encoded(0, 10.0, 100);
         p.pending[0] = (0, 0);
+        assert_eq!(p.per_text(TextKind::Student), 0.025);
+        p.estimate.seconds_per_student_text = None;
         assert_eq!(p.per_text(TextKind::Student), 0.1);
         assert_eq!(p.eta(), 20.0 + 200.0 * 0.1);
         // A student measured (shared prefix: five times faster): the other at that rate.
