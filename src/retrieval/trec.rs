@@ -3,8 +3,9 @@
 //! - qrels: `qid iteration docno relevance`, whitespace-separated; relevance an integer
 //!   (≥ 1 relevant, ≤ 0 judged non-relevant).
 //! - run: `qid Q0 docno rank score tag`; the rank column is ignored (trec_eval re-sorts by
-//!   score, then docno), the score is read as an `f64` and ranked as trec_eval ranks it,
-//!   as an `f32` (so scores equal in `f32` tie, and `-0` ties with `0`).
+//!   score, then docno), the score is read as an `f64` and ranked as trec_eval 9.x and
+//!   pytrec_eval rank it, as an `f32` (so scores equal in `f32` tie, and `-0` ties with `0`;
+//!   trec_eval 10 compares doubles instead).
 //!
 //! A duplicate (qid, docno) in either file is an error, as in trec_eval.
 
