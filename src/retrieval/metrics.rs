@@ -206,9 +206,9 @@ impl RankedQuery {
 /// Rank a run's query as trec_eval does and collect what the measures need.
 pub fn rank_query(judged: &BTreeMap<String, i64>, retrieved: &[(String, f64)]) -> RankedQuery {
     // trec_eval 9.x (and pytrec_eval, which embeds it, and so the committed fixtures) keeps
-    // scores as C `float`s and compares them with `<` (trec_eval 10 reads doubles): scores that are equal
-    // in f32 (0.83123457123 and 0.83123456789; 1e40 and 1e39, both infinite) tie, and so do
-    // -0 and 0 (adding 0.0 turns -0 into 0). Scores may be ±inf (they sort first and last,
+    // scores as C `float`s and compares them with `<` (trec_eval 10 reads doubles): scores
+    // that are equal in f32 (0.83123457123 and 0.83123456789; 1e40 and 1e39, both infinite)
+    // tie, and so do -0 and 0 (adding 0.0 turns -0 into 0). Scores may be ±inf (they sort first and last,
     // and tie with each other); the run reader refuses NaN.
     let key = |s: f64| (s as f32) + 0.0;
     let mut order: Vec<usize> = (0..retrieved.len()).collect();
