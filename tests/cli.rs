@@ -295,6 +295,12 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
     // Finite, but rows whose squares overflow f32 (norm 2.8e13 > 1e12).
     let huge = t("huge.npy");
     npy::write(&huge, &[2, 3, 8], &[1e13f32; 48]).unwrap();
+    // A column of 1e17 beside costs of order 1: f64 cannot resolve them to ε = 0.05.
+    let vast = t("vast.npy");
+    npy::write(&vast, &[2, 2], &[0.0f64, 1e17, 0.5, 1e17]).unwrap();
+    // An f64 row of norm 1e-12, just under the bound once narrowed to f32.
+    let tiny_row = t("tiny_row.npy");
+    npy::write(&tiny_row, &[1, 4], &[1e-12f64, 0.0, 0.0, 0.0]).unwrap();
 
     let s = |v: &Path| v.display().to_string();
     let cost = |c: &Path, extra: &[&str]| -> Vec<String> {
@@ -339,13 +345,13 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
             expect: vec!["epsilon".into(), "> 0".into()],
         },
         Bad {
-            // Positive, but the cost divided by it overflows: a NaN solution, refused.
+            // Positive, but the cost divided by it would overflow: refused before the solve.
             name: "epsilon too small for the cost",
             args: cost(&good, &["--epsilon", "1e-320"]),
             expect: vec![
-                "pair 0".into(),
-                "expected a finite solution".into(),
-                "1e-320".into(),
+                "epsilon".into(),
+                "costs up to 5.000e-1".into(),
+                "found 1e-320".into(),
             ],
         },
         Bad {
@@ -354,7 +360,7 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
                 &good,
                 &["--epsilon", "1e-320", "--backend", "cpu-reference"],
             ),
-            expect: vec!["pair 0".into(), "expected a finite solution".into()],
+            expect: vec!["epsilon".into(), "found 1e-320".into()],
         },
         Bad {
             name: "embedding norm out of range",
@@ -442,6 +448,27 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
                 s(&float_len),
             ],
             expect: vec![s(&float_len), "integer".into()],
+        },
+        Bad {
+            name: "cost too large for epsilon",
+            args: cost(&vast, &["--epsilon", "0.05"]),
+            expect: vec![
+                "epsilon".into(),
+                "costs up to 1.000e17".into(),
+                "found 0.05".into(),
+            ],
+        },
+        Bad {
+            name: "row norm rounded under the bound",
+            args: vec![
+                "ot".into(),
+                "cost".into(),
+                "--x".into(),
+                s(&tiny_row),
+                "--y".into(),
+                s(&tiny_row),
+            ],
+            expect: vec![s(&tiny_row), "L2 norm 9.99999996".into()],
         },
         Bad {
             name: "document without tokens",
@@ -636,6 +663,7 @@ fn output_paths_are_checked_before_the_work() {
     let plan_input = solve_dir.join("plan.npy");
     npy::write(&plan_input, &[2, 3, 8], &[0.5f32; 48]).unwrap();
     let (solve_dir, plan_input) = (p(&solve_dir), p(&plan_input));
+    let slashed = format!("{}/", p(&tmp.path().join("new.npy")));
     let (x, q, texts, a_file, missing) = (p(&x), p(&q), p(&texts), p(&a_file), p(&missing));
     let before: Vec<Vec<u8>> = [x, q, texts, plan_input]
         .iter()
@@ -681,6 +709,10 @@ fn output_paths_are_checked_before_the_work() {
         (
             vec!["ot", "cost", "--x", x, "--y", x, "--out", missing],
             "does not exist",
+        ),
+        (
+            vec!["ot", "cost", "--x", x, "--y", x, "--out", &slashed],
+            "found a path ending in a separator",
         ),
         (
             vec!["ot", "solve", "--x", x, "--y", x, "--out", a_file],
@@ -733,6 +765,31 @@ fn output_paths_are_checked_before_the_work() {
     for (f, was) in [x, q, texts, plan_input].iter().zip(&before) {
         assert_eq!(&std::fs::read(f).unwrap(), was, "{f} changed");
     }
+    assert!(!Path::new(&slashed).exists());
+
+    // A directory where `ot solve` writes one of its files into an existing output
+    // directory: refused before any file is replaced, so the outputs stay one run's.
+    let cost = tmp.path().join("cost.npy");
+    npy::write(&cost, &[2, 2], &[0.3f32, 0.2, 0.9, 0.7]).unwrap();
+    let out = tmp.path().join("out");
+    let o = optical(&["ot", "solve", "--cost", p(&cost), "--out", p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(out.join("g.npy")).unwrap();
+    std::fs::create_dir(out.join("g.npy")).unwrap();
+    let plan = std::fs::read(out.join("plan.npy")).unwrap();
+    npy::write(&cost, &[2, 2], &[0.1f32, 0.2, 0.3, 0.4]).unwrap();
+    let o = optical(&["ot", "solve", "--cost", p(&cost), "--out", p(&out)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("g.npy") && err.contains("found a directory"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("plan.npy")).unwrap(),
+        plan,
+        "plan replaced"
+    );
 }
 
 /// Directories of the wrong kind: a study's --out that is a file, and a distillation run
@@ -834,6 +891,24 @@ fn outputs_are_written_through_links_and_into_pipes() {
     let bytes = reader.join().unwrap();
     assert!(bytes.starts_with(b"\x93NUMPY"), "{} bytes", bytes.len());
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // `ot solve` into an existing directory writes through a link there too.
+    let cost = tmp.path().join("cost.npy");
+    npy::write(&cost, &[2, 2], &[0.3f32, 0.2, 0.9, 0.7]).unwrap();
+    let solved = tmp.path().join("solved");
+    std::fs::create_dir(&solved).unwrap();
+    std::fs::write(tmp.path().join("plan-target.npy"), b"old").unwrap();
+    let plan_link = solved.join("plan.npy");
+    std::os::unix::fs::symlink("../plan-target.npy", &plan_link).unwrap();
+    let o = optical(&["ot", "solve", "--cost", p(&cost), "--out", p(&solved)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&plan_link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let (shape, plan) = load(tmp.path(), "plan-target");
+    assert_eq!(shape, [2, 2]);
+    assert!((plan.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{plan:?}");
 
     // /dev/stdout when standard output is a pipe (its link ends at `pipe:[N]`).
     let o = optical(&["ot", "cost", "--x", x, "--y", x, "--out", "/dev/stdout"]);

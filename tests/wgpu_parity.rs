@@ -1297,15 +1297,22 @@ fn device_checks_decide_as_host_checks() {
         .is_none());
 
     // ε far too small: the errors turn NaN or infinite; both stop the pair at the same
-    // check and fail naming it.
+    // check and fail naming it. (The backend refuses such an ε before it solves, so the
+    // solver is driven directly.)
     let pr = problem(65, 2, 5, 6);
     let tiny = params(1e-300, 1e-6, 2, 20);
-    let e_host = Backend::Wgpu(with(SolverChecks::Host, None, false))
+    let refused = Backend::Wgpu(with(SolverChecks::Device, None, false))
         .sinkhorn(&pr, &tiny)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        refused.contains("epsilon") && refused.contains("1e-300"),
+        "{refused}"
+    );
+    let e_host = sinkhorn::solve(&with(SolverChecks::Host, None, false), &pr, &tiny)
         .expect_err("not finite")
         .to_string();
-    let e_device = Backend::Wgpu(with(SolverChecks::Device, None, false))
-        .sinkhorn(&pr, &tiny)
+    let e_device = sinkhorn::solve(&with(SolverChecks::Device, None, false), &pr, &tiny)
         .expect_err("not finite")
         .to_string();
     assert_eq!(e_host, e_device);

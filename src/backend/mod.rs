@@ -226,6 +226,8 @@ impl Backend {
         params: &SinkhornParams,
     ) -> Result<SinkhornOutput> {
         params.validate()?;
+        // Cosine costs lie in [0, 2]: the same bound on every backend, fused or not.
+        crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(k) = self {
             let out = k.sinkhorn_embeddings(x, y, params)?;
@@ -264,6 +266,8 @@ impl Backend {
 
     /// Batched log-domain Sinkhorn.
     pub fn sinkhorn(&self, problem: &Problem, params: &SinkhornParams) -> Result<SinkhornOutput> {
+        // Here rather than in `sinkhorn::solve`, which the tests drive past it on purpose.
+        crate::ot::problem::check_cost_resolution(problem.max_abs_cost(), params.epsilon)?;
         match self {
             Backend::Cpu(k) => sinkhorn::solve(k, problem, params),
             Backend::CpuReference(k) => sinkhorn::solve(k, problem, params),

@@ -561,10 +561,39 @@ fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
                 ),
             ));
         }
+        // Every name is checked before any file moves, so that a name the outputs cannot
+        // take (a directory there) leaves the previous outputs as they were, not half of
+        // them replaced.
+        let mut moves = Vec::new();
         for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, "read", e))? {
             let entry = entry.map_err(|e| Error::io(&tmp, "read", e))?;
-            let target = dir.join(entry.file_name());
-            std::fs::rename(entry.path(), &target).map_err(|e| Error::io(&target, "rename", e))?;
+            let at = dir.join(entry.file_name());
+            if crate::io::resolve_links(&at)?.is_dir() {
+                return Err(Error::io(
+                    &at,
+                    "write",
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "expected a file path, found a directory",
+                    ),
+                ));
+            }
+            moves.push((entry.path(), at));
+        }
+        for (from, at) in moves {
+            // A regular file, or nothing (not even a dangling link), is simply replaced.
+            let plain = std::fs::symlink_metadata(&at).map_or(true, |m| m.file_type().is_file());
+            if plain {
+                std::fs::rename(&from, &at).map_err(|e| Error::io(&at, "rename", e))?;
+            } else {
+                // A symbolic link is written through (the file it names is replaced, the
+                // link stays) and a special file written directly, as single outputs are.
+                crate::io::write_through_temp(&at, |p| {
+                    std::fs::copy(&from, p)
+                        .map(drop)
+                        .map_err(|e| Error::io(p, "write", e))
+                })?;
+            }
         }
         Ok(())
     });

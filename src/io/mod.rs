@@ -57,7 +57,7 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
 
 /// The path a chain of symbolic links at `path` ends at (the path itself when it is not a
 /// link; a link to a missing file gives the missing file's path, which is then created).
-fn resolve_links(path: &Path) -> Result<PathBuf> {
+pub fn resolve_links(path: &Path) -> Result<PathBuf> {
     let mut current = path.to_path_buf();
     // Linux's own limit on links followed in one lookup.
     for _ in 0..40 {
@@ -139,6 +139,17 @@ fn path_error(
 /// directory to create it in. Commands check it before long work, so that the work is not
 /// lost at the end.
 pub fn check_output_file(path: &Path) -> Result<()> {
+    // `out.npy/` names a directory to every system call, so the write would fail only at
+    // the end, after the work.
+    let text = path.as_os_str().to_string_lossy();
+    if text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
+        return Err(path_error(
+            path,
+            "write",
+            std::io::ErrorKind::InvalidInput,
+            "expected a file path, found a path ending in a separator",
+        ));
+    }
     if path.is_dir() {
         return Err(path_error(
             path,

@@ -177,6 +177,42 @@ pub struct Problem {
     pub cost: Vec<f64>,
     pub a: Vec<f64>,
     pub b: Vec<f64>,
+    /// The largest |cost| over the pairs' supports (see [`check_cost_resolution`]).
+    max_abs_cost: f64,
+}
+
+/// The largest ratio of a cost's magnitude to ε that a solve accepts: 2⁴².
+///
+/// Every backend forms `C_ij − f_i − g_j` (or the scaled form's shifts) in `f64`, which
+/// resolves a cost of magnitude |C| only to |C|·2⁻⁵², and a plan entry moves by the factor
+/// `exp(δ/ε)` for an error δ there. Up to this ratio δ stays below ε/1024; beyond it the
+/// solve has no meaning (a column of 1e17 beside costs of order 1 at ε = 0.05 gave the `f32`
+/// backends a uniform plan that passed their marginal check, and the `f64` reference no
+/// convergence), so it is refused on every backend instead.
+pub const MAX_COST_OVER_EPSILON: f64 = (1u64 << 42) as f64;
+
+/// An error when costs up to `max_abs_cost` are too large for `epsilon` to be resolved (see
+/// [`MAX_COST_OVER_EPSILON`]).
+pub fn check_cost_resolution(max_abs_cost: f64, epsilon: f64) -> Result<()> {
+    if max_abs_cost / epsilon > MAX_COST_OVER_EPSILON {
+        return Err(Error::parameter(
+            "epsilon",
+            format!(
+                "at least {:.3e} for costs up to {max_abs_cost:.3e}: f64 resolves such costs \
+                 only to {:.1e}, and the solve needs them to ε/1024 (rescale the cost, or raise \
+                 epsilon)",
+                max_abs_cost / MAX_COST_OVER_EPSILON,
+                max_abs_cost * f64::EPSILON / 2.0,
+            ),
+            // Plain decimals for ordinary values; 1e-320 would print as 320 digits.
+            if (1e-4..1e6).contains(&epsilon) {
+                epsilon.to_string()
+            } else {
+                format!("{epsilon:e}")
+            },
+        ));
+    }
+    Ok(())
 }
 
 impl Problem {
@@ -209,6 +245,19 @@ impl Problem {
         })?;
         let a = normalise_weights("a", a, pairs, n)?;
         let b = normalise_weights("b", b, pairs, m)?;
+        // Over the supports only: padding's costs never enter a solve.
+        let max_abs_cost = cost
+            .par_chunks(n * m)
+            .enumerate()
+            .map(|(p, c)| {
+                let cols: Vec<usize> = (0..m).filter(|&j| b[p * m + j] > 0.0).collect();
+                c.chunks(m)
+                    .enumerate()
+                    .filter(|&(i, _)| a[p * n + i] > 0.0)
+                    .flat_map(|(_, row)| cols.iter().map(move |&j| row[j].abs()))
+                    .fold(0.0, f64::max)
+            })
+            .reduce(|| 0.0, f64::max);
         Ok(Problem {
             pairs,
             n,
@@ -216,7 +265,14 @@ impl Problem {
             cost,
             a,
             b,
+            max_abs_cost,
         })
+    }
+
+    /// The largest |cost| over the pairs' supports (real rows and columns), as computed
+    /// when the problem was built.
+    pub fn max_abs_cost(&self) -> f64 {
+        self.max_abs_cost
     }
 
     /// Build from embeddings: the cosine cost computed elsewhere plus uniform weights over
@@ -407,10 +463,17 @@ fn check_rows(
 
 /// A real row whose L2 norm `norm` is outside the bounds the `f32` kernels need.
 fn norm_error(name: &str, location: &str, norm: f64) -> Error {
+    // Four digits, unless they would round onto the bound it misses (an f64 row of norm 1e-12
+    // becomes 9.9999998e-13 in f32): then every digit.
+    let short = format!("{norm:.3e}");
+    let norm = match short.parse::<f64>() {
+        Ok(v) if (MIN_ROW_NORM..=MAX_ROW_NORM).contains(&v) => format!("{norm:e}"),
+        _ => short,
+    };
     Error::value(
         name,
         format!(
-            "{location}: L2 norm {norm:.3e}; expected 0 or a norm in [{MIN_ROW_NORM:e}, \
+            "{location}: L2 norm {norm}; expected 0 or a norm in [{MIN_ROW_NORM:e}, \
              {MAX_ROW_NORM:e}] (the f32 kernels square the entries; the cosine does not depend \
              on scale, so rescale the vectors)"
         ),
@@ -526,6 +589,25 @@ impl SinkhornParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cost_resolution_counts_real_entries_only() {
+        // Pair 0: a padded row and a padded column of 1e30; pair 1: a real entry of 3.
+        let cost = vec![1.0, 1e30, 1e30, 1e30, -2.0, 0.5, 3.0, 0.0];
+        let a = vec![1.0, 0.0, 1.0, 1.0];
+        let b = vec![1.0, 0.0, 1.0, 1.0];
+        let p = Problem::new(2, 2, 2, cost, Some(a), Some(b)).unwrap();
+        assert_eq!(p.max_abs_cost(), 3.0);
+        let limit = 3.0 / MAX_COST_OVER_EPSILON;
+        assert!(check_cost_resolution(p.max_abs_cost(), limit).is_ok());
+        let e = check_cost_resolution(p.max_abs_cost(), limit / 2.0).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("epsilon") && e.contains("at least 6.821e-13") && e.contains("3.000e0"),
+            "{e}"
+        );
+        assert!(check_cost_resolution(2.0, 0.05).is_ok());
+    }
 
     #[test]
     fn narrowing_refuses_what_f32_would_change_unseen() {
