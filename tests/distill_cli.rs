@@ -224,7 +224,6 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     assert!(saved.contains("steps = 13"), "{saved}");
     // Resuming the finished run trains nothing and logs no dev step twice.
     let again = ok(&alone(&["--steps", "13"]), "resume a finished run");
-    assert_eq!(again["dev"].as_array().map(Vec::len), Some(1), "{again}");
     let dev_steps: Vec<u64> = lines(&out.join("dev.jsonl"))
         .iter()
         .map(|r| r["step"].as_u64().unwrap())
@@ -232,6 +231,15 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     let mut unique = dev_steps.clone();
     unique.dedup();
     assert_eq!(dev_steps, unique, "a dev step logged twice");
+    // The summary lists the whole run's evaluations, as the log has them.
+    let summary_steps: Vec<u64> = again["dev"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(summary_steps, dev_steps, "{again}");
+    assert_eq!(dev_steps.last(), Some(&13));
     let changed = alone(&["--steps", "14", "--lr", "5e-4"]);
     assert!(!changed.status.success(), "a changed lr must be refused");
     let stderr = String::from_utf8_lossy(&changed.stderr);
@@ -341,9 +349,31 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
         stderr.contains("paused at step 3") && stderr.contains("--resume"),
         "{stderr}"
     );
+    // A stop at or before the checkpoint would never be reached: refused, not ignored.
+    let again = distill(
+        &f,
+        &paused_dir,
+        &["--steps", "6", "--resume", "--stop-at-step", "3"],
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("stop_at_step") && stderr.contains("a step after 3"),
+        "{stderr}"
+    );
+    // The second sitting's summary lists every sitting's dev evaluations.
+    let rest = distill(&f, &paused_dir, &["--steps", "6", "--resume"]);
+    let summary = ok(&rest, "resumed");
+    let dev: Vec<u64> = summary["dev"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(dev, [0, 3, 6], "{summary}");
     #[cfg(unix)]
-    {
-        let dir = f.root.join("run-interrupted");
+    for (signal, code) in [("-INT", 130), ("-TERM", 130)] {
+        let dir = f.root.join(format!("run-interrupted{signal}"));
         let child = distill_command(&f, &dir, &["--steps", "100000"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -356,13 +386,13 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let kill = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .unwrap();
         assert!(kill.success());
         let o = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(130), "{stderr}");
+        assert_eq!(o.status.code(), Some(code), "{signal}: {stderr}");
         assert!(
             stderr.contains("interrupted: distill stopped at step")
                 && stderr.contains("--resume --out"),

@@ -292,6 +292,13 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     assert_eq!(logged_steps(&ot), [1, 2], "a run started");
     std::fs::write(&latest, "step-000002\n").unwrap();
 
+    // A sitting that stops where the runs already are trains nothing (the stop is not
+    // ignored: the runs stay paused at their checkpoints).
+    let same = run_study(&options(&f, "out", Some(2))).unwrap();
+    assert_eq!(status(&same, "ot-"), RunStatus::Paused { step: 2 });
+    assert_eq!(status(&same, "mean-mse-"), RunStatus::Paused { step: 2 });
+    assert_eq!(logged_steps(&ot), [1, 2]);
+
     // A process killed after logging step 3 but before its checkpoint: the resumed run must
     // redo step 3 without logging it twice.
     let mut log = std::fs::read_to_string(ot.join("log.jsonl")).unwrap();

@@ -123,6 +123,12 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     write_text(path, &kept)
 }
 
+/// Every record of the dev log, in order; `None` when it cannot be read.
+fn read_dev_log(path: &Path) -> Option<Vec<DevMetrics>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 /// The dev log's last record, when it is of `step`.
 fn last_dev_record(path: &Path, step: usize) -> Option<DevMetrics> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -271,9 +277,9 @@ pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) {
 
 /// When warm-up lasts the whole run, the learning rate never reaches `lr`: say so.
 fn warmup_note(config: &DistillConfig) -> Option<String> {
-    (config.steps > 0 && config.warmup_steps >= config.steps).then(|| {
+    (config.steps > 0 && config.warmup_steps > config.steps).then(|| {
         format!(
-            "warmup_steps {} ≥ steps {}: the learning rate rises for the whole run and peaks \
+            "warmup_steps {} > steps {}: the learning rate rises for the whole run and peaks \
              at {:.3e} instead of lr {:.3e}",
             config.warmup_steps,
             config.steps,
@@ -514,6 +520,18 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
                 config.steps,
             ));
         }
+        // A stop at or before the checkpoint would never be reached: the run would train
+        // to its end, which a script running it in sittings does not want.
+        if let Some(stop) = options.stop_at_step.filter(|&s| s <= trainer.state.step) {
+            return Err(Error::parameter(
+                "stop_at_step",
+                format!(
+                    "a step after {} (the step of the checkpoint it resumes)",
+                    trainer.state.step
+                ),
+                stop,
+            ));
+        }
         eprintln!(
             "distill: resumed from {} (step {})",
             dir.display(),
@@ -552,8 +570,9 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         prune_checkpoints(&out, trainer.state.step, trainer.state.best_step)
     };
 
+    // The flag is not cleared here: a caller that installed the handler earlier (a study)
+    // may have been interrupted while this run loaded, and that must stop it too.
     install_ctrlc();
-    INTERRUPTED.store(false, Ordering::SeqCst);
     let bar = if options.progress {
         let bar = ProgressBar::new(config.steps as u64);
         bar.set_style(
@@ -588,8 +607,16 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     if trainer.state.step == 0 && !dev_other.is_empty() {
         evaluate(&mut trainer, &mut dev_metrics)?;
     }
-    let mut interrupted = false;
-    while trainer.state.step < config.steps {
+    // Interrupted before any step of this sitting (while loading, or during the first dev
+    // evaluation): nothing new to save, the checkpoint it resumed (if any) stands.
+    let mut interrupted = INTERRUPTED.load(Ordering::SeqCst) && trainer.state.step < config.steps;
+    if interrupted {
+        bar.println(format!(
+            "interrupted before step {}; nothing trained in this sitting",
+            trainer.state.step + 1
+        ));
+    }
+    while !interrupted && trainer.state.step < config.steps {
         let r = trainer.step()?;
         append_jsonl(&log, &r)?;
         bar.set_message(format!("loss {:.4} {:.0} tok/s", r.loss, r.tokens_per_s));
@@ -682,7 +709,9 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         dev_pairs: dev.len(),
         trainable_parameters: trainer.trainable_parameters(),
         devices: trainer.devices(),
-        dev: dev_metrics,
+        // Every sitting's evaluations: the log was cut back to the resumed checkpoint, so
+        // it holds each evaluated step once.
+        dev: read_dev_log(&dev_log).unwrap_or(dev_metrics),
         best_step: trainer.state.best_step,
         exported_step,
         student: student_dir,
@@ -910,9 +939,13 @@ mod untrained_export_tests {
         };
         assert_eq!(
             warmup_note(&c).unwrap(),
-            "warmup_steps 10 ≥ steps 4: the learning rate rises for the whole run and peaks at \
+            "warmup_steps 10 > steps 4: the learning rate rises for the whole run and peaks at \
              8.000e-6 instead of lr 2.000e-5"
         );
+        // Equal: the last step's rate is lr itself.
+        c.warmup_steps = 4;
+        assert_eq!(c.lr_at(3), c.lr);
+        assert_eq!(warmup_note(&c), None);
         c.warmup_steps = 3;
         assert_eq!(warmup_note(&c), None);
     }

@@ -743,6 +743,17 @@ fn execute(
         cfg.sources = group.sources.clone();
         let steps = cfg.steps;
         resumed_from = resume;
+        // A sitting that stops at or before this run's checkpoint has nothing to train in it.
+        if let (Some(step), Some(stop)) = (resume, cx.options.stop_at_step) {
+            if stop <= step && step < steps {
+                progress.line(
+                    index,
+                    &name,
+                    &format!("paused at step {step} of {steps} (--stop-at-step {stop})"),
+                );
+                return Ok(RunStatus::Paused { step });
+            }
+        }
         if resume.is_none() {
             // A run stopped before its first checkpoint starts over, and the embeddings of
             // an earlier student must not stand for the new one's.
