@@ -23,6 +23,12 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let model = write_tiny_model(&root, "tiny", 7).unwrap();
+    // A token limit of its own, as sentence-transformers models have (MiniLM: 256).
+    std::fs::write(
+        model.join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 40, "do_lower_case": false}"#,
+    )
+    .unwrap();
     let pairs = tiny_pairs(40, 3);
     let side = |k: usize| {
         pairs
@@ -148,6 +154,11 @@ fn check_run(f: &Fixture, out: &Path, backend: &str) {
         .collect();
     assert!(kept.contains(&"step-000006".to_string()), "{kept:?}");
     assert!(kept.len() <= 2, "{kept:?}");
+
+    // The exported student keeps its starting model's token limit.
+    let sbert = std::fs::read_to_string(out.join("student/sentence_bert_config.json")).unwrap();
+    let sbert: serde_json::Value = serde_json::from_str(&sbert).unwrap();
+    assert_eq!(sbert["max_seq_length"], 40, "{sbert}");
 
     // The exported student is a model directory that `optical encode` reads.
     let texts = f.root.join(format!("texts-{backend}.txt"));

@@ -305,8 +305,15 @@ fn shared_prefix_states_change_no_bit() {
             .unwrap();
         t.data.iter_mut().step_by(7).for_each(|x| *x *= 1.01);
         let dir = tmp.path().join(name);
-        optical::encoder::write_model_dir(&dir, &config, &w, &src.join("tokenizer.json"), ("", ""))
-            .unwrap();
+        optical::encoder::write_model_dir(
+            &dir,
+            &config,
+            &w,
+            &src.join("tokenizer.json"),
+            ("", ""),
+            Some(256),
+        )
+        .unwrap();
         ModelSpec::Path(dir)
     };
     // Layers 0-4 of 6 frozen: the student trained layer 5; the stranger's layer 0 differs.

@@ -103,16 +103,20 @@ pub fn to_weights(model: &TransformerEncoder) -> Result<Weights> {
     })
 }
 
-/// Write `model` as a Hugging Face directory with `tokenizer` copied beside it.
+/// Write `model` as a Hugging Face directory with `tokenizer` copied beside it, and the
+/// token limit of the model it was trained from (`max_seq_length`, see
+/// [`crate::encoder::ModelSpec::default_max_length`]), so that it encodes texts as that
+/// model did.
 pub fn export(
     model: &TransformerEncoder,
     config: &EncoderConfig,
     tokenizer: &Path,
     prefixes: (&str, &str),
+    max_seq_length: Option<usize>,
     dir: &Path,
 ) -> Result<()> {
     let weights = to_weights(&model.valid())?;
-    crate::encoder::write_model_dir(dir, config, &weights, tokenizer, prefixes)
+    crate::encoder::write_model_dir(dir, config, &weights, tokenizer, prefixes, max_seq_length)
 }
 
 /// A tiny BERT configuration for tests: 2 layers, hidden 32, 4 heads, vocabulary 50.
@@ -193,7 +197,7 @@ pub fn write_tiny_model(root: &Path, name: &str, seed: u64) -> Result<std::path:
     let config = tiny_config();
     let model = random_encoder(&config, seed, &Device::flex())?;
     let dir = root.join(name);
-    export(&model, &config, &tok, ("", ""), &dir)?;
+    export(&model, &config, &tok, ("", ""), None, &dir)?;
     Ok(dir)
 }
 

@@ -395,6 +395,8 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     };
     let teacher_spec: ModelSpec = config.teacher.parse()?;
     let student_spec: ModelSpec = config.student.parse()?;
+    // The exported student keeps its starting model's token limit (MiniLM's 256).
+    let student_max_length = student_spec.default_max_length()?;
     let teacher = TextEncoder::load(&teacher_spec, device.clone(), &enc_options)?;
     let student = TextEncoder::load(&student_spec, device.clone().autodiff(), &enc_options)?;
     let data = TokenizedPairs {
@@ -682,11 +684,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         );
         if step == 0 && trainer.state.step > 0 {
             // Every sitting's evaluations, from the log (this sitting's alone may lack step 0).
-            let dev: Vec<DevMetrics> = std::fs::read_to_string(&dev_log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let dev = read_dev_log(&dev_log).unwrap_or_default();
             eprintln!("distill: note: {}", untrained_export_note(&dev));
         }
         export(
@@ -694,6 +692,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             &student_config,
             &tokenizer,
             (&prefixes.0, &prefixes.1),
+            student_max_length,
             &dir,
         )?;
         exported_step = Some(step);

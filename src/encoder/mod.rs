@@ -43,6 +43,29 @@ pub enum ModelSpec {
     Path(PathBuf),
 }
 
+/// The token limit of all-MiniLM-L6-v2 (its `sentence_bert_config.json`).
+pub const MINILM_MAX_LENGTH: usize = 256;
+
+impl ModelSpec {
+    /// The token limit the model's own files give it when no `max_length` is asked for:
+    /// MiniLM's 256, a directory's `sentence_bert_config.json` (`max_seq_length`), else
+    /// `None` (the position table's length, as for multilingual-e5-small).
+    pub fn default_max_length(&self) -> Result<Option<usize>> {
+        match self {
+            ModelSpec::MiniLm => Ok(Some(MINILM_MAX_LENGTH)),
+            ModelSpec::E5Small => Ok(None),
+            ModelSpec::Path(path) if path.join("config.json").is_file() => {
+                read_max_seq_length(path)
+            }
+            // A distillation run's directory stands for its exported student.
+            ModelSpec::Path(path) if path.join("student").join("config.json").is_file() => {
+                read_max_seq_length(&path.join("student"))
+            }
+            ModelSpec::Path(_) => Ok(None),
+        }
+    }
+}
+
 impl FromStr for ModelSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -404,6 +427,7 @@ pub fn export_e5s1(path: &Path, out: &Path) -> Result<()> {
         &file.weights,
         &tokenizer_path,
         E5_PREFIXES,
+        None,
     )
 }
 
@@ -448,7 +472,7 @@ pub fn write_random_model(
     let tokenizer = TextTokenizer::from_raw(raw, config.max_tokens(), config.pad_token_id as u32)?;
     check_tokenizer_fits(&tokenizer, tokenizer_path, &config)?;
     let weights = weights::random_weights(&config, seed, std as f32)?;
-    write_model_dir(out, &config, &weights, tokenizer_path, ("", ""))
+    write_model_dir(out, &config, &weights, tokenizer_path, ("", ""), None)
 }
 
 /// The tokenizer's ids must all be rows of the model's embedding table: a tokenizer from
@@ -473,24 +497,33 @@ fn check_tokenizer_fits(
 }
 
 /// Write a Hugging Face model directory that `--model DIR` loads: `config.json`,
-/// `model.safetensors` (f32), `tokenizer.json` (a copy of `tokenizer`) and `prefixes.json`
-/// (the query and passage prefixes, which the directory would otherwise lose). Each file is
-/// written whole or not at all.
+/// `model.safetensors` (f32), `tokenizer.json` (a copy of `tokenizer`), `prefixes.json`
+/// (the query and passage prefixes, which the directory would otherwise lose) and, with a
+/// `max_seq_length` (the token limit of the model it came from, see
+/// [`ModelSpec::default_max_length`]), `sentence_bert_config.json`. Each file is written
+/// whole or not at all.
 pub fn write_model_dir(
     dir: &Path,
     config: &EncoderConfig,
     weights: &Weights,
     tokenizer: &Path,
     prefixes: (&str, &str),
+    max_seq_length: Option<usize>,
 ) -> Result<()> {
     weights.validate(config)?;
     // Read first: a tokenizer that cannot be read leaves nothing half-written.
     let text = std::fs::read(tokenizer).map_err(|e| Error::io(tokenizer, "read", e))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
     // A file an earlier model left here would change how this one loads.
-    let stale = dir.join("sentence_bert_config.json");
-    if stale.is_file() {
-        std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, "remove", e))?;
+    let sbert = dir.join("sentence_bert_config.json");
+    match max_seq_length {
+        Some(n) => {
+            crate::io::write_atomic(&sbert, serde_json::json!({"max_seq_length": n}).to_string())?
+        }
+        None if sbert.is_file() => {
+            std::fs::remove_file(&sbert).map_err(|e| Error::io(&sbert, "remove", e))?
+        }
+        None => {}
     }
     let safetensors = dir.join("model.safetensors");
     crate::io::write_through_temp(&safetensors, |tmp| weights.write_safetensors(tmp))?;
@@ -560,7 +593,14 @@ impl TextEncoder {
             ModelSpec::MiniLm => {
                 let dir = Asset::MiniLm.dir();
                 Asset::MiniLm.check()?;
-                Self::load_hf(&dir, "minilm", Some(256), ("", ""), device, options)
+                Self::load_hf(
+                    &dir,
+                    "minilm",
+                    Some(MINILM_MAX_LENGTH),
+                    ("", ""),
+                    device,
+                    options,
+                )
             }
             ModelSpec::E5Small => Self::load_e5s1(
                 &Asset::E5Small.file("e5-small-q4.bin")?,
