@@ -552,6 +552,10 @@ fn bad_configs_are_one_line_errors() {
         (vec!["--loss", "wasserstein"], "ot+mean-mse"),
         (vec!["--export", "first"], "best or last"),
         (vec!["--grad-accumulation", "0"], "grad_accumulation"),
+        (
+            vec!["--seed", "18446744073709551615"],
+            "parameter seed: expected an integer of at most 9223372036854775807",
+        ),
         (vec!["--freeze-layers", "2"], "nothing would be trained"),
         // non-finite values are refused at parsing, negative ones reach the range checks
         (

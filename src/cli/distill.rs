@@ -268,7 +268,12 @@ fn resume_config(
                 ),
             ));
         }
-        eprintln!("distill: resume changes {key}: {old} -> {value}");
+        let note = if key == "steps" {
+            format!(" (the learning rate now decays to 0 at step {value})")
+        } else {
+            String::new()
+        };
+        eprintln!("distill: resume changes {key}: {old} -> {value}{note}");
     }
     Ok(merged)
 }

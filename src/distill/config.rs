@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 use crate::ot::SinkhornParams;
 
 /// Keys that `--resume` may change: how long the run goes on and how it is watched, stored
-/// and computed, not what one step computes.
+/// and computed, not what one step computes. (One exception: the learning rate decays
+/// linearly to 0 at `steps`, so a run extended on resume takes larger steps from then on
+/// than it would have ended with; the resume says so.)
 pub const RESUMABLE_KEYS: [&str; 9] = [
     "steps",
     "eval_every",
@@ -189,6 +191,16 @@ impl DistillConfig {
             .map_err(|e| Error::value("distillation config", e.to_string()))?;
         if let Some(table) = merged.as_table_mut() {
             for (key, value) in overrides {
+                // A TOML integer is an i64: a larger u64 flag has no TOML value.
+                if let serde_json::Value::Number(n) = &value {
+                    if n.as_i64().is_none() && n.as_u64().is_some() {
+                        return Err(Error::parameter(
+                            key,
+                            format!("an integer of at most {}", i64::MAX),
+                            n,
+                        ));
+                    }
+                }
                 let value = toml::Value::try_from(&value)
                     .map_err(|e| Error::value(format!("distillation flag {key}"), e.to_string()))?;
                 table.insert(key, value);
