@@ -554,7 +554,7 @@ fn bad_configs_are_one_line_errors() {
         (vec!["--grad-accumulation", "0"], "grad_accumulation"),
         (
             vec!["--seed", "18446744073709551615"],
-            "parameter seed: expected an integer of at most 9223372036854775807",
+            "distillation flag seed: expected an integer of at most 9223372036854775807",
         ),
         (vec!["--freeze-layers", "2"], "nothing would be trained"),
         // non-finite values are refused at parsing, negative ones reach the range checks

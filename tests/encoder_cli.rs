@@ -614,6 +614,40 @@ fn random_model_has_the_config_shape_and_encodes() {
     assert!((wide - 0.5).abs() < 0.05, "std {wide}");
 }
 
+/// A tokenizer whose ids have gaps fits the table by count but not by its largest id:
+/// refused when the model loads, naming tokenizer.json, not when a text meets that token.
+#[cfg(feature = "distill")]
+#[test]
+fn a_tokenizer_id_beyond_the_embedding_table_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = optical::distill::export::write_tiny_model(dir.path(), "tiny", 3).unwrap();
+    let path = model.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    vocab.remove("e0");
+    vocab.insert("e21".into(), 60.into());
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "e1 e2\n").unwrap();
+    let o = optical()
+        .args(["encode", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&texts)
+        .arg("--out")
+        .arg(dir.path().join("out.npy"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tokenizer.json")
+            && err.contains("token id 60 beyond the model's embedding table of 50 rows"),
+        "{err}"
+    );
+}
+
 #[test]
 fn random_model_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();

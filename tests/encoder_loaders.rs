@@ -566,6 +566,30 @@ fn config_validation() {
     let mut null_pad = ok.clone();
     null_pad["pad_token_id"] = serde_json::Value::Null;
     assert_eq!(EncoderConfig::from_json(&null_pad).unwrap().pad_token_id, 0);
+    // Hugging Face's default for RoBERTa and XLM-R is 1 (their positions start after it).
+    for model_type in ["xlm-roberta", "roberta"] {
+        let mut xlmr = ok.clone();
+        xlmr["model_type"] = model_type.into();
+        xlmr.as_object_mut().unwrap().remove("pad_token_id");
+        assert_eq!(EncoderConfig::from_json(&xlmr).unwrap().pad_token_id, 1);
+    }
+    // A setting that is not a string is not the default either.
+    for (key, value) in [
+        ("hidden_act", serde_json::json!(["relu"])),
+        ("hidden_act", serde_json::json!(7)),
+        ("position_embedding_type", serde_json::json!(true)),
+    ] {
+        let mut bad = ok.clone();
+        bad[key] = value.clone();
+        let msg = EncoderConfig::from_json(&bad).unwrap_err().to_string();
+        assert!(
+            msg.contains(key) && msg.contains(&value.to_string()),
+            "{msg}"
+        );
+    }
+    ok["hidden_act"] = "gelu".into();
+    ok["position_embedding_type"] = serde_json::Value::Null;
+    assert!(EncoderConfig::from_json(&ok).is_ok());
 }
 
 /// `forward_layers` runs the real tokens only (packed rows, attention unpacked to the
@@ -781,6 +805,18 @@ fn safetensors_that_disagree_with_the_config_are_errors() {
         &extra,
         "tensor encoder.layer.2.output.dense.bias belongs to layer 2, but the config has \
          num_hidden_layers 2",
+    );
+
+    // A tensor of an existing layer that a BERT layer does not have.
+    let mut odd = list.clone();
+    odd.push((
+        "encoder.layer.0.attention.self.extra".into(),
+        vec![2],
+        vec![0.0; 2],
+    ));
+    fails(
+        &odd,
+        "tensor encoder.layer.0.attention.self.extra is not one of layer 0's",
     );
 
     let mut twice = list.clone();

@@ -73,7 +73,8 @@ pub struct EvalDatasetArgs {
     /// Documents per query in the written TREC runs (measures use the full pool).
     #[arg(long, default_value_t = 100)]
     pub k: usize,
-    /// Texts per encoder batch.
+    /// Texts per encoder call: sorted by length within a call, so a larger one pads less
+    /// (a transformer runs a call in forward batches of its own batch size, 32).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Backend for the transformer encoders and MaxSim: cpu, cpu-reference, wgpu or cuda.

@@ -194,10 +194,9 @@ impl DistillConfig {
                 // A TOML integer is an i64: a larger u64 flag has no TOML value.
                 if let serde_json::Value::Number(n) = &value {
                     if n.as_i64().is_none() && n.as_u64().is_some() {
-                        return Err(Error::parameter(
-                            key,
-                            format!("an integer of at most {}", i64::MAX),
-                            n,
+                        return Err(Error::value(
+                            format!("distillation flag {key}"),
+                            format!("expected an integer of at most {}, found {n}", i64::MAX),
                         ));
                     }
                 }

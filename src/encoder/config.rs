@@ -116,20 +116,21 @@ impl EncoderConfig {
                     )
                 })
         };
-        if let Some(act) = json.get("hidden_act").and_then(Value::as_str) {
-            if act != "gelu" {
-                return Err(Error::value(
-                    ctx,
-                    format!("hidden_act: expected \"gelu\" (erf form), found {act:?}"),
-                ));
-            }
-        }
-        if let Some(kind) = json.get("position_embedding_type").and_then(Value::as_str) {
-            if kind != "absolute" {
-                return Err(Error::value(
-                    ctx,
-                    format!("position_embedding_type: expected \"absolute\", found {kind:?}"),
-                ));
+        // Absent (or null) takes the default; anything else must be the one value the
+        // forward pass implements, a string (`["relu"]` or `7` is not a default).
+        for (key, want, what) in [
+            ("hidden_act", "gelu", "\"gelu\" (erf form)"),
+            ("position_embedding_type", "absolute", "\"absolute\""),
+        ] {
+            match json.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(v)) if v == want => {}
+                Some(v) => {
+                    return Err(Error::value(
+                        ctx,
+                        format!("{key}: expected {what}, found {v}"),
+                    ))
+                }
             }
         }
         let config = EncoderConfig {
@@ -150,8 +151,13 @@ impl EncoderConfig {
                     )
                 })?,
             },
+            // Hugging Face's defaults: BERT pads with 0, RoBERTa and XLM-R with 1 (and
+            // their positions start after it, so a wrong default moves every position).
             pad_token_id: match json.get("pad_token_id") {
-                None | Some(Value::Null) => 0,
+                None | Some(Value::Null) => match architecture {
+                    Architecture::Bert => 0,
+                    Architecture::XlmRoberta => 1,
+                },
                 Some(_) => int("pad_token_id")?,
             },
         };

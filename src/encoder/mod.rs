@@ -493,6 +493,19 @@ fn check_tokenizer_fits(
             ),
         });
     }
+    // Ids with gaps: the count fits, the largest id may not.
+    let bound = tokenizer.id_bound();
+    if bound > config.vocab_size {
+        return Err(Error::Format {
+            path: tokenizer_path.into(),
+            what: format!(
+                "token id {} beyond the model's embedding table of {} rows (vocab_size): the \
+                 tokenizer belongs to another model",
+                bound - 1,
+                config.vocab_size
+            ),
+        });
+    }
     Ok(())
 }
 

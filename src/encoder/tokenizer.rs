@@ -223,6 +223,18 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One more than the largest token id the tokenizer can produce (its vocabulary and
+    /// added tokens): the embedding rows it needs, which is more than [`Self::vocab_size`]
+    /// when its ids have gaps.
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The piece with id `id`, if any.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

@@ -232,11 +232,19 @@ impl Weights {
                 // Heads and poolers are skipped; a layer the config does not have means the
                 // config and the weights disagree, and skipping it would run a cut model.
                 if let Some(layer) = layer_index(&canonical) {
-                    return Err(format(format!(
-                        "tensor {name} belongs to layer {layer}, but the config has \
-                         num_hidden_layers {} (layers 0..{})",
-                        config.num_hidden_layers, config.num_hidden_layers
-                    )));
+                    return Err(format(if layer < config.num_hidden_layers {
+                        format!(
+                            "tensor {name} is not one of layer {layer}'s (a BERT layer has \
+                             attention, intermediate and output weights): the weights belong \
+                             to another architecture"
+                        )
+                    } else {
+                        format!(
+                            "tensor {name} belongs to layer {layer}, but the config has \
+                             num_hidden_layers {} (layers 0..{})",
+                            config.num_hidden_layers, config.num_hidden_layers
+                        )
+                    }));
                 }
                 continue;
             }
