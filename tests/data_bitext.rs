@@ -127,6 +127,17 @@ fn bible_verses_align_by_id() {
     // Uncompressed CSV reads the same.
     let csv = write(dir.path(), "t_web.csv", WEB);
     assert_eq!(read_web_csv(&csv).unwrap(), read_web_csv(&gz).unwrap());
+    // So does a gzip file of several members (`cat a.gz b.gz`), as `zcat` reads it.
+    let multi = dir.path().join("multi.csv.gz");
+    let cut = WEB.find("\"40001002\"").unwrap();
+    let mut bytes = Vec::new();
+    for part in [&WEB[..cut], &WEB[cut..]] {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(part.as_bytes()).unwrap();
+        bytes.extend(enc.finish().unwrap());
+    }
+    std::fs::write(&multi, bytes).unwrap();
+    assert_eq!(read_web_csv(&multi).unwrap(), read_web_csv(&gz).unwrap());
     let err = bitext::bible(dir.path(), "zul", &gz)
         .unwrap_err()
         .to_string();
@@ -157,6 +168,17 @@ fn malformed_bible_files_name_file_and_line() {
     let msg = read_ces_verses(&twice).unwrap_err().to_string();
     assert!(
         msg.contains("t.xml: line 4: verse id \"b.MAT.1.1\" already used on line 2"),
+        "{msg}"
+    );
+    // Cut short (an interrupted download): every verse well formed, the root not closed.
+    let cut = write(
+        dir.path(),
+        "c.xml",
+        "<?xml version=\"1.0\" ?>\n<cesDoc>\n<seg id=\"b.MAT.1.1\">a</seg>\n<seg id=\"b.MAT.1.2\">b</seg>\n",
+    );
+    let msg = read_ces_verses(&cut).unwrap_err().to_string();
+    assert!(
+        msg.contains("c.xml: expected the document to end with </cesDoc>, found it cut short after the verse on line 4"),
         "{msg}"
     );
     let none = write(dir.path(), "e.xml", "<x><segmentation/></x>");

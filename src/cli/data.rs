@@ -93,8 +93,10 @@ fn list(a: DataDirArg) -> Result<()> {
     println!("data directory: {}", dir.display());
     for d in DatasetName::ALL {
         let path = dir.join(d.subdir());
+        // "present" only with the files the loaders read (a README alone is not data).
         let present = match std::fs::read_dir(&path).map(|mut e| e.next().is_some()) {
-            Ok(true) => "present",
+            Ok(true) if languages_found(d, &dir) > 0 => "present",
+            Ok(true) => "no data files",
             Ok(false) => "empty",
             Err(_) => "missing",
         };
@@ -209,15 +211,77 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// How many languages' files of dataset `d` the loaders find under `dir` (0 when none, or
+/// when its directory cannot be read).
+fn languages_found(d: DatasetName, dir: &std::path::Path) -> usize {
+    let count = match d {
+        DatasetName::Tatoeba => bitext::tatoeba_languages(dir).map(|l| l.len()),
+        DatasetName::Mafand => bitext::mafand_languages(dir).map(|l| l.len()),
+        DatasetName::Bible => bitext::bible_languages(dir).map(|l| l.len()),
+        DatasetName::XquadR | DatasetName::MlqaR => std::fs::read_dir(dir.join(d.subdir()))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .map_err(|e| Error::io(dir, "read", e)),
+    };
+    count.unwrap_or(0)
+}
+
 fn write_tsv(path: &std::path::Path, texts: &[data::Text]) -> Result<()> {
     let mut s = String::new();
     for t in texts {
         let clean: String = t
             .text
             .chars()
-            .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
+            .map(|c| {
+                if matches!(c, '\t' | '\n' | '\r') {
+                    ' '
+                } else {
+                    c
+                }
+            })
             .collect();
         s.push_str(&format!("{}\t{}\t{}\n", t.id, t.language, clean));
     }
     std::fs::write(path, s).map_err(|e| Error::io(path, "write", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsv_fields_hold_no_separator_of_any_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.tsv");
+        let text = data::Text {
+            id: "afr-00000".into(),
+            language: "afr".into(),
+            text: "one\rtwo\tthree\nfour\r\n".into(),
+            context: None,
+        };
+        write_tsv(&path, &[text]).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(written, "afr-00000\tafr\tone two three four  \n");
+    }
+
+    #[test]
+    fn a_dataset_directory_counts_only_the_files_its_loader_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["tatoeba", "lareqa/xquad-r"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join("README.md"), "x").unwrap();
+        }
+        assert_eq!(languages_found(DatasetName::Tatoeba, dir.path()), 0);
+        assert_eq!(languages_found(DatasetName::XquadR, dir.path()), 0);
+        assert_eq!(languages_found(DatasetName::Bible, dir.path()), 0);
+        let t = dir.path().join("tatoeba");
+        std::fs::write(t.join("tatoeba.afr-eng.afr"), "a\n").unwrap();
+        std::fs::write(dir.path().join("lareqa/xquad-r/de.json"), "{}").unwrap();
+        assert_eq!(languages_found(DatasetName::Tatoeba, dir.path()), 1);
+        assert_eq!(languages_found(DatasetName::XquadR, dir.path()), 1);
+    }
 }

@@ -376,7 +376,34 @@ pub fn read_ces_verses(path: &Path) -> Result<Vec<(VerseId, String)>> {
             "expected <seg> verse elements, found none",
         ));
     }
+    check_document_closed(path, &xml, pos)?;
     Ok(out)
+}
+
+/// The document's root element is closed after the last verse (`pos`): a file cut short
+/// (an interrupted download) would otherwise give fewer verses without a word.
+fn check_document_closed(path: &Path, xml: &str, pos: usize) -> Result<()> {
+    let root = xml
+        .match_indices('<')
+        .map(|(i, _)| &xml[i + 1..])
+        .find(|rest| !rest.starts_with(['?', '!']))
+        .map(|rest| {
+            rest.split(|c: char| c.is_whitespace() || c == '>' || c == '/')
+                .next()
+                .unwrap_or("")
+        })
+        .unwrap_or("");
+    if root.is_empty() || !xml[pos..].contains(&format!("</{root}>")) {
+        let last = xml[..pos].matches('\n').count() + 1;
+        return Err(format_error(
+            path,
+            format!(
+                "expected the document to end with </{root}>, found it cut short after the \
+                 verse on line {last} (an interrupted download? fetch the file again)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
@@ -451,7 +478,8 @@ pub fn read_web_csv(path: &Path) -> Result<HashMap<VerseId, String>> {
     })?;
     let text = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut s = String::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        // Every member of a multi-member file (`cat a.gz b.gz`), as `zcat` reads it.
+        flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_string(&mut s)
             .map_err(|e| format_error(path, format!("expected gzip-compressed UTF-8: {e}")))?;
         s
