@@ -33,6 +33,15 @@ fn a_missing_data_directory_says_how_to_set_it() {
             "{dataset:?}: {e}"
         );
     }
+    for dataset in [DatasetName::XquadR, DatasetName::MlqaR] {
+        let e = optical::data::lareqa::Lareqa::load(&missing, dataset, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no-data") && e.contains("--data-dir") && e.contains("OPTICAL_DATA_DIR"),
+            "{dataset:?}: {e}"
+        );
+    }
 }
 
 #[test]
