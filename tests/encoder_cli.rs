@@ -273,6 +273,23 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
         ],
         "at least the 3 special tokens",
     );
+    // A prefix that, with the special tokens, fills the budget leaves every text the same
+    // tokens: refused, naming the prefix.
+    let run = optical()
+        .args(["encode", "--model"])
+        .arg(&three)
+        .args(["--max-length", "4", "--query-prefix", "x y z "])
+        .args(["--input", input_s, "--out", out_s])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("room for text after")
+            && err.contains("\"x y z \"")
+            && err.contains("found 4"),
+        "{err}"
+    );
     // With room for them it runs, and truncates.
     let run = optical()
         .args([

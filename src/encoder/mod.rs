@@ -748,6 +748,32 @@ impl TextEncoder {
             prefix::prefix_chain(&config, &weights, &format!("{device:?}"))
                 .map(|chain| prefix::PrefixShare::new(shared, chain))
         });
+        let query_prefix = options
+            .query_prefix
+            .clone()
+            .unwrap_or_else(|| prefixes.0.to_string());
+        let passage_prefix = options
+            .passage_prefix
+            .clone()
+            .unwrap_or_else(|| prefixes.1.to_string());
+        // A prefix that fills the token budget with the special tokens would give every text
+        // the same tokens, hence the same vector.
+        for prefix in [&query_prefix, &passage_prefix] {
+            if prefix.is_empty() {
+                continue;
+            }
+            let used = tokenizer.encode_ids(prefix)?.len();
+            if used >= tokenizer.max_length() {
+                return Err(Error::parameter(
+                    "max_length",
+                    format!(
+                        "room for text after {name}'s prefix {prefix:?} and its special tokens \
+                         (they fill all {used} tokens)"
+                    ),
+                    tokenizer.max_length(),
+                ));
+            }
+        }
         let model = TransformerEncoder::from_weights(&config, weights, &device)?;
         Ok(TextEncoder {
             name: name.to_string(),
@@ -755,14 +781,8 @@ impl TextEncoder {
             model,
             tokenizer,
             device,
-            query_prefix: options
-                .query_prefix
-                .clone()
-                .unwrap_or_else(|| prefixes.0.to_string()),
-            passage_prefix: options
-                .passage_prefix
-                .clone()
-                .unwrap_or_else(|| prefixes.1.to_string()),
+            query_prefix,
+            passage_prefix,
             batch_size: options.batch_size,
             binding_limit,
             prefix,
