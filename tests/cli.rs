@@ -664,6 +664,9 @@ fn output_paths_are_checked_before_the_work() {
     npy::write(&plan_input, &[2, 3, 8], &[0.5f32; 48]).unwrap();
     let (solve_dir, plan_input) = (p(&solve_dir), p(&plan_input));
     let slashed = format!("{}/", p(&tmp.path().join("new.npy")));
+    let study_config = common::repo_root().join("studies/ood-robustness.toml");
+    let study_out = tmp.path().join("study-out");
+    let (study_config, study_out) = (p(&study_config).to_string(), p(&study_out).to_string());
     let (x, q, texts, a_file, missing) = (p(&x), p(&q), p(&texts), p(&a_file), p(&missing));
     let before: Vec<Vec<u8>> = [x, q, texts, plan_input]
         .iter()
@@ -704,6 +707,20 @@ fn output_paths_are_checked_before_the_work() {
         ),
         (
             vec!["ot", "cost", "--x", x, "--y", x, "--out", dir],
+            "found a directory",
+        ),
+        // A study's report path is checked before its runs, not after them.
+        (
+            vec![
+                "study",
+                "--config",
+                &study_config,
+                "--out",
+                &study_out,
+                "--report",
+                dir,
+                "--report-only",
+            ],
             "found a directory",
         ),
         (
@@ -766,6 +783,7 @@ fn output_paths_are_checked_before_the_work() {
         assert_eq!(&std::fs::read(f).unwrap(), was, "{f} changed");
     }
     assert!(!Path::new(&slashed).exists());
+    assert!(!Path::new(&study_out).exists(), "the study started");
 
     // A directory where `ot solve` writes one of its files into an existing output
     // directory: refused before any file is replaced, so the outputs stay one run's.

@@ -114,6 +114,8 @@ pub struct Comparison {
     pub shape_changed: Vec<String>,
     /// `variant/kernel` in both that lack the device time `--metric device` asked for.
     pub no_device_time: Vec<String>,
+    /// Of those, the ones whose base run had a device time (the new run lost it).
+    pub device_time_lost: Vec<String>,
     /// Processors or GPUs that differ between the runs' compared timings (`base → new`):
     /// then the timings measure the hardware as much as the code.
     pub machines_differ: Vec<String>,
@@ -346,6 +348,7 @@ pub fn compare<'a>(
             .collect(),
         shape_changed: vec![],
         no_device_time: vec![],
+        device_time_lost: vec![],
         machines_differ: vec![],
     };
     for b in &base.timings {
@@ -372,7 +375,12 @@ pub fn compare<'a>(
             Metric::Wall => pairs.push(("wall", (b.wall, n.wall))),
             Metric::Device => match device {
                 Some(d) => pairs.push(("device", d)),
-                None => out.no_device_time.push(key(b)),
+                None => {
+                    if b.device.is_some() {
+                        out.device_time_lost.push(key(b));
+                    }
+                    out.no_device_time.push(key(b))
+                }
             },
             Metric::Auto => pairs.push(match device {
                 Some(d) => ("device", d),
@@ -765,6 +773,23 @@ mod tests {
         let c = compare(&base, &new, Metric::Device, 0.1).unwrap();
         assert_eq!(c.rows.len(), 1);
         assert_eq!(c.no_device_time, ["cpu/w"]);
+        assert!(c.device_time_lost.is_empty(), "neither run had it");
+        // A device time the base had and the new run lacks is lost (--require-all fails).
+        let base = run(&[
+            line("k", "cuda", 1.0, Some(0.1)),
+            line("x", "cuda", 1.0, Some(0.1)),
+        ]
+        .join("\n"))
+        .unwrap();
+        let lost = run(&[
+            line("k", "cuda", 2.0, None),
+            line("x", "cuda", 1.0, Some(0.1)),
+        ]
+        .join("\n"))
+        .unwrap();
+        let c = compare(&base, &lost, Metric::Device, 0.1).unwrap();
+        assert_eq!(c.device_time_lost, ["cuda/k"]);
+        assert_eq!(c.rows.len(), 1);
     }
 
     #[test]

@@ -98,8 +98,9 @@ pub struct CompareArgs {
     #[arg(long)]
     pub json: bool,
     /// Fail (exit status 2, after the table) when a timing of the base run is missing from
-    /// the new one or was taken on another problem: for CI, where a kernel that crashed or
-    /// was dropped must not pass unnoticed.
+    /// the new one, was taken on another problem, or (with `--metric device`) lost its
+    /// device time: for CI, where a kernel that crashed or was dropped must not pass
+    /// unnoticed.
     #[arg(long)]
     pub require_all: bool,
 }
@@ -131,6 +132,7 @@ fn run_compare(args: CompareArgs) -> crate::Result<()> {
         .only_in_base
         .iter()
         .chain(&c.shape_changed)
+        .chain(&c.device_time_lost)
         .map(String::as_str)
         .collect();
     if args.require_all && !missing.is_empty() {

@@ -67,6 +67,10 @@ fn quote(a: &str) -> String {
 pub fn run(args: StudyArgs) -> Result<()> {
     if let Some(report) = &args.report {
         crate::io::check_not_input(report, &[Some(&args.config)])?;
+        // Before the runs, not after them: a directory there, or no directory to write in.
+        if !args.plan {
+            crate::io::check_output_file(report)?;
+        }
     }
     if args.plan {
         return print_plan(&args);

@@ -559,9 +559,35 @@ impl StudyConfig {
                 }
             }
         }
-        for l in &self.lareqa {
+        for (i, l) in self.lareqa.iter().enumerate() {
             if l != "xquad-r" && l != "mlqa-r" {
                 return Err(Error::parameter("lareqa", "xquad-r or mlqa-r", l));
+            }
+            if self.lareqa[..i].contains(l) {
+                return Err(Error::parameter(
+                    "lareqa",
+                    "each dataset once",
+                    format!("{l} twice"),
+                ));
+            }
+        }
+        // Every group must evaluate something: a run without a single task would write a
+        // result that the study then refuses to read.
+        if self.lareqa.is_empty() {
+            if let Some(g) = self
+                .groups
+                .iter()
+                .find(|g| g.in_domain.is_empty() && g.out_of_domain.is_empty())
+            {
+                return Err(Error::parameter(
+                    "group",
+                    format!(
+                        "an in_domain or out_of_domain set in group {} (or a `lareqa` dataset): \
+                         there is nothing to evaluate",
+                        g.name
+                    ),
+                    "none",
+                ));
             }
         }
         if self.split.heldout_percent == 0 || self.split.heldout_percent >= 100 {
@@ -637,6 +663,7 @@ impl StudyConfig {
                 return Err(Error::parameter("batch", "at least 1", 0));
             }
             b.estimate.validate(name)?;
+            self.check_lareqa_languages(name, &b.eval.lareqa_languages)?;
             for d in b.eval.lareqa_questions.keys() {
                 if !self.lareqa.contains(d) {
                     return Err(Error::parameter(
@@ -651,6 +678,47 @@ impl StudyConfig {
                     "eval",
                     "slices of at least 1 (leave a key out for the whole set)",
                     0,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A budget's `lareqa_languages`: each once, each a language of one of the `lareqa`
+    /// datasets (a dataset takes the ones it has), and only with a `lareqa` dataset.
+    fn check_lareqa_languages(&self, budget: &str, languages: &[String]) -> Result<()> {
+        if languages.is_empty() {
+            return Ok(());
+        }
+        if self.lareqa.is_empty() {
+            return Err(Error::parameter(
+                "lareqa_languages",
+                format!("none without a `lareqa` dataset (budget {budget})"),
+                languages.join(","),
+            ));
+        }
+        let known = |l: &str| {
+            self.lareqa.iter().any(|d| match d.as_str() {
+                "xquad-r" => crate::data::lareqa::XQUAD_R_LANGUAGES.contains(&l),
+                _ => crate::data::lareqa::MLQA_R_LANGUAGES.contains(&l),
+            })
+        };
+        for (i, l) in languages.iter().enumerate() {
+            if languages[..i].contains(l) {
+                return Err(Error::parameter(
+                    "lareqa_languages",
+                    format!("each language once (budget {budget})"),
+                    format!("{l} twice"),
+                ));
+            }
+            if !known(l) {
+                return Err(Error::parameter(
+                    "lareqa_languages",
+                    format!(
+                        "languages of {} (budget {budget})",
+                        self.lareqa.join(" or ")
+                    ),
+                    l,
                 ));
             }
         }
@@ -1124,6 +1192,31 @@ eval = { lareqa_questions = { xquad-r = 3 } }
                 "condition ot (its distill keys",
             ),
             (MINIMAL.replace("xquad-r = 3", "mlqa-r = 3"), "mlqa-r"),
+            (
+                MINIMAL.replace("lareqa = [\"xquad-r\"]", "lareqa = [\"xquad-r\", \"xquad-r\"]"),
+                "lareqa: expected each dataset once, found xquad-r twice",
+            ),
+            (
+                MINIMAL
+                    .replace("lareqa = [\"xquad-r\"]", "lareqa = []")
+                    .replace("in_domain = [\"tatoeba-heldout:deu\"]", "")
+                    .replace("eval = { lareqa_questions = { xquad-r = 3 } }", ""),
+                "in group A (or a `lareqa` dataset): there is nothing to evaluate",
+            ),
+            (
+                MINIMAL.replace("xquad-r = 3 } }", "xquad-r = 3 }, lareqa_languages = [\"de\", \"de\"] }"),
+                "lareqa_languages: expected each language once (budget quick), found de twice",
+            ),
+            (
+                MINIMAL.replace("xquad-r = 3 } }", "xquad-r = 3 }, lareqa_languages = [\"de\", \"xx\"] }"),
+                "lareqa_languages: expected languages of xquad-r (budget quick), found xx",
+            ),
+            (
+                MINIMAL
+                    .replace("lareqa = [\"xquad-r\"]", "lareqa = []")
+                    .replace("eval = { lareqa_questions = { xquad-r = 3 } }", "eval = { lareqa_languages = [\"de\", \"en\"] }"),
+                "lareqa_languages: expected none without a `lareqa` dataset",
+            ),
             (
                 MINIMAL.replace(
                     "xquad-r = 3 } }",

@@ -1305,15 +1305,21 @@ impl CudaBackend {
         let (entry, tile, smem) = match kernel {
             CostKernel::Fp32 => (ptx::COSINE_COST, TILE, 0),
             CostKernel::Tf32x3Wide if wide_fits => (ptx::COSINE_COST_TF32X3W, WIDE_TILE, 0),
-            CostKernel::Auto | CostKernel::Tf32x3 | CostKernel::Tf32x3Wide => {
-                (ptx::COSINE_COST_TF32X3, TILE, 0)
-            }
-            CostKernel::Wgmma => (
+            CostKernel::Wgmma if wide_fits => (
                 ptx::COSINE_COST_WGMMA,
                 WIDE_TILE,
                 self.wgmma_stages.shared_bytes(),
             ),
-            CostKernel::WgmmaRs => (ptx::COSINE_COST_WGMMA_RS, WIDE_TILE, WGMMA_RS_SMEM),
+            CostKernel::WgmmaRs if wide_fits => {
+                (ptx::COSINE_COST_WGMMA_RS, WIDE_TILE, WGMMA_RS_SMEM)
+            }
+            // The 128 × 128 kernels (wgmma's too) address rows by 32-bit offsets: where those
+            // do not reach every float, whichever was asked for, the 64 × 64 kernel (64-bit).
+            CostKernel::Auto
+            | CostKernel::Tf32x3
+            | CostKernel::Tf32x3Wide
+            | CostKernel::Wgmma
+            | CostKernel::WgmmaRs => (ptx::COSINE_COST_TF32X3, TILE, 0),
         };
         // Only the wgmma module can be missing on a working device (compute capability 9.0
         // only): that is a wrong choice of kernel rather than a failing device.
