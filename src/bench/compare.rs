@@ -204,6 +204,30 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
                 }
             }
         }
+        // One record, however it is laid out (a pretty-printed one fails as lines).
+        Some(record @ Value::Object(_)) if record.get("kernel").is_some() => {
+            // Named by its line when it is on one, as the lines below are.
+            let mut lines = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty());
+            let origin = match (lines.next(), lines.next()) {
+                (Some((i, _)), None) => format!("line {}", i + 1),
+                _ => "the record".into(),
+            };
+            timings.push(timing(path, &record, None, origin)?);
+        }
+        Some(Value::Object(other)) => {
+            let keys: Vec<&str> = other.keys().map(String::as_str).take(8).collect();
+            return Err(format_error(
+                path,
+                format!(
+                    "expected a gpu-check results object (with \"bench\") or `optical bench \
+                     --json` records (with \"kernel\"), found an object with keys {}",
+                    keys.join(", ")
+                ),
+            ));
+        }
         _ => {
             for (i, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -590,7 +614,7 @@ mod tests {
         assert_eq!(r.timings[1].device, Some(0.01));
         assert_eq!(r.timings[1].origin, "line 3");
 
-        // One record alone is one object too, but not a report.
+        // One record alone is one object too, but not a report; pretty-printed too.
         assert_eq!(
             run(&line("sinkhorn", "cpu", 0.1, None))
                 .unwrap()
@@ -598,6 +622,13 @@ mod tests {
                 .len(),
             1
         );
+        let v: Value = serde_json::from_str(&line("sinkhorn", "cpu", 0.1, None)).unwrap();
+        let pretty = run(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        assert_eq!(pretty.timings.len(), 1);
+        assert_eq!(pretty.timings[0].origin, "the record");
+        // An object that is neither says so, with its keys.
+        let e = run("{\n  \"gpu\": \"x\"\n}").unwrap_err().to_string();
+        assert!(e.contains("found an object with keys gpu"), "{e}");
 
         let report = format!(
             "{{\"gpu\": \"x\", \"bench\": {{\"cuda\": [{}], \"cuda-fp32\": [{}]}}}}",
