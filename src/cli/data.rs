@@ -214,20 +214,19 @@ fn export(a: ExportArgs) -> Result<()> {
 /// How many languages' files of dataset `d` the loaders find under `dir` (0 when none, or
 /// when its directory cannot be read).
 fn languages_found(d: DatasetName, dir: &std::path::Path) -> usize {
-    let count = match d {
-        DatasetName::Tatoeba => bitext::tatoeba_languages(dir).map(|l| l.len()),
-        DatasetName::Mafand => bitext::mafand_languages(dir).map(|l| l.len()),
-        DatasetName::Bible => bitext::bible_languages(dir).map(|l| l.len()),
-        DatasetName::XquadR | DatasetName::MlqaR => std::fs::read_dir(dir.join(d.subdir()))
-            .map(|entries| {
+    match d {
+        DatasetName::Tatoeba => bitext::tatoeba_languages(dir).map_or(0, |l| l.len()),
+        DatasetName::Mafand => bitext::mafand_languages(dir).map_or(0, |l| l.len()),
+        DatasetName::Bible => bitext::bible_languages(dir).map_or(0, |l| l.len()),
+        DatasetName::XquadR | DatasetName::MlqaR => {
+            std::fs::read_dir(dir.join(d.subdir())).map_or(0, |entries| {
                 entries
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
                     .count()
             })
-            .map_err(|e| Error::io(dir, "read", e)),
-    };
-    count.unwrap_or(0)
+        }
+    }
 }
 
 fn write_tsv(path: &std::path::Path, texts: &[data::Text]) -> Result<()> {
