@@ -154,6 +154,25 @@ fn bible_verses_align_by_id() {
 }
 
 #[test]
+fn two_bible_files_for_one_language_are_refused() {
+    let (dir, gz) = bible_dir();
+    // `swa-NT.xml` is Swahili too: which one to train on is the user's choice, not the
+    // order of the names.
+    write(&dir.path().join("bible"), "swa-NT.xml", CES);
+    for err in [
+        bitext::bible_languages(dir.path()).unwrap_err().to_string(),
+        bitext::bible(dir.path(), "swa", &gz)
+            .unwrap_err()
+            .to_string(),
+    ] {
+        assert!(
+            err.contains("expected one Bible file for language swa, found two: Swahili-NT.xml and swa-NT.xml"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn malformed_bible_files_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let unclosed = write(

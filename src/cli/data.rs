@@ -95,10 +95,15 @@ fn list(a: DataDirArg) -> Result<()> {
         let path = dir.join(d.subdir());
         // "present" only with the files the loaders read (a README alone is not data).
         let present = match std::fs::read_dir(&path).map(|mut e| e.next().is_some()) {
-            Ok(true) if languages_found(d, &dir) > 0 => "present",
-            Ok(true) => "no data files",
-            Ok(false) => "empty",
-            Err(_) => "missing",
+            Ok(true) => match languages_found(d, &dir) {
+                Ok(0) => "no data files".to_string(),
+                Ok(_) => "present".to_string(),
+                // Files the loader would refuse (two Bible files for one language): say why
+                // here rather than at the start of a run.
+                Err(e) => format!("unusable ({e})"),
+            },
+            Ok(false) => "empty".to_string(),
+            Err(_) => "missing".to_string(),
         };
         println!(
             "{:<8} {:<8} {}\n         upstream: {}",
@@ -212,12 +217,16 @@ fn export(a: ExportArgs) -> Result<()> {
 }
 
 /// How many languages' files of dataset `d` the loaders find under `dir` (0 when none, or
-/// when its directory cannot be read).
-fn languages_found(d: DatasetName, dir: &std::path::Path) -> usize {
-    match d {
+/// when its directory cannot be read); an error when the loader would refuse what is there.
+fn languages_found(d: DatasetName, dir: &std::path::Path) -> Result<usize> {
+    Ok(match d {
         DatasetName::Tatoeba => bitext::tatoeba_languages(dir).map_or(0, |l| l.len()),
         DatasetName::Mafand => bitext::mafand_languages(dir).map_or(0, |l| l.len()),
-        DatasetName::Bible => bitext::bible_languages(dir).map_or(0, |l| l.len()),
+        DatasetName::Bible => match bitext::bible_languages(dir) {
+            Ok(l) => l.len(),
+            Err(e @ Error::Format { .. }) if dir.join(d.subdir()).is_dir() => return Err(e),
+            Err(_) => 0,
+        },
         DatasetName::XquadR | DatasetName::MlqaR => {
             std::fs::read_dir(dir.join(d.subdir())).map_or(0, |entries| {
                 entries
@@ -226,7 +235,7 @@ fn languages_found(d: DatasetName, dir: &std::path::Path) -> usize {
                     .count()
             })
         }
-    }
+    })
 }
 
 fn write_tsv(path: &std::path::Path, texts: &[data::Text]) -> Result<()> {

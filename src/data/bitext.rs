@@ -235,15 +235,31 @@ fn bible_code(name: &str) -> String {
 }
 
 /// The Bible translations present: `(code, file)` for every `bible/<Name>-NT.xml`.
+///
+/// Two files naming one language (`Swahili-NT.xml` and `swa-NT.xml` are both `swa`) are
+/// refused: picking one by the order of their names would train on a translation the user
+/// may not have meant, with nothing said.
 pub fn bible_languages(data_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let dir = data_dir.join("bible");
-    Ok(list_dir(&dir)?
-        .into_iter()
-        .filter_map(|n| {
-            let name = n.strip_suffix("-NT.xml")?;
-            Some((bible_code(name), dir.join(&n)))
-        })
-        .collect())
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for n in list_dir(&dir)? {
+        let Some(name) = n.strip_suffix("-NT.xml") else {
+            continue;
+        };
+        let code = bible_code(name);
+        if let Some((_, first)) = out.iter().find(|(c, _)| *c == code) {
+            return Err(format_error(
+                &dir,
+                format!(
+                    "expected one Bible file for language {code}, found two: {} and {n}; \
+                     remove or rename one",
+                    first.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            ));
+        }
+        out.push((code, dir.join(&n)));
+    }
+    Ok(out)
 }
 
 /// The default location of the English Bible fetched by `scripts/setup.d/40-bible.sh`.
