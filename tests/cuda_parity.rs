@@ -1097,3 +1097,45 @@ fn exp2_probe_runs_every_chain() {
         assert!(worst < 1e-5, "max error {worst} against the f64 reference");
     }
 }
+
+/// Every standard bench job has a device time; a Sinkhorn job with a stopping rule times
+/// the checked solve (checks and read-backs included) and leaves the backend solving as
+/// before.
+#[test]
+fn every_bench_job_has_a_device_time() {
+    use optical::backend::DeviceJob;
+    let Some(gpu) = cuda() else { return };
+    let x = embeddings(700, 3, 17, 40, true);
+    let y = embeddings(701, 3, 29, 40, true);
+    let pr = problem(702, 3, 17, 29, false, false);
+    let fixed = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 20,
+        threshold: 0.0,
+        check_every: 20,
+    };
+    let checked = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 500,
+        threshold: 1e-3,
+        check_every: 5,
+    };
+    let jobs = [
+        ("cosine cost", DeviceJob::CosineCost(&x, &y)),
+        ("sinkhorn", DeviceJob::Sinkhorn(&pr, &fixed)),
+        ("sinkhorn, checked", DeviceJob::Sinkhorn(&pr, &checked)),
+        ("fused", DeviceJob::SinkhornFused(&x, &y, &fixed)),
+    ];
+    for (what, job) in jobs {
+        let (s, calls) = gpu
+            .device_seconds(job, 0.0)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: no device time"));
+        println!("{what}: {s:.3e} s on the device (median of {calls})");
+        assert!(s > 0.0 && s.is_finite(), "{what}: {s}");
+        assert!(calls >= 3, "{what}: {calls} calls");
+    }
+    let want = sinkhorn::solve(&CpuReference, &pr, &checked).unwrap();
+    let got = gpu.sinkhorn(&pr, &checked).unwrap();
+    assert_eq!(got.converged, want.converged);
+}

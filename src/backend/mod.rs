@@ -377,7 +377,9 @@ pub enum DeviceJob<'a> {
     CosineCost(&'a Embeddings, &'a Embeddings),
     /// MaxSim scores of queries against packed documents.
     Maxsim(&'a Embeddings, &'a PackedDocs),
-    /// `params.max_iterations` Sinkhorn iterations of every pair, from zero potentials.
+    /// `params.max_iterations` Sinkhorn iterations of every pair, from zero potentials; with
+    /// a stopping rule that can end it earlier (`check_every < max_iterations`), the checked
+    /// solve, its checks included.
     Sinkhorn(&'a Problem, &'a SinkhornParams),
     /// Cosine cost + `params.max_iterations` iterations (the fused kernel where there is one).
     SinkhornFused(&'a Embeddings, &'a Embeddings, &'a SinkhornParams),

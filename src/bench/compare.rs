@@ -36,6 +36,8 @@ pub struct Timing {
     /// a gpu-check report's GPU stands in for its GPU records').
     pub cpu: Option<String>,
     pub gpu: Option<String>,
+    /// Mean iterations per pair of a solve that stops on its own (`sinkhorn-checks`).
+    pub iterations: Option<f64>,
 }
 
 /// A path as displayed: one that is not UTF-8 cannot be a JSON string.
@@ -119,6 +121,9 @@ pub struct Comparison {
     /// Processors or GPUs that differ between the runs' compared timings (`base → new`):
     /// then the timings measure the hardware as much as the code.
     pub machines_differ: Vec<String>,
+    /// `variant/kernel (base → new)` of solves that stopped after a different mean number of
+    /// iterations: their times follow the iterations as much as the code's speed.
+    pub iterations_changed: Vec<String>,
 }
 
 impl Comparison {
@@ -313,7 +318,28 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
     };
     let kernel = text("kernel")?;
     let backend = text("backend")?;
-    let shape = text("shape")?;
+    let mut shape = text("shape")?;
+    let mut iterations = match fields.get("iterations_mean") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(i) if i.is_finite() && i >= 0.0 => Some(i),
+            _ => {
+                return Err(bad(format!(
+                    "\"iterations_mean\": expected a number >= 0, found {v}"
+                )))
+            }
+        },
+    };
+    // Records written before `iterations_mean` put the measured count in the shape
+    // (`… check_every=5 iterations=98.4 (mean)`): it is a result, not the problem.
+    if let Some(head) = shape.strip_suffix(" (mean)") {
+        if let Some((problem, count)) = head.rsplit_once(" iterations=") {
+            if let Ok(i) = count.parse::<f64>() {
+                iterations = iterations.or(Some(i));
+                shape = problem.to_string();
+            }
+        }
+    }
     let optional = |name: &str| -> Result<Option<String>> {
         match fields.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -333,6 +359,7 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
         origin,
         cpu,
         gpu,
+        iterations,
     })
 }
 
@@ -352,6 +379,8 @@ pub fn compare<'a>(
             threshold * 100.0,
         ));
     }
+    // -0 is 0 (and prints as 0).
+    let threshold = threshold + 0.0;
     let key = |t: &Timing| format!("{}/{}", t.variant, t.kernel);
     let find = |run: &'a Run, t: &Timing| -> Option<&'a Timing> {
         run.timings
@@ -374,6 +403,7 @@ pub fn compare<'a>(
         no_device_time: vec![],
         device_time_lost: vec![],
         machines_differ: vec![],
+        iterations_changed: vec![],
     };
     for b in &base.timings {
         let Some(n) = find(new, b) else {
@@ -391,6 +421,12 @@ pub fn compare<'a>(
                 if x != y && !out.machines_differ.contains(&note) {
                     out.machines_differ.push(note);
                 }
+            }
+        }
+        if let (Some(x), Some(y)) = (b.iterations, n.iterations) {
+            if x != y {
+                out.iterations_changed
+                    .push(format!("{} ({x:.1} → {y:.1})", key(b)));
             }
         }
         let device = b.device.zip(n.device);
@@ -484,12 +520,15 @@ fn human(s: f64) -> String {
 /// The comparison as a table, then what was not compared and a one-line summary.
 pub fn render(c: &Comparison) -> String {
     let mut s = String::new();
+    // The band is symmetric in the ratio: slower beyond 1 + t, faster below 1 / (1 + t).
     let _ = writeln!(
         s,
-        "base {}, new {}; median time per call; a change counts beyond ±{:.1} %",
+        "base {}, new {}; median time per call; slower beyond +{:.1} %, faster beyond \
+         −{:.1} %",
         c.base.display(),
         c.new.display(),
-        c.threshold * 100.0
+        c.threshold * 100.0,
+        (1.0 - 1.0 / (1.0 + c.threshold)) * 100.0
     );
     let vw = c
         .rows
@@ -535,6 +574,11 @@ pub fn render(c: &Comparison) -> String {
         (
             "different hardware, so these changes are not the code's alone",
             &c.machines_differ,
+        ),
+        (
+            "the solve stopped after a different mean number of iterations, so the time \
+             follows it",
+            &c.iterations_changed,
         ),
     ] {
         if !list.is_empty() {
@@ -821,6 +865,56 @@ mod tests {
         let c = compare(&base, &lost, Metric::Device, 0.1).unwrap();
         assert_eq!(c.device_time_lost, ["cuda/k"]);
         assert_eq!(c.rows.len(), 1);
+    }
+
+    #[test]
+    fn a_solves_measured_iterations_are_a_note_not_a_new_problem() {
+        let checks = |wall: f64, iterations: &str| {
+            serde_json::json!({
+                "kernel": "sinkhorn-checks", "backend": "cpu", "seconds_per_call": wall,
+                "shape": format!("b=16 n=32 m=32 d=384 eps=0.005 threshold=1e-3 check_every=5{iterations}"),
+            })
+        };
+        // A record from before `iterations_mean` (the count in the shape) against a new one.
+        let old = run(&checks(1.0, " iterations=98.4 (mean)").to_string()).unwrap();
+        let mut v = checks(5.0, "");
+        v["iterations_mean"] = 500.0.into();
+        let slower = run(&v.to_string()).unwrap();
+        assert_eq!(old.timings[0].shape, slower.timings[0].shape);
+        assert_eq!(old.timings[0].iterations, Some(98.4));
+        let c = compare(&old, &slower, Metric::Auto, 0.1).unwrap();
+        assert!(c.shape_changed.is_empty(), "{:?}", c.shape_changed);
+        assert_eq!(c.slower().count(), 1);
+        assert_eq!(c.iterations_changed, ["cpu/sinkhorn-checks (98.4 → 500.0)"]);
+        assert!(render(&c).contains(
+            "the solve stopped after a different mean number of iterations, so the time follows \
+             it: cpu/sinkhorn-checks (98.4 → 500.0)"
+        ));
+        assert!(compare(&old, &old, Metric::Auto, 0.1)
+            .unwrap()
+            .iterations_changed
+            .is_empty());
+        v["iterations_mean"] = "many".into();
+        let err = run(&v.to_string()).unwrap_err().to_string();
+        assert!(
+            err.contains("\"iterations_mean\": expected a number >= 0, found \"many\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_header_states_both_limits_of_the_band() {
+        let a = run(&line("k", "cpu", 1.0, None)).unwrap();
+        let text = render(&compare(&a, &a, Metric::Auto, 0.1).unwrap());
+        assert!(
+            text.contains("slower beyond +10.0 %, faster beyond −9.1 %"),
+            "{text}"
+        );
+        let text = render(&compare(&a, &a, Metric::Auto, -0.0).unwrap());
+        assert!(
+            text.contains("slower beyond +0.0 %, faster beyond −0.0 %"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct BenchRecord {
     /// throughput unit) computed from `device_seconds_per_call`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_rate: Option<f64>,
+    /// Mean iterations per pair of a solve that stops on its own (`sinkhorn-checks`): a
+    /// result, so not part of `shape` (`bench compare` notes when it changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iterations_mean: Option<f64>,
     /// Host-side phases of a timed call (`--phases`; see [`crate::phases`]): seconds per call
     /// of each, first seen first. Phases nest, so they do not add up to the wall time.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -78,7 +82,8 @@ pub fn cpu_model() -> (String, usize) {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The threads the CPU kernels run on (`RAYON_NUM_THREADS` included), not the machine's.
+    let threads = rayon::current_num_threads();
     (model, threads)
 }
 
@@ -311,6 +316,7 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             gflop_per_s: None,
             device_seconds_per_call: None,
             device_rate: None,
+            iterations_mean: None,
             host_phases,
             cpu: cpu.clone(),
             gpu: gpu.clone(),
@@ -401,12 +407,12 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             let mut r = record(
                 "sinkhorn-checks",
                 format!(
-                    "b={b} n={n} m={n} d=384 eps=0.005 threshold=1e-3 check_every=5 \
-                     iterations={:.1} (mean)",
-                    iterations as f64 / b as f64
+                    "b={b} n={n} m={n} d=384 eps={} threshold={:e} check_every={}",
+                    params.epsilon, params.threshold, params.check_every
                 ),
                 t,
             );
+            r.iterations_mean = Some(iterations as f64 / b as f64);
             r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
             device(&mut r, DeviceJob::Sinkhorn(&problem, &params), exps)?;
             Ok(r)

@@ -283,13 +283,19 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
             std::fs::write(dir.path().join(sub).join("README.md"), "x").unwrap();
         }
-        assert_eq!(languages_found(DatasetName::Tatoeba, dir.path()), 0);
-        assert_eq!(languages_found(DatasetName::XquadR, dir.path()), 0);
-        assert_eq!(languages_found(DatasetName::Bible, dir.path()), 0);
+        assert_eq!(
+            languages_found(DatasetName::Tatoeba, dir.path()).unwrap(),
+            0
+        );
+        assert_eq!(languages_found(DatasetName::XquadR, dir.path()).unwrap(), 0);
+        assert_eq!(languages_found(DatasetName::Bible, dir.path()).unwrap(), 0);
         let t = dir.path().join("tatoeba");
         std::fs::write(t.join("tatoeba.afr-eng.afr"), "a\n").unwrap();
         std::fs::write(dir.path().join("lareqa/xquad-r/de.json"), "{}").unwrap();
-        assert_eq!(languages_found(DatasetName::Tatoeba, dir.path()), 1);
-        assert_eq!(languages_found(DatasetName::XquadR, dir.path()), 1);
+        assert_eq!(
+            languages_found(DatasetName::Tatoeba, dir.path()).unwrap(),
+            1
+        );
+        assert_eq!(languages_found(DatasetName::XquadR, dir.path()).unwrap(), 1);
     }
 }

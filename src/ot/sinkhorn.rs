@@ -312,10 +312,56 @@ pub fn solve<K: SinkhornKernels>(
     params: &SinkhornParams,
 ) -> Result<SinkhornOutput> {
     params.validate()?;
-    let pairs = problem.pairs;
     let prepare = phases::phase("prepare");
     let mut state = kernels.prepare(problem, params.epsilon)?;
     drop(prepare);
+    let Stopped {
+        iterations,
+        converged,
+        errors,
+    } = iterate_to_stop(kernels, &mut state, problem.pairs, params)?;
+    let finish = phases::phase("finish");
+    let sol = kernels.finish(state, problem)?;
+    drop(finish);
+    let mut out = SinkhornOutput {
+        pairs: problem.pairs,
+        n: problem.n,
+        m: problem.m,
+        plan: sol.plan,
+        f: sol.f,
+        g: sol.g,
+        cost: sol.cost,
+        iterations,
+        converged,
+        marginal_error: errors,
+    };
+    out.include_plan_errors(&problem.a);
+    out.check_finite(params.epsilon)?;
+    Ok(out)
+}
+
+/// Where [`iterate_to_stop`] left each pair.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stopped {
+    /// Iterations run, per pair.
+    pub iterations: Vec<u32>,
+    /// Whether the pair met the threshold.
+    pub converged: Vec<bool>,
+    /// The pair's marginal error at its last check.
+    pub errors: Vec<f64>,
+}
+
+/// The solver's loop over a prepared state of `pairs` pairs: chunks of `check_every`
+/// iterations, each followed by the stopping rule, until every pair stopped or
+/// `max_iterations` ran. [`solve`] is this between `prepare` and `finish`; a device bench
+/// runs it alone to time a checked solve from inputs already on the device.
+pub fn iterate_to_stop<K: SinkhornKernels>(
+    kernels: &K,
+    state: &mut K::State,
+    pairs: usize,
+    params: &SinkhornParams,
+) -> Result<Stopped> {
+    params.validate()?;
     let mut active = vec![true; pairs];
     let mut iterations = vec![0u32; pairs];
     let mut converged = vec![false; pairs];
@@ -332,7 +378,7 @@ pub fn solve<K: SinkhornKernels>(
             end += chunk;
         }
         let (ran, checked) =
-            match kernels.iterate_checked(&mut state, &active, &chunks, params.threshold)? {
+            match kernels.iterate_checked(state, &active, &chunks, params.threshold)? {
                 Some(c) if c.rounds == 0 || c.rounds > chunks.len() || c.pairs.len() != pairs => {
                     return Err(Error::Backend {
                         backend: "solver",
@@ -351,7 +397,7 @@ pub fn solve<K: SinkhornKernels>(
                 }
                 None => (
                     1,
-                    check_on_host(kernels, &mut state, &active, chunks[0], params.threshold)?,
+                    check_on_host(kernels, state, &active, chunks[0], params.threshold)?,
                 ),
             };
         for (p, c) in checked.iter().enumerate() {
@@ -372,24 +418,11 @@ pub fn solve<K: SinkhornKernels>(
         }
         done += chunks[..ran].iter().sum::<usize>();
     }
-    let finish = phases::phase("finish");
-    let sol = kernels.finish(state, problem)?;
-    drop(finish);
-    let mut out = SinkhornOutput {
-        pairs,
-        n: problem.n,
-        m: problem.m,
-        plan: sol.plan,
-        f: sol.f,
-        g: sol.g,
-        cost: sol.cost,
+    Ok(Stopped {
         iterations,
         converged,
-        marginal_error: errors,
-    };
-    out.include_plan_errors(&problem.a);
-    out.check_finite(params.epsilon)?;
-    Ok(out)
+        errors,
+    })
 }
 
 #[cfg(test)]

@@ -457,6 +457,30 @@ impl CudaBackend {
         })
     }
 
+    /// Device time of a checked solve of every pair from zero potentials (the solver's
+    /// loop: chunks of `check_every` iterations, the stopping rule after each, until every
+    /// pair stopped), from the prepared cost in device memory to the last check's
+    /// read-back; the potentials are not read back.
+    pub(super) fn time_sinkhorn_checked(
+        &self,
+        problem: &Problem,
+        params: &SinkhornParams,
+        min_seconds: f64,
+    ) -> Result<(f64, usize)> {
+        params.validate()?;
+        let mut st = self.prepare(problem, params.epsilon)?;
+        let stream = self.dev.stream.clone();
+        self.time_on_device(min_seconds, || {
+            stream
+                .memset_zeros(&mut st.f)
+                .and_then(|_| stream.memset_zeros(&mut st.g))
+                .map_err(super::device::driver("reset the potentials"))?;
+            // The errors on the device belong to the previous solve.
+            st.errors_current = false;
+            sinkhorn::iterate_to_stop(self, &mut st, problem.pairs, params).map(drop)
+        })
+    }
+
     /// Upload embeddings and weights and run the fused kernel (cost + `iterations`).
     fn launch_fused(
         &self,
