@@ -641,6 +641,47 @@ fn the_plan_lists_runs_and_writes_nothing() {
 /// With `keep_models = "student"`, a change that only the evaluation reads (here the bitext
 /// slice) makes new runs that evaluate the kept students instead of training them again (the
 /// plan says so, and the report counts no training for them); a change to training trains.
+/// A run whose training finished but whose result was never written (a sitting stopped
+/// during its evaluation, checkpoints kept): a later sitting with `--stop-at-step` at or
+/// before its last step evaluates it instead of refusing the stop and ending the study.
+#[test]
+fn a_stop_before_a_finished_training_evaluates_the_run() {
+    let f = fixture();
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let keep = text.replacen(
+        "lareqa = [\"xquad-r\"]",
+        "lareqa = [\"xquad-r\"]\nkeep_models = true",
+        1,
+    );
+    assert_ne!(keep, text);
+    std::fs::write(&f.config, &keep).unwrap();
+    assert_eq!(run_study(&options(&f, "out", None)).unwrap().finished, 3);
+    let ot = run_dir(&f, "out", "ot-A-s0-");
+    let before = result(&ot);
+    std::fs::remove_file(ot.join("result.json")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ot.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step-000004"
+    );
+    let again = run_study(&options(&f, "out", Some(2))).unwrap();
+    assert_eq!(
+        status(&again, "ot-"),
+        RunStatus::Trained {
+            resumed_from: Some(4)
+        }
+    );
+    assert_eq!(status(&again, "mean-mse-"), RunStatus::Skipped);
+    assert_eq!(again.finished, 3);
+    assert_eq!(logged_steps(&ot), [1, 2, 3, 4]);
+    let after = result(&ot);
+    assert_eq!(
+        after.tasks[0].per_query["map"],
+        before.tasks[0].per_query["map"]
+    );
+}
+
 #[test]
 fn an_evaluation_change_evaluates_the_kept_students() {
     let f = fixture();

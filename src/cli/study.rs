@@ -34,7 +34,8 @@ pub struct StudyArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Training runs stop at this step with a checkpoint; the next invocation resumes them
-    /// (a way to run a long study in sittings). Runs already past it continue to the end.
+    /// (a way to run a long study in sittings). Runs whose checkpoint is at or past it stay
+    /// paused; runs whose training finished are evaluated.
     #[arg(long)]
     pub stop_at_step: Option<usize>,
     /// Only write the report from the results that exist.

@@ -780,7 +780,12 @@ fn execute(
                 resume: resume.is_some(),
                 bench_steps: None,
                 progress: cx.options.progress,
-                stop_at_step: cx.options.stop_at_step,
+                // A run whose training finished (resumed at its last step, its result not
+                // written yet) only exports; a stop at or before that step is not for it.
+                stop_at_step: cx
+                    .options
+                    .stop_at_step
+                    .filter(|&stop| resume.is_none_or(|step| stop > step)),
             },
         )?;
         let seconds = t0.elapsed().as_secs_f64();
