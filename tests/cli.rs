@@ -784,6 +784,25 @@ fn output_paths_are_checked_before_the_work() {
     }
     assert!(!Path::new(&slashed).exists());
     assert!(!Path::new(&study_out).exists(), "the study started");
+    // The default report path, <out>/STUDY.md, is checked before the runs too.
+    let taken = tmp.path().join("study-taken");
+    std::fs::create_dir_all(taken.join("STUDY.md")).unwrap();
+    let o = optical(&[
+        "study",
+        "--config",
+        &study_config,
+        "--out",
+        p(&taken),
+        "--budget",
+        "quick",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("STUDY.md") && err.contains("found a directory"),
+        "{err}"
+    );
+    assert!(!taken.join("runs").exists(), "the study started");
 
     // A directory where `ot solve` writes one of its files into an existing output
     // directory: refused before any file is replaced, so the outputs stay one run's.

@@ -275,6 +275,19 @@ fn a_tiny_study_runs_resumes_skips_and_reports() {
     assert_eq!(logged_steps(&ot), [1, 2]);
     let report = std::fs::read_to_string(&first.report).unwrap();
     assert!(report.contains("Incomplete"), "{report}");
+    // No trained run has results: the answer says so rather than "better on none".
+    assert!(
+        report.contains("**Not yet: no out-of-domain comparison has results.**"),
+        "{report}"
+    );
+    assert!(
+        report.contains("In domain, no comparison with the untrained model has results yet."),
+        "{report}"
+    );
+    assert!(
+        !report.contains("none") && !report.contains("0 of 0"),
+        "{report}"
+    );
 
     // A `latest` that names no checkpoint of its run is an error naming it, before any run
     // starts; the run's checkpoints stay (starting it over would delete them).

@@ -72,6 +72,13 @@ pub fn run(args: StudyArgs) -> Result<()> {
         if !args.plan {
             crate::io::check_output_file(report)?;
         }
+    } else if !args.plan {
+        // The default, <out>/STUDY.md: --out may not exist yet (the study creates it), but
+        // a directory in the report's place would fail the write after every run.
+        let report = args.out.join("STUDY.md");
+        if report.is_dir() {
+            crate::io::check_output_file(&report)?;
+        }
     }
     if args.plan {
         return print_plan(&args);

@@ -13,9 +13,14 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::retrieval::evaluate::{Scoring, TaskResult};
 
-/// A markdown table; cells are escaped for `|`.
+/// A markdown table; cells are escaped for `|`, and a line break in one (a description
+/// written over two lines) becomes a space, since it would end the row.
 pub fn markdown_table(headers: &[String], rows: &[Vec<String>]) -> String {
-    let esc = |s: &str| s.replace('|', "\\|");
+    let esc = |s: &str| {
+        s.replace('|', "\\|")
+            .replace("\r\n", " ")
+            .replace(['\r', '\n'], " ")
+    };
     let mut out = String::new();
     out.push_str(&format!(
         "| {} |\n",
@@ -492,5 +497,17 @@ mod tests {
             &[vec!["1".into(), "x|y".into()]],
         );
         assert_eq!(t, "| a\\|b | c |\n| --- | --- |\n| 1 | x\\|y |\n");
+        // A line break in a cell would end its row.
+        let t = markdown_table(&["a".into()], &[vec!["one\ntwo\r\nthree\rfour".into()]]);
+        assert_eq!(t, "| a |\n| --- |\n| one two three four |\n");
+    }
+
+    #[test]
+    fn svg_text_stays_well_formed_xml() {
+        assert_eq!(svg::escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&apos;");
+        assert_eq!(
+            svg::escape("ot\u{1}x\u{0}\u{ffff}\tz\u{e9}"),
+            "ot\u{fffd}x\u{fffd}\u{fffd}\tz\u{e9}"
+        );
     }
 }

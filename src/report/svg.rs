@@ -7,7 +7,9 @@
 
 use std::fmt::Write;
 
-/// Escape text for SVG content and attribute values.
+/// Escape text for SVG content and attribute values. Characters XML 1.0 does not allow at
+/// all (control characters other than tab, newline and carriage return; U+FFFE, U+FFFF)
+/// become U+FFFD: escaped or not, they would make the file unreadable.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -17,6 +19,8 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }

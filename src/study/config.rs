@@ -429,6 +429,22 @@ fn repeated<T: PartialEq>(v: &[T]) -> Option<&T> {
         .map(|(_, x)| x)
 }
 
+/// No whitespace and no control characters: names go into file names, tables and plots.
+fn printable(name: &str) -> bool {
+    !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The benchmark an evaluation set's results are pooled under, as the report names it: a
+/// `files:` set's own name, else the spec's prefix (`tatoeba`, `bible`, ...).
+pub(crate) fn benchmark_of(spec: &str) -> &str {
+    let mut parts = spec.split(':');
+    match (parts.next(), parts.next()) {
+        (Some("files"), Some(set)) => set,
+        (Some(prefix), _) => prefix,
+        (None, _) => spec,
+    }
+}
+
 fn check_spec(spec: &str, prefixes: &[&str], what: &'static str) -> Result<()> {
     let prefix = spec.split(':').next().unwrap_or("");
     // As the loaders split them: the last path of a files spec may hold ':'.
@@ -474,16 +490,27 @@ impl StudyConfig {
 
     /// Names unique, every reference resolvable, every data spec well formed.
     pub fn validate(&self) -> Result<()> {
+        if self.conditions.is_empty() || self.groups.is_empty() {
+            return Err(Error::parameter(
+                "study config",
+                "at least one condition and one group (the grid is their product)",
+                format!(
+                    "{} conditions and {} groups",
+                    self.conditions.len(),
+                    self.groups.len()
+                ),
+            ));
+        }
         let names: Vec<&str> = self.conditions.iter().map(|c| c.name.as_str()).collect();
         if let Some(name) = repeated(&names) {
             return Err(Error::parameter("condition", "unique names", name));
         }
         for c in &self.conditions {
-            if c.name.is_empty() || c.name.contains(['/', ' ', '\\']) {
+            if c.name.is_empty() || c.name.contains(['/', '\\']) || !printable(&c.name) {
                 return Err(Error::parameter(
                     "condition",
-                    "a name without spaces or slashes",
-                    &c.name,
+                    "a name without spaces, slashes or control characters",
+                    format!("{:?}", c.name),
                 ));
             }
             if !c.train && !c.distill.is_empty() {
@@ -498,12 +525,26 @@ impl StudyConfig {
         if let Some(name) = repeated(&groups) {
             return Err(Error::parameter("group", "unique names", name));
         }
+        // Plots are named by slugs of the names: two names with one slug would write (and
+        // link) the same files.
+        for (what, names) in [("condition", &names), ("group", &groups)] {
+            let slugs: Vec<String> = names.iter().map(|n| crate::report::slug(n)).collect();
+            if let Some(i) = (0..slugs.len()).find(|&i| slugs[..i].contains(&slugs[i])) {
+                let first = slugs.iter().position(|s| *s == slugs[i]).unwrap_or(0);
+                return Err(Error::parameter(
+                    what,
+                    "names that stay distinct in file names (characters outside \
+                     A-Z, a-z, 0-9, '-' and '_' become '_')",
+                    format!("{} and {}, both {}", names[first], names[i], slugs[i]),
+                ));
+            }
+        }
         for g in &self.groups {
-            if g.name.is_empty() || g.name.contains(['/', ' ', '\\', '-']) {
+            if g.name.is_empty() || g.name.contains(['/', '\\', '-']) || !printable(&g.name) {
                 return Err(Error::parameter(
                     "group",
-                    "a name without spaces, dashes or slashes",
-                    &g.name,
+                    "a name without spaces, dashes, slashes or control characters",
+                    format!("{:?}", g.name),
                 ));
             }
             if g.train.is_empty() {
@@ -517,19 +558,34 @@ impl StudyConfig {
                 check_spec(s, &TRAIN_PREFIXES, "train")?;
             }
             // The report pools a benchmark's sets under one role: a benchmark may not be
-            // both in and out of domain in one group.
-            let bench = |s: &String| s.split(':').next().unwrap_or_default().to_string();
-            if let Some(s) = g
-                .out_of_domain
-                .iter()
-                .find(|s| g.in_domain.iter().any(|i| bench(i) == bench(s)))
-            {
+            // both in and out of domain in one group (LAReQA's datasets are out of domain).
+            let in_domain = |s: &String| {
+                let b = benchmark_of(s);
+                g.in_domain.iter().any(|i| benchmark_of(i) == b)
+            };
+            if let Some(s) = g.out_of_domain.iter().find(|s| in_domain(s)) {
                 return Err(Error::parameter(
                     "evaluation set",
                     format!(
                         "each benchmark in one role in group {} ({} is also in domain)",
                         g.name,
-                        bench(s)
+                        benchmark_of(s)
+                    ),
+                    s,
+                ));
+            }
+            if let Some(s) = g
+                .in_domain
+                .iter()
+                .find(|s| self.lareqa.iter().any(|l| *l == benchmark_of(s)))
+            {
+                return Err(Error::parameter(
+                    "evaluation set",
+                    format!(
+                        "each benchmark in one role in group {} ({} is a `lareqa` dataset, \
+                         out of domain)",
+                        g.name,
+                        benchmark_of(s)
                     ),
                     s,
                 ));
@@ -1250,7 +1306,59 @@ eval = { lareqa_questions = { xquad-r = 3 } }
                 ),
                 "tatoeba-heldout is also in domain",
             ),
+            // A `files:` set is pooled under its own name, whatever its spec's prefix.
+            (
+                MINIMAL.replace(
+                    "in_domain = [\"tatoeba-heldout:deu\"]",
+                    "in_domain = [\"tatoeba-heldout:deu\"]\nout_of_domain = [\"files:tatoeba-heldout:deu:a.de:a.en\"]",
+                ),
+                "tatoeba-heldout is also in domain",
+            ),
+            (
+                MINIMAL.replace(
+                    "in_domain = [\"tatoeba-heldout:deu\"]",
+                    "in_domain = [\"files:xquad-r:de:a.de:a.en\"]",
+                ),
+                "xquad-r is a `lareqa` dataset, out of domain",
+            ),
+            (
+                MINIMAL
+                    .replace("name = \"ot\"", "name = \"ot+x\"")
+                    .replace("name = \"mean-mse\"", "name = \"ot_x\"")
+                    .replace("\"ot\", \"mean-mse\"]", "\"ot+x\", \"ot_x\"]"),
+                "condition: expected names that stay distinct in file names (characters outside \
+                 A-Z, a-z, 0-9, '-' and '_' become '_'), found ot+x and ot_x, both ot_x",
+            ),
+            (
+                MINIMAL.replace("[[group]]\nname = \"A\"", "[[group]]\nname = \"A_1\"\ntrain = [\"tatoeba-train:deu\"]\n[[group]]\nname = \"A.1\""),
+                "found A_1 and A.1, both A_1",
+            ),
+            (
+                MINIMAL.replace("name = \"ot\"", "name = \"ot\\u0001x\""),
+                "condition: expected a name without spaces, slashes or control characters, found \"ot\\u{1}x\"",
+            ),
+            (
+                MINIMAL.replace("name = \"A\"", "name = \"A\\nB\""),
+                "group: expected a name without spaces, dashes, slashes or control characters, found \"A\\nB\"",
+            ),
+            (
+                format!(
+                    "group = []\n{}",
+                    MINIMAL.replace(
+                        "[[group]]\nname = \"A\"\ntrain = [\"tatoeba-train:deu\"]\nin_domain = [\"tatoeba-heldout:deu\"]\n",
+                        ""
+                    )
+                ),
+                "expected at least one condition and one group (the grid is their product), \
+                 found 3 conditions and 0 groups",
+            ),
         ];
+        // Two `files:` sets of different names are two benchmarks, one in each role.
+        let two = MINIMAL.replace(
+            "in_domain = [\"tatoeba-heldout:deu\"]",
+            "in_domain = [\"files:ev:deu:a.de:a.en\"]\nout_of_domain = [\"files:ev2:deu:b.de:b.en\"]",
+        );
+        StudyConfig::from_toml(&two).unwrap();
         for (text, needle) in cases {
             let err = match StudyConfig::from_toml(&text) {
                 Err(e) => e,

@@ -797,13 +797,28 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             .filter(|x| x.1 != Verdict::Missing)
             .count();
         let in_better = names(&in_vs_base, Verdict::Better);
+        // Comparisons without results yet are named, so that "all" and "any" say of how many.
+        let pending = |v: &[(String, Verdict)]| -> String {
+            let missing = names(v, Verdict::Missing);
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} of {} have no results yet ({})",
+                    missing.len(),
+                    v.len(),
+                    missing.join(", ")
+                )
+            }
+        };
+        let ood_pending = pending(&ood_vs_base);
         let short = if n == 0 {
             "Not yet: no out-of-domain comparison has results.".to_string()
         } else if better.is_empty() {
             format!(
                 "No. OT distillation did not make zero-shot retrieval measurably better out of \
                  domain on any of the {n} out-of-domain benchmarks compared with the untrained \
-                 model{}.",
+                 model{}{ood_pending}.",
                 if worse.is_empty() {
                     String::new()
                 } else {
@@ -811,11 +826,14 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                 }
             )
         } else if better.len() == n {
-            format!("Yes, on all {n} out-of-domain benchmarks against the untrained model.")
+            format!(
+                "Yes, on all {n} out-of-domain benchmarks compared with the untrained \
+                 model{ood_pending}."
+            )
         } else {
             format!(
                 "Partly. OT distillation beat the untrained model out of domain on {} of {n} \
-                 benchmarks ({}){}.",
+                 benchmarks ({}){}{ood_pending}.",
                 better.len(),
                 better.join(", "),
                 if worse.is_empty() {
@@ -826,44 +844,48 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             )
         };
         let _ = writeln!(md, "## Answer\n\n**{short}**\n");
-        let _ = writeln!(
-            md,
-            "In domain, OT beat the untrained model significantly on {} of {} benchmarks{}.",
-            in_better.len(),
-            in_vs_base
-                .iter()
-                .filter(|x| x.1 != Verdict::Missing)
-                .count(),
-            if in_better.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", in_better.join(", "))
-            }
-        );
-        if !ood_vs_mse.is_empty() {
-            let b = names(&ood_vs_mse, Verdict::Better);
-            let w = names(&ood_vs_mse, Verdict::Worse);
-            let f = names(&ood_vs_mse, Verdict::NotSignificant);
+        let with_results = |v: &[(String, Verdict)]| v.iter().any(|x| x.1 != Verdict::Missing);
+        if with_results(&in_vs_base) {
+            let _ = writeln!(
+                md,
+                "In domain, OT beat the untrained model significantly on {} of {} \
+                 benchmarks{}{}.",
+                in_better.len(),
+                in_vs_base
+                    .iter()
+                    .filter(|x| x.1 != Verdict::Missing)
+                    .count(),
+                if in_better.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", in_better.join(", "))
+                },
+                pending(&in_vs_base)
+            );
+        } else if !in_vs_base.is_empty() {
+            let _ = writeln!(
+                md,
+                "In domain, no comparison with the untrained model has results yet."
+            );
+        }
+        if with_results(&ood_vs_mse) {
+            let list = |w: Verdict| {
+                let v = names(&ood_vs_mse, w);
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
             let _ = writeln!(
                 md,
                 "Against sentence-level distillation (mean-mse) out of domain, OT was \
                  significantly better on {}, significantly worse on {}, and not significantly \
-                 different on {}.",
-                if b.is_empty() {
-                    "none".into()
-                } else {
-                    b.join(", ")
-                },
-                if w.is_empty() {
-                    "none".into()
-                } else {
-                    w.join(", ")
-                },
-                if f.is_empty() {
-                    "none".into()
-                } else {
-                    f.join(", ")
-                },
+                 different on {}{}.",
+                list(Verdict::Better),
+                list(Verdict::Worse),
+                list(Verdict::NotSignificant),
+                pending(&ood_vs_mse)
             );
             if ood_vs_mse.iter().any(|x| x.0.ends_with('†')) {
                 let _ = writeln!(
