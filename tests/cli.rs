@@ -1606,3 +1606,80 @@ fn scripts_and_docs_name_only_real_settings_choices_and_kernels() {
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Outputs the machine cannot hold (4 TiB of cost or scores from 4 MiB inputs) are refused
+/// with exit 2 before the work, on every CPU backend, instead of aborting the process at
+/// the allocation.
+#[test]
+fn outputs_too_large_to_allocate_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 1usize << 20;
+    let x = tmp.path().join("x.npy");
+    npy::write(&x, &[n, 1], &vec![1.0f32; n]).unwrap();
+    let q = tmp.path().join("q.npy");
+    npy::write(&q, &[n, 1, 1], &vec![1.0f32; n]).unwrap();
+    let lengths = tmp.path().join("l.npy");
+    npy::write(&lengths, &[n], &vec![1i64; n]).unwrap();
+    let out = tmp.path().join("out.npy");
+    let (x, q, lengths, out) = (p(&x), p(&q), p(&lengths), p(&out));
+    for backend in ["cpu", "cpu-reference"] {
+        for (args, want) in [
+            (
+                vec!["ot", "cost", "--x", x, "--y", x, "--out", out],
+                "cosine cost: the output (b, n, m) = (1, 1048576, 1048576) f32 needs 4096.0 GiB, \
+                 more than this machine can allocate",
+            ),
+            (
+                vec![
+                    "ot",
+                    "maxsim",
+                    "--queries",
+                    q,
+                    "--docs",
+                    x,
+                    "--doc-lengths",
+                    lengths,
+                    "--out",
+                    out,
+                ],
+                "maxsim: the output (queries, documents) = (1048576, 1048576) f32 needs 4096.0 \
+                 GiB, more than this machine can allocate",
+            ),
+        ] {
+            let mut args = args.clone();
+            args.extend(["--backend", backend]);
+            let o = optical(&args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+    assert!(!Path::new(out).exists());
+    // A limit on the queries names the queries' file, not the documents'.
+    let many = tmp.path().join("many.npy");
+    npy::write(&many, &[70_000, 1, 1], &vec![1.0f32; 70_000]).unwrap();
+    let one = tmp.path().join("one.npy");
+    npy::write(&one, &[1, 1], &[1.0f32]).unwrap();
+    let one_len = tmp.path().join("one-len.npy");
+    npy::write(&one_len, &[1], &[1i64]).unwrap();
+    let o = optical(&[
+        "ot",
+        "maxsim",
+        "--queries",
+        p(&many),
+        "--docs",
+        p(&one),
+        "--doc-lengths",
+        p(&one_len),
+        "--out",
+        out,
+        "--backend",
+        "wgpu",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{} (wgpu maxsim queries)", p(&many))),
+        "{err}"
+    );
+}

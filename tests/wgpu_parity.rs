@@ -1014,6 +1014,13 @@ fn chunked_batches_match_unchunked() {
     let s1 = w.maxsim(&x, &docs).expect("maxsim");
     let s2 = ws.maxsim(&x, &docs).expect("chunked maxsim");
     assert_eq!(s1, s2);
+    // 200 one-token documents: 9.6 KB of scores for the 12 queries, cut by their binding
+    // (85 documents of scores per chunk), not by tokens (128 per chunk).
+    let one = PackedDocs::new("docs", 8, rng.normals_f32(200 * 8), vec![1; 200]).expect("docs");
+    assert_eq!(
+        w.maxsim(&x, &one).expect("maxsim"),
+        ws.maxsim(&x, &one).expect("chunked maxsim")
+    );
 
     let pr = problem(53, 12, 9, 10);
     let params = SinkhornParams {

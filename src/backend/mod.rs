@@ -194,6 +194,12 @@ impl Backend {
 
     /// Pairwise cosine cost `C[p, i, j] = 1 − cos(x_pi, y_pj)` on real tokens, 0 on padding.
     pub fn cosine_cost(&self, x: &Embeddings, y: &Embeddings) -> Result<CostBatch> {
+        cpu::check_pair_batch(x, y)?;
+        check_output_memory(
+            "cosine cost",
+            &format!("(b, n, m) = ({}, {}, {}) f32", x.b, x.n, y.n),
+            [x.b, x.n, y.n, 4],
+        )?;
         match self {
             Backend::Cpu(k) => k.cosine_cost(x, y),
             Backend::CpuReference(k) => k.cosine_cost(x, y),
@@ -206,6 +212,12 @@ impl Backend {
 
     /// MaxSim scores `(queries, documents)`.
     pub fn maxsim(&self, queries: &Embeddings, docs: &PackedDocs) -> Result<Vec<f32>> {
+        cpu::check_maxsim(queries, docs)?;
+        check_output_memory(
+            "maxsim",
+            &format!("(queries, documents) = ({}, {}) f32", queries.b, docs.len()),
+            [queries.b, docs.len(), 4, 1],
+        )?;
         match self {
             Backend::Cpu(k) => k.maxsim(queries, docs),
             Backend::CpuReference(k) => k.maxsim(queries, docs),
@@ -228,6 +240,16 @@ impl Backend {
         params.validate()?;
         // Cosine costs lie in [0, 2]: the same bound on every backend, fused or not.
         crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
+        cpu::check_pair_batch(x, y)?;
+        // The plan and the cost in f64, and the f32 cost of the materialised path.
+        check_output_memory(
+            "sinkhorn",
+            &format!(
+                "(b, n, m) = ({}, {}, {}): the plan and the cost in f64",
+                x.b, x.n, y.n
+            ),
+            [x.b, x.n, y.n, 20],
+        )?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(k) = self {
             let out = k.sinkhorn_embeddings(x, y, params)?;
@@ -368,6 +390,30 @@ fn not_compiled_in(kind: BackendKind) -> Error {
             kind.name()
         ),
     }
+}
+
+/// Refuse an output whose size `dims` (element counts and the bytes per element) the
+/// machine cannot allocate, before any work: a product past the address space, or one the
+/// kernel refuses to reserve (on Linux, more than memory and swap), would otherwise abort
+/// the process at the allocation instead of returning an error.
+pub(crate) fn check_output_memory(what: &str, shape: &str, dims: [usize; 4]) -> Result<()> {
+    let bytes = dims.iter().map(|&d| d as u128).product::<u128>();
+    let refuse = || {
+        Error::value(
+            what,
+            format!(
+                "the output {shape} needs {:.1} GiB, more than this machine can allocate",
+                bytes as f64 / (1u64 << 30) as f64
+            ),
+        )
+    };
+    let bytes = usize::try_from(bytes)
+        .ok()
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(refuse)?;
+    // Reserved, never touched, then released: the address space alone, no page of memory.
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(bytes).map_err(|_| refuse())
 }
 
 /// A standard problem timed on a device alone (see [`Backend::device_seconds`]).

@@ -481,7 +481,7 @@ fn cost(args: CostArgs) -> Result<()> {
     check_same_rank(&args.x, &args.y, bx, by)?;
     let c = backend
         .cosine_cost(&x, &y)
-        .map_err(|e| e.in_file(&args.y))?;
+        .map_err(|e| blame(e, &[("y", &args.y), ("x", &args.x)]))?;
     let shape: Vec<usize> = if bx {
         vec![c.b, c.n, c.m]
     } else {
@@ -532,13 +532,31 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
         .map_err(|e| e.in_data_or_lengths_file(&args.docs, &args.doc_lengths))?;
     let scores = backend
         .maxsim(&q, &packed)
-        .map_err(|e| e.in_file(&args.docs))?;
+        .map_err(|e| blame(e, &[("quer", &args.queries), ("document", &args.docs)]))?;
     let shape: Vec<usize> = if batched {
         vec![q.b, packed.len()]
     } else {
         vec![packed.len()]
     };
     crate::io::write_through_temp(&args.out, |p| npy::write(p, &shape, &scores))
+}
+
+/// Name the input file a backend's shape or value complaint is about: the first of
+/// `files` whose key the error's context starts with or holds as a word (`y`, `wgpu maxsim
+/// queries`); none when it is about the inputs together (`wgpu cosine cost`: n and m).
+fn blame(e: Error, files: &[(&str, &std::path::Path)]) -> Error {
+    let context = match &e {
+        Error::Shape { context, .. } | Error::Value { context, .. } => context.clone(),
+        _ => return e,
+    };
+    let words: Vec<&str> = context.split_whitespace().collect();
+    match files
+        .iter()
+        .find(|(key, _)| context == *key || words.iter().any(|w| w.starts_with(key)))
+    {
+        Some((_, path)) => e.in_file(path),
+        None => e,
+    }
 }
 
 /// Write into `dir` without leaving a partial directory behind: files go to a temporary

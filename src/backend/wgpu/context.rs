@@ -799,13 +799,16 @@ impl WgpuContext {
             .max(1);
         for &per in bytes_per_item {
             if per > cap {
-                return Err(Error::Backend {
-                    backend: BACKEND,
-                    operation,
-                    what: format!(
-                        "one item needs a {per} B buffer; the device binds at most {cap} B"
+                // The input's shape, not a failure of the device: the same exit as any
+                // other shape this backend cannot take.
+                return Err(Error::shape(
+                    format!("wgpu {operation}"),
+                    format!(
+                        "one batch item's buffers within the adapter's largest binding, \
+                         {cap} B each"
                     ),
-                });
+                    format!("an item needing a {per} B buffer"),
+                ));
             }
             if let Some(fit) = cap.checked_div(per) {
                 items = items.min(fit as usize);
@@ -821,18 +824,21 @@ impl WgpuContext {
         let out = f();
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
-        if let Some(e) = o.or(v) {
-            return Err(Error::Backend {
-                backend: BACKEND,
-                operation,
-                what: e.to_string(),
-            });
-        }
+        // An error raised outside any scope (a buffer or bind group created before `f`)
+        // came first: the scoped ones are usually its consequences (an invalid bind group
+        // after an invalid buffer), so it is the one to report.
         if let Some(e) = self.lost.lock().ok().and_then(|mut s| s.take()) {
             return Err(Error::Backend {
                 backend: BACKEND,
                 operation,
                 what: e,
+            });
+        }
+        if let Some(e) = o.or(v) {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                operation,
+                what: e.to_string(),
             });
         }
         Ok(out)

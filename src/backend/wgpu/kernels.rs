@@ -366,23 +366,28 @@ pub(crate) fn maxsim(
     // documents within the grid.
     let max_tokens = ((ctx.max_binding() / (d4 as u64 * 16)) as usize)
         .min((max_groups * 256).saturating_sub(nqueries * nq));
+    if max_tokens == 0 {
+        // The norm pass covers query and document tokens in one grid: queries that fill it
+        // leave no room for any document.
+        return Err(Error::shape(
+            "wgpu maxsim queries",
+            format!(
+                "fewer than {} query token slots (queries × longest query) per call",
+                max_groups * 256
+            ),
+            format!("{nqueries} × {nq}"),
+        ));
+    }
     let nd = docs.len();
     let mut out = vec![0.0f32; nqueries * nd];
-    let mut k0 = 0;
-    while k0 < nd {
-        let mut k1 = k0;
-        let mut tokens = 0;
-        while k1 < nd && k1 - k0 < max_groups && tokens + docs.lengths[k1] <= max_tokens {
-            tokens += docs.lengths[k1];
-            k1 += 1;
-        }
-        if k1 == k0 {
-            return Err(Error::shape(
-                format!("wgpu maxsim document {k0}"),
-                format!("at most {max_tokens} tokens per document"),
-                format!("{} tokens", docs.lengths[k0]),
-            ));
-        }
+    let chunks = maxsim_doc_chunks(
+        &docs.lengths,
+        nqueries,
+        max_groups,
+        ctx.max_binding() as usize,
+        max_tokens,
+    )?;
+    for (k0, k1, tokens) in chunks {
         let first = docs.offsets[k0];
         let info: Vec<[u32; 2]> = (k0..k1)
             .map(|k| [(docs.offsets[k] - first) as u32, docs.lengths[k] as u32])
@@ -434,10 +439,43 @@ pub(crate) fn maxsim(
                 .copy_from_slice(&scores[0][q * (k1 - k0)..(q + 1) * (k1 - k0)]);
         }
         ctx.recycle(bufs);
-        k0 = k1;
     }
     ctx.recycle([q_buf, q_len_buf, inv_q]);
     Ok(out)
+}
+
+/// MaxSim's documents cut into dispatches `(first, end, tokens)`: whole documents, at most
+/// `max_tokens` tokens (one binding of embeddings, the norm grid), at most `max_groups`
+/// documents (the grid), and scores (`queries` per document, f32) and offsets within one
+/// binding of `max_binding` bytes.
+fn maxsim_doc_chunks(
+    lengths: &[usize],
+    queries: usize,
+    max_groups: usize,
+    max_binding: usize,
+    max_tokens: usize,
+) -> Result<Vec<(usize, usize, usize)>> {
+    let max_docs = max_groups.min(max_binding / (4 * queries.max(2))).max(1);
+    let mut chunks = Vec::new();
+    let mut k0 = 0;
+    while k0 < lengths.len() {
+        let mut k1 = k0;
+        let mut tokens = 0;
+        while k1 < lengths.len() && k1 - k0 < max_docs && tokens + lengths[k1] <= max_tokens {
+            tokens += lengths[k1];
+            k1 += 1;
+        }
+        if k1 == k0 {
+            return Err(Error::shape(
+                format!("wgpu maxsim document {k0}"),
+                format!("at most {max_tokens} tokens per document"),
+                format!("{} tokens", lengths[k0]),
+            ));
+        }
+        chunks.push((k0, k1, tokens));
+        k0 = k1;
+    }
+    Ok(chunks)
 }
 
 #[repr(C)]
@@ -730,4 +768,36 @@ pub(crate) fn fused_sinkhorn(
         .collect();
     out.include_plan_errors(&a);
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maxsim_chunks_keep_scores_tokens_and_documents_within_their_limits() {
+        // 600 queries × 60,000 one-token documents: 144 MB of scores, past lavapipe's
+        // 128 MiB binding though the tokens fit it easily.
+        let binding = 128 << 20;
+        let lengths = vec![1usize; 60_000];
+        let chunks = maxsim_doc_chunks(&lengths, 600, 65_535, binding, 1 << 20).unwrap();
+        assert!(chunks.len() >= 2, "{chunks:?}");
+        let mut next = 0;
+        for &(k0, k1, tokens) in &chunks {
+            assert_eq!(k0, next, "chunks cover the documents in order");
+            assert!(k1 > k0 && 600 * (k1 - k0) * 4 <= binding, "{k0}..{k1}");
+            assert_eq!(tokens, k1 - k0);
+            next = k1;
+        }
+        assert_eq!(next, lengths.len());
+        // Tokens and the grid bind too.
+        let chunks = maxsim_doc_chunks(&[3, 3, 3, 3, 3], 1, 2, binding, 7).unwrap();
+        assert_eq!(chunks, [(0, 2, 6), (2, 4, 6), (4, 5, 3)]);
+        let err = maxsim_doc_chunks(&[3, 9], 1, 2, binding, 7).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("wgpu maxsim document 1: expected shape at most 7 tokens per document, found 9 tokens"),
+            "{err}"
+        );
+    }
 }
