@@ -237,6 +237,15 @@ fn load_embeddings(path: &Path, lengths: Option<&Path>) -> Result<(Embeddings, b
     } else {
         (1, arr.shape[0], arr.shape[1])
     };
+    if b == 0 || n == 0 || d == 0 {
+        // Before the lengths: a length file cannot be right for an empty array, and the
+        // complaint belongs to the embeddings.
+        return Err(Error::shape(
+            path.display().to_string(),
+            "(b, n, d) or (n, d) with every dimension at least 1",
+            format!("{:?}", arr.shape),
+        ));
+    }
     let lengths = lengths.map(|p| load_lengths(p, b, n)).transpose()?;
     let real = |r: usize| lengths.as_ref().is_none_or(|l| r % n < l[r / n]);
     let values = narrow_rows("embeddings", &arr.values, d, real).map_err(|e| e.in_file(path))?;

@@ -158,7 +158,15 @@ pub fn check_output_file(path: &Path) -> Result<()> {
             "expected a file path, found a directory",
         ));
     }
-    check_parent(path)
+    check_parent(path)?;
+    // A link to a file not there yet is written where it points: that directory must exist
+    // too, or the write fails after the work, naming a temporary file.
+    let dangling = std::fs::metadata(path).is_err()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if dangling {
+        check_parent(&resolve_links(path)?)?;
+    }
+    Ok(())
 }
 
 /// An output directory's path can be used: its parent exists and no file has its name.
@@ -245,5 +253,21 @@ mod tests {
         let err = write_atomic(dir.path(), "text").unwrap_err().to_string();
         assert!(err.contains("found a directory"), "{err}");
         assert!(!super::temp_sibling(dir.path()).exists());
+
+        // A link into a directory that does not exist: checked before the work, and the
+        // error names where the link points, not a temporary file.
+        let link = dir.path().join("link.npy");
+        std::os::unix::fs::symlink(dir.path().join("nodir").join("z.npy"), &link).unwrap();
+        let err = super::check_output_file(&link).unwrap_err().to_string();
+        assert!(
+            err.contains("nodir/z.npy")
+                && err.contains("does not exist")
+                && !err.contains("partial"),
+            "{err}"
+        );
+        // A link to a file not there yet, in a directory that is: fine.
+        let ok = dir.path().join("ok.npy");
+        std::os::unix::fs::symlink(dir.path().join("new.npy"), &ok).unwrap();
+        super::check_output_file(&ok).unwrap();
     }
 }

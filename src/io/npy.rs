@@ -138,15 +138,26 @@ impl NpyArray {
                 ),
             });
         }
+        if self.dtype == Dtype::Bool {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                what: "expected an integer array, found dtype |b1 (bool)".into(),
+            });
+        }
         let b = &self.bytes;
         Ok(match self.dtype {
             Dtype::U64 => b
                 .chunks_exact(8)
-                .map(|c| {
-                    u64::from_le_bytes(c.try_into().expect("chunk size")).min(i64::MAX as u64)
-                        as i64
+                .enumerate()
+                .map(|(k, c)| {
+                    let v = u64::from_le_bytes(c.try_into().expect("chunk size"));
+                    // Reported as read: clamped, a huge count would print as another number.
+                    i64::try_from(v).map_err(|_| Error::Format {
+                        path: path.to_path_buf(),
+                        what: format!("expected values up to {}, found {v} at index {k}", i64::MAX),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             Dtype::I64 => b
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("chunk size")))
@@ -185,7 +196,13 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
         1 => (u16::from_le_bytes([data[8], data[9]]) as usize, 10),
         2 | 3 => {
             if data.len() < 12 {
-                return Err(format_err(path, "truncated .npy header"));
+                return Err(format_err(
+                    path,
+                    format!(
+                        "truncated .npy header: expected at least 12 bytes, found {}",
+                        data.len()
+                    ),
+                ));
             }
             (
                 u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as usize,
@@ -201,7 +218,14 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
     };
     let end = start + header_len;
     if data.len() < end {
-        return Err(format_err(path, "truncated .npy header"));
+        return Err(format_err(
+            path,
+            format!(
+                "truncated .npy header: expected {header_len} header bytes after the first \
+                 {start}, found a file of {} bytes",
+                data.len()
+            ),
+        ));
     }
     let header = std::str::from_utf8(&data[start..end])
         .map_err(|_| format_err(path, "the .npy header is not valid text"))?;
@@ -233,10 +257,18 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
     let count = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format_err(path, "array shape overflows"))?;
-    let nbytes = count
-        .checked_mul(dtype.size())
-        .ok_or_else(|| format_err(path, "array size overflows"))?;
+        .ok_or_else(|| {
+            format_err(
+                path,
+                format!("expected a shape whose element count fits in memory, found {shape:?}"),
+            )
+        })?;
+    let nbytes = count.checked_mul(dtype.size()).ok_or_else(|| {
+        format_err(
+            path,
+            format!("expected a shape whose size fits in memory, found {shape:?} {descr}"),
+        )
+    })?;
     let body = &data[end..];
     if body.len() != nbytes {
         return Err(format_err(
@@ -382,9 +414,17 @@ impl Literal<'_> {
                     .rest
                     .trim_start_matches(|c: char| c.is_ascii_digit())
                     .len();
-            let dim = self.rest[..digits]
-                .parse::<usize>()
-                .map_err(|_| format!("expected a dimension at {:?}", self.head()))?;
+            let dim = self.rest[..digits].parse::<usize>().map_err(|_| {
+                if digits > 0 {
+                    format!(
+                        "expected a dimension up to {}, found {}",
+                        usize::MAX,
+                        &self.rest[..digits]
+                    )
+                } else {
+                    format!("expected a dimension at {:?}", self.head())
+                }
+            })?;
             // Python 2's long literals (`3L`), which old NumPy wrote.
             self.rest = &self.rest[digits..];
             self.rest = self.rest.strip_prefix('L').unwrap_or(self.rest);
@@ -616,5 +656,56 @@ mod tests {
         let err = parse(p, &bytes[..bytes.len() - 3]).unwrap_err().to_string();
         assert!(err.contains("expected 16 bytes"), "{err}");
         assert!(parse(p, b"hello").is_err());
+        // A header cut short says how long it should be and how long the file is.
+        let err = parse(p, &bytes[..20]).unwrap_err().to_string();
+        assert!(
+            err.contains("truncated .npy header: expected")
+                && err.contains("found a file of 20 bytes"),
+            "{err}"
+        );
+    }
+
+    fn with_header(header: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn shapes_past_memory_and_lengths_past_i64_are_named() {
+        let p = Path::new("big.npy");
+        let huge = with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }",
+            &[],
+        );
+        let err = parse(p, &huge).unwrap_err().to_string();
+        assert!(
+            err.contains("found [1099511627776, 1099511627776]"),
+            "{err}"
+        );
+        let digits = with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (123456789012345678901,), }",
+            &[],
+        );
+        let err = parse(p, &digits).unwrap_err().to_string();
+        assert!(err.contains("found 123456789012345678901"), "{err}");
+        // u64 lengths past i64: reported as read, not clamped.
+        let u = with_header(
+            "{'descr': '<u8', 'fortran_order': False, 'shape': (2,), }",
+            &[[1u8, 0, 0, 0, 0, 0, 0, 0], [0xff; 8]].concat(),
+        );
+        let err = parse(p, &u).unwrap().to_i64(p).unwrap_err().to_string();
+        assert!(
+            err.contains("found 18446744073709551615 at index 1"),
+            "{err}"
+        );
+        let b = with_header(
+            "{'descr': '|b1', 'fortran_order': False, 'shape': (2,), }",
+            &[1, 0],
+        );
+        let err = parse(p, &b).unwrap().to_i64(p).unwrap_err().to_string();
+        assert!(err.contains("found dtype |b1 (bool)"), "{err}");
     }
 }
