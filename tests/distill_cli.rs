@@ -459,6 +459,9 @@ fn distill_runs_on_wgpu() {
                 .arg("--model")
                 .arg(out.join("student"))
                 .args(["--scoring", scoring])
+                // Forward passes of 5 texts on the CPU, the default 32 on the GPU: the
+                // ranking must not depend on it.
+                .args(["--forward-batch", if backend == "cpu" { "5" } else { "32" }])
                 .args(["--backend", backend, "--out"])
                 .arg(&dir)
                 .output()

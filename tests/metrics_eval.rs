@@ -171,6 +171,10 @@ fn eval_refuses_settings_of_another_dataset() {
             "parameter max_length: expected at least 2",
         ),
         (
+            vec!["--dataset", "tatoeba", "--forward-batch", "0"],
+            "parameter forward_batch: expected at least 1, found 0",
+        ),
+        (
             vec!["--dataset", "tatoeba", "--model", "hash"],
             "found hash twice",
         ),

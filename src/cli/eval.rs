@@ -74,9 +74,13 @@ pub struct EvalDatasetArgs {
     #[arg(long, default_value_t = 100)]
     pub k: usize,
     /// Texts per encoder call: sorted by length within a call, so a larger one pads less
-    /// (a transformer runs a call in forward batches of its own batch size, 32).
+    /// (a transformer runs a call in forward batches of --forward-batch texts).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Texts per forward pass of the transformer encoders (a GPU is kept busier by more;
+    /// at most --batch of them come from one call).
+    #[arg(long, default_value_t = crate::retrieval::encoder::FORWARD_BATCH)]
+    pub forward_batch: usize,
     /// Backend for the transformer encoders and MaxSim: cpu, cpu-reference, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
@@ -225,7 +229,11 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             ),
         ],
     )?;
-    for (name, value) in [("k", a.k), ("batch", a.batch)] {
+    for (name, value) in [
+        ("k", a.k),
+        ("batch", a.batch),
+        ("forward_batch", a.forward_batch),
+    ] {
         if value == 0 {
             return Err(Error::parameter(name, "at least 1", value));
         }
@@ -251,7 +259,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     }
     let kind = a.backend.parse::<BackendKind>()?;
     let backend = Backend::new(kind)?;
-    let encoders = load_models(&a.model, a.max_length, kind)?;
+    let encoders = load_models(&a.model, a.max_length, a.forward_batch, kind)?;
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(
         dataset,
@@ -366,6 +374,7 @@ const SHARED_PREFIX_BYTES: usize = 1 << 30;
 fn load_models(
     names: &[String],
     max_length: Option<usize>,
+    forward_batch: usize,
     kind: BackendKind,
 ) -> Result<Vec<Box<dyn encoder::Encoder>>> {
     #[cfg(feature = "encoder")]
@@ -377,11 +386,13 @@ fn load_models(
         };
         return names
             .iter()
-            .map(|m| encoder::builtin_sharing(m, max_length, kind, Some(shared.clone())))
+            .map(|m| {
+                encoder::builtin_sharing(m, max_length, forward_batch, kind, Some(shared.clone()))
+            })
             .collect();
     }
     names
         .iter()
-        .map(|m| encoder::builtin_with(m, max_length, kind))
+        .map(|m| encoder::builtin_with(m, max_length, forward_batch, kind))
         .collect()
 }

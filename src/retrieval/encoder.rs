@@ -185,23 +185,28 @@ impl Encoder for HashingEncoder {
 /// The built-in encoders by name (`--model`). Transformer encoders register here when
 /// they land.
 pub fn builtin(name: &str) -> Result<Box<dyn Encoder>> {
-    builtin_with(name, None, BackendKind::Cpu)
+    builtin_with(name, None, FORWARD_BATCH, BackendKind::Cpu)
 }
 
+/// Texts per forward pass of a transformer encoder, unless the caller says otherwise.
+pub const FORWARD_BATCH: usize = 32;
+
 /// [`builtin`] with the transformers' truncation length set to `max_length` tokens
-/// (specials included; `None`: the model's own limit), the transformers running on
-/// `backend`'s burn device (the CPU choices both use burn's CPU device; `cuda` without
-/// the `burn-cuda` feature runs them on the CPU too, with a note).
+/// (specials included; `None`: the model's own limit), `forward_batch` texts per forward
+/// pass, the transformers running on `backend`'s burn device (the CPU choices both use
+/// burn's CPU device; `cuda` without the `burn-cuda` feature runs them on the CPU too, with
+/// a note).
 pub fn builtin_with(
     name: &str,
     max_length: Option<usize>,
+    forward_batch: usize,
     backend: BackendKind,
 ) -> Result<Box<dyn Encoder>> {
     #[cfg(feature = "encoder")]
-    return builtin_sharing(name, max_length, backend, None);
+    return builtin_sharing(name, max_length, forward_batch, backend, None);
     #[cfg(not(feature = "encoder"))]
     {
-        let _ = (max_length, backend);
+        let _ = (max_length, forward_batch, backend);
         match name {
             "hash" => Ok(Box::new(HashingEncoder::default())),
             _ => Err(unknown_model(name)),
@@ -215,13 +220,15 @@ pub fn builtin_with(
 pub fn builtin_sharing(
     name: &str,
     max_length: Option<usize>,
+    forward_batch: usize,
     backend: BackendKind,
     shared: Option<crate::encoder::prefix::SharedPrefix>,
 ) -> Result<Box<dyn Encoder>> {
+    let transformer = |spec: &str| transformer(spec, max_length, forward_batch, backend, shared);
     match name {
         "hash" => Ok(Box::new(HashingEncoder::default())),
-        "minilm" | "e5-small" => transformer(name, max_length, backend, shared),
-        path if Path::new(path).exists() => transformer(path, max_length, backend, shared),
+        "minilm" | "e5-small" => transformer(name),
+        path if Path::new(path).exists() => transformer(path),
         _ => Err(unknown_model(name)),
     }
 }
@@ -240,6 +247,7 @@ fn unknown_model(name: &str) -> Error {
 fn transformer(
     spec: &str,
     max_length: Option<usize>,
+    forward_batch: usize,
     backend: BackendKind,
     shared_prefix: Option<crate::encoder::prefix::SharedPrefix>,
 ) -> Result<Box<dyn Encoder>> {
@@ -247,6 +255,7 @@ fn transformer(
     let spec: crate::encoder::ModelSpec = spec.parse()?;
     let options = EncoderOptions {
         max_length,
+        batch_size: forward_batch,
         shared_prefix,
         ..EncoderOptions::default()
     };
