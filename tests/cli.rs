@@ -955,6 +955,25 @@ fn outputs_are_written_through_links_and_into_pipes() {
         "{} bytes",
         o.stdout.len()
     );
+
+    // /dev/stdout when standard output is a file opened for appending (`>> all.npy`): what
+    // was there stays, the array follows it, and so does the summary printed after it
+    // (renaming over the file would have unlinked the one the shell holds).
+    let all = tmp.path().join("all.out");
+    std::fs::write(&all, b"before\n").unwrap();
+    let appended = std::fs::OpenOptions::new().append(true).open(&all).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["ot", "cost", "--x", x, "--y", x, "--out", "/dev/stdout"])
+        .stdout(appended)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let as_file = tmp.path().join("as-file.npy");
+    let o = optical(&["ot", "cost", "--x", x, "--y", x, "--out", p(&as_file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut want = b"before\n".to_vec();
+    want.extend(std::fs::read(&as_file).unwrap());
+    assert_eq!(std::fs::read(&all).unwrap(), want);
 }
 
 /// A reader that goes away (`optical info | head -1`) ends the process quietly, as Unix tools

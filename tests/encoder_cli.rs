@@ -278,7 +278,14 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
     let run = optical()
         .args(["encode", "--model"])
         .arg(&three)
-        .args(["--max-length", "4", "--query-prefix", "x y z "])
+        .args([
+            "--max-length",
+            "4",
+            "--query-prefix",
+            "x y z ",
+            "--kind",
+            "query",
+        ])
         .args(["--input", input_s, "--out", out_s])
         .output()
         .unwrap();
@@ -286,9 +293,43 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
     assert_eq!(run.status.code(), Some(2), "{err}");
     assert!(
         err.contains("room for text after")
-            && err.contains("\"x y z \"")
+            && err.contains("query prefix \"x y z \"")
             && err.contains("found 4"),
         "{err}"
+    );
+    // The model's own files are inputs: an output there would break the model.
+    let tokenizer = three.join("tokenizer.json");
+    let before = std::fs::read(&tokenizer).unwrap();
+    let run = optical()
+        .args(["encode", "--model"])
+        .arg(&three)
+        .args(["--input", input_s, "--out"])
+        .arg(&tokenizer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("found the input file"), "{err}");
+    assert_eq!(std::fs::read(&tokenizer).unwrap(), before);
+    // Passages do not take the query prefix: the same flags encode them.
+    let run = optical()
+        .args(["encode", "--model"])
+        .arg(&three)
+        .args([
+            "--max-length",
+            "4",
+            "--query-prefix",
+            "x y z ",
+            "--kind",
+            "passage",
+        ])
+        .args(["--input", input_s, "--out", out_s])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
     // With room for them it runs, and truncates.
     let run = optical()

@@ -523,6 +523,18 @@ fn search_cli_maxsim_with_one_token_equals_dense() {
             ],
             "cl0.npy (corpus lengths): document 0 has no tokens",
         ),
+        // The tag is checked before anything is read (the queries' file is not there).
+        (
+            vec![
+                "--queries",
+                "no-such.npy",
+                "--corpus",
+                "c.npy",
+                "--tag",
+                "a b",
+            ],
+            "TREC run tag: expected an id without whitespace, found \"a b\"",
+        ),
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
             .arg("search")

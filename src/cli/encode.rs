@@ -78,6 +78,38 @@ pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{stem}.{suffix}.npy"))
 }
 
+/// The files a model reads (a directory's, two levels deep: a distillation run stands for
+/// its `student/`), for the check that no output replaces one.
+fn model_files(spec: &ModelSpec) -> Vec<PathBuf> {
+    use crate::assets::Asset;
+    let files_in = |dir: &Path| -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut dirs = vec![(dir.to_path_buf(), 0)];
+        while let Some((d, depth)) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    if depth < 1 {
+                        dirs.push((path, depth + 1));
+                    }
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    };
+    match spec {
+        ModelSpec::MiniLm => files_in(&Asset::MiniLm.dir()),
+        ModelSpec::E5Small => [Asset::E5Small.dir(), Asset::XlmrTokenizer.dir()]
+            .iter()
+            .flat_map(|d| files_in(d))
+            .collect(),
+        ModelSpec::Path(p) if p.is_dir() => files_in(p),
+        ModelSpec::Path(p) => vec![p.clone(), p.with_file_name("tokenizer.json")],
+    }
+}
+
 pub fn run(args: EncodeArgs) -> Result<()> {
     let spec: ModelSpec = args.model.parse()?;
     let kind: TextKind = args.kind.parse()?;
@@ -103,9 +135,14 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         ],
         Pooling::Mean | Pooling::Cls => vec![args.out.clone()],
     };
+    // The model's own files are inputs too: `--out model-dir/tokenizer.json` would break
+    // the model for every later run.
+    let model_files = model_files(&spec);
+    let mut inputs: Vec<Option<&Path>> = vec![Some(&args.input)];
+    inputs.extend(model_files.iter().map(|p| Some(p.as_path())));
     for p in &outputs {
         crate::io::check_output_file(p)?;
-        crate::io::check_not_input(p, &[Some(&args.input)])?;
+        crate::io::check_not_input(p, &inputs)?;
     }
     let options = EncoderOptions {
         max_length: args.max_length,

@@ -160,6 +160,7 @@ fn same_dimension(a: &SearchArgs, d: usize, dc: usize) -> Result<()> {
 
 pub fn run(a: SearchArgs) -> Result<()> {
     let scoring: Scoring = a.scoring.parse()?;
+    crate::retrieval::trec::check_run_tag(&a.tag)?;
     crate::io::check_output_file(&a.out)?;
     crate::io::check_not_input(
         &a.out,

@@ -756,24 +756,6 @@ impl TextEncoder {
             .passage_prefix
             .clone()
             .unwrap_or_else(|| prefixes.1.to_string());
-        // A prefix that fills the token budget with the special tokens would give every text
-        // the same tokens, hence the same vector.
-        for prefix in [&query_prefix, &passage_prefix] {
-            if prefix.is_empty() {
-                continue;
-            }
-            let used = tokenizer.encode_ids(prefix)?.len();
-            if used >= tokenizer.max_length() {
-                return Err(Error::parameter(
-                    "max_length",
-                    format!(
-                        "room for text after {name}'s prefix {prefix:?} and its special tokens \
-                         (they fill all {used} tokens)"
-                    ),
-                    tokenizer.max_length(),
-                ));
-            }
-        }
         let model = TransformerEncoder::from_weights(&config, weights, &device)?;
         Ok(TextEncoder {
             name: name.to_string(),
@@ -806,6 +788,28 @@ impl TextEncoder {
             TextKind::Query => &self.query_prefix,
             TextKind::Passage => &self.passage_prefix,
         };
+        // A prefix that fills the token budget with the special tokens would give every text
+        // the same tokens, hence the same vector: two one-letter texts tell apart exactly
+        // when a text token fits after it (the prefix alone would count its trailing
+        // space, which merges into the text's first token). Only the prefix of this kind
+        // is checked: a query prefix does not matter to passages.
+        if !prefix.is_empty() && !texts.is_empty() {
+            let one = |t: &str| self.tokenizer.encode_ids(&format!("{prefix}{t}"));
+            if one("x")? == one("y")? {
+                return Err(Error::parameter(
+                    "max_length",
+                    format!(
+                        "room for text after {}'s {} prefix {prefix:?} and its special tokens",
+                        self.name,
+                        match kind {
+                            TextKind::Query => "query",
+                            TextKind::Passage => "passage",
+                        }
+                    ),
+                    self.tokenizer.max_length(),
+                ));
+            }
+        }
         texts
             .iter()
             .map(|t| {

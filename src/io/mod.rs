@@ -40,6 +40,15 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 /// special file itself.
 pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_output_file(path)?;
+    // This process's standard output or error redirected to a file (`--out /dev/stdout
+    // >> all.trec`): renaming over that file would unlink the one the shell holds open (and
+    // reopening it would truncate it), so what was there and what is printed after it
+    // would be lost. The bytes go through the inherited stream instead.
+    if let Some(stream) = standard_stream(path) {
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            return write_to_stream(path, stream, write);
+        }
+    }
     // A special file, through any links, is written as the path is given: the system
     // resolves it (`/dev/stdout`'s links end at `pipe:[N]`, which is no path at all).
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
@@ -52,6 +61,36 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    result
+}
+
+/// Which standard stream `path` names, if it is one of the names of standard output or
+/// error.
+fn standard_stream(path: &Path) -> Option<u8> {
+    match path.to_str()? {
+        "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1" => Some(1),
+        "/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2" => Some(2),
+        _ => None,
+    }
+}
+
+/// `write` into a temporary file, then its bytes onto standard output (`stream` 1) or
+/// error (2), at the stream's own position (appended where the shell opened it with `>>`).
+fn write_to_stream(path: &Path, stream: u8, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    use std::io::Write;
+    let tmp = temp_sibling(&std::env::temp_dir().join(format!("optical-stream-{stream}")));
+    let result = write(&tmp).and_then(|()| {
+        let mut file = std::fs::File::open(&tmp).map_err(|e| Error::io(&tmp, "read", e))?;
+        let copied = if stream == 1 {
+            let mut out = std::io::stdout().lock();
+            std::io::copy(&mut file, &mut out).and_then(|_| out.flush())
+        } else {
+            let mut out = std::io::stderr().lock();
+            std::io::copy(&mut file, &mut out).and_then(|_| out.flush())
+        };
+        copied.map_err(|e| Error::io(path, "write", e))
+    });
+    let _ = std::fs::remove_file(&tmp);
     result
 }
 

@@ -137,6 +137,12 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
     Ok(out)
 }
 
+/// A run tag TREC files can hold: not empty, no whitespace (checked before a search, not
+/// after it).
+pub fn check_run_tag(tag: &str) -> Result<()> {
+    check_id("run tag", tag)
+}
+
 fn check_id(kind: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.contains(char::is_whitespace) {
         return Err(Error::value(
