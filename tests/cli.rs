@@ -1702,3 +1702,62 @@ fn outputs_too_large_to_allocate_are_clear_errors() {
         "{err}"
     );
 }
+
+/// `data export` writes all of its files or none (a name it cannot take leaves the directory
+/// as it was), and names the files an earlier export left that this one did not write.
+#[test]
+fn data_export_is_all_or_nothing_and_names_stale_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("tatoeba")).unwrap();
+    for lang in ["afr", "deu"] {
+        for (ext, text) in [(lang, "een\ntwee\n"), ("eng", "one\ntwo\n")] {
+            std::fs::write(data.join(format!("tatoeba/tatoeba.{lang}-eng.{ext}")), text).unwrap();
+        }
+    }
+    let export = |languages: &str, out: &Path| {
+        optical(&[
+            "data",
+            "export",
+            "tatoeba",
+            "--data-dir",
+            p(&data),
+            "--languages",
+            languages,
+            "--out",
+            p(out),
+        ])
+    };
+    let ex = tmp.path().join("ex");
+    let o = export("afr,deu", &ex);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(ex.join("deu-eng.qrels").is_file() && ex.join("eng-afr.candidates.tsv").is_file());
+    let o = export("afr", &ex);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("also holds exported files this export did not write")
+            && err.contains("deu-eng.qrels")
+            && !err.contains("afr-eng.qrels"),
+        "{err}"
+    );
+    // A directory where one of the files goes: refused, and nothing else replaced.
+    let ex2 = tmp.path().join("ex2");
+    std::fs::create_dir_all(ex2.join("eng-afr.queries.tsv")).unwrap();
+    let o = export("afr,deu", &ex2);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("eng-afr.queries.tsv"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(&ex2)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["eng-afr.queries.tsv"]);
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("partial")),
+        "a temporary directory was left"
+    );
+}

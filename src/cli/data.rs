@@ -186,23 +186,49 @@ fn export(a: ExportArgs) -> Result<()> {
     let dataset = a.dataset.dataset()?;
     let dir = data::data_dir(a.dataset.dir.data_dir.as_deref());
     let tasks = data::load_tasks(dataset, &dir, &a.dataset.load_options())?;
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, "create", e))?;
-    for t in &tasks {
-        let qrels: Vec<(&str, &str, i64)> = t
-            .queries
-            .iter()
-            .zip(&t.relevant)
-            .flat_map(|(q, rel)| {
-                rel.iter()
-                    .map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1))
-            })
-            .collect();
-        trec::write_qrels(&a.out.join(format!("{}.qrels", t.name)), qrels)?;
-        write_tsv(&a.out.join(format!("{}.queries.tsv", t.name)), &t.queries)?;
-        write_tsv(
-            &a.out.join(format!("{}.candidates.tsv", t.name)),
-            &t.candidates,
-        )?;
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "create", e))?;
+    }
+    // Every file is written into a temporary directory first and moved in only when all
+    // were: a failure leaves --out as it was, not half new and half old.
+    let mut written: Vec<String> = Vec::new();
+    crate::io::write_dir(&a.out, |tmp| {
+        for t in &tasks {
+            let qrels: Vec<(&str, &str, i64)> = t
+                .queries
+                .iter()
+                .zip(&t.relevant)
+                .flat_map(|(q, rel)| {
+                    rel.iter()
+                        .map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1))
+                })
+                .collect();
+            let names = EXPORT_SUFFIXES.map(|suffix| format!("{}{suffix}", t.name));
+            trec::write_qrels(&tmp.join(&names[0]), qrels)?;
+            write_tsv(&tmp.join(&names[1]), &t.queries)?;
+            write_tsv(&tmp.join(&names[2]), &t.candidates)?;
+            written.extend(names);
+        }
+        Ok(())
+    })?;
+    // Files of an earlier export that this one did not write (other languages): left as
+    // they are, but named, since a script reading every *.qrels there would take them too.
+    let stale: Vec<String> = std::fs::read_dir(&a.out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| EXPORT_SUFFIXES.iter().any(|s| n.ends_with(s)) && !written.contains(n))
+        .collect();
+    if !stale.is_empty() {
+        let mut stale = stale;
+        stale.sort();
+        eprintln!(
+            "note: {} also holds exported files this export did not write (an earlier \
+             one's?): {}",
+            a.out.display(),
+            stale.join(", ")
+        );
     }
     println!(
         "{}",
@@ -237,6 +263,9 @@ fn languages_found(d: DatasetName, dir: &std::path::Path) -> Result<usize> {
         }
     })
 }
+
+/// What `data export` writes per task, after the task's name.
+const EXPORT_SUFFIXES: [&str; 3] = [".qrels", ".queries.tsv", ".candidates.tsv"];
 
 fn write_tsv(path: &std::path::Path, texts: &[data::Text]) -> Result<()> {
     let mut s = String::new();

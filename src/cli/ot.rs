@@ -358,7 +358,7 @@ fn solve(args: SolveArgs) -> Result<()> {
     let plan: Vec<f32> = out.plan.iter().map(|&v| v as f32).collect();
     let iterations: Vec<i32> = out.iterations.iter().map(|&v| v as i32).collect();
     // The files below are SOLVE_OUTPUTS.
-    write_dir(&args.out, |dir| {
+    crate::io::write_dir(&args.out, |dir| {
         npy::write(&dir.join("plan.npy"), &with(&[n, m]), &plan)?;
         npy::write(&dir.join("f.npy"), &with(&[n]), &out.f)?;
         npy::write(&dir.join("g.npy"), &with(&[m]), &out.g)?;
@@ -566,66 +566,6 @@ fn blame(e: Error, files: &[(&str, &std::path::Path)]) -> Error {
         Some((_, path)) => e.in_file(path),
         None => e,
     }
-}
-
-/// Write into `dir` without leaving a partial directory behind: files go to a temporary
-/// sibling first and are moved in only when all of them were written.
-fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    crate::io::check_output_dir(dir)?;
-    let tmp = crate::io::temp_sibling(dir);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let result = write(&tmp).and_then(|()| {
-        if !dir.exists() {
-            return std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, "rename", e));
-        }
-        if !dir.is_dir() {
-            return Err(Error::io(
-                dir,
-                "write output directory",
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "a file with that name exists",
-                ),
-            ));
-        }
-        // Every name is checked before any file moves, so that a name the outputs cannot
-        // take (a directory there) leaves the previous outputs as they were, not half of
-        // them replaced.
-        let mut moves = Vec::new();
-        for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, "read", e))? {
-            let entry = entry.map_err(|e| Error::io(&tmp, "read", e))?;
-            let at = dir.join(entry.file_name());
-            if crate::io::resolve_links(&at)?.is_dir() {
-                return Err(Error::io(
-                    &at,
-                    "write",
-                    std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "expected a file path, found a directory",
-                    ),
-                ));
-            }
-            moves.push((entry.path(), at));
-        }
-        for (from, at) in moves {
-            // A regular file, or nothing (not even a dangling link), is simply replaced.
-            let plain = std::fs::symlink_metadata(&at).map_or(true, |m| m.file_type().is_file());
-            if plain {
-                std::fs::rename(&from, &at).map_err(|e| Error::io(&at, "rename", e))?;
-            } else {
-                // A symbolic link is written through (the file it names is replaced, the
-                // link stays) and a special file written directly, as single outputs are.
-                crate::io::write_through_temp(&at, |p| {
-                    std::fs::copy(&from, p)
-                        .map(drop)
-                        .map_err(|e| Error::io(p, "write", e))
-                })?;
-            }
-        }
-        Ok(())
-    });
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
 }
 
 #[cfg(test)]

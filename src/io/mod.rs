@@ -239,6 +239,66 @@ pub fn check_parent(path: &Path) -> Result<()> {
     ))
 }
 
+/// Write into `dir` without leaving a partial directory behind: files go to a temporary
+/// sibling first and are moved in only when all of them were written.
+pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    check_output_dir(dir)?;
+    let tmp = temp_sibling(dir);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    let result = write(&tmp).and_then(|()| {
+        if !dir.exists() {
+            return std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, "rename", e));
+        }
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                "write output directory",
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file with that name exists",
+                ),
+            ));
+        }
+        // Every name is checked before any file moves, so that a name the outputs cannot
+        // take (a directory there) leaves the previous outputs as they were, not half of
+        // them replaced.
+        let mut moves = Vec::new();
+        for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, "read", e))? {
+            let entry = entry.map_err(|e| Error::io(&tmp, "read", e))?;
+            let at = dir.join(entry.file_name());
+            if resolve_links(&at)?.is_dir() {
+                return Err(Error::io(
+                    &at,
+                    "write",
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "expected a file path, found a directory",
+                    ),
+                ));
+            }
+            moves.push((entry.path(), at));
+        }
+        for (from, at) in moves {
+            // A regular file, or nothing (not even a dangling link), is simply replaced.
+            let plain = std::fs::symlink_metadata(&at).map_or(true, |m| m.file_type().is_file());
+            if plain {
+                std::fs::rename(&from, &at).map_err(|e| Error::io(&at, "rename", e))?;
+            } else {
+                // A symbolic link is written through (the file it names is replaced, the
+                // link stays) and a special file written directly, as single outputs are.
+                write_through_temp(&at, |p| {
+                    std::fs::copy(&from, p)
+                        .map(drop)
+                        .map_err(|e| Error::io(p, "write", e))
+                })?;
+            }
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
 /// [`write_through_temp`] of `contents`.
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     write_through_temp(path, |tmp| {
