@@ -138,8 +138,20 @@ impl Error {
     /// a measured slowdown (`optical bench compare`). The CLI exits with 2 for these, 1 for
     /// the others.
     pub fn is_user_error(&self) -> bool {
+        use std::io::ErrorKind;
         match self {
             Error::Backend { .. } | Error::Slower { .. } | Error::Interrupted { .. } => false,
+            // A full disk, an exhausted quota, a failing device: the machine's state, not
+            // the command line (a missing file or a directory in an output's place is).
+            Error::Io { source, .. } => {
+                !matches!(
+                    source.kind(),
+                    ErrorKind::StorageFull
+                        | ErrorKind::QuotaExceeded
+                        | ErrorKind::OutOfMemory
+                        | ErrorKind::WriteZero
+                ) && source.raw_os_error() != Some(5)
+            }
             Error::Replica { source, .. } => source.is_user_error(),
             _ => true,
         }
@@ -220,4 +232,22 @@ pub fn catch_panic_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, S
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     QUIET.with(|q| q.set(was));
     result.map_err(panic_message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_the_machines_state_a_missing_file_the_users() {
+        let io = |kind: std::io::ErrorKind| Error::io("f", "write", std::io::Error::from(kind));
+        assert!(!io(std::io::ErrorKind::StorageFull).is_user_error());
+        assert!(!io(std::io::ErrorKind::QuotaExceeded).is_user_error());
+        assert!(
+            !Error::io("f", "read", std::io::Error::from_raw_os_error(5)).is_user_error(),
+            "EIO"
+        );
+        assert!(io(std::io::ErrorKind::NotFound).is_user_error());
+        assert!(io(std::io::ErrorKind::PermissionDenied).is_user_error());
+    }
 }

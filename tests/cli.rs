@@ -1761,3 +1761,26 @@ fn data_export_is_all_or_nothing_and_names_stale_files() {
         "a temporary directory was left"
     );
 }
+
+/// A write that fails because the device is full exits 1 (the machine's state), not 2 (a
+/// mistake on the command line).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_device_is_not_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("x.npy");
+    npy::write(&x, &[2, 3], &[1.0f32; 6]).unwrap();
+    let o = optical(&[
+        "ot",
+        "cost",
+        "--x",
+        p(&x),
+        "--y",
+        p(&x),
+        "--out",
+        "/dev/full",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("/dev/full"), "{err}");
+}
