@@ -194,17 +194,8 @@ fn export(a: ExportArgs) -> Result<()> {
     let mut written: Vec<String> = Vec::new();
     crate::io::write_dir(&a.out, |tmp| {
         for t in &tasks {
-            let qrels: Vec<(&str, &str, i64)> = t
-                .queries
-                .iter()
-                .zip(&t.relevant)
-                .flat_map(|(q, rel)| {
-                    rel.iter()
-                        .map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1))
-                })
-                .collect();
             let names = EXPORT_SUFFIXES.map(|suffix| format!("{}{suffix}", t.name));
-            trec::write_qrels(&tmp.join(&names[0]), qrels)?;
+            trec::write_qrels(&tmp.join(&names[0]), t.qrels())?;
             write_tsv(&tmp.join(&names[1]), &t.queries)?;
             write_tsv(&tmp.join(&names[2]), &t.candidates)?;
             written.extend(names);

@@ -275,16 +275,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     let runs = out.join("runs");
     std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, "create", e))?;
     for t in &tasks {
-        let qrels: Vec<(&str, &str, i64)> = t
-            .queries
-            .iter()
-            .zip(&t.relevant)
-            .flat_map(|(q, rel)| {
-                rel.iter()
-                    .map(move |&c| (q.id.as_str(), t.candidates[c].id.as_str(), 1))
-            })
-            .collect();
-        trec::write_qrels(&runs.join(format!("{}.qrels", t.name)), qrels)?;
+        trec::write_qrels(&runs.join(format!("{}.qrels", t.name)), t.qrels())?;
     }
     let settings = TaskSettings {
         scoring,

@@ -157,6 +157,19 @@ pub struct RetrievalTask {
 }
 
 impl RetrievalTask {
+    /// The task's judgements as `(qid, docno, relevance)` triples, in query order (what
+    /// [`crate::retrieval::trec::write_qrels`] writes).
+    pub fn qrels(&self) -> Vec<(&str, &str, i64)> {
+        self.queries
+            .iter()
+            .zip(&self.relevant)
+            .flat_map(|(q, rel)| {
+                rel.iter()
+                    .map(move |&c| (q.id.as_str(), self.candidates[c].id.as_str(), 1))
+            })
+            .collect()
+    }
+
     /// The task's judgements as TREC qrels lines (`qid 0 docno 1`), in query order.
     pub fn qrels_lines(&self) -> impl Iterator<Item = String> + '_ {
         self.queries

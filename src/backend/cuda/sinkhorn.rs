@@ -449,10 +449,7 @@ impl CudaBackend {
         self.upload_active(&mut st, &vec![true; problem.pairs])?;
         let stream = self.dev.stream.clone();
         self.time_on_device(min_seconds, || {
-            stream
-                .memset_zeros(&mut st.f)
-                .and_then(|_| stream.memset_zeros(&mut st.g))
-                .map_err(super::device::driver("reset the potentials"))?;
+            reset_potentials(&stream, &mut st)?;
             self.launch_iterate(&mut st, iterations)
         })
     }
@@ -471,12 +468,7 @@ impl CudaBackend {
         let mut st = self.prepare(problem, params.epsilon)?;
         let stream = self.dev.stream.clone();
         self.time_on_device(min_seconds, || {
-            stream
-                .memset_zeros(&mut st.f)
-                .and_then(|_| stream.memset_zeros(&mut st.g))
-                .map_err(super::device::driver("reset the potentials"))?;
-            // The errors on the device belong to the previous solve.
-            st.errors_current = false;
+            reset_potentials(&stream, &mut st)?;
             sinkhorn::iterate_to_stop(self, &mut st, problem.pairs, params).map(drop)
         })
     }
@@ -911,6 +903,20 @@ impl SinkhornKernels for CudaBackend {
             )
         }))
     }
+}
+
+/// Zero potentials, as a solve starts from (the errors on the device then belong to the
+/// previous solve: not current).
+fn reset_potentials(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    st: &mut CudaSinkhornState,
+) -> Result<()> {
+    stream
+        .memset_zeros(&mut st.f)
+        .and_then(|_| stream.memset_zeros(&mut st.g))
+        .map_err(super::device::driver("reset the potentials"))?;
+    st.errors_current = false;
+    Ok(())
 }
 
 /// The solver over a state the fused launch already built (and advanced by one chunk).
