@@ -19,7 +19,7 @@
 #     cost kernels with each OPTICAL_CUDA_COST_KERNEL and the wgmma one with
 #     OPTICAL_CUDA_WGMMA_STAGES=3, and the fused kernel with
 #     OPTICAL_CUDA_FUSED_THREADS=256 too, sinkhorn-512 and sinkhorn-2048 with
-#     OPTICAL_CUDA_SINKHORN_SPLIT=off, maxsim with OPTICAL_CUDA_MAXSIM=tiled, and the
+#     OPTICAL_CUDA_SINKHORN_SPLIT=off, maxsim with OPTICAL_CUDA_MAXSIM=direct, and the
 #     large-copy problems' wall time with OPTICAL_CUDA_STAGING=pageable),
 #     including sinkhorn-fused (b=256, n=m=128, d=384, eps=0.05, 100 iterations) and the
 #     exp2-peak probe (the measured ex2 rate the floors assume), and
@@ -91,7 +91,7 @@ step() {
     local name=$1
     shift
     echo "== gpu-check: $name" >&2
-    local run=("$@") limit=${T:-900} pattern patterns
+    local run=("$@") limit=${T:-900} pattern patterns shortened=0
     # Split on commas and spaces without letting the shell expand the patterns' *.
     IFS=', ' read -ra patterns <<<"$SKIP"
     for pattern in "${patterns[@]}"; do
@@ -109,12 +109,18 @@ step() {
             echo "   skipped: out of time" >&2
             return
         fi
-        [ "$left" -lt "$limit" ] && limit=$left
+        [ "$left" -lt "$limit" ] && { limit=$left; shortened=1; }
     fi
     declare -F "$1" >/dev/null || run=(timeout --kill-after=10 "$limit" "$@")
-    local started=$SECONDS
-    if "${run[@]}" >"$LOGS/$name.log" 2>&1; then
+    local started=$SECONDS code=0
+    "${run[@]}" >"$LOGS/$name.log" 2>&1 || code=$?
+    if [ "$code" = 0 ]; then
         STATUS[$name]=pass
+    elif [ "$shortened" = 1 ] && { [ "$code" = 124 ] || [ "$code" = 137 ]; }; then
+        # Stopped by the time budget, not by a failure of its own (each_test returns 124
+        # when it left tests out for lack of time and none failed).
+        STATUS[$name]="cut (GPU_CHECK_SECONDS=$BUDGET)"
+        echo "   cut: out of time (log: $LOGS/$name.log)" >&2
     else
         STATUS[$name]=FAIL
         echo "   FAILED (log: $LOGS/$name.log)" >&2
@@ -200,15 +206,32 @@ vulkan_env() {
 # Each test in its own process (a test executable's command, without filters): a CUDA error
 # is sticky for the process's context, so a fault in a kernel not yet proven on a GPU would
 # otherwise fail every test after it with errors that are not theirs.
+# Each test gets at most 120 s and, under GPU_CHECK_SECONDS, no more than the budget has
+# left (30 s kept for the report): a test hanging in a kernel never run on a GPU before costs
+# the steps after it no more than that. Tests left out for lack of time are listed, and the
+# function returns 124 for them when none failed (the step then says "cut").
 each_test() {
-    local names failed=0 t
+    local names failed=0 t limit left cut=()
     names=$("$@" --list 2>/dev/null | sed -n 's/: test$//p')
     [ -n "$names" ] || { echo "each_test: no tests listed by: $*"; return 1; }
     for t in $names; do
+        limit=120
+        if [ "$BUDGET" -gt 0 ]; then
+            left=$((BUDGET - SECONDS - 30))
+            if [ "$left" -lt 20 ]; then
+                cut+=("$t")
+                continue
+            fi
+            [ "$left" -lt "$limit" ] && limit=$left
+        fi
         echo "=== $t"
-        timeout --kill-after=10 120 "$@" "$t" --exact --nocapture --test-threads=1 ||
+        timeout --kill-after=10 "$limit" "$@" "$t" --exact --nocapture --test-threads=1 ||
             { echo "=== FAILED: $t"; failed=1; }
     done
+    if [ "${#cut[@]}" -gt 0 ]; then
+        echo "=== CUT (GPU_CHECK_SECONDS=$BUDGET spent): ${cut[*]}"
+        [ "$failed" = 0 ] && return 124
+    fi
     return $failed
 }
 if [ -n "$PREBUILT" ]; then
@@ -222,6 +245,10 @@ T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --phases --min-seconds 2 \
     --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,sinkhorn-fused-1,exp2-peak,sinkhorn-checks
+# PyTorch eager and the bandwidths (HBM, PCIe) right after the CUDA numbers they are the
+# issue's ratios with (about 15 s); the torch.compile variants, whose compiles take minutes,
+# at the end (torch-compile), so that a time limit cuts them first.
+T=120 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --no-compile --out "$LOGS/torch.json"
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
     --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 # The default cost kernel choice (auto) takes wgmma on compute capability 9.0 for problems of
@@ -323,9 +350,49 @@ T=30 step bench-cuda-hostchecks env OPTICAL_CUDA_CHECKS=host "$BIN" bench --back
     --phases --min-seconds 2 --kernels sinkhorn-checks
 T=45 step bench-cuda-pageable env OPTICAL_CUDA_STAGING=pageable "$BIN" bench --backend cuda --json --phases \
     --min-seconds 2 --kernels sinkhorn-fused,cosine-cost-hbm
-# PyTorch eager and the bandwidths (HBM, PCIe) now; the torch.compile variants, whose
-# compiles take minutes, at the end (torch-compile), so that a time limit cuts them first.
-T=120 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --no-compile --out "$LOGS/torch.json"
+# Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
+# access to the performance counters, which some machines refuse): throughput, pipe use
+# and issue rates, launch resources, occupancy, memory traffic (with the tables' shared-memory
+# bank conflicts and global sector use, which the report quotes), warp stall reasons.
+NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1 || true)}
+profile() { # name kernel-entry cost-kernel bench-problem
+    T=120 step "profile-$1" env OPTICAL_CUDA_COST_KERNEL="$3" "$NCU" --kernel-name "$2" \
+        --launch-skip 1 --launch-count 1 --section SpeedOfLight --section LaunchStats \
+        --section Occupancy --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \
+        "$BIN" bench --backend cuda --json --min-seconds 0 --kernels "$4"
+    [ "${STATUS[profile-$1]}" = FAIL ] && STATUS[profile-$1]="failed (optional; see its log)"
+    return 0
+}
+# The profiles the open goals are about run before the wgpu steps, which feed none of
+# the CUDA decisions; the rest after them.
+if [ -n "$NCU" ]; then
+    # Most informative first, for a run whose time budget runs out: the kernels the open goals
+    # are about and have not been profiled yet (wgmma with the conflict-free stores, with
+    # three stages, and with x in registers; the fused kernel with the cost given; the exp2
+    # probe), then the ones profiled before.
+    if [ "$compute_cap" = 9.0 ]; then
+        profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
+        OPTICAL_CUDA_WGMMA_STAGES=3 profile cost-wgmma3 cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
+    fi
+    # With the cost given (cost_mode 3) the fused kernel is almost all iterations: its
+    # profile isolates the iteration phase (1.51x its exp floor on the H200). The
+    # instruction mix and every pipe's utilisation (--print-details all) say whether the
+    # SFU or something else sets the pace.
+    T=120 step profile-fused-given env OPTICAL_CUDA_FUSED_COST=standalone "$NCU" \
+        --kernel-name sinkhorn_fused_f32 --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+        --section Occupancy --section ComputeWorkloadAnalysis --section InstructionStats \
+        --section WarpStateStats --print-details all \
+        "$BIN" bench --backend cuda --json --min-seconds 0 --kernels sinkhorn-fused
+    [ "${STATUS[profile-fused-given]}" = FAIL ] && STATUS[profile-fused-given]="failed (optional; see its log)"
+    # The same sections on the exp2 probe (kernels/peak.ptx: chains of ex2 and nothing else,
+    # every SM full): what Nsight reports for the SFU pipe when it is the only bound, the
+    # scale to read the fused kernel's XU percentage against.
+    T=60 step profile-exp2 "$NCU" --kernel-name ex2_peak_f32 --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+        --print-details all "$BIN" bench --backend cuda --json --min-seconds 0 --kernels exp2-peak
+    [ "${STATUS[profile-exp2]}" = FAIL ] && STATUS[profile-exp2]="failed (optional; see its log)"
+fi
 if [ -n "$PREBUILT" ]; then
     T=240 step wgpu-tests env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" --include-ignored --test-threads=1
 else
@@ -381,46 +448,8 @@ else
     STATUS[distill-wgpu-cudaot]=$distill_missing
     STATUS[distill-cpu]=$distill_missing
 fi
-# Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
-# access to the performance counters, which some machines refuse): throughput, pipe use
-# and issue rates, launch resources, occupancy, memory traffic (with the tables' shared-memory
-# bank conflicts and global sector use, which the report quotes), warp stall reasons.
-NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1 || true)}
-profile() { # name kernel-entry cost-kernel bench-problem
-    T=120 step "profile-$1" env OPTICAL_CUDA_COST_KERNEL="$3" "$NCU" --kernel-name "$2" \
-        --launch-skip 1 --launch-count 1 --section SpeedOfLight --section LaunchStats \
-        --section Occupancy --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-        --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \
-        "$BIN" bench --backend cuda --json --min-seconds 0 --kernels "$4"
-    [ "${STATUS[profile-$1]}" = FAIL ] && STATUS[profile-$1]="failed (optional; see its log)"
-    return 0
-}
 if [ -n "$NCU" ]; then
-    # Most informative first, for a run whose time budget runs out: the kernels the open goals
-    # are about and have not been profiled yet (wgmma with the conflict-free stores, with
-    # three stages, and with x in registers; the fused kernel with the cost given; the exp2
-    # probe), then the ones profiled before.
-    if [ "$compute_cap" = 9.0 ]; then
-        profile cost-wgmma cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
-        OPTICAL_CUDA_WGMMA_STAGES=3 profile cost-wgmma3 cosine_cost_wgmma_f32 wgmma cosine-cost-hbm
-    fi
-    # With the cost given (cost_mode 3) the fused kernel is almost all iterations: its
-    # profile isolates the iteration phase (1.51x its exp floor on the H200). The
-    # instruction mix and every pipe's utilisation (--print-details all) say whether the
-    # SFU or something else sets the pace.
-    T=120 step profile-fused-given env OPTICAL_CUDA_FUSED_COST=standalone "$NCU" \
-        --kernel-name sinkhorn_fused_f32 --launch-skip 1 --launch-count 1 --section SpeedOfLight \
-        --section Occupancy --section ComputeWorkloadAnalysis --section InstructionStats \
-        --section WarpStateStats --print-details all \
-        "$BIN" bench --backend cuda --json --min-seconds 0 --kernels sinkhorn-fused
-    [ "${STATUS[profile-fused-given]}" = FAIL ] && STATUS[profile-fused-given]="failed (optional; see its log)"
-    # The same sections on the exp2 probe (kernels/peak.ptx: chains of ex2 and nothing else,
-    # every SM full): what Nsight reports for the SFU pipe when it is the only bound, the
-    # scale to read the fused kernel's XU percentage against.
-    T=60 step profile-exp2 "$NCU" --kernel-name ex2_peak_f32 --launch-skip 1 --launch-count 1 \
-        --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
-        --print-details all "$BIN" bench --backend cuda --json --min-seconds 0 --kernels exp2-peak
-    [ "${STATUS[profile-exp2]}" = FAIL ] && STATUS[profile-exp2]="failed (optional; see its log)"
+    # The profiles read less often come after the wgpu steps.
     [ "$compute_cap" = 9.0 ] && profile cost-wgmma-rs cosine_cost_wgmma_rs_f32 wgmma-rs cosine-cost-hbm
     OPTICAL_CUDA_FUSED_COST=pipelined profile fused-pipelined sinkhorn_fused_f32 tf32x3 sinkhorn-fused-1
     profile fused sinkhorn_fused_f32 tf32x3 sinkhorn-fused
@@ -447,7 +476,8 @@ OPTICAL_GPU_CHECK_SOURCE="$source_line" \
 
 # Against the newest committed run before this one (another GPU, perhaps: the report says
 # which), kernel by kernel; informational, it never fails the check.
-prev=$(ls benches/results/*.json 2>/dev/null | grep -v -- '-run[0-9]*\.json$' | grep -vxF "$OUT.json" | sort | tail -n1)
+prev=$(ls benches/results/*.json 2>/dev/null | grep -v -- '-run[0-9]*\.json$' | grep -vxF "$OUT.json" | sed 's/\.json$//' | sort -V | tail -n1)
+prev=${prev:+$prev.json}
 if [ -n "$prev" ] && [ -f "$OUT.json" ]; then
     "$BIN" bench compare "$prev" "$OUT.json" --metric both --max-slowdown 5 >"$LOGS/compare-previous.txt" 2>&1
     {
