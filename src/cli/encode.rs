@@ -160,11 +160,18 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         Pooling::Tokens => {
             let packed = encoder.token_embeddings(&texts, kind)?;
             let total: usize = packed.lengths.iter().sum();
-            write_through_temp(&args.out, |p| npy::write(p, &[total, h], &packed.data))?;
             let lengths: Vec<i64> = packed.lengths.iter().map(|&l| l as i64).collect();
             let offsets: Vec<i64> = packed.offsets().iter().map(|&o| o as i64).collect();
-            write_through_temp(&outputs[1], |p| npy::write(p, &[texts.len()], &lengths))?;
-            write_through_temp(&outputs[2], |p| npy::write(p, &[texts.len()], &offsets))?;
+            // Nested: every file is written before any is renamed into place, so a failed
+            // write (a full disk) leaves the three as they were, never new embeddings beside
+            // old lengths.
+            write_through_temp(&args.out, |p| {
+                npy::write(p, &[total, h], &packed.data)?;
+                write_through_temp(&outputs[1], |q| {
+                    npy::write(q, &[texts.len()], &lengths)?;
+                    write_through_temp(&outputs[2], |r| npy::write(r, &[texts.len()], &offsets))
+                })
+            })?;
             total
         }
         Pooling::Mean | Pooling::Cls => {
