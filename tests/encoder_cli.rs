@@ -121,6 +121,20 @@ fn encode_errors_name_the_problem() {
         ],
         "missing.txt",
     );
+    let empty = Path::new(input).with_file_name("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "no-such-model",
+            "--input",
+            empty.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+        "empty.txt: expected at least one text (one per line), found an empty file",
+    );
     fails_with(
         &[
             "encode",

@@ -124,6 +124,13 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let backend: BackendKind = args.backend.parse()?;
     let device = device_for(backend)?;
     let texts = read_lines(&args.input)?;
+    if texts.is_empty() {
+        // Before the model loads: a (0, d) array is refused by everything that reads one.
+        return Err(Error::Format {
+            path: args.input.clone(),
+            what: "expected at least one text (one per line), found an empty file".into(),
+        });
+    }
     // The outputs' paths are checked before the model loads, and each file is written
     // through a temporary sibling, so that a bad --out costs no encoding and a failed
     // write leaves no truncated file.
