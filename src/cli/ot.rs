@@ -248,7 +248,8 @@ fn load_embeddings(path: &Path, lengths: Option<&Path>) -> Result<(Embeddings, b
     }
     let lengths = lengths.map(|p| load_lengths(p, b, n)).transpose()?;
     let real = |r: usize| lengths.as_ref().is_none_or(|l| r % n < l[r / n]);
-    let values = narrow_rows("embeddings", &arr.values, d, real).map_err(|e| e.in_file(path))?;
+    let values = narrow_rows("embeddings", &arr.values, d, batched.then_some(n), real)
+        .map_err(|e| e.in_file(path))?;
     let e = Embeddings::new("embeddings", b, n, d, values, lengths).map_err(|e| e.in_file(path))?;
     Ok((e, batched))
 }
@@ -535,8 +536,8 @@ fn maxsim(args: MaxsimArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let values =
-        narrow_rows("embeddings", &docs.values, d, |_| true).map_err(|e| e.in_file(&args.docs))?;
+    let values = narrow_rows("embeddings", &docs.values, d, None, |_| true)
+        .map_err(|e| e.in_file(&args.docs))?;
     let packed = PackedDocs::new("documents", d, values, lengths)
         .map_err(|e| e.in_data_or_lengths_file(&args.docs, &args.doc_lengths))?;
     let scores = backend

@@ -138,12 +138,13 @@ fn rows_f32(
     arr: &npy::NpyArray,
     path: &Path,
     d: usize,
+    set_rows: Option<usize>,
     is_real: impl Fn(usize) -> bool,
 ) -> Result<Vec<f32>> {
     if arr.dtype == npy::Dtype::F32 {
         return Ok(arr.to_f32());
     }
-    narrow_rows(name, &arr.to_f64(), d, is_real).map_err(|e| e.in_file(path))
+    narrow_rows(name, &arr.to_f64(), d, set_rows, is_real).map_err(|e| e.in_file(path))
 }
 
 /// An error naming the corpus file when its vectors' dimension is not the queries'.
@@ -214,14 +215,14 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 "queries",
                 n,
                 d,
-                rows_f32("queries", &q, &a.queries, d, |_| true)?,
+                rows_f32("queries", &q, &a.queries, d, None, |_| true)?,
             )
             .map_err(|e| e.in_file(&a.queries))?;
             dense_c = DenseVectors::new(
                 "corpus",
                 m,
                 dc,
-                rows_f32("corpus", &c, &a.corpus, dc, |_| true)?,
+                rows_f32("corpus", &c, &a.corpus, dc, None, |_| true)?,
             )
             .map_err(|e| e.in_file(&a.corpus))?;
             Scorer::Dense {
@@ -245,7 +246,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 ql.as_ref()
                     .is_none_or(|ql| ql.get(r / l.max(1)).is_none_or(|&len| r % l < len))
             };
-            let values = rows_f32("queries", &q, &a.queries, d, real)?;
+            let values = rows_f32("queries", &q, &a.queries, d, Some(l), real)?;
             maxsim_q = Embeddings::new("queries", n, l, d, values, ql).map_err(|e| {
                 match a.query_lengths.as_deref() {
                     Some(lengths) => e.in_data_or_lengths_file(&a.queries, lengths),
@@ -273,7 +274,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
             maxsim_c = PackedDocs::new(
                 "corpus",
                 dc,
-                rows_f32("corpus", &c, &a.corpus, dc, |_| true)?,
+                rows_f32("corpus", &c, &a.corpus, dc, None, |_| true)?,
                 read_lengths(cl)?,
             )
             .map_err(|e| e.in_data_or_lengths_file(&a.corpus, cl))?;

@@ -485,12 +485,20 @@ fn norm_error(name: &str, location: &str, norm: f64) -> Error {
 /// beyond f32's range (it would become ±inf, reported as such), and a real row (`is_real`)
 /// whose norm is below [`MIN_ROW_NORM`] but whose entries underflow in `f32` (it would
 /// become a zero row, which is allowed). Those constructors check the rest on the `f32` rows.
+///
+/// `set_rows`: rows per set of a batch `(b, n, d)`, so that errors say `set 1, row 2` as
+/// [`Embeddings::new`] does; `None` for flat rows (`row 5`).
 pub fn narrow_rows(
     name: &str,
     values: &[f64],
     d: usize,
+    set_rows: Option<usize>,
     is_real: impl Fn(usize) -> bool,
 ) -> Result<Vec<f32>> {
+    let location = |r: usize| match set_rows {
+        Some(n) if n > 0 => format!("set {}, row {}", r / n, r % n),
+        _ => format!("row {r}"),
+    };
     let out: Vec<f32> = values.iter().map(|&v| v as f32).collect();
     for (r, (row, narrowed)) in values
         .chunks(d.max(1))
@@ -503,8 +511,9 @@ pub fn narrow_rows(
                 return Err(Error::value(
                     name,
                     format!(
-                        "row {r}: {v:e} is beyond the range of the f32 the kernels compute in \
-                         (±3.4e38); the cosine does not depend on scale, so rescale the vectors"
+                        "{}: {v:e} is beyond the range of the f32 the kernels compute in \
+                         (±3.4e38); the cosine does not depend on scale, so rescale the vectors",
+                        location(r)
                     ),
                 ));
             }
@@ -515,7 +524,7 @@ pub fn narrow_rows(
             let big = row.iter().fold(0.0f64, |acc, v| acc.max(v.abs()));
             let norm = big * row.iter().map(|v| (v / big).powi(2)).sum::<f64>().sqrt();
             if norm < MIN_ROW_NORM {
-                return Err(norm_error(name, &format!("row {r}"), norm));
+                return Err(norm_error(name, &location(r), norm));
             }
         }
     }
@@ -612,25 +621,44 @@ mod tests {
     #[test]
     fn narrowing_refuses_what_f32_would_change_unseen() {
         // A real row whose norm is below the bound but would read as a zero row in f32.
-        let tiny = narrow_rows("embeddings", &[1e-200, 0.0, 0.0, 0.0, 1.0, 0.0], 3, |_| {
-            true
-        })
+        let tiny = narrow_rows(
+            "embeddings",
+            &[1e-200, 0.0, 0.0, 0.0, 1.0, 0.0],
+            3,
+            None,
+            |_| true,
+        )
         .unwrap_err();
         assert!(
             tiny.to_string().contains("row 0: L2 norm 1.000e-200"),
             "{tiny}"
         );
         // A finite value that would become infinite.
-        let huge = narrow_rows("embeddings", &[1.0, 2.0, 1e200, 0.0], 2, |_| true).unwrap_err();
+        let huge =
+            narrow_rows("embeddings", &[1.0, 2.0, 1e200, 0.0], 2, None, |_| true).unwrap_err();
         assert!(
             huge.to_string().contains("row 1: 1e200 is beyond"),
             "{huge}"
         );
         // Padding rows are not checked; a tiny component of a row of ordinary norm is fine.
-        let ok = narrow_rows("embeddings", &[1e-200, 0.0, 1e-60, 1.0], 2, |r| r == 1).unwrap();
+        let ok = narrow_rows("embeddings", &[1e-200, 0.0, 1e-60, 1.0], 2, None, |r| {
+            r == 1
+        })
+        .unwrap();
         assert_eq!(ok, vec![0.0, 0.0, 0.0, 1.0]);
         // A zero row stays allowed.
-        assert!(narrow_rows("embeddings", &[0.0; 4], 2, |_| true).is_ok());
+        assert!(narrow_rows("embeddings", &[0.0; 4], 2, None, |_| true).is_ok());
+        // In a batch, the set and the row within it, as Embeddings::new says them.
+        let batched = narrow_rows(
+            "embeddings",
+            &[1.0, 0.0, 0.0, 1.0, 1.0, 1e200],
+            2,
+            Some(2),
+            |_| true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(batched.contains("set 1, row 0: 1e200"), "{batched}");
     }
 
     #[test]
