@@ -363,6 +363,36 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert_eq!(npy::read(&out).unwrap().shape, vec![5, 384]);
+    // A limit in sentence_bert_config.json that cannot hold the special tokens: an error
+    // naming the file when it is the default, no obstacle to an explicit --max-length.
+    std::fs::write(
+        three.join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 1}"#,
+    )
+    .unwrap();
+    let run = optical()
+        .args(["encode", "--model"])
+        .arg(&three)
+        .args(["--input", input_s, "--out", out_s])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sentence_bert_config.json") && err.contains("expected an integer ≥ 2"),
+        "{err}"
+    );
+    let run = optical()
+        .args(["encode", "--model"])
+        .arg(&three)
+        .args(["--max-length", "5", "--input", input_s, "--out", out_s])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 /// The tokenizer is parsed on a second thread while the weights load: a broken tokenizer is

@@ -640,7 +640,12 @@ impl TextEncoder {
             ModelSpec::Path(path) if path.is_dir() => {
                 let name = path.display().to_string();
                 let (q, p) = read_prefixes(path)?;
-                let max_length = read_max_seq_length(path)?;
+                // Only the default needs the model's own limit: an explicit --max-length
+                // stands even where sentence_bert_config.json says something unusable.
+                let max_length = match options.max_length {
+                    Some(_) => None,
+                    None => read_max_seq_length(path)?,
+                };
                 Self::load_hf(
                     path,
                     &name,
