@@ -154,12 +154,7 @@ pub fn read_aligned(
 
 fn list_dir(dir: &Path) -> Result<Vec<String>> {
     if !dir.exists() {
-        return Err(format_error(
-            dir,
-            "expected the dataset's directory, found nothing there: point --data-dir (or \
-             OPTICAL_DATA_DIR) at the data directory (`optical data list` shows where each \
-             dataset is expected and where it comes from)",
-        ));
+        return Err(super::missing_dataset_dir(dir));
     }
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))? {

@@ -86,12 +86,7 @@ impl Lareqa {
         let languages = super::select_languages(&all, languages)?;
         let dir = data_dir.join(dataset.subdir());
         if !dir.exists() {
-            return Err(format_error(
-                &dir,
-                "expected the dataset's directory, found nothing there: point --data-dir (or \
-                 OPTICAL_DATA_DIR) at the data directory (`optical data list` shows where each \
-                 dataset is expected and where it comes from)",
-            ));
+            return Err(super::missing_dataset_dir(&dir));
         }
         Lareqa::load_files(dataset.name(), &dir, &languages)
     }

@@ -172,13 +172,9 @@ impl RetrievalTask {
 
     /// The task's judgements as TREC qrels lines (`qid 0 docno 1`), in query order.
     pub fn qrels_lines(&self) -> impl Iterator<Item = String> + '_ {
-        self.queries
-            .iter()
-            .zip(&self.relevant)
-            .flat_map(move |(q, rel)| {
-                rel.iter()
-                    .map(move |&c| format!("{} 0 {} 1", q.id, self.candidates[c].id))
-            })
+        self.qrels()
+            .into_iter()
+            .map(|(q, d, rel)| format!("{q} 0 {d} {rel}"))
     }
 
     /// The languages of the candidates, in first-seen order.
@@ -218,6 +214,16 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
         text.drain(..'\u{feff}'.len_utf8());
     }
     Ok(text)
+}
+
+/// A dataset's directory that is not there, with where to point the data directory.
+pub(crate) fn missing_dataset_dir(dir: &Path) -> Error {
+    format_error(
+        dir,
+        "expected the dataset's directory, found nothing there: point --data-dir (or \
+         OPTICAL_DATA_DIR) at the data directory (`optical data list` shows where each \
+         dataset is expected and where it comes from)",
+    )
 }
 
 pub(crate) fn format_error(path: &Path, what: impl Into<String>) -> Error {

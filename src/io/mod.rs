@@ -81,14 +81,14 @@ fn write_to_stream(path: &Path, stream: u8, write: impl FnOnce(&Path) -> Result<
     let tmp = temp_sibling(&std::env::temp_dir().join(format!("optical-stream-{stream}")));
     let result = write(&tmp).and_then(|()| {
         let mut file = std::fs::File::open(&tmp).map_err(|e| Error::io(&tmp, "read", e))?;
-        let copied = if stream == 1 {
-            let mut out = std::io::stdout().lock();
-            std::io::copy(&mut file, &mut out).and_then(|_| out.flush())
+        let mut out: Box<dyn Write> = if stream == 1 {
+            Box::new(std::io::stdout().lock())
         } else {
-            let mut out = std::io::stderr().lock();
-            std::io::copy(&mut file, &mut out).and_then(|_| out.flush())
+            Box::new(std::io::stderr().lock())
         };
-        copied.map_err(|e| Error::io(path, "write", e))
+        std::io::copy(&mut file, &mut out)
+            .and_then(|_| out.flush())
+            .map_err(|e| Error::io(path, "write", e))
     });
     let _ = std::fs::remove_file(&tmp);
     result

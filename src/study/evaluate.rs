@@ -178,35 +178,25 @@ fn load_eval_bitext(
 ) -> Result<(String, Bitext)> {
     // At most five fields, as `check_spec` counts them: the English path may hold ':'.
     let parts: Vec<&str> = spec.splitn(5, ':').collect();
-    Ok(match parts.as_slice() {
-        ["tatoeba-heldout", lang] => (
-            "tatoeba-heldout".into(),
-            heldout.get(*lang).cloned().ok_or_else(|| {
-                Error::parameter("evaluation set", "a language of the group's split", spec)
-            })?,
-        ),
-        ["tatoeba", lang] => ("tatoeba".into(), bitext::tatoeba(data_dir, lang)?),
-        ["mafand-test", lang] => (
-            "mafand-test".into(),
-            bitext::mafand(data_dir, lang, "test")?,
-        ),
-        ["mafand-dev", lang] => ("mafand-dev".into(), bitext::mafand(data_dir, lang, "dev")?),
-        ["bible", lang] => (
-            "bible".into(),
-            bitext::bible(data_dir, lang, &english_bible(config))?,
-        ),
-        ["files", set, lang, other, english] => (
-            set.to_string(),
-            bitext::read_aligned(
-                set,
-                lang,
-                Path::new(other),
-                bitext::ENGLISH,
-                Path::new(english),
-            )?,
-        ),
+    let bitext = match parts.as_slice() {
+        ["tatoeba-heldout", lang] => heldout.get(*lang).cloned().ok_or_else(|| {
+            Error::parameter("evaluation set", "a language of the group's split", spec)
+        })?,
+        ["tatoeba", lang] => bitext::tatoeba(data_dir, lang)?,
+        ["mafand-test", lang] => bitext::mafand(data_dir, lang, "test")?,
+        ["mafand-dev", lang] => bitext::mafand(data_dir, lang, "dev")?,
+        ["bible", lang] => bitext::bible(data_dir, lang, &english_bible(config))?,
+        ["files", set, lang, other, english] => bitext::read_aligned(
+            set,
+            lang,
+            Path::new(other),
+            bitext::ENGLISH,
+            Path::new(english),
+        )?,
         _ => return Err(Error::parameter("evaluation set", "a data spec", spec)),
-    })
+    };
+    // The name the report pools the set under, as the config's role check derives it.
+    Ok((super::config::benchmark_of(spec).to_string(), bitext))
 }
 
 /// Split the group's Tatoeba sources (writing the training parts under

@@ -792,10 +792,9 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         let better = names(&ood_vs_base, Verdict::Better);
         let worse = names(&ood_vs_base, Verdict::Worse);
         let flat = names(&ood_vs_base, Verdict::NotSignificant);
-        let n = ood_vs_base
-            .iter()
-            .filter(|x| x.1 != Verdict::Missing)
-            .count();
+        let with_results =
+            |v: &[(String, Verdict)]| v.iter().filter(|x| x.1 != Verdict::Missing).count();
+        let n = with_results(&ood_vs_base);
         let in_better = names(&in_vs_base, Verdict::Better);
         // Comparisons without results yet are named, so that "all" and "any" say of how many.
         let pending = |v: &[(String, Verdict)]| -> String {
@@ -844,17 +843,13 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             )
         };
         let _ = writeln!(md, "## Answer\n\n**{short}**\n");
-        let with_results = |v: &[(String, Verdict)]| v.iter().any(|x| x.1 != Verdict::Missing);
-        if with_results(&in_vs_base) {
+        if with_results(&in_vs_base) > 0 {
             let _ = writeln!(
                 md,
                 "In domain, OT beat the untrained model significantly on {} of {} \
                  benchmarks{}{}.",
                 in_better.len(),
-                in_vs_base
-                    .iter()
-                    .filter(|x| x.1 != Verdict::Missing)
-                    .count(),
+                with_results(&in_vs_base),
                 if in_better.is_empty() {
                     String::new()
                 } else {
@@ -868,7 +863,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                 "In domain, no comparison with the untrained model has results yet."
             );
         }
-        if with_results(&ood_vs_mse) {
+        if with_results(&ood_vs_mse) > 0 {
             let list = |w: Verdict| {
                 let v = names(&ood_vs_mse, w);
                 if v.is_empty() {
