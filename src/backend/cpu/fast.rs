@@ -984,12 +984,16 @@ impl FastPair {
             ..
         } = form;
         let sums = &mut sums[..nc];
-        let mut blocks = partials.chunks_exact(nc);
-        sums.copy_from_slice(blocks.next().expect("a pair has rows"));
-        for block in blocks {
-            for (s, &p) in sums.iter_mut().zip(block) {
-                *s += p;
+        // In `f64`: a tall pair has hundreds of blocks of nearly equal sums, whose rounding
+        // in one `f32` total grows with their number.
+        let mut total = vec![0.0f64; nc];
+        for block in partials.chunks_exact(nc) {
+            for (t, &p) in total.iter_mut().zip(block) {
+                *t += p as f64;
             }
+        }
+        for (s, t) in sums.iter_mut().zip(total) {
+            *s = t as f32;
         }
         let mut h: Vec<f32> = Vec::new();
         let mut line = vec![0.0f32; nr];
