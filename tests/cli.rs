@@ -1760,6 +1760,47 @@ fn data_export_is_all_or_nothing_and_names_stale_files() {
             .contains("partial")),
         "a temporary directory was left"
     );
+    // Task names are languages only: an export of another MAFAND split (or dataset) into
+    // the same directory would replace this one's files, so it is refused.
+    std::fs::create_dir_all(data.join("mafand/en-hau")).unwrap();
+    for split in ["dev", "test"] {
+        for lang in ["hau", "en"] {
+            std::fs::write(data.join(format!("mafand/en-hau/{split}.{lang}")), "a\nb\n").unwrap();
+        }
+    }
+    let mafand = |split: &str, out: &Path| {
+        optical(&[
+            "data",
+            "export",
+            "mafand",
+            "--data-dir",
+            p(&data),
+            "--split",
+            split,
+            "--out",
+            p(out),
+        ])
+    };
+    let ex3 = tmp.path().join("ex3");
+    let o = mafand("dev", &ex3);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dev = std::fs::read_to_string(ex3.join("hau-eng.qrels")).unwrap();
+    let o = mafand("dev", &ex3);
+    assert!(o.status.success(), "the same export again: {}", stderr(&o));
+    let o = mafand("test", &ex3);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("found an export of mafand (dev)") && err.contains("one of mafand (test)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ex3.join("hau-eng.qrels")).unwrap(),
+        dev
+    );
+    let o = export("afr", &ex3);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("one of tatoeba,"), "{}", stderr(&o));
 }
 
 /// A write that fails because the device is full exits 1 (the machine's state), not 2 (a

@@ -189,10 +189,38 @@ fn export(a: ExportArgs) -> Result<()> {
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "create", e))?;
     }
+    // Task names are languages only ("hau-eng"): an export of another dataset or MAFAND
+    // split into the same directory would replace this one's files under the same names.
+    let this = ExportOf {
+        dataset: dataset.name().to_string(),
+        split: (dataset == DatasetName::Mafand)
+            .then(|| a.dataset.split.clone().unwrap_or_else(|| "dev".into())),
+    };
+    let manifest = a.out.join(EXPORT_MANIFEST);
+    if let Some(held) = read_export_manifest(&manifest)? {
+        if held != this {
+            return Err(Error::io(
+                &a.out,
+                "export into",
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "expected a directory without an export, or one of {this}, found an \
+                         export of {held} (the same task names would replace its files): \
+                         choose another --out"
+                    ),
+                ),
+            ));
+        }
+    }
     // Every file is written into a temporary directory first and moved in only when all
     // were: a failure leaves --out as it was, not half new and half old.
     let mut written: Vec<String> = Vec::new();
     crate::io::write_dir(&a.out, |tmp| {
+        let json = serde_json::to_string_pretty(&this)
+            .map_err(|e| Error::value("export manifest", e.to_string()))?;
+        std::fs::write(tmp.join(EXPORT_MANIFEST), json + "\n")
+            .map_err(|e| Error::io(tmp.join(EXPORT_MANIFEST), "write", e))?;
         for t in &tasks {
             let names = EXPORT_SUFFIXES.map(|suffix| format!("{}{suffix}", t.name));
             trec::write_qrels(&tmp.join(&names[0]), t.qrels())?;
@@ -253,6 +281,42 @@ fn languages_found(d: DatasetName, dir: &std::path::Path) -> Result<usize> {
             })
         }
     })
+}
+
+/// The file of an export directory that says what was exported into it.
+const EXPORT_MANIFEST: &str = "export.json";
+
+/// What an export directory holds: the dataset, and MAFAND's split.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ExportOf {
+    dataset: String,
+    split: Option<String>,
+}
+
+impl std::fmt::Display for ExportOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.split {
+            Some(split) => write!(f, "{} ({split})", self.dataset),
+            None => write!(f, "{}", self.dataset),
+        }
+    }
+}
+
+/// The manifest of an earlier export at `path`: `None` when there is none (a new directory,
+/// or one written before exports had one).
+fn read_export_manifest(path: &std::path::Path) -> Result<Option<ExportOf>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            crate::data::format_error(
+                path,
+                format!("expected an export manifest {{\"dataset\", \"split\"}}, found {e}"),
+            )
+        }),
+        // No directory there yet, or a file in its place (which the write then refuses).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(_) if !path.parent().is_some_and(std::path::Path::is_dir) => Ok(None),
+        Err(e) => Err(Error::io(path, "read", e)),
+    }
 }
 
 /// What `data export` writes per task, after the task's name.

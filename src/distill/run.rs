@@ -63,7 +63,18 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn install_ctrlc() {
     // A second installation in the same process fails; the flag is shared, so that is fine.
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            // The first Ctrl-C asked for a clean stop; a second one is a user who cannot
+            // wait for it. The last saved checkpoint stays what `--resume` continues from.
+            eprintln!("\ninterrupted again: stopping now (the last saved checkpoint stays)");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: stopping at the next safe point, once a checkpoint is saved \
+             (Ctrl-C again stops now)"
+        );
+    });
 }
 
 /// Route Ctrl-C to the flag a run checks after every step (for callers, such as a study,
@@ -663,6 +674,17 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             None => {}
         }
         save(&trainer)?;
+    }
+    if !interrupted && INTERRUPTED.load(Ordering::SeqCst) {
+        // Ctrl-C after the last step (during the final evaluation): the checkpoint is saved,
+        // and a resume evaluates (from the dev log) and exports without training.
+        eprintln!(
+            "interrupted: checkpoint at step {} saved before the export; continue with --resume",
+            trainer.state.step
+        );
+        interrupted = true;
+    }
+    if !interrupted {
         let dir = out.join("student");
         let tokenizer = tokenizer_path(&student_spec)?;
         // The exported student is the best checkpoint by dev P@1, then MRR (early stopping

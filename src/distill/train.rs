@@ -1070,6 +1070,11 @@ impl Trainer {
         self.optim
             .save(dir.join("optimizer.bpk"))
             .map_err(|e| burn_error("save the optimizer checkpoint", e))?;
+        // The state file is what makes the checkpoint one (a resume reads it, `latest` is
+        // written after it): the weights it fingerprints reach the disk first.
+        for name in CHECKPOINT_FILES {
+            crate::io::sync_file(&dir.join(name))?;
+        }
         let mut state = self.state.clone();
         state.files = Some(
             CHECKPOINT_FILES

@@ -56,12 +56,36 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
     }
     let target = resolve_links(path)?;
     let tmp = temp_sibling(&target);
+    // The bytes reach the disk before the name does: after a power loss the path holds the
+    // previous file or the new one, never a new name over unwritten blocks.
     let result = write(&tmp)
+        .and_then(|()| sync_file(&tmp))
         .and_then(|()| std::fs::rename(&tmp, &target).map_err(|e| Error::io(path, "rename", e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map(|()| sync_parent(&target))
+}
+
+/// Flush a written file's data to the disk (`fsync`), so that a rename that publishes it
+/// cannot reach the disk first.
+pub fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, "write", e))
+}
+
+/// Flush the directory entry of `path` (a rename into its directory) to the disk. Best
+/// effort: some systems cannot open or sync a directory, and the data itself is already
+/// on the disk by then.
+pub fn sync_parent(path: &Path) {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(dir) = std::fs::File::open(parent) {
+        let _ = dir.sync_all();
+    }
 }
 
 /// Which standard stream `path` names, if it is one of the names of standard output or
@@ -245,9 +269,11 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
     check_output_dir(dir)?;
     let tmp = temp_sibling(dir);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let result = write(&tmp).and_then(|()| {
+    let result = write(&tmp).and_then(|()| sync_tree(&tmp)).and_then(|()| {
         if !dir.exists() {
-            return std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, "rename", e));
+            let moved = std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, "rename", e));
+            sync_parent(dir);
+            return moved;
         }
         if !dir.is_dir() {
             return Err(Error::io(
@@ -283,6 +309,7 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
             let plain = std::fs::symlink_metadata(&at).map_or(true, |m| m.file_type().is_file());
             if plain {
                 std::fs::rename(&from, &at).map_err(|e| Error::io(&at, "rename", e))?;
+                sync_parent(&at);
             } else {
                 // A symbolic link is written through (the file it names is replaced, the
                 // link stays) and a special file written directly, as single outputs are.
@@ -297,6 +324,23 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
     });
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+/// [`sync_file`] every regular file under `dir` (before the directory's files are moved
+/// into place).
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "read", e))? {
+        let entry = entry.map_err(|e| Error::io(dir, "read", e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io(entry.path(), "read", e))?;
+        if kind.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            sync_file(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// [`write_through_temp`] of `contents`.
