@@ -1824,4 +1824,23 @@ fn a_full_device_is_not_a_usage_error() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("/dev/full"), "{err}");
+    // Standard output on a full device: the results line fails to write, and that is an
+    // error message with exit 1, not a panic (101).
+    for args in [vec!["info"], vec!["data", "list"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_optical"))
+            .args(&args)
+            .stdout(std::process::Stdio::from(full))
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("standard output") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
 }

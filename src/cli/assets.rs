@@ -66,14 +66,14 @@ pub fn run(args: AssetsArgs) -> Result<()> {
             let mut missing = 0;
             for asset in Asset::ALL {
                 match asset.check() {
-                    Ok(()) => println!(
+                    Ok(()) => outln!(
                         "{:<10} ok       {}",
                         asset.dir_name(),
                         asset.dir().display()
                     ),
                     Err(e) => {
                         missing += 1;
-                        println!("{:<10} missing  {e}", asset.dir_name());
+                        outln!("{:<10} missing  {e}", asset.dir_name());
                     }
                 }
             }
@@ -91,7 +91,7 @@ pub fn run(args: AssetsArgs) -> Result<()> {
                 None => Asset::E5Small.file("e5-small-q4.bin")?,
             };
             crate::encoder::export_e5s1(&model, &out)?;
-            println!("wrote {}", out.display());
+            outln!("wrote {}", out.display());
             Ok(())
         }
         AssetsCommand::RandomModel {
@@ -102,7 +102,7 @@ pub fn run(args: AssetsArgs) -> Result<()> {
             std,
         } => {
             crate::encoder::write_random_model(&config, &tokenizer, &out, seed, std)?;
-            println!("wrote {}", out.display());
+            outln!("wrote {}", out.display());
             Ok(())
         }
     }

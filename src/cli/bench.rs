@@ -121,7 +121,7 @@ fn run_compare(args: CompareArgs) -> crate::Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&c).expect("plain record");
         v["geometric_mean_change"] = c.geometric_mean_change().into();
-        println!("{v}");
+        outln!("{v}");
     } else {
         print!("{}", render(&c));
     }
@@ -193,7 +193,7 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
     for k in &kernels {
         let r = run_kernel(&backend, k, args.min_seconds)?;
         if args.json {
-            println!("{}", serde_json::to_string(&r).expect("plain record"));
+            outln!("{}", serde_json::to_string(&r).expect("plain record"));
         } else {
             let rate = [
                 r.gb_per_s.map(|v| format!("{v:.2} GB/s")),
@@ -215,9 +215,12 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
                 }
                 _ => String::new(),
             };
-            println!(
+            outln!(
                 "{:<13} {:<14} {:>12.6} s/call  {rate}{device}   [{}]",
-                r.kernel, r.backend, r.seconds_per_call, r.shape
+                r.kernel,
+                r.backend,
+                r.seconds_per_call,
+                r.shape
             );
             if !r.host_phases.is_empty() {
                 let phases: Vec<String> = r
@@ -225,7 +228,7 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
                     .iter()
                     .map(|p| format!("{} {:.3} ms", p.phase, p.seconds_per_call * 1e3))
                     .collect();
-                println!("    host phases per call (nested): {}", phases.join(", "));
+                outln!("    host phases per call (nested): {}", phases.join(", "));
             }
         }
     }

@@ -90,7 +90,7 @@ pub fn run(args: DataArgs) -> Result<()> {
 
 fn list(a: DataDirArg) -> Result<()> {
     let dir = data::data_dir(a.data_dir.as_deref());
-    println!("data directory: {}", dir.display());
+    outln!("data directory: {}", dir.display());
     for d in DatasetName::ALL {
         let path = dir.join(d.subdir());
         // "present" only with the files the loaders read (a README alone is not data).
@@ -105,7 +105,7 @@ fn list(a: DataDirArg) -> Result<()> {
             Ok(false) => "empty".to_string(),
             Err(_) => "missing".to_string(),
         };
-        println!(
+        outln!(
             "{:<8} {:<8} {}\n         upstream: {}",
             d.name(),
             present,
@@ -114,7 +114,7 @@ fn list(a: DataDirArg) -> Result<()> {
         );
     }
     let eng = bitext::default_english_bible();
-    println!(
+    outln!(
         "English Bible: {} ({})",
         eng.display(),
         if eng.is_file() {
@@ -143,7 +143,7 @@ fn stats(a: DatasetArgs) -> Result<()> {
             } else {
                 format!("{min}-{max} relevant per query (mean {mean:.3})")
             };
-            println!(
+            outln!(
                 "{}: {} queries, {} candidates, {}",
                 dataset,
                 d.queries.len(),
@@ -152,13 +152,13 @@ fn stats(a: DatasetArgs) -> Result<()> {
             );
             let distinct: std::collections::HashSet<&str> =
                 d.candidates.iter().map(|c| c.text.text.as_str()).collect();
-            println!(
+            outln!(
                 "  ({} distinct candidate strings; every sentence occurrence is a candidate, as in the paper)",
                 distinct.len()
             );
-            println!("  {:<8} {:>8} {:>10}", "language", "queries", "candidates");
+            outln!("  {:<8} {:>8} {:>10}", "language", "queries", "candidates");
             for s in d.language_stats() {
-                println!("  {:<8} {:>8} {:>10}", s.language, s.queries, s.candidates);
+                outln!("  {:<8} {:>8} {:>10}", s.language, s.queries, s.candidates);
             }
         }
         _ => {
@@ -169,13 +169,13 @@ fn stats(a: DatasetArgs) -> Result<()> {
             } else {
                 String::new()
             };
-            println!(
+            outln!(
                 "{dataset}{split}: {} languages, {total} sentence pairs; tasks x→eng and eng→x, 1 relevant per query",
                 bitexts.len()
             );
-            println!("  {:<8} {:>8}", "language", "pairs");
+            outln!("  {:<8} {:>8}", "language", "pairs");
             for b in &bitexts {
-                println!("  {:<8} {:>8}", b.source_language, b.len());
+                outln!("  {:<8} {:>8}", b.source_language, b.len());
             }
         }
     }
@@ -249,7 +249,7 @@ fn export(a: ExportArgs) -> Result<()> {
             stale.join(", ")
         );
     }
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "dataset": dataset.name(),

@@ -295,7 +295,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
     if args.bench_steps.is_none() {
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| Error::value("run summary", e.to_string()))?;
-        println!("{json}");
+        outln!("{json}");
     }
     if summary.interrupted && args.bench_steps.is_none() {
         let how = format!(

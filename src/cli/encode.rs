@@ -188,7 +188,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         }
     };
     let seconds = t1.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "model": encoder.name,

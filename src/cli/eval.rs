@@ -166,7 +166,7 @@ fn trec_eval(a: TrecArgs) -> Result<()> {
     } else {
         serde_json::to_value(&ev.mean).unwrap_or_default()
     };
-    println!("{out}");
+    outln!("{out}");
     Ok(())
 }
 
@@ -337,7 +337,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             (m.model.clone(), serde_json::Value::Object(v))
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "dataset": dataset.name(),

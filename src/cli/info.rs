@@ -14,7 +14,7 @@ pub fn run(args: InfoArgs) -> crate::Result<()> {
     let infos = crate::backend::probe_all();
     let settings = crate::backend::settings();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
@@ -24,22 +24,22 @@ pub fn run(args: InfoArgs) -> crate::Result<()> {
         );
         return Ok(());
     }
-    println!("optical {}", env!("CARGO_PKG_VERSION"));
+    outln!("optical {}", env!("CARGO_PKG_VERSION"));
     for info in infos {
         let state = match (info.compiled_in, info.available) {
             (false, _) => "not compiled in",
             (true, false) => "no device",
             (true, true) => "available",
         };
-        println!("{:<14} {state}", info.backend);
+        outln!("{:<14} {state}", info.backend);
         for dev in &info.devices {
-            println!("    {dev}");
+            outln!("    {dev}");
         }
         if !info.note.is_empty() {
-            println!("    {}", info.note);
+            outln!("    {}", info.note);
         }
     }
-    println!(
+    outln!(
         "settings (environment variable: the choice in effect; every choice, the default first)"
     );
     let width = settings.iter().map(|s| s.variable.len()).max().unwrap_or(0);
@@ -48,9 +48,9 @@ pub fn run(args: InfoArgs) -> crate::Result<()> {
         match (s.value, &s.error) {
             (Some(value), _) => {
                 let how = if s.set { "set" } else { "default" };
-                println!("    {:<width$}  {value} ({how}; {choices})", s.variable);
+                outln!("    {:<width$}  {value} ({how}; {choices})", s.variable);
             }
-            (None, error) => println!(
+            (None, error) => outln!(
                 "    {:<width$}  INVALID: {}",
                 s.variable,
                 error.as_deref().unwrap_or("not a choice")

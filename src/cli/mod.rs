@@ -6,6 +6,28 @@
 //! index, not a link.
 #![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
+/// `println!` for the commands' results: a line that cannot be written to standard output
+/// (a full disk behind `> file`, a failing device) returns the error from the enclosing
+/// function (exit 1, a one-line message) instead of panicking, which `println!` does with
+/// a backtrace and exit 101. (A closed pipe ends the process quietly: `main` restores
+/// SIGPIPE's default.)
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))?
+    };
+}
+pub(crate) use outln;
+
+/// Write one line to standard output and flush it.
+pub fn write_line(args: std::fmt::Arguments<'_>) -> crate::error::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| crate::error::Error::io("standard output", "write", e))
+}
+
 #[cfg(feature = "encoder")]
 pub mod assets;
 pub mod bench;

@@ -383,7 +383,7 @@ fn solve(args: SolveArgs) -> Result<()> {
     if args.phases {
         summary["host_phases"] = serde_json::Value::Array(host_phases);
     }
-    println!("{summary}");
+    outln!("{summary}");
     let cost = from_cost.as_ref().map(|p| p.cost.as_slice());
     if let Some(warning) = convergence_warning(&out, &params, cost, backend.kind()) {
         eprintln!("{warning}");

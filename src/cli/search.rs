@@ -310,7 +310,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
         }
         w.finish()
     })?;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "queries": n,

@@ -118,7 +118,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
     };
     let outcome = run_study(&options)?;
     let count = |f: fn(&RunStatus) -> bool| outcome.runs.iter().filter(|(_, s)| f(s)).count();
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "finished": outcome.finished,
@@ -173,10 +173,10 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     let groups = groups?;
     for (g, data) in plan.groups.iter().zip(&groups) {
-        println!("group {}:", g.name);
+        outln!("group {}:", g.name);
         for s in &data.sets {
             let t = &s.tasks[0];
-            println!(
+            outln!(
                 "  {} {}: {} queries, pool {}, {} texts to encode",
                 s.info.benchmark,
                 s.info.language,
@@ -186,7 +186,7 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
             );
         }
         let n: usize = data.sets.iter().map(|s| s.texts()).sum();
-        println!("  total {n} texts per model");
+        outln!("  total {n} texts per model");
     }
     // What is left to do, and what the whole grid takes from nothing. Texts are counted
     // by how they are encoded: by a whole model, or by a student whose frozen prefix the
@@ -220,7 +220,7 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
             TextKind::Student => "by trained layers",
             TextKind::Whole => "by whole model",
         };
-        println!(
+        outln!(
             "{}\t{state}\tsteps {}\ttexts {}\t{by}\t{}",
             r.name(),
             w.steps,
@@ -240,7 +240,7 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
             + t[student] as f64 * e.student_text())
             / 60.0
     };
-    println!(
+    outln!(
         "{} runs ({finished} finished): to do {steps} training steps × {} s + {} texts × {} s \
          + {} student texts × {} s ≈ {:.0} min (texts read from the embedding caches left \
          out; a student's texts at the student rate assume that an earlier evaluation of the \

@@ -4,6 +4,7 @@
 //! step throughput against the number of devices. With several devices the main replica
 //! alone writes checkpoints, logs and the student (see [`super::ddp`]).
 
+use crate::cli::outln;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -267,10 +268,10 @@ fn mean_times(records: &[StepRecord]) -> (StepTimes, f64) {
 }
 
 /// Print the step-time breakdown table.
-pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) {
+pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) -> Result<()> {
     let share = |v: f64| 100.0 * v / t.total.max(1e-12);
-    println!("| part | seconds/step | share |");
-    println!("|---|---:|---:|");
+    outln!("| part | seconds/step | share |");
+    outln!("|---|---:|---:|");
     for (name, v) in [
         ("teacher forward", t.teacher),
         ("student forward", t.student),
@@ -281,9 +282,10 @@ pub fn print_breakdown(t: &StepTimes, tokens_per_s: f64) {
         ("optimizer", t.optimizer),
         ("total", t.total),
     ] {
-        println!("| {name} | {v:.4} | {:.1}% |", share(v));
+        outln!("| {name} | {v:.4} | {:.1}% |", share(v));
     }
-    println!("tokens/s (student side): {tokens_per_s:.0}");
+    outln!("tokens/s (student side): {tokens_per_s:.0}");
+    Ok(())
 }
 
 /// When warm-up lasts the whole run, the learning rate never reaches `lr`: say so.
@@ -355,13 +357,13 @@ fn device_counts(n: usize) -> Vec<usize> {
 }
 
 /// Print step throughput against the number of devices (the same global batch each time).
-pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) {
+pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) -> Result<()> {
     let base = rows.first().map(|(_, (t, _))| t.total).unwrap_or(0.0);
-    println!("| devices | seconds/step | steps/s | pairs/s | tokens/s | speed-up | efficiency |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    outln!("| devices | seconds/step | steps/s | pairs/s | tokens/s | speed-up | efficiency |");
+    outln!("|---:|---:|---:|---:|---:|---:|---:|");
     for (count, (t, tps)) in rows {
         let speedup = base / t.total.max(1e-12);
-        println!(
+        outln!(
             "| {count} | {:.4} | {:.3} | {:.1} | {tps:.0} | {speedup:.2} | {:.0}% |",
             t.total,
             1.0 / t.total.max(1e-12),
@@ -369,6 +371,7 @@ pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) 
             100.0 * speedup / *count as f64
         );
     }
+    Ok(())
 }
 
 /// Run a distillation.
@@ -449,9 +452,9 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             rows.push((count, mean_times(&records)));
             last = (records, t.trainable_parameters());
         }
-        print_scaling(&rows, config.batch_size * config.grad_accumulation);
+        print_scaling(&rows, config.batch_size * config.grad_accumulation)?;
         let (t, tps) = mean_times(&last.0);
-        print_breakdown(&t, tps);
+        print_breakdown(&t, tps)?;
         return Ok(RunSummary {
             steps: last.0.len(),
             interrupted: false,
@@ -476,7 +479,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         trainer.time_parts_exactly(true);
         let records = bench_steps(&mut trainer, n)?;
         let (t, tps) = mean_times(&records);
-        print_breakdown(&t, tps);
+        print_breakdown(&t, tps)?;
         return Ok(RunSummary {
             steps: records.len(),
             interrupted: false,
