@@ -44,7 +44,9 @@ lint:
 	DOCS_RS=1 cargo clippy --all-targets --features $(LINT_FEATURES) -- -D warnings
 	DOCS_RS=1 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --examples --features $(LINT_FEATURES)
 
-## Type-check the `burn-cuda` feature alone (part of `make lint`).
+## Type-check the library with the `burn-cuda` feature, alone: a quicker subset of
+## `make lint`, whose clippy covers it with the default LINT_FEATURES (neither `make lint`
+## nor CI runs this target).
 check-burn-cuda:
 	DOCS_RS=1 cargo clippy --lib --features wgpu,cuda,burn-cuda -- -D warnings
 
@@ -107,14 +109,24 @@ gpu-check:
 gpu-bundle:
 	bash scripts/gpu-bundle.sh .gpu-bundle
 
-## The out-of-domain robustness study, quick budget (resumable: run again to continue);
-## writes docs/STUDY.md. Three seeds: make study STUDY_BUDGET=quick-seeds (shares the quick
-## budget's directory, so its seed-0 runs are reused). On a GPU machine:
-## make study STUDY_BUDGET=full STUDY_BACKEND=wgpu.
+## The out-of-domain robustness study (resumable: run again to continue). A committed report
+## is written only by the budget that made it: STUDY_BUDGET=quick-seeds writes docs/STUDY.md,
+## STUDY_BUDGET=low-resource docs/STUDY-LOW-RESOURCE.md, and with STUDY_LAREQA=passage
+## (`--lareqa-candidates passage`) docs/STUDY-PASSAGE.md and docs/STUDY-LOW-RESOURCE-PASSAGE.md.
+## Any other budget (quick, the default; full) writes STUDY.md in its study directory;
+## STUDY_REPORT=FILE names another file. quick-seeds shares the quick budget's directory, so
+## its seed-0 runs are reused. On a GPU machine: make study STUDY_BUDGET=full STUDY_BACKEND=wgpu
 STUDY_BUDGET ?= quick
 STUDY_BACKEND ?=
+STUDY_LAREQA ?=
+STUDY_PASSAGE := $(if $(filter passage,$(STUDY_LAREQA)),-passage,)
+STUDY_DIR := $(CACHE)/study-$(patsubst %-seeds,%,$(STUDY_BUDGET))$(STUDY_PASSAGE)
+STUDY_DOC_quick-seeds := docs/STUDY
+STUDY_DOC_low-resource := docs/STUDY-LOW-RESOURCE
+STUDY_DOC := $(STUDY_DOC_$(STUDY_BUDGET))
+STUDY_REPORT ?= $(if $(STUDY_DOC),$(STUDY_DOC)$(if $(STUDY_PASSAGE),-PASSAGE).md,$(STUDY_DIR)/STUDY.md)
 study: setup build
 	$(BIN) study --config studies/ood-robustness.toml --budget $(STUDY_BUDGET) \
 	    $(if $(STUDY_BACKEND),--backend $(STUDY_BACKEND),) \
-	    --out $(CACHE)/study-$(patsubst %-seeds,%,$(STUDY_BUDGET)) \
-	    --report $(if $(filter low-resource,$(STUDY_BUDGET)),docs/STUDY-LOW-RESOURCE.md,docs/STUDY.md)
+	    $(if $(STUDY_LAREQA),--lareqa-candidates $(STUDY_LAREQA),) \
+	    --out $(STUDY_DIR) --report $(STUDY_REPORT)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The kernels alone (`make demo-ot`): show the backends, solve an OT problem from
-# embeddings and from a cost file, and time the kernels.
+# The kernels alone (`make demo-ot`): show the backends, solve an OT problem from ragged
+# token embeddings (a fixture), and time the kernels.
 set -euo pipefail
 BIN="${1:-target/release/optical}"
 cd "$(dirname "$0")/.."

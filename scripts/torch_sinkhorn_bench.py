@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch peers of `optical bench --kernels sinkhorn-fused` on the same problem.
 
-Problem (as in src/bench.rs, `sinkhorn-fused`): b=256 pairs of n=m=128 token embeddings,
+Problem (as in src/bench/mod.rs, `sinkhorn-fused`): b=256 pairs of n=m=128 token embeddings,
 d=384, cost C = 1 - cos, uniform weights, eps=0.05, 100 log-domain Sinkhorn iterations
 from f = g = 0 (row update, then column update), f32 on the GPU. Timed from embeddings in
 device memory to potentials in device memory, like optical's device time:
