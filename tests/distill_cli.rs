@@ -582,6 +582,14 @@ fn bad_configs_are_one_line_errors() {
             "parameter mse_weight: expected a finite number >= 0",
         ),
         (vec!["--stop-at-step", "0"], "parameter stop_at_step"),
+        (
+            vec!["--stop-at-step", "1"],
+            "parameter stop_at_step: expected a step before the last (steps = 1), found 1",
+        ),
+        (
+            vec!["--weight-decay", "1e300"],
+            "parameter weight_decay: expected a finite number >= 0 (within f32's range",
+        ),
         (vec!["--bench-steps", "0"], "parameter bench_steps"),
         (
             vec!["--ot-backend", "gpu"],
@@ -780,4 +788,40 @@ fn edited_run_files_are_refused_and_nothing_is_lost() {
     // Restored, the run goes on.
     let resumed = ok(&distill(&f, &out, &["--steps", "6", "--resume"]), "resume");
     assert_eq!(resumed["steps"], 6, "{resumed}");
+}
+
+/// A run that stops before its first checkpoint (here a failure at its first step) leaves
+/// its config.toml and logs, and nothing to continue from: a fresh start there is refused
+/// (it would replace them) with a message naming --resume, and --resume starts it again from
+/// step 0, with any setting changed (nothing was trained).
+#[test]
+fn a_run_that_saved_no_checkpoint_starts_again_with_resume() {
+    let f = fixture();
+    let out = f.root.join("unsaved");
+    let failed = distill(&f, &out, &["--steps", "2", "--epsilon", "1e-30"]);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{err}");
+    assert!(out.join("config.toml").is_file(), "{err}");
+    assert!(!out.join("checkpoints/latest").exists(), "{err}");
+
+    let fresh = distill(&f, &out, &["--steps", "2"]);
+    let err = String::from_utf8_lossy(&fresh.stderr);
+    assert_eq!(fresh.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--resume starts it again from step 0"),
+        "{err}"
+    );
+
+    let resumed = distill(&f, &out, &["--steps", "2", "--resume"]);
+    let summary = ok(&resumed, "resume of a run without a checkpoint");
+    assert_eq!(summary["steps"], 2, "{summary}");
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(err.contains("starting it again from step 0"), "{err}");
+    let steps: Vec<u64> = lines(&out.join("log.jsonl"))
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2]);
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(saved.contains("epsilon = 0.1"), "{saved}");
 }

@@ -123,7 +123,7 @@ fn run_compare(args: CompareArgs) -> crate::Result<()> {
         v["geometric_mean_change"] = c.geometric_mean_change().into();
         outln!("{v}");
     } else {
-        print!("{}", render(&c));
+        outln!("{}", render(&c).trim_end_matches('\n'));
     }
     if let Some(e) = regression_error(&c) {
         return Err(e);

@@ -92,9 +92,12 @@ pub struct ConfigFlags {
     #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// Most Sinkhorn iterations per pair and step (a pair stops earlier once its marginal
+    /// error is within --sinkhorn-threshold).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sinkhorn_iterations: Option<usize>,
+    /// Sinkhorn stopping threshold: the L1 error of the plan's row marginal.
     #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sinkhorn_threshold: Option<f64>,
@@ -117,6 +120,7 @@ pub struct ConfigFlags {
     #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
+    /// AdamW decoupled weight decay (0: none).
     #[arg(long, value_parser = super::finite_f64, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
@@ -153,7 +157,8 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Checkpoint every N steps (0: only at the end).
+    /// Checkpoint every N steps (0: only at the end). A dev evaluation that beats the best
+    /// so far saves one too (the exported student may come from it), as does a stop.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
@@ -218,6 +223,28 @@ fn resume_config(
                 path: path.clone(),
                 what: format!("not a valid distillation config: {e}"),
             })?;
+            // JSON has no NaN or infinity: converted, they would become null and be
+            // reported as a type error instead of the value it is.
+            for (key, value) in &table {
+                if let toml::Value::Float(x) = value {
+                    if !x.is_finite() {
+                        return Err(Error::Format {
+                            path: path.clone(),
+                            what: format!("{key}: expected a finite number, found {x}"),
+                        });
+                    }
+                }
+            }
+            // An unknown key is named with the file it is in.
+            DistillConfig::default()
+                .with_overrides(match serde_json::to_value(&table) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    _ => serde_json::Map::new(),
+                })
+                .map_err(|e| Error::Format {
+                    path: path.clone(),
+                    what: e.to_string(),
+                })?;
             match serde_json::to_value(&table) {
                 Ok(serde_json::Value::Object(map)) => map,
                 _ => serde_json::Map::new(),
@@ -250,13 +277,16 @@ fn resume_config(
         _ => serde_json::Map::new(),
     };
     let (before, after) = (as_map(&saved), as_map(&merged));
+    // A run that stopped before its first checkpoint trained nothing: a resume starts it
+    // again, and any setting may change.
+    let nothing_trained = !out.join("checkpoints").join("latest").exists();
     for (key, value) in &after {
         let old = before.get(key).unwrap_or(&serde_json::Value::Null);
         // `out` is the directory the saved config was just read from, however it is spelt.
         if old == value || key == "out" {
             continue;
         }
-        if !RESUMABLE_KEYS.contains(&key.as_str()) {
+        if !nothing_trained && !RESUMABLE_KEYS.contains(&key.as_str()) {
             return Err(Error::value(
                 format!("resume of {}", out.display()),
                 format!(
@@ -280,7 +310,7 @@ fn resume_config(
 
 pub fn run(args: DistillArgs) -> Result<()> {
     if args.print_default_config {
-        print!("{}", DistillConfig::default().to_toml());
+        outln!("{}", DistillConfig::default().to_toml().trim_end());
         return Ok(());
     }
     let config = resolve_config(&args)?;

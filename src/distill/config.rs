@@ -343,10 +343,11 @@ impl DistillConfig {
                 self.mse_weight,
             ));
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+        // The optimizer takes it as an f32: past f32's range it would be infinite.
+        if !((self.weight_decay as f32).is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::parameter(
                 "weight_decay",
-                "a finite number >= 0",
+                "a finite number >= 0 (within f32's range, at most 3.4e38)",
                 self.weight_decay,
             ));
         }

@@ -72,7 +72,10 @@ impl Pairs {
         if dev >= self.len() {
             return Err(Error::parameter(
                 "dev_pairs",
-                format!("fewer than the {} training pairs", self.len()),
+                format!(
+                    "fewer than the {} pairs the sources give (the rest are the training pairs)",
+                    self.len()
+                ),
                 dev,
             ));
         }

@@ -163,7 +163,15 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
         ));
     }
     let latest = out.join("checkpoints").join("latest");
-    if resume && !latest.is_file() {
+    // A run that stopped before its first checkpoint (interrupted or failed while loading,
+    // at its first evaluation, in its first steps) has its config.toml and nothing to
+    // continue from: a resume starts it again from step 0 with that config. Not a run that
+    // exported a student (its checkpoints deleted to free space): that would be replaced.
+    let unsaved = !latest.exists()
+        && out.join("config.toml").is_file()
+        && !out.join("student").exists()
+        && std::fs::read_dir(out.join("checkpoints")).map_or(true, |mut d| d.next().is_none());
+    if resume && !latest.is_file() && !unsaved {
         return Err(Error::parameter(
             "out",
             "a run directory with a checkpoint to --resume (a run saves one every \
@@ -171,7 +179,7 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
             format!("{} without checkpoints/latest", out.display()),
         ));
     }
-    if resume {
+    if resume && !unsaved {
         // Before any model loads: `latest` names a checkpoint of this run.
         read_latest(out)?;
     }
@@ -196,10 +204,16 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
             .filter(|name| out.join(name).exists())
             .collect();
         if !found.is_empty() {
+            let how = if unsaved {
+                "this one holds a run that stopped before its first checkpoint: --resume \
+                 starts it again from step 0 with its config.toml (any setting may change, \
+                 nothing was trained), or choose another --out"
+            } else {
+                "a fresh start replaces them; choose another --out, or remove them"
+            };
             return Err(Error::parameter(
                 "out",
-                "a new run directory, or one without a run's files (a fresh start replaces \
-                 them; choose another --out, or remove them)",
+                format!("a new run directory, or one without a run's files ({how})"),
                 format!("{} holding {}", out.display(), found.join(", ")),
             ));
         }
@@ -374,6 +388,23 @@ pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) 
     Ok(())
 }
 
+/// A model error named after the setting that gave the model (`teacher` or `student`),
+/// not the encoder's generic `model`, which would not say which of the two was wrong.
+fn model_flag(e: Error, flag: &'static str) -> Error {
+    match e {
+        Error::Parameter {
+            name: "model",
+            expected,
+            found,
+        } => Error::Parameter {
+            name: flag,
+            expected,
+            found,
+        },
+        e => e,
+    }
+}
+
 /// Run a distillation.
 pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
@@ -385,6 +416,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             "stop_at_step",
             "a step of at least 1 (training stops after it)",
             0,
+        ));
+    }
+    // A stop at or after the last step would never stop anything: the run would train to
+    // its end and export, which a script running it in sittings does not want.
+    if let Some(stop) = options.stop_at_step.filter(|&s| s >= config.steps) {
+        return Err(Error::parameter(
+            "stop_at_step",
+            format!("a step before the last (steps = {})", config.steps),
+            stop,
         ));
     }
     if options.bench_steps.is_none() {
@@ -407,12 +447,22 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         max_length: Some(config.max_length),
         ..EncoderOptions::default()
     };
-    let teacher_spec: ModelSpec = config.teacher.parse()?;
-    let student_spec: ModelSpec = config.student.parse()?;
+    let teacher_spec: ModelSpec = config
+        .teacher
+        .parse()
+        .map_err(|e| model_flag(e, "teacher"))?;
+    let student_spec: ModelSpec = config
+        .student
+        .parse()
+        .map_err(|e| model_flag(e, "student"))?;
     // The exported student keeps its starting model's token limit (MiniLM's 256).
-    let student_max_length = student_spec.default_max_length()?;
-    let teacher = TextEncoder::load(&teacher_spec, device.clone(), &enc_options)?;
-    let student = TextEncoder::load(&student_spec, device.clone().autodiff(), &enc_options)?;
+    let student_max_length = student_spec
+        .default_max_length()
+        .map_err(|e| model_flag(e, "student"))?;
+    let teacher = TextEncoder::load(&teacher_spec, device.clone(), &enc_options)
+        .map_err(|e| model_flag(e, "teacher"))?;
+    let student = TextEncoder::load(&student_spec, device.clone().autodiff(), &enc_options)
+        .map_err(|e| model_flag(e, "student"))?;
     let data = TokenizedPairs {
         student: student.tokenize(&train.other, TextKind::Query)?,
         teacher: teacher.tokenize(&train.english, TextKind::Query)?,
@@ -501,14 +551,12 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     let log = out.join("log.jsonl");
     let dev_log = out.join("dev.jsonl");
     let latest = out.join("checkpoints").join("latest");
-    if options.resume {
-        let (step, dir) = read_latest(&out)?.ok_or_else(|| {
-            Error::io(
-                &latest,
-                "read",
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            )
-        })?;
+    let checkpoint = if options.resume {
+        read_latest(&out)?
+    } else {
+        None
+    };
+    if let Some((step, dir)) = checkpoint {
         trainer.load_checkpoint(&dir, step)?;
         // The exported student of a finished run comes from its best checkpoint: missing,
         // it would fail only after all the training.
@@ -558,7 +606,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             truncate_log(p, trainer.state.step)?;
         }
     } else {
-        // (check_run_dir refused a directory holding a run before anything loaded.)
+        // (check_run_dir refused a directory holding a run before anything loaded; a
+        // resume without a checkpoint starts the run again.)
+        if options.resume {
+            eprintln!(
+                "distill: {} has no checkpoint (the run stopped before its first): starting \
+                 it again from step 0 with its config.toml",
+                out.display()
+            );
+        }
         for p in [&log, &dev_log] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, "remove", e))?;
@@ -602,6 +658,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     } else {
         ProgressBar::hidden()
     };
+    // A hidden bar (--no-progress, or standard error not a terminal: a log file, a job
+    // scheduler) prints nothing, its println included: notes go straight to stderr then.
+    let note = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let mut records = Vec::new();
     let mut dev_metrics = Vec::new();
     let evaluate = |trainer: &mut Trainer, dev_metrics: &mut Vec<DevMetrics>| -> Result<()> {
@@ -613,7 +678,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             trainer.state.best_step = Some(m.step);
             write_text(&out.join("best"), &format!("step-{:06}\n", m.step))?;
         }
-        bar.println(format!(
+        note(format!(
             "dev step {}: P@1 {:.4} MRR {:.4}",
             m.step, m.p_at_1, m.mrr
         ));
@@ -627,7 +692,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     // evaluation): nothing new to save, the checkpoint it resumed (if any) stands.
     let mut interrupted = INTERRUPTED.load(Ordering::SeqCst) && trainer.state.step < config.steps;
     if interrupted {
-        bar.println(format!(
+        note(format!(
             "interrupted before step {}; nothing trained in this sitting",
             trainer.state.step + 1
         ));
@@ -647,13 +712,18 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
                 saved = true;
             }
         }
-        if !saved && config.checkpoint_every > 0 && step % config.checkpoint_every == 0 {
+        // The last step's checkpoint is saved after the final evaluation (below), once.
+        if !saved
+            && config.checkpoint_every > 0
+            && step % config.checkpoint_every == 0
+            && step < config.steps
+        {
             save(&trainer)?;
         }
         let pause = options.stop_at_step == Some(step) && step < config.steps;
         if INTERRUPTED.load(Ordering::SeqCst) || pause {
             save(&trainer)?;
-            bar.println(format!(
+            note(format!(
                 "{}: checkpoint at step {step} saved; continue with --resume",
                 if pause { "stopped" } else { "interrupted" }
             ));

@@ -785,7 +785,7 @@ fn execute(
                 stop_at_step: cx
                     .options
                     .stop_at_step
-                    .filter(|&stop| resume.is_none_or(|step| stop > step)),
+                    .filter(|&stop| resume.is_none_or(|step| stop > step) && stop < steps),
             },
         )?;
         let seconds = t0.elapsed().as_secs_f64();
