@@ -118,6 +118,43 @@ fn unbatched_f32_cost_keeps_its_rank_on_both_backends() {
     assert_close("cpu vs cpu-reference", &plans[0], &plans[1], 1e-5);
 }
 
+/// At an ε far above the cost's range the f32 backends' potentials carry errors of
+/// ε × 1.2e-7, more than the range: said on stderr (the plan is fine); the f64 reference's
+/// are meaningful and it says nothing.
+#[test]
+fn potentials_at_a_huge_epsilon_are_flagged_on_the_f32_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cost = tmp.path().join("c.npy");
+    let c: Vec<f32> = (0..35).map(|k| ((k * 7919) % 13) as f32 / 6.5).collect();
+    npy::write(&cost, &[5, 7], &c).unwrap();
+    for (backend, epsilon, warned) in [
+        ("cpu", "1e30", true),
+        ("cpu", "0.05", false),
+        ("cpu-reference", "1e30", false),
+    ] {
+        let out = tmp.path().join(format!("{backend}-{epsilon}"));
+        let o = optical(&[
+            "ot",
+            "solve",
+            "--cost",
+            p(&cost),
+            "--backend",
+            backend,
+            "--epsilon",
+            epsilon,
+            "--out",
+            p(&out),
+        ]);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{err}");
+        assert_eq!(
+            err.contains("the potentials f.npy and g.npy"),
+            warned,
+            "{backend} ε {epsilon}: {err}"
+        );
+    }
+}
+
 #[test]
 fn solve_from_embeddings_with_lengths() {
     let fx = fixture_dir("embeddings_17x29");

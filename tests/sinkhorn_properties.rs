@@ -322,6 +322,45 @@ fn long_lines_of_equal_terms_converge_in_every_fast_form() {
     }
 }
 
+/// A constant added to every cost changes no plan (the potentials absorb it): with costs
+/// of 1e10 + [0, 2) each backend converges to the plan of the costs without it. The f64
+/// reference computed `(g − C)/ε` on the raw cost, cancelling 1e10-sized terms at every
+/// update, and stalled at a marginal error of ~7.5e-6.
+#[test]
+fn a_constant_offset_in_the_cost_changes_no_plan() {
+    for kind in KINDS {
+        let backend = Backend::new(kind).unwrap();
+        let p = random_problem(77, 2, 17, 29, 0.0);
+        let shifted = Problem::new(
+            2,
+            17,
+            29,
+            p.cost.iter().map(|c| c + 1e10).collect(),
+            Some(p.a.clone()),
+            Some(p.b.clone()),
+        )
+        .unwrap();
+        let prm = SinkhornParams {
+            max_iterations: 5000,
+            ..params(0.05, 1e-7)
+        };
+        let plain = backend.sinkhorn(&p, &prm).unwrap();
+        let offset = backend.sinkhorn(&shifted, &prm).unwrap();
+        assert_eq!(
+            offset.converged_count(),
+            2,
+            "{kind}: {:?}",
+            offset.marginal_error
+        );
+        assert_close(
+            &format!("{kind} offset plan"),
+            &offset.plan,
+            &plain.plan,
+            1e-6,
+        );
+    }
+}
+
 #[test]
 fn backends_agree_at_a_fixed_iteration_count_before_convergence() {
     // Same start (f = g = 0) and same updates: after 3 iterations, unconverged, the plans of

@@ -388,7 +388,45 @@ fn solve(args: SolveArgs) -> Result<()> {
     if let Some(warning) = convergence_warning(&out, &params, cost, backend.kind()) {
         eprintln!("{warning}");
     }
+    if let Some(warning) = potentials_warning(&params, cost, backend.kind()) {
+        eprintln!("{warning}");
+    }
     Ok(())
+}
+
+/// The `f32` backends keep the potentials in units of ε, so `f.npy` and `g.npy` carry an
+/// absolute error of about ε · 6e-8: at an ε far above the cost's range that is more than
+/// the range, and the potentials say nothing (the plan is fine). Said, not refused.
+fn potentials_warning(
+    params: &SinkhornParams,
+    cost: Option<&[f64]>,
+    backend: BackendKind,
+) -> Option<String> {
+    if backend == BackendKind::CpuReference {
+        return None;
+    }
+    let spread = cost.map_or(2.0, cost_spread);
+    let error = params.epsilon * f32::EPSILON as f64;
+    (spread > 0.0 && error > 0.1 * spread).then(|| {
+        format!(
+            "warning: at ε = {:e} the potentials f.npy and g.npy of this f32 backend carry \
+             errors of about {error:.1e} (ε × 1.2e-7), more than a tenth of the cost's range \
+             ({spread:.3e}); the plan is unaffected. Use --backend cpu-reference for \
+             meaningful potentials.",
+            params.epsilon
+        )
+    })
+}
+
+/// How far a cost's finite entries spread (`hi − lo`, 0 for none).
+fn cost_spread(c: &[f64]) -> f64 {
+    let (lo, hi) = c
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    (hi - lo).max(0.0)
 }
 
 /// What to tell a user whose pairs did not all converge (not an error: the plan is the
@@ -407,23 +445,15 @@ fn convergence_warning(
         return precision_warning(out, params);
     }
     // How far the cost's entries spread (1 − cos lies in [0, 2]).
-    let spread = cost.map_or(2.0, |c| {
-        let (lo, hi) = c
-            .iter()
-            .filter(|v| v.is_finite())
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
-        (hi - lo).max(0.0)
-    });
+    let spread = cost.map_or(2.0, cost_spread);
     let mut text = format!(
         "warning: {missed} of {} pairs did not converge in {} iterations (largest marginal \
-         error {:.2e}, threshold {:.0e}); their plans are the last iterate (converged.npy \
+         error {:.2e}, threshold {}); their plans are the last iterate (converged.npy \
          marks them).",
         out.pairs,
         params.max_iterations,
         out.max_marginal_error(),
-        params.threshold
+        short_number(params.threshold)
     );
     let ratio = spread / params.epsilon;
     if params.threshold == 0.0 {
@@ -437,8 +467,14 @@ fn convergence_warning(
              --backend cpu-reference for a tighter --threshold.",
         );
     } else if ratio > 100.0 {
+        // From embeddings the cost is not measured here: its range is 1 − cos's, [0, 2].
+        let span = if cost.is_some() {
+            format!("The cost's entries span {spread:.3e}")
+        } else {
+            "The cosine cost's entries span up to 2".to_string()
+        };
         text.push_str(&format!(
-            " The cost's entries span {spread:.3e}, {ratio:.1e} times ε ({:e}), and \
+            " {span}, {ratio:.1e} times ε ({:e}), and \
              Sinkhorn needs more iterations as that ratio grows: raise --max-iterations, \
              raise --epsilon (it is in the cost's units) or rescale the cost.",
             params.epsilon
@@ -465,13 +501,23 @@ fn precision_warning(out: &SinkhornOutput, params: &SinkhornParams) -> Option<St
         .fold((0, 0.0f64), |(k, w), (_, &e)| (k + 1, w.max(e)));
     (count > 0).then(|| {
         format!(
-            "warning: {count} of {} pairs met the threshold ({:.0e}) in the backend's f32 \
+            "warning: {count} of {} pairs met the threshold ({}) in the backend's f32 \
              iterations, but their plans' marginal error is larger (up to {worst:.2e}): f32 \
              potentials round to about 6e-8 × (cost range / ε) in log units. Use --backend \
              cpu-reference, or a larger --epsilon, for tighter marginals.",
-            out.pairs, params.threshold
+            out.pairs,
+            short_number(params.threshold)
         )
     })
+}
+
+/// `1e-6` for 1e-6, `0` for 0: a threshold as a user types it.
+fn short_number(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else {
+        format!("{x:e}")
+    }
 }
 
 fn cost(args: CostArgs) -> Result<()> {

@@ -89,6 +89,8 @@ pub struct RefPair {
     log_b: Vec<f64>,
     f: Vec<f64>,
     g: Vec<f64>,
+    /// The pair's smallest cost, subtracted from `cost` (and added back to `f` at the end).
+    shift: f64,
 }
 
 pub struct RefState {
@@ -151,10 +153,21 @@ impl SinkhornKernels for CpuReference {
             .map(|p| {
                 let (rows, cols) = problem.support(p);
                 let c = problem.cost_of(p);
-                let cost = rows
+                let mut cost: Vec<f64> = rows
                     .iter()
                     .flat_map(|&i| cols.iter().map(move |&j| c[i * problem.m + j]))
                     .collect();
+                // The plan does not change when a constant leaves the cost (the potentials
+                // shift by it), but f64 does: with costs of 1e10 + [0, 1), `(g − C)/ε`
+                // would cancel 1e10-sized terms every update and leave an error floor of
+                // ~1e-5 that no number of iterations gets under. The smallest cost goes to
+                // `f` once at the end. (Sterbenz: `C − min` is exact for costs within a
+                // factor of two of the smallest.)
+                let shift = cost.iter().copied().fold(f64::INFINITY, f64::min);
+                let shift = if shift.is_finite() { shift } else { 0.0 };
+                for v in &mut cost {
+                    *v -= shift;
+                }
                 let log_a = rows
                     .iter()
                     .map(|&i| problem.a[p * problem.n + i].ln())
@@ -171,6 +184,7 @@ impl SinkhornKernels for CpuReference {
                     cost,
                     log_a,
                     log_b,
+                    shift,
                 }
             })
             .collect();
@@ -210,7 +224,7 @@ impl SinkhornKernels for CpuReference {
             let c = problem.cost_of(p);
             let mut total = 0.0;
             for (ci, &i) in pair.rows.iter().enumerate() {
-                sol.f[p * n + i] = pair.f[ci];
+                sol.f[p * n + i] = pair.f[ci] + pair.shift;
                 for (cj, &j) in pair.cols.iter().enumerate() {
                     let v = pair.plan_entry(eps, ci, cj);
                     sol.plan[(p * n + i) * m + j] = v;

@@ -234,9 +234,10 @@ pub(crate) fn cosine_cost(ctx: &WgpuContext, x: &Embeddings, y: &Embeddings) -> 
         || m.div_ceil(16) > ctx.limits.max_compute_workgroups_per_dimension as usize
         || n + m > grid_rows
     {
+        let side = 16 * ctx.limits.max_compute_workgroups_per_dimension as usize;
         return Err(Error::shape(
             "wgpu cosine cost",
-            format!("n, m ≤ {}", grid_rows / 2),
+            format!("n, m ≤ {side} (16 rows per workgroup) and n + m ≤ {grid_rows}"),
             format!("n = {n}, m = {m}"),
         ));
     }
@@ -665,7 +666,9 @@ pub(crate) fn fused_sinkhorn(
             max_iterations,
             check_every,
             epsilon: params.epsilon as f32,
-            threshold: params.threshold as f32,
+            // Rounded down, as the materialised path's check has it: a threshold that
+            // rounded up to f32 would stop a pair the host's f64 check keeps going.
+            threshold: crate::ot::sinkhorn::f32_floor(params.threshold),
             _pad: [0; 2],
         };
         let mut status = status0;
