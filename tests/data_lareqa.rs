@@ -103,7 +103,9 @@ fn malformed_files_name_file_record_and_problem() {
         (EN.replace("\"question\": \"Last?\"", "\"question\": \"\""), "qas[0]: expected a non-empty question"),
         (EN.replace("[10, 16]", "[10, 40]"), "sentence_breaks[2]: expected 0 <= start <= end <= 16"),
         (EN.replace("\"answers\": [{\"answer_start\": 12, \"text\": \"ree\"}]", "\"answers\": []"), "expected at least one answer"),
-        (EN.replace("\"answer_start\": 0,", "\"answer_start\": \"0\","), "answers[0]: expected a non-negative integer"),
+        (EN.replace("\"answer_start\": 0,", "\"answer_start\": \"0\","), "answers[0].answer_start: expected a non-negative integer"),
+        (EN.replace("\"id\": \"q3\"", "\"id\": 3"), "qas[0].id: expected a string, found a number"),
+        (EN.replace("[[0, 4], [5, 9], [10, 16]]", "[[0, 4], [3, 9], [10, 16]]"), "sentence_breaks[1]: expected a span starting at or after 4"),
         ("{}".to_string(), "en.json: the top level: expected a field `data`, found none"),
         ("{\"data\": []}".to_string(), "data: expected at least one question, found none"),
     ];

@@ -191,6 +191,19 @@ fn malformed_trec_files_name_the_line() {
         .unwrap_err()
         .to_string()
         .contains("expected 6 fields"));
+    // As trec_eval reads them: columns after the tag are ignored, and only ASCII whitespace
+    // separates fields (a no-break space is part of a docno).
+    let p = dir.path().join("r4.txt");
+    std::fs::write(
+        &p,
+        "q1 Q0 a\u{a0}x 1 0.5 t extra columns\nq1\tQ0\tb 2 0.25 t\n",
+    )
+    .unwrap();
+    let run = read_run(&p).unwrap();
+    assert_eq!(
+        run["q1"],
+        [("a\u{a0}x".to_string(), 0.5), ("b".to_string(), 0.25)]
+    );
 }
 
 /// Scores beyond f64 (`1e309`, `inf`) rank first, as in trec_eval (which compares scores

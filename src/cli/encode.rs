@@ -37,7 +37,8 @@ pub struct EncodeArgs {
     /// mean, cls or tokens.
     #[arg(long, default_value = "mean")]
     pub pooling: String,
-    /// cpu (burn flex) or wgpu.
+    /// cpu or cpu-reference (both burn's flex CPU device), wgpu, or cuda (burn's CUDA
+    /// device; needs a build with the burn-cuda feature).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// Output .npy file.
@@ -48,7 +49,7 @@ pub struct EncodeArgs {
     /// table).
     #[arg(long)]
     pub max_length: Option<usize>,
-    /// Texts per forward pass.
+    /// Texts per forward pass (what `optical eval` calls --forward-batch).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Override the query prefix.

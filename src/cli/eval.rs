@@ -45,7 +45,8 @@ pub struct TrecArgs {
     /// alone expand to trec_eval's default cutoffs).
     #[arg(long, default_value = "map,recip_rank,P_1,recall_100,ndcg_cut_10")]
     pub metrics: String,
-    /// Also print every query's values.
+    /// Also print every query's values: the output is then {"mean": {measure: value},
+    /// "per_query": {qid: {measure: value}}} instead of {measure: mean}.
     #[arg(long)]
     pub per_query: bool,
 }
@@ -58,7 +59,8 @@ pub struct EvalDatasetArgs {
     /// Comma-separated languages (default: all of the dataset's).
     #[arg(long, value_delimiter = ',')]
     pub languages: Vec<String>,
-    /// Comma-separated models; each is reported side by side (built in: hash).
+    /// Comma-separated models, reported side by side: hash (a bag-of-words baseline),
+    /// minilm, e5-small, or a path to a Hugging Face model directory or an E5S1 file.
     #[arg(long, value_delimiter = ',')]
     pub model: Vec<String>,
     /// dense (pooled cosine) or maxsim (late interaction through the backend's kernel).
@@ -182,6 +184,14 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         .out
         .clone()
         .ok_or_else(|| Error::parameter("out", "--out DIR", "none"))?;
+    // Before any model loads: a file in the directory's place.
+    if out.exists() && !out.is_dir() {
+        return Err(Error::parameter(
+            "out",
+            "an output directory (new or existing)",
+            format!("{}, a file", out.display()),
+        ));
+    }
     if a.model.is_empty() {
         return Err(Error::parameter("model", "--model NAME[,NAME…]", "none"));
     }

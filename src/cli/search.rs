@@ -23,8 +23,12 @@ use crate::retrieval::trec::RunWriter;
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct SearchArgs {
+    /// Query embeddings (.npy): (n, d) pooled vectors for dense scoring, (n, L, d) token
+    /// vectors for MaxSim.
     #[arg(long)]
     pub queries: PathBuf,
+    /// Corpus embeddings (.npy): (m, d) pooled vectors for dense scoring, (T, d) packed
+    /// token vectors for MaxSim.
     #[arg(long)]
     pub corpus: PathBuf,
     /// Documents kept per query.
@@ -36,12 +40,17 @@ pub struct SearchArgs {
     /// dense or maxsim.
     #[arg(long, default_value = "dense")]
     pub scoring: String,
+    /// MaxSim: each query's token count (.npy, integers, (n,)); rows past it are padding.
+    /// Default: every query has L tokens.
     #[arg(long)]
     pub query_lengths: Option<PathBuf>,
+    /// MaxSim: each document's token count (.npy, integers, (m,), summing to T).
     #[arg(long)]
     pub corpus_lengths: Option<PathBuf>,
+    /// Query ids, one per line (default: 0, 1, …).
     #[arg(long)]
     pub query_ids: Option<PathBuf>,
+    /// Document ids, one per line (default: 0, 1, …).
     #[arg(long)]
     pub corpus_ids: Option<PathBuf>,
     /// Run tag (last column of the run file).
@@ -193,7 +202,8 @@ pub fn run(a: SearchArgs) -> Result<()> {
                     ));
                 }
             }
-            if let Some(b) = &a.backend {
+            // `cpu` is where dense search runs anyway (and the flag's default): accepted.
+            if let Some(b) = a.backend.as_ref().filter(|b| b.as_str() != "cpu") {
                 return Err(Error::parameter(
                     "backend",
                     "no --backend with --scoring dense (dense search runs on the CPU; the backend picks the MaxSim kernel)",

@@ -307,7 +307,11 @@ fn parse_language(
             .enumerate()
         {
             let ploc = at(&aloc, "paragraphs", Some(pi));
-            let context = string(path, field(path, para, &ploc, "context")?, &ploc)?;
+            let context = string(
+                path,
+                field(path, para, &ploc, "context")?,
+                &at(&ploc, "context", None),
+            )?;
             let sentences = array(path, para, &ploc, "sentences")?;
             let breaks = array(path, para, &ploc, "sentence_breaks")?;
             if sentences.len() != breaks.len() {
@@ -350,6 +354,19 @@ fn parse_language(
                         ),
                     ));
                 }
+                // In order and apart: an answer's sentence is the span holding its start,
+                // which overlapping spans would leave to whichever comes first.
+                if let Some(&(_, prev_end)) = spans.last() {
+                    if s < prev_end {
+                        return Err(format_error(
+                            path,
+                            format!(
+                                "{bloc}: expected a span starting at or after {prev_end} (the \
+                                 previous one's end), found [{s}, {e}]"
+                            ),
+                        ));
+                    }
+                }
                 spans.push((s, e));
             }
             let context_index = out.contexts.len();
@@ -377,14 +394,18 @@ fn parse_language(
             }
             for (qi, qa) in array(path, para, &ploc, "qas")?.iter().enumerate() {
                 let qloc = at(&ploc, "qas", Some(qi));
-                let id = string(path, field(path, qa, &qloc, "id")?, &qloc)?;
+                let id = string(path, field(path, qa, &qloc, "id")?, &at(&qloc, "id", None))?;
                 if id.is_empty() || id.contains(char::is_whitespace) {
                     return Err(format_error(
                         path,
                         format!("{qloc}: expected a question id without whitespace, found {id:?}"),
                     ));
                 }
-                let question = string(path, field(path, qa, &qloc, "question")?, &qloc)?;
+                let question = string(
+                    path,
+                    field(path, qa, &qloc, "question")?,
+                    &at(&qloc, "question", None),
+                )?;
                 if question.trim().is_empty() {
                     return Err(format_error(
                         path,
@@ -405,7 +426,11 @@ fn parse_language(
                     )
                 })?;
                 let aloc = at(&qloc, "answers", Some(0));
-                let start = uint(path, field(path, first, &aloc, "answer_start")?, &aloc)?;
+                let start = uint(
+                    path,
+                    field(path, first, &aloc, "answer_start")?,
+                    &at(&aloc, "answer_start", None),
+                )?;
                 // The answer's sentence: the span containing its first character.
                 let si = spans
                     .iter()

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::encoder::{encode_pooled_cached, Encoder, TextRole};
 use super::metrics::{mean_measures, Measure, RankedQuery};
 use super::search::{maxsim_block, search, DenseVectors, Pool, QueryHits, Scorer, DEFAULT_BLOCK};
-use super::trec::RunWriter;
+use super::trec::{self, RunWriter};
 use crate::backend::Backend;
 use crate::data::RetrievalTask;
 use crate::error::{Error, Result};
@@ -117,7 +117,13 @@ pub fn run_task(
         search_seconds,
     } = search_task(task, encoder, settings)?;
     if let Some(path) = run_file {
-        write_run(path, encoder.name(), task, &pool, &hits)?;
+        write_run(
+            path,
+            &trec::tag_from_name(encoder.name()),
+            task,
+            &pool,
+            &hits,
+        )?;
     }
     let mut result = evaluate_hits(task, &pool, &hits, settings.measures);
     result.encode_seconds = encode_seconds;

@@ -22,8 +22,10 @@ pub type Qrels = BTreeMap<String, BTreeMap<String, i64>>;
 /// A run: qid → retrieved (docno, score), in file order.
 pub type Run = BTreeMap<String, Vec<(String, f64)>>;
 
+/// A line's fields, split at ASCII whitespace only, as trec_eval splits them: an id may
+/// hold any other character (a no-break space in a docno is part of it).
 fn fields(line: &str) -> Vec<&str> {
-    line.split_whitespace().collect()
+    line.split_ascii_whitespace().collect()
 }
 
 /// Read a qrels file.
@@ -90,7 +92,8 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
         if f.is_empty() {
             continue;
         }
-        if f.len() != 6 {
+        // Columns after the tag are ignored, as trec_eval ignores them.
+        if f.len() < 6 {
             return Err(format_error(
                 path,
                 format!(
@@ -143,8 +146,19 @@ pub fn check_run_tag(tag: &str) -> Result<()> {
     check_id("run tag", tag)
 }
 
+/// A run tag made from a model's name: the name with each run of whitespace replaced by
+/// `_` (a model directory's path may hold spaces), `optical` if nothing is left.
+pub fn tag_from_name(name: &str) -> String {
+    let tag = name.split_ascii_whitespace().collect::<Vec<_>>().join("_");
+    if tag.is_empty() {
+        "optical".into()
+    } else {
+        tag
+    }
+}
+
 fn check_id(kind: &str, id: &str) -> Result<()> {
-    if id.is_empty() || id.contains(char::is_whitespace) {
+    if id.is_empty() || id.contains(|c: char| c.is_ascii_whitespace()) {
         return Err(Error::value(
             format!("TREC {kind}"),
             format!("expected an id without whitespace, found {id:?}"),
@@ -211,4 +225,24 @@ impl RunWriter {
 fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
     let f = std::fs::File::create(path).map_err(|e| Error::io(path, "create", e))?;
     Ok(std::io::BufWriter::new(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_run_tag, tag_from_name};
+
+    /// A model directory's path with spaces makes a tag `optical eval` can write (it has no
+    /// tag option, so a name refused after the first task's encoding was a dead end).
+    #[test]
+    fn a_model_name_with_spaces_makes_a_valid_tag() {
+        for (name, tag) in [
+            ("models/my model", "models/my_model"),
+            ("e5-small", "e5-small"),
+            (" a \t b ", "a_b"),
+            ("   ", "optical"),
+        ] {
+            assert_eq!(tag_from_name(name), tag);
+            check_run_tag(&tag_from_name(name)).unwrap();
+        }
+    }
 }
