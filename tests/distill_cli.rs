@@ -824,4 +824,14 @@ fn a_run_that_saved_no_checkpoint_starts_again_with_resume() {
     assert_eq!(steps, [1, 2]);
     let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(saved.contains("epsilon = 0.1"), "{saved}");
+
+    // A file where a directory above the run directory goes: refused before anything loads.
+    let under_file = f.root.join("train.hau").join("run");
+    let o = distill(&f, &under_file, &["--steps", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("train.hau, a file") && !err.contains("training pairs"),
+        "{err}"
+    );
 }

@@ -162,6 +162,20 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
             format!("{}, a file", out.display()),
         ));
     }
+    // A file where a directory above it would be created (`--out afile/run`) fails the
+    // first write, after the models loaded.
+    if let Some(file) = out
+        .ancestors()
+        .skip(1)
+        .find(|p| p.exists())
+        .filter(|p| !p.is_dir())
+    {
+        return Err(Error::parameter(
+            "out",
+            "a run directory (new, or one to --resume)",
+            format!("{}, inside {}, a file", out.display(), file.display()),
+        ));
+    }
     let latest = out.join("checkpoints").join("latest");
     // A run that stopped before its first checkpoint (interrupted or failed while loading,
     // at its first evaluation, in its first steps) has its config.toml and nothing to
@@ -427,8 +441,39 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             stop,
         ));
     }
+    if options.bench_steps.is_some() && options.resume {
+        return Err(Error::parameter(
+            "bench_steps",
+            "no --resume with --bench-steps (the timed steps start from the configured \
+             student, not from a checkpoint)",
+            "--resume",
+        ));
+    }
     if options.bench_steps.is_none() {
         check_run_dir(&config.out, options.resume)?;
+    }
+    // What the checkpoint's step rules out, before the models load (checked again, with the
+    // checkpoint's own state, once it is loaded).
+    if let Some((step, _)) = options
+        .resume
+        .then(|| read_latest(&config.out))
+        .transpose()?
+        .flatten()
+    {
+        if config.steps < step {
+            return Err(Error::parameter(
+                "steps",
+                format!("at least {step} when resuming (the latest checkpoint's step)"),
+                config.steps,
+            ));
+        }
+        if let Some(stop) = options.stop_at_step.filter(|&s| s <= step) {
+            return Err(Error::parameter(
+                "stop_at_step",
+                format!("a step after {step} (the step of the checkpoint it resumes)"),
+                stop,
+            ));
+        }
     }
     let kind: BackendKind = config.backend.parse()?;
     let devices = resolve_devices(kind, &config.device_selection()?)?;
