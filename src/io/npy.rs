@@ -175,16 +175,49 @@ fn format_err(path: &Path, what: impl Into<String>) -> Error {
 }
 
 /// Read a `.npy` file.
+///
+/// The file is read into one buffer of its size and the data keep that buffer (the header
+/// is moved out in place): the array costs the file's size once, not the two or three times
+/// that a growing read and a copy of the data took at their peak.
 pub fn read(path: &Path) -> Result<NpyArray> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let size = file.metadata().map_or(0, |m| m.len() as usize);
     let mut data = Vec::new();
+    data.try_reserve_exact(size.saturating_add(1))
+        .map_err(|_| Error::io(path, "read", std::io::ErrorKind::OutOfMemory.into()))?;
     file.read_to_end(&mut data)
         .map_err(|e| Error::io(path, "read", e))?;
-    parse(path, &data)
+    let (shape, dtype, start) = parse_header(path, &data)?;
+    data.drain(..start);
+    Ok(NpyArray {
+        shape,
+        dtype,
+        bytes: data,
+    })
 }
 
 /// Parse the bytes of a `.npy` file (`path` is only used in error messages).
 pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
+    let (shape, dtype, start) = parse_header(path, data)?;
+    Ok(NpyArray {
+        shape,
+        dtype,
+        bytes: data[start..].to_vec(),
+    })
+}
+
+/// The shape and dtype of the `.npy` file `data`, and where its data start (checked to
+/// hold exactly the bytes the shape needs).
+fn parse_header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize)> {
+    if data.starts_with(MAGIC) && data.len() < 10 {
+        return Err(format_err(
+            path,
+            format!(
+                "truncated .npy header: expected at least 10 bytes, found {}",
+                data.len()
+            ),
+        ));
+    }
     if data.len() < 10 || &data[..6] != MAGIC {
         return Err(format_err(
             path,
@@ -279,11 +312,7 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
             ),
         ));
     }
-    Ok(NpyArray {
-        shape,
-        dtype,
-        bytes: body.to_vec(),
-    })
+    Ok((shape, dtype, end))
 }
 
 /// The three fields of a `.npy` header, read from its Python dict literal the way NumPy's
@@ -663,6 +692,16 @@ mod tests {
                 && err.contains("found a file of 20 bytes"),
             "{err}"
         );
+        // The magic string and nothing after it: cut short, not "no magic string".
+        let err = parse(p, &bytes[..6]).unwrap_err().to_string();
+        assert!(err.contains("expected at least 10 bytes, found 6"), "{err}");
+        // Read from a file (the buffer kept, its header moved out): the same array.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.npy");
+        std::fs::write(&file, &bytes).unwrap();
+        let read_back = read(&file).unwrap();
+        assert_eq!(read_back.shape, [4]);
+        assert_eq!(read_back.to_f32(), [1.0, 2.0, 3.0, 4.0]);
     }
 
     fn with_header(header: &str, body: &[u8]) -> Vec<u8> {
