@@ -455,6 +455,21 @@ fn search_cli_maxsim_with_one_token_equals_dense() {
         "m.trec",
     );
     assert_eq!(dense, maxsim);
+    // `--backend cpu` (the flag's default, where dense search runs) is accepted.
+    let on_cpu = run(
+        &[
+            "--queries",
+            "q.npy",
+            "--corpus",
+            "c.npy",
+            "--k",
+            "7",
+            "--backend",
+            "cpu",
+        ],
+        "dc.trec",
+    );
+    assert_eq!(dense, on_cpu);
     // MaxSim without corpus lengths is a parameter error (exit code 2), not a panic.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
         .args([
