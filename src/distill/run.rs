@@ -68,11 +68,11 @@ fn install_ctrlc() {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             // The first Ctrl-C asked for a clean stop; a second one is a user who cannot
             // wait for it. The last saved checkpoint stays what `--resume` continues from.
-            eprintln!("\ninterrupted again: stopping now (the last saved checkpoint stays)");
+            eprintln!("\ninterrupted again: stopping now (what was saved stays)");
             std::process::exit(130);
         }
         eprintln!(
-            "\ninterrupt: stopping at the next safe point, once a checkpoint is saved \
+            "\ninterrupt: stopping at the next safe point, with what is done saved \
              (Ctrl-C again stops now)"
         );
     });
