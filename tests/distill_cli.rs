@@ -824,6 +824,17 @@ fn a_run_that_saved_no_checkpoint_starts_again_with_resume() {
     assert_eq!(steps, [1, 2]);
     let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(saved.contains("epsilon = 0.1"), "{saved}");
+    assert!(out.join("log.jsonl.prev").exists() || out.join("dev.jsonl.prev").exists());
+
+    // A finished run whose student was moved away and checkpoints removed is not one that
+    // saved nothing: --resume refuses it, and its logs stay.
+    std::fs::rename(out.join("student"), f.root.join("moved-student")).unwrap();
+    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    let again = distill(&f, &out, &["--steps", "2", "--resume"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("without checkpoints/latest"), "{err}");
+    assert_eq!(lines(&out.join("log.jsonl")).len(), 2);
 
     // A file where a directory above the run directory goes: refused before anything loads.
     let under_file = f.root.join("train.hau").join("run");

@@ -279,7 +279,7 @@ fn resume_config(
     let (before, after) = (as_map(&saved), as_map(&merged));
     // A run that stopped before its first checkpoint trained nothing: a resume starts it
     // again, and any setting may change.
-    let nothing_trained = !out.join("checkpoints").join("latest").exists();
+    let nothing_trained = crate::distill::run::stopped_before_first_checkpoint(&out);
     for (key, value) in &after {
         let old = before.get(key).unwrap_or(&serde_json::Value::Null);
         // `out` is the directory the saved config was just read from, however it is spelt.

@@ -7,7 +7,7 @@
 use crate::cli::outln;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -62,20 +62,82 @@ pub struct RunSummary {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Milliseconds since [`epoch`] of the first interrupt (0: none yet).
+static FIRST_INTERRUPT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// What the process is doing, as the interrupt handler sees it: [`IDLE`], [`SAVING`] a
+/// checkpoint or the student, [`EXIT_AFTER_SAVE`] (a second interrupt came while saving),
+/// or [`EXITING`] (the handler is ending the process: no save may start).
+static PHASE: AtomicU8 = AtomicU8::new(IDLE);
+const IDLE: u8 = 0;
+const SAVING: u8 = 1;
+const EXIT_AFTER_SAVE: u8 = 2;
+const EXITING: u8 = 3;
+
+/// A second interrupt sooner than this after the first is the same event (a hang-up
+/// delivers SIGHUP from the kernel and from the shell; a scheduler may signal a wrapper
+/// and the process), not a user who cannot wait.
+const SECOND_INTERRUPT_MS: u64 = 1000;
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
 fn install_ctrlc() {
+    epoch();
     // A second installation in the same process fails; the flag is shared, so that is fine.
     let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            // The first Ctrl-C asked for a clean stop; a second one is a user who cannot
-            // wait for it. The last saved checkpoint stays what `--resume` continues from.
-            eprintln!("\ninterrupted again: stopping now (what was saved stays)");
-            std::process::exit(130);
+        let now = epoch().elapsed().as_millis() as u64 + 1;
+        if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+            FIRST_INTERRUPT_MS.store(now, Ordering::SeqCst);
+            eprintln!(
+                "\ninterrupt: stopping at the next safe point, with what is done saved \
+                 (Ctrl-C again stops now)"
+            );
+            return;
         }
-        eprintln!(
-            "\ninterrupt: stopping at the next safe point, with what is done saved \
-             (Ctrl-C again stops now)"
-        );
+        if now < FIRST_INTERRUPT_MS.load(Ordering::SeqCst) + SECOND_INTERRUPT_MS {
+            return;
+        }
+        // The first interrupt asked for a clean stop; a second one is a user who cannot
+        // wait for it. A save in progress finishes first (cut short, it would leave a
+        // checkpoint directory that is neither resumable nor removable by the run).
+        match PHASE.compare_exchange(IDLE, EXITING, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => {
+                eprintln!("\ninterrupted again: stopping now (what was saved stays)");
+                std::process::exit(130);
+            }
+            Err(_) => {
+                if PHASE
+                    .compare_exchange(SAVING, EXIT_AFTER_SAVE, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    eprintln!("\ninterrupted again: stopping once the file being saved is whole");
+                }
+            }
+        }
     });
+}
+
+/// Run `save` with a second interrupt held off until it is done (then the process ends,
+/// exit 130, as the interrupt asked).
+fn saving<T>(save: impl FnOnce() -> T) -> T {
+    if PHASE
+        .compare_exchange(IDLE, SAVING, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // The handler is ending the process: starting a save now would be cut short.
+        loop {
+            std::thread::park();
+        }
+    }
+    let out = save();
+    if PHASE.swap(IDLE, Ordering::SeqCst) == EXIT_AFTER_SAVE {
+        eprintln!("stopped (what was saved stays)");
+        std::process::exit(130);
+    }
+    out
 }
 
 /// Route Ctrl-C to the flag a run checks after every step (for callers, such as a study,
@@ -112,9 +174,13 @@ fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| Error::io(path, "open", e))?;
-    let line =
+    let mut line =
         serde_json::to_string(value).map_err(|e| Error::value("log record", e.to_string()))?;
-    writeln!(f, "{line}").map_err(|e| Error::io(path, "write", e))
+    line.push('\n');
+    // One write for the record and its newline: an exit between two writes would leave a
+    // line without its end, and the next record on the same line.
+    f.write_all(line.as_bytes())
+        .map_err(|e| Error::io(path, "write", e))
 }
 
 /// Keep only the records of a JSONL log whose `step` is at most `step`.
@@ -177,14 +243,7 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
         ));
     }
     let latest = out.join("checkpoints").join("latest");
-    // A run that stopped before its first checkpoint (interrupted or failed while loading,
-    // at its first evaluation, in its first steps) has its config.toml and nothing to
-    // continue from: a resume starts it again from step 0 with that config. Not a run that
-    // exported a student (its checkpoints deleted to free space): that would be replaced.
-    let unsaved = !latest.exists()
-        && out.join("config.toml").is_file()
-        && !out.join("student").exists()
-        && std::fs::read_dir(out.join("checkpoints")).map_or(true, |mut d| d.next().is_none());
+    let unsaved = stopped_before_first_checkpoint(out);
     if resume && !latest.is_file() && !unsaved {
         return Err(Error::parameter(
             "out",
@@ -233,6 +292,28 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the run directory `out` holds a run that stopped before its first checkpoint
+/// (interrupted or failed while loading, at its first evaluation, in its first steps): its
+/// config.toml and nothing to continue from, so `--resume` starts it again from step 0.
+///
+/// Not a run that finished (its summary says so, a study wrote its result, it exported a
+/// student: its checkpoints may have been deleted to free space, and a restart would
+/// replace its logs), nor one with any whole checkpoint (`state.json` is written last, so
+/// a directory without it is a save cut short).
+pub fn stopped_before_first_checkpoint(out: &Path) -> bool {
+    let finished = out.join("result.json").exists()
+        || out.join("student").exists()
+        || std::fs::read_to_string(out.join("summary.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("interrupted") != Some(&serde_json::Value::Bool(true)));
+    let checkpoints = out.join("checkpoints");
+    let any_checkpoint = checkpoints.join("latest").exists()
+        || std::fs::read_dir(&checkpoints)
+            .is_ok_and(|d| d.flatten().any(|e| e.path().join("state.json").exists()));
+    out.join("config.toml").is_file() && !finished && !any_checkpoint
 }
 
 /// The files and directories a run writes in its directory.
@@ -656,9 +737,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         if options.resume {
             eprintln!(
                 "distill: {} has no checkpoint (the run stopped before its first): starting \
-                 it again from step 0 with its config.toml",
+                 it again from step 0 with its config.toml (its logs kept as *.prev)",
                 out.display()
             );
+            for p in [&log, &dev_log] {
+                if p.exists() {
+                    let prev = p.with_extension("jsonl.prev");
+                    std::fs::rename(p, &prev).map_err(|e| Error::io(p, "rename", e))?;
+                }
+            }
         }
         for p in [&log, &dev_log] {
             if p.exists() {
@@ -671,7 +758,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     write_text(&out.join("config.toml"), &config.to_toml())?;
     // A checkpoint holds the whole student (~0.5 GB for e5-small), so only the latest and
     // the best (by dev P@1, then MRR) are kept; older ones are removed once a newer one is written.
-    let save = |trainer: &Trainer| -> Result<()> {
+    let save_now = |trainer: &Trainer| -> Result<()> {
         let dir = checkpoint_dir(&out, trainer.state.step);
         let new_dir = !dir.exists();
         if let Err(e) = trainer.save_checkpoint(&dir) {
@@ -686,6 +773,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         write_text(&latest, &format!("step-{:06}\n", trainer.state.step))?;
         prune_checkpoints(&out, trainer.state.step, trainer.state.best_step)
     };
+    let save = |trainer: &Trainer| -> Result<()> { saving(|| save_now(trainer)) };
 
     // The flag is not cleared here: a caller that installed the handler earlier (a study)
     // may have been interrupted while this run loaded, and that must stop it too.
@@ -827,14 +915,16 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             let dev = read_dev_log(&dev_log).unwrap_or_default();
             eprintln!("distill: note: {}", untrained_export_note(&dev));
         }
-        export(
-            &model,
-            &student_config,
-            &tokenizer,
-            (&prefixes.0, &prefixes.1),
-            student_max_length,
-            &dir,
-        )?;
+        saving(|| {
+            export(
+                &model,
+                &student_config,
+                &tokenizer,
+                (&prefixes.0, &prefixes.1),
+                student_max_length,
+                &dir,
+            )
+        })?;
         exported_step = Some(step);
         student_dir = Some(dir);
     }
