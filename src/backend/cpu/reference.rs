@@ -89,8 +89,10 @@ pub struct RefPair {
     log_b: Vec<f64>,
     f: Vec<f64>,
     g: Vec<f64>,
-    /// The pair's smallest cost, subtracted from `cost` (and added back to `f` at the end).
-    shift: f64,
+    /// Each row's smallest cost, then each column's smallest of what is left, subtracted
+    /// from `cost` (and added back to `f` and `g` at the end).
+    row_shift: Vec<f64>,
+    col_shift: Vec<f64>,
 }
 
 pub struct RefState {
@@ -157,16 +159,34 @@ impl SinkhornKernels for CpuReference {
                     .iter()
                     .flat_map(|&i| cols.iter().map(move |&j| c[i * problem.m + j]))
                     .collect();
-                // The plan does not change when a constant leaves the cost (the potentials
-                // shift by it), but f64 does: with costs of 1e10 + [0, 1), `(g − C)/ε`
-                // would cancel 1e10-sized terms every update and leave an error floor of
-                // ~1e-5 that no number of iterations gets under. The smallest cost goes to
-                // `f` once at the end. (Sterbenz: `C − min` is exact for costs within a
-                // factor of two of the smallest.)
-                let shift = cost.iter().copied().fold(f64::INFINITY, f64::min);
-                let shift = if shift.is_finite() { shift } else { 0.0 };
-                for v in &mut cost {
-                    *v -= shift;
+                // The plan does not change when a row's or a column's constant leaves the
+                // cost (the potentials shift by it), but f64 does: with costs of 1e10 +
+                // [0, 1) in some rows, `(g − C)/ε` would cancel 1e10-sized terms every update
+                // and leave an error floor of ~1e-5 that no number of iterations gets under.
+                // Each row's minimum goes, then each column's minimum of the rest (as the
+                // fast path shifts), and both go back to the potentials once at the end.
+                let nc = cols.len();
+                let finite_min = |v: f64, m: f64| if v.is_finite() && v < m { v } else { m };
+                let row_shift: Vec<f64> = cost
+                    .chunks(nc.max(1))
+                    .map(|r| r.iter().fold(f64::INFINITY, |m, &v| finite_min(v, m)))
+                    .map(|m| if m.is_finite() { m } else { 0.0 })
+                    .collect();
+                for (r, &s) in cost.chunks_mut(nc.max(1)).zip(&row_shift) {
+                    for v in r {
+                        *v -= s;
+                    }
+                }
+                let col_shift: Vec<f64> = (0..nc)
+                    .map(|j| {
+                        (0..rows.len()).fold(f64::INFINITY, |m, i| finite_min(cost[i * nc + j], m))
+                    })
+                    .map(|m| if m.is_finite() { m } else { 0.0 })
+                    .collect();
+                for r in cost.chunks_mut(nc.max(1)) {
+                    for (v, &s) in r.iter_mut().zip(&col_shift) {
+                        *v -= s;
+                    }
                 }
                 let log_a = rows
                     .iter()
@@ -178,13 +198,15 @@ impl SinkhornKernels for CpuReference {
                     .collect();
                 RefPair {
                     f: vec![0.0; rows.len()],
-                    g: vec![0.0; cols.len()],
+                    // The unshifted iteration starts from g = 0: shifted, that is −β.
+                    g: col_shift.iter().map(|&b| -b).collect(),
                     rows,
                     cols,
                     cost,
                     log_a,
                     log_b,
-                    shift,
+                    row_shift,
+                    col_shift,
                 }
             })
             .collect();
@@ -224,7 +246,7 @@ impl SinkhornKernels for CpuReference {
             let c = problem.cost_of(p);
             let mut total = 0.0;
             for (ci, &i) in pair.rows.iter().enumerate() {
-                sol.f[p * n + i] = pair.f[ci] + pair.shift;
+                sol.f[p * n + i] = pair.f[ci] + pair.row_shift[ci];
                 for (cj, &j) in pair.cols.iter().enumerate() {
                     let v = pair.plan_entry(eps, ci, cj);
                     sol.plan[(p * n + i) * m + j] = v;
@@ -232,7 +254,7 @@ impl SinkhornKernels for CpuReference {
                 }
             }
             for (cj, &j) in pair.cols.iter().enumerate() {
-                sol.g[p * m + j] = pair.g[cj];
+                sol.g[p * m + j] = pair.g[cj] + pair.col_shift[cj];
             }
             sol.cost[p] = total;
         }
