@@ -1838,6 +1838,15 @@ fn data_export_is_all_or_nothing_and_names_stale_files() {
     let o = export("afr", &ex3);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("one of tatoeba,"), "{}", stderr(&o));
+    // Exported files without a manifest (an earlier version's): not replaced on a guess.
+    std::fs::remove_file(ex3.join("export.json")).unwrap();
+    let o = mafand("test", &ex3);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no export.json"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(ex3.join("hau-eng.qrels")).unwrap(),
+        dev
+    );
 }
 
 /// A write that fails because the device is full exits 1 (the machine's state), not 2 (a

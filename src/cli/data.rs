@@ -197,7 +197,36 @@ fn export(a: ExportArgs) -> Result<()> {
             .then(|| a.dataset.split.clone().unwrap_or_else(|| "dev".into())),
     };
     let manifest = a.out.join(EXPORT_MANIFEST);
-    if let Some(held) = read_export_manifest(&manifest)? {
+    let held = read_export_manifest(&manifest)?;
+    // Exported files with no manifest (an export by an earlier version): of which dataset
+    // they are is unknown, so they are not replaced on a guess.
+    let unlabelled = held.is_none()
+        && std::fs::read_dir(&a.out).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                if !e.file_type().is_ok_and(|t| t.is_file()) {
+                    return false;
+                }
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                EXPORT_SUFFIXES.iter().any(|s| name.ends_with(s))
+            })
+        });
+    if unlabelled {
+        return Err(Error::io(
+            &a.out,
+            "export into",
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "expected a directory without exported files, or one with an \
+                     {EXPORT_MANIFEST} saying what they are, found exported files and no \
+                     {EXPORT_MANIFEST} (an earlier version's export?): choose another --out, \
+                     or remove them"
+                ),
+            ),
+        ));
+    }
+    if let Some(held) = held {
         if held != this {
             return Err(Error::io(
                 &a.out,

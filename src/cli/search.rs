@@ -70,7 +70,15 @@ fn read_ids(path: Option<&Path>, n: usize, what: &str) -> Result<Vec<String>> {
         None => Ok((0..n).map(|i| i.to_string()).collect()),
         Some(p) => {
             let text = crate::data::read_text(p)?;
-            let mut ids: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+            // ASCII whitespace only, as the TREC files are split: a no-break space may be
+            // part of an id.
+            let mut ids: Vec<String> = text
+                .lines()
+                .map(|l| {
+                    l.trim_matches(|c: char| c.is_ascii_whitespace())
+                        .to_string()
+                })
+                .collect();
             // Blank lines at the end are an editor's, not ids.
             while ids.last().is_some_and(|s| s.is_empty()) {
                 ids.pop();
@@ -83,7 +91,7 @@ fn read_ids(path: Option<&Path>, n: usize, what: &str) -> Result<Vec<String>> {
             }
             if let Some(i) = ids
                 .iter()
-                .position(|s| s.is_empty() || s.contains(char::is_whitespace))
+                .position(|s| s.is_empty() || s.contains(|c: char| c.is_ascii_whitespace()))
             {
                 return Err(crate::data::format_error(
                     p,

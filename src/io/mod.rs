@@ -70,9 +70,16 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
 /// Flush a written file's data to the disk (`fsync`), so that a rename that publishes it
 /// cannot reach the disk first.
 pub fn sync_file(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, "write", e))
+    match std::fs::File::open(path).and_then(|f| f.sync_all()) {
+        // A file system that cannot sync (EINVAL, ENOTSUP) keeps the write as it is.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::Unsupported
+                || e.kind() == std::io::ErrorKind::InvalidInput =>
+        {
+            Ok(())
+        }
+        other => other.map_err(|e| Error::io(path, "write", e)),
+    }
 }
 
 /// Flush the directory entry of `path` (a rename into its directory) to the disk. Best
@@ -309,7 +316,6 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
             let plain = std::fs::symlink_metadata(&at).map_or(true, |m| m.file_type().is_file());
             if plain {
                 std::fs::rename(&from, &at).map_err(|e| Error::io(&at, "rename", e))?;
-                sync_parent(&at);
             } else {
                 // A symbolic link is written through (the file it names is replaced, the
                 // link stays) and a special file written directly, as single outputs are.
@@ -320,6 +326,8 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
                 })?;
             }
         }
+        // One sync of the directory for all the renames into it.
+        sync_parent(&dir.join("x"));
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&tmp);
@@ -340,6 +348,8 @@ fn sync_tree(dir: &Path) -> Result<()> {
             sync_file(&entry.path())?;
         }
     }
+    // The directory's own entries (best effort, as for any directory).
+    sync_parent(&dir.join("x"));
     Ok(())
 }
 
