@@ -1752,19 +1752,22 @@ fn data_export_is_all_or_nothing_and_names_stale_files() {
             std::fs::write(data.join(format!("tatoeba/tatoeba.{lang}-eng.{ext}")), text).unwrap();
         }
     }
-    let export = |languages: &str, out: &Path| {
+    // `data export DATASET --FLAG VALUE --out OUT` on the test's data directory.
+    let export_with = |dataset: &str, flag: &str, value: &str, out: &Path| {
         optical(&[
             "data",
             "export",
-            "tatoeba",
+            dataset,
             "--data-dir",
             p(&data),
-            "--languages",
-            languages,
+            flag,
+            value,
             "--out",
             p(out),
         ])
     };
+    let export =
+        |languages: &str, out: &Path| export_with("tatoeba", "--languages", languages, out);
     let ex = tmp.path().join("ex");
     let o = export("afr,deu", &ex);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1805,19 +1808,7 @@ fn data_export_is_all_or_nothing_and_names_stale_files() {
             std::fs::write(data.join(format!("mafand/en-hau/{split}.{lang}")), "a\nb\n").unwrap();
         }
     }
-    let mafand = |split: &str, out: &Path| {
-        optical(&[
-            "data",
-            "export",
-            "mafand",
-            "--data-dir",
-            p(&data),
-            "--split",
-            split,
-            "--out",
-            p(out),
-        ])
-    };
+    let mafand = |split: &str, out: &Path| export_with("mafand", "--split", split, out);
     let ex3 = tmp.path().join("ex3");
     let o = mafand("dev", &ex3);
     assert!(o.status.success(), "{}", stderr(&o));

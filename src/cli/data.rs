@@ -212,32 +212,23 @@ fn export(a: ExportArgs) -> Result<()> {
             })
         });
     if unlabelled {
-        return Err(Error::io(
+        return Err(export_refused(
             &a.out,
-            "export into",
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "expected a directory without exported files, or one with an \
-                     {EXPORT_MANIFEST} saying what they are, found exported files and no \
-                     {EXPORT_MANIFEST} (an earlier version's export?): choose another --out, \
-                     or remove them"
-                ),
+            format!(
+                "expected a directory without exported files, or one with an {EXPORT_MANIFEST} \
+                 saying what they are, found exported files and no {EXPORT_MANIFEST} (an \
+                 earlier version's export?): choose another --out, or remove them"
             ),
         ));
     }
     if let Some(held) = held {
         if held != this {
-            return Err(Error::io(
+            return Err(export_refused(
                 &a.out,
-                "export into",
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!(
-                        "expected a directory without an export, or one of {this}, found an \
-                         export of {held} (the same task names would replace its files): \
-                         choose another --out"
-                    ),
+                format!(
+                    "expected a directory without an export, or one of {this}, found an export \
+                     of {held} (the same task names would replace its files): choose another \
+                     --out"
                 ),
             ));
         }
@@ -310,6 +301,15 @@ fn languages_found(d: DatasetName, dir: &std::path::Path) -> Result<usize> {
             })
         }
     })
+}
+
+/// An export refused because of what `--out` already holds (exit 2: the command line's).
+fn export_refused(out: &std::path::Path, what: String) -> Error {
+    Error::io(
+        out,
+        "export into",
+        std::io::Error::new(std::io::ErrorKind::AlreadyExists, what),
+    )
 }
 
 /// The file of an export directory that says what was exported into it.

@@ -67,7 +67,8 @@ pub struct SolveArgs {
     /// Column embeddings, (b,m,d) or (m,d).
     #[arg(long, requires = "x")]
     pub y: Option<PathBuf>,
-    /// Real rows per pair, integer (b,); rows past it are padding.
+    /// Real rows per pair, integer (b,); rows past it are padding (ignored, but like every
+    /// row they must be finite: a NaN anywhere in the file is an error).
     #[arg(long, requires = "x", conflicts_with = "cost")]
     pub x_lengths: Option<PathBuf>,
     /// Real columns per pair, integer (b,).
@@ -106,7 +107,8 @@ pub struct CostArgs {
     /// Column embeddings, (b,m,d) or (m,d).
     #[arg(long)]
     pub y: PathBuf,
-    /// Real rows per pair, integer (b,); rows past it are padding (cost 0).
+    /// Real rows per pair, integer (b,); rows past it are padding (cost 0; like every row
+    /// they must be finite).
     #[arg(long)]
     pub x_lengths: Option<PathBuf>,
     /// Real columns per pair, integer (b,).

@@ -155,7 +155,21 @@ pub fn load_source(spec: &str, data_dir: &Path) -> Result<Bitext> {
 pub fn load_sources(specs: &[String], data_dir: &Path) -> Result<Pairs> {
     let mut pairs = Pairs::default();
     for spec in specs {
-        pairs.extend(load_source(spec, data_dir)?);
+        // A language the dataset lacks is a mistake in this source, not in a --languages
+        // flag (distill has none): the error names the source.
+        let source = load_source(spec, data_dir).map_err(|e| match e {
+            Error::Parameter {
+                name: "languages",
+                expected,
+                found,
+            } => Error::Parameter {
+                name: "sources",
+                expected,
+                found: format!("{spec} ({found})"),
+            },
+            e => e,
+        })?;
+        pairs.extend(source);
     }
     if pairs.is_empty() {
         return Err(Error::value(

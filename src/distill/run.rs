@@ -7,7 +7,7 @@
 use crate::cli::outln;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -65,14 +65,14 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Milliseconds since [`epoch`] of the first interrupt (0: none yet).
 static FIRST_INTERRUPT_MS: AtomicU64 = AtomicU64::new(0);
 
-/// What the process is doing, as the interrupt handler sees it: [`IDLE`], [`SAVING`] a
-/// checkpoint or the student, [`EXIT_AFTER_SAVE`] (a second interrupt came while saving),
-/// or [`EXITING`] (the handler is ending the process: no save may start).
-static PHASE: AtomicU8 = AtomicU8::new(IDLE);
-const IDLE: u8 = 0;
-const SAVING: u8 = 1;
-const EXIT_AFTER_SAVE: u8 = 2;
-const EXITING: u8 = 3;
+/// Saves in progress (checkpoints, the student), in any thread: a second interrupt waits
+/// for them, since one cut short leaves a checkpoint directory that is neither resumable nor
+/// removable by the run. Several runs may save at once (a library user's threads).
+static SAVES: AtomicUsize = AtomicUsize::new(0);
+
+/// A second interrupt asked the process to end: the handler ends it when no save is in
+/// progress, else the last save to finish does.
+static EXIT_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// A second interrupt sooner than this after the first is the same event (a hang-up
 /// delivers SIGHUP from the kernel and from the shell; a scheduler may signal a wrapper
@@ -101,39 +101,29 @@ fn install_ctrlc() {
             return;
         }
         // The first interrupt asked for a clean stop; a second one is a user who cannot
-        // wait for it. A save in progress finishes first (cut short, it would leave a
-        // checkpoint directory that is neither resumable nor removable by the run).
-        match PHASE.compare_exchange(IDLE, EXITING, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(_) => {
-                eprintln!("\ninterrupted again: stopping now (what was saved stays)");
-                std::process::exit(130);
-            }
-            Err(_) => {
-                if PHASE
-                    .compare_exchange(SAVING, EXIT_AFTER_SAVE, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    eprintln!("\ninterrupted again: stopping once the file being saved is whole");
-                }
-            }
+        // wait for it. A save in progress finishes first. (Set, then read: a save starting
+        // now sees the request, or the handler sees the save.)
+        EXIT_REQUESTED.store(true, Ordering::SeqCst);
+        if SAVES.load(Ordering::SeqCst) == 0 {
+            eprintln!("\ninterrupted again: stopping now (what was saved stays)");
+            std::process::exit(130);
         }
+        eprintln!("\ninterrupted again: stopping once the files being saved are whole");
     });
 }
 
 /// Run `save` with a second interrupt held off until it is done (then the process ends,
 /// exit 130, as the interrupt asked).
 fn saving<T>(save: impl FnOnce() -> T) -> T {
-    if PHASE
-        .compare_exchange(IDLE, SAVING, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
-        // The handler is ending the process: starting a save now would be cut short.
-        loop {
-            std::thread::park();
-        }
+    SAVES.fetch_add(1, Ordering::SeqCst);
+    if EXIT_REQUESTED.load(Ordering::SeqCst) {
+        // The process is ending: a save started now would be cut short.
+        SAVES.fetch_sub(1, Ordering::SeqCst);
+        eprintln!("stopped (what was saved stays)");
+        std::process::exit(130);
     }
     let out = save();
-    if PHASE.swap(IDLE, Ordering::SeqCst) == EXIT_AFTER_SAVE {
+    if SAVES.fetch_sub(1, Ordering::SeqCst) == 1 && EXIT_REQUESTED.load(Ordering::SeqCst) {
         eprintln!("stopped (what was saved stays)");
         std::process::exit(130);
     }
@@ -558,6 +548,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     }
     let kind: BackendKind = config.backend.parse()?;
     let devices = resolve_devices(kind, &config.device_selection()?)?;
+    if devices.len() > 1 && matches!(kind, BackendKind::Cpu | BackendKind::CpuReference) {
+        // The CPU is one device: the indices only count replicas.
+        eprintln!(
+            "distill: --devices {} on the CPU: {} replicas share the one CPU device (a test of \
+             the data-parallel path, no speed-up)",
+            config.devices,
+            devices.len()
+        );
+    }
     let device = devices[0].clone();
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
     let pairs = load_sources(&config.sources, &data_dir)?;
