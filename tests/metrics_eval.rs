@@ -67,6 +67,29 @@ fn eval_writes_results_report_plots_and_consistent_runs() {
     );
     let map = summary["results"]["hash"]["xquad-r"].as_f64().expect("map");
     assert!((0.0..=1.0).contains(&map));
+    // Dense scoring never calls the kernels' backend: --backend cuda evaluates the same on
+    // a machine without a CUDA driver too.
+    let out_cuda = tempfile::tempdir().unwrap();
+    let on_cuda = optical(
+        &[
+            "eval",
+            "--dataset",
+            "xquad-r",
+            "--languages",
+            "en,de",
+            "--model",
+            "hash",
+            "--out",
+            out_cuda.path().to_str().unwrap(),
+            "--k",
+            "5",
+            "--no-cache",
+            "--backend",
+            "cuda",
+        ],
+        data.path(),
+    );
+    assert_eq!(on_cuda["results"]["hash"]["xquad-r"].as_f64(), Some(map));
     for f in [
         "results.json",
         "report.md",

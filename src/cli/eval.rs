@@ -268,7 +268,15 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         ));
     }
     let kind = a.backend.parse::<BackendKind>()?;
-    let backend = Backend::new(kind)?;
+    // The kernels' backend scores MaxSim only: dense scoring never calls it, so a backend
+    // this machine lacks (no CUDA driver) is no reason to refuse a dense evaluation (the
+    // encoders' device is checked when they load).
+    let backend = match Backend::new(kind) {
+        Err(Error::BackendUnavailable { .. }) if matches!(scoring, Scoring::Dense) => {
+            Backend::new(BackendKind::Cpu)?
+        }
+        other => other?,
+    };
     let encoders = load_models(&a.model, a.max_length, a.forward_batch, kind)?;
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(
