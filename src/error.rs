@@ -157,6 +157,29 @@ impl Error {
         }
     }
 
+    /// A parameter error about `from` reported under `to`, the setting the caller was
+    /// given (a distillation's `teacher` for the encoder's `model`), its found value passed
+    /// through `found`; any other error as it is.
+    pub(crate) fn for_setting(
+        self,
+        from: &str,
+        to: &'static str,
+        found: impl FnOnce(String) -> String,
+    ) -> Self {
+        match self {
+            Error::Parameter {
+                name,
+                expected,
+                found: value,
+            } if name == from => Error::Parameter {
+                name: to,
+                expected,
+                found: found(value),
+            },
+            e => e,
+        }
+    }
+
     /// Prefix the context of a shape or value error with a file name, so CLI messages say
     /// which input was wrong.
     pub fn in_file(self, path: &std::path::Path) -> Self {

@@ -90,14 +90,31 @@ fn encode_writes_pooled_and_token_embeddings() {
 }
 
 fn fails_with(args: &[&str], needle: &str) {
+    fails_with_all(args, &[needle]);
+}
+
+/// `optical ARGS` exits 2, its message holding every one of `needles`, without a panic.
+fn fails_with_all(args: &[&str], needles: &[&str]) {
     let run = optical().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected {needle:?} in {err}"
-    );
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+    }
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `optical ARGS` succeeds.
+fn succeeds(args: &[&str]) {
+    let run = optical().args(args).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 #[test]
@@ -289,79 +306,40 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
     );
     // A prefix that, with the special tokens, fills the budget leaves every text the same
     // tokens: refused, naming the prefix.
-    let run = optical()
-        .args(["encode", "--model"])
-        .arg(&three)
-        .args([
+    let model = ["encode", "--model", three.to_str().unwrap()];
+    let input_out = ["--input", input_s, "--out", out_s];
+    let prefixed = |kind| {
+        let flags = [
             "--max-length",
             "4",
             "--query-prefix",
             "x y z ",
             "--kind",
-            "query",
-        ])
-        .args(["--input", input_s, "--out", out_s])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("room for text after")
-            && err.contains("query prefix \"x y z \"")
-            && err.contains("found 4"),
-        "{err}"
+            kind,
+        ];
+        [&model[..], &flags, &input_out].concat()
+    };
+    fails_with_all(
+        &prefixed("query"),
+        &["room for text after", "query prefix \"x y z \"", "found 4"],
     );
     // The model's own files are inputs: an output there would break the model.
     let tokenizer = three.join("tokenizer.json");
     let before = std::fs::read(&tokenizer).unwrap();
-    let run = optical()
-        .args(["encode", "--model"])
-        .arg(&three)
-        .args(["--input", input_s, "--out"])
-        .arg(&tokenizer)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(err.contains("found the input file"), "{err}");
+    fails_with(
+        &[
+            &model[..],
+            &["--input", input_s, "--out", tokenizer.to_str().unwrap()],
+        ]
+        .concat(),
+        "found the input file",
+    );
     assert_eq!(std::fs::read(&tokenizer).unwrap(), before);
     // Passages do not take the query prefix: the same flags encode them.
-    let run = optical()
-        .args(["encode", "--model"])
-        .arg(&three)
-        .args([
-            "--max-length",
-            "4",
-            "--query-prefix",
-            "x y z ",
-            "--kind",
-            "passage",
-        ])
-        .args(["--input", input_s, "--out", out_s])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    succeeds(&prefixed("passage"));
     // With room for them it runs, and truncates.
-    let run = optical()
-        .args([
-            "encode",
-            "--model",
-            three.to_str().unwrap(),
-            "--max-length",
-            "5",
-        ])
-        .args(["--pooling", "tokens", "--input", input_s, "--out", out_s])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let pool_tokens = ["--pooling", "tokens"];
+    succeeds(&[&model[..], &["--max-length", "5"], &pool_tokens, &input_out].concat());
     assert_eq!(npy::read(&out).unwrap().shape, vec![5, 384]);
     // A limit in sentence_bert_config.json that cannot hold the special tokens: an error
     // naming the file when it is the default, no obstacle to an explicit --max-length.
@@ -370,29 +348,11 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
         r#"{"max_seq_length": 1}"#,
     )
     .unwrap();
-    let run = optical()
-        .args(["encode", "--model"])
-        .arg(&three)
-        .args(["--input", input_s, "--out", out_s])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("sentence_bert_config.json") && err.contains("expected an integer ≥ 2"),
-        "{err}"
+    fails_with_all(
+        &[&model[..], &input_out].concat(),
+        &["sentence_bert_config.json", "expected an integer ≥ 2"],
     );
-    let run = optical()
-        .args(["encode", "--model"])
-        .arg(&three)
-        .args(["--max-length", "5", "--input", input_s, "--out", out_s])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    succeeds(&[&model[..], &["--max-length", "5"], &input_out].concat());
 }
 
 /// The tokenizer is parsed on a second thread while the weights load: a broken tokenizer is

@@ -48,8 +48,9 @@ fn eval_writes_results_report_plots_and_consistent_runs() {
     std::fs::write(dir.join("de.json"), DE).unwrap();
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();
-    let summary = optical(
-        &[
+    // The hashing baseline on the two languages, written to `out`, with `extra` flags.
+    let eval_hash = |out: &str, extra: &[&str]| {
+        let args = [
             "eval",
             "--dataset",
             "xquad-r",
@@ -58,37 +59,20 @@ fn eval_writes_results_report_plots_and_consistent_runs() {
             "--model",
             "hash",
             "--out",
-            o,
+            out,
             "--k",
             "5",
             "--no-cache",
-        ],
-        data.path(),
-    );
+        ];
+        optical(&[&args[..], extra].concat(), data.path())
+    };
+    let summary = eval_hash(o, &[]);
     let map = summary["results"]["hash"]["xquad-r"].as_f64().expect("map");
     assert!((0.0..=1.0).contains(&map));
     // Dense scoring never calls the kernels' backend: --backend cuda evaluates the same on
     // a machine without a CUDA driver too.
     let out_cuda = tempfile::tempdir().unwrap();
-    let on_cuda = optical(
-        &[
-            "eval",
-            "--dataset",
-            "xquad-r",
-            "--languages",
-            "en,de",
-            "--model",
-            "hash",
-            "--out",
-            out_cuda.path().to_str().unwrap(),
-            "--k",
-            "5",
-            "--no-cache",
-            "--backend",
-            "cuda",
-        ],
-        data.path(),
-    );
+    let on_cuda = eval_hash(out_cuda.path().to_str().unwrap(), &["--backend", "cuda"]);
     assert_eq!(on_cuda["results"]["hash"]["xquad-r"].as_f64(), Some(map));
     for f in [
         "results.json",

@@ -386,11 +386,16 @@ fn solve(args: SolveArgs) -> Result<()> {
         summary["host_phases"] = serde_json::Value::Array(host_phases);
     }
     outln!("{summary}");
-    let cost = from_cost.as_ref().map(|p| p.cost.as_slice());
-    if let Some(warning) = convergence_warning(&out, &params, cost, backend.kind()) {
+    // How far the cost's entries spread, read once for both warnings (1 − cos from
+    // embeddings lies in [0, 2]).
+    let spread = from_cost.as_ref().map_or(2.0, |p| cost_spread(&p.cost));
+    let from_embeddings = from_cost.is_none();
+    if let Some(warning) =
+        convergence_warning(&out, &params, spread, from_embeddings, backend.kind())
+    {
         eprintln!("{warning}");
     }
-    if let Some(warning) = potentials_warning(&params, cost, backend.kind()) {
+    if let Some(warning) = potentials_warning(&params, spread, backend.kind()) {
         eprintln!("{warning}");
     }
     Ok(())
@@ -401,13 +406,12 @@ fn solve(args: SolveArgs) -> Result<()> {
 /// the range, and the potentials say nothing (the plan is fine). Said, not refused.
 fn potentials_warning(
     params: &SinkhornParams,
-    cost: Option<&[f64]>,
+    spread: f64,
     backend: BackendKind,
 ) -> Option<String> {
     if backend == BackendKind::CpuReference {
         return None;
     }
-    let spread = cost.map_or(2.0, cost_spread);
     let error = params.epsilon * f32::EPSILON as f64;
     (spread > 0.0 && error > 0.1 * spread).then(|| {
         format!(
@@ -434,20 +438,19 @@ fn cost_spread(c: &[f64]) -> f64 {
 /// What to tell a user whose pairs did not all converge (not an error: the plan is the
 /// last iterate and `converged.npy` says which pairs), with the likely reasons: a cost that
 /// spans many ε (Sinkhorn's iterations grow with that ratio), or a threshold below what
-/// the `f32` backends can reach. `cost` is the solved cost, `None` for a cosine cost from
-/// embeddings.
+/// the `f32` backends can reach. `spread` is how far the solved cost's entries spread (2
+/// for a cosine cost from embeddings, which is not measured).
 fn convergence_warning(
     out: &SinkhornOutput,
     params: &SinkhornParams,
-    cost: Option<&[f64]>,
+    spread: f64,
+    from_embeddings: bool,
     backend: BackendKind,
 ) -> Option<String> {
     let missed = out.pairs - out.converged_count();
     if missed == 0 {
         return precision_warning(out, params);
     }
-    // How far the cost's entries spread (1 − cos lies in [0, 2]).
-    let spread = cost.map_or(2.0, cost_spread);
     let mut text = format!(
         "warning: {missed} of {} pairs did not converge in {} iterations (largest marginal \
          error {:.2e}, threshold {}); their plans are the last iterate (converged.npy \
@@ -470,10 +473,10 @@ fn convergence_warning(
         );
     } else if ratio > 100.0 {
         // From embeddings the cost is not measured here: its range is 1 − cos's, [0, 2].
-        let span = if cost.is_some() {
-            format!("The cost's entries span {spread:.3e}")
-        } else {
+        let span = if from_embeddings {
             "The cosine cost's entries span up to 2".to_string()
+        } else {
+            format!("The cost's entries span {spread:.3e}")
         };
         text.push_str(&format!(
             " {span}, {ratio:.1e} times ε ({:e}), and \

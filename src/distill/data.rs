@@ -157,17 +157,8 @@ pub fn load_sources(specs: &[String], data_dir: &Path) -> Result<Pairs> {
     for spec in specs {
         // A language the dataset lacks is a mistake in this source, not in a --languages
         // flag (distill has none): the error names the source.
-        let source = load_source(spec, data_dir).map_err(|e| match e {
-            Error::Parameter {
-                name: "languages",
-                expected,
-                found,
-            } => Error::Parameter {
-                name: "sources",
-                expected,
-                found: format!("{spec} ({found})"),
-            },
-            e => e,
+        let source = load_source(spec, data_dir).map_err(|e| {
+            e.for_setting("languages", "sources", |found| format!("{spec} ({found})"))
         })?;
         pairs.extend(source);
     }

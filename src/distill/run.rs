@@ -476,18 +476,7 @@ pub fn print_scaling(rows: &[(usize, (StepTimes, f64))], pairs_per_step: usize) 
 /// A model error named after the setting that gave the model (`teacher` or `student`),
 /// not the encoder's generic `model`, which would not say which of the two was wrong.
 fn model_flag(e: Error, flag: &'static str) -> Error {
-    match e {
-        Error::Parameter {
-            name: "model",
-            expected,
-            found,
-        } => Error::Parameter {
-            name: flag,
-            expected,
-            found,
-        },
-        e => e,
-    }
+    e.for_setting("model", flag, |found| found)
 }
 
 /// Run a distillation.
@@ -523,8 +512,8 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     if options.bench_steps.is_none() {
         check_run_dir(&config.out, options.resume)?;
     }
-    // What the checkpoint's step rules out, before the models load (checked again, with the
-    // checkpoint's own state, once it is loaded).
+    // What the checkpoint's step rules out, before the models load (the checkpoint's state
+    // is checked to be of that step when it loads).
     if let Some((step, _)) = options
         .resume
         .then(|| read_latest(&config.out))
@@ -697,29 +686,6 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
                     ),
                 });
             }
-        }
-        if config.steps < trainer.state.step {
-            return Err(Error::parameter(
-                "steps",
-                format!(
-                    "at least {} when resuming {} (its checkpoint's step)",
-                    trainer.state.step,
-                    dir.display()
-                ),
-                config.steps,
-            ));
-        }
-        // A stop at or before the checkpoint would never be reached: the run would train
-        // to its end, which a script running it in sittings does not want.
-        if let Some(stop) = options.stop_at_step.filter(|&s| s <= trainer.state.step) {
-            return Err(Error::parameter(
-                "stop_at_step",
-                format!(
-                    "a step after {} (the step of the checkpoint it resumes)",
-                    trainer.state.step
-                ),
-                stop,
-            ));
         }
         eprintln!(
             "distill: resumed from {} (step {})",

@@ -86,11 +86,15 @@ pub fn sync_file(path: &Path) -> Result<()> {
 /// effort: some systems cannot open or sync a directory, and the data itself is already
 /// on the disk by then.
 pub fn sync_parent(path: &Path) {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Ok(dir) = std::fs::File::open(parent) {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Flush a directory's entries to the disk, best effort (see [`sync_parent`]).
+fn sync_dir(dir: &Path) {
+    if let Ok(dir) = std::fs::File::open(dir) {
         let _ = dir.sync_all();
     }
 }
@@ -327,7 +331,7 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
             }
         }
         // One sync of the directory for all the renames into it.
-        sync_parent(&dir.join("x"));
+        sync_dir(dir);
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&tmp);
@@ -349,7 +353,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
         }
     }
     // The directory's own entries (best effort, as for any directory).
-    sync_parent(&dir.join("x"));
+    sync_dir(dir);
     Ok(())
 }
 
