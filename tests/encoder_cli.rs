@@ -260,8 +260,9 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
     }
     std::fs::remove_dir_all(&bare).unwrap();
 
-    // Three special tokens per text and --max-length 2: the tokenizer's own truncation
-    // would underflow.
+    // Three special tokens per text and --max-length 3 (no room for text: every text
+    // would be its special tokens, every embedding the same) or 2 (the tokenizer's own
+    // truncation would underflow).
     let three = minilm_with_post_processor(
         tmp.path(),
         serde_json::json!({
@@ -290,20 +291,22 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
         "a sentence of several words about transport plans\n",
     )
     .unwrap();
-    fails_with(
-        &[
-            "encode",
-            "--model",
-            three.to_str().unwrap(),
-            "--max-length",
-            "2",
-            "--input",
-            input_s,
-            "--out",
-            out_s,
-        ],
-        "at least the 3 special tokens",
-    );
+    for max_length in ["3", "2"] {
+        fails_with(
+            &[
+                "encode",
+                "--model",
+                three.to_str().unwrap(),
+                "--max-length",
+                max_length,
+                "--input",
+                input_s,
+                "--out",
+                out_s,
+            ],
+            "more than the 3 special tokens",
+        );
+    }
     // A prefix that, with the special tokens, fills the budget leaves every text the same
     // tokens: refused, naming the prefix.
     let model = ["encode", "--model", three.to_str().unwrap()];
@@ -674,6 +677,20 @@ fn random_model_has_the_config_shape_and_encodes() {
     let (narrow, wide) = (spread("a"), spread("wide"));
     assert!((narrow - 0.02).abs() < 0.002, "std {narrow}");
     assert!((wide - 0.5).abs() < 0.05, "std {wide}");
+
+    // An output directory holding an input (its config.json would be written over), and
+    // the asset cache itself: refused before anything is read or written.
+    let before = std::fs::read(&config).unwrap();
+    let run = random_model(&config, dir.path(), &[]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds none of the inputs"), "{err}");
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+    let cache = optical::assets::assets_dir().join("minilm");
+    let run = random_model(&config, &cache, &[]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("outside the asset cache"), "{err}");
 }
 
 /// A tokenizer whose ids have gaps fits the table by count but not by its largest id:

@@ -378,6 +378,34 @@ fn maxsim_cases(tiling: &str, w: &Wgpu) {
     }
 }
 
+/// More queries than a grid dimension holds (65,535 workgroups): MaxSim runs them in
+/// slices, each against every document, and the scores land where one dispatch puts them.
+#[test]
+fn maxsim_queries_beyond_one_grid_dimension_match_reference() {
+    let Some((w, _)) = wgpu_backend() else { return };
+    let max = w.context().limits().max_compute_workgroups_per_dimension as usize;
+    let (nq, d) = (max + 3, 4);
+    let q = embeddings(70, nq, 2, d, true);
+    let docs = PackedDocs::new(
+        "docs",
+        d,
+        SplitMix64::new(71).normals_f32(5 * d),
+        vec![2, 3],
+    )
+    .expect("valid docs");
+    let got = w
+        .maxsim(&q, &docs)
+        .expect("wgpu maxsim in slices of queries");
+    let want = CpuReference.maxsim(&q, &docs).expect("reference");
+    compare(
+        &format!("maxsim {nq} queries"),
+        &widen(&got),
+        &widen(&want),
+        2e-6,
+        1.0,
+    );
+}
+
 /// Rows rescaled to just inside the norm bounds (1.5e-12, 6.7e11, 1): the cost kernels (the
 /// small-set and the blocked one), MaxSim and the fused Sinkhorn keep the reference's
 /// cosines, so no `f32` square or dot product overflows or underflows.

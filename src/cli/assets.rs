@@ -63,24 +63,31 @@ pub fn run(args: AssetsArgs) -> Result<()> {
     match args.command {
         AssetsCommand::Fetch => assets::fetch(),
         AssetsCommand::Check => {
-            let mut missing = 0;
+            let mut bad = 0;
             for asset in Asset::ALL {
-                match asset.check() {
-                    Ok(()) => outln!(
+                let problems = asset.problems();
+                if problems.is_empty() {
+                    outln!(
                         "{:<10} ok       {}",
                         asset.dir_name(),
                         asset.dir().display()
-                    ),
-                    Err(e) => {
-                        missing += 1;
-                        outln!("{:<10} missing  {e}", asset.dir_name());
-                    }
+                    );
+                }
+                bad += usize::from(!problems.is_empty());
+                for e in problems {
+                    // A file of the wrong size is there but unusable; any other error is a
+                    // file that is not there.
+                    let label = match e {
+                        Error::Format { .. } => "corrupt",
+                        _ => "missing",
+                    };
+                    outln!("{:<10} {label:<8} {e}", asset.dir_name());
                 }
             }
-            if missing > 0 {
+            if bad > 0 {
                 return Err(Error::value(
                     "optical assets check",
-                    format!("{missing} asset(s) missing; run `optical assets fetch`"),
+                    format!("{bad} asset(s) missing or corrupt; run `optical assets fetch`"),
                 ));
             }
             Ok(())

@@ -202,6 +202,7 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
             ]
             .into_iter()
             .flatten()
+            .chain(r.iterations_mean.map(|n| format!("{n:.1} iterations")))
             .collect::<Vec<_>>()
             .join(", ");
             let device = match (r.device_seconds_per_call, r.device_rate) {

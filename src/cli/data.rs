@@ -90,14 +90,20 @@ pub fn run(args: DataArgs) -> Result<()> {
 
 fn list(a: DataDirArg) -> Result<()> {
     let dir = data::data_dir(a.data_dir.as_deref());
-    outln!("data directory: {}", dir.display());
+    let note = match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => String::new(),
+        Ok(_) => " (a file, not a directory)".to_string(),
+        Err(_) => " (not there)".to_string(),
+    };
+    let shown = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+    outln!("data directory: {}{note}", shown.display());
     for d in DatasetName::ALL {
         let path = dir.join(d.subdir());
         // "present" only with the files the loaders read (a README alone is not data).
         let present = match std::fs::read_dir(&path).map(|mut e| e.next().is_some()) {
             Ok(true) => match languages_found(d, &dir) {
                 Ok(0) => "no data files".to_string(),
-                Ok(_) => "present".to_string(),
+                Ok(_) => partial(d, &dir).unwrap_or_else(|| "present".to_string()),
                 // Files the loader would refuse (two Bible files for one language): say why
                 // here rather than at the start of a run.
                 Err(e) => format!("unusable ({e})"),
@@ -286,20 +292,32 @@ fn export(a: ExportArgs) -> Result<()> {
 fn languages_found(d: DatasetName, dir: &std::path::Path) -> Result<usize> {
     Ok(match d {
         DatasetName::Tatoeba => bitext::tatoeba_languages(dir).map_or(0, |l| l.len()),
-        DatasetName::Mafand => bitext::mafand_languages(dir).map_or(0, |l| l.len()),
+        DatasetName::Mafand => bitext::mafand_languages(dir, "dev").map_or(0, |l| l.len()),
         DatasetName::Bible => match bitext::bible_languages(dir) {
             Ok(l) => l.len(),
             Err(e @ Error::Format { .. }) if dir.join(d.subdir()).is_dir() => return Err(e),
             Err(_) => 0,
         },
         DatasetName::XquadR | DatasetName::MlqaR => {
-            std::fs::read_dir(dir.join(d.subdir())).map_or(0, |entries| {
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
+            let all = lareqa_languages(d);
+            all.len() - Lareqa::missing(dir, d, &all).len()
         }
+    })
+}
+
+fn lareqa_languages(d: DatasetName) -> Vec<String> {
+    Lareqa::languages(d)
+        .map(|l| l.iter().map(|s| s.to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// `partial (no …)` for a LAReQA dataset with some of its languages' files missing (a
+/// loader reading all of them would fail).
+fn partial(d: DatasetName, dir: &std::path::Path) -> Option<String> {
+    let missing = Lareqa::missing(dir, d, &lareqa_languages(d));
+    (!missing.is_empty()).then(|| {
+        let files: Vec<String> = missing.iter().map(|l| format!("{l}.json")).collect();
+        format!("partial (no {})", files.join(", "))
     })
 }
 

@@ -23,7 +23,8 @@ pub struct DistillArgs {
     pub print_default_config: bool,
     /// Continue from the latest checkpoint in the run directory (--out), with the run's own
     /// config.toml; flags and --config may change only steps, eval_every,
-    /// checkpoint_every, cache_mb, backend, ot_backend, devices, export and data_dir.
+    /// checkpoint_every, cache_mb, backend, ot_backend, devices, export, data_dir and
+    /// english_bible.
     #[arg(long)]
     pub resume: bool,
     /// Time N training steps and print the step-time breakdown (nothing is written); with
@@ -60,6 +61,11 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// The English side of `bible:` sources (default: the set-up step's World English
+    /// Bible, `$OPTICAL_CACHE/bible/t_web.csv.gz`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub english_bible: Option<PathBuf>,
     /// Pairs held out of training for the dev evaluation (taken after shuffling).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,6 +325,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
         bench_steps: args.bench_steps,
         progress: !args.no_progress,
         stop_at_step: args.stop_at_step,
+        continue_with: None,
     };
     let (out, steps) = (config.out.clone(), config.steps);
     let summary = distill::run(config, &options)?;

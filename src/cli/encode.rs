@@ -20,8 +20,9 @@ use crate::io::{npy, write_through_temp};
 ///
 /// --pooling mean|cls writes (n, h) f32 to --out, L2-normalised unless --no-normalize.
 /// --pooling tokens writes every real token's embedding (the encoder's last hidden states,
-/// never normalised) packed as (total, h) f32 to --out, plus <out>.lengths.npy and <out>.offsets.npy (i64, (n,)): text k owns rows
-/// offsets[k] .. offsets[k] + lengths[k]. Prints a one-line JSON summary.
+/// never normalised) packed as (total, h) f32 to --out, plus <stem>.lengths.npy and
+/// <stem>.offsets.npy beside it (tok.npy: tok.lengths.npy, tok.offsets.npy; i64, (n,)):
+/// text k owns rows offsets[k] .. offsets[k] + lengths[k]. Prints a one-line JSON summary.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct EncodeArgs {
@@ -107,7 +108,10 @@ fn model_files(spec: &ModelSpec) -> Vec<PathBuf> {
             .flat_map(|d| files_in(d))
             .collect(),
         ModelSpec::Path(p) if p.is_dir() => files_in(p),
-        ModelSpec::Path(p) => vec![p.clone(), p.with_file_name("tokenizer.json")],
+        // An E5S1 file reads the tokenizer beside it, else the XLM-R asset's.
+        ModelSpec::Path(p) => std::iter::once(p.clone())
+            .chain(crate::encoder::e5s1_tokenizer(p).ok())
+            .collect(),
     }
 }
 
@@ -135,6 +139,16 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     // The outputs' paths are checked before the model loads, and each file is written
     // through a temporary sibling, so that a bad --out costs no encoding and a failed
     // write leaves no truncated file.
+    // The token files' lengths and offsets go beside --out: a special file (/dev/null, a
+    // pipe) has no "beside" that the user would look in.
+    if pooling == Pooling::Tokens && std::fs::metadata(&args.out).is_ok_and(|m| !m.is_file()) {
+        return Err(Error::parameter(
+            "out",
+            "a regular file path with --pooling tokens (its lengths and offsets are written \
+             beside it)",
+            args.out.display(),
+        ));
+    }
     let outputs = match pooling {
         Pooling::Tokens => vec![
             args.out.clone(),
@@ -183,9 +197,11 @@ pub fn run(args: EncodeArgs) -> Result<()> {
             total
         }
         Pooling::Mean | Pooling::Cls => {
-            let emb = encoder.embed(&texts, kind, pooling, !args.no_normalize)?;
+            // Tokenised once, for the embeddings and the token count alike.
+            let seqs = encoder.tokenize(&texts, kind)?;
+            let emb = encoder.embed_ids(&seqs, pooling, !args.no_normalize)?;
             write_through_temp(&args.out, |p| npy::write(p, &[texts.len(), h], &emb))?;
-            encoder.tokenize(&texts, kind)?.iter().map(Vec::len).sum()
+            seqs.iter().map(Vec::len).sum()
         }
     };
     let seconds = t1.elapsed().as_secs_f64();

@@ -277,7 +277,8 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         }
         other => other?,
     };
-    let encoders = load_models(&a.model, a.max_length, a.forward_batch, kind)?;
+    // The data first: a misspelt language or a missing file fails in milliseconds, not
+    // after the models have loaded.
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(
         dataset,
@@ -289,6 +290,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             max_pairs: a.max_pairs,
         },
     )?;
+    let encoders = load_models(&a.model, a.max_length, a.forward_batch, kind)?;
     let cache = (!a.no_cache).then(|| data::cache_dir().join("embeddings"));
     let runs = out.join("runs");
     std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, "create", e))?;

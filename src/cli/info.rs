@@ -28,6 +28,8 @@ pub fn run(args: InfoArgs) -> crate::Result<()> {
     for info in infos {
         let state = match (info.compiled_in, info.available) {
             (false, _) => "not compiled in",
+            // Devices found, yet unusable: the note says why (an invalid setting).
+            (true, false) if !info.devices.is_empty() => "unusable",
             (true, false) => "no device",
             (true, true) => "available",
         };

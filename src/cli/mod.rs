@@ -68,7 +68,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Exact top-k search over precomputed embeddings, written as a TREC run.
     Search(search::SearchArgs),
-    /// Embed texts with a pretrained encoder (MiniLM, multilingual-e5-small, or a path).
+    // No doc comment here: the subcommand's help is `EncodeArgs`'s (clap takes a variant's
+    // doc over its arguments' struct's).
     #[cfg(feature = "encoder")]
     Encode(encode::EncodeArgs),
     /// Fetch, check or convert the pretrained encoder assets.

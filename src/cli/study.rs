@@ -1,7 +1,7 @@
 //! `optical study`: run (or continue) the grid of a study file and write its report (see
 //! `crate::study`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -27,7 +27,8 @@ pub struct StudyArgs {
     /// Study directory: runs, split data, embedding cache.
     #[arg(long)]
     pub out: PathBuf,
-    /// Report file (default: <out>/STUDY.md); plots go to <name>-plots/ beside it.
+    /// Report file (default: <out>/STUDY.md); plots go to <name>-plots/ beside it, the name
+    /// lower-cased (STUDY.md: study-plots/).
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Data directory (default: the config's, else $OPTICAL_DATA_DIR, else ../shared/data).
@@ -65,20 +66,71 @@ fn quote(a: &str) -> String {
     }
 }
 
-pub fn run(args: StudyArgs) -> Result<()> {
-    if let Some(report) = &args.report {
-        crate::io::check_not_input(report, &[Some(&args.config)])?;
-        // Before the runs, not after them: a directory there, or no directory to write in.
-        if !args.plan {
+/// Where the report and its plots go, checked before the runs rather than after them: not
+/// a directory, not the config, not inside the study's own files (a run's `result.json`
+/// written over would cost its training), not a file other than an earlier report, and a
+/// directory to write in (`--out`, which the study creates, counts as one).
+fn check_report_path(report: &Path, args: &StudyArgs) -> Result<()> {
+    crate::io::check_not_input(report, &[Some(&args.config)])?;
+    if args.out.exists() && !args.out.is_dir() {
+        return Ok(()); // The study refuses such an --out first, naming it.
+    }
+    let refuse = |what: String| {
+        Err(Error::io(
+            report,
+            "write the report",
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, what),
+        ))
+    };
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (at, out) = (absolute(report), absolute(&args.out));
+    for sub in ["runs", "data", "embeddings"] {
+        if at.starts_with(out.join(sub)) {
+            return refuse(format!(
+                "expected a path outside the study's {sub}/ directory, found one inside it"
+            ));
+        }
+    }
+    if report.is_file() {
+        let earlier = std::fs::read_to_string(report)
+            .is_ok_and(|t| t.contains("This page is written by `optical study`"));
+        if !earlier {
+            return refuse(
+                "expected a new file or an earlier report of `optical study`, found another \
+                 file (writing would replace it)"
+                    .into(),
+            );
+        }
+    }
+    if at.parent() == Some(out.as_path()) && !args.out.exists() {
+        // In --out, which the study creates: only what is there can be in the way.
+        if report.is_dir() {
             crate::io::check_output_file(report)?;
         }
-    } else if !args.plan {
-        // The default, <out>/STUDY.md: --out may not exist yet (the study creates it), but
-        // a directory in the report's place would fail the write after every run.
-        let report = args.out.join("STUDY.md");
-        if report.is_dir() {
-            crate::io::check_output_file(&report)?;
-        }
+    } else {
+        crate::io::check_output_file(report)?;
+    }
+    let plots = crate::study::report::plot_dir(report);
+    if plots.exists() && !plots.is_dir() {
+        return Err(Error::io(
+            &plots,
+            "write the report's plots into",
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "expected a directory, found a file",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(args: StudyArgs) -> Result<()> {
+    if !args.plan {
+        let report = args
+            .report
+            .clone()
+            .unwrap_or_else(|| args.out.join("STUDY.md"));
+        check_report_path(&report, &args)?;
     }
     if args.plan {
         return print_plan(&args);
@@ -140,8 +192,8 @@ pub fn run(args: StudyArgs) -> Result<()> {
     {
         return Err(Error::Interrupted {
             what: format!(
-                "study stopped with {} of {} runs finished (checkpoints saved); run the same \
-                 command again to continue",
+                "study stopped with {} of {} runs finished (what was done is saved); run the \
+                 same command again to continue",
                 outcome.finished, outcome.total
             ),
         });

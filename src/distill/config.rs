@@ -15,7 +15,7 @@ use crate::ot::SinkhornParams;
 /// and computed, not what one step computes. (One exception: the learning rate decays
 /// linearly to 0 at `steps`, so a run extended on resume takes larger steps from then on
 /// than it would have ended with; the resume says so.)
-pub const RESUMABLE_KEYS: [&str; 9] = [
+pub const RESUMABLE_KEYS: [&str; 10] = [
     "steps",
     "eval_every",
     "checkpoint_every",
@@ -25,6 +25,7 @@ pub const RESUMABLE_KEYS: [&str; 9] = [
     "devices",
     "export",
     "data_dir",
+    "english_bible",
 ];
 
 /// Every setting of a distillation run.
@@ -40,6 +41,10 @@ pub struct DistillConfig {
     pub sources: Vec<String>,
     /// Data directory (default: `$OPTICAL_DATA_DIR`, else `../shared/data`).
     pub data_dir: Option<PathBuf>,
+    /// The English side of `bible:` sources, aligned by verse id (default: the set-up
+    /// step's World English Bible, `$OPTICAL_CACHE/bible/t_web.csv.gz`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub english_bible: Option<PathBuf>,
     /// Pairs held out of training for the dev evaluation (taken after shuffling).
     pub dev_pairs: usize,
     /// Truncation length in tokens, specials included, for both encoders.
@@ -121,6 +126,7 @@ impl Default for DistillConfig {
             student: "e5-small".into(),
             sources: vec!["mafand:hau".into()],
             data_dir: None,
+            english_bible: None,
             dev_pairs: 400,
             max_length: 32,
             loss: "ot".into(),

@@ -3,40 +3,14 @@
 //! source syntax cannot name them.
 //!
 //! Malformed input is an error naming the file and what was expected (line counts differ,
-//! an empty line — see [`crate::data::bitext::read_lines`]; an unknown language code);
-//! pairs whose sides are blank after trimming are skipped and counted.
+//! an empty file — see [`crate::data::bitext::read_lines`]; a language the dataset lacks);
+//! pairs with a blank side (an empty line in either file) are skipped and counted.
 
 use std::path::{Path, PathBuf};
 
-use crate::data::bitext::{self, Bitext};
+use crate::data::bitext::{self, Bitext, BlankLines};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-
-/// Language codes the multilingual tokenizer is known to cover (MAFAND-MT, the Bible set,
-/// and common ISO 639-1/3 codes of XLM-R's languages).
-pub const KNOWN_LANGUAGES: &[&str] = &[
-    "amh", "hau", "ibo", "kin", "lug", "luo", "nya", "pcm", "sna", "swa", "tsn", "twi", "xho",
-    "yor", "zul", "wol", "eng", "en", "fr", "fra", "de", "deu", "es", "spa", "ar", "ara", "zh",
-    "zho", "ru", "rus", "hi", "hin", "sw", "ha", "yo", "ig", "zu", "xh", "am", "so", "som", "pt",
-    "por", "it", "ita", "nl", "nld", "tr", "tur", "vi", "vie", "th", "tha", "el", "ell", "ro",
-    "ron", "ja", "jpn", "ko", "kor", "id", "ind", "fi", "fin", "pl", "pol", "cmn", "swh",
-];
-
-/// Check a language code against [`KNOWN_LANGUAGES`].
-pub fn check_language(code: &str) -> Result<()> {
-    if KNOWN_LANGUAGES.contains(&code) {
-        Ok(())
-    } else {
-        Err(Error::parameter(
-            "language",
-            format!(
-                "a language code the tokenizer covers ({})",
-                KNOWN_LANGUAGES.join(", ")
-            ),
-            code,
-        ))
-    }
-}
 
 /// Aligned training pairs: `other[i]` translates `english[i]`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -114,33 +88,28 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
-/// Load one source (see [`super::DistillConfig::sources`]).
-pub fn load_source(spec: &str, data_dir: &Path) -> Result<Bitext> {
+/// Load one source (see [`super::DistillConfig::sources`]); `english_bible` is the English
+/// side of `bible:` sources.
+pub fn load_source(spec: &str, data_dir: &Path, english_bible: &Path) -> Result<Bitext> {
     let parts: Vec<&str> = spec.splitn(4, ':').collect();
     match parts.as_slice() {
-        ["mafand", lang] => {
-            check_language(lang)?;
-            let dir = data_dir.join("mafand").join(format!("en-{lang}"));
-            bitext::read_aligned(
-                "mafand-train",
-                lang,
-                &dir.join(format!("train.{lang}")),
-                bitext::ENGLISH,
-                &dir.join("train.en"),
-            )
-        }
-        ["bible", lang] => {
-            check_language(lang)?;
-            bitext::bible(data_dir, lang, &bitext::default_english_bible())
-        }
+        ["mafand", lang] => bitext::mafand(data_dir, lang, "train"),
+        ["bible", lang] => bitext::bible(data_dir, lang, english_bible),
         ["files", lang, other, english] => {
-            check_language(lang)?;
+            if lang.is_empty() || lang.chars().any(char::is_whitespace) {
+                return Err(Error::parameter(
+                    "sources",
+                    "files:<lang>:… with a language code without whitespace",
+                    spec,
+                ));
+            }
             bitext::read_aligned(
                 "files",
                 lang,
                 &PathBuf::from(other),
                 bitext::ENGLISH,
                 &PathBuf::from(english),
+                BlankLines::Keep,
             )
         }
         _ => Err(Error::parameter(
@@ -152,12 +121,12 @@ pub fn load_source(spec: &str, data_dir: &Path) -> Result<Bitext> {
 }
 
 /// Load and concatenate every source.
-pub fn load_sources(specs: &[String], data_dir: &Path) -> Result<Pairs> {
+pub fn load_sources(specs: &[String], data_dir: &Path, english_bible: &Path) -> Result<Pairs> {
     let mut pairs = Pairs::default();
     for spec in specs {
         // A language the dataset lacks is a mistake in this source, not in a --languages
         // flag (distill has none): the error names the source.
-        let source = load_source(spec, data_dir).map_err(|e| {
+        let source = load_source(spec, data_dir, english_bible).map_err(|e| {
             e.for_setting("languages", "sources", |found| format!("{spec} ({found})"))
         })?;
         pairs.extend(source);

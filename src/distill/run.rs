@@ -37,6 +37,9 @@ pub struct RunOptions {
     /// Stop after this optimiser step with a checkpoint, as an interruption does (the run
     /// continues with `resume`): splits a long run into sittings.
     pub stop_at_step: Option<usize>,
+    /// How the user continues a stopped run, for the message that says it stopped (`None`:
+    /// `--resume`, as `optical distill` takes it).
+    pub continue_with: Option<&'static str>,
 }
 
 /// What a finished run reports (also written as `summary.json`).
@@ -548,7 +551,11 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     }
     let device = devices[0].clone();
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
-    let pairs = load_sources(&config.sources, &data_dir)?;
+    let english_bible = config
+        .english_bible
+        .clone()
+        .unwrap_or_else(crate::data::bitext::default_english_bible);
+    let pairs = load_sources(&config.sources, &data_dir, &english_bible)?;
     let skipped = pairs.skipped;
     let (train, dev) = pairs.shuffle_split(config.seed, config.dev_pairs)?;
     eprintln!(
@@ -822,8 +829,9 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         if INTERRUPTED.load(Ordering::SeqCst) || pause {
             save(&trainer)?;
             note(format!(
-                "{}: checkpoint at step {step} saved; continue with --resume",
-                if pause { "stopped" } else { "interrupted" }
+                "{}: checkpoint at step {step} saved; continue with {}",
+                if pause { "stopped" } else { "interrupted" },
+                options.continue_with.unwrap_or("--resume")
             ));
             interrupted = true;
             break;
@@ -850,8 +858,9 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         // Ctrl-C after the last step (during the final evaluation): the checkpoint is saved,
         // and a resume evaluates (from the dev log) and exports without training.
         eprintln!(
-            "interrupted: checkpoint at step {} saved before the export; continue with --resume",
-            trainer.state.step
+            "interrupted: checkpoint at step {} saved before the export; continue with {}",
+            trainer.state.step,
+            options.continue_with.unwrap_or("--resume")
         );
         interrupted = true;
     }

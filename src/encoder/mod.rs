@@ -114,6 +114,24 @@ pub struct EncoderOptions {
     pub shared_prefix: Option<prefix::SharedPrefix>,
 }
 
+impl EncoderOptions {
+    /// The checks that need no model: a batch of at least one text, and room for a special
+    /// token and a word.
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::parameter("batch_size", "at least 1", 0));
+        }
+        match self.max_length {
+            Some(m) if m < 2 => Err(Error::parameter(
+                "max_length",
+                "at least 2 (a special token and a word)",
+                m,
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for EncoderOptions {
     fn default() -> Self {
         EncoderOptions {
@@ -339,8 +357,8 @@ fn read_prefixes(dir: &Path) -> Result<(String, String)> {
 /// The prefixes multilingual-e5 was trained with.
 const E5_PREFIXES: (&str, &str) = ("query: ", "passage: ");
 
-/// The tokenizer of an E5S1 file: `tokenizer.json` beside it, else the XLM-R asset.
-fn e5s1_tokenizer(path: &Path) -> Result<PathBuf> {
+/// The tokenizer of an E5S1 file: `tokenizer.json` beside it, else the XLM-R asset's.
+pub(crate) fn e5s1_tokenizer(path: &Path) -> Result<PathBuf> {
     let beside = path.with_file_name("tokenizer.json");
     if beside.is_file() {
         Ok(beside)
@@ -417,6 +435,7 @@ fn activation_bytes(config: &EncoderConfig, t: usize) -> u64 {
 /// checked against the file's vocabulary, and the e5 prefixes go to `prefixes.json`.
 pub fn export_e5s1(path: &Path, out: &Path) -> Result<()> {
     let tokenizer_path = e5s1_tokenizer(path)?;
+    crate::io::check_model_out_dir(out, &[path, &tokenizer_path])?;
     let (file, raw) = while_parsing(&tokenizer_path, || E5s1::from_file(path))?;
     let tokenizer = TextTokenizer::from_raw(raw?, file.config.max_tokens().max(2), file.pad)?;
     check_tokenizer_fits(&tokenizer, &tokenizer_path, &file.config)?;
@@ -444,6 +463,7 @@ pub fn write_random_model(
     seed: u64,
     std: Option<f64>,
 ) -> Result<()> {
+    crate::io::check_model_out_dir(out, &[config_path, tokenizer_path])?;
     let config = EncoderConfig::from_file(config_path)?;
     let std = match std {
         Some(s) => s,
@@ -602,6 +622,8 @@ fn is_e5s1(path: &Path) -> bool {
 impl TextEncoder {
     /// Load a model and its tokenizer onto `device`.
     pub fn load(spec: &ModelSpec, device: Device, options: &EncoderOptions) -> Result<Self> {
+        // What no model makes right is refused before one loads (seconds, and memory).
+        options.check()?;
         match spec {
             ModelSpec::MiniLm => {
                 let dir = Asset::MiniLm.dir();
@@ -723,6 +745,16 @@ impl TextEncoder {
         default: Option<usize>,
     ) -> Result<usize> {
         let limit = config.max_tokens();
+        if limit < 2 {
+            return Err(Error::value(
+                "model config",
+                format!(
+                    "expected a position table of at least 2 tokens (a special token and a \
+                     word), found {limit} (max_position_embeddings {})",
+                    config.max_position_embeddings
+                ),
+            ));
+        }
         match options.max_length {
             Some(m) if m > limit || m < 2 => Err(Error::parameter(
                 "max_length",
@@ -744,9 +776,7 @@ impl TextEncoder {
         device: Device,
         options: &EncoderOptions,
     ) -> Result<Self> {
-        if options.batch_size == 0 {
-            return Err(Error::parameter("batch_size", "at least 1", 0));
-        }
+        options.check()?;
         let binding_limit = gpu_binding_limit(&device);
         check_bindable(&config, name, binding_limit)?;
         let prefix = options.shared_prefix.as_ref().and_then(|shared| {

@@ -93,10 +93,15 @@ impl RawTokenizer {
     /// Read `tokenizer.json` and parse it, unless the process parsed the same content before.
     pub fn read(path: &Path) -> Result<Self> {
         if !path.is_file() {
+            let what = if path.exists() {
+                "expected a tokenizer.json file, found a directory or special file"
+            } else {
+                "no such file"
+            };
             return Err(Error::io(
                 path,
                 "open",
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, what),
             ));
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
@@ -116,7 +121,7 @@ impl RawTokenizer {
                 })?;
             Some(parsed.map_err(|e| Error::Format {
                 path: path.into(),
-                what: format!("not a valid tokenizer.json: {e}"),
+                what: not_a_tokenizer(&bytes, &e.to_string()),
             })?)
         };
         Ok(RawTokenizer {
@@ -124,6 +129,30 @@ impl RawTokenizer {
             key,
             path: path.into(),
         })
+    }
+}
+
+/// Why `bytes` is not a tokenizer: JSON that is not one (another model file, a config)
+/// says what it lacks, rather than the parser's complaint about a field it did not expect.
+fn not_a_tokenizer(bytes: &[u8], parser: &str) -> String {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(map)) if !map.contains_key("model") => {
+            let mut keys: Vec<&str> = map.keys().map(String::as_str).take(5).collect();
+            if map.len() > 5 {
+                keys.push("…");
+            }
+            format!(
+                "not a valid tokenizer.json: expected a Hugging Face tokenizer (an object with \
+                 \"model\"), found an object with keys {}",
+                keys.join(", ")
+            )
+        }
+        Ok(serde_json::Value::Object(_)) => format!("not a valid tokenizer.json: {parser}"),
+        Ok(other) => format!(
+            "not a valid tokenizer.json: expected a JSON object, found {}",
+            crate::io::json_kind(&other)
+        ),
+        Err(e) => format!("not a valid tokenizer.json: not JSON ({e})"),
     }
 }
 
@@ -190,11 +219,14 @@ impl TextTokenizer {
         let specials = inner
             .get_post_processor()
             .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
-        if max_length < specials {
+        // Equal would leave no room for text: every text would be its special tokens alone,
+        // and every embedding the same.
+        if max_length <= specials {
             return Err(Error::parameter(
                 "max_length",
                 format!(
-                    "at least the {specials} special tokens {} adds to every text",
+                    "more than the {specials} special tokens {} adds to every text (room for \
+                     at least one token of text)",
                     path.display()
                 ),
                 max_length,

@@ -29,6 +29,45 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
+/// Remove what an earlier process left of its temporary siblings of `path` (`.<name>.partial-
+/// <pid>` of a process no longer running: one stopped by a signal, which cleans nothing
+/// up). Only where running processes can be seen (`/proc`); elsewhere nothing is removed.
+fn remove_stale_temps(path: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let stale = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| pid != std::process::id() && !proc.join(pid.to_string()).exists());
+        if stale {
+            let p = entry.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
 /// Write `path` through a temporary sibling: `write` fills the temporary file, which is
 /// then renamed into place. A failed write (a full disk, a killed process, an error in
 /// `write`) leaves the previous file whole, never a truncated one, and the temporary file
@@ -55,6 +94,7 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
         return write(path);
     }
     let target = resolve_links(path)?;
+    remove_stale_temps(&target);
     let tmp = temp_sibling(&target);
     // The bytes reach the disk before the name does: after a power loss the path holds the
     // previous file or the new one, never a new name over unwritten blocks.
@@ -266,18 +306,68 @@ pub fn check_parent(path: &Path) -> Result<()> {
     if parent.is_dir() {
         return Ok(());
     }
+    let why = if parent.exists() {
+        format!("{} is a file, not a directory", parent.display())
+    } else {
+        format!("the directory {} does not exist", parent.display())
+    };
     Err(path_error(
         path,
         "create",
         std::io::ErrorKind::NotFound,
-        format!("the directory {} does not exist", parent.display()),
+        why,
     ))
+}
+
+/// An output directory that a model is written into (`optical assets export-e5`,
+/// `random-model`): checked before the work, and refused where writing would replace what
+/// the command reads (its `inputs`) or a fetched asset.
+pub fn check_model_out_dir(dir: &Path, inputs: &[&Path]) -> Result<()> {
+    check_output_dir(dir)?;
+    let Ok(out) = dir.canonicalize() else {
+        return Ok(()); // Not there yet: nothing in it to replace.
+    };
+    if let Ok(assets) = crate::assets::assets_dir().canonicalize() {
+        if out.starts_with(&assets) {
+            return Err(path_error(
+                dir,
+                "write",
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "expected a directory outside the asset cache {}, found one inside it \
+                     (writing would replace fetched weights)",
+                    assets.display()
+                ),
+            ));
+        }
+    }
+    for input in inputs {
+        let inside = input
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(|p| p == out))
+            .unwrap_or(false);
+        if inside {
+            return Err(path_error(
+                dir,
+                "write",
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "expected an output directory that holds none of the inputs, found {} in \
+                     it (writing would replace it)",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Write into `dir` without leaving a partial directory behind: files go to a temporary
 /// sibling first and are moved in only when all of them were written.
 pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_output_dir(dir)?;
+    remove_stale_temps(dir);
     let tmp = temp_sibling(dir);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let result = write(&tmp).and_then(|()| sync_tree(&tmp)).and_then(|()| {
@@ -375,6 +465,34 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains(".partial-"))
             .collect()
+    }
+
+    #[test]
+    fn leftovers_of_a_stopped_process_are_removed_and_a_running_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        // No process has this id (above any pid_max).
+        let dead = dir.path().join(".out.partial-4294967294");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("half.tsv"), "x").unwrap();
+        let dead_file = dir.path().join(".out.partial-4294967293");
+        std::fs::write(&dead_file, "x").unwrap();
+        // Process 1 runs (a write of the same output in progress elsewhere is left alone).
+        let live = dir.path().join(".out.partial-1");
+        std::fs::write(&live, "x").unwrap();
+        super::write_dir(&path, |tmp| {
+            std::fs::write(tmp.join("a.tsv"), "a").map_err(|e| crate::Error::io(tmp, "write", e))
+        })
+        .unwrap();
+        assert!(!dead.exists() && !dead_file.exists() && live.exists());
+        assert_eq!(std::fs::read_to_string(path.join("a.tsv")).unwrap(), "a");
+        let file = dir.path().join("f");
+        let dead_file = dir.path().join(".f.partial-4294967294");
+        std::fs::write(&dead_file, "x").unwrap();
+        write_atomic(&path.join("b"), "b").unwrap();
+        assert!(dead_file.exists(), "another name's leftovers stay");
+        write_atomic(&file, "f").unwrap();
+        assert!(!dead_file.exists());
     }
 
     #[test]

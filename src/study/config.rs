@@ -411,6 +411,26 @@ pub fn training_key(key_json: &serde_json::Value) -> Option<String> {
 /// produces, so old results are not reused.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Whether training source `train` holds the pairs of evaluation set `eval`: the whole of
+/// a Tatoeba language split for training, the same Bible, the same line-aligned file.
+fn trains_on(train: &str, eval: &str) -> bool {
+    let t: Vec<&str> = train.splitn(4, ':').collect();
+    let e: Vec<&str> = eval.splitn(5, ':').collect();
+    match (t.as_slice(), e.as_slice()) {
+        (["tatoeba-train", a], ["tatoeba", b]) | (["bible", a], ["bible", b]) => a == b,
+        (["files", _, other, english], ["files", _, _, o, en]) => {
+            let same = |a: &str, b: &str| {
+                let (a, b) = (Path::new(a), Path::new(b));
+                a == b
+                    || a.canonicalize()
+                        .is_ok_and(|a| b.canonicalize().is_ok_and(|b| a == b))
+            };
+            same(other, o) || same(english, en)
+        }
+        _ => false,
+    }
+}
+
 const TRAIN_PREFIXES: [&str; 4] = ["tatoeba-train", "mafand", "bible", "files"];
 const EVAL_PREFIXES: [&str; 6] = [
     "tatoeba-heldout",
@@ -600,6 +620,22 @@ impl StudyConfig {
             }
             for s in g.in_domain.iter().chain(&g.out_of_domain) {
                 check_spec(s, &EVAL_PREFIXES, "evaluation set")?;
+                if let Some(t) = g.train.iter().find(|t| trains_on(t, s)) {
+                    return Err(Error::parameter(
+                        "evaluation set",
+                        format!(
+                            "a set group {} does not train on (its training source {t} holds \
+                             these pairs{})",
+                            g.name,
+                            if s.starts_with("tatoeba:") {
+                                "; tatoeba-heldout:<lang> is the part it leaves out"
+                            } else {
+                                ""
+                            }
+                        ),
+                        s,
+                    ));
+                }
                 if let Some(lang) = s.strip_prefix("tatoeba-heldout:") {
                     if !g
                         .train
@@ -784,6 +820,16 @@ impl StudyConfig {
     /// The distillation settings shared by every run before the condition's keys.
     fn base_distill(&self, budget: &Budget) -> Result<serde_json::Map<String, serde_json::Value>> {
         let mut m = table_to_json(&self.distill, "study [distill]")?;
+        // One backend for the whole study: its evaluations and the report's hardware use the
+        // study's (`--backend`, else [distill]'s), so a budget's own would train elsewhere
+        // than the report says.
+        if budget.distill.contains_key("backend") {
+            return Err(Error::parameter(
+                "distill",
+                "no `backend` key in a budget (the study's is --backend, else [distill]'s)",
+                "backend in the budget's distill table",
+            ));
+        }
         m.extend(table_to_json(&budget.distill, "budget distill")?);
         Ok(m)
     }
@@ -881,7 +927,15 @@ impl StudyConfig {
             if let Some(b) = backend {
                 keys.insert("backend".into(), b.into());
             }
-            for k in ["out", "sources", "data_dir"] {
+            if c.distill.contains_key("backend") {
+                return Err(Error::parameter(
+                    "distill",
+                    "no `backend` key in a condition (the study's is --backend, else \
+                     [distill]'s)",
+                    format!("backend in condition {}", c.name),
+                ));
+            }
+            for k in ["out", "sources", "data_dir", "english_bible"] {
                 if keys.remove(k).is_some() {
                     return Err(Error::parameter(
                         "distill",
@@ -908,7 +962,7 @@ impl StudyConfig {
             let mut json = serde_json::to_value(&config)
                 .map_err(|e| Error::value("distillation config", e.to_string()))?;
             if let Some(o) = json.as_object_mut() {
-                for k in ["out", "sources", "data_dir"] {
+                for k in ["out", "sources", "data_dir", "english_bible"] {
                     o.remove(k);
                 }
             }
@@ -951,6 +1005,7 @@ impl StudyConfig {
         if let Some(d) = distill.as_mut() {
             d.out = dir.clone();
             d.data_dir = self.data_dir.clone();
+            d.english_bible = self.english_bible.clone();
             d.validate()?;
         }
         Ok(RunSpec {
@@ -1183,6 +1238,64 @@ eval = { lareqa_questions = { xquad-r = 3 } }
             .unwrap_err()
             .to_string()
             .contains("\"students\""));
+    }
+
+    /// An evaluation set the group trains on is refused: its "out of domain" numbers would
+    /// be training pairs.
+    #[test]
+    fn a_group_may_not_evaluate_on_what_it_trains_on() {
+        for (train, eval) in [
+            ("tatoeba-train:deu", "tatoeba:deu"),
+            ("bible:swa", "bible:swa"),
+            (
+                "files:hau:/x/a.hau:/x/a.en",
+                "files:set:hau:/x/a.hau:/y/b.en",
+            ),
+        ] {
+            let text = MINIMAL
+                .replace(
+                    r#"train = ["tatoeba-train:deu"]"#,
+                    &format!(r#"train = ["tatoeba-train:deu", "{train}"]"#),
+                )
+                .replace(
+                    r#"in_domain = ["tatoeba-heldout:deu"]"#,
+                    &format!("in_domain = [\"tatoeba-heldout:deu\"]\nout_of_domain = [\"{eval}\"]"),
+                );
+            let err = StudyConfig::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("a set group A does not train on") && err.contains(train),
+                "{err}"
+            );
+        }
+        assert!(!trains_on("tatoeba-train:deu", "tatoeba:fra"));
+        assert!(!trains_on("tatoeba-train:deu", "tatoeba-heldout:deu"));
+        assert!(!trains_on("mafand:hau", "mafand-test:hau"));
+        assert!(!trains_on("bible:swa", "bible:zul"));
+    }
+
+    /// The backend is the study's: a budget's or a condition's would train on another
+    /// device than the evaluations and the report's hardware say.
+    #[test]
+    fn only_the_study_sets_the_backend() {
+        for (from, to, want) in [
+            (
+                "distill = { batch_size = 4 }",
+                r#"distill = { batch_size = 4, backend = "wgpu" }"#,
+                "no `backend` key in a budget",
+            ),
+            (
+                r#"distill = { loss = "ot" }"#,
+                r#"distill = { loss = "ot", backend = "wgpu" }"#,
+                "backend in condition ot",
+            ),
+        ] {
+            let c = StudyConfig::from_toml(&MINIMAL.replace(from, to)).unwrap();
+            let err = c
+                .plan("quick", None, Path::new("o"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

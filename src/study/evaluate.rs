@@ -192,6 +192,7 @@ fn load_eval_bitext(
             Path::new(other),
             bitext::ENGLISH,
             Path::new(english),
+            bitext::BlankLines::Refuse,
         )?,
         _ => return Err(Error::parameter("evaluation set", "a data spec", spec)),
     };
@@ -262,12 +263,14 @@ pub fn prepare_group(
         .collect::<Vec<String>>();
     // The training sources load now (a few hundred ms), so that a misspelt language fails
     // the plan instead of the group's first training run, hours into a study.
-    crate::distill::data::load_sources(&sources, data_dir).map_err(|e| {
-        Error::value(
-            format!("group {} training sources", group.name),
-            e.to_string(),
-        )
-    })?;
+    crate::distill::data::load_sources(&sources, data_dir, &english_bible(config)).map_err(
+        |e| {
+            Error::value(
+                format!("group {} training sources", group.name),
+                e.to_string(),
+            )
+        },
+    )?;
     let mut sets: Vec<EvalSet> = lareqa.to_vec();
     for (role, specs) in [
         (Role::InDomain, &group.in_domain),

@@ -130,7 +130,12 @@ pub struct RunResult {
     pub model: String,
     pub train: Option<TrainInfo>,
     pub eval_seconds: f64,
+    /// Texts the evaluation read (every set's queries and candidates).
     pub eval_texts: usize,
+    /// Of those, the texts encoded in `eval_seconds`; the rest came from the embedding cache
+    /// (absent from results written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_encoded: Option<usize>,
     pub hardware: Hardware,
     /// How LAReQA's answer sentences were encoded (results written before the setting
     /// existed read as `query`, which is what they did).
@@ -786,6 +791,7 @@ fn execute(
                     .options
                     .stop_at_step
                     .filter(|&stop| resume.is_none_or(|step| stop > step) && stop < steps),
+                continue_with: Some("the same `optical study` command"),
             },
         )?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -891,6 +897,7 @@ fn execute(
         train,
         eval_seconds,
         eval_texts: texts,
+        eval_encoded: Some(encoded),
         hardware: Hardware::here(&cx.backend),
         lareqa_candidates: cx.config.lareqa_candidates,
         tasks,

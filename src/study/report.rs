@@ -600,6 +600,20 @@ fn describe(t: Option<PairedTest>, measure: &str) -> String {
     }
 }
 
+/// Where a report's plots go: `<name>-plots/` beside it, the name lower-cased
+/// (`STUDY.md`: `study-plots/`).
+pub fn plot_dir(report: &Path) -> PathBuf {
+    let dir = report
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = report
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "study".into());
+    dir.join(format!("{stem}-plots"))
+}
+
 /// Write the report and its plots.
 /// For a bitext benchmark of several languages, a table of each language: the pooled P@1
 /// of `base`, and each other condition's Δ and p against it on that language's queries
@@ -680,11 +694,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_lowercase())
-        .unwrap_or_else(|| "study".into());
-    let plot_dir = report_dir.join(format!("{stem}-plots"));
+    let plot_dir = plot_dir(path);
     let loaded: Vec<(&RunSpec, Option<RunResult>)> =
         plan.runs.iter().map(|r| (r, finished_result(r))).collect();
     let mut cells: BTreeMap<(String, String), Vec<&RunResult>> = BTreeMap::new();
@@ -918,9 +928,17 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         }
         let _ = writeln!(md, "\nPer group and benchmark:\n\n{answer}");
     } else {
+        // Name only what is missing: a plan with `ot` alone lacks the baseline, not `ot`.
+        let missing: Vec<String> = [OT, BASE]
+            .into_iter()
+            .filter(|c| !has(c))
+            .map(|c| format!("`{c}`"))
+            .collect();
         let _ = writeln!(
             md,
-            "## Answer\n\nThe plan has no `{OT}` and `{BASE}` conditions to compare.\n"
+            "## Answer\n\nThe answer compares the `{OT}` condition with `{BASE}`; this plan has \
+             no {} condition.\n",
+            missing.join(" or ")
         );
     }
 
@@ -999,7 +1017,12 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
                     t.exported_step.map_or("?".into(), |s| s.to_string())
                 }),
                 format!("{:.1}", r.eval_seconds),
-                r.eval_texts.to_string(),
+                match r.eval_encoded {
+                    Some(e) if e < r.eval_texts => {
+                        format!("{} ({} from the cache)", r.eval_texts, r.eval_texts - e)
+                    }
+                    _ => r.eval_texts.to_string(),
+                },
             ],
             None => vec![
                 s.name(),
@@ -1020,7 +1043,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             "s/step (last sitting)".into(),
             "exported step".into(),
             "evaluation s".into(),
-            "texts encoded".into(),
+            "texts evaluated".into(),
         ],
         &rows,
     ));
@@ -1163,7 +1186,8 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
         if let Some(d) = &r.distill {
             if let Ok(serde_json::Value::Object(o)) = serde_json::to_value(d) {
                 for (k, v) in o {
-                    if ["out", "sources", "data_dir", "seed"].contains(&k.as_str()) {
+                    if ["out", "sources", "data_dir", "english_bible", "seed"].contains(&k.as_str())
+                    {
                         continue;
                     }
                     m.insert(k, v.to_string().trim_matches('"').to_string());

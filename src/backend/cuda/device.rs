@@ -843,6 +843,19 @@ pub(super) fn as_u32(name: &'static str, value: usize) -> Result<u32> {
     u32::try_from(value).map_err(|_| Error::parameter(name, "at most 4294967295", value))
 }
 
+/// A grid's x dimension of `blocks`: CUDA takes at most 2³¹ − 1 there, and a larger one
+/// would fail at launch with a bare `CUDA_ERROR_INVALID_VALUE`.
+pub(super) fn grid_x(name: &'static str, blocks: usize) -> Result<u32> {
+    if blocks > i32::MAX as usize {
+        return Err(Error::parameter(
+            name,
+            format!("at most {} (CUDA's grid limit along x)", i32::MAX),
+            blocks,
+        ));
+    }
+    as_u32(name, blocks)
+}
+
 /// Rows of `d` floats, zero-padded to `dp` (a multiple of 4) for the 16-byte loads; zeros
 /// change no dot product and no norm.
 pub(super) fn padded(data: &[f32], d: usize, dp: usize) -> Cow<'_, [f32]> {
@@ -1576,7 +1589,7 @@ impl MaxsimInputs {
         let staged = 128 + 16 * stride4 * self.max_len;
         let in_smem = staged <= cuda.dev.smem_optin;
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("documents", self.nd)?, 1, 1),
+            grid_dim: (grid_x("documents", self.nd)?, 1, 1),
             block_dim: (32 * WARPS, 1, 1),
             shared_mem_bytes: if in_smem { staged as u32 } else { 128 },
         };
@@ -1619,7 +1632,7 @@ impl MaxsimInputs {
                 cuda.cost_on_device(&self.q, &y, &x_len, &y_len, (1, rows, tokens, self.dp))?;
             let warps = self.nq * docs;
             let cfg = LaunchConfig {
-                grid_dim: (as_u32("MaxSim warps", warps.div_ceil(8))?, 1, 1),
+                grid_dim: (grid_x("MaxSim warps", warps.div_ceil(8))?, 1, 1),
                 block_dim: (32 * 8, 1, 1),
                 shared_mem_bytes: 0,
             };

@@ -14,8 +14,8 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 use super::device::{
-    as_u32, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, SinkhornLse, SinkhornSplit,
-    SolverChecks, BACKEND, SINKHORN_SPLIT_ENV,
+    as_u32, grid_x, lengths_u32, padded, CostKernel, CudaBackend, FusedCost, SinkhornLse,
+    SinkhornSplit, SolverChecks, BACKEND, SINKHORN_SPLIT_ENV,
 };
 use super::ptx;
 use crate::backend::cpu::check_pair_batch;
@@ -230,7 +230,7 @@ impl CudaBackend {
     /// Each active pair's error from the terms of the last mode-1 half launch.
     fn launch_split_error(&self, st: &mut CudaSinkhornState) -> Result<()> {
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
+            grid_dim: (grid_x("pairs", st.pairs)?, 1, 1),
             block_dim: (32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -258,7 +258,7 @@ impl CudaBackend {
         let (own, other) = if columns { (st.m, st.n) } else { (st.n, st.m) };
         let cfg = LaunchConfig {
             grid_dim: (
-                as_u32("pairs", st.pairs)?,
+                grid_x("pairs", st.pairs)?,
                 own.div_ceil(SPLIT_LINES_PER_CTA) as u32,
                 1,
             ),
@@ -315,7 +315,7 @@ impl CudaBackend {
         });
         let lse_mode = lse_mode_arg(lse);
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
+            grid_dim: (grid_x("pairs", st.pairs)?, 1, 1),
             block_dim: (iterate_block(st.n, st.m, st.k_in_smem), 1, 1),
             shared_mem_bytes: as_u32("shared memory", smem)?,
         };
@@ -359,7 +359,7 @@ impl CudaBackend {
         smem: usize,
     ) -> Result<()> {
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("pairs", st.pairs)?, 1, 1),
+            grid_dim: (grid_x("pairs", st.pairs)?, 1, 1),
             block_dim: (self.fused_threads().block(st.n, st.m), 1, 1),
             shared_mem_bytes: as_u32("shared memory", smem)?,
         };
@@ -530,7 +530,7 @@ impl CudaBackend {
             )?;
         }
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("b", b)?, 1, 1),
+            grid_dim: (grid_x("b", b)?, 1, 1),
             block_dim: (block, 1, 1),
             shared_mem_bytes: as_u32("shared memory", smem)?,
         };

@@ -343,21 +343,59 @@ pub(crate) fn maxsim(
             format!("a query of {longest_query} tokens, a document of {longest_doc}, d = {d}"),
         ));
     }
-    // Rows padded to whole vec4s.
-    let (qd, dd) = (pad_rows(&queries.data, d), pad_rows(&docs.data, d));
+    // Queries in slices, each a dispatch's: at most a grid dimension of them (the scores
+    // grid's y), their embeddings within one binding, and their tokens within half the norm
+    // grid (the other half for documents). Scores are query-major, so a slice's are a
+    // contiguous block of the output.
     let d4 = d.div_ceil(4);
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let q_bytes = (nqueries * nq * d4 * 16) as u64;
-    if q_bytes > ctx.max_binding() || nqueries > max_groups {
+    let per_query = (nq * d4 * 16) as u64;
+    let slice = max_groups
+        .min((ctx.max_binding() / per_query.max(1)) as usize)
+        .min(max_groups * 256 / 2 / nq.max(1));
+    if slice == 0 {
         return Err(Error::shape(
             "wgpu maxsim queries",
             format!(
-                "at most {max_groups} queries and {} B of query embeddings per call",
-                ctx.max_binding()
+                "a query within one binding ({} B) and half the norm grid ({} tokens)",
+                ctx.max_binding(),
+                max_groups * 256 / 2
             ),
-            format!("{nqueries} queries, {q_bytes} B"),
+            format!("{nq} tokens of d = {d} per query ({per_query} B)"),
         ));
     }
+    let dd = pad_rows(&docs.data, d);
+    if slice >= nqueries {
+        return maxsim_slice(ctx, queries, docs, &dd, tile);
+    }
+    let mut out = Vec::with_capacity(nqueries * docs.len());
+    for start in (0..nqueries).step_by(slice) {
+        let c = slice.min(nqueries - start);
+        let part = Embeddings {
+            b: c,
+            n: nq,
+            d,
+            data: queries.data[start * nq * d..(start + c) * nq * d].to_vec(),
+            lengths: queries.lengths[start..start + c].to_vec(),
+        };
+        out.extend(maxsim_slice(ctx, &part, docs, &dd, tile)?);
+    }
+    Ok(out)
+}
+
+/// MaxSim of queries that fit one dispatch (see [`maxsim`]) against every document, the
+/// documents in chunks; `dd` is the documents' rows padded to whole vec4s.
+fn maxsim_slice(
+    ctx: &WgpuContext,
+    queries: &Embeddings,
+    docs: &PackedDocs,
+    dd: &[f32],
+    tile: bool,
+) -> Result<Vec<f32>> {
+    let (nqueries, nq, d) = (queries.b, queries.n, queries.d);
+    let qd = pad_rows(&queries.data, d);
+    let d4 = d.div_ceil(4);
+    let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let pipes = &ctx.pipelines.maxsim;
     let q_len: Vec<u32> = queries.lengths.iter().map(|&l| l as u32).collect();
     let q_buf = ctx.upload(&qd);
