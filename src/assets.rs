@@ -100,6 +100,13 @@ fn check_file(path: &Path, size: u64) -> Result<()> {
         action: "open",
         source: std::io::Error::new(e.kind(), format!("{e}; {HOW_TO_FETCH}")),
     })?;
+    if !meta.is_file() {
+        // `fetch` extracts only what is missing: it takes a directory there for the file.
+        return Err(Error::Format {
+            path: path.into(),
+            what: format!("expected a file, found a directory or special file: remove it, then {HOW_TO_FETCH}"),
+        });
+    }
     if meta.len() != size {
         return Err(Error::Format {
             path: path.into(),

@@ -180,6 +180,22 @@ fn mafand_languages_are_those_with_the_split() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected dev or test, found train"), "{err}");
+    // One side of a split (a copy cut short) is an error naming the missing file, not a
+    // language left out.
+    let ibo = dir.path().join("mafand").join("en-ibo");
+    std::fs::create_dir_all(&ibo).unwrap();
+    write(&ibo, "dev.ibo", "x\n");
+    let err = bitext::mafand_languages(dir.path(), "dev")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("en-ibo/dev.en") && err.contains("both sides of the dev split of ibo"),
+        "{err}"
+    );
+    assert_eq!(
+        bitext::mafand_languages(dir.path(), "train").unwrap(),
+        ["hau"]
+    );
 }
 
 const CES: &str = r#"<?xml version="1.0" ?>
@@ -257,12 +273,24 @@ fn bible_files_of_every_kind_are_found() {
     write(&b, "Amuzgo-NT.xml", CES);
     write(&b, "English.xml", CES);
     write(&b, "README.md", "notes");
-    let codes: Vec<String> = bitext::bible_languages(dir.path())
+    // As the corpus ships them: a language with several kinds takes the one with the most
+    // verses; tokenised copies and second translations are other files.
+    write(&b, "Xhosa-NT.xml", CES);
+    write(&b, "Chinese.xml", CES);
+    write(&b, "Chinese-tok.xml", CES);
+    write(&b, "K'iche'-NT.xml", CES);
+    write(&b, "K'iche'-NT-SIL.xml", CES);
+    let found: Vec<(String, String)> = bitext::bible_languages(dir.path())
         .unwrap()
         .into_iter()
-        .map(|(c, _)| c)
+        .map(|(c, f)| (c, f.file_name().unwrap().to_string_lossy().into_owned()))
         .collect();
-    assert_eq!(codes, ["amuzgo", "hye", "swa", "xho"]);
+    let codes: Vec<&str> = found.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(codes, ["amuzgo", "hye", "zho", "k'iche'", "swa", "xho"]);
+    assert!(
+        found.contains(&("xho".into(), "Xhosa.xml".into())),
+        "{found:?}"
+    );
     assert_eq!(bitext::bible(dir.path(), "xho", &gz).unwrap().len(), 2);
 }
 

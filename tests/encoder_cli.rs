@@ -678,14 +678,29 @@ fn random_model_has_the_config_shape_and_encodes() {
     assert!((narrow - 0.02).abs() < 0.002, "std {narrow}");
     assert!((wide - 0.5).abs() < 0.05, "std {wide}");
 
-    // An output directory holding an input (its config.json would be written over), and
-    // the asset cache itself: refused before anything is read or written.
-    let before = std::fs::read(&config).unwrap();
-    let run = random_model(&config, dir.path(), &[]);
+    // An output directory whose config.json is the input, and the asset cache itself:
+    // refused before anything is read or written. Inputs of other names stay, and the
+    // directory takes the model.
+    let inputs = dir.path().join("inputs");
+    std::fs::create_dir(&inputs).unwrap();
+    let named = inputs.join("config.json");
+    std::fs::copy(&config, &named).unwrap();
+    let before = std::fs::read(&named).unwrap();
+    let run = random_model(&named, &inputs, &[]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(err.contains("holds none of the inputs"), "{err}");
-    assert_eq!(std::fs::read(&config).unwrap(), before);
+    assert!(
+        err.contains("config.json replaces none of the inputs, found the input"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&named).unwrap(), before);
+    std::fs::rename(&named, inputs.join("bert-config.json")).unwrap();
+    let run = random_model(&inputs.join("bert-config.json"), &inputs, &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let cache = optical::assets::assets_dir().join("minilm");
     let run = random_model(&config, &cache, &[]);
     let err = String::from_utf8_lossy(&run.stderr);

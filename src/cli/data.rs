@@ -43,7 +43,8 @@ pub struct DatasetArgs {
     /// MAFAND split: dev (default) or test.
     #[arg(long)]
     pub split: Option<String>,
-    /// English Bible (t_web.csv.gz; default: $OPTICAL_CACHE/bible/t_web.csv.gz).
+    /// English Bible (t_web.csv.gz; default: bible/t_web.csv.gz in $OPTICAL_CACHE, else in
+    /// ~/.cache/optical).
     #[arg(long)]
     pub english_bible: Option<PathBuf>,
     #[command(flatten)]

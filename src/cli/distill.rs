@@ -62,7 +62,7 @@ pub struct ConfigFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// The English side of `bible:` sources (default: the set-up step's World English
-    /// Bible, `$OPTICAL_CACHE/bible/t_web.csv.gz`).
+    /// Bible, bible/t_web.csv.gz in $OPTICAL_CACHE, else in ~/.cache/optical).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub english_bible: Option<PathBuf>,

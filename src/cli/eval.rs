@@ -89,7 +89,7 @@ pub struct EvalDatasetArgs {
     /// MAFAND split: dev (default) or test.
     #[arg(long)]
     pub split: Option<String>,
-    /// English Bible (default: $OPTICAL_CACHE/bible/t_web.csv.gz).
+    /// English Bible (default: bible/t_web.csv.gz in $OPTICAL_CACHE, else in ~/.cache/optical).
     #[arg(long)]
     pub english_bible: Option<PathBuf>,
     /// Encode each LAReQA candidate as its sentence followed by its paragraph context.
@@ -277,8 +277,11 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         }
         other => other?,
     };
-    // The data first: a misspelt language or a missing file fails in milliseconds, not
-    // after the models have loaded.
+    // The model names and the data first: a misspelt model or language, or a missing
+    // file, fails in milliseconds, not after the models have loaded.
+    for m in &a.model {
+        encoder::check_model_name(m)?;
+    }
     let dir = data::data_dir(a.data_dir.as_deref());
     let tasks = data::load_tasks(
         dataset,

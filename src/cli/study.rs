@@ -82,8 +82,7 @@ fn check_report_path(report: &Path, args: &StudyArgs) -> Result<()> {
             std::io::Error::new(std::io::ErrorKind::AlreadyExists, what),
         ))
     };
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let (at, out) = (absolute(report), absolute(&args.out));
+    let (at, out) = (crate::io::resolved(report), crate::io::resolved(&args.out));
     for sub in ["runs", "data", "embeddings"] {
         if at.starts_with(out.join(sub)) {
             return refuse(format!(

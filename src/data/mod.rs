@@ -229,19 +229,32 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
 
 /// A dataset's directory that is not there, with where to point the data directory.
 pub(crate) fn missing_dataset_dir(dir: &Path) -> Error {
-    // The nearest directory above that is there says why: a data directory that does not
-    // exist (a relative default read from another working directory) or that is a file.
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    let why = match parent.map(std::fs::metadata) {
-        Some(Ok(m)) if !m.is_dir() => format!(" ({} is a file)", parent.unwrap_or(dir).display()),
-        Some(Err(_)) => format!(
-            " ({} does not exist)",
-            std::path::absolute(parent.unwrap_or(dir))
-                .unwrap_or_else(|_| dir.to_path_buf())
-                .display()
-        ),
-        _ => String::new(),
-    };
+    // The nearest path above that is there says why: a data directory that does not exist
+    // (a relative default read from another working directory) or that is a file.
+    let mut missing = dir;
+    let mut why = String::new();
+    for above in dir.ancestors().skip(1) {
+        let above = if above.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            above
+        };
+        match std::fs::metadata(above) {
+            Ok(m) if !m.is_dir() => {
+                why = format!(" ({} is a file)", above.display());
+                break;
+            }
+            Ok(_) => {
+                if missing != dir {
+                    let shown =
+                        std::path::absolute(missing).unwrap_or_else(|_| missing.to_path_buf());
+                    why = format!(" ({} does not exist)", shown.display());
+                }
+                break;
+            }
+            Err(_) => missing = above,
+        }
+    }
     format_error(
         dir,
         format!(
@@ -302,9 +315,13 @@ pub struct LoadOptions {
 /// distillation's).
 fn mafand_split(opts: &LoadOptions) -> Result<&str> {
     match opts.split.as_deref() {
-        None => Ok("dev"),
-        Some(s @ ("dev" | "test")) => Ok(s),
-        Some(other) => Err(Error::parameter("split", "dev or test", other)),
+        None => Ok(bitext::MAFAND_EVAL_SPLITS[0]),
+        Some(s) if bitext::MAFAND_EVAL_SPLITS.contains(&s) => Ok(s),
+        Some(other) => Err(Error::parameter(
+            "split",
+            bitext::MAFAND_EVAL_SPLITS.join(" or "),
+            other,
+        )),
     }
 }
 

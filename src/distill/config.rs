@@ -42,7 +42,7 @@ pub struct DistillConfig {
     /// Data directory (default: `$OPTICAL_DATA_DIR`, else `../shared/data`).
     pub data_dir: Option<PathBuf>,
     /// The English side of `bible:` sources, aligned by verse id (default: the set-up
-    /// step's World English Bible, `$OPTICAL_CACHE/bible/t_web.csv.gz`).
+    /// step's World English Bible, `bible/t_web.csv.gz` in the cache directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub english_bible: Option<PathBuf>,
     /// Pairs held out of training for the dev evaluation (taken after shuffling).

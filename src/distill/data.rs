@@ -96,7 +96,7 @@ pub fn load_source(spec: &str, data_dir: &Path, english_bible: &Path) -> Result<
         ["mafand", lang] => bitext::mafand(data_dir, lang, "train"),
         ["bible", lang] => bitext::bible(data_dir, lang, english_bible),
         ["files", lang, other, english] => {
-            if lang.is_empty() || lang.chars().any(char::is_whitespace) {
+            if !bitext::is_language_code(lang) {
                 return Err(Error::parameter(
                     "sources",
                     "files:<lang>:… with a language code without whitespace",

@@ -115,16 +115,18 @@ pub struct EncoderOptions {
 }
 
 impl EncoderOptions {
-    /// The checks that need no model: a batch of at least one text, and room for a special
-    /// token and a word.
+    /// The checks that need no model: a batch of at least one text, and a length that can
+    /// hold a special token and a token of text.
     pub fn check(&self) -> Result<()> {
         if self.batch_size == 0 {
             return Err(Error::parameter("batch_size", "at least 1", 0));
         }
         match self.max_length {
+            // A floor only: a model's tokenizer asks for more when it adds more than one
+            // special token (MiniLM and e5 add two, so they need 3).
             Some(m) if m < 2 => Err(Error::parameter(
                 "max_length",
-                "at least 2 (a special token and a word)",
+                "at least 2 (the model's special tokens and one token of text)",
                 m,
             )),
             _ => Ok(()),
@@ -435,7 +437,7 @@ fn activation_bytes(config: &EncoderConfig, t: usize) -> u64 {
 /// checked against the file's vocabulary, and the e5 prefixes go to `prefixes.json`.
 pub fn export_e5s1(path: &Path, out: &Path) -> Result<()> {
     let tokenizer_path = e5s1_tokenizer(path)?;
-    crate::io::check_model_out_dir(out, &[path, &tokenizer_path])?;
+    check_model_out_dir(out, &[path, &tokenizer_path])?;
     let (file, raw) = while_parsing(&tokenizer_path, || E5s1::from_file(path))?;
     let tokenizer = TextTokenizer::from_raw(raw?, file.config.max_tokens().max(2), file.pad)?;
     check_tokenizer_fits(&tokenizer, &tokenizer_path, &file.config)?;
@@ -463,7 +465,7 @@ pub fn write_random_model(
     seed: u64,
     std: Option<f64>,
 ) -> Result<()> {
-    crate::io::check_model_out_dir(out, &[config_path, tokenizer_path])?;
+    check_model_out_dir(out, &[config_path, tokenizer_path])?;
     let config = EncoderConfig::from_file(config_path)?;
     let std = match std {
         Some(s) => s,
@@ -525,6 +527,52 @@ fn check_tokenizer_fits(
                 config.vocab_size
             ),
         });
+    }
+    Ok(())
+}
+
+/// The files [`write_model_dir`] writes (or removes).
+const MODEL_DIR_FILES: [&str; 5] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "prefixes.json",
+    "sentence_bert_config.json",
+];
+
+/// An output directory that a model is written into (`optical assets export-e5`,
+/// `random-model`): checked before the work, and refused where writing would replace what
+/// the command reads (its `inputs`) or a fetched asset.
+fn check_model_out_dir(dir: &Path, inputs: &[&Path]) -> Result<()> {
+    crate::io::check_output_dir(dir)?;
+    let refuse = |what: String| {
+        Err(Error::io(
+            dir,
+            "write a model into",
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, what),
+        ))
+    };
+    if let (Ok(out), Ok(assets)) = (
+        dir.canonicalize(),
+        crate::assets::assets_dir().canonicalize(),
+    ) {
+        if out.starts_with(&assets) {
+            return refuse(format!(
+                "expected a directory outside the asset cache {}, found one inside it \
+                 (writing would replace fetched files)",
+                assets.display()
+            ));
+        }
+    }
+    for name in MODEL_DIR_FILES {
+        let target = dir.join(name);
+        if let Some(input) = inputs.iter().find(|i| crate::io::same_file(i, &target)) {
+            return refuse(format!(
+                "expected a directory where the model's {name} replaces none of the inputs, \
+                 found the input {} there",
+                input.display()
+            ));
+        }
     }
     Ok(())
 }

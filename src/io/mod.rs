@@ -29,9 +29,14 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
+/// How long a temporary sibling must have been left untouched before it counts as stale.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Remove what an earlier process left of its temporary siblings of `path` (`.<name>.partial-
 /// <pid>` of a process no longer running: one stopped by a signal, which cleans nothing
-/// up). Only where running processes can be seen (`/proc`); elsewhere nothing is removed.
+/// up). Only where running processes can be seen (`/proc`), and only what has been left
+/// untouched for [`STALE_AFTER`]: a process of another PID namespace or host writing the same
+/// directory has an id this one cannot see.
 fn remove_stale_temps(path: &Path) {
     let proc = Path::new("/proc");
     if !proc.join("self").exists() {
@@ -54,9 +59,16 @@ fn remove_stale_temps(path: &Path) {
         let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
             continue;
         };
-        let stale = pid
-            .parse::<u32>()
-            .is_ok_and(|pid| pid != std::process::id() && !proc.join(pid.to_string()).exists());
+        let untouched = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        let stale = untouched
+            && pid
+                .parse::<u32>()
+                .is_ok_and(|pid| pid != std::process::id() && !proc.join(pid.to_string()).exists());
         if stale {
             let p = entry.path();
             let _ = if p.is_dir() {
@@ -195,6 +207,40 @@ pub fn resolve_links(path: &Path) -> Result<PathBuf> {
     ))
 }
 
+/// Where `path` is or would be: its nearest existing ancestor with links and `..` resolved,
+/// then the rest of it (`..` taken lexically there, where nothing is a link).
+pub fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut base = absolute.as_path();
+    let mut rest = Vec::new();
+    let real = loop {
+        if let Ok(real) = base.canonicalize() {
+            break real;
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                base = parent;
+            }
+            // `..` at the end of a missing path: take it with the rest.
+            (Some(parent), None) => {
+                rest.push("..".into());
+                base = parent;
+            }
+            _ => break base.to_path_buf(),
+        }
+    };
+    let mut out = real;
+    for part in rest.into_iter().rev() {
+        if part == ".." {
+            out.pop();
+        } else if part != "." {
+            out.push(part);
+        }
+    }
+    out
+}
+
 /// Whether `a` and `b` name the same existing file (through links, `..` or hard links).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
@@ -319,50 +365,6 @@ pub fn check_parent(path: &Path) -> Result<()> {
     ))
 }
 
-/// An output directory that a model is written into (`optical assets export-e5`,
-/// `random-model`): checked before the work, and refused where writing would replace what
-/// the command reads (its `inputs`) or a fetched asset.
-pub fn check_model_out_dir(dir: &Path, inputs: &[&Path]) -> Result<()> {
-    check_output_dir(dir)?;
-    let Ok(out) = dir.canonicalize() else {
-        return Ok(()); // Not there yet: nothing in it to replace.
-    };
-    if let Ok(assets) = crate::assets::assets_dir().canonicalize() {
-        if out.starts_with(&assets) {
-            return Err(path_error(
-                dir,
-                "write",
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "expected a directory outside the asset cache {}, found one inside it \
-                     (writing would replace fetched weights)",
-                    assets.display()
-                ),
-            ));
-        }
-    }
-    for input in inputs {
-        let inside = input
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.parent().map(|p| p == out))
-            .unwrap_or(false);
-        if inside {
-            return Err(path_error(
-                dir,
-                "write",
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "expected an output directory that holds none of the inputs, found {} in \
-                     it (writing would replace it)",
-                    input.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Write into `dir` without leaving a partial directory behind: files go to a temporary
 /// sibling first and are moved in only when all of them were written.
 pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
@@ -468,27 +470,57 @@ mod tests {
     }
 
     #[test]
+    fn paths_resolve_through_links_and_dot_dots_existing_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("o")).unwrap();
+        std::fs::create_dir(root.join("o").join("data")).unwrap();
+        std::os::unix::fs::symlink(root.join("o").join("data"), root.join("lnk")).unwrap();
+        let r = super::resolved;
+        assert_eq!(r(&root.join("o/data/../R.md")), root.join("o/R.md"));
+        assert_eq!(r(&root.join("lnk/R.md")), root.join("o/data/R.md"));
+        assert_eq!(r(&root.join("new/x/../y.md")), root.join("new/y.md"));
+        assert_eq!(r(&root.join("o/./data")), root.join("o/data"));
+    }
+
+    #[test]
     fn leftovers_of_a_stopped_process_are_removed_and_a_running_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
-        // No process has this id (above any pid_max).
+        // Left two hours ago (an hour untouched is stale).
+        let old = |p: &std::path::Path| {
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+            std::fs::File::open(p)
+                .unwrap()
+                .set_times(std::fs::FileTimes::new().set_modified(when))
+                .unwrap();
+        };
+        // No process has these ids (above any pid_max).
         let dead = dir.path().join(".out.partial-4294967294");
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.join("half.tsv"), "x").unwrap();
+        old(&dead);
         let dead_file = dir.path().join(".out.partial-4294967293");
         std::fs::write(&dead_file, "x").unwrap();
-        // Process 1 runs (a write of the same output in progress elsewhere is left alone).
+        old(&dead_file);
+        // Process 1 runs (a write of the same output in progress elsewhere is left alone),
+        // and so may a process this one cannot see whose file was touched a moment ago.
         let live = dir.path().join(".out.partial-1");
         std::fs::write(&live, "x").unwrap();
+        old(&live);
+        let recent = dir.path().join(".out.partial-4294967292");
+        std::fs::write(&recent, "x").unwrap();
         super::write_dir(&path, |tmp| {
             std::fs::write(tmp.join("a.tsv"), "a").map_err(|e| crate::Error::io(tmp, "write", e))
         })
         .unwrap();
-        assert!(!dead.exists() && !dead_file.exists() && live.exists());
+        assert!(!dead.exists() && !dead_file.exists());
+        assert!(live.exists() && recent.exists());
         assert_eq!(std::fs::read_to_string(path.join("a.tsv")).unwrap(), "a");
         let file = dir.path().join("f");
         let dead_file = dir.path().join(".f.partial-4294967294");
         std::fs::write(&dead_file, "x").unwrap();
+        old(&dead_file);
         write_atomic(&path.join("b"), "b").unwrap();
         assert!(dead_file.exists(), "another name's leftovers stay");
         write_atomic(&file, "f").unwrap();

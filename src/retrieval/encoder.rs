@@ -233,6 +233,18 @@ pub fn builtin_sharing(
     }
 }
 
+/// `name` is a model [`builtin_with`] can load (a known name, or a path that is there):
+/// checked before anything loads, so that a misspelt model fails in milliseconds.
+pub fn check_model_name(name: &str) -> Result<()> {
+    let transformer = cfg!(feature = "encoder")
+        && (matches!(name, "minilm" | "e5-small") || Path::new(name).exists());
+    if name == "hash" || transformer {
+        Ok(())
+    } else {
+        Err(unknown_model(name))
+    }
+}
+
 fn unknown_model(name: &str) -> Error {
     Error::parameter(
         "model",

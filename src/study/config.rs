@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::bitext;
 use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
 use crate::retrieval::encoder::TextRole;
@@ -411,21 +412,31 @@ pub fn training_key(key_json: &serde_json::Value) -> Option<String> {
 /// produces, so old results are not reused.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// One backend for the whole study: its evaluations and the report's hardware are the
+/// study's (`--backend`, else [distill]'s), so a budget's or a condition's own would train
+/// elsewhere than the report says.
+fn no_backend(table: &toml::Table, place: &str) -> Result<()> {
+    if table.contains_key("backend") {
+        return Err(Error::parameter(
+            "distill",
+            "no `backend` key but the study's (--backend, else [distill]'s)",
+            format!("backend in {place}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether training source `train` holds the pairs of evaluation set `eval`: the whole of
-/// a Tatoeba language split for training, the same Bible, the same line-aligned file.
+/// a Tatoeba language split for training, the same Bible, the same other-language file.
 fn trains_on(train: &str, eval: &str) -> bool {
     let t: Vec<&str> = train.splitn(4, ':').collect();
     let e: Vec<&str> = eval.splitn(5, ':').collect();
     match (t.as_slice(), e.as_slice()) {
         (["tatoeba-train", a], ["tatoeba", b]) | (["bible", a], ["bible", b]) => a == b,
-        (["files", _, other, english], ["files", _, _, o, en]) => {
-            let same = |a: &str, b: &str| {
-                let (a, b) = (Path::new(a), Path::new(b));
-                a == b
-                    || a.canonicalize()
-                        .is_ok_and(|a| b.canonicalize().is_ok_and(|b| a == b))
-            };
-            same(other, o) || same(english, en)
+        // The other language's file: a shared English file (one English side for many
+        // languages, as multi-parallel sets have) holds other pairs.
+        (["files", _, other, _], ["files", _, _, o, _]) => {
+            other == o || crate::io::same_file(Path::new(other), Path::new(o))
         }
         _ => false,
     }
@@ -472,7 +483,9 @@ fn check_spec(spec: &str, prefixes: &[&str], what: &'static str) -> Result<()> {
     let ok = prefixes.contains(&prefix)
         && match prefix {
             "files" if what == "train" => fields(4) == 4,
-            "files" => fields(5) == 5,
+            // The other side's language may not be English's code: the two sides' texts
+            // would share ids, and both directions would read as en→x.
+            "files" => fields(5) == 5 && spec.split(':').nth(2) != Some(bitext::ENGLISH),
             _ => spec.split(':').count() == 2 && !spec.ends_with(':'),
         };
     if ok {
@@ -481,8 +494,13 @@ fn check_spec(spec: &str, prefixes: &[&str], what: &'static str) -> Result<()> {
         Err(Error::parameter(
             what,
             format!(
-                "a data spec {}:<language> (or files:…, see the study config docs)",
-                prefixes.join("|")
+                "a data spec {}:<language> (or files:…, see the study config docs){}",
+                prefixes.join("|"),
+                if prefix == "files" && what != "train" {
+                    format!(" whose other side's language is not {}", bitext::ENGLISH)
+                } else {
+                    String::new()
+                }
             ),
             spec,
         ))
@@ -818,18 +836,13 @@ impl StudyConfig {
     }
 
     /// The distillation settings shared by every run before the condition's keys.
-    fn base_distill(&self, budget: &Budget) -> Result<serde_json::Map<String, serde_json::Value>> {
+    fn base_distill(
+        &self,
+        name: &str,
+        budget: &Budget,
+    ) -> Result<serde_json::Map<String, serde_json::Value>> {
         let mut m = table_to_json(&self.distill, "study [distill]")?;
-        // One backend for the whole study: its evaluations and the report's hardware use the
-        // study's (`--backend`, else [distill]'s), so a budget's own would train elsewhere
-        // than the report says.
-        if budget.distill.contains_key("backend") {
-            return Err(Error::parameter(
-                "distill",
-                "no `backend` key in a budget (the study's is --backend, else [distill]'s)",
-                "backend in the budget's distill table",
-            ));
-        }
+        no_backend(&budget.distill, &format!("budget {name}'s distill table"))?;
         m.extend(table_to_json(&budget.distill, "budget distill")?);
         Ok(m)
     }
@@ -875,7 +888,7 @@ impl StudyConfig {
             .filter_map(|n| self.conditions.iter().find(|c| &c.name == n))
             .cloned()
             .collect();
-        let shared = self.base_distill(budget)?;
+        let shared = self.base_distill(budget_name, budget)?;
         let runs_dir = out.join("runs");
         let mut runs = Vec::new();
         // Seed by seed, so that an interrupted study has whole comparisons first.
@@ -927,14 +940,7 @@ impl StudyConfig {
             if let Some(b) = backend {
                 keys.insert("backend".into(), b.into());
             }
-            if c.distill.contains_key("backend") {
-                return Err(Error::parameter(
-                    "distill",
-                    "no `backend` key in a condition (the study's is --backend, else \
-                     [distill]'s)",
-                    format!("backend in condition {}", c.name),
-                ));
-            }
+            no_backend(&c.distill, &format!("condition {}", c.name))?;
             for k in ["out", "sources", "data_dir", "english_bible"] {
                 if keys.remove(k).is_some() {
                     return Err(Error::parameter(
@@ -1271,6 +1277,11 @@ eval = { lareqa_questions = { xquad-r = 3 } }
         assert!(!trains_on("tatoeba-train:deu", "tatoeba-heldout:deu"));
         assert!(!trains_on("mafand:hau", "mafand-test:hau"));
         assert!(!trains_on("bible:swa", "bible:zul"));
+        // One English file for several languages (a multi-parallel set).
+        assert!(!trains_on(
+            "files:hau:/x/a.hau:/x/all.en",
+            "files:set:yor:/x/a.yor:/x/all.en"
+        ));
     }
 
     /// The backend is the study's: a budget's or a condition's would train on another
@@ -1281,7 +1292,7 @@ eval = { lareqa_questions = { xquad-r = 3 } }
             (
                 "distill = { batch_size = 4 }",
                 r#"distill = { batch_size = 4, backend = "wgpu" }"#,
-                "no `backend` key in a budget",
+                "backend in budget quick's distill table",
             ),
             (
                 r#"distill = { loss = "ot" }"#,
@@ -1316,6 +1327,14 @@ eval = { lareqa_questions = { xquad-r = 3 } }
             assert!(check_spec(bad, &train, "train").is_err(), "{bad}");
         }
         assert!(check_spec("files:set:xx:/d/a.xx", &eval, "evaluation set").is_err());
+        // English on both sides: the sides' ids would collide.
+        let err = check_spec("files:set:eng:/d/a:/d/b", &eval, "evaluation set")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("whose other side's language is not eng"),
+            "{err}"
+        );
     }
 
     #[test]

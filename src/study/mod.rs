@@ -520,6 +520,37 @@ fn checked_result(run: &RunSpec) -> Result<Option<RunResult>> {
 struct Timing {
     train_seconds: f64,
     sittings: usize,
+    /// When the sitting in progress started (seconds since the Unix epoch), cleared when it
+    /// ends: still set when a sitting starts, the last one was killed, and its time up to
+    /// its last checkpoint is counted then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    running_since: Option<f64>,
+}
+
+impl Timing {
+    /// Count a sitting that was killed (no summary came back): from its start to its last
+    /// checkpoint (`checkpoints/latest`, rewritten at each save), the training that sitting
+    /// kept; what it trained after that is trained again, and counted then.
+    fn count_killed_sitting(&mut self, run_dir: &Path) {
+        let Some(start) = self.running_since.take() else {
+            return;
+        };
+        self.sittings += 1;
+        let saved = std::fs::metadata(run_dir.join("checkpoints").join("latest"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64());
+        if let Some(saved) = saved.filter(|&saved| saved > start) {
+            self.train_seconds += saved - start;
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn fmt_duration(s: f64) -> String {
@@ -778,6 +809,9 @@ fn execute(
         );
         let timing_path = run.dir.join("timing.json");
         let mut timing: Timing = read_json(&timing_path).unwrap_or_default();
+        timing.count_killed_sitting(&run.dir);
+        timing.running_since = Some(unix_now());
+        write_json_atomic(&timing_path, &timing)?;
         let t0 = Instant::now();
         let summary = distill::run(
             cfg,
@@ -797,6 +831,7 @@ fn execute(
         let seconds = t0.elapsed().as_secs_f64();
         timing.train_seconds += seconds;
         timing.sittings += 1;
+        timing.running_since = None;
         write_json_atomic(&timing_path, &timing)?;
         let done = summary.steps.saturating_sub(resume.unwrap_or(0));
         progress.step_rate.0 += seconds;
@@ -1136,5 +1171,33 @@ mod tests {
         // An evaluation that encoded nothing (all cached) measures nothing.
         p.encoded(2, 5.0, 0);
         assert_eq!(p.per_text(TextKind::Student), 0.02);
+    }
+
+    /// A sitting killed without a summary is counted at its next start: its time up to its
+    /// last checkpoint, and the sitting itself.
+    #[test]
+    fn a_killed_sitting_counts_up_to_its_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let latest = dir.path().join("checkpoints").join("latest");
+        std::fs::create_dir_all(latest.parent().unwrap()).unwrap();
+        std::fs::write(&latest, "step-000008\n").unwrap();
+        let saved = unix_now();
+        let mut t = Timing {
+            train_seconds: 5.0,
+            sittings: 1,
+            running_since: Some(saved - 20.0),
+        };
+        t.count_killed_sitting(dir.path());
+        assert_eq!(t.sittings, 2);
+        assert!((t.train_seconds - 25.0).abs() < 2.0, "{}", t.train_seconds);
+        assert!(t.running_since.is_none());
+        // Nothing in progress: nothing to count.
+        t.count_killed_sitting(dir.path());
+        assert_eq!(t.sittings, 2);
+        // Killed before its first checkpoint of that sitting: the sitting, no time.
+        t.running_since = Some(saved + 100.0);
+        t.count_killed_sitting(dir.path());
+        assert_eq!(t.sittings, 3);
+        assert!((t.train_seconds - 25.0).abs() < 2.0);
     }
 }

@@ -740,8 +740,9 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
     if !missing.is_empty() {
         let _ = writeln!(
             md,
-            "> **Incomplete:** {} of {} runs have results; missing: {}. Run the same command \
-             again to continue.\n",
+            "> **Incomplete:** {} of {} runs have results; missing: {}. Run the command of \
+             [Commands](#commands) again to continue (a sitting's `--stop-at-step` only with a \
+             later step).\n",
             finished.len(),
             plan.runs.len(),
             missing.join(", ")
