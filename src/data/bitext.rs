@@ -452,7 +452,7 @@ fn bible_code(name: &str) -> String {
 /// The Bible translations present: `(code, file)` for every `bible/<Name>[-NT|-PART].xml`
 /// but the English one (the English side is the World English Bible,
 /// [`default_english_bible`]). A language with files of several kinds takes the one with
-/// the most verses ([`BIBLE_KINDS`]).
+/// the most verses: a whole Bible, then a New Testament, then a part.
 ///
 /// Two files of one kind naming one language (`Swahili-NT.xml` and `swa-NT.xml` are both
 /// `swa`) are refused: picking one by the order of their names would train on a
