@@ -139,7 +139,7 @@ pub fn fetch() -> Result<()> {
             let path = asset.dir().join(name);
             if let Ok(meta) = std::fs::metadata(&path) {
                 if meta.is_file() && meta.len() != *size {
-                    eprintln!(
+                    errln!(
                         "assets: {}: {} bytes, expected {size}: extracting it again",
                         path.display(),
                         meta.len()

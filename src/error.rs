@@ -91,6 +91,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error with a path under `from` (a temporary file or directory an output is
+    /// written through) named as the same place under `to` (the output the user gave), so
+    /// that a message names a path the user knows.
+    pub(crate) fn at_output(self, from: &std::path::Path, to: &std::path::Path) -> Self {
+        let moved = |path: PathBuf| match path.strip_prefix(from) {
+            Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
+            Ok(rest) => to.join(rest),
+            Err(_) => path,
+        };
+        match self {
+            Error::Io {
+                path,
+                action,
+                source,
+            } => Error::Io {
+                path: moved(path),
+                action,
+                source,
+            },
+            Error::Format { path, what } => Error::Format {
+                path: moved(path),
+                what,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(
         path: impl Into<PathBuf>,
         action: &'static str,

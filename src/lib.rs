@@ -53,6 +53,17 @@
 //! # }
 //! ```
 
+/// `eprintln!` that never panics: a standard error that cannot be written (a terminal that
+/// hung up, a closed pipe) loses the line, not the process's work. Every message of the
+/// crate goes through it.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[cfg(feature = "encoder")]
 pub mod assets;
 pub mod backend;

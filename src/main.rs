@@ -82,11 +82,11 @@ fn main() -> ExitCode {
     match optical::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(optical::Error::Interrupted { what }) => {
-            eprintln!("interrupted: {what}");
+            optical::errln!("interrupted: {what}");
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            optical::errln!("error: {e}");
             if e.is_user_error() {
                 ExitCode::from(2)
             } else {

@@ -630,6 +630,42 @@ fn bad_configs_are_one_line_errors() {
     );
 }
 
+/// A run directory another process holds (a run in progress, or a `--resume` of it) is
+/// refused as in use, before anything is read or written there.
+#[test]
+fn a_run_directory_in_use_is_refused() {
+    let f = fixture();
+    let out = f.root.join("held");
+    let _held = optical::io::DirLock::acquire(&out, "run directory").unwrap();
+    // The run in progress has written its configuration.
+    let config = out.join("config.toml");
+    std::fs::write(
+        &config,
+        optical::distill::DistillConfig::default().to_toml(),
+    )
+    .unwrap();
+    for extra in [&["--steps", "1"][..], &["--resume"][..]] {
+        let run = distill(&f, &out, extra);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{extra:?} accepted");
+        assert!(
+            stderr.contains("in use by another optical process")
+                && stderr.contains(&format!("(process {})", std::process::id())),
+            "{extra:?}: {stderr}"
+        );
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [optical::io::LOCK_FILE, "config.toml"],
+        "nothing written"
+    );
+}
+
 /// A run whose student cannot change (a learning rate far below the weights' f32 spacing)
 /// keeps a flat dev P@1, exports its starting model, and says why.
 #[test]

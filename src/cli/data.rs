@@ -269,7 +269,7 @@ fn export(a: ExportArgs) -> Result<()> {
     if !stale.is_empty() {
         let mut stale = stale;
         stale.sort();
-        eprintln!(
+        errln!(
             "note: {} also holds exported files this export did not write (an earlier \
              one's?): {}",
             a.out.display(),

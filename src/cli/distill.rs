@@ -309,7 +309,7 @@ fn resume_config(
         } else {
             String::new()
         };
-        eprintln!("distill: resume changes {key}: {old} -> {value}{note}");
+        errln!("distill: resume changes {key}: {old} -> {value}{note}");
     }
     Ok(merged)
 }
@@ -347,7 +347,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
                 ),
             });
         }
-        eprintln!(
+        errln!(
             "distill: paused at step {} (--stop-at-step); {how}",
             summary.steps
         );

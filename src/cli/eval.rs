@@ -147,7 +147,7 @@ fn trec_eval(a: TrecArgs) -> Result<()> {
     let missing = qrels.keys().filter(|q| !run.contains_key(*q)).count();
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-    eprintln!(
+    errln!(
         "eval trec: {} evaluated{}",
         plural(evaluated, "query", "queries"),
         if missing > 0 {
@@ -293,12 +293,16 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             max_pairs: a.max_pairs,
         },
     )?;
+    // Held until the evaluation returns: its runs, qrels, results and report are written
+    // one by one, and another evaluation into the same directory would mix them.
+    let _lock = crate::io::DirLock::acquire(&out, "evaluation directory")?;
     let encoders = load_models(&a.model, a.max_length, a.forward_batch, kind)?;
     let cache = (!a.no_cache).then(|| data::cache_dir().join("embeddings"));
     let runs = out.join("runs");
     std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, "create", e))?;
     for t in &tasks {
-        trec::write_qrels(&runs.join(format!("{}.qrels", t.name)), t.qrels())?;
+        let qrels = runs.join(format!("{}.qrels", t.name));
+        crate::io::write_through_temp(&qrels, |tmp| trec::write_qrels(tmp, t.qrels()))?;
     }
     let settings = TaskSettings {
         scoring,
@@ -319,7 +323,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         for t in &tasks {
             let run_file = runs.join(format!("{}.{}.trec", crate::report::slug(name), t.name));
             let r = run_task(t, &memo, &settings, Some(&run_file))?;
-            eprintln!(
+            errln!(
                 "{name} {}: {} = {:.4} (encode {:.1} s, search {:.1} s)",
                 t.name,
                 main_metric,

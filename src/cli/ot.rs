@@ -393,10 +393,10 @@ fn solve(args: SolveArgs) -> Result<()> {
     if let Some(warning) =
         convergence_warning(&out, &params, spread, from_embeddings, backend.kind())
     {
-        eprintln!("{warning}");
+        errln!("{warning}");
     }
     if let Some(warning) = potentials_warning(&params, spread, backend.kind()) {
-        eprintln!("{warning}");
+        errln!("{warning}");
     }
     Ok(())
 }

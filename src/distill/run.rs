@@ -94,7 +94,7 @@ fn install_ctrlc() {
         let now = epoch().elapsed().as_millis() as u64 + 1;
         if !INTERRUPTED.swap(true, Ordering::SeqCst) {
             FIRST_INTERRUPT_MS.store(now, Ordering::SeqCst);
-            eprintln!(
+            errln!(
                 "\ninterrupt: stopping at the next safe point, with what is done saved \
                  (Ctrl-C again stops now)"
             );
@@ -108,10 +108,10 @@ fn install_ctrlc() {
         // now sees the request, or the handler sees the save.)
         EXIT_REQUESTED.store(true, Ordering::SeqCst);
         if SAVES.load(Ordering::SeqCst) == 0 {
-            eprintln!("\ninterrupted again: stopping now (what was saved stays)");
+            errln!("\ninterrupted again: stopping now (what was saved stays)");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted again: stopping once the files being saved are whole");
+        errln!("\ninterrupted again: stopping once the files being saved are whole");
     });
 }
 
@@ -122,12 +122,12 @@ fn saving<T>(save: impl FnOnce() -> T) -> T {
     if EXIT_REQUESTED.load(Ordering::SeqCst) {
         // The process is ending: a save started now would be cut short.
         SAVES.fetch_sub(1, Ordering::SeqCst);
-        eprintln!("stopped (what was saved stays)");
+        errln!("stopped (what was saved stays)");
         std::process::exit(130);
     }
     let out = save();
     if SAVES.fetch_sub(1, Ordering::SeqCst) == 1 && EXIT_REQUESTED.load(Ordering::SeqCst) {
-        eprintln!("stopped (what was saved stays)");
+        errln!("stopped (what was saved stays)");
         std::process::exit(130);
     }
     out
@@ -213,7 +213,26 @@ fn last_dev_record(path: &Path, step: usize) -> Option<DevMetrics> {
 /// The run directory can take this run, checked before any model loads: not a file, and
 /// for a fresh start (not `resume`) not a directory that holds a run, whose logs would be
 /// deleted and whose `latest` checkpoint replaced at the first save.
-fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
+/// Hold the run directory for this process (see [`crate::io::DirLock`]), created if need
+/// be, then check what it holds ([`check_run_dir`]): a run another process is writing is
+/// refused as in use, not as a run to `--resume`. A directory this call created is removed
+/// again when the check refuses it.
+fn lock_run_dir(out: &Path, resume: bool) -> Result<crate::io::DirLock> {
+    check_run_path(out)?;
+    let created = !out.exists();
+    let lock = crate::io::DirLock::acquire(out, "run directory")?;
+    if let Err(e) = check_run_dir(out, resume) {
+        drop(lock);
+        if created {
+            let _ = std::fs::remove_dir_all(out);
+        }
+        return Err(e);
+    }
+    Ok(lock)
+}
+
+/// `out` can be a run directory: not a file, nor under one.
+fn check_run_path(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         return Err(Error::parameter(
             "out",
@@ -235,6 +254,10 @@ fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
             format!("{}, inside {}, a file", out.display(), file.display()),
         ));
     }
+    Ok(())
+}
+
+fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
     let latest = out.join("checkpoints").join("latest");
     let unsaved = stopped_before_first_checkpoint(out);
     if resume && !latest.is_file() && !unsaved {
@@ -415,17 +438,17 @@ fn announce(trainer: &Trainer, config: &DistillConfig) {
         Ok(kind) if kind == ot => String::new(),
         _ => format!(" (OT kernels on {})", ot.name()),
     };
-    eprintln!(
+    errln!(
         "distill: {} trainable parameters, loss {}, backend {}{ot}{devices}",
         trainer.trainable_parameters(),
         config.loss,
         config.backend,
     );
     if let Some(note) = warmup_note(config) {
-        eprintln!("distill: note: {note}");
+        errln!("distill: note: {note}");
     }
     if let Some(k) = trainer.shared_prefix() {
-        eprintln!(
+        errln!(
             "distill: the student's frozen embeddings and layers 0..{k} are the teacher's: \
              its English prefix states come from the teacher's forward pass"
         );
@@ -437,7 +460,7 @@ fn bench_steps(trainer: &mut Trainer, n: usize) -> Result<Vec<StepRecord>> {
     let mut records = Vec::new();
     for _ in 0..n.max(1) {
         let r = trainer.step()?;
-        eprintln!(
+        errln!(
             "bench step {} on {} device(s): {:.3} s, loss {:.4}",
             r.step,
             trainer.devices(),
@@ -512,9 +535,11 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             "--resume",
         ));
     }
-    if options.bench_steps.is_none() {
-        check_run_dir(&config.out, options.resume)?;
-    }
+    // Held until the run returns: its checkpoints, logs and student are this process's.
+    let _lock = match options.bench_steps {
+        None => Some(lock_run_dir(&config.out, options.resume)?),
+        Some(_) => None,
+    };
     // What the checkpoint's step rules out, before the models load (the checkpoint's state
     // is checked to be of that step when it loads).
     if let Some((step, _)) = options
@@ -542,7 +567,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     let devices = resolve_devices(kind, &config.device_selection()?)?;
     if devices.len() > 1 && matches!(kind, BackendKind::Cpu | BackendKind::CpuReference) {
         // The CPU is one device: the indices only count replicas.
-        eprintln!(
+        errln!(
             "distill: --devices {} on the CPU: {} replicas share the one CPU device (a test of \
              the data-parallel path, no speed-up)",
             config.devices,
@@ -558,7 +583,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     let pairs = load_sources(&config.sources, &data_dir, &english_bible)?;
     let skipped = pairs.skipped;
     let (train, dev) = pairs.shuffle_split(config.seed, config.dev_pairs)?;
-    eprintln!(
+    errln!(
         "distill: {} training pairs ({} skipped as blank), {} dev pairs",
         train.len(),
         skipped,
@@ -694,7 +719,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
                 });
             }
         }
-        eprintln!(
+        errln!(
             "distill: resumed from {} (step {})",
             dir.display(),
             trainer.state.step
@@ -707,7 +732,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         // (check_run_dir refused a directory holding a run before anything loaded; a
         // resume without a checkpoint starts the run again.)
         if options.resume {
-            eprintln!(
+            errln!(
                 "distill: {} has no checkpoint (the run stopped before its first): starting \
                  it again from step 0 with its config.toml (its logs kept as *.prev)",
                 out.display()
@@ -767,7 +792,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     // scheduler) prints nothing, its println included: notes go straight to stderr then.
     let note = |line: String| {
         if bar.is_hidden() {
-            eprintln!("{line}");
+            errln!("{line}");
         } else {
             bar.println(line);
         }
@@ -857,7 +882,7 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
     if !interrupted && INTERRUPTED.load(Ordering::SeqCst) {
         // Ctrl-C after the last step (during the final evaluation): the checkpoint is saved,
         // and a resume evaluates (from the dev log) and exports without training.
-        eprintln!(
+        errln!(
             "interrupted: checkpoint at step {} saved before the export; continue with {}",
             trainer.state.step,
             options.continue_with.unwrap_or("--resume")
@@ -880,14 +905,14 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         } else {
             trainer.model_at(&checkpoint_dir(&out, step))?
         };
-        eprintln!(
+        errln!(
             "distill: exporting the student of step {step} to {}",
             dir.display()
         );
         if step == 0 && trainer.state.step > 0 {
             // Every sitting's evaluations, from the log (this sitting's alone may lack step 0).
             let dev = read_dev_log(&dev_log).unwrap_or_default();
-            eprintln!("distill: note: {}", untrained_export_note(&dev));
+            errln!("distill: note: {}", untrained_export_note(&dev));
         }
         saving(|| {
             export(

@@ -116,7 +116,9 @@ pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map(|()| sync_parent(&target))
+    result
+        .map(|()| sync_parent(&target))
+        .map_err(|e| e.at_output(&tmp, path))
 }
 
 /// Flush a written file's data to the disk (`fsync`), so that a rename that publishes it
@@ -365,6 +367,72 @@ pub fn check_parent(path: &Path) -> Result<()> {
     ))
 }
 
+/// The lock file of a directory an optical process writes (see [`DirLock`]).
+pub const LOCK_FILE: &str = ".optical.lock";
+
+/// An exclusive hold on a directory an optical process writes (a run, a study, an
+/// evaluation): an advisory `flock` on `<dir>/.optical.lock`, released when dropped or when
+/// the process ends however it ends. A second process asking for it is refused at once,
+/// with the holder's process id, rather than writing over the first one's files.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Lock `dir` (created if missing); `what` names it in the refusal (`run directory`).
+    pub fn acquire(dir: &Path, what: &str) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "open", e))?;
+        #[cfg(unix)]
+        {
+            use std::io::{Read, Seek, Write};
+            use std::os::fd::AsRawFd;
+            // SAFETY: `flock` on a file descriptor this function owns and keeps open; it
+            // reads no memory of ours.
+            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if locked != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::WouldBlock {
+                    // A file system without locks (some network mounts): go on unlocked.
+                    return Ok(DirLock { _file: file });
+                }
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(path_error(
+                    dir,
+                    "use",
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "expected a {what} no other process is using, found one in use by \
+                         another optical process{}; wait for it to end (or stop it), or \
+                         choose another directory",
+                        if holder.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (process {holder})")
+                        }
+                    ),
+                ));
+            }
+            // The holder's id, for the refusal of the next one (best effort).
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = write!(file, "{}", std::process::id());
+            let _ = file.flush();
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
 /// Write into `dir` without leaving a partial directory behind: files go to a temporary
 /// sibling first and are moved in only when all of them were written.
 pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
@@ -427,7 +495,7 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&tmp);
-    result
+    result.map_err(|e| e.at_output(&tmp, dir))
 }
 
 /// [`sync_file`] every regular file under `dir` (before the directory's files are moved
@@ -467,6 +535,55 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains(".partial-"))
             .collect()
+    }
+
+    /// A failed write is named at the output the user gave, not at the hidden temporary
+    /// file or directory it went through.
+    #[test]
+    fn errors_name_the_output_not_its_temporary_sibling() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = |p: &std::path::Path| {
+            Err(crate::Error::io(
+                p,
+                "write",
+                std::io::Error::other("No space left on device"),
+            ))
+        };
+        let file = dir.path().join("c.npy");
+        let err = super::write_through_temp(&file, full)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{}: write failed", file.display())),
+            "{err}"
+        );
+        let out = dir.path().join("s");
+        let err = super::write_dir(&out, |tmp| full(&tmp.join("plan.npy")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{}: write failed", out.join("plan.npy").display())),
+            "{err}"
+        );
+        assert!(!err.contains("partial"), "{err}");
+    }
+
+    /// A directory is held by one lock at a time, and free again when it is dropped.
+    #[test]
+    fn a_directory_lock_refuses_a_second_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let first = super::DirLock::acquire(&out, "run directory").unwrap();
+        let err = super::DirLock::acquire(&out, "run directory")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("in use by another optical process")
+                && err.contains(&format!("(process {})", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        super::DirLock::acquire(&out, "run directory").unwrap();
     }
 
     #[test]

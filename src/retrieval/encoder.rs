@@ -274,7 +274,7 @@ fn transformer(
     // Without burn's CUDA device (feature `burn-cuda`), `--backend cuda` still runs MaxSim
     // on the project's PTX kernels; the transformers then run on the CPU.
     let device = if matches!(backend, BackendKind::Cuda) && !cfg!(feature = "burn-cuda") {
-        eprintln!(
+        errln!(
             "note: this build has no burn CUDA device (feature burn-cuda); {} runs on the CPU",
             spec
         );
@@ -515,16 +515,23 @@ pub fn encode_pooled_cached(
         out.extend_from_slice(&v);
         let done = ((i + 1) * batch).min(total);
         if total > batch && (i % 16 == 15 || done == total) {
-            eprintln!("encode {label}: {done}/{total}");
+            errln!("encode {label}: {done}/{total}");
         }
     }
     if let Some(f) = &file {
-        if let Some(dir) = f.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
-        }
         // Through a temporary file, so that a killed process or a full disk never leaves a
-        // truncated entry for the next run to read.
-        crate::io::write_through_temp(f, |tmp| npy::write(tmp, &[texts.len(), d], &out))?;
+        // truncated entry for the next run to read. The cache only saves time: a failure to
+        // write it (a full disk) is said and the embeddings, computed, are used.
+        let written = match f.parent() {
+            Some(dir) => std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e)),
+            None => Ok(()),
+        }
+        .and_then(|()| {
+            crate::io::write_through_temp(f, |tmp| npy::write(tmp, &[texts.len(), d], &out))
+        });
+        if let Err(e) = written {
+            errln!("warning: the embedding cache was not written ({e}); going on without it");
+        }
     }
     Ok(out)
 }

@@ -234,7 +234,8 @@ pub fn search_task(
     })
 }
 
-/// Write the top hits of every query as a TREC run.
+/// Write the top hits of every query as a TREC run, whole or not at all (a failed write
+/// leaves the previous run as it was).
 pub fn write_run(
     path: &Path,
     tag: &str,
@@ -242,16 +243,18 @@ pub fn write_run(
     pool: &Pool,
     hits: &[QueryHits],
 ) -> Result<()> {
-    let mut w = RunWriter::create(path, tag)?;
-    for (q, h) in task.queries.iter().zip(hits) {
-        w.query(
-            &q.id,
-            h.top
-                .iter()
-                .map(|&(c, s)| (pool.ids[c as usize].as_str(), s)),
-        )?;
-    }
-    w.finish()
+    crate::io::write_through_temp(path, |tmp| {
+        let mut w = RunWriter::create(tmp, tag)?;
+        for (q, h) in task.queries.iter().zip(hits) {
+            w.query(
+                &q.id,
+                h.top
+                    .iter()
+                    .map(|&(c, s)| (pool.ids[c as usize].as_str(), s)),
+            )?;
+        }
+        w.finish()
+    })
 }
 
 /// The measures from the ranks found by [`search`].

@@ -647,7 +647,7 @@ impl Progress {
     }
 
     fn line(&self, i: usize, name: &str, what: &str) {
-        eprintln!(
+        errln!(
             "[{:>w$}/{}] {name}: {what} | elapsed {} | ETA {}",
             i + 1,
             self.total,
@@ -995,7 +995,9 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
         ));
     }
     check_run_files(&plan)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create", e))?;
+    // Held until the study returns: its runs, split data, caches and report are this
+    // process's (each training run holds its own directory too).
+    let _lock = crate::io::DirLock::acquire(out, "study directory")?;
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
     let lareqa = evaluate::lareqa_sets(&config, &plan.eval, &data_dir)?;
     let groups = plan
@@ -1039,7 +1041,7 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
             .map(|w| (w.steps, w.texts))
             .collect(),
         };
-        eprintln!(
+        errln!(
             "study {}: budget {}, {} runs, {} groups, backend {backend}, out {}",
             config.name,
             plan.budget,
@@ -1085,13 +1087,13 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
             let stop = status == RunStatus::Interrupted;
             statuses.push((name, status));
             if stop {
-                eprintln!("study interrupted: run the same command again to continue");
+                errln!("study interrupted: run the same command again to continue");
                 break;
             }
         }
         let shared = cx.prefix_states.stats();
         if shared.reused > 0 {
-            eprintln!(
+            errln!(
                 "study {}: evaluations took the states after the students' frozen layers \
                  from one another for {} texts and computed them for {} ({} MB held)",
                 config.name,
@@ -1118,7 +1120,7 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
         data_dir: &data_dir,
         path: &report_path,
     })?;
-    eprintln!(
+    errln!(
         "study {}: {finished} of {} runs finished; report {}",
         config.name,
         plan.runs.len(),
