@@ -24,6 +24,21 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `optical ARGS` exits 2 (the command line's fault) with every one of `needles` in its
+/// message; the message, for more checks.
+fn fails_with(args: &[&str], needles: &[&str]) -> String {
+    let o = optical(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+    }
+    err
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
@@ -883,12 +898,9 @@ fn data_list_names_partial_datasets_and_a_data_dir_that_is_a_file() {
         "{out}"
     );
     assert!(out.contains("mlqa-r   missing"), "{out}");
-    let o = optical(&["data", "stats", "xquad-r", "--data-dir", p(tmp.path())]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("found no ar.json") && err.contains("the languages present: en"),
-        "{err}"
+    fails_with(
+        &["data", "stats", "xquad-r", "--data-dir", p(tmp.path())],
+        &["found no ar.json", "the languages present: en"],
     );
     let file = tmp.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
@@ -922,20 +934,20 @@ fn a_study_report_path_that_would_replace_other_files_is_refused() {
             "r-plots: write the report's plots into",
         ),
     ] {
-        let o = optical(&[
-            "study",
-            "--config",
-            p(&config),
-            "--budget",
-            "quick",
-            "--out",
-            p(&out),
-            "--report",
-            p(&report),
-        ]);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{err}");
-        assert!(err.contains(want), "{err}");
+        fails_with(
+            &[
+                "study",
+                "--config",
+                p(&config),
+                "--budget",
+                "quick",
+                "--out",
+                p(&out),
+                "--report",
+                p(&report),
+            ],
+            &[want],
+        );
     }
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
     assert!(!out.exists(), "nothing written");
