@@ -215,19 +215,11 @@ fn last_dev_record(path: &Path, step: usize) -> Option<DevMetrics> {
 /// deleted and whose `latest` checkpoint replaced at the first save.
 /// Hold the run directory for this process (see [`crate::io::DirLock`]), created if need
 /// be, then check what it holds ([`check_run_dir`]): a run another process is writing is
-/// refused as in use, not as a run to `--resume`. A directory this call created is removed
-/// again when the check refuses it.
+/// refused as in use, not as a run to `--resume`.
 fn lock_run_dir(out: &Path, resume: bool) -> Result<crate::io::DirLock> {
     check_run_path(out)?;
-    let created = !out.exists();
     let lock = crate::io::DirLock::acquire(out, "run directory")?;
-    if let Err(e) = check_run_dir(out, resume) {
-        drop(lock);
-        if created {
-            let _ = std::fs::remove_dir_all(out);
-        }
-        return Err(e);
-    }
+    check_run_dir(out, resume)?;
     Ok(lock)
 }
 

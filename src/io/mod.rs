@@ -374,14 +374,37 @@ pub const LOCK_FILE: &str = ".optical.lock";
 /// evaluation): an advisory `flock` on `<dir>/.optical.lock`, released when dropped or when
 /// the process ends however it ends. A second process asking for it is refused at once,
 /// with the holder's process id, rather than writing over the first one's files.
+///
+/// A directory the lock created is removed again when dropped with nothing in it but the
+/// lock file (a command refused after taking it leaves no empty directory behind).
 #[derive(Debug)]
 pub struct DirLock {
     _file: std::fs::File,
+    /// The directory, when this lock created it.
+    created: Option<PathBuf>,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let Some(dir) = &self.created else {
+            return;
+        };
+        let only_the_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name().to_str() == Some(LOCK_FILE))
+        });
+        if only_the_lock {
+            let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 impl DirLock {
     /// Lock `dir` (created if missing); `what` names it in the refusal (`run directory`).
     pub fn acquire(dir: &Path, what: &str) -> Result<DirLock> {
+        let created = (!dir.exists()).then(|| dir.to_path_buf());
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
         let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
@@ -402,7 +425,10 @@ impl DirLock {
                 let err = std::io::Error::last_os_error();
                 if err.kind() != std::io::ErrorKind::WouldBlock {
                     // A file system without locks (some network mounts): go on unlocked.
-                    return Ok(DirLock { _file: file });
+                    return Ok(DirLock {
+                        _file: file,
+                        created,
+                    });
                 }
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
@@ -429,7 +455,10 @@ impl DirLock {
             let _ = write!(file, "{}", std::process::id());
             let _ = file.flush();
         }
-        Ok(DirLock { _file: file })
+        Ok(DirLock {
+            _file: file,
+            created,
+        })
     }
 }
 
@@ -583,7 +612,13 @@ mod tests {
             "{err}"
         );
         drop(first);
-        super::DirLock::acquire(&out, "run directory").unwrap();
+        // The directory it created, with nothing written, is gone with it; one with files
+        // stays.
+        assert!(!out.exists());
+        let again = super::DirLock::acquire(&out, "run directory").unwrap();
+        std::fs::write(out.join("log.jsonl"), "{}").unwrap();
+        drop(again);
+        assert!(out.join("log.jsonl").exists());
     }
 
     #[test]
