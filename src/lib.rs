@@ -54,8 +54,9 @@
 //! ```
 
 /// `eprintln!` that never panics: a standard error that cannot be written (a terminal that
-/// hung up, a closed pipe) loses the line, not the process's work. Every message of the
-/// crate goes through it.
+/// hung up) loses the line, not the process's work. Every message of the crate goes through
+/// it. (A closed pipe ends the process by `SIGPIPE`, as for any command-line tool: see
+/// `main`.)
 #[macro_export]
 macro_rules! errln {
     ($($arg:tt)*) => {{

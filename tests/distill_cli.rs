@@ -636,7 +636,7 @@ fn bad_configs_are_one_line_errors() {
 fn a_run_directory_in_use_is_refused() {
     let f = fixture();
     let out = f.root.join("held");
-    let _held = optical::io::DirLock::acquire(&out, "run directory").unwrap();
+    let _held = optical::io::DirLock::acquire(&out, "a run directory").unwrap();
     // The run in progress has written its configuration.
     let config = out.join("config.toml");
     std::fs::write(

@@ -2,12 +2,14 @@
 //! teacher on bitext (see `crate::distill`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use serde::Serialize;
 
 use crate::distill::{self, DistillConfig, RunOptions};
 use crate::error::{Error, Result};
+use crate::io::DirLock;
 
 /// Train a student encoder by optimal-transport distillation. Settings come from
 /// `--config FILE.toml` (see `--print-default-config`); every key is also a flag, and flags
@@ -198,29 +200,32 @@ pub use crate::distill::config::RESUMABLE_KEYS;
 /// that `optical distill --resume --out DIR` continues the run as it was configured; a
 /// file or flag that would change what a step computes (anything outside
 /// [`RESUMABLE_KEYS`]) is an error, and the keys it may change are reported.
-pub fn resolve_config(args: &DistillArgs) -> Result<DistillConfig> {
+/// The run's configuration; with `--resume`, also the hold on its directory, taken before
+/// its files are read (a run another process is still writing is refused as in use).
+pub fn resolve_config(args: &DistillArgs) -> Result<(DistillConfig, Option<Arc<DirLock>>)> {
     let flags = match serde_json::to_value(&args.keys) {
         Ok(serde_json::Value::Object(map)) => map,
         Ok(_) => serde_json::Map::new(),
         Err(e) => return Err(Error::value("distill flags", e.to_string())),
     };
-    let config = if args.resume {
-        resume_config(args, flags)?
+    let (config, held) = if args.resume {
+        let (config, held) = resume_config(args, flags)?;
+        (config, Some(held))
     } else {
         let base = match &args.config {
             Some(path) => DistillConfig::from_file(path)?,
             None => DistillConfig::default(),
         };
-        base.with_overrides(flags)?
+        (base.with_overrides(flags)?, None)
     };
     config.validate()?;
-    Ok(config)
+    Ok((config, held))
 }
 
 fn resume_config(
     args: &DistillArgs,
     flags: serde_json::Map<String, serde_json::Value>,
-) -> Result<DistillConfig> {
+) -> Result<(DistillConfig, Arc<DirLock>)> {
     // The keys the file names (not its defaults), then the flags over them.
     let mut overrides = match &args.config {
         Some(path) => {
@@ -263,6 +268,7 @@ fn resume_config(
         Some(o) => PathBuf::from(o),
         None => DistillConfig::default().out,
     };
+    let held = Arc::new(crate::distill::run::lock_run_dir(&out)?);
     let saved_path = out.join("config.toml");
     if !saved_path.is_file() {
         return Err(Error::parameter(
@@ -311,7 +317,7 @@ fn resume_config(
         };
         errln!("distill: resume changes {key}: {old} -> {value}{note}");
     }
-    Ok(merged)
+    Ok((merged, held))
 }
 
 pub fn run(args: DistillArgs) -> Result<()> {
@@ -319,8 +325,9 @@ pub fn run(args: DistillArgs) -> Result<()> {
         outln!("{}", DistillConfig::default().to_toml().trim_end());
         return Ok(());
     }
-    let config = resolve_config(&args)?;
+    let (config, held) = resolve_config(&args)?;
     let options = RunOptions {
+        held,
         resume: args.resume,
         bench_steps: args.bench_steps,
         progress: !args.no_progress,

@@ -295,7 +295,7 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
     )?;
     // Held until the evaluation returns: its runs, qrels, results and report are written
     // one by one, and another evaluation into the same directory would mix them.
-    let _lock = crate::io::DirLock::acquire(&out, "evaluation directory")?;
+    let _lock = crate::io::DirLock::acquire(&out, "an evaluation directory")?;
     let encoders = load_models(&a.model, a.max_length, a.forward_batch, kind)?;
     let cache = (!a.no_cache).then(|| data::cache_dir().join("embeddings"));
     let runs = out.join("runs");

@@ -8,6 +8,7 @@ use crate::cli::outln;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -40,6 +41,9 @@ pub struct RunOptions {
     /// How the user continues a stopped run, for the message that says it stopped (`None`:
     /// `--resume`, as `optical distill` takes it).
     pub continue_with: Option<&'static str>,
+    /// The hold on the run directory, when the caller took it (before reading the run's
+    /// files to resume it); otherwise the run takes it.
+    pub held: Option<Arc<crate::io::DirLock>>,
 }
 
 /// What a finished run reports (also written as `summary.json`).
@@ -213,14 +217,12 @@ fn last_dev_record(path: &Path, step: usize) -> Option<DevMetrics> {
 /// The run directory can take this run, checked before any model loads: not a file, and
 /// for a fresh start (not `resume`) not a directory that holds a run, whose logs would be
 /// deleted and whose `latest` checkpoint replaced at the first save.
-/// Hold the run directory for this process (see [`crate::io::DirLock`]), created if need
-/// be, then check what it holds ([`check_run_dir`]): a run another process is writing is
+/// Hold the run directory `out` for this process (see [`crate::io::DirLock`]), created if
+/// need be, before what it holds is read or checked: a run another process is writing is
 /// refused as in use, not as a run to `--resume`.
-fn lock_run_dir(out: &Path, resume: bool) -> Result<crate::io::DirLock> {
+pub fn lock_run_dir(out: &Path) -> Result<crate::io::DirLock> {
     check_run_path(out)?;
-    let lock = crate::io::DirLock::acquire(out, "run directory")?;
-    check_run_dir(out, resume)?;
-    Ok(lock)
+    crate::io::DirLock::acquire(out, "a run directory")
 }
 
 /// `out` can be a run directory: not a file, nor under one.
@@ -528,9 +530,16 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         ));
     }
     // Held until the run returns: its checkpoints, logs and student are this process's.
-    let _lock = match options.bench_steps {
-        None => Some(lock_run_dir(&config.out, options.resume)?),
-        Some(_) => None,
+    let _lock = match (options.bench_steps, &options.held) {
+        (Some(_), _) => None,
+        (None, held) => {
+            let lock = match held {
+                Some(held) => held.clone(),
+                None => Arc::new(lock_run_dir(&config.out)?),
+            };
+            check_run_dir(&config.out, options.resume)?;
+            Some(lock)
+        }
     };
     // What the checkpoint's step rules out, before the models load (the checkpoint's state
     // is checked to be of that step when it loads).

@@ -180,7 +180,7 @@ fn write_to_stream(path: &Path, stream: u8, write: impl FnOnce(&Path) -> Result<
             .map_err(|e| Error::io(path, "write", e))
     });
     let _ = std::fs::remove_file(&tmp);
-    result
+    result.map_err(|e| e.at_output(&tmp, path))
 }
 
 /// The path a chain of symbolic links at `path` ends at (the path itself when it is not a
@@ -375,90 +375,138 @@ pub const LOCK_FILE: &str = ".optical.lock";
 /// the process ends however it ends. A second process asking for it is refused at once,
 /// with the holder's process id, rather than writing over the first one's files.
 ///
-/// A directory the lock created is removed again when dropped with nothing in it but the
-/// lock file (a command refused after taking it leaves no empty directory behind).
+/// Directories the lock created (the directory and any missing parents) are removed again
+/// when it is dropped with nothing in them but the lock file: a command refused after
+/// taking it leaves no empty directories behind.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: std::fs::File,
-    /// The directory, when this lock created it.
+    file: std::fs::File,
+    dir: PathBuf,
+    /// The topmost directory this lock created, when it created any.
     created: Option<PathBuf>,
 }
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        let Some(dir) = &self.created else {
+        let Some(top) = &self.created else {
             return;
         };
-        let only_the_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+        let only_the_lock = std::fs::read_dir(&self.dir).is_ok_and(|entries| {
             entries
                 .flatten()
                 .all(|e| e.file_name().to_str() == Some(LOCK_FILE))
         });
-        if only_the_lock {
-            let _ = std::fs::remove_file(dir.join(LOCK_FILE));
-            let _ = std::fs::remove_dir(dir);
+        if !only_the_lock {
+            return;
+        }
+        // Unlinked while still held: a process that opened it meanwhile finds, once it has
+        // the lock, that the path no longer names its file, and starts again (`acquire`).
+        let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+        for d in self.dir.ancestors() {
+            if std::fs::remove_dir(d).is_err() || d == top.as_path() {
+                break;
+            }
         }
     }
 }
 
 impl DirLock {
-    /// Lock `dir` (created if missing); `what` names it in the refusal (`run directory`).
+    /// Lock `dir` (created if missing); `what` names it in the refusal, with its article
+    /// (`a run directory`).
     pub fn acquire(dir: &Path, what: &str) -> Result<DirLock> {
-        let created = (!dir.exists()).then(|| dir.to_path_buf());
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
-        let path = dir.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, "open", e))?;
-        #[cfg(unix)]
-        {
-            use std::io::{Read, Seek, Write};
-            use std::os::fd::AsRawFd;
-            // SAFETY: `flock` on a file descriptor this function owns and keeps open; it
-            // reads no memory of ours.
-            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if locked != 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::WouldBlock {
-                    // A file system without locks (some network mounts): go on unlocked.
-                    return Ok(DirLock {
-                        _file: file,
-                        created,
-                    });
+        let created = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .last()
+            .map(Path::to_path_buf);
+        // A lock taken on a file that another process's drop unlinked meanwhile is no lock:
+        // open again (a few times at most: each retry follows another process's exit).
+        for _ in 0..16 {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+            let path = dir.join(LOCK_FILE);
+            let mut lock = DirLock {
+                file: open_lock_file(&path)?,
+                dir: dir.to_path_buf(),
+                created: created.clone(),
+            };
+            #[cfg(unix)]
+            {
+                use std::io::{Read, Seek, Write};
+                use std::os::fd::AsRawFd;
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: `flock` on a file descriptor `lock` owns and keeps open; it reads
+                // no memory of ours.
+                let locked =
+                    unsafe { libc::flock(lock.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                if locked != 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        // A file system without locks (some network mounts): go on unlocked.
+                        return Ok(lock);
+                    }
+                    let mut holder = String::new();
+                    let _ = lock.file.read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    lock.created = None; // Someone else's directory now.
+                    return Err(path_error(
+                        dir,
+                        "use",
+                        std::io::ErrorKind::WouldBlock,
+                        format!(
+                            "expected {what} that no other process is using, found one in use \
+                             by another optical process{}; wait for it to end (or stop it), or \
+                             choose another directory",
+                            if holder.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (process {holder})")
+                            }
+                        ),
+                    ));
                 }
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(path_error(
-                    dir,
-                    "use",
-                    std::io::ErrorKind::WouldBlock,
-                    format!(
-                        "expected a {what} no other process is using, found one in use by \
-                         another optical process{}; wait for it to end (or stop it), or \
-                         choose another directory",
-                        if holder.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (process {holder})")
-                        }
-                    ),
-                ));
+                let same = match (lock.file.metadata(), std::fs::metadata(&path)) {
+                    (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+                    _ => false,
+                };
+                if !same {
+                    lock.created = None;
+                    continue;
+                }
+                // The holder's id, for the refusal of the next one (best effort: a lock file
+                // opened read-only, another user's, keeps its content).
+                let _ = lock.file.set_len(0);
+                let _ = lock.file.rewind();
+                let _ = write!(lock.file, "{}", std::process::id());
+                let _ = lock.file.flush();
             }
-            // The holder's id, for the refusal of the next one (best effort).
-            let _ = file.set_len(0);
-            let _ = file.rewind();
-            let _ = write!(file, "{}", std::process::id());
-            let _ = file.flush();
+            return Ok(lock);
         }
-        Ok(DirLock {
-            _file: file,
-            created,
-        })
+        Err(path_error(
+            dir,
+            "use",
+            std::io::ErrorKind::WouldBlock,
+            "expected a lock file that stays in place, found it removed again and again",
+        ))
+    }
+}
+
+/// Open (or create) a lock file: for writing the holder's id where allowed, else read-only
+/// (another user's lock file in a shared directory; `flock` needs no write access).
+fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o666);
+    }
+    match options.open(path) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(30) =>
+        {
+            std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))
+        }
+        other => other.map_err(|e| Error::io(path, "open", e)),
     }
 }
 
@@ -468,7 +516,7 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
     check_output_dir(dir)?;
     remove_stale_temps(dir);
     let tmp = temp_sibling(dir);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(dir, "create", e))?;
     let result = write(&tmp).and_then(|()| sync_tree(&tmp)).and_then(|()| {
         if !dir.exists() {
             let moved = std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, "rename", e));
@@ -602,8 +650,8 @@ mod tests {
     fn a_directory_lock_refuses_a_second_holder() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("run");
-        let first = super::DirLock::acquire(&out, "run directory").unwrap();
-        let err = super::DirLock::acquire(&out, "run directory")
+        let first = super::DirLock::acquire(&out, "a run directory").unwrap();
+        let err = super::DirLock::acquire(&out, "a run directory")
             .unwrap_err()
             .to_string();
         assert!(
@@ -612,10 +660,13 @@ mod tests {
             "{err}"
         );
         drop(first);
-        // The directory it created, with nothing written, is gone with it; one with files
-        // stays.
+        // The directory it created, with nothing written, is gone with it (its parents too,
+        // when it created them); one with files stays.
         assert!(!out.exists());
-        let again = super::DirLock::acquire(&out, "run directory").unwrap();
+        let deep = dir.path().join("exp").join("2026").join("run");
+        drop(super::DirLock::acquire(&deep, "a run directory").unwrap());
+        assert!(!dir.path().join("exp").exists());
+        let again = super::DirLock::acquire(&out, "a run directory").unwrap();
         std::fs::write(out.join("log.jsonl"), "{}").unwrap();
         drop(again);
         assert!(out.join("log.jsonl").exists());

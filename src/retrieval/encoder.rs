@@ -529,8 +529,12 @@ pub fn encode_pooled_cached(
         .and_then(|()| {
             crate::io::write_through_temp(f, |tmp| npy::write(tmp, &[texts.len(), d], &out))
         });
+        // Said once per process: every later entry would fail the same way.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if let Err(e) = written {
-            errln!("warning: the embedding cache was not written ({e}); going on without it");
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                errln!("warning: the embedding cache was not written ({e}); going on without it");
+            }
         }
     }
     Ok(out)

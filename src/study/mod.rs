@@ -826,6 +826,7 @@ fn execute(
                     .stop_at_step
                     .filter(|&stop| resume.is_none_or(|step| stop > step) && stop < steps),
                 continue_with: Some("the same `optical study` command"),
+                held: None,
             },
         )?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -996,8 +997,15 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
     }
     check_run_files(&plan)?;
     // Held until the study returns: its runs, split data, caches and report are this
-    // process's (each training run holds its own directory too).
-    let _lock = crate::io::DirLock::acquire(out, "study directory")?;
+    // process's (each training run holds its own directory too). A report alone trains and
+    // evaluates nothing: it may be written while the study runs (the split data it
+    // prepares is the study's own, rewritten only when it differs, each file whole).
+    let _lock = if options.report_only {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create", e))?;
+        None
+    } else {
+        Some(crate::io::DirLock::acquire(out, "a study directory")?)
+    };
     let data_dir = crate::data::data_dir(config.data_dir.as_deref());
     let lareqa = evaluate::lareqa_sets(&config, &plan.eval, &data_dir)?;
     let groups = plan

@@ -107,7 +107,7 @@ pub fn write_train_files(split: &Split, dir: &Path) -> Result<(PathBuf, PathBuf)
         text.push('\n');
         // Same content, same file: leave it alone so its timestamp stays put.
         if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
-            std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))?;
+            crate::io::write_atomic(path, text)?;
         }
     }
     Ok((other, english))
