@@ -100,26 +100,30 @@ fn solve_from_cost_file_writes_every_output() {
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
+/// An unbatched (5, 7) f32 cost with values in [0, 2), written under `dir`.
+fn small_cost(dir: &Path) -> PathBuf {
+    let cost = dir.join("c.npy");
+    let c: Vec<f32> = (0..35).map(|k| ((k * 7919) % 13) as f32 / 6.5).collect();
+    npy::write(&cost, &[5, 7], &c).unwrap();
+    cost
+}
+
+/// `optical ot solve --cost COST --backend BACKEND EXTRA --out OUT`.
+fn solve_cost(cost: &Path, backend: &str, extra: &[&str], out: &Path) -> Output {
+    let mut args = vec!["ot", "solve", "--cost", p(cost), "--backend", backend];
+    args.extend_from_slice(extra);
+    args.extend(["--out", p(out)]);
+    optical(&args)
+}
 
 #[test]
 fn unbatched_f32_cost_keeps_its_rank_on_both_backends() {
     let tmp = tempfile::tempdir().unwrap();
-    let cost = tmp.path().join("c.npy");
-    let c: Vec<f32> = (0..35).map(|k| ((k * 7919) % 13) as f32 / 6.5).collect();
-    npy::write(&cost, &[5, 7], &c).unwrap();
+    let cost = small_cost(tmp.path());
     let mut plans = Vec::new();
     for backend in ["cpu", "cpu-reference"] {
         let out = tmp.path().join(backend);
-        let o = optical(&[
-            "ot",
-            "solve",
-            "--cost",
-            p(&cost),
-            "--backend",
-            backend,
-            "--out",
-            p(&out),
-        ]);
+        let o = solve_cost(&cost, backend, &[], &out);
         assert!(o.status.success(), "{}", stderr(&o));
         let plan = npy::read(&out.join("plan.npy")).unwrap();
         assert_eq!(plan.shape, vec![5, 7]);
@@ -139,27 +143,14 @@ fn unbatched_f32_cost_keeps_its_rank_on_both_backends() {
 #[test]
 fn potentials_at_a_huge_epsilon_are_flagged_on_the_f32_backends() {
     let tmp = tempfile::tempdir().unwrap();
-    let cost = tmp.path().join("c.npy");
-    let c: Vec<f32> = (0..35).map(|k| ((k * 7919) % 13) as f32 / 6.5).collect();
-    npy::write(&cost, &[5, 7], &c).unwrap();
+    let cost = small_cost(tmp.path());
     for (backend, epsilon, warned) in [
         ("cpu", "1e30", true),
         ("cpu", "0.05", false),
         ("cpu-reference", "1e30", false),
     ] {
         let out = tmp.path().join(format!("{backend}-{epsilon}"));
-        let o = optical(&[
-            "ot",
-            "solve",
-            "--cost",
-            p(&cost),
-            "--backend",
-            backend,
-            "--epsilon",
-            epsilon,
-            "--out",
-            p(&out),
-        ]);
+        let o = solve_cost(&cost, backend, &["--epsilon", epsilon], &out);
         let err = stderr(&o);
         assert!(o.status.success(), "{err}");
         assert_eq!(
@@ -909,6 +900,19 @@ fn data_list_names_partial_datasets_and_a_data_dir_that_is_a_file() {
     assert!(out.contains("(a file, not a directory)"), "{out}");
 }
 
+/// `optical study --config CONFIG --budget quick --out OUT`.
+fn quick_study<'a>(config: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "study",
+        "--config",
+        p(config),
+        "--budget",
+        "quick",
+        "--out",
+        p(out),
+    ]
+}
+
 /// A study's report may not replace the study's own files (a run's `result.json`), nor a
 /// file that is not an earlier report, nor have a file where its plots go: refused before
 /// any run.
@@ -934,20 +938,9 @@ fn a_study_report_path_that_would_replace_other_files_is_refused() {
             "r-plots: write the report's plots into",
         ),
     ] {
-        fails_with(
-            &[
-                "study",
-                "--config",
-                p(&config),
-                "--budget",
-                "quick",
-                "--out",
-                p(&out),
-                "--report",
-                p(&report),
-            ],
-            &[want],
-        );
+        let mut args = quick_study(&config, &out);
+        args.extend(["--report", p(&report)]);
+        fails_with(&args, &[want]);
     }
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
     assert!(!out.exists(), "nothing written");
@@ -961,15 +954,7 @@ fn wrong_kinds_of_directory_are_named() {
     let a_file = tmp.path().join("a-file");
     std::fs::write(&a_file, "x").unwrap();
     let config = common::repo_root().join("studies/ood-robustness.toml");
-    let o = optical(&[
-        "study",
-        "--config",
-        p(&config),
-        "--budget",
-        "quick",
-        "--out",
-        p(&a_file),
-    ]);
+    let o = optical(&quick_study(&config, &a_file));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("a-file, a file"), "{err}");

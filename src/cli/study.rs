@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::error::{Error, Result};
+use crate::io::path_error;
 use crate::study::{run_study, RunStatus, StudyOptions, TextKind};
+use std::io::ErrorKind;
 
 /// Run a study: every training run and evaluation of the config's grid for one budget, then
 /// the report (STUDY.md with tables and SVG plots). Runs are keyed by a hash of their
@@ -76,10 +78,11 @@ fn check_report_path(report: &Path, args: &StudyArgs) -> Result<()> {
         return Ok(()); // The study refuses such an --out first, naming it.
     }
     let refuse = |what: String| {
-        Err(Error::io(
+        Err(path_error(
             report,
             "write the report",
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, what),
+            ErrorKind::AlreadyExists,
+            what,
         ))
     };
     let (at, out) = (crate::io::resolved(report), crate::io::resolved(&args.out));
@@ -111,13 +114,11 @@ fn check_report_path(report: &Path, args: &StudyArgs) -> Result<()> {
     }
     let plots = crate::study::report::plot_dir(report);
     if plots.exists() && !plots.is_dir() {
-        return Err(Error::io(
+        return Err(path_error(
             &plots,
             "write the report's plots into",
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "expected a directory, found a file",
-            ),
+            ErrorKind::AlreadyExists,
+            "expected a directory, found a file",
         ));
     }
     Ok(())

@@ -546,10 +546,11 @@ const MODEL_DIR_FILES: [&str; 5] = [
 fn check_model_out_dir(dir: &Path, inputs: &[&Path]) -> Result<()> {
     crate::io::check_output_dir(dir)?;
     let refuse = |what: String| {
-        Err(Error::io(
+        Err(crate::io::path_error(
             dir,
             "write a model into",
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, what),
+            std::io::ErrorKind::AlreadyExists,
+            what,
         ))
     };
     if let (Ok(out), Ok(assets)) = (

@@ -288,7 +288,7 @@ pub fn check_not_input(output: &Path, inputs: &[Option<&Path>]) -> Result<()> {
 
 /// An I/O error on `path` that says what was wrong in the user's terms (not as a failure
 /// to create or rename a hidden temporary file).
-fn path_error(
+pub(crate) fn path_error(
     path: &Path,
     action: &'static str,
     kind: std::io::ErrorKind,
