@@ -372,6 +372,18 @@ fn malformed_bible_files_name_file_and_line() {
         .unwrap_err()
         .to_string()
         .contains("book number 1..=66, found 99"));
+    // A header alone, or Old Testament rows only: no verse to align with.
+    for (name, text) in [
+        ("h.csv", "h\n"),
+        ("o.csv", "h\n\"1001001\",\"1\",\"1\",\"1\",\"x\"\n"),
+    ] {
+        let empty = write(dir.path(), name, text);
+        let msg = read_web_csv(&empty).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("{name}: expected New Testament verse rows")),
+            "{msg}"
+        );
+    }
     let notgz = dir.path().join("g.csv.gz");
     std::fs::write(&notgz, [0x1f, 0x8b, 0, 1, 2]).unwrap();
     assert!(read_web_csv(&notgz)

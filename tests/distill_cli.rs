@@ -411,6 +411,59 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
         );
         assert!(dir.join("checkpoints/latest").is_file());
     }
+    // Started with SIGHUP ignored (`nohup`): a hang-up does not stop the run; an interrupt
+    // still does.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let dir = f.root.join("run-nohup");
+        let mut command = distill_command(&f, &dir, &["--steps", "100000"]);
+        // SAFETY: between fork and exec only `signal`, which is async-signal-safe, runs.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = dir.join("log.jsonl");
+        let steps = || {
+            std::fs::read_to_string(&log)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        let wait_for = |n: usize| {
+            let t0 = std::time::Instant::now();
+            while steps() < n {
+                assert!(t0.elapsed().as_secs() < 120, "fewer than {n} steps logged");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+        let signal = |name: &str| {
+            let kill = Command::new("kill")
+                .args([name, &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(kill.success());
+        };
+        wait_for(2);
+        signal("-HUP");
+        let after = steps();
+        wait_for(after + 2);
+        signal("-INT");
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{stderr}");
+        assert_eq!(
+            stderr.matches("interrupt:").count(),
+            1,
+            "the hang-up was taken for an interrupt: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -826,7 +879,7 @@ fn edited_run_files_are_refused_and_nothing_is_lost() {
     assert_eq!(resumed["steps"], 6, "{resumed}");
 }
 
-/// A run that stops before its first checkpoint (here a failure at its first step) leaves
+/// A run that stops before its first checkpoint (here killed after its first step) leaves
 /// its config.toml and logs, and nothing to continue from: a fresh start there is refused
 /// (it would replace them) with a message naming --resume, and --resume starts it again from
 /// step 0, with any setting changed (nothing was trained).
@@ -834,11 +887,34 @@ fn edited_run_files_are_refused_and_nothing_is_lost() {
 fn a_run_that_saved_no_checkpoint_starts_again_with_resume() {
     let f = fixture();
     let out = f.root.join("unsaved");
-    let failed = distill(&f, &out, &["--steps", "2", "--epsilon", "1e-30"]);
-    let err = String::from_utf8_lossy(&failed.stderr);
-    assert!(!failed.status.success(), "{err}");
-    assert!(out.join("config.toml").is_file(), "{err}");
-    assert!(!out.join("checkpoints/latest").exists(), "{err}");
+    let mut child = distill_command(
+        &f,
+        &out,
+        &[
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "0",
+            "--eval-every",
+            "0",
+            "--epsilon",
+            "0.05",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let log = out.join("log.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(t0.elapsed().as_secs() < 120, "no training step logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(out.join("config.toml").is_file());
+    assert!(!out.join("checkpoints/latest").exists());
 
     let fresh = distill(&f, &out, &["--steps", "2"]);
     let err = String::from_utf8_lossy(&fresh.stderr);
@@ -881,4 +957,77 @@ fn a_run_that_saved_no_checkpoint_starts_again_with_resume() {
         err.contains("train.hau, a file") && !err.contains("training pairs"),
         "{err}"
     );
+}
+
+/// Model and data paths are saved absolute: a run started with relative paths resumes from
+/// another directory, and the same model named another way on a resume is no change.
+#[test]
+fn a_run_with_relative_paths_resumes_from_anywhere() {
+    let f = fixture();
+    let out = f.root.join("relative");
+    let relative = [
+        "--teacher",
+        "tiny",
+        "--student",
+        "./tiny",
+        "--sources",
+        "files:hau:train.hau:train.en",
+    ];
+    let first = distill_command(
+        &f,
+        &out,
+        &[&relative[..], &["--steps", "4", "--stop-at-step", "2"]].concat(),
+    )
+    .current_dir(&f.root)
+    .output()
+    .unwrap();
+    ok(&first, "the run with relative paths");
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    let model = f.model.display().to_string();
+    assert!(
+        saved.contains(&format!("teacher = \"{model}\""))
+            && saved.contains(&format!("student = \"{model}\"")),
+        "{saved}"
+    );
+    // From elsewhere, with nothing but the run directory.
+    let elsewhere = Command::new(BIN)
+        .args([
+            "distill",
+            "--resume",
+            "--no-progress",
+            "--stop-at-step",
+            "3",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    ok(&elsewhere, "the resume from another directory");
+    // From the run's own directory, naming the student as at the start.
+    let again = distill_command(&f, &out, &["--student", "./tiny", "--resume"])
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    let summary = ok(&again, "the resume naming the student relatively");
+    assert_eq!(summary["steps"], 4, "{summary}");
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("resume changes student"));
+}
+
+/// Without dev pairs nothing is evaluated (not even periodically) and the last step is
+/// exported.
+#[test]
+fn without_dev_pairs_the_last_step_is_exported() {
+    let f = fixture();
+    let out = f.root.join("no-dev");
+    let run = distill(
+        &f,
+        &out,
+        &["--dev-pairs", "0", "--steps", "4", "--eval-every", "2"],
+    );
+    let summary = ok(&run, "the run without dev pairs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!stderr.contains("dev step"), "{stderr}");
+    assert_eq!(summary["exported_step"], 4, "{summary}");
+    assert!(!out.join("best").exists());
 }

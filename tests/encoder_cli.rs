@@ -17,7 +17,7 @@ fn encode_writes_pooled_and_token_embeddings() {
     let input = dir.path().join("texts.txt");
     std::fs::write(
         &input,
-        "A short one.\nA somewhat longer sentence about optimal transport.\n\n",
+        "A short one.\nA somewhat longer sentence about optimal transport.\nOne more.\n\n",
     )
     .unwrap();
 
@@ -81,9 +81,10 @@ fn encode_writes_pooled_and_token_embeddings() {
         .unwrap()
         .to_i64(&offsets_path)
         .unwrap();
-    // "[CLS] a short one . [SEP]" = 6 tokens; the empty line is [CLS] [SEP].
+    // "[CLS] a short one . [SEP]" = 6 tokens, "[CLS] one more . [SEP]" 5; the blank line
+    // at the end is no text.
     assert_eq!(lengths[0], 6);
-    assert_eq!(lengths[2], 2);
+    assert_eq!(lengths[2], 5);
     assert_eq!(offsets, vec![0, lengths[0], lengths[0] + lengths[1]]);
     let total: i64 = lengths.iter().sum();
     assert_eq!(npy::read(&tok).unwrap().shape, vec![total as usize, 384]);
@@ -150,7 +151,23 @@ fn encode_errors_name_the_problem() {
             "--out",
             out,
         ],
-        "empty.txt: expected at least one text (one per line), found an empty file",
+        "empty.txt: expected at least one line, found an empty file",
+    );
+    // A blank line inside the file would embed no text: refused with its number, before
+    // the model loads.
+    let blank = Path::new(input).with_file_name("blank.txt");
+    std::fs::write(&blank, "one\n\nthree\n").unwrap();
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "no-such-model",
+            "--input",
+            blank.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+        "blank.txt: line 2: expected a sentence, found an empty line",
     );
     fails_with(
         &[
@@ -233,12 +250,13 @@ fn tokenizers_that_leave_no_room_are_errors_not_panics() {
     let out = tmp.path().join("o.npy");
     let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());
 
-    // No special tokens and an empty line: a text without a single token, refused whether
-    // it is alone, or batched with texts that have tokens, or not.
+    // No special tokens and a line of a control character, which the tokenizer's
+    // normaliser removes: a text without a single token, refused whether it is alone, or
+    // batched with texts that have tokens, or not.
     let bare = minilm_with_post_processor(tmp.path(), serde_json::Value::Null);
     for (texts, needle) in [
-        ("\n", "text 1 has no tokens"),
-        ("hello\n\nworld\n", "text 2 has no tokens"),
+        ("\u{7}\n", "text 1 has no tokens"),
+        ("hello\n\u{7}\nworld\n", "text 2 has no tokens"),
     ] {
         std::fs::write(&input, texts).unwrap();
         for batch in ["1", "32"] {
@@ -641,8 +659,13 @@ fn random_model_has_the_config_shape_and_encodes() {
         "another seed must give other weights"
     );
 
+    // Blank lines at the end of the file are not texts.
     let input = dir.path().join("texts.txt");
-    std::fs::write(&input, "One sentence.\nAnother, longer sentence here.\n").unwrap();
+    std::fs::write(
+        &input,
+        "One sentence.\nAnother, longer sentence here.\n\n \n",
+    )
+    .unwrap();
     let out = dir.path().join("emb.npy");
     let run = encode_with(&dir.path().join("a"), &input, &out, &[]);
     assert!(
@@ -653,6 +676,20 @@ fn random_model_has_the_config_shape_and_encodes() {
     let emb = npy::read(&out).unwrap();
     assert_eq!(emb.shape, vec![2, 32]);
     assert!(emb.to_f32().iter().all(|v| v.is_finite()));
+
+    // A sentence_bert_config.json limit beyond the position table: cut to the table, said.
+    std::fs::write(
+        dir.path().join("a/sentence_bert_config.json"),
+        r#"{"max_seq_length": 100000}"#,
+    )
+    .unwrap();
+    let run = encode_with(&dir.path().join("a"), &input, &out, &[]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(
+        err.contains("max_seq_length 100000 is beyond the model's position table"),
+        "{err}"
+    );
 
     // The weights' spread is the config's initializer_range (MiniLM's: 0.02) unless given.
     let spread = |d: &str| {

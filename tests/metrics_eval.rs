@@ -87,6 +87,13 @@ fn eval_writes_results_report_plots_and_consistent_runs() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
             .unwrap();
+    // What changes the numbers is written beside them.
+    assert_eq!(
+        results["settings"]["languages"],
+        serde_json::json!(["de", "en"])
+    );
+    assert_eq!(results["settings"]["k"], 5);
+    assert_eq!(results["settings"]["candidate_context"], false);
     let task = &results["models"][0]["tasks"][0];
     assert_eq!(task["queries"], 5);
     assert_eq!(task["candidates"], 5);

@@ -649,6 +649,29 @@ fn the_plan_lists_runs_and_writes_nothing() {
         );
     }
     assert!(!out.exists(), "the plan wrote under --out");
+
+    // More dev pairs than a group's sources give: refused by the plan, not hours later
+    // when the run starts.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let greedy = text.replace("dev_pairs = 8", "dev_pairs = 1000");
+    assert_ne!(greedy, text);
+    std::fs::write(&f.config, greedy).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_optical"))
+        .args(["study", "--config"])
+        .arg(&f.config)
+        .args(["--budget", "tiny", "--plan", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("dev_pairs")
+            && err.contains("training pairs of group A")
+            && err.contains("1000"),
+        "{err}"
+    );
+    assert!(!out.exists(), "the plan wrote under --out");
 }
 
 /// With `keep_models = "student"`, a change that only the evaluation reads (here the bitext

@@ -216,7 +216,9 @@ pub fn resolve_config(args: &DistillArgs) -> Result<(DistillConfig, Option<Arc<D
             Some(path) => DistillConfig::from_file(path)?,
             None => DistillConfig::default(),
         };
-        (base.with_overrides(flags)?, None)
+        let mut config = base.with_overrides(flags)?;
+        absolute_paths(&mut config);
+        (config, None)
     };
     config.validate()?;
     Ok((config, held))
@@ -284,6 +286,27 @@ fn resume_config(
     let saved = DistillConfig::from_file(&saved_path)?;
     let mut merged = saved.clone().with_overrides(overrides)?;
     merged.out = out.clone();
+    // A path given again another way (`./model`, an absolute path) is the saved one: the
+    // saved spelling stays (a checkpoint compares the models by it).
+    let mut resolved = merged.clone();
+    absolute_paths(&mut resolved);
+    let mut resolved_saved = saved.clone();
+    absolute_paths(&mut resolved_saved);
+    if resolved.teacher == resolved_saved.teacher {
+        merged.teacher = saved.teacher.clone();
+    }
+    if resolved.student == resolved_saved.student {
+        merged.student = saved.student.clone();
+    }
+    if resolved.sources == resolved_saved.sources {
+        merged.sources = saved.sources.clone();
+    }
+    if resolved.data_dir == resolved_saved.data_dir {
+        merged.data_dir = saved.data_dir.clone();
+    }
+    if resolved.english_bible == resolved_saved.english_bible {
+        merged.english_bible = saved.english_bible.clone();
+    }
     let as_map = |c: &DistillConfig| match serde_json::to_value(c) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => serde_json::Map::new(),
@@ -298,7 +321,9 @@ fn resume_config(
         if old == value || key == "out" {
             continue;
         }
-        if !nothing_trained && !RESUMABLE_KEYS.contains(&key.as_str()) {
+        // The sources may move (the checkpoint's hash of the training pairs must still
+        // match what they hold).
+        if !nothing_trained && !RESUMABLE_KEYS.contains(&key.as_str()) && key != "sources" {
             return Err(Error::value(
                 format!("resume of {}", out.display()),
                 format!(
@@ -310,14 +335,42 @@ fn resume_config(
                 ),
             ));
         }
-        let note = if key == "steps" {
-            format!(" (the learning rate now decays to 0 at step {value})")
-        } else {
-            String::new()
+        let note = match key.as_str() {
+            "steps" => format!(" (the learning rate now decays to 0 at step {value})"),
+            "sources" => " (the checkpoint's training pairs must be what they hold)".into(),
+            _ => String::new(),
         };
         errln!("distill: resume changes {key}: {old} -> {value}{note}");
     }
     Ok((merged, held))
+}
+
+/// The model, data and Bible paths of a configuration made absolute, so that the run's
+/// `config.toml` (and its checkpoints' settings) name the same files from wherever the run
+/// is resumed. Model names (`minilm`, `e5-small`) stay names.
+fn absolute_paths(config: &mut DistillConfig) {
+    let absolute = |p: &str| match std::path::absolute(p) {
+        Ok(a) if !p.is_empty() => a.display().to_string(),
+        _ => p.to_string(),
+    };
+    for model in [&mut config.teacher, &mut config.student] {
+        if !matches!(model.as_str(), "minilm" | "e5-small") {
+            *model = absolute(model);
+        }
+    }
+    for spec in &mut config.sources {
+        if let ["files", lang, other, english] = spec.splitn(4, ':').collect::<Vec<_>>()[..] {
+            *spec = format!("files:{lang}:{}:{}", absolute(other), absolute(english));
+        }
+    }
+    for dir in [&mut config.data_dir, &mut config.english_bible]
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(a) = std::path::absolute(&*dir) {
+            *dir = a;
+        }
+    }
 }
 
 pub fn run(args: DistillArgs) -> Result<()> {

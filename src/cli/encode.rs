@@ -6,6 +6,7 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::backend::BackendKind;
+use crate::data::bitext::BlankLines;
 use crate::encoder::pooling::Pooling;
 use crate::encoder::{device_for, EncoderOptions, ModelSpec, TextEncoder, TextKind};
 use crate::error::{Error, Result};
@@ -29,7 +30,8 @@ pub struct EncodeArgs {
     /// minilm, e5-small, or a path to a Hugging Face directory or an E5S1 file.
     #[arg(long)]
     pub model: String,
-    /// Text file, one text per line.
+    /// Text file, one text per line (UTF-8; blank lines at the end are ignored, a blank
+    /// line elsewhere is an error).
     #[arg(long)]
     pub input: PathBuf,
     /// query or passage (selects the prefix).
@@ -63,13 +65,6 @@ pub struct EncodeArgs {
     /// never normalised).
     #[arg(long)]
     pub no_normalize: bool,
-}
-
-/// Read one text per line (a final newline ends the last line, it does not add one).
-pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    // Invalid UTF-8 is named with its byte offset.
-    let text = crate::data::read_text(path)?;
-    Ok(text.lines().map(str::to_string).collect())
 }
 
 /// `emb.npy` → `emb.<suffix>.npy`.
@@ -128,14 +123,11 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     }
     let backend: BackendKind = args.backend.parse()?;
     let device = device_for(backend)?;
-    let texts = read_lines(&args.input)?;
-    if texts.is_empty() {
-        // Before the model loads: a (0, d) array is refused by everything that reads one.
-        return Err(Error::Format {
-            path: args.input.clone(),
-            what: "expected at least one text (one per line), found an empty file".into(),
-        });
-    }
+    // Before the model loads, by the rules of every text file the project reads: blank
+    // lines at the end ignored (as `search` reads ids files, so rows and ids line up), a
+    // blank line elsewhere refused with its number (its row would embed no text), an empty
+    // file refused (a (0, d) array is refused by everything that reads one).
+    let texts = crate::data::bitext::read_lines(&args.input, BlankLines::Refuse)?;
     // The outputs' paths are checked before the model loads, and each file is written
     // through a temporary sibling, so that a bad --out costs no encoding and a failed
     // write leaves no truncated file.

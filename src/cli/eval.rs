@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use crate::backend::{Backend, BackendKind};
 use crate::data::{self, DatasetName};
 use crate::error::{Error, Result};
-use crate::report::{EvalReport, ModelResults};
+use crate::report::{EvalReport, EvalSettings, ModelResults};
 use crate::retrieval::encoder;
 use crate::retrieval::evaluate::{run_task, Scoring, TaskSettings};
 use crate::retrieval::metrics::{self, Measure};
@@ -338,11 +338,32 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
             tasks: results,
         });
     }
+    let split_name = matches!(dataset, DatasetName::Mafand).then(|| {
+        a.split
+            .clone()
+            .unwrap_or_else(|| data::bitext::MAFAND_EVAL_SPLITS[0].to_string())
+    });
     let report = EvalReport {
         dataset: dataset.name().to_string(),
         scoring,
         main_metric: main_metric.to_string(),
         lareqa_candidates: lareqa.then_some(settings.asymmetric_candidates),
+        settings: EvalSettings {
+            languages: tasks.iter().fold(Vec::new(), |mut all, t| {
+                for l in t.query_languages() {
+                    if !all.contains(&l) {
+                        all.push(l);
+                    }
+                }
+                all
+            }),
+            backend: a.backend.clone(),
+            max_length: a.max_length,
+            k: a.k,
+            candidate_context: a.candidate_context,
+            split: split_name,
+            max_pairs: a.max_pairs,
+        },
         models,
     };
     let written = report.write(&out)?;

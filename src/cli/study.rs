@@ -224,6 +224,7 @@ fn print_plan(args: &StudyArgs) -> Result<()> {
         .collect();
     let _ = std::fs::remove_dir_all(&scratch);
     let groups = groups?;
+    crate::study::evaluate::check_dev_pairs(&plan.runs, &groups)?;
     for (g, data) in plan.groups.iter().zip(&groups) {
         outln!("group {}:", g.name);
         for s in &data.sets {

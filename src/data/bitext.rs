@@ -795,6 +795,13 @@ pub fn read_web_csv(path: &Path) -> Result<HashMap<VerseId, String>> {
         let code = NT_BOOKS[book - 40];
         out.insert(format!("{code}.{chapter}.{verse}"), strip_notes(&fields[4]));
     }
+    // Said here, not later as "no verses shared" blamed on the other translation.
+    if out.is_empty() {
+        return Err(format_error(
+            path,
+            "expected New Testament verse rows (books 40..=66) after the header, found none",
+        ));
+    }
     Ok(out)
 }
 

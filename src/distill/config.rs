@@ -325,6 +325,19 @@ impl DistillConfig {
             },
             other => other,
         })?;
+        // The cosine cost is at most 2: an ε the solve cannot resolve it at is refused
+        // here, not at the first step's solve after the models load.
+        let floor = 2.0 / crate::ot::problem::MAX_COST_OVER_EPSILON;
+        if self.epsilon < floor {
+            return Err(Error::parameter(
+                "epsilon",
+                format!(
+                    "at least {floor:.3e} (the cosine cost is at most 2, and a solve resolves \
+                     costs up to 2⁴² ε)"
+                ),
+                format!("{:e}", self.epsilon),
+            ));
+        }
         if self.max_length < 2 {
             return Err(Error::parameter(
                 "max_length",
@@ -449,6 +462,21 @@ mod tests {
         assert!(c.lr.is_nan());
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("lr") && err.contains("NaN"), "{err}");
+    }
+
+    #[test]
+    fn an_epsilon_below_the_cost_resolution_is_refused_before_training() {
+        let with = |e: f64| DistillConfig {
+            epsilon: e,
+            out: "run".into(),
+            ..DistillConfig::default()
+        };
+        let err = with(1e-14).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("epsilon") && err.contains("at least 4.547e-13") && err.contains("1e-14"),
+            "{err}"
+        );
+        with(1e-12).validate().unwrap();
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn epoch() -> std::time::Instant {
 
 fn install_ctrlc() {
     epoch();
+    let ignored = ignored_signals();
     // A second installation in the same process fails; the flag is shared, so that is fine.
     let _ = ctrlc::set_handler(|| {
         let now = epoch().elapsed().as_millis() as u64 + 1;
@@ -117,7 +118,46 @@ fn install_ctrlc() {
         }
         errln!("\ninterrupted again: stopping once the files being saved are whole");
     });
+    restore_ignored(&ignored);
 }
+
+/// The stop signals that the process was started with ignored: SIGHUP under `nohup`,
+/// SIGINT for a background job of a non-interactive shell. They stay ignored (the handler
+/// takes them all), so that logging out does not stop a `nohup optical distill`.
+#[cfg(unix)]
+fn ignored_signals() -> Vec<libc::c_int> {
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .filter(|&sig| {
+            // SAFETY: a query only (no new action); `old` is a valid, zeroed sigaction
+            // for the call to fill.
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN
+            }
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+fn restore_ignored(signals: &[libc::c_int]) {
+    for &sig in signals {
+        // SAFETY: SIG_IGN is a valid disposition for these catchable signals; no handler
+        // of ours runs for them afterwards.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn ignored_signals() -> Vec<i32> {
+    Vec::new()
+}
+
+#[cfg(not(unix))]
+fn restore_ignored(_: &[i32]) {}
 
 /// Run `save` with a second interrupt held off until it is done (then the process ends,
 /// exit 130, as the interrupt asked).
@@ -211,12 +251,6 @@ fn last_dev_record(path: &Path, step: usize) -> Option<DevMetrics> {
     (m.step == step).then_some(m)
 }
 
-/// Every file of the run directory is written whole or not at all (a full disk or a kill
-/// mid-write keeps the previous version), so `latest`, `best` and the logs stay readable
-/// for `--resume`.
-/// The run directory can take this run, checked before any model loads: not a file, and
-/// for a fresh start (not `resume`) not a directory that holds a run, whose logs would be
-/// deleted and whose `latest` checkpoint replaced at the first save.
 /// Hold the run directory `out` for this process (see [`crate::io::DirLock`]), created if
 /// need be, before what it holds is read or checked: a run another process is writing is
 /// refused as in use, not as a run to `--resume`.
@@ -836,7 +870,11 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         records.push(r);
         let step = trainer.state.step;
         let mut saved = false;
-        if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
+        if config.eval_every > 0
+            && step % config.eval_every == 0
+            && step < config.steps
+            && !dev_other.is_empty()
+        {
             evaluate(&mut trainer, &mut dev_metrics)?;
             if trainer.state.best_step == Some(step) {
                 save(&trainer)?;
@@ -850,10 +888,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             && step < config.steps
         {
             save(&trainer)?;
+            saved = true;
         }
         let pause = options.stop_at_step == Some(step) && step < config.steps;
         if INTERRUPTED.load(Ordering::SeqCst) || pause {
-            save(&trainer)?;
+            // A step saved just above is not saved twice (a checkpoint of e5-small is
+            // about 500 MB).
+            if !saved {
+                save(&trainer)?;
+            }
             note(format!(
                 "{}: checkpoint at step {step} saved; continue with {}",
                 if pause { "stopped" } else { "interrupted" },
@@ -873,12 +916,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
             .is_empty()
             .then(|| last_dev_record(&dev_log, trainer.state.step))
             .flatten();
+        // Its checkpoint is then the state as it stands: not written again.
         match logged {
             Some(m) => dev_metrics.push(m),
-            None if !dev_other.is_empty() => evaluate(&mut trainer, &mut dev_metrics)?,
-            None => {}
+            None if !dev_other.is_empty() => {
+                evaluate(&mut trainer, &mut dev_metrics)?;
+                save(&trainer)?;
+            }
+            None => save(&trainer)?,
         }
-        save(&trainer)?;
     }
     if !interrupted && INTERRUPTED.load(Ordering::SeqCst) {
         // Ctrl-C after the last step (during the final evaluation): the checkpoint is saved,

@@ -811,7 +811,17 @@ impl TextEncoder {
                 m,
             )),
             Some(m) => Ok(m),
-            None => Ok(default.unwrap_or(limit).min(limit)),
+            None => match default {
+                Some(d) if d > limit => {
+                    errln!(
+                        "warning: sentence_bert_config.json's max_seq_length {d} is beyond the \
+                         model's position table; texts are cut at {limit} tokens"
+                    );
+                    Ok(limit)
+                }
+                Some(d) => Ok(d),
+                None => Ok(limit),
+            },
         }
     }
 

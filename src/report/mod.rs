@@ -65,7 +65,49 @@ pub struct EvalReport {
     pub main_metric: String,
     /// How LAReQA's answer sentences were encoded (`None` for bitext).
     pub lareqa_candidates: Option<crate::retrieval::encoder::TextRole>,
+    pub settings: EvalSettings,
     pub models: Vec<ModelResults>,
+}
+
+/// The settings of an evaluation that change its numbers, kept beside them (two reports
+/// of one dataset differ in these or in their models).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EvalSettings {
+    /// The query languages evaluated, in the tasks' order (a `--languages` subset of a
+    /// LAReQA set is a smaller pool, whose mAP is not the whole set's).
+    pub languages: Vec<String>,
+    /// The backend asked for: the encoders' device, and MaxSim's kernels.
+    pub backend: String,
+    /// The token limit of every text (`None`: each model's own).
+    pub max_length: Option<usize>,
+    /// Documents per query in the TREC runs (the measures rank the whole pool).
+    pub k: usize,
+    /// LAReQA candidates encoded with their paragraph after the sentence.
+    pub candidate_context: bool,
+    /// The MAFAND split (`None` for the other datasets).
+    pub split: Option<String>,
+    /// Only the first N pairs of each bitext.
+    pub max_pairs: Option<usize>,
+}
+
+impl EvalSettings {
+    /// One markdown paragraph.
+    fn markdown(&self) -> String {
+        let mut parts = vec![format!("languages {}", self.languages.join(", "))];
+        if let Some(split) = &self.split {
+            parts.push(format!("split {split}"));
+        }
+        if let Some(n) = self.max_pairs {
+            parts.push(format!("the first {n} pairs of each bitext"));
+        }
+        parts.push(format!("backend {}", self.backend));
+        parts.push(match self.max_length {
+            Some(n) => format!("texts cut at {n} tokens"),
+            None => "texts cut at each model's token limit".into(),
+        });
+        parts.push(format!("TREC runs keep each query's top {}", self.k));
+        format!("Settings: {}.", parts.join("; "))
+    }
 }
 
 /// File-name-safe version of a label.
@@ -129,23 +171,33 @@ impl EvalReport {
     pub fn markdown(&self, plots: &[PathBuf]) -> String {
         let mut md = format!(
             "# {} — {} scoring\n\nMeasures follow trec_eval's definitions; ranks are over the \
-             full candidate pool.{}\n\n## Overall\n\n",
+             full candidate pool.{}\n\n{}\n\n## Overall\n\n",
             self.dataset,
             match self.scoring {
                 Scoring::Dense => "dense",
                 Scoring::MaxSim => "MaxSim",
             },
             match self.lareqa_candidates {
-                Some(crate::retrieval::encoder::TextRole::Passage) => {
-                    " Questions are encoded as queries, answer sentences as passages (e5's \
-                     `query: ` / `passage: ` prefixes)."
+                Some(role) => {
+                    let answers = if self.settings.candidate_context {
+                        "answer sentences, each followed by its paragraph (`--candidate-context`),"
+                    } else {
+                        "answer sentences"
+                    };
+                    match role {
+                        crate::retrieval::encoder::TextRole::Passage => format!(
+                            " Questions are encoded as queries, {answers} as passages (e5's \
+                             `query: ` / `passage: ` prefixes)."
+                        ),
+                        crate::retrieval::encoder::TextRole::Query => format!(
+                            " Questions and {answers} are both encoded as queries \
+                             (`--lareqa-candidates query`)."
+                        ),
+                    }
                 }
-                Some(crate::retrieval::encoder::TextRole::Query) => {
-                    " Questions and answer sentences are both encoded as queries \
-                     (`--lareqa-candidates query`)."
-                }
-                None => "",
-            }
+                None => String::new(),
+            },
+            self.settings.markdown()
         );
         let measures: Vec<String> = self
             .models
@@ -375,6 +427,13 @@ mod tests {
             scoring: Scoring::Dense,
             main_metric: "map".into(),
             lareqa_candidates: Some(crate::retrieval::encoder::TextRole::Passage),
+            settings: EvalSettings {
+                languages: vec!["en".into(), "de".into()],
+                backend: "cpu".into(),
+                k: 100,
+                candidate_context: true,
+                ..EvalSettings::default()
+            },
             models: vec![
                 ModelResults {
                     model: "hash".into(),
@@ -421,7 +480,21 @@ mod tests {
         .unwrap();
         assert_eq!(json["models"][1]["tasks"][0]["metrics"]["map"], 0.3);
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-        assert!(md.contains("answer sentences as passages"), "{md}");
+        assert!(
+            md.contains(
+                "answer sentences, each followed by its paragraph (`--candidate-context`), as \
+                 passages"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "Settings: languages en, de; backend cpu; texts cut at each model's token \
+                 limit; TREC runs keep each query's top 100."
+            ),
+            "{md}"
+        );
+        assert_eq!(json["settings"]["candidate_context"], true);
         assert_eq!(json["lareqa_candidates"], "passage");
         assert!(md.contains("| language | hash | e5\\|small |"), "{md}");
         assert!(md.contains("| en | 0.6000 | 0.3000 |"), "{md}");
@@ -440,6 +513,7 @@ mod tests {
             scoring: Scoring::MaxSim,
             main_metric: "P_1".into(),
             lareqa_candidates: None,
+            settings: EvalSettings::default(),
             models: vec![ModelResults {
                 model: "hash".into(),
                 tasks: vec![task("swh-eng", 0.8, false), task("eng-swh", 0.4, false)],

@@ -2,7 +2,8 @@
 //! of runs it describes for one budget.
 //!
 //! The file names the conditions (a name and the distillation keys it changes, or
-//! `train = false` for the untrained model), the groups (training bitext, in-domain and
+//! `train = false` for the untrained model; a condition named `base`, untrained, is in
+//! every budget: the report measures every gain against it), the groups (training bitext, in-domain and
 //! out-of-domain evaluation sets), the LAReQA benchmarks every model is evaluated on, and
 //! one section per budget (`[budget.quick]`, `[budget.full]`: seeds, the conditions that
 //! budget runs, distillation keys such as `steps` and `batch_size`, and the evaluation
@@ -551,6 +552,14 @@ impl StudyConfig {
                     format!("{:?}", c.name),
                 ));
             }
+            if c.name == "base" && c.train {
+                return Err(Error::parameter(
+                    "condition",
+                    "`base` with train = false (the untrained model the report measures gains \
+                     against)",
+                    "base with train = true",
+                ));
+            }
             if !c.train && !c.distill.is_empty() {
                 return Err(Error::parameter(
                     "condition",
@@ -767,6 +776,18 @@ impl StudyConfig {
                     "conditions",
                     format!("at least one condition (budget {name})"),
                     "none",
+                ));
+            }
+            // Every Δ, p-value, plot and the answer of the report are against `base`: a
+            // budget without it would report empty columns.
+            if !b.conditions.iter().any(|c| c == "base") {
+                return Err(Error::parameter(
+                    "conditions",
+                    format!(
+                        "`base` among them (budget {name}): the untrained model that the \
+                         report measures every gain against"
+                    ),
+                    b.conditions.join(", "),
                 ));
             }
             if b.eval.batch == 0 {
@@ -1370,6 +1391,18 @@ eval = { lareqa_questions = { xquad-r = 3 } }
                     "conditions = []",
                 ),
                 "at least one condition",
+            ),
+            (
+                MINIMAL.replace("train = false", "train = true"),
+                "base with train = true",
+            ),
+            (
+                MINIMAL.replace(
+                    "conditions = [\"base\", \"ot\", \"mean-mse\"]",
+                    "conditions = [\"ot\", \"mean-mse\"]",
+                ),
+                "expected `base` among them (budget quick): the untrained model that the \
+                 report measures every gain against, found ot, mean-mse",
             ),
             (
                 MINIMAL.replace("distill = { loss = \"ot\" }", "distill = { loss = \"ot\", stpes = 5 }"),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{EvalBudget, Group, StudyConfig};
+use super::config::{EvalBudget, Group, RunSpec, StudyConfig};
 use super::split::{split_group, write_train_files};
 use crate::backend::{Backend, BackendKind};
 use crate::data::bitext::{self, Bitext};
@@ -87,6 +87,8 @@ pub struct GroupData {
     pub sources: Vec<String>,
     pub sets: Vec<EvalSet>,
     pub split: Vec<SplitSummary>,
+    /// The usable training pairs the sources give (blank pairs left out).
+    pub pairs: usize,
 }
 
 fn bitext_set(benchmark: &str, role: Role, b: &Bitext, pairs: Option<usize>) -> EvalSet {
@@ -263,14 +265,14 @@ pub fn prepare_group(
         .collect::<Vec<String>>();
     // The training sources load now (a few hundred ms), so that a misspelt language fails
     // the plan instead of the group's first training run, hours into a study.
-    crate::distill::data::load_sources(&sources, data_dir, &english_bible(config)).map_err(
-        |e| {
+    let pairs = crate::distill::data::load_sources(&sources, data_dir, &english_bible(config))
+        .map_err(|e| {
             Error::value(
                 format!("group {} training sources", group.name),
                 e.to_string(),
             )
-        },
-    )?;
+        })?
+        .len();
     let mut sets: Vec<EvalSet> = lareqa.to_vec();
     for (role, specs) in [
         (Role::InDomain, &group.in_domain),
@@ -286,7 +288,31 @@ pub fn prepare_group(
         sources,
         sets,
         split: summary,
+        pairs,
     })
+}
+
+/// Every training run keeps training pairs after its `dev_pairs` are held out: checked
+/// with the plan, not when the run starts (hours into a study).
+pub fn check_dev_pairs(runs: &[RunSpec], groups: &[GroupData]) -> Result<()> {
+    for run in runs {
+        let (Some(d), Some(g)) = (&run.distill, groups.iter().find(|g| g.name == run.group)) else {
+            continue;
+        };
+        if d.dev_pairs >= g.pairs {
+            return Err(Error::parameter(
+                "dev_pairs",
+                format!(
+                    "fewer than the {} training pairs of group {} (the rest train run {})",
+                    g.pairs,
+                    g.name,
+                    run.name()
+                ),
+                d.dev_pairs,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The share of top-k candidates in the query's own language, for LAReQA.

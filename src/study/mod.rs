@@ -1013,6 +1013,7 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
         .iter()
         .map(|g| evaluate::prepare_group(&config, g, &plan.eval, &data_dir, out, &lareqa))
         .collect::<Result<Vec<_>>>()?;
+    evaluate::check_dev_pairs(&plan.runs, &groups)?;
     let backend = options
         .backend
         .clone()
