@@ -1459,6 +1459,37 @@ fn help_on_every_command() {
         stdout(&o).contains("sinkhorn      b=64, n=m=128"),
         "standard problems stated in --help"
     );
+    // Each `ot` command's help is its whole description: the files it writes, the shapes.
+    for (command, needle) in [
+        ("solve", "plan.npy"),
+        ("cost", "0 on"),
+        ("maxsim", "--doc-lengths"),
+    ] {
+        let o = optical(&["ot", command, "--help"]);
+        assert!(stdout(&o).contains(needle), "ot {command}: {}", stdout(&o));
+    }
+    // A negative count is a bad value of its flag, not an unknown argument.
+    let o = optical(&[
+        "ot",
+        "solve",
+        "--cost",
+        "c.npy",
+        "--max-iterations",
+        "-1",
+        "--out",
+        "o",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("invalid value '-1' for '--max-iterations"),
+        "{}",
+        stderr(&o)
+    );
+    let listing = stdout(&optical(&["ot", "--help"]));
+    assert!(
+        listing.contains("solve   Solve batched entropic OT"),
+        "{listing}"
+    );
 }
 
 #[test]

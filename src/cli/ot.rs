@@ -17,13 +17,12 @@ pub struct OtArgs {
     pub command: OtCommand,
 }
 
+// No doc comments on the variants: each subcommand's help is its arguments' struct's (clap
+// takes a variant's doc over the struct's, and would hide the files and shapes).
 #[derive(Debug, Subcommand)]
 pub enum OtCommand {
-    /// Solve batched entropic OT (log-domain Sinkhorn) from a cost or from embeddings.
     Solve(SolveArgs),
-    /// Pairwise cosine cost 1 − cos(x_i, y_j) of embedding batches.
     Cost(CostArgs),
-    /// MaxSim late-interaction scores of queries against packed documents.
     Maxsim(MaxsimArgs),
 }
 
@@ -40,7 +39,7 @@ impl BackendArg {
     }
 }
 
-/// Solve batched entropic OT with log-domain Sinkhorn.
+/// Solve batched entropic OT (log-domain Sinkhorn) from a cost or from embeddings.
 ///
 /// Give either a cost (--cost, shape (b,n,m) or (n,m), f32 or f64, with optional weights
 /// --a (b,n)/(n,) and --b (b,m)/(m,), uniform when omitted; zero weight = padding), or
@@ -78,13 +77,13 @@ pub struct SolveArgs {
     #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub epsilon: f64,
     /// Iteration cap per pair.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     pub max_iterations: usize,
     /// Convergence threshold on the L1 row-marginal error.
     #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
     pub threshold: f64,
     /// Test convergence every this many iterations.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub check_every: usize,
     #[command(flatten)]
     pub backend: BackendArg,
@@ -97,8 +96,10 @@ pub struct SolveArgs {
     pub out: PathBuf,
 }
 
-/// Pairwise cosine cost of embedding batches: C[p,i,j] = 1 − cos(x[p,i], y[p,j]), 0 on
-/// padding. Inputs (b,n,d)/(b,m,d) or (n,d)/(m,d); output f32 (b,n,m) or (n,m).
+/// Pairwise cosine cost 1 − cos(x_i, y_j) of embedding batches.
+///
+/// C[p,i,j] = 1 − cos(x[p,i], y[p,j]), 0 on padding. Inputs (b,n,d)/(b,m,d) or
+/// (n,d)/(m,d); output f32 (b,n,m) or (n,m).
 #[derive(Debug, Args)]
 pub struct CostArgs {
     /// Row embeddings, (b,n,d) or (n,d), f32 or f64.
@@ -121,7 +122,9 @@ pub struct CostArgs {
     pub out: PathBuf,
 }
 
-/// MaxSim scores: for each query and document, the sum over query tokens of the best
+/// MaxSim late-interaction scores of queries against packed documents.
+///
+/// For each query and document, the sum over query tokens of the best
 /// cosine against the document's tokens. Queries (q,n,d) or (n,d) with optional lengths;
 /// documents packed as (tokens,d) with integer --doc-lengths (documents,). Output f32
 /// (q, documents) or (documents,).
@@ -180,6 +183,12 @@ fn load(path: &Path, ranks: &[usize], what: &str) -> Result<Loaded> {
             format!("{:?} (rank {})", arr.shape, arr.shape.len()),
         ));
     }
+    // The values in f64, beside the file's bytes.
+    crate::backend::check_output_memory(
+        &path.display().to_string(),
+        &format!("{:?} in f64", arr.shape),
+        [arr.shape.iter().product(), 8, 1, 1],
+    )?;
     Ok(Loaded {
         values: arr.to_f64(),
         shape: arr.shape,
@@ -388,7 +397,7 @@ fn solve(args: SolveArgs) -> Result<()> {
     outln!("{summary}");
     // How far the cost's entries spread, read once for both warnings (1 − cos from
     // embeddings lies in [0, 2]).
-    let spread = from_cost.as_ref().map_or(2.0, |p| cost_spread(&p.cost));
+    let spread = from_cost.as_ref().map_or(2.0, Problem::cost_spread);
     let from_embeddings = from_cost.is_none();
     if let Some(warning) =
         convergence_warning(&out, &params, spread, from_embeddings, backend.kind())
@@ -422,17 +431,6 @@ fn potentials_warning(
             params.epsilon
         )
     })
-}
-
-/// How far a cost's finite entries spread (`hi − lo`, 0 for none).
-fn cost_spread(c: &[f64]) -> f64 {
-    let (lo, hi) = c
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
-    (hi - lo).max(0.0)
 }
 
 /// What to tell a user whose pairs did not all converge (not an error: the plan is the

@@ -511,13 +511,23 @@ fn open_lock_file(path: &Path) -> Result<std::fs::File> {
 }
 
 /// Write into `dir` without leaving a partial directory behind: files go to a temporary
-/// sibling first and are moved in only when all of them were written.
+/// directory first and are moved in only when all of them were written. `dir` is followed
+/// through links; the temporary directory is a sibling of a new directory and inside an
+/// existing one, so every move stays on one filesystem (an existing `dir` may be a mount
+/// point, or a link to another disk).
 pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_output_dir(dir)?;
-    remove_stale_temps(dir);
-    let tmp = temp_sibling(dir);
+    let target = resolve_links(dir)?;
+    let anchor = if target.is_dir() {
+        target.join("out")
+    } else {
+        target.clone()
+    };
+    remove_stale_temps(&anchor);
+    let tmp = temp_sibling(&anchor);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(dir, "create", e))?;
     let result = write(&tmp).and_then(|()| sync_tree(&tmp)).and_then(|()| {
+        let dir = target.as_path();
         if !dir.exists() {
             let moved = std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, "rename", e));
             sync_parent(dir);
@@ -728,6 +738,52 @@ mod tests {
         assert!(dead_file.exists(), "another name's leftovers stay");
         write_atomic(&file, "f").unwrap();
         assert!(!dead_file.exists());
+    }
+
+    /// An output directory given through a link (to an existing directory, possibly on
+    /// another filesystem, or to one not made yet) takes the files where the link points,
+    /// and the link stays; an existing directory keeps no temporary directory.
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_through_a_link_takes_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // /dev/shm is usually another filesystem than the temporary directory's.
+        let shm = std::path::Path::new("/dev/shm");
+        let other = if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        let write = |at: &std::path::Path, text: &str| {
+            let text = text.to_string();
+            super::write_dir(at, move |tmp| {
+                std::fs::write(tmp.join("a.txt"), &text)
+                    .map_err(|e| crate::Error::io(tmp, "write", e))
+            })
+        };
+        let link = dir.path().join("out");
+        std::os::unix::fs::symlink(other.path(), &link).unwrap();
+        write(&link, "one").unwrap();
+        write(&link, "two").unwrap();
+        assert!(link.is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(other.path().join("a.txt")).unwrap(),
+            "two"
+        );
+        let names: Vec<_> = std::fs::read_dir(other.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.txt"]);
+        let dangling = dir.path().join("later");
+        let made = other.path().join("made");
+        std::os::unix::fs::symlink(&made, &dangling).unwrap();
+        write(&dangling, "three").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(made.join("a.txt")).unwrap(),
+            "three"
+        );
+        assert!(dangling.is_symlink());
     }
 
     #[test]

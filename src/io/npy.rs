@@ -176,24 +176,55 @@ fn format_err(path: &Path, what: impl Into<String>) -> Error {
 
 /// Read a `.npy` file.
 ///
-/// The file is read into one buffer of its size and the data keep that buffer (the header
-/// is moved out in place): the array costs the file's size once, not the two or three times
-/// that a growing read and a copy of the data took at their peak.
+/// The header is read and checked first, and the data's size that it declares is compared
+/// with the file's before any data are read: a truncated, padded or lying file (or a device
+/// such as `/dev/zero`) costs no more than the header says. The data are then read into one
+/// buffer of exactly their size, which the array keeps.
 pub fn read(path: &Path) -> Result<NpyArray> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let size = file.metadata().map_or(0, |m| m.len() as usize);
-    let mut data = Vec::new();
-    data.try_reserve_exact(size.saturating_add(1))
+    let size = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    let read_err = |e: std::io::Error| Error::io(path, "read", e);
+    // The fixed prefix (12 bytes cover every version's), then the header it announces.
+    let mut head = Vec::new();
+    (&mut file)
+        .take(12)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    let (header_len, start) = header_span(path, &head)?;
+    let want = (start + header_len) as u64;
+    (&mut file)
+        .take(want.saturating_sub(head.len() as u64))
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    let (shape, dtype, end, nbytes) = header(path, &head)?;
+    // Bytes read past the header's end with the prefix (a short version-1 header).
+    let mut data = head.split_off(end);
+    let wrong_size = |found: String| size_error(path, nbytes, &shape, dtype, found);
+    if let Some(size) = size {
+        if size != (end + nbytes) as u64 {
+            return Err(wrong_size(size.saturating_sub(end as u64).to_string()));
+        }
+    }
+    data.try_reserve_exact((nbytes + 1).saturating_sub(data.len()))
         .map_err(|_| Error::io(path, "read", std::io::ErrorKind::OutOfMemory.into()))?;
-    file.read_to_end(&mut data)
-        .map_err(|e| Error::io(path, "read", e))?;
-    let (shape, dtype, start) = parse_header(path, &data)?;
-    data.drain(..start);
-    Ok(NpyArray {
-        shape,
-        dtype,
-        bytes: data,
-    })
+    // One byte more than the data, to see a stream that goes on.
+    (&mut file)
+        .take((nbytes + 1 - data.len()) as u64)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    match data.len() {
+        n if n == nbytes => Ok(NpyArray {
+            shape,
+            dtype,
+            bytes: data,
+        }),
+        n if n > nbytes => Err(wrong_size("more".into())),
+        n => Err(wrong_size(n.to_string())),
+    }
 }
 
 /// Parse the bytes of a `.npy` file (`path` is only used in error messages).
@@ -206,9 +237,9 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<NpyArray> {
     })
 }
 
-/// The shape and dtype of the `.npy` file `data`, and where its data start (checked to
-/// hold exactly the bytes the shape needs).
-fn parse_header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize)> {
+/// The header's length and where it starts, from a `.npy` file's first bytes (at least 12
+/// of them when the file has that many).
+fn header_span(path: &Path, data: &[u8]) -> Result<(usize, usize)> {
     if data.starts_with(MAGIC) && data.len() < 10 {
         return Err(format_err(
             path,
@@ -249,6 +280,13 @@ fn parse_header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize)> 
             ))
         }
     };
+    Ok((header_len, start))
+}
+
+/// The shape and dtype of the `.npy` file that `data` starts (it holds at least the whole
+/// header), where its data start, and how many bytes of data the header declares.
+fn header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize, usize)> {
+    let (header_len, start) = header_span(path, data)?;
     let end = start + header_len;
     if data.len() < end {
         return Err(format_err(
@@ -302,17 +340,29 @@ fn parse_header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize)> 
             format!("expected a shape whose size fits in memory, found {shape:?} {descr}"),
         )
     })?;
-    let body = &data[end..];
-    if body.len() != nbytes {
-        return Err(format_err(
-            path,
-            format!(
-                "expected {nbytes} bytes of data for shape {shape:?} {descr}, found {}",
-                body.len()
-            ),
-        ));
+    Ok((shape, dtype, end, nbytes))
+}
+
+/// The shape and dtype of the `.npy` file `data`, and where its data start (checked to
+/// hold exactly the bytes the shape needs).
+fn parse_header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize)> {
+    let (shape, dtype, end, nbytes) = header(path, data)?;
+    let found = data.len() - end;
+    if found != nbytes {
+        return Err(size_error(path, nbytes, &shape, dtype, found.to_string()));
     }
     Ok((shape, dtype, end))
+}
+
+/// The data are not the `nbytes` that the header's shape and dtype need.
+fn size_error(path: &Path, nbytes: usize, shape: &[usize], dtype: Dtype, found: String) -> Error {
+    format_err(
+        path,
+        format!(
+            "expected {nbytes} bytes of data for shape {shape:?} {}, found {found}",
+            dtype.descr()
+        ),
+    )
 }
 
 /// The three fields of a `.npy` header, read from its Python dict literal the way NumPy's
@@ -500,6 +550,14 @@ pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
 }
 
 fn to_bytes_as(shape: &[usize], raw: &[u8], dtype: Dtype) -> Vec<u8> {
+    let mut out = header_bytes(shape, dtype, raw.len());
+    out.extend_from_slice(raw);
+    out
+}
+
+/// A version-1 `.npy` header for `shape` and `dtype`, with room reserved for `data` more
+/// bytes.
+fn header_bytes(shape: &[usize], dtype: Dtype, data: usize) -> Vec<u8> {
     let shape_text = match shape.len() {
         1 => format!("({},)", shape[0]),
         _ => format!(
@@ -519,30 +577,31 @@ fn to_bytes_as(shape: &[usize], raw: &[u8], dtype: Dtype) -> Vec<u8> {
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + raw.len());
+    let mut out = Vec::with_capacity(10 + header.len() + data);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(raw);
     out
 }
 
-/// Write an array to a `.npy` file.
+/// Write an array to a `.npy` file: the header, then the data as they are in memory (no
+/// copy of the array is made).
 pub fn write<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> Result<()> {
     debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-    write_bytes(path, &to_bytes(shape, data))
+    write_parts(path, shape, T::DTYPE, bytemuck::cast_slice(data))
 }
 
 /// Write booleans as a NumPy `bool` array.
 pub fn write_bool(path: &Path, shape: &[usize], data: &[bool]) -> Result<()> {
     let raw: Vec<u8> = data.iter().map(|&b| b as u8).collect();
-    write_bytes(path, &to_bytes_as(shape, &raw, Dtype::Bool))
+    write_parts(path, shape, Dtype::Bool, &raw)
 }
 
-fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+fn write_parts(path: &Path, shape: &[usize], dtype: Dtype, raw: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, "create", e))?;
-    f.write_all(bytes)
+    f.write_all(&header_bytes(shape, dtype, 0))
+        .and_then(|()| f.write_all(raw))
         .map_err(|e| Error::io(path, "write", e))?;
     Ok(())
 }
@@ -550,6 +609,35 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file whose size is not what its header declares is refused from its metadata,
+    /// before any data are read (here a sparse gigabyte; a reader that read first would take
+    /// seconds and a gigabyte of memory); a stream is read no further than the header says.
+    #[test]
+    fn the_declared_size_is_checked_before_the_data_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.npy");
+        write(&path, &[2, 3], &[0.0f32; 6]).unwrap();
+        let exact = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(read(&path).unwrap().shape, vec![2, 3]);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(1 << 30).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "expected 24 bytes of data for shape [2, 3] <f4, found {}",
+                (1u64 << 30) - (exact - 24)
+            )),
+            "{e}"
+        );
+        assert!(t0.elapsed().as_secs() < 5, "the data were read");
+        file.set_len(exact - 1).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("found 23"), "{e}");
+        let e = read(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("not a .npy file"), "{e}");
+    }
 
     #[test]
     fn round_trip_f32_and_bool() {

@@ -177,8 +177,9 @@ pub struct Problem {
     pub cost: Vec<f64>,
     pub a: Vec<f64>,
     pub b: Vec<f64>,
-    /// The largest |cost| over the pairs' supports (see [`check_cost_resolution`]).
-    max_abs_cost: f64,
+    /// The smallest and largest cost over the pairs' supports (real rows and columns;
+    /// see [`check_cost_resolution`]).
+    support_range: (f64, f64),
 }
 
 /// The largest ratio of a cost's magnitude to ε that a solve accepts: 2⁴².
@@ -246,7 +247,9 @@ impl Problem {
         let a = normalise_weights("a", a, pairs, n)?;
         let b = normalise_weights("b", b, pairs, m)?;
         // Over the supports only: padding's costs never enter a solve.
-        let max_abs_cost = cost
+        let widen = |(lo, hi): (f64, f64), (l, h): (f64, f64)| (lo.min(l), hi.max(h));
+        let empty = (f64::INFINITY, f64::NEG_INFINITY);
+        let support_range = cost
             .par_chunks(n * m)
             .enumerate()
             .map(|(p, c)| {
@@ -254,10 +257,10 @@ impl Problem {
                 c.chunks(m)
                     .enumerate()
                     .filter(|&(i, _)| a[p * n + i] > 0.0)
-                    .flat_map(|(_, row)| cols.iter().map(move |&j| row[j].abs()))
-                    .fold(0.0, f64::max)
+                    .flat_map(|(_, row)| cols.iter().map(move |&j| (row[j], row[j])))
+                    .fold(empty, widen)
             })
-            .reduce(|| 0.0, f64::max);
+            .reduce(|| empty, widen);
         Ok(Problem {
             pairs,
             n,
@@ -265,14 +268,22 @@ impl Problem {
             cost,
             a,
             b,
-            max_abs_cost,
+            support_range,
         })
     }
 
     /// The largest |cost| over the pairs' supports (real rows and columns), as computed
     /// when the problem was built.
     pub fn max_abs_cost(&self) -> f64 {
-        self.max_abs_cost
+        let (lo, hi) = self.support_range;
+        lo.abs().max(hi.abs()).max(0.0)
+    }
+
+    /// How far the cost spreads over the pairs' supports (largest − smallest entry):
+    /// Sinkhorn's iteration count grows with this spread over ε.
+    pub fn cost_spread(&self) -> f64 {
+        let (lo, hi) = self.support_range;
+        (hi - lo).max(0.0)
     }
 
     /// Build from embeddings: the cosine cost computed elsewhere plus uniform weights over
@@ -607,6 +618,8 @@ mod tests {
         let b = vec![1.0, 0.0, 1.0, 1.0];
         let p = Problem::new(2, 2, 2, cost, Some(a), Some(b)).unwrap();
         assert_eq!(p.max_abs_cost(), 3.0);
+        // The spread that the convergence warnings quote: the real entries' too.
+        assert_eq!(p.cost_spread(), 5.0);
         let limit = 3.0 / MAX_COST_OVER_EPSILON;
         assert!(check_cost_resolution(p.max_abs_cost(), limit).is_ok());
         let e = check_cost_resolution(p.max_abs_cost(), limit / 2.0).unwrap_err();

@@ -9,8 +9,9 @@ use crate::ot::sinkhorn::{SinkhornKernels, Solution};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuReference;
 
-/// Cosine similarity accumulated in `f64`; a zero vector has similarity 0 with everything
-/// (so its cost is exactly 1, never NaN).
+/// Cosine similarity accumulated in `f64`, clamped to [−1, 1] as every backend's is (a
+/// rounding of `x·x / (|x| |x|)` past 1 would make a cost of −2e-16); a zero vector has
+/// similarity 0 with everything (so its cost is exactly 1, never NaN).
 pub fn cosine_f64(x: &[f32], y: &[f32]) -> f64 {
     let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
     for (&u, &v) in x.iter().zip(y) {
@@ -22,7 +23,7 @@ pub fn cosine_f64(x: &[f32], y: &[f32]) -> f64 {
     if xx == 0.0 || yy == 0.0 {
         0.0
     } else {
-        xy / (xx.sqrt() * yy.sqrt())
+        (xy / (xx.sqrt() * yy.sqrt())).clamp(-1.0, 1.0)
     }
 }
 
@@ -259,5 +260,28 @@ impl SinkhornKernels for CpuReference {
             sol.cost[p] = total;
         }
         Ok(sol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vector_with_itself_costs_zero_not_less() {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut rounded_past_one = 0;
+        for _ in 0..2000 {
+            let x: Vec<f32> = (0..7).map(|_| rng.uniform() as f32 - 0.5).collect();
+            let (xy, xx) = x.iter().fold((0.0f64, 0.0f64), |(a, b), &v| {
+                let v = v as f64;
+                (a + v * v, b + v * v)
+            });
+            rounded_past_one += usize::from(xy / (xx.sqrt() * xx.sqrt()) > 1.0);
+            let c = cosine_f64(&x, &x);
+            assert!((-1.0..=1.0).contains(&c), "{c}");
+        }
+        // The case the clamp is for does occur.
+        assert!(rounded_past_one > 0);
     }
 }
