@@ -325,3 +325,67 @@ fn shared_teacher_prefix_changes_no_number() {
     };
     assert_eq!(make(trainable_embeddings, 1, true).shared_prefix(), None);
 }
+
+/// Past the first epoch a straight run takes its cached states from the batches of the
+/// first; a resumed run computes them again in other batches. The states must not depend
+/// on the batch they were computed in, or the two runs part in their last bits (sequences
+/// long enough that a padded batch's sums are split otherwise than an unpadded one's).
+#[test]
+fn resume_after_the_first_epoch_continues_bit_for_bit() {
+    let frozen = |cache_mb: usize| DistillConfig {
+        freeze_embeddings: true,
+        freeze_layers: 1,
+        cache_mb,
+        ..config("ot", 4, 9)
+    };
+    let long_pairs = || {
+        let mut rng = optical::rng::SplitMix64::new(11);
+        let mut seq = || -> Vec<u32> {
+            let len = rng.range(5, 60);
+            (0..len).map(|_| rng.range(1, 49) as u32).collect()
+        };
+        let mut pairs = optical::distill::TokenizedPairs::default();
+        for _ in 0..10 {
+            pairs.student.push(seq());
+            pairs.teacher.push(seq());
+            pairs.student_english.push(seq());
+        }
+        pairs
+    };
+    let trainer = |cache_mb: usize| {
+        let tiny = tiny_config();
+        let student = random_encoder(&tiny, 1, &Device::flex().autodiff()).unwrap();
+        let teacher = random_encoder(&tiny, 2, &Device::flex()).unwrap();
+        Trainer::new(frozen(cache_mb), student, teacher, (0, 0), long_pairs()).unwrap()
+    };
+    // 10 pairs, 4 per step: the first epoch ends in step 3.
+    let mut straight = trainer(64);
+    for _ in 0..9 {
+        straight.step().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = trainer(64);
+    for _ in 0..5 {
+        first.step().unwrap();
+    }
+    first.save_checkpoint(dir.path()).unwrap();
+    drop(first);
+    let mut resumed = trainer(64);
+    resumed.load_checkpoint(dir.path(), 5).unwrap();
+    for _ in 5..9 {
+        resumed.step().unwrap();
+    }
+    assert!(
+        weights_of(&straight) == weights_of(&resumed),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    // Nor do they depend on whether they were cached.
+    let mut uncached = trainer(0);
+    for _ in 0..9 {
+        uncached.step().unwrap();
+    }
+    assert!(
+        weights_of(&straight) == weights_of(&uncached),
+        "the weights differ with cache_mb = 0"
+    );
+}

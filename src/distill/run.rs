@@ -121,12 +121,13 @@ fn install_ctrlc() {
     restore_ignored(&ignored);
 }
 
-/// The stop signals that the process was started with ignored: SIGHUP under `nohup`,
-/// SIGINT for a background job of a non-interactive shell. They stay ignored (the handler
-/// takes them all), so that logging out does not stop a `nohup optical distill`.
+/// SIGHUP if the process was started with it ignored (`nohup`): it stays ignored (the
+/// handler takes SIGINT, SIGTERM and SIGHUP), so that logging out does not stop a
+/// `nohup optical distill`. SIGINT, which a non-interactive shell ignores for its
+/// background jobs, is taken still: `kill -INT` stops such a run cleanly.
 #[cfg(unix)]
 fn ignored_signals() -> Vec<libc::c_int> {
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+    [libc::SIGHUP]
         .into_iter()
         .filter(|&sig| {
             // SAFETY: a query only (no new action); `old` is a valid, zeroed sigaction

@@ -293,8 +293,13 @@ impl TextTokenizer {
 
 /// Right-pad token sequences to the longest one.
 pub fn pad(seqs: &[Vec<u32>], pad_id: u32) -> TokenBatch {
+    pad_to(seqs, pad_id, 0)
+}
+
+/// [`pad`] to at least `t` positions.
+pub fn pad_to(seqs: &[Vec<u32>], pad_id: u32, t: usize) -> TokenBatch {
     let b = seqs.len();
-    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let t = seqs.iter().map(Vec::len).max().unwrap_or(0).max(t);
     let mut ids = vec![pad_id as i64; b * t];
     let mut mask = vec![0.0f32; b * t];
     for (r, s) in seqs.iter().enumerate() {
