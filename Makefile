@@ -3,7 +3,8 @@
 #   make test   the test suite, exactly what CI runs (.ci/run)
 #
 # Builds go to a directory outside the clone so that CI and repeated runs reuse them.
-CACHE ?= $(HOME)/.cache/optical
+# The cache directory: `make CACHE=DIR`, else $OPTICAL_CACHE, else ~/.cache/optical.
+CACHE ?= $(or $(OPTICAL_CACHE),$(HOME)/.cache/optical)
 export OPTICAL_CACHE := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 export CARGO_TERM_COLOR ?= never

@@ -976,7 +976,7 @@ fn a_run_with_relative_paths_resumes_from_anywhere() {
     let first = distill_command(
         &f,
         &out,
-        &[&relative[..], &["--steps", "4", "--stop-at-step", "2"]].concat(),
+        &[&relative[..], &["--steps", "6", "--stop-at-step", "2"]].concat(),
     )
     .current_dir(&f.root)
     .output()
@@ -990,28 +990,49 @@ fn a_run_with_relative_paths_resumes_from_anywhere() {
         "{saved}"
     );
     // From elsewhere, with nothing but the run directory.
-    let elsewhere = Command::new(BIN)
-        .args([
-            "distill",
-            "--resume",
-            "--no-progress",
+    let resume = |dir: &Path, extra: &[&str]| {
+        let o = Command::new(BIN)
+            .args(["distill", "--resume", "--no-progress", "--out"])
+            .arg(&out)
+            .args(extra)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let summary = ok(
+            &o,
+            &format!("the resume from {} with {extra:?}", dir.display()),
+        );
+        (summary, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    resume(Path::new("/"), &["--stop-at-step", "3"]);
+    // The same model named through `..`: no change.
+    let sub = f.root.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let (_, err) = resume(&sub, &["--teacher", "../tiny", "--stop-at-step", "4"]);
+    assert!(!err.contains("resume changes teacher"), "{err}");
+    // Sources that moved: given relatively from their new place, saved absolute there.
+    let moved = f.root.join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for name in ["train.hau", "train.en"] {
+        std::fs::rename(f.root.join(name), moved.join(name)).unwrap();
+    }
+    let (_, err) = resume(
+        &moved,
+        &[
+            "--sources",
+            "files:hau:train.hau:train.en",
             "--stop-at-step",
-            "3",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .current_dir("/")
-        .output()
-        .unwrap();
-    ok(&elsewhere, "the resume from another directory");
-    // From the run's own directory, naming the student as at the start.
-    let again = distill_command(&f, &out, &["--student", "./tiny", "--resume"])
-        .current_dir(&f.root)
-        .output()
-        .unwrap();
-    let summary = ok(&again, "the resume naming the student relatively");
-    assert_eq!(summary["steps"], 4, "{summary}");
-    assert!(!String::from_utf8_lossy(&again.stderr).contains("resume changes student"));
+            "5",
+        ],
+    );
+    assert!(err.contains("resume changes sources"), "{err}");
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        saved.contains(&format!("files:hau:{}", moved.join("train.hau").display())),
+        "{saved}"
+    );
+    let (summary, _) = resume(Path::new("/"), &[]);
+    assert_eq!(summary["steps"], 6, "{summary}");
 }
 
 /// Without dev pairs nothing is evaluated (not even periodically) and the last step is

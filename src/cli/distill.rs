@@ -1,7 +1,7 @@
 //! `optical distill`: OPTICAL distillation of a multilingual student from a frozen English
 //! teacher on bitext (see `crate::distill`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
@@ -286,25 +286,29 @@ fn resume_config(
     let saved = DistillConfig::from_file(&saved_path)?;
     let mut merged = saved.clone().with_overrides(overrides)?;
     merged.out = out.clone();
-    // A path given again another way (`./model`, an absolute path) is the saved one: the
-    // saved spelling stays (a checkpoint compares the models by it).
-    let mut resolved = merged.clone();
-    absolute_paths(&mut resolved);
-    let mut resolved_saved = saved.clone();
-    absolute_paths(&mut resolved_saved);
-    if resolved.teacher == resolved_saved.teacher {
+    // A path given again another way (`./model`, `../run/model`, an absolute path, a
+    // link) is the saved one: the saved spelling stays (a checkpoint compares the models by
+    // it). A path that changed is saved absolute, as a fresh run's are.
+    let canonical = |c: &DistillConfig| {
+        let mut c = c.clone();
+        map_paths(&mut c, &|p| crate::io::resolved(p));
+        c
+    };
+    let (now, before) = (canonical(&merged), canonical(&saved));
+    absolute_paths(&mut merged);
+    if now.teacher == before.teacher {
         merged.teacher = saved.teacher.clone();
     }
-    if resolved.student == resolved_saved.student {
+    if now.student == before.student {
         merged.student = saved.student.clone();
     }
-    if resolved.sources == resolved_saved.sources {
+    if now.sources == before.sources {
         merged.sources = saved.sources.clone();
     }
-    if resolved.data_dir == resolved_saved.data_dir {
+    if now.data_dir == before.data_dir {
         merged.data_dir = saved.data_dir.clone();
     }
-    if resolved.english_bible == resolved_saved.english_bible {
+    if now.english_bible == before.english_bible {
         merged.english_bible = saved.english_bible.clone();
     }
     let as_map = |c: &DistillConfig| match serde_json::to_value(c) {
@@ -347,29 +351,40 @@ fn resume_config(
 
 /// The model, data and Bible paths of a configuration made absolute, so that the run's
 /// `config.toml` (and its checkpoints' settings) name the same files from wherever the run
-/// is resumed. Model names (`minilm`, `e5-small`) stay names.
+/// is resumed.
 fn absolute_paths(config: &mut DistillConfig) {
-    let absolute = |p: &str| match std::path::absolute(p) {
-        Ok(a) if !p.is_empty() => a.display().to_string(),
-        _ => p.to_string(),
-    };
+    map_paths(config, &|p| {
+        std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+    });
+}
+
+/// Every path of `config` mapped by `f`: the models (names such as `minilm` and
+/// `e5-small` stay names), the two files of each `files:` source, `data_dir` and
+/// `english_bible`. A `files:` source keeps its other-language path as it is where the
+/// mapped one would hold a `:` (the spec's separator).
+fn map_paths(config: &mut DistillConfig, f: &dyn Fn(&Path) -> PathBuf) {
+    let map = |p: &str| f(Path::new(p)).display().to_string();
     for model in [&mut config.teacher, &mut config.student] {
-        if !matches!(model.as_str(), "minilm" | "e5-small") {
-            *model = absolute(model);
+        if !model.is_empty() && !matches!(model.as_str(), "minilm" | "e5-small") {
+            *model = map(model);
         }
     }
     for spec in &mut config.sources {
         if let ["files", lang, other, english] = spec.splitn(4, ':').collect::<Vec<_>>()[..] {
-            *spec = format!("files:{lang}:{}:{}", absolute(other), absolute(english));
+            let mapped = map(other);
+            let other = if mapped.contains(':') {
+                other.to_string()
+            } else {
+                mapped
+            };
+            *spec = format!("files:{lang}:{other}:{}", map(english));
         }
     }
-    for dir in [&mut config.data_dir, &mut config.english_bible]
+    for path in [&mut config.data_dir, &mut config.english_bible]
         .into_iter()
         .flatten()
     {
-        if let Ok(a) = std::path::absolute(&*dir) {
-            *dir = a;
-        }
+        *path = f(path);
     }
 }
 

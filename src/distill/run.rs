@@ -924,6 +924,8 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
                 evaluate(&mut trainer, &mut dev_metrics)?;
                 save(&trainer)?;
             }
+            // Without dev pairs a resume at its last step changes nothing to save.
+            None if records.is_empty() => {}
             None => save(&trainer)?,
         }
     }

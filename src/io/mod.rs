@@ -518,6 +518,10 @@ fn open_lock_file(path: &Path) -> Result<std::fs::File> {
 pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_output_dir(dir)?;
     let target = resolve_links(dir)?;
+    // A link to a directory not made yet: its parent must be there, as for `dir` itself.
+    if !target.exists() {
+        check_parent(&target)?;
+    }
     let anchor = if target.is_dir() {
         target.join("out")
     } else {
@@ -582,7 +586,9 @@ pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&tmp);
-    result.map_err(|e| e.at_output(&tmp, dir))
+    // Errors name the output as the user gave it, not the temporary directory or the place a
+    // link leads to.
+    result.map_err(|e| e.at_output(&tmp, dir).at_output(&target, dir))
 }
 
 /// [`sync_file`] every regular file under `dir` (before the directory's files are moved
@@ -784,6 +790,17 @@ mod tests {
             "three"
         );
         assert!(dangling.is_symlink());
+        // A link to where no parent directory is: refused, nothing made.
+        let nowhere = dir.path().join("nowhere");
+        std::os::unix::fs::symlink(other.path().join("no/such"), &nowhere).unwrap();
+        let e = write(&nowhere, "four").unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(!other.path().join("no").exists());
+        // An output name the link's directory cannot take is named under the user's path.
+        std::fs::remove_file(other.path().join("a.txt")).unwrap();
+        std::fs::create_dir(other.path().join("a.txt")).unwrap();
+        let e = write(&link, "five").unwrap_err().to_string();
+        assert!(e.contains(&link.join("a.txt").display().to_string()), "{e}");
     }
 
     #[test]

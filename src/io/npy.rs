@@ -209,8 +209,12 @@ pub fn read(path: &Path) -> Result<NpyArray> {
             return Err(wrong_size(size.saturating_sub(end as u64).to_string()));
         }
     }
-    data.try_reserve_exact((nbytes + 1).saturating_sub(data.len()))
-        .map_err(|_| Error::io(path, "read", std::io::ErrorKind::OutOfMemory.into()))?;
+    // A file of the declared size takes one buffer of it; a stream (a pipe) grows its buffer
+    // with what actually arrives, whatever its header declares.
+    if size.is_some() {
+        data.try_reserve_exact((nbytes + 1).saturating_sub(data.len()))
+            .map_err(|_| Error::io(path, "read", std::io::ErrorKind::OutOfMemory.into()))?;
+    }
     // One byte more than the data, to see a stream that goes on.
     (&mut file)
         .take((nbytes + 1 - data.len()) as u64)
@@ -334,12 +338,16 @@ fn header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize, usize)>
                 format!("expected a shape whose element count fits in memory, found {shape:?}"),
             )
         })?;
-    let nbytes = count.checked_mul(dtype.size()).ok_or_else(|| {
-        format_err(
-            path,
-            format!("expected a shape whose size fits in memory, found {shape:?} {descr}"),
-        )
-    })?;
+    // With the header, at most what one allocation can hold (so no sum below overflows).
+    let nbytes = count
+        .checked_mul(dtype.size())
+        .filter(|&n| n <= isize::MAX as usize - end)
+        .ok_or_else(|| {
+            format_err(
+                path,
+                format!("expected a shape whose size fits in memory, found {shape:?} {descr}"),
+            )
+        })?;
     Ok((shape, dtype, end, nbytes))
 }
 
@@ -818,6 +826,22 @@ mod tests {
         );
         let err = parse(p, &digits).unwrap_err().to_string();
         assert!(err.contains("found 123456789012345678901"), "{err}");
+        // A byte count that fits a usize but not, with the header, one allocation.
+        let bytes = with_header(
+            "{'descr': '|u1', 'fortran_order': False, 'shape': (18446744073709551615,), }",
+            &[],
+        );
+        let err = parse(p, &bytes).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "expected a shape whose size fits in memory, found [18446744073709551615]"
+            ),
+            "{err}"
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &bytes).unwrap();
+        let err = read(file.path()).unwrap_err().to_string();
+        assert!(err.contains("fits in memory"), "{err}");
         // u64 lengths past i64: reported as read, not clamped.
         let u = with_header(
             "{'descr': '<u8', 'fortran_order': False, 'shape': (2,), }",
