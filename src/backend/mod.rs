@@ -244,14 +244,7 @@ impl Backend {
         // Per plan entry, the materialised path's peak: the f32 cost (4 bytes), the f64
         // problem and plan (16), a backend's f32 copy of the cost (4) and a caller's f32
         // copy of the plan (4), as measured from `optical ot solve` (about 28).
-        check_output_memory(
-            "sinkhorn",
-            &format!(
-                "(b, n, m) = ({}, {}, {}): the plan and the cost in f64 and f32",
-                x.b, x.n, y.n
-            ),
-            [x.b, x.n, y.n, 28],
-        )?;
+        check_solve_memory([x.b, x.n, y.n], 28, "the plan and the cost in f64 and f32")?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(k) = self {
             let out = k.sinkhorn_embeddings(x, y, params)?;
@@ -294,13 +287,10 @@ impl Backend {
         crate::ot::problem::check_cost_resolution(problem.max_abs_cost(), params.epsilon)?;
         // Beyond the problem itself: the f64 plan (8 bytes per entry), a backend's f32 copy
         // of the cost (4) and a caller's f32 copy of the plan (4).
-        check_output_memory(
-            "sinkhorn",
-            &format!(
-                "(b, n, m) = ({}, {}, {}): the plan in f64 and f32",
-                problem.pairs, problem.n, problem.m
-            ),
-            [problem.pairs, problem.n, problem.m, 16],
+        check_solve_memory(
+            [problem.pairs, problem.n, problem.m],
+            16,
+            "the plan in f64 and f32",
         )?;
         match self {
             Backend::Cpu(k) => sinkhorn::solve(k, problem, params),
@@ -426,6 +416,16 @@ pub(crate) fn check_output_memory(what: &str, shape: &str, dims: [usize; 4]) -> 
     // Reserved, never touched, then released: the address space alone, no page of memory.
     let mut probe: Vec<u8> = Vec::new();
     probe.try_reserve_exact(bytes).map_err(|_| refuse())
+}
+
+/// [`check_output_memory`] for a solve of `(b, n, m)` plan entries at `bytes` each (`what`
+/// says what they hold).
+fn check_solve_memory([b, n, m]: [usize; 3], bytes: usize, what: &str) -> Result<()> {
+    check_output_memory(
+        "sinkhorn",
+        &format!("(b, n, m) = ({b}, {n}, {m}): {what}"),
+        [b, n, m, bytes],
+    )
 }
 
 /// A standard problem timed on a device alone (see [`Backend::device_seconds`]).
