@@ -349,14 +349,11 @@ fn eval_dataset(a: EvalDatasetArgs) -> Result<()> {
         main_metric: main_metric.to_string(),
         lareqa_candidates: lareqa.then_some(settings.asymmetric_candidates),
         settings: EvalSettings {
-            languages: tasks.iter().fold(Vec::new(), |mut all, t| {
-                for l in t.query_languages() {
-                    if !all.contains(&l) {
-                        all.push(l);
-                    }
-                }
-                all
-            }),
+            languages: data::first_seen(
+                tasks
+                    .iter()
+                    .flat_map(|t| t.queries.iter().map(|q| q.language.as_str())),
+            ),
             backend: a.backend.clone(),
             max_length: a.max_length,
             k: a.k,

@@ -188,7 +188,8 @@ impl RetrievalTask {
     }
 }
 
-fn first_seen<'a>(it: impl Iterator<Item = &'a str>) -> Vec<String> {
+/// The distinct strings of `it`, in first-seen order.
+pub(crate) fn first_seen<'a>(it: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for l in it {
         if !out.iter().any(|o| o == l) {

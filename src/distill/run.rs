@@ -93,7 +93,7 @@ fn epoch() -> std::time::Instant {
 
 fn install_ctrlc() {
     epoch();
-    let ignored = ignored_signals();
+    let hangup_was_ignored = hangup_ignored();
     // A second installation in the same process fails; the flag is shared, so that is fine.
     let _ = ctrlc::set_handler(|| {
         let now = epoch().elapsed().as_millis() as u64 + 1;
@@ -118,47 +118,43 @@ fn install_ctrlc() {
         }
         errln!("\ninterrupted again: stopping once the files being saved are whole");
     });
-    restore_ignored(&ignored);
+    if hangup_was_ignored {
+        ignore_hangup();
+    }
 }
 
-/// SIGHUP if the process was started with it ignored (`nohup`): it stays ignored (the
-/// handler takes SIGINT, SIGTERM and SIGHUP), so that logging out does not stop a
+/// Whether the process was started with SIGHUP ignored (`nohup`). It then stays ignored
+/// (the handler takes SIGINT, SIGTERM and SIGHUP), so that logging out does not stop a
 /// `nohup optical distill`. SIGINT, which a non-interactive shell ignores for its
 /// background jobs, is taken still: `kill -INT` stops such a run cleanly.
 #[cfg(unix)]
-fn ignored_signals() -> Vec<libc::c_int> {
-    [libc::SIGHUP]
-        .into_iter()
-        .filter(|&sig| {
-            // SAFETY: a query only (no new action); `old` is a valid, zeroed sigaction
-            // for the call to fill.
-            unsafe {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                    && old.sa_sigaction == libc::SIG_IGN
-            }
-        })
-        .collect()
+fn hangup_ignored() -> bool {
+    // SAFETY: a query only (no new action); `old` is a valid, zeroed sigaction for the call
+    // to fill.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
+/// Ignore SIGHUP again (after the handler took it over).
 #[cfg(unix)]
-fn restore_ignored(signals: &[libc::c_int]) {
-    for &sig in signals {
-        // SAFETY: SIG_IGN is a valid disposition for these catchable signals; no handler
-        // of ours runs for them afterwards.
-        unsafe {
-            libc::signal(sig, libc::SIG_IGN);
-        }
+fn ignore_hangup() {
+    // SAFETY: SIG_IGN is a valid disposition for SIGHUP; no handler of ours runs for it
+    // afterwards.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
 
 #[cfg(not(unix))]
-fn ignored_signals() -> Vec<i32> {
-    Vec::new()
+fn hangup_ignored() -> bool {
+    false
 }
 
 #[cfg(not(unix))]
-fn restore_ignored(_: &[i32]) {}
+fn ignore_hangup() {}
 
 /// Run `save` with a second interrupt held off until it is done (then the process ends,
 /// exit 130, as the interrupt asked).
