@@ -22,7 +22,7 @@ fn kernels(c: &mut Criterion) {
 
     // `optical bench`'s sinkhorn-fused: cosine cost + 100 iterations, the cost kept on chip.
     let (x, y) = bench::fused_problem();
-    let (b, n, d, iters) = (x.b, x.n, x.d, 100);
+    let (b, n, d, iters) = (x.b(), x.n(), x.d(), 100);
     let params = bench::fused_params(iters);
     let mut g = c.benchmark_group("sinkhorn-fused");
     g.sample_size(10);

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The crate's error: what went wrong, where, what was expected and what was found. More
+/// variants may come: a `match` on it needs a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     // ---- input: files -------------------------------------------------------------------
     /// A file could not be opened, read or written.

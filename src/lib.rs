@@ -52,6 +52,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `eprintln!` that never panics: a standard error that cannot be written (a terminal that
 /// hung up) loses the line, not the process's work. Every message of the crate goes through

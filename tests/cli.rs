@@ -388,12 +388,22 @@ fn every_bad_input_is_one_clear_line_with_exit_code_2_and_no_output() {
             expect: vec!["epsilon".into(), "> 0".into()],
         },
         Bad {
-            // Positive, but the cost divided by it would overflow: refused before the solve.
+            // Positive, but too small to resolve the cost: refused before the solve.
             name: "epsilon too small for the cost",
-            args: cost(&good, &["--epsilon", "1e-320"]),
+            args: cost(&good, &["--epsilon", "1e-14"]),
             expect: vec![
                 "epsilon".into(),
                 "costs up to 5.000e-1".into(),
+                "found 1e-14".into(),
+            ],
+        },
+        Bad {
+            // Subnormal: −log2(e)/ε overflows whatever the cost.
+            name: "epsilon subnormal",
+            args: cost(&good, &["--epsilon", "1e-320"]),
+            expect: vec![
+                "epsilon".into(),
+                "smallest normal number".into(),
                 "found 1e-320".into(),
             ],
         },

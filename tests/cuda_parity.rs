@@ -218,7 +218,7 @@ fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
         for p in 0..b {
             for i in 0..n {
                 for j in 0..m {
-                    if i >= x.lengths[p] || j >= y.lengths[p] {
+                    if i >= x.lengths()[p] || j >= y.lengths()[p] {
                         assert_eq!(got.data[(p * n + i) * m + j], 0.0, "{what}: padding");
                     }
                 }
@@ -353,7 +353,7 @@ fn norm_bounds_match_reference() {
             2e-5,
             4.0,
         );
-        let docs = PackedDocs::new("docs", d, y.data.clone(), vec![m; b]).unwrap();
+        let docs = PackedDocs::new("docs", d, y.data().to_vec(), vec![m; b]).unwrap();
         let want = CpuReference.maxsim(&x, &docs).unwrap();
         let fast = CpuFast.maxsim(&x, &docs).unwrap();
         for route in [MaxsimRoute::Direct, MaxsimRoute::Tiled] {
@@ -383,7 +383,7 @@ fn norm_bounds_match_reference() {
             &want,
             &fast,
             &params,
-            |p, i, j| i >= x.lengths[p] || j >= y.lengths[p],
+            |p, i, j| i >= x.lengths()[p] || j >= y.lengths()[p],
         );
     }
 }
@@ -627,7 +627,7 @@ fn sinkhorn_cases(gpu: &CudaBackend, lse: SinkhornLse) {
             lse.name()
         );
         compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
-            prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0
+            prob.a()[p * n + i] == 0.0 || prob.b()[p * m + j] == 0.0
         });
         let marginal_error: Field = |s| &s.marginal_error;
         check_field(
@@ -663,7 +663,7 @@ fn sinkhorn_beyond_shared_memory_runs_split() {
         &want,
         &fast,
         &params,
-        |p, i, j| prob.a[p * n + i] == 0.0 || prob.b[p * m + j] == 0.0,
+        |p, i, j| prob.a()[p * n + i] == 0.0 || prob.b()[p * m + j] == 0.0,
     );
     let one_cta = Backend::Cuda(cuda_of(&gpu).clone().with_split(SinkhornSplit::Off));
     let e = one_cta.sinkhorn(&prob, &params).unwrap_err().to_string();
@@ -777,15 +777,17 @@ fn sinkhorn_stops_converged_pairs_like_the_reference() {
     every_case(runs, |(n, m, split)| {
         let gpu = Backend::Cuda(cuda_of(&gpu).clone().with_split(split));
         // Pair 0 is 1x1 (converged at the first check); the others need different counts.
-        let mut prob = problem(200, 3, n, m, false, false);
-        for j in 1..prob.m {
-            prob.b[j] = 0.0;
+        let base = problem(200, 3, n, m, false, false);
+        let (mut a, mut b) = (base.a().to_vec(), base.b().to_vec());
+        for w in &mut b[1..m] {
+            *w = 0.0;
         }
-        for i in 1..prob.n {
-            prob.a[i] = 0.0;
+        for w in &mut a[1..n] {
+            *w = 0.0;
         }
-        prob.a[0] = 1.0;
-        prob.b[0] = 1.0;
+        a[0] = 1.0;
+        b[0] = 1.0;
+        let prob = Problem::new(3, n, m, base.cost().to_vec(), Some(a), Some(b)).unwrap();
         let params = SinkhornParams {
             epsilon: 0.05,
             max_iterations: 500,
@@ -978,7 +980,7 @@ fn fused_cases(gpu: &Backend, kernel: CostKernel, threads: FusedThreads) {
                 threads.name()
             );
             compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
-                i >= x.lengths[p] || j >= y.lengths[p]
+                i >= x.lengths()[p] || j >= y.lengths()[p]
             });
         },
     );
@@ -999,7 +1001,7 @@ fn fused_sinkhorn_converges_like_the_reference() {
     let want = reference.sinkhorn_embeddings(&x, &y, &params).unwrap();
     let fused = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
     let cost = gpu.cosine_cost(&x, &y).unwrap();
-    let prob = Problem::from_cost_and_lengths(&cost, &x.lengths, &y.lengths).unwrap();
+    let prob = Problem::from_cost_and_lengths(&cost, x.lengths(), y.lengths()).unwrap();
     let materialised = gpu.sinkhorn(&prob, &params).unwrap();
     eprintln!(
         "iterations: reference {:?}, fused {:?}, materialised {:?}",

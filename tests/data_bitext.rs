@@ -89,12 +89,14 @@ fn misaligned_and_empty_lines_are_errors_with_file_and_line() {
     for blanks in [BlankLines::Refuse, BlankLines::Keep] {
         assert_eq!(bitext::read_lines(&tail, blanks).unwrap(), ["a", "b"]);
     }
-    for empty in ["", "\n", " \n\n"] {
+    for (empty, says) in [
+        ("", "found an empty file"),
+        ("\n", "found an empty file"),
+        (" \n\n", "found only blank lines"),
+    ] {
         let z = write(dir.path(), "z.swh", empty);
-        assert!(bitext::read_lines(&z, BlankLines::Keep)
-            .unwrap_err()
-            .to_string()
-            .contains("empty file"));
+        let e = bitext::read_lines(&z, BlankLines::Keep).unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
     }
     let bad = dir.path().join("bad.swh");
     std::fs::write(&bad, b"ok\nfine\n\xff\xfe\n").unwrap();

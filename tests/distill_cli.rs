@@ -233,8 +233,14 @@ fn distill_trains_evaluates_exports_and_resumes_on_the_cpu() {
     );
     let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(saved.contains("steps = 13"), "{saved}");
-    // Resuming the finished run trains nothing and logs no dev step twice.
+    // Resuming the finished run trains nothing and logs no dev step twice; its summary
+    // keeps the run's step times (from the log), not the zeros of a sitting with no step.
     let again = ok(&alone(&["--steps", "13"]), "resume a finished run");
+    let total = again["mean_seconds"]["total"].as_f64().unwrap();
+    assert!(
+        total > 0.0 && again["tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{again}"
+    );
     let dev_steps: Vec<u64> = lines(&out.join("dev.jsonl"))
         .iter()
         .map(|r| r["step"].as_u64().unwrap())

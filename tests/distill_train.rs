@@ -189,7 +189,7 @@ fn dev_vectors_from_kept_prefix_states_are_the_whole_models() {
         let mut out = Vec::new();
         for chunk in seqs.chunks(32) {
             let batch = optical::encoder::tokenizer::pad(chunk, 0);
-            let (ids, mask) = batch.tensors(&device);
+            let (ids, mask) = batch.tensors(&device).unwrap();
             let x = model.forward(ids, mask.clone());
             let v = optical::encoder::pooling::l2_normalize(optical::encoder::pooling::mean_pool(
                 x, mask,

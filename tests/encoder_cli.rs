@@ -153,6 +153,21 @@ fn encode_errors_name_the_problem() {
         ],
         "empty.txt: expected at least one line, found an empty file",
     );
+    // Lines of spaces only (a no-break space too) are not an empty file.
+    let spaces = Path::new(input).with_file_name("spaces.txt");
+    std::fs::write(&spaces, "   \n\u{a0}\n").unwrap();
+    fails_with(
+        &[
+            "encode",
+            "--model",
+            "no-such-model",
+            "--input",
+            spaces.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+        "spaces.txt: expected at least one line of text, found only blank lines",
+    );
     // A blank line inside the file would embed no text: refused with its number, before
     // the model loads.
     let blank = Path::new(input).with_file_name("blank.txt");
@@ -658,6 +673,15 @@ fn random_model_has_the_config_shape_and_encodes() {
         weights("a") != weights("c"),
         "another seed must give other weights"
     );
+    // A directory that holds a model is not replaced unasked.
+    let again = random_model(&config, &dir.path().join("c"), &["--seed", "7"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected a directory without a model, found its config.json"),
+        "{stderr}"
+    );
+    assert!(weights("a") != weights("c"), "the refused write changed c");
 
     // Blank lines at the end of the file are not texts.
     let input = dir.path().join("texts.txt");

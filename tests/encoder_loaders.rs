@@ -214,7 +214,7 @@ fn forward_matches_f64_reference_with_padding() {
             })
             .collect();
         let batch = pad(&seqs, config.pad_token_id as u32);
-        let (ids, mask) = batch.tensors(&device);
+        let (ids, mask) = batch.tensors(&device).unwrap();
         let out = model.forward(ids, mask.clone());
         let values = out.clone().into_data().try_to_vec::<f32>().unwrap();
         let h = config.hidden_size;

@@ -304,6 +304,12 @@ fn mismatched_inputs_are_errors() {
     assert!(search(&s, &Pool::numbered(5).unwrap(), &[], 1, 4).is_err());
     assert!(DenseVectors::new("q", 1, 2, vec![f32::NAN, 0.0]).is_err());
     assert!(DenseVectors::new("q", 2, 2, vec![0.0; 3]).is_err());
+    // A shape whose product wraps a usize to the data's length (0 here) is refused, not
+    // read past the end.
+    let e = DenseVectors::new("c", 2, 1 << 63, vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("18446744073709551616 values"), "{e}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ fn check_backend(kind: BackendKind, threshold: f64, plan_tol: f64) {
         let out = backend.sinkhorn(&p, &params).expect("solve");
         assert_eq!(
             out.converged_count(),
-            p.pairs,
+            p.pairs(),
             "{case}: every pair converges"
         );
         let (_, want_plan) = load(&dir, "plan");
@@ -49,24 +49,24 @@ fn check_backend(kind: BackendKind, threshold: f64, plan_tol: f64) {
         // Potentials agree with POT's modulo a constant per pair (f + c, g − c); padding is 0.
         let (_, wf) = load(&dir, "f");
         let (_, wg) = load(&dir, "g");
-        for q in 0..p.pairs {
+        for q in 0..p.pairs() {
             let (rows, cols) = p.support(q);
-            let shift = rows.iter().map(|&i| out.f[q * p.n + i]).sum::<f64>() / rows.len() as f64;
-            let f: Vec<f64> = (0..p.n)
+            let shift = rows.iter().map(|&i| out.f[q * p.n() + i]).sum::<f64>() / rows.len() as f64;
+            let f: Vec<f64> = (0..p.n())
                 .map(|i| {
                     if rows.contains(&i) {
-                        out.f[q * p.n + i] - shift
+                        out.f[q * p.n() + i] - shift
                     } else {
-                        out.f[q * p.n + i]
+                        out.f[q * p.n() + i]
                     }
                 })
                 .collect();
-            let g: Vec<f64> = (0..p.m)
+            let g: Vec<f64> = (0..p.m())
                 .map(|j| {
                     if cols.contains(&j) {
-                        out.g[q * p.m + j] + shift
+                        out.g[q * p.m() + j] + shift
                     } else {
-                        out.g[q * p.m + j]
+                        out.g[q * p.m() + j]
                     }
                 })
                 .collect();
@@ -75,13 +75,13 @@ fn check_backend(kind: BackendKind, threshold: f64, plan_tol: f64) {
             assert_close(
                 &format!("{kind} {case} pair {q} f"),
                 &f,
-                &wf[q * p.n..(q + 1) * p.n],
+                &wf[q * p.n()..(q + 1) * p.n()],
                 tol,
             );
             assert_close(
                 &format!("{kind} {case} pair {q} g"),
                 &g,
-                &wg[q * p.m..(q + 1) * p.m],
+                &wg[q * p.m()..(q + 1) * p.m()],
                 tol,
             );
         }

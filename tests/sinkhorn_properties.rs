@@ -65,12 +65,12 @@ fn marginals_within_threshold_and_plan_nonnegative() {
                     .collect();
                 let row_err: f64 = rows
                     .iter()
-                    .zip(&p.a[q * n..(q + 1) * n])
+                    .zip(&p.a()[q * n..(q + 1) * n])
                     .map(|(r, a)| (r - a).abs())
                     .sum();
                 let col_err: f64 = cols
                     .iter()
-                    .zip(&p.b[q * m..(q + 1) * m])
+                    .zip(&p.b()[q * m..(q + 1) * m])
                     .map(|(c, b)| (c - b).abs())
                     .sum();
                 println!("{kind} {n}x{m} pair {q}: row L1 error {row_err:.2e}, column L1 error {col_err:.2e}, reported {:.2e}", out.marginal_error[q]);
@@ -91,16 +91,24 @@ fn marginals_within_threshold_and_plan_nonnegative() {
 #[test]
 fn transposed_problem_gives_transposed_plan() {
     let p = random_problem(42, 2, 13, 21, 0.1);
-    let (n, m) = (p.n, p.m);
-    let mut ct = vec![0.0; p.cost.len()];
-    for q in 0..p.pairs {
+    let (n, m) = (p.n(), p.m());
+    let mut ct = vec![0.0; p.cost().len()];
+    for q in 0..p.pairs() {
         for i in 0..n {
             for j in 0..m {
-                ct[(q * m + j) * n + i] = p.cost[(q * n + i) * m + j];
+                ct[(q * m + j) * n + i] = p.cost()[(q * n + i) * m + j];
             }
         }
     }
-    let pt = Problem::new(p.pairs, m, n, ct, Some(p.b.clone()), Some(p.a.clone())).unwrap();
+    let pt = Problem::new(
+        p.pairs(),
+        m,
+        n,
+        ct,
+        Some(p.b().to_vec()),
+        Some(p.a().to_vec()),
+    )
+    .unwrap();
     for kind in KINDS {
         let backend = Backend::new(kind).unwrap();
         let prm = params(
@@ -110,7 +118,7 @@ fn transposed_problem_gives_transposed_plan() {
         let out = backend.sinkhorn(&p, &prm).unwrap();
         let outt = backend.sinkhorn(&pt, &prm).unwrap();
         let mut back = vec![0.0; out.plan.len()];
-        for q in 0..p.pairs {
+        for q in 0..p.pairs() {
             for j in 0..m {
                 for i in 0..n {
                     back[(q * n + i) * m + j] = outt.plan[(q * m + j) * n + i];
@@ -171,12 +179,12 @@ fn zero_weights_give_exact_zeros_and_no_nan() {
             .unwrap()
             .sinkhorn(&p, &params(0.05, 1e-6))
             .unwrap();
-        for q in 0..p.pairs {
-            for i in 0..p.n {
-                for j in 0..p.m {
-                    let v = out.plan[(q * p.n + i) * p.m + j];
+        for q in 0..p.pairs() {
+            for i in 0..p.n() {
+                for j in 0..p.m() {
+                    let v = out.plan[(q * p.n() + i) * p.m() + j];
                     assert!(v.is_finite(), "{kind}: no NaN");
-                    if p.a[q * p.n + i] == 0.0 || p.b[q * p.m + j] == 0.0 {
+                    if p.a()[q * p.n() + i] == 0.0 || p.b()[q * p.m() + j] == 0.0 {
                         assert_eq!(v, 0.0, "{kind}: padding is exactly zero");
                     }
                 }
@@ -335,9 +343,9 @@ fn a_constant_offset_in_the_cost_changes_no_plan() {
             2,
             17,
             29,
-            p.cost.iter().map(|c| c + 1e10).collect(),
-            Some(p.a.clone()),
-            Some(p.b.clone()),
+            p.cost().iter().map(|c| c + 1e10).collect(),
+            Some(p.a().to_vec()),
+            Some(p.b().to_vec()),
         )
         .unwrap();
         let prm = SinkhornParams {
@@ -505,7 +513,7 @@ fn reported_error_covers_the_plan_at_small_epsilon() {
             let row_err: f64 = out
                 .plan_of(q)
                 .chunks(7)
-                .zip(&p.a[q * 5..(q + 1) * 5])
+                .zip(&p.a()[q * 5..(q + 1) * 5])
                 .map(|(row, a)| (row.iter().sum::<f64>() - a).abs())
                 .sum();
             println!(

@@ -191,6 +191,7 @@ fn options(f: &Fixture, out: &str, stop_at_step: Option<usize>) -> StudyOptions 
         progress: false,
         report_only: false,
         command: "optical study --config tiny.toml --budget tiny".into(),
+        handle_interrupts: false,
     }
 }
 

@@ -130,7 +130,7 @@ fn fixed(epsilon: f64, iterations: usize) -> SinkhornParams {
 fn fused_reference(x: &Embeddings, y: &Embeddings, params: &SinkhornParams) -> SinkhornOutput {
     CpuReference
         .cosine_cost(x, y)
-        .and_then(|c| Problem::from_cost_and_lengths(&c, &x.lengths, &y.lengths))
+        .and_then(|c| Problem::from_cost_and_lengths(&c, x.lengths(), y.lengths()))
         .and_then(|pr| sinkhorn::solve(&CpuReference, &pr, params))
         .expect("reference")
 }
@@ -430,7 +430,7 @@ fn rows_at_the_norm_bounds_match_reference() {
             2e-6,
             1.0,
         );
-        let docs = PackedDocs::new("docs", d, y.data.clone(), vec![m; b]).expect("docs");
+        let docs = PackedDocs::new("docs", d, y.data().to_vec(), vec![m; b]).expect("docs");
         let got = w.maxsim(&x, &docs).expect("wgpu maxsim");
         let want = CpuReference.maxsim(&x, &docs).expect("reference");
         compare(
@@ -694,8 +694,8 @@ fn fused_matches_reference() {
         };
         let want = fused_reference(&x, &y, &params);
         let blocked =
-            has_blocked && (0..b).all(|p| x.lengths[p].max(y.lengths[p]) <= BLOCKED_MAX_LEN);
-        let tile = (0..b).all(|p| x.lengths[p] * (y.lengths[p] | 1) <= cap);
+            has_blocked && (0..b).all(|p| x.lengths()[p].max(y.lengths()[p]) <= BLOCKED_MAX_LEN);
+        let tile = (0..b).all(|p| x.lengths()[p] * (y.lengths()[p] | 1) <= cap);
         for (setting, label, w) in &settings {
             let kernel = w.fused_kernel_for(&x, &y);
             println!("b={b} n={n} m={m}, {label}: fused kernel {kernel:?} (tile capacity {cap})");
@@ -761,7 +761,7 @@ fn fused_blocked_pads_beyond_its_grid() {
     for p in 0..b {
         for i in 0..n {
             for j in 0..m {
-                if i >= x.lengths[p] || j >= y.lengths[p] {
+                if i >= x.lengths()[p] || j >= y.lengths()[p] {
                     assert_eq!(got.plan[(p * n + i) * m + j], 0.0, "padding of pair {p}");
                 }
             }
@@ -996,7 +996,7 @@ fn results_are_bit_identical_across_runs() {
         .zip(&c2.data)
         .all(|(a, b)| a.to_bits() == b.to_bits()));
 
-    let docs = PackedDocs::new("docs", 40, y.data.clone(), vec![45, 45, 45]).expect("docs");
+    let docs = PackedDocs::new("docs", 40, y.data().to_vec(), vec![45, 45, 45]).expect("docs");
     let s1 = w.maxsim(&x, &docs).expect("maxsim");
     let s2 = w.maxsim(&x, &docs).expect("maxsim");
     assert!(s1.iter().zip(&s2).all(|(a, b)| a.to_bits() == b.to_bits()));
@@ -1314,7 +1314,7 @@ fn device_checks_decide_as_host_checks() {
     // and reports the checks each pair took part in.
     let w = with(SolverChecks::Device, None, false);
     let mut state = w.prepare(&pr, p.epsilon).expect("prepare");
-    let active = vec![true; pr.pairs];
+    let active = vec![true; pr.pairs()];
     let rounds = w
         .iterate_checked(&mut state, &active, &[3; 40], p.threshold)
         .expect("rounds")

@@ -48,9 +48,9 @@ pub fn standard_kernels(c: &mut Criterion, backend: &Backend, opts: Standard<'_>
 
     let (q, docs) = bench::maxsim_problem();
     let mut g = group(c, "maxsim", opts.sample_size);
-    g.throughput(Throughput::Bytes((4 * docs.data.len()) as u64));
+    g.throughput(Throughput::Bytes((4 * docs.data().len()) as u64));
     g.bench_function(
-        format!("{name}/q{}x{}_docs{}", q.b, q.n, docs.len()),
+        format!("{name}/q{}x{}_docs{}", q.b(), q.n(), docs.len()),
         |bench| bench.iter(|| backend.maxsim(&q, &docs).expect("valid")),
     );
     g.finish();
@@ -76,7 +76,7 @@ pub fn standard_kernels(c: &mut Criterion, backend: &Backend, opts: Standard<'_>
     let iterations: usize = out.iterations.iter().map(|&i| i as usize).sum();
     let mut g = group(c, "sinkhorn-checks", opts.sample_size);
     g.throughput(Throughput::Elements(
-        (2 * problem.n * problem.m * iterations) as u64,
+        (2 * problem.n() * problem.m() * iterations) as u64,
     ));
     let checks = if opts.checks.is_empty() {
         vec![(name.to_string(), backend)]
@@ -85,7 +85,7 @@ pub fn standard_kernels(c: &mut Criterion, backend: &Backend, opts: Standard<'_>
     };
     for (label, backend) in checks {
         g.bench_function(
-            format!("{label}/b{}_n{}", problem.pairs, problem.n),
+            format!("{label}/b{}_n{}", problem.pairs(), problem.n()),
             |bench| bench.iter(|| backend.sinkhorn(&problem, &params).expect("valid")),
         );
     }

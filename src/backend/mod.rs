@@ -29,10 +29,13 @@ pub use cpu::{CpuFast, CpuReference};
 pub use cuda::CudaBackend;
 pub use peak::Exp2Peak;
 
-/// The backends a user can ask for (`--backend`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The backends a user can ask for (`--backend`). More may come: a `match` on it needs a
+/// wildcard arm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BackendKind {
     /// CPU fast path: `f32`, multi-threaded, vectorised. The default.
+    #[default]
     Cpu,
     /// CPU reference: `f64` accumulation, single-threaded. The ground truth.
     CpuReference,
@@ -85,7 +88,10 @@ impl FromStr for BackendKind {
     }
 }
 
-/// A backend ready to run kernels.
+/// A backend ready to run kernels. Its GPU variants exist with their features (`wgpu`,
+/// `cuda`), and a feature turned on anywhere in a build turns it on for every crate in it:
+/// a `match` on it needs a wildcard arm.
+#[non_exhaustive]
 pub enum Backend {
     Cpu(CpuFast),
     CpuReference(CpuReference),
@@ -96,7 +102,9 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Open a backend: find its device and compile or load its kernels.
+    /// Open a backend: find its device. The GPU backends compile or load each kernel on
+    /// its first use, so the first call of a kernel carries that time (see
+    /// `docs/PERFORMANCE.md`, "Start-up").
     pub fn new(kind: BackendKind) -> Result<Backend> {
         match kind {
             BackendKind::Cpu => Ok(Backend::Cpu(CpuFast)),
@@ -247,15 +255,14 @@ impl Backend {
         check_solve_memory([x.b, x.n, y.n], 28, "the plan and the cost in f64 and f32")?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(k) = self {
-            let out = k.sinkhorn_embeddings(x, y, params)?;
-            out.check_finite(params.epsilon)?;
-            return Ok(out);
+            // Checked finite by the solver.
+            return k.sinkhorn_embeddings(x, y, params);
         }
         #[cfg(feature = "wgpu")]
         if let Backend::Wgpu(k) = self {
-            // The fused kernel, when every pair fits on-chip; else the materialised path.
+            // The fused kernel (its solution checked finite), when every pair fits on-chip;
+            // else the materialised path.
             if let Some(out) = k.sinkhorn_embeddings(x, y, params)? {
-                out.check_finite(params.epsilon)?;
                 return Ok(out);
             }
         }

@@ -153,10 +153,10 @@ pub fn run(args: BenchArgs) -> crate::Result<()> {
     if let Some(BenchCommand::Compare(c)) = args.command {
         return run_compare(c);
     }
-    if args.min_seconds < 0.0 {
+    if !(0.0..=86_400.0).contains(&args.min_seconds) {
         return Err(crate::Error::parameter(
             "min_seconds",
-            "a finite number >= 0 (0: three calls per kernel)",
+            "0..=86400 (0: three calls per kernel; at most a day per kernel)",
             args.min_seconds,
         ));
     }

@@ -401,6 +401,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
         progress: !args.no_progress,
         stop_at_step: args.stop_at_step,
         continue_with: None,
+        handle_interrupts: true,
     };
     let (out, steps) = (config.out.clone(), config.steps);
     let summary = distill::run(config, &options)?;

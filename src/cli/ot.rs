@@ -52,12 +52,14 @@ impl BackendArg {
 #[command(verbatim_doc_comment)]
 pub struct SolveArgs {
     /// Cost matrices, (b,n,m) or (n,m).
-    #[arg(long, conflicts_with_all = ["x", "y"], required_unless_present_all = ["x", "y"])]
+    #[arg(long, conflicts_with_all = ["x", "y"], required_unless_present_any = ["x", "y"])]
     pub cost: Option<PathBuf>,
-    /// Row weights, (b,n) or (n,); uniform when omitted.
+    /// Row weights, (b,n) or (n,); uniform when omitted. Each pair's weights are scaled to
+    /// sum to 1 (as --b's: the plan's mass is 1 whatever the two sums were); 0 marks
+    /// padding.
     #[arg(long, requires = "cost", conflicts_with_all = ["x", "y"])]
     pub a: Option<PathBuf>,
-    /// Column weights, (b,m) or (m,); uniform when omitted.
+    /// Column weights, (b,m) or (m,); uniform when omitted; scaled to sum 1 per pair.
     #[arg(long, requires = "cost", conflicts_with_all = ["x", "y"])]
     pub b: Option<PathBuf>,
     /// Row embeddings, (b,n,d) or (n,d).

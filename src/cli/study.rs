@@ -167,6 +167,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
         progress: !args.no_progress,
         report_only: args.report_only,
         command: words.join(" "),
+        handle_interrupts: true,
     };
     let outcome = run_study(&options)?;
     let count = |f: fn(&RunStatus) -> bool| outcome.runs.iter().filter(|(_, s)| f(s)).count();

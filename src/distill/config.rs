@@ -175,9 +175,32 @@ impl DistillConfig {
     /// Read a TOML file (missing keys take their defaults).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
-        toml::from_str(&text).map_err(|e| Error::Format {
+        let config: Self = toml::from_str(&text).map_err(|e| Error::Format {
             path: path.into(),
             what: format!("not a valid distillation config: {e}"),
+        })?;
+        match config.too_large_integer() {
+            Some((key, what)) => Err(Error::Format {
+                path: path.into(),
+                what: format!("{key}: {what}"),
+            }),
+            None => Ok(config),
+        }
+    }
+
+    /// The first key whose integer is beyond a TOML integer (an i64), which a usize read
+    /// from a file may be: the config then has no TOML form, and the conversion's own
+    /// message names no key.
+    fn too_large_integer(&self) -> Option<(String, String)> {
+        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self) else {
+            return None;
+        };
+        map.into_iter().find_map(|(key, value)| match value {
+            serde_json::Value::Number(n) if n.as_i64().is_none() && n.as_u64().is_some() => Some((
+                key,
+                format!("expected an integer of at most {}, found {n}", i64::MAX),
+            )),
+            _ => None,
         })
     }
 
@@ -193,6 +216,9 @@ impl DistillConfig {
         // Merged as TOML values, not JSON: a config file may hold `nan` or `inf`, which JSON
         // cannot carry (it would turn them into null and fail to read them back); they
         // reach `validate` and its message instead.
+        if let Some((key, what)) = self.too_large_integer() {
+            return Err(Error::value(format!("distillation config {key}"), what));
+        }
         let mut merged = toml::Value::try_from(&self)
             .map_err(|e| Error::value("distillation config", e.to_string()))?;
         if let Some(table) = merged.as_table_mut() {
@@ -428,6 +454,34 @@ mod tests {
         for key in ["lr", "loss", "batch_size", "seed", "teacher", "student"] {
             assert!(settings.contains_key(key), "{key}");
         }
+    }
+
+    /// An integer beyond an i64 in a config file is named with its key and file (the TOML
+    /// conversion's own message named neither).
+    #[test]
+    fn an_integer_beyond_i64_in_a_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, "cache_mb = 18446744073709551615\n").unwrap();
+        match DistillConfig::from_file(&path) {
+            // The TOML reader may refuse it itself; either way the key is named.
+            Err(e) => assert!(e.to_string().contains("cache_mb"), "{e}"),
+            Ok(c) => panic!("accepted cache_mb = {}", c.cache_mb),
+        }
+        let c = DistillConfig {
+            cache_mb: usize::MAX,
+            ..DistillConfig::default()
+        };
+        let e = c
+            .with_overrides(serde_json::Map::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "distillation config cache_mb: expected an integer of at most 9223372036854775807"
+            ),
+            "{e}"
+        );
     }
 
     fn overrides(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::config::DistillConfig;
 use super::data::load_sources;
@@ -44,6 +44,12 @@ pub struct RunOptions {
     /// The hold on the run directory, when the caller took it (before reading the run's
     /// files to resume it); otherwise the run takes it.
     pub held: Option<Arc<crate::io::DirLock>>,
+    /// Take the process's stop signals (SIGINT, SIGTERM, SIGHUP; Ctrl-C on Windows), as
+    /// `optical distill` does: the first stops the run at its next step with a checkpoint,
+    /// a second one a second later ends the process (exit status 130) once the files
+    /// being saved are whole. The handler stays for the rest of the process. Off by
+    /// default: a program that embeds the run keeps its own signal handling.
+    pub handle_interrupts: bool,
 }
 
 /// What a finished run reports (also written as `summary.json`).
@@ -63,7 +69,10 @@ pub struct RunSummary {
     /// `export = "last"`).
     pub exported_step: Option<usize>,
     pub student: Option<PathBuf>,
+    /// Mean time of a step over the run's logged steps, every sitting's (the first step
+    /// left out: it pays one-off costs).
     pub mean_seconds: StepTimes,
+    /// Mean student-side tokens per second over the same steps.
     pub tokens_per_s: f64,
 }
 
@@ -174,13 +183,15 @@ fn saving<T>(save: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Route Ctrl-C to the flag a run checks after every step (for callers, such as a study,
-/// that run several things and must stop between them too).
+/// Route the process's stop signals to the flag a run checks after every step (for
+/// callers, such as a study, that run several things and must stop between them too);
+/// see [`RunOptions::handle_interrupts`]. The handler stays for the rest of the process.
 pub fn install_interrupt_handler() {
     install_ctrlc();
 }
 
-/// Whether Ctrl-C was pressed since the last run started.
+/// Whether a stop signal reached the handler (see [`install_interrupt_handler`]). The flag
+/// is never cleared: once set, every run of the process stops at its next step.
 pub fn interrupt_requested() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
@@ -392,7 +403,36 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     crate::io::write_atomic(path, text)
 }
 
+/// The times of a step, as `log.jsonl` has them (the rest of a record is not needed).
+#[derive(Clone, Copy, Deserialize)]
+struct LoggedTimes {
+    seconds: StepTimes,
+    tokens_per_s: f64,
+}
+
+/// The step times of `log.jsonl` that can be read (none when the file cannot).
+fn read_step_log(path: &Path) -> Vec<LoggedTimes> {
+    std::fs::read_to_string(path)
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn mean_times(records: &[StepRecord]) -> (StepTimes, f64) {
+    let times: Vec<LoggedTimes> = records
+        .iter()
+        .map(|r| LoggedTimes {
+            seconds: r.seconds,
+            tokens_per_s: r.tokens_per_s,
+        })
+        .collect();
+    mean_logged_times(&times)
+}
+
+fn mean_logged_times(records: &[LoggedTimes]) -> (StepTimes, f64) {
     // The first step pays one-off costs (allocation, caches); leave it out when we can.
     let rs = if records.len() > 1 {
         &records[1..]
@@ -806,7 +846,9 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
 
     // The flag is not cleared here: a caller that installed the handler earlier (a study)
     // may have been interrupted while this run loaded, and that must stop it too.
-    install_ctrlc();
+    if options.handle_interrupts {
+        install_ctrlc();
+    }
     let bar = if options.progress {
         let bar = ProgressBar::new(config.steps as u64);
         bar.set_style(
@@ -974,7 +1016,15 @@ pub fn run(config: DistillConfig, options: &RunOptions) -> Result<RunSummary> {
         student_dir = Some(dir);
     }
     write_plots(&out)?;
-    let (t, tps) = mean_times(&records);
+    // Every sitting's steps, from the log (cut back to the resumed checkpoint, so each step
+    // is there once): a resume that trains little or nothing (a finished run exported
+    // again) would otherwise report its own few steps, or zeros.
+    let logged = read_step_log(&log);
+    let (t, tps) = if logged.len() >= records.len() {
+        mean_logged_times(&logged)
+    } else {
+        mean_times(&records)
+    };
     let summary = RunSummary {
         steps: trainer.state.step,
         interrupted,

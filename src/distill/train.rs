@@ -247,7 +247,7 @@ impl TrainState {
 }
 
 /// Wall time of each part of one optimiser step.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct StepTimes {
     pub teacher: f64,
     pub student: f64,
@@ -256,7 +256,7 @@ pub struct StepTimes {
     pub backward: f64,
     /// Moving gradients between replicas outside of backward (data-parallel runs whose
     /// devices have no collective all-reduce; absent from the log otherwise).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", default)]
     pub sync: f64,
     pub optimizer: f64,
     pub total: f64,
@@ -546,7 +546,7 @@ fn compute_states(
             check_ids(&batch, vocab_of(parts.teacher), "teacher token ids")?;
             let teacher = parts.teacher;
             let device = teacher.embeddings.word.weight.val().device();
-            let (ids, mask) = batch.tensors(&device);
+            let (ids, mask) = batch.tensors(&device)?;
             let h = hidden_of(teacher);
             let x = match shared.shared_prefix {
                 Some(k) => {
@@ -563,7 +563,7 @@ fn compute_states(
             check_ids(&batch, vocab_of(parts.student), "student token ids")?;
             let model = parts.student.valid();
             let device = model.embeddings.word.weight.val().device();
-            let (ids, mask) = batch.tensors(&device);
+            let (ids, mask) = batch.tensors(&device)?;
             let x = model.embeddings.forward(ids);
             let x = model.forward_layers(x, mask, 0..shared.config.frozen_prefix());
             (batch, hidden_of(&model), x)
@@ -682,8 +682,12 @@ fn same_prefix(
     let probe = |m: &TransformerEncoder| {
         let batch = pad(&english[..english.len().min(4)], 0);
         let device = m.embeddings.word.weight.val().device();
-        let (ids, mask) = batch.tensors(&device);
-        Param::from_tensor(m.forward_layers(m.embeddings.forward(ids), mask, 0..k))
+        let (ids, mask) = batch.tensors(&device).ok()?;
+        Some(Param::from_tensor(m.forward_layers(
+            m.embeddings.forward(ids),
+            mask,
+            0..k,
+        )))
     };
     let (se, te) = (&s.embeddings, &t.embeddings);
     same_params(&rows(&s), &rows(t))
@@ -694,7 +698,9 @@ fn same_prefix(
             .iter()
             .zip(&t.layers[..k])
             .all(|(a, b)| a.heads == b.heads && same_params(a, b))
-        && same_params(&probe(&s), &probe(t))
+        && probe(&s)
+            .zip(probe(t))
+            .is_some_and(|(a, b)| same_params(&a, &b))
 }
 
 /// Teacher token embeddings of `idx` as a padded `(b, m, h)` side on `device`.
@@ -726,7 +732,7 @@ fn student_side(
             .collect();
         let batch = pad(&seqs, shared.pads.0);
         check_ids(&batch, vocab_of(parts.student), "student token ids")?;
-        let (ids, mask) = batch.tensors(&device);
+        let (ids, mask) = batch.tensors(&device)?;
         let x = parts.student.forward(ids, mask.clone());
         return Ok(TokenSide {
             x,
@@ -1287,7 +1293,7 @@ impl Trainer {
         for chunk in seqs.chunks(32) {
             let batch = pad(chunk, self.student_pad);
             check_ids(&batch, vocab_of(&model), "student token ids")?;
-            let (ids, mask) = batch.tensors(&device);
+            let (ids, mask) = batch.tensors(&device)?;
             let (b, t) = (batch.b, batch.t);
             let key = prefix::batch_key(chunk);
             let x = if k == 0 {

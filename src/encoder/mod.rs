@@ -126,7 +126,7 @@ impl EncoderOptions {
             // special token (MiniLM and e5 add two, so they need 3).
             Some(m) if m < 2 => Err(Error::parameter(
                 "max_length",
-                "at least 2 (the model's special tokens and one token of text)",
+                "more than the model's special tokens (MiniLM and e5 add 2), for a token of text",
                 m,
             )),
             _ => Ok(()),
@@ -287,6 +287,7 @@ pub struct TextEncoder {
     pub device: Device,
     pub query_prefix: String,
     pub passage_prefix: String,
+    /// Texts per forward pass (0 is taken as 1).
     pub batch_size: usize,
     /// The GPU's largest storage binding ([`gpu_binding_limit`]): batches are kept so that
     /// no activation exceeds it.
@@ -575,6 +576,13 @@ fn check_model_out_dir(dir: &Path, inputs: &[&Path]) -> Result<()> {
             ));
         }
     }
+    // Another model there (a trained student, an earlier export) is not replaced unasked.
+    if let Some(name) = MODEL_DIR_FILES.iter().find(|n| dir.join(n).exists()) {
+        return refuse(format!(
+            "expected a directory without a model, found its {name} (remove the directory \
+             to replace it, or name another)"
+        ));
+    }
     Ok(())
 }
 
@@ -807,7 +815,10 @@ impl TextEncoder {
         match options.max_length {
             Some(m) if m > limit || m < 2 => Err(Error::parameter(
                 "max_length",
-                format!("2..={limit} (the model's position table)"),
+                format!(
+                    "2..={limit} (the model's position table), and more than the special \
+                     tokens its tokenizer adds (MiniLM and e5 add 2)"
+                ),
                 m,
             )),
             Some(m) => Ok(m),
@@ -954,7 +965,7 @@ impl TextEncoder {
                 ),
             ));
         }
-        Ok(batch.tensors(&self.device))
+        batch.tensors(&self.device)
     }
 
     /// [`Self::forward`] on the texts `group` (token ids), padded. With a shared prefix the
@@ -1004,7 +1015,7 @@ impl TextEncoder {
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
         let Some(limit) = self.binding_limit else {
             return Ok(order
-                .chunks(self.batch_size)
+                .chunks(self.batch_size.max(1))
                 .map(<[usize]>::to_vec)
                 .collect());
         };
@@ -1029,7 +1040,7 @@ impl TextEncoder {
                     ),
                 ));
             }
-            let fit = ((limit / per_text) as usize).clamp(1, self.batch_size);
+            let fit = ((limit / per_text) as usize).clamp(1, self.batch_size.max(1));
             let (batch, tail) = rest.split_at(fit.min(rest.len()));
             batches.push(batch.to_vec());
             rest = tail;
@@ -1073,17 +1084,35 @@ impl TextEncoder {
                     ))
                 }
             };
-            let pooled = if normalize {
-                pooling::l2_normalize(pooled)
-            } else {
-                pooled
-            };
-            let values = read_f32(pooled, "read embeddings")?;
+            let mut values = read_f32(pooled, "read embeddings")?;
+            self.check_finite_output(&values, h, &idx)?;
+            if normalize {
+                // On the host, in f64: `pooling::l2_normalize`'s f32 squares overflow for
+                // components beyond about 1.8e19 (the row became zeros or NaN).
+                values.chunks_mut(h).for_each(pooling::l2_normalize_row);
+            }
             for (r, &i) in idx.iter().enumerate() {
                 out[i * h..(i + 1) * h].copy_from_slice(&values[r * h..(r + 1) * h]);
             }
         }
         Ok(out)
+    }
+
+    /// An error naming the first text of a batch (`idx`, rows of `h` values) whose output
+    /// is not finite: weights that are finite but huge overflow `f32` in the layers.
+    fn check_finite_output(&self, values: &[f32], h: usize, idx: &[usize]) -> Result<()> {
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(k) => Err(Error::value(
+                format!("encoder {}", self.name),
+                format!(
+                    "text {} (counting from 0): expected finite hidden states, found {}; the \
+                     model's weights overflow f32 on it (check the model file)",
+                    idx.get(k / h).copied().unwrap_or(0),
+                    values[k]
+                ),
+            )),
+        }
     }
 
     /// Every real token's embedding (last hidden state, not normalised), packed.
@@ -1102,7 +1131,9 @@ impl TextEncoder {
             let values = read_f32(x, "read token embeddings")?;
             for (r, &i) in idx.iter().enumerate() {
                 let start = r * batch.t * h;
-                per_text[i] = values[start..start + lengths[i] * h].to_vec();
+                let text = &values[start..start + lengths[i] * h];
+                self.check_finite_output(text, h * lengths[i], &[i])?;
+                per_text[i] = text.to_vec();
             }
         }
         Ok(PackedTokens {

@@ -65,6 +65,19 @@ pub fn cls_pool(x: Tensor<3>) -> Tensor<2> {
     x.narrow(1, 0, 1).reshape([b, h])
 }
 
+/// One row scaled to unit L2 norm on the host, `x / max(‖x‖, 1e-12)` as
+/// [`l2_normalize`], the norm and the division in `f64`: no overflow for any finite row.
+pub fn l2_normalize_row(row: &mut [f32]) {
+    let norm = row
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
+    row.iter_mut()
+        .for_each(|v| *v = (f64::from(*v) / norm) as f32);
+}
+
 /// Rows scaled to unit L2 norm (`x / max(‖x‖, 1e-12)`, as `torch.nn.functional.normalize`).
 pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
     let norm = x
@@ -74,4 +87,24 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
         .sqrt()
         .clamp_min(1e-12);
     x.div(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Components whose f32 squares overflow still give a unit row (the f32 norm was
+    /// infinite, and the row became zeros); a zero row stays zero.
+    #[test]
+    fn rows_with_huge_components_normalise() {
+        let mut row = [3e19f32, -4e19, 0.0];
+        l2_normalize_row(&mut row);
+        assert_eq!(row, [0.6, -0.8, 0.0]);
+        let mut row = [3e38f32, 3e38];
+        l2_normalize_row(&mut row);
+        assert!((row[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-7);
+        let mut zero = [0.0f32; 4];
+        l2_normalize_row(&mut zero);
+        assert_eq!(zero, [0.0; 4]);
+    }
 }

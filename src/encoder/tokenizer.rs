@@ -36,22 +36,40 @@ pub struct TokenBatch {
 }
 
 impl TokenBatch {
-    /// The ids `(b, t)` and the mask `(b, t)` as tensors on `device`.
+    /// The ids `(b, t)` and the mask `(b, t)` as tensors on `device`; an error when `ids`,
+    /// `mask` or `lengths` do not have the batch's shape.
     pub fn tensors(
         &self,
         device: &burn::prelude::Device,
-    ) -> (
+    ) -> crate::error::Result<(
         burn::prelude::Tensor<2, burn::prelude::Int>,
         burn::prelude::Tensor<2>,
-    ) {
+    )> {
         use burn::prelude::{Int, Tensor, TensorData};
+        let want = self.b as u128 * self.t as u128;
+        for (what, len) in [("ids", self.ids.len()), ("mask", self.mask.len())] {
+            if len as u128 != want {
+                return Err(crate::error::Error::shape(
+                    format!("token batch {what}"),
+                    format!("(b, t) = ({}, {}): {want} values", self.b, self.t),
+                    format!("{len} values"),
+                ));
+            }
+        }
+        if self.lengths.len() != self.b {
+            return Err(crate::error::Error::shape(
+                "token batch lengths",
+                format!("({},), one length per sequence", self.b),
+                format!("({},)", self.lengths.len()),
+            ));
+        }
         let ids = Tensor::<2, Int>::from_data(
             TensorData::new(self.ids.clone(), [self.b, self.t]),
             device,
         );
         let mask =
             Tensor::<2>::from_data(TensorData::new(self.mask.clone(), [self.b, self.t]), device);
-        (ids, mask)
+        Ok((ids, mask))
     }
 }
 

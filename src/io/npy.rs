@@ -289,6 +289,17 @@ fn header_span(path: &Path, data: &[u8]) -> Result<(usize, usize)> {
 
 /// The shape and dtype of the `.npy` file that `data` starts (it holds at least the whole
 /// header), where its data start, and how many bytes of data the header declares.
+/// The most dimensions an array may have: NumPy's own limit (`NPY_MAXDIMS`).
+const MAX_DIMS: usize = 64;
+
+/// The first `max` characters of `s`, and `…` when there were more.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 fn header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize, usize)> {
     let (header_len, start) = header_span(path, data)?;
     let end = start + header_len;
@@ -305,11 +316,14 @@ fn header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize, usize)>
     let header = std::str::from_utf8(&data[start..end])
         .map_err(|_| format_err(path, "the .npy header is not valid text"))?;
     let header = Header::parse(header).map_err(|what| {
+        // Clipped: a header may be 4 GB long (its length field is a u32), and a message of
+        // a shape of rank 100,000 filled 300 KB of the terminal.
         format_err(
             path,
             format!(
-                "cannot read the .npy header {:?}: {what}",
-                header.trim_end()
+                "cannot read the .npy header {:?}: {}",
+                clip(header.trim_end(), 200),
+                clip(&what, 300)
             ),
         )
     })?;
@@ -329,6 +343,15 @@ fn header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize, usize)>
         ));
     }
     let shape = header.shape;
+    if shape.len() > MAX_DIMS {
+        return Err(format_err(
+            path,
+            format!(
+                "expected at most {MAX_DIMS} dimensions (NumPy's limit), found {}",
+                shape.len()
+            ),
+        ));
+    }
     let count = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -552,15 +575,40 @@ impl NpyElement for u8 {
     const DTYPE: Dtype = Dtype::U8;
 }
 
-/// Serialise an array to `.npy` bytes (format 1.0).
-pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
-    to_bytes_as(shape, bytemuck::cast_slice(data), T::DTYPE)
+/// Serialise an array to `.npy` bytes (format 1.0). An error when `data` does not hold
+/// the shape's number of values.
+pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Result<Vec<u8>> {
+    check_write_shape(Path::new("<memory>"), shape, data.len())?;
+    let raw: &[u8] = bytemuck::cast_slice(data);
+    let mut out = header_bytes(shape, T::DTYPE, raw.len());
+    out.extend_from_slice(raw);
+    Ok(out)
 }
 
-fn to_bytes_as(shape: &[usize], raw: &[u8], dtype: Dtype) -> Vec<u8> {
-    let mut out = header_bytes(shape, dtype, raw.len());
-    out.extend_from_slice(raw);
-    out
+/// The number of values `shape` needs is `values`, and its header fits a version-1 file.
+fn check_write_shape(path: &Path, shape: &[usize], values: usize) -> Result<()> {
+    let want = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if want != Some(values) {
+        return Err(Error::shape(
+            format!("array for {}", path.display()),
+            format!(
+                "{shape:?} ({} values)",
+                shape.iter().map(|&d| d as u128).product::<u128>()
+            ),
+            format!("{values} values"),
+        ));
+    }
+    // NumPy reads no more (and the version-1 header's length, a u16, holds them all).
+    if shape.len() > MAX_DIMS {
+        return Err(Error::value(
+            format!("array for {}", path.display()),
+            format!(
+                "expected at most {MAX_DIMS} dimensions (NumPy's limit), found {}",
+                shape.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A version-1 `.npy` header for `shape` and `dtype`, with room reserved for `data` more
@@ -596,12 +644,13 @@ fn header_bytes(shape: &[usize], dtype: Dtype, data: usize) -> Vec<u8> {
 /// Write an array to a `.npy` file: the header, then the data as they are in memory (no
 /// copy of the array is made).
 pub fn write<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> Result<()> {
-    debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+    check_write_shape(path, shape, data.len())?;
     write_parts(path, shape, T::DTYPE, bytemuck::cast_slice(data))
 }
 
 /// Write booleans as a NumPy `bool` array.
 pub fn write_bool(path: &Path, shape: &[usize], data: &[bool]) -> Result<()> {
+    check_write_shape(path, shape, data.len())?;
     let raw: Vec<u8> = data.iter().map(|&b| b as u8).collect();
     write_parts(path, shape, Dtype::Bool, &raw)
 }
@@ -650,12 +699,13 @@ mod tests {
     #[test]
     fn round_trip_f32_and_bool() {
         let p = Path::new("x.npy");
-        let bytes = to_bytes(&[2, 3], &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.5]);
+        let bytes = to_bytes(&[2, 3], &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.5]).unwrap();
         assert_eq!((bytes.len() - 6.5f32.to_le_bytes().len() * 6) % 64, 0);
         let a = parse(p, &bytes).unwrap();
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.to_f32(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]);
-        let raw = to_bytes_as(&[3], &[1, 0, 1], Dtype::Bool);
+        let mut raw = header_bytes(&[3], Dtype::Bool, 3);
+        raw.extend_from_slice(&[1, 0, 1]);
         assert_eq!(parse(p, &raw).unwrap().to_f64(), vec![1.0, 0.0, 1.0]);
     }
 
@@ -683,7 +733,7 @@ mod tests {
     #[test]
     fn rejects_fortran_order_and_big_endian() {
         let p = Path::new("bad.npy");
-        let bytes = to_bytes(&[2], &[1.0f64, 2.0]);
+        let bytes = to_bytes(&[2], &[1.0f64, 2.0]).unwrap();
         let err = parse(p, &patch(&bytes, b"False", b"True "))
             .unwrap_err()
             .to_string();
@@ -777,7 +827,7 @@ mod tests {
     #[test]
     fn rejects_truncated_data() {
         let p = Path::new("t.npy");
-        let bytes = to_bytes(&[4], &[1.0f32, 2.0, 3.0, 4.0]);
+        let bytes = to_bytes(&[4], &[1.0f32, 2.0, 3.0, 4.0]).unwrap();
         let err = parse(p, &bytes[..bytes.len() - 3]).unwrap_err().to_string();
         assert!(err.contains("expected 16 bytes"), "{err}");
         assert!(parse(p, b"hello").is_err());
@@ -858,5 +908,55 @@ mod tests {
         );
         let err = parse(p, &b).unwrap().to_i64(p).unwrap_err().to_string();
         assert!(err.contains("found dtype |b1 (bool)"), "{err}");
+    }
+
+    /// A shape that does not match the data is an error, and no file is made: a release
+    /// build once wrote a header that disagreed with its data.
+    #[test]
+    fn a_shape_that_does_not_match_the_data_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let e = write(&path, &[2, 3], &[0.0f32; 5]).unwrap_err().to_string();
+        assert!(
+            e.contains("expected shape [2, 3] (6 values), found 5 values"),
+            "{e}"
+        );
+        assert!(!path.exists());
+        let e = write(&path, &[usize::MAX, 2], &[0.0f32; 2])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("36893488147419103230 values"), "{e}");
+        assert!(write_bool(&path, &[3], &[true; 2]).is_err());
+        assert!(to_bytes(&[1, 2], &[0u8; 3]).is_err());
+        assert!(write(&path, &vec![1; 3000], &[0u8]).is_err());
+        assert!(!path.exists());
+        write(&path, &[], &[7i64]).unwrap();
+        assert_eq!(read(&path).unwrap().shape, Vec::<usize>::new());
+    }
+
+    /// Beyond NumPy's 64 dimensions an array is refused in one line, and a header that
+    /// cannot be read is quoted clipped (a rank of 10,000 once filled the terminal).
+    #[test]
+    fn ranks_past_numpy_and_long_headers_are_short_errors() {
+        let p = Path::new("rank.npy");
+        let shape = vec!["1"; 65].join(", ");
+        let file = with_header(
+            &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}"),
+            &[0; 4],
+        );
+        let e = parse(p, &file).unwrap_err().to_string();
+        assert!(
+            e.contains("expected at most 64 dimensions (NumPy's limit), found 65"),
+            "{e}"
+        );
+        let shape = vec!["1"; 64].join(", ");
+        let file = with_header(
+            &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}"),
+            &[0; 4],
+        );
+        assert_eq!(parse(p, &file).unwrap().shape, vec![1; 64]);
+        let junk = format!("{{'descr': '<f4', 'shape': ({}x), }}", "1, ".repeat(10_000));
+        let e = parse(p, &with_header(&junk, &[])).unwrap_err().to_string();
+        assert!(e.len() < 800, "{} bytes: {}", e.len(), &e[..200]);
     }
 }

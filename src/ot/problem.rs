@@ -12,11 +12,11 @@ use crate::error::{Error, Result};
 /// (row-major `(b, n, d)`), with the number of real rows of each set in `lengths`.
 #[derive(Clone, Debug)]
 pub struct Embeddings {
-    pub b: usize,
-    pub n: usize,
-    pub d: usize,
-    pub data: Vec<f32>,
-    pub lengths: Vec<usize>,
+    pub(crate) b: usize,
+    pub(crate) n: usize,
+    pub(crate) d: usize,
+    pub(crate) data: Vec<f32>,
+    pub(crate) lengths: Vec<usize>,
 }
 
 impl Embeddings {
@@ -78,6 +78,31 @@ impl Embeddings {
         })
     }
 
+    /// Number of sets.
+    pub fn b(&self) -> usize {
+        self.b
+    }
+
+    /// Rows of each set, padding included.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Dimension of each row.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// The rows, row-major `(b, n, d)`.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The number of real rows of each set (`1..=n`).
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
     /// Row `i` of set `p`.
     #[inline]
     pub fn row(&self, p: usize, i: usize) -> &[f32] {
@@ -90,10 +115,10 @@ impl Embeddings {
 /// of each document. Document `k` occupies rows `offsets[k] .. offsets[k] + lengths[k]`.
 #[derive(Clone, Debug)]
 pub struct PackedDocs {
-    pub d: usize,
-    pub data: Vec<f32>,
-    pub lengths: Vec<usize>,
-    pub offsets: Vec<usize>,
+    pub(crate) d: usize,
+    pub(crate) data: Vec<f32>,
+    pub(crate) lengths: Vec<usize>,
+    pub(crate) offsets: Vec<usize>,
 }
 
 impl PackedDocs {
@@ -149,6 +174,26 @@ impl PackedDocs {
         self.lengths.is_empty()
     }
 
+    /// Dimension of each token row.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// The token rows of every document, back to back, row-major `(total_tokens, d)`.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The number of tokens of each document (each at least 1).
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// The first row of each document.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
     /// The token rows of document `k`, row-major `(lengths[k], d)`.
     #[inline]
     pub fn doc(&self, k: usize) -> &[f32] {
@@ -171,12 +216,12 @@ pub struct CostBatch {
 /// weight marks padding: that row or column gets no mass and does not enter the solve.
 #[derive(Clone, Debug)]
 pub struct Problem {
-    pub pairs: usize,
-    pub n: usize,
-    pub m: usize,
-    pub cost: Vec<f64>,
-    pub a: Vec<f64>,
-    pub b: Vec<f64>,
+    pub(crate) pairs: usize,
+    pub(crate) n: usize,
+    pub(crate) m: usize,
+    pub(crate) cost: Vec<f64>,
+    pub(crate) a: Vec<f64>,
+    pub(crate) b: Vec<f64>,
     /// The smallest and largest cost over the pairs' supports (real rows and columns;
     /// see [`check_cost_resolution`]).
     support_range: (f64, f64),
@@ -261,6 +306,20 @@ impl Problem {
                     .fold(empty, widen)
             })
             .reduce(|| empty, widen);
+        // The solvers shift each row and column by its extreme; a range past f64's made
+        // those shifts infinite (a wrong plan on the CPU, NaN on the GPU) whatever ε is.
+        let (lo, hi) = support_range;
+        if (hi - lo).is_infinite() {
+            return Err(Error::value(
+                "cost",
+                format!(
+                    "the entries over the supports span {lo:e} to {hi:e}, a range beyond f64's \
+                     largest number; expected a range below {:e} (rescale the cost, and ε \
+                     with it)",
+                    f64::MAX
+                ),
+            ));
+        }
         Ok(Problem {
             pairs,
             n,
@@ -270,6 +329,36 @@ impl Problem {
             b,
             support_range,
         })
+    }
+
+    /// Number of pairs.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// Rows of each cost matrix.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Columns of each cost matrix.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// The costs, row-major `(pairs, n, m)`.
+    pub fn cost(&self) -> &[f64] {
+        &self.cost
+    }
+
+    /// The row marginals `(pairs, n)`, each pair's summing to 1 (0 on padding).
+    pub fn a(&self) -> &[f64] {
+        &self.a
+    }
+
+    /// The column marginals `(pairs, m)`, each pair's summing to 1 (0 on padding).
+    pub fn b(&self) -> &[f64] {
+        &self.b
     }
 
     /// The largest |cost| over the pairs' supports (real rows and columns), as computed
@@ -287,13 +376,36 @@ impl Problem {
     }
 
     /// Build from embeddings: the cosine cost computed elsewhere plus uniform weights over
-    /// each set's real tokens.
+    /// each set's real tokens (`x_lengths`: one per pair, each `1..=n`; `y_lengths`:
+    /// `1..=m`).
     pub fn from_cost_and_lengths(
         cost: &CostBatch,
         x_lengths: &[usize],
         y_lengths: &[usize],
     ) -> Result<Self> {
         let _phase = crate::phases::phase("problem (f64 cost)");
+        for (name, lengths, width) in [
+            ("x lengths", x_lengths, cost.n),
+            ("y lengths", y_lengths, cost.m),
+        ] {
+            if lengths.len() != cost.b {
+                return Err(Error::shape(
+                    name,
+                    format!("({},), one length per pair", cost.b),
+                    format!("({},)", lengths.len()),
+                ));
+            }
+            if let Some((p, &len)) = lengths
+                .iter()
+                .enumerate()
+                .find(|&(_, &l)| l == 0 || l > width)
+            {
+                return Err(Error::value(
+                    name,
+                    format!("pair {p} has length {len}; expected 1..={width}"),
+                ));
+            }
+        }
         let uniform = |lengths: &[usize], width: usize| -> Vec<f64> {
             lengths
                 .iter()
@@ -572,11 +684,23 @@ pub const MAX_ITERATIONS: usize = i32::MAX as usize;
 
 impl SinkhornParams {
     pub fn validate(&self) -> Result<()> {
-        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+        // Normal, not subnormal: the solvers scale the cost by −log2(e)/ε, which is
+        // infinite for ε below about 8e-309 (the f32 backends then found NaN and blamed ε
+        // for the cost's range).
+        if !(self.epsilon.is_finite() && self.epsilon >= f64::MIN_POSITIVE) {
             return Err(Error::parameter(
                 "epsilon",
-                "a finite number > 0",
-                self.epsilon,
+                format!(
+                    "a finite number > 0, at least {:e} (f64's smallest normal number; \
+                     rescale the cost and ε together)",
+                    f64::MIN_POSITIVE
+                ),
+                // Plain decimals for ordinary values; 1e-320 would print as 320 digits.
+                if self.epsilon == 0.0 || (1e-4..1e6).contains(&self.epsilon.abs()) {
+                    self.epsilon.to_string()
+                } else {
+                    format!("{:e}", self.epsilon)
+                },
             ));
         }
         // One range on every backend: the GPU kernels count iterations in 32 bits, and
@@ -609,6 +733,54 @@ impl SinkhornParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cost whose range overflows f64, and an ε whose scale −log2(e)/ε does, are refused
+    /// on every backend (they gave a wrong plan on the CPU and NaN on the GPU).
+    #[test]
+    fn ranges_and_epsilons_past_f64_are_refused() {
+        let e = Problem::new(1, 1, 2, vec![-1.7e308, 1.7e308], None, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a range beyond f64's largest number"),
+            "{e}"
+        );
+        // Padding's entries do not count.
+        let padded = Problem::new(1, 1, 2, vec![-1.7e308, 1.7e308], None, Some(vec![1.0, 0.0]));
+        assert!(padded.is_ok());
+        let params = |epsilon| SinkhornParams {
+            epsilon,
+            ..SinkhornParams::default()
+        };
+        assert!(params(f64::MIN_POSITIVE).validate().is_ok());
+        let e = params(5e-312).validate().unwrap_err().to_string();
+        assert!(e.contains("at least 2.2250738585072014e-308"), "{e}");
+    }
+
+    /// Lengths that do not fit the cost are named as lengths, not clipped.
+    #[test]
+    fn lengths_that_do_not_fit_the_cost_are_refused() {
+        let cost = CostBatch {
+            b: 2,
+            n: 3,
+            m: 4,
+            data: vec![0.5; 24],
+        };
+        let ok = Problem::from_cost_and_lengths(&cost, &[3, 1], &[4, 2]).unwrap();
+        assert_eq!(ok.a()[3..6], [1.0, 0.0, 0.0]);
+        let e = Problem::from_cost_and_lengths(&cost, &[3], &[4, 2]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("x lengths: expected shape (2,), one length per pair, found (1,)"),
+            "{e}"
+        );
+        let e = Problem::from_cost_and_lengths(&cost, &[3, 3], &[4, 5]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pair 1 has length 5; expected 1..=4"),
+            "{e}"
+        );
+        assert!(Problem::from_cost_and_lengths(&cost, &[0, 3], &[4, 4]).is_err());
+    }
 
     #[test]
     fn the_cost_resolution_counts_real_entries_only() {

@@ -100,8 +100,8 @@ pub struct Checked {
 impl Checked {
     /// A pair's `(checks, error bits, stop, -)`, as the devices' stopping-rule kernels
     /// write it (`shaders/sinkhorn_retire.wgsl`, `sinkhorn_retire_f32`; stop 0: running,
-    /// 1: converged, 2: not finite).
-    pub fn from_status(s: &[u32]) -> Checked {
+    /// 1: converged, 2: not finite). `s` holds at least 3 words.
+    pub(crate) fn from_status(s: &[u32]) -> Checked {
         Checked {
             checks: s[0] as usize,
             error: f32::from_bits(s[1]) as f64,
@@ -222,7 +222,7 @@ pub struct SinkhornOutput {
     pub cost: Vec<f64>,
     /// Iterations run per pair.
     pub iterations: Vec<u32>,
-    /// Whether the pair's marginal error fell below the threshold at a check (in the
+    /// Whether the pair's marginal error was at most the threshold at a check (in the
     /// backend's precision: see `marginal_error`).
     pub converged: Vec<bool>,
     /// L1 row-marginal error: the larger of the last check's and the returned plan's. They
@@ -305,7 +305,9 @@ impl SinkhornOutput {
     }
 }
 
-/// Solve every pair of `problem` with the backend's kernels.
+/// Solve every pair of `problem` with the backend's kernels. This is the solver alone:
+/// [`crate::backend::Backend::sinkhorn`] also refuses costs too large for ε to resolve
+/// ([`crate::ot::problem::check_cost_resolution`]) and problems too large for the memory.
 pub fn solve<K: SinkhornKernels>(
     kernels: &K,
     problem: &Problem,
@@ -323,6 +325,23 @@ pub fn solve<K: SinkhornKernels>(
     let finish = phases::phase("finish");
     let sol = kernels.finish(state, problem)?;
     drop(finish);
+    let (pairs, n, m) = (problem.pairs, problem.n, problem.m);
+    for (what, len, want) in [
+        ("plan", sol.plan.len(), pairs * n * m),
+        ("f", sol.f.len(), pairs * n),
+        ("g", sol.g.len(), pairs * m),
+        ("cost", sol.cost.len(), pairs),
+    ] {
+        if len != want {
+            return Err(Error::Backend {
+                backend: "solver",
+                operation: "finish",
+                what: format!(
+                    "expected {want} values of {what} for ({pairs}, {n}, {m}), found {len}"
+                ),
+            });
+        }
+    }
     let mut out = SinkhornOutput {
         pairs: problem.pairs,
         n: problem.n,

@@ -109,12 +109,14 @@ impl Pool {
 }
 
 /// Row-normalised dense vectors `(n, d)`: the dot product of two rows is their cosine
-/// (a zero vector stays zero, so its cosine with anything is 0).
+/// (a zero vector stays zero, so its cosine with anything is 0). Built by
+/// [`DenseVectors::new`] only, which checks the shape and the values: a search reads
+/// `data` as `n × d` values without checking again.
 #[derive(Clone, Debug)]
 pub struct DenseVectors {
-    pub n: usize,
-    pub d: usize,
-    pub data: Vec<f32>,
+    n: usize,
+    d: usize,
+    data: Vec<f32>,
 }
 
 impl DenseVectors {
@@ -126,10 +128,13 @@ impl DenseVectors {
                 format!("({n}, {d})"),
             ));
         }
-        if data.len() != n * d {
+        if n.checked_mul(d) != Some(data.len()) {
             return Err(Error::shape(
                 name,
-                format!("an (n, d) = ({n}, {d}) array of {} values", n * d),
+                format!(
+                    "an (n, d) = ({n}, {d}) array of {} values",
+                    n as u128 * d as u128
+                ),
                 format!("{} values", data.len()),
             ));
         }
@@ -155,6 +160,22 @@ impl DenseVectors {
         Ok(DenseVectors { n, d, data })
     }
 
+    /// Number of vectors.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Dimension of each vector.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// The normalised vectors, row-major `(n, d)`.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Vector `i` (panics when `i ≥ n`, as slice indexing does).
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.d..(i + 1) * self.d]
     }

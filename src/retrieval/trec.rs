@@ -55,8 +55,9 @@ pub fn parse_qrels(path: &Path, text: &str) -> Result<Qrels> {
             format_error(
                 path,
                 format!(
-                    "line {}: expected an integer relevance, found {:?}",
+                    "line {}: expected an integer relevance (at most {} in size), found {:?}",
                     i + 1,
+                    i64::MAX,
                     f[3]
                 ),
             )

@@ -64,6 +64,10 @@ pub struct StudyOptions {
     pub report_only: bool,
     /// The command line, quoted in the report.
     pub command: String,
+    /// Take the process's stop signals, as `optical study` does: a stop ends the study
+    /// between runs or at a training step, with a checkpoint (see
+    /// [`RunOptions::handle_interrupts`]). Off: the caller's own signal handling stays.
+    pub handle_interrupts: bool,
 }
 
 /// One dev evaluation during training.
@@ -827,6 +831,7 @@ fn execute(
                     .filter(|&stop| resume.is_none_or(|step| stop > step) && stop < steps),
                 continue_with: Some("the same `optical study` command"),
                 held: None,
+                handle_interrupts: cx.options.handle_interrupts,
             },
         )?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -1030,7 +1035,9 @@ pub fn run_study(options: &StudyOptions) -> Result<StudyOutcome> {
     };
     let mut statuses = Vec::new();
     if !options.report_only {
-        install_interrupt_handler();
+        if options.handle_interrupts {
+            install_interrupt_handler();
+        }
         let mut progress = Progress {
             total: plan.runs.len(),
             started: Instant::now(),

@@ -100,16 +100,23 @@ pub fn skip_or_fail(why: &str) {
 pub fn rescaled_to_norm_bounds(e: &optical::ot::Embeddings) -> optical::ot::Embeddings {
     use optical::ot::problem::{MAX_ROW_NORM, MIN_ROW_NORM};
     let targets = [MIN_ROW_NORM * 1.5, MAX_ROW_NORM / 1.5, 1.0];
-    let mut data = e.data.clone();
-    for (r, row) in data.chunks_mut(e.d).enumerate() {
+    let mut data = e.data().to_vec();
+    for (r, row) in data.chunks_mut(e.d()).enumerate() {
         let norm = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
         if norm > 0.0 {
             let s = targets[r % targets.len()] / norm;
             row.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
         }
     }
-    optical::ot::Embeddings::new("rescaled", e.b, e.n, e.d, data, Some(e.lengths.clone()))
-        .expect("rows within the norm bounds")
+    optical::ot::Embeddings::new(
+        "rescaled",
+        e.b(),
+        e.n(),
+        e.d(),
+        data,
+        Some(e.lengths().to_vec()),
+    )
+    .expect("rows within the norm bounds")
 }
 
 /// Two solutions of one problem that must agree bit for bit (iterations, convergence

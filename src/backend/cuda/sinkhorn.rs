@@ -655,6 +655,8 @@ impl CudaBackend {
         params: &SinkhornParams,
     ) -> Result<SinkhornOutput> {
         params.validate()?;
+        // Cosine costs lie in [0, 2].
+        crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
         check_pair_batch(x, y)?;
         let (b, n, m) = (x.b, x.n, y.n);
         // The fused kernel scales the cost by −log2(e)/ε in f32: where that is not a normal

@@ -100,15 +100,25 @@ impl Wgpu {
         kernels::exp2_peak(&self.ctx, min_exps)
     }
 
-    /// Entropic OT between embedding sets with the fused kernel when the pairs fit on-chip,
-    /// the materialised path otherwise (see the module docs for the rule).
+    /// Entropic OT between embedding sets with the fused kernel when the pairs fit on-chip
+    /// (see the module docs for the rule); `None` when they do not, and the caller takes
+    /// the materialised path ([`crate::backend::Backend::sinkhorn_embeddings`] does both).
+    /// The inputs and the solution are checked as that method checks them.
     pub fn sinkhorn_embeddings(
         &self,
         x: &Embeddings,
         y: &Embeddings,
         params: &SinkhornParams,
     ) -> Result<Option<SinkhornOutput>> {
-        kernels::fused_sinkhorn(&self.ctx, x, y, params)
+        params.validate()?;
+        // Cosine costs lie in [0, 2].
+        crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
+        crate::backend::cpu::check_pair_batch(x, y)?;
+        let out = kernels::fused_sinkhorn(&self.ctx, x, y, params)?;
+        if let Some(out) = &out {
+            out.check_finite(params.epsilon)?;
+        }
+        Ok(out)
     }
 
     /// The fused kernel that [`Wgpu::sinkhorn_embeddings`] runs for this batch, or `None`
