@@ -310,6 +310,16 @@ fn mismatched_inputs_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("18446744073709551616 values"), "{e}");
+    // Groups are numbered in 16 bits: one more is an error, not a wrapped number that
+    // puts a candidate in another language's group.
+    let names: Vec<String> = (0..65_537).map(|i| format!("g{i}")).collect();
+    let groups: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert!(Pool::new(names[..65_536].to_vec(), &groups[..65_536]).is_ok());
+    let e = Pool::new(names.clone(), &groups).map(|_| ()).unwrap_err();
+    assert!(
+        e.to_string().contains("at most 65536 distinct groups"),
+        "{e}"
+    );
 }
 
 #[test]

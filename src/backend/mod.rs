@@ -91,6 +91,11 @@ impl FromStr for BackendKind {
 /// A backend ready to run kernels. Its GPU variants exist with their features (`wgpu`,
 /// `cuda`), and a feature turned on anywhere in a build turns it on for every crate in it:
 /// a `match` on it needs a wildcard arm.
+///
+/// A backend is `Send + Sync`: several threads may share one. The CPU backends run each
+/// call on the rayon pool; the GPU backends queue every call's work on one stream (CUDA:
+/// one context and stream per process, on device 0) or one queue (wgpu), so calls from
+/// several threads run one after another on the device.
 #[non_exhaustive]
 pub enum Backend {
     Cpu(CpuFast),
@@ -100,6 +105,12 @@ pub enum Backend {
     #[cfg(feature = "wgpu")]
     Wgpu(Wgpu),
 }
+
+// What the docs above promise, checked at compile time.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Backend>();
+};
 
 impl Backend {
     /// Open a backend: find its device. The GPU backends compile or load each kernel on

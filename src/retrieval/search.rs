@@ -56,6 +56,17 @@ impl Pool {
                 format!("({},)", groups.len()),
             ));
         }
+        // Candidates are numbered in 32 bits (tie keys), groups in 16.
+        if u32::try_from(ids.len()).is_err() {
+            return Err(Error::value(
+                "candidate pool",
+                format!(
+                    "expected at most {} candidates, found {}",
+                    u32::MAX,
+                    ids.len()
+                ),
+            ));
+        }
         let mut order: Vec<u32> = (0..ids.len() as u32).collect();
         order.sort_by(|&a, &b| ids[a as usize].as_bytes().cmp(ids[b as usize].as_bytes()));
         for w in order.windows(2) {
@@ -74,16 +85,27 @@ impl Pool {
             tie_key[i as usize] = pos as u32;
         }
         let mut group_names: Vec<String> = Vec::new();
+        let mut index: std::collections::HashMap<&str, u16> = std::collections::HashMap::new();
         let mut group = Vec::with_capacity(ids.len());
-        for g in groups {
-            let k = match group_names.iter().position(|n| n == g) {
-                Some(k) => k,
+        for &g in groups {
+            let k = match index.get(g) {
+                Some(&k) => k,
                 None => {
+                    let Ok(k) = u16::try_from(group_names.len()) else {
+                        return Err(Error::value(
+                            "candidate groups",
+                            format!(
+                                "expected at most {} distinct groups (languages), found more",
+                                u16::MAX as usize + 1
+                            ),
+                        ));
+                    };
                     group_names.push(g.to_string());
-                    group_names.len() - 1
+                    index.insert(g, k);
+                    k
                 }
             };
-            group.push(k as u16);
+            group.push(k);
         }
         Ok(Pool {
             ids,
