@@ -97,6 +97,10 @@ fn misaligned_and_empty_lines_are_errors_with_file_and_line() {
         let z = write(dir.path(), "z.swh", empty);
         let e = bitext::read_lines(&z, BlankLines::Keep).unwrap_err();
         assert!(e.to_string().contains(says), "{e}");
+        // Aligned files say the same.
+        let y = write(dir.path(), "y.eng", empty);
+        let e = read_aligned("toy", "swh", &z, "eng", &y, BlankLines::Keep).unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
     }
     let bad = dir.path().join("bad.swh");
     std::fs::write(&bad, b"ok\nfine\n\xff\xfe\n").unwrap();

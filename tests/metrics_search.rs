@@ -317,7 +317,8 @@ fn mismatched_inputs_are_errors() {
     assert!(Pool::new(names[..65_536].to_vec(), &groups[..65_536]).is_ok());
     let e = Pool::new(names.clone(), &groups).map(|_| ()).unwrap_err();
     assert!(
-        e.to_string().contains("at most 65536 distinct groups"),
+        e.to_string()
+            .contains("at most 65536 distinct groups (languages), found 65537"),
         "{e}"
     );
 }

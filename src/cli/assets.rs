@@ -28,7 +28,7 @@ pub enum AssetsCommand {
         /// E5S1 file; the e5-small asset by default.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Output directory (created).
+        /// Output directory (created; one that already holds a model is refused).
         #[arg(long)]
         out: PathBuf,
     },
@@ -46,7 +46,7 @@ pub enum AssetsCommand {
         /// tokenizer.json; its vocabulary must fit the config's vocab_size.
         #[arg(long)]
         tokenizer: PathBuf,
-        /// Output directory (created).
+        /// Output directory (created; one that already holds a model is refused).
         #[arg(long)]
         out: PathBuf,
         /// Seed of the weights.

@@ -116,10 +116,7 @@ pub fn read_lines(path: &Path, blanks: BlankLines) -> Result<Vec<String>> {
     while lines.last().is_some_and(|l| is_blank(l)) {
         lines.pop();
     }
-    if lines.is_empty() && had_lines {
-        return Err(format_error(path, BLANK_ONLY));
-    }
-    check_lines(path, &lines, blanks)?;
+    check_lines(path, &lines, had_lines, blanks)?;
     Ok(lines)
 }
 
@@ -143,9 +140,10 @@ fn raw_lines(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// At least one sentence, and blank lines refused when `blanks` says so.
-fn check_lines(path: &Path, lines: &[String], blanks: BlankLines) -> Result<()> {
-    if lines.is_empty() {
+/// At least one sentence, and blank lines refused when `blanks` says so. `had_lines`: the
+/// file had lines before its trailing blank ones were dropped (so it was not empty).
+fn check_lines(path: &Path, lines: &[String], had_lines: bool, blanks: BlankLines) -> Result<()> {
+    if lines.is_empty() && !had_lines {
         return Err(format_error(
             path,
             "expected at least one line, found an empty file",
@@ -178,6 +176,7 @@ pub fn read_aligned(
 ) -> Result<Bitext> {
     let mut source = raw_lines(source_path)?;
     let mut target = raw_lines(target_path)?;
+    let had_lines = (!source.is_empty(), !target.is_empty());
     loop {
         let (s, t) = (source.last(), target.last());
         let both = s.is_some_and(|l| is_blank(l)) && t.is_some_and(|l| is_blank(l));
@@ -192,8 +191,8 @@ pub fn read_aligned(
             break;
         }
     }
-    check_lines(source_path, &source, blanks)?;
-    check_lines(target_path, &target, blanks)?;
+    check_lines(source_path, &source, had_lines.0, blanks)?;
+    check_lines(target_path, &target, had_lines.1, blanks)?;
     if source.len() != target.len() {
         return Err(format_error(
             source_path,

@@ -1101,15 +1101,19 @@ impl TextEncoder {
     /// An error naming the first text of a batch (`idx`, rows of `h` values) whose output
     /// is not finite: weights that are finite but huge overflow `f32` in the layers.
     fn check_finite_output(&self, values: &[f32], h: usize, idx: &[usize]) -> Result<()> {
-        match values.iter().position(|v| !v.is_finite()) {
+        // The batch is in length order: name its first text in input order.
+        let bad = values
+            .chunks(h)
+            .zip(idx)
+            .filter_map(|(row, &i)| row.iter().find(|v| !v.is_finite()).map(|&v| (i, v)))
+            .min_by_key(|&(i, _)| i);
+        match bad {
             None => Ok(()),
-            Some(k) => Err(Error::value(
+            Some((i, v)) => Err(Error::value(
                 format!("encoder {}", self.name),
                 format!(
-                    "text {} (counting from 0): expected finite hidden states, found {}; the \
-                     model's weights overflow f32 on it (check the model file)",
-                    idx.get(k / h).copied().unwrap_or(0),
-                    values[k]
+                    "text {i} (counting from 0): expected finite hidden states, found {v}; the \
+                     model's weights overflow f32 on it (check the model file)"
                 ),
             )),
         }

@@ -287,8 +287,6 @@ fn header_span(path: &Path, data: &[u8]) -> Result<(usize, usize)> {
     Ok((header_len, start))
 }
 
-/// The shape and dtype of the `.npy` file that `data` starts (it holds at least the whole
-/// header), where its data start, and how many bytes of data the header declares.
 /// The most dimensions an array may have: NumPy's own limit (`NPY_MAXDIMS`).
 const MAX_DIMS: usize = 64;
 
@@ -300,6 +298,8 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// The shape and dtype of the `.npy` file that `data` starts (it holds at least the whole
+/// header), where its data start, and how many bytes of data the header declares.
 fn header(path: &Path, data: &[u8]) -> Result<(Vec<usize>, Dtype, usize, usize)> {
     let (header_len, start) = header_span(path, data)?;
     let end = start + header_len;

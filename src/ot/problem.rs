@@ -225,6 +225,8 @@ pub struct Problem {
     /// The smallest and largest cost over the pairs' supports (real rows and columns;
     /// see [`check_cost_resolution`]).
     support_range: (f64, f64),
+    /// The largest spread (largest − smallest entry) of one pair's cost over its support.
+    max_spread: f64,
 }
 
 /// The largest ratio of a cost's magnitude to ε that a solve accepts: 2⁴².
@@ -294,7 +296,7 @@ impl Problem {
         // Over the supports only: padding's costs never enter a solve.
         let widen = |(lo, hi): (f64, f64), (l, h): (f64, f64)| (lo.min(l), hi.max(h));
         let empty = (f64::INFINITY, f64::NEG_INFINITY);
-        let support_range = cost
+        let ranges: Vec<(f64, f64)> = cost
             .par_chunks(n * m)
             .enumerate()
             .map(|(p, c)| {
@@ -305,21 +307,27 @@ impl Problem {
                     .flat_map(|(_, row)| cols.iter().map(move |&j| (row[j], row[j])))
                     .fold(empty, widen)
             })
-            .reduce(|| empty, widen);
-        // The solvers shift each row and column by its extreme; a range past f64's made
-        // those shifts infinite (a wrong plan on the CPU, NaN on the GPU) whatever ε is.
-        let (lo, hi) = support_range;
-        if (hi - lo).is_infinite() {
+            .collect();
+        // The solvers shift each row and column of a pair by its extreme; a pair whose range
+        // is past f64's made those shifts infinite (a wrong plan on the CPU, NaN on the GPU)
+        // whatever ε is. Pairs are solved apart: only each one's own range counts.
+        if let Some((p, (lo, hi))) = ranges
+            .iter()
+            .enumerate()
+            .find(|(_, &(lo, hi))| (hi - lo).is_infinite())
+        {
             return Err(Error::value(
                 "cost",
                 format!(
-                    "the entries over the supports span {lo:e} to {hi:e}, a range beyond f64's \
-                     largest number; expected a range below {:e} (rescale the cost, and ε \
-                     with it)",
+                    "pair {p}: the entries over its support span {lo:e} to {hi:e}, a range \
+                     beyond f64's largest number; expected a range below {:e} (rescale the \
+                     cost, and ε with it)",
                     f64::MAX
                 ),
             ));
         }
+        let support_range = ranges.iter().copied().fold(empty, widen);
+        let max_spread = ranges.iter().map(|&(lo, hi)| hi - lo).fold(0.0, f64::max);
         Ok(Problem {
             pairs,
             n,
@@ -328,6 +336,7 @@ impl Problem {
             a,
             b,
             support_range,
+            max_spread,
         })
     }
 
@@ -368,11 +377,10 @@ impl Problem {
         lo.abs().max(hi.abs()).max(0.0)
     }
 
-    /// How far the cost spreads over the pairs' supports (largest − smallest entry):
-    /// Sinkhorn's iteration count grows with this spread over ε.
+    /// How far one pair's cost spreads over its support (largest − smallest entry), the
+    /// largest over the pairs: Sinkhorn's iteration count grows with this spread over ε.
     pub fn cost_spread(&self) -> f64 {
-        let (lo, hi) = self.support_range;
-        (hi - lo).max(0.0)
+        self.max_spread
     }
 
     /// Build from embeddings: the cosine cost computed elsewhere plus uniform weights over
@@ -741,9 +749,19 @@ mod tests {
         let e = Problem::new(1, 1, 2, vec![-1.7e308, 1.7e308], None, None).unwrap_err();
         assert!(
             e.to_string()
-                .contains("a range beyond f64's largest number"),
+                .contains("pair 0: the entries over its support span"),
             "{e}"
         );
+        // Pairs are solved apart: two whose own ranges fit are accepted together.
+        let two = Problem::new(
+            2,
+            1,
+            2,
+            vec![-1.7e308, -1.6e308, 1.6e308, 1.7e308],
+            None,
+            None,
+        );
+        assert!(two.unwrap().cost_spread() < 1.1e307);
         // Padding's entries do not count.
         let padded = Problem::new(1, 1, 2, vec![-1.7e308, 1.7e308], None, Some(vec![1.0, 0.0]));
         assert!(padded.is_ok());

@@ -92,10 +92,14 @@ impl Pool {
                 Some(&k) => k,
                 None => {
                     let Ok(k) = u16::try_from(group_names.len()) else {
+                        let distinct = groups
+                            .iter()
+                            .collect::<std::collections::HashSet<_>>()
+                            .len();
                         return Err(Error::value(
                             "candidate groups",
                             format!(
-                                "expected at most {} distinct groups (languages), found more",
+                                "expected at most {} distinct groups (languages), found {distinct}",
                                 u16::MAX as usize + 1
                             ),
                         ));

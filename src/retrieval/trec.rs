@@ -55,9 +55,18 @@ pub fn parse_qrels(path: &Path, text: &str) -> Result<Qrels> {
             format_error(
                 path,
                 format!(
-                    "line {}: expected an integer relevance (at most {} in size), found {:?}",
+                    "line {}: expected an integer relevance{}, found {:?}",
                     i + 1,
-                    i64::MAX,
+                    // An integer, but past an i64's range.
+                    if f[3]
+                        .trim_start_matches(['-', '+'])
+                        .bytes()
+                        .all(|c| c.is_ascii_digit())
+                    {
+                        format!(" of at most {} in size", i64::MAX)
+                    } else {
+                        String::new()
+                    },
                     f[3]
                 ),
             )

@@ -88,7 +88,7 @@ pub struct TrainInfo {
     /// Wall seconds over every sitting.
     pub seconds: f64,
     pub sittings: usize,
-    /// Mean seconds per step of the last sitting.
+    /// Mean seconds per step over the run (every sitting; `summary.json`'s `mean_seconds`).
     pub seconds_per_step: f64,
     pub tokens_per_s: f64,
     pub dev: Vec<DevPoint>,

@@ -1041,7 +1041,7 @@ pub fn write(inputs: &Inputs<'_>) -> Result<()> {
             "run".into(),
             "steps".into(),
             "training s".into(),
-            "s/step (last sitting)".into(),
+            "s/step".into(),
             "exported step".into(),
             "evaluation s".into(),
             "texts evaluated".into(),
