@@ -52,6 +52,19 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # From another program
+//!
+//! - The input types ([`ot::Embeddings`], [`ot::PackedDocs`], [`ot::Problem`],
+//!   [`retrieval::DenseVectors`]) are built only by their checking constructors and read
+//!   through accessors: once built, every backend trusts them.
+//! - A [`Backend`] is `Send + Sync`; several threads may share one.
+//! - Distillation and studies take the process's stop signals only when asked
+//!   (`RunOptions::handle_interrupts`, `StudyOptions::handle_interrupts`).
+//! - Long jobs (distillation, studies, encoding, asset fetches) report progress on
+//!   standard error, and some settings are read from `OPTICAL_*` environment variables
+//!   (the README lists them).
+//! - [`Error`] and [`Backend`] may gain variants (`#[non_exhaustive]`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `eprintln!` that never panics: a standard error that cannot be written (a terminal that
