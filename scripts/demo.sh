@@ -10,8 +10,18 @@
 set -euo pipefail
 BIN="$(realpath "${1:-target/release/optical}")"
 cd "$(dirname "$0")/.."
-export OPTICAL_DATA_DIR="${OPTICAL_DATA_DIR:-$(realpath ../shared/data)}"
 OUT="${OPTICAL_CACHE:-$HOME/.cache/optical}/demo"
+# The shared copy of the data when it is there; else the two datasets the demo reads,
+# downloaded from upstream into the cache (files already there are kept).
+if [ -z "${OPTICAL_DATA_DIR:-}" ]; then
+    if [ -d ../shared/data ]; then
+        OPTICAL_DATA_DIR="$(realpath ../shared/data)"
+    else
+        OPTICAL_DATA_DIR="${OPTICAL_CACHE:-$HOME/.cache/optical}/data"
+        "$BIN" data fetch --datasets mafand,xquad-r --data-dir "$OPTICAL_DATA_DIR"
+    fi
+fi
+export OPTICAL_DATA_DIR
 XQUAD_LANGUAGES="${XQUAD_LANGUAGES:-de}"
 MAFAND_PAIRS="${DEMO_MAFAND_PAIRS:-500}"
 rm -rf "$OUT"

@@ -1612,10 +1612,11 @@ fn info_lists_the_settings_and_flags_a_value_that_is_no_choice() {
 #[cfg(all(feature = "wgpu", feature = "cuda"))]
 #[test]
 fn scripts_and_docs_name_only_real_settings_choices_and_kernels() {
-    const FREE_FORM: [&str; 10] = [
+    const FREE_FORM: [&str; 11] = [
         "OPTICAL_ALLOW_MISSING_DATA",
         "OPTICAL_CACHE",
         "OPTICAL_DATA_DIR",
+        "OPTICAL_DATA_MIRROR",
         "OPTICAL_GPU_CHECK_SOURCE",
         "OPTICAL_KERNELS",
         "OPTICAL_REQUIRE_CUDA",

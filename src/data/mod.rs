@@ -10,6 +10,7 @@
 //! and what is wrong.
 
 pub mod bitext;
+pub mod fetch;
 pub mod lareqa;
 
 use std::fmt;
