@@ -674,6 +674,8 @@ fn bench_refuses_a_negative_or_non_finite_measuring_time() {
     for (value, want) in [
         ("-1", "parameter min_seconds"),
         ("nan", "expected a finite number"),
+        ("86401", "at most a day per kernel"),
+        ("1e300", "at most a day per kernel"),
     ] {
         let o = optical(&["bench", "--kernels", "cosine-cost", "--min-seconds", value]);
         let err = stderr(&o);

@@ -562,6 +562,19 @@ fn an_exported_e5_directory_encodes_as_the_file() {
             .unwrap();
     assert_eq!(prefixes["passage"], "passage: ");
     assert_eq!(prefixes["query"], "query: ");
+    // A second export into the same directory is refused and leaves the first whole.
+    let weights = std::fs::read(export.join("model.safetensors")).unwrap();
+    let again = optical()
+        .args(["assets", "export-e5", "--out", export.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("expected a directory without a model, found its"),
+        "{err}"
+    );
+    assert!(std::fs::read(export.join("model.safetensors")).unwrap() == weights);
 
     let input = root.path().join("texts.txt");
     std::fs::write(&input, "Optimal transport aligns tokens.\nhello\n").unwrap();
@@ -1020,4 +1033,49 @@ fn long_batches_are_split_to_fit_the_gpu() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "cpu and wgpu differ by {worst}");
+}
+
+/// Weights that are finite but huge overflow `f32` inside the layers: `encode` stops with an
+/// error naming the text, not with NaN vectors in its output.
+#[cfg(feature = "distill")]
+#[test]
+fn hidden_states_that_overflow_are_an_error_naming_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = optical::distill::export::write_tiny_model(dir.path(), "tiny", 5).unwrap();
+    // Scale the word embeddings to ±3e38 in place (the file's layout is unchanged).
+    let path = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let entry = &header["embeddings.word_embeddings.weight"];
+    assert_eq!(entry["dtype"], "F32", "{header}");
+    let range = &entry["data_offsets"];
+    let (start, end) = (
+        8 + header_len + range[0].as_u64().unwrap() as usize,
+        8 + header_len + range[1].as_u64().unwrap() as usize,
+    );
+    for (k, word) in bytes[start..end].chunks_exact_mut(4).enumerate() {
+        let v = if k % 2 == 0 { 3e38f32 } else { -3e38 };
+        word.copy_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "e1 e2\ne3 e4 e5\n").unwrap();
+    let out = dir.path().join("out.npy");
+    let o = optical()
+        .args(["encode", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&texts)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("text 0 (counting from 0): expected finite hidden states"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused encoding wrote {}", out.display());
 }

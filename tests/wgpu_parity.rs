@@ -981,6 +981,57 @@ fn an_epsilon_beyond_f32_takes_the_materialised_path() {
     compare("ε = 1e39 cost", &got.cost, &want.cost, 1e-4, 1.0);
 }
 
+/// The wgpu backend's own entry point checks what `Backend` checks: mismatched batches,
+/// dimensions and parameters are errors naming them, before any dispatch.
+#[test]
+fn fused_entry_point_refuses_bad_input() {
+    let Some((w, _)) = wgpu_backend() else {
+        return;
+    };
+    let x = embeddings(910, 2, 5, 8, true);
+    let good = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 20,
+        threshold: 1e-6,
+        check_every: 5,
+    };
+    let cases = [
+        (
+            embeddings(911, 3, 7, 8, true),
+            good,
+            "batch size 2 to match x",
+        ),
+        (
+            embeddings(912, 2, 7, 9, true),
+            good,
+            "embedding dimension 8 to match x",
+        ),
+        (
+            embeddings(913, 2, 7, 8, true),
+            SinkhornParams {
+                epsilon: f64::NAN,
+                ..good
+            },
+            "epsilon",
+        ),
+        (
+            embeddings(914, 2, 7, 8, true),
+            SinkhornParams {
+                epsilon: 1e-300,
+                ..good
+            },
+            "for costs up to 2.000e0",
+        ),
+    ];
+    for (y, params, want) in cases {
+        let err = w
+            .sinkhorn_embeddings(&x, &y, &params)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "expected {want:?} in {err}");
+    }
+}
+
 #[test]
 fn results_are_bit_identical_across_runs() {
     let Some((w, backend)) = wgpu_backend() else {

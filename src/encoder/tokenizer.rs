@@ -392,4 +392,40 @@ mod tests {
         let err = RawTokenizer::read(&b).err().unwrap().to_string();
         assert!(err.contains("not a valid tokenizer.json"), "{err}");
     }
+
+    /// A batch edited out of its shape is an error naming the part, not a panic in burn.
+    #[test]
+    fn a_token_batch_of_the_wrong_shape_is_an_error() {
+        let device = burn::prelude::Device::flex();
+        let good = TokenBatch {
+            ids: vec![1, 2, 3, 4, 0, 0],
+            mask: vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+            lengths: vec![3, 1],
+            b: 2,
+            t: 3,
+        };
+        let (ids, mask) = good.tensors(&device).unwrap();
+        assert_eq!(ids.dims(), [2, 3]);
+        assert_eq!(mask.dims(), [2, 3]);
+        let mut short_ids = good.clone();
+        short_ids.ids.pop();
+        let mut long_mask = good.clone();
+        long_mask.mask.push(1.0);
+        let mut lengths = good.clone();
+        lengths.lengths.push(2);
+        let mut wide = good.clone();
+        wide.t = usize::MAX;
+        for (batch, want) in [
+            (short_ids, "token batch ids"),
+            (long_mask, "token batch mask"),
+            (
+                lengths,
+                "expected shape (2,), one length per sequence, found (3,)",
+            ),
+            (wide, "token batch ids"),
+        ] {
+            let err = batch.tensors(&device).err().unwrap().to_string();
+            assert!(err.contains(want), "expected {want:?} in {err}");
+        }
+    }
 }

@@ -618,4 +618,45 @@ mod tests {
         let err = solve(&Liar, &problem, &SinkhornParams::default()).unwrap_err();
         assert!(err.to_string().contains("expected 1 to 1 rounds"), "{err}");
     }
+
+    /// A backend whose output is not of the problem's shape is an error naming the part,
+    /// never a solution whose plan is read past its end.
+    #[test]
+    fn a_backend_output_of_the_wrong_shape_is_an_error() {
+        struct Short(usize);
+        impl SinkhornKernels for Short {
+            type State = ();
+            fn prepare(&self, _: &Problem, _: f64) -> Result<()> {
+                Ok(())
+            }
+            fn iterate(&self, _: &mut (), _: &[bool], _: usize) -> Result<()> {
+                Ok(())
+            }
+            fn marginal_errors(&self, _: &mut (), a: &[bool]) -> Result<Vec<f64>> {
+                Ok(vec![0.0; a.len()])
+            }
+            fn finish(&self, _: (), p: &Problem) -> Result<Solution> {
+                let mut sol = Solution {
+                    plan: vec![0.0; p.pairs * p.n * p.m],
+                    f: vec![0.0; p.pairs * p.n],
+                    g: vec![0.0; p.pairs * p.m],
+                    cost: vec![0.0; p.pairs],
+                };
+                [&mut sol.plan, &mut sol.f, &mut sol.g, &mut sol.cost][self.0].pop();
+                Ok(sol)
+            }
+        }
+        let problem = random_problem(3, 2, 3, 4);
+        for (part, want) in [
+            (0, "expected 24 values of plan for (2, 3, 4), found 23"),
+            (1, "expected 6 values of f for (2, 3, 4), found 5"),
+            (2, "expected 8 values of g for (2, 3, 4), found 7"),
+            (3, "expected 2 values of cost for (2, 3, 4), found 1"),
+        ] {
+            let err = solve(&Short(part), &problem, &SinkhornParams::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "expected {want:?} in {err}");
+        }
+    }
 }
