@@ -1,6 +1,8 @@
 //! Criterion benches of the WGSL kernels on the standard problems of `optical::bench`
-//! (the same problems as `optical bench --backend wgpu`). Every call reads its result back,
-//! so the device is synchronised before the clock stops.
+//! (the same problems as `optical bench --backend wgpu`, `sinkhorn-fused` included, as the
+//! CUDA benches time it), and the fused solve on two smaller problems of its own
+//! (`sinkhorn-embeddings`: b = 64 pairs of 32 × 32 and 128 × 128, 200 iterations). Every
+//! call reads its result back, so the device is synchronised before the clock stops.
 //!
 //! Without an adapter the benches exit with an error (set `OPTICAL_WGPU_ADAPTER` to pick one).
 
@@ -64,6 +66,18 @@ fn kernels(c: &mut Criterion) {
             bench.iter(|| backend.sinkhorn_embeddings(&x, &y, &params).expect("valid"))
         });
     }
+    g.finish();
+
+    // `optical bench`'s sinkhorn-fused, as benches/cuda_kernels.rs times it.
+    let (x, y) = bench::fused_problem();
+    let (b, n, d, iters) = (x.b(), x.n(), x.d(), 100);
+    let params = bench::fused_params(iters);
+    let mut g = c.benchmark_group("sinkhorn-fused");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
+    g.bench_function(format!("{name}/b{b}_n{n}_d{d}_it{iters}"), |bench| {
+        bench.iter(|| backend.sinkhorn_embeddings(&x, &y, &params).expect("valid"))
+    });
     g.finish();
 }
 

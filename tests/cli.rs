@@ -1677,10 +1677,11 @@ fn scripts_and_docs_name_only_real_settings_choices_and_kernels() {
         while let Some(at) = rest.find("OPTICAL_") {
             rest = &rest[at..];
             let name_len = rest.find(|c: char| !is_name(c)).unwrap_or(rest.len());
+            let family = rest[..name_len].ends_with('_');
             let name = rest[..name_len].trim_end_matches('_');
             rest = &rest[name_len..];
-            // `OPTICAL_CUDA_*` and the like name a family, not a variable.
-            if name == "OPTICAL" || rest.starts_with('*') {
+            // `OPTICAL_CUDA_*`, `"OPTICAL_CUDA_"` and the like name a family, not a variable.
+            if name == "OPTICAL" || family || rest.starts_with('*') {
                 continue;
             }
             seen += 1;

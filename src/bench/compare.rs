@@ -38,6 +38,11 @@ pub struct Timing {
     pub gpu: Option<String>,
     /// Mean iterations per pair of a solve that stops on its own (`sinkhorn-checks`).
     pub iterations: Option<f64>,
+    /// The backend's kernel settings in effect (variable → choice), where the record says.
+    pub settings: Option<BTreeMap<String, String>>,
+    /// Whether the host phases were timed (`--phases`), where the record says (a record
+    /// with `host_phases` had them on).
+    pub phases: Option<bool>,
 }
 
 /// A path as displayed: one that is not UTF-8 cannot be a JSON string.
@@ -124,6 +129,12 @@ pub struct Comparison {
     /// `variant/kernel (base → new)` of solves that stopped after a different mean number of
     /// iterations: their times follow the iterations as much as the code's speed.
     pub iterations_changed: Vec<String>,
+    /// `variant/kernel: VARIABLE base → new` of kernel settings that differ between the
+    /// runs (settings recorded in both): the timings measure another kernel variant.
+    pub settings_differ: Vec<String>,
+    /// `variant/kernel (off → on)` of timings taken with `--phases` in one run only: wall
+    /// times then include the phases' bookkeeping (on CUDA, a wait before each download).
+    pub phases_differ: Vec<String>,
 }
 
 impl Comparison {
@@ -158,6 +169,8 @@ fn format_error(path: &Path, what: impl Into<String>) -> Error {
 
 /// Parse a run: a gpu-check results object, or JSON lines of bench records.
 pub fn parse_run(path: &Path, text: &str) -> Result<Run> {
+    // A byte-order mark (files that went through Windows tools) is no part of the JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut timings = Vec::new();
     // A gpu-check report is one object (pretty-printed or not) with a "bench" map; a
     // one-line `optical bench --json` file is one object too, but a record.
@@ -348,6 +361,52 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
     };
     let cpu = optional("cpu")?;
     let gpu = optional("gpu")?;
+    let settings = match fields.get("settings") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => Some(
+            map.iter()
+                .map(|(k, v)| match v {
+                    Value::String(v) => Ok((k.clone(), v.clone())),
+                    v => Err(bad(format!(
+                        "\"settings\".{k}: expected a string (the choice in effect), found {v}"
+                    ))),
+                })
+                .collect::<Result<BTreeMap<_, _>>>()?,
+        ),
+        Some(v) => {
+            return Err(bad(format!(
+                "\"settings\": expected an object of kernel settings, found {}",
+                json_kind(v)
+            )))
+        }
+    };
+    let phases = match fields.get("phases") {
+        None | Some(Value::Null) => fields
+            .get("host_phases")
+            .and_then(Value::as_array)
+            .filter(|p| !p.is_empty())
+            .map(|_| true),
+        Some(Value::Bool(on)) => Some(*on),
+        Some(v) => {
+            return Err(bad(format!(
+                "\"phases\": expected true or false, found {v}"
+            )))
+        }
+    };
+    // `exp2-peak` records before the shape left out the machine's lanes:
+    // `lanes=L chains=C steps=S` did L·C·S exponentials, the problem now named by its work.
+    if kernel == "exp2-peak" {
+        let numbers: Option<Vec<u64>> = shape
+            .split(' ')
+            .zip(["lanes=", "chains=", "steps="])
+            .map(|(part, key)| part.strip_prefix(key)?.parse().ok())
+            .collect();
+        if let Some([lanes, chains, steps]) = numbers.as_deref() {
+            if shape.split(' ').count() == 3 {
+                shape = format!("exps={} chains={chains}", lanes * chains * steps);
+            }
+        }
+    }
     let wall = seconds("seconds_per_call", true)?.expect("required");
     let device = seconds("device_seconds_per_call", false)?;
     Ok(Timing {
@@ -360,6 +419,8 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
         cpu,
         gpu,
         iterations,
+        settings,
+        phases,
     })
 }
 
@@ -404,6 +465,8 @@ pub fn compare<'a>(
         device_time_lost: vec![],
         machines_differ: vec![],
         iterations_changed: vec![],
+        settings_differ: vec![],
+        phases_differ: vec![],
     };
     for b in &base.timings {
         let Some(n) = find(new, b) else {
@@ -421,6 +484,23 @@ pub fn compare<'a>(
                 if x != y && !out.machines_differ.contains(&note) {
                     out.machines_differ.push(note);
                 }
+            }
+        }
+        if let (Some(x), Some(y)) = (&b.settings, &n.settings) {
+            for (variable, old) in x {
+                match y.get(variable) {
+                    Some(new) if new != old => out
+                        .settings_differ
+                        .push(format!("{}: {variable} {old} → {new}", key(b))),
+                    _ => {}
+                }
+            }
+        }
+        if let (Some(x), Some(y)) = (b.phases, n.phases) {
+            if x != y {
+                let word = |on: bool| if on { "on" } else { "off" };
+                out.phases_differ
+                    .push(format!("{} ({} → {})", key(b), word(x), word(y)));
             }
         }
         if let (Some(x), Some(y)) = (b.iterations, n.iterations) {
@@ -455,9 +535,12 @@ pub fn compare<'a>(
         }
         for (name, (bs, ns)) in pairs {
             let ratio = ns / bs;
-            let verdict = if ratio > 1.0 + threshold {
+            // A ratio within rounding of the band's edge is at it, not beyond: 0.031201959
+            // over 0.020801306 (1.5000000000000002) is no more than 50 % slower.
+            let edge = (1.0 + threshold) * (1.0 + 1e-12);
+            let verdict = if ratio > edge {
                 Verdict::Slower
-            } else if ratio * (1.0 + threshold) < 1.0 {
+            } else if ratio * edge < 1.0 {
                 Verdict::Faster
             } else {
                 Verdict::Same
@@ -579,6 +662,14 @@ pub fn render(c: &Comparison) -> String {
             "the solve stopped after a different mean number of iterations, so the time \
              follows it",
             &c.iterations_changed,
+        ),
+        (
+            "different kernel settings, so these changes are not the code's alone",
+            &c.settings_differ,
+        ),
+        (
+            "host phases timed (--phases) in one run only, which changes wall times",
+            &c.phases_differ,
         ),
     ] {
         if !list.is_empty() {
@@ -959,6 +1050,87 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"cpu\": expected a non-empty string"));
+    }
+
+    #[test]
+    fn other_settings_and_phases_are_named() {
+        let with = |setting: &str, phases: Option<bool>, host_phases: bool| {
+            let mut v: Value = serde_json::from_str(&line("k", "cpu", 1.0, None)).unwrap();
+            v["settings"] = serde_json::json!({ "OPTICAL_CPU_SINKHORN": setting });
+            if let Some(p) = phases {
+                v["phases"] = p.into();
+            }
+            if host_phases {
+                v["host_phases"] = serde_json::json!([{"phase": "solve", "seconds_per_call": 0.5}]);
+            }
+            run(&v.to_string()).unwrap()
+        };
+        let (fast, log) = (
+            with("fast", Some(false), false),
+            with("log", Some(true), true),
+        );
+        let c = compare(&fast, &log, Metric::Auto, 0.1).unwrap();
+        assert_eq!(
+            c.settings_differ,
+            ["cpu/k: OPTICAL_CPU_SINKHORN fast → log"]
+        );
+        assert_eq!(c.phases_differ, ["cpu/k (off → on)"]);
+        let text = render(&c);
+        assert!(text.contains("different kernel settings, so these changes are not the code's alone: cpu/k: OPTICAL_CPU_SINKHORN fast → log"), "{text}");
+        assert!(
+            text.contains("host phases timed (--phases) in one run only"),
+            "{text}"
+        );
+        let same = compare(&fast, &fast, Metric::Auto, 0.1).unwrap();
+        assert!(same.settings_differ.is_empty() && same.phases_differ.is_empty());
+        // Older records: host phases mean --phases was on; without them nothing is known.
+        let old = with("fast", None, true);
+        assert_eq!(old.timings[0].phases, Some(true));
+        let plain = run(&line("k", "cpu", 1.0, None)).unwrap();
+        assert_eq!(plain.timings[0].phases, None);
+        assert!(compare(&plain, &log, Metric::Auto, 0.1)
+            .unwrap()
+            .phases_differ
+            .is_empty());
+        let bad =
+            line("k", "cpu", 1.0, None).replace("\"calls\"", "\"settings\": {\"A\": 1}, \"calls\"");
+        let err = run(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"settings\".A: expected a string"), "{err}");
+    }
+
+    #[test]
+    fn a_timing_at_the_limit_is_not_beyond_it_and_a_bom_is_ignored() {
+        let a = run(&line("k", "cpu", 0.020801306, None)).unwrap();
+        // 1.5000000000000002 times the base in f64: exactly 50 % slower, not more.
+        let b = run(&format!("\u{feff}{}", line("k", "cpu", 0.031201959, None))).unwrap();
+        let c = compare(&a, &b, Metric::Auto, 0.5).unwrap();
+        assert_eq!(c.rows[0].verdict, Verdict::Same);
+        assert!(regression_error(&c).is_none());
+        let c = compare(&a, &b, Metric::Auto, 0.499).unwrap();
+        assert_eq!(c.rows[0].verdict, Verdict::Slower);
+        let c = compare(&b, &a, Metric::Auto, 0.5).unwrap();
+        assert_eq!(c.rows[0].verdict, Verdict::Same);
+    }
+
+    #[test]
+    fn exp2_peak_records_of_any_machine_time_one_problem() {
+        let probe = |shape: &str| {
+            let mut v: Value = serde_json::from_str(&line("exp2-peak", "cpu", 1.0, None)).unwrap();
+            v["shape"] = shape.into();
+            run(&v.to_string()).unwrap()
+        };
+        let old16 = probe("lanes=16 chains=8 steps=8388608");
+        let old8 = probe("lanes=8 chains=8 steps=16777216");
+        let new = probe("exps=1073741824 chains=8");
+        assert_eq!(old16.timings[0].shape, "exps=1073741824 chains=8");
+        assert_eq!(old8.timings[0].shape, new.timings[0].shape);
+        assert_eq!(
+            compare(&old16, &old8, Metric::Auto, 0.1)
+                .unwrap()
+                .rows
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -23,11 +23,12 @@
 
 pub mod compare;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::peak::{CHAINS, STEPS};
+use crate::backend::peak::CHAINS;
 use crate::backend::{Backend, DeviceJob};
 use crate::error::Result;
 use crate::ot::problem::{Embeddings, PackedDocs, Problem, SinkhornParams};
@@ -68,6 +69,34 @@ pub struct BenchRecord {
     /// The GPU or adapter that ran the kernels, on the GPU backends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
+    /// The lanes a throughput probe ran on (`exp2-peak`: threads × vector width on the CPU,
+    /// threads on a GPU): the hardware's, not the problem's, so not part of `shape`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<usize>,
+    /// The kernel settings of this record's backend in effect (`OPTICAL_CPU_*`,
+    /// `OPTICAL_WGPU_*` or `OPTICAL_CUDA_*`: variable → choice, defaults included), as
+    /// `optical info` lists them: `bench compare` notes timings taken under different ones.
+    pub settings: BTreeMap<&'static str, &'static str>,
+    /// Whether the host phases were timed (`--phases`): the bookkeeping is in the wall time,
+    /// and on CUDA each download then waits for the stream first.
+    pub phases: bool,
+    /// The version of optical that measured it.
+    pub version: &'static str,
+}
+
+/// The kernel settings in effect that apply to `backend` (see [`BenchRecord::settings`]).
+pub fn backend_settings(backend: &str) -> BTreeMap<&'static str, &'static str> {
+    let prefix = match backend {
+        "cpu" => "OPTICAL_CPU_",
+        "wgpu" => "OPTICAL_WGPU_",
+        "cuda" => "OPTICAL_CUDA_",
+        _ => return BTreeMap::new(),
+    };
+    crate::backend::settings()
+        .into_iter()
+        .filter(|s| s.variable.starts_with(prefix))
+        .filter_map(|s| Some((s.variable, s.value?)))
+        .collect()
 }
 
 /// The processor's model name (from `/proc/cpuinfo`, else the architecture) and the
@@ -304,6 +333,8 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
     let (cpu, threads) = cpu_model();
     let cpu = format!("{cpu}, {threads} threads");
     let gpu = backend.device_name();
+    let settings = backend_settings(name);
+    let phases = crate::phases::enabled();
     let record = |kernel, shape: String, (s, calls, host_phases): (f64, usize, Vec<PhaseTime>)| {
         BenchRecord {
             kernel,
@@ -320,6 +351,10 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             host_phases,
             cpu: cpu.clone(),
             gpu: gpu.clone(),
+            lanes: None,
+            settings: settings.clone(),
+            phases,
+            version: env!("CARGO_PKG_VERSION"),
         }
     };
     // Attach the device-only time and the rate `amount / time` computed from it.
@@ -440,21 +475,21 @@ pub fn run_kernel(backend: &Backend, kernel: &str, min_seconds: f64) -> Result<B
             Ok(r)
         }
         "exp2-peak" => {
-            let mut ran = (0, 0, 0.0);
+            let mut ran = (0, 0.0);
             let t = time(min_seconds, || {
                 let peak = backend.exp2_peak(EXP2_PEAK_EXPS)?;
-                ran = (peak.lanes, peak.rounds, peak.exps());
+                ran = (peak.lanes, peak.exps());
                 Ok(())
             })?;
-            let (lanes, rounds, exps) = ran;
+            let (lanes, exps) = ran;
+            // The work asked for: the lanes (and so the rounds that reach it) are the
+            // machine's, so two machines time the same problem.
             let mut r = record(
                 "exp2-peak",
-                format!(
-                    "lanes={lanes} chains={CHAINS} steps={}",
-                    rounds as usize * STEPS
-                ),
+                format!("exps={EXP2_PEAK_EXPS} chains={CHAINS}"),
                 t,
             );
+            r.lanes = Some(lanes);
             r.gexp_per_s = Some(exps / r.seconds_per_call / 1e9);
             device(&mut r, DeviceJob::Exp2Peak(EXP2_PEAK_EXPS), exps)?;
             Ok(r)

@@ -76,7 +76,9 @@ when the ratio leaves [1/(1+t), 1+t] for t = --max-slowdown / 100. Exit status: 
 nothing is slower, 1 when something is (the table is printed first), 2 on unreadable files
 or files with no timing in common. Kernels timed in only one run, or on another problem,
 are listed under the table and do not change the status, unless --require-all makes a base
-timing missing from the new run (or on another problem) exit 2. In CI:
+timing missing from the new run (or on another problem) exit 2. So are timings taken on
+other hardware, under other OPTICAL_* kernel settings or with --phases in one run only:
+compared, and named. In CI:
   optical bench --json > new.json &&
     optical bench compare base.json new.json --max-slowdown 15 --require-all";
 
