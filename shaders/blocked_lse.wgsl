@@ -3,7 +3,9 @@
 // includes). It uses the including module's workgroup arrays hf (row potentials + log2 a)
 // and hg (column potentials + log2 b), each at least 8G long, its override WG (= G·G in the
 // blocked kernels), and, for sum_partial (which any kernel of either module may call), its
-// workgroup array partial of WG floats.
+// workgroup array partial of WG floats. Not only the blocked kernels use it: the split kernel
+// of sinkhorn.wgsl (sinkhorn_half_split_f32) merges its partials with combine(…, MODE_LSE),
+// and sinkhorn.wgsl pads with NEG, so a change to either changes that path too.
 //
 // A pair's K (at most 8G × 8G) lives in registers: invocation t = G·ri + cj holds
 // K(ri + G·a, cj + G·b), a, b < 8 (padding: NEG), row a in the private vectors k<a>l

@@ -14,6 +14,12 @@
 //   fused_blocked_plan_f32  (register-blocked): the plan (b, n, m), potentials f, g and
 //                           transport cost ⟨P, C⟩ of the current iterate, padding 0.
 //
+// Marginals: uniform mass on the real rows and columns (log2 a_i = −log2 nr, log2 b_j =
+// −log2 nc for a pair of nr × nc real tokens); there is no weights binding.
+// The host takes these kernels only when the padded n and m are at most 512, ε is a normal
+// f32, and (on llvmpipe) the iterations of a dispatch stay within its loop cap; otherwise
+// the materialised path (cosine_cost + sinkhorn.wgsl) solves the batch.
+//
 // Bindings (group 0), chunk-relative
 //   0 uniform  params   {pairs, n, m, d, start, iterations, max_iterations, check_every,
 //                        epsilon, threshold}
@@ -42,7 +48,7 @@
 // dispatch is at most 64 × 64: a pipeline-overridable constant), dispatch (pairs, 1, 1),
 // pairs ≤ 65535. Invocation t owns rows t, t+WG, … and columns t, t+WG, ….
 // Workgroup memory: hf, hg (512 f32 each; they hold the inverse norms while the cost is
-// built), partial sums (WG f32), and the cost tile, TILE_CAPACITY f32 (overridden by the
+// built), partial sums (WG f32), the pair's status (wstatus, one vec4), and the cost tile, TILE_CAPACITY f32 (overridden by the
 // host from maxComputeWorkgroupStorageSize) with odd row stride s = nc|1. The host uses this
 // kernel when every pair satisfies nr·s ≤ TILE_CAPACITY and the register-blocked kernel does
 // not take the batch; otherwise it falls back to the materialised path (cosine_cost +
@@ -78,7 +84,9 @@
 // Workgroup memory (G = 16): hf, hg (512 f32 each, 8G used), partial sums (WG f32), partials
 // 2 × 128 × 17 f32 (row stride G + 1, so that the column update's writes do not collide in
 // banks; before the iterations they stage the cost build's embeddings, x in pmax and y in
-// psum, 8G rows × G dimensions per step), level-1 results 256 vec2.
+// psum, 8G rows × G dimensions per step), level-1 results 256 vec2, the potentials' copies
+// sf and sg (128 f32 each), the fast path's redo flag (one u32) and the pair's status
+// (wstatus, one vec4): 25,620 B.
 // Workgroup variables count only in the entry points that use them, so neither kernel pays
 // for the other's.
 
@@ -130,7 +138,10 @@ fn check_state(e: f32) -> u32 {
     if e <= params.threshold {
         return 1u;
     }
-    if !(abs(e) <= 3.4e38) {
+    // NaN or ±∞ by its exponent bits, as sinkhorn_retire.wgsl and the host decide it (a
+    // comparison would class the largest finite floats with them, and a NaN test may be
+    // folded away by a compiler that assumes no NaN).
+    if (bitcast<u32>(e) & 0x7f800000u) == 0x7f800000u {
         return 2u;
     }
     return 0u;

@@ -11,11 +11,16 @@
 //                          whose pairs all have at most 8G support rows and columns.
 //   sinkhorn_half_split_f32
 //                          one half-iteration (the row update, or with SPLIT_COLS the column
-//                          update) of every active pair, a pair spread over many workgroups (16 lines each): the host
-//                          dispatches them alternately, 2 per iteration, for batches whose
-//                          pairs neither the blocked kernel nor the tile takes, so that a few
-//                          large pairs still fill the device, and always for pairs with more
-//                          than MAX_N rows or columns (no other kernel takes them).
+//                          update) of every active pair, a pair spread over many workgroups
+//                          (16 lines each, ⌈n/16⌉ or ⌈m/16⌉ of them per pair from the padded
+//                          sizes; the surplus ones return at once): the host dispatches them
+//                          alternately, 2 per iteration, always for chunks with more than
+//                          MAX_N padded rows or columns (no other kernel takes them), and on
+//                          GPU adapters under the default kernel choice (blocked) for chunks
+//                          where not every pair fits the blocked kernel and no pair fits the
+//                          tile, so that a few large pairs still fill the device. (A chunk
+//                          where some pairs fit the tile runs sinkhorn_iterate_f32, which
+//                          streams K from global memory for the others.)
 //   sinkhorn_errors_f32    L1 row-marginal error of every active pair -> err[p]; the iterate
 //                          is not changed.
 //   sinkhorn_split_errors_f32
@@ -44,13 +49,16 @@
 // pairs ≤ 65535 (the host chunks larger batches). Invocation t owns rows t, t+WG, … and
 // columns t, t+WG, … (n, m ≤ 512), keeping their F, G, log a, log b in registers.
 //
-// Workgroup memory: hf = F + log a (512 f32), hg = G + log b (512 f32), partial sums (WG
-// f32), and `tile`, TILE_CAPACITY f32 (a pipeline-overridable constant sized by the host from
+// Workgroup memory (sinkhorn_iterate_f32 and the error kernels): hf = F + log a (512 f32),
+// hg = G + log b (512 f32), partial sums (WG f32), and `tile`, TILE_CAPACITY f32 (a pipeline-overridable constant sized by the host from
 // the device's maxComputeWorkgroupStorageSize). When nr·(nc|1) ≤ TILE_CAPACITY the pair's K is
 // copied into `tile` once per dispatch (row stride nc|1, odd, so the row-update reads of 32
 // consecutive invocations fall in 32 different banks) and every iteration reads it from
 // there; otherwise both updates stream K from global memory: the row update reads K^T and the
 // column update K, so consecutive invocations always read consecutive addresses.
+// sinkhorn_half_split_f32 adds lane_part (256 vec2, 2 KiB); sinkhorn_iterate_blocked_f32
+// takes hf, hg and blocked_lse.wgsl's arrays (pmax, psum, lvl1, sf, sg, redo) and no tile:
+// 24,580 B at G = 16. Workgroup variables count only in the entry points that use them.
 //
 // Numerics: base-2 log domain, f32. Each LSE is a single pass with a running maximum
 // (max-subtracted: with e = 2^−|v−m|, s ← s·e + 1 and m ← v when a new maximum arrives, else
