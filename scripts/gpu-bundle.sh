@@ -80,6 +80,7 @@ dirty=$( [ -z "$(git status --porcelain --untracked-files=no -- src kernels shad
 {
     echo "commit $commit"
     echo "tree $dirty"
+    echo "sources $(bash scripts/source-fingerprint.sh)"
     echo "features $FEATURES"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(ldd --version 2>/dev/null | head -n1)"
     echo "rustc $(rustc --version 2>/dev/null)"

@@ -57,6 +57,10 @@ EXPORT=""
 # GPU_CHECK_SECONDS: a wall-clock budget for the whole run (0: none); later steps get what is
 # left, so that a run under an outside time limit still writes its report.
 BUDGET=${GPU_CHECK_SECONDS:-0}
+# GPU_CHECK_VARIANT_SECONDS: the measuring time per kernel of the variant steps (bench-cuda-*,
+# bench-wgpu-*; the baselines bench-cuda and bench-wgpu take 2 s): 1 s is hundreds of device
+# timings of every problem here, and leaves the short run time for all of its decisions.
+VARIANT_SECONDS=${GPU_CHECK_VARIANT_SECONDS:-1}
 # GPU_CHECK_SKIP: step names to leave out, separated by spaces or commas; a name ending in *
 # leaves out every step it begins (e.g. "torch-compile profile-*" for a short rerun).
 SKIP=${GPU_CHECK_SKIP:-}
@@ -87,6 +91,9 @@ mkdir -p "$LOGS"
 declare -A STATUS
 # Seconds each step ran, for the report (so the next run's GPU_CHECK_SECONDS can be planned).
 declare -A TOOK
+# The OPTICAL_*=value settings (space-separated) of a step stopped by its own time limit ->
+# that step: a later step that sets all of them is skipped.
+declare -A HUNG
 # step NAME COMMAND...: run it, log to $LOGS/NAME.log, record pass/FAIL. A command (not a
 # shell function) is stopped after ${T:-900} s, so one hung step cannot cost the others.
 step() {
@@ -101,6 +108,24 @@ step() {
         if [[ $name == $pattern ]]; then
             STATUS[$name]="skipped (GPU_CHECK_SKIP)"
             echo "   skipped: GPU_CHECK_SKIP" >&2
+            return
+        fi
+    done
+    # The kernel settings of an earlier step that hung (its own time limit, not the budget,
+    # stopped it), all of them set here too, would hang this one: its time goes to the steps
+    # that can still decide.
+    local arg settings=" " hung setting all
+    for arg in "$@"; do
+        [[ $arg == OPTICAL_*=* ]] && settings+="$arg "
+    done
+    for hung in "${!HUNG[@]}"; do
+        all=1
+        for setting in $hung; do
+            [[ $settings == *" $setting "* ]] || all=0
+        done
+        if [ "$all" = 1 ]; then
+            STATUS[$name]="skipped ($hung hung in ${HUNG[$hung]})"
+            echo "   skipped: $hung hung in ${HUNG[$hung]}" >&2
             return
         fi
     done
@@ -127,6 +152,10 @@ step() {
         STATUS[$name]=FAIL
         echo "   FAILED (log: $LOGS/$name.log)" >&2
         tail -n 30 "$LOGS/$name.log" >&2
+        if { [ "$code" = 124 ] || [ "$code" = 137 ]; } && [ "$settings" != " " ]; then
+            hung=${settings# }
+            HUNG[${hung% }]=$name
+        fi
     fi
     TOOK[$name]=$((SECONDS - started))
 }
@@ -150,6 +179,20 @@ if [ -n "$PREBUILT" ]; then
     BINDIR="${TMPDIR:-/tmp}/optical-gpu-check/bin"
     step unpack unpack "$PREBUILT" "$BINDIR"
     source_line="prebuilt bundle: $(grep -E '^(commit|tree|built) ' "$PREBUILT/MANIFEST" | paste -sd';' | sed 's/;/; /g')"
+    # Binaries built from other sources than this checkout's (a bundle made before the last
+    # change) time other kernels and reject settings they do not know: said at once, and
+    # the run goes on (its numbers are the bundle's).
+    bundle_sources=$(sed -n 's/^sources //p' "$PREBUILT/MANIFEST")
+    here_sources=$(bash scripts/source-fingerprint.sh 2>/dev/null || echo unknown)
+    if [ -z "$bundle_sources" ]; then
+        STATUS[sources]="unknown (the bundle's MANIFEST has no sources line)"
+    elif [ "$bundle_sources" = "$here_sources" ]; then
+        STATUS[sources]=pass
+    else
+        STATUS[sources]=FAIL
+        echo "gpu-check: the bundle was built from other sources ($bundle_sources) than this checkout's ($here_sources): rebuild it with make gpu-bundle" >&2
+        source_line+="; BUILT FROM OTHER SOURCES than this checkout"
+    fi
     BIN="$BINDIR/optical"
     # The Vulkan loader and libglvnd, if the machine lacks them (unpacked beside the
     # binaries, not into /, and found through LD_LIBRARY_PATH, which dlopen honours).
@@ -208,16 +251,18 @@ vulkan_env() {
 # Each test in its own process (a test executable's command, without filters): a CUDA error
 # is sticky for the process's context, so a fault in a kernel not yet proven on a GPU would
 # otherwise fail every test after it with errors that are not theirs.
-# Each test gets at most 120 s and, under GPU_CHECK_SECONDS, no more than the budget has
-# left (30 s kept for the report): a test hanging in a kernel never run on a GPU before costs
-# the steps after it no more than that. Tests left out for lack of time are listed, and the
-# function returns 124 for them when none failed (the step then says "cut").
+# Each test gets at most 120 s (60 s under GPU_CHECK_SECONDS; on the H200 the longest took
+# a few seconds) and no more than the budget has left (30 s kept for the report): a test
+# hanging in a kernel never run on a GPU before costs the steps after it no more than that.
+# Tests left out for lack of time are listed, and the function returns 124 for them when
+# none failed (the step then says "cut").
 each_test() {
-    local names failed=0 t limit left code cut=()
+    local names failed=0 t limit left code cut=() cap=120
+    [ "$BUDGET" -gt 0 ] && cap=60
     names=$("$@" --list 2>/dev/null | sed -n 's/: test$//p')
     [ -n "$names" ] || { echo "each_test: no tests listed by: $*"; return 1; }
     for t in $names; do
-        limit=120
+        limit=$cap
         if [ "$BUDGET" -gt 0 ]; then
             left=$((BUDGET - SECONDS - 30))
             if [ "$left" -lt 20 ]; then
@@ -231,8 +276,8 @@ each_test() {
         timeout --kill-after=10 "$limit" "$@" "$t" --exact --nocapture --test-threads=1 || code=$?
         if [ "$code" = 0 ]; then
             :
-        elif [ "$limit" -lt 120 ] && { [ "$code" = 124 ] || [ "$code" = 137 ]; }; then
-            # Stopped by the budget before its own 120 s: not shown failing, not shown passing.
+        elif [ "$limit" -lt "$cap" ] && { [ "$code" = 124 ] || [ "$code" = 137 ]; }; then
+            # Stopped by the budget before its own cap: not shown failing, not shown passing.
             echo "=== stopped by GPU_CHECK_SECONDS after ${limit} s: $t"
             cut+=("$t")
         else
@@ -255,76 +300,79 @@ else
 fi
 T=60 step info env "${VK_ENV[@]}" "$BIN" info --json
 T=60 step vulkan-env vulkan_env
+# sinkhorn-checks first and the exp2 probe last: `optical bench` stops at a kernel's error, and
+# the checks decision needs this step's record.
 T=120 step bench-cuda "$BIN" bench --backend cuda --json --phases --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,sinkhorn-fused-1,exp2-peak,sinkhorn-checks
+    --kernels sinkhorn-checks,cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,sinkhorn-fused-1,exp2-peak
 # PyTorch eager and the bandwidths (HBM, PCIe) right after the CUDA numbers they are the
 # issue's ratios with (about 15 s); the torch.compile variants, whose compiles take minutes,
 # at the end (torch-compile), so that a time limit cuts them first.
 T=120 step torch "$PYTHON" scripts/torch_sinkhorn_bench.py --no-compile --out "$LOGS/torch.json"
 T=90 step bench-cuda-fp32 env OPTICAL_CUDA_COST_KERNEL=fp32 "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
+    --min-seconds "$VARIANT_SECONDS" --kernels cosine-cost,sinkhorn-fused,cosine-cost-hbm
 # The default cost kernel choice (auto) takes wgmma on compute capability 9.0 for problems of
 # at least 2 tiles of 128 x 128 per SM (cosine-cost-hbm), else the 64 x 64 3xTF32 kernel,
 # which this step runs on both problems.
 T=60 step bench-cuda-tf32x3 env OPTICAL_CUDA_COST_KERNEL=tf32x3 "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+    --min-seconds "$VARIANT_SECONDS" --kernels cosine-cost,cosine-cost-hbm
 T=60 step bench-cuda-tf32x3w env OPTICAL_CUDA_COST_KERNEL=tf32x3w "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+    --min-seconds "$VARIANT_SECONDS" --kernels cosine-cost,cosine-cost-hbm
 # The wgmma cost kernel exists on compute capability 9.0 only (H100, H200).
 compute_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')
 if [ "$compute_cap" = 9.0 ]; then
+    # The large problem only: the decisions are about it, and auto takes the 64 x 64
+    # kernel for the small one whatever they decide.
     T=60 step bench-cuda-wgmma env OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json \
-        --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+        --min-seconds "$VARIANT_SECONDS" --kernels cosine-cost-hbm
     # wgmma with x in registers (not the default until this step has timed it)
     T=60 step bench-cuda-wgmmars env OPTICAL_CUDA_COST_KERNEL=wgmma-rs "$BIN" bench --backend cuda \
-        --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+        --json --min-seconds "$VARIANT_SECONDS" --kernels cosine-cost-hbm
     # wgmma with three stages: one group left in flight at each chunk's barrier (the same)
     T=60 step bench-cuda-wgmma3 env OPTICAL_CUDA_COST_KERNEL=wgmma OPTICAL_CUDA_WGMMA_STAGES=3 \
-        "$BIN" bench --backend cuda --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+        "$BIN" bench --backend cuda --json --min-seconds "$VARIANT_SECONDS" --kernels cosine-cost-hbm
 else
     for s in bench-cuda-wgmma bench-cuda-wgmmars bench-cuda-wgmma3; do
         STATUS[$s]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
     done
 fi
 T=60 step bench-cuda-fused256 env OPTICAL_CUDA_FUSED_THREADS=256 "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels sinkhorn-fused
+    --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused
 # The fused kernel's cost phase with producer warps (cost_mode 2) against the serial default;
 # the 1-iteration problem gives the cost phase's share.
 T=60 step bench-cuda-fusedpipe env OPTICAL_CUDA_FUSED_COST=pipelined "$BIN" bench --backend cuda \
-    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+    --json --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused,sinkhorn-fused-1
 # The cost given (cost_mode 3): the standalone cost kernel, then the fused kernel loading it.
 # With the default cost kernel choice (for 256 pairs of 128 x 128 on 132 SMs: the 64 x 64
 # tiles), and on compute capability 9.0 with each wgmma kernel.
 T=60 step bench-cuda-fusedgiven env OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda \
-    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+    --json --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused,sinkhorn-fused-1
 # The absorbed log-sum-exps (OPTICAL_CUDA_LSE=absorbed: the shifts kept in K'', one addition
 # per element fewer in the on-chip passes) against the shifted default: the fused kernel,
-# inline and with the cost given, and sinkhorn_iterate_f32 (sinkhorn, and a distillation
-# step's OT in sinkhorn-checks).
+# inline and with the cost given, and sinkhorn_iterate_f32 (sinkhorn).
 T=60 step bench-cuda-absorbed env OPTICAL_CUDA_LSE=absorbed "$BIN" bench --backend cuda \
-    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1,sinkhorn,sinkhorn-checks
+    --json --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused,sinkhorn-fused-1,sinkhorn
 T=60 step bench-cuda-fusedgiven-abs env OPTICAL_CUDA_LSE=absorbed \
-    OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds 2 \
+    OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds "$VARIANT_SECONDS" \
     --kernels sinkhorn-fused,sinkhorn-fused-1
 # The scaled passes (OPTICAL_CUDA_LSE=scaled: Q = 2^K'' on chip, a product per element and no
 # ex2, Q rebuilt from K when a pass's sums leave range), inline and with the cost given; and
-# for a solve from a cost (sinkhorn, and a distillation step's OT in sinkhorn-checks), where
-# the fused kernel continues from K in place of sinkhorn_iterate_f32.
+# for a solve from a cost (sinkhorn), where the fused kernel continues from K in place of
+# sinkhorn_iterate_f32.
 T=60 step bench-cuda-scaled env OPTICAL_CUDA_LSE=scaled "$BIN" bench --backend cuda \
-    --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1,sinkhorn,sinkhorn-checks
+    --json --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused,sinkhorn-fused-1,sinkhorn
 T=60 step bench-cuda-fusedgiven-scaled env OPTICAL_CUDA_LSE=scaled \
-    OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds 2 \
+    OPTICAL_CUDA_FUSED_COST=standalone "$BIN" bench --backend cuda --json --min-seconds "$VARIANT_SECONDS" \
     --kernels sinkhorn-fused,sinkhorn-fused-1
 if [ "$compute_cap" = 9.0 ]; then
     T=60 step bench-cuda-fusedgiven-wgmma env OPTICAL_CUDA_FUSED_COST=standalone \
-        OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json --min-seconds 2 \
+        OPTICAL_CUDA_COST_KERNEL=wgmma "$BIN" bench --backend cuda --json --min-seconds "$VARIANT_SECONDS" \
         --kernels sinkhorn-fused,sinkhorn-fused-1
     T=60 step bench-cuda-fusedgiven-wgmmars env OPTICAL_CUDA_FUSED_COST=standalone \
-        OPTICAL_CUDA_COST_KERNEL=wgmma-rs "$BIN" bench --backend cuda --json --min-seconds 2 \
+        OPTICAL_CUDA_COST_KERNEL=wgmma-rs "$BIN" bench --backend cuda --json --min-seconds "$VARIANT_SECONDS" \
         --kernels sinkhorn-fused,sinkhorn-fused-1
     T=60 step bench-cuda-fusedgiven-wgmma3 env OPTICAL_CUDA_FUSED_COST=standalone \
         OPTICAL_CUDA_COST_KERNEL=wgmma OPTICAL_CUDA_WGMMA_STAGES=3 "$BIN" bench --backend cuda \
-        --json --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+        --json --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused,sinkhorn-fused-1
 else
     for s in bench-cuda-fusedgiven-wgmma bench-cuda-fusedgiven-wgmmars bench-cuda-fusedgiven-wgmma3; do
         STATUS[$s]="skipped (compute capability ${compute_cap:-unknown}, wgmma needs 9.0)"
@@ -339,9 +387,9 @@ if combined_env=$(python3 scripts/gpu_best_fused.py "$LOGS" 2>"$LOGS/combined-en
         echo "$combined_env" >"$LOGS/combined-env.txt"
         # shellcheck disable=SC2086 # one NAME=value per word
         T=60 step bench-cuda-combined env $combined_env "$BIN" bench --backend cuda --json \
-            --min-seconds 2 --kernels sinkhorn-fused,sinkhorn-fused-1
+            --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused,sinkhorn-fused-1
     else
-        STATUS[bench-cuda-combined]="skipped (the defaults are the fastest measured combination)"
+        STATUS[bench-cuda-combined]="skipped (a step timed the fastest combination already; see combined-env.log)"
     fi
 else
     STATUS[bench-cuda-combined]="skipped (no fused timing to pick from; see combined-env.log)"
@@ -350,18 +398,18 @@ fi
 # all iterations, against the default split half-iterations (a warp per row, n / 8 CTAs per
 # pair).
 T=45 step bench-cuda-nosplit env OPTICAL_CUDA_SINKHORN_SPLIT=off "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels sinkhorn-512,sinkhorn-2048
+    --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-512,sinkhorn-2048
 # MaxSim through maxsim_f32 instead of the default cost kernel + maxsim_reduce_f32.
 T=30 step bench-cuda-maxsim-direct env OPTICAL_CUDA_MAXSIM=direct "$BIN" bench --backend cuda --json \
-    --min-seconds 2 --kernels maxsim
+    --min-seconds "$VARIANT_SECONDS" --kernels maxsim
 # The problems that move the most bytes between host and device, their copies through the
 # driver's pageable path instead of the default page-locked staging buffers (wall time).
 # A distillation step's OT (many checks) with a read-back at every check, against the
 # default: the stopping rule on the device, a read-back after 1, 2, 4, ... 32 checks.
 T=30 step bench-cuda-hostchecks env OPTICAL_CUDA_CHECKS=host "$BIN" bench --backend cuda --json \
-    --phases --min-seconds 2 --kernels sinkhorn-checks
+    --phases --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-checks
 T=45 step bench-cuda-pageable env OPTICAL_CUDA_STAGING=pageable "$BIN" bench --backend cuda --json --phases \
-    --min-seconds 2 --kernels sinkhorn-fused,cosine-cost-hbm
+    --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-fused,cosine-cost-hbm
 # Nsight Compute on one launch of each CUDA kernel the goals are about (optional: it needs
 # access to the performance counters, which some machines refuse): throughput, pipe use
 # and issue rates, launch resources, occupancy, memory traffic (with the tables' shared-memory
@@ -415,28 +463,35 @@ else
 fi
 T=120 step bench-wgpu env "${VK_ENV[@]}" \
     "$BIN" bench --backend wgpu --json --phases --min-seconds 2 \
-    --kernels cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,exp2-peak,sinkhorn-checks
+    --kernels sinkhorn-checks,cosine-cost,maxsim,sinkhorn,sinkhorn-512,sinkhorn-fused,cosine-cost-hbm,sinkhorn-2048,exp2-peak
+# The checks on the device against the host's rule on this driver (one test, seconds): the
+# whole wgpu-tests step may be left out of a short run, and the decision below changes what
+# GPU adapters run.
+if [ -n "$PREBUILT" ]; then
+    T=60 step wgpu-checks-test env "${VK_ENV[@]}" "$BINDIR/wgpu_parity" \
+        device_checks_decide_as_host_checks --exact --include-ignored --test-threads=1
+fi
 # A distillation step's OT (many checks) with a read-back at every check, against the default
 # on a GPU adapter: the stopping rule on the device, a read-back after 1, 2, 4, ... 32 checks.
 T=30 step bench-wgpu-hostchecks env "${VK_ENV[@]}" OPTICAL_WGPU_CHECKS=host \
-    "$BIN" bench --backend wgpu --json --phases --min-seconds 2 --kernels sinkhorn-checks
+    "$BIN" bench --backend wgpu --json --phases --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn-checks
 # The register-blocked Sinkhorn kernels with their log-sum-exps shifted by the current
 # potentials (an eighth fewer exp2, no maxima; shaders/blocked_lse.wgsl) against the default
 # max-subtracted ones.
 T=60 step bench-wgpu-shifted env "${VK_ENV[@]}" OPTICAL_WGPU_LSE=shifted \
-    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-fused,sinkhorn-checks
+    "$BIN" bench --backend wgpu --json --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn,sinkhorn-fused,sinkhorn-checks
 # The Sinkhorn problems with the row kernels (one workgroup per pair, one invocation per row;
 # K in workgroup memory where it fits, else streamed), against the defaults: register-blocked
 # kernels up to 128 x 128, split half-iterations for sinkhorn-512.
 T=60 step bench-wgpu-rows env "${VK_ENV[@]}" OPTICAL_WGPU_SINKHORN=rows \
-    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels sinkhorn,sinkhorn-512,sinkhorn-fused
+    "$BIN" bench --backend wgpu --json --min-seconds "$VARIANT_SECONDS" --kernels sinkhorn,sinkhorn-512,sinkhorn-fused
 # The cost problems with the 16 x 16 kernel (one entry per invocation) against the default
 # 64 x 64 register-blocked one.
 T=45 step bench-wgpu-costtile env "${VK_ENV[@]}" OPTICAL_WGPU_COST=tile \
-    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels cosine-cost,cosine-cost-hbm
+    "$BIN" bench --backend wgpu --json --min-seconds "$VARIANT_SECONDS" --kernels cosine-cost,cosine-cost-hbm
 # MaxSim with the register-blocked kernel (the default on a GPU adapter is the 16 x 16 one).
 T=30 step bench-wgpu-maxsimblocked env "${VK_ENV[@]}" OPTICAL_WGPU_MAXSIM=blocked \
-    "$BIN" bench --backend wgpu --json --min-seconds 2 --kernels maxsim
+    "$BIN" bench --backend wgpu --json --min-seconds "$VARIANT_SECONDS" --kernels maxsim
 # Distillation steps (the default configuration, a model of e5-small's shape with random
 # weights, English-Hausa bitext; scripts/distill-bench.sh) with the encoders on burn's wgpu
 # device on the NVIDIA Vulkan driver and the Sinkhorn on the WGSL kernels; the same on the

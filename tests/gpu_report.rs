@@ -42,8 +42,12 @@ fn fused_record(device: f64) -> String {
 }
 
 fn run_report(dir: &Path, logs: &Path) -> (String, serde_json::Value) {
+    run_report_with(dir, logs, r#"{"cuda-tests": "pass", "bench-cuda": "pass"}"#)
+}
+
+/// [`run_report`] with the steps' status as gpu-check passes it (a JSON object).
+fn run_report_with(dir: &Path, logs: &Path, status: &str) -> (String, serde_json::Value) {
     let out = dir.join("result");
-    let status = r#"{"cuda-tests": "pass", "bench-cuda": "pass"}"#;
     let run = Command::new("python3")
         .arg(root().join("scripts/gpu_report.py"))
         .args([
@@ -692,8 +696,13 @@ fn report_names_the_defaults_a_run_decides() {
         (&"sinkhorn-fused".into(), &"change".into())
     );
     assert!((shifted["speedup"].as_f64().unwrap() - 17.2 / 14.0).abs() < 1e-9);
+    // 5.8 % faster than the default, but the scaled passes beat it: they become the default.
     let absorbed = find("the absorbed log-sum-exps beat the shifted ones (fused, inline");
-    assert_eq!(absorbed["verdict"], "change", "{absorbed}");
+    assert_eq!(absorbed["verdict"], "keep", "{absorbed}");
+    assert!(absorbed["change"]
+        .as_str()
+        .unwrap()
+        .ends_with("(superseded: the scaled passes win over it)"));
     assert!((absorbed["speedup"].as_f64().unwrap() - 455.0 / 430.0).abs() < 1e-9);
     let absorbed_given = find("the absorbed log-sum-exps beat the shifted ones (fused, cost");
     assert_eq!(
@@ -704,13 +713,19 @@ fn report_names_the_defaults_a_run_decides() {
         find("the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate");
     assert_eq!(absorbed_iterate["verdict"], "keep", "{absorbed_iterate}");
     assert!((absorbed_iterate["speedup"].as_f64().unwrap() - 554.0 / 540.0).abs() < 1e-9);
-    let scaled = find("the scaled passes beat the shifted log-sum-exps (fused, inline");
-    assert_eq!(scaled["verdict"], "change", "{scaled}");
-    assert!((scaled["speedup"].as_f64().unwrap() - 455.0 / 350.0).abs() < 1e-9);
-    let scaled_given = find("the scaled passes beat the shifted log-sum-exps (fused, cost");
+    // Against the better of the shifted and absorbed log-sum-exps.
+    let scaled =
+        find("the scaled passes beat the shifted and absorbed log-sum-exps (fused, inline");
+    assert_eq!(
+        (&scaled["default"], &scaled["verdict"]),
+        (&"cuda-absorbed".into(), &"change".into())
+    );
+    assert!((scaled["speedup"].as_f64().unwrap() - 430.0 / 350.0).abs() < 1e-9);
+    let scaled_given =
+        find("the scaled passes beat the shifted and absorbed log-sum-exps (fused, cost");
     assert_eq!(
         (&scaled_given["default"], &scaled_given["verdict"]),
-        (&"cuda-fusedgiven".into(), &"change".into())
+        (&"cuda-fusedgiven-abs".into(), &"change".into())
     );
     let scaled_iterate = find("the scaled passes continuing from K beat sinkhorn_iterate_f32");
     assert_eq!(
@@ -726,6 +741,48 @@ fn report_names_the_defaults_a_run_decides() {
     );
     assert!(!md.contains("**change**: WgmmaStages"), "{md}");
     assert!(md.contains("**change**: auto takes wgmma-rs"), "{md}");
+
+    // A fast candidate not shown correct decides nothing: its own step failed, or the
+    // parity tests did not pass on the GPU.
+    let (md, json) = run_report_with(
+        &dir,
+        &logs,
+        r#"{"cuda-tests": "pass", "bench-cuda": "pass", "bench-cuda-wgmmars": "FAIL"}"#,
+    );
+    let rs = json["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["question"].as_str().unwrap().starts_with("wgmma-rs"))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        rs["verdict"],
+        "undecided: faster, but its step bench-cuda-wgmmars did not pass (FAIL)"
+    );
+    assert!(!md.contains("**change**: auto takes wgmma-rs"), "{md}");
+    let (_, json) = run_report_with(
+        &dir,
+        &logs,
+        r#"{"cuda-tests": "FAIL", "bench-cuda": "pass"}"#,
+    );
+    let verdicts: Vec<&str> = json["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["candidate"].as_str().unwrap().starts_with("cuda"))
+        .map(|d| d["verdict"].as_str().unwrap())
+        .collect();
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| *v == "keep" || *v == "undecided: faster, but cuda-tests did not pass (FAIL)"),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts.iter().any(|v| v.starts_with("undecided")),
+        "{verdicts:?}"
+    );
 
     // Without the wgmma steps (a GPU before Hopper), no cost-kernel decision.
     for step in ["cuda-wgmma", "cuda-wgmma3", "cuda-wgmmars"] {
@@ -804,6 +861,26 @@ fn the_fastest_combination_of_the_fused_settings_is_picked_and_judged() {
             "OPTICAL_CUDA_FUSED_COST=pipelined\nOPTICAL_CUDA_LSE=absorbed\n".to_string()
         )
     );
+    // One axis changed only (the cost phase here, no log-sum-exps timed): its own step
+    // timed it, so no combined step; and a cost phase within 3 % of the default's is not
+    // picked.
+    std::fs::remove_file(logs.join("bench-cuda-absorbed.log")).unwrap();
+    assert_eq!(pick(), (true, String::new()));
+    write("cuda-fusedpipe", 445e-6);
+    for step in [
+        "cuda-fusedgiven",
+        "cuda-fusedgiven-wgmma",
+        "cuda-fusedgiven-wgmma3",
+    ] {
+        std::fs::remove_file(logs.join(format!("bench-{step}.log"))).unwrap();
+    }
+    write("cuda-absorbed", 430e-6);
+    assert_eq!(
+        pick(),
+        (true, String::new()),
+        "the default cost phase with absorbed: timed"
+    );
+    write("cuda-fusedpipe", 300e-6);
     // The report judges the combination gpu-check timed against the defaults.
     std::fs::write(
         logs.join("combined-env.txt"),

@@ -267,10 +267,12 @@ fn exp2_probe_runs_every_chain() {
     // exponentials the probe ran.
     let r = optical::bench::run_kernel(&backend, "exp2-peak", 0.0).expect("bench exp2-peak");
     let steps = optical::bench::EXP2_PEAK_EXPS.div_ceil(per_round) as usize * STEPS;
+    // The shape is the work asked for; the lanes (the machine's) are beside it.
     assert_eq!(
         r.shape,
-        format!("lanes={} chains={CHAINS} steps={steps}", peak.lanes)
+        format!("exps={} chains={CHAINS}", optical::bench::EXP2_PEAK_EXPS)
     );
+    assert_eq!(r.lanes, Some(peak.lanes));
     let rate = r.gexp_per_s.expect("a G exp/s rate");
     let exps = (per_round as usize * (steps / STEPS)) as f64;
     assert!(
