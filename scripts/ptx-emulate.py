@@ -1222,11 +1222,15 @@ def embeddings(rng, b, n, d, full):
 
 
 # ---- tests -------------------------------------------------------------------------------
-def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64, module="cosine_cost", dyn=0):
+def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64, module="cosine_cost", dyn=0,
+                     full=False):
+    """The cost kernel `entry` against the f64 reference; every length drawn in 1..n (1..m),
+    or n (m) when `full`: real rows in every tile, so that the tiles past the first one
+    load, compute and store real entries."""
     rng = random.Random(seed)
     dp = (d + 3) // 4 * 4
-    x, lx = embeddings(rng, b, n, d, False)
-    y, ly = embeddings(rng, b, m, d, False)
+    x, lx = embeddings(rng, b, n, d, full)
+    y, ly = embeddings(rng, b, m, d, full)
     mem = Memory()
     xg, yg = mem.alloc(pack_f32(padded(x, d, dp))), mem.alloc(pack_f32(padded(y, d, dp)))
     xl, yl = mem.alloc(pack_u32(lx)), mem.alloc(pack_u32(ly))
@@ -1250,18 +1254,19 @@ def test_cosine_cost(mods, b, n, m, d, seed, entry="cosine_cost_f32", tile=64, m
     return report(f"{entry} b={b} n={n} m={m} d={d}", err, 2e-5)
 
 
-def test_wgmma_cost(mods, b, n, m, d, seed, stages=2):
+def test_wgmma_cost(mods, b, n, m, d, seed, stages=2, full=False):
     """test_cosine_cost of cosine_cost_wgmma_f32 (kernels/cosine_cost_sm90a.ptx): 128x128
     tiles, `stages` stages of 32,768 bytes and 1,024 of inverse norms of dynamic shared
     memory (66,560 bytes for two stages, 99,328 for three)."""
     return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_f32", 128, "cosine_cost_sm90a",
-                            stages * 32768 + 1024)
+                            stages * 32768 + 1024, full)
 
 
-def test_wgmma_rs_cost(mods, b, n, m, d, seed):
+def test_wgmma_rs_cost(mods, b, n, m, d, seed, full=False):
     """test_cosine_cost of cosine_cost_wgmma_rs_f32 (kernels/cosine_cost_sm90a.ptx): wgmma
     with A from registers, 128x128 tiles, 33,792 bytes of dynamic shared memory."""
-    return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_rs_f32", 128, "cosine_cost_sm90a", 33792)
+    return test_cosine_cost(mods, b, n, m, d, seed, "cosine_cost_wgmma_rs_f32", 128, "cosine_cost_sm90a", 33792,
+                            full)
 
 
 def maxsim_inputs(rng, nq, qn, nd, d):
@@ -1863,6 +1868,18 @@ def main():
         ("cosine_cost wgmma-rs tiles", lambda: test_wgmma_rs_cost(mods, 2, 130, 17, 37, 2)),
         ("cosine_cost wgmma-rs d=384", lambda: test_wgmma_rs_cost(mods, 1, 70, 129, 384, 4)),
         ("cosine_cost wgmma-rs one chunk", lambda: test_wgmma_rs_cost(mods, 1, 33, 40, 16, 5)),
+        # Every length full: real entries in the tiles past the first (row and column tile 1,
+        # and a partial third row tile of one row for the 64 x 64 kernels; 2 x 2 tiles of
+        # 128, the second ones partial, for the 128 x 128 kernels), so that their x and y
+        # addressing, norms and stores are checked, not only their padding.
+        ("cosine_cost tiles full", lambda: test_cosine_cost(mods, 1, 129, 70, 7, 50, full=True)),
+        ("cosine_cost tf32x3 tiles full", lambda: test_cosine_cost(mods, 1, 129, 70, 7, 51, "cosine_cost_tf32x3_f32",
+                                                                    full=True)),
+        ("cosine_cost tf32x3w tiles full", lambda: test_cosine_cost(mods, 1, 130, 136, 7, 52, "cosine_cost_tf32x3w_f32",
+                                                                     128, full=True)),
+        ("cosine_cost wgmma tiles full", lambda: test_wgmma_cost(mods, 1, 130, 136, 20, 53, full=True)),
+        ("cosine_cost wgmma 3 stages tiles full", lambda: test_wgmma_cost(mods, 1, 130, 136, 20, 54, 3, full=True)),
+        ("cosine_cost wgmma-rs tiles full", lambda: test_wgmma_rs_cost(mods, 1, 130, 136, 20, 55, full=True)),
         ("maxsim smem", lambda: test_maxsim(mods, 2, 5, 3, 6, 4, True)),
         ("maxsim wide rows", lambda: test_maxsim(mods, 1, 3, 2, 130, 13, True)),
         ("maxsim global", lambda: test_maxsim(mods, 2, 9, 2, 9, 5, False)),

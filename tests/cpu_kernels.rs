@@ -258,6 +258,20 @@ fn hostile_inputs_are_clear_errors() {
     assert!(e.contains("length 0"), "{e}");
     let e = msg(Embeddings::new("x", 1, 0, 2, vec![], None));
     assert!(e.contains("non-empty"), "{e}");
+    // No pairs and no dimensions are empty sets too, refused as such.
+    for (b, n, d) in [(0, 2, 2), (1, 2, 0)] {
+        let e = msg(Embeddings::new("x", b, n, d, vec![], None));
+        assert!(e.contains("non-empty"), "(b, n, d) = ({b}, {n}, {d}): {e}");
+    }
+    for (d, data, lengths) in [(2, vec![], vec![]), (0, vec![], vec![1])] {
+        let e = PackedDocs::new("docs", d, data, lengths.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected shape a non-empty (tokens, d) array"),
+            "d = {d}, lengths {lengths:?}: {e}"
+        );
+    }
     let e = PackedDocs::new("docs", 2, vec![1.0; 6], vec![2, 0, 1])
         .unwrap_err()
         .to_string();
@@ -312,6 +326,15 @@ fn problem_and_parameter_validation() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("(2, 2)"), "{e}");
+    for (pairs, n, m) in [(0, 2, 2), (1, 0, 2), (1, 2, 0)] {
+        let e = Problem::new(pairs, n, m, vec![], None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected shape a non-empty (b, n, m) array"),
+            "(pairs, n, m) = ({pairs}, {n}, {m}): {e}"
+        );
+    }
     for (p, name) in [
         (
             SinkhornParams {
@@ -368,4 +391,9 @@ fn gpu_backends_not_compiled_in_are_unavailable_not_panics() {
         let e = Backend::new(kind).err().expect("unavailable").to_string();
         assert!(e.contains("unavailable") && e.contains("--features"), "{e}");
     }
+}
+
+#[test]
+fn device_timing_refuses_bad_jobs_on_the_cpu() {
+    common::device_timing_refuses_bad_jobs(&Backend::new(BackendKind::Cpu).unwrap());
 }

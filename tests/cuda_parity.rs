@@ -225,6 +225,23 @@ fn cosine_cost_cases(gpu: &Backend, kernel: CostKernel) {
             }
         }
     });
+    // Rows rescaled to just inside the norm bounds, every row real (tiles past the first
+    // included): no f32 square, dot product or split half of this kernel under- or
+    // overflows. (norm_bounds_match_reference runs the default choice only.)
+    let bounds = [(2, 17, 29, 33), (1, 130, 136, 384)];
+    every_case(bounds.iter().enumerate(), |(s, &(b, n, m, d))| {
+        let x = common::rescaled_to_norm_bounds(&embeddings(180 + s as u64, b, n, d, true));
+        let y = common::rescaled_to_norm_bounds(&embeddings(190 + s as u64, b, m, d, true));
+        cost_matches_reference(
+            gpu,
+            &x,
+            &y,
+            &format!(
+                "cosine cost ({}) at the norm bounds b={b} n={n} m={m} d={d}",
+                kernel.name()
+            ),
+        );
+    });
 }
 
 /// The default cost kernel choice (`auto`) picks by the problem's size: 3xTF32 on 64 × 64
@@ -386,6 +403,12 @@ fn norm_bounds_match_reference() {
             |p, i, j| i >= x.lengths()[p] || j >= y.lengths()[p],
         );
     }
+}
+
+#[test]
+fn device_timing_refuses_bad_jobs() {
+    let Some(gpu) = cuda() else { return };
+    common::device_timing_refuses_bad_jobs(&gpu);
 }
 
 #[test]
@@ -960,30 +983,34 @@ fn fused_cases(gpu: &Backend, kernel: CostKernel, threads: FusedThreads) {
     ];
     let reference = Backend::new(BackendKind::CpuReference).unwrap();
     let cpu = Backend::new(BackendKind::Cpu).unwrap();
-    every_case(
-        cases.iter().enumerate(),
-        |(s, &(b, n, m, d, eps, check_every))| {
-            let x = embeddings(300 + s as u64, b, n, d, false);
-            let y = embeddings(400 + s as u64, b, m, d, false);
-            let params = SinkhornParams {
-                epsilon: eps,
-                max_iterations: 30,
-                threshold: 0.0,
-                check_every,
-            };
-            let want = reference.sinkhorn_embeddings(&x, &y, &params).unwrap();
-            let fast = cpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
-            let got = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
-            let what = format!(
-                "fused ({}, {} threads) b={b} n={n} m={m} d={d} eps={eps} check_every={check_every}",
-                kernel.name(),
-                threads.name()
-            );
-            compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
-                i >= x.lengths()[p] || j >= y.lengths()[p]
-            });
-        },
-    );
+    // Each shape with every row real too: the kernel loops over the real lengths, so only
+    // full pairs reach its boundaries (rounds of rows, the cost phase's row tiles, 128 x 128).
+    let cases = cases
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &case)| [false, true].map(|full| (s, case, full)));
+    every_case(cases, |(s, (b, n, m, d, eps, check_every), full)| {
+        let x = embeddings(300 + s as u64, b, n, d, full);
+        let y = embeddings(400 + s as u64, b, m, d, full);
+        let params = SinkhornParams {
+            epsilon: eps,
+            max_iterations: 30,
+            threshold: 0.0,
+            check_every,
+        };
+        let want = reference.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let fast = cpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let got = gpu.sinkhorn_embeddings(&x, &y, &params).unwrap();
+        let what = format!(
+            "fused ({}, {} threads) b={b} n={n} m={m} d={d} eps={eps} check_every={check_every} \
+                 full={full}",
+            kernel.name(),
+            threads.name()
+        );
+        compare_solutions(&what, &got, &want, &fast, &params, |p, i, j| {
+            i >= x.lengths()[p] || j >= y.lengths()[p]
+        });
+    });
 }
 
 #[test]

@@ -676,6 +676,9 @@ fn fused_matches_reference() {
         (2, 17, 29, 33, 30),
         (2, side, side, 16, 10),
         (2, side + 1, side + 1, 16, 10),
+        // the blocked kernel's narrow grid (G = 8) up to 64 × 64, the wide one (G = 16) past it
+        (2, 64, 64, 16, 8),
+        (1, 65, 64, 16, 8),
         (1, BLOCKED_MAX_LEN, BLOCKED_MAX_LEN, 40, 8),
         (1, BLOCKED_MAX_LEN + 1, 20, 8, 6),
         (1, 113, 203, 24, 5),
@@ -981,6 +984,14 @@ fn an_epsilon_beyond_f32_takes_the_materialised_path() {
     // which at this ε the backends pick differently.
     compare("ε = 1e39 plan", &got.plan, &want.plan, PLAN_TOL, 1e-3);
     compare("ε = 1e39 cost", &got.cost, &want.cost, 1e-4, 1.0);
+}
+
+#[test]
+fn device_timing_refuses_bad_jobs() {
+    let Some((_, backend)) = wgpu_backend() else {
+        return;
+    };
+    common::device_timing_refuses_bad_jobs(&backend);
 }
 
 /// The wgpu backend's own entry point checks what `Backend` checks: mismatched batches,

@@ -156,13 +156,29 @@ impl Backend {
 
     /// Device-only time of one standard job (kernels only: no transfers, no host work), for
     /// backends that can measure it: CUDA with events, WGPU with pass timestamps where the
-    /// adapter has them; `None` for the CPU backends.
+    /// adapter has them; `None` for the CPU backends. The job's inputs are checked as the
+    /// ordinary entry points check them, on every backend: a bad ε or mismatched batches are
+    /// an error, never a timing of kernels launched on them.
     #[allow(unused_variables)]
     pub fn device_seconds(
         &self,
         job: DeviceJob<'_>,
         min_seconds: f64,
     ) -> Result<Option<(f64, usize)>> {
+        match job {
+            DeviceJob::CosineCost(x, y) => cpu::check_pair_batch(x, y)?,
+            DeviceJob::Maxsim(q, docs) => cpu::check_maxsim(q, docs)?,
+            DeviceJob::Sinkhorn(problem, params) => {
+                params.validate()?;
+                crate::ot::problem::check_cost_resolution(problem.max_abs_cost(), params.epsilon)?;
+            }
+            DeviceJob::SinkhornFused(x, y, params) => {
+                params.validate()?;
+                crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
+                cpu::check_pair_batch(x, y)?;
+            }
+            DeviceJob::Exp2Peak(_) => {}
+        }
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(k) = self {
             return k.time_job(job, min_seconds).map(Some);

@@ -139,3 +139,43 @@ pub fn assert_same_solution(
     assert!(same(&a.f, &b.f) && same(&a.g, &b.g), "{what}");
     assert!(same(&a.plan, &b.plan), "{what}");
 }
+
+/// A device timing checks its job as the ordinary entry points do, on every backend (the
+/// CPU backends, which time nothing, included): a bad ε or mismatched batches are errors,
+/// never a timing of kernels launched on them.
+pub fn device_timing_refuses_bad_jobs(backend: &optical::backend::Backend) {
+    use optical::backend::DeviceJob;
+    use optical::ot::{Embeddings, SinkhornParams};
+    let x = Embeddings::new("x", 2, 4, 8, vec![0.5; 64], None).unwrap();
+    let y = Embeddings::new("y", 3, 4, 8, vec![0.5; 96], None).unwrap();
+    let y2 = Embeddings::new("y", 2, 5, 8, vec![0.25; 80], None).unwrap();
+    let params = |epsilon: f64| SinkhornParams {
+        epsilon,
+        max_iterations: 10,
+        threshold: 0.0,
+        check_every: 10,
+    };
+    let (nan, zero, tiny, good) = (params(f64::NAN), params(0.0), params(1e-300), params(0.05));
+    let problem = optical::bench::sinkhorn_problem(1, 4, 4, 8);
+    for (job, want) in [
+        (DeviceJob::CosineCost(&x, &y), "batch size 2 to match x"),
+        (
+            DeviceJob::SinkhornFused(&x, &y, &good),
+            "batch size 2 to match x",
+        ),
+        (DeviceJob::SinkhornFused(&x, &y2, &nan), "epsilon"),
+        (DeviceJob::SinkhornFused(&x, &y2, &zero), "epsilon"),
+        (
+            DeviceJob::SinkhornFused(&x, &y2, &tiny),
+            "for costs up to 2.000e0",
+        ),
+        (DeviceJob::Sinkhorn(&problem, &nan), "epsilon"),
+        (DeviceJob::Sinkhorn(&problem, &tiny), "epsilon"),
+    ] {
+        let err = backend
+            .device_seconds(job, 0.0)
+            .expect_err(&format!("{job:?} must be refused"))
+            .to_string();
+        assert!(err.contains(want), "expected {want:?} in {err}");
+    }
+}

@@ -584,6 +584,15 @@ impl CudaBackend {
     ) -> Result<(f64, usize)> {
         check_pair_batch(x, y)?;
         self.check_fused_fits(x.n, y.n)?;
+        // The solve would take the materialised path here (see sinkhorn_embeddings); a
+        // timing of the fused kernel cannot.
+        if !((-LOG2E / epsilon) as f32).is_normal() {
+            return Err(Error::parameter(
+                "epsilon",
+                "an ε whose −log2(e)/ε is a normal f32, for the fused kernel's device time",
+                format!("{epsilon:e}"),
+            ));
+        }
         let mut bufs = self.launch_fused(x, y, epsilon, iterations)?;
         let dims = (x.b, x.n, y.n);
         self.time_on_device(min_seconds, || {
