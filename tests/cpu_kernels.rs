@@ -397,3 +397,20 @@ fn gpu_backends_not_compiled_in_are_unavailable_not_panics() {
 fn device_timing_refuses_bad_jobs_on_the_cpu() {
     common::device_timing_refuses_bad_jobs(&Backend::new(BackendKind::Cpu).unwrap());
 }
+
+/// Zero vectors in MaxSim (a padding-like token on either side) have cosine 0 with
+/// everything, on both CPU backends: no NaN from 0/0, and the other tokens score as usual.
+#[test]
+fn maxsim_with_zero_vectors_is_finite() {
+    let queries = Embeddings::new("q", 1, 2, 2, vec![0.0, 0.0, 1.0, 0.0], None).unwrap();
+    let docs = PackedDocs::new("docs", 2, vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0], vec![1, 2]).unwrap();
+    for kind in [BackendKind::Cpu, BackendKind::CpuReference] {
+        let got = Backend::new(kind).unwrap().maxsim(&queries, &docs).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], 0.0, "{kind:?}: {got:?}");
+        assert!(
+            (got[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+            "{kind:?}: {got:?}"
+        );
+    }
+}

@@ -426,6 +426,30 @@ fn maxsim_matches_reference() {
     );
 }
 
+/// The tiled route splits the documents into blocks when query rows × document tokens pass
+/// its scratch budget (2^26 floats): 4 × 32 query tokens against 600 documents of 1,000
+/// tokens is two blocks, so the second block's offsets into the tokens are exercised on the
+/// GPU, as real corpora do.
+#[test]
+fn maxsim_beyond_one_block_matches_reference() {
+    let Some(gpu) = cuda() else { return };
+    let (nq, qn, nd, len, d) = (4, 32, 600, 1000, 4);
+    let q = embeddings(45, nq, qn, d, true);
+    let mut rng = SplitMix64::new(46);
+    let docs = PackedDocs::new("docs", d, rng.normals_f32(nd * len * d), vec![len; nd]).unwrap();
+    let want = CpuReference.maxsim(&q, &docs).unwrap();
+    let fast = CpuFast.maxsim(&q, &docs).unwrap();
+    let cuda = cuda_of(&gpu).clone().with_maxsim(MaxsimRoute::Tiled);
+    let got = Backend::Cuda(cuda).maxsim(&q, &docs).unwrap();
+    check(
+        &format!("maxsim tiled, two blocks: nq={nq} qn={qn} nd={nd}x{len} d={d}"),
+        &diff(&got, &want),
+        &diff(&fast, &want),
+        1e-5 * qn as f64,
+        4.0,
+    );
+}
+
 fn maxsim_cases(gpu: &Backend, routes: &[(MaxsimRoute, CostKernel)]) {
     for (s, &(nq, qn, nd, d)) in [(1, 1, 1, 1), (3, 17, 40, 7), (5, 32, 300, 128)]
         .iter()
@@ -613,6 +637,8 @@ fn sinkhorn_cases(gpu: &CudaBackend, lse: SinkhornLse) {
     let cases = [
         // (b, n, m, zero weights, outliers, ε)
         (1, 1, 1, false, false, 0.05),
+        (2, 1, 37, false, true, 0.05),
+        (2, 37, 1, true, false, 0.05),
         (3, 63, 65, false, false, 0.05),
         (2, 64, 64, true, false, 0.05),
         (4, 17, 29, true, true, 0.05),
@@ -971,6 +997,7 @@ fn fused_cases(gpu: &Backend, kernel: CostKernel, threads: FusedThreads) {
     // (potential-shifted) sums for the online-maximum fallback.
     let cases = [
         (1, 1, 1, 4, 0.05, 30),
+        (2, 1, 37, 9, 0.05, 30),
         (3, 17, 29, 33, 0.05, 30),
         (2, 63, 65, 384, 0.05, 10),
         (2, 113, 203, 64, 0.01, 10),

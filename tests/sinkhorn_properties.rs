@@ -298,6 +298,38 @@ fn both_fast_forms_match_the_reference() {
     }
 }
 
+/// The default form switches to the streamed sweep at 2^20 entries per pair: pairs just
+/// below and at the switch match the reference (and so each other), through the same number
+/// of iterations.
+#[test]
+fn the_default_form_matches_the_reference_across_the_streamed_switch() {
+    assert_eq!(optical::backend::cpu::fast::STREAM_MIN_ENTRIES, 1 << 20);
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    let fast = Backend::new(BackendKind::Cpu).unwrap();
+    for (n, m) in [(1023, 1025), (1024, 1024)] {
+        let p = random_problem(n as u64 * 7 + m as u64, 1, n, m, 0.1);
+        let prm = SinkhornParams {
+            epsilon: 0.05,
+            max_iterations: 24,
+            threshold: 0.0,
+            // One check, at the end: an f32 error can reach exactly 0 before f64's does.
+            check_every: 24,
+        };
+        let r = reference.sinkhorn(&p, &prm).unwrap();
+        let f = fast.sinkhorn(&p, &prm).unwrap();
+        assert_eq!(r.iterations, f.iterations, "{n}x{m}");
+        // Plan entries of order 1/(n·m): compared relative to that scale.
+        let scale = 1.0 / (n * m) as f64;
+        let worst = f
+            .plan
+            .iter()
+            .zip(&r.plan)
+            .map(|(a, b)| (a - b).abs() / scale)
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-3, "{n}x{m}: plan differs by {worst} of 1/(n·m)");
+    }
+}
+
 /// Long lines with uniform weights: near the fixed point a line's terms are nearly equal
 /// (a one-row pair's are exactly `b_j`), and one `f32` accumulator rounds them the same way
 /// at every step. Summed that way the error floor grew with the length past the default

@@ -301,6 +301,8 @@ fn cosine_cost_matches_reference() {
 fn cosine_cost_cases(tiling: &str, w: &Wgpu) {
     for (k, &(b, n, m, d)) in [
         (1, 1, 1, 1),
+        (2, 1, 37, 9),
+        (2, 37, 1, 9),
         (2, 15, 16, 17),
         (3, 16, 17, 15),
         (2, 17, 29, 33),
@@ -433,25 +435,41 @@ fn rows_at_the_norm_bounds_match_reference() {
             1.0,
         );
         let docs = PackedDocs::new("docs", d, y.data().to_vec(), vec![m; b]).expect("docs");
-        let got = w.maxsim(&x, &docs).expect("wgpu maxsim");
         let want = CpuReference.maxsim(&x, &docs).expect("reference");
-        compare(
-            &format!("maxsim at the norm bounds {what}"),
-            &widen(&got),
-            &widen(&want),
-            1e-6 * n as f64,
-            1.0,
-        );
+        // Both MaxSim tilings (each is the default on some adapters).
+        for tiling in [MaxsimTiling::Blocked, MaxsimTiling::Tile] {
+            let ctx = WgpuContext::new()
+                .expect("adapter")
+                .with_maxsim_tiling(tiling);
+            let got = Wgpu::with_context(Arc::new(ctx))
+                .maxsim(&x, &docs)
+                .expect("wgpu maxsim");
+            compare(
+                &format!("maxsim ({tiling:?}) at the norm bounds {what}"),
+                &widen(&got),
+                &widen(&want),
+                1e-6 * n as f64,
+                1.0,
+            );
+        }
         let params = fixed(0.05, 20);
-        let got = backend
-            .sinkhorn_embeddings(&x, &y, &params)
-            .expect("wgpu fused");
-        check_solution(
-            &format!("fused at the norm bounds {what}"),
-            &got,
-            &fused_reference(&x, &y, &params),
-            params.threshold,
-        );
+        let want = fused_reference(&x, &y, &params);
+        // The fused kernels: the default (register-blocked where the pairs fit it) and the
+        // tile kernel (rows).
+        let rows = Backend::Wgpu(Wgpu::with_context(Arc::new(
+            WgpuContext::new()
+                .expect("adapter")
+                .with_sinkhorn_kernel(SinkhornKernel::Rows),
+        )));
+        for (label, b) in [("default", &backend), ("rows", &rows)] {
+            let got = b.sinkhorn_embeddings(&x, &y, &params).expect("wgpu fused");
+            check_solution(
+                &format!("fused ({label}) at the norm bounds {what}"),
+                &got,
+                &want,
+                params.threshold,
+            );
+        }
     }
 }
 
@@ -1275,7 +1293,7 @@ fn pass_timestamps_time_every_job() {
 /// NaN (the same error).
 #[test]
 fn device_checks_decide_as_host_checks() {
-    use optical::backend::wgpu::SolverChecks;
+    use optical::backend::wgpu::{BlockedLse, SolverChecks};
     use optical::ot::sinkhorn::SinkhornKernels;
     // `auto`: on the device on GPU adapters, on the host on CPU ones (lavapipe).
     for (kind, want) in [
@@ -1362,6 +1380,56 @@ fn device_checks_decide_as_host_checks() {
             .expect("device checks");
         common::assert_same_solution(what, &host, &device);
     }
+    // The other kernels the device checks meet on GPU adapters (lavapipe takes the host
+    // checks by default, so only these cases run them there): the blocked kernel's wide
+    // grid, the row kernel with K in the tile and streamed (past lavapipe's tile), and the
+    // blocked log-sum-exps shifted by the potentials at a small ε.
+    let kernels = [
+        (
+            "blocked, wide grid",
+            problem(67, 2, 65, 128),
+            params(0.05, 1e-4, 3, 60),
+            None,
+        ),
+        (
+            "rows, K in the tile",
+            problem(68, 2, 255, 3),
+            params(0.05, 1e-4, 3, 60),
+            Some(SinkhornKernel::Rows),
+        ),
+        (
+            "rows, K streamed",
+            problem(69, 1, 128, 129),
+            params(0.05, 1e-4, 3, 30),
+            Some(SinkhornKernel::Rows),
+        ),
+        (
+            "blocked, shifted sums",
+            problem(70, 2, 113, 120),
+            params(0.002, 1e-4, 3, 60),
+            None,
+        ),
+    ];
+    for (what, pr, params, kernel) in kernels {
+        let run = |checks: SolverChecks| {
+            let mut ctx = WgpuContext::new()
+                .expect("adapter found above")
+                .with_solver_checks(checks);
+            ctx = match kernel {
+                Some(k) => ctx.with_sinkhorn_kernel(k),
+                None => ctx.with_blocked_lse(if what.contains("shifted") {
+                    BlockedLse::Shifted
+                } else {
+                    BlockedLse::Max
+                }),
+            };
+            Backend::Wgpu(Wgpu::with_context(Arc::new(ctx)))
+                .sinkhorn(&pr, &params)
+                .expect(what)
+        };
+        common::assert_same_solution(what, &run(SolverChecks::Host), &run(SolverChecks::Device));
+    }
+
     // The first case must stop its pairs at different checks, or it tests little.
     let pr = problem(60, 6, 23, 31);
     let p = params(0.05, 1e-4, 3, 400);
