@@ -80,7 +80,8 @@ dirty=$( [ -z "$(git status --porcelain --untracked-files=no -- src kernels shad
 {
     echo "commit $commit"
     echo "tree $dirty"
-    echo "sources $(bash scripts/source-fingerprint.sh)"
+    # Not of the form "NAME SHA256" that the binaries' lines have (gpu-check unpacks those).
+    echo "source-fingerprint: $(bash scripts/source-fingerprint.sh)"
     echo "features $FEATURES"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(ldd --version 2>/dev/null | head -n1)"
     echo "rustc $(rustc --version 2>/dev/null)"

@@ -114,9 +114,12 @@ step() {
     # The kernel settings of an earlier step that hung (its own time limit, not the budget,
     # stopped it), all of them set here too, would hang this one: its time goes to the steps
     # that can still decide.
+    # Kernel settings only (OPTICAL_CUDA_*, OPTICAL_WGPU_* and OPTICAL_CPU_*, not the
+    # adapter choice): the other variables name the machine, not a kernel.
     local arg settings=" " hung setting all
     for arg in "$@"; do
-        [[ $arg == OPTICAL_*=* ]] && settings+="$arg "
+        [[ $arg =~ ^OPTICAL_(CUDA|WGPU|CPU)_[A-Z0-9_]+= && $arg != OPTICAL_WGPU_ADAPTER=* ]] &&
+            settings+="$arg "
     done
     for hung in "${!HUNG[@]}"; do
         all=1
@@ -152,7 +155,9 @@ step() {
         STATUS[$name]=FAIL
         echo "   FAILED (log: $LOGS/$name.log)" >&2
         tail -n 30 "$LOGS/$name.log" >&2
-        if { [ "$code" = 124 ] || [ "$code" = 137 ]; } && [ "$settings" != " " ]; then
+        # (A profile's time goes to Nsight's replays: slow, not hung.)
+        if { [ "$code" = 124 ] || [ "$code" = 137 ]; } && [ "$settings" != " " ] &&
+            [[ $name != profile-* ]]; then
             hung=${settings# }
             HUNG[${hung% }]=$name
         fi
@@ -165,7 +170,9 @@ unpack() {
     local dir=$1 dest=$2
     [ -f "$dir/MANIFEST" ] || { echo "no $dir/MANIFEST: not a bundle from scripts/gpu-bundle.sh" >&2; return 1; }
     mkdir -p "$dest"
+    # The binaries' lines, "NAME SHA256" (the other lines describe the build).
     grep -E '^[a-z_]+ [0-9a-f]{64}$' "$dir/MANIFEST" | while read -r name sha; do
+        [ -f "$dir/bin/$name.xz" ] || { echo "MANIFEST names $name, but $dir/bin/$name.xz is missing" >&2; return 1; }
         python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' \
             "$dir/bin/$name.xz" "$dest/$name" || return 1
         chmod +x "$dest/$name"
@@ -182,10 +189,10 @@ if [ -n "$PREBUILT" ]; then
     # Binaries built from other sources than this checkout's (a bundle made before the last
     # change) time other kernels and reject settings they do not know: said at once, and
     # the run goes on (its numbers are the bundle's).
-    bundle_sources=$(sed -n 's/^sources //p' "$PREBUILT/MANIFEST")
-    here_sources=$(bash scripts/source-fingerprint.sh 2>/dev/null || echo unknown)
+    bundle_sources=$(sed -n 's/^source-fingerprint: //p' "$PREBUILT/MANIFEST")
+    here_sources=$(bash scripts/source-fingerprint.sh 2>/dev/null) || here_sources=unknown
     if [ -z "$bundle_sources" ]; then
-        STATUS[sources]="unknown (the bundle's MANIFEST has no sources line)"
+        STATUS[sources]="unknown (the bundle's MANIFEST has no source-fingerprint line)"
     elif [ "$bundle_sources" = "$here_sources" ]; then
         STATUS[sources]=pass
     else

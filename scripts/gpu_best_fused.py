@@ -82,12 +82,12 @@ def best_combination(logs):
         env["OPTICAL_CUDA_LSE"] = lse
     why = f"cost phase of {cost} ({times[cost] * 1e6:.1f} us)" + (
         f", log-sum-exps {lse} ({lse_speedup:.3f}x)" if lse else ", shifted log-sum-exps")
-    # A combination a step already timed needs no step of its own.
-    timed = {"cuda": {}, **{v: e for v, e in COST_PHASES.items()}}
+    # A combination a step already timed (its log holds the record) needs no step of its own.
+    settings = dict(COST_PHASES)
     for value, pairs in LSE.items():
         for base, cand in pairs:
-            timed[cand] = {**COST_PHASES[base], "OPTICAL_CUDA_LSE": value}
-    already = next((v for v, e in timed.items() if e == env), None)
+            settings[cand] = {**COST_PHASES[base], "OPTICAL_CUDA_LSE": value}
+    already = next((v for v, e in settings.items() if e == env and device_time(logs, v)), None)
     if already:
         return {}, f"{why}: timed already by bench-{already}"
     return env, why

@@ -217,10 +217,11 @@ def unproven(variant):
         return f"its step bench-{variant} did not pass ({own})"
     if variant.startswith("cuda") and status.get("cuda-tests") != "pass":
         return f"cuda-tests did not pass ({status.get('cuda-tests', 'not run')})"
-    if variant.startswith("wgpu"):
-        for step in ("wgpu-tests", "wgpu-checks-test"):
-            if status.get(step) == "FAIL":
-                return f"{step} failed"
+    # all-tests: the whole suite, in a run that built here (no --prebuilt).
+    for step in (("wgpu-tests", "wgpu-checks-test", "all-tests") if variant.startswith("wgpu")
+                 else ("all-tests",)):
+        if status.get(step) == "FAIL":
+            return f"{step} failed"
     return None
 def decide(question, change, kernel, default_variants, candidate_variants, timing=device_time):
     base_t, base_v = best_of(default_variants, kernel, timing)
@@ -238,8 +239,12 @@ def decide(question, change, kernel, default_variants, candidate_variants, timin
          "speedup": speedup, "change": change, "verdict": verdict}
     decisions.append(d)
     return d
-# When the scaled passes win against the better of the shifted and absorbed log-sum-exps,
-# they, not the absorbed ones, become the default: the absorbed row says so.
+# The default the absorbed row leaves: its candidate when it changes the default, else the
+# shifted log-sum-exps. The scaled passes are judged against that default, and when both
+# rows change it, the scaled passes win (they beat the absorbed ones): the absorbed row
+# says it is superseded.
+def after(absorbed, shifted, absorbed_variant):
+    return [absorbed_variant] if absorbed and absorbed["verdict"] == "change" else [shifted]
 def supersede(absorbed, scaled):
     if absorbed and scaled and absorbed["verdict"] == "change" and scaled["verdict"] == "change":
         absorbed["verdict"] = "keep"
@@ -268,22 +273,24 @@ absorbed_given = decide(
     "the absorbed log-sum-exps beat the shifted ones (fused, cost given)",
     "SinkhornLse::Absorbed becomes the default", "sinkhorn-fused", ["cuda-fusedgiven"],
     ["cuda-fusedgiven-abs"])
-decide("the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate_f32)",
-       "SinkhornLse::Absorbed becomes the default", "sinkhorn", ["cuda"], ["cuda-absorbed"])
+absorbed_iterate = decide(
+    "the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate_f32)",
+    "SinkhornLse::Absorbed becomes the default", "sinkhorn", ["cuda"], ["cuda-absorbed"])
 # The scaled passes (Q = 2^K'' on chip: a product per element, no ex2) against the shifted
 # log-sum-exps: the fused kernel with the default cost phase and with the cost given, and a
 # solve from a cost (the fused kernel continuing from K in place of sinkhorn_iterate_f32).
 supersede(absorbed_inline, decide(
-    "the scaled passes beat the shifted and absorbed log-sum-exps (fused, inline cost phase)",
+    "the scaled passes beat the default the absorbed row leaves (fused, inline cost phase)",
     "SinkhornLse::Scaled becomes the fused kernel's default", "sinkhorn-fused",
-    ["cuda", "cuda-absorbed"], ["cuda-scaled"]))
+    after(absorbed_inline, "cuda", "cuda-absorbed"), ["cuda-scaled"]))
 supersede(absorbed_given, decide(
-    "the scaled passes beat the shifted and absorbed log-sum-exps (fused, cost given)",
+    "the scaled passes beat the default the absorbed row leaves (fused, cost given)",
     "SinkhornLse::Scaled becomes the fused kernel's default", "sinkhorn-fused",
-    ["cuda-fusedgiven", "cuda-fusedgiven-abs"], ["cuda-fusedgiven-scaled"]))
-decide("the scaled passes continuing from K beat sinkhorn_iterate_f32 (shifted or absorbed)",
-       "SinkhornLse::Scaled becomes the default for solves from a cost", "sinkhorn",
-       ["cuda", "cuda-absorbed"], ["cuda-scaled"])
+    after(absorbed_given, "cuda-fusedgiven", "cuda-fusedgiven-abs"), ["cuda-fusedgiven-scaled"]))
+supersede(absorbed_iterate, decide(
+    "the scaled passes continuing from K beat sinkhorn_iterate_f32 as the absorbed row leaves it",
+    "SinkhornLse::Scaled becomes the default for solves from a cost", "sinkhorn",
+    after(absorbed_iterate, "cuda", "cuda-absorbed"), ["cuda-scaled"]))
 for kernel in ("sinkhorn", "sinkhorn-fused"):
     decide("the blocked WGSL kernels' log-sum-exps shifted by the potentials beat the maxima",
            "BlockedLse::Shifted becomes the default on GPU adapters", kernel, ["wgpu"],

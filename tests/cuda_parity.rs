@@ -409,6 +409,23 @@ fn norm_bounds_match_reference() {
 fn device_timing_refuses_bad_jobs() {
     let Some(gpu) = cuda() else { return };
     common::device_timing_refuses_bad_jobs(&gpu);
+    // ε = 1e39 passes the shared checks (a solve takes the materialised path there), but
+    // the fused kernel's f32 scale −log2(e)/ε is subnormal: its timing is refused.
+    let x = embeddings(7, 2, 8, 16, true);
+    let params = SinkhornParams {
+        epsilon: 1e39,
+        max_iterations: 10,
+        threshold: 0.0,
+        check_every: 10,
+    };
+    let err = gpu
+        .device_seconds(
+            optical::backend::DeviceJob::SinkhornFused(&x, &x, &params),
+            0.0,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a normal f32"), "{err}");
 }
 
 #[test]

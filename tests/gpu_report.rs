@@ -713,26 +713,27 @@ fn report_names_the_defaults_a_run_decides() {
         find("the absorbed log-sum-exps beat the shifted ones (sinkhorn_iterate");
     assert_eq!(absorbed_iterate["verdict"], "keep", "{absorbed_iterate}");
     assert!((absorbed_iterate["speedup"].as_f64().unwrap() - 554.0 / 540.0).abs() < 1e-9);
-    // Against the better of the shifted and absorbed log-sum-exps.
-    let scaled =
-        find("the scaled passes beat the shifted and absorbed log-sum-exps (fused, inline");
+    // Against the default the absorbed row leaves: the absorbed passes here (they win).
+    let scaled = find("the scaled passes beat the default the absorbed row leaves (fused, inline");
     assert_eq!(
         (&scaled["default"], &scaled["verdict"]),
         (&"cuda-absorbed".into(), &"change".into())
     );
     assert!((scaled["speedup"].as_f64().unwrap() - 430.0 / 350.0).abs() < 1e-9);
     let scaled_given =
-        find("the scaled passes beat the shifted and absorbed log-sum-exps (fused, cost");
+        find("the scaled passes beat the default the absorbed row leaves (fused, cost");
+    // With the cost given the absorbed passes keep the default (1.3 %): against shifted.
     assert_eq!(
         (&scaled_given["default"], &scaled_given["verdict"]),
-        (&"cuda-fusedgiven-abs".into(), &"change".into())
+        (&"cuda-fusedgiven".into(), &"change".into())
     );
     let scaled_iterate = find("the scaled passes continuing from K beat sinkhorn_iterate_f32");
     assert_eq!(
         (&scaled_iterate["default"], &scaled_iterate["verdict"]),
-        (&"cuda-absorbed".into(), &"change".into())
+        (&"cuda".into(), &"change".into())
     );
-    assert!((scaled_iterate["speedup"].as_f64().unwrap() - 540.0 / 450.0).abs() < 1e-9);
+    // (sinkhorn_iterate_f32 absorbed keeps the default, 2.6 %: against shifted.)
+    assert!((scaled_iterate["speedup"].as_f64().unwrap() - 554.0 / 450.0).abs() < 1e-9);
     assert_eq!(decisions.len(), 13);
     assert!(md.contains("## Defaults this run decides"), "{md}");
     assert!(

@@ -393,20 +393,30 @@ fn timing(path: &Path, record: &Value, variant: Option<&str>, origin: String) ->
             )))
         }
     };
-    // `exp2-peak` records before the shape left out the machine's lanes:
-    // `lanes=L chains=C steps=S` did L·C·S exponentials, the problem now named by its work.
+    // `exp2-peak` records before the shape left out the machine's lanes were
+    // `lanes=L chains=C steps=S`: the probe's rounds (S / 8) were those that reach the bench's
+    // 2^30 exponentials on L lanes, so such a record timed the problem now named by that
+    // work. (A shape whose rounds do not fit is left as it is: another problem.)
     if kernel == "exp2-peak" {
         let numbers: Option<Vec<u64>> = shape
             .split(' ')
             .zip(["lanes=", "chains=", "steps="])
             .map(|(part, key)| part.strip_prefix(key)?.parse().ok())
             .collect();
-        if let Some([lanes, chains, steps]) = numbers.as_deref() {
-            if shape.split(' ').count() == 3 {
-                shape = format!("exps={} chains={chains}", lanes * chains * steps);
+        if let (Some([lanes, chains, steps]), 3) = (numbers.as_deref(), shape.split(' ').count()) {
+            let asked = crate::bench::EXP2_PEAK_EXPS;
+            let per_round = usize::try_from(*lanes).ok().filter(|&l| {
+                l <= u32::MAX as usize && *chains == crate::backend::peak::CHAINS as u64
+            });
+            let rounds =
+                per_round.and_then(|l| crate::backend::peak::Exp2Peak::rounds_for(asked, l).ok());
+            let step = crate::backend::peak::STEPS as u64;
+            if rounds.is_some_and(|r| u64::from(r).checked_mul(step) == Some(*steps)) {
+                shape = format!("exps={asked} chains={chains}");
             }
         }
     }
+
     let wall = seconds("seconds_per_call", true)?.expect("required");
     let device = seconds("device_seconds_per_call", false)?;
     Ok(Timing {
@@ -1131,6 +1141,26 @@ mod tests {
                 .len(),
             1
         );
+        // Lanes that do not divide the work: the rounds were rounded up (wgpu on an H200:
+        // 1,081,344 lanes, 16 rounds; 48 CPU lanes, 349,526 rounds).
+        for old in [
+            "lanes=1081344 chains=8 steps=128",
+            "lanes=48 chains=8 steps=2796208",
+        ] {
+            assert_eq!(
+                probe(old).timings[0].shape,
+                "exps=1073741824 chains=8",
+                "{old}"
+            );
+        }
+        // Other rounds, or hostile numbers, are another problem, left as they are.
+        for other in [
+            "lanes=1081344 chains=8 steps=136",
+            "lanes=18446744073709551615 chains=8 steps=8",
+            "lanes=16 chains=7 steps=8388608",
+        ] {
+            assert_eq!(probe(other).timings[0].shape, other);
+        }
     }
 
     #[test]
