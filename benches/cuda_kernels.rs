@@ -5,9 +5,8 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 use optical::backend::{Backend, BackendKind};
-use optical::bench;
 
 fn kernels(c: &mut Criterion) {
     let backend = match Backend::new(BackendKind::Cuda) {
@@ -20,17 +19,7 @@ fn kernels(c: &mut Criterion) {
 
     common::standard_kernels(c, &backend, common::Standard::default());
 
-    // `optical bench`'s sinkhorn-fused: cosine cost + 100 iterations, the cost kept on chip.
-    let (x, y) = bench::fused_problem();
-    let (b, n, d, iters) = (x.b(), x.n(), x.d(), 100);
-    let params = bench::fused_params(iters);
-    let mut g = c.benchmark_group("sinkhorn-fused");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
-    g.bench_function(format!("cuda/b{b}_n{n}_d{d}_it{iters}"), |bench| {
-        bench.iter(|| backend.sinkhorn_embeddings(&x, &y, &params).expect("valid"))
-    });
-    g.finish();
+    common::sinkhorn_fused(c, &backend);
 }
 
 criterion_group!(benches, kernels);

@@ -68,17 +68,7 @@ fn kernels(c: &mut Criterion) {
     }
     g.finish();
 
-    // `optical bench`'s sinkhorn-fused, as benches/cuda_kernels.rs times it.
-    let (x, y) = bench::fused_problem();
-    let (b, n, d, iters) = (x.b(), x.n(), x.d(), 100);
-    let params = bench::fused_params(iters);
-    let mut g = c.benchmark_group("sinkhorn-fused");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
-    g.bench_function(format!("{name}/b{b}_n{n}_d{d}_it{iters}"), |bench| {
-        bench.iter(|| backend.sinkhorn_embeddings(&x, &y, &params).expect("valid"))
-    });
-    g.finish();
+    common::sinkhorn_fused(c, &backend);
 }
 
 criterion_group!(benches, kernels);

@@ -1062,15 +1062,7 @@ fn hidden_states_that_overflow_are_an_error_naming_the_text() {
     let texts = dir.path().join("texts.txt");
     std::fs::write(&texts, "e1 e2\ne3 e4 e5\n").unwrap();
     let out = dir.path().join("out.npy");
-    let o = optical()
-        .args(["encode", "--model"])
-        .arg(&model)
-        .arg("--input")
-        .arg(&texts)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = encode_with(&model, &texts, &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(

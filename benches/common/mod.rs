@@ -110,3 +110,20 @@ pub fn standard_kernels(c: &mut Criterion, backend: &Backend, opts: Standard<'_>
     );
     g.finish();
 }
+
+/// `optical bench`'s sinkhorn-fused: cosine cost + 100 iterations, the cost kept on chip
+/// where the backend can (the GPU bench files run it; the CPU one times its parts instead).
+#[allow(dead_code)]
+pub fn sinkhorn_fused(c: &mut Criterion, backend: &Backend) {
+    let (x, y) = bench::fused_problem();
+    let (b, n, d, iters) = (x.b(), x.n(), x.d(), 100);
+    let params = bench::fused_params(iters);
+    let mut g = c.benchmark_group("sinkhorn-fused");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((2 * b * n * n * iters) as u64));
+    g.bench_function(
+        format!("{}/b{b}_n{n}_d{d}_it{iters}", backend.kind().name()),
+        |bench| bench.iter(|| backend.sinkhorn_embeddings(&x, &y, &params).expect("valid")),
+    );
+    g.finish();
+}
