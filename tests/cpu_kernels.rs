@@ -414,3 +414,10 @@ fn maxsim_with_zero_vectors_is_finite() {
         );
     }
 }
+
+#[test]
+fn padding_values_change_nothing_on_the_cpu() {
+    for kind in [BackendKind::Cpu, BackendKind::CpuReference] {
+        common::padding_values_change_nothing(&Backend::new(kind).unwrap());
+    }
+}

@@ -429,6 +429,12 @@ fn device_timing_refuses_bad_jobs() {
 }
 
 #[test]
+fn padding_values_change_nothing() {
+    let Some(gpu) = cuda() else { return };
+    common::padding_values_change_nothing(&gpu);
+}
+
+#[test]
 fn maxsim_matches_reference() {
     let Some(gpu) = cuda() else { return };
     // Both routes: maxsim_f32, and a cost kernel + maxsim_reduce_f32, with the cost kernels

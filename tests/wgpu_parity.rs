@@ -1012,6 +1012,14 @@ fn device_timing_refuses_bad_jobs() {
     common::device_timing_refuses_bad_jobs(&backend);
 }
 
+#[test]
+fn padding_values_change_nothing() {
+    let Some((_, backend)) = wgpu_backend() else {
+        return;
+    };
+    common::padding_values_change_nothing(&backend);
+}
+
 /// The wgpu backend's own entry point checks what `Backend` checks: mismatched batches,
 /// dimensions and parameters are errors naming them, before any dispatch.
 #[test]

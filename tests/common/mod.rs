@@ -179,3 +179,49 @@ pub fn device_timing_refuses_bad_jobs(backend: &optical::backend::Backend) {
         assert!(err.contains(want), "expected {want:?} in {err}");
     }
 }
+
+/// Padding rows are never read: whatever finite values they hold (3e38, whose square
+/// overflows f32, or 1e-30), a backend's cost, MaxSim scores and fused solve are those of
+/// zero padding, bit for bit.
+pub fn padding_values_change_nothing(backend: &optical::backend::Backend) {
+    use optical::ot::{Embeddings, PackedDocs, SinkhornParams};
+    use optical::rng::SplitMix64;
+    let (b, n, m, d) = (2, 5, 4, 8);
+    let (xl, yl) = (vec![3, 5], vec![4, 2]);
+    let with_padding = |seed: u64, rows: usize, lengths: &[usize], fill: f32| {
+        let mut data = SplitMix64::new(seed).normals_f32(b * rows * d);
+        for (p, &len) in lengths.iter().enumerate() {
+            data[(p * rows + len) * d..(p + 1) * rows * d].fill(fill);
+        }
+        Embeddings::new("padded", b, rows, d, data, Some(lengths.to_vec())).unwrap()
+    };
+    let params = SinkhornParams {
+        epsilon: 0.05,
+        max_iterations: 20,
+        threshold: 0.0,
+        check_every: 10,
+    };
+    let docs =
+        PackedDocs::new("docs", d, SplitMix64::new(3).normals_f32(6 * d), vec![2, 4]).unwrap();
+    let run = |fill: f32| {
+        let (x, y) = (with_padding(1, n, &xl, fill), with_padding(2, m, &yl, fill));
+        let cost = backend.cosine_cost(&x, &y).unwrap().data;
+        let scores = backend.maxsim(&x, &docs).unwrap();
+        let plan = backend.sinkhorn_embeddings(&x, &y, &params).unwrap().plan;
+        (cost, scores, plan)
+    };
+    let zero = run(0.0);
+    for fill in [3e38f32, 1e-30, -7.0] {
+        let got = run(fill);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.0), bits(&zero.0), "cost with padding {fill:e}");
+        assert_eq!(bits(&got.1), bits(&zero.1), "MaxSim with padding {fill:e}");
+        assert!(
+            got.2
+                .iter()
+                .zip(&zero.2)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "plan with padding {fill:e}"
+        );
+    }
+}
