@@ -5,6 +5,10 @@
 //                        padding rows), computed once per call.
 //   cosine_cost_f32      C[p, i, j] = 1 − clamp(⟨x_pi, y_pj⟩·ix_pi·iy_pj, −1, 1) for i < lx_p,
 //                        j < ly_p; 0 on padding.
+//   cosine_cost_blocked_f32
+//                        the same contract, 64 × 64 blocks of C with a 4 × 4 register block
+//                        per invocation: the host's choice when n and m are both at least 64,
+//                        unless OPTICAL_WGPU_COST=tile asks for cosine_cost_f32 (Geometry).
 //
 // Bindings (group 0), chunk-relative
 //   0 uniform  params    {pairs, n, m, d4}; d4 = ⌈d/4⌉
@@ -23,7 +27,7 @@
 //   cosine_cost_blocked_f32: 16×16 invocations compute a 64×64 block of C, a 4×4 register
 //   block each (rows i0 + ly + 16a, columns j0 + lx + 16b, a, b < 4: consecutive invocations
 //   write consecutive columns); dispatch (ceil(m/64), ceil(n/64), pairs). The host uses it
-//   when n and m are both at least 64: every value staged in workgroup memory then feeds 4
+//   when n and m are both at least 64 (and OPTICAL_WGPU_COST is not tile): every value staged in workgroup memory then feeds 4
 //   dot products instead of 1 (16 FMAs per vec4 load instead of 4), the layout of the PTX
 //   cost kernel's FP32 path.
 //
