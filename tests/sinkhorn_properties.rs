@@ -298,6 +298,47 @@ fn both_fast_forms_match_the_reference() {
     }
 }
 
+/// Outlier costs (a few entries 10 to 25 times the rest's range) in every fast form, forced:
+/// the plans keep the reference's, including the near-zero mass the outliers get.
+#[test]
+fn every_fast_form_matches_the_reference_with_outlier_costs() {
+    let reference = Backend::new(BackendKind::CpuReference).unwrap();
+    for form in [
+        SinkhornForm::Log,
+        SinkhornForm::Scaled,
+        SinkhornForm::Streamed,
+    ] {
+        for (n, m) in [(15, 40), (17, 29), (113, 203)] {
+            let base = random_problem((n * 31 + m) as u64, 2, n, m, 0.1);
+            let mut rng = SplitMix64::new((n + m) as u64);
+            let mut cost = base.cost().to_vec();
+            for _ in 0..(cost.len() / 40).max(1) {
+                let k = rng.range(0, cost.len() - 1);
+                cost[k] = 20.0 + 30.0 * rng.uniform();
+            }
+            let p = Problem::new(
+                2,
+                n,
+                m,
+                cost,
+                Some(base.a().to_vec()),
+                Some(base.b().to_vec()),
+            )
+            .unwrap();
+            let prm = params(0.05, 1e-7);
+            let r = reference.sinkhorn(&p, &prm).unwrap();
+            let f = solve(&CpuFastWith(form), &p, &prm).unwrap();
+            assert!(f.converged.iter().all(|&c| c), "{form:?} {n}x{m}");
+            assert_close(
+                &format!("{form:?} {n}x{m} outliers"),
+                &f.plan,
+                &r.plan,
+                1e-5,
+            );
+        }
+    }
+}
+
 /// The default form switches to the streamed sweep at 2^20 entries per pair: pairs just
 /// below and at the switch match the reference (and so each other), through the same number
 /// of iterations.
