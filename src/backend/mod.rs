@@ -172,11 +172,7 @@ impl Backend {
                 params.validate()?;
                 crate::ot::problem::check_cost_resolution(problem.max_abs_cost(), params.epsilon)?;
             }
-            DeviceJob::SinkhornFused(x, y, params) => {
-                params.validate()?;
-                crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
-                cpu::check_pair_batch(x, y)?;
-            }
+            DeviceJob::SinkhornFused(x, y, params) => cpu::check_embeddings_solve(x, y, params)?,
             DeviceJob::Exp2Peak(_) => {}
         }
         #[cfg(feature = "cuda")]
@@ -272,10 +268,7 @@ impl Backend {
         y: &Embeddings,
         params: &SinkhornParams,
     ) -> Result<SinkhornOutput> {
-        params.validate()?;
-        // Cosine costs lie in [0, 2]: the same bound on every backend, fused or not.
-        crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
-        cpu::check_pair_batch(x, y)?;
+        cpu::check_embeddings_solve(x, y, params)?;
         // Per plan entry, the materialised path's peak: the f32 cost (4 bytes), the f64
         // problem and plan (16), a backend's f32 copy of the cost (4) and a caller's f32
         // copy of the plan (4), as measured from `optical ot solve` (about 28).

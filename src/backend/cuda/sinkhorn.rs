@@ -663,10 +663,7 @@ impl CudaBackend {
         y: &Embeddings,
         params: &SinkhornParams,
     ) -> Result<SinkhornOutput> {
-        params.validate()?;
-        // Cosine costs lie in [0, 2].
-        crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
-        check_pair_batch(x, y)?;
+        crate::backend::cpu::check_embeddings_solve(x, y, params)?;
         let (b, n, m) = (x.b, x.n, y.n);
         // The fused kernel scales the cost by −log2(e)/ε in f32: where that is not a normal
         // f32 (ε beyond about 1e38, or below about 4e-39), the materialised path, which

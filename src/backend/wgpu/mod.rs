@@ -110,10 +110,7 @@ impl Wgpu {
         y: &Embeddings,
         params: &SinkhornParams,
     ) -> Result<Option<SinkhornOutput>> {
-        params.validate()?;
-        // Cosine costs lie in [0, 2].
-        crate::ot::problem::check_cost_resolution(2.0, params.epsilon)?;
-        crate::backend::cpu::check_pair_batch(x, y)?;
+        crate::backend::cpu::check_embeddings_solve(x, y, params)?;
         let out = kernels::fused_sinkhorn(&self.ctx, x, y, params)?;
         if let Some(out) = &out {
             out.check_finite(params.epsilon)?;
